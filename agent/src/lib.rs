@@ -1,0 +1,1 @@
+//! dynserv-agent library.

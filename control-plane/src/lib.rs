@@ -1,0 +1,1 @@
+//! The dynserv control plane.
