@@ -1,0 +1,199 @@
+//! An enrolled `dynserv-agent run` child process with its own state dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{agent_binary, append_log, expect_success, log_tail, terminate, ControlPlane};
+
+/// How long a stopping agent may take after SIGTERM before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A `dynserv-agent` enrolled with `--state-dir DIR --name NAME` and, once
+/// [`Agent::run`] was called, running `dynserv-agent run --state-dir DIR`.
+///
+/// Killed when dropped. Output goes to `agent.stdout.log` / `agent.stderr.log` beside
+/// the state dir; a panicking test prints their tail and keeps the directory.
+#[derive(Debug)]
+pub struct Agent {
+    binary: PathBuf,
+    name: String,
+    server: String,
+    state_dir: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    root: Option<TempDir>,
+}
+
+impl Agent {
+    /// Enrolls an agent named `name` with the control plane's fleet gateway using
+    /// `token`, then starts `dynserv-agent run`. Panics when enrollment fails.
+    pub fn start(control_plane: &ControlPlane, token: &str, name: &str) -> Agent {
+        let mut agent = Agent::enroll(&control_plane.quic_addr(), token, name);
+        agent.run();
+        agent
+    }
+
+    /// `dynserv-agent enroll --server SERVER --token TOKEN --state-dir DIR --name NAME`
+    /// in a fresh state dir; panics when it fails. The agent is not started.
+    pub fn enroll(server: &str, token: &str, name: &str) -> Agent {
+        match Agent::try_enroll(server, token, name) {
+            Ok(agent) => agent,
+            Err(output) => {
+                expect_success(&format!("dynserv-agent enroll --name {name}"), &output);
+                unreachable!("expect_success panics on a failed command")
+            }
+        }
+    }
+
+    /// Like [`Agent::enroll`], handing back the command's output when enrollment fails
+    /// (for tests of refused credentials).
+    pub fn try_enroll(server: &str, token: &str, name: &str) -> Result<Agent, Output> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("dynserv-agent-{name}-"))
+            .tempdir()
+            .expect("creating the agent's temp dir");
+        let agent = Agent {
+            binary: agent_binary(),
+            name: name.to_string(),
+            server: server.to_string(),
+            state_dir: root.path().join("state"),
+            env: Vec::new(),
+            child: None,
+            root: Some(root),
+        };
+        let output = agent.enroll_again(token);
+        if output.status.success() {
+            Ok(agent)
+        } else {
+            Err(output)
+        }
+    }
+
+    /// Runs `enroll` once more on this agent's state dir with `token`, and returns the
+    /// command's output whatever it is (for reuse and re-enrollment tests).
+    pub fn enroll_again(&self, token: &str) -> Output {
+        self.command()
+            .arg("enroll")
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--token")
+            .arg(token)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--name")
+            .arg(&self.name)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("spawning {} enroll: {e}", self.binary.display()))
+    }
+
+    /// Sets an environment variable for later [`Agent::run`] calls.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Starts `dynserv-agent run --state-dir DIR` (no-op when already running).
+    pub fn run(&mut self) {
+        if self.is_running() {
+            return;
+        }
+        let child = self
+            .command()
+            .arg("run")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(append_log(&self.dir().join("agent.stdout.log")))
+            .stderr(append_log(&self.dir().join("agent.stderr.log")))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} run: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// Stops the agent gracefully (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, SHUTDOWN_GRACE);
+        }
+    }
+
+    /// Kills the agent at once (SIGKILL), as a crash or power loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            crate::kill_now(&mut child);
+        }
+    }
+
+    /// Stops the agent and runs it again on the same state dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// Whether `dynserv-agent run` is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The name given at enrollment.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agent's `--state-dir`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The tail of the agent's logs.
+    pub fn logs(&self) -> String {
+        let dir = self.dir();
+        format!(
+            "--- dynserv-agent {} stdout ---\n{}\n--- dynserv-agent {} stderr ---\n{}",
+            self.name,
+            log_tail(&dir.join("agent.stdout.log"), 200),
+            self.name,
+            log_tail(&dir.join("agent.stderr.log"), 200)
+        )
+    }
+
+    fn dir(&self) -> &Path {
+        self.state_dir
+            .parent()
+            .expect("the state dir lives in the agent's temp dir")
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        for key in crate::PRODUCT_ENV {
+            command.env_remove(key);
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            crate::kill_now(&mut child);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+            if let Some(root) = self.root.take() {
+                eprintln!("kept the agent's temp dir: {}", root.keep().display());
+            }
+        }
+    }
+}

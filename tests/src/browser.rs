@@ -1,0 +1,458 @@
+//! A headless Chromium driven through Debian's chromedriver over WebDriver.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::{append_log, free_tcp_port, log_tail, TEST_COMMAND};
+
+/// How long an element query waits for the element to appear.
+const ELEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long chromedriver may take to answer `/status`.
+const DRIVER_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Chromium's flags: headless, as root in a container, one fixed desktop size.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+    "--disable-gpu",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--lang=en-US",
+];
+
+/// A WebDriver session on a headless Chromium, started through its own chromedriver on
+/// a free port. Paths given to [`Browser::goto`] are relative to the base URL.
+///
+/// The session and chromedriver end when this is dropped; chromedriver's log is in
+/// [`Browser::dir`], printed when a test panics.
+#[derive(Debug)]
+pub struct Browser {
+    client: Client,
+    base_url: String,
+    driver: Option<Child>,
+    driver_port: u16,
+    session_id: Option<String>,
+    root: Option<TempDir>,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium for pages under `base_url`.
+    ///
+    /// Fails (panics) naming the README's test command when chromedriver or Chromium is
+    /// not installed: browser tests never skip silently.
+    pub async fn start(base_url: &str) -> Browser {
+        let driver_binary = find_chromedriver();
+        let chromium_binary = find_chromium();
+        let root = tempfile::Builder::new()
+            .prefix("dynserv-browser-")
+            .tempdir()
+            .expect("creating the browser's temp dir");
+        let driver_log = root.path().join("chromedriver.log");
+        let driver_port = free_tcp_port();
+        let driver = Command::new(&driver_binary)
+            .arg(format!("--port={driver_port}"))
+            .arg(format!("--log-path={}", driver_log.display()))
+            .stdin(Stdio::null())
+            .stdout(append_log(&root.path().join("chromedriver.stdout.log")))
+            .stderr(append_log(&root.path().join("chromedriver.stderr.log")))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", driver_binary.display()));
+        let mut browser_root = Some(root);
+        let mut driver = Some(driver);
+        wait_for_driver(
+            driver_port,
+            driver.as_mut().expect("just spawned"),
+            &driver_log,
+        )
+        .await;
+
+        let profile = browser_root
+            .as_ref()
+            .expect("temp dir present")
+            .path()
+            .join("profile");
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|arg| arg.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium_binary,
+                "args": args,
+            },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("json! of an object is an object")
+        };
+        let connected =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
+                .await;
+        let client = match connected {
+            Ok(client) => client,
+            Err(e) => {
+                if let Some(mut child) = driver.take() {
+                    crate::kill_now(&mut child);
+                }
+                let root = browser_root.take().expect("temp dir present");
+                panic!(
+                    "chromedriver could not start Chromium ({}): {e}\n--- chromedriver log ---\n{}\n\
+                     Install chromium and chromium-driver with the README's test command \
+                     `{TEST_COMMAND}`",
+                    chromium_binary,
+                    log_tail(&root.path().join("chromedriver.log"), 80)
+                );
+            }
+        };
+        let session_id = client.session_id().await.ok().flatten();
+        Browser {
+            client,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            driver,
+            driver_port,
+            session_id,
+            root: browser_root,
+        }
+    }
+
+    /// The fantoccini client, for anything the helpers do not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The browser's temp dir (profile, chromedriver log).
+    pub fn dir(&self) -> &Path {
+        self.root
+            .as_ref()
+            .expect("the temp dir lives as long as the browser")
+            .path()
+    }
+
+    /// An absolute URL for `path` under the base URL.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else if path.starts_with('/') {
+            format!("{}{path}", self.base_url)
+        } else {
+            format!("{}/{path}", self.base_url)
+        }
+    }
+
+    /// Navigates to `path` (relative to the base URL) and waits for the page load.
+    pub async fn goto(&self, path: &str) {
+        let url = self.url(path);
+        self.client
+            .goto(&url)
+            .await
+            .unwrap_or_else(|e| panic!("navigating to {url}: {e}"));
+    }
+
+    /// Logs in through the `/login` form (`username`, `password`, submit) and waits to
+    /// leave the login page; panics with the page's text when login fails.
+    pub async fn login(&self, username: &str, password: &str) {
+        let landed = self.try_login(username, password).await;
+        if landed == "/login" {
+            panic!(
+                "login as {username} did not leave /login; the page says:\n{}",
+                self.page_text().await
+            );
+        }
+    }
+
+    /// Submits the login form and returns the path the browser is on afterwards
+    /// (`/login` when the login was refused).
+    pub async fn try_login(&self, username: &str, password: &str) -> String {
+        self.goto("/login").await;
+        self.fill("input[name=username]", username).await;
+        self.fill("input[name=password]", password).await;
+        self.click("form button[type=submit]").await;
+        // Either the browser navigates away, or the login page re-renders with an
+        // error; wait for a fresh document either way.
+        let deadline = Instant::now() + ELEMENT_TIMEOUT;
+        loop {
+            let path = self.path().await;
+            if path != "/login" {
+                return path;
+            }
+            let fresh = self
+                .eval("return document.readyState === 'complete' && !document.querySelector('input[name=password]')?.value;")
+                .await;
+            if fresh == Value::Bool(true) || Instant::now() >= deadline {
+                return path;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Logs out by submitting the page's `/logout` form.
+    pub async fn logout(&self) {
+        self.eval("document.querySelector('form[action=\"/logout\"]').submit();")
+            .await;
+        let deadline = Instant::now() + ELEMENT_TIMEOUT;
+        while self.path().await != "/login" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes a PNG screenshot of the viewport to `path`.
+    pub async fn screenshot(&self, path: &Path) {
+        let png = self
+            .client
+            .screenshot()
+            .await
+            .unwrap_or_else(|e| panic!("taking a screenshot: {e}"));
+        std::fs::write(path, png)
+            .unwrap_or_else(|e| panic!("writing screenshot {}: {e}", path.display()));
+    }
+
+    /// The document's title.
+    pub async fn title(&self) -> String {
+        self.client
+            .title()
+            .await
+            .unwrap_or_else(|e| panic!("reading the page title: {e}"))
+    }
+
+    /// The current URL's path (`/servers`).
+    pub async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .unwrap_or_else(|e| panic!("reading the current URL: {e}"))
+            .path()
+            .to_string()
+    }
+
+    /// Waits up to 10 s for the first element matching `css` and returns it.
+    pub async fn wait_for(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(ELEMENT_TIMEOUT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("no element matches `{css}` within {ELEMENT_TIMEOUT:?}: {e}")
+            })
+    }
+
+    /// Whether an element matches `css` right now (no waiting).
+    pub async fn exists(&self, css: &str) -> bool {
+        !self.all(css).await.is_empty()
+    }
+
+    /// All elements matching `css` right now.
+    pub async fn all(&self, css: &str) -> Vec<Element> {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("querying `{css}`: {e}"))
+    }
+
+    /// The visible text of the first element matching `css` (waits for it).
+    pub async fn text(&self, css: &str) -> String {
+        self.wait_for(css)
+            .await
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("reading the text of `{css}`: {e}"))
+    }
+
+    /// The visible texts of all elements matching `css` right now.
+    pub async fn texts(&self, css: &str) -> Vec<String> {
+        let mut texts = Vec::new();
+        for element in self.all(css).await {
+            texts.push(
+                element
+                    .text()
+                    .await
+                    .unwrap_or_else(|e| panic!("reading the text of `{css}`: {e}")),
+            );
+        }
+        texts
+    }
+
+    /// The visible text of the whole page.
+    pub async fn page_text(&self) -> String {
+        self.text("body").await
+    }
+
+    /// An attribute of the first element matching `css` (waits for it).
+    pub async fn attr(&self, css: &str, attribute: &str) -> Option<String> {
+        self.wait_for(css)
+            .await
+            .attr(attribute)
+            .await
+            .unwrap_or_else(|e| panic!("reading `{attribute}` of `{css}`: {e}"))
+    }
+
+    /// A computed CSS property of the first element matching `css` (waits for it).
+    pub async fn css_value(&self, css: &str, property: &str) -> String {
+        self.wait_for(css)
+            .await
+            .css_value(property)
+            .await
+            .unwrap_or_else(|e| panic!("reading CSS `{property}` of `{css}`: {e}"))
+    }
+
+    /// Clears the field matching `css` and types `value` into it.
+    pub async fn fill(&self, css: &str, value: &str) {
+        let element = self.wait_for(css).await;
+        element
+            .clear()
+            .await
+            .unwrap_or_else(|e| panic!("clearing `{css}`: {e}"));
+        element
+            .send_keys(value)
+            .await
+            .unwrap_or_else(|e| panic!("typing into `{css}`: {e}"));
+    }
+
+    /// Clicks the first element matching `css` (waits for it).
+    pub async fn click(&self, css: &str) {
+        self.wait_for(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
+    }
+
+    /// Runs JavaScript in the page (a function body: use `return` for a value).
+    pub async fn eval(&self, script: &str) -> Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("running script `{script}`: {e}"))
+    }
+
+    /// Ends the WebDriver session and chromedriver.
+    pub async fn close(mut self) {
+        let client = self.client.clone();
+        if client.close().await.is_ok() {
+            self.session_id = None;
+        }
+        // Drop stops chromedriver.
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The client's own close is async; ask chromedriver directly so that it quits
+        // Chromium before chromedriver itself is killed.
+        if let Some(session_id) = self.session_id.take() {
+            delete_session(self.driver_port, &session_id);
+        }
+        if let Some(mut child) = self.driver.take() {
+            crate::kill_now(&mut child);
+        }
+        if std::thread::panicking() {
+            if let Some(root) = self.root.take() {
+                eprintln!(
+                    "--- chromedriver log ---\n{}",
+                    log_tail(&root.path().join("chromedriver.log"), 60)
+                );
+                eprintln!("kept the browser's temp dir: {}", root.keep().display());
+            }
+        }
+    }
+}
+
+/// `chromedriver` from `CHROMEDRIVER`, the `PATH`, or Debian's location.
+fn find_chromedriver() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHROMEDRIVER") {
+        return PathBuf::from(path);
+    }
+    find_in_path("chromedriver")
+        .or_else(|| Some(PathBuf::from("/usr/bin/chromedriver")).filter(|path| path.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "chromedriver not found (Debian package chromium-driver): the browser tests \
+                 need it. Run the README's test command `{TEST_COMMAND}`, which installs \
+                 chromium and chromium-driver, or set CHROMEDRIVER to its path"
+            )
+        })
+}
+
+/// Chromium from `CHROMIUM`, or Debian's `/usr/bin/chromium`.
+fn find_chromium() -> String {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/bin/chromium")).filter(|path| path.is_file()))
+        .or_else(|| find_in_path("chromium"))
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium not found at /usr/bin/chromium: the browser tests need it. Run the \
+                 README's test command `{TEST_COMMAND}`, which installs chromium and \
+                 chromium-driver, or set CHROMIUM to its path"
+            )
+        });
+    path.display().to_string()
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Waits until chromedriver answers `/status` with `ready: true`.
+async fn wait_for_driver(port: u16, driver: &mut Child, log: &Path) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("building an HTTP client");
+    let url = format!("http://127.0.0.1:{port}/status");
+    let deadline = Instant::now() + DRIVER_STARTUP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = driver.try_wait() {
+            panic!(
+                "chromedriver exited with {status} at startup\n{}",
+                log_tail(log, 40)
+            );
+        }
+        if let Ok(response) = http.get(&url).send().await {
+            if let Ok(body) = response.json::<Value>().await {
+                if body["value"]["ready"] == Value::Bool(true) {
+                    return;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            crate::kill_now(driver);
+            panic!(
+                "chromedriver did not become ready on port {port} within \
+                 {DRIVER_STARTUP_TIMEOUT:?}\n{}",
+                log_tail(log, 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `DELETE /session/ID` on chromedriver with a blocking socket, for use in `Drop`.
+fn delete_session(port: u16, session_id: &str) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let request = format!(
+        "DELETE /session/{session_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+    }
+}
