@@ -1,0 +1,298 @@
+//! The fleet protocol's messages. Each message is sent as one frame (see
+//! [`crate::frame`]); enums are tagged with a `"type"` field so a reader can tell them
+//! apart and an unknown type is a decode error, not a silent default.
+//!
+//! Streams of one connection:
+//!
+//! * **Enrollment** (connection without a client certificate): the agent opens one
+//!   bidirectional stream, sends [`EnrollRequest`], reads [`EnrollResponse`], and the
+//!   connection ends. Nothing else is served to an unauthenticated peer.
+//! * **Control** (first stream the agent opens on an authenticated connection):
+//!   [`AgentControl::Hello`] first, answered by [`ServerControl::Welcome`] or
+//!   [`ServerControl::Refused`]; then [`AgentControl::Heartbeat`]s, each answered by
+//!   [`ServerControl::HeartbeatAck`].
+//! * **Job** (one per job, opened by the control plane): [`ToAgent::Start`] first, then
+//!   the agent answers [`FromAgent::Started`] (or [`FromAgent::Rejected`]), streams
+//!   [`FromAgent::Output`] chunks numbered from 0 with no gap, and ends with
+//!   [`FromAgent::End`]. The control plane answers [`ToAgent::Ack`] once chunks are
+//!   durably stored (cumulative: every seq up to and including `up_to_seq`),
+//!   [`ToAgent::EndAck`] once the end is stored, and may send [`ToAgent::Cancel`] at
+//!   any time. After a reconnect the control plane sends `Start` again for every job
+//!   it has not seen end; the agent never runs a job id twice, it resumes sending from
+//!   the first unacknowledged chunk instead.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN protocol name of the fleet protocol, version 1.
+pub const ALPN: &[u8] = b"dynserv/1";
+
+/// Version of the message set below; sent in every hello and enrollment request. The
+/// control plane refuses a peer whose version it does not speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default UDP port of the fleet gateway.
+pub const DEFAULT_PORT: u16 = 4433;
+
+/// The DNS name in the control plane's server certificate. Agents verify the server
+/// certificate against this fixed name (and the pinned CA) rather than the address they
+/// dialed, so the control plane can be reached by any address or name.
+pub const FLEET_SERVER_NAME: &str = "dynserv.fleet";
+
+/// Largest output chunk an agent sends, in bytes of `data`.
+pub const MAX_CHUNK_LEN: usize = 32 * 1024;
+
+/// Host facts, sent at enrollment and in every hello.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// The host name (`/proc/sys/kernel/hostname`).
+    pub hostname: String,
+    /// The distribution's pretty name (`/etc/os-release` `PRETTY_NAME`).
+    pub os: String,
+    /// The kernel release (`/proc/sys/kernel/osrelease`).
+    pub kernel: String,
+    /// The CPU architecture the agent was built for (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+    /// Size of the root file system in bytes.
+    pub disk_bytes: u64,
+    /// Seconds since boot.
+    pub uptime_s: u64,
+    /// The agent's version.
+    pub agent_version: String,
+}
+
+/// Live figures, sent in every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Load averages over 1, 5 and 15 minutes.
+    pub load: [f64; 3],
+    /// Total memory in bytes.
+    pub memory_total: u64,
+    /// Available memory in bytes (`MemAvailable`).
+    pub memory_available: u64,
+    /// Size of the root file system in bytes.
+    pub disk_total: u64,
+    /// Bytes available to unprivileged users on the root file system.
+    pub disk_available: u64,
+    /// Seconds since boot.
+    pub uptime_s: u64,
+    /// Jobs the agent is running right now.
+    pub running_jobs: u32,
+}
+
+/// First and only request of an enrollment connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The agent's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The secret part of the enrollment token, proven once.
+    pub secret: String,
+    /// The name the agent asks to be known by (defaults to its host name).
+    pub name: String,
+    /// The agent's public key: the raw uncompressed P-256 point, base64 (standard).
+    /// The control plane certifies it; the private key never leaves the agent.
+    pub public_key: String,
+    /// Host facts at enrollment time.
+    pub facts: Facts,
+}
+
+/// Answer to an [`EnrollRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EnrollResponse {
+    /// The agent is enrolled.
+    Enrolled {
+        /// The agent's id; also the CN of its certificate.
+        agent_id: String,
+        /// The agent's client certificate (PEM).
+        certificate_pem: String,
+        /// The control plane's CA certificate (PEM), for later connections.
+        ca_pem: String,
+    },
+    /// Enrollment refused; `reason` says why in words a person can act on.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Messages from the agent on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentControl {
+    /// First message of every authenticated connection.
+    Hello {
+        /// The agent's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The agent's id, which must match its certificate.
+        agent_id: String,
+        /// Host facts.
+        facts: Facts,
+    },
+    /// Periodic figures; also keeps the connection's liveness visible.
+    Heartbeat(Load),
+}
+
+/// Messages from the control plane on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerControl {
+    /// The hello was accepted.
+    Welcome {
+        /// The control plane's version.
+        version: String,
+        /// How often the agent should send a heartbeat, in seconds.
+        heartbeat_s: u64,
+    },
+    /// The hello was refused (revoked agent, unknown version); the connection closes.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A heartbeat was received.
+    HeartbeatAck,
+}
+
+/// Which output a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// The job's standard output.
+    Stdout,
+    /// The job's standard error.
+    Stderr,
+    /// A note from the agent itself (for example "resumed after an agent restart").
+    System,
+}
+
+impl OutputStream {
+    /// The name used in APIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+            OutputStream::System => "system",
+        }
+    }
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    /// A script run by an interpreter.
+    Script {
+        /// The interpreter (`/bin/sh`, `/bin/bash`, `/usr/bin/python3`); the script is
+        /// passed to it as a file argument.
+        interpreter: String,
+        /// The script text.
+        body: String,
+        /// Extra environment variables.
+        env: BTreeMap<String, String>,
+        /// Working directory; the agent's state directory when absent.
+        working_dir: Option<String>,
+    },
+    /// A playbook run by the agent's native runtime.
+    Playbook {
+        /// The playbook YAML text.
+        yaml: String,
+        /// Extra variables (`-e KEY=VALUE`).
+        vars: BTreeMap<String, String>,
+        /// Check mode: report what would change without changing it.
+        check: bool,
+    },
+}
+
+/// One job, as sent to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The execution id; the agent never starts the same id twice.
+    pub job_id: String,
+    /// What to run.
+    #[serde(flatten)]
+    pub kind: JobKind,
+    /// Seconds after which the job's process group is killed and the job ends as
+    /// timed out; no limit when absent.
+    pub timeout_s: Option<u64>,
+}
+
+/// One numbered piece of output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// Position in the job's output, from 0, without gaps.
+    pub seq: u64,
+    /// Which output.
+    pub stream: OutputStream,
+    /// The bytes, as text (invalid UTF-8 is replaced).
+    pub data: String,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Exit code 0.
+    Succeeded,
+    /// Non-zero exit, killed by a signal, or could not start.
+    Failed,
+    /// Stopped by a cancel request.
+    Cancelled,
+    /// Stopped because it ran past its timeout.
+    TimedOut,
+}
+
+/// The end of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEnd {
+    /// How it ended.
+    pub status: JobStatus,
+    /// The process's exit code, when it exited (not when killed by a signal).
+    pub exit_code: Option<i32>,
+    /// One line for people ("exit code 2", "killed after 30 s timeout").
+    pub summary: String,
+    /// Number of output chunks the job produced (the next seq it would have used).
+    pub chunks: u64,
+}
+
+/// Messages from the control plane on a job stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToAgent {
+    /// Run (or resume reporting) this job. Always the first message of a job stream.
+    Start(JobSpec),
+    /// Every chunk with `seq <= up_to_seq` is stored; the agent may drop them.
+    Ack {
+        /// Highest stored seq.
+        up_to_seq: u64,
+    },
+    /// Stop the job: its whole process group is killed.
+    Cancel,
+    /// The job's end is stored; the agent may forget everything but its id.
+    EndAck,
+}
+
+/// Messages from the agent on a job stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromAgent {
+    /// The job runs (or ran): `resumed` when this is a repeat `Start` for a job the
+    /// agent already started, in which case output resumes at the first unacked seq.
+    Started {
+        /// Whether the job had been started before this stream.
+        resumed: bool,
+    },
+    /// The agent will not run this job (unknown kind, already finished and forgotten).
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// A piece of output.
+    Output(OutputChunk),
+    /// The job ended; sent after every chunk.
+    End(JobEnd),
+}
