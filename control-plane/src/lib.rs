@@ -1,1 +1,80 @@
-//! The dynserv control plane.
+//! The dynserv control plane: web UI and JSON API, the store, people and permissions,
+//! and (in `fleet`) the QUIC gateway its agents dial. `main.rs` parses arguments and
+//! calls [`run`] or a one-shot command from [`control`].
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod projects;
+pub mod secrets;
+pub mod servers;
+pub mod store;
+pub mod users;
+pub mod validate;
+pub mod web;
+
+use std::future::Future;
+
+use anyhow::Result;
+use tokio::sync::watch;
+
+use crate::app::App;
+
+/// Runs the control plane until `shutdown` resolves: HTTP on the configured address
+/// and the local control socket in the data directory. Prints the URLs it serves.
+pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_stop = wait_for(stop_rx.clone());
+    let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;
+    let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
+    println!("dynserv {} listening", dynserv_shared::VERSION);
+    println!("  web UI:   http://{http_addr}/");
+    println!("  API:      http://{http_addr}/api/v1");
+    println!(
+        "  fleet:    quic://{} (agents dial {})",
+        app.config.quic, app.config.public_quic
+    );
+    println!("  data dir: {}", app.config.data_dir.display());
+    tracing::info!(%http_addr, "serving");
+    let http_task = tokio::spawn(http_server);
+    let socket_task = tokio::spawn(socket);
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    let _ = socket_task.await;
+    Ok(())
+}
+
+/// A future that resolves when the watch channel turns true.
+pub fn wait_for(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,206 @@
-fn main() {}
+//! The `dynserv` binary: parses arguments, sets up logging, and hands over to the
+//! library (`dynserv::run` for `serve`, `dynserv::control` for the other commands).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use dynserv::config::{Config, Overrides};
+use dynserv::control::{self, Command};
+
+#[derive(Parser)]
+#[command(name = "dynserv", version, about = "Dynamic Servers control plane")]
+struct Cli {
+    /// Data directory: the store, the CA, the master secret and the control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "DYNSERV_DATA_DIR",
+        default_value = "./data"
+    )]
+    data_dir: PathBuf,
+    /// A TOML configuration file (default: DATA_DIR/dynserv.toml when present).
+    #[arg(long, global = true, env = "DYNSERV_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane: web UI, API and fleet gateway.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage API bearer tokens.
+    #[command(subcommand)]
+    Apitoken(ApiTokenCmd),
+    /// Write a consistent copy of the store, also while `serve` runs.
+    Backup {
+        /// The file to write; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "DYNSERV_HTTP")]
+    http: Option<String>,
+    /// QUIC (fleet) listen address [default: 0.0.0.0:4433]
+    #[arg(long, env = "DYNSERV_QUIC")]
+    quic: Option<String>,
+    /// The HOST:PORT agents dial (default: the QUIC address).
+    #[arg(long, env = "DYNSERV_PUBLIC_QUIC")]
+    public_quic: Option<String>,
+    /// The URL the web UI is reached at.
+    #[arg(long, env = "DYNSERV_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seed demo users, projects and servers into an empty store.
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user.
+    Add {
+        #[arg(long)]
+        username: String,
+        /// admin, technical or sales
+        #[arg(long)]
+        role: String,
+        /// A technical manager sees every project; a sales manager every agent's figures.
+        #[arg(long)]
+        manager: bool,
+        /// Read the password from standard input (otherwise one is generated and printed).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCmd {
+    /// Create an API token for a user and print it.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// A name to recognise the token by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Overrides {
+        http: serve.and_then(|s| s.http.clone()),
+        quic: serve.and_then(|s| s.quic.clone()),
+        public_quic: serve.and_then(|s| s.public_quic.clone()),
+        public_url: serve.and_then(|s| s.public_url.clone()),
+        trusted_proxies: env("DYNSERV_TRUSTED_PROXIES"),
+        session_secret: env("SESSION_SECRET"),
+        database_url: env("DATABASE_URL"),
+        hetzner_api_token: env("HETZNER_API_TOKEN"),
+        hetzner_api_url: env("HETZNER_API_URL"),
+        config_file: cli.config.clone(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dynserv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Cmd::Serve(args) => serve(&cli, args),
+        Cmd::User(UserCmd::Add {
+            username,
+            role,
+            manager,
+            password_stdin,
+        }) => {
+            let password = if *password_stdin {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the password from stdin")?;
+                Some(text.trim_end_matches(['\n', '\r']).to_string())
+            } else {
+                None
+            };
+            one_shot(
+                &cli,
+                Command::UserAdd {
+                    username: username.clone(),
+                    role: role.clone(),
+                    manager: *manager,
+                    password,
+                },
+            )
+        }
+        Cmd::Apitoken(ApiTokenCmd::Create { username, name }) => one_shot(
+            &cli,
+            Command::ApiTokenCreate {
+                username: username.clone(),
+                name: name.clone(),
+            },
+        ),
+        Cmd::Backup { out } => one_shot(&cli, Command::Backup { out: out.clone() }),
+    }
+}
+
+fn one_shot(cli: &Cli, command: Command) -> Result<()> {
+    let config = Config::resolve(&cli.data_dir, &overrides(cli, None))?;
+    let answer = control::run_command(
+        &config.data_dir,
+        &config.store_path,
+        config.session_secret.as_deref(),
+        &command,
+    )?;
+    println!("{answer}");
+    Ok(())
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    init_tracing();
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+    let config = Config::resolve(&cli.data_dir, &overrides(cli, Some(args)))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let store = dynserv::store::Store::open(&config.store_path)?;
+        let keys = dynserv::secrets::Keys::load(&config.data_dir, config.session_secret.as_deref())?;
+        if args.demo && dynserv::demo::seed(&store, &keys)? {
+            println!("seeded demo data: sign in as admin/admin123, tech/tech123, sales/sales123 or sohila/sohila123");
+        }
+        let app = dynserv::app::App::new(store, keys, config)?;
+        dynserv::run(app, dynserv::shutdown_signal()).await
+    })
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DYNSERV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("DYNSERV_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,44 @@
+//! The application state shared by every request handler, background job and the
+//! local control socket. Cheap to clone.
+
+use std::sync::Arc;
+
+use crate::auth::{SessionPolicy, Throttle};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::secrets::Keys;
+use crate::store::Store;
+use crate::web::render::Render;
+
+/// Everything a handler may need.
+#[derive(Clone)]
+pub struct App {
+    pub store: Store,
+    pub keys: Keys,
+    pub config: Arc<Config>,
+    pub render: Arc<Render>,
+    pub metrics: Arc<Metrics>,
+    pub throttle: Arc<Throttle>,
+}
+
+impl App {
+    /// Builds the state from an opened store.
+    pub fn new(store: Store, keys: Keys, config: Config) -> anyhow::Result<App> {
+        Ok(App {
+            store,
+            keys,
+            config: Arc::new(config),
+            render: Arc::new(Render::new()?),
+            metrics: Arc::new(Metrics::default()),
+            throttle: Arc::new(Throttle::default()),
+        })
+    }
+
+    /// Session lifetimes from the configuration.
+    pub fn session_policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            idle: self.config.session_idle,
+            absolute: self.config.session_absolute,
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Authentication: logins with throttling, server-side sessions, CSRF tokens and API
+//! bearer tokens.
+//!
+//! * Sessions: a random 256-bit id in an HttpOnly, SameSite=Lax cookie (Secure behind
+//!   TLS); the store keeps only its SHA-256, with idle and absolute expiry. A login
+//!   always creates a new id.
+//! * CSRF: each session has its own random token that every state-changing form
+//!   carries; before login, the token is a MAC of a random pre-session cookie.
+//! * API tokens: `dsa_…`, shown once, stored as SHA-256.
+//! * Throttling: after [`MAX_FAILURES`] failed logins for a username or from an address
+//!   within the window, further attempts are refused until the lock ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{self, Actor};
+use crate::error::{AppError, AppResult, Kind};
+use crate::secrets::{self, Keys};
+use crate::store::{Read, Record, Writer};
+use crate::users::{self, User};
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "dsv_session";
+/// The pre-login cookie that anonymous CSRF tokens are bound to.
+pub const PRE_COOKIE: &str = "dsv_pre";
+/// Failed logins allowed within [`FAILURE_WINDOW_MINUTES`] before a lock.
+pub const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW_MINUTES: i64 = 15;
+const LOCK_MINUTES: i64 = 5;
+const API_TOKEN_INDEX: &str = "api_token_by_hash";
+
+/// A server-side session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    /// SHA-256 of the cookie value.
+    pub id: String,
+    pub user_id: String,
+    pub csrf: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub ip: Option<String>,
+}
+
+impl Record for Session {
+    const TABLE: &'static str = "sessions";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// An API bearer token (only its hash is kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub user_id: String,
+    pub hash: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Record for ApiToken {
+    const TABLE: &'static str = "api_tokens";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Session lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    pub idle: Duration,
+    pub absolute: Duration,
+}
+
+/// Checks a username and password; returns the active user.
+pub fn check_login(r: &impl Read, username: &str, password: &str) -> AppResult<User> {
+    let user = users::by_username(r, username.trim())?;
+    match user {
+        Some(u) if users::verify_password(password, &u.password_hash) => {
+            if !u.active {
+                return Err(AppError::new(
+                    Kind::Unauthenticated,
+                    "this account is deactivated",
+                ));
+            }
+            Ok(u)
+        }
+        Some(_) => Err(AppError::new(
+            Kind::Unauthenticated,
+            "wrong username or password",
+        )),
+        None => {
+            // Spend the same time as a real check, so timing does not reveal usernames.
+            users::verify_password(password, users::dummy_hash());
+            Err(AppError::new(
+                Kind::Unauthenticated,
+                "wrong username or password",
+            ))
+        }
+    }
+}
+
+/// Creates a session for a user; returns the cookie value (the only copy of the id).
+pub fn create_session(
+    w: &mut Writer,
+    user: &User,
+    actor: &Actor,
+) -> anyhow::Result<(String, Session)> {
+    let cookie = secrets::random_token(32);
+    let now = Utc::now();
+    let session = Session {
+        id: secrets::hash_secret(&cookie),
+        user_id: user.id.clone(),
+        csrf: secrets::random_token(24),
+        created_at: now,
+        last_seen: now,
+        ip: actor.ip.clone(),
+    };
+    w.put(&session)?;
+    audit::record(
+        w,
+        actor,
+        "session.login",
+        &format!("user:{}", user.username),
+        "",
+    )?;
+    Ok((cookie, session))
+}
+
+/// Looks up a session cookie; `None` when unknown or expired. Refreshes `last_seen`
+/// at most once a minute so reads do not turn into writes.
+pub fn session_from_cookie(
+    store: &crate::store::Store,
+    cookie: &str,
+    policy: SessionPolicy,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<(Session, User)>> {
+    let id = secrets::hash_secret(cookie);
+    let found = store.read(|r| {
+        let Some(session) = r.get::<Session>(&id)? else {
+            return Ok(None);
+        };
+        let user = r.get::<User>(&session.user_id)?;
+        Ok(user.map(|u| (session, u)))
+    })?;
+    let Some((mut session, user)) = found else {
+        return Ok(None);
+    };
+    let expired =
+        now - session.last_seen > policy.idle || now - session.created_at > policy.absolute;
+    if expired || !user.active {
+        store.write(|w| w.delete::<Session>(&id).map(|_| ()))?;
+        return Ok(None);
+    }
+    if now - session.last_seen > Duration::minutes(1) {
+        session.last_seen = now;
+        store.put(&session)?;
+    }
+    Ok(Some((session, user)))
+}
+
+/// Ends a session.
+pub fn end_session(w: &mut Writer, cookie: &str) -> anyhow::Result<()> {
+    w.delete::<Session>(&secrets::hash_secret(cookie))?;
+    Ok(())
+}
+
+/// Removes every session of a user (after deactivation or a password reset).
+pub fn end_sessions_of(w: &mut Writer, user_id: &str) -> anyhow::Result<()> {
+    let sessions: Vec<Session> = w.list()?;
+    for s in sessions.iter().filter(|s| s.user_id == user_id) {
+        w.delete::<Session>(&s.id)?;
+    }
+    Ok(())
+}
+
+/// The CSRF token of an anonymous visitor, bound to their pre-session cookie.
+pub fn anonymous_csrf(keys: &Keys, pre_cookie: &str) -> String {
+    keys.sign(&format!("csrf:{pre_cookie}"))
+}
+
+/// Creates an API token for a user; returns the token text (shown once).
+pub fn create_api_token(
+    w: &mut Writer,
+    actor: &Actor,
+    user: &User,
+    name: &str,
+) -> anyhow::Result<String> {
+    let token = format!("dsa_{}", secrets::random_token(32));
+    let hash = secrets::hash_secret(&token);
+    let record = ApiToken {
+        id: uuid::Uuid::new_v4().to_string(),
+        user_id: user.id.clone(),
+        hash: hash.clone(),
+        name: name.to_string(),
+        created_at: Utc::now(),
+    };
+    w.put(&record)?;
+    w.index_put(API_TOKEN_INDEX, &hash, &record.id)?;
+    audit::record(
+        w,
+        actor,
+        "apitoken.create",
+        &format!("user:{}", user.username),
+        name.to_string(),
+    )?;
+    Ok(token)
+}
+
+/// The active user a bearer token belongs to.
+pub fn user_from_api_token(r: &impl Read, token: &str) -> anyhow::Result<Option<User>> {
+    if !token.starts_with("dsa_") || token.len() > 100 {
+        return Ok(None);
+    }
+    let Some(id) = r.index_get(API_TOKEN_INDEX, &secrets::hash_secret(token))? else {
+        return Ok(None);
+    };
+    let Some(record) = r.get::<ApiToken>(&id)? else {
+        return Ok(None);
+    };
+    Ok(r.get::<User>(&record.user_id)?.filter(|u| u.active))
+}
+
+/// Counts failed logins per username and per address.
+#[derive(Default)]
+pub struct Throttle {
+    entries: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: DateTime<Utc>,
+    locked_until: Option<DateTime<Utc>>,
+}
+
+impl Throttle {
+    /// Refuses when `key` is locked; says until when.
+    pub fn check(&self, keys: &[String], now: DateTime<Utc>) -> AppResult<()> {
+        let entries = self.entries.lock().expect("throttle lock");
+        for key in keys {
+            if let Some(until) = entries.get(key).and_then(|f| f.locked_until) {
+                if until > now {
+                    let minutes = ((until - now).num_seconds() + 59) / 60;
+                    return Err(AppError::new(
+                        Kind::TooManyRequests,
+                        format!(
+                            "too many failed logins; try again in {minutes} minute{}",
+                            if minutes == 1 { "" } else { "s" }
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failure for each key; locks a key at the limit.
+    pub fn fail(&self, keys: &[String], now: DateTime<Utc>) {
+        let mut entries = self.entries.lock().expect("throttle lock");
+        for key in keys {
+            let entry = entries.entry(key.clone()).or_insert(Failures {
+                count: 0,
+                first: now,
+                locked_until: None,
+            });
+            if now - entry.first > Duration::minutes(FAILURE_WINDOW_MINUTES) {
+                *entry = Failures {
+                    count: 0,
+                    first: now,
+                    locked_until: None,
+                };
+            }
+            entry.count += 1;
+            if entry.count >= MAX_FAILURES {
+                entry.locked_until = Some(now + Duration::minutes(LOCK_MINUTES));
+                entry.count = 0;
+                entry.first = now;
+            }
+        }
+        // Keep the map small: forget entries whose window and lock are over.
+        if entries.len() > 10_000 {
+            entries.retain(|_, f| {
+                f.locked_until.is_some_and(|u| u > now)
+                    || now - f.first < Duration::minutes(FAILURE_WINDOW_MINUTES)
+            });
+        }
+    }
+
+    /// Clears a username's failures after a successful login.
+    pub fn succeed(&self, key: &str) {
+        self.entries.lock().expect("throttle lock").remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Five failures lock the key for five minutes, then it opens again.
+    #[test]
+    fn throttle_locks_and_unlocks() {
+        let t = Throttle::default();
+        let keys = vec!["user:a".to_string()];
+        let now = Utc::now();
+        for _ in 0..MAX_FAILURES - 1 {
+            t.fail(&keys, now);
+            assert!(t.check(&keys, now).is_ok());
+        }
+        t.fail(&keys, now);
+        let err = t.check(&keys, now).unwrap_err();
+        assert_eq!(err.kind, Kind::TooManyRequests);
+        assert!(t.check(&keys, now + Duration::minutes(6)).is_ok());
+    }
+
+    /// Expired sessions are refused: idle and absolute limits both apply.
+    #[test]
+    fn sessions_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let input = users::NewUser {
+            username: Some("ann".into()),
+            role: Some("admin".into()),
+            ..Default::default()
+        };
+        let user = store
+            .write(|w| {
+                Ok(users::create(
+                    w,
+                    &Actor::cli(),
+                    &input,
+                    Some(users::hash_password("password1")?),
+                )?)
+            })
+            .unwrap();
+        let (cookie, _) = store
+            .write(|w| create_session(w, &user, &Actor::cli()))
+            .unwrap();
+        let policy = SessionPolicy {
+            idle: Duration::hours(1),
+            absolute: Duration::hours(10),
+        };
+        let now = Utc::now();
+        assert!(session_from_cookie(&store, &cookie, policy, now)
+            .unwrap()
+            .is_some());
+        assert!(session_from_cookie(&store, "forged", policy, now)
+            .unwrap()
+            .is_none());
+        assert!(
+            session_from_cookie(&store, &cookie, policy, now + Duration::hours(2))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Configuration of `dynserv serve` and the other commands.
+//!
+//! Precedence, highest first: command-line flags, then environment variables
+//! (`DYNSERV_*`, plus `SESSION_SECRET`, `DATABASE_URL`, `HETZNER_API_TOKEN`,
+//! `HETZNER_API_URL`), then the optional TOML file (`--config FILE`, or
+//! `DATA_DIR/dynserv.toml` when present), then the defaults below. Flags and env are
+//! merged by clap (each flag names its variable); [`Config::resolve`] layers the file
+//! and defaults under them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Default QUIC (fleet) listen address.
+pub const DEFAULT_QUIC: &str = "0.0.0.0:4433";
+/// Default Hetzner Cloud API base.
+pub const DEFAULT_HETZNER_URL: &str = "https://api.hetzner.cloud/v1";
+
+/// The optional configuration file. Unknown keys are an error, so a typo is caught.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http: Option<String>,
+    pub quic: Option<String>,
+    /// The address agents dial, as written into enrollment instructions and cloud-init
+    /// (`HOST:PORT`); defaults to the QUIC listen address.
+    pub public_quic: Option<String>,
+    /// The URL people and new servers reach the web UI at.
+    pub public_url: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub hetzner_api_url: Option<String>,
+    pub session_idle_minutes: Option<u64>,
+    pub session_absolute_hours: Option<u64>,
+}
+
+/// Values given on the command line or in the environment (already merged by clap).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub http: Option<String>,
+    pub quic: Option<String>,
+    pub public_quic: Option<String>,
+    pub public_url: Option<String>,
+    pub trusted_proxies: Option<String>,
+    pub session_secret: Option<String>,
+    pub database_url: Option<String>,
+    pub hetzner_api_token: Option<String>,
+    pub hetzner_api_url: Option<String>,
+    pub config_file: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub store_path: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub public_quic: String,
+    pub public_url: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub session_secret: Option<String>,
+    pub hetzner_api_token: Option<String>,
+    pub hetzner_api_url: String,
+    pub session_idle: chrono::Duration,
+    pub session_absolute: chrono::Duration,
+}
+
+impl Config {
+    /// Layers overrides over the file over the defaults.
+    pub fn resolve(data_dir: &Path, over: &Overrides) -> Result<Config> {
+        let file = load_file(data_dir, over.config_file.as_deref())?;
+        let http_text = over
+            .http
+            .clone()
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP.into());
+        let quic_text = over
+            .quic
+            .clone()
+            .or(file.quic)
+            .unwrap_or_else(|| DEFAULT_QUIC.into());
+        let http: SocketAddr = http_text
+            .parse()
+            .with_context(|| format!("--http {http_text:?} is not HOST:PORT"))?;
+        let quic: SocketAddr = quic_text
+            .parse()
+            .with_context(|| format!("--quic {quic_text:?} is not HOST:PORT"))?;
+        let store_path = match over.database_url.as_deref().filter(|s| !s.is_empty()) {
+            None => data_dir.join("dynserv.redb"),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                bail!("DATABASE_URL names PostgreSQL, which this version does not support yet; unset it to use the embedded store")
+            }
+            Some(url) => PathBuf::from(url.strip_prefix("redb://").unwrap_or(url)),
+        };
+        let proxies_text: Vec<String> = match &over.trusted_proxies {
+            Some(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            None => file.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies = proxies_text
+            .iter()
+            .map(|p| IpNet::parse(p))
+            .collect::<Result<Vec<_>>>()?;
+        let public_quic = over
+            .public_quic
+            .clone()
+            .or(file.public_quic)
+            .unwrap_or_else(|| {
+                if quic.ip().is_unspecified() {
+                    format!("127.0.0.1:{}", quic.port())
+                } else {
+                    quic.to_string()
+                }
+            });
+        let public_url = over
+            .public_url
+            .clone()
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{http}"));
+        Ok(Config {
+            data_dir: data_dir.to_path_buf(),
+            store_path,
+            http,
+            quic,
+            public_quic,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            trusted_proxies,
+            session_secret: over.session_secret.clone(),
+            hetzner_api_token: over.hetzner_api_token.clone().filter(|s| !s.is_empty()),
+            hetzner_api_url: over
+                .hetzner_api_url
+                .clone()
+                .or(file.hetzner_api_url)
+                .unwrap_or_else(|| DEFAULT_HETZNER_URL.into()),
+            session_idle: chrono::Duration::minutes(
+                file.session_idle_minutes.unwrap_or(12 * 60) as i64
+            ),
+            session_absolute: chrono::Duration::hours(
+                file.session_absolute_hours.unwrap_or(7 * 24) as i64,
+            ),
+        })
+    }
+}
+
+fn load_file(data_dir: &Path, explicit: Option<&Path>) -> Result<FileConfig> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = data_dir.join("dynserv.toml");
+            if !default.exists() {
+                return Ok(FileConfig::default());
+            }
+            default
+        }
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`) or a single address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(text: &str) -> Result<IpNet> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .with_context(|| format!("trusted proxy {text:?} is not an address or range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .with_context(|| format!("trusted proxy {text:?} has an invalid prefix"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example config parses and equals the defaults.
+    #[test]
+    fn example_config_matches_defaults() {
+        let text = include_str!("../../packaging/dynserv.example.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dynserv.toml");
+        std::fs::write(&path, text).unwrap();
+        let from_file = Config::resolve(dir.path(), &Overrides::default()).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let defaults = Config::resolve(empty.path(), &Overrides::default()).unwrap();
+        assert_eq!(from_file.http, defaults.http);
+        assert_eq!(from_file.quic, defaults.quic);
+        assert_eq!(from_file.hetzner_api_url, defaults.hetzner_api_url);
+        assert_eq!(from_file.session_idle, defaults.session_idle);
+        assert_eq!(from_file.session_absolute, defaults.session_absolute);
+        assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
+    }
+
+    /// Flags win over the file; unknown keys are refused.
+    #[test]
+    fn precedence_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("dynserv.toml"),
+            "http = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let over = Overrides {
+            http: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(dir.path(), &over).unwrap().http.port(),
+            9100
+        );
+        assert_eq!(
+            Config::resolve(dir.path(), &Overrides::default())
+                .unwrap()
+                .http
+                .port(),
+            9000
+        );
+        std::fs::write(dir.path().join("dynserv.toml"), "htp = \"x\"\n").unwrap();
+        assert!(Config::resolve(dir.path(), &Overrides::default()).is_err());
+    }
+
+    /// PostgreSQL URLs are refused with a clear message.
+    #[test]
+    fn postgres_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let over = Overrides {
+            database_url: Some("postgres://x/y".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(dir.path(), &over).unwrap_err().to_string();
+        assert!(err.contains("PostgreSQL"), "{err}");
+    }
+
+    /// Trusted proxy ranges match the addresses inside them only.
+    #[test]
+    fn ip_ranges() {
+        let net = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Commands other than `serve` (`user add`, `apitoken create`, `backup`, …) and the
+//! local control socket that lets them run while `serve` holds the store.
+//!
+//! redb lets one process open the file. So `serve` listens on `DATA_DIR/dynserv.sock`
+//! (mode 0600: only the owner of the data directory may use it); a command first tries
+//! that socket and, when no server answers, opens the store itself. Both paths run the
+//! same [`execute`], so a command behaves the same either way.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::app::App;
+use crate::audit::Actor;
+use crate::auth;
+use crate::policy::Role;
+use crate::secrets::Keys;
+use crate::store::Store;
+use crate::users::{self, NewUser};
+
+/// The socket's file name inside the data directory.
+pub const SOCKET: &str = "dynserv.sock";
+/// Longest accepted request line on the socket.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One command, as sent over the socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Create a user; without a password one is generated and printed.
+    UserAdd {
+        username: String,
+        role: String,
+        manager: bool,
+        password: Option<String>,
+    },
+    /// Create an API token for a user.
+    ApiTokenCreate {
+        username: String,
+        name: Option<String>,
+    },
+    /// Write a consistent copy of the store.
+    Backup { out: PathBuf },
+}
+
+/// What a command needs: the store and the keys, whichever process holds them.
+pub struct Core<'a> {
+    pub store: &'a Store,
+    pub keys: &'a Keys,
+    pub data_dir: &'a Path,
+}
+
+/// Runs a command; the answer is what the CLI prints on stdout.
+pub fn execute(core: &Core, command: &Command) -> Result<String> {
+    match command {
+        Command::UserAdd {
+            username,
+            role,
+            manager,
+            password,
+        } => {
+            let (password, generated) = match password {
+                Some(p) => (p.clone(), false),
+                None => (crate::secrets::random_token(12), true),
+            };
+            let username = username.trim().to_lowercase();
+            crate::validate::username(Some(&username)).map_err(|e| anyhow::anyhow!(e.message))?;
+            Role::parse(role)
+                .with_context(|| format!("role must be admin, technical or sales, not {role:?}"))?;
+            crate::validate::password("password", Some(&password))
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let hash = users::hash_password(&password)?;
+            let input = NewUser {
+                username: Some(username.clone()),
+                role: Some(role.clone()),
+                is_manager: *manager,
+                ..Default::default()
+            };
+            core.store
+                .write(|w| Ok(users::create(w, &Actor::cli(), &input, Some(hash))?))
+                .map_err(|e| match e.downcast::<crate::error::AppError>() {
+                    Ok(app) => anyhow::anyhow!(app.message),
+                    Err(e) => e,
+                })?;
+            Ok(if generated {
+                format!("created user {username} with password {password}")
+            } else {
+                format!("created user {username}")
+            })
+        }
+        Command::ApiTokenCreate { username, name } => {
+            let user = core
+                .store
+                .read(|r| users::by_username(r, username.trim()))?
+                .with_context(|| format!("no user named {username}"))?;
+            if !user.active {
+                anyhow::bail!("user {username} is deactivated");
+            }
+            core.store.write(|w| {
+                auth::create_api_token(w, &Actor::cli(), &user, name.as_deref().unwrap_or("cli"))
+            })
+        }
+        Command::Backup { out } => {
+            let out = if out.is_absolute() {
+                out.clone()
+            } else {
+                std::env::current_dir()?.join(out)
+            };
+            core.store.backup_to(&out)?;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            Ok(format!("wrote {} ({size} bytes)", out.display()))
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    ok: Option<String>,
+    error: Option<String>,
+}
+
+/// Listens on the control socket until `stop` resolves.
+pub fn listen(
+    app: App,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<impl std::future::Future<Output = ()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = app.config.data_dir.join(SOCKET);
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            anyhow::bail!(
+                "another dynserv serve is running on {}",
+                app.config.data_dir.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(async move {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let app = app.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = serve_one(app, stream).await {
+                                tracing::warn!("control socket: {e:#}");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+async fn serve_one(app: App, stream: UnixStream) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_LINE as u64));
+    reader.read_line(&mut line).await?;
+    let answer = match serde_json::from_str::<Command>(&line) {
+        Err(e) => Answer {
+            ok: None,
+            error: Some(format!("malformed command: {e}")),
+        },
+        Ok(command) => {
+            let result = tokio::task::spawn_blocking(move || {
+                let core = Core {
+                    store: &app.store,
+                    keys: &app.keys,
+                    data_dir: &app.config.data_dir,
+                };
+                execute(&core, &command)
+            })
+            .await?;
+            match result {
+                Ok(text) => Answer {
+                    ok: Some(text),
+                    error: None,
+                },
+                Err(e) => Answer {
+                    ok: None,
+                    error: Some(format!("{e:#}")),
+                },
+            }
+        }
+    };
+    let mut bytes = serde_json::to_vec(&answer)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Sends a command to a running server; `Ok(None)` when no server listens.
+pub fn send(data_dir: &Path, command: &Command) -> Result<Option<String>> {
+    use std::io::{BufRead, Write};
+    let path = data_dir.join(SOCKET);
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let mut bytes = serde_json::to_vec(command)?;
+    bytes.push(b'\n');
+    stream.write_all(&bytes)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .context("reading the server's answer")?;
+    let answer: Answer = serde_json::from_str(&line).context("the server's answer is malformed")?;
+    match (answer.ok, answer.error) {
+        (Some(text), _) => Ok(Some(text)),
+        (None, Some(error)) => Err(anyhow::anyhow!(error)),
+        (None, None) => Err(anyhow::anyhow!("the server gave an empty answer")),
+    }
+}
+
+/// Runs a command through the running server, or directly on the store when none runs.
+pub fn run_command(
+    data_dir: &Path,
+    store_path: &Path,
+    session_secret: Option<&str>,
+    command: &Command,
+) -> Result<String> {
+    if let Some(answer) = send(data_dir, command)? {
+        return Ok(answer);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = Store::open(store_path)?;
+    let keys = Keys::load(data_dir, session_secret)?;
+    execute(
+        &Core {
+            store: &store,
+            keys: &keys,
+            data_dir,
+        },
+        command,
+    )
+}

@@ -1,0 +1,123 @@
+//! The one error type of the web layer and the domain functions it calls: a stable
+//! kind, a message a person can act on, and optionally the form field at fault. The
+//! kind decides the HTTP status in exactly one place, [`AppError::status`].
+
+use warp::http::StatusCode;
+
+/// What went wrong, in terms a caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The body or a parameter is malformed (400).
+    BadRequest,
+    /// The request is well formed but a value is invalid (422); `field` names it.
+    Invalid,
+    /// No valid session or token (401).
+    Unauthenticated,
+    /// Authenticated but not allowed (403).
+    Forbidden,
+    /// The thing does not exist, or the caller may not know it exists (404).
+    NotFound,
+    /// The move conflicts with the current state, e.g. a workflow transition (409).
+    Conflict,
+    /// Too many attempts; try later (429).
+    TooManyRequests,
+    /// A bug or an I/O failure on our side (500); the message is logged, not shown.
+    Internal,
+}
+
+/// An error with its kind, message and field.
+#[derive(Debug, Clone)]
+pub struct AppError {
+    pub kind: Kind,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+/// The result type of domain functions called from the web layer.
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    pub fn new(kind: Kind, message: impl Into<String>) -> AppError {
+        AppError {
+            kind,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> AppError {
+        AppError::new(Kind::BadRequest, message)
+    }
+    /// An invalid value of a named field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> AppError {
+        AppError {
+            kind: Kind::Invalid,
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+    pub fn forbidden() -> AppError {
+        AppError::new(Kind::Forbidden, "you do not have permission to do that")
+    }
+    pub fn not_found(what: &str) -> AppError {
+        AppError::new(Kind::NotFound, format!("{what} not found"))
+    }
+    pub fn conflict(message: impl Into<String>) -> AppError {
+        AppError::new(Kind::Conflict, message)
+    }
+    pub fn unauthenticated() -> AppError {
+        AppError::new(Kind::Unauthenticated, "authentication required")
+    }
+
+    /// The HTTP status of this error; the only mapping from kind to status.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message to show: internal details stay in the log.
+    pub fn public_message(&self) -> &str {
+        if self.kind == Kind::Internal {
+            "internal error; the details are in the server log"
+        } else {
+            &self.message
+        }
+    }
+
+    /// The JSON body of an API error.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({ "error": self.public_message() });
+        if let Some(field) = &self.field {
+            body["field"] = serde_json::Value::String(field.clone());
+        }
+        body
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> AppError {
+        // A domain error wrapped in anyhow keeps its kind.
+        match e.downcast::<AppError>() {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!("internal error: {e:#}");
+                AppError::new(Kind::Internal, format!("{e:#}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! People: user records, their passwords (argon2id hashes only) and the rules for
+//! creating, editing and deactivating them. The username index is `user_by_name`.
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{self, Actor};
+use crate::error::{AppError, AppResult};
+use crate::policy::{Role, Subject};
+use crate::projects;
+use crate::store::{Read, Record, Writer};
+use crate::validate;
+
+const BY_NAME: &str = "user_by_name";
+
+/// A person who can log in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub full_name: Option<String>,
+    pub email: Option<String>,
+    pub role: Role,
+    pub is_manager: bool,
+    pub active: bool,
+    pub password_hash: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Record for User {
+    const TABLE: &'static str = "users";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The public view of a user (no hash), as the API and pages show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    pub full_name: Option<String>,
+    pub email: Option<String>,
+    pub role: Role,
+    pub role_label: &'static str,
+    pub is_manager: bool,
+    pub active: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> UserView {
+        UserView {
+            id: u.id.clone(),
+            username: u.username.clone(),
+            full_name: u.full_name.clone(),
+            email: u.email.clone(),
+            role: u.role,
+            role_label: u.role.label(),
+            is_manager: u.is_manager,
+            active: u.active,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// What it takes to create a user.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub role: Option<String>,
+    #[serde(default)]
+    pub is_manager: bool,
+    pub full_name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A change to a user; absent fields stay as they are.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    pub role: Option<String>,
+    pub is_manager: Option<bool>,
+    pub active: Option<bool>,
+    pub password: Option<String>,
+    pub full_name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+}
+
+/// Checks a password against a stored hash.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    PasswordHash::new(stored)
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A hash no password matches, used to spend the same time on unknown usernames.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("not a password of anyone").expect("hashing works"))
+}
+
+fn parse_role(value: Option<&str>) -> AppResult<Role> {
+    let text = value.map(str::trim).unwrap_or("");
+    if text.is_empty() {
+        return Err(AppError::invalid("role", "role is required"));
+    }
+    Role::parse(text)
+        .ok_or_else(|| AppError::invalid("role", "role must be admin, technical or sales"))
+}
+
+/// Finds a user by username.
+pub fn by_username(r: &impl Read, username: &str) -> anyhow::Result<Option<User>> {
+    match r.index_get(BY_NAME, username)? {
+        Some(id) => r.get(&id),
+        None => Ok(None),
+    }
+}
+
+/// Finds a user by id or username.
+pub fn find(r: &impl Read, key: &str) -> anyhow::Result<Option<User>> {
+    match r.get::<User>(key)? {
+        Some(u) => Ok(Some(u)),
+        None => by_username(r, key),
+    }
+}
+
+/// Validates and creates a user. The password is hashed before the transaction.
+pub fn create(
+    w: &mut Writer,
+    actor: &Actor,
+    input: &NewUser,
+    password_hash: Option<String>,
+) -> AppResult<User> {
+    let username = validate::username(input.username.as_deref())?;
+    let role = parse_role(input.role.as_deref())?;
+    let full_name = validate::optional("full_name", input.full_name.as_deref(), 120)?;
+    let email = match input
+        .email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        Some(e) => Some(validate::email("email", Some(e))?),
+        None => None,
+    };
+    let password_hash = match password_hash {
+        Some(h) => h,
+        None => {
+            let password = validate::password("password", input.password.as_deref())?;
+            hash_password(&password)?
+        }
+    };
+    if by_username(w, &username)?.is_some() {
+        return Err(AppError::invalid(
+            "username",
+            format!("username {username} is taken"),
+        ));
+    }
+    let now = chrono::Utc::now();
+    let user = User {
+        id: uuid::Uuid::new_v4().to_string(),
+        username: username.clone(),
+        full_name,
+        email,
+        role,
+        is_manager: input.is_manager,
+        active: true,
+        password_hash,
+        created_at: now,
+        updated_at: now,
+    };
+    w.put(&user)?;
+    w.index_put(BY_NAME, &username, &user.id)?;
+    audit::record(
+        w,
+        actor,
+        "user.create",
+        &format!("user:{username}"),
+        format!(
+            "role {}{}",
+            role.as_str(),
+            if user.is_manager { ", manager" } else { "" }
+        ),
+    )?;
+    Ok(user)
+}
+
+/// Validates a change before any hashing (so a bad form costs no argon2 time).
+pub fn check_change(change: &UserChange) -> AppResult<()> {
+    if let Some(role) = change.role.as_deref() {
+        parse_role(Some(role))?;
+    }
+    if let Some(p) = change.password.as_deref().filter(|p| !p.is_empty()) {
+        validate::password("password", Some(p))?;
+    }
+    validate::optional("full_name", change.full_name.as_deref(), 120)?;
+    if let Some(e) = change
+        .email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        validate::email("email", Some(e))?;
+    }
+    Ok(())
+}
+
+/// Applies a change to a user. `new_password_hash` is the hash of `change.password`.
+/// An admin cannot demote or deactivate themselves, so the system always keeps one.
+pub fn update(
+    w: &mut Writer,
+    actor: &Actor,
+    user_id: &str,
+    change: &UserChange,
+    new_password_hash: Option<String>,
+) -> AppResult<User> {
+    check_change(change)?;
+    let mut user: User = w.get(user_id)?.ok_or_else(|| AppError::not_found("user"))?;
+    let mut changes = Vec::new();
+    let self_edit = user.username == actor.username;
+    if let Some(role) = change.role.as_deref() {
+        let role = parse_role(Some(role))?;
+        if role != user.role {
+            if self_edit && user.role == Role::Admin {
+                return Err(AppError::invalid("role", "you cannot change your own role"));
+            }
+            changes.push(format!("role {} -> {}", user.role.as_str(), role.as_str()));
+            user.role = role;
+        }
+    }
+    if let Some(m) = change.is_manager {
+        if m != user.is_manager {
+            changes.push(format!("manager {m}"));
+            user.is_manager = m;
+        }
+    }
+    if let Some(active) = change.active {
+        if active != user.active {
+            if self_edit && !active {
+                return Err(AppError::invalid(
+                    "active",
+                    "you cannot deactivate yourself",
+                ));
+            }
+            changes.push(if active {
+                "reactivated".to_string()
+            } else {
+                "deactivated".to_string()
+            });
+            user.active = active;
+        }
+    }
+    if let Some(name) = change.full_name.as_deref() {
+        user.full_name = validate::optional("full_name", Some(name), 120)?;
+    }
+    if let Some(email) = change.email.as_deref() {
+        user.email = match email.trim() {
+            "" => None,
+            e => Some(validate::email("email", Some(e))?),
+        };
+    }
+    if let Some(hash) = new_password_hash {
+        user.password_hash = hash;
+        changes.push("password reset".into());
+    }
+    user.updated_at = chrono::Utc::now();
+    w.put(&user)?;
+    audit::record(
+        w,
+        actor,
+        "user.update",
+        &format!("user:{}", user.username),
+        if changes.is_empty() {
+            "details".to_string()
+        } else {
+            changes.join(", ")
+        },
+    )?;
+    Ok(user)
+}
+
+/// The policy subject of a user: role, manager flag and project grants.
+pub fn subject(r: &impl Read, user: &User) -> anyhow::Result<Subject> {
+    Ok(Subject {
+        user_id: user.id.clone(),
+        username: user.username.clone(),
+        role: user.role,
+        is_manager: user.is_manager,
+        grants: projects::grants_of_user(r, &user.id)?,
+    })
+}
+
+/// Every user, sorted by username.
+pub fn all(r: &impl Read) -> anyhow::Result<Vec<User>> {
+    let mut users: Vec<User> = r.list()?;
+    users.sort_by(|a, b| a.username.cmp(&b.username));
+    Ok(users)
+}

@@ -1,0 +1,332 @@
+//! JSON API handlers under `/api/v1` (names in CONTRACT.md). Each parses its input,
+//! asks `policy::can`, calls the domain module and answers JSON.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::StatusCode;
+
+use super::{json as reply, Ctx, Req, Resp};
+use crate::app::App;
+use crate::audit;
+use crate::auth;
+use crate::error::{AppError, AppResult};
+use crate::policy::{self, Action, Level};
+use crate::projects::{self, Project, ProjectInput, ProjectView};
+use crate::servers::{self, Server};
+use crate::store::Read;
+use crate::users::{self, NewUser, User, UserChange, UserView};
+
+fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()> {
+    if policy::can(&ctx.subject, action, project_id) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// `GET /api/v1/me`.
+pub fn me(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    let projects = app.store.read(|r| projects::all(r))?;
+    let list: Vec<Value> = projects
+        .iter()
+        .filter_map(|p| {
+            ctx.subject
+                .level_on(&p.id)
+                .map(|level| json!({"id": p.id, "name": p.name, "level": level}))
+        })
+        .collect();
+    Ok(reply(
+        StatusCode::OK,
+        &json!({
+            "username": ctx.user.username,
+            "role": ctx.user.role,
+            "is_manager": ctx.user.is_manager,
+            "full_name": ctx.user.full_name,
+            "projects": list,
+        }),
+    ))
+}
+
+/// The API shape of a server.
+pub fn server_json(r: &impl Read, server: &Server) -> anyhow::Result<Value> {
+    let project = r
+        .get::<Project>(&server.project_id)?
+        .map(|p| p.name)
+        .unwrap_or_default();
+    let agent = server_agent_json(r, server)?;
+    Ok(json!({
+        "id": server.id,
+        "name": server.name,
+        "project": project,
+        "project_id": server.project_id,
+        "status": server.status,
+        "server_type": server.server_type,
+        "location": server.location,
+        "image": server.image,
+        "ipv4": server.ipv4,
+        "ipv6": server.ipv6,
+        "labels": server.labels,
+        "hetzner_id": server.hetzner_id,
+        "monthly_cost": server.monthly_cost,
+        "created_at": server.created_at,
+        "agent": agent,
+    }))
+}
+
+/// The agent part of a server's JSON: `{"id", "connected", "last_seen"}` or null.
+fn server_agent_json(_r: &impl Read, server: &Server) -> anyhow::Result<Value> {
+    Ok(match &server.agent_id {
+        Some(id) => json!({"id": id, "connected": false, "last_seen": null}),
+        None => Value::Null,
+    })
+}
+
+/// `GET /api/v1/servers?q=TEXT`: the servers the caller may see.
+pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let list = app.store.read(|r| {
+        let servers = servers::visible(r, &ctx.subject, req.query("q"))?;
+        servers
+            .iter()
+            .map(|s| server_json(r, s))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(reply(StatusCode::OK, &list))
+}
+
+/// `GET /api/v1/servers/{id}`.
+pub fn server(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let value = app.store.read(|r| {
+        let server = servers::get_visible(r, &ctx.subject, id)?;
+        Ok(server_json(r, &server)?)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+/// The API shape of a project, with access grants for those who may manage them.
+fn project_json(r: &impl Read, ctx: &Ctx, project: &Project) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(ProjectView::from(project))?;
+    if policy::can(&ctx.subject, Action::ManageAccess, Some(&project.id)) {
+        let mut access = Vec::new();
+        for grant in projects::all_grants(r)?
+            .into_iter()
+            .filter(|g| g.project_id == project.id)
+        {
+            if let Some(user) = r.get::<User>(&grant.user_id)? {
+                access.push(json!({"username": user.username, "level": grant.level}));
+            }
+        }
+        value["access"] = Value::Array(access);
+    }
+    Ok(value)
+}
+
+/// `GET /api/v1/projects`: projects the caller may see.
+pub fn projects(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    let list = app.store.read(|r| {
+        projects::all(r)?
+            .iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+            .map(|p| project_json(r, ctx, p))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(reply(StatusCode::OK, &list))
+}
+
+fn visible_project(r: &impl Read, ctx: &Ctx, key: &str) -> AppResult<Project> {
+    let project = projects::find(r, key)?.ok_or_else(|| AppError::not_found("project"))?;
+    require(ctx, Action::ViewProject, Some(&project.id))?;
+    Ok(project)
+}
+
+/// `GET /api/v1/projects/{id}`.
+pub fn project(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    let value = app.store.read(|r| {
+        let project = visible_project(r, ctx, key)?;
+        Ok(project_json(r, ctx, &project)?)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+/// `POST /api/v1/projects`.
+pub fn create_project(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::CreateProject, None)?;
+    let input: ProjectInput = req.json()?;
+    let actor = ctx.actor(req);
+    let project = app
+        .store
+        .write(|w| Ok(projects::create(w, &app.keys, &actor, &input)?))?;
+    let value = app.store.read(|r| project_json(r, ctx, &project))?;
+    Ok(reply(StatusCode::CREATED, &value))
+}
+
+/// `PUT /api/v1/projects/{id}`.
+pub fn update_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    let input: ProjectInput = req.json()?;
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, key)?))?;
+    require(ctx, Action::EditProject, Some(&project.id))?;
+    let actor = ctx.actor(req);
+    let project = app.store.write(|w| {
+        Ok(projects::update(
+            w,
+            &app.keys,
+            &actor,
+            &project.id,
+            &input,
+            false,
+        )?)
+    })?;
+    let value = app.store.read(|r| project_json(r, ctx, &project))?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessInput {
+    username: String,
+    level: String,
+}
+
+/// `POST /api/v1/projects/{id}/access`.
+pub fn grant_access(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    let input: AccessInput = req.json()?;
+    let level = Level::parse(input.level.trim())
+        .ok_or_else(|| AppError::invalid("level", "level must be read, write or admin"))?;
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, key)?))?;
+    require(ctx, Action::ManageAccess, Some(&project.id))?;
+    let actor = ctx.actor(req);
+    app.store.write(|w| {
+        Ok(projects::grant(
+            w,
+            &actor,
+            &project.id,
+            &input.username,
+            level,
+        )?)
+    })?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &json!({"project": project.name, "username": input.username.trim(), "level": level}),
+    ))
+}
+
+/// `DELETE /api/v1/projects/{id}/access/{username}`.
+pub fn revoke_access(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    key: &str,
+    username: &str,
+) -> AppResult<Resp> {
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, key)?))?;
+    require(ctx, Action::ManageAccess, Some(&project.id))?;
+    let actor = ctx.actor(req);
+    app.store
+        .write(|w| Ok(projects::revoke(w, &actor, &project.id, username)?))?;
+    Ok(reply(StatusCode::OK, &json!({"revoked": username})))
+}
+
+/// `GET /api/v1/users` (admin).
+pub fn users(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let list: Vec<UserView> = app
+        .store
+        .read(|r| users::all(r))?
+        .iter()
+        .map(UserView::from)
+        .collect();
+    Ok(reply(StatusCode::OK, &list))
+}
+
+/// Hashes a password off the async executor (argon2 is deliberately slow).
+pub async fn hash_off_thread(password: String) -> AppResult<String> {
+    tokio::task::spawn_blocking(move || users::hash_password(&password))
+        .await
+        .map_err(|e| AppError::from(anyhow::anyhow!("hashing task: {e}")))?
+        .map_err(AppError::from)
+}
+
+/// `POST /api/v1/users` (admin).
+pub async fn create_user(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let input: NewUser = req.json()?;
+    // Validate everything cheap before spending argon2 time.
+    crate::validate::username(input.username.as_deref())?;
+    let password = crate::validate::password("password", input.password.as_deref())?;
+    let hash = hash_off_thread(password).await?;
+    let actor = ctx.actor(req);
+    let user = app
+        .store
+        .write(|w| Ok(users::create(w, &actor, &input, Some(hash))?))?;
+    Ok(reply(StatusCode::CREATED, &UserView::from(&user)))
+}
+
+/// `PUT /api/v1/users/{id}` (admin): role, manager flag, active, password reset.
+pub async fn update_user(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let change: UserChange = req.json()?;
+    users::check_change(&change)?;
+    let user = app
+        .store
+        .read(|r| users::find(r, key))?
+        .ok_or_else(|| AppError::not_found("user"))?;
+    let hash = match change.password.clone().filter(|p| !p.is_empty()) {
+        Some(p) => Some(hash_off_thread(p).await?),
+        None => None,
+    };
+    let actor = ctx.actor(req);
+    let reset = hash.is_some();
+    let user = app.store.write(|w| {
+        let user = users::update(w, &actor, &user.id, &change, hash)?;
+        if reset || !user.active {
+            auth::end_sessions_of(w, &user.id)?;
+        }
+        Ok(user)
+    })?;
+    Ok(reply(StatusCode::OK, &UserView::from(&user)))
+}
+
+/// `POST /api/v1/users/{id}/apitokens`: a new API token for that user (admin, or the
+/// user themselves). The token is in the answer once and never again.
+pub fn create_api_token(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    let user = app
+        .store
+        .read(|r| users::find(r, key))?
+        .ok_or_else(|| AppError::not_found("user"))?;
+    if user.id != ctx.user.id {
+        require(ctx, Action::ManageUsers, None)?;
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Input {
+        name: Option<String>,
+    }
+    let input: Input = if req.body.is_empty() {
+        Input::default()
+    } else {
+        req.json()?
+    };
+    let name = crate::validate::optional("name", input.name.as_deref(), 80)?
+        .unwrap_or_else(|| "api".into());
+    let actor = ctx.actor(req);
+    let token = app
+        .store
+        .write(|w| auth::create_api_token(w, &actor, &user, &name))?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &json!({"token": token, "username": user.username, "name": name}),
+    ))
+}
+
+/// `GET /api/v1/audit?q=TEXT&limit=N` (admin).
+pub fn audit(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewAudit, None)?;
+    let limit = req
+        .query("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(200usize)
+        .min(5000);
+    let entries = app
+        .store
+        .read(|r| audit::recent(r, req.query("q"), limit))?;
+    Ok(reply(StatusCode::OK, &entries))
+}

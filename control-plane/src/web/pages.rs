@@ -1,0 +1,884 @@
+//! HTML page handlers. A form that fails validation re-renders with the message
+//! beside its field and what the user typed; a success redirects with a flash.
+
+use serde_json::{json, Map, Value};
+use warp::http::{HeaderValue, StatusCode};
+
+use super::{redirect, Ctx, Form, Req, Resp};
+use crate::app::App;
+use crate::audit;
+use crate::auth;
+use crate::error::{AppError, AppResult, Kind};
+use crate::policy::{self, Action, Level, Role};
+use crate::projects::{self, Project, ProjectInput, ProjectView};
+use crate::servers;
+use crate::store::Read;
+use crate::users::{self, NewUser, User, UserChange, UserView};
+
+/// One navigation entry.
+struct NavItem {
+    label: &'static str,
+    href: &'static str,
+    icon: &'static str,
+    visible: bool,
+}
+
+/// The navigation for a subject: every entry is decided by `policy::can`.
+fn nav(ctx: &Ctx, path: &str) -> Value {
+    let s = &ctx.subject;
+    let items = [
+        NavItem {
+            label: "Dashboard",
+            href: "/",
+            icon: "fa-gauge-high",
+            visible: true,
+        },
+        NavItem {
+            label: "Servers",
+            href: "/servers",
+            icon: "fa-server",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
+            label: "Agents",
+            href: "/agents",
+            icon: "fa-satellite-dish",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
+            label: "Executions",
+            href: "/executions",
+            icon: "fa-terminal",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
+            label: "Projects",
+            href: "/projects",
+            icon: "fa-folder-tree",
+            visible: policy::can(s, Action::ViewProject, None),
+        },
+        NavItem {
+            label: "Project access",
+            href: "/access",
+            icon: "fa-user-lock",
+            visible: policy::can(s, Action::ManageAccess, None),
+        },
+        NavItem {
+            label: "Users",
+            href: "/users",
+            icon: "fa-users",
+            visible: policy::can(s, Action::ManageUsers, None),
+        },
+        NavItem {
+            label: "Audit log",
+            href: "/audit",
+            icon: "fa-clipboard-list",
+            visible: policy::can(s, Action::ViewAudit, None),
+        },
+    ];
+    Value::Array(
+        items
+            .iter()
+            .filter(|i| i.visible)
+            .map(|i| {
+                let active = if i.href == "/" {
+                    path == "/"
+                } else {
+                    path.starts_with(i.href)
+                };
+                json!({"label": i.label, "href": i.href, "icon": i.icon, "active": active})
+            })
+            .collect(),
+    )
+}
+
+fn flash_of(req: &Req) -> Value {
+    let Some(raw) = req.cookie("dsv_flash") else {
+        return Value::Null;
+    };
+    let decoded: String = serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={raw}"))
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    match decoded.split_once('|') {
+        Some((level, message)) if ["success", "info", "warning", "danger"].contains(&level) => {
+            json!({"level": level, "message": message})
+        }
+        _ => Value::Null,
+    }
+}
+
+/// Renders a page inside the shell for a logged-in user.
+pub fn page(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    template: &str,
+    title: &str,
+    data: Value,
+) -> AppResult<Resp> {
+    page_with_status(app, req, ctx, StatusCode::OK, template, title, data)
+}
+
+fn page_with_status(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    status: StatusCode,
+    template: &str,
+    title: &str,
+    data: Value,
+) -> AppResult<Resp> {
+    let mut context = match data {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    context.insert("title".into(), json!(title));
+    context.insert(
+        "user".into(),
+        json!({"username": ctx.user.username, "role": ctx.user.role, "role_label": ctx.user.role.label(), "is_manager": ctx.user.is_manager}),
+    );
+    context.insert("nav".into(), nav(ctx, &req.path));
+    context.insert("csrf".into(), json!(ctx.csrf));
+    let flash = flash_of(req);
+    let had_flash = !flash.is_null();
+    context.insert("flash".into(), flash);
+    context.insert("unread".into(), json!(0));
+    let html = app.render.render(template, &Value::Object(context))?;
+    let mut resp = super::text(status, html, "text/html; charset=utf-8");
+    if had_flash {
+        resp.headers_mut().append(
+            "set-cookie",
+            HeaderValue::from_static("dsv_flash=; Path=/; Max-Age=0"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Renders an error inside the shell (or bare when not logged in).
+pub fn error_page(app: &App, req: &Req, ctx: Option<&Ctx>, err: &AppError) -> Resp {
+    let data = json!({"status": err.status().as_u16(), "message": err.public_message()});
+    let rendered = match ctx {
+        Some(ctx) => page_with_status(app, req, ctx, err.status(), "error", "Error", data),
+        None => Err(err.clone()),
+    };
+    rendered.unwrap_or_else(|_| {
+        super::text(
+            err.status(),
+            err.public_message().to_string(),
+            "text/plain; charset=utf-8",
+        )
+    })
+}
+
+fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()> {
+    if policy::can(&ctx.subject, action, project_id) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// Reads a posted form and checks its CSRF token.
+fn form(req: &Req, ctx: &Ctx) -> AppResult<Form> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    Ok(form)
+}
+
+/// The error fields a form template shows: `errors.<field>` and a general `error`.
+fn form_errors(err: &AppError) -> Value {
+    match &err.field {
+        Some(field) => json!({ field.clone(): err.message }),
+        None => json!({}),
+    }
+}
+
+/// Turns a validation error into a re-rendered form (422); other errors pass through.
+#[allow(clippy::too_many_arguments)]
+fn rerender(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    err: AppError,
+    template: &str,
+    title: &str,
+    mut data: Value,
+    values: Map<String, Value>,
+) -> AppResult<Resp> {
+    if !matches!(err.kind, Kind::Invalid | Kind::BadRequest | Kind::Conflict) {
+        return Err(err);
+    }
+    data["errors"] = form_errors(&err);
+    data["error"] = if err.field.is_none() {
+        json!(err.message)
+    } else {
+        Value::Null
+    };
+    data["values"] = Value::Object(values);
+    page_with_status(app, req, ctx, err.status(), template, title, data)
+}
+
+// ---- login ----
+
+/// `GET /login`: the form, with an anonymous CSRF token bound to a pre-session cookie.
+pub fn login_form(app: &App, req: &Req, error: Option<(&AppError, &str)>) -> Resp {
+    let pre = req
+        .cookie(auth::PRE_COOKIE)
+        .filter(|c| c.len() >= 20 && c.len() <= 64)
+        .map(String::from)
+        .unwrap_or_else(|| crate::secrets::random_token(24));
+    let next = req
+        .query("next")
+        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or("/");
+    let data = json!({
+        "title": "Sign in",
+        "user": null,
+        "nav": [],
+        "csrf": auth::anonymous_csrf(&app.keys, &pre),
+        "flash": flash_of(req),
+        "unread": 0,
+        "next": next,
+        "demo": app.store.read(|r| users::by_username(r, "sohila")).ok().flatten().is_some(),
+        "error": error.map(|(e, _)| e.public_message().to_string()),
+        "username": error.map(|(_, u)| u.to_string()).unwrap_or_default(),
+    });
+    let status = error.map(|(e, _)| e.status()).unwrap_or(StatusCode::OK);
+    let html = app
+        .render
+        .render("login", &data)
+        .unwrap_or_else(|e| format!("template error: {e:#}"));
+    let mut resp = super::text(status, html, "text/html; charset=utf-8");
+    let secure = if req.secure { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}={pre}; Path=/; HttpOnly; SameSite=Lax{secure}",
+        auth::PRE_COOKIE
+    )) {
+        resp.headers_mut().append("set-cookie", v);
+    }
+    resp
+}
+
+/// `POST /login`: checks CSRF, throttling and the password; starts a new session.
+pub async fn login(app: &App, req: &Req) -> Resp {
+    let form = match req.form() {
+        Ok(f) => f,
+        Err(e) => return login_form(app, req, Some((&e, ""))),
+    };
+    let username = form.get("username").unwrap_or("").trim().to_lowercase();
+    let pre = req.cookie(auth::PRE_COOKIE).unwrap_or("");
+    let sent = form.get("csrf").unwrap_or("");
+    if pre.is_empty()
+        || !crate::secrets::constant_time_eq(sent, &auth::anonymous_csrf(&app.keys, pre))
+    {
+        let err = AppError::new(
+            Kind::Forbidden,
+            "the sign-in form expired or its CSRF token is missing; please try again",
+        );
+        return login_form(app, req, Some((&err, &username)));
+    }
+    let keys = [format!("user:{username}"), format!("ip:{}", req.client_ip)];
+    let now = chrono::Utc::now();
+    if let Err(e) = app.throttle.check(&keys, now) {
+        return login_form(app, req, Some((&e, &username)));
+    }
+    let password = form.get("password").unwrap_or("").to_string();
+    if username.is_empty() || password.is_empty() {
+        let err = AppError::invalid("username", "enter your username and password");
+        return login_form(app, req, Some((&err, &username)));
+    }
+    let store = app.store.clone();
+    let name = username.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        store.read(|r| Ok(auth::check_login(r, &name, &password)))
+    })
+    .await
+    .map_err(|e| AppError::from(anyhow::anyhow!("login task: {e}")))
+    .and_then(|r| r.map_err(AppError::from))
+    .and_then(|r| r);
+    let user = match checked {
+        Ok(u) => u,
+        Err(e) => {
+            if e.kind == Kind::Unauthenticated {
+                app.throttle.fail(&keys, now);
+                let _ = app.store.write(|w| {
+                    audit::record(
+                        w,
+                        &audit::Actor {
+                            username: username.clone(),
+                            ip: Some(req.client_ip.to_string()),
+                        },
+                        "session.login_failed",
+                        &format!("user:{username}"),
+                        "",
+                    )
+                });
+            }
+            return login_form(app, req, Some((&e, &username)));
+        }
+    };
+    app.throttle.succeed(&keys[0]);
+    let actor = req.actor(&user);
+    let cookie = match app.store.write(|w| auth::create_session(w, &user, &actor)) {
+        Ok((cookie, _)) => cookie,
+        Err(e) => return login_form(app, req, Some((&AppError::from(e), &username))),
+    };
+    let next = form
+        .get("next")
+        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or("/");
+    let mut resp = redirect(next, None);
+    let secure = if req.secure { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}={cookie}; Path=/; HttpOnly; SameSite=Lax{secure}",
+        auth::SESSION_COOKIE
+    )) {
+        resp.headers_mut().append("set-cookie", v);
+    }
+    resp
+}
+
+/// `POST /logout`.
+pub fn logout(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    form(req, ctx)?;
+    if let Some(cookie) = req.cookie(auth::SESSION_COOKIE) {
+        app.store.write(|w| auth::end_session(w, cookie))?;
+    }
+    let mut resp = redirect("/login", Some(("info", "You are signed out.")));
+    resp.headers_mut().append(
+        "set-cookie",
+        HeaderValue::from_static("dsv_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
+    );
+    Ok(resp)
+}
+
+// ---- dashboard ----
+
+/// `GET /`: a dashboard made for the caller's role.
+pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let data = app.store.read(|r| {
+        let all_projects = projects::all(r)?;
+        let servers = servers::visible(r, &ctx.subject, None)?;
+        let project_rows: Vec<Value> = all_projects
+            .iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+            .map(|p| {
+                let count = servers.iter().filter(|s| s.project_id == p.id).count();
+                let cost: f64 = servers.iter().filter(|s| s.project_id == p.id && s.status != "deleted").filter_map(|s| s.monthly_cost).sum();
+                let percent = p.budget_monthly.filter(|b| *b > 0.0).map(|b| (cost / b * 100.0).round());
+                json!({
+                    "id": p.id, "name": p.name, "description": p.description, "servers": count,
+                    "cost": cost, "budget": p.budget_monthly, "budget_percent": percent,
+                    "over_budget": percent.is_some_and(|x| x >= 100.0),
+                    "level": ctx.subject.level_on(&p.id).map(|l| l.as_str()),
+                })
+            })
+            .collect();
+        let running = servers.iter().filter(|s| s.status == "running").count();
+        let mut data = json!({
+            "role": ctx.user.role.as_str(),
+            "is_admin": ctx.user.role == Role::Admin,
+            "is_technical": ctx.user.role == Role::Technical,
+            "is_sales": ctx.user.role == Role::Sales,
+            "projects": project_rows,
+            "server_count": servers.len(),
+            "running_count": running,
+            "servers": servers.iter().take(12).map(|s| server_row(r, s)).collect::<anyhow::Result<Vec<_>>>()?,
+            "recent": [],
+            "user_count": 0,
+        });
+        if policy::can(&ctx.subject, Action::ViewAudit, None) {
+            data["recent"] = serde_json::to_value(audit::recent(r, None, 8)?)?;
+            data["user_count"] = json!(r.count::<User>()?);
+        }
+        Ok(data)
+    })?;
+    page(app, req, ctx, "dashboard", "Dashboard", data)
+}
+
+fn server_row(r: &impl crate::store::Read, s: &servers::Server) -> anyhow::Result<Value> {
+    let mut v = super::api::server_json(r, s)?;
+    v["search"] = json!(servers::search_text(s));
+    Ok(v)
+}
+
+// ---- servers ----
+
+/// `GET /servers`: the servers the caller may see, with live search.
+pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewServers, None)?;
+    let q = req.query("q").unwrap_or("").to_string();
+    let rows = app.store.read(|r| {
+        servers::visible(r, &ctx.subject, Some(&q))?
+            .iter()
+            .map(|s| server_row(r, s))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "servers",
+        "Servers",
+        json!({"servers": rows, "q": q}),
+    )
+}
+
+/// `GET /servers/{id}`.
+pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let (server, row, project) = app.store.read(|r| {
+        let server = servers::get_visible(r, &ctx.subject, id)?;
+        let row = server_row(r, &server)?;
+        let project: Option<Project> = r.get(&server.project_id)?;
+        Ok((server, row, project))
+    })?;
+    let can_operate = policy::can(
+        &ctx.subject,
+        Action::OperateServers,
+        Some(&server.project_id),
+    );
+    let data = json!({
+        "server": row,
+        "project": project.as_ref().map(ProjectView::from),
+        "can_operate": can_operate,
+    });
+    page(app, req, ctx, "server", &server.name, data)
+}
+
+// ---- projects ----
+
+/// `GET /projects`.
+pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewProject, None)?;
+    let rows = app.store.read(|r| {
+        let servers: Vec<servers::Server> = r.list()?;
+        Ok(projects::all(r)?
+            .iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+            .map(|p| {
+                let mut v = serde_json::to_value(ProjectView::from(p)).unwrap_or_default();
+                v["servers"] = json!(servers.iter().filter(|s| s.project_id == p.id).count());
+                v["can_edit"] = json!(policy::can(&ctx.subject, Action::EditProject, Some(&p.id)));
+                v
+            })
+            .collect::<Vec<_>>())
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "projects",
+        "Projects",
+        json!({"projects": rows, "can_create": policy::can(&ctx.subject, Action::CreateProject, None)}),
+    )
+}
+
+/// `GET /projects/{id}`.
+pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let data = app.store.read(|r| {
+        let project: Project = projects::find(r, id)?.ok_or_else(|| AppError::not_found("project"))?;
+        require(ctx, Action::ViewProject, Some(&project.id))?;
+        let can_view_servers = policy::can(&ctx.subject, Action::ViewServers, Some(&project.id));
+        let servers: Vec<Value> = if can_view_servers {
+            servers::visible(r, &ctx.subject, None)?.iter().filter(|s| s.project_id == project.id).map(|s| server_row(r, s)).collect::<anyhow::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let mut access = Vec::new();
+        let can_manage_access = policy::can(&ctx.subject, Action::ManageAccess, Some(&project.id));
+        if can_manage_access {
+            for g in projects::all_grants(r)?.into_iter().filter(|g| g.project_id == project.id) {
+                if let Some(u) = r.get::<User>(&g.user_id)? {
+                    access.push(json!({"username": u.username, "level": g.level.as_str(), "role": u.role.label()}));
+                }
+            }
+        }
+        let cost: f64 = r.list::<servers::Server>()?.iter().filter(|s| s.project_id == project.id && s.status != "deleted").filter_map(|s| s.monthly_cost).sum();
+        Ok(json!({
+            "project": ProjectView::from(&project),
+            "servers": servers,
+            "can_view_servers": can_view_servers,
+            "can_edit": policy::can(&ctx.subject, Action::EditProject, Some(&project.id)),
+            "can_manage_access": can_manage_access,
+            "access": access,
+            "cost": cost,
+            "budget_percent": project.budget_monthly.filter(|b| *b > 0.0).map(|b| (cost / b * 100.0).round()),
+        }))
+    })?;
+    let title = data["project"]["name"]
+        .as_str()
+        .unwrap_or("Project")
+        .to_string();
+    page(app, req, ctx, "project", &title, data)
+}
+
+/// `GET /projects/new` and `GET /projects/{id}/edit`.
+pub fn project_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    let (data, title) = match id {
+        None => {
+            require(ctx, Action::CreateProject, None)?;
+            (
+                json!({"project": null, "values": {}, "errors": {}, "error": null}),
+                "New project".to_string(),
+            )
+        }
+        Some(id) => {
+            let project = app
+                .store
+                .read(|r| projects::find(r, id))?
+                .ok_or_else(|| AppError::not_found("project"))?;
+            require(ctx, Action::EditProject, Some(&project.id))?;
+            let values = json!({
+                "name": project.name, "description": project.description.clone().unwrap_or_default(),
+                "budget_monthly": project.budget_monthly.map(|b| b.to_string()).unwrap_or_default(),
+                "deploy_command": project.deploy_command.clone().unwrap_or_default(),
+            });
+            (
+                json!({"project": ProjectView::from(&project), "values": values, "errors": {}, "error": null}),
+                format!("Edit {}", project.name),
+            )
+        }
+    };
+    page(app, req, ctx, "project_form", &title, data)
+}
+
+/// `POST /projects/new` and `POST /projects/{id}/edit`.
+pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    let existing = match id {
+        Some(id) => Some(
+            app.store
+                .read(|r| projects::find(r, id))?
+                .ok_or_else(|| AppError::not_found("project"))?,
+        ),
+        None => None,
+    };
+    match &existing {
+        Some(p) => require(ctx, Action::EditProject, Some(&p.id))?,
+        None => require(ctx, Action::CreateProject, None)?,
+    }
+    let form = form(req, ctx)?;
+    let actor = ctx.actor(req);
+    let result = (|| {
+        let input = ProjectInput {
+            name: form.get("name").map(String::from),
+            description: Some(form.get("description").unwrap_or("").to_string()),
+            hetzner_token: form.get("hetzner_token").map(String::from),
+            budget_monthly: crate::validate::money_text(
+                "budget_monthly",
+                form.get("budget_monthly"),
+            )?,
+            deploy_command: Some(form.get("deploy_command").unwrap_or("").to_string()),
+        };
+        let clear = form.checked("clear_token");
+        app.store
+            .write(|w| {
+                Ok(match &existing {
+                    Some(p) => projects::update(w, &app.keys, &actor, &p.id, &input, clear)?,
+                    None => projects::create(w, &app.keys, &actor, &input)?,
+                })
+            })
+            .map_err(AppError::from)
+    })();
+    match result {
+        Ok(project) => Ok(redirect(
+            &format!("/projects/{}", project.id),
+            Some(("success", &format!("Project {} saved.", project.name))),
+        )),
+        Err(e) => {
+            let title = if existing.is_some() {
+                "Edit project"
+            } else {
+                "New project"
+            };
+            let data = json!({"project": existing.as_ref().map(ProjectView::from)});
+            rerender(app, req, ctx, e, "project_form", title, data, form.values())
+        }
+    }
+}
+
+// ---- access ----
+
+/// `GET /access`: who has which level on which project.
+pub fn access(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageAccess, None)?;
+    let data = app.store.read(|r| {
+        let all_users = users::all(r)?;
+        let grants = projects::all_grants(r)?;
+        let projects: Vec<Value> = projects::all(r)?
+            .iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ManageAccess, Some(&p.id)))
+            .map(|p| {
+                let rows: Vec<Value> = grants
+                    .iter()
+                    .filter(|g| g.project_id == p.id)
+                    .filter_map(|g| all_users.iter().find(|u| u.id == g.user_id).map(|u| (g, u)))
+                    .map(|(g, u)| json!({"username": u.username, "role": u.role.label(), "level": g.level.as_str(), "granted_by": g.granted_by, "granted_at": g.granted_at}))
+                    .collect();
+                json!({"id": p.id, "name": p.name, "grants": rows})
+            })
+            .collect();
+        let user_options: Vec<Value> = all_users.iter().filter(|u| u.active && u.role != Role::Admin).map(|u| json!({"username": u.username, "role": u.role.label()})).collect();
+        Ok(json!({"projects": projects, "users": user_options, "levels": ["read", "write", "admin"]}))
+    })?;
+    page(app, req, ctx, "access", "Project access", data)
+}
+
+/// `POST /access/grant`.
+pub fn access_grant(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let form = form(req, ctx)?;
+    let project_id = form.get("project_id").unwrap_or("");
+    require(ctx, Action::ManageAccess, Some(project_id))?;
+    let level = Level::parse(form.get("level").unwrap_or(""))
+        .ok_or_else(|| AppError::invalid("level", "choose read, write or admin"))?;
+    let username = form.get("username").unwrap_or("").to_string();
+    let actor = ctx.actor(req);
+    match app
+        .store
+        .write(|w| Ok(projects::grant(w, &actor, project_id, &username, level)?))
+    {
+        Ok(_) => Ok(redirect(
+            "/access",
+            Some((
+                "success",
+                &format!("{username} now has {} access.", level.as_str()),
+            )),
+        )),
+        Err(e) => Ok(redirect(
+            "/access",
+            Some(("danger", AppError::from(e).public_message())),
+        )),
+    }
+}
+
+/// `POST /access/revoke`.
+pub fn access_revoke(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let form = form(req, ctx)?;
+    let project_id = form.get("project_id").unwrap_or("");
+    require(ctx, Action::ManageAccess, Some(project_id))?;
+    let username = form.get("username").unwrap_or("").to_string();
+    let actor = ctx.actor(req);
+    match app
+        .store
+        .write(|w| Ok(projects::revoke(w, &actor, project_id, &username)?))
+    {
+        Ok(()) => Ok(redirect(
+            "/access",
+            Some(("success", &format!("Access of {username} revoked."))),
+        )),
+        Err(e) => Ok(redirect(
+            "/access",
+            Some(("danger", AppError::from(e).public_message())),
+        )),
+    }
+}
+
+// ---- users ----
+
+/// `GET /users`.
+pub fn users(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let rows: Vec<Value> = app
+        .store
+        .read(|r| users::all(r))?
+        .iter()
+        .map(|u| {
+            let mut v = serde_json::to_value(UserView::from(u)).unwrap_or_default();
+            v["search"] = json!(format!(
+                "{} {} {} {}",
+                u.username,
+                u.full_name.clone().unwrap_or_default(),
+                u.email.clone().unwrap_or_default(),
+                u.role.label()
+            )
+            .to_lowercase());
+            v
+        })
+        .collect();
+    page(app, req, ctx, "users", "Users", json!({"users": rows}))
+}
+
+fn role_options() -> Value {
+    Value::Array(
+        Role::ALL
+            .iter()
+            .map(|r| json!({"value": r.as_str(), "label": r.label()}))
+            .collect(),
+    )
+}
+
+/// `GET /users/new` and `GET /users/{id}/edit`.
+pub fn user_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let (edit, values, title) = match id {
+        None => (
+            Value::Null,
+            json!({"role": "technical"}),
+            "New user".to_string(),
+        ),
+        Some(id) => {
+            let user = app
+                .store
+                .read(|r| users::find(r, id))?
+                .ok_or_else(|| AppError::not_found("user"))?;
+            let values = json!({"username": user.username, "role": user.role.as_str(), "is_manager": user.is_manager, "active": user.active, "full_name": user.full_name.clone().unwrap_or_default(), "email": user.email.clone().unwrap_or_default()});
+            (
+                serde_json::to_value(UserView::from(&user)).map_err(anyhow::Error::from)?,
+                values,
+                format!("Edit {}", user.username),
+            )
+        }
+    };
+    page(
+        app,
+        req,
+        ctx,
+        "user_form",
+        &title,
+        json!({"edit": edit, "values": values, "errors": {}, "error": null, "roles": role_options()}),
+    )
+}
+
+/// `POST /users/new` and `POST /users/{id}/edit`.
+pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let form = form(req, ctx)?;
+    let existing = match id {
+        Some(id) => Some(
+            app.store
+                .read(|r| users::find(r, id))?
+                .ok_or_else(|| AppError::not_found("user"))?,
+        ),
+        None => None,
+    };
+    let actor = ctx.actor(req);
+    let result: AppResult<User> = async {
+        match &existing {
+            None => {
+                let input = NewUser {
+                    username: form.get("username").map(|u| u.trim().to_lowercase()),
+                    password: form.get("password").map(String::from),
+                    role: form.get("role").map(String::from),
+                    is_manager: form.checked("is_manager"),
+                    full_name: form.get("full_name").map(String::from),
+                    email: form.get("email").map(String::from),
+                };
+                crate::validate::username(input.username.as_deref())?;
+                let password = crate::validate::password("password", input.password.as_deref())?;
+                let hash = super::api::hash_off_thread(password).await?;
+                Ok(app
+                    .store
+                    .write(|w| Ok(users::create(w, &actor, &input, Some(hash))?))?)
+            }
+            Some(user) => {
+                let change = UserChange {
+                    role: form.get("role").map(String::from),
+                    is_manager: Some(form.checked("is_manager")),
+                    active: Some(form.checked("active")),
+                    password: form
+                        .get("password")
+                        .filter(|p| !p.is_empty())
+                        .map(String::from),
+                    full_name: Some(form.get("full_name").unwrap_or("").to_string()),
+                    email: Some(form.get("email").unwrap_or("").to_string()),
+                };
+                users::check_change(&change)?;
+                let hash = match change.password.clone() {
+                    Some(p) => Some(super::api::hash_off_thread(p).await?),
+                    None => None,
+                };
+                let reset = hash.is_some();
+                Ok(app.store.write(|w| {
+                    let updated = users::update(w, &actor, &user.id, &change, hash)?;
+                    if reset || !updated.active {
+                        auth::end_sessions_of(w, &updated.id)?;
+                    }
+                    Ok(updated)
+                })?)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(user) => Ok(redirect(
+            "/users",
+            Some(("success", &format!("User {} saved.", user.username))),
+        )),
+        Err(e) => {
+            let edit = existing
+                .as_ref()
+                .map(|u| serde_json::to_value(UserView::from(u)).unwrap_or_default())
+                .unwrap_or(Value::Null);
+            let title = if existing.is_some() {
+                "Edit user"
+            } else {
+                "New user"
+            };
+            // Checkboxes absent from a form mean unticked.
+            let mut values = form.values();
+            values.insert("is_manager".into(), json!(form.checked("is_manager")));
+            values.insert("active".into(), json!(form.checked("active")));
+            rerender(
+                app,
+                req,
+                ctx,
+                e,
+                "user_form",
+                title,
+                json!({"edit": edit, "roles": role_options()}),
+                values,
+            )
+        }
+    }
+}
+
+// ---- account ----
+
+/// `GET /account`: the caller's own details and API token creation.
+pub fn account(app: &App, req: &Req, ctx: &Ctx, new_token: Option<String>) -> AppResult<Resp> {
+    let tokens: Vec<Value> = app
+        .store
+        .read(|r| r.list::<auth::ApiToken>())?
+        .into_iter()
+        .filter(|t| t.user_id == ctx.user.id)
+        .map(|t| json!({"name": t.name, "created_at": t.created_at}))
+        .collect();
+    page(
+        app,
+        req,
+        ctx,
+        "account",
+        "Account",
+        json!({"me": UserView::from(&ctx.user), "tokens": tokens, "new_token": new_token}),
+    )
+}
+
+/// `POST /account/apitoken`: creates a token for the caller and shows it once.
+pub fn account_token(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let form = form(req, ctx)?;
+    let name =
+        crate::validate::optional("name", form.get("name"), 80)?.unwrap_or_else(|| "api".into());
+    let actor = ctx.actor(req);
+    let token = app
+        .store
+        .write(|w| auth::create_api_token(w, &actor, &ctx.user, &name))?;
+    account(app, req, ctx, Some(token))
+}
+
+// ---- audit ----
+
+/// `GET /audit?q=TEXT`.
+pub fn audit(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewAudit, None)?;
+    let q = req.query("q").unwrap_or("").to_string();
+    let entries = app.store.read(|r| audit::recent(r, Some(&q), 500))?;
+    page(
+        app,
+        req,
+        ctx,
+        "audit",
+        "Audit log",
+        json!({"entries": entries, "q": q}),
+    )
+}

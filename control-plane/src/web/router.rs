@@ -1,0 +1,110 @@
+//! Wires `(method, path)` to handlers; nothing else happens here. Public routes first,
+//! then the JSON API (bearer token or session), then the pages (session; anonymous
+//! visitors are sent to the login page).
+
+use warp::http::{Method, StatusCode};
+
+use super::{api, assets, pages, Req, Resp};
+use crate::app::App;
+use crate::error::AppError;
+
+/// Answers one request.
+pub async fn dispatch(app: &App, req: &Req) -> Resp {
+    let segments = req.segments();
+    let m = &req.method;
+    match (m, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => return super::text(StatusCode::OK, "ok", "text/plain"),
+        (&Method::GET, ["metrics"]) => {
+            return super::text(
+                StatusCode::OK,
+                app.metrics.render(),
+                "text/plain; version=0.0.4",
+            )
+        }
+        (&Method::GET, ["static", ..]) => return assets::serve(req, &req.path["/static/".len()..]),
+        (&Method::GET, ["login"]) => return pages::login_form(app, req, None),
+        (&Method::POST, ["login"]) => return pages::login(app, req).await,
+        _ => {}
+    }
+    if let ["api", "v1", rest @ ..] = segments.as_slice() {
+        return api_routes(app, req, rest).await;
+    }
+    page_routes(app, req, &segments).await
+}
+
+async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
+    let ctx = match super::authenticate(app, req) {
+        Ok(Some(ctx)) => ctx,
+        Ok(None) => return super::api_error(&AppError::unauthenticated()),
+        Err(e) => return super::api_error(&e),
+    };
+    if req.method != Method::GET {
+        if let Err(e) = super::check_csrf(req, &ctx, None) {
+            return super::api_error(&e);
+        }
+    }
+    let m = &req.method;
+    let result = match (m, rest) {
+        (&Method::GET, ["me"]) => api::me(app, &ctx),
+        (&Method::GET, ["servers"]) => api::servers(app, req, &ctx),
+        (&Method::GET, ["servers", id]) => api::server(app, &ctx, id),
+        (&Method::GET, ["projects"]) => api::projects(app, &ctx),
+        (&Method::POST, ["projects"]) => api::create_project(app, req, &ctx),
+        (&Method::GET, ["projects", id]) => api::project(app, &ctx, id),
+        (&Method::PUT, ["projects", id]) => api::update_project(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "access"]) => api::grant_access(app, req, &ctx, id),
+        (&Method::DELETE, ["projects", id, "access", username]) => {
+            api::revoke_access(app, req, &ctx, id, username)
+        }
+        (&Method::GET, ["users"]) => api::users(app, &ctx),
+        (&Method::POST, ["users"]) => api::create_user(app, req, &ctx).await,
+        (&Method::PUT, ["users", id]) => api::update_user(app, req, &ctx, id).await,
+        (&Method::POST, ["users", id, "apitokens"]) => api::create_api_token(app, req, &ctx, id),
+        (&Method::GET, ["audit"]) => api::audit(app, req, &ctx),
+        _ => Err(AppError::not_found("endpoint")),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => super::api_error(&e),
+    }
+}
+
+async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
+    let ctx = match super::authenticate(app, req) {
+        Ok(Some(ctx)) => ctx,
+        Ok(None) => {
+            let next = super::urlencode(&req.path);
+            return super::redirect(&format!("/login?next={next}"), None);
+        }
+        Err(e) => return pages::error_page(app, req, None, &e),
+    };
+    let m = &req.method;
+    let result = match (m, segments) {
+        (&Method::GET, []) => pages::dashboard(app, req, &ctx),
+        (&Method::POST, ["logout"]) => pages::logout(app, req, &ctx),
+        (&Method::GET, ["servers"]) => pages::servers(app, req, &ctx),
+        (&Method::GET, ["servers", id]) => pages::server(app, req, &ctx, id),
+        (&Method::GET, ["projects"]) => pages::projects(app, req, &ctx),
+        (&Method::GET, ["projects", "new"]) => pages::project_form(app, req, &ctx, None),
+        (&Method::POST, ["projects", "new"]) => pages::project_save(app, req, &ctx, None),
+        (&Method::GET, ["projects", id]) => pages::project(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "edit"]) => pages::project_form(app, req, &ctx, Some(id)),
+        (&Method::POST, ["projects", id, "edit"]) => pages::project_save(app, req, &ctx, Some(id)),
+        (&Method::GET, ["access"]) => pages::access(app, req, &ctx),
+        (&Method::POST, ["access", "grant"]) => pages::access_grant(app, req, &ctx),
+        (&Method::POST, ["access", "revoke"]) => pages::access_revoke(app, req, &ctx),
+        (&Method::GET, ["users"]) => pages::users(app, req, &ctx),
+        (&Method::GET, ["users", "new"]) => pages::user_form(app, req, &ctx, None),
+        (&Method::POST, ["users", "new"]) => pages::user_save(app, req, &ctx, None).await,
+        (&Method::GET, ["users", id, "edit"]) => pages::user_form(app, req, &ctx, Some(id)),
+        (&Method::POST, ["users", id, "edit"]) => pages::user_save(app, req, &ctx, Some(id)).await,
+        (&Method::GET, ["account"]) => pages::account(app, req, &ctx, None),
+        (&Method::POST, ["account", "apitoken"]) => pages::account_token(app, req, &ctx),
+        (&Method::GET, ["audit"]) => pages::audit(app, req, &ctx),
+        _ => Err(AppError::not_found("page")),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => pages::error_page(app, req, Some(&ctx), &e),
+    }
+}
