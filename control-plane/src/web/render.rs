@@ -27,6 +27,10 @@ handlebars_helper!(datetime: |v: Value| match v.as_str().and_then(|s| chrono::Da
 
 handlebars_helper!(json: |v: Value| serde_json::to_string(&v).unwrap_or_default());
 
+// `{{field values "name"}}`: a key of an object, or null when absent. Form templates
+// use it for values and errors, which hold only the fields that have something to say.
+handlebars_helper!(field: |obj: Value, key: str| obj.get(key).cloned().unwrap_or(Value::Null));
+
 handlebars_helper!(contains: |list: Value, item: Value| list.as_array().is_some_and(|l| l.contains(&item)));
 
 impl Render {
@@ -40,6 +44,7 @@ impl Render {
         hb.register_helper("datetime", Box::new(datetime));
         hb.register_helper("json", Box::new(json));
         hb.register_helper("contains", Box::new(contains));
+        hb.register_helper("field", Box::new(field));
         Ok(Render { hb })
     }
 
