@@ -26,8 +26,11 @@ use crate::users::{self, User};
 pub const SESSION_COOKIE: &str = "dsv_session";
 /// The pre-login cookie that anonymous CSRF tokens are bound to.
 pub const PRE_COOKIE: &str = "dsv_pre";
-/// Failed logins allowed within [`FAILURE_WINDOW_MINUTES`] before a lock.
+/// Failed logins for one username within [`FAILURE_WINDOW_MINUTES`] before a lock.
 pub const MAX_FAILURES: u32 = 5;
+/// Failed logins from one address (over all usernames) before a lock: higher, since
+/// many people may share an address behind NAT.
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
 const FAILURE_WINDOW_MINUTES: i64 = 15;
 const LOCK_MINUTES: i64 = 5;
 const API_TOKEN_INDEX: &str = "api_token_by_hash";
@@ -224,7 +227,8 @@ pub fn user_from_api_token(r: &impl Read, token: &str) -> anyhow::Result<Option<
     Ok(r.get::<User>(&record.user_id)?.filter(|u| u.active))
 }
 
-/// Counts failed logins per username and per address.
+/// Counts failed logins per key: `user:NAME` locks after [`MAX_FAILURES`], `ip:ADDR`
+/// after [`MAX_FAILURES_PER_ADDRESS`].
 #[derive(Default)]
 pub struct Throttle {
     entries: Mutex<HashMap<String, Failures>>,
@@ -275,7 +279,12 @@ impl Throttle {
                 };
             }
             entry.count += 1;
-            if entry.count >= MAX_FAILURES {
+            let limit = if key.starts_with("ip:") {
+                MAX_FAILURES_PER_ADDRESS
+            } else {
+                MAX_FAILURES
+            };
+            if entry.count >= limit {
                 entry.locked_until = Some(now + Duration::minutes(LOCK_MINUTES));
                 entry.count = 0;
                 entry.first = now;

@@ -350,7 +350,7 @@ async fn handle(
     let (client_ip, secure) = client_address(&app, remote, &headers);
     let req = Req {
         method,
-        path,
+        path: percent_decode(&path),
         query: serde_urlencoded::from_str(&query).unwrap_or_default(),
         headers,
         body: Bytes::from(bytes),
@@ -366,6 +366,30 @@ async fn handle(
     h.entry("referrer-policy")
         .or_insert(HeaderValue::from_static("same-origin"));
     resp
+}
+
+/// Decodes `%XX` escapes of a path (a project named "Nova HR" is `/Nova%20HR`);
+/// invalid escapes and non-UTF-8 results are kept as they were.
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && path.is_char_boundary(i + 1)
+            && path.is_char_boundary(i + 3)
+        {
+            if let Ok(byte) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| path.to_string())
 }
 
 /// The client address and scheme, believing `X-Forwarded-For` / `-Proto` only from
