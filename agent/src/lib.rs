@@ -1,1 +1,9 @@
-//! dynserv-agent library.
+//! dynserv-agent library: enrollment and the connection to the control plane
+//! ([`connection`]), jobs and their on-disk spool ([`jobs`], [`spool`]), host facts
+//! ([`facts`]) and reconnect backoff ([`backoff`]).
+
+pub mod backoff;
+pub mod connection;
+pub mod facts;
+pub mod jobs;
+pub mod spool;

@@ -1,1 +1,107 @@
-fn main() {}
+//! `dynserv-agent`: parses arguments, sets up logging and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dynserv_agent::connection;
+
+#[derive(Parser)]
+#[command(
+    name = "dynserv-agent",
+    version,
+    about = "Dynamic Servers agent: dials out to the control plane and runs jobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrolls this machine once and stores its key and certificate (mode 0600).
+    Enroll {
+        /// The control plane's fleet address, HOST:PORT (UDP, default port 4433).
+        #[arg(long)]
+        server: String,
+        /// The enrollment token, dsv1.<secret>.<ca-sha256>.
+        #[arg(long, env = "DYNSERV_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where the agent keeps its identity, job spool and state.
+        #[arg(long, env = "DYNSERV_AGENT_STATE_DIR", default_value = connection::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The name to enroll under (defaults to the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Connects to the control plane and serves jobs until stopped; reconnects forever.
+    Run {
+        /// Where the agent keeps its identity, job spool and state.
+        #[arg(long, env = "DYNSERV_AGENT_STATE_DIR", default_value = connection::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DYNSERV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    // One thread: the agent idles most of the time and must stay small.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Enroll {
+            server,
+            token,
+            state_dir,
+            name,
+        } => runtime().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(connection::enroll(
+                &server,
+                &token,
+                &state_dir,
+                name.as_deref(),
+            ))
+            .map(|agent_id| {
+                println!("enrolled as agent {agent_id}");
+            })
+        }),
+        Command::Run { state_dir } => runtime()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(connection::run(state_dir, shutdown_signal()))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

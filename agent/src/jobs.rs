@@ -1,0 +1,760 @@
+//! Jobs: starting them exactly once, running their processes, spooling their output
+//! and ending them, independently of any connection.
+//!
+//! Each job lives in `STATE_DIR/jobs/<id>/`: `spec.json`, the script, `state.json`
+//! (pid, start time), the output files and spool index ([`crate::spool`]), `exit`
+//! (written by a tiny shell wrapper when the interpreter returns) and `end.json`. The
+//! job's process runs in its own process group with its output going to files, so it
+//! survives an agent restart; the next agent adopts it, keeps tailing its files and
+//! ends it when the process is gone. `STATE_DIR/started` lists every job id ever
+//! started, so a repeated `Start` never runs a job twice. A job's directory is
+//! removed only after the control plane has stored its end.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use dynserv_shared::proto::{
+    JobEnd, JobKind, JobSpec, JobStatus, OutputChunk, OutputStream, MAX_CHUNK_LEN,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::spool::{stream_path, Spool};
+
+/// Runs the interpreter with the script, then records its exit code atomically in the
+/// file named by `$0`. A process group kill takes the wrapper down too, so a missing
+/// `exit` file means the job was killed.
+const WRAPPER: &str = "\"$@\"\ncode=$?\necho \"$code\" > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"\n";
+
+/// How long a cancelled or timed-out job's group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// What the agent remembers about a job's process.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProcessState {
+    pid: Option<i32>,
+    started_at_unix: u64,
+}
+
+/// One job known to this agent.
+pub struct Job {
+    /// The job (execution) id.
+    pub id: String,
+    dir: PathBuf,
+    spool: Mutex<Spool>,
+    end: Mutex<Option<JobEnd>>,
+    changed: watch::Sender<u64>,
+    cancel: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Job {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that wakes when the job has new output or ended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Number of chunks so far.
+    pub fn chunks(&self) -> u64 {
+        lock(&self.spool).len()
+    }
+
+    /// The first chunk the control plane has not acknowledged.
+    pub fn first_unacked(&self) -> u64 {
+        lock(&self.spool).first_unacked()
+    }
+
+    /// Reads a chunk back from the spool.
+    pub fn read_chunk(&self, seq: u64) -> Result<OutputChunk> {
+        Ok(lock(&self.spool).read_chunk(seq)?)
+    }
+
+    /// Records the control plane's acknowledgement.
+    pub fn ack(&self, up_to_seq: u64) -> Result<()> {
+        Ok(lock(&self.spool).ack(up_to_seq)?)
+    }
+
+    /// The job's end, once it ended.
+    pub fn end(&self) -> Option<JobEnd> {
+        lock(&self.end).clone()
+    }
+
+    /// Asks the job to stop; its process group is killed.
+    pub fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    fn note(&self, text: &str) {
+        if let Err(e) = lock(&self.spool).append_system(text) {
+            tracing::warn!(job = %self.id, "cannot spool a note: {e}");
+        }
+        self.bump();
+    }
+
+    fn finish(&self, end: JobEnd) {
+        let end = JobEnd {
+            chunks: self.chunks(),
+            ..end
+        };
+        if let Ok(json) = serde_json::to_vec(&end) {
+            let tmp = self.dir.join("end.json.tmp");
+            if std::fs::write(&tmp, json)
+                .and_then(|_| std::fs::rename(&tmp, self.dir.join("end.json")))
+                .is_err()
+            {
+                tracing::warn!(job = %self.id, "cannot record the job's end on disk");
+            }
+        }
+        tracing::info!(job = %self.id, status = ?end.status, exit_code = ?end.exit_code, "job ended");
+        *lock(&self.end) = Some(end);
+        self.bump();
+    }
+}
+
+/// The outcome of a `Start` request.
+pub enum StartOutcome {
+    /// The job was new and now runs.
+    Started(Arc<Job>),
+    /// The job had been started before (running, or ended but not yet acknowledged).
+    Resumed(Arc<Job>),
+    /// The job ran and was completely delivered before; it will not run again.
+    AlreadyDone,
+}
+
+struct Inner {
+    started: HashSet<String>,
+    live: HashMap<String, Arc<Job>>,
+}
+
+/// Every job of this agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    root: PathBuf,
+    started_path: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Whether `id` is safe as a directory name.
+fn valid_job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Jobs {
+    /// Opens the job state under `state_dir` and adopts every job that was running or
+    /// undelivered when the previous agent stopped. Must be called inside a tokio
+    /// runtime (adopted jobs get a task).
+    pub fn open(state_dir: &Path) -> Result<Jobs> {
+        let root = state_dir.join("jobs");
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let started_path = state_dir.join("started");
+        let started: HashSet<String> = std::fs::read_to_string(&started_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        let jobs = Jobs {
+            root: root.clone(),
+            started_path,
+            inner: Arc::new(Mutex::new(Inner {
+                started,
+                live: HashMap::new(),
+            })),
+        };
+        for entry in std::fs::read_dir(&root)?.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if let Err(e) = jobs.adopt(&id) {
+                tracing::warn!(job = %id, "cannot adopt a job from the previous run: {e:#}");
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Jobs still running.
+    pub fn running(&self) -> u32 {
+        lock(&self.inner)
+            .live
+            .values()
+            .filter(|j| j.end().is_none())
+            .count() as u32
+    }
+
+    fn new_job(&self, id: &str, dir: PathBuf) -> Result<Arc<Job>> {
+        let spool = Spool::open(&dir)?;
+        let end = std::fs::read(dir.join("end.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(Arc::new(Job {
+            id: id.to_string(),
+            dir,
+            spool: Mutex::new(spool),
+            end: Mutex::new(end),
+            changed: watch::channel(0).0,
+            cancel: watch::channel(false).0,
+        }))
+    }
+
+    fn adopt(&self, id: &str) -> Result<()> {
+        let dir = self.root.join(id);
+        if !valid_job_id(id) || !dir.join("spec.json").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(());
+        }
+        let spec: JobSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
+        let state: ProcessState = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)
+            .unwrap_or(ProcessState {
+                pid: None,
+                started_at_unix: now_unix(),
+            });
+        let job = self.new_job(id, dir.clone())?;
+        {
+            let mut inner = lock(&self.inner);
+            inner.started.insert(id.to_string());
+            inner.live.insert(id.to_string(), job.clone());
+        }
+        if job.end().is_some() {
+            return Ok(());
+        }
+        let process = match state.pid {
+            Some(pid) if process_alive(pid, &dir) => {
+                job.note("[dynserv-agent restarted; following the running job again]\n");
+                Process::Adopted(pid)
+            }
+            _ => Process::Gone,
+        };
+        let deadline = spec
+            .timeout_s
+            .map(|t| deadline_from(state.started_at_unix, t));
+        tokio::spawn(supervise(job, process, deadline));
+        Ok(())
+    }
+
+    /// Starts a job, or finds the one already started under that id.
+    pub fn start_or_resume(&self, spec: &JobSpec) -> Result<StartOutcome> {
+        if !valid_job_id(&spec.job_id) {
+            anyhow::bail!("invalid job id {:?}", spec.job_id);
+        }
+        let mut inner = lock(&self.inner);
+        if let Some(job) = inner.live.get(&spec.job_id) {
+            return Ok(StartOutcome::Resumed(job.clone()));
+        }
+        if inner.started.contains(&spec.job_id) {
+            return Ok(StartOutcome::AlreadyDone);
+        }
+        // Remember the id durably before anything runs: a crash after this point
+        // means the job may be lost, never that it runs twice.
+        let mut started = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.started_path)?;
+        started.write_all(format!("{}\n", spec.job_id).as_bytes())?;
+        started.sync_all()?;
+        inner.started.insert(spec.job_id.clone());
+
+        let dir = self.root.join(&spec.job_id);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("spec.json"), serde_json::to_vec(spec)?)?;
+        let job = self.new_job(&spec.job_id, dir.clone())?;
+        inner.live.insert(spec.job_id.clone(), job.clone());
+        drop(inner);
+
+        let started_at = now_unix();
+        let process = match spawn(spec, &dir) {
+            Ok(child) => {
+                let state = ProcessState {
+                    pid: child.id().map(|p| p as i32),
+                    started_at_unix: started_at,
+                };
+                std::fs::write(dir.join("state.json"), serde_json::to_vec(&state)?)?;
+                Process::Child(child)
+            }
+            Err(e) => {
+                job.note(&format!("[could not start the job: {e:#}]\n"));
+                Process::Gone
+            }
+        };
+        tracing::info!(job = %spec.job_id, "job started");
+        let deadline = spec.timeout_s.map(|t| deadline_from(started_at, t));
+        tokio::spawn(supervise(job.clone(), process, deadline));
+        Ok(StartOutcome::Started(job))
+    }
+
+    /// Forgets a job whose end the control plane stored: its directory goes, its id
+    /// stays in the started list.
+    pub fn forget(&self, id: &str) {
+        lock(&self.inner).live.remove(id);
+        let _ = std::fs::remove_dir_all(self.root.join(id));
+    }
+}
+
+fn deadline_from(started_at_unix: u64, timeout_s: u64) -> Instant {
+    let elapsed = now_unix().saturating_sub(started_at_unix);
+    Instant::now() + Duration::from_secs(timeout_s.saturating_sub(elapsed))
+}
+
+/// Whether `pid` is still the job's live process (not a zombie, not a reused pid).
+fn process_alive(pid: i32, dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if state == Some('Z') || state == Some('X') {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = dir.to_string_lossy();
+    String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
+}
+
+fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
+    let exit_path = dir.join("exit");
+    let mut argv: Vec<String> = Vec::new();
+    let mut env = Vec::new();
+    let mut working_dir = dir.to_path_buf();
+    match &spec.kind {
+        JobKind::Script {
+            interpreter,
+            body,
+            env: vars,
+            working_dir: wd,
+        } => {
+            let script = dir.join("script");
+            std::fs::write(&script, body)?;
+            argv.extend(interpreter.split_whitespace().map(String::from));
+            if argv.is_empty() {
+                argv.push("/bin/sh".into());
+            }
+            argv.push(script.to_string_lossy().into_owned());
+            env.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+            if let Some(wd) = wd.as_deref().filter(|w| !w.is_empty()) {
+                working_dir = PathBuf::from(wd);
+            }
+        }
+        JobKind::Playbook { yaml, vars, check } => {
+            let file = dir.join("playbook.yml");
+            std::fs::write(&file, yaml)?;
+            let exe = std::env::current_exe().context("finding the agent's own binary")?;
+            argv.push(exe.to_string_lossy().into_owned());
+            argv.push("playbook".into());
+            argv.push(file.to_string_lossy().into_owned());
+            if *check {
+                argv.push("--check".into());
+            }
+            for (k, v) in vars {
+                argv.push("-e".into());
+                argv.push(format!("{k}={v}"));
+            }
+        }
+    }
+    let stdout = File::create(stream_path(dir, OutputStream::Stdout))?;
+    let stderr = File::create(stream_path(dir, OutputStream::Stderr))?;
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(WRAPPER)
+        .arg(&exit_path)
+        .args(&argv)
+        .current_dir(&working_dir)
+        .envs(env)
+        .env("DYNSERV_JOB_ID", &spec.job_id)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(false);
+    command
+        .spawn()
+        .with_context(|| format!("running {}", argv.join(" ")))
+}
+
+enum Process {
+    Child(tokio::process::Child),
+    Adopted(i32),
+    Gone,
+}
+
+impl Process {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Process::Child(c) => c.id().map(|p| p as i32),
+            Process::Adopted(pid) => Some(*pid),
+            Process::Gone => None,
+        }
+    }
+
+    fn exited(&mut self, dir: &Path) -> bool {
+        match self {
+            Process::Child(child) => !matches!(child.try_wait(), Ok(None)),
+            Process::Adopted(pid) => !process_alive(*pid, dir),
+            Process::Gone => true,
+        }
+    }
+}
+
+fn kill_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is
+    // involved.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Tails one output file into the spool.
+struct Tail {
+    stream: OutputStream,
+    last_size: u64,
+}
+
+impl Tail {
+    /// Moves new bytes of the file into numbered chunks. Whole lines go out at once;
+    /// a partial line waits until the file stops growing for a tick (or `last`), and a
+    /// line longer than a chunk is cut at a character boundary. True when anything
+    /// was spooled.
+    fn pump(&mut self, job: &Job, last: bool) -> std::io::Result<bool> {
+        let path = stream_path(&job.dir, self.stream);
+        let Ok(file) = File::open(&path) else {
+            return Ok(false);
+        };
+        let size = file.metadata()?.len();
+        let stable = size == self.last_size;
+        self.last_size = size;
+        let mut spool = lock(&job.spool);
+        let mut offset = spool.offset(self.stream);
+        let mut any = false;
+        let mut buf = vec![0u8; MAX_CHUNK_LEN];
+        while offset < size {
+            let want = ((size - offset) as usize).min(MAX_CHUNK_LEN);
+            let got = file.read_at(&mut buf[..want], offset)?;
+            if got == 0 {
+                break;
+            }
+            let window = &buf[..got];
+            let cut = match window.iter().rposition(|b| *b == b'\n') {
+                Some(pos) => pos + 1,
+                None if got == MAX_CHUNK_LEN => match std::str::from_utf8(window) {
+                    Ok(_) => got,
+                    Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+                    Err(_) => got,
+                },
+                None if last || stable => got,
+                None => break,
+            };
+            spool.append(self.stream, offset, offset + cut as u64)?;
+            offset += cut as u64;
+            any = true;
+        }
+        drop(spool);
+        if any {
+            job.bump();
+        }
+        Ok(any)
+    }
+}
+
+/// Watches a job's process to its end: tails its output, enforces its timeout, kills
+/// its group on cancel, and records how it ended.
+async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant>) {
+    let mut tails = [
+        Tail {
+            stream: OutputStream::Stdout,
+            last_size: u64::MAX,
+        },
+        Tail {
+            stream: OutputStream::Stderr,
+            last_size: u64::MAX,
+        },
+    ];
+    let mut cancel_rx = job.cancel.subscribe();
+    let mut stopping: Option<(JobStatus, Instant)> = None;
+    let mut killed = false;
+    let mut child_signal: Option<i32> = None;
+    loop {
+        let exited = process.exited(&job.dir);
+        let mut progressed = false;
+        for tail in &mut tails {
+            match tail.pump(&job, exited) {
+                Ok(p) => progressed |= p,
+                Err(e) => tracing::warn!(job = %job.id, "reading job output: {e}"),
+            }
+        }
+        if exited {
+            if let Process::Child(child) = &mut process {
+                if let Ok(Some(status)) = child.try_wait() {
+                    use std::os::unix::process::ExitStatusExt;
+                    child_signal = status.signal();
+                }
+            }
+            break;
+        }
+        let pid = process.pid();
+        if stopping.is_none() {
+            let reason = if *cancel_rx.borrow() {
+                Some((
+                    JobStatus::Cancelled,
+                    "[cancel requested: stopping the job's process group]\n".to_string(),
+                ))
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                Some((
+                    JobStatus::TimedOut,
+                    "[timeout reached: stopping the job's process group]\n".to_string(),
+                ))
+            } else {
+                None
+            };
+            if let Some((status, note)) = reason {
+                job.note(&note);
+                if let Some(pid) = pid {
+                    kill_group(pid, libc::SIGTERM);
+                }
+                stopping = Some((status, Instant::now() + KILL_GRACE));
+            }
+        }
+        if let Some((_, kill_at)) = stopping {
+            if !killed && Instant::now() >= kill_at {
+                if let Some(pid) = pid {
+                    kill_group(pid, libc::SIGKILL);
+                }
+                killed = true;
+            }
+        }
+        let pause = if progressed {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(20)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = cancel_rx.changed(), if stopping.is_none() => {}
+        }
+    }
+    // The process group may have left children behind; they belong to the job.
+    if let Some(pid) = process.pid() {
+        kill_group(pid, libc::SIGKILL);
+    }
+    let exit_code = std::fs::read_to_string(job.dir.join("exit"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let end = match (stopping.map(|s| s.0), exit_code) {
+        (Some(JobStatus::Cancelled), code) => JobEnd {
+            status: JobStatus::Cancelled,
+            exit_code: code,
+            summary: "cancelled".into(),
+            chunks: 0,
+        },
+        (Some(status), code) => JobEnd {
+            status,
+            exit_code: code,
+            summary: "killed after its timeout".into(),
+            chunks: 0,
+        },
+        (None, Some(0)) => JobEnd {
+            status: JobStatus::Succeeded,
+            exit_code: Some(0),
+            summary: "exit code 0".into(),
+            chunks: 0,
+        },
+        (None, Some(code)) => JobEnd {
+            status: JobStatus::Failed,
+            exit_code: Some(code),
+            summary: format!("exit code {code}"),
+            chunks: 0,
+        },
+        (None, None) => {
+            let summary = match child_signal {
+                Some(sig) => format!("killed by signal {sig}"),
+                None => "the job's process ended without an exit code".to_string(),
+            };
+            job.note(&format!("[{summary}]\n"));
+            JobEnd {
+                status: JobStatus::Failed,
+                exit_code: None,
+                summary,
+                chunks: 0,
+            }
+        }
+    };
+    job.finish(end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn script(id: &str, body: &str, timeout_s: Option<u64>) -> JobSpec {
+        JobSpec {
+            job_id: id.into(),
+            kind: JobKind::Script {
+                interpreter: "/bin/sh".into(),
+                body: body.into(),
+                env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+                working_dir: None,
+            },
+            timeout_s,
+        }
+    }
+
+    async fn wait_end(job: &Job) -> JobEnd {
+        let mut rx = job.subscribe();
+        loop {
+            if let Some(end) = job.end() {
+                return end;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+        }
+    }
+
+    fn output(job: &Job, stream: OutputStream) -> String {
+        (0..job.chunks())
+            .map(|s| job.read_chunk(s).unwrap())
+            .filter(|c| c.stream == stream)
+            .map(|c| c.data)
+            .collect()
+    }
+
+    /// A script runs once with its env; a repeat start resumes, a forgotten one is done.
+    #[tokio::test]
+    async fn runs_once_with_env_and_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(dir.path()).unwrap();
+        let spec = script("j1", "echo $GREETING; echo err >&2; exit 3\n", None);
+        let StartOutcome::Started(job) = jobs.start_or_resume(&spec).unwrap() else {
+            panic!("not started")
+        };
+        let end = wait_end(&job).await;
+        assert_eq!((end.status, end.exit_code), (JobStatus::Failed, Some(3)));
+        assert_eq!(output(&job, OutputStream::Stdout), "hi\n");
+        assert_eq!(output(&job, OutputStream::Stderr), "err\n");
+        assert!(matches!(
+            jobs.start_or_resume(&spec).unwrap(),
+            StartOutcome::Resumed(_)
+        ));
+        jobs.forget("j1");
+        assert!(matches!(
+            jobs.start_or_resume(&spec).unwrap(),
+            StartOutcome::AlreadyDone
+        ));
+        let reopened = Jobs::open(dir.path()).unwrap();
+        assert!(matches!(
+            reopened.start_or_resume(&spec).unwrap(),
+            StartOutcome::AlreadyDone
+        ));
+    }
+
+    /// Timeout kills the whole process group, including a background child.
+    #[tokio::test]
+    async fn timeout_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(dir.path()).unwrap();
+        let marker = dir.path().join("child.pid");
+        let body = format!("sleep 60 & echo $! > {}\nwait\n", marker.display());
+        let StartOutcome::Started(job) =
+            jobs.start_or_resume(&script("j2", &body, Some(1))).unwrap()
+        else {
+            panic!()
+        };
+        let end = wait_end(&job).await;
+        assert_eq!(end.status, JobStatus::TimedOut);
+        let child: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "background child survived: {stat}"
+        );
+    }
+
+    /// Cancel stops a running job and records it as cancelled.
+    #[tokio::test]
+    async fn cancel_stops_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(dir.path()).unwrap();
+        let StartOutcome::Started(job) = jobs
+            .start_or_resume(&script("j3", "echo start; sleep 30\n", None))
+            .unwrap()
+        else {
+            panic!()
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        job.cancel();
+        let end = wait_end(&job).await;
+        assert_eq!(end.status, JobStatus::Cancelled);
+        assert_eq!(output(&job, OutputStream::Stdout), "start\n");
+    }
+
+    /// A job whose agent went away is adopted by the next agent and its output is
+    /// numbered on without a gap or a repeat.
+    #[test]
+    fn adopted_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = "for i in 1 2 3; do echo line$i; sleep 0.3; done\n";
+        // The first agent starts the job, then its runtime (and every task) goes away
+        // while the job's process keeps running.
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let jobs = Jobs::open(dir.path()).unwrap();
+                let StartOutcome::Started(job) =
+                    jobs.start_or_resume(&script("j4", body, None)).unwrap()
+                else {
+                    panic!()
+                };
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                assert!(job.chunks() >= 1);
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let again = Jobs::open(dir.path()).unwrap();
+            let StartOutcome::Resumed(adopted) =
+                again.start_or_resume(&script("j4", body, None)).unwrap()
+            else {
+                panic!()
+            };
+            let end = wait_end(&adopted).await;
+            assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+            assert_eq!(
+                output(&adopted, OutputStream::Stdout),
+                "line1\nline2\nline3\n"
+            );
+        });
+    }
+}
