@@ -336,6 +336,8 @@
         instance.hide();
       });
       modal.addEventListener("shown.bs.modal", function () {
+        // Marks the end of the opening transition: Bootstrap ignores a hide() before it.
+        modal.setAttribute("data-confirm-ready", "");
         (input || ok).focus();
       });
       modal.addEventListener("hidden.bs.modal", function () {
