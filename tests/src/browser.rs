@@ -355,7 +355,7 @@ impl Drop for Browser {
         if let Some(mut child) = self.driver.take() {
             crate::kill_now(&mut child);
         }
-        if std::thread::panicking() {
+        if crate::keep_artifacts() {
             if let Some(root) = self.root.take() {
                 eprintln!(
                     "--- chromedriver log ---\n{}",

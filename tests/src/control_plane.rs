@@ -376,7 +376,7 @@ impl Drop for ControlPlane {
         if let Some(mut child) = self.child.take() {
             crate::kill_now(&mut child);
         }
-        if std::thread::panicking() {
+        if crate::keep_artifacts() {
             eprintln!("{}", self.logs());
             if let Some(root) = self.root.take() {
                 eprintln!("kept the test's temp dir: {}", root.keep().display());

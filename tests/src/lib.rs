@@ -29,8 +29,9 @@
 //! # }
 //! ```
 //!
-//! Every child process is killed when its handle is dropped; when a test panics, the
-//! handles print the tail of their logs and keep their temp directory for inspection.
+//! Every child process is killed when its handle is dropped; when a test panics (or
+//! `DYNSERV_TEST_KEEP=1` is set), the handles print the tail of their logs and keep
+//! their temp directory for inspection.
 
 mod agent;
 mod api;
@@ -180,6 +181,13 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// Whether a handle being dropped keeps its temp dir and prints its logs: when the test
+/// is failing (panicking), or always with `DYNSERV_TEST_KEEP=1` (to look at screenshots
+/// and logs of a passing test).
+pub fn keep_artifacts() -> bool {
+    std::thread::panicking() || std::env::var_os("DYNSERV_TEST_KEEP").is_some_and(|v| v == "1")
 }
 
 /// Sends SIGTERM to a child and waits up to `grace` for it to exit, then SIGKILLs it.

@@ -134,7 +134,9 @@ async fn shell_behaviours_work_in_chromium() {
     );
 
     // The flash message becomes a toast, its markup shown as text.
-    let flash_toast = browser.text(".ds-toasts .toast.show:not(.showing)[data-level=success]").await;
+    let flash_toast = browser
+        .text(".ds-toasts .toast.show:not(.showing)[data-level=success]")
+        .await;
     assert!(
         flash_toast.contains("Saved <b>nova</b>"),
         "toast: {flash_toast}"
@@ -142,7 +144,9 @@ async fn shell_behaviours_work_in_chromium() {
     browser
         .eval("window.dynserv.toast('Heads up', '<i>body</i>', 'error');")
         .await;
-    let error_toast = browser.text(".ds-toasts .toast.show:not(.showing)[data-level=danger]").await;
+    let error_toast = browser
+        .text(".ds-toasts .toast.show:not(.showing)[data-level=danger]")
+        .await;
     assert!(error_toast.contains("Heads up") && error_toast.contains("<i>body</i>"));
 
     // Live search: rows filter by text and by data-search, with a "no match" row.
@@ -296,7 +300,9 @@ async fn log_viewer_follows_reconnects_and_ends() {
     assert_eq!(browser.text("[data-log-count]").await, "5 lines");
     assert_eq!(browser.text("[data-exec-status]").await, "succeeded");
     assert_eq!(browser.text("[data-exec-exit]").await, "0");
-    let toast = browser.text(".ds-toasts .toast.show:not(.showing)[data-level=success]").await;
+    let toast = browser
+        .text(".ds-toasts .toast.show:not(.showing)[data-level=success]")
+        .await;
     assert!(
         browser
             .texts(".ds-toasts .toast")
@@ -530,7 +536,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if dynserv_tests::keep_artifacts() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
             eprintln!("kept the fixture's artifacts: {}", dir.keep().display());
         }
