@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need, builds once, runs every test.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -E 'binary(browser)'   # extra arguments go to `cargo nextest run`
+#
+# Idempotent and quick when everything is already there. Meant for a Debian machine
+# (run as root, or with sudo available): it installs Debian's chromium and
+# chromium-driver for the browser tests, a Python venv with ansible-core for the
+# playbook differential tests, checks that Docker answers, builds the workspace and
+# runs the suite with cargo-nextest (configuration in .config/nextest.toml).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+say() { printf '\n==> %s\n' "$*"; }
+warn() { printf '\n!!! %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        warn "need root to run: $*"
+        return 1
+    fi
+}
+
+# ---- Chromium and chromedriver (browser tests) ---------------------------------------
+
+missing_packages=()
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
+if [ "${#missing_packages[@]}" -gt 0 ]; then
+    say "installing ${missing_packages[*]} from Debian (browser tests)"
+    # Wait for another apt/dpkg run to release its lock instead of failing at once.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+        install -y --no-install-recommends chromium chromium-driver
+else
+    say "chromium and chromedriver present"
+fi
+
+# ---- ansible-core in .venv-ansible (playbook differential tests) ---------------------
+
+if [ ! -x .venv-ansible/bin/ansible-playbook ]; then
+    say "creating .venv-ansible with ansible-core (playbook differential tests)"
+    python3 -m venv .venv-ansible
+    .venv-ansible/bin/pip install --quiet --disable-pip-version-check ansible-core
+else
+    say "ansible-core present in .venv-ansible"
+fi
+# Keep the venv out of git without touching the repository's .gitignore.
+[ -f .venv-ansible/.gitignore ] || echo '*' >.venv-ansible/.gitignore
+
+# ---- Docker (agent tests on private networks, compose backups) -----------------------
+
+if docker info >/dev/null 2>&1; then
+    say "Docker answers ($(docker info --format '{{.ServerVersion}}' 2>/dev/null || echo '?'))"
+else
+    if command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && ! pgrep -x dockerd >/dev/null 2>&1; then
+        say "Docker is installed but not running: starting dockerd (log: /tmp/dockerd.log)"
+        nohup dockerd >/tmp/dockerd.log 2>&1 &
+        for _ in $(seq 1 30); do
+            docker info >/dev/null 2>&1 && break
+            sleep 1
+        done
+    fi
+    if docker info >/dev/null 2>&1; then
+        say "Docker answers"
+    else
+        warn "Docker is not reachable (docker info fails): the tests that start containers \
+will fail. Install Docker Engine (Debian: apt-get install docker.io) and start it \
+(systemctl start docker, or dockerd &), then run $0 again."
+    fi
+fi
+
+# ---- cargo-nextest -------------------------------------------------------------------
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest from crates.io (once; takes a few minutes)"
+    cargo install --locked cargo-nextest
+fi
+
+# ---- build once, then run everything -------------------------------------------------
+
+# The end-to-end tests start the real dynserv and dynserv-agent binaries from
+# target/debug, so the whole workspace is built before any test runs.
+say "building the workspace (cargo build --workspace --all-targets)"
+cargo build --workspace --all-targets
+
+profile=default
+if [ "${CI:-}" = "true" ]; then
+    profile=ci
+fi
+say "running the tests (cargo nextest run --workspace --no-fail-fast, profile $profile)"
+exec cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@"
