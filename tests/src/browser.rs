@@ -189,7 +189,8 @@ impl Browser {
                 .eval("return document.readyState === 'complete' && !document.querySelector('input[name=password]')?.value;")
                 .await;
             if fresh == Value::Bool(true) || Instant::now() >= deadline {
-                return path;
+                // The check may have run on the next page already: read the path again.
+                return self.path().await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -16,7 +16,8 @@ pub struct Render {
 }
 
 handlebars_helper!(money: |v: Value| match v.as_f64() {
-    Some(n) => format!("{n:.2}"),
+    // `+ 0.0` turns the -0.0 of an empty float sum into 0.0.
+    Some(n) => format!("{:.2}", n + 0.0),
     None => String::from("—"),
 });
 
