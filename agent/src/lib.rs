@@ -6,4 +6,5 @@ pub mod backoff;
 pub mod connection;
 pub mod facts;
 pub mod jobs;
+pub mod playbook;
 pub mod spool;

@@ -40,6 +40,8 @@ enum Command {
         #[arg(long, env = "DYNSERV_AGENT_STATE_DIR", default_value = connection::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Runs an Ansible playbook locally with the native runtime (exit 0 ok, 2 failed task, 1 invalid).
+    Playbook(dynserv_agent::playbook::PlaybookArgs),
 }
 
 fn init_tracing() {
@@ -75,8 +77,16 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The playbook runner prints Ansible-style output itself and has its own exit codes.
+    let command = match cli.command {
+        Command::Playbook(args) => {
+            let code = dynserv_agent::playbook::cli_main(args);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        other => other,
+    };
     init_tracing();
-    let result = match cli.command {
+    let result = match command {
         Command::Enroll {
             server,
             token,
@@ -96,6 +106,7 @@ fn main() -> ExitCode {
         Command::Run { state_dir } => runtime()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(connection::run(state_dir, shutdown_signal()))),
+        Command::Playbook(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,285 @@
+//! Host facts (`gather_facts`): the subset of Ansible's `setup` module that playbooks use.
+//!
+//! Gathering is split into reading raw inputs ([`FactSources`], I/O) and building the
+//! fact dict from them ([`build_facts`], pure), so the mapping from `/etc/os-release` to
+//! `ansible_distribution` and friends is unit-tested without a particular machine.
+
+use minijinja::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Raw inputs facts are computed from.
+#[derive(Debug, Clone, Default)]
+pub struct FactSources {
+    /// Content of `/etc/os-release`.
+    pub os_release: String,
+    /// Content of `/etc/debian_version`, if any.
+    pub debian_version: Option<String>,
+    /// `uname` fields.
+    pub nodename: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Kernel version string.
+    pub kernel_version: String,
+    /// Machine architecture (`x86_64`).
+    pub machine: String,
+    /// Content of `/proc/meminfo`.
+    pub meminfo: String,
+    /// Number of online CPUs.
+    pub cpus: usize,
+    /// Which package managers exist (`apt`, `dnf`, ...).
+    pub package_managers: Vec<String>,
+    /// Whether systemd is the running init.
+    pub systemd: bool,
+    /// The process environment.
+    pub env: Vec<(String, String)>,
+    /// Effective user id / gid / name / home / shell.
+    pub user: (u32, u32, String, String, String),
+    /// The primary IPv4 address, if any.
+    pub ipv4: Option<String>,
+    /// Whether running inside a container.
+    pub container: Option<String>,
+}
+
+impl FactSources {
+    /// Reads the sources from the running machine.
+    pub fn read() -> FactSources {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: uname fills the zeroed struct; fields are NUL-terminated.
+        let ok = unsafe { libc::uname(&mut uts) } == 0;
+        let field = |f: &[libc::c_char]| -> String {
+            // SAFETY: uname NUL-terminates its fields.
+            unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned()
+        };
+        let (nodename, kernel, kernel_version, machine) = if ok {
+            (field(&uts.nodename), field(&uts.release), field(&uts.version), field(&uts.machine))
+        } else {
+            Default::default()
+        };
+        let package_managers = [
+            ("apt", "/usr/bin/apt-get"),
+            ("dnf", "/usr/bin/dnf"),
+            ("yum", "/usr/bin/yum"),
+            ("apk", "/sbin/apk"),
+            ("zypper", "/usr/bin/zypper"),
+            ("pacman", "/usr/bin/pacman"),
+        ]
+        .iter()
+        .filter(|(_, path)| Path::new(path).exists())
+        .map(|(name, _)| name.to_string())
+        .collect();
+        // SAFETY: plain libc id getters.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let user_name = super::modules::files::user_name(uid);
+        let (home, shell) = passwd_home_shell(&user_name);
+        let container = if Path::new("/.dockerenv").exists() {
+            Some("docker".to_string())
+        } else if Path::new("/run/.containerenv").exists() {
+            Some("podman".to_string())
+        } else {
+            None
+        };
+        FactSources {
+            os_release: read("/etc/os-release"),
+            debian_version: std::fs::read_to_string("/etc/debian_version").ok(),
+            nodename,
+            kernel,
+            kernel_version,
+            machine,
+            meminfo: read("/proc/meminfo"),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            package_managers,
+            systemd: Path::new("/run/systemd/system").exists(),
+            env: std::env::vars().collect(),
+            user: (uid, gid, user_name, home, shell),
+            ipv4: primary_ipv4(),
+            container,
+        }
+    }
+}
+
+fn passwd_home_shell(user: &str) -> (String, String) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 7 && fields[0] == user {
+            return (fields[5].to_string(), fields[6].to_string());
+        }
+    }
+    (std::env::var("HOME").unwrap_or_default(), "/bin/sh".into())
+}
+
+/// The source address the kernel would use for outbound traffic (no packet is sent).
+fn primary_ipv4() -> Option<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip.to_string()),
+        _ => None,
+    }
+}
+
+fn os_release_map(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// Ansible's `distribution` name for an os-release `ID`.
+fn distribution_name(id: &str, name: &str) -> String {
+    match id {
+        "ubuntu" => "Ubuntu".into(),
+        "debian" => "Debian".into(),
+        "centos" => "CentOS".into(),
+        "rhel" => "RedHat".into(),
+        "fedora" => "Fedora".into(),
+        "rocky" => "Rocky".into(),
+        "almalinux" => "AlmaLinux".into(),
+        "alpine" => "Alpine".into(),
+        "arch" => "Archlinux".into(),
+        "amzn" => "Amazon".into(),
+        "opensuse-leap" | "opensuse-tumbleweed" | "opensuse" => "openSUSE Leap".into(),
+        "linuxmint" => "Linux Mint".into(),
+        "raspbian" => "Debian".into(),
+        "" => "NA".into(),
+        _ => name.split_whitespace().next().unwrap_or(id).to_string(),
+    }
+}
+
+/// Ansible's `os_family` for a distribution.
+fn os_family(distribution: &str, id_like: &str) -> String {
+    match distribution {
+        "Ubuntu" | "Debian" | "Linux Mint" | "Kali" | "Pop!_OS" => "Debian".into(),
+        "CentOS" | "RedHat" | "Fedora" | "Rocky" | "AlmaLinux" | "Amazon" | "OracleLinux" => "RedHat".into(),
+        "Alpine" => "Alpine".into(),
+        "Archlinux" => "Archlinux".into(),
+        "openSUSE Leap" | "SLES" => "Suse".into(),
+        _ if id_like.contains("debian") || id_like.contains("ubuntu") => "Debian".into(),
+        _ if id_like.contains("rhel") || id_like.contains("fedora") => "RedHat".into(),
+        other => other.to_string(),
+    }
+}
+
+fn meminfo_mb(meminfo: &str, key: &str) -> i64 {
+    meminfo
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<i64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+/// Builds the fact dict (keys without the `ansible_` prefix, as in `ansible_facts`).
+pub fn build_facts(sources: &FactSources, now: chrono::DateTime<chrono::Local>) -> Vec<(String, Value)> {
+    let release = os_release_map(&sources.os_release);
+    let get = |k: &str| release.get(k).cloned().unwrap_or_default();
+    let distribution = distribution_name(&get("ID"), &get("NAME"));
+    let mut version = get("VERSION_ID");
+    if distribution == "Debian" {
+        if let Some(v) = sources.debian_version.as_deref().map(str::trim).filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit())) {
+            version = v.to_string();
+        }
+    }
+    let major = version.split('.').next().unwrap_or_default().to_string();
+    let family = os_family(&distribution, &get("ID_LIKE"));
+    let pkg_mgr = sources.package_managers.first().cloned().unwrap_or_else(|| "unknown".into());
+    let service_mgr = if sources.systemd { "systemd" } else { "service" };
+    let hostname = sources.nodename.split('.').next().unwrap_or_default().to_string();
+    let (uid, gid, user, home, shell) = &sources.user;
+    let env = Value::from_pairs(sources.env.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))));
+    let date_time = Value::from_pairs([
+        ("year", now.format("%Y").to_string()),
+        ("month", now.format("%m").to_string()),
+        ("day", now.format("%d").to_string()),
+        ("hour", now.format("%H").to_string()),
+        ("minute", now.format("%M").to_string()),
+        ("second", now.format("%S").to_string()),
+        ("date", now.format("%Y-%m-%d").to_string()),
+        ("time", now.format("%H:%M:%S").to_string()),
+        ("iso8601", now.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        ("epoch", now.timestamp().to_string()),
+        ("tz", now.format("%Z").to_string()),
+        ("weekday", now.format("%A").to_string()),
+    ]);
+    let mut facts: Vec<(String, Value)> = vec![
+        ("hostname".into(), Value::from(hostname.clone())),
+        ("nodename".into(), Value::from(sources.nodename.clone())),
+        ("fqdn".into(), Value::from(sources.nodename.clone())),
+        ("system".into(), Value::from("Linux")),
+        ("kernel".into(), Value::from(sources.kernel.clone())),
+        ("kernel_version".into(), Value::from(sources.kernel_version.clone())),
+        ("architecture".into(), Value::from(sources.machine.clone())),
+        ("machine".into(), Value::from(sources.machine.clone())),
+        ("distribution".into(), Value::from(distribution.clone())),
+        ("distribution_version".into(), Value::from(version.clone())),
+        ("distribution_major_version".into(), Value::from(major)),
+        ("distribution_release".into(), Value::from(get("VERSION_CODENAME"))),
+        ("os_family".into(), Value::from(family)),
+        ("pkg_mgr".into(), Value::from(pkg_mgr)),
+        ("service_mgr".into(), Value::from(service_mgr)),
+        ("memtotal_mb".into(), Value::from(meminfo_mb(&sources.meminfo, "MemTotal"))),
+        ("memfree_mb".into(), Value::from(meminfo_mb(&sources.meminfo, "MemFree"))),
+        ("swaptotal_mb".into(), Value::from(meminfo_mb(&sources.meminfo, "SwapTotal"))),
+        ("processor_vcpus".into(), Value::from(sources.cpus)),
+        ("processor_count".into(), Value::from(sources.cpus)),
+        ("processor_cores".into(), Value::from(1)),
+        ("processor_threads_per_core".into(), Value::from(1)),
+        ("env".into(), env),
+        ("user_id".into(), Value::from(user.clone())),
+        ("user_uid".into(), Value::from(*uid)),
+        ("user_gid".into(), Value::from(*gid)),
+        ("user_dir".into(), Value::from(home.clone())),
+        ("user_shell".into(), Value::from(shell.clone())),
+        ("date_time".into(), date_time),
+        ("domain".into(), Value::from(sources.nodename.split_once('.').map(|(_, d)| d).unwrap_or_default())),
+        ("virtualization_type".into(), Value::from(sources.container.clone().unwrap_or_else(|| "NA".into()))),
+        ("lsb".into(), Value::from_pairs([
+            ("id", Value::from(distribution)),
+            ("release", Value::from(version)),
+            ("codename", Value::from(get("VERSION_CODENAME"))),
+        ])),
+    ];
+    if let Some(ip) = &sources.ipv4 {
+        facts.push(("default_ipv4".into(), Value::from_pairs([("address", ip.clone())])));
+        facts.push(("all_ipv4_addresses".into(), Value::from(vec![ip.clone()])));
+    } else {
+        facts.push(("default_ipv4".into(), Value::from_pairs(Vec::<(String, Value)>::new())));
+        facts.push(("all_ipv4_addresses".into(), Value::from(Vec::<String>::new())));
+    }
+    facts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts_for(os_release: &str, debian_version: Option<&str>) -> BTreeMap<String, Value> {
+        let sources = FactSources {
+            os_release: os_release.into(),
+            debian_version: debian_version.map(String::from),
+            nodename: "web1.example.com".into(),
+            package_managers: vec!["apt".into()],
+            systemd: true,
+            ..Default::default()
+        };
+        build_facts(&sources, chrono::Local::now()).into_iter().collect()
+    }
+
+    /// os-release maps to Ansible's distribution facts.
+    #[test]
+    fn distribution_facts() {
+        let ubuntu = facts_for("ID=ubuntu\nVERSION_ID=\"24.04\"\nVERSION_CODENAME=noble\nID_LIKE=debian\n", None);
+        assert_eq!(ubuntu["distribution"], Value::from("Ubuntu"));
+        assert_eq!(ubuntu["distribution_major_version"], Value::from("24"));
+        assert_eq!(ubuntu["os_family"], Value::from("Debian"));
+        assert_eq!(ubuntu["hostname"], Value::from("web1"));
+        let debian = facts_for("ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n", Some("12.7\n"));
+        assert_eq!(debian["distribution_version"], Value::from("12.7"));
+        assert_eq!(debian["distribution_release"], Value::from("bookworm"));
+        assert_eq!(debian["pkg_mgr"], Value::from("apt"));
+        assert_eq!(debian["service_mgr"], Value::from("systemd"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Native Ansible playbook runtime.
+//!
+//! Runs the common core of Ansible playbooks against the local machine without Python:
+//! YAML with YAML 1.1 scalars and positioned errors (`yaml`), the playbook structure and
+//! its validation (`model`), Jinja2 templating with Ansible's filters and strict
+//! undefined semantics (`template`, `filters`), host facts (`facts`), the play/task
+//! engine with handlers, blocks, loops, check mode and the PLAY RECAP (`engine`), and
+//! native modules (`modules`).
+//!
+//! The API is built for two callers: the `dynserv-agent playbook` CLI ([`cli_main`]) and
+//! the agent's job executor, which calls [`parse_playbook`] / [`validate`] and then
+//! [`run_playbook`] with an output sink, extra variables, check mode and secret values to
+//! mask.
+//!
+//! A playbook that uses a module this runtime lacks is rejected by [`parse_playbook`]
+//! before any task runs, with the module's name and line.
+
+pub mod become_;
+mod crypt;
+pub mod engine;
+pub mod facts;
+pub mod filters;
+pub mod model;
+pub mod modules;
+pub mod template;
+pub mod yaml;
+
+pub use engine::{run_playbook, RunOptions, RunReport, Stats};
+pub use model::{parse_playbook, Playbook, PlaybookError};
+
+use anyhow::Context as _;
+use minijinja::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Exit code for a successful run.
+pub const EXIT_OK: i32 = 0;
+/// Exit code for an invalid playbook or bad arguments.
+pub const EXIT_INVALID: i32 = 1;
+/// Exit code when a task failed.
+pub const EXIT_FAILED: i32 = 2;
+
+/// Validates playbook text as the editor would: `Ok` or the first error with its position.
+pub fn validate(source: &str) -> Result<(), PlaybookError> {
+    parse_playbook(source, Path::new(".")).map(|_| ())
+}
+
+/// Parses one `-e` argument: `KEY=VALUE [KEY=VALUE…]`, a JSON/YAML dict, or `@FILE`.
+pub fn parse_extra_vars(argument: &str) -> Result<Vec<(String, Value)>, String> {
+    let trimmed = argument.trim();
+    let dict_from = |text: &str, origin: &str| -> Result<Vec<(String, Value)>, String> {
+        let node = yaml::parse_one(text).map_err(|e| format!("{origin}: {e}"))?;
+        let value = node.to_value();
+        if value.kind() != minijinja::value::ValueKind::Map {
+            return Err(format!("{origin}: extra vars must be a dictionary"));
+        }
+        let mut out = Vec::new();
+        for key in value.try_iter().map_err(|e| e.to_string())? {
+            let item = value.get_item(&key).map_err(|e| e.to_string())?;
+            out.push((modules::value_to_string(&key), item));
+        }
+        Ok(out)
+    };
+    if let Some(file) = trimmed.strip_prefix('@') {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("could not read extra vars file {file}: {e}"))?;
+        return dict_from(&text, file);
+    }
+    if trimmed.starts_with('{') {
+        return dict_from(trimmed, "extra vars");
+    }
+    let pairs = model::parse_kv(trimmed, false).map_err(|e| format!("invalid extra vars {argument:?}: {e}"))?;
+    if pairs.is_empty() {
+        return Err(format!("invalid extra vars {argument:?}: expected KEY=VALUE"));
+    }
+    Ok(pairs)
+}
+
+/// Arguments of `dynserv-agent playbook`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlaybookArgs {
+    /// The playbook file to run.
+    #[arg(value_name = "FILE", required_unless_present = "internal_module")]
+    pub file: Option<PathBuf>,
+    /// Don't make any changes; report what would change.
+    #[arg(short = 'C', long)]
+    pub check: bool,
+    /// Show the differences in changed files.
+    #[arg(short = 'D', long)]
+    pub diff: bool,
+    /// Extra variables as KEY=VALUE, a YAML/JSON dict or @FILE (repeatable).
+    #[arg(short = 'e', long = "extra-vars", value_name = "KEY=VALUE")]
+    pub extra_vars: Vec<String>,
+    /// Only run tasks tagged with these tags (comma-separated, repeatable).
+    #[arg(short = 't', long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Skip tasks tagged with these tags (comma-separated, repeatable).
+    #[arg(long, value_delimiter = ',')]
+    pub skip_tags: Vec<String>,
+    /// Run notified handlers even if a task fails.
+    #[arg(long)]
+    pub force_handlers: bool,
+    /// Only check the playbook's syntax and modules; run nothing.
+    #[arg(long)]
+    pub syntax_check: bool,
+    /// The host name the play sees as `inventory_hostname`.
+    #[arg(long, default_value = "localhost")]
+    pub inventory_hostname: String,
+    /// Internal: run one module from a JSON request on stdin (used for `become`).
+    #[arg(long, hide = true)]
+    pub internal_module: bool,
+}
+
+/// Runs `dynserv-agent playbook`; returns the process exit code.
+pub fn cli_main(args: PlaybookArgs) -> i32 {
+    if args.internal_module {
+        let mut input = String::new();
+        if std::io::stdin().read_to_string(&mut input).is_err() {
+            return EXIT_INVALID;
+        }
+        println!("{}", become_::serve_request(&input));
+        return EXIT_OK;
+    }
+    match cli_run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ERROR! {e:#}");
+            EXIT_INVALID
+        }
+    }
+}
+
+fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
+    let file = args.file.as_ref().context("a playbook file is required")?;
+    let source = std::fs::read_to_string(file).with_context(|| format!("could not read the playbook {}", file.display()))?;
+    let base_dir = std::fs::canonicalize(file)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let playbook = match parse_playbook(&source, &base_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ERROR! {e}");
+            eprintln!("The error appears to be in '{}'", file.display());
+            return Ok(EXIT_INVALID);
+        }
+    };
+    if args.syntax_check {
+        println!("\nplaybook: {}", file.display());
+        return Ok(EXIT_OK);
+    }
+    let mut extra_vars = Vec::new();
+    for argument in &args.extra_vars {
+        extra_vars.extend(parse_extra_vars(argument).map_err(anyhow::Error::msg)?);
+    }
+    let options = RunOptions {
+        check: args.check,
+        diff: args.diff,
+        extra_vars,
+        tags: args.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        skip_tags: args.skip_tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        secrets: Vec::new(),
+        force_handlers: args.force_handlers,
+        inventory_hostname: args.inventory_hostname.clone(),
+        become_program: std::env::current_exe().ok(),
+    };
+    let stdout = std::io::stdout();
+    let mut sink = |line: &str| {
+        let mut lock = stdout.lock();
+        let _ = writeln!(lock, "{line}");
+        let _ = lock.flush();
+    };
+    let report = run_playbook(&playbook, &options, &mut sink);
+    Ok(if report.failed { EXIT_FAILED } else { EXIT_OK })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `-e` accepts pairs, dicts and typed YAML.
+    #[test]
+    fn extra_vars_forms() {
+        assert_eq!(parse_extra_vars("a=1 b=two").expect("valid")[1], ("b".to_string(), Value::from("two")));
+        assert_eq!(parse_extra_vars("{\"n\": 3}").expect("valid")[0], ("n".to_string(), Value::from(3)));
+        assert!(parse_extra_vars("novalue").is_err());
+    }
+}

@@ -1,0 +1,868 @@
+//! Playbook structure: plays, blocks and tasks, parsed and validated from YAML nodes.
+//!
+//! Parsing is pure (no I/O besides reading files named by `import_tasks` and
+//! `vars_files`-free structure), so the control plane can validate a playbook when a
+//! technician saves it and show errors with line and column. Everything that must be
+//! decided before the first task runs is decided here: unknown keywords, unknown
+//! modules, conflicting actions, malformed loops.
+//!
+//! What does not live here: templating and execution (`engine`), module behaviour
+//! (`modules`).
+
+use super::yaml::{self, Node, NodeKind, Pos, YamlError};
+use minijinja::Value;
+use std::path::{Path, PathBuf};
+
+/// Why a playbook is invalid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlaybookError {
+    /// The YAML itself is malformed.
+    #[error("syntax error while loading YAML: {0}")]
+    Yaml(#[from] YamlError),
+    /// The YAML is well formed but does not describe a valid playbook.
+    #[error("{message} (line {}, column {})", pos.line, pos.column)]
+    Invalid {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        pos: Pos,
+    },
+    /// A task uses a module the native runtime does not implement.
+    #[error("couldn't resolve module/action '{module}': the native runtime does not implement it (line {}, column {})", pos.line, pos.column)]
+    UnknownModule {
+        /// The module name as written.
+        module: String,
+        /// Where the task starts.
+        pos: Pos,
+    },
+    /// A file the playbook refers to (`import_tasks`) could not be read.
+    #[error("could not read {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
+}
+
+impl PlaybookError {
+    /// The position of the error, when it has one.
+    pub fn pos(&self) -> Option<Pos> {
+        match self {
+            PlaybookError::Yaml(e) => Some(e.pos),
+            PlaybookError::Invalid { pos, .. } | PlaybookError::UnknownModule { pos, .. } => Some(*pos),
+            PlaybookError::Io { .. } => None,
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>, pos: Pos) -> PlaybookError {
+    PlaybookError::Invalid {
+        message: message.into(),
+        pos,
+    }
+}
+
+/// A parsed playbook.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    /// The plays in order.
+    pub plays: Vec<Play>,
+    /// The directory relative paths (`src`, `lookup('file')`, `vars_files`) start from.
+    pub base_dir: PathBuf,
+}
+
+/// One play.
+#[derive(Debug, Clone)]
+pub struct Play {
+    /// `name`, defaulting to the hosts pattern.
+    pub name: String,
+    /// The `hosts` pattern.
+    pub hosts: Value,
+    /// `gather_facts` (`None` = default, which gathers).
+    pub gather_facts: Option<Value>,
+    /// Play `vars` in source order.
+    pub vars: Vec<(String, Value)>,
+    /// `vars_files` entries (templated at run time).
+    pub vars_files: Vec<Value>,
+    /// `pre_tasks`.
+    pub pre_tasks: Vec<Task>,
+    /// `tasks`.
+    pub tasks: Vec<Task>,
+    /// `post_tasks`.
+    pub post_tasks: Vec<Task>,
+    /// `handlers`.
+    pub handlers: Vec<Task>,
+    /// Keywords inherited by every task of the play.
+    pub inherited: Inherited,
+    /// `force_handlers`.
+    pub force_handlers: bool,
+    /// Where the play starts.
+    pub pos: Pos,
+}
+
+/// Keywords that blocks and plays pass down to their tasks.
+#[derive(Debug, Clone, Default)]
+pub struct Inherited {
+    /// `become`.
+    pub become_: Option<Value>,
+    /// `become_user`.
+    pub become_user: Option<Value>,
+    /// `become_method` (only `sudo` and `su` are supported).
+    pub become_method: Option<Value>,
+    /// `check_mode`.
+    pub check_mode: Option<Value>,
+    /// `diff`.
+    pub diff: Option<Value>,
+    /// `ignore_errors`.
+    pub ignore_errors: Option<Value>,
+    /// `no_log`.
+    pub no_log: Option<Value>,
+    /// `environment`.
+    pub environment: Option<Value>,
+    /// `tags`.
+    pub tags: Vec<String>,
+    /// `when` conditions (AND).
+    pub when: Vec<Value>,
+    /// `vars`.
+    pub vars: Vec<(String, Value)>,
+    /// `any_errors_fatal` (accepted; a single host makes it moot).
+    pub any_errors_fatal: Option<Value>,
+}
+
+/// How a task loops.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopKind {
+    /// `loop:` (no flattening).
+    Loop,
+    /// `with_items` (flattens one level).
+    Items,
+    /// `with_list`.
+    List,
+    /// `with_dict` (items are `{key, value}`).
+    Dict,
+    /// `with_indexed_items` (items are `[index, item]`).
+    IndexedItems,
+    /// `with_fileglob`.
+    Fileglob,
+    /// `with_sequence`.
+    Sequence,
+    /// `with_together`.
+    Together,
+    /// `with_nested` / `with_cartesian`.
+    Nested,
+    /// `with_lines`.
+    Lines,
+    /// `with_file`.
+    File,
+    /// `with_subelements`.
+    Subelements,
+}
+
+/// The work a task does.
+#[derive(Debug, Clone)]
+pub enum TaskBody {
+    /// A module call.
+    Action {
+        /// Canonical short module name (`copy`, `docker_compose_v2`).
+        module: String,
+        /// The name as written (`ansible.builtin.copy`), used for the default task name.
+        written: String,
+        /// Module arguments (a dict; free-form text is under `_raw_params`).
+        args: Value,
+    },
+    /// `block` with optional `rescue` and `always`.
+    Block {
+        /// `block`.
+        block: Vec<Task>,
+        /// `rescue`.
+        rescue: Vec<Task>,
+        /// `always`.
+        always: Vec<Task>,
+    },
+}
+
+/// One task (or block, or handler).
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// `name`.
+    pub name: Option<String>,
+    /// What it does.
+    pub body: TaskBody,
+    /// Keywords children inherit (for blocks) or that apply to this task.
+    pub keywords: Inherited,
+    /// The loop source and its kind.
+    pub loop_source: Option<(LoopKind, Value)>,
+    /// `loop_control`.
+    pub loop_control: Option<Value>,
+    /// `register`.
+    pub register: Option<String>,
+    /// `notify`.
+    pub notify: Vec<String>,
+    /// `listen` (handlers).
+    pub listen: Vec<String>,
+    /// `changed_when` (AND).
+    pub changed_when: Option<Vec<Value>>,
+    /// `failed_when` (AND... as in Ansible, a list means all must hold).
+    pub failed_when: Option<Vec<Value>>,
+    /// `until` (AND).
+    pub until: Option<Vec<Value>>,
+    /// `retries`.
+    pub retries: Option<Value>,
+    /// `delay`.
+    pub delay: Option<Value>,
+    /// `delegate_to` (only the local host is supported).
+    pub delegate_to: Option<Value>,
+    /// Where the task starts.
+    pub pos: Pos,
+}
+
+impl Task {
+    /// The name shown in `TASK [...]` when the task has none.
+    pub fn default_name(&self) -> String {
+        match &self.body {
+            TaskBody::Action { written, .. } => written.clone(),
+            TaskBody::Block { .. } => "block".into(),
+        }
+    }
+}
+
+/// Modules and actions the native runtime implements.
+pub const NATIVE_MODULES: &[&str] = &[
+    "command", "shell", "raw", "copy", "template", "file", "lineinfile", "blockinfile", "stat", "debug",
+    "set_fact", "assert", "fail", "apt", "package", "service", "systemd", "systemd_service", "user",
+    "group", "get_url", "cron", "wait_for", "docker_compose_v2", "meta", "ping", "slurp", "pause",
+    "include_vars", "import_tasks", "include_tasks", "authorized_key", "sysctl", "ufw", "apt_key",
+    "apt_repository", "replace", "unarchive", "git", "hostname", "reboot",
+];
+
+const COLLECTION_PREFIXES: &[&str] = &[
+    "ansible.builtin.",
+    "ansible.legacy.",
+    "community.general.",
+    "community.docker.",
+    "ansible.posix.",
+];
+
+/// Resolves a written module name to the runtime's canonical name.
+pub fn resolve_module(written: &str) -> Option<&'static str> {
+    let mut short = written;
+    for prefix in COLLECTION_PREFIXES {
+        if let Some(rest) = written.strip_prefix(prefix) {
+            short = rest;
+            break;
+        }
+    }
+    let short = match short {
+        "systemd_service" => "systemd",
+        "import_playbook" => return None,
+        other => other,
+    };
+    // FQCNs must belong to the right collection.
+    if short != written {
+        let ok = match short {
+            "docker_compose_v2" => written.starts_with("community.docker."),
+            "ufw" => written.starts_with("community.general."),
+            "authorized_key" | "sysctl" => {
+                written.starts_with("ansible.posix.") || written.starts_with("ansible.builtin.")
+            }
+            _ => written.starts_with("ansible.builtin.") || written.starts_with("ansible.legacy."),
+        };
+        if !ok {
+            return None;
+        }
+    }
+    NATIVE_MODULES.iter().copied().find(|m| *m == short)
+}
+
+const PLAY_KEYS: &[&str] = &[
+    "hosts", "name", "gather_facts", "gather_subset", "gather_timeout", "fact_path", "vars", "vars_files",
+    "vars_prompt", "roles", "pre_tasks", "tasks", "post_tasks", "handlers", "force_handlers", "serial",
+    "strategy", "order", "max_fail_percentage", "become", "become_user", "become_method", "become_flags",
+    "become_exe", "connection", "remote_user", "port", "environment", "no_log", "ignore_errors",
+    "ignore_unreachable", "check_mode", "diff", "any_errors_fatal", "run_once", "timeout", "throttle",
+    "module_defaults", "collections", "tags", "debugger",
+];
+
+const TASK_KEYS: &[&str] = &[
+    "name", "action", "local_action", "args", "async", "poll", "changed_when", "failed_when", "delay",
+    "delegate_to", "delegate_facts", "loop", "loop_control", "notify", "register", "retries", "until",
+    "when", "become", "become_user", "become_method", "become_flags", "become_exe", "check_mode",
+    "collections", "connection", "debugger", "diff", "environment", "ignore_errors", "ignore_unreachable",
+    "module_defaults", "no_log", "port", "remote_user", "run_once", "tags", "throttle", "timeout", "vars",
+    "any_errors_fatal", "listen",
+];
+
+const BLOCK_KEYS: &[&str] = &[
+    "block", "rescue", "always", "name", "when", "become", "become_user", "become_method", "become_flags",
+    "become_exe", "check_mode", "collections", "connection", "debugger", "diff", "environment",
+    "ignore_errors", "ignore_unreachable", "module_defaults", "no_log", "port", "remote_user", "run_once",
+    "tags", "throttle", "timeout", "vars", "any_errors_fatal", "delegate_to", "delegate_facts", "notify",
+];
+
+/// Free-form modules whose string argument is a command line, not `k=v` pairs.
+const FREE_FORM: &[&str] = &["command", "shell", "raw", "meta", "import_tasks", "include_tasks", "include_vars"];
+
+/// Parses and validates playbook text. `base_dir` anchors relative paths.
+pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
+    let root = yaml::parse_one(source)?;
+    let NodeKind::Seq(entries) = &root.kind else {
+        return Err(invalid(
+            "A playbook must be a list of plays, got a ".to_string() + root.type_name() + " instead",
+            root.pos,
+        ));
+    };
+    let mut plays = Vec::new();
+    for entry in entries {
+        if entry.get("import_playbook").is_some() || entry.get("ansible.builtin.import_playbook").is_some() {
+            return Err(invalid("import_playbook is not supported by the native runtime", entry.pos));
+        }
+        plays.push(parse_play(entry, base_dir)?);
+    }
+    Ok(Playbook {
+        plays,
+        base_dir: base_dir.to_path_buf(),
+    })
+}
+
+fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
+    let Some(entries) = node.as_map() else {
+        return Err(invalid(format!("A play must be a dict, got a {}", node.type_name()), node.pos));
+    };
+    for (key, _) in entries {
+        let name = key.as_str().unwrap_or_default();
+        if !PLAY_KEYS.contains(&name) {
+            return Err(invalid(format!("'{name}' is not a valid attribute for a Play"), key.pos));
+        }
+    }
+    let hosts = node
+        .get("hosts")
+        .ok_or_else(|| invalid("the field 'hosts' is required but was not set", node.pos))?;
+    let hosts_value = hosts.to_value();
+    let name = match node.get("name") {
+        Some(n) => n.scalar_text().unwrap_or_default(),
+        None => match &hosts.kind {
+            NodeKind::Seq(items) => items.iter().filter_map(Node::scalar_text).collect::<Vec<_>>().join(","),
+            _ => hosts.scalar_text().unwrap_or_default(),
+        },
+    };
+    if let Some(roles) = node.get("roles") {
+        if !matches!(&roles.kind, NodeKind::Seq(r) if r.is_empty()) && roles.kind != NodeKind::Null {
+            return Err(invalid("roles are not supported by the native runtime", roles.pos));
+        }
+    }
+    if let Some(prompt) = node.get("vars_prompt") {
+        if prompt.kind != NodeKind::Null {
+            return Err(invalid("vars_prompt is not supported (runs are non-interactive)", prompt.pos));
+        }
+    }
+    let vars_files = match node.get("vars_files") {
+        None => Vec::new(),
+        Some(n) => match &n.kind {
+            NodeKind::Seq(items) => items.iter().map(Node::to_value).collect(),
+            NodeKind::Null => Vec::new(),
+            _ => vec![n.to_value()],
+        },
+    };
+    let section = |key: &str| -> Result<Vec<Task>, PlaybookError> {
+        match node.get(key) {
+            None => Ok(Vec::new()),
+            Some(n) => parse_task_list(n, base_dir, key == "handlers"),
+        }
+    };
+    Ok(Play {
+        name,
+        hosts: hosts_value,
+        gather_facts: node.get("gather_facts").map(Node::to_value),
+        vars: parse_vars(node.get("vars"))?,
+        vars_files,
+        pre_tasks: section("pre_tasks")?,
+        tasks: section("tasks")?,
+        post_tasks: section("post_tasks")?,
+        handlers: section("handlers")?,
+        inherited: parse_inherited(node)?,
+        force_handlers: node.get("force_handlers").map(|n| n.kind == NodeKind::Bool(true)).unwrap_or(false),
+        pos: node.pos,
+    })
+}
+
+fn parse_vars(node: Option<&Node>) -> Result<Vec<(String, Value)>, PlaybookError> {
+    let Some(node) = node else { return Ok(Vec::new()) };
+    match &node.kind {
+        NodeKind::Null => Ok(Vec::new()),
+        NodeKind::Map(entries) => Ok(entries
+            .iter()
+            .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_value()))
+            .collect()),
+        NodeKind::Seq(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                out.extend(parse_vars(Some(item))?);
+            }
+            Ok(out)
+        }
+        _ => Err(invalid(
+            format!("Vars in a Play/Block/Task must be specified as a dictionary, got a {}", node.type_name()),
+            node.pos,
+        )),
+    }
+}
+
+fn string_list(node: &Node, what: &str) -> Result<Vec<String>, PlaybookError> {
+    match &node.kind {
+        NodeKind::Null => Ok(Vec::new()),
+        NodeKind::Seq(items) => items
+            .iter()
+            .map(|i| i.scalar_text().ok_or_else(|| invalid(format!("{what} must be a list of strings"), i.pos)))
+            .collect(),
+        _ => node
+            .scalar_text()
+            .map(|s| vec![s])
+            .ok_or_else(|| invalid(format!("{what} must be a string or a list of strings"), node.pos)),
+    }
+}
+
+fn conditions(node: &Node) -> Vec<Value> {
+    match &node.kind {
+        NodeKind::Seq(items) => items.iter().map(Node::to_value).collect(),
+        NodeKind::Null => Vec::new(),
+        _ => vec![node.to_value()],
+    }
+}
+
+fn parse_inherited(node: &Node) -> Result<Inherited, PlaybookError> {
+    let value = |key: &str| node.get(key).map(Node::to_value);
+    let tags = match node.get("tags") {
+        Some(t) => string_list(t, "tags")?
+            .into_iter()
+            .flat_map(|s| s.split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Inherited {
+        become_: value("become"),
+        become_user: value("become_user"),
+        become_method: value("become_method"),
+        check_mode: value("check_mode"),
+        diff: value("diff"),
+        ignore_errors: value("ignore_errors"),
+        no_log: value("no_log"),
+        environment: value("environment"),
+        tags,
+        when: node.get("when").map(conditions).unwrap_or_default(),
+        vars: parse_vars(node.get("vars"))?,
+        any_errors_fatal: value("any_errors_fatal"),
+    })
+}
+
+fn parse_task_list(node: &Node, base_dir: &Path, handlers: bool) -> Result<Vec<Task>, PlaybookError> {
+    match &node.kind {
+        NodeKind::Null => Ok(Vec::new()),
+        NodeKind::Seq(items) => {
+            let mut tasks = Vec::new();
+            for item in items {
+                if item.kind == NodeKind::Null {
+                    continue;
+                }
+                tasks.push(parse_task(item, base_dir, handlers)?);
+            }
+            Ok(tasks)
+        }
+        _ => Err(invalid(
+            format!("A list of tasks was expected, got a {}", node.type_name()),
+            node.pos,
+        )),
+    }
+}
+
+fn loop_kind(key: &str) -> Option<LoopKind> {
+    Some(match key {
+        "loop" => LoopKind::Loop,
+        "with_items" => LoopKind::Items,
+        "with_list" => LoopKind::List,
+        "with_dict" => LoopKind::Dict,
+        "with_indexed_items" => LoopKind::IndexedItems,
+        "with_fileglob" => LoopKind::Fileglob,
+        "with_sequence" => LoopKind::Sequence,
+        "with_together" => LoopKind::Together,
+        "with_nested" | "with_cartesian" => LoopKind::Nested,
+        "with_lines" => LoopKind::Lines,
+        "with_file" => LoopKind::File,
+        "with_subelements" => LoopKind::Subelements,
+        _ => return None,
+    })
+}
+
+/// Parses one task, block or handler.
+pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, PlaybookError> {
+    let Some(entries) = node.as_map() else {
+        return Err(invalid(format!("A task must be a dict, got a {}", node.type_name()), node.pos));
+    };
+    let name = node.get("name").and_then(Node::scalar_text);
+    let is_block = node.get("block").is_some();
+    let mut loop_source = None;
+    let mut action: Option<(&Node, &Node)> = None;
+    for (key, value) in entries {
+        let Some(k) = key.as_str() else {
+            return Err(invalid("task keys must be strings", key.pos));
+        };
+        if is_block {
+            if !BLOCK_KEYS.contains(&k) {
+                return Err(invalid(format!("'{k}' is not a valid attribute for a Block"), key.pos));
+            }
+            continue;
+        }
+        if let Some(kind) = loop_kind(k) {
+            if loop_source.is_some() {
+                return Err(invalid("only one of loop or with_* may be used in a task", key.pos));
+            }
+            loop_source = Some((kind, value.to_value()));
+            continue;
+        }
+        if k.starts_with("with_") {
+            return Err(invalid(format!("lookup '{}' for {k} is not supported by the native runtime", &k[5..]), key.pos));
+        }
+        if TASK_KEYS.contains(&k) && k != "action" && k != "local_action" {
+            continue;
+        }
+        if let Some((previous, _)) = action {
+            return Err(invalid(
+                format!(
+                    "conflicting action statements: {}, {k}",
+                    previous.as_str().unwrap_or_default()
+                ),
+                key.pos,
+            ));
+        }
+        action = Some((key, value));
+    }
+    let keywords = parse_inherited(node)?;
+    let notify = match node.get("notify") {
+        Some(n) => string_list(n, "notify")?,
+        None => Vec::new(),
+    };
+    let listen = match node.get("listen") {
+        Some(n) if handler => string_list(n, "listen")?,
+        Some(n) => return Err(invalid("'listen' is only valid for handlers", n.pos)),
+        None => Vec::new(),
+    };
+    let body = if is_block {
+        let list = |key: &str| -> Result<Vec<Task>, PlaybookError> {
+            match node.get(key) {
+                Some(n) => parse_task_list(n, base_dir, handler),
+                None => Ok(Vec::new()),
+            }
+        };
+        TaskBody::Block {
+            block: list("block")?,
+            rescue: list("rescue")?,
+            always: list("always")?,
+        }
+    } else {
+        let Some((key, value)) = action else {
+            return Err(invalid("no module/action detected in task.", node.pos));
+        };
+        let (written, args_node_value) = match key.as_str().unwrap_or_default() {
+            "action" | "local_action" => split_action(value)?,
+            other => (other.to_string(), value.to_value()),
+        };
+        let module = resolve_module(&written).ok_or_else(|| PlaybookError::UnknownModule {
+            module: written.clone(),
+            pos: node.pos,
+        })?;
+        let mut args = normalize_args(module, &args_node_value, value.pos)?;
+        if let Some(extra) = node.get("args") {
+            if extra.as_map().is_none() && extra.kind != NodeKind::Null {
+                return Err(invalid("args must be a dict", extra.pos));
+            }
+            let mut merged: Vec<(Value, Value)> = Vec::new();
+            if let Ok(iter) = extra.to_value().try_iter() {
+                let extra_value = extra.to_value();
+                for k in iter {
+                    if let Ok(v) = extra_value.get_item(&k) {
+                        merged.push((k, v));
+                    }
+                }
+            }
+            if let Ok(iter) = args.try_iter() {
+                for k in iter {
+                    if let Ok(v) = args.get_item(&k) {
+                        merged.retain(|(existing, _)| *existing != k);
+                        merged.push((k, v));
+                    }
+                }
+            }
+            args = Value::from_pairs(merged);
+        }
+        if module == "import_tasks" {
+            return import_tasks(node, &args, base_dir, handler, name, keywords);
+        }
+        TaskBody::Action { module: module.to_string(), written, args }
+    };
+    Ok(Task {
+        name,
+        body,
+        keywords,
+        loop_source,
+        loop_control: node.get("loop_control").map(Node::to_value),
+        register: node.get("register").and_then(Node::scalar_text),
+        notify,
+        listen,
+        changed_when: node.get("changed_when").map(conditions),
+        failed_when: node.get("failed_when").map(conditions),
+        until: node.get("until").map(conditions),
+        retries: node.get("retries").map(Node::to_value),
+        delay: node.get("delay").map(Node::to_value),
+        delegate_to: node.get("delegate_to").map(Node::to_value),
+        pos: node.pos,
+    })
+}
+
+/// `import_tasks` is static: the file's tasks become a block carrying the import's keywords.
+fn import_tasks(
+    node: &Node,
+    args: &Value,
+    base_dir: &Path,
+    handler: bool,
+    name: Option<String>,
+    keywords: Inherited,
+) -> Result<Task, PlaybookError> {
+    let file = args
+        .get_attr("_raw_params")
+        .ok()
+        .filter(|v| !v.is_undefined())
+        .or_else(|| args.get_attr("file").ok().filter(|v| !v.is_undefined()))
+        .and_then(|v| v.as_str().map(String::from))
+        .ok_or_else(|| invalid("import_tasks needs a file name", node.pos))?;
+    if super::template::is_template(&file) {
+        return Err(invalid("import_tasks with a templated file name is not supported", node.pos));
+    }
+    let path = base_dir.join(&file);
+    let source = std::fs::read_to_string(&path).map_err(|e| PlaybookError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let root = yaml::parse_one(&source)?;
+    let tasks = parse_task_list(&root, path.parent().unwrap_or(base_dir), handler)?;
+    Ok(Task {
+        name,
+        body: TaskBody::Block {
+            block: tasks,
+            rescue: Vec::new(),
+            always: Vec::new(),
+        },
+        keywords,
+        loop_source: None,
+        loop_control: None,
+        register: None,
+        notify: Vec::new(),
+        listen: Vec::new(),
+        changed_when: None,
+        failed_when: None,
+        until: None,
+        retries: None,
+        delay: None,
+        delegate_to: None,
+        pos: node.pos,
+    })
+}
+
+/// Splits `action: copy src=a dest=b` / `action: {module: copy, src: a}`.
+fn split_action(value: &Node) -> Result<(String, Value), PlaybookError> {
+    match &value.kind {
+        NodeKind::Str { text, .. } => {
+            let trimmed = text.trim_start();
+            let (module, rest) = trimmed.split_once(char::is_whitespace).unwrap_or((trimmed, ""));
+            Ok((module.to_string(), Value::from(rest.trim())))
+        }
+        NodeKind::Map(entries) => {
+            let module = value
+                .get("module")
+                .and_then(Node::as_str)
+                .ok_or_else(|| invalid("action dict needs a 'module' key", value.pos))?;
+            let rest = entries
+                .iter()
+                .filter(|(k, _)| k.as_str() != Some("module"))
+                .map(|(k, v)| (Value::from(k.scalar_text().unwrap_or_default()), v.to_value()));
+            Ok((module.to_string(), Value::from_pairs(rest)))
+        }
+        _ => Err(invalid("action must be a string or a dict", value.pos)),
+    }
+}
+
+/// Turns a module's argument node into a dict; strings are `k=v` pairs or free form.
+fn normalize_args(module: &str, value: &Value, pos: Pos) -> Result<Value, PlaybookError> {
+    use minijinja::value::ValueKind;
+    match value.kind() {
+        ValueKind::Map => Ok(value.clone()),
+        ValueKind::None | ValueKind::Undefined => Ok(Value::from_pairs(Vec::<(Value, Value)>::new())),
+        ValueKind::String => {
+            let text = value.as_str().unwrap_or_default();
+            let free_form = FREE_FORM.contains(&module);
+            let pairs = parse_kv(text, free_form).map_err(|m| invalid(m, pos))?;
+            Ok(Value::from_pairs(pairs.into_iter().map(|(k, v)| (Value::from(k), v))))
+        }
+        _ => Err(invalid(
+            format!("the arguments of module '{module}' must be a dict or a string"),
+            pos,
+        )),
+    }
+}
+
+/// Keys that free-form modules accept inside their command string.
+const RAW_PARAMS: &[&str] = &["creates", "removes", "chdir", "executable", "warn", "stdin", "stdin_add_newline", "strip_empty_ends", "expand_argument_vars"];
+
+/// Splits a string on whitespace, keeping quoted parts and `{{ }}` expressions together.
+pub fn split_args(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let mut depth = 0usize;
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if quote.is_none() && (c == '{') && matches!(next, Some('{') | Some('%')) {
+            depth += 1;
+            current.push(c);
+            current.push(chars[i + 1]);
+            i += 2;
+            continue;
+        }
+        if quote.is_none() && depth > 0 && (c == '}' || c == '%') && next == Some('}') {
+            depth -= 1;
+            current.push(c);
+            current.push('}');
+            i += 2;
+            continue;
+        }
+        match quote {
+            Some(q) if c == q && chars.get(i.wrapping_sub(1)) != Some(&'\\') => {
+                quote = None;
+                current.push(c);
+            }
+            None if (c == '"' || c == '\'') && depth == 0 => {
+                quote = Some(c);
+                current.push(c);
+            }
+            None if c.is_whitespace() && depth == 0 => {
+                if !current.is_empty() {
+                    out.push(std::mem::take(&mut current));
+                }
+            }
+            _ => current.push(c),
+        }
+        i += 1;
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+fn unquote(s: &str) -> String {
+    let bytes = s.as_bytes();
+    if bytes.len() >= 2 && (bytes[0] == b'"' || bytes[0] == b'\'') && bytes[bytes.len() - 1] == bytes[0] {
+        return s[1..s.len() - 1].to_string();
+    }
+    s.to_string()
+}
+
+/// Ansible's `parse_kv`: `a=1 b="two words"`; with `free_form`, other words form `_raw_params`.
+pub fn parse_kv(text: &str, free_form: bool) -> Result<Vec<(String, Value)>, String> {
+    let mut pairs = Vec::new();
+    let mut raw = Vec::new();
+    for token in split_args(text) {
+        let eq = token.find('=').filter(|i| {
+            let key = &token[..*i];
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        match eq {
+            Some(i) if !free_form || RAW_PARAMS.contains(&&token[..i]) => {
+                let key = token[..i].to_string();
+                let value = unquote(&token[i + 1..]);
+                pairs.push((key, Value::from(value)));
+            }
+            _ if free_form => raw.push(token),
+            _ => {
+                return Err(format!(
+                    "this module requires key=value arguments, got '{token}'"
+                ))
+            }
+        }
+    }
+    if free_form && !raw.is_empty() {
+        pairs.push(("_raw_params".to_string(), Value::from(raw.join(" "))));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(source: &str) -> Result<Playbook, PlaybookError> {
+        parse_playbook(source, Path::new("/tmp"))
+    }
+
+    fn check_error(source: &str, expected: &str) {
+        let err = parse(source).expect_err("must be invalid");
+        assert_eq!(err.to_string(), expected, "{source}");
+    }
+
+    /// Unknown modules are rejected before anything runs, naming the module and line.
+    #[test]
+    fn unknown_module_names_module_and_line() {
+        check_error(
+            "- hosts: localhost\n  tasks:\n    - debug: msg=hi\n    - name: nope\n      frobnicate: {x: 1}\n",
+            "couldn't resolve module/action 'frobnicate': the native runtime does not implement it (line 4, column 7)",
+        );
+    }
+
+    /// Invalid play keys, conflicting actions and missing actions are errors with positions.
+    #[test]
+    fn structural_errors() {
+        check_error("- hosts: all\n  sudo: yes\n", "'sudo' is not a valid attribute for a Play (line 2, column 3)");
+        check_error(
+            "- hosts: all\n  tasks:\n    - debug: msg=a\n      command: ls\n",
+            "conflicting action statements: debug, command (line 4, column 7)",
+        );
+        check_error("- hosts: all\n  tasks:\n    - name: x\n", "no module/action detected in task. (line 3, column 7)");
+        check_error("- name: x\n", "the field 'hosts' is required but was not set (line 1, column 3)");
+    }
+
+    /// `k=v` strings and free-form commands are split like Ansible's parse_kv.
+    #[test]
+    fn kv_arguments() {
+        let pairs = parse_kv("src=a dest='/b c' mode=0644", false).expect("valid");
+        assert_eq!(pairs[1], ("dest".to_string(), Value::from("/b c")));
+        let pairs = parse_kv("echo {{ a }} > /tmp/x creates=/tmp/x", true).expect("valid");
+        assert_eq!(pairs[0], ("creates".to_string(), Value::from("/tmp/x")));
+        assert_eq!(pairs[1], ("_raw_params".to_string(), Value::from("echo {{ a }} > /tmp/x")));
+    }
+
+    /// FQCNs resolve to native modules only within the right collection.
+    #[test]
+    fn module_resolution() {
+        assert_eq!(resolve_module("ansible.builtin.copy"), Some("copy"));
+        assert_eq!(resolve_module("community.docker.docker_compose_v2"), Some("docker_compose_v2"));
+        assert_eq!(resolve_module("ansible.builtin.systemd_service"), Some("systemd"));
+        assert_eq!(resolve_module("community.docker.copy"), None);
+        assert_eq!(resolve_module("mysql_db"), None);
+    }
+
+    /// Blocks nest and keep their sections.
+    #[test]
+    fn blocks_parse() {
+        let pb = parse(
+            "- hosts: localhost\n  tasks:\n    - block:\n        - command: 'false'\n      rescue:\n        - debug: msg=r\n      always:\n        - debug: msg=a\n",
+        )
+        .expect("valid");
+        let TaskBody::Block { block, rescue, always } = &pb.plays[0].tasks[0].body else {
+            panic!("expected a block")
+        };
+        assert_eq!((block.len(), rescue.len(), always.len()), (1, 1, 1));
+    }
+}
