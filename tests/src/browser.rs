@@ -442,6 +442,8 @@ async fn wait_for_driver(port: u16, driver: &mut Child, log: &Path) {
 }
 
 /// `DELETE /session/ID` on chromedriver with a blocking socket, for use in `Drop`.
+/// Returns once the whole answer is read (chromedriver has then quit Chromium), without
+/// waiting for chromedriver to close the connection.
 fn delete_session(port: u16, session_id: &str) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return;
@@ -452,8 +454,53 @@ fn delete_session(port: u16, session_id: &str) {
         "DELETE /session/{session_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
          Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    if stream.write_all(request.as_bytes()).is_ok() {
-        let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
+    if stream.write_all(request.as_bytes()).is_err() {
+        return;
+    }
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(read) => response.extend_from_slice(&buffer[..read]),
+        }
+        if http_response_complete(&response) {
+            return;
+        }
+    }
+}
+
+/// Whether `response` holds a whole HTTP/1.1 answer: headers and a body as long as its
+/// Content-Length.
+fn http_response_complete(response: &[u8]) -> bool {
+    let Some(header_end) = response.windows(4).position(|window| window == b"\r\n\r\n") else {
+        return false;
+    };
+    let headers = String::from_utf8_lossy(&response[..header_end]).to_ascii_lowercase();
+    let body_length = headers
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    response.len() >= header_end + 4 + body_length
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_response_complete;
+
+    /// A response is complete once its body reaches Content-Length.
+    #[test]
+    fn http_response_is_complete_at_content_length() {
+        assert!(!http_response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4"
+        ));
+        assert!(!http_response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"
+        ));
+        assert!(http_response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd"
+        ));
+        assert!(http_response_complete(b"HTTP/1.1 200 OK\r\n\r\n"));
     }
 }
