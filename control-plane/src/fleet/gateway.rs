@@ -1,0 +1,523 @@
+//! The QUIC gateway: accepts agent connections, enrolls agents that present no
+//! certificate, serves the control stream of authenticated ones, and drives one
+//! stream per job. A misbehaving agent (bad frame, stalled stream) only loses its own
+//! stream or connection; every connection runs on its own tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use dynserv_shared::frame::{read_frame, write_frame};
+use dynserv_shared::pki::{self, AgentPublicKey};
+use dynserv_shared::proto::{
+    AgentControl, EnrollRequest, EnrollResponse, FromAgent, ServerControl, ToAgent,
+    PROTOCOL_VERSION,
+};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::ingest::Item;
+use super::{lock, AgentConn, Fleet};
+use crate::agents::{self, Agent, AgentFacts, LiveLoad};
+use crate::executions::{self, Execution, Status};
+
+/// Seconds between agent heartbeats.
+pub const HEARTBEAT_S: u64 = 5;
+/// A connection silent this long is closed (so a stopped agent shows disconnected).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Application close code: the agent was refused or revoked.
+pub const CLOSE_REVOKED: quinn::VarInt = quinn::VarInt::from_u32(403);
+/// Application close code: protocol violation.
+pub const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(400);
+/// Application close code: replaced by a newer connection of the same agent.
+pub const CLOSE_REPLACED: quinn::VarInt = quinn::VarInt::from_u32(409);
+
+/// Commands for a job driver.
+#[derive(Debug, Clone, Copy)]
+pub enum JobCommand {
+    /// Tell the agent to stop the job.
+    Cancel,
+}
+
+pub(super) fn serve(
+    fleet: Fleet,
+    socket: std::net::UdpSocket,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+    let tls = fleet.inner.ca.server_config()?;
+    let crypto =
+        QuicServerConfig::try_from(tls).context("building the QUIC server configuration")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("valid idle timeout")));
+    transport.max_concurrent_bidi_streams(16u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    let local = socket.local_addr()?;
+    let runtime = quinn::default_runtime().context("no async runtime for the fleet gateway")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .context("starting the QUIC endpoint")?;
+    let task = async move {
+        let sweeper = tokio::spawn(sweep_expired(fleet.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        tokio::spawn(handle_incoming(fleet.clone(), incoming));
+                    }
+                    None => break,
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        sweeper.abort();
+        endpoint.close(0u32.into(), b"control plane shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    };
+    Ok((local, task))
+}
+
+async fn handle_incoming(fleet: Fleet, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, "fleet handshake failed: {e}");
+            return;
+        }
+    };
+    let certificate = connection
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().cloned());
+    let result = match certificate {
+        None => enroll(&fleet, &connection).await,
+        Some(cert) => serve_agent(&fleet, &connection, &cert).await,
+    };
+    if let Err(e) = result {
+        tracing::info!(%remote, "fleet connection ended: {e:#}");
+        connection.close(CLOSE_PROTOCOL, b"error");
+    }
+}
+
+// ---- enrollment ----
+
+async fn enroll(fleet: &Fleet, connection: &quinn::Connection) -> Result<()> {
+    let (mut send, mut recv) =
+        tokio::time::timeout(Duration::from_secs(10), connection.accept_bi())
+            .await
+            .context("no enrollment request within 10 s")??;
+    let request: EnrollRequest =
+        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
+            .await
+            .context("no enrollment request within 10 s")??
+            .context("the enrollment stream closed early")?;
+    let fleet2 = fleet.clone();
+    let response = tokio::task::spawn_blocking(move || enroll_request(&fleet2, &request)).await?;
+    write_frame(&mut send, &response).await?;
+    let _ = send.finish();
+    // Let the agent read the answer and close; do not wait forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+    Ok(())
+}
+
+fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
+    let refused = |reason: String| {
+        tracing::info!("enrollment refused: {reason}");
+        EnrollResponse::Refused { reason }
+    };
+    if request.protocol != PROTOCOL_VERSION {
+        return refused(format!(
+            "this control plane speaks protocol {PROTOCOL_VERSION}, the agent {}",
+            request.protocol
+        ));
+    }
+    let name = match agents::check_name(&request.name) {
+        Ok(n) => n,
+        Err(e) => return refused(e.to_string()),
+    };
+    let public_key = match AgentPublicKey::parse(&request.public_key) {
+        Ok(k) => k,
+        Err(e) => return refused(e.to_string()),
+    };
+    let agent_id = uuid::Uuid::new_v4().to_string();
+    let certificate_pem = match fleet.inner.ca.ca.issue_agent_cert(&agent_id, &public_key) {
+        Ok(pem) => pem,
+        Err(e) => return refused(format!("cannot issue a certificate: {e}")),
+    };
+    let fingerprint = match pki::certs_from_pem(&certificate_pem) {
+        Ok(certs) => hex::encode(pki::sha256(&certs[0])),
+        Err(e) => return refused(format!("cannot issue a certificate: {e}")),
+    };
+    let facts = AgentFacts::from(&request.facts);
+    let now = Utc::now();
+    let outcome = fleet.inner.store.write(|w| {
+        let token = match agents::consume_token(w, &request.secret, now)? {
+            Ok(t) => t,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        agents::register(w, &token, &agent_id, &name, &fingerprint, facts, now)
+    });
+    match outcome {
+        Ok(Ok(agent)) => {
+            tracing::info!(agent = %agent.id, name = %agent.name, "agent enrolled");
+            EnrollResponse::Enrolled {
+                agent_id,
+                certificate_pem,
+                ca_pem: fleet.inner.ca.ca.cert_pem().to_string(),
+            }
+        }
+        Ok(Err(refusal)) => refused(refusal.to_string()),
+        Err(e) => {
+            tracing::error!("enrollment failed: {e:#}");
+            refused("the control plane could not record the enrollment".into())
+        }
+    }
+}
+
+// ---- authenticated agents ----
+
+fn check_agent(
+    fleet: &Fleet,
+    agent_id: &str,
+    cert_sha256: &str,
+) -> Result<std::result::Result<Agent, String>> {
+    let Some(agent) = fleet.inner.store.get::<Agent>(agent_id)? else {
+        return Ok(Err("unknown agent".into()));
+    };
+    if agent.revoked_at.is_some() {
+        return Ok(Err("this agent has been revoked".into()));
+    }
+    if !crate::secrets::constant_time_eq(&agent.cert_sha256, cert_sha256) {
+        return Ok(Err("the certificate does not belong to this agent".into()));
+    }
+    Ok(Ok(agent))
+}
+
+async fn serve_agent(
+    fleet: &Fleet,
+    connection: &quinn::Connection,
+    cert: &CertificateDer<'_>,
+) -> Result<()> {
+    let cert_sha256 = hex::encode(pki::sha256(cert));
+    let (mut send, mut recv) =
+        tokio::time::timeout(Duration::from_secs(10), connection.accept_bi())
+            .await
+            .context("no control stream within 10 s")??;
+    let hello: AgentControl = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
+        .await
+        .context("no hello within 10 s")??
+        .context("the control stream closed before the hello")?;
+    let AgentControl::Hello {
+        protocol,
+        agent_id,
+        facts,
+    } = hello
+    else {
+        bail!("the first control message was not a hello");
+    };
+    let refusal = if protocol != PROTOCOL_VERSION {
+        Some(format!(
+            "this control plane speaks protocol {PROTOCOL_VERSION}, the agent {protocol}"
+        ))
+    } else {
+        check_agent(fleet, &agent_id, &cert_sha256)?.err()
+    };
+    if let Some(reason) = refusal {
+        tracing::info!(agent = %agent_id, "agent refused: {reason}");
+        write_frame(&mut send, &ServerControl::Refused { reason }).await?;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        connection.close(CLOSE_REVOKED, b"refused");
+        return Ok(());
+    }
+    write_frame(
+        &mut send,
+        &ServerControl::Welcome {
+            version: dynserv_shared::VERSION.to_string(),
+            heartbeat_s: HEARTBEAT_S,
+        },
+    )
+    .await?;
+    {
+        let store = fleet.inner.store.clone();
+        let id = agent_id.clone();
+        let facts = AgentFacts::from(&facts);
+        tokio::task::spawn_blocking(move || agents::record_hello(&store, &id, facts, Utc::now()));
+    }
+
+    let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
+    let conn = Arc::new(AgentConn {
+        agent_id: agent_id.clone(),
+        connection: connection.clone(),
+        last_seen: Mutex::new(Utc::now()),
+        load: Mutex::new(None),
+        jobs: Mutex::new(Default::default()),
+        dispatch: dispatch_tx,
+    });
+    let previous = lock(&fleet.inner.conns).insert(agent_id.clone(), conn.clone());
+    if let Some(previous) = previous {
+        previous
+            .connection
+            .close(CLOSE_REPLACED, b"replaced by a newer connection");
+    }
+    tracing::info!(agent = %agent_id, remote = %connection.remote_address(), "agent connected");
+    let dispatcher = tokio::spawn(dispatcher(fleet.clone(), conn.clone(), dispatch_rx));
+
+    let result = control_loop(&conn, &mut send, &mut recv).await;
+
+    dispatcher.abort();
+    let removed = {
+        let mut conns = lock(&fleet.inner.conns);
+        let ours = conns.get(&agent_id).is_some_and(|c| Arc::ptr_eq(c, &conn));
+        if ours {
+            conns.remove(&agent_id);
+        }
+        ours
+    };
+    if removed {
+        let store = fleet.inner.store.clone();
+        let seen = *lock(&conn.last_seen);
+        let id = agent_id.clone();
+        tokio::task::spawn_blocking(move || agents::record_last_seen(&store, &id, seen));
+    }
+    tracing::info!(agent = %agent_id, "agent disconnected");
+    result
+}
+
+async fn control_loop(
+    conn: &AgentConn,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<()> {
+    loop {
+        let message = tokio::select! {
+            m = read_frame::<AgentControl, _>(recv) => m,
+            _ = conn.connection.closed() => return Ok(()),
+        };
+        match message? {
+            None => return Ok(()),
+            Some(AgentControl::Heartbeat(load)) => {
+                *lock(&conn.last_seen) = Utc::now();
+                *lock(&conn.load) = Some(LiveLoad {
+                    load: load.load,
+                    memory_total: load.memory_total,
+                    memory_available: load.memory_available,
+                    disk_total: load.disk_total,
+                    disk_available: load.disk_available,
+                    uptime_s: load.uptime_s,
+                    running_jobs: load.running_jobs,
+                });
+                write_frame(send, &ServerControl::HeartbeatAck).await?;
+            }
+            Some(AgentControl::Hello { .. }) => bail!("a second hello on the control stream"),
+        }
+    }
+}
+
+/// Sends every queued or running execution of the agent, then each new one as it is
+/// dispatched.
+async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedReceiver<String>) {
+    let store = fleet.inner.store.clone();
+    let agent_id = conn.agent_id.clone();
+    match store.read(|r| executions::active_of_agent(r, &agent_id)) {
+        Ok(active) => {
+            for execution in active {
+                start_driver(&fleet, &conn, execution);
+            }
+        }
+        Err(e) => tracing::error!(agent = %agent_id, "listing queued executions: {e:#}"),
+    }
+    while let Some(id) = rx.recv().await {
+        match store.get::<Execution>(&id) {
+            Ok(Some(execution)) if !execution.status.is_final() => {
+                start_driver(&fleet, &conn, execution)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("reading execution {id}: {e:#}"),
+        }
+    }
+}
+
+fn start_driver(fleet: &Fleet, conn: &Arc<AgentConn>, execution: Execution) {
+    if execution.status == Status::Queued && execution.expires_at <= Utc::now() {
+        expire(fleet, &execution);
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    {
+        let mut jobs = lock(&conn.jobs);
+        if jobs.contains_key(&execution.id) {
+            return;
+        }
+        jobs.insert(execution.id.clone(), tx);
+    }
+    let fleet = fleet.clone();
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let id = execution.id.clone();
+        if let Err(e) = drive_job(&fleet, &conn, execution, rx).await {
+            tracing::info!(execution = %id, "job stream ended: {e:#}");
+        }
+        lock(&conn.jobs).remove(&id);
+    });
+}
+
+fn expire(fleet: &Fleet, execution: &Execution) {
+    let summary = "expired: the agent did not take the job in time";
+    let ended = fleet
+        .inner
+        .store
+        .write(|w| executions::finish(w, &execution.id, Status::Failed, None, summary, Utc::now()));
+    if matches!(ended, Ok(true)) {
+        fleet.publish_end(&execution.id);
+    }
+}
+
+/// Fails queued executions whose expiry passed and that no connected agent holds.
+async fn sweep_expired(fleet: Fleet) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let now = Utc::now();
+        let Ok(active) = fleet.inner.store.read(executions::all_active) else {
+            continue;
+        };
+        for execution in active {
+            if execution.status != Status::Queued || execution.expires_at > now {
+                continue;
+            }
+            let held = lock(&fleet.inner.conns)
+                .get(&execution.agent_id)
+                .is_some_and(|c| lock(&c.jobs).contains_key(&execution.id));
+            if !held {
+                expire(&fleet, &execution);
+            }
+        }
+    }
+}
+
+/// Drives one job stream: sends the job, stores what comes back through the
+/// ingestion, acknowledges what is stored, forwards cancels, and confirms the end.
+async fn drive_job(
+    fleet: &Fleet,
+    conn: &AgentConn,
+    execution: Execution,
+    mut commands: mpsc::UnboundedReceiver<JobCommand>,
+) -> Result<()> {
+    let execution_id: Arc<str> = Arc::from(execution.id.as_str());
+    let (mut send, mut recv) = conn
+        .connection
+        .open_bi()
+        .await
+        .context("opening a job stream")?;
+    write_frame(&mut send, &ToAgent::Start(execution.job_spec())).await?;
+    if execution.cancel_requested {
+        write_frame(&mut send, &ToAgent::Cancel).await?;
+    }
+
+    // Frames from the agent are read on their own task so a half-read frame is never
+    // dropped by the select below.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<FromAgent, String>>(256);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<FromAgent, _>(&mut recv).await;
+            let stop = !matches!(frame, Ok(Some(_)));
+            let message = match frame {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => Err("the agent closed the job stream".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if frames_tx.send(message).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let result = job_loop(fleet, &execution_id, &mut send, &mut frames, &mut commands).await;
+    reader.abort();
+    result
+}
+
+async fn job_loop(
+    fleet: &Fleet,
+    execution_id: &Arc<str>,
+    send: &mut quinn::SendStream,
+    frames: &mut mpsc::Receiver<Result<FromAgent, String>>,
+    commands: &mut mpsc::UnboundedReceiver<JobCommand>,
+) -> Result<()> {
+    let ingest = &fleet.inner.ingest;
+    let (acked_tx, mut acked_rx) = watch::channel::<Option<u64>>(None);
+    let mut next_seq: Option<u64> = None;
+    loop {
+        tokio::select! {
+            frame = frames.recv() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => bail!("{e}"),
+                    None => return Ok(()),
+                };
+                match frame {
+                    FromAgent::Started { resumed } => {
+                        tracing::debug!(execution = %execution_id, resumed, "job started");
+                        ingest.send(Item::Started { execution_id: execution_id.clone() }).await;
+                    }
+                    FromAgent::Rejected { reason } => {
+                        let (done_tx, done_rx) = oneshot::channel();
+                        ingest.send(Item::End {
+                            execution_id: execution_id.clone(),
+                            status: Status::Failed,
+                            exit_code: None,
+                            summary: format!("the agent refused the job: {reason}"),
+                            done: Some(done_tx),
+                        }).await;
+                        let _ = done_rx.await;
+                        return Ok(());
+                    }
+                    FromAgent::Output(chunk) => {
+                        if next_seq.is_some_and(|n| chunk.seq > n) {
+                            bail!("the agent skipped output chunks (got {} after {:?})", chunk.seq, next_seq);
+                        }
+                        next_seq = Some(chunk.seq + 1);
+                        ingest.send(Item::Chunk { execution_id: execution_id.clone(), chunk, acked: acked_tx.clone() }).await;
+                    }
+                    FromAgent::End(end) => {
+                        let (done_tx, done_rx) = oneshot::channel();
+                        ingest.send(Item::End {
+                            execution_id: execution_id.clone(),
+                            status: end.status.into(),
+                            exit_code: end.exit_code,
+                            summary: end.summary,
+                            done: Some(done_tx),
+                        }).await;
+                        if done_rx.await == Ok(true) {
+                            write_frame(send, &ToAgent::EndAck).await?;
+                            let _ = send.finish();
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            changed = acked_rx.changed() => {
+                if changed.is_ok() {
+                    let acked = *acked_rx.borrow_and_update();
+                    if let Some(up_to_seq) = acked {
+                        write_frame(send, &ToAgent::Ack { up_to_seq }).await?;
+                    }
+                }
+            }
+            Some(command) = commands.recv() => match command {
+                JobCommand::Cancel => write_frame(send, &ToAgent::Cancel).await?,
+            },
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Output ingestion: one thread that turns what agents report into store writes,
+//! batching everything that is waiting into one transaction (one fsync for many
+//! chunks), then acknowledging and publishing what it stored.
+//!
+//! Order matters and is kept: items are applied in the order they were queued, so a
+//! job's end is stored after all of its chunks, acknowledgements follow commits, and
+//! the hub sees each new chunk once, in sequence order. Chunks already stored (resent
+//! after a reconnect) are acknowledged again but neither stored nor published twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use dynserv_shared::proto::OutputChunk;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::hub::{Hub, LiveEvent};
+use crate::executions::{self, Status};
+use crate::store::Store;
+
+/// Most items applied in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// One thing to store.
+pub enum Item {
+    /// The agent started (or resumed) the job.
+    Started { execution_id: Arc<str> },
+    /// A chunk of output; `acked` learns the highest stored seq of the job.
+    Chunk {
+        execution_id: Arc<str>,
+        chunk: OutputChunk,
+        acked: watch::Sender<Option<u64>>,
+    },
+    /// The job ended; `done` learns whether the end is stored.
+    End {
+        execution_id: Arc<str>,
+        status: Status,
+        exit_code: Option<i32>,
+        summary: String,
+        done: Option<oneshot::Sender<bool>>,
+    },
+}
+
+/// The sending side of the ingestion thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Item>,
+}
+
+impl Ingest {
+    /// Starts the ingestion thread; it ends when every `Ingest` is dropped.
+    pub fn spawn(store: Store, hub: Hub) -> Ingest {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        std::thread::Builder::new()
+            .name("fleet-ingest".into())
+            .spawn(move || run(store, hub, rx))
+            .expect("spawning the ingestion thread");
+        Ingest { tx }
+    }
+
+    /// Queues an item; waits when the queue is full (back-pressure on the agent).
+    pub async fn send(&self, item: Item) -> bool {
+        self.tx.send(item).await.is_ok()
+    }
+}
+
+fn run(store: Store, hub: Hub, mut rx: mpsc::Receiver<Item>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        apply(&store, &hub, &mut batch);
+        batch.clear();
+    }
+}
+
+/// What a committed batch must announce.
+#[derive(Default)]
+struct Outcome {
+    published: Vec<(Arc<str>, LiveEvent)>,
+    acks: HashMap<Arc<str>, u64>,
+}
+
+fn apply(store: &Store, hub: &Hub, batch: &mut Vec<Item>) {
+    let now = Utc::now();
+    let result = store.write(|w| {
+        let mut outcome = Outcome::default();
+        for item in batch.iter() {
+            match item {
+                Item::Started { execution_id } => executions::mark_running(w, execution_id, now)?,
+                Item::Chunk {
+                    execution_id,
+                    chunk,
+                    ..
+                } => {
+                    let bytes = executions::encode_chunk(chunk.stream, &chunk.data);
+                    if w.log_append(execution_id, chunk.seq, &bytes)? {
+                        let json = serde_json::json!({
+                            "seq": chunk.seq,
+                            "stream": chunk.stream.as_str(),
+                            "data": chunk.data,
+                        })
+                        .to_string();
+                        outcome.published.push((
+                            execution_id.clone(),
+                            LiveEvent::Chunk {
+                                seq: chunk.seq,
+                                json: Arc::from(json),
+                            },
+                        ));
+                    }
+                    let ack = outcome
+                        .acks
+                        .entry(execution_id.clone())
+                        .or_insert(chunk.seq);
+                    *ack = (*ack).max(chunk.seq);
+                }
+                Item::End {
+                    execution_id,
+                    status,
+                    exit_code,
+                    summary,
+                    ..
+                } => {
+                    // Running first, so a job that ended before anyone saw it start
+                    // still gets a start time.
+                    executions::mark_running(w, execution_id, now)?;
+                    if executions::finish(w, execution_id, *status, *exit_code, summary, now)? {
+                        outcome
+                            .published
+                            .push((execution_id.clone(), LiveEvent::End));
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    });
+    match result {
+        Ok(outcome) => {
+            // Acks go out only after the commit: an acked chunk is never lost.
+            for item in batch.drain(..) {
+                match item {
+                    Item::Chunk {
+                        execution_id,
+                        acked,
+                        ..
+                    } => {
+                        if let Some(seq) = outcome.acks.get(&execution_id) {
+                            acked.send_if_modified(|current| {
+                                if current.is_none_or(|c| c < *seq) {
+                                    *current = Some(*seq);
+                                    true
+                                } else {
+                                    false
+                                }
+                            });
+                        }
+                    }
+                    Item::End {
+                        done: Some(done), ..
+                    } => {
+                        let _ = done.send(true);
+                    }
+                    _ => {}
+                }
+            }
+            let mut run_start = 0;
+            let events = outcome.published;
+            while run_start < events.len() {
+                let id = events[run_start].0.clone();
+                let mut run_end = run_start;
+                while run_end < events.len() && events[run_end].0 == id {
+                    run_end += 1;
+                }
+                hub.publish(
+                    &id,
+                    events[run_start..run_end].iter().map(|(_, e)| e.clone()),
+                );
+                run_start = run_end;
+            }
+        }
+        Err(e) => {
+            // Nothing is acknowledged: agents keep their spool and resend.
+            tracing::error!("storing fleet output failed: {e:#}");
+            for item in batch.drain(..) {
+                if let Item::End {
+                    done: Some(done), ..
+                } = item
+                {
+                    let _ = done.send(false);
+                }
+            }
+        }
+    }
+}

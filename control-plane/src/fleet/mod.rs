@@ -1,0 +1,223 @@
+//! The fleet: the control plane's side of the agent protocol (see `dynserv_shared`).
+//!
+//! * [`ca`]: the certificate authority in the data directory.
+//! * [`gateway`]: the QUIC endpoint; enrollment, authenticated connections, the
+//!   control stream, and one driver task per job stream.
+//! * [`ingest`]: batched storage of output and job ends, then acks and publication.
+//! * [`hub`]: live fan-out to WebSocket viewers.
+//!
+//! [`Fleet`] is the handle the rest of the control plane uses: dispatch an execution,
+//! cancel it, ask whether an agent is connected. What lives elsewhere: agent and token
+//! records and rules (`agents`), execution records and status rules (`executions`).
+//!
+//! **Invariant:** an output chunk is acknowledged to its agent only after the
+//! transaction that stores it committed.
+
+pub mod ca;
+pub mod demo;
+pub mod gateway;
+pub mod hub;
+pub mod ingest;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::agents::LiveLoad;
+use crate::executions::{self, Execution, Status};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub use gateway::JobCommand;
+pub use hub::{Hub, LiveEvent};
+
+/// One live agent connection.
+pub(crate) struct AgentConn {
+    pub agent_id: String,
+    pub connection: quinn::Connection,
+    pub last_seen: Mutex<DateTime<Utc>>,
+    pub load: Mutex<Option<LiveLoad>>,
+    /// Job drivers of this connection, by execution id.
+    pub jobs: Mutex<HashMap<String, mpsc::UnboundedSender<JobCommand>>>,
+    /// Executions to deliver over this connection.
+    pub dispatch: mpsc::UnboundedSender<String>,
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub data_dir: PathBuf,
+    pub ca: ca::FleetCa,
+    pub hub: Hub,
+    pub ingest: ingest::Ingest,
+    pub conns: Mutex<HashMap<String, Arc<AgentConn>>>,
+    pub demo_agent: std::sync::atomic::AtomicBool,
+}
+
+/// The fleet handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Fleet {
+    /// Loads (or creates) the CA in `data_dir` and starts the ingestion thread. Binds
+    /// nothing: see [`Fleet::bind`].
+    pub fn new(store: Store, data_dir: &Path) -> Result<Fleet> {
+        let ca = ca::load_or_create(data_dir)?;
+        let hub = Hub::default();
+        let ingest = ingest::Ingest::spawn(store.clone(), hub.clone());
+        Ok(Fleet {
+            inner: Arc::new(Inner {
+                store,
+                data_dir: data_dir.to_path_buf(),
+                ca,
+                hub,
+                ingest,
+                conns: Mutex::new(HashMap::new()),
+                demo_agent: Default::default(),
+            }),
+        })
+    }
+
+    /// Serves the fleet gateway on UDP `addr` until `shutdown` resolves; returns the
+    /// bound address and the gateway future. Must be called inside a tokio runtime.
+    pub fn bind(
+        &self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|e| anyhow::anyhow!("listening on udp {addr}: {e}"))?;
+        self.serve_socket(socket, shutdown)
+    }
+
+    /// Like [`Fleet::bind`] with an already bound socket (tests bind port 0).
+    pub fn serve_socket(
+        &self,
+        socket: std::net::UdpSocket,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+        gateway::serve(self.clone(), socket, shutdown)
+    }
+
+    /// Asks `run` to start the demo's local agent once the gateway listens.
+    pub fn want_demo_agent(&self) {
+        self.inner
+            .demo_agent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the demo's local agent should run.
+    pub fn demo_agent_wanted(&self) -> bool {
+        self.inner
+            .demo_agent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Registers `dynserv_agents_connected` and `dynserv_jobs_running`.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let fleet = self.clone();
+        metrics.register_gauge(
+            "dynserv_agents_connected",
+            "Agents connected to the fleet gateway now.",
+            move || fleet.connected_count() as f64,
+        );
+        let fleet = self.clone();
+        metrics.register_gauge(
+            "dynserv_jobs_running",
+            "Executions running on agents now.",
+            move || fleet.running_count() as f64,
+        );
+    }
+
+    /// The store the fleet writes to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The live fan-out hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The data directory (for the demo agent's state).
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// SHA-256 of the CA certificate, as enrollment tokens carry it.
+    pub fn ca_fingerprint(&self) -> [u8; 32] {
+        self.inner.ca.ca.fingerprint()
+    }
+
+    /// The full enrollment token for a secret.
+    pub fn token_text(&self, secret: &str) -> String {
+        crate::agents::token_text(secret, self.ca_fingerprint())
+    }
+
+    /// Agents connected now.
+    pub fn connected_count(&self) -> usize {
+        lock(&self.inner.conns).len()
+    }
+
+    /// Executions whose status is running.
+    pub fn running_count(&self) -> usize {
+        self.inner
+            .store
+            .read(executions::all_active)
+            .map(|all| all.iter().filter(|e| e.status == Status::Running).count())
+            .unwrap_or(0)
+    }
+
+    /// When a connected agent was last heard from and its last heartbeat figures;
+    /// `None` when it is not connected.
+    pub fn live(&self, agent_id: &str) -> Option<(DateTime<Utc>, Option<LiveLoad>)> {
+        let conn = lock(&self.inner.conns).get(agent_id).cloned()?;
+        let seen = *lock(&conn.last_seen);
+        let load = lock(&conn.load).clone();
+        Some((seen, load))
+    }
+
+    /// Delivers a new execution to its agent if it is connected; otherwise it waits in
+    /// the store and goes out when the agent connects.
+    pub fn dispatch(&self, execution: &Execution) {
+        if let Some(conn) = lock(&self.inner.conns).get(&execution.agent_id) {
+            let _ = conn.dispatch.send(execution.id.clone());
+        }
+    }
+
+    /// Tells the agent running an execution to stop it. An agent offline now learns
+    /// it when the job is sent again at its next connection.
+    pub fn cancel(&self, execution: &Execution) {
+        let conn = lock(&self.inner.conns).get(&execution.agent_id).cloned();
+        if let Some(conn) = conn {
+            if let Some(job) = lock(&conn.jobs).get(&execution.id) {
+                let _ = job.send(JobCommand::Cancel);
+            }
+        }
+    }
+
+    /// Announces to viewers that an execution ended outside the agent's stream (a
+    /// queued job cancelled or expired).
+    pub fn publish_end(&self, execution_id: &str) {
+        self.inner.hub.publish(execution_id, [LiveEvent::End]);
+    }
+
+    /// Closes an agent's connection (after it was revoked).
+    pub fn disconnect(&self, agent_id: &str) {
+        let conn = lock(&self.inner.conns).remove(agent_id);
+        if let Some(conn) = conn {
+            conn.connection.close(gateway::CLOSE_REVOKED, b"revoked");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! JSON API of the fleet: agents, enrollment tokens and executions (names in
+//! CONTRACT.md). Thin: parse, authorize with `policy::can`, call `agents` /
+//! `executions`, tell the fleet, answer JSON.
+
+use serde::Deserialize;
+use serde_json::json;
+use warp::http::{HeaderValue, Response, StatusCode};
+use warp::hyper::Body;
+
+use super::{json as reply, Ctx, Req, Resp};
+use crate::agents::{self, Agent, AgentView};
+use crate::app::App;
+use crate::error::{AppError, AppResult};
+use crate::executions::{self, CancelOutcome, Execution, ExecutionView, NewExecution};
+use crate::policy::{self, Action};
+use crate::projects::{self, Project};
+use crate::store::Read;
+
+/// Largest number of log chunks one `log` answer holds.
+const MAX_LOG_CHUNKS: usize = 200_000;
+
+/// The view of an agent with its live state.
+pub fn agent_view(app: &App, r: &impl Read, agent: &Agent) -> anyhow::Result<AgentView> {
+    let project = r
+        .get::<Project>(&agent.project_id)?
+        .map(|p| p.name)
+        .unwrap_or_default();
+    Ok(agents::view(agent, &project, app.fleet.live(&agent.id)))
+}
+
+/// The view of an execution with its agent's name.
+pub fn execution_view(r: &impl Read, execution: &Execution) -> anyhow::Result<ExecutionView> {
+    let name = r.get::<Agent>(&execution.agent_id)?.map(|a| a.name);
+    Ok(ExecutionView::new(execution, name))
+}
+
+/// `GET /api/v1/agents`.
+pub fn agents_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    let views = app.store.read(|r| {
+        agents::visible(r, &ctx.subject)?
+            .iter()
+            .map(|a| agent_view(app, r, a))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(reply(StatusCode::OK, &views))
+}
+
+/// `GET /api/v1/agents/{id}`.
+pub fn agent(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let view = app.store.read(|r| {
+        let agent = agents::find_visible(r, &ctx.subject, id)?;
+        Ok(agent_view(app, r, &agent)?)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
+/// `POST /api/v1/agents/{id}/revoke`.
+pub fn revoke_agent(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let agent = app
+        .store
+        .write(|w| Ok(agents::revoke(w, &ctx.actor(req), &ctx.subject, id)?))?;
+    app.fleet.disconnect(&agent.id);
+    let view = app.store.read(|r| agent_view(app, r, &agent))?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
+/// The body of `POST /api/v1/enrollment-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub project: Option<String>,
+    pub uses: Option<u32>,
+    /// A duration like `30m`, `24h`, `7d`.
+    pub ttl: Option<String>,
+}
+
+/// Creates an enrollment token for a project; shared by the API and the page.
+pub fn create_token(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    input: &NewToken,
+) -> AppResult<serde_json::Value> {
+    let key = input
+        .project
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| AppError::invalid("project", "project is required"))?;
+    let ttl = match input
+        .ttl
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(text) => agents::parse_ttl(text).map_err(|e| AppError::invalid("ttl", e))?,
+        None => chrono::Duration::hours(agents::DEFAULT_TOKEN_TTL_HOURS),
+    };
+    let (record, secret, project) = app.store.write(|w| {
+        let project = projects::find(w, key)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+            .ok_or_else(|| AppError::invalid("project", format!("no project {key:?}")))?;
+        if !policy::can(&ctx.subject, Action::ManageAgents, Some(&project.id)) {
+            return Err(AppError::forbidden().into());
+        }
+        let (record, secret) = agents::create_token(
+            w,
+            &ctx.actor(req),
+            &project,
+            input.uses.unwrap_or(1),
+            ttl,
+            chrono::Utc::now(),
+        )?;
+        Ok((record, secret, project))
+    })?;
+    let token = app.fleet.token_text(&secret);
+    let server = app.config.public_quic.clone();
+    Ok(json!({
+        "id": record.id,
+        "token": token,
+        "project": project.name,
+        "project_id": project.id,
+        "uses": record.max_uses,
+        "expires_at": record.expires_at,
+        "server": server,
+        "command": format!("dynserv-agent enroll --server {server} --token {token} && dynserv-agent run"),
+    }))
+}
+
+/// `POST /api/v1/enrollment-tokens`.
+pub fn create_token_api(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let input: NewToken = req.json()?;
+    let created = create_token(app, req, ctx, &input)?;
+    Ok(reply(StatusCode::CREATED, &created))
+}
+
+/// Creates and dispatches an execution; shared by the API and the page.
+pub fn start_execution(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    input: &NewExecution,
+) -> AppResult<Execution> {
+    let execution = app
+        .store
+        .write(|w| Ok(executions::create(w, &ctx.actor(req), &ctx.subject, input)?))?;
+    app.fleet.dispatch(&execution);
+    Ok(execution)
+}
+
+/// `POST /api/v1/executions`.
+pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let input: NewExecution = req.json()?;
+    let execution = start_execution(app, req, ctx, &input)?;
+    let view = app.store.read(|r| execution_view(r, &execution))?;
+    Ok(reply(StatusCode::CREATED, &view))
+}
+
+/// `GET /api/v1/executions[?agent=ID][&server=ID]`: the newest executions the caller
+/// may see, newest first.
+pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let views = app.store.read(|r| {
+        let mut list: Vec<Execution> = match (req.query("agent"), req.query("server")) {
+            (Some(agent), _) => {
+                let agent = agents::find_visible(r, &ctx.subject, agent)?;
+                executions::recent_of_agent(r, &agent.id, 100)?
+            }
+            (None, Some(server)) => {
+                let server = crate::servers::get_visible(r, &ctx.subject, server)?;
+                match &server.agent_id {
+                    Some(agent_id) => executions::recent_of_agent(r, agent_id, 100)?,
+                    None => Vec::new(),
+                }
+            }
+            (None, None) => r.list::<Execution>()?,
+        };
+        list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
+        list.sort_by(|a, b| b.id.cmp(&a.id));
+        list.truncate(100);
+        Ok(list
+            .iter()
+            .map(|e| execution_view(r, e))
+            .collect::<anyhow::Result<Vec<_>>>()?)
+    })?;
+    Ok(reply(StatusCode::OK, &views))
+}
+
+/// `GET /api/v1/executions/{id}`.
+pub fn execution(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let view = app.store.read(|r| {
+        let e = executions::get_visible(r, &ctx.subject, id)?;
+        Ok(execution_view(r, &e)?)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
+/// `GET /api/v1/executions/{id}/log?from_seq=N`: JSON lines `{"seq","stream","data"}`.
+pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let from_seq = parse_from_seq(req)?;
+    let chunks = app.store.read(|r| {
+        executions::get_visible(r, &ctx.subject, id)?;
+        Ok(executions::log(r, id, from_seq, MAX_LOG_CHUNKS)?)
+    })?;
+    let mut body = String::new();
+    for chunk in &chunks {
+        body.push_str(&serde_json::to_string(chunk).unwrap_or_default());
+        body.push('\n');
+    }
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+/// `?from_seq=N`, default 0.
+pub fn parse_from_seq(req: &Req) -> AppResult<u64> {
+    match req.query("from_seq").filter(|s| !s.is_empty()) {
+        None => Ok(0),
+        Some(text) => text
+            .parse()
+            .map_err(|_| AppError::bad_request("from_seq must be a non-negative integer")),
+    }
+}
+
+/// Cancels an execution; shared by the API and the page.
+pub fn cancel(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Execution> {
+    let (execution, outcome) = app.store.write(|w| {
+        Ok(executions::request_cancel(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+        )?)
+    })?;
+    match outcome {
+        CancelOutcome::CancelledQueued => {
+            app.fleet.publish_end(&execution.id);
+            // A copy may already be on its way to the agent.
+            app.fleet.cancel(&execution);
+        }
+        CancelOutcome::TellAgent => app.fleet.cancel(&execution),
+    }
+    Ok(execution)
+}
+
+/// `POST /api/v1/executions/{id}/cancel` → 202.
+pub fn cancel_execution(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let execution = cancel(app, req, ctx, id)?;
+    let view = app.store.read(|r| execution_view(r, &execution))?;
+    Ok(reply(StatusCode::ACCEPTED, &view))
+}

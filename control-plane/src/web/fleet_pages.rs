@@ -1,0 +1,379 @@
+//! Fleet pages: agents (with revoke), enrollment tokens, the run-script form of a
+//! server, and executions with their live log. Thin like every page handler: parse,
+//! authorize with `policy::can`, call the domain module (through the shared helpers
+//! of `fleet_api`), render or redirect.
+
+use serde_json::{json, Value};
+
+use super::fleet_api::{self, NewToken};
+use super::pages::page;
+use super::{redirect, Ctx, Req, Resp};
+use crate::agents::{self, Agent};
+use crate::app::App;
+use crate::error::{AppError, AppResult, Kind};
+use crate::executions::{self, Execution, NewExecution};
+use crate::policy::{self, Action};
+use crate::projects::{self, Project};
+use crate::servers;
+use crate::store::Read;
+
+fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()> {
+    if policy::can(&ctx.subject, action, project_id) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// `GET /agents`.
+pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewServers, None)?;
+    let rows = app.store.read(|r| {
+        let list = agents::visible(r, &ctx.subject)?;
+        let mut rows = Vec::new();
+        for agent in &list {
+            let mut v = serde_json::to_value(fleet_api::agent_view(app, r, agent)?)?;
+            v["can_manage"] = json!(policy::can(
+                &ctx.subject,
+                Action::ManageAgents,
+                Some(&agent.project_id)
+            ));
+            v["memory_gib"] = json!(format!(
+                "{:.1}",
+                agent.facts.memory_bytes as f64 / (1u64 << 30) as f64
+            ));
+            v["disk_gib"] = json!(format!(
+                "{:.0}",
+                agent.facts.disk_bytes as f64 / (1u64 << 30) as f64
+            ));
+            rows.push(v);
+        }
+        Ok(rows)
+    })?;
+    let can_enroll = policy::can(&ctx.subject, Action::ManageAgents, None);
+    page(
+        app,
+        req,
+        ctx,
+        "agents",
+        "Agents",
+        json!({"agents": rows, "can_enroll": can_enroll}),
+    )
+}
+
+/// `POST /agents/{id}/revoke`.
+pub fn revoke_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let agent = app
+        .store
+        .write(|w| Ok(agents::revoke(w, &ctx.actor(req), &ctx.subject, id)?))?;
+    app.fleet.disconnect(&agent.id);
+    Ok(redirect(
+        "/agents",
+        Some((
+            "success",
+            &format!(
+                "Agent {} revoked; its next connection will be refused.",
+                agent.name
+            ),
+        )),
+    ))
+}
+
+fn token_projects(app: &App, ctx: &Ctx) -> AppResult<Vec<Value>> {
+    Ok(app.store.read(|r| {
+        Ok(projects::all(r)?
+            .into_iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ManageAgents, Some(&p.id)))
+            .map(|p| json!({"id": p.id, "name": p.name}))
+            .collect::<Vec<_>>())
+    })?)
+}
+
+/// `GET /agents/enroll`: the enrollment token form.
+pub fn enroll_form(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageAgents, None)?;
+    let projects = token_projects(app, ctx)?;
+    let values = json!({"project": req.query("project").unwrap_or(""), "uses": "1", "ttl": "24h"});
+    page(
+        app,
+        req,
+        ctx,
+        "enroll",
+        "Enroll an agent",
+        json!({"projects": projects, "values": values, "errors": {}, "created": null}),
+    )
+}
+
+/// `POST /agents/enroll`: creates a token and shows it once.
+pub fn enroll_create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageAgents, None)?;
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let projects = token_projects(app, ctx)?;
+    let uses = match form.get("uses").map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| AppError::invalid("uses", "uses must be a whole number")),
+    };
+    let result = uses.and_then(|uses| {
+        let input = NewToken {
+            project: form.get("project").map(String::from),
+            uses,
+            ttl: form.get("ttl").map(String::from),
+        };
+        fleet_api::create_token(app, req, ctx, &input)
+    });
+    match result {
+        Ok(created) => page(
+            app,
+            req,
+            ctx,
+            "enroll",
+            "Enroll an agent",
+            json!({"projects": projects, "values": form.values(), "errors": {}, "created": created}),
+        ),
+        Err(e) if e.kind == Kind::Invalid => {
+            let mut errors = serde_json::Map::new();
+            errors.insert(
+                e.field.clone().unwrap_or_else(|| "project".into()),
+                json!(e.message),
+            );
+            page(
+                app,
+                req,
+                ctx,
+                "enroll",
+                "Enroll an agent",
+                json!({"projects": projects, "values": form.values(), "errors": errors, "created": null}),
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn server_and_agent(
+    app: &App,
+    ctx: &Ctx,
+    id: &str,
+) -> AppResult<(servers::Server, Option<Agent>, Option<Project>)> {
+    Ok(app.store.read(|r| {
+        let server = servers::get_visible(r, &ctx.subject, id)?;
+        let agent = match &server.agent_id {
+            Some(agent_id) => r.get::<Agent>(agent_id)?,
+            None => None,
+        };
+        let project = r.get::<Project>(&server.project_id)?;
+        Ok((server, agent, project))
+    })?)
+}
+
+fn run_page(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    server: &servers::Server,
+    agent: Option<&Agent>,
+    project: Option<&Project>,
+    values: Value,
+    errors: Value,
+) -> AppResult<Resp> {
+    let connected = agent.is_some_and(|a| app.fleet.live(&a.id).is_some());
+    let recent = match agent {
+        Some(agent) => app.store.read(|r| {
+            executions::recent_of_agent(r, &agent.id, 10)?
+                .iter()
+                .map(|e| fleet_api::execution_view(r, e))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?,
+        None => Vec::new(),
+    };
+    let data = json!({
+        "server": {"id": server.id, "name": server.name},
+        "agent": agent.map(|a| json!({"id": a.id, "name": a.name, "connected": connected, "revoked": a.revoked_at.is_some()})),
+        "deploy_command": project.and_then(|p| p.deploy_command.clone()),
+        "values": values,
+        "errors": errors,
+        "recent": recent,
+    });
+    page(
+        app,
+        req,
+        ctx,
+        "server_run",
+        &format!("Run on {}", server.name),
+        data,
+    )
+}
+
+/// `GET /servers/{id}/run[?deploy=1]`: the run-script form.
+pub fn run_form(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let (server, agent, project) = server_and_agent(app, ctx, id)?;
+    require(ctx, Action::OperateServers, Some(&server.project_id))?;
+    let script = match (
+        req.query("deploy"),
+        project.as_ref().and_then(|p| p.deploy_command.clone()),
+    ) {
+        (Some(_), Some(command)) => format!("{command}\n"),
+        _ => String::new(),
+    };
+    let values = json!({"script": script, "interpreter": "/bin/bash", "timeout_s": "", "env": "", "working_dir": ""});
+    run_page(
+        app,
+        req,
+        ctx,
+        &server,
+        agent.as_ref(),
+        project.as_ref(),
+        values,
+        json!({}),
+    )
+}
+
+/// Parses `KEY=VALUE` lines.
+fn parse_env(text: &str) -> AppResult<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| AppError::invalid("env", format!("{line:?} is not KEY=VALUE")))?;
+        env.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+/// `POST /servers/{id}/run`: starts the script and opens its execution page.
+pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let (server, agent, project) = server_and_agent(app, ctx, id)?;
+    require(ctx, Action::OperateServers, Some(&server.project_id))?;
+    let parsed = (|| {
+        let agent = agent.as_ref().ok_or_else(|| {
+            AppError::invalid("script", "this server has no agent; enroll one first")
+        })?;
+        let timeout_s = match form
+            .get("timeout_s")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(t) => Some(t.parse::<u64>().map_err(|_| {
+                AppError::invalid("timeout_s", "the timeout is a whole number of seconds")
+            })?),
+        };
+        let input = NewExecution {
+            agent: Some(agent.id.clone()),
+            kind: Some("script".into()),
+            script: form.get("script").map(|s| s.replace("\r\n", "\n")),
+            interpreter: form.get("interpreter").map(String::from),
+            env: Some(parse_env(form.get("env").unwrap_or(""))?),
+            working_dir: form.get("working_dir").map(String::from),
+            timeout_s,
+            ..Default::default()
+        };
+        fleet_api::start_execution(app, req, ctx, &input)
+    })();
+    match parsed {
+        Ok(execution) => Ok(redirect(&format!("/executions/{}", execution.id), None)),
+        Err(e) if e.kind == Kind::Invalid => {
+            let mut errors = serde_json::Map::new();
+            errors.insert(
+                e.field.clone().unwrap_or_else(|| "script".into()),
+                json!(e.message),
+            );
+            run_page(
+                app,
+                req,
+                ctx,
+                &server,
+                agent.as_ref(),
+                project.as_ref(),
+                Value::Object(form.values()),
+                Value::Object(errors),
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `GET /executions`.
+pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewServers, None)?;
+    let rows = app.store.read(|r| {
+        let mut list: Vec<Execution> = r.list()?;
+        list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
+        list.sort_by(|a, b| b.id.cmp(&a.id));
+        list.truncate(200);
+        Ok(list
+            .iter()
+            .map(|e| fleet_api::execution_view(r, e))
+            .collect::<anyhow::Result<Vec<_>>>()?)
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "executions",
+        "Executions",
+        json!({"executions": rows}),
+    )
+}
+
+/// `GET /executions/{id}`: status and the live log.
+pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let (view, script, server_name) = app.store.read(|r| {
+        let e = executions::get_visible(r, &ctx.subject, id)?;
+        let script = match &e.work {
+            executions::Work::Script { interpreter, script, .. } => json!({"interpreter": interpreter, "text": script}),
+            executions::Work::Playbook { playbook, check, .. } => json!({"interpreter": if *check { "playbook (check mode)" } else { "playbook" }, "text": playbook}),
+        };
+        let server_name = match &e.server_id {
+            Some(sid) => r.get::<servers::Server>(sid)?.map(|s| s.name),
+            None => None,
+        };
+        Ok((fleet_api::execution_view(r, &e)?, script, server_name))
+    })?;
+    let can_cancel = policy::can(&ctx.subject, Action::OperateServers, Some(&view.project_id))
+        && matches!(view.status, "queued" | "running");
+    let title = format!(
+        "Execution on {}",
+        server_name
+            .as_deref()
+            .or(view.agent_name.as_deref())
+            .unwrap_or("an agent")
+    );
+    page(
+        app,
+        req,
+        ctx,
+        "execution",
+        &title,
+        json!({"execution": view, "script": script, "server_name": server_name, "can_cancel": can_cancel}),
+    )
+}
+
+/// `POST /executions/{id}/cancel`.
+pub fn cancel_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let back = format!("/executions/{id}");
+    match fleet_api::cancel(app, req, ctx, id) {
+        Ok(_) => Ok(redirect(
+            &back,
+            Some((
+                "info",
+                "Cancel requested: the job's process group is being stopped.",
+            )),
+        )),
+        Err(e) if e.kind == Kind::Conflict => Ok(redirect(&back, Some(("warning", &e.message)))),
+        Err(e) => Err(e),
+    }
+}
