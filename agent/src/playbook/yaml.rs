@@ -284,8 +284,10 @@ impl MarkedEventReceiver for Builder {
                     ),
                     Some(Frame::Map(entries, _, pos, anchor)) => (
                         Node {
+                            // Block mappings report their start after the first key;
+                            // the first key's own position is what users expect.
+                            pos: entries.first().map(|(k, _)| k.pos).unwrap_or(pos),
                             kind: NodeKind::Map(entries),
-                            pos,
                         },
                         anchor,
                     ),

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod compose;
+pub mod exec;
 pub mod files;
 pub mod lines;
 pub mod net;

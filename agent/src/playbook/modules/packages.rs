@@ -1,3 +1,259 @@
-//! placeholder
+//! `apt` (and `package` through it): Debian/Ubuntu packages via apt-get and dpkg-query.
+
+use super::exec::{run, Run};
 use super::{ArgError, Args, ModuleContext, Outcome};
-pub fn apt(_a: &Args, _c: &ModuleContext) -> Result<Outcome, ArgError> { Ok(Outcome::failed("todo")) }
+use minijinja::Value;
+use std::path::Path;
+
+fn apt_env(ctx: &ModuleContext) -> Vec<(String, String)> {
+    let mut env = ctx.environment.clone();
+    env.push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
+    env.push(("DEBCONF_NONINTERACTIVE_SEEN".into(), "true".into()));
+    env.push(("LANG".into(), "C".into()));
+    env
+}
+
+/// Installed version of a package, if installed.
+fn installed_version(name: &str) -> Option<String> {
+    let r = run("dpkg-query", &["-W", "-f=${Status}\t${Version}\n", name], &[], None);
+    if !r.ok() {
+        return None;
+    }
+    r.stdout.lines().find_map(|line| {
+        let (status, version) = line.split_once('\t')?;
+        status.ends_with(" installed").then(|| version.to_string())
+    })
+}
+
+fn candidate_version(name: &str) -> Option<String> {
+    let r = run("apt-cache", &["policy", name], &[("LANG".into(), "C".into())], None);
+    r.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .filter(|v| v != "(none)")
+}
+
+fn split_spec(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once('=') {
+        Some((name, version)) => (name, Some(version)),
+        None => (spec, None),
+    }
+}
+
+fn is_satisfied(spec: &str) -> bool {
+    let (name, version) = split_spec(spec);
+    match (installed_version(name), version) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(installed), Some(wanted)) => {
+            let pattern = wanted.trim_end_matches('*');
+            installed == wanted || (wanted.ends_with('*') && installed.starts_with(pattern))
+        }
+    }
+}
+
+fn cache_mtime() -> Option<std::time::SystemTime> {
+    for path in ["/var/lib/apt/periodic/update-success-stamp", "/var/lib/apt/lists"] {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if let Ok(m) = meta.modified() {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+fn failure(what: &str, r: &Run) -> Outcome {
+    Outcome::failed(format!("'{what}' failed: {}", r.stderr.trim()))
+        .with("rc", r.rc)
+        .with("stdout", r.stdout.clone())
+        .with("stderr", r.stderr.clone())
+}
+
+/// `apt`.
+pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
+    args.check_supported(&[
+        "name", "pkg", "package", "state", "update_cache", "update_cache_retries", "update_cache_retry_max_delay",
+        "cache_valid_time", "upgrade", "autoremove", "autoclean", "clean", "purge", "install_recommends", "force",
+        "default_release", "dpkg_options", "allow_unauthenticated", "allow_downgrade", "allow_change_held_packages",
+        "lock_timeout", "only_upgrade", "force_apt_get", "policy_rc_d", "fail_on_autoremove", "deb",
+    ])?;
+    if args.has("deb") {
+        return Ok(Outcome::failed("apt: the 'deb' option is not supported by the native runtime"));
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        return Ok(Outcome::failed("apt: apt-get was not found; this host does not use apt"));
+    }
+    let mut names = args.list("name");
+    names.extend(args.list("pkg"));
+    names.extend(args.list("package"));
+    let state = args
+        .choice("state", &["present", "installed", "absent", "removed", "latest", "fixed", "build-dep"], Some("present"))?
+        .unwrap_or_default();
+    let env = apt_env(ctx);
+    let mut result = Outcome::new();
+    let mut cache_updated = false;
+    if args.bool("update_cache", false)? {
+        let valid = args.int("cache_valid_time")?.unwrap_or(0);
+        let fresh = valid > 0
+            && cache_mtime()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age.as_secs() < valid as u64);
+        if !fresh && !ctx.check {
+            let r = run("apt-get", &["update", "-q"], &env, None);
+            if !r.ok() {
+                return Ok(failure("apt-get update", &r).with("msg", format!("Failed to update apt cache: {}", r.stderr.trim())));
+            }
+            cache_updated = true;
+        }
+        result.set("cache_updated", cache_updated);
+        if names.is_empty() && !args.has("upgrade") {
+            result.set("changed", cache_updated);
+            return Ok(result);
+        }
+    }
+    let mut common: Vec<String> = vec![
+        "-y".into(),
+        "-q".into(),
+        "-o".into(),
+        "Dpkg::Options::=--force-confdef".into(),
+        "-o".into(),
+        "Dpkg::Options::=--force-confold".into(),
+    ];
+    if let Some(release) = args.str("default_release") {
+        common.push("-t".into());
+        common.push(release);
+    }
+    if args.has("install_recommends") && !args.bool("install_recommends", true)? {
+        common.push("--no-install-recommends".into());
+    }
+    if args.bool("allow_unauthenticated", false)? {
+        common.push("--allow-unauthenticated".into());
+    }
+    if args.bool("allow_downgrade", false)? {
+        common.push("--allow-downgrades".into());
+    }
+    if args.bool("allow_change_held_packages", false)? {
+        common.push("--allow-change-held-packages".into());
+    }
+    if ctx.check {
+        common.push("--simulate".into());
+    }
+    let mut changed = false;
+    let mut stdout = String::new();
+    if let Some(upgrade) = args.choice("upgrade", &["no", "yes", "safe", "full", "dist", "True", "False", "true", "false"], None)? {
+        let mode = match upgrade.as_str() {
+            "no" | "False" | "false" => None,
+            "full" | "dist" => Some("dist-upgrade"),
+            _ => Some("upgrade"),
+        };
+        if let Some(mode) = mode {
+            let mut argv: Vec<&str> = vec![mode];
+            if mode == "upgrade" {
+                argv.push("--with-new-pkgs");
+            }
+            argv.extend(common.iter().map(String::as_str));
+            if args.bool("autoremove", false)? {
+                argv.push("--auto-remove");
+            }
+            let r = run("apt-get", &argv, &env, None);
+            if !r.ok() {
+                return Ok(failure(&format!("apt-get {mode}"), &r));
+            }
+            changed |= !r.stdout.contains("0 upgraded, 0 newly installed, 0 to remove");
+            stdout.push_str(&r.stdout);
+        }
+    }
+    if !names.is_empty() {
+        match state.as_str() {
+            "present" | "installed" | "fixed" | "build-dep" => {
+                let missing: Vec<&String> = names.iter().filter(|n| !is_satisfied(n)).collect();
+                if !missing.is_empty() {
+                    let mut argv: Vec<&str> = vec!["install"];
+                    argv.extend(common.iter().map(String::as_str));
+                    argv.extend(missing.iter().map(|s| s.as_str()));
+                    let r = run("apt-get", &argv, &env, None);
+                    if !r.ok() {
+                        return Ok(failure(&format!("apt-get install {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")), &r));
+                    }
+                    stdout.push_str(&r.stdout);
+                    changed = true;
+                }
+            }
+            "latest" => {
+                let outdated: Vec<&String> = names
+                    .iter()
+                    .filter(|n| {
+                        let (name, _) = split_spec(n);
+                        match (installed_version(name), candidate_version(name)) {
+                            (None, _) => true,
+                            (Some(installed), Some(candidate)) => installed != candidate,
+                            (Some(_), None) => false,
+                        }
+                    })
+                    .collect();
+                if !outdated.is_empty() {
+                    let mut argv: Vec<&str> = vec!["install"];
+                    argv.extend(common.iter().map(String::as_str));
+                    if args.bool("only_upgrade", false)? {
+                        argv.push("--only-upgrade");
+                    }
+                    argv.extend(outdated.iter().map(|s| s.as_str()));
+                    let r = run("apt-get", &argv, &env, None);
+                    if !r.ok() {
+                        return Ok(failure("apt-get install", &r));
+                    }
+                    stdout.push_str(&r.stdout);
+                    changed = true;
+                }
+            }
+            _ => {
+                let purge = args.bool("purge", false)?;
+                let installed: Vec<&String> = names
+                    .iter()
+                    .filter(|n| {
+                        let name = split_spec(n).0;
+                        installed_version(name).is_some()
+                            || (purge && run("dpkg-query", &["-W", "-f=${Status}", name], &[], None).stdout.contains("config-files"))
+                    })
+                    .collect();
+                if !installed.is_empty() {
+                    let mut argv: Vec<&str> = vec!["remove"];
+                    argv.extend(common.iter().map(String::as_str));
+                    if purge {
+                        argv.push("--purge");
+                    }
+                    if args.bool("autoremove", false)? {
+                        argv.push("--auto-remove");
+                    }
+                    argv.extend(installed.iter().map(|s| s.as_str()));
+                    let r = run("apt-get", &argv, &env, None);
+                    if !r.ok() {
+                        return Ok(failure("apt-get remove", &r));
+                    }
+                    stdout.push_str(&r.stdout);
+                    changed = true;
+                }
+            }
+        }
+    } else if args.bool("autoremove", false)? && !args.has("upgrade") {
+        let mut argv: Vec<&str> = vec!["autoremove"];
+        argv.extend(common.iter().map(String::as_str));
+        let r = run("apt-get", &argv, &env, None);
+        if !r.ok() {
+            return Ok(failure("apt-get autoremove", &r));
+        }
+        changed |= !r.stdout.contains("0 upgraded, 0 newly installed, 0 to remove");
+        stdout.push_str(&r.stdout);
+    }
+    if args.bool("autoclean", false)? && !ctx.check {
+        run("apt-get", &["autoclean", "-y"], &env, None);
+    }
+    if args.bool("clean", false)? && !ctx.check {
+        run("apt-get", &["clean"], &env, None);
+    }
+    result.set("changed", changed);
+    result.set("stdout", stdout.clone());
+    result.set("stdout_lines", Value::from(stdout.lines().map(String::from).collect::<Vec<_>>()));
+    Ok(result)
+}

@@ -1,0 +1,273 @@
+//! Differential tests: the native playbook runtime (`dynserv-agent playbook`) against
+//! real ansible-core (`ansible-playbook -c local`).
+//!
+//! Each case runs a fixture playbook from `tests/fixtures/playbooks/` twice with each
+//! tool, every tool in its own fresh temporary root (passed as `-e root=DIR`), and
+//! compares: the exit codes, the PLAY RECAP counts of the first and of the second run
+//! (the second run proves idempotence), the sequence of per-task results, and the files
+//! left in the root (type, mode, content, symlink target).
+//!
+//! ansible-playbook is found through `DYNSERV_ANSIBLE_PLAYBOOK`, else at
+//! `.venv-ansible/bin/ansible-playbook` in the workspace; a missing ansible-playbook is a
+//! test failure with the install command, never a silent skip.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+fn fixtures() -> PathBuf {
+    workspace_root().join("tests/fixtures/playbooks")
+}
+
+fn ansible_playbook() -> PathBuf {
+    let path = std::env::var_os("DYNSERV_ANSIBLE_PLAYBOOK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv-ansible/bin/ansible-playbook"));
+    assert!(
+        path.is_file(),
+        "ansible-playbook not found at {}: install ansible-core with \
+         `python3 -m venv .venv-ansible && .venv-ansible/bin/pip install ansible-core` \
+         in the workspace root (see tests/fixtures/playbooks/INSTALL.md), or set DYNSERV_ANSIBLE_PLAYBOOK",
+        path.display()
+    );
+    path
+}
+
+/// The recap counters in ansible-playbook's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recap {
+    ok: u32,
+    changed: u32,
+    unreachable: u32,
+    failed: u32,
+    skipped: u32,
+    rescued: u32,
+    ignored: u32,
+}
+
+fn parse_recap(stdout: &str) -> Option<Recap> {
+    let line = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .find(|l| l.starts_with("localhost"))?;
+    let mut values = BTreeMap::new();
+    for part in line.split_whitespace() {
+        if let Some((k, v)) = part.split_once('=') {
+            values.insert(k.to_string(), v.parse::<u32>().ok()?);
+        }
+    }
+    Some(Recap {
+        ok: *values.get("ok")?,
+        changed: *values.get("changed")?,
+        unreachable: *values.get("unreachable")?,
+        failed: *values.get("failed")?,
+        skipped: *values.get("skipped")?,
+        rescued: *values.get("rescued")?,
+        ignored: *values.get("ignored")?,
+    })
+}
+
+/// The per-task result words in order (`ok`, `changed`, `skipping`, `fatal`, ...).
+fn result_sequence(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (status, rest) = l.split_once(": [localhost]")?;
+            if !matches!(status, "ok" | "changed" | "skipping" | "fatal" | "failed") {
+                return None;
+            }
+            let item = rest
+                .split_once("(item=")
+                .map(|(_, r)| r.split(')').next().unwrap_or_default().to_string());
+            Some(match item {
+                Some(item) => format!("{status} (item={item})"),
+                None => status.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// One file system entry, normalised so the two roots compare equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir { mode: u32 },
+    File { mode: u32, content: String },
+    Link { target: String },
+}
+
+fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    let root_text = root.display().to_string();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let relative = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+            let meta = std::fs::symlink_metadata(&path).expect("entry exists");
+            let mode = meta.permissions().mode() & 0o7777;
+            let item = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).expect("link").display().to_string();
+                Entry::Link { target: target.replace(&root_text, "<ROOT>") }
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                Entry::Dir { mode }
+            } else {
+                let content = String::from_utf8_lossy(&std::fs::read(&path).expect("readable")).replace(&root_text, "<ROOT>");
+                Entry::File { mode, content }
+            };
+            out.insert(relative, item);
+        }
+    }
+    out
+}
+
+struct RunResult {
+    code: Option<i32>,
+    stdout: String,
+    recap: Option<Recap>,
+}
+
+fn finish(what: &str, output: Output) -> RunResult {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let recap = parse_recap(&stdout);
+    if recap.is_none() {
+        eprintln!("{what}: no PLAY RECAP\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    }
+    RunResult {
+        code: output.status.code(),
+        stdout: format!("{stdout}\n{stderr}"),
+        recap,
+    }
+}
+
+fn run_agent(playbook: &Path, root: &Path, extra: &[&str]) -> RunResult {
+    let output = Command::new(dynserv_tests::agent_binary())
+        .arg("playbook")
+        .arg(playbook)
+        .arg("-e")
+        .arg(format!("root={}", root.display()))
+        .args(extra)
+        .output()
+        .expect("dynserv-agent runs");
+    finish("dynserv-agent", output)
+}
+
+fn run_ansible(playbook: &Path, root: &Path, home: &Path, extra: &[&str]) -> RunResult {
+    let program = ansible_playbook();
+    let python = program.with_file_name("python");
+    let output = Command::new(&program)
+        .args(["-c", "local", "-i", "localhost,"])
+        .arg(playbook)
+        .arg("-e")
+        .arg(format!("root={}", root.display()))
+        .args(extra)
+        .current_dir(home)
+        .env("ANSIBLE_CONFIG", home.join("none.cfg"))
+        .env("ANSIBLE_HOME", home.join("ansible"))
+        .env("ANSIBLE_LOCAL_TEMP", home.join("local-tmp"))
+        .env("ANSIBLE_REMOTE_TEMP", home.join("remote-tmp"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+        .env("ANSIBLE_DEPRECATION_WARNINGS", "0")
+        .env("ANSIBLE_LOCALHOST_WARNING", "0")
+        .env(
+            "ANSIBLE_PYTHON_INTERPRETER",
+            if python.exists() { python.display().to_string() } else { "python3".into() },
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("{} could not be started: {e}", program.display()));
+    finish("ansible-playbook", output)
+}
+
+/// Runs a fixture with both tools (twice each) and compares everything observable.
+fn check(fixture: &str, extra: &[&str]) {
+    let playbook = fixtures().join(fixture);
+    // Fail first and clearly when ansible-core is missing.
+    ansible_playbook();
+    let native_dir = tempfile::tempdir().expect("temp dir");
+    let ansible_dir = tempfile::tempdir().expect("temp dir");
+    let home = tempfile::tempdir().expect("temp dir");
+    let native_root = native_dir.path().join("root");
+    let ansible_root = ansible_dir.path().join("root");
+    std::fs::create_dir(&native_root).expect("root");
+    std::fs::create_dir(&ansible_root).expect("root");
+
+    for round in ["first", "second"] {
+        let native = run_agent(&playbook, &native_root, extra);
+        let ansible = run_ansible(&playbook, &ansible_root, home.path(), extra);
+        let context = format!(
+            "{fixture} ({round} run)\n=== dynserv-agent\n{}\n=== ansible-playbook\n{}",
+            native.stdout, ansible.stdout
+        );
+        assert!(ansible.recap.is_some(), "ansible-playbook printed no recap: {context}");
+        assert_eq!(native.code, ansible.code, "exit codes differ: {context}");
+        assert_eq!(native.recap, ansible.recap, "recap differs: {context}");
+        assert_eq!(
+            result_sequence(&native.stdout),
+            result_sequence(&ansible.stdout),
+            "task results differ: {context}"
+        );
+    }
+    let native_files = snapshot(&native_root);
+    let ansible_files = snapshot(&ansible_root);
+    assert_eq!(native_files, ansible_files, "{fixture}: resulting files differ");
+}
+
+/// file, copy, template, lineinfile, blockinfile, replace and stat agree with Ansible.
+#[test]
+fn file_modules_match_ansible() {
+    check("files.yml", &[]);
+}
+
+/// Loops, conditionals, register, changed_when/failed_when, ignore_errors, blocks,
+/// set_fact, assert, until and handlers agree with Ansible.
+#[test]
+fn engine_keywords_match_ansible() {
+    check("engine.yml", &[]);
+}
+
+/// command and shell with creates/removes/chdir/stdin/argv/environment agree with Ansible.
+#[test]
+fn commands_match_ansible() {
+    check("commands.yml", &[]);
+}
+
+/// Ansible's filters and tests render the same text.
+#[test]
+fn filters_match_ansible() {
+    check("filters.yml", &[]);
+}
+
+/// Check mode changes nothing and reports the same counts.
+#[test]
+fn check_mode_matches_ansible() {
+    check("check_mode.yml", &["--check"]);
+}
+
+/// A failed task stops the play with exit code 2 and failed=1.
+#[test]
+fn failure_matches_ansible() {
+    check("failure.yml", &[]);
+}
+
+/// Gathered facts have Ansible's names and values.
+#[test]
+fn facts_match_ansible() {
+    check("facts.yml", &[]);
+}
+
+/// --tags and --skip-tags select the same tasks.
+#[test]
+fn tag_selection_matches_ansible() {
+    check("tags.yml", &["--tags", "web", "--skip-tags", "slow"]);
+}
