@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::{SessionPolicy, Throttle};
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::secrets::Keys;
 use crate::store::Store;
@@ -19,18 +20,24 @@ pub struct App {
     pub render: Arc<Render>,
     pub metrics: Arc<Metrics>,
     pub throttle: Arc<Throttle>,
+    /// The fleet gateway handle (agents, dispatch, live output).
+    pub fleet: Fleet,
 }
 
 impl App {
     /// Builds the state from an opened store.
     pub fn new(store: Store, keys: Keys, config: Config) -> anyhow::Result<App> {
+        let fleet = Fleet::new(store.clone(), &config.data_dir)?;
+        let metrics = Arc::new(Metrics::default());
+        fleet.register_metrics(&metrics);
         Ok(App {
             store,
             keys,
             config: Arc::new(config),
             render: Arc::new(Render::new()?),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             throttle: Arc::new(Throttle::default()),
+            fleet,
         })
     }
 

@@ -44,6 +44,12 @@ pub enum Command {
     },
     /// Write a consistent copy of the store.
     Backup { out: PathBuf },
+    /// Create an enrollment token for a project; the answer is the token alone.
+    TokenCreate {
+        project: String,
+        uses: Option<u32>,
+        ttl: Option<String>,
+    },
 }
 
 /// What a command needs: the store and the keys, whichever process holds them.
@@ -103,6 +109,13 @@ pub fn execute(core: &Core, command: &Command) -> Result<String> {
                 auth::create_api_token(w, &Actor::cli(), &user, name.as_deref().unwrap_or("cli"))
             })
         }
+        Command::TokenCreate { project, uses, ttl } => crate::agents::create_token_cli(
+            core.store,
+            core.data_dir,
+            project,
+            *uses,
+            ttl.as_deref(),
+        ),
         Command::Backup { out } => {
             let out = if out.is_absolute() {
                 out.clone()

@@ -2,6 +2,7 @@
 //! and (in `fleet`) the QUIC gateway its agents dial. `main.rs` parses arguments and
 //! calls [`run`] or a one-shot command from [`control`].
 
+pub mod agents;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -9,6 +10,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod executions;
+pub mod fleet;
 pub mod metrics;
 pub mod policy;
 pub mod projects;
@@ -33,22 +36,28 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     let http_stop = wait_for(stop_rx.clone());
     let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
+    let (quic_addr, fleet_gateway) = app.fleet.bind(app.config.quic, wait_for(stop_rx.clone()))?;
     println!("dynserv {} listening", dynserv_shared::VERSION);
     println!("  web UI:   http://{http_addr}/");
     println!("  API:      http://{http_addr}/api/v1");
     println!(
         "  fleet:    quic://{} (agents dial {})",
-        app.config.quic, app.config.public_quic
+        quic_addr, app.config.public_quic
     );
     println!("  data dir: {}", app.config.data_dir.display());
     tracing::info!(%http_addr, "serving");
     let http_task = tokio::spawn(http_server);
     let socket_task = tokio::spawn(socket);
+    let fleet_task = tokio::spawn(fleet_gateway);
+    if app.fleet.demo_agent_wanted() {
+        fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
+    }
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = socket_task.await;
+    let _ = fleet_task.await;
     Ok(())
 }
 

@@ -39,6 +39,9 @@ enum Cmd {
     /// Manage API bearer tokens.
     #[command(subcommand)]
     Apitoken(ApiTokenCmd),
+    /// Manage agent enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Write a consistent copy of the store, also while `serve` runs.
     Backup {
         /// The file to write; must not exist.
@@ -81,6 +84,22 @@ enum UserCmd {
         /// Read the password from standard input (otherwise one is generated and printed).
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create an enrollment token for a project and print it (nothing else).
+    Create {
+        /// The project (name or id) the enrolled servers join.
+        #[arg(long)]
+        project: String,
+        /// How many agents may enroll with it [default: 1].
+        #[arg(long)]
+        uses: Option<u32>,
+        /// How long it stays valid: 30m, 24h, 7d [default: 24h].
+        #[arg(long)]
+        ttl: Option<String>,
     },
 }
 
@@ -159,6 +178,14 @@ fn real_main(cli: Cli) -> Result<()> {
             },
         ),
         Cmd::Backup { out } => one_shot(&cli, Command::Backup { out: out.clone() }),
+        Cmd::Token(TokenCmd::Create { project, uses, ttl }) => one_shot(
+            &cli,
+            Command::TokenCreate {
+                project: project.clone(),
+                uses: *uses,
+                ttl: ttl.clone(),
+            },
+        ),
     }
 }
 
@@ -187,6 +214,9 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
             println!("seeded demo data: sign in as admin/admin123, tech/tech123, sales/sales123 or sohila/sohila123");
         }
         let app = dynserv::app::App::new(store, keys, config)?;
+        if args.demo {
+            app.fleet.want_demo_agent();
+        }
         dynserv::run(app, dynserv::shutdown_signal()).await
     })
 }

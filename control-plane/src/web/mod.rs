@@ -6,9 +6,12 @@
 
 pub mod api;
 pub mod assets;
+pub mod fleet_api;
+pub mod fleet_pages;
 pub mod pages;
 pub mod render;
 pub mod router;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -272,8 +275,9 @@ pub fn filter(
     app: App,
 ) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
+    let ws_route = ws::filter(app.clone());
     let app_filter = warp::any().map(move || app.clone());
-    warp::method()
+    let main = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
@@ -305,7 +309,8 @@ pub fn filter(
         .recover(|_| async {
             Ok::<Resp, Infallible>(text(StatusCode::BAD_REQUEST, "bad request", "text/plain"))
         })
-        .unify()
+        .unify();
+    ws_route.or(main).unify()
 }
 
 async fn handle(

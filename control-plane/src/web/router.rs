@@ -4,7 +4,7 @@
 
 use warp::http::{Method, StatusCode};
 
-use super::{api, assets, pages, Req, Resp};
+use super::{api, assets, fleet_api, fleet_pages, pages, Req, Resp};
 use crate::app::App;
 use crate::error::AppError;
 
@@ -61,6 +61,16 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::PUT, ["users", id]) => api::update_user(app, req, &ctx, id).await,
         (&Method::POST, ["users", id, "apitokens"]) => api::create_api_token(app, req, &ctx, id),
         (&Method::GET, ["audit"]) => api::audit(app, req, &ctx),
+        // Fleet: agents, enrollment tokens, executions.
+        (&Method::GET, ["agents"]) => fleet_api::agents_list(app, &ctx),
+        (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
+        (&Method::POST, ["agents", id, "revoke"]) => fleet_api::revoke_agent(app, req, &ctx, id),
+        (&Method::POST, ["enrollment-tokens"]) => fleet_api::create_token_api(app, req, &ctx),
+        (&Method::GET, ["executions"]) => fleet_api::executions_list(app, req, &ctx),
+        (&Method::POST, ["executions"]) => fleet_api::create_execution(app, req, &ctx),
+        (&Method::GET, ["executions", id]) => fleet_api::execution(app, &ctx, id),
+        (&Method::GET, ["executions", id, "log"]) => fleet_api::execution_log(app, req, &ctx, id),
+        (&Method::POST, ["executions", id, "cancel"]) => fleet_api::cancel_execution(app, req, &ctx, id),
         _ => Err(AppError::not_found("endpoint")),
     };
     match result {
@@ -101,6 +111,16 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["account"]) => pages::account(app, req, &ctx, None),
         (&Method::POST, ["account", "apitoken"]) => pages::account_token(app, req, &ctx),
         (&Method::GET, ["audit"]) => pages::audit(app, req, &ctx),
+        // Fleet pages.
+        (&Method::GET, ["agents"]) => fleet_pages::agents_page(app, req, &ctx),
+        (&Method::GET, ["agents", "enroll"]) => fleet_pages::enroll_form(app, req, &ctx),
+        (&Method::POST, ["agents", "enroll"]) => fleet_pages::enroll_create(app, req, &ctx),
+        (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
+        (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),
+        (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
+        (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
+        (&Method::POST, ["executions", id, "cancel"]) => fleet_pages::cancel_page(app, req, &ctx, id),
         _ => Err(AppError::not_found("page")),
     };
     match result {

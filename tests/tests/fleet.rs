@@ -1,0 +1,370 @@
+//! The agent fleet end to end: real `dynserv serve` and `dynserv-agent` binaries on
+//! loopback. Enrollment and its refusals, jobs whose output arrives complete and in
+//! order in the store and on WebSockets, also across an agent kill and a control-plane
+//! restart, cancel, revocation, and the demo's local agent.
+
+use std::time::{Duration, Instant};
+
+use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const LINES: usize = 20_000;
+
+/// A control plane with an admin and a project named `Fleet`.
+async fn setup() -> (ControlPlane, Api) {
+    let cp = ControlPlane::start().await;
+    cp.add_user("admin", "admin", false, "admin-password-1");
+    let api = cp.api_as("admin");
+    let (status, body) = api.post("/api/v1/projects", &json!({"name": "Fleet"})).await;
+    assert_eq!(status, 201, "{body}");
+    (cp, api)
+}
+
+/// Waits until the agent named `name` is connected; returns its id.
+async fn connected_agent(api: &Api, name: &str) -> String {
+    eventually(Duration::from_secs(30), &format!("agent {name} connected"), || async {
+        let (_, agents) = api.get("/api/v1/agents").await;
+        agents.as_array().and_then(|list| {
+            list.iter()
+                .find(|a| a["name"] == name && a["connected"] == true)
+                .map(|a| a["id"].as_str().unwrap_or_default().to_string())
+        })
+    })
+    .await
+}
+
+async fn start_script(api: &Api, agent: &str, script: &str) -> String {
+    let body = json!({"agent": agent, "kind": "script", "script": script, "interpreter": "/bin/sh"});
+    let (status, created) = api.post("/api/v1/executions", &body).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "queued");
+    created["id"].as_str().expect("an execution id").to_string()
+}
+
+async fn wait_end(api: &Api, id: &str, timeout: Duration) -> Value {
+    eventually(timeout, &format!("execution {id} ends"), || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
+        let done = !matches!(e["status"].as_str(), Some("queued" | "running"));
+        done.then_some(e)
+    })
+    .await
+}
+
+/// Checks that chunks are numbered 0.. without a gap or a repeat and returns the
+/// concatenated stdout.
+fn stdout_of(chunks: &[Value]) -> String {
+    let mut text = String::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(chunk["seq"].as_u64(), Some(i as u64), "chunk {i} is out of order: {chunk}");
+        if chunk["stream"] == "stdout" {
+            text.push_str(chunk["data"].as_str().unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// Checks the text is exactly `line 1` … `line n`, each once, in order.
+fn assert_lines(text: &str, n: usize) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), n, "expected {n} lines, got {}", lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(*line, format!("line {}", i + 1), "line {} is wrong", i + 1);
+    }
+}
+
+/// Reads a WebSocket to its end frame: (chunks, end).
+async fn websocket_log(api: &Api, id: &str, from_seq: u64) -> (Vec<Value>, Value) {
+    let mut socket = api.websocket(&format!("/api/v1/executions/{id}/stream?from_seq={from_seq}")).await;
+    let mut chunks = Vec::new();
+    let deadline = Duration::from_secs(180);
+    loop {
+        let message = tokio::time::timeout(deadline, socket.next())
+            .await
+            .expect("the WebSocket went quiet")
+            .expect("the WebSocket closed before the end frame")
+            .expect("reading the WebSocket");
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("a JSON frame");
+            if value.get("end").is_some() {
+                return (chunks, value["end"].clone());
+            }
+            chunks.push(value);
+        }
+    }
+}
+
+/// A script printing `line 1` … `line 20000`, pausing every 1000 lines so that a test
+/// can interrupt it midway.
+fn slow_lines_script() -> String {
+    format!("i=1\nwhile [ $i -le {LINES} ]; do\n  echo \"line $i\"\n  if [ $((i % 1000)) -eq 0 ]; then sleep 0.25; fi\n  i=$((i+1))\ndone\n")
+}
+
+async fn log_of(api: &Api, id: &str) -> Vec<Value> {
+    let (status, chunks) = api.get_json_lines(&format!("/api/v1/executions/{id}/log")).await;
+    assert_eq!(status, 200);
+    chunks
+}
+
+/// Enrollment, then a 20,000-line job: every line in order in the stored log, on a
+/// WebSocket that followed it live, and on one that replays it afterwards.
+#[tokio::test]
+async fn twenty_thousand_lines_in_order_in_the_store_and_on_websockets() {
+    let (cp, api) = setup().await;
+    let token = cp.enrollment_token("Fleet");
+    assert!(token.starts_with("dsv1.") && !token.contains('\n'), "{token}");
+    let _agent = Agent::start(&cp, &token, "web-01");
+    let agent_id = connected_agent(&api, "web-01").await;
+
+    let (_, agents) = api.get("/api/v1/agents").await;
+    let agent = agents.as_array().unwrap().iter().find(|a| a["id"] == agent_id.as_str()).unwrap().clone();
+    assert_eq!(agent["project"], "Fleet");
+    assert!(agent["facts"]["cpus"].as_u64().unwrap() >= 1, "{agent}");
+    assert!(agent["facts"]["memory_bytes"].as_u64().unwrap() > 0, "{agent}");
+    assert!(!agent["facts"]["kernel"].as_str().unwrap().is_empty(), "{agent}");
+    assert!(!agent["version"].as_str().unwrap().is_empty(), "{agent}");
+    let (_, servers) = api.get("/api/v1/servers").await;
+    let server = servers.as_array().unwrap().iter().find(|s| s["name"] == "web-01").expect("a server for the agent");
+    assert_eq!(server["project"], "Fleet");
+
+    let script = format!("i=1\nwhile [ $i -le {LINES} ]; do echo \"line $i\"; i=$((i+1)); done\necho done >&2\n");
+    let id = start_script(&api, "web-01", &script).await;
+    let live = {
+        let api = api.clone();
+        let id = id.clone();
+        tokio::spawn(async move { websocket_log(&api, &id, 0).await })
+    };
+    let end = wait_end(&api, &id, Duration::from_secs(120)).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(end["exit_code"], 0);
+    assert!(end["started_at"].is_string() && end["finished_at"].is_string(), "{end}");
+
+    let stored = log_of(&api, &id).await;
+    assert_lines(&stdout_of(&stored), LINES);
+    assert!(stored.iter().any(|c| c["stream"] == "stderr" && c["data"] == "done\n"));
+
+    let (live_chunks, live_end) = live.await.unwrap();
+    assert_eq!(live_chunks, stored, "the live WebSocket saw something else than the store");
+    assert_eq!(live_end, json!({"status": "succeeded", "exit_code": 0}));
+
+    let (replayed, _) = websocket_log(&api, &id, 0).await;
+    assert_eq!(replayed, stored);
+    let middle = stored.len() as u64 / 2;
+    let (tail, _) = websocket_log(&api, &id, middle).await;
+    assert_eq!(tail.as_slice(), &stored[middle as usize..]);
+
+    let (_, tail_log) = api.get_json_lines(&format!("/api/v1/executions/{id}/log?from_seq={middle}")).await;
+    assert_eq!(tail_log.as_slice(), &stored[middle as usize..]);
+}
+
+/// An agent killed mid-job and started again delivers every line exactly once, and
+/// the job's end is recorded; a viewer connected throughout sees the same.
+#[tokio::test]
+async fn agent_killed_mid_job_loses_and_duplicates_nothing() {
+    let (cp, api) = setup().await;
+    let mut agent = Agent::start(&cp, &cp.enrollment_token("Fleet"), "kill-me");
+    connected_agent(&api, "kill-me").await;
+    let id = start_script(&api, "kill-me", &slow_lines_script()).await;
+    let live = {
+        let api = api.clone();
+        let id = id.clone();
+        tokio::spawn(async move { websocket_log(&api, &id, 0).await })
+    };
+    eventually(Duration::from_secs(30), "some output stored", || async {
+        (log_of(&api, &id).await.len() >= 2).then_some(())
+    })
+    .await;
+    agent.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.run();
+
+    let end = wait_end(&api, &id, Duration::from_secs(120)).await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
+    let stored = log_of(&api, &id).await;
+    assert_lines(&stdout_of(&stored), LINES);
+    let (live_chunks, live_end) = live.await.unwrap();
+    assert_eq!(live_chunks, stored);
+    assert_eq!(live_end["status"], "succeeded");
+}
+
+/// A control plane restarted mid-job gets every line exactly once after the agent
+/// reconnects, and records the job's end.
+#[tokio::test]
+async fn control_plane_restarted_mid_job_loses_and_duplicates_nothing() {
+    let (mut cp, api) = setup().await;
+    let agent = Agent::start(&cp, &cp.enrollment_token("Fleet"), "steady");
+    connected_agent(&api, "steady").await;
+    let id = start_script(&api, "steady", &slow_lines_script()).await;
+    eventually(Duration::from_secs(30), "some output stored", || async {
+        (log_of(&api, &id).await.len() >= 2).then_some(())
+    })
+    .await;
+    cp.restart().await;
+
+    let end = wait_end(&api, &id, Duration::from_secs(120)).await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
+    let stored = log_of(&api, &id).await;
+    assert_lines(&stdout_of(&stored), LINES);
+    let (replayed, replay_end) = websocket_log(&api, &id, 0).await;
+    assert_eq!(replayed, stored);
+    assert_eq!(replay_end["exit_code"], 0);
+}
+
+/// A token is spent by use; an expired, a forged or a used-up token is refused, and a
+/// token whose CA fingerprint does not match the control plane makes the agent refuse
+/// to enroll (without spending the token).
+#[tokio::test]
+async fn reused_expired_forged_and_mismatched_credentials_are_refused() {
+    let (cp, api) = setup().await;
+    let quic = cp.quic_addr();
+
+    let token = cp.enrollment_token("Fleet");
+    let (prefix, hash) = token.rsplit_once('.').unwrap();
+
+    // The CA fingerprint does not match: the agent refuses, and the token stays good.
+    let wrong_hash = format!("{prefix}.{}", "ab".repeat(32));
+    assert_ne!(hash, "ab".repeat(32));
+    let refused = Agent::try_enroll(&quic, &wrong_hash, "mismatch").expect_err("enrolled with a foreign CA");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("CA") || stderr.contains("fingerprint"), "{stderr}");
+
+    Agent::enroll(&quic, &token, "first");
+    let reused = Agent::try_enroll(&quic, &token, "second").expect_err("a used-up token enrolled");
+    assert!(String::from_utf8_lossy(&reused.stderr).contains("used up"), "{reused:?}");
+
+    let forged = format!("dsv1.{}.{hash}", "x".repeat(43));
+    let out = Agent::try_enroll(&quic, &forged, "forged").expect_err("a forged token enrolled");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown"), "{out:?}");
+
+    let short = cp.cli_ok(&["token", "create", "--project", "Fleet", "--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let out = Agent::try_enroll(&quic, &short, "late").expect_err("an expired token enrolled");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{out:?}");
+
+    let multi = cp.cli_ok(&["token", "create", "--project", "Fleet", "--uses", "2"]);
+    Agent::enroll(&quic, &multi, "m1");
+    Agent::enroll(&quic, &multi, "m2");
+    assert!(Agent::try_enroll(&quic, &multi, "m3").is_err());
+
+    for bad in [vec!["token", "create", "--project", "Nope"], vec!["token", "create", "--project", "Fleet", "--ttl", "soon"]] {
+        let out = cp.run_cli(&bad);
+        assert!(!out.status.success(), "{bad:?} succeeded");
+    }
+    let (_, agents) = api.get("/api/v1/agents").await;
+    let names: Vec<&str> = agents.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    assert!(names.contains(&"first") && names.contains(&"m2") && !names.contains(&"second"), "{names:?}");
+}
+
+/// A certificate presented with another agent's identity is refused, and so is a
+/// revoked agent, whose jobs cannot be started either.
+#[tokio::test]
+async fn forged_identity_and_revoked_agents_are_refused() {
+    let (cp, api) = setup().await;
+    let quic = cp.quic_addr();
+    let token = cp.cli_ok(&["token", "create", "--project", "Fleet", "--uses", "2"]);
+    let mut honest = Agent::enroll(&quic, &token, "honest");
+    let mut thief = Agent::enroll(&quic, &token, "thief");
+    // The thief claims the honest agent's id with its own (valid) certificate.
+    let honest_info = std::fs::read_to_string(honest.state_dir().join("agent.json")).unwrap();
+    std::fs::write(thief.state_dir().join("agent.json"), honest_info).unwrap();
+    thief.run();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, agents) = api.get("/api/v1/agents").await;
+    assert!(agents.as_array().unwrap().iter().all(|a| a["connected"] == false), "{agents}");
+
+    honest.run();
+    let id = connected_agent(&api, "honest").await;
+    let (status, revoked) = api.post_empty(&format!("/api/v1/agents/{id}/revoke")).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revoked"], true);
+    eventually(Duration::from_secs(15), "the revoked agent is disconnected", || async {
+        let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+        (a["connected"] == false).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+    assert_eq!(a["connected"], false, "a revoked agent reconnected: {}", honest.logs());
+    let body = json!({"agent": id, "kind": "script", "script": "echo no"});
+    let (status, _) = api.post("/api/v1/executions", &body).await;
+    assert_eq!(status, 422);
+}
+
+/// A stopped agent shows as disconnected within 15 seconds, and `/metrics` counts
+/// connected agents.
+#[tokio::test]
+async fn stopped_agent_shows_disconnected_within_15_seconds() {
+    let (cp, api) = setup().await;
+    let mut agent = Agent::start(&cp, &cp.enrollment_token("Fleet"), "brief");
+    let id = connected_agent(&api, "brief").await;
+    let (_, metrics) = api.get_text("/metrics").await;
+    assert!(metrics.contains("dynserv_agents_connected 1"), "{metrics}");
+    assert!(metrics.contains("dynserv_jobs_running"), "{metrics}");
+    agent.kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(20), "the agent shows disconnected", || async {
+        let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+        (a["connected"] == false).then_some(())
+    })
+    .await;
+    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
+    let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+    assert!(a["last_seen"].is_string(), "{a}");
+}
+
+/// Cancel kills a running job's process group and records it as cancelled; a queued
+/// job for an offline agent waits and runs when the agent connects.
+#[tokio::test]
+async fn cancel_and_delivery_to_an_agent_that_was_offline() {
+    let (cp, api) = setup().await;
+    let mut agent = Agent::enroll(&cp.quic_addr(), &cp.enrollment_token("Fleet"), "later");
+    let (_, list) = api.get("/api/v1/agents").await;
+    let agent_id = list[0]["id"].as_str().unwrap().to_string();
+    let queued = start_script(&api, &agent_id, "echo delivered; exit 3\n").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, e) = api.get(&format!("/api/v1/executions/{queued}")).await;
+    assert_eq!(e["status"], "queued");
+    agent.run();
+    let end = wait_end(&api, &queued, Duration::from_secs(60)).await;
+    assert_eq!((end["status"].as_str(), end["exit_code"].as_i64()), (Some("failed"), Some(3)), "{end}");
+    assert_eq!(stdout_of(&log_of(&api, &queued).await), "delivered\n");
+
+    let running = start_script(&api, &agent_id, "echo start\nsleep 60 &\nwait\n").await;
+    eventually(Duration::from_secs(30), "the job runs", || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{running}")).await;
+        (e["status"] == "running").then_some(())
+    })
+    .await;
+    let (status, _) = api.post_empty(&format!("/api/v1/executions/{running}/cancel")).await;
+    assert_eq!(status, 202);
+    let end = wait_end(&api, &running, Duration::from_secs(20)).await;
+    assert_eq!(end["status"], "cancelled", "{end}");
+    let (status, _) = api.post_empty(&format!("/api/v1/executions/{running}/cancel")).await;
+    assert_eq!(status, 409);
+
+    for bad in [
+        json!({"agent": agent_id, "kind": "script"}),
+        json!({"agent": "nobody", "kind": "script", "script": "true"}),
+        json!({"agent": agent_id, "kind": "weird", "script": "true"}),
+        json!({"agent": agent_id, "kind": "script", "script": "true", "env": {"1BAD": "x"}}),
+    ] {
+        let (status, body) = api.post("/api/v1/executions", &bad).await;
+        assert!(status == 400 || status == 422, "{bad} → {status} {body}");
+    }
+}
+
+/// `serve --demo` enrolls a local agent named `localhost` in project `Local` that runs
+/// scripts.
+#[tokio::test]
+async fn demo_enrolls_a_local_agent() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let id = connected_agent(&api, "localhost").await;
+    let (_, agent) = api.get(&format!("/api/v1/agents/{id}")).await;
+    assert_eq!(agent["project"], "Local");
+    let exec = start_script(&api, "localhost", "echo hello from the demo\n").await;
+    let end = wait_end(&api, &exec, Duration::from_secs(60)).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(stdout_of(&log_of(&api, &exec).await), "hello from the demo\n");
+}
