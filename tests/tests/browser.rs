@@ -118,6 +118,33 @@ async fn shell_behaviours_work_in_chromium() {
     let browser = Browser::start(&fixture.base_url).await;
     browser.goto("/page").await;
 
+    // The flash message becomes a toast, its markup shown as text; an error toast made
+    // through the API stays until dismissed.
+    eventually(Duration::from_secs(5), "the flash toast", || async {
+        let text = browser
+            .eval(
+                "const t = document.querySelector('.ds-toasts .toast[data-level=success]');\
+                 return t ? t.textContent : '';",
+            )
+            .await;
+        text.as_str()
+            .is_some_and(|text| text.contains("Saved <b>nova</b>"))
+            .then_some(())
+    })
+    .await;
+    browser
+        .eval("window.dynserv.toast('Heads up', '<i>body</i>', 'error');")
+        .await;
+    eventually(Duration::from_secs(5), "the error toast", || async {
+        browser
+            .texts(".ds-toasts .toast[data-level=danger]")
+            .await
+            .iter()
+            .any(|text| text.contains("Heads up") && text.contains("<i>body</i>"))
+            .then_some(())
+    })
+    .await;
+
     assert_eq!(browser.title().await, "Fixture · Dynamic Servers");
     assert_dark_background(&browser).await;
     assert_stylesheets_loaded(&browser).await;
@@ -132,22 +159,6 @@ async fn shell_behaviours_work_in_chromium() {
         Value::Bool(true),
         "Font Awesome's webfont loads from /static"
     );
-
-    // The flash message becomes a toast, its markup shown as text.
-    let flash_toast = browser
-        .text(".ds-toasts .toast.show:not(.showing)[data-level=success]")
-        .await;
-    assert!(
-        flash_toast.contains("Saved <b>nova</b>"),
-        "toast: {flash_toast}"
-    );
-    browser
-        .eval("window.dynserv.toast('Heads up', '<i>body</i>', 'error');")
-        .await;
-    let error_toast = browser
-        .text(".ds-toasts .toast.show:not(.showing)[data-level=danger]")
-        .await;
-    assert!(error_toast.contains("Heads up") && error_toast.contains("<i>body</i>"));
 
     // Live search: rows filter by text and by data-search, with a "no match" row.
     browser.fill("#search", "168.119").await;
@@ -300,17 +311,15 @@ async fn log_viewer_follows_reconnects_and_ends() {
     assert_eq!(browser.text("[data-log-count]").await, "5 lines");
     assert_eq!(browser.text("[data-exec-status]").await, "succeeded");
     assert_eq!(browser.text("[data-exec-exit]").await, "0");
-    let toast = browser
-        .text(".ds-toasts .toast.show:not(.showing)[data-level=success]")
-        .await;
-    assert!(
+    eventually(Duration::from_secs(5), "the end toast", || async {
         browser
             .texts(".ds-toasts .toast")
             .await
             .iter()
-            .any(|text| text.contains("Execution succeeded")),
-        "an end toast appears (first toast: {toast})"
-    );
+            .any(|text| text.contains("Execution succeeded") && text.contains("Exit code 0"))
+            .then_some(())
+    })
+    .await;
     assert!(browser
         .eval("return document.querySelector('[data-log-follow]').checked;")
         .await
@@ -319,6 +328,27 @@ async fn log_viewer_follows_reconnects_and_ends() {
     browser
         .screenshot(&fixture.artifact("log-viewer.png"))
         .await;
+
+    // Follow: new lines keep the view at the end; scrolling up pauses following and new
+    // lines then leave the view where the reader put it; the end resumes it.
+    let follow = browser
+        .eval(
+            "const viewer = window.dynserv.logViewers[0];\
+             const body = document.querySelector('#log [data-log-body]');\
+             const more = (from) => { for (let i = 0; i < 200; i++) \
+               viewer.handle({seq: from + i, stream: 'stdout', data: 'more ' + i + '\\n'}); \
+               viewer.flush(); };\
+             const atEnd = () => body.scrollHeight - body.scrollTop - body.clientHeight < 24;\
+             const follow = () => document.querySelector('#log [data-log-follow]').checked;\
+             more(100); const followed = atEnd();\
+             body.scrollTop = 0; body.dispatchEvent(new Event('scroll'));\
+             const paused = !follow();\
+             more(300); const stayed = body.scrollTop === 0;\
+             body.scrollTop = body.scrollHeight; body.dispatchEvent(new Event('scroll'));\
+             return [followed, paused, stayed, follow()];",
+        )
+        .await;
+    assert_eq!(follow, json!([true, true, true, true]));
 }
 
 // ---- helpers ----------------------------------------------------------------------

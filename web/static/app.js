@@ -552,7 +552,6 @@
     this.open = { stdout: null, stderr: null };
     this.pending = [];
     this.flushScheduled = false;
-    this.programmaticScroll = false;
     this.build();
     this.connect();
   }
@@ -624,11 +623,9 @@
     this.body.tabIndex = 0;
     this.emptyNode = el("div", "log-empty", "Waiting for output\u2026");
     this.body.appendChild(this.emptyNode);
+    // Scrolling up pauses following; scrolling back to the end resumes it. A scroll
+    // to the end made by the viewer itself leaves following on.
     this.body.addEventListener("scroll", function () {
-      if (self.programmaticScroll) {
-        self.programmaticScroll = false;
-        return;
-      }
       var atEnd = self.body.scrollHeight - self.body.scrollTop - self.body.clientHeight < 24;
       if (atEnd !== self.follow) {
         self.follow = atEnd;
@@ -659,6 +656,7 @@
       return;
     }
     this.socket = socket;
+    socket.binaryType = "arraybuffer";
     socket.onopen = function () {
       self.retries = 0;
       self.setState("live", "live");
@@ -666,7 +664,8 @@
     socket.onmessage = function (event) {
       var frame;
       try {
-        frame = JSON.parse(event.data);
+        var text = typeof event.data === "string" ? event.data : new TextDecoder().decode(event.data);
+        frame = JSON.parse(text);
       } catch (error) {
         return;
       }
@@ -799,7 +798,6 @@
   };
 
   LogViewer.prototype.scrollToEnd = function () {
-    this.programmaticScroll = true;
     this.body.scrollTop = this.body.scrollHeight;
   };
 
