@@ -77,12 +77,44 @@ will fail. Install Docker Engine (Debian: apt-get install docker.io) and start i
     fi
 fi
 
+# ---- busybox-static and the Docker test image (compose backup tests) ------------------
+
+# No image can be pulled: the compose tests run an image imported from a static
+# busybox root file system (packaging/test-image.sh).
+if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+    say "installing busybox-static from Debian (Docker test image)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+        install -y --no-install-recommends busybox-static
+fi
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || {
+    say "installing docker-compose from Debian (compose backup tests)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+        install -y --no-install-recommends docker-compose
+}
+if docker info >/dev/null 2>&1; then
+    packaging/test-image.sh || warn "building the Docker test image failed"
+fi
+
 # ---- cargo-nextest -------------------------------------------------------------------
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     say "installing cargo-nextest from crates.io (once; takes a few minutes)"
     cargo install --locked cargo-nextest
 fi
+
+# ---- one TLS stack -------------------------------------------------------------------
+
+# The workspace uses rustls with ring only; a dependency that brings OpenSSL or aws-lc
+# (often through a crate's default TLS feature) fails the run here, before the build.
+for crate in openssl-sys aws-lc-sys; do
+    if cargo tree --workspace --target all --invert "$crate" >/dev/null 2>&1; then
+        warn "$crate is in the dependency tree; turn off the default features that pull it:"
+        cargo tree --workspace --target all --invert "$crate" | head -n 30 >&2
+        exit 1
+    fi
+done
+say "dependency tree: no OpenSSL, no aws-lc"
 
 # ---- build once, then run everything -------------------------------------------------
 
