@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod hetzner;
 pub mod executions;
 pub mod fleet;
 pub mod metrics;
@@ -52,6 +53,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     if app.fleet.demo_agent_wanted() {
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
+    tokio::spawn(hetzner::sync::scheduler(app.clone(), wait_for(stop_rx.clone())));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -10,6 +10,8 @@ pub mod fleet_api;
 pub mod fleet_pages;
 pub mod pages;
 pub mod render;
+pub mod hetzner_api;
+pub mod hetzner_pages;
 pub mod router;
 pub mod ws;
 

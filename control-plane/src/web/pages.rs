@@ -470,6 +470,8 @@ pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         req,
         ctx,
         "projects",
+    let mut data = data;
+    data["hetzner"] = super::hetzner_pages::server_panel(app, ctx, &server)?;
         "Projects",
         json!({"projects": rows, "can_create": policy::can(&ctx.subject, Action::CreateProject, None)}),
     )
@@ -537,6 +539,9 @@ pub fn project_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
             });
             (
                 json!({"project": ProjectView::from(&project), "values": values, "errors": {}, "error": null}),
+    let mut data = data;
+    let project_id = data["project"]["id"].as_str().unwrap_or("").to_string();
+    data["hetzner"] = super::hetzner_pages::project_panel(app, ctx, &project_id)?;
                 format!("Edit {}", project.name),
             )
         }

@@ -4,7 +4,9 @@
 
 use warp::http::{Method, StatusCode};
 
-use super::{api, assets, fleet_api, fleet_pages, pages, Req, Resp};
+use super::{
+    api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, Req, Resp,
+};
 use crate::app::App;
 use crate::error::AppError;
 
@@ -24,6 +26,7 @@ pub async fn dispatch(app: &App, req: &Req) -> Resp {
         (&Method::GET, ["static", ..]) => return assets::serve(req, &req.path["/static/".len()..]),
         (&Method::GET, ["login"]) => return pages::login_form(app, req, None),
         (&Method::POST, ["login"]) => return pages::login(app, req).await,
+        (&Method::GET, ["download", "dynserv-agent"]) => return hetzner_pages::download_agent().await,
         _ => {}
     }
     if let ["api", "v1", rest @ ..] = segments.as_slice() {
@@ -53,6 +56,13 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["projects", id]) => api::project(app, &ctx, id),
         (&Method::PUT, ["projects", id]) => api::update_project(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "access"]) => api::grant_access(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "sync"]) => hetzner_api::sync_project(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "costs"]) => hetzner_api::costs(app, &ctx, id),
+        (&Method::POST, ["servers", id, "power"]) => hetzner_api::power(app, req, &ctx, id).await,
+        (&Method::GET, ["servers", id, "actions"]) => hetzner_api::actions(app, &ctx, id),
+        (&Method::GET, ["servers", id, "actions", action_id]) => {
+            hetzner_api::action(app, &ctx, id, action_id)
+        }
         (&Method::DELETE, ["projects", id, "access", username]) => {
             api::revoke_access(app, req, &ctx, id, username)
         }
@@ -118,6 +128,8 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
         (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "sync"]) => hetzner_pages::sync(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "power"]) => hetzner_pages::power(app, req, &ctx, id).await,
         (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => fleet_pages::cancel_page(app, req, &ctx, id),

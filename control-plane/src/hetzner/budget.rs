@@ -1,0 +1,203 @@
+//! Project costs against budgets: this month's cost (the monthly prices of the
+//! project's servers that are not deleted), one snapshot per project and month for the
+//! trend, and warnings at 80 % and 100 % of the budget, each raised once per project,
+//! threshold and month.
+//!
+//! Tables: `cost_snapshots` (`project_id/YYYY-MM`), `budget_alerts`
+//! (`project_id/YYYY-MM/PERCENT`).
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{self, Actor};
+use crate::projects::Project;
+use crate::servers::Server;
+use crate::store::{Read, Record, Writer};
+
+/// The thresholds that raise a warning, in percent of the budget.
+pub const THRESHOLDS: [u32; 2] = [80, 100];
+
+/// A project's cost in one month, as last seen.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CostSnapshot {
+    /// `project_id/YYYY-MM`.
+    pub id: String,
+    pub project_id: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    pub cost: f64,
+    pub budget: Option<f64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Record for CostSnapshot {
+    const TABLE: &'static str = "cost_snapshots";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A budget warning that was raised.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BudgetAlert {
+    /// `project_id/YYYY-MM/PERCENT`.
+    pub id: String,
+    pub project_id: String,
+    pub month: String,
+    pub threshold: u32,
+    pub cost: f64,
+    pub budget: f64,
+    pub at: DateTime<Utc>,
+}
+
+impl Record for BudgetAlert {
+    const TABLE: &'static str = "budget_alerts";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// `YYYY-MM` of a time.
+pub fn month_of(t: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}", t.year(), t.month())
+}
+
+/// The thresholds a cost has reached against a budget; none without a positive budget.
+pub fn thresholds_reached(cost: f64, budget: Option<f64>) -> Vec<u32> {
+    match budget.filter(|b| *b > 0.0) {
+        None => Vec::new(),
+        Some(b) => THRESHOLDS
+            .iter()
+            .copied()
+            .filter(|t| cost >= b * f64::from(*t) / 100.0 - 1e-9)
+            .collect(),
+    }
+}
+
+/// Percent of the budget used, rounded; `None` without a positive budget.
+pub fn percent_used(cost: f64, budget: Option<f64>) -> Option<f64> {
+    budget
+        .filter(|b| *b > 0.0)
+        .map(|b| (cost / b * 100.0).round())
+}
+
+/// The monthly cost of a project's servers that are not deleted.
+pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
+    let cost: f64 = r
+        .list::<Server>()?
+        .iter()
+        .filter(|s| s.project_id == project_id && s.status != "deleted")
+        .filter_map(|s| s.monthly_cost)
+        .sum();
+    Ok((cost * 100.0).round() / 100.0)
+}
+
+/// Updates this month's snapshot of a project and raises the warnings newly reached;
+/// answers those. Warnings go to the admins' notifications when that module exists,
+/// and always to the audit log.
+pub fn record(
+    w: &mut Writer,
+    project: &Project,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<BudgetAlert>> {
+    let month = month_of(now);
+    let cost = project_cost(w, &project.id)?;
+    w.put(&CostSnapshot {
+        id: format!("{}/{month}", project.id),
+        project_id: project.id.clone(),
+        month: month.clone(),
+        cost,
+        budget: project.budget_monthly,
+        updated_at: now,
+    })?;
+    let mut raised = Vec::new();
+    for threshold in thresholds_reached(cost, project.budget_monthly) {
+        let id = format!("{}/{month}/{threshold}", project.id);
+        if w.get::<BudgetAlert>(&id)?.is_some() {
+            continue;
+        }
+        let budget = project.budget_monthly.unwrap_or_default();
+        let alert = BudgetAlert {
+            id,
+            project_id: project.id.clone(),
+            month: month.clone(),
+            threshold,
+            cost,
+            budget,
+            at: now,
+        };
+        w.put(&alert)?;
+        let text = if threshold >= 100 {
+            format!(
+                "{} is over its monthly budget: €{cost:.2} of €{budget:.2}",
+                project.name
+            )
+        } else {
+            format!(
+                "{} has used {threshold} % of its monthly budget: €{cost:.2} of €{budget:.2}",
+                project.name
+            )
+        };
+        audit::record(
+            w,
+            &Actor::system(),
+            "budget.warning",
+            &format!("project:{}", project.name),
+            text,
+        )?;
+        raised.push(alert);
+    }
+    Ok(raised)
+}
+
+/// The project's cost in the last `months` months that have a snapshot, oldest first.
+pub fn trend(r: &impl Read, project_id: &str, months: usize) -> anyhow::Result<Vec<CostSnapshot>> {
+    let mut snapshots: Vec<CostSnapshot> = r
+        .list::<CostSnapshot>()?
+        .into_iter()
+        .filter(|s| s.project_id == project_id)
+        .collect();
+    snapshots.sort_by(|a, b| a.month.cmp(&b.month));
+    let skip = snapshots.len().saturating_sub(months);
+    Ok(snapshots.split_off(skip))
+}
+
+/// The warnings raised for a project this month.
+pub fn alerts_this_month(
+    r: &impl Read,
+    project_id: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<BudgetAlert>> {
+    let month = month_of(now);
+    Ok(r.list::<BudgetAlert>()?
+        .into_iter()
+        .filter(|a| a.project_id == project_id && a.month == month)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 80 % and 100 % are reached at exactly those shares of the budget, and never
+    /// without a budget.
+    #[test]
+    fn thresholds() {
+        assert_eq!(thresholds_reached(79.99, Some(100.0)), Vec::<u32>::new());
+        assert_eq!(thresholds_reached(80.0, Some(100.0)), vec![80]);
+        assert_eq!(thresholds_reached(99.0, Some(100.0)), vec![80]);
+        assert_eq!(thresholds_reached(100.0, Some(100.0)), vec![80, 100]);
+        assert_eq!(thresholds_reached(500.0, None), Vec::<u32>::new());
+        assert_eq!(thresholds_reached(500.0, Some(0.0)), Vec::<u32>::new());
+        assert_eq!(percent_used(30.0, Some(40.0)), Some(75.0));
+    }
+
+    /// Months are named `YYYY-MM`, so they sort in time order.
+    #[test]
+    fn month_names() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-03-31T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(month_of(t), "2026-03");
+    }
+}

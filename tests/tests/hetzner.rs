@@ -1,0 +1,396 @@
+//! Hetzner Cloud end to end: the real `dynserv` against the Hetzner simulator
+//! (`tests/hetzner-sim`, run in-process): sync with paging and a rate limit in the
+//! middle, an invalid token, power actions, budget warnings, the agent download.
+
+use std::time::Duration;
+
+use dynserv_hetzner_sim::{BootConfig, Fault, FaultKind, NewServer, SimConfig, Simulator};
+use dynserv_tests::{eventually, Api, ControlPlane};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn simulator(boot_dir: Option<&std::path::Path>) -> Simulator {
+    Simulator::start(SimConfig {
+        action_duration: Duration::from_millis(600),
+        boot: BootConfig {
+            work_dir: boot_dir.map(|d| d.to_path_buf()),
+            agent_binary: None,
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("the simulator starts")
+}
+
+async fn control_plane(sim: &Simulator) -> ControlPlane {
+    ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        // Only on-demand syncs: the tests count requests.
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await
+}
+
+/// Creates a project with a Hetzner token and a budget; answers its id.
+async fn project(api: &Api, name: &str, token: &str, budget: Option<f64>) -> String {
+    let mut body = json!({"name": name, "hetzner_token": token});
+    if let Some(b) = budget {
+        body["budget_monthly"] = json!(b);
+    }
+    let (status, created) = api.post("/api/v1/projects", &body).await;
+    assert_eq!(status, 201, "{created}");
+    assert!(
+        created.get("hetzner_token").is_none(),
+        "the token is never returned"
+    );
+    created["id"].as_str().expect("project id").to_string()
+}
+
+/// Asks for a sync (202) and waits until its outcome is recorded; answers `last_sync`.
+async fn sync(api: &Api, project_id: &str) -> Value {
+    let (_, before) = api.get(&format!("/api/v1/projects/{project_id}")).await;
+    let before = before["last_sync"].clone();
+    let (status, body) = api
+        .post_empty(&format!("/api/v1/projects/{project_id}/sync"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(WAIT, "the sync's outcome", || async {
+        let (_, p) = api.get(&format!("/api/v1/projects/{project_id}")).await;
+        (p["last_sync"] != before && !p["last_sync"].is_null()).then(|| p["last_sync"].clone())
+    })
+    .await
+}
+
+async fn servers_of(api: &Api, project_name: &str) -> Vec<Value> {
+    let (status, list) = api.get("/api/v1/servers").await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter(|s| s["project"] == project_name)
+        .cloned()
+        .collect()
+}
+
+/// 120 servers arrive over three pages of 50 although Hetzner answers one page with
+/// 429; deleted servers are marked, not dropped; a server we already knew by name (and
+/// one whose agent enrolled first) stays one server.
+#[tokio::test]
+async fn sync_pages_through_120_servers_and_a_rate_limit() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-big");
+    sim.add_servers("tok-big", 120, "web");
+    sim.inject(Fault {
+        skip: 1,
+        times: 1,
+        path_prefix: Some("/v1/servers".into()),
+        kind: FaultKind::RateLimit,
+    });
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Bigco", "tok-big", None).await;
+    let last = sync(&admin, &id).await;
+    assert_eq!(last["ok"], true, "{last}");
+
+    let servers = servers_of(&admin, "Bigco").await;
+    assert_eq!(servers.len(), 120);
+    let web7 = servers
+        .iter()
+        .find(|s| s["name"] == "web-007")
+        .expect("web-007");
+    let at_sim = sim
+        .servers("tok-big")
+        .into_iter()
+        .find(|s| s.name == "web-007")
+        .expect("at the simulator");
+    assert_eq!(web7["status"], "running");
+    assert_eq!(web7["server_type"], at_sim.server_type.as_str());
+    assert_eq!(web7["location"], at_sim.location.as_str());
+    assert_eq!(
+        (at_sim.server_type.as_str(), at_sim.location.as_str()),
+        ("cpx31", "ash")
+    );
+    assert_eq!(web7["hetzner_id"], at_sim.id);
+    assert_eq!(
+        web7["ipv4"],
+        format!("198.18.{}.{}", at_sim.id / 256 % 256, at_sim.id % 256)
+    );
+    assert!(web7["ipv6"].as_str().unwrap().starts_with("2001:db8:"));
+    assert_eq!(web7["labels"]["index"], "7");
+    // cpx31 in Ashburn: 14.10 net, 16.78 gross a month (Falkenstein would be 15.59).
+    assert_eq!(web7["monthly_cost"], 16.78);
+    assert!(web7["created_at"].as_str().is_some());
+
+    let pages: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/v1/servers")
+        .collect();
+    assert!(
+        pages.iter().all(|r| r.query.contains("per_page=50")),
+        "{pages:?}"
+    );
+    assert_eq!(pages.iter().filter(|r| r.status == 429).count(), 1);
+    assert_eq!(pages.iter().filter(|r| r.status == 200).count(), 3);
+
+    // Deleted at Hetzner: marked, kept. A new one appears.
+    let gone = sim.servers("tok-big")[0].clone();
+    sim.delete_server(gone.id);
+    sim.add_server(
+        "tok-big",
+        NewServer {
+            name: "db-1".into(),
+            server_type: Some("ccx13".into()),
+            location: Some("nbg1".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let servers = servers_of(&admin, "Bigco").await;
+    assert_eq!(servers.len(), 121);
+    let marked = servers.iter().find(|s| s["name"] == gone.name).unwrap();
+    assert_eq!(marked["status"], "deleted");
+    assert!(servers.iter().any(|s| s["name"] == "db-1"));
+
+    // The demo's nova-hr-web-01 is known by name before Nova HR gets a token.
+    sim.add_project("tok-nova");
+    sim.add_server(
+        "tok-nova",
+        NewServer {
+            name: "nova-hr-web-01".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (_, nova) = admin.get("/api/v1/projects/Nova%20HR").await;
+    let nova_id = nova["id"].as_str().unwrap().to_string();
+    let (status, body) = admin
+        .put(
+            &format!("/api/v1/projects/{nova_id}"),
+            &json!({"hetzner_token": "tok-nova"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sync(&admin, &nova_id).await["ok"], true);
+    let nova_servers = servers_of(&admin, "Nova HR").await;
+    let named: Vec<_> = nova_servers
+        .iter()
+        .filter(|s| s["name"] == "nova-hr-web-01")
+        .collect();
+    assert_eq!(named.len(), 1, "{nova_servers:?}");
+    assert!(named[0]["hetzner_id"].is_i64());
+}
+
+/// A token Hetzner refuses: the sync fails with Hetzner's own message, in the API and
+/// on the project page.
+#[tokio::test]
+async fn invalid_token_shows_hetzners_message() {
+    let sim = simulator(None).await;
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Wrongco", "not-a-real-token", None).await;
+    let last = sync(&admin, &id).await;
+    assert_eq!(last["ok"], false, "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(error.contains("unable to authenticate"), "{error}");
+    let (status, page) = admin.get_text(&format!("/projects/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("unable to authenticate"), "{page}");
+    assert!(page.contains("data-last-sync=\"failed\""));
+    // Nothing was retried: a refused token is final.
+    assert_eq!(sim.requests().iter().filter(|r| r.status == 401).count(), 1);
+}
+
+/// Power off and on: 202 with Hetzner's action id, the action reaches success and the
+/// server's status follows; read-only users may not, a locked server answers with
+/// Hetzner's message.
+#[tokio::test]
+async fn power_actions_reach_success() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-power");
+    let ids = sim.add_servers("tok-power", 2, "app");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Powerco", "tok-power", None).await;
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let servers = servers_of(&admin, "Powerco").await;
+    let server = servers.iter().find(|s| s["hetzner_id"] == ids[0]).unwrap();
+    let server_id = server["id"].as_str().unwrap();
+
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweroff"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let action_id = body["action_id"].as_i64().expect("action_id");
+    let (status, running) = admin
+        .get(&format!("/api/v1/servers/{server_id}/actions/{action_id}"))
+        .await;
+    assert_eq!(status, 200, "{running}");
+    assert_eq!(running["command"], "stop_server");
+    eventually(WAIT, "the poweroff action succeeds", || async {
+        let (_, a) = admin
+            .get(&format!("/api/v1/servers/{server_id}/actions/{action_id}"))
+            .await;
+        (a["status"] == "success").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the server is off", || async {
+        let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+        (s["status"] == "off").then_some(())
+    })
+    .await;
+    let (status, page) = admin.get_text(&format!("/servers/{server_id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-confirm="), "power forms ask first");
+    assert!(page.contains(&format!("data-action-id=\"{action_id}\"")));
+
+    // A technical user with read access may look, not press.
+    cp.add_user("tess", "technical", false, "tess-password-1");
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/projects/{id}/access"),
+            &json!({"username": "tess", "level": "read"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let tess = cp.api_as("tess");
+    let (status, _) = tess
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweron"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    admin
+        .post(
+            &format!("/api/v1/projects/{id}/access"),
+            &json!({"username": "tess", "level": "write"}),
+        )
+        .await;
+    let (status, body) = tess
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweron"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(WAIT, "the server runs again", || async {
+        let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+        (s["status"] == "running").then_some(())
+    })
+    .await;
+
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "explode"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    sim.set_locked(ids[0], true);
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "reboot"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("locked"), "{body}");
+}
+
+/// Costs against the budget: one warning at 80 % and one at 100 % per month, shown
+/// on the project page, with this month in the trend.
+#[tokio::test]
+async fn budget_warnings_once_per_threshold() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-budget");
+    let two = NewServer {
+        server_type: Some("cx22".into()),
+        location: Some("fsn1".into()),
+        ..Default::default()
+    };
+    for name in ["b-1", "b-2"] {
+        sim.add_server(
+            "tok-budget",
+            NewServer {
+                name: name.into(),
+                ..two.clone()
+            },
+        )
+        .unwrap();
+    }
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    // cx22 in fsn1 is 4.51 a month: two are 9.02 of 10 (90 %).
+    let id = project(&admin, "Budgetco", "tok-budget", Some(10.0)).await;
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let (status, costs) = admin.get(&format!("/api/v1/projects/{id}/costs")).await;
+    assert_eq!(status, 200, "{costs}");
+    assert_eq!(costs["cost"], 9.02);
+    assert_eq!(costs["percent"], 90.0);
+    assert_eq!(costs["level"], "warning");
+    assert_eq!(costs["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(costs["alerts"][0]["threshold"], 80);
+    assert_eq!(costs["trend"].as_array().unwrap().len(), 1);
+
+    let warnings = |admin: Api| async move {
+        let (_, entries) = admin.get("/api/v1/audit?q=budget.warning").await;
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["target"] == "project:Budgetco")
+            .count()
+    };
+    assert_eq!(warnings(admin.clone()).await, 1);
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    assert_eq!(warnings(admin.clone()).await, 1, "80 % is told once");
+
+    sim.add_server(
+        "tok-budget",
+        NewServer {
+            name: "b-3".into(),
+            ..two.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let (_, costs) = admin.get(&format!("/api/v1/projects/{id}/costs")).await;
+    assert_eq!(costs["level"], "danger");
+    assert_eq!(costs["alerts"].as_array().unwrap().len(), 2);
+    assert_eq!(warnings(admin.clone()).await, 2);
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    assert_eq!(warnings(admin.clone()).await, 2, "100 % is told once");
+
+    let (status, page) = admin.get_text(&format!("/projects/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-budget-warning=\"100\""), "{page}");
+    assert!(page.contains("data-cost-trend"));
+}
+
+/// New servers fetch the agent from the control plane: the download is the agent
+/// binary next to `dynserv`, without credentials.
+#[tokio::test]
+async fn agent_download_serves_the_agent_binary() {
+    let sim = simulator(None).await;
+    let cp = control_plane(&sim).await;
+    let response = cp
+        .api()
+        .http()
+        .get(format!("{}/download/dynserv-agent", cp.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.unwrap();
+    let expected = std::fs::read(dynserv_tests::agent_binary()).unwrap();
+    assert_eq!(bytes.len(), expected.len());
+    assert!(bytes == expected);
+}
