@@ -373,6 +373,8 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
                 argv.push(format!("{k}={v}"));
             }
         }
+        // Backups, restores and updates run as the agent's own subcommands.
+        other => argv.extend(crate::compose::job_argv(other, dir)?),
     }
     let stdout = File::create(stream_path(dir, OutputStream::Stdout))?;
     let stderr = File::create(stream_path(dir, OutputStream::Stderr))?;

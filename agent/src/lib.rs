@@ -3,8 +3,10 @@
 //! ([`facts`]) and reconnect backoff ([`backoff`]).
 
 pub mod backoff;
+pub mod compose;
 pub mod connection;
 pub mod facts;
 pub mod jobs;
 pub mod playbook;
 pub mod spool;
+pub mod update;

@@ -42,6 +42,14 @@ enum Command {
     },
     /// Runs an Ansible playbook locally with the native runtime (exit 0 ok, 2 failed task, 1 invalid).
     Playbook(dynserv_agent::playbook::PlaybookArgs),
+    /// Backs up a Docker Compose service's database through the Docker API (used by backup jobs).
+    ComposeBackup(dynserv_agent::compose::BackupArgs),
+    /// Recomputes a kept backup's sha256 and compares it with the recorded one.
+    ComposeVerify(dynserv_agent::compose::VerifyArgs),
+    /// Restores a kept backup into a Docker Compose service (used by restore jobs).
+    ComposeRestore(dynserv_agent::compose::RestoreArgs),
+    /// Upgrades the system's packages non-interactively (apt, dnf or apk).
+    SystemUpdate(dynserv_agent::update::UpdateArgs),
 }
 
 fn init_tracing() {
@@ -84,6 +92,19 @@ fn main() -> ExitCode {
             let code = dynserv_agent::playbook::cli_main(args);
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
+        // Backups, restores and updates print their own lines and result.
+        Command::ComposeBackup(args) => {
+            return ExitCode::from(dynserv_agent::compose::backup_main(args) as u8)
+        }
+        Command::ComposeVerify(args) => {
+            return ExitCode::from(dynserv_agent::compose::verify_main(args) as u8)
+        }
+        Command::ComposeRestore(args) => {
+            return ExitCode::from(dynserv_agent::compose::restore_main(args) as u8)
+        }
+        Command::SystemUpdate(args) => {
+            return ExitCode::from(dynserv_agent::update::update_main(args) as u8)
+        }
         other => other,
     };
     init_tracing();
@@ -107,7 +128,11 @@ fn main() -> ExitCode {
         Command::Run { state_dir } => runtime()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(connection::run(state_dir, shutdown_signal()))),
-        Command::Playbook(_) => unreachable!("handled above"),
+        Command::Playbook(_)
+        | Command::ComposeBackup(_)
+        | Command::ComposeVerify(_)
+        | Command::ComposeRestore(_)
+        | Command::SystemUpdate(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -206,6 +206,55 @@ pub enum JobKind {
         /// Check mode: report what would change without changing it.
         check: bool,
     },
+    /// A database backup of a Docker Compose service: the agent runs `command` in the
+    /// service's container through the Docker API and keeps the dump (the file at
+    /// `dump_path` inside the container, or the command's stdout when absent) as
+    /// backup `backup_id`, keeping the newest `keep` backups of that service. The
+    /// job's last stdout line is `DYNSERV-RESULT {json}` with size and sha256.
+    ComposeBackup {
+        /// The backup's id; the dump's name on the agent.
+        backup_id: String,
+        /// The `com.docker.compose.project` label of the container.
+        compose_project: String,
+        /// The `com.docker.compose.service` label of the container.
+        service: String,
+        /// The backup command, run with `/bin/sh -c` inside the container.
+        command: String,
+        /// Where the command leaves its dump inside the container.
+        dump_path: Option<String>,
+        /// How many backups of this service the agent keeps.
+        keep: u32,
+    },
+    /// Recomputes a kept backup's sha256 and compares it with the one recorded.
+    ComposeVerify {
+        /// The backup's id.
+        backup_id: String,
+        /// The Compose project the backup belongs to.
+        compose_project: String,
+        /// The Compose service the backup belongs to.
+        service: String,
+    },
+    /// Restores a kept backup: copies it into the service's container at `dump_path`
+    /// (or feeds it to the command's stdin when absent), then runs `command` there.
+    ComposeRestore {
+        /// The backup's id.
+        backup_id: String,
+        /// The `com.docker.compose.project` label of the container.
+        compose_project: String,
+        /// The `com.docker.compose.service` label of the container.
+        service: String,
+        /// The restore command, run with `/bin/sh -c` inside the container.
+        command: String,
+        /// Where the dump is copied inside the container before the command runs.
+        dump_path: Option<String>,
+    },
+    /// Upgrades the system's packages with its package manager (apt, dnf or apk),
+    /// non-interactively; the job's last stdout line is `DYNSERV-RESULT {json}` with
+    /// the upgraded packages and whether a reboot is required.
+    SystemUpdate {
+        /// Only list what would be upgraded.
+        check: bool,
+    },
 }
 
 /// One job, as sent to the agent.
