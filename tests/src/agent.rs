@@ -174,6 +174,8 @@ impl Agent {
         for key in crate::PRODUCT_ENV {
             command.env_remove(key);
         }
+        // Plain text in the log files, which the harness prints on failure.
+        command.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }

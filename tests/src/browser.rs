@@ -348,10 +348,19 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The client's own close is async; ask chromedriver directly so that it quits
-        // Chromium before chromedriver itself is killed.
+        let failing = std::thread::panicking();
         if let Some(session_id) = self.session_id.take() {
-            delete_session(self.driver_port, &session_id);
+            if failing {
+                self.report_page(&session_id);
+            }
+            // The client's own close is async; ask chromedriver directly so that it
+            // quits Chromium before chromedriver itself is killed.
+            driver_request(
+                self.driver_port,
+                "DELETE",
+                &format!("/session/{session_id}"),
+                None,
+            );
         }
         if let Some(mut child) = self.driver.take() {
             crate::kill_now(&mut child);
@@ -359,10 +368,55 @@ impl Drop for Browser {
         if crate::keep_artifacts() {
             if let Some(root) = self.root.take() {
                 eprintln!(
-                    "--- chromedriver log ---\n{}",
-                    log_tail(&root.path().join("chromedriver.log"), 60)
+                    "--- chromedriver log (tail) ---\n{}",
+                    log_tail(&root.path().join("chromedriver.log"), 30)
                 );
                 eprintln!("kept the browser's temp dir: {}", root.keep().display());
+            }
+        }
+    }
+}
+
+impl Browser {
+    /// For a failing test: prints the page's URL and visible text (so CI logs show what
+    /// the browser saw) and saves `failure.png` in the browser's temp dir.
+    fn report_page(&self, session_id: &str) {
+        let port = self.driver_port;
+        let value = |answer: Option<Vec<u8>>| -> Value {
+            answer
+                .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+                .map(|json| json["value"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let url = value(driver_request(
+            port,
+            "GET",
+            &format!("/session/{session_id}/url"),
+            None,
+        ));
+        let script =
+            json!({"script": "return document.body ? document.body.innerText : '';", "args": []});
+        let text = value(driver_request(
+            port,
+            "POST",
+            &format!("/session/{session_id}/execute/sync"),
+            Some(&script.to_string()),
+        ));
+        let text: String = text.as_str().unwrap_or("").chars().take(4000).collect();
+        eprintln!("--- the browser was at {url} and showed ---\n{text}\n---");
+        let screenshot = value(driver_request(
+            port,
+            "GET",
+            &format!("/session/{session_id}/screenshot"),
+            None,
+        ));
+        if let (Some(png), Some(root)) = (screenshot.as_str(), self.root.as_ref()) {
+            use base64::Engine as _;
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(png) {
+                let path = root.path().join("failure.png");
+                if std::fs::write(&path, bytes).is_ok() {
+                    eprintln!("screenshot of the failure: {}", path.display());
+                }
             }
         }
     }
@@ -441,33 +495,40 @@ async fn wait_for_driver(port: u16, driver: &mut Child, log: &Path) {
     }
 }
 
-/// `DELETE /session/ID` on chromedriver with a blocking socket, for use in `Drop`.
-/// Returns once the whole answer is read (chromedriver has then quit Chromium), without
-/// waiting for chromedriver to close the connection.
-fn delete_session(port: u16, session_id: &str) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+/// One blocking HTTP/1.1 request to chromedriver, for use in `Drop`: answers the body,
+/// or `None` on any failure. Returns as soon as the whole answer is read, without
+/// waiting for chromedriver to close the connection (which it does not do promptly).
+fn driver_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    let body = body.unwrap_or("");
     let request = format!(
-        "DELETE /session/{session_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
     );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return;
-    }
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
-    let mut buffer = [0u8; 4096];
+    let mut buffer = [0u8; 16384];
     loop {
         match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(read) => response.extend_from_slice(&buffer[..read]),
         }
         if http_response_complete(&response) {
-            return;
+            break;
         }
     }
+    let header_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")?;
+    Some(response[header_end + 4..].to_vec())
 }
 
 /// Whether `response` holds a whole HTTP/1.1 answer: headers and a body as long as its

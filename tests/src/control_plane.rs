@@ -276,6 +276,8 @@ impl ControlPlane {
             command.env_remove(key);
         }
         command.env("HETZNER_API_URL", UNREACHABLE_HETZNER);
+        // Plain text in the log files, which the harness prints on failure.
+        command.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
