@@ -155,7 +155,160 @@ pub fn seed(store: &Store, keys: &Keys) -> Result<bool> {
         }
         let nova = projects::find(w, "Nova HR")?.expect("seeded above");
         projects::grant(w, &actor, &nova.id, "sohila", Level::Write)?;
+        seed_business(w)?;
         Ok(())
     })?;
     Ok(true)
+}
+
+/// Demo server requests (one pending, one deployed by hand, one rejected) and client
+/// subscriptions in several currencies, so the business pages start populated.
+fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
+    use crate::requests::{self, Action, NewRequest};
+    use crate::subscriptions::{self, SubscriptionInput};
+    let sales = users::by_username(w, "sales")?.expect("seeded above");
+    let as_sales = Actor {
+        username: "sales".into(),
+        ip: None,
+    };
+    let as_admin = Actor {
+        username: "admin".into(),
+        ip: None,
+    };
+    let request = |client: &str,
+                   email: &str,
+                   purpose: &str,
+                   project: &str,
+                   server_type: &str,
+                   budget: f64| NewRequest {
+        client_name: Some(client.into()),
+        client_email: Some(email.into()),
+        purpose: Some(purpose.into()),
+        project: Some(project.into()),
+        server_type: Some(server_type.into()),
+        location: Some("fsn1".into()),
+        image: Some("ubuntu-22.04".into()),
+        cpu_cores: Some(2),
+        ram_gb: Some(4),
+        disk_gb: Some(40),
+        monthly_budget: Some(budget),
+        notes: None,
+    };
+    requests::create(
+        w,
+        &as_sales,
+        &sales,
+        &request(
+            "Acme Logistics",
+            "it@acme-logistics.example",
+            "Staging for the HR rollout",
+            "Nova HR",
+            "cx21",
+            6.0,
+        ),
+    )?;
+    let deployed = requests::create(
+        w,
+        &as_sales,
+        &sales,
+        &request(
+            "Blue Nile Pharmacy",
+            "ops@bluenile.example",
+            "ERPNext for 3 branches",
+            "Frappe ERP",
+            "cx31",
+            11.0,
+        ),
+    )?;
+    requests::transition(
+        w,
+        &as_admin,
+        &deployed.id,
+        Action::Approve,
+        Some("fits the budget"),
+    )?;
+    requests::transition(
+        w,
+        &as_admin,
+        &deployed.id,
+        Action::MarkDeployed,
+        Some("set up by hand"),
+    )?;
+    let rejected = requests::create(
+        w,
+        &as_sales,
+        &sales,
+        &request(
+            "Delta Games",
+            "dev@delta.example",
+            "Game server farm",
+            "Django Projects",
+            "ccx13",
+            90.0,
+        ),
+    )?;
+    requests::transition(
+        w,
+        &as_admin,
+        &rejected.id,
+        Action::Reject,
+        Some("not a Django project; file it under a new project"),
+    )?;
+
+    let today = chrono::Utc::now().date_naive();
+    let date = |days: i64| (today + chrono::Duration::days(days)).to_string();
+    let server_id = |project: &str, name: &str| -> Result<String> {
+        let project = projects::find(w, project)?.expect("seeded above");
+        Ok(servers::by_name(w, &project.id, name)?
+            .expect("seeded above")
+            .id)
+    };
+    let subs = [
+        (
+            "Acme Logistics",
+            150.0,
+            "EUR",
+            -150,
+            365,
+            true,
+            vec![
+                server_id("Nova HR", "nova-hr-web-01")?,
+                server_id("Nova HR", "nova-hr-api-01")?,
+            ],
+        ),
+        (
+            "Blue Nile Pharmacy",
+            2500.0,
+            "EGP",
+            -60,
+            20,
+            false,
+            vec![server_id("Frappe ERP", "frappe-erp-app-01")?],
+        ),
+        (
+            "Globex",
+            30.0,
+            "USD",
+            -200,
+            165,
+            true,
+            vec![server_id("Django Projects", "django-api-01")?],
+        ),
+    ];
+    for (client, cost, currency, start, end, auto_renew, server_ids) in subs {
+        let input = SubscriptionInput {
+            client: Some(client.into()),
+            server_ids: Some(server_ids),
+            monthly_cost: Some(cost),
+            currency: Some(currency.into()),
+            starts_on: Some(date(start)),
+            hosting_until: Some(date(end)),
+            auto_renew: Some(auto_renew),
+            renewal_months: Some(12),
+            sales_agent: None,
+            notes: None,
+        };
+        subscriptions::create(w, &as_sales, &sales, &input)?;
+    }
+    Ok(())
 }

@@ -14,11 +14,15 @@ pub mod hetzner;
 pub mod executions;
 pub mod fleet;
 pub mod metrics;
+pub mod notifications;
 pub mod policy;
 pub mod projects;
+pub mod requests;
+pub mod revenue;
 pub mod secrets;
 pub mod servers;
 pub mod store;
+pub mod subscriptions;
 pub mod users;
 pub mod validate;
 pub mod web;
@@ -54,6 +58,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
     tokio::spawn(hetzner::sync::scheduler(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(subscriptions::renewal_job(app.clone(), wait_for(stop_rx.clone())));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod assets;
+pub mod business_api;
+pub mod business_pages;
 pub mod fleet_api;
 pub mod fleet_pages;
 pub mod pages;

@@ -52,6 +52,30 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Requests",
+            href: "/requests",
+            icon: "fa-file-circle-plus",
+            visible: super::business_api::may_see_requests(ctx),
+        },
+        NavItem {
+            label: "Subscriptions",
+            href: "/subscriptions",
+            icon: "fa-file-contract",
+            visible: policy::can(s, Action::ManageSubscriptions, None),
+        },
+        NavItem {
+            label: "Revenue",
+            href: "/revenue",
+            icon: "fa-chart-line",
+            visible: policy::can(s, Action::ViewRevenue, None),
+        },
+        NavItem {
+            label: "Notifications",
+            href: "/notifications",
+            icon: "fa-bell",
+            visible: true,
+        },
+        NavItem {
             label: "Projects",
             href: "/projects",
             icon: "fa-folder-tree",
@@ -121,7 +145,7 @@ pub fn page(
     page_with_status(app, req, ctx, StatusCode::OK, template, title, data)
 }
 
-fn page_with_status(
+pub(crate) fn page_with_status(
     app: &App,
     req: &Req,
     ctx: &Ctx,
@@ -144,7 +168,8 @@ fn page_with_status(
     let flash = flash_of(req);
     let had_flash = !flash.is_null();
     context.insert("flash".into(), flash);
-    context.insert("unread".into(), json!(0));
+    let unread = app.store.read(|r| crate::notifications::unread_count(r, &ctx.user.id));
+    context.insert("unread".into(), json!(unread.unwrap_or(0)));
     let html = app.render.render(template, &Value::Object(context))?;
     let mut resp = super::text(status, html, "text/html; charset=utf-8");
     if had_flash {
@@ -181,7 +206,7 @@ fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()>
 }
 
 /// Reads a posted form and checks its CSRF token.
-fn form(req: &Req, ctx: &Ctx) -> AppResult<Form> {
+pub(crate) fn form(req: &Req, ctx: &Ctx) -> AppResult<Form> {
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     Ok(form)
@@ -197,7 +222,7 @@ fn form_errors(err: &AppError) -> Value {
 
 /// Turns a validation error into a re-rendered form (422); other errors pass through.
 #[allow(clippy::too_many_arguments)]
-fn rerender(
+pub(crate) fn rerender(
     app: &App,
     req: &Req,
     ctx: &Ctx,
@@ -393,6 +418,7 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             data["recent"] = serde_json::to_value(audit::recent(r, None, 8)?)?;
             data["user_count"] = json!(r.count::<User>()?);
         }
+        data["business"] = super::business_pages::dashboard_figures(r, ctx)?;
         Ok(data)
     })?;
     page(app, req, ctx, "dashboard", "Dashboard", data)

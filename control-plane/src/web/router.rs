@@ -71,6 +71,24 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::PUT, ["users", id]) => api::update_user(app, req, &ctx, id).await,
         (&Method::POST, ["users", id, "apitokens"]) => api::create_api_token(app, req, &ctx, id),
         (&Method::GET, ["audit"]) => api::audit(app, req, &ctx),
+        (&Method::GET, ["requests"]) => super::business_api::list_requests(app, req, &ctx),
+        (&Method::POST, ["requests"]) => super::business_api::create_request(app, req, &ctx),
+        (&Method::GET, ["requests", id]) => super::business_api::get_request(app, &ctx, id),
+        (&Method::POST, ["requests", id, step]) => match request_action(step) {
+            Some(action) => super::business_api::move_request(app, req, &ctx, id, action),
+            None => Err(AppError::not_found("endpoint")),
+        },
+        (&Method::GET, ["notifications"]) => super::business_api::notifications(app, req, &ctx),
+        (&Method::GET, ["notifications", "unread"]) => super::business_api::unread(app, &ctx),
+        (&Method::POST, ["notifications", "read_all"]) => super::business_api::mark_all_read(app, &ctx),
+        (&Method::POST, ["notifications", id, "read"]) => super::business_api::mark_read(app, &ctx, id),
+        (&Method::GET, ["subscriptions"]) => super::business_api::list_subscriptions(app, &ctx),
+        (&Method::POST, ["subscriptions"]) => super::business_api::create_subscription(app, req, &ctx),
+        (&Method::GET, ["subscriptions", id]) => super::business_api::get_subscription(app, &ctx, id),
+        (&Method::PUT, ["subscriptions", id]) => {
+            super::business_api::update_subscription(app, req, &ctx, id)
+        }
+        (&Method::GET, ["revenue"]) => super::business_api::revenue(app, req, &ctx),
         // Fleet: agents, enrollment tokens, executions.
         (&Method::GET, ["agents"]) => fleet_api::agents_list(app, &ctx),
         (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
@@ -123,6 +141,37 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["audit"]) => pages::audit(app, req, &ctx),
         // Fleet pages.
         (&Method::GET, ["agents"]) => fleet_pages::agents_page(app, req, &ctx),
+        (&Method::GET, ["requests"]) => super::business_pages::requests_list(app, req, &ctx),
+        (&Method::GET, ["requests", "new"]) => super::business_pages::request_form(app, req, &ctx),
+        (&Method::POST, ["requests", "new"]) => super::business_pages::request_save(app, req, &ctx),
+        (&Method::GET, ["requests", id]) => super::business_pages::request_page(app, req, &ctx, id),
+        (&Method::POST, ["requests", id, step]) => match request_action(step) {
+            Some(action) => super::business_pages::request_move(app, req, &ctx, id, action),
+            None => Err(AppError::not_found("page")),
+        },
+        (&Method::GET, ["notifications"]) => super::business_pages::inbox(app, req, &ctx),
+        (&Method::POST, ["notifications", "read_all"]) => {
+            super::business_pages::read_all_notifications(app, req, &ctx)
+        }
+        (&Method::GET, ["notifications", id]) => super::business_pages::open_notification(app, &ctx, id),
+        (&Method::POST, ["notifications", id, "read"]) => {
+            super::business_pages::read_notification(app, req, &ctx, id)
+        }
+        (&Method::GET, ["subscriptions"]) => super::business_pages::subscriptions_list(app, req, &ctx),
+        (&Method::GET, ["subscriptions", "new"]) => {
+            super::business_pages::subscription_form(app, req, &ctx, None)
+        }
+        (&Method::POST, ["subscriptions", "new"]) => {
+            super::business_pages::subscription_save(app, req, &ctx, None)
+        }
+        (&Method::GET, ["subscriptions", id]) => {
+            super::business_pages::subscription_form(app, req, &ctx, Some(id))
+        }
+        (&Method::POST, ["subscriptions", id]) => {
+            super::business_pages::subscription_save(app, req, &ctx, Some(id))
+        }
+        (&Method::GET, ["revenue"]) => super::business_pages::revenue_page(app, req, &ctx),
+        (&Method::GET, ["revenue", file]) => super::business_pages::revenue_csv(app, &ctx, file),
         (&Method::GET, ["agents", "enroll"]) => fleet_pages::enroll_form(app, req, &ctx),
         (&Method::POST, ["agents", "enroll"]) => fleet_pages::enroll_create(app, req, &ctx),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
@@ -138,5 +187,17 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
     match result {
         Ok(resp) => resp,
         Err(e) => pages::error_page(app, req, Some(&ctx), &e),
+    }
+}
+
+/// The workflow move named by the last segment of `/requests/{id}/{step}`.
+fn request_action(step: &str) -> Option<crate::requests::Action> {
+    use crate::requests::Action;
+    match step {
+        "approve" => Some(Action::Approve),
+        "reject" => Some(Action::Reject),
+        "deployed" => Some(Action::MarkDeployed),
+        "retry" => Some(Action::Retry),
+        _ => None,
     }
 }

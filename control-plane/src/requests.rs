@@ -1,0 +1,1157 @@
+//! Server requests and their approval workflow.
+//!
+//! A sales agent files a [`Request`] for a client; an admin approves or rejects it; an
+//! approved request is provisioned (at Hetzner when its project has a token) and ends
+//! `deployed` when its server's agent enrolls, or `failed` (retry allowed):
+//!
+//! ```text
+//! pending ──approve──► approved ──start_provisioning──► provisioning ──mark_deployed──► deployed
+//!    │                    │                               │    ▲
+//!    └──reject──► rejected └──mark_deployed (admin,       fail  retry
+//!                              project without token)     ▼    │
+//!                                                         failed
+//! ```
+//!
+//! **Invariant:** only [`transition`] changes a request's status, and it asks only the
+//! pure table [`next`]. Every move is appended to the request's `history` (who, when,
+//! note), audited, and announced to the requester and the admins, all in the caller's
+//! write transaction.
+//!
+//! # Hooks for provisioning (the `hetzner` module)
+//!
+//! * After an approval commits, the web layer calls [`approved`], which runs every hook
+//!   registered with [`on_approved`]. The Hetzner provisioner registers one at startup;
+//!   its hook must not block (spawn a task) and moves the request on with
+//!   `transition(w, &Actor::system(), id, Action::StartProvisioning, note)`, later
+//!   `Action::Fail` with Hetzner's message, and records the new server with
+//!   [`attach_server`].
+//! * When the agent enrolled with a token bound to the request connects, the fleet
+//!   calls `transition(w, &Actor::system(), id, Action::MarkDeployed, note)` in the
+//!   enrollment's own transaction.
+//!
+//! What does not live here: creating servers, tokens or cloud-init (hetzner, fleet).
+
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::audit::{self, Actor};
+use crate::error::{AppError, AppResult};
+use crate::notifications::{self, Message};
+use crate::policy::{self, Role, Subject};
+use crate::projects::{self, Project};
+use crate::servers::Server;
+use crate::store::{Read, Record, Writer};
+use crate::users::{self, User};
+use crate::validate;
+
+/// Where a request is in the workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Approved,
+    Provisioning,
+    Deployed,
+    Rejected,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Approved,
+        Status::Provisioning,
+        Status::Deployed,
+        Status::Rejected,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Provisioning => "provisioning",
+            Status::Deployed => "deployed",
+            Status::Rejected => "rejected",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the workflow is over for this request.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Deployed | Status::Rejected)
+    }
+}
+
+/// A move a person or the system asks of the workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// An admin accepts a pending request.
+    Approve,
+    /// An admin turns a pending request down, with a reason.
+    Reject,
+    /// The provisioner (or an admin) starts creating the server at Hetzner.
+    StartProvisioning,
+    /// The server is up: its agent enrolled (system), or an admin says so by hand for a
+    /// project without a Hetzner token.
+    MarkDeployed,
+    /// Provisioning failed.
+    Fail,
+    /// Provisioning is tried again after a failure.
+    Retry,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::Approve,
+        Action::Reject,
+        Action::StartProvisioning,
+        Action::MarkDeployed,
+        Action::Fail,
+        Action::Retry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Reject => "reject",
+            Action::StartProvisioning => "start_provisioning",
+            Action::MarkDeployed => "mark_deployed",
+            Action::Fail => "fail",
+            Action::Retry => "retry",
+        }
+    }
+
+    /// How a step of this action reads in a request's history.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Approve => "approved",
+            Action::Reject => "rejected",
+            Action::StartProvisioning => "started provisioning",
+            Action::MarkDeployed => "marked deployed",
+            Action::Fail => "provisioning failed",
+            Action::Retry => "retried provisioning",
+        }
+    }
+}
+
+/// Who is asking, as the workflow sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    /// An active admin.
+    Admin,
+    /// The control plane itself (provisioner, enrollment).
+    System,
+    /// Anyone else.
+    Other,
+}
+
+/// The facts about the actor and the request's project that the table needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    pub actor: ActorKind,
+    /// The actor filed the request.
+    pub is_requester: bool,
+    /// The request's project has its own Hetzner token.
+    pub project_has_token: bool,
+}
+
+/// The workflow's transition table: the new status of a request in `state` after
+/// `action` by an actor with `facts`, or why the move is forbidden.
+pub fn next(state: Status, action: Action, facts: Facts) -> Result<Status, String> {
+    use ActorKind::{Admin, Other, System};
+    use Status::*;
+    let from = |allowed: &[Status], to: Status, what: &str| {
+        if allowed.contains(&state) {
+            Ok(to)
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            let article = |word: &str| {
+                if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                }
+            };
+            Err(format!(
+                "{} {} request cannot be {what}; only {} {} one can",
+                article(state.as_str()),
+                state.as_str(),
+                article(names[0]),
+                names.join(" or ")
+            ))
+        }
+    };
+    match (action, facts.actor) {
+        (Action::Approve, Admin) if facts.is_requester => {
+            Err("you may not approve your own request; another admin must".into())
+        }
+        (Action::Approve, Admin) => from(&[Pending], Approved, "approved"),
+        (Action::Reject, Admin) => from(&[Pending], Rejected, "rejected"),
+        (Action::Approve | Action::Reject, System | Other) => {
+            Err("only an admin may approve or reject a request".into())
+        }
+        (Action::StartProvisioning | Action::Retry, Admin | System)
+            if !facts.project_has_token =>
+        {
+            Err("the project has no Hetzner token to provision with; an admin marks the request deployed by hand".into())
+        }
+        (Action::StartProvisioning, Admin | System) => {
+            from(&[Approved], Provisioning, "provisioned")
+        }
+        (Action::Retry, Admin | System) => from(&[Failed], Provisioning, "retried"),
+        (Action::Fail, Admin | System) => from(&[Provisioning], Failed, "marked failed"),
+        (Action::MarkDeployed, System) => from(&[Provisioning], Deployed, "marked deployed"),
+        (Action::MarkDeployed, Admin) if facts.project_has_token => Err(
+            "the project has a Hetzner token: the request becomes deployed when its server's agent enrolls".into(),
+        ),
+        (Action::MarkDeployed, Admin) => {
+            from(&[Approved, Provisioning, Failed], Deployed, "marked deployed")
+        }
+        (Action::StartProvisioning | Action::Retry | Action::Fail | Action::MarkDeployed, Other) => {
+            Err("only an admin or the provisioner may move an approved request".into())
+        }
+    }
+}
+
+/// One step of a request's history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Username of who moved it, or `system`.
+    pub by: String,
+    /// `submit` for the first step, else an [`Action`] name.
+    pub action: String,
+    /// How the step reads: "submitted", "approved", …
+    pub label: String,
+    pub from: Option<Status>,
+    pub to: Status,
+    pub note: Option<String>,
+}
+
+/// A server request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub client_name: String,
+    pub client_email: String,
+    pub purpose: String,
+    pub project_id: String,
+    pub server_type: String,
+    pub location: String,
+    pub image: String,
+    pub cpu_cores: Option<u32>,
+    pub ram_gb: Option<u32>,
+    pub disk_gb: Option<u32>,
+    /// Expected monthly cost of the server, EUR.
+    pub monthly_budget: Option<f64>,
+    pub notes: Option<String>,
+    pub status: Status,
+    /// User id of the requester.
+    pub requested_by: String,
+    pub requested_by_name: String,
+    pub history: Vec<Step>,
+    /// The server created for it, once there is one.
+    pub server_id: Option<String>,
+    /// The budget warning shown when it was approved.
+    pub budget_warning: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Record for Request {
+    const TABLE: &'static str = "requests";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A new request as the API and the form send it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    pub client_name: Option<String>,
+    pub client_email: Option<String>,
+    pub purpose: Option<String>,
+    /// Project name or id.
+    pub project: Option<String>,
+    pub server_type: Option<String>,
+    pub location: Option<String>,
+    pub image: Option<String>,
+    pub cpu_cores: Option<u32>,
+    pub ram_gb: Option<u32>,
+    pub disk_gb: Option<u32>,
+    pub monthly_budget: Option<f64>,
+    pub notes: Option<String>,
+}
+
+/// A lower-case identifier such as `cx21`, `fsn1` or `ubuntu-22.04`.
+fn slug(field: &str, value: Option<&str>, max: usize) -> AppResult<String> {
+    let value = validate::required(field, value, max)?.to_lowercase();
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(AppError::invalid(
+            field,
+            format!(
+                "{} may hold letters, digits, '-', '.' and '_' only",
+                validate::human(field)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn amount_in(field: &str, value: Option<u32>, max: u32) -> AppResult<Option<u32>> {
+    match value {
+        Some(v) if v == 0 || v > max => Err(AppError::invalid(
+            field,
+            format!("{} must be between 1 and {max}", validate::human(field)),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Parses a whole number typed into a form field (empty is `None`).
+pub fn count_text(field: &str, value: Option<&str>) -> AppResult<Option<u32>> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            AppError::invalid(
+                field,
+                format!("{} must be a whole number", validate::human(field)),
+            )
+        }),
+    }
+}
+
+/// Validates and files a request by `requester`; announces it to the admins.
+pub fn create(
+    w: &mut Writer,
+    actor: &Actor,
+    requester: &User,
+    input: &NewRequest,
+) -> AppResult<Request> {
+    let client_name = validate::required("client_name", input.client_name.as_deref(), 120)?;
+    let client_email = validate::email("client_email", input.client_email.as_deref())?;
+    let purpose = validate::required("purpose", input.purpose.as_deref(), 300)?;
+    let project_key = validate::required("project", input.project.as_deref(), 120)?;
+    let project = projects::find(w, &project_key)?.ok_or_else(|| {
+        AppError::invalid(
+            "project",
+            format!("there is no project named {project_key}"),
+        )
+    })?;
+    let server_type = slug("server_type", input.server_type.as_deref(), 40)?;
+    let location = slug("location", input.location.as_deref(), 40)?;
+    let image = slug("image", input.image.as_deref(), 80)?;
+    let cpu_cores = amount_in("cpu_cores", input.cpu_cores, 512)?;
+    let ram_gb = amount_in("ram_gb", input.ram_gb, 4096)?;
+    let disk_gb = amount_in("disk_gb", input.disk_gb, 100_000)?;
+    let monthly_budget = validate::money("monthly_budget", input.monthly_budget)?;
+    let notes = validate::optional("notes", input.notes.as_deref(), validate::MAX_TEXT)?;
+    let now = chrono::Utc::now();
+    let request = Request {
+        id: uuid::Uuid::now_v7().to_string(),
+        client_name,
+        client_email,
+        purpose,
+        project_id: project.id.clone(),
+        server_type,
+        location,
+        image,
+        cpu_cores,
+        ram_gb,
+        disk_gb,
+        monthly_budget,
+        notes: notes.clone(),
+        status: Status::Pending,
+        requested_by: requester.id.clone(),
+        requested_by_name: requester.username.clone(),
+        history: vec![Step {
+            at: now,
+            by: actor.username.clone(),
+            action: "submit".into(),
+            label: "submitted".into(),
+            from: None,
+            to: Status::Pending,
+            note: notes,
+        }],
+        server_id: None,
+        budget_warning: None,
+        created_at: now,
+        updated_at: now,
+    };
+    w.put(&request)?;
+    audit::record(
+        w,
+        actor,
+        "request.create",
+        &format!("request:{}", request.id),
+        format!(
+            "{} for {} in {}",
+            request.server_type, request.client_name, project.name
+        ),
+    )?;
+    let admins: Vec<String> = notifications::admin_ids(w)?
+        .into_iter()
+        .filter(|id| *id != requester.id)
+        .collect();
+    notifications::notify(
+        w,
+        &admins,
+        &Message {
+            title: format!(
+                "New server request from {} for {}",
+                requester.username, request.client_name
+            ),
+            body: format!(
+                "{} in {} ({}) awaits approval",
+                request.server_type, project.name, request.location
+            ),
+            link: Some(link(&request.id)),
+            level: "info",
+            subject: format!("request:{}", request.id),
+        },
+    )?;
+    Ok(request)
+}
+
+/// The page of a request.
+pub fn link(request_id: &str) -> String {
+    format!("/requests/{request_id}")
+}
+
+/// The workflow facts for `actor` on `request`.
+pub fn facts_of(r: &impl Read, actor: &Actor, request: &Request) -> anyhow::Result<Facts> {
+    let user = if actor.username == Actor::system().username {
+        None
+    } else {
+        users::by_username(r, &actor.username)?
+    };
+    let kind = match &user {
+        None if actor.username == Actor::system().username => ActorKind::System,
+        Some(u) if u.active && u.role == Role::Admin => ActorKind::Admin,
+        _ => ActorKind::Other,
+    };
+    let project: Option<Project> = r.get(&request.project_id)?;
+    Ok(Facts {
+        actor: kind,
+        is_requester: user.is_some_and(|u| u.id == request.requested_by),
+        project_has_token: project.is_some_and(|p| p.hetzner_token_enc.is_some()),
+    })
+}
+
+/// Moves a request with `action` when the table allows it (409 with the reason when
+/// not), records the step with `note`, audits it and notifies the requester and the
+/// admins (not the actor), all inside `w`. A rejection needs a reason (`note`, 422
+/// naming `reason`). An approval stores a budget warning when the project's monthly
+/// budget would be exceeded.
+pub fn transition(
+    w: &mut Writer,
+    actor: &Actor,
+    request_id: &str,
+    action: Action,
+    note: Option<&str>,
+) -> AppResult<Request> {
+    let mut request: Request = w
+        .get(request_id)?
+        .ok_or_else(|| AppError::not_found("request"))?;
+    let field = if action == Action::Reject {
+        "reason"
+    } else {
+        "note"
+    };
+    let note = validate::optional(field, note, validate::MAX_TEXT)?;
+    if action == Action::Reject && note.is_none() {
+        return Err(AppError::invalid("reason", "a rejection needs a reason"));
+    }
+    let facts = facts_of(w, actor, &request)?;
+    let to = next(request.status, action, facts).map_err(AppError::conflict)?;
+    let from = request.status;
+    let now = chrono::Utc::now();
+    if action == Action::Approve {
+        request.budget_warning = budget_warning(w, &request)?;
+    }
+    request.status = to;
+    request.updated_at = now;
+    request.history.push(Step {
+        at: now,
+        by: actor.username.clone(),
+        action: action.as_str().into(),
+        label: action.label().into(),
+        from: Some(from),
+        to,
+        note: note.clone(),
+    });
+    w.put(&request)?;
+    let mut detail = format!("{} -> {}", from.as_str(), to.as_str());
+    if let Some(n) = &note {
+        detail.push_str(&format!(": {n}"));
+    }
+    audit::record(
+        w,
+        actor,
+        &format!("request.{}", action.as_str()),
+        &format!("request:{}", request.id),
+        detail,
+    )?;
+    announce(w, actor, &request, action, note.as_deref())?;
+    Ok(request)
+}
+
+/// The notification of one move: to the requester and the admins, not the actor.
+fn announce(
+    w: &mut Writer,
+    actor: &Actor,
+    request: &Request,
+    action: Action,
+    note: Option<&str>,
+) -> anyhow::Result<()> {
+    let actor_id = notifications::user_id_of(w, &actor.username)?;
+    let mut recipients = vec![request.requested_by.clone()];
+    recipients.extend(notifications::admin_ids(w)?);
+    recipients.retain(|id| Some(id) != actor_id.as_ref());
+    let level = match action {
+        Action::Approve | Action::MarkDeployed => "success",
+        Action::Reject | Action::Fail => "danger",
+        Action::StartProvisioning | Action::Retry => "info",
+    };
+    let mut body = format!("{} ({})", request.server_type, request.purpose);
+    if let Some(n) = note {
+        body = format!("{}: {n}", actor.username);
+    }
+    if action == Action::Approve {
+        if let Some(warning) = &request.budget_warning {
+            body.push_str(&format!(" — {warning}"));
+        }
+    }
+    notifications::notify(
+        w,
+        &recipients,
+        &Message {
+            title: format!(
+                "Request for {} {} by {}",
+                request.client_name,
+                action.label(),
+                actor.username
+            ),
+            body,
+            link: Some(link(&request.id)),
+            level,
+            subject: format!("request:{}", request.id),
+        },
+    )
+}
+
+/// What the project's servers cost per month (EUR), without deleted ones.
+pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
+    Ok(r.list::<Server>()?
+        .iter()
+        .filter(|s| s.project_id == project_id && s.status != "deleted")
+        .filter_map(|s| s.monthly_cost)
+        .sum())
+}
+
+/// A warning when approving `request` would push its project over its monthly budget:
+/// the servers' monthly cost, plus approved requests not yet deployed, plus this one.
+pub fn budget_warning(r: &impl Read, request: &Request) -> anyhow::Result<Option<String>> {
+    let Some(project) = r.get::<Project>(&request.project_id)? else {
+        return Ok(None);
+    };
+    let Some(budget) = project.budget_monthly.filter(|b| *b > 0.0) else {
+        return Ok(None);
+    };
+    let servers = project_cost(r, &project.id)?;
+    let in_flight: f64 = r
+        .list::<Request>()?
+        .iter()
+        .filter(|o| o.id != request.id && o.project_id == project.id && o.server_id.is_none())
+        .filter(|o| matches!(o.status, Status::Approved | Status::Provisioning))
+        .filter_map(|o| o.monthly_budget)
+        .sum();
+    let total = servers + in_flight + request.monthly_budget.unwrap_or(0.0);
+    if total > budget + 1e-9 {
+        Ok(Some(format!(
+            "this brings {} to €{total:.2} a month, over its budget of €{budget:.2}",
+            project.name
+        )))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Records the server created for a request (by the provisioner).
+pub fn attach_server(
+    w: &mut Writer,
+    actor: &Actor,
+    request_id: &str,
+    server_id: &str,
+) -> AppResult<Request> {
+    let mut request: Request = w
+        .get(request_id)?
+        .ok_or_else(|| AppError::not_found("request"))?;
+    request.server_id = Some(server_id.to_string());
+    request.updated_at = chrono::Utc::now();
+    w.put(&request)?;
+    audit::record(
+        w,
+        actor,
+        "request.attach_server",
+        &format!("request:{}", request.id),
+        format!("server:{server_id}"),
+    )?;
+    Ok(request)
+}
+
+/// The requests a subject may see, newest first: all of them with
+/// `ViewAllRequests`, else their own.
+pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Request>> {
+    let all = policy::can(subject, policy::Action::ViewAllRequests, None);
+    let mut list: Vec<Request> = r
+        .list::<Request>()?
+        .into_iter()
+        .filter(|q| all || q.requested_by == subject.user_id)
+        .collect();
+    list.reverse();
+    Ok(list)
+}
+
+/// One request the subject may see; 404 for unknown, 403 for someone else's.
+pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Request> {
+    let request: Request = r.get(id)?.ok_or_else(|| AppError::not_found("request"))?;
+    if request.requested_by != subject.user_id
+        && !policy::can(subject, policy::Action::ViewAllRequests, None)
+    {
+        return Err(AppError::forbidden());
+    }
+    Ok(request)
+}
+
+// ---- hooks ----
+
+/// Something to run after an approval commits.
+pub type ApprovalHook = Arc<dyn Fn(&App, &Request) + Send + Sync>;
+
+static APPROVAL_HOOKS: RwLock<Vec<ApprovalHook>> = RwLock::new(Vec::new());
+
+/// Registers a hook run after every committed approval (see the module docs). Hooks
+/// must return quickly: spawn a task for slow work.
+pub fn on_approved(hook: impl Fn(&App, &Request) + Send + Sync + 'static) {
+    if let Ok(mut hooks) = APPROVAL_HOOKS.write() {
+        hooks.push(Arc::new(hook));
+    }
+}
+
+/// Runs the approval hooks for a request whose approval has committed.
+pub fn approved(app: &App, request: &Request) {
+    let hooks: Vec<ApprovalHook> = APPROVAL_HOOKS.read().map(|h| h.clone()).unwrap_or_default();
+    for hook in hooks {
+        hook(app, request);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::users::NewUser;
+
+    fn facts(actor: ActorKind, is_requester: bool, project_has_token: bool) -> Facts {
+        Facts {
+            actor,
+            is_requester,
+            project_has_token,
+        }
+    }
+
+    /// The table as a person reads it, written independently of `next`: the allowed
+    /// moves, each with who may make it and what it needs.
+    fn expected(state: Status, action: Action, f: Facts) -> Option<Status> {
+        use ActorKind::*;
+        use Status::*;
+        let admin = f.actor == Admin;
+        let admin_or_system = matches!(f.actor, Admin | System);
+        match (state, action) {
+            (Pending, Action::Approve) if admin && !f.is_requester => Some(Approved),
+            (Pending, Action::Reject) if admin => Some(Rejected),
+            (Approved, Action::StartProvisioning) if admin_or_system && f.project_has_token => {
+                Some(Provisioning)
+            }
+            (Provisioning, Action::Fail) if admin_or_system => Some(Failed),
+            (Failed, Action::Retry) if admin_or_system && f.project_has_token => Some(Provisioning),
+            (Provisioning, Action::MarkDeployed) if f.actor == System => Some(Deployed),
+            (Approved | Provisioning | Failed, Action::MarkDeployed)
+                if admin && !f.project_has_token =>
+            {
+                Some(Deployed)
+            }
+            _ => None,
+        }
+    }
+
+    /// Every state x action x actor kind x requester x token gives the documented
+    /// answer, and every refusal carries a reason a person can read.
+    #[test]
+    fn transition_table() {
+        let mut checked = 0;
+        for state in Status::ALL {
+            for action in Action::ALL {
+                for actor in [ActorKind::Admin, ActorKind::System, ActorKind::Other] {
+                    for is_requester in [false, true] {
+                        for token in [false, true] {
+                            let f = facts(actor, is_requester, token);
+                            let got = next(state, action, f);
+                            let want = expected(state, action, f);
+                            match (&got, want) {
+                                (Ok(to), Some(w)) => assert_eq!(*to, w),
+                                (Err(reason), None) => assert!(reason.len() > 10),
+                                _ => {
+                                    panic!("{state:?} {action:?} {f:?}: got {got:?}, want {want:?}")
+                                }
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 6 * 3 * 2 * 2);
+        // Terminal states accept nothing from anyone.
+        for state in [Status::Deployed, Status::Rejected] {
+            assert!(state.is_final());
+            for action in Action::ALL {
+                assert!(next(state, action, facts(ActorKind::Admin, false, false)).is_err());
+            }
+        }
+    }
+
+    /// The reasons name what is wrong.
+    #[test]
+    fn refusals_explain_themselves() {
+        let own = next(
+            Status::Pending,
+            Action::Approve,
+            facts(ActorKind::Admin, true, false),
+        );
+        assert!(own.unwrap_err().contains("your own request"));
+        let twice = next(
+            Status::Approved,
+            Action::Approve,
+            facts(ActorKind::Admin, false, false),
+        );
+        assert!(twice
+            .unwrap_err()
+            .contains("an approved request cannot be approved"));
+        let sales = next(
+            Status::Pending,
+            Action::Approve,
+            facts(ActorKind::Other, false, false),
+        );
+        assert!(sales.unwrap_err().contains("only an admin"));
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        store: Store,
+        sales: User,
+        admin: User,
+        admin2: User,
+    }
+
+    fn world(token: bool, budget: Option<f64>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let keys = crate::secrets::Keys::from_master(b"test secret");
+        let (sales, admin, admin2) = store
+            .write(|w| {
+                let mut made = Vec::new();
+                for (name, role) in [("sales", "sales"), ("admin", "admin"), ("boss", "admin")] {
+                    let input = NewUser {
+                        username: Some(name.into()),
+                        role: Some(role.into()),
+                        ..Default::default()
+                    };
+                    made.push(users::create(
+                        w,
+                        &Actor::system(),
+                        &input,
+                        Some("x".into()),
+                    )?);
+                }
+                let input = projects::ProjectInput {
+                    name: Some("Nova HR".into()),
+                    budget_monthly: budget,
+                    hetzner_token: token.then(|| "tok".to_string()),
+                    ..Default::default()
+                };
+                let p = projects::create(w, &keys, &Actor::system(), &input)?;
+                let server = crate::servers::NewServer {
+                    name: Some("web".into()),
+                    monthly_cost: Some(50.0),
+                    status: Some("running".into()),
+                    ..Default::default()
+                };
+                crate::servers::create(w, &Actor::system(), &p.id, &server)?;
+                Ok((made.remove(0), made.remove(0), made.remove(0)))
+            })
+            .unwrap();
+        World {
+            _dir: dir,
+            store,
+            sales,
+            admin,
+            admin2,
+        }
+    }
+
+    fn actor(user: &User) -> Actor {
+        Actor {
+            username: user.username.clone(),
+            ip: None,
+        }
+    }
+
+    fn file(world: &World, budget: f64) -> Request {
+        let input = NewRequest {
+            client_name: Some("Acme".into()),
+            client_email: Some("ops@acme.example".into()),
+            purpose: Some("shop".into()),
+            project: Some("nova hr".into()),
+            server_type: Some("CX21".into()),
+            location: Some("fsn1".into()),
+            image: Some("ubuntu-22.04".into()),
+            monthly_budget: Some(budget),
+            ..Default::default()
+        };
+        world
+            .store
+            .write(|w| Ok(create(w, &actor(&world.sales), &world.sales, &input)?))
+            .unwrap()
+    }
+
+    /// Unread notification titles per user: sales, admin, boss.
+    fn inboxes(world: &World) -> [Vec<String>; 3] {
+        world
+            .store
+            .read(|r| {
+                let of = |u: &User| -> anyhow::Result<Vec<String>> {
+                    Ok(notifications::inbox(r, &u.id, true, 100)?
+                        .into_iter()
+                        .map(|n| {
+                            assert!(n.link.as_deref().unwrap().starts_with("/requests/"));
+                            n.title
+                        })
+                        .collect())
+                };
+                Ok([of(&world.sales)?, of(&world.admin)?, of(&world.admin2)?])
+            })
+            .unwrap()
+    }
+
+    fn mark_all(world: &World) {
+        world
+            .store
+            .write(|w| {
+                for u in [&world.sales, &world.admin, &world.admin2] {
+                    notifications::mark_all_read(w, &u.id)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Submission tells the admins; each move tells the requester and the admins but
+    /// not the one who made it, and lands in the history and the audit log.
+    #[test]
+    fn every_move_notifies_records_and_audits() {
+        let world = world(true, None);
+        let request = file(&world, 10.0);
+        assert_eq!(request.server_type, "cx21");
+        let [sales, admin, boss] = inboxes(&world);
+        assert!(
+            sales.is_empty(),
+            "the requester is not told of their own submission"
+        );
+        assert_eq!(admin.len(), 1);
+        assert_eq!(boss.len(), 1);
+        assert!(admin[0].contains("New server request from sales"));
+        mark_all(&world);
+
+        let steps: [(Action, Actor, [usize; 3]); 5] = [
+            (Action::Approve, actor(&world.admin), [1, 0, 1]),
+            (Action::StartProvisioning, Actor::system(), [1, 1, 1]),
+            (Action::Fail, Actor::system(), [1, 1, 1]),
+            (Action::Retry, actor(&world.admin2), [1, 1, 0]),
+            (Action::MarkDeployed, Actor::system(), [1, 1, 1]),
+        ];
+        for (action, who, counts) in steps {
+            world
+                .store
+                .write(|w| Ok(transition(w, &who, &request.id, action, Some("step"))?))
+                .unwrap();
+            let got = inboxes(&world);
+            let lens = [got[0].len(), got[1].len(), got[2].len()];
+            assert_eq!(lens, counts, "{action:?} by {}", who.username);
+            for title in got.iter().flatten() {
+                assert!(title.contains(action.label()), "{title}");
+            }
+            mark_all(&world);
+        }
+        let done: Request = world.store.get(&request.id).unwrap().unwrap();
+        assert_eq!(done.status, Status::Deployed);
+        let labels: Vec<&str> = done.history.iter().map(|s| s.action.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "submit",
+                "approve",
+                "start_provisioning",
+                "fail",
+                "retry",
+                "mark_deployed"
+            ]
+        );
+        assert_eq!(done.history[1].by, "admin");
+        let audit = world
+            .store
+            .read(|r| crate::audit::recent(r, Some("request."), 50))
+            .unwrap();
+        assert_eq!(audit.len(), 6);
+
+        // A rejection of another request tells the requester and the other admin.
+        let second = file(&world, 1.0);
+        mark_all(&world);
+        let missing = world.store.write(|w| {
+            Ok(transition(
+                w,
+                &actor(&world.admin),
+                &second.id,
+                Action::Reject,
+                None,
+            ))
+        });
+        assert_eq!(
+            missing.unwrap().unwrap_err().field.as_deref(),
+            Some("reason")
+        );
+        world
+            .store
+            .write(|w| {
+                Ok(transition(
+                    w,
+                    &actor(&world.admin),
+                    &second.id,
+                    Action::Reject,
+                    Some("too big"),
+                )?)
+            })
+            .unwrap();
+        let [sales, admin, boss] = inboxes(&world);
+        assert_eq!((sales.len(), admin.len(), boss.len()), (1, 0, 1));
+    }
+
+    /// A forbidden move changes nothing and is a conflict with the reason; an admin
+    /// who filed a request cannot approve it.
+    #[test]
+    fn forbidden_moves_change_nothing() {
+        let world = world(false, None);
+        let request = file(&world, 10.0);
+        let sales_try = world.store.write(|w| {
+            Ok(transition(
+                w,
+                &actor(&world.sales),
+                &request.id,
+                Action::Approve,
+                None,
+            ))
+        });
+        let err = sales_try.unwrap().unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::Conflict);
+        let provision = world.store.write(|w| {
+            Ok(transition(
+                w,
+                &Actor::system(),
+                &request.id,
+                Action::StartProvisioning,
+                None,
+            ))
+        });
+        assert!(provision.unwrap().is_err());
+        let unchanged: Request = world.store.get(&request.id).unwrap().unwrap();
+        assert_eq!(unchanged.status, Status::Pending);
+        assert_eq!(unchanged.history.len(), 1);
+
+        // No token: the admin marks it deployed by hand after approval.
+        world
+            .store
+            .write(|w| {
+                Ok(transition(
+                    w,
+                    &actor(&world.admin),
+                    &request.id,
+                    Action::Approve,
+                    None,
+                )?)
+            })
+            .unwrap();
+        let done = world
+            .store
+            .write(|w| {
+                Ok(transition(
+                    w,
+                    &actor(&world.admin),
+                    &request.id,
+                    Action::MarkDeployed,
+                    Some("by hand"),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(done.status, Status::Deployed);
+
+        // An admin's own request needs another admin.
+        let input = NewRequest {
+            client_name: Some("Own".into()),
+            client_email: Some("a@b.co".into()),
+            purpose: Some("x".into()),
+            project: Some("Nova HR".into()),
+            server_type: Some("cx11".into()),
+            location: Some("nbg1".into()),
+            image: Some("debian-12".into()),
+            ..Default::default()
+        };
+        let own = world
+            .store
+            .write(|w| Ok(create(w, &actor(&world.admin), &world.admin, &input)?))
+            .unwrap();
+        let err = world
+            .store
+            .write(|w| {
+                Ok(transition(
+                    w,
+                    &actor(&world.admin),
+                    &own.id,
+                    Action::Approve,
+                    None,
+                ))
+            })
+            .unwrap()
+            .unwrap_err();
+        assert!(err.message.contains("your own request"), "{}", err.message);
+        world
+            .store
+            .write(|w| {
+                Ok(transition(
+                    w,
+                    &actor(&world.admin2),
+                    &own.id,
+                    Action::Approve,
+                    None,
+                )?)
+            })
+            .unwrap();
+    }
+
+    /// Approval warns when servers + requests in flight + this one exceed the budget.
+    #[test]
+    fn approval_warns_over_budget() {
+        let world = world(false, Some(100.0));
+        let small = file(&world, 30.0);
+        let approve = |id: &str| {
+            world
+                .store
+                .write(|w| {
+                    Ok(transition(
+                        w,
+                        &actor(&world.admin),
+                        id,
+                        Action::Approve,
+                        None,
+                    )?)
+                })
+                .unwrap()
+        };
+        assert_eq!(approve(&small.id).budget_warning, None, "50 + 30 <= 100");
+        let second = file(&world, 30.0);
+        let warned = approve(&second.id);
+        let warning = warned.budget_warning.expect("50 + 30 + 30 > 100");
+        assert!(warning.contains("€110.00"), "{warning}");
+        assert!(warning.contains("€100.00"), "{warning}");
+    }
+
+    /// Validation refuses bad input naming the field.
+    #[test]
+    fn validation_names_fields() {
+        let world = world(false, None);
+        let good = NewRequest {
+            client_name: Some("Acme".into()),
+            client_email: Some("ops@acme.example".into()),
+            purpose: Some("shop".into()),
+            project: Some("Nova HR".into()),
+            server_type: Some("cx21".into()),
+            location: Some("fsn1".into()),
+            image: Some("ubuntu-22.04".into()),
+            ..Default::default()
+        };
+        let cases: Vec<(&str, NewRequest)> = vec![
+            (
+                "client_name",
+                NewRequest {
+                    client_name: None,
+                    ..good.clone()
+                },
+            ),
+            (
+                "client_email",
+                NewRequest {
+                    client_email: Some("nope".into()),
+                    ..good.clone()
+                },
+            ),
+            (
+                "project",
+                NewRequest {
+                    project: Some("Nowhere".into()),
+                    ..good.clone()
+                },
+            ),
+            (
+                "server_type",
+                NewRequest {
+                    server_type: Some("cx 21".into()),
+                    ..good.clone()
+                },
+            ),
+            (
+                "cpu_cores",
+                NewRequest {
+                    cpu_cores: Some(0),
+                    ..good.clone()
+                },
+            ),
+            (
+                "monthly_budget",
+                NewRequest {
+                    monthly_budget: Some(-1.0),
+                    ..good.clone()
+                },
+            ),
+        ];
+        for (field, input) in cases {
+            let err = world
+                .store
+                .write(|w| Ok(create(w, &actor(&world.sales), &world.sales, &input)))
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field));
+        }
+    }
+}

@@ -1,0 +1,751 @@
+//! Client subscriptions: what a client pays per month (in its own currency), for which
+//! servers, from when until when, and whether it renews by itself. Each belongs to the
+//! sales agent who owns the client.
+//!
+//! The daily renewal job is a pure plan, [`plan`] over `(subscriptions, today)`, applied
+//! by [`run_renewals`] in one transaction: an auto-renewing subscription whose end has
+//! come is extended by its renewal period (each renewal recorded); the others notify
+//! the owner and the admins 30, 7 and 1 days before their end (once each) and are
+//! marked expired the day after it. [`renewal_job`] runs it at start-up and after each
+//! UTC midnight, with the clock injected so tests never sleep.
+//!
+//! What does not live here: revenue arithmetic (`revenue`) and permissions (`policy`;
+//! seeing everyone's subscriptions follows `ViewAllRevenue`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Months, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::audit::{self, Actor};
+use crate::error::{AppError, AppResult};
+use crate::notifications::{self, Message};
+use crate::policy::{self, Subject};
+use crate::servers::Server;
+use crate::store::{Read, Record, Store, Writer};
+use crate::users::User;
+use crate::validate;
+
+/// Days before the end at which a subscription that does not renew is announced.
+pub const REMINDER_DAYS: [u32; 3] = [30, 7, 1];
+
+/// Whether a subscription still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Active,
+    Expired,
+}
+
+/// One automatic renewal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// The day the job renewed it.
+    pub on: NaiveDate,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+/// A client subscription.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub client: String,
+    pub server_ids: Vec<String>,
+    pub monthly_cost: f64,
+    /// ISO 4217 code, upper case (`EUR`, `USD`).
+    pub currency: String,
+    pub starts_on: NaiveDate,
+    pub hosting_until: NaiveDate,
+    pub auto_renew: bool,
+    pub renewal_months: u32,
+    /// User id and username of the owning sales agent.
+    pub sales_agent_id: String,
+    pub sales_agent: String,
+    pub status: SubscriptionStatus,
+    #[serde(default)]
+    pub renewals: Vec<Renewal>,
+    /// Reminder thresholds (days) already announced for the current end date.
+    #[serde(default)]
+    pub reminders_sent: Vec<u32>,
+    pub notes: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Record for Subscription {
+    const TABLE: &'static str = "subscriptions";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A subscription as the API and forms send it; on update absent fields stay.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionInput {
+    pub client: Option<String>,
+    pub server_ids: Option<Vec<String>>,
+    pub monthly_cost: Option<f64>,
+    pub currency: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub starts_on: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub hosting_until: Option<String>,
+    pub auto_renew: Option<bool>,
+    pub renewal_months: Option<u32>,
+    /// Username of the owning sales agent; the caller by default.
+    pub sales_agent: Option<String>,
+    pub notes: Option<String>,
+}
+
+fn date(field: &str, value: &str) -> AppResult<NaiveDate> {
+    NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+        AppError::invalid(
+            field,
+            format!("{} must be a date like 2026-01-31", validate::human(field)),
+        )
+    })
+}
+
+fn currency(value: &str) -> AppResult<String> {
+    let code = value.trim().to_uppercase();
+    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(AppError::invalid(
+            "currency",
+            "currency must be a three-letter code such as EUR or USD",
+        ));
+    }
+    Ok(code)
+}
+
+fn check_servers(r: &impl Read, ids: &[String]) -> AppResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for id in ids.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+        if r.get::<Server>(id)?.is_none() {
+            return Err(AppError::invalid(
+                "server_ids",
+                format!("there is no server {id}"),
+            ));
+        }
+        if !out.iter().any(|o| o == id) {
+            out.push(id.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Applies `input` on top of `sub` (a new one or an existing one), validating all.
+fn apply(r: &impl Read, sub: &mut Subscription, input: &SubscriptionInput) -> AppResult<()> {
+    if let Some(client) = input.client.as_deref() {
+        sub.client = validate::required("client", Some(client), 120)?;
+    }
+    if let Some(ids) = &input.server_ids {
+        sub.server_ids = check_servers(r, ids)?;
+    }
+    if input.monthly_cost.is_some() {
+        sub.monthly_cost = validate::money("monthly_cost", input.monthly_cost)?.unwrap_or(0.0);
+    }
+    if let Some(c) = input.currency.as_deref() {
+        sub.currency = currency(c)?;
+    }
+    if let Some(d) = input.starts_on.as_deref() {
+        sub.starts_on = date("starts_on", d)?;
+    }
+    if let Some(d) = input.hosting_until.as_deref() {
+        let until = date("hosting_until", d)?;
+        if until != sub.hosting_until {
+            // A new end date gets its own reminders.
+            sub.reminders_sent.clear();
+            sub.status = SubscriptionStatus::Active;
+        }
+        sub.hosting_until = until;
+    }
+    if let Some(a) = input.auto_renew {
+        sub.auto_renew = a;
+    }
+    if let Some(m) = input.renewal_months {
+        if m == 0 || m > 120 {
+            return Err(AppError::invalid(
+                "renewal_months",
+                "renewal months must be between 1 and 120",
+            ));
+        }
+        sub.renewal_months = m;
+    }
+    if let Some(n) = input.notes.as_deref() {
+        sub.notes = validate::optional("notes", Some(n), validate::MAX_TEXT)?;
+    }
+    if sub.hosting_until < sub.starts_on {
+        return Err(AppError::invalid(
+            "hosting_until",
+            "hosting until must not be before the start date",
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a subscription owned by `owner`.
+pub fn create(
+    w: &mut Writer,
+    actor: &Actor,
+    owner: &User,
+    input: &SubscriptionInput,
+) -> AppResult<Subscription> {
+    validate::required("client", input.client.as_deref(), 120)?;
+    if input.monthly_cost.is_none() {
+        return Err(AppError::invalid(
+            "monthly_cost",
+            "monthly cost is required",
+        ));
+    }
+    validate::required("currency", input.currency.as_deref(), 3)?;
+    validate::required("starts_on", input.starts_on.as_deref(), 10)?;
+    validate::required("hosting_until", input.hosting_until.as_deref(), 10)?;
+    let now = Utc::now();
+    let today = now.date_naive();
+    let mut sub = Subscription {
+        id: uuid::Uuid::now_v7().to_string(),
+        client: String::new(),
+        server_ids: Vec::new(),
+        monthly_cost: 0.0,
+        currency: String::new(),
+        starts_on: today,
+        hosting_until: today,
+        auto_renew: false,
+        renewal_months: 12,
+        sales_agent_id: owner.id.clone(),
+        sales_agent: owner.username.clone(),
+        status: SubscriptionStatus::Active,
+        renewals: Vec::new(),
+        reminders_sent: Vec::new(),
+        notes: None,
+        created_at: now,
+        updated_at: now,
+    };
+    apply(w, &mut sub, input)?;
+    w.put(&sub)?;
+    audit::record(
+        w,
+        actor,
+        "subscription.create",
+        &format!("subscription:{}", sub.id),
+        format!(
+            "{}: {:.2} {} a month until {}",
+            sub.client, sub.monthly_cost, sub.currency, sub.hosting_until
+        ),
+    )?;
+    Ok(sub)
+}
+
+/// Changes a subscription; `owner` moves it to another sales agent.
+pub fn update(
+    w: &mut Writer,
+    actor: &Actor,
+    id: &str,
+    input: &SubscriptionInput,
+    owner: Option<&User>,
+) -> AppResult<Subscription> {
+    let mut sub: Subscription = w
+        .get(id)?
+        .ok_or_else(|| AppError::not_found("subscription"))?;
+    apply(w, &mut sub, input)?;
+    if let Some(owner) = owner {
+        sub.sales_agent_id = owner.id.clone();
+        sub.sales_agent = owner.username.clone();
+    }
+    sub.updated_at = Utc::now();
+    w.put(&sub)?;
+    audit::record(
+        w,
+        actor,
+        "subscription.update",
+        &format!("subscription:{}", sub.id),
+        format!(
+            "{}: {:.2} {} a month until {}{}",
+            sub.client,
+            sub.monthly_cost,
+            sub.currency,
+            sub.hosting_until,
+            if sub.auto_renew { ", auto-renew" } else { "" }
+        ),
+    )?;
+    Ok(sub)
+}
+
+/// The subscriptions a subject may see, by client: every one with `ViewAllRevenue`,
+/// else their own.
+pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Subscription>> {
+    let all = policy::can(subject, policy::Action::ViewAllRevenue, None);
+    let mut list: Vec<Subscription> = r
+        .list::<Subscription>()?
+        .into_iter()
+        .filter(|s| all || s.sales_agent_id == subject.user_id)
+        .collect();
+    list.sort_by(|a, b| a.client.to_lowercase().cmp(&b.client.to_lowercase()));
+    Ok(list)
+}
+
+/// One subscription the subject may see; 404 unknown, 403 someone else's.
+pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Subscription> {
+    let sub: Subscription = r
+        .get(id)?
+        .ok_or_else(|| AppError::not_found("subscription"))?;
+    if sub.sales_agent_id != subject.user_id
+        && !policy::can(subject, policy::Action::ViewAllRevenue, None)
+    {
+        return Err(AppError::forbidden());
+    }
+    Ok(sub)
+}
+
+/// Days from `today` to the subscription's end (negative once it is over).
+pub fn days_left(sub: &Subscription, today: NaiveDate) -> i64 {
+    (sub.hosting_until - today).num_days()
+}
+
+// ---- the renewal job ----
+
+/// What the renewal job does to one subscription today.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Due {
+    /// Extend it; one entry per renewal period it takes to pass today.
+    Renew(Vec<Renewal>),
+    /// Tell the owner and the admins it ends in `days_left` days; `thresholds` are the
+    /// reminder days this one covers (several when the job missed days).
+    Remind {
+        days_left: i64,
+        thresholds: Vec<u32>,
+    },
+    /// It ended before today.
+    Expire,
+}
+
+/// What is due for one subscription on `today`, or `None`.
+pub fn due(sub: &Subscription, today: NaiveDate) -> Option<Due> {
+    if sub.status == SubscriptionStatus::Expired {
+        return None;
+    }
+    if sub.auto_renew {
+        let mut renewals = Vec::new();
+        let mut until = sub.hosting_until;
+        // Renew on the last day, so a renewing subscription never lapses.
+        while until <= today {
+            let next = until.checked_add_months(Months::new(sub.renewal_months.max(1)))?;
+            renewals.push(Renewal {
+                on: today,
+                from: until,
+                to: next,
+            });
+            until = next;
+        }
+        return (!renewals.is_empty()).then_some(Due::Renew(renewals));
+    }
+    let left = days_left(sub, today);
+    if left < 0 {
+        return Some(Due::Expire);
+    }
+    let thresholds: Vec<u32> = REMINDER_DAYS
+        .into_iter()
+        .filter(|t| left <= i64::from(*t) && !sub.reminders_sent.contains(t))
+        .collect();
+    (!thresholds.is_empty()).then_some(Due::Remind {
+        days_left: left,
+        thresholds,
+    })
+}
+
+/// The renewal job's plan for `today`: a pure function of the subscriptions and the
+/// date.
+pub fn plan(subs: &[Subscription], today: NaiveDate) -> Vec<(String, Due)> {
+    subs.iter()
+        .filter_map(|s| due(s, today).map(|d| (s.id.clone(), d)))
+        .collect()
+}
+
+/// What one run of the job did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RenewalReport {
+    pub renewed: usize,
+    pub reminded: usize,
+    pub expired: usize,
+}
+
+/// Applies today's plan in one transaction: renewals recorded, reminders and expiries
+/// announced to the owner and the admins, every change audited as `system`.
+pub fn run_renewals(store: &Store, today: NaiveDate) -> anyhow::Result<RenewalReport> {
+    store.write(|w| {
+        let subs: Vec<Subscription> = w.list()?;
+        let mut report = RenewalReport::default();
+        let actor = Actor::system();
+        for (id, due) in plan(&subs, today) {
+            let Some(mut sub) = w.get::<Subscription>(&id)? else {
+                continue;
+            };
+            let target = format!("subscription:{}", sub.id);
+            let mut recipients = vec![sub.sales_agent_id.clone()];
+            match due {
+                Due::Renew(renewals) => {
+                    for renewal in renewals {
+                        audit::record(
+                            w,
+                            &actor,
+                            "subscription.renew",
+                            &target,
+                            format!("{}: {} -> {}", sub.client, renewal.from, renewal.to),
+                        )?;
+                        sub.hosting_until = renewal.to;
+                        sub.renewals.push(renewal);
+                        report.renewed += 1;
+                    }
+                    sub.reminders_sent.clear();
+                    notifications::notify(
+                        w,
+                        &recipients,
+                        &Message {
+                            title: format!("Subscription of {} renewed", sub.client),
+                            body: format!("hosting now runs until {}", sub.hosting_until),
+                            link: Some(format!("/subscriptions/{}", sub.id)),
+                            level: "success",
+                            subject: target.clone(),
+                        },
+                    )?;
+                }
+                Due::Remind {
+                    days_left,
+                    thresholds,
+                } => {
+                    sub.reminders_sent.extend(thresholds);
+                    recipients.extend(notifications::admin_ids(w)?);
+                    let when = match days_left {
+                        0 => "today".to_string(),
+                        1 => "tomorrow".to_string(),
+                        n => format!("in {n} days"),
+                    };
+                    notifications::notify(
+                        w,
+                        &recipients,
+                        &Message {
+                            title: format!("Subscription of {} ends {when}", sub.client),
+                            body: format!(
+                                "hosting until {} does not renew by itself; {} owns the client",
+                                sub.hosting_until, sub.sales_agent
+                            ),
+                            link: Some(format!("/subscriptions/{}", sub.id)),
+                            level: "warning",
+                            subject: target.clone(),
+                        },
+                    )?;
+                    audit::record(
+                        w,
+                        &actor,
+                        "subscription.remind",
+                        &target,
+                        format!("{}: ends {when}", sub.client),
+                    )?;
+                    report.reminded += 1;
+                }
+                Due::Expire => {
+                    sub.status = SubscriptionStatus::Expired;
+                    recipients.extend(notifications::admin_ids(w)?);
+                    notifications::notify(
+                        w,
+                        &recipients,
+                        &Message {
+                            title: format!("Subscription of {} expired", sub.client),
+                            body: format!("hosting ended on {}", sub.hosting_until),
+                            link: Some(format!("/subscriptions/{}", sub.id)),
+                            level: "danger",
+                            subject: target.clone(),
+                        },
+                    )?;
+                    audit::record(
+                        w,
+                        &actor,
+                        "subscription.expire",
+                        &target,
+                        sub.client.clone(),
+                    )?;
+                    report.expired += 1;
+                }
+            }
+            sub.updated_at = Utc::now();
+            w.put(&sub)?;
+        }
+        Ok(report)
+    })
+}
+
+/// How long from `now` until just after the next UTC midnight.
+pub fn until_next_day(now: DateTime<Utc>) -> Duration {
+    let tomorrow = now.date_naive().succ_opt().unwrap_or(now.date_naive());
+    let next = tomorrow
+        .and_hms_opt(0, 0, 5)
+        .map(|t| t.and_utc())
+        .unwrap_or(now + chrono::Duration::hours(24));
+    (next - now).to_std().unwrap_or(Duration::from_secs(3600))
+}
+
+/// Runs the renewal job now and after every UTC midnight until `stop` resolves, with
+/// `clock` telling the time.
+pub async fn renewal_loop(
+    store: Store,
+    clock: impl Fn() -> DateTime<Utc> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(stop);
+    loop {
+        let today = clock().date_naive();
+        let run_store = store.clone();
+        match tokio::task::spawn_blocking(move || run_renewals(&run_store, today)).await {
+            Ok(Ok(report)) if report != RenewalReport::default() => {
+                tracing::info!(?report, %today, "subscription renewal job ran");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("subscription renewal job: {e:#}"),
+            Err(e) => tracing::error!("subscription renewal job task: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(until_next_day(clock())) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// The daily renewal job of a running control plane, on the real clock.
+pub async fn renewal_job(app: App, stop: impl Future<Output = ()> + Send + 'static) {
+    renewal_loop(app.store.clone(), Utc::now, stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::{self, NewUser};
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    fn sub(until: &str, auto_renew: bool) -> Subscription {
+        Subscription {
+            id: "s".into(),
+            client: "Acme".into(),
+            server_ids: vec![],
+            monthly_cost: 10.0,
+            currency: "EUR".into(),
+            starts_on: day("2026-01-01"),
+            hosting_until: day(until),
+            auto_renew,
+            renewal_months: 1,
+            sales_agent_id: "u".into(),
+            sales_agent: "sales".into(),
+            status: SubscriptionStatus::Active,
+            renewals: vec![],
+            reminders_sent: vec![],
+            notes: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// The pure plan: reminders at 30, 7 and 1 days, nothing in between, expiry the
+    /// day after the end; renewals on the last day, several when days were missed.
+    #[test]
+    fn plan_is_a_function_of_the_date() {
+        let s = sub("2026-06-30", false);
+        assert_eq!(due(&s, day("2026-05-30")), None, "31 days left");
+        assert_eq!(
+            due(&s, day("2026-05-31")),
+            Some(Due::Remind {
+                days_left: 30,
+                thresholds: vec![30]
+            })
+        );
+        assert_eq!(
+            due(&s, day("2026-06-30")).map(|d| matches!(d, Due::Remind { .. })),
+            Some(true)
+        );
+        assert_eq!(due(&s, day("2026-07-01")), Some(Due::Expire));
+        let mut missed = s.clone();
+        missed.reminders_sent = vec![30];
+        assert_eq!(
+            due(&missed, day("2026-06-29")),
+            Some(Due::Remind {
+                days_left: 1,
+                thresholds: vec![7, 1]
+            }),
+            "a missed reminder is folded into the next one"
+        );
+
+        let r = sub("2026-06-30", true);
+        assert_eq!(due(&r, day("2026-06-29")), None);
+        assert_eq!(
+            due(&r, day("2026-06-30")),
+            Some(Due::Renew(vec![Renewal {
+                on: day("2026-06-30"),
+                from: day("2026-06-30"),
+                to: day("2026-07-30")
+            }]))
+        );
+        let Some(Due::Renew(renewals)) = due(&r, day("2026-08-15")) else {
+            panic!("renews")
+        };
+        assert_eq!(renewals.len(), 2);
+        assert_eq!(renewals[1].to, day("2026-08-30"));
+        let mut expired = sub("2026-01-31", false);
+        expired.status = SubscriptionStatus::Expired;
+        assert_eq!(plan(&[expired], day("2027-01-01")), vec![]);
+    }
+
+    /// Run day by day with an injected date: each reminder once to the owner and the
+    /// admins, then expiry; the auto-renewing one is renewed and recorded, never
+    /// reminded. No sleeping.
+    #[test]
+    fn job_over_sixty_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let (sales, admin) = store
+            .write(|w| {
+                let mut made = Vec::new();
+                for (name, role) in [
+                    ("sales", "sales"),
+                    ("admin", "admin"),
+                    ("tech", "technical"),
+                ] {
+                    let input = NewUser {
+                        username: Some(name.into()),
+                        role: Some(role.into()),
+                        ..Default::default()
+                    };
+                    made.push(users::create(
+                        w,
+                        &Actor::system(),
+                        &input,
+                        Some("x".into()),
+                    )?);
+                }
+                Ok((made.remove(0), made.remove(0)))
+            })
+            .unwrap();
+        let input = |client: &str, auto: bool| SubscriptionInput {
+            client: Some(client.into()),
+            monthly_cost: Some(100.0),
+            currency: Some("usd".into()),
+            starts_on: Some("2026-01-01".into()),
+            hosting_until: Some("2026-03-31".into()),
+            auto_renew: Some(auto),
+            renewal_months: Some(3),
+            ..Default::default()
+        };
+        let (ending, renewing) = store
+            .write(|w| {
+                let a = create(w, &Actor::system(), &sales, &input("Ending", false))?;
+                let b = create(w, &Actor::system(), &sales, &input("Renewing", true))?;
+                Ok((a, b))
+            })
+            .unwrap();
+        assert_eq!(ending.currency, "USD");
+        let mut today = day("2026-02-01");
+        let mut reminder_days = Vec::new();
+        while today <= day("2026-04-10") {
+            let report = run_renewals(&store, today).unwrap();
+            if report.reminded > 0 {
+                reminder_days.push(today);
+            }
+            today = today.succ_opt().unwrap();
+        }
+        assert_eq!(
+            reminder_days,
+            [day("2026-03-01"), day("2026-03-24"), day("2026-03-30")]
+        );
+        let ending: Subscription = store.get(&ending.id).unwrap().unwrap();
+        assert_eq!(ending.status, SubscriptionStatus::Expired);
+        let renewing: Subscription = store.get(&renewing.id).unwrap().unwrap();
+        assert_eq!(renewing.status, SubscriptionStatus::Active);
+        assert_eq!(renewing.hosting_until, day("2026-06-30"));
+        assert_eq!(
+            renewing.renewals,
+            vec![Renewal {
+                on: day("2026-03-31"),
+                from: day("2026-03-31"),
+                to: day("2026-06-30")
+            }]
+        );
+        let titles = |user: &User| {
+            store
+                .read(|r| notifications::inbox(r, &user.id, false, 100))
+                .unwrap()
+                .into_iter()
+                .map(|n| n.title)
+                .collect::<Vec<_>>()
+        };
+        let expected_admin = [
+            "Subscription of Ending expired",
+            "Subscription of Ending ends tomorrow",
+            "Subscription of Ending ends in 7 days",
+            "Subscription of Ending ends in 30 days",
+        ];
+        assert_eq!(titles(&admin), expected_admin);
+        let sales_titles = titles(&sales);
+        assert_eq!(sales_titles.len(), 5, "{sales_titles:?}");
+        assert!(sales_titles.contains(&"Subscription of Renewing renewed".to_string()));
+        // A second run on the same day changes nothing.
+        assert_eq!(
+            run_renewals(&store, day("2026-04-10")).unwrap(),
+            RenewalReport::default()
+        );
+    }
+
+    /// The loop runs the job at start, then after midnight on the injected clock;
+    /// paused tokio time makes the day pass instantly.
+    #[tokio::test(start_paused = true)]
+    async fn loop_runs_after_midnight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let owner = store
+            .write(|w| {
+                let input = NewUser {
+                    username: Some("sales".into()),
+                    role: Some("sales".into()),
+                    ..Default::default()
+                };
+                Ok(users::create(
+                    w,
+                    &Actor::system(),
+                    &input,
+                    Some("x".into()),
+                )?)
+            })
+            .unwrap();
+        let input = SubscriptionInput {
+            client: Some("Acme".into()),
+            monthly_cost: Some(5.0),
+            currency: Some("EUR".into()),
+            starts_on: Some("2026-01-01".into()),
+            hosting_until: Some("2026-03-02".into()),
+            ..Default::default()
+        };
+        let s = store
+            .write(|w| Ok(create(w, &Actor::system(), &owner, &input)?))
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let base: DateTime<Utc> = "2026-03-01T23:00:00Z".parse().unwrap();
+        let clock = move || base + chrono::Duration::from_std(start.elapsed()).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(renewal_loop(store.clone(), clock, async {
+            let _ = rx.await;
+        }));
+        // Day one: the 1-day reminder; two hours later, past midnight: still ok; the
+        // day after the end it expires.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        let _ = tx.send(());
+        task.await.unwrap();
+        let s: Subscription = store.get(&s.id).unwrap().unwrap();
+        assert_eq!(s.status, SubscriptionStatus::Expired);
+        assert!(s.reminders_sent.contains(&1));
+    }
+}

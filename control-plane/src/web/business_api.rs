@@ -1,0 +1,304 @@
+//! JSON API of the business side (names in CONTRACT.md): server requests and their
+//! workflow moves, the caller's notifications, client subscriptions and revenue. Each
+//! handler parses, asks `policy::can`, calls the domain module and answers JSON.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::StatusCode;
+
+use super::{json as reply, Ctx, Req, Resp};
+use crate::app::App;
+use crate::error::{AppError, AppResult};
+use crate::notifications;
+use crate::policy::{self, Action, Role};
+use crate::projects::Project;
+use crate::requests::{self, NewRequest, Request};
+use crate::revenue;
+use crate::store::Read;
+use crate::subscriptions::{self, Subscription, SubscriptionInput};
+use crate::users::{self, User};
+
+fn require(ctx: &Ctx, action: Action) -> AppResult<()> {
+    if policy::can(&ctx.subject, action, None) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// Whether the caller may see requests at all (file their own, or see everyone's).
+pub fn may_see_requests(ctx: &Ctx) -> bool {
+    policy::can(&ctx.subject, Action::CreateRequest, None)
+        || policy::can(&ctx.subject, Action::ViewAllRequests, None)
+}
+
+// ---- requests ----
+
+/// The API shape of a request: its record plus the project's name.
+pub fn request_json(r: &impl Read, request: &Request) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(request)?;
+    value["project"] = json!(r
+        .get::<Project>(&request.project_id)?
+        .map(|p| p.name)
+        .unwrap_or_default());
+    Ok(value)
+}
+
+/// `POST /api/v1/requests`.
+pub fn create_request(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::CreateRequest)?;
+    let input: NewRequest = req.json()?;
+    let actor = ctx.actor(req);
+    let value = app.store.write(|w| {
+        let request = requests::create(w, &actor, &ctx.user, &input)?;
+        request_json(w, &request)
+    })?;
+    Ok(reply(StatusCode::CREATED, &value))
+}
+
+/// `GET /api/v1/requests?status=S`: the requests the caller may see, newest first.
+pub fn list_requests(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    if !may_see_requests(ctx) {
+        return Err(AppError::forbidden());
+    }
+    let status = match req.query("status").filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            requests::Status::parse(s)
+                .ok_or_else(|| AppError::invalid("status", format!("unknown status {s}")))?,
+        ),
+        None => None,
+    };
+    let list = app.store.read(|r| {
+        requests::visible(r, &ctx.subject)?
+            .iter()
+            .filter(|q| status.is_none_or(|s| q.status == s))
+            .map(|q| request_json(r, q))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(reply(StatusCode::OK, &list))
+}
+
+/// `GET /api/v1/requests/{id}`.
+pub fn get_request(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let value = app.store.read(|r| {
+        let request = requests::get_visible(r, &ctx.subject, id)?;
+        Ok(request_json(r, &request)?)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MoveInput {
+    note: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/requests/{id}/approve|reject|deployed|retry` (admin): one workflow
+/// move; `409` with the reason when the workflow forbids it.
+pub fn move_request(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    action: requests::Action,
+) -> AppResult<Resp> {
+    require(ctx, Action::ApproveRequest)?;
+    let input: MoveInput = if req.body.iter().all(u8::is_ascii_whitespace) {
+        MoveInput::default()
+    } else {
+        req.json()?
+    };
+    let note = if action == requests::Action::Reject {
+        input.reason.or(input.note)
+    } else {
+        input.note
+    };
+    // Unknown ids answer 404 before the workflow is asked.
+    app.store
+        .read(|r| Ok(requests::get_visible(r, &ctx.subject, id)?))?;
+    let actor = ctx.actor(req);
+    let request = app.store.write(|w| {
+        Ok(requests::transition(
+            w,
+            &actor,
+            id,
+            action,
+            note.as_deref(),
+        )?)
+    })?;
+    if action == requests::Action::Approve {
+        requests::approved(app, &request);
+    }
+    let value = app.store.read(|r| request_json(r, &request))?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+// ---- notifications ----
+
+/// `GET /api/v1/notifications?unread=1&limit=N`: the caller's inbox, newest first.
+pub fn notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let unread_only = matches!(req.query("unread"), Some("1" | "true"));
+    let limit = req
+        .query("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(1000);
+    let list = app
+        .store
+        .read(|r| notifications::inbox(r, &ctx.user.id, unread_only, limit))?;
+    Ok(reply(StatusCode::OK, &list))
+}
+
+/// `GET /api/v1/notifications/unread`: `{"unread": N, "latest": [...]}`, the newest
+/// unread ones (at most 20), for the badge and the toasts.
+pub fn unread(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    let (count, latest) = app.store.read(|r| {
+        Ok((
+            notifications::unread_count(r, &ctx.user.id)?,
+            notifications::inbox(r, &ctx.user.id, true, 20)?,
+        ))
+    })?;
+    Ok(reply(
+        StatusCode::OK,
+        &json!({"unread": count, "latest": latest}),
+    ))
+}
+
+/// `POST /api/v1/notifications/{id}/read`.
+pub fn mark_read(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let n = app
+        .store
+        .write(|w| Ok(notifications::mark_read(w, &ctx.user.id, id)?))?;
+    Ok(reply(StatusCode::OK, &n))
+}
+
+/// `POST /api/v1/notifications/read_all`.
+pub fn mark_all_read(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    let marked = app
+        .store
+        .write(|w| Ok(notifications::mark_all_read(w, &ctx.user.id)?))?;
+    Ok(reply(StatusCode::OK, &json!({"marked": marked})))
+}
+
+// ---- subscriptions ----
+
+/// The API shape of a subscription: its record plus days left and server names.
+pub fn subscription_json(r: &impl Read, sub: &Subscription) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(sub)?;
+    let today = chrono::Utc::now().date_naive();
+    value["days_left"] = json!(subscriptions::days_left(sub, today));
+    let mut servers = Vec::new();
+    for id in &sub.server_ids {
+        if let Some(s) = r.get::<crate::servers::Server>(id)? {
+            servers.push(json!({"id": s.id, "name": s.name, "monthly_cost": s.monthly_cost}));
+        }
+    }
+    value["servers"] = Value::Array(servers);
+    Ok(value)
+}
+
+/// The owner a subscription input names: the caller by default; someone else only for
+/// those who see every agent's figures, and only a sales agent or an admin.
+pub fn owner_of(r: &impl Read, ctx: &Ctx, username: Option<&str>) -> AppResult<Option<User>> {
+    let Some(name) = username.map(str::trim).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if name == ctx.user.username {
+        return Ok(Some(ctx.user.clone()));
+    }
+    require(ctx, Action::ViewAllRevenue)?;
+    let user = users::by_username(r, name)?
+        .filter(|u| u.active && matches!(u.role, Role::Sales | Role::Admin))
+        .ok_or_else(|| {
+            AppError::invalid(
+                "sales_agent",
+                format!("{name} is not an active sales agent"),
+            )
+        })?;
+    Ok(Some(user))
+}
+
+/// `GET /api/v1/subscriptions`.
+pub fn list_subscriptions(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let list = app.store.read(|r| {
+        subscriptions::visible(r, &ctx.subject)?
+            .iter()
+            .map(|s| subscription_json(r, s))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(reply(StatusCode::OK, &list))
+}
+
+/// `GET /api/v1/subscriptions/{id}`.
+pub fn get_subscription(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let value = app.store.read(|r| {
+        let sub = subscriptions::get_visible(r, &ctx.subject, id)?;
+        Ok(subscription_json(r, &sub)?)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+/// `POST /api/v1/subscriptions`.
+pub fn create_subscription(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let input: SubscriptionInput = req.json()?;
+    let actor = ctx.actor(req);
+    let value = app.store.write(|w| {
+        let owner = owner_of(w, ctx, input.sales_agent.as_deref())?.unwrap_or(ctx.user.clone());
+        let sub = subscriptions::create(w, &actor, &owner, &input)?;
+        Ok(subscription_json(w, &sub)?)
+    })?;
+    Ok(reply(StatusCode::CREATED, &value))
+}
+
+/// `PUT /api/v1/subscriptions/{id}`.
+pub fn update_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let input: SubscriptionInput = req.json()?;
+    let actor = ctx.actor(req);
+    let value = app.store.write(|w| {
+        subscriptions::get_visible(w, &ctx.subject, id)?;
+        let owner = owner_of(w, ctx, input.sales_agent.as_deref())?;
+        let sub = subscriptions::update(w, &actor, id, &input, owner.as_ref())?;
+        Ok(subscription_json(w, &sub)?)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+// ---- revenue ----
+
+/// The revenue report over the subscriptions the caller may see.
+pub fn revenue_of(app: &App, ctx: &Ctx) -> AppResult<revenue::Revenue> {
+    require(ctx, Action::ViewRevenue)?;
+    let today = chrono::Utc::now().date_naive();
+    Ok(app.store.read(|r| {
+        let subs = subscriptions::visible(r, &ctx.subject)?;
+        let servers = r.list::<crate::servers::Server>()?;
+        Ok(revenue::compute(&subs, &servers, today))
+    })?)
+}
+
+/// `GET /api/v1/revenue` (`?format=csv&table=clients|agents|months` for CSV).
+pub fn revenue(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let report = revenue_of(app, ctx)?;
+    if req.query("format") == Some("csv") {
+        return csv_response(&report, req.query("table").unwrap_or("clients"));
+    }
+    Ok(reply(StatusCode::OK, &report))
+}
+
+/// One table of the report as a CSV download.
+pub fn csv_response(report: &revenue::Revenue, table: &str) -> AppResult<Resp> {
+    let body = revenue::csv(report, table)
+        .ok_or_else(|| AppError::invalid("table", "table must be clients, agents or months"))?;
+    let mut resp = super::text(StatusCode::OK, body, "text/csv; charset=utf-8");
+    if let Ok(v) =
+        warp::http::HeaderValue::from_str(&format!("attachment; filename=\"revenue-{table}.csv\""))
+    {
+        resp.headers_mut().insert("content-disposition", v);
+    }
+    Ok(resp)
+}

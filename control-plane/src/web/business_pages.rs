@@ -1,0 +1,673 @@
+//! HTML pages of the business side: server requests (form, list, the request's page
+//! with its live history and the admin's moves), the notification inbox, client
+//! subscriptions and revenue (SVG charts, CSV export), plus the business figures of
+//! the role dashboards. Handlers are thin: parse, `policy::can`, domain, render.
+
+use serde_json::{json, Map, Value};
+
+use super::business_api::{self, may_see_requests, request_json, subscription_json};
+use super::pages::{form, page, page_with_status, rerender};
+use super::{redirect, Ctx, Req, Resp};
+use crate::app::App;
+use crate::error::{AppError, AppResult, Kind};
+use crate::notifications;
+use crate::policy::{self, Action, Role};
+use crate::projects::{self, Project};
+use crate::requests::{self, NewRequest, Status};
+use crate::revenue;
+use crate::servers::Server;
+use crate::store::Read;
+use crate::subscriptions::{self, SubscriptionInput, SubscriptionStatus};
+use crate::users;
+use crate::validate;
+
+fn require(ctx: &Ctx, action: Action) -> AppResult<()> {
+    if policy::can(&ctx.subject, action, None) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// Bootstrap colour of a request status badge.
+pub fn status_class(status: Status) -> &'static str {
+    match status {
+        Status::Pending => "text-bg-warning",
+        Status::Approved => "text-bg-info",
+        Status::Provisioning => "text-bg-primary",
+        Status::Deployed => "text-bg-success",
+        Status::Rejected => "text-bg-secondary",
+        Status::Failed => "text-bg-danger",
+    }
+}
+
+/// Server types, locations and images offered in the request form (free text is
+/// accepted too: the list is a hint, Hetzner is the judge).
+const SERVER_TYPES: &[&str] = &[
+    "cx11", "cx21", "cx22", "cx31", "cx32", "cx41", "cx42", "cpx11", "cpx21", "cpx31", "cax11",
+    "ccx13",
+];
+const LOCATIONS: &[&str] = &["fsn1", "nbg1", "hel1", "ash", "hil", "sin"];
+const IMAGES: &[&str] = &[
+    "ubuntu-24.04",
+    "ubuntu-22.04",
+    "debian-12",
+    "debian-11",
+    "rocky-9",
+];
+
+// ---- requests ----
+
+/// `GET /requests?status=S`.
+pub fn requests_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    if !may_see_requests(ctx) {
+        return Err(AppError::forbidden());
+    }
+    let filter = req.query("status").and_then(Status::parse);
+    let rows = app.store.read(|r| {
+        let mut rows = Vec::new();
+        for q in requests::visible(r, &ctx.subject)? {
+            if filter.is_some_and(|f| f != q.status) {
+                continue;
+            }
+            let mut v = request_json(r, &q)?;
+            v["status_class"] = json!(status_class(q.status));
+            v["search"] = json!(format!(
+                "{} {} {} {} {} {} {}",
+                q.client_name,
+                q.client_email,
+                q.purpose,
+                v["project"].as_str().unwrap_or(""),
+                q.server_type,
+                q.requested_by_name,
+                q.status.as_str()
+            )
+            .to_lowercase());
+            rows.push(v);
+        }
+        Ok(rows)
+    })?;
+    let tabs: Vec<Value> = std::iter::once(json!({"label": "all", "href": "/requests", "active": filter.is_none()}))
+        .chain(Status::ALL.iter().map(|s| {
+            json!({"label": s.as_str(), "href": format!("/requests?status={}", s.as_str()), "active": filter == Some(*s)})
+        }))
+        .collect();
+    page(
+        app,
+        req,
+        ctx,
+        "requests",
+        "Server requests",
+        json!({
+            "requests": rows,
+            "tabs": tabs,
+            "can_create": policy::can(&ctx.subject, Action::CreateRequest, None),
+        }),
+    )
+}
+
+fn request_form_data(app: &App) -> AppResult<Value> {
+    let projects: Vec<Value> = app
+        .store
+        .read(|r| projects::all(r))?
+        .iter()
+        .map(|p| json!({"name": p.name, "budget": p.budget_monthly}))
+        .collect();
+    Ok(json!({
+        "projects": projects,
+        "server_types": SERVER_TYPES,
+        "locations": LOCATIONS,
+        "images": IMAGES,
+    }))
+}
+
+/// `GET /requests/new`.
+pub fn request_form(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::CreateRequest)?;
+    let mut data = request_form_data(app)?;
+    data["values"] = json!({"location": "fsn1", "image": "ubuntu-22.04"});
+    data["errors"] = json!({});
+    data["error"] = Value::Null;
+    page(app, req, ctx, "request_form", "New server request", data)
+}
+
+/// `POST /requests/new`.
+pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::CreateRequest)?;
+    let form = form(req, ctx)?;
+    let actor = ctx.actor(req);
+    let result = (|| {
+        let text = |name: &str| form.get(name).map(String::from);
+        let input = NewRequest {
+            client_name: text("client_name"),
+            client_email: text("client_email"),
+            purpose: text("purpose"),
+            project: text("project"),
+            server_type: text("server_type"),
+            location: text("location"),
+            image: text("image"),
+            cpu_cores: requests::count_text("cpu_cores", form.get("cpu_cores"))?,
+            ram_gb: requests::count_text("ram_gb", form.get("ram_gb"))?,
+            disk_gb: requests::count_text("disk_gb", form.get("disk_gb"))?,
+            monthly_budget: validate::money_text("monthly_budget", form.get("monthly_budget"))?,
+            notes: text("notes"),
+        };
+        app.store
+            .write(|w| Ok(requests::create(w, &actor, &ctx.user, &input)?))
+            .map_err(AppError::from)
+    })();
+    match result {
+        Ok(request) => Ok(redirect(
+            &requests::link(&request.id),
+            Some((
+                "success",
+                &format!("Request for {} submitted.", request.client_name),
+            )),
+        )),
+        Err(e) => {
+            let data = request_form_data(app)?;
+            rerender(
+                app,
+                req,
+                ctx,
+                e,
+                "request_form",
+                "New server request",
+                data,
+                form.values(),
+            )
+        }
+    }
+}
+
+/// The request page's data: the request, its moves the caller may make, and for a
+/// pending one the budget warning approval would raise.
+fn request_page_data(app: &App, ctx: &Ctx, id: &str) -> AppResult<(Value, String)> {
+    let (request, project, mut value, warning) = app.store.read(|r| {
+        let request = requests::get_visible(r, &ctx.subject, id)?;
+        let project: Option<Project> = r.get(&request.project_id)?;
+        let value = request_json(r, &request)?;
+        let warning = if request.status == Status::Pending {
+            requests::budget_warning(r, &request)?
+        } else {
+            request.budget_warning.clone()
+        };
+        Ok((request, project, value, warning))
+    })?;
+    let is_admin = policy::can(&ctx.subject, Action::ApproveRequest, None);
+    let has_token = project
+        .as_ref()
+        .is_some_and(|p| p.hetzner_token_enc.is_some());
+    let facts = requests::Facts {
+        actor: if is_admin {
+            requests::ActorKind::Admin
+        } else {
+            requests::ActorKind::Other
+        },
+        is_requester: request.requested_by == ctx.user.id,
+        project_has_token: has_token,
+    };
+    let allowed = |action| is_admin && requests::next(request.status, action, facts).is_ok();
+    value["status_class"] = json!(status_class(request.status));
+    let title = format!("Request for {}", request.client_name);
+    let data = json!({
+        "request": value,
+        "budget_warning": warning,
+        "own_request_admin": is_admin && request.status == Status::Pending && facts.is_requester,
+        "can_approve": allowed(requests::Action::Approve),
+        "can_reject": allowed(requests::Action::Reject),
+        "can_mark_deployed": allowed(requests::Action::MarkDeployed),
+        "can_retry": allowed(requests::Action::Retry),
+        "has_token": has_token,
+        "api_url": format!("/api/v1/requests/{}", request.id),
+        "errors": {},
+        "values": {},
+    });
+    Ok((data, title))
+}
+
+/// `GET /requests/{id}`: the request with every step, updated live by requests.js.
+pub fn request_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let (data, title) = request_page_data(app, ctx, id)?;
+    page(app, req, ctx, "request", &title, data)
+}
+
+/// `POST /requests/{id}/{approve|reject|deployed|retry}`: one workflow move by an
+/// admin. A missing reason re-renders the page with the message beside the field; a
+/// move the workflow forbids comes back as a flash with the reason.
+pub fn request_move(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    action: requests::Action,
+) -> AppResult<Resp> {
+    require(ctx, Action::ApproveRequest)?;
+    let form = form(req, ctx)?;
+    app.store
+        .read(|r| Ok(requests::get_visible(r, &ctx.subject, id)?))?;
+    let note = if action == requests::Action::Reject {
+        form.get("reason")
+    } else {
+        form.get("note")
+    };
+    let actor = ctx.actor(req);
+    match app
+        .store
+        .write(|w| Ok(requests::transition(w, &actor, id, action, note)?))
+    {
+        Ok(request) => {
+            if action == requests::Action::Approve {
+                requests::approved(app, &request);
+            }
+            let flash = match (&request.budget_warning, action) {
+                (Some(w), requests::Action::Approve) => ("warning", format!("Approved — {w}.")),
+                _ => ("success", format!("Request {}.", action.label())),
+            };
+            Ok(redirect(&requests::link(id), Some((flash.0, &flash.1))))
+        }
+        Err(e) => {
+            let e = AppError::from(e);
+            match e.kind {
+                Kind::Invalid => {
+                    let (mut data, title) = request_page_data(app, ctx, id)?;
+                    if let Some(field) = &e.field {
+                        data["errors"] = json!({ field.clone(): e.message });
+                    }
+                    data["values"] = Value::Object(form.values());
+                    page_with_status(app, req, ctx, e.status(), "request", &title, data)
+                }
+                Kind::Conflict => Ok(redirect(
+                    &requests::link(id),
+                    Some(("danger", e.public_message())),
+                )),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+// ---- notifications ----
+
+/// `GET /notifications`: the caller's inbox.
+pub fn inbox(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let list = app
+        .store
+        .read(|r| notifications::inbox(r, &ctx.user.id, false, 200))?;
+    let unread = list.iter().filter(|n| !n.read).count();
+    page(
+        app,
+        req,
+        ctx,
+        "notifications",
+        "Notifications",
+        json!({"notifications": list, "unread_here": unread}),
+    )
+}
+
+/// `GET /notifications/{id}`: marks it read and goes to what it is about.
+pub fn open_notification(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let n = app
+        .store
+        .write(|w| Ok(notifications::mark_read(w, &ctx.user.id, id)?))?;
+    let target = n
+        .link
+        .filter(|l| l.starts_with('/') && !l.starts_with("//"))
+        .unwrap_or_else(|| "/notifications".into());
+    Ok(redirect(&target, None))
+}
+
+/// `POST /notifications/{id}/read`.
+pub fn read_notification(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    form(req, ctx)?;
+    app.store
+        .write(|w| Ok(notifications::mark_read(w, &ctx.user.id, id)?))?;
+    Ok(redirect("/notifications", None))
+}
+
+/// `POST /notifications/read_all`.
+pub fn read_all_notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    form(req, ctx)?;
+    let n = app
+        .store
+        .write(|w| Ok(notifications::mark_all_read(w, &ctx.user.id)?))?;
+    Ok(redirect(
+        "/notifications",
+        Some(("success", &format!("{n} marked read."))),
+    ))
+}
+
+// ---- subscriptions ----
+
+/// `GET /subscriptions`.
+pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let today = chrono::Utc::now().date_naive();
+    let rows = app.store.read(|r| {
+        subscriptions::visible(r, &ctx.subject)?
+            .iter()
+            .map(|s| {
+                let mut v = subscription_json(r, s)?;
+                let left = subscriptions::days_left(s, today);
+                v["expiring"] = json!(
+                    s.status == SubscriptionStatus::Active
+                        && !s.auto_renew
+                        && (0..=30).contains(&left)
+                );
+                v["expired"] = json!(s.status == SubscriptionStatus::Expired);
+                v["search"] =
+                    json!(format!("{} {} {}", s.client, s.sales_agent, s.currency).to_lowercase());
+                Ok(v)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "subscriptions",
+        "Subscriptions",
+        json!({"subscriptions": rows}),
+    )
+}
+
+fn subscription_form_data(app: &App, ctx: &Ctx) -> AppResult<Value> {
+    let (servers, agents) = app.store.read(|r| {
+        let servers: Vec<Value> = r
+            .list::<Server>()?
+            .iter()
+            .filter(|s| s.status != "deleted")
+            .map(|s| {
+                let project = r.get::<Project>(&s.project_id).ok().flatten().map(|p| p.name).unwrap_or_default();
+                json!({"id": s.id, "name": s.name, "project": project, "monthly_cost": s.monthly_cost})
+            })
+            .collect();
+        let agents: Vec<String> = users::all(r)?
+            .into_iter()
+            .filter(|u| u.active && matches!(u.role, Role::Sales | Role::Admin))
+            .map(|u| u.username)
+            .collect();
+        Ok((servers, agents))
+    })?;
+    Ok(json!({
+        "servers": servers,
+        "agents": agents,
+        "can_assign": policy::can(&ctx.subject, Action::ViewAllRevenue, None),
+        "subscription": null,
+    }))
+}
+
+fn subscription_values(s: &subscriptions::Subscription) -> Value {
+    json!({
+        "client": s.client, "monthly_cost": format!("{:.2}", s.monthly_cost), "currency": s.currency,
+        "starts_on": s.starts_on.to_string(), "hosting_until": s.hosting_until.to_string(),
+        "auto_renew": s.auto_renew, "renewal_months": s.renewal_months.to_string(),
+        "sales_agent": s.sales_agent, "notes": s.notes.clone().unwrap_or_default(),
+        "server_ids": s.server_ids,
+    })
+}
+
+/// `GET /subscriptions/new` and `GET /subscriptions/{id}`.
+pub fn subscription_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let mut data = subscription_form_data(app, ctx)?;
+    let title = match id {
+        None => {
+            let today = chrono::Utc::now().date_naive();
+            data["values"] = json!({
+                "currency": "EUR", "starts_on": today.to_string(), "renewal_months": "12",
+                "auto_renew": true, "sales_agent": ctx.user.username, "server_ids": [],
+            });
+            "New subscription".to_string()
+        }
+        Some(id) => {
+            let (sub, value) = app.store.read(|r| {
+                let sub = subscriptions::get_visible(r, &ctx.subject, id)?;
+                let value = subscription_json(r, &sub)?;
+                Ok((sub, value))
+            })?;
+            data["values"] = subscription_values(&sub);
+            data["subscription"] = value;
+            format!("Subscription of {}", sub.client)
+        }
+    };
+    data["errors"] = json!({});
+    data["error"] = Value::Null;
+    page(app, req, ctx, "subscription_form", &title, data)
+}
+
+/// `POST /subscriptions/new` and `POST /subscriptions/{id}`.
+pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let form = form(req, ctx)?;
+    let existing = match id {
+        Some(id) => Some(
+            app.store
+                .read(|r| Ok(subscriptions::get_visible(r, &ctx.subject, id)?))?,
+        ),
+        None => None,
+    };
+    let actor = ctx.actor(req);
+    let server_ids: Vec<String> = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k == "server_ids")
+        .map(|(_, v)| v)
+        .collect();
+    let result = (|| {
+        let text = |name: &str| form.get(name).map(String::from);
+        let input = SubscriptionInput {
+            client: Some(text("client").unwrap_or_default()),
+            server_ids: Some(server_ids.clone()),
+            monthly_cost: Some(
+                validate::money_text("monthly_cost", form.get("monthly_cost"))?
+                    .ok_or_else(|| AppError::invalid("monthly_cost", "monthly cost is required"))?,
+            ),
+            currency: Some(text("currency").unwrap_or_default()),
+            starts_on: Some(text("starts_on").unwrap_or_default()),
+            hosting_until: Some(text("hosting_until").unwrap_or_default()),
+            auto_renew: Some(form.checked("auto_renew")),
+            renewal_months: requests::count_text("renewal_months", form.get("renewal_months"))?,
+            sales_agent: text("sales_agent"),
+            notes: Some(text("notes").unwrap_or_default()),
+        };
+        app.store
+            .write(|w| {
+                let owner = business_api::owner_of(w, ctx, input.sales_agent.as_deref())?;
+                Ok(match &existing {
+                    Some(s) => subscriptions::update(w, &actor, &s.id, &input, owner.as_ref())?,
+                    None => subscriptions::create(
+                        w,
+                        &actor,
+                        owner.as_ref().unwrap_or(&ctx.user),
+                        &input,
+                    )?,
+                })
+            })
+            .map_err(AppError::from)
+    })();
+    match result {
+        Ok(sub) => Ok(redirect(
+            "/subscriptions",
+            Some(("success", &format!("Subscription of {} saved.", sub.client))),
+        )),
+        Err(e) => {
+            let mut data = subscription_form_data(app, ctx)?;
+            if let Some(s) = &existing {
+                data["subscription"] = app.store.read(|r| subscription_json(r, s))?;
+            }
+            let mut values: Map<String, Value> = form.values();
+            values.insert("auto_renew".into(), json!(form.checked("auto_renew")));
+            values.insert("server_ids".into(), json!(server_ids));
+            let title = if existing.is_some() {
+                "Edit subscription"
+            } else {
+                "New subscription"
+            };
+            rerender(app, req, ctx, e, "subscription_form", title, data, values)
+        }
+    }
+}
+
+// ---- revenue ----
+
+/// Formats a per-currency amount map as `EUR 150.00 · USD 30.00`.
+fn money_text(money: &revenue::Money) -> String {
+    if money.is_empty() {
+        return "—".into();
+    }
+    money
+        .iter()
+        .map(|(c, a)| format!("{c} {a:.2}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// `GET /revenue`: tables, one SVG chart per currency, CSV links.
+pub fn revenue_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let report = business_api::revenue_of(app, ctx)?;
+    let currencies = revenue::currencies(&report);
+    let month_charts: Vec<Value> = currencies
+        .iter()
+        .map(|c| {
+            let bars: Vec<(String, f64)> = report
+                .by_month
+                .iter()
+                .map(|m| (m.month.clone(), m.mrr.get(c).copied().unwrap_or(0.0)))
+                .collect();
+            json!({"currency": c, "svg": revenue::bar_chart_svg("MRR per month", c, &bars)})
+        })
+        .collect();
+    let client_charts: Vec<Value> = report
+        .mrr
+        .keys()
+        .map(|c| {
+            let bars: Vec<(String, f64)> = report
+                .by_client
+                .iter()
+                .filter_map(|row| row.mrr.get(c).map(|a| (row.client.clone(), *a)))
+                .collect();
+            json!({"currency": c, "svg": revenue::bar_chart_svg("MRR per client", c, &bars)})
+        })
+        .collect();
+    let clients: Vec<Value> = report
+        .by_client
+        .iter()
+        .map(|c| {
+            json!({
+                "client": c.client, "mrr": money_text(&c.mrr), "cost": c.hetzner_cost_eur,
+                "margin": money_text(&c.margin), "subscriptions": c.subscriptions,
+                "servers": c.servers, "sales_agents": c.sales_agents.join(", "),
+                "negative": c.margin.values().any(|v| *v < 0.0),
+            })
+        })
+        .collect();
+    let agents: Vec<Value> = report
+        .by_sales_agent
+        .iter()
+        .map(|a| json!({"sales_agent": a.sales_agent, "mrr": money_text(&a.mrr), "clients": a.clients, "subscriptions": a.subscriptions}))
+        .collect();
+    let months: Vec<Value> = report
+        .by_month
+        .iter()
+        .map(|m| json!({"month": m.month, "mrr": money_text(&m.mrr)}))
+        .collect();
+    let totals: Vec<Value> = report
+        .mrr
+        .iter()
+        .map(|(c, a)| json!({"currency": c, "amount": a}))
+        .collect();
+    page(
+        app,
+        req,
+        ctx,
+        "revenue",
+        "Revenue",
+        json!({
+            "totals": totals, "hetzner_cost": report.hetzner_cost_eur,
+            "month_charts": month_charts, "client_charts": client_charts,
+            "clients": clients, "agents": agents, "months": months,
+            "all_agents": policy::can(&ctx.subject, Action::ViewAllRevenue, None),
+        }),
+    )
+}
+
+/// `GET /revenue/{clients|agents|months}.csv`.
+pub fn revenue_csv(app: &App, ctx: &Ctx, file: &str) -> AppResult<Resp> {
+    let report = business_api::revenue_of(app, ctx)?;
+    let table = file
+        .strip_suffix(".csv")
+        .ok_or_else(|| AppError::not_found("export"))?;
+    business_api::csv_response(&report, table).map_err(|_| AppError::not_found("export"))
+}
+
+// ---- dashboards ----
+
+/// The business figures of the caller's dashboard, always with every key the
+/// template reads: for admins the pending approvals; for sales agents their requests
+/// by status, clients, subscriptions ending within 30 days and their MRR.
+pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
+    let today = chrono::Utc::now().date_naive();
+    let mut pending = Vec::new();
+    if policy::can(&ctx.subject, Action::ApproveRequest, None) {
+        for q in requests::visible(r, &ctx.subject)?
+            .into_iter()
+            .filter(|q| q.status == Status::Pending)
+            .take(10)
+        {
+            let mut v = request_json(r, &q)?;
+            v["budget_warning"] = json!(requests::budget_warning(r, &q)?);
+            pending.push(v);
+        }
+    }
+    let mut by_status = Vec::new();
+    let mut clients: Vec<String> = Vec::new();
+    let mut expiring = Vec::new();
+    let mut mrr = Vec::new();
+    let mut my_requests = Vec::new();
+    if ctx.user.role == Role::Sales {
+        let mine: Vec<requests::Request> = requests::visible(r, &ctx.subject)?
+            .into_iter()
+            .filter(|q| q.requested_by == ctx.user.id)
+            .collect();
+        for status in Status::ALL {
+            let count = mine.iter().filter(|q| q.status == status).count();
+            by_status.push(
+                json!({"status": status.as_str(), "count": count, "class": status_class(status)}),
+            );
+        }
+        for q in mine.iter().take(6) {
+            let mut v = request_json(r, q)?;
+            v["status_class"] = json!(status_class(q.status));
+            my_requests.push(v);
+        }
+        let subs: Vec<subscriptions::Subscription> = subscriptions::visible(r, &ctx.subject)?
+            .into_iter()
+            .filter(|s| s.sales_agent_id == ctx.user.id)
+            .collect();
+        for s in &subs {
+            if s.status == SubscriptionStatus::Active && !clients.contains(&s.client) {
+                clients.push(s.client.clone());
+            }
+            let left = subscriptions::days_left(s, today);
+            if s.status == SubscriptionStatus::Active && (0..=30).contains(&left) {
+                expiring.push(json!({"id": s.id, "client": s.client, "hosting_until": s.hosting_until.to_string(), "days_left": left, "auto_renew": s.auto_renew}));
+            }
+        }
+        let servers: Vec<Server> = r.list()?;
+        let report = revenue::compute(&subs, &servers, today);
+        mrr = report
+            .mrr
+            .iter()
+            .map(|(c, a)| json!({"currency": c, "amount": a}))
+            .collect();
+    }
+    Ok(json!({
+        "pending": pending,
+        "requests_by_status": by_status,
+        "my_requests": my_requests,
+        "clients": clients,
+        "expiring": expiring,
+        "mrr": mrr,
+    }))
+}

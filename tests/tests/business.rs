@@ -1,0 +1,738 @@
+//! The business side at its boundaries, on the real `dynserv` binary with the demo
+//! seed: the server request workflow and its permissions over the JSON API (409 for a
+//! move the workflow forbids, 422 naming the field), notifications, subscriptions,
+//! revenue kept per currency, and the pages for every role.
+
+use std::collections::HashMap;
+
+use dynserv_tests::{Api, ControlPlane};
+use serde_json::{json, Value};
+
+/// A browser-like client: keeps cookies by hand and never follows redirects, so each
+/// answer's status is the route's own.
+struct PageClient {
+    base: String,
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+}
+
+impl PageClient {
+    fn new(cp: &ControlPlane) -> PageClient {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        PageClient {
+            base: cp.base_url(),
+            http,
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, resp: &reqwest::Response) {
+        for value in resp.headers().get_all("set-cookie") {
+            let text = value.to_str().unwrap();
+            let pair = text.split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                if text.contains("Max-Age=0") {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+    }
+
+    /// GET a page: status, `location` header, body.
+    async fn get(&mut self, path: &str) -> (u16, String, String) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&resp);
+        let status = resp.status().as_u16();
+        let location = location_of(&resp);
+        (status, location, resp.text().await.unwrap())
+    }
+
+    /// POST a form: status, `location` header, body.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&resp);
+        let status = resp.status().as_u16();
+        let location = location_of(&resp);
+        (status, location, resp.text().await.unwrap())
+    }
+
+    async fn csrf(&mut self, path: &str) -> String {
+        let (status, _, html) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}");
+        csrf_of(&html)
+    }
+
+    async fn login(cp: &ControlPlane, username: &str, password: &str) -> PageClient {
+        let mut client = PageClient::new(cp);
+        let csrf = client.csrf("/login").await;
+        let (status, _, _) = client
+            .post(
+                "/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", username),
+                    ("password", password),
+                ],
+            )
+            .await;
+        assert_eq!(status, 303, "login as {username}");
+        client
+    }
+}
+
+fn location_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn csrf_of(html: &str) -> String {
+    let start = html
+        .find("name=\"csrf\" value=\"")
+        .expect("the page has a csrf field")
+        + "name=\"csrf\" value=\"".len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+/// The `data-unread` count of the shell's bell.
+fn unread_badge(html: &str) -> u64 {
+    let start = html.find("data-unread=\"").expect("the shell has a bell") + 13;
+    html[start..].split('"').next().unwrap().parse().unwrap()
+}
+
+fn request_body(client: &str, project: &str, budget: f64) -> Value {
+    json!({
+        "client_name": client,
+        "client_email": "ops@client.example",
+        "purpose": "web shop",
+        "project": project,
+        "server_type": "cx21",
+        "location": "fsn1",
+        "image": "ubuntu-22.04",
+        "cpu_cores": 2,
+        "ram_gb": 4,
+        "disk_gb": 40,
+        "monthly_budget": budget,
+        "notes": "needs backups",
+    })
+}
+
+async fn file_request(api: &Api, client: &str, project: &str, budget: f64) -> String {
+    let (status, body) = api
+        .post("/api/v1/requests", &request_body(client, project, budget))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "pending");
+    body["id"].as_str().unwrap().to_string()
+}
+
+async fn unread_titles(api: &Api) -> Vec<String> {
+    let (status, list) = api.get("/api/v1/notifications?unread=1").await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["title"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A request walks pending → approved → deployed (by hand: the demo projects have no
+/// Hetzner token); each step is in its history, forbidden moves answer 409 with the
+/// reason, non-admins 403, and the requester is notified with a link to the request.
+#[tokio::test]
+async fn request_workflow_and_permissions() {
+    let cp = ControlPlane::start_demo().await;
+    let admin = cp.api_as("admin");
+    let sales = cp.api_as("sales");
+    let tech = cp.api_as("tech");
+    let sohila = cp.api_as("sohila");
+
+    let id = file_request(&sales, "Acme Shop", "Nova HR", 6.0).await;
+    let path = format!("/api/v1/requests/{id}");
+    let (status, request) = sales.get(&path).await;
+    assert_eq!(status, 200);
+    assert_eq!(request["project"], "Nova HR");
+    assert_eq!(request["history"][0]["by"], "sales");
+    assert_eq!(request["cpu_cores"], 2);
+    assert!(unread_titles(&admin)
+        .await
+        .iter()
+        .any(|t| t.contains("New server request from sales for Acme Shop")));
+
+    // Who may see and move it.
+    let (status, list) = sales.get("/api/v1/requests").await;
+    assert_eq!(status, 200);
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == id.as_str()));
+    assert_eq!(tech.get("/api/v1/requests").await.0, 403);
+    assert_eq!(tech.get(&path).await.0, 403);
+    assert_eq!(
+        sohila
+            .post("/api/v1/requests", &request_body("X", "Nova HR", 1.0))
+            .await
+            .0,
+        403
+    );
+    let (status, body) = sales.post(&format!("{path}/approve"), &json!({})).await;
+    assert_eq!(status, 403, "sales cannot approve: {body}");
+    assert_eq!(
+        tech.post(&format!("{path}/reject"), &json!({"reason": "no"}))
+            .await
+            .0,
+        403
+    );
+
+    // Approve with a note; a second approval and a rejection now conflict.
+    let (status, approved) = admin
+        .post(&format!("{path}/approve"), &json!({"note": "go ahead"}))
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["history"][1]["note"], "go ahead");
+    assert_eq!(approved["history"][1]["by"], "admin");
+    let (status, body) = admin.post_empty(&format!("{path}/approve")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("approved request cannot be approved"));
+    let (status, body) = admin
+        .post(&format!("{path}/reject"), &json!({"reason": "late"}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = admin.post_empty(&format!("{path}/retry")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Hetzner token"));
+
+    // The requester hears of it, with a link to the request.
+    let (_, inbox) = sales.get("/api/v1/notifications").await;
+    let news = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["title"].as_str().unwrap().contains("Acme Shop approved"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no approval notification in {inbox}"));
+    assert_eq!(news["link"], format!("/requests/{id}"));
+    assert_eq!(news["read"], false);
+    assert!(news["body"].as_str().unwrap().contains("go ahead"));
+    let about = |titles: Vec<String>| {
+        titles
+            .into_iter()
+            .filter(|t| t.contains("Acme Shop"))
+            .count()
+    };
+    assert_eq!(about(unread_titles(&sales).await), 1);
+
+    // Marking read: only one's own.
+    let news_id = news["id"].as_str().unwrap();
+    assert_eq!(
+        admin
+            .post_empty(&format!("/api/v1/notifications/{news_id}/read"))
+            .await
+            .0,
+        404
+    );
+    let (status, read) = sales
+        .post_empty(&format!("/api/v1/notifications/{news_id}/read"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(read["read"], true);
+    assert_eq!(about(unread_titles(&sales).await), 0);
+    let (status, body) = sales.post_empty("/api/v1/notifications/read_all").await;
+    assert_eq!(status, 200);
+    assert!(body["marked"].as_u64().is_some(), "{body}");
+    let (_, unread) = sales.get("/api/v1/notifications/unread").await;
+    assert_eq!(unread["unread"], 0);
+
+    // By hand to deployed; then nothing moves it any more.
+    let (status, deployed) = admin
+        .post(&format!("{path}/deployed"), &json!({"note": "installed"}))
+        .await;
+    assert_eq!(status, 200, "{deployed}");
+    assert_eq!(deployed["status"], "deployed");
+    let actions: Vec<&str> = deployed["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["submit", "approve", "mark_deployed"]);
+    assert_eq!(admin.post_empty(&format!("{path}/deployed")).await.0, 409);
+    let (status, audit) = admin.get("/api/v1/audit?q=request.").await;
+    assert_eq!(status, 200);
+    assert!(audit.as_array().unwrap().len() >= 3);
+    assert!(unread_titles(&sales)
+        .await
+        .iter()
+        .any(|t| t.contains("Acme Shop marked deployed")));
+
+    // Filter by status.
+    let (_, deployed_list) = admin.get("/api/v1/requests?status=deployed").await;
+    assert!(deployed_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "deployed"));
+    assert_eq!(admin.get("/api/v1/requests?status=bogus").await.0, 422);
+    assert_eq!(admin.get("/api/v1/requests/nope").await.0, 404);
+    assert_eq!(
+        admin.post_empty("/api/v1/requests/nope/approve").await.0,
+        404
+    );
+}
+
+/// Bad input is refused: 422 naming the field, 400 for unknown or malformed JSON; a
+/// rejection needs a reason.
+#[tokio::test]
+async fn request_input_is_validated() {
+    let cp = ControlPlane::start_demo().await;
+    let sales = cp.api_as("sales");
+    let admin = cp.api_as("admin");
+    let cases = [
+        ("client_name", json!("")),
+        ("client_email", json!("not-an-address")),
+        ("purpose", json!("   ")),
+        ("project", json!("No Such Project")),
+        ("server_type", json!("cx 21")),
+        ("location", json!("")),
+        ("cpu_cores", json!(0)),
+        ("monthly_budget", json!(-5)),
+    ];
+    for (field, value) in cases {
+        let mut body = request_body("Acme", "Nova HR", 5.0);
+        body[field] = value;
+        let (status, answer) = sales.post("/api/v1/requests", &body).await;
+        assert_eq!(status, 422, "{field}: {answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    let mut unknown = request_body("Acme", "Nova HR", 5.0);
+    unknown["colour"] = json!("blue");
+    assert_eq!(sales.post("/api/v1/requests", &unknown).await.0, 400);
+    let (status, _) = sales
+        .send_raw(
+            reqwest::Method::POST,
+            "/api/v1/requests",
+            "application/json",
+            "{not json",
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let id = file_request(&sales, "Acme", "Nova HR", 5.0).await;
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/reject"), &json!({}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "reason");
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/requests/{id}/reject"),
+            &json!({"reason": "no budget"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "rejected");
+    assert_eq!(body["history"][1]["note"], "no budget");
+}
+
+/// An admin may not approve their own request (409 with the reason); another admin
+/// may. Approval over the project's budget carries a warning.
+#[tokio::test]
+async fn own_requests_and_budget_warning() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("boss", "admin", false, "boss-password-1");
+    let admin = cp.api_as("admin");
+    let boss = cp.api_as("boss");
+
+    let own = file_request(&admin, "Own Co", "Nova HR", 1.0).await;
+    let (status, body) = admin
+        .post_empty(&format!("/api/v1/requests/{own}/approve"))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("your own request"));
+    let (status, body) = boss
+        .post_empty(&format!("/api/v1/requests/{own}/approve"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["budget_warning"],
+        Value::Null,
+        "1 EUR fits Nova HR's budget"
+    );
+
+    // Django Projects: budget 40, servers 5.83 + 3.29; a 35 EUR server is too much.
+    let sales = cp.api_as("sales");
+    let big = file_request(&sales, "Big Co", "Django Projects", 35.0).await;
+    let (status, body) = admin
+        .post_empty(&format!("/api/v1/requests/{big}/approve"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let warning = body["budget_warning"].as_str().expect("a budget warning");
+    assert!(warning.contains("Django Projects"), "{warning}");
+    assert!(warning.contains("€44.12"), "{warning}");
+    let (_, inbox) = sales.get("/api/v1/notifications?unread=1").await;
+    assert!(
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["body"].as_str().unwrap().contains("over its budget")),
+        "{inbox}"
+    );
+}
+
+/// Subscriptions belong to their sales agent; revenue is per currency, never
+/// converted, with the Hetzner cost and margin per client; technical users see no
+/// revenue; the CSV export is a download.
+#[tokio::test]
+async fn subscriptions_and_revenue() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("sam", "sales", false, "sam-password-1");
+    let sales = cp.api_as("sales");
+    let sam = cp.api_as("sam");
+    let admin = cp.api_as("admin");
+    let tech = cp.api_as("tech");
+
+    assert_eq!(
+        tech.get("/api/v1/revenue").await.0,
+        403,
+        "technical cannot see revenue"
+    );
+    assert_eq!(cp.api_as("sohila").get("/api/v1/revenue").await.0, 403);
+    assert_eq!(tech.get("/api/v1/subscriptions").await.0, 403);
+
+    let (status, before) = sales.get("/api/v1/revenue").await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["mrr"]["EUR"], 150.0);
+    assert_eq!(before["mrr"]["USD"], 30.0);
+    assert_eq!(before["by_month"].as_array().unwrap().len(), 12);
+
+    let (_, servers) = admin.get("/api/v1/servers").await;
+    let db = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "nova-hr-db-01")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let today = chrono_today();
+    let body = json!({
+        "client": "Initech", "server_ids": [db], "monthly_cost": 45.5, "currency": "usd",
+        "starts_on": today, "hosting_until": "2099-12-31", "auto_renew": false,
+        "renewal_months": 12,
+    });
+    let (status, created) = sales.post("/api/v1/subscriptions", &body).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["currency"], "USD");
+    assert_eq!(created["sales_agent"], "sales");
+    let sub_id = created["id"].as_str().unwrap().to_string();
+
+    let (_, after) = sales.get("/api/v1/revenue").await;
+    assert_eq!(after["mrr"]["USD"], 75.5, "30 + 45.50 USD, kept apart");
+    assert_eq!(
+        after["mrr"]["EUR"], 150.0,
+        "EUR untouched: nothing converted"
+    );
+    let initech = after["by_client"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client"] == "Initech")
+        .unwrap()
+        .clone();
+    assert_eq!(initech["hetzner_cost_eur"], 18.92);
+    assert_eq!(initech["margin"], json!({"EUR": -18.92, "USD": 45.5}));
+
+    // Another sales agent sees and changes only their own.
+    assert_eq!(
+        sam.get(&format!("/api/v1/subscriptions/{sub_id}")).await.0,
+        403
+    );
+    assert_eq!(
+        sam.put(
+            &format!("/api/v1/subscriptions/{sub_id}"),
+            &json!({"monthly_cost": 1})
+        )
+        .await
+        .0,
+        403
+    );
+    let (_, sams) = sam.get("/api/v1/revenue").await;
+    assert_eq!(sams["mrr"], json!({}));
+    let (status, body) = sam
+        .post(
+            "/api/v1/subscriptions",
+            &json!({"client": "X", "monthly_cost": 1, "currency": "EUR", "starts_on": today,
+                    "hosting_until": "2099-01-01", "sales_agent": "sales"}),
+        )
+        .await;
+    assert_eq!(status, 403, "only managers assign others: {body}");
+    let (_, all) = admin.get("/api/v1/revenue").await;
+    assert_eq!(all["mrr"]["USD"], 75.5);
+
+    // Updates and their validation.
+    let (status, updated) = sales
+        .put(
+            &format!("/api/v1/subscriptions/{sub_id}"),
+            &json!({"monthly_cost": 50, "auto_renew": true, "renewal_months": 6}),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["monthly_cost"], 50.0);
+    assert_eq!(updated["auto_renew"], true);
+    for (field, body) in [
+        ("currency", json!({"currency": "euro"})),
+        ("hosting_until", json!({"hosting_until": "2000-01-01"})),
+        ("starts_on", json!({"starts_on": "31/12/2026"})),
+        ("renewal_months", json!({"renewal_months": 0})),
+        ("server_ids", json!({"server_ids": ["nope"]})),
+        ("monthly_cost", json!({"monthly_cost": -1})),
+    ] {
+        let (status, answer) = sales
+            .put(&format!("/api/v1/subscriptions/{sub_id}"), &body)
+            .await;
+        assert_eq!(status, 422, "{field}: {answer}");
+        assert_eq!(answer["field"], field);
+    }
+    let (status, answer) = sales
+        .post("/api/v1/subscriptions", &json!({"client": "Y"}))
+        .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("monthly_cost"))
+    );
+
+    // CSV export.
+    let (status, csv) = sales
+        .get_text("/api/v1/revenue?format=csv&table=clients")
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        csv.starts_with("client,currency,mrr,hetzner_cost_eur,margin\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("Initech,EUR,0.00,18.92,-18.92\n"), "{csv}");
+    assert!(csv.contains("Initech,USD,50.00,,50.00\n"), "{csv}");
+    assert_eq!(
+        sales
+            .get_text("/api/v1/revenue?format=csv&table=nope")
+            .await
+            .0,
+        422
+    );
+}
+
+fn chrono_today() -> String {
+    // The control plane and the test share the machine's clock.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The pages answer each role as the policy says; the request form re-renders with
+/// the error beside its field; the bell shows the real unread count.
+#[tokio::test]
+async fn business_pages_for_each_role() {
+    let cp = ControlPlane::start_demo().await;
+    let sales_api = cp.api_as("sales");
+    let id = file_request(&sales_api, "Page Co", "Nova HR", 5.0).await;
+    let (_, subs) = sales_api.get("/api/v1/subscriptions").await;
+    let sub_id = subs[0]["id"].as_str().unwrap().to_string();
+
+    let request_page = format!("/requests/{id}");
+    let sub_page = format!("/subscriptions/{sub_id}");
+    // (path, [admin, tech, sales, sohila])
+    let matrix: Vec<(&str, [u16; 4])> = vec![
+        ("/", [200, 200, 200, 200]),
+        ("/requests", [200, 403, 200, 403]),
+        ("/requests/new", [200, 403, 200, 403]),
+        (&request_page, [200, 403, 200, 403]),
+        ("/notifications", [200, 200, 200, 200]),
+        ("/subscriptions", [200, 403, 200, 403]),
+        ("/subscriptions/new", [200, 403, 200, 403]),
+        (&sub_page, [200, 403, 200, 403]),
+        ("/revenue", [200, 403, 200, 403]),
+        ("/revenue/clients.csv", [200, 403, 200, 403]),
+    ];
+    let users = [
+        ("admin", "admin123"),
+        ("tech", "tech123"),
+        ("sales", "sales123"),
+        ("sohila", "sohila123"),
+    ];
+    for (i, (username, password)) in users.iter().enumerate() {
+        let mut client = PageClient::login(&cp, username, password).await;
+        for (path, expected) in &matrix {
+            let (status, _, body) = client.get(path).await;
+            assert_eq!(status, expected[i], "{username} GET {path}: {body}");
+        }
+        let (_, _, dashboard) = client.get("/").await;
+        let (_, unread) = cp
+            .api_as(username)
+            .get("/api/v1/notifications/unread")
+            .await;
+        assert_eq!(
+            unread_badge(&dashboard),
+            unread["unread"].as_u64().unwrap(),
+            "{username}'s bell shows the real unread count"
+        );
+    }
+
+    // The sales dashboard shows real figures; the admin's the pending approvals.
+    let mut sales = PageClient::login(&cp, "sales", "sales123").await;
+    let (_, _, dashboard) = sales.get("/").await;
+    assert!(
+        dashboard.contains("150.00 EUR"),
+        "sales MRR on the dashboard"
+    );
+    assert!(
+        dashboard.contains("Blue Nile Pharmacy"),
+        "expiring subscription"
+    );
+    let mut admin = PageClient::login(&cp, "admin", "admin123").await;
+    let (_, _, dashboard) = admin.get("/").await;
+    assert!(
+        dashboard.contains("Page Co"),
+        "pending approval on the admin dashboard"
+    );
+    let (_, _, revenue) = admin.get("/revenue").await;
+    assert!(
+        revenue.contains("<svg class=\"ds-chart\""),
+        "server-rendered chart"
+    );
+    assert!(revenue.contains("2500.00 EGP"));
+
+    // The form: a server-side error beside its field, then a success.
+    let csrf = sales.csrf("/requests/new").await;
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("client_name", "Form Co"),
+        ("client_email", "nope"),
+        ("purpose", "shop"),
+        ("project", "Nova HR"),
+        ("server_type", "cx21"),
+        ("location", "fsn1"),
+        ("image", "ubuntu-22.04"),
+        ("cpu_cores", "2"),
+        ("ram_gb", ""),
+        ("disk_gb", ""),
+        ("monthly_budget", "7.5"),
+        ("notes", ""),
+    ];
+    let (status, _, html) = sales.post("/requests/new", &form).await;
+    assert_eq!(status, 422);
+    assert!(html.contains("id=\"client_email\""));
+    assert!(
+        html.contains("is-invalid\" id=\"client_email\""),
+        "error beside the field"
+    );
+    assert!(html.contains("Client email is not a valid e-mail address"));
+    assert!(
+        html.contains("value=\"Form Co\""),
+        "what the user typed is kept"
+    );
+    form[2] = ("client_email", "ops@form.example");
+    let (status, location, _) = sales.post("/requests/new", &form).await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/requests/"), "{location}");
+
+    // Moves from the page: a missing reason is shown beside the field; a forbidden
+    // move comes back with the reason.
+    let csrf = admin.csrf(&location).await;
+    let (status, _, html) = admin
+        .post(
+            &format!("{location}/reject"),
+            &[("csrf", &csrf), ("reason", "")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        html.contains("A rejection needs a reason") || html.contains("a rejection needs a reason")
+    );
+    let (status, back, _) = admin
+        .post(
+            &format!("{location}/approve"),
+            &[("csrf", &csrf), ("note", "ok")],
+        )
+        .await;
+    assert_eq!((status, back.as_str()), (303, location.as_str()));
+    let (_, _, html) = admin.get(&location).await;
+    assert!(html.contains("data-step=\"approve\""));
+    let (status, _, _) = sales
+        .post(&format!("{location}/approve"), &[("csrf", &csrf_of(&html))])
+        .await;
+    assert_eq!(status, 403, "sales cannot approve from the page either");
+    let (status, _, _) = admin
+        .post(&format!("{location}/approve"), &[("csrf", "wrong")])
+        .await;
+    assert_eq!(status, 403, "CSRF checked");
+
+    // The inbox: open marks read and goes to the request.
+    let (_, inbox) = sales_api.get("/api/v1/notifications?unread=1").await;
+    let newest = inbox[0].clone();
+    assert!(newest["title"]
+        .as_str()
+        .unwrap()
+        .contains("Form Co approved"));
+    let (status, target, _) = sales
+        .get(&format!(
+            "/notifications/{}",
+            newest["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!((status, target.as_str()), (303, location.as_str()));
+    let csrf = sales.csrf("/notifications").await;
+    let (status, _, _) = sales
+        .post("/notifications/read_all", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 303);
+    let (_, _, html) = sales.get("/").await;
+    assert_eq!(unread_badge(&html), 0);
+}
