@@ -191,7 +191,12 @@ fn run_ansible(playbook: &Path, root: &Path, home: &Path, extra: &[&str]) -> Run
 
 /// Runs a fixture with both tools (twice each) and compares everything observable.
 fn check(fixture: &str, extra: &[&str]) {
-    let playbook = fixtures().join(fixture);
+    check_playbook(&fixtures().join(fixture), extra);
+}
+
+fn check_playbook(playbook: &Path, extra: &[&str]) {
+    let fixture = playbook.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let playbook = playbook.to_path_buf();
     // Fail first and clearly when ansible-core is missing.
     ansible_playbook();
     let native_dir = tempfile::tempdir().expect("temp dir");
@@ -270,4 +275,10 @@ fn facts_match_ansible() {
 #[test]
 fn tag_selection_matches_ansible() {
     check("tags.yml", &["--tags", "web", "--skip-tags", "slow"]);
+}
+
+/// The shipped hello playbook prints the same facts-driven results as Ansible.
+#[test]
+fn hello_sample_matches_ansible() {
+    check_playbook(&workspace_root().join("playbooks/hello.yml"), &[]);
 }

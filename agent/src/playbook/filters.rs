@@ -595,6 +595,10 @@ pub fn flatten(value: &Value, levels: Option<i64>) -> Result<Vec<Value>, Error> 
 
 fn flatten_filter(value: Value, levels: Option<i64>, kwargs: Kwargs) -> Result<Value, Error> {
     let skip_nulls: Option<bool> = kwargs.get("skip_nulls")?;
+    let levels = match levels {
+        Some(l) => Some(l),
+        None => kwargs.get::<Option<i64>>("levels")?,
+    };
     let mut out = Vec::new();
     flatten_into(&value, levels, skip_nulls.unwrap_or(true), &mut out)?;
     Ok(Value::from(out))

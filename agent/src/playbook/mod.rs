@@ -177,6 +177,88 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
+    fn run_yaml(source: &str, options: &RunOptions) -> (Vec<String>, RunReport) {
+        let playbook = parse_playbook(source, Path::new("/tmp")).expect("valid playbook");
+        let mut lines = Vec::new();
+        let report = run_playbook(&playbook, options, &mut |line: &str| lines.push(line.to_string()));
+        (lines, report)
+    }
+
+    fn check(source: &str, expected: Stats) {
+        let (lines, report) = run_yaml(source, &RunOptions::default());
+        assert_eq!(report.stats, expected, "{}", lines.join("\n"));
+    }
+
+    fn stats(ok: u32, changed: u32, failed: u32, skipped: u32, rescued: u32, ignored: u32) -> Stats {
+        Stats { ok, changed, unreachable: 0, failed, skipped, rescued, ignored }
+    }
+
+    /// Recap counters follow Ansible's rules for skips, ignores, rescues and loops.
+    #[test]
+    fn recap_counters() {
+        let head = "- hosts: localhost\n  gather_facts: false\n  tasks:\n";
+        check(&format!("{head}    - debug: msg=a\n    - debug: msg=b\n      when: false\n"), stats(1, 0, 0, 1, 0, 0));
+        check(&format!("{head}    - command: 'false'\n      ignore_errors: true\n"), stats(1, 1, 0, 0, 0, 1));
+        check(
+            &format!("{head}    - block:\n        - fail: msg=x\n      rescue:\n        - debug: msg=r\n"),
+            stats(1, 0, 0, 0, 1, 0),
+        );
+        check(&format!("{head}    - debug: msg={{{{ item }}}}\n      loop: [1, 2, 3]\n"), stats(1, 0, 0, 0, 0, 0));
+        check(&format!("{head}    - debug: msg=x\n      loop: []\n"), stats(0, 0, 0, 1, 0, 0));
+        check(&format!("{head}    - fail: msg=stop\n    - debug: msg=never\n"), stats(0, 0, 1, 0, 0, 0));
+        check(
+            &format!("{head}    - set_fact: {{n: 3}}\n    - assert: {{that: ['n == 3']}}\n    - debug: msg=x\n      when: n > 5\n"),
+            stats(2, 0, 0, 1, 0, 0),
+        );
+    }
+
+    /// Handlers run once, in definition order, after a change only.
+    #[test]
+    fn handlers_run_once_in_order() {
+        let source = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - command: 'true'\n      notify: [b, a]\n    - command: 'true'\n      notify: a\n    - command: 'true'\n      changed_when: false\n      notify: c\n  handlers:\n    - name: a\n      debug: msg=A\n    - name: b\n      debug: msg=B\n    - name: c\n      debug: msg=C\n";
+        let (lines, report) = run_yaml(source, &RunOptions::default());
+        let handlers: Vec<&String> = lines.iter().filter(|l| l.starts_with("RUNNING HANDLER")).collect();
+        assert_eq!(handlers.len(), 2, "{}", lines.join("\n"));
+        assert!(handlers[0].starts_with("RUNNING HANDLER [a]") && handlers[1].starts_with("RUNNING HANDLER [b]"));
+        assert_eq!(report.stats.ok, 5);
+    }
+
+    /// Secret values never reach the output sink.
+    #[test]
+    fn secrets_are_masked() {
+        let options = RunOptions {
+            extra_vars: vec![("token".into(), Value::from("s3cr3t-value"))],
+            secrets: vec!["s3cr3t-value".into()],
+            ..RunOptions::default()
+        };
+        let (lines, _) = run_yaml("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg='token is {{ token }}'\n", &options);
+        let all = lines.join("\n");
+        assert!(!all.contains("s3cr3t-value"), "{all}");
+        assert!(all.contains("token is ********"), "{all}");
+    }
+
+    /// Extra vars win over play vars; play vars are templated lazily.
+    #[test]
+    fn variable_precedence() {
+        let options = RunOptions { extra_vars: vec![("who".into(), Value::from("cli"))], ..RunOptions::default() };
+        let (lines, _) = run_yaml(
+            "- hosts: localhost\n  gather_facts: false\n  vars:\n    msg: 'hi {{ who }}'\n    who: play\n  tasks:\n    - debug: var=msg\n",
+            &options,
+        );
+        assert!(lines.iter().any(|l| l.contains("\"msg\": \"hi cli\"")), "{}", lines.join("\n"));
+    }
+
+    /// Check mode reports the change and leaves the disk alone.
+    #[test]
+    fn check_mode_changes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let target = dir.path().join("f.txt");
+        let source = format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - copy: content=x dest={}\n", target.display());
+        let (_, report) = run_yaml(&source, &RunOptions { check: true, ..RunOptions::default() });
+        assert_eq!(report.stats.changed, 1);
+        assert!(!target.exists());
+    }
+
     /// `-e` accepts pairs, dicts and typed YAML.
     #[test]
     fn extra_vars_forms() {

@@ -770,6 +770,47 @@ fn unquote(s: &str) -> String {
     s.to_string()
 }
 
+/// Decodes Python escape sequences (`\\n`, `\\t`, `\\xNN`, `\\uNNNN`, ...) in `k=v` values,
+/// like Ansible's `_decode_escapes`.
+fn decode_escapes(text: &str) -> String {
+    if !text.contains('\\') {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let hex = |chars: &mut std::iter::Peekable<std::str::Chars>, n: usize| -> Option<char> {
+            let digits: String = (0..n).filter_map(|_| chars.next()).collect();
+            u32::from_str_radix(&digits, 16).ok().and_then(char::from_u32)
+        };
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('a') => out.push('\u{7}'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some('\\') => out.push('\\'),
+            Some('\'') => out.push('\''),
+            Some('"') => out.push('"'),
+            Some('x') => out.extend(hex(&mut chars, 2)),
+            Some('u') => out.extend(hex(&mut chars, 4)),
+            Some('U') => out.extend(hex(&mut chars, 8)),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// Ansible's `parse_kv`: `a=1 b="two words"`; with `free_form`, other words form `_raw_params`.
 pub fn parse_kv(text: &str, free_form: bool) -> Result<Vec<(String, Value)>, String> {
     let mut pairs = Vec::new();
@@ -782,7 +823,7 @@ pub fn parse_kv(text: &str, free_form: bool) -> Result<Vec<(String, Value)>, Str
         match eq {
             Some(i) if !free_form || RAW_PARAMS.contains(&&token[..i]) => {
                 let key = token[..i].to_string();
-                let value = unquote(&token[i + 1..]);
+                let value = decode_escapes(&unquote(&token[i + 1..]));
                 pairs.push((key, Value::from(value)));
             }
             _ if free_form => raw.push(token),
@@ -838,6 +879,8 @@ mod tests {
     fn kv_arguments() {
         let pairs = parse_kv("src=a dest='/b c' mode=0644", false).expect("valid");
         assert_eq!(pairs[1], ("dest".to_string(), Value::from("/b c")));
+        let pairs = parse_kv("content=\"a\\nb\" dest=x", false).expect("valid");
+        assert_eq!(pairs[0], ("content".to_string(), Value::from("a\nb")));
         let pairs = parse_kv("echo {{ a }} > /tmp/x creates=/tmp/x", true).expect("valid");
         assert_eq!(pairs[0], ("creates".to_string(), Value::from("/tmp/x")));
         assert_eq!(pairs[1], ("_raw_params".to_string(), Value::from("echo {{ a }} > /tmp/x")));

@@ -77,6 +77,60 @@ pub fn unsafe_string(text: &str) -> Value {
     }
 }
 
+/// Doubles backslashes inside string literals of `{{ }}` expressions, as Ansible does for
+/// templates written in YAML: `regex_replace('(a)', '\\1')` means a backreference there,
+/// not an octal escape, because YAML already processed the escapes once.
+pub fn escape_backslashes(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\\') || !text.contains("{{") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut in_var = false;
+    let mut quote: Option<char> = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if !in_var {
+            if c == '{' && next == Some('{') {
+                in_var = true;
+                out.push_str("{{");
+                i += 2;
+                continue;
+            }
+            out.push(c);
+        } else if let Some(q) = quote {
+            if c == '\\' {
+                out.push_str("\\\\");
+                if let Some(n) = next {
+                    if n == q {
+                        out.push(n);
+                        i += 1;
+                    }
+                }
+            } else {
+                if c == q {
+                    quote = None;
+                }
+                out.push(c);
+            }
+        } else if c == '\'' || c == '"' {
+            quote = Some(c);
+            out.push(c);
+        } else if c == '}' && next == Some('}') {
+            in_var = false;
+            out.push_str("}}");
+            i += 2;
+            continue;
+        } else {
+            out.push(c);
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// If `text` is exactly one `{{ expression }}`, the expression.
 fn single_expression(text: &str) -> Option<&str> {
     let trimmed = text.trim();
@@ -180,10 +234,11 @@ impl Templar {
         if !is_template(text) {
             return Ok(Value::from(text));
         }
-        if let Some(expression) = single_expression(text) {
+        let escaped = escape_backslashes(text);
+        if let Some(expression) = single_expression(&escaped) {
             return self.eval_expression(expression, text, ctx).map(strip_undefined);
         }
-        self.render_text(text, ctx).map(Value::from)
+        self.render_text(&escaped, ctx).map(Value::from)
     }
 
     /// Renders a template to text (the `template` module and multi-part strings).
@@ -237,7 +292,10 @@ impl Templar {
         let value = if is_template(bare) {
             self.template_str(bare, ctx)?
         } else {
-            self.eval_expression(bare, &expression, ctx)?
+            let wrapped = format!("{{{{ {bare} }}}}");
+            let escaped = escape_backslashes(&wrapped);
+            let inner = single_expression(&escaped).unwrap_or(bare);
+            self.eval_expression(inner, &expression, ctx)?
         };
         match value.kind() {
             ValueKind::Bool => Ok(value.is_true()),
@@ -431,6 +489,7 @@ mod tests {
         check("plain", Value::from("plain"));
         check("{{ flag | bool }}", Value::from(true));
         check("{{ 'abc' | regex_replace('b', 'X') }}", Value::from("aXc"));
+        check("{{ 'ab' | regex_replace('(a)(b)', '\\2\\1') }}", Value::from("ba"));
     }
 
     /// Undefined variables are errors that name the variable.

@@ -303,6 +303,10 @@ pub fn write_if_changed(dest: &Path, content: &[u8], args: &Args, ctx: &ModuleCo
     }
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
+            if ctx.check {
+                // An earlier task would have created it; report the would-be change.
+                return Ok(Outcome::new().with("changed", true).with("dest", dest.display().to_string()));
+            }
             return Ok(Outcome::failed(format!("Destination directory {} does not exist", parent.display())));
         }
     }

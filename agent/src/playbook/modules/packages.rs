@@ -168,7 +168,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         match state.as_str() {
             "present" | "installed" | "fixed" | "build-dep" => {
                 let missing: Vec<&String> = names.iter().filter(|n| !is_satisfied(n)).collect();
-                if !missing.is_empty() {
+                if !missing.is_empty() && ctx.check {
+                    changed = true;
+                } else if !missing.is_empty() {
                     let mut argv: Vec<&str> = vec!["install"];
                     argv.extend(common.iter().map(String::as_str));
                     argv.extend(missing.iter().map(|s| s.as_str()));
@@ -192,7 +194,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                         }
                     })
                     .collect();
-                if !outdated.is_empty() {
+                if !outdated.is_empty() && ctx.check {
+                    changed = true;
+                } else if !outdated.is_empty() {
                     let mut argv: Vec<&str> = vec!["install"];
                     argv.extend(common.iter().map(String::as_str));
                     if args.bool("only_upgrade", false)? {
@@ -217,7 +221,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                             || (purge && run("dpkg-query", &["-W", "-f=${Status}", name], &[], None).stdout.contains("config-files"))
                     })
                     .collect();
-                if !installed.is_empty() {
+                if !installed.is_empty() && ctx.check {
+                    changed = true;
+                } else if !installed.is_empty() {
                     let mut argv: Vec<&str> = vec!["remove"];
                     argv.extend(common.iter().map(String::as_str));
                     if purge {

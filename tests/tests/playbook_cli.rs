@@ -1,0 +1,127 @@
+//! The `dynserv-agent playbook` CLI contract and the shipped sample playbooks.
+//!
+//! Exit codes: 0 success, 2 failed task, 1 invalid playbook; an unknown module is
+//! rejected before any task runs, naming the module and its line. Every sample in
+//! `playbooks/` validates and passes `--check` on this (Debian/Ubuntu) machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(dynserv_tests::agent_binary())
+        .arg("playbook")
+        .args(args)
+        .output()
+        .expect("dynserv-agent runs")
+}
+
+fn write_playbook(dir: &Path, text: &str) -> String {
+    let path = dir.join("play.yml");
+    std::fs::write(&path, text).expect("write playbook");
+    path.display().to_string()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+const SAMPLES: &[&str] = &[
+    "hello.yml",
+    "nginx.yml",
+    "docker.yml",
+    "system-update.yml",
+    "compose-deploy.yml",
+    "db-backup.yml",
+];
+
+/// A playbook with an unknown module exits 1 before running anything, naming module and line.
+#[test]
+fn unknown_module_is_rejected_before_any_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("ran");
+    let file = write_playbook(
+        dir.path(),
+        &format!(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - file: path={} state=touch\n    - name: needs a collection\n      community.mysql.mysql_db:\n        name: app\n",
+            marker.display()
+        ),
+    );
+    let output = agent(&[&file]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let all = text(&output);
+    assert!(all.contains("community.mysql.mysql_db"), "{all}");
+    assert!(all.contains("line 5"), "{all}");
+    assert!(!all.contains("TASK ["), "{all}");
+    assert!(!marker.exists(), "a task ran before validation failed");
+}
+
+/// YAML syntax errors exit 1 with a line and a column.
+#[test]
+fn syntax_error_exits_1_with_position() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_playbook(dir.path(), "- hosts: localhost\n  tasks:\n    - debug: {msg: [unclosed\n");
+    let output = agent(&[&file]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("line "), "{}", text(&output));
+    assert!(text(&output).contains("column "), "{}", text(&output));
+}
+
+/// A failed task exits 2 and the recap counts it; success exits 0.
+#[test]
+fn exit_codes_and_recap() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_playbook(
+        dir.path(),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg={{ greeting }}\n    - command: /bin/false\n      when: fail | bool\n",
+    );
+    let output = agent(&[&file, "-e", "greeting=hi", "-e", "fail=no"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("PLAY RECAP"), "{stdout}");
+    assert!(stdout.contains("ok=1    changed=0    unreachable=0    failed=0    skipped=1"), "{stdout}");
+    assert!(stdout.contains("\"msg\": \"hi\""), "{stdout}");
+
+    let output = agent(&[&file, "-e", "greeting=hi", "-e", "fail=yes"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("fatal: [localhost]: FAILED!"), "{stdout}");
+    assert!(stdout.contains("failed=1"), "{stdout}");
+}
+
+/// Every sample playbook passes the runtime's validation.
+#[test]
+fn samples_validate() {
+    for sample in SAMPLES {
+        let path = workspace_root().join("playbooks").join(sample);
+        let output = agent(&["--syntax-check", &path.display().to_string()]);
+        assert_eq!(output.status.code(), Some(0), "{sample}: {}", text(&output));
+    }
+}
+
+/// Every sample playbook passes --check on this Debian/Ubuntu machine and changes nothing.
+#[test]
+fn samples_pass_check_mode() {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    assert!(
+        os_release.contains("ID=debian") || os_release.contains("ID=ubuntu") || os_release.contains("ID_LIKE=debian"),
+        "the sample playbooks target Debian/Ubuntu; this test must run on one"
+    );
+    for sample in SAMPLES {
+        let path = workspace_root().join("playbooks").join(sample);
+        let output = agent(&["--check", &path.display().to_string()]);
+        let all = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{sample} --check failed:\n{all}");
+        assert!(all.contains("failed=0"), "{sample}:\n{all}");
+    }
+}
