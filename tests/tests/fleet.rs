@@ -368,3 +368,121 @@ async fn demo_enrolls_a_local_agent() {
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(stdout_of(&log_of(&api, &exec).await), "hello from the demo\n");
 }
+
+/// A cookie-keeping client for the pages that never follows redirects.
+struct Pages {
+    base: String,
+    http: reqwest::Client,
+    cookies: Vec<(String, String)>,
+}
+
+impl Pages {
+    async fn login(cp: &ControlPlane, username: &str, password: &str) -> Pages {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let mut pages = Pages { base: cp.base_url(), http, cookies: Vec::new() };
+        let csrf = pages.csrf("/login").await;
+        let (status, _) = pages.post("/login", &[("csrf", &csrf), ("username", username), ("password", password)]).await;
+        assert_eq!(status, 303, "login as {username}");
+        pages
+    }
+
+    fn keep(&mut self, resp: &reqwest::Response) {
+        for value in resp.headers().get_all("set-cookie") {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                self.cookies.retain(|(name, _)| name != k);
+                self.cookies.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+
+    fn cookie(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let resp = self.http.get(format!("{}{path}", self.base)).header("cookie", self.cookie()).send().await.unwrap();
+        self.keep(&resp);
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// POST a form; answers the status and the Location (or the body when none).
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let resp = self.http.post(format!("{}{path}", self.base)).header("cookie", self.cookie()).form(form).send().await.unwrap();
+        self.keep(&resp);
+        let status = resp.status().as_u16();
+        match resp.headers().get("location") {
+            Some(location) => (status, location.to_str().unwrap().to_string()),
+            None => (status, resp.text().await.unwrap()),
+        }
+    }
+
+    async fn csrf(&mut self, path: &str) -> String {
+        let (status, html) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {html}");
+        let marker = "name=\"csrf\" value=\"";
+        let start = html.find(marker).expect("a csrf field") + marker.len();
+        html[start..].split('"').next().unwrap().to_string()
+    }
+}
+
+/// The fleet pages: agents, enrollment token (shown once), the run form of a server
+/// that opens the execution page with its live log, cancel, and no access for people
+/// outside the project.
+#[tokio::test]
+async fn fleet_pages_work_for_an_admin_and_hide_other_projects() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    connected_agent(&api, "localhost").await;
+    let mut admin = Pages::login(&cp, "admin", "admin123").await;
+
+    let (status, html) = admin.get("/agents").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("localhost") && html.contains("connected"), "{html}");
+
+    let csrf = admin.csrf("/agents/enroll").await;
+    let (status, html) = admin.post("/agents/enroll", &[("csrf", &csrf), ("project", "Local"), ("uses", "2"), ("ttl", "1h")]).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("dsv1.") && html.contains("dynserv-agent enroll --server"), "{html}");
+    let (status, html) = admin.post("/agents/enroll", &[("csrf", &csrf), ("project", "Local"), ("uses", "2"), ("ttl", "soon")]).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("is-invalid") && !html.contains("dsv1."), "{html}");
+
+    let (_, servers) = api.get("/api/v1/servers").await;
+    let server = servers.as_array().unwrap().iter().find(|s| s["name"] == "localhost").expect("the local server").clone();
+    let server_id = server["id"].as_str().unwrap();
+    let run = format!("/servers/{server_id}/run");
+    let csrf = admin.csrf(&run).await;
+    let (status, html) = admin.post(&run, &[("csrf", &csrf), ("script", ""), ("interpreter", "/bin/sh")]).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("is-invalid"), "{html}");
+    let (status, location) =
+        admin.post(&run, &[("csrf", &csrf), ("script", "echo \"from the page $WHO\"\n"), ("interpreter", "/bin/sh"), ("env", "WHO=admin")]).await;
+    assert_eq!(status, 303, "{location}");
+    let id = location.strip_prefix("/executions/").expect("redirect to the execution").to_string();
+    let end = wait_end(&api, &id, Duration::from_secs(60)).await;
+    assert_eq!(end["status"], "succeeded");
+    assert_eq!(stdout_of(&log_of(&api, &id).await), "from the page admin\n");
+    let (status, html) = admin.get(&location).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("log-viewer") && html.contains(&format!("/api/v1/executions/{id}/stream")), "{html}");
+    let (status, html) = admin.get("/executions").await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&id));
+    let csrf = admin.csrf(&location).await;
+    let (status, _) = admin.post(&format!("{location}/cancel"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303, "cancelling an ended job redirects with a message");
+
+    let mut sohila = Pages::login(&cp, "sohila", "sohila123").await;
+    let (status, _) = sohila.get(&location).await;
+    assert_eq!(status, 404);
+    let (status, html) = sohila.get("/agents").await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("localhost"), "sohila sees the Local project's agent");
+    let sohila_api = cp.api_as("sohila");
+    let (status, _) = sohila_api.get(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(status, 404);
+    let body = json!({"agent": "localhost", "kind": "script", "script": "id"});
+    let (status, _) = sohila_api.post("/api/v1/executions", &body).await;
+    assert_eq!(status, 422, "sohila may not even name the Local agent");
+}

@@ -49,7 +49,7 @@ pub fn agents_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
 pub fn agent(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let view = app.store.read(|r| {
         let agent = agents::find_visible(r, &ctx.subject, id)?;
-        Ok(agent_view(app, r, &agent)?)
+        agent_view(app, r, &agent)
     })?;
     Ok(reply(StatusCode::OK, &view))
 }
@@ -177,10 +177,9 @@ pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
         list.sort_by(|a, b| b.id.cmp(&a.id));
         list.truncate(100);
-        Ok(list
-            .iter()
+        list.iter()
             .map(|e| execution_view(r, e))
-            .collect::<anyhow::Result<Vec<_>>>()?)
+            .collect::<anyhow::Result<Vec<_>>>()
     })?;
     Ok(reply(StatusCode::OK, &views))
 }
@@ -189,7 +188,7 @@ pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub fn execution(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let view = app.store.read(|r| {
         let e = executions::get_visible(r, &ctx.subject, id)?;
-        Ok(execution_view(r, &e)?)
+        execution_view(r, &e)
     })?;
     Ok(reply(StatusCode::OK, &view))
 }
@@ -199,7 +198,7 @@ pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
     let from_seq = parse_from_seq(req)?;
     let chunks = app.store.read(|r| {
         executions::get_visible(r, &ctx.subject, id)?;
-        Ok(executions::log(r, id, from_seq, MAX_LOG_CHUNKS)?)
+        executions::log(r, id, from_seq, MAX_LOG_CHUNKS)
     })?;
     let mut body = String::new();
     for chunk in &chunks {

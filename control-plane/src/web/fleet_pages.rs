@@ -155,11 +155,7 @@ pub fn enroll_create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     }
 }
 
-fn server_and_agent(
-    app: &App,
-    ctx: &Ctx,
-    id: &str,
-) -> AppResult<(servers::Server, Option<Agent>, Option<Project>)> {
+fn server_and_agent(app: &App, ctx: &Ctx, id: &str) -> AppResult<RunTarget> {
     Ok(app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
         let agent = match &server.agent_id {
@@ -171,16 +167,18 @@ fn server_and_agent(
     })?)
 }
 
+/// A server with its agent and project, as the run form needs them.
+type RunTarget = (servers::Server, Option<Agent>, Option<Project>);
+
 fn run_page(
     app: &App,
     req: &Req,
     ctx: &Ctx,
-    server: &servers::Server,
-    agent: Option<&Agent>,
-    project: Option<&Project>,
+    target: &RunTarget,
     values: Value,
     errors: Value,
 ) -> AppResult<Resp> {
+    let (server, agent, project) = (&target.0, target.1.as_ref(), target.2.as_ref());
     let connected = agent.is_some_and(|a| app.fleet.live(&a.id).is_some());
     let recent = match agent {
         Some(agent) => app.store.read(|r| {
@@ -211,26 +209,17 @@ fn run_page(
 
 /// `GET /servers/{id}/run[?deploy=1]`: the run-script form.
 pub fn run_form(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
-    let (server, agent, project) = server_and_agent(app, ctx, id)?;
-    require(ctx, Action::OperateServers, Some(&server.project_id))?;
+    let target = server_and_agent(app, ctx, id)?;
+    require(ctx, Action::OperateServers, Some(&target.0.project_id))?;
     let script = match (
         req.query("deploy"),
-        project.as_ref().and_then(|p| p.deploy_command.clone()),
+        target.2.as_ref().and_then(|p| p.deploy_command.clone()),
     ) {
         (Some(_), Some(command)) => format!("{command}\n"),
         _ => String::new(),
     };
     let values = json!({"script": script, "interpreter": "/bin/bash", "timeout_s": "", "env": "", "working_dir": ""});
-    run_page(
-        app,
-        req,
-        ctx,
-        &server,
-        agent.as_ref(),
-        project.as_ref(),
-        values,
-        json!({}),
-    )
+    run_page(app, req, ctx, &target, values, json!({}))
 }
 
 /// Parses `KEY=VALUE` lines.
@@ -253,10 +242,10 @@ fn parse_env(text: &str) -> AppResult<std::collections::BTreeMap<String, String>
 pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
-    let (server, agent, project) = server_and_agent(app, ctx, id)?;
-    require(ctx, Action::OperateServers, Some(&server.project_id))?;
+    let target = server_and_agent(app, ctx, id)?;
+    require(ctx, Action::OperateServers, Some(&target.0.project_id))?;
     let parsed = (|| {
-        let agent = agent.as_ref().ok_or_else(|| {
+        let agent = target.1.as_ref().ok_or_else(|| {
             AppError::invalid("script", "this server has no agent; enroll one first")
         })?;
         let timeout_s = match form
@@ -293,9 +282,7 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
                 app,
                 req,
                 ctx,
-                &server,
-                agent.as_ref(),
-                project.as_ref(),
+                &target,
                 Value::Object(form.values()),
                 Value::Object(errors),
             )
@@ -312,10 +299,9 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
         list.sort_by(|a, b| b.id.cmp(&a.id));
         list.truncate(200);
-        Ok(list
-            .iter()
+        list.iter()
             .map(|e| fleet_api::execution_view(r, e))
-            .collect::<anyhow::Result<Vec<_>>>()?)
+            .collect::<anyhow::Result<Vec<_>>>()
     })?;
     page(
         app,
