@@ -200,4 +200,23 @@ mod tests {
         write_frame(&mut out, &ToAgent::Cancel).await.unwrap();
         assert_eq!(out, encode(&ToAgent::Cancel).unwrap());
     }
+
+    /// Random bytes (valid prefixes with garbage bodies, garbage prefixes) never panic
+    /// the decoder: the fuzz target's property, run on every test run.
+    #[test]
+    fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..64);
+            let mut body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            if rng.gen_bool(0.5) {
+                let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+                framed.append(&mut body);
+                body = framed;
+            }
+            let _ = decode::<ToAgent>(&body);
+            let _ = decode::<FromAgent>(&body);
+        }
+    }
 }

@@ -162,4 +162,21 @@ mod tests {
             Err(TokenError::CaHash),
         );
     }
+
+    /// Random texts never panic the parser, and whatever parses prints back the same.
+    #[test]
+    fn random_text_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let alphabet: Vec<char> = "dsv1.abcdef0123456789-_ ébxyz".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..120);
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            if let Ok(token) = EnrollmentToken::parse(&text) {
+                assert_eq!(token.to_string(), text.trim());
+            }
+        }
+    }
 }
