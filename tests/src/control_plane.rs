@@ -359,6 +359,15 @@ impl ControlPlane {
             }
             if let Ok(response) = http.get(&url).send().await {
                 if response.status() == reqwest::StatusCode::OK {
+                    // Another test's server may have taken our port between free_port
+                    // and the spawn: then ours fails to bind and exits at once. Only a
+                    // child still alive a moment after the answer is the one answering.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    if let Some(child) = self.child.as_mut() {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return Err(status.to_string());
+                        }
+                    }
                     return Ok(());
                 }
             }
