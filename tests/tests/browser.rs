@@ -351,6 +351,57 @@ async fn log_viewer_follows_reconnects_and_ends() {
     assert_eq!(follow, json!([true, true, true, true]));
 }
 
+/// The log viewer keeps up with a 20,000-line job: every line shown once, stderr
+/// marked, the end shown, within a time a person would wait.
+#[tokio::test]
+async fn log_viewer_keeps_up_with_twenty_thousand_lines() {
+    let fixture = Fixture::start().await;
+    let browser = Browser::start(&fixture.base_url).await;
+    let started = std::time::Instant::now();
+    browser.goto("/big").await;
+    eventually(
+        Duration::from_secs(60),
+        "the big execution ends",
+        || async {
+            let ended = browser
+                .eval("return document.getElementById('log').dataset.ended || null;")
+                .await;
+            ended.as_str().map(str::to_string)
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    eprintln!("20,000 lines rendered in {elapsed:?}");
+    let counts = browser
+        .eval(
+            "const lines = document.querySelectorAll('#log .log-line:not(.log-meta)');\
+             return [lines.length, document.querySelectorAll('#log .log-line.log-stderr').length,\
+                     lines[0].textContent, lines[lines.length - 1].textContent,\
+                     document.querySelector('[data-log-count]').textContent];",
+        )
+        .await;
+    let stderr_lines = BIG_LOG_LINES / 7;
+    // Lines are shown in arrival order: each frame's stdout part, then its stderr part,
+    // so the last line is the last frame's last stderr line, 19999 = 7 x 2857.
+    let last_line = "line 19999 on stderr";
+    assert_eq!(
+        counts,
+        json!([
+            BIG_LOG_LINES,
+            stderr_lines,
+            "line 1",
+            last_line,
+            "20000 lines"
+        ])
+    );
+    assert_eq!(browser.text("[data-exec-status]").await, "failed");
+    assert_eq!(browser.text("[data-exec-exit]").await, "3");
+    assert!(
+        elapsed < Duration::from_secs(45),
+        "20,000 lines took {elapsed:?} to render"
+    );
+}
+
 // ---- helpers ----------------------------------------------------------------------
 
 async fn assert_dark_background(browser: &Browser) {
@@ -498,6 +549,14 @@ const FIXTURE_BODY: &str = r##"
      data-log-url="/api/v1/executions/e1/log"></div>
 "##;
 
+const BIG_LOG_BODY: &str = r##"
+<span data-exec-status>running</span> <span data-exec-exit>—</span>
+<div id="log" class="log-viewer" data-stream-url="/api/v1/executions/big/stream"></div>
+"##;
+
+/// Lines in the big execution: the size of the fleet issue's stress job.
+const BIG_LOG_LINES: usize = 20_000;
+
 /// A loopback web server with the real static assets, the shell-rendered fixture page,
 /// two form targets and a scripted execution stream.
 struct Fixture {
@@ -517,6 +576,12 @@ impl Fixture {
         let page_route = warp::path("page")
             .and(warp::path::end())
             .map(move || warp::reply::html(page.clone()));
+        let big_page = shell_templates(BIG_LOG_BODY)
+            .render("page", &signed_in_context(0))
+            .expect("big log page renders");
+        let big_route = warp::path("big")
+            .and(warp::path::end())
+            .map(move || warp::reply::html(big_page.clone()));
         let submitted = warp::post()
             .and(warp::path("submitted"))
             .map(|| warp::reply::html("<!doctype html><title>submitted</title>ok"));
@@ -528,18 +593,27 @@ impl Fixture {
             .and(warp::query::<HashMap<String, String>>())
             .and(warp::ws())
             .map(
-                move |_id: String, query: HashMap<String, String>, ws: warp::ws::Ws| {
-                    let from_seq = query.get("from_seq").cloned();
-                    let connection = {
+                move |id: String, query: HashMap<String, String>, ws: warp::ws::Ws| {
+                    let big = id == "big";
+                    let connection = if big {
+                        0
+                    } else {
                         let mut requests = requests.lock().expect("lock");
-                        requests.push(from_seq);
+                        requests.push(query.get("from_seq").cloned());
                         requests.len()
                     };
-                    ws.on_upgrade(move |socket| play_stream(socket, connection))
+                    ws.on_upgrade(move |socket| async move {
+                        if big {
+                            play_big_stream(socket).await;
+                        } else {
+                            play_stream(socket, connection).await;
+                        }
+                    })
                 },
             );
         let routes = static_files
             .or(page_route)
+            .or(big_route)
             .or(submitted)
             .or(deleted)
             .or(stream);
@@ -600,5 +674,39 @@ async fn play_stream(mut socket: warp::ws::WebSocket, connection: usize) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = socket.close().await;
+}
+
+/// 20,000 lines in 2,000 frames of 10, every seventh line on stderr and every fifth in
+/// color, as fast as the socket takes them; then the end.
+async fn play_big_stream(mut socket: warp::ws::WebSocket) {
+    let lines_per_frame = 10;
+    for frame_index in 0..BIG_LOG_LINES / lines_per_frame {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        for line in frame_index * lines_per_frame..(frame_index + 1) * lines_per_frame {
+            let number = line + 1;
+            if number % 7 == 0 {
+                stderr.push_str(&format!("line {number} on stderr\n"));
+            } else if number % 5 == 0 {
+                stdout.push_str(&format!("\u{1b}[32mline {number}\u{1b}[0m\n"));
+            } else {
+                stdout.push_str(&format!("line {number}\n"));
+            }
+        }
+        let seq = frame_index * 2 + 1;
+        for (offset, stream, data) in [(0, "stdout", stdout), (1, "stderr", stderr)] {
+            let frame = json!({"seq": seq + offset, "stream": stream, "data": data});
+            if socket
+                .send(warp::ws::Message::text(frame.to_string()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let end = json!({"end": {"status": "failed", "exit_code": 3}});
+    let _ = socket.send(warp::ws::Message::text(end.to_string())).await;
     let _ = socket.close().await;
 }
