@@ -162,6 +162,9 @@ impl Execution {
 #[serde(deny_unknown_fields)]
 pub struct NewExecution {
     pub agent: Option<String>,
+    /// Fan-out: the same job on each of these agents (ids or names), created in one
+    /// transaction; `agent` must then be absent.
+    pub agents: Option<Vec<String>>,
     pub kind: Option<String>,
     pub script: Option<String>,
     pub interpreter: Option<String>,

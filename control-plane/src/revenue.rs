@@ -161,7 +161,7 @@ pub fn compute(subs: &[Subscription], servers: &[Server], today: NaiveDate) -> R
             }
         })
         .collect();
-    by_client.sort_by(|a, b| a.client.to_lowercase().cmp(&b.client.to_lowercase()));
+    by_client.sort_by_key(|c| c.client.to_lowercase());
 
     let mut agents: BTreeMap<String, (Money, Vec<String>, usize)> = BTreeMap::new();
     for s in &active {

@@ -284,7 +284,7 @@ pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Subscript
         .into_iter()
         .filter(|s| all || s.sales_agent_id == subject.user_id)
         .collect();
-    list.sort_by(|a, b| a.client.to_lowercase().cmp(&b.client.to_lowercase()));
+    list.sort_by_key(|s| s.client.to_lowercase());
     Ok(list)
 }
 

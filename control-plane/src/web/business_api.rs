@@ -82,7 +82,7 @@ pub fn list_requests(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub fn get_request(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let value = app.store.read(|r| {
         let request = requests::get_visible(r, &ctx.subject, id)?;
-        Ok(request_json(r, &request)?)
+        request_json(r, &request)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }
@@ -236,7 +236,7 @@ pub fn get_subscription(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
     let value = app.store.read(|r| {
         let sub = subscriptions::get_visible(r, &ctx.subject, id)?;
-        Ok(subscription_json(r, &sub)?)
+        subscription_json(r, &sub)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }
@@ -249,7 +249,7 @@ pub fn create_subscription(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let value = app.store.write(|w| {
         let owner = owner_of(w, ctx, input.sales_agent.as_deref())?.unwrap_or(ctx.user.clone());
         let sub = subscriptions::create(w, &actor, &owner, &input)?;
-        Ok(subscription_json(w, &sub)?)
+        subscription_json(w, &sub)
     })?;
     Ok(reply(StatusCode::CREATED, &value))
 }
@@ -263,7 +263,7 @@ pub fn update_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResu
         subscriptions::get_visible(w, &ctx.subject, id)?;
         let owner = owner_of(w, ctx, input.sales_agent.as_deref())?;
         let sub = subscriptions::update(w, &actor, id, &input, owner.as_ref())?;
-        Ok(subscription_json(w, &sub)?)
+        subscription_json(w, &sub)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }

@@ -109,7 +109,7 @@ pub fn requests_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 fn request_form_data(app: &App) -> AppResult<Value> {
     let projects: Vec<Value> = app
         .store
-        .read(|r| projects::all(r))?
+        .read(projects::all)?
         .iter()
         .map(|p| json!({"name": p.name, "budget": p.budget_monthly}))
         .collect();

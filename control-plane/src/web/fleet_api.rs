@@ -34,6 +34,33 @@ pub fn execution_view(r: &impl Read, execution: &Execution) -> anyhow::Result<Ex
     Ok(ExecutionView::new(execution, name))
 }
 
+/// The agent part of a server's JSON, as CONTRACT.md has it: `{"id", "connected",
+/// "last_seen"}` (plus `name`, `version`, `revoked`), or null without an agent. For
+/// `api::server_json` and the server pages.
+pub fn server_agent_json(
+    app: &App,
+    r: &impl Read,
+    server: &crate::servers::Server,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(agent_id) = &server.agent_id else {
+        return Ok(serde_json::Value::Null);
+    };
+    let agent = r.get::<Agent>(agent_id)?;
+    let live = app.fleet.live(agent_id);
+    let last_seen = live
+        .as_ref()
+        .map(|(seen, _)| *seen)
+        .or(agent.as_ref().and_then(|a| a.last_seen));
+    Ok(json!({
+        "id": agent_id,
+        "name": agent.as_ref().map(|a| a.name.clone()),
+        "connected": live.is_some(),
+        "last_seen": last_seen,
+        "version": agent.as_ref().map(|a| a.facts.agent_version.clone()),
+        "revoked": agent.as_ref().is_some_and(|a| a.revoked_at.is_some()),
+    }))
+}
+
 /// `GET /api/v1/agents`.
 pub fn agents_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
     let views = app.store.read(|r| {
@@ -148,9 +175,49 @@ pub fn start_execution(
     Ok(execution)
 }
 
-/// `POST /api/v1/executions`.
+/// Most agents one fan-out request may name.
+const MAX_FAN_OUT: usize = 20_000;
+
+/// `POST /api/v1/executions`. With `"agents": [...]` instead of `"agent"`, the same
+/// job is created for every agent in one transaction and the answer is
+/// `{"executions": [...]}`.
 pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let input: NewExecution = req.json()?;
+    if let Some(targets) = &input.agents {
+        if input.agent.is_some() {
+            return Err(AppError::invalid(
+                "agents",
+                "give either agent or agents, not both",
+            ));
+        }
+        if targets.is_empty() || targets.len() > MAX_FAN_OUT {
+            return Err(AppError::invalid(
+                "agents",
+                format!("agents must name 1 to {MAX_FAN_OUT} agents"),
+            ));
+        }
+        let actor = ctx.actor(req);
+        let created = app.store.write(|w| {
+            let mut created = Vec::with_capacity(targets.len());
+            for target in targets {
+                let one = NewExecution {
+                    agent: Some(target.clone()),
+                    agents: None,
+                    ..input.clone()
+                };
+                created.push(executions::create(w, &actor, &ctx.subject, &one)?);
+            }
+            Ok(created)
+        })?;
+        for execution in &created {
+            app.fleet.dispatch(execution);
+        }
+        let views: Vec<_> = created
+            .iter()
+            .map(|e| json!({"id": e.id, "agent": e.agent_id, "status": e.status.as_str()}))
+            .collect();
+        return Ok(reply(StatusCode::CREATED, &json!({"executions": views})));
+    }
     let execution = start_execution(app, req, ctx, &input)?;
     let view = app.store.read(|r| execution_view(r, &execution))?;
     Ok(reply(StatusCode::CREATED, &view))
