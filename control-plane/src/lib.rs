@@ -61,6 +61,8 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     tokio::spawn(subscriptions::renewal_job(app.clone(), wait_for(stop_rx.clone())));
     shutdown.await;
     tracing::info!("shutting down");
+    hetzner::provision::register();
+    tokio::spawn(hetzner::provision::supervisor(app.clone(), wait_for(stop_rx.clone())));
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = socket_task.await;

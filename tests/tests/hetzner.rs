@@ -86,6 +86,7 @@ async fn sync_pages_through_120_servers_and_a_rate_limit() {
         skip: 1,
         times: 1,
         path_prefix: Some("/v1/servers".into()),
+        method: None,
         kind: FaultKind::RateLimit,
     });
     let cp = control_plane(&sim).await;
@@ -393,4 +394,146 @@ async fn agent_download_serves_the_agent_binary() {
     let expected = std::fs::read(dynserv_tests::agent_binary()).unwrap();
     assert_eq!(bytes.len(), expected.len());
     assert!(bytes == expected);
+}
+
+/// Files a request as the demo's sales agent and has the demo's admin approve it;
+/// answers the request id.
+async fn approved_request(cp: &ControlPlane, project: &str, client: &str) -> String {
+    let sales = cp.api_as("sales");
+    let (status, created) = sales
+        .post(
+            "/api/v1/requests",
+            &json!({
+                "client_name": client, "client_email": "ops@client.example",
+                "purpose": "web shop", "project": project, "server_type": "cx22",
+                "location": "fsn1", "image": "ubuntu-24.04", "monthly_budget": 5.0,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("request id").to_string();
+    let (status, body) = cp
+        .api_as("admin")
+        .post(&format!("/api/v1/requests/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    id
+}
+
+async fn request_status(api: &Api, id: &str, wanted: &str) -> Value {
+    eventually(
+        Duration::from_secs(90),
+        &format!("request {wanted}"),
+        || async {
+            let (_, r) = api.get(&format!("/api/v1/requests/{id}")).await;
+            (r["status"] == wanted).then_some(r)
+        },
+    )
+    .await
+}
+
+/// The whole loop: approval creates the server at Hetzner with cloud-init that
+/// downloads the agent from the control plane and enrolls it with a one-time token;
+/// the request ends deployed and its server is one record with both views.
+#[tokio::test]
+async fn approval_provisions_until_the_agent_enrolls() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-prov");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let project_id = project(&admin, "Provco", "tok-prov", None).await;
+    let id = approved_request(&cp, "Provco", "Acme Shop").await;
+    let request = request_status(&admin, &id, "deployed").await;
+
+    let at_sim = sim.servers("tok-prov");
+    assert_eq!(at_sim.len(), 1, "{at_sim:?}");
+    let created = &at_sim[0];
+    assert_eq!(created.server_type, "cx22");
+    assert_eq!(created.location, "fsn1");
+    assert_eq!(created.image, "ubuntu-24.04");
+    assert_eq!(created.labels["dynserv-request"], id);
+    let user_data = created.user_data.as_deref().unwrap();
+    assert!(user_data.starts_with("#cloud-config"));
+    assert!(user_data.contains(&format!("{}/download/dynserv-agent", cp.base_url())));
+    assert!(user_data.contains("DYNSERV_ENROLL_TOKEN=dsv1."));
+    assert!(sim
+        .boot_log(created.id)
+        .iter()
+        .any(|l| l.starts_with("downloading")));
+    assert_eq!(sim.created_count(), 1);
+
+    let (status, steps) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    assert_eq!(status, 200, "{steps}");
+    let states: Vec<_> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("creating", "done"),
+            ("booting", "done"),
+            ("agent enrolled", "done"),
+            ("deployed", "done")
+        ]
+    );
+    let servers: Vec<_> = servers_of(&admin, "Provco").await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["hetzner_id"], created.id);
+    assert!(servers[0]["agent"].is_object(), "{}", servers[0]);
+    assert_eq!(request["server_id"], servers[0]["id"]);
+    let _ = project_id;
+}
+
+/// Hetzner creates the server but the answer is lost: the request fails with
+/// Hetzner's message, and the retry finds the server by its label instead of
+/// creating a second one.
+#[tokio::test]
+async fn retry_after_a_lost_answer_creates_nothing_twice() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-retry");
+    sim.inject(Fault {
+        skip: 0,
+        times: 1,
+        path_prefix: Some("/v1/servers".into()),
+        method: Some("POST".into()),
+        kind: FaultKind::ErrorAfterProcessing {
+            status: 504,
+            code: "timeout".into(),
+            message: "the request timed out".into(),
+        },
+    });
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Retryco", "tok-retry", None).await;
+    let id = approved_request(&cp, "Retryco", "Beta Labs").await;
+    let failed = request_status(&admin, &id, "failed").await;
+    let reason = failed["history"].as_array().unwrap().last().unwrap()["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("the request timed out"), "{failed}");
+
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    request_status(&admin, &id, "deployed").await;
+    let posts = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/servers")
+        .count();
+    assert_eq!(posts, 1, "one create in all");
+    assert_eq!(sim.servers("tok-retry").len(), 1);
+    let servers = servers_of(&admin, "Retryco").await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(servers[0]["hetzner_id"].is_i64());
+    assert!(servers[0]["agent"].is_object());
 }

@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod client;
 pub mod power;
+pub mod provision;
 pub mod sync;
 
 pub use client::{Client, HetznerError, PowerAction};

@@ -99,6 +99,16 @@ pub fn action(app: &App, ctx: &Ctx, id: &str, action_id: &str) -> AppResult<Resp
     Ok(reply(StatusCode::OK, &action))
 }
 
+/// `GET /api/v1/requests/{id}/provisioning`: the provisioning steps of a request
+/// (creating, booting, agent enrolled, deployed), or null before it started.
+pub fn provisioning(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let value = app.store.read(|r| {
+        let request = crate::requests::get_visible(r, &ctx.subject, id)?;
+        crate::hetzner::provision::view(r, &request.id)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
 /// `GET /api/v1/projects/{id}/costs`: this month's cost, the budget, the warnings
 /// raised this month and the trend of the last twelve months.
 pub fn costs(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {

@@ -58,6 +58,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["projects", id, "access"]) => api::grant_access(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "sync"]) => hetzner_api::sync_project(app, req, &ctx, id),
         (&Method::GET, ["projects", id, "costs"]) => hetzner_api::costs(app, &ctx, id),
+        (&Method::GET, ["requests", id, "provisioning"]) => hetzner_api::provisioning(app, &ctx, id),
         (&Method::POST, ["servers", id, "power"]) => hetzner_api::power(app, req, &ctx, id).await,
         (&Method::GET, ["servers", id, "actions"]) => hetzner_api::actions(app, &ctx, id),
         (&Method::GET, ["servers", id, "actions", action_id]) => {
@@ -143,6 +144,8 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["agents"]) => fleet_pages::agents_page(app, req, &ctx),
         (&Method::GET, ["requests"]) => super::business_pages::requests_list(app, req, &ctx),
         (&Method::GET, ["requests", "new"]) => super::business_pages::request_form(app, req, &ctx),
+        (&Method::POST, ["projects", id, "sync"]) => hetzner_pages::sync(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "power"]) => hetzner_pages::power(app, req, &ctx, id).await,
         (&Method::POST, ["requests", "new"]) => super::business_pages::request_save(app, req, &ctx),
         (&Method::GET, ["requests", id]) => super::business_pages::request_page(app, req, &ctx, id),
         (&Method::POST, ["requests", id, step]) => match request_action(step) {
@@ -177,8 +180,6 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
         (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),
-        (&Method::POST, ["projects", id, "sync"]) => hetzner_pages::sync(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "power"]) => hetzner_pages::power(app, req, &ctx, id).await,
         (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => fleet_pages::cancel_page(app, req, &ctx, id),

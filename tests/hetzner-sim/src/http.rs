@@ -64,7 +64,7 @@ pub fn handle(
         .map(|t| t.trim().to_string())
         .unwrap_or_default();
     let reset = (state.hour_started + chrono::Duration::hours(1)).timestamp();
-    let (mut resp, remaining) = if let Some(kind) = state.take_fault(path) {
+    let (mut resp, remaining) = if let Some(kind) = state.take_fault(method.as_str(), path) {
         let resp = match kind {
             FaultKind::RateLimit => error(&ApiError::new(
                 429,
@@ -76,6 +76,16 @@ pub fn handle(
                 code,
                 message,
             } => error(&ApiError::new(status, &code, message)),
+            FaultKind::ErrorAfterProcessing {
+                status,
+                code,
+                message,
+            } => {
+                if state.projects.contains_key(&token) {
+                    let _ = api(shared, state, &token, &method, path, &params, &body);
+                }
+                error(&ApiError::new(status, &code, message))
+            }
         };
         (resp, 0)
     } else if !state.projects.contains_key(&token) {

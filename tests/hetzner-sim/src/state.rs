@@ -209,6 +209,9 @@ pub struct Fault {
     /// Only requests whose path starts with this (`/v1/servers`), when set.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Only requests with this method (`POST`), when set.
+    #[serde(default)]
+    pub method: Option<String>,
     pub kind: FaultKind,
 }
 
@@ -222,6 +225,13 @@ fn one() -> u32 {
 pub enum FaultKind {
     /// 429 `rate_limit_exceeded` with `RateLimit-Remaining: 0`.
     RateLimit,
+    /// The request is carried out, but the answer is lost: the client gets this
+    /// error instead (a gateway timeout after the server was created, say).
+    ErrorAfterProcessing {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// Any status with Hetzner's error body.
     Error {
         status: u16,
@@ -432,11 +442,14 @@ impl State {
     }
 
     /// Takes the fault that applies to this request, if any.
-    pub fn take_fault(&mut self, path: &str) -> Option<FaultKind> {
+    pub fn take_fault(&mut self, method: &str, path: &str) -> Option<FaultKind> {
         let index = self.faults.iter().position(|f| {
             f.path_prefix
                 .as_deref()
                 .is_none_or(|prefix| path.starts_with(prefix))
+                && f.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
         })?;
         let fault = &mut self.faults[index];
         if fault.skip > 0 {
@@ -669,11 +682,12 @@ mod tests {
             skip: 1,
             times: 2,
             path_prefix: None,
+            method: None,
             kind: FaultKind::RateLimit,
         });
-        assert!(state.take_fault("/v1/servers").is_none());
-        assert!(state.take_fault("/v1/servers").is_some());
-        assert!(state.take_fault("/v1/servers").is_some());
-        assert!(state.take_fault("/v1/servers").is_none());
+        assert!(state.take_fault("GET", "/v1/servers").is_none());
+        assert!(state.take_fault("GET", "/v1/servers").is_some());
+        assert!(state.take_fault("GET", "/v1/servers").is_some());
+        assert!(state.take_fault("GET", "/v1/servers").is_none());
     }
 }

@@ -174,6 +174,7 @@ async fn errors_parse_as_error_responses() {
         skip: 0,
         times: 1,
         path_prefix: None,
+        method: None,
         kind: FaultKind::RateLimit,
     });
     let raw = reqwest::Client::new()
