@@ -40,7 +40,7 @@ use tokio::io::AsyncWriteExt;
 
 /// The start of the machine-readable last line of a backup, verify, restore or
 /// update job.
-pub const RESULT_PREFIX: &str = "DYNSERV-RESULT ";
+pub const RESULT_PREFIX: &str = dynserv_shared::proto::RESULT_PREFIX;
 
 /// Reads and writes of dumps move in pieces of this size.
 const PIECE: usize = 64 * 1024;

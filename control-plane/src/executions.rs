@@ -85,6 +85,31 @@ pub enum Work {
         vars: BTreeMap<String, String>,
         check: bool,
     },
+    // Backups, verifies, restores and updates: built by `backups` / `updates`.
+    ComposeBackup {
+        backup_id: String,
+        compose_project: String,
+        service: String,
+        command: String,
+        dump_path: Option<String>,
+        keep: u32,
+    },
+    ComposeVerify {
+        backup_id: String,
+        compose_project: String,
+        service: String,
+    },
+    ComposeRestore {
+        backup_id: String,
+        compose_project: String,
+        service: String,
+        command: String,
+        dump_path: Option<String>,
+    },
+    SystemUpdate {
+        update_id: String,
+        check: bool,
+    },
 }
 
 impl Work {
@@ -92,6 +117,10 @@ impl Work {
         match self {
             Work::Script { .. } => "script",
             Work::Playbook { .. } => "playbook",
+            Work::ComposeBackup { .. } => "compose_backup",
+            Work::ComposeVerify { .. } => "compose_verify",
+            Work::ComposeRestore { .. } => "compose_restore",
+            Work::SystemUpdate { .. } => "system_update",
         }
     }
 }
@@ -148,6 +177,7 @@ impl Execution {
                 vars: vars.clone(),
                 check: *check,
             },
+            other => crate::backups::job_kind(other),
         };
         JobSpec {
             job_id: self.id.clone(),
@@ -182,6 +212,10 @@ pub struct NewExecution {
     pub service: Option<String>,
     pub command: Option<String>,
     pub dump_path: Option<String>,
+    /// Work built by the control plane itself (backups, restores, updates); never
+    /// read from JSON.
+    #[serde(skip)]
+    pub work: Option<Work>,
 }
 
 fn env_name_ok(name: &str) -> bool {
@@ -320,16 +354,15 @@ pub fn create(
                 check: input.check.unwrap_or(false),
             }
         }
-        "compose_backup" => {
-            return Err(AppError::invalid(
-                "kind",
-                "compose_backup executions are started from the server's backup action",
-            ))
-        }
+        _ if input.work.is_some() => input
+            .work
+            .clone()
+            .ok_or_else(|| AppError::invalid("kind", "no work"))?,
+        "compose_backup" => crate::backups::work_from_api(w, &agent, input)?,
         other => {
             return Err(AppError::invalid(
                 "kind",
-                format!("unknown kind {other:?}; use script or playbook"),
+                format!("unknown kind {other:?}; use script, playbook or compose_backup"),
             ))
         }
     };
@@ -376,6 +409,7 @@ pub fn create(
         &format!("agent:{}", agent.name),
         format!("{} {}", execution.work.kind(), execution.id),
     )?;
+    crate::backups::on_created(w, &execution)?;
     Ok(execution)
 }
 
@@ -453,6 +487,7 @@ pub fn finish(
     e.summary = Some(summary.to_string());
     e.finished_at = Some(now);
     w.put(&e)?;
+    crate::backups::on_finished(w, &e)?;
     w.index_delete(ACTIVE, &index_key(&e))?;
     Ok(true)
 }

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -19,10 +20,12 @@ pub mod policy;
 pub mod projects;
 pub mod requests;
 pub mod revenue;
+pub mod schedules;
 pub mod secrets;
 pub mod servers;
 pub mod store;
 pub mod subscriptions;
+pub mod updates;
 pub mod users;
 pub mod validate;
 pub mod web;
@@ -59,6 +62,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     }
     tokio::spawn(hetzner::sync::scheduler(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(subscriptions::renewal_job(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(schedules::scheduler(app.clone(), wait_for(stop_rx.clone())));
     shutdown.await;
     tracing::info!("shutting down");
     hetzner::provision::register();

@@ -43,6 +43,11 @@ pub const FLEET_SERVER_NAME: &str = "dynserv.fleet";
 /// Largest output chunk an agent sends, in bytes of `data`.
 pub const MAX_CHUNK_LEN: usize = 32 * 1024;
 
+/// The start of the last stdout line of a backup, verify, restore or update job:
+/// `DYNSERV-RESULT {json}` carries what the control plane records (size, sha256,
+/// upgraded packages, or `{"ok": false, "error"}`). It travels as ordinary output.
+pub const RESULT_PREFIX: &str = "DYNSERV-RESULT ";
+
 /// Host facts, sent at enrollment and in every hello.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Facts {

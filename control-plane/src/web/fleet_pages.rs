@@ -320,6 +320,7 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         let script = match &e.work {
             executions::Work::Script { interpreter, script, .. } => json!({"interpreter": interpreter, "text": script}),
             executions::Work::Playbook { playbook, check, .. } => json!({"interpreter": if *check { "playbook (check mode)" } else { "playbook" }, "text": playbook}),
+            other => crate::backups::work_summary(other),
         };
         let server_name = match &e.server_id {
             Some(sid) => r.get::<servers::Server>(sid)?.map(|s| s.name),

@@ -10,10 +10,11 @@ pub mod business_api;
 pub mod business_pages;
 pub mod fleet_api;
 pub mod fleet_pages;
-pub mod pages;
-pub mod render;
 pub mod hetzner_api;
 pub mod hetzner_pages;
+pub mod ops_api;
+pub mod pages;
+pub mod render;
 pub mod router;
 pub mod ws;
 

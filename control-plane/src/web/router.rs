@@ -100,6 +100,21 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["executions", id]) => fleet_api::execution(app, &ctx, id),
         (&Method::GET, ["executions", id, "log"]) => fleet_api::execution_log(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => fleet_api::cancel_execution(app, req, &ctx, id),
+        // Operations: backups, restores, system updates, schedules.
+        (&Method::GET, ["backups"]) => super::ops_api::backups_list(app, req, &ctx),
+        (&Method::GET, ["backups", id]) => super::ops_api::backup(app, &ctx, id),
+        (&Method::POST, ["backups", id, "verify"]) => super::ops_api::backup_verify(app, req, &ctx, id),
+        (&Method::POST, ["backups", id, "restore"]) => super::ops_api::backup_restore(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "backup"]) => super::ops_api::server_backup(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "update"]) => super::ops_api::server_update(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "backup"]) => super::ops_api::project_backup(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "update"]) => super::ops_api::project_update(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "backup-recipe"]) => super::ops_api::recipe(app, &ctx, id),
+        (&Method::PUT, ["projects", id, "backup-recipe"]) => super::ops_api::save_recipe(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "schedules"]) => super::ops_api::schedules_get(app, &ctx, id),
+        (&Method::PUT, ["projects", id, "schedules"]) => super::ops_api::schedules_put(app, req, &ctx, id),
+        (&Method::GET, ["updates"]) => super::ops_api::updates_list(app, req, &ctx),
+        (&Method::GET, ["updates", id]) => super::ops_api::update(app, &ctx, id),
         _ => Err(AppError::not_found("endpoint")),
     };
     match result {

@@ -1,0 +1,919 @@
+//! Backups of Docker Compose services: each project's backup recipe (compose project,
+//! service, command, dump path, how many to keep, restore command), and one backup
+//! record per backup run (status, duration, size, sha256, `backup_log`, `error_log`).
+//!
+//! A backup, verify or restore is an execution whose work is `compose_backup`,
+//! `compose_verify` or `compose_restore` (see `executions::Work`); the agent runs it
+//! through the Docker API. `executions` calls [`on_created`] when such an execution is
+//! stored and [`on_finished`] when it ends, in the same transaction: the record is
+//! created `running` with its execution, and filled from the stored log when the job
+//! ends: the job's last stdout line is `DYNSERV-RESULT {json}`
+//! ([`dynserv_shared::proto::RESULT_PREFIX`]). A backup is `succeeded` only when the
+//! job succeeded *and* that line reports a non-empty dump with its sha256.
+//!
+//! Tables: `backup_recipes` (keyed by project id), `backups`; indexes
+//! `backup_by_execution` (execution id → backup id, for backups, verifies and
+//! restores) and `backup_by_project` (`project_id/backup_id`).
+//! System updates live in `updates`, schedules in `schedules`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agents::Agent;
+use crate::audit::{self, Actor};
+use crate::error::{AppError, AppResult};
+use crate::executions::{self, Execution, NewExecution, Status, Work};
+use crate::policy::{self, Action, Subject};
+use crate::servers::Server;
+use crate::store::{Read, Record, Writer};
+use dynserv_shared::proto::{JobKind, RESULT_PREFIX};
+
+const BY_EXECUTION: &str = "backup_by_execution";
+const BY_PROJECT: &str = "backup_by_project";
+
+/// Backups kept per recipe when the project sets no number.
+pub const DEFAULT_KEEP: u32 = 7;
+/// Longest part of a log kept in a record; the execution keeps the whole log.
+const MAX_RECORD_LOG: usize = 256 * 1024;
+/// The word a restore must be confirmed with.
+pub const RESTORE_CONFIRMATION: &str = "RESTORE";
+
+/// A project's backup recipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipe {
+    pub project_id: String,
+    /// The `com.docker.compose.project` label of the database's container.
+    pub compose_project: String,
+    /// The `com.docker.compose.service` label.
+    pub service: String,
+    /// The backup command, run with `/bin/sh -c` in the container.
+    pub command: String,
+    /// Where the command leaves its dump in the container; its stdout is the dump
+    /// when absent.
+    pub dump_path: Option<String>,
+    /// Backups the agent keeps.
+    pub keep: u32,
+    /// The restore command; it finds the dump at `restore_path` (also in
+    /// `$DYNSERV_RESTORE_FILE`), or on its stdin when `restore_path` is absent.
+    pub restore_command: Option<String>,
+    pub restore_path: Option<String>,
+    pub updated_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Record for Recipe {
+    const TABLE: &'static str = "backup_recipes";
+    fn id(&self) -> &str {
+        &self.project_id
+    }
+}
+
+/// A backup's status, as the contract names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// The outcome of a verify or restore of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub execution_id: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// `running`, `succeeded` or `failed`.
+    pub status: BackupStatus,
+    pub error: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One backup run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backup {
+    pub id: String,
+    pub project_id: String,
+    pub agent_id: String,
+    pub server_id: Option<String>,
+    pub execution_id: String,
+    pub compose_project: String,
+    pub service: String,
+    pub command: String,
+    pub dump_path: Option<String>,
+    pub status: BackupStatus,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    /// Where the agent keeps the dump.
+    pub path: Option<String>,
+    /// The command's stdout and the agent's progress lines.
+    pub backup_log: String,
+    /// The command's stderr and the agent's notes.
+    pub error_log: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The agent no longer keeps the dump (older than the newest `keep`).
+    #[serde(default)]
+    pub removed: bool,
+    #[serde(default)]
+    pub last_verify: Option<Check>,
+    #[serde(default)]
+    pub restores: Vec<Check>,
+}
+
+impl Record for Backup {
+    const TABLE: &'static str = "backups";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Backup {
+    /// Seconds from start (or creation) to end.
+    pub fn duration_s(&self) -> Option<f64> {
+        let start = self.started_at.unwrap_or(self.created_at);
+        self.finished_at
+            .map(|f| (f - start).num_milliseconds() as f64 / 1000.0)
+    }
+}
+
+/// The API view: the record plus its duration and, for pages, the status word.
+pub fn view(backup: &Backup) -> serde_json::Value {
+    let mut value = serde_json::to_value(backup).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("duration_s".into(), serde_json::json!(backup.duration_s()));
+    }
+    value
+}
+
+/// Whether a compose project or service name is usable (Compose's own rules, and
+/// safe as a directory name on the agent).
+pub fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_command(field: &str, command: &str) -> AppResult<()> {
+    if command.trim().is_empty() {
+        return Err(AppError::invalid(field, format!("{field} is required")));
+    }
+    if command.len() > 16 * 1024 || command.contains('\0') {
+        return Err(AppError::invalid(
+            field,
+            format!("{field} is too long or holds a NUL byte"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(field: &str, path: Option<&str>) -> AppResult<Option<String>> {
+    match path.map(str::trim).filter(|p| !p.is_empty()) {
+        None => Ok(None),
+        Some(p)
+            if p.starts_with('/') && !p.ends_with('/') && !p.contains('\0') && p.len() <= 1024 =>
+        {
+            Ok(Some(p.to_string()))
+        }
+        Some(_) => Err(AppError::invalid(
+            field,
+            format!("{field} must be an absolute file path inside the container"),
+        )),
+    }
+}
+
+/// The body of `PUT /api/v1/projects/{id}/backup-recipe` (and the recipe form).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeInput {
+    pub compose_project: Option<String>,
+    pub service: Option<String>,
+    pub command: Option<String>,
+    pub dump_path: Option<String>,
+    pub keep: Option<u32>,
+    pub restore_command: Option<String>,
+    pub restore_path: Option<String>,
+}
+
+/// Sets a project's backup recipe.
+pub fn save_recipe(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    project_id: &str,
+    input: &RecipeInput,
+) -> AppResult<Recipe> {
+    if !policy::can(subject, Action::EditProject, Some(project_id)) {
+        return Err(AppError::forbidden());
+    }
+    let compose_project = input
+        .compose_project
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if !name_ok(&compose_project) {
+        return Err(AppError::invalid("compose_project", "compose_project is required: the Compose project name (letters, digits, '-', '_', '.')"));
+    }
+    let service = input.service.as_deref().unwrap_or("").trim().to_string();
+    if !name_ok(&service) {
+        return Err(AppError::invalid(
+            "service",
+            "service is required: the Compose service name (letters, digits, '-', '_', '.')",
+        ));
+    }
+    let command = input.command.as_deref().unwrap_or("").trim().to_string();
+    check_command("command", &command)?;
+    let keep = input.keep.unwrap_or(DEFAULT_KEEP);
+    if keep == 0 || keep > 1000 {
+        return Err(AppError::invalid("keep", "keep must be between 1 and 1000"));
+    }
+    let restore_command = input
+        .restore_command
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from);
+    if let Some(c) = &restore_command {
+        check_command("restore_command", c)?;
+    }
+    let recipe = Recipe {
+        project_id: project_id.to_string(),
+        compose_project,
+        service,
+        command,
+        dump_path: check_path("dump_path", input.dump_path.as_deref())?,
+        keep,
+        restore_command,
+        restore_path: check_path("restore_path", input.restore_path.as_deref())?,
+        updated_by: actor.username.clone(),
+        updated_at: Utc::now(),
+    };
+    w.put(&recipe)?;
+    audit::record(
+        w,
+        actor,
+        "backup.recipe",
+        &format!("project:{project_id}"),
+        format!("{}/{}", recipe.compose_project, recipe.service),
+    )?;
+    Ok(recipe)
+}
+
+/// A project's recipe, if it has one.
+pub fn recipe(r: &impl Read, project_id: &str) -> anyhow::Result<Option<Recipe>> {
+    r.get::<Recipe>(project_id)
+}
+
+/// The work of a `compose_backup` execution from `POST /api/v1/executions`.
+pub fn work_from_api(r: &impl Read, agent: &Agent, input: &NewExecution) -> AppResult<Work> {
+    let compose_project = input
+        .compose_project
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if !name_ok(&compose_project) {
+        return Err(AppError::invalid(
+            "compose_project",
+            "compose_project is required (the Compose project name)",
+        ));
+    }
+    let service = input.service.as_deref().unwrap_or("").trim().to_string();
+    if !name_ok(&service) {
+        return Err(AppError::invalid(
+            "service",
+            "service is required (the Compose service name)",
+        ));
+    }
+    let command = input.command.as_deref().unwrap_or("").to_string();
+    check_command("command", &command)?;
+    let keep = recipe(r, &agent.project_id)?
+        .map(|r| r.keep)
+        .unwrap_or(DEFAULT_KEEP);
+    Ok(Work::ComposeBackup {
+        backup_id: uuid::Uuid::now_v7().to_string(),
+        compose_project,
+        service,
+        command,
+        dump_path: check_path("dump_path", input.dump_path.as_deref())?,
+        keep,
+    })
+}
+
+/// The job an agent runs for a stored work.
+pub fn job_kind(work: &Work) -> JobKind {
+    match work.clone() {
+        Work::Script {
+            interpreter,
+            script,
+            env,
+            working_dir,
+        } => JobKind::Script {
+            interpreter,
+            body: script,
+            env,
+            working_dir,
+        },
+        Work::Playbook {
+            playbook,
+            vars,
+            check,
+        } => JobKind::Playbook {
+            yaml: playbook,
+            vars,
+            check,
+        },
+        Work::ComposeBackup {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+            keep,
+        } => JobKind::ComposeBackup {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+            keep,
+        },
+        Work::ComposeVerify {
+            backup_id,
+            compose_project,
+            service,
+        } => JobKind::ComposeVerify {
+            backup_id,
+            compose_project,
+            service,
+        },
+        Work::ComposeRestore {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+        } => JobKind::ComposeRestore {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+        },
+        Work::SystemUpdate { check, .. } => JobKind::SystemUpdate { check },
+    }
+}
+
+/// What a backup, verify, restore or update execution runs, for the execution page:
+/// `{"interpreter", "text"}` like a script's.
+pub fn work_summary(work: &Work) -> serde_json::Value {
+    let (what, text) = match work {
+        Work::ComposeBackup {
+            compose_project,
+            service,
+            command,
+            dump_path,
+            keep,
+            ..
+        } => (
+            "compose backup",
+            format!(
+                "# {compose_project}/{service}, dump {}, keep {keep}\n{command}",
+                dump_path.as_deref().unwrap_or("from stdout")
+            ),
+        ),
+        Work::ComposeVerify {
+            backup_id,
+            compose_project,
+            service,
+        } => (
+            "compose verify",
+            format!("# {compose_project}/{service}: recompute the sha256 of backup {backup_id}"),
+        ),
+        Work::ComposeRestore {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+        } => (
+            "compose restore",
+            format!(
+                "# {compose_project}/{service}: restore backup {backup_id} ({})\n{command}",
+                dump_path
+                    .as_deref()
+                    .map(|p| format!("copied to {p}"))
+                    .unwrap_or_else(|| "on stdin".into())
+            ),
+        ),
+        Work::SystemUpdate { check, .. } => (
+            "system update",
+            if *check {
+                "list the packages that would be upgraded".into()
+            } else {
+                "upgrade every package non-interactively".into()
+            },
+        ),
+        Work::Script {
+            script,
+            interpreter,
+            ..
+        } => ("script", format!("# {interpreter}\n{script}")),
+        Work::Playbook { playbook, .. } => ("playbook", playbook.clone()),
+    };
+    serde_json::json!({"interpreter": what, "text": text})
+}
+
+/// Stores an execution of prepared work on an agent, through `executions` (which
+/// checks the agent and the subject's right to operate it).
+pub fn create_execution(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    agent_id: &str,
+    work: Work,
+) -> AppResult<Execution> {
+    let input = NewExecution {
+        agent: Some(agent_id.to_string()),
+        kind: Some(work.kind().to_string()),
+        work: Some(work),
+        ..Default::default()
+    };
+    executions::create(w, actor, subject, &input)
+}
+
+/// The agent of a server (or an agent id given directly).
+pub fn agent_of_server(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Agent> {
+    if let Some(server) = r.get::<Server>(id)? {
+        if !policy::can(subject, Action::ViewServers, Some(&server.project_id)) {
+            return Err(AppError::not_found("server"));
+        }
+        let agent_id = server.agent_id.clone().ok_or_else(|| {
+            AppError::conflict(format!("server {} has no agent enrolled", server.name))
+        })?;
+        return r.get::<Agent>(&agent_id)?.ok_or_else(|| {
+            AppError::conflict(format!("server {} has no agent enrolled", server.name))
+        });
+    }
+    crate::agents::find_visible(r, subject, id).map_err(|e| {
+        if e.kind == crate::error::Kind::NotFound {
+            AppError::not_found("server")
+        } else {
+            e
+        }
+    })
+}
+
+/// The usable agents of a project.
+pub fn agents_of_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<Agent>> {
+    Ok(r.list::<Agent>()?
+        .into_iter()
+        .filter(|a| a.project_id == project_id && a.revoked_at.is_none())
+        .collect())
+}
+
+/// Starts the project's backup on one agent.
+pub fn start_on_agent(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    agent: &Agent,
+) -> AppResult<Execution> {
+    let recipe = recipe(w, &agent.project_id)?.ok_or_else(|| {
+        AppError::conflict("this project has no backup recipe yet: set the Compose project, service and command first")
+    })?;
+    let work = Work::ComposeBackup {
+        backup_id: uuid::Uuid::now_v7().to_string(),
+        compose_project: recipe.compose_project,
+        service: recipe.service,
+        command: recipe.command,
+        dump_path: recipe.dump_path,
+        keep: recipe.keep,
+    };
+    create_execution(w, actor, subject, &agent.id, work)
+}
+
+/// Starts the project's backup on a server.
+pub fn start_for_server(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    server_id: &str,
+) -> AppResult<Execution> {
+    let agent = agent_of_server(w, subject, server_id)?;
+    start_on_agent(w, actor, subject, &agent)
+}
+
+/// Starts the project's backup on every agent of the project.
+pub fn start_for_project(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    project_id: &str,
+) -> AppResult<Vec<Execution>> {
+    if !policy::can(subject, Action::OperateServers, Some(project_id)) {
+        return Err(AppError::forbidden());
+    }
+    let agents = agents_of_project(w, project_id)?;
+    if agents.is_empty() {
+        return Err(AppError::conflict(
+            "this project has no enrolled agent to back up",
+        ));
+    }
+    agents
+        .iter()
+        .map(|a| start_on_agent(w, actor, subject, a))
+        .collect()
+}
+
+/// One backup the subject may see.
+pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Backup> {
+    let backup: Backup = r.get(id)?.ok_or_else(|| AppError::not_found("backup"))?;
+    if !policy::can(subject, Action::ViewServers, Some(&backup.project_id)) {
+        return Err(AppError::not_found("backup"));
+    }
+    Ok(backup)
+}
+
+/// The backup of an execution (a backup, verify or restore).
+pub fn of_execution(r: &impl Read, execution_id: &str) -> anyhow::Result<Option<Backup>> {
+    match r.index_get(BY_EXECUTION, execution_id)? {
+        Some(id) => r.get(&id),
+        None => Ok(None),
+    }
+}
+
+/// Backups the subject may see, newest first, optionally of one project or agent.
+pub fn list_visible(
+    r: &impl Read,
+    subject: &Subject,
+    project_id: Option<&str>,
+    agent_id: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Vec<Backup>> {
+    let ids: Vec<String> = match project_id {
+        Some(p) => r
+            .index_scan(BY_PROJECT, &format!("{p}/"))?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect(),
+        None => r
+            .index_scan(BY_PROJECT, "")?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect(),
+    };
+    let mut out: Vec<Backup> = Vec::new();
+    for id in ids {
+        if let Some(b) = r.get::<Backup>(&id)? {
+            if policy::can(subject, Action::ViewServers, Some(&b.project_id))
+                && agent_id.is_none_or(|a| a == b.agent_id)
+            {
+                out.push(b);
+            }
+        }
+    }
+    // Ids are UUIDv7: their order is their creation order.
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// Starts a verify of a kept backup.
+pub fn start_verify(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    backup_id: &str,
+) -> AppResult<Execution> {
+    let backup = kept(w, subject, backup_id)?;
+    let work = Work::ComposeVerify {
+        backup_id: backup.id.clone(),
+        compose_project: backup.compose_project.clone(),
+        service: backup.service.clone(),
+    };
+    create_execution(w, actor, subject, &backup.agent_id, work)
+}
+
+/// Starts a restore of a kept backup; `confirmation` must be [`RESTORE_CONFIRMATION`].
+pub fn start_restore(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    backup_id: &str,
+    confirmation: Option<&str>,
+) -> AppResult<Execution> {
+    let backup = kept(w, subject, backup_id)?;
+    if confirmation.map(str::trim) != Some(RESTORE_CONFIRMATION) {
+        return Err(AppError::invalid("confirm", format!("type {RESTORE_CONFIRMATION} to confirm the restore: it overwrites the service's data")));
+    }
+    let recipe = recipe(w, &backup.project_id)?.unwrap_or_else(|| Recipe {
+        project_id: backup.project_id.clone(),
+        compose_project: backup.compose_project.clone(),
+        service: backup.service.clone(),
+        command: backup.command.clone(),
+        dump_path: None,
+        keep: DEFAULT_KEEP,
+        restore_command: None,
+        restore_path: None,
+        updated_by: String::new(),
+        updated_at: Utc::now(),
+    });
+    let command = recipe.restore_command.ok_or_else(|| {
+        AppError::conflict("this project's backup recipe has no restore command yet")
+    })?;
+    let work = Work::ComposeRestore {
+        backup_id: backup.id.clone(),
+        compose_project: backup.compose_project.clone(),
+        service: backup.service.clone(),
+        command,
+        dump_path: recipe.restore_path,
+    };
+    create_execution(w, actor, subject, &backup.agent_id, work)
+}
+
+fn kept(r: &impl Read, subject: &Subject, backup_id: &str) -> AppResult<Backup> {
+    let backup = get_visible(r, subject, backup_id)?;
+    if backup.status != BackupStatus::Succeeded {
+        return Err(AppError::conflict(format!(
+            "backup {} did not succeed, so there is nothing to use",
+            backup.id
+        )));
+    }
+    if backup.removed {
+        return Err(AppError::conflict(format!(
+            "backup {} is no longer kept on the server",
+            backup.id
+        )));
+    }
+    Ok(backup)
+}
+
+/// Creates the records of a new backup, verify, restore or update execution.
+/// Called by `executions::create` in its transaction.
+pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    let check = || Check {
+        execution_id: e.id.clone(),
+        by: e.created_by.clone(),
+        at: e.created_at,
+        status: BackupStatus::Running,
+        error: None,
+        finished_at: None,
+    };
+    match &e.work {
+        Work::ComposeBackup {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+            ..
+        } => {
+            let backup = Backup {
+                id: backup_id.clone(),
+                project_id: e.project_id.clone(),
+                agent_id: e.agent_id.clone(),
+                server_id: e.server_id.clone(),
+                execution_id: e.id.clone(),
+                compose_project: compose_project.clone(),
+                service: service.clone(),
+                command: command.clone(),
+                dump_path: dump_path.clone(),
+                status: BackupStatus::Running,
+                created_by: e.created_by.clone(),
+                created_at: e.created_at,
+                started_at: None,
+                finished_at: None,
+                size: None,
+                sha256: None,
+                path: None,
+                backup_log: String::new(),
+                error_log: String::new(),
+                error: None,
+                removed: false,
+                last_verify: None,
+                restores: Vec::new(),
+            };
+            w.put(&backup)?;
+            w.index_put(BY_EXECUTION, &e.id, backup_id)?;
+            w.index_put(
+                BY_PROJECT,
+                &format!("{}/{}", e.project_id, backup_id),
+                backup_id,
+            )?;
+        }
+        Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
+            if let Some(mut backup) = w.get::<Backup>(backup_id)? {
+                if matches!(e.work, Work::ComposeVerify { .. }) {
+                    backup.last_verify = Some(check());
+                } else {
+                    backup.restores.push(check());
+                }
+                w.put(&backup)?;
+            }
+            w.index_put(BY_EXECUTION, &e.id, backup_id)?;
+        }
+        Work::SystemUpdate { .. } => crate::updates::on_created(w, e)?,
+        Work::Script { .. } | Work::Playbook { .. } => {}
+    }
+    Ok(())
+}
+
+/// The stored output of an execution: (stdout, stderr and agent notes), each capped
+/// to its last [`MAX_RECORD_LOG`] bytes, and the parsed result line.
+pub fn read_log(
+    r: &impl Read,
+    execution_id: &str,
+) -> anyhow::Result<(String, String, Option<serde_json::Value>)> {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let mut from = 0u64;
+    loop {
+        let chunks = executions::log(r, execution_id, from, 4096)?;
+        let Some(last) = chunks.last() else { break };
+        from = last.seq + 1;
+        for c in &chunks {
+            let target = if c.stream == "stdout" {
+                &mut stdout
+            } else {
+                &mut stderr
+            };
+            target.push_str(&c.data);
+            if target.len() > 2 * MAX_RECORD_LOG {
+                let cut = target.len() - MAX_RECORD_LOG;
+                let cut = (cut..target.len())
+                    .find(|i| target.is_char_boundary(*i))
+                    .unwrap_or(0);
+                target.drain(..cut);
+            }
+        }
+    }
+    let (stdout, result) = split_result(&stdout);
+    let tail = |s: &str| -> String {
+        if s.len() <= MAX_RECORD_LOG {
+            return s.to_string();
+        }
+        let cut = (s.len() - MAX_RECORD_LOG..s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("[… earlier output in the execution's log]\n{}", &s[cut..])
+    };
+    Ok((tail(&stdout), tail(&stderr), result))
+}
+
+/// Splits the `DYNSERV-RESULT` line off a job's stdout.
+pub fn split_result(stdout: &str) -> (String, Option<serde_json::Value>) {
+    let mut result = None;
+    let mut kept = String::with_capacity(stdout.len());
+    for line in stdout.split_inclusive('\n') {
+        match line.strip_prefix(RESULT_PREFIX) {
+            Some(json) => result = serde_json::from_str(json.trim_end()).ok().or(result),
+            None => kept.push_str(line),
+        }
+    }
+    (kept, result)
+}
+
+fn error_of(e: &Execution, result: Option<&serde_json::Value>) -> String {
+    if let Some(err) = result.and_then(|r| r.get("error")).and_then(|v| v.as_str()) {
+        return err.to_string();
+    }
+    match e.status {
+        Status::Cancelled => "cancelled".into(),
+        Status::TimedOut => "stopped after its timeout".into(),
+        _ => e.summary.clone().unwrap_or_else(|| "the job failed".into()),
+    }
+}
+
+/// Fills the records of an ended backup, verify, restore or update execution from its
+/// stored log. Called by `executions::finish` in its transaction.
+pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    match &e.work {
+        Work::ComposeBackup { backup_id, .. } => {
+            let Some(mut backup) = w.get::<Backup>(backup_id)? else {
+                return Ok(());
+            };
+            let (out, err, result) = read_log(w, &e.id)?;
+            backup.backup_log = out;
+            backup.error_log = err;
+            backup.started_at = e.started_at;
+            backup.finished_at = e.finished_at;
+            let r = result.as_ref();
+            let size = r
+                .and_then(|r| r.get("size"))
+                .and_then(|v| v.as_u64())
+                .filter(|s| *s > 0);
+            let sha256 = r
+                .and_then(|r| r.get("sha256"))
+                .and_then(|v| v.as_str())
+                .filter(|s| s.len() == 64)
+                .map(String::from);
+            let ok = r.and_then(|r| r.get("ok")).and_then(|v| v.as_bool()) == Some(true);
+            if e.status == Status::Succeeded && ok && size.is_some() && sha256.is_some() {
+                backup.status = BackupStatus::Succeeded;
+                backup.size = size;
+                backup.sha256 = sha256;
+                backup.path = r
+                    .and_then(|r| r.get("path"))
+                    .and_then(|v| v.as_str())
+                    .map(String::from);
+                // The agent pruned older backups of the same service.
+                let removed: Vec<String> = r
+                    .and_then(|r| r.get("removed"))
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+                for old_id in removed {
+                    if let Some(mut old) = w.get::<Backup>(&old_id)? {
+                        if old.agent_id == backup.agent_id {
+                            old.removed = true;
+                            w.put(&old)?;
+                        }
+                    }
+                }
+            } else {
+                backup.status = BackupStatus::Failed;
+                backup.error = Some(if e.status == Status::Succeeded {
+                    "the job ended without reporting a dump".to_string()
+                } else {
+                    error_of(e, r)
+                });
+            }
+            w.put(&backup)?;
+        }
+        Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
+            let Some(mut backup) = w.get::<Backup>(backup_id)? else {
+                return Ok(());
+            };
+            let (_, _, result) = read_log(w, &e.id)?;
+            let ok = e.status == Status::Succeeded
+                && result
+                    .as_ref()
+                    .and_then(|r| r.get("ok"))
+                    .and_then(|v| v.as_bool())
+                    == Some(true);
+            let finish = |check: &mut Check| {
+                check.status = if ok {
+                    BackupStatus::Succeeded
+                } else {
+                    BackupStatus::Failed
+                };
+                check.error = (!ok).then(|| error_of(e, result.as_ref()));
+                check.finished_at = e.finished_at;
+            };
+            if matches!(e.work, Work::ComposeVerify { .. }) {
+                if let Some(check) = backup
+                    .last_verify
+                    .as_mut()
+                    .filter(|c| c.execution_id == e.id)
+                {
+                    finish(check);
+                }
+                // A dump that is gone from the server is no longer kept.
+                if !ok && error_of(e, result.as_ref()).contains("not kept on this server") {
+                    backup.removed = true;
+                }
+            } else if let Some(check) = backup.restores.iter_mut().find(|c| c.execution_id == e.id)
+            {
+                finish(check);
+            }
+            w.put(&backup)?;
+        }
+        Work::SystemUpdate { .. } => crate::updates::on_finished(w, e)?,
+        Work::Script { .. } | Work::Playbook { .. } => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The result line is taken off the log and parsed; other lines stay.
+    #[test]
+    fn result_line_is_split_off() {
+        let (log, result) =
+            split_result("[dynserv] running\nrow\nDYNSERV-RESULT {\"ok\":true,\"size\":3}\n");
+        assert_eq!(log, "[dynserv] running\nrow\n");
+        assert_eq!(result.unwrap()["size"], 3);
+        assert_eq!(split_result("no result\n").1, None);
+    }
+
+    /// Compose names follow Compose's rules and cannot climb directories.
+    #[test]
+    fn compose_names() {
+        assert!(name_ok("nova-hr-docker"));
+        assert!(name_ok("db_1"));
+        assert!(!name_ok(".."));
+        assert!(!name_ok("a/b"));
+        assert!(!name_ok(""));
+    }
+}

@@ -1,0 +1,231 @@
+//! System updates: one record per update run on an agent (status, the packages
+//! upgraded, whether a reboot is required, the log). The agent detects apt, dnf or
+//! apk and upgrades non-interactively (`dynserv-agent system-update`); its last stdout
+//! line `DYNSERV-RESULT {json}` lists the packages. Records are created and filled by
+//! the hooks `backups::on_created` / `backups::on_finished` route here, in the
+//! execution's transaction. Table `updates`; index `update_by_project`
+//! (`project_id/update_id`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agents::Agent;
+use crate::audit::Actor;
+use crate::backups::{self, BackupStatus};
+use crate::error::{AppError, AppResult};
+use crate::executions::{Execution, Status, Work};
+use crate::policy::{self, Action, Subject};
+use crate::store::{Read, Record, Writer};
+
+const BY_PROJECT: &str = "update_by_project";
+
+/// One upgraded package.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Package {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// One system update run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Update {
+    pub id: String,
+    pub project_id: String,
+    pub agent_id: String,
+    pub server_id: Option<String>,
+    pub execution_id: String,
+    /// Only listed what would be upgraded.
+    pub check: bool,
+    /// `running`, `succeeded` or `failed`.
+    pub status: BackupStatus,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `apt`, `dnf` or `apk`.
+    pub manager: Option<String>,
+    pub packages: Vec<Package>,
+    pub reboot_required: Option<bool>,
+    pub log: String,
+    pub error_log: String,
+    pub error: Option<String>,
+}
+
+impl Record for Update {
+    const TABLE: &'static str = "updates";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The API view: the record plus its duration.
+pub fn view(update: &Update) -> serde_json::Value {
+    let mut value = serde_json::to_value(update).unwrap_or_default();
+    let start = update.started_at.unwrap_or(update.created_at);
+    let duration = update
+        .finished_at
+        .map(|f| (f - start).num_milliseconds() as f64 / 1000.0);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("duration_s".into(), serde_json::json!(duration));
+    }
+    value
+}
+
+/// Starts a system update on one agent.
+pub fn start_on_agent(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    agent: &Agent,
+    check: bool,
+) -> AppResult<Execution> {
+    let work = Work::SystemUpdate {
+        update_id: uuid::Uuid::now_v7().to_string(),
+        check,
+    };
+    backups::create_execution(w, actor, subject, &agent.id, work)
+}
+
+/// Starts a system update on a server.
+pub fn start_for_server(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    server_id: &str,
+    check: bool,
+) -> AppResult<Execution> {
+    let agent = backups::agent_of_server(w, subject, server_id)?;
+    start_on_agent(w, actor, subject, &agent, check)
+}
+
+/// Starts a system update on every agent of a project.
+pub fn start_for_project(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    project_id: &str,
+    check: bool,
+) -> AppResult<Vec<Execution>> {
+    if !policy::can(subject, Action::OperateServers, Some(project_id)) {
+        return Err(AppError::forbidden());
+    }
+    let agents = backups::agents_of_project(w, project_id)?;
+    if agents.is_empty() {
+        return Err(AppError::conflict(
+            "this project has no enrolled agent to update",
+        ));
+    }
+    agents
+        .iter()
+        .map(|a| start_on_agent(w, actor, subject, a, check))
+        .collect()
+}
+
+/// One update the subject may see.
+pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Update> {
+    let update: Update = r.get(id)?.ok_or_else(|| AppError::not_found("update"))?;
+    if !policy::can(subject, Action::ViewServers, Some(&update.project_id)) {
+        return Err(AppError::not_found("update"));
+    }
+    Ok(update)
+}
+
+/// Updates the subject may see, newest first.
+pub fn list_visible(
+    r: &impl Read,
+    subject: &Subject,
+    project_id: Option<&str>,
+    agent_id: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Vec<Update>> {
+    let prefix = project_id.map(|p| format!("{p}/")).unwrap_or_default();
+    let mut out = Vec::new();
+    for (_, id) in r.index_scan(BY_PROJECT, &prefix)? {
+        if let Some(u) = r.get::<Update>(&id)? {
+            if policy::can(subject, Action::ViewServers, Some(&u.project_id))
+                && agent_id.is_none_or(|a| a == u.agent_id)
+            {
+                out.push(u);
+            }
+        }
+    }
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// Creates the record of a new update execution.
+pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    let Work::SystemUpdate { update_id, check } = &e.work else {
+        return Ok(());
+    };
+    let update = Update {
+        id: update_id.clone(),
+        project_id: e.project_id.clone(),
+        agent_id: e.agent_id.clone(),
+        server_id: e.server_id.clone(),
+        execution_id: e.id.clone(),
+        check: *check,
+        status: BackupStatus::Running,
+        created_by: e.created_by.clone(),
+        created_at: e.created_at,
+        started_at: None,
+        finished_at: None,
+        manager: None,
+        packages: Vec::new(),
+        reboot_required: None,
+        log: String::new(),
+        error_log: String::new(),
+        error: None,
+    };
+    w.put(&update)?;
+    w.index_put(
+        BY_PROJECT,
+        &format!("{}/{}", e.project_id, update_id),
+        update_id,
+    )?;
+    Ok(())
+}
+
+/// Fills an update's record from its ended execution's log.
+pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    let Work::SystemUpdate { update_id, .. } = &e.work else {
+        return Ok(());
+    };
+    let Some(mut update) = w.get::<Update>(update_id)? else {
+        return Ok(());
+    };
+    let (log, error_log, result) = backups::read_log(w, &e.id)?;
+    update.log = log;
+    update.error_log = error_log;
+    update.started_at = e.started_at;
+    update.finished_at = e.finished_at;
+    let r = result.as_ref();
+    update.manager = r
+        .and_then(|r| r.get("manager"))
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    update.packages = r
+        .and_then(|r| r.get("upgraded"))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    update.reboot_required = r
+        .and_then(|r| r.get("reboot_required"))
+        .and_then(|v| v.as_bool());
+    let ok = r.and_then(|r| r.get("ok")).and_then(|v| v.as_bool()) == Some(true);
+    if e.status == Status::Succeeded && ok {
+        update.status = BackupStatus::Succeeded;
+    } else {
+        update.status = BackupStatus::Failed;
+        update.error = Some(
+            r.and_then(|r| r.get("error"))
+                .and_then(|v| v.as_str())
+                .map(String::from)
+                .or_else(|| e.summary.clone())
+                .unwrap_or_else(|| "the update failed".into()),
+        );
+    }
+    w.put(&update)?;
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! JSON API of server operations: backups (recipes, runs, verify, restore), system
+//! updates and their schedules (names in CONTRACT.md: `GET /api/v1/backups`,
+//! `POST /api/v1/servers/{id}/backup`). Thin: parse, call `backups` / `updates` /
+//! `schedules` (which authorize with `policy::can`), dispatch, answer JSON.
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use warp::http::StatusCode;
+
+use super::fleet_api::execution_view;
+use super::{json as reply, Ctx, Req, Resp};
+use crate::app::App;
+use crate::backups::{self, RecipeInput};
+use crate::error::{AppError, AppResult};
+use crate::executions::Execution;
+use crate::policy::{self, Action};
+use crate::projects::{self, Project};
+use crate::schedules::{self, ScheduleKind};
+use crate::store::Read;
+use crate::updates;
+
+/// Most records one list answer holds.
+const LIST_LIMIT: usize = 500;
+
+/// A project the subject may see, by id or name.
+pub fn visible_project(r: &impl Read, ctx: &Ctx, key: &str) -> AppResult<Project> {
+    projects::find(r, key)?
+        .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+        .ok_or_else(|| AppError::not_found("project"))
+}
+
+fn dispatch_all(app: &App, executions: &[Execution]) {
+    for e in executions {
+        app.fleet.dispatch(e);
+    }
+}
+
+/// `?project=` and `?server=` filters of the list endpoints: (project id, agent id).
+fn filters(app: &App, req: &Req, ctx: &Ctx) -> AppResult<(Option<String>, Option<String>)> {
+    app.store
+        .read(|r| {
+            let project = match req.query("project") {
+                Some(key) => Some(visible_project(r, ctx, key)?.id),
+                None => None,
+            };
+            let agent = match req.query("server") {
+                Some(key) => Some(backups::agent_of_server(r, &ctx.subject, key)?.id),
+                None => None,
+            };
+            Ok((project, agent))
+        })
+        .map_err(AppError::from)
+}
+
+/// `GET /api/v1/backups[?project=…][&server=…]`.
+pub fn backups_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let (project, agent) = filters(app, req, ctx)?;
+    let list = app.store.read(|r| {
+        backups::list_visible(
+            r,
+            &ctx.subject,
+            project.as_deref(),
+            agent.as_deref(),
+            LIST_LIMIT,
+        )
+    })?;
+    Ok(reply(
+        StatusCode::OK,
+        &list.iter().map(backups::view).collect::<Vec<_>>(),
+    ))
+}
+
+/// `GET /api/v1/backups/{id}`.
+pub fn backup(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let backup = app
+        .store
+        .read(|r| Ok(backups::get_visible(r, &ctx.subject, id)?))?;
+    Ok(reply(StatusCode::OK, &backups::view(&backup)))
+}
+
+/// The backup records of new backup executions.
+fn backup_views(app: &App, executions: &[Execution]) -> AppResult<Vec<serde_json::Value>> {
+    Ok(app.store.read(|r| {
+        let mut out = Vec::new();
+        for e in executions {
+            if let Some(b) = backups::of_execution(r, &e.id)? {
+                out.push(backups::view(&b));
+            }
+        }
+        Ok(out)
+    })?)
+}
+
+/// `POST /api/v1/servers/{id}/backup`: the project's backup on that server → 201 the
+/// backup record (`status: running`, `execution_id` to watch).
+pub fn server_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let execution = app.store.write(|w| {
+        Ok(backups::start_for_server(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+        )?)
+    })?;
+    app.fleet.dispatch(&execution);
+    let views = backup_views(app, std::slice::from_ref(&execution))?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &views.into_iter().next().unwrap_or_default(),
+    ))
+}
+
+/// `POST /api/v1/projects/{id}/backup`: the backup on every agent of the project.
+pub fn project_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let executions = app.store.write(|w| {
+        let project = visible_project(w, ctx, id)?;
+        Ok(backups::start_for_project(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            &project.id,
+        )?)
+    })?;
+    dispatch_all(app, &executions);
+    Ok(reply(StatusCode::CREATED, &backup_views(app, &executions)?))
+}
+
+fn execution_reply(app: &App, execution: &Execution) -> AppResult<Resp> {
+    let view = app.store.read(|r| execution_view(r, execution))?;
+    Ok(reply(StatusCode::CREATED, &view))
+}
+
+/// `POST /api/v1/backups/{id}/verify` → 201 the verify execution.
+pub fn backup_verify(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let execution = app
+        .store
+        .write(|w| Ok(backups::start_verify(w, &ctx.actor(req), &ctx.subject, id)?))?;
+    app.fleet.dispatch(&execution);
+    execution_reply(app, &execution)
+}
+
+/// The body of `POST /api/v1/backups/{id}/restore`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreInput {
+    /// Must be `RESTORE`.
+    pub confirm: Option<String>,
+}
+
+/// `POST /api/v1/backups/{id}/restore` `{"confirm": "RESTORE"}` → 201 the restore execution.
+pub fn backup_restore(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input: RestoreInput = if req.body.is_empty() {
+        RestoreInput::default()
+    } else {
+        req.json()?
+    };
+    let execution = app.store.write(|w| {
+        Ok(backups::start_restore(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+            input.confirm.as_deref(),
+        )?)
+    })?;
+    app.fleet.dispatch(&execution);
+    execution_reply(app, &execution)
+}
+
+/// `GET /api/v1/projects/{id}/backup-recipe` (`null` when unset).
+pub fn recipe(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let recipe = app.store.read(|r| {
+        let project = visible_project(r, ctx, id)?;
+        backups::recipe(r, &project.id)
+    })?;
+    Ok(reply(StatusCode::OK, &recipe))
+}
+
+/// `PUT /api/v1/projects/{id}/backup-recipe`.
+pub fn save_recipe(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input: RecipeInput = req.json()?;
+    let recipe = app.store.write(|w| {
+        let project = visible_project(w, ctx, id)?;
+        Ok(backups::save_recipe(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            &project.id,
+            &input,
+        )?)
+    })?;
+    Ok(reply(StatusCode::OK, &recipe))
+}
+
+/// The body of the update endpoints.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInput {
+    /// Only list what would be upgraded.
+    pub check: Option<bool>,
+}
+
+fn update_input(req: &Req) -> AppResult<UpdateInput> {
+    if req.body.is_empty() {
+        Ok(UpdateInput::default())
+    } else {
+        req.json()
+    }
+}
+
+fn update_views(app: &App, executions: &[Execution]) -> AppResult<Vec<serde_json::Value>> {
+    Ok(app.store.read(|r| {
+        let mut out = Vec::new();
+        for e in executions {
+            if let crate::executions::Work::SystemUpdate { update_id, .. } = &e.work {
+                if let Some(u) = r.get::<updates::Update>(update_id)? {
+                    out.push(updates::view(&u));
+                }
+            }
+        }
+        Ok(out)
+    })?)
+}
+
+/// `POST /api/v1/servers/{id}/update` `{"check"?}` → 201 the update record.
+pub fn server_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input = update_input(req)?;
+    let execution = app.store.write(|w| {
+        Ok(updates::start_for_server(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+            input.check.unwrap_or(false),
+        )?)
+    })?;
+    app.fleet.dispatch(&execution);
+    let views = update_views(app, std::slice::from_ref(&execution))?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &views.into_iter().next().unwrap_or_default(),
+    ))
+}
+
+/// `POST /api/v1/projects/{id}/update` → 201 the update records.
+pub fn project_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input = update_input(req)?;
+    let executions = app.store.write(|w| {
+        let project = visible_project(w, ctx, id)?;
+        Ok(updates::start_for_project(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            &project.id,
+            input.check.unwrap_or(false),
+        )?)
+    })?;
+    dispatch_all(app, &executions);
+    Ok(reply(StatusCode::CREATED, &update_views(app, &executions)?))
+}
+
+/// `GET /api/v1/updates[?project=…][&server=…]`.
+pub fn updates_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let (project, agent) = filters(app, req, ctx)?;
+    let list = app.store.read(|r| {
+        updates::list_visible(
+            r,
+            &ctx.subject,
+            project.as_deref(),
+            agent.as_deref(),
+            LIST_LIMIT,
+        )
+    })?;
+    Ok(reply(
+        StatusCode::OK,
+        &list.iter().map(updates::view).collect::<Vec<_>>(),
+    ))
+}
+
+/// `GET /api/v1/updates/{id}`.
+pub fn update(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let update = app
+        .store
+        .read(|r| Ok(updates::get_visible(r, &ctx.subject, id)?))?;
+    Ok(reply(StatusCode::OK, &updates::view(&update)))
+}
+
+/// The project's schedules: `{"backup": {cron, description, next_run} | null, "update": …}`.
+pub fn schedules_view(r: &impl Read, project_id: &str) -> anyhow::Result<serde_json::Value> {
+    let (backup, update) = schedules::of_project(r, project_id)?;
+    let now = Utc::now();
+    Ok(json!({
+        "backup": schedules::view(backup.as_ref(), now),
+        "update": schedules::view(update.as_ref(), now),
+    }))
+}
+
+/// `GET /api/v1/projects/{id}/schedules`.
+pub fn schedules_get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let view = app.store.read(|r| {
+        let project = visible_project(r, ctx, id)?;
+        schedules_view(r, &project.id)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
+/// The body of `PUT /api/v1/projects/{id}/schedules`: a cron expression per kind;
+/// `null` or `""` removes it, an absent key leaves it as it is.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulesInput {
+    #[serde(default, with = "serde_double_option")]
+    pub backup: Option<Option<String>>,
+    #[serde(default, with = "serde_double_option")]
+    pub update: Option<Option<String>>,
+}
+
+mod serde_double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Ok(Some(Option::<String>::deserialize(d)?))
+    }
+}
+
+/// `PUT /api/v1/projects/{id}/schedules`.
+pub fn schedules_put(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input: SchedulesInput = req.json()?;
+    let view = app.store.write(|w| {
+        let project = visible_project(w, ctx, id)?;
+        let now = Utc::now();
+        for (kind, value) in [
+            (ScheduleKind::Backup, &input.backup),
+            (ScheduleKind::Update, &input.update),
+        ] {
+            if let Some(cron) = value {
+                schedules::set(
+                    w,
+                    &ctx.actor(req),
+                    &ctx.subject,
+                    &project.id,
+                    kind,
+                    cron.as_deref(),
+                    now,
+                )?;
+            }
+        }
+        schedules_view(w, &project.id)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}

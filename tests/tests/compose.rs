@@ -1,0 +1,409 @@
+//! Compose backups, verifies, restores and system updates end to end: the real
+//! `dynserv serve` and `dynserv-agent` binaries, a Compose project started with the
+//! machine's Compose tool on an image imported from a static busybox
+//! (`packaging/test-image.sh`), driven through the JSON API names of CONTRACT.md.
+//! These tests fail, never skip, when Docker is unreachable: `scripts/test.sh`
+//! provides Docker, busybox-static and docker-compose.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use serde_json::{json, Value};
+
+const IMAGE: &str = "dynserv-test/busybox:latest";
+
+fn require_docker() {
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match info {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "Docker is unreachable (docker info failed: {}); these tests need the Docker engine: run {}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            dynserv_tests::TEST_COMMAND
+        ),
+        Err(e) => panic!("the docker CLI cannot run ({e}); run {}", dynserv_tests::TEST_COMMAND),
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/test-image.sh");
+    let built = Command::new("bash")
+        .arg(script)
+        .arg(IMAGE)
+        .status()
+        .expect("running packaging/test-image.sh");
+    assert!(built.success(), "building the test image {IMAGE} failed");
+}
+
+/// A Compose project with one `db` service holding `/data/db.txt`; down on drop.
+struct Project {
+    name: String,
+    dir: tempfile::TempDir,
+    compose: Vec<String>,
+}
+
+impl Project {
+    fn start(name: &str) -> Project {
+        require_docker();
+        let compose = if Command::new("docker-compose")
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            vec!["docker-compose".to_string()]
+        } else {
+            vec!["docker".to_string(), "compose".to_string()]
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("docker-compose.yml"),
+            format!("version: \"2.4\"\nservices:\n  db:\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", \"echo 'row 1' > /data/db.txt; exec sleep 3600\"]\n"),
+        )
+        .unwrap();
+        let project = Project {
+            name: format!("{name}{}", std::process::id()),
+            dir,
+            compose,
+        };
+        let out = project.compose(&["up", "-d"]);
+        assert!(
+            out.status.success(),
+            "compose up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        project
+    }
+
+    fn compose(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.compose[0])
+            .args(&self.compose[1..])
+            .args(["-p", &self.name, "-f"])
+            .arg(self.dir.path().join("docker-compose.yml"))
+            .args(args)
+            .output()
+            .expect("running the Compose tool")
+    }
+
+    fn sh(&self, script: &str) -> String {
+        let out = self.compose(&["exec", "-T", "db", "sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "-t", "0"]);
+    }
+}
+
+fn sha256_of(text: &str) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn connected_agent(api: &Api, name: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        &format!("agent {name} connected"),
+        || async {
+            let (_, agents) = api.get("/api/v1/agents").await;
+            agents.as_array().and_then(|list| {
+                list.iter()
+                    .find(|a| a["name"] == name && a["connected"] == true)
+                    .map(|a| a["id"].as_str().unwrap_or_default().to_string())
+            })
+        },
+    )
+    .await
+}
+
+async fn wait_end(api: &Api, id: &str) -> Value {
+    eventually(
+        Duration::from_secs(120),
+        &format!("execution {id} ends"),
+        || async {
+            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
+            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
+        },
+    )
+    .await
+}
+
+async fn backup_of(api: &Api, id: &str) -> Value {
+    let (status, backup) = api.get(&format!("/api/v1/backups/{id}")).await;
+    assert_eq!(status, 200, "{backup}");
+    backup
+}
+
+/// Through the control plane: a recipe, "Backup" on a server, the record with
+/// status, duration, size, sha256 and logs; a failing command and a missing container
+/// recorded as failed with the reason; verify; restore only after the typed
+/// confirmation, bringing the data back; a system update check with its packages.
+#[tokio::test]
+async fn backup_verify_restore_and_update_through_the_api() {
+    let project = Project::start("dsve2e");
+    let cp = ControlPlane::start().await;
+    cp.add_user("admin", "admin", false, "admin-password-1");
+    let api = cp.api_as("admin");
+    let (status, body) = api.post("/api/v1/projects", &json!({"name": "Ops"})).await;
+    assert_eq!(status, 201, "{body}");
+    let project_id = body["id"].as_str().unwrap().to_string();
+    let _agent = Agent::start(&cp, &cp.enrollment_token("Ops"), "db-01");
+    connected_agent(&api, "db-01").await;
+    let (_, servers) = api.get("/api/v1/servers").await;
+    let server_id = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db-01")
+        .expect("the agent's server")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Without a recipe, "Backup" says what is missing.
+    let (status, body) = api
+        .post_empty(&format!("/api/v1/servers/{server_id}/backup"))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no backup recipe"),
+        "{body}"
+    );
+
+    let recipe = json!({
+        "compose_project": project.name, "service": "db", "command": "echo 'dumping' >&2; cat /data/db.txt",
+        "keep": 2, "restore_command": "cat > /data/db.txt && echo restored",
+    });
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/projects/{project_id}/backup-recipe"),
+            &recipe,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/projects/{project_id}/backup-recipe"),
+            &json!({"service": "db"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    let (status, created) = api
+        .post_empty(&format!("/api/v1/servers/{server_id}/backup"))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "running");
+    let backup_id = created["id"].as_str().unwrap().to_string();
+    let end = wait_end(&api, created["execution_id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let backup = backup_of(&api, &backup_id).await;
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    assert_eq!(backup["size"], 6);
+    assert_eq!(backup["sha256"], sha256_of("row 1\n"));
+    assert!(backup["duration_s"].as_f64().is_some(), "{backup}");
+    assert!(
+        backup["error_log"].as_str().unwrap().contains("dumping"),
+        "{backup}"
+    );
+    assert!(
+        backup["backup_log"]
+            .as_str()
+            .unwrap()
+            .contains("kept: 6 bytes"),
+        "{backup}"
+    );
+    assert!(
+        !backup["backup_log"]
+            .as_str()
+            .unwrap()
+            .contains("DYNSERV-RESULT"),
+        "{backup}"
+    );
+    let (_, list) = api.get("/api/v1/backups").await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == backup_id.as_str()),
+        "{list}"
+    );
+
+    // The contract's execution shape: a failing command, then a missing container.
+    let failing = json!({"agent": "db-01", "kind": "compose_backup", "compose_project": project.name, "service": "db",
+        "command": "echo 'pg_dump: connection refused' >&2; exit 3", "dump_path": "/tmp/dump.sql"});
+    let (status, execution) = api.post("/api/v1/executions", &failing).await;
+    assert_eq!(status, 201, "{execution}");
+    let end = wait_end(&api, execution["id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "failed", "{end}");
+    let (_, list) = api.get("/api/v1/backups").await;
+    let failed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["execution_id"] == execution["id"])
+        .expect("a record of the failed backup")
+        .clone();
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"], "the command exited with code 3");
+    assert!(
+        failed["error_log"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{failed}"
+    );
+    assert!(
+        failed["size"].is_null() && failed["sha256"].is_null(),
+        "{failed}"
+    );
+
+    let missing = json!({"agent": "db-01", "kind": "compose_backup", "compose_project": "dsve2e-nothing", "service": "db", "command": "true"});
+    let (status, execution) = api.post("/api/v1/executions", &missing).await;
+    assert_eq!(status, 201, "{execution}");
+    wait_end(&api, execution["id"].as_str().unwrap()).await;
+    let (_, list) = api.get("/api/v1/backups").await;
+    let failed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["execution_id"] == execution["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no container of service \"db\""),
+        "{failed}"
+    );
+
+    // Verify recomputes the checksum.
+    let (status, verify) = api
+        .post_empty(&format!("/api/v1/backups/{backup_id}/verify"))
+        .await;
+    assert_eq!(status, 201, "{verify}");
+    assert_eq!(verify["kind"], "compose_verify");
+    let end = wait_end(&api, verify["id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(
+        backup_of(&api, &backup_id).await["last_verify"]["status"],
+        "succeeded"
+    );
+
+    // Restore needs the typed confirmation, then brings the data back.
+    project.sh("echo 'row 2 (lost)' > /data/db.txt");
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/backups/{backup_id}/restore"),
+            &json!({"confirm": "yes"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, restore) = api
+        .post(
+            &format!("/api/v1/backups/{backup_id}/restore"),
+            &json!({"confirm": "RESTORE"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{restore}");
+    let end = wait_end(&api, restore["id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");
+    let (_, log) = api
+        .get_json_lines(&format!(
+            "/api/v1/executions/{}/log",
+            restore["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(
+        log.iter()
+            .any(|c| c["data"].as_str().unwrap_or_default().contains("restored")),
+        "{log:?}"
+    );
+    assert_eq!(
+        backup_of(&api, &backup_id).await["restores"][0]["status"],
+        "succeeded"
+    );
+
+    // A system update in check mode lists packages and the reboot flag.
+    let (status, update) = api
+        .post(
+            &format!("/api/v1/servers/{server_id}/update"),
+            &json!({"check": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{update}");
+    let end = wait_end(&api, update["execution_id"].as_str().unwrap()).await;
+    let (_, update) = api
+        .get(&format!(
+            "/api/v1/updates/{}",
+            update["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(end["status"], "succeeded", "{end} {update}");
+    assert_eq!(update["status"], "succeeded", "{update}");
+    assert!(
+        update["manager"].is_string()
+            && update["packages"].is_array()
+            && update["reboot_required"].is_boolean(),
+        "{update}"
+    );
+
+    // Schedules in plain words with the next run.
+    let (status, schedules) = api
+        .put(
+            &format!("/api/v1/projects/{project_id}/schedules"),
+            &json!({"backup": "0 3 * * *", "update": "30 4 * * sun"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{schedules}");
+    assert_eq!(
+        schedules["backup"]["description"],
+        "every day, at 03:00 (UTC)"
+    );
+    assert!(
+        schedules["backup"]["next_run"]
+            .as_str()
+            .unwrap()
+            .contains("T03:00:00"),
+        "{schedules}"
+    );
+    assert_eq!(
+        schedules["update"]["description"],
+        "on Sunday, at 04:30 (UTC)"
+    );
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/projects/{project_id}/schedules"),
+            &json!({"backup": "61 * * * *"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+}
