@@ -549,6 +549,84 @@ mod tests {
         assert!(Cron::parse("* * *").is_err());
     }
 
+    /// The scheduler with an injected clock and a real store: an agent offline through
+    /// three scheduled backups gets one backup when it is connected again, then the
+    /// next at the next scheduled time.
+    #[test]
+    fn tick_runs_a_missed_backup_once_on_reconnect() {
+        use crate::agents::{Agent, AgentFacts};
+        use crate::backups::{Backup, BackupStatus, Recipe};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let since = at("2026-11-20T12:00:00Z");
+        store
+            .write(|w| {
+                w.put(&Recipe {
+                    project_id: "p1".into(),
+                    compose_project: "shop".into(),
+                    service: "db".into(),
+                    command: "pg_dump shop".into(),
+                    dump_path: None,
+                    keep: 3,
+                    restore_command: None,
+                    restore_path: None,
+                    updated_by: "admin".into(),
+                    updated_at: since,
+                })?;
+                w.put(&Schedule {
+                    id: "backup:p1".into(),
+                    project_id: "p1".into(),
+                    kind: ScheduleKind::Backup,
+                    cron: "0 3 * * *".into(),
+                    updated_by: "admin".into(),
+                    updated_at: since,
+                })?;
+                w.put(&Agent {
+                    id: "a1".into(),
+                    name: "db-01".into(),
+                    project_id: "p1".into(),
+                    server_id: None,
+                    cert_sha256: String::new(),
+                    enrolled_at: since,
+                    token_id: "t".into(),
+                    facts: AgentFacts::default(),
+                    last_seen: None,
+                    revoked_at: None,
+                    revoked_by: None,
+                })
+            })
+            .unwrap();
+        let run = |now: &str, online: bool| -> usize {
+            let connected = move |_: &str| online;
+            store.write(|w| tick(w, at(now), &connected)).unwrap().len()
+        };
+        assert_eq!(run("2026-11-21T02:00:00Z", true), 0);
+        for day in [
+            "2026-11-21T03:00:05Z",
+            "2026-11-22T03:00:05Z",
+            "2026-11-23T03:00:05Z",
+        ] {
+            assert_eq!(run(day, false), 0, "offline at {day}");
+        }
+        assert_eq!(
+            run("2026-11-24T10:00:00Z", true),
+            1,
+            "the missed backup on reconnect"
+        );
+        assert_eq!(run("2026-11-24T10:00:15Z", true), 0, "only once");
+        assert_eq!(run("2026-11-25T02:59:45Z", true), 0);
+        assert_eq!(
+            run("2026-11-25T03:00:00Z", true),
+            1,
+            "the next scheduled one"
+        );
+        let backups: Vec<Backup> = store.read(|r| r.list()).unwrap();
+        assert_eq!(backups.len(), 2);
+        assert!(backups
+            .iter()
+            .all(|b| b.status == BackupStatus::Running && b.created_by == "scheduler"));
+    }
+
     /// With an injected clock: a daily 03:00 backup is due once after 03:00; an agent
     /// offline for three days runs it once when it comes back, then not until the next
     /// 03:00.
