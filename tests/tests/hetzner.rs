@@ -370,6 +370,16 @@ async fn budget_warnings_once_per_threshold() {
     assert_eq!(sync(&admin, &id).await["ok"], true);
     assert_eq!(warnings(admin.clone()).await, 2, "100 % is told once");
 
+    // Admins are told once per threshold.
+    let (status, inbox) = admin.get("/api/v1/notifications").await;
+    assert_eq!(status, 200, "{inbox}");
+    let told: Vec<_> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["title"].as_str().unwrap_or("").starts_with("Budgetco"))
+        .collect();
+    assert_eq!(told.len(), 2, "{inbox}");
     let (status, page) = admin.get_text(&format!("/projects/{id}")).await;
     assert_eq!(status, 200);
     assert!(page.contains("data-budget-warning=\"100\""), "{page}");
@@ -487,7 +497,14 @@ async fn approval_provisions_until_the_agent_enrolls() {
     assert_eq!(servers[0]["hetzner_id"], created.id);
     assert!(servers[0]["agent"].is_object(), "{}", servers[0]);
     assert_eq!(request["server_id"], servers[0]["id"]);
-    let _ = project_id;
+    let (status, page) = admin.get_text(&format!("/requests/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("data-provision-step=\"agent enrolled\" data-state=\"done\""),
+        "{page}"
+    );
+    let (_, project_page) = admin.get_text(&format!("/projects/{project_id}")).await;
+    assert!(project_page.contains(&created.name));
 }
 
 /// Hetzner creates the server but the answer is lost: the request fails with

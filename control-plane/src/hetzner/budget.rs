@@ -10,6 +10,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, Actor};
+use crate::notifications;
 use crate::projects::Project;
 use crate::servers::Server;
 use crate::store::{Read, Record, Writer};
@@ -93,8 +94,8 @@ pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
 }
 
 /// Updates this month's snapshot of a project and raises the warnings newly reached;
-/// answers those. Warnings go to the admins' notifications when that module exists,
-/// and always to the audit log.
+/// answers those. Each warning goes to every admin's notifications and to the audit
+/// log.
 pub fn record(
     w: &mut Writer,
     project: &Project,
@@ -143,7 +144,27 @@ pub fn record(
             &Actor::system(),
             "budget.warning",
             &format!("project:{}", project.name),
-            text,
+            text.clone(),
+        )?;
+        let admins = notifications::admin_ids(w)?;
+        notifications::notify(
+            w,
+            &admins,
+            &notifications::Message {
+                title: if threshold >= 100 {
+                    format!("{} is over budget", project.name)
+                } else {
+                    format!("{} reached {threshold} % of its budget", project.name)
+                },
+                body: text,
+                link: Some(format!("/projects/{}", project.id)),
+                level: if threshold >= 100 {
+                    "danger"
+                } else {
+                    "warning"
+                },
+                subject: format!("budget:{}:{month}:{threshold}", project.id),
+            },
         )?;
         raised.push(alert);
     }

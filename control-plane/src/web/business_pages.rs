@@ -223,6 +223,10 @@ fn request_page_data(app: &App, ctx: &Ctx, id: &str) -> AppResult<(Value, String
         "errors": {},
         "values": {},
     });
+    let mut data = data;
+    data["provisioning"] = app
+        .store
+        .read(|r| crate::hetzner::provision::view(r, &request.id))?;
     Ok((data, title))
 }
 
