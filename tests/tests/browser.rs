@@ -352,7 +352,8 @@ async fn log_viewer_follows_reconnects_and_ends() {
 }
 
 /// The log viewer keeps up with a 20,000-line job: every line shown once, stderr
-/// marked, the end shown, within a time a person would wait.
+/// marked, the end shown, within a time a person would wait. The job had already
+/// ended when the page opened (a past execution reopened), so no toast pops up.
 #[tokio::test]
 async fn log_viewer_keeps_up_with_twenty_thousand_lines() {
     let fixture = Fixture::start().await;
@@ -396,6 +397,17 @@ async fn log_viewer_keeps_up_with_twenty_thousand_lines() {
     );
     assert_eq!(browser.text("[data-exec-status]").await, "failed");
     assert_eq!(browser.text("[data-exec-exit]").await, "3");
+    let end_toasts = browser
+        .eval(
+            "return Array.from(document.querySelectorAll('.ds-toasts .toast'))\
+             .filter(t => t.textContent.includes('Execution')).length;",
+        )
+        .await;
+    assert_eq!(
+        end_toasts,
+        json!(0),
+        "reopening a finished execution shows no end toast"
+    );
     assert!(
         elapsed < Duration::from_secs(45),
         "20,000 lines took {elapsed:?} to render"
@@ -550,7 +562,7 @@ const FIXTURE_BODY: &str = r##"
 "##;
 
 const BIG_LOG_BODY: &str = r##"
-<span data-exec-status>running</span> <span data-exec-exit>—</span>
+<span class="badge" data-exec-status="failed">failed</span> <span data-exec-exit>—</span>
 <div id="log" class="log-viewer" data-stream-url="/api/v1/executions/big/stream"></div>
 "##;
 

@@ -498,6 +498,8 @@
 
   // ---- log viewer -----------------------------------------------------------------
 
+  var FINAL_STATUSES = ["succeeded", "failed", "cancelled", "timed_out"];
+
   var STATUS_CLASSES = {
     queued: "text-bg-secondary",
     running: "text-bg-primary",
@@ -550,6 +552,11 @@
     this.retries = 0;
     this.follow = root.dataset.follow !== "false";
     this.open = { stdout: null, stderr: null };
+    // A past execution reopened later replays to its end; only an end seen live earns
+    // a toast.
+    var statusNode = document.querySelector("[data-exec-status]");
+    var initialStatus = statusNode ? statusNode.dataset.execStatus || statusNode.textContent.trim() : "";
+    this.finishedBefore = FINAL_STATUSES.indexOf(initialStatus) !== -1;
     this.pending = [];
     this.flushScheduled = false;
     this.build();
@@ -820,12 +827,14 @@
       "\u2014 " + status.replace(/_/g, " ") + (exitCode === null ? "" : ", exit code " + exitCode) + " \u2014"
     );
     setExecutionStatus(status, exitCode);
-    var level = status === "succeeded" ? "success" : status === "cancelled" ? "info" : status === "timed_out" ? "warning" : "danger";
-    toast(
-      "Execution " + status.replace(/_/g, " "),
-      exitCode === null ? "" : "Exit code " + exitCode,
-      level
-    );
+    if (!this.finishedBefore) {
+      var level = status === "succeeded" ? "success" : status === "cancelled" ? "info" : status === "timed_out" ? "warning" : "danger";
+      toast(
+        "Execution " + status.replace(/_/g, " "),
+        exitCode === null ? "" : "Exit code " + exitCode,
+        level
+      );
+    }
     this.root.dispatchEvent(new CustomEvent("dynserv:execution-end", { bubbles: true, detail: end }));
   };
 
