@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dynserv_hetzner_sim::{BootConfig, Fault, FaultKind, NewServer, SimConfig, Simulator};
-use dynserv_tests::{eventually, Api, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, ControlPlane};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -92,11 +92,30 @@ async fn sync_pages_through_120_servers_and_a_rate_limit() {
     let cp = control_plane(&sim).await;
     let admin = cp.api_as("admin");
     let id = project(&admin, "Bigco", "tok-big", None).await;
+    // web-010 runs our agent before Hetzner's view arrives.
+    let token = cp.enrollment_token("Bigco");
+    let _agent = Agent::start(&cp, &token, "web-010");
+    eventually(WAIT, "the agent's server", || async {
+        let servers = servers_of(&admin, "Bigco").await;
+        servers
+            .iter()
+            .any(|s| s["name"] == "web-010" && s["agent"].is_object())
+            .then_some(())
+    })
+    .await;
+    let (_, page) = admin.get_text(&format!("/projects/{id}")).await;
+    assert!(
+        page.contains("data-sync-button"),
+        "the project page offers Sync"
+    );
     let last = sync(&admin, &id).await;
     assert_eq!(last["ok"], true, "{last}");
 
     let servers = servers_of(&admin, "Bigco").await;
     assert_eq!(servers.len(), 120);
+    let both = servers.iter().find(|s| s["name"] == "web-010").unwrap();
+    assert!(both["hetzner_id"].is_i64(), "{both}");
+    assert!(both["agent"].is_object(), "{both}");
     let web7 = servers
         .iter()
         .find(|s| s["name"] == "web-007")
