@@ -308,13 +308,13 @@ pub fn bar_chart_svg(title: &str, currency: &str, bars: &[(String, f64)]) -> Str
     let plot_h = height - bottom - top;
     let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max).max(1.0);
     let slot = (width - left - 8.0) / bars.len().max(1) as f64;
-    let bar_w = (slot * 0.7).max(2.0);
+    let bar_w = (slot * 0.7).clamp(2.0, 64.0);
     let mut svg = format!(
         "<svg class=\"ds-chart\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
         xml_escape(&format!("{title} ({currency})"))
     );
     svg.push_str(&format!(
-        "<text x=\"{left}\" y=\"16\" class=\"ds-chart-title\" fill=\"currentColor\" font-size=\"13\">{}</text>",
+        "<text x=\"{left}\" y=\"16\" class=\"ds-chart-title\" fill=\"currentColor\" font-size=\"16\">{}</text>",
         xml_escape(&format!("{title} ({currency})"))
     ));
     for step in 0..=4 {
@@ -322,7 +322,7 @@ pub fn bar_chart_svg(title: &str, currency: &str, bars: &[(String, f64)]) -> Str
         let y = top + plot_h - plot_h * f64::from(step) / 4.0;
         svg.push_str(&format!(
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"currentColor\" stroke-opacity=\"0.15\"/>\
-             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"10\" fill=\"currentColor\" fill-opacity=\"0.7\">{value:.0}</text>",
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"12\" fill=\"currentColor\" fill-opacity=\"0.7\">{value:.0}</text>",
             width - 8.0,
             left - 6.0,
             y + 3.0
@@ -340,7 +340,7 @@ pub fn bar_chart_svg(title: &str, currency: &str, bars: &[(String, f64)]) -> Str
         ));
         let short: String = label.chars().take(12).collect();
         svg.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\" fill=\"currentColor\" fill-opacity=\"0.8\">{}</text>",
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\" fill=\"currentColor\" fill-opacity=\"0.8\">{}</text>",
             x + bar_w / 2.0,
             height - bottom + 14.0,
             xml_escape(&short)

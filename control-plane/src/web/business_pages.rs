@@ -377,8 +377,9 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 fn subscription_form_data(app: &App, ctx: &Ctx) -> AppResult<Value> {
     let (servers, agents) = app.store.read(|r| {
-        let servers: Vec<Value> = r
-            .list::<Server>()?
+        let mut all_servers: Vec<Server> = r.list::<Server>()?;
+        all_servers.sort_by(|a, b| a.name.cmp(&b.name));
+        let servers: Vec<Value> = all_servers
             .iter()
             .filter(|s| s.status != "deleted")
             .map(|s| {
@@ -666,7 +667,15 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
             .map(|(c, a)| json!({"currency": c, "amount": a}))
             .collect();
     }
+    let (running, failed, due) = if policy::can(&ctx.subject, Action::ViewServers, None) {
+        operations_figures(r, ctx)?
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
     Ok(json!({
+        "executions_running": running,
+        "executions_failed": failed,
+        "schedules_due": due,
         "pending": pending,
         "requests_by_status": by_status,
         "my_requests": my_requests,
@@ -674,4 +683,71 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
         "expiring": expiring,
         "mrr": mrr,
     }))
+}
+
+/// Operations at a glance for those who see servers: executions running now, those
+/// that failed in the last day, and the backup and update schedules that run next,
+/// all limited to the projects the caller may see.
+fn operations_figures(
+    r: &impl Read,
+    ctx: &Ctx,
+) -> anyhow::Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
+    use crate::executions::{Execution, Status as Run};
+    let now = chrono::Utc::now();
+    let visible =
+        |project_id: &str| policy::can(&ctx.subject, Action::ViewServers, Some(project_id));
+    let mut executions: Vec<Execution> = r
+        .list::<Execution>()?
+        .into_iter()
+        .filter(|e| visible(&e.project_id))
+        .collect();
+    executions.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    let row = |e: &Execution| -> anyhow::Result<Value> {
+        let agent = r
+            .get::<crate::agents::Agent>(&e.agent_id)?
+            .map(|a| a.name)
+            .unwrap_or_default();
+        let kind = serde_json::to_value(&e.work)?
+            .get("kind")
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(json!({
+            "id": e.id, "agent": agent, "kind": kind, "status": e.status.as_str(),
+            "created_at": e.created_at, "exit_code": e.exit_code,
+        }))
+    };
+    let running = executions
+        .iter()
+        .filter(|e| matches!(e.status, Run::Running | Run::Queued))
+        .take(8)
+        .map(&row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let failed = executions
+        .iter()
+        .filter(|e| matches!(e.status, Run::Failed | Run::TimedOut))
+        .filter(|e| now - e.created_at < chrono::Duration::hours(24))
+        .take(8)
+        .map(&row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut due = Vec::new();
+    for project in projects::all(r)?.iter().filter(|p| visible(&p.id)) {
+        let (backup, update) = crate::schedules::of_project(r, &project.id)?;
+        for (kind, schedule) in [("backup", backup), ("update", update)] {
+            let view = crate::schedules::view(schedule.as_ref(), now);
+            if !view.is_null() {
+                due.push(json!({
+                    "project": project.name, "project_id": project.id, "kind": kind,
+                    "description": view["description"], "next_run": view["next_run"],
+                }));
+            }
+        }
+    }
+    due.sort_by(|a, b| {
+        a["next_run"]
+            .as_str()
+            .unwrap_or("")
+            .cmp(b["next_run"].as_str().unwrap_or(""))
+    });
+    due.truncate(8);
+    Ok((running, failed, due))
 }
