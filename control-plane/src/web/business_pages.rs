@@ -701,7 +701,7 @@ fn operations_figures(
         .into_iter()
         .filter(|e| visible(&e.project_id))
         .collect();
-    executions.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    executions.sort_by_key(|e| std::cmp::Reverse(e.created_at));
     let row = |e: &Execution| -> anyhow::Result<Value> {
         let agent = r
             .get::<crate::agents::Agent>(&e.agent_id)?
