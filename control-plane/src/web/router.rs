@@ -132,6 +132,14 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         Err(e) => return pages::error_page(app, req, None, &e),
     };
+    // Every state-changing page route needs the session's CSRF token: checked here,
+    // once, so that no handler can forget it.
+    if req.method != Method::GET && req.method != Method::HEAD {
+        let form = req.form().ok();
+        if let Err(e) = super::check_csrf(req, &ctx, form.as_ref()) {
+            return pages::error_page(app, req, Some(&ctx), &e);
+        }
+    }
     let m = &req.method;
     let result = match (m, segments) {
         (&Method::GET, []) => pages::dashboard(app, req, &ctx),
@@ -144,6 +152,8 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["projects", id]) => pages::project(app, req, &ctx, id),
         (&Method::GET, ["projects", id, "edit"]) => pages::project_form(app, req, &ctx, Some(id)),
         (&Method::POST, ["projects", id, "edit"]) => pages::project_save(app, req, &ctx, Some(id)),
+        (&Method::POST, ["projects", id, "sync"]) => hetzner_pages::sync(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "power"]) => hetzner_pages::power(app, req, &ctx, id).await,
         (&Method::GET, ["access"]) => pages::access(app, req, &ctx),
         (&Method::POST, ["access", "grant"]) => pages::access_grant(app, req, &ctx),
         (&Method::POST, ["access", "revoke"]) => pages::access_revoke(app, req, &ctx),
@@ -155,12 +165,8 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["account"]) => pages::account(app, req, &ctx, None),
         (&Method::POST, ["account", "apitoken"]) => pages::account_token(app, req, &ctx),
         (&Method::GET, ["audit"]) => pages::audit(app, req, &ctx),
-        // Fleet pages.
-        (&Method::GET, ["agents"]) => fleet_pages::agents_page(app, req, &ctx),
         (&Method::GET, ["requests"]) => super::business_pages::requests_list(app, req, &ctx),
         (&Method::GET, ["requests", "new"]) => super::business_pages::request_form(app, req, &ctx),
-        (&Method::POST, ["projects", id, "sync"]) => hetzner_pages::sync(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "power"]) => hetzner_pages::power(app, req, &ctx, id).await,
         (&Method::POST, ["requests", "new"]) => super::business_pages::request_save(app, req, &ctx),
         (&Method::GET, ["requests", id]) => super::business_pages::request_page(app, req, &ctx, id),
         (&Method::POST, ["requests", id, step]) => match request_action(step) {
@@ -190,6 +196,8 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::GET, ["revenue"]) => super::business_pages::revenue_page(app, req, &ctx),
         (&Method::GET, ["revenue", file]) => super::business_pages::revenue_csv(app, &ctx, file),
+        // Fleet pages.
+        (&Method::GET, ["agents"]) => fleet_pages::agents_page(app, req, &ctx),
         (&Method::GET, ["agents", "enroll"]) => fleet_pages::enroll_form(app, req, &ctx),
         (&Method::POST, ["agents", "enroll"]) => fleet_pages::enroll_create(app, req, &ctx),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
@@ -198,6 +206,19 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => fleet_pages::cancel_page(app, req, &ctx, id),
+        // Operations pages: backups, restores, system updates, schedules.
+        (&Method::GET, ["backups"]) => super::ops_pages::backups_page(app, req, &ctx),
+        (&Method::GET, ["backups", id]) => super::ops_pages::backup_page(app, req, &ctx, id),
+        (&Method::POST, ["backups", id, "verify"]) => super::ops_pages::verify(app, req, &ctx, id),
+        (&Method::POST, ["backups", id, "restore"]) => super::ops_pages::restore(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "backup"]) => super::ops_pages::server_backup(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "update"]) => super::ops_pages::server_update(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "operations"]) => super::ops_pages::project_page(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "operations"]) => super::ops_pages::project_save(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "backup"]) => super::ops_pages::project_run(app, req, &ctx, id, "backup"),
+        (&Method::POST, ["projects", id, "update"]) => super::ops_pages::project_run(app, req, &ctx, id, "update"),
+        (&Method::GET, ["updates"]) => super::ops_pages::updates_page(app, req, &ctx),
+        (&Method::GET, ["updates", id]) => super::ops_pages::update_page(app, req, &ctx, id),
         _ => Err(AppError::not_found("page")),
     };
     match result {
