@@ -433,6 +433,26 @@ async fn subscriptions_and_revenue() {
     assert_eq!(cp.api_as("sohila").get("/api/v1/revenue").await.0, 403);
     assert_eq!(tech.get("/api/v1/subscriptions").await.0, 403);
 
+    // The renewal job runs at start-up: the demo subscription that ends in 20 days
+    // and does not renew has been announced to its owner and the admins.
+    for api in [&sales, &admin] {
+        dynserv_tests::eventually(
+            std::time::Duration::from_secs(10),
+            "the renewal job's 30-day reminder",
+            || async {
+                let (_, inbox) = api.get("/api/v1/notifications").await;
+                inbox.as_array()?.iter().find(|n| {
+                    n["title"] == "Subscription of Blue Nile Pharmacy ends in 20 days"
+                        && n["link"]
+                            .as_str()
+                            .is_some_and(|l| l.starts_with("/subscriptions/"))
+                })?;
+                Some(())
+            },
+        )
+        .await;
+    }
+
     let (status, before) = sales.get("/api/v1/revenue").await;
     assert_eq!(status, 200, "{before}");
     assert_eq!(before["mrr"]["EUR"], 150.0);
