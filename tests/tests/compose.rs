@@ -195,6 +195,12 @@ async fn backup_verify_restore_and_update_through_the_api() {
         "{body}"
     );
 
+    let (status, html) = api
+        .get_text(&format!("/projects/{project_id}/operations"))
+        .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("not scheduled"), "{html}");
+
     let recipe = json!({
         "compose_project": project.name, "service": "db", "command": "echo 'dumping' >&2; cat /data/db.txt",
         "keep": 2, "restore_command": "cat > /data/db.txt && echo restored",
@@ -303,6 +309,11 @@ async fn backup_verify_restore_and_update_through_the_api() {
             .contains("no container of service \"db\""),
         "{failed}"
     );
+    let (status, html) = api
+        .get_text(&format!("/backups/{}", failed["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("no container of service"), "{html}");
 
     // Verify recomputes the checksum.
     let (status, verify) = api
@@ -406,4 +417,41 @@ async fn backup_verify_restore_and_update_through_the_api() {
         )
         .await;
     assert_eq!(status, 422, "{body}");
+
+    // The pages render what the API holds.
+    let update_id = update["id"].as_str().unwrap().to_string();
+    for (path, wants) in [
+        (
+            "/backups".to_string(),
+            vec![backup_id.as_str(), "succeeded", "failed"],
+        ),
+        (
+            format!("/backups/{backup_id}"),
+            vec![
+                backup["sha256"].as_str().unwrap(),
+                "backup_log",
+                "data-confirm-type=\"RESTORE\"",
+            ],
+        ),
+        (
+            format!("/projects/{project_id}/operations"),
+            vec![
+                "every day, at 03:00 (UTC)",
+                "on Sunday, at 04:30 (UTC)",
+                "Backup all servers",
+            ],
+        ),
+        ("/updates".to_string(), vec![update_id.as_str()]),
+        (format!("/updates/{update_id}"), vec!["Package manager"]),
+        (
+            format!("/servers/{server_id}"),
+            vec![&format!("/servers/{server_id}/backup")],
+        ),
+    ] {
+        let (status, html) = api.get_text(&path).await;
+        assert_eq!(status, 200, "{path}: {html}");
+        for want in wants {
+            assert!(html.contains(want), "{path} lacks {want}");
+        }
+    }
 }

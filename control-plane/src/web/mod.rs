@@ -13,6 +13,7 @@ pub mod fleet_pages;
 pub mod hetzner_api;
 pub mod hetzner_pages;
 pub mod ops_api;
+pub mod ops_pages;
 pub mod pages;
 pub mod render;
 pub mod router;

@@ -52,6 +52,18 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Backups",
+            href: "/backups",
+            icon: "fa-database",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
+            label: "Updates",
+            href: "/updates",
+            icon: "fa-arrows-rotate",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
             label: "Requests",
             href: "/requests",
             icon: "fa-file-circle-plus",

@@ -1,0 +1,495 @@
+//! Pages of server operations: backups (list, one backup with its logs, verify and
+//! restore), system updates (list, one update with its packages), a project's backup
+//! recipe and schedules, and the Backup / Update buttons of servers and projects.
+//! Thin: parse the form, call `backups` / `updates` / `schedules` (which authorize),
+//! dispatch, redirect to the execution's live log or render.
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::ops_api::{schedules_view, visible_project};
+use super::pages::page;
+use super::{redirect, Ctx, Req, Resp};
+use crate::app::App;
+use crate::backups::{self, Recipe, RecipeInput, RESTORE_CONFIRMATION};
+use crate::error::{AppError, AppResult, Kind};
+use crate::executions::Execution;
+use crate::policy::{self, Action};
+use crate::projects::Project;
+use crate::schedules::{self, ScheduleKind};
+use crate::servers::Server;
+use crate::store::Read;
+use crate::updates;
+
+fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()> {
+    if policy::can(&ctx.subject, action, project_id) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// Human size: `12.3 MiB`.
+fn human_size(bytes: Option<u64>) -> String {
+    let Some(b) = bytes else { return "—".into() };
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = b as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+fn names(
+    r: &impl Read,
+    agent_id: &str,
+    server_id: Option<&str>,
+    project_id: &str,
+) -> anyhow::Result<(String, String)> {
+    let server = match server_id {
+        Some(id) => r.get::<Server>(id)?.map(|s| s.name),
+        None => None,
+    };
+    let server = match server {
+        Some(name) => name,
+        None => r
+            .get::<crate::agents::Agent>(agent_id)?
+            .map(|a| a.name)
+            .unwrap_or_else(|| agent_id.to_string()),
+    };
+    let project = r
+        .get::<Project>(project_id)?
+        .map(|p| p.name)
+        .unwrap_or_default();
+    Ok((server, project))
+}
+
+fn backup_row(r: &impl Read, ctx: &Ctx, b: &backups::Backup) -> anyhow::Result<Value> {
+    let (server, project) = names(r, &b.agent_id, b.server_id.as_deref(), &b.project_id)?;
+    let mut v = backups::view(b);
+    v["server_name"] = json!(server);
+    v["project_name"] = json!(project);
+    v["size_text"] = json!(human_size(b.size));
+    v["sha256_short"] = json!(b
+        .sha256
+        .as_deref()
+        .map(|s| &s[..12.min(s.len())])
+        .unwrap_or("—"));
+    v["status_text"] = json!(match b.status {
+        backups::BackupStatus::Running => "running",
+        backups::BackupStatus::Succeeded => "succeeded",
+        backups::BackupStatus::Failed => "failed",
+    });
+    v["usable"] = json!(b.status == backups::BackupStatus::Succeeded && !b.removed);
+    v["can_operate"] = json!(policy::can(
+        &ctx.subject,
+        Action::OperateServers,
+        Some(&b.project_id)
+    ));
+    v["duration_text"] = json!(b
+        .duration_s()
+        .map(|d| format!("{d:.1} s"))
+        .unwrap_or_else(|| "—".into()));
+    Ok(v)
+}
+
+/// `GET /backups[?project=…]`.
+pub fn backups_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewServers, None)?;
+    let (rows, projects) = app.store.read(|r| {
+        let project = match req.query("project").filter(|p| !p.is_empty()) {
+            Some(key) => Some(visible_project(r, ctx, key)?.id),
+            None => None,
+        };
+        let list = backups::list_visible(r, &ctx.subject, project.as_deref(), None, 300)?;
+        let rows = list.iter().map(|b| backup_row(r, ctx, b)).collect::<anyhow::Result<Vec<_>>>()?;
+        let projects: Vec<Value> = crate::projects::all(r)?
+            .into_iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .map(|p| json!({"id": p.id, "name": p.name, "selected": project.as_deref() == Some(p.id.as_str())}))
+            .collect();
+        Ok((rows, projects))
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "backups",
+        "Backups",
+        json!({"backups": rows, "projects": projects}),
+    )
+}
+
+/// `GET /backups/{id}`.
+pub fn backup_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let (row, has_restore) = app.store.read(|r| {
+        let backup = backups::get_visible(r, &ctx.subject, id)?;
+        let has_restore =
+            backups::recipe(r, &backup.project_id)?.is_some_and(|r| r.restore_command.is_some());
+        Ok((backup_row(r, ctx, &backup)?, has_restore))
+    })?;
+    let title = format!(
+        "Backup of {}/{}",
+        row["compose_project"].as_str().unwrap_or(""),
+        row["service"].as_str().unwrap_or("")
+    );
+    page(
+        app,
+        req,
+        ctx,
+        "backups_detail",
+        &title,
+        json!({"backup": row, "has_restore": has_restore, "confirm_word": RESTORE_CONFIRMATION}),
+    )
+}
+
+/// Turns a domain error of a button into a flash message on the page it came from.
+fn after(result: AppResult<Vec<Execution>>, back: &str) -> AppResult<Resp> {
+    match result {
+        Ok(list) if list.len() == 1 => Ok(redirect(&format!("/executions/{}", list[0].id), None)),
+        Ok(list) => Ok(redirect(
+            back,
+            Some(("success", &format!("started on {} servers", list.len()))),
+        )),
+        Err(e) if matches!(e.kind, Kind::Invalid | Kind::Conflict) => {
+            Ok(redirect(back, Some(("danger", &e.message))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn dispatch(app: &App, list: &[Execution]) {
+    for e in list {
+        app.fleet.dispatch(e);
+    }
+}
+
+/// `POST /servers/{id}/backup` (button).
+pub fn server_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let result = app
+        .store
+        .write(|w| {
+            Ok(backups::start_for_server(
+                w,
+                &ctx.actor(req),
+                &ctx.subject,
+                id,
+            )?)
+        })
+        .map_err(AppError::from)
+        .map(|e| vec![e]);
+    if let Ok(list) = &result {
+        dispatch(app, list);
+    }
+    after(result, &format!("/servers/{id}"))
+}
+
+/// `POST /servers/{id}/update` (button; `check=1` only lists).
+pub fn server_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let check = form.get("check") == Some("1");
+    let result = app
+        .store
+        .write(|w| {
+            Ok(updates::start_for_server(
+                w,
+                &ctx.actor(req),
+                &ctx.subject,
+                id,
+                check,
+            )?)
+        })
+        .map_err(AppError::from)
+        .map(|e| vec![e]);
+    if let Ok(list) = &result {
+        dispatch(app, list);
+    }
+    after(result, &format!("/servers/{id}"))
+}
+
+/// `POST /backups/{id}/verify`.
+pub fn verify(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let result = app
+        .store
+        .write(|w| Ok(backups::start_verify(w, &ctx.actor(req), &ctx.subject, id)?))
+        .map_err(AppError::from)
+        .map(|e| vec![e]);
+    if let Ok(list) = &result {
+        dispatch(app, list);
+    }
+    after(result, &format!("/backups/{id}"))
+}
+
+/// `POST /backups/{id}/restore` (the form asks for the typed confirmation).
+pub fn restore(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let confirm = form.get("confirm").map(String::from);
+    let result = app
+        .store
+        .write(|w| {
+            Ok(backups::start_restore(
+                w,
+                &ctx.actor(req),
+                &ctx.subject,
+                id,
+                confirm.as_deref(),
+            )?)
+        })
+        .map_err(AppError::from)
+        .map(|e| vec![e]);
+    if let Ok(list) = &result {
+        dispatch(app, list);
+    }
+    after(result, &format!("/backups/{id}"))
+}
+
+fn recipe_values(recipe: Option<&Recipe>) -> Value {
+    match recipe {
+        Some(r) => json!({
+            "compose_project": r.compose_project, "service": r.service, "command": r.command,
+            "dump_path": r.dump_path.clone().unwrap_or_default(), "keep": r.keep,
+            "restore_command": r.restore_command.clone().unwrap_or_default(),
+            "restore_path": r.restore_path.clone().unwrap_or_default(),
+        }),
+        None => {
+            json!({"compose_project": "", "service": "", "command": "", "dump_path": "", "keep": backups::DEFAULT_KEEP, "restore_command": "", "restore_path": ""})
+        }
+    }
+}
+
+/// `GET /projects/{id}/operations`: recipe, schedules, project-wide buttons, recent runs.
+pub fn project_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    project_page_with(app, req, ctx, id, None, json!({}))
+}
+
+fn project_page_with(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    values: Option<Value>,
+    errors: Value,
+) -> AppResult<Resp> {
+    let data = app.store.read(|r| {
+        let project = visible_project(r, ctx, id)?;
+        if !policy::can(&ctx.subject, Action::ViewServers, Some(&project.id)) {
+            return Err(AppError::forbidden().into());
+        }
+        let recipe = backups::recipe(r, &project.id)?;
+        let list = backups::list_visible(r, &ctx.subject, Some(&project.id), None, 20)?;
+        let rows = list
+            .iter()
+            .map(|b| backup_row(r, ctx, b))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let update_rows: Vec<Value> =
+            updates::list_visible(r, &ctx.subject, Some(&project.id), None, 10)?
+                .iter()
+                .map(updates::view)
+                .collect();
+        let schedules = schedules_view(r, &project.id)?;
+        let (backup_cron, update_cron) = schedules::of_project(r, &project.id)?;
+        Ok(json!({
+            "project": {"id": project.id, "name": project.name},
+            "has_recipe": recipe.is_some(),
+            "values": values.clone().unwrap_or_else(|| {
+                let mut v = recipe_values(recipe.as_ref());
+                v["backup_cron"] = json!(backup_cron.map(|s| s.cron).unwrap_or_default());
+                v["update_cron"] = json!(update_cron.map(|s| s.cron).unwrap_or_default());
+                v
+            }),
+            "errors": errors,
+            "schedules": schedules,
+            "backups": rows,
+            "updates": update_rows,
+            "can_edit": policy::can(&ctx.subject, Action::EditProject, Some(&project.id)),
+            "can_operate": policy::can(&ctx.subject, Action::OperateServers, Some(&project.id)),
+        }))
+    })?;
+    let title = format!(
+        "Backups & updates: {}",
+        data["project"]["name"].as_str().unwrap_or("")
+    );
+    page(app, req, ctx, "backups_project", &title, data)
+}
+
+fn form_values(form: &super::Form) -> Value {
+    let mut v = serde_json::Map::new();
+    for key in [
+        "compose_project",
+        "service",
+        "command",
+        "dump_path",
+        "keep",
+        "restore_command",
+        "restore_path",
+        "backup_cron",
+        "update_cron",
+    ] {
+        v.insert(key.into(), json!(form.get(key).unwrap_or("")));
+    }
+    Value::Object(v)
+}
+
+/// `POST /projects/{id}/operations`: saves the recipe and the schedules.
+pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let text = |k: &str| form.get(k).map(|s| s.replace("\r\n", "\n"));
+    let keep = match form.get("keep").map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(k) => match k.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return project_page_with(
+                    app,
+                    req,
+                    ctx,
+                    id,
+                    Some(form_values(&form)),
+                    json!({"keep": "a whole number between 1 and 1000"}),
+                )
+            }
+        },
+    };
+    let input = RecipeInput {
+        compose_project: text("compose_project"),
+        service: text("service"),
+        command: text("command"),
+        dump_path: text("dump_path"),
+        keep,
+        restore_command: text("restore_command"),
+        restore_path: text("restore_path"),
+    };
+    let result = app.store.write(|w| {
+        let project = visible_project(w, ctx, id)?;
+        backups::save_recipe(w, &ctx.actor(req), &ctx.subject, &project.id, &input)?;
+        let now = Utc::now();
+        schedules::set(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            &project.id,
+            ScheduleKind::Backup,
+            form.get("backup_cron"),
+            now,
+        )?;
+        schedules::set(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            &project.id,
+            ScheduleKind::Update,
+            form.get("update_cron"),
+            now,
+        )?;
+        Ok(())
+    });
+    match result.map_err(AppError::from) {
+        Ok(()) => Ok(redirect(
+            &format!("/projects/{id}/operations"),
+            Some(("success", "saved")),
+        )),
+        Err(e) if e.kind == Kind::Invalid => {
+            let field = match e.field.as_deref() {
+                Some("backup") => "backup_cron".to_string(),
+                Some("update") => "update_cron".to_string(),
+                Some(f) => f.to_string(),
+                None => "command".to_string(),
+            };
+            let mut errors = serde_json::Map::new();
+            errors.insert(field, json!(e.message));
+            project_page_with(
+                app,
+                req,
+                ctx,
+                id,
+                Some(form_values(&form)),
+                Value::Object(errors),
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST /projects/{id}/backup` and `POST /projects/{id}/update` (buttons).
+pub fn project_run(app: &App, req: &Req, ctx: &Ctx, id: &str, what: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let check = form.get("check") == Some("1");
+    let result = app
+        .store
+        .write(|w| {
+            let project = visible_project(w, ctx, id)?;
+            Ok(if what == "backup" {
+                backups::start_for_project(w, &ctx.actor(req), &ctx.subject, &project.id)?
+            } else {
+                updates::start_for_project(w, &ctx.actor(req), &ctx.subject, &project.id, check)?
+            })
+        })
+        .map_err(AppError::from);
+    if let Ok(list) = &result {
+        dispatch(app, list);
+    }
+    after(result, &format!("/projects/{id}/operations"))
+}
+
+fn update_row(r: &impl Read, u: &updates::Update) -> anyhow::Result<Value> {
+    let (server, project) = names(r, &u.agent_id, u.server_id.as_deref(), &u.project_id)?;
+    let mut v = updates::view(u);
+    v["server_name"] = json!(server);
+    v["project_name"] = json!(project);
+    v["package_count"] = json!(u.packages.len());
+    v["status_text"] = v["status"].clone();
+    Ok(v)
+}
+
+/// `GET /updates`.
+pub fn updates_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require(ctx, Action::ViewServers, None)?;
+    let rows = app.store.read(|r| {
+        updates::list_visible(r, &ctx.subject, None, None, 300)?
+            .iter()
+            .map(|u| update_row(r, u))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "updates",
+        "System updates",
+        json!({"updates": rows}),
+    )
+}
+
+/// `GET /updates/{id}`.
+pub fn update_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let row = app.store.read(|r| {
+        let u = updates::get_visible(r, &ctx.subject, id)?;
+        update_row(r, &u)
+    })?;
+    let title = format!(
+        "System update on {}",
+        row["server_name"].as_str().unwrap_or("")
+    );
+    page(
+        app,
+        req,
+        ctx,
+        "updates_detail",
+        &title,
+        json!({"update": row}),
+    )
+}
