@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dynserv_hetzner_sim::{BootConfig, Fault, FaultKind, NewServer, SimConfig, Simulator};
-use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, Browser, ControlPlane};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -572,4 +572,61 @@ async fn retry_after_a_lost_answer_creates_nothing_twice() {
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert!(servers[0]["hetzner_id"].is_i64());
     assert!(servers[0]["agent"].is_object());
+}
+
+/// In the browser: Sync on the project page brings the servers and the budget panel;
+/// power off asks to type the server's name, then the action appears and succeeds.
+#[tokio::test]
+async fn browser_sync_and_power_off_with_confirmation() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-ui");
+    sim.add_servers("tok-ui", 3, "ui");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "UIco", "tok-ui", Some(12.0)).await;
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "admin123").await;
+    browser.goto(&format!("/projects/{id}")).await;
+    browser.click("[data-sync-button]").await;
+    eventually(WAIT, "the page shows a good sync", || async {
+        browser.goto(&format!("/projects/{id}")).await;
+        browser
+            .exists("[data-last-sync=\"ok\"]")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(browser.exists("[data-budget-warning=\"100\"]").await);
+    assert!(browser.page_text().await.contains("ui-003"));
+    browser
+        .screenshot(&cp.artifact("hetzner-project.png"))
+        .await;
+
+    let servers = servers_of(&admin, "UIco").await;
+    let server = servers.iter().find(|s| s["name"] == "ui-001").unwrap();
+    browser
+        .goto(&format!("/servers/{}", server["id"].as_str().unwrap()))
+        .await;
+    browser.click("form[data-confirm-type] button").await;
+    browser
+        .wait_for("[data-confirm-ready] [data-confirm-input]")
+        .await;
+    browser.fill("[data-confirm-input]", "ui-001").await;
+    browser.click("[data-confirm-ok]").await;
+    eventually(WAIT, "the power off succeeded", || async {
+        browser
+            .exists("[data-action-status=\"success\"]")
+            .await
+            .then_some(())
+    })
+    .await;
+    browser.screenshot(&cp.artifact("hetzner-server.png")).await;
+    let (_, after) = admin
+        .get(&format!(
+            "/api/v1/servers/{}",
+            server["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(after["status"], "off");
+    browser.close().await;
 }

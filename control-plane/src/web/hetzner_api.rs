@@ -156,7 +156,7 @@ pub fn costs_json(
         "month": budget::month_of(now),
         "cost": cost,
         "budget": project.budget_monthly,
-        "percent": percent,
+        "percent": percent.map(|p| p as i64),
         "level": level,
         "warning": level != "ok",
         "alerts": alerts,
