@@ -630,3 +630,42 @@ async fn browser_sync_and_power_off_with_confirmation() {
     assert_eq!(after["status"], "off");
     browser.close().await;
 }
+
+/// A server type Hetzner does not know fails the request with Hetzner's own message.
+#[tokio::test]
+async fn unknown_server_type_fails_with_hetzners_message() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-type");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Typeco", "tok-type", None).await;
+    let sales = cp.api_as("sales");
+    let (status, created) = sales
+        .post(
+            "/api/v1/requests",
+            &json!({
+                "client_name": "Gamma", "client_email": "it@gamma.example",
+                "purpose": "api", "project": "Typeco", "server_type": "cx999",
+                "location": "fsn1", "image": "ubuntu-24.04",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let failed = request_status(&admin, &id, "failed").await;
+    let note = failed["history"].as_array().unwrap().last().unwrap()["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains("unknown server type \"cx999\""), "{failed}");
+    let (_, steps) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    assert_eq!(steps["step"], "failed");
+    assert_eq!(steps["steps"][0]["state"], "failed");
+    assert!(sim.servers("tok-type").is_empty());
+}
