@@ -431,14 +431,19 @@ pub fn link(request_id: &str) -> String {
 }
 
 /// The workflow facts for `actor` on `request`.
+///
+/// The control plane itself is [`Actor::system`]: that name with no client address.
+/// A person who came over HTTP always has an address, so an account that happens to be
+/// named `system` is judged by its role like anyone else.
 pub fn facts_of(r: &impl Read, actor: &Actor, request: &Request) -> anyhow::Result<Facts> {
-    let user = if actor.username == Actor::system().username {
+    let is_system = actor.username == Actor::system().username && actor.ip.is_none();
+    let user = if is_system {
         None
     } else {
         users::by_username(r, &actor.username)?
     };
     let kind = match &user {
-        None if actor.username == Actor::system().username => ActorKind::System,
+        _ if is_system => ActorKind::System,
         Some(u) if u.active && u.role == Role::Admin => ActorKind::Admin,
         _ => ActorKind::Other,
     };
@@ -1058,6 +1063,44 @@ mod tests {
                 )?)
             })
             .unwrap();
+    }
+
+    /// An account named `system` acting over HTTP is judged by its role, never as the
+    /// control plane itself.
+    #[test]
+    fn a_user_named_system_is_not_the_system() {
+        let world = world(true, None);
+        let request = file(&world, 1.0);
+        world
+            .store
+            .write(|w| {
+                let input = NewUser {
+                    username: Some("system".into()),
+                    role: Some("sales".into()),
+                    ..Default::default()
+                };
+                Ok(users::create(
+                    w,
+                    &Actor::system(),
+                    &input,
+                    Some("x".into()),
+                )?)
+            })
+            .unwrap();
+        let over_http = Actor {
+            username: "system".into(),
+            ip: Some("203.0.113.9".into()),
+        };
+        let facts = world
+            .store
+            .read(|r| {
+                Ok((
+                    facts_of(r, &over_http, &request)?.actor,
+                    facts_of(r, &Actor::system(), &request)?.actor,
+                ))
+            })
+            .unwrap();
+        assert_eq!(facts, (ActorKind::Other, ActorKind::System));
     }
 
     /// Approval warns when servers + requests in flight + this one exceed the budget.
