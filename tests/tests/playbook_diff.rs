@@ -283,7 +283,7 @@ fn hello_sample_matches_ansible() {
     check_playbook(&workspace_root().join("playbooks/hello.yml"), &[]);
 }
 
-/// cron, sysctl, authorized_key, get_url, wait_for, imports, includes, vars files and
+/// get_url, wait_for, imports, includes, vars files and
 /// the with_* loops agree with Ansible (all confined to the temp root).
 #[test]
 fn more_modules_match_ansible() {

@@ -1,4 +1,4 @@
-//! `become`: running a module as another user through `sudo`.
+//! `become`: running a module as another user through `sudo` (or `runuser` as root).
 //!
 //! Modules run in-process, so switching user means re-executing the agent binary under
 //! `sudo -n -u USER` with the hidden `playbook --internal-module` flag: the request (module,
@@ -48,8 +48,20 @@ pub fn run_module_as(program: Option<&Path>, user: &str, module: &str, args: &Va
         Ok(b) => b,
         Err(e) => return Outcome::failed(format!("become: cannot encode the request: {e}")),
     };
-    let child = Command::new("sudo")
-        .args(["-n", "-H", "-u", user, "--"])
+    // Root switches user without a password prompt through runuser(1) when sudo is absent.
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let use_runuser = is_root && super::modules::exec::which("sudo").is_none() && super::modules::exec::which("runuser").is_some();
+    let mut command = if use_runuser {
+        let mut c = Command::new("runuser");
+        c.args(["-u", user, "--"]);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "-H", "-u", user, "--"]);
+        c
+    };
+    let child = command
         .arg(&program)
         .args(["playbook", "--internal-module"])
         .stdin(Stdio::piped())

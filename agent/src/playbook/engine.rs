@@ -39,6 +39,10 @@ pub struct RunOptions {
     pub inventory_hostname: String,
     /// The program to re-execute under sudo for `become` (defaults to the current executable).
     pub become_program: Option<PathBuf>,
+    /// ansible-core's `ansible` program, when tasks with modules the runtime lacks may run
+    /// through it (the playbook must then be parsed with
+    /// [`parse_playbook_with_ansible_fallback`](super::model::parse_playbook_with_ansible_fallback)).
+    pub ansible_fallback: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -53,6 +57,7 @@ impl Default for RunOptions {
             force_handlers: false,
             inventory_hostname: "localhost".into(),
             become_program: None,
+            ansible_fallback: None,
         }
     }
 }
@@ -293,7 +298,6 @@ struct Runner<'a> {
     rescue_depth: usize,
     rescue_vars: Vec<(String, Value)>,
     current_user: String,
-    current_loop_vars: Vec<(String, Value)>,
 }
 
 /// What happened to one task (after loops were aggregated).
@@ -326,7 +330,6 @@ impl<'a> Runner<'a> {
             rescue_depth: 0,
             rescue_vars: Vec::new(),
             current_user: files::user_name(uid),
-            current_loop_vars: Vec::new(),
         }
     }
 
@@ -601,11 +604,13 @@ impl<'a> Runner<'a> {
                     self.host_failed |= was_failed;
                 }
             }
-            TaskBody::Action { module, args, .. } => {
+            TaskBody::Action { module, args, written } => {
                 if !handler && !tags_selected(&merged.tags, &self.options.tags, &self.options.skip_tags) {
                     return;
                 }
-                self.run_action_task(task, &merged, module, args, handler);
+                // ansible-core's own module runs under the name the playbook wrote.
+                let module = if module == super::model::ANSIBLE_FALLBACK { format!("{}:{written}", super::model::ANSIBLE_FALLBACK) } else { module.clone() };
+                self.run_action_task(task, &merged, &module, args, handler);
             }
         }
     }
@@ -739,8 +744,16 @@ impl<'a> Runner<'a> {
                 let mut out = Vec::new();
                 for element in as_list(list)? {
                     let sub = element.get_attr(&key).map_err(|e| e.to_string())?;
+                    // Like Ansible's lookup, the first item is the element without the subkey.
+                    let mut rest = Vec::new();
+                    for k in element.try_iter().map_err(|e| e.to_string())? {
+                        if k.as_str() != Some(key.as_str()) {
+                            rest.push((k.clone(), element.get_item(&k).unwrap_or_default()));
+                        }
+                    }
+                    let parent = Value::from_pairs(rest);
                     for s in as_list(&sub)? {
-                        out.push(Value::from(vec![element.clone(), s]));
+                        out.push(Value::from(vec![parent.clone(), s]));
                     }
                 }
                 Ok(out)
@@ -773,6 +786,10 @@ impl<'a> Runner<'a> {
             self.emit_banner(&format!("TASK [{title}]"));
         }
         let host = self.host().to_string();
+        if module == "include_tasks" {
+            self.run_include(task, scope, args, &host);
+            return;
+        }
         let ctx0 = self.context(scope, &[]);
         let ignore_errors = match self.eval_bool(&scope.ignore_errors, &ctx0, false) {
             Ok(b) => b,
@@ -1057,8 +1074,7 @@ impl<'a> Runner<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.current_loop_vars = loop_vars.to_vec();
-            let mut outcome = self.execute(task, scope, module, args, &ctx);
+            let mut outcome = self.execute(scope, module, args, &ctx);
             let mut register_vars = loop_vars.to_vec();
             if let Some(name) = &task.register {
                 register_vars.push((name.clone(), outcome.to_value()));
@@ -1140,7 +1156,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Templates arguments and runs the action or module.
-    fn execute(&mut self, task: &Task, scope: &Inherited, module: &str, args: &Value, ctx: &Value) -> Outcome {
+    fn execute(&mut self, scope: &Inherited, module: &str, args: &Value, ctx: &Value) -> Outcome {
         let check = match self.eval_bool(&scope.check_mode, ctx, self.options.check) {
             Ok(b) => b,
             Err(e) => return Outcome::failed(e.to_string()),
@@ -1183,9 +1199,8 @@ impl<'a> Runner<'a> {
             "fail" => Outcome::failed(arg_str(&templated, "msg").unwrap_or_else(|| "Failed as requested from task".into())),
             "include_vars" => self.action_include_vars(&templated),
             "pause" => action_pause(&templated, check),
-            "include_tasks" => self.action_include_tasks(task, scope, &templated, ctx),
             "template" => self.action_template(&templated, ctx, &mctx, become_user.as_deref()),
-            "copy" => {
+            "copy" | "unarchive" => {
                 let mut args = templated;
                 let remote = arg_str(&args, "remote_src").and_then(|v| modules::parse_bool(&Value::from(v))).unwrap_or(false);
                 if let (Some(src), false) = (arg_str(&args, "src"), remote) {
@@ -1196,6 +1211,13 @@ impl<'a> Runner<'a> {
                     args = files::with_arg(&args, "src", Value::from(path));
                 }
                 self.run_module(module, &args, &mctx, become_user.as_deref())
+            }
+            _ if module.starts_with(super::model::ANSIBLE_FALLBACK) => {
+                let written = module.split_once(':').map(|(_, w)| w).unwrap_or_default();
+                match &self.options.ansible_fallback {
+                    Some(program) => super::fallback::run_ansible_module(program, written, &templated, &mctx, become_user.as_deref()),
+                    None => Outcome::failed(format!("couldn't resolve module/action '{written}': the native runtime does not implement it")),
+                }
             }
             "package" => {
                 let manager = arg_str(&templated, "use")
@@ -1208,8 +1230,12 @@ impl<'a> Runner<'a> {
                         args = strip_key(&args, "use");
                         self.run_module("apt", &args, &mctx, become_user.as_deref())
                     }
+                    "dnf" | "yum" | "dnf5" => {
+                        let args = strip_key(&templated, "use");
+                        self.run_module("dnf", &args, &mctx, become_user.as_deref())
+                    }
                     other => Outcome::failed(format!(
-                        "package: the package manager '{other}' is not supported by the native runtime (only apt)"
+                        "package: the package manager '{other}' is not supported by the native runtime (apt, dnf, yum)"
                     )),
                 }
             }
@@ -1394,39 +1420,98 @@ impl<'a> Runner<'a> {
             .with("ansible_included_var_files", Value::from(vec![path.display().to_string()]))
     }
 
-    fn action_include_tasks(&mut self, task: &Task, scope: &Inherited, args: &Value, ctx: &Value) -> Outcome {
-        let Some(file) = arg_str(args, "_raw_params").or_else(|| arg_str(args, "file")) else {
-            return Outcome::failed("include_tasks needs a file name");
+    /// `include_tasks`: evaluated at run time, once per loop item; the included tasks run
+    /// after all items were processed, as in Ansible.
+    fn run_include(&mut self, task: &Task, scope: &Inherited, args: &Value, host: &str) {
+        let ctx0 = self.context(scope, &[]);
+        let loop_var = task
+            .loop_control
+            .as_ref()
+            .and_then(|lc| lc.get_attr("loop_var").ok())
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_else(|| "item".into());
+        let items: Vec<Option<Value>> = match &task.loop_source {
+            None => vec![None],
+            Some((kind, source)) => match self.loop_items(kind, source, &ctx0) {
+                Ok(items) => items.into_iter().map(Some).collect(),
+                Err(message) => {
+                    self.finish_failed_outright(task, host, &message);
+                    return;
+                }
+            },
         };
-        let path = self.resolve_local(&file, "tasks");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => return Outcome::failed(format!("Could not find or access '{file}': {e}")),
-        };
-        let node = match super::yaml::parse_one(&text) {
-            Ok(n) => n,
-            Err(e) => return Outcome::failed(format!("{}: {e}", path.display())),
-        };
-        let tasks = match &node.kind {
-            super::yaml::NodeKind::Seq(items) => {
-                let base = path.parent().unwrap_or(&self.playbook.base_dir).to_path_buf();
-                let parsed: Result<Vec<Task>, _> = items.iter().map(|i| super::model::parse_task(i, &base, false)).collect();
-                match parsed {
-                    Ok(t) => t,
-                    Err(e) => return Outcome::failed(format!("{}: {e}", path.display())),
+        let mut pending = Vec::new();
+        for item in items {
+            let loop_vars: Vec<(String, Value)> = item.iter().map(|i| (loop_var.clone(), i.clone())).collect();
+            let ctx = self.context(scope, &loop_vars);
+            let mut skip = false;
+            for condition in &scope.when {
+                match self.templar.condition(condition, &ctx) {
+                    Ok(true) => {}
+                    Ok(false) => skip = true,
+                    Err(e) => {
+                        self.finish_failed_outright(task, host, &format!("The conditional check failed. The error was: {e}"));
+                        return;
+                    }
                 }
             }
-            _ => return Outcome::failed(format!("{} must contain a list of tasks", path.display())),
-        };
-        let host = self.host().to_string();
-        self.emit(&format!("included: {} for {host}", path.display()));
-        // Loop variables of the include are visible to the included tasks.
-        let mut inner = scope.clone();
-        inner.when.clear();
-        inner.vars.extend(self.current_loop_vars.iter().cloned());
-        let _ = (task, ctx);
-        self.run_list(&tasks, &inner);
-        Outcome::new().with("_ansible_included", true)
+            if skip {
+                match &item {
+                    Some(i) => self.emit(&format!("skipping: [{host}] => (item={}) ", item_label(i))),
+                    None => self.emit(&format!("skipping: [{host}]")),
+                }
+                continue;
+            }
+            let templated = match template_args(&self.templar, args, &ctx, &[]) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.finish_failed_outright(task, host, &e.to_string());
+                    return;
+                }
+            };
+            let Some(file) = arg_str(&templated, "_raw_params").or_else(|| arg_str(&templated, "file")) else {
+                self.finish_failed_outright(task, host, "include_tasks needs a file name");
+                return;
+            };
+            let path = self.resolve_local(&file, "tasks");
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| format!("Could not find or access '{file}': {e}"))
+                .and_then(|text| super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display())))
+                .and_then(|node| match &node.kind {
+                    super::yaml::NodeKind::Seq(items) => {
+                        let base = path.parent().unwrap_or(&self.playbook.base_dir).to_path_buf();
+                        items
+                            .iter()
+                            .map(|i| super::model::parse_task(i, &base, false))
+                            .collect::<Result<Vec<Task>, _>>()
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    }
+                    _ => Err(format!("{} must contain a list of tasks", path.display())),
+                });
+            let tasks = match parsed {
+                Ok(t) => t,
+                Err(message) => {
+                    self.finish_failed_outright(task, host, &message);
+                    return;
+                }
+            };
+            match &item {
+                Some(i) => self.emit(&format!("included: {} for {host} => (item={})", path.display(), item_label(i))),
+                None => self.emit(&format!("included: {} for {host}", path.display())),
+            }
+            // Ansible counts every processed include as ok.
+            self.stats.ok += 1;
+            pending.push((tasks, loop_vars));
+        }
+        for (tasks, loop_vars) in pending {
+            let mut inner = scope.clone();
+            inner.when.clear();
+            inner.vars.extend(loop_vars);
+            self.run_list(&tasks, &inner);
+            if self.host_failed || self.end_play {
+                return;
+            }
+        }
     }
 
     fn action_template(&self, args: &Value, ctx: &Value, mctx: &ModuleContext, become_user: Option<&str>) -> Outcome {

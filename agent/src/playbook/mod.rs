@@ -19,6 +19,7 @@ pub mod become_;
 mod crypt;
 pub mod engine;
 pub mod facts;
+pub mod fallback;
 pub mod filters;
 pub mod model;
 pub mod modules;
@@ -26,7 +27,7 @@ pub mod template;
 pub mod yaml;
 
 pub use engine::{run_playbook, RunOptions, RunReport, Stats};
-pub use model::{parse_playbook, Playbook, PlaybookError};
+pub use model::{parse_playbook, parse_playbook_with_ansible_fallback, Playbook, PlaybookError};
 
 use anyhow::Context as _;
 use minijinja::Value;
@@ -105,6 +106,10 @@ pub struct PlaybookArgs {
     /// The host name the play sees as `inventory_hostname`.
     #[arg(long, default_value = "localhost")]
     pub inventory_hostname: String,
+    /// Run tasks whose module the native runtime lacks through ansible-core's `ansible`
+    /// program (optionally its path); without this flag such a playbook is rejected.
+    #[arg(long, value_name = "ANSIBLE", num_args = 0..=1, default_missing_value = "ansible")]
+    pub ansible_fallback: Option<PathBuf>,
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
@@ -136,7 +141,12 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
-    let playbook = match parse_playbook(&source, &base_dir) {
+    let parsed = if args.ansible_fallback.is_some() {
+        parse_playbook_with_ansible_fallback(&source, &base_dir)
+    } else {
+        parse_playbook(&source, &base_dir)
+    };
+    let playbook = match parsed {
         Ok(p) => p,
         Err(e) => {
             eprintln!("ERROR! {e}");
@@ -162,6 +172,7 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         force_handlers: args.force_handlers,
         inventory_hostname: args.inventory_hostname.clone(),
         become_program: std::env::current_exe().ok(),
+        ansible_fallback: args.ansible_fallback.clone(),
     };
     let stdout = std::io::stdout();
     let mut sink = |line: &str| {

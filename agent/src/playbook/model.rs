@@ -233,7 +233,7 @@ pub const NATIVE_MODULES: &[&str] = &[
     "set_fact", "assert", "fail", "apt", "package", "service", "systemd", "systemd_service", "user",
     "group", "get_url", "cron", "wait_for", "docker_compose_v2", "meta", "ping", "slurp", "pause",
     "include_vars", "import_tasks", "include_tasks", "authorized_key", "sysctl", "ufw", "apt_key",
-    "apt_repository", "replace", "unarchive", "git", "hostname", "reboot",
+    "apt_repository", "replace", "unarchive", "git", "hostname", "pip", "dnf", "yum",
 ];
 
 const COLLECTION_PREFIXES: &[&str] = &[
@@ -303,8 +303,49 @@ const BLOCK_KEYS: &[&str] = &[
 /// Free-form modules whose string argument is a command line, not `k=v` pairs.
 const FREE_FORM: &[&str] = &["command", "shell", "raw", "meta", "import_tasks", "include_tasks", "include_vars"];
 
-/// Parses and validates playbook text. `base_dir` anchors relative paths.
+/// The module name given to tasks whose module the runtime lacks; such tasks can only run
+/// through ansible-core (see [`parse_playbook_with_ansible_fallback`]).
+pub const ANSIBLE_FALLBACK: &str = "ansible_fallback";
+
+/// The first task (in source order) whose module the runtime lacks.
+fn first_unknown_module(tasks: &[Task]) -> Option<(String, Pos)> {
+    for task in tasks {
+        match &task.body {
+            TaskBody::Action { module, written, .. } if module == ANSIBLE_FALLBACK => {
+                return Some((written.clone(), task.pos))
+            }
+            TaskBody::Action { .. } => {}
+            TaskBody::Block { block, rescue, always } => {
+                for list in [block, rescue, always] {
+                    if let Some(found) = first_unknown_module(list) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Parses and validates playbook text. `base_dir` anchors relative paths. A task whose
+/// module the runtime lacks is an error naming the module and its line.
 pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
+    let playbook = parse_playbook_with_ansible_fallback(source, base_dir)?;
+    let mut unknown: Vec<(String, Pos)> = Vec::new();
+    for play in &playbook.plays {
+        for list in [&play.pre_tasks, &play.tasks, &play.post_tasks, &play.handlers] {
+            unknown.extend(first_unknown_module(list));
+        }
+    }
+    if let Some((module, pos)) = unknown.into_iter().min_by_key(|(_, pos)| (pos.line, pos.column)) {
+        return Err(PlaybookError::UnknownModule { module, pos });
+    }
+    Ok(playbook)
+}
+
+/// Like [`parse_playbook`], but tasks with modules the runtime lacks are kept (module
+/// [`ANSIBLE_FALLBACK`]) so they can run through ansible-core's own module.
+pub fn parse_playbook_with_ansible_fallback(source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
     let root = yaml::parse_one(source)?;
     let NodeKind::Seq(entries) = &root.kind else {
         return Err(invalid(
@@ -567,10 +608,9 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
             "action" | "local_action" => split_action(value)?,
             other => (other.to_string(), value.to_value()),
         };
-        let module = resolve_module(&written).ok_or_else(|| PlaybookError::UnknownModule {
-            module: written.clone(),
-            pos: node.pos,
-        })?;
+        // Unknown modules are recorded here and rejected by `parse_playbook`, unless the
+        // caller allows running them through ansible-core.
+        let module = resolve_module(&written).unwrap_or(ANSIBLE_FALLBACK);
         let mut args = normalize_args(module, &args_node_value, value.pos)?;
         if let Some(extra) = node.get("args") {
             if extra.as_map().is_none() && extra.kind != NodeKind::Null {
@@ -598,7 +638,11 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
         if module == "import_tasks" {
             return import_tasks(node, &args, base_dir, handler, name, keywords);
         }
-        TaskBody::Action { module: module.to_string(), written, args }
+        TaskBody::Action {
+            module: module.to_string(),
+            written,
+            args,
+        }
     };
     Ok(Task {
         name,

@@ -13,8 +13,10 @@ pub mod compose;
 pub mod exec;
 pub mod files;
 pub mod lines;
+pub mod more;
 pub mod net;
 pub mod packages;
+pub mod repos;
 pub mod services;
 pub mod system;
 pub mod users;
@@ -358,6 +360,13 @@ pub fn run_module(name: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
         "hostname" => system::hostname(&args, ctx),
         "ping" => Ok(Outcome::new().with("ping", args.str("data").unwrap_or_else(|| "pong".into()))),
         "docker_compose_v2" => compose::compose(&args, ctx),
+        "apt_repository" => repos::apt_repository(&args, ctx),
+        "apt_key" => repos::apt_key(&args, ctx),
+        "pip" => repos::pip(&args, ctx),
+        "dnf" | "yum" => repos::dnf(name, &args, ctx),
+        "ufw" => more::ufw(&args, ctx),
+        "unarchive" => more::unarchive(&args, ctx),
+        "git" => more::git_module(&args, ctx),
         other => Ok(Outcome::failed(format!(
             "module '{other}' is not implemented by the native runtime"
         ))),

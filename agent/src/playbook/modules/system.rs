@@ -342,6 +342,83 @@ pub fn hostname(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use minijinja::Value;
+
+    /// cron manages a named job and an environment line in a cron file idempotently.
+    #[test]
+    fn cron_file_jobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("backup");
+        let run_with = |pairs: &[(&str, &str)]| {
+            let mut all: Vec<(String, Value)> = vec![
+                ("cron_file".into(), Value::from(file.display().to_string())),
+                ("user".into(), Value::from("root")),
+            ];
+            all.extend(pairs.iter().map(|(k, v)| (k.to_string(), Value::from(*v))));
+            let result = cron(&Args::new("cron", Value::from_pairs(all)), &ModuleContext::default()).expect("runs");
+            assert!(!result.is_failed(), "{result:?}");
+            result.changed()
+        };
+        let job = [("name", "nightly"), ("minute", "30"), ("hour", "2"), ("job", "/usr/local/bin/backup.sh")];
+        assert!(run_with(&job));
+        assert!(!run_with(&job));
+        assert!(run_with(&[("name", "MAILTO"), ("env", "yes"), ("job", "ops@example.com")]));
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "MAILTO=ops@example.com\n#Ansible: nightly\n30 2 * * * root /usr/local/bin/backup.sh\n"
+        );
+        assert!(run_with(&[("name", "nightly"), ("state", "absent")]));
+        assert!(!run_with(&[("name", "nightly"), ("state", "absent")]));
+    }
+
+    /// sysctl edits its file idempotently (without touching the live kernel here).
+    #[test]
+    fn sysctl_file_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("sysctl.conf");
+        std::fs::write(&file, "# comment\nvm.swappiness = 60\n").expect("write");
+        let run_with = |name: &str, value: &str| {
+            let args = Value::from_pairs([
+                ("name", Value::from(name)),
+                ("value", Value::from(value)),
+                ("sysctl_file", Value::from(file.display().to_string())),
+                ("reload", Value::from(false)),
+            ]);
+            sysctl(&Args::new("sysctl", args), &ModuleContext::default()).expect("runs").changed()
+        };
+        assert!(run_with("vm.swappiness", "10"));
+        assert!(!run_with("vm.swappiness", "10"));
+        assert!(run_with("net.ipv4.ip_forward", "1"));
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "# comment\nvm.swappiness=10\nnet.ipv4.ip_forward=1\n"
+        );
+    }
+
+    /// authorized_key adds a key once and removes it again.
+    #[test]
+    fn authorized_key_in_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("keys");
+        let user = super::super::files::user_name(unsafe { libc::geteuid() });
+        let run_with = |state: &str| {
+            let args = Value::from_pairs([
+                ("user", Value::from(user.as_str())),
+                ("key", Value::from("ssh-ed25519 AAAAkey deploy@example")),
+                ("path", Value::from(file.display().to_string())),
+                ("state", Value::from(state)),
+                ("manage_dir", Value::from(false)),
+            ]);
+            let result = authorized_key(&Args::new("authorized_key", args), &ModuleContext::default()).expect("runs");
+            assert!(!result.is_failed(), "{result:?}");
+            result.changed()
+        };
+        assert!(run_with("present"));
+        assert!(!run_with("present"));
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "ssh-ed25519 AAAAkey deploy@example\n");
+        assert!(run_with("absent"));
+        assert!(!run_with("absent"));
+    }
 
     /// authorized_keys lines split into options, type, blob and comment.
     #[test]
