@@ -48,12 +48,12 @@ pub fn me(app: &App, ctx: &Ctx) -> AppResult<Resp> {
 }
 
 /// The API shape of a server.
-pub fn server_json(r: &impl Read, server: &Server) -> anyhow::Result<Value> {
+pub fn server_json(app: &App, r: &impl Read, server: &Server) -> anyhow::Result<Value> {
     let project = r
         .get::<Project>(&server.project_id)?
         .map(|p| p.name)
         .unwrap_or_default();
-    let agent = server_agent_json(r, server)?;
+    let agent = super::fleet_api::server_agent_json(app, r, server)?;
     Ok(json!({
         "id": server.id,
         "name": server.name,
@@ -73,13 +73,6 @@ pub fn server_json(r: &impl Read, server: &Server) -> anyhow::Result<Value> {
     }))
 }
 
-/// The agent part of a server's JSON: `{"id", "connected", "last_seen"}` or null.
-fn server_agent_json(_r: &impl Read, server: &Server) -> anyhow::Result<Value> {
-    Ok(match &server.agent_id {
-        Some(id) => json!({"id": id, "connected": false, "last_seen": null}),
-        None => Value::Null,
-    })
-}
 
 /// `GET /api/v1/servers?q=TEXT`: the servers the caller may see.
 pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
@@ -87,7 +80,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         let servers = servers::visible(r, &ctx.subject, req.query("q"))?;
         servers
             .iter()
-            .map(|s| server_json(r, s))
+            .map(|s| server_json(app, r, s))
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
     Ok(reply(StatusCode::OK, &list))
@@ -97,7 +90,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub fn server(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let value = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
-        Ok(server_json(r, &server)?)
+        Ok(server_json(app, r, &server)?)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }

@@ -297,6 +297,10 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let rows = app.store.read(|r| {
         let mut list: Vec<Execution> = r.list()?;
         list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
+        // `?server=ID` narrows the list to one server's executions.
+        if let Some(server) = req.query("server").filter(|s| !s.is_empty()) {
+            list.retain(|e| e.server_id.as_deref() == Some(server));
+        }
         list.sort_by(|a, b| b.id.cmp(&a.id));
         list.truncate(200);
         list.iter()

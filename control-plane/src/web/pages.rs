@@ -422,7 +422,7 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "projects": project_rows,
             "server_count": servers.len(),
             "running_count": running,
-            "servers": servers.iter().take(12).map(|s| server_row(r, s)).collect::<anyhow::Result<Vec<_>>>()?,
+            "servers": servers.iter().take(12).map(|s| server_row(app, r, s)).collect::<anyhow::Result<Vec<_>>>()?,
             "recent": [],
             "user_count": 0,
         });
@@ -436,8 +436,8 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     page(app, req, ctx, "dashboard", "Dashboard", data)
 }
 
-fn server_row(r: &impl crate::store::Read, s: &servers::Server) -> anyhow::Result<Value> {
-    let mut v = super::api::server_json(r, s)?;
+fn server_row(app: &App, r: &impl crate::store::Read, s: &servers::Server) -> anyhow::Result<Value> {
+    let mut v = super::api::server_json(app, r, s)?;
     v["search"] = json!(servers::search_text(s));
     Ok(v)
 }
@@ -451,7 +451,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let rows = app.store.read(|r| {
         servers::visible(r, &ctx.subject, Some(&q))?
             .iter()
-            .map(|s| server_row(r, s))
+            .map(|s| server_row(app, r, s))
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
     page(
@@ -468,7 +468,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let (server, row, project) = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
-        let row = server_row(r, &server)?;
+        let row = server_row(app, r, &server)?;
         let project: Option<Project> = r.get(&server.project_id)?;
         Ok((server, row, project))
     })?;
@@ -482,6 +482,8 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         "project": project.as_ref().map(ProjectView::from),
         "can_operate": can_operate,
     });
+    let mut data = data;
+    data["hetzner"] = super::hetzner_pages::server_panel(app, ctx, &server)?;
     page(app, req, ctx, "server", &server.name, data)
 }
 
@@ -508,8 +510,6 @@ pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         req,
         ctx,
         "projects",
-    let mut data = data;
-    data["hetzner"] = super::hetzner_pages::server_panel(app, ctx, &server)?;
         "Projects",
         json!({"projects": rows, "can_create": policy::can(&ctx.subject, Action::CreateProject, None)}),
     )
@@ -522,7 +522,7 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         require(ctx, Action::ViewProject, Some(&project.id))?;
         let can_view_servers = policy::can(&ctx.subject, Action::ViewServers, Some(&project.id));
         let servers: Vec<Value> = if can_view_servers {
-            servers::visible(r, &ctx.subject, None)?.iter().filter(|s| s.project_id == project.id).map(|s| server_row(r, s)).collect::<anyhow::Result<_>>()?
+            servers::visible(r, &ctx.subject, None)?.iter().filter(|s| s.project_id == project.id).map(|s| server_row(app, r, s)).collect::<anyhow::Result<_>>()?
         } else {
             Vec::new()
         };
@@ -551,6 +551,9 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         .as_str()
         .unwrap_or("Project")
         .to_string();
+    let mut data = data;
+    let project_id = data["project"]["id"].as_str().unwrap_or("").to_string();
+    data["hetzner"] = super::hetzner_pages::project_panel(app, ctx, &project_id)?;
     page(app, req, ctx, "project", &title, data)
 }
 
@@ -577,9 +580,6 @@ pub fn project_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
             });
             (
                 json!({"project": ProjectView::from(&project), "values": values, "errors": {}, "error": null}),
-    let mut data = data;
-    let project_id = data["project"]["id"].as_str().unwrap_or("").to_string();
-    data["hetzner"] = super::hetzner_pages::project_panel(app, ctx, &project_id)?;
                 format!("Edit {}", project.name),
             )
         }
