@@ -127,6 +127,8 @@ async fn twenty_thousand_lines_in_order_in_the_store_and_on_websockets() {
     let (_, servers) = api.get("/api/v1/servers").await;
     let server = servers.as_array().unwrap().iter().find(|s| s["name"] == "web-01").expect("a server for the agent");
     assert_eq!(server["project"], "Fleet");
+    assert_eq!(server["agent"]["id"], agent_id.as_str(), "{server}");
+    assert_eq!(server["agent"]["connected"], true, "the server shows its agent's live state: {server}");
 
     let script = format!("i=1\nwhile [ $i -le {LINES} ]; do echo \"line $i\"; i=$((i+1)); done\necho done >&2\n");
     let id = start_script(&api, "web-01", &script).await;
