@@ -656,6 +656,11 @@ async fn business_pages_for_each_role() {
         dashboard.contains("Blue Nile Pharmacy"),
         "expiring subscription"
     );
+    let (_, _, list) = sales.get("/subscriptions").await;
+    assert!(
+        list.contains("EGP 2500.00 · EUR 150.00 · USD 30.00"),
+        "MRR per currency above the subscriptions"
+    );
     let mut admin = PageClient::login(&cp, "admin", "admin123").await;
     let (_, _, dashboard) = admin.get("/").await;
     assert!(

@@ -347,8 +347,10 @@ pub fn read_all_notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp
 pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
     let today = chrono::Utc::now().date_naive();
-    let rows = app.store.read(|r| {
-        subscriptions::visible(r, &ctx.subject)?
+    let (rows, mrr) = app.store.read(|r| {
+        let subs = subscriptions::visible(r, &ctx.subject)?;
+        let mrr = money_text(&revenue::compute(&subs, &[], today).mrr);
+        let rows = subs
             .iter()
             .map(|s| {
                 let mut v = subscription_json(r, s)?;
@@ -363,7 +365,8 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                     json!(format!("{} {} {}", s.client, s.sales_agent, s.currency).to_lowercase());
                 Ok(v)
             })
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((rows, mrr))
     })?;
     page(
         app,
@@ -371,7 +374,7 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         ctx,
         "subscriptions",
         "Subscriptions",
-        json!({"subscriptions": rows}),
+        json!({"subscriptions": rows, "mrr": mrr}),
     )
 }
 
