@@ -26,8 +26,13 @@ pub struct Api {
 impl Api {
     /// A client for `base_url` (`http://127.0.0.1:PORT`) without credentials.
     pub fn new(base_url: &str) -> Api {
+        // No keep-alive pool: a server that answers early (413 to an oversized body)
+        // and closes the connection would otherwise leave a dead connection in the
+        // pool, and the test's next request would fail with "error sending request".
+        // A fresh loopback connection per request costs nothing here.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building an HTTP client");
