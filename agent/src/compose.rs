@@ -567,9 +567,33 @@ async fn exec(
         }
         anyhow::Ok(())
     };
-    let (fed, read) = tokio::join!(feeder, reader);
-    read?;
-    fed?;
+    // A cancelled job's process group gets SIGTERM: pass it on to the command in the
+    // container (Docker has no call to stop an exec), so it does not run on unseen.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        (fed, read) = async { tokio::join!(feeder, reader) } => {
+            read?;
+            fed?;
+        }
+        _ = terminate.recv() => {
+            let exec_pid = docker
+                .inspect_exec(&created.id)
+                .await
+                .ok()
+                .and_then(|i| i.pid)
+                .filter(|pid| *pid > 1);
+            match exec_pid {
+                Some(pid) => {
+                    // SAFETY: kill(2) on the exec's host pid; no memory is involved.
+                    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                    eprintln!("[dynserv] SIGTERM to the command (pid {pid}): {}", if rc == 0 { "sent".to_string() } else { std::io::Error::last_os_error().to_string() });
+                }
+                None => eprintln!("[dynserv] docker reported no pid for the command; it may still run in the container"),
+            }
+            anyhow::bail!("stopped: the job was cancelled, and the command in the container was sent SIGTERM");
+        }
+    }
     // The stream ends a moment before Docker records the exit code.
     for _ in 0..100 {
         let inspect = docker

@@ -528,3 +528,62 @@ fn restore_brings_the_data_back() {
         .unwrap()
         .contains("not kept on this server"));
 }
+
+/// A cancelled backup (SIGTERM to the job's process group) stops the command inside
+/// the container too, and keeps nothing.
+#[test]
+fn cancelled_backup_stops_the_command_in_the_container() {
+    let project = Project::start();
+    let dir = tempfile::tempdir().unwrap();
+    let backup_dir = dir.path().to_string_lossy().into_owned();
+    let out = std::fs::File::create(dir.path().join("out")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dynserv-agent"))
+        .args([
+            "compose-backup",
+            "--project",
+            &project.name,
+            "--service",
+            "db",
+            "--command",
+            "echo started; exec sleep 300",
+            "--backup-dir",
+            &backup_dir,
+            "--backup-id",
+            "c1",
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(dir.path().join("out"))
+        .unwrap()
+        .contains("started")
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the command did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let out = std::fs::read_to_string(dir.path().join("out")).unwrap();
+    assert!(out.contains("the job was cancelled"), "{out}");
+    // The killed process is gone once Docker's shim has reaped it.
+    let mut ps = project.sh("ps");
+    for _ in 0..50 {
+        if !ps.contains("sleep 300") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        ps = project.sh("ps");
+    }
+    assert!(!ps.contains("sleep 300"), "the command still runs:\n{ps}");
+    assert!(out.contains("SIGTERM to the command (pid"), "{out}");
+    assert!(!dump_of(dir.path(), &project, "c1").exists());
+}
