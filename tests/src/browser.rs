@@ -176,33 +176,54 @@ impl Browser {
         self.goto("/login").await;
         self.fill("input[name=username]", username).await;
         self.fill("input[name=password]", password).await;
-        self.click("form button[type=submit]").await;
-        // Either the browser navigates away, or the login page re-renders with an
-        // error; wait for a fresh document either way.
-        let deadline = Instant::now() + ELEMENT_TIMEOUT;
-        loop {
-            let path = self.path().await;
-            if path != "/login" {
-                return path;
-            }
-            let fresh = self
-                .eval("return document.readyState === 'complete' && !document.querySelector('input[name=password]')?.value;")
-                .await;
-            if fresh == Value::Bool(true) || Instant::now() >= deadline {
-                // The check may have run on the next page already: read the path again.
-                return self.path().await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.submit_and_wait_for_next_page("form button[type=submit]")
+            .await;
+        self.path().await
     }
 
-    /// Logs out by submitting the page's `/logout` form.
+    /// Clicks the element matching `css` (a submit button or a link) and waits until the
+    /// browser shows a new, fully loaded document: the answer to that click, whether it
+    /// moved to another path or re-rendered the same one with an error.
+    pub async fn submit_and_wait_for_next_page(&self, css: &str) {
+        self.mark_page().await;
+        self.click(css).await;
+        self.wait_for_next_page(&format!("clicking `{css}`")).await;
+    }
+
+    /// Logs out through the shell's `/logout` form (inside the closed user menu, so
+    /// submitted by script) and waits for the next page.
     pub async fn logout(&self) {
+        self.mark_page().await;
         self.eval("document.querySelector('form[action=\"/logout\"]').submit();")
             .await;
+        self.wait_for_next_page("logging out").await;
+    }
+
+    /// Puts a marker on the current document; the next document does not have it.
+    async fn mark_page(&self) {
+        self.eval("window.__dynservOldPage = true;").await;
+    }
+
+    /// Waits until the marked document is replaced by a fully loaded new one.
+    async fn wait_for_next_page(&self, what: &str) {
         let deadline = Instant::now() + ELEMENT_TIMEOUT;
-        while self.path().await != "/login" && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            // The script may run while the old document unloads; an error then means
+            // "not yet", like a false.
+            let settled = self
+                .client
+                .execute(
+                    "return !window.__dynservOldPage && document.readyState === 'complete';",
+                    Vec::new(),
+                )
+                .await;
+            if matches!(settled, Ok(Value::Bool(true))) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("{what} did not lead to a new page within {ELEMENT_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
