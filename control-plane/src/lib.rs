@@ -11,9 +11,9 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
-pub mod hetzner;
 pub mod executions;
 pub mod fleet;
+pub mod hetzner;
 pub mod metrics;
 pub mod notifications;
 pub mod policy;
@@ -60,13 +60,22 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     if app.fleet.demo_agent_wanted() {
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
-    tokio::spawn(hetzner::sync::scheduler(app.clone(), wait_for(stop_rx.clone())));
-    tokio::spawn(subscriptions::renewal_job(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(hetzner::sync::scheduler(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
+    hetzner::provision::register();
+    tokio::spawn(hetzner::provision::supervisor(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
+    tokio::spawn(subscriptions::renewal_job(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
     tokio::spawn(schedules::scheduler(app.clone(), wait_for(stop_rx.clone())));
     shutdown.await;
     tracing::info!("shutting down");
-    hetzner::provision::register();
-    tokio::spawn(hetzner::provision::supervisor(app.clone(), wait_for(stop_rx.clone())));
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = socket_task.await;
@@ -75,12 +84,10 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
 }
 
 /// A future that resolves when the watch channel turns true.
-pub fn wait_for(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+pub async fn wait_for(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

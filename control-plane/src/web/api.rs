@@ -26,7 +26,7 @@ fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()>
 
 /// `GET /api/v1/me`.
 pub fn me(app: &App, ctx: &Ctx) -> AppResult<Resp> {
-    let projects = app.store.read(|r| projects::all(r))?;
+    let projects = app.store.read(projects::all)?;
     let list: Vec<Value> = projects
         .iter()
         .filter_map(|p| {
@@ -73,7 +73,6 @@ pub fn server_json(app: &App, r: &impl Read, server: &Server) -> anyhow::Result<
     }))
 }
 
-
 /// `GET /api/v1/servers?q=TEXT`: the servers the caller may see.
 pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let list = app.store.read(|r| {
@@ -90,7 +89,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub fn server(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let value = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
-        Ok(server_json(app, r, &server)?)
+        server_json(app, r, &server)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }
@@ -135,7 +134,7 @@ fn visible_project(r: &impl Read, ctx: &Ctx, key: &str) -> AppResult<Project> {
 pub fn project(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
     let value = app.store.read(|r| {
         let project = visible_project(r, ctx, key)?;
-        Ok(project_json(r, ctx, &project)?)
+        project_json(r, ctx, &project)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }
@@ -223,7 +222,7 @@ pub fn users(app: &App, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageUsers, None)?;
     let list: Vec<UserView> = app
         .store
-        .read(|r| users::all(r))?
+        .read(users::all)?
         .iter()
         .map(UserView::from)
         .collect();

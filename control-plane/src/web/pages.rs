@@ -180,7 +180,9 @@ pub(crate) fn page_with_status(
     let flash = flash_of(req);
     let had_flash = !flash.is_null();
     context.insert("flash".into(), flash);
-    let unread = app.store.read(|r| crate::notifications::unread_count(r, &ctx.user.id));
+    let unread = app
+        .store
+        .read(|r| crate::notifications::unread_count(r, &ctx.user.id));
     context.insert("unread".into(), json!(unread.unwrap_or(0)));
     let html = app.render.render(template, &Value::Object(context))?;
     let mut resp = super::text(status, html, "text/html; charset=utf-8");
@@ -436,7 +438,11 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     page(app, req, ctx, "dashboard", "Dashboard", data)
 }
 
-fn server_row(app: &App, r: &impl crate::store::Read, s: &servers::Server) -> anyhow::Result<Value> {
+fn server_row(
+    app: &App,
+    r: &impl crate::store::Read,
+    s: &servers::Server,
+) -> anyhow::Result<Value> {
     let mut v = super::api::server_json(app, r, s)?;
     v["search"] = json!(servers::search_text(s));
     Ok(v)
@@ -724,7 +730,7 @@ pub fn users(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageUsers, None)?;
     let rows: Vec<Value> = app
         .store
-        .read(|r| users::all(r))?
+        .read(users::all)?
         .iter()
         .map(|u| {
             let mut v = serde_json::to_value(UserView::from(u)).unwrap_or_default();
