@@ -669,3 +669,33 @@ async fn unknown_server_type_fails_with_hetzners_message() {
     assert_eq!(steps["steps"][0]["state"], "failed");
     assert!(sim.servers("tok-type").is_empty());
 }
+
+/// Sync also runs on its own: with a 10 s interval every project with a token is
+/// synced without anyone pressing Sync, one after the other.
+#[tokio::test]
+async fn scheduled_sync_reaches_every_project() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-s1");
+    sim.add_project("tok-s2");
+    sim.add_servers("tok-s1", 2, "one");
+    sim.add_servers("tok-s2", 3, "two");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "10")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    let first = project(&admin, "Sched One", "tok-s1", None).await;
+    let second = project(&admin, "Sched Two", "tok-s2", None).await;
+    for (id, count, name) in [(first, 2, "Sched One"), (second, 3, "Sched Two")] {
+        eventually(Duration::from_secs(60), "a scheduled sync", || async {
+            let (_, p) = admin.get(&format!("/api/v1/projects/{id}")).await;
+            (p["last_sync"]["ok"] == true).then_some(())
+        })
+        .await;
+        assert_eq!(servers_of(&admin, name).await.len(), count);
+    }
+    let posts = sim.requests().iter().filter(|r| r.method != "GET").count();
+    assert_eq!(posts, 0, "nothing but reads");
+}
