@@ -524,6 +524,16 @@ async fn approval_provisions_until_the_agent_enrolls() {
     );
     let (_, project_page) = admin.get_text(&format!("/projects/{project_id}")).await;
     assert!(project_page.contains(&created.name));
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "admin123").await;
+    browser.goto(&format!("/requests/{id}")).await;
+    browser
+        .wait_for("[data-provision-step=\"deployed\"][data-state=\"done\"]")
+        .await;
+    browser
+        .screenshot(&cp.artifact("hetzner-request.png"))
+        .await;
+    browser.close().await;
 }
 
 /// Hetzner creates the server but the answer is lost: the request fails with
