@@ -549,10 +549,35 @@ async fn record_server(
 /// The provisioning of a request, for the API and the request page: each of
 /// [`STEPS`] with whether it is done, under way or failed.
 pub fn view(r: &impl Read, request_id: &str) -> anyhow::Result<serde_json::Value> {
-    let Some(p) = r.get::<Provisioning>(request_id)? else {
+    let Some(request) = r.get::<Request>(request_id)? else {
         return Ok(serde_json::Value::Null);
     };
-    let failed = p.step == "failed";
+    let under_way = match request.status {
+        Status::Provisioning => true,
+        // Approved and about to start: only when the provisioner will take it.
+        Status::Approved => r
+            .get::<Project>(&request.project_id)?
+            .is_some_and(|p| p.hetzner_token_enc.is_some()),
+        _ => false,
+    };
+    let p = match r.get::<Provisioning>(request_id)? {
+        Some(p) => p,
+        None if under_way => Provisioning {
+            id: request.id.clone(),
+            project_id: request.project_id.clone(),
+            server_name: server_name(&request),
+            hetzner_id: None,
+            server_id: None,
+            step: "creating".into(),
+            error: None,
+            attempts: 0,
+            history: Vec::new(),
+            updated_at: request.updated_at,
+        },
+        None => return Ok(serde_json::Value::Null),
+    };
+    // A retry was asked and the provisioner has not picked it up yet.
+    let failed = p.step == "failed" && !under_way;
     let reached = p
         .history
         .iter()
@@ -586,11 +611,11 @@ pub fn view(r: &impl Read, request_id: &str) -> anyhow::Result<serde_json::Value
         "server_name": p.server_name,
         "hetzner_id": p.hetzner_id,
         "server_id": p.server_id,
-        "step": p.step,
-        "error": p.error,
+        "step": if failed || p.step != "failed" { p.step.clone() } else { "creating".into() },
         "attempts": p.attempts,
         "steps": steps,
         "history": p.history,
+        "error": if failed { p.error.clone() } else { None },
         "running": !failed && p.step != "deployed",
     }))
 }
@@ -622,6 +647,61 @@ mod tests {
         assert_eq!(server_name(&request("---")), "server-0193a5b2");
         let long = server_name(&request(&"x".repeat(100)));
         assert!(long.len() <= 63, "{long}");
+    }
+
+    /// The request page follows an approved request of a project with a token before
+    /// the provisioner wrote anything, and a retried one before it was picked up.
+    #[test]
+    fn steps_are_followed_from_approval_and_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let project = Project {
+            id: "p".into(),
+            name: "P".into(),
+            description: None,
+            budget_monthly: None,
+            hetzner_token_enc: Some("sealed".into()),
+            last_sync: None,
+            deploy_command: None,
+            created_at: Utc::now(),
+        };
+        let mut req = request("Acme");
+        store.put(&project).unwrap();
+        store.put(&req).unwrap();
+        let v = store.read(|r| view(r, &req.id)).unwrap();
+        assert_eq!(v["running"], true);
+        assert_eq!(v["steps"][0]["state"], "active");
+        assert_eq!(v["steps"][1]["state"], "pending");
+
+        let mut p: Provisioning = serde_json::from_value(json!({
+            "id": req.id, "project_id": "p", "server_name": "acme-1", "hetzner_id": null,
+            "server_id": null, "step": "failed", "error": "Hetzner: boom (timeout)",
+            "attempts": 1, "updated_at": "2026-01-01T00:00:00Z",
+            "history": [{"at": "2026-01-01T00:00:00Z", "step": "creating", "note": ""},
+                        {"at": "2026-01-01T00:00:01Z", "step": "failed", "note": "boom"}],
+        }))
+        .unwrap();
+        store.put(&p).unwrap();
+        req.status = Status::Failed;
+        store.put(&req).unwrap();
+        let v = store.read(|r| view(r, &req.id)).unwrap();
+        assert_eq!(v["running"], false);
+        assert_eq!(v["steps"][0]["state"], "failed");
+        assert_eq!(v["error"], "Hetzner: boom (timeout)");
+
+        req.status = Status::Provisioning;
+        store.put(&req).unwrap();
+        let v = store.read(|r| view(r, &req.id)).unwrap();
+        assert_eq!(v["running"], true, "a retry is under way");
+        assert_eq!(v["steps"][0]["state"], "active");
+        assert!(v["error"].is_null());
+
+        p.step = "deployed".into();
+        store.put(&p).unwrap();
+        req.status = Status::Deployed;
+        store.put(&req).unwrap();
+        let v = store.read(|r| view(r, &req.id)).unwrap();
+        assert_eq!(v["running"], false);
     }
 
     /// The user data downloads, enrolls with the token, and installs the unit.
