@@ -571,20 +571,35 @@ async fn exec(
     // container (Docker has no call to stop an exec), so it does not run on unseen.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
+    // Learnt now, so a cancel acts at once, within the agent's grace before SIGKILL.
+    let early_pid = exec_pid(docker, &created.id).await;
     tokio::select! {
         (fed, read) = async { tokio::join!(feeder, reader) } => {
             read?;
             fed?;
         }
         _ = terminate.recv() => {
-            let exec_pid = docker
-                .inspect_exec(&created.id)
-                .await
-                .ok()
-                .and_then(|i| i.pid)
-                .filter(|pid| *pid > 1);
-            match exec_pid {
+            let mut pid = early_pid;
+            // A command that has only just started may not have a pid yet: look again
+            // for up to a second, well within the agent's grace before SIGKILL.
+            for _ in 0..10 {
+                if pid.is_some() {
+                    break;
+                }
+                pid = exec_pid(docker, &created.id).await;
+                if pid.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            match pid {
                 Some(pid) => {
+                    // The command's shell may have children of its own: stop them all.
+                    for child in descendants(pid as i32) {
+                        // SAFETY: kill(2) on a host pid; no memory is involved.
+                        unsafe {
+                            libc::kill(child, libc::SIGTERM);
+                        }
+                    }
                     // SAFETY: kill(2) on the exec's host pid; no memory is involved.
                     let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
                     eprintln!("[dynserv] SIGTERM to the command (pid {pid}): {}", if rc == 0 { "sent".to_string() } else { std::io::Error::last_os_error().to_string() });
@@ -608,6 +623,54 @@ async fn exec(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("the command still runs after its output ended")
+}
+
+/// The host pid of a running exec, when Docker knows it.
+async fn exec_pid(docker: &Docker, exec_id: &str) -> Option<i64> {
+    docker
+        .inspect_exec(exec_id)
+        .await
+        .ok()
+        .and_then(|i| i.pid)
+        .filter(|pid| *pid > 1)
+}
+
+/// Every descendant of a process, from `/proc` (the Docker daemon runs on this host,
+/// so an exec's pid is a pid here).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command's closing parenthesis: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Writes a dump to `<final>.partial`, hashing and counting as it goes; `finish`

@@ -455,3 +455,107 @@ async fn backup_verify_restore_and_update_through_the_api() {
         }
     }
 }
+
+/// A backup survives a kill of its agent (the job is the agent's own subcommand in its
+/// own process group): after the restart it ends and is recorded with the right
+/// checksum. A cancelled backup is recorded as failed, cancelled.
+#[tokio::test]
+async fn backup_survives_an_agent_kill_and_a_cancel_is_a_failed_backup() {
+    let project = Project::start("dsvkill");
+    let cp = ControlPlane::start().await;
+    cp.add_user("admin", "admin", false, "admin-password-1");
+    let api = cp.api_as("admin");
+    let (status, body) = api.post("/api/v1/projects", &json!({"name": "Ops"})).await;
+    assert_eq!(status, 201, "{body}");
+    let mut agent = Agent::start(&cp, &cp.enrollment_token("Ops"), "db-02");
+    connected_agent(&api, "db-02").await;
+
+    let slow = json!({"agent": "db-02", "kind": "compose_backup", "compose_project": project.name, "service": "db",
+        "command": "echo begin >&2; sleep 4; cat /data/db.txt"});
+    let (status, execution) = api.post("/api/v1/executions", &slow).await;
+    assert_eq!(status, 201, "{execution}");
+    let id = execution["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(30), "the backup runs", || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
+        (e["status"] == "running").then_some(())
+    })
+    .await;
+    agent.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.run();
+    let end = wait_end(&api, &id).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let (_, list) = api.get("/api/v1/backups").await;
+    let backup = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["execution_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    assert_eq!(backup["sha256"], sha256_of("row 1\n"));
+    assert!(
+        backup["error_log"].as_str().unwrap().contains("begin"),
+        "{backup}"
+    );
+
+    let (status, execution) = api
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": "db-02", "kind": "compose_backup",
+        "compose_project": project.name, "service": "db", "command": "echo exec-begin >&2; sleep 300"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{execution}");
+    let id = execution["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(30), "the backup prints", || async {
+        let (_, log) = api
+            .get_json_lines(&format!("/api/v1/executions/{id}/log"))
+            .await;
+        log.iter()
+            .any(|c| {
+                c["data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l == "exec-begin")
+            })
+            .then_some(())
+    })
+    .await;
+    let (status, _) = api
+        .post_empty(&format!("/api/v1/executions/{id}/cancel"))
+        .await;
+    assert_eq!(status, 202);
+    let end = wait_end(&api, &id).await;
+    assert_eq!(end["status"], "cancelled", "{end}");
+    let (_, list) = api.get("/api/v1/backups").await;
+    let backup = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["execution_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(backup["status"], "failed", "{backup}");
+    assert!(
+        backup["error"].as_str().unwrap().contains("cancelled"),
+        "{backup}"
+    );
+    let gone = || !project.sh("ps").contains("sleep 300");
+    for _ in 0..50 {
+        if gone() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, log) = api
+        .get_json_lines(&format!("/api/v1/executions/{id}/log"))
+        .await;
+    assert!(
+        gone(),
+        "the cancelled command still runs:\n{}\n{log:?}",
+        project.sh("ps")
+    );
+}
