@@ -867,9 +867,11 @@ pub fn prune(backup_dir: &Path, project: &str, service: &str, keep: u32) -> Resu
     let mut all = list(backup_dir, project, service)?;
     let keep = keep.max(1) as usize;
     if all.len() <= keep {
+        remove_stale_partials(&recipe_dir(backup_dir, project, service)?);
         return Ok(Vec::new());
     }
     let dir = recipe_dir(backup_dir, project, service)?;
+    remove_stale_partials(&dir);
     let excess = all.len() - keep;
     let mut removed = Vec::new();
     for old in all.drain(..excess) {
@@ -878,6 +880,26 @@ pub fn prune(backup_dir: &Path, project: &str, service: &str, keep: u32) -> Resu
         removed.push(old.backup_id);
     }
     Ok(removed)
+}
+
+/// Removes dumps a killed backup left half-written (a day old: a backup of the same
+/// service running right now keeps its own).
+fn remove_stale_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if stale && path.to_string_lossy().ends_with(".dump.partial") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// The kept backups of a service, oldest first.

@@ -418,6 +418,15 @@ async fn backup_verify_restore_and_update_through_the_api() {
         .await;
     assert_eq!(status, 422, "{body}");
 
+    // "Backup" on the whole project: one backup per agent.
+    let (status, started) = api
+        .post_empty(&format!("/api/v1/projects/{project_id}/backup"))
+        .await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started.as_array().map(Vec::len), Some(1), "{started}");
+    let end = wait_end(&api, started[0]["execution_id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+
     // The pages render what the API holds.
     let update_id = update["id"].as_str().unwrap().to_string();
     for (path, wants) in [
