@@ -795,8 +795,17 @@ fn error_of(e: &Execution, result: Option<&serde_json::Value>) -> String {
 }
 
 /// Fills the records of an ended backup, verify, restore or update execution from its
-/// stored log. Called by `executions::finish` in its transaction.
+/// stored log. Called by `executions::finish` in its transaction, which also stores
+/// agents' output: a problem here is logged, never allowed to fail that batch (the
+/// agent would resend it forever).
 pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    if let Err(err) = fill_records(w, e) {
+        tracing::error!(execution = %e.id, "recording the end of a {} failed: {err:#}", e.work.kind());
+    }
+    Ok(())
+}
+
+fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     match &e.work {
         Work::ComposeBackup { backup_id, .. } => {
             let Some(mut backup) = w.get::<Backup>(backup_id)? else {
