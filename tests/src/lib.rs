@@ -246,6 +246,9 @@ pub(crate) const PRODUCT_ENV: &[&str] = &[
     "DATABASE_URL",
     "HETZNER_API_TOKEN",
     "HETZNER_API_URL",
+    "DYNSERV_HETZNER_SYNC_SECS",
+    "DYNSERV_PROVISION_BOOT_SECS",
+    "DYNSERV_PROVISION_ENROLL_SECS",
 ];
 
 #[cfg(test)]
