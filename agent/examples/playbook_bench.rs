@@ -21,7 +21,10 @@ struct Options {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -49,11 +52,17 @@ fn parse_options() -> Result<Options, String> {
     }
     if options.playbooks.is_empty() {
         let fixtures = root.join("tests/fixtures/playbooks");
-        options.playbooks = ["files.yml", "engine.yml", "commands.yml", "filters.yml", "more.yml"]
-            .iter()
-            .map(|f| fixtures.join(f))
-            .chain(std::iter::once(root.join("playbooks/hello.yml")))
-            .collect();
+        options.playbooks = [
+            "files.yml",
+            "engine.yml",
+            "commands.yml",
+            "filters.yml",
+            "more.yml",
+        ]
+        .iter()
+        .map(|f| fixtures.join(f))
+        .chain(std::iter::once(root.join("playbooks/hello.yml")))
+        .collect();
     }
     for tool in [&options.agent, &options.ansible] {
         if !tool.is_file() {
@@ -71,14 +80,21 @@ fn time_run(command: &mut Command) -> Result<Duration, String> {
         Some(0) | Some(2) => Ok(elapsed),
         code => Err(format!(
             "exit {code:?}: {}",
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
         )),
     }
 }
 
 fn agent_command(options: &Options, playbook: &Path, root: &Path) -> Command {
     let mut command = Command::new(&options.agent);
-    command.arg("playbook").arg(playbook).arg("-e").arg(format!("root={}", root.display()));
+    command
+        .arg("playbook")
+        .arg(playbook)
+        .arg("-e")
+        .arg(format!("root={}", root.display()));
     command
 }
 
@@ -93,7 +109,10 @@ fn ansible_command(options: &Options, playbook: &Path, root: &Path, home: &Path)
         .env("ANSIBLE_HOME", home.join("ansible"))
         .env("ANSIBLE_LOCAL_TEMP", home.join("local-tmp"))
         .env("ANSIBLE_REMOTE_TEMP", home.join("remote-tmp"))
-        .env("ANSIBLE_PYTHON_INTERPRETER", options.ansible.with_file_name("python"))
+        .env(
+            "ANSIBLE_PYTHON_INTERPRETER",
+            options.ansible.with_file_name("python"),
+        )
         .env("ANSIBLE_NOCOLOR", "1");
     command
 }
@@ -103,7 +122,11 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
-fn measure(options: &Options, playbook: &Path, ansible: bool) -> Result<(Duration, Duration), String> {
+fn measure(
+    options: &Options,
+    playbook: &Path,
+    ansible: bool,
+) -> Result<(Duration, Duration), String> {
     let mut first = Vec::new();
     let mut second = Vec::new();
     for _ in 0..options.runs {
@@ -139,8 +162,12 @@ fn main() {
     let mut total_native = Duration::ZERO;
     let mut total_ansible = Duration::ZERO;
     for playbook in &options.playbooks {
-        let name = playbook.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let result = measure(&options, playbook, false).and_then(|n| measure(&options, playbook, true).map(|a| (n, a)));
+        let name = playbook
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let result = measure(&options, playbook, false)
+            .and_then(|n| measure(&options, playbook, true).map(|a| (n, a)));
         match result {
             Ok(((n1, n2), (a1, a2))) => {
                 total_native += n1 + n2;

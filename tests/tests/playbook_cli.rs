@@ -70,7 +70,10 @@ fn unknown_module_is_rejected_before_any_task() {
 #[test]
 fn syntax_error_exits_1_with_position() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = write_playbook(dir.path(), "- hosts: localhost\n  tasks:\n    - debug: {msg: [unclosed\n");
+    let file = write_playbook(
+        dir.path(),
+        "- hosts: localhost\n  tasks:\n    - debug: {msg: [unclosed\n",
+    );
     let output = agent(&[&file]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(text(&output).contains("line "), "{}", text(&output));
@@ -89,7 +92,10 @@ fn exit_codes_and_recap() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("PLAY RECAP"), "{stdout}");
-    assert!(stdout.contains("ok=1    changed=0    unreachable=0    failed=0    skipped=1"), "{stdout}");
+    assert!(
+        stdout.contains("ok=1    changed=0    unreachable=0    failed=0    skipped=1"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"msg\": \"hi\""), "{stdout}");
 
     let output = agent(&[&file, "-e", "greeting=hi", "-e", "fail=yes"]);
@@ -114,14 +120,20 @@ fn samples_validate() {
 fn samples_pass_check_mode() {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     assert!(
-        os_release.contains("ID=debian") || os_release.contains("ID=ubuntu") || os_release.contains("ID_LIKE=debian"),
+        os_release.contains("ID=debian")
+            || os_release.contains("ID=ubuntu")
+            || os_release.contains("ID_LIKE=debian"),
         "the sample playbooks target Debian/Ubuntu; this test must run on one"
     );
     for sample in SAMPLES {
         let path = workspace_root().join("playbooks").join(sample);
         let output = agent(&["--check", &path.display().to_string()]);
         let all = text(&output);
-        assert_eq!(output.status.code(), Some(0), "{sample} --check failed:\n{all}");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{sample} --check failed:\n{all}"
+        );
         assert!(all.contains("failed=0"), "{sample}:\n{all}");
     }
 }
@@ -151,18 +163,28 @@ fn unknown_module_runs_through_ansible_when_allowed() {
     );
     let rejected = agent(&[&file]);
     assert_eq!(rejected.status.code(), Some(1), "{}", text(&rejected));
-    assert!(text(&rejected).contains("ansible.builtin.find"), "{}", text(&rejected));
+    assert!(
+        text(&rejected).contains("ansible.builtin.find"),
+        "{}",
+        text(&rejected)
+    );
 
     let output = Command::new(dynserv_tests::agent_binary())
         .args(["playbook", "--ansible-fallback"])
         .arg(&ansible)
         .arg(&file)
-        .env("ANSIBLE_PYTHON_INTERPRETER", ansible.with_file_name("python"))
+        .env(
+            "ANSIBLE_PYTHON_INTERPRETER",
+            ansible.with_file_name("python"),
+        )
         .env("ANSIBLE_LOCAL_TEMP", dir.path().join("tmp"))
         .output()
         .expect("dynserv-agent runs");
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_eq!(std::fs::read_to_string(dir.path().join("count.out")).expect("written"), "2\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("count.out")).expect("written"),
+        "2\n"
+    );
 }
 
 /// become_user runs modules as that user (as root: through runuser or sudo); becoming
@@ -174,7 +196,11 @@ fn become_switches_user_for_modules() {
     let dir = tempfile::tempdir().expect("temp dir");
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).expect("dir");
-    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod");
     let target_user = if is_root { "nobody" } else { "" };
     let become_lines = if is_root {
         "      become: true\n      become_user: nobody\n".to_string()
@@ -194,13 +220,61 @@ fn become_switches_user_for_modules() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     if is_root {
         use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(shared.join("owned.txt")).expect("written").uid();
-        assert_ne!(owner, 0, "the file was written by root, not by {target_user}");
-        assert_eq!(std::fs::read_to_string(shared.join("who.txt")).expect("written"), "nobody\n");
+        let owner = std::fs::metadata(shared.join("owned.txt"))
+            .expect("written")
+            .uid();
+        assert_ne!(
+            owner, 0,
+            "the file was written by root, not by {target_user}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(shared.join("who.txt")).expect("written"),
+            "nobody\n"
+        );
     }
 }
 
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+fn recap_changed(output: &Output) -> Option<u32> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).nth(1)?;
+    line.split_whitespace()
+        .find_map(|p| p.strip_prefix("changed="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// apt installs and removes a (tiny) package for real, and reports changed only when it
+/// acted: the second run of each step is changed=0.
+#[test]
+fn apt_installs_and_removes_idempotently() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc_geteuid() }, 0, "installing packages needs root");
+    let package = "sl";
+    let already = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(" installed"))
+        .unwrap_or(false);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_playbook(
+        dir.path(),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - apt:\n        name: \"{{ pkg }}\"\n        state: \"{{ wanted }}\"\n        update_cache: true\n        cache_valid_time: 86400\n",
+    );
+    let run = |wanted: &str| {
+        let output = agent(&[&file, "-e", &format!("pkg={package}"), "-e", &format!("wanted={wanted}")]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        recap_changed(&output)
+    };
+    if !already {
+        assert_eq!(run("present"), Some(1), "first install");
+    }
+    assert_eq!(run("present"), Some(0), "second install must not change");
+    if !already {
+        assert_eq!(run("absent"), Some(1), "removal");
+        assert_eq!(run("absent"), Some(0), "second removal must not change");
+    }
 }

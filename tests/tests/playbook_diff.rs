@@ -108,20 +108,32 @@ fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
     let mut stack = vec![root.to_path_buf()];
     let root_text = root.display().to_string();
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let relative = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
             let meta = std::fs::symlink_metadata(&path).expect("entry exists");
             let mode = meta.permissions().mode() & 0o7777;
             let item = if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).expect("link").display().to_string();
-                Entry::Link { target: target.replace(&root_text, "<ROOT>") }
+                let target = std::fs::read_link(&path)
+                    .expect("link")
+                    .display()
+                    .to_string();
+                Entry::Link {
+                    target: target.replace(&root_text, "<ROOT>"),
+                }
             } else if meta.is_dir() {
                 stack.push(path.clone());
                 Entry::Dir { mode }
             } else {
-                let content = String::from_utf8_lossy(&std::fs::read(&path).expect("readable")).replace(&root_text, "<ROOT>");
+                let content = String::from_utf8_lossy(&std::fs::read(&path).expect("readable"))
+                    .replace(&root_text, "<ROOT>");
                 Entry::File { mode, content }
             };
             out.insert(relative, item);
@@ -182,7 +194,11 @@ fn run_ansible(playbook: &Path, root: &Path, home: &Path, extra: &[&str]) -> Run
         .env("ANSIBLE_LOCALHOST_WARNING", "0")
         .env(
             "ANSIBLE_PYTHON_INTERPRETER",
-            if python.exists() { python.display().to_string() } else { "python3".into() },
+            if python.exists() {
+                python.display().to_string()
+            } else {
+                "python3".into()
+            },
         )
         .output()
         .unwrap_or_else(|e| panic!("{} could not be started: {e}", program.display()));
@@ -195,7 +211,15 @@ fn check(fixture: &str, extra: &[&str]) {
 }
 
 fn check_playbook(playbook: &Path, extra: &[&str]) {
-    let fixture = playbook.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    check_with_vars(playbook, extra, extra);
+}
+
+/// Like [`check_playbook`], with different extra arguments for each tool.
+fn check_with_vars(playbook: &Path, native_extra: &[&str], ansible_extra: &[&str]) {
+    let fixture = playbook
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let playbook = playbook.to_path_buf();
     // Fail first and clearly when ansible-core is missing.
     ansible_playbook();
@@ -208,13 +232,16 @@ fn check_playbook(playbook: &Path, extra: &[&str]) {
     std::fs::create_dir(&ansible_root).expect("root");
 
     for round in ["first", "second"] {
-        let native = run_agent(&playbook, &native_root, extra);
-        let ansible = run_ansible(&playbook, &ansible_root, home.path(), extra);
+        let native = run_agent(&playbook, &native_root, native_extra);
+        let ansible = run_ansible(&playbook, &ansible_root, home.path(), ansible_extra);
         let context = format!(
             "{fixture} ({round} run)\n=== dynserv-agent\n{}\n=== ansible-playbook\n{}",
             native.stdout, ansible.stdout
         );
-        assert!(ansible.recap.is_some(), "ansible-playbook printed no recap: {context}");
+        assert!(
+            ansible.recap.is_some(),
+            "ansible-playbook printed no recap: {context}"
+        );
         assert_eq!(native.code, ansible.code, "exit codes differ: {context}");
         assert_eq!(native.recap, ansible.recap, "recap differs: {context}");
         assert_eq!(
@@ -225,7 +252,10 @@ fn check_playbook(playbook: &Path, extra: &[&str]) {
     }
     let native_files = snapshot(&native_root);
     let ansible_files = snapshot(&ansible_root);
-    assert_eq!(native_files, ansible_files, "{fixture}: resulting files differ");
+    assert_eq!(
+        native_files, ansible_files,
+        "{fixture}: resulting files differ"
+    );
 }
 
 /// file, copy, template, lineinfile, blockinfile, replace and stat agree with Ansible.
@@ -288,4 +318,34 @@ fn hello_sample_matches_ansible() {
 #[test]
 fn more_modules_match_ansible() {
     check("more.yml", &[]);
+}
+
+/// Removes the accounts a test created, whatever happened in the test.
+struct AccountCleanup(Vec<String>);
+
+impl Drop for AccountCleanup {
+    fn drop(&mut self) {
+        for prefix in &self.0 {
+            for user in ["usr", "tmp"] {
+                let _ = Command::new("userdel").arg(format!("{prefix}{user}")).output();
+            }
+            for group in ["grp", "sys"] {
+                let _ = Command::new("groupdel").arg(format!("{prefix}{group}")).output();
+            }
+        }
+    }
+}
+
+/// user and group create, modify and remove accounts like Ansible (each tool gets its
+/// own account names, removed afterwards).
+#[test]
+fn accounts_match_ansible() {
+    let id = std::process::id();
+    let (native, ansible) = (format!("dsvn{id}"), format!("dsva{id}"));
+    let _cleanup = AccountCleanup(vec![native.clone(), ansible.clone()]);
+    check_with_vars(
+        &fixtures().join("accounts.yml"),
+        &["-e", &format!("prefix={native}")],
+        &["-e", &format!("prefix={ansible}")],
+    );
 }

@@ -31,8 +31,18 @@ pub struct ModuleRequest {
 }
 
 /// Runs a module as `user` via sudo and the agent binary.
-pub fn run_module_as(program: Option<&Path>, user: &str, module: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
-    let program = match program.map(Path::to_path_buf).map(Ok).unwrap_or_else(std::env::current_exe) {
+pub fn run_module_as(
+    program: Option<&Path>,
+    user: &str,
+    module: &str,
+    args: &Value,
+    ctx: &ModuleContext,
+) -> Outcome {
+    let program = match program
+        .map(Path::to_path_buf)
+        .map(Ok)
+        .unwrap_or_else(std::env::current_exe)
+    {
         Ok(p) => p,
         Err(e) => return Outcome::failed(format!("become: cannot locate the agent binary: {e}")),
     };
@@ -51,7 +61,9 @@ pub fn run_module_as(program: Option<&Path>, user: &str, module: &str, args: &Va
     // Root switches user without a password prompt through runuser(1) when sudo is absent.
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
-    let use_runuser = is_root && super::modules::exec::which("sudo").is_none() && super::modules::exec::which("runuser").is_some();
+    let use_runuser = is_root
+        && super::modules::exec::which("sudo").is_none()
+        && super::modules::exec::which("runuser").is_some();
     let mut command = if use_runuser {
         let mut c = Command::new("runuser");
         c.args(["-u", user, "--"]);
@@ -107,5 +119,6 @@ pub fn serve_request(input: &str) -> String {
         }
         Err(e) => Outcome::failed(format!("invalid module request: {e}")),
     };
-    serde_json::to_string(&result.to_value()).unwrap_or_else(|e| format!("{{\"failed\": true, \"msg\": \"{e}\"}}"))
+    serde_json::to_string(&result.to_value())
+        .unwrap_or_else(|e| format!("{{\"failed\": true, \"msg\": \"{e}\"}}"))
 }

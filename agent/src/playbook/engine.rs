@@ -16,6 +16,7 @@ use minijinja::value::ValueKind;
 use minijinja::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What a playbook run should do.
@@ -43,6 +44,8 @@ pub struct RunOptions {
     /// through it (the playbook must then be parsed with
     /// [`parse_playbook_with_ansible_fallback`](super::model::parse_playbook_with_ansible_fallback)).
     pub ansible_fallback: Option<PathBuf>,
+    /// Set from another thread to stop the run before its next task (job cancellation).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
@@ -58,6 +61,7 @@ impl Default for RunOptions {
             inventory_hostname: "localhost".into(),
             become_program: None,
             ansible_fallback: None,
+            cancel: None,
         }
     }
 }
@@ -106,10 +110,16 @@ pub struct RunReport {
     pub stats: Stats,
     /// Whether the run ended with a failed host.
     pub failed: bool,
+    /// Whether the run was stopped through [`RunOptions::cancel`].
+    pub cancelled: bool,
 }
 
 /// Runs a parsed playbook against the local host, writing Ansible-style lines to `sink`.
-pub fn run_playbook(playbook: &Playbook, options: &RunOptions, sink: &mut dyn FnMut(&str)) -> RunReport {
+pub fn run_playbook(
+    playbook: &Playbook,
+    options: &RunOptions,
+    sink: &mut dyn FnMut(&str),
+) -> RunReport {
     let mut runner = Runner::new(playbook, options, sink);
     for play in &playbook.plays {
         runner.run_play(play);
@@ -121,6 +131,7 @@ pub fn run_playbook(playbook: &Playbook, options: &RunOptions, sink: &mut dyn Fn
     RunReport {
         stats: runner.stats,
         failed: runner.host_failed,
+        cancelled: runner.cancelled(),
     }
 }
 
@@ -193,7 +204,10 @@ fn python_literal(value: &Value) -> String {
             "[{}]",
             value
                 .try_iter()
-                .map(|items| items.map(|i| python_literal(&i)).collect::<Vec<_>>().join(", "))
+                .map(|items| items
+                    .map(|i| python_literal(&i))
+                    .collect::<Vec<_>>()
+                    .join(", "))
                 .unwrap_or_default()
         ),
         ValueKind::Map => format!(
@@ -201,7 +215,11 @@ fn python_literal(value: &Value) -> String {
             value
                 .try_iter()
                 .map(|keys| keys
-                    .map(|k| format!("{}: {}", python_literal(&k), python_literal(&value.get_item(&k).unwrap_or_default())))
+                    .map(|k| format!(
+                        "{}: {}",
+                        python_literal(&k),
+                        python_literal(&value.get_item(&k).unwrap_or_default())
+                    ))
                     .collect::<Vec<_>>()
                     .join(", "))
                 .unwrap_or_default()
@@ -218,7 +236,9 @@ fn displayable(outcome: &Outcome, no_log: bool) -> serde_json::Value {
             "changed": outcome.changed(),
         });
     }
-    let verbose_always = outcome.get("_ansible_verbose_always").is_some_and(Value::is_true);
+    let verbose_always = outcome
+        .get("_ansible_verbose_always")
+        .is_some_and(Value::is_true);
     let mut map = serde_json::Map::new();
     for (key, value) in outcome.fields() {
         if key.starts_with("_ansible") || key == "invocation" || key == "diff" || key == "failed" {
@@ -227,10 +247,19 @@ fn displayable(outcome: &Outcome, no_log: bool) -> serde_json::Value {
         if key == "changed" && outcome.get("_ansible_debug").is_some() {
             continue;
         }
-        if verbose_always && outcome.get("msg").is_some() && !matches!(key.as_str(), "msg" | "failed" | "exception" | "warnings" | "deprecations") {
+        if verbose_always
+            && outcome.get("msg").is_some()
+            && !matches!(
+                key.as_str(),
+                "msg" | "failed" | "exception" | "warnings" | "deprecations"
+            )
+        {
             continue;
         }
-        map.insert(key.clone(), serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
+        map.insert(
+            key.clone(),
+            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        );
     }
     serde_json::Value::Object(map)
 }
@@ -249,7 +278,10 @@ fn pretty_json(value: &serde_json::Value) -> String {
 pub fn unified_diff(before: &str, after: &str, header: &str) -> Vec<String> {
     let a: Vec<&str> = before.lines().collect();
     let b: Vec<&str> = after.lines().collect();
-    let mut out = vec![format!("--- before: {header}"), format!("+++ after: {header}")];
+    let mut out = vec![
+        format!("--- before: {header}"),
+        format!("+++ after: {header}"),
+    ];
     if a.len() * b.len() > 4_000_000 {
         out.extend(a.iter().map(|l| format!("-{l}")));
         out.extend(b.iter().map(|l| format!("+{l}")));
@@ -258,7 +290,11 @@ pub fn unified_diff(before: &str, after: &str, header: &str) -> Vec<String> {
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     out.push(format!("@@ -1,{} +1,{} @@", a.len(), b.len()));
@@ -268,12 +304,12 @@ pub fn unified_diff(before: &str, after: &str, header: &str) -> Vec<String> {
             out.push(format!(" {}", a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(format!("+{}", b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out.push(format!("-{}", a[i]));
             i += 1;
+        } else {
+            out.push(format!("+{}", b[j]));
+            j += 1;
         }
     }
     out
@@ -308,7 +344,11 @@ enum Verdict {
 }
 
 impl<'a> Runner<'a> {
-    fn new(playbook: &'a Playbook, options: &'a RunOptions, sink: &'a mut dyn FnMut(&str)) -> Runner<'a> {
+    fn new(
+        playbook: &'a Playbook,
+        options: &'a RunOptions,
+        sink: &'a mut dyn FnMut(&str),
+    ) -> Runner<'a> {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         Runner {
@@ -351,7 +391,9 @@ impl<'a> Runner<'a> {
 
     fn recap(&mut self) {
         self.emit_banner("PLAY RECAP");
-        let line = self.stats.recap_line(&self.options.inventory_hostname.clone());
+        let line = self
+            .stats
+            .recap_line(&self.options.inventory_hostname.clone());
         self.emit(&line);
         self.emit("");
     }
@@ -366,19 +408,41 @@ impl<'a> Runner<'a> {
         let host = self.host().to_string();
         let hosts_list = Value::from(vec![host.clone()]);
         vars.insert("inventory_hostname".into(), Value::from(host.clone()));
-        vars.insert("inventory_hostname_short".into(), Value::from(host.split('.').next().unwrap_or_default()));
+        vars.insert(
+            "inventory_hostname_short".into(),
+            Value::from(host.split('.').next().unwrap_or_default()),
+        );
         vars.insert("ansible_host".into(), Value::from(host.clone()));
         vars.insert("ansible_connection".into(), Value::from("local"));
-        vars.insert("playbook_dir".into(), Value::from(self.playbook.base_dir.display().to_string()));
+        vars.insert(
+            "playbook_dir".into(),
+            Value::from(self.playbook.base_dir.display().to_string()),
+        );
         vars.insert("ansible_check_mode".into(), Value::from(self.options.check));
         vars.insert("ansible_diff_mode".into(), Value::from(self.options.diff));
-        vars.insert("ansible_play_name".into(), Value::from(self.play_name.clone()));
+        vars.insert(
+            "ansible_play_name".into(),
+            Value::from(self.play_name.clone()),
+        );
         vars.insert("ansible_play_hosts".into(), hosts_list.clone());
         vars.insert("ansible_play_batch".into(), hosts_list.clone());
         vars.insert("play_hosts".into(), hosts_list.clone());
-        vars.insert("ansible_run_tags".into(), Value::from(if self.options.tags.is_empty() { vec!["all".to_string()] } else { self.options.tags.clone() }));
-        vars.insert("ansible_skip_tags".into(), Value::from(self.options.skip_tags.clone()));
-        vars.insert("groups".into(), Value::from_pairs([("all", hosts_list.clone()), ("ungrouped", hosts_list)]));
+        vars.insert(
+            "ansible_run_tags".into(),
+            Value::from(if self.options.tags.is_empty() {
+                vec!["all".to_string()]
+            } else {
+                self.options.tags.clone()
+            }),
+        );
+        vars.insert(
+            "ansible_skip_tags".into(),
+            Value::from(self.options.skip_tags.clone()),
+        );
+        vars.insert(
+            "groups".into(),
+            Value::from_pairs([("all", hosts_list.clone()), ("ungrouped", hosts_list)]),
+        );
         vars.insert("group_names".into(), Value::from(Vec::<String>::new()));
         vars.insert("omit".into(), Value::from(OMIT));
         vars.insert(
@@ -392,14 +456,27 @@ impl<'a> Runner<'a> {
             ]),
         );
         if let Some(facts) = &self.facts {
-            vars.insert("ansible_facts".into(), Value::from_pairs(facts.iter().cloned()));
+            vars.insert(
+                "ansible_facts".into(),
+                Value::from_pairs(facts.iter().cloned()),
+            );
             for (k, v) in facts {
                 vars.insert(format!("ansible_{k}"), v.clone());
             }
         } else {
-            vars.insert("ansible_facts".into(), Value::from_pairs(Vec::<(String, Value)>::new()));
+            vars.insert(
+                "ansible_facts".into(),
+                Value::from_pairs(Vec::<(String, Value)>::new()),
+            );
         }
-        for (k, v) in self.play_vars.iter().chain(scope.vars.iter()).chain(self.host_vars.iter()).chain(self.rescue_vars.iter()).chain(extra.iter()) {
+        for (k, v) in self
+            .play_vars
+            .iter()
+            .chain(scope.vars.iter())
+            .chain(self.host_vars.iter())
+            .chain(self.rescue_vars.iter())
+            .chain(extra.iter())
+        {
             vars.insert(k.clone(), v.clone());
         }
         for (k, v) in &self.options.extra_vars {
@@ -415,9 +492,15 @@ impl<'a> Runner<'a> {
 
     fn host_matches(&self, play: &Play) -> bool {
         let ctx = self.context(&Inherited::default(), &[]);
-        let hosts = self.templar.template(&play.hosts, &ctx).unwrap_or_else(|_| play.hosts.clone());
+        let hosts = self
+            .templar
+            .template(&play.hosts, &ctx)
+            .unwrap_or_else(|_| play.hosts.clone());
         let patterns: Vec<String> = match hosts.kind() {
-            ValueKind::Seq => hosts.try_iter().map(|i| i.map(|v| modules::value_to_string(&v)).collect()).unwrap_or_default(),
+            ValueKind::Seq => hosts
+                .try_iter()
+                .map(|i| i.map(|v| modules::value_to_string(&v)).collect())
+                .unwrap_or_default(),
             _ => modules::value_to_string(&hosts)
                 .split([',', ':'])
                 .map(|s| s.trim().to_string())
@@ -499,9 +582,15 @@ impl<'a> Runner<'a> {
     fn load_vars_files(&mut self, play: &Play) -> Result<(), String> {
         for entry in &play.vars_files {
             let ctx = self.context(&play.inherited, &[]);
-            let name = self.templar.template(entry, &ctx).map_err(|e| e.to_string())?;
+            let name = self
+                .templar
+                .template(entry, &ctx)
+                .map_err(|e| e.to_string())?;
             let candidates: Vec<String> = match name.kind() {
-                ValueKind::Seq => name.try_iter().map(|i| i.map(|v| modules::value_to_string(&v)).collect()).unwrap_or_default(),
+                ValueKind::Seq => name
+                    .try_iter()
+                    .map(|i| i.map(|v| modules::value_to_string(&v)).collect())
+                    .unwrap_or_default(),
                 _ => vec![modules::value_to_string(&name)],
             };
             let path = candidates
@@ -509,11 +598,16 @@ impl<'a> Runner<'a> {
                 .map(|c| self.playbook.base_dir.join(c))
                 .find(|p| p.exists())
                 .ok_or_else(|| format!("vars file {} was not found", candidates.join(", ")))?;
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
-            let node = super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("could not read {}: {e}", path.display()))?;
+            let node =
+                super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let value = node.to_value();
             if value.kind() != ValueKind::Map && !value.is_none() {
-                return Err(format!("{} must contain a dictionary of variables", path.display()));
+                return Err(format!(
+                    "{} must contain a dictionary of variables",
+                    path.display()
+                ));
             }
             if let Ok(keys) = value.try_iter() {
                 for key in keys {
@@ -526,8 +620,17 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    fn cancelled(&self) -> bool {
+        self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
     fn run_list(&mut self, tasks: &[Task], scope: &Inherited) {
         for task in tasks {
+            if self.cancelled() && !self.host_failed {
+                self.emit("");
+                self.emit("[ERROR]: the run was cancelled");
+                self.host_failed = true;
+            }
             if self.host_failed || self.end_play {
                 return;
             }
@@ -540,7 +643,9 @@ impl<'a> Runner<'a> {
             return;
         }
         loop {
-            let Some(index) = self.notified.iter().position(|n| *n) else { break };
+            let Some(index) = self.notified.iter().position(|n| *n) else {
+                break;
+            };
             self.notified[index] = false;
             let handler = self.handlers[index].clone();
             let scope = self.play_scope.clone();
@@ -584,7 +689,11 @@ impl<'a> Runner<'a> {
     fn run_task(&mut self, task: &Task, scope: &Inherited, handler: bool) {
         let merged = merge(scope, &task.keywords);
         match &task.body {
-            TaskBody::Block { block, rescue, always } => {
+            TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } => {
                 if !rescue.is_empty() {
                     self.rescue_depth += 1;
                 }
@@ -604,12 +713,22 @@ impl<'a> Runner<'a> {
                     self.host_failed |= was_failed;
                 }
             }
-            TaskBody::Action { module, args, written } => {
-                if !handler && !tags_selected(&merged.tags, &self.options.tags, &self.options.skip_tags) {
+            TaskBody::Action {
+                module,
+                args,
+                written,
+            } => {
+                if !handler
+                    && !tags_selected(&merged.tags, &self.options.tags, &self.options.skip_tags)
+                {
                     return;
                 }
                 // ansible-core's own module runs under the name the playbook wrote.
-                let module = if module == super::model::ANSIBLE_FALLBACK { format!("{}:{written}", super::model::ANSIBLE_FALLBACK) } else { module.clone() };
+                let module = if module == super::model::ANSIBLE_FALLBACK {
+                    format!("{}:{written}", super::model::ANSIBLE_FALLBACK)
+                } else {
+                    module.clone()
+                };
                 self.run_action_task(task, &merged, &module, args, handler);
             }
         }
@@ -627,7 +746,12 @@ impl<'a> Runner<'a> {
             .unwrap_or(raw)
     }
 
-    fn eval_bool(&self, value: &Option<Value>, ctx: &Value, default: bool) -> Result<bool, TemplateError> {
+    fn eval_bool(
+        &self,
+        value: &Option<Value>,
+        ctx: &Value,
+        default: bool,
+    ) -> Result<bool, TemplateError> {
         match value {
             None => Ok(default),
             Some(v) => {
@@ -637,8 +761,16 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn loop_items(&self, kind: &LoopKind, source: &Value, ctx: &Value) -> Result<Vec<Value>, String> {
-        let value = self.templar.template(source, ctx).map_err(|e| e.to_string())?;
+    fn loop_items(
+        &self,
+        kind: &LoopKind,
+        source: &Value,
+        ctx: &Value,
+    ) -> Result<Vec<Value>, String> {
+        let value = self
+            .templar
+            .template(source, ctx)
+            .map_err(|e| e.to_string())?;
         let as_list = |v: &Value| -> Result<Vec<Value>, String> {
             match v.kind() {
                 ValueKind::Seq | ValueKind::Iterable => Ok(v.try_iter().map_err(|e| e.to_string())?.collect()),
@@ -652,11 +784,19 @@ impl<'a> Runner<'a> {
         match kind {
             LoopKind::Loop => as_list(&value),
             LoopKind::Items => {
-                let list = if value.kind() == ValueKind::Seq { value.clone() } else { Value::from(vec![value.clone()]) };
+                let list = if value.kind() == ValueKind::Seq {
+                    value.clone()
+                } else {
+                    Value::from(vec![value.clone()])
+                };
                 super::filters::flatten(&list, Some(1)).map_err(|e| e.to_string())
             }
             LoopKind::List => {
-                if value.kind() == ValueKind::Seq { as_list(&value) } else { Ok(vec![value]) }
+                if value.kind() == ValueKind::Seq {
+                    as_list(&value)
+                } else {
+                    Ok(vec![value])
+                }
             }
             LoopKind::Dict => {
                 if value.kind() != ValueKind::Map {
@@ -676,11 +816,24 @@ impl<'a> Runner<'a> {
                 .map(|(i, v)| Value::from(vec![Value::from(i), v]))
                 .collect()),
             LoopKind::Fileglob => {
-                let patterns = if value.kind() == ValueKind::Seq { as_list(&value)? } else { vec![value] };
+                let patterns = if value.kind() == ValueKind::Seq {
+                    as_list(&value)?
+                } else {
+                    vec![value]
+                };
                 let mut out = Vec::new();
                 for pattern in patterns {
                     let pattern = modules::value_to_string(&pattern);
-                    let full = if pattern.starts_with('/') { pattern } else { self.playbook.base_dir.join("files").join(&pattern).display().to_string() };
+                    let full = if pattern.starts_with('/') {
+                        pattern
+                    } else {
+                        self.playbook
+                            .base_dir
+                            .join("files")
+                            .join(&pattern)
+                            .display()
+                            .to_string()
+                    };
                     if let Ok(paths) = glob::glob(&full) {
                         for p in paths.flatten().filter(|p| p.is_file()) {
                             out.push(Value::from(p.display().to_string()));
@@ -691,23 +844,38 @@ impl<'a> Runner<'a> {
             }
             LoopKind::Sequence => sequence_items(&value),
             LoopKind::Together => {
-                let lists: Vec<Vec<Value>> = as_list(&value)?.iter().map(as_list).collect::<Result<_, _>>()?;
+                let lists: Vec<Vec<Value>> = as_list(&value)?
+                    .iter()
+                    .map(as_list)
+                    .collect::<Result<_, _>>()?;
                 let len = lists.iter().map(Vec::len).max().unwrap_or(0);
                 Ok((0..len)
-                    .map(|i| Value::from(lists.iter().map(|l| l.get(i).cloned().unwrap_or(Value::from(()))).collect::<Vec<_>>()))
+                    .map(|i| {
+                        Value::from(
+                            lists
+                                .iter()
+                                .map(|l| l.get(i).cloned().unwrap_or(Value::from(())))
+                                .collect::<Vec<_>>(),
+                        )
+                    })
                     .collect())
             }
             LoopKind::Nested => {
-                let lists: Vec<Vec<Value>> = as_list(&value)?.iter().map(as_list).collect::<Result<_, _>>()?;
+                let lists: Vec<Vec<Value>> = as_list(&value)?
+                    .iter()
+                    .map(as_list)
+                    .collect::<Result<_, _>>()?;
                 let mut combos: Vec<Vec<Value>> = vec![Vec::new()];
                 for list in lists {
                     combos = combos
                         .into_iter()
-                        .flat_map(|prefix| list.iter().map(move |v| {
-                            let mut c = prefix.clone();
-                            c.push(v.clone());
-                            c
-                        }))
+                        .flat_map(|prefix| {
+                            list.iter().map(move |v| {
+                                let mut c = prefix.clone();
+                                c.push(v.clone());
+                                c
+                            })
+                        })
                         .collect();
                 }
                 Ok(combos.into_iter().map(Value::from).collect())
@@ -720,10 +888,17 @@ impl<'a> Runner<'a> {
                     .current_dir(&self.playbook.base_dir)
                     .output()
                     .map_err(|e| format!("lookup_plugin.lines({command}) failed: {e}"))?;
-                Ok(String::from_utf8_lossy(&output.stdout).lines().map(Value::from).collect())
+                Ok(String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .map(Value::from)
+                    .collect())
             }
             LoopKind::File => {
-                let names = if value.kind() == ValueKind::Seq { as_list(&value)? } else { vec![value] };
+                let names = if value.kind() == ValueKind::Seq {
+                    as_list(&value)?
+                } else {
+                    vec![value]
+                };
                 names
                     .iter()
                     .map(|n| {
@@ -774,7 +949,14 @@ impl<'a> Runner<'a> {
         self.playbook.base_dir.join(path)
     }
 
-    fn run_action_task(&mut self, task: &Task, scope: &Inherited, module: &str, args: &Value, handler: bool) {
+    fn run_action_task(
+        &mut self,
+        task: &Task,
+        scope: &Inherited,
+        module: &str,
+        args: &Value,
+        handler: bool,
+    ) {
         let title = self.task_title(task, scope);
         if module == "meta" {
             self.run_meta(args, scope);
@@ -828,12 +1010,26 @@ impl<'a> Runner<'a> {
             let mut results = Vec::new();
             let total = items.len();
             for (index, item) in items.into_iter().enumerate() {
-                let mut loop_vars = vec![(loop_var.clone(), item.clone()), ("ansible_loop_var".to_string(), Value::from(loop_var.clone()))];
+                let mut loop_vars = vec![
+                    (loop_var.clone(), item.clone()),
+                    (
+                        "ansible_loop_var".to_string(),
+                        Value::from(loop_var.clone()),
+                    ),
+                ];
                 if let Some(lc) = &task.loop_control {
-                    if let Some(index_var) = lc.get_attr("index_var").ok().and_then(|v| v.as_str().map(String::from)) {
+                    if let Some(index_var) = lc
+                        .get_attr("index_var")
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                    {
                         loop_vars.push((index_var, Value::from(index)));
                     }
-                    if lc.get_attr("extended").map(|v| v.is_true()).unwrap_or(false) {
+                    if lc
+                        .get_attr("extended")
+                        .map(|v| v.is_true())
+                        .unwrap_or(false)
+                    {
                         loop_vars.push((
                             "ansible_loop".into(),
                             Value::from_pairs([
@@ -863,7 +1059,12 @@ impl<'a> Runner<'a> {
                 let label = if no_log { "None".to_string() } else { label };
                 self.print_item(&host, &label, &result, no_log, scope);
                 results.push(result);
-                if let Some(pause) = task.loop_control.as_ref().and_then(|lc| lc.get_attr("pause").ok()).and_then(|v| v.as_i64()) {
+                if let Some(pause) = task
+                    .loop_control
+                    .as_ref()
+                    .and_then(|lc| lc.get_attr("pause").ok())
+                    .and_then(|v| v.as_i64())
+                {
                     if pause > 0 {
                         std::thread::sleep(std::time::Duration::from_secs(pause as u64));
                     }
@@ -882,7 +1083,10 @@ impl<'a> Runner<'a> {
             } else {
                 outcome.set("msg", "All items completed");
             }
-            outcome.set("results", Value::from(results.iter().map(Outcome::to_value).collect::<Vec<_>>()));
+            outcome.set(
+                "results",
+                Value::from(results.iter().map(Outcome::to_value).collect::<Vec<_>>()),
+            );
             if failed {
                 if ignore_errors {
                     self.emit("...ignoring");
@@ -938,7 +1142,10 @@ impl<'a> Runner<'a> {
         self.rescue_vars = vec![
             (
                 "ansible_failed_task".into(),
-                Value::from_pairs([("name", Value::from(title)), ("action", Value::from(task.default_name()))]),
+                Value::from_pairs([
+                    ("name", Value::from(title)),
+                    ("action", Value::from(task.default_name())),
+                ]),
             ),
             ("ansible_failed_result".into(), outcome.to_value()),
         ];
@@ -965,20 +1172,39 @@ impl<'a> Runner<'a> {
 
     fn print_diff(&mut self, outcome: &Outcome, scope: &Inherited) {
         let ctx = self.context(scope, &[]);
-        let diff_mode = self.eval_bool(&scope.diff, &ctx, self.options.diff).unwrap_or(self.options.diff);
+        let diff_mode = self
+            .eval_bool(&scope.diff, &ctx, self.options.diff)
+            .unwrap_or(self.options.diff);
         if !diff_mode || !outcome.changed() {
             return;
         }
-        let Some(diff) = outcome.get("diff") else { return };
-        let get = |k: &str| diff.get_attr(k).ok().filter(|v| !v.is_undefined()).map(|v| modules::value_to_string(&v)).unwrap_or_default();
+        let Some(diff) = outcome.get("diff") else {
+            return;
+        };
+        let get = |k: &str| {
+            diff.get_attr(k)
+                .ok()
+                .filter(|v| !v.is_undefined())
+                .map(|v| modules::value_to_string(&v))
+                .unwrap_or_default()
+        };
         for line in unified_diff(&get("before"), &get("after"), &get("after_header")) {
             self.emit(&line);
         }
     }
 
-    fn print_single(&mut self, host: &str, outcome: &Outcome, no_log: bool, ignore_errors: bool, scope: &Inherited) {
+    fn print_single(
+        &mut self,
+        host: &str,
+        outcome: &Outcome,
+        no_log: bool,
+        ignore_errors: bool,
+        scope: &Inherited,
+    ) {
         self.print_diff(outcome, scope);
-        let verbose = outcome.get("_ansible_verbose_always").is_some_and(Value::is_true);
+        let verbose = outcome
+            .get("_ansible_verbose_always")
+            .is_some_and(Value::is_true);
         if outcome.is_failed() {
             let json = super::filters::python_json(&displayable(outcome, no_log));
             self.emit(&format!("fatal: [{host}]: FAILED! => {json}"));
@@ -1004,9 +1230,18 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn print_item(&mut self, host: &str, label: &str, outcome: &Outcome, no_log: bool, scope: &Inherited) {
+    fn print_item(
+        &mut self,
+        host: &str,
+        label: &str,
+        outcome: &Outcome,
+        no_log: bool,
+        scope: &Inherited,
+    ) {
         self.print_diff(outcome, scope);
-        let verbose = outcome.get("_ansible_verbose_always").is_some_and(Value::is_true);
+        let verbose = outcome
+            .get("_ansible_verbose_always")
+            .is_some_and(Value::is_true);
         if outcome.is_failed() {
             let json = super::filters::python_json(&displayable(outcome, no_log));
             self.emit(&format!("failed: [{host}] (item={label}) => {json}"));
@@ -1030,7 +1265,14 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs one task for one loop item (or once): when, args, module, until, changed/failed_when.
-    fn run_one(&mut self, task: &Task, scope: &Inherited, module: &str, args: &Value, loop_vars: &[(String, Value)]) -> Outcome {
+    fn run_one(
+        &mut self,
+        task: &Task,
+        scope: &Inherited,
+        module: &str,
+        args: &Value,
+        loop_vars: &[(String, Value)],
+    ) -> Outcome {
         let ctx = self.context(scope, loop_vars);
         for condition in &scope.when {
             match self.templar.condition(condition, &ctx) {
@@ -1050,7 +1292,11 @@ impl<'a> Runner<'a> {
             }
         }
         if let Some(delegate) = &task.delegate_to {
-            let target = self.templar.template(delegate, &ctx).map(|v| modules::value_to_string(&v)).unwrap_or_default();
+            let target = self
+                .templar
+                .template(delegate, &ctx)
+                .map(|v| modules::value_to_string(&v))
+                .unwrap_or_default();
             if !matches!(target.as_str(), "localhost" | "127.0.0.1") && target != self.host() {
                 return Outcome::failed(format!("delegate_to '{target}' is not supported by the native runtime (only the local host)"));
             }
@@ -1059,7 +1305,10 @@ impl<'a> Runner<'a> {
             task.retries
                 .as_ref()
                 .and_then(|r| self.templar.template(r, &ctx).ok())
-                .and_then(|r| r.as_i64().or_else(|| modules::value_to_string(&r).parse().ok()))
+                .and_then(|r| {
+                    r.as_i64()
+                        .or_else(|| modules::value_to_string(&r).parse().ok())
+                })
                 .unwrap_or(3)
                 .max(0) as usize
         });
@@ -1067,7 +1316,10 @@ impl<'a> Runner<'a> {
             .delay
             .as_ref()
             .and_then(|d| self.templar.template(d, &ctx).ok())
-            .and_then(|d| d.as_i64().or_else(|| modules::value_to_string(&d).parse().ok()))
+            .and_then(|d| {
+                d.as_i64()
+                    .or_else(|| modules::value_to_string(&d).parse().ok())
+            })
             .unwrap_or(5)
             .max(0) as u64;
         let attempts_allowed = retries.map(|r| r + 1).unwrap_or(1);
@@ -1081,7 +1333,9 @@ impl<'a> Runner<'a> {
             }
             if let Some(until) = &task.until {
                 let check_ctx = self.context(scope, &register_vars);
-                let done = until.iter().try_fold(true, |acc, c| self.templar.condition(c, &check_ctx).map(|b| acc && b));
+                let done = until.iter().try_fold(true, |acc, c| {
+                    self.templar.condition(c, &check_ctx).map(|b| acc && b)
+                });
                 outcome.set("attempts", attempt);
                 match done {
                     Ok(true) => {}
@@ -1101,7 +1355,11 @@ impl<'a> Runner<'a> {
                             outcome.set("msg", "Retries exhausted");
                         }
                     }
-                    Err(e) => return Outcome::failed(format!("The conditional check failed. The error was: {e}")),
+                    Err(e) => {
+                        return Outcome::failed(format!(
+                            "The conditional check failed. The error was: {e}"
+                        ))
+                    }
                 }
                 if let Some(name) = &task.register {
                     register_vars.retain(|(k, _)| k != name);
@@ -1112,7 +1370,13 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn post_process(&self, task: &Task, scope: &Inherited, mut outcome: Outcome, register_vars: &[(String, Value)]) -> Outcome {
+    fn post_process(
+        &self,
+        task: &Task,
+        scope: &Inherited,
+        mut outcome: Outcome,
+        register_vars: &[(String, Value)],
+    ) -> Outcome {
         if outcome.skipped() {
             return outcome;
         }
@@ -1122,7 +1386,13 @@ impl<'a> Runner<'a> {
                 Ok(changed) => outcome.set("changed", changed),
                 Err(e) => {
                     outcome.set("failed", true);
-                    outcome.set("msg", format!("The conditional check '{}' failed. The error was: {e}", join_conditions(conditions)));
+                    outcome.set(
+                        "msg",
+                        format!(
+                            "The conditional check '{}' failed. The error was: {e}",
+                            join_conditions(conditions)
+                        ),
+                    );
                     return outcome;
                 }
             }
@@ -1148,7 +1418,13 @@ impl<'a> Runner<'a> {
                 }
                 Err(e) => {
                     outcome.set("failed", true);
-                    outcome.set("msg", format!("The conditional check '{}' failed. The error was: {e}", join_conditions(conditions)));
+                    outcome.set(
+                        "msg",
+                        format!(
+                            "The conditional check '{}' failed. The error was: {e}",
+                            join_conditions(conditions)
+                        ),
+                    );
                 }
             }
         }
@@ -1161,7 +1437,9 @@ impl<'a> Runner<'a> {
             Ok(b) => b,
             Err(e) => return Outcome::failed(e.to_string()),
         };
-        let diff = self.eval_bool(&scope.diff, ctx, self.options.diff).unwrap_or(self.options.diff);
+        let diff = self
+            .eval_bool(&scope.diff, ctx, self.options.diff)
+            .unwrap_or(self.options.diff);
         // Expressions of assert/debug var are evaluated by the action, not templated first.
         let raw_keys: &[&str] = match module {
             "assert" => &["that"],
@@ -1190,19 +1468,28 @@ impl<'a> Runner<'a> {
             check,
             diff,
             environment,
-            facts: self.facts.as_ref().map(|f| Value::from_pairs(f.iter().cloned())).unwrap_or_default(),
+            facts: self
+                .facts
+                .as_ref()
+                .map(|f| Value::from_pairs(f.iter().cloned()))
+                .unwrap_or_default(),
         };
         match module {
             "debug" => self.action_debug(&templated, ctx),
             "set_fact" => self.action_set_fact(&templated),
             "assert" => self.action_assert(&templated, ctx),
-            "fail" => Outcome::failed(arg_str(&templated, "msg").unwrap_or_else(|| "Failed as requested from task".into())),
+            "fail" => Outcome::failed(
+                arg_str(&templated, "msg")
+                    .unwrap_or_else(|| "Failed as requested from task".into()),
+            ),
             "include_vars" => self.action_include_vars(&templated),
             "pause" => action_pause(&templated, check),
             "template" => self.action_template(&templated, ctx, &mctx, become_user.as_deref()),
             "copy" | "unarchive" => {
                 let mut args = templated;
-                let remote = arg_str(&args, "remote_src").and_then(|v| modules::parse_bool(&Value::from(v))).unwrap_or(false);
+                let remote = arg_str(&args, "remote_src")
+                    .and_then(|v| modules::parse_bool(&Value::from(v)))
+                    .unwrap_or(false);
                 if let (Some(src), false) = (arg_str(&args, "src"), remote) {
                     let mut path = self.resolve_local(&src, "files").display().to_string();
                     if src.ends_with('/') && !path.ends_with('/') {
@@ -1222,7 +1509,12 @@ impl<'a> Runner<'a> {
             "package" => {
                 let manager = arg_str(&templated, "use")
                     .filter(|u| u != "auto")
-                    .or_else(|| mctx.facts.get_attr("pkg_mgr").ok().and_then(|v| v.as_str().map(String::from)))
+                    .or_else(|| {
+                        mctx.facts
+                            .get_attr("pkg_mgr")
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                    })
                     .unwrap_or_default();
                 match manager.as_str() {
                     "apt" => {
@@ -1244,18 +1536,24 @@ impl<'a> Runner<'a> {
     }
 
     fn become_user(&self, scope: &Inherited, ctx: &Value) -> Result<Option<String>, String> {
-        let enabled = self.eval_bool(&scope.become_, ctx, false).map_err(|e| e.to_string())?;
+        let enabled = self
+            .eval_bool(&scope.become_, ctx, false)
+            .map_err(|e| e.to_string())?;
         if !enabled {
             return Ok(None);
         }
         let user = match &scope.become_user {
-            Some(u) => modules::value_to_string(&self.templar.template(u, ctx).map_err(|e| e.to_string())?),
+            Some(u) => {
+                modules::value_to_string(&self.templar.template(u, ctx).map_err(|e| e.to_string())?)
+            }
             None => "root".to_string(),
         };
         if let Some(method) = &scope.become_method {
             let method = modules::value_to_string(method);
             if method != "sudo" {
-                return Err(format!("become_method '{method}' is not supported by the native runtime (only sudo)"));
+                return Err(format!(
+                    "become_method '{method}' is not supported by the native runtime (only sudo)"
+                ));
             }
         }
         if user == self.current_user {
@@ -1265,7 +1563,13 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn run_module(&self, module: &str, args: &Value, mctx: &ModuleContext, become_user: Option<&str>) -> Outcome {
+    fn run_module(
+        &self,
+        module: &str,
+        args: &Value,
+        mctx: &ModuleContext,
+        become_user: Option<&str>,
+    ) -> Outcome {
         match become_user {
             None => modules::run_module(module, args, mctx),
             Some(user) => super::become_::run_module_as(
@@ -1282,7 +1586,10 @@ impl<'a> Runner<'a> {
         let action = arg_str(args, "_raw_params").unwrap_or_default();
         let ctx = self.context(scope, &[]);
         if !scope.when.is_empty() {
-            let run = scope.when.iter().all(|c| self.templar.condition(c, &ctx).unwrap_or(false));
+            let run = scope
+                .when
+                .iter()
+                .all(|c| self.templar.condition(c, &ctx).unwrap_or(false));
             if !run {
                 return;
             }
@@ -1297,9 +1604,15 @@ impl<'a> Runner<'a> {
     }
 
     fn action_debug(&self, args: &Value, ctx: &Value) -> Outcome {
-        let verbosity = args.get_attr("verbosity").ok().and_then(|v| v.as_i64()).unwrap_or(0);
+        let verbosity = args
+            .get_attr("verbosity")
+            .ok()
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
         if verbosity > 0 {
-            return Outcome::new().with("skipped", true).with("skipped_reason", "Verbosity threshold not met.");
+            return Outcome::new()
+                .with("skipped", true)
+                .with("skipped_reason", "Verbosity threshold not met.");
         }
         let mut outcome = Outcome::default();
         if let Some(var) = arg_str(args, "var") {
@@ -1310,7 +1623,11 @@ impl<'a> Runner<'a> {
             };
             outcome.set(&var, value);
         } else {
-            let msg = args.get_attr("msg").ok().filter(|v| !v.is_undefined()).unwrap_or(Value::from("Hello world!"));
+            let msg = args
+                .get_attr("msg")
+                .ok()
+                .filter(|v| !v.is_undefined())
+                .unwrap_or(Value::from("Hello world!"));
             outcome.set("msg", msg);
         }
         outcome.set("changed", false);
@@ -1332,7 +1649,9 @@ impl<'a> Runner<'a> {
             }
         }
         if facts.is_empty() {
-            return Outcome::failed("No key/value pairs provided, at least one is required for this action to succeed");
+            return Outcome::failed(
+                "No key/value pairs provided, at least one is required for this action to succeed",
+            );
         }
         for (k, v) in &facts {
             self.set_host_var(k, v.clone());
@@ -1349,7 +1668,11 @@ impl<'a> Runner<'a> {
             }
             _ => vec![that],
         };
-        let quiet = args.get_attr("quiet").ok().and_then(|v| modules::parse_bool(&v)).unwrap_or(false);
+        let quiet = args
+            .get_attr("quiet")
+            .ok()
+            .and_then(|v| modules::parse_bool(&v))
+            .unwrap_or(false);
         for condition in conditions {
             match self.templar.condition(&condition, ctx) {
                 Ok(true) => {}
@@ -1358,7 +1681,11 @@ impl<'a> Runner<'a> {
                         .get_attr("fail_msg")
                         .ok()
                         .filter(|v| !v.is_undefined() && !v.is_none())
-                        .or_else(|| args.get_attr("msg").ok().filter(|v| !v.is_undefined() && !v.is_none()))
+                        .or_else(|| {
+                            args.get_attr("msg")
+                                .ok()
+                                .filter(|v| !v.is_undefined() && !v.is_none())
+                        })
                         .unwrap_or(Value::from("Assertion failed"));
                     let msg = self.templar.template(&msg, ctx).unwrap_or(msg);
                     return Outcome::default()
@@ -1417,7 +1744,10 @@ impl<'a> Runner<'a> {
         }
         Outcome::new()
             .with("ansible_facts", Value::from_pairs(facts))
-            .with("ansible_included_var_files", Value::from(vec![path.display().to_string()]))
+            .with(
+                "ansible_included_var_files",
+                Value::from(vec![path.display().to_string()]),
+            )
     }
 
     /// `include_tasks`: evaluated at run time, once per loop item; the included tasks run
@@ -1442,7 +1772,8 @@ impl<'a> Runner<'a> {
         };
         let mut pending = Vec::new();
         for item in items {
-            let loop_vars: Vec<(String, Value)> = item.iter().map(|i| (loop_var.clone(), i.clone())).collect();
+            let loop_vars: Vec<(String, Value)> =
+                item.iter().map(|i| (loop_var.clone(), i.clone())).collect();
             let ctx = self.context(scope, &loop_vars);
             let mut skip = false;
             for condition in &scope.when {
@@ -1450,14 +1781,20 @@ impl<'a> Runner<'a> {
                     Ok(true) => {}
                     Ok(false) => skip = true,
                     Err(e) => {
-                        self.finish_failed_outright(task, host, &format!("The conditional check failed. The error was: {e}"));
+                        self.finish_failed_outright(
+                            task,
+                            host,
+                            &format!("The conditional check failed. The error was: {e}"),
+                        );
                         return;
                     }
                 }
             }
             if skip {
                 match &item {
-                    Some(i) => self.emit(&format!("skipping: [{host}] => (item={}) ", item_label(i))),
+                    Some(i) => {
+                        self.emit(&format!("skipping: [{host}] => (item={}) ", item_label(i)))
+                    }
                     None => self.emit(&format!("skipping: [{host}]")),
                 }
                 continue;
@@ -1469,17 +1806,24 @@ impl<'a> Runner<'a> {
                     return;
                 }
             };
-            let Some(file) = arg_str(&templated, "_raw_params").or_else(|| arg_str(&templated, "file")) else {
+            let Some(file) =
+                arg_str(&templated, "_raw_params").or_else(|| arg_str(&templated, "file"))
+            else {
                 self.finish_failed_outright(task, host, "include_tasks needs a file name");
                 return;
             };
             let path = self.resolve_local(&file, "tasks");
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| format!("Could not find or access '{file}': {e}"))
-                .and_then(|text| super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display())))
+                .and_then(|text| {
+                    super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))
+                })
                 .and_then(|node| match &node.kind {
                     super::yaml::NodeKind::Seq(items) => {
-                        let base = path.parent().unwrap_or(&self.playbook.base_dir).to_path_buf();
+                        let base = path
+                            .parent()
+                            .unwrap_or(&self.playbook.base_dir)
+                            .to_path_buf();
                         items
                             .iter()
                             .map(|i| super::model::parse_task(i, &base, false))
@@ -1496,7 +1840,11 @@ impl<'a> Runner<'a> {
                 }
             };
             match &item {
-                Some(i) => self.emit(&format!("included: {} for {host} => (item={})", path.display(), item_label(i))),
+                Some(i) => self.emit(&format!(
+                    "included: {} for {host} => (item={})",
+                    path.display(),
+                    item_label(i)
+                )),
                 None => self.emit(&format!("included: {} for {host}", path.display())),
             }
             // Ansible counts every processed include as ok.
@@ -1514,7 +1862,13 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn action_template(&self, args: &Value, ctx: &Value, mctx: &ModuleContext, become_user: Option<&str>) -> Outcome {
+    fn action_template(
+        &self,
+        args: &Value,
+        ctx: &Value,
+        mctx: &ModuleContext,
+        become_user: Option<&str>,
+    ) -> Outcome {
         let Some(src) = arg_str(args, "src") else {
             return Outcome::failed("src and dest are required");
         };
@@ -1526,18 +1880,35 @@ impl<'a> Runner<'a> {
             Ok(s) => s,
             Err(_) => return Outcome::failed(format!("Could not find or access '{src}'")),
         };
-        let lstrip = arg_str(args, "lstrip_blocks").and_then(|v| modules::parse_bool(&Value::from(v))).unwrap_or(false);
-        let trim = arg_str(args, "trim_blocks").and_then(|v| modules::parse_bool(&Value::from(v))).unwrap_or(true);
-        let rendered = match render_template_file(&self.templar, &source, ctx, &path, &dest, lstrip, trim) {
-            Ok(r) => r,
-            Err(e) => return Outcome::failed(format!("{e}")),
-        };
+        let lstrip = arg_str(args, "lstrip_blocks")
+            .and_then(|v| modules::parse_bool(&Value::from(v)))
+            .unwrap_or(false);
+        let trim = arg_str(args, "trim_blocks")
+            .and_then(|v| modules::parse_bool(&Value::from(v)))
+            .unwrap_or(true);
+        let rendered =
+            match render_template_file(&self.templar, &source, ctx, &path, &dest, lstrip, trim) {
+                Ok(r) => r,
+                Err(e) => return Outcome::failed(format!("{e}")),
+            };
         let rendered = match arg_str(args, "newline_sequence").as_deref() {
             Some("\\r\\n") => rendered.replace('\n', "\r\n"),
             _ => rendered,
         };
         let mut module_args = args.clone();
-        for key in ["src", "lstrip_blocks", "trim_blocks", "newline_sequence", "output_encoding", "variable_start_string", "variable_end_string", "block_start_string", "block_end_string", "comment_start_string", "comment_end_string"] {
+        for key in [
+            "src",
+            "lstrip_blocks",
+            "trim_blocks",
+            "newline_sequence",
+            "output_encoding",
+            "variable_start_string",
+            "variable_end_string",
+            "block_start_string",
+            "block_end_string",
+            "comment_start_string",
+            "comment_end_string",
+        ] {
             module_args = strip_key(&module_args, key);
         }
         module_args = files::with_arg(&module_args, "content", Value::from(rendered));
@@ -1559,7 +1930,11 @@ fn all_true(templar: &Templar, conditions: &[Value], ctx: &Value) -> Result<bool
 }
 
 fn join_conditions(conditions: &[Value]) -> String {
-    conditions.iter().map(modules::value_to_string).collect::<Vec<_>>().join(" and ")
+    conditions
+        .iter()
+        .map(modules::value_to_string)
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 fn arg_str(args: &Value, key: &str) -> Option<String> {
@@ -1596,13 +1971,22 @@ fn env_pairs(env: &Value) -> Vec<(String, String)> {
 }
 
 /// Templates module arguments, leaving `raw_keys` untouched and dropping `omit` values.
-fn template_args(templar: &Templar, args: &Value, ctx: &Value, raw_keys: &[&str]) -> Result<Value, TemplateError> {
+fn template_args(
+    templar: &Templar,
+    args: &Value,
+    ctx: &Value,
+    raw_keys: &[&str],
+) -> Result<Value, TemplateError> {
     let mut out = Vec::new();
     if let Ok(keys) = args.try_iter() {
         for key in keys {
             let value = args.get_item(&key).unwrap_or_default();
             let name = key.as_str().unwrap_or_default();
-            let rendered = if raw_keys.contains(&name) { value } else { templar.template(&value, ctx)? };
+            let rendered = if raw_keys.contains(&name) {
+                value
+            } else {
+                templar.template(&value, ctx)?
+            };
             if rendered.as_str() == Some(OMIT) {
                 continue;
             }
@@ -1629,7 +2013,12 @@ fn drop_omitted(value: Value) -> Value {
         ValueKind::Seq => Value::from(
             value
                 .try_iter()
-                .map(|items| items.filter(|v| v.as_str() != Some(OMIT)).map(drop_omitted).collect::<Vec<_>>())
+                .map(|items| {
+                    items
+                        .filter(|v| v.as_str() != Some(OMIT))
+                        .map(drop_omitted)
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default(),
         ),
         _ => value,
@@ -1664,11 +2053,17 @@ fn render_template_file(
             .lstrip_blocks(lstrip)
             .keep_trailing_newline(true)
             .build()
-            .map_err(|e| TemplateError::Render { message: e.to_string(), source_text: path.display().to_string() })?;
+            .map_err(|e| TemplateError::Render {
+                message: e.to_string(),
+                source_text: path.display().to_string(),
+            })?;
         env.set_syntax(syntax);
         return env
             .render_str(source, ctx)
-            .map_err(|e| TemplateError::Render { message: e.to_string(), source_text: path.display().to_string() });
+            .map_err(|e| TemplateError::Render {
+                message: e.to_string(),
+                source_text: path.display().to_string(),
+            });
     }
     templar.render_text(source, &ctx)
 }
@@ -1697,14 +2092,22 @@ impl minijinja::value::Object for Overlay {
 fn action_pause(args: &Value, check: bool) -> Outcome {
     let seconds = arg_str(args, "seconds")
         .and_then(|s| s.parse::<f64>().ok())
-        .or_else(|| arg_str(args, "minutes").and_then(|m| m.parse::<f64>().ok()).map(|m| m * 60.0));
+        .or_else(|| {
+            arg_str(args, "minutes")
+                .and_then(|m| m.parse::<f64>().ok())
+                .map(|m| m * 60.0)
+        });
     let Some(seconds) = seconds else {
-        return Outcome::failed("pause without seconds/minutes needs a terminal; runs are non-interactive");
+        return Outcome::failed(
+            "pause without seconds/minutes needs a terminal; runs are non-interactive",
+        );
     };
     if !check || seconds > 0.0 {
         std::thread::sleep(std::time::Duration::from_secs_f64(seconds.max(0.0)));
     }
-    Outcome::new().with("delta", seconds as i64).with("stdout", format!("Paused for {seconds} seconds"))
+    Outcome::new()
+        .with("delta", seconds as i64)
+        .with("stdout", format!("Paused for {seconds} seconds"))
 }
 
 fn sequence_items(value: &Value) -> Result<Vec<Value>, String> {
@@ -1720,7 +2123,8 @@ fn sequence_items(value: &Value) -> Result<Vec<Value>, String> {
                 if let Some(hex) = v.strip_prefix("0x") {
                     i64::from_str_radix(hex, 16).map_err(|e| e.to_string())
                 } else {
-                    v.parse::<i64>().map_err(|e| format!("can't parse {k}={v}: {e}"))
+                    v.parse::<i64>()
+                        .map_err(|e| format!("can't parse {k}={v}: {e}"))
                 }
             };
             match k {
@@ -1732,10 +2136,19 @@ fn sequence_items(value: &Value) -> Result<Vec<Value>, String> {
                 other => return Err(format!("unrecognized sequence argument {other}")),
             }
         } else if let Some((a, b)) = token.split_once('-') {
-            start = a.parse().map_err(|_| format!("can't parse sequence {token}"))?;
-            end = Some(b.parse().map_err(|_| format!("can't parse sequence {token}"))?);
+            start = a
+                .parse()
+                .map_err(|_| format!("can't parse sequence {token}"))?;
+            end = Some(
+                b.parse()
+                    .map_err(|_| format!("can't parse sequence {token}"))?,
+            );
         } else {
-            end = Some(token.parse().map_err(|_| format!("can't parse sequence {token}"))?);
+            end = Some(
+                token
+                    .parse()
+                    .map_err(|_| format!("can't parse sequence {token}"))?,
+            );
         }
     }
     let end = match (end, count) {
@@ -1782,7 +2195,12 @@ mod tests {
     /// The recap line matches ansible-playbook's column layout.
     #[test]
     fn recap_format() {
-        let stats = Stats { ok: 5, changed: 2, skipped: 1, ..Default::default() };
+        let stats = Stats {
+            ok: 5,
+            changed: 2,
+            skipped: 1,
+            ..Default::default()
+        };
         assert_eq!(
             stats.recap_line("localhost"),
             "localhost                  : ok=5    changed=2    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0   "
@@ -1802,7 +2220,11 @@ mod tests {
         let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(tags_selected(&t(&[]), &t(&[]), &t(&[])));
         assert!(!tags_selected(&t(&["never"]), &t(&[]), &t(&[])));
-        assert!(tags_selected(&t(&["never", "debug"]), &t(&["debug"]), &t(&[])));
+        assert!(tags_selected(
+            &t(&["never", "debug"]),
+            &t(&["debug"]),
+            &t(&[])
+        ));
         assert!(tags_selected(&t(&["always"]), &t(&["web"]), &t(&[])));
         assert!(!tags_selected(&t(&["db"]), &t(&["web"]), &t(&[])));
         assert!(!tags_selected(&t(&["web"]), &t(&[]), &t(&["web"])));
@@ -1814,13 +2236,31 @@ mod tests {
     fn item_labels() {
         assert_eq!(item_label(&Value::from("a")), "a");
         assert_eq!(item_label(&Value::from(vec![1, 2])), "[1, 2]");
-        assert_eq!(item_label(&Value::from_pairs([("key", Value::from("a")), ("value", Value::from(true))])), "{'key': 'a', 'value': True}");
+        assert_eq!(
+            item_label(&Value::from_pairs([
+                ("key", Value::from("a")),
+                ("value", Value::from(true))
+            ])),
+            "{'key': 'a', 'value': True}"
+        );
+    }
+
+    /// Diffs list removals before additions, like difflib.
+    #[test]
+    fn diffs() {
+        assert_eq!(unified_diff("a\nb\nc\n", "a\nB\nc\n", "f")[2..], ["@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"]);
     }
 
     /// with_sequence understands the common forms.
     #[test]
     fn sequences() {
-        let s = |t: &str| sequence_items(&Value::from(t)).expect("valid").iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        let s = |t: &str| {
+            sequence_items(&Value::from(t))
+                .expect("valid")
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(s("start=1 end=3"), ["1", "2", "3"]);
         assert_eq!(s("count=2 format=web%02d"), ["web01", "web02"]);
         assert_eq!(s("4-6"), ["4", "5", "6"]);

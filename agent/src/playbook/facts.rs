@@ -50,10 +50,17 @@ impl FactSources {
         let ok = unsafe { libc::uname(&mut uts) } == 0;
         let field = |f: &[libc::c_char]| -> String {
             // SAFETY: uname NUL-terminates its fields.
-            unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned()
+            unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
         };
         let (nodename, kernel, kernel_version, machine) = if ok {
-            (field(&uts.nodename), field(&uts.release), field(&uts.version), field(&uts.machine))
+            (
+                field(&uts.nodename),
+                field(&uts.release),
+                field(&uts.version),
+                field(&uts.machine),
+            )
         } else {
             Default::default()
         };
@@ -88,7 +95,9 @@ impl FactSources {
             kernel_version,
             machine,
             meminfo: read("/proc/meminfo"),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             package_managers,
             systemd: Path::new("/run/systemd/system").exists(),
             env: std::env::vars().collect(),
@@ -123,7 +132,12 @@ fn primary_ipv4() -> Option<String> {
 fn os_release_map(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').trim_matches('\'').to_string()))
+        .map(|(k, v)| {
+            (
+                k.trim().to_string(),
+                v.trim().trim_matches('"').trim_matches('\'').to_string(),
+            )
+        })
         .collect()
 }
 
@@ -152,7 +166,9 @@ fn distribution_name(id: &str, name: &str) -> String {
 fn os_family(distribution: &str, id_like: &str) -> String {
     match distribution {
         "Ubuntu" | "Debian" | "Linux Mint" | "Kali" | "Pop!_OS" => "Debian".into(),
-        "CentOS" | "RedHat" | "Fedora" | "Rocky" | "AlmaLinux" | "Amazon" | "OracleLinux" => "RedHat".into(),
+        "CentOS" | "RedHat" | "Fedora" | "Rocky" | "AlmaLinux" | "Amazon" | "OracleLinux" => {
+            "RedHat".into()
+        }
         "Alpine" => "Alpine".into(),
         "Archlinux" => "Archlinux".into(),
         "openSUSE Leap" | "SLES" => "Suse".into(),
@@ -173,23 +189,49 @@ fn meminfo_mb(meminfo: &str, key: &str) -> i64 {
 }
 
 /// Builds the fact dict (keys without the `ansible_` prefix, as in `ansible_facts`).
-pub fn build_facts(sources: &FactSources, now: chrono::DateTime<chrono::Local>) -> Vec<(String, Value)> {
+pub fn build_facts(
+    sources: &FactSources,
+    now: chrono::DateTime<chrono::Local>,
+) -> Vec<(String, Value)> {
     let release = os_release_map(&sources.os_release);
     let get = |k: &str| release.get(k).cloned().unwrap_or_default();
     let distribution = distribution_name(&get("ID"), &get("NAME"));
     let mut version = get("VERSION_ID");
     if distribution == "Debian" {
-        if let Some(v) = sources.debian_version.as_deref().map(str::trim).filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit())) {
+        if let Some(v) = sources
+            .debian_version
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        {
             version = v.to_string();
         }
     }
     let major = version.split('.').next().unwrap_or_default().to_string();
     let family = os_family(&distribution, &get("ID_LIKE"));
-    let pkg_mgr = sources.package_managers.first().cloned().unwrap_or_else(|| "unknown".into());
-    let service_mgr = if sources.systemd { "systemd" } else { "service" };
-    let hostname = sources.nodename.split('.').next().unwrap_or_default().to_string();
+    let pkg_mgr = sources
+        .package_managers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
+    let service_mgr = if sources.systemd {
+        "systemd"
+    } else {
+        "service"
+    };
+    let hostname = sources
+        .nodename
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let (uid, gid, user, home, shell) = &sources.user;
-    let env = Value::from_pairs(sources.env.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))));
+    let env = Value::from_pairs(
+        sources
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str()))),
+    );
     let date_time = Value::from_pairs([
         ("year", now.format("%Y").to_string()),
         ("month", now.format("%m").to_string()),
@@ -199,7 +241,12 @@ pub fn build_facts(sources: &FactSources, now: chrono::DateTime<chrono::Local>) 
         ("second", now.format("%S").to_string()),
         ("date", now.format("%Y-%m-%d").to_string()),
         ("time", now.format("%H:%M:%S").to_string()),
-        ("iso8601", now.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        (
+            "iso8601",
+            now.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string(),
+        ),
         ("epoch", now.timestamp().to_string()),
         ("tz", now.format("%Z").to_string()),
         ("weekday", now.format("%A").to_string()),
@@ -210,19 +257,34 @@ pub fn build_facts(sources: &FactSources, now: chrono::DateTime<chrono::Local>) 
         ("fqdn".into(), Value::from(sources.nodename.clone())),
         ("system".into(), Value::from("Linux")),
         ("kernel".into(), Value::from(sources.kernel.clone())),
-        ("kernel_version".into(), Value::from(sources.kernel_version.clone())),
+        (
+            "kernel_version".into(),
+            Value::from(sources.kernel_version.clone()),
+        ),
         ("architecture".into(), Value::from(sources.machine.clone())),
         ("machine".into(), Value::from(sources.machine.clone())),
         ("distribution".into(), Value::from(distribution.clone())),
         ("distribution_version".into(), Value::from(version.clone())),
         ("distribution_major_version".into(), Value::from(major)),
-        ("distribution_release".into(), Value::from(get("VERSION_CODENAME"))),
+        (
+            "distribution_release".into(),
+            Value::from(get("VERSION_CODENAME")),
+        ),
         ("os_family".into(), Value::from(family)),
         ("pkg_mgr".into(), Value::from(pkg_mgr)),
         ("service_mgr".into(), Value::from(service_mgr)),
-        ("memtotal_mb".into(), Value::from(meminfo_mb(&sources.meminfo, "MemTotal"))),
-        ("memfree_mb".into(), Value::from(meminfo_mb(&sources.meminfo, "MemFree"))),
-        ("swaptotal_mb".into(), Value::from(meminfo_mb(&sources.meminfo, "SwapTotal"))),
+        (
+            "memtotal_mb".into(),
+            Value::from(meminfo_mb(&sources.meminfo, "MemTotal")),
+        ),
+        (
+            "memfree_mb".into(),
+            Value::from(meminfo_mb(&sources.meminfo, "MemFree")),
+        ),
+        (
+            "swaptotal_mb".into(),
+            Value::from(meminfo_mb(&sources.meminfo, "SwapTotal")),
+        ),
         ("processor_vcpus".into(), Value::from(sources.cpus)),
         ("processor_count".into(), Value::from(sources.cpus)),
         ("processor_cores".into(), Value::from(1)),
@@ -234,20 +296,44 @@ pub fn build_facts(sources: &FactSources, now: chrono::DateTime<chrono::Local>) 
         ("user_dir".into(), Value::from(home.clone())),
         ("user_shell".into(), Value::from(shell.clone())),
         ("date_time".into(), date_time),
-        ("domain".into(), Value::from(sources.nodename.split_once('.').map(|(_, d)| d).unwrap_or_default())),
-        ("virtualization_type".into(), Value::from(sources.container.clone().unwrap_or_else(|| "NA".into()))),
-        ("lsb".into(), Value::from_pairs([
-            ("id", Value::from(distribution)),
-            ("release", Value::from(version)),
-            ("codename", Value::from(get("VERSION_CODENAME"))),
-        ])),
+        (
+            "domain".into(),
+            Value::from(
+                sources
+                    .nodename
+                    .split_once('.')
+                    .map(|(_, d)| d)
+                    .unwrap_or_default(),
+            ),
+        ),
+        (
+            "virtualization_type".into(),
+            Value::from(sources.container.clone().unwrap_or_else(|| "NA".into())),
+        ),
+        (
+            "lsb".into(),
+            Value::from_pairs([
+                ("id", Value::from(distribution)),
+                ("release", Value::from(version)),
+                ("codename", Value::from(get("VERSION_CODENAME"))),
+            ]),
+        ),
     ];
     if let Some(ip) = &sources.ipv4 {
-        facts.push(("default_ipv4".into(), Value::from_pairs([("address", ip.clone())])));
+        facts.push((
+            "default_ipv4".into(),
+            Value::from_pairs([("address", ip.clone())]),
+        ));
         facts.push(("all_ipv4_addresses".into(), Value::from(vec![ip.clone()])));
     } else {
-        facts.push(("default_ipv4".into(), Value::from_pairs(Vec::<(String, Value)>::new())));
-        facts.push(("all_ipv4_addresses".into(), Value::from(Vec::<String>::new())));
+        facts.push((
+            "default_ipv4".into(),
+            Value::from_pairs(Vec::<(String, Value)>::new()),
+        ));
+        facts.push((
+            "all_ipv4_addresses".into(),
+            Value::from(Vec::<String>::new()),
+        ));
     }
     facts
 }
@@ -265,18 +351,26 @@ mod tests {
             systemd: true,
             ..Default::default()
         };
-        build_facts(&sources, chrono::Local::now()).into_iter().collect()
+        build_facts(&sources, chrono::Local::now())
+            .into_iter()
+            .collect()
     }
 
     /// os-release maps to Ansible's distribution facts.
     #[test]
     fn distribution_facts() {
-        let ubuntu = facts_for("ID=ubuntu\nVERSION_ID=\"24.04\"\nVERSION_CODENAME=noble\nID_LIKE=debian\n", None);
+        let ubuntu = facts_for(
+            "ID=ubuntu\nVERSION_ID=\"24.04\"\nVERSION_CODENAME=noble\nID_LIKE=debian\n",
+            None,
+        );
         assert_eq!(ubuntu["distribution"], Value::from("Ubuntu"));
         assert_eq!(ubuntu["distribution_major_version"], Value::from("24"));
         assert_eq!(ubuntu["os_family"], Value::from("Debian"));
         assert_eq!(ubuntu["hostname"], Value::from("web1"));
-        let debian = facts_for("ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n", Some("12.7\n"));
+        let debian = facts_for(
+            "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+            Some("12.7\n"),
+        );
         assert_eq!(debian["distribution_version"], Value::from("12.7"));
         assert_eq!(debian["distribution_release"], Value::from("bookworm"));
         assert_eq!(debian["pkg_mgr"], Value::from("apt"));

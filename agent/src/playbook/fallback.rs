@@ -11,14 +11,30 @@ use std::path::Path;
 use std::process::Command;
 
 /// Runs `module` with `args` through ansible-core's `ansible` program.
-pub fn run_ansible_module(program: &Path, module: &str, args: &Value, ctx: &ModuleContext, become_user: Option<&str>) -> Outcome {
+pub fn run_ansible_module(
+    program: &Path,
+    module: &str,
+    args: &Value,
+    ctx: &ModuleContext,
+    become_user: Option<&str>,
+) -> Outcome {
     let json_args = match serde_json::to_string(args) {
         Ok(a) => a,
         Err(e) => return Outcome::failed(format!("cannot encode the arguments of {module}: {e}")),
     };
     let mut command = Command::new(program);
     command
-        .args(["localhost", "-c", "local", "-i", "localhost,", "-m", module, "-a", &json_args])
+        .args([
+            "localhost",
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            "-m",
+            module,
+            "-a",
+            &json_args,
+        ])
         .env("ANSIBLE_STDOUT_CALLBACK", "minimal")
         .env("ANSIBLE_NOCOLOR", "1")
         .env("ANSIBLE_RETRY_FILES_ENABLED", "0");
@@ -36,7 +52,12 @@ pub fn run_ansible_module(program: &Path, module: &str, args: &Value, ctx: &Modu
     }
     let output = match command.output() {
         Ok(o) => o,
-        Err(e) => return Outcome::failed(format!("module {module} needs ansible-core, but {} could not be run: {e}", program.display())),
+        Err(e) => {
+            return Outcome::failed(format!(
+                "module {module} needs ansible-core, but {} could not be run: {e}",
+                program.display()
+            ))
+        }
     };
     // The minimal callback prints `localhost | STATUS => {json over several lines}`.
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -51,7 +72,13 @@ pub fn run_ansible_module(program: &Path, module: &str, args: &Value, ctx: &Modu
     match host_result {
         Some(result) => {
             let mut outcome = Outcome::from_value(&json_to_value(&result));
-            for key in ["_ansible_no_log", "action", "invocation", "_ansible_verbose_always", "_ansible_verbose_override"] {
+            for key in [
+                "_ansible_no_log",
+                "action",
+                "invocation",
+                "_ansible_verbose_always",
+                "_ansible_verbose_override",
+            ] {
                 outcome.remove(key);
             }
             if outcome.get("changed").is_none() {

@@ -6,8 +6,8 @@
 
 use super::template::python_type_name;
 use base64::Engine as _;
-use minijinja::value::{Kwargs, Rest};
 use minijinja::value::ValueKind;
+use minijinja::value::{Kwargs, Rest};
 use minijinja::{Environment, Error, ErrorKind, State, Value};
 use std::path::{Path, PathBuf};
 
@@ -44,15 +44,22 @@ pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
     env.add_filter("regex_search", regex_search);
     env.add_filter("regex_findall", regex_findall);
     env.add_filter("regex_escape", |s: String| regex::escape(&s));
-    env.add_filter("b64encode", |s: String| base64::engine::general_purpose::STANDARD.encode(s.as_bytes()));
+    env.add_filter("b64encode", |s: String| {
+        base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+    });
     env.add_filter("b64decode", b64decode);
     env.add_filter("basename", |s: String| {
-        Path::new(&s).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        Path::new(&s)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     });
     env.add_filter("dirname", dirname);
     env.add_filter("expanduser", expanduser);
     env.add_filter("realpath", |s: String| {
-        std::fs::canonicalize(&s).map(|p| p.to_string_lossy().into_owned()).unwrap_or(s)
+        std::fs::canonicalize(&s)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or(s)
     });
     env.add_filter("splitext", |s: String| {
         let p = Path::new(&s);
@@ -82,49 +89,79 @@ pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
     });
     env.add_filter("intersect", |a: Value, b: Value| -> Result<Value, Error> {
         let other = to_list(&b)?;
-        unique(Value::from(to_list(&a)?.into_iter().filter(|x| other.contains(x)).collect::<Vec<_>>()))
-    });
-    env.add_filter("difference", |a: Value, b: Value| -> Result<Value, Error> {
-        let other = to_list(&b)?;
-        unique(Value::from(to_list(&a)?.into_iter().filter(|x| !other.contains(x)).collect::<Vec<_>>()))
-    });
-    env.add_filter("symmetric_difference", |a: Value, b: Value| -> Result<Value, Error> {
-        let (left, right) = (to_list(&a)?, to_list(&b)?);
-        let mut out: Vec<Value> = left.iter().filter(|x| !right.contains(x)).cloned().collect();
-        out.extend(right.iter().filter(|x| !left.contains(x)).cloned());
-        unique(Value::from(out))
-    });
-    env.add_filter("split", |s: String, sep: Option<String>| -> Value {
-        match sep {
-            Some(sep) if !sep.is_empty() => Value::from(s.split(sep.as_str()).map(String::from).collect::<Vec<_>>()),
-            _ => Value::from(s.split_whitespace().map(String::from).collect::<Vec<_>>()),
-        }
-    });
-    env.add_filter("zip", |a: Value, rest: Rest<Value>| -> Result<Value, Error> {
-        let mut lists = vec![to_list(&a)?];
-        for other in rest.iter() {
-            lists.push(to_list(other)?);
-        }
-        let len = lists.iter().map(Vec::len).min().unwrap_or(0);
-        Ok(Value::from(
-            (0..len)
-                .map(|i| Value::from(lists.iter().map(|l| l[i].clone()).collect::<Vec<_>>()))
+        unique(Value::from(
+            to_list(&a)?
+                .into_iter()
+                .filter(|x| other.contains(x))
                 .collect::<Vec<_>>(),
         ))
     });
-    env.add_filter("extract", |key: Value, container: Value| container.get_item(&key));
+    env.add_filter("difference", |a: Value, b: Value| -> Result<Value, Error> {
+        let other = to_list(&b)?;
+        unique(Value::from(
+            to_list(&a)?
+                .into_iter()
+                .filter(|x| !other.contains(x))
+                .collect::<Vec<_>>(),
+        ))
+    });
+    env.add_filter(
+        "symmetric_difference",
+        |a: Value, b: Value| -> Result<Value, Error> {
+            let (left, right) = (to_list(&a)?, to_list(&b)?);
+            let mut out: Vec<Value> = left
+                .iter()
+                .filter(|x| !right.contains(x))
+                .cloned()
+                .collect();
+            out.extend(right.iter().filter(|x| !left.contains(x)).cloned());
+            unique(Value::from(out))
+        },
+    );
+    env.add_filter("split", |s: String, sep: Option<String>| -> Value {
+        match sep {
+            Some(sep) if !sep.is_empty() => {
+                Value::from(s.split(sep.as_str()).map(String::from).collect::<Vec<_>>())
+            }
+            _ => Value::from(s.split_whitespace().map(String::from).collect::<Vec<_>>()),
+        }
+    });
+    env.add_filter(
+        "zip",
+        |a: Value, rest: Rest<Value>| -> Result<Value, Error> {
+            let mut lists = vec![to_list(&a)?];
+            for other in rest.iter() {
+                lists.push(to_list(other)?);
+            }
+            let len = lists.iter().map(Vec::len).min().unwrap_or(0);
+            Ok(Value::from(
+                (0..len)
+                    .map(|i| Value::from(lists.iter().map(|l| l[i].clone()).collect::<Vec<_>>()))
+                    .collect::<Vec<_>>(),
+            ))
+        },
+    );
+    env.add_filter("extract", |key: Value, container: Value| {
+        container.get_item(&key)
+    });
     env.add_filter("human_to_bytes", human_to_bytes);
 
     env.add_test("version", version_test);
     env.add_test("version_compare", version_test);
-    env.add_test("match", |v: String, pattern: String, kwargs: Kwargs| regex_test(&v, &pattern, true, kwargs));
-    env.add_test("search", |v: String, pattern: String, kwargs: Kwargs| regex_test(&v, &pattern, false, kwargs));
+    env.add_test("match", |v: String, pattern: String, kwargs: Kwargs| {
+        regex_test(&v, &pattern, true, kwargs)
+    });
+    env.add_test("search", |v: String, pattern: String, kwargs: Kwargs| {
+        regex_test(&v, &pattern, false, kwargs)
+    });
     env.add_test("regex", |v: String, pattern: String, kwargs: Kwargs| {
         let match_type: Option<String> = kwargs.get("match_type")?;
         regex_test(&v, &pattern, match_type.as_deref() == Some("match"), kwargs)
     });
     for name in ["succeeded", "success"] {
-        env.add_test(name, |r: Value| -> Result<bool, Error> { Ok(!result_flag(&r, "failed")?) });
+        env.add_test(name, |r: Value| -> Result<bool, Error> {
+            Ok(!result_flag(&r, "failed")?)
+        });
     }
     for name in ["failed", "failure"] {
         env.add_test(name, |r: Value| result_flag(&r, "failed"));
@@ -135,12 +172,21 @@ pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
     for name in ["skipped", "skip"] {
         env.add_test(name, |r: Value| result_flag(&r, "skipped"));
     }
-    env.add_test("finished", |r: Value| -> Result<bool, Error> { Ok(!result_flag(&r, "started")?) });
+    env.add_test("finished", |r: Value| -> Result<bool, Error> {
+        Ok(!result_flag(&r, "started")?)
+    });
     env.add_test("truthy", |v: Value| v.is_true());
     env.add_test("falsy", |v: Value| !v.is_true());
-    env.add_test("any", |v: Value| -> Result<bool, Error> { Ok(to_list(&v)?.iter().any(Value::is_true)) });
-    env.add_test("all", |v: Value| -> Result<bool, Error> { Ok(to_list(&v)?.iter().all(Value::is_true)) });
-    env.add_test("contains", |seq: Value, item: Value| -> Result<bool, Error> { Ok(to_list(&seq)?.contains(&item)) });
+    env.add_test("any", |v: Value| -> Result<bool, Error> {
+        Ok(to_list(&v)?.iter().any(Value::is_true))
+    });
+    env.add_test("all", |v: Value| -> Result<bool, Error> {
+        Ok(to_list(&v)?.iter().all(Value::is_true))
+    });
+    env.add_test(
+        "contains",
+        |seq: Value, item: Value| -> Result<bool, Error> { Ok(to_list(&seq)?.contains(&item)) },
+    );
     env.add_test("subset", |a: Value, b: Value| -> Result<bool, Error> {
         let b = to_list(&b)?;
         Ok(to_list(&a)?.iter().all(|x| b.contains(x)))
@@ -156,23 +202,29 @@ pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
     env.add_test("abs", |p: String| Path::new(&p).is_absolute());
 
     let lookup_dir = base_dir.clone();
-    env.add_function("lookup", move |state: &State, name: String, terms: Rest<Value>, kwargs: Kwargs| {
-        let values = run_lookup(state, &lookup_dir, &name, &terms, &kwargs)?;
-        let wantlist: Option<bool> = kwargs.get("wantlist")?;
-        if wantlist == Some(true) {
-            return Ok(Value::from(values));
-        }
-        Ok(match values.len() {
-            1 => values.into_iter().next().unwrap_or_default(),
-            _ => Value::from(values.iter().map(text).collect::<Vec<_>>().join(",")),
-        })
-    });
+    env.add_function(
+        "lookup",
+        move |state: &State, name: String, terms: Rest<Value>, kwargs: Kwargs| {
+            let values = run_lookup(state, &lookup_dir, &name, &terms, &kwargs)?;
+            let wantlist: Option<bool> = kwargs.get("wantlist")?;
+            if wantlist == Some(true) {
+                return Ok(Value::from(values));
+            }
+            Ok(match values.len() {
+                1 => values.into_iter().next().unwrap_or_default(),
+                _ => Value::from(values.iter().map(text).collect::<Vec<_>>().join(",")),
+            })
+        },
+    );
     for name in ["query", "q"] {
         let query_dir = base_dir.clone();
-        env.add_function(name, move |state: &State, name: String, terms: Rest<Value>, kwargs: Kwargs| {
-            let _: Option<bool> = kwargs.get("wantlist")?;
-            run_lookup(state, &query_dir, &name, &terms, &kwargs).map(Value::from)
-        });
+        env.add_function(
+            name,
+            move |state: &State, name: String, terms: Rest<Value>, kwargs: Kwargs| {
+                let _: Option<bool> = kwargs.get("wantlist")?;
+                run_lookup(state, &query_dir, &name, &terms, &kwargs).map(Value::from)
+            },
+        );
     }
 }
 
@@ -182,7 +234,12 @@ pub fn to_bool(value: &Value) -> bool {
         ValueKind::Bool => value.is_true(),
         ValueKind::Number => value.as_i64() == Some(1) || value.to_string() == "1.0",
         ValueKind::String => matches!(
-            value.as_str().unwrap_or_default().trim().to_lowercase().as_str(),
+            value
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_lowercase()
+                .as_str(),
             "yes" | "on" | "1" | "true" | "y" | "t"
         ),
         _ => false,
@@ -216,7 +273,10 @@ fn to_int(value: Value, default: Option<Value>, kwargs: Kwargs) -> Result<Value,
                         .trim_start_matches("0b");
                     i64::from_str_radix(digits, base).ok()
                 }
-                _ => s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().map(|f| f.trunc() as i64)),
+                _ => s
+                    .parse::<i64>()
+                    .ok()
+                    .or_else(|| s.parse::<f64>().ok().map(|f| f.trunc() as i64)),
             };
             parsed.map(Value::from).unwrap_or(fallback)
         }
@@ -228,7 +288,11 @@ fn to_float(value: Value, default: Option<Value>) -> Value {
     let fallback = default.unwrap_or(Value::from(0.0));
     match value.kind() {
         ValueKind::Bool => Value::from(if value.is_true() { 1.0 } else { 0.0 }),
-        ValueKind::Number => value.to_string().parse::<f64>().map(Value::from).unwrap_or(fallback),
+        ValueKind::Number => value
+            .to_string()
+            .parse::<f64>()
+            .map(Value::from)
+            .unwrap_or(fallback),
         ValueKind::String => value
             .as_str()
             .unwrap_or_default()
@@ -242,7 +306,8 @@ fn to_float(value: Value, default: Option<Value>) -> Value {
 
 /// Serializes a value as compact JSON with Python's separators (`", "`, `": "`).
 pub fn json_compact(value: &Value) -> Result<String, Error> {
-    let json: serde_json::Value = serde_json::to_value(value).map_err(|e| err(format!("cannot serialize to JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::to_value(value).map_err(|e| err(format!("cannot serialize to JSON: {e}")))?;
     Ok(python_json(&json))
 }
 
@@ -250,12 +315,19 @@ pub fn json_compact(value: &Value) -> Result<String, Error> {
 pub fn python_json(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Array(items) => {
-            format!("[{}]", items.iter().map(python_json).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                items.iter().map(python_json).collect::<Vec<_>>().join(", ")
+            )
         }
         serde_json::Value::Object(map) => format!(
             "{{{}}}",
             map.iter()
-                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_json(v)))
+                .map(|(k, v)| format!(
+                    "{}: {}",
+                    serde_json::Value::String(k.clone()),
+                    python_json(v)
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -284,9 +356,16 @@ fn sort_json(value: serde_json::Value) -> serde_json::Value {
         serde_json::Value::Object(map) => {
             let mut entries: Vec<_> = map.into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sort_json(v))).collect())
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_json(v)))
+                    .collect(),
+            )
         }
-        serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(sort_json).collect()),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_json).collect())
+        }
         other => other,
     }
 }
@@ -301,13 +380,19 @@ pub fn json_to_value(json: &serde_json::Value) -> Value {
             None => Value::from(n.as_f64().unwrap_or(0.0)),
         },
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => Value::from(items.iter().map(json_to_value).collect::<Vec<_>>()),
-        serde_json::Value::Object(map) => Value::from_pairs(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(json_to_value).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(map) => Value::from_pairs(
+            map.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v))),
+        ),
     }
 }
 
 fn from_json(s: String) -> Result<Value, Error> {
-    let json: serde_json::Value = serde_json::from_str(&s).map_err(|e| err(format!("from_json: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&s).map_err(|e| err(format!("from_json: {e}")))?;
     Ok(json_to_value(&json))
 }
 
@@ -376,37 +461,66 @@ pub fn python_replacement(replacement: &str) -> String {
     out
 }
 
-fn regex_replace(value: Value, pattern: String, replacement: Option<String>, kwargs: Kwargs) -> Result<String, Error> {
+fn regex_replace(
+    value: Value,
+    pattern: String,
+    replacement: Option<String>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
     let ignorecase: Option<bool> = kwargs.get("ignorecase")?;
     let multiline: Option<bool> = kwargs.get("multiline")?;
     let count: Option<usize> = kwargs.get("count")?;
-    let re = compile_regex(&pattern, ignorecase.unwrap_or(false), multiline.unwrap_or(false))?;
+    let re = compile_regex(
+        &pattern,
+        ignorecase.unwrap_or(false),
+        multiline.unwrap_or(false),
+    )?;
     let replacement = python_replacement(&replacement.unwrap_or_default());
     let input = text(&value);
-    Ok(re.replacen(&input, count.unwrap_or(0), replacement.as_str()).into_owned())
+    Ok(re
+        .replacen(&input, count.unwrap_or(0), replacement.as_str())
+        .into_owned())
 }
 
-fn regex_search(value: Value, pattern: String, groups: Rest<String>, kwargs: Kwargs) -> Result<Value, Error> {
+fn regex_search(
+    value: Value,
+    pattern: String,
+    groups: Rest<String>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     let ignorecase: Option<bool> = kwargs.get("ignorecase")?;
     let multiline: Option<bool> = kwargs.get("multiline")?;
-    let re = compile_regex(&pattern, ignorecase.unwrap_or(false), multiline.unwrap_or(false))?;
+    let re = compile_regex(
+        &pattern,
+        ignorecase.unwrap_or(false),
+        multiline.unwrap_or(false),
+    )?;
     let input = text(&value);
     let Some(caps) = re.captures(&input) else {
         return Ok(Value::from(()));
     };
     if groups.is_empty() {
-        return Ok(Value::from(caps.get(0).map(|m| m.as_str()).unwrap_or_default()));
+        return Ok(Value::from(
+            caps.get(0).map(|m| m.as_str()).unwrap_or_default(),
+        ));
     }
     let mut out = Vec::new();
     for group in groups.iter() {
-        let found = if let Some(n) = group.strip_prefix('\\').and_then(|n| n.parse::<usize>().ok()) {
+        let found = if let Some(n) = group
+            .strip_prefix('\\')
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             caps.get(n)
         } else if let Some(name) = group.strip_prefix("\\g<").and_then(|n| n.strip_suffix('>')) {
             caps.name(name)
         } else {
             return Err(err(format!("unknown argument {group:?} to regex_search")));
         };
-        out.push(found.map(|m| Value::from(m.as_str())).unwrap_or(Value::from(())));
+        out.push(
+            found
+                .map(|m| Value::from(m.as_str()))
+                .unwrap_or(Value::from(())),
+        );
     }
     Ok(Value::from(out))
 }
@@ -414,7 +528,11 @@ fn regex_search(value: Value, pattern: String, groups: Rest<String>, kwargs: Kwa
 fn regex_findall(value: Value, pattern: String, kwargs: Kwargs) -> Result<Value, Error> {
     let ignorecase: Option<bool> = kwargs.get("ignorecase")?;
     let multiline: Option<bool> = kwargs.get("multiline")?;
-    let re = compile_regex(&pattern, ignorecase.unwrap_or(false), multiline.unwrap_or(false))?;
+    let re = compile_regex(
+        &pattern,
+        ignorecase.unwrap_or(false),
+        multiline.unwrap_or(false),
+    )?;
     let input = text(&value);
     let groups = re.captures_len() - 1;
     let mut out = Vec::new();
@@ -424,7 +542,11 @@ fn regex_findall(value: Value, pattern: String, kwargs: Kwargs) -> Result<Value,
             1 => Value::from(caps.get(1).map(|m| m.as_str()).unwrap_or_default()),
             _ => Value::from(
                 (1..=groups)
-                    .map(|i| caps.get(i).map(|m| m.as_str().to_string()).unwrap_or_default())
+                    .map(|i| {
+                        caps.get(i)
+                            .map(|m| m.as_str().to_string())
+                            .unwrap_or_default()
+                    })
                     .collect::<Vec<_>>(),
             ),
         };
@@ -436,8 +558,17 @@ fn regex_findall(value: Value, pattern: String, kwargs: Kwargs) -> Result<Value,
 fn regex_test(value: &str, pattern: &str, anchored: bool, kwargs: Kwargs) -> Result<bool, Error> {
     let ignorecase: Option<bool> = kwargs.get("ignorecase")?;
     let multiline: Option<bool> = kwargs.get("multiline")?;
-    let pattern = if anchored { format!("\\A(?:{pattern})") } else { pattern.to_string() };
-    Ok(compile_regex(&pattern, ignorecase.unwrap_or(false), multiline.unwrap_or(false))?.is_match(value))
+    let pattern = if anchored {
+        format!("\\A(?:{pattern})")
+    } else {
+        pattern.to_string()
+    };
+    Ok(compile_regex(
+        &pattern,
+        ignorecase.unwrap_or(false),
+        multiline.unwrap_or(false),
+    )?
+    .is_match(value))
 }
 
 fn b64decode(s: String) -> Result<String, Error> {
@@ -457,7 +588,9 @@ fn dirname(s: String) -> String {
 
 fn expanduser(s: String) -> String {
     match (s.strip_prefix('~'), std::env::var("HOME")) {
-        (Some(rest), Ok(home)) if rest.is_empty() || rest.starts_with('/') => format!("{home}{rest}"),
+        (Some(rest), Ok(home)) if rest.is_empty() || rest.starts_with('/') => {
+            format!("{home}{rest}")
+        }
         _ => s,
     }
 }
@@ -491,21 +624,30 @@ fn map_entries(value: &Value) -> Result<Vec<(Value, Value)>, Error> {
 }
 
 /// Merges two dicts the way Ansible's `combine` does.
-pub fn merge_dicts(base: &Value, other: &Value, recursive: bool, list_merge: &str) -> Result<Value, Error> {
+pub fn merge_dicts(
+    base: &Value,
+    other: &Value,
+    recursive: bool,
+    list_merge: &str,
+) -> Result<Value, Error> {
     let mut entries = map_entries(base)?;
     for (key, value) in map_entries(other)? {
         match entries.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => {
                 slot.1 = if recursive && is_map(&slot.1) && is_map(&value) {
                     merge_dicts(&slot.1, &value, true, list_merge)?
-                } else if slot.1.kind() == ValueKind::Seq && value.kind() == ValueKind::Seq && list_merge != "replace" {
+                } else if slot.1.kind() == ValueKind::Seq
+                    && value.kind() == ValueKind::Seq
+                    && list_merge != "replace"
+                {
                     let (old, new) = (to_list(&slot.1)?, to_list(&value)?);
                     let merged = match list_merge {
                         "keep" => old,
                         "append" => old.into_iter().chain(new).collect(),
                         "prepend" => new.into_iter().chain(old).collect(),
                         "append_rp" => {
-                            let mut v: Vec<Value> = old.into_iter().filter(|x| !new.contains(x)).collect();
+                            let mut v: Vec<Value> =
+                                old.into_iter().filter(|x| !new.contains(x)).collect();
                             v.extend(new);
                             v
                         }
@@ -531,19 +673,39 @@ fn combine(base: Value, others: Rest<Value>, kwargs: Kwargs) -> Result<Value, Er
     let recursive: Option<bool> = kwargs.get("recursive")?;
     let list_merge: Option<String> = kwargs.get("list_merge")?;
     let mut result = if base.kind() == ValueKind::Seq {
-        to_list(&base)?.into_iter().try_fold(Value::from_pairs(Vec::<(Value, Value)>::new()), |acc, d| {
-            merge_dicts(&acc, &d, recursive.unwrap_or(false), list_merge.as_deref().unwrap_or("replace"))
-        })?
+        to_list(&base)?.into_iter().try_fold(
+            Value::from_pairs(Vec::<(Value, Value)>::new()),
+            |acc, d| {
+                merge_dicts(
+                    &acc,
+                    &d,
+                    recursive.unwrap_or(false),
+                    list_merge.as_deref().unwrap_or("replace"),
+                )
+            },
+        )?
     } else {
         base
     };
     for other in others.iter() {
-        let dicts = if other.kind() == ValueKind::Seq { to_list(other)? } else { vec![other.clone()] };
+        let dicts = if other.kind() == ValueKind::Seq {
+            to_list(other)?
+        } else {
+            vec![other.clone()]
+        };
         for d in dicts {
             if !is_map(&d) {
-                return Err(err(format!("failed to combine variables, expected dicts but got a '{}'", python_type_name(&d))));
+                return Err(err(format!(
+                    "failed to combine variables, expected dicts but got a '{}'",
+                    python_type_name(&d)
+                )));
             }
-            result = merge_dicts(&result, &d, recursive.unwrap_or(false), list_merge.as_deref().unwrap_or("replace"))?;
+            result = merge_dicts(
+                &result,
+                &d,
+                recursive.unwrap_or(false),
+                list_merge.as_deref().unwrap_or("replace"),
+            )?;
         }
     }
     Ok(result)
@@ -551,11 +713,17 @@ fn combine(base: Value, others: Rest<Value>, kwargs: Kwargs) -> Result<Value, Er
 
 fn dict2items(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     if !is_map(&value) {
-        return Err(err(format!("dict2items requires a dictionary, got {} instead.", python_type_name(&value))));
+        return Err(err(format!(
+            "dict2items requires a dictionary, got {} instead.",
+            python_type_name(&value)
+        )));
     }
     let key_name: Option<String> = kwargs.get("key_name")?;
     let value_name: Option<String> = kwargs.get("value_name")?;
-    let (k, v) = (key_name.unwrap_or("key".into()), value_name.unwrap_or("value".into()));
+    let (k, v) = (
+        key_name.unwrap_or("key".into()),
+        value_name.unwrap_or("value".into()),
+    );
     Ok(Value::from(
         map_entries(&value)?
             .into_iter()
@@ -567,7 +735,10 @@ fn dict2items(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
 fn items2dict(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let key_name: Option<String> = kwargs.get("key_name")?;
     let value_name: Option<String> = kwargs.get("value_name")?;
-    let (k, v) = (key_name.unwrap_or("key".into()), value_name.unwrap_or("value".into()));
+    let (k, v) = (
+        key_name.unwrap_or("key".into()),
+        value_name.unwrap_or("value".into()),
+    );
     let mut out = Vec::new();
     for item in to_list(&value)? {
         out.push((item.get_attr(&k)?, item.get_attr(&v)?));
@@ -575,7 +746,12 @@ fn items2dict(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     Ok(Value::from_pairs(out))
 }
 
-fn flatten_into(value: &Value, levels: Option<i64>, skip_nulls: bool, out: &mut Vec<Value>) -> Result<(), Error> {
+fn flatten_into(
+    value: &Value,
+    levels: Option<i64>,
+    skip_nulls: bool,
+    out: &mut Vec<Value>,
+) -> Result<(), Error> {
     for item in to_list(value)? {
         if item.kind() == ValueKind::Seq && levels.is_none_or(|l| l > 0) {
             flatten_into(&item, levels.map(|l| l - 1), skip_nulls, out)?;
@@ -604,7 +780,12 @@ fn flatten_filter(value: Value, levels: Option<i64>, kwargs: Kwargs) -> Result<V
     Ok(Value::from(out))
 }
 
-fn ternary(value: Value, true_value: Value, false_value: Value, none_value: Option<Value>) -> Value {
+fn ternary(
+    value: Value,
+    true_value: Value,
+    false_value: Value,
+    none_value: Option<Value>,
+) -> Value {
     match (value.is_none(), none_value) {
         (true, Some(none)) => none,
         _ => {
@@ -644,7 +825,10 @@ fn hash_filter(s: String, kind: Option<String>) -> Result<String, Error> {
 
 /// Quotes a string for a POSIX shell, like Python's `shlex.quote`.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\"'\"'"))
@@ -662,9 +846,16 @@ fn unique(value: Value) -> Result<Value, Error> {
 
 fn human_to_bytes(value: Value) -> Result<i64, Error> {
     let s = text(&value).trim().to_string();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let number: f64 = s[..split].parse().map_err(|_| err(format!("human_to_bytes() can't interpret {s:?}")))?;
-    let unit = s[split..].trim().trim_end_matches(['B', 'b']).to_uppercase();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let number: f64 = s[..split]
+        .parse()
+        .map_err(|_| err(format!("human_to_bytes() can't interpret {s:?}")))?;
+    let unit = s[split..]
+        .trim()
+        .trim_end_matches(['B', 'b'])
+        .to_uppercase();
     let power = match unit.as_str() {
         "" => 0,
         "K" => 1,
@@ -735,12 +926,19 @@ pub fn compare_versions(left: &str, right: &str) -> std::cmp::Ordering {
     std::cmp::Ordering::Equal
 }
 
-fn version_test(value: Value, version: Value, operator: Option<String>, kwargs: Kwargs) -> Result<bool, Error> {
+fn version_test(
+    value: Value,
+    version: Value,
+    operator: Option<String>,
+    kwargs: Kwargs,
+) -> Result<bool, Error> {
     let _: Option<bool> = kwargs.get("strict")?;
     let _: Option<String> = kwargs.get("version_type")?;
     let operator = match operator {
         Some(op) => op,
-        None => kwargs.get::<Option<String>>("operator")?.unwrap_or_else(|| "eq".into()),
+        None => kwargs
+            .get::<Option<String>>("operator")?
+            .unwrap_or_else(|| "eq".into()),
     };
     let ordering = compare_versions(&text(&value), &text(&version));
     use std::cmp::Ordering::*;
@@ -755,7 +953,13 @@ fn version_test(value: Value, version: Value, operator: Option<String>, kwargs: 
     })
 }
 
-fn run_lookup(state: &State, base_dir: &Path, name: &str, terms: &[Value], kwargs: &Kwargs) -> Result<Vec<Value>, Error> {
+fn run_lookup(
+    state: &State,
+    base_dir: &Path,
+    name: &str,
+    terms: &[Value],
+    kwargs: &Kwargs,
+) -> Result<Vec<Value>, Error> {
     let name = name
         .trim_start_matches("ansible.builtin.")
         .trim_start_matches("community.general.");
@@ -764,7 +968,13 @@ fn run_lookup(state: &State, base_dir: &Path, name: &str, terms: &[Value], kwarg
     let mut out = Vec::new();
     let terms: Vec<Value> = terms
         .iter()
-        .flat_map(|t| if t.kind() == ValueKind::Seq { t.try_iter().map(|i| i.collect()).unwrap_or_default() } else { vec![t.clone()] })
+        .flat_map(|t| {
+            if t.kind() == ValueKind::Seq {
+                t.try_iter().map(|i| i.collect()).unwrap_or_default()
+            } else {
+                vec![t.clone()]
+            }
+        })
         .collect();
     for term in terms {
         let term = text(&term);
@@ -772,7 +982,9 @@ fn run_lookup(state: &State, base_dir: &Path, name: &str, terms: &[Value], kwarg
             "file" => {
                 let path = resolve_path(base_dir, &term);
                 let content = std::fs::read_to_string(&path).map_err(|e| {
-                    err(format!("The 'file' lookup had an issue accessing the file '{term}': {e}"))
+                    err(format!(
+                        "The 'file' lookup had an issue accessing the file '{term}': {e}"
+                    ))
                 })?;
                 let rstrip: Option<bool> = kwargs.get("rstrip")?;
                 let lstrip: Option<bool> = kwargs.get("lstrip")?;
@@ -802,13 +1014,22 @@ fn run_lookup(state: &State, base_dir: &Path, name: &str, terms: &[Value], kwarg
                         output.status.code().unwrap_or(-1)
                     )));
                 }
-                out.push(Value::from(String::from_utf8_lossy(&output.stdout).trim_end().to_string()));
+                out.push(Value::from(
+                    String::from_utf8_lossy(&output.stdout)
+                        .trim_end()
+                        .to_string(),
+                ));
             }
             "template" => {
                 let path = resolve_path(base_dir, &term);
-                let source = std::fs::read_to_string(&path)
-                    .map_err(|e| err(format!("the template file {term} could not be found for the lookup: {e}")))?;
-                let rendered = state.env().render_str(&source, state.lookup("vars").unwrap_or_default())?;
+                let source = std::fs::read_to_string(&path).map_err(|e| {
+                    err(format!(
+                        "the template file {term} could not be found for the lookup: {e}"
+                    ))
+                })?;
+                let rendered = state
+                    .env()
+                    .render_str(&source, state.lookup("vars").unwrap_or_default())?;
                 out.push(Value::from(rendered));
             }
             "vars" => match state.lookup(&term) {
@@ -855,7 +1076,12 @@ fn resolve_path(base_dir: &Path, term: &str) -> PathBuf {
 }
 
 /// `password_hash`: SHA-512 crypt (`$6$`), the Ansible default, and SHA-256 crypt.
-fn password_hash(password: String, hashtype: Option<String>, salt: Option<String>, kwargs: Kwargs) -> Result<String, Error> {
+fn password_hash(
+    password: String,
+    hashtype: Option<String>,
+    salt: Option<String>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
     let rounds: Option<usize> = kwargs.get("rounds")?;
     let salt: Option<String> = match salt {
         Some(s) => Some(s),
@@ -865,7 +1091,9 @@ fn password_hash(password: String, hashtype: Option<String>, salt: Option<String
     match hashtype.as_deref().unwrap_or("sha512") {
         "sha512" | "sha512_crypt" => Ok(super::crypt::sha_crypt(&password, &salt, rounds, true)),
         "sha256" | "sha256_crypt" => Ok(super::crypt::sha_crypt(&password, &salt, rounds, false)),
-        other => Err(err(format!("password_hash: hash type {other:?} is not supported by the native runtime"))),
+        other => Err(err(format!(
+            "password_hash: hash type {other:?} is not supported by the native runtime"
+        ))),
     }
 }
 
@@ -873,7 +1101,9 @@ fn random_salt() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::thread_rng();
-    (0..16).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..16)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -883,7 +1113,11 @@ mod tests {
     /// Replacement strings in Python syntax are translated.
     #[test]
     fn python_replacements() {
-        for (input, expected) in [(r"\1-\2", "${1}-${2}"), (r"\g<name>$", "${name}$$"), ("plain", "plain")] {
+        for (input, expected) in [
+            (r"\1-\2", "${1}-${2}"),
+            (r"\g<name>$", "${name}$$"),
+            ("plain", "plain"),
+        ] {
             assert_eq!(python_replacement(input), expected, "{input}");
         }
     }
@@ -892,7 +1126,12 @@ mod tests {
     #[test]
     fn versions() {
         use std::cmp::Ordering::*;
-        for (a, b, expected) in [("2.10", "2.9", Greater), ("1.0", "1.0.0", Less), ("22.04", "22.04", Equal), ("1.2a", "1.2", Greater)] {
+        for (a, b, expected) in [
+            ("2.10", "2.9", Greater),
+            ("1.0", "1.0.0", Less),
+            ("22.04", "22.04", Equal),
+            ("1.2a", "1.2", Greater),
+        ] {
             assert_eq!(compare_versions(a, b), expected, "{a} vs {b}");
         }
     }

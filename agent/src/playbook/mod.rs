@@ -63,15 +63,19 @@ pub fn parse_extra_vars(argument: &str) -> Result<Vec<(String, Value)>, String> 
         Ok(out)
     };
     if let Some(file) = trimmed.strip_prefix('@') {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("could not read extra vars file {file}: {e}"))?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("could not read extra vars file {file}: {e}"))?;
         return dict_from(&text, file);
     }
     if trimmed.starts_with('{') {
         return dict_from(trimmed, "extra vars");
     }
-    let pairs = model::parse_kv(trimmed, false).map_err(|e| format!("invalid extra vars {argument:?}: {e}"))?;
+    let pairs = model::parse_kv(trimmed, false)
+        .map_err(|e| format!("invalid extra vars {argument:?}: {e}"))?;
     if pairs.is_empty() {
-        return Err(format!("invalid extra vars {argument:?}: expected KEY=VALUE"));
+        return Err(format!(
+            "invalid extra vars {argument:?}: expected KEY=VALUE"
+        ));
     }
     Ok(pairs)
 }
@@ -136,7 +140,8 @@ pub fn cli_main(args: PlaybookArgs) -> i32 {
 
 fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
     let file = args.file.as_ref().context("a playbook file is required")?;
-    let source = std::fs::read_to_string(file).with_context(|| format!("could not read the playbook {}", file.display()))?;
+    let source = std::fs::read_to_string(file)
+        .with_context(|| format!("could not read the playbook {}", file.display()))?;
     let base_dir = std::fs::canonicalize(file)
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -166,13 +171,24 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         check: args.check,
         diff: args.diff,
         extra_vars,
-        tags: args.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
-        skip_tags: args.skip_tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        tags: args
+            .tags
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect(),
+        skip_tags: args
+            .skip_tags
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect(),
         secrets: Vec::new(),
         force_handlers: args.force_handlers,
         inventory_hostname: args.inventory_hostname.clone(),
         become_program: std::env::current_exe().ok(),
         ansible_fallback: args.ansible_fallback.clone(),
+        cancel: None,
     };
     let stdout = std::io::stdout();
     let mut sink = |line: &str| {
@@ -191,7 +207,9 @@ mod tests {
     fn run_yaml(source: &str, options: &RunOptions) -> (Vec<String>, RunReport) {
         let playbook = parse_playbook(source, Path::new("/tmp")).expect("valid playbook");
         let mut lines = Vec::new();
-        let report = run_playbook(&playbook, options, &mut |line: &str| lines.push(line.to_string()));
+        let report = run_playbook(&playbook, options, &mut |line: &str| {
+            lines.push(line.to_string())
+        });
         (lines, report)
     }
 
@@ -200,23 +218,53 @@ mod tests {
         assert_eq!(report.stats, expected, "{}", lines.join("\n"));
     }
 
-    fn stats(ok: u32, changed: u32, failed: u32, skipped: u32, rescued: u32, ignored: u32) -> Stats {
-        Stats { ok, changed, unreachable: 0, failed, skipped, rescued, ignored }
+    fn stats(
+        ok: u32,
+        changed: u32,
+        failed: u32,
+        skipped: u32,
+        rescued: u32,
+        ignored: u32,
+    ) -> Stats {
+        Stats {
+            ok,
+            changed,
+            unreachable: 0,
+            failed,
+            skipped,
+            rescued,
+            ignored,
+        }
     }
 
     /// Recap counters follow Ansible's rules for skips, ignores, rescues and loops.
     #[test]
     fn recap_counters() {
         let head = "- hosts: localhost\n  gather_facts: false\n  tasks:\n";
-        check(&format!("{head}    - debug: msg=a\n    - debug: msg=b\n      when: false\n"), stats(1, 0, 0, 1, 0, 0));
-        check(&format!("{head}    - command: 'false'\n      ignore_errors: true\n"), stats(1, 1, 0, 0, 0, 1));
+        check(
+            &format!("{head}    - debug: msg=a\n    - debug: msg=b\n      when: false\n"),
+            stats(1, 0, 0, 1, 0, 0),
+        );
+        check(
+            &format!("{head}    - command: 'false'\n      ignore_errors: true\n"),
+            stats(1, 1, 0, 0, 0, 1),
+        );
         check(
             &format!("{head}    - block:\n        - fail: msg=x\n      rescue:\n        - debug: msg=r\n"),
             stats(1, 0, 0, 0, 1, 0),
         );
-        check(&format!("{head}    - debug: msg={{{{ item }}}}\n      loop: [1, 2, 3]\n"), stats(1, 0, 0, 0, 0, 0));
-        check(&format!("{head}    - debug: msg=x\n      loop: []\n"), stats(0, 0, 0, 1, 0, 0));
-        check(&format!("{head}    - fail: msg=stop\n    - debug: msg=never\n"), stats(0, 0, 1, 0, 0, 0));
+        check(
+            &format!("{head}    - debug: msg={{{{ item }}}}\n      loop: [1, 2, 3]\n"),
+            stats(1, 0, 0, 0, 0, 0),
+        );
+        check(
+            &format!("{head}    - debug: msg=x\n      loop: []\n"),
+            stats(0, 0, 0, 1, 0, 0),
+        );
+        check(
+            &format!("{head}    - fail: msg=stop\n    - debug: msg=never\n"),
+            stats(0, 0, 1, 0, 0, 0),
+        );
         check(
             &format!("{head}    - set_fact: {{n: 3}}\n    - assert: {{that: ['n == 3']}}\n    - debug: msg=x\n      when: n > 5\n"),
             stats(2, 0, 0, 1, 0, 0),
@@ -228,9 +276,15 @@ mod tests {
     fn handlers_run_once_in_order() {
         let source = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - command: 'true'\n      notify: [b, a]\n    - command: 'true'\n      notify: a\n    - command: 'true'\n      changed_when: false\n      notify: c\n  handlers:\n    - name: a\n      debug: msg=A\n    - name: b\n      debug: msg=B\n    - name: c\n      debug: msg=C\n";
         let (lines, report) = run_yaml(source, &RunOptions::default());
-        let handlers: Vec<&String> = lines.iter().filter(|l| l.starts_with("RUNNING HANDLER")).collect();
+        let handlers: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("RUNNING HANDLER"))
+            .collect();
         assert_eq!(handlers.len(), 2, "{}", lines.join("\n"));
-        assert!(handlers[0].starts_with("RUNNING HANDLER [a]") && handlers[1].starts_with("RUNNING HANDLER [b]"));
+        assert!(
+            handlers[0].starts_with("RUNNING HANDLER [a]")
+                && handlers[1].starts_with("RUNNING HANDLER [b]")
+        );
         assert_eq!(report.stats.ok, 5);
     }
 
@@ -251,12 +305,29 @@ mod tests {
     /// Extra vars win over play vars; play vars are templated lazily.
     #[test]
     fn variable_precedence() {
-        let options = RunOptions { extra_vars: vec![("who".into(), Value::from("cli"))], ..RunOptions::default() };
+        let options = RunOptions {
+            extra_vars: vec![("who".into(), Value::from("cli"))],
+            ..RunOptions::default()
+        };
         let (lines, _) = run_yaml(
             "- hosts: localhost\n  gather_facts: false\n  vars:\n    msg: 'hi {{ who }}'\n    who: play\n  tasks:\n    - debug: var=msg\n",
             &options,
         );
-        assert!(lines.iter().any(|l| l.contains("\"msg\": \"hi cli\"")), "{}", lines.join("\n"));
+        assert!(
+            lines.iter().any(|l| l.contains("\"msg\": \"hi cli\"")),
+            "{}",
+            lines.join("\n")
+        );
+    }
+
+    /// A cancelled run stops before its next task and says so.
+    #[test]
+    fn cancellation_stops_the_run() {
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let options = RunOptions { cancel: Some(cancel), ..RunOptions::default() };
+        let (lines, report) = run_yaml("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=x\n", &options);
+        assert!(report.cancelled && report.failed, "{}", lines.join("\n"));
+        assert_eq!(report.stats.ok, 0);
     }
 
     /// Check mode reports the change and leaves the disk alone.
@@ -264,8 +335,17 @@ mod tests {
     fn check_mode_changes_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let target = dir.path().join("f.txt");
-        let source = format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - copy: content=x dest={}\n", target.display());
-        let (_, report) = run_yaml(&source, &RunOptions { check: true, ..RunOptions::default() });
+        let source = format!(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - copy: content=x dest={}\n",
+            target.display()
+        );
+        let (_, report) = run_yaml(
+            &source,
+            &RunOptions {
+                check: true,
+                ..RunOptions::default()
+            },
+        );
         assert_eq!(report.stats.changed, 1);
         assert!(!target.exists());
     }
@@ -273,8 +353,14 @@ mod tests {
     /// `-e` accepts pairs, dicts and typed YAML.
     #[test]
     fn extra_vars_forms() {
-        assert_eq!(parse_extra_vars("a=1 b=two").expect("valid")[1], ("b".to_string(), Value::from("two")));
-        assert_eq!(parse_extra_vars("{\"n\": 3}").expect("valid")[0], ("n".to_string(), Value::from(3)));
+        assert_eq!(
+            parse_extra_vars("a=1 b=two").expect("valid")[1],
+            ("b".to_string(), Value::from("two"))
+        );
+        assert_eq!(
+            parse_extra_vars("{\"n\": 3}").expect("valid")[0],
+            ("n".to_string(), Value::from(3))
+        );
         assert!(parse_extra_vars("novalue").is_err());
     }
 }

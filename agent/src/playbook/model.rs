@@ -50,7 +50,9 @@ impl PlaybookError {
     pub fn pos(&self) -> Option<Pos> {
         match self {
             PlaybookError::Yaml(e) => Some(e.pos),
-            PlaybookError::Invalid { pos, .. } | PlaybookError::UnknownModule { pos, .. } => Some(*pos),
+            PlaybookError::Invalid { pos, .. } | PlaybookError::UnknownModule { pos, .. } => {
+                Some(*pos)
+            }
             PlaybookError::Io { .. } => None,
         }
     }
@@ -229,11 +231,49 @@ impl Task {
 
 /// Modules and actions the native runtime implements.
 pub const NATIVE_MODULES: &[&str] = &[
-    "command", "shell", "raw", "copy", "template", "file", "lineinfile", "blockinfile", "stat", "debug",
-    "set_fact", "assert", "fail", "apt", "package", "service", "systemd", "systemd_service", "user",
-    "group", "get_url", "cron", "wait_for", "docker_compose_v2", "meta", "ping", "slurp", "pause",
-    "include_vars", "import_tasks", "include_tasks", "authorized_key", "sysctl", "ufw", "apt_key",
-    "apt_repository", "replace", "unarchive", "git", "hostname", "pip", "dnf", "yum",
+    "command",
+    "shell",
+    "raw",
+    "copy",
+    "template",
+    "file",
+    "lineinfile",
+    "blockinfile",
+    "stat",
+    "debug",
+    "set_fact",
+    "assert",
+    "fail",
+    "apt",
+    "package",
+    "service",
+    "systemd",
+    "systemd_service",
+    "user",
+    "group",
+    "get_url",
+    "cron",
+    "wait_for",
+    "docker_compose_v2",
+    "meta",
+    "ping",
+    "slurp",
+    "pause",
+    "include_vars",
+    "import_tasks",
+    "include_tasks",
+    "authorized_key",
+    "sysctl",
+    "ufw",
+    "apt_key",
+    "apt_repository",
+    "replace",
+    "unarchive",
+    "git",
+    "hostname",
+    "pip",
+    "dnf",
+    "yum",
 ];
 
 const COLLECTION_PREFIXES: &[&str] = &[
@@ -276,32 +316,138 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
 }
 
 const PLAY_KEYS: &[&str] = &[
-    "hosts", "name", "gather_facts", "gather_subset", "gather_timeout", "fact_path", "vars", "vars_files",
-    "vars_prompt", "roles", "pre_tasks", "tasks", "post_tasks", "handlers", "force_handlers", "serial",
-    "strategy", "order", "max_fail_percentage", "become", "become_user", "become_method", "become_flags",
-    "become_exe", "connection", "remote_user", "port", "environment", "no_log", "ignore_errors",
-    "ignore_unreachable", "check_mode", "diff", "any_errors_fatal", "run_once", "timeout", "throttle",
-    "module_defaults", "collections", "tags", "debugger",
+    "hosts",
+    "name",
+    "gather_facts",
+    "gather_subset",
+    "gather_timeout",
+    "fact_path",
+    "vars",
+    "vars_files",
+    "vars_prompt",
+    "roles",
+    "pre_tasks",
+    "tasks",
+    "post_tasks",
+    "handlers",
+    "force_handlers",
+    "serial",
+    "strategy",
+    "order",
+    "max_fail_percentage",
+    "become",
+    "become_user",
+    "become_method",
+    "become_flags",
+    "become_exe",
+    "connection",
+    "remote_user",
+    "port",
+    "environment",
+    "no_log",
+    "ignore_errors",
+    "ignore_unreachable",
+    "check_mode",
+    "diff",
+    "any_errors_fatal",
+    "run_once",
+    "timeout",
+    "throttle",
+    "module_defaults",
+    "collections",
+    "tags",
+    "debugger",
 ];
 
 const TASK_KEYS: &[&str] = &[
-    "name", "action", "local_action", "args", "async", "poll", "changed_when", "failed_when", "delay",
-    "delegate_to", "delegate_facts", "loop", "loop_control", "notify", "register", "retries", "until",
-    "when", "become", "become_user", "become_method", "become_flags", "become_exe", "check_mode",
-    "collections", "connection", "debugger", "diff", "environment", "ignore_errors", "ignore_unreachable",
-    "module_defaults", "no_log", "port", "remote_user", "run_once", "tags", "throttle", "timeout", "vars",
-    "any_errors_fatal", "listen",
+    "name",
+    "action",
+    "local_action",
+    "args",
+    "async",
+    "poll",
+    "changed_when",
+    "failed_when",
+    "delay",
+    "delegate_to",
+    "delegate_facts",
+    "loop",
+    "loop_control",
+    "notify",
+    "register",
+    "retries",
+    "until",
+    "when",
+    "become",
+    "become_user",
+    "become_method",
+    "become_flags",
+    "become_exe",
+    "check_mode",
+    "collections",
+    "connection",
+    "debugger",
+    "diff",
+    "environment",
+    "ignore_errors",
+    "ignore_unreachable",
+    "module_defaults",
+    "no_log",
+    "port",
+    "remote_user",
+    "run_once",
+    "tags",
+    "throttle",
+    "timeout",
+    "vars",
+    "any_errors_fatal",
+    "listen",
 ];
 
 const BLOCK_KEYS: &[&str] = &[
-    "block", "rescue", "always", "name", "when", "become", "become_user", "become_method", "become_flags",
-    "become_exe", "check_mode", "collections", "connection", "debugger", "diff", "environment",
-    "ignore_errors", "ignore_unreachable", "module_defaults", "no_log", "port", "remote_user", "run_once",
-    "tags", "throttle", "timeout", "vars", "any_errors_fatal", "delegate_to", "delegate_facts", "notify",
+    "block",
+    "rescue",
+    "always",
+    "name",
+    "when",
+    "become",
+    "become_user",
+    "become_method",
+    "become_flags",
+    "become_exe",
+    "check_mode",
+    "collections",
+    "connection",
+    "debugger",
+    "diff",
+    "environment",
+    "ignore_errors",
+    "ignore_unreachable",
+    "module_defaults",
+    "no_log",
+    "port",
+    "remote_user",
+    "run_once",
+    "tags",
+    "throttle",
+    "timeout",
+    "vars",
+    "any_errors_fatal",
+    "delegate_to",
+    "delegate_facts",
+    "notify",
 ];
 
 /// Free-form modules whose string argument is a command line, not `k=v` pairs.
-const FREE_FORM: &[&str] = &["command", "shell", "raw", "meta", "import_tasks", "include_tasks", "include_vars"];
+const FREE_FORM: &[&str] = &[
+    "command",
+    "shell",
+    "raw",
+    "meta",
+    "import_tasks",
+    "include_tasks",
+    "include_vars",
+];
 
 /// The module name given to tasks whose module the runtime lacks; such tasks can only run
 /// through ansible-core (see [`parse_playbook_with_ansible_fallback`]).
@@ -311,11 +457,15 @@ pub const ANSIBLE_FALLBACK: &str = "ansible_fallback";
 fn first_unknown_module(tasks: &[Task]) -> Option<(String, Pos)> {
     for task in tasks {
         match &task.body {
-            TaskBody::Action { module, written, .. } if module == ANSIBLE_FALLBACK => {
-                return Some((written.clone(), task.pos))
-            }
+            TaskBody::Action {
+                module, written, ..
+            } if module == ANSIBLE_FALLBACK => return Some((written.clone(), task.pos)),
             TaskBody::Action { .. } => {}
-            TaskBody::Block { block, rescue, always } => {
+            TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } => {
                 for list in [block, rescue, always] {
                     if let Some(found) = first_unknown_module(list) {
                         return Some(found);
@@ -333,11 +483,19 @@ pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, Playboo
     let playbook = parse_playbook_with_ansible_fallback(source, base_dir)?;
     let mut unknown: Vec<(String, Pos)> = Vec::new();
     for play in &playbook.plays {
-        for list in [&play.pre_tasks, &play.tasks, &play.post_tasks, &play.handlers] {
+        for list in [
+            &play.pre_tasks,
+            &play.tasks,
+            &play.post_tasks,
+            &play.handlers,
+        ] {
             unknown.extend(first_unknown_module(list));
         }
     }
-    if let Some((module, pos)) = unknown.into_iter().min_by_key(|(_, pos)| (pos.line, pos.column)) {
+    if let Some((module, pos)) = unknown
+        .into_iter()
+        .min_by_key(|(_, pos)| (pos.line, pos.column))
+    {
         return Err(PlaybookError::UnknownModule { module, pos });
     }
     Ok(playbook)
@@ -345,18 +503,28 @@ pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, Playboo
 
 /// Like [`parse_playbook`], but tasks with modules the runtime lacks are kept (module
 /// [`ANSIBLE_FALLBACK`]) so they can run through ansible-core's own module.
-pub fn parse_playbook_with_ansible_fallback(source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
+pub fn parse_playbook_with_ansible_fallback(
+    source: &str,
+    base_dir: &Path,
+) -> Result<Playbook, PlaybookError> {
     let root = yaml::parse_one(source)?;
     let NodeKind::Seq(entries) = &root.kind else {
         return Err(invalid(
-            "A playbook must be a list of plays, got a ".to_string() + root.type_name() + " instead",
+            "A playbook must be a list of plays, got a ".to_string()
+                + root.type_name()
+                + " instead",
             root.pos,
         ));
     };
     let mut plays = Vec::new();
     for entry in entries {
-        if entry.get("import_playbook").is_some() || entry.get("ansible.builtin.import_playbook").is_some() {
-            return Err(invalid("import_playbook is not supported by the native runtime", entry.pos));
+        if entry.get("import_playbook").is_some()
+            || entry.get("ansible.builtin.import_playbook").is_some()
+        {
+            return Err(invalid(
+                "import_playbook is not supported by the native runtime",
+                entry.pos,
+            ));
         }
         plays.push(parse_play(entry, base_dir)?);
     }
@@ -368,12 +536,18 @@ pub fn parse_playbook_with_ansible_fallback(source: &str, base_dir: &Path) -> Re
 
 fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
     let Some(entries) = node.as_map() else {
-        return Err(invalid(format!("A play must be a dict, got a {}", node.type_name()), node.pos));
+        return Err(invalid(
+            format!("A play must be a dict, got a {}", node.type_name()),
+            node.pos,
+        ));
     };
     for (key, _) in entries {
         let name = key.as_str().unwrap_or_default();
         if !PLAY_KEYS.contains(&name) {
-            return Err(invalid(format!("'{name}' is not a valid attribute for a Play"), key.pos));
+            return Err(invalid(
+                format!("'{name}' is not a valid attribute for a Play"),
+                key.pos,
+            ));
         }
     }
     let hosts = node
@@ -383,18 +557,29 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
     let name = match node.get("name") {
         Some(n) => n.scalar_text().unwrap_or_default(),
         None => match &hosts.kind {
-            NodeKind::Seq(items) => items.iter().filter_map(Node::scalar_text).collect::<Vec<_>>().join(","),
+            NodeKind::Seq(items) => items
+                .iter()
+                .filter_map(Node::scalar_text)
+                .collect::<Vec<_>>()
+                .join(","),
             _ => hosts.scalar_text().unwrap_or_default(),
         },
     };
     if let Some(roles) = node.get("roles") {
-        if !matches!(&roles.kind, NodeKind::Seq(r) if r.is_empty()) && roles.kind != NodeKind::Null {
-            return Err(invalid("roles are not supported by the native runtime", roles.pos));
+        if !matches!(&roles.kind, NodeKind::Seq(r) if r.is_empty()) && roles.kind != NodeKind::Null
+        {
+            return Err(invalid(
+                "roles are not supported by the native runtime",
+                roles.pos,
+            ));
         }
     }
     if let Some(prompt) = node.get("vars_prompt") {
         if prompt.kind != NodeKind::Null {
-            return Err(invalid("vars_prompt is not supported (runs are non-interactive)", prompt.pos));
+            return Err(invalid(
+                "vars_prompt is not supported (runs are non-interactive)",
+                prompt.pos,
+            ));
         }
     }
     let vars_files = match node.get("vars_files") {
@@ -411,24 +596,69 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
             Some(n) => parse_task_list(n, base_dir, key == "handlers"),
         }
     };
+    let pre_tasks = section("pre_tasks")?;
+    let tasks = section("tasks")?;
+    let post_tasks = section("post_tasks")?;
+    let handlers = section("handlers")?;
+    check_notify(&[&pre_tasks, &tasks, &post_tasks, &handlers], &handlers)?;
     Ok(Play {
         name,
         hosts: hosts_value,
         gather_facts: node.get("gather_facts").map(Node::to_value),
         vars: parse_vars(node.get("vars"))?,
         vars_files,
-        pre_tasks: section("pre_tasks")?,
-        tasks: section("tasks")?,
-        post_tasks: section("post_tasks")?,
-        handlers: section("handlers")?,
+        pre_tasks,
+        tasks,
+        post_tasks,
+        handlers,
         inherited: parse_inherited(node)?,
-        force_handlers: node.get("force_handlers").map(|n| n.kind == NodeKind::Bool(true)).unwrap_or(false),
+        force_handlers: node
+            .get("force_handlers")
+            .map(|n| n.kind == NodeKind::Bool(true))
+            .unwrap_or(false),
         pos: node.pos,
     })
 }
 
+/// Every literal `notify` target must name a handler (or a `listen` topic) of the play.
+fn check_notify(lists: &[&Vec<Task>], handlers: &[Task]) -> Result<(), PlaybookError> {
+    let known = |name: &str| {
+        handlers
+            .iter()
+            .any(|h| h.name.as_deref() == Some(name) || h.listen.iter().any(|l| l == name))
+    };
+    fn walk(tasks: &[Task], check: &dyn Fn(&Task) -> Result<(), PlaybookError>) -> Result<(), PlaybookError> {
+        for task in tasks {
+            check(task)?;
+            if let TaskBody::Block { block, rescue, always } = &task.body {
+                for list in [block, rescue, always] {
+                    walk(list, check)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    let check = |task: &Task| -> Result<(), PlaybookError> {
+        for name in &task.notify {
+            if !super::template::is_template(name) && !known(name) {
+                return Err(invalid(
+                    format!("The requested handler '{name}' was not found in either the main handlers list nor in the listening handlers list"),
+                    task.pos,
+                ));
+            }
+        }
+        Ok(())
+    };
+    for list in lists {
+        walk(list, &check)?;
+    }
+    Ok(())
+}
+
 fn parse_vars(node: Option<&Node>) -> Result<Vec<(String, Value)>, PlaybookError> {
-    let Some(node) = node else { return Ok(Vec::new()) };
+    let Some(node) = node else {
+        return Ok(Vec::new());
+    };
     match &node.kind {
         NodeKind::Null => Ok(Vec::new()),
         NodeKind::Map(entries) => Ok(entries
@@ -443,7 +673,10 @@ fn parse_vars(node: Option<&Node>) -> Result<Vec<(String, Value)>, PlaybookError
             Ok(out)
         }
         _ => Err(invalid(
-            format!("Vars in a Play/Block/Task must be specified as a dictionary, got a {}", node.type_name()),
+            format!(
+                "Vars in a Play/Block/Task must be specified as a dictionary, got a {}",
+                node.type_name()
+            ),
             node.pos,
         )),
     }
@@ -454,12 +687,17 @@ fn string_list(node: &Node, what: &str) -> Result<Vec<String>, PlaybookError> {
         NodeKind::Null => Ok(Vec::new()),
         NodeKind::Seq(items) => items
             .iter()
-            .map(|i| i.scalar_text().ok_or_else(|| invalid(format!("{what} must be a list of strings"), i.pos)))
+            .map(|i| {
+                i.scalar_text()
+                    .ok_or_else(|| invalid(format!("{what} must be a list of strings"), i.pos))
+            })
             .collect(),
-        _ => node
-            .scalar_text()
-            .map(|s| vec![s])
-            .ok_or_else(|| invalid(format!("{what} must be a string or a list of strings"), node.pos)),
+        _ => node.scalar_text().map(|s| vec![s]).ok_or_else(|| {
+            invalid(
+                format!("{what} must be a string or a list of strings"),
+                node.pos,
+            )
+        }),
     }
 }
 
@@ -476,7 +714,11 @@ fn parse_inherited(node: &Node) -> Result<Inherited, PlaybookError> {
     let tags = match node.get("tags") {
         Some(t) => string_list(t, "tags")?
             .into_iter()
-            .flat_map(|s| s.split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
             .filter(|s| !s.is_empty())
             .collect(),
         None => Vec::new(),
@@ -497,7 +739,11 @@ fn parse_inherited(node: &Node) -> Result<Inherited, PlaybookError> {
     })
 }
 
-fn parse_task_list(node: &Node, base_dir: &Path, handlers: bool) -> Result<Vec<Task>, PlaybookError> {
+fn parse_task_list(
+    node: &Node,
+    base_dir: &Path,
+    handlers: bool,
+) -> Result<Vec<Task>, PlaybookError> {
     match &node.kind {
         NodeKind::Null => Ok(Vec::new()),
         NodeKind::Seq(items) => {
@@ -538,7 +784,10 @@ fn loop_kind(key: &str) -> Option<LoopKind> {
 /// Parses one task, block or handler.
 pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, PlaybookError> {
     let Some(entries) = node.as_map() else {
-        return Err(invalid(format!("A task must be a dict, got a {}", node.type_name()), node.pos));
+        return Err(invalid(
+            format!("A task must be a dict, got a {}", node.type_name()),
+            node.pos,
+        ));
     };
     let name = node.get("name").and_then(Node::scalar_text);
     let is_block = node.get("block").is_some();
@@ -550,19 +799,31 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
         };
         if is_block {
             if !BLOCK_KEYS.contains(&k) {
-                return Err(invalid(format!("'{k}' is not a valid attribute for a Block"), key.pos));
+                return Err(invalid(
+                    format!("'{k}' is not a valid attribute for a Block"),
+                    key.pos,
+                ));
             }
             continue;
         }
         if let Some(kind) = loop_kind(k) {
             if loop_source.is_some() {
-                return Err(invalid("only one of loop or with_* may be used in a task", key.pos));
+                return Err(invalid(
+                    "only one of loop or with_* may be used in a task",
+                    key.pos,
+                ));
             }
             loop_source = Some((kind, value.to_value()));
             continue;
         }
         if k.starts_with("with_") {
-            return Err(invalid(format!("lookup '{}' for {k} is not supported by the native runtime", &k[5..]), key.pos));
+            return Err(invalid(
+                format!(
+                    "lookup '{}' for {k} is not supported by the native runtime",
+                    &k[5..]
+                ),
+                key.pos,
+            ));
         }
         if TASK_KEYS.contains(&k) && k != "action" && k != "local_action" {
             continue;
@@ -680,7 +941,10 @@ fn import_tasks(
         .and_then(|v| v.as_str().map(String::from))
         .ok_or_else(|| invalid("import_tasks needs a file name", node.pos))?;
     if super::template::is_template(&file) {
-        return Err(invalid("import_tasks with a templated file name is not supported", node.pos));
+        return Err(invalid(
+            "import_tasks with a templated file name is not supported",
+            node.pos,
+        ));
     }
     let path = base_dir.join(&file);
     let source = std::fs::read_to_string(&path).map_err(|e| PlaybookError::Io {
@@ -717,7 +981,9 @@ fn split_action(value: &Node) -> Result<(String, Value), PlaybookError> {
     match &value.kind {
         NodeKind::Str { text, .. } => {
             let trimmed = text.trim_start();
-            let (module, rest) = trimmed.split_once(char::is_whitespace).unwrap_or((trimmed, ""));
+            let (module, rest) = trimmed
+                .split_once(char::is_whitespace)
+                .unwrap_or((trimmed, ""));
             Ok((module.to_string(), Value::from(rest.trim())))
         }
         NodeKind::Map(entries) => {
@@ -728,7 +994,12 @@ fn split_action(value: &Node) -> Result<(String, Value), PlaybookError> {
             let rest = entries
                 .iter()
                 .filter(|(k, _)| k.as_str() != Some("module"))
-                .map(|(k, v)| (Value::from(k.scalar_text().unwrap_or_default()), v.to_value()));
+                .map(|(k, v)| {
+                    (
+                        Value::from(k.scalar_text().unwrap_or_default()),
+                        v.to_value(),
+                    )
+                });
             Ok((module.to_string(), Value::from_pairs(rest)))
         }
         _ => Err(invalid("action must be a string or a dict", value.pos)),
@@ -740,12 +1011,16 @@ fn normalize_args(module: &str, value: &Value, pos: Pos) -> Result<Value, Playbo
     use minijinja::value::ValueKind;
     match value.kind() {
         ValueKind::Map => Ok(value.clone()),
-        ValueKind::None | ValueKind::Undefined => Ok(Value::from_pairs(Vec::<(Value, Value)>::new())),
+        ValueKind::None | ValueKind::Undefined => {
+            Ok(Value::from_pairs(Vec::<(Value, Value)>::new()))
+        }
         ValueKind::String => {
             let text = value.as_str().unwrap_or_default();
             let free_form = FREE_FORM.contains(&module);
             let pairs = parse_kv(text, free_form).map_err(|m| invalid(m, pos))?;
-            Ok(Value::from_pairs(pairs.into_iter().map(|(k, v)| (Value::from(k), v))))
+            Ok(Value::from_pairs(
+                pairs.into_iter().map(|(k, v)| (Value::from(k), v)),
+            ))
         }
         _ => Err(invalid(
             format!("the arguments of module '{module}' must be a dict or a string"),
@@ -755,7 +1030,17 @@ fn normalize_args(module: &str, value: &Value, pos: Pos) -> Result<Value, Playbo
 }
 
 /// Keys that free-form modules accept inside their command string.
-const RAW_PARAMS: &[&str] = &["creates", "removes", "chdir", "executable", "warn", "stdin", "stdin_add_newline", "strip_empty_ends", "expand_argument_vars"];
+const RAW_PARAMS: &[&str] = &[
+    "creates",
+    "removes",
+    "chdir",
+    "executable",
+    "warn",
+    "stdin",
+    "stdin_add_newline",
+    "strip_empty_ends",
+    "expand_argument_vars",
+];
 
 /// Splits a string on whitespace, keeping quoted parts and `{{ }}` expressions together.
 pub fn split_args(text: &str) -> Vec<String> {
@@ -808,7 +1093,10 @@ pub fn split_args(text: &str) -> Vec<String> {
 
 fn unquote(s: &str) -> String {
     let bytes = s.as_bytes();
-    if bytes.len() >= 2 && (bytes[0] == b'"' || bytes[0] == b'\'') && bytes[bytes.len() - 1] == bytes[0] {
+    if bytes.len() >= 2
+        && (bytes[0] == b'"' || bytes[0] == b'\'')
+        && bytes[bytes.len() - 1] == bytes[0]
+    {
         return s[1..s.len() - 1].to_string();
     }
     s.to_string()
@@ -829,7 +1117,9 @@ fn decode_escapes(text: &str) -> String {
         }
         let hex = |chars: &mut std::iter::Peekable<std::str::Chars>, n: usize| -> Option<char> {
             let digits: String = (0..n).filter_map(|_| chars.next()).collect();
-            u32::from_str_radix(&digits, 16).ok().and_then(char::from_u32)
+            u32::from_str_radix(&digits, 16)
+                .ok()
+                .and_then(char::from_u32)
         };
         match chars.next() {
             Some('n') => out.push('\n'),
@@ -909,13 +1199,22 @@ mod tests {
     /// Invalid play keys, conflicting actions and missing actions are errors with positions.
     #[test]
     fn structural_errors() {
-        check_error("- hosts: all\n  sudo: yes\n", "'sudo' is not a valid attribute for a Play (line 2, column 3)");
+        check_error(
+            "- hosts: all\n  sudo: yes\n",
+            "'sudo' is not a valid attribute for a Play (line 2, column 3)",
+        );
         check_error(
             "- hosts: all\n  tasks:\n    - debug: msg=a\n      command: ls\n",
             "conflicting action statements: debug, command (line 4, column 7)",
         );
-        check_error("- hosts: all\n  tasks:\n    - name: x\n", "no module/action detected in task. (line 3, column 7)");
-        check_error("- name: x\n", "the field 'hosts' is required but was not set (line 1, column 3)");
+        check_error(
+            "- hosts: all\n  tasks:\n    - name: x\n",
+            "no module/action detected in task. (line 3, column 7)",
+        );
+        check_error(
+            "- name: x\n",
+            "the field 'hosts' is required but was not set (line 1, column 3)",
+        );
     }
 
     /// `k=v` strings and free-form commands are split like Ansible's parse_kv.
@@ -927,17 +1226,38 @@ mod tests {
         assert_eq!(pairs[0], ("content".to_string(), Value::from("a\nb")));
         let pairs = parse_kv("echo {{ a }} > /tmp/x creates=/tmp/x", true).expect("valid");
         assert_eq!(pairs[0], ("creates".to_string(), Value::from("/tmp/x")));
-        assert_eq!(pairs[1], ("_raw_params".to_string(), Value::from("echo {{ a }} > /tmp/x")));
+        assert_eq!(
+            pairs[1],
+            (
+                "_raw_params".to_string(),
+                Value::from("echo {{ a }} > /tmp/x")
+            )
+        );
     }
 
     /// FQCNs resolve to native modules only within the right collection.
     #[test]
     fn module_resolution() {
         assert_eq!(resolve_module("ansible.builtin.copy"), Some("copy"));
-        assert_eq!(resolve_module("community.docker.docker_compose_v2"), Some("docker_compose_v2"));
-        assert_eq!(resolve_module("ansible.builtin.systemd_service"), Some("systemd"));
+        assert_eq!(
+            resolve_module("community.docker.docker_compose_v2"),
+            Some("docker_compose_v2")
+        );
+        assert_eq!(
+            resolve_module("ansible.builtin.systemd_service"),
+            Some("systemd")
+        );
         assert_eq!(resolve_module("community.docker.copy"), None);
         assert_eq!(resolve_module("mysql_db"), None);
+    }
+
+    /// A notify without a matching handler is rejected before anything runs.
+    #[test]
+    fn unknown_handler_is_an_error() {
+        check_error(
+            "- hosts: all\n  tasks:\n    - command: 'true'\n      notify: restart web\n  handlers:\n    - name: restart app\n      debug: msg=x\n",
+            "The requested handler 'restart web' was not found in either the main handlers list nor in the listening handlers list (line 3, column 7)",
+        );
     }
 
     /// Blocks nest and keep their sections.
@@ -947,7 +1267,12 @@ mod tests {
             "- hosts: localhost\n  tasks:\n    - block:\n        - command: 'false'\n      rescue:\n        - debug: msg=r\n      always:\n        - debug: msg=a\n",
         )
         .expect("valid");
-        let TaskBody::Block { block, rescue, always } = &pb.plays[0].tasks[0].body else {
+        let TaskBody::Block {
+            block,
+            rescue,
+            always,
+        } = &pb.plays[0].tasks[0].body
+        else {
             panic!("expected a block")
         };
         assert_eq!((block.len(), rescue.len(), always.len()), (1, 1, 1));

@@ -13,8 +13,8 @@
 //! What does not live here: where variables come from and their precedence (`engine`).
 
 use super::filters;
-use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::value::ValueKind;
+use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -135,7 +135,8 @@ pub fn escape_backslashes(text: &str) -> std::borrow::Cow<'_, str> {
 fn single_expression(text: &str) -> Option<&str> {
     let trimmed = text.trim();
     let inner = trimmed.strip_prefix("{{")?.strip_suffix("}}")?;
-    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#") {
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#")
+    {
         return None;
     }
     // Whitespace around the expression is kept by Jinja2 only in string mode.
@@ -236,7 +237,7 @@ impl Templar {
         }
         let escaped = escape_backslashes(text);
         if let Some(expression) = single_expression(&escaped) {
-            return self.eval_expression(expression, text, ctx).map(strip_undefined);
+            return self.eval_expression(expression, text, ctx);
         }
         self.render_text(&escaped, ctx).map(Value::from)
     }
@@ -249,7 +250,12 @@ impl Templar {
     }
 
     /// Evaluates a bare expression such as a `when` condition.
-    pub fn eval_expression(&self, expression: &str, source_text: &str, ctx: &Value) -> Result<Value, TemplateError> {
+    pub fn eval_expression(
+        &self,
+        expression: &str,
+        source_text: &str,
+        ctx: &Value,
+    ) -> Result<Value, TemplateError> {
         let compiled = self
             .env
             .compile_expression(expression)
@@ -269,13 +275,6 @@ impl Templar {
             ValueKind::Bool => return Ok(condition.is_true()),
             ValueKind::None => return Ok(false),
             ValueKind::String => condition.as_str().unwrap_or_default().to_string(),
-            ValueKind::Number => {
-                return Err(TemplateError::NotBoolean {
-                    expression: condition.to_string(),
-                    value: condition.to_string(),
-                    type_name: python_type_name(condition).into(),
-                })
-            }
             _ => {
                 return Err(TemplateError::NotBoolean {
                     expression: condition.to_string(),
@@ -318,10 +317,14 @@ impl Templar {
     fn explain(&self, error: minijinja::Error, source_text: &str, ctx: &Value) -> TemplateError {
         if error.kind() == ErrorKind::UndefinedError {
             if let Ok(template) = self.env.template_from_str(source_text) {
-                let mut names: Vec<String> = template.undeclared_variables(false).into_iter().collect();
+                let mut names: Vec<String> =
+                    template.undeclared_variables(false).into_iter().collect();
                 names.sort();
                 for name in names {
-                    let known = ctx.get_attr(&name).map(|v| !v.is_undefined()).unwrap_or(false)
+                    let known = ctx
+                        .get_attr(&name)
+                        .map(|v| !v.is_undefined())
+                        .unwrap_or(false)
                         || self.env.globals().any(|(global, _)| global == name);
                     if !known {
                         return TemplateError::Undefined {
@@ -330,6 +333,9 @@ impl Templar {
                     }
                 }
             }
+            if let Some(message) = self.missing_attribute(source_text, ctx) {
+                return TemplateError::Undefined { message };
+            }
             return TemplateError::Undefined {
                 message: format!("{}. String: {source_text}", describe(&error)),
             };
@@ -337,17 +343,43 @@ impl Templar {
         self.render_error(error, source_text)
     }
 
+    /// Finds the first `a.b.c` path in the template whose last step is missing and says so
+    /// the way Jinja2 does: `object of type 'dict' has no attribute 'c'`.
+    fn missing_attribute(&self, source_text: &str, ctx: &Value) -> Option<String> {
+        static PATH: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+        let re = PATH
+            .get_or_init(|| regex::Regex::new(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+").ok())
+            .as_ref()?;
+        for found in re.find_iter(source_text) {
+            let parts: Vec<&str> = found.as_str().split('.').collect();
+            let mut current = ctx.get_attr(parts[0]).ok().filter(|v| !v.is_undefined())?;
+            for part in &parts[1..] {
+                let next = current.get_attr(part).ok().filter(|v| !v.is_undefined());
+                match next {
+                    Some(v) => current = v,
+                    None => {
+                        return Some(format!(
+                            "object of type '{}' has no attribute '{part}'",
+                            python_type_name(&current)
+                        ))
+                    }
+                }
+            }
+        }
+        None
+    }
+
     fn undefined_error(&self, expression: &str, ctx: &Value) -> TemplateError {
         let text = format!("{{{{ {expression} }}}}");
-        match self.explain(minijinja::Error::new(ErrorKind::UndefinedError, "undefined value"), &text, ctx) {
+        match self.explain(
+            minijinja::Error::new(ErrorKind::UndefinedError, "undefined value"),
+            &text,
+            ctx,
+        ) {
             TemplateError::Undefined { message } => TemplateError::Undefined { message },
             other => other,
         }
     }
-}
-
-fn strip_undefined(value: Value) -> Value {
-    value
 }
 
 /// A readable description of a minijinja error, including its cause chain.
@@ -391,7 +423,11 @@ fn needs_templating(value: &Value) -> bool {
             .map(|mut items| {
                 items.any(|item| {
                     if value.kind() == ValueKind::Map {
-                        needs_templating(&item) || value.get_item(&item).map(|v| needs_templating(&v)).unwrap_or(false)
+                        needs_templating(&item)
+                            || value
+                                .get_item(&item)
+                                .map(|v| needs_templating(&v))
+                                .unwrap_or(false)
                     } else {
                         needs_templating(&item)
                     }
@@ -411,6 +447,11 @@ impl Object for LazyVars {
         let name = key.as_str()?;
         if name == "vars" {
             return Some(Value::from_dyn_object(Arc::clone(self)));
+        }
+        if name == "hostvars" && !self.raw.contains_key("hostvars") {
+            // One host: hostvars[inventory_hostname] is this very context.
+            let host = self.raw.get("inventory_hostname").cloned().unwrap_or(Value::from("localhost"));
+            return Some(Value::from_pairs([(host, Value::from_dyn_object(Arc::clone(self)))]));
         }
         let raw = self.raw.get(name)?;
         if !needs_templating(raw) {
@@ -460,7 +501,12 @@ mod tests {
     use super::*;
 
     fn ctx(templar: &Arc<Templar>, pairs: &[(&str, Value)]) -> Value {
-        templar.context(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        templar.context(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
     }
 
     fn check(expr: &str, expected: Value) {
@@ -475,7 +521,9 @@ mod tests {
                 ("flag", Value::from("yes")),
             ],
         );
-        let got = templar.template_str(expr, &vars).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let got = templar
+            .template_str(expr, &vars)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"));
         assert_eq!(got, expected, "template {expr:?}");
     }
 
@@ -489,7 +537,19 @@ mod tests {
         check("plain", Value::from("plain"));
         check("{{ flag | bool }}", Value::from(true));
         check("{{ 'abc' | regex_replace('b', 'X') }}", Value::from("aXc"));
-        check("{{ 'ab' | regex_replace('(a)(b)', '\\2\\1') }}", Value::from("ba"));
+        check(
+            "{{ 'ab' | regex_replace('(a)(b)', '\\2\\1') }}",
+            Value::from("ba"),
+        );
+    }
+
+    /// `vars` and `hostvars[inventory_hostname]` reach the same variables.
+    #[test]
+    fn vars_and_hostvars() {
+        check("{{ vars['name'] }}", Value::from("web"));
+        let templar = Templar::new(PathBuf::from("/"));
+        let vars = ctx(&templar, &[("inventory_hostname", Value::from("h1")), ("x", Value::from(1))]);
+        assert_eq!(templar.template_str("{{ hostvars['h1'].x }}", &vars), Ok(Value::from(1)));
     }
 
     /// Undefined variables are errors that name the variable.
@@ -497,9 +557,13 @@ mod tests {
     fn undefined_is_an_error() {
         let templar = Templar::new(PathBuf::from("/"));
         let vars = ctx(&templar, &[]);
-        let err = templar.template_str("x {{ missing }}", &vars).expect_err("undefined");
+        let err = templar
+            .template_str("x {{ missing }}", &vars)
+            .expect_err("undefined");
         assert_eq!(err.to_string(), "'missing' is undefined");
-        let err = templar.template_str("{{ missing }}", &vars).expect_err("undefined");
+        let err = templar
+            .template_str("{{ missing }}", &vars)
+            .expect_err("undefined");
         assert_eq!(err.to_string(), "'missing' is undefined");
         assert_eq!(
             templar.template_str("{{ missing | default('d') }}", &vars),
@@ -511,7 +575,10 @@ mod tests {
     #[test]
     fn conditions() {
         let templar = Templar::new(PathBuf::from("/"));
-        let vars = ctx(&templar, &[("n", Value::from(3)), ("s", Value::from("text"))]);
+        let vars = ctx(
+            &templar,
+            &[("n", Value::from(3)), ("s", Value::from("text"))],
+        );
         let cond = |c: &str| templar.condition(&Value::from(c), &vars);
         assert_eq!(cond("n > 2"), Ok(true));
         assert_eq!(cond("{{ n == 2 }}"), Ok(false));

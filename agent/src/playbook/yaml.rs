@@ -135,7 +135,9 @@ impl Node {
                     Value::from(text.as_str())
                 }
             }
-            NodeKind::Seq(items) => Value::from(items.iter().map(Node::to_value).collect::<Vec<_>>()),
+            NodeKind::Seq(items) => {
+                Value::from(items.iter().map(Node::to_value).collect::<Vec<_>>())
+            }
             NodeKind::Map(entries) => Value::from_pairs(entries.iter().map(|(k, v)| {
                 let key = match &k.kind {
                     NodeKind::Str { text, .. } => Value::from(text.as_str()),
@@ -211,7 +213,8 @@ impl Builder {
                 Some(key) => {
                     if key.as_str() == Some("<<") {
                         merge_into(entries, node);
-                    } else if let Some(slot) = entries.iter_mut().find(|(k, _)| k.kind == key.kind) {
+                    } else if let Some(slot) = entries.iter_mut().find(|(k, _)| k.kind == key.kind)
+                    {
                         // PyYAML keeps the last duplicate key (Ansible warns about it).
                         slot.1 = node;
                     } else {
@@ -301,7 +304,11 @@ impl MarkedEventReceiver for Builder {
 }
 
 /// Resolves a scalar the way PyYAML's SafeLoader (YAML 1.1) does, plus Ansible's tags.
-fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Result<NodeKind, String> {
+fn resolve_scalar(
+    text: String,
+    style: TScalarStyle,
+    tag: Option<&Tag>,
+) -> Result<NodeKind, String> {
     if let Some(tag) = tag {
         let suffix = tag.suffix.as_str();
         match (tag.handle.as_str(), suffix) {
@@ -312,7 +319,10 @@ fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Resul
                 })
             }
             ("!", "vault") => {
-                return Err("vault-encrypted values (!vault) are not supported by the native runtime".into())
+                return Err(
+                    "vault-encrypted values (!vault) are not supported by the native runtime"
+                        .into(),
+                )
             }
             ("!!", "str") | ("tag:yaml.org,2002:", "str") => {
                 return Ok(NodeKind::Str {
@@ -342,7 +352,9 @@ pub fn resolve_plain(text: String) -> NodeKind {
         "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
             return NodeKind::Bool(false)
         }
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return NodeKind::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return NodeKind::Float(f64::INFINITY)
+        }
         "-.inf" | "-.Inf" | "-.INF" => return NodeKind::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return NodeKind::Float(f64::NAN),
         _ => {}
@@ -389,7 +401,9 @@ fn parse_yaml11_int(text: &str) -> Option<i64> {
         }
         i64::from_str_radix(&clean, 8).ok()?
     } else {
-        if !body.starts_with(|c: char| c.is_ascii_digit()) || !body.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        if !body.starts_with(|c: char| c.is_ascii_digit())
+            || !body.chars().all(|c| c.is_ascii_digit() || c == '_')
+        {
             return None;
         }
         clean.parse::<i64>().ok()?
@@ -409,7 +423,8 @@ fn is_yaml11_float(text: &str) -> bool {
     };
     let (int_part, frac) = (&mantissa[..dot], &mantissa[dot + 1..]);
     let int_ok = int_part.is_empty()
-        || (int_part.starts_with(|c: char| c.is_ascii_digit()) && int_part.chars().all(|c| c.is_ascii_digit() || c == '_'));
+        || (int_part.starts_with(|c: char| c.is_ascii_digit())
+            && int_part.chars().all(|c| c.is_ascii_digit() || c == '_'));
     let frac_ok = frac.chars().all(|c| c.is_ascii_digit() || c == '.');
     let exp_ok = match exponent {
         None => true,
@@ -426,7 +441,11 @@ mod tests {
     use super::*;
 
     fn check(input: &str, expected: NodeKind) {
-        assert_eq!(resolve_plain(input.to_string()), expected, "input {input:?}");
+        assert_eq!(
+            resolve_plain(input.to_string()),
+            expected,
+            "input {input:?}"
+        );
     }
 
     fn s(text: &str) -> NodeKind {
@@ -463,7 +482,10 @@ mod tests {
             panic!("expected a list")
         };
         assert_eq!(items[0].pos, Pos { line: 3, column: 5 });
-        assert_eq!(doc.as_map().expect("map")[0].0.pos, Pos { line: 1, column: 1 });
+        assert_eq!(
+            doc.as_map().expect("map")[0].0.pos,
+            Pos { line: 1, column: 1 }
+        );
     }
 
     /// Syntax errors carry a line and a column.

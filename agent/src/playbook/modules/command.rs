@@ -71,7 +71,9 @@ pub fn shlex_split(text: &str) -> Result<Vec<String>, String> {
 
 fn glob_exists(pattern: &str) -> bool {
     if pattern.contains(['*', '?', '[']) {
-        glob::glob(pattern).map(|mut paths| paths.any(|p| p.is_ok())).unwrap_or(false)
+        glob::glob(pattern)
+            .map(|mut paths| paths.any(|p| p.is_ok()))
+            .unwrap_or(false)
     } else {
         std::path::Path::new(pattern).exists()
     }
@@ -84,8 +86,19 @@ fn lines_value(text: &str) -> Value {
 /// Runs `command`, `shell` or `raw`.
 pub fn run(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "_raw_params", "cmd", "argv", "chdir", "creates", "removes", "stdin", "stdin_add_newline",
-        "strip_empty_ends", "executable", "warn", "expand_argument_vars", "_uses_shell",
+        "_raw_params",
+        "cmd",
+        "argv",
+        "chdir",
+        "creates",
+        "removes",
+        "stdin",
+        "stdin_add_newline",
+        "strip_empty_ends",
+        "executable",
+        "warn",
+        "expand_argument_vars",
+        "_uses_shell",
     ])?;
     let shell = module != "command";
     let raw = args.str_any(&["_raw_params", "cmd"]);
@@ -93,10 +106,17 @@ pub fn run(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
     let (program, cmd_value): (Vec<String>, Value) = if shell {
         let text = raw.ok_or_else(|| ArgError::Invalid("no command given".into()))?;
         let executable = args.str("executable").unwrap_or_else(|| "/bin/sh".into());
-        (vec![executable, "-c".into(), text.clone()], Value::from(text))
+        (
+            vec![executable, "-c".into(), text.clone()],
+            Value::from(text),
+        )
     } else {
         match (raw, argv) {
-            (Some(_), Some(_)) => return Err(ArgError::Invalid("only command or argv can be given, not both".into())),
+            (Some(_), Some(_)) => {
+                return Err(ArgError::Invalid(
+                    "only command or argv can be given, not both".into(),
+                ))
+            }
             (Some(text), None) => {
                 let words = shlex_split(&text).map_err(ArgError::Invalid)?;
                 (words.clone(), Value::from(words))
@@ -119,10 +139,16 @@ pub fn run(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
             return Ok(result
                 .with("rc", 0)
                 .with("stdout", format!("skipped, since {creates} exists"))
-                .with("stdout_lines", Value::from(vec![format!("skipped, since {creates} exists")]))
+                .with(
+                    "stdout_lines",
+                    Value::from(vec![format!("skipped, since {creates} exists")]),
+                )
                 .with("stderr", "")
                 .with("stderr_lines", Value::from(Vec::<String>::new()))
-                .with("msg", format!("Did not run command since '{creates}' exists")));
+                .with(
+                    "msg",
+                    format!("Did not run command since '{creates}' exists"),
+                ));
         }
     }
     if let Some(removes) = args.str("removes").map(resolve) {
@@ -130,10 +156,16 @@ pub fn run(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
             return Ok(result
                 .with("rc", 0)
                 .with("stdout", format!("skipped, since {removes} does not exist"))
-                .with("stdout_lines", Value::from(vec![format!("skipped, since {removes} does not exist")]))
+                .with(
+                    "stdout_lines",
+                    Value::from(vec![format!("skipped, since {removes} does not exist")]),
+                )
                 .with("stderr", "")
                 .with("stderr_lines", Value::from(Vec::<String>::new()))
-                .with("msg", format!("Did not run command since '{removes}' does not exist")));
+                .with(
+                    "msg",
+                    format!("Did not run command since '{removes}' does not exist"),
+                ));
         }
     }
     if ctx.check {
@@ -158,14 +190,26 @@ pub fn run(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
     for (k, v) in &ctx.environment {
         command.env(k, v);
     }
-    command.env("LANG", std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()));
+    command.env(
+        "LANG",
+        std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+    );
     let stdin = args.str("stdin");
-    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let mut failed = Outcome::failed(format!("[Errno {}] {}: b'{}'", e.raw_os_error().unwrap_or(2), errno_text(&e), program[0]));
+            let mut failed = Outcome::failed(format!(
+                "[Errno {}] {}: b'{}'",
+                e.raw_os_error().unwrap_or(2),
+                errno_text(&e),
+                program[0]
+            ));
             failed.set("cmd", cmd_value);
             failed.set("rc", 2);
             failed.set("stdout", "");
@@ -253,12 +297,20 @@ mod tests {
     #[test]
     fn rc_and_creates() {
         let ctx = ModuleContext::default();
-        let r = run("shell", &Args::new("shell", Value::from_pairs([("_raw_params", "exit 3")])), &ctx).expect("runs");
+        let r = run(
+            "shell",
+            &Args::new("shell", Value::from_pairs([("_raw_params", "exit 3")])),
+            &ctx,
+        )
+        .expect("runs");
         assert!(r.is_failed());
         assert_eq!(r.get("rc"), Some(&Value::from(3)));
         let r = run(
             "command",
-            &Args::new("command", Value::from_pairs([("_raw_params", "false"), ("creates", "/")])),
+            &Args::new(
+                "command",
+                Value::from_pairs([("_raw_params", "false"), ("creates", "/")]),
+            ),
             &ctx,
         )
         .expect("runs");

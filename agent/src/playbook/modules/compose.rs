@@ -11,8 +11,23 @@ use minijinja::Value;
 
 /// Compose event verbs that mean something changed.
 const CHANGE_EVENTS: &[&str] = &[
-    "Creating", "Created", "Starting", "Started", "Recreate", "Recreated", "Recreating", "Stopping", "Stopped",
-    "Removing", "Removed", "Restarting", "Restarted", "Killing", "Killed", "Building", "Built",
+    "Creating",
+    "Created",
+    "Starting",
+    "Started",
+    "Recreate",
+    "Recreated",
+    "Recreating",
+    "Stopping",
+    "Stopped",
+    "Removing",
+    "Removed",
+    "Restarting",
+    "Restarted",
+    "Killing",
+    "Killed",
+    "Building",
+    "Built",
 ];
 
 /// Parses Compose's progress output into (resource kind, name, verb) events.
@@ -29,14 +44,20 @@ pub fn parse_events(output: &str) -> Vec<(String, String, String)> {
             continue;
         }
         let verb = words[start + 2];
-        events.push((words[start].to_string(), words[start + 1].to_string(), verb.to_string()));
+        events.push((
+            words[start].to_string(),
+            words[start + 1].to_string(),
+            verb.to_string(),
+        ));
     }
     events
 }
 
 /// Whether the events of an operation mean a change.
 pub fn events_changed(events: &[(String, String, String)]) -> bool {
-    events.iter().any(|(kind, _, verb)| kind != "Image" && CHANGE_EVENTS.contains(&verb.as_str()))
+    events
+        .iter()
+        .any(|(kind, _, verb)| kind != "Image" && CHANGE_EVENTS.contains(&verb.as_str()))
 }
 
 fn compose_base() -> Option<Vec<String>> {
@@ -52,42 +73,85 @@ fn compose_base() -> Option<Vec<String>> {
 /// `docker_compose_v2`.
 pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "project_src", "project_name", "files", "env_files", "profiles", "state", "pull", "build", "recreate",
-        "remove_orphans", "remove_images", "remove_volumes", "services", "scale", "wait", "wait_timeout", "timeout",
-        "dependencies", "definition", "docker_cli", "docker_host", "tls_hostname", "api_version", "check_files_existing",
-        "ignore_build_events", "assume_yes", "degraded",
+        "project_src",
+        "project_name",
+        "files",
+        "env_files",
+        "profiles",
+        "state",
+        "pull",
+        "build",
+        "recreate",
+        "remove_orphans",
+        "remove_images",
+        "remove_volumes",
+        "services",
+        "scale",
+        "wait",
+        "wait_timeout",
+        "timeout",
+        "dependencies",
+        "definition",
+        "docker_cli",
+        "docker_host",
+        "tls_hostname",
+        "api_version",
+        "check_files_existing",
+        "ignore_build_events",
+        "assume_yes",
+        "degraded",
     ])?;
     let state = args
-        .choice("state", &["present", "stopped", "restarted", "absent"], Some("present"))?
+        .choice(
+            "state",
+            &["present", "stopped", "restarted", "absent"],
+            Some("present"),
+        )?
         .unwrap_or_default();
-    let mut base = match args.str("docker_cli") {
-        Some(cli) => vec![cli, "compose".into()],
-        None => match compose_base() {
-            Some(b) => b,
-            None => return Ok(Outcome::failed("Docker Compose was not found (neither `docker compose` nor `docker-compose`)")),
-        },
-    };
+    let mut base =
+        match args.str("docker_cli") {
+            Some(cli) => vec![cli, "compose".into()],
+            None => match compose_base() {
+                Some(b) => b,
+                None => return Ok(Outcome::failed(
+                    "Docker Compose was not found (neither `docker compose` nor `docker-compose`)",
+                )),
+            },
+        };
     base.extend(["--ansi".into(), "never".into()]);
     let mut definition_file = None;
     if let Some(definition) = args.get("definition") {
-        let name = args.str("project_name").ok_or_else(|| ArgError::Invalid("project_name is required with definition".into()))?;
-        let dir = std::env::temp_dir().join(format!("dynserv-compose-{name}-{}", std::process::id()));
+        let name = args
+            .str("project_name")
+            .ok_or_else(|| ArgError::Invalid("project_name is required with definition".into()))?;
+        let dir =
+            std::env::temp_dir().join(format!("dynserv-compose-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| ArgError::Invalid(e.to_string()))?;
         let file = dir.join("compose.yaml");
-        let text = serde_yaml::to_string(&definition).map_err(|e| ArgError::Invalid(e.to_string()))?;
+        let text =
+            serde_yaml::to_string(&definition).map_err(|e| ArgError::Invalid(e.to_string()))?;
         std::fs::write(&file, text).map_err(|e| ArgError::Invalid(e.to_string()))?;
-        base.extend(["--project-directory".into(), dir.display().to_string(), "-f".into(), file.display().to_string()]);
+        base.extend([
+            "--project-directory".into(),
+            dir.display().to_string(),
+            "-f".into(),
+            file.display().to_string(),
+        ]);
         definition_file = Some(dir);
     } else {
-        let src = args
-            .str("project_src")
-            .ok_or_else(|| ArgError::Invalid("one of the following is required: project_src, definition".into()))?;
+        let src = args.str("project_src").ok_or_else(|| {
+            ArgError::Invalid("one of the following is required: project_src, definition".into())
+        })?;
         if !std::path::Path::new(&src).is_dir() {
             return Ok(Outcome::failed(format!("\"{src}\" is not a directory")));
         }
         base.extend(["--project-directory".into(), src.clone()]);
         for file in args.list("files") {
-            let path = if file.starts_with('/') { file } else { format!("{src}/{file}") };
+            let path = if file.starts_with('/') {
+                file
+            } else {
+                format!("{src}/{file}")
+            };
             base.extend(["-f".into(), path]);
         }
     }
@@ -107,19 +171,37 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let mut sub: Vec<String> = Vec::new();
     match state.as_str() {
         "present" => {
-            sub.extend(["up".into(), "--detach".into(), "--no-color".into(), "--quiet-pull".into()]);
-            match args.choice("pull", &["always", "missing", "never", "policy"], Some("policy"))?.as_deref() {
+            sub.extend([
+                "up".into(),
+                "--detach".into(),
+                "--no-color".into(),
+                "--quiet-pull".into(),
+            ]);
+            match args
+                .choice(
+                    "pull",
+                    &["always", "missing", "never", "policy"],
+                    Some("policy"),
+                )?
+                .as_deref()
+            {
                 Some("always") => sub.extend(["--pull".into(), "always".into()]),
                 Some("missing") => sub.extend(["--pull".into(), "missing".into()]),
                 Some("never") => sub.extend(["--pull".into(), "never".into()]),
                 _ => {}
             }
-            match args.choice("build", &["always", "never", "policy"], Some("policy"))?.as_deref() {
+            match args
+                .choice("build", &["always", "never", "policy"], Some("policy"))?
+                .as_deref()
+            {
                 Some("always") => sub.push("--build".into()),
                 Some("never") => sub.push("--no-build".into()),
                 _ => {}
             }
-            match args.choice("recreate", &["always", "never", "auto"], Some("auto"))?.as_deref() {
+            match args
+                .choice("recreate", &["always", "never", "auto"], Some("auto"))?
+                .as_deref()
+            {
                 Some("always") => sub.push("--force-recreate".into()),
                 Some("never") => sub.push("--no-recreate".into()),
                 _ => {}
@@ -142,8 +224,14 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             if let Some(scale) = args.get("scale") {
                 if let Ok(keys) = scale.try_iter() {
                     for key in keys {
-                        let n = scale.get_item(&key).map(|v| super::value_to_string(&v)).unwrap_or_default();
-                        sub.extend(["--scale".into(), format!("{}={n}", super::value_to_string(&key))]);
+                        let n = scale
+                            .get_item(&key)
+                            .map(|v| super::value_to_string(&v))
+                            .unwrap_or_default();
+                        sub.extend([
+                            "--scale".into(),
+                            format!("{}={n}", super::value_to_string(&key)),
+                        ]);
                     }
                 }
             }
@@ -152,7 +240,12 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             // Nothing to stop when no container of the project is running.
             let mut ps = base.clone();
             ps.retain(|a| a != "--dry-run");
-            ps.extend(["ps".into(), "--quiet".into(), "--status".into(), "running".into()]);
+            ps.extend([
+                "ps".into(),
+                "--quiet".into(),
+                "--status".into(),
+                "running".into(),
+            ]);
             ps.extend(services.iter().cloned());
             let refs: Vec<&str> = ps.iter().skip(1).map(String::as_str).collect();
             let r = run(&ps[0], &refs, &ctx.environment, None);
@@ -200,14 +293,24 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let events = parse_events(&output);
     let actions: Vec<Value> = events
         .iter()
-        .map(|(kind, name, verb)| Value::from_pairs([("what", kind.as_str()), ("id", name.as_str()), ("status", verb.as_str())]))
+        .map(|(kind, name, verb)| {
+            Value::from_pairs([
+                ("what", kind.as_str()),
+                ("id", name.as_str()),
+                ("status", verb.as_str()),
+            ])
+        })
         .collect();
     if !r.ok() {
-        return Ok(Outcome::failed(format!("Error when processing {}: {}", state, r.stderr.trim()))
-            .with("rc", r.rc)
-            .with("stdout", r.stdout)
-            .with("stderr", r.stderr)
-            .with("cmd", argv.join(" ")));
+        return Ok(Outcome::failed(format!(
+            "Error when processing {}: {}",
+            state,
+            r.stderr.trim()
+        ))
+        .with("rc", r.rc)
+        .with("stdout", r.stdout)
+        .with("stderr", r.stderr)
+        .with("cmd", argv.join(" ")));
     }
     Ok(Outcome::new()
         .with("changed", events_changed(&events))

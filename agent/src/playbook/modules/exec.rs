@@ -27,7 +27,11 @@ pub fn run(program: &str, args: &[&str], env: &[(String, String)], stdin: Option
     for (k, v) in env {
         command.env(k, v);
     }
-    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match command.spawn() {
         Ok(c) => c,
@@ -61,7 +65,11 @@ pub fn run(program: &str, args: &[&str], env: &[(String, String)], stdin: Option
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().map(std::path::PathBuf::from))
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(std::path::PathBuf::from),
+        )
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }

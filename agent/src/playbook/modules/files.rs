@@ -71,7 +71,9 @@ pub fn user_name(uid: u32) -> String {
         if entry.is_null() {
             return uid.to_string();
         }
-        std::ffi::CStr::from_ptr((*entry).pw_name).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr((*entry).pw_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -83,12 +85,15 @@ pub fn group_name(gid: u32) -> String {
         if entry.is_null() {
             return gid.to_string();
         }
-        std::ffi::CStr::from_ptr((*entry).gr_name).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr((*entry).gr_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
 fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>, follow: bool) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
     // SAFETY: valid C string; -1 (u32::MAX) leaves an id unchanged.
     let rc = unsafe {
@@ -172,16 +177,31 @@ pub fn resolve_mode(mode: &Value, current: u32, is_dir: bool) -> Result<u32, Str
 }
 
 /// Applies `mode`/`owner`/`group` if they differ; returns whether anything changed.
-pub fn apply_attributes(path: &Path, args: &Args, ctx: &ModuleContext, follow: bool) -> Result<bool, String> {
-    let meta = if follow { fs::metadata(path) } else { fs::symlink_metadata(path) };
+pub fn apply_attributes(
+    path: &Path,
+    args: &Args,
+    ctx: &ModuleContext,
+    follow: bool,
+) -> Result<bool, String> {
+    let meta = if follow {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    };
     let meta = meta.map_err(|e| format!("could not stat {}: {e}", path.display()))?;
     let mut changed = false;
     let uid = match args.str("owner") {
-        Some(owner) => Some(lookup_uid(&owner).ok_or_else(|| format!("chown failed: failed to look up user {owner}"))?),
+        Some(owner) => Some(
+            lookup_uid(&owner)
+                .ok_or_else(|| format!("chown failed: failed to look up user {owner}"))?,
+        ),
         None => None,
     };
     let gid = match args.str("group") {
-        Some(group) => Some(lookup_gid(&group).ok_or_else(|| format!("chgrp failed: failed to look up group {group}"))?),
+        Some(group) => Some(
+            lookup_gid(&group)
+                .ok_or_else(|| format!("chgrp failed: failed to look up group {group}"))?,
+        ),
         None => None,
     };
     let uid_change = uid.filter(|u| *u != meta.uid());
@@ -189,7 +209,8 @@ pub fn apply_attributes(path: &Path, args: &Args, ctx: &ModuleContext, follow: b
     if uid_change.is_some() || gid_change.is_some() {
         changed = true;
         if !ctx.check {
-            chown(path, uid_change, gid_change, follow).map_err(|e| format!("chown failed: {e}"))?;
+            chown(path, uid_change, gid_change, follow)
+                .map_err(|e| format!("chown failed: {e}"))?;
         }
     }
     if let Some(mode) = args.get("mode") {
@@ -237,8 +258,14 @@ pub fn add_file_facts(result: &mut Outcome, path: &Path) {
 /// Writes content atomically (temp file in the same directory, then rename), keeping the
 /// mode and ownership of an existing destination like Ansible's `atomic_move`.
 pub fn atomic_write(dest: &Path, content: &[u8]) -> io::Result<()> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.dynserv.{}.tmp", std::process::id()));
     fs::write(&tmp, content)?;
     let result = (|| {
@@ -294,20 +321,33 @@ pub fn run_validate(validate: &str, candidate: &Path) -> Result<(), String> {
 
 /// Writes `content` to `dest` if it differs, then applies attributes: the core of
 /// `copy` (content), `template` and other content-producing modules.
-pub fn write_if_changed(dest: &Path, content: &[u8], args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
+pub fn write_if_changed(
+    dest: &Path,
+    content: &[u8],
+    args: &Args,
+    ctx: &ModuleContext,
+) -> Result<Outcome, ArgError> {
     let mut result = Outcome::new();
     let new_checksum = bytes_sha1(content);
     let exists = dest.exists();
     if dest.is_dir() {
-        return Ok(Outcome::failed(format!("can not use content with a dir as dest ({})", dest.display())));
+        return Ok(Outcome::failed(format!(
+            "can not use content with a dir as dest ({})",
+            dest.display()
+        )));
     }
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             if ctx.check {
                 // An earlier task would have created it; report the would-be change.
-                return Ok(Outcome::new().with("changed", true).with("dest", dest.display().to_string()));
+                return Ok(Outcome::new()
+                    .with("changed", true)
+                    .with("dest", dest.display().to_string()));
             }
-            return Ok(Outcome::failed(format!("Destination directory {} does not exist", parent.display())));
+            return Ok(Outcome::failed(format!(
+                "Destination directory {} does not exist",
+                parent.display()
+            )));
         }
     }
     let force = args.bool("force", true)?;
@@ -316,12 +356,19 @@ pub fn write_if_changed(dest: &Path, content: &[u8], args: &Args, ctx: &ModuleCo
     if !exists || (force && old_checksum.as_deref() != Some(new_checksum.as_str())) {
         changed = true;
         if ctx.diff {
-            let before = if exists { fs::read_to_string(dest).unwrap_or_default() } else { String::new() };
+            let before = if exists {
+                fs::read_to_string(dest).unwrap_or_default()
+            } else {
+                String::new()
+            };
             result.set(
                 "diff",
                 Value::from_pairs([
                     ("before", Value::from(before)),
-                    ("after", Value::from(String::from_utf8_lossy(content).into_owned())),
+                    (
+                        "after",
+                        Value::from(String::from_utf8_lossy(content).into_owned()),
+                    ),
                     ("before_header", Value::from(dest.display().to_string())),
                     ("after_header", Value::from(dest.display().to_string())),
                 ]),
@@ -329,8 +376,10 @@ pub fn write_if_changed(dest: &Path, content: &[u8], args: &Args, ctx: &ModuleCo
         }
         if !ctx.check {
             if let Some(validate) = args.str("validate") {
-                let tmp = std::env::temp_dir().join(format!("dynserv-validate-{}", std::process::id()));
-                fs::write(&tmp, content).map_err(|e| ArgError::Invalid(format!("could not write temp file: {e}")))?;
+                let tmp =
+                    std::env::temp_dir().join(format!("dynserv-validate-{}", std::process::id()));
+                fs::write(&tmp, content)
+                    .map_err(|e| ArgError::Invalid(format!("could not write temp file: {e}")))?;
                 let verdict = run_validate(&validate, &tmp);
                 let _ = fs::remove_file(&tmp);
                 if let Err(msg) = verdict {
@@ -343,7 +392,10 @@ pub fn write_if_changed(dest: &Path, content: &[u8], args: &Args, ctx: &ModuleCo
                 }
             }
             if let Err(e) = atomic_write(dest, content) {
-                return Ok(Outcome::failed(format!("Could not write {}: {e}", dest.display())));
+                return Ok(Outcome::failed(format!(
+                    "Could not write {}: {e}",
+                    dest.display()
+                )));
             }
         }
     }
@@ -363,13 +415,26 @@ pub fn write_if_changed(dest: &Path, content: &[u8], args: &Args, ctx: &ModuleCo
 /// `copy`: content or a file/directory tree to a destination.
 pub fn copy(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "src", "content", "dest", "backup", "force", "remote_src", "validate", "directory_mode", "follow",
-        "local_follow", "checksum", "decrypt", "_original_basename",
+        "src",
+        "content",
+        "dest",
+        "backup",
+        "force",
+        "remote_src",
+        "validate",
+        "directory_mode",
+        "follow",
+        "local_follow",
+        "checksum",
+        "decrypt",
+        "_original_basename",
     ])?;
     let dest_text = args.required("dest")?;
     if let Some(content) = args.get("content") {
         if args.has("src") {
-            return Err(ArgError::Invalid("parameters are mutually exclusive: src|content".into()));
+            return Err(ArgError::Invalid(
+                "parameters are mutually exclusive: src|content".into(),
+            ));
         }
         let text = match content.kind() {
             minijinja::value::ValueKind::String => content.as_str().unwrap_or_default().to_string(),
@@ -389,22 +454,38 @@ pub fn copy(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let src_path = PathBuf::from(&src);
     let meta = match fs::metadata(&src_path) {
         Ok(m) => m,
-        Err(_) => return Ok(Outcome::failed(format!("Could not find or access '{src}' on the Ansible Controller."))),
+        Err(_) => {
+            return Ok(Outcome::failed(format!(
+                "Could not find or access '{src}' on the Ansible Controller."
+            )))
+        }
     };
     if meta.is_dir() {
         return copy_tree(&src, &dest_text, args, ctx);
     }
     let mut dest = PathBuf::from(&dest_text);
     if dest_text.ends_with('/') || dest.is_dir() {
-        let base = src_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let base = src_path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         if dest_text.ends_with('/') && !dest.exists() && !ctx.check {
-            fs::create_dir_all(&dest).map_err(|e| ArgError::Invalid(format!("could not create {dest_text}: {e}")))?;
+            fs::create_dir_all(&dest)
+                .map_err(|e| ArgError::Invalid(format!("could not create {dest_text}: {e}")))?;
         }
         dest = dest.join(base);
     }
-    let content = fs::read(&src_path).map_err(|e| ArgError::Invalid(format!("could not read {src}: {e}")))?;
+    let content =
+        fs::read(&src_path).map_err(|e| ArgError::Invalid(format!("could not read {src}: {e}")))?;
     let args = if args.str("mode").as_deref() == Some("preserve") {
-        Args::new("copy", with_arg(args.value(), "mode", Value::from(format!("{:04o}", meta.mode() & 0o7777))))
+        Args::new(
+            "copy",
+            with_arg(
+                args.value(),
+                "mode",
+                Value::from(format!("{:04o}", meta.mode() & 0o7777)),
+            ),
+        )
     } else {
         args.clone()
     };
@@ -447,7 +528,9 @@ fn copy_tree(src: &str, dest: &str, args: &Args, ctx: &ModuleContext) -> Result<
         if !to.exists() {
             changed = true;
             if !ctx.check {
-                fs::create_dir_all(&to).map_err(|e| ArgError::Invalid(format!("could not create {}: {e}", to.display())))?;
+                fs::create_dir_all(&to).map_err(|e| {
+                    ArgError::Invalid(format!("could not create {}: {e}", to.display()))
+                })?;
             }
         }
         if to.exists() {
@@ -464,7 +547,9 @@ fn copy_tree(src: &str, dest: &str, args: &Args, ctx: &ModuleContext) -> Result<
             if path.is_dir() {
                 stack.push((path, target));
             } else {
-                let content = fs::read(&path).map_err(|e| ArgError::Invalid(format!("could not read {}: {e}", path.display())))?;
+                let content = fs::read(&path).map_err(|e| {
+                    ArgError::Invalid(format!("could not read {}: {e}", path.display()))
+                })?;
                 let r = if ctx.check && !to.exists() {
                     Outcome::new().with("changed", true)
                 } else {
@@ -477,7 +562,10 @@ fn copy_tree(src: &str, dest: &str, args: &Args, ctx: &ModuleContext) -> Result<
             }
         }
     }
-    let mut result = Outcome::new().with("changed", changed).with("dest", dest).with("src", src);
+    let mut result = Outcome::new()
+        .with("changed", changed)
+        .with("dest", dest)
+        .with("src", src);
     add_file_facts(&mut result, &target_root);
     Ok(result)
 }
@@ -500,11 +588,17 @@ fn remove_path(path: &Path) -> io::Result<()> {
     }
 }
 
-fn apply_recursive(root: &Path, args: &Args, ctx: &ModuleContext, follow: bool) -> Result<bool, String> {
+fn apply_recursive(
+    root: &Path,
+    args: &Args,
+    ctx: &ModuleContext,
+    follow: bool,
+) -> Result<bool, String> {
     let mut changed = false;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(|e| format!("could not read {}: {e}", dir.display()))?;
+        let entries =
+            fs::read_dir(&dir).map_err(|e| format!("could not read {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
@@ -520,8 +614,20 @@ fn apply_recursive(root: &Path, args: &Args, ctx: &ModuleContext, follow: bool) 
 /// `file`: directories, links, removal, touch and attributes.
 pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "path", "dest", "name", "state", "src", "recurse", "force", "follow", "modification_time",
-        "modification_time_format", "access_time", "access_time_format", "_original_basename", "_diff_peek",
+        "path",
+        "dest",
+        "name",
+        "state",
+        "src",
+        "recurse",
+        "force",
+        "follow",
+        "modification_time",
+        "modification_time_format",
+        "access_time",
+        "access_time_format",
+        "_original_basename",
+        "_diff_peek",
     ])?;
     let path_text = args
         .str_any(&["path", "dest", "name"])
@@ -532,7 +638,11 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let follow = args.bool("follow", true)?;
     let prev = current_state(&path);
     let state = args
-        .choice("state", &["absent", "directory", "file", "hard", "link", "touch"], None)?
+        .choice(
+            "state",
+            &["absent", "directory", "file", "hard", "link", "touch"],
+            None,
+        )?
         .unwrap_or_else(|| {
             if prev != "absent" {
                 prev.to_string()
@@ -543,7 +653,9 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             }
         });
     if recurse && state != "directory" {
-        return Err(ArgError::Invalid("recurse option requires state to be 'directory'".into()));
+        return Err(ArgError::Invalid(
+            "recurse option requires state to be 'directory'".into(),
+        ));
     }
     let mut result = Outcome::new().with("path", path_text.clone());
     let fail = |msg: String| Ok(Outcome::failed(msg).with("path", path_text.clone()));
@@ -578,7 +690,10 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     for dir in missing.iter().rev() {
                         if let Err(e) = fs::create_dir(dir) {
                             if e.kind() != io::ErrorKind::AlreadyExists {
-                                return fail(format!("There was an issue creating {} as requested: {e}", dir.display()));
+                                return fail(format!(
+                                    "There was an issue creating {} as requested: {e}",
+                                    dir.display()
+                                ));
                             }
                         }
                         if let Err(msg) = apply_attributes(dir, args, ctx, true) {
@@ -621,7 +736,8 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     if let Err(e) = fs::OpenOptions::new().create(true).append(true).open(&path) {
                         return fail(format!("Error, could not touch target: {e}"));
                     }
-                    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666 & !umask()));
+                    let _ =
+                        fs::set_permissions(&path, fs::Permissions::from_mode(0o666 & !umask()));
                 } else {
                     let preserve_m = args.str("modification_time").as_deref() == Some("preserve");
                     let preserve_a = args.str("access_time").as_deref() == Some("preserve");
@@ -645,7 +761,11 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             let mut changed = false;
             if state == "link" {
                 let base = path.parent().unwrap_or(Path::new("/"));
-                let absolute_src = if src.starts_with('/') { PathBuf::from(&src) } else { base.join(&src) };
+                let absolute_src = if src.starts_with('/') {
+                    PathBuf::from(&src)
+                } else {
+                    base.join(&src)
+                };
                 if !absolute_src.exists() && !force && !ctx.check {
                     return fail(format!(
                         "src file does not exist, use \"force=yes\" if you really want to create the link: {}",
@@ -656,12 +776,18 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 if current_target.as_deref() != Some(Path::new(&src)) {
                     if prev == "file" || prev == "hard" {
                         if !force {
-                            return fail(format!("refusing to convert from file to symlink for {path_text}"));
+                            return fail(format!(
+                                "refusing to convert from file to symlink for {path_text}"
+                            ));
                         }
                     } else if prev == "directory" {
-                        let empty = fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
+                        let empty = fs::read_dir(&path)
+                            .map(|mut d| d.next().is_none())
+                            .unwrap_or(false);
                         if !(force && empty) {
-                            return fail(format!("refusing to convert from directory to symlink for {path_text}"));
+                            return fail(format!(
+                                "refusing to convert from directory to symlink for {path_text}"
+                            ));
                         }
                     }
                     changed = true;
@@ -690,7 +816,9 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     .unwrap_or(false);
                 if !same {
                     if prev != "absent" && !force {
-                        return fail(format!("refusing to convert from {prev} to hard link for {path_text}"));
+                        return fail(format!(
+                            "refusing to convert from {prev} to hard link for {path_text}"
+                        ));
                     }
                     changed = true;
                     if !ctx.check {
@@ -732,11 +860,23 @@ fn touch_times(path: &Path) {
 
 /// `stat`: facts about a path; never changes anything.
 pub fn stat(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["path", "follow", "get_checksum", "checksum_algorithm", "get_mime", "get_attributes", "get_md5"])?;
+    args.check_supported(&[
+        "path",
+        "follow",
+        "get_checksum",
+        "checksum_algorithm",
+        "get_mime",
+        "get_attributes",
+        "get_md5",
+    ])?;
     let path_text = args.required("path")?;
     let path = Path::new(&path_text);
     let follow = args.bool("follow", false)?;
-    let meta = if follow { fs::metadata(path) } else { fs::symlink_metadata(path) };
+    let meta = if follow {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    };
     let Ok(meta) = meta else {
         return Ok(Outcome::new().with("stat", Value::from_pairs([("exists", false)])));
     };
@@ -759,9 +899,18 @@ pub fn stat(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         ("inode", Value::from(meta.ino())),
         ("dev", Value::from(meta.dev())),
         ("nlink", Value::from(meta.nlink())),
-        ("atime", Value::from(meta.atime() as f64 + meta.atime_nsec() as f64 / 1e9)),
-        ("mtime", Value::from(meta.mtime() as f64 + meta.mtime_nsec() as f64 / 1e9)),
-        ("ctime", Value::from(meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9)),
+        (
+            "atime",
+            Value::from(meta.atime() as f64 + meta.atime_nsec() as f64 / 1e9),
+        ),
+        (
+            "mtime",
+            Value::from(meta.mtime() as f64 + meta.mtime_nsec() as f64 / 1e9),
+        ),
+        (
+            "ctime",
+            Value::from(meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9),
+        ),
         ("wusr", Value::from(mode & 0o200 != 0)),
         ("rusr", Value::from(mode & 0o400 != 0)),
         ("xusr", Value::from(mode & 0o100 != 0)),
@@ -804,13 +953,20 @@ pub fn stat(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
 /// `slurp`: a file's content, base64-encoded.
 pub fn slurp(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&["src", "path"])?;
-    let src = args.str_any(&["src", "path"]).ok_or_else(|| ArgError::Missing("src".into()))?;
+    let src = args
+        .str_any(&["src", "path"])
+        .ok_or_else(|| ArgError::Missing("src".into()))?;
     match fs::read(&src) {
         Ok(bytes) => Ok(Outcome::new()
-            .with("content", base64::engine::general_purpose::STANDARD.encode(bytes))
+            .with(
+                "content",
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )
             .with("encoding", "base64")
             .with("source", src)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Outcome::failed(format!("file not found: {src}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Outcome::failed(format!("file not found: {src}")))
+        }
         Err(e) => Ok(Outcome::failed(format!("unable to slurp file: {e}"))),
     }
 }
@@ -820,7 +976,11 @@ mod tests {
     use super::*;
 
     fn check_mode(current: u32, spec: &str, is_dir: bool, expected: u32) {
-        assert_eq!(apply_symbolic_mode(current, spec, is_dir), Ok(expected), "{current:o} {spec}");
+        assert_eq!(
+            apply_symbolic_mode(current, spec, is_dir),
+            Ok(expected),
+            "{current:o} {spec}"
+        );
     }
 
     /// Symbolic modes behave like chmod(1).
@@ -849,9 +1009,16 @@ mod tests {
         let dest = dir.path().join("f.txt");
         let args = Args::new(
             "copy",
-            Value::from_pairs([("content", Value::from("hi\n")), ("dest", Value::from(dest.display().to_string())), ("mode", Value::from("0600"))]),
+            Value::from_pairs([
+                ("content", Value::from("hi\n")),
+                ("dest", Value::from(dest.display().to_string())),
+                ("mode", Value::from("0600")),
+            ]),
         );
-        let check = ModuleContext { check: true, ..Default::default() };
+        let check = ModuleContext {
+            check: true,
+            ..Default::default()
+        };
         assert!(copy(&args, &check).expect("runs").changed());
         assert!(!dest.exists());
         let ctx = ModuleContext::default();
@@ -866,10 +1033,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("a/b");
         let ctx = ModuleContext::default();
-        let args = Args::new("file", Value::from_pairs([("path", target.display().to_string()), ("state", "directory".into())]));
+        let args = Args::new(
+            "file",
+            Value::from_pairs([
+                ("path", target.display().to_string()),
+                ("state", "directory".into()),
+            ]),
+        );
         assert!(file(&args, &ctx).expect("runs").changed());
         assert!(!file(&args, &ctx).expect("runs").changed());
-        let args = Args::new("file", Value::from_pairs([("path", dir.path().join("a").display().to_string()), ("state", "absent".into())]));
+        let args = Args::new(
+            "file",
+            Value::from_pairs([
+                ("path", dir.path().join("a").display().to_string()),
+                ("state", "absent".into()),
+            ]),
+        );
         assert!(file(&args, &ctx).expect("runs").changed());
         assert!(!file(&args, &ctx).expect("runs").changed());
     }

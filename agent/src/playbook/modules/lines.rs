@@ -7,7 +7,8 @@ use std::fs;
 use std::path::Path;
 
 fn compile(pattern: &str) -> Result<regex::Regex, ArgError> {
-    regex::Regex::new(pattern).map_err(|e| ArgError::Invalid(format!("invalid regular expression {pattern:?}: {e}")))
+    regex::Regex::new(pattern)
+        .map_err(|e| ArgError::Invalid(format!("invalid regular expression {pattern:?}: {e}")))
 }
 
 /// Splits text into lines that keep their terminators (Python's `splitlines(True)` for `\n`).
@@ -33,7 +34,8 @@ fn finish(
     if changed && !ctx.check {
         if let Some(validate) = args.str("validate") {
             let tmp = std::env::temp_dir().join(format!("dynserv-validate-{}", std::process::id()));
-            fs::write(&tmp, edited).map_err(|e| ArgError::Invalid(format!("could not write temp file: {e}")))?;
+            fs::write(&tmp, edited)
+                .map_err(|e| ArgError::Invalid(format!("could not write temp file: {e}")))?;
             let verdict = run_validate(&validate, &tmp);
             let _ = fs::remove_file(&tmp);
             if let Err(m) = verdict {
@@ -45,11 +47,19 @@ fn finish(
                 result.set("backup", backup);
             }
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-            fs::create_dir_all(parent).map_err(|e| ArgError::Invalid(format!("Error creating {}: {e}", parent.display())))?;
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
+            fs::create_dir_all(parent).map_err(|e| {
+                ArgError::Invalid(format!("Error creating {}: {e}", parent.display()))
+            })?;
         }
         if let Err(e) = atomic_write(path, edited.as_bytes()) {
-            return Ok(Outcome::failed(format!("Could not write {}: {e}", path.display())));
+            return Ok(Outcome::failed(format!(
+                "Could not write {}: {e}",
+                path.display()
+            )));
         }
     }
     if ctx.diff && changed {
@@ -85,18 +95,37 @@ fn finish(
 /// `lineinfile`.
 pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "path", "dest", "destfile", "name", "regexp", "search_string", "state", "line", "value", "backrefs",
-        "insertafter", "insertbefore", "create", "backup", "firstmatch", "validate", "others",
+        "path",
+        "dest",
+        "destfile",
+        "name",
+        "regexp",
+        "search_string",
+        "state",
+        "line",
+        "value",
+        "backrefs",
+        "insertafter",
+        "insertbefore",
+        "create",
+        "backup",
+        "firstmatch",
+        "validate",
+        "others",
     ])?;
     let path_text = args
         .str_any(&["path", "dest", "destfile", "name"])
         .ok_or_else(|| ArgError::Missing("path".into()))?;
     let path = Path::new(&path_text);
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     let regexp = args.str("regexp");
     let search_string = args.str("search_string");
     if regexp.is_some() && search_string.is_some() {
-        return Err(ArgError::Invalid("parameters are mutually exclusive: regexp|search_string".into()));
+        return Err(ArgError::Invalid(
+            "parameters are mutually exclusive: regexp|search_string".into(),
+        ));
     }
     let line = args.str_any(&["line", "value"]);
     let backrefs = args.bool("backrefs", false)?;
@@ -105,7 +134,9 @@ pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
     let insertafter = args.str("insertafter");
     let insertbefore = args.str("insertbefore");
     if insertafter.is_some() && insertbefore.is_some() {
-        return Err(ArgError::Invalid("parameters are mutually exclusive: insertbefore|insertafter".into()));
+        return Err(ArgError::Invalid(
+            "parameters are mutually exclusive: insertbefore|insertafter".into(),
+        ));
     }
     if path.is_dir() {
         return Ok(Outcome::failed(format!("Path {path_text} is a directory !")).with("rc", 256));
@@ -114,10 +145,14 @@ pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
 
     if state == "absent" {
         if regexp.is_none() && search_string.is_none() && line.is_none() {
-            return Err(ArgError::Invalid("one of the following is required: line, regexp, search_string".into()));
+            return Err(ArgError::Invalid(
+                "one of the following is required: line, regexp, search_string".into(),
+            ));
         }
         let Some(text) = original.as_deref() else {
-            return Ok(Outcome::new().with("msg", "file not present").with("found", 0));
+            return Ok(Outcome::new()
+                .with("msg", "file not present")
+                .with("found", 0));
         };
         let re = regexp.as_deref().map(compile).transpose()?;
         let mut lines = split_keep(text);
@@ -135,21 +170,31 @@ pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
         });
         let found = before - lines.len();
         let edited: String = lines.concat();
-        let msg = if found > 0 { format!("{found} line(s) removed") } else { String::new() };
+        let msg = if found > 0 {
+            format!("{found} line(s) removed")
+        } else {
+            String::new()
+        };
         let mut result = finish(path, Some(text), &edited, found > 0, msg, args, ctx)?;
         result.set("found", found);
         return Ok(result);
     }
 
-    let line = line.ok_or_else(|| ArgError::Invalid("line is required with state=present".into()))?;
+    let line =
+        line.ok_or_else(|| ArgError::Invalid("line is required with state=present".into()))?;
     if backrefs && regexp.is_none() {
-        return Err(ArgError::Invalid("regexp is required with backrefs=true".into()));
+        return Err(ArgError::Invalid(
+            "regexp is required with backrefs=true".into(),
+        ));
     }
     let text = match original.as_deref() {
         Some(t) => t.to_string(),
         None => {
             if !create {
-                return Ok(Outcome::failed(format!("Destination {path_text} does not exist !")).with("rc", 257));
+                return Ok(
+                    Outcome::failed(format!("Destination {path_text} does not exist !"))
+                        .with("rc", 257),
+                );
             }
             String::new()
         }
@@ -217,7 +262,11 @@ pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
     let sep = "\n";
     let mut msg = String::new();
     let mut changed = false;
-    let ends_without_newline = |lines: &Vec<String>| lines.last().is_some_and(|l| !l.ends_with('\n') && !l.ends_with('\r'));
+    let ends_without_newline = |lines: &Vec<String>| {
+        lines
+            .last()
+            .is_some_and(|l| !l.ends_with('\n') && !l.ends_with('\r'))
+    };
     if index[0] != -1 {
         let mut new_line = if backrefs {
             match &matched {
@@ -289,17 +338,42 @@ pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
 /// `blockinfile`.
 pub fn blockinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "path", "dest", "destfile", "name", "state", "marker", "block", "content", "insertafter", "insertbefore",
-        "create", "backup", "marker_begin", "marker_end", "validate", "append_newline", "prepend_newline",
+        "path",
+        "dest",
+        "destfile",
+        "name",
+        "state",
+        "marker",
+        "block",
+        "content",
+        "insertafter",
+        "insertbefore",
+        "create",
+        "backup",
+        "marker_begin",
+        "marker_end",
+        "validate",
+        "append_newline",
+        "prepend_newline",
     ])?;
     let path_text = args
         .str_any(&["path", "dest", "destfile", "name"])
         .ok_or_else(|| ArgError::Missing("path".into()))?;
     let path = Path::new(&path_text);
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
-    let marker = args.str("marker").unwrap_or_else(|| "# {mark} ANSIBLE MANAGED BLOCK".into());
-    let begin = marker.replace("{mark}", &args.str("marker_begin").unwrap_or_else(|| "BEGIN".into()));
-    let end = marker.replace("{mark}", &args.str("marker_end").unwrap_or_else(|| "END".into()));
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
+    let marker = args
+        .str("marker")
+        .unwrap_or_else(|| "# {mark} ANSIBLE MANAGED BLOCK".into());
+    let begin = marker.replace(
+        "{mark}",
+        &args.str("marker_begin").unwrap_or_else(|| "BEGIN".into()),
+    );
+    let end = marker.replace(
+        "{mark}",
+        &args.str("marker_end").unwrap_or_else(|| "END".into()),
+    );
     let block = args.str_any(&["block", "content"]).unwrap_or_default();
     let create = args.bool("create", false)?;
     let insertafter = args.str("insertafter");
@@ -313,7 +387,9 @@ pub fn blockinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError
             return Ok(Outcome::new().with("msg", format!("File {path_text} not present")));
         }
         if !create {
-            return Ok(Outcome::failed(format!("Path {path_text} does not exist !")).with("rc", 257));
+            return Ok(
+                Outcome::failed(format!("Path {path_text} does not exist !")).with("rc", 257),
+            );
         }
     }
     let text = original.clone().unwrap_or_default();
@@ -351,7 +427,10 @@ pub fn blockinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError
                     0
                 } else {
                     let re = compile(pattern)?;
-                    lines.iter().rposition(|l| re.is_match(strip_eol(l))).unwrap_or(lines.len())
+                    lines
+                        .iter()
+                        .rposition(|l| re.is_match(strip_eol(l)))
+                        .unwrap_or(lines.len())
                 }
             } else if let Some(pattern) = insertafter.as_deref().filter(|p| *p != "EOF") {
                 let re = compile(pattern)?;
@@ -375,7 +454,9 @@ pub fn blockinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError
     let new_lines: Vec<String> = block_lines.iter().map(|l| format!("{l}\n")).collect();
     lines.splice(insert_at..insert_at, new_lines);
     let edited = lines.concat();
-    let (changed, msg) = if original.as_deref() == Some(edited.as_str()) || (original.is_none() && edited.is_empty()) {
+    let (changed, msg) = if original.as_deref() == Some(edited.as_str())
+        || (original.is_none() && edited.is_empty())
+    {
         (false, String::new())
     } else if original.is_none() {
         (true, "File created".to_string())
@@ -389,13 +470,17 @@ pub fn blockinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError
 
 /// `replace`: regex substitution over the whole file.
 pub fn replace(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["path", "dest", "destfile", "name", "regexp", "replace", "after", "before", "backup", "validate", "encoding", "others"])?;
+    args.check_supported(&[
+        "path", "dest", "destfile", "name", "regexp", "replace", "after", "before", "backup",
+        "validate", "encoding", "others",
+    ])?;
     let path_text = args
         .str_any(&["path", "dest", "destfile", "name"])
         .ok_or_else(|| ArgError::Missing("path".into()))?;
     let path = Path::new(&path_text);
     let regexp = args.required("regexp")?;
-    let replacement = super::super::filters::python_replacement(&args.str("replace").unwrap_or_default());
+    let replacement =
+        super::super::filters::python_replacement(&args.str("replace").unwrap_or_default());
     let Ok(text) = fs::read_to_string(path) else {
         return Ok(Outcome::failed(format!("Path {path_text} does not exist !")).with("rc", 257));
     };
@@ -409,21 +494,35 @@ pub fn replace(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let replaced = re.replace_all(region, replacement.as_str());
     let edited = format!("{}{}{}", &text[..start], replaced, &text[end..]);
     let changed = edited != text;
-    let msg = if changed { format!("{count} replacements made") } else { String::new() };
+    let msg = if changed {
+        format!("{count} replacements made")
+    } else {
+        String::new()
+    };
     finish(path, Some(&text), &edited, changed, msg, args, ctx)
 }
 
-fn section(text: &str, after: Option<String>, before: Option<String>) -> Result<(usize, usize), ArgError> {
+fn section(
+    text: &str,
+    after: Option<String>,
+    before: Option<String>,
+) -> Result<(usize, usize), ArgError> {
     let mut start = 0;
     let mut end = text.len();
     if let Some(pattern) = after {
-        let re = regex::RegexBuilder::new(&pattern).dot_matches_new_line(true).build().map_err(|e| ArgError::Invalid(e.to_string()))?;
+        let re = regex::RegexBuilder::new(&pattern)
+            .dot_matches_new_line(true)
+            .build()
+            .map_err(|e| ArgError::Invalid(e.to_string()))?;
         if let Some(m) = re.find(text) {
             start = m.end();
         }
     }
     if let Some(pattern) = before {
-        let re = regex::RegexBuilder::new(&pattern).dot_matches_new_line(true).build().map_err(|e| ArgError::Invalid(e.to_string()))?;
+        let re = regex::RegexBuilder::new(&pattern)
+            .dot_matches_new_line(true)
+            .build()
+            .map_err(|e| ArgError::Invalid(e.to_string()))?;
         if let Some(m) = re.find(&text[start..]) {
             end = start + m.start();
         }
@@ -442,11 +541,19 @@ mod tests {
         if let Some(content) = initial {
             fs::write(&path, content).expect("write");
         }
-        let mut all: Vec<(String, Value)> = vec![("path".into(), Value::from(path.display().to_string()))];
+        let mut all: Vec<(String, Value)> =
+            vec![("path".into(), Value::from(path.display().to_string()))];
         all.extend(pairs.iter().map(|(k, v)| (k.to_string(), Value::from(*v))));
-        let result = lineinfile(&Args::new("lineinfile", Value::from_pairs(all)), &ModuleContext::default()).expect("runs");
+        let result = lineinfile(
+            &Args::new("lineinfile", Value::from_pairs(all)),
+            &ModuleContext::default(),
+        )
+        .expect("runs");
         assert!(!result.is_failed(), "{result:?}");
-        (result.changed(), fs::read_to_string(&path).unwrap_or_default())
+        (
+            result.changed(),
+            fs::read_to_string(&path).unwrap_or_default(),
+        )
     }
 
     /// lineinfile follows Ansible's replace/insert rules.
@@ -455,18 +562,66 @@ mod tests {
         let cases: Vec<(Option<&str>, Vec<(&str, &str)>, bool, &str)> = vec![
             (Some("a\nb\n"), vec![("line", "c")], true, "a\nb\nc\n"),
             (Some("a\nb\n"), vec![("line", "b")], false, "a\nb\n"),
-            (Some("a\nport=1\n"), vec![("regexp", "^port="), ("line", "port=2")], true, "a\nport=2\n"),
-            (Some("a\nport=2\n"), vec![("regexp", "^port="), ("line", "port=2")], false, "a\nport=2\n"),
+            (
+                Some("a\nport=1\n"),
+                vec![("regexp", "^port="), ("line", "port=2")],
+                true,
+                "a\nport=2\n",
+            ),
+            (
+                Some("a\nport=2\n"),
+                vec![("regexp", "^port="), ("line", "port=2")],
+                false,
+                "a\nport=2\n",
+            ),
             (Some("a\nb"), vec![("line", "c")], true, "a\nb\nc\n"),
-            (Some("a\nb\n"), vec![("line", "x"), ("insertbefore", "BOF")], true, "x\na\nb\n"),
-            (Some("a\nb\n"), vec![("line", "x"), ("insertafter", "^a")], true, "a\nx\nb\n"),
-            (Some("a\nx\nb\n"), vec![("line", "x"), ("insertafter", "^a")], false, "a\nx\nb\n"),
-            (Some("a\nb\na\n"), vec![("line", "a"), ("state", "absent")], true, "b\n"),
-            (None, vec![("line", "new"), ("create", "yes")], true, "new\n"),
-            (Some("k = 1\n"), vec![("regexp", "^k = (\\d)"), ("line", "k = \\1\\1"), ("backrefs", "yes")], true, "k = 11\n"),
+            (
+                Some("a\nb\n"),
+                vec![("line", "x"), ("insertbefore", "BOF")],
+                true,
+                "x\na\nb\n",
+            ),
+            (
+                Some("a\nb\n"),
+                vec![("line", "x"), ("insertafter", "^a")],
+                true,
+                "a\nx\nb\n",
+            ),
+            (
+                Some("a\nx\nb\n"),
+                vec![("line", "x"), ("insertafter", "^a")],
+                false,
+                "a\nx\nb\n",
+            ),
+            (
+                Some("a\nb\na\n"),
+                vec![("line", "a"), ("state", "absent")],
+                true,
+                "b\n",
+            ),
+            (
+                None,
+                vec![("line", "new"), ("create", "yes")],
+                true,
+                "new\n",
+            ),
+            (
+                Some("k = 1\n"),
+                vec![
+                    ("regexp", "^k = (\\d)"),
+                    ("line", "k = \\1\\1"),
+                    ("backrefs", "yes"),
+                ],
+                true,
+                "k = 11\n",
+            ),
         ];
         for (initial, args, changed, content) in cases {
-            assert_eq!(run_lineinfile(initial, &args), (changed, content.to_string()), "{initial:?} {args:?}");
+            assert_eq!(
+                run_lineinfile(initial, &args),
+                (changed, content.to_string()),
+                "{initial:?} {args:?}"
+            );
         }
     }
 
@@ -482,7 +637,9 @@ mod tests {
                 ("block", block.to_string()),
                 ("state", state.to_string()),
             ]);
-            blockinfile(&Args::new("blockinfile", args), &ModuleContext::default()).expect("runs").changed()
+            blockinfile(&Args::new("blockinfile", args), &ModuleContext::default())
+                .expect("runs")
+                .changed()
         };
         assert!(run("x\ny", "present"));
         assert_eq!(

@@ -172,12 +172,26 @@ impl Args {
 
     /// Fails on arguments outside `supported` (common file arguments are always allowed).
     pub fn check_supported(&self, supported: &[&str]) -> Result<(), ArgError> {
-        const FILE_COMMON: &[&str] = &["mode", "owner", "group", "seuser", "serole", "setype", "selevel", "unsafe_writes", "attributes", "attr"];
+        const FILE_COMMON: &[&str] = &[
+            "mode",
+            "owner",
+            "group",
+            "seuser",
+            "serole",
+            "setype",
+            "selevel",
+            "unsafe_writes",
+            "attributes",
+            "attr",
+        ];
         let mut unknown = Vec::new();
         if let Ok(keys) = self.value.try_iter() {
             for key in keys {
                 let name = key.as_str().unwrap_or_default().to_string();
-                if !supported.contains(&name.as_str()) && !FILE_COMMON.contains(&name.as_str()) && !name.starts_with('_') {
+                if !supported.contains(&name.as_str())
+                    && !FILE_COMMON.contains(&name.as_str())
+                    && !name.starts_with('_')
+                {
                     unknown.push(name);
                 }
             }
@@ -216,7 +230,8 @@ impl Args {
 
     /// A required string argument.
     pub fn required(&self, key: &str) -> Result<String, ArgError> {
-        self.str(key).ok_or_else(|| ArgError::Missing(key.to_string()))
+        self.str(key)
+            .ok_or_else(|| ArgError::Missing(key.to_string()))
     }
 
     /// The first present argument among aliases.
@@ -249,7 +264,12 @@ impl Args {
                     .trim()
                     .parse::<i64>()
                     .map(Some)
-                    .map_err(|_| ArgError::Invalid(format!("argument '{key}' is of type {} and we were unable to convert to int", super::template::python_type_name(&v))))
+                    .map_err(|_| {
+                        ArgError::Invalid(format!(
+                            "argument '{key}' is of type {} and we were unable to convert to int",
+                            super::template::python_type_name(&v)
+                        ))
+                    })
             }
         }
     }
@@ -262,7 +282,9 @@ impl Args {
                 .trim()
                 .parse::<f64>()
                 .map(Some)
-                .map_err(|_| ArgError::Invalid(format!("argument '{key}' could not be converted to float"))),
+                .map_err(|_| {
+                    ArgError::Invalid(format!("argument '{key}' could not be converted to float"))
+                }),
         }
     }
 
@@ -275,7 +297,12 @@ impl Args {
     }
 
     /// A choice among fixed values.
-    pub fn choice(&self, key: &str, choices: &[&str], default: Option<&str>) -> Result<Option<String>, ArgError> {
+    pub fn choice(
+        &self,
+        key: &str,
+        choices: &[&str],
+        default: Option<&str>,
+    ) -> Result<Option<String>, ArgError> {
         match self.str(key) {
             None => Ok(default.map(String::from)),
             Some(v) if choices.contains(&v.as_str()) => Ok(Some(v)),
@@ -296,7 +323,13 @@ pub fn parse_bool(value: &Value) -> Option<bool> {
             Some(0) => Some(false),
             _ => None,
         },
-        ValueKind::String => match value.as_str().unwrap_or_default().trim().to_lowercase().as_str() {
+        ValueKind::String => match value
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_lowercase()
+            .as_str()
+        {
             "yes" | "on" | "1" | "true" | "y" | "t" => Some(true),
             "no" | "off" | "0" | "false" | "n" | "f" | "" => Some(false),
             _ => None,
@@ -358,7 +391,9 @@ pub fn run_module(name: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
         "authorized_key" => system::authorized_key(&args, ctx),
         "sysctl" => system::sysctl(&args, ctx),
         "hostname" => system::hostname(&args, ctx),
-        "ping" => Ok(Outcome::new().with("ping", args.str("data").unwrap_or_else(|| "pong".into()))),
+        "ping" => {
+            Ok(Outcome::new().with("ping", args.str("data").unwrap_or_else(|| "pong".into())))
+        }
         "docker_compose_v2" => compose::compose(&args, ctx),
         "apt_repository" => repos::apt_repository(&args, ctx),
         "apt_key" => repos::apt_key(&args, ctx),

@@ -15,7 +15,12 @@ fn apt_env(ctx: &ModuleContext) -> Vec<(String, String)> {
 
 /// Installed version of a package, if installed.
 fn installed_version(name: &str) -> Option<String> {
-    let r = run("dpkg-query", &["-W", "-f=${Status}\t${Version}\n", name], &[], None);
+    let r = run(
+        "dpkg-query",
+        &["-W", "-f=${Status}\t${Version}\n", name],
+        &[],
+        None,
+    );
     if !r.ok() {
         return None;
     }
@@ -26,10 +31,19 @@ fn installed_version(name: &str) -> Option<String> {
 }
 
 fn candidate_version(name: &str) -> Option<String> {
-    let r = run("apt-cache", &["policy", name], &[("LANG".into(), "C".into())], None);
+    let r = run(
+        "apt-cache",
+        &["policy", name],
+        &[("LANG".into(), "C".into())],
+        None,
+    );
     r.stdout
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_string())
+        })
         .filter(|v| v != "(none)")
 }
 
@@ -53,7 +67,10 @@ fn is_satisfied(spec: &str) -> bool {
 }
 
 fn cache_mtime() -> Option<std::time::SystemTime> {
-    for path in ["/var/lib/apt/periodic/update-success-stamp", "/var/lib/apt/lists"] {
+    for path in [
+        "/var/lib/apt/periodic/update-success-stamp",
+        "/var/lib/apt/lists",
+    ] {
         if let Ok(meta) = std::fs::metadata(path) {
             if let Ok(m) = meta.modified() {
                 return Some(m);
@@ -73,22 +90,60 @@ fn failure(what: &str, r: &Run) -> Outcome {
 /// `apt`.
 pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "name", "pkg", "package", "state", "update_cache", "update_cache_retries", "update_cache_retry_max_delay",
-        "cache_valid_time", "upgrade", "autoremove", "autoclean", "clean", "purge", "install_recommends", "force",
-        "default_release", "dpkg_options", "allow_unauthenticated", "allow_downgrade", "allow_change_held_packages",
-        "lock_timeout", "only_upgrade", "force_apt_get", "policy_rc_d", "fail_on_autoremove", "deb",
+        "name",
+        "pkg",
+        "package",
+        "state",
+        "update_cache",
+        "update_cache_retries",
+        "update_cache_retry_max_delay",
+        "cache_valid_time",
+        "upgrade",
+        "autoremove",
+        "autoclean",
+        "clean",
+        "purge",
+        "install_recommends",
+        "force",
+        "default_release",
+        "dpkg_options",
+        "allow_unauthenticated",
+        "allow_downgrade",
+        "allow_change_held_packages",
+        "lock_timeout",
+        "only_upgrade",
+        "force_apt_get",
+        "policy_rc_d",
+        "fail_on_autoremove",
+        "deb",
     ])?;
     if args.has("deb") {
-        return Ok(Outcome::failed("apt: the 'deb' option is not supported by the native runtime"));
+        return Ok(Outcome::failed(
+            "apt: the 'deb' option is not supported by the native runtime",
+        ));
     }
     if !Path::new("/usr/bin/apt-get").exists() {
-        return Ok(Outcome::failed("apt: apt-get was not found; this host does not use apt"));
+        return Ok(Outcome::failed(
+            "apt: apt-get was not found; this host does not use apt",
+        ));
     }
     let mut names = args.list("name");
     names.extend(args.list("pkg"));
     names.extend(args.list("package"));
     let state = args
-        .choice("state", &["present", "installed", "absent", "removed", "latest", "fixed", "build-dep"], Some("present"))?
+        .choice(
+            "state",
+            &[
+                "present",
+                "installed",
+                "absent",
+                "removed",
+                "latest",
+                "fixed",
+                "build-dep",
+            ],
+            Some("present"),
+        )?
         .unwrap_or_default();
     let env = apt_env(ctx);
     let mut result = Outcome::new();
@@ -102,7 +157,10 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         if !fresh && !ctx.check {
             let r = run("apt-get", &["update", "-q"], &env, None);
             if !r.ok() {
-                return Ok(failure("apt-get update", &r).with("msg", format!("Failed to update apt cache: {}", r.stderr.trim())));
+                return Ok(failure("apt-get update", &r).with(
+                    "msg",
+                    format!("Failed to update apt cache: {}", r.stderr.trim()),
+                ));
             }
             cache_updated = true;
         }
@@ -141,7 +199,13 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     }
     let mut changed = false;
     let mut stdout = String::new();
-    if let Some(upgrade) = args.choice("upgrade", &["no", "yes", "safe", "full", "dist", "True", "False", "true", "false"], None)? {
+    if let Some(upgrade) = args.choice(
+        "upgrade",
+        &[
+            "no", "yes", "safe", "full", "dist", "True", "False", "true", "false",
+        ],
+        None,
+    )? {
         let mode = match upgrade.as_str() {
             "no" | "False" | "false" => None,
             "full" | "dist" => Some("dist-upgrade"),
@@ -160,7 +224,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             if !r.ok() {
                 return Ok(failure(&format!("apt-get {mode}"), &r));
             }
-            changed |= !r.stdout.contains("0 upgraded, 0 newly installed, 0 to remove");
+            changed |= !r
+                .stdout
+                .contains("0 upgraded, 0 newly installed, 0 to remove");
             stdout.push_str(&r.stdout);
         }
     }
@@ -176,7 +242,17 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     argv.extend(missing.iter().map(|s| s.as_str()));
                     let r = run("apt-get", &argv, &env, None);
                     if !r.ok() {
-                        return Ok(failure(&format!("apt-get install {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")), &r));
+                        return Ok(failure(
+                            &format!(
+                                "apt-get install {}",
+                                missing
+                                    .iter()
+                                    .map(|s| s.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            ),
+                            &r,
+                        ));
                     }
                     stdout.push_str(&r.stdout);
                     changed = true;
@@ -218,7 +294,10 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     .filter(|n| {
                         let name = split_spec(n).0;
                         installed_version(name).is_some()
-                            || (purge && run("dpkg-query", &["-W", "-f=${Status}", name], &[], None).stdout.contains("config-files"))
+                            || (purge
+                                && run("dpkg-query", &["-W", "-f=${Status}", name], &[], None)
+                                    .stdout
+                                    .contains("config-files"))
                     })
                     .collect();
                 if !installed.is_empty() && ctx.check {
@@ -249,7 +328,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         if !r.ok() {
             return Ok(failure("apt-get autoremove", &r));
         }
-        changed |= !r.stdout.contains("0 upgraded, 0 newly installed, 0 to remove");
+        changed |= !r
+            .stdout
+            .contains("0 upgraded, 0 newly installed, 0 to remove");
         stdout.push_str(&r.stdout);
     }
     if args.bool("autoclean", false)? && !ctx.check {
@@ -260,6 +341,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     }
     result.set("changed", changed);
     result.set("stdout", stdout.clone());
-    result.set("stdout_lines", Value::from(stdout.lines().map(String::from).collect::<Vec<_>>()));
+    result.set(
+        "stdout_lines",
+        Value::from(stdout.lines().map(String::from).collect::<Vec<_>>()),
+    );
     Ok(result)
 }

@@ -14,8 +14,12 @@ fn normalize_source(line: &str) -> String {
 
 /// The file name Ansible suggests for a repository line (`download_docker_com_linux_ubuntu.list`).
 pub fn suggest_filename(repo: &str) -> String {
-    let without_options = regex::Regex::new(r"\[[^\]]+\]").map(|re| re.replace_all(repo, "").into_owned()).unwrap_or_default();
-    let without_protocol = regex::Regex::new(r"\w+://").map(|re| re.replace_all(&without_options, "").into_owned()).unwrap_or_default();
+    let without_options = regex::Regex::new(r"\[[^\]]+\]")
+        .map(|re| re.replace_all(repo, "").into_owned())
+        .unwrap_or_default();
+    let without_protocol = regex::Regex::new(r"\w+://")
+        .map(|re| re.replace_all(&without_options, "").into_owned())
+        .unwrap_or_default();
     let first = without_protocol
         .split_whitespace()
         .find(|p| !matches!(*p, "deb" | "deb-src"))
@@ -33,7 +37,11 @@ pub fn suggest_filename(repo: &str) -> String {
 fn source_files() -> Vec<PathBuf> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(entries) = std::fs::read_dir(SOURCES_DIR) {
-        let mut listed: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "list")).collect();
+        let mut listed: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "list"))
+            .collect();
         listed.sort();
         files.extend(listed);
     }
@@ -42,14 +50,32 @@ fn source_files() -> Vec<PathBuf> {
 
 /// `apt_repository`.
 pub fn apt_repository(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["repo", "state", "filename", "update_cache", "update_cache_retries", "update_cache_retry_max_delay", "validate_certs", "codename", "install_python_apt"])?;
+    args.check_supported(&[
+        "repo",
+        "state",
+        "filename",
+        "update_cache",
+        "update_cache_retries",
+        "update_cache_retry_max_delay",
+        "validate_certs",
+        "codename",
+        "install_python_apt",
+    ])?;
     let repo = args.required("repo")?;
     if repo.starts_with("ppa:") {
-        return Ok(Outcome::failed("apt_repository: PPAs are not supported by the native runtime; give the deb line"));
+        return Ok(Outcome::failed(
+            "apt_repository: PPAs are not supported by the native runtime; give the deb line",
+        ));
     }
     let wanted = normalize_source(&repo);
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
-    let file = Path::new(SOURCES_DIR).join(format!("{}.list", args.str("filename").unwrap_or_else(|| suggest_filename(&repo))));
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
+    let file = Path::new(SOURCES_DIR).join(format!(
+        "{}.list",
+        args.str("filename")
+            .unwrap_or_else(|| suggest_filename(&repo))
+    ));
     let mut changed = false;
     if state == "present" {
         let exists = source_files().iter().any(|f| {
@@ -66,8 +92,11 @@ pub fn apt_repository(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgEr
                 }
                 text.push_str(&wanted);
                 text.push('\n');
-                std::fs::create_dir_all(SOURCES_DIR).map_err(|e| ArgError::Invalid(e.to_string()))?;
-                atomic_write(&file, text.as_bytes()).map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", file.display())))?;
+                std::fs::create_dir_all(SOURCES_DIR)
+                    .map_err(|e| ArgError::Invalid(e.to_string()))?;
+                atomic_write(&file, text.as_bytes()).map_err(|e| {
+                    ArgError::Invalid(format!("could not write {}: {e}", file.display()))
+                })?;
             }
         }
         if file.exists() {
@@ -75,8 +104,13 @@ pub fn apt_repository(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgEr
         }
     } else {
         for f in source_files() {
-            let Ok(text) = std::fs::read_to_string(&f) else { continue };
-            let kept: Vec<&str> = text.lines().filter(|l| normalize_source(l) != wanted).collect();
+            let Ok(text) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| normalize_source(l) != wanted)
+                .collect();
             if kept.len() != text.lines().count() {
                 changed = true;
                 if !ctx.check {
@@ -84,19 +118,32 @@ pub fn apt_repository(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgEr
                         let _ = std::fs::remove_file(&f);
                     } else {
                         let body = format!("{}\n", kept.join("\n"));
-                        atomic_write(&f, body.as_bytes()).map_err(|e| ArgError::Invalid(e.to_string()))?;
+                        atomic_write(&f, body.as_bytes())
+                            .map_err(|e| ArgError::Invalid(e.to_string()))?;
                     }
                 }
             }
         }
     }
     if changed && !ctx.check && args.bool("update_cache", true)? {
-        let r = run("apt-get", &["update", "-q"], &[("DEBIAN_FRONTEND".into(), "noninteractive".into())], None);
+        let r = run(
+            "apt-get",
+            &["update", "-q"],
+            &[("DEBIAN_FRONTEND".into(), "noninteractive".into())],
+            None,
+        );
         if !r.ok() {
-            return Ok(Outcome::failed(format!("Failed to update apt cache: {}", r.stderr.trim())));
+            return Ok(Outcome::failed(format!(
+                "Failed to update apt cache: {}",
+                r.stderr.trim()
+            )));
         }
     }
-    let added = if changed && state == "present" { vec![file.display().to_string()] } else { vec![] };
+    let added = if changed && state == "present" {
+        vec![file.display().to_string()]
+    } else {
+        vec![]
+    };
     Ok(Outcome::new()
         .with("changed", changed)
         .with("repo", repo)
@@ -111,9 +158,15 @@ fn fetch(url: &str, validate_certs: bool) -> Result<Vec<u8>, String> {
         argv.push("-k");
     }
     argv.push(url);
-    let output = std::process::Command::new(curl).args(&argv).output().map_err(|e| e.to_string())?;
+    let output = std::process::Command::new(curl)
+        .args(&argv)
+        .output()
+        .map_err(|e| e.to_string())?;
     if !output.status.success() {
-        return Err(format!("Failed to download key at {url}: {}", String::from_utf8_lossy(&output.stderr).trim()));
+        return Err(format!(
+            "Failed to download key at {url}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
     }
     Ok(output.stdout)
 }
@@ -121,12 +174,27 @@ fn fetch(url: &str, validate_certs: bool) -> Result<Vec<u8>, String> {
 /// `apt_key`: keys are kept as files under /etc/apt/trusted.gpg.d (or `keyring`), never
 /// through the removed `apt-key` tool.
 pub fn apt_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["id", "url", "data", "file", "keyring", "keyserver", "state", "validate_certs"])?;
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    args.check_supported(&[
+        "id",
+        "url",
+        "data",
+        "file",
+        "keyring",
+        "keyserver",
+        "state",
+        "validate_certs",
+    ])?;
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     if args.has("keyserver") {
-        return Ok(Outcome::failed("apt_key: keyserver is not supported by the native runtime; use url or data"));
+        return Ok(Outcome::failed(
+            "apt_key: keyserver is not supported by the native runtime; use url or data",
+        ));
     }
-    let id = args.str("id").map(|i| i.trim_start_matches("0x").to_uppercase());
+    let id = args
+        .str("id")
+        .map(|i| i.trim_start_matches("0x").to_uppercase());
     let keyring = args.str("keyring").map(PathBuf::from);
     let data: Option<Vec<u8>> = if let Some(d) = args.str("data") {
         Some(d.into_bytes())
@@ -141,17 +209,28 @@ pub fn apt_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     } else {
         None
     };
-    let armored = data.as_ref().is_some_and(|d| d.starts_with(b"-----BEGIN PGP"));
+    let armored = data
+        .as_ref()
+        .is_some_and(|d| d.starts_with(b"-----BEGIN PGP"));
     let name = match (&id, &data) {
         (Some(id), _) => format!("dynserv-{}", &id[id.len().saturating_sub(16)..]),
         (None, Some(d)) => format!("dynserv-{}", &super::files::bytes_sha1(d)[..16]),
-        (None, None) => return Err(ArgError::Invalid("one of id, url, data or file is required".into())),
+        (None, None) => {
+            return Err(ArgError::Invalid(
+                "one of id, url, data or file is required".into(),
+            ))
+        }
     };
-    let path = keyring.unwrap_or_else(|| Path::new("/etc/apt/trusted.gpg.d").join(format!("{name}.{}", if armored { "asc" } else { "gpg" })));
+    let path = keyring.unwrap_or_else(|| {
+        Path::new("/etc/apt/trusted.gpg.d")
+            .join(format!("{name}.{}", if armored { "asc" } else { "gpg" }))
+    });
     let mut changed = false;
     if state == "present" {
         let Some(data) = data else {
-            return Ok(Outcome::failed("apt_key: url, data or file is required to add a key"));
+            return Ok(Outcome::failed(
+                "apt_key: url, data or file is required to add a key",
+            ));
         };
         if std::fs::read(&path).ok().as_deref() != Some(data.as_slice()) {
             changed = true;
@@ -159,7 +238,9 @@ pub fn apt_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 if let Some(parent) = path.parent() {
                     let _ = std::fs::create_dir_all(parent);
                 }
-                atomic_write(&path, &data).map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", path.display())))?;
+                atomic_write(&path, &data).map_err(|e| {
+                    ArgError::Invalid(format!("could not write {}: {e}", path.display()))
+                })?;
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
             }
@@ -170,21 +251,43 @@ pub fn apt_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             std::fs::remove_file(&path).map_err(|e| ArgError::Invalid(e.to_string()))?;
         }
     }
-    Ok(Outcome::new().with("changed", changed).with("keyring", path.display().to_string()))
+    Ok(Outcome::new()
+        .with("changed", changed)
+        .with("keyring", path.display().to_string()))
 }
 
 /// `pip`.
 pub fn pip(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "name", "version", "requirements", "virtualenv", "virtualenv_command", "virtualenv_python", "virtualenv_site_packages",
-        "state", "executable", "extra_args", "chdir", "editable", "umask", "break_system_packages",
+        "name",
+        "version",
+        "requirements",
+        "virtualenv",
+        "virtualenv_command",
+        "virtualenv_python",
+        "virtualenv_site_packages",
+        "state",
+        "executable",
+        "extra_args",
+        "chdir",
+        "editable",
+        "umask",
+        "break_system_packages",
     ])?;
     let names = args.list("name");
     let requirements = args.str("requirements");
     if names.is_empty() && requirements.is_none() {
-        return Err(ArgError::Invalid("one of the following is required: name, requirements".into()));
+        return Err(ArgError::Invalid(
+            "one of the following is required: name, requirements".into(),
+        ));
     }
-    let state = args.choice("state", &["present", "absent", "latest", "forcereinstall"], Some("present"))?.unwrap_or_default();
+    let state = args
+        .choice(
+            "state",
+            &["present", "absent", "latest", "forcereinstall"],
+            Some("present"),
+        )?
+        .unwrap_or_default();
     let mut changed = false;
     let pip = if let Some(venv) = args.str("virtualenv") {
         let pip = Path::new(&venv).join("bin/pip");
@@ -193,22 +296,37 @@ pub fn pip(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             if ctx.check {
                 return Ok(Outcome::new().with("changed", true));
             }
-            let command = args.str("virtualenv_command").unwrap_or_else(|| "python3 -m venv".into());
+            let command = args
+                .str("virtualenv_command")
+                .unwrap_or_else(|| "python3 -m venv".into());
             let mut words = super::command::shlex_split(&command).map_err(ArgError::Invalid)?;
             words.push(venv.clone());
             let refs: Vec<&str> = words.iter().skip(1).map(String::as_str).collect();
             let r = run(&words[0], &refs, &ctx.environment, None);
             if !r.ok() {
-                return Ok(Outcome::failed(format!("Unable to create the virtualenv: {}", r.stderr.trim())));
+                return Ok(Outcome::failed(format!(
+                    "Unable to create the virtualenv: {}",
+                    r.stderr.trim()
+                )));
             }
         }
         pip.display().to_string()
     } else {
-        args.str("executable").or_else(|| which("pip3").map(|p| p.display().to_string())).unwrap_or_else(|| "pip3".into())
+        args.str("executable")
+            .or_else(|| which("pip3").map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "pip3".into())
     };
     let freeze = || -> Vec<String> {
-        let r = run(&pip, &["list", "--format=freeze", "--disable-pip-version-check"], &ctx.environment, None);
-        r.stdout.lines().map(|l| l.to_lowercase().replace('_', "-")).collect()
+        let r = run(
+            &pip,
+            &["list", "--format=freeze", "--disable-pip-version-check"],
+            &ctx.environment,
+            None,
+        );
+        r.stdout
+            .lines()
+            .map(|l| l.to_lowercase().replace('_', "-"))
+            .collect()
     };
     let before = freeze();
     let installed = |name: &str, version: Option<&str>| -> bool {
@@ -238,12 +356,18 @@ pub fn pip(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         }
     }
     if specs.is_empty() && requirements.is_none() {
-        return Ok(Outcome::new().with("changed", changed).with("name", Value::from(names)));
+        return Ok(Outcome::new()
+            .with("changed", changed)
+            .with("name", Value::from(names)));
     }
     if ctx.check {
         return Ok(Outcome::new().with("changed", true));
     }
-    let mut argv: Vec<String> = vec![if state == "absent" { "uninstall".into() } else { "install".into() }];
+    let mut argv: Vec<String> = vec![if state == "absent" {
+        "uninstall".into()
+    } else {
+        "install".into()
+    }];
     argv.push("--disable-pip-version-check".into());
     match state.as_str() {
         "absent" => argv.push("-y".into()),
@@ -268,23 +392,51 @@ pub fn pip(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     }
     let r = run(&pip, &refs, &command_env, None);
     if !r.ok() {
-        return Ok(Outcome::failed(format!("pip failed: {}", r.stderr.trim())).with("stdout", r.stdout).with("stderr", r.stderr));
+        return Ok(Outcome::failed(format!("pip failed: {}", r.stderr.trim()))
+            .with("stdout", r.stdout)
+            .with("stderr", r.stderr));
     }
     let after = freeze();
     changed |= after != before;
-    Ok(Outcome::new().with("changed", changed).with("cmd", format!("{pip} {}", argv.join(" "))).with("stdout", r.stdout))
+    Ok(Outcome::new()
+        .with("changed", changed)
+        .with("cmd", format!("{pip} {}", argv.join(" ")))
+        .with("stdout", r.stdout))
 }
 
 /// `dnf` / `yum`.
 pub fn dnf(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["name", "pkg", "state", "update_cache", "enablerepo", "disablerepo", "disable_gpg_check", "autoremove", "allowerasing", "security", "update_only", "use_backend"])?;
-    let tool = which("dnf").or_else(|| which("yum")).map(|p| p.display().to_string());
+    args.check_supported(&[
+        "name",
+        "pkg",
+        "state",
+        "update_cache",
+        "enablerepo",
+        "disablerepo",
+        "disable_gpg_check",
+        "autoremove",
+        "allowerasing",
+        "security",
+        "update_only",
+        "use_backend",
+    ])?;
+    let tool = which("dnf")
+        .or_else(|| which("yum"))
+        .map(|p| p.display().to_string());
     let Some(tool) = tool else {
-        return Ok(Outcome::failed(format!("{module}: neither dnf nor yum is installed")));
+        return Ok(Outcome::failed(format!(
+            "{module}: neither dnf nor yum is installed"
+        )));
     };
     let mut names = args.list("name");
     names.extend(args.list("pkg"));
-    let state = args.choice("state", &["present", "installed", "latest", "absent", "removed"], Some("present"))?.unwrap_or_default();
+    let state = args
+        .choice(
+            "state",
+            &["present", "installed", "latest", "absent", "removed"],
+            Some("present"),
+        )?
+        .unwrap_or_default();
     let installed = |n: &str| run("rpm", &["-q", "--whatprovides", n], &[], None).ok();
     let mut flags: Vec<String> = vec!["-y".into()];
     for repo in args.list("enablerepo") {
@@ -300,17 +452,32 @@ pub fn dnf(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
         run(&tool, &["makecache"], &ctx.environment, None);
     }
     let (verb, targets): (&str, Vec<String>) = match state.as_str() {
-        "absent" | "removed" => ("remove", names.iter().filter(|n| installed(n)).cloned().collect()),
+        "absent" | "removed" => (
+            "remove",
+            names.iter().filter(|n| installed(n)).cloned().collect(),
+        ),
         "latest" => {
             if names.iter().any(|n| n == "*") {
                 let r = run(&tool, &["-q", "check-update"], &ctx.environment, None);
-                ("upgrade", if r.rc == 100 { vec![] } else { return Ok(Outcome::new()) })
+                (
+                    "upgrade",
+                    if r.rc == 100 {
+                        vec![]
+                    } else {
+                        return Ok(Outcome::new());
+                    },
+                )
             } else {
-                let missing: Vec<String> = names.iter().filter(|n| !installed(n)).cloned().collect();
+                let missing: Vec<String> =
+                    names.iter().filter(|n| !installed(n)).cloned().collect();
                 let r = run(&tool, &["-q", "check-update"], &ctx.environment, None);
                 let outdated: Vec<String> = names
                     .iter()
-                    .filter(|n| r.stdout.lines().any(|l| l.split('.').next() == Some(n.as_str())))
+                    .filter(|n| {
+                        r.stdout
+                            .lines()
+                            .any(|l| l.split('.').next() == Some(n.as_str()))
+                    })
                     .cloned()
                     .collect();
                 if missing.is_empty() && outdated.is_empty() {
@@ -319,7 +486,10 @@ pub fn dnf(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
                 ("install", missing.into_iter().chain(outdated).collect())
             }
         }
-        _ => ("install", names.iter().filter(|n| !installed(n)).cloned().collect()),
+        _ => (
+            "install",
+            names.iter().filter(|n| !installed(n)).cloned().collect(),
+        ),
     };
     if targets.is_empty() && verb != "upgrade" {
         return Ok(Outcome::new());
@@ -332,9 +502,14 @@ pub fn dnf(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
     argv.extend(targets.iter().map(String::as_str));
     let r = run(&tool, &argv, &ctx.environment, None);
     if !r.ok() {
-        return Ok(Outcome::failed(format!("{tool} {verb} failed: {}", r.stderr.trim())).with("rc", r.rc));
+        return Ok(
+            Outcome::failed(format!("{tool} {verb} failed: {}", r.stderr.trim())).with("rc", r.rc),
+        );
     }
-    Ok(Outcome::new().with("changed", true).with("results", Value::from(r.stdout.lines().map(String::from).collect::<Vec<_>>())))
+    Ok(Outcome::new().with("changed", true).with(
+        "results",
+        Value::from(r.stdout.lines().map(String::from).collect::<Vec<_>>()),
+    ))
 }
 
 #[cfg(test)]
@@ -348,6 +523,9 @@ mod tests {
             suggest_filename("deb [arch=amd64 signed-by=/k.asc] https://download.docker.com/linux/ubuntu noble stable"),
             "download_docker_com_linux_ubuntu"
         );
-        assert_eq!(suggest_filename("deb http://deb.debian.org/debian bookworm main"), "deb_debian_org_debian");
+        assert_eq!(
+            suggest_filename("deb http://deb.debian.org/debian bookworm main"),
+            "deb_debian_org_debian"
+        );
     }
 }

@@ -23,11 +23,31 @@ fn unit_properties(name: &str, ctx: &ModuleContext, scope: &[&str]) -> BTreeMap<
 /// `service` / `systemd`.
 pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "name", "unit", "state", "enabled", "masked", "daemon_reload", "daemon-reload", "daemon_reexec",
-        "daemon-reexec", "scope", "no_block", "force", "sleep", "pattern", "arguments", "args", "runlevel", "use",
+        "name",
+        "unit",
+        "state",
+        "enabled",
+        "masked",
+        "daemon_reload",
+        "daemon-reload",
+        "daemon_reexec",
+        "daemon-reexec",
+        "scope",
+        "no_block",
+        "force",
+        "sleep",
+        "pattern",
+        "arguments",
+        "args",
+        "runlevel",
+        "use",
     ])?;
     let name = args.str_any(&["name", "unit"]);
-    let state = args.choice("state", &["started", "stopped", "restarted", "reloaded"], None)?;
+    let state = args.choice(
+        "state",
+        &["started", "stopped", "restarted", "reloaded"],
+        None,
+    )?;
     let enabled = match args.get("enabled") {
         Some(_) => Some(args.bool("enabled", false)?),
         None => None,
@@ -41,7 +61,13 @@ pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome
         Some("systemd") => true,
         Some("auto") | None => {
             module == "systemd"
-                || ctx.facts.get_attr("service_mgr").ok().and_then(|v| v.as_str().map(String::from)).as_deref() == Some("systemd")
+                || ctx
+                    .facts
+                    .get_attr("service_mgr")
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .as_deref()
+                    == Some("systemd")
                 || std::path::Path::new("/run/systemd/system").exists()
         }
         Some(_) => false,
@@ -58,7 +84,11 @@ pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome
     if daemon_reload && !ctx.check {
         let r = systemctl(&["daemon-reload"], ctx, &scope);
         if !r.ok() {
-            return Ok(Outcome::failed(format!("failure {} during daemon-reload: {}", r.rc, r.stderr.trim())));
+            return Ok(Outcome::failed(format!(
+                "failure {} during daemon-reload: {}",
+                r.rc,
+                r.stderr.trim()
+            )));
         }
     }
     if args.bool("daemon_reexec", false)? && !ctx.check {
@@ -72,38 +102,60 @@ pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome
     };
     result.set("name", name.clone());
     let props = unit_properties(&name, ctx, &scope);
-    let found = props.get("LoadState").map(String::as_str) != Some("not-found") && !props.is_empty();
+    let found =
+        props.get("LoadState").map(String::as_str) != Some("not-found") && !props.is_empty();
     let mut changed = false;
     if let Some(want_masked) = masked {
         let is_masked = props.get("UnitFileState").map(String::as_str) == Some("masked");
         if want_masked != is_masked {
             changed = true;
             if !ctx.check {
-                let r = systemctl(&[if want_masked { "mask" } else { "unmask" }, &name], ctx, &scope);
+                let r = systemctl(
+                    &[if want_masked { "mask" } else { "unmask" }, &name],
+                    ctx,
+                    &scope,
+                );
                 if !r.ok() {
-                    return Ok(Outcome::failed(format!("Unable to {} service {name}: {}", if want_masked { "mask" } else { "unmask" }, r.stderr.trim())));
+                    return Ok(Outcome::failed(format!(
+                        "Unable to {} service {name}: {}",
+                        if want_masked { "mask" } else { "unmask" },
+                        r.stderr.trim()
+                    )));
                 }
             }
         }
     }
     if !found && (state.is_some() || enabled.is_some()) && masked != Some(true) {
-        return Ok(Outcome::failed(format!("Could not find the requested service {name}: host")));
+        return Ok(Outcome::failed(format!(
+            "Could not find the requested service {name}: host"
+        )));
     }
     if let Some(want_enabled) = enabled {
         let is_enabled = systemctl(&["is-enabled", &name], ctx, &scope).ok();
         if want_enabled != is_enabled {
             changed = true;
             if !ctx.check {
-                let r = systemctl(&[if want_enabled { "enable" } else { "disable" }, &name], ctx, &scope);
+                let r = systemctl(
+                    &[if want_enabled { "enable" } else { "disable" }, &name],
+                    ctx,
+                    &scope,
+                );
                 if !r.ok() {
-                    return Ok(Outcome::failed(format!("Unable to {} service {name}: {}", if want_enabled { "enable" } else { "disable" }, r.stderr.trim())));
+                    return Ok(Outcome::failed(format!(
+                        "Unable to {} service {name}: {}",
+                        if want_enabled { "enable" } else { "disable" },
+                        r.stderr.trim()
+                    )));
                 }
             }
         }
         result.set("enabled", want_enabled);
     }
     if let Some(state) = &state {
-        let active = props.get("ActiveState").map(String::as_str).unwrap_or("inactive");
+        let active = props
+            .get("ActiveState")
+            .map(String::as_str)
+            .unwrap_or("inactive");
         let running = matches!(active, "active" | "activating" | "reloading");
         let action = match state.as_str() {
             "started" if !running => Some("start"),
@@ -121,7 +173,10 @@ pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome
                 }
                 let r = systemctl(&argv, ctx, &scope);
                 if !r.ok() {
-                    return Ok(Outcome::failed(format!("Unable to {action} service {name}: {}", r.stderr.trim())));
+                    return Ok(Outcome::failed(format!(
+                        "Unable to {action} service {name}: {}",
+                        r.stderr.trim()
+                    )));
                 }
             }
         }
@@ -129,15 +184,28 @@ pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome
     }
     result.set(
         "status",
-        Value::from_pairs(props.into_iter().filter(|(k, _)| matches!(k.as_str(), "ActiveState" | "SubState" | "LoadState" | "UnitFileState" | "MainPID" | "Id"))),
+        Value::from_pairs(props.into_iter().filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "ActiveState" | "SubState" | "LoadState" | "UnitFileState" | "MainPID" | "Id"
+            )
+        })),
     );
     result.set("changed", changed);
     Ok(result)
 }
 
-fn sysv(args: &Args, ctx: &ModuleContext, name: Option<String>, state: Option<String>, enabled: Option<bool>) -> Result<Outcome, ArgError> {
+fn sysv(
+    args: &Args,
+    ctx: &ModuleContext,
+    name: Option<String>,
+    state: Option<String>,
+    enabled: Option<bool>,
+) -> Result<Outcome, ArgError> {
     let name = name.ok_or_else(|| ArgError::Missing("name".into()))?;
-    let service = which("service").map(|p| p.display().to_string()).unwrap_or_else(|| "service".into());
+    let service = which("service")
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "service".into());
     let mut result = Outcome::new().with("name", name.clone());
     let mut changed = false;
     if let Some(state) = &state {
@@ -157,7 +225,11 @@ fn sysv(args: &Args, ctx: &ModuleContext, name: Option<String>, state: Option<St
             if !ctx.check {
                 let r = run(&service, &[&name, action], &ctx.environment, None);
                 if !r.ok() {
-                    return Ok(Outcome::failed(format!("Unable to {action} service {name}: {}{}", r.stdout.trim(), r.stderr.trim())));
+                    return Ok(Outcome::failed(format!(
+                        "Unable to {action} service {name}: {}{}",
+                        r.stdout.trim(),
+                        r.stderr.trim()
+                    )));
                 }
             }
         }
@@ -165,20 +237,32 @@ fn sysv(args: &Args, ctx: &ModuleContext, name: Option<String>, state: Option<St
     }
     if let Some(want) = enabled {
         let Some(update_rc) = which("update-rc.d") else {
-            return Ok(Outcome::failed("service: enabled= needs systemd or update-rc.d"));
+            return Ok(Outcome::failed(
+                "service: enabled= needs systemd or update-rc.d",
+            ));
         };
         let links = std::fs::read_dir("/etc/rc2.d")
-            .map(|d| d.flatten().any(|e| {
-                let f = e.file_name().to_string_lossy().into_owned();
-                f.starts_with('S') && f.ends_with(&name)
-            }))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    f.starts_with('S') && f.ends_with(&name)
+                })
+            })
             .unwrap_or(false);
         if links != want {
             changed = true;
             if !ctx.check {
-                let r = run(&update_rc.display().to_string(), &[&name, if want { "defaults" } else { "disable" }], &ctx.environment, None);
+                let r = run(
+                    &update_rc.display().to_string(),
+                    &[&name, if want { "defaults" } else { "disable" }],
+                    &ctx.environment,
+                    None,
+                );
                 if !r.ok() {
-                    return Ok(Outcome::failed(format!("Unable to change the boot state of {name}: {}", r.stderr.trim())));
+                    return Ok(Outcome::failed(format!(
+                        "Unable to change the boot state of {name}: {}",
+                        r.stderr.trim()
+                    )));
                 }
             }
         }

@@ -44,23 +44,55 @@ fn write_crontab(user: Option<&str>, lines: &[String]) -> Result<(), String> {
 /// `cron`.
 pub fn cron(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "name", "job", "value", "state", "user", "cron_file", "minute", "hour", "day", "dom", "month", "weekday",
-        "dow", "special_time", "disabled", "env", "insertafter", "insertbefore", "backup", "reboot",
+        "name",
+        "job",
+        "value",
+        "state",
+        "user",
+        "cron_file",
+        "minute",
+        "hour",
+        "day",
+        "dom",
+        "month",
+        "weekday",
+        "dow",
+        "special_time",
+        "disabled",
+        "env",
+        "insertafter",
+        "insertbefore",
+        "backup",
+        "reboot",
     ])?;
     let name = args.required("name")?;
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     let user = args.str("user");
-    let cron_file = args.str("cron_file").map(|f| if f.starts_with('/') { PathBuf::from(f) } else { Path::new("/etc/cron.d").join(f) });
+    let cron_file = args.str("cron_file").map(|f| {
+        if f.starts_with('/') {
+            PathBuf::from(f)
+        } else {
+            Path::new("/etc/cron.d").join(f)
+        }
+    });
     let env = args.bool("env", false)?;
     let job = args.str_any(&["job", "value"]);
     if state == "present" && job.is_none() && !env {
-        return Err(ArgError::Invalid("You must specify 'job' to install a new cron job or variable".into()));
+        return Err(ArgError::Invalid(
+            "You must specify 'job' to install a new cron job or variable".into(),
+        ));
     }
     if cron_file.is_some() && user.is_none() && !env {
-        return Err(ArgError::Invalid("To use cron_file=... parameter you must specify user=... as well".into()));
+        return Err(ArgError::Invalid(
+            "To use cron_file=... parameter you must specify user=... as well".into(),
+        ));
     }
     let mut lines: Vec<String> = match &cron_file {
-        Some(path) => std::fs::read_to_string(path).map(|t| t.lines().map(String::from).collect()).unwrap_or_default(),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.lines().map(String::from).collect())
+            .unwrap_or_default(),
         None => read_crontab(user.as_deref()).map_err(ArgError::Invalid)?,
     };
     let original = lines.clone();
@@ -72,8 +104,15 @@ pub fn cron(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             ("present", Some(i)) => lines[i] = wanted,
             ("present", None) => {
                 let at = match (args.str("insertafter"), args.str("insertbefore")) {
-                    (Some(after), _) => lines.iter().position(|l| l.starts_with(&format!("{after}="))).map(|i| i + 1).unwrap_or(0),
-                    (None, Some(before)) => lines.iter().position(|l| l.starts_with(&format!("{before}="))).unwrap_or(0),
+                    (Some(after), _) => lines
+                        .iter()
+                        .position(|l| l.starts_with(&format!("{after}=")))
+                        .map(|i| i + 1)
+                        .unwrap_or(0),
+                    (None, Some(before)) => lines
+                        .iter()
+                        .position(|l| l.starts_with(&format!("{before}=")))
+                        .unwrap_or(0),
                     _ => 0,
                 };
                 lines.insert(at, wanted);
@@ -86,7 +125,12 @@ pub fn cron(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     } else {
         let marker = format!("#Ansible: {name}");
         let position = lines.iter().position(|l| *l == marker);
-        let special = args.str("special_time").or_else(|| args.bool("reboot", false).ok().filter(|b| *b).map(|_| "reboot".to_string()));
+        let special = args.str("special_time").or_else(|| {
+            args.bool("reboot", false)
+                .ok()
+                .filter(|b| *b)
+                .map(|_| "reboot".to_string())
+        });
         let schedule = match &special {
             Some(s) => format!("@{s}"),
             None => [
@@ -94,16 +138,24 @@ pub fn cron(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 args.str("hour").unwrap_or_else(|| "*".into()),
                 args.str_any(&["day", "dom"]).unwrap_or_else(|| "*".into()),
                 args.str("month").unwrap_or_else(|| "*".into()),
-                args.str_any(&["weekday", "dow"]).unwrap_or_else(|| "*".into()),
+                args.str_any(&["weekday", "dow"])
+                    .unwrap_or_else(|| "*".into()),
             ]
             .join(" "),
         };
-        let disabled = if args.bool("disabled", false)? { "#" } else { "" };
+        let disabled = if args.bool("disabled", false)? {
+            "#"
+        } else {
+            ""
+        };
         let user_field = match (&cron_file, &user) {
             (Some(_), Some(u)) => format!("{u} "),
             _ => String::new(),
         };
-        let line = format!("{disabled}{schedule} {user_field}{}", job.clone().unwrap_or_default());
+        let line = format!(
+            "{disabled}{schedule} {user_field}{}",
+            job.clone().unwrap_or_default()
+        );
         match (state.as_str(), position) {
             ("present", Some(i)) => {
                 if i + 1 < lines.len() {
@@ -131,18 +183,25 @@ pub fn cron(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     let _ = std::fs::remove_file(path);
                 } else {
                     let text = format!("{}\n", lines.join("\n"));
-                    atomic_write(path, text.as_bytes()).map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", path.display())))?;
+                    atomic_write(path, text.as_bytes()).map_err(|e| {
+                        ArgError::Invalid(format!("could not write {}: {e}", path.display()))
+                    })?;
                     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
                 }
             }
             None => write_crontab(user.as_deref(), &lines).map_err(ArgError::Invalid)?,
         }
     }
-    let jobs: Vec<String> = lines.iter().filter_map(|l| l.strip_prefix("#Ansible: ").map(String::from)).collect();
+    let jobs: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("#Ansible: ").map(String::from))
+        .collect();
     let envs: Vec<String> = lines
         .iter()
-        .filter(|l| !l.starts_with('#') && l.contains('=') && !l.contains(' ') || l.split_once('=').is_some_and(|(k, _)| !k.contains(' ') && !k.starts_with('#') && !k.starts_with('@')))
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .map(String::from)
         .collect();
     Ok(Outcome::new()
         .with("changed", changed)
@@ -156,21 +215,44 @@ fn parse_key_line(line: &str) -> Option<(String, String, String, String)> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let is_type = |t: &str| t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-");
+    let is_type =
+        |t: &str| t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-");
     let words: Vec<&str> = line.split_whitespace().collect();
     let index = words.iter().position(|w| is_type(w))?;
     let blob = words.get(index + 1)?.to_string();
-    let options = if index > 0 { line[..line.find(words[index]).unwrap_or(0)].trim().to_string() } else { String::new() };
-    let comment = words.get(index + 2..).map(|w| w.join(" ")).unwrap_or_default();
+    let options = if index > 0 {
+        line[..line.find(words[index]).unwrap_or(0)]
+            .trim()
+            .to_string()
+    } else {
+        String::new()
+    };
+    let comment = words
+        .get(index + 2..)
+        .map(|w| w.join(" "))
+        .unwrap_or_default();
     Some((options, words[index].to_string(), blob, comment))
 }
 
 /// `authorized_key`.
 pub fn authorized_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["user", "key", "path", "manage_dir", "state", "key_options", "exclusive", "validate_certs", "comment", "follow"])?;
+    args.check_supported(&[
+        "user",
+        "key",
+        "path",
+        "manage_dir",
+        "state",
+        "key_options",
+        "exclusive",
+        "validate_certs",
+        "comment",
+        "follow",
+    ])?;
     let user = args.required("user")?;
     let keys_text = args.required("key")?;
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     let exclusive = args.bool("exclusive", false)?;
     let key_options = args.str("key_options");
     let home = std::fs::read_to_string("/etc/passwd")
@@ -181,29 +263,49 @@ pub fn authorized_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgEr
             (f.len() >= 7 && f[0] == user).then(|| f[5].to_string())
         })
         .ok_or_else(|| ArgError::Invalid(format!("Failed to lookup user {user}")))?;
-    let path = args.str("path").map(PathBuf::from).unwrap_or_else(|| Path::new(&home).join(".ssh/authorized_keys"));
+    let path = args
+        .str("path")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&home).join(".ssh/authorized_keys"));
     let existing_text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut lines: Vec<String> = existing_text.lines().map(String::from).collect();
     let wanted: Vec<(String, String, String, String)> = keys_text
         .lines()
         .filter_map(parse_key_line)
-        .map(|(opts, t, b, c)| (key_options.clone().unwrap_or(opts), t, b, args.str("comment").unwrap_or(c)))
+        .map(|(opts, t, b, c)| {
+            (
+                key_options.clone().unwrap_or(opts),
+                t,
+                b,
+                args.str("comment").unwrap_or(c),
+            )
+        })
         .collect();
     if wanted.is_empty() {
-        return Ok(Outcome::failed(format!("invalid key specified: {keys_text}")));
+        return Ok(Outcome::failed(format!(
+            "invalid key specified: {keys_text}"
+        )));
     }
     for (options, key_type, blob, comment) in &wanted {
-        let position = lines.iter().position(|l| parse_key_line(l).is_some_and(|(_, _, b, _)| b == *blob));
-        let line = [options.as_str(), key_type.as_str(), blob.as_str(), comment.as_str()]
+        let position = lines
             .iter()
-            .filter(|p| !p.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
+            .position(|l| parse_key_line(l).is_some_and(|(_, _, b, _)| b == *blob));
+        let line = [
+            options.as_str(),
+            key_type.as_str(),
+            blob.as_str(),
+            comment.as_str(),
+        ]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
         match (state.as_str(), position) {
             ("present", None) => lines.push(line),
             ("present", Some(i)) => {
-                let (old_options, _, _, old_comment) = parse_key_line(&lines[i]).unwrap_or_default();
+                let (old_options, _, _, old_comment) =
+                    parse_key_line(&lines[i]).unwrap_or_default();
                 let comment_differs = args.has("comment") && old_comment != *comment;
                 if old_options != *options || comment_differs {
                     lines[i] = line;
@@ -231,19 +333,24 @@ pub fn authorized_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgEr
         let gid = std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
             t.lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 7 && f[0] == user).then(|| f[3].parse::<u32>().ok()).flatten()
+                (f.len() >= 7 && f[0] == user)
+                    .then(|| f[3].parse::<u32>().ok())
+                    .flatten()
             })
         });
         if let Some(dir) = path.parent() {
             if !dir.exists() && args.bool("manage_dir", true)? {
-                std::fs::create_dir_all(dir).map_err(|e| ArgError::Invalid(format!("could not create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ArgError::Invalid(format!("could not create {}: {e}", dir.display()))
+                })?;
                 let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
                 if let (Some(u), Some(g)) = (uid, gid) {
                     let _ = std::os::unix::fs::chown(dir, Some(u), Some(g));
                 }
             }
         }
-        atomic_write(&path, new_text.as_bytes()).map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", path.display())))?;
+        atomic_write(&path, new_text.as_bytes())
+            .map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", path.display())))?;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         if let (Some(u), Some(g)) = (uid, gid) {
             let _ = std::os::unix::fs::chown(&path, Some(u), Some(g));
@@ -260,9 +367,23 @@ pub fn authorized_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgEr
 
 /// `sysctl`.
 pub fn sysctl(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["name", "key", "value", "val", "state", "reload", "sysctl_file", "sysctl_set", "ignoreerrors"])?;
-    let name = args.str_any(&["name", "key"]).ok_or_else(|| ArgError::Missing("name".into()))?;
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    args.check_supported(&[
+        "name",
+        "key",
+        "value",
+        "val",
+        "state",
+        "reload",
+        "sysctl_file",
+        "sysctl_set",
+        "ignoreerrors",
+    ])?;
+    let name = args
+        .str_any(&["name", "key"])
+        .ok_or_else(|| ArgError::Missing("name".into()))?;
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     let value = args.str_any(&["value", "val"]);
     if state == "present" && value.is_none() {
         return Err(ArgError::Invalid("value cannot be None".into()));
@@ -272,16 +393,27 @@ pub fn sysctl(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         "False" => "0".to_string(),
         _ => v.split_whitespace().collect::<Vec<_>>().join(" "),
     });
-    let file = PathBuf::from(args.str("sysctl_file").unwrap_or_else(|| "/etc/sysctl.conf".into()));
+    let file = PathBuf::from(
+        args.str("sysctl_file")
+            .unwrap_or_else(|| "/etc/sysctl.conf".into()),
+    );
     let text = std::fs::read_to_string(&file).unwrap_or_default();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let position = lines.iter().rposition(|l| {
         let l = l.trim();
-        !l.starts_with('#') && !l.starts_with(';') && l.split_once('=').is_some_and(|(k, _)| k.trim() == name)
+        !l.starts_with('#')
+            && !l.starts_with(';')
+            && l.split_once('=').is_some_and(|(k, _)| k.trim() == name)
     });
-    let current = position.and_then(|i| lines[i].split_once('=').map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" ")));
+    let current = position.and_then(|i| {
+        lines[i]
+            .split_once('=')
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    });
     match (state.as_str(), position) {
-        ("present", Some(i)) if current != value => lines[i] = format!("{name}={}", value.clone().unwrap_or_default()),
+        ("present", Some(i)) if current != value => {
+            lines[i] = format!("{name}={}", value.clone().unwrap_or_default())
+        }
         ("present", None) => lines.push(format!("{name}={}", value.clone().unwrap_or_default())),
         ("absent", Some(i)) => {
             lines.remove(i);
@@ -295,23 +427,42 @@ pub fn sysctl(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let file_changed = new_text != text;
     let mut live_changed = false;
     if args.bool("sysctl_set", false)? && state == "present" {
-        let live = run("sysctl", &["-n", "-e", &name], &[], None).stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        let live = run("sysctl", &["-n", "-e", &name], &[], None)
+            .stdout
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if Some(&live) != value.as_ref() {
             live_changed = true;
             if !ctx.check {
-                let r = run("sysctl", &["-w", &format!("{name}={}", value.clone().unwrap_or_default())], &[], None);
+                let r = run(
+                    "sysctl",
+                    &[
+                        "-w",
+                        &format!("{name}={}", value.clone().unwrap_or_default()),
+                    ],
+                    &[],
+                    None,
+                );
                 if !r.ok() && !args.bool("ignoreerrors", false)? {
-                    return Ok(Outcome::failed(format!("setting {name} failed: {}", r.stderr.trim())));
+                    return Ok(Outcome::failed(format!(
+                        "setting {name} failed: {}",
+                        r.stderr.trim()
+                    )));
                 }
             }
         }
     }
     if file_changed && !ctx.check {
-        atomic_write(&file, new_text.as_bytes()).map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", file.display())))?;
+        atomic_write(&file, new_text.as_bytes())
+            .map_err(|e| ArgError::Invalid(format!("could not write {}: {e}", file.display())))?;
         if args.bool("reload", true)? {
             let r = run("sysctl", &["-p", &file.display().to_string()], &[], None);
             if !r.ok() && !args.bool("ignoreerrors", false)? {
-                return Ok(Outcome::failed(format!("Failed to reload sysctl: {}", r.stderr.trim())));
+                return Ok(Outcome::failed(format!(
+                    "Failed to reload sysctl: {}",
+                    r.stderr.trim()
+                )));
             }
         }
     }
@@ -322,8 +473,14 @@ pub fn sysctl(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
 pub fn hostname(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&["name", "use"])?;
     let name = args.required("name")?;
-    let current = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let file = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+    let current = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let file = std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let changed = current != name || file != name;
     if changed && !ctx.check {
         let r = run("hostnamectl", &["set-hostname", &name], &[], None);
@@ -332,7 +489,11 @@ pub fn hostname(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 .map_err(|e| ArgError::Invalid(format!("could not write /etc/hostname: {e}")))?;
             let r = run("hostname", &[&name], &[], None);
             if !r.ok() {
-                return Ok(Outcome::failed(format!("Command failed rc={}, out=, err={}", r.rc, r.stderr.trim())));
+                return Ok(Outcome::failed(format!(
+                    "Command failed rc={}, out=, err={}",
+                    r.rc,
+                    r.stderr.trim()
+                )));
             }
         }
     }
@@ -355,14 +516,27 @@ mod tests {
                 ("user".into(), Value::from("root")),
             ];
             all.extend(pairs.iter().map(|(k, v)| (k.to_string(), Value::from(*v))));
-            let result = cron(&Args::new("cron", Value::from_pairs(all)), &ModuleContext::default()).expect("runs");
+            let result = cron(
+                &Args::new("cron", Value::from_pairs(all)),
+                &ModuleContext::default(),
+            )
+            .expect("runs");
             assert!(!result.is_failed(), "{result:?}");
             result.changed()
         };
-        let job = [("name", "nightly"), ("minute", "30"), ("hour", "2"), ("job", "/usr/local/bin/backup.sh")];
+        let job = [
+            ("name", "nightly"),
+            ("minute", "30"),
+            ("hour", "2"),
+            ("job", "/usr/local/bin/backup.sh"),
+        ];
         assert!(run_with(&job));
         assert!(!run_with(&job));
-        assert!(run_with(&[("name", "MAILTO"), ("env", "yes"), ("job", "ops@example.com")]));
+        assert!(run_with(&[
+            ("name", "MAILTO"),
+            ("env", "yes"),
+            ("job", "ops@example.com")
+        ]));
         assert_eq!(
             std::fs::read_to_string(&file).expect("read"),
             "MAILTO=ops@example.com\n#Ansible: nightly\n30 2 * * * root /usr/local/bin/backup.sh\n"
@@ -384,7 +558,9 @@ mod tests {
                 ("sysctl_file", Value::from(file.display().to_string())),
                 ("reload", Value::from(false)),
             ]);
-            sysctl(&Args::new("sysctl", args), &ModuleContext::default()).expect("runs").changed()
+            sysctl(&Args::new("sysctl", args), &ModuleContext::default())
+                .expect("runs")
+                .changed()
         };
         assert!(run_with("vm.swappiness", "10"));
         assert!(!run_with("vm.swappiness", "10"));
@@ -409,13 +585,20 @@ mod tests {
                 ("state", Value::from(state)),
                 ("manage_dir", Value::from(false)),
             ]);
-            let result = authorized_key(&Args::new("authorized_key", args), &ModuleContext::default()).expect("runs");
+            let result = authorized_key(
+                &Args::new("authorized_key", args),
+                &ModuleContext::default(),
+            )
+            .expect("runs");
             assert!(!result.is_failed(), "{result:?}");
             result.changed()
         };
         assert!(run_with("present"));
         assert!(!run_with("present"));
-        assert_eq!(std::fs::read_to_string(&file).expect("read"), "ssh-ed25519 AAAAkey deploy@example\n");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "ssh-ed25519 AAAAkey deploy@example\n"
+        );
         assert!(run_with("absent"));
         assert!(!run_with("absent"));
     }
@@ -425,7 +608,12 @@ mod tests {
     fn key_lines() {
         assert_eq!(
             parse_key_line("no-pty ssh-ed25519 AAAA me@host"),
-            Some(("no-pty".into(), "ssh-ed25519".into(), "AAAA".into(), "me@host".into()))
+            Some((
+                "no-pty".into(),
+                "ssh-ed25519".into(),
+                "AAAA".into(),
+                "me@host".into()
+            ))
         );
         assert_eq!(parse_key_line("# comment"), None);
     }

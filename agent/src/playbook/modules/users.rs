@@ -43,7 +43,10 @@ fn groups() -> Vec<(String, u32, Vec<String>)> {
                 (
                     f[0].to_string(),
                     f[2].parse().unwrap_or(0),
-                    f[3].split(',').filter(|m| !m.is_empty()).map(String::from).collect(),
+                    f[3].split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(String::from)
+                        .collect(),
                 )
             })
         })
@@ -54,7 +57,10 @@ fn group_gid(name: &str) -> Option<u32> {
     if let Ok(id) = name.parse::<u32>() {
         return Some(id);
     }
-    groups().into_iter().find(|(n, _, _)| n == name).map(|(_, gid, _)| gid)
+    groups()
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, gid, _)| gid)
 }
 
 fn shadow_hash(name: &str) -> Option<String> {
@@ -77,15 +83,49 @@ fn command_failure(what: &str, r: &super::exec::Run) -> Outcome {
 /// `user`.
 pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
-        "name", "user", "state", "uid", "group", "groups", "append", "shell", "home", "create_home", "createhome",
-        "move_home", "system", "password", "update_password", "comment", "remove", "force", "generate_ssh_key",
-        "ssh_key_bits", "ssh_key_type", "ssh_key_file", "ssh_key_comment", "ssh_key_passphrase", "expires",
-        "password_lock", "non_unique", "local", "skeleton", "umask", "password_expire_max", "password_expire_min",
+        "name",
+        "user",
+        "state",
+        "uid",
+        "group",
+        "groups",
+        "append",
+        "shell",
+        "home",
+        "create_home",
+        "createhome",
+        "move_home",
+        "system",
+        "password",
+        "update_password",
+        "comment",
+        "remove",
+        "force",
+        "generate_ssh_key",
+        "ssh_key_bits",
+        "ssh_key_type",
+        "ssh_key_file",
+        "ssh_key_comment",
+        "ssh_key_passphrase",
+        "expires",
+        "password_lock",
+        "non_unique",
+        "local",
+        "skeleton",
+        "umask",
+        "password_expire_max",
+        "password_expire_min",
     ])?;
-    let name = args.str_any(&["name", "user"]).ok_or_else(|| ArgError::Missing("name".into()))?;
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    let name = args
+        .str_any(&["name", "user"])
+        .ok_or_else(|| ArgError::Missing("name".into()))?;
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     let existing = passwd_entry(&name);
-    let mut result = Outcome::new().with("name", name.clone()).with("state", state.clone());
+    let mut result = Outcome::new()
+        .with("name", name.clone())
+        .with("state", state.clone());
     if state == "absent" {
         if existing.is_some() {
             result.set("changed", true);
@@ -154,7 +194,11 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             if args.bool("system", false)? {
                 argv.push("-r".into());
             }
-            argv.push(if create_home { "-m".into() } else { "-M".into() });
+            argv.push(if create_home {
+                "-m".into()
+            } else {
+                "-M".into()
+            });
             if let Some(skel) = args.str("skeleton") {
                 argv.extend(["-k".into(), skel]);
             }
@@ -186,12 +230,14 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 }
             }
             if let Some(list) = &groups_wanted {
+                // As in Ansible: membership means being listed in /etc/group, the primary
+                // group included only when listed there.
                 let current: Vec<String> = groups()
                     .into_iter()
-                    .filter(|(_, gid, members)| members.contains(&name) && *gid != entry.gid)
+                    .filter(|(_, _, members)| members.contains(&name))
                     .map(|(n, _, _)| n)
                     .collect();
-                let wanted: Vec<String> = list.iter().filter(|g| group_gid(g) != Some(entry.gid)).cloned().collect();
+                let wanted: Vec<String> = list.clone();
                 if let Some(missing) = wanted.iter().find(|g| group_gid(g).is_none()) {
                     return Ok(Outcome::failed(format!("Group {missing} does not exist")));
                 }
@@ -230,7 +276,9 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 }
             }
             if let Some(password) = &password {
-                let update = args.choice("update_password", &["always", "on_create"], Some("always"))?.unwrap_or_default();
+                let update = args
+                    .choice("update_password", &["always", "on_create"], Some("always"))?
+                    .unwrap_or_default();
                 if update == "always" && shadow_hash(&name).as_deref() != Some(password.as_str()) {
                     argv.extend(["-p".into(), password.clone()]);
                 }
@@ -246,11 +294,20 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     }
                 }
             }
-            if create_home && !std::path::Path::new(&entry.home).exists() && home.is_none() && args.has("create_home") {
+            if create_home
+                && !std::path::Path::new(&entry.home).exists()
+                && home.is_none()
+                && args.has("create_home")
+            {
                 changed = true;
                 if !ctx.check {
                     let _ = std::fs::create_dir_all(&entry.home);
-                    let _ = run("chown", &[&format!("{}:{}", entry.uid, entry.gid), &entry.home], &[], None);
+                    let _ = run(
+                        "chown",
+                        &[&format!("{}:{}", entry.uid, entry.gid), &entry.home],
+                        &[],
+                        None,
+                    );
                 }
             }
         }
@@ -258,21 +315,57 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     if args.bool("generate_ssh_key", false)? {
         if let Some(entry) = passwd_entry(&name).or(existing.clone()) {
             let key_type = args.str("ssh_key_type").unwrap_or_else(|| "rsa".into());
-            let file = args.str("ssh_key_file").unwrap_or_else(|| format!(".ssh/id_{key_type}"));
-            let path = if file.starts_with('/') { file } else { format!("{}/{file}", entry.home) };
+            let file = args
+                .str("ssh_key_file")
+                .unwrap_or_else(|| format!(".ssh/id_{key_type}"));
+            let path = if file.starts_with('/') {
+                file
+            } else {
+                format!("{}/{file}", entry.home)
+            };
             if !std::path::Path::new(&path).exists() {
                 changed = true;
                 if !ctx.check {
                     if let Some(dir) = std::path::Path::new(&path).parent() {
                         let _ = std::fs::create_dir_all(dir);
-                        let _ = run("chown", &[&format!("{}:{}", entry.uid, entry.gid), &dir.display().to_string()], &[], None);
+                        let _ = run(
+                            "chown",
+                            &[
+                                &format!("{}:{}", entry.uid, entry.gid),
+                                &dir.display().to_string(),
+                            ],
+                            &[],
+                            None,
+                        );
                         use std::os::unix::fs::PermissionsExt;
-                        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+                        let _ =
+                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
                     }
-                    let bits = args.str("ssh_key_bits").unwrap_or_else(|| if key_type == "rsa" { "4096".into() } else { String::new() });
-                    let comment = args.str("ssh_key_comment").unwrap_or_else(|| format!("ansible-generated on {}", super::super::facts::FactSources::read().nodename));
+                    let bits = args.str("ssh_key_bits").unwrap_or_else(|| {
+                        if key_type == "rsa" {
+                            "4096".into()
+                        } else {
+                            String::new()
+                        }
+                    });
+                    let comment = args.str("ssh_key_comment").unwrap_or_else(|| {
+                        format!(
+                            "ansible-generated on {}",
+                            super::super::facts::FactSources::read().nodename
+                        )
+                    });
                     let passphrase = args.str("ssh_key_passphrase").unwrap_or_default();
-                    let mut argv = vec!["-t", key_type.as_str(), "-C", comment.as_str(), "-N", passphrase.as_str(), "-f", path.as_str(), "-q"];
+                    let mut argv = vec![
+                        "-t",
+                        key_type.as_str(),
+                        "-C",
+                        comment.as_str(),
+                        "-N",
+                        passphrase.as_str(),
+                        "-f",
+                        path.as_str(),
+                        "-q",
+                    ];
                     if !bits.is_empty() {
                         argv.extend(["-b", bits.as_str()]);
                     }
@@ -280,7 +373,16 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     if !r.ok() {
                         return Ok(command_failure("ssh-keygen", &r));
                     }
-                    let _ = run("chown", &[&format!("{}:{}", entry.uid, entry.gid), &path, &format!("{path}.pub")], &[], None);
+                    let _ = run(
+                        "chown",
+                        &[
+                            &format!("{}:{}", entry.uid, entry.gid),
+                            &path,
+                            &format!("{path}.pub"),
+                        ],
+                        &[],
+                        None,
+                    );
                 }
             }
             result.set("ssh_key_file", path);
@@ -300,11 +402,24 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
 
 /// `group`.
 pub fn group(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["name", "gid", "state", "system", "non_unique", "local", "force", "members"])?;
+    args.check_supported(&[
+        "name",
+        "gid",
+        "state",
+        "system",
+        "non_unique",
+        "local",
+        "force",
+        "members",
+    ])?;
     let name = args.required("name")?;
-    let state = args.choice("state", &["present", "absent"], Some("present"))?.unwrap_or_default();
+    let state = args
+        .choice("state", &["present", "absent"], Some("present"))?
+        .unwrap_or_default();
     let existing = groups().into_iter().find(|(n, _, _)| *n == name);
-    let mut result = Outcome::new().with("name", name.clone()).with("state", state.clone());
+    let mut result = Outcome::new()
+        .with("name", name.clone())
+        .with("state", state.clone());
     let mut changed = false;
     match (state.as_str(), existing) {
         ("absent", Some(_)) => {
