@@ -66,7 +66,13 @@ impl Browser {
             .stdout(append_log(&root.path().join("chromedriver.stdout.log")))
             .stderr(append_log(&root.path().join("chromedriver.stderr.log")))
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", driver_binary.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "spawning {}: {e}. Run the README's test command `{TEST_COMMAND}`, which \
+                     installs chromium and chromium-driver",
+                    driver_binary.display()
+                )
+            });
         let mut browser_root = Some(root);
         let mut driver = Some(driver);
         wait_for_driver(
@@ -445,8 +451,16 @@ impl Browser {
 
 /// `chromedriver` from `CHROMEDRIVER`, the `PATH`, or Debian's location.
 fn find_chromedriver() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHROMEDRIVER") {
-        return PathBuf::from(path);
+    if let Some(path) = std::env::var_os("CHROMEDRIVER").map(PathBuf::from) {
+        if !path.is_file() {
+            panic!(
+                "CHROMEDRIVER={} is not a file: the browser tests need chromedriver. Run the \
+                 README's test command `{TEST_COMMAND}`, which installs chromium and \
+                 chromium-driver",
+                path.display()
+            );
+        }
+        return path;
     }
     find_in_path("chromedriver")
         .or_else(|| Some(PathBuf::from("/usr/bin/chromedriver")).filter(|path| path.is_file()))
