@@ -241,7 +241,10 @@ extern "C" {
 
 fn recap_changed(output: &Output) -> Option<u32> {
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).nth(1)?;
+    let line = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .nth(1)?;
     line.split_whitespace()
         .find_map(|p| p.strip_prefix("changed="))
         .and_then(|v| v.parse().ok())
@@ -252,7 +255,11 @@ fn recap_changed(output: &Output) -> Option<u32> {
 #[test]
 fn apt_installs_and_removes_idempotently() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc_geteuid() }, 0, "installing packages needs root");
+    assert_eq!(
+        unsafe { libc_geteuid() },
+        0,
+        "installing packages needs root"
+    );
     let package = "sl";
     let already = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -265,7 +272,13 @@ fn apt_installs_and_removes_idempotently() {
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - apt:\n        name: \"{{ pkg }}\"\n        state: \"{{ wanted }}\"\n        update_cache: true\n        cache_valid_time: 86400\n",
     );
     let run = |wanted: &str| {
-        let output = agent(&[&file, "-e", &format!("pkg={package}"), "-e", &format!("wanted={wanted}")]);
+        let output = agent(&[
+            &file,
+            "-e",
+            &format!("pkg={package}"),
+            "-e",
+            &format!("wanted={wanted}"),
+        ]);
         assert_eq!(output.status.code(), Some(0), "{}", text(&output));
         recap_changed(&output)
     };

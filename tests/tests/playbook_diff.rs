@@ -327,10 +327,14 @@ impl Drop for AccountCleanup {
     fn drop(&mut self) {
         for prefix in &self.0 {
             for user in ["usr", "tmp"] {
-                let _ = Command::new("userdel").arg(format!("{prefix}{user}")).output();
+                let _ = Command::new("userdel")
+                    .arg(format!("{prefix}{user}"))
+                    .output();
             }
             for group in ["grp", "sys"] {
-                let _ = Command::new("groupdel").arg(format!("{prefix}{group}")).output();
+                let _ = Command::new("groupdel")
+                    .arg(format!("{prefix}{group}"))
+                    .output();
             }
         }
     }

@@ -621,7 +621,10 @@ impl<'a> Runner<'a> {
     }
 
     fn cancelled(&self) -> bool {
-        self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+        self.options
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     fn run_list(&mut self, tasks: &[Task], scope: &Inherited) {
@@ -642,10 +645,7 @@ impl<'a> Runner<'a> {
         if self.host_failed && !self.force_handlers {
             return;
         }
-        loop {
-            let Some(index) = self.notified.iter().position(|n| *n) else {
-                break;
-            };
+        while let Some(index) = self.notified.iter().position(|n| *n) {
             self.notified[index] = false;
             let handler = self.handlers[index].clone();
             let scope = self.play_scope.clone();
@@ -2248,7 +2248,10 @@ mod tests {
     /// Diffs list removals before additions, like difflib.
     #[test]
     fn diffs() {
-        assert_eq!(unified_diff("a\nb\nc\n", "a\nB\nc\n", "f")[2..], ["@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"]);
+        assert_eq!(
+            unified_diff("a\nb\nc\n", "a\nB\nc\n", "f")[2..],
+            ["@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"]
+        );
     }
 
     /// with_sequence understands the common forms.

@@ -324,8 +324,14 @@ mod tests {
     #[test]
     fn cancellation_stops_the_run() {
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let options = RunOptions { cancel: Some(cancel), ..RunOptions::default() };
-        let (lines, report) = run_yaml("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=x\n", &options);
+        let options = RunOptions {
+            cancel: Some(cancel),
+            ..RunOptions::default()
+        };
+        let (lines, report) = run_yaml(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=x\n",
+            &options,
+        );
         assert!(report.cancelled && report.failed, "{}", lines.join("\n"));
         assert_eq!(report.stats.ok, 0);
     }

@@ -627,10 +627,18 @@ fn check_notify(lists: &[&Vec<Task>], handlers: &[Task]) -> Result<(), PlaybookE
             .iter()
             .any(|h| h.name.as_deref() == Some(name) || h.listen.iter().any(|l| l == name))
     };
-    fn walk(tasks: &[Task], check: &dyn Fn(&Task) -> Result<(), PlaybookError>) -> Result<(), PlaybookError> {
+    fn walk(
+        tasks: &[Task],
+        check: &dyn Fn(&Task) -> Result<(), PlaybookError>,
+    ) -> Result<(), PlaybookError> {
         for task in tasks {
             check(task)?;
-            if let TaskBody::Block { block, rescue, always } = &task.body {
+            if let TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } = &task.body
+            {
                 for list in [block, rescue, always] {
                     walk(list, check)?;
                 }
@@ -816,12 +824,9 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
             loop_source = Some((kind, value.to_value()));
             continue;
         }
-        if k.starts_with("with_") {
+        if let Some(lookup) = k.strip_prefix("with_") {
             return Err(invalid(
-                format!(
-                    "lookup '{}' for {k} is not supported by the native runtime",
-                    &k[5..]
-                ),
+                format!("lookup '{lookup}' for {k} is not supported by the native runtime"),
                 key.pos,
             ));
         }

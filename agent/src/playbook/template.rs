@@ -348,7 +348,9 @@ impl Templar {
     fn missing_attribute(&self, source_text: &str, ctx: &Value) -> Option<String> {
         static PATH: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
         let re = PATH
-            .get_or_init(|| regex::Regex::new(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+").ok())
+            .get_or_init(|| {
+                regex::Regex::new(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+").ok()
+            })
             .as_ref()?;
         for found in re.find_iter(source_text) {
             let parts: Vec<&str> = found.as_str().split('.').collect();
@@ -450,8 +452,15 @@ impl Object for LazyVars {
         }
         if name == "hostvars" && !self.raw.contains_key("hostvars") {
             // One host: hostvars[inventory_hostname] is this very context.
-            let host = self.raw.get("inventory_hostname").cloned().unwrap_or(Value::from("localhost"));
-            return Some(Value::from_pairs([(host, Value::from_dyn_object(Arc::clone(self)))]));
+            let host = self
+                .raw
+                .get("inventory_hostname")
+                .cloned()
+                .unwrap_or(Value::from("localhost"));
+            return Some(Value::from_pairs([(
+                host,
+                Value::from_dyn_object(Arc::clone(self)),
+            )]));
         }
         let raw = self.raw.get(name)?;
         if !needs_templating(raw) {
@@ -548,8 +557,17 @@ mod tests {
     fn vars_and_hostvars() {
         check("{{ vars['name'] }}", Value::from("web"));
         let templar = Templar::new(PathBuf::from("/"));
-        let vars = ctx(&templar, &[("inventory_hostname", Value::from("h1")), ("x", Value::from(1))]);
-        assert_eq!(templar.template_str("{{ hostvars['h1'].x }}", &vars), Ok(Value::from(1)));
+        let vars = ctx(
+            &templar,
+            &[
+                ("inventory_hostname", Value::from("h1")),
+                ("x", Value::from(1)),
+            ],
+        );
+        assert_eq!(
+            templar.template_str("{{ hostvars['h1'].x }}", &vars),
+            Ok(Value::from(1))
+        );
     }
 
     /// Undefined variables are errors that name the variable.

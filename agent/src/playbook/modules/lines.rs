@@ -559,7 +559,8 @@ mod tests {
     /// lineinfile follows Ansible's replace/insert rules.
     #[test]
     fn lineinfile_cases() {
-        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, bool, &str)> = vec![
+        type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, bool, &'a str);
+        let cases: Vec<Case> = vec![
             (Some("a\nb\n"), vec![("line", "c")], true, "a\nb\nc\n"),
             (Some("a\nb\n"), vec![("line", "b")], false, "a\nb\n"),
             (
