@@ -46,6 +46,8 @@ struct Args {
     agents: usize,
     lines: usize,
     viewers: usize,
+    /// Output rate of the streaming job in MB/s; 0 = as fast as the connection takes.
+    rate: f64,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +55,7 @@ fn parse_args() -> Args {
         agents: 1000,
         lines: 100_000,
         viewers: 50,
+        rate: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,6 +68,7 @@ fn parse_args() -> Args {
             "--agents" => args.agents = value("--agents"),
             "--lines" => args.lines = value("--lines"),
             "--viewers" => args.viewers = value("--viewers"),
+            "--rate" => args.rate = value("--rate") as f64,
             _ => {} // `cargo bench` passes --bench
         }
     }
@@ -292,6 +296,7 @@ async fn streamer_agent(
     server: SocketAddr,
     identity: Identity,
     lines: usize,
+    rate: f64,
     go: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(quinn::Connection, tokio::task::JoinHandle<Result<u64>>)> {
     let connection = endpoint
@@ -324,6 +329,7 @@ async fn streamer_agent(
         let mut bytes = 0u64;
         let mut seq = 0;
         let mut line = 0;
+        let begun = Instant::now();
         while line < lines {
             let mut data = String::with_capacity(32 * 1024);
             while line < lines && data.len() < 30 * 1024 {
@@ -341,6 +347,12 @@ async fn streamer_agent(
             )
             .await?;
             seq += 1;
+            if rate > 0.0 {
+                let due = Duration::from_secs_f64(bytes as f64 / (rate * 1e6));
+                if let Some(wait) = due.checked_sub(begun.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         let end = JobEnd {
             status: JobStatus::Succeeded,
@@ -352,6 +364,13 @@ async fn streamer_agent(
         Ok(bytes)
     });
     Ok((connection, task))
+}
+
+/// A WebSocket frame as the viewer needs it.
+#[derive(serde::Deserialize)]
+struct Frame {
+    data: Option<String>,
+    end: Option<serde_json::Value>,
 }
 
 /// One WebSocket viewer: per-line latencies (µs) and the time its end frame came.
@@ -370,15 +389,15 @@ async fn viewer(url: String, token: String, lines: usize) -> Result<(Vec<u32>, u
             tokio_tungstenite::tungstenite::Message::Text(t) => t,
             _ => continue,
         };
-        let value: serde_json::Value = serde_json::from_str(&text)?;
-        if value.get("end").is_some() {
+        let value: Frame = serde_json::from_str(&text)?;
+        if value.end.is_some() {
             if expected_line != lines + 1 {
                 bail!("viewer saw {} lines, expected {lines}", expected_line - 1);
             }
             return Ok((latencies, micros()));
         }
         let now = micros();
-        for l in value["data"].as_str().unwrap_or_default().lines() {
+        for l in value.data.as_deref().unwrap_or_default().lines() {
             let number: usize = l[5..11].parse()?;
             if number != expected_line {
                 bail!("viewer got line {number}, expected {expected_line}");
@@ -508,97 +527,99 @@ async fn main() -> Result<()> {
     }
     let (rss_connected, _) = rss_kib(pid);
 
-    // Fan-out: one request, one job per agent.
-    let t0 = micros();
-    let response = client
-        .post(format!("{base}/api/v1/executions"))
-        .bearer_auth(&api_token)
-        .json(&serde_json::json!({"agents": ids, "kind": "script", "script": "true"}))
-        .send()
-        .await?;
-    if response.status().as_u16() != 201 {
-        bail!(
-            "fan-out request failed: {} {}",
-            response.status(),
-            response.text().await?
-        );
-    }
-    let created_ms = (micros() - t0) as f64 / 1000.0;
-    let mut started = Vec::with_capacity(ids.len());
-    let mut answered = Vec::with_capacity(ids.len());
-    while answered.len() < ids.len() {
-        match tokio::time::timeout(Duration::from_secs(120), reports.recv()).await {
-            Ok(Some((s, a))) => {
-                started.push(((s - t0) / 1000) as u32 * 1000);
-                answered.push(((a - t0) / 1000) as u32 * 1000);
-            }
-            _ => bail!(
-                "only {} of {} agents answered within 120 s",
-                answered.len(),
-                ids.len()
-            ),
+    if !ids.is_empty() {
+        // Fan-out: one request, one job per agent.
+        let t0 = micros();
+        let response = client
+            .post(format!("{base}/api/v1/executions"))
+            .bearer_auth(&api_token)
+            .json(&serde_json::json!({"agents": ids, "kind": "script", "script": "true"}))
+            .send()
+            .await?;
+        if response.status().as_u16() != 201 {
+            bail!(
+                "fan-out request failed: {} {}",
+                response.status(),
+                response.text().await?
+            );
         }
-    }
-    started.sort_unstable();
-    answered.sort_unstable();
-    let (rss_after, rss_peak) = rss_kib(pid);
-    println!(
-        "\n## fan-out: {} agents (each its own QUIC connection and certificate)",
-        ids.len()
-    );
-    println!("connect all: {connect_s:.1} s; control-plane RSS idle {} MiB, with agents connected {} MiB", rss_idle / 1024, rss_connected / 1024);
-    println!("create request answered (201): {created_ms:.0} ms");
-    println!(
+        let created_ms = (micros() - t0) as f64 / 1000.0;
+        let mut started = Vec::with_capacity(ids.len());
+        let mut answered = Vec::with_capacity(ids.len());
+        while answered.len() < ids.len() {
+            match tokio::time::timeout(Duration::from_secs(120), reports.recv()).await {
+                Ok(Some((s, a))) => {
+                    started.push(((s - t0) / 1000) as u32 * 1000);
+                    answered.push(((a - t0) / 1000) as u32 * 1000);
+                }
+                _ => bail!(
+                    "only {} of {} agents answered within 120 s",
+                    answered.len(),
+                    ids.len()
+                ),
+            }
+        }
+        started.sort_unstable();
+        answered.sort_unstable();
+        let (rss_after, rss_peak) = rss_kib(pid);
+        println!(
+            "\n## fan-out: {} agents (each its own QUIC connection and certificate)",
+            ids.len()
+        );
+        println!("connect all: {connect_s:.1} s; control-plane RSS idle {} MiB, with agents connected {} MiB", rss_idle / 1024, rss_connected / 1024);
+        println!("create request answered (201): {created_ms:.0} ms");
+        println!(
         "all received the job: {:.0} ms (p50 {:.0} ms); all answered and stored (EndAck): {:.0} ms (p50 {:.0} ms)",
         percentile(&started, 1.0),
         percentile(&started, 0.5),
         percentile(&answered, 1.0),
         percentile(&answered, 0.5)
     );
-    println!(
-        "control-plane RSS after fan-out {} MiB, peak {} MiB",
-        rss_after / 1024,
-        rss_peak / 1024
-    );
-
-    // Idle RSS of a real agent.
-    let token = Command::new(binary("dynserv"))
-        .args(["token", "create", "--project", "Bench", "--data-dir"])
-        .arg(&data)
-        .output()?;
-    let token = String::from_utf8(token.stdout)?.trim().to_string();
-    let state = dir.path().join("agent");
-    let enrolled = Command::new(binary("dynserv-agent"))
-        .args([
-            "enroll",
-            "--server",
-            &format!("127.0.0.1:{quic}"),
-            "--token",
-            &token,
-            "--name",
-            "real",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .output()?;
-    if enrolled.status.success() {
-        let agent = Kill(
-            Command::new(binary("dynserv-agent"))
-                .args(["run", "--state-dir"])
-                .arg(&state)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        let (rss, peak) = rss_kib(agent.0.id());
-        println!("\n## agent idle RSS (dynserv-agent run, connected, 12 s idle): {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, peak as f64 / 1024.0);
-    } else {
         println!(
-            "\n## agent idle RSS: enrollment failed: {}",
-            String::from_utf8_lossy(&enrolled.stderr)
+            "control-plane RSS after fan-out {} MiB, peak {} MiB",
+            rss_after / 1024,
+            rss_peak / 1024
         );
+
+        // Idle RSS of a real agent.
+        let token = Command::new(binary("dynserv"))
+            .args(["token", "create", "--project", "Bench", "--data-dir"])
+            .arg(&data)
+            .output()?;
+        let token = String::from_utf8(token.stdout)?.trim().to_string();
+        let state = dir.path().join("agent");
+        let enrolled = Command::new(binary("dynserv-agent"))
+            .args([
+                "enroll",
+                "--server",
+                &format!("127.0.0.1:{quic}"),
+                "--token",
+                &token,
+                "--name",
+                "real",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .output()?;
+        if enrolled.status.success() {
+            let agent = Kill(
+                Command::new(binary("dynserv-agent"))
+                    .args(["run", "--state-dir"])
+                    .arg(&state)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            let (rss, peak) = rss_kib(agent.0.id());
+            println!("\n## agent idle RSS (dynserv-agent run, connected, 12 s idle): {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, peak as f64 / 1024.0);
+        } else {
+            println!(
+                "\n## agent idle RSS: enrollment failed: {}",
+                String::from_utf8_lossy(&enrolled.stderr)
+            );
+        }
     }
 
     // Streaming to viewers.
@@ -609,6 +630,7 @@ async fn main() -> Result<()> {
             server_addr,
             streamer,
             args.lines,
+            args.rate,
             go_rx,
         )
         .await?;

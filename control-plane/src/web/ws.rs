@@ -147,16 +147,36 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &mut Sink) -> anyhow::Re
         return finish(app, id, next, tx).await;
     }
     loop {
-        match live.recv().await {
-            Ok(LiveEvent::Chunk { seq, json }) => {
-                if seq > next {
-                    next = replay(app, id, next, tx).await?;
-                }
-                if seq == next {
-                    tx.send(Message::text(json.to_string())).await?;
-                    next += 1;
-                }
+        // Everything already waiting goes out in one flush: fewer writes when output
+        // comes fast, no delay when it comes slowly.
+        let mut event = live.recv().await;
+        let mut pending = 0;
+        while let Ok(LiveEvent::Chunk { seq, json }) = &event {
+            if *seq > next {
+                tx.flush().await?;
+                next = replay(app, id, next, tx).await?;
             }
+            if *seq == next {
+                tx.feed(Message::text(json.to_string())).await?;
+                next += 1;
+                pending += 1;
+            }
+            if pending >= 64 {
+                tx.flush().await?;
+                pending = 0;
+            }
+            event = match live.try_recv() {
+                Ok(e) => Ok(e),
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(RecvError::Lagged(n))
+                }
+                Err(tokio::sync::broadcast::error::TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+        }
+        tx.flush().await?;
+        match event {
+            Ok(LiveEvent::Chunk { .. }) => {}
             Ok(LiveEvent::End) => return finish(app, id, next, tx).await,
             Err(RecvError::Lagged(_)) => next = replay(app, id, next, tx).await?,
             Err(RecvError::Closed) => {
