@@ -36,11 +36,13 @@
 mod agent;
 mod api;
 mod browser;
+mod compose;
 mod control_plane;
 
 pub use agent::Agent;
 pub use api::Api;
 pub use browser::Browser;
+pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 
 use std::future::Future;

@@ -5,104 +5,11 @@
 //! These tests fail, never skip, when Docker is unreachable: `scripts/test.sh`
 //! provides Docker, busybox-static and docker-compose.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, ComposeProject as Project, ControlPlane};
 use serde_json::{json, Value};
-
-const IMAGE: &str = "dynserv-test/busybox:latest";
-
-fn require_docker() {
-    let info = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output();
-    match info {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "Docker is unreachable (docker info failed: {}); these tests need the Docker engine: run {}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            dynserv_tests::TEST_COMMAND
-        ),
-        Err(e) => panic!("the docker CLI cannot run ({e}); run {}", dynserv_tests::TEST_COMMAND),
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/test-image.sh");
-    let built = Command::new("bash")
-        .arg(script)
-        .arg(IMAGE)
-        .status()
-        .expect("running packaging/test-image.sh");
-    assert!(built.success(), "building the test image {IMAGE} failed");
-}
-
-/// A Compose project with one `db` service holding `/data/db.txt`; down on drop.
-struct Project {
-    name: String,
-    dir: tempfile::TempDir,
-    compose: Vec<String>,
-}
-
-impl Project {
-    fn start(name: &str) -> Project {
-        require_docker();
-        let compose = if Command::new("docker-compose")
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            vec!["docker-compose".to_string()]
-        } else {
-            vec!["docker".to_string(), "compose".to_string()]
-        };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("docker-compose.yml"),
-            format!("version: \"2.4\"\nservices:\n  db:\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", \"echo 'row 1' > /data/db.txt; exec sleep 3600\"]\n"),
-        )
-        .unwrap();
-        let project = Project {
-            name: format!("{name}{}", std::process::id()),
-            dir,
-            compose,
-        };
-        let out = project.compose(&["up", "-d"]);
-        assert!(
-            out.status.success(),
-            "compose up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        project
-    }
-
-    fn compose(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.compose[0])
-            .args(&self.compose[1..])
-            .args(["-p", &self.name, "-f"])
-            .arg(self.dir.path().join("docker-compose.yml"))
-            .args(args)
-            .output()
-            .expect("running the Compose tool")
-    }
-
-    fn sh(&self, script: &str) -> String {
-        let out = self.compose(&["exec", "-T", "db", "sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.compose(&["down", "-v", "-t", "0"]);
-    }
-}
 
 fn sha256_of(text: &str) -> String {
     let mut child = Command::new("sha256sum")
@@ -202,7 +109,7 @@ async fn backup_verify_restore_and_update_through_the_api() {
     assert!(html.contains("not scheduled"), "{html}");
 
     let recipe = json!({
-        "compose_project": project.name, "service": "db", "command": "echo 'dumping' >&2; cat /data/db.txt",
+        "compose_project": project.name(), "service": "db", "command": "echo 'dumping' >&2; cat /data/db.txt",
         "keep": 2, "restore_command": "cat > /data/db.txt && echo restored",
     });
     let (status, body) = api
@@ -261,7 +168,7 @@ async fn backup_verify_restore_and_update_through_the_api() {
     );
 
     // The contract's execution shape: a failing command, then a missing container.
-    let failing = json!({"agent": "db-01", "kind": "compose_backup", "compose_project": project.name, "service": "db",
+    let failing = json!({"agent": "db-01", "kind": "compose_backup", "compose_project": project.name(), "service": "db",
         "command": "echo 'pg_dump: connection refused' >&2; exit 3", "dump_path": "/tmp/dump.sql"});
     let (status, execution) = api.post("/api/v1/executions", &failing).await;
     assert_eq!(status, 201, "{execution}");
@@ -479,7 +386,7 @@ async fn backup_survives_an_agent_kill_and_a_cancel_is_a_failed_backup() {
     let mut agent = Agent::start(&cp, &cp.enrollment_token("Ops"), "db-02");
     connected_agent(&api, "db-02").await;
 
-    let slow = json!({"agent": "db-02", "kind": "compose_backup", "compose_project": project.name, "service": "db",
+    let slow = json!({"agent": "db-02", "kind": "compose_backup", "compose_project": project.name(), "service": "db",
         "command": "echo begin >&2; sleep 4; cat /data/db.txt"});
     let (status, execution) = api.post("/api/v1/executions", &slow).await;
     assert_eq!(status, 201, "{execution}");
@@ -513,7 +420,7 @@ async fn backup_survives_an_agent_kill_and_a_cancel_is_a_failed_backup() {
         .post(
             "/api/v1/executions",
             &json!({"agent": "db-02", "kind": "compose_backup",
-        "compose_project": project.name, "service": "db", "command": "echo exec-begin >&2; sleep 300"}),
+        "compose_project": project.name(), "service": "db", "command": "echo exec-begin >&2; sleep 300"}),
         )
         .await;
     assert_eq!(status, 201, "{execution}");
