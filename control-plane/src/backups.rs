@@ -905,6 +905,100 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dynserv_shared::proto::OutputStream;
+
+    /// Stores a queued backup execution (and so its record) on agent `a1`.
+    fn queued_backup(w: &mut Writer, id: &str) -> Execution {
+        let now = Utc::now();
+        let e = Execution {
+            id: id.into(),
+            agent_id: "a1".into(),
+            project_id: "p1".into(),
+            server_id: None,
+            work: Work::ComposeBackup {
+                backup_id: format!("b-{id}"),
+                compose_project: "shop".into(),
+                service: "db".into(),
+                command: "pg_dump".into(),
+                dump_path: None,
+                keep: 3,
+            },
+            timeout_s: None,
+            status: Status::Running,
+            exit_code: None,
+            summary: None,
+            created_by: "admin".into(),
+            created_at: now,
+            expires_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            cancel_requested: false,
+        };
+        w.put(&e).unwrap();
+        on_created(w, &e).unwrap();
+        e
+    }
+
+    /// A job that exits 0 without reporting a dump is a failed backup; one that reports
+    /// size and sha256 succeeded with them; a failing one keeps its reason and stderr.
+    #[test]
+    fn never_done_without_a_dump() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let sha = "a".repeat(64);
+        let cases = [
+            ("e1", Status::Succeeded, "done\n".to_string(), BackupStatus::Failed),
+            (
+                "e2",
+                Status::Succeeded,
+                format!("[dynserv] kept\n{RESULT_PREFIX}{{\"ok\":true,\"size\":5,\"sha256\":\"{sha}\"}}\n"),
+                BackupStatus::Succeeded,
+            ),
+            (
+                "e3",
+                Status::Failed,
+                format!("{RESULT_PREFIX}{{\"ok\":false,\"error\":\"the command exited with code 3\"}}\n"),
+                BackupStatus::Failed,
+            ),
+        ];
+        for (id, status, stdout, expected) in cases {
+            store
+                .write(|w| {
+                    queued_backup(w, id);
+                    w.log_append(
+                        id,
+                        0,
+                        &executions::encode_chunk(OutputStream::Stdout, &stdout),
+                    )?;
+                    w.log_append(
+                        id,
+                        1,
+                        &executions::encode_chunk(OutputStream::Stderr, "warn\n"),
+                    )?;
+                    executions::finish(w, id, status, Some(0), "exit", Utc::now())?;
+                    Ok(())
+                })
+                .unwrap();
+            let backup: Backup = store.read(|r| r.get(&format!("b-{id}"))).unwrap().unwrap();
+            assert_eq!(backup.status, expected, "{id}: {backup:?}");
+            assert_eq!(backup.error_log, "warn\n");
+            assert!(!backup.backup_log.contains(RESULT_PREFIX));
+            match id {
+                "e1" => assert_eq!(
+                    backup.error.as_deref(),
+                    Some("the job ended without reporting a dump")
+                ),
+                "e2" => assert_eq!(
+                    (backup.size, backup.sha256.as_deref()),
+                    (Some(5), Some(sha.as_str()))
+                ),
+                _ => assert_eq!(
+                    backup.error.as_deref(),
+                    Some("the command exited with code 3")
+                ),
+            }
+        }
+    }
 
     /// The result line is taken off the log and parsed; other lines stay.
     #[test]
