@@ -229,3 +229,75 @@ pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     w.put(&update)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executions;
+    use dynserv_shared::proto::{OutputStream, RESULT_PREFIX};
+
+    /// The update record takes the package manager, the packages and the reboot flag
+    /// from the job's result line, and the log without it.
+    #[test]
+    fn record_is_filled_from_the_result_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let now = Utc::now();
+        let e = Execution {
+            id: "e1".into(),
+            agent_id: "a1".into(),
+            project_id: "p1".into(),
+            server_id: None,
+            work: Work::SystemUpdate {
+                update_id: "u1".into(),
+                check: false,
+            },
+            timeout_s: None,
+            status: Status::Running,
+            exit_code: None,
+            summary: None,
+            created_by: "scheduler".into(),
+            created_at: now,
+            expires_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            cancel_requested: false,
+        };
+        let stdout = format!(
+            "$ apt-get -y upgrade\n{RESULT_PREFIX}{{\"ok\":true,\"manager\":\"apt\",\"upgraded\":[{{\"name\":\"libssl3\",\"from\":\"3.0.11\",\"to\":\"3.0.13\"}}],\"reboot_required\":true}}\n"
+        );
+        store
+            .write(|w| {
+                w.put(&e)?;
+                on_created(w, &e)?;
+                w.log_append(
+                    "e1",
+                    0,
+                    &executions::encode_chunk(OutputStream::Stdout, &stdout),
+                )?;
+                executions::finish(
+                    w,
+                    "e1",
+                    Status::Succeeded,
+                    Some(0),
+                    "exit code 0",
+                    Utc::now(),
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let update: Update = store.read(|r| r.get("u1")).unwrap().unwrap();
+        assert_eq!(update.status, BackupStatus::Succeeded);
+        assert_eq!(update.manager.as_deref(), Some("apt"));
+        assert_eq!(
+            update.packages,
+            vec![Package {
+                name: "libssl3".into(),
+                from: Some("3.0.11".into()),
+                to: "3.0.13".into()
+            }]
+        );
+        assert_eq!(update.reboot_required, Some(true));
+        assert_eq!(update.log, "$ apt-get -y upgrade\n");
+    }
+}
