@@ -59,6 +59,9 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
     })
     .await;
 
+    browser
+        .screenshot(&cp.artifact("backups-project.png"))
+        .await;
     browser.goto(&format!("/servers/{server_id}")).await;
     browser
         .click(&format!(
@@ -86,6 +89,7 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
         browser.text("#backup-sha256").await,
         backup["sha256"].as_str().unwrap()
     );
+    browser.screenshot(&cp.artifact("backup.png")).await;
     browser.click("#restore-button").await;
     browser
         .wait_for(".modal[data-confirm-ready] [data-confirm-input]")
