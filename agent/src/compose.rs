@@ -609,8 +609,9 @@ async fn exec(
             anyhow::bail!("stopped: the job was cancelled, and the command in the container was sent SIGTERM");
         }
     }
-    // The stream ends a moment before Docker records the exit code.
-    for _ in 0..100 {
+    // The stream ends a moment before Docker records the exit code (seconds on a busy
+    // machine).
+    for _ in 0..600 {
         let inspect = docker
             .inspect_exec(&created.id)
             .await

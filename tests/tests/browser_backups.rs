@@ -50,11 +50,14 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
     browser.fill("#restore_command", "cat > /data/db.txt").await;
     browser.fill("#backup_cron", "0 3 * * *").await;
     browser.click("#recipe-form button[type=submit]").await;
+    // Read through script: the page is replaced while the form posts, and an element
+    // found before that would be stale.
     eventually(WAIT, "the schedule in words", || async {
-        browser
-            .text("#backup-schedule-text")
-            .await
-            .contains("every day, at 03:00 (UTC)")
+        let text = browser
+            .eval("var e = document.querySelector('#backup-schedule-text'); return e ? e.textContent : '';")
+            .await;
+        text.as_str()
+            .is_some_and(|t| t.contains("every day, at 03:00 (UTC)"))
             .then_some(())
     })
     .await;
@@ -77,7 +80,11 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
         path.strip_prefix("/executions/").map(String::from)
     })
     .await;
-    assert_eq!(wait_end(&api, &execution_id).await["status"], "succeeded");
+    let end = wait_end(&api, &execution_id).await;
+    let (_, log) = api
+        .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
+        .await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{log:?}");
     let (_, list) = api.get("/api/v1/backups").await;
     let backup = list[0].clone();
     assert_eq!(backup["status"], "succeeded", "{backup}");
