@@ -236,18 +236,17 @@ fn displayable(outcome: &Outcome, no_log: bool) -> serde_json::Value {
             "changed": outcome.changed(),
         });
     }
-    let verbose_always = outcome
-        .get("_ansible_verbose_always")
-        .is_some_and(Value::is_true);
+    // Like the default callback: debug results show only their message (or variable).
+    let debug = outcome.get("_ansible_debug").is_some();
     let mut map = serde_json::Map::new();
     for (key, value) in outcome.fields() {
         if key.starts_with("_ansible") || key == "invocation" || key == "diff" || key == "failed" {
             continue;
         }
-        if key == "changed" && outcome.get("_ansible_debug").is_some() {
+        if key == "changed" && debug {
             continue;
         }
-        if verbose_always
+        if debug
             && outcome.get("msg").is_some()
             && !matches!(
                 key.as_str(),
@@ -567,9 +566,6 @@ impl<'a> Runner<'a> {
             if self.host_failed || self.end_play {
                 break;
             }
-        }
-        if self.host_failed {
-            self.emit_banner("NO MORE HOSTS LEFT");
         }
     }
 
