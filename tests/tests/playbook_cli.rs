@@ -291,3 +291,63 @@ fn apt_installs_and_removes_idempotently() {
         assert_eq!(run("absent"), Some(0), "second removal must not change");
     }
 }
+
+/// docker_compose_v2 brings a real Compose project up, stops it and removes it, and
+/// reports changed only when Compose acted (second run of each state is changed=0).
+#[test]
+fn docker_compose_v2_is_idempotent() {
+    dynserv_tests::require_docker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let project = dir.path().join("project");
+    std::fs::create_dir(&project).expect("project dir");
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        format!(
+            "version: \"2.4\"\nservices:\n  app:\n    image: {}\n    command: [\"sleep\", \"3600\"]\n",
+            dynserv_tests::TEST_IMAGE
+        ),
+    )
+    .expect("compose file");
+    let name = format!("dsvpb{}", std::process::id());
+    let file = write_playbook(
+        dir.path(),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - community.docker.docker_compose_v2:\n        project_src: \"{{ src }}\"\n        project_name: \"{{ name }}\"\n        state: \"{{ wanted }}\"\n        pull: never\n",
+    );
+    let run = |wanted: &str, check: bool| {
+        let mut args = vec![file.clone()];
+        if check {
+            args.push("--check".into());
+        }
+        for var in [
+            format!("src={}", project.display()),
+            format!("name={name}"),
+            format!("wanted={wanted}"),
+        ] {
+            args.push("-e".into());
+            args.push(var);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = agent(&refs);
+        assert_eq!(output.status.code(), Some(0), "{wanted}: {}", text(&output));
+        recap_changed(&output)
+    };
+    assert_eq!(
+        run("present", true),
+        Some(1),
+        "check mode reports the start"
+    );
+    assert_eq!(
+        run("present", false),
+        Some(1),
+        "first up starts the service"
+    );
+    assert_eq!(run("present", false), Some(0), "second up changes nothing");
+    assert_eq!(run("stopped", false), Some(1), "stop");
+    assert_eq!(
+        run("stopped", false),
+        Some(0),
+        "second stop changes nothing"
+    );
+    assert_eq!(run("absent", false), Some(1), "down");
+    assert_eq!(run("absent", false), Some(0), "second down changes nothing");
+}

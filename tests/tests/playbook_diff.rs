@@ -75,11 +75,21 @@ fn parse_recap(stdout: &str) -> Option<Recap> {
     })
 }
 
-/// The per-task result words in order (`ok`, `changed`, `skipping`, `fatal`, ...).
+/// The banners (`PLAY [..]`, `TASK [..]`, `RUNNING HANDLER [..]`), `included:` lines and
+/// per-task result words (`ok`, `changed`, `skipping`, `fatal`, ...) in order.
 fn result_sequence(stdout: &str) -> Vec<String> {
     stdout
         .lines()
         .filter_map(|l| {
+            if l.starts_with("PLAY [")
+                || l.starts_with("TASK [")
+                || l.starts_with("RUNNING HANDLER [")
+            {
+                return Some(l.trim_end_matches(['*', ' ']).to_string());
+            }
+            if l.starts_with("included: ") {
+                return Some(l.to_string());
+            }
             let (status, rest) = l.split_once(": [localhost]")?;
             if !matches!(status, "ok" | "changed" | "skipping" | "fatal" | "failed") {
                 return None;

@@ -13,7 +13,29 @@
 //! mask.
 //!
 //! A playbook that uses a module this runtime lacks is rejected by [`parse_playbook`]
-//! before any task runs, with the module's name and line.
+//! before any task runs, with the module's name and line; with
+//! [`parse_playbook_with_ansible_fallback`] and [`RunOptions::ansible_fallback`] such a task
+//! instead runs through ansible-core's own module (`fallback`).
+//!
+//! # What is supported
+//!
+//! * Plays: `hosts` (the local host under any of its names, `all`, `localhost`), `name`,
+//!   `vars`, `vars_files`, `gather_facts`, `pre_tasks`/`tasks`/`post_tasks`/`handlers`,
+//!   `force_handlers`, and the inherited keywords below. `roles`, `vars_prompt` and
+//!   `import_playbook` are rejected with a clear message.
+//! * Tasks and blocks: `when`, `loop`/`with_items`/`with_dict`/`with_list`/
+//!   `with_indexed_items`/`with_sequence`/`with_together`/`with_nested`/`with_subelements`/
+//!   `with_fileglob`/`with_lines`/`with_file`, `loop_control`, `register`, `notify`/`listen`,
+//!   `changed_when`, `failed_when`, `ignore_errors`, `until`/`retries`/`delay`, `tags`,
+//!   `vars`, `args`, `k=v` strings, `block`/`rescue`/`always`, `become`/`become_user`,
+//!   `check_mode`, `diff`, `no_log`, `environment`, `delegate_to` (local host only),
+//!   `import_tasks`, `include_tasks`, `include_vars`, `meta` (`flush_handlers`, `end_play`,
+//!   `end_host`, `clear_facts`, `noop`).
+//! * Modules (`modules`): command, shell, raw, copy, template, file, lineinfile,
+//!   blockinfile, replace, stat, slurp, debug, set_fact, assert, fail, pause, ping, apt,
+//!   apt_key, apt_repository, package, pip, dnf/yum, service, systemd, user, group,
+//!   get_url, wait_for, cron, authorized_key, sysctl, hostname, ufw, unarchive, git,
+//!   community.docker.docker_compose_v2.
 
 pub mod become_;
 mod crypt;

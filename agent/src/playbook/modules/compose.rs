@@ -30,11 +30,47 @@ const CHANGE_EVENTS: &[&str] = &[
     "Built",
 ];
 
-/// Parses Compose's progress output into (resource kind, name, verb) events.
+/// Parses Compose's progress output into (resource kind, name, verb) events; both the
+/// v2 plugin (` Container web-1  Started`) and the v1 tool (`Creating web_1 ... done`).
 pub fn parse_events(output: &str) -> Vec<(String, String, String)> {
     let mut events = Vec::new();
     for line in output.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
+        let v1_verb = matches!(
+            words.first().copied(),
+            Some(
+                "Creating"
+                    | "Recreating"
+                    | "Starting"
+                    | "Stopping"
+                    | "Removing"
+                    | "Restarting"
+                    | "Killing"
+                    | "Pulling"
+                    | "Building"
+            )
+        );
+        if v1_verb
+            && (line.contains(" ... ")
+                || line.trim_end().ends_with("...")
+                || words.get(1) == Some(&"network")
+                || words.get(1) == Some(&"volume"))
+        {
+            let (kind, name) = match words.get(1).copied() {
+                Some("network") => ("Network", words.get(2).copied().unwrap_or_default()),
+                Some("volume") => ("Volume", words.get(2).copied().unwrap_or_default()),
+                Some(name) if words[0] == "Pulling" => ("Image", name),
+                Some(name) => ("Container", name),
+                None => continue,
+            };
+            let name = name.trim_matches('"').trim_end_matches(" ...").to_string();
+            if !events.iter().any(|(k, n, v): &(String, String, String)| {
+                k == kind && *n == name && v == words[0]
+            }) {
+                events.push((kind.to_string(), name, words[0].to_string()));
+            }
+            continue;
+        }
         // Forms: " Container web-1  Started", " ✔ Container web-1  Started  0.3s", "DRY-RUN MODE - Container x Created"
         let start = words
             .iter()
@@ -60,14 +96,38 @@ pub fn events_changed(events: &[(String, String, String)]) -> bool {
         .any(|(kind, _, verb)| kind != "Image" && CHANGE_EVENTS.contains(&verb.as_str()))
 }
 
-fn compose_base() -> Option<Vec<String>> {
+/// The Compose command and whether it is the v1 `docker-compose` tool.
+fn compose_base() -> Option<(Vec<String>, bool)> {
     if let Some(docker) = which("docker") {
         let docker = docker.display().to_string();
         if run(&docker, &["compose", "version"], &[], None).ok() {
-            return Some(vec![docker, "compose".into()]);
+            return Some((vec![docker, "compose".into()], false));
         }
     }
-    which("docker-compose").map(|p| vec![p.display().to_string()])
+    let standalone = which("docker-compose")?.display().to_string();
+    let version = run(&standalone, &["version", "--short"], &[], None).stdout;
+    let v1 = version.trim().starts_with("1.");
+    Some((vec![standalone], v1))
+}
+
+/// Runs `base + args` and returns the result.
+fn compose_run(base: &[String], args: &[String], ctx: &ModuleContext) -> Run {
+    let refs: Vec<&str> = base
+        .iter()
+        .skip(1)
+        .chain(args.iter())
+        .map(String::as_str)
+        .collect();
+    run(&base[0], &refs, &ctx.environment, None)
+}
+
+fn lines_of(r: &Run) -> Vec<String> {
+    r.stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// `docker_compose_v2`.
@@ -108,9 +168,9 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             Some("present"),
         )?
         .unwrap_or_default();
-    let mut base =
+    let (mut base, v1) =
         match args.str("docker_cli") {
-            Some(cli) => vec![cli, "compose".into()],
+            Some(cli) => (vec![cli, "compose".into()], false),
             None => match compose_base() {
                 Some(b) => b,
                 None => return Ok(Outcome::failed(
@@ -164,10 +224,13 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     for profile in args.list("profiles") {
         base.extend(["--profile".into(), profile]);
     }
+    let services = args.list("services");
+    if v1 {
+        return compose_v1(args, ctx, &base, &state, &services);
+    }
     if ctx.check {
         base.push("--dry-run".into());
     }
-    let services = args.list("services");
     let mut sub: Vec<String> = Vec::new();
     match state.as_str() {
         "present" => {
@@ -320,6 +383,144 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         .with("stderr", r.stderr))
 }
 
+/// The same operations through the v1 `docker-compose` tool, which has no `--dry-run`:
+/// check mode compares the running services with the configured ones instead.
+fn compose_v1(
+    args: &Args,
+    ctx: &ModuleContext,
+    base: &[String],
+    state: &str,
+    services: &[String],
+) -> Result<Outcome, ArgError> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    let running = lines_of(&compose_run(
+        base,
+        &s(&["ps", "--services", "--filter", "status=running"]),
+        ctx,
+    ));
+    let existing = lines_of(&compose_run(base, &s(&["ps", "-q"]), ctx));
+    let mut configured = lines_of(&compose_run(base, &s(&["config", "--services"]), ctx));
+    if !services.is_empty() {
+        configured.retain(|c| services.contains(c));
+    }
+    let selected_running: Vec<&String> = running
+        .iter()
+        .filter(|r| services.is_empty() || services.contains(r))
+        .collect();
+    if ctx.check {
+        let changed = match state {
+            "present" => configured.iter().any(|c| !running.contains(c)),
+            "stopped" => !selected_running.is_empty(),
+            "restarted" => true,
+            _ => !existing.is_empty(),
+        };
+        return Ok(Outcome::new().with("changed", changed));
+    }
+    let sub: Vec<String> = match state {
+        "present" => {
+            if args
+                .choice(
+                    "pull",
+                    &["always", "missing", "never", "policy"],
+                    Some("policy"),
+                )?
+                .as_deref()
+                == Some("always")
+            {
+                let mut pull = s(&["pull", "--quiet"]);
+                pull.extend(services.iter().cloned());
+                let r = compose_run(base, &pull, ctx);
+                if !r.ok() {
+                    return Ok(Outcome::failed(format!(
+                        "Error when pulling: {}",
+                        r.stderr.trim()
+                    )));
+                }
+            }
+            let mut up = s(&["up", "--detach", "--no-color"]);
+            match args
+                .choice("build", &["always", "never", "policy"], Some("policy"))?
+                .as_deref()
+            {
+                Some("always") => up.push("--build".into()),
+                Some("never") => up.push("--no-build".into()),
+                _ => {}
+            }
+            match args
+                .choice("recreate", &["always", "never", "auto"], Some("auto"))?
+                .as_deref()
+            {
+                Some("always") => up.push("--force-recreate".into()),
+                Some("never") => up.push("--no-recreate".into()),
+                _ => {}
+            }
+            if args.bool("remove_orphans", false)? {
+                up.push("--remove-orphans".into());
+            }
+            if !args.bool("dependencies", true)? {
+                up.push("--no-deps".into());
+            }
+            up.extend(services.iter().cloned());
+            up
+        }
+        "stopped" => {
+            if selected_running.is_empty() {
+                return Ok(Outcome::new());
+            }
+            let mut stop = s(&["stop"]);
+            stop.extend(services.iter().cloned());
+            stop
+        }
+        "restarted" => {
+            let mut restart = s(&["restart"]);
+            restart.extend(services.iter().cloned());
+            restart
+        }
+        _ => {
+            if existing.is_empty() {
+                return Ok(Outcome::new());
+            }
+            let mut down = s(&["down"]);
+            if args.bool("remove_orphans", false)? {
+                down.push("--remove-orphans".into());
+            }
+            if args.bool("remove_volumes", false)? {
+                down.push("--volumes".into());
+            }
+            if let Some(images) = args.choice("remove_images", &["all", "local"], None)? {
+                down.extend(["--rmi".into(), images]);
+            }
+            down
+        }
+    };
+    let r = compose_run(base, &sub, ctx);
+    let events = parse_events(&format!("{}\n{}", r.stdout, r.stderr));
+    if !r.ok() {
+        return Ok(Outcome::failed(format!(
+            "Error when processing {state}: {}",
+            r.stderr.trim()
+        ))
+        .with("rc", r.rc)
+        .with("stderr", r.stderr));
+    }
+    let actions: Vec<Value> = events
+        .iter()
+        .map(|(kind, name, verb)| {
+            Value::from_pairs([
+                ("what", kind.as_str()),
+                ("id", name.as_str()),
+                ("status", verb.as_str()),
+            ])
+        })
+        .collect();
+    Ok(Outcome::new()
+        .with("changed", events_changed(&events))
+        .with("actions", Value::from(actions))
+        .with("rc", r.rc)
+        .with("stdout", r.stdout)
+        .with("stderr", r.stderr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +536,9 @@ mod tests {
         assert!(!events_changed(&parse_events(pulled)));
         let dry = "DRY-RUN MODE -  Container app-web-1  Recreate\n";
         assert!(events_changed(&parse_events(dry)));
+        let v1 = "Creating network \"p_default\" with the default driver\nCreating p_app_1 ... \nCreating p_app_1 ... done\n";
+        assert_eq!(parse_events(v1).len(), 2);
+        assert!(events_changed(&parse_events(v1)));
+        assert!(!events_changed(&parse_events("p_app_1 is up-to-date\n")));
     }
 }
