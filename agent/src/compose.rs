@@ -203,7 +203,7 @@ pub struct BackupMeta {
 /// agent's own binary with the matching subcommand. Backups are kept in
 /// `STATE_DIR/backups`, next to the `jobs` directory that holds `job_dir`.
 pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
-    let exe = std::env::current_exe().context("finding the agent's own binary")?;
+    let exe = own_binary()?;
     let state_dir = job_dir
         .parent()
         .and_then(Path::parent)
@@ -262,6 +262,17 @@ pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(argv)
+}
+
+/// The agent's own binary for a job's command line: `/proc/<pid>/exe`, which names the
+/// running binary even after an upgrade replaced (deleted) the file on disk, where
+/// `current_exe()` would answer a path ending in " (deleted)" that cannot be run.
+fn own_binary() -> Result<PathBuf> {
+    let proc_exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().context("finding the agent's own binary")
 }
 
 /// Prints the machine-readable last line.

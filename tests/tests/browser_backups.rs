@@ -120,7 +120,11 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
             .map(String::from)
     })
     .await;
-    assert_eq!(wait_end(&api, &restore_id).await["status"], "succeeded");
+    let end = wait_end(&api, &restore_id).await;
+    let (_, log) = api
+        .get_json_lines(&format!("/api/v1/executions/{restore_id}/log"))
+        .await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{log:?}");
     assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");
     browser
         .screenshot(&cp.artifact("backup-restored.png"))
