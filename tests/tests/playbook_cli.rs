@@ -170,8 +170,8 @@ fn unknown_module_runs_through_ansible_when_allowed() {
     );
 
     let output = Command::new(dynserv_tests::agent_binary())
-        .args(["playbook", "--ansible-fallback"])
-        .arg(&ansible)
+        .arg("playbook")
+        .arg(format!("--ansible-fallback={}", ansible.display()))
         .arg(&file)
         .env(
             "ANSIBLE_PYTHON_INTERPRETER",

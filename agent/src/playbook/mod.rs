@@ -133,8 +133,9 @@ pub struct PlaybookArgs {
     #[arg(long, default_value = "localhost")]
     pub inventory_hostname: String,
     /// Run tasks whose module the native runtime lacks through ansible-core's `ansible`
-    /// program (optionally its path); without this flag such a playbook is rejected.
-    #[arg(long, value_name = "ANSIBLE", num_args = 0..=1, default_missing_value = "ansible")]
+    /// program (`--ansible-fallback=PATH` to choose it); without this flag such a playbook
+    /// is rejected.
+    #[arg(long, value_name = "ANSIBLE", num_args = 0..=1, require_equals = true, default_missing_value = "ansible")]
     pub ansible_fallback: Option<PathBuf>,
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
