@@ -506,7 +506,7 @@ impl<'a> Runner<'a> {
                 .filter(|s| !s.is_empty())
                 .collect(),
         };
-        let hostname = FactSources::read().nodename;
+        let hostname = super::facts::nodename();
         patterns.iter().any(|p| {
             let p = p.trim_start_matches('&');
             matches!(p, "all" | "*" | "localhost" | "127.0.0.1" | "ungrouped")
@@ -2035,7 +2035,7 @@ fn render_template_file(
         ("template_path", Value::from(path.display().to_string())),
         ("template_fullpath", Value::from(path.display().to_string())),
         ("template_destpath", Value::from(dest)),
-        ("template_host", Value::from(FactSources::read().nodename)),
+        ("template_host", Value::from(super::facts::nodename())),
         ("ansible_managed", Value::from("Ansible managed")),
     ];
     let ctx = Value::from_object(Overlay {

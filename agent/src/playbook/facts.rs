@@ -41,6 +41,13 @@ pub struct FactSources {
     pub container: Option<String>,
 }
 
+/// The kernel's node name (`uname -n`), cheap enough to call per play.
+pub fn nodename() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| FactSources::read().nodename)
+}
+
 impl FactSources {
     /// Reads the sources from the running machine.
     pub fn read() -> FactSources {
