@@ -1093,7 +1093,7 @@ impl<'a> Runner<'a> {
             outcome
         } else {
             let outcome = self.run_one(task, scope, module, args, &[]);
-            self.print_single(&host, &outcome, no_log, ignore_errors, scope);
+            self.print_single(task, &host, &outcome, no_log, ignore_errors, scope);
             outcome
         };
         self.register(task, &outcome);
@@ -1189,8 +1189,32 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Ansible 2.19's `[ERROR]: Task failed: ...` line with the task's origin.
+    fn emit_origin(&mut self, task: &Task, outcome: &Outcome) {
+        let msg = outcome
+            .get("msg")
+            .map(modules::value_to_string)
+            .unwrap_or_default();
+        self.emit(&format!("[ERROR]: Task failed: {msg}"));
+        let file = task
+            .file
+            .as_deref()
+            .cloned()
+            .or_else(|| self.playbook.source_path.clone());
+        if let Some(file) = file {
+            self.emit(&format!(
+                "Origin: {}:{}:{}",
+                file.display(),
+                task.pos.line,
+                task.pos.column
+            ));
+            self.emit("");
+        }
+    }
+
     fn print_single(
         &mut self,
+        task: &Task,
         host: &str,
         outcome: &Outcome,
         no_log: bool,
@@ -1202,6 +1226,7 @@ impl<'a> Runner<'a> {
             .get("_ansible_verbose_always")
             .is_some_and(Value::is_true);
         if outcome.is_failed() {
+            self.emit_origin(task, outcome);
             let json = super::filters::python_json(&displayable(outcome, no_log));
             self.emit(&format!("fatal: [{host}]: FAILED! => {json}"));
             if ignore_errors {
@@ -1829,7 +1854,10 @@ impl<'a> Runner<'a> {
                     _ => Err(format!("{} must contain a list of tasks", path.display())),
                 });
             let tasks = match parsed {
-                Ok(t) => t,
+                Ok(mut t) => {
+                    super::model::set_file(&mut t, &Arc::new(path.clone()));
+                    t
+                }
                 Err(message) => {
                     self.finish_failed_outright(task, host, &message);
                     return;

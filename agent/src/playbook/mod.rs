@@ -175,7 +175,10 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         parse_playbook(&source, &base_dir)
     };
     let playbook = match parsed {
-        Ok(p) => p,
+        Ok(mut p) => {
+            p.source_path = Some(file.clone());
+            p
+        }
         Err(e) => {
             eprintln!("ERROR! {e}");
             eprintln!("The error appears to be in '{}'", file.display());

@@ -72,6 +72,8 @@ pub struct Playbook {
     pub plays: Vec<Play>,
     /// The directory relative paths (`src`, `lookup('file')`, `vars_files`) start from.
     pub base_dir: PathBuf,
+    /// The playbook file, when known (for `Origin:` lines of failed tasks).
+    pub source_path: Option<PathBuf>,
 }
 
 /// One play.
@@ -215,6 +217,8 @@ pub struct Task {
     pub delay: Option<Value>,
     /// `delegate_to` (only the local host is supported).
     pub delegate_to: Option<Value>,
+    /// The file the task comes from when it is not the playbook itself (`import_tasks`).
+    pub file: Option<std::sync::Arc<PathBuf>>,
     /// Where the task starts.
     pub pos: Pos,
 }
@@ -531,6 +535,7 @@ pub fn parse_playbook_with_ansible_fallback(
     Ok(Playbook {
         plays,
         base_dir: base_dir.to_path_buf(),
+        source_path: None,
     })
 }
 
@@ -925,6 +930,7 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
         retries: node.get("retries").map(Node::to_value),
         delay: node.get("delay").map(Node::to_value),
         delegate_to: node.get("delegate_to").map(Node::to_value),
+        file: None,
         pos: node.pos,
     })
 }
@@ -957,7 +963,8 @@ fn import_tasks(
         message: e.to_string(),
     })?;
     let root = yaml::parse_one(&source)?;
-    let tasks = parse_task_list(&root, path.parent().unwrap_or(base_dir), handler)?;
+    let mut tasks = parse_task_list(&root, path.parent().unwrap_or(base_dir), handler)?;
+    set_file(&mut tasks, &std::sync::Arc::new(path.clone()));
     Ok(Task {
         name,
         body: TaskBody::Block {
@@ -977,8 +984,28 @@ fn import_tasks(
         retries: None,
         delay: None,
         delegate_to: None,
+        file: None,
         pos: node.pos,
     })
+}
+
+/// Records the file tasks come from (imports and includes), keeping inner imports' files.
+pub fn set_file(tasks: &mut [Task], file: &std::sync::Arc<PathBuf>) {
+    for task in tasks {
+        if task.file.is_none() {
+            task.file = Some(std::sync::Arc::clone(file));
+        }
+        if let TaskBody::Block {
+            block,
+            rescue,
+            always,
+        } = &mut task.body
+        {
+            for list in [block, rescue, always] {
+                set_file(list, file);
+            }
+        }
+    }
 }
 
 /// Splits `action: copy src=a dest=b` / `action: {module: copy, src: a}`.
