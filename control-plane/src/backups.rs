@@ -723,7 +723,7 @@ pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             w.index_put(BY_EXECUTION, &e.id, backup_id)?;
         }
         Work::SystemUpdate { .. } => crate::updates::on_created(w, e)?,
-        Work::Script { .. } | Work::Playbook { .. } => {}
+        _ => {}
     }
     Ok(())
 }
@@ -897,7 +897,7 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             w.put(&backup)?;
         }
         Work::SystemUpdate { .. } => crate::updates::on_finished(w, e)?,
-        Work::Script { .. } | Work::Playbook { .. } => {}
+        _ => {}
     }
     Ok(())
 }
