@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +52,19 @@ pub struct Job {
     end: Mutex<Option<JobEnd>>,
     changed: watch::Sender<u64>,
     cancel: watch::Sender<bool>,
+    /// Secret values of the job's spec, masked in every chunk read back.
+    secrets: Vec<String>,
+}
+
+/// Replaces every secret value in `text` by `********`.
+pub fn mask_secrets(text: String, secrets: &[String]) -> String {
+    let mut text = text;
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "********");
+        }
+    }
+    text
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,7 +93,12 @@ impl Job {
 
     /// Reads a chunk back from the spool.
     pub fn read_chunk(&self, seq: u64) -> Result<OutputChunk> {
-        Ok(lock(&self.spool).read_chunk(seq)?)
+        let mut chunk = lock(&self.spool).read_chunk(seq)?;
+        // Output is cut at line ends, so a one-line secret never straddles two chunks.
+        if !self.secrets.is_empty() {
+            chunk.data = mask_secrets(chunk.data, &self.secrets);
+        }
+        Ok(chunk)
     }
 
     /// Records the control plane's acknowledgement.
@@ -205,7 +223,7 @@ impl Jobs {
             .count() as u32
     }
 
-    fn new_job(&self, id: &str, dir: PathBuf) -> Result<Arc<Job>> {
+    fn new_job(&self, id: &str, dir: PathBuf, secrets: &[String]) -> Result<Arc<Job>> {
         let spool = Spool::open(&dir)?;
         let end = std::fs::read(dir.join("end.json"))
             .ok()
@@ -217,6 +235,7 @@ impl Jobs {
             end: Mutex::new(end),
             changed: watch::channel(0).0,
             cancel: watch::channel(false).0,
+            secrets: secrets.to_vec(),
         }))
     }
 
@@ -232,7 +251,7 @@ impl Jobs {
                 pid: None,
                 started_at_unix: now_unix(),
             });
-        let job = self.new_job(id, dir.clone())?;
+        let job = self.new_job(id, dir.clone(), &spec.secrets)?;
         {
             let mut inner = lock(&self.inner);
             inner.started.insert(id.to_string());
@@ -280,7 +299,7 @@ impl Jobs {
         let dir = self.root.join(&spec.job_id);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("spec.json"), serde_json::to_vec(spec)?)?;
-        let job = self.new_job(&spec.job_id, dir.clone())?;
+        let job = self.new_job(&spec.job_id, dir.clone(), &spec.secrets)?;
         inner.live.insert(spec.job_id.clone(), job.clone());
         drop(inner);
 
@@ -368,9 +387,19 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             if *check {
                 argv.push("--check".into());
             }
-            for (k, v) in vars {
+            // The variables go in a private file, not on the command line where any
+            // local user could read them (they may hold secrets).
+            if !vars.is_empty() {
+                let vars_file = dir.join("vars.json");
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&vars_file)?;
+                file.write_all(&serde_json::to_vec(vars)?)?;
                 argv.push("-e".into());
-                argv.push(format!("{k}={v}"));
+                argv.push(format!("@{}", vars_file.display()));
             }
         }
         // Backups, restores and updates run as the agent's own subcommands.
@@ -621,7 +650,19 @@ mod tests {
                 working_dir: None,
             },
             timeout_s,
+            secrets: Vec::new(),
         }
+    }
+
+    /// Every occurrence of every secret is masked; empty secrets mask nothing.
+    #[test]
+    fn secrets_are_masked() {
+        let secrets = vec!["hunter2".to_string(), String::new()];
+        assert_eq!(
+            mask_secrets("pw=hunter2 again hunter2\n".into(), &secrets),
+            "pw=******** again ********\n"
+        );
+        assert_eq!(mask_secrets("nothing".into(), &secrets), "nothing");
     }
 
     async fn wait_end(job: &Job) -> JobEnd {

@@ -273,6 +273,10 @@ pub struct JobSpec {
     /// Seconds after which the job's process group is killed and the job ends as
     /// timed out; no limit when absent.
     pub timeout_s: Option<u64>,
+    /// Secret values (passwords, tokens) the job receives as variables; the agent
+    /// replaces each of them by `********` in the output before spooling or sending it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// One numbered piece of output.
