@@ -183,6 +183,7 @@ impl Execution {
             job_id: self.id.clone(),
             kind,
             timeout_s: self.timeout_s,
+            secrets: Vec::new(),
         }
     }
 }
@@ -216,6 +217,10 @@ pub struct NewExecution {
     /// read from JSON.
     #[serde(skip)]
     pub work: Option<Work>,
+    /// Secret variables (a script's variables marked secret): never part of the
+    /// stored work; kept aside by `scripts` until the job ends. Never read from JSON.
+    #[serde(skip)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 fn env_name_ok(name: &str) -> bool {
@@ -251,6 +256,9 @@ pub fn create(
     if agent.revoked_at.is_some() {
         return Err(AppError::invalid("agent", "that agent has been revoked"));
     }
+    // `"playbook": "<script id>"` runs a stored script with its declared variables.
+    let resolved = crate::scripts::resolve_execution(w, subject, &agent.project_id, input)?;
+    let input = resolved.as_ref().unwrap_or(input);
     let kind = input.kind.as_deref().unwrap_or("script");
     let work = match kind {
         "script" => {
@@ -400,6 +408,7 @@ pub fn create(
         cancel_requested: false,
     };
     w.put(&execution)?;
+    crate::scripts::keep_execution_secrets(w, &execution.id, &input.secrets)?;
     w.index_put(ACTIVE, &index_key(&execution), &execution.id)?;
     w.index_put(BY_AGENT, &index_key(&execution), &execution.id)?;
     audit::record(
@@ -488,6 +497,7 @@ pub fn finish(
     e.finished_at = Some(now);
     w.put(&e)?;
     crate::backups::on_finished(w, &e)?;
+    crate::scripts::forget_execution_secrets(w, &e.id)?;
     w.index_delete(ACTIVE, &index_key(&e))?;
     Ok(true)
 }

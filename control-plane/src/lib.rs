@@ -20,7 +20,9 @@ pub mod policy;
 pub mod projects;
 pub mod requests;
 pub mod revenue;
+pub mod rollouts;
 pub mod schedules;
+pub mod scripts;
 pub mod secrets;
 pub mod servers;
 pub mod store;
@@ -41,6 +43,7 @@ use crate::app::App;
 /// and the local control socket in the data directory. Prints the URLs it serves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    scripts::seed_samples(&app.store)?;
     let http_stop = wait_for(stop_rx.clone());
     let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
@@ -74,6 +77,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
         wait_for(stop_rx.clone()),
     ));
     tokio::spawn(schedules::scheduler(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(rollouts::supervisor(app.clone(), wait_for(stop_rx.clone())));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

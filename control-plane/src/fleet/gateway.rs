@@ -421,7 +421,8 @@ async fn drive_job(
         .open_bi()
         .await
         .context("opening a job stream")?;
-    write_frame(&mut send, &ToAgent::Start(execution.job_spec())).await?;
+    let spec = crate::scripts::job_spec_with_secrets(&fleet.inner.store, &execution)?;
+    write_frame(&mut send, &ToAgent::Start(spec)).await?;
     if execution.cancel_requested {
         write_frame(&mut send, &ToAgent::Cancel).await?;
     }

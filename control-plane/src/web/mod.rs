@@ -17,6 +17,8 @@ pub mod ops_pages;
 pub mod pages;
 pub mod render;
 pub mod router;
+pub mod scripts_api;
+pub mod scripts_pages;
 pub mod ws;
 
 use std::collections::HashMap;

@@ -52,6 +52,13 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Scripts",
+            href: "/scripts",
+            icon: "fa-scroll",
+            visible: policy::can(s, Action::ManageScripts, None)
+                || policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
             label: "Backups",
             href: "/backups",
             icon: "fa-database",

@@ -97,6 +97,13 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["enrollment-tokens"]) => fleet_api::create_token_api(app, req, &ctx),
         (&Method::GET, ["executions"]) => fleet_api::executions_list(app, req, &ctx),
         (&Method::POST, ["executions"]) => fleet_api::create_execution(app, req, &ctx),
+        // Deployment scripts and their rollouts.
+        (&Method::GET, ["scripts"]) => super::scripts_api::list(app, req, &ctx),
+        (&Method::POST, ["scripts"]) => super::scripts_api::create(app, req, &ctx),
+        (&Method::GET, ["scripts", id]) => super::scripts_api::get(app, &ctx, id),
+        (&Method::PUT, ["scripts", id]) => super::scripts_api::update(app, req, &ctx, id),
+        (&Method::POST, ["scripts", id, "run"]) => super::scripts_api::run(app, req, &ctx, id),
+        (&Method::GET, ["rollouts", id]) => super::scripts_api::rollout(app, &ctx, id),
         (&Method::GET, ["executions", id]) => fleet_api::execution(app, &ctx, id),
         (&Method::GET, ["executions", id, "log"]) => fleet_api::execution_log(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => fleet_api::cancel_execution(app, req, &ctx, id),
@@ -204,6 +211,19 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),
         (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
+        // Deployment scripts: list, editor, run form, rollouts.
+        (&Method::GET, ["scripts"]) => super::scripts_pages::list_page(app, req, &ctx),
+        (&Method::GET, ["scripts", "new"]) => super::scripts_pages::new_page(app, req, &ctx),
+        (&Method::POST, ["scripts", "new"]) => super::scripts_pages::save(app, req, &ctx, None),
+        (&Method::GET, ["scripts", id]) => super::scripts_pages::edit_page(app, req, &ctx, id),
+        (&Method::POST, ["scripts", id]) => super::scripts_pages::save(app, req, &ctx, Some(id)),
+        (&Method::GET, ["scripts", id, "run"]) => {
+            super::scripts_pages::run_page(app, req, &ctx, id)
+        }
+        (&Method::POST, ["scripts", id, "run"]) => {
+            super::scripts_pages::run_submit(app, req, &ctx, id)
+        }
+        (&Method::GET, ["rollouts", id]) => super::scripts_pages::rollout_page(app, req, &ctx, id),
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => fleet_pages::cancel_page(app, req, &ctx, id),
         // Operations pages: backups, restores, system updates, schedules.

@@ -1,0 +1,753 @@
+//! Rollouts: one run of a stored script over several servers, in batches of `serial`
+//! targets (like Ansible's `serial`); a batch starts when the previous one ended, and
+//! once `max_failures` targets failed the rollout stops and the targets not started
+//! are marked skipped.
+//!
+//! The decision of what happens next is the pure [`plan`] over the targets' states;
+//! [`advance`] applies it in one store transaction (reading the executions' ends,
+//! creating the next batch's executions), and [`supervisor`] calls it for every
+//! running rollout twice a second, so a rollout keeps going across a restart.
+//! Secret variable values are kept encrypted in the rollout only until its last batch
+//! started.
+//!
+//! What does not live here: the scripts and their variables (`scripts`), the job
+//! lifecycle (`executions`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::agents::Agent;
+use crate::app::App;
+use crate::audit::{self, Actor};
+use crate::error::{AppError, AppResult};
+use crate::executions::{self, Execution, NewExecution, Status};
+use crate::policy::{self, Action, Subject};
+use crate::scripts::{self, Script};
+use crate::store::{Read, Record, Writer};
+
+const RUNNING: &str = "rollout_running";
+/// Most targets in one rollout.
+pub const MAX_TARGETS: usize = 500;
+
+/// Where one target of a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Its batch has not started.
+    Pending,
+    /// Its execution is queued or running.
+    Running,
+    Succeeded,
+    /// Its execution failed, was cancelled or timed out, or could not be created.
+    Failed,
+    /// The rollout stopped before its batch.
+    Skipped,
+}
+
+impl TargetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Pending => "pending",
+            TargetState::Running => "running",
+            TargetState::Succeeded => "succeeded",
+            TargetState::Failed => "failed",
+            TargetState::Skipped => "skipped",
+        }
+    }
+}
+
+/// A rollout's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    Running,
+    /// Every target succeeded.
+    Succeeded,
+    /// Every target ran, some failed.
+    Failed,
+    /// The failure threshold was reached; the rest was skipped.
+    Stopped,
+}
+
+impl RolloutStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutStatus::Running => "running",
+            RolloutStatus::Succeeded => "succeeded",
+            RolloutStatus::Failed => "failed",
+            RolloutStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// One server of a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub server_id: Option<String>,
+    pub agent_id: String,
+    pub project_id: String,
+    pub state: TargetState,
+    /// The batch it ran in, from 1.
+    pub batch: Option<u32>,
+    pub execution_id: Option<String>,
+    /// Why it failed without an execution.
+    pub error: Option<String>,
+}
+
+/// A run of a script over targets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub script_id: String,
+    pub script_name: String,
+    pub targets: Vec<Target>,
+    /// Targets per batch.
+    pub serial: u32,
+    /// Stop once this many targets failed; 0 for no limit.
+    pub max_failures: u32,
+    pub check: bool,
+    /// The plain variables of the run.
+    pub vars: BTreeMap<String, String>,
+    /// The names of the secret variables given.
+    pub secret_names: Vec<String>,
+    /// The secret values, encrypted, until the last batch started.
+    pub sealed_secrets: Option<String>,
+    pub status: RolloutStatus,
+    pub batches_started: u32,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Record for Rollout {
+    const TABLE: &'static str = "rollouts";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// What a rollout does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A batch is still running.
+    Wait,
+    /// Start these targets (indexes) as the next batch.
+    Start(Vec<usize>),
+    /// The rollout ends with this status; these pending targets are skipped.
+    Finish {
+        status: RolloutStatus,
+        skip: Vec<usize>,
+    },
+}
+
+/// Decides the next step from the targets' states: wait while a batch runs; stop once
+/// `max_failures` (when not 0) targets failed, skipping what has not started; else
+/// start the next `serial` pending targets; end when none is left.
+pub fn plan(states: &[TargetState], serial: usize, max_failures: u32) -> Step {
+    if states.contains(&TargetState::Running) {
+        return Step::Wait;
+    }
+    let failures = states.iter().filter(|s| **s == TargetState::Failed).count();
+    let pending: Vec<usize> = states
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == TargetState::Pending)
+        .map(|(i, _)| i)
+        .collect();
+    if max_failures > 0 && failures >= max_failures as usize {
+        return Step::Finish {
+            status: if pending.is_empty() {
+                RolloutStatus::Failed
+            } else {
+                RolloutStatus::Stopped
+            },
+            skip: pending,
+        };
+    }
+    if !pending.is_empty() {
+        return Step::Start(pending.into_iter().take(serial.max(1)).collect());
+    }
+    Step::Finish {
+        status: if failures == 0 {
+            RolloutStatus::Succeeded
+        } else {
+            RolloutStatus::Failed
+        },
+        skip: Vec::new(),
+    }
+}
+
+/// Where a script runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, untagged)]
+pub enum Targets {
+    /// Servers (ids), or agents (ids or names).
+    Servers { servers: Vec<String> },
+    /// Every server with an agent in a project (id or name).
+    Project { project: String },
+}
+
+/// The body of `POST /api/v1/scripts/{id}/run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInput {
+    pub targets: Targets,
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Targets per batch; all at once when absent or 0.
+    pub serial: Option<u32>,
+    /// Stop after this many failures; no limit when absent or 0.
+    pub max_failures: Option<u32>,
+    #[serde(default)]
+    pub check: bool,
+}
+
+fn target_of(r: &impl Read, agent: &Agent) -> anyhow::Result<Target> {
+    let server = match &agent.server_id {
+        Some(id) => r.get::<crate::servers::Server>(id)?,
+        None => None,
+    };
+    Ok(Target {
+        name: server
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| agent.name.clone()),
+        server_id: server.map(|s| s.id),
+        agent_id: agent.id.clone(),
+        project_id: agent.project_id.clone(),
+        state: TargetState::Pending,
+        batch: None,
+        execution_id: None,
+        error: None,
+    })
+}
+
+fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppResult<Vec<Agent>> {
+    let agents = match targets {
+        Targets::Servers { servers } => {
+            let mut out = Vec::new();
+            for key in servers {
+                let agent =
+                    crate::backups::agent_of_server(r, subject, key.trim()).map_err(|e| {
+                        if e.kind == crate::error::Kind::NotFound {
+                            AppError::invalid(
+                                "targets",
+                                format!("no server {key:?} that you can see"),
+                            )
+                        } else {
+                            AppError::invalid("targets", e.message)
+                        }
+                    })?;
+                out.push(agent);
+            }
+            out
+        }
+        Targets::Project { project } => {
+            let p = crate::projects::find(r, project)?
+                .filter(|p| policy::can(subject, Action::ViewServers, Some(&p.id)))
+                .ok_or_else(|| {
+                    AppError::invalid(
+                        "targets",
+                        format!("no project {project:?} that you can see"),
+                    )
+                })?;
+            let mut agents = crate::backups::agents_of_project(r, &p.id)?;
+            agents.sort_by(|a, b| a.name.cmp(&b.name));
+            agents
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let agents: Vec<Agent> = agents
+        .into_iter()
+        .filter(|a| seen.insert(a.id.clone()))
+        .collect();
+    if agents.is_empty() {
+        return Err(AppError::invalid(
+            "targets",
+            "no server with an agent to run on",
+        ));
+    }
+    if agents.len() > MAX_TARGETS {
+        return Err(AppError::invalid(
+            "targets",
+            format!("at most {MAX_TARGETS} servers per run"),
+        ));
+    }
+    if let Some(revoked) = agents.iter().find(|a| a.revoked_at.is_some()) {
+        return Err(AppError::invalid(
+            "targets",
+            format!("the agent of {} has been revoked", revoked.name),
+        ));
+    }
+    Ok(agents)
+}
+
+/// Validates a run and stores the rollout, running; its first batch starts in the
+/// same transaction. Returns the rollout and the executions to dispatch.
+pub fn create(
+    app: &App,
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    script_key: &str,
+    input: &RunInput,
+) -> AppResult<(Rollout, Vec<Execution>)> {
+    let script = scripts::get_visible(w, subject, script_key)?;
+    let agents = resolve_targets(w, subject, &input.targets)?;
+    for agent in &agents {
+        if !policy::can(subject, Action::OperateServers, Some(&agent.project_id)) {
+            return Err(AppError::forbidden());
+        }
+    }
+    let vars = scripts::resolve_vars(&script.variables, &input.vars)?;
+    // Every target must accept the script (its scope) before anything starts.
+    for agent in &agents {
+        scripts::execution_input(
+            &script,
+            &agent.project_id,
+            &BTreeMap::new(),
+            input.check,
+            &NewExecution::default(),
+        )
+        .or_else(|e| {
+            if e.field.as_deref() == Some("vars") {
+                Ok(NewExecution::default())
+            } else {
+                Err(AppError::invalid("targets", e.message))
+            }
+        })?;
+    }
+    let mut targets = Vec::new();
+    for agent in &agents {
+        targets.push(target_of(w, agent)?);
+    }
+    let serial = match input.serial {
+        None | Some(0) => targets.len() as u32,
+        Some(n) => n.min(targets.len() as u32),
+    };
+    let sealed_secrets = if vars.secret.is_empty() {
+        None
+    } else {
+        let text = serde_json::to_string(&vars.secret).map_err(anyhow::Error::from)?;
+        Some(app.keys.encrypt(&text))
+    };
+    let rollout = Rollout {
+        id: uuid::Uuid::now_v7().to_string(),
+        script_id: script.id.clone(),
+        script_name: script.name.clone(),
+        targets,
+        serial,
+        max_failures: input.max_failures.unwrap_or(0),
+        check: input.check,
+        vars: vars.plain,
+        secret_names: vars.secret.keys().cloned().collect(),
+        sealed_secrets,
+        status: RolloutStatus::Running,
+        batches_started: 0,
+        created_by: actor.username.clone(),
+        created_at: Utc::now(),
+        finished_at: None,
+    };
+    w.put(&rollout)?;
+    w.index_put(RUNNING, &rollout.id, &rollout.id)?;
+    audit::record(
+        w,
+        actor,
+        "rollout.create",
+        &format!("script:{}", script.name),
+        format!(
+            "{} on {} servers, batches of {}",
+            rollout.id,
+            rollout.targets.len(),
+            rollout.serial
+        ),
+    )?;
+    let started = step(app, w, &rollout.id)?;
+    let rollout = w
+        .get::<Rollout>(&rollout.id)?
+        .ok_or_else(|| AppError::not_found("rollout"))?;
+    Ok((rollout, started))
+}
+
+fn target_state_of(e: &Execution) -> TargetState {
+    match e.status {
+        Status::Queued | Status::Running => TargetState::Running,
+        Status::Succeeded => TargetState::Succeeded,
+        _ => TargetState::Failed,
+    }
+}
+
+/// Moves one rollout forward inside a transaction; returns the executions created,
+/// which the caller dispatches after the commit.
+fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Vec<Execution>> {
+    let Some(mut rollout) = w.get::<Rollout>(id)? else {
+        return Ok(Vec::new());
+    };
+    if rollout.status != RolloutStatus::Running {
+        w.index_delete(RUNNING, id)?;
+        return Ok(Vec::new());
+    }
+    let mut changed = false;
+    for target in rollout.targets.iter_mut() {
+        if target.state != TargetState::Running {
+            continue;
+        }
+        let state = match &target.execution_id {
+            Some(eid) => match w.get::<Execution>(eid)? {
+                Some(e) => target_state_of(&e),
+                None => TargetState::Failed,
+            },
+            None => TargetState::Failed,
+        };
+        if state != target.state {
+            target.state = state;
+            changed = true;
+        }
+    }
+    let states: Vec<TargetState> = rollout.targets.iter().map(|t| t.state).collect();
+    let mut created = Vec::new();
+    match plan(&states, rollout.serial as usize, rollout.max_failures) {
+        Step::Wait => {}
+        Step::Start(batch) => {
+            changed = true;
+            rollout.batches_started += 1;
+            let number = rollout.batches_started;
+            let script = w.get::<Script>(&rollout.script_id)?;
+            let subject = match crate::users::by_username(w, &rollout.created_by)? {
+                Some(user) if user.active => Some(crate::users::subject(w, &user)?),
+                _ => None,
+            };
+            let mut given: BTreeMap<String, serde_json::Value> = rollout
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            if let Some(sealed) = &rollout.sealed_secrets {
+                let secrets: BTreeMap<String, String> =
+                    serde_json::from_str(&app.keys.decrypt(sealed)?)?;
+                given.extend(secrets.into_iter().map(|(k, v)| (k, json!(v))));
+            }
+            let actor = Actor {
+                username: rollout.created_by.clone(),
+                ip: None,
+            };
+            for index in batch {
+                let target = &mut rollout.targets[index];
+                target.batch = Some(number);
+                let made = match (&script, &subject) {
+                    (None, _) => Err(AppError::conflict("the script was deleted")),
+                    (_, None) => Err(AppError::conflict(
+                        "the user who started the rollout is no longer active",
+                    )),
+                    (Some(script), Some(subject)) => {
+                        let base = NewExecution {
+                            agent: Some(target.agent_id.clone()),
+                            ..Default::default()
+                        };
+                        scripts::execution_input(
+                            script,
+                            &target.project_id,
+                            &given,
+                            rollout.check,
+                            &base,
+                        )
+                        .and_then(|input| executions::create(w, &actor, subject, &input))
+                    }
+                };
+                match made {
+                    Ok(execution) => {
+                        target.state = TargetState::Running;
+                        target.execution_id = Some(execution.id.clone());
+                        created.push(execution);
+                    }
+                    Err(e) => {
+                        target.state = TargetState::Failed;
+                        target.error = Some(e.message);
+                    }
+                }
+            }
+            if !rollout
+                .targets
+                .iter()
+                .any(|t| t.state == TargetState::Pending)
+            {
+                rollout.sealed_secrets = None;
+            }
+        }
+        Step::Finish { status, skip } => {
+            changed = true;
+            for index in skip {
+                rollout.targets[index].state = TargetState::Skipped;
+            }
+            rollout.status = status;
+            rollout.finished_at = Some(Utc::now());
+            rollout.sealed_secrets = None;
+            w.index_delete(RUNNING, id)?;
+        }
+    }
+    if changed {
+        w.put(&rollout)?;
+    }
+    Ok(created)
+}
+
+/// Moves one rollout forward and dispatches what it started. A batch whose targets
+/// all failed to start is followed at once by the next step.
+pub fn advance(app: &App, id: &str) -> anyhow::Result<()> {
+    for _ in 0..MAX_TARGETS + 2 {
+        let created = app.store.write(|w| step(app, w, id))?;
+        for execution in &created {
+            app.fleet.dispatch(execution);
+        }
+        let again = app.store.read(|r| {
+            Ok(r.get::<Rollout>(id)?.is_some_and(|ro| {
+                ro.status == RolloutStatus::Running
+                    && !ro.targets.iter().any(|t| t.state == TargetState::Running)
+            }))
+        })?;
+        if !again {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Advances every running rollout twice a second until `stop` resolves.
+pub async fn supervisor(app: App, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let ids = match app.store.read(|r| r.index_scan(RUNNING, "")) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("listing running rollouts: {e:#}");
+                continue;
+            }
+        };
+        for (_, id) in ids {
+            if let Err(e) = advance(&app, &id) {
+                tracing::warn!(rollout = %id, "advancing a rollout: {e:#}");
+            }
+        }
+    }
+}
+
+/// One rollout the subject may see: one of its targets' projects must be visible.
+pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Rollout> {
+    let rollout: Rollout = r.get(id)?.ok_or_else(|| AppError::not_found("rollout"))?;
+    if !rollout
+        .targets
+        .iter()
+        .any(|t| policy::can(subject, Action::ViewServers, Some(&t.project_id)))
+    {
+        return Err(AppError::not_found("rollout"));
+    }
+    Ok(rollout)
+}
+
+/// The newest rollouts of a script the subject may see.
+pub fn recent_of_script(
+    r: &impl Read,
+    subject: &Subject,
+    script_id: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<Rollout>> {
+    let mut list: Vec<Rollout> = r
+        .list::<Rollout>()?
+        .into_iter()
+        .filter(|ro| ro.script_id == script_id)
+        .filter(|ro| {
+            ro.targets
+                .iter()
+                .any(|t| policy::can(subject, Action::ViewServers, Some(&t.project_id)))
+        })
+        .collect();
+    list.sort_by(|a, b| b.id.cmp(&a.id));
+    list.truncate(limit);
+    Ok(list)
+}
+
+/// The API view: the rollout, a summary, and each target with its execution.
+pub fn view(
+    r: &impl Read,
+    subject: &Subject,
+    rollout: &Rollout,
+) -> anyhow::Result<serde_json::Value> {
+    let mut targets = Vec::new();
+    let mut executions = Vec::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &rollout.targets {
+        let visible = policy::can(subject, Action::ViewServers, Some(&t.project_id));
+        let execution = match (&t.execution_id, visible) {
+            (Some(eid), true) => r.get::<Execution>(eid)?,
+            _ => None,
+        };
+        let execution_view = match &execution {
+            Some(e) => {
+                let v = crate::web::fleet_api::execution_view(r, e)?;
+                executions.push(serde_json::to_value(&v)?);
+                Some(v)
+            }
+            None => None,
+        };
+        // The grid shows the execution's own status while the rollout has not yet
+        // looked at it.
+        let state = match &execution {
+            Some(e) if t.state == TargetState::Running => target_state_of(e),
+            _ => t.state,
+        };
+        *counts.entry(state.as_str()).or_default() += 1;
+        targets.push(json!({
+            "name": t.name,
+            "server_id": t.server_id,
+            "agent_id": t.agent_id,
+            "state": state.as_str(),
+            "batch": t.batch,
+            "error": t.error,
+            "execution_id": t.execution_id,
+            "execution": execution_view,
+        }));
+    }
+    let summary = json!({
+        "total": rollout.targets.len(),
+        "pending": counts.get("pending").copied().unwrap_or(0),
+        "running": counts.get("running").copied().unwrap_or(0),
+        "succeeded": counts.get("succeeded").copied().unwrap_or(0),
+        "failed": counts.get("failed").copied().unwrap_or(0),
+        "skipped": counts.get("skipped").copied().unwrap_or(0),
+    });
+    Ok(json!({
+        "id": rollout.id,
+        "script": {"id": rollout.script_id, "name": rollout.script_name},
+        "status": rollout.status.as_str(),
+        "serial": rollout.serial,
+        "max_failures": rollout.max_failures,
+        "check": rollout.check,
+        "vars": rollout.vars,
+        "secret_vars": rollout.secret_names,
+        "batches_started": rollout.batches_started,
+        "created_by": rollout.created_by,
+        "created_at": rollout.created_at,
+        "finished_at": rollout.finished_at,
+        "summary": summary,
+        "targets": targets,
+        "executions": executions,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TargetState::{
+        Failed as F, Pending as P, Running as R, Skipped as S, Succeeded as Ok_,
+    };
+    use super::*;
+
+    fn check(states: &[TargetState], serial: usize, max_failures: u32, expected: Step) {
+        assert_eq!(plan(states, serial, max_failures), expected, "{states:?}");
+    }
+
+    /// Batches of `serial` start in order, one after the other.
+    #[test]
+    fn batches_in_order() {
+        check(&[P, P, P, P, P], 2, 0, Step::Start(vec![0, 1]));
+        check(&[R, R, P, P, P], 2, 0, Step::Wait);
+        check(&[Ok_, R, P, P, P], 2, 0, Step::Wait);
+        check(&[Ok_, Ok_, P, P, P], 2, 0, Step::Start(vec![2, 3]));
+        check(&[Ok_, Ok_, Ok_, Ok_, P], 2, 0, Step::Start(vec![4]));
+        check(
+            &[Ok_, Ok_, Ok_, Ok_, Ok_],
+            2,
+            0,
+            Step::Finish {
+                status: RolloutStatus::Succeeded,
+                skip: vec![],
+            },
+        );
+        // serial 0 behaves as 1, never as "nothing".
+        check(&[P, P], 0, 0, Step::Start(vec![0]));
+    }
+
+    /// Without a threshold every target runs; failures make the rollout failed.
+    #[test]
+    fn failures_without_threshold() {
+        check(&[F, P], 1, 0, Step::Start(vec![1]));
+        check(
+            &[F, Ok_],
+            1,
+            0,
+            Step::Finish {
+                status: RolloutStatus::Failed,
+                skip: vec![],
+            },
+        );
+    }
+
+    /// Reaching max_failures stops the rollout once the running batch ended and marks
+    /// every pending target skipped.
+    #[test]
+    fn stop_after_n_failures() {
+        check(&[F, R, P, P], 2, 1, Step::Wait);
+        check(
+            &[F, Ok_, P, P],
+            2,
+            1,
+            Step::Finish {
+                status: RolloutStatus::Stopped,
+                skip: vec![2, 3],
+            },
+        );
+        check(&[F, Ok_, P, P], 2, 2, Step::Start(vec![2, 3]));
+        check(
+            &[F, F, P],
+            1,
+            2,
+            Step::Finish {
+                status: RolloutStatus::Stopped,
+                skip: vec![2],
+            },
+        );
+        // The threshold reached by the last batch: nothing to skip, the run failed.
+        check(
+            &[Ok_, F],
+            1,
+            1,
+            Step::Finish {
+                status: RolloutStatus::Failed,
+                skip: vec![],
+            },
+        );
+        // Skipped targets never start again.
+        check(
+            &[F, S, S],
+            1,
+            1,
+            Step::Finish {
+                status: RolloutStatus::Failed,
+                skip: vec![],
+            },
+        );
+    }
+
+    /// The run body accepts servers or a project as targets.
+    #[test]
+    fn run_input_targets() {
+        let input: RunInput = serde_json::from_value(json!({
+            "targets": {"servers": ["a", "b"]}, "serial": 1, "max_failures": 1
+        }))
+        .unwrap();
+        assert!(matches!(input.targets, Targets::Servers { ref servers } if servers.len() == 2));
+        let input: RunInput =
+            serde_json::from_value(json!({"targets": {"project": "Local"}})).unwrap();
+        assert!(matches!(input.targets, Targets::Project { .. }));
+        assert!(serde_json::from_value::<RunInput>(json!({"targets": {}})).is_err());
+    }
+}

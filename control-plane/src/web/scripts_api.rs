@@ -1,0 +1,145 @@
+//! JSON API of deployment scripts and rollouts: `GET/POST /api/v1/scripts`,
+//! `GET/PUT /api/v1/scripts/{id}`, `POST /api/v1/scripts/{id}/run`,
+//! `GET /api/v1/rollouts/{id}`. Thin: parse, authorize, call `scripts` / `rollouts`.
+
+use serde_json::json;
+use warp::http::StatusCode;
+
+use super::{json as reply, Ctx, Req, Resp};
+use crate::app::App;
+use crate::error::{AppError, AppResult};
+use crate::policy::{self, Action};
+use crate::rollouts::{self, RunInput};
+use crate::scripts::{self, ScriptInput, ScriptKind};
+
+fn require_fleet(ctx: &Ctx) -> AppResult<()> {
+    if policy::can(&ctx.subject, Action::ViewServers, None)
+        || policy::can(&ctx.subject, Action::ManageScripts, None)
+    {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// A body that does not validate answers 422 with the line and column of the error.
+fn body_error(input: &ScriptInput, old_kind: Option<ScriptKind>) -> Option<Resp> {
+    let kind = input
+        .kind
+        .as_deref()
+        .and_then(ScriptKind::parse)
+        .or(old_kind)
+        .unwrap_or(ScriptKind::Playbook);
+    let body = input.body.as_deref()?.replace("\r\n", "\n");
+    let err = scripts::check_body(kind, &body).err()?;
+    Some(reply(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({
+            "error": err.display(),
+            "field": "body",
+            "message": err.message,
+            "line": err.line,
+            "column": err.column,
+        }),
+    ))
+}
+
+/// `GET /api/v1/scripts[?q=TEXT]`.
+pub fn list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let q = req.query("q").unwrap_or("").trim().to_lowercase();
+    let views = app.store.read(|r| {
+        scripts::visible(r, &ctx.subject)?
+            .iter()
+            .filter(|s| {
+                q.is_empty()
+                    || s.name.to_lowercase().contains(&q)
+                    || s.description.to_lowercase().contains(&q)
+            })
+            .map(|s| scripts::view(r, s))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(reply(StatusCode::OK, &views))
+}
+
+/// `POST /api/v1/scripts`.
+pub fn create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    let input: ScriptInput = req.json()?;
+    if let Some(resp) = body_error(&input, None) {
+        return Ok(resp);
+    }
+    let view = app.store.write(|w| {
+        let script = scripts::create(w, &ctx.actor(req), &ctx.subject, &input)?;
+        scripts::view(w, &script)
+    })?;
+    Ok(reply(StatusCode::CREATED, &view))
+}
+
+/// `GET /api/v1/scripts/{id}`.
+pub fn get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let view = app.store.read(|r| {
+        let script = scripts::get_visible(r, &ctx.subject, id)?;
+        scripts::view(r, &script)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
+/// `PUT /api/v1/scripts/{id}`.
+pub fn update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input: ScriptInput = req.json()?;
+    let old_kind = app
+        .store
+        .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id).map(|s| s.kind)))?
+        .ok();
+    if let Some(resp) = body_error(&input, old_kind) {
+        return Ok(resp);
+    }
+    let view = app.store.write(|w| {
+        let script = scripts::update(w, &ctx.actor(req), &ctx.subject, id, &input)?;
+        scripts::view(w, &script)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
+/// Starts a rollout and dispatches its first batch; shared with the Run page.
+pub fn start_rollout(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    script_id: &str,
+    input: &RunInput,
+) -> AppResult<rollouts::Rollout> {
+    let (rollout, started) = app.store.write(|w| {
+        Ok(rollouts::create(
+            app,
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            script_id,
+            input,
+        )?)
+    })?;
+    for execution in &started {
+        app.fleet.dispatch(execution);
+    }
+    Ok(rollout)
+}
+
+/// `POST /api/v1/scripts/{id}/run` → `201` the rollout with its executions.
+pub fn run(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input: RunInput = req.json()?;
+    let rollout = start_rollout(app, req, ctx, id, &input)?;
+    let view = app
+        .store
+        .read(|r| rollouts::view(r, &ctx.subject, &rollout))?;
+    Ok(reply(StatusCode::CREATED, &view))
+}
+
+/// `GET /api/v1/rollouts/{id}`.
+pub fn rollout(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let view = app.store.read(|r| {
+        let rollout = rollouts::get_visible(r, &ctx.subject, id)?;
+        rollouts::view(r, &ctx.subject, &rollout)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}

@@ -1,0 +1,355 @@
+//! Deployment scripts end to end: the shipped samples on a fresh install, validation
+//! with line and column, rollouts over several agents in batches, the failure
+//! threshold, and secret variables kept out of logs and records.
+
+use std::time::Duration;
+
+use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use serde_json::{json, Value};
+
+const SECRET: &str = "Sup3r-S3cret-Value-42";
+
+/// Waits until the agent named `name` is connected.
+async fn connected(api: &Api, name: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("agent {name} connected"),
+        || async {
+            let (_, agents) = api.get("/api/v1/agents").await;
+            agents
+                .as_array()
+                .is_some_and(|l| {
+                    l.iter()
+                        .any(|a| a["name"] == name && a["connected"] == true)
+                })
+                .then_some(())
+        },
+    )
+    .await
+}
+
+async fn script_id(api: &Api, name: &str) -> String {
+    let (status, list) = api.get("/api/v1/scripts").await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .and_then(|l| l.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_else(|| panic!("no script {name} in {list}"))
+        .to_string()
+}
+
+async fn wait_rollout(api: &Api, id: &str) -> Value {
+    eventually(
+        Duration::from_secs(90),
+        &format!("rollout {id} ends"),
+        || async {
+            let (_, r) = api.get(&format!("/api/v1/rollouts/{id}")).await;
+            (r["status"] != "running" && r["summary"]["running"] == 0).then_some(r)
+        },
+    )
+    .await
+}
+
+async fn log_text(api: &Api, execution_id: &str) -> String {
+    let (status, chunks) = api
+        .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
+        .await;
+    assert_eq!(status, 200);
+    chunks
+        .iter()
+        .map(|c| c["data"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// A demo control plane with a second agent `web-01` in project Nova HR.
+async fn two_agents() -> (ControlPlane, Api, Agent) {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let agent = Agent::start(&cp, &cp.enrollment_token("Nova HR"), "web-01");
+    connected(&api, "localhost").await;
+    connected(&api, "web-01").await;
+    (cp, api, agent)
+}
+
+/// A new installation (no --demo) lists the sample playbooks of playbooks/.
+#[tokio::test]
+async fn samples_exist_on_a_fresh_install() {
+    let cp = ControlPlane::start().await;
+    cp.add_user("admin", "admin", false, "admin-password-1");
+    let api = cp.api_as("admin");
+    let (status, list) = api.get("/api/v1/scripts").await;
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for sample in [
+        "hello",
+        "nginx",
+        "docker",
+        "system-update",
+        "compose-deploy",
+        "db-backup",
+    ] {
+        assert!(names.contains(&sample), "{sample} missing from {names:?}");
+    }
+    let hello = script_id(&api, "hello").await;
+    let (status, script) = api.get(&format!("/api/v1/scripts/{hello}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(script["kind"], "playbook");
+    assert_eq!(script["sample"], "playbooks/hello.yml");
+    assert!(
+        script["body"].as_str().unwrap().contains("PLAY")
+            || script["body"].as_str().unwrap().contains("hosts: all")
+    );
+}
+
+/// Saving an invalid playbook answers 422 with the line and column of the error; a
+/// valid one is stored and can be changed.
+#[tokio::test]
+async fn invalid_playbook_is_refused_with_line_and_column() {
+    let cp = ControlPlane::start().await;
+    cp.add_user("admin", "admin", false, "admin-password-1");
+    let api = cp.api_as("admin");
+    let bad = "- name: bad\n  hosts: all\n  tasks:\n    - name: nope\n      no_such_module_xyz:\n        a: 1\n";
+    let (status, body) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "bad", "kind": "playbook", "body": bad}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "body");
+    assert_eq!(body["line"], 4, "{body}");
+    assert!(body["column"].as_u64().unwrap() >= 1, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_module_xyz"),
+        "{body}"
+    );
+
+    let good = "- name: good\n  hosts: all\n  tasks:\n    - debug:\n        msg: hi\n";
+    let (status, created) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "good", "kind": "playbook", "body": good,
+                    "variables": [{"name": "who", "default": "world", "description": "whom to greet"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/scripts/{id}"),
+            &json!({"body": "- hosts: all\n  tasks: [\n"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["line"].as_u64().unwrap() >= 2, "{body}");
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/scripts/{id}"),
+            &json!({"description": "greets"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["description"], "greets");
+    assert_eq!(body["variables"][0]["default"], "world");
+    // A secret variable cannot keep a stored default.
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/scripts/{id}"),
+            &json!({"variables": [{"name": "pw", "default": "x", "secret": true}]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    // Names are unique.
+    let (status, _) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "GOOD", "kind": "shell", "body": "true"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+}
+
+/// The hello sample on two agents in batches of one: the second batch starts after the
+/// first ended, both succeed, and the summary says so.
+#[tokio::test]
+async fn hello_on_two_agents_in_batches_of_one() {
+    let (_cp, api, _agent) = two_agents().await;
+    let hello = script_id(&api, "hello").await;
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{hello}/run"),
+            &json!({"targets": {"servers": ["localhost", "web-01"]}, "serial": 1,
+                    "vars": {"greeting": "Bonjour"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    assert_eq!(rollout["status"], "running");
+    assert_eq!(
+        rollout["executions"].as_array().unwrap().len(),
+        1,
+        "{rollout}"
+    );
+    assert_eq!(rollout["summary"]["pending"], 1, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    let done = wait_rollout(&api, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["summary"]["succeeded"], 2, "{done}");
+    let targets = done["targets"].as_array().unwrap();
+    assert_eq!(targets[0]["batch"], 1);
+    assert_eq!(targets[1]["batch"], 2);
+    let first = &targets[0]["execution"];
+    let second = &targets[1]["execution"];
+    assert_eq!(first["exit_code"], 0);
+    assert_eq!(second["exit_code"], 0);
+    assert!(
+        second["created_at"].as_str().unwrap() >= first["finished_at"].as_str().unwrap(),
+        "the second batch started before the first ended: {done}"
+    );
+    for target in targets {
+        let log = log_text(&api, target["execution_id"].as_str().unwrap()).await;
+        assert!(log.contains("Bonjour from"), "{log}");
+        assert!(log.contains("PLAY RECAP"), "{log}");
+    }
+}
+
+/// A secret variable's value appears neither in the stored log nor in the execution
+/// or rollout records, for a playbook run and for a shell script given by script id.
+#[tokio::test]
+async fn secret_values_are_masked() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    connected(&api, "localhost").await;
+    let playbook = "- name: secret\n  hosts: all\n  tasks:\n    - name: show\n      debug:\n        msg: \"pw is {{ db_password }}\"\n    - name: echo\n      command: echo got {{ db_password }}\n";
+    let (status, created) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "with-secret", "kind": "playbook", "body": playbook,
+                    "variables": [{"name": "db_password", "secret": true, "required": true}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // A required secret must be given.
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/scripts/{id}/run"),
+            &json!({"targets": {"servers": ["localhost"]}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{id}/run"),
+            &json!({"targets": {"project": "Local"}, "vars": {"db_password": SECRET}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    assert!(!rollout.to_string().contains(SECRET));
+    let done = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(!done.to_string().contains(SECRET));
+    let execution_id = done["targets"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = log_text(&api, &execution_id).await;
+    assert!(log.contains("pw is ********"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+    let (_, record) = api.get(&format!("/api/v1/executions/{execution_id}")).await;
+    assert!(!record.to_string().contains(SECRET), "{record}");
+
+    // A shell script run through POST /api/v1/executions by script id: the secret is
+    // an environment variable, masked in the output too.
+    let (status, shell) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "shell-secret", "kind": "shell", "body": "echo \"token=$API_TOKEN\"\necho \"who=$WHO\"\n",
+                    "variables": [{"name": "API_TOKEN", "secret": true}, {"name": "WHO", "default": "ops"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{shell}");
+    let (status, exec) = api
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": "localhost", "kind": "playbook", "playbook": shell["id"], "vars": {"API_TOKEN": SECRET}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{exec}");
+    let exec_id = exec["id"].as_str().unwrap().to_string();
+    let end = eventually(Duration::from_secs(30), "the shell script ends", || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{exec_id}")).await;
+        (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
+    })
+    .await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert!(!end.to_string().contains(SECRET));
+    let log = log_text(&api, &exec_id).await;
+    assert!(log.contains("token=********"), "{log}");
+    assert!(log.contains("who=ops"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+
+    // The playbook sample by id through the same endpoint.
+    let hello = script_id(&api, "hello").await;
+    let (status, exec) = api
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": "localhost", "kind": "playbook", "playbook": hello, "check": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{exec}");
+    assert_eq!(exec["kind"], "playbook");
+}
+
+/// With max_failures 1 and batches of one, the first failure stops the rollout and the
+/// other server is skipped without running.
+#[tokio::test]
+async fn max_failures_stops_and_skips_the_rest() {
+    let (_cp, api, _agent) = two_agents().await;
+    let (status, created) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "fails", "kind": "shell", "body": "echo failing\nexit 3\n"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{id}/run"),
+            &json!({"targets": {"servers": ["localhost", "web-01"]}, "serial": 1, "max_failures": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let done = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "stopped", "{done}");
+    assert_eq!(done["summary"]["failed"], 1, "{done}");
+    assert_eq!(done["summary"]["skipped"], 1, "{done}");
+    let targets = done["targets"].as_array().unwrap();
+    assert_eq!(targets[0]["state"], "failed");
+    assert_eq!(targets[0]["execution"]["exit_code"], 3);
+    assert_eq!(targets[1]["state"], "skipped");
+    assert!(targets[1]["execution_id"].is_null(), "{done}");
+
+    // Without a threshold both run and the rollout is failed.
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{id}/run"),
+            &json!({"targets": {"servers": ["localhost", "web-01"]}, "serial": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    assert_eq!(rollout["executions"].as_array().unwrap().len(), 2);
+    let done = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["summary"]["failed"], 2, "{done}");
+}

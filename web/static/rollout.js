@@ -1,0 +1,112 @@
+/*
+ * The rollout page: keeps the summary grid current by polling the rollout's JSON, and
+ * gives each server its live log (a .log-viewer from app.js) as soon as its batch
+ * starts. Loaded only by rollout.hbs.
+ */
+(function () {
+  "use strict";
+
+  var STATE_CLASSES = {
+    pending: "text-bg-secondary",
+    running: "text-bg-primary",
+    succeeded: "text-bg-success",
+    failed: "text-bg-danger",
+    skipped: "text-bg-dark"
+  };
+  var FINAL = ["succeeded", "failed", "stopped"];
+
+  function setBadge(node, state) {
+    if (!node) return;
+    node.textContent = state;
+    node.dataset.state = state;
+    Object.keys(STATE_CLASSES).forEach(function (k) {
+      node.classList.remove(STATE_CLASSES[k]);
+    });
+    node.classList.add(STATE_CLASSES[state] || "text-bg-secondary");
+  }
+
+  function cell(row, name) {
+    return row.querySelector('[data-cell="' + name + '"]');
+  }
+
+  function startViewer(target) {
+    var column = document.querySelector('[data-log-for="' + target.agent_id + '"]');
+    if (!column || !target.execution_id) return;
+    var slot = column.querySelector("[data-log-slot]");
+    if (!slot || slot.querySelector(".log-viewer")) return;
+    slot.textContent = "";
+    var viewer = document.createElement("div");
+    viewer.className = "log-viewer";
+    viewer.dataset.streamUrl = "/api/v1/executions/" + target.execution_id + "/stream";
+    viewer.dataset.logUrl = "/api/v1/executions/" + target.execution_id + "/log";
+    viewer.setAttribute("aria-label", "Output of " + target.name);
+    slot.appendChild(viewer);
+    if (window.dynserv && window.dynserv.LogViewer) {
+      window.dynserv.logViewers = window.dynserv.logViewers || [];
+      window.dynserv.logViewers.push(new window.dynserv.LogViewer(viewer));
+    }
+  }
+
+  function render(root, rollout) {
+    var status = document.querySelector("[data-rollout-status]");
+    if (status) {
+      status.textContent = rollout.status;
+      status.dataset.rolloutStatus = rollout.status;
+      status.className = "badge " + (rollout.status === "succeeded" ? "text-bg-success" : rollout.status === "running" ? "text-bg-primary" : "text-bg-danger");
+    }
+    root.dataset.status = rollout.status;
+    Object.keys(rollout.summary).forEach(function (key) {
+      var node = root.querySelector('[data-count="' + key + '"]');
+      if (node) node.textContent = String(rollout.summary[key]);
+    });
+    rollout.targets.forEach(function (target) {
+      var row = root.querySelector('tr[data-target="' + target.agent_id + '"]');
+      if (!row) return;
+      setBadge(cell(row, "state"), target.state);
+      cell(row, "batch").textContent = target.batch ? String(target.batch) : "\u2014";
+      var e = target.execution;
+      cell(row, "exit").textContent = e && e.finished_at ? String(e.exit_code === null ? "\u2014" : e.exit_code) : "\u2014";
+      cell(row, "duration").textContent = e && e.duration_s !== null && e.duration_s !== undefined ? e.duration_s + " s" : "\u2014";
+      var link = cell(row, "link");
+      if (target.execution_id && !link.querySelector("a")) {
+        var a = document.createElement("a");
+        a.href = "/executions/" + target.execution_id;
+        a.textContent = "log";
+        link.appendChild(a);
+      }
+      if (target.state === "skipped") {
+        var column = document.querySelector('[data-log-for="' + target.agent_id + '"] [data-waiting]');
+        if (column) column.textContent = "Skipped: the rollout stopped before its batch.";
+      }
+      startViewer(target);
+    });
+  }
+
+  function poll(root) {
+    fetch(root.dataset.rolloutUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (resp) {
+        return resp.ok ? resp.json() : null;
+      })
+      .then(function (rollout) {
+        if (rollout) render(root, rollout);
+        var done = rollout && FINAL.indexOf(rollout.status) !== -1 && rollout.summary.running === 0;
+        if (!done) setTimeout(function () { poll(root); }, 1000);
+      })
+      .catch(function () {
+        setTimeout(function () { poll(root); }, 3000);
+      });
+  }
+
+  function start() {
+    var root = document.getElementById("rollout");
+    if (!root) return;
+    // Badges get their colours from the states rendered by the server.
+    Array.prototype.forEach.call(root.querySelectorAll('[data-cell="state"]'), function (node) {
+      setBadge(node, node.textContent.trim());
+    });
+    poll(root);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
