@@ -363,3 +363,10 @@ fn accounts_match_ansible() {
         &["-e", &format!("prefix={ansible}")],
     );
 }
+
+/// Directory copies, recursion, links, insert positions, backrefs, lstrip_blocks,
+/// force=no and integer/symbolic modes agree with Ansible.
+#[test]
+fn file_edge_cases_match_ansible() {
+    check("files2.yml", &[]);
+}

@@ -745,18 +745,47 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                         touch_times(&path);
                     }
                 }
-                if let Err(msg) = apply_attributes(&path, args, ctx, follow) {
-                    return fail(msg);
+            }
+            let mut attributes_changed = false;
+            if path.exists() {
+                match apply_attributes(&path, args, ctx, follow) {
+                    Ok(c) => attributes_changed = c,
+                    Err(msg) => return fail(msg),
                 }
             }
             let preserved = args.str("modification_time").as_deref() == Some("preserve")
                 && args.str("access_time").as_deref() == Some("preserve")
                 && prev != "absent";
-            result.set("changed", !preserved);
+            result.set("changed", !preserved || attributes_changed);
         }
         "link" | "hard" => {
-            let Some(src) = args.str("src") else {
-                return fail(format!("src is required for creating new {state}s"));
+            // Without src an existing link keeps its target (only attributes change).
+            let src = match args.str("src") {
+                Some(src) => src,
+                None if prev == state => {
+                    if state == "link" {
+                        fs::read_link(&path)
+                            .map(|t| t.display().to_string())
+                            .unwrap_or_default()
+                    } else {
+                        let mut changed = false;
+                        match apply_attributes(&path, args, ctx, true) {
+                            Ok(c) => changed |= c,
+                            Err(msg) => return fail(msg),
+                        }
+                        result.set("changed", changed);
+                        add_file_facts(&mut result, &path);
+                        return Ok(result);
+                    }
+                }
+                None => {
+                    let kind = if state == "link" {
+                        "symlinks"
+                    } else {
+                        "hardlinks"
+                    };
+                    return fail(format!("src is required for creating new {kind}"));
+                }
             };
             let mut changed = false;
             if state == "link" {
