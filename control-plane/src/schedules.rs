@@ -625,6 +625,28 @@ mod tests {
         assert!(backups
             .iter()
             .all(|b| b.status == BackupStatus::Running && b.created_by == "scheduler"));
+
+        // A weekly system update on the same project starts an update record.
+        store
+            .write(|w| {
+                w.put(&Schedule {
+                    id: "update:p1".into(),
+                    project_id: "p1".into(),
+                    kind: ScheduleKind::Update,
+                    cron: "30 4 * * sun".into(),
+                    updated_by: "admin".into(),
+                    updated_at: since,
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            run("2026-11-29T04:30:00Z", true),
+            2,
+            "Sunday: the backup and the update"
+        );
+        let updates: Vec<crate::updates::Update> = store.read(|r| r.list()).unwrap();
+        assert_eq!(updates.len(), 1);
+        assert!(!updates[0].check);
     }
 
     /// With an injected clock: a daily 03:00 backup is due once after 03:00; an agent
