@@ -1,0 +1,172 @@
+//! Deployment scripts in a real headless Chromium: a technician finds the samples,
+//! creates a playbook, sees a validation error with line:column beside the body,
+//! fixes it, runs it with a secret variable on the local agent and watches the live
+//! log on the rollout page, with the secret masked.
+
+use std::time::Duration;
+
+use dynserv_tests::{eventually, Browser, ControlPlane};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+const SECRET: &str = "Br0wser-Secret-77";
+
+/// Sets a form field's value through script (multi-line text keeps its indentation).
+async fn set_value(browser: &Browser, css: &str, value: &str) {
+    browser.wait_for(css).await;
+    browser
+        .eval(&format!(
+            "document.querySelector({}).value = {}; return true;",
+            json!(css),
+            json!(value)
+        ))
+        .await;
+}
+
+/// Scrolls an element to the middle of the window, clear of the sticky top bar.
+async fn center(browser: &Browser, css: &str) {
+    browser.wait_for(css).await;
+    browser
+        .eval(&format!(
+            "document.querySelector({}).scrollIntoView({{block: 'center', behavior: 'instant'}}); return true;",
+            json!(css)
+        ))
+        .await;
+}
+
+/// Ticks a checkbox through script (a sticky bar may cover it on a small window).
+async fn check(browser: &Browser, css: &str) {
+    browser.wait_for(css).await;
+    let ticked = browser
+        .eval(&format!(
+            "var e = document.querySelector({}); e.checked = true; return e.checked;",
+            json!(css)
+        ))
+        .await;
+    assert_eq!(ticked, json!(true), "{css}");
+}
+
+/// Reads an element's text through script (an element found before a page load would
+/// be stale); empty when it does not exist.
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser
+        .eval(&format!(
+            "var e = document.querySelector({}); return e ? e.textContent : '';",
+            json!(css)
+        ))
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Create, see the line:column error, fix, run on `localhost`, watch the live log.
+#[tokio::test]
+async fn create_validate_run_and_watch_a_script() {
+    let cp = ControlPlane::start_demo().await;
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "admin123").await;
+
+    // The nav leads to the list, which holds the samples and searches live.
+    browser.goto("/").await;
+    browser
+        .click("nav a[href=\"/scripts\"], a.nav-link[href=\"/scripts\"]")
+        .await;
+    browser
+        .wait_for("#scripts-table tr[data-script-name=\"hello\"]")
+        .await;
+    browser.fill("#script-search", "nginx").await;
+    eventually(WAIT, "the live search hides hello", || async {
+        let hidden = browser
+            .eval("var r = document.querySelector('tr[data-script-name=\"hello\"]'); return r.offsetParent === null;")
+            .await;
+        (hidden == json!(true)).then_some(())
+    })
+    .await;
+
+    // A playbook with an unknown module on line 4.
+    browser.goto("/scripts/new").await;
+    browser.fill("#name", "browser-hello").await;
+    set_value(
+        &browser,
+        "#body",
+        "- name: browser\n  hosts: all\n  tasks:\n    - name: broken\n      not_a_real_module:\n        x: 1\n",
+    )
+    .await;
+    browser.fill("input[name=var_0_name]", "api_key").await;
+    check(&browser, "input[name=var_0_secret]").await;
+    check(&browser, "input[name=var_0_required]").await;
+    center(&browser, "#save-script").await;
+    browser.submit_and_wait_for_next_page("#save-script").await;
+    let error = text_of(&browser, "#body-error").await;
+    assert!(error.contains("4:"), "no line:column in {error:?}");
+    assert!(error.contains("not_a_real_module"), "{error}");
+    assert_eq!(
+        browser
+            .attr("#body-error-position", "data-line")
+            .await
+            .as_deref(),
+        Some("4")
+    );
+    // What was typed survives the error, the secret flag too.
+    assert_eq!(
+        browser
+            .attr("input[name=var_0_name]", "value")
+            .await
+            .as_deref(),
+        Some("api_key")
+    );
+
+    // Fixed, it saves and offers Run.
+    set_value(
+        &browser,
+        "#body",
+        "- name: browser\n  hosts: all\n  tasks:\n    - name: greet\n      debug:\n        msg: \"hello from the browser, key {{ api_key }}\"\n",
+    )
+    .await;
+    center(&browser, "#save-script").await;
+    browser.submit_and_wait_for_next_page("#save-script").await;
+    assert!(
+        !browser.exists("#body-error").await,
+        "{}",
+        browser.page_text().await
+    );
+    center(&browser, "#run-script").await;
+    browser.click("#run-script").await;
+    browser.wait_for("#run-form").await;
+    assert_eq!(
+        browser.attr("#var_api_key", "type").await.as_deref(),
+        Some("password")
+    );
+    browser.fill("#var_api_key", SECRET).await;
+    check(
+        &browser,
+        "#server-list input[data-server-name=\"localhost\"]",
+    )
+    .await;
+    center(&browser, "#start-run").await;
+    browser.submit_and_wait_for_next_page("#start-run").await;
+    assert!(
+        browser.path().await.starts_with("/rollouts/"),
+        "{}",
+        browser.page_text().await
+    );
+
+    // One live log for the server, the grid's summary, the secret masked.
+    eventually(WAIT, "the live log shows the play", || async {
+        let log = text_of(&browser, "[data-log-for] .log-viewer").await;
+        log.contains("hello from the browser").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the grid says succeeded", || async {
+        let state = text_of(&browser, "#rollout-grid [data-cell=state]").await;
+        let succeeded = text_of(&browser, "[data-count=succeeded]").await;
+        (state.trim() == "succeeded" && succeeded.trim() == "1").then_some(())
+    })
+    .await;
+    let log = text_of(&browser, "[data-log-for] .log-viewer").await;
+    assert!(log.contains("key ********"), "{log}");
+    assert!(!browser.page_text().await.contains(SECRET));
+    browser.screenshot(&cp.artifact("rollout.png")).await;
+    browser.close().await;
+}
