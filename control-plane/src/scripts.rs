@@ -656,14 +656,19 @@ const SAMPLES: &[Sample] = &[
     },
 ];
 
-/// The description of a sample: its leading comment lines.
+/// The description of a sample: its leading comment lines, up to the list of its
+/// variables (the editor shows those in its own table).
 fn sample_description(text: &str) -> String {
-    text.lines()
+    let joined = text
+        .lines()
         .take_while(|l| l.starts_with('#'))
         .map(|l| l.trim_start_matches('#').trim())
-        .filter(|l| !l.starts_with("Variables:"))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    match joined.find("Variables:") {
+        Some(at) => joined[..at].trim().to_string(),
+        None => joined,
+    }
 }
 
 /// Seeds the sample playbooks into an empty scripts table (a new installation).
