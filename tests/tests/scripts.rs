@@ -238,6 +238,15 @@ async fn secret_values_are_masked() {
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
 
+    // Sales people have no business with scripts.
+    let (status, _) = cp.api_as("sales").get("/api/v1/scripts").await;
+    assert_eq!(status, 403);
+    let (status, _) = cp
+        .api_as("sales")
+        .get(&format!("/api/v1/scripts/{id}"))
+        .await;
+    assert_eq!(status, 404);
+
     // A required secret must be given.
     let (status, body) = api
         .post(

@@ -289,6 +289,7 @@ fn run_targets(app: &App, ctx: &Ctx) -> AppResult<(Vec<Value>, Vec<Value>)> {
             let view = super::fleet_api::agent_view(app, r, &agent)?;
             servers.push(json!({
                 "agent_id": agent.id,
+                "server_id": agent.server_id,
                 "name": agent.name,
                 "project": view.project,
                 "connected": view.connected,
@@ -312,7 +313,16 @@ fn run_form(
     values: Value,
     errors: Value,
 ) -> AppResult<Resp> {
-    let (servers, projects) = run_targets(app, ctx)?;
+    let (mut servers, projects) = run_targets(app, ctx)?;
+    // Ticked again after an error, or preselected by `?server=ID` (a server or agent).
+    let preselected = values.get("server").and_then(Value::as_str).unwrap_or("");
+    for server in servers.iter_mut() {
+        let agent_id = server["agent_id"].as_str().unwrap_or_default().to_string();
+        let checked = values.get(format!("server_{agent_id}")).is_some()
+            || (!preselected.is_empty()
+                && (agent_id == preselected || server["server_id"] == preselected));
+        server["checked"] = json!(checked);
+    }
     let variables: Vec<Value> = script
         .variables
         .iter()
@@ -356,8 +366,8 @@ pub fn run_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let script = app
         .store
         .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id)?))?;
-    let values =
-        json!({"target_mode": "servers", "serial": "1", "max_failures": "", "project": ""});
+    let values = json!({"target_mode": "servers", "serial": "1", "max_failures": "", "project": "",
+        "server": req.query("server").unwrap_or("")});
     run_form(app, req, ctx, StatusCode::OK, &script, values, json!({}))
 }
 
