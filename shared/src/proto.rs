@@ -274,7 +274,7 @@ pub struct JobSpec {
     /// timed out; no limit when absent.
     pub timeout_s: Option<u64>,
     /// Secret values (passwords, tokens) the job receives as variables; the agent
-    /// replaces each of them by `********` in the output before spooling or sending it.
+    /// replaces each of them by `********` in every output chunk before sending it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
 }
