@@ -131,6 +131,7 @@ async fn create_validate_run_and_watch_a_script() {
         "{}",
         browser.page_text().await
     );
+    let script_path = browser.path().await;
     center(&browser, "#run-script").await;
     browser.click("#run-script").await;
     browser.wait_for("#run-form").await;
@@ -168,5 +169,8 @@ async fn create_validate_run_and_watch_a_script() {
     assert!(log.contains("key ********"), "{log}");
     assert!(!browser.page_text().await.contains(SECRET));
     browser.screenshot(&cp.artifact("rollout.png")).await;
+    // The script's page lists the run.
+    browser.goto(&script_path).await;
+    browser.wait_for("a[href^=\"/rollouts/\"]").await;
     browser.close().await;
 }
