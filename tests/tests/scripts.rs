@@ -323,7 +323,7 @@ async fn secret_values_are_masked() {
 /// other server is skipped without running.
 #[tokio::test]
 async fn max_failures_stops_and_skips_the_rest() {
-    let (_cp, api, _agent) = two_agents().await;
+    let (cp, api, _agent) = two_agents().await;
     let (status, created) = api
         .post(
             "/api/v1/scripts",
@@ -361,4 +361,46 @@ async fn max_failures_stops_and_skips_the_rest() {
     let done = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["summary"]["failed"], 2, "{done}");
+
+    // A technician with write access to Nova HR keeps scripts for that project only,
+    // and runs them only there.
+    let sohila = cp.api_as("sohila");
+    let (status, body) = sohila
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "everywhere", "kind": "shell", "body": "true"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, nova) = sohila
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "nova-only", "kind": "shell", "body": "echo nova", "project": "Nova HR"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{nova}");
+    let nova_id = nova["id"].as_str().unwrap();
+    let (status, body) = sohila
+        .post(
+            &format!("/api/v1/scripts/{nova_id}/run"),
+            &json!({"targets": {"servers": ["localhost"]}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/scripts/{nova_id}/run"),
+            &json!({"targets": {"servers": ["localhost", "web-01"]}}),
+        )
+        .await;
+    assert_eq!(status, 422, "a Nova HR script ran on Local: {body}");
+    let (status, rollout) = sohila
+        .post(
+            &format!("/api/v1/scripts/{nova_id}/run"),
+            &json!({"targets": {"project": "Nova HR"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let done = wait_rollout(&sohila, rollout["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
 }
