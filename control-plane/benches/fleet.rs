@@ -546,17 +546,21 @@ async fn main() -> Result<()> {
         let created_ms = (micros() - t0) as f64 / 1000.0;
         let mut started = Vec::with_capacity(ids.len());
         let mut answered = Vec::with_capacity(ids.len());
+        // Agents whose connection dropped under load never answer; report what came.
         while answered.len() < ids.len() {
-            match tokio::time::timeout(Duration::from_secs(120), reports.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(60), reports.recv()).await {
                 Ok(Some((s, a))) => {
                     started.push(((s - t0) / 1000) as u32 * 1000);
                     answered.push(((a - t0) / 1000) as u32 * 1000);
                 }
-                _ => bail!(
-                    "only {} of {} agents answered within 120 s",
-                    answered.len(),
-                    ids.len()
-                ),
+                _ => {
+                    println!(
+                        "only {} of {} agents answered (60 s without a new answer)",
+                        answered.len(),
+                        ids.len()
+                    );
+                    break;
+                }
             }
         }
         started.sort_unstable();

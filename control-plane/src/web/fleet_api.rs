@@ -197,18 +197,29 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             ));
         }
         let actor = ctx.actor(req);
-        let created = app.store.write(|w| {
-            let mut created = Vec::with_capacity(targets.len());
-            for target in targets {
-                let one = NewExecution {
-                    agent: Some(target.clone()),
-                    agents: None,
-                    ..input.clone()
-                };
-                created.push(executions::create(w, &actor, &ctx.subject, &one)?);
-            }
-            Ok(created)
-        })?;
+        // A large fan-out is one long transaction: let the runtime move the fleet's
+        // connections to other workers meanwhile.
+        let create_all = || {
+            app.store.write(|w| {
+                let mut created = Vec::with_capacity(targets.len());
+                for target in targets {
+                    let one = NewExecution {
+                        agent: Some(target.clone()),
+                        agents: None,
+                        ..input.clone()
+                    };
+                    created.push(executions::create(w, &actor, &ctx.subject, &one)?);
+                }
+                Ok(created)
+            })
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let created = if multi_thread {
+            tokio::task::block_in_place(create_all)?
+        } else {
+            create_all()?
+        };
         for execution in &created {
             app.fleet.dispatch(execution);
         }
