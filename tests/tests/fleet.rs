@@ -17,26 +17,33 @@ async fn setup() -> (ControlPlane, Api) {
     let cp = ControlPlane::start().await;
     cp.add_user("admin", "admin", false, "admin-password-1");
     let api = cp.api_as("admin");
-    let (status, body) = api.post("/api/v1/projects", &json!({"name": "Fleet"})).await;
+    let (status, body) = api
+        .post("/api/v1/projects", &json!({"name": "Fleet"}))
+        .await;
     assert_eq!(status, 201, "{body}");
     (cp, api)
 }
 
 /// Waits until the agent named `name` is connected; returns its id.
 async fn connected_agent(api: &Api, name: &str) -> String {
-    eventually(Duration::from_secs(30), &format!("agent {name} connected"), || async {
-        let (_, agents) = api.get("/api/v1/agents").await;
-        agents.as_array().and_then(|list| {
-            list.iter()
-                .find(|a| a["name"] == name && a["connected"] == true)
-                .map(|a| a["id"].as_str().unwrap_or_default().to_string())
-        })
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("agent {name} connected"),
+        || async {
+            let (_, agents) = api.get("/api/v1/agents").await;
+            agents.as_array().and_then(|list| {
+                list.iter()
+                    .find(|a| a["name"] == name && a["connected"] == true)
+                    .map(|a| a["id"].as_str().unwrap_or_default().to_string())
+            })
+        },
+    )
     .await
 }
 
 async fn start_script(api: &Api, agent: &str, script: &str) -> String {
-    let body = json!({"agent": agent, "kind": "script", "script": script, "interpreter": "/bin/sh"});
+    let body =
+        json!({"agent": agent, "kind": "script", "script": script, "interpreter": "/bin/sh"});
     let (status, created) = api.post("/api/v1/executions", &body).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "queued");
@@ -57,7 +64,11 @@ async fn wait_end(api: &Api, id: &str, timeout: Duration) -> Value {
 fn stdout_of(chunks: &[Value]) -> String {
     let mut text = String::new();
     for (i, chunk) in chunks.iter().enumerate() {
-        assert_eq!(chunk["seq"].as_u64(), Some(i as u64), "chunk {i} is out of order: {chunk}");
+        assert_eq!(
+            chunk["seq"].as_u64(),
+            Some(i as u64),
+            "chunk {i} is out of order: {chunk}"
+        );
         if chunk["stream"] == "stdout" {
             text.push_str(chunk["data"].as_str().unwrap_or_default());
         }
@@ -76,7 +87,11 @@ fn assert_lines(text: &str, n: usize) {
 
 /// Reads a WebSocket to its end frame: (chunks, end).
 async fn websocket_log(api: &Api, id: &str, from_seq: u64) -> (Vec<Value>, Value) {
-    let mut socket = api.websocket(&format!("/api/v1/executions/{id}/stream?from_seq={from_seq}")).await;
+    let mut socket = api
+        .websocket(&format!(
+            "/api/v1/executions/{id}/stream?from_seq={from_seq}"
+        ))
+        .await;
     let mut chunks = Vec::new();
     let deadline = Duration::from_secs(180);
     loop {
@@ -102,7 +117,9 @@ fn slow_lines_script() -> String {
 }
 
 async fn log_of(api: &Api, id: &str) -> Vec<Value> {
-    let (status, chunks) = api.get_json_lines(&format!("/api/v1/executions/{id}/log")).await;
+    let (status, chunks) = api
+        .get_json_lines(&format!("/api/v1/executions/{id}/log"))
+        .await;
     assert_eq!(status, 200);
     chunks
 }
@@ -113,24 +130,49 @@ async fn log_of(api: &Api, id: &str) -> Vec<Value> {
 async fn twenty_thousand_lines_in_order_in_the_store_and_on_websockets() {
     let (cp, api) = setup().await;
     let token = cp.enrollment_token("Fleet");
-    assert!(token.starts_with("dsv1.") && !token.contains('\n'), "{token}");
+    assert!(
+        token.starts_with("dsv1.") && !token.contains('\n'),
+        "{token}"
+    );
     let _agent = Agent::start(&cp, &token, "web-01");
     let agent_id = connected_agent(&api, "web-01").await;
 
     let (_, agents) = api.get("/api/v1/agents").await;
-    let agent = agents.as_array().unwrap().iter().find(|a| a["id"] == agent_id.as_str()).unwrap().clone();
+    let agent = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == agent_id.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(agent["project"], "Fleet");
     assert!(agent["facts"]["cpus"].as_u64().unwrap() >= 1, "{agent}");
-    assert!(agent["facts"]["memory_bytes"].as_u64().unwrap() > 0, "{agent}");
-    assert!(!agent["facts"]["kernel"].as_str().unwrap().is_empty(), "{agent}");
+    assert!(
+        agent["facts"]["memory_bytes"].as_u64().unwrap() > 0,
+        "{agent}"
+    );
+    assert!(
+        !agent["facts"]["kernel"].as_str().unwrap().is_empty(),
+        "{agent}"
+    );
     assert!(!agent["version"].as_str().unwrap().is_empty(), "{agent}");
     let (_, servers) = api.get("/api/v1/servers").await;
-    let server = servers.as_array().unwrap().iter().find(|s| s["name"] == "web-01").expect("a server for the agent");
+    let server = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web-01")
+        .expect("a server for the agent");
     assert_eq!(server["project"], "Fleet");
     assert_eq!(server["agent"]["id"], agent_id.as_str(), "{server}");
-    assert_eq!(server["agent"]["connected"], true, "the server shows its agent's live state: {server}");
+    assert_eq!(
+        server["agent"]["connected"], true,
+        "the server shows its agent's live state: {server}"
+    );
 
-    let script = format!("i=1\nwhile [ $i -le {LINES} ]; do echo \"line $i\"; i=$((i+1)); done\necho done >&2\n");
+    let script = format!(
+        "i=1\nwhile [ $i -le {LINES} ]; do echo \"line $i\"; i=$((i+1)); done\necho done >&2\n"
+    );
     let id = start_script(&api, "web-01", &script).await;
     let live = {
         let api = api.clone();
@@ -140,14 +182,22 @@ async fn twenty_thousand_lines_in_order_in_the_store_and_on_websockets() {
     let end = wait_end(&api, &id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(end["exit_code"], 0);
-    assert!(end["started_at"].is_string() && end["finished_at"].is_string(), "{end}");
+    assert!(
+        end["started_at"].is_string() && end["finished_at"].is_string(),
+        "{end}"
+    );
 
     let stored = log_of(&api, &id).await;
     assert_lines(&stdout_of(&stored), LINES);
-    assert!(stored.iter().any(|c| c["stream"] == "stderr" && c["data"] == "done\n"));
+    assert!(stored
+        .iter()
+        .any(|c| c["stream"] == "stderr" && c["data"] == "done\n"));
 
     let (live_chunks, live_end) = live.await.unwrap();
-    assert_eq!(live_chunks, stored, "the live WebSocket saw something else than the store");
+    assert_eq!(
+        live_chunks, stored,
+        "the live WebSocket saw something else than the store"
+    );
     assert_eq!(live_end, json!({"status": "succeeded", "exit_code": 0}));
 
     let (replayed, _) = websocket_log(&api, &id, 0).await;
@@ -156,7 +206,9 @@ async fn twenty_thousand_lines_in_order_in_the_store_and_on_websockets() {
     let (tail, _) = websocket_log(&api, &id, middle).await;
     assert_eq!(tail.as_slice(), &stored[middle as usize..]);
 
-    let (_, tail_log) = api.get_json_lines(&format!("/api/v1/executions/{id}/log?from_seq={middle}")).await;
+    let (_, tail_log) = api
+        .get_json_lines(&format!("/api/v1/executions/{id}/log?from_seq={middle}"))
+        .await;
     assert_eq!(tail_log.as_slice(), &stored[middle as usize..]);
 }
 
@@ -227,35 +279,59 @@ async fn reused_expired_forged_and_mismatched_credentials_are_refused() {
     // The CA fingerprint does not match: the agent refuses, and the token stays good.
     let wrong_hash = format!("{prefix}.{}", "ab".repeat(32));
     assert_ne!(hash, "ab".repeat(32));
-    let refused = Agent::try_enroll(&quic, &wrong_hash, "mismatch").expect_err("enrolled with a foreign CA");
+    let refused =
+        Agent::try_enroll(&quic, &wrong_hash, "mismatch").expect_err("enrolled with a foreign CA");
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("CA") || stderr.contains("fingerprint"), "{stderr}");
+    assert!(
+        stderr.contains("CA") || stderr.contains("fingerprint"),
+        "{stderr}"
+    );
 
     Agent::enroll(&quic, &token, "first");
     let reused = Agent::try_enroll(&quic, &token, "second").expect_err("a used-up token enrolled");
-    assert!(String::from_utf8_lossy(&reused.stderr).contains("used up"), "{reused:?}");
+    assert!(
+        String::from_utf8_lossy(&reused.stderr).contains("used up"),
+        "{reused:?}"
+    );
 
     let forged = format!("dsv1.{}.{hash}", "x".repeat(43));
     let out = Agent::try_enroll(&quic, &forged, "forged").expect_err("a forged token enrolled");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown"),
+        "{out:?}"
+    );
 
     let short = cp.cli_ok(&["token", "create", "--project", "Fleet", "--ttl", "1s"]);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let out = Agent::try_enroll(&quic, &short, "late").expect_err("an expired token enrolled");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{out:?}"
+    );
 
     let multi = cp.cli_ok(&["token", "create", "--project", "Fleet", "--uses", "2"]);
     Agent::enroll(&quic, &multi, "m1");
     Agent::enroll(&quic, &multi, "m2");
     assert!(Agent::try_enroll(&quic, &multi, "m3").is_err());
 
-    for bad in [vec!["token", "create", "--project", "Nope"], vec!["token", "create", "--project", "Fleet", "--ttl", "soon"]] {
+    for bad in [
+        vec!["token", "create", "--project", "Nope"],
+        vec!["token", "create", "--project", "Fleet", "--ttl", "soon"],
+    ] {
         let out = cp.run_cli(&bad);
         assert!(!out.status.success(), "{bad:?} succeeded");
     }
     let (_, agents) = api.get("/api/v1/agents").await;
-    let names: Vec<&str> = agents.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
-    assert!(names.contains(&"first") && names.contains(&"m2") && !names.contains(&"second"), "{names:?}");
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"first") && names.contains(&"m2") && !names.contains(&"second"),
+        "{names:?}"
+    );
 }
 
 /// A certificate presented with another agent's identity is refused, and so is a
@@ -273,21 +349,37 @@ async fn forged_identity_and_revoked_agents_are_refused() {
     thief.run();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, agents) = api.get("/api/v1/agents").await;
-    assert!(agents.as_array().unwrap().iter().all(|a| a["connected"] == false), "{agents}");
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["connected"] == false),
+        "{agents}"
+    );
 
     honest.run();
     let id = connected_agent(&api, "honest").await;
     let (status, revoked) = api.post_empty(&format!("/api/v1/agents/{id}/revoke")).await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["revoked"], true);
-    eventually(Duration::from_secs(15), "the revoked agent is disconnected", || async {
-        let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
-        (a["connected"] == false).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the revoked agent is disconnected",
+        || async {
+            let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+            (a["connected"] == false).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
-    assert_eq!(a["connected"], false, "a revoked agent reconnected: {}", honest.logs());
+    assert_eq!(
+        a["connected"],
+        false,
+        "a revoked agent reconnected: {}",
+        honest.logs()
+    );
     let body = json!({"agent": id, "kind": "script", "script": "echo no"});
     let (status, _) = api.post("/api/v1/executions", &body).await;
     assert_eq!(status, 422);
@@ -305,12 +397,20 @@ async fn stopped_agent_shows_disconnected_within_15_seconds() {
     assert!(metrics.contains("dynserv_jobs_running"), "{metrics}");
     agent.kill();
     let killed = Instant::now();
-    eventually(Duration::from_secs(20), "the agent shows disconnected", || async {
-        let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
-        (a["connected"] == false).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the agent shows disconnected",
+        || async {
+            let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+            (a["connected"] == false).then_some(())
+        },
+    )
     .await;
-    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        killed.elapsed()
+    );
     let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
     assert!(a["last_seen"].is_string(), "{a}");
 }
@@ -329,7 +429,11 @@ async fn cancel_and_delivery_to_an_agent_that_was_offline() {
     assert_eq!(e["status"], "queued");
     agent.run();
     let end = wait_end(&api, &queued, Duration::from_secs(60)).await;
-    assert_eq!((end["status"].as_str(), end["exit_code"].as_i64()), (Some("failed"), Some(3)), "{end}");
+    assert_eq!(
+        (end["status"].as_str(), end["exit_code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{end}"
+    );
     assert_eq!(stdout_of(&log_of(&api, &queued).await), "delivered\n");
 
     let running = start_script(&api, &agent_id, "echo start\nsleep 60 &\nwait\n").await;
@@ -338,11 +442,15 @@ async fn cancel_and_delivery_to_an_agent_that_was_offline() {
         (e["status"] == "running").then_some(())
     })
     .await;
-    let (status, _) = api.post_empty(&format!("/api/v1/executions/{running}/cancel")).await;
+    let (status, _) = api
+        .post_empty(&format!("/api/v1/executions/{running}/cancel"))
+        .await;
     assert_eq!(status, 202);
     let end = wait_end(&api, &running, Duration::from_secs(20)).await;
     assert_eq!(end["status"], "cancelled", "{end}");
-    let (status, _) = api.post_empty(&format!("/api/v1/executions/{running}/cancel")).await;
+    let (status, _) = api
+        .post_empty(&format!("/api/v1/executions/{running}/cancel"))
+        .await;
     assert_eq!(status, 409);
 
     for bad in [
@@ -368,7 +476,10 @@ async fn demo_enrolls_a_local_agent() {
     let exec = start_script(&api, "localhost", "echo hello from the demo\n").await;
     let end = wait_end(&api, &exec, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
-    assert_eq!(stdout_of(&log_of(&api, &exec).await), "hello from the demo\n");
+    assert_eq!(
+        stdout_of(&log_of(&api, &exec).await),
+        "hello from the demo\n"
+    );
 }
 
 /// A cookie-keeping client for the pages that never follows redirects.
@@ -380,10 +491,26 @@ struct Pages {
 
 impl Pages {
     async fn login(cp: &ControlPlane, username: &str, password: &str) -> Pages {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let mut pages = Pages { base: cp.base_url(), http, cookies: Vec::new() };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut pages = Pages {
+            base: cp.base_url(),
+            http,
+            cookies: Vec::new(),
+        };
         let csrf = pages.csrf("/login").await;
-        let (status, _) = pages.post("/login", &[("csrf", &csrf), ("username", username), ("password", password)]).await;
+        let (status, _) = pages
+            .post(
+                "/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", username),
+                    ("password", password),
+                ],
+            )
+            .await;
         assert_eq!(status, 303, "login as {username}");
         pages
     }
@@ -399,18 +526,35 @@ impl Pages {
     }
 
     fn cookie(&self) -> String {
-        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     async fn get(&mut self, path: &str) -> (u16, String) {
-        let resp = self.http.get(format!("{}{path}", self.base)).header("cookie", self.cookie()).send().await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie())
+            .send()
+            .await
+            .unwrap();
         self.keep(&resp);
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
     /// POST a form; answers the status and the Location (or the body when none).
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-        let resp = self.http.post(format!("{}{path}", self.base)).header("cookie", self.cookie()).form(form).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
         self.keep(&resp);
         let status = resp.status().as_u16();
         match resp.headers().get("location") {
@@ -440,47 +584,110 @@ async fn fleet_pages_work_for_an_admin_and_hide_other_projects() {
 
     let (status, html) = admin.get("/agents").await;
     assert_eq!(status, 200, "{html}");
-    assert!(html.contains("localhost") && html.contains("connected"), "{html}");
+    assert!(
+        html.contains("localhost") && html.contains("connected"),
+        "{html}"
+    );
 
     let csrf = admin.csrf("/agents/enroll").await;
-    let (status, html) = admin.post("/agents/enroll", &[("csrf", &csrf), ("project", "Local"), ("uses", "2"), ("ttl", "1h")]).await;
+    let (status, html) = admin
+        .post(
+            "/agents/enroll",
+            &[
+                ("csrf", &csrf),
+                ("project", "Local"),
+                ("uses", "2"),
+                ("ttl", "1h"),
+            ],
+        )
+        .await;
     assert_eq!(status, 200);
-    assert!(html.contains("dsv1.") && html.contains("dynserv-agent enroll --server"), "{html}");
-    let (status, html) = admin.post("/agents/enroll", &[("csrf", &csrf), ("project", "Local"), ("uses", "2"), ("ttl", "soon")]).await;
+    assert!(
+        html.contains("dsv1.") && html.contains("dynserv-agent enroll --server"),
+        "{html}"
+    );
+    let (status, html) = admin
+        .post(
+            "/agents/enroll",
+            &[
+                ("csrf", &csrf),
+                ("project", "Local"),
+                ("uses", "2"),
+                ("ttl", "soon"),
+            ],
+        )
+        .await;
     assert_eq!(status, 200);
-    assert!(html.contains("is-invalid") && !html.contains("dsv1."), "{html}");
+    assert!(
+        html.contains("is-invalid") && !html.contains("dsv1."),
+        "{html}"
+    );
 
     let (_, servers) = api.get("/api/v1/servers").await;
-    let server = servers.as_array().unwrap().iter().find(|s| s["name"] == "localhost").expect("the local server").clone();
+    let server = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "localhost")
+        .expect("the local server")
+        .clone();
     let server_id = server["id"].as_str().unwrap();
     let run = format!("/servers/{server_id}/run");
     let csrf = admin.csrf(&run).await;
-    let (status, html) = admin.post(&run, &[("csrf", &csrf), ("script", ""), ("interpreter", "/bin/sh")]).await;
+    let (status, html) = admin
+        .post(
+            &run,
+            &[("csrf", &csrf), ("script", ""), ("interpreter", "/bin/sh")],
+        )
+        .await;
     assert_eq!(status, 200);
     assert!(html.contains("is-invalid"), "{html}");
-    let (status, location) =
-        admin.post(&run, &[("csrf", &csrf), ("script", "echo \"from the page $WHO\"\n"), ("interpreter", "/bin/sh"), ("env", "WHO=admin")]).await;
+    let (status, location) = admin
+        .post(
+            &run,
+            &[
+                ("csrf", &csrf),
+                ("script", "echo \"from the page $WHO\"\n"),
+                ("interpreter", "/bin/sh"),
+                ("env", "WHO=admin"),
+            ],
+        )
+        .await;
     assert_eq!(status, 303, "{location}");
-    let id = location.strip_prefix("/executions/").expect("redirect to the execution").to_string();
+    let id = location
+        .strip_prefix("/executions/")
+        .expect("redirect to the execution")
+        .to_string();
     let end = wait_end(&api, &id, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded");
     assert_eq!(stdout_of(&log_of(&api, &id).await), "from the page admin\n");
     let (status, html) = admin.get(&location).await;
     assert_eq!(status, 200);
-    assert!(html.contains("log-viewer") && html.contains(&format!("/api/v1/executions/{id}/stream")), "{html}");
+    assert!(
+        html.contains("log-viewer") && html.contains(&format!("/api/v1/executions/{id}/stream")),
+        "{html}"
+    );
     let (status, html) = admin.get("/executions").await;
     assert_eq!(status, 200);
     assert!(html.contains(&id));
     let csrf = admin.csrf(&location).await;
-    let (status, _) = admin.post(&format!("{location}/cancel"), &[("csrf", &csrf)]).await;
-    assert_eq!(status, 303, "cancelling an ended job redirects with a message");
+    let (status, _) = admin
+        .post(&format!("{location}/cancel"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        status, 303,
+        "cancelling an ended job redirects with a message"
+    );
 
     let mut sohila = Pages::login(&cp, "sohila", "sohila123").await;
     let (status, _) = sohila.get(&location).await;
     assert_eq!(status, 404);
     let (status, html) = sohila.get("/agents").await;
     assert_eq!(status, 200);
-    assert!(!html.contains("localhost"), "sohila sees the Local project's agent");
+    assert!(
+        !html.contains("localhost"),
+        "sohila sees the Local project's agent"
+    );
     let sohila_api = cp.api_as("sohila");
     let (status, _) = sohila_api.get(&format!("/api/v1/executions/{id}")).await;
     assert_eq!(status, 404);
