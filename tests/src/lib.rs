@@ -38,12 +38,14 @@ mod api;
 mod browser;
 mod compose;
 mod control_plane;
+mod pages;
 
 pub use agent::Agent;
 pub use api::Api;
 pub use browser::Browser;
 pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
+pub use pages::{csrf_of, PageClient};
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

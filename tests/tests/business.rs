@@ -3,124 +3,8 @@
 //! move the workflow forbids, 422 naming the field), notifications, subscriptions,
 //! revenue kept per currency, and the pages for every role.
 
-use std::collections::HashMap;
-
-use dynserv_tests::{Api, ControlPlane};
+use dynserv_tests::{csrf_of, Api, ControlPlane, PageClient};
 use serde_json::{json, Value};
-
-/// A browser-like client: keeps cookies by hand and never follows redirects, so each
-/// answer's status is the route's own.
-struct PageClient {
-    base: String,
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-impl PageClient {
-    fn new(cp: &ControlPlane) -> PageClient {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        PageClient {
-            base: cp.base_url(),
-            http,
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn keep_cookies(&mut self, resp: &reqwest::Response) {
-        for value in resp.headers().get_all("set-cookie") {
-            let text = value.to_str().unwrap();
-            let pair = text.split(';').next().unwrap();
-            if let Some((k, v)) = pair.split_once('=') {
-                if text.contains("Max-Age=0") {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_string(), v.to_string());
-                }
-            }
-        }
-    }
-
-    /// GET a page: status, `location` header, body.
-    async fn get(&mut self, path: &str) -> (u16, String, String) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&resp);
-        let status = resp.status().as_u16();
-        let location = location_of(&resp);
-        (status, location, resp.text().await.unwrap())
-    }
-
-    /// POST a form: status, `location` header, body.
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String, String) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&resp);
-        let status = resp.status().as_u16();
-        let location = location_of(&resp);
-        (status, location, resp.text().await.unwrap())
-    }
-
-    async fn csrf(&mut self, path: &str) -> String {
-        let (status, _, html) = self.get(path).await;
-        assert_eq!(status, 200, "GET {path}");
-        csrf_of(&html)
-    }
-
-    async fn login(cp: &ControlPlane, username: &str, password: &str) -> PageClient {
-        let mut client = PageClient::new(cp);
-        let csrf = client.csrf("/login").await;
-        let (status, _, _) = client
-            .post(
-                "/login",
-                &[
-                    ("csrf", &csrf),
-                    ("username", username),
-                    ("password", password),
-                ],
-            )
-            .await;
-        assert_eq!(status, 303, "login as {username}");
-        client
-    }
-}
-
-fn location_of(resp: &reqwest::Response) -> String {
-    resp.headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-fn csrf_of(html: &str) -> String {
-    let start = html
-        .find("name=\"csrf\" value=\"")
-        .expect("the page has a csrf field")
-        + "name=\"csrf\" value=\"".len();
-    html[start..].split('"').next().unwrap().to_string()
-}
 
 /// The `data-unread` count of the shell's bell.
 fn unread_badge(html: &str) -> u64 {
@@ -628,7 +512,7 @@ async fn business_pages_for_each_role() {
         ("sohila", "sohila123"),
     ];
     for (i, (username, password)) in users.iter().enumerate() {
-        let mut client = PageClient::login(&cp, username, password).await;
+        let mut client = PageClient::signed_in(&cp, username, password).await;
         for (path, expected) in &matrix {
             let (status, _, body) = client.get(path).await;
             assert_eq!(status, expected[i], "{username} GET {path}: {body}");
@@ -646,7 +530,7 @@ async fn business_pages_for_each_role() {
     }
 
     // The sales dashboard shows real figures; the admin's the pending approvals.
-    let mut sales = PageClient::login(&cp, "sales", "sales123").await;
+    let mut sales = PageClient::signed_in(&cp, "sales", "sales123").await;
     let (_, _, dashboard) = sales.get("/").await;
     assert!(
         dashboard.contains("150.00 EUR"),
@@ -661,7 +545,7 @@ async fn business_pages_for_each_role() {
         list.contains("EGP 2500.00 · EUR 150.00 · USD 30.00"),
         "MRR per currency above the subscriptions"
     );
-    let mut admin = PageClient::login(&cp, "admin", "admin123").await;
+    let mut admin = PageClient::signed_in(&cp, "admin", "admin123").await;
     let (_, _, dashboard) = admin.get("/").await;
     assert!(
         dashboard.contains("Page Co"),

@@ -4,110 +4,9 @@
 
 use std::collections::HashMap;
 
-use dynserv_tests::{Api, ControlPlane};
+use dynserv_tests::{Api, ControlPlane, PageClient};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// A browser-like client: keeps cookies by hand and never follows redirects, so each
-/// answer's status is the route's own.
-struct PageClient {
-    base: String,
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-impl PageClient {
-    fn new(cp: &ControlPlane) -> PageClient {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        PageClient {
-            base: cp.base_url(),
-            http,
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn keep_cookies(&mut self, resp: &reqwest::Response) {
-        for value in resp.headers().get_all("set-cookie") {
-            let text = value.to_str().unwrap();
-            let pair = text.split(';').next().unwrap();
-            if let Some((k, v)) = pair.split_once('=') {
-                if text.contains("Max-Age=0") {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_string(), v.to_string());
-                }
-            }
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> (u16, String) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&resp);
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookies(&resp);
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap())
-    }
-
-    /// The CSRF token of the first form on a page.
-    async fn csrf(&mut self, path: &str) -> String {
-        let (status, html) = self.get(path).await;
-        assert_eq!(status, 200, "GET {path}");
-        csrf_of(&html)
-    }
-
-    async fn login(&mut self, username: &str, password: &str) -> u16 {
-        let csrf = self.csrf("/login").await;
-        let (status, _) = self
-            .post(
-                "/login",
-                &[
-                    ("csrf", &csrf),
-                    ("username", username),
-                    ("password", password),
-                ],
-            )
-            .await;
-        status
-    }
-}
-
-fn csrf_of(html: &str) -> String {
-    let start = html
-        .find("name=\"csrf\" value=\"")
-        .expect("the page has a csrf field")
-        + "name=\"csrf\" value=\"".len();
-    html[start..].split('"').next().unwrap().to_string()
-}
 
 async fn id_of(api: &Api, path: &str, name: &str) -> String {
     let (status, list) = api.get(path).await;
@@ -291,17 +190,17 @@ async fn sohila_sees_only_nova_hr() {
 
     let mut page = PageClient::new(&cp);
     assert_eq!(page.login("sohila", "sohila123").await, 303);
-    let (status, html) = page.get("/servers").await;
+    let (status, _, html) = page.get("/servers").await;
     assert_eq!(status, 200);
     assert!(html.contains("nova-hr-backup-01"));
     assert!(
         !html.contains("frappe-erp"),
         "another project's server leaked into the list"
     );
-    let (_, html) = page.get("/servers?q=api").await;
+    let (_, _, html) = page.get("/servers?q=api").await;
     assert!(html.contains("nova-hr-api-01") && !html.contains("nova-hr-db-01"));
     let frappe_server = id_of(&cp.api_as("admin"), "/api/v1/servers", "frappe-erp-app-01").await;
-    let (status, _) = page.get(&format!("/servers/{frappe_server}")).await;
+    let (status, _, _) = page.get(&format!("/servers/{frappe_server}")).await;
     assert_eq!(status, 403);
 }
 
@@ -339,7 +238,7 @@ async fn page_route_role_matrix() {
             "{username} logs in"
         );
         for (path, expected) in &pages {
-            let (status, html) = client.get(path).await;
+            let (status, _, html) = client.get(path).await;
             assert_eq!(status, expected[i], "{username} GET {path}");
             assert!(
                 html.contains("<html"),
@@ -347,7 +246,7 @@ async fn page_route_role_matrix() {
             );
         }
         // The navigation shows only what the role may open.
-        let (_, html) = client.get("/").await;
+        let (_, _, html) = client.get("/").await;
         let has = |href: &str| html.contains(&format!("href=\"{href}\""));
         assert_eq!(
             has("/users"),
@@ -366,7 +265,7 @@ async fn page_route_role_matrix() {
         );
     }
     let mut anonymous = PageClient::new(&cp);
-    let (status, _) = anonymous.get("/users").await;
+    let (status, _, _) = anonymous.get("/users").await;
     assert_eq!(status, 303);
 }
 
@@ -428,12 +327,12 @@ async fn page_routes_refuse_missing_or_wrong_csrf() {
             if let Some(token) = csrf {
                 form.push(("csrf", token));
             }
-            let (status, _) = client.post(path, &form).await;
+            let (status, _, _) = client.post(path, &form).await;
             assert_eq!(status, 403, "POST {path} with csrf {csrf:?}");
         }
     }
     // Nothing changed, and the session is still alive (logout was refused too).
-    let (status, html) = client.get("/").await;
+    let (status, _, html) = client.get("/").await;
     assert_eq!(status, 200);
     assert!(html.contains("admin"));
     let (_, projects) = admin_api.get("/api/v1/projects").await;
@@ -459,7 +358,7 @@ async fn page_routes_refuse_missing_or_wrong_csrf() {
     // The login form has its own token.
     let mut fresh = PageClient::new(&cp);
     fresh.get("/login").await;
-    let (status, html) = fresh
+    let (status, _, html) = fresh
         .post(
             "/login",
             &[
@@ -584,7 +483,7 @@ async fn bad_input_is_refused_clearly() {
     let mut client = PageClient::new(&cp);
     client.login("admin", "admin123").await;
     let csrf = client.csrf("/users/new").await;
-    let (status, html) = client
+    let (status, _, html) = client
         .post(
             "/users/new",
             &[
@@ -607,7 +506,7 @@ async fn bad_input_is_refused_clearly() {
         "what was typed is kept"
     );
     let csrf = client.csrf("/projects/new").await;
-    let (status, html) = client
+    let (status, _, html) = client
         .post(
             "/projects/new",
             &[
@@ -743,7 +642,7 @@ async fn logins_are_throttled_and_deactivation_locks_out() {
         assert_eq!(client.login("tech", "wrong-password").await, 401);
     }
     let csrf = client.csrf("/login").await;
-    let (status, html) = client
+    let (status, _, html) = client
         .post(
             "/login",
             &[
@@ -770,7 +669,7 @@ async fn logins_are_throttled_and_deactivation_locks_out() {
     );
     let (status, _) = cp.api().with_token(&sales_token).get("/api/v1/me").await;
     assert_eq!(status, 401, "a deactivated user's token stops working");
-    let (status, _) = sales_page.get("/").await;
+    let (status, _, _) = sales_page.get("/").await;
     assert_eq!(status, 303, "a deactivated user's session ends");
     assert_eq!(PageClient::new(&cp).login("sales", "sales123").await, 401);
     let (status, _) = admin
@@ -821,7 +720,7 @@ async fn health_metrics_assets_and_proxies() {
     let mut client = PageClient::new(&cp);
     let csrf = client.csrf("/login").await;
     let resp = client
-        .http
+        .http()
         .post(format!("{}/login", cp.base_url()))
         .header("cookie", client.cookie_header())
         .header("x-forwarded-for", "203.0.113.9")
@@ -898,7 +797,7 @@ async fn every_page_form_refuses_missing_or_wrong_csrf() {
         if !seen.insert(path.clone()) || seen.len() > 200 {
             continue;
         }
-        let (status, html) = client.get(&path).await;
+        let (status, _, html) = client.get(&path).await;
         assert!(status < 500, "GET {path} answered {status}");
         if status != 200 {
             continue;
@@ -928,10 +827,10 @@ async fn every_page_form_refuses_missing_or_wrong_csrf() {
             if let Some(token) = csrf {
                 form.push(("csrf", token));
             }
-            let (status, _) = client.post(action, &form).await;
+            let (status, _, _) = client.post(action, &form).await;
             assert_eq!(status, 403, "POST {action} with csrf {csrf:?}");
         }
     }
-    let (status, _) = client.get("/").await;
+    let (status, _, _) = client.get("/").await;
     assert_eq!(status, 200, "the session survived (logout was refused too)");
 }
