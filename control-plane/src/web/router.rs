@@ -4,9 +4,7 @@
 
 use warp::http::{Method, StatusCode};
 
-use super::{
-    api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, Req, Resp,
-};
+use super::{api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, Req, Resp};
 use crate::app::App;
 use crate::error::AppError;
 
@@ -26,7 +24,9 @@ pub async fn dispatch(app: &App, req: &Req) -> Resp {
         (&Method::GET, ["static", ..]) => return assets::serve(req, &req.path["/static/".len()..]),
         (&Method::GET, ["login"]) => return pages::login_form(app, req, None),
         (&Method::POST, ["login"]) => return pages::login(app, req).await,
-        (&Method::GET, ["download", "dynserv-agent"]) => return hetzner_pages::download_agent().await,
+        (&Method::GET, ["download", "dynserv-agent"]) => {
+            return hetzner_pages::download_agent().await
+        }
         _ => {}
     }
     if let ["api", "v1", rest @ ..] = segments.as_slice() {
@@ -58,7 +58,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["projects", id, "access"]) => api::grant_access(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "sync"]) => hetzner_api::sync_project(app, req, &ctx, id),
         (&Method::GET, ["projects", id, "costs"]) => hetzner_api::costs(app, &ctx, id),
-        (&Method::GET, ["requests", id, "provisioning"]) => hetzner_api::provisioning(app, &ctx, id),
+        (&Method::GET, ["requests", id, "provisioning"]) => {
+            hetzner_api::provisioning(app, &ctx, id)
+        }
         (&Method::POST, ["servers", id, "power"]) => hetzner_api::power(app, req, &ctx, id).await,
         (&Method::GET, ["servers", id, "actions"]) => hetzner_api::actions(app, &ctx, id),
         (&Method::GET, ["servers", id, "actions", action_id]) => {
@@ -81,11 +83,19 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         },
         (&Method::GET, ["notifications"]) => super::business_api::notifications(app, req, &ctx),
         (&Method::GET, ["notifications", "unread"]) => super::business_api::unread(app, &ctx),
-        (&Method::POST, ["notifications", "read_all"]) => super::business_api::mark_all_read(app, &ctx),
-        (&Method::POST, ["notifications", id, "read"]) => super::business_api::mark_read(app, &ctx, id),
+        (&Method::POST, ["notifications", "read_all"]) => {
+            super::business_api::mark_all_read(app, &ctx)
+        }
+        (&Method::POST, ["notifications", id, "read"]) => {
+            super::business_api::mark_read(app, &ctx, id)
+        }
         (&Method::GET, ["subscriptions"]) => super::business_api::list_subscriptions(app, &ctx),
-        (&Method::POST, ["subscriptions"]) => super::business_api::create_subscription(app, req, &ctx),
-        (&Method::GET, ["subscriptions", id]) => super::business_api::get_subscription(app, &ctx, id),
+        (&Method::POST, ["subscriptions"]) => {
+            super::business_api::create_subscription(app, req, &ctx)
+        }
+        (&Method::GET, ["subscriptions", id]) => {
+            super::business_api::get_subscription(app, &ctx, id)
+        }
         (&Method::PUT, ["subscriptions", id]) => {
             super::business_api::update_subscription(app, req, &ctx, id)
         }
@@ -106,20 +116,40 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["rollouts", id]) => super::scripts_api::rollout(app, &ctx, id),
         (&Method::GET, ["executions", id]) => fleet_api::execution(app, &ctx, id),
         (&Method::GET, ["executions", id, "log"]) => fleet_api::execution_log(app, req, &ctx, id),
-        (&Method::POST, ["executions", id, "cancel"]) => fleet_api::cancel_execution(app, req, &ctx, id),
+        (&Method::POST, ["executions", id, "cancel"]) => {
+            fleet_api::cancel_execution(app, req, &ctx, id)
+        }
         // Operations: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_api::backups_list(app, req, &ctx),
         (&Method::GET, ["backups", id]) => super::ops_api::backup(app, &ctx, id),
-        (&Method::POST, ["backups", id, "verify"]) => super::ops_api::backup_verify(app, req, &ctx, id),
-        (&Method::POST, ["backups", id, "restore"]) => super::ops_api::backup_restore(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "backup"]) => super::ops_api::server_backup(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "update"]) => super::ops_api::server_update(app, req, &ctx, id),
-        (&Method::POST, ["projects", id, "backup"]) => super::ops_api::project_backup(app, req, &ctx, id),
-        (&Method::POST, ["projects", id, "update"]) => super::ops_api::project_update(app, req, &ctx, id),
+        (&Method::POST, ["backups", id, "verify"]) => {
+            super::ops_api::backup_verify(app, req, &ctx, id)
+        }
+        (&Method::POST, ["backups", id, "restore"]) => {
+            super::ops_api::backup_restore(app, req, &ctx, id)
+        }
+        (&Method::POST, ["servers", id, "backup"]) => {
+            super::ops_api::server_backup(app, req, &ctx, id)
+        }
+        (&Method::POST, ["servers", id, "update"]) => {
+            super::ops_api::server_update(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "backup"]) => {
+            super::ops_api::project_backup(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "update"]) => {
+            super::ops_api::project_update(app, req, &ctx, id)
+        }
         (&Method::GET, ["projects", id, "backup-recipe"]) => super::ops_api::recipe(app, &ctx, id),
-        (&Method::PUT, ["projects", id, "backup-recipe"]) => super::ops_api::save_recipe(app, req, &ctx, id),
-        (&Method::GET, ["projects", id, "schedules"]) => super::ops_api::schedules_get(app, &ctx, id),
-        (&Method::PUT, ["projects", id, "schedules"]) => super::ops_api::schedules_put(app, req, &ctx, id),
+        (&Method::PUT, ["projects", id, "backup-recipe"]) => {
+            super::ops_api::save_recipe(app, req, &ctx, id)
+        }
+        (&Method::GET, ["projects", id, "schedules"]) => {
+            super::ops_api::schedules_get(app, &ctx, id)
+        }
+        (&Method::PUT, ["projects", id, "schedules"]) => {
+            super::ops_api::schedules_put(app, req, &ctx, id)
+        }
         (&Method::GET, ["updates"]) => super::ops_api::updates_list(app, req, &ctx),
         (&Method::GET, ["updates", id]) => super::ops_api::update(app, &ctx, id),
         _ => Err(AppError::not_found("endpoint")),
@@ -184,11 +214,15 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["notifications", "read_all"]) => {
             super::business_pages::read_all_notifications(app, req, &ctx)
         }
-        (&Method::GET, ["notifications", id]) => super::business_pages::open_notification(app, &ctx, id),
+        (&Method::GET, ["notifications", id]) => {
+            super::business_pages::open_notification(app, &ctx, id)
+        }
         (&Method::POST, ["notifications", id, "read"]) => {
             super::business_pages::read_notification(app, req, &ctx, id)
         }
-        (&Method::GET, ["subscriptions"]) => super::business_pages::subscriptions_list(app, req, &ctx),
+        (&Method::GET, ["subscriptions"]) => {
+            super::business_pages::subscriptions_list(app, req, &ctx)
+        }
         (&Method::GET, ["subscriptions", "new"]) => {
             super::business_pages::subscription_form(app, req, &ctx, None)
         }
@@ -225,18 +259,34 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::GET, ["rollouts", id]) => super::scripts_pages::rollout_page(app, req, &ctx, id),
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
-        (&Method::POST, ["executions", id, "cancel"]) => fleet_pages::cancel_page(app, req, &ctx, id),
+        (&Method::POST, ["executions", id, "cancel"]) => {
+            fleet_pages::cancel_page(app, req, &ctx, id)
+        }
         // Operations pages: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_pages::backups_page(app, req, &ctx),
         (&Method::GET, ["backups", id]) => super::ops_pages::backup_page(app, req, &ctx, id),
         (&Method::POST, ["backups", id, "verify"]) => super::ops_pages::verify(app, req, &ctx, id),
-        (&Method::POST, ["backups", id, "restore"]) => super::ops_pages::restore(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "backup"]) => super::ops_pages::server_backup(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "update"]) => super::ops_pages::server_update(app, req, &ctx, id),
-        (&Method::GET, ["projects", id, "operations"]) => super::ops_pages::project_page(app, req, &ctx, id),
-        (&Method::POST, ["projects", id, "operations"]) => super::ops_pages::project_save(app, req, &ctx, id),
-        (&Method::POST, ["projects", id, "backup"]) => super::ops_pages::project_run(app, req, &ctx, id, "backup"),
-        (&Method::POST, ["projects", id, "update"]) => super::ops_pages::project_run(app, req, &ctx, id, "update"),
+        (&Method::POST, ["backups", id, "restore"]) => {
+            super::ops_pages::restore(app, req, &ctx, id)
+        }
+        (&Method::POST, ["servers", id, "backup"]) => {
+            super::ops_pages::server_backup(app, req, &ctx, id)
+        }
+        (&Method::POST, ["servers", id, "update"]) => {
+            super::ops_pages::server_update(app, req, &ctx, id)
+        }
+        (&Method::GET, ["projects", id, "operations"]) => {
+            super::ops_pages::project_page(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "operations"]) => {
+            super::ops_pages::project_save(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "backup"]) => {
+            super::ops_pages::project_run(app, req, &ctx, id, "backup")
+        }
+        (&Method::POST, ["projects", id, "update"]) => {
+            super::ops_pages::project_run(app, req, &ctx, id, "update")
+        }
         (&Method::GET, ["updates"]) => super::ops_pages::updates_page(app, req, &ctx),
         (&Method::GET, ["updates", id]) => super::ops_pages::update_page(app, req, &ctx, id),
         _ => Err(AppError::not_found("page")),
