@@ -266,7 +266,7 @@ pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
 /// The agent's own binary for a job's command line: `/proc/<pid>/exe`, which names the
 /// running binary even after an upgrade replaced (deleted) the file on disk, where
 /// `current_exe()` would answer a path ending in " (deleted)" that cannot be run.
-fn own_binary() -> Result<PathBuf> {
+pub(crate) fn own_binary() -> Result<PathBuf> {
     let proc_exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     if proc_exe.exists() {
         return Ok(proc_exe);

@@ -380,7 +380,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
         JobKind::Playbook { yaml, vars, check } => {
             let file = dir.join("playbook.yml");
             std::fs::write(&file, yaml)?;
-            let exe = std::env::current_exe().context("finding the agent's own binary")?;
+            let exe = crate::compose::own_binary()?;
             argv.push(exe.to_string_lossy().into_owned());
             argv.push("playbook".into());
             argv.push(file.to_string_lossy().into_owned());
