@@ -377,7 +377,12 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
                 working_dir = PathBuf::from(wd);
             }
         }
-        JobKind::Playbook { yaml, vars, check } => {
+        JobKind::Playbook {
+            yaml,
+            vars,
+            check,
+            ansible_fallback,
+        } => {
             let file = dir.join("playbook.yml");
             std::fs::write(&file, yaml)?;
             let exe = crate::compose::own_binary()?;
@@ -386,6 +391,9 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             argv.push(file.to_string_lossy().into_owned());
             if *check {
                 argv.push("--check".into());
+            }
+            if *ansible_fallback {
+                argv.push("--ansible-fallback".into());
             }
             // The variables go in a private file, not on the command line where any
             // local user could read them (they may hold secrets).

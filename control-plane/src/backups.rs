@@ -327,10 +327,12 @@ pub fn job_kind(work: &Work) -> JobKind {
             playbook,
             vars,
             check,
+            ansible_fallback,
         } => JobKind::Playbook {
             yaml: playbook,
             vars,
             check,
+            ansible_fallback,
         },
         Work::ComposeBackup {
             backup_id,

@@ -84,6 +84,9 @@ pub enum Work {
         playbook: String,
         vars: BTreeMap<String, String>,
         check: bool,
+        /// Tasks the native runtime lacks run through ansible-core on the server.
+        #[serde(default)]
+        ansible_fallback: bool,
     },
     // Backups, verifies, restores and updates: built by `backups` / `updates`.
     ComposeBackup {
@@ -172,10 +175,12 @@ impl Execution {
                 playbook,
                 vars,
                 check,
+                ansible_fallback,
             } => JobKind::Playbook {
                 yaml: playbook.clone(),
                 vars: vars.clone(),
                 check: *check,
+                ansible_fallback: *ansible_fallback,
             },
             other => crate::backups::job_kind(other),
         };
@@ -205,6 +210,8 @@ pub struct NewExecution {
     pub playbook: Option<String>,
     pub vars: Option<BTreeMap<String, serde_json::Value>>,
     pub check: Option<bool>,
+    /// Let tasks the native runtime lacks run through ansible-core on the server.
+    pub ansible_fallback: Option<bool>,
     /// Seconds a job waits for an offline agent before it fails.
     pub expires_s: Option<u64>,
     // Accepted for the contract's compose_backup shape; refused below until the
@@ -360,6 +367,7 @@ pub fn create(
                 playbook: playbook.to_string(),
                 vars,
                 check: input.check.unwrap_or(false),
+                ansible_fallback: input.ansible_fallback.unwrap_or(false),
             }
         }
         _ if input.work.is_some() => input

@@ -89,6 +89,11 @@ pub struct Script {
     /// The interpreter of a shell script (`/bin/sh` by default).
     pub interpreter: String,
     pub variables: Vec<Variable>,
+    /// A playbook task whose module the native runtime lacks may run through
+    /// ansible-core on the server (when installed there); otherwise such a playbook is
+    /// refused before any task runs.
+    #[serde(default)]
+    pub allow_ansible_fallback: bool,
     /// The project it belongs to; `None` for a script every project may use.
     pub project_id: Option<String>,
     /// The sample file it was seeded from, if any.
@@ -144,9 +149,10 @@ impl BodyError {
     }
 }
 
-/// Validates a script body: a playbook with the agent's own parser, a shell script for
-/// size only (its interpreter judges the rest).
-pub fn check_body(kind: ScriptKind, body: &str) -> Result<(), BodyError> {
+/// Validates a script body: a playbook with the agent's own parser (which accepts
+/// modules it lacks only when `allow_fallback` lets them run through ansible-core), a
+/// shell script for size only (its interpreter judges the rest).
+pub fn check_body(kind: ScriptKind, body: &str, allow_fallback: bool) -> Result<(), BodyError> {
     if body.trim().is_empty() {
         return Err(BodyError {
             message: "the body is empty".into(),
@@ -162,7 +168,16 @@ pub fn check_body(kind: ScriptKind, body: &str) -> Result<(), BodyError> {
         });
     }
     if kind == ScriptKind::Playbook {
-        if let Err(e) = dynserv_agent::playbook::validate(body) {
+        let parsed = if allow_fallback {
+            dynserv_agent::playbook::parse_playbook_with_ansible_fallback(
+                body,
+                std::path::Path::new("."),
+            )
+            .map(|_| ())
+        } else {
+            dynserv_agent::playbook::validate(body)
+        };
+        if let Err(e) = parsed {
             let (line, column) = e.pos().map(|p| (p.line, p.column)).unwrap_or((0, 0));
             let text = e.to_string();
             // The parser's message ends with its own "(line L, column C)"; the editor
@@ -303,6 +318,8 @@ pub struct ScriptInput {
     pub body: Option<String>,
     pub interpreter: Option<String>,
     pub variables: Option<Vec<Variable>>,
+    /// Whether tasks the native runtime lacks may run through ansible-core.
+    pub allow_ansible_fallback: Option<bool>,
     /// A project id or name; absent or empty for a global script.
     pub project: Option<String>,
 }
@@ -390,6 +407,7 @@ struct Checked {
     body: String,
     interpreter: String,
     variables: Vec<Variable>,
+    allow_ansible_fallback: bool,
     project_id: Option<String>,
 }
 
@@ -429,7 +447,12 @@ fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppR
         .or_else(|| old.map(|o| o.body.clone()))
         .unwrap_or_default()
         .replace("\r\n", "\n");
-    check_body(kind, &body).map_err(|e| AppError::invalid("body", e.display()))?;
+    let allow_ansible_fallback = input
+        .allow_ansible_fallback
+        .or_else(|| old.map(|o| o.allow_ansible_fallback))
+        .unwrap_or(false);
+    check_body(kind, &body, allow_ansible_fallback)
+        .map_err(|e| AppError::invalid("body", e.display()))?;
     let interpreter = check_interpreter(
         kind,
         input
@@ -471,6 +494,7 @@ fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppR
         body,
         interpreter,
         variables,
+        allow_ansible_fallback,
         project_id,
     })
 }
@@ -495,6 +519,7 @@ pub fn create(
         body: c.body,
         interpreter: c.interpreter,
         variables: c.variables,
+        allow_ansible_fallback: c.allow_ansible_fallback,
         project_id: c.project_id,
         sample: None,
         created_by: actor.username.clone(),
@@ -541,6 +566,7 @@ pub fn update(
         body: c.body,
         interpreter: c.interpreter,
         variables: c.variables,
+        allow_ansible_fallback: c.allow_ansible_fallback,
         project_id: c.project_id,
         updated_by: actor.username.clone(),
         updated_at: Utc::now(),
@@ -698,6 +724,7 @@ pub fn seed_samples(store: &Store) -> anyhow::Result<usize> {
                             required: false,
                         })
                         .collect(),
+                    allow_ansible_fallback: false,
                     project_id: None,
                     sample: Some(format!("playbooks/{}", sample.file)),
                     created_by: "system".into(),
@@ -746,6 +773,7 @@ pub fn execution_input(
                     .collect(),
             );
             input.check = Some(check);
+            input.ansible_fallback = Some(script.allow_ansible_fallback);
         }
         ScriptKind::Shell => {
             input.kind = Some("script".into());
@@ -879,7 +907,7 @@ mod tests {
     fn samples_validate() {
         for sample in SAMPLES {
             assert_eq!(
-                check_body(ScriptKind::Playbook, sample.text),
+                check_body(ScriptKind::Playbook, sample.text, false),
                 Ok(()),
                 "{}",
                 sample.file
@@ -897,7 +925,7 @@ mod tests {
     fn invalid_playbook_has_line_and_column() {
         let body =
             "- hosts: all\n  tasks:\n    - name: x\n      no_such_module_here:\n        a: 1\n";
-        let err = check_body(ScriptKind::Playbook, body).unwrap_err();
+        let err = check_body(ScriptKind::Playbook, body, false).unwrap_err();
         assert_eq!(err.line, 3, "{err:?}");
         assert!(err.column > 0);
         assert!(
@@ -911,12 +939,13 @@ mod tests {
             err.message
         );
 
-        let err = check_body(ScriptKind::Playbook, "- hosts: all\n  tasks: [\n").unwrap_err();
+        let err =
+            check_body(ScriptKind::Playbook, "- hosts: all\n  tasks: [\n", false).unwrap_err();
         assert!(err.line >= 2, "{err:?}");
 
         // A shell script is only checked for emptiness and size.
-        assert!(check_body(ScriptKind::Shell, "echo hi\n").is_ok());
-        assert!(check_body(ScriptKind::Shell, "  \n").is_err());
+        assert!(check_body(ScriptKind::Shell, "echo hi\n", false).is_ok());
+        assert!(check_body(ScriptKind::Shell, "  \n", false).is_err());
     }
 
     /// Defaults fill in, empty values are not passed, required ones must be given,

@@ -210,6 +210,11 @@ pub enum JobKind {
         vars: BTreeMap<String, String>,
         /// Check mode: report what would change without changing it.
         check: bool,
+        /// Run a task whose module the native runtime lacks through ansible-core's
+        /// `ansible` program, when it is installed on the server; without this such a
+        /// playbook is refused before any task runs.
+        #[serde(default)]
+        ansible_fallback: bool,
     },
     /// A database backup of a Docker Compose service: the agent runs `command` in the
     /// service's container through the Docker API and keeps the dump (the file at

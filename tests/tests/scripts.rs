@@ -404,3 +404,79 @@ async fn max_failures_stops_and_skips_the_rest() {
     let done = wait_rollout(&sohila, rollout["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
 }
+
+/// A playbook using a module the native runtime lacks is refused on save unless the
+/// script allows ansible-core; allowed, it runs on the agent with that one task going
+/// through ansible-core (found on the agent's PATH) and its result registered.
+#[tokio::test]
+async fn unknown_module_runs_through_ansible_when_the_script_allows_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv_bin = root.join(".venv-ansible/bin");
+    assert!(
+        venv_bin.join("ansible").is_file(),
+        "ansible-core is missing in {}; run scripts/test.sh",
+        venv_bin.display()
+    );
+    let path = format!(
+        "{}:{}",
+        venv_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("PATH", &path)
+        .env(
+            "ANSIBLE_PYTHON_INTERPRETER",
+            &venv_bin.join("python").display().to_string(),
+        )
+        .start()
+        .await;
+    let api = cp.api_as("admin");
+    connected(&api, "localhost").await;
+    let dir = cp.artifact("find-me");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["a.txt", "b.txt", "c.log"] {
+        std::fs::write(dir.join(name), name).unwrap();
+    }
+    let playbook = format!(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: find is not native\n      ansible.builtin.find:\n        paths: {}\n        patterns: '*.txt'\n      register: found\n    - debug:\n        msg: \"matched {{{{ found.matched }}}} files\"\n",
+        dir.display()
+    );
+    let (status, refused) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "finder", "kind": "playbook", "body": playbook}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("ansible.builtin.find"),
+        "{refused}"
+    );
+    let (status, created) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "finder", "kind": "playbook", "body": playbook, "allow_ansible_fallback": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{id}/run"),
+            &json!({"targets": {"servers": ["localhost"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let done = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
+    let execution_id = done["targets"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = log_text(&api, &execution_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{log}");
+    assert!(log.contains("matched 2 files"), "{log}");
+}

@@ -23,7 +23,12 @@ fn require_fleet(ctx: &Ctx) -> AppResult<()> {
 }
 
 /// A body that does not validate answers 422 with the line and column of the error.
-fn body_error(input: &ScriptInput, old_kind: Option<ScriptKind>) -> Option<Resp> {
+fn body_error(input: &ScriptInput, old: Option<&scripts::Script>) -> Option<Resp> {
+    let old_kind = old.map(|o| o.kind);
+    let allow_fallback = input
+        .allow_ansible_fallback
+        .or(old.map(|o| o.allow_ansible_fallback))
+        .unwrap_or(false);
     let kind = input
         .kind
         .as_deref()
@@ -31,7 +36,7 @@ fn body_error(input: &ScriptInput, old_kind: Option<ScriptKind>) -> Option<Resp>
         .or(old_kind)
         .unwrap_or(ScriptKind::Playbook);
     let body = input.body.as_deref()?.replace("\r\n", "\n");
-    let err = scripts::check_body(kind, &body).err()?;
+    let err = scripts::check_body(kind, &body, allow_fallback).err()?;
     Some(reply(
         StatusCode::UNPROCESSABLE_ENTITY,
         &json!({
@@ -87,11 +92,11 @@ pub fn get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 /// `PUT /api/v1/scripts/{id}`.
 pub fn update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let input: ScriptInput = req.json()?;
-    let old_kind = app
+    let old = app
         .store
-        .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id).map(|s| s.kind)))?
+        .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id)))?
         .ok();
-    if let Some(resp) = body_error(&input, old_kind) {
+    if let Some(resp) = body_error(&input, old.as_ref()) {
         return Ok(resp);
     }
     let view = app.store.write(|w| {

@@ -137,6 +137,7 @@ fn values_of(script: &Script) -> Value {
         "kind": script.kind.as_str(),
         "body": script.body,
         "interpreter": script.interpreter,
+        "allow_ansible_fallback": script.allow_ansible_fallback,
         "project": script.project_id.clone().unwrap_or_default(),
     })
 }
@@ -211,6 +212,7 @@ pub fn save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp
         body: form.get("body").map(|b| b.replace("\r\n", "\n")),
         interpreter: form.get("interpreter").map(String::from),
         variables: Some(variables.clone()),
+        allow_ansible_fallback: Some(form.checked("allow_ansible_fallback")),
         project: Some(form.get("project").unwrap_or("").to_string()),
     };
     let old = match id {
@@ -227,7 +229,11 @@ pub fn save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp
         .as_deref()
         .and_then(ScriptKind::parse)
         .unwrap_or(ScriptKind::Playbook);
-    let body_check = scripts::check_body(kind, input.body.as_deref().unwrap_or(""));
+    let body_check = scripts::check_body(
+        kind,
+        input.body.as_deref().unwrap_or(""),
+        input.allow_ansible_fallback.unwrap_or(false),
+    );
     let result = match body_check {
         Err(e) => Err((
             AppError::invalid("body", e.display()),
