@@ -26,7 +26,7 @@ use crate::executions::{self, Execution, NewExecution, Status, Work};
 use crate::policy::{self, Action, Subject};
 use crate::servers::Server;
 use crate::store::{Read, Record, Writer};
-use dynserv_shared::proto::{JobKind, RESULT_PREFIX};
+use dynserv_shared::proto::RESULT_PREFIX;
 
 const BY_EXECUTION: &str = "backup_by_execution";
 const BY_PROJECT: &str = "backup_by_project";
@@ -307,72 +307,6 @@ pub fn work_from_api(r: &impl Read, agent: &Agent, input: &NewExecution) -> AppR
         dump_path: check_path("dump_path", input.dump_path.as_deref())?,
         keep,
     })
-}
-
-/// The job an agent runs for a stored work.
-pub fn job_kind(work: &Work) -> JobKind {
-    match work.clone() {
-        Work::Script {
-            interpreter,
-            script,
-            env,
-            working_dir,
-        } => JobKind::Script {
-            interpreter,
-            body: script,
-            env,
-            working_dir,
-        },
-        Work::Playbook {
-            playbook,
-            vars,
-            check,
-            ansible_fallback,
-        } => JobKind::Playbook {
-            yaml: playbook,
-            vars,
-            check,
-            ansible_fallback,
-        },
-        Work::ComposeBackup {
-            backup_id,
-            compose_project,
-            service,
-            command,
-            dump_path,
-            keep,
-        } => JobKind::ComposeBackup {
-            backup_id,
-            compose_project,
-            service,
-            command,
-            dump_path,
-            keep,
-        },
-        Work::ComposeVerify {
-            backup_id,
-            compose_project,
-            service,
-        } => JobKind::ComposeVerify {
-            backup_id,
-            compose_project,
-            service,
-        },
-        Work::ComposeRestore {
-            backup_id,
-            compose_project,
-            service,
-            command,
-            dump_path,
-        } => JobKind::ComposeRestore {
-            backup_id,
-            compose_project,
-            service,
-            command,
-            dump_path,
-        },
-        Work::SystemUpdate { check, .. } => JobKind::SystemUpdate { check },
-    }
 }
 
 /// What a backup, verify, restore or update execution runs, for the execution page:

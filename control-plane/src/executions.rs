@@ -159,37 +159,80 @@ impl Record for Execution {
 impl Execution {
     /// The job as sent to the agent.
     pub fn job_spec(&self) -> JobSpec {
-        let kind = match &self.work {
-            Work::Script {
-                interpreter,
-                script,
-                env,
-                working_dir,
-            } => JobKind::Script {
-                interpreter: interpreter.clone(),
-                body: script.clone(),
-                env: env.clone(),
-                working_dir: working_dir.clone(),
-            },
-            Work::Playbook {
-                playbook,
-                vars,
-                check,
-                ansible_fallback,
-            } => JobKind::Playbook {
-                yaml: playbook.clone(),
-                vars: vars.clone(),
-                check: *check,
-                ansible_fallback: *ansible_fallback,
-            },
-            other => crate::backups::job_kind(other),
-        };
+        let kind = job_kind(&self.work);
         JobSpec {
             job_id: self.id.clone(),
             kind,
             timeout_s: self.timeout_s,
             secrets: Vec::new(),
         }
+    }
+}
+
+/// The job an agent runs for a stored work: the one conversion from the store's
+/// record to the wire type.
+fn job_kind(work: &Work) -> JobKind {
+    match work.clone() {
+        Work::Script {
+            interpreter,
+            script,
+            env,
+            working_dir,
+        } => JobKind::Script {
+            interpreter,
+            body: script,
+            env,
+            working_dir,
+        },
+        Work::Playbook {
+            playbook,
+            vars,
+            check,
+            ansible_fallback,
+        } => JobKind::Playbook {
+            yaml: playbook,
+            vars,
+            check,
+            ansible_fallback,
+        },
+        Work::ComposeBackup {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+            keep,
+        } => JobKind::ComposeBackup {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+            keep,
+        },
+        Work::ComposeVerify {
+            backup_id,
+            compose_project,
+            service,
+        } => JobKind::ComposeVerify {
+            backup_id,
+            compose_project,
+            service,
+        },
+        Work::ComposeRestore {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+        } => JobKind::ComposeRestore {
+            backup_id,
+            compose_project,
+            service,
+            command,
+            dump_path,
+        },
+        Work::SystemUpdate { check, .. } => JobKind::SystemUpdate { check },
     }
 }
 
