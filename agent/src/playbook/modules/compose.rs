@@ -130,6 +130,33 @@ fn lines_of(r: &Run) -> Vec<String> {
         .collect()
 }
 
+/// The `up` flags both compose tools share: build, recreate, orphans, dependencies.
+fn push_up_flags(args: &Args, up: &mut Vec<String>) -> Result<(), ArgError> {
+    match args
+        .choice("build", &["always", "never", "policy"], Some("policy"))?
+        .as_deref()
+    {
+        Some("always") => up.push("--build".into()),
+        Some("never") => up.push("--no-build".into()),
+        _ => {}
+    }
+    match args
+        .choice("recreate", &["always", "never", "auto"], Some("auto"))?
+        .as_deref()
+    {
+        Some("always") => up.push("--force-recreate".into()),
+        Some("never") => up.push("--no-recreate".into()),
+        _ => {}
+    }
+    if args.bool("remove_orphans", false)? {
+        up.push("--remove-orphans".into());
+    }
+    if !args.bool("dependencies", true)? {
+        up.push("--no-deps".into());
+    }
+    Ok(())
+}
+
 /// `docker_compose_v2`.
 pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
@@ -253,28 +280,7 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 Some("never") => sub.extend(["--pull".into(), "never".into()]),
                 _ => {}
             }
-            match args
-                .choice("build", &["always", "never", "policy"], Some("policy"))?
-                .as_deref()
-            {
-                Some("always") => sub.push("--build".into()),
-                Some("never") => sub.push("--no-build".into()),
-                _ => {}
-            }
-            match args
-                .choice("recreate", &["always", "never", "auto"], Some("auto"))?
-                .as_deref()
-            {
-                Some("always") => sub.push("--force-recreate".into()),
-                Some("never") => sub.push("--no-recreate".into()),
-                _ => {}
-            }
-            if args.bool("remove_orphans", false)? {
-                sub.push("--remove-orphans".into());
-            }
-            if !args.bool("dependencies", true)? {
-                sub.push("--no-deps".into());
-            }
+            push_up_flags(args, &mut sub)?;
             if args.bool("wait", false)? {
                 sub.push("--wait".into());
                 if let Some(t) = args.int("wait_timeout")? {
@@ -438,28 +444,7 @@ fn compose_v1(
                 }
             }
             let mut up = s(&["up", "--detach", "--no-color"]);
-            match args
-                .choice("build", &["always", "never", "policy"], Some("policy"))?
-                .as_deref()
-            {
-                Some("always") => up.push("--build".into()),
-                Some("never") => up.push("--no-build".into()),
-                _ => {}
-            }
-            match args
-                .choice("recreate", &["always", "never", "auto"], Some("auto"))?
-                .as_deref()
-            {
-                Some("always") => up.push("--force-recreate".into()),
-                Some("never") => up.push("--no-recreate".into()),
-                _ => {}
-            }
-            if args.bool("remove_orphans", false)? {
-                up.push("--remove-orphans".into());
-            }
-            if !args.bool("dependencies", true)? {
-                up.push("--no-deps".into());
-            }
+            push_up_flags(args, &mut up)?;
             up.extend(services.iter().cloned());
             up
         }
