@@ -668,7 +668,6 @@ pub fn approved(app: &App, request: &Request) {
 mod tests {
     use super::*;
     use crate::store::Store;
-    use crate::users::NewUser;
 
     fn facts(actor: ActorKind, is_requester: bool, project_has_token: bool) -> Facts {
         Facts {
@@ -780,17 +779,7 @@ mod tests {
             .write(|w| {
                 let mut made = Vec::new();
                 for (name, role) in [("sales", "sales"), ("admin", "admin"), ("boss", "admin")] {
-                    let input = NewUser {
-                        username: Some(name.into()),
-                        role: Some(role.into()),
-                        ..Default::default()
-                    };
-                    made.push(users::create(
-                        w,
-                        &Actor::system(),
-                        &input,
-                        Some("x".into()),
-                    )?);
+                    made.push(users::test_user(w, name, role)?);
                 }
                 let input = projects::ProjectInput {
                     name: Some("Nova HR".into()),
@@ -1073,19 +1062,7 @@ mod tests {
         let request = file(&world, 1.0);
         world
             .store
-            .write(|w| {
-                let input = NewUser {
-                    username: Some("system".into()),
-                    role: Some("sales".into()),
-                    ..Default::default()
-                };
-                Ok(users::create(
-                    w,
-                    &Actor::system(),
-                    &input,
-                    Some("x".into()),
-                )?)
-            })
+            .write(|w| users::test_user(w, "system", "sales"))
             .unwrap();
         let over_http = Actor {
             username: "system".into(),

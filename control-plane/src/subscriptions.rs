@@ -522,7 +522,7 @@ pub async fn renewal_job(app: App, stop: impl Future<Output = ()> + Send + 'stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::users::{self, NewUser};
+    use crate::users;
 
     fn day(text: &str) -> NaiveDate {
         NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
@@ -614,17 +614,7 @@ mod tests {
                     ("admin", "admin"),
                     ("tech", "technical"),
                 ] {
-                    let input = NewUser {
-                        username: Some(name.into()),
-                        role: Some(role.into()),
-                        ..Default::default()
-                    };
-                    made.push(users::create(
-                        w,
-                        &Actor::system(),
-                        &input,
-                        Some("x".into()),
-                    )?);
+                    made.push(users::test_user(w, name, role)?);
                 }
                 Ok((made.remove(0), made.remove(0)))
             })
@@ -705,19 +695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let owner = store
-            .write(|w| {
-                let input = NewUser {
-                    username: Some("sales".into()),
-                    role: Some("sales".into()),
-                    ..Default::default()
-                };
-                Ok(users::create(
-                    w,
-                    &Actor::system(),
-                    &input,
-                    Some("x".into()),
-                )?)
-            })
+            .write(|w| users::test_user(w, "sales", "sales"))
             .unwrap();
         let input = SubscriptionInput {
             client: Some("Acme".into()),

@@ -316,3 +316,14 @@ pub fn all(r: &impl Read) -> anyhow::Result<Vec<User>> {
     users.sort_by(|a, b| a.username.cmp(&b.username));
     Ok(users)
 }
+
+/// A user for unit tests of other modules: the given role, no usable password.
+#[cfg(test)]
+pub(crate) fn test_user(w: &mut Writer, username: &str, role: &str) -> anyhow::Result<User> {
+    let input = NewUser {
+        username: Some(username.into()),
+        role: Some(role.into()),
+        ..Default::default()
+    };
+    Ok(create(w, &Actor::system(), &input, Some("x".into()))?)
+}
