@@ -597,7 +597,11 @@ async fn browser_sync_and_power_off_with_confirmation() {
     let browser = Browser::start(&cp.base_url()).await;
     browser.login("admin", "admin123").await;
     browser.goto(&format!("/projects/{id}")).await;
-    browser.click("[data-sync-button]").await;
+    // Wait for the form's answer before navigating again: a goto straight after the
+    // click can cancel the POST before the browser sends it.
+    browser
+        .submit_and_wait_for_next_page("[data-sync-button]")
+        .await;
     eventually(WAIT, "the page shows a good sync", || async {
         browser.goto(&format!("/projects/{id}")).await;
         browser
