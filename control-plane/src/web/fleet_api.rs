@@ -182,8 +182,10 @@ const MAX_FAN_OUT: usize = 20_000;
 /// job is created for every agent in one transaction and the answer is
 /// `{"executions": [...]}`.
 pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
-    let input: NewExecution = req.json()?;
-    if let Some(targets) = &input.agents {
+    let mut input: NewExecution = req.json()?;
+    // The job without its target list, so that the per-target copies below do not copy
+    // the whole list once per agent (quadratic in the fan-out).
+    if let Some(targets) = input.agents.take() {
         if input.agent.is_some() {
             return Err(AppError::invalid(
                 "agents",
@@ -202,12 +204,9 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         let create_all = || {
             app.store.write(|w| {
                 let mut created = Vec::with_capacity(targets.len());
-                for target in targets {
-                    let one = NewExecution {
-                        agent: Some(target.clone()),
-                        agents: None,
-                        ..input.clone()
-                    };
+                let mut one = input.clone();
+                for target in &targets {
+                    one.agent = Some(target.clone());
                     created.push(executions::create(w, &actor, &ctx.subject, &one)?);
                 }
                 Ok(created)
