@@ -418,6 +418,22 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// A client endpoint for simulated agents, with wide UDP buffers like the control
+/// plane's (a few endpoints carry thousands of connections).
+fn bench_endpoint() -> Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_recv_buffer_size(8 * 1024 * 1024)?;
+    sock.set_send_buffer_size(8 * 1024 * 1024)?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        runtime,
+    )?)
+}
+
 async fn wait_healthy(base: &str) -> Result<()> {
     let client = reqwest::Client::new();
     for _ in 0..600 {
@@ -484,9 +500,8 @@ async fn main() -> Result<()> {
     let (rss_idle, _) = rss_kib(pid);
 
     // Connect every simulated agent (a few endpoints share the load of the bench side).
-    let endpoints: Vec<quinn::Endpoint> = (0..4)
-        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()))
-        .collect::<std::io::Result<_>>()?;
+    let endpoints: Vec<quinn::Endpoint> =
+        (0..4).map(|_| bench_endpoint()).collect::<Result<_>>()?;
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let connecting = Instant::now();
     let gate = Arc::new(Semaphore::new(64));

@@ -384,38 +384,42 @@ pub fn revoke(
     Ok(agent)
 }
 
-/// Records what an agent's hello reported; writes only when something changed.
-pub fn record_hello(
-    store: &Store,
+/// Whether an agent's hello brings anything worth writing: new facts, or a last-seen
+/// time older than ten minutes.
+pub fn hello_changes_anything(
+    r: &impl Read,
     agent_id: &str,
-    facts: AgentFacts,
+    facts: &AgentFacts,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let current: Option<Agent> = r.get(agent_id)?;
+    Ok(!current.as_ref().is_some_and(|a| {
+        a.facts == *facts && a.last_seen.is_some_and(|t| now - t < Duration::minutes(10))
+    }))
+}
+
+/// Records an agent's facts from its hello and that it was seen now.
+pub fn record_hello(
+    w: &mut Writer,
+    agent_id: &str,
+    facts: &AgentFacts,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let current: Option<Agent> = store.get(agent_id)?;
-    if current.as_ref().is_some_and(|a| {
-        a.facts == facts && a.last_seen.is_some_and(|t| now - t < Duration::minutes(10))
-    }) {
-        return Ok(());
+    if let Some(mut agent) = w.get::<Agent>(agent_id)? {
+        agent.facts = facts.clone();
+        agent.last_seen = Some(now);
+        w.put(&agent)?;
     }
-    store.write(|w| {
-        if let Some(mut agent) = w.get::<Agent>(agent_id)? {
-            agent.facts = facts;
-            agent.last_seen = Some(now);
-            w.put(&agent)?;
-        }
-        Ok(())
-    })
+    Ok(())
 }
 
 /// Records when an agent was last seen (at the end of its connection).
-pub fn record_last_seen(store: &Store, agent_id: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
-    store.write(|w| {
-        if let Some(mut agent) = w.get::<Agent>(agent_id)? {
-            agent.last_seen = Some(at);
-            w.put(&agent)?;
-        }
-        Ok(())
-    })
+pub fn record_last_seen(w: &mut Writer, agent_id: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
+    if let Some(mut agent) = w.get::<Agent>(agent_id)? {
+        agent.last_seen = Some(at);
+        w.put(&agent)?;
+    }
+    Ok(())
 }
 
 /// The agents a subject may see, by name.

@@ -58,6 +58,7 @@ pub(super) fn serve(
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
     let local = socket.local_addr()?;
+    widen_buffers(&socket);
     let runtime = quinn::default_runtime().context("no async runtime for the fleet gateway")?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -85,6 +86,27 @@ pub(super) fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     };
     Ok((local, task))
+}
+
+/// Socket buffer size asked of the kernel for the fleet's UDP socket.
+const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Widens the UDP socket's buffers: with the default (about 200 KiB) a job fanned out
+/// to thousands of agents overflows the receive queue, the kernel drops datagrams and
+/// QUIC waits for retransmissions. The kernel caps the size at `net.core.rmem_max` /
+/// `wmem_max`; a smaller result is logged so an operator can raise those.
+fn widen_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    let recv = sock.recv_buffer_size().unwrap_or(0);
+    if recv < UDP_BUFFER_BYTES {
+        tracing::info!(
+            bytes = recv,
+            "the fleet's UDP receive buffer is smaller than asked; for fleets of thousands \
+             of agents raise net.core.rmem_max to {UDP_BUFFER_BYTES}"
+        );
+    }
 }
 
 async fn handle_incoming(fleet: Fleet, incoming: quinn::Incoming) {
@@ -250,10 +272,23 @@ async fn serve_agent(
     )
     .await?;
     {
-        let store = fleet.inner.store.clone();
-        let id = agent_id.clone();
         let facts = AgentFacts::from(&facts);
-        tokio::task::spawn_blocking(move || agents::record_hello(&store, &id, facts, Utc::now()));
+        let now = Utc::now();
+        let changed = fleet
+            .inner
+            .store
+            .read(|r| agents::hello_changes_anything(r, &agent_id, &facts, now));
+        if changed.unwrap_or(true) {
+            fleet
+                .inner
+                .ingest
+                .send(Item::Hello {
+                    agent_id: agent_id.clone(),
+                    facts,
+                    at: now,
+                })
+                .await;
+        }
     }
 
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
@@ -286,10 +321,15 @@ async fn serve_agent(
         ours
     };
     if removed {
-        let store = fleet.inner.store.clone();
         let seen = *lock(&conn.last_seen);
-        let id = agent_id.clone();
-        tokio::task::spawn_blocking(move || agents::record_last_seen(&store, &id, seen));
+        fleet
+            .inner
+            .ingest
+            .send(Item::Seen {
+                agent_id: agent_id.clone(),
+                at: seen,
+            })
+            .await;
     }
     tracing::info!(agent = %agent_id, "agent disconnected");
     result

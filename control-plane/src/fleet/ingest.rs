@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use dynserv_shared::proto::OutputChunk;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::hub::{Hub, LiveEvent};
+use crate::agents::{self, AgentFacts};
 use crate::executions::{self, Status};
 use crate::store::Store;
 
@@ -23,6 +24,15 @@ const MAX_BATCH: usize = 4096;
 
 /// One thing to store.
 pub enum Item {
+    /// An agent connected with these facts (a reconnect storm of thousands of agents
+    /// becomes a few transactions instead of one fsync each).
+    Hello {
+        agent_id: String,
+        facts: AgentFacts,
+        at: DateTime<Utc>,
+    },
+    /// An agent's connection ended; it was last seen then.
+    Seen { agent_id: String, at: DateTime<Utc> },
     /// The agent started (or resumed) the job.
     Started { execution_id: Arc<str> },
     /// A chunk of output; `acked` learns the highest stored seq of the job.
@@ -92,6 +102,12 @@ fn apply(store: &Store, hub: &Hub, batch: &mut Vec<Item>) {
         let mut outcome = Outcome::default();
         for item in batch.iter() {
             match item {
+                Item::Hello {
+                    agent_id,
+                    facts,
+                    at,
+                } => agents::record_hello(w, agent_id, facts, *at)?,
+                Item::Seen { agent_id, at } => agents::record_last_seen(w, agent_id, *at)?,
                 Item::Started { execution_id } => executions::mark_running(w, execution_id, now)?,
                 Item::Chunk {
                     execution_id,
