@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use super::business_api::{self, may_see_requests, request_json, subscription_json};
-use super::pages::{form, page, page_with_status, rerender};
+use super::pages::{form, form_errors, page, page_with_status, rerender};
 use super::{redirect, Ctx, Req, Resp};
 use crate::app::App;
 use crate::error::{AppError, AppResult, Kind};
@@ -275,9 +275,7 @@ pub fn request_move(
             match e.kind {
                 Kind::Invalid => {
                     let (mut data, title) = request_page_data(app, ctx, id)?;
-                    if let Some(field) = &e.field {
-                        data["errors"] = json!({ field.clone(): e.message });
-                    }
+                    data["errors"] = Value::Object(form_errors(&e));
                     data["values"] = Value::Object(form.values());
                     page_with_status(app, req, ctx, e.status(), "request", &title, data)
                 }

@@ -233,12 +233,23 @@ pub(crate) fn form(req: &Req, ctx: &Ctx) -> AppResult<Form> {
     Ok(form)
 }
 
-/// The error fields a form template shows: `errors.<field>` and a general `error`.
-fn form_errors(err: &AppError) -> Value {
-    match &err.field {
-        Some(field) => json!({ field.clone(): err.message }),
-        None => json!({}),
+/// What a form template shows beside its fields: `errors.<field>` for every field the
+/// error names (empty when it names none; then the message is the page's `error`).
+pub(crate) fn form_errors(err: &AppError) -> Map<String, Value> {
+    err.field_errors()
+        .into_iter()
+        .map(|(field, message)| (field.to_string(), json!(message)))
+        .collect()
+}
+
+/// [`form_errors`] of an error that should sit beside a field: one that names no field
+/// is shown beside `fallback_field`.
+pub(crate) fn form_errors_or(err: &AppError, fallback_field: &str) -> Map<String, Value> {
+    let mut errors = form_errors(err);
+    if errors.is_empty() {
+        errors.insert(fallback_field.to_string(), json!(err.message));
     }
+    errors
 }
 
 /// Turns a validation error into a re-rendered form (422); other errors pass through.
@@ -256,7 +267,7 @@ pub(crate) fn rerender(
     if !matches!(err.kind, Kind::Invalid | Kind::BadRequest | Kind::Conflict) {
         return Err(err);
     }
-    data["errors"] = form_errors(&err);
+    data["errors"] = Value::Object(form_errors(&err));
     data["error"] = if err.field.is_none() {
         json!(err.message)
     } else {
