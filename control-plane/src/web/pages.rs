@@ -831,8 +831,9 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
                     full_name: form.get("full_name").map(String::from),
                     email: form.get("email").map(String::from),
                 };
-                crate::validate::username(input.username.as_deref())?;
-                let password = crate::validate::password("password", input.password.as_deref())?;
+                // Every field, and whether the username is free, before argon2 time.
+                app.store.read(|r| Ok(users::check_new(r, &input)?))?;
+                let password = input.password.clone().unwrap_or_default();
                 let hash = super::api::hash_off_thread(password).await?;
                 Ok(app
                     .store
