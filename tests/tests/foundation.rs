@@ -537,6 +537,21 @@ async fn bad_input_is_refused_clearly() {
         .await;
     assert_eq!(status, 422);
     assert!(html.contains("a project named Nova HR exists"));
+    // A budget that is not a number is reported with the taken name, on one page.
+    let csrf = client.csrf("/projects/new").await;
+    let (status, _, html) = client
+        .post(
+            "/projects/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "Nova HR"),
+                ("budget_monthly", "lots"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(html.contains("a project named Nova HR exists"), "{html}");
+    assert!(html.contains("Budget monthly must be a number"), "{html}");
 }
 
 /// The CLI works while `serve` runs: users, API tokens (only the token on stdout),

@@ -14,6 +14,7 @@ use crate::projects::{self, Project, ProjectInput, ProjectView};
 use crate::servers;
 use crate::store::Read;
 use crate::users::{self, NewUser, User, UserChange, UserView};
+use crate::validate::Problems;
 
 /// One navigation entry.
 struct NavItem {
@@ -627,27 +628,32 @@ pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
     }
     let form = form(req, ctx)?;
     let actor = ctx.actor(req);
-    let result = (|| {
+    let result = {
+        // A budget that is not a number is reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let budget_monthly = problems.check(crate::validate::money_text(
+            "budget_monthly",
+            form.get("budget_monthly"),
+        ));
         let input = ProjectInput {
             name: form.get("name").map(String::from),
             description: Some(form.get("description").unwrap_or("").to_string()),
             hetzner_token: form.get("hetzner_token").map(String::from),
-            budget_monthly: crate::validate::money_text(
-                "budget_monthly",
-                form.get("budget_monthly"),
-            )?,
+            budget_monthly: budget_monthly.unwrap_or(None),
             deploy_command: Some(form.get("deploy_command").unwrap_or("").to_string()),
         };
         let clear = form.checked("clear_token");
         app.store
             .write(|w| {
                 Ok(match &existing {
-                    Some(p) => projects::update(w, &app.keys, &actor, &p.id, &input, clear)?,
-                    None => projects::create(w, &app.keys, &actor, &input)?,
+                    Some(p) => projects::update_adding_to(
+                        w, &app.keys, &actor, &p.id, &input, clear, problems,
+                    )?,
+                    None => projects::create_adding_to(w, &app.keys, &actor, &input, problems)?,
                 })
             })
             .map_err(AppError::from)
-    })();
+    };
     match result {
         Ok(project) => Ok(redirect(
             &format!("/projects/{}", project.id),
