@@ -19,7 +19,7 @@ use crate::servers::Server;
 use crate::store::Read;
 use crate::subscriptions::{self, SubscriptionInput, SubscriptionStatus};
 use crate::users;
-use crate::validate;
+use crate::validate::{self, Problems};
 
 fn require(ctx: &Ctx, action: Action) -> AppResult<()> {
     if policy::can(&ctx.subject, action, None) {
@@ -136,8 +136,22 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::CreateRequest)?;
     let form = form(req, ctx)?;
     let actor = ctx.actor(req);
-    let result = (|| {
+    let result = {
         let text = |name: &str| form.get(name).map(String::from);
+        // Numbers that do not parse are reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let mut count = |name: &str| {
+            problems
+                .check(requests::count_text(name, form.get(name)))
+                .unwrap_or(None)
+        };
+        let (cpu_cores, ram_gb, disk_gb) = (count("cpu_cores"), count("ram_gb"), count("disk_gb"));
+        let monthly_budget = problems
+            .check(validate::money_text(
+                "monthly_budget",
+                form.get("monthly_budget"),
+            ))
+            .unwrap_or(None);
         let input = NewRequest {
             client_name: text("client_name"),
             client_email: text("client_email"),
@@ -146,16 +160,20 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             server_type: text("server_type"),
             location: text("location"),
             image: text("image"),
-            cpu_cores: requests::count_text("cpu_cores", form.get("cpu_cores"))?,
-            ram_gb: requests::count_text("ram_gb", form.get("ram_gb"))?,
-            disk_gb: requests::count_text("disk_gb", form.get("disk_gb"))?,
-            monthly_budget: validate::money_text("monthly_budget", form.get("monthly_budget"))?,
+            cpu_cores,
+            ram_gb,
+            disk_gb,
+            monthly_budget,
             notes: text("notes"),
         };
         app.store
-            .write(|w| Ok(requests::create(w, &actor, &ctx.user, &input)?))
+            .write(|w| {
+                Ok(requests::create_adding_to(
+                    w, &actor, &ctx.user, &input, problems,
+                )?)
+            })
             .map_err(AppError::from)
-    })();
+    };
     match result {
         Ok(request) => Ok(redirect(
             &requests::link(&request.id),
