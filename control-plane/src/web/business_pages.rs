@@ -478,38 +478,63 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
         .filter(|(k, _)| k == "server_ids")
         .map(|(_, v)| v)
         .collect();
-    let result = (|| {
+    let result = {
         let text = |name: &str| form.get(name).map(String::from);
+        // Numbers that do not parse are reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let monthly_cost = problems
+            .check(
+                validate::money_text("monthly_cost", form.get("monthly_cost")).and_then(|cost| {
+                    cost.ok_or_else(|| {
+                        AppError::invalid("monthly_cost", "monthly cost is required")
+                    })
+                }),
+            )
+            .ok();
+        let renewal_months = problems
+            .check(requests::count_text(
+                "renewal_months",
+                form.get("renewal_months"),
+            ))
+            .unwrap_or(None);
         let input = SubscriptionInput {
             client: Some(text("client").unwrap_or_default()),
             server_ids: Some(server_ids.clone()),
-            monthly_cost: Some(
-                validate::money_text("monthly_cost", form.get("monthly_cost"))?
-                    .ok_or_else(|| AppError::invalid("monthly_cost", "monthly cost is required"))?,
-            ),
+            monthly_cost,
             currency: Some(text("currency").unwrap_or_default()),
             starts_on: Some(text("starts_on").unwrap_or_default()),
             hosting_until: Some(text("hosting_until").unwrap_or_default()),
             auto_renew: Some(form.checked("auto_renew")),
-            renewal_months: requests::count_text("renewal_months", form.get("renewal_months"))?,
+            renewal_months,
             sales_agent: text("sales_agent"),
             notes: Some(text("notes").unwrap_or_default()),
         };
         app.store
             .write(|w| {
-                let owner = business_api::owner_of(w, ctx, input.sales_agent.as_deref())?;
+                let mut problems = problems;
+                let owner = problems
+                    .check(business_api::owner_of(w, ctx, input.sales_agent.as_deref()))
+                    .unwrap_or(None);
                 Ok(match &existing {
-                    Some(s) => subscriptions::update(w, &actor, &s.id, &input, owner.as_ref())?,
-                    None => subscriptions::create(
+                    Some(s) => subscriptions::update_adding_to(
+                        w,
+                        &actor,
+                        &s.id,
+                        &input,
+                        owner.as_ref(),
+                        problems,
+                    )?,
+                    None => subscriptions::create_adding_to(
                         w,
                         &actor,
                         owner.as_ref().unwrap_or(&ctx.user),
                         &input,
+                        problems,
                     )?,
                 })
             })
             .map_err(AppError::from)
-    })();
+    };
     match result {
         Ok(sub) => Ok(redirect(
             "/subscriptions",
