@@ -63,10 +63,10 @@ impl AppError {
             fields: Vec::new(),
         }
     }
-    /// One error for several invalid fields, each `(field, message)`, in the order a
-    /// person reads the form: the first is the primary `field` and `message` (what a
-    /// caller that knows one field sees), [`AppError::field_errors`] lists them all.
-    /// `None` when `fields` is empty.
+    /// One error for several invalid fields, each `(field, message)`, in the order
+    /// they were found: the first is the primary `field` and `message` (what a caller
+    /// that reads one field sees), [`AppError::field_errors`] lists them all. `None`
+    /// when `fields` is empty.
     pub fn invalid_fields(fields: Vec<(String, String)>) -> Option<AppError> {
         let (field, message) = fields.first()?.clone();
         Some(AppError {

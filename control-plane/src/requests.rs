@@ -351,7 +351,7 @@ pub fn create(
 
 /// Files a request like [`create`] when neither `earlier` (what the caller found
 /// reading its form) nor the checks here find a problem; else one error naming every
-/// bad field, in the order of the form.
+/// bad field: `earlier` ones first, then in the order of the form.
 pub fn create_adding_to(
     w: &mut Writer,
     actor: &Actor,
