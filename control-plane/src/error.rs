@@ -1,5 +1,6 @@
 //! The one error type of the web layer and the domain functions it calls: a stable
-//! kind, a message a person can act on, and optionally the form field at fault. The
+//! kind, a message a person can act on, and optionally the form field at fault (or,
+//! when a validation found several, every field at fault with its own message). The
 //! kind decides the HTTP status in exactly one place, [`AppError::status`].
 
 use warp::http::StatusCode;
@@ -9,7 +10,8 @@ use warp::http::StatusCode;
 pub enum Kind {
     /// The body or a parameter is malformed (400).
     BadRequest,
-    /// The request is well formed but a value is invalid (422); `field` names it.
+    /// The request is well formed but a value is invalid (422); `field` names it, and
+    /// [`AppError::field_errors`] lists every invalid field when there are several.
     Invalid,
     /// No valid session or token (401).
     Unauthenticated,
@@ -31,6 +33,10 @@ pub struct AppError {
     pub kind: Kind,
     pub message: String,
     pub field: Option<String>,
+    /// Every field at fault with its message, in the order they were checked, when a
+    /// validation reported several at once; the first is `field` and `message`. Empty
+    /// for an error about one field or none; read it through [`AppError::field_errors`].
+    fields: Vec<(String, String)>,
 }
 
 /// The result type of domain functions called from the web layer.
@@ -42,6 +48,7 @@ impl AppError {
             kind,
             message: message.into(),
             field: None,
+            fields: Vec::new(),
         }
     }
     pub fn bad_request(message: impl Into<String>) -> AppError {
@@ -53,7 +60,21 @@ impl AppError {
             kind: Kind::Invalid,
             message: message.into(),
             field: Some(field.to_string()),
+            fields: Vec::new(),
         }
+    }
+    /// One error for several invalid fields, each `(field, message)`, in the order
+    /// they were found: the first is the primary `field` and `message` (what a caller
+    /// that reads one field sees), [`AppError::field_errors`] lists them all. `None`
+    /// when `fields` is empty.
+    pub fn invalid_fields(fields: Vec<(String, String)>) -> Option<AppError> {
+        let (field, message) = fields.first()?.clone();
+        Some(AppError {
+            kind: Kind::Invalid,
+            message,
+            field: Some(field),
+            fields: if fields.len() > 1 { fields } else { Vec::new() },
+        })
     }
     pub fn forbidden() -> AppError {
         AppError::new(Kind::Forbidden, "you do not have permission to do that")
@@ -91,19 +112,48 @@ impl AppError {
         }
     }
 
-    /// The JSON body of an API error.
+    /// Every field at fault with its message, the primary one first; empty when the
+    /// error is about no field.
+    pub fn field_errors(&self) -> Vec<(&str, &str)> {
+        if !self.fields.is_empty() {
+            return self
+                .fields
+                .iter()
+                .map(|(field, message)| (field.as_str(), message.as_str()))
+                .collect();
+        }
+        match &self.field {
+            Some(field) => vec![(field.as_str(), self.message.as_str())],
+            None => Vec::new(),
+        }
+    }
+
+    /// The JSON body of an API error: `error` and `field` name the primary problem (as
+    /// scripts have always read them), `errors` maps every field at fault to its message.
     pub fn to_json(&self) -> serde_json::Value {
         let mut body = serde_json::json!({ "error": self.public_message() });
         if let Some(field) = &self.field {
             body["field"] = serde_json::Value::String(field.clone());
+            let errors: serde_json::Map<String, serde_json::Value> = self
+                .field_errors()
+                .into_iter()
+                .map(|(field, message)| (field.to_string(), message.into()))
+                .collect();
+            body["errors"] = serde_json::Value::Object(errors);
         }
         body
     }
 }
 
+/// The primary message, then the other fields' messages, so a log line or a CLI error
+/// names every problem.
 impl std::fmt::Display for AppError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        for (_, message) in self.fields.iter().skip(1) {
+            write!(f, "; {message}")?;
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::policy::Level;
 use crate::secrets::Keys;
 use crate::store::{Read, Record, Writer};
 use crate::users::{self, User};
-use crate::validate;
+use crate::validate::{self, Problems};
 
 const BY_NAME: &str = "project_by_name";
 const GRANT_BY_USER: &str = "grant_by_user";
@@ -134,6 +134,40 @@ fn check_token(token: &str) -> AppResult<()> {
     Ok(())
 }
 
+/// A typed token, trimmed; empty is `None`.
+fn typed_token(input: &ProjectInput) -> AppResult<Option<&str>> {
+    match input
+        .hetzner_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(token) => check_token(token).map(|()| Some(token)),
+        None => Ok(None),
+    }
+}
+
+/// A project name free for the project `own_id` (or a new one), checked into
+/// `problems` when the name itself is valid.
+fn check_name(
+    r: &impl Read,
+    name: &AppResult<String>,
+    own_id: Option<&str>,
+    problems: &mut Problems,
+) -> AppResult<()> {
+    if let Ok(name) = name {
+        if let Some(other) = find(r, name)? {
+            if Some(other.id.as_str()) != own_id {
+                problems.add(AppError::invalid(
+                    "name",
+                    format!("a project named {name} exists"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates a project.
 pub fn create(
     w: &mut Writer,
@@ -141,37 +175,43 @@ pub fn create(
     actor: &Actor,
     input: &ProjectInput,
 ) -> AppResult<Project> {
-    let name = validate::required("name", input.name.as_deref(), 80)?;
-    let description = validate::optional(
+    create_adding_to(w, keys, actor, input, Problems::new())
+}
+
+/// Creates a project when neither `earlier` (what the caller found reading its form)
+/// nor the checks here find a problem; else one error naming every bad field.
+pub fn create_adding_to(
+    w: &mut Writer,
+    keys: &Keys,
+    actor: &Actor,
+    input: &ProjectInput,
+    earlier: Problems,
+) -> AppResult<Project> {
+    let mut problems = earlier;
+    let name = problems.check(validate::required("name", input.name.as_deref(), 80));
+    check_name(w, &name, None, &mut problems)?;
+    let description = problems.check(validate::optional(
         "description",
         input.description.as_deref(),
         validate::MAX_TEXT,
-    )?;
-    let budget_monthly = validate::money("budget_monthly", input.budget_monthly)?;
-    let deploy_command =
-        validate::optional("deploy_command", input.deploy_command.as_deref(), 1000)?;
-    let token = input
-        .hetzner_token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    if let Some(t) = token {
-        check_token(t)?;
-    }
-    if find(w, &name)?.is_some() {
-        return Err(AppError::invalid(
-            "name",
-            format!("a project named {name} exists"),
-        ));
-    }
+    ));
+    let budget_monthly = problems.check(validate::money("budget_monthly", input.budget_monthly));
+    let deploy_command = problems.check(validate::optional(
+        "deploy_command",
+        input.deploy_command.as_deref(),
+        1000,
+    ));
+    let token = problems.check(typed_token(input));
+    problems.finish()?;
+    let (name, token) = (name?, token?);
     let project = Project {
         id: uuid::Uuid::new_v4().to_string(),
         name: name.clone(),
-        description,
-        budget_monthly,
+        description: description?,
+        budget_monthly: budget_monthly?,
         hetzner_token_enc: token.map(|t| keys.encrypt(t)),
         last_sync: None,
-        deploy_command,
+        deploy_command: deploy_command?,
         created_at: chrono::Utc::now(),
     };
     w.put(&project)?;
@@ -199,45 +239,78 @@ pub fn update(
     input: &ProjectInput,
     clear_token: bool,
 ) -> AppResult<Project> {
+    update_adding_to(
+        w,
+        keys,
+        actor,
+        project_id,
+        input,
+        clear_token,
+        Problems::new(),
+    )
+}
+
+/// Edits a project like [`update`] when neither `earlier` (what the caller found
+/// reading its form) nor the checks here find a problem; else one error naming every
+/// bad field, and nothing changes.
+pub fn update_adding_to(
+    w: &mut Writer,
+    keys: &Keys,
+    actor: &Actor,
+    project_id: &str,
+    input: &ProjectInput,
+    clear_token: bool,
+    earlier: Problems,
+) -> AppResult<Project> {
     let mut project: Project = w
         .get(project_id)?
         .ok_or_else(|| AppError::not_found("project"))?;
+    let mut problems = earlier;
+    let name = input
+        .name
+        .as_deref()
+        .map(|name| problems.check(validate::required("name", Some(name), 80)));
+    if let Some(name) = &name {
+        check_name(w, name, Some(&project.id), &mut problems)?;
+    }
+    let description = input.description.as_deref().map(|d| {
+        problems.check(validate::optional(
+            "description",
+            Some(d),
+            validate::MAX_TEXT,
+        ))
+    });
+    let budget_monthly = input
+        .budget_monthly
+        .map(|b| problems.check(validate::money("budget_monthly", Some(b))));
+    let deploy_command = input
+        .deploy_command
+        .as_deref()
+        .map(|cmd| problems.check(validate::optional("deploy_command", Some(cmd), 1000)));
+    let token = problems.check(typed_token(input));
+    problems.finish()?;
     let mut changes = Vec::new();
-    if let Some(name) = input.name.as_deref() {
-        let name = validate::required("name", Some(name), 80)?;
+    if let Some(name) = name {
+        let name = name?;
         if name != project.name {
-            if let Some(other) = find(w, &name)? {
-                if other.id != project.id {
-                    return Err(AppError::invalid(
-                        "name",
-                        format!("a project named {name} exists"),
-                    ));
-                }
-            }
             w.index_delete(BY_NAME, &project.name.to_lowercase())?;
             w.index_put(BY_NAME, &name.to_lowercase(), &project.id)?;
             changes.push(format!("renamed {} -> {name}", project.name));
             project.name = name;
         }
     }
-    if let Some(d) = input.description.as_deref() {
-        project.description = validate::optional("description", Some(d), validate::MAX_TEXT)?;
+    if let Some(description) = description {
+        project.description = description?;
     }
-    if input.budget_monthly.is_some() {
-        project.budget_monthly = validate::money("budget_monthly", input.budget_monthly)?;
+    if let Some(budget) = budget_monthly {
+        project.budget_monthly = budget?;
         changes.push(format!("budget {:?}", project.budget_monthly));
     }
-    if let Some(cmd) = input.deploy_command.as_deref() {
-        project.deploy_command = validate::optional("deploy_command", Some(cmd), 1000)?;
+    if let Some(cmd) = deploy_command {
+        project.deploy_command = cmd?;
     }
-    match input
-        .hetzner_token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
+    match token? {
         Some(token) => {
-            check_token(token)?;
             project.hetzner_token_enc = Some(keys.encrypt(token));
             changes.push("Hetzner token replaced".into());
         }
@@ -340,5 +413,139 @@ pub fn hetzner_token(
     match &project.hetzner_token_enc {
         Some(enc) => Ok(Some(keys.decrypt(enc)?)),
         None => Ok(default.map(String::from)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// The fields an error names, in order.
+    fn fields(err: &AppError) -> Vec<&str> {
+        err.field_errors().into_iter().map(|(f, _)| f).collect()
+    }
+
+    fn world() -> (tempfile::TempDir, Store, Keys, Project) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let keys = Keys::from_master(b"test secret");
+        let input = ProjectInput {
+            name: Some("Nova HR".into()),
+            budget_monthly: Some(100.0),
+            ..Default::default()
+        };
+        let project = store
+            .write(|w| Ok(create(w, &keys, &Actor::system(), &input)?))
+            .unwrap();
+        (dir, store, keys, project)
+    }
+
+    /// A new project with a taken name, a negative budget, a long deploy command and a
+    /// token with spaces hears about all four at once, and nothing is created; what
+    /// the caller found before (a budget that was not a number) comes first.
+    #[test]
+    fn create_reports_every_problem() {
+        let (_dir, store, keys, _) = world();
+        let input = ProjectInput {
+            name: Some("nova hr".into()),
+            budget_monthly: Some(-1.0),
+            deploy_command: Some("x".repeat(1001)),
+            hetzner_token: Some("two words".into()),
+            ..Default::default()
+        };
+        let err = store
+            .write(|w| Ok(create(w, &keys, &Actor::system(), &input)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            fields(&err),
+            ["name", "budget_monthly", "deploy_command", "hetzner_token"]
+        );
+        assert_eq!(err.message, "a project named nova hr exists");
+
+        let mut earlier = Problems::new();
+        earlier.add(AppError::invalid(
+            "budget_monthly",
+            "Budget monthly must be a number",
+        ));
+        let input = ProjectInput {
+            name: Some(" ".into()),
+            ..Default::default()
+        };
+        let err = store
+            .write(|w| {
+                Ok(create_adding_to(
+                    w,
+                    &keys,
+                    &Actor::system(),
+                    &input,
+                    earlier,
+                ))
+            })
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&err), ["budget_monthly", "name"]);
+        assert_eq!(store.read(all).unwrap().len(), 1);
+    }
+
+    /// An edit with several bad fields names them all and changes nothing; a valid
+    /// edit (its own name kept) still goes through.
+    #[test]
+    fn update_reports_every_problem() {
+        let (_dir, store, keys, project) = world();
+        store
+            .write(|w| {
+                let other = ProjectInput {
+                    name: Some("Acme".into()),
+                    ..Default::default()
+                };
+                Ok(create(w, &keys, &Actor::system(), &other)?)
+            })
+            .unwrap();
+        let input = ProjectInput {
+            name: Some("ACME".into()),
+            description: Some("x".repeat(validate::MAX_TEXT + 1)),
+            budget_monthly: Some(f64::NAN),
+            ..Default::default()
+        };
+        let err = store
+            .write(|w| {
+                Ok(update(
+                    w,
+                    &keys,
+                    &Actor::system(),
+                    &project.id,
+                    &input,
+                    false,
+                ))
+            })
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&err), ["name", "description", "budget_monthly"]);
+        let kept = store.read(|r| find(r, &project.id)).unwrap().unwrap();
+        assert_eq!(
+            (kept.name.as_str(), kept.budget_monthly),
+            ("Nova HR", Some(100.0))
+        );
+
+        let input = ProjectInput {
+            name: Some("Nova HR".into()),
+            budget_monthly: Some(120.0),
+            ..Default::default()
+        };
+        let saved = store
+            .write(|w| {
+                Ok(update(
+                    w,
+                    &keys,
+                    &Actor::system(),
+                    &project.id,
+                    &input,
+                    false,
+                )?)
+            })
+            .unwrap();
+        assert_eq!(saved.budget_monthly, Some(120.0));
     }
 }

@@ -333,6 +333,12 @@ pub fn count_text(field: &str, value: Option<&str>) -> AppResult<Option<u32>> {
     }
 }
 
+/// The project a request names, by name or id.
+fn project_named(r: &impl Read, key: &str) -> AppResult<Project> {
+    projects::find(r, key)?
+        .ok_or_else(|| AppError::invalid("project", format!("there is no project named {key}")))
+}
+
 /// Validates and files a request by `requester`; announces it to the admins.
 pub fn create(
     w: &mut Writer,
@@ -340,24 +346,52 @@ pub fn create(
     requester: &User,
     input: &NewRequest,
 ) -> AppResult<Request> {
-    let client_name = validate::required("client_name", input.client_name.as_deref(), 120)?;
-    let client_email = validate::email("client_email", input.client_email.as_deref())?;
-    let purpose = validate::required("purpose", input.purpose.as_deref(), 300)?;
-    let project_key = validate::required("project", input.project.as_deref(), 120)?;
-    let project = projects::find(w, &project_key)?.ok_or_else(|| {
-        AppError::invalid(
-            "project",
-            format!("there is no project named {project_key}"),
-        )
-    })?;
-    let server_type = slug("server_type", input.server_type.as_deref(), 40)?;
-    let location = slug("location", input.location.as_deref(), 40)?;
-    let image = slug("image", input.image.as_deref(), 80)?;
-    let cpu_cores = amount_in("cpu_cores", input.cpu_cores, 512)?;
-    let ram_gb = amount_in("ram_gb", input.ram_gb, 4096)?;
-    let disk_gb = amount_in("disk_gb", input.disk_gb, 100_000)?;
-    let monthly_budget = validate::money("monthly_budget", input.monthly_budget)?;
-    let notes = validate::optional("notes", input.notes.as_deref(), validate::MAX_TEXT)?;
+    create_adding_to(w, actor, requester, input, validate::Problems::new())
+}
+
+/// Files a request like [`create`] when neither `earlier` (what the caller found
+/// reading its form) nor the checks here find a problem; else one error naming every
+/// bad field: `earlier` ones first, then in the order of the form.
+pub fn create_adding_to(
+    w: &mut Writer,
+    actor: &Actor,
+    requester: &User,
+    input: &NewRequest,
+    earlier: validate::Problems,
+) -> AppResult<Request> {
+    let mut problems = earlier;
+    let client_name = problems.check(validate::required(
+        "client_name",
+        input.client_name.as_deref(),
+        120,
+    ));
+    let client_email = problems.check(validate::email(
+        "client_email",
+        input.client_email.as_deref(),
+    ));
+    let purpose = problems.check(validate::required("purpose", input.purpose.as_deref(), 300));
+    let project = problems.check(
+        validate::required("project", input.project.as_deref(), 120)
+            .and_then(|key| project_named(w, &key)),
+    );
+    let server_type = problems.check(slug("server_type", input.server_type.as_deref(), 40));
+    let location = problems.check(slug("location", input.location.as_deref(), 40));
+    let image = problems.check(slug("image", input.image.as_deref(), 80));
+    let cpu_cores = problems.check(amount_in("cpu_cores", input.cpu_cores, 512));
+    let ram_gb = problems.check(amount_in("ram_gb", input.ram_gb, 4096));
+    let disk_gb = problems.check(amount_in("disk_gb", input.disk_gb, 100_000));
+    let monthly_budget = problems.check(validate::money("monthly_budget", input.monthly_budget));
+    let notes = problems.check(validate::optional(
+        "notes",
+        input.notes.as_deref(),
+        validate::MAX_TEXT,
+    ));
+    problems.finish()?;
+    let (client_name, client_email, purpose, project) =
+        (client_name?, client_email?, purpose?, project?);
+    let (server_type, location, image) = (server_type?, location?, image?);
+    let (cpu_cores, ram_gb, disk_gb) = (cpu_cores?, ram_gb?, disk_gb?);
+    let (monthly_budget, notes) = (monthly_budget?, notes?);
     let now = chrono::Utc::now();
     let request = Request {
         id: uuid::Uuid::now_v7().to_string(),
@@ -1173,5 +1207,61 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field));
         }
+    }
+
+    /// A request with many bad fields hears about all of them at once, in the form's
+    /// order, an unknown project included; what the form found before (a count that is
+    /// not a number) comes first; nothing is filed.
+    #[test]
+    fn validation_reports_every_field() {
+        let world = world(false, None);
+        let bad = NewRequest {
+            client_name: Some(" ".into()),
+            client_email: Some("ops@acme".into()),
+            purpose: Some("shop".into()),
+            project: Some("Nowhere".into()),
+            server_type: Some("cx 21".into()),
+            location: Some("fsn1".into()),
+            image: None,
+            cpu_cores: Some(0),
+            monthly_budget: Some(-1.0),
+            ..Default::default()
+        };
+        let mut earlier = validate::Problems::new();
+        earlier.add(AppError::invalid("ram_gb", "Ram gb must be a whole number"));
+        let err = world
+            .store
+            .write(|w| {
+                Ok(create_adding_to(
+                    w,
+                    &actor(&world.sales),
+                    &world.sales,
+                    &bad,
+                    earlier,
+                ))
+            })
+            .unwrap()
+            .unwrap_err();
+        let fields: Vec<&str> = err.field_errors().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "ram_gb",
+                "client_name",
+                "client_email",
+                "project",
+                "server_type",
+                "image",
+                "cpu_cores",
+                "monthly_budget"
+            ]
+        );
+        assert_eq!(err.field.as_deref(), Some("ram_gb"));
+        let messages: std::collections::HashMap<&str, &str> =
+            err.field_errors().into_iter().collect();
+        assert_eq!(messages["project"], "there is no project named Nowhere");
+        assert_eq!(messages["image"], "Image is required");
+        let filed = world.store.read(|r| r.list::<Request>()).unwrap();
+        assert!(filed.is_empty(), "{filed:?}");
     }
 }

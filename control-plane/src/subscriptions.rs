@@ -26,7 +26,7 @@ use crate::policy::{self, Subject};
 use crate::servers::Server;
 use crate::store::{Read, Record, Store, Writer};
 use crate::users::User;
-use crate::validate;
+use crate::validate::{self, Problems};
 
 /// Days before the end at which a subscription that does not renew is announced.
 pub const REMINDER_DAYS: [u32; 3] = [30, 7, 1];
@@ -137,25 +137,87 @@ fn check_servers(r: &impl Read, ids: &[String]) -> AppResult<Vec<String>> {
     Ok(out)
 }
 
-/// Applies `input` on top of `sub` (a new one or an existing one), validating all.
-fn apply(r: &impl Read, sub: &mut Subscription, input: &SubscriptionInput) -> AppResult<()> {
-    if let Some(client) = input.client.as_deref() {
-        sub.client = validate::required("client", Some(client), 120)?;
+/// Applies `input` on top of `sub` (a new one or an existing one) when neither
+/// `problems` (found before) nor the checks here find a problem; else one error naming
+/// every bad field, and `sub` is unchanged.
+fn apply(
+    r: &impl Read,
+    sub: &mut Subscription,
+    input: &SubscriptionInput,
+    mut problems: Problems,
+) -> AppResult<()> {
+    let client = input
+        .client
+        .as_deref()
+        .map(|client| problems.check(validate::required("client", Some(client), 120)));
+    let server_ids = input
+        .server_ids
+        .as_ref()
+        .map(|ids| problems.check(check_servers(r, ids)));
+    let monthly_cost = input
+        .monthly_cost
+        .map(|cost| problems.check(validate::money("monthly_cost", Some(cost))));
+    let currency = input
+        .currency
+        .as_deref()
+        .map(|c| problems.check(currency(c)));
+    let starts_on = input
+        .starts_on
+        .as_deref()
+        .map(|d| problems.check(date("starts_on", d)));
+    let hosting_until = input
+        .hosting_until
+        .as_deref()
+        .map(|d| problems.check(date("hosting_until", d)));
+    if let Some(m) = input.renewal_months {
+        if m == 0 || m > 120 {
+            problems.add(AppError::invalid(
+                "renewal_months",
+                "renewal months must be between 1 and 120",
+            ));
+        }
     }
-    if let Some(ids) = &input.server_ids {
-        sub.server_ids = check_servers(r, ids)?;
+    let notes = input
+        .notes
+        .as_deref()
+        .map(|n| problems.check(validate::optional("notes", Some(n), validate::MAX_TEXT)));
+    // The period is judged on the dates it will have, once both are valid.
+    let start = match &starts_on {
+        Some(Ok(d)) => Some(*d),
+        Some(Err(_)) => None,
+        None => Some(sub.starts_on),
+    };
+    let until = match &hosting_until {
+        Some(Ok(d)) => Some(*d),
+        Some(Err(_)) => None,
+        None => Some(sub.hosting_until),
+    };
+    if let (Some(start), Some(until)) = (start, until) {
+        if until < start {
+            problems.add(AppError::invalid(
+                "hosting_until",
+                "hosting until must not be before the start date",
+            ));
+        }
     }
-    if input.monthly_cost.is_some() {
-        sub.monthly_cost = validate::money("monthly_cost", input.monthly_cost)?.unwrap_or(0.0);
+    problems.finish()?;
+    if let Some(client) = client {
+        sub.client = client?;
     }
-    if let Some(c) = input.currency.as_deref() {
-        sub.currency = currency(c)?;
+    if let Some(ids) = server_ids {
+        sub.server_ids = ids?;
     }
-    if let Some(d) = input.starts_on.as_deref() {
-        sub.starts_on = date("starts_on", d)?;
+    if let Some(cost) = monthly_cost {
+        sub.monthly_cost = cost?.unwrap_or(0.0);
     }
-    if let Some(d) = input.hosting_until.as_deref() {
-        let until = date("hosting_until", d)?;
+    if let Some(c) = currency {
+        sub.currency = c?;
+    }
+    if let Some(d) = starts_on {
+        sub.starts_on = d?;
+    }
+    if let Some(until) = hosting_until {
+        let until = until?;
         if until != sub.hosting_until {
             // A new end date gets its own reminders.
             sub.reminders_sent.clear();
@@ -167,22 +229,10 @@ fn apply(r: &impl Read, sub: &mut Subscription, input: &SubscriptionInput) -> Ap
         sub.auto_renew = a;
     }
     if let Some(m) = input.renewal_months {
-        if m == 0 || m > 120 {
-            return Err(AppError::invalid(
-                "renewal_months",
-                "renewal months must be between 1 and 120",
-            ));
-        }
         sub.renewal_months = m;
     }
-    if let Some(n) = input.notes.as_deref() {
-        sub.notes = validate::optional("notes", Some(n), validate::MAX_TEXT)?;
-    }
-    if sub.hosting_until < sub.starts_on {
-        return Err(AppError::invalid(
-            "hosting_until",
-            "hosting until must not be before the start date",
-        ));
+    if let Some(n) = notes {
+        sub.notes = n?;
     }
     Ok(())
 }
@@ -194,16 +244,38 @@ pub fn create(
     owner: &User,
     input: &SubscriptionInput,
 ) -> AppResult<Subscription> {
-    validate::required("client", input.client.as_deref(), 120)?;
+    create_adding_to(w, actor, owner, input, Problems::new())
+}
+
+/// Creates a subscription like [`create`] when neither `earlier` (what the caller
+/// found reading its form) nor the checks here find a problem; else one error naming
+/// every bad field.
+pub fn create_adding_to(
+    w: &mut Writer,
+    actor: &Actor,
+    owner: &User,
+    input: &SubscriptionInput,
+    earlier: Problems,
+) -> AppResult<Subscription> {
+    let mut problems = earlier;
+    let _ = problems.check(validate::required("client", input.client.as_deref(), 120));
     if input.monthly_cost.is_none() {
-        return Err(AppError::invalid(
+        problems.add(AppError::invalid(
             "monthly_cost",
             "monthly cost is required",
         ));
     }
-    validate::required("currency", input.currency.as_deref(), 3)?;
-    validate::required("starts_on", input.starts_on.as_deref(), 10)?;
-    validate::required("hosting_until", input.hosting_until.as_deref(), 10)?;
+    let _ = problems.check(validate::required("currency", input.currency.as_deref(), 3));
+    let _ = problems.check(validate::required(
+        "starts_on",
+        input.starts_on.as_deref(),
+        10,
+    ));
+    let _ = problems.check(validate::required(
+        "hosting_until",
+        input.hosting_until.as_deref(),
+        10,
+    ));
     let now = Utc::now();
     let today = now.date_naive();
     let mut sub = Subscription {
@@ -225,7 +297,7 @@ pub fn create(
         created_at: now,
         updated_at: now,
     };
-    apply(w, &mut sub, input)?;
+    apply(w, &mut sub, input, problems)?;
     w.put(&sub)?;
     audit::record(
         w,
@@ -248,10 +320,24 @@ pub fn update(
     input: &SubscriptionInput,
     owner: Option<&User>,
 ) -> AppResult<Subscription> {
+    update_adding_to(w, actor, id, input, owner, Problems::new())
+}
+
+/// Changes a subscription like [`update`] when neither `earlier` (what the caller
+/// found reading its form) nor the checks here find a problem; else one error naming
+/// every bad field, and nothing changes.
+pub fn update_adding_to(
+    w: &mut Writer,
+    actor: &Actor,
+    id: &str,
+    input: &SubscriptionInput,
+    owner: Option<&User>,
+    earlier: Problems,
+) -> AppResult<Subscription> {
     let mut sub: Subscription = w
         .get(id)?
         .ok_or_else(|| AppError::not_found("subscription"))?;
-    apply(w, &mut sub, input)?;
+    apply(w, &mut sub, input, earlier)?;
     if let Some(owner) = owner {
         sub.sales_agent_id = owner.id.clone();
         sub.sales_agent = owner.username.clone();
@@ -597,6 +683,74 @@ mod tests {
         let mut expired = sub("2026-01-31", false);
         expired.status = SubscriptionStatus::Expired;
         assert_eq!(plan(&[expired], day("2027-01-01")), vec![]);
+    }
+
+    /// A subscription with several bad fields (and an end before its start, once
+    /// both dates are valid) names every one at once; an edit changes nothing then.
+    #[test]
+    fn validation_reports_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let sales = store
+            .write(|w| users::test_user(w, "sales", "sales"))
+            .unwrap();
+        let fields = |err: &AppError| -> Vec<String> {
+            err.field_errors()
+                .into_iter()
+                .map(|(f, _)| f.to_string())
+                .collect()
+        };
+        let bad = SubscriptionInput {
+            client: Some(" ".into()),
+            server_ids: Some(vec!["nope".into()]),
+            currency: Some("euro".into()),
+            starts_on: Some("31/12/2026".into()),
+            hosting_until: Some("2026-01-01".into()),
+            renewal_months: Some(0),
+            ..Default::default()
+        };
+        let err = store
+            .write(|w| Ok(create(w, &Actor::system(), &sales, &bad)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            fields(&err),
+            [
+                "client",
+                "monthly_cost",
+                "currency",
+                "server_ids",
+                "starts_on",
+                "renewal_months"
+            ]
+        );
+        assert_eq!(err.field.as_deref(), Some("client"));
+
+        let good = SubscriptionInput {
+            client: Some("Acme".into()),
+            monthly_cost: Some(10.0),
+            currency: Some("eur".into()),
+            starts_on: Some("2026-01-01".into()),
+            hosting_until: Some("2026-12-31".into()),
+            ..Default::default()
+        };
+        let sub = store
+            .write(|w| Ok(create(w, &Actor::system(), &sales, &good)?))
+            .unwrap();
+        let change = SubscriptionInput {
+            monthly_cost: Some(-5.0),
+            hosting_until: Some("2025-06-30".into()),
+            notes: Some("x".repeat(validate::MAX_TEXT + 1)),
+            ..Default::default()
+        };
+        let err = store
+            .write(|w| Ok(update(w, &Actor::system(), &sub.id, &change, None)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&err), ["monthly_cost", "notes", "hosting_until"]);
+        let kept: Subscription = store.get(&sub.id).unwrap().unwrap();
+        assert_eq!(kept.monthly_cost, 10.0);
+        assert_eq!(kept.hosting_until, day("2026-12-31"));
     }
 
     /// Run day by day with an injected date: each reminder once to the owner and the

@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::policy::{Role, Subject};
 use crate::projects;
 use crate::store::{Read, Record, Writer};
-use crate::validate;
+use crate::validate::{self, Problems};
 
 const BY_NAME: &str = "user_by_name";
 
@@ -144,6 +144,51 @@ pub fn find(r: &impl Read, key: &str) -> anyhow::Result<Option<User>> {
     }
 }
 
+/// An optional e-mail address: empty is `None`.
+fn optional_email(value: Option<&str>) -> AppResult<Option<String>> {
+    match value.map(str::trim).filter(|e| !e.is_empty()) {
+        Some(e) => validate::email("email", Some(e)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The fields of a new user but the password, checked into `problems` one by one; the
+/// username's availability too when it is well formed.
+fn check_new_fields(
+    r: &impl Read,
+    input: &NewUser,
+    problems: &mut Problems,
+) -> AppResult<(String, Role, Option<String>, Option<String>)> {
+    let username = problems.check(validate::username(input.username.as_deref()));
+    if let Ok(name) = &username {
+        if by_username(r, name)?.is_some() {
+            problems.add(AppError::invalid(
+                "username",
+                format!("username {name} is taken"),
+            ));
+        }
+    }
+    let role = problems.check(parse_role(input.role.as_deref()));
+    let full_name = problems.check(validate::optional(
+        "full_name",
+        input.full_name.as_deref(),
+        120,
+    ));
+    let email = problems.check(optional_email(input.email.as_deref()));
+    Ok((username?, role?, full_name?, email?))
+}
+
+/// Checks every field of a new user, its password and whether the username is free,
+/// reporting all problems at once: what the web layer asks before spending argon2
+/// time on the password.
+pub fn check_new(r: &impl Read, input: &NewUser) -> AppResult<()> {
+    let mut problems = Problems::new();
+    let fields = check_new_fields(r, input, &mut problems);
+    let _ = problems.check(validate::password("password", input.password.as_deref()));
+    problems.finish()?;
+    fields.map(|_| ())
+}
+
 /// Validates and creates a user. The password is hashed before the transaction.
 pub fn create(
     w: &mut Writer,
@@ -151,31 +196,19 @@ pub fn create(
     input: &NewUser,
     password_hash: Option<String>,
 ) -> AppResult<User> {
-    let username = validate::username(input.username.as_deref())?;
-    let role = parse_role(input.role.as_deref())?;
-    let full_name = validate::optional("full_name", input.full_name.as_deref(), 120)?;
-    let email = match input
-        .email
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
-        Some(e) => Some(validate::email("email", Some(e))?),
-        None => None,
+    let mut problems = Problems::new();
+    let fields = check_new_fields(w, input, &mut problems);
+    // A given hash stands for a password the caller checked already.
+    let password = match &password_hash {
+        Some(_) => Ok(String::new()),
+        None => problems.check(validate::password("password", input.password.as_deref())),
     };
+    problems.finish()?;
+    let (username, role, full_name, email) = fields?;
     let password_hash = match password_hash {
-        Some(h) => h,
-        None => {
-            let password = validate::password("password", input.password.as_deref())?;
-            hash_password(&password)?
-        }
+        Some(hash) => hash,
+        None => hash_password(&password?)?,
     };
-    if by_username(w, &username)?.is_some() {
-        return Err(AppError::invalid(
-            "username",
-            format!("username {username} is taken"),
-        ));
-    }
     let now = chrono::Utc::now();
     let user = User {
         id: uuid::Uuid::new_v4().to_string(),
@@ -205,24 +238,27 @@ pub fn create(
     Ok(user)
 }
 
-/// Validates a change before any hashing (so a bad form costs no argon2 time).
+/// Validates a change before any hashing (so a bad form costs no argon2 time),
+/// reporting every bad field at once.
 pub fn check_change(change: &UserChange) -> AppResult<()> {
+    let mut problems = Problems::new();
+    check_change_into(change, &mut problems);
+    problems.finish()
+}
+
+fn check_change_into(change: &UserChange, problems: &mut Problems) {
     if let Some(role) = change.role.as_deref() {
-        parse_role(Some(role))?;
+        let _ = problems.check(parse_role(Some(role)));
     }
+    let _ = problems.check(validate::optional(
+        "full_name",
+        change.full_name.as_deref(),
+        120,
+    ));
+    let _ = problems.check(optional_email(change.email.as_deref()));
     if let Some(p) = change.password.as_deref().filter(|p| !p.is_empty()) {
-        validate::password("password", Some(p))?;
+        let _ = problems.check(validate::password("password", Some(p)));
     }
-    validate::optional("full_name", change.full_name.as_deref(), 120)?;
-    if let Some(e) = change
-        .email
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
-        validate::email("email", Some(e))?;
-    }
-    Ok(())
 }
 
 /// Applies a change to a user. `new_password_hash` is the hash of `change.password`.
@@ -234,16 +270,27 @@ pub fn update(
     change: &UserChange,
     new_password_hash: Option<String>,
 ) -> AppResult<User> {
-    check_change(change)?;
     let mut user: User = w.get(user_id)?.ok_or_else(|| AppError::not_found("user"))?;
-    let mut changes = Vec::new();
     let self_edit = user.username == actor.username;
-    if let Some(role) = change.role.as_deref() {
-        let role = parse_role(Some(role))?;
+    let mut problems = Problems::new();
+    check_change_into(change, &mut problems);
+    let role = change.role.as_deref().map(|r| parse_role(Some(r)));
+    if let Some(Ok(role)) = role {
+        if role != user.role && self_edit && user.role == Role::Admin {
+            problems.add(AppError::invalid("role", "you cannot change your own role"));
+        }
+    }
+    if change.active == Some(false) && user.active && self_edit {
+        problems.add(AppError::invalid(
+            "active",
+            "you cannot deactivate yourself",
+        ));
+    }
+    problems.finish()?;
+    let mut changes = Vec::new();
+    if let Some(role) = role {
+        let role = role?;
         if role != user.role {
-            if self_edit && user.role == Role::Admin {
-                return Err(AppError::invalid("role", "you cannot change your own role"));
-            }
             changes.push(format!("role {} -> {}", user.role.as_str(), role.as_str()));
             user.role = role;
         }
@@ -256,12 +303,6 @@ pub fn update(
     }
     if let Some(active) = change.active {
         if active != user.active {
-            if self_edit && !active {
-                return Err(AppError::invalid(
-                    "active",
-                    "you cannot deactivate yourself",
-                ));
-            }
             changes.push(if active {
                 "reactivated".to_string()
             } else {
@@ -274,10 +315,7 @@ pub fn update(
         user.full_name = validate::optional("full_name", Some(name), 120)?;
     }
     if let Some(email) = change.email.as_deref() {
-        user.email = match email.trim() {
-            "" => None,
-            e => Some(validate::email("email", Some(e))?),
-        };
+        user.email = optional_email(Some(email))?;
     }
     if let Some(hash) = new_password_hash {
         user.password_hash = hash;
@@ -326,4 +364,128 @@ pub(crate) fn test_user(w: &mut Writer, username: &str, role: &str) -> anyhow::R
         ..Default::default()
     };
     Ok(create(w, &Actor::system(), &input, Some("x".into()))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// The fields an error names, in order.
+    fn fields(err: &AppError) -> Vec<&str> {
+        err.field_errors().into_iter().map(|(f, _)| f).collect()
+    }
+
+    fn store_with_sohila() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.write(|w| test_user(w, "sohila", "admin")).unwrap();
+        (dir, store)
+    }
+
+    /// A new user with every field wrong hears about every field at once, a taken
+    /// username included, and nothing is created.
+    #[test]
+    fn new_user_problems_are_reported_together() {
+        let (_dir, store) = store_with_sohila();
+        let input = NewUser {
+            username: Some("sohila".into()),
+            password: Some("short".into()),
+            role: Some("king".into()),
+            full_name: Some("x".repeat(121)),
+            email: Some("sohila@localhost".into()),
+            ..Default::default()
+        };
+        let err = store
+            .read(|r| Ok(check_new(r, &input)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::Invalid);
+        assert_eq!(
+            fields(&err),
+            ["username", "role", "full_name", "email", "password"]
+        );
+        assert_eq!(err.field.as_deref(), Some("username"));
+        assert_eq!(err.message, "username sohila is taken");
+        let created = store
+            .write(|w| Ok(create(w, &Actor::system(), &input, None)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&created), fields(&err));
+        assert_eq!(store.read(all).unwrap().len(), 1);
+
+        // A malformed username is reported as such, not looked up.
+        let input = NewUser {
+            username: Some("Bad Name".into()),
+            email: Some("nope".into()),
+            role: Some("sales".into()),
+            password: Some("long-enough".into()),
+            ..Default::default()
+        };
+        let err = store
+            .read(|r| Ok(check_new(r, &input)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&err), ["username", "email"]);
+        assert!(
+            err.message.starts_with("username must be"),
+            "{}",
+            err.message
+        );
+    }
+
+    /// What was valid stays valid: a good new user passes and is created.
+    #[test]
+    fn a_good_new_user_passes() {
+        let (_dir, store) = store_with_sohila();
+        let input = NewUser {
+            username: Some("ali.b".into()),
+            password: Some("long-enough".into()),
+            role: Some("technical".into()),
+            email: Some(" ali@example.com ".into()),
+            ..Default::default()
+        };
+        store.read(|r| Ok(check_new(r, &input)?)).unwrap();
+        let user = store
+            .write(|w| Ok(create(w, &Actor::system(), &input, None)?))
+            .unwrap();
+        assert_eq!(user.email.as_deref(), Some("ali@example.com"));
+        assert!(verify_password("long-enough", &user.password_hash));
+    }
+
+    /// A change with several bad fields names them all; an admin editing themselves
+    /// hears that they may neither change their role nor deactivate themselves, both
+    /// at once, and nothing changes.
+    #[test]
+    fn change_problems_are_reported_together() {
+        let change = UserChange {
+            role: Some("king".into()),
+            password: Some("short".into()),
+            full_name: Some("x".repeat(121)),
+            email: Some("a@b".into()),
+            ..Default::default()
+        };
+        let err = check_change(&change).unwrap_err();
+        assert_eq!(fields(&err), ["role", "full_name", "email", "password"]);
+
+        let (_dir, store) = store_with_sohila();
+        let sohila = store.read(|r| by_username(r, "sohila")).unwrap().unwrap();
+        let me = Actor {
+            username: "sohila".into(),
+            ip: None,
+        };
+        let change = UserChange {
+            role: Some("sales".into()),
+            active: Some(false),
+            email: Some("not an address".into()),
+            ..Default::default()
+        };
+        let err = store
+            .write(|w| Ok(update(w, &me, &sohila.id, &change, None)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&err), ["email", "role", "active"]);
+        let after = store.read(|r| by_username(r, "sohila")).unwrap().unwrap();
+        assert_eq!((after.role, after.active), (Role::Admin, true));
+    }
 }

@@ -1,7 +1,8 @@
 //! Field validation shared by the JSON API, the page forms and the CLI, so a value
-//! that one of them refuses is refused by all with the same message.
+//! that one of them refuses is refused by all with the same message. [`Problems`]
+//! collects the checks of a whole form so one answer names every bad field.
 
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, Kind};
 
 /// Longest accepted free text (descriptions, notes).
 pub const MAX_TEXT: usize = 4000;
@@ -129,6 +130,71 @@ pub fn money_text(field: &str, value: Option<&str>) -> AppResult<Option<f64>> {
     }
 }
 
+/// The problems found while checking a form field by field, so a person sees every
+/// bad field at once instead of one per submission.
+///
+/// Pass each field's check through [`Problems::check`] (it hands the result back for
+/// later use), add what needs other fields or the store with [`Problems::add`], then
+/// call [`Problems::finish`]: after it returned `Ok`, every checked result is `Ok` too.
+/// Only the first problem of a field is kept. An error that is not about a field (a
+/// storage failure, say) is kept aside and wins: `finish` returns it as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Problems {
+    fields: Vec<(String, String)>,
+    other: Option<AppError>,
+}
+
+impl Problems {
+    pub fn new() -> Problems {
+        Problems::default()
+    }
+
+    /// Records the problem of one check, if any, and returns the check's result.
+    pub fn check<T>(&mut self, result: AppResult<T>) -> AppResult<T> {
+        if let Err(e) = &result {
+            self.add(e.clone());
+        }
+        result
+    }
+
+    /// Records a problem: each field of an invalid-input error (after the fields
+    /// already listed), or an error about no field.
+    pub fn add(&mut self, error: AppError) {
+        let fields = error.field_errors();
+        if error.kind != Kind::Invalid || fields.is_empty() {
+            self.other.get_or_insert(error);
+            return;
+        }
+        for (field, message) in fields {
+            if !self.has(field) {
+                self.fields.push((field.to_string(), message.to_string()));
+            }
+        }
+    }
+
+    /// Whether `field` has a problem already.
+    pub fn has(&self, field: &str) -> bool {
+        self.fields.iter().any(|(f, _)| f == field)
+    }
+
+    /// Whether nothing was wrong so far.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.other.is_none()
+    }
+
+    /// `Ok` when every check passed; else the error about no field if there was one,
+    /// or one invalid-input error listing every bad field, the first found first.
+    pub fn finish(self) -> AppResult<()> {
+        if let Some(other) = self.other {
+            return Err(other);
+        }
+        match AppError::invalid_fields(self.fields) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A field name as a person reads it.
 pub fn human(field: &str) -> String {
     let text = field.replace('_', " ");
@@ -163,6 +229,61 @@ mod tests {
         assert!(money_text("budget", Some("-1")).is_err());
         assert!(money_text("budget", Some("abc")).is_err());
         assert!(money_text("budget", Some("NaN")).is_err());
+    }
+
+    /// The accumulator lists every bad field once, in the order checked, keeps the
+    /// values of good checks, and puts the first problem up front for callers that
+    /// read one field.
+    #[test]
+    fn problems_list_every_bad_field() {
+        let mut problems = Problems::new();
+        let name = problems.check(required("name", Some("  Acme "), 80));
+        let mail = problems.check(email("email", Some("a@b")));
+        let user = problems.check(username(Some("X")));
+        problems.add(AppError::invalid("email", "a second word on the e-mail"));
+        let budget = problems.check(money_text("budget", Some("abc")));
+        assert_eq!(name.unwrap(), "Acme");
+        assert!(mail.is_err() && user.is_err() && budget.is_err());
+        assert!(problems.has("email") && !problems.has("name"));
+        let err = problems.finish().unwrap_err();
+        assert_eq!(err.kind, Kind::Invalid);
+        assert_eq!(err.field.as_deref(), Some("email"));
+        assert_eq!(err.message, "Email is not a valid e-mail address");
+        let fields: Vec<&str> = err.field_errors().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["email", "username", "budget"]);
+        let json = err.to_json();
+        assert_eq!(json["field"], "email");
+        assert_eq!(json["error"], "Email is not a valid e-mail address");
+        assert_eq!(json["errors"]["budget"], "Budget must be a number");
+        assert_eq!(json["errors"].as_object().unwrap().len(), 3);
+        assert_eq!(
+            err.to_string(),
+            "Email is not a valid e-mail address; username must be 3 to 32 lower-case \
+             letters, digits, '.', '_' or '-', starting with a letter; Budget must be a number"
+        );
+    }
+
+    /// No problem is `Ok`; one problem is the plain error of that field; an error
+    /// about no field (a storage failure) is returned as it is, before the fields.
+    #[test]
+    fn problems_finish() {
+        assert!(Problems::new().finish().is_ok());
+        let mut one = Problems::new();
+        let _ = one.check(required("purpose", Some(" "), 10));
+        let err = one.finish().unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("purpose"));
+        assert_eq!(err.field_errors(), [("purpose", "Purpose is required")]);
+        assert_eq!(err.to_json()["errors"]["purpose"], "Purpose is required");
+        let mut mixed = Problems::new();
+        let _ = mixed.check(required("purpose", None, 10));
+        mixed.add(AppError::new(Kind::Internal, "disk full"));
+        mixed.add(AppError::new(Kind::Internal, "later"));
+        assert!(!mixed.is_empty());
+        let err = mixed.finish().unwrap_err();
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (Kind::Internal, "disk full")
+        );
     }
 
     /// E-mail addresses need a local part and a dotted domain.

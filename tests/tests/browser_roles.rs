@@ -78,8 +78,9 @@ async fn each_role_sees_its_navigation() {
 
 /// The new-user form refuses bad input twice over: the browser's validation shows the
 /// message beside the field before anything is sent, and the server's answer (for
-/// what only it can know, a taken username) re-renders the form with the message
-/// beside the field and the typed values kept.
+/// what only it can know: a taken username, an address without a dotted domain that
+/// `type=email` lets through) re-renders the form once with every bad field marked
+/// and its message beside it, the typed values kept.
 #[tokio::test]
 async fn form_errors_show_beside_the_field() {
     let cp = ControlPlane::start_demo().await;
@@ -109,16 +110,37 @@ async fn form_errors_show_beside_the_field() {
 
     browser.fill("#username", "sohila").await;
     browser.fill("#full_name", "Second Sohila").await;
+    browser.fill("#email", "sohila@localhost").await;
     browser.fill("#password", "long-enough-1").await;
-    browser.click("#user-form button[type=submit]").await;
-    let feedback = browser.wait_for("#username.is-invalid").await;
-    let _ = feedback;
+    let passes_browser = browser
+        .eval("return document.querySelector('#user-form').checkValidity();")
+        .await;
+    assert_eq!(
+        passes_browser, true,
+        "only the server can refuse these values"
+    );
+    browser
+        .submit_and_wait_for_next_page("#user-form button[type=submit]")
+        .await;
+    assert_eq!(browser.path().await, "/users/new");
+    assert!(browser.exists("#username.is-invalid").await);
+    assert!(browser.exists("#email.is-invalid").await);
+    assert!(!browser.exists("#full_name.is-invalid").await);
     let message = browser.text("#username-feedback").await;
     assert!(message.contains("username sohila is taken"), "{message}");
-    assert_eq!(
-        browser.attr("#full_name", "value").await.as_deref(),
-        Some("Second Sohila")
-    );
+    let message = browser.text("#email-feedback").await;
+    assert!(message.contains("not a valid e-mail address"), "{message}");
+    for (css, typed) in [
+        ("#username", "sohila"),
+        ("#full_name", "Second Sohila"),
+        ("#email", "sohila@localhost"),
+    ] {
+        assert_eq!(
+            browser.attr(css, "value").await.as_deref(),
+            Some(typed),
+            "{css} keeps what was typed"
+        );
+    }
     browser
         .screenshot(&cp.artifact("user-form-error.png"))
         .await;

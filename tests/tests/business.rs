@@ -197,8 +197,8 @@ async fn request_workflow_and_permissions() {
     );
 }
 
-/// Bad input is refused: 422 naming the field, 400 for unknown or malformed JSON; a
-/// rejection needs a reason.
+/// Bad input is refused: 422 naming the field (every bad field when there are
+/// several), 400 for unknown or malformed JSON; a rejection needs a reason.
 #[tokio::test]
 async fn request_input_is_validated() {
     let cp = ControlPlane::start_demo().await;
@@ -221,6 +221,28 @@ async fn request_input_is_validated() {
         assert_eq!(status, 422, "{field}: {answer}");
         assert_eq!(answer["field"], field, "{answer}");
     }
+    // Three bad fields at once are all named: `field` and `error` the first (as
+    // before), `errors` every one with its message.
+    let mut body = request_body("Acme", "Nova HR", 5.0);
+    body["client_email"] = json!("ops@acme");
+    body["project"] = json!("No Such Project");
+    body["cpu_cores"] = json!(0);
+    let (status, answer) = sales.post("/api/v1/requests", &body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "client_email", "{answer}");
+    assert_eq!(
+        answer["error"], "Client email is not a valid e-mail address",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["errors"],
+        json!({
+            "client_email": "Client email is not a valid e-mail address",
+            "project": "there is no project named No Such Project",
+            "cpu_cores": "Cpu cores must be between 1 and 512",
+        }),
+        "{answer}"
+    );
     let mut unknown = request_body("Acme", "Nova HR", 5.0);
     unknown["colour"] = json!("blue");
     assert_eq!(sales.post("/api/v1/requests", &unknown).await.0, 400);

@@ -452,6 +452,25 @@ async fn bad_input_is_refused_clearly() {
         (422, Some("role")),
         "{answer}"
     );
+    // Every bad field at once: `field` and `error` name the first, `errors` all.
+    let (status, answer) = admin
+        .post(
+            "/api/v1/users",
+            &json!({"username": "sohila", "password": "short", "role": "king"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "username", "{answer}");
+    assert_eq!(answer["error"], "username sohila is taken", "{answer}");
+    assert_eq!(
+        answer["errors"],
+        json!({
+            "username": "username sohila is taken",
+            "role": "role must be admin, technical or sales",
+            "password": "password must have at least 8 characters",
+        }),
+        "{answer}"
+    );
     let (status, answer) = admin
         .post(
             "/api/v1/projects/Nova%20HR/access",
@@ -518,6 +537,21 @@ async fn bad_input_is_refused_clearly() {
         .await;
     assert_eq!(status, 422);
     assert!(html.contains("a project named Nova HR exists"));
+    // A budget that is not a number is reported with the taken name, on one page.
+    let csrf = client.csrf("/projects/new").await;
+    let (status, _, html) = client
+        .post(
+            "/projects/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "Nova HR"),
+                ("budget_monthly", "lots"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(html.contains("a project named Nova HR exists"), "{html}");
+    assert!(html.contains("Budget monthly must be a number"), "{html}");
 }
 
 /// The CLI works while `serve` runs: users, API tokens (only the token on stdout),

@@ -17,6 +17,7 @@ use crate::revenue;
 use crate::store::Read;
 use crate::subscriptions::{self, Subscription, SubscriptionInput};
 use crate::users::{self, User};
+use crate::validate::Problems;
 
 fn require(ctx: &Ctx, action: Action) -> AppResult<()> {
     if policy::can(&ctx.subject, action, None) {
@@ -247,8 +248,13 @@ pub fn create_subscription(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let input: SubscriptionInput = req.json()?;
     let actor = ctx.actor(req);
     let value = app.store.write(|w| {
-        let owner = owner_of(w, ctx, input.sales_agent.as_deref())?.unwrap_or(ctx.user.clone());
-        let sub = subscriptions::create(w, &actor, &owner, &input)?;
+        // An unknown owner is reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let owner = problems
+            .check(owner_of(w, ctx, input.sales_agent.as_deref()))
+            .unwrap_or(None)
+            .unwrap_or(ctx.user.clone());
+        let sub = subscriptions::create_adding_to(w, &actor, &owner, &input, problems)?;
         subscription_json(w, &sub)
     })?;
     Ok(reply(StatusCode::CREATED, &value))
@@ -261,8 +267,11 @@ pub fn update_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResu
     let actor = ctx.actor(req);
     let value = app.store.write(|w| {
         subscriptions::get_visible(w, &ctx.subject, id)?;
-        let owner = owner_of(w, ctx, input.sales_agent.as_deref())?;
-        let sub = subscriptions::update(w, &actor, id, &input, owner.as_ref())?;
+        let mut problems = Problems::new();
+        let owner = problems
+            .check(owner_of(w, ctx, input.sales_agent.as_deref()))
+            .unwrap_or(None);
+        let sub = subscriptions::update_adding_to(w, &actor, id, &input, owner.as_ref(), problems)?;
         subscription_json(w, &sub)
     })?;
     Ok(reply(StatusCode::OK, &value))

@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use super::business_api::{self, may_see_requests, request_json, subscription_json};
-use super::pages::{form, page, page_with_status, rerender};
+use super::pages::{form, form_errors, page, page_with_status, rerender};
 use super::{redirect, Ctx, Req, Resp};
 use crate::app::App;
 use crate::error::{AppError, AppResult, Kind};
@@ -19,7 +19,7 @@ use crate::servers::Server;
 use crate::store::Read;
 use crate::subscriptions::{self, SubscriptionInput, SubscriptionStatus};
 use crate::users;
-use crate::validate;
+use crate::validate::{self, Problems};
 
 fn require(ctx: &Ctx, action: Action) -> AppResult<()> {
     if policy::can(&ctx.subject, action, None) {
@@ -136,8 +136,22 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::CreateRequest)?;
     let form = form(req, ctx)?;
     let actor = ctx.actor(req);
-    let result = (|| {
+    let result = {
         let text = |name: &str| form.get(name).map(String::from);
+        // Numbers that do not parse are reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let mut count = |name: &str| {
+            problems
+                .check(requests::count_text(name, form.get(name)))
+                .unwrap_or(None)
+        };
+        let (cpu_cores, ram_gb, disk_gb) = (count("cpu_cores"), count("ram_gb"), count("disk_gb"));
+        let monthly_budget = problems
+            .check(validate::money_text(
+                "monthly_budget",
+                form.get("monthly_budget"),
+            ))
+            .unwrap_or(None);
         let input = NewRequest {
             client_name: text("client_name"),
             client_email: text("client_email"),
@@ -146,16 +160,20 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             server_type: text("server_type"),
             location: text("location"),
             image: text("image"),
-            cpu_cores: requests::count_text("cpu_cores", form.get("cpu_cores"))?,
-            ram_gb: requests::count_text("ram_gb", form.get("ram_gb"))?,
-            disk_gb: requests::count_text("disk_gb", form.get("disk_gb"))?,
-            monthly_budget: validate::money_text("monthly_budget", form.get("monthly_budget"))?,
+            cpu_cores,
+            ram_gb,
+            disk_gb,
+            monthly_budget,
             notes: text("notes"),
         };
         app.store
-            .write(|w| Ok(requests::create(w, &actor, &ctx.user, &input)?))
+            .write(|w| {
+                Ok(requests::create_adding_to(
+                    w, &actor, &ctx.user, &input, problems,
+                )?)
+            })
             .map_err(AppError::from)
-    })();
+    };
     match result {
         Ok(request) => Ok(redirect(
             &requests::link(&request.id),
@@ -275,9 +293,7 @@ pub fn request_move(
             match e.kind {
                 Kind::Invalid => {
                     let (mut data, title) = request_page_data(app, ctx, id)?;
-                    if let Some(field) = &e.field {
-                        data["errors"] = json!({ field.clone(): e.message });
-                    }
+                    data["errors"] = Value::Object(form_errors(&e));
                     data["values"] = Value::Object(form.values());
                     page_with_status(app, req, ctx, e.status(), "request", &title, data)
                 }
@@ -462,38 +478,63 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
         .filter(|(k, _)| k == "server_ids")
         .map(|(_, v)| v)
         .collect();
-    let result = (|| {
+    let result = {
         let text = |name: &str| form.get(name).map(String::from);
+        // Numbers that do not parse are reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let monthly_cost = problems
+            .check(
+                validate::money_text("monthly_cost", form.get("monthly_cost")).and_then(|cost| {
+                    cost.ok_or_else(|| {
+                        AppError::invalid("monthly_cost", "monthly cost is required")
+                    })
+                }),
+            )
+            .ok();
+        let renewal_months = problems
+            .check(requests::count_text(
+                "renewal_months",
+                form.get("renewal_months"),
+            ))
+            .unwrap_or(None);
         let input = SubscriptionInput {
             client: Some(text("client").unwrap_or_default()),
             server_ids: Some(server_ids.clone()),
-            monthly_cost: Some(
-                validate::money_text("monthly_cost", form.get("monthly_cost"))?
-                    .ok_or_else(|| AppError::invalid("monthly_cost", "monthly cost is required"))?,
-            ),
+            monthly_cost,
             currency: Some(text("currency").unwrap_or_default()),
             starts_on: Some(text("starts_on").unwrap_or_default()),
             hosting_until: Some(text("hosting_until").unwrap_or_default()),
             auto_renew: Some(form.checked("auto_renew")),
-            renewal_months: requests::count_text("renewal_months", form.get("renewal_months"))?,
+            renewal_months,
             sales_agent: text("sales_agent"),
             notes: Some(text("notes").unwrap_or_default()),
         };
         app.store
             .write(|w| {
-                let owner = business_api::owner_of(w, ctx, input.sales_agent.as_deref())?;
+                let mut problems = problems;
+                let owner = problems
+                    .check(business_api::owner_of(w, ctx, input.sales_agent.as_deref()))
+                    .unwrap_or(None);
                 Ok(match &existing {
-                    Some(s) => subscriptions::update(w, &actor, &s.id, &input, owner.as_ref())?,
-                    None => subscriptions::create(
+                    Some(s) => subscriptions::update_adding_to(
+                        w,
+                        &actor,
+                        &s.id,
+                        &input,
+                        owner.as_ref(),
+                        problems,
+                    )?,
+                    None => subscriptions::create_adding_to(
                         w,
                         &actor,
                         owner.as_ref().unwrap_or(&ctx.user),
                         &input,
+                        problems,
                     )?,
                 })
             })
             .map_err(AppError::from)
-    })();
+    };
     match result {
         Ok(sub) => Ok(redirect(
             "/subscriptions",

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::fleet_api::{self, NewToken};
-use super::pages::page;
+use super::pages::{form_errors_or, page};
 use super::{redirect, Ctx, Req, Resp};
 use crate::agents::{self, Agent};
 use crate::app::App;
@@ -137,11 +137,7 @@ pub fn enroll_create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             json!({"projects": projects, "values": form.values(), "errors": {}, "created": created}),
         ),
         Err(e) if e.kind == Kind::Invalid => {
-            let mut errors = serde_json::Map::new();
-            errors.insert(
-                e.field.clone().unwrap_or_else(|| "project".into()),
-                json!(e.message),
-            );
+            let errors = form_errors_or(&e, "project");
             page(
                 app,
                 req,
@@ -273,11 +269,7 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
     match parsed {
         Ok(execution) => Ok(redirect(&format!("/executions/{}", execution.id), None)),
         Err(e) if e.kind == Kind::Invalid => {
-            let mut errors = serde_json::Map::new();
-            errors.insert(
-                e.field.clone().unwrap_or_else(|| "script".into()),
-                json!(e.message),
-            );
+            let errors = form_errors_or(&e, "script");
             run_page(
                 app,
                 req,

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::ops_api::{schedules_view, visible_project};
-use super::pages::page;
+use super::pages::{form_errors_or, page};
 use super::{redirect, Ctx, Req, Resp};
 use crate::app::App;
 use crate::backups::{self, Recipe, RecipeInput, RESTORE_CONFIRMATION};
@@ -402,14 +402,15 @@ pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp
             Some(("success", "saved")),
         )),
         Err(e) if e.kind == Kind::Invalid => {
-            let field = match e.field.as_deref() {
-                Some("backup") => "backup_cron".to_string(),
-                Some("update") => "update_cron".to_string(),
-                Some(f) => f.to_string(),
-                None => "command".to_string(),
-            };
-            let mut errors = serde_json::Map::new();
-            errors.insert(field, json!(e.message));
+            // The schedules name their kind; the form's fields are the cron inputs.
+            let errors: serde_json::Map<String, Value> = form_errors_or(&e, "command")
+                .into_iter()
+                .map(|(field, message)| match field.as_str() {
+                    "backup" => ("backup_cron".to_string(), message),
+                    "update" => ("update_cron".to_string(), message),
+                    _ => (field, message),
+                })
+                .collect();
             project_page_with(
                 app,
                 req,

@@ -14,6 +14,7 @@ use crate::projects::{self, Project, ProjectInput, ProjectView};
 use crate::servers;
 use crate::store::Read;
 use crate::users::{self, NewUser, User, UserChange, UserView};
+use crate::validate::Problems;
 
 /// One navigation entry.
 struct NavItem {
@@ -233,12 +234,23 @@ pub(crate) fn form(req: &Req, ctx: &Ctx) -> AppResult<Form> {
     Ok(form)
 }
 
-/// The error fields a form template shows: `errors.<field>` and a general `error`.
-fn form_errors(err: &AppError) -> Value {
-    match &err.field {
-        Some(field) => json!({ field.clone(): err.message }),
-        None => json!({}),
+/// What a form template shows beside its fields: `errors.<field>` for every field the
+/// error names (empty when it names none; then the message is the page's `error`).
+pub(crate) fn form_errors(err: &AppError) -> Map<String, Value> {
+    err.field_errors()
+        .into_iter()
+        .map(|(field, message)| (field.to_string(), json!(message)))
+        .collect()
+}
+
+/// [`form_errors`] of an error that should sit beside a field: one that names no field
+/// is shown beside `fallback_field`.
+pub(crate) fn form_errors_or(err: &AppError, fallback_field: &str) -> Map<String, Value> {
+    let mut errors = form_errors(err);
+    if errors.is_empty() {
+        errors.insert(fallback_field.to_string(), json!(err.message));
     }
+    errors
 }
 
 /// Turns a validation error into a re-rendered form (422); other errors pass through.
@@ -256,7 +268,7 @@ pub(crate) fn rerender(
     if !matches!(err.kind, Kind::Invalid | Kind::BadRequest | Kind::Conflict) {
         return Err(err);
     }
-    data["errors"] = form_errors(&err);
+    data["errors"] = Value::Object(form_errors(&err));
     data["error"] = if err.field.is_none() {
         json!(err.message)
     } else {
@@ -616,27 +628,32 @@ pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
     }
     let form = form(req, ctx)?;
     let actor = ctx.actor(req);
-    let result = (|| {
+    let result = {
+        // A budget that is not a number is reported with the other fields' problems.
+        let mut problems = Problems::new();
+        let budget_monthly = problems.check(crate::validate::money_text(
+            "budget_monthly",
+            form.get("budget_monthly"),
+        ));
         let input = ProjectInput {
             name: form.get("name").map(String::from),
             description: Some(form.get("description").unwrap_or("").to_string()),
             hetzner_token: form.get("hetzner_token").map(String::from),
-            budget_monthly: crate::validate::money_text(
-                "budget_monthly",
-                form.get("budget_monthly"),
-            )?,
+            budget_monthly: budget_monthly.unwrap_or(None),
             deploy_command: Some(form.get("deploy_command").unwrap_or("").to_string()),
         };
         let clear = form.checked("clear_token");
         app.store
             .write(|w| {
                 Ok(match &existing {
-                    Some(p) => projects::update(w, &app.keys, &actor, &p.id, &input, clear)?,
-                    None => projects::create(w, &app.keys, &actor, &input)?,
+                    Some(p) => projects::update_adding_to(
+                        w, &app.keys, &actor, &p.id, &input, clear, problems,
+                    )?,
+                    None => projects::create_adding_to(w, &app.keys, &actor, &input, problems)?,
                 })
             })
             .map_err(AppError::from)
-    })();
+    };
     match result {
         Ok(project) => Ok(redirect(
             &format!("/projects/{}", project.id),
@@ -820,8 +837,9 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
                     full_name: form.get("full_name").map(String::from),
                     email: form.get("email").map(String::from),
                 };
-                crate::validate::username(input.username.as_deref())?;
-                let password = crate::validate::password("password", input.password.as_deref())?;
+                // Every field, and whether the username is free, before argon2 time.
+                app.store.read(|r| Ok(users::check_new(r, &input)?))?;
+                let password = input.password.clone().unwrap_or_default();
                 let hash = super::api::hash_off_thread(password).await?;
                 Ok(app
                     .store

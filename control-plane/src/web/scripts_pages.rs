@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use warp::http::StatusCode;
 
-use super::pages::{page, page_with_status};
+use super::pages::{form_errors_or, page, page_with_status};
 use super::scripts_api;
 use super::{redirect, Ctx, Form, Req, Resp};
 use crate::agents;
@@ -255,11 +255,7 @@ pub fn save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp
             Some(("success", &format!("Script {} saved.", script.name))),
         )),
         Err((e, position)) if e.kind == Kind::Invalid => {
-            let mut errors = serde_json::Map::new();
-            errors.insert(
-                e.field.clone().unwrap_or_else(|| "body".into()),
-                json!(e.message),
-            );
+            let mut errors = form_errors_or(&e, "body");
             if let Some(position) = position {
                 errors.insert("body_position".into(), position);
             }
@@ -429,11 +425,7 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
     match parsed {
         Ok(rollout) => Ok(redirect(&format!("/rollouts/{}", rollout.id), None)),
         Err(e) if e.kind == Kind::Invalid => {
-            let mut errors = serde_json::Map::new();
-            errors.insert(
-                e.field.clone().unwrap_or_else(|| "targets".into()),
-                json!(e.message),
-            );
+            let errors = form_errors_or(&e, "targets");
             // Secret values are never sent back to the browser.
             let mut values = form.values();
             for v in script.variables.iter().filter(|v| v.secret) {
