@@ -157,15 +157,6 @@ impl Drop for Active {
     }
 }
 
-fn seconds_from_env(name: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(default),
-    )
-}
-
 /// Registers the approval hook: an approved request of a project with its own token
 /// starts provisioning at once.
 pub fn register() {
@@ -373,7 +364,7 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     let _ = app.store.put(&p);
 
     // Booting: until Hetzner says running.
-    let boot_limit = seconds_from_env("DYNSERV_PROVISION_BOOT_SECS", 600);
+    let boot_limit = app.config.provision_boot_timeout;
     let deadline = tokio::time::Instant::now() + boot_limit;
     loop {
         let now = client.server(remote.id).await.map_err(hetzner)?;
@@ -405,7 +396,7 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     }
 
     // Agent enrolled: the agent attaches itself to our server record by name.
-    let enroll_limit = seconds_from_env("DYNSERV_PROVISION_ENROLL_SECS", 900);
+    let enroll_limit = app.config.provision_enroll_timeout;
     let deadline = tokio::time::Instant::now() + enroll_limit;
     let agent_id = loop {
         let server = app

@@ -291,9 +291,6 @@ pub fn spawn_sync(app: &App, project_id: &str, actor: Actor) {
     });
 }
 
-/// The default time between two scheduled syncs of a project.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
-
 /// The share of a token's hourly request budget scheduled syncs may use, leaving the
 /// rest for power actions, provisioning and on-demand syncs.
 pub const SCHEDULED_SHARE: f64 = 0.5;
@@ -313,16 +310,12 @@ pub fn requests_per_sync(server_count: usize) -> u64 {
 }
 
 /// The scheduled syncs: every project with a token, once per round, spread evenly
-/// over the round, until `shutdown` resolves. `DYNSERV_HETZNER_SYNC_SECS` sets the
-/// base interval (default 900 s; 0 turns scheduled syncs off).
+/// over the round, until `shutdown` resolves. The base interval is
+/// `Config::hetzner_sync_interval` (`DYNSERV_HETZNER_SYNC_SECS`, default 900 s;
+/// `None` turns scheduled syncs off).
 pub async fn scheduler(app: App, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let base = match std::env::var("DYNSERV_HETZNER_SYNC_SECS")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    {
-        Some(0) => return,
-        Some(secs) => Duration::from_secs(secs.max(10)),
-        None => DEFAULT_INTERVAL,
+    let Some(base) = app.config.hetzner_sync_interval else {
+        return;
     };
     tokio::pin!(shutdown);
     // Let the server settle (and on-demand syncs of a fresh start go first).
