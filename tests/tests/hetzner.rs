@@ -1,6 +1,7 @@
 //! Hetzner Cloud end to end: the real `dynserv` against the Hetzner simulator
 //! (`tests/hetzner-sim`, run in-process): sync with paging and a rate limit in the
-//! middle, an invalid token, power actions, budget warnings, the agent download.
+//! middle, an invalid token, power actions, budget warnings, the agent download,
+//! provisioning, and the default `HETZNER_API_TOKEN` treated like a project's own.
 
 use std::time::Duration;
 
@@ -712,4 +713,74 @@ async fn scheduled_sync_reaches_every_project() {
     }
     let posts = sim.requests().iter().filter(|r| r.method != "GET").count();
     assert_eq!(posts, 0, "nothing but reads");
+}
+
+/// A project without a token of its own, with `HETZNER_API_TOKEN` set: it syncs, its
+/// servers power off, and an approved request is provisioned at Hetzner, so the admin
+/// may not mark it deployed by hand, and no page calls the project tokenless.
+#[tokio::test]
+async fn the_default_token_counts_everywhere() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-global");
+    let ids = sim.add_servers("tok-global", 2, "glob");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("HETZNER_API_TOKEN", "tok-global")
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    let (status, created) = admin
+        .post("/api/v1/projects", &json!({"name": "Globalco"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Sync.
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let servers = servers_of(&admin, "Globalco").await;
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    let (_, page) = admin.get_text(&format!("/projects/{id}")).await;
+    assert!(page.contains("data-sync-button"), "the page offers Sync");
+
+    // Power.
+    let server = servers.iter().find(|s| s["hetzner_id"] == ids[0]).unwrap();
+    let server_id = server["id"].as_str().unwrap();
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweroff"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(WAIT, "the server is off", || async {
+        let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+        (s["status"] == "off").then_some(())
+    })
+    .await;
+
+    // Provisioning.
+    let request = approved_request(&cp, "Globalco", "Default Token Ltd").await;
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{request}/deployed"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("has a Hetzner token"),
+        "{body}"
+    );
+    let (_, page) = admin.get_text(&format!("/requests/{request}")).await;
+    assert!(!page.contains("no Hetzner token"), "{page}");
+    request_status(&admin, &request, "deployed").await;
+    let created = sim
+        .servers("tok-global")
+        .into_iter()
+        .filter(|s| s.labels.get("dynserv-request") == Some(&request))
+        .count();
+    assert_eq!(created, 1);
 }

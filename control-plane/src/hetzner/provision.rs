@@ -157,8 +157,8 @@ impl Drop for Active {
     }
 }
 
-/// Registers the approval hook: an approved request of a project with its own token
-/// starts provisioning at once.
+/// Registers the approval hook: an approved request of a project with a token (its
+/// own or the default one) starts provisioning at once.
 pub fn register() {
     requests::on_approved(|app, request| {
         let app = app.clone();
@@ -171,7 +171,7 @@ pub fn register() {
                     .map(|id| w.get(&id))
                     .transpose()?
                     .flatten();
-                if project.is_none_or(|p| p.hetzner_token_enc.is_none()) {
+                if project.is_none_or(|p| !super::sync::has_token(&app, &p)) {
                     return Ok(false);
                 }
                 requests::transition(
@@ -548,7 +548,7 @@ pub fn view(r: &impl Read, request_id: &str) -> anyhow::Result<serde_json::Value
         // Approved and about to start: only when the provisioner will take it.
         Status::Approved => r
             .get::<Project>(&request.project_id)?
-            .is_some_and(|p| p.hetzner_token_enc.is_some()),
+            .is_some_and(|p| super::project_has_token(&p)),
         _ => false,
     };
     let p = match r.get::<Provisioning>(request_id)? {

@@ -53,18 +53,23 @@ impl Drop for Running {
     }
 }
 
-/// The client for a project: its own token, else `HETZNER_API_TOKEN`.
-pub fn client_for(app: &App, project: &Project) -> Result<Client, HetznerError> {
-    let token =
-        projects::hetzner_token(&app.keys, project, app.config.hetzner_api_token.as_deref())
-            .map_err(|e| HetznerError::Decode(format!("the stored token cannot be read: {e:#}")))?
-            .ok_or(HetznerError::NoToken)?;
-    Client::new(&app.config.hetzner_api_url, &token)
+/// The token a project talks to Hetzner with: its own, else `HETZNER_API_TOKEN`
+/// (the token rule, see [`super::has_token`]).
+fn token_of(app: &App, project: &Project) -> Result<String, HetznerError> {
+    projects::hetzner_token(&app.keys, project, app.config.hetzner_api_token.as_deref())
+        .map_err(|e| HetznerError::Decode(format!("the stored token cannot be read: {e:#}")))?
+        .ok_or(HetznerError::NoToken)
 }
 
-/// Whether a project can be synced (has a token, or a default exists).
+/// The client for a project: its own token, else `HETZNER_API_TOKEN`.
+pub fn client_for(app: &App, project: &Project) -> Result<Client, HetznerError> {
+    Client::new(&app.config.hetzner_api_url, &token_of(app, project)?)
+}
+
+/// Whether a project can talk to Hetzner: [`super::has_token`] with this control
+/// plane's configuration.
 pub fn has_token(app: &App, project: &Project) -> bool {
-    project.hetzner_token_enc.is_some() || app.config.hetzner_api_token.is_some()
+    super::has_token(project, app.config.hetzner_api_token.is_some())
 }
 
 /// Syncs one project now and records the outcome in its `last_sync`. Answers `None`
@@ -373,12 +378,11 @@ fn plan_cost(app: &App, plan: &[String]) -> u64 {
                 continue;
             };
             let count = servers.iter().filter(|s| s.project_id == *id).count();
-            // Projects without their own token share the default one.
-            let key = project
-                .hetzner_token_enc
-                .as_ref()
-                .and_then(|enc| app.keys.decrypt(enc).ok())
-                .unwrap_or_default();
+            // Projects without their own token share the default one, and so does a
+            // project whose own token is that same one.
+            let Ok(key) = token_of(app, &project) else {
+                continue;
+            };
             *per_token.entry(key).or_default() += requests_per_sync(count);
         }
         Ok(per_token.values().copied().max().unwrap_or(0))
