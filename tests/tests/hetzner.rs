@@ -1,11 +1,14 @@
 //! Hetzner Cloud end to end: the real `dynserv` against the Hetzner simulator
 //! (`tests/hetzner-sim`, run in-process): sync with paging and a rate limit in the
-//! middle, an invalid token, power actions, budget warnings, the agent download,
+//! middle, waiting for `RateLimit-Reset`, slowing down on a low `RateLimit-Remaining`,
+//! an invalid token, power actions, budget warnings, the agent download,
 //! provisioning, and the default `HETZNER_API_TOKEN` treated like a project's own.
 
 use std::time::Duration;
 
-use dynserv_hetzner_sim::{BootConfig, Fault, FaultKind, NewServer, SimConfig, Simulator};
+use dynserv_hetzner_sim::{
+    BootConfig, Fault, FaultKind, LoggedRequest, NewServer, SimConfig, Simulator,
+};
 use dynserv_tests::{eventually, Agent, Api, Browser, ControlPlane};
 use serde_json::{json, Value};
 
@@ -88,7 +91,9 @@ async fn sync_pages_through_120_servers_and_a_rate_limit() {
         times: 1,
         path_prefix: Some("/v1/servers".into()),
         method: None,
-        kind: FaultKind::RateLimit,
+        kind: FaultKind::RateLimit {
+            reset_secs: Some(1),
+        },
     });
     let cp = control_plane(&sim).await;
     let admin = cp.api_as("admin");
@@ -713,6 +718,101 @@ async fn scheduled_sync_reaches_every_project() {
     }
     let posts = sim.requests().iter().filter(|r| r.method != "GET").count();
     assert_eq!(posts, 0, "nothing but reads");
+}
+
+/// The sync's requests of `GET /v1/servers` and `GET /v1/pricing`, in order.
+fn sync_requests(sim: &Simulator) -> Vec<LoggedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && (r.path == "/v1/servers" || r.path == "/v1/pricing"))
+        .collect()
+}
+
+/// A 429 whose `RateLimit-Reset` is three seconds ahead: the client asks again only
+/// once that second has come (a plain backoff would be back within half a second),
+/// and the sync still succeeds.
+#[tokio::test]
+async fn rate_limit_retry_waits_for_the_reset() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-reset");
+    sim.add_servers("tok-reset", 3, "r");
+    sim.inject(Fault {
+        skip: 0,
+        times: 1,
+        path_prefix: Some("/v1/servers".into()),
+        method: Some("GET".into()),
+        kind: FaultKind::RateLimit {
+            reset_secs: Some(3),
+        },
+    });
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Resetco", "tok-reset", None).await;
+    let last = sync(&admin, &id).await;
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(servers_of(&admin, "Resetco").await.len(), 3);
+
+    let requests = sync_requests(&sim);
+    let refused = requests
+        .iter()
+        .position(|r| r.status == 429)
+        .expect("the 429 was answered");
+    // The simulator's reset: three seconds after the second the 429 was answered in.
+    let reset_ms = (requests[refused].at.timestamp() + 3) * 1000;
+    let retry = &requests[refused + 1];
+    assert_eq!(retry.path, "/v1/servers");
+    assert_eq!(retry.status, 200);
+    assert!(
+        retry.at.timestamp_millis() >= reset_ms,
+        "the retry came {} ms before RateLimit-Reset",
+        reset_ms - retry.at.timestamp_millis()
+    );
+    // Not much later either: the wait is the reset plus at most a second of jitter
+    // (and the second the emptied budget takes to give one request back).
+    assert!(
+        retry.at.timestamp_millis() - reset_ms < 2_500,
+        "the retry came {} ms after RateLimit-Reset",
+        retry.at.timestamp_millis() - reset_ms
+    );
+}
+
+/// With the token's hourly budget nearly spent (by other clients of the token), a
+/// sync that went at full speed before now spaces its requests a second apart, the
+/// rate the budget refills at, and never meets a 429.
+#[tokio::test]
+async fn sync_slows_down_when_the_budget_runs_low() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-low");
+    sim.add_servers("tok-low", 120, "low");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Lowco", "tok-low", None).await;
+
+    let gaps = |requests: &[LoggedRequest]| -> Vec<i64> {
+        requests
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at).num_milliseconds())
+            .collect()
+    };
+    // Plenty left: three pages and the pricing go at once.
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let fast = sync_requests(&sim);
+    assert_eq!(fast.len(), 4, "{fast:?}");
+    assert!(gaps(&fast).iter().all(|g| *g < 500), "{:?}", gaps(&fast));
+
+    // 40 left of 3600: below the tenth the syncs leave to people.
+    sim.set_rate_limit("tok-low", 3600, 40);
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let slow: Vec<LoggedRequest> = sync_requests(&sim).into_iter().skip(4).collect();
+    assert_eq!(slow.len(), 4, "{slow:?}");
+    assert!(slow.iter().all(|r| r.status == 200), "{slow:?}");
+    // The first answer tells the client; from then on one request a second.
+    let slow_gaps = gaps(&slow);
+    assert!(
+        slow_gaps[1..].iter().all(|g| *g >= 900),
+        "requests after the first answer should be a second apart: {slow_gaps:?}"
+    );
+    assert_eq!(servers_of(&admin, "Lowco").await.len(), 120);
 }
 
 /// A project without a token of its own, with `HETZNER_API_TOKEN` set: it syncs, its

@@ -1,5 +1,6 @@
-//! Hetzner Cloud: the client (`hcloud` pointed at `HETZNER_API_URL`, paging, retries,
-//! request budget), sync of each project's servers, budgets and cost trend,
+//! Hetzner Cloud: the client (requests to `HETZNER_API_URL` read into `hcloud`'s
+//! models, paging, retries, the per-token request budget that follows Hetzner's
+//! `RateLimit-*` headers), sync of each project's servers, budgets and cost trend,
 //! power actions, and provisioning of approved server requests.
 //!
 //! What does not live here: the request workflow (`requests` moves a request), the

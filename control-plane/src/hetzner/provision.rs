@@ -363,11 +363,13 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     p.server_id = Some(server_id.clone());
     let _ = app.store.put(&p);
 
-    // Booting: until Hetzner says running.
+    // Booting: until Hetzner says running. Asking again and again is background
+    // work: it leaves the request budget to people.
     let boot_limit = app.config.provision_boot_timeout;
     let deadline = tokio::time::Instant::now() + boot_limit;
+    let poller = client.clone().background();
     loop {
-        let now = client.server(remote.id).await.map_err(hetzner)?;
+        let now = poller.server(remote.id).await.map_err(hetzner)?;
         let Some(now) = now else {
             return Err(format!(
                 "the server #{} was deleted at Hetzner while booting",

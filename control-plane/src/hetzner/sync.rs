@@ -149,7 +149,9 @@ async fn fetch(
     app: &App,
     project: &Project,
 ) -> Result<(Vec<models::Server>, Prices), HetznerError> {
-    let client = client_for(app, project)?;
+    // A sync is background work: it slows down before it would eat the budget that
+    // people's power actions and provisioning need.
+    let client = client_for(app, project)?.background();
     let remote = client.list_servers().await?;
     let prices = client.prices().await?;
     Ok((remote, prices))
