@@ -1,8 +1,9 @@
 //! Hetzner Cloud end to end: the real `dynserv` against the Hetzner simulator
 //! (`tests/hetzner-sim`, run in-process): sync with paging and a rate limit in the
 //! middle, waiting for `RateLimit-Reset`, slowing down on a low `RateLimit-Remaining`,
-//! an invalid token, power actions, budget warnings, the agent download,
-//! provisioning, and the default `HETZNER_API_TOKEN` treated like a project's own.
+//! an invalid token, power actions (also across a restart), budget warnings, the
+//! agent download, provisioning (also across a restart), and the default
+//! `HETZNER_API_TOKEN` treated like a project's own.
 
 use std::time::Duration;
 
@@ -813,6 +814,104 @@ async fn sync_slows_down_when_the_budget_runs_low() {
         "requests after the first answer should be a second apart: {slow_gaps:?}"
     );
     assert_eq!(servers_of(&admin, "Lowco").await.len(), 120);
+}
+
+/// A power action still running when the control plane stops is followed again after
+/// the restart: it reaches success and the server's status follows.
+#[tokio::test]
+async fn power_action_is_followed_again_after_a_restart() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-restart");
+    let ids = sim.add_servers("tok-restart", 1, "slow");
+    let mut cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Restartco", "tok-restart", None).await;
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let server = servers_of(&admin, "Restartco").await;
+    let server_id = server[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(server[0]["hetzner_id"], ids[0]);
+
+    // Hetzner takes its time over this one.
+    sim.set_action_duration(Duration::from_secs(8));
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweroff"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let action_id = body["action_id"].as_i64().expect("action_id");
+    let action_url = format!("/api/v1/servers/{server_id}/actions/{action_id}");
+
+    cp.restart().await;
+    let admin = cp.api_as("admin");
+    let (_, before) = admin.get(&action_url).await;
+    assert_eq!(before["status"], "running", "{before}");
+    let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+    assert_eq!(s["status"], "running", "not off before Hetzner says so");
+
+    eventually(WAIT, "the action succeeds after the restart", || async {
+        let (_, a) = admin.get(&action_url).await;
+        (a["status"] == "success").then_some(a)
+    })
+    .await;
+    eventually(WAIT, "the server is off", || async {
+        let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+        (s["status"] == "off").then_some(())
+    })
+    .await;
+    assert_eq!(sim.servers("tok-restart")[0].status, "off");
+    let (_, page) = admin.get_text(&format!("/servers/{server_id}")).await;
+    assert!(
+        page.contains(&format!("data-action-id=\"{action_id}\"")),
+        "{page}"
+    );
+}
+
+/// A request still booting when the control plane stops is followed on after the
+/// restart: the same server (nothing created twice) ends deployed, and its history
+/// says it was followed again rather than tried anew.
+#[tokio::test]
+async fn provisioning_is_followed_again_after_a_restart() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-reboot");
+    // The new server takes eight seconds to boot.
+    sim.set_action_duration(Duration::from_secs(8));
+    let mut cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Rebootco", "tok-reboot", None).await;
+    let id = approved_request(&cp, "Rebootco", "Slow Boot").await;
+    eventually(WAIT, "the request is booting", || async {
+        let (_, p) = admin
+            .get(&format!("/api/v1/requests/{id}/provisioning"))
+            .await;
+        (p["step"] == "booting").then_some(())
+    })
+    .await;
+
+    cp.restart().await;
+    let admin = cp.api_as("admin");
+    request_status(&admin, &id, "deployed").await;
+    assert_eq!(sim.created_count(), 1, "one server in all");
+    let (_, p) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    assert_eq!(p["attempts"], 1, "{p}");
+    assert_eq!(p["step"], "deployed", "{p}");
+    let notes: Vec<&str> = p["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["note"].as_str())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("after a restart")),
+        "{notes:?}"
+    );
+    let servers = servers_of(&admin, "Rebootco").await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(servers[0]["agent"].is_object(), "{}", servers[0]);
 }
 
 /// A project without a token of its own, with `HETZNER_API_TOKEN` set: it syncs, its

@@ -51,13 +51,16 @@ pub fn project_has_token(project: &Project) -> bool {
 
 /// Starts the Hetzner side of a running control plane until `stop` resolves: takes
 /// the token rule's default from the configuration, registers the provisioning hook,
-/// and spawns the provisioning supervisor and the scheduled syncs.
+/// follows again the power actions a previous run left running, and spawns the
+/// provisioning supervisor (which also picks up requests left provisioning) and the
+/// scheduled syncs.
 pub fn start<S>(app: &App, stop: impl Fn() -> S)
 where
     S: Future<Output = ()> + Send + 'static,
 {
     DEFAULT_TOKEN.store(app.config.hetzner_api_token.is_some(), Ordering::Relaxed);
     provision::register();
+    power::resume(app);
     tokio::spawn(provision::supervisor(app.clone(), stop()));
     tokio::spawn(sync::scheduler(app.clone(), stop()));
 }

@@ -296,28 +296,43 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         return Ok(());
     }
     let client = client_for(app, &project).map_err(hetzner)?;
-    let mut p = app
+    let stored = app
         .store
         .get::<Provisioning>(request_id)
-        .map_err(|e| format!("{e:#}"))?
-        .unwrap_or_else(|| Provisioning {
-            id: request.id.clone(),
-            project_id: project.id.clone(),
-            server_name: server_name(&request),
-            hetzner_id: None,
-            server_id: request.server_id.clone(),
-            step: "creating".into(),
-            error: None,
-            attempts: 0,
-            history: Vec::new(),
-            updated_at: Utc::now(),
-        });
-    p.attempts += 1;
-    let text = format!(
-        "attempt {}: {} ({}, {}, {})",
-        p.attempts, p.server_name, request.server_type, request.image, request.location
-    );
-    note(app, &mut p, "creating", text);
+        .map_err(|e| format!("{e:#}"))?;
+    // A record that neither failed nor finished belongs to a run that a stop of the
+    // control plane interrupted: this run follows it on, it is no new attempt.
+    let resumed = stored
+        .as_ref()
+        .is_some_and(|p| p.step != "failed" && p.step != "deployed");
+    let mut p = stored.unwrap_or_else(|| Provisioning {
+        id: request.id.clone(),
+        project_id: project.id.clone(),
+        server_name: server_name(&request),
+        hetzner_id: None,
+        server_id: request.server_id.clone(),
+        step: "creating".into(),
+        error: None,
+        attempts: 0,
+        history: Vec::new(),
+        updated_at: Utc::now(),
+    });
+    if resumed {
+        let step = p.step.clone();
+        note(
+            app,
+            &mut p,
+            &step,
+            "followed again after a restart of the control plane",
+        );
+    } else {
+        p.attempts += 1;
+        let text = format!(
+            "attempt {}: {} ({}, {}, {})",
+            p.attempts, p.server_name, request.server_type, request.image, request.location
+        );
+        note(app, &mut p, "creating", text);
+    }
 
     // Find the server this request already has at Hetzner, or create it.
     let mut remote = None;
@@ -334,6 +349,7 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
             .next();
     }
     let remote = match remote {
+        Some(found) if resumed => found,
         Some(found) => {
             note(
                 app,
@@ -349,16 +365,18 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         None => create(app, &client, &request, &p.server_name).await?,
     };
     p.hetzner_id = Some(remote.id);
-    note(
-        app,
-        &mut p,
-        "booting",
-        format!(
-            "Hetzner server #{} {}",
-            remote.id,
-            status_name(remote.status)
-        ),
-    );
+    if !resumed || p.step == "creating" {
+        note(
+            app,
+            &mut p,
+            "booting",
+            format!(
+                "Hetzner server #{} {}",
+                remote.id,
+                status_name(remote.status)
+            ),
+        );
+    }
     let server_id = record_server(app, &project, &request, &remote, &client).await?;
     p.server_id = Some(server_id.clone());
     let _ = app.store.put(&p);
@@ -416,7 +434,9 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    note(app, &mut p, "agent enrolled", format!("agent {agent_id}"));
+    if p.step != "agent enrolled" {
+        note(app, &mut p, "agent enrolled", format!("agent {agent_id}"));
+    }
 
     // Deployed: the fleet may have moved the request already when the agent enrolled.
     app.store
