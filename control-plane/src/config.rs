@@ -9,6 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -19,6 +20,14 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_QUIC: &str = "0.0.0.0:4433";
 /// Default Hetzner Cloud API base.
 pub const DEFAULT_HETZNER_URL: &str = "https://api.hetzner.cloud/v1";
+/// Default seconds between two scheduled Hetzner syncs of a project.
+pub const DEFAULT_HETZNER_SYNC_SECS: u64 = 15 * 60;
+/// The shortest interval of scheduled syncs a setting may ask for, in seconds.
+pub const MIN_HETZNER_SYNC_SECS: u64 = 10;
+/// Default seconds provisioning waits for a new server to reach `running`.
+pub const DEFAULT_PROVISION_BOOT_SECS: u64 = 600;
+/// Default seconds provisioning waits for a running server's agent to enroll.
+pub const DEFAULT_PROVISION_ENROLL_SECS: u64 = 900;
 
 /// The optional configuration file. Unknown keys are an error, so a typo is caught.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -35,6 +44,12 @@ pub struct FileConfig {
     pub hetzner_api_url: Option<String>,
     pub session_idle_minutes: Option<u64>,
     pub session_absolute_hours: Option<u64>,
+    /// Seconds between two scheduled Hetzner syncs of a project; 0 turns them off.
+    pub hetzner_sync_secs: Option<u64>,
+    /// Seconds provisioning waits for a new server to boot.
+    pub provision_boot_secs: Option<u64>,
+    /// Seconds provisioning waits for a new server's agent to enroll.
+    pub provision_enroll_secs: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (already merged by clap).
@@ -49,6 +64,12 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub hetzner_api_token: Option<String>,
     pub hetzner_api_url: Option<String>,
+    /// `DYNSERV_HETZNER_SYNC_SECS`.
+    pub hetzner_sync_secs: Option<String>,
+    /// `DYNSERV_PROVISION_BOOT_SECS`.
+    pub provision_boot_secs: Option<String>,
+    /// `DYNSERV_PROVISION_ENROLL_SECS`.
+    pub provision_enroll_secs: Option<String>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -67,6 +88,13 @@ pub struct Config {
     pub hetzner_api_url: String,
     pub session_idle: chrono::Duration,
     pub session_absolute: chrono::Duration,
+    /// The base interval of scheduled Hetzner syncs (at least 10 s); `None` when they
+    /// are off.
+    pub hetzner_sync_interval: Option<Duration>,
+    /// How long provisioning waits for a new server to reach `running`.
+    pub provision_boot_timeout: Duration,
+    /// How long provisioning waits for a running server's agent to enroll.
+    pub provision_enroll_timeout: Duration,
 }
 
 impl Config {
@@ -146,7 +174,39 @@ impl Config {
             session_absolute: chrono::Duration::hours(
                 file.session_absolute_hours.unwrap_or(7 * 24) as i64,
             ),
+            hetzner_sync_interval: match seconds(
+                "DYNSERV_HETZNER_SYNC_SECS",
+                over.hetzner_sync_secs.as_deref(),
+                file.hetzner_sync_secs,
+                DEFAULT_HETZNER_SYNC_SECS,
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs.max(MIN_HETZNER_SYNC_SECS))),
+            },
+            provision_boot_timeout: Duration::from_secs(seconds(
+                "DYNSERV_PROVISION_BOOT_SECS",
+                over.provision_boot_secs.as_deref(),
+                file.provision_boot_secs,
+                DEFAULT_PROVISION_BOOT_SECS,
+            )?),
+            provision_enroll_timeout: Duration::from_secs(seconds(
+                "DYNSERV_PROVISION_ENROLL_SECS",
+                over.provision_enroll_secs.as_deref(),
+                file.provision_enroll_secs,
+                DEFAULT_PROVISION_ENROLL_SECS,
+            )?),
         })
+    }
+}
+
+/// A number of seconds from the environment (`name`, text), else the file, else
+/// `default`; text that is not a whole number is an error naming the variable.
+fn seconds(name: &str, env: Option<&str>, file: Option<u64>, default: u64) -> Result<u64> {
+    match env.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("{name}={text:?} is not a whole number of seconds")),
+        None => Ok(file.unwrap_or(default)),
     }
 }
 
@@ -270,6 +330,51 @@ mod tests {
         );
         std::fs::write(dir.path().join("dynserv.toml"), "htp = \"x\"\n").unwrap();
         assert!(Config::resolve(dir.path(), &Overrides::default()).is_err());
+    }
+
+    /// The Hetzner timings: defaults, the environment over the file, 0 turns scheduled
+    /// syncs off, a too short interval is raised to 10 s, and text that is not a
+    /// number is refused with the variable's name.
+    #[test]
+    fn hetzner_timings() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = Config::resolve(dir.path(), &Overrides::default()).unwrap();
+        assert_eq!(
+            defaults.hetzner_sync_interval,
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(defaults.provision_boot_timeout, Duration::from_secs(600));
+        assert_eq!(defaults.provision_enroll_timeout, Duration::from_secs(900));
+        std::fs::write(
+            dir.path().join("dynserv.toml"),
+            "hetzner_sync_secs = 120\nprovision_boot_secs = 30\n",
+        )
+        .unwrap();
+        let from_file = Config::resolve(dir.path(), &Overrides::default()).unwrap();
+        assert_eq!(
+            from_file.hetzner_sync_interval,
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(from_file.provision_boot_timeout, Duration::from_secs(30));
+        let env = |sync: &str| Overrides {
+            hetzner_sync_secs: Some(sync.into()),
+            provision_enroll_secs: Some("45".into()),
+            ..Default::default()
+        };
+        let off = Config::resolve(dir.path(), &env("0")).unwrap();
+        assert_eq!(off.hetzner_sync_interval, None);
+        assert_eq!(off.provision_enroll_timeout, Duration::from_secs(45));
+        assert_eq!(off.provision_boot_timeout, Duration::from_secs(30));
+        assert_eq!(
+            Config::resolve(dir.path(), &env("3"))
+                .unwrap()
+                .hetzner_sync_interval,
+            Some(Duration::from_secs(10))
+        );
+        let err = Config::resolve(dir.path(), &env("15m"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DYNSERV_HETZNER_SYNC_SECS"), "{err}");
     }
 
     /// PostgreSQL URLs are refused with a clear message.

@@ -63,15 +63,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     if app.fleet.demo_agent_wanted() {
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
-    tokio::spawn(hetzner::sync::scheduler(
-        app.clone(),
-        wait_for(stop_rx.clone()),
-    ));
-    hetzner::provision::register();
-    tokio::spawn(hetzner::provision::supervisor(
-        app.clone(),
-        wait_for(stop_rx.clone()),
-    ));
+    hetzner::start(&app, || wait_for(stop_rx.clone()));
     tokio::spawn(subscriptions::renewal_job(
         app.clone(),
         wait_for(stop_rx.clone()),

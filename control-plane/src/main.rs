@@ -127,6 +127,9 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
         database_url: env("DATABASE_URL"),
         hetzner_api_token: env("HETZNER_API_TOKEN"),
         hetzner_api_url: env("HETZNER_API_URL"),
+        hetzner_sync_secs: env("DYNSERV_HETZNER_SYNC_SECS"),
+        provision_boot_secs: env("DYNSERV_PROVISION_BOOT_SECS"),
+        provision_enroll_secs: env("DYNSERV_PROVISION_ENROLL_SECS"),
         config_file: cli.config.clone(),
     }
 }

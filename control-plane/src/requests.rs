@@ -1,8 +1,9 @@
 //! Server requests and their approval workflow.
 //!
 //! A sales agent files a [`Request`] for a client; an admin approves or rejects it; an
-//! approved request is provisioned (at Hetzner when its project has a token) and ends
-//! `deployed` when its server's agent enrolls, or `failed` (retry allowed):
+//! approved request is provisioned (at Hetzner when its project has a token, its own
+//! or `HETZNER_API_TOKEN`) and ends `deployed` when its server's agent enrolls, or
+//! `failed` (retry allowed):
 //!
 //! ```text
 //! pending ──approve──► approved ──start_provisioning──► provisioning ──mark_deployed──► deployed
@@ -159,7 +160,8 @@ pub struct Facts {
     pub actor: ActorKind,
     /// The actor filed the request.
     pub is_requester: bool,
-    /// The request's project has its own Hetzner token.
+    /// The request's project can provision at Hetzner: it has its own token or
+    /// `HETZNER_API_TOKEN` is set (the token rule, `hetzner::has_token`).
     pub project_has_token: bool,
 }
 
@@ -485,7 +487,7 @@ pub fn facts_of(r: &impl Read, actor: &Actor, request: &Request) -> anyhow::Resu
     Ok(Facts {
         actor: kind,
         is_requester: user.is_some_and(|u| u.id == request.requested_by),
-        project_has_token: project.is_some_and(|p| p.hetzner_token_enc.is_some()),
+        project_has_token: project.is_some_and(|p| crate::hetzner::project_has_token(&p)),
     })
 }
 

@@ -1,10 +1,15 @@
 //! Hetzner Cloud end to end: the real `dynserv` against the Hetzner simulator
 //! (`tests/hetzner-sim`, run in-process): sync with paging and a rate limit in the
-//! middle, an invalid token, power actions, budget warnings, the agent download.
+//! middle, waiting for `RateLimit-Reset`, slowing down on a low `RateLimit-Remaining`,
+//! an invalid token, power actions (also across a restart), budget warnings, the
+//! agent download, provisioning (also across a restart), and the default
+//! `HETZNER_API_TOKEN` treated like a project's own.
 
 use std::time::Duration;
 
-use dynserv_hetzner_sim::{BootConfig, Fault, FaultKind, NewServer, SimConfig, Simulator};
+use dynserv_hetzner_sim::{
+    BootConfig, Fault, FaultKind, LoggedRequest, NewServer, SimConfig, Simulator,
+};
 use dynserv_tests::{eventually, Agent, Api, Browser, ControlPlane};
 use serde_json::{json, Value};
 
@@ -87,7 +92,9 @@ async fn sync_pages_through_120_servers_and_a_rate_limit() {
         times: 1,
         path_prefix: Some("/v1/servers".into()),
         method: None,
-        kind: FaultKind::RateLimit,
+        kind: FaultKind::RateLimit {
+            reset_secs: Some(1),
+        },
     });
     let cp = control_plane(&sim).await;
     let admin = cp.api_as("admin");
@@ -712,4 +719,267 @@ async fn scheduled_sync_reaches_every_project() {
     }
     let posts = sim.requests().iter().filter(|r| r.method != "GET").count();
     assert_eq!(posts, 0, "nothing but reads");
+}
+
+/// The sync's requests of `GET /v1/servers` and `GET /v1/pricing`, in order.
+fn sync_requests(sim: &Simulator) -> Vec<LoggedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && (r.path == "/v1/servers" || r.path == "/v1/pricing"))
+        .collect()
+}
+
+/// A 429 whose `RateLimit-Reset` is three seconds ahead: the client asks again only
+/// once that second has come (a plain backoff would be back within half a second),
+/// and the sync still succeeds.
+#[tokio::test]
+async fn rate_limit_retry_waits_for_the_reset() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-reset");
+    sim.add_servers("tok-reset", 3, "r");
+    sim.inject(Fault {
+        skip: 0,
+        times: 1,
+        path_prefix: Some("/v1/servers".into()),
+        method: Some("GET".into()),
+        kind: FaultKind::RateLimit {
+            reset_secs: Some(3),
+        },
+    });
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Resetco", "tok-reset", None).await;
+    let last = sync(&admin, &id).await;
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(servers_of(&admin, "Resetco").await.len(), 3);
+
+    let requests = sync_requests(&sim);
+    let refused = requests
+        .iter()
+        .position(|r| r.status == 429)
+        .expect("the 429 was answered");
+    // The simulator's reset: three seconds after the second the 429 was answered in.
+    let reset_ms = (requests[refused].at.timestamp() + 3) * 1000;
+    let retry = &requests[refused + 1];
+    assert_eq!(retry.path, "/v1/servers");
+    assert_eq!(retry.status, 200);
+    assert!(
+        retry.at.timestamp_millis() >= reset_ms,
+        "the retry came {} ms before RateLimit-Reset",
+        reset_ms - retry.at.timestamp_millis()
+    );
+    // Not much later either: the wait is the reset plus at most a second of jitter
+    // (and the second the emptied budget takes to give one request back).
+    assert!(
+        retry.at.timestamp_millis() - reset_ms < 2_500,
+        "the retry came {} ms after RateLimit-Reset",
+        retry.at.timestamp_millis() - reset_ms
+    );
+}
+
+/// With the token's hourly budget nearly spent (by other clients of the token), a
+/// sync that went at full speed before now spaces its requests a second apart, the
+/// rate the budget refills at, and never meets a 429.
+#[tokio::test]
+async fn sync_slows_down_when_the_budget_runs_low() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-low");
+    sim.add_servers("tok-low", 120, "low");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Lowco", "tok-low", None).await;
+
+    let gaps = |requests: &[LoggedRequest]| -> Vec<i64> {
+        requests
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at).num_milliseconds())
+            .collect()
+    };
+    // Plenty left: three pages and the pricing go at once.
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let fast = sync_requests(&sim);
+    assert_eq!(fast.len(), 4, "{fast:?}");
+    assert!(gaps(&fast).iter().all(|g| *g < 500), "{:?}", gaps(&fast));
+
+    // 40 left of 3600: below the tenth the syncs leave to people.
+    sim.set_rate_limit("tok-low", 3600, 40);
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let slow: Vec<LoggedRequest> = sync_requests(&sim).into_iter().skip(4).collect();
+    assert_eq!(slow.len(), 4, "{slow:?}");
+    assert!(slow.iter().all(|r| r.status == 200), "{slow:?}");
+    // The first answer tells the client; from then on one request a second.
+    let slow_gaps = gaps(&slow);
+    assert!(
+        slow_gaps[1..].iter().all(|g| *g >= 900),
+        "requests after the first answer should be a second apart: {slow_gaps:?}"
+    );
+    assert_eq!(servers_of(&admin, "Lowco").await.len(), 120);
+}
+
+/// A power action still running when the control plane stops is followed again after
+/// the restart: it reaches success and the server's status follows.
+#[tokio::test]
+async fn power_action_is_followed_again_after_a_restart() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-restart");
+    let ids = sim.add_servers("tok-restart", 1, "slow");
+    let mut cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    let id = project(&admin, "Restartco", "tok-restart", None).await;
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let server = servers_of(&admin, "Restartco").await;
+    let server_id = server[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(server[0]["hetzner_id"], ids[0]);
+
+    // Hetzner takes its time over this one.
+    sim.set_action_duration(Duration::from_secs(8));
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweroff"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let action_id = body["action_id"].as_i64().expect("action_id");
+    let action_url = format!("/api/v1/servers/{server_id}/actions/{action_id}");
+
+    cp.restart().await;
+    let admin = cp.api_as("admin");
+    let (_, before) = admin.get(&action_url).await;
+    assert_eq!(before["status"], "running", "{before}");
+    let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+    assert_eq!(s["status"], "running", "not off before Hetzner says so");
+
+    eventually(WAIT, "the action succeeds after the restart", || async {
+        let (_, a) = admin.get(&action_url).await;
+        (a["status"] == "success").then_some(a)
+    })
+    .await;
+    eventually(WAIT, "the server is off", || async {
+        let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+        (s["status"] == "off").then_some(())
+    })
+    .await;
+    assert_eq!(sim.servers("tok-restart")[0].status, "off");
+    let (_, page) = admin.get_text(&format!("/servers/{server_id}")).await;
+    assert!(
+        page.contains(&format!("data-action-id=\"{action_id}\"")),
+        "{page}"
+    );
+}
+
+/// A request still booting when the control plane stops is followed on after the
+/// restart: the same server (nothing created twice) ends deployed, and its history
+/// says it was followed again rather than tried anew.
+#[tokio::test]
+async fn provisioning_is_followed_again_after_a_restart() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-reboot");
+    // The new server takes eight seconds to boot.
+    sim.set_action_duration(Duration::from_secs(8));
+    let mut cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Rebootco", "tok-reboot", None).await;
+    let id = approved_request(&cp, "Rebootco", "Slow Boot").await;
+    eventually(WAIT, "the request is booting", || async {
+        let (_, p) = admin
+            .get(&format!("/api/v1/requests/{id}/provisioning"))
+            .await;
+        (p["step"] == "booting").then_some(())
+    })
+    .await;
+
+    cp.restart().await;
+    let admin = cp.api_as("admin");
+    request_status(&admin, &id, "deployed").await;
+    assert_eq!(sim.created_count(), 1, "one server in all");
+    let (_, p) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    assert_eq!(p["attempts"], 1, "{p}");
+    assert_eq!(p["step"], "deployed", "{p}");
+    let notes: Vec<&str> = p["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["note"].as_str())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("after a restart")),
+        "{notes:?}"
+    );
+    let servers = servers_of(&admin, "Rebootco").await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(servers[0]["agent"].is_object(), "{}", servers[0]);
+}
+
+/// A project without a token of its own, with `HETZNER_API_TOKEN` set: it syncs, its
+/// servers power off, and an approved request is provisioned at Hetzner, so the admin
+/// may not mark it deployed by hand, and no page calls the project tokenless.
+#[tokio::test]
+async fn the_default_token_counts_everywhere() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-global");
+    let ids = sim.add_servers("tok-global", 2, "glob");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("HETZNER_API_TOKEN", "tok-global")
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    let (status, created) = admin
+        .post("/api/v1/projects", &json!({"name": "Globalco"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Sync.
+    assert_eq!(sync(&admin, &id).await["ok"], true);
+    let servers = servers_of(&admin, "Globalco").await;
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    let (_, page) = admin.get_text(&format!("/projects/{id}")).await;
+    assert!(page.contains("data-sync-button"), "the page offers Sync");
+
+    // Power.
+    let server = servers.iter().find(|s| s["hetzner_id"] == ids[0]).unwrap();
+    let server_id = server["id"].as_str().unwrap();
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/servers/{server_id}/power"),
+            &json!({"action": "poweroff"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(WAIT, "the server is off", || async {
+        let (_, s) = admin.get(&format!("/api/v1/servers/{server_id}")).await;
+        (s["status"] == "off").then_some(())
+    })
+    .await;
+
+    // Provisioning.
+    let request = approved_request(&cp, "Globalco", "Default Token Ltd").await;
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{request}/deployed"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("has a Hetzner token"),
+        "{body}"
+    );
+    let (_, page) = admin.get_text(&format!("/requests/{request}")).await;
+    assert!(!page.contains("no Hetzner token"), "{page}");
+    request_status(&admin, &request, "deployed").await;
+    let created = sim
+        .servers("tok-global")
+        .into_iter()
+        .filter(|s| s.labels.get("dynserv-request") == Some(&request))
+        .count();
+    assert_eq!(created, 1);
 }

@@ -1,6 +1,8 @@
 //! Power actions: power on, power off, reboot. Starting one asks Hetzner and answers
 //! its action id; a background watcher follows the action until it succeeds or fails
 //! and keeps its state in the `hetzner_actions` table for the API and the server page.
+//! Actions still `running` when the control plane stopped are followed again when it
+//! starts ([`resume`]), so none stays `running` for ever.
 
 use std::time::Duration;
 
@@ -16,9 +18,12 @@ use crate::projects::Project;
 use crate::servers::{self, Server};
 use crate::store::{Read, Record};
 
-/// How often the watcher asks Hetzner about a running action.
-const POLL: Duration = Duration::from_millis(500);
-/// How long the watcher follows one action.
+/// How soon the watcher first asks Hetzner about a running action.
+const POLL_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between two questions: the wait grows by half each time, so a
+/// slow action costs a request every few seconds, not two a second.
+const POLL_MAX: Duration = Duration::from_secs(5);
+/// How long after its start an action is followed.
 const WATCH_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// A Hetzner action started from dynserv, as last seen.
@@ -129,21 +134,69 @@ pub async fn start(
     Ok(record)
 }
 
-/// Follows an action until it ends, then refreshes the server from Hetzner.
+/// Follows again, in the background, every action a previous run left `running`.
+pub fn resume(app: &App) {
+    let running: Vec<HetznerAction> = match app.store.list::<HetznerAction>() {
+        Ok(list) => list.into_iter().filter(|a| a.status == "running").collect(),
+        Err(e) => {
+            tracing::error!("listing Hetzner actions to follow again: {e:#}");
+            return;
+        }
+    };
+    for record in running {
+        let Some(action) = PowerAction::parse(&record.requested) else {
+            tracing::warn!(
+                "Hetzner action {} asked for {:?}, which is not a power action",
+                record.action_id,
+                record.requested
+            );
+            continue;
+        };
+        tracing::info!(
+            "following Hetzner action {} ({}) again",
+            record.action_id,
+            record.command
+        );
+        let project = app.store.get::<Project>(&record.project_id);
+        let client = match project {
+            Ok(Some(project)) => client_for(app, &project),
+            Ok(None) => Err(HetznerError::NoToken),
+            Err(e) => {
+                tracing::error!("reading the project of action {}: {e:#}", record.action_id);
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            match client {
+                Ok(client) => watch(app, client, record, action).await,
+                Err(e) => {
+                    let mut record = record;
+                    record.status = "error".into();
+                    record.error = Some(format!("cannot follow the action any more: {e}"));
+                    finish(&app, None, record, action).await;
+                }
+            }
+        });
+    }
+}
+
+/// Follows an action until it ends (or [`WATCH_LIMIT`] after its start), then
+/// refreshes the server from Hetzner.
 async fn watch(
     app: App,
     client: super::client::Client,
     mut record: HetznerAction,
     action: PowerAction,
 ) {
-    let deadline = tokio::time::Instant::now() + WATCH_LIMIT;
+    // Following is background work: it leaves the request budget to people.
+    let client = client.background();
+    let limit = chrono::Duration::from_std(WATCH_LIMIT).unwrap_or(chrono::Duration::MAX);
+    let deadline = record.started_at + limit;
+    let mut pause = POLL_FIRST;
     while record.status == "running" {
-        if tokio::time::Instant::now() >= deadline {
-            record.status = "error".into();
-            record.error = Some("gave up watching the action after 15 minutes".into());
-            break;
-        }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = pause.mul_f64(1.5).min(POLL_MAX);
         match client.action(record.action_id).await {
             Ok(a) => {
                 record.status = action_status(a.status).to_string();
@@ -152,14 +205,40 @@ async fn watch(
                     record.error = a.error.map(|e| format!("{} ({})", e.message, e.code));
                 }
             }
+            Err(e) if e.is_not_found() => {
+                record.status = "error".into();
+                record.error = Some(format!(
+                    "Hetzner no longer knows action {}",
+                    record.action_id
+                ));
+            }
             Err(e) => tracing::warn!("watching Hetzner action {}: {e}", record.action_id),
         }
-        let _ = app.store.put(&record);
+        if record.status == "running" && Utc::now() >= deadline {
+            record.status = "error".into();
+            record.error = Some(format!(
+                "gave up following the action {} minutes after it started",
+                WATCH_LIMIT.as_secs() / 60
+            ));
+        }
+        if record.status == "running" {
+            let _ = app.store.put(&record);
+        }
     }
+    finish(&app, Some(&client), record, action).await;
+}
+
+/// Records how an action ended and the server's status, as Hetzner now reports it
+/// (or, without an answer, as a successful action leaves it).
+async fn finish(
+    app: &App,
+    client: Option<&super::client::Client>,
+    mut record: HetznerAction,
+    action: PowerAction,
+) {
     record.finished_at = Some(Utc::now());
-    // The server's own status, as Hetzner now reports it.
-    let hetzner_server = match app.store.get::<Server>(&record.server_id) {
-        Ok(Some(s)) => match s.hetzner_id {
+    let hetzner_server = match (client, app.store.get::<Server>(&record.server_id)) {
+        (Some(client), Ok(Some(s))) => match s.hetzner_id {
             Some(id) => client.server(id).await.ok().flatten(),
             None => None,
         },

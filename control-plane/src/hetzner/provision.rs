@@ -157,17 +157,8 @@ impl Drop for Active {
     }
 }
 
-fn seconds_from_env(name: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(default),
-    )
-}
-
-/// Registers the approval hook: an approved request of a project with its own token
-/// starts provisioning at once.
+/// Registers the approval hook: an approved request of a project with a token (its
+/// own or the default one) starts provisioning at once.
 pub fn register() {
     requests::on_approved(|app, request| {
         let app = app.clone();
@@ -180,7 +171,7 @@ pub fn register() {
                     .map(|id| w.get(&id))
                     .transpose()?
                     .flatten();
-                if project.is_none_or(|p| p.hetzner_token_enc.is_none()) {
+                if project.is_none_or(|p| !super::sync::has_token(&app, &p)) {
                     return Ok(false);
                 }
                 requests::transition(
@@ -305,28 +296,43 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         return Ok(());
     }
     let client = client_for(app, &project).map_err(hetzner)?;
-    let mut p = app
+    let stored = app
         .store
         .get::<Provisioning>(request_id)
-        .map_err(|e| format!("{e:#}"))?
-        .unwrap_or_else(|| Provisioning {
-            id: request.id.clone(),
-            project_id: project.id.clone(),
-            server_name: server_name(&request),
-            hetzner_id: None,
-            server_id: request.server_id.clone(),
-            step: "creating".into(),
-            error: None,
-            attempts: 0,
-            history: Vec::new(),
-            updated_at: Utc::now(),
-        });
-    p.attempts += 1;
-    let text = format!(
-        "attempt {}: {} ({}, {}, {})",
-        p.attempts, p.server_name, request.server_type, request.image, request.location
-    );
-    note(app, &mut p, "creating", text);
+        .map_err(|e| format!("{e:#}"))?;
+    // A record that neither failed nor finished belongs to a run that a stop of the
+    // control plane interrupted: this run follows it on, it is no new attempt.
+    let resumed = stored
+        .as_ref()
+        .is_some_and(|p| p.step != "failed" && p.step != "deployed");
+    let mut p = stored.unwrap_or_else(|| Provisioning {
+        id: request.id.clone(),
+        project_id: project.id.clone(),
+        server_name: server_name(&request),
+        hetzner_id: None,
+        server_id: request.server_id.clone(),
+        step: "creating".into(),
+        error: None,
+        attempts: 0,
+        history: Vec::new(),
+        updated_at: Utc::now(),
+    });
+    if resumed {
+        let step = p.step.clone();
+        note(
+            app,
+            &mut p,
+            &step,
+            "followed again after a restart of the control plane",
+        );
+    } else {
+        p.attempts += 1;
+        let text = format!(
+            "attempt {}: {} ({}, {}, {})",
+            p.attempts, p.server_name, request.server_type, request.image, request.location
+        );
+        note(app, &mut p, "creating", text);
+    }
 
     // Find the server this request already has at Hetzner, or create it.
     let mut remote = None;
@@ -343,6 +349,7 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
             .next();
     }
     let remote = match remote {
+        Some(found) if resumed => found,
         Some(found) => {
             note(
                 app,
@@ -358,25 +365,29 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         None => create(app, &client, &request, &p.server_name).await?,
     };
     p.hetzner_id = Some(remote.id);
-    note(
-        app,
-        &mut p,
-        "booting",
-        format!(
-            "Hetzner server #{} {}",
-            remote.id,
-            status_name(remote.status)
-        ),
-    );
+    if !resumed || p.step == "creating" {
+        note(
+            app,
+            &mut p,
+            "booting",
+            format!(
+                "Hetzner server #{} {}",
+                remote.id,
+                status_name(remote.status)
+            ),
+        );
+    }
     let server_id = record_server(app, &project, &request, &remote, &client).await?;
     p.server_id = Some(server_id.clone());
     let _ = app.store.put(&p);
 
-    // Booting: until Hetzner says running.
-    let boot_limit = seconds_from_env("DYNSERV_PROVISION_BOOT_SECS", 600);
+    // Booting: until Hetzner says running. Asking again and again is background
+    // work: it leaves the request budget to people.
+    let boot_limit = app.config.provision_boot_timeout;
     let deadline = tokio::time::Instant::now() + boot_limit;
+    let poller = client.clone().background();
     loop {
-        let now = client.server(remote.id).await.map_err(hetzner)?;
+        let now = poller.server(remote.id).await.map_err(hetzner)?;
         let Some(now) = now else {
             return Err(format!(
                 "the server #{} was deleted at Hetzner while booting",
@@ -405,7 +416,7 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     }
 
     // Agent enrolled: the agent attaches itself to our server record by name.
-    let enroll_limit = seconds_from_env("DYNSERV_PROVISION_ENROLL_SECS", 900);
+    let enroll_limit = app.config.provision_enroll_timeout;
     let deadline = tokio::time::Instant::now() + enroll_limit;
     let agent_id = loop {
         let server = app
@@ -423,7 +434,9 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    note(app, &mut p, "agent enrolled", format!("agent {agent_id}"));
+    if p.step != "agent enrolled" {
+        note(app, &mut p, "agent enrolled", format!("agent {agent_id}"));
+    }
 
     // Deployed: the fleet may have moved the request already when the agent enrolled.
     app.store
@@ -557,7 +570,7 @@ pub fn view(r: &impl Read, request_id: &str) -> anyhow::Result<serde_json::Value
         // Approved and about to start: only when the provisioner will take it.
         Status::Approved => r
             .get::<Project>(&request.project_id)?
-            .is_some_and(|p| p.hetzner_token_enc.is_some()),
+            .is_some_and(|p| super::project_has_token(&p)),
         _ => false,
     };
     let p = match r.get::<Provisioning>(request_id)? {

@@ -53,18 +53,23 @@ impl Drop for Running {
     }
 }
 
-/// The client for a project: its own token, else `HETZNER_API_TOKEN`.
-pub fn client_for(app: &App, project: &Project) -> Result<Client, HetznerError> {
-    let token =
-        projects::hetzner_token(&app.keys, project, app.config.hetzner_api_token.as_deref())
-            .map_err(|e| HetznerError::Decode(format!("the stored token cannot be read: {e:#}")))?
-            .ok_or(HetznerError::NoToken)?;
-    Client::new(&app.config.hetzner_api_url, &token)
+/// The token a project talks to Hetzner with: its own, else `HETZNER_API_TOKEN`
+/// (the token rule, see [`super::has_token`]).
+fn token_of(app: &App, project: &Project) -> Result<String, HetznerError> {
+    projects::hetzner_token(&app.keys, project, app.config.hetzner_api_token.as_deref())
+        .map_err(|e| HetznerError::Decode(format!("the stored token cannot be read: {e:#}")))?
+        .ok_or(HetznerError::NoToken)
 }
 
-/// Whether a project can be synced (has a token, or a default exists).
+/// The client for a project: its own token, else `HETZNER_API_TOKEN`.
+pub fn client_for(app: &App, project: &Project) -> Result<Client, HetznerError> {
+    Client::new(&app.config.hetzner_api_url, &token_of(app, project)?)
+}
+
+/// Whether a project can talk to Hetzner: [`super::has_token`] with this control
+/// plane's configuration.
 pub fn has_token(app: &App, project: &Project) -> bool {
-    project.hetzner_token_enc.is_some() || app.config.hetzner_api_token.is_some()
+    super::has_token(project, app.config.hetzner_api_token.is_some())
 }
 
 /// Syncs one project now and records the outcome in its `last_sync`. Answers `None`
@@ -144,7 +149,9 @@ async fn fetch(
     app: &App,
     project: &Project,
 ) -> Result<(Vec<models::Server>, Prices), HetznerError> {
-    let client = client_for(app, project)?;
+    // A sync is background work: it slows down before it would eat the budget that
+    // people's power actions and provisioning need.
+    let client = client_for(app, project)?.background();
     let remote = client.list_servers().await?;
     let prices = client.prices().await?;
     Ok((remote, prices))
@@ -291,9 +298,6 @@ pub fn spawn_sync(app: &App, project_id: &str, actor: Actor) {
     });
 }
 
-/// The default time between two scheduled syncs of a project.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
-
 /// The share of a token's hourly request budget scheduled syncs may use, leaving the
 /// rest for power actions, provisioning and on-demand syncs.
 pub const SCHEDULED_SHARE: f64 = 0.5;
@@ -313,16 +317,12 @@ pub fn requests_per_sync(server_count: usize) -> u64 {
 }
 
 /// The scheduled syncs: every project with a token, once per round, spread evenly
-/// over the round, until `shutdown` resolves. `DYNSERV_HETZNER_SYNC_SECS` sets the
-/// base interval (default 900 s; 0 turns scheduled syncs off).
+/// over the round, until `shutdown` resolves. The base interval is
+/// `Config::hetzner_sync_interval` (`DYNSERV_HETZNER_SYNC_SECS`, default 900 s;
+/// `None` turns scheduled syncs off).
 pub async fn scheduler(app: App, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let base = match std::env::var("DYNSERV_HETZNER_SYNC_SECS")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    {
-        Some(0) => return,
-        Some(secs) => Duration::from_secs(secs.max(10)),
-        None => DEFAULT_INTERVAL,
+    let Some(base) = app.config.hetzner_sync_interval else {
+        return;
     };
     tokio::pin!(shutdown);
     // Let the server settle (and on-demand syncs of a fresh start go first).
@@ -380,12 +380,11 @@ fn plan_cost(app: &App, plan: &[String]) -> u64 {
                 continue;
             };
             let count = servers.iter().filter(|s| s.project_id == *id).count();
-            // Projects without their own token share the default one.
-            let key = project
-                .hetzner_token_enc
-                .as_ref()
-                .and_then(|enc| app.keys.decrypt(enc).ok())
-                .unwrap_or_default();
+            // Projects without their own token share the default one, and so does a
+            // project whose own token is that same one.
+            let Ok(key) = token_of(app, &project) else {
+                continue;
+            };
             *per_token.entry(key).or_default() += requests_per_sync(count);
         }
         Ok(per_token.values().copied().max().unwrap_or(0))

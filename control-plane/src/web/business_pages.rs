@@ -215,7 +215,7 @@ fn request_page_data(app: &App, ctx: &Ctx, id: &str) -> AppResult<(Value, String
     let is_admin = policy::can(&ctx.subject, Action::ApproveRequest, None);
     let has_token = project
         .as_ref()
-        .is_some_and(|p| p.hetzner_token_enc.is_some());
+        .is_some_and(|p| crate::hetzner::sync::has_token(app, p));
     let facts = requests::Facts {
         actor: if is_admin {
             requests::ActorKind::Admin

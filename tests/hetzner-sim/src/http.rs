@@ -13,7 +13,7 @@ use warp::hyper::Body;
 use crate::boot::Booter;
 use crate::state::{
     self, action_json, matches_selector, pagination, pricing_json, server_json, server_type_json,
-    ApiError, Fault, FaultKind, LoggedRequest, NewServer, State, RATE_LIMIT_PER_HOUR,
+    ApiError, Fault, FaultKind, LoggedRequest, NewServer, RateHeaders, State, RATE_LIMIT_PER_HOUR,
 };
 
 /// Shared state of a running simulator.
@@ -63,19 +63,39 @@ pub fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
         .unwrap_or_default();
-    let reset = (state.hour_started + chrono::Duration::hours(1)).timestamp();
-    let (mut resp, remaining) = if let Some(kind) = state.take_fault(method.as_str(), path) {
-        let resp = match kind {
-            FaultKind::RateLimit => error(&ApiError::new(
-                429,
-                "rate_limit_exceeded",
-                "limit of 3600 requests per hour reached",
-            )),
+    let refused = || {
+        error(&ApiError::new(
+            429,
+            "rate_limit_exceeded",
+            "limit of 3600 requests per hour reached",
+        ))
+    };
+    let (mut resp, rate) = if let Some(kind) = state.take_fault(method.as_str(), path) {
+        let full = state
+            .projects
+            .get_mut(&token)
+            .map(|p| p.rate.headers(now))
+            .unwrap_or(RateHeaders {
+                limit: RATE_LIMIT_PER_HOUR,
+                remaining: RATE_LIMIT_PER_HOUR,
+                reset: now.timestamp(),
+            });
+        match kind {
+            FaultKind::RateLimit { reset_secs } => {
+                // An empty bucket is full again after an hour, whatever the limit.
+                let reset = now.timestamp() + i64::from(reset_secs.unwrap_or(3600));
+                let rate = RateHeaders {
+                    limit: full.limit,
+                    remaining: 0,
+                    reset,
+                };
+                (refused(), rate)
+            }
             FaultKind::Error {
                 status,
                 code,
                 message,
-            } => error(&ApiError::new(status, &code, message)),
+            } => (error(&ApiError::new(status, &code, message)), full),
             FaultKind::ErrorAfterProcessing {
                 status,
                 code,
@@ -84,10 +104,9 @@ pub fn handle(
                 if state.projects.contains_key(&token) {
                     let _ = api(shared, state, &token, &method, path, &params, &body);
                 }
-                error(&ApiError::new(status, &code, message))
+                (error(&ApiError::new(status, &code, message)), full)
             }
-        };
-        (resp, 0)
+        }
     } else if !state.projects.contains_key(&token) {
         (
             error(&ApiError::new(
@@ -95,34 +114,42 @@ pub fn handle(
                 "unauthorized",
                 "unable to authenticate",
             )),
-            RATE_LIMIT_PER_HOUR,
+            RateHeaders {
+                limit: RATE_LIMIT_PER_HOUR,
+                remaining: RATE_LIMIT_PER_HOUR,
+                reset: now.timestamp(),
+            },
         )
     } else {
-        let project = state.projects.get_mut(&token).map(|p| {
-            p.requests_this_hour += 1;
-            p.requests_this_hour
-        });
-        let used = project.unwrap_or(0);
-        let remaining = RATE_LIMIT_PER_HOUR.saturating_sub(used);
-        let resp = if remaining == 0 {
-            error(&ApiError::new(
-                429,
-                "rate_limit_exceeded",
-                "limit of 3600 requests per hour reached",
-            ))
-        } else {
+        let taken = state
+            .projects
+            .get_mut(&token)
+            .is_some_and(|p| p.rate.take(now));
+        let resp = if taken {
             match api(shared, state, &token, &method, path, &params, &body) {
                 Ok((status, value)) => reply(status, &value),
                 Err(e) => error(&e),
             }
+        } else {
+            refused()
         };
-        (resp, remaining)
+        let rate = state
+            .projects
+            .get_mut(&token)
+            .map(|p| p.rate.headers(now))
+            .unwrap_or(RateHeaders {
+                limit: RATE_LIMIT_PER_HOUR,
+                remaining: 0,
+                reset: now.timestamp(),
+            });
+        (resp, rate)
     };
     let h = resp.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(RATE_LIMIT_PER_HOUR));
-    h.insert("ratelimit-remaining", HeaderValue::from(remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(reset));
+    h.insert("ratelimit-limit", HeaderValue::from(rate.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(rate.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(rate.reset));
     state.log.push(LoggedRequest {
+        at: now,
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
@@ -333,6 +360,22 @@ fn control(shared: &Shared, method: &Method, rest: &str, body: &Bytes) -> Resp {
         (&Method::POST, ["projects", token]) => {
             state.projects.entry(token.to_string()).or_default();
             Ok(json!({"token": token}))
+        }
+        (&Method::POST, ["projects", token, "rate_limit"]) => {
+            #[derive(serde::Deserialize)]
+            struct Input {
+                limit: Option<u32>,
+                remaining: u32,
+            }
+            let input: Input = serde_json::from_slice(body)
+                .map_err(|e| ApiError::new(400, "json_error", e.to_string()))?;
+            let project = state.projects.entry(token.to_string()).or_default();
+            project.rate.set(
+                input.limit.unwrap_or(RATE_LIMIT_PER_HOUR),
+                input.remaining,
+                Utc::now(),
+            );
+            Ok(json!({"token": token, "remaining": input.remaining}))
         }
         (&Method::POST, ["projects", token, "servers"]) => {
             let input: NewServer = serde_json::from_slice(body)

@@ -6,7 +6,10 @@
 //! `GET/DELETE /v1/servers/{id}`, `POST /v1/servers/{id}/actions/{poweron,poweroff,
 //! reboot,reset,shutdown}`, `GET /v1/actions/{id}` (running, then success after the
 //! action duration), `GET /v1/server_types` and `GET /v1/pricing` with the real API's
-//! JSON, `RateLimit-*` headers and error bodies. It checks the bearer token (401
+//! JSON, error bodies and rate limit: a bucket of 3600 requests per project that
+//! refills one a second, told in `RateLimit-Limit`, `RateLimit-Remaining` and
+//! `RateLimit-Reset` (the unix second it is full again), with 429
+//! `rate_limit_exceeded` when it is empty. It checks the bearer token (401
 //! `unauthorized`), can be told to answer the next requests with a 429 or an error, and
 //! "boots" created servers by running the enrollment their user data contains.
 //!
@@ -33,7 +36,7 @@ use tokio::sync::oneshot;
 use warp::Filter;
 
 pub use boot::{BootConfig, Enrollment};
-pub use state::{Fault, FaultKind, LoggedRequest, NewServer, SimServer};
+pub use state::{Fault, FaultKind, LoggedRequest, NewServer, RateHeaders, SimServer};
 
 /// How to start a simulator.
 #[derive(Debug, Clone)]
@@ -176,6 +179,21 @@ impl Simulator {
                     server.locked = locked;
                 }
             }
+        });
+    }
+
+    /// How long actions started from now on stay `running` before they succeed.
+    pub fn set_action_duration(&self, duration: std::time::Duration) {
+        let duration = chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+        self.with_state(|s| s.action_duration = duration);
+    }
+
+    /// Sets a project's request budget: `remaining` of `limit` requests an hour, as if
+    /// other clients of the token had spent the rest.
+    pub fn set_rate_limit(&self, token: &str, limit: u32, remaining: u32) {
+        self.with_state(|s| {
+            let project = s.projects.entry(token.to_string()).or_default();
+            project.rate.set(limit, remaining, chrono::Utc::now());
         });
     }
 

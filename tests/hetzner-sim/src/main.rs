@@ -4,9 +4,10 @@
 //! hetzner-sim --listen 127.0.0.1:4010 --token demo-token --servers 5
 //! HETZNER_API_URL=http://127.0.0.1:4010/v1 dynserv serve --demo
 //! ```
-//! Steer it with `POST /_sim/faults` (`{"kind": {"type": "rate_limit"}, "times": 1}`),
-//! `POST /_sim/projects/{token}/servers`, `DELETE /_sim/servers/{id}`,
-//! `GET /_sim/requests`.
+//! Steer it with `POST /_sim/faults` (`{"kind": {"type": "rate_limit", "reset_secs": 5},
+//! "times": 1}`), `POST /_sim/projects/{token}/servers`,
+//! `POST /_sim/projects/{token}/rate_limit` (`{"remaining": 20}`),
+//! `DELETE /_sim/servers/{id}`, `GET /_sim/requests`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

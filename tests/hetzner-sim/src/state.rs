@@ -15,6 +15,83 @@ use serde_json::{json, Value};
 /// Hetzner's request budget per project and hour.
 pub const RATE_LIMIT_PER_HOUR: u32 = 3600;
 
+/// A project's request budget as Hetzner keeps it: a bucket of `limit` requests (3600)
+/// that refills by a 3600th of the limit every second, one request a second by
+/// default. Every answer tells it in three headers: `RateLimit-Limit` (the limit),
+/// `RateLimit-Remaining` (the whole requests left) and `RateLimit-Reset` (the unix
+/// second at which the bucket is full again). A request that finds it empty is
+/// answered 429 `rate_limit_exceeded` and takes nothing.
+#[derive(Debug, Clone)]
+pub struct RateBucket {
+    pub limit: u32,
+    pub tokens: f64,
+    /// When `tokens` was last brought up to date; `None` for a full, unused bucket.
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl Default for RateBucket {
+    fn default() -> RateBucket {
+        RateBucket {
+            limit: RATE_LIMIT_PER_HOUR,
+            tokens: f64::from(RATE_LIMIT_PER_HOUR),
+            at: None,
+        }
+    }
+}
+
+/// The three `RateLimit-*` header values of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Unix seconds.
+    pub reset: i64,
+}
+
+impl RateBucket {
+    fn per_second(&self) -> f64 {
+        f64::from(self.limit) / 3600.0
+    }
+
+    fn refill(&mut self, now: DateTime<Utc>) {
+        if let Some(at) = self.at {
+            let elapsed = (now - at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed * self.per_second()).min(f64::from(self.limit));
+        }
+        self.at = Some(now);
+    }
+
+    /// Takes one request; `false` when the bucket is empty.
+    pub fn take(&mut self, now: DateTime<Utc>) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sets the bucket to `remaining` requests of `limit` an hour.
+    pub fn set(&mut self, limit: u32, remaining: u32, now: DateTime<Utc>) {
+        self.limit = limit.max(1);
+        self.tokens = f64::from(remaining.min(self.limit));
+        self.at = Some(now);
+    }
+
+    /// The headers as they stand at `now`.
+    pub fn headers(&mut self, now: DateTime<Utc>) -> RateHeaders {
+        self.refill(now);
+        let missing = f64::from(self.limit) - self.tokens;
+        let to_full = (missing / self.per_second()).ceil().max(0.0) as i64;
+        RateHeaders {
+            limit: self.limit,
+            remaining: self.tokens.floor().max(0.0) as u32,
+            reset: now.timestamp() + to_full,
+        }
+    }
+}
+
 /// One location of the catalog.
 pub struct Location {
     pub id: i64,
@@ -223,8 +300,13 @@ fn one() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
-    /// 429 `rate_limit_exceeded` with `RateLimit-Remaining: 0`.
-    RateLimit,
+    /// 429 `rate_limit_exceeded` with `RateLimit-Remaining: 0`, as when another client
+    /// of the token emptied the bucket: `RateLimit-Reset` is `reset_secs` ahead, by
+    /// default the hour an empty bucket takes to fill again.
+    RateLimit {
+        #[serde(default)]
+        reset_secs: Option<u32>,
+    },
     /// The request is carried out, but the answer is lost: the client gets this
     /// error instead (a gateway timeout after the server was created, say).
     ErrorAfterProcessing {
@@ -243,6 +325,8 @@ pub enum FaultKind {
 /// One logged API request.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoggedRequest {
+    /// When the request arrived.
+    pub at: DateTime<Utc>,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -253,8 +337,8 @@ pub struct LoggedRequest {
 #[derive(Debug, Default)]
 pub struct Project {
     pub servers: BTreeMap<i64, SimServer>,
-    /// Requests answered within the current hour window, for `RateLimit-*`.
-    pub requests_this_hour: u32,
+    /// The project's request budget, for `RateLimit-*` and 429s.
+    pub rate: RateBucket,
 }
 
 /// The whole simulated cloud.
@@ -267,7 +351,6 @@ pub struct State {
     pub action_duration: Duration,
     next_server_id: i64,
     next_action_id: i64,
-    pub hour_started: DateTime<Utc>,
 }
 
 /// An API error: status, Hetzner code and message.
@@ -321,18 +404,11 @@ impl State {
             action_duration,
             next_server_id: 1000,
             next_action_id: 5000,
-            hour_started: Utc::now(),
         }
     }
 
     /// Applies finished actions to their servers.
     pub fn advance(&mut self, now: DateTime<Utc>) {
-        if now - self.hour_started >= Duration::hours(1) {
-            self.hour_started = now;
-            for p in self.projects.values_mut() {
-                p.requests_this_hour = 0;
-            }
-        }
         for action in self.actions.values_mut() {
             if action.applied || now < action.finishes {
                 continue;
@@ -683,11 +759,50 @@ mod tests {
             times: 2,
             path_prefix: None,
             method: None,
-            kind: FaultKind::RateLimit,
+            kind: FaultKind::RateLimit { reset_secs: None },
         });
         assert!(state.take_fault("GET", "/v1/servers").is_none());
         assert!(state.take_fault("GET", "/v1/servers").is_some());
         assert!(state.take_fault("GET", "/v1/servers").is_some());
         assert!(state.take_fault("GET", "/v1/servers").is_none());
+    }
+
+    /// The budget works as Hetzner documents it: 3600 requests at once, then one more
+    /// each second; `RateLimit-Reset` is when the bucket is full again, and an empty
+    /// bucket refuses without taking.
+    #[test]
+    fn rate_bucket_refills_one_a_second() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut bucket = RateBucket::default();
+        assert_eq!(
+            bucket.headers(t0),
+            RateHeaders {
+                limit: 3600,
+                remaining: 3600,
+                reset: t0.timestamp()
+            }
+        );
+        for _ in 0..3600 {
+            assert!(bucket.take(t0));
+        }
+        assert!(!bucket.take(t0), "empty");
+        assert_eq!(
+            bucket.headers(t0),
+            RateHeaders {
+                limit: 3600,
+                remaining: 0,
+                reset: t0.timestamp() + 3600
+            }
+        );
+        let later = t0 + Duration::milliseconds(2500);
+        assert!(bucket.take(later));
+        assert!(bucket.take(later));
+        assert!(!bucket.take(later), "two came back in 2.5 s");
+        let h = bucket.headers(later);
+        assert_eq!((h.remaining, h.reset), (0, later.timestamp() + 3600));
+        bucket.set(3600, 3590, later);
+        assert_eq!(bucket.headers(later).reset, later.timestamp() + 10);
     }
 }

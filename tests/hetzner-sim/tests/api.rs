@@ -175,7 +175,7 @@ async fn errors_parse_as_error_responses() {
         times: 1,
         path_prefix: None,
         method: None,
-        kind: FaultKind::RateLimit,
+        kind: FaultKind::RateLimit { reset_secs: None },
     });
     let raw = reqwest::Client::new()
         .get(format!("{}/servers", sim.url()))
@@ -184,8 +184,12 @@ async fn errors_parse_as_error_responses() {
         .await
         .unwrap();
     assert_eq!(raw.status().as_u16(), 429);
+    assert_eq!(raw.headers()["ratelimit-limit"], "3600");
     assert_eq!(raw.headers()["ratelimit-remaining"], "0");
-    assert!(raw.headers().contains_key("ratelimit-reset"));
+    // An empty bucket is full again in an hour.
+    let reset: i64 = header(&raw, "ratelimit-reset");
+    let now = chrono::Utc::now().timestamp();
+    assert!((now + 3599..=now + 3601).contains(&reset), "{reset} {now}");
     let body: models::ErrorResponse = serde_json::from_str(&raw.text().await.unwrap()).unwrap();
     assert_eq!(body.error.code, "rate_limit_exceeded");
 
@@ -231,4 +235,50 @@ async fn errors_parse_as_error_responses() {
         },
     );
     assert!(duplicate.is_err());
+}
+
+fn header(response: &reqwest::Response, name: &str) -> i64 {
+    response.headers()[name]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is a number"))
+}
+
+/// Every answer tells the project's budget as Hetzner does: the limit, the whole
+/// requests left, and the unix second the bucket is full again (one request a second);
+/// an empty bucket answers 429 and takes nothing.
+#[tokio::test]
+async fn rate_limit_headers_follow_the_bucket() {
+    let sim = start().await;
+    sim.add_project("tok");
+    let get = || {
+        reqwest::Client::new()
+            .get(format!("{}/servers", sim.url()))
+            .bearer_auth("tok")
+            .send()
+    };
+    let first = get().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(header(&first, "ratelimit-limit"), 3600);
+    assert_eq!(header(&first, "ratelimit-remaining"), 3599);
+    let now = chrono::Utc::now().timestamp();
+    assert!((now..=now + 2).contains(&header(&first, "ratelimit-reset")));
+
+    sim.set_rate_limit("tok", 3600, 2);
+    let second = get().await.unwrap();
+    assert_eq!(second.status().as_u16(), 200);
+    assert_eq!(header(&second, "ratelimit-remaining"), 1);
+    let third = get().await.unwrap();
+    assert_eq!(third.status().as_u16(), 200);
+    assert_eq!(header(&third, "ratelimit-remaining"), 0);
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(header(&refused, "ratelimit-remaining"), 0);
+    let now = chrono::Utc::now().timestamp();
+    let reset = header(&refused, "ratelimit-reset");
+    assert!((now + 3598..=now + 3601).contains(&reset), "{reset} {now}");
+    let body: models::ErrorResponse = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(body.error.code, "rate_limit_exceeded");
+    assert_eq!(sim.requests().iter().filter(|r| r.status == 429).count(), 1);
 }
