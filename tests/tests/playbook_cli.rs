@@ -351,3 +351,186 @@ fn docker_compose_v2_is_idempotent() {
     assert_eq!(run("absent", false), Some(1), "down");
     assert_eq!(run("absent", false), Some(0), "second down changes nothing");
 }
+
+/// Runs playbook `text` (written to `dir/play.yml`) with `root=dir` and extra arguments.
+fn run_in(dir: &Path, text: &str, extra: &[&str]) -> Output {
+    let file = write_playbook(dir, text);
+    let root = format!("root={}", dir.display());
+    let mut args = vec![file.as_str(), "-e", root.as_str()];
+    args.extend_from_slice(extra);
+    agent(&args)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// reboot runs the reboot command, polls the boot time command until its output
+/// changes (here: a file a fake reboot command rewrites, found through search_paths, or
+/// changes two seconds later in the background, so the first check after the one-second
+/// post_reboot_delay still sees the old id), runs the test command and reports changed
+/// with rebooted and elapsed.
+#[test]
+fn reboot_waits_for_a_new_boot_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    let fake = bin.join("fake-reboot");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {root}/reboots.log\necho \"$1\" > {root}/boot_id\n",
+            root = dir.path().display()
+        ),
+    )
+    .expect("fake reboot");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(dir.path().join("boot_id"), "first\n").expect("boot id");
+    let output = run_in(
+        dir.path(),
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Reboot found in the search paths, new boot id at once
+      reboot:
+        reboot_command: fake-reboot second "with a message"
+        search_paths: ["{{ root }}/empty", "{{ root }}/bin"]
+        boot_time_command: cat {{ root }}/boot_id
+        test_command: touch {{ root }}/tested-1
+        reboot_timeout: 30
+      register: immediate
+    - name: Reboot whose boot id changes two seconds later
+      reboot:
+        reboot_command: /bin/sh -c "(sleep 2; echo third > {{ root }}/boot_id) >/dev/null 2>&1 &"
+        boot_time_command: cat {{ root }}/boot_id
+        test_command: test third = "$(cat {{ root }}/boot_id)" && touch {{ root }}/tested-2
+        post_reboot_delay: 1
+        reboot_timeout: 30
+      register: delayed
+    - copy:
+        dest: "{{ root }}/results.txt"
+        content: |
+          {{ immediate.changed }} {{ immediate.rebooted }} {{ immediate.elapsed is number }}
+          {{ delayed.changed }} {{ delayed.rebooted }} {{ delayed.elapsed >= 2 }}
+"#,
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(recap_changed(&output), Some(3), "{}", text(&output));
+    assert_eq!(
+        read(&dir.path().join("reboots.log")),
+        "second with a message\n"
+    );
+    assert_eq!(read(&dir.path().join("boot_id")), "third\n");
+    assert!(dir.path().join("tested-1").exists(), "{}", text(&output));
+    assert!(dir.path().join("tested-2").exists(), "{}", text(&output));
+    assert_eq!(
+        read(&dir.path().join("results.txt")),
+        "True True True\nTrue True True\n"
+    );
+}
+
+/// reboot fails with Ansible's messages when the boot id never changes (reboot_timeout),
+/// when the test command never succeeds, when the reboot command fails or cannot be
+/// found, and when the boot time cannot be read before rebooting.
+#[test]
+fn reboot_failures_use_ansible_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("boot_id"), "same\n").expect("boot id");
+    let output = run_in(
+        dir.path(),
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The boot id never changes
+      reboot:
+        reboot_command: /bin/true
+        boot_time_command: cat {{ root }}/boot_id
+        reboot_timeout: 2
+      register: stuck
+      ignore_errors: true
+    - name: The machine comes back but the test command fails
+      reboot:
+        reboot_command: /bin/sh -c "echo new > {{ root }}/boot_id"
+        boot_time_command: cat {{ root }}/boot_id
+        test_command: /bin/false
+        reboot_timeout: 1
+      register: untested
+      ignore_errors: true
+    - name: The reboot command fails
+      reboot:
+        reboot_command: /bin/sh -c "echo out; echo nope >&2; exit 3"
+        boot_time_command: cat {{ root }}/boot_id
+      register: refused
+      ignore_errors: true
+    - name: The reboot command is nowhere
+      reboot:
+        reboot_command: no-such-reboot-command now
+        search_paths: "{{ root }}"
+        boot_time_command: cat {{ root }}/boot_id
+      register: missing
+      ignore_errors: true
+    - name: The boot time cannot be read
+      reboot:
+        reboot_command: /bin/sh -c "touch {{ root }}/must-not-run"
+        boot_time_command: cat {{ root }}/no-boot-id
+      register: unreadable
+      ignore_errors: true
+    - copy:
+        dest: "{{ root }}/results.txt"
+        content: |
+          {{ stuck.msg }} | {{ stuck.rebooted }} | {{ stuck.elapsed >= 2 }}
+          {{ untested.msg }} | {{ untested.rebooted }}
+          {{ refused.msg }} | {{ refused.rebooted }}
+          {{ missing.msg }}
+          {{ unreadable.msg is match('reboot: failed to get host boot time info, rc: 1, ') }} | {{ unreadable.reboot }}
+"#,
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("failed=0    skipped=0    rescued=0    ignored=5"),
+        "{stdout}"
+    );
+    assert_eq!(
+        read(&dir.path().join("results.txt")),
+        format!(
+            "Timed out waiting for last boot time check (timeout=2) | True | True\n\
+             Timed out waiting for post-reboot test command (timeout=1) | True\n\
+             Reboot command failed. Error was: 'out, nope' | False\n\
+             Unable to find command \"no-such-reboot-command\" in search paths: ['{}']\n\
+             True | False\n",
+            dir.path().display()
+        )
+    );
+    assert!(!dir.path().join("must-not-run").exists());
+}
+
+/// In check mode reboot reports changed (and rebooted) without running any command.
+#[test]
+fn reboot_check_mode_runs_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run_in(
+        dir.path(),
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - reboot:
+        reboot_command: /bin/sh -c "touch {{ root }}/rebooted"
+        boot_time_command: /bin/sh -c "touch {{ root }}/boot-time-read; echo id"
+      register: planned
+    - assert:
+        that:
+          - planned.changed
+          - planned.rebooted
+          - planned.elapsed == 0
+"#,
+        &["--check"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(recap_changed(&output), Some(1), "{}", text(&output));
+    assert!(!dir.path().join("rebooted").exists());
+    assert!(!dir.path().join("boot-time-read").exists());
+}

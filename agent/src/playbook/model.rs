@@ -275,6 +275,7 @@ pub const NATIVE_MODULES: &[&str] = &[
     "unarchive",
     "git",
     "hostname",
+    "reboot",
     "pip",
     "dnf",
     "yum",
