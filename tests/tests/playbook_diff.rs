@@ -370,3 +370,25 @@ fn accounts_match_ansible() {
 fn file_edge_cases_match_ansible() {
     check("files2.yml", &[]);
 }
+
+/// Fails with the install command when a program the fixture needs is missing.
+fn require_program(program: &str, debian_package: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .any(|dir| dir.join(program).is_file());
+    assert!(
+        found,
+        "{program} not found: install it with `apt-get install {debian_package}` \
+         (see tests/fixtures/playbooks/INSTALL.md)"
+    );
+}
+
+/// cron in cron files (jobs, special times, variables and where they go, unnamed lines
+/// adopted by name, removal of a file's last job, argument errors) agrees with Ansible.
+/// ansible-core's module needs the crontab program even when it only edits files.
+#[test]
+fn cron_files_match_ansible() {
+    require_program("crontab", "cron");
+    check("cron.yml", &[]);
+}
