@@ -392,3 +392,11 @@ fn cron_files_match_ansible() {
     require_program("crontab", "cron");
     check("cron.yml", &[]);
 }
+
+/// unarchive (tar.gz on the host, zip from files/, list_files, exclude, include,
+/// extra_opts, creates, mode, repairing an edited file) agrees with Ansible.
+#[test]
+fn unarchive_matches_ansible() {
+    require_program("unzip", "unzip");
+    check("unarchive.yml", &[]);
+}
