@@ -596,15 +596,16 @@ pub fn git_module(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
             .to_string()
     };
     if !dest.join(".git").exists() {
-        if !args.bool("clone", true)? {
-            return Ok(Outcome::new()
-                .with("before", minijinja::Value::from(()))
-                .with("after", minijinja::Value::from(())));
-        }
-        if ctx.check {
-            return Ok(Outcome::new()
-                .with("changed", true)
-                .with("before", minijinja::Value::from(())));
+        // Like Ansible: without a checkout, check mode and clone=no only look up what
+        // a clone would check out, and report that as a change.
+        if ctx.check || !args.bool("clone", true)? {
+            return Ok(match remote_head(&repo, &version, &ctx) {
+                Ok(after) => Outcome::new()
+                    .with("changed", true)
+                    .with("before", minijinja::Value::from(()))
+                    .with("after", after),
+                Err(msg) => Outcome::failed(msg),
+            });
         }
         let mut argv: Vec<String> = vec!["clone".into()];
         if let Some(depth) = args.int("depth")? {
@@ -753,6 +754,47 @@ pub fn git_module(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
         .with("changed", changed)
         .with("before", before)
         .with("after", after))
+}
+
+/// The commit `version` names in the remote repository `repo` (Ansible's
+/// `get_remote_head` while cloning): the remote HEAD, a branch, a tag (its commit when
+/// annotated), or the version itself when it names neither (a commit id).
+fn remote_head(repo: &str, version: &str, ctx: &ModuleContext) -> Result<String, String> {
+    let ls_remote = |kind: &str, pattern: &str| -> Result<String, String> {
+        let r = git(None, &["ls-remote", repo, kind, pattern], ctx);
+        if r.ok() {
+            Ok(r.stdout)
+        } else {
+            Err(format!(
+                "Failed to list the references of {repo}: {}",
+                r.stderr.trim()
+            ))
+        }
+    };
+    let (out, tag) = if version == "HEAD" {
+        (ls_remote("-h", "HEAD")?, false)
+    } else if !ls_remote("-h", &format!("refs/heads/{version}"))?.is_empty() {
+        (ls_remote("-h", &format!("refs/heads/{version}"))?, false)
+    } else if !ls_remote("-t", &format!("refs/tags/{version}"))?.is_empty() {
+        (ls_remote("-t", &format!("refs/tags/{version}*"))?, true)
+    } else {
+        return Ok(version.to_string());
+    };
+    if out.is_empty() {
+        return Err(format!("Could not determine remote revision for {version}"));
+    }
+    let mut line = out.lines().next().unwrap_or_default();
+    if tag {
+        for candidate in out.lines() {
+            if candidate.ends_with(&format!("{version}^{{}}")) {
+                line = candidate;
+                break;
+            } else if candidate.ends_with(version) {
+                line = candidate;
+            }
+        }
+    }
+    Ok(line.split_whitespace().next().unwrap_or_default().to_string())
 }
 
 fn looks_like_sha(version: &str) -> bool {
