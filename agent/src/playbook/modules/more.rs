@@ -425,8 +425,10 @@ fn unarchive_file(
     };
     if !r.ok() {
         let _ = std::fs::remove_dir_all(&scratch);
-        return Ok(Outcome::failed(format!("failed to unpack {src} to {}", dest.display()))
-            .with("stderr", r.stderr));
+        return Ok(
+            Outcome::failed(format!("failed to unpack {src} to {}", dest.display()))
+                .with("stderr", r.stderr),
+        );
     }
     // The archive's directory times, read before moving files out changes them.
     let directory_times: Vec<(PathBuf, std::fs::FileTimes)> = walk(&scratch)
@@ -794,7 +796,11 @@ fn remote_head(repo: &str, version: &str, ctx: &ModuleContext) -> Result<String,
             }
         }
     }
-    Ok(line.split_whitespace().next().unwrap_or_default().to_string())
+    Ok(line
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn looks_like_sha(version: &str) -> bool {

@@ -53,7 +53,8 @@ const DEFAULT_TEST_COMMAND: &str = "whoami";
 const DEFAULT_BOOT_TIME_COMMAND: &str = "cat /proc/sys/kernel/random/boot_id";
 const DEFAULT_REBOOT_MESSAGE: &str = "Reboot initiated by Ansible";
 const DEFAULT_SHUTDOWN_COMMAND: &str = "shutdown";
-const DEFAULT_SEARCH_PATHS: &[&str] = &["/sbin", "/bin", "/usr/sbin", "/usr/bin", "/usr/local/sbin"];
+const DEFAULT_SEARCH_PATHS: &[&str] =
+    &["/sbin", "/bin", "/usr/sbin", "/usr/bin", "/usr/local/sbin"];
 /// The longest pause between two attempts, before jitter (Ansible's `max_fail_sleep`).
 const MAX_FAIL_SLEEP: Duration = Duration::from_secs(12);
 
@@ -77,12 +78,12 @@ pub fn reboot(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         "test_command",
     ])?;
     let reboot_timeout = Duration::from_secs(non_negative(
-        args.int("reboot_timeout")?.unwrap_or(DEFAULT_REBOOT_TIMEOUT),
+        args.int("reboot_timeout")?
+            .unwrap_or(DEFAULT_REBOOT_TIMEOUT),
     ));
     let pre_reboot_delay = non_negative(args.int("pre_reboot_delay")?.unwrap_or(0));
-    let post_reboot_delay = Duration::from_secs(non_negative(
-        args.int("post_reboot_delay")?.unwrap_or(0),
-    ));
+    let post_reboot_delay =
+        Duration::from_secs(non_negative(args.int("post_reboot_delay")?.unwrap_or(0)));
     let command_timeout = args
         .int("connect_timeout")?
         .filter(|t| *t > 0)
@@ -153,13 +154,14 @@ pub fn reboot(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         if run.ok() {
             Ok(())
         } else {
-            Err(format!("Test command failed: {} {}", run.stderr, run.stdout))
+            Err(format!(
+                "Test command failed: {} {}",
+                run.stderr, run.stdout
+            ))
         }
     };
     let validated = until_success_or_timeout(boot_check, reboot_timeout, "last boot time check")
-        .and_then(|()| {
-            until_success_or_timeout(test, reboot_timeout, "post-reboot test command")
-        });
+        .and_then(|()| until_success_or_timeout(test, reboot_timeout, "post-reboot test command"));
     let elapsed = start.elapsed().as_secs();
     Ok(match validated {
         Ok(()) => Outcome::new()
@@ -392,6 +394,9 @@ mod tests {
         assert!(run.stderr.contains("timed out"), "{}", run.stderr);
         assert!(started.elapsed() < Duration::from_secs(3));
         let run = run_shell("echo hi; echo err >&2", &[], None);
-        assert_eq!((run.rc, run.stdout.as_str(), run.stderr.as_str()), (0, "hi\n", "err\n"));
+        assert_eq!(
+            (run.rc, run.stdout.as_str(), run.stderr.as_str()),
+            (0, "hi\n", "err\n")
+        );
     }
 }

@@ -38,11 +38,7 @@ impl CronTable {
         let mut existing = listing.clone();
         let mut lines = Vec::new();
         for (count, line) in listing.lines().enumerate() {
-            let is_header = count <= 2
-                && headers
-                    .iter()
-                    .flatten()
-                    .any(|re| re.is_match(line));
+            let is_header = count <= 2 && headers.iter().flatten().any(|re| re.is_match(line));
             if is_header {
                 existing = existing.replacen(&format!("{line}\n"), "", 1);
             } else {
@@ -218,7 +214,10 @@ fn write_crontab(user: Option<&str>, text: &str) -> Result<(), String> {
     if r.ok() {
         Ok(())
     } else {
-        Err(format!("Failed to install new cronfile: {}", r.stderr.trim()))
+        Err(format!(
+            "Failed to install new cronfile: {}",
+            r.stderr.trim()
+        ))
     }
 }
 
