@@ -704,7 +704,10 @@ fn apt_key_manages_a_keyring_file() {
 
 /// Serialises the tests that change the host's apt configuration or run apt-get, so a
 /// test repository never shows up in another test's `apt-get update`.
-struct AptLock(std::fs::File);
+struct AptLock {
+    /// Holding the locked file holds the lock; closing it releases it.
+    _file: std::fs::File,
+}
 
 impl AptLock {
     fn acquire() -> AptLock {
@@ -718,7 +721,7 @@ impl AptLock {
         // SAFETY: flock(2) on a descriptor we own; released when the file is closed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-        AptLock(file)
+        AptLock { _file: file }
     }
 }
 
