@@ -260,6 +260,7 @@ fn apt_installs_and_removes_idempotently() {
         0,
         "installing packages needs root"
     );
+    let _lock = AptLock::acquire();
     let package = "sl";
     let already = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -350,4 +351,475 @@ fn docker_compose_v2_is_idempotent() {
     );
     assert_eq!(run("absent", false), Some(1), "down");
     assert_eq!(run("absent", false), Some(0), "second down changes nothing");
+}
+
+/// Runs playbook `text` (written to `dir/play.yml`) with `root=dir` and extra arguments.
+fn run_in(dir: &Path, text: &str, extra: &[&str]) -> Output {
+    let file = write_playbook(dir, text);
+    let root = format!("root={}", dir.display());
+    let mut args = vec![file.as_str(), "-e", root.as_str()];
+    args.extend_from_slice(extra);
+    agent(&args)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// reboot runs the reboot command, polls the boot time command until its output
+/// changes (here: a file a fake reboot command rewrites, found through search_paths, or
+/// changes two seconds later in the background, so the first check after the one-second
+/// post_reboot_delay still sees the old id), runs the test command and reports changed
+/// with rebooted and elapsed.
+#[test]
+fn reboot_waits_for_a_new_boot_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    let fake = bin.join("fake-reboot");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {root}/reboots.log\necho \"$1\" > {root}/boot_id\n",
+            root = dir.path().display()
+        ),
+    )
+    .expect("fake reboot");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(dir.path().join("boot_id"), "first\n").expect("boot id");
+    let output = run_in(
+        dir.path(),
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Reboot found in the search paths, new boot id at once
+      reboot:
+        reboot_command: fake-reboot second "with a message"
+        search_paths: ["{{ root }}/empty", "{{ root }}/bin"]
+        boot_time_command: cat {{ root }}/boot_id
+        test_command: touch {{ root }}/tested-1
+        reboot_timeout: 30
+      register: immediate
+    - name: Reboot whose boot id changes two seconds later
+      reboot:
+        reboot_command: /bin/sh -c "(sleep 2; echo third > {{ root }}/boot_id) >/dev/null 2>&1 &"
+        boot_time_command: cat {{ root }}/boot_id
+        test_command: test third = "$(cat {{ root }}/boot_id)" && touch {{ root }}/tested-2
+        post_reboot_delay: 1
+        reboot_timeout: 30
+      register: delayed
+    - copy:
+        dest: "{{ root }}/results.txt"
+        content: |
+          {{ immediate.changed }} {{ immediate.rebooted }} {{ immediate.elapsed is number }}
+          {{ delayed.changed }} {{ delayed.rebooted }} {{ delayed.elapsed >= 2 }}
+"#,
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(recap_changed(&output), Some(3), "{}", text(&output));
+    assert_eq!(
+        read(&dir.path().join("reboots.log")),
+        "second with a message\n"
+    );
+    assert_eq!(read(&dir.path().join("boot_id")), "third\n");
+    assert!(dir.path().join("tested-1").exists(), "{}", text(&output));
+    assert!(dir.path().join("tested-2").exists(), "{}", text(&output));
+    assert_eq!(
+        read(&dir.path().join("results.txt")),
+        "True True True\nTrue True True\n"
+    );
+}
+
+/// reboot fails with Ansible's messages when the boot id never changes (reboot_timeout),
+/// when the test command never succeeds, when the reboot command fails or cannot be
+/// found, and when the boot time cannot be read before rebooting.
+#[test]
+fn reboot_failures_use_ansible_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("boot_id"), "same\n").expect("boot id");
+    let output = run_in(
+        dir.path(),
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The boot id never changes
+      reboot:
+        reboot_command: /bin/true
+        boot_time_command: cat {{ root }}/boot_id
+        reboot_timeout: 2
+      register: stuck
+      ignore_errors: true
+    - name: The machine comes back but the test command fails
+      reboot:
+        reboot_command: /bin/sh -c "echo new > {{ root }}/boot_id"
+        boot_time_command: cat {{ root }}/boot_id
+        test_command: /bin/false
+        reboot_timeout: 1
+      register: untested
+      ignore_errors: true
+    - name: The reboot command fails
+      reboot:
+        reboot_command: /bin/sh -c "echo out; echo nope >&2; exit 3"
+        boot_time_command: cat {{ root }}/boot_id
+      register: refused
+      ignore_errors: true
+    - name: The reboot command is nowhere
+      reboot:
+        reboot_command: no-such-reboot-command now
+        search_paths: "{{ root }}"
+        boot_time_command: cat {{ root }}/boot_id
+      register: missing
+      ignore_errors: true
+    - name: The boot time cannot be read
+      reboot:
+        reboot_command: /bin/sh -c "touch {{ root }}/must-not-run"
+        boot_time_command: cat {{ root }}/no-boot-id
+      register: unreadable
+      ignore_errors: true
+    - copy:
+        dest: "{{ root }}/results.txt"
+        content: |
+          {{ stuck.msg }} | {{ stuck.rebooted }} | {{ stuck.elapsed >= 2 }}
+          {{ untested.msg }} | {{ untested.rebooted }}
+          {{ refused.msg }} | {{ refused.rebooted }}
+          {{ missing.msg }}
+          {{ unreadable.msg is match('reboot: failed to get host boot time info, rc: 1, ') }} | {{ unreadable.reboot }}
+"#,
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("failed=0    skipped=0    rescued=0    ignored=5"),
+        "{stdout}"
+    );
+    assert_eq!(
+        read(&dir.path().join("results.txt")),
+        format!(
+            "Timed out waiting for last boot time check (timeout=2) | True | True\n\
+             Timed out waiting for post-reboot test command (timeout=1) | True\n\
+             Reboot command failed. Error was: 'out, nope' | False\n\
+             Unable to find command \"no-such-reboot-command\" in search paths: ['{}']\n\
+             True | False\n",
+            dir.path().display()
+        )
+    );
+    assert!(!dir.path().join("must-not-run").exists());
+}
+
+/// In check mode reboot reports changed (and rebooted) without running any command.
+#[test]
+fn reboot_check_mode_runs_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run_in(
+        dir.path(),
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - reboot:
+        reboot_command: /bin/sh -c "touch {{ root }}/rebooted"
+        boot_time_command: /bin/sh -c "touch {{ root }}/boot-time-read; echo id"
+      register: planned
+    - assert:
+        that:
+          - planned.changed
+          - planned.rebooted
+          - planned.elapsed == 0
+"#,
+        &["--check"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(recap_changed(&output), Some(1), "{}", text(&output));
+    assert!(!dir.path().join("rebooted").exists());
+    assert!(!dir.path().join("boot-time-read").exists());
+}
+
+/// Runs `playbook` twice with `root=dir`, expecting success and the given changed counts.
+fn run_twice(dir: &Path, playbook: &str, extra: &[&str], changed: (u32, u32)) {
+    for (round, expected) in [("first", changed.0), ("second", changed.1)] {
+        let output = run_in(dir, playbook, extra);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{round} run: {}",
+            text(&output)
+        );
+        assert_eq!(
+            recap_changed(&output),
+            Some(expected),
+            "{round} run: {}",
+            text(&output)
+        );
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAlice alice@laptop";
+const BOB: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQBob bob@desk";
+
+/// authorized_key with path: creates the directory (0700) and file (0600), adds keys with
+/// options, changes nothing the second time, prunes with exclusive and removes with
+/// absent (ansible.posix is not in ansible-core, so this is not a differential test).
+#[test]
+fn authorized_key_in_a_temp_root() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keyfile = dir.path().join("home/.ssh/authorized_keys");
+    let play = |tasks: &str| {
+        format!(
+            "- hosts: localhost\n  gather_facts: false\n  vars:\n    keyfile: \"{{{{ root }}}}/home/.ssh/authorized_keys\"\n  tasks:\n{tasks}"
+        )
+    };
+    let add = play(&format!(
+        r#"    - ansible.posix.authorized_key:
+        user: root
+        path: "{{{{ keyfile }}}}"
+        key: "{ALICE}"
+    - authorized_key:
+        user: root
+        path: "{{{{ keyfile }}}}"
+        key: "{BOB}"
+        key_options: 'no-port-forwarding,from="10.0.0.1"'
+"#
+    ));
+    run_twice(dir.path(), &add, &[], (2, 0));
+    assert_eq!(
+        read(&keyfile),
+        format!("{ALICE}\nno-port-forwarding,from=\"10.0.0.1\" {BOB}\n")
+    );
+    assert_eq!(mode_of(&keyfile), 0o600);
+    assert_eq!(mode_of(keyfile.parent().expect("dir")), 0o700);
+
+    let exclusive = play(&format!(
+        r#"    - authorized_key:
+        user: root
+        path: "{{{{ keyfile }}}}"
+        key: "{ALICE}"
+        exclusive: true
+"#
+    ));
+    run_twice(dir.path(), &exclusive, &[], (1, 0));
+    assert_eq!(read(&keyfile), format!("{ALICE}\n"));
+
+    let absent = play(&format!(
+        r#"    - authorized_key:
+        user: root
+        path: "{{{{ keyfile }}}}"
+        key: "{ALICE}"
+        state: absent
+"#
+    ));
+    run_twice(dir.path(), &absent, &[], (1, 0));
+    assert_eq!(read(&keyfile), "");
+}
+
+/// sysctl with sysctl_file and reload: false edits only that file: adds, updates (with
+/// whitespace in the value normalised) and removes entries, keeps comments, and changes
+/// nothing the second time; the live kernel is not touched.
+#[test]
+fn sysctl_edits_its_file_idempotently() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("99-dynserv.conf");
+    std::fs::write(
+        &file,
+        "# tuning\nvm.swappiness = 60\nnet.core.somaxconn=128\n",
+    )
+    .expect("write");
+    let before_live = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap_or_default();
+    let play = r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.posix.sysctl:
+        name: vm.swappiness
+        value: "10"
+        sysctl_file: "{{ root }}/99-dynserv.conf"
+        reload: false
+    - sysctl:
+        name: net.ipv4.tcp_rmem
+        value: "4096   87380  6291456"
+        sysctl_file: "{{ root }}/99-dynserv.conf"
+        reload: false
+    - sysctl:
+        name: net.core.somaxconn
+        state: absent
+        sysctl_file: "{{ root }}/99-dynserv.conf"
+        reload: false
+"#;
+    run_twice(dir.path(), play, &[], (3, 0));
+    assert_eq!(
+        read(&file),
+        "# tuning\nvm.swappiness=10\nnet.ipv4.tcp_rmem=4096 87380 6291456\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap_or_default(),
+        before_live,
+        "reload: false must leave the kernel alone"
+    );
+}
+
+const ARMORED_KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZfixture\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----\n";
+
+/// apt_key with keyring: stores a key given as data or as a file in that keyring file
+/// (0644), changes nothing the second time, and removes it with absent.
+#[test]
+fn apt_key_manages_a_keyring_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("vendor.asc"), ARMORED_KEY).expect("key file");
+    let play = |state: &str| {
+        format!(
+            r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - apt_key:
+        data: "{{{{ lookup('file', root + '/vendor.asc') }}}}"
+        keyring: "{{{{ root }}}}/keyrings/from-data.asc"
+        state: {state}
+    - apt_key:
+        file: "{{{{ root }}}}/vendor.asc"
+        keyring: "{{{{ root }}}}/keyrings/from-file.asc"
+        state: {state}
+"#
+        )
+    };
+    run_twice(dir.path(), &play("present"), &[], (2, 0));
+    for name in ["from-data.asc", "from-file.asc"] {
+        let path = dir.path().join("keyrings").join(name);
+        // lookup('file') strips the final newline, as Ansible's does.
+        assert_eq!(read(&path).trim_end(), ARMORED_KEY.trim_end(), "{name}");
+        assert_eq!(mode_of(&path), 0o644, "{name}");
+    }
+    run_twice(dir.path(), &play("absent"), &[], (2, 0));
+    assert!(!dir.path().join("keyrings/from-data.asc").exists());
+    assert!(!dir.path().join("keyrings/from-file.asc").exists());
+}
+
+/// Serialises the tests that change the host's apt configuration or run apt-get, so a
+/// test repository never shows up in another test's `apt-get update`.
+struct AptLock {
+    /// Holding the locked file holds the lock; closing it releases it.
+    _file: std::fs::File,
+}
+
+impl AptLock {
+    fn acquire() -> AptLock {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("dynserv-playbook-apt.lock"))
+            .expect("lock file");
+        // SAFETY: flock(2) on a descriptor we own; released when the file is closed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        AptLock { _file: file }
+    }
+}
+
+/// Removes a sources list file whatever happens in the test.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// apt_repository adds a repository line to its own file under
+/// /etc/apt/sources.list.d (with update_cache: false), finds it already there the
+/// second time, and removes the line and the emptied file with absent. The repository
+/// is a local, empty one and the file is removed even when the test fails.
+#[test]
+fn apt_repository_adds_and_removes_a_source() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc_geteuid() },
+        0,
+        "writing /etc/apt/sources.list.d needs root"
+    );
+    let _lock = AptLock::acquire();
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("Packages"), "").expect("empty repository");
+    let name = format!("dynserv-test-{}", std::process::id());
+    let list = PathBuf::from(format!("/etc/apt/sources.list.d/{name}.list"));
+    let _cleanup = RemoveOnDrop(list.clone());
+    let line = format!("deb [trusted=yes] file:{} ./", dir.path().display());
+    let play = |state: &str| {
+        format!(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - apt_repository:\n        repo: \"{line}\"\n        filename: {name}\n        state: {state}\n        update_cache: false\n"
+        )
+    };
+    run_twice(dir.path(), &play("present"), &[], (1, 0));
+    assert_eq!(read(&list), format!("{line}\n"));
+    run_twice(dir.path(), &play("absent"), &[], (1, 0));
+    assert!(!list.exists(), "the emptied list file is removed");
+}
+
+/// hostname in check mode reports the change and leaves the host's name alone (the
+/// test never renames the machine it runs on).
+#[test]
+fn hostname_check_mode_changes_nothing() {
+    let current = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let etc_hostname = std::fs::read_to_string("/etc/hostname").ok();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run_in(
+        dir.path(),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - hostname:\n        name: dynserv-renamed-host\n      register: renamed\n    - assert:\n        that: renamed.changed\n",
+        &["--check"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(recap_changed(&output), Some(1), "{}", text(&output));
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname"),
+        current
+    );
+    assert_eq!(std::fs::read_to_string("/etc/hostname").ok(), etc_hostname);
+}
+
+/// On a machine without dnf or yum (this Debian test machine), dnf, yum and package
+/// with use: dnf fail with a message naming the missing tool, in check mode too.
+#[test]
+fn dnf_without_dnf_fails_clearly() {
+    for tool in ["dnf", "yum"] {
+        let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(tool).exists());
+        assert!(!found, "this test expects a Debian machine without {tool}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    for module in ["dnf", "ansible.builtin.yum"] {
+        for check in [false, true] {
+            let play = format!(
+                "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - {module}:\n        name: htop\n        state: present\n"
+            );
+            let extra: &[&str] = if check { &["--check"] } else { &[] };
+            let output = run_in(dir.path(), &play, extra);
+            assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+            assert!(
+                text(&output).contains("neither dnf nor yum is installed"),
+                "{}",
+                text(&output)
+            );
+        }
+    }
+    let output = run_in(
+        dir.path(),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - package:\n        name: htop\n        use: dnf\n",
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("neither dnf nor yum is installed"),
+        "{}",
+        text(&output)
+    );
 }

@@ -34,8 +34,8 @@
 //! * Modules (`modules`): command, shell, raw, copy, template, file, lineinfile,
 //!   blockinfile, replace, stat, slurp, debug, set_fact, assert, fail, pause, ping, apt,
 //!   apt_key, apt_repository, package, pip, dnf/yum, service, systemd, user, group,
-//!   get_url, wait_for, cron, authorized_key, sysctl, hostname, ufw, unarchive, git,
-//!   community.docker.docker_compose_v2.
+//!   get_url, wait_for, cron, authorized_key, sysctl, hostname, reboot, ufw, unarchive,
+//!   git, community.docker.docker_compose_v2.
 
 pub mod become_;
 mod crypt;

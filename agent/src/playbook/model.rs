@@ -275,6 +275,7 @@ pub const NATIVE_MODULES: &[&str] = &[
     "unarchive",
     "git",
     "hostname",
+    "reboot",
     "pip",
     "dnf",
     "yum",
@@ -1076,49 +1077,107 @@ const RAW_PARAMS: &[&str] = &[
 
 /// Splits a string on whitespace, keeping quoted parts and `{{ }}` expressions together.
 pub fn split_args(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut quote: Option<char> = None;
-    let mut depth = 0usize;
-    let chars: Vec<char> = text.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if quote.is_none() && (c == '{') && matches!(next, Some('{') | Some('%')) {
-            depth += 1;
-            current.push(c);
-            current.push(chars[i + 1]);
-            i += 2;
-            continue;
-        }
-        if quote.is_none() && depth > 0 && (c == '}' || c == '%') && next == Some('}') {
-            depth -= 1;
-            current.push(c);
-            current.push('}');
-            i += 2;
-            continue;
-        }
-        match quote {
-            Some(q) if c == q && chars.get(i.wrapping_sub(1)) != Some(&'\\') => {
-                quote = None;
-                current.push(c);
-            }
-            None if (c == '"' || c == '\'') && depth == 0 => {
-                quote = Some(c);
-                current.push(c);
-            }
-            None if c.is_whitespace() && depth == 0 => {
-                if !current.is_empty() {
-                    out.push(std::mem::take(&mut current));
+    // A port of ansible-core's `parsing/splitter.py::split_args`: split on spaces line by
+    // line, glue quoted strings and Jinja blocks back together, and keep each line's
+    // newline (and runs of spaces) on the token before it, so `join_args` gives back
+    // the original text of a multi-line `shell: |` script.
+    fn quote_state(token: &str, mut quote: Option<char>) -> Option<char> {
+        let mut previous = None;
+        for c in token.chars() {
+            if (c == '"' || c == '\'') && previous != Some('\\') {
+                match quote {
+                    Some(q) if q == c => quote = None,
+                    Some(_) => {}
+                    None => quote = Some(c),
                 }
             }
-            _ => current.push(c),
+            previous = Some(c);
         }
-        i += 1;
+        quote
     }
-    if !current.is_empty() {
-        out.push(current);
+    fn block_depth(token: &str, depth: usize, open: &str, close: &str) -> usize {
+        let (opened, closed) = (token.matches(open).count(), token.matches(close).count());
+        if opened == closed {
+            depth
+        } else {
+            (depth + opened).saturating_sub(closed)
+        }
+    }
+    let mut params: Vec<String> = Vec::new();
+    if text.is_empty() {
+        return params;
+    }
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut quote: Option<char> = None;
+    let (mut print_depth, mut block, mut comment) = (0usize, 0usize, 0usize);
+    for (line_index, line) in lines.iter().enumerate() {
+        let mut continuation = false;
+        for (index, token) in line.split(' ').enumerate() {
+            if token.is_empty() && index != 0 {
+                match params.last_mut() {
+                    Some(last) => last.push(' '),
+                    None => params.push(" ".into()),
+                }
+                continue;
+            }
+            if token == "\\" && quote.is_none() {
+                continuation = true;
+                continue;
+            }
+            let was_inside_quotes = quote.is_some();
+            quote = quote_state(token, quote);
+            let inside_quotes = quote.is_some();
+            let in_jinja = print_depth > 0 || block > 0 || comment > 0;
+            let mut appended = false;
+            if inside_quotes && !was_inside_quotes && !in_jinja {
+                params.push(token.to_string());
+                appended = true;
+            } else if in_jinja || inside_quotes || was_inside_quotes {
+                let spacer = if index == 0 { "" } else { " " };
+                match params.last_mut() {
+                    Some(last) => {
+                        last.push_str(spacer);
+                        last.push_str(token);
+                    }
+                    None => params.push(token.to_string()),
+                }
+                appended = true;
+            }
+            for (depth, open, close) in [
+                (&mut print_depth, "{{", "}}"),
+                (&mut block, "{%", "%}"),
+                (&mut comment, "{#", "#}"),
+            ] {
+                let before = *depth;
+                *depth = block_depth(token, before, open, close);
+                if *depth != before && !appended {
+                    params.push(token.to_string());
+                    appended = true;
+                }
+            }
+            let in_jinja = print_depth > 0 || block > 0 || comment > 0;
+            if !in_jinja && quote.is_none() && !appended && !token.is_empty() {
+                params.push(token.to_string());
+            }
+        }
+        if lines.len() > 1 && line_index != lines.len() - 1 && !continuation {
+            match params.last_mut() {
+                Some(last) => last.push('\n'),
+                None => params.push("\n".into()),
+            }
+        }
+    }
+    params
+}
+
+/// Ansible's `join_args`: the inverse of [`split_args`], keeping newlines and spacing.
+fn join_args(params: &[String]) -> String {
+    let mut out = String::new();
+    for param in params {
+        if !(out.is_empty() || out.ends_with('\n')) {
+            out.push(' ');
+        }
+        out.push_str(param);
     }
     out
 }
@@ -1183,13 +1242,13 @@ pub fn parse_kv(text: &str, free_form: bool) -> Result<Vec<(String, Value)>, Str
     let mut raw = Vec::new();
     for token in split_args(text) {
         let eq = token.find('=').filter(|i| {
-            let key = &token[..*i];
+            let key = token[..*i].trim();
             !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
         match eq {
-            Some(i) if !free_form || RAW_PARAMS.contains(&&token[..i]) => {
-                let key = token[..i].to_string();
-                let value = decode_escapes(&unquote(&token[i + 1..]));
+            Some(i) if !free_form || RAW_PARAMS.contains(&token[..i].trim()) => {
+                let key = token[..i].trim().to_string();
+                let value = decode_escapes(&unquote(token[i + 1..].trim()));
                 pairs.push((key, Value::from(value)));
             }
             _ if free_form => raw.push(token),
@@ -1201,7 +1260,7 @@ pub fn parse_kv(text: &str, free_form: bool) -> Result<Vec<(String, Value)>, Str
         }
     }
     if free_form && !raw.is_empty() {
-        pairs.push(("_raw_params".to_string(), Value::from(raw.join(" "))));
+        pairs.push(("_raw_params".to_string(), Value::from(join_args(&raw))));
     }
     Ok(pairs)
 }
@@ -1264,6 +1323,24 @@ mod tests {
                 "_raw_params".to_string(),
                 Value::from("echo {{ a }} > /tmp/x")
             )
+        );
+    }
+
+    /// A multi-line free-form script keeps its newlines and spacing (regression: the
+    /// lines of `shell: |` were joined with spaces, so `set -e` swallowed the script).
+    #[test]
+    fn free_form_scripts_keep_their_lines() {
+        let script = "set -e\ngit init -q  src\n\necho \"a  b\"\nls\n";
+        let pairs = parse_kv(script, true).expect("valid");
+        assert_eq!(
+            pairs,
+            vec![("_raw_params".to_string(), Value::from(script))]
+        );
+        let pairs = parse_kv("echo one\ncreates=/tmp/x\necho two", true).expect("valid");
+        assert_eq!(pairs[0], ("creates".to_string(), Value::from("/tmp/x")));
+        assert_eq!(
+            pairs[1],
+            ("_raw_params".to_string(), Value::from("echo one\necho two"))
         );
     }
 

@@ -183,6 +183,15 @@ impl Templar {
             env.set_syntax(syntax);
         }
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Ansible's finalize: a None printed into text renders as nothing ("a={{ x }}"
+        // with x null is "a="), while a None inside a list still shows as None.
+        env.set_formatter(|out, state, value| {
+            if value.is_none() {
+                Ok(())
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
         filters::register(&mut env, base_dir);
         env.add_global("omit", Value::from(OMIT));
         Arc::new(Templar { env })
@@ -550,6 +559,15 @@ mod tests {
             "{{ 'ab' | regex_replace('(a)(b)', '\\2\\1') }}",
             Value::from("ba"),
         );
+    }
+
+    /// None printed into text renders as nothing, like Ansible's finalize; a lone
+    /// expression stays None and a None inside a list still prints as None.
+    #[test]
+    fn none_renders_empty_in_text() {
+        check("{{ none }}", Value::from(()));
+        check("a={{ none }}.", Value::from("a=."));
+        check("{{ [none] }} x", Value::from("[None] x"));
     }
 
     /// `vars` and `hostvars[inventory_hostname]` reach the same variables.

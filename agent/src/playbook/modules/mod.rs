@@ -16,6 +16,7 @@ pub mod lines;
 pub mod more;
 pub mod net;
 pub mod packages;
+pub mod reboot;
 pub mod repos;
 pub mod services;
 pub mod system;
@@ -391,6 +392,7 @@ pub fn run_module(name: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
         "authorized_key" => system::authorized_key(&args, ctx),
         "sysctl" => system::sysctl(&args, ctx),
         "hostname" => system::hostname(&args, ctx),
+        "reboot" => reboot::reboot(&args, ctx),
         "ping" => {
             Ok(Outcome::new().with("ping", args.str("data").unwrap_or_else(|| "pong".into())))
         }

@@ -204,8 +204,100 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `unarchive`: extracts into a scratch directory next to `dest`, then copies only what
-/// differs, so a second run reports no change.
+/// The member names of an archive in archive order, as Ansible lists them (tar: `tar
+/// --list` with the same options, zip: the zip's name list), without excluded ones.
+fn archive_members(
+    archive: &Path,
+    is_zip: bool,
+    tar_options: &[String],
+    excludes: &[String],
+    includes: &[String],
+    ctx: &ModuleContext,
+) -> Result<Vec<String>, String> {
+    let name = archive.display().to_string();
+    let listing = if is_zip {
+        run("unzip", &["-Z1", &name], &ctx.environment, None)
+    } else {
+        let mut argv: Vec<String> = vec!["--list".into()];
+        if !tar_options.is_empty() {
+            argv.push("--show-transformed-names".into());
+            argv.extend(tar_options.iter().cloned());
+        }
+        argv.extend(excludes.iter().map(|e| format!("--exclude={e}")));
+        argv.extend(["-f".into(), name.clone()]);
+        argv.extend(includes.iter().cloned());
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        run("tar", &refs, &ctx.environment, None)
+    };
+    if !listing.ok() {
+        return Err(format!(
+            "Unable to list files in the archive: {}",
+            listing.stderr.trim()
+        ));
+    }
+    let matches = |member: &str, patterns: &[String]| {
+        patterns.iter().any(|p| {
+            glob::Pattern::new(p)
+                .map(|pattern| pattern.matches(member))
+                .unwrap_or(false)
+        })
+    };
+    Ok(listing
+        .stdout
+        .lines()
+        .map(|l| l.strip_prefix('/').unwrap_or(l).to_string())
+        .filter(|member| {
+            if is_zip && !includes.is_empty() {
+                matches(member, includes)
+            } else {
+                !matches(member, excludes)
+            }
+        })
+        .collect())
+}
+
+/// Whether the extracted `fresh` entry is already in place at `target`: same type,
+/// content or link target, modification time (files), and, unless the task sets them,
+/// mode and (as root) ownership, the differences ansible-core's `tar --diff` and zip
+/// checks report.
+fn already_extracted(fresh: &Path, target: &Path, args: &Args, keep_newer: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(want), Ok(have)) = (
+        std::fs::symlink_metadata(fresh),
+        std::fs::symlink_metadata(target),
+    ) else {
+        return false;
+    };
+    if want.file_type() != have.file_type() {
+        return false;
+    }
+    if want.file_type().is_symlink() {
+        return std::fs::read_link(fresh).ok() == std::fs::read_link(target).ok();
+    }
+    if !args.has("mode") && want.mode() & 0o7777 != have.mode() & 0o7777 {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && !args.has("owner") && want.uid() != have.uid() {
+        return false;
+    }
+    if root && !args.has("group") && want.gid() != have.gid() {
+        return false;
+    }
+    if want.is_dir() {
+        return true;
+    }
+    if keep_newer && have.mtime() > want.mtime() {
+        return true;
+    }
+    want.mtime() == have.mtime()
+        && want.len() == have.len()
+        && std::fs::read(fresh).ok() == std::fs::read(target).ok()
+}
+
+/// `unarchive`: extracts into a scratch directory next to the destination's files, then
+/// moves into place only what differs from them, so a second run reports no change.
 pub fn unarchive(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
         "src",
@@ -224,11 +316,23 @@ pub fn unarchive(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> 
     ])?;
     let src = args.required("src")?;
     let dest = PathBuf::from(args.required("dest")?);
+    let excludes = args.list("exclude");
+    let includes = args.list("include");
+    if !excludes.is_empty() && !includes.is_empty() {
+        return Ok(Outcome::failed(
+            "parameters are mutually exclusive: include|exclude",
+        ));
+    }
+    let remote_src = if args.has("copy") {
+        !args.bool("copy", true)?
+    } else {
+        args.bool("remote_src", false)?
+    };
     if let Some(creates) = args.str("creates") {
         if Path::new(&creates).exists() {
             return Ok(Outcome::new()
-                .with("msg", format!("skipped, since {creates} exists"))
-                .with("dest", dest.display().to_string()));
+                .with("skipped", true)
+                .with("msg", format!("skipped, since {creates} exists")));
         }
     }
     if !dest.is_dir() {
@@ -237,7 +341,13 @@ pub fn unarchive(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> 
             dest.display()
         )));
     }
-    let (archive, _download) = if src.starts_with("http://") || src.starts_with("https://") {
+    let is_url = src.contains("://");
+    if is_url && !remote_src {
+        return Ok(Outcome::failed(format!(
+            "Unsupported option, an URI src ({src}) is only supported when remote_src is True"
+        )));
+    }
+    let download = if is_url {
         let tmp = tempfile_path("unarchive-download");
         let r = run(
             "curl",
@@ -251,110 +361,171 @@ pub fn unarchive(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> 
                 r.stderr.trim()
             )));
         }
-        (tmp.clone(), Some(tmp))
+        Some(tmp)
     } else {
-        (PathBuf::from(&src), None)
+        None
     };
-    if !archive.is_file() {
-        return Ok(Outcome::failed(format!("Source '{src}' does not exist")));
+    let archive = download.clone().unwrap_or_else(|| PathBuf::from(&src));
+    let result = unarchive_file(&archive, &src, &dest, args, ctx, &excludes, &includes);
+    if let Some(tmp) = &download {
+        let _ = std::fs::remove_file(tmp);
     }
-    let scratch = dest.join(format!(".dynserv-unarchive-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| ArgError::Invalid(e.to_string()))?;
+    result
+}
+
+fn unarchive_file(
+    archive: &Path,
+    src: &str,
+    dest: &Path,
+    args: &Args,
+    ctx: &ModuleContext,
+    excludes: &[String],
+    includes: &[String],
+) -> Result<Outcome, ArgError> {
+    match std::fs::metadata(archive) {
+        Err(_) => return Ok(Outcome::failed(format!("Source '{src}' does not exist"))),
+        Ok(meta) if meta.len() == 0 => {
+            return Ok(Outcome::failed(format!(
+                "Invalid archive '{src}', the file is 0 bytes"
+            )))
+        }
+        Ok(_) => {}
+    }
     let name = archive.display().to_string();
     let extra: Vec<String> = args.list("extra_opts");
-    let is_zip = name.ends_with(".zip")
-        || std::fs::read(&archive)
-            .map(|b| b.starts_with(b"PK\x03\x04"))
-            .unwrap_or(false);
+    let keep_newer = args.bool("keep_newer", false)?;
+    let is_zip = std::fs::read(archive)
+        .map(|b| b.starts_with(b"PK\x03\x04"))
+        .unwrap_or(false);
+    let members = match archive_members(archive, is_zip, &extra, excludes, includes, ctx) {
+        Ok(members) => members,
+        Err(msg) => return Ok(Outcome::failed(msg)),
+    };
+    let scratch = dest.join(format!(".dynserv-unarchive-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| ArgError::Invalid(e.to_string()))?;
+    let scratch_text = scratch.display().to_string();
     let r = if is_zip {
         let mut argv: Vec<&str> = vec!["-q", "-o"];
         argv.extend(extra.iter().map(String::as_str));
-        argv.extend([name.as_str(), "-d", scratch.to_str().unwrap_or_default()]);
+        argv.extend([name.as_str(), "-d", scratch_text.as_str()]);
+        argv.extend(includes.iter().map(String::as_str));
+        if !excludes.is_empty() {
+            argv.push("-x");
+            argv.extend(excludes.iter().map(String::as_str));
+        }
         run("unzip", &argv, &ctx.environment, None)
     } else {
-        let excludes: Vec<String> = args
-            .list("exclude")
-            .into_iter()
-            .map(|p| format!("--exclude={p}"))
-            .collect();
-        let mut argv: Vec<&str> = vec![
-            "-xf",
-            name.as_str(),
-            "-C",
-            scratch.to_str().unwrap_or_default(),
-        ];
-        argv.extend(extra.iter().map(String::as_str));
-        argv.extend(excludes.iter().map(String::as_str));
-        run("tar", &argv, &ctx.environment, None)
+        let mut argv: Vec<String> = vec!["--extract".into(), "-C".into(), scratch_text.clone()];
+        argv.extend(extra.iter().cloned());
+        argv.extend(excludes.iter().map(|e| format!("--exclude={e}")));
+        argv.extend(["-f".into(), name.clone()]);
+        argv.extend(includes.iter().cloned());
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        run("tar", &refs, &ctx.environment, None)
     };
-    if let Some(tmp) = &_download {
-        let _ = std::fs::remove_file(tmp);
-    }
     if !r.ok() {
         let _ = std::fs::remove_dir_all(&scratch);
-        return Ok(Outcome::failed(format!(
-            "Failed to unpack {src} to {}: {}",
-            dest.display(),
-            r.stderr.trim()
-        )));
+        return Ok(
+            Outcome::failed(format!("failed to unpack {src} to {}", dest.display()))
+                .with("stderr", r.stderr),
+        );
     }
+    // The archive's directory times, read before moving files out changes them.
+    let directory_times: Vec<(PathBuf, std::fs::FileTimes)> = walk(&scratch)
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| {
+            let meta = std::fs::metadata(&p).ok()?;
+            let times = std::fs::FileTimes::new()
+                .set_accessed(meta.accessed().ok()?)
+                .set_modified(meta.modified().ok()?);
+            Some((dest.join(p.strip_prefix(&scratch).ok()?), times))
+        })
+        .collect();
     let mut changed = false;
-    let mut files = Vec::new();
     for path in walk(&scratch) {
         let relative = path.strip_prefix(&scratch).unwrap_or(&path).to_path_buf();
-        files.push(relative.display().to_string());
         let target = dest.join(&relative);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        use std::os::unix::fs::PermissionsExt;
-        if meta.is_dir() {
-            if !target.is_dir() {
-                changed = true;
-                if !ctx.check {
-                    let _ = std::fs::create_dir_all(&target);
-                }
-            }
+        if already_extracted(&path, &target, args, keep_newer) {
             continue;
         }
-        let same = if meta.file_type().is_symlink() {
-            std::fs::read_link(&path).ok() == std::fs::read_link(&target).ok()
+        changed = true;
+        if ctx.check {
+            continue;
+        }
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if is_dir && target.is_dir() {
+            // An existing directory takes the archive's mode and owner, keeps its content.
+            copy_metadata(&path, &target);
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(&target);
         } else {
-            std::fs::read(&path).ok() == std::fs::read(&target).ok()
-                && std::fs::metadata(&target)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .ok()
-                    == Some(meta.permissions().mode() & 0o7777)
-        };
-        if !same {
-            changed = true;
-            if !ctx.check {
-                if let Some(parent) = target.parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                let _ = std::fs::remove_file(&target);
-                if std::fs::rename(&path, &target).is_err() {
-                    let _ = std::fs::copy(&path, &target);
-                }
+            let _ = std::fs::remove_file(&target);
+        }
+        if is_dir {
+            let _ = std::fs::create_dir(&target);
+            copy_metadata(&path, &target);
+        } else if let Err(e) = std::fs::rename(&path, &target) {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Ok(Outcome::failed(format!(
+                "failed to unpack {src} to {}: {}: {e}",
+                dest.display(),
+                target.display()
+            )));
+        }
+    }
+    // Directories get the archive's times last, after their content moved in.
+    if !ctx.check {
+        for (target, times) in directory_times {
+            if let Ok(dir) = std::fs::File::open(&target) {
+                let _ = dir.set_times(times);
             }
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
     if !ctx.check && (args.has("mode") || args.has("owner") || args.has("group")) {
-        for file in &files {
+        let mut top_folders: Vec<&str> = Vec::new();
+        for member in &members {
+            changed |= apply_attributes(&dest.join(member), args, ctx, false)
+                .map_err(ArgError::Invalid)?;
+            if let Some((top, _)) = member.split_once('/') {
+                if !top_folders.contains(&top) {
+                    top_folders.push(top);
+                }
+            }
+        }
+        for top in top_folders {
             changed |=
-                apply_attributes(&dest.join(file), args, ctx, false).map_err(ArgError::Invalid)?;
+                apply_attributes(&dest.join(top), args, ctx, false).map_err(ArgError::Invalid)?;
         }
     }
     let mut result = Outcome::new()
         .with("changed", changed)
         .with("dest", dest.display().to_string())
-        .with("src", src);
+        .with("src", src)
+        .with("handler", if is_zip { "ZipArchive" } else { "TgzArchive" });
     if args.bool("list_files", false)? {
-        result.set("files", minijinja::Value::from(files));
+        result.set("files", minijinja::Value::from(members));
     }
     Ok(result)
+}
+
+/// Gives `target` the mode and (as root) the owner of `source`.
+fn copy_metadata(source: &Path, target: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::symlink_metadata(source) {
+        let _ = std::fs::set_permissions(
+            target,
+            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+        );
+        let _ = std::os::unix::fs::lchown(target, Some(meta.uid()), Some(meta.gid()));
+    }
 }
 
 fn tempfile_path(tag: &str) -> PathBuf {
@@ -427,15 +598,16 @@ pub fn git_module(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
             .to_string()
     };
     if !dest.join(".git").exists() {
-        if !args.bool("clone", true)? {
-            return Ok(Outcome::new()
-                .with("before", minijinja::Value::from(()))
-                .with("after", minijinja::Value::from(())));
-        }
-        if ctx.check {
-            return Ok(Outcome::new()
-                .with("changed", true)
-                .with("before", minijinja::Value::from(())));
+        // Like Ansible: without a checkout, check mode and clone=no only look up what
+        // a clone would check out, and report that as a change.
+        if ctx.check || !args.bool("clone", true)? {
+            return Ok(match remote_head(&repo, &version, &ctx) {
+                Ok(after) => Outcome::new()
+                    .with("changed", true)
+                    .with("before", minijinja::Value::from(()))
+                    .with("after", after),
+                Err(msg) => Outcome::failed(msg),
+            });
         }
         let mut argv: Vec<String> = vec!["clone".into()];
         if let Some(depth) = args.int("depth")? {
@@ -584,6 +756,51 @@ pub fn git_module(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
         .with("changed", changed)
         .with("before", before)
         .with("after", after))
+}
+
+/// The commit `version` names in the remote repository `repo` (Ansible's
+/// `get_remote_head` while cloning): the remote HEAD, a branch, a tag (its commit when
+/// annotated), or the version itself when it names neither (a commit id).
+fn remote_head(repo: &str, version: &str, ctx: &ModuleContext) -> Result<String, String> {
+    let ls_remote = |kind: &str, pattern: &str| -> Result<String, String> {
+        let r = git(None, &["ls-remote", repo, kind, pattern], ctx);
+        if r.ok() {
+            Ok(r.stdout)
+        } else {
+            Err(format!(
+                "Failed to list the references of {repo}: {}",
+                r.stderr.trim()
+            ))
+        }
+    };
+    let (out, tag) = if version == "HEAD" {
+        (ls_remote("-h", "HEAD")?, false)
+    } else if !ls_remote("-h", &format!("refs/heads/{version}"))?.is_empty() {
+        (ls_remote("-h", &format!("refs/heads/{version}"))?, false)
+    } else if !ls_remote("-t", &format!("refs/tags/{version}"))?.is_empty() {
+        (ls_remote("-t", &format!("refs/tags/{version}*"))?, true)
+    } else {
+        return Ok(version.to_string());
+    };
+    if out.is_empty() {
+        return Err(format!("Could not determine remote revision for {version}"));
+    }
+    let mut line = out.lines().next().unwrap_or_default();
+    if tag {
+        for candidate in out.lines() {
+            if candidate.ends_with(&format!("{version}^{{}}")) {
+                line = candidate;
+                break;
+            } else if candidate.ends_with(version) {
+                line = candidate;
+            }
+        }
+    }
+    Ok(line
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn looks_like_sha(version: &str) -> bool {

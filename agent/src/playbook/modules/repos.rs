@@ -222,8 +222,15 @@ pub fn apt_key(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         }
     };
     let path = keyring.unwrap_or_else(|| {
-        Path::new("/etc/apt/trusted.gpg.d")
-            .join(format!("{name}.{}", if armored { "asc" } else { "gpg" }))
+        let in_trusted = |extension: &str| {
+            Path::new("/etc/apt/trusted.gpg.d").join(format!("{name}.{extension}"))
+        };
+        // Removing by id alone does not know whether the key was stored armored.
+        if data.is_none() && in_trusted("asc").exists() {
+            in_trusted("asc")
+        } else {
+            in_trusted(if armored { "asc" } else { "gpg" })
+        }
     });
     let mut changed = false;
     if state == "present" {
