@@ -33,14 +33,17 @@ as_root() {
 missing_packages=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
+# ansible-core's cron module needs the crontab program even to edit cron files (the
+# cron differential test).
+command -v crontab >/dev/null 2>&1 || missing_packages+=(cron)
 if [ "${#missing_packages[@]}" -gt 0 ]; then
-    say "installing ${missing_packages[*]} from Debian (browser tests)"
+    say "installing ${missing_packages[*]} from Debian (browser and playbook tests)"
     # Wait for another apt/dpkg run to release its lock instead of failing at once.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-        install -y --no-install-recommends chromium chromium-driver
+        install -y --no-install-recommends "${missing_packages[@]}"
 else
-    say "chromium and chromedriver present"
+    say "chromium, chromedriver and crontab present"
 fi
 
 # ---- ansible-core in .venv-ansible (playbook differential tests) ---------------------
