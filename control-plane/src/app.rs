@@ -27,6 +27,7 @@ pub struct App {
 impl App {
     /// Builds the state from an opened store.
     pub fn new(store: Store, keys: Keys, config: Config) -> anyhow::Result<App> {
+        store.seal_with(keys.clone());
         let fleet = Fleet::new(store.clone(), &config.data_dir)?;
         let metrics = Arc::new(Metrics::default());
         fleet.register_metrics(&metrics);

@@ -250,6 +250,7 @@ pub fn run_command(
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = Store::open(store_path)?;
     let keys = Keys::load(data_dir, session_secret)?;
+    store.seal_with(keys.clone());
     execute(
         &Core {
             store: &store,

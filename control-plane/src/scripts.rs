@@ -111,7 +111,8 @@ impl Record for Script {
     }
 }
 
-/// Secret variable values of a queued or running execution; deleted when it ends.
+/// Secret variable values of a queued or running execution; stored sealed (encrypted
+/// with the master secret's key) and deleted when the execution ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecutionSecrets {
     /// The execution id.
@@ -121,6 +122,7 @@ pub struct ExecutionSecrets {
 
 impl Record for ExecutionSecrets {
     const TABLE: &'static str = "execution_secrets";
+    const SEALED: bool = true;
     fn id(&self) -> &str {
         &self.id
     }

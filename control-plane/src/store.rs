@@ -8,11 +8,15 @@
 //! by `(execution_id, seq)`. Nothing outside this module names a redb type, so another
 //! backend (PostgreSQL for several replicas) can stand behind the same interface.
 //!
+//! Records that hold secrets declare [`Record::SEALED`]: the store encrypts them with
+//! the key the application gives it ([`Store::seal_with`]), so neither the file nor a
+//! backup of it holds them in clear.
+//!
 //! What does not live here: any rule about what a record may contain (the domain
 //! modules own those).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use redb::{
@@ -21,6 +25,8 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::secrets::Keys;
 
 /// Key-value pairs about the store itself (`schema_version`).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -50,6 +56,8 @@ pub trait Record: Serialize + DeserializeOwned {
     const TABLE: &'static str;
     /// The record's primary key.
     fn id(&self) -> &str;
+    /// Whether the record holds secrets and is stored encrypted.
+    const SEALED: bool = false;
 }
 
 fn table_of<T: Record>() -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -60,6 +68,8 @@ fn table_of<T: Record>() -> TableDefinition<'static, &'static str, &'static [u8]
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The key of sealed records; set once by the application.
+    sealing: Arc<OnceLock<Keys>>,
 }
 
 impl Store {
@@ -72,7 +82,10 @@ impl Store {
             ),
             other => anyhow::Error::new(other).context(format!("opening {}", path.display())),
         })?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            sealing: Arc::new(OnceLock::new()),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -95,13 +108,22 @@ impl Store {
         })
     }
 
+    /// Gives the store the key that seals [`Record::SEALED`] records. The first key
+    /// given stays.
+    pub fn seal_with(&self, keys: Keys) {
+        let _ = self.sealing.set(keys);
+    }
+
     /// Runs `f` in a read transaction: a consistent snapshot.
     pub fn read<R>(&self, f: impl FnOnce(&Reader) -> Result<R>) -> Result<R> {
         let txn = self
             .db
             .begin_read()
             .context("starting a read transaction")?;
-        f(&Reader { txn })
+        f(&Reader {
+            txn,
+            sealing: self.sealing.clone(),
+        })
     }
 
     /// Runs `f` in a write transaction and commits with immediate durability when it
@@ -112,7 +134,10 @@ impl Store {
             .begin_write()
             .context("starting a write transaction")?;
         txn.set_durability(Durability::Immediate);
-        let mut writer = Writer { txn };
+        let mut writer = Writer {
+            txn,
+            sealing: self.sealing.clone(),
+        };
         let value = f(&mut writer)?;
         writer
             .txn
@@ -182,18 +207,47 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     Ok(())
 }
 
-fn decode<T: DeserializeOwned>(table: &str, bytes: &[u8]) -> Result<T> {
+/// Prefix of sealed records as stored (what [`Keys::encrypt`] writes).
+const SEALED_PREFIX: &[u8] = b"v1.";
+
+fn decode<T: Record>(sealing: &OnceLock<Keys>, bytes: &[u8]) -> Result<T> {
+    let table = T::TABLE;
+    if T::SEALED && bytes.starts_with(SEALED_PREFIX) {
+        let keys = sealing
+            .get()
+            .with_context(|| format!("{table} records are sealed and the store has no key"))?;
+        let text = std::str::from_utf8(bytes)
+            .ok()
+            .with_context(|| format!("a sealed record of {table} is not text"))?;
+        let json = keys.decrypt(text)?;
+        return serde_json::from_str(&json)
+            .with_context(|| format!("decoding a record of {table}"));
+    }
+    // Plain JSON; also a sealed type's records written before it was sealed.
     serde_json::from_slice(bytes).with_context(|| format!("decoding a record of {table}"))
+}
+
+fn encode<T: Record>(sealing: &OnceLock<Keys>, record: &T) -> Result<Vec<u8>> {
+    let json = serde_json::to_string(record)?;
+    if !T::SEALED {
+        return Ok(json.into_bytes());
+    }
+    let keys = sealing
+        .get()
+        .with_context(|| format!("{} records are sealed and the store has no key", T::TABLE))?;
+    Ok(keys.encrypt(&json).into_bytes())
 }
 
 /// Read access inside a transaction.
 pub struct Reader {
     txn: redb::ReadTransaction,
+    sealing: Arc<OnceLock<Keys>>,
 }
 
 /// Read and write access inside a transaction that commits as one.
 pub struct Writer {
     txn: redb::WriteTransaction,
+    sealing: Arc<OnceLock<Keys>>,
 }
 
 /// Reads shared by [`Reader`] and [`Writer`], so domain code that only reads can take
@@ -227,7 +281,9 @@ macro_rules! impl_read {
                     Err(TableError::TableDoesNotExist(_)) => return Ok(None),
                     Err(e) => return Err(e.into()),
                 };
-                let found = table.get(id)?.map(|v| decode(T::TABLE, v.value()));
+                let found = table
+                    .get(id)?
+                    .map(|v| decode::<T>(&self.sealing, v.value()));
                 found.transpose()
             }
 
@@ -240,7 +296,7 @@ macro_rules! impl_read {
                 let mut out = Vec::new();
                 for entry in table.iter()? {
                     let (_, v) = entry?;
-                    out.push(decode(T::TABLE, v.value())?);
+                    out.push(decode::<T>(&self.sealing, v.value())?);
                 }
                 Ok(out)
             }
@@ -312,7 +368,7 @@ impl_read!(Writer);
 impl Writer {
     /// Inserts or replaces a record.
     pub fn put<T: Record>(&mut self, record: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(record)?;
+        let bytes = encode(&self.sealing, record)?;
         let mut table = self.txn.open_table(table_of::<T>())?;
         table.insert(record.id(), bytes.as_slice())?;
         Ok(())
@@ -365,7 +421,9 @@ impl Writer {
     fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let table = self.txn.open_table(META)?;
         let value = table.get(key)?.map(|v| v.value().to_vec());
-        value.map(|v| decode("meta", &v)).transpose()
+        value
+            .map(|v| serde_json::from_slice(&v).context("decoding a meta value"))
+            .transpose()
     }
 
     fn meta_put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
@@ -429,6 +487,51 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Secret {
+        id: String,
+        value: String,
+    }
+    impl Record for Secret {
+        const TABLE: &'static str = "secrets_test";
+        const SEALED: bool = true;
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    /// A sealed record is stored encrypted (the file and a backup never hold its
+    /// value), reads back with the key, and cannot be written or read without it.
+    #[test]
+    fn sealed_records_are_encrypted_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let secret = Secret {
+            id: "s".into(),
+            value: "hunter2-very-secret".into(),
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            let refused = store.put(&secret).unwrap_err();
+            assert!(format!("{refused:#}").contains("no key"), "{refused:#}");
+            store.seal_with(Keys::from_master(b"master"));
+            store.put(&secret).unwrap();
+            assert_eq!(store.get::<Secret>("s").unwrap(), Some(secret));
+            store.backup_to(&dir.path().join("copy.redb")).unwrap();
+        }
+        for file in ["s.redb", "copy.redb"] {
+            let bytes = std::fs::read(dir.path().join(file)).unwrap();
+            assert!(
+                !bytes.windows(b"hunter2".len()).any(|w| w == b"hunter2"),
+                "{file} holds the secret in clear"
+            );
+        }
+        let store = Store::open(&path).unwrap();
+        assert!(store.get::<Secret>("s").is_err(), "read without the key");
+        store.seal_with(Keys::from_master(b"another master"));
+        assert!(store.get::<Secret>("s").is_err(), "read with the wrong key");
     }
 
     /// A write closure that fails leaves nothing behind.

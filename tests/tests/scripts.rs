@@ -480,3 +480,51 @@ async fn unknown_module_runs_through_ansible_when_the_script_allows_it() {
     assert_eq!(done["status"], "succeeded", "{done}\n{log}");
     assert!(log.contains("matched 2 files"), "{log}");
 }
+
+/// While a job waits for an offline agent, its secret variable is kept sealed: neither
+/// the store file nor a `dynserv backup` of it holds the value in clear. When the agent
+/// comes back it still receives the value (its output shows it masked).
+#[tokio::test]
+async fn secrets_of_a_waiting_job_are_sealed_at_rest() {
+    let (cp, api, mut agent) = two_agents().await;
+    let (status, shell) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "sealed-secret", "kind": "shell", "body": "echo \"token=$API_TOKEN\"\n",
+                    "variables": [{"name": "API_TOKEN", "secret": true}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{shell}");
+    agent.stop();
+    let (status, exec) = api
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": "web-01", "kind": "playbook", "playbook": shell["id"],
+                    "vars": {"API_TOKEN": SECRET}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{exec}");
+    let exec_id = exec["id"].as_str().unwrap().to_string();
+    assert_eq!(exec["status"], "queued", "{exec}");
+
+    let backup = cp.artifact("sealed.redb");
+    cp.cli_ok(&["backup", "--out", backup.to_str().unwrap()]);
+    for file in [cp.data_dir().join("dynserv.redb"), backup] {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret in clear",
+            file.display()
+        );
+    }
+
+    agent.restart();
+    let end = eventually(Duration::from_secs(30), "the waiting job ends", || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{exec_id}")).await;
+        (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
+    })
+    .await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let log = log_text(&api, &exec_id).await;
+    assert!(log.contains("token=********"), "{log}");
+}
