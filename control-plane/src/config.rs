@@ -301,6 +301,18 @@ mod tests {
         assert_eq!(from_file.hetzner_api_url, defaults.hetzner_api_url);
         assert_eq!(from_file.session_idle, defaults.session_idle);
         assert_eq!(from_file.session_absolute, defaults.session_absolute);
+        assert_eq!(
+            from_file.hetzner_sync_interval,
+            defaults.hetzner_sync_interval
+        );
+        assert_eq!(
+            from_file.provision_boot_timeout,
+            defaults.provision_boot_timeout
+        );
+        assert_eq!(
+            from_file.provision_enroll_timeout,
+            defaults.provision_enroll_timeout
+        );
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
     }
 
