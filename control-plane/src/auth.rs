@@ -227,8 +227,9 @@ pub fn user_from_api_token(r: &impl Read, token: &str) -> anyhow::Result<Option<
     Ok(r.get::<User>(&record.user_id)?.filter(|u| u.active))
 }
 
-/// Counts failed logins per key: `user:NAME` locks after [`MAX_FAILURES`], `ip:ADDR`
-/// after [`MAX_FAILURES_PER_ADDRESS`].
+/// Counts failures per key: failed logins as `user:NAME` (locks after [`MAX_FAILURES`])
+/// and `ip:ADDR`, refused agent enrollments as `enroll:ADDR` (both after
+/// [`MAX_FAILURES_PER_ADDRESS`]).
 #[derive(Default)]
 pub struct Throttle {
     entries: Mutex<HashMap<String, Failures>>,
@@ -249,10 +250,15 @@ impl Throttle {
             if let Some(until) = entries.get(key).and_then(|f| f.locked_until) {
                 if until > now {
                     let minutes = ((until - now).num_seconds() + 59) / 60;
+                    let what = if key.starts_with("enroll:") {
+                        "enrollments from this address"
+                    } else {
+                        "logins"
+                    };
                     return Err(AppError::new(
                         Kind::TooManyRequests,
                         format!(
-                            "too many failed logins; try again in {minutes} minute{}",
+                            "too many failed {what}; try again in {minutes} minute{}",
                             if minutes == 1 { "" } else { "s" }
                         ),
                     ));
@@ -279,7 +285,7 @@ impl Throttle {
                 };
             }
             entry.count += 1;
-            let limit = if key.starts_with("ip:") {
+            let limit = if key.starts_with("ip:") || key.starts_with("enroll:") {
                 MAX_FAILURES_PER_ADDRESS
             } else {
                 MAX_FAILURES

@@ -334,6 +334,36 @@ async fn reused_expired_forged_and_mismatched_credentials_are_refused() {
     );
 }
 
+/// Twenty refused enrollments from one address lock that address out for a while:
+/// even a good token is then refused with the reason, and is not spent.
+#[tokio::test]
+async fn repeated_refused_enrollments_lock_the_address() {
+    let (cp, api) = setup().await;
+    let quic = cp.quic_addr();
+    let token = cp.enrollment_token("Fleet");
+    let (_, hash) = token.rsplit_once('.').unwrap();
+    for i in 0..20u8 {
+        let guess: String = std::iter::repeat_n(char::from(b'a' + i), 43).collect();
+        let forged = format!("dsv1.{guess}.{hash}");
+        let out = Agent::try_enroll(&quic, &forged, "guess").expect_err("a forged token enrolled");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unknown"),
+            "attempt {i}: {out:?}"
+        );
+    }
+    let out = Agent::try_enroll(&quic, &token, "honest").expect_err("enrolled while locked");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("too many failed enrollments from this address"),
+        "{stderr}"
+    );
+    let (_, agents) = api.get("/api/v1/agents").await;
+    assert!(
+        !agents.to_string().contains("\"honest\""),
+        "the locked-out attempt enrolled: {agents}"
+    );
+}
+
 /// A certificate presented with another agent's identity is refused, and so is a
 /// revoked agent, whose jobs cannot be started either.
 #[tokio::test]

@@ -144,8 +144,28 @@ async fn enroll(fleet: &Fleet, connection: &quinn::Connection) -> Result<()> {
             .await
             .context("no enrollment request within 10 s")??
             .context("the enrollment stream closed early")?;
-    let fleet2 = fleet.clone();
-    let response = tokio::task::spawn_blocking(move || enroll_request(&fleet2, &request)).await?;
+    // Refused attempts are counted per address: after too many, the address is refused
+    // for a while without the store being asked (guessing a 256-bit secret is hopeless,
+    // but every attempt costs a transaction).
+    let throttle_key = vec![format!("enroll:{}", connection.remote_address().ip())];
+    let throttle = &fleet.inner.enroll_throttle;
+    let response = match throttle.check(&throttle_key, Utc::now()) {
+        Err(locked) => {
+            tracing::info!(remote = %connection.remote_address(), "enrollment refused: {locked}");
+            EnrollResponse::Refused {
+                reason: locked.message,
+            }
+        }
+        Ok(()) => {
+            let fleet2 = fleet.clone();
+            let response =
+                tokio::task::spawn_blocking(move || enroll_request(&fleet2, &request)).await?;
+            if matches!(response, EnrollResponse::Refused { .. }) {
+                throttle.fail(&throttle_key, Utc::now());
+            }
+            response
+        }
+    };
     write_frame(&mut send, &response).await?;
     let _ = send.finish();
     // Let the agent read the answer and close; do not wait forever.

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     pub ingest: ingest::Ingest,
     pub conns: Mutex<HashMap<String, Arc<AgentConn>>>,
     pub demo_agent: std::sync::atomic::AtomicBool,
+    /// Refused enrollments per remote address.
+    pub enroll_throttle: crate::auth::Throttle,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -85,6 +87,7 @@ impl Fleet {
                 ingest,
                 conns: Mutex::new(HashMap::new()),
                 demo_agent: Default::default(),
+                enroll_throttle: Default::default(),
             }),
         })
     }
