@@ -120,9 +120,7 @@ fn write_apt_config(dir: &Path, repository: &Path) -> PathBuf {
              Dir::State::lists \"{}\";\n\
              Dir::Cache \"{}\";\n\
              // The temp dirs are private to root; apt's _apt download user cannot read them.\n\
-             APT::Sandbox::User \"root\";\n\
-             // Wait for a dpkg run outside the tests instead of failing at once.\n\
-             DPkg::Lock::Timeout \"120\";\n",
+             APT::Sandbox::User \"root\";\n",
             sources.display(),
             parts.display(),
             lists.display(),
@@ -276,6 +274,14 @@ async fn system_update_upgrades_a_package_for_real() {
     );
     assert!(!stdout.contains("$ apt-get -y"), "{stdout}");
     assert_eq!(installed_version().as_deref(), Some("1.0"), "{stdout}");
+    let downloaded = std::fs::read_dir(dir.path().join("cache/archives"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.path().extension() == Some("deb".as_ref()))
+        })
+        .unwrap_or(false);
+    assert!(!downloaded, "a check downloads nothing: {stdout}");
 
     let (update, stdout) = run_update(&api, &server_id, false).await;
     assert_eq!(update["status"], "succeeded", "{update}");
