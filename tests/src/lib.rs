@@ -4,8 +4,9 @@
 //!
 //! What lives here: locating the built binaries, free loopback ports, [`ControlPlane`]
 //! (a `dynserv serve` child process on a temp data dir), [`Api`] (a JSON client with
-//! bearer tokens), [`Agent`] (an enrolled `dynserv-agent run` child), [`Browser`] (a
-//! WebDriver session), and [`eventually`] for polling. What does not: assertions about
+//! bearer tokens), [`Agent`] (an enrolled `dynserv-agent run` child), [`AptLock`] (one
+//! test at a time runs apt on the machine), [`Browser`] (a WebDriver session), and
+//! [`eventually`] for polling. What does not: assertions about
 //! the product; those belong in the test files under `tests/tests/`.
 //!
 //! The binaries are not built by `cargo test -p dynserv-tests`; build them first with
@@ -35,6 +36,7 @@
 
 mod agent;
 mod api;
+mod apt;
 mod browser;
 mod compose;
 mod control_plane;
@@ -42,6 +44,7 @@ mod pages;
 
 pub use agent::Agent;
 pub use api::Api;
+pub use apt::AptLock;
 pub use browser::Browser;
 pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};

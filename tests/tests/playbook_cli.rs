@@ -260,7 +260,7 @@ fn apt_installs_and_removes_idempotently() {
         0,
         "installing packages needs root"
     );
-    let _lock = AptLock::acquire();
+    let _lock = dynserv_tests::AptLock::acquire();
     let package = "sl";
     let already = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -702,29 +702,6 @@ fn apt_key_manages_a_keyring_file() {
     assert!(!dir.path().join("keyrings/from-file.asc").exists());
 }
 
-/// Serialises the tests that change the host's apt configuration or run apt-get, so a
-/// test repository never shows up in another test's `apt-get update`.
-struct AptLock {
-    /// Holding the locked file holds the lock; closing it releases it.
-    _file: std::fs::File,
-}
-
-impl AptLock {
-    fn acquire() -> AptLock {
-        use std::os::unix::io::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(std::env::temp_dir().join("dynserv-playbook-apt.lock"))
-            .expect("lock file");
-        // SAFETY: flock(2) on a descriptor we own; released when the file is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-        AptLock { _file: file }
-    }
-}
-
 /// Removes a sources list file whatever happens in the test.
 struct RemoveOnDrop(PathBuf);
 
@@ -746,7 +723,7 @@ fn apt_repository_adds_and_removes_a_source() {
         0,
         "writing /etc/apt/sources.list.d needs root"
     );
-    let _lock = AptLock::acquire();
+    let _lock = dynserv_tests::AptLock::acquire();
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("Packages"), "").expect("empty repository");
     let name = format!("dynserv-test-{}", std::process::id());
