@@ -18,7 +18,8 @@ use crate::compose::print_result;
 /// Arguments of `dynserv-agent system-update`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpdateArgs {
-    /// Only list what would be upgraded; change nothing.
+    /// Only list what would be upgraded; no package changes (the package lists are
+    /// still refreshed, so the answer is current).
     #[arg(long)]
     pub check: bool,
 }
@@ -121,6 +122,9 @@ pub fn parse_apk_simulation(text: &str) -> Vec<Upgrade> {
         .collect()
 }
 
+/// How long apt waits for another apt or dpkg run to release its lock.
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=600";
+
 /// Runs a command with its output streaming into the job's log.
 fn run_streamed(argv: &[&str]) -> Result<()> {
     println!("$ {}", argv.join(" "));
@@ -184,12 +188,16 @@ fn reboot_required(manager: Manager, upgraded: &[Upgrade]) -> bool {
 fn update(args: &UpdateArgs) -> Result<serde_json::Value> {
     let manager = detect(Path::new("/"))
         .context("no supported package manager found (looked for apt-get, dnf and apk)")?;
-    println!("[dynserv] package manager: {manager:?}");
+    let name = serde_json::to_value(manager)?;
+    println!(
+        "[dynserv] package manager: {}",
+        name.as_str().unwrap_or_default()
+    );
     let upgraded = match manager {
         Manager::Apt => {
-            if !args.check {
-                run_streamed(&["apt-get", "-q", "update"])?;
-            }
+            // A fresh server's cloud-init or unattended-upgrades may hold the dpkg lock
+            // for a while: wait for it instead of failing at once.
+            run_streamed(&["apt-get", "-q", "-o", APT_LOCK_WAIT, "update"])?;
             let (code, text) = run_captured(&["apt-get", "-s", "-q", "upgrade"])?;
             if code != 0 {
                 anyhow::bail!("apt-get -s upgrade failed (exit code {code})");
@@ -200,6 +208,8 @@ fn update(args: &UpdateArgs) -> Result<serde_json::Value> {
                     "apt-get",
                     "-y",
                     "-q",
+                    "-o",
+                    APT_LOCK_WAIT,
                     "-o",
                     "Dpkg::Options::=--force-confdef",
                     "-o",
@@ -221,9 +231,7 @@ fn update(args: &UpdateArgs) -> Result<serde_json::Value> {
             list
         }
         Manager::Apk => {
-            if !args.check {
-                run_streamed(&["apk", "update"])?;
-            }
+            run_streamed(&["apk", "update"])?;
             let (code, text) = run_captured(&["apk", "upgrade", "-s"])?;
             if code != 0 {
                 anyhow::bail!("apk upgrade -s failed (exit code {code})");

@@ -253,9 +253,8 @@ async fn system_update_upgrades_a_package_for_real() {
     agent.run();
     let server_id = connected_server(&api, "apt-host").await;
 
-    // A check does not fetch the package lists (it changes nothing, not even them), so
-    // fetch them the way apt's daily timer does on a server.
-    run("apt-get", &["-q", "update"], &[("APT_CONFIG", &apt_config)]);
+    // The check refreshes the package lists itself (`apt-get update`) and changes no
+    // package.
     let (check, stdout) = run_update(&api, &server_id, true).await;
     assert_eq!(check["status"], "succeeded", "{check}");
     assert_eq!(check["manager"], "apt", "{check}");
@@ -267,6 +266,7 @@ async fn system_update_upgrades_a_package_for_real() {
     assert_in_order(
         &stdout,
         &[
+            "$ apt-get -q -o DPkg::Lock::Timeout=600 update",
             "$ apt-get -s -q upgrade",
             &format!("Inst {PACKAGE} [1.0] (2.0 "),
             &format!("[dynserv] would upgrade 1 package(s)\n[dynserv]   {PACKAGE} 1.0 -> 2.0"),
@@ -301,7 +301,7 @@ async fn system_update_upgrades_a_package_for_real() {
     assert_in_order(
         &stdout,
         &[
-            "$ apt-get -q update",
+            "$ apt-get -q -o DPkg::Lock::Timeout=600 update",
             &format!("file:{} ./ Packages", repository.display()),
             "$ apt-get -s -q upgrade",
             &format!("Inst {PACKAGE} [1.0] (2.0 "),
