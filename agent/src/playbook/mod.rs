@@ -45,6 +45,7 @@ pub mod fallback;
 pub mod filters;
 pub mod model;
 pub mod modules;
+pub mod roles;
 pub mod template;
 pub mod yaml;
 
