@@ -1600,6 +1600,149 @@ mod tests {
         );
     }
 
+    /// Writes `files` (relative path, content) under a fresh directory.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (path, content) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, content).expect("write");
+        }
+        dir
+    }
+
+    fn parse_in(dir: &tempfile::TempDir, source: &str) -> Result<Playbook, PlaybookError> {
+        parse_playbook(source, dir.path())
+    }
+
+    /// A missing role is Ansible's "not found" error, naming the role, the searched
+    /// directories (roles/ beside the playbook first) and the entry's position.
+    #[test]
+    fn missing_role_names_role_paths_and_position() {
+        let dir = tree(&[]);
+        let base = dir.path().display().to_string();
+        for source in [
+            "- hosts: all\n  roles:\n    - web\n".to_string(),
+            "- hosts: all\n  roles:\n    - role: web\n      vars: {a: 1}\n".to_string(),
+            "- hosts: all\n  tasks:\n    - import_role:\n        name: web\n".to_string(),
+        ] {
+            let err = parse_in(&dir, &source).expect_err("missing role");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("the role 'web' was not found in {base}/roles:")),
+                "{text}"
+            );
+            assert!(
+                text.ends_with(&format!(":{base} (line 3, column 7)")),
+                "{text}"
+            );
+        }
+    }
+
+    /// Bad role requests are errors with positions: unknown include/import_role options,
+    /// a missing tasks_from file, a role without a name, loops on import_role.
+    #[test]
+    fn bad_role_requests() {
+        let dir = tree(&[("roles/web/tasks/main.yml", "- debug: msg=x\n")]);
+        let check = |source: &str, expected: &str| {
+            let err = parse_in(&dir, source).expect_err("invalid");
+            assert_eq!(err.to_string(), expected, "{source}");
+        };
+        check(
+            "- hosts: all\n  tasks:\n    - import_role: {name: web, bogus: 1}\n",
+            "Invalid options for import_role: bogus (line 3, column 7)",
+        );
+        check(
+            "- hosts: all\n  tasks:\n    - import_role: {name: web, tasks_from: nope}\n",
+            "Could not find specified file in role: tasks/nope (line 3, column 7)",
+        );
+        check(
+            "- hosts: all\n  roles:\n    - vars: {a: 1}\n",
+            "role definitions must contain a role name (line 3, column 7)",
+        );
+        check(
+            "- hosts: all\n  tasks:\n    - import_role: name=web\n      loop: [1]\n",
+            "You cannot use loops on 'import_role' statements. You should use 'include_role' instead. (line 3, column 7)",
+        );
+    }
+
+    /// Roles compile dependencies first, add their handlers to the play (notifiable as
+    /// `role : name`), and a broken role file is reported with its path.
+    #[test]
+    fn roles_compile_with_dependencies_and_handlers() {
+        let dir = tree(&[
+            (
+                "roles/base/tasks/main.yml",
+                "- name: base task\n  debug: msg=b\n",
+            ),
+            ("roles/web/meta/main.yml", "dependencies:\n  - base\n"),
+            (
+                "roles/web/tasks/main.yml",
+                "- command: 'true'\n  notify: \"web : restart\"\n",
+            ),
+            (
+                "roles/web/handlers/main.yml",
+                "- name: restart\n  debug: msg=r\n",
+            ),
+            (
+                "roles/bad/tasks/main.yml",
+                "- name: x\n  sudo: yes\n  debug: msg=x\n",
+            ),
+        ]);
+        let pb = parse_in(&dir, "- hosts: all\n  roles: [web]\n").expect("valid");
+        let play = &pb.plays[0];
+        assert_eq!(play.handlers.len(), 1);
+        assert_eq!(
+            play.handlers[0]
+                .keywords
+                .role
+                .as_ref()
+                .map(|r| r.name.as_str()),
+            Some("web")
+        );
+        let TaskBody::Role { role, tasks, .. } = &play.roles[0].body else {
+            panic!("expected a role")
+        };
+        assert_eq!(role.name, "web");
+        assert!(matches!(&tasks[0].body, TaskBody::Role { role, .. } if role.name == "base"));
+        let err = parse_in(&dir, "- hosts: all\n  roles: [bad]\n").expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}/roles/bad/tasks/main.yml: conflicting action statements: sudo, debug (line 3, column 3)",
+                dir.path().display()
+            )
+        );
+    }
+
+    /// import_playbook brings in the file's plays with the entry's vars; a missing file
+    /// and unknown keys are errors.
+    #[test]
+    fn import_playbook_parses_plays() {
+        let dir = tree(&[(
+            "other.yml",
+            "- name: second\n  hosts: all\n  vars: {a: 1}\n  tasks:\n    - debug: msg=x\n",
+        )]);
+        let pb = parse_in(
+            &dir,
+            "- hosts: all\n  tasks: []\n- import_playbook: other.yml\n  vars: {b: 2}\n",
+        )
+        .expect("valid");
+        assert_eq!(pb.plays.len(), 2);
+        assert_eq!(pb.plays[1].name, "second");
+        assert_eq!(pb.plays[1].vars.len(), 2);
+        assert!(matches!(
+            parse_in(&dir, "- import_playbook: missing.yml\n"),
+            Err(PlaybookError::Io { .. })
+        ));
+        let err =
+            parse_in(&dir, "- import_playbook: other.yml\n  hosts: all\n").expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "'hosts' is not a valid attribute for a PlaybookInclude (line 2, column 3)"
+        );
+    }
+
     /// Blocks nest and keep their sections.
     #[test]
     fn blocks_parse() {
