@@ -1,8 +1,8 @@
 //! Playbook structure: plays, blocks and tasks, parsed and validated from YAML nodes.
 //!
-//! Parsing is pure (no I/O besides reading files named by `import_tasks` and
-//! `vars_files`-free structure), so the control plane can validate a playbook when a
-//! technician saves it and show errors with line and column. Everything that must be
+//! Parsing is pure (no I/O besides reading the files named by `import_tasks`,
+//! `import_playbook` and roles, see `roles`), so the control plane can validate a playbook
+//! when a technician saves it and show errors with line and column. Everything that must be
 //! decided before the first task runs is decided here: unknown keywords, unknown
 //! modules, conflicting actions, malformed loops.
 //!

@@ -86,10 +86,11 @@ pub struct RoleRequest {
     pub pos: Pos,
 }
 
-/// A compiled role: the task that runs it and the handlers it adds to the play.
+/// A compiled role.
 #[derive(Debug, Clone)]
 pub struct LoadedRole {
-    /// A [`TaskBody::Role`] task (dependencies nested first).
+    /// A [`TaskBody::Role`] task (dependencies nested first, each with its own handlers;
+    /// [`role_handlers`] collects them for the play).
     pub task: Task,
 }
 
