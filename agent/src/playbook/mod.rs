@@ -362,6 +362,44 @@ mod tests {
         );
     }
 
+    /// Role variables stack as in Ansible: role defaults < play vars < role vars < task
+    /// vars < set_fact < role params < extra vars (checked against ansible-core 2.19).
+    #[test]
+    fn role_variable_precedence() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let role = dir.path().join("roles/r");
+        for (file, text) in [
+            ("defaults/main.yml", "a: default\nb: default\nc: default\nd: default\ne: default\nf: default\ng: default\n"),
+            ("vars/main.yml", "c: rolevars\nd: rolevars\ne: rolevars\nf: rolevars\n"),
+            ("tasks/main.yml", "- set_fact: {e: fact, f: fact}\n- debug: msg=\"{{ [a, b, c, d, e, f, g] | join(' ') }}\"\n  vars: {d: task, e: task, f: task}\n"),
+        ] {
+            let path = role.join(file);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, text).expect("write");
+        }
+        let playbook = parse_playbook(
+            "- hosts: localhost\n  gather_facts: false\n  vars: {b: play, c: play, d: play, e: play, f: play, g: play}\n  roles:\n    - {role: r, f: param}\n",
+            dir.path(),
+        )
+        .expect("valid playbook");
+        let options = RunOptions {
+            extra_vars: vec![("g".into(), Value::from("extra"))],
+            ..RunOptions::default()
+        };
+        let mut lines = Vec::new();
+        run_playbook(&playbook, &options, &mut |line: &str| {
+            lines.push(line.to_string())
+        });
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("\"msg\": \"default play rolevars task fact param extra\"")),
+            "{}",
+            lines.join("\n")
+        );
+        assert!(lines.iter().any(|l| l.starts_with("TASK [r : debug]")));
+    }
+
     /// A cancelled run stops before its next task and says so.
     #[test]
     fn cancellation_stops_the_run() {
