@@ -80,6 +80,33 @@ fn syntax_error_exits_1_with_position() {
     assert!(text(&output).contains("column "), "{}", text(&output));
 }
 
+/// A playbook naming a role that is not there exits 1 before running anything, with
+/// Ansible's message: the role, the directories searched and the entry's position.
+#[test]
+fn missing_role_is_rejected_before_any_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("ran");
+    let file = write_playbook(
+        dir.path(),
+        &format!(
+            "- hosts: localhost\n  gather_facts: false\n  pre_tasks:\n    - file: path={} state=touch\n  roles:\n    - role: webserver\n",
+            marker.display()
+        ),
+    );
+    let output = agent(&[&file]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let all = text(&output);
+    assert!(
+        all.contains(&format!(
+            "the role 'webserver' was not found in {}/roles:",
+            dir.path().canonicalize().expect("dir").display()
+        )),
+        "{all}"
+    );
+    assert!(all.contains("(line 6, column 7)"), "{all}");
+    assert!(!marker.exists(), "a task ran before validation failed");
+}
+
 /// A failed task exits 2 and the recap counts it; success exits 0.
 #[test]
 fn exit_codes_and_recap() {

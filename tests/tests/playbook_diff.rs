@@ -337,6 +337,14 @@ fn tag_selection_matches_ansible() {
     check("tags.yml", &["--tags", "web", "--skip-tags", "slow"]);
 }
 
+/// Roles (dependencies, run-once, defaults/vars precedence, role handlers, role files
+/// and templates), include_role/import_role with tasks_from and import_playbook agree
+/// with Ansible, `role : task` names included.
+#[test]
+fn roles_match_ansible() {
+    check("roles.yml", &[]);
+}
+
 /// The shipped hello playbook prints the same facts-driven results as Ansible.
 #[test]
 fn hello_sample_matches_ansible() {

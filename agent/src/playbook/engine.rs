@@ -11,10 +11,11 @@
 use super::facts::{build_facts, FactSources};
 use super::model::{Inherited, LoopKind, Play, Playbook, Task, TaskBody};
 use super::modules::{self, files, ModuleContext, Outcome};
+use super::roles::RoleScope;
 use super::template::{python_repr, Templar, TemplateError, OMIT};
 use minijinja::value::ValueKind;
 use minijinja::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -187,6 +188,7 @@ fn merge(parent: &Inherited, child: &Inherited) -> Inherited {
         when,
         vars,
         any_errors_fatal: pick(&child.any_errors_fatal, &parent.any_errors_fatal),
+        role: child.role.clone().or_else(|| parent.role.clone()),
     }
 }
 
@@ -333,6 +335,14 @@ struct Runner<'a> {
     rescue_depth: usize,
     rescue_vars: Vec<(String, Value)>,
     current_user: String,
+    /// The current play's directory for relative paths (an imported playbook's own).
+    base_dir: PathBuf,
+    /// Roles whose defaults and vars every task of the play sees.
+    play_roles: Vec<Arc<RoleScope>>,
+    /// Identities of roles that ran a task in this play.
+    roles_ran: HashSet<String>,
+    /// Identities of roles that completed in this play (they do not run again).
+    roles_completed: HashSet<String>,
 }
 
 /// What happened to one task (after loops were aggregated).
@@ -369,6 +379,10 @@ impl<'a> Runner<'a> {
             rescue_depth: 0,
             rescue_vars: Vec::new(),
             current_user: files::user_name(uid),
+            base_dir: playbook.base_dir.clone(),
+            play_roles: Vec::new(),
+            roles_ran: HashSet::new(),
+            roles_completed: HashSet::new(),
         }
     }
 
@@ -468,15 +482,34 @@ impl<'a> Runner<'a> {
                 Value::from_pairs(Vec::<(String, Value)>::new()),
             );
         }
-        for (k, v) in self
-            .play_vars
-            .iter()
+        // Precedence, low to high, as ansible-core's VariableManager stacks it: the play's
+        // roles' defaults, the task's role's defaults, play vars and vars_files, the
+        // play's roles' vars, the task's role's vars, block/task vars, set_fact and
+        // registered vars, role params, then loop variables (and extra vars below).
+        let role = scope.role.as_deref();
+        let play_defaults = self.play_roles.iter().flat_map(|r| r.play_defaults.iter());
+        let play_role_vars = self.play_roles.iter().flat_map(|r| r.exported_vars.iter());
+        let none: &[(String, Value)] = &[];
+        for (k, v) in play_defaults
+            .chain(role.map_or(none, |r| &r.defaults).iter())
+            .chain(self.play_vars.iter())
+            .chain(play_role_vars)
+            .chain(role.map_or(none, |r| &r.vars).iter())
             .chain(scope.vars.iter())
             .chain(self.host_vars.iter())
             .chain(self.rescue_vars.iter())
+            .chain(role.map_or(none, |r| &r.params).iter())
             .chain(extra.iter())
         {
             vars.insert(k.clone(), v.clone());
+        }
+        if let Some(role) = role {
+            vars.insert("role_name".into(), Value::from(role.name.clone()));
+            vars.insert("ansible_role_name".into(), Value::from(role.name.clone()));
+            vars.insert(
+                "role_path".into(),
+                Value::from(role.path.display().to_string()),
+            );
         }
         for (k, v) in &self.options.extra_vars {
             vars.insert(k.clone(), v.clone());
@@ -530,8 +563,19 @@ impl<'a> Runner<'a> {
             return;
         }
         self.end_play = false;
-        self.play_scope = play.inherited.clone();
+        // Play vars live in `play_vars` (below vars_files and role vars), not in the
+        // scope, whose vars are block/task vars.
+        let mut scope = play.inherited.clone();
+        scope.vars.clear();
+        self.play_scope = scope;
         self.play_vars = play.vars.clone();
+        if self.base_dir != play.base_dir {
+            self.base_dir = play.base_dir.clone();
+            self.templar = Templar::new(play.base_dir.clone());
+        }
+        self.play_roles = play.public_roles.clone();
+        self.roles_ran.clear();
+        self.roles_completed.clear();
         self.force_handlers = play.force_handlers || self.options.force_handlers;
         self.handlers = play.handlers.clone();
         self.notified = vec![false; play.handlers.len()];
@@ -556,9 +600,16 @@ impl<'a> Runner<'a> {
             self.emit(&line);
             self.stats.ok += 1;
         }
-        let scope = play.inherited.clone();
-        for section in [&play.pre_tasks, &play.tasks, &play.post_tasks] {
-            self.run_list(section, &scope);
+        let scope = self.play_scope.clone();
+        // Ansible's Play.compile: pre_tasks, flush, roles + tasks, flush, post_tasks, flush.
+        for sections in [
+            &[&play.pre_tasks][..],
+            &[&play.roles, &play.tasks][..],
+            &[&play.post_tasks][..],
+        ] {
+            for section in sections {
+                self.run_list(section, &scope);
+            }
             if self.host_failed && !self.force_handlers {
                 break;
             }
@@ -591,7 +642,7 @@ impl<'a> Runner<'a> {
             };
             let path = candidates
                 .iter()
-                .map(|c| self.playbook.base_dir.join(c))
+                .map(|c| self.base_dir.join(c))
                 .find(|p| p.exists())
                 .ok_or_else(|| format!("vars file {} was not found", candidates.join(", ")))?;
             let text = std::fs::read_to_string(&path)
@@ -659,18 +710,42 @@ impl<'a> Runner<'a> {
                 .template_str(name, ctx)
                 .map(|v| modules::value_to_string(&v))
                 .unwrap_or_else(|_| name.clone());
+            // As ansible-core 2.19: a name reaches only the last handler loaded with that
+            // name (plain or `role : name`); a `listen` topic reaches every listener,
+            // once per handler name.
             let mut found = false;
-            for (i, handler) in self.handlers.iter().enumerate() {
+            let by_name = self.handlers.iter().rposition(|handler| {
                 let handler_name = handler.name.clone().unwrap_or_default();
                 let rendered = self
                     .templar
                     .template_str(&handler_name, ctx)
                     .map(|v| modules::value_to_string(&v))
                     .unwrap_or(handler_name.clone());
-                if rendered == name || handler_name == name || handler.listen.contains(&name) {
-                    self.notified[i] = true;
-                    found = true;
+                !handler_name.is_empty()
+                    && (rendered == name
+                        || handler_name == name
+                        || handler.keywords.role.as_ref().is_some_and(|role| {
+                            name == format!("{} : {rendered}", role.name)
+                                || name == format!("{} : {handler_name}", role.name)
+                        }))
+            });
+            if let Some(index) = by_name {
+                self.notified[index] = true;
+                found = true;
+            }
+            let mut seen: Vec<String> = Vec::new();
+            for index in (0..self.handlers.len()).rev() {
+                let handler = &self.handlers[index];
+                if !handler.listen.contains(&name) {
+                    continue;
                 }
+                let handler_name = handler.name.clone().unwrap_or_default();
+                if !handler_name.is_empty() && seen.contains(&handler_name) {
+                    continue;
+                }
+                seen.push(handler_name);
+                self.notified[index] = true;
+                found = true;
             }
             if !found {
                 let line = format!(
@@ -727,19 +802,48 @@ impl<'a> Runner<'a> {
                 };
                 self.run_action_task(task, &merged, &module, args, handler);
             }
+            TaskBody::Role { role, tasks, .. } => {
+                // A role runs once per play unless its parameters differ or it allows
+                // duplicates (ansible-core's role cache and its implicit role_complete).
+                if !role.allow_duplicates && self.roles_completed.contains(&role.identity) {
+                    return;
+                }
+                self.run_list(tasks, &merged);
+                if !self.host_failed && self.roles_ran.contains(&role.identity) {
+                    self.roles_completed.insert(role.identity.clone());
+                }
+            }
         }
     }
 
+    /// The name in `TASK [...]`: a role's tasks are `role : name`, an unnamed
+    /// include_role is `include_role : role`, as ansible-core's `get_name`.
     fn task_title(&self, task: &Task, scope: &Inherited) -> String {
-        let raw = task.name.clone().unwrap_or_else(|| task.default_name());
-        if !super::template::is_template(&raw) {
-            return raw;
+        let include_role =
+            matches!(&task.body, TaskBody::Action { module, .. } if module == "include_role");
+        let raw = match (&task.name, &task.body) {
+            (Some(name), _) => name.clone(),
+            (None, TaskBody::Action { written, args, .. }) if include_role => {
+                let role = arg_str(args, "name")
+                    .or_else(|| arg_str(args, "role"))
+                    .unwrap_or_default();
+                return format!("{written} : {role}");
+            }
+            (None, _) => task.default_name(),
+        };
+        let title = if !super::template::is_template(&raw) {
+            raw
+        } else {
+            let ctx = self.context(scope, &[]);
+            self.templar
+                .template_str(&raw, &ctx)
+                .map(|v| modules::value_to_string(&v))
+                .unwrap_or(raw)
+        };
+        match &scope.role {
+            Some(role) if !include_role => format!("{} : {title}", role.name),
+            _ => title,
         }
-        let ctx = self.context(scope, &[]);
-        self.templar
-            .template_str(&raw, &ctx)
-            .map(|v| modules::value_to_string(&v))
-            .unwrap_or(raw)
     }
 
     fn eval_bool(
@@ -759,6 +863,7 @@ impl<'a> Runner<'a> {
 
     fn loop_items(
         &self,
+        scope: &Inherited,
         kind: &LoopKind,
         source: &Value,
         ctx: &Value,
@@ -823,9 +928,11 @@ impl<'a> Runner<'a> {
                     let full = if pattern.starts_with('/') {
                         pattern
                     } else {
-                        self.playbook
-                            .base_dir
-                            .join("files")
+                        self.role_dirs(scope)
+                            .into_iter()
+                            .map(|d| d.join("files"))
+                            .find(|d| d.is_dir())
+                            .unwrap_or_else(|| self.base_dir.join("files"))
                             .join(&pattern)
                             .display()
                             .to_string()
@@ -881,7 +988,7 @@ impl<'a> Runner<'a> {
                 let output = std::process::Command::new("/bin/sh")
                     .arg("-c")
                     .arg(&command)
-                    .current_dir(&self.playbook.base_dir)
+                    .current_dir(&self.base_dir)
                     .output()
                     .map_err(|e| format!("lookup_plugin.lines({command}) failed: {e}"))?;
                 Ok(String::from_utf8_lossy(&output.stdout)
@@ -899,7 +1006,7 @@ impl<'a> Runner<'a> {
                     .iter()
                     .map(|n| {
                         let name = modules::value_to_string(n);
-                        let path = self.resolve_local(&name, "files");
+                        let path = self.resolve_local(scope, &name, "files");
                         std::fs::read_to_string(&path)
                             .map(|t| Value::from(t.trim_end().to_string()))
                             .map_err(|e| format!("could not read {name}: {e}"))
@@ -932,17 +1039,41 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Finds a file for `src`: `<base>/<subdir>/<name>`, then `<base>/<name>`.
-    fn resolve_local(&self, name: &str, subdir: &str) -> PathBuf {
+    /// The directories a task's relative files are searched in: its role's, then the
+    /// play's.
+    fn role_dirs(&self, scope: &Inherited) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Some(role) = &scope.role {
+            dirs.push(role.path.clone());
+        }
+        dirs.push(self.base_dir.clone());
+        dirs
+    }
+
+    /// Finds a file for `src`: in the task's role (`<role>/<subdir>/<name>`,
+    /// `<role>/<name>`, `<role>/tasks/<name>`), then `<base>/<subdir>/<name>`, then
+    /// `<base>/<name>`, as Ansible's search path for a role's task.
+    fn resolve_local(&self, scope: &Inherited, name: &str, subdir: &str) -> PathBuf {
         let path = Path::new(name);
         if path.is_absolute() {
             return path.to_path_buf();
         }
-        let candidate = self.playbook.base_dir.join(subdir).join(path);
+        if let Some(role) = &scope.role {
+            for candidate in [
+                role.path.join(subdir).join(path),
+                role.path.join(path),
+                role.path.join("tasks").join(path),
+            ] {
+                if candidate.exists() {
+                    return candidate;
+                }
+            }
+        }
+        let candidate = self.base_dir.join(subdir).join(path);
         if candidate.exists() {
             return candidate;
         }
-        self.playbook.base_dir.join(path)
+        self.base_dir.join(path)
     }
 
     fn run_action_task(
@@ -964,8 +1095,11 @@ impl<'a> Runner<'a> {
             self.emit_banner(&format!("TASK [{title}]"));
         }
         let host = self.host().to_string();
-        if module == "include_tasks" {
-            self.run_include(task, scope, args, &host);
+        if module == "include_tasks" || module == "include_role" {
+            if let Some(role) = &scope.role {
+                self.roles_ran.insert(role.identity.clone());
+            }
+            self.run_include(task, scope, module, args, &host);
             return;
         }
         let ctx0 = self.context(scope, &[]);
@@ -985,7 +1119,7 @@ impl<'a> Runner<'a> {
             .unwrap_or_else(|| "item".into());
 
         let outcome = if let Some((kind, source)) = &task.loop_source {
-            let items = match self.loop_items(kind, source, &ctx0) {
+            let items = match self.loop_items(scope, kind, source, &ctx0) {
                 Ok(items) => items,
                 Err(message) => {
                     self.finish_failed_outright(task, &host, &message);
@@ -1104,6 +1238,9 @@ impl<'a> Runner<'a> {
         } else {
             Verdict::Ok
         };
+        if let (Some(role), false) = (&scope.role, matches!(verdict, Verdict::Skipped)) {
+            self.roles_ran.insert(role.identity.clone());
+        }
         match verdict {
             Verdict::Ok => {
                 self.stats.ok += 1;
@@ -1503,16 +1640,21 @@ impl<'a> Runner<'a> {
                 arg_str(&templated, "msg")
                     .unwrap_or_else(|| "Failed as requested from task".into()),
             ),
-            "include_vars" => self.action_include_vars(&templated),
+            "include_vars" => self.action_include_vars(scope, &templated),
             "pause" => action_pause(&templated, check),
-            "template" => self.action_template(&templated, ctx, &mctx, become_user.as_deref()),
+            "template" => {
+                self.action_template(scope, &templated, ctx, &mctx, become_user.as_deref())
+            }
             "copy" | "unarchive" => {
                 let mut args = templated;
                 let remote = arg_str(&args, "remote_src")
                     .and_then(|v| modules::parse_bool(&Value::from(v)))
                     .unwrap_or(false);
                 if let (Some(src), false) = (arg_str(&args, "src"), remote) {
-                    let mut path = self.resolve_local(&src, "files").display().to_string();
+                    let mut path = self
+                        .resolve_local(scope, &src, "files")
+                        .display()
+                        .to_string();
                     if src.ends_with('/') && !path.ends_with('/') {
                         path.push('/');
                     }
@@ -1737,11 +1879,11 @@ impl<'a> Runner<'a> {
         outcome
     }
 
-    fn action_include_vars(&mut self, args: &Value) -> Outcome {
+    fn action_include_vars(&mut self, scope: &Inherited, args: &Value) -> Outcome {
         let Some(file) = arg_str(args, "_raw_params").or_else(|| arg_str(args, "file")) else {
             return Outcome::failed("include_vars: 'file' (or a free-form file name) is required; 'dir' is not supported");
         };
-        let path = self.resolve_local(&file, "vars");
+        let path = self.resolve_local(scope, &file, "vars");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => return Outcome::failed(format!("Could not find or access '{file}': {e}")),
@@ -1773,7 +1915,14 @@ impl<'a> Runner<'a> {
 
     /// `include_tasks`: evaluated at run time, once per loop item; the included tasks run
     /// after all items were processed, as in Ansible.
-    fn run_include(&mut self, task: &Task, scope: &Inherited, args: &Value, host: &str) {
+    fn run_include(
+        &mut self,
+        task: &Task,
+        scope: &Inherited,
+        module: &str,
+        args: &Value,
+        host: &str,
+    ) {
         let ctx0 = self.context(scope, &[]);
         let loop_var = task
             .loop_control
@@ -1783,7 +1932,7 @@ impl<'a> Runner<'a> {
             .unwrap_or_else(|| "item".into());
         let items: Vec<Option<Value>> = match &task.loop_source {
             None => vec![None],
-            Some((kind, source)) => match self.loop_items(kind, source, &ctx0) {
+            Some((kind, source)) => match self.loop_items(scope, kind, source, &ctx0) {
                 Ok(items) => items.into_iter().map(Some).collect(),
                 Err(message) => {
                     self.finish_failed_outright(task, host, &message);
@@ -1827,37 +1976,13 @@ impl<'a> Runner<'a> {
                     return;
                 }
             };
-            let Some(file) =
-                arg_str(&templated, "_raw_params").or_else(|| arg_str(&templated, "file"))
-            else {
-                self.finish_failed_outright(task, host, "include_tasks needs a file name");
-                return;
+            let loaded = if module == "include_role" {
+                self.load_included_role(task, &templated)
+            } else {
+                self.load_included_tasks(scope, &templated)
             };
-            let path = self.resolve_local(&file, "tasks");
-            let parsed = std::fs::read_to_string(&path)
-                .map_err(|e| format!("Could not find or access '{file}': {e}"))
-                .and_then(|text| {
-                    super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))
-                })
-                .and_then(|node| match &node.kind {
-                    super::yaml::NodeKind::Seq(items) => {
-                        let base = path
-                            .parent()
-                            .unwrap_or(&self.playbook.base_dir)
-                            .to_path_buf();
-                        items
-                            .iter()
-                            .map(|i| super::model::parse_task(i, &base, false))
-                            .collect::<Result<Vec<Task>, _>>()
-                            .map_err(|e| format!("{}: {e}", path.display()))
-                    }
-                    _ => Err(format!("{} must contain a list of tasks", path.display())),
-                });
-            let tasks = match parsed {
-                Ok(mut t) => {
-                    super::model::set_file(&mut t, &Arc::new(path.clone()));
-                    t
-                }
+            let (tasks, shown) = match loaded {
+                Ok(loaded) => loaded,
                 Err(message) => {
                     self.finish_failed_outright(task, host, &message);
                     return;
@@ -1865,11 +1990,10 @@ impl<'a> Runner<'a> {
             };
             match &item {
                 Some(i) => self.emit(&format!(
-                    "included: {} for {host} => (item={})",
-                    path.display(),
+                    "included: {shown} for {host} => (item={})",
                     item_label(i)
                 )),
-                None => self.emit(&format!("included: {} for {host}", path.display())),
+                None => self.emit(&format!("included: {shown} for {host}")),
             }
             // Ansible counts every processed include as ok.
             self.stats.ok += 1;
@@ -1886,8 +2010,76 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Loads an include_tasks file: its tasks and the name `included:` shows.
+    fn load_included_tasks(
+        &mut self,
+        scope: &Inherited,
+        templated: &Value,
+    ) -> Result<(Vec<Task>, String), String> {
+        let file = arg_str(templated, "_raw_params")
+            .or_else(|| arg_str(templated, "file"))
+            .ok_or_else(|| "include_tasks needs a file name".to_string())?;
+        let path = self.resolve_local(scope, &file, "tasks");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("Could not find or access '{file}': {e}"))?;
+        let node = super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let super::yaml::NodeKind::Seq(items) = &node.kind else {
+            return Err(format!("{} must contain a list of tasks", path.display()));
+        };
+        let file_dir = path.parent().unwrap_or(&self.base_dir).to_path_buf();
+        let dirs = super::model::Dirs {
+            file_dir: &file_dir,
+            playbook_dir: &self.base_dir,
+        };
+        let mut tasks = items
+            .iter()
+            .map(|i| super::model::parse_task(i, &dirs, false))
+            .collect::<Result<Vec<Task>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        super::model::set_file(&mut tasks, &Arc::new(path.clone()));
+        self.add_role_handlers(&tasks);
+        Ok((tasks, path.display().to_string()))
+    }
+
+    /// Loads an include_role's role: its task, and the role's name for `included:`.
+    /// Its handlers join the play's; with `public: true` its variables become the
+    /// play's.
+    fn load_included_role(
+        &mut self,
+        task: &Task,
+        templated: &Value,
+    ) -> Result<(Vec<Task>, String), String> {
+        let TaskBody::Action { written, .. } = &task.body else {
+            return Err("include_role must be a task".into());
+        };
+        let mut request = super::roles::request_from_task(written, templated, &[], task.pos)
+            .map_err(|e| e.to_string())?;
+        // Dynamic includes are private unless `public: true` (ansible-core's default).
+        request.public = Some(request.public.unwrap_or(false));
+        request.vars = task.keywords.vars.clone();
+        let loaded =
+            super::roles::load_role(&request, &self.base_dir).map_err(|e| e.to_string())?;
+        let tasks = vec![loaded.task];
+        self.add_role_handlers(&tasks);
+        if let Some(TaskBody::Role { role, .. }) = tasks.first().map(|t| &t.body) {
+            if role.public {
+                self.play_roles.push(Arc::clone(role));
+            }
+        }
+        Ok((tasks, request.name))
+    }
+
+    /// Adds the handlers of roles found in `tasks` to the play's.
+    fn add_role_handlers(&mut self, tasks: &[Task]) {
+        for handler in super::roles::role_handlers(tasks) {
+            self.handlers.push(handler);
+            self.notified.push(false);
+        }
+    }
+
     fn action_template(
         &self,
+        scope: &Inherited,
         args: &Value,
         ctx: &Value,
         mctx: &ModuleContext,
@@ -1899,7 +2091,7 @@ impl<'a> Runner<'a> {
         let Some(dest) = arg_str(args, "dest") else {
             return Outcome::failed("src and dest are required");
         };
-        let path = self.resolve_local(&src, "templates");
+        let path = self.resolve_local(scope, &src, "templates");
         let source = match std::fs::read_to_string(&path) {
             Ok(s) => s,
             Err(_) => return Outcome::failed(format!("Could not find or access '{src}'")),

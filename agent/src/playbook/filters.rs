@@ -966,6 +966,22 @@ fn run_lookup(
     let default: Option<Value> = kwargs.get("default")?;
     let _: Option<String> = kwargs.get("errors")?;
     let mut out = Vec::new();
+    // A role's task looks in the role first (`role_path` is set for role tasks).
+    let role_dir = state
+        .lookup("role_path")
+        .and_then(|v| v.as_str().map(PathBuf::from));
+    let resolve_path = |term: &str, subdir: &str| -> PathBuf {
+        if let Some(role) = role_dir.as_deref() {
+            if Path::new(term).is_relative() {
+                for candidate in [role.join(subdir).join(term), role.join(term)] {
+                    if candidate.exists() {
+                        return candidate;
+                    }
+                }
+            }
+        }
+        resolve_path(base_dir, term)
+    };
     let terms: Vec<Value> = terms
         .iter()
         .flat_map(|t| {
@@ -980,7 +996,7 @@ fn run_lookup(
         let term = text(&term);
         match name {
             "file" => {
-                let path = resolve_path(base_dir, &term);
+                let path = resolve_path(&term, "files");
                 let content = std::fs::read_to_string(&path).map_err(|e| {
                     err(format!(
                         "The 'file' lookup had an issue accessing the file '{term}': {e}"
@@ -1021,7 +1037,7 @@ fn run_lookup(
                 ));
             }
             "template" => {
-                let path = resolve_path(base_dir, &term);
+                let path = resolve_path(&term, "templates");
                 let source = std::fs::read_to_string(&path).map_err(|e| {
                     err(format!(
                         "the template file {term} could not be found for the lookup: {e}"
@@ -1046,7 +1062,7 @@ fn run_lookup(
             },
             "items" | "list" => out.push(Value::from(term)),
             "fileglob" => {
-                let pattern = resolve_path(base_dir, &term);
+                let pattern = resolve_path(&term, "files");
                 if let Ok(paths) = glob::glob(&pattern.to_string_lossy()) {
                     for path in paths.flatten().filter(|p| p.is_file()) {
                         out.push(Value::from(path.to_string_lossy().into_owned()));

@@ -2,10 +2,10 @@
 //!
 //! Runs the common core of Ansible playbooks against the local machine without Python:
 //! YAML with YAML 1.1 scalars and positioned errors (`yaml`), the playbook structure and
-//! its validation (`model`), Jinja2 templating with Ansible's filters and strict
-//! undefined semantics (`template`, `filters`), host facts (`facts`), the play/task
-//! engine with handlers, blocks, loops, check mode and the PLAY RECAP (`engine`), and
-//! native modules (`modules`).
+//! its validation (`model`), roles and their variable layers (`roles`), Jinja2 templating
+//! with Ansible's filters and strict undefined semantics (`template`, `filters`), host
+//! facts (`facts`), the play/task engine with handlers, blocks, loops, check mode and the
+//! PLAY RECAP (`engine`), and native modules (`modules`).
 //!
 //! The API is built for two callers: the `dynserv-agent playbook` CLI ([`cli_main`]) and
 //! the agent's job executor, which calls [`parse_playbook`] / [`validate`] and then
@@ -20,9 +20,24 @@
 //! # What is supported
 //!
 //! * Plays: `hosts` (the local host under any of its names, `all`, `localhost`), `name`,
-//!   `vars`, `vars_files`, `gather_facts`, `pre_tasks`/`tasks`/`post_tasks`/`handlers`,
-//!   `force_handlers`, and the inherited keywords below. `roles`, `vars_prompt` and
-//!   `import_playbook` are rejected with a clear message.
+//!   `vars`, `vars_files`, `gather_facts`, `pre_tasks`/`roles`/`tasks`/`post_tasks`/
+//!   `handlers` (run as Ansible compiles them: pre_tasks, flush, roles and tasks, flush,
+//!   post_tasks, flush), `force_handlers`, and the inherited keywords below. Top-level
+//!   `import_playbook` (a file relative to the importing playbook, with `vars`/`tags`/
+//!   `when`). `vars_prompt` is rejected with a clear message.
+//! * Roles (`roles`): entries as names or dicts (`role`/`name`, `vars`, `tags`, `when`,
+//!   other keywords, role parameters), found in `roles/` beside the playbook, then
+//!   `ANSIBLE_ROLES_PATH` (default `~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles`),
+//!   then the playbook's directory; `tasks/`, `handlers/` (joining the play's, notifiable
+//!   as `name` or `role : name`), `defaults/`, `vars/`, `files/` and `templates/` (searched
+//!   first by the role's tasks) and `meta/main.yml` `dependencies`/`allow_duplicates`. A
+//!   role runs once per play unless its parameters differ or it allows duplicates. Tasks
+//!   print as `TASK [role : name]`. Task-level `import_role` (static, at parse time) and
+//!   `include_role` (at run time, with loops; private unless `public: true`) take `name`,
+//!   `tasks_from`, `vars_from`, `defaults_from`, `handlers_from`, `public` and
+//!   `allow_duplicates`; `apply`, templated role names and roles from collections are not
+//!   supported. Variable precedence: role defaults < play vars < vars_files < role vars <
+//!   block/task vars < set_fact/registered < role params < extra vars.
 //! * Tasks and blocks: `when`, `loop`/`with_items`/`with_dict`/`with_list`/
 //!   `with_indexed_items`/`with_sequence`/`with_together`/`with_nested`/`with_subelements`/
 //!   `with_fileglob`/`with_lines`/`with_file`, `loop_control`, `register`, `notify`/`listen`,
@@ -45,6 +60,7 @@ pub mod fallback;
 pub mod filters;
 pub mod model;
 pub mod modules;
+pub mod roles;
 pub mod template;
 pub mod yaml;
 
@@ -344,6 +360,44 @@ mod tests {
             "{}",
             lines.join("\n")
         );
+    }
+
+    /// Role variables stack as in Ansible: role defaults < play vars < role vars < task
+    /// vars < set_fact < role params < extra vars (checked against ansible-core 2.19).
+    #[test]
+    fn role_variable_precedence() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let role = dir.path().join("roles/r");
+        for (file, text) in [
+            ("defaults/main.yml", "a: default\nb: default\nc: default\nd: default\ne: default\nf: default\ng: default\n"),
+            ("vars/main.yml", "c: rolevars\nd: rolevars\ne: rolevars\nf: rolevars\n"),
+            ("tasks/main.yml", "- set_fact: {e: fact, f: fact}\n- debug: msg=\"{{ [a, b, c, d, e, f, g] | join(' ') }}\"\n  vars: {d: task, e: task, f: task}\n"),
+        ] {
+            let path = role.join(file);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, text).expect("write");
+        }
+        let playbook = parse_playbook(
+            "- hosts: localhost\n  gather_facts: false\n  vars: {b: play, c: play, d: play, e: play, f: play, g: play}\n  roles:\n    - {role: r, f: param}\n",
+            dir.path(),
+        )
+        .expect("valid playbook");
+        let options = RunOptions {
+            extra_vars: vec![("g".into(), Value::from("extra"))],
+            ..RunOptions::default()
+        };
+        let mut lines = Vec::new();
+        run_playbook(&playbook, &options, &mut |line: &str| {
+            lines.push(line.to_string())
+        });
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("\"msg\": \"default play rolevars task fact param extra\"")),
+            "{}",
+            lines.join("\n")
+        );
+        assert!(lines.iter().any(|l| l.starts_with("TASK [r : debug]")));
     }
 
     /// A cancelled run stops before its next task and says so.

@@ -1,8 +1,8 @@
 //! Playbook structure: plays, blocks and tasks, parsed and validated from YAML nodes.
 //!
-//! Parsing is pure (no I/O besides reading files named by `import_tasks` and
-//! `vars_files`-free structure), so the control plane can validate a playbook when a
-//! technician saves it and show errors with line and column. Everything that must be
+//! Parsing is pure (no I/O besides reading the files named by `import_tasks`,
+//! `import_playbook` and roles, see `roles`), so the control plane can validate a playbook
+//! when a technician saves it and show errors with line and column. Everything that must be
 //! decided before the first task runs is decided here: unknown keywords, unknown
 //! modules, conflicting actions, malformed loops.
 //!
@@ -58,6 +58,16 @@ impl PlaybookError {
     }
 }
 
+/// Where relative names in a task file start: the file's own directory (`import_tasks`)
+/// and the playbook's directory (where `roles/` is searched).
+#[derive(Debug, Clone, Copy)]
+pub struct Dirs<'a> {
+    /// The directory of the file being parsed.
+    pub file_dir: &'a Path,
+    /// The directory of the playbook (an imported playbook's own).
+    pub playbook_dir: &'a Path,
+}
+
 fn invalid(message: impl Into<String>, pos: Pos) -> PlaybookError {
     PlaybookError::Invalid {
         message: message.into(),
@@ -95,8 +105,16 @@ pub struct Play {
     pub tasks: Vec<Task>,
     /// `post_tasks`.
     pub post_tasks: Vec<Task>,
-    /// `handlers`.
+    /// `handlers`: those of the play's roles (dependencies first), then the play's own,
+    /// then those of statically imported roles.
     pub handlers: Vec<Task>,
+    /// `roles`, each compiled to a [`TaskBody::Role`] task (dependencies inside).
+    pub roles: Vec<Task>,
+    /// Roles whose defaults and vars every task of the play sees (the `roles` entries
+    /// and `import_role`s, as Ansible exposes them).
+    pub public_roles: Vec<std::sync::Arc<super::roles::RoleScope>>,
+    /// The directory the play's relative paths start from (an imported playbook's own).
+    pub base_dir: PathBuf,
     /// Keywords inherited by every task of the play.
     pub inherited: Inherited,
     /// `force_handlers`.
@@ -132,6 +150,8 @@ pub struct Inherited {
     pub vars: Vec<(String, Value)>,
     /// `any_errors_fatal` (accepted; a single host makes it moot).
     pub any_errors_fatal: Option<Value>,
+    /// The role the tasks belong to (set by a role's wrapper and on its handlers).
+    pub role: Option<std::sync::Arc<super::roles::RoleScope>>,
 }
 
 /// How a task loops.
@@ -184,6 +204,16 @@ pub enum TaskBody {
         /// `always`.
         always: Vec<Task>,
     },
+    /// A role's tasks (its dependencies first, each a nested `Role`), run at most once
+    /// per play unless the role allows duplicates.
+    Role {
+        /// The role.
+        role: std::sync::Arc<super::roles::RoleScope>,
+        /// The tasks.
+        tasks: Vec<Task>,
+        /// The role's own handlers (its dependencies' are on their own `Role` tasks).
+        handlers: Vec<Task>,
+    },
 }
 
 /// One task (or block, or handler).
@@ -224,11 +254,37 @@ pub struct Task {
 }
 
 impl Task {
+    /// The task lists nested in a block or role (none for a module call).
+    pub fn children(&self) -> Vec<&[Task]> {
+        match &self.body {
+            TaskBody::Action { .. } => Vec::new(),
+            TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } => vec![block, rescue, always],
+            TaskBody::Role { tasks, .. } => vec![tasks],
+        }
+    }
+
+    fn children_mut(&mut self) -> Vec<&mut Vec<Task>> {
+        match &mut self.body {
+            TaskBody::Action { .. } => Vec::new(),
+            TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } => vec![block, rescue, always],
+            TaskBody::Role { tasks, .. } => vec![tasks],
+        }
+    }
+
     /// The name shown in `TASK [...]` when the task has none.
     pub fn default_name(&self) -> String {
         match &self.body {
             TaskBody::Action { written, .. } => written.clone(),
             TaskBody::Block { .. } => "block".into(),
+            TaskBody::Role { role, .. } => role.name.clone(),
         }
     }
 }
@@ -266,6 +322,8 @@ pub const NATIVE_MODULES: &[&str] = &[
     "include_vars",
     "import_tasks",
     "include_tasks",
+    "include_role",
+    "import_role",
     "authorized_key",
     "sysctl",
     "ufw",
@@ -466,12 +524,8 @@ fn first_unknown_module(tasks: &[Task]) -> Option<(String, Pos)> {
                 module, written, ..
             } if module == ANSIBLE_FALLBACK => return Some((written.clone(), task.pos)),
             TaskBody::Action { .. } => {}
-            TaskBody::Block {
-                block,
-                rescue,
-                always,
-            } => {
-                for list in [block, rescue, always] {
+            TaskBody::Block { .. } | TaskBody::Role { .. } => {
+                for list in task.children() {
                     if let Some(found) = first_unknown_module(list) {
                         return Some(found);
                     }
@@ -490,6 +544,7 @@ pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, Playboo
     for play in &playbook.plays {
         for list in [
             &play.pre_tasks,
+            &play.roles,
             &play.tasks,
             &play.post_tasks,
             &play.handlers,
@@ -512,6 +567,27 @@ pub fn parse_playbook_with_ansible_fallback(
     source: &str,
     base_dir: &Path,
 ) -> Result<Playbook, PlaybookError> {
+    Ok(Playbook {
+        plays: parse_plays(source, base_dir, 0)?,
+        base_dir: base_dir.to_path_buf(),
+        source_path: None,
+    })
+}
+
+/// How deep `import_playbook` may nest before we call it a loop.
+const MAX_IMPORT_DEPTH: usize = 16;
+
+/// Keys an `import_playbook` entry may have.
+const IMPORT_PLAYBOOK_KEYS: &[&str] = &[
+    "import_playbook",
+    "ansible.builtin.import_playbook",
+    "name",
+    "vars",
+    "tags",
+    "when",
+];
+
+fn parse_plays(source: &str, base_dir: &Path, depth: usize) -> Result<Vec<Play>, PlaybookError> {
     let root = yaml::parse_one(source)?;
     let NodeKind::Seq(entries) = &root.kind else {
         return Err(invalid(
@@ -523,21 +599,86 @@ pub fn parse_playbook_with_ansible_fallback(
     };
     let mut plays = Vec::new();
     for entry in entries {
-        if entry.get("import_playbook").is_some()
-            || entry.get("ansible.builtin.import_playbook").is_some()
-        {
+        let import = entry
+            .get("import_playbook")
+            .or_else(|| entry.get("ansible.builtin.import_playbook"));
+        match import {
+            Some(file) => plays.extend(import_playbook(entry, file, base_dir, depth)?),
+            None => plays.push(parse_play(entry, base_dir)?),
+        }
+    }
+    Ok(plays)
+}
+
+/// `import_playbook`: the file's plays (relative to the importing playbook), each given
+/// the entry's `vars`, `tags` and `when`, as ansible-core's `PlaybookInclude` does.
+fn import_playbook(
+    entry: &Node,
+    file: &Node,
+    base_dir: &Path,
+    depth: usize,
+) -> Result<Vec<Play>, PlaybookError> {
+    for (key, _) in entry.as_map().unwrap_or_default() {
+        let name = key.as_str().unwrap_or_default();
+        if !IMPORT_PLAYBOOK_KEYS.contains(&name) {
             return Err(invalid(
-                "import_playbook is not supported by the native runtime",
-                entry.pos,
+                format!("'{name}' is not a valid attribute for a PlaybookInclude"),
+                key.pos,
             ));
         }
-        plays.push(parse_play(entry, base_dir)?);
     }
-    Ok(Playbook {
-        plays,
-        base_dir: base_dir.to_path_buf(),
-        source_path: None,
-    })
+    let Some(name) = file.scalar_text().filter(|n| !n.is_empty()) else {
+        return Err(invalid(
+            "import_playbook parameters cannot be empty",
+            entry.pos,
+        ));
+    };
+    if super::template::is_template(&name) {
+        return Err(invalid(
+            "import_playbook with a templated file name is not supported by the native runtime",
+            file.pos,
+        ));
+    }
+    if depth >= MAX_IMPORT_DEPTH {
+        return Err(invalid(
+            format!("import_playbook of '{name}' nests too deeply (an import loop?)"),
+            file.pos,
+        ));
+    }
+    let path = base_dir.join(&name);
+    let source = std::fs::read_to_string(&path).map_err(|e| PlaybookError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let dir = path.parent().unwrap_or(base_dir);
+    let mut plays = parse_plays(&source, dir, depth + 1).map_err(|e| match e {
+        PlaybookError::Invalid { message, pos } => PlaybookError::Invalid {
+            message: format!("{}: {message}", path.display()),
+            pos,
+        },
+        PlaybookError::Yaml(e) => PlaybookError::Invalid {
+            message: format!(
+                "{}: syntax error while loading YAML: {}",
+                path.display(),
+                e.message
+            ),
+            pos: e.pos,
+        },
+        other => other,
+    })?;
+    let keywords = parse_inherited(entry)?;
+    for play in &mut plays {
+        play.vars.extend(keywords.vars.iter().cloned());
+        for tag in &keywords.tags {
+            if !play.inherited.tags.contains(tag) {
+                play.inherited.tags.push(tag.clone());
+            }
+        }
+        let mut when = keywords.when.clone();
+        when.append(&mut play.inherited.when);
+        play.inherited.when = when;
+    }
+    Ok(plays)
 }
 
 fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
@@ -571,13 +712,29 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
             _ => hosts.scalar_text().unwrap_or_default(),
         },
     };
-    if let Some(roles) = node.get("roles") {
-        if !matches!(&roles.kind, NodeKind::Seq(r) if r.is_empty()) && roles.kind != NodeKind::Null
-        {
+    let dirs = Dirs {
+        file_dir: base_dir,
+        playbook_dir: base_dir,
+    };
+    let mut roles = Vec::new();
+    let mut public_roles = Vec::new();
+    match node.get("roles").map(|n| &n.kind) {
+        None | Some(NodeKind::Null) => {}
+        Some(NodeKind::Seq(entries)) => {
+            for entry in entries {
+                let request = super::roles::parse_role_entry(entry)?;
+                let loaded = super::roles::load_role(&request, base_dir)?;
+                if let TaskBody::Role { role, .. } = &loaded.task.body {
+                    public_roles.push(std::sync::Arc::clone(role));
+                }
+                roles.push(loaded.task);
+            }
+        }
+        Some(_) => {
             return Err(invalid(
-                "roles are not supported by the native runtime",
-                roles.pos,
-            ));
+                "A malformed role declaration was encountered: roles must be a list",
+                node.get("roles").map(|n| n.pos).unwrap_or(node.pos),
+            ))
         }
     }
     if let Some(prompt) = node.get("vars_prompt") {
@@ -599,14 +756,23 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
     let section = |key: &str| -> Result<Vec<Task>, PlaybookError> {
         match node.get(key) {
             None => Ok(Vec::new()),
-            Some(n) => parse_task_list(n, base_dir, key == "handlers"),
+            Some(n) => parse_task_list(n, &dirs, key == "handlers"),
         }
     };
     let pre_tasks = section("pre_tasks")?;
     let tasks = section("tasks")?;
     let post_tasks = section("post_tasks")?;
-    let handlers = section("handlers")?;
-    check_notify(&[&pre_tasks, &tasks, &post_tasks, &handlers], &handlers)?;
+    // Ansible's order: the roles' handlers, the play's, then those of imported roles.
+    let mut handlers = super::roles::role_handlers(&roles);
+    handlers.extend(section("handlers")?);
+    for list in [&pre_tasks, &tasks, &post_tasks] {
+        handlers.extend(super::roles::role_handlers(list));
+        public_roles.extend(super::roles::imported_public_roles(list));
+    }
+    check_notify(
+        &[&pre_tasks, &roles, &tasks, &post_tasks, &handlers],
+        &handlers,
+    )?;
     Ok(Play {
         name,
         hosts: hosts_value,
@@ -617,6 +783,9 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
         tasks,
         post_tasks,
         handlers,
+        roles,
+        public_roles,
+        base_dir: base_dir.to_path_buf(),
         inherited: parse_inherited(node)?,
         force_handlers: node
             .get("force_handlers")
@@ -626,28 +795,32 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
     })
 }
 
+/// Whether a notification `name` reaches `handler`: its name, its role-qualified name
+/// (`role : name`) or one of its `listen` topics.
+pub fn handler_answers(handler: &Task, name: &str) -> bool {
+    let Some(own) = handler.name.as_deref() else {
+        return handler.listen.iter().any(|l| l == name);
+    };
+    own == name
+        || handler.listen.iter().any(|l| l == name)
+        || handler
+            .keywords
+            .role
+            .as_ref()
+            .is_some_and(|role| name == format!("{} : {own}", role.name))
+}
+
 /// Every literal `notify` target must name a handler (or a `listen` topic) of the play.
 fn check_notify(lists: &[&Vec<Task>], handlers: &[Task]) -> Result<(), PlaybookError> {
-    let known = |name: &str| {
-        handlers
-            .iter()
-            .any(|h| h.name.as_deref() == Some(name) || h.listen.iter().any(|l| l == name))
-    };
+    let known = |name: &str| handlers.iter().any(|h| handler_answers(h, name));
     fn walk(
         tasks: &[Task],
         check: &dyn Fn(&Task) -> Result<(), PlaybookError>,
     ) -> Result<(), PlaybookError> {
         for task in tasks {
             check(task)?;
-            if let TaskBody::Block {
-                block,
-                rescue,
-                always,
-            } = &task.body
-            {
-                for list in [block, rescue, always] {
-                    walk(list, check)?;
-                }
+            for list in task.children() {
+                walk(list, check)?;
             }
         }
         Ok(())
@@ -723,7 +896,8 @@ fn conditions(node: &Node) -> Vec<Value> {
     }
 }
 
-fn parse_inherited(node: &Node) -> Result<Inherited, PlaybookError> {
+/// The keywords a play, block, task or role entry passes down.
+pub fn parse_inherited(node: &Node) -> Result<Inherited, PlaybookError> {
     let value = |key: &str| node.get(key).map(Node::to_value);
     let tags = match node.get("tags") {
         Some(t) => string_list(t, "tags")?
@@ -750,12 +924,14 @@ fn parse_inherited(node: &Node) -> Result<Inherited, PlaybookError> {
         when: node.get("when").map(conditions).unwrap_or_default(),
         vars: parse_vars(node.get("vars"))?,
         any_errors_fatal: value("any_errors_fatal"),
+        role: None,
     })
 }
 
-fn parse_task_list(
+/// Parses a list of tasks (or handlers).
+pub fn parse_task_list(
     node: &Node,
-    base_dir: &Path,
+    dirs: &Dirs,
     handlers: bool,
 ) -> Result<Vec<Task>, PlaybookError> {
     match &node.kind {
@@ -766,7 +942,7 @@ fn parse_task_list(
                 if item.kind == NodeKind::Null {
                     continue;
                 }
-                tasks.push(parse_task(item, base_dir, handlers)?);
+                tasks.push(parse_task(item, dirs, handlers)?);
             }
             Ok(tasks)
         }
@@ -796,7 +972,7 @@ fn loop_kind(key: &str) -> Option<LoopKind> {
 }
 
 /// Parses one task, block or handler.
-pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, PlaybookError> {
+pub fn parse_task(node: &Node, dirs: &Dirs, handler: bool) -> Result<Task, PlaybookError> {
     let Some(entries) = node.as_map() else {
         return Err(invalid(
             format!("A task must be a dict, got a {}", node.type_name()),
@@ -863,7 +1039,7 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
     let body = if is_block {
         let list = |key: &str| -> Result<Vec<Task>, PlaybookError> {
             match node.get(key) {
-                Some(n) => parse_task_list(n, base_dir, handler),
+                Some(n) => parse_task_list(n, dirs, handler),
                 None => Ok(Vec::new()),
             }
         };
@@ -908,7 +1084,10 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
             args = Value::from_pairs(merged);
         }
         if module == "import_tasks" {
-            return import_tasks(node, &args, base_dir, handler, name, keywords);
+            return import_tasks(node, &args, dirs, handler, name, keywords);
+        }
+        if module == "import_role" {
+            return import_role(node, &written, &args, dirs, keywords, loop_source.is_some());
         }
         TaskBody::Action {
             module: module.to_string(),
@@ -940,7 +1119,7 @@ pub fn parse_task(node: &Node, base_dir: &Path, handler: bool) -> Result<Task, P
 fn import_tasks(
     node: &Node,
     args: &Value,
-    base_dir: &Path,
+    dirs: &Dirs,
     handler: bool,
     name: Option<String>,
     keywords: Inherited,
@@ -958,13 +1137,17 @@ fn import_tasks(
             node.pos,
         ));
     }
-    let path = base_dir.join(&file);
+    let path = dirs.file_dir.join(&file);
     let source = std::fs::read_to_string(&path).map_err(|e| PlaybookError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
     let root = yaml::parse_one(&source)?;
-    let mut tasks = parse_task_list(&root, path.parent().unwrap_or(base_dir), handler)?;
+    let inner = Dirs {
+        file_dir: path.parent().unwrap_or(dirs.file_dir),
+        playbook_dir: dirs.playbook_dir,
+    };
+    let mut tasks = parse_task_list(&root, &inner, handler)?;
     set_file(&mut tasks, &std::sync::Arc::new(path.clone()));
     Ok(Task {
         name,
@@ -990,21 +1173,69 @@ fn import_tasks(
     })
 }
 
+/// `import_role` is static: the role is loaded now and its task carries the import's
+/// keywords (its `vars` also become the role's entry vars, as in Ansible).
+fn import_role(
+    node: &Node,
+    written: &str,
+    args: &Value,
+    dirs: &Dirs,
+    keywords: Inherited,
+    has_loop: bool,
+) -> Result<Task, PlaybookError> {
+    if has_loop {
+        return Err(invalid(
+            format!("You cannot use loops on '{written}' statements. You should use 'include_role' instead."),
+            node.pos,
+        ));
+    }
+    let mut request = super::roles::request_from_task(written, args, &keywords.vars, node.pos)?;
+    for (key, value) in [("name", &request.name)]
+        .into_iter()
+        .chain(request.from.tasks.iter().map(|t| ("tasks_from", t)))
+    {
+        if super::template::is_template(value) {
+            return Err(invalid(
+                format!("{written}: a templated '{key}' is not supported by the native runtime; use include_role"),
+                node.pos,
+            ));
+        }
+    }
+    request.keywords = keywords;
+    let loaded = super::roles::load_role(&request, dirs.playbook_dir)?;
+    Ok(loaded.task)
+}
+
+/// A task that only wraps others (a role), with no module, loop or register.
+pub fn wrapper_task(body: TaskBody, keywords: Inherited, pos: Pos) -> Task {
+    Task {
+        name: None,
+        body,
+        keywords,
+        loop_source: None,
+        loop_control: None,
+        register: None,
+        notify: Vec::new(),
+        listen: Vec::new(),
+        changed_when: None,
+        failed_when: None,
+        until: None,
+        retries: None,
+        delay: None,
+        delegate_to: None,
+        file: None,
+        pos,
+    }
+}
+
 /// Records the file tasks come from (imports and includes), keeping inner imports' files.
 pub fn set_file(tasks: &mut [Task], file: &std::sync::Arc<PathBuf>) {
     for task in tasks {
         if task.file.is_none() {
             task.file = Some(std::sync::Arc::clone(file));
         }
-        if let TaskBody::Block {
-            block,
-            rescue,
-            always,
-        } = &mut task.body
-        {
-            for list in [block, rescue, always] {
-                set_file(list, file);
-            }
+        for list in task.children_mut() {
+            set_file(list, file);
         }
     }
 }
@@ -1366,6 +1597,149 @@ mod tests {
         check_error(
             "- hosts: all\n  tasks:\n    - command: 'true'\n      notify: restart web\n  handlers:\n    - name: restart app\n      debug: msg=x\n",
             "The requested handler 'restart web' was not found in either the main handlers list nor in the listening handlers list (line 3, column 7)",
+        );
+    }
+
+    /// Writes `files` (relative path, content) under a fresh directory.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (path, content) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, content).expect("write");
+        }
+        dir
+    }
+
+    fn parse_in(dir: &tempfile::TempDir, source: &str) -> Result<Playbook, PlaybookError> {
+        parse_playbook(source, dir.path())
+    }
+
+    /// A missing role is Ansible's "not found" error, naming the role, the searched
+    /// directories (roles/ beside the playbook first) and the entry's position.
+    #[test]
+    fn missing_role_names_role_paths_and_position() {
+        let dir = tree(&[]);
+        let base = dir.path().display().to_string();
+        for source in [
+            "- hosts: all\n  roles:\n    - web\n".to_string(),
+            "- hosts: all\n  roles:\n    - role: web\n      vars: {a: 1}\n".to_string(),
+            "- hosts: all\n  tasks:\n    - import_role:\n        name: web\n".to_string(),
+        ] {
+            let err = parse_in(&dir, &source).expect_err("missing role");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("the role 'web' was not found in {base}/roles:")),
+                "{text}"
+            );
+            assert!(
+                text.ends_with(&format!(":{base} (line 3, column 7)")),
+                "{text}"
+            );
+        }
+    }
+
+    /// Bad role requests are errors with positions: unknown include/import_role options,
+    /// a missing tasks_from file, a role without a name, loops on import_role.
+    #[test]
+    fn bad_role_requests() {
+        let dir = tree(&[("roles/web/tasks/main.yml", "- debug: msg=x\n")]);
+        let check = |source: &str, expected: &str| {
+            let err = parse_in(&dir, source).expect_err("invalid");
+            assert_eq!(err.to_string(), expected, "{source}");
+        };
+        check(
+            "- hosts: all\n  tasks:\n    - import_role: {name: web, bogus: 1}\n",
+            "Invalid options for import_role: bogus (line 3, column 7)",
+        );
+        check(
+            "- hosts: all\n  tasks:\n    - import_role: {name: web, tasks_from: nope}\n",
+            "Could not find specified file in role: tasks/nope (line 3, column 7)",
+        );
+        check(
+            "- hosts: all\n  roles:\n    - vars: {a: 1}\n",
+            "role definitions must contain a role name (line 3, column 7)",
+        );
+        check(
+            "- hosts: all\n  tasks:\n    - import_role: name=web\n      loop: [1]\n",
+            "You cannot use loops on 'import_role' statements. You should use 'include_role' instead. (line 3, column 7)",
+        );
+    }
+
+    /// Roles compile dependencies first, add their handlers to the play (notifiable as
+    /// `role : name`), and a broken role file is reported with its path.
+    #[test]
+    fn roles_compile_with_dependencies_and_handlers() {
+        let dir = tree(&[
+            (
+                "roles/base/tasks/main.yml",
+                "- name: base task\n  debug: msg=b\n",
+            ),
+            ("roles/web/meta/main.yml", "dependencies:\n  - base\n"),
+            (
+                "roles/web/tasks/main.yml",
+                "- command: 'true'\n  notify: \"web : restart\"\n",
+            ),
+            (
+                "roles/web/handlers/main.yml",
+                "- name: restart\n  debug: msg=r\n",
+            ),
+            (
+                "roles/bad/tasks/main.yml",
+                "- name: x\n  sudo: yes\n  debug: msg=x\n",
+            ),
+        ]);
+        let pb = parse_in(&dir, "- hosts: all\n  roles: [web]\n").expect("valid");
+        let play = &pb.plays[0];
+        assert_eq!(play.handlers.len(), 1);
+        assert_eq!(
+            play.handlers[0]
+                .keywords
+                .role
+                .as_ref()
+                .map(|r| r.name.as_str()),
+            Some("web")
+        );
+        let TaskBody::Role { role, tasks, .. } = &play.roles[0].body else {
+            panic!("expected a role")
+        };
+        assert_eq!(role.name, "web");
+        assert!(matches!(&tasks[0].body, TaskBody::Role { role, .. } if role.name == "base"));
+        let err = parse_in(&dir, "- hosts: all\n  roles: [bad]\n").expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}/roles/bad/tasks/main.yml: conflicting action statements: sudo, debug (line 3, column 3)",
+                dir.path().display()
+            )
+        );
+    }
+
+    /// import_playbook brings in the file's plays with the entry's vars; a missing file
+    /// and unknown keys are errors.
+    #[test]
+    fn import_playbook_parses_plays() {
+        let dir = tree(&[(
+            "other.yml",
+            "- name: second\n  hosts: all\n  vars: {a: 1}\n  tasks:\n    - debug: msg=x\n",
+        )]);
+        let pb = parse_in(
+            &dir,
+            "- hosts: all\n  tasks: []\n- import_playbook: other.yml\n  vars: {b: 2}\n",
+        )
+        .expect("valid");
+        assert_eq!(pb.plays.len(), 2);
+        assert_eq!(pb.plays[1].name, "second");
+        assert_eq!(pb.plays[1].vars.len(), 2);
+        assert!(matches!(
+            parse_in(&dir, "- import_playbook: missing.yml\n"),
+            Err(PlaybookError::Io { .. })
+        ));
+        let err =
+            parse_in(&dir, "- import_playbook: other.yml\n  hosts: all\n").expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "'hosts' is not a valid attribute for a PlaybookInclude (line 2, column 3)"
         );
     }
 
