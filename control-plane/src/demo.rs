@@ -155,6 +155,17 @@ pub fn seed(store: &Store, keys: &Keys) -> Result<bool> {
         }
         let nova = projects::find(w, "Nova HR")?.expect("seeded above");
         projects::grant(w, &actor, &nova.id, "sohila", Level::Write)?;
+        // Nova HR's database backup recipe, so the Backups pages show one.
+        let admin = users::by_username(w, "admin")?.expect("seeded above");
+        let recipe = crate::backups::RecipeInput {
+            compose_project: Some("nova-hr-docker".into()),
+            service: Some("db".into()),
+            command: Some("pg_dump -U novahr -Fc novahr".into()),
+            keep: Some(7),
+            restore_command: Some("pg_restore -U novahr -d novahr --clean".into()),
+            ..Default::default()
+        };
+        crate::backups::save_recipe(w, &actor, &users::subject(w, &admin)?, &nova.id, &recipe)?;
         seed_business(w)?;
         Ok(())
     })?;

@@ -187,6 +187,14 @@ async fn sohila_sees_only_nova_hr() {
         me["projects"],
         json!([{"id": me["projects"][0]["id"], "name": "Nova HR", "level": "write"}])
     );
+    // The demo's Nova HR has its database backup recipe, which sohila may read.
+    let nova = me["projects"][0]["id"].as_str().unwrap();
+    let (status, recipe) = sohila
+        .get(&format!("/api/v1/projects/{nova}/backup-recipe"))
+        .await;
+    assert_eq!(status, 200, "{recipe}");
+    assert_eq!(recipe["compose_project"], "nova-hr-docker", "{recipe}");
+    assert_eq!(recipe["service"], "db", "{recipe}");
 
     let mut page = PageClient::new(&cp);
     assert_eq!(page.login("sohila", "sohila123").await, 303);
