@@ -10,7 +10,7 @@ use std::time::Duration;
 use dynserv_hetzner_sim::{
     BootConfig, Fault, FaultKind, LoggedRequest, NewServer, SimConfig, Simulator,
 };
-use dynserv_tests::{eventually, Agent, Api, Browser, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, Browser, ControlPlane, PageClient};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -749,9 +749,36 @@ async fn rate_limit_retry_waits_for_the_reset() {
     let cp = control_plane(&sim).await;
     let admin = cp.api_as("admin");
     let id = project(&admin, "Resetco", "tok-reset", None).await;
-    let last = sync(&admin, &id).await;
+    let mut page = PageClient::new(&cp);
+    assert_eq!(page.login("admin", "admin123").await, 303);
+    let (status, body) = admin
+        .post_empty(&format!("/api/v1/projects/{id}/sync"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // While the sync waits out the reset (three seconds), the project page says a sync
+    // is under way.
+    let mut shown = false;
+    for _ in 0..20 {
+        let (_, _, html) = page.get(&format!("/projects/{id}")).await;
+        if html.contains("data-sync-running") {
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown, "the project page never showed the sync running");
+    let last = eventually(WAIT, "the sync's outcome", || async {
+        let (_, p) = admin.get(&format!("/api/v1/projects/{id}")).await;
+        (!p["last_sync"].is_null()).then(|| p["last_sync"].clone())
+    })
+    .await;
     assert_eq!(last["ok"], true, "{last}");
     assert_eq!(servers_of(&admin, "Resetco").await.len(), 3);
+    let (_, _, html) = page.get(&format!("/projects/{id}")).await;
+    assert!(
+        !html.contains("data-sync-running"),
+        "the sync still shown as running"
+    );
 
     let requests = sync_requests(&sim);
     let refused = requests

@@ -44,6 +44,15 @@ impl Running {
     }
 }
 
+/// Whether a sync of the project is under way now (on demand or scheduled).
+pub fn is_syncing(project_id: &str) -> bool {
+    SYNCING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|set| set.contains(project_id))
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let mut guard = SYNCING.lock().unwrap_or_else(|p| p.into_inner());
