@@ -52,6 +52,14 @@ enum Command {
     SystemUpdate(dynserv_agent::update::UpdateArgs),
 }
 
+/// The state directory as an absolute path: jobs run in other working directories
+/// and write their exit code below it, so a relative `--state-dir` would point
+/// elsewhere for them.
+fn absolute(state_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(state_dir)
+        .map_err(|e| anyhow::anyhow!("resolving the state directory {}: {e}", state_dir.display()))
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DYNSERV_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -114,20 +122,20 @@ fn main() -> ExitCode {
             token,
             state_dir,
             name,
-        } => runtime().map_err(anyhow::Error::from).and_then(|rt| {
-            rt.block_on(connection::enroll(
+        } => absolute(&state_dir).and_then(|state_dir| {
+            let rt = runtime()?;
+            let agent_id = rt.block_on(connection::enroll(
                 &server,
                 &token,
                 &state_dir,
                 name.as_deref(),
-            ))
-            .map(|agent_id| {
-                println!("enrolled as agent {agent_id}");
-            })
+            ))?;
+            println!("enrolled as agent {agent_id}");
+            Ok(())
         }),
-        Command::Run { state_dir } => runtime()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(connection::run(state_dir, shutdown_signal()))),
+        Command::Run { state_dir } => absolute(&state_dir).and_then(|state_dir| {
+            runtime()?.block_on(connection::run(state_dir, shutdown_signal()))
+        }),
         Command::Playbook(_)
         | Command::ComposeBackup(_)
         | Command::ComposeVerify(_)

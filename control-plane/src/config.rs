@@ -100,6 +100,10 @@ pub struct Config {
 impl Config {
     /// Layers overrides over the file over the defaults.
     pub fn resolve(data_dir: &Path, over: &Overrides) -> Result<Config> {
+        // Absolute from here on: the demo's local agent and the jobs it starts run in
+        // other working directories, where `./data` would name another place.
+        let data_dir = &std::path::absolute(data_dir)
+            .with_context(|| format!("resolving the data directory {}", data_dir.display()))?;
         let file = load_file(data_dir, over.config_file.as_deref())?;
         let http_text = over
             .http
@@ -314,6 +318,21 @@ mod tests {
             defaults.provision_enroll_timeout
         );
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
+    }
+
+    /// A relative data directory (the default `./data`) becomes absolute, so paths
+    /// derived from it stay right in processes with another working directory.
+    #[test]
+    fn data_dir_is_made_absolute() {
+        let config =
+            Config::resolve(Path::new("./no-such-data-dir"), &Overrides::default()).unwrap();
+        assert!(
+            config.data_dir.is_absolute(),
+            "{}",
+            config.data_dir.display()
+        );
+        assert!(config.data_dir.ends_with("no-such-data-dir"));
+        assert!(config.store_path.is_absolute());
     }
 
     /// Flags win over the file; unknown keys are refused.

@@ -725,3 +725,47 @@ async fn fleet_pages_work_for_an_admin_and_hide_other_projects() {
     let (status, _) = sohila_api.post("/api/v1/executions", &body).await;
     assert_eq!(status, 422, "sohila may not even name the Local agent");
 }
+
+/// An agent started with a relative `--state-dir` (as a newcomer types it, and as the
+/// demo's `./data/local-agent` is) runs jobs: they run in another working directory,
+/// where the relative path would not find the job's exit-code file.
+#[tokio::test]
+async fn an_agent_with_a_relative_state_dir_runs_jobs() {
+    let (cp, api) = setup().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let agent = |args: &[&str]| {
+        let mut command = std::process::Command::new(dynserv_tests::agent_binary());
+        command
+            .args(args)
+            .current_dir(cwd.path())
+            .stdin(std::process::Stdio::null());
+        command
+    };
+    let token = cp.enrollment_token("Fleet");
+    let enrolled = agent(&[
+        "enroll",
+        "--server",
+        &cp.quic_addr(),
+        "--token",
+        &token,
+        "--state-dir",
+        "state",
+        "--name",
+        "relative",
+    ])
+    .output()
+    .unwrap();
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    let mut running = agent(&["run", "--state-dir", "state"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_id = connected_agent(&api, "relative").await;
+    let id = start_script(&api, &agent_id, "cd /tmp && echo from-elsewhere").await;
+    let end = wait_end(&api, &id, Duration::from_secs(30)).await;
+    let _ = running.kill();
+    let _ = running.wait();
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(end["exit_code"], 0, "{end}");
+}
