@@ -651,21 +651,8 @@ fn import_playbook(
         message: e.to_string(),
     })?;
     let dir = path.parent().unwrap_or(base_dir);
-    let mut plays = parse_plays(&source, dir, depth + 1).map_err(|e| match e {
-        PlaybookError::Invalid { message, pos } => PlaybookError::Invalid {
-            message: format!("{}: {message}", path.display()),
-            pos,
-        },
-        PlaybookError::Yaml(e) => PlaybookError::Invalid {
-            message: format!(
-                "{}: syntax error while loading YAML: {}",
-                path.display(),
-                e.message
-            ),
-            pos: e.pos,
-        },
-        other => other,
-    })?;
+    let mut plays =
+        parse_plays(&source, dir, depth + 1).map_err(|e| super::roles::in_file(&path, e))?;
     let keywords = parse_inherited(entry)?;
     for play in &mut plays {
         play.vars.extend(keywords.vars.iter().cloned());
@@ -1149,28 +1136,17 @@ fn import_tasks(
     };
     let mut tasks = parse_task_list(&root, &inner, handler)?;
     set_file(&mut tasks, &std::sync::Arc::new(path.clone()));
-    Ok(Task {
-        name,
-        body: TaskBody::Block {
+    let mut task = wrapper_task(
+        TaskBody::Block {
             block: tasks,
             rescue: Vec::new(),
             always: Vec::new(),
         },
         keywords,
-        loop_source: None,
-        loop_control: None,
-        register: None,
-        notify: Vec::new(),
-        listen: Vec::new(),
-        changed_when: None,
-        failed_when: None,
-        until: None,
-        retries: None,
-        delay: None,
-        delegate_to: None,
-        file: None,
-        pos: node.pos,
-    })
+        node.pos,
+    );
+    task.name = name;
+    Ok(task)
 }
 
 /// `import_role` is static: the role is loaded now and its task carries the import's

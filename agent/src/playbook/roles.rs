@@ -389,8 +389,9 @@ fn read_yaml(path: &Path) -> Result<Node, PlaybookError> {
     yaml::parse_one(&text).map_err(|e| in_file(path, PlaybookError::Yaml(e)))
 }
 
-/// Prefixes an error from a role file with the file's path, so its line means something.
-fn in_file(path: &Path, error: PlaybookError) -> PlaybookError {
+/// Prefixes an error from a role file (or an imported playbook) with the file's path,
+/// so its line means something.
+pub(super) fn in_file(path: &Path, error: PlaybookError) -> PlaybookError {
     match error {
         PlaybookError::Invalid { message, pos } => PlaybookError::Invalid {
             message: format!("{}: {message}", path.display()),
