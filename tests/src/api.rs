@@ -82,6 +82,24 @@ impl Api {
         }
     }
 
+    /// Waits up to 30 s until the agent named `name` is connected, and returns its
+    /// view from `GET /api/v1/agents` (`id`, `server_id`, facts…).
+    pub async fn connected_agent(&self, name: &str) -> Value {
+        crate::eventually(
+            Duration::from_secs(30),
+            &format!("agent {name} connected"),
+            || async {
+                let (_, agents) = self.get("/api/v1/agents").await;
+                agents
+                    .as_array()?
+                    .iter()
+                    .find(|a| a["name"] == name && a["connected"] == true)
+                    .cloned()
+            },
+        )
+        .await
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(Method::GET, path, None).await

@@ -26,19 +26,10 @@ async fn setup() -> (ControlPlane, Api) {
 
 /// Waits until the agent named `name` is connected; returns its id.
 async fn connected_agent(api: &Api, name: &str) -> String {
-    eventually(
-        Duration::from_secs(30),
-        &format!("agent {name} connected"),
-        || async {
-            let (_, agents) = api.get("/api/v1/agents").await;
-            agents.as_array().and_then(|list| {
-                list.iter()
-                    .find(|a| a["name"] == name && a["connected"] == true)
-                    .map(|a| a["id"].as_str().unwrap_or_default().to_string())
-            })
-        },
-    )
-    .await
+    api.connected_agent(name).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn start_script(api: &Api, agent: &str, script: &str) -> String {

@@ -9,25 +9,6 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "Sup3r-S3cret-Value-42";
 
-/// Waits until the agent named `name` is connected.
-async fn connected(api: &Api, name: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("agent {name} connected"),
-        || async {
-            let (_, agents) = api.get("/api/v1/agents").await;
-            agents
-                .as_array()
-                .is_some_and(|l| {
-                    l.iter()
-                        .any(|a| a["name"] == name && a["connected"] == true)
-                })
-                .then_some(())
-        },
-    )
-    .await
-}
-
 async fn script_id(api: &Api, name: &str) -> String {
     let (status, list) = api.get("/api/v1/scripts").await;
     assert_eq!(status, 200, "{list}");
@@ -66,8 +47,8 @@ async fn two_agents() -> (ControlPlane, Api, Agent) {
     let cp = ControlPlane::start_demo().await;
     let api = cp.api_as("admin");
     let agent = Agent::start(&cp, &cp.enrollment_token("Nova HR"), "web-01");
-    connected(&api, "localhost").await;
-    connected(&api, "web-01").await;
+    api.connected_agent("localhost").await;
+    api.connected_agent("web-01").await;
     (cp, api, agent)
 }
 
@@ -226,7 +207,7 @@ async fn hello_on_two_agents_in_batches_of_one() {
 async fn secret_values_are_masked() {
     let cp = ControlPlane::start_demo().await;
     let api = cp.api_as("admin");
-    connected(&api, "localhost").await;
+    api.connected_agent("localhost").await;
     let playbook = "- name: secret\n  hosts: all\n  tasks:\n    - name: show\n      debug:\n        msg: \"pw is {{ db_password }}\"\n    - name: echo\n      command: echo got {{ db_password }}\n";
     let (status, created) = api
         .post(
@@ -432,7 +413,7 @@ async fn unknown_module_runs_through_ansible_when_the_script_allows_it() {
         .start()
         .await;
     let api = cp.api_as("admin");
-    connected(&api, "localhost").await;
+    api.connected_agent("localhost").await;
     let dir = cp.artifact("find-me");
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["a.txt", "b.txt", "c.log"] {

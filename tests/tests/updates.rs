@@ -148,21 +148,10 @@ impl Drop for PurgeOnDrop {
 }
 
 async fn connected_server(api: &Api, name: &str) -> String {
-    eventually(
-        Duration::from_secs(30),
-        &format!("agent {name} connected"),
-        || async {
-            let (_, agents) = api.get("/api/v1/agents").await;
-            agents
-                .as_array()?
-                .iter()
-                .find(|a| a["name"] == name && a["connected"] == true)?;
-            let (_, servers) = api.get("/api/v1/servers").await;
-            let server = servers.as_array()?.iter().find(|s| s["name"] == name)?;
-            Some(server["id"].as_str()?.to_string())
-        },
-    )
-    .await
+    api.connected_agent(name).await["server_id"]
+        .as_str()
+        .expect("an agent that enrolled has a server")
+        .to_string()
 }
 
 /// Starts an update on the server, waits for its execution to end and returns the
