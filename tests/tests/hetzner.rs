@@ -55,15 +55,25 @@ async fn project(api: &Api, name: &str, token: &str, budget: Option<f64>) -> Str
 
 /// Asks for a sync (202) and waits until its outcome is recorded; answers `last_sync`.
 async fn sync(api: &Api, project_id: &str) -> Value {
+    let before = start_sync(api, project_id).await;
+    sync_outcome(api, project_id, &before).await
+}
+
+/// Asks for a sync (202) and returns the project's `last_sync` from before it.
+async fn start_sync(api: &Api, project_id: &str) -> Value {
     let (_, before) = api.get(&format!("/api/v1/projects/{project_id}")).await;
-    let before = before["last_sync"].clone();
     let (status, body) = api
         .post_empty(&format!("/api/v1/projects/{project_id}/sync"))
         .await;
     assert_eq!(status, 202, "{body}");
+    before["last_sync"].clone()
+}
+
+/// Waits for a `last_sync` other than `before` and returns it.
+async fn sync_outcome(api: &Api, project_id: &str, before: &Value) -> Value {
     eventually(WAIT, "the sync's outcome", || async {
         let (_, p) = api.get(&format!("/api/v1/projects/{project_id}")).await;
-        (p["last_sync"] != before && !p["last_sync"].is_null()).then(|| p["last_sync"].clone())
+        (p["last_sync"] != *before && !p["last_sync"].is_null()).then(|| p["last_sync"].clone())
     })
     .await
 }
@@ -751,10 +761,7 @@ async fn rate_limit_retry_waits_for_the_reset() {
     let id = project(&admin, "Resetco", "tok-reset", None).await;
     let mut page = PageClient::new(&cp);
     assert_eq!(page.login("admin", "admin123").await, 303);
-    let (status, body) = admin
-        .post_empty(&format!("/api/v1/projects/{id}/sync"))
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let before = start_sync(&admin, &id).await;
     // While the sync waits out the reset (three seconds), the project page says a sync
     // is under way.
     let mut shown = false;
@@ -767,11 +774,7 @@ async fn rate_limit_retry_waits_for_the_reset() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(shown, "the project page never showed the sync running");
-    let last = eventually(WAIT, "the sync's outcome", || async {
-        let (_, p) = admin.get(&format!("/api/v1/projects/{id}")).await;
-        (!p["last_sync"].is_null()).then(|| p["last_sync"].clone())
-    })
-    .await;
+    let last = sync_outcome(&admin, &id, &before).await;
     assert_eq!(last["ok"], true, "{last}");
     assert_eq!(servers_of(&admin, "Resetco").await.len(), 3);
     let (_, _, html) = page.get(&format!("/projects/{id}")).await;
