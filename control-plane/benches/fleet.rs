@@ -423,8 +423,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 fn bench_endpoint() -> Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let sock = socket2::SockRef::from(&socket);
-    sock.set_recv_buffer_size(8 * 1024 * 1024)?;
-    sock.set_send_buffer_size(8 * 1024 * 1024)?;
+    sock.set_recv_buffer_size(dynserv::fleet::gateway::UDP_BUFFER_BYTES)?;
+    sock.set_send_buffer_size(dynserv::fleet::gateway::UDP_BUFFER_BYTES)?;
     let runtime = quinn::default_runtime().context("no async runtime")?;
     Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

@@ -89,7 +89,7 @@ pub(super) fn serve(
 }
 
 /// Socket buffer size asked of the kernel for the fleet's UDP socket.
-const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Widens the UDP socket's buffers: with the default (about 200 KiB) a job fanned out
 /// to thousands of agents overflows the receive queue, the kernel drops datagrams and
