@@ -28,7 +28,8 @@ impl App {
     /// Builds the state from an opened store.
     pub fn new(store: Store, keys: Keys, config: Config) -> anyhow::Result<App> {
         store.seal_with(keys.clone());
-        let fleet = Fleet::new(store.clone(), &config.data_dir)?;
+        store.set_space_floor(config.min_free_disk_bytes);
+        let fleet = Fleet::new(store.clone(), &config.data_dir, config.max_job_output)?;
         let metrics = Arc::new(Metrics::default());
         fleet.register_metrics(&metrics);
         Ok(App {

@@ -869,6 +869,11 @@ mod tests {
             started_at: Some(now),
             finished_at: None,
             cancel_requested: false,
+            script_id: None,
+            rollout_id: None,
+            name: String::new(),
+            agent_name: String::new(),
+            output_truncated: false,
         };
         w.put(&e).unwrap();
         on_created(w, &e).unwrap();

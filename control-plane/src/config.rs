@@ -29,6 +29,19 @@ pub const DEFAULT_PROVISION_BOOT_SECS: u64 = 600;
 /// Default seconds provisioning waits for a running server's agent to enroll.
 pub const DEFAULT_PROVISION_ENROLL_SECS: u64 = 900;
 
+/// Default days an ended execution and its log are kept.
+pub const DEFAULT_RETENTION_DAYS: u64 = 90;
+/// Default days an audit entry is kept.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 365;
+/// Default bytes of output stored per execution (100 MiB); past it the job goes on
+/// and nothing more is stored or shown.
+pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 100 * 1024 * 1024;
+/// Default size of the store's page cache, in MiB.
+pub const DEFAULT_STORE_CACHE_MB: u64 = 32;
+/// Default free space (MiB) under the data directory below which new jobs are
+/// refused, so the output of running ones still has room.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 512;
+
 /// The optional configuration file. Unknown keys are an error, so a typo is caught.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +63,16 @@ pub struct FileConfig {
     pub provision_boot_secs: Option<u64>,
     /// Seconds provisioning waits for a new server's agent to enroll.
     pub provision_enroll_secs: Option<u64>,
+    /// Days ended executions and their logs are kept (0 keeps them forever).
+    pub retention_days: Option<u64>,
+    /// Days audit entries are kept (0 keeps them forever).
+    pub audit_retention_days: Option<u64>,
+    /// Bytes of output stored per execution.
+    pub max_job_output: Option<u64>,
+    /// The store's page cache, in MiB.
+    pub store_cache_mb: Option<u64>,
+    /// Free MiB under the data directory below which new jobs are refused.
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (already merged by clap).
@@ -70,6 +93,16 @@ pub struct Overrides {
     pub provision_boot_secs: Option<String>,
     /// `DYNSERV_PROVISION_ENROLL_SECS`.
     pub provision_enroll_secs: Option<String>,
+    /// `DYNSERV_RETENTION_DAYS`.
+    pub retention_days: Option<String>,
+    /// `DYNSERV_AUDIT_RETENTION_DAYS`.
+    pub audit_retention_days: Option<String>,
+    /// `DYNSERV_MAX_JOB_OUTPUT`.
+    pub max_job_output: Option<String>,
+    /// `DYNSERV_STORE_CACHE_MB`.
+    pub store_cache_mb: Option<String>,
+    /// `DYNSERV_MIN_FREE_DISK_MB`.
+    pub min_free_disk_mb: Option<String>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -95,6 +128,22 @@ pub struct Config {
     pub provision_boot_timeout: Duration,
     /// How long provisioning waits for a running server's agent to enroll.
     pub provision_enroll_timeout: Duration,
+    /// Ended executions older than this are pruned with their logs; `None` keeps them.
+    pub retention: Option<chrono::Duration>,
+    /// Audit entries older than this are pruned; `None` keeps them.
+    pub audit_retention: Option<chrono::Duration>,
+    /// Bytes of output stored per execution.
+    pub max_job_output: u64,
+    /// The store's page cache in bytes.
+    pub store_cache_bytes: usize,
+    /// Free bytes under the data directory below which new jobs are refused.
+    pub min_free_disk_bytes: u64,
+}
+
+/// `days` as a retention period; 0 means keep forever. Bounded so that no date
+/// arithmetic can overflow.
+fn retention(days: u64) -> Option<chrono::Duration> {
+    (days > 0).then(|| chrono::Duration::days(days.min(100 * 365) as i64))
 }
 
 impl Config {
@@ -199,7 +248,56 @@ impl Config {
                 file.provision_enroll_secs,
                 DEFAULT_PROVISION_ENROLL_SECS,
             )?),
+            retention: retention(number(
+                "DYNSERV_RETENTION_DAYS",
+                over.retention_days.as_deref(),
+                file.retention_days,
+                DEFAULT_RETENTION_DAYS,
+            )?),
+            audit_retention: retention(number(
+                "DYNSERV_AUDIT_RETENTION_DAYS",
+                over.audit_retention_days.as_deref(),
+                file.audit_retention_days,
+                DEFAULT_AUDIT_RETENTION_DAYS,
+            )?),
+            max_job_output: number(
+                "DYNSERV_MAX_JOB_OUTPUT",
+                over.max_job_output.as_deref(),
+                file.max_job_output,
+                DEFAULT_MAX_JOB_OUTPUT,
+            )?
+            .max(1024),
+            store_cache_bytes: usize::try_from(
+                number(
+                    "DYNSERV_STORE_CACHE_MB",
+                    over.store_cache_mb.as_deref(),
+                    file.store_cache_mb,
+                    DEFAULT_STORE_CACHE_MB,
+                )?
+                .clamp(1, 64 * 1024)
+                    * 1024
+                    * 1024,
+            )
+            .unwrap_or(usize::MAX),
+            min_free_disk_bytes: number(
+                "DYNSERV_MIN_FREE_DISK_MB",
+                over.min_free_disk_mb.as_deref(),
+                file.min_free_disk_mb,
+                DEFAULT_MIN_FREE_DISK_MB,
+            )?
+            .saturating_mul(1024 * 1024),
         })
+    }
+}
+
+/// A whole number from the environment (`name`, text), else the file, else
+/// `default`; text that is not a whole number is an error naming the variable.
+fn number(name: &str, env: Option<&str>, file: Option<u64>, default: u64) -> Result<u64> {
+    match env.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("{name}={text:?} is not a whole number")),
+        None => Ok(file.unwrap_or(default)),
     }
 }
 
@@ -317,6 +415,11 @@ mod tests {
             from_file.provision_enroll_timeout,
             defaults.provision_enroll_timeout
         );
+        assert_eq!(from_file.retention, defaults.retention);
+        assert_eq!(from_file.audit_retention, defaults.audit_retention);
+        assert_eq!(from_file.max_job_output, defaults.max_job_output);
+        assert_eq!(from_file.store_cache_bytes, defaults.store_cache_bytes);
+        assert_eq!(from_file.min_free_disk_bytes, defaults.min_free_disk_bytes);
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
     }
 

@@ -23,6 +23,9 @@ pub enum Kind {
     Conflict,
     /// Too many attempts; try later (429).
     TooManyRequests,
+    /// The store cannot be written (a full disk, an I/O error) or the disk is below
+    /// its floor; nothing was written; try again later (503).
+    Unavailable,
     /// A bug or an I/O failure on our side (500); the message is logged, not shown.
     Internal,
 }
@@ -99,6 +102,7 @@ impl AppError {
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,6 +169,15 @@ impl From<anyhow::Error> for AppError {
         match e.downcast::<AppError>() {
             Ok(app) => app,
             Err(e) => {
+                if let Some(low) = e.chain().find_map(|c| c.downcast_ref::<crate::store::LowDisk>()) {
+                    return AppError::new(Kind::Unavailable, low.to_string());
+                }
+                if let Some(down) = e.chain().find_map(|c| c.downcast_ref::<crate::store::Unavailable>()) {
+                    return AppError::new(
+                        Kind::Unavailable,
+                        format!("{down}; nothing was saved, try again once the operator has freed space"),
+                    );
+                }
                 tracing::error!("internal error: {e:#}");
                 AppError::new(Kind::Internal, format!("{e:#}"))
             }

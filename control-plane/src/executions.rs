@@ -4,10 +4,17 @@
 //!
 //! Status moves `queued → running → succeeded | failed | cancelled | timed_out`, or
 //! from `queued` straight to an end (cancelled before delivery, expired, rejected).
-//! Only this module changes an execution's status. Indexes: `exec_active`
-//! (`agent_id/execution_id` for queued and running ones: what a connecting agent is
-//! sent), `exec_by_agent` (`agent_id/execution_id`, every execution, in time order
-//! since ids are UUIDv7).
+//! Only this module changes an execution's status.
+//!
+//! Indexes (keys end with the execution id, a UUIDv7, so each index is in time order
+//! and a list is one backwards walk from a cursor): `exec_active`
+//! (`agent_id/id` for queued and running ones: what a connecting agent is sent),
+//! `exec_all` (`id`), `exec_by_agent`, `exec_by_server`, `exec_by_project`,
+//! `exec_by_status`, `exec_by_kind`, `exec_by_script`, `exec_by_rollout`,
+//! `exec_by_user` (`value/id`), and `exec_expiry` (`expires_at/id` of queued ones,
+//! so the expiry sweep reads only what expired). Counts per status are kept
+//! (`executions/STATUS`). [`query`] reads one page of a filtered list; [`prune`]
+//! deletes ended executions past retention with their logs, in small batches.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +29,21 @@ use crate::store::{Read, Record, Writer};
 use dynserv_shared::proto::{JobEnd, JobKind, JobSpec, JobStatus, OutputStream};
 
 const ACTIVE: &str = "exec_active";
+const ALL: &str = "exec_all";
 const BY_AGENT: &str = "exec_by_agent";
+const BY_SERVER: &str = "exec_by_server";
+const BY_PROJECT: &str = "exec_by_project";
+const BY_STATUS: &str = "exec_by_status";
+const BY_KIND: &str = "exec_by_kind";
+const BY_SCRIPT: &str = "exec_by_script";
+const BY_ROLLOUT: &str = "exec_by_rollout";
+const BY_USER: &str = "exec_by_user";
+const EXPIRY: &str = "exec_expiry";
+
+/// Index entries a filtered list examines at most per page; past it the page comes
+/// back short with a cursor to go on from, so a rare filter never makes one request
+/// read the whole table.
+pub const SCAN_BUDGET: usize = 20_000;
 
 /// How long a job waits for an offline agent by default.
 pub const DEFAULT_EXPIRY_S: u64 = 3600;
@@ -45,6 +66,21 @@ impl Status {
     /// Whether the execution has ended.
     pub fn is_final(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
+    }
+
+    /// Every status, in workflow order.
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+    ];
+
+    /// The status a filter names, `None` for an unknown name.
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +183,22 @@ pub struct Execution {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
+    /// The stored script this runs, when it runs one.
+    #[serde(default)]
+    pub script_id: Option<String>,
+    /// The rollout this execution is part of.
+    #[serde(default)]
+    pub rollout_id: Option<String>,
+    /// The script's or playbook's name, or a short description of the work.
+    #[serde(default)]
+    pub name: String,
+    /// The agent's name when the execution was created (for text search).
+    #[serde(default)]
+    pub agent_name: String,
+    /// The output passed the per-execution limit: the rest was neither stored nor
+    /// shown.
+    #[serde(default)]
+    pub output_truncated: bool,
 }
 
 impl Record for Execution {
@@ -271,6 +323,15 @@ pub struct NewExecution {
     /// stored work; kept aside by `scripts` until the job ends. Never read from JSON.
     #[serde(skip)]
     pub secrets: BTreeMap<String, String>,
+    /// The stored script run (set by `scripts`); never read from JSON.
+    #[serde(skip)]
+    pub script_id: Option<String>,
+    /// The script's name (set by `scripts`); never read from JSON.
+    #[serde(skip)]
+    pub script_name: Option<String>,
+    /// The rollout this belongs to (set by `rollouts`); never read from JSON.
+    #[serde(skip)]
+    pub rollout_id: Option<String>,
 }
 
 fn env_name_ok(name: &str) -> bool {
@@ -287,6 +348,8 @@ pub fn create(
     subject: &Subject,
     input: &NewExecution,
 ) -> AppResult<Execution> {
+    // A full disk must not fill further with new jobs' output.
+    w.require_free_space()?;
     let key = input
         .agent
         .as_deref()
@@ -446,7 +509,6 @@ pub fn create(
         agent_id: agent.id.clone(),
         project_id: agent.project_id.clone(),
         server_id: agent.server_id.clone(),
-        work,
         timeout_s: input.timeout_s,
         status: Status::Queued,
         exit_code: None,
@@ -457,11 +519,20 @@ pub fn create(
         started_at: None,
         finished_at: None,
         cancel_requested: false,
+        name: input
+            .script_name
+            .clone()
+            .unwrap_or_else(|| describe(&work)),
+        script_id: input.script_id.clone(),
+        rollout_id: input.rollout_id.clone(),
+        agent_name: agent.name.clone(),
+        output_truncated: false,
+        work,
     };
     w.put(&execution)?;
     crate::scripts::keep_execution_secrets(w, &execution.id, &input.secrets)?;
     w.index_put(ACTIVE, &index_key(&execution), &execution.id)?;
-    w.index_put(BY_AGENT, &index_key(&execution), &execution.id)?;
+    index_new(w, &execution)?;
     audit::record(
         w,
         actor,
@@ -475,6 +546,142 @@ pub fn create(
 
 fn index_key(e: &Execution) -> String {
     format!("{}/{}", e.agent_id, e.id)
+}
+
+fn expiry_key(e: &Execution) -> String {
+    format!("{}/{}", e.expires_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"), e.id)
+}
+
+/// The list indexes of an execution: `(index, key)`, all ending with its id.
+fn list_index_keys(e: &Execution) -> Vec<(&'static str, String)> {
+    let mut keys = vec![
+        (ALL, e.id.clone()),
+        (BY_AGENT, index_key(e)),
+        (BY_PROJECT, format!("{}/{}", e.project_id, e.id)),
+        (BY_STATUS, format!("{}/{}", e.status.as_str(), e.id)),
+        (BY_KIND, format!("{}/{}", e.work.kind(), e.id)),
+        (BY_USER, format!("{}/{}", e.created_by, e.id)),
+    ];
+    if let Some(server) = &e.server_id {
+        keys.push((BY_SERVER, format!("{server}/{}", e.id)));
+    }
+    if let Some(script) = &e.script_id {
+        keys.push((BY_SCRIPT, format!("{script}/{}", e.id)));
+    }
+    if let Some(rollout) = &e.rollout_id {
+        keys.push((BY_ROLLOUT, format!("{rollout}/{}", e.id)));
+    }
+    keys
+}
+
+fn status_counter(status: Status) -> String {
+    format!("executions/{}", status.as_str())
+}
+
+/// Writes the list indexes and counts of a new execution.
+fn index_new(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    for (index, key) in list_index_keys(e) {
+        w.index_put(index, &key, &e.id)?;
+    }
+    if e.status == Status::Queued {
+        w.index_put(EXPIRY, &expiry_key(e), &e.id)?;
+    }
+    w.counter_add("executions", 1)?;
+    w.counter_add(&status_counter(e.status), 1)?;
+    Ok(())
+}
+
+/// Moves an execution's status indexes and counts from `from` to its status now.
+fn reindex_status(w: &mut Writer, e: &Execution, from: Status) -> anyhow::Result<()> {
+    if from == e.status {
+        return Ok(());
+    }
+    w.index_delete(BY_STATUS, &format!("{}/{}", from.as_str(), e.id))?;
+    w.index_put(BY_STATUS, &format!("{}/{}", e.status.as_str(), e.id), &e.id)?;
+    if from == Status::Queued {
+        w.index_delete(EXPIRY, &expiry_key(e))?;
+    }
+    w.counter_add(&status_counter(from), -1)?;
+    w.counter_add(&status_counter(e.status), 1)?;
+    Ok(())
+}
+
+/// Removes every index entry and count of an execution (retention).
+fn unindex(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    for (index, key) in list_index_keys(e) {
+        w.index_delete(index, &key)?;
+    }
+    w.index_delete(ACTIVE, &index_key(e))?;
+    w.index_delete(EXPIRY, &expiry_key(e))?;
+    w.counter_add("executions", -1)?;
+    w.counter_add(&status_counter(e.status), -1)?;
+    Ok(())
+}
+
+/// A short description of work that is not a named script.
+fn describe(work: &Work) -> String {
+    fn first_line(text: &str) -> String {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("#!") && *l != "---")
+            .unwrap_or("");
+        let mut out: String = line.chars().take(80).collect();
+        if line.chars().count() > 80 {
+            out.push('…');
+        }
+        out
+    }
+    match work {
+        Work::Script { script, .. } => first_line(script),
+        Work::Playbook { playbook, .. } => {
+            let named = playbook.lines().find_map(|l| {
+                let l = l.trim_start().trim_start_matches("- ").trim_start();
+                l.strip_prefix("name:")
+                    .map(|n| n.trim().trim_matches(['"', '\'']).to_string())
+            });
+            named
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "playbook".into())
+        }
+        Work::ComposeBackup { compose_project, service, .. } => {
+            format!("backup of {compose_project}/{service}")
+        }
+        Work::ComposeVerify { compose_project, service, .. } => {
+            format!("verify of a {compose_project}/{service} backup")
+        }
+        Work::ComposeRestore { compose_project, service, .. } => {
+            format!("restore of {compose_project}/{service}")
+        }
+        Work::SystemUpdate { check: true, .. } => "update check".into(),
+        Work::SystemUpdate { check: false, .. } => "system update".into(),
+    }
+}
+
+/// Kept counts of executions: all of them, and per status.
+pub fn counts(r: &impl Read) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let mut out = BTreeMap::new();
+    out.insert("all", r.counter("executions")?);
+    for status in Status::ALL {
+        out.insert(status.as_str(), r.counter(&status_counter(status))?);
+    }
+    Ok(out)
+}
+
+/// Schema step: indexes and counts for executions stored before lists read pages.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Execution> = w.list()?;
+    for mut e in all {
+        if e.name.is_empty() {
+            e.name = describe(&e.work);
+            if let Some(agent) = w.get::<Agent>(&e.agent_id)? {
+                e.agent_name = agent.name;
+            }
+            w.put(&e)?;
+        }
+        index_new(w, &e)?;
+    }
+    Ok(())
 }
 
 /// The queued and running executions of an agent, oldest first.
@@ -515,6 +722,377 @@ pub fn recent_of_agent(
     Ok(out)
 }
 
+/// What a list of executions is narrowed to; every field is optional and they
+/// combine. Ids are resolved (and their visibility checked) by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<Status>,
+    pub agent_id: Option<String>,
+    pub server_id: Option<String>,
+    pub project_id: Option<String>,
+    pub kind: Option<&'static str>,
+    pub script_id: Option<String>,
+    pub rollout_id: Option<String>,
+    pub started_by: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Text in the name or the target (agent name), case-insensitive.
+    pub text: Option<String>,
+}
+
+/// The kinds an execution can have, as filters name them.
+pub const KINDS: [&str; 6] = [
+    "script",
+    "playbook",
+    "compose_backup",
+    "compose_verify",
+    "compose_restore",
+    "system_update",
+];
+
+impl Filter {
+    fn matches(&self, e: &Execution) -> bool {
+        self.status.is_none_or(|s| e.status == s)
+            && self.agent_id.as_ref().is_none_or(|a| &e.agent_id == a)
+            && self
+                .server_id
+                .as_ref()
+                .is_none_or(|s| e.server_id.as_ref() == Some(s))
+            && self.project_id.as_ref().is_none_or(|p| &e.project_id == p)
+            && self.kind.is_none_or(|k| e.work.kind() == k)
+            && self
+                .script_id
+                .as_ref()
+                .is_none_or(|s| e.script_id.as_ref() == Some(s))
+            && self
+                .rollout_id
+                .as_ref()
+                .is_none_or(|r| e.rollout_id.as_ref() == Some(r))
+            && self.started_by.as_ref().is_none_or(|u| &e.created_by == u)
+            && self.since.is_none_or(|t| e.created_at >= t)
+            && self.until.is_none_or(|t| e.created_at <= t)
+            && self.text.as_ref().is_none_or(|q| {
+                let q = q.to_lowercase();
+                e.name.to_lowercase().contains(&q) || e.agent_name.to_lowercase().contains(&q)
+            })
+    }
+
+    /// The indexes to walk: the most selective equality filter's, or one per
+    /// visible project for a subject that sees only some, or all executions.
+    fn sources(&self, visible_projects: Option<&[String]>) -> Vec<(&'static str, String)> {
+        let pick = [
+            (BY_AGENT, &self.agent_id),
+            (BY_ROLLOUT, &self.rollout_id),
+            (BY_SCRIPT, &self.script_id),
+            (BY_SERVER, &self.server_id),
+            (BY_PROJECT, &self.project_id),
+            (BY_USER, &self.started_by),
+        ];
+        for (index, value) in pick {
+            if let Some(value) = value {
+                return vec![(index, format!("{value}/"))];
+            }
+        }
+        if let Some(projects) = visible_projects {
+            return projects
+                .iter()
+                .map(|p| (BY_PROJECT, format!("{p}/")))
+                .collect();
+        }
+        if let Some(status) = self.status {
+            return vec![(BY_STATUS, format!("{}/", status.as_str()))];
+        }
+        if let Some(kind) = self.kind {
+            return vec![(BY_KIND, format!("{kind}/"))];
+        }
+        vec![(ALL, String::new())]
+    }
+}
+
+/// The projects whose executions a subject may see, or `None` when it sees every
+/// project's (admins, managers).
+fn project_scope(subject: &Subject) -> Option<Vec<String>> {
+    if policy::can(subject, Action::ViewServers, Some("")) && subject.level_on("").is_some() {
+        return None;
+    }
+    let mut ids: Vec<String> = subject
+        .grants
+        .keys()
+        .filter(|p| policy::can(subject, Action::ViewServers, Some(p.as_str())))
+        .cloned()
+        .collect();
+    ids.sort();
+    Some(ids)
+}
+
+/// The smallest UUIDv7 text of the millisecond `at` (a lower bound for ids made
+/// then or later).
+pub fn id_floor(at: DateTime<Utc>) -> String {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xFFFF)
+}
+
+/// One page of a list, newest first, and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The cursor of the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// One backwards walk over one index, refilled a batch at a time.
+struct Source {
+    scan: crate::store::IndexScan,
+    prefix_len: usize,
+    buffer: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl Source {
+    fn head(&mut self, r: &impl Read) -> anyhow::Result<Option<&String>> {
+        if self.buffer.is_empty() && !self.done {
+            let page = r.index_page(&self.scan)?;
+            self.done = page.len() < self.scan.limit;
+            if let Some((key, _)) = page.last() {
+                self.scan.after = Some(key.clone());
+            }
+            self.buffer = page
+                .into_iter()
+                .map(|(key, _)| key[self.prefix_len..].to_string())
+                .collect();
+        }
+        Ok(self.buffer.front())
+    }
+}
+
+/// One page of the executions the subject may see that match `filter`, newest
+/// first, starting after the execution id `cursor`. Reads at most the page and
+/// [`SCAN_BUDGET`] index entries, whatever the size of the table.
+pub fn query(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Page<Execution>> {
+    let visible = project_scope(subject);
+    let upper_id = match (cursor, filter.until) {
+        (Some(c), _) => Some(c.to_string()),
+        // Ids of the `until` millisecond and before: everything below the next one.
+        (None, Some(until)) => Some(id_floor(until + Duration::milliseconds(1))),
+        (None, None) => None,
+    };
+    let lower_id = filter.since.map(id_floor).unwrap_or_default();
+    let mut sources: Vec<Source> = filter
+        .sources(visible.as_deref())
+        .into_iter()
+        .map(|(index, prefix)| {
+            let mut scan = crate::store::IndexScan::prefix(index, &prefix, 256).backward();
+            scan.lower = format!("{prefix}{lower_id}");
+            scan.after = upper_id.as_ref().map(|id| format!("{prefix}{id}"));
+            Source {
+                scan,
+                prefix_len: prefix.len(),
+                buffer: Default::default(),
+                done: false,
+            }
+        })
+        .collect();
+    let mut items = Vec::new();
+    let mut examined = 0usize;
+    loop {
+        // The newest id at the head of any source comes next.
+        let mut best: Option<(usize, String)> = None;
+        for (n, source) in sources.iter_mut().enumerate() {
+            if let Some(id) = source.head(r)? {
+                if best.as_ref().is_none_or(|(_, b)| id > b) {
+                    best = Some((n, id.clone()));
+                }
+            }
+        }
+        let Some((n, id)) = best else {
+            return Ok(Page { items, next: None });
+        };
+        sources[n].buffer.pop_front();
+        examined += 1;
+        if let Some(e) = r.get::<Execution>(&id)? {
+            if filter.matches(&e)
+                && policy::can(subject, Action::ViewServers, Some(&e.project_id))
+            {
+                items.push(e);
+            }
+        }
+        let last_examined = Some(id);
+        if items.len() >= limit || examined >= SCAN_BUDGET {
+            // More may remain: the next page starts after the last id examined.
+            let more = sources.iter_mut().try_fold(false, |more, s| {
+                anyhow::Ok(more || s.head(r)?.is_some())
+            })?;
+            return Ok(Page {
+                items,
+                next: if more { last_examined } else { None },
+            });
+        }
+    }
+}
+
+/// Queued executions whose expiry passed by `now`, oldest expiry first, at most
+/// `limit`: the sweep reads only these, however many jobs wait.
+pub fn expired(
+    r: &impl Read,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> anyhow::Result<Vec<Execution>> {
+    let mut scan = crate::store::IndexScan::prefix(EXPIRY, "", limit);
+    scan.upper = format!("{}/", now.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+    let mut out = Vec::new();
+    for (_, id) in r.index_page(&scan)? {
+        if let Some(e) = r.get::<Execution>(&id)? {
+            if e.status == Status::Queued && e.expires_at <= now {
+                out.push(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub executions: usize,
+    pub log_chunks: usize,
+}
+
+/// Log chunks deleted per transaction while pruning.
+const PRUNE_CHUNKS_PER_BATCH: usize = 2_000;
+
+/// Deletes, oldest first, up to `max` ended executions created before `cutoff`,
+/// with their logs, in transactions of at most [`PRUNE_CHUNKS_PER_BATCH`] chunks so
+/// writers never wait long. Queued and running executions are never pruned. Backup
+/// and update records keep their own summary.
+pub fn prune(
+    store: &crate::store::Store,
+    cutoff: DateTime<Utc>,
+    max: usize,
+) -> anyhow::Result<Pruned> {
+    let mut pruned = Pruned::default();
+    let mut after: Option<String> = None;
+    let upper = id_floor(cutoff);
+    while pruned.executions < max {
+        let candidates: Vec<Execution> = store.read(|r| {
+            let mut scan = crate::store::IndexScan::prefix(ALL, "", 64).after(after.clone());
+            scan.upper = upper.clone();
+            let mut out = Vec::new();
+            for (_, id) in r.index_page(&scan)? {
+                if let Some(e) = r.get::<Execution>(&id)? {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })?;
+        if candidates.is_empty() {
+            break;
+        }
+        after = candidates.last().map(|e| e.id.clone());
+        for e in candidates {
+            if !e.status.is_final() || e.created_at >= cutoff || pruned.executions >= max {
+                continue;
+            }
+            loop {
+                let deleted = store.write(|w| w.log_delete(&e.id, PRUNE_CHUNKS_PER_BATCH))?;
+                pruned.log_chunks += deleted;
+                if deleted < PRUNE_CHUNKS_PER_BATCH {
+                    break;
+                }
+            }
+            store.write(|w| {
+                if w.delete::<Execution>(&e.id)? {
+                    unindex(w, &e)?;
+                    w.counter_add(&log_bytes_counter(&e.id), -(i64::MAX))?;
+                    crate::scripts::forget_execution_secrets(w, &e.id)?;
+                }
+                Ok(())
+            })?;
+            pruned.executions += 1;
+        }
+    }
+    Ok(pruned)
+}
+
+fn log_bytes_counter(execution_id: &str) -> String {
+    format!("log_bytes/{execution_id}")
+}
+
+/// What happens to one chunk of output under the per-execution limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputAdmission {
+    /// Store it.
+    Store,
+    /// This chunk crosses the limit: store the marker instead, and mark the
+    /// execution truncated.
+    Truncate { marker: String },
+    /// The limit was reached earlier: drop it (it is still acknowledged).
+    Drop,
+}
+
+/// Decides whether a chunk of `len` bytes fits the execution's stored output and
+/// counts it. `max_bytes` is `DYNSERV_MAX_JOB_OUTPUT`.
+pub fn admit_output(
+    w: &mut Writer,
+    execution_id: &str,
+    len: usize,
+    max_bytes: u64,
+) -> anyhow::Result<OutputAdmission> {
+    let counter = log_bytes_counter(execution_id);
+    let stored = w.counter(&counter)?;
+    if stored >= max_bytes {
+        return Ok(OutputAdmission::Drop);
+    }
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    if stored.saturating_add(len) > max_bytes {
+        w.counter_add(&counter, i64::try_from(max_bytes - stored).unwrap_or(i64::MAX))?;
+        if let Some(mut e) = w.get::<Execution>(execution_id)? {
+            e.output_truncated = true;
+            w.put(&e)?;
+        }
+        return Ok(OutputAdmission::Truncate {
+            marker: format!(
+                "[dynserv] output limit of {} reached: the job goes on, but no more of its output is stored or shown\n",
+                human_bytes(max_bytes)
+            ),
+        });
+    }
+    w.counter_add(&counter, i64::try_from(len).unwrap_or(i64::MAX))?;
+    Ok(OutputAdmission::Store)
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1024 * 1024 && n % (1024 * 1024) == 0 {
+        format!("{} MiB", n / 1024 / 1024)
+    } else if n >= 1024 && n % 1024 == 0 {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Whether a line is the job's internal result line, which no log view shows.
+pub fn is_result_line(line: &str) -> bool {
+    line.starts_with(dynserv_shared::proto::RESULT_PREFIX)
+}
+
+/// A chunk's text as log views show it: without the internal result line.
+pub fn display_text(data: &str) -> std::borrow::Cow<'_, str> {
+    if !data.contains(dynserv_shared::proto::RESULT_PREFIX) {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    std::borrow::Cow::Owned(
+        data.split_inclusive('\n')
+            .filter(|line| !is_result_line(line))
+            .collect(),
+    )
+}
+
 /// Marks an execution running (the agent started it); no-op when it already ended.
 pub fn mark_running(w: &mut Writer, id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
     if let Some(mut e) = w.get::<Execution>(id)? {
@@ -522,6 +1100,7 @@ pub fn mark_running(w: &mut Writer, id: &str, now: DateTime<Utc>) -> anyhow::Res
             e.status = Status::Running;
             e.started_at.get_or_insert(now);
             w.put(&e)?;
+            reindex_status(w, &e, Status::Queued)?;
         }
     }
     Ok(())
@@ -542,11 +1121,13 @@ pub fn finish(
     if e.status.is_final() {
         return Ok(false);
     }
+    let from = e.status;
     e.status = status;
     e.exit_code = exit_code;
     e.summary = Some(summary.to_string());
     e.finished_at = Some(now);
     w.put(&e)?;
+    reindex_status(w, &e, from)?;
     crate::backups::on_finished(w, &e)?;
     crate::scripts::forget_execution_secrets(w, &e.id)?;
     w.index_delete(ACTIVE, &index_key(&e))?;
@@ -680,6 +1261,13 @@ pub struct ExecutionView {
     pub duration_s: Option<f64>,
     pub cancel_requested: bool,
     pub timeout_s: Option<u64>,
+    /// The contract's names: `agent`, `server`, `project`, `name`, `rollout`.
+    pub server: Option<String>,
+    pub project: String,
+    pub name: String,
+    pub script: Option<String>,
+    pub rollout: Option<String>,
+    pub output_truncated: bool,
 }
 
 impl ExecutionView {
@@ -705,6 +1293,12 @@ impl ExecutionView {
             duration_s,
             cancel_requested: e.cancel_requested,
             timeout_s: e.timeout_s,
+            server: e.server_id.clone(),
+            project: e.project_id.clone(),
+            name: e.name.clone(),
+            script: e.script_id.clone(),
+            rollout: e.rollout_id.clone(),
+            output_truncated: e.output_truncated,
         }
     }
 }

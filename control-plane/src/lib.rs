@@ -14,6 +14,7 @@ pub mod error;
 pub mod executions;
 pub mod fleet;
 pub mod hetzner;
+pub mod maintenance;
 pub mod metrics;
 pub mod notifications;
 pub mod policy;
@@ -70,6 +71,11 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     ));
     tokio::spawn(schedules::scheduler(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(rollouts::supervisor(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(maintenance::pruner(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(maintenance::health_probe(
+        app.store.clone(),
+        wait_for(stop_rx.clone()),
+    ));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

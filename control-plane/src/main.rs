@@ -130,6 +130,11 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
         hetzner_sync_secs: env("DYNSERV_HETZNER_SYNC_SECS"),
         provision_boot_secs: env("DYNSERV_PROVISION_BOOT_SECS"),
         provision_enroll_secs: env("DYNSERV_PROVISION_ENROLL_SECS"),
+        retention_days: env("DYNSERV_RETENTION_DAYS"),
+        audit_retention_days: env("DYNSERV_AUDIT_RETENTION_DAYS"),
+        max_job_output: env("DYNSERV_MAX_JOB_OUTPUT"),
+        store_cache_mb: env("DYNSERV_STORE_CACHE_MB"),
+        min_free_disk_mb: env("DYNSERV_MIN_FREE_DISK_MB"),
         config_file: cli.config.clone(),
     }
 }
@@ -211,7 +216,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let config = Config::resolve(&cli.data_dir, &overrides(cli, Some(args)))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let store = dynserv::store::Store::open(&config.store_path)?;
+        let store =
+            dynserv::store::Store::open_with_cache(&config.store_path, config.store_cache_bytes)?;
         let keys = dynserv::secrets::Keys::load(&config.data_dir, config.session_secret.as_deref())?;
         if args.demo && dynserv::demo::seed(&store, &keys)? {
             println!("seeded demo data: sign in as admin/admin123, tech/tech123, sales/sales123 or sohila/sohila123");

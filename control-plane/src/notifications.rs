@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, AppResult};
 use crate::policy::Role;
-use crate::store::{Read, Record, Writer};
+use crate::store::{IndexScan, Read, Record, Writer};
 use crate::users::{self, User};
 
 const BY_USER: &str = "notification_by_user";
@@ -81,6 +81,7 @@ pub fn notify(w: &mut Writer, user_ids: &[String], message: &Message) -> anyhow:
         w.put(&notification)?;
         w.index_put(BY_USER, &key(user_id, &notification.id), &notification.id)?;
         w.index_put(UNREAD, &key(user_id, &notification.id), &notification.id)?;
+        w.counter_add(&unread_counter(user_id), 1)?;
     }
     Ok(())
 }
@@ -108,20 +109,89 @@ pub fn inbox(
     unread_only: bool,
     limit: usize,
 ) -> anyhow::Result<Vec<Notification>> {
+    Ok(inbox_page(r, user_id, unread_only, None, limit)?.0)
+}
+
+/// One page of a user's inbox, newest first, after the notification id `cursor`;
+/// the second value is the next page's cursor while more remain.
+pub fn inbox_page(
+    r: &impl Read,
+    user_id: &str,
+    unread_only: bool,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<(Vec<Notification>, Option<String>)> {
     let index = if unread_only { UNREAD } else { BY_USER };
-    let entries = r.index_scan(index, &format!("{user_id}/"))?;
+    let prefix = format!("{user_id}/");
+    let scan = IndexScan::prefix(index, &prefix, limit.saturating_add(1))
+        .backward()
+        .after(cursor.map(|c| format!("{prefix}{c}")));
+    let mut entries = r.index_page(&scan)?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
     let mut out = Vec::new();
-    for (_, id) in entries.iter().rev().take(limit) {
+    for (_, id) in &entries {
         if let Some(n) = r.get::<Notification>(id)? {
             out.push(n);
         }
     }
-    Ok(out)
+    let next = more.then(|| out.last().map(|n| n.id.clone())).flatten();
+    Ok((out, next))
 }
 
-/// How many unread notifications a user has.
+/// How many unread notifications a user has: a kept count, not a scan.
 pub fn unread_count(r: &impl Read, user_id: &str) -> anyhow::Result<usize> {
-    Ok(r.index_scan(UNREAD, &format!("{user_id}/"))?.len())
+    Ok(usize::try_from(r.counter(&unread_counter(user_id))?).unwrap_or(usize::MAX))
+}
+
+fn unread_counter(user_id: &str) -> String {
+    format!("notifications_unread/{user_id}")
+}
+
+/// Schema step: the kept unread counts of notifications stored before they were
+/// kept.
+pub fn backfill_counts(w: &mut Writer) -> anyhow::Result<()> {
+    let unread: Vec<(String, String)> = w.index_scan(UNREAD, "")?;
+    for (key, _) in unread {
+        if let Some((user_id, _)) = key.split_once('/') {
+            w.counter_add(&unread_counter(user_id), 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes up to `max` read notifications older than `cutoff`, oldest first, a
+/// small batch per transaction; unread ones stay. Returns how many it deleted.
+pub fn prune(
+    store: &crate::store::Store,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    max: usize,
+) -> anyhow::Result<usize> {
+    let upper = crate::executions::id_floor(cutoff);
+    let mut after: Option<String> = None;
+    let mut deleted = 0;
+    while deleted < max {
+        let (examined, removed) = store.write(|w| {
+            let mut scan = IndexScan::prefix("", "", 500).after(after.clone());
+            scan.upper = upper.clone();
+            let old: Vec<Notification> = w.records_page(&scan)?;
+            let mut removed = 0;
+            for n in &old {
+                if n.read && n.at < cutoff && deleted + removed < max {
+                    w.delete::<Notification>(&n.id)?;
+                    w.index_delete(BY_USER, &key(&n.user_id, &n.id))?;
+                    removed += 1;
+                }
+            }
+            Ok((old.last().map(|n| n.id.clone()), removed))
+        })?;
+        deleted += removed;
+        match examined {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    Ok(deleted)
 }
 
 /// Marks one of the user's notifications read; 404 for someone else's.
@@ -134,6 +204,7 @@ pub fn mark_read(w: &mut Writer, user_id: &str, notification_id: &str) -> AppRes
         n.read = true;
         w.put(&n)?;
         w.index_delete(UNREAD, &key(user_id, &n.id))?;
+        w.counter_add(&unread_counter(user_id), -1)?;
     }
     Ok(n)
 }

@@ -448,6 +448,7 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Vec<Execution>> {
                     (Some(script), Some(subject)) => {
                         let base = NewExecution {
                             agent: Some(target.agent_id.clone()),
+                            rollout_id: Some(rollout.id.clone()),
                             ..Default::default()
                         };
                         scripts::execution_input(

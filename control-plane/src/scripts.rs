@@ -762,6 +762,8 @@ pub fn execution_input(
     let mut input = NewExecution {
         agents: None,
         secrets: vars.secret,
+        script_id: Some(script.id.clone()),
+        script_name: Some(script.name.clone()),
         ..base.clone()
     };
     match script.kind {

@@ -12,11 +12,28 @@
 //! the key the application gives it ([`Store::seal_with`]), so neither the file nor a
 //! backup of it holds them in clear.
 //!
+//! Lists read pages, never tables: [`Read::index_page`] walks one index forwards or
+//! backwards from a key with a limit, and [`Writer::counter_add`] keeps counts up to
+//! date in the same transaction as the change they count, so nothing recomputes them.
+//!
+//! Store calls block (fsync, a long scan, a slow disk). They never run on a tokio
+//! worker: HTTP handlers run on the blocking pool ([`blocking`]), the fleet's writes go
+//! through its ingest thread. A call made on a worker anyway is counted
+//! ([`calls_on_async_workers`]) and logged with its caller, so a test can prove there
+//! are none.
+//!
+//! A write that fails for lack of space or an I/O error marks the store unhealthy
+//! ([`Store::health`]): `/healthz` answers 503 with the reason and callers get a clear
+//! 503. [`Store::recover`] reopens the file once writes work again.
+//!
 //! What does not live here: any rule about what a record may contain (the domain
 //! modules own those).
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::cell::Cell;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::{Context, Result};
 use redb::{
@@ -34,14 +51,84 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const INDEX: TableDefinition<(&str, &str), &str> = TableDefinition::new("index");
 /// Execution output: `(execution id, seq) -> serialized chunk`.
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("execution_logs");
+/// Counts kept up to date by the writes that change them: `name -> count`.
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// The store's page cache unless configured otherwise. redb's own default is 1 GiB,
+/// which a single large job's output fills and never gives back.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The last key an index key can have: keys are compared bytewise, and no key this
+/// product writes starts with these characters.
+const KEY_END: &str = "\u{10FFFF}\u{10FFFF}\u{10FFFF}\u{10FFFF}";
+
+/// The range of keys that start with `prefix`, inclusive at both ends.
+pub fn prefix_range(prefix: &str) -> (String, String) {
+    (prefix.to_string(), format!("{prefix}{KEY_END}"))
+}
+
+thread_local! {
+    /// Set on threads where blocking store calls are expected (the blocking pool's
+    /// threads running [`blocking`], the ingest thread, CLI commands).
+    static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+static CALLS_ON_WORKERS: AtomicU64 = AtomicU64::new(0);
+
+/// How many store calls ran on a tokio worker thread since the process started; a
+/// correct control plane keeps this at zero.
+pub fn calls_on_async_workers() -> u64 {
+    CALLS_ON_WORKERS.load(Ordering::Relaxed)
+}
+
+/// Marks the current thread as one where store calls may block (a dedicated thread).
+pub fn allow_blocking_here() {
+    MAY_BLOCK.with(|m| m.set(true));
+}
+
+/// Runs `f` on tokio's blocking pool, where store calls belong, and awaits its result.
+pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(move || {
+        allow_blocking_here();
+        f()
+    })
+    .await
+    {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[track_caller]
+fn note_call_site() {
+    if MAY_BLOCK.with(|m| m.get()) {
+        return;
+    }
+    // A thread that has a runtime handle but was not marked is a tokio worker (or
+    // a blocking-pool thread some code entered without [`blocking`]).
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let n = CALLS_ON_WORKERS.fetch_add(1, Ordering::Relaxed);
+        if n < 20 {
+            tracing::warn!(
+                caller = %std::panic::Location::caller(),
+                "store call on an async worker thread"
+            );
+        }
+    }
+}
 
 /// The schema version this binary writes. Each step in [`MIGRATIONS`] moves the stored
 /// version up by one.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Ordered migrations: entry `i` moves the schema from version `i` to `i + 1`.
 type Migration = fn(&mut Writer) -> Result<()>;
-const MIGRATIONS: &[Migration] = &[migrate_v0_to_v1];
+const MIGRATIONS: &[Migration] = &[
+    migrate_v0_to_v1,
+    crate::executions::backfill_indexes,
+    crate::audit::backfill_indexes,
+    crate::notifications::backfill_counts,
+];
 
 /// Version 1 is the first schema: it only needs its fixed tables to exist.
 fn migrate_v0_to_v1(writer: &mut Writer) -> Result<()> {
@@ -67,27 +154,143 @@ fn table_of<T: Record>() -> TableDefinition<'static, &'static str, &'static [u8]
 /// The embedded database. Cheap to clone; every clone is the same file.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// The open file; closed and reopened by [`Store::recover`] after an I/O error
+    /// (`None` only while it is being reopened).
+    db: Arc<RwLock<Option<Arc<Database>>>>,
+    path: PathBuf,
+    cache_bytes: usize,
     /// The key of sealed records; set once by the application.
     sealing: Arc<OnceLock<Keys>>,
+    /// Why writes fail, while they do.
+    failure: Arc<Mutex<Option<String>>>,
+    /// Free bytes under the store's directory below which new work is refused.
+    space_floor: Arc<AtomicU64>,
 }
 
-impl Store {
-    /// Opens (or creates) the store file and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path).map_err(|e| match e {
+/// New work refused because free space under the data directory is below the
+/// configured floor (the store itself still writes).
+#[derive(Debug, thiserror::Error)]
+#[error("only {free_mib} MiB are free under {dir}, below the floor of {floor_mib} MiB: new jobs are refused until space is freed")]
+pub struct LowDisk {
+    pub free_mib: u64,
+    pub floor_mib: u64,
+    pub dir: String,
+}
+
+/// Free bytes on the file system that holds `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return None;
+    }
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+/// A store error callers should answer as "try again later" (503): the disk is full
+/// or the file cannot be written; nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error("the store cannot be written: {0}")]
+pub struct Unavailable(pub String);
+
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
+    redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "the store {} is in use by another dynserv process",
                 path.display()
             ),
             other => anyhow::Error::new(other).context(format!("opening {}", path.display())),
-        })?;
+        })
+}
+
+impl Store {
+    /// Opens (or creates) the store file with the default cache size and brings its
+    /// schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store file with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store> {
+        let db = open_database(path, cache_bytes)?;
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+            path: path.to_path_buf(),
+            cache_bytes,
             sealing: Arc::new(OnceLock::new()),
+            failure: Arc::new(Mutex::new(None)),
+            space_floor: Arc::new(AtomicU64::new(0)),
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    fn database(&self) -> Result<Arc<Database>> {
+        let db = match self.db.read() {
+            Ok(db) => db.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        db.ok_or_else(|| {
+            anyhow::Error::new(Unavailable(
+                "the store is being reopened after a write error".into(),
+            ))
+        })
+    }
+
+    /// `Ok` while the store can be written; otherwise why not.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        match self.failure.lock() {
+            Ok(f) => f.clone().map_or(Ok(()), Err),
+            Err(_) => Err("the store's health state is poisoned".into()),
+        }
+    }
+
+    fn set_failure(&self, why: Option<String>) {
+        if let Ok(mut f) = self.failure.lock() {
+            if f.is_some() != why.is_some() {
+                match &why {
+                    Some(w) => tracing::error!(reason = %w, "the store cannot be written"),
+                    None => tracing::info!("the store can be written again"),
+                }
+            }
+            *f = why;
+        }
+    }
+
+    /// Tries a small write; when the store had failed, reopens the file first (redb
+    /// refuses every call after an I/O error until it is reopened). Clears the
+    /// failure when the write commits. Run periodically by the health task.
+    pub fn recover(&self) -> Result<()> {
+        if self.health().is_err() {
+            let mut guard = match self.db.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(open) = guard.as_ref() {
+                // A call still running holds a clone; the next attempt reopens.
+                if Arc::strong_count(open) > 1 {
+                    anyhow::bail!("the store is busy; reopening it later");
+                }
+            }
+            // The old handle must be closed before the file can be opened again.
+            *guard = None;
+            match open_database(&self.path, self.cache_bytes) {
+                Ok(db) => *guard = Some(Arc::new(db)),
+                Err(e) => {
+                    let reason = format!("reopening the store: {e:#}");
+                    drop(guard);
+                    self.set_failure(Some(reason.clone()));
+                    anyhow::bail!(reason);
+                }
+            }
+        }
+        self.write(|w| w.meta_put("health_probe", &chrono::Utc::now().timestamp()))
     }
 
     fn migrate(&self) -> Result<()> {
@@ -99,13 +302,37 @@ impl Store {
                 );
             }
             while version < SCHEMA_VERSION {
-                MIGRATIONS[version as usize](w)
+                let step = usize::try_from(version).unwrap_or(usize::MAX);
+                MIGRATIONS[step](w)
                     .with_context(|| format!("migrating the store from version {version}"))?;
                 version += 1;
                 w.meta_put("schema_version", &version)?;
             }
             Ok(())
         })
+    }
+
+    /// Sets the free space (bytes) below which [`Store::require_free_space`] refuses.
+    pub fn set_space_floor(&self, bytes: u64) {
+        self.space_floor.store(bytes, Ordering::Relaxed);
+    }
+
+    /// `Err(LowDisk)` while the file system holding the store has less free space
+    /// than the floor: callers refuse new work that would write more.
+    pub fn require_free_space(&self) -> Result<()> {
+        let floor = self.space_floor.load(Ordering::Relaxed);
+        if floor == 0 {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match free_bytes(dir) {
+            Some(free) if free < floor => Err(anyhow::Error::new(LowDisk {
+                free_mib: free / 1024 / 1024,
+                floor_mib: floor / 1024 / 1024,
+                dir: dir.display().to_string(),
+            })),
+            _ => Ok(()),
+        }
     }
 
     /// Gives the store the key that seals [`Record::SEALED`] records. The first key
@@ -115,11 +342,16 @@ impl Store {
     }
 
     /// Runs `f` in a read transaction: a consistent snapshot.
+    #[track_caller]
     pub fn read<R>(&self, f: impl FnOnce(&Reader) -> Result<R>) -> Result<R> {
+        note_call_site();
         let txn = self
-            .db
+            .database()?
             .begin_read()
-            .context("starting a read transaction")?;
+            .map_err(|e| match storage_reason(&e.into()) {
+                Some(reason) => anyhow::Error::new(Unavailable(reason)),
+                None => anyhow::anyhow!("starting a read transaction"),
+            })?;
         f(&Reader {
             txn,
             sealing: self.sealing.clone(),
@@ -128,22 +360,44 @@ impl Store {
 
     /// Runs `f` in a write transaction and commits with immediate durability when it
     /// returns `Ok`; on `Err` nothing it wrote is kept.
+    #[track_caller]
     pub fn write<R>(&self, f: impl FnOnce(&mut Writer) -> Result<R>) -> Result<R> {
-        let mut txn = self
-            .db
+        note_call_site();
+        let db = self.database()?;
+        let mut txn = db
             .begin_write()
-            .context("starting a write transaction")?;
+            .map_err(|e| self.storage_failure(e.into(), "starting a write transaction"))?;
         txn.set_durability(Durability::Immediate);
         let mut writer = Writer {
             txn,
             sealing: self.sealing.clone(),
+            store: self.clone(),
         };
-        let value = f(&mut writer)?;
+        let value = match f(&mut writer) {
+            Ok(value) => value,
+            Err(e) => {
+                // A storage error inside the closure (a full disk while inserting)
+                // is a failure of the store, not of the caller's input.
+                if is_storage_error(&e) {
+                    return Err(self.storage_failure(e, "writing"));
+                }
+                return Err(e);
+            }
+        };
         writer
             .txn
             .commit()
-            .context("committing a write transaction")?;
+            .map_err(|e| self.storage_failure(e.into(), "committing a write transaction"))?;
+        if self.health().is_err() {
+            self.set_failure(None);
+        }
         Ok(value)
+    }
+
+    fn storage_failure(&self, e: anyhow::Error, doing: &str) -> anyhow::Error {
+        let reason = storage_reason(&e).unwrap_or_else(|| format!("{doing}: {e:#}"));
+        self.set_failure(Some(reason.clone()));
+        anyhow::Error::new(Unavailable(reason))
     }
 
     /// Reads one record.
@@ -170,7 +424,7 @@ impl Store {
         let tmp = out.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
         let copy = Database::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let src = self.db.begin_read()?;
+        let src = self.database()?.begin_read()?;
         let mut dst = copy.begin_write()?;
         dst.set_durability(Durability::Immediate);
         for handle in src.list_tables()? {
@@ -178,6 +432,7 @@ impl Store {
             match name.as_str() {
                 "index" => copy_table(&src, &mut dst, INDEX)?,
                 "execution_logs" => copy_table(&src, &mut dst, LOGS)?,
+                "counters" => copy_table(&src, &mut dst, COUNTERS)?,
                 _ => copy_table(
                     &src,
                     &mut dst,
@@ -190,6 +445,46 @@ impl Store {
         std::fs::rename(&tmp, out)
             .with_context(|| format!("moving the copy to {}", out.display()))?;
         Ok(())
+    }
+}
+
+/// Whether an error comes from the storage below (I/O, a full disk, a file redb
+/// refuses after an earlier I/O error) rather than from the caller.
+fn is_storage_error(e: &anyhow::Error) -> bool {
+    storage_reason(e).is_some()
+}
+
+/// A plain sentence for a storage error, or `None` when it is not one.
+fn storage_reason(e: &anyhow::Error) -> Option<String> {
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io_reason(io));
+        }
+        if let Some(storage) = cause.downcast_ref::<redb::StorageError>() {
+            return Some(match storage {
+                redb::StorageError::Io(io) => io_reason(io),
+                redb::StorageError::PreviousIo => {
+                    "an earlier write failed (I/O error); reopening the store".into()
+                }
+                other => format!("storage error: {other}"),
+            });
+        }
+        let text = cause.to_string();
+        if text.contains("Previous I/O error") {
+            return Some("an earlier write failed (I/O error); reopening the store".into());
+        }
+        if let Some(u) = cause.downcast_ref::<Unavailable>() {
+            return Some(u.0.clone());
+        }
+    }
+    None
+}
+
+fn io_reason(io: &std::io::Error) -> String {
+    if io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull {
+        "no space left on the device that holds the store".into()
+    } else {
+        format!("I/O error: {io}")
     }
 }
 
@@ -248,6 +543,8 @@ pub struct Reader {
 pub struct Writer {
     txn: redb::WriteTransaction,
     sealing: Arc<OnceLock<Keys>>,
+    /// The store this transaction belongs to (for its free-space floor).
+    store: Store,
 }
 
 /// Reads shared by [`Reader`] and [`Writer`], so domain code that only reads can take
@@ -270,6 +567,83 @@ pub trait Read {
     ) -> Result<Vec<(u64, Vec<u8>)>>;
     /// Number of records of a type.
     fn count<T: Record>(&self) -> Result<u64>;
+    /// One page of an index, read through its order: see [`IndexScan`].
+    fn index_page(&self, scan: &IndexScan) -> Result<Vec<(String, String)>>;
+    /// A count kept by [`Writer::counter_add`]; zero when never counted.
+    fn counter(&self, name: &str) -> Result<u64>;
+    /// One page of a record table in id order, bounded like an index page (the
+    /// scan's `index` is ignored): for tables keyed by time-ordered ids.
+    fn records_page<T: Record>(&self, scan: &IndexScan) -> Result<Vec<T>>;
+}
+
+/// One page of one index: the `(key, id)` entries whose keys lie in
+/// `[lower, upper]`, walked forwards (ascending keys) or backwards, starting strictly
+/// after the key `after` (the last key of the previous page) when given, at most
+/// `limit` entries. The cost is the page, never the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexScan {
+    pub index: String,
+    pub lower: String,
+    pub upper: String,
+    pub backward: bool,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl IndexScan {
+    /// Every key of `index` that starts with `prefix`, forwards, at most `limit`.
+    pub fn prefix(index: &str, prefix: &str, limit: usize) -> IndexScan {
+        let (lower, upper) = prefix_range(prefix);
+        IndexScan {
+            index: index.to_string(),
+            lower,
+            upper,
+            backward: false,
+            after: None,
+            limit,
+        }
+    }
+
+    /// The same scan walking backwards (newest first for time-ordered keys).
+    pub fn backward(mut self) -> IndexScan {
+        self.backward = true;
+        self
+    }
+
+    /// Resumes after `key` (exclusive).
+    pub fn after(mut self, key: Option<String>) -> IndexScan {
+        self.after = key;
+        self
+    }
+
+    /// The bounds actually walked, `None` when the range is empty.
+    fn bounds(&self) -> Option<(Bound<&str>, Bound<&str>)> {
+        let mut lower = Bound::Included(self.lower.as_str());
+        let mut upper = Bound::Included(self.upper.as_str());
+        if let Some(after) = self.after.as_deref() {
+            if self.backward {
+                if after <= self.upper.as_str() {
+                    upper = Bound::Excluded(after);
+                }
+            } else if after >= self.lower.as_str() {
+                lower = Bound::Excluded(after);
+            }
+        }
+        let (lo, lo_open) = match lower {
+            Bound::Included(k) => (k, false),
+            Bound::Excluded(k) => (k, true),
+            Bound::Unbounded => ("", false),
+        };
+        let (hi, hi_open) = match upper {
+            Bound::Included(k) => (k, false),
+            Bound::Excluded(k) => (k, true),
+            Bound::Unbounded => (KEY_END, false),
+        };
+        if lo > hi || (lo == hi && (lo_open || hi_open)) {
+            return None;
+        }
+        Some((lower, upper))
+    }
 }
 
 macro_rules! impl_read {
@@ -307,6 +681,93 @@ macro_rules! impl_read {
                     Err(TableError::TableDoesNotExist(_)) => Ok(0),
                     Err(e) => Err(e.into()),
                 }
+            }
+
+            fn index_page(&self, scan: &IndexScan) -> Result<Vec<(String, String)>> {
+                let table = match self.txn.open_table(INDEX) {
+                    Ok(t) => t,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                };
+                let Some((lower, upper)) = scan.bounds() else {
+                    return Ok(Vec::new());
+                };
+                let index = scan.index.as_str();
+                fn wrap<'k>(index: &'k str, b: Bound<&'k str>) -> Bound<(&'k str, &'k str)> {
+                    match b {
+                        Bound::Included(k) => Bound::Included((index, k)),
+                        Bound::Excluded(k) => Bound::Excluded((index, k)),
+                        Bound::Unbounded => Bound::Unbounded,
+                    }
+                }
+                let range =
+                    table.range::<(&str, &str)>((wrap(index, lower), wrap(index, upper)))?;
+                let mut out = Vec::with_capacity(scan.limit.min(1024));
+                let mut push = |entry: std::result::Result<
+                    (redb::AccessGuard<'_, (&str, &str)>, redb::AccessGuard<'_, &str>),
+                    redb::StorageError,
+                >|
+                 -> Result<bool> {
+                    let (k, v) = entry?;
+                    out.push((k.value().1.to_string(), v.value().to_string()));
+                    Ok(out.len() < scan.limit)
+                };
+                if scan.limit == 0 {
+                    return Ok(Vec::new());
+                }
+                if scan.backward {
+                    for entry in range.rev() {
+                        if !push(entry)? {
+                            break;
+                        }
+                    }
+                } else {
+                    for entry in range {
+                        if !push(entry)? {
+                            break;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
+            fn records_page<T: Record>(&self, scan: &IndexScan) -> Result<Vec<T>> {
+                let table = match self.txn.open_table(table_of::<T>()) {
+                    Ok(t) => t,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                };
+                let Some(bounds) = scan.bounds() else {
+                    return Ok(Vec::new());
+                };
+                if scan.limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let range = table.range::<&str>(bounds)?;
+                let mut out = Vec::with_capacity(scan.limit.min(1024));
+                let entries: Box<dyn Iterator<Item = _>> = if scan.backward {
+                    Box::new(range.rev())
+                } else {
+                    Box::new(range)
+                };
+                for entry in entries {
+                    let (_, v) = entry?;
+                    out.push(decode::<T>(&self.sealing, v.value())?);
+                    if out.len() >= scan.limit {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+
+            fn counter(&self, name: &str) -> Result<u64> {
+                let table = match self.txn.open_table(COUNTERS) {
+                    Ok(t) => t,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+                    Err(e) => return Err(e.into()),
+                };
+                let value = table.get(name)?.map(|v| v.value()).unwrap_or(0);
+                Ok(value)
             }
 
             fn index_get(&self, index: &str, key: &str) -> Result<Option<String>> {
@@ -366,6 +827,11 @@ impl_read!(Reader);
 impl_read!(Writer);
 
 impl Writer {
+    /// See [`Store::require_free_space`]: domain code refuses new work with it.
+    pub fn require_free_space(&self) -> Result<()> {
+        self.store.require_free_space()
+    }
+
     /// Inserts or replaces a record.
     pub fn put<T: Record>(&mut self, record: &T) -> Result<()> {
         let bytes = encode(&self.sealing, record)?;
@@ -405,6 +871,40 @@ impl Writer {
         }
         table.insert((execution_id, seq), chunk)?;
         Ok(true)
+    }
+
+    /// Adds `delta` (which may be negative) to a kept count, never below zero, and
+    /// returns the new value. A count that reaches zero is removed.
+    pub fn counter_add(&mut self, name: &str, delta: i64) -> Result<u64> {
+        let mut table = self.txn.open_table(COUNTERS)?;
+        let current = table.get(name)?.map(|v| v.value()).unwrap_or(0);
+        let next = if delta >= 0 {
+            current.saturating_add(delta.unsigned_abs())
+        } else {
+            current.saturating_sub(delta.unsigned_abs())
+        };
+        if next == 0 {
+            table.remove(name)?;
+        } else {
+            table.insert(name, next)?;
+        }
+        Ok(next)
+    }
+
+    /// Deletes up to `limit` stored chunks of an execution's log, oldest first;
+    /// returns how many it deleted (fewer than `limit`: the log is gone). Small
+    /// batches keep each transaction short.
+    pub fn log_delete(&mut self, execution_id: &str, limit: usize) -> Result<usize> {
+        let mut table = self.txn.open_table(LOGS)?;
+        let seqs: Vec<u64> = table
+            .range((execution_id, 0)..=(execution_id, u64::MAX))?
+            .take(limit)
+            .map(|entry| entry.map(|(k, _)| k.value().1))
+            .collect::<std::result::Result<_, _>>()?;
+        for seq in &seqs {
+            table.remove((execution_id, *seq))?;
+        }
+        Ok(seqs.len())
     }
 
     /// The highest stored sequence number of an execution's log.
@@ -570,5 +1070,122 @@ mod tests {
         let copy = Store::open(&out).unwrap();
         assert_eq!(copy.get::<Thing>("a").unwrap().unwrap().n, 7);
         assert_eq!(copy.read(|r| r.log_range("e", 0, 5)).unwrap().len(), 1);
+    }
+
+    fn keys(page: &[(String, String)]) -> Vec<&str> {
+        page.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// Index pages walk forwards and backwards, resume strictly after a cursor key,
+    /// stay inside their prefix and index, and see deletes made between pages.
+    #[test]
+    fn index_pages_walk_both_ways_from_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .write(|w| {
+                for n in 1..=7 {
+                    w.index_put("by_p", &format!("p/{n:03}"), &format!("id{n}"))?;
+                }
+                w.index_put("by_p", "q/001", "other-prefix")?;
+                w.index_put("by_p2", "p/004", "other-index")?;
+                w.index_put("by_o", "p/009", "index-before")?;
+                Ok(())
+            })
+            .unwrap();
+        let page = |scan: IndexScan| store.read(|r| r.index_page(&scan)).unwrap();
+        let all = IndexScan::prefix("by_p", "p/", 100);
+        // (scan, expected keys)
+        let cases: Vec<(IndexScan, Vec<&str>)> = vec![
+            (all.clone(), vec!["p/001", "p/002", "p/003", "p/004", "p/005", "p/006", "p/007"]),
+            (IndexScan { limit: 3, ..all.clone() }, vec!["p/001", "p/002", "p/003"]),
+            (
+                IndexScan { limit: 3, ..all.clone() }.backward(),
+                vec!["p/007", "p/006", "p/005"],
+            ),
+            (
+                IndexScan { limit: 3, ..all.clone() }.after(Some("p/003".into())),
+                vec!["p/004", "p/005", "p/006"],
+            ),
+            (
+                IndexScan { limit: 3, ..all.clone() }.backward().after(Some("p/005".into())),
+                vec!["p/004", "p/003", "p/002"],
+            ),
+            // A cursor that is no longer stored still resumes at the right place.
+            (
+                all.clone().after(Some("p/0045".into())),
+                vec!["p/005", "p/006", "p/007"],
+            ),
+            (all.clone().backward().after(Some("p/001".into())), vec![]),
+            (all.clone().after(Some("p/007".into())), vec![]),
+            (IndexScan { limit: 0, ..all.clone() }, vec![]),
+            (IndexScan::prefix("by_p", "", 100).backward(), vec![
+                "q/001", "p/007", "p/006", "p/005", "p/004", "p/003", "p/002", "p/001",
+            ]),
+            (IndexScan::prefix("by_p", "zz", 100), vec![]),
+            (
+                IndexScan {
+                    lower: "p/002".into(),
+                    upper: "p/004".into(),
+                    ..all.clone()
+                }
+                .backward(),
+                vec!["p/004", "p/003", "p/002"],
+            ),
+        ];
+        for (scan, expected) in cases {
+            assert_eq!(keys(&page(scan.clone())), expected, "{scan:?}");
+        }
+        // Deletes between two pages: the next page goes on from the cursor.
+        let first = page(IndexScan { limit: 2, ..all.clone() });
+        store
+            .write(|w| {
+                w.index_delete("by_p", "p/003")?;
+                w.index_delete("by_p", "p/002")
+            })
+            .unwrap();
+        let cursor = first.last().map(|(k, _)| k.clone());
+        let next = page(IndexScan { limit: 2, ..all.clone() }.after(cursor));
+        assert_eq!(keys(&next), vec!["p/004", "p/005"]);
+        assert_eq!(next[0].1, "id4");
+    }
+
+    /// Kept counts add and subtract in the writer's transaction, never go below
+    /// zero, and vanish with a failed transaction.
+    #[test]
+    fn counters_follow_their_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.write(|w| w.counter_add("n", 5).map(|_| ())).unwrap();
+        store.write(|w| w.counter_add("n", -2).map(|_| ())).unwrap();
+        let failed: Result<()> = store.write(|w| {
+            w.counter_add("n", 100)?;
+            anyhow::bail!("no")
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.read(|r| r.counter("n")).unwrap(), 3);
+        store.write(|w| w.counter_add("n", -10).map(|_| ())).unwrap();
+        assert_eq!(store.read(|r| r.counter("n")).unwrap(), 0);
+        assert_eq!(store.read(|r| r.counter("never")).unwrap(), 0);
+    }
+
+    /// Log chunks are deleted in batches of the size asked for.
+    #[test]
+    fn logs_delete_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .write(|w| {
+                for seq in 0..5 {
+                    w.log_append("e", seq, b"x")?;
+                }
+                w.log_append("f", 0, b"y")?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.write(|w| w.log_delete("e", 3)).unwrap(), 3);
+        assert_eq!(store.write(|w| w.log_delete("e", 3)).unwrap(), 2);
+        assert_eq!(store.write(|w| w.log_delete("e", 3)).unwrap(), 0);
+        assert_eq!(store.read(|r| r.log_range("f", 0, 9)).unwrap().len(), 1);
     }
 }

@@ -262,6 +262,11 @@ mod tests {
             started_at: Some(now),
             finished_at: None,
             cancel_requested: false,
+            script_id: None,
+            rollout_id: None,
+            name: String::new(),
+            agent_name: String::new(),
+            output_truncated: false,
         };
         let stdout = format!(
             "$ apt-get -y upgrade\n{RESULT_PREFIX}{{\"ok\":true,\"manager\":\"apt\",\"upgraded\":[{{\"name\":\"libssl3\",\"from\":\"3.0.11\",\"to\":\"3.0.13\"}}],\"reboot_required\":true}}\n"

@@ -444,25 +444,34 @@ fn expire(fleet: &Fleet, execution: &Execution) {
     }
 }
 
+/// Expired executions read per sweep; the next sweep takes the rest.
+const SWEEP_BATCH: usize = 1000;
+
 /// Fails queued executions whose expiry passed and that no connected agent holds.
+/// It reads the expiry index up to now, so its cost is what expired, not what waits.
 async fn sweep_expired(fleet: Fleet) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        let now = Utc::now();
-        let Ok(active) = fleet.inner.store.read(executions::all_active) else {
-            continue;
-        };
-        for execution in active {
-            if execution.status != Status::Queued || execution.expires_at > now {
-                continue;
+        let sweeper = fleet.clone();
+        let swept = crate::store::blocking(move || {
+            let expired = sweeper
+                .inner
+                .store
+                .read(|r| executions::expired(r, Utc::now(), SWEEP_BATCH))?;
+            for execution in expired {
+                let held = lock(&sweeper.inner.conns)
+                    .get(&execution.agent_id)
+                    .is_some_and(|c| lock(&c.jobs).contains_key(&execution.id));
+                if !held {
+                    expire(&sweeper, &execution);
+                }
             }
-            let held = lock(&fleet.inner.conns)
-                .get(&execution.agent_id)
-                .is_some_and(|c| lock(&c.jobs).contains_key(&execution.id));
-            if !held {
-                expire(&fleet, &execution);
-            }
+            anyhow::Ok(())
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::warn!("sweeping expired jobs: {e:#}");
         }
     }
 }

@@ -3,6 +3,10 @@
 //! stored log, so replay-then-follow has no gap, and they skip sequence numbers they
 //! already sent, so it has no duplicate. A viewer that falls behind (the channel
 //! lagged) goes back to the store for what it missed.
+//!
+//! A channel exists only while someone watches: the last [`Subscription`] dropped
+//! removes it, and an end removes it too, so viewing any number of finished
+//! executions leaves nothing behind.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,14 +31,51 @@ pub struct Hub {
     channels: Arc<Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>>,
 }
 
+/// A viewer's hold on one execution's live output; dropping the last one frees the
+/// channel.
+pub struct Subscription {
+    hub: Hub,
+    execution_id: String,
+    receiver: Option<broadcast::Receiver<LiveEvent>>,
+}
+
+impl Subscription {
+    /// The receiving end (always present until drop).
+    pub fn receiver(&mut self) -> &mut broadcast::Receiver<LiveEvent> {
+        self.receiver
+            .as_mut()
+            .expect("a subscription holds its receiver until it is dropped")
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut channels = self.hub.channels.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop the receiver while holding the lock, so a concurrent subscribe
+        // either sees the channel with its own receiver or makes a new one.
+        self.receiver = None;
+        if channels
+            .get(&self.execution_id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            channels.remove(&self.execution_id);
+        }
+    }
+}
+
 impl Hub {
     /// Follows an execution's live output.
-    pub fn subscribe(&self, execution_id: &str) -> broadcast::Receiver<LiveEvent> {
+    pub fn subscribe(&self, execution_id: &str) -> Subscription {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels
+        let receiver = channels
             .entry(execution_id.to_string())
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        Subscription {
+            hub: self.clone(),
+            execution_id: execution_id.to_string(),
+            receiver: Some(receiver),
+        }
     }
 
     /// Publishes events of one execution, in order. Channels nobody listens to are
@@ -79,6 +120,7 @@ mod tests {
         assert_eq!(hub.watched(), 0);
         let mut a = hub.subscribe("e");
         let mut b = hub.subscribe("e");
+        let (a, b) = (a.receiver(), b.receiver());
         hub.publish(
             "e",
             (0..3).map(|seq| LiveEvent::Chunk {
@@ -87,7 +129,7 @@ mod tests {
             }),
         );
         hub.publish("e", [LiveEvent::End]);
-        for rx in [&mut a, &mut b] {
+        for rx in [a, b] {
             for want in 0..3 {
                 match rx.recv().await.unwrap() {
                     LiveEvent::Chunk { seq, .. } => assert_eq!(seq, want),
@@ -96,6 +138,29 @@ mod tests {
             }
             assert!(matches!(rx.recv().await.unwrap(), LiveEvent::End));
         }
+        assert_eq!(hub.watched(), 0);
+    }
+
+    /// Viewers of executions that never publish again (finished ones) leave no
+    /// channel behind once they go: the hub's memory stays flat however many
+    /// executions are viewed.
+    #[test]
+    fn viewers_that_leave_free_their_channel() {
+        let hub = Hub::default();
+        for n in 0..10_000 {
+            let first = hub.subscribe(&format!("finished-{n}"));
+            let second = hub.subscribe(&format!("finished-{n}"));
+            drop(first);
+            assert_eq!(hub.watched(), 1, "one viewer still watches");
+            drop(second);
+        }
+        assert_eq!(hub.watched(), 0);
+        // A viewer still watching keeps the channel; publishing reaches it.
+        let mut live = hub.subscribe("running");
+        hub.publish("running", [LiveEvent::Chunk { seq: 0, json: Arc::from("{}") }]);
+        assert!(matches!(live.receiver().try_recv(), Ok(LiveEvent::Chunk { seq: 0, .. })));
+        assert_eq!(hub.watched(), 1);
+        drop(live);
         assert_eq!(hub.watched(), 0);
     }
 }

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use dynserv_shared::proto::OutputChunk;
+use dynserv_shared::proto::{OutputChunk, OutputStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::hub::{Hub, LiveEvent};
 use crate::agents::{self, AgentFacts};
-use crate::executions::{self, Status};
-use crate::store::Store;
+use crate::executions::{self, OutputAdmission, Status};
+use crate::store::{Read, Store};
 
 /// Most items applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -59,11 +59,15 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the ingestion thread; it ends when every `Ingest` is dropped.
-    pub fn spawn(store: Store, hub: Hub) -> Ingest {
+    /// `max_output` is the most output bytes stored per execution.
+    pub fn spawn(store: Store, hub: Hub, max_output: u64) -> Ingest {
         let (tx, rx) = mpsc::channel(16 * 1024);
         std::thread::Builder::new()
             .name("fleet-ingest".into())
-            .spawn(move || run(store, hub, rx))
+            .spawn(move || {
+                crate::store::allow_blocking_here();
+                run(store, hub, max_output, rx)
+            })
             .expect("spawning the ingestion thread");
         Ingest { tx }
     }
@@ -74,7 +78,7 @@ impl Ingest {
     }
 }
 
-fn run(store: Store, hub: Hub, mut rx: mpsc::Receiver<Item>) {
+fn run(store: Store, hub: Hub, max_output: u64, mut rx: mpsc::Receiver<Item>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -84,7 +88,7 @@ fn run(store: Store, hub: Hub, mut rx: mpsc::Receiver<Item>) {
                 Err(_) => break,
             }
         }
-        apply(&store, &hub, &mut batch);
+        apply(&store, &hub, max_output, &mut batch);
         batch.clear();
     }
 }
@@ -96,7 +100,7 @@ struct Outcome {
     acks: HashMap<Arc<str>, u64>,
 }
 
-fn apply(store: &Store, hub: &Hub, batch: &mut Vec<Item>) {
+fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
     let now = Utc::now();
     let result = store.write(|w| {
         let mut outcome = Outcome::default();
@@ -114,14 +118,45 @@ fn apply(store: &Store, hub: &Hub, batch: &mut Vec<Item>) {
                     chunk,
                     ..
                 } => {
-                    let bytes = executions::encode_chunk(chunk.stream, &chunk.data);
-                    if w.log_append(execution_id, chunk.seq, &bytes)? {
-                        let json = serde_json::json!({
-                            "seq": chunk.seq,
-                            "stream": chunk.stream.as_str(),
-                            "data": chunk.data,
-                        })
-                        .to_string();
+                    // A chunk resent after a reconnect is acknowledged again but
+                    // neither counted, stored nor shown twice.
+                    let already = w
+                        .log_range(execution_id, chunk.seq, 1)?
+                        .first()
+                        .is_some_and(|(seq, _)| *seq == chunk.seq);
+                    let kept: Option<(OutputStream, std::borrow::Cow<'_, str>)> = if already {
+                        None
+                    } else {
+                        match executions::admit_output(
+                            w,
+                            execution_id,
+                            chunk.data.len(),
+                            max_output,
+                        )? {
+                            OutputAdmission::Store => {
+                                Some((chunk.stream, chunk.data.as_str().into()))
+                            }
+                            OutputAdmission::Truncate { marker } => {
+                                Some((OutputStream::System, marker.into()))
+                            }
+                            OutputAdmission::Drop => None,
+                        }
+                    };
+                    if let Some((stream, data)) = kept {
+                        let bytes = executions::encode_chunk(stream, &data);
+                        w.log_append(execution_id, chunk.seq, &bytes)?;
+                        let shown = executions::display_text(&data);
+                        // An empty text tells viewers the seq holds nothing to show.
+                        let json = if shown.is_empty() {
+                            String::new()
+                        } else {
+                            serde_json::json!({
+                                "seq": chunk.seq,
+                                "stream": stream.as_str(),
+                                "data": shown,
+                            })
+                            .to_string()
+                        };
                         outcome.published.push((
                             execution_id.clone(),
                             LiveEvent::Chunk {

@@ -74,10 +74,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Fleet {
     /// Loads (or creates) the CA in `data_dir` and starts the ingestion thread. Binds
     /// nothing: see [`Fleet::bind`].
-    pub fn new(store: Store, data_dir: &Path) -> Result<Fleet> {
+    /// `max_output` is the most output bytes stored per execution.
+    pub fn new(store: Store, data_dir: &Path, max_output: u64) -> Result<Fleet> {
         let ca = ca::load_or_create(data_dir)?;
         let hub = Hub::default();
-        let ingest = ingest::Ingest::spawn(store.clone(), hub.clone());
+        let ingest = ingest::Ingest::spawn(store.clone(), hub.clone(), max_output);
         Ok(Fleet {
             inner: Arc::new(Inner {
                 store,

@@ -312,13 +312,26 @@ pub fn create_api_token(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult
 /// `GET /api/v1/audit?q=TEXT&limit=N` (admin).
 pub fn audit(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ViewAudit, None)?;
-    let limit = req
-        .query("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(200usize)
-        .min(5000);
-    let entries = app
+    let paging = req.paging()?;
+    let filter = audit_filter(req)?;
+    let (entries, next) = app
         .store
-        .read(|r| audit::recent(r, req.query("q"), limit))?;
-    Ok(reply(StatusCode::OK, &entries))
+        .read(|r| audit::query(r, &filter, paging.cursor.as_deref(), paging.limit))?;
+    Ok(super::json_page(req, &entries, next.as_deref()))
+}
+
+/// The filters of the audit list (API and page).
+pub const AUDIT_FILTERS: [&str; 6] = ["actor", "action", "subject", "since", "until", "q"];
+
+/// Reads the audit filters of a request; an unknown one is a 400.
+pub fn audit_filter(req: &Req) -> AppResult<audit::Filter> {
+    req.only_filters(&AUDIT_FILTERS)?;
+    Ok(audit::Filter {
+        actor: req.text_filter("actor"),
+        action: req.text_filter("action"),
+        subject: req.text_filter("subject"),
+        since: req.time_filter("since")?,
+        until: req.time_filter("until")?,
+        text: req.text_filter("q"),
+    })
 }

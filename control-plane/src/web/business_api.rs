@@ -139,16 +139,17 @@ pub fn move_request(
 
 /// `GET /api/v1/notifications?unread=1&limit=N`: the caller's inbox, newest first.
 pub fn notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
-    let unread_only = matches!(req.query("unread"), Some("1" | "true"));
-    let limit = req
-        .query("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(100usize)
-        .min(1000);
-    let list = app
-        .store
-        .read(|r| notifications::inbox(r, &ctx.user.id, unread_only, limit))?;
-    Ok(reply(StatusCode::OK, &list))
+    req.only_filters(&["unread"])?;
+    let unread_only = match req.query("unread").unwrap_or("") {
+        "1" | "true" => true,
+        "" | "0" | "false" => false,
+        _ => return Err(AppError::bad_request("unread must be true or false")),
+    };
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        notifications::inbox_page(r, &ctx.user.id, unread_only, paging.cursor.as_deref(), paging.limit)
+    })?;
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/notifications/unread`: `{"unread": N, "latest": [...]}`, the newest

@@ -311,9 +311,10 @@ pub fn request_move(
 
 /// `GET /notifications`: the caller's inbox.
 pub fn inbox(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
-    let list = app
-        .store
-        .read(|r| notifications::inbox(r, &ctx.user.id, false, 200))?;
+    let paging = req.paging_with(50)?;
+    let (list, next) = app.store.read(|r| {
+        notifications::inbox_page(r, &ctx.user.id, false, paging.cursor.as_deref(), paging.limit)
+    })?;
     let unread = list.iter().filter(|n| !n.read).count();
     page(
         app,
@@ -321,7 +322,7 @@ pub fn inbox(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         ctx,
         "notifications",
         "Notifications",
-        json!({"notifications": list, "unread_here": unread}),
+        json!({"notifications": list, "unread_here": unread, "pager": req.pager(&paging, next.as_deref())}),
     )
 }
 

@@ -16,9 +16,6 @@ use crate::policy::{self, Action};
 use crate::projects::{self, Project};
 use crate::store::Read;
 
-/// Largest number of log chunks one `log` answer holds.
-const MAX_LOG_CHUNKS: usize = 200_000;
-
 /// The view of an agent with its live state.
 pub fn agent_view(app: &App, r: &impl Read, agent: &Agent) -> anyhow::Result<AgentView> {
     let project = r
@@ -233,32 +230,103 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     Ok(reply(StatusCode::CREATED, &view))
 }
 
-/// `GET /api/v1/executions[?agent=ID][&server=ID]`: the newest executions the caller
-/// may see, newest first.
+/// The filters `GET /api/v1/executions` and the executions page take.
+pub const EXECUTION_FILTERS: [&str; 11] = [
+    "status",
+    "server",
+    "agent",
+    "project",
+    "kind",
+    "script",
+    "rollout",
+    "started_by",
+    "since",
+    "until",
+    "q",
+];
+
+/// Reads the executions filters of a request. A value naming nothing the caller can
+/// see (an unknown status, agent, project…) is a 400 naming the filter.
+pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<executions::Filter> {
+    req.only_filters(&EXECUTION_FILTERS)?;
+    let given = |name: &str| req.text_filter(name);
+    let unknown = |name: &str, value: &str| {
+        AppError::bad_request(format!(
+            "{name}: no {name} {:?} that you can see",
+            value.chars().take(80).collect::<String>()
+        ))
+    };
+    let mut filter = executions::Filter {
+        since: req.time_filter("since")?,
+        until: req.time_filter("until")?,
+        text: given("q"),
+        started_by: given("started_by"),
+        ..Default::default()
+    };
+    if let Some(status) = given("status") {
+        filter.status = Some(executions::Status::parse(&status).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "status must be one of queued, running, succeeded, failed, cancelled, timed_out (not {:?})",
+                status.chars().take(40).collect::<String>()
+            ))
+        })?);
+    }
+    if let Some(kind) = given("kind") {
+        filter.kind = Some(
+            executions::KINDS
+                .into_iter()
+                .find(|k| *k == kind)
+                .ok_or_else(|| {
+                    AppError::bad_request(format!(
+                        "kind must be one of {}",
+                        executions::KINDS.join(", ")
+                    ))
+                })?,
+        );
+    }
+    if let Some(agent) = given("agent") {
+        let found = agents::find_visible(r, &ctx.subject, &agent).map_err(|_| unknown("agent", &agent))?;
+        filter.agent_id = Some(found.id);
+    }
+    if let Some(server) = given("server") {
+        let found = crate::servers::get_visible(r, &ctx.subject, &server)
+            .map_err(|_| unknown("server", &server))?;
+        filter.server_id = Some(found.id);
+    }
+    if let Some(project) = given("project") {
+        let found = crate::projects::find(r, &project)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .ok_or_else(|| unknown("project", &project))?;
+        filter.project_id = Some(found.id);
+    }
+    if let Some(script) = given("script") {
+        let found = crate::scripts::get_visible(r, &ctx.subject, &script)
+            .map_err(|_| unknown("script", &script))?;
+        filter.script_id = Some(found.id);
+    }
+    if let Some(rollout) = given("rollout") {
+        let found = crate::rollouts::get_visible(r, &ctx.subject, &rollout)
+            .map_err(|_| unknown("rollout", &rollout))?;
+        filter.rollout_id = Some(found.id);
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/executions`: one page of the executions the caller may see, newest
+/// first, narrowed by the filters in [`EXECUTION_FILTERS`].
 pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
-    let views = app.store.read(|r| {
-        let mut list: Vec<Execution> = match (req.query("agent"), req.query("server")) {
-            (Some(agent), _) => {
-                let agent = agents::find_visible(r, &ctx.subject, agent)?;
-                executions::recent_of_agent(r, &agent.id, 100)?
-            }
-            (None, Some(server)) => {
-                let server = crate::servers::get_visible(r, &ctx.subject, server)?;
-                match &server.agent_id {
-                    Some(agent_id) => executions::recent_of_agent(r, agent_id, 100)?,
-                    None => Vec::new(),
-                }
-            }
-            (None, None) => r.list::<Execution>()?,
-        };
-        list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
-        list.sort_by(|a, b| b.id.cmp(&a.id));
-        list.truncate(100);
-        list.iter()
+    let paging = req.paging()?;
+    let (views, next) = app.store.read(|r| {
+        let filter = execution_filter(r, req, ctx)?;
+        let page = executions::query(r, &ctx.subject, &filter, paging.cursor.as_deref(), paging.limit)?;
+        let views = page
+            .items
+            .iter()
             .map(|e| execution_view(r, e))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((views, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &views))
+    Ok(super::json_page(req, &views, next.as_deref()))
 }
 
 /// `GET /api/v1/executions/{id}`.
@@ -270,24 +338,128 @@ pub fn execution(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     Ok(reply(StatusCode::OK, &view))
 }
 
-/// `GET /api/v1/executions/{id}/log?from_seq=N`: JSON lines `{"seq","stream","data"}`.
+/// Log chunks read from the store per batch while streaming a download.
+const LOG_STREAM_BATCH: usize = 512;
+
+/// `GET /api/v1/executions/{id}/log?from_seq=N[&format=text]`: the stored output,
+/// streamed batch by batch from the store (never built whole in memory), as JSON
+/// lines `{"seq","stream","data"}` or, with `format=text`, as a plain-text
+/// attachment without ANSI codes. The internal result line is never shown.
 pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let from_seq = parse_from_seq(req)?;
-    let chunks = app.store.read(|r| {
-        executions::get_visible(r, &ctx.subject, id)?;
-        executions::log(r, id, from_seq, MAX_LOG_CHUNKS)
-    })?;
-    let mut body = String::new();
-    for chunk in &chunks {
-        body.push_str(&serde_json::to_string(chunk).unwrap_or_default());
-        body.push('\n');
+    let text = match req.query("format").unwrap_or("") {
+        "" | "jsonl" | "json" => false,
+        "text" => true,
+        other => {
+            return Err(AppError::bad_request(format!(
+                "format must be text or jsonl (not {:?})",
+                other.chars().take(20).collect::<String>()
+            )))
+        }
+    };
+    app.store
+        .read(|r| Ok(executions::get_visible(r, &ctx.subject, id)?))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let store = app.store.clone();
+    let execution_id = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        crate::store::allow_blocking_here();
+        let mut next = from_seq;
+        loop {
+            let chunks = match store.read(|r| executions::log(r, &execution_id, next, LOG_STREAM_BATCH)) {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+                    return;
+                }
+            };
+            let mut body = Vec::new();
+            for chunk in &chunks {
+                next = chunk.seq + 1;
+                let shown = executions::display_text(&chunk.data);
+                if shown.is_empty() {
+                    continue;
+                }
+                if text {
+                    body.extend_from_slice(strip_ansi(&shown).as_bytes());
+                } else {
+                    let line = executions::LogChunk {
+                        seq: chunk.seq,
+                        stream: chunk.stream.clone(),
+                        data: shown.into_owned(),
+                    };
+                    body.extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
+                    body.push(b'\n');
+                }
+            }
+            // A closed channel is a client that went away: stop reading.
+            if !body.is_empty() && tx.blocking_send(Ok(bytes::Bytes::from(body))).is_err() {
+                return;
+            }
+            if chunks.len() < LOG_STREAM_BATCH {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    let mut resp = Response::new(Body::wrap_stream(stream));
+    let headers = resp.headers_mut();
+    if text {
+        headers.insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "attachment; filename=\"execution-{}.log\"",
+            id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>()
+        )) {
+            headers.insert("content-disposition", v);
+        }
+    } else {
+        headers.insert("content-type", HeaderValue::from_static("application/x-ndjson"));
     }
-    let mut resp = Response::new(Body::from(body));
-    resp.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/x-ndjson"),
-    );
     Ok(resp)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Terminal output as plain text: ANSI escape sequences (colours, cursor moves,
+/// titles) removed, carriage-return progress lines kept as they are.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters and intermediates, then one final byte @..~.
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC: up to BEL or ST (ESC \).
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\u{7}' {
+                        break;
+                    }
+                    if c == '\u{1b}' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            // Two-character sequences (ESC c, ESC =, …).
+            Some(_) | None => {}
+        }
+    }
+    out
 }
 
 /// `?from_seq=N`, default 0.
@@ -326,4 +498,25 @@ pub fn cancel_execution(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<
     let execution = cancel(app, req, ctx, id)?;
     let view = app.store.read(|r| execution_view(r, &execution))?;
     Ok(reply(StatusCode::ACCEPTED, &view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    /// Colours, cursor moves and window titles leave the text; the words stay.
+    #[test]
+    fn ansi_codes_are_stripped() {
+        let cases = [
+            ("\u{1b}[1;32mok\u{1b}[0m: done\n", "ok: done\n"),
+            ("\u{1b}]0;title\u{7}plain", "plain"),
+            ("\u{1b}]8;;http://x\u{1b}\\link\u{1b}]8;;\u{1b}\\", "link"),
+            ("50%\r100%\n", "50%\r100%\n"),
+            ("no escapes", "no escapes"),
+            ("trailing \u{1b}", "trailing "),
+        ];
+        for (input, want) in cases {
+            assert_eq!(strip_ansi(input), want, "{input:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use super::{redirect, Ctx, Req, Resp};
 use crate::agents::{self, Agent};
 use crate::app::App;
 use crate::error::{AppError, AppResult, Kind};
-use crate::executions::{self, Execution, NewExecution};
+use crate::executions::{self, NewExecution};
 use crate::policy::{self, Action};
 use crate::projects::{self, Project};
 use crate::servers;
@@ -286,26 +286,44 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
 /// `GET /executions`.
 pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ViewServers, None)?;
-    let rows = app.store.read(|r| {
-        let mut list: Vec<Execution> = r.list()?;
-        list.retain(|e| policy::can(&ctx.subject, Action::ViewServers, Some(&e.project_id)));
-        // `?server=ID` narrows the list to one server's executions.
-        if let Some(server) = req.query("server").filter(|s| !s.is_empty()) {
-            list.retain(|e| e.server_id.as_deref() == Some(server));
-        }
-        list.sort_by(|a, b| b.id.cmp(&a.id));
-        list.truncate(200);
-        list.iter()
+    let paging = req.paging_with(50)?;
+    let (rows, next) = app.store.read(|r| {
+        let filter = fleet_api::execution_filter(r, req, ctx)?;
+        let page = executions::query(r, &ctx.subject, &filter, paging.cursor.as_deref(), paging.limit)?;
+        let rows = page
+            .items
+            .iter()
             .map(|e| fleet_api::execution_view(r, e))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((rows, page.next))
     })?;
+    // Every filter has a value (empty when not given): templates are strict.
+    let filters: serde_json::Map<String, serde_json::Value> = fleet_api::EXECUTION_FILTERS
+        .iter()
+        .map(|name| (name.to_string(), json!(req.text_filter(name).unwrap_or_default())))
+        .collect();
+    let filtered = fleet_api::EXECUTION_FILTERS
+        .iter()
+        .any(|name| req.text_filter(name).is_some());
+    let hidden: Vec<serde_json::Value> = ["server", "agent", "project", "script", "rollout"]
+        .iter()
+        .filter_map(|name| req.text_filter(name).map(|v| json!({"name": name, "value": v})))
+        .collect();
     page(
         app,
         req,
         ctx,
         "executions",
         "Executions",
-        json!({"executions": rows}),
+        json!({
+            "executions": rows,
+            "filters": filters,
+            "hidden_filters": hidden,
+            "filtered": filtered,
+            "statuses": executions::Status::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "kinds": executions::KINDS,
+            "pager": req.pager(&paging, next.as_deref()),
+        }),
     )
 }
 

@@ -224,6 +224,166 @@ pub fn check_csrf(req: &Req, ctx: &Ctx, form: Option<&Form>) -> AppResult<()> {
     Ok(())
 }
 
+// ---- lists ----
+
+/// The default and the largest page of a list (CONTRACT.md "Lists").
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// Where a list page starts and how long it is: `?limit=N&cursor=C`.
+#[derive(Debug, Clone)]
+pub struct Paging {
+    pub limit: usize,
+    /// The decoded cursor (the id the previous page ended at).
+    pub cursor: Option<String>,
+}
+
+impl Req {
+    /// `?limit` and `?cursor`; a bad value is a 400 naming it.
+    pub fn paging(&self) -> AppResult<Paging> {
+        self.paging_with(DEFAULT_PAGE)
+    }
+
+    /// Like [`Req::paging`] with another default length (pages show fewer rows).
+    pub fn paging_with(&self, default: usize) -> AppResult<Paging> {
+        let limit = match self.query("limit").filter(|s| !s.is_empty()) {
+            None => default,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    AppError::bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+                })?,
+        };
+        let cursor = match self.query("cursor").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(decode_cursor(text).ok_or_else(|| {
+                AppError::bad_request("cursor is not one this server gave out")
+            })?),
+        };
+        Ok(Paging { limit, cursor })
+    }
+
+    /// Refuses query parameters that are not among `known` (plus `limit` and
+    /// `cursor`): an unknown filter is a 400, never silently ignored.
+    pub fn only_filters(&self, known: &[&str]) -> AppResult<()> {
+        let mut unknown: Vec<&str> = self
+            .query
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !known.contains(k) && !matches!(*k, "limit" | "cursor"))
+            .collect();
+        unknown.sort();
+        match unknown.first() {
+            None => Ok(()),
+            Some(name) => Err(AppError::bad_request(format!(
+                "unknown filter {:?}; this list takes {}",
+                name.chars().take(40).collect::<String>(),
+                known.join(", ")
+            ))),
+        }
+    }
+
+    /// A time filter (`since`, `until`): RFC 3339, or a plain date (the page's date
+    /// fields) meaning the start of that day (UTC) for `since` and its end for
+    /// `until`. A bad value is a 400 naming it.
+    pub fn time_filter(&self, name: &str) -> AppResult<Option<chrono::DateTime<chrono::Utc>>> {
+        let Some(text) = self.query(name).map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+            return Ok(Some(t.with_timezone(&chrono::Utc)));
+        }
+        if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            let time = if name == "until" {
+                chrono::NaiveTime::from_hms_milli_opt(23, 59, 59, 999)
+            } else {
+                Some(chrono::NaiveTime::MIN)
+            };
+            if let Some(time) = time {
+                return Ok(Some(day.and_time(time).and_utc()));
+            }
+        }
+        Err(AppError::bad_request(format!(
+            "{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z or a date such as 2026-01-31"
+        )))
+    }
+
+    /// A text filter: `None` when absent or empty.
+    pub fn text_filter(&self, name: &str) -> Option<String> {
+        self.query(name)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.chars().take(200).collect())
+    }
+
+    /// This list's first page with the same filters.
+    pub fn first_page_url(&self) -> String {
+        let mut pairs: Vec<(&str, &str)> = self
+            .query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "cursor")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.sort();
+        match serde_urlencoded::to_string(&pairs) {
+            Ok(q) if !q.is_empty() => format!("{}?{q}", self.path),
+            _ => self.path.clone(),
+        }
+    }
+
+    /// The pager's part of a list page's context: `paged`, `first_url`, `next_url`.
+    pub fn pager(&self, paging: &Paging, next: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "paged": paging.cursor.is_some(),
+            "first_url": self.first_page_url(),
+            "next_url": next.map(|n| self.next_page_url(n)).unwrap_or_default(),
+        })
+    }
+
+    /// This request's URL with `cursor` set to the next page's.
+    pub fn next_page_url(&self, next: &str) -> String {
+        let mut pairs: Vec<(&str, &str)> = self
+            .query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "cursor")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.sort();
+        let cursor = encode_cursor(next);
+        pairs.push(("cursor", &cursor));
+        let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("{}?{query}", self.path)
+    }
+}
+
+/// A cursor as clients see it: opaque, URL-safe.
+pub fn encode_cursor(position: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+}
+
+fn decode_cursor(text: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.as_bytes())
+        .ok()?;
+    let position = String::from_utf8(bytes).ok()?;
+    (position.len() <= 200 && !position.chars().any(char::is_control)).then_some(position)
+}
+
+/// A JSON list response with `Link: <…>; rel="next"` while more remain.
+pub fn json_page(req: &Req, items: &impl serde::Serialize, next: Option<&str>) -> Resp {
+    let mut resp = json(StatusCode::OK, items);
+    if let Some(next) = next {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{}>; rel=\"next\"", req.next_page_url(next))) {
+            resp.headers_mut().insert("link", v);
+        }
+    }
+    resp
+}
+
 // ---- responses ----
 
 /// A JSON response.
@@ -370,7 +530,30 @@ async fn handle(
         client_ip,
         secure,
     };
-    let mut resp = router::dispatch(&app, &req).await;
+    let mut resp = if req.method == Method::GET && req.path == "/healthz" {
+        // Answered here, on the async side, from the store's health state: never
+        // queued behind slow requests on the blocking pool.
+        healthz(&app)
+    } else {
+        // Handlers read and write the store, which blocks: they run on the blocking
+        // pool, so a slow request never holds up a tokio worker (and with it
+        // `/healthz`, other pages or the fleet gateway).
+        match tokio::task::spawn_blocking(move || {
+            crate::store::allow_blocking_here();
+            tokio::runtime::Handle::current().block_on(router::dispatch(&app, &req))
+        })
+        .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::error!("a request handler failed: {e}");
+                json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": "internal error; the details are in the server log"}),
+                )
+            }
+        }
+    };
     let h = resp.headers_mut();
     h.entry("x-content-type-options")
         .or_insert(HeaderValue::from_static("nosniff"));
@@ -379,6 +562,18 @@ async fn handle(
     h.entry("referrer-policy")
         .or_insert(HeaderValue::from_static("same-origin"));
     resp
+}
+
+/// `GET /healthz`: `200 ok` while the store can be written, else 503 with why.
+pub fn healthz(app: &App) -> Resp {
+    match app.store.health() {
+        Ok(()) => text(StatusCode::OK, "ok", "text/plain"),
+        Err(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unavailable: {reason}"),
+            "text/plain",
+        ),
+    }
 }
 
 /// Decodes `%XX` escapes of a path (a project named "Nova HR" is `/Nova%20HR`);

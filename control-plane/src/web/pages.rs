@@ -945,14 +945,20 @@ pub fn account_token(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 /// `GET /audit?q=TEXT`.
 pub fn audit(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ViewAudit, None)?;
-    let q = req.query("q").unwrap_or("").to_string();
-    let entries = app.store.read(|r| audit::recent(r, Some(&q), 500))?;
-    page(
-        app,
-        req,
-        ctx,
-        "audit",
-        "Audit log",
-        json!({"entries": entries, "q": q}),
-    )
+    let paging = req.paging_with(50)?;
+    let filter = super::api::audit_filter(req)?;
+    let (entries, next) = app
+        .store
+        .read(|r| audit::query(r, &filter, paging.cursor.as_deref(), paging.limit))?;
+    let filters: Map<String, Value> = super::api::AUDIT_FILTERS
+        .iter()
+        .map(|name| (name.to_string(), json!(req.text_filter(name).unwrap_or_default())))
+        .collect();
+    let data = json!({
+        "entries": entries,
+        "filters": filters,
+        "filtered": super::api::AUDIT_FILTERS.iter().any(|n| req.text_filter(n).is_some()),
+        "pager": req.pager(&paging, next.as_deref()),
+    });
+    page(app, req, ctx, "audit", "Audit log", data)
 }

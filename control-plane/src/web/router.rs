@@ -13,7 +13,7 @@ pub async fn dispatch(app: &App, req: &Req) -> Resp {
     let segments = req.segments();
     let m = &req.method;
     match (m, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => return super::text(StatusCode::OK, "ok", "text/plain"),
+        (&Method::GET, ["healthz"]) => return super::healthz(app),
         (&Method::GET, ["metrics"]) => {
             return super::text(
                 StatusCode::OK,

@@ -82,87 +82,154 @@ fn upgrade(
     }
 }
 
+/// How often an idle stream is pinged, and how long a client may stay silent (no
+/// pong, no frame) before the stream is closed.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
-    let (mut tx, mut rx) = socket.split();
-    let client_gone = async {
-        while let Some(Ok(message)) = rx.next().await {
-            if message.is_close() {
-                break;
+    let (tx, mut rx) = socket.split();
+    let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
+    let pinger = tx.clone();
+    // The client's side: any frame (a pong too) shows it is alive; silence past
+    // IDLE_CLOSE, a close frame or an error ends the stream.
+    let client_gone = async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                message = rx.next() => match message {
+                    Some(Ok(m)) if m.is_close() => return,
+                    Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+                    _ => return,
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= IDLE_CLOSE {
+                        return;
+                    }
+                    if pinger.lock().await.send(Message::ping(Vec::new())).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     };
     tokio::select! {
         _ = client_gone => {}
-        result = follow(&app, &id, from_seq, &mut tx) => {
+        result = follow(&app, &id, from_seq, &tx) => {
             if let Err(e) = result {
                 tracing::debug!(execution = %id, "log stream ended: {e:#}");
             }
         }
     }
-    let _ = tx.close().await;
+    let _ = tx.lock().await.close().await;
 }
 
-type Sink = futures::stream::SplitSink<WebSocket, Message>;
+type Sink = std::sync::Arc<tokio::sync::Mutex<futures::stream::SplitSink<WebSocket, Message>>>;
+
+/// Reads stored chunks on the blocking pool, never on this worker.
+async fn stored_chunks(app: &App, id: &str, from: u64) -> anyhow::Result<Vec<executions::LogChunk>> {
+    let store = app.store.clone();
+    let id = id.to_string();
+    crate::store::blocking(move || {
+        store.read(|r| {
+            let mut chunks = executions::log(r, &id, from, REPLAY_BATCH)?;
+            for chunk in &mut chunks {
+                if let std::borrow::Cow::Owned(text) = executions::display_text(&chunk.data) {
+                    chunk.data = text;
+                }
+            }
+            Ok(chunks)
+        })
+    })
+    .await
+}
+
+/// Reads the execution on the blocking pool.
+async fn stored_execution(app: &App, id: &str) -> anyhow::Result<Option<Execution>> {
+    let store = app.store.clone();
+    let id = id.to_string();
+    crate::store::blocking(move || store.get::<Execution>(&id)).await
+}
 
 /// Sends stored chunks from `next` on; returns the next seq owed.
-async fn replay(app: &App, id: &str, mut next: u64, tx: &mut Sink) -> anyhow::Result<u64> {
+async fn replay(app: &App, id: &str, mut next: u64, tx: &Sink) -> anyhow::Result<u64> {
     loop {
-        let chunks = app
-            .store
-            .read(|r| executions::log(r, id, next, REPLAY_BATCH))?;
+        let chunks = stored_chunks(app, id, next).await?;
         let count = chunks.len();
+        let mut sink = tx.lock().await;
         for chunk in chunks {
             next = chunk.seq + 1;
-            tx.feed(Message::text(serde_json::to_string(&chunk)?))
-                .await?;
+            // A chunk that held only the internal result line shows nothing.
+            if !chunk.data.is_empty() {
+                sink.feed(Message::text(serde_json::to_string(&chunk)?))
+                    .await?;
+            }
         }
-        tx.flush().await?;
+        sink.flush().await?;
         if count < REPLAY_BATCH {
             return Ok(next);
         }
     }
 }
 
-async fn finish(app: &App, id: &str, next: u64, tx: &mut Sink) -> anyhow::Result<()> {
+async fn finish(app: &App, id: &str, next: u64, tx: &Sink) -> anyhow::Result<()> {
     replay(app, id, next, tx).await?;
-    let execution: Option<Execution> = app.store.get(id)?;
+    let execution = stored_execution(app, id).await?;
     let (status, exit_code) = execution
         .map(|e| (e.status.as_str(), e.exit_code))
         .unwrap_or(("failed", None));
-    tx.send(Message::text(
-        json!({"end": {"status": status, "exit_code": exit_code}}).to_string(),
-    ))
-    .await?;
+    tx.lock()
+        .await
+        .send(Message::text(
+            json!({"end": {"status": status, "exit_code": exit_code}}).to_string(),
+        ))
+        .await?;
     Ok(())
 }
 
-async fn follow(app: &App, id: &str, from_seq: u64, tx: &mut Sink) -> anyhow::Result<()> {
-    let mut live = app.fleet.hub().subscribe(id);
+async fn follow(app: &App, id: &str, from_seq: u64, tx: &Sink) -> anyhow::Result<()> {
+    // A finished execution is served from the store alone: no live channel.
+    if stored_execution(app, id)
+        .await?
+        .is_none_or(|e| e.status.is_final())
+    {
+        return finish(app, id, from_seq, tx).await;
+    }
+    let mut subscription = app.fleet.hub().subscribe(id);
     let mut next = replay(app, id, from_seq, tx).await?;
-    let ended = app
-        .store
-        .get::<Execution>(id)?
-        .is_none_or(|e| e.status.is_final());
-    if ended {
+    if stored_execution(app, id)
+        .await?
+        .is_none_or(|e| e.status.is_final())
+    {
+        drop(subscription);
         return finish(app, id, next, tx).await;
     }
     loop {
         // Everything already waiting goes out in one flush: fewer writes when output
         // comes fast, no delay when it comes slowly.
+        let live = subscription.receiver();
         let mut event = live.recv().await;
         let mut pending = 0;
+        let mut sink = tx.lock().await;
         while let Ok(LiveEvent::Chunk { seq, json }) = &event {
             if *seq > next {
-                tx.flush().await?;
+                sink.flush().await?;
+                drop(sink);
                 next = replay(app, id, next, tx).await?;
+                sink = tx.lock().await;
             }
             if *seq == next {
-                tx.feed(Message::text(json.to_string())).await?;
+                // An empty text is a chunk with nothing to show (the result line).
+                if !json.is_empty() {
+                    sink.feed(Message::text(json.to_string())).await?;
+                    pending += 1;
+                }
                 next += 1;
-                pending += 1;
             }
             if pending >= 64 {
-                tx.flush().await?;
+                sink.flush().await?;
                 pending = 0;
             }
             event = match live.try_recv() {
@@ -174,20 +241,24 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &mut Sink) -> anyhow::Re
                 Err(tokio::sync::broadcast::error::TryRecvError::Closed) => Err(RecvError::Closed),
             };
         }
-        tx.flush().await?;
+        sink.flush().await?;
+        drop(sink);
         match event {
             Ok(LiveEvent::Chunk { .. }) => {}
-            Ok(LiveEvent::End) => return finish(app, id, next, tx).await,
+            Ok(LiveEvent::End) => {
+                drop(subscription);
+                return finish(app, id, next, tx).await;
+            }
             Err(RecvError::Lagged(_)) => next = replay(app, id, next, tx).await?,
             Err(RecvError::Closed) => {
-                if app
-                    .store
-                    .get::<Execution>(id)?
+                if stored_execution(app, id)
+                    .await?
                     .is_none_or(|e| e.status.is_final())
                 {
+                    drop(subscription);
                     return finish(app, id, next, tx).await;
                 }
-                live = app.fleet.hub().subscribe(id);
+                subscription = app.fleet.hub().subscribe(id);
                 next = replay(app, id, next, tx).await?;
             }
         }
