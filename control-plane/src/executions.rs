@@ -1337,4 +1337,260 @@ mod tests {
         assert!(!env_name_ok("A-B"));
         assert!(!env_name_ok(""));
     }
+
+    use crate::policy::{Level, Role};
+    use crate::store::Store;
+
+    fn subject(role: Role, grants: &[(&str, Level)]) -> Subject {
+        Subject {
+            user_id: "u".into(),
+            username: "u".into(),
+            role,
+            is_manager: false,
+            grants: grants.iter().map(|(p, l)| (p.to_string(), *l)).collect(),
+        }
+    }
+
+    /// An execution as `create` would store it, `minutes_ago` old.
+    fn stored(w: &mut Writer, n: u32, project: &str, status: Status, minutes_ago: i64) -> Execution {
+        let at = Utc::now() - Duration::minutes(minutes_ago);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            at.timestamp() as u64,
+            at.timestamp_subsec_nanos(),
+        );
+        let e = Execution {
+            id: uuid::Uuid::new_v7(ts).to_string(),
+            agent_id: format!("agent-{}", n % 2),
+            project_id: project.into(),
+            server_id: Some(format!("server-{}", n % 2)),
+            work: Work::Script {
+                interpreter: "/bin/sh".into(),
+                script: format!("echo job {n}"),
+                env: BTreeMap::new(),
+                working_dir: None,
+            },
+            timeout_s: None,
+            status,
+            exit_code: None,
+            summary: None,
+            created_by: if n % 3 == 0 { "sohila" } else { "admin" }.into(),
+            created_at: at,
+            expires_at: at + Duration::hours(1),
+            started_at: None,
+            finished_at: None,
+            cancel_requested: false,
+            script_id: None,
+            rollout_id: None,
+            name: format!("job {n}"),
+            agent_name: format!("web-{}", n % 2),
+            output_truncated: false,
+        };
+        w.put(&e).unwrap();
+        if !e.status.is_final() {
+            w.index_put(ACTIVE, &index_key(&e), &e.id).unwrap();
+        }
+        index_new(w, &e).unwrap();
+        e
+    }
+
+    /// Pages every execution matching `filter`, `limit` at a time; returns the job
+    /// numbers in the order seen.
+    fn walk(store: &Store, who: &Subject, filter: &Filter, limit: usize) -> Vec<String> {
+        let mut cursor: Option<String> = None;
+        let mut seen = Vec::new();
+        loop {
+            let page = store
+                .read(|r| query(r, who, filter, cursor.as_deref(), limit))
+                .unwrap();
+            assert!(page.items.len() <= limit);
+            seen.extend(page.items.iter().map(|e| e.name.clone()));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return seen,
+            }
+        }
+    }
+
+    /// Every filter, alone and combined, pages newest first through the right
+    /// executions with no duplicate or gap, for admins and for a technician who sees
+    /// one project; the kept counts follow status changes.
+    #[test]
+    fn filtered_pages_walk_the_right_executions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let all: Vec<Execution> = store
+            .write(|w| {
+                Ok((0..30)
+                    .map(|n| {
+                        let status = if n % 5 == 0 { Status::Queued } else { Status::Succeeded };
+                        let project = if n % 4 == 0 { "p2" } else { "p1" };
+                        stored(w, n, project, status, 60 - i64::from(n))
+                    })
+                    .collect())
+            })
+            .unwrap();
+        let admin = subject(Role::Admin, &[]);
+        let tech = subject(Role::Technical, &[("p1", Level::Read)]);
+        let expect = |who: &Subject, keep: &dyn Fn(&Execution) -> bool| -> Vec<String> {
+            let mut v: Vec<&Execution> = all
+                .iter()
+                .filter(|e| keep(e))
+                .filter(|e| policy::can(who, Action::ViewServers, Some(&e.project_id)))
+                .collect();
+            v.sort_by(|a, b| b.id.cmp(&a.id));
+            v.iter().map(|e| e.name.clone()).collect()
+        };
+        let since = all[10].created_at;
+        let until = all[20].created_at;
+        let cases: Vec<(Filter, Box<dyn Fn(&Execution) -> bool>)> = vec![
+            (Filter::default(), Box::new(|_| true)),
+            (Filter { status: Some(Status::Queued), ..Default::default() }, Box::new(|e| e.status == Status::Queued)),
+            (Filter { agent_id: Some("agent-1".into()), ..Default::default() }, Box::new(|e| e.agent_id == "agent-1")),
+            (Filter { server_id: Some("server-0".into()), ..Default::default() }, Box::new(|e| e.server_id.as_deref() == Some("server-0"))),
+            (Filter { project_id: Some("p2".into()), ..Default::default() }, Box::new(|e| e.project_id == "p2")),
+            (Filter { kind: Some("script"), ..Default::default() }, Box::new(|_| true)),
+            (Filter { kind: Some("playbook"), ..Default::default() }, Box::new(|_| false)),
+            (Filter { started_by: Some("sohila".into()), ..Default::default() }, Box::new(|e| e.created_by == "sohila")),
+            (Filter { since: Some(since), ..Default::default() }, Box::new(move |e| e.created_at >= since)),
+            (Filter { until: Some(until), ..Default::default() }, Box::new(move |e| e.created_at <= until)),
+            (Filter { text: Some("WEB-1".into()), ..Default::default() }, Box::new(|e| e.agent_name == "web-1")),
+            (Filter { text: Some("job 2".into()), ..Default::default() }, Box::new(|e| e.name.starts_with("job 2"))),
+            (
+                Filter { status: Some(Status::Succeeded), agent_id: Some("agent-0".into()), since: Some(since), until: Some(until), ..Default::default() },
+                Box::new(move |e| e.status == Status::Succeeded && e.agent_id == "agent-0" && e.created_at >= since && e.created_at <= until),
+            ),
+        ];
+        for (filter, keep) in &cases {
+            for who in [&admin, &tech] {
+                let want = expect(who, keep.as_ref());
+                for limit in [1, 4, 100] {
+                    assert_eq!(walk(&store, who, filter, limit), want, "{filter:?} limit {limit} as {:?}", who.role);
+                }
+            }
+        }
+        // Counts are kept, and follow the status index.
+        let kept = store.read(|r| counts(r)).unwrap();
+        assert_eq!(kept["all"], 30);
+        assert_eq!(kept["queued"], 6);
+        let queued = all.iter().find(|e| e.status == Status::Queued).unwrap().id.clone();
+        store.write(|w| mark_running(w, &queued, Utc::now())).unwrap();
+        let kept = store.read(|r| counts(r)).unwrap();
+        assert_eq!((kept["queued"], kept["running"]), (5, 1));
+        let running = Filter { status: Some(Status::Running), ..Default::default() };
+        assert_eq!(walk(&store, &admin, &running, 10).len(), 1);
+    }
+
+    /// A page examines at most the scan budget: a filter no execution matches comes
+    /// back empty with a cursor to go on from rather than reading everything.
+    #[test]
+    fn rare_filters_stop_at_the_scan_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .write(|w| {
+                for n in 0..(SCAN_BUDGET as u32 + 10) {
+                    stored(w, n, "p1", Status::Succeeded, 1);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let admin = subject(Role::Admin, &[]);
+        let nothing = Filter { text: Some("no such job".into()), ..Default::default() };
+        let page = store.read(|r| query(r, &admin, &nothing, None, 50)).unwrap();
+        assert!(page.items.is_empty());
+        let next = page.next.expect("a cursor to go on from");
+        let rest = store.read(|r| query(r, &admin, &nothing, Some(&next), 50)).unwrap();
+        assert!(rest.items.is_empty() && rest.next.is_none());
+    }
+
+    /// Retention deletes ended executions past the cutoff with their logs, indexes
+    /// and counts; queued and running ones and newer ones stay.
+    #[test]
+    fn prune_deletes_old_ended_executions_and_their_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let (old_done, old_running, new_done) = store
+            .write(|w| {
+                let a = stored(w, 1, "p1", Status::Failed, 60 * 24 * 100);
+                let b = stored(w, 2, "p1", Status::Running, 60 * 24 * 100);
+                let c = stored(w, 3, "p1", Status::Succeeded, 60);
+                for e in [&a, &b, &c] {
+                    for seq in 0..5000 {
+                        w.log_append(&e.id, seq, b"ohello")?;
+                    }
+                }
+                Ok((a, b, c))
+            })
+            .unwrap();
+        let cutoff = Utc::now() - Duration::days(90);
+        let pruned = prune(&store, cutoff, 100).unwrap();
+        assert_eq!(pruned, Pruned { executions: 1, log_chunks: 5000 });
+        store
+            .read(|r| {
+                assert!(r.get::<Execution>(&old_done.id)?.is_none());
+                assert!(r.log_range(&old_done.id, 0, 1)?.is_empty());
+                assert!(r.get::<Execution>(&old_running.id)?.is_some());
+                assert_eq!(r.log_range(&new_done.id, 0, 9999)?.len(), 5000);
+                assert_eq!(r.counter("executions")?, 2);
+                assert_eq!(r.counter("executions/failed")?, 0);
+                Ok(())
+            })
+            .unwrap();
+        let admin = subject(Role::Admin, &[]);
+        assert_eq!(walk(&store, &admin, &Filter::default(), 10), vec!["job 3", "job 2"]);
+        assert_eq!(prune(&store, cutoff, 100).unwrap(), Pruned::default());
+    }
+
+    /// Output is stored up to the limit; the chunk that crosses it becomes the
+    /// marker and marks the execution truncated; later chunks are dropped.
+    #[test]
+    fn output_past_the_limit_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let e = store.write(|w| Ok(stored(w, 1, "p1", Status::Running, 1))).unwrap();
+        let admitted: Vec<OutputAdmission> = store
+            .write(|w| {
+                [600, 400, 100, 10]
+                    .into_iter()
+                    .map(|len| admit_output(w, &e.id, len, 1024))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(admitted[0], OutputAdmission::Store);
+        assert_eq!(admitted[1], OutputAdmission::Store);
+        assert!(matches!(&admitted[2], OutputAdmission::Truncate { marker } if marker.contains("1 KiB")));
+        assert_eq!(admitted[3], OutputAdmission::Drop);
+        assert!(store.get::<Execution>(&e.id).unwrap().unwrap().output_truncated);
+    }
+
+    /// The expiry sweep reads only queued executions whose expiry passed.
+    #[test]
+    fn expired_reads_only_what_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let (late, _fresh, _running) = store
+            .write(|w| {
+                Ok((
+                    stored(w, 1, "p1", Status::Queued, 120),
+                    stored(w, 2, "p1", Status::Queued, 1),
+                    stored(w, 3, "p1", Status::Running, 120),
+                ))
+            })
+            .unwrap();
+        let found = store.read(|r| expired(r, Utc::now(), 100)).unwrap();
+        assert_eq!(found.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&late.id]);
+        store
+            .write(|w| finish(w, &late.id, Status::Failed, None, "expired", Utc::now()).map(|_| ()))
+            .unwrap();
+        assert!(store.read(|r| expired(r, Utc::now(), 100)).unwrap().is_empty());
+    }
+
+    /// Log views never show the internal result line.
+    #[test]
+    fn result_lines_are_hidden() {
+        let text = format!("row 1\n{}{{\"ok\":true}}\nrow 2\n", dynserv_shared::proto::RESULT_PREFIX);
+        assert_eq!(display_text(&text), "row 1\nrow 2\n");
+        assert_eq!(display_text("plain\n"), "plain\n");
+    }
 }

@@ -214,7 +214,13 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
     let config = Config::resolve(&cli.data_dir, &overrides(cli, Some(args)))?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Worker threads are marked so a store call made on one is counted and logged
+    // (store calls belong on the blocking pool).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_unpark(dynserv::store::mark_async_worker)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let store =
             dynserv::store::Store::open_with_cache(&config.store_path, config.store_cache_bytes)?;

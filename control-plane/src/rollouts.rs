@@ -527,18 +527,22 @@ pub async fn supervisor(app: App, stop: impl Future<Output = ()>) {
             _ = &mut stop => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let ids = match app.store.read(|r| r.index_scan(RUNNING, "")) {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!("listing running rollouts: {e:#}");
-                continue;
+        let app = app.clone();
+        crate::store::blocking(move || {
+            let ids = match app.store.read(|r| r.index_scan(RUNNING, "")) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!("listing running rollouts: {e:#}");
+                    return;
+                }
+            };
+            for (_, id) in ids {
+                if let Err(e) = advance(&app, &id) {
+                    tracing::warn!(rollout = %id, "advancing a rollout: {e:#}");
+                }
             }
-        };
-        for (_, id) in ids {
-            if let Err(e) = advance(&app, &id) {
-                tracing::warn!(rollout = %id, "advancing a rollout: {e:#}");
-            }
-        }
+        })
+        .await;
     }
 }
 

@@ -71,6 +71,14 @@ thread_local! {
     /// Set on threads where blocking store calls are expected (the blocking pool's
     /// threads running [`blocking`], the ingest thread, CLI commands).
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+    /// Set on the runtime's async worker threads ([`mark_async_worker`]).
+    static ASYNC_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as an async worker; the runtime calls it on its worker
+/// threads (`on_thread_unpark`, which tokio calls on workers only).
+pub fn mark_async_worker() {
+    ASYNC_WORKER.with(|w| w.set(true));
 }
 
 static CALLS_ON_WORKERS: AtomicU64 = AtomicU64::new(0);
@@ -99,14 +107,30 @@ pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static)
     }
 }
 
+/// Runs `f`, which makes store calls, where only a synchronous context is at hand on
+/// an async worker (a warp filter): the worker hands its other tasks off first.
+pub fn block_in_place<R>(f: impl FnOnce() -> R) -> R {
+    let run = || {
+        let before = MAY_BLOCK.with(|m| m.replace(true));
+        let value = f();
+        MAY_BLOCK.with(|m| m.set(before));
+        value
+    };
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(run)
+    } else {
+        run()
+    }
+}
+
 #[track_caller]
 fn note_call_site() {
     if MAY_BLOCK.with(|m| m.get()) {
         return;
     }
-    // A thread that has a runtime handle but was not marked is a tokio worker (or
-    // a blocking-pool thread some code entered without [`blocking`]).
-    if tokio::runtime::Handle::try_current().is_ok() {
+    if ASYNC_WORKER.with(|w| w.get()) {
         let n = CALLS_ON_WORKERS.fetch_add(1, Ordering::Relaxed);
         if n < 20 {
             tracing::warn!(
@@ -401,16 +425,19 @@ impl Store {
     }
 
     /// Reads one record.
+    #[track_caller]
     pub fn get<T: Record>(&self, id: &str) -> Result<Option<T>> {
         self.read(|r| r.get(id))
     }
 
     /// Reads every record of a type, in id order.
+    #[track_caller]
     pub fn list<T: Record>(&self) -> Result<Vec<T>> {
         self.read(|r| r.list())
     }
 
     /// Writes one record in its own transaction.
+    #[track_caller]
     pub fn put<T: Record>(&self, record: &T) -> Result<()> {
         self.write(|w| w.put(record))
     }
@@ -460,7 +487,22 @@ fn storage_reason(e: &anyhow::Error) -> Option<String> {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return Some(io_reason(io));
         }
-        if let Some(storage) = cause.downcast_ref::<redb::StorageError>() {
+        let storage = cause
+            .downcast_ref::<redb::StorageError>()
+            .or_else(|| match cause.downcast_ref::<redb::CommitError>() {
+                Some(redb::CommitError::Storage(s)) => Some(s),
+                _ => None,
+            })
+            .or_else(|| match cause.downcast_ref::<redb::TransactionError>() {
+                Some(redb::TransactionError::Storage(s)) => Some(s),
+                _ => None,
+            })
+            .or_else(|| match cause.downcast_ref::<redb::TableError>() {
+                Some(redb::TableError::Storage(s)) => Some(s),
+                _ => None,
+            })
+;
+        if let Some(storage) = storage {
             return Some(match storage {
                 redb::StorageError::Io(io) => io_reason(io),
                 redb::StorageError::PreviousIo => {
@@ -470,6 +512,9 @@ fn storage_reason(e: &anyhow::Error) -> Option<String> {
             });
         }
         let text = cause.to_string();
+        if text.contains("No space left on device") || text.contains("os error 28") {
+            return Some("no space left on the device that holds the store".into());
+        }
         if text.contains("Previous I/O error") {
             return Some("an earlier write failed (I/O error); reopening the store".into());
         }

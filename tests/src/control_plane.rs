@@ -20,6 +20,8 @@ const UNREACHABLE_HETZNER: &str = "http://127.0.0.1:9/v1";
 #[derive(Debug, Default, Clone)]
 pub struct ControlPlaneBuilder {
     demo: bool,
+    /// Size in MiB of a tmpfs mounted on the data dir (needs root), for full-disk tests.
+    tmpfs_mib: Option<u64>,
     env: Vec<(String, String)>,
     args: Vec<String>,
 }
@@ -38,6 +40,13 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Puts the data dir on a tmpfs of `mib` MiB (mounted as root, unmounted when the
+    /// control plane is dropped), so a test can fill the disk under the store.
+    pub fn tmpfs_data_dir(mut self, mib: u64) -> Self {
+        self.tmpfs_mib = Some(mib);
+        self
+    }
+
     /// Appends an extra argument to `dynserv serve`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
@@ -52,6 +61,17 @@ impl ControlPlaneBuilder {
             .expect("creating the test's temp dir");
         let data_dir = root.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("creating the data dir");
+        if let Some(mib) = self.tmpfs_mib {
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+                .arg(&data_dir)
+                .status();
+            assert!(
+                matches!(mounted, Ok(s) if s.success()),
+                "mounting a {mib} MiB tmpfs on {} failed ({mounted:?}): full-disk tests run as root, as scripts/test.sh does in CI",
+                data_dir.display()
+            );
+        }
         let mut control_plane = ControlPlane {
             binary: dynserv_binary(),
             data_dir,
@@ -386,6 +406,9 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             crate::kill_now(&mut child);
+        }
+        if self.options.tmpfs_mib.is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.data_dir).status();
         }
         if crate::keep_artifacts() {
             eprintln!("{}", self.logs());

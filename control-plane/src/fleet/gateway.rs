@@ -294,10 +294,14 @@ async fn serve_agent(
     {
         let facts = AgentFacts::from(&facts);
         let now = Utc::now();
-        let changed = fleet
-            .inner
-            .store
-            .read(|r| agents::hello_changes_anything(r, &agent_id, &facts, now));
+        let changed = {
+            let store = fleet.inner.store.clone();
+            let (agent_id, facts) = (agent_id.clone(), facts.clone());
+            crate::store::blocking(move || {
+                store.read(|r| agents::hello_changes_anything(r, &agent_id, &facts, now))
+            })
+            .await
+        };
         if changed.unwrap_or(true) {
             fleet
                 .inner
@@ -390,7 +394,12 @@ async fn control_loop(
 async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedReceiver<String>) {
     let store = fleet.inner.store.clone();
     let agent_id = conn.agent_id.clone();
-    match store.read(|r| executions::active_of_agent(r, &agent_id)) {
+    let active = {
+        let (store, agent_id) = (store.clone(), agent_id.clone());
+        crate::store::blocking(move || store.read(|r| executions::active_of_agent(r, &agent_id)))
+            .await
+    };
+    match active {
         Ok(active) => {
             for execution in active {
                 start_driver(&fleet, &conn, execution);

@@ -30,7 +30,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::agents::LiveLoad;
-use crate::executions::{self, Execution, Status};
+use crate::executions::Execution;
+use crate::store::Read as _;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -142,6 +143,23 @@ impl Fleet {
             "Executions running on agents now.",
             move || fleet.running_count() as f64,
         );
+        let fleet = self.clone();
+        metrics.register_gauge(
+            "dynserv_live_channels",
+            "Executions with a live output channel (running and watched) now.",
+            move || fleet.hub().watched() as f64,
+        );
+        metrics.register_gauge(
+            "dynserv_store_calls_on_async_workers",
+            "Store calls made on a tokio worker thread since start; always 0 unless there is a bug.",
+            || crate::store::calls_on_async_workers() as f64,
+        );
+        let store = self.inner.store.clone();
+        metrics.register_gauge(
+            "dynserv_store_healthy",
+            "1 while the store can be written, 0 while it cannot.",
+            move || if store.health().is_ok() { 1.0 } else { 0.0 },
+        );
     }
 
     /// The store the fleet writes to.
@@ -174,12 +192,12 @@ impl Fleet {
         lock(&self.inner.conns).len()
     }
 
-    /// Executions whose status is running.
+    /// Executions whose status is running: the kept count, not a scan.
     pub fn running_count(&self) -> usize {
         self.inner
             .store
-            .read(executions::all_active)
-            .map(|all| all.iter().filter(|e| e.status == Status::Running).count())
+            .read(|r| r.counter("executions/running"))
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
             .unwrap_or(0)
     }
 

@@ -209,13 +209,8 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 Ok(created)
             })
         };
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let created = if multi_thread {
-            tokio::task::block_in_place(create_all)?
-        } else {
-            create_all()?
-        };
+        // Handlers run on the blocking pool, where one long transaction is fine.
+        let created = create_all()?;
         for execution in &created {
             app.fleet.dispatch(execution);
         }

@@ -67,12 +67,12 @@ fn upgrade(
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
         secure: false,
     };
-    let checked = (|| {
+    let checked = crate::store::block_in_place(|| {
         let ctx = super::authenticate(&app, &req)?.ok_or_else(AppError::unauthenticated)?;
         app.store
             .read(|r| Ok(executions::get_visible(r, &ctx.subject, &id)?))?;
         super::fleet_api::parse_from_seq(&req)
-    })();
+    });
     match checked {
         Ok(from_seq) => ws
             .max_message_size(64 * 1024)
