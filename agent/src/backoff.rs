@@ -39,6 +39,19 @@ impl Backoff {
     }
 }
 
+/// Shortest and longest wait the agent accepts from a control plane's `retry_after_s`.
+const RETRY_AFTER_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// The wait before the next attempt after a refusal that asked for `after` (clamped to
+/// between 1 s and 1 h, so a wrong value neither spins nor strands the agent): drawn
+/// from `[0.8 after, after]`, so copies refused together do not return in lockstep.
+/// `unit` is a random number in `[0, 1)`.
+pub fn retry_after(after: Duration, unit: f64) -> Duration {
+    let after = after.clamp(RETRY_AFTER_BOUNDS.0, RETRY_AFTER_BOUNDS.1);
+    after.mul_f64(0.8 + 0.2 * unit.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +69,21 @@ mod tests {
             let d = b.next_delay(0.5);
             assert!(d <= Duration::from_secs(10));
         }
+    }
+
+    /// A control plane's requested wait is kept (with up to 20 % taken off for
+    /// jitter) and clamped to between 1 s and 1 h.
+    #[test]
+    fn retry_after_is_jittered_and_bounded() {
+        let five_minutes = Duration::from_secs(300);
+        assert_eq!(retry_after(five_minutes, 0.0), Duration::from_secs(240));
+        assert_eq!(retry_after(five_minutes, 1.0), five_minutes);
+        let mid = retry_after(five_minutes, 0.5);
+        assert!(mid > Duration::from_secs(240) && mid < five_minutes);
+        assert_eq!(retry_after(Duration::ZERO, 1.0), Duration::from_secs(1));
+        assert_eq!(
+            retry_after(Duration::from_secs(86_400), 1.0),
+            Duration::from_secs(3600)
+        );
     }
 }

@@ -20,7 +20,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use crate::facts;
 use crate::jobs::{Jobs, StartOutcome};
 
@@ -36,6 +36,47 @@ pub struct AgentInfo {
     pub server: String,
     /// The agent's name.
     pub name: String,
+}
+
+/// Who this agent process is on the wire besides its certificate: the machine it runs
+/// on and the process itself (see [`facts::host_id`] and [`facts::instance_id`]). A
+/// copy of the state directory shares the certificate, never these.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The machine's id.
+    pub host_id: String,
+    /// This process's random id.
+    pub instance_id: String,
+}
+
+impl Instance {
+    /// This machine and a fresh instance id.
+    pub fn current() -> Instance {
+        Instance {
+            host_id: facts::host_id(),
+            instance_id: facts::instance_id(),
+        }
+    }
+}
+
+/// The control plane refused the hello (or dropped the agent later); `retry_after` is
+/// how long it asked the agent to stay away.
+#[derive(Debug, thiserror::Error)]
+#[error("the control plane refused this agent: {reason}")]
+pub struct Refused {
+    /// The control plane's words.
+    pub reason: String,
+    /// How long to wait before the next attempt, when the control plane said.
+    pub retry_after: Option<Duration>,
+}
+
+impl Refused {
+    fn new(reason: String, retry_after_s: Option<u64>) -> Refused {
+        Refused {
+            reason,
+            retry_after: retry_after_s.map(Duration::from_secs),
+        }
+    }
 }
 
 /// The agent's enrolled identity, loaded from its state directory.
@@ -151,6 +192,7 @@ pub async fn enroll(
         name: name.clone(),
         public_key: pki::public_key_text(&key),
         facts,
+        host_id: facts::host_id(),
     };
     write_frame(&mut send, &request)
         .await
@@ -220,20 +262,36 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let identity = load_identity(&state_dir)?;
-    let jobs = Jobs::open(&state_dir)?;
-    tracing::info!(agent = %identity.info.agent_id, server = %identity.info.server, "dynserv-agent running");
+    let instance = Instance::current();
+    let jobs = Jobs::open(&state_dir, &instance.host_id)?;
+    tracing::info!(
+        agent = %identity.info.agent_id,
+        server = %identity.info.server,
+        host_id = %instance.host_id,
+        instance = %instance.instance_id,
+        "dynserv-agent running"
+    );
     let forever = async {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
         loop {
             let mut welcomed = false;
-            match session(&identity, &jobs, &mut welcomed).await {
+            let mut asked_to_wait = None;
+            match session(&identity, &instance, &jobs, &mut welcomed).await {
                 Ok(()) => tracing::info!("connection to the control plane closed"),
-                Err(e) => tracing::warn!("connection to the control plane: {e:#}"),
+                Err(e) => {
+                    asked_to_wait = e.downcast_ref::<Refused>().and_then(|r| r.retry_after);
+                    tracing::warn!("connection to the control plane: {e:#}");
+                }
             }
             if welcomed {
                 backoff.reset();
             }
-            let delay = backoff.next_delay(rand::random::<f64>());
+            // A refusal that will last (another copy holds this agent's identity) is
+            // not retried at the usual pace: the control plane says how long to wait.
+            let delay = match asked_to_wait {
+                Some(after) => backoff::retry_after(after, rand::random::<f64>()),
+                None => backoff.next_delay(rand::random::<f64>()),
+            };
             tracing::info!("reconnecting in {} ms", delay.as_millis());
             tokio::time::sleep(delay).await;
         }
@@ -244,7 +302,12 @@ pub async fn run(
     }
 }
 
-async fn session(identity: &Identity, jobs: &Jobs, welcomed: &mut bool) -> Result<()> {
+async fn session(
+    identity: &Identity,
+    instance: &Instance,
+    jobs: &Jobs,
+    welcomed: &mut bool,
+) -> Result<()> {
     let (_endpoint, connection) =
         connect(&identity.info.server, identity.client_config.clone()).await?;
     let (mut send, mut recv) = connection
@@ -255,6 +318,8 @@ async fn session(identity: &Identity, jobs: &Jobs, welcomed: &mut bool) -> Resul
         protocol: PROTOCOL_VERSION,
         agent_id: identity.info.agent_id.clone(),
         facts: facts::collect(),
+        host_id: instance.host_id.clone(),
+        instance_id: instance.instance_id.clone(),
     };
     write_frame(&mut send, &hello).await?;
     let heartbeat_s = match tokio::time::timeout(
@@ -264,9 +329,10 @@ async fn session(identity: &Identity, jobs: &Jobs, welcomed: &mut bool) -> Resul
     .await
     {
         Ok(Ok(Some(ServerControl::Welcome { heartbeat_s, .. }))) => heartbeat_s.clamp(1, 60),
-        Ok(Ok(Some(ServerControl::Refused { reason }))) => {
-            bail!("the control plane refused this agent: {reason}")
-        }
+        Ok(Ok(Some(ServerControl::Refused {
+            reason,
+            retry_after_s,
+        }))) => return Err(Refused::new(reason, retry_after_s).into()),
         Ok(Ok(_)) => bail!("the control plane answered the hello with something else"),
         Ok(Err(e)) => return Err(e).context("reading the answer to the hello"),
         Err(_) => bail!("no answer to the hello within 15 s"),
@@ -290,9 +356,10 @@ async fn session(identity: &Identity, jobs: &Jobs, welcomed: &mut bool) -> Resul
     let control_reader = async {
         loop {
             match read_frame::<ServerControl, _>(&mut recv).await? {
-                Some(ServerControl::Refused { reason }) => {
-                    bail!("the control plane dropped this agent: {reason}")
-                }
+                Some(ServerControl::Refused {
+                    reason,
+                    retry_after_s,
+                }) => return Err(Refused::new(reason, retry_after_s).into()),
                 Some(_) => {}
                 None => return Ok(()),
             }
@@ -335,7 +402,27 @@ async fn serve_job_stream_inner(
         Ok(StartOutcome::Resumed(job)) => (job, true),
         Ok(StartOutcome::AlreadyDone) => {
             let reason = "this agent already ran that job and delivered its end".to_string();
-            write_frame(send, &FromAgent::Rejected { reason }).await?;
+            write_frame(
+                send,
+                &FromAgent::Rejected {
+                    reason,
+                    not_started_here: false,
+                },
+            )
+            .await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+        Ok(StartOutcome::NotStartedHere(reason)) => {
+            tracing::warn!(job = %spec.job_id, "not resuming a job: {reason}");
+            write_frame(
+                send,
+                &FromAgent::Rejected {
+                    reason,
+                    not_started_here: true,
+                },
+            )
+            .await?;
             let _ = send.finish();
             return Ok(());
         }
@@ -344,6 +431,7 @@ async fn serve_job_stream_inner(
                 send,
                 &FromAgent::Rejected {
                     reason: format!("{e:#}"),
+                    not_started_here: false,
                 },
             )
             .await?;

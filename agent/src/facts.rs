@@ -1,6 +1,9 @@
 //! Host facts and live load figures, read from `/proc` and `statvfs` with no extra
 //! dependencies. Any figure that cannot be read is reported as empty or zero rather
 //! than failing: facts are informative, never a reason to stay offline.
+//!
+//! Also the two identities that tell copies of one agent apart: [`host_id`] (the
+//! machine) and [`instance_id`] (the process).
 
 use std::path::Path;
 
@@ -54,6 +57,65 @@ fn uptime_s() -> u64 {
         .and_then(|s| s.parse::<f64>().ok())
         .map(|s| s as u64)
         .unwrap_or(0)
+}
+
+/// Environment variable that replaces the machine's host id (see [`host_id`]), used
+/// verbatim: for tests that play several machines on one, and for hosts whose machine
+/// id is shared on purpose (containers from one image).
+pub const HOST_ID_ENV: &str = "DYNSERV_AGENT_HOST_ID";
+
+/// Longest host id the agent sends (an override is cut there); the control plane
+/// refuses longer ones.
+pub const MAX_HOST_ID_LEN: usize = 128;
+
+/// The key of the host id hash. `machine-id(5)` asks applications never to expose the
+/// machine id itself but a keyed hash of it with a key of their own.
+const HOST_ID_KEY: &[u8] = b"dynserv-agent host id v1";
+
+/// A stable identity of this machine: the [`HOST_ID_ENV`] override, else a keyed hash
+/// of `/etc/machine-id` (or D-Bus's copy of it) and the firmware's product UUID when
+/// it can be read (a clone made from a disk snapshot often keeps the machine id, but
+/// runs in another virtual machine). Empty when the machine has neither. It never
+/// lives in the agent's state directory, so a copy of that directory on another
+/// machine reports that machine's id.
+pub fn host_id() -> String {
+    if let Ok(value) = std::env::var(HOST_ID_ENV) {
+        let value = value.trim();
+        if !value.is_empty() {
+            let mut end = value.len().min(MAX_HOST_ID_LEN);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            return value[..end].to_string();
+        }
+    }
+    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .into_iter()
+        .map(read_trimmed)
+        .find(|id| !id.is_empty())
+        .unwrap_or_default();
+    host_id_of(&machine_id, &read_trimmed("/sys/class/dmi/id/product_uuid"))
+}
+
+/// The host id of a machine id and a product UUID (either may be empty): 32 hex digits
+/// of `SHA-256(key, machine id, product UUID)`, or empty when both are.
+fn host_id_of(machine_id: &str, product_uuid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if machine_id.is_empty() && product_uuid.is_empty() {
+        return String::new();
+    }
+    let mut hash = Sha256::new();
+    for part in [HOST_ID_KEY, machine_id.as_bytes(), product_uuid.as_bytes()] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// A random id for this agent process, drawn once at start: two processes sharing one
+/// enrolled identity differ in it even on one machine.
+pub fn instance_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 /// Collects the host facts.
@@ -119,6 +181,29 @@ mod tests {
             Some("Debian GNU/Linux 12 (bookworm)")
         );
         assert_eq!(os_pretty_name("NAME=x"), None);
+    }
+
+    /// The host id is a stable hash that depends on both machine id and product UUID,
+    /// and is empty only when the machine has neither.
+    #[test]
+    fn host_id_hashes_the_machine() {
+        let a = host_id_of("3d1219c7c4c5404aaa1f6d2a48adfda4", "");
+        assert_eq!(a.len(), 32);
+        assert!(
+            !a.contains("3d1219c7"),
+            "the machine id itself is not exposed"
+        );
+        assert_eq!(a, host_id_of("3d1219c7c4c5404aaa1f6d2a48adfda4", ""));
+        assert_ne!(
+            a,
+            host_id_of("3d1219c7c4c5404aaa1f6d2a48adfda4", "uuid-of-vm-2")
+        );
+        assert_ne!(a, host_id_of("another-machine", ""));
+        // Field boundaries count: the parts are not simply concatenated.
+        assert_ne!(host_id_of("ab", "c"), host_id_of("a", "bc"));
+        assert_eq!(host_id_of("", ""), "");
+        assert_ne!(instance_id(), instance_id());
+        assert_eq!(instance_id().len(), 32);
     }
 
     /// On Linux the real facts are filled in.

@@ -9,6 +9,12 @@
 //! ends it when the process is gone. `STATE_DIR/started` lists every job id ever
 //! started, so a repeated `Start` never runs a job twice. A job's directory is
 //! removed only after the control plane has stored its end.
+//!
+//! A state directory can be copied to another machine (a clone, a restored snapshot).
+//! `state.json` names the host that started the job; a copy on another host does not
+//! adopt such a job (its process runs elsewhere) and answers a `Start` for it with
+//! [`StartOutcome::NotStartedHere`], as it does for a `resume_only` start of a job it
+//! never started, so a copy neither runs a job again nor reports an end for it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -41,6 +47,10 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 struct ProcessState {
     pid: Option<i32>,
     started_at_unix: u64,
+    /// The host id of the machine that started the process (absent in jobs started
+    /// by agents that predate it, which count as this machine's).
+    #[serde(default)]
+    host_id: Option<String>,
 }
 
 /// One job known to this agent.
@@ -151,11 +161,17 @@ pub enum StartOutcome {
     Resumed(Arc<Job>),
     /// The job ran and was completely delivered before; it will not run again.
     AlreadyDone,
+    /// The job is not this agent's: another copy of it (sharing its state directory's
+    /// identity) started it, so it is neither started nor ended here. Says why.
+    NotStartedHere(String),
 }
 
 struct Inner {
     started: HashSet<String>,
     live: HashMap<String, Arc<Job>>,
+    /// Jobs whose directories came from another host with a copy of the state
+    /// directory; their processes run there.
+    foreign: HashSet<String>,
 }
 
 /// Every job of this agent. Cheap to clone.
@@ -163,6 +179,8 @@ struct Inner {
 pub struct Jobs {
     root: PathBuf,
     started_path: PathBuf,
+    /// This machine's host id, recorded with every job started here.
+    host_id: String,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -184,9 +202,9 @@ fn now_unix() -> u64 {
 
 impl Jobs {
     /// Opens the job state under `state_dir` and adopts every job that was running or
-    /// undelivered when the previous agent stopped. Must be called inside a tokio
-    /// runtime (adopted jobs get a task).
-    pub fn open(state_dir: &Path) -> Result<Jobs> {
+    /// undelivered when the previous agent on this host (`host_id`) stopped. Must be
+    /// called inside a tokio runtime (adopted jobs get a task).
+    pub fn open(state_dir: &Path, host_id: &str) -> Result<Jobs> {
         let root = state_dir.join("jobs");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let started_path = state_dir.join("started");
@@ -200,9 +218,11 @@ impl Jobs {
         let jobs = Jobs {
             root: root.clone(),
             started_path,
+            host_id: host_id.to_string(),
             inner: Arc::new(Mutex::new(Inner {
                 started,
                 live: HashMap::new(),
+                foreign: HashSet::new(),
             })),
         };
         for entry in std::fs::read_dir(&root)?.flatten() {
@@ -250,7 +270,27 @@ impl Jobs {
             .unwrap_or(ProcessState {
                 pid: None,
                 started_at_unix: now_unix(),
+                host_id: None,
             });
+        let alive_here = state.pid.is_some_and(|pid| process_alive(pid, &dir));
+        let started_elsewhere = state
+            .host_id
+            .as_deref()
+            .is_some_and(|h| !h.is_empty() && h != self.host_id);
+        if started_elsewhere && !alive_here {
+            // The directory is a copy: the job's process runs (or ran) on the host that
+            // started it, which alone reports it. It is left as it is.
+            tracing::warn!(
+                job = %id,
+                started_on = state.host_id.as_deref().unwrap_or_default(),
+                "a job in the state directory was started on another host (the directory \
+                 was copied from it); not adopting it"
+            );
+            let mut inner = lock(&self.inner);
+            inner.started.insert(id.to_string());
+            inner.foreign.insert(id.to_string());
+            return Ok(());
+        }
         let job = self.new_job(id, dir.clone(), &spec.secrets)?;
         {
             let mut inner = lock(&self.inner);
@@ -261,7 +301,7 @@ impl Jobs {
             return Ok(());
         }
         let process = match state.pid {
-            Some(pid) if process_alive(pid, &dir) => {
+            Some(pid) if alive_here => {
                 job.note("[dynserv-agent restarted; following the running job again]\n");
                 Process::Adopted(pid)
             }
@@ -283,8 +323,22 @@ impl Jobs {
         if let Some(job) = inner.live.get(&spec.job_id) {
             return Ok(StartOutcome::Resumed(job.clone()));
         }
+        if inner.foreign.contains(&spec.job_id) {
+            return Ok(StartOutcome::NotStartedHere(format!(
+                "job {} was started on another machine, from which this agent's state \
+                 directory was copied; it runs there, not here",
+                spec.job_id
+            )));
+        }
         if inner.started.contains(&spec.job_id) {
             return Ok(StartOutcome::AlreadyDone);
+        }
+        if spec.resume_only {
+            return Ok(StartOutcome::NotStartedHere(format!(
+                "this copy of the agent never started job {}: another copy sharing its \
+                 identity did",
+                spec.job_id
+            )));
         }
         // Remember the id durably before anything runs: a crash after this point
         // means the job may be lost, never that it runs twice.
@@ -309,6 +363,7 @@ impl Jobs {
                 let state = ProcessState {
                     pid: child.id().map(|p| p as i32),
                     started_at_unix: started_at,
+                    host_id: Some(self.host_id.clone()),
                 };
                 std::fs::write(dir.join("state.json"), serde_json::to_vec(&state)?)?;
                 Process::Child(child)
@@ -648,6 +703,9 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// The host id of the machine the tests play.
+    const HOST: &str = "host-a";
+
     fn script(id: &str, body: &str, timeout_s: Option<u64>) -> JobSpec {
         JobSpec {
             job_id: id.into(),
@@ -659,6 +717,7 @@ mod tests {
             },
             timeout_s,
             secrets: Vec::new(),
+            resume_only: false,
         }
     }
 
@@ -695,7 +754,7 @@ mod tests {
     #[tokio::test]
     async fn runs_once_with_env_and_exit_code() {
         let dir = tempfile::tempdir().unwrap();
-        let jobs = Jobs::open(dir.path()).unwrap();
+        let jobs = Jobs::open(dir.path(), HOST).unwrap();
         let spec = script("j1", "echo $GREETING; echo err >&2; exit 3\n", None);
         let StartOutcome::Started(job) = jobs.start_or_resume(&spec).unwrap() else {
             panic!("not started")
@@ -713,7 +772,7 @@ mod tests {
             jobs.start_or_resume(&spec).unwrap(),
             StartOutcome::AlreadyDone
         ));
-        let reopened = Jobs::open(dir.path()).unwrap();
+        let reopened = Jobs::open(dir.path(), HOST).unwrap();
         assert!(matches!(
             reopened.start_or_resume(&spec).unwrap(),
             StartOutcome::AlreadyDone
@@ -724,7 +783,7 @@ mod tests {
     #[tokio::test]
     async fn timeout_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
-        let jobs = Jobs::open(dir.path()).unwrap();
+        let jobs = Jobs::open(dir.path(), HOST).unwrap();
         let marker = dir.path().join("child.pid");
         let body = format!("sleep 60 & echo $! > {}\nwait\n", marker.display());
         let StartOutcome::Started(job) =
@@ -751,7 +810,7 @@ mod tests {
     #[tokio::test]
     async fn cancel_stops_the_job() {
         let dir = tempfile::tempdir().unwrap();
-        let jobs = Jobs::open(dir.path()).unwrap();
+        let jobs = Jobs::open(dir.path(), HOST).unwrap();
         let StartOutcome::Started(job) = jobs
             .start_or_resume(&script("j3", "echo start; sleep 30\n", None))
             .unwrap()
@@ -779,7 +838,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let jobs = Jobs::open(dir.path()).unwrap();
+                let jobs = Jobs::open(dir.path(), HOST).unwrap();
                 let StartOutcome::Started(job) =
                     jobs.start_or_resume(&script("j4", body, None)).unwrap()
                 else {
@@ -794,7 +853,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let again = Jobs::open(dir.path()).unwrap();
+            let again = Jobs::open(dir.path(), HOST).unwrap();
             let StartOutcome::Resumed(adopted) =
                 again.start_or_resume(&script("j4", body, None)).unwrap()
             else {
@@ -806,6 +865,108 @@ mod tests {
                 output(&adopted, OutputStream::Stdout),
                 "line1\nline2\nline3\n"
             );
+        });
+    }
+
+    /// A repeated start marked `resume_only` resumes a job this agent started, but
+    /// never starts one it did not: nothing runs and nothing is recorded.
+    #[tokio::test]
+    async fn resume_only_never_starts_a_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(dir.path(), HOST).unwrap();
+        let marker = dir.path().join("ran");
+        let body = format!("echo once >> {}\n", marker.display());
+        let again = JobSpec {
+            resume_only: true,
+            ..script("j5", &body, None)
+        };
+        assert!(matches!(
+            jobs.start_or_resume(&again).unwrap(),
+            StartOutcome::NotStartedHere(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!marker.exists(), "a resume-only start ran the job");
+        let StartOutcome::Started(job) = jobs.start_or_resume(&script("j5", &body, None)).unwrap()
+        else {
+            panic!("a first start did not start the job")
+        };
+        wait_end(&job).await;
+        assert!(matches!(
+            jobs.start_or_resume(&again).unwrap(),
+            StartOutcome::Resumed(_)
+        ));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "once\n");
+    }
+
+    /// A state directory copied to another host does not adopt the jobs of the host it
+    /// came from (neither running them nor reporting an end for them), unless the
+    /// job's process runs right here; the original host still adopts them.
+    #[test]
+    fn a_copied_state_dir_leaves_the_original_hosts_jobs_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let jobs = Jobs::open(dir.path(), HOST).unwrap();
+            let StartOutcome::Started(done) = jobs
+                .start_or_resume(&script("j6", "echo done\n", None))
+                .unwrap()
+            else {
+                panic!()
+            };
+            wait_end(&done).await;
+            let StartOutcome::Started(_) = jobs
+                .start_or_resume(&script("j7", "sleep 30\n", None))
+                .unwrap()
+            else {
+                panic!()
+            };
+        });
+        drop(rt);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let copy = Jobs::open(dir.path(), "host-b").unwrap();
+            let again = JobSpec {
+                resume_only: true,
+                ..script("j6", "echo done\n", None)
+            };
+            match copy.start_or_resume(&again).unwrap() {
+                StartOutcome::NotStartedHere(reason) => {
+                    assert!(reason.contains("another machine"), "{reason}")
+                }
+                _ => panic!("the copy took a job of the host it was copied from"),
+            }
+            // Without `resume_only` too: the copy never runs it.
+            assert!(matches!(
+                copy.start_or_resume(&script("j6", "echo done\n", None))
+                    .unwrap(),
+                StartOutcome::NotStartedHere(_)
+            ));
+            assert!(
+                dir.path().join("jobs/j6/end.json").exists(),
+                "left as it was"
+            );
+            // j7's process runs on this very machine: whatever the host id says, it
+            // is followed (and stopped here).
+            let StartOutcome::Resumed(running) = copy
+                .start_or_resume(&script("j7", "sleep 30\n", None))
+                .unwrap()
+            else {
+                panic!("a job whose process runs here was not adopted")
+            };
+            running.cancel();
+            wait_end(&running).await;
+
+            let original = Jobs::open(dir.path(), HOST).unwrap();
+            assert!(matches!(
+                original.start_or_resume(&again).unwrap(),
+                StartOutcome::Resumed(_)
+            ));
         });
     }
 }

@@ -186,16 +186,16 @@ fn seed(data: &Path, count: usize) -> Result<(String, Vec<Identity>, Identity)> 
         store.write(|w| {
             for (name, fingerprint, _) in &made {
                 let facts = AgentFacts::from(&sim_facts());
-                agents::register(
-                    w,
-                    &token,
+                let host_id = format!("bench-host-{name}");
+                let new = agents::NewAgent {
+                    id: name,
                     name,
-                    name,
-                    fingerprint,
+                    cert_sha256: fingerprint,
                     facts,
-                    chrono::Utc::now(),
-                )?
-                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+                    host_id: &host_id,
+                };
+                agents::register(w, &token, new, chrono::Utc::now())?
+                    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             }
             Ok(())
         })?;
@@ -227,6 +227,9 @@ async fn sim_agent(
         protocol: PROTOCOL_VERSION,
         agent_id: identity.id.clone(),
         facts: sim_facts(),
+        // Every simulated agent is a machine of its own, running one process.
+        host_id: format!("bench-host-{}", identity.id),
+        instance_id: String::new(),
     };
     write_frame(&mut send, &hello).await?;
     match read_frame::<ServerControl, _>(&mut recv).await? {
@@ -307,6 +310,9 @@ async fn streamer_agent(
         protocol: PROTOCOL_VERSION,
         agent_id: identity.id.clone(),
         facts: sim_facts(),
+        // Every simulated agent is a machine of its own, running one process.
+        host_id: format!("bench-host-{}", identity.id),
+        instance_id: String::new(),
     };
     write_frame(&mut send, &hello).await?;
     read_frame::<ServerControl, _>(&mut recv).await?;

@@ -6,6 +6,13 @@
 //! memory; this module persists `last_seen` when a connection ends and the facts an
 //! agent reports in its hello. Indexes: `enroll_token_by_hash` (sha256 of the secret),
 //! `agent_by_project` (`project_id/agent_id`).
+//!
+//! Copies of one agent (its state directory cloned to another machine) share its
+//! certificate. This module keeps what the gateway's rule (`fleet::identity`) needs and
+//! what people see of it: the host that holds the identity ([`Agent::host_id`]), the
+//! latest refused copy ([`Agent::duplicate`], one audit entry and one admin notification
+//! per episode), which host runs each running job ([`JobHolder`], so a job is never
+//! handed to a copy on another machine), and the admin's "accept this host".
 
 use std::path::Path;
 
@@ -15,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
+use crate::executions::{self, Status};
+use crate::notifications::{self, Message};
 use crate::policy::{self, Action, Subject};
 use crate::projects::{self, Project};
 use crate::secrets;
@@ -101,6 +110,48 @@ pub struct Agent {
     pub last_seen: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<String>,
+    /// The host id of the machine that holds this agent's identity: sent at
+    /// enrollment, or at the first hello that carried one, or accepted by an admin.
+    /// `None` for agents that never sent one.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// The latest copy of this agent refused because another machine holds the
+    /// identity; shown while [`DuplicateSighting::is_active`].
+    #[serde(default)]
+    pub duplicate: Option<DuplicateSighting>,
+}
+
+/// How long a copy refused for a duplicate identity is asked to wait before it tries
+/// again: the refusal lasts until a person acts, so trying often only costs both sides.
+pub const DUPLICATE_RETRY_S: u64 = 300;
+
+/// A duplicate episode ends when no copy tried to connect for this long (three of a
+/// copy's retries): a sighting after that is a new episode, audited and announced again.
+pub const DUPLICATE_QUIET_MINUTES: i64 = 15;
+
+/// A copy of an agent that was refused because another machine holds its identity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DuplicateSighting {
+    /// The copy's host id.
+    pub host_id: String,
+    /// The copy's host name, from its hello.
+    pub hostname: String,
+    /// The address the copy connected from.
+    pub address: String,
+    /// The first refusal of this episode.
+    pub first_seen_at: DateTime<Utc>,
+    /// The latest refusal.
+    pub seen_at: DateTime<Utc>,
+    /// Refusals in this episode.
+    pub attempts: u64,
+}
+
+impl DuplicateSighting {
+    /// Whether the episode is still going on at `now`: a copy tried within the last
+    /// [`DUPLICATE_QUIET_MINUTES`].
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        now - self.seen_at < Duration::minutes(DUPLICATE_QUIET_MINUTES)
+    }
 }
 
 impl Record for Agent {
@@ -279,17 +330,36 @@ pub fn check_name(name: &str) -> Result<String, EnrollRefusal> {
     }
 }
 
+/// What an enrollment request tells about the agent it creates.
+#[derive(Debug, Clone)]
+pub struct NewAgent<'a> {
+    /// The id given to the agent (the CN of its certificate).
+    pub id: &'a str,
+    /// Its checked name.
+    pub name: &'a str,
+    /// SHA-256 (hex) of the certificate issued to it.
+    pub cert_sha256: &'a str,
+    /// Its host facts.
+    pub facts: AgentFacts,
+    /// The host id it sent (empty from older agents): the machine holding its identity.
+    pub host_id: &'a str,
+}
+
 /// Registers a newly enrolled agent and attaches it to the project's server of the same
 /// name (creating one when there is none).
 pub fn register(
     w: &mut Writer,
     token: &EnrollmentTokenRecord,
-    agent_id: &str,
-    name: &str,
-    cert_sha256: &str,
-    facts: AgentFacts,
+    new: NewAgent<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Result<Agent, EnrollRefusal>> {
+    let NewAgent {
+        id: agent_id,
+        name,
+        cert_sha256,
+        facts,
+        host_id,
+    } = new;
     let Some(project) = w.get::<Project>(&token.project_id)? else {
         return Ok(Err(EnrollRefusal::NoProject));
     };
@@ -335,6 +405,8 @@ pub fn register(
         last_seen: Some(now),
         revoked_at: None,
         revoked_by: None,
+        host_id: Some(host_id.to_string()).filter(|h| !h.is_empty()),
+        duplicate: None,
     };
     w.put(&agent)?;
     w.index_put(
@@ -384,32 +456,251 @@ pub fn revoke(
     Ok(agent)
 }
 
-/// Whether an agent's hello brings anything worth writing: new facts, or a last-seen
-/// time older than ten minutes.
+/// Whether an agent's hello brings anything worth writing: new facts, a last-seen
+/// time older than ten minutes, a first host id, or an ended duplicate episode to
+/// clear.
 pub fn hello_changes_anything(
     r: &impl Read,
     agent_id: &str,
     facts: &AgentFacts,
+    host_id: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
     let current: Option<Agent> = r.get(agent_id)?;
     Ok(!current.as_ref().is_some_and(|a| {
-        a.facts == *facts && a.last_seen.is_some_and(|t| now - t < Duration::minutes(10))
+        a.facts == *facts
+            && a.last_seen.is_some_and(|t| now - t < Duration::minutes(10))
+            && (host_id.is_empty() || a.host_id.is_some())
+            && a.duplicate.as_ref().is_none_or(|d| d.is_active(now))
     }))
 }
 
-/// Records an agent's facts from its hello and that it was seen now.
+/// Records an agent's facts from its (accepted) hello and that it was seen now. The
+/// first host id an agent sends is recorded as the holder of its identity, and a
+/// duplicate episode that ended is cleared when the holder says hello again.
 pub fn record_hello(
     w: &mut Writer,
     agent_id: &str,
     facts: &AgentFacts,
+    host_id: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     if let Some(mut agent) = w.get::<Agent>(agent_id)? {
         agent.facts = facts.clone();
         agent.last_seen = Some(now);
+        if agent.host_id.is_none() && !host_id.is_empty() {
+            agent.host_id = Some(host_id.to_string());
+        }
+        let holder = agent.host_id.as_deref().is_none_or(|h| h == host_id);
+        if holder && agent.duplicate.as_ref().is_some_and(|d| !d.is_active(now)) {
+            agent.duplicate = None;
+        }
         w.put(&agent)?;
     }
+    Ok(())
+}
+
+/// A refused copy of an agent, as the gateway saw it.
+#[derive(Debug, Clone)]
+pub struct RefusedCopy {
+    /// The copy's host id.
+    pub host_id: String,
+    /// The copy's host name.
+    pub hostname: String,
+    /// The address it connected from.
+    pub address: String,
+    /// The host id of the copy that keeps the identity.
+    pub holder_host_id: String,
+    /// Whether that copy is connected.
+    pub holder_connected: bool,
+}
+
+/// Records that a copy of the agent was refused because another machine holds its
+/// identity. The first refusal of an episode (see [`DUPLICATE_QUIET_MINUTES`]) is
+/// audited as `agent.duplicate` and announced to every admin; later ones only update
+/// the sighting. True when an episode began.
+pub fn record_duplicate(
+    w: &mut Writer,
+    agent_id: &str,
+    copy: &RefusedCopy,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let Some(mut agent) = w.get::<Agent>(agent_id)? else {
+        return Ok(false);
+    };
+    let ongoing = agent.duplicate.take().filter(|d| d.is_active(now));
+    let new_episode = ongoing.is_none();
+    agent.duplicate = Some(DuplicateSighting {
+        host_id: copy.host_id.clone(),
+        hostname: copy.hostname.clone(),
+        address: copy.address.clone(),
+        first_seen_at: ongoing.as_ref().map_or(now, |d| d.first_seen_at),
+        seen_at: now,
+        attempts: ongoing.as_ref().map_or(0, |d| d.attempts) + 1,
+    });
+    w.put(&agent)?;
+    if new_episode {
+        let holder = if copy.holder_connected {
+            format!("the connected copy on host {}", copy.holder_host_id)
+        } else {
+            format!("host {}, recorded for it", copy.holder_host_id)
+        };
+        let detail = format!(
+            "a copy of agent {} on another machine (host {}, host id {}, from {}) was \
+             refused: {holder} keeps the identity, and jobs run only there",
+            agent.name, copy.hostname, copy.host_id, copy.address
+        );
+        audit::record(
+            w,
+            &Actor::system(),
+            "agent.duplicate",
+            &format!("agent:{}", agent.name),
+            detail.clone(),
+        )?;
+        let admins = notifications::admin_ids(w)?;
+        notifications::notify(
+            w,
+            &admins,
+            &Message {
+                title: format!("Agent {} was cloned to another machine", agent.name),
+                body: format!(
+                    "{detail}. The copy retries every {} minutes and is refused each time; \
+                     the agents page says how to enroll it as an agent of its own.",
+                    DUPLICATE_RETRY_S / 60
+                ),
+                link: Some(format!("/agents#agent-{}", agent.id)),
+                level: "danger",
+                subject: format!("agent:{}", agent.id),
+            },
+        )?;
+    }
+    Ok(new_episode)
+}
+
+/// What [`accept_host`] changed.
+#[derive(Debug, Clone)]
+pub struct HostAccepted {
+    /// The agent after the change.
+    pub agent: Agent,
+    /// The host that held the identity before.
+    pub previous_host_id: Option<String>,
+    /// Running executions of the previous host, now failed.
+    pub failed_executions: Vec<String>,
+}
+
+/// An admin's answer to a duplicate: the machine of the latest refused copy becomes
+/// the one that holds the agent's identity (the server moved to new hardware, or was
+/// restored from a snapshot, and the old machine is gone). The previous host is refused
+/// from then on, and the jobs it was running are failed, since nothing can report them
+/// any more. Audited as `agent.accept_host`. 409 when no copy was refused.
+pub fn accept_host(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    agent_id: &str,
+    now: DateTime<Utc>,
+) -> AppResult<HostAccepted> {
+    let mut agent: Agent = w
+        .get(agent_id)?
+        .ok_or_else(|| AppError::not_found("agent"))?;
+    if !policy::can(subject, Action::ViewServers, Some(&agent.project_id)) {
+        return Err(AppError::not_found("agent"));
+    }
+    if !policy::can(subject, Action::ManageAgents, Some(&agent.project_id)) {
+        return Err(AppError::forbidden());
+    }
+    if agent.revoked_at.is_some() {
+        return Err(AppError::conflict("the agent is revoked"));
+    }
+    let Some(copy) = agent.duplicate.take() else {
+        return Err(AppError::conflict(
+            "no copy of this agent was refused; there is no other host to accept",
+        ));
+    };
+    let previous_host_id = agent.host_id.replace(copy.host_id.clone());
+    w.put(&agent)?;
+    let mut failed_executions = Vec::new();
+    for execution in executions::active_of_agent(w, &agent.id)? {
+        if execution.status != Status::Running {
+            continue;
+        }
+        let on_new_host =
+            job_holder(w, &execution.id)?.is_some_and(|holder| holder.host_id == copy.host_id);
+        if on_new_host {
+            continue;
+        }
+        let summary = format!(
+            "lost: {} accepted another machine as agent {} while the job ran on the previous one",
+            actor.username, agent.name
+        );
+        if executions::finish(w, &execution.id, Status::Failed, None, &summary, now)? {
+            failed_executions.push(execution.id);
+        }
+    }
+    audit::record(
+        w,
+        actor,
+        "agent.accept_host",
+        &format!("agent:{}", agent.name),
+        format!(
+            "host {} (host id {}, from {}) now holds the identity instead of host id {}; \
+             {} running job(s) of the previous host failed",
+            copy.hostname,
+            copy.host_id,
+            copy.address,
+            previous_host_id.as_deref().unwrap_or("unknown"),
+            failed_executions.len()
+        ),
+    )?;
+    Ok(HostAccepted {
+        agent,
+        previous_host_id,
+        failed_executions,
+    })
+}
+
+/// Which copy of an agent started a running job: the gateway hands a job it sends
+/// again only to a process on the same machine (an agent restart re-adopts it), never
+/// to a copy on another one. Kept while the execution is active; removed by
+/// `executions::finish`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobHolder {
+    /// The execution id.
+    pub id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The machine the job runs on.
+    pub host_id: String,
+    /// The agent process that started (or last resumed) it.
+    pub instance_id: String,
+    /// When that was.
+    pub since: DateTime<Utc>,
+}
+
+impl Record for JobHolder {
+    const TABLE: &'static str = "agent_job_holders";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Records which agent process (and machine) started or resumed a job. Agents that
+/// predate host ids leave nothing to record.
+pub fn record_job_holder(w: &mut Writer, holder: &JobHolder) -> anyhow::Result<()> {
+    if holder.host_id.is_empty() {
+        return Ok(());
+    }
+    w.put(holder)
+}
+
+/// The holder of a running job, if one was recorded.
+pub fn job_holder(r: &impl Read, execution_id: &str) -> anyhow::Result<Option<JobHolder>> {
+    r.get(execution_id)
+}
+
+/// Forgets a job's holder (the job ended).
+pub fn forget_job_holder(w: &mut Writer, execution_id: &str) -> anyhow::Result<()> {
+    w.delete::<JobHolder>(execution_id)?;
     Ok(())
 }
 
@@ -485,6 +776,11 @@ pub struct AgentView {
     pub revoked: bool,
     pub revoked_at: Option<DateTime<Utc>>,
     pub enrolled_at: DateTime<Utc>,
+    /// The host id of the machine holding the agent's identity.
+    pub host_id: Option<String>,
+    /// A copy of the agent on another machine, refused recently (an ongoing episode),
+    /// or null.
+    pub duplicate: Option<DuplicateSighting>,
 }
 
 /// Builds the view of an agent from its record, its project's name and the live state.
@@ -512,12 +808,18 @@ pub fn view(
         revoked: agent.revoked_at.is_some(),
         revoked_at: agent.revoked_at,
         enrolled_at: agent.enrolled_at,
+        host_id: agent.host_id.clone(),
+        duplicate: agent
+            .duplicate
+            .clone()
+            .filter(|d| agent.revoked_at.is_none() && d.is_active(Utc::now())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     /// Durations parse with their units; nonsense and out-of-range values do not.
     #[test]
@@ -529,6 +831,164 @@ mod tests {
         for bad in ["", "h", "0", "-5m", "5w", "1000d", "1.5h"] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
         }
+    }
+
+    fn agent(id: &str, host_id: Option<&str>) -> Agent {
+        Agent {
+            id: id.into(),
+            name: "web-01".into(),
+            project_id: "p1".into(),
+            server_id: None,
+            cert_sha256: String::new(),
+            enrolled_at: Utc::now(),
+            token_id: "t".into(),
+            facts: AgentFacts::default(),
+            last_seen: None,
+            revoked_at: None,
+            revoked_by: None,
+            host_id: host_id.map(String::from),
+            duplicate: None,
+        }
+    }
+
+    fn copy(host_id: &str) -> RefusedCopy {
+        RefusedCopy {
+            host_id: host_id.into(),
+            hostname: "web-01-clone".into(),
+            address: "192.0.2.7".into(),
+            holder_host_id: "h1".into(),
+            holder_connected: true,
+        }
+    }
+
+    /// A refused copy is audited as `agent.duplicate` and announced to every admin
+    /// once per episode, not once per attempt; a sighting after a quiet period is a new
+    /// episode. The original's hello clears an ended episode, never an ongoing one.
+    #[test]
+    fn a_duplicate_is_announced_once_per_episode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let (admin, tech) = store
+            .write(|w| {
+                w.put(&agent("a1", Some("h1")))?;
+                Ok((
+                    crate::users::test_user(w, "boss", "admin")?,
+                    crate::users::test_user(w, "tech", "technical")?,
+                ))
+            })
+            .unwrap();
+        let t0 = Utc::now();
+        let retry = Duration::seconds(DUPLICATE_RETRY_S as i64);
+        let episodes: Vec<bool> = [t0, t0 + retry, t0 + retry * 2]
+            .into_iter()
+            .map(|at| {
+                store
+                    .write(|w| record_duplicate(w, "a1", &copy("h2"), at))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(episodes, [true, false, false]);
+        let count = |store: &Store| {
+            store
+                .read(|r| {
+                    let audits = r
+                        .list::<audit::AuditEntry>()?
+                        .into_iter()
+                        .filter(|e| e.action == "agent.duplicate")
+                        .count();
+                    Ok((
+                        audits,
+                        notifications::inbox(r, &admin.id, false, 100)?.len(),
+                        notifications::inbox(r, &tech.id, false, 100)?.len(),
+                    ))
+                })
+                .unwrap()
+        };
+        assert_eq!(count(&store), (1, 1, 0), "one audit entry, admins only");
+        let sighting = store
+            .get::<Agent>("a1")
+            .unwrap()
+            .unwrap()
+            .duplicate
+            .unwrap();
+        assert_eq!(
+            (sighting.attempts, sighting.first_seen_at, sighting.seen_at),
+            (3, t0, t0 + retry * 2)
+        );
+        assert_eq!(sighting.address, "192.0.2.7");
+
+        // The original says hello while the copy still knocks: the flag stays.
+        let hello_at = t0 + retry * 2 + Duration::minutes(1);
+        store
+            .write(|w| record_hello(w, "a1", &AgentFacts::default(), "h1", hello_at))
+            .unwrap();
+        assert!(store
+            .get::<Agent>("a1")
+            .unwrap()
+            .unwrap()
+            .duplicate
+            .is_some());
+        // After a quiet period the view no longer shows it, and the original's next
+        // hello clears it (a copy's hello would not).
+        let quiet = t0 + retry * 2 + Duration::minutes(DUPLICATE_QUIET_MINUTES + 1);
+        assert!(!sighting.is_active(quiet));
+        assert!(store
+            .read(|r| hello_changes_anything(r, "a1", &AgentFacts::default(), "h1", quiet))
+            .unwrap());
+        store
+            .write(|w| record_hello(w, "a1", &AgentFacts::default(), "h2", quiet))
+            .unwrap();
+        assert!(store
+            .get::<Agent>("a1")
+            .unwrap()
+            .unwrap()
+            .duplicate
+            .is_some());
+        store
+            .write(|w| record_hello(w, "a1", &AgentFacts::default(), "h1", quiet))
+            .unwrap();
+        assert!(store
+            .get::<Agent>("a1")
+            .unwrap()
+            .unwrap()
+            .duplicate
+            .is_none());
+        // A new sighting is a new episode.
+        assert!(store
+            .write(|w| record_duplicate(w, "a1", &copy("h2"), quiet))
+            .unwrap());
+        assert_eq!(count(&store), (2, 2, 0));
+    }
+
+    /// The first host id an agent sends is recorded as its holder; later ones do not
+    /// replace it, and agents without one record nothing.
+    #[test]
+    fn the_first_host_id_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let now = Utc::now();
+        store.write(|w| w.put(&agent("a1", None))).unwrap();
+        let facts = AgentFacts::default();
+        assert!(store
+            .read(|r| hello_changes_anything(r, "a1", &facts, "h1", now))
+            .unwrap());
+        for host in ["", "h1", "h2"] {
+            store
+                .write(|w| record_hello(w, "a1", &facts, host, now))
+                .unwrap();
+        }
+        assert_eq!(
+            store
+                .get::<Agent>("a1")
+                .unwrap()
+                .unwrap()
+                .host_id
+                .as_deref(),
+            Some("h1")
+        );
+        assert!(!store
+            .read(|r| hello_changes_anything(r, "a1", &facts, "h1", now))
+            .unwrap());
     }
 
     /// Names are lower-cased and limited to what a server name may hold.

@@ -217,6 +217,7 @@ impl Execution {
             kind,
             timeout_s: self.timeout_s,
             secrets: Vec::new(),
+            resume_only: false,
         }
     }
 }
@@ -1130,6 +1131,7 @@ pub fn finish(
     reindex_status(w, &e, from)?;
     crate::backups::on_finished(w, &e)?;
     crate::scripts::forget_execution_secrets(w, &e.id)?;
+    crate::agents::forget_job_holder(w, &e.id)?;
     w.index_delete(ACTIVE, &index_key(&e))?;
     Ok(true)
 }

@@ -593,6 +593,8 @@ mod tests {
                     last_seen: None,
                     revoked_at: None,
                     revoked_by: None,
+                    host_id: None,
+                    duplicate: None,
                 })
             })
             .unwrap();

@@ -19,7 +19,15 @@
 //!   [`ToAgent::EndAck`] once the end is stored, and may send [`ToAgent::Cancel`] at
 //!   any time. After a reconnect the control plane sends `Start` again for every job
 //!   it has not seen end; the agent never runs a job id twice, it resumes sending from
-//!   the first unacknowledged chunk instead.
+//!   the first unacknowledged chunk instead. A repeated `Start` for a job the agent
+//!   reported started carries [`JobSpec::resume_only`], so that a copy of the agent
+//!   that never saw the job does not start it either.
+//!
+//! Copies of one agent (its state directory cloned to another machine) share its
+//! certificate; the hello's `host_id` and `instance_id` tell them apart, and the
+//! control plane refuses every copy but the one holding the identity with
+//! [`ServerControl::Refused`] and a long `retry_after_s`. The fields added for this
+//! default to empty, so older agents and control planes still understand each other.
 
 use std::collections::BTreeMap;
 
@@ -104,6 +112,11 @@ pub struct EnrollRequest {
     pub public_key: String,
     /// Host facts at enrollment time.
     pub facts: Facts,
+    /// The host's identity (see [`AgentControl::Hello`]'s `host_id`), recorded with the
+    /// agent so that a later copy of its state directory on another machine is told
+    /// apart from it. Empty from agents that predate it.
+    #[serde(default)]
+    pub host_id: String,
 }
 
 /// Answer to an [`EnrollRequest`].
@@ -138,6 +151,18 @@ pub enum AgentControl {
         agent_id: String,
         /// Host facts.
         facts: Facts,
+        /// A stable identity of the machine the agent runs on (a keyed hash of
+        /// `/etc/machine-id`, not the id itself). A copy of the agent's state directory
+        /// on another machine (a clone, a snapshot) presents the same certificate but
+        /// another host id, which is how the control plane tells the copies apart.
+        /// Empty from agents that predate it, or when the machine has no id.
+        #[serde(default)]
+        host_id: String,
+        /// A random id the agent process draws at start and keeps for its lifetime:
+        /// two processes sharing one identity on one host (or on hosts with the same
+        /// machine id) differ in it. Empty from agents that predate it.
+        #[serde(default)]
+        instance_id: String,
     },
     /// Periodic figures; also keeps the connection's liveness visible.
     Heartbeat(Load),
@@ -154,10 +179,16 @@ pub enum ServerControl {
         /// How often the agent should send a heartbeat, in seconds.
         heartbeat_s: u64,
     },
-    /// The hello was refused (revoked agent, unknown version); the connection closes.
+    /// The hello was refused (revoked agent, unknown version, another copy of the agent
+    /// holds its identity); the connection closes.
     Refused {
         /// Why.
         reason: String,
+        /// How long the agent should wait before it tries again, in seconds, when the
+        /// refusal will last (a duplicate identity stays refused until a person acts);
+        /// the agent's usual reconnect backoff applies when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_s: Option<u64>,
     },
     /// A heartbeat was received.
     HeartbeatAck,
@@ -282,6 +313,12 @@ pub struct JobSpec {
     /// replaces each of them by `********` in every output chunk before sending it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The job was started before (by this agent or by another copy of it): resume it
+    /// if this agent started it, and never start it here otherwise. The control plane
+    /// sets it on every `Start` it sends again for a job an agent reported started, so
+    /// that a copy of the agent's state directory never runs a job a second time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume_only: bool,
 }
 
 /// One numbered piece of output.
@@ -353,9 +390,74 @@ pub enum FromAgent {
     Rejected {
         /// Why.
         reason: String,
+        /// The answer to a `resume_only` start of a job this agent did not start (or
+        /// that was started on another host and copied here with the state directory):
+        /// the job is not this agent's to end, so the control plane leaves it to the
+        /// copy that runs it instead of failing it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        not_started_here: bool,
     },
     /// A piece of output.
     Output(OutputChunk),
     /// The job ended; sent after every chunk.
     End(JobEnd),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages of agents and control planes from before copies were told apart still
+    /// decode (the new fields default to empty), and the new fields round-trip.
+    #[test]
+    fn copy_detection_fields_are_backward_compatible() {
+        let old_hello = r#"{"type":"hello","protocol":1,"agent_id":"a1","facts":{"hostname":"h","os":"","kernel":"","arch":"","cpus":1,"memory_bytes":0,"disk_bytes":0,"uptime_s":0,"agent_version":"0"}}"#;
+        match serde_json::from_str::<AgentControl>(old_hello).unwrap() {
+            AgentControl::Hello {
+                host_id,
+                instance_id,
+                ..
+            } => assert_eq!((host_id.as_str(), instance_id.as_str()), ("", "")),
+            other => panic!("not a hello: {other:?}"),
+        }
+        let old_refusal = r#"{"type":"refused","reason":"revoked"}"#;
+        assert_eq!(
+            serde_json::from_str::<ServerControl>(old_refusal).unwrap(),
+            ServerControl::Refused {
+                reason: "revoked".into(),
+                retry_after_s: None
+            }
+        );
+        let old_rejection = r#"{"type":"rejected","reason":"no"}"#;
+        assert_eq!(
+            serde_json::from_str::<FromAgent>(old_rejection).unwrap(),
+            FromAgent::Rejected {
+                reason: "no".into(),
+                not_started_here: false
+            }
+        );
+        let old_spec = r#"{"job_id":"j","kind":"script","interpreter":"/bin/sh","body":"true","env":{},"working_dir":null,"timeout_s":null}"#;
+        let spec: JobSpec = serde_json::from_str(old_spec).unwrap();
+        assert!(!spec.resume_only);
+        // A first start looks exactly as before; a repeated one says so.
+        assert!(!serde_json::to_string(&spec)
+            .unwrap()
+            .contains("resume_only"));
+        let again = JobSpec {
+            resume_only: true,
+            ..spec
+        };
+        let text = serde_json::to_string(&again).unwrap();
+        assert_eq!(serde_json::from_str::<JobSpec>(&text).unwrap(), again);
+
+        let refusal = ServerControl::Refused {
+            reason: "duplicate".into(),
+            retry_after_s: Some(300),
+        };
+        let text = serde_json::to_string(&refusal).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ServerControl>(&text).unwrap(),
+            refusal
+        );
+    }
 }

@@ -48,19 +48,40 @@ impl Agent {
         }
     }
 
+    /// Like [`Agent::enroll`] with environment variables set for `enroll` and every
+    /// later `run` (for example `DYNSERV_AGENT_HOST_ID`, to play a given machine).
+    pub fn enroll_with_env(server: &str, token: &str, name: &str, env: &[(&str, &str)]) -> Agent {
+        match Agent::try_enroll_with_env(server, token, name, env) {
+            Ok(agent) => agent,
+            Err(output) => {
+                expect_success(&format!("dynserv-agent enroll --name {name}"), &output);
+                unreachable!("expect_success panics on a failed command")
+            }
+        }
+    }
+
     /// Like [`Agent::enroll`], handing back the command's output when enrollment fails
     /// (for tests of refused credentials).
     pub fn try_enroll(server: &str, token: &str, name: &str) -> Result<Agent, Output> {
-        let root = tempfile::Builder::new()
-            .prefix(&format!("dynserv-agent-{name}-"))
-            .tempdir()
-            .expect("creating the agent's temp dir");
+        Agent::try_enroll_with_env(server, token, name, &[])
+    }
+
+    fn try_enroll_with_env(
+        server: &str,
+        token: &str,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Agent, Output> {
+        let root = Agent::temp_root(name);
         let agent = Agent {
             binary: agent_binary(),
             name: name.to_string(),
             server: server.to_string(),
             state_dir: root.path().join("state"),
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             root: Some(root),
         };
@@ -88,6 +109,36 @@ impl Agent {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("spawning {} enroll: {e}", self.binary.display()))
+    }
+
+    fn temp_root(name: &str) -> TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("dynserv-agent-{name}-"))
+            .tempdir()
+            .expect("creating the agent's temp dir")
+    }
+
+    /// A copy of this agent's state directory as it is now, as a clone of its server
+    /// or a restored snapshot would have it, with `env` (instead of this agent's) for
+    /// its `run`: for example another `DYNSERV_AGENT_HOST_ID`, to play another machine.
+    /// The copy is not started.
+    pub fn copy_state(&self, env: &[(&str, &str)]) -> Agent {
+        let root = Agent::temp_root(&format!("{}-copy", self.name));
+        let state_dir = root.path().join("state");
+        copy_dir(&self.state_dir, &state_dir)
+            .unwrap_or_else(|e| panic!("copying {}: {e}", self.state_dir.display()));
+        Agent {
+            binary: self.binary.clone(),
+            name: self.name.clone(),
+            server: self.server.clone(),
+            state_dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            root: Some(root),
+        }
     }
 
     /// Sets an environment variable for later [`Agent::run`] calls.
@@ -184,6 +235,21 @@ impl Agent {
         }
         command
     }
+}
+
+/// Copies a directory tree (files keep their permissions).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Agent {

@@ -760,3 +760,257 @@ async fn an_agent_with_a_relative_state_dir_runs_jobs() {
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(end["exit_code"], 0, "{end}");
 }
+
+/// The variable that tells an agent which machine it plays.
+const HOST_ID_ENV: &str = "DYNSERV_AGENT_HOST_ID";
+
+/// How many times an agent connected (and was welcomed) since it started.
+fn connections_of(agent: &Agent) -> usize {
+    agent
+        .logs()
+        .matches("connected to the control plane")
+        .count()
+}
+
+/// The waits an agent logged before reconnecting, in milliseconds.
+fn reconnect_waits_ms(agent: &Agent) -> Vec<u64> {
+    agent
+        .logs()
+        .lines()
+        .filter_map(|line| line.split("reconnecting in ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// The lines a job appended to a file shared by every copy of an agent.
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A copy of an enrolled agent's state directory on another machine (a cloned server)
+/// is refused with the reason in its log and waits minutes before it tries again; the
+/// original keeps its one connection and a job runs once, there. The agent shows the
+/// duplicate in the API and on its page, and one audit entry and one admin
+/// notification tell about it however often the copy tries. Once the original machine
+/// is gone, an admin accepts the copy's machine and it serves the agent.
+#[tokio::test]
+async fn a_cloned_agent_is_refused_and_a_job_runs_once() {
+    let (cp, api) = setup().await;
+    let mut original = Agent::enroll_with_env(
+        &cp.quic_addr(),
+        &cp.enrollment_token("Fleet"),
+        "cloned",
+        &[(HOST_ID_ENV, "host-original")],
+    );
+    original.run();
+    let id = connected_agent(&api, "cloned").await;
+    let mut clone = original.copy_state(&[(HOST_ID_ENV, "host-clone")]);
+    clone.run();
+
+    eventually(
+        Duration::from_secs(30),
+        "the copy logs its refusal and its wait",
+        || {
+            let refused = clone.logs().contains("duplicate agent identity");
+            let waited = !reconnect_waits_ms(&clone).is_empty();
+            async move { (refused && waited).then_some(()) }
+        },
+    )
+    .await;
+    let logs = clone.logs();
+    assert!(
+        logs.contains("the control plane refused this agent: duplicate agent identity")
+            && logs.contains("host id host-original"),
+        "{logs}"
+    );
+    // Minutes (300 s less at most 20 % jitter), not the usual sub-second retry.
+    assert!(
+        reconnect_waits_ms(&clone).iter().all(|ms| *ms >= 240_000),
+        "{logs}"
+    );
+
+    let agent = eventually(
+        Duration::from_secs(15),
+        "the agent shows the duplicate",
+        || async {
+            let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+            (!a["duplicate"].is_null()).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(agent["duplicate"]["host_id"], "host-clone", "{agent}");
+    assert_eq!(agent["duplicate"]["address"], "127.0.0.1", "{agent}");
+    assert!(agent["duplicate"]["seen_at"].is_string(), "{agent}");
+    assert_eq!(agent["host_id"], "host-original", "{agent}");
+    assert_eq!(agent["connected"], true, "{agent}");
+
+    // A job runs once: every copy that ran it would append its own job directory.
+    let shared = tempfile::tempdir().unwrap();
+    let ran = shared.path().join("ran");
+    let job = start_script(&api, &id, &format!("pwd >> {}\n", ran.display())).await;
+    let end = wait_end(&api, &job, Duration::from_secs(60)).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+
+    // The copy tries again at once (restarted): refused again, announced once.
+    clone.restart();
+    eventually(
+        Duration::from_secs(30),
+        "the restarted copy is refused again",
+        || {
+            let refusals = clone.logs().matches("duplicate agent identity").count();
+            async move { (refusals >= 2).then_some(()) }
+        },
+    )
+    .await;
+    // No flapping: over a few seconds the original keeps the connection it made first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(connections_of(&original), 1, "{}", original.logs());
+    assert_eq!(connections_of(&clone), 0, "{}", clone.logs());
+    let lines = lines_of(&ran);
+    assert_eq!(
+        lines.len(),
+        1,
+        "the job ran {} times: {lines:?}",
+        lines.len()
+    );
+    let original_dir = original.state_dir().to_string_lossy().into_owned();
+    assert!(lines[0].starts_with(&original_dir), "{lines:?}");
+
+    let (status, audit) = api.get("/api/v1/audit?q=agent.duplicate").await;
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["target"], "agent:cloned", "{audit}");
+    let (_, inbox) = api.get("/api/v1/notifications").await;
+    let about: Vec<&Value> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["subject"] == format!("agent:{id}"))
+        .collect();
+    assert_eq!(about.len(), 1, "{inbox}");
+    assert_eq!(about[0]["level"], "danger", "{inbox}");
+
+    let mut pages = Pages::login(&cp, "admin", "admin-password-1").await;
+    let (status, html) = pages.get("/agents").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "duplicate identity",
+        "host-clone",
+        "rm -rf /var/lib/dynserv-agent",
+        "dynserv-agent enroll --server",
+        "Accept this host as the agent",
+    ] {
+        assert!(
+            html.contains(expected),
+            "the agents page lacks {expected:?}"
+        );
+    }
+
+    // The original machine is gone; the admin accepts the copy's machine instead.
+    original.stop();
+    let csrf = pages.csrf("/agents").await;
+    let (status, location) = pages
+        .post(&format!("/agents/{id}/accept-host"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!((status, location.as_str()), (303, "/agents"));
+    clone.restart();
+    let agent = eventually(
+        Duration::from_secs(30),
+        "the accepted copy connects",
+        || async {
+            let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+            (a["connected"] == true).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(agent["host_id"], "host-clone", "{agent}");
+    assert!(agent["duplicate"].is_null(), "{agent}");
+    let job = start_script(&api, &id, &format!("pwd >> {}\n", ran.display())).await;
+    let end = wait_end(&api, &job, Duration::from_secs(60)).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let lines = lines_of(&ran);
+    let clone_dir = clone.state_dir().to_string_lossy().into_owned();
+    assert!(
+        lines.len() == 2 && lines[1].starts_with(&clone_dir),
+        "{lines:?}"
+    );
+    let (_, audit) = api.get("/api/v1/audit?q=agent.accept_host").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+}
+
+/// Two processes on one machine share an agent's state (a copy taken before a job
+/// started, run beside the original): the newer one takes over, the original is
+/// refused when it comes back, and the job the original started is neither started
+/// again nor failed by the copy. Once the copy is gone, the original (restarted)
+/// delivers the job completely; it ran exactly once.
+#[tokio::test]
+async fn a_second_process_with_the_same_identity_never_runs_a_job_twice() {
+    let (cp, api) = setup().await;
+    let machine = [(HOST_ID_ENV, "one-machine")];
+    let mut original = Agent::enroll_with_env(
+        &cp.quic_addr(),
+        &cp.enrollment_token("Fleet"),
+        "twin",
+        &machine,
+    );
+    original.run();
+    let id = connected_agent(&api, "twin").await;
+    let mut copy = original.copy_state(&machine);
+
+    let shared = tempfile::tempdir().unwrap();
+    let ran = shared.path().join("ran");
+    let script = format!("pwd >> {}\nsleep 6\necho finished\n", ran.display());
+    let job = start_script(&api, &id, &script).await;
+    eventually(Duration::from_secs(30), "the job runs", || {
+        let started = lines_of(&ran).len() == 1;
+        async move { started.then_some(()) }
+    })
+    .await;
+
+    copy.run();
+    eventually(
+        Duration::from_secs(30),
+        "the original is refused when it comes back, and the copy declines the job",
+        || {
+            let refused = original.logs().contains("duplicate agent identity");
+            let declined = copy.logs().contains("not resuming a job");
+            async move { (refused && declined).then_some(()) }
+        },
+    )
+    .await;
+    let agent = eventually(
+        Duration::from_secs(15),
+        "the agent shows the duplicate",
+        || async {
+            let (_, a) = api.get(&format!("/api/v1/agents/{id}")).await;
+            (!a["duplicate"].is_null()).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(agent["duplicate"]["host_id"], "one-machine", "{agent}");
+    // Long enough for the script to finish wherever it ran.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, execution) = api.get(&format!("/api/v1/executions/{job}")).await;
+    assert_eq!(
+        execution["status"],
+        "running",
+        "{execution}\n{}",
+        copy.logs()
+    );
+    assert_eq!(lines_of(&ran).len(), 1, "{:?}", lines_of(&ran));
+
+    copy.stop();
+    original.restart();
+    let end = wait_end(&api, &job, Duration::from_secs(60)).await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{}", original.logs());
+    assert_eq!(stdout_of(&log_of(&api, &job).await), "finished\n");
+    let lines = lines_of(&ran);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let original_dir = original.state_dir().to_string_lossy().into_owned();
+    assert!(lines[0].starts_with(&original_dir), "{lines:?}");
+}

@@ -2,6 +2,15 @@
 //! certificate, serves the control stream of authenticated ones, and drives one
 //! stream per job. A misbehaving agent (bad frame, stalled stream) only loses its own
 //! stream or connection; every connection runs on its own tasks.
+//!
+//! Copies of one agent (its state directory cloned to another machine) are told apart
+//! by the hello's host and instance ids ([`super::identity`]): the copy holding the
+//! identity is served, every other one is refused with a long `retry_after_s`, and the
+//! episode is recorded through the ingestion (audit entry and admin notification once).
+//!
+//! **Invariant:** a job an agent reported started is sent again only to a process on
+//! the machine that started it, and only as `resume_only`: no copy of an agent starts
+//! a job another copy started.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,9 +29,10 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::identity::{self, Claim, Verdict};
 use super::ingest::Item;
 use super::{lock, AgentConn, Fleet};
-use crate::agents::{self, Agent, AgentFacts, LiveLoad};
+use crate::agents::{self, Agent, AgentFacts, JobHolder, LiveLoad, RefusedCopy};
 use crate::executions::{self, Execution, Status};
 
 /// Seconds between agent heartbeats.
@@ -35,6 +45,8 @@ pub const CLOSE_REVOKED: quinn::VarInt = quinn::VarInt::from_u32(403);
 pub const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(400);
 /// Application close code: replaced by a newer connection of the same agent.
 pub const CLOSE_REPLACED: quinn::VarInt = quinn::VarInt::from_u32(409);
+/// Longest host or instance id a hello may carry.
+pub const MAX_IDENTITY_LEN: usize = 128;
 
 /// Commands for a job driver.
 #[derive(Debug, Clone, Copy)]
@@ -192,6 +204,11 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
         Ok(k) => k,
         Err(e) => return refused(e.to_string()),
     };
+    if request.host_id.len() > MAX_IDENTITY_LEN {
+        return refused(format!(
+            "the host id is longer than {MAX_IDENTITY_LEN} characters"
+        ));
+    }
     let agent_id = uuid::Uuid::new_v4().to_string();
     let certificate_pem = match fleet.inner.ca.ca.issue_agent_cert(&agent_id, &public_key) {
         Ok(pem) => pem,
@@ -208,7 +225,14 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
             Ok(t) => t,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        agents::register(w, &token, &agent_id, &name, &fingerprint, facts, now)
+        let new = agents::NewAgent {
+            id: &agent_id,
+            name: &name,
+            cert_sha256: &fingerprint,
+            facts,
+            host_id: &request.host_id,
+        };
+        agents::register(w, &token, new, now)
     });
     match outcome {
         Ok(Ok(agent)) => {
@@ -264,78 +288,87 @@ async fn serve_agent(
         protocol,
         agent_id,
         facts,
+        host_id,
+        instance_id,
     } = hello
     else {
         bail!("the first control message was not a hello");
     };
-    let refusal = if protocol != PROTOCOL_VERSION {
-        Some(format!(
+    let checked = if protocol != PROTOCOL_VERSION {
+        Err(format!(
             "this control plane speaks protocol {PROTOCOL_VERSION}, the agent {protocol}"
         ))
+    } else if host_id.len() > MAX_IDENTITY_LEN || instance_id.len() > MAX_IDENTITY_LEN {
+        Err(format!(
+            "the hello's host or instance id is longer than {MAX_IDENTITY_LEN} characters"
+        ))
     } else {
-        check_agent(fleet, &agent_id, &cert_sha256)?.err()
+        let (checker, id, cert) = (fleet.clone(), agent_id.clone(), cert_sha256.clone());
+        crate::store::blocking(move || check_agent(&checker, &id, &cert)).await?
     };
-    if let Some(reason) = refusal {
-        tracing::info!(agent = %agent_id, "agent refused: {reason}");
-        write_frame(&mut send, &ServerControl::Refused { reason }).await?;
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
-        connection.close(CLOSE_REVOKED, b"refused");
-        return Ok(());
-    }
-    write_frame(
-        &mut send,
-        &ServerControl::Welcome {
-            version: dynserv_shared::VERSION.to_string(),
-            heartbeat_s: HEARTBEAT_S,
-        },
-    )
-    .await?;
-    {
-        let facts = AgentFacts::from(&facts);
-        let now = Utc::now();
-        let changed = {
-            let store = fleet.inner.store.clone();
-            let (agent_id, facts) = (agent_id.clone(), facts.clone());
-            crate::store::blocking(move || {
-                store.read(|r| agents::hello_changes_anything(r, &agent_id, &facts, now))
-            })
-            .await
-        };
-        if changed.unwrap_or(true) {
-            fleet
-                .inner
-                .ingest
-                .send(Item::Hello {
-                    agent_id: agent_id.clone(),
-                    facts,
-                    at: now,
-                })
-                .await;
+    let agent = match checked {
+        Ok(agent) => agent,
+        Err(reason) => {
+            tracing::info!(agent = %agent_id, "agent refused: {reason}");
+            refuse(connection, &mut send, reason, None).await?;
+            return Ok(());
         }
-    }
+    };
 
+    let now = Utc::now();
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let conn = Arc::new(AgentConn {
         agent_id: agent_id.clone(),
+        host_id,
+        instance_id,
         connection: connection.clone(),
-        last_seen: Mutex::new(Utc::now()),
+        last_seen: Mutex::new(now),
         load: Mutex::new(None),
         jobs: Mutex::new(Default::default()),
         dispatch: dispatch_tx,
     });
-    let previous = lock(&fleet.inner.conns).insert(agent_id.clone(), conn.clone());
-    if let Some(previous) = previous {
-        previous
-            .connection
-            .close(CLOSE_REPLACED, b"replaced by a newer connection");
+    if let Verdict::Duplicate {
+        holder_host_id,
+        holder_connected,
+    } = admit(fleet, agent.host_id.as_deref(), &conn, now)
+    {
+        let address = connection.remote_address().ip().to_string();
+        tracing::warn!(
+            agent = %agent_id,
+            remote = %address,
+            copy_host = %conn.host_id,
+            holder_host = %holder_host_id,
+            holder_connected,
+            "refused a copy of an agent: another machine holds its identity"
+        );
+        let reason = duplicate_reason(&conn.host_id, &holder_host_id, holder_connected);
+        fleet
+            .inner
+            .ingest
+            .send(Item::Duplicate {
+                agent_id: agent_id.clone(),
+                copy: RefusedCopy {
+                    host_id: conn.host_id.clone(),
+                    hostname: facts.hostname.clone(),
+                    address,
+                    holder_host_id,
+                    holder_connected,
+                },
+                at: now,
+            })
+            .await;
+        refuse(
+            connection,
+            &mut send,
+            reason,
+            Some(agents::DUPLICATE_RETRY_S),
+        )
+        .await?;
+        return Ok(());
     }
-    tracing::info!(agent = %agent_id, remote = %connection.remote_address(), "agent connected");
-    let dispatcher = tokio::spawn(dispatcher(fleet.clone(), conn.clone(), dispatch_rx));
 
-    let result = control_loop(&conn, &mut send, &mut recv).await;
+    let result = serve_admitted(fleet, &conn, facts, &mut send, &mut recv, dispatch_rx).await;
 
-    dispatcher.abort();
     let removed = {
         let mut conns = lock(&fleet.inner.conns);
         let ours = conns.get(&agent_id).is_some_and(|c| Arc::ptr_eq(c, &conn));
@@ -356,6 +389,158 @@ async fn serve_agent(
             .await;
     }
     tracing::info!(agent = %agent_id, "agent disconnected");
+    result
+}
+
+/// Answers a hello with a refusal (and how long to stay away, when it will last), then
+/// closes the connection once the agent has read it.
+async fn refuse(
+    connection: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reason: String,
+    retry_after_s: Option<u64>,
+) -> Result<()> {
+    write_frame(
+        send,
+        &ServerControl::Refused {
+            reason,
+            retry_after_s,
+        },
+    )
+    .await?;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+    connection.close(CLOSE_REVOKED, b"refused");
+    Ok(())
+}
+
+/// What a refused copy of an agent logs: why, and what a person can do about it.
+fn duplicate_reason(copy_host_id: &str, holder_host_id: &str, holder_connected: bool) -> String {
+    let holder = if holder_connected {
+        format!("the copy on host id {holder_host_id}, which is connected")
+    } else {
+        format!("host id {holder_host_id}, recorded for it")
+    };
+    format!(
+        "duplicate agent identity: this agent's certificate is in use by {holder}; this \
+         copy (host id {copy_host_id}) is not served and tries again in {} minutes. If this \
+         machine was cloned from another server, stop dynserv-agent here, remove its state \
+         directory and enroll it with a fresh token (`dynserv-agent enroll --server HOST:PORT \
+         --token TOKEN`); if the other machine is gone, an admin can accept this one on the \
+         Agents page",
+        agents::DUPLICATE_RETRY_S / 60
+    )
+}
+
+/// Decides whether the copy behind `conn` is served ([`identity::decide`]) and, if so,
+/// makes `conn` the agent's connection, closing the one it replaces. Both happen under
+/// the connections lock, so of two copies saying hello at once only one can win.
+fn admit(
+    fleet: &Fleet,
+    recorded_host_id: Option<&str>,
+    conn: &Arc<AgentConn>,
+    now: chrono::DateTime<Utc>,
+) -> Verdict {
+    let previous = {
+        let mut conns = lock(&fleet.inner.conns);
+        let mut replaced = lock(&fleet.inner.replaced);
+        let current = conns.get(&conn.agent_id).cloned();
+        let was_replaced = replaced
+            .get(&conn.agent_id)
+            .is_some_and(|r| r.contains(&conn.instance_id, now));
+        let verdict = identity::decide(
+            recorded_host_id,
+            current.as_deref().map(|c| Claim {
+                host_id: &c.host_id,
+                instance_id: &c.instance_id,
+            }),
+            was_replaced,
+            Claim {
+                host_id: &conn.host_id,
+                instance_id: &conn.instance_id,
+            },
+        );
+        if verdict != Verdict::Accept {
+            return verdict;
+        }
+        conns.insert(conn.agent_id.clone(), conn.clone());
+        if let Some(memory) = replaced.get_mut(&conn.agent_id) {
+            memory.forget(&conn.instance_id, now);
+            if memory.is_empty() {
+                replaced.remove(&conn.agent_id);
+            }
+        }
+        if let Some(previous) = &current {
+            if previous.instance_id != conn.instance_id {
+                replaced
+                    .entry(conn.agent_id.clone())
+                    .or_default()
+                    .note(&previous.instance_id, now);
+            }
+        }
+        current
+    };
+    if let Some(previous) = previous {
+        previous
+            .connection
+            .close(CLOSE_REPLACED, b"replaced by a newer connection");
+    }
+    Verdict::Accept
+}
+
+/// Serves an admitted connection: welcome, hello facts, job dispatch and the control
+/// stream, until the connection ends.
+async fn serve_admitted(
+    fleet: &Fleet,
+    conn: &Arc<AgentConn>,
+    facts: dynserv_shared::proto::Facts,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    dispatch_rx: mpsc::UnboundedReceiver<String>,
+) -> Result<()> {
+    write_frame(
+        send,
+        &ServerControl::Welcome {
+            version: dynserv_shared::VERSION.to_string(),
+            heartbeat_s: HEARTBEAT_S,
+        },
+    )
+    .await?;
+    {
+        let facts = AgentFacts::from(&facts);
+        let now = Utc::now();
+        let changed = {
+            let store = fleet.inner.store.clone();
+            let (agent_id, host_id, facts) =
+                (conn.agent_id.clone(), conn.host_id.clone(), facts.clone());
+            crate::store::blocking(move || {
+                store.read(|r| agents::hello_changes_anything(r, &agent_id, &facts, &host_id, now))
+            })
+            .await
+        };
+        if changed.unwrap_or(true) {
+            fleet
+                .inner
+                .ingest
+                .send(Item::Hello {
+                    agent_id: conn.agent_id.clone(),
+                    facts,
+                    host_id: conn.host_id.clone(),
+                    at: now,
+                })
+                .await;
+        }
+    }
+    tracing::info!(
+        agent = %conn.agent_id,
+        remote = %conn.connection.remote_address(),
+        host_id = %conn.host_id,
+        instance = %conn.instance_id,
+        "agent connected"
+    );
+    let dispatcher = tokio::spawn(dispatcher(fleet.clone(), conn.clone(), dispatch_rx));
+    let result = control_loop(conn, send, recv).await;
+    dispatcher.abort();
     result
 }
 
@@ -396,26 +581,57 @@ async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedR
     let agent_id = conn.agent_id.clone();
     let active = {
         let (store, agent_id) = (store.clone(), agent_id.clone());
-        crate::store::blocking(move || store.read(|r| executions::active_of_agent(r, &agent_id)))
-            .await
+        crate::store::blocking(move || {
+            store.read(|r| {
+        let mut out = Vec::new();
+        for execution in executions::active_of_agent(r, &agent_id)? {
+            let holder = match execution.status {
+                Status::Running => agents::job_holder(r, &execution.id)?,
+                _ => None,
+            };
+            out.push((execution, holder));
+        }
+        Ok(out)
+            })
+        })
+        .await
     };
     match active {
         Ok(active) => {
-            for execution in active {
+            for (execution, holder) in active {
+                if let Some(holder) = holder.filter(|h| runs_elsewhere(h, &conn.host_id)) {
+                    // Its process runs on another copy of this agent, which alone may
+                    // resume it.
+                    tracing::warn!(
+                        agent = %agent_id,
+                        execution = %execution.id,
+                        runs_on = %holder.host_id,
+                        "not sending a running job to a copy of its agent on another machine"
+                    );
+                    continue;
+                }
                 start_driver(&fleet, &conn, execution);
             }
         }
         Err(e) => tracing::error!(agent = %agent_id, "listing queued executions: {e:#}"),
     }
     while let Some(id) = rx.recv().await {
-        match store.get::<Execution>(&id) {
+        let reader = store.clone();
+        let found = crate::store::blocking(move || reader.get::<Execution>(&id).map(|e| (id, e))).await;
+        match found.map(|(_, e)| e) {
             Ok(Some(execution)) if !execution.status.is_final() => {
                 start_driver(&fleet, &conn, execution)
             }
             Ok(_) => {}
-            Err(e) => tracing::error!("reading execution {id}: {e:#}"),
+            Err(e) => tracing::error!("reading a dispatched execution: {e:#}"),
         }
     }
+}
+
+/// Whether a running job recorded on `holder` runs on another machine than the
+/// connected copy's `host_id` (unknown for agents that predate host ids: then no).
+fn runs_elsewhere(holder: &JobHolder, host_id: &str) -> bool {
+    !host_id.is_empty() && holder.host_id != host_id
 }
 
 fn start_driver(fleet: &Fleet, conn: &Arc<AgentConn>, execution: Execution) {
@@ -499,7 +715,14 @@ async fn drive_job(
         .open_bi()
         .await
         .context("opening a job stream")?;
-    let spec = crate::scripts::job_spec_with_secrets(&fleet.inner.store, &execution)?;
+    let mut spec = {
+        let (store, execution) = (fleet.inner.store.clone(), execution.clone());
+        crate::store::blocking(move || crate::scripts::job_spec_with_secrets(&store, &execution))
+            .await?
+    };
+    // A job the agent reported started is only resumed: a copy of the agent that did
+    // not start it must not start it again.
+    spec.resume_only = execution.status == Status::Running;
     write_frame(&mut send, &ToAgent::Start(spec)).await?;
     if execution.cancel_requested {
         write_frame(&mut send, &ToAgent::Cancel).await?;
@@ -522,13 +745,22 @@ async fn drive_job(
             }
         }
     });
-    let result = job_loop(fleet, &execution_id, &mut send, &mut frames, &mut commands).await;
+    let result = job_loop(
+        fleet,
+        conn,
+        &execution_id,
+        &mut send,
+        &mut frames,
+        &mut commands,
+    )
+    .await;
     reader.abort();
     result
 }
 
 async fn job_loop(
     fleet: &Fleet,
+    conn: &AgentConn,
     execution_id: &Arc<str>,
     send: &mut quinn::SendStream,
     frames: &mut mpsc::Receiver<Result<FromAgent, String>>,
@@ -548,9 +780,27 @@ async fn job_loop(
                 match frame {
                     FromAgent::Started { resumed } => {
                         tracing::debug!(execution = %execution_id, resumed, "job started");
-                        ingest.send(Item::Started { execution_id: execution_id.clone() }).await;
+                        let holder = JobHolder {
+                            id: execution_id.to_string(),
+                            agent_id: conn.agent_id.clone(),
+                            host_id: conn.host_id.clone(),
+                            instance_id: conn.instance_id.clone(),
+                            since: Utc::now(),
+                        };
+                        let holder = (!holder.host_id.is_empty()).then_some(holder);
+                        ingest.send(Item::Started { execution_id: execution_id.clone(), holder }).await;
                     }
-                    FromAgent::Rejected { reason } => {
+                    FromAgent::Rejected { reason, not_started_here: true } => {
+                        // Another copy of the agent runs the job; it stays running
+                        // until that copy reports it.
+                        tracing::warn!(
+                            agent = %conn.agent_id,
+                            execution = %execution_id,
+                            "the agent did not start this job, so it is left to the copy that did: {reason}"
+                        );
+                        return Ok(());
+                    }
+                    FromAgent::Rejected { reason, .. } => {
                         let (done_tx, done_rx) = oneshot::channel();
                         ingest.send(Item::End {
                             execution_id: execution_id.clone(),

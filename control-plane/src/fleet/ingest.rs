@@ -15,7 +15,7 @@ use dynserv_shared::proto::{OutputChunk, OutputStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::hub::{Hub, LiveEvent};
-use crate::agents::{self, AgentFacts};
+use crate::agents::{self, AgentFacts, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
 use crate::store::{Read, Store};
 
@@ -29,12 +29,24 @@ pub enum Item {
     Hello {
         agent_id: String,
         facts: AgentFacts,
+        /// The host id the hello carried (empty from older agents).
+        host_id: String,
+        at: DateTime<Utc>,
+    },
+    /// A copy of an agent was refused: another machine holds its identity.
+    Duplicate {
+        agent_id: String,
+        copy: RefusedCopy,
         at: DateTime<Utc>,
     },
     /// An agent's connection ended; it was last seen then.
     Seen { agent_id: String, at: DateTime<Utc> },
-    /// The agent started (or resumed) the job.
-    Started { execution_id: Arc<str> },
+    /// The agent started (or resumed) the job; `holder` is the process that did, when
+    /// it said which machine it runs on.
+    Started {
+        execution_id: Arc<str>,
+        holder: Option<JobHolder>,
+    },
     /// A chunk of output; `acked` learns the highest stored seq of the job.
     Chunk {
         execution_id: Arc<str>,
@@ -109,10 +121,29 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                 Item::Hello {
                     agent_id,
                     facts,
+                    host_id,
                     at,
-                } => agents::record_hello(w, agent_id, facts, *at)?,
+                } => agents::record_hello(w, agent_id, facts, host_id, *at)?,
+                Item::Duplicate { agent_id, copy, at } => {
+                    agents::record_duplicate(w, agent_id, copy, *at)?;
+                }
                 Item::Seen { agent_id, at } => agents::record_last_seen(w, agent_id, *at)?,
-                Item::Started { execution_id } => executions::mark_running(w, execution_id, now)?,
+                Item::Started {
+                    execution_id,
+                    holder,
+                } => {
+                    executions::mark_running(w, execution_id, now)?;
+                    // Only while the job is active: a start reported after its end
+                    // (a resumed stream of a finished job) leaves nothing behind.
+                    if let Some(holder) = holder {
+                        let active = w
+                            .get::<executions::Execution>(execution_id)?
+                            .is_some_and(|e| !e.status.is_final());
+                        if active {
+                            agents::record_job_holder(w, holder)?;
+                        }
+                    }
+                }
                 Item::Chunk {
                     execution_id,
                     chunk,

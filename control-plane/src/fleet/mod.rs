@@ -3,6 +3,8 @@
 //! * [`ca`]: the certificate authority in the data directory.
 //! * [`gateway`]: the QUIC endpoint; enrollment, authenticated connections, the
 //!   control stream, and one driver task per job stream.
+//! * [`identity`]: which copy of an agent (same certificate, another machine or
+//!   process) is served.
 //! * [`ingest`]: batched storage of output and job ends, then acks and publication.
 //! * [`hub`]: live fan-out to WebSocket viewers.
 //!
@@ -17,6 +19,7 @@ pub mod ca;
 pub mod demo;
 pub mod gateway;
 pub mod hub;
+pub mod identity;
 pub mod ingest;
 
 use std::collections::HashMap;
@@ -41,6 +44,10 @@ pub use hub::{Hub, LiveEvent};
 /// One live agent connection.
 pub(crate) struct AgentConn {
     pub agent_id: String,
+    /// The machine the connected copy runs on (empty from older agents).
+    pub host_id: String,
+    /// The connected agent process (empty from older agents).
+    pub instance_id: String,
     pub connection: quinn::Connection,
     pub last_seen: Mutex<DateTime<Utc>>,
     pub load: Mutex<Option<LiveLoad>>,
@@ -57,6 +64,10 @@ pub(crate) struct Inner {
     pub hub: Hub,
     pub ingest: ingest::Ingest,
     pub conns: Mutex<HashMap<String, Arc<AgentConn>>>,
+    /// Agent processes replaced by a newer one on their machine, by agent id. Locked
+    /// only while `conns` is held (always after it), so a hello's decision and its
+    /// connection's registration are one step.
+    pub replaced: Mutex<HashMap<String, identity::Replaced>>,
     pub demo_agent: std::sync::atomic::AtomicBool,
     /// Refused enrollments per remote address.
     pub enroll_throttle: crate::auth::Throttle,
@@ -88,6 +99,7 @@ impl Fleet {
                 hub,
                 ingest,
                 conns: Mutex::new(HashMap::new()),
+                replaced: Mutex::new(HashMap::new()),
                 demo_agent: Default::default(),
                 enroll_throttle: Default::default(),
             }),
@@ -233,6 +245,21 @@ impl Fleet {
     /// queued job cancelled or expired).
     pub fn publish_end(&self, execution_id: &str) {
         self.inner.hub.publish(execution_id, [LiveEvent::End]);
+    }
+
+    /// Closes an agent's connection unless it comes from the machine `host_id` (after
+    /// an admin accepted that machine as the agent's: the previous one is refused from
+    /// its next hello on).
+    pub fn disconnect_other_host(&self, agent_id: &str, host_id: &str) {
+        let mut conns = lock(&self.inner.conns);
+        if conns.get(agent_id).is_some_and(|c| c.host_id != host_id) {
+            if let Some(conn) = conns.remove(agent_id) {
+                conn.connection.close(
+                    gateway::CLOSE_REPLACED,
+                    b"another host holds this agent now",
+                );
+            }
+        }
     }
 
     /// Closes an agent's connection (after it was revoked).

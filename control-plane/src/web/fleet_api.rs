@@ -88,6 +88,36 @@ pub fn revoke_agent(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp
     Ok(reply(StatusCode::OK, &view))
 }
 
+/// Accepts the machine of an agent's latest refused copy as the one holding its
+/// identity; shared by the API and the page. The previous machine's connection is
+/// closed (it is refused from its next hello on) and viewers of the jobs it was
+/// running learn that they ended.
+pub fn accept_host(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<agents::HostAccepted> {
+    let accepted = app.store.write(|w| {
+        Ok(agents::accept_host(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+            chrono::Utc::now(),
+        )?)
+    })?;
+    if let Some(host_id) = &accepted.agent.host_id {
+        app.fleet.disconnect_other_host(&accepted.agent.id, host_id);
+    }
+    for execution_id in &accepted.failed_executions {
+        app.fleet.publish_end(execution_id);
+    }
+    Ok(accepted)
+}
+
+/// `POST /api/v1/agents/{id}/accept-host` → the agent.
+pub fn accept_host_api(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let accepted = accept_host(app, req, ctx, id)?;
+    let view = app.store.read(|r| agent_view(app, r, &accepted.agent))?;
+    Ok(reply(StatusCode::OK, &view))
+}
+
 /// The body of `POST /api/v1/enrollment-tokens`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -51,14 +51,55 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         Ok(rows)
     })?;
     let can_enroll = policy::can(&ctx.subject, Action::ManageAgents, None);
+    // Agents with a copy on another machine get a notice above the table that says
+    // what happened and what to do.
+    let duplicates: Vec<&Value> = rows.iter().filter(|r| !r["duplicate"].is_null()).collect();
     page(
         app,
         req,
         ctx,
         "agents",
         "Agents",
-        json!({"agents": rows, "can_enroll": can_enroll}),
+        json!({
+            "agents": rows,
+            "duplicates": duplicates,
+            "can_enroll": can_enroll,
+            "fleet_server": app.config.public_quic,
+            "retry_minutes": agents::DUPLICATE_RETRY_S / 60,
+            "quiet_minutes": agents::DUPLICATE_QUIET_MINUTES,
+        }),
     )
+}
+
+/// `POST /agents/{id}/accept-host`: the machine of the latest refused copy becomes
+/// the agent's.
+pub fn accept_host_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    match fleet_api::accept_host(app, req, ctx, id) {
+        Ok(accepted) => {
+            let lost = match accepted.failed_executions.len() {
+                0 => String::new(),
+                n => format!(" {n} job(s) running on the previous machine were marked failed."),
+            };
+            Ok(redirect(
+                "/agents",
+                Some((
+                    "success",
+                    &format!(
+                        "The other machine now holds agent {}'s identity; it connects at its \
+                         next attempt (within {} minutes), and the previous machine is refused.{lost}",
+                        accepted.agent.name,
+                        agents::DUPLICATE_RETRY_S / 60
+                    ),
+                )),
+            ))
+        }
+        Err(e) if e.kind == Kind::Conflict => {
+            Ok(redirect("/agents", Some(("warning", &e.message))))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `POST /agents/{id}/revoke`.

@@ -104,6 +104,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["agents"]) => fleet_api::agents_list(app, &ctx),
         (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_api::revoke_agent(app, req, &ctx, id),
+        (&Method::POST, ["agents", id, "accept-host"]) => {
+            fleet_api::accept_host_api(app, req, &ctx, id)
+        }
         (&Method::POST, ["enrollment-tokens"]) => fleet_api::create_token_api(app, req, &ctx),
         (&Method::GET, ["executions"]) => fleet_api::executions_list(app, req, &ctx),
         (&Method::POST, ["executions"]) => fleet_api::create_execution(app, req, &ctx),
@@ -242,6 +245,9 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["agents", "enroll"]) => fleet_pages::enroll_form(app, req, &ctx),
         (&Method::POST, ["agents", "enroll"]) => fleet_pages::enroll_create(app, req, &ctx),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
+        (&Method::POST, ["agents", id, "accept-host"]) => {
+            fleet_pages::accept_host_page(app, req, &ctx, id)
+        }
         (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),
         (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
