@@ -155,7 +155,10 @@ pub fn query(
     ]
     .into_iter()
     .find_map(|(index, value)| value.as_ref().map(|v| (index, format!("{v}/"))));
-    let lower_id = filter.since.map(crate::executions::id_floor).unwrap_or_default();
+    let lower_id = filter
+        .since
+        .map(crate::executions::id_floor)
+        .unwrap_or_default();
     let upper_id = match (cursor, filter.until) {
         (Some(c), _) => Some(c.to_string()),
         (None, Some(until)) => Some(crate::executions::id_floor(

@@ -169,10 +169,16 @@ impl From<anyhow::Error> for AppError {
         match e.downcast::<AppError>() {
             Ok(app) => app,
             Err(e) => {
-                if let Some(low) = e.chain().find_map(|c| c.downcast_ref::<crate::store::LowDisk>()) {
+                if let Some(low) = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<crate::store::LowDisk>())
+                {
                     return AppError::new(Kind::Unavailable, low.to_string());
                 }
-                if let Some(down) = e.chain().find_map(|c| c.downcast_ref::<crate::store::Unavailable>()) {
+                if let Some(down) = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<crate::store::Unavailable>())
+                {
                     return AppError::new(
                         Kind::Unavailable,
                         format!("{down}; nothing was saved, try again once the operator has freed space"),

@@ -520,10 +520,7 @@ pub fn create(
         started_at: None,
         finished_at: None,
         cancel_requested: false,
-        name: input
-            .script_name
-            .clone()
-            .unwrap_or_else(|| describe(&work)),
+        name: input.script_name.clone().unwrap_or_else(|| describe(&work)),
         script_id: input.script_id.clone(),
         rollout_id: input.rollout_id.clone(),
         agent_name: agent.name.clone(),
@@ -645,13 +642,25 @@ fn describe(work: &Work) -> String {
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "playbook".into())
         }
-        Work::ComposeBackup { compose_project, service, .. } => {
+        Work::ComposeBackup {
+            compose_project,
+            service,
+            ..
+        } => {
             format!("backup of {compose_project}/{service}")
         }
-        Work::ComposeVerify { compose_project, service, .. } => {
+        Work::ComposeVerify {
+            compose_project,
+            service,
+            ..
+        } => {
             format!("verify of a {compose_project}/{service} backup")
         }
-        Work::ComposeRestore { compose_project, service, .. } => {
+        Work::ComposeRestore {
+            compose_project,
+            service,
+            ..
+        } => {
             format!("restore of {compose_project}/{service}")
         }
         Work::SystemUpdate { check: true, .. } => "update check".into(),
@@ -917,8 +926,7 @@ pub fn query(
         sources[n].buffer.pop_front();
         examined += 1;
         if let Some(e) = r.get::<Execution>(&id)? {
-            if filter.matches(&e)
-                && policy::can(subject, Action::ViewServers, Some(&e.project_id))
+            if filter.matches(&e) && policy::can(subject, Action::ViewServers, Some(&e.project_id))
             {
                 items.push(e);
             }
@@ -926,9 +934,9 @@ pub fn query(
         let last_examined = Some(id);
         if items.len() >= limit || examined >= SCAN_BUDGET {
             // More may remain: the next page starts after the last id examined.
-            let more = sources.iter_mut().try_fold(false, |more, s| {
-                anyhow::Ok(more || s.head(r)?.is_some())
-            })?;
+            let more = sources
+                .iter_mut()
+                .try_fold(false, |more, s| anyhow::Ok(more || s.head(r)?.is_some()))?;
             return Ok(Page {
                 items,
                 next: if more { last_examined } else { None },
@@ -939,11 +947,7 @@ pub fn query(
 
 /// Queued executions whose expiry passed by `now`, oldest expiry first, at most
 /// `limit`: the sweep reads only these, however many jobs wait.
-pub fn expired(
-    r: &impl Read,
-    now: DateTime<Utc>,
-    limit: usize,
-) -> anyhow::Result<Vec<Execution>> {
+pub fn expired(r: &impl Read, now: DateTime<Utc>, limit: usize) -> anyhow::Result<Vec<Execution>> {
     let mut scan = crate::store::IndexScan::prefix(EXPIRY, "", limit);
     scan.upper = format!("{}/", now.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
     let mut out = Vec::new();
@@ -1051,7 +1055,10 @@ pub fn admit_output(
     }
     let len = u64::try_from(len).unwrap_or(u64::MAX);
     if stored.saturating_add(len) > max_bytes {
-        w.counter_add(&counter, i64::try_from(max_bytes - stored).unwrap_or(i64::MAX))?;
+        w.counter_add(
+            &counter,
+            i64::try_from(max_bytes - stored).unwrap_or(i64::MAX),
+        )?;
         if let Some(mut e) = w.get::<Execution>(execution_id)? {
             e.output_truncated = true;
             w.put(&e)?;
@@ -1354,7 +1361,13 @@ mod tests {
     }
 
     /// An execution as `create` would store it, `minutes_ago` old.
-    fn stored(w: &mut Writer, n: u32, project: &str, status: Status, minutes_ago: i64) -> Execution {
+    fn stored(
+        w: &mut Writer,
+        n: u32,
+        project: &str,
+        status: Status,
+        minutes_ago: i64,
+    ) -> Execution {
         let at = Utc::now() - Duration::minutes(minutes_ago);
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
@@ -1425,7 +1438,11 @@ mod tests {
             .write(|w| {
                 Ok((0..30)
                     .map(|n| {
-                        let status = if n % 5 == 0 { Status::Queued } else { Status::Succeeded };
+                        let status = if n % 5 == 0 {
+                            Status::Queued
+                        } else {
+                            Status::Succeeded
+                        };
                         let project = if n % 4 == 0 { "p2" } else { "p1" };
                         stored(w, n, project, status, 60 - i64::from(n))
                     })
@@ -1447,27 +1464,109 @@ mod tests {
         let until = all[20].created_at;
         let cases: Vec<(Filter, Box<dyn Fn(&Execution) -> bool>)> = vec![
             (Filter::default(), Box::new(|_| true)),
-            (Filter { status: Some(Status::Queued), ..Default::default() }, Box::new(|e| e.status == Status::Queued)),
-            (Filter { agent_id: Some("agent-1".into()), ..Default::default() }, Box::new(|e| e.agent_id == "agent-1")),
-            (Filter { server_id: Some("server-0".into()), ..Default::default() }, Box::new(|e| e.server_id.as_deref() == Some("server-0"))),
-            (Filter { project_id: Some("p2".into()), ..Default::default() }, Box::new(|e| e.project_id == "p2")),
-            (Filter { kind: Some("script"), ..Default::default() }, Box::new(|_| true)),
-            (Filter { kind: Some("playbook"), ..Default::default() }, Box::new(|_| false)),
-            (Filter { started_by: Some("sohila".into()), ..Default::default() }, Box::new(|e| e.created_by == "sohila")),
-            (Filter { since: Some(since), ..Default::default() }, Box::new(move |e| e.created_at >= since)),
-            (Filter { until: Some(until), ..Default::default() }, Box::new(move |e| e.created_at <= until)),
-            (Filter { text: Some("WEB-1".into()), ..Default::default() }, Box::new(|e| e.agent_name == "web-1")),
-            (Filter { text: Some("job 2".into()), ..Default::default() }, Box::new(|e| e.name.starts_with("job 2"))),
             (
-                Filter { status: Some(Status::Succeeded), agent_id: Some("agent-0".into()), since: Some(since), until: Some(until), ..Default::default() },
-                Box::new(move |e| e.status == Status::Succeeded && e.agent_id == "agent-0" && e.created_at >= since && e.created_at <= until),
+                Filter {
+                    status: Some(Status::Queued),
+                    ..Default::default()
+                },
+                Box::new(|e| e.status == Status::Queued),
+            ),
+            (
+                Filter {
+                    agent_id: Some("agent-1".into()),
+                    ..Default::default()
+                },
+                Box::new(|e| e.agent_id == "agent-1"),
+            ),
+            (
+                Filter {
+                    server_id: Some("server-0".into()),
+                    ..Default::default()
+                },
+                Box::new(|e| e.server_id.as_deref() == Some("server-0")),
+            ),
+            (
+                Filter {
+                    project_id: Some("p2".into()),
+                    ..Default::default()
+                },
+                Box::new(|e| e.project_id == "p2"),
+            ),
+            (
+                Filter {
+                    kind: Some("script"),
+                    ..Default::default()
+                },
+                Box::new(|_| true),
+            ),
+            (
+                Filter {
+                    kind: Some("playbook"),
+                    ..Default::default()
+                },
+                Box::new(|_| false),
+            ),
+            (
+                Filter {
+                    started_by: Some("sohila".into()),
+                    ..Default::default()
+                },
+                Box::new(|e| e.created_by == "sohila"),
+            ),
+            (
+                Filter {
+                    since: Some(since),
+                    ..Default::default()
+                },
+                Box::new(move |e| e.created_at >= since),
+            ),
+            (
+                Filter {
+                    until: Some(until),
+                    ..Default::default()
+                },
+                Box::new(move |e| e.created_at <= until),
+            ),
+            (
+                Filter {
+                    text: Some("WEB-1".into()),
+                    ..Default::default()
+                },
+                Box::new(|e| e.agent_name == "web-1"),
+            ),
+            (
+                Filter {
+                    text: Some("job 2".into()),
+                    ..Default::default()
+                },
+                Box::new(|e| e.name.starts_with("job 2")),
+            ),
+            (
+                Filter {
+                    status: Some(Status::Succeeded),
+                    agent_id: Some("agent-0".into()),
+                    since: Some(since),
+                    until: Some(until),
+                    ..Default::default()
+                },
+                Box::new(move |e| {
+                    e.status == Status::Succeeded
+                        && e.agent_id == "agent-0"
+                        && e.created_at >= since
+                        && e.created_at <= until
+                }),
             ),
         ];
         for (filter, keep) in &cases {
             for who in [&admin, &tech] {
                 let want = expect(who, keep.as_ref());
                 for limit in [1, 4, 100] {
-                    assert_eq!(walk(&store, who, filter, limit), want, "{filter:?} limit {limit} as {:?}", who.role);
+                    assert_eq!(
+                        walk(&store, who, filter, limit),
+                        want,
+                        "{filter:?} limit {limit} as {:?}",
+                        who.role
+                    );
                 }
             }
         }
@@ -1475,11 +1574,21 @@ mod tests {
         let kept = store.read(|r| counts(r)).unwrap();
         assert_eq!(kept["all"], 30);
         assert_eq!(kept["queued"], 6);
-        let queued = all.iter().find(|e| e.status == Status::Queued).unwrap().id.clone();
-        store.write(|w| mark_running(w, &queued, Utc::now())).unwrap();
+        let queued = all
+            .iter()
+            .find(|e| e.status == Status::Queued)
+            .unwrap()
+            .id
+            .clone();
+        store
+            .write(|w| mark_running(w, &queued, Utc::now()))
+            .unwrap();
         let kept = store.read(|r| counts(r)).unwrap();
         assert_eq!((kept["queued"], kept["running"]), (5, 1));
-        let running = Filter { status: Some(Status::Running), ..Default::default() };
+        let running = Filter {
+            status: Some(Status::Running),
+            ..Default::default()
+        };
         assert_eq!(walk(&store, &admin, &running, 10).len(), 1);
     }
 
@@ -1498,11 +1607,18 @@ mod tests {
             })
             .unwrap();
         let admin = subject(Role::Admin, &[]);
-        let nothing = Filter { text: Some("no such job".into()), ..Default::default() };
-        let page = store.read(|r| query(r, &admin, &nothing, None, 50)).unwrap();
+        let nothing = Filter {
+            text: Some("no such job".into()),
+            ..Default::default()
+        };
+        let page = store
+            .read(|r| query(r, &admin, &nothing, None, 50))
+            .unwrap();
         assert!(page.items.is_empty());
         let next = page.next.expect("a cursor to go on from");
-        let rest = store.read(|r| query(r, &admin, &nothing, Some(&next), 50)).unwrap();
+        let rest = store
+            .read(|r| query(r, &admin, &nothing, Some(&next), 50))
+            .unwrap();
         assert!(rest.items.is_empty() && rest.next.is_none());
     }
 
@@ -1527,7 +1643,13 @@ mod tests {
             .unwrap();
         let cutoff = Utc::now() - Duration::days(90);
         let pruned = prune(&store, cutoff, 100).unwrap();
-        assert_eq!(pruned, Pruned { executions: 1, log_chunks: 5000 });
+        assert_eq!(
+            pruned,
+            Pruned {
+                executions: 1,
+                log_chunks: 5000
+            }
+        );
         store
             .read(|r| {
                 assert!(r.get::<Execution>(&old_done.id)?.is_none());
@@ -1540,7 +1662,10 @@ mod tests {
             })
             .unwrap();
         let admin = subject(Role::Admin, &[]);
-        assert_eq!(walk(&store, &admin, &Filter::default(), 10), vec!["job 3", "job 2"]);
+        assert_eq!(
+            walk(&store, &admin, &Filter::default(), 10),
+            vec!["job 3", "job 2"]
+        );
         assert_eq!(prune(&store, cutoff, 100).unwrap(), Pruned::default());
     }
 
@@ -1550,7 +1675,9 @@ mod tests {
     fn output_past_the_limit_is_not_stored() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let e = store.write(|w| Ok(stored(w, 1, "p1", Status::Running, 1))).unwrap();
+        let e = store
+            .write(|w| Ok(stored(w, 1, "p1", Status::Running, 1)))
+            .unwrap();
         let admitted: Vec<OutputAdmission> = store
             .write(|w| {
                 [600, 400, 100, 10]
@@ -1561,9 +1688,17 @@ mod tests {
             .unwrap();
         assert_eq!(admitted[0], OutputAdmission::Store);
         assert_eq!(admitted[1], OutputAdmission::Store);
-        assert!(matches!(&admitted[2], OutputAdmission::Truncate { marker } if marker.contains("1 KiB")));
+        assert!(
+            matches!(&admitted[2], OutputAdmission::Truncate { marker } if marker.contains("1 KiB"))
+        );
         assert_eq!(admitted[3], OutputAdmission::Drop);
-        assert!(store.get::<Execution>(&e.id).unwrap().unwrap().output_truncated);
+        assert!(
+            store
+                .get::<Execution>(&e.id)
+                .unwrap()
+                .unwrap()
+                .output_truncated
+        );
     }
 
     /// The expiry sweep reads only queued executions whose expiry passed.
@@ -1581,17 +1716,26 @@ mod tests {
             })
             .unwrap();
         let found = store.read(|r| expired(r, Utc::now(), 100)).unwrap();
-        assert_eq!(found.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&late.id]);
+        assert_eq!(
+            found.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            vec![&late.id]
+        );
         store
             .write(|w| finish(w, &late.id, Status::Failed, None, "expired", Utc::now()).map(|_| ()))
             .unwrap();
-        assert!(store.read(|r| expired(r, Utc::now(), 100)).unwrap().is_empty());
+        assert!(store
+            .read(|r| expired(r, Utc::now(), 100))
+            .unwrap()
+            .is_empty());
     }
 
     /// Log views never show the internal result line.
     #[test]
     fn result_lines_are_hidden() {
-        let text = format!("row 1\n{}{{\"ok\":true}}\nrow 2\n", dynserv_shared::proto::RESULT_PREFIX);
+        let text = format!(
+            "row 1\n{}{{\"ok\":true}}\nrow 2\n",
+            dynserv_shared::proto::RESULT_PREFIX
+        );
         assert_eq!(display_text(&text), "row 1\nrow 2\n");
         assert_eq!(display_text("plain\n"), "plain\n");
     }

@@ -33,7 +33,11 @@ pub struct PruneReport {
 }
 
 /// One retention pass as of `now` (injected, so tests need no clock).
-pub fn prune_once(store: &Store, config: &Config, now: DateTime<Utc>) -> anyhow::Result<PruneReport> {
+pub fn prune_once(
+    store: &Store,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> anyhow::Result<PruneReport> {
     let mut report = PruneReport::default();
     if let Some(keep) = config.retention {
         let pruned = executions::prune(store, now - keep, PRUNE_MAX_PER_PASS)?;

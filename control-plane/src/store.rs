@@ -500,8 +500,7 @@ fn storage_reason(e: &anyhow::Error) -> Option<String> {
             .or_else(|| match cause.downcast_ref::<redb::TableError>() {
                 Some(redb::TableError::Storage(s)) => Some(s),
                 _ => None,
-            })
-;
+            });
         if let Some(storage) = storage {
             return Some(match storage {
                 redb::StorageError::Io(io) => io_reason(io),
@@ -749,7 +748,10 @@ macro_rules! impl_read {
                     table.range::<(&str, &str)>((wrap(index, lower), wrap(index, upper)))?;
                 let mut out = Vec::with_capacity(scan.limit.min(1024));
                 let mut push = |entry: std::result::Result<
-                    (redb::AccessGuard<'_, (&str, &str)>, redb::AccessGuard<'_, &str>),
+                    (
+                        redb::AccessGuard<'_, (&str, &str)>,
+                        redb::AccessGuard<'_, &str>,
+                    ),
                     redb::StorageError,
                 >|
                  -> Result<bool> {
@@ -1142,18 +1144,42 @@ mod tests {
         let all = IndexScan::prefix("by_p", "p/", 100);
         // (scan, expected keys)
         let cases: Vec<(IndexScan, Vec<&str>)> = vec![
-            (all.clone(), vec!["p/001", "p/002", "p/003", "p/004", "p/005", "p/006", "p/007"]),
-            (IndexScan { limit: 3, ..all.clone() }, vec!["p/001", "p/002", "p/003"]),
             (
-                IndexScan { limit: 3, ..all.clone() }.backward(),
+                all.clone(),
+                vec![
+                    "p/001", "p/002", "p/003", "p/004", "p/005", "p/006", "p/007",
+                ],
+            ),
+            (
+                IndexScan {
+                    limit: 3,
+                    ..all.clone()
+                },
+                vec!["p/001", "p/002", "p/003"],
+            ),
+            (
+                IndexScan {
+                    limit: 3,
+                    ..all.clone()
+                }
+                .backward(),
                 vec!["p/007", "p/006", "p/005"],
             ),
             (
-                IndexScan { limit: 3, ..all.clone() }.after(Some("p/003".into())),
+                IndexScan {
+                    limit: 3,
+                    ..all.clone()
+                }
+                .after(Some("p/003".into())),
                 vec!["p/004", "p/005", "p/006"],
             ),
             (
-                IndexScan { limit: 3, ..all.clone() }.backward().after(Some("p/005".into())),
+                IndexScan {
+                    limit: 3,
+                    ..all.clone()
+                }
+                .backward()
+                .after(Some("p/005".into())),
                 vec!["p/004", "p/003", "p/002"],
             ),
             // A cursor that is no longer stored still resumes at the right place.
@@ -1163,10 +1189,19 @@ mod tests {
             ),
             (all.clone().backward().after(Some("p/001".into())), vec![]),
             (all.clone().after(Some("p/007".into())), vec![]),
-            (IndexScan { limit: 0, ..all.clone() }, vec![]),
-            (IndexScan::prefix("by_p", "", 100).backward(), vec![
-                "q/001", "p/007", "p/006", "p/005", "p/004", "p/003", "p/002", "p/001",
-            ]),
+            (
+                IndexScan {
+                    limit: 0,
+                    ..all.clone()
+                },
+                vec![],
+            ),
+            (
+                IndexScan::prefix("by_p", "", 100).backward(),
+                vec![
+                    "q/001", "p/007", "p/006", "p/005", "p/004", "p/003", "p/002", "p/001",
+                ],
+            ),
             (IndexScan::prefix("by_p", "zz", 100), vec![]),
             (
                 IndexScan {
@@ -1182,7 +1217,10 @@ mod tests {
             assert_eq!(keys(&page(scan.clone())), expected, "{scan:?}");
         }
         // Deletes between two pages: the next page goes on from the cursor.
-        let first = page(IndexScan { limit: 2, ..all.clone() });
+        let first = page(IndexScan {
+            limit: 2,
+            ..all.clone()
+        });
         store
             .write(|w| {
                 w.index_delete("by_p", "p/003")?;
@@ -1190,7 +1228,13 @@ mod tests {
             })
             .unwrap();
         let cursor = first.last().map(|(k, _)| k.clone());
-        let next = page(IndexScan { limit: 2, ..all.clone() }.after(cursor));
+        let next = page(
+            IndexScan {
+                limit: 2,
+                ..all.clone()
+            }
+            .after(cursor),
+        );
         assert_eq!(keys(&next), vec!["p/004", "p/005"]);
         assert_eq!(next[0].1, "id4");
     }
@@ -1209,7 +1253,9 @@ mod tests {
         });
         assert!(failed.is_err());
         assert_eq!(store.read(|r| r.counter("n")).unwrap(), 3);
-        store.write(|w| w.counter_add("n", -10).map(|_| ())).unwrap();
+        store
+            .write(|w| w.counter_add("n", -10).map(|_| ()))
+            .unwrap();
         assert_eq!(store.read(|r| r.counter("n")).unwrap(), 0);
         assert_eq!(store.read(|r| r.counter("never")).unwrap(), 0);
     }

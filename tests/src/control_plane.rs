@@ -63,7 +63,13 @@ impl ControlPlaneBuilder {
         std::fs::create_dir_all(&data_dir).expect("creating the data dir");
         if let Some(mib) = self.tmpfs_mib {
             let mounted = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={mib}m,mode=0700"),
+                    "tmpfs",
+                ])
                 .arg(&data_dir)
                 .status();
             assert!(
@@ -408,7 +414,10 @@ impl Drop for ControlPlane {
             crate::kill_now(&mut child);
         }
         if self.options.tmpfs_mib.is_some() {
-            let _ = Command::new("umount").arg("-l").arg(&self.data_dir).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.data_dir)
+                .status();
         }
         if crate::keep_artifacts() {
             eprintln!("{}", self.logs());

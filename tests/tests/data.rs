@@ -27,10 +27,14 @@ async fn run_script(api: &Api, agent: &str, script: &str) -> Value {
     let (status, created) = api.post("/api/v1/executions", &body).await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(60), &format!("execution {id} ends"), || async {
-        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-        (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
-    })
+    eventually(
+        Duration::from_secs(60),
+        &format!("execution {id} ends"),
+        || async {
+            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
+            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
+        },
+    )
     .await
 }
 
@@ -84,8 +88,17 @@ async fn lists_page_with_cursors_and_refuse_unknown_filters() {
     api.connected_agent("pager-01").await;
     let mut made = Vec::new();
     for n in 0..7 {
-        let script = if n == 3 { "echo boom; exit 3".to_string() } else { format!("echo run {n}") };
-        made.push(run_script(&api, "pager-01", &script).await["id"].as_str().unwrap().to_string());
+        let script = if n == 3 {
+            "echo boom; exit 3".to_string()
+        } else {
+            format!("echo run {n}")
+        };
+        made.push(
+            run_script(&api, "pager-01", &script).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     made.reverse();
 
@@ -106,17 +119,35 @@ async fn lists_page_with_cursors_and_refuse_unknown_filters() {
         async move { walk(&api, path).await.len() }
     };
     assert_eq!(count("/api/v1/executions?status=failed").await, 1);
-    assert_eq!(count("/api/v1/executions?status=succeeded&limit=2").await, 6);
-    assert_eq!(count("/api/v1/executions?agent=pager-01&kind=script").await, 7);
-    assert_eq!(count("/api/v1/executions?project=Data&started_by=admin").await, 7);
+    assert_eq!(
+        count("/api/v1/executions?status=succeeded&limit=2").await,
+        6
+    );
+    assert_eq!(
+        count("/api/v1/executions?agent=pager-01&kind=script").await,
+        7
+    );
+    assert_eq!(
+        count("/api/v1/executions?project=Data&started_by=admin").await,
+        7
+    );
     assert_eq!(count("/api/v1/executions?started_by=nobody").await, 0);
     assert_eq!(count("/api/v1/executions?q=RUN%205").await, 1);
-    assert_eq!(count("/api/v1/executions?since=2999-01-01T00:00:00Z").await, 0);
+    assert_eq!(
+        count("/api/v1/executions?since=2999-01-01T00:00:00Z").await,
+        0
+    );
     assert_eq!(count("/api/v1/executions?until=2000-01-01").await, 0);
-    assert_eq!(count("/api/v1/executions?since=2000-01-01&kind=playbook").await, 0);
+    assert_eq!(
+        count("/api/v1/executions?since=2000-01-01&kind=playbook").await,
+        0
+    );
 
     for (path, needle) in [
-        ("/api/v1/executions?status=finished", "status must be one of"),
+        (
+            "/api/v1/executions?status=finished",
+            "status must be one of",
+        ),
         ("/api/v1/executions?colour=red", "unknown filter \"colour\""),
         ("/api/v1/executions?agent=nobody", "agent"),
         ("/api/v1/executions?project=Nope", "project"),
@@ -142,14 +173,28 @@ async fn lists_page_with_cursors_and_refuse_unknown_filters() {
     assert_eq!(unique.len(), audit.len());
     let (_, creates, _) = get_page(&api, "/api/v1/audit?action=execution.create&actor=admin").await;
     assert_eq!(creates.as_array().unwrap().len(), 7, "{creates}");
-    let (_, project, _) = get_page(&api, "/api/v1/audit?subject=project:Data&since=2000-01-01").await;
-    assert!(project.as_array().unwrap().iter().all(|e| e["target"] == "project:Data"), "{project}");
+    let (_, project, _) =
+        get_page(&api, "/api/v1/audit?subject=project:Data&since=2000-01-01").await;
+    assert!(
+        project
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"] == "project:Data"),
+        "{project}"
+    );
 
     // The page: the filter form keeps its values and the pager links on.
     let mut pages = PageClient::signed_in(&cp, "admin", PASSWORD).await;
     let html = page_ok(&mut pages, "/executions?status=failed").await;
-    assert!(html.contains("echo boom; exit 3"), "the failed run is listed");
-    assert!(!html.contains("echo run 5"), "succeeded runs are filtered out");
+    assert!(
+        html.contains("echo boom; exit 3"),
+        "the failed run is listed"
+    );
+    assert!(
+        !html.contains("echo run 5"),
+        "succeeded runs are filtered out"
+    );
     let html = page_ok(&mut pages, "/executions?limit=2").await;
     assert!(html.contains("rel=\"next\""), "a pager links to older runs");
     let html = page_ok(&mut pages, "/audit?action=execution.create&limit=3").await;
@@ -176,7 +221,9 @@ async fn output_past_the_limit_is_cut_with_a_marker_and_the_job_goes_on() {
     )
     .await;
     let id = small["id"].as_str().unwrap();
-    let (status, text) = api.get_text(&format!("/api/v1/executions/{id}/log?format=text")).await;
+    let (status, text) = api
+        .get_text(&format!("/api/v1/executions/{id}/log?format=text"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(text, "green text\nafter\n");
     let response = api
@@ -186,10 +233,20 @@ async fn output_past_the_limit_is_cut_with_a_marker_and_the_job_goes_on() {
         .send()
         .await
         .unwrap();
-    let disposition = response.headers()["content-disposition"].to_str().unwrap().to_string();
-    assert_eq!(disposition, format!("attachment; filename=\"execution-{id}.log\""));
-    let (_, lines) = api.get_json_lines(&format!("/api/v1/executions/{id}/log")).await;
-    assert!(lines.iter().all(|l| !l["data"].as_str().unwrap().contains("DYNSERV-RESULT")));
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        disposition,
+        format!("attachment; filename=\"execution-{id}.log\"")
+    );
+    let (_, lines) = api
+        .get_json_lines(&format!("/api/v1/executions/{id}/log"))
+        .await;
+    assert!(lines
+        .iter()
+        .all(|l| !l["data"].as_str().unwrap().contains("DYNSERV-RESULT")));
 
     let big = run_script(
         &api,
@@ -200,13 +257,29 @@ async fn output_past_the_limit_is_cut_with_a_marker_and_the_job_goes_on() {
     assert_eq!(big["status"], "succeeded", "the job went on: {big}");
     assert_eq!(big["output_truncated"], true, "{big}");
     let id = big["id"].as_str().unwrap();
-    let (_, chunks) = api.get_json_lines(&format!("/api/v1/executions/{id}/log")).await;
-    let stored: usize = chunks.iter().map(|c| c["data"].as_str().unwrap().len()).sum();
+    let (_, chunks) = api
+        .get_json_lines(&format!("/api/v1/executions/{id}/log"))
+        .await;
+    let stored: usize = chunks
+        .iter()
+        .map(|c| c["data"].as_str().unwrap().len())
+        .sum();
     let last = chunks.last().unwrap();
     assert_eq!(last["stream"], "system", "{last}");
-    assert!(last["data"].as_str().unwrap().contains("output limit of 64 KiB"), "{last}");
-    assert!(stored <= 65536 + 200, "stored {stored} bytes past a 64 KiB limit");
-    assert!(!chunks.iter().any(|c| c["data"].as_str().unwrap().contains("line 3999")));
+    assert!(
+        last["data"]
+            .as_str()
+            .unwrap()
+            .contains("output limit of 64 KiB"),
+        "{last}"
+    );
+    assert!(
+        stored <= 65536 + 200,
+        "stored {stored} bytes past a 64 KiB limit"
+    );
+    assert!(!chunks
+        .iter()
+        .any(|c| c["data"].as_str().unwrap().contains("line 3999")));
 }
 
 /// A full disk under the data dir: a write answers 503 with a clear message and
@@ -249,9 +322,15 @@ async fn full_disk_answers_503_and_recovers_when_space_is_freed() {
         (status == 200).then_some(())
     })
     .await;
-    let (status, body) = api.post("/api/v1/projects", &json!({"name": "After the storm"})).await;
+    let (status, body) = api
+        .post("/api/v1/projects", &json!({"name": "After the storm"}))
+        .await;
     assert_eq!(status, 201, "{body}");
-    assert!(cp.logs().contains("the store can be written again"), "{}", cp.logs());
+    assert!(
+        cp.logs().contains("the store can be written again"),
+        "{}",
+        cp.logs()
+    );
 }
 
 /// Below the free-space floor new jobs are refused with the reason (503); the store
@@ -267,10 +346,19 @@ async fn new_jobs_are_refused_below_the_free_space_floor() {
     let _agent = Agent::start(&cp, &cp.enrollment_token("Data"), "floor-01");
     api.connected_agent("floor-01").await;
     let (status, body) = api
-        .post("/api/v1/executions", &json!({"agent": "floor-01", "script": "echo hi"}))
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": "floor-01", "script": "echo hi"}),
+        )
         .await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("new jobs are refused"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("new jobs are refused"),
+        "{body}"
+    );
     let (status, _) = api.get_text("/healthz").await;
     assert_eq!(status, 200, "the store itself is fine");
 }
@@ -285,11 +373,18 @@ async fn store_calls_stay_off_async_workers_and_finished_streams_hold_nothing() 
     api.connected_agent("calm-01").await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(run_script(&api, "calm-01", &format!("echo {n}")).await["id"].as_str().unwrap().to_string());
+        ids.push(
+            run_script(&api, "calm-01", &format!("echo {n}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     for round in 0..20 {
         let id = &ids[round % ids.len()];
-        let mut socket = api.websocket(&format!("/api/v1/executions/{id}/stream")).await;
+        let mut socket = api
+            .websocket(&format!("/api/v1/executions/{id}/stream"))
+            .await;
         while let Some(Ok(message)) = socket.next().await {
             if message.to_text().is_ok_and(|t| t.contains("\"end\"")) {
                 break;
@@ -324,5 +419,11 @@ async fn page_ok(pages: &mut PageClient, path: &str) -> String {
 }
 
 fn rand_suffix() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }

@@ -583,15 +583,15 @@ async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedR
         let (store, agent_id) = (store.clone(), agent_id.clone());
         crate::store::blocking(move || {
             store.read(|r| {
-        let mut out = Vec::new();
-        for execution in executions::active_of_agent(r, &agent_id)? {
-            let holder = match execution.status {
-                Status::Running => agents::job_holder(r, &execution.id)?,
-                _ => None,
-            };
-            out.push((execution, holder));
-        }
-        Ok(out)
+                let mut out = Vec::new();
+                for execution in executions::active_of_agent(r, &agent_id)? {
+                    let holder = match execution.status {
+                        Status::Running => agents::job_holder(r, &execution.id)?,
+                        _ => None,
+                    };
+                    out.push((execution, holder));
+                }
+                Ok(out)
             })
         })
         .await
@@ -617,7 +617,8 @@ async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedR
     }
     while let Some(id) = rx.recv().await {
         let reader = store.clone();
-        let found = crate::store::blocking(move || reader.get::<Execution>(&id).map(|e| (id, e))).await;
+        let found =
+            crate::store::blocking(move || reader.get::<Execution>(&id).map(|e| (id, e))).await;
         match found.map(|(_, e)| e) {
             Ok(Some(execution)) if !execution.status.is_final() => {
                 start_driver(&fleet, &conn, execution)

@@ -157,8 +157,17 @@ mod tests {
         assert_eq!(hub.watched(), 0);
         // A viewer still watching keeps the channel; publishing reaches it.
         let mut live = hub.subscribe("running");
-        hub.publish("running", [LiveEvent::Chunk { seq: 0, json: Arc::from("{}") }]);
-        assert!(matches!(live.receiver().try_recv(), Ok(LiveEvent::Chunk { seq: 0, .. })));
+        hub.publish(
+            "running",
+            [LiveEvent::Chunk {
+                seq: 0,
+                json: Arc::from("{}"),
+            }],
+        );
+        assert!(matches!(
+            live.receiver().try_recv(),
+            Ok(LiveEvent::Chunk { seq: 0, .. })
+        ));
         assert_eq!(hub.watched(), 1);
         drop(live);
         assert_eq!(hub.watched(), 0);

@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 
 use crate::agents::LiveLoad;
 use crate::executions::Execution;
-use crate::store::Read as _;
 use crate::metrics::Metrics;
+use crate::store::Read as _;
 use crate::store::Store;
 
 pub use gateway::JobCommand;

@@ -147,7 +147,13 @@ pub fn notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     };
     let paging = req.paging()?;
     let (list, next) = app.store.read(|r| {
-        notifications::inbox_page(r, &ctx.user.id, unread_only, paging.cursor.as_deref(), paging.limit)
+        notifications::inbox_page(
+            r,
+            &ctx.user.id,
+            unread_only,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )
     })?;
     Ok(super::json_page(req, &list, next.as_deref()))
 }

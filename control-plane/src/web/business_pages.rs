@@ -313,7 +313,13 @@ pub fn request_move(
 pub fn inbox(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let paging = req.paging_with(50)?;
     let (list, next) = app.store.read(|r| {
-        notifications::inbox_page(r, &ctx.user.id, false, paging.cursor.as_deref(), paging.limit)
+        notifications::inbox_page(
+            r,
+            &ctx.user.id,
+            false,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )
     })?;
     let unread = list.iter().filter(|n| !n.read).count();
     page(

@@ -310,7 +310,8 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
         );
     }
     if let Some(agent) = given("agent") {
-        let found = agents::find_visible(r, &ctx.subject, &agent).map_err(|_| unknown("agent", &agent))?;
+        let found =
+            agents::find_visible(r, &ctx.subject, &agent).map_err(|_| unknown("agent", &agent))?;
         filter.agent_id = Some(found.id);
     }
     if let Some(server) = given("server") {
@@ -343,7 +344,13 @@ pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let paging = req.paging()?;
     let (views, next) = app.store.read(|r| {
         let filter = execution_filter(r, req, ctx)?;
-        let page = executions::query(r, &ctx.subject, &filter, paging.cursor.as_deref(), paging.limit)?;
+        let page = executions::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
         let views = page
             .items
             .iter()
@@ -391,13 +398,14 @@ pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
         crate::store::allow_blocking_here();
         let mut next = from_seq;
         loop {
-            let chunks = match store.read(|r| executions::log(r, &execution_id, next, LOG_STREAM_BATCH)) {
-                Ok(chunks) => chunks,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
-                    return;
-                }
-            };
+            let chunks =
+                match store.read(|r| executions::log(r, &execution_id, next, LOG_STREAM_BATCH)) {
+                    Ok(chunks) => chunks,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+                        return;
+                    }
+                };
             let mut body = Vec::new();
             for chunk in &chunks {
                 next = chunk.seq + 1;
@@ -413,7 +421,9 @@ pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
                         stream: chunk.stream.clone(),
                         data: shown.into_owned(),
                     };
-                    body.extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
+                    body.extend_from_slice(
+                        serde_json::to_string(&line).unwrap_or_default().as_bytes(),
+                    );
                     body.push(b'\n');
                 }
             }
@@ -430,15 +440,23 @@ pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
     let mut resp = Response::new(Body::wrap_stream(stream));
     let headers = resp.headers_mut();
     if text {
-        headers.insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if let Ok(v) = HeaderValue::from_str(&format!(
             "attachment; filename=\"execution-{}.log\"",
-            id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>()
+            id.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
         )) {
             headers.insert("content-disposition", v);
         }
     } else {
-        headers.insert("content-type", HeaderValue::from_static("application/x-ndjson"));
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-ndjson"),
+        );
     }
     Ok(resp)
 }

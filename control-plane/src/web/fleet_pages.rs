@@ -330,7 +330,13 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let paging = req.paging_with(50)?;
     let (rows, next) = app.store.read(|r| {
         let filter = fleet_api::execution_filter(r, req, ctx)?;
-        let page = executions::query(r, &ctx.subject, &filter, paging.cursor.as_deref(), paging.limit)?;
+        let page = executions::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
         let rows = page
             .items
             .iter()
@@ -341,14 +347,22 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     // Every filter has a value (empty when not given): templates are strict.
     let filters: serde_json::Map<String, serde_json::Value> = fleet_api::EXECUTION_FILTERS
         .iter()
-        .map(|name| (name.to_string(), json!(req.text_filter(name).unwrap_or_default())))
+        .map(|name| {
+            (
+                name.to_string(),
+                json!(req.text_filter(name).unwrap_or_default()),
+            )
+        })
         .collect();
     let filtered = fleet_api::EXECUTION_FILTERS
         .iter()
         .any(|name| req.text_filter(name).is_some());
     let hidden: Vec<serde_json::Value> = ["server", "agent", "project", "script", "rollout"]
         .iter()
-        .filter_map(|name| req.text_filter(name).map(|v| json!({"name": name, "value": v})))
+        .filter_map(|name| {
+            req.text_filter(name)
+                .map(|v| json!({"name": name, "value": v}))
+        })
         .collect();
     page(
         app,

@@ -40,8 +40,28 @@ use crate::error::{AppError, AppResult, Kind};
 use crate::policy::Subject;
 use crate::users::User;
 
-/// The largest request body accepted (forms, JSON, playbooks).
+/// The largest request body accepted: scripts, playbooks and executions (a script or
+/// playbook of up to 1 MiB as JSON, or a fan-out naming thousands of agents).
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// The largest body of any other route (forms and JSON objects).
+pub const MAX_FORM_BODY: usize = 256 * 1024;
+/// The largest body of the login form.
+pub const MAX_LOGIN_BODY: usize = 16 * 1024;
+
+/// The body limit of a route (the README lists them).
+pub fn body_limit(path: &str) -> usize {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let resource = match segments.as_slice() {
+        ["api", "v1", resource, ..] => *resource,
+        [resource, ..] => *resource,
+        [] => "",
+    };
+    match resource {
+        "login" => MAX_LOGIN_BODY,
+        "scripts" | "executions" | "rollouts" | "servers" => MAX_BODY,
+        _ => MAX_FORM_BODY,
+    }
+}
 
 /// An HTTP response.
 pub type Resp = Response<Body>;
@@ -253,15 +273,18 @@ impl Req {
                 .ok()
                 .filter(|n| (1..=MAX_PAGE).contains(n))
                 .ok_or_else(|| {
-                    AppError::bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+                    AppError::bad_request(format!(
+                        "limit must be a whole number from 1 to {MAX_PAGE}"
+                    ))
                 })?,
         };
-        let cursor = match self.query("cursor").filter(|s| !s.is_empty()) {
-            None => None,
-            Some(text) => Some(decode_cursor(text).ok_or_else(|| {
-                AppError::bad_request("cursor is not one this server gave out")
-            })?),
-        };
+        let cursor =
+            match self.query("cursor").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(text) => Some(decode_cursor(text).ok_or_else(|| {
+                    AppError::bad_request("cursor is not one this server gave out")
+                })?),
+            };
         Ok(Paging { limit, cursor })
     }
 
@@ -377,7 +400,9 @@ fn decode_cursor(text: &str) -> Option<String> {
 pub fn json_page(req: &Req, items: &impl serde::Serialize, next: Option<&str>) -> Resp {
     let mut resp = json(StatusCode::OK, items);
     if let Some(next) = next {
-        if let Ok(v) = HeaderValue::from_str(&format!("<{}>; rel=\"next\"", req.next_page_url(next))) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("<{}>; rel=\"next\"", req.next_page_url(next)))
+        {
             resp.headers_mut().insert("link", v);
         }
     }
@@ -449,7 +474,7 @@ pub fn filter(
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(peer_addr())
         .and(warp::body::stream())
         .and(app_filter)
         .then(
@@ -491,16 +516,29 @@ async fn handle(
     mut body: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
 ) -> Resp {
     let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
+    let limit = body_limit(&path);
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                let err = AppError::new(
+                    Kind::BadRequest,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                );
+                return json(StatusCode::REQUEST_TIMEOUT, &err.to_json());
+            }
+        };
         match chunk {
             Ok(mut buf) => {
-                if bytes.len() + buf.remaining() > MAX_BODY {
+                if bytes.len() + buf.remaining() > limit {
                     let err = AppError::new(
                         Kind::BadRequest,
-                        format!(
-                            "the request body is larger than {} MiB",
-                            MAX_BODY / 1024 / 1024
-                        ),
+                        format!("the request body is larger than {} KiB", limit / 1024),
                     );
                     return json(StatusCode::PAYLOAD_TOO_LARGE, &err.to_json());
                 }
@@ -636,15 +674,54 @@ fn client_address(app: &App, remote: Option<SocketAddr>, headers: &HeaderMap) ->
     (client, secure)
 }
 
+/// How long a client may take to send a request's headers; a slow client is cut off
+/// (408 from hyper) instead of holding a connection open forever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a client may take to send a request's body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The client's address as the listener saw it, put into each request's extensions
+/// (warp's own address filter only works with warp's own server).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The peer address of a request, from [`PeerAddr`].
+pub fn peer_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|p| p.0))
+}
+
 /// Serves HTTP on `addr` until `shutdown` resolves; returns the bound address and the
-/// server future.
+/// server future. hyper's own server, so the header read timeout can be set.
 pub fn bind(
     app: App,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = ()>)> {
-    let routes = filter(app);
-    warp::serve(routes)
-        .try_bind_with_graceful_shutdown(addr, shutdown)
-        .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))
+    use warp::hyper::server::conn::AddrStream;
+    use warp::hyper::service::{make_service_fn, service_fn, Service};
+    let service = warp::service(filter(app));
+    let mut incoming = warp::hyper::server::conn::AddrIncoming::bind(&addr)
+        .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
+    incoming.set_nodelay(true);
+    let bound = incoming.local_addr();
+    let make = make_service_fn(move |conn: &AddrStream| {
+        let peer = PeerAddr(conn.remote_addr());
+        let service = service.clone();
+        async move {
+            Ok::<_, Infallible>(service_fn(move |mut request: warp::http::Request<Body>| {
+                request.extensions_mut().insert(peer);
+                let mut service = service.clone();
+                service.call(request)
+            }))
+        }
+    });
+    let server = warp::hyper::Server::builder(incoming)
+        .http1_header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve(make)
+        .with_graceful_shutdown(shutdown);
+    Ok((bound, async move {
+        if let Err(e) = server.await {
+            tracing::error!("HTTP server error: {e}");
+        }
+    }))
 }

@@ -952,7 +952,12 @@ pub fn audit(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         .read(|r| audit::query(r, &filter, paging.cursor.as_deref(), paging.limit))?;
     let filters: Map<String, Value> = super::api::AUDIT_FILTERS
         .iter()
-        .map(|name| (name.to_string(), json!(req.text_filter(name).unwrap_or_default())))
+        .map(|name| {
+            (
+                name.to_string(),
+                json!(req.text_filter(name).unwrap_or_default()),
+            )
+        })
         .collect();
     let data = json!({
         "entries": entries,

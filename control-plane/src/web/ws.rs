@@ -36,7 +36,7 @@ pub fn filter(
         .and(warp::ws())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(super::peer_addr())
         .and(app_filter)
         .map(
             |id: String,
@@ -129,7 +129,11 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
 type Sink = std::sync::Arc<tokio::sync::Mutex<futures::stream::SplitSink<WebSocket, Message>>>;
 
 /// Reads stored chunks on the blocking pool, never on this worker.
-async fn stored_chunks(app: &App, id: &str, from: u64) -> anyhow::Result<Vec<executions::LogChunk>> {
+async fn stored_chunks(
+    app: &App,
+    id: &str,
+    from: u64,
+) -> anyhow::Result<Vec<executions::LogChunk>> {
     let store = app.store.clone();
     let id = id.to_string();
     crate::store::blocking(move || {
