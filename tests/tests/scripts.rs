@@ -219,14 +219,14 @@ async fn secret_values_are_masked() {
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
 
-    // Sales people have no business with scripts.
+    // Sales people have no business with scripts: refused before any lookup.
     let (status, _) = cp.api_as("sales").get("/api/v1/scripts").await;
     assert_eq!(status, 403);
     let (status, _) = cp
         .api_as("sales")
         .get(&format!("/api/v1/scripts/{id}"))
         .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 403);
 
     // A required secret must be given.
     let (status, body) = api
