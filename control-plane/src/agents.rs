@@ -55,6 +55,12 @@ pub struct EnrollmentTokenRecord {
     /// A server request this token was made for, if any (its enrollment completes it).
     #[serde(default)]
     pub request_id: Option<String>,
+    /// When it was revoked; a revoked token enrolls nothing.
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Who revoked it.
+    #[serde(default)]
+    pub revoked_by: Option<String>,
 }
 
 impl Record for EnrollmentTokenRecord {
@@ -173,6 +179,9 @@ pub enum EnrollRefusal {
     /// The token's uses are spent.
     #[error("the enrollment token has been used up")]
     UsedUp,
+    /// Someone revoked the token.
+    #[error("the enrollment token has been revoked")]
+    Revoked,
     /// The token's project no longer exists.
     #[error("the enrollment token's project no longer exists")]
     NoProject,
@@ -233,6 +242,8 @@ pub fn create_token(
         max_uses,
         uses: 0,
         request_id: None,
+        revoked_at: None,
+        revoked_by: None,
     };
     w.put(&record)?;
     w.index_put(TOKEN_BY_HASH, &record.secret_hash, &record.id)?;
@@ -247,6 +258,77 @@ pub fn create_token(
         ),
     )?;
     Ok((record, secret))
+}
+
+/// The enrollment tokens that could still enroll an agent (not revoked, expired or
+/// used up) on the projects where the subject manages agents, newest first.
+pub fn live_tokens(
+    r: &impl Read,
+    subject: &Subject,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<EnrollmentTokenRecord>> {
+    let mut tokens: Vec<EnrollmentTokenRecord> = r
+        .list::<EnrollmentTokenRecord>()?
+        .into_iter()
+        .filter(|t| t.revoked_at.is_none() && t.expires_at > now && t.uses < t.max_uses)
+        .filter(|t| policy::can(subject, Action::ManageAgents, Some(&t.project_id)))
+        .collect();
+    // Ids are UUIDv7: their order is their creation order.
+    tokens.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(tokens)
+}
+
+/// Revokes an enrollment token: it enrolls nothing more. 404 unless the subject manages
+/// agents of the token's project (so nobody else learns it exists), then 409 when it
+/// is revoked already. Audited.
+pub fn revoke_token(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    token_id: &str,
+    now: DateTime<Utc>,
+) -> AppResult<EnrollmentTokenRecord> {
+    let mut token = w
+        .get::<EnrollmentTokenRecord>(token_id)?
+        .filter(|t| policy::can(subject, Action::ManageAgents, Some(&t.project_id)))
+        .ok_or_else(|| AppError::not_found("enrollment token"))?;
+    if token.revoked_at.is_some() {
+        return Err(AppError::conflict(
+            "the enrollment token is already revoked",
+        ));
+    }
+    token.revoked_at = Some(now);
+    token.revoked_by = Some(actor.username.clone());
+    w.put(&token)?;
+    let project = w
+        .get::<Project>(&token.project_id)?
+        .map(|p| p.name)
+        .unwrap_or_else(|| token.project_id.clone());
+    audit::record(
+        w,
+        actor,
+        "agent.token_revoke",
+        &format!("project:{project}"),
+        format!(
+            "token {}, {} of {} uses spent",
+            token.id, token.uses, token.max_uses
+        ),
+    )?;
+    Ok(token)
+}
+
+/// The API and page view of an enrollment token: never its secret or hash.
+pub fn token_view(token: &EnrollmentTokenRecord, project_name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": token.id,
+        "project": project_name,
+        "project_id": token.project_id,
+        "uses_left": token.max_uses.saturating_sub(token.uses),
+        "expires_at": token.expires_at,
+        "created_by": token.created_by,
+        "created_at": token.created_at,
+        "revoked": token.revoked_at.is_some(),
+    })
 }
 
 /// The full token text for a secret and a CA fingerprint.
@@ -301,6 +383,9 @@ pub fn consume_token(
     };
     if !secrets::constant_time_eq(&token.secret_hash, &hash) {
         return Ok(Err(EnrollRefusal::Unknown));
+    }
+    if token.revoked_at.is_some() {
+        return Ok(Err(EnrollRefusal::Revoked));
     }
     if now >= token.expires_at {
         return Ok(Err(EnrollRefusal::Expired));

@@ -6,7 +6,9 @@
 //!   always creates a new id.
 //! * CSRF: each session has its own random token that every state-changing form
 //!   carries; before login, the token is a MAC of a random pre-session cookie.
-//! * API tokens: `dsa_…`, shown once, stored as SHA-256.
+//! * API tokens: `dsa_…`, shown once, stored as SHA-256; listed (never the secret) and
+//!   revoked by their owner or an admin, every revocation audited; `last_used_at` is
+//!   written at most once a minute per token, so busy tokens cost no write per request.
 //! * Throttling: after [`MAX_FAILURES`] failed logins for a username or from an address
 //!   within the window, further attempts are refused until the lock ends.
 
@@ -62,6 +64,33 @@ pub struct ApiToken {
     pub hash: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// When the token last authenticated a request, within [`LAST_USED_RESOLUTION_SECONDS`].
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// How stale a token's `last_used_at` may be before a request writes it again: at most
+/// one store write per token in this many seconds, however busy the token is.
+pub const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
+
+/// What the API and pages show of a token: never its secret or hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiTokenView {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ApiToken> for ApiTokenView {
+    fn from(t: &ApiToken) -> ApiTokenView {
+        ApiTokenView {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+        }
+    }
 }
 
 impl Record for ApiToken {
@@ -195,11 +224,12 @@ pub fn create_api_token(
     let token = format!("dsa_{}", secrets::random_token(32));
     let hash = secrets::hash_secret(&token);
     let record = ApiToken {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: uuid::Uuid::now_v7().to_string(),
         user_id: user.id.clone(),
         hash: hash.clone(),
         name: name.to_string(),
         created_at: Utc::now(),
+        last_used_at: None,
     };
     w.put(&record)?;
     w.index_put(API_TOKEN_INDEX, &hash, &record.id)?;
@@ -213,18 +243,103 @@ pub fn create_api_token(
     Ok(token)
 }
 
-/// The active user a bearer token belongs to.
-pub fn user_from_api_token(r: &impl Read, token: &str) -> anyhow::Result<Option<User>> {
+/// The active user a bearer token belongs to. Records that the token was used, at most
+/// once per [`LAST_USED_RESOLUTION_SECONDS`]; a failed record is logged, never a
+/// refused request.
+pub fn api_token_user(
+    store: &crate::store::Store,
+    token: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<User>> {
     if !token.starts_with("dsa_") || token.len() > 100 {
         return Ok(None);
     }
-    let Some(id) = r.index_get(API_TOKEN_INDEX, &secrets::hash_secret(token))? else {
+    let hash = secrets::hash_secret(token);
+    let found = store.read(|r| {
+        let Some(id) = r.index_get(API_TOKEN_INDEX, &hash)? else {
+            return Ok(None);
+        };
+        let Some(record) = r.get::<ApiToken>(&id)? else {
+            return Ok(None);
+        };
+        let user = r.get::<User>(&record.user_id)?.filter(|u| u.active);
+        Ok(user.map(|u| (record, u)))
+    })?;
+    let Some((record, user)) = found else {
         return Ok(None);
     };
-    let Some(record) = r.get::<ApiToken>(&id)? else {
-        return Ok(None);
-    };
-    Ok(r.get::<User>(&record.user_id)?.filter(|u| u.active))
+    let stale = record
+        .last_used_at
+        .is_none_or(|at| now - at >= Duration::seconds(LAST_USED_RESOLUTION_SECONDS));
+    if stale {
+        let touched = store.write(|w| {
+            // Re-read: the token may have been revoked since.
+            if let Some(mut current) = w.get::<ApiToken>(&record.id)? {
+                current.last_used_at = Some(now);
+                w.put(&current)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = touched {
+            tracing::warn!(token = %record.id, "recording the use of an API token: {e:#}");
+        }
+    }
+    Ok(Some(user))
+}
+
+/// The API tokens of a user, newest first.
+pub fn tokens_of(r: &impl Read, user_id: &str) -> anyhow::Result<Vec<ApiToken>> {
+    let mut tokens: Vec<ApiToken> = r
+        .list::<ApiToken>()?
+        .into_iter()
+        .filter(|t| t.user_id == user_id)
+        .collect();
+    tokens.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(tokens)
+}
+
+/// Revokes one API token of `owner`; 404 when `owner` has no token with this id (so a
+/// caller who names another user's token learns nothing). Audited.
+pub fn revoke_api_token(
+    w: &mut Writer,
+    actor: &Actor,
+    owner: &User,
+    token_id: &str,
+) -> AppResult<ApiToken> {
+    let token = w
+        .get::<ApiToken>(token_id)?
+        .filter(|t| t.user_id == owner.id)
+        .ok_or_else(|| AppError::not_found("API token"))?;
+    delete_token(w, actor, owner, &token)?;
+    Ok(token)
+}
+
+/// Revokes every API token of a user (after a password reset); how many. Each
+/// revocation is audited.
+pub fn revoke_api_tokens_of(w: &mut Writer, actor: &Actor, user: &User) -> anyhow::Result<usize> {
+    let tokens = tokens_of(w, &user.id)?;
+    for token in &tokens {
+        delete_token(w, actor, user, token)?;
+    }
+    Ok(tokens.len())
+}
+
+fn delete_token(
+    w: &mut Writer,
+    actor: &Actor,
+    owner: &User,
+    token: &ApiToken,
+) -> anyhow::Result<()> {
+    w.delete::<ApiToken>(&token.id)?;
+    w.index_delete(API_TOKEN_INDEX, &token.hash)?;
+    audit::record(
+        w,
+        actor,
+        "apitoken.revoke",
+        &format!("user:{}", owner.username),
+        format!("{} ({})", token.name, token.id),
+    )?;
+    Ok(())
 }
 
 /// Counts failures per key: failed logins as `user:NAME` (locks after [`MAX_FAILURES`])

@@ -387,11 +387,30 @@ pub fn create_execution(
     executions::create(w, actor, subject, &input)
 }
 
-/// The agent of a server (or an agent id given directly).
+/// The agent of a server (or an agent id given directly) the subject may see.
 pub fn agent_of_server(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Agent> {
+    agent_of_server_for(r, subject, id, Action::ViewServers)
+}
+
+/// The agent of a server (or an agent id given directly) the subject may operate: 404
+/// for a server it may not see, 403 for one it may not operate, and only then 409 for
+/// a server without an agent, so a read-only caller learns nothing from the state.
+pub fn agent_to_operate(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Agent> {
+    agent_of_server_for(r, subject, id, Action::OperateServers)
+}
+
+fn agent_of_server_for(
+    r: &impl Read,
+    subject: &Subject,
+    id: &str,
+    action: Action,
+) -> AppResult<Agent> {
     if let Some(server) = r.get::<Server>(id)? {
         if !policy::can(subject, Action::ViewServers, Some(&server.project_id)) {
             return Err(AppError::not_found("server"));
+        }
+        if !policy::can(subject, action, Some(&server.project_id)) {
+            return Err(AppError::forbidden());
         }
         let agent_id = server.agent_id.clone().ok_or_else(|| {
             AppError::conflict(format!("server {} has no agent enrolled", server.name))
@@ -400,13 +419,17 @@ pub fn agent_of_server(r: &impl Read, subject: &Subject, id: &str) -> AppResult<
             AppError::conflict(format!("server {} has no agent enrolled", server.name))
         });
     }
-    crate::agents::find_visible(r, subject, id).map_err(|e| {
+    let agent = crate::agents::find_visible(r, subject, id).map_err(|e| {
         if e.kind == crate::error::Kind::NotFound {
             AppError::not_found("server")
         } else {
             e
         }
-    })
+    })?;
+    if !policy::can(subject, action, Some(&agent.project_id)) {
+        return Err(AppError::forbidden());
+    }
+    Ok(agent)
 }
 
 /// The usable agents of a project.
@@ -445,7 +468,7 @@ pub fn start_for_server(
     subject: &Subject,
     server_id: &str,
 ) -> AppResult<Execution> {
-    let agent = agent_of_server(w, subject, server_id)?;
+    let agent = agent_to_operate(w, subject, server_id)?;
     start_on_agent(w, actor, subject, &agent)
 }
 
@@ -577,8 +600,13 @@ pub fn start_restore(
     create_execution(w, actor, subject, &backup.agent_id, work)
 }
 
+/// A kept backup the subject may operate on: 404 when it may not see it, 403 when it
+/// may not operate its project, and only then 409 for one that cannot be used.
 fn kept(r: &impl Read, subject: &Subject, backup_id: &str) -> AppResult<Backup> {
     let backup = get_visible(r, subject, backup_id)?;
+    if !policy::can(subject, Action::OperateServers, Some(&backup.project_id)) {
+        return Err(AppError::forbidden());
+    }
     if backup.status != BackupStatus::Succeeded {
         return Err(AppError::conflict(format!(
             "backup {} did not succeed, so there is nothing to use",

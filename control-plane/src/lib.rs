@@ -44,6 +44,7 @@ use crate::app::App;
 /// and the local control socket in the data directory. Prints the URLs it serves.
 pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    scripts::index_names_per_scope(&app.store)?;
     scripts::seed_samples(&app.store)?;
     let http_stop = wait_for(stop_rx.clone());
     let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;

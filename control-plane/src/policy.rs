@@ -5,7 +5,9 @@
 //! Roles: admin (everything), technical (servers and operations on the projects granted
 //! to them, every project when `is_manager`), sales (server requests, subscriptions,
 //! revenue; a sales manager sees every sales agent's figures). Per-project grants
-//! (read < write < admin) open project-scoped actions to any non-admin role.
+//! (read < write < admin) open project-scoped actions to technical users. Sales agents
+//! never touch servers: no fleet or operations action is theirs, whatever grants they
+//! hold; they see every project's name so they can file requests for it.
 
 use std::collections::HashMap;
 
@@ -171,37 +173,57 @@ impl Subject {
 /// Decides whether `subject` may do `action` (on `project_id` for project-scoped
 /// actions; `None` there asks "on at least one project").
 pub fn can(subject: &Subject, action: Action, project_id: Option<&str>) -> bool {
-    if subject.role == Role::Admin {
-        return true;
+    match subject.role {
+        Role::Admin => true,
+        Role::Technical => technical_can(subject, action, project_id),
+        Role::Sales => sales_can(subject, action),
     }
+}
+
+fn technical_can(subject: &Subject, action: Action, project_id: Option<&str>) -> bool {
     if let Some(needed) = action.required_level() {
-        // Sales agents see every project's name so they can file requests for it.
-        if action == Action::ViewProject && subject.role == Role::Sales {
-            return true;
-        }
         return match project_id {
             Some(project) => subject
                 .level_on(project)
                 .is_some_and(|level| level >= needed),
-            None => {
-                (subject.role == Role::Technical && subject.is_manager)
-                    || subject.grants.values().any(|level| *level >= needed)
-            }
+            None => subject.is_manager || subject.grants.values().any(|level| *level >= needed),
         };
     }
     match action {
+        Action::UseFleet => true,
         Action::ManageUsers
         | Action::ViewAudit
         | Action::CreateProject
-        | Action::ApproveRequest => false,
-        Action::CreateRequest | Action::ManageSubscriptions | Action::ViewRevenue => {
-            subject.role == Role::Sales
-        }
-        Action::ViewAllRequests | Action::ViewAllRevenue => {
-            subject.role == Role::Sales && subject.is_manager
-        }
-        Action::UseFleet => subject.role == Role::Technical || !subject.grants.is_empty(),
+        | Action::ApproveRequest
+        | Action::CreateRequest
+        | Action::ViewAllRequests
+        | Action::ManageSubscriptions
+        | Action::ViewRevenue
+        | Action::ViewAllRevenue => false,
+        // Project-scoped actions were answered above.
         _ => false,
+    }
+}
+
+/// Sales agents request servers and manage subscriptions; project grants give them
+/// nothing, so no grant can open the fleet or operations to them.
+fn sales_can(subject: &Subject, action: Action) -> bool {
+    match action {
+        // Every project's name, so they can file requests for it.
+        Action::ViewProject => true,
+        Action::CreateRequest | Action::ManageSubscriptions | Action::ViewRevenue => true,
+        Action::ViewAllRequests | Action::ViewAllRevenue => subject.is_manager,
+        Action::UseFleet
+        | Action::ViewServers
+        | Action::OperateServers
+        | Action::ManageScripts
+        | Action::EditProject
+        | Action::ManageAccess
+        | Action::ManageAgents
+        | Action::ManageUsers
+        | Action::ViewAudit
+        | Action::CreateProject
+        | Action::ApproveRequest => false,
     }
 }
 
@@ -247,15 +269,16 @@ mod tests {
                 OperateServers | ManageScripts => manager || at_least(Level::Write),
                 EditProject | ManageAccess | ManageAgents => manager || at_least(Level::Admin),
             },
+            // Sales agents never touch servers: whatever grant they hold, every fleet,
+            // operations and project-management action is refused.
             Role::Sales => match action {
                 ManageUsers | ViewAudit | CreateProject | ApproveRequest => false,
                 CreateRequest | ManageSubscriptions | ViewRevenue => true,
                 ViewAllRequests | ViewAllRevenue => manager,
-                UseFleet => grant.is_some(),
+                UseFleet => false,
                 ViewProject => true,
-                ViewServers => at_least(Level::Read),
-                OperateServers | ManageScripts => at_least(Level::Write),
-                EditProject | ManageAccess | ManageAgents => at_least(Level::Admin),
+                ViewServers | OperateServers | ManageScripts => false,
+                EditProject | ManageAccess | ManageAgents => false,
             },
         }
     }
@@ -289,6 +312,29 @@ mod tests {
             }
         }
         assert_eq!(checked, 3 * 2 * 4 * 17 * 2);
+    }
+
+    /// A sales agent with an admin grant on a project still gets no fleet or operations
+    /// action on it, nor on "at least one project" (regression: a grant opened agents,
+    /// recipes, schedules and costs to sales).
+    #[test]
+    fn sales_grants_open_no_fleet_action() {
+        for manager in [false, true] {
+            let s = subject(Role::Sales, manager, Some(Level::Admin));
+            for action in [
+                Action::UseFleet,
+                Action::ViewServers,
+                Action::OperateServers,
+                Action::ManageScripts,
+                Action::EditProject,
+                Action::ManageAccess,
+                Action::ManageAgents,
+            ] {
+                assert!(!can(&s, action, Some("p1")), "{action:?} on p1");
+                assert!(!can(&s, action, None), "{action:?} anywhere");
+            }
+            assert!(can(&s, Action::ViewProject, Some("p2")));
+        }
     }
 
     /// sohila (technical, write on Nova HR only) operates Nova HR and nothing else.

@@ -233,17 +233,18 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
         Targets::Servers { servers } => {
             let mut out = Vec::new();
             for key in servers {
-                let agent =
-                    crate::backups::agent_of_server(r, subject, key.trim()).map_err(|e| {
-                        if e.kind == crate::error::Kind::NotFound {
-                            AppError::invalid(
-                                "targets",
-                                format!("no server {key:?} that you can see"),
-                            )
-                        } else {
-                            AppError::invalid("targets", e.message)
-                        }
-                    })?;
+                // The caller's right to operate the server is decided before its
+                // state (no agent) is told.
+                let agent = crate::backups::agent_to_operate(r, subject, key.trim()).map_err(
+                    |e| match e.kind {
+                        crate::error::Kind::NotFound => AppError::invalid(
+                            "targets",
+                            format!("no server {key:?} that you can see"),
+                        ),
+                        crate::error::Kind::Forbidden => e,
+                        _ => AppError::invalid("targets", e.message),
+                    },
+                )?;
                 out.push(agent);
             }
             out
@@ -257,6 +258,9 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
                         format!("no project {project:?} that you can see"),
                     )
                 })?;
+            if !policy::can(subject, Action::OperateServers, Some(&p.id)) {
+                return Err(AppError::forbidden());
+            }
             let mut agents = crate::backups::agents_of_project(r, &p.id)?;
             agents.sort_by(|a, b| a.name.cmp(&b.name));
             agents

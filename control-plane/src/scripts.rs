@@ -9,9 +9,20 @@
 //! queued or running, merged into the job spec when it is sent, and listed in the
 //! spec's `secrets` so the agent masks them in every output chunk.
 //!
+//! Names are unique per scope (one project, or the global scope), through the index
+//! `script_by_scope_name` (`SCOPE/lower-cased name`, SCOPE a project id or `*`); a name
+//! another project uses is free, and nobody learns another project's script names
+//! from a refusal. [`index_names_per_scope`] moves the first schema's store-wide index
+//! (`script_by_name`) over at startup.
+//!
+//! **Invariant:** every function here that acts for a subject decides `policy::can`
+//! before it looks anything else up or validates the input.
+//!
 //! What does not live here: running a script over many servers (`rollouts`), the job
 //! lifecycle (`executions`), parsing playbooks (the agent's `playbook` module, which
-//! this module calls so that saving validates with the very parser that runs it).
+//! this module calls so that saving validates with the very parser that runs it, in its
+//! mode that never touches the control plane's files: imports are resolved by the
+//! agent at run time).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +37,14 @@ use crate::policy::{self, Action, Subject};
 use crate::store::{Read, Record, Store, Writer};
 use dynserv_shared::proto::{JobKind, JobSpec};
 
-const BY_NAME: &str = "script_by_name";
+/// `SCOPE/lower-cased name` -> script id; SCOPE is the project id or [`GLOBAL_SCOPE`].
+const BY_SCOPE_NAME: &str = "script_by_scope_name";
+/// The first schema's index: lower-cased name -> id, unique across all projects.
+/// [`index_names_per_scope`] empties it.
+const OLD_BY_NAME: &str = "script_by_name";
+/// The scope part of the name index for scripts every project may use (no project id
+/// is `*`: ids are UUIDs).
+const GLOBAL_SCOPE: &str = "*";
 /// Longest script body accepted.
 pub const MAX_BODY_LEN: usize = 1024 * 1024;
 /// Most variables a script declares.
@@ -170,12 +188,10 @@ pub fn check_body(kind: ScriptKind, body: &str, allow_fallback: bool) -> Result<
         });
     }
     if kind == ScriptKind::Playbook {
+        // Pure parses: the files a playbook imports are the agent's, read when it runs
+        // the playbook; reading them here would read (or hang on) the control plane's.
         let parsed = if allow_fallback {
-            dynserv_agent::playbook::parse_playbook_with_ansible_fallback(
-                body,
-                std::path::Path::new("."),
-            )
-            .map(|_| ())
+            dynserv_agent::playbook::check_playbook_text_with_ansible_fallback(body)
         } else {
             dynserv_agent::playbook::validate(body)
         };
@@ -358,28 +374,124 @@ pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Script>> 
     Ok(list)
 }
 
-/// One script by id or name, if the subject may see it.
+/// The name index key of a script name in a scope.
+fn name_key(project_id: Option<&str>, name: &str) -> String {
+    format!(
+        "{}/{}",
+        project_id.unwrap_or(GLOBAL_SCOPE),
+        name.trim().to_lowercase()
+    )
+}
+
+/// The script of a scope with this name, if any.
+fn by_name_in(
+    r: &impl Read,
+    project_id: Option<&str>,
+    name: &str,
+) -> anyhow::Result<Option<Script>> {
+    match r.index_get(BY_SCOPE_NAME, &name_key(project_id, name))? {
+        Some(id) => r.get::<Script>(&id),
+        None => Ok(None),
+    }
+}
+
+/// One script by id or name, if the subject may see it: 404 when there is none it may
+/// see, 422 when a name matches scripts of several scopes it sees (use the id then).
 pub fn get_visible(r: &impl Read, subject: &Subject, key: &str) -> AppResult<Script> {
-    let script = match r.get::<Script>(key)? {
-        Some(s) => Some(s),
-        None => match r.index_get(BY_NAME, &key.trim().to_lowercase())? {
-            Some(id) => r.get::<Script>(&id)?,
-            None => None,
+    if let Some(script) = r.get::<Script>(key)? {
+        return match may_see(subject, &script) {
+            true => Ok(script),
+            false => Err(AppError::not_found("script")),
+        };
+    }
+    // Only the scopes the subject may see are asked, so an answer never tells whether
+    // another project has a script of that name.
+    let mut found = Vec::new();
+    if policy::can(subject, Action::ViewServers, None) {
+        found.extend(by_name_in(r, None, key)?);
+    }
+    for project in crate::projects::all(r)? {
+        if policy::can(subject, Action::ViewServers, Some(&project.id)) {
+            found.extend(by_name_in(r, Some(&project.id), key)?);
+        }
+    }
+    found.retain(|s| may_see(subject, s));
+    match found.len() {
+        0 => Err(AppError::not_found("script")),
+        1 => Ok(found.remove(0)),
+        _ => Err(AppError::invalid(
+            "script",
+            format!(
+                "several scripts are named {}; use the script id",
+                key.trim()
+            ),
+        )),
+    }
+}
+
+/// One script by id or name for a run on a server of `project_id`: by name, the
+/// project's own script first, then a global one.
+fn get_for_project(
+    r: &impl Read,
+    subject: &Subject,
+    project_id: &str,
+    key: &str,
+) -> AppResult<Script> {
+    let found = match r.get::<Script>(key)? {
+        Some(script) => Some(script),
+        None => match by_name_in(r, Some(project_id), key)? {
+            Some(script) => Some(script),
+            None => by_name_in(r, None, key)?,
         },
     };
-    match script {
-        Some(s) if may_see(subject, &s) => Ok(s),
+    match found {
+        Some(script) if may_see(subject, &script) => Ok(script),
         _ => Err(AppError::not_found("script")),
     }
 }
 
-fn project_of(r: &impl Read, key: Option<&str>) -> AppResult<Option<String>> {
+/// The scope (project id, or `None` for global) an input names, decided with the
+/// subject's rights before anything else is looked at: a project the subject may not
+/// see reads as unknown, one it sees but may not manage scripts of is 403.
+fn scope_to_manage(
+    r: &impl Read,
+    subject: &Subject,
+    key: Option<&str>,
+) -> AppResult<Option<String>> {
     let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
-        return Ok(None);
+        return match may_manage(subject, None) {
+            true => Ok(None),
+            false => Err(AppError::forbidden()),
+        };
     };
-    match crate::projects::find(r, key)? {
-        Some(p) => Ok(Some(p.id)),
-        None => Err(AppError::invalid("project", format!("no project {key:?}"))),
+    let project = crate::projects::find(r, key)?
+        .filter(|p| policy::can(subject, Action::ViewServers, Some(&p.id)))
+        .ok_or_else(|| AppError::invalid("project", format!("no project {key:?}")))?;
+    match may_manage(subject, Some(&project.id)) {
+        true => Ok(Some(project.id)),
+        false => Err(AppError::forbidden()),
+    }
+}
+
+/// Decides whether the subject may save `input` (as a new script, or over `old`), before
+/// the input is validated or any name looked up; the scope it will have.
+pub fn authorize_save(
+    r: &impl Read,
+    subject: &Subject,
+    input: &ScriptInput,
+    old: Option<&Script>,
+) -> AppResult<Option<String>> {
+    match old {
+        None => scope_to_manage(r, subject, input.project.as_deref()),
+        Some(old) => {
+            if !may_manage(subject, old.project_id.as_deref()) {
+                return Err(AppError::forbidden());
+            }
+            match &input.project {
+                Some(key) => scope_to_manage(r, subject, Some(key)),
+                None => Ok(old.project_id.clone()),
+            }
+        }
     }
 }
 
@@ -413,7 +525,14 @@ struct Checked {
     project_id: Option<String>,
 }
 
-fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppResult<Checked> {
+/// Validates an input over `old` for the scope `project_id` the caller was authorized
+/// for (by [`authorize_save`]).
+fn check_input(
+    r: &impl Read,
+    input: &ScriptInput,
+    old: Option<&Script>,
+    project_id: Option<String>,
+) -> AppResult<Checked> {
     let name = input
         .name
         .clone()
@@ -430,11 +549,15 @@ fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppR
             "a name is one line of at most 100 characters",
         ));
     }
-    if let Some(id) = r.index_get(BY_NAME, &name.to_lowercase())? {
+    if let Some(id) = r.index_get(BY_SCOPE_NAME, &name_key(project_id.as_deref(), &name))? {
         if old.map(|o| o.id.as_str()) != Some(id.as_str()) {
+            let scope = match project_id {
+                Some(_) => "this project",
+                None => "the global scope",
+            };
             return Err(AppError::invalid(
                 "name",
-                format!("a script named {name} already exists"),
+                format!("a script named {name} already exists in {scope}"),
             ));
         }
     }
@@ -475,10 +598,6 @@ fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppR
         })
         .collect();
     check_variables(&variables)?;
-    let project_id = match &input.project {
-        Some(p) => project_of(r, Some(p))?,
-        None => old.and_then(|o| o.project_id.clone()),
-    };
     let description = input
         .description
         .clone()
@@ -508,10 +627,8 @@ pub fn create(
     subject: &Subject,
     input: &ScriptInput,
 ) -> AppResult<Script> {
-    let c = check_input(w, input, None)?;
-    if !may_manage(subject, c.project_id.as_deref()) {
-        return Err(AppError::forbidden());
-    }
+    let scope = authorize_save(w, subject, input, None)?;
+    let c = check_input(w, input, None, scope)?;
     let now = Utc::now();
     let script = Script {
         id: uuid::Uuid::now_v7().to_string(),
@@ -530,7 +647,11 @@ pub fn create(
         updated_at: now,
     };
     w.put(&script)?;
-    w.index_put(BY_NAME, &script.name.to_lowercase(), &script.id)?;
+    w.index_put(
+        BY_SCOPE_NAME,
+        &name_key(script.project_id.as_deref(), &script.name),
+        &script.id,
+    )?;
     audit::record(
         w,
         actor,
@@ -550,16 +671,13 @@ pub fn update(
     input: &ScriptInput,
 ) -> AppResult<Script> {
     let old = get_visible(w, subject, id)?;
-    if !may_manage(subject, old.project_id.as_deref()) {
-        return Err(AppError::forbidden());
-    }
-    let c = check_input(w, input, Some(&old))?;
-    if !may_manage(subject, c.project_id.as_deref()) {
-        return Err(AppError::forbidden());
-    }
-    if c.name.to_lowercase() != old.name.to_lowercase() {
-        w.index_delete(BY_NAME, &old.name.to_lowercase())?;
-        w.index_put(BY_NAME, &c.name.to_lowercase(), &old.id)?;
+    let scope = authorize_save(w, subject, input, Some(&old))?;
+    let c = check_input(w, input, Some(&old), scope)?;
+    let old_key = name_key(old.project_id.as_deref(), &old.name);
+    let new_key = name_key(c.project_id.as_deref(), &c.name);
+    if old_key != new_key {
+        w.index_delete(BY_SCOPE_NAME, &old_key)?;
+        w.index_put(BY_SCOPE_NAME, &new_key, &old.id)?;
     }
     let script = Script {
         name: c.name,
@@ -735,11 +853,38 @@ pub fn seed_samples(store: &Store) -> anyhow::Result<usize> {
                     updated_at: now,
                 };
                 w.put(&script)?;
-                w.index_put(BY_NAME, &script.name, &script.id)?;
+                w.index_put(BY_SCOPE_NAME, &name_key(None, &script.name), &script.id)?;
             }
             Ok(SAMPLES.len())
         })
         .context("seeding the sample scripts")
+}
+
+/// Moves the name index of the first schema (names unique across all projects,
+/// `script_by_name`) to the per-scope one, at startup and in one transaction: every
+/// script gets its `SCOPE/name` entry and the old entries go. Does nothing once the
+/// old index is empty, so later startups cost one index lookup.
+pub fn index_names_per_scope(store: &Store) -> anyhow::Result<usize> {
+    store
+        .write(|w| {
+            let old = w.index_scan(OLD_BY_NAME, "")?;
+            if old.is_empty() {
+                return Ok(0);
+            }
+            for (key, _) in &old {
+                w.index_delete(OLD_BY_NAME, key)?;
+            }
+            let scripts: Vec<Script> = w.list()?;
+            for script in &scripts {
+                w.index_put(
+                    BY_SCOPE_NAME,
+                    &name_key(script.project_id.as_deref(), &script.name),
+                    &script.id,
+                )?;
+            }
+            Ok(scripts.len())
+        })
+        .context("moving script names to the per-project index")
 }
 
 /// Builds the execution input of a stored script run on an agent of `project_id`.
@@ -809,7 +954,7 @@ pub fn resolve_execution(
     if key.is_empty() || key.len() > 100 || key.contains(['\n', ':']) {
         return Ok(None);
     }
-    let script = match get_visible(r, subject, key) {
+    let script = match get_for_project(r, subject, project_id, key) {
         Ok(s) => s,
         Err(e) if e.kind == crate::error::Kind::NotFound => {
             return Err(AppError::invalid(
@@ -993,5 +1138,134 @@ mod tests {
             check_variables(&[var("a", "", false, false), var("a", "", false, false)]).is_err()
         );
         assert!(check_variables(&[var("token", "stored", true, false)]).is_err());
+    }
+
+    fn subject(role: crate::policy::Role, grants: &[(&str, crate::policy::Level)]) -> Subject {
+        Subject {
+            user_id: "u".into(),
+            username: "u".into(),
+            role,
+            is_manager: false,
+            grants: grants.iter().map(|(p, l)| (p.to_string(), *l)).collect(),
+        }
+    }
+
+    fn project(id: &str) -> crate::projects::Project {
+        crate::projects::Project {
+            id: id.into(),
+            name: id.into(),
+            description: None,
+            budget_monthly: None,
+            hetzner_token_enc: None,
+            last_sync: None,
+            deploy_command: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn input(name: &str, project: &str) -> ScriptInput {
+        ScriptInput {
+            name: Some(name.into()),
+            kind: Some("shell".into()),
+            body: Some("echo hi\n".into()),
+            project: Some(project.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Script names are unique per project, not across projects (regression: a
+    /// technician learnt another project's script names from "already exists"): the
+    /// first schema's store-wide index moves over at startup, once; then each project
+    /// may have its own `deploy`, a name lookup asks only the scopes the caller sees,
+    /// and a run on a project finds that project's script.
+    #[test]
+    fn names_are_unique_per_project() {
+        use crate::policy::{Level, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let admin = subject(Role::Admin, &[]);
+        let actor = Actor::system();
+        let first = store
+            .write(|w| {
+                w.put(&project("p1"))?;
+                w.put(&project("p2"))?;
+                let made = create(w, &actor, &admin, &input("deploy", "p1"))?;
+                // As the first schema stored it: one store-wide name entry.
+                w.index_delete(BY_SCOPE_NAME, &name_key(Some("p1"), "deploy"))?;
+                w.index_put(OLD_BY_NAME, "deploy", &made.id)?;
+                Ok(made)
+            })
+            .unwrap();
+        assert_eq!(index_names_per_scope(&store).unwrap(), 1);
+        assert_eq!(index_names_per_scope(&store).unwrap(), 0, "only once");
+        let old_left = store.read(|r| r.index_scan(OLD_BY_NAME, "")).unwrap();
+        assert!(old_left.is_empty(), "{old_left:?}");
+
+        let again = store
+            .write(|w| Ok(create(w, &actor, &admin, &input("Deploy", "p1"))))
+            .unwrap();
+        assert_eq!(again.unwrap_err().field.as_deref(), Some("name"));
+        let second = store
+            .write(|w| Ok(create(w, &actor, &admin, &input("deploy", "p2"))?))
+            .unwrap();
+
+        let p2_tech = subject(Role::Technical, &[("p2", Level::Write)]);
+        let found = store
+            .read(|r| Ok(get_visible(r, &p2_tech, "deploy")))
+            .unwrap();
+        assert_eq!(found.unwrap().id, second.id);
+        let ambiguous = store
+            .read(|r| Ok(get_visible(r, &admin, "deploy")))
+            .unwrap();
+        assert!(ambiguous.unwrap_err().message.contains("use the script id"));
+        let for_p1 = store
+            .read(|r| Ok(get_for_project(r, &admin, "p1", "deploy")))
+            .unwrap();
+        assert_eq!(for_p1.unwrap().id, first.id);
+    }
+
+    /// The caller's right to the scope is decided before the input is judged: a
+    /// read-only technician hears 403 even for a taken name or a broken body, and a
+    /// project the caller may not see answers exactly like one that does not exist.
+    #[test]
+    fn authorization_comes_before_validation() {
+        use crate::error::Kind;
+        use crate::policy::{Level, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let admin = subject(Role::Admin, &[]);
+        store
+            .write(|w| {
+                w.put(&project("p1"))?;
+                w.put(&project("p2"))?;
+                create(w, &Actor::system(), &admin, &input("deploy", "p1"))?;
+                Ok(())
+            })
+            .unwrap();
+        let reader = subject(
+            Role::Technical,
+            &[("p1", Level::Read), ("p2", Level::Write)],
+        );
+        let attempt = |who: &Subject, input: &ScriptInput| {
+            store
+                .write(|w| Ok(create(w, &Actor::system(), who, input)))
+                .unwrap()
+                .unwrap_err()
+        };
+        assert_eq!(
+            attempt(&reader, &input("deploy", "p1")).kind,
+            Kind::Forbidden
+        );
+        let mut broken = input("new", "p1");
+        broken.kind = Some("nonsense".into());
+        assert_eq!(attempt(&reader, &broken).kind, Kind::Forbidden);
+        let outsider = subject(Role::Technical, &[("p2", Level::Write)]);
+        let hidden = attempt(&outsider, &input("deploy", "p1"));
+        let missing = attempt(&outsider, &input("deploy", "nope"));
+        assert_eq!(hidden.kind, Kind::Invalid);
+        assert_eq!(
+            hidden.message.replace("\"p1\"", "X"),
+            missing.message.replace("\"nope\"", "X")
+        );
     }
 }

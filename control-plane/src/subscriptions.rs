@@ -361,6 +361,112 @@ pub fn update_adding_to(
     Ok(sub)
 }
 
+/// A server a subscription form may offer.
+#[derive(Debug, Clone)]
+pub struct OfferedServer {
+    pub server: Server,
+    /// The client of the deployed request it was made for, when offered through one.
+    pub client: Option<String>,
+    /// Whether the subject sees the server in the fleet (and with it its monthly cost).
+    pub in_fleet: bool,
+}
+
+/// The servers `subject` may put on a subscription: every server it sees in the fleet;
+/// for a sales agent, who sees no fleet, the servers of the deployed requests it may
+/// see (of `client` only, when given), plus those `attached` to the subscription
+/// already. Deleted servers are not offered. Sorted by name.
+pub fn offerable_servers(
+    r: &impl Read,
+    subject: &Subject,
+    client: Option<&str>,
+    attached: &[String],
+) -> anyhow::Result<Vec<OfferedServer>> {
+    let mut out: Vec<OfferedServer> = Vec::new();
+    let seen = |out: &[OfferedServer], id: &str| out.iter().any(|o| o.server.id == id);
+    if policy::can(subject, policy::Action::ViewServers, None) {
+        for server in r.list::<Server>()? {
+            if server.status != "deleted"
+                && policy::can(
+                    subject,
+                    policy::Action::ViewServers,
+                    Some(&server.project_id),
+                )
+            {
+                out.push(OfferedServer {
+                    server,
+                    client: None,
+                    in_fleet: true,
+                });
+            }
+        }
+    }
+    let client = client.map(str::trim).filter(|c| !c.is_empty());
+    for request in crate::requests::visible(r, subject)? {
+        if request.status != crate::requests::Status::Deployed
+            || client.is_some_and(|c| !request.client_name.trim().eq_ignore_ascii_case(c))
+        {
+            continue;
+        }
+        let Some(server_id) = &request.server_id else {
+            continue;
+        };
+        if seen(&out, server_id) {
+            continue;
+        }
+        if let Some(server) = r
+            .get::<Server>(server_id)?
+            .filter(|s| s.status != "deleted")
+        {
+            out.push(OfferedServer {
+                server,
+                client: Some(request.client_name.clone()),
+                in_fleet: false,
+            });
+        }
+    }
+    for id in attached {
+        if seen(&out, id) {
+            continue;
+        }
+        if let Some(server) = r.get::<Server>(id)? {
+            out.push(OfferedServer {
+                server,
+                client: None,
+                in_fleet: false,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.server.name.cmp(&b.server.name));
+    Ok(out)
+}
+
+/// Checks the servers an input puts on a subscription against those `subject` may
+/// offer (of any client's request, see [`offerable_servers`]); one it may not offer
+/// reads as unknown, so the answer never tells what exists outside its view. Ids of no
+/// server at all are left to the record's own checks.
+pub fn check_server_choice(
+    r: &impl Read,
+    subject: &Subject,
+    input: &SubscriptionInput,
+    existing: Option<&Subscription>,
+) -> AppResult<()> {
+    let Some(ids) = &input.server_ids else {
+        return Ok(());
+    };
+    let attached = existing.map(|s| s.server_ids.as_slice()).unwrap_or(&[]);
+    let offered = offerable_servers(r, subject, None, attached)?;
+    for id in ids.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+        if offered.iter().any(|o| o.server.id == id) || r.get::<Server>(id)?.is_none() {
+            continue;
+        }
+        return Err(AppError::invalid(
+            "server_ids",
+            format!("there is no server {id}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The subscriptions a subject may see, by client: every one with `ViewAllRevenue`,
 /// else their own.
 pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Subscription>> {

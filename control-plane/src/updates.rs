@@ -95,7 +95,7 @@ pub fn start_for_server(
     server_id: &str,
     check: bool,
 ) -> AppResult<Execution> {
-    let agent = backups::agent_of_server(w, subject, server_id)?;
+    let agent = backups::agent_to_operate(w, subject, server_id)?;
     start_on_agent(w, actor, subject, &agent, check)
 }
 

@@ -91,6 +91,16 @@ pub struct UserChange {
     pub password: Option<String>,
     pub full_name: Option<String>,
     pub email: Option<String>,
+    /// With a password reset: also revoke the user's API tokens (the default). Tokens
+    /// are `auth`'s; the web layer acts on this in the same transaction.
+    pub revoke_tokens: Option<bool>,
+}
+
+impl UserChange {
+    /// Whether this change resets the password and revokes the user's API tokens.
+    pub fn revokes_tokens(&self) -> bool {
+        self.password.as_deref().is_some_and(|p| !p.is_empty()) && self.revoke_tokens != Some(false)
+    }
 }
 
 /// Hashes a password with argon2id and a random salt.

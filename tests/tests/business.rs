@@ -376,12 +376,21 @@ async fn subscriptions_and_revenue() {
         .unwrap()
         .to_string();
     let today = chrono_today();
-    let body = json!({
+    let mut body = json!({
         "client": "Initech", "server_ids": [db], "monthly_cost": 45.5, "currency": "usd",
         "starts_on": today, "hosting_until": "2099-12-31", "auto_renew": false,
         "renewal_months": 12,
     });
-    let (status, created) = sales.post("/api/v1/subscriptions", &body).await;
+    // A sales agent puts on a subscription only servers it may offer (those of its
+    // deployed requests); a fleet server reads as unknown. An admin attaches any.
+    let (status, refused) = sales.post("/api/v1/subscriptions", &body).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("server_ids")),
+        "{refused}"
+    );
+    body["sales_agent"] = json!("sales");
+    let (status, created) = admin.post("/api/v1/subscriptions", &body).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["currency"], "USD");
     assert_eq!(created["sales_agent"], "sales");

@@ -1014,3 +1014,87 @@ async fn a_second_process_with_the_same_identity_never_runs_a_job_twice() {
     let original_dir = original.state_dir().to_string_lossy().into_owned();
     assert!(lines[0].starts_with(&original_dir), "{lines:?}");
 }
+
+/// Enrollment tokens are listed (never their secret) and revoked on the API and the
+/// Agents page, a revoked token enrolls nothing, and each revocation is audited
+/// (regression: enrollment tokens could only expire).
+#[tokio::test]
+async fn enrollment_tokens_are_listed_and_revoked() {
+    let (cp, api) = setup().await;
+    let quic = cp.quic_addr();
+    let (status, created) = api
+        .post(
+            "/api/v1/enrollment-tokens",
+            &json!({"project": "Fleet", "uses": 3}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["token"].as_str().unwrap().to_string();
+    let (status, list) = api.get("/api/v1/enrollment-tokens").await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {list}"));
+    assert_eq!(listed["project"], "Fleet");
+    assert_eq!(listed["uses_left"], 3);
+    assert_eq!(listed["created_by"], "admin");
+    assert!(listed["expires_at"].is_string(), "{listed}");
+    let secret_part = secret.split('.').nth(1).unwrap();
+    assert!(
+        !list.to_string().contains(secret_part),
+        "the secret is never listed"
+    );
+
+    // Only those who manage agents see or revoke tokens.
+    cp.add_user("viewer", "technical", false, "viewer-password-1");
+    let viewer = cp.api_as("viewer");
+    let (status, _) = api
+        .post(
+            "/api/v1/projects/Fleet/access",
+            &json!({"username": "viewer", "level": "write"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(viewer.get("/api/v1/enrollment-tokens").await.0, 403);
+    assert_eq!(
+        viewer
+            .delete(&format!("/api/v1/enrollment-tokens/{id}"))
+            .await
+            .0,
+        403
+    );
+
+    let (status, revoked) = api.delete(&format!("/api/v1/enrollment-tokens/{id}")).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revoked"], true, "{revoked}");
+    let (status, _) = api.delete(&format!("/api/v1/enrollment-tokens/{id}")).await;
+    assert_eq!(status, 409);
+    let (_, list) = api.get("/api/v1/enrollment-tokens").await;
+    assert!(!list.to_string().contains(&id), "{list}");
+    let refused = Agent::try_enroll(&quic, &secret, "late").expect_err("a revoked token enrolled");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revoked"),
+        "{refused:?}"
+    );
+
+    // The Agents page lists the live tokens with a revoke button that works.
+    let other = cp.enrollment_token("Fleet");
+    let (_, list) = api.get("/api/v1/enrollment-tokens").await;
+    let other_id = list[0]["id"].as_str().unwrap().to_string();
+    let mut page = dynserv_tests::PageClient::signed_in(&cp, "admin", "admin-password-1").await;
+    let (status, _, html) = page.get("/agents").await;
+    assert_eq!(status, 200);
+    let action = format!("/agents/tokens/{other_id}/revoke");
+    assert!(html.contains(&action), "{html}");
+    let csrf = dynserv_tests::csrf_of(&html);
+    let (status, location, _) = page.post(&action, &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_str()), (303, "/agents"));
+    assert!(Agent::try_enroll(&quic, &other, "later").is_err());
+
+    let (_, audit) = api.get("/api/v1/audit?q=agent.token_revoke").await;
+    assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
+}

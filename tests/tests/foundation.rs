@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use dynserv_tests::{Api, ControlPlane, PageClient};
+use dynserv_tests::{csrf_of, Api, ControlPlane, PageClient};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -875,4 +875,565 @@ async fn every_page_form_refuses_missing_or_wrong_csrf() {
     }
     let (status, _, _) = client.get("/").await;
     assert_eq!(status, 200, "the session survived (logout was refused too)");
+}
+
+/// One API call: method, path, JSON body.
+type Route = (Method, String, Option<Value>);
+
+/// Creates a user through the API and grants it `(project, level)`s.
+async fn user_with_grants(admin: &Api, username: &str, role: &str, grants: &[(&str, &str)]) {
+    let (status, answer) = admin
+        .post(
+            "/api/v1/users",
+            &json!({"username": username, "password": "password-123", "role": role}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    for (project, level) in grants {
+        let path = format!("/api/v1/projects/{}/access", project.replace(' ', "%20"));
+        let (status, answer) = admin
+            .post(&path, &json!({"username": username, "level": level}))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+}
+
+/// A sales agent never touches servers (regression: recipes with their backup and
+/// restore commands, schedules, costs and the deploy command answered 200 to sales,
+/// `/api/v1/agents` too, and the subscription form listed every server with its cost):
+/// every fleet and operations route, API and page, answers 403 to a sales agent with
+/// no grant and to one holding an admin grant, before any lookup (unknown ids too),
+/// while a technician still gets through.
+#[tokio::test]
+async fn sales_is_refused_every_fleet_and_operations_route() {
+    let cp = ControlPlane::start_demo().await;
+    let admin = cp.api_as("admin");
+    user_with_grants(
+        &admin,
+        "salma",
+        "sales",
+        &[("Nova HR", "admin"), ("Local", "admin")],
+    )
+    .await;
+    let local = admin.connected_agent("localhost").await;
+    let agent = local["id"].as_str().unwrap().to_string();
+    let nova = id_of(&admin, "/api/v1/projects", "Nova HR").await;
+    let server = id_of(&admin, "/api/v1/servers", "nova-hr-db-01").await;
+    let (status, hello) = admin.get("/api/v1/scripts/hello").await;
+    assert_eq!(status, 200, "{hello}");
+    let hello = hello["id"].as_str().unwrap().to_string();
+    let (status, execution) = admin
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": agent, "kind": "script", "script": "true"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{execution}");
+    let execution = execution["id"].as_str().unwrap().to_string();
+
+    let get = |path: String| (Method::GET, path, None);
+    let post = |path: String, body: Value| (Method::POST, path, Some(body));
+    let put = |path: String, body: Value| (Method::PUT, path, Some(body));
+    // (method, path, body); the technician's status where it reads something.
+    let api_routes: Vec<(Route, Option<u16>)> = vec![
+        (get("/api/v1/agents".into()), Some(200)),
+        (get(format!("/api/v1/agents/{agent}")), Some(200)),
+        (
+            post(format!("/api/v1/agents/{agent}/revoke"), json!({})),
+            None,
+        ),
+        (get("/api/v1/enrollment-tokens".into()), Some(200)),
+        (
+            post(
+                "/api/v1/enrollment-tokens".into(),
+                json!({"project": "Nova HR"}),
+            ),
+            None,
+        ),
+        (
+            (Method::DELETE, "/api/v1/enrollment-tokens/x".into(), None),
+            None,
+        ),
+        (get("/api/v1/executions".into()), Some(200)),
+        (get(format!("/api/v1/executions/{execution}")), Some(200)),
+        (get(format!("/api/v1/executions/{execution}/log")), None),
+        (
+            post(format!("/api/v1/executions/{execution}/cancel"), json!({})),
+            None,
+        ),
+        (
+            post(
+                "/api/v1/executions".into(),
+                json!({"agent": agent, "kind": "script", "script": "true"}),
+            ),
+            None,
+        ),
+        (get("/api/v1/scripts".into()), Some(200)),
+        (get(format!("/api/v1/scripts/{hello}")), Some(200)),
+        (
+            post(
+                "/api/v1/scripts".into(),
+                json!({"name": "x", "kind": "shell", "body": "true", "project": "Nova HR"}),
+            ),
+            None,
+        ),
+        (
+            put(
+                format!("/api/v1/scripts/{hello}"),
+                json!({"description": "x"}),
+            ),
+            None,
+        ),
+        (
+            post(
+                format!("/api/v1/scripts/{hello}/run"),
+                json!({"targets": {"servers": [agent]}}),
+            ),
+            None,
+        ),
+        (get("/api/v1/rollouts/x".into()), Some(404)),
+        (get("/api/v1/backups".into()), Some(200)),
+        (get("/api/v1/backups/x".into()), Some(404)),
+        (post("/api/v1/backups/x/verify".into(), json!({})), None),
+        (
+            post(
+                "/api/v1/backups/x/restore".into(),
+                json!({"confirm": "RESTORE"}),
+            ),
+            None,
+        ),
+        (
+            post(format!("/api/v1/servers/{server}/backup"), json!({})),
+            None,
+        ),
+        (
+            post(format!("/api/v1/projects/{nova}/backup"), json!({})),
+            None,
+        ),
+        (get("/api/v1/updates".into()), Some(200)),
+        (get("/api/v1/updates/x".into()), Some(404)),
+        (
+            post(format!("/api/v1/servers/{server}/update"), json!({})),
+            None,
+        ),
+        (
+            post(format!("/api/v1/projects/{nova}/update"), json!({})),
+            None,
+        ),
+        (
+            get(format!("/api/v1/projects/{nova}/backup-recipe")),
+            Some(200),
+        ),
+        (
+            put(
+                format!("/api/v1/projects/{nova}/backup-recipe"),
+                json!({"compose_project": "x", "service": "db", "command": "true"}),
+            ),
+            None,
+        ),
+        (get(format!("/api/v1/projects/{nova}/schedules")), Some(200)),
+        (
+            put(format!("/api/v1/projects/{nova}/schedules"), json!({})),
+            None,
+        ),
+        (get(format!("/api/v1/projects/{nova}/costs")), Some(200)),
+        (
+            post(format!("/api/v1/projects/{nova}/sync"), json!({})),
+            None,
+        ),
+        (
+            post(
+                format!("/api/v1/servers/{server}/power"),
+                json!({"action": "reboot"}),
+            ),
+            None,
+        ),
+        (get(format!("/api/v1/servers/{server}/actions")), Some(200)),
+        (
+            get(format!("/api/v1/servers/{server}/actions/x")),
+            Some(404),
+        ),
+        (get(format!("/api/v1/servers/{server}")), Some(200)),
+    ];
+    let tech = cp.api_as("tech");
+    for username in ["sales", "salma"] {
+        let api = cp.api_as(username);
+        for ((method, path, body), _) in &api_routes {
+            let (status, answer) = api.send(method.clone(), path, body.as_ref()).await;
+            assert_eq!(status, 403, "{username} {method} {path}: {answer}");
+            assert!(answer["error"].is_string(), "{answer}");
+        }
+    }
+    for ((method, path, body), want) in &api_routes {
+        if let Some(want) = want {
+            let (status, answer) = tech.send(method.clone(), path, body.as_ref()).await;
+            assert_eq!(status, *want, "tech {method} {path}: {answer}");
+        }
+    }
+
+    // What sales may read of a project holds no operations detail.
+    let salma = cp.api_as("salma");
+    let (status, project) = salma.get(&format!("/api/v1/projects/{nova}")).await;
+    assert_eq!(status, 200, "{project}");
+    assert!(project.get("deploy_command").is_none(), "{project}");
+    let (_, projects) = salma.get("/api/v1/projects").await;
+    assert!(!projects.to_string().contains("deploy.sh"), "{projects}");
+    let (_, project) = tech.get(&format!("/api/v1/projects/{nova}")).await;
+    assert_eq!(
+        project["deploy_command"],
+        "cd /home/dynamic/nova-hr-docker && ./deploy.sh"
+    );
+    // A subscription takes only servers sales may offer; another one reads as unknown.
+    let (status, answer) = salma
+        .post(
+            "/api/v1/subscriptions",
+            &json!({"client": "Acme", "server_ids": [server], "monthly_cost": 10.0,
+                    "currency": "EUR", "starts_on": "2026-01-01", "hosting_until": "2026-12-31"}),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("server_ids")),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["errors"]["server_ids"],
+        format!("there is no server {server}")
+    );
+
+    let page_gets = vec![
+        "/agents".to_string(),
+        "/agents/enroll".into(),
+        format!("/servers/{server}/run"),
+        "/executions".into(),
+        format!("/executions/{execution}"),
+        "/scripts".into(),
+        "/scripts/new".into(),
+        format!("/scripts/{hello}"),
+        format!("/scripts/{hello}/run"),
+        "/rollouts/x".into(),
+        "/backups".into(),
+        "/backups/x".into(),
+        format!("/projects/{nova}/operations"),
+        "/updates".into(),
+        "/updates/x".into(),
+        "/servers".into(),
+        format!("/servers/{server}"),
+    ];
+    let page_posts = vec![
+        "/agents/enroll".to_string(),
+        format!("/agents/{agent}/revoke"),
+        "/agents/tokens/x/revoke".into(),
+        format!("/servers/{server}/run"),
+        format!("/executions/{execution}/cancel"),
+        "/scripts/new".into(),
+        format!("/scripts/{hello}"),
+        format!("/scripts/{hello}/run"),
+        "/backups/x/verify".into(),
+        "/backups/x/restore".into(),
+        format!("/servers/{server}/backup"),
+        format!("/servers/{server}/update"),
+        format!("/servers/{server}/power"),
+        format!("/projects/{nova}/operations"),
+        format!("/projects/{nova}/backup"),
+        format!("/projects/{nova}/update"),
+        format!("/projects/{nova}/sync"),
+    ];
+    for (username, password) in [("sales", "sales123"), ("salma", "password-123")] {
+        let mut page = PageClient::signed_in(&cp, username, password).await;
+        for path in &page_gets {
+            let (status, _, _) = page.get(path).await;
+            assert_eq!(status, 403, "{username} GET {path}");
+        }
+        let csrf = page.csrf("/account").await;
+        for path in &page_posts {
+            let form = [
+                ("csrf", csrf.as_str()),
+                ("project", "Nova HR"),
+                ("name", "x"),
+                ("kind", "shell"),
+                ("body", "true"),
+                ("script", "true"),
+                ("action", "reboot"),
+                ("confirm", "RESTORE"),
+            ];
+            let (status, _, _) = page.post(path, &form).await;
+            assert_eq!(status, 403, "{username} POST {path}");
+        }
+        // The project page shows no costs, deploy command or operations link, and the
+        // subscription form offers no server of the fleet.
+        let (status, _, html) = page.get(&format!("/projects/{nova}")).await;
+        assert_eq!(status, 200);
+        assert!(
+            !html.contains("deploy.sh"),
+            "{username}: deploy command shown"
+        );
+        assert!(
+            !html.contains("data-budget-level"),
+            "{username}: costs shown"
+        );
+        assert!(
+            !html.contains("/operations"),
+            "{username}: operations link shown"
+        );
+        let (status, _, html) = page.get("/subscriptions/new").await;
+        assert_eq!(status, 200);
+        assert!(
+            !html.contains("nova-hr-db-01"),
+            "{username}: a fleet server is offered"
+        );
+        assert!(!html.contains("/mo"), "{username}: a server cost is shown");
+    }
+}
+
+/// A read-only user hears 403 before anything about the state or the input
+/// (regression: a server without an agent answered 409, a bad value 422, before the
+/// missing permission was told).
+#[tokio::test]
+async fn read_only_users_hear_403_first() {
+    let cp = ControlPlane::start_demo().await;
+    let admin = cp.api_as("admin");
+    // rita reads Nova HR and operates Django Projects, so "on at least one project"
+    // passes and the per-server decisions are what answers.
+    user_with_grants(
+        &admin,
+        "rita",
+        "technical",
+        &[("Nova HR", "read"), ("Django Projects", "write")],
+    )
+    .await;
+    let rita = cp.api_as("rita");
+    let nova = id_of(&admin, "/api/v1/projects", "Nova HR").await;
+    // Demo servers of Nova HR have no agent.
+    let server = id_of(&admin, "/api/v1/servers", "nova-hr-db-01").await;
+    let cases: Vec<(Method, String, Option<Value>)> = vec![
+        (
+            Method::POST,
+            format!("/api/v1/servers/{server}/backup"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/servers/{server}/update"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/scripts/hello/run".into(),
+            Some(json!({"targets": {"servers": [server]}})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/scripts/hello/run".into(),
+            Some(json!({"targets": {"project": "Nova HR"}})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/servers/{server}/power"),
+            Some(json!({"action": "explode"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{nova}/access"),
+            Some(json!({"username": "nobody", "level": "god"})),
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/projects/{nova}"),
+            Some(json!({"budget_monthly": -5})),
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/projects/{nova}/schedules"),
+            Some(json!({})),
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/projects/{nova}/backup-recipe"),
+            Some(json!({"compose_project": ""})),
+        ),
+        (Method::POST, "/api/v1/users/nobody/apitokens".into(), None),
+        (Method::GET, "/api/v1/users/nobody/tokens".into(), None),
+    ];
+    for (method, path, body) in &cases {
+        let (status, answer) = rita.send(method.clone(), path, body.as_ref()).await;
+        assert_eq!(status, 403, "rita {method} {path}: {answer}");
+    }
+}
+
+/// API tokens are listed (never their secret) with when they were last used, revoked
+/// by their owner or an admin and by a password reset unless asked not to, on the API
+/// and the pages, every revocation audited (regression: nothing revoked a token; one
+/// still worked after a password reset).
+#[tokio::test]
+async fn api_tokens_are_listed_and_revoked() {
+    let cp = ControlPlane::start_demo().await;
+    let admin = cp.api_as("admin");
+    let first = cp.api_token("sales");
+    let sales = cp.api().with_token(&first);
+    let (status, created) = sales
+        .post("/api/v1/users/sales/apitokens", &json!({"name": "ci"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let second = cp.api().with_token(created["token"].as_str().unwrap());
+
+    let (status, list) = sales.get("/api/v1/tokens").await;
+    assert_eq!(status, 200, "{list}");
+    let tokens = list.as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{list}");
+    assert_eq!(tokens[0]["name"], "ci", "newest first: {list}");
+    for token in tokens {
+        let keys: Vec<&str> = token
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), 4, "{token}");
+        for key in ["id", "name", "created_at", "last_used_at"] {
+            assert!(keys.contains(&key), "{token}");
+        }
+    }
+    assert!(
+        !list.to_string().contains(&first),
+        "the secret is never listed"
+    );
+    let used = tokens
+        .iter()
+        .find(|t| t["name"] == "cli")
+        .unwrap_or_else(|| panic!("the CLI token in {list}"));
+    assert!(used["last_used_at"].is_string(), "{used}");
+    // Within the minute, further use writes nothing new.
+    let (_, again) = sales.get("/api/v1/tokens").await;
+    let used_again = again
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == used["id"])
+        .unwrap();
+    assert_eq!(used_again["last_used_at"], used["last_used_at"]);
+
+    // Another user's token reads as unknown; its owner and an admin revoke it.
+    let ci_id = tokens[0]["id"].as_str().unwrap().to_string();
+    let tech = cp.api_as("tech");
+    let (status, _) = tech.delete(&format!("/api/v1/tokens/{ci_id}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = tech.get("/api/v1/users/sales/tokens").await;
+    assert_eq!(status, 403);
+    let (status, revoked) = sales.delete(&format!("/api/v1/tokens/{ci_id}")).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["name"], "ci");
+    let (status, _) = second.get("/api/v1/me").await;
+    assert_eq!(status, 401, "a revoked token stops working");
+    let (status, _) = sales.delete(&format!("/api/v1/tokens/{ci_id}")).await;
+    assert_eq!(status, 404);
+    let (status, list) = admin.get("/api/v1/users/sales/tokens").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // A password reset revokes the user's tokens unless told not to.
+    let (status, answer) = admin
+        .put(
+            "/api/v1/users/sales",
+            &json!({"password": "another-pass-1", "revoke_tokens": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(sales.get("/api/v1/me").await.0, 200, "kept on request");
+    let (status, answer) = admin
+        .put(
+            "/api/v1/users/sales",
+            &json!({"password": "another-pass-2"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["revoked_tokens"], 1, "{answer}");
+    assert_eq!(sales.get("/api/v1/me").await.0, 401, "revoked by the reset");
+
+    // The pages: the account page revokes one's own; the admin's user page anyone's,
+    // and its password reset revokes them all with the box ticked (the default).
+    let mut page = PageClient::signed_in(&cp, "sales", "another-pass-2").await;
+    let csrf = page.csrf("/account").await;
+    let (status, _, _) = page
+        .post("/account/apitoken", &[("csrf", &csrf), ("name", "web")])
+        .await;
+    assert_eq!(status, 200);
+    let (_, mine) = cp.api_as("sales").get("/api/v1/tokens").await;
+    let web = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "web")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, html) = page.get("/account").await;
+    assert!(
+        html.contains(&format!("/account/tokens/{web}/revoke")),
+        "{html}"
+    );
+    let (status, location, _) = page
+        .post(&format!("/account/tokens/{web}/revoke"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!((status, location.as_str()), (303, "/account"));
+    let (_, mine) = admin.get("/api/v1/users/sales/tokens").await;
+    assert!(!mine.to_string().contains(&web), "{mine}");
+
+    let kept = cp.api_token("sales");
+    let (_, list) = admin.get("/api/v1/users/sales/tokens").await;
+    let kept_id = list[0]["id"].as_str().unwrap().to_string();
+    let (_, users) = admin.get("/api/v1/users").await;
+    let sales_id = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "sales")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut admin_page = PageClient::signed_in(&cp, "admin", "admin123").await;
+    let (status, _, html) = admin_page.get(&format!("/users/{sales_id}/edit")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&format!("/users/{sales_id}/tokens/{kept_id}/revoke")),
+        "{html}"
+    );
+    assert!(
+        html.contains("name=\"revoke_tokens\" checked"),
+        "ticked by default"
+    );
+    let csrf = csrf_of(&html);
+    let (status, _, _) = admin_page
+        .post(
+            &format!("/users/{sales_id}/tokens/{kept_id}/revoke"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(cp.api().with_token(&kept).get("/api/v1/me").await.0, 401);
+    let survivor = cp.api_token("sales");
+    let (status, _, html) = admin_page
+        .post(
+            &format!("/users/{sales_id}/edit"),
+            &[
+                ("csrf", &csrf),
+                ("role", "sales"),
+                ("active", "on"),
+                ("full_name", "Salma Sales"),
+                ("email", ""),
+                ("password", "from-the-page-1"),
+                ("revoke_tokens", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303, "{html}");
+    assert_eq!(
+        cp.api().with_token(&survivor).get("/api/v1/me").await.0,
+        401
+    );
+
+    let (_, audit) = admin.get("/api/v1/audit?q=apitoken.revoke").await;
+    assert!(audit.as_array().unwrap().len() >= 4, "{audit}");
 }

@@ -219,14 +219,14 @@ async fn secret_values_are_masked() {
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
 
-    // Sales people have no business with scripts.
+    // Sales people have no business with scripts: refused before any lookup.
     let (status, _) = cp.api_as("sales").get("/api/v1/scripts").await;
     assert_eq!(status, 403);
     let (status, _) = cp
         .api_as("sales")
         .get(&format!("/api/v1/scripts/{id}"))
         .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 403);
 
     // A required secret must be given.
     let (status, body) = api
@@ -508,4 +508,220 @@ async fn secrets_of_a_waiting_job_are_sealed_at_rest() {
     assert_eq!(end["status"], "succeeded", "{end}");
     let log = log_text(&api, &exec_id).await;
     assert!(log.contains("token=********"), "{log}");
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.display().to_string()).expect("no NUL in the path");
+    // SAFETY: mkfifo only reads the NUL-terminated path it is given.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Saving a script never reads the control plane's own files (regression: saving
+/// `import_tasks: /etc/passwd` answered "got a str", a missing file "could not read",
+/// which told whether a file exists and what it holds, and a FIFO hung the save): every
+/// such path is accepted at once, through the API and the editor page alike, and the
+/// agent resolves the import when it runs the playbook.
+#[tokio::test]
+async fn saving_never_reads_control_plane_files() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let fifo = cp.dir().join("import.fifo");
+    mkfifo(&fifo);
+    let tasks = cp.dir().join("imported-tasks.yml");
+    std::fs::write(&tasks, "- debug:\n    msg: imported-at-run-time\n").unwrap();
+    let paths = [
+        "/etc/passwd".to_string(),
+        "/no/such/tasks.yml".to_string(),
+        fifo.display().to_string(),
+        tasks.display().to_string(),
+    ];
+    let mut answers = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let body = format!("- hosts: all\n  tasks:\n    - import_tasks: {path}\n");
+        let create = json!({"name": format!("import-{i}"), "kind": "playbook", "body": body});
+        let request = api.post("/api/v1/scripts", &create);
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .unwrap_or_else(|_| panic!("saving an import of {path} did not answer in 10 s"));
+        assert_eq!(status, 201, "{path}: {answer}");
+        assert!(!answer.to_string().contains("root:"), "{answer}");
+        answers.push(status);
+        // Changing the body goes through the same check.
+        let path = format!("/api/v1/scripts/{}", answer["id"].as_str().unwrap());
+        let change = json!({"body": body});
+        let request = api.put(&path, &change);
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .unwrap_or_else(|_| panic!("updating an import of {path} did not answer in 10 s"));
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+
+    let mut page = dynserv_tests::PageClient::signed_in(&cp, "admin", "admin123").await;
+    let csrf = page.csrf("/scripts/new").await;
+    let body = format!(
+        "- hosts: all\n  tasks:\n    - import_tasks: {}\n",
+        fifo.display()
+    );
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("name", "import-from-page"),
+        ("kind", "playbook"),
+        ("body", body.as_str()),
+        ("interpreter", "/bin/sh"),
+        ("project", ""),
+    ];
+    let (status, location, html) =
+        tokio::time::timeout(Duration::from_secs(10), page.post("/scripts/new", &form))
+            .await
+            .expect("the editor saved an import of a FIFO within 10 s");
+    assert_eq!(status, 303, "{html}");
+    assert!(location.starts_with("/scripts/"), "{location}");
+
+    // The agent reads the imported file when it runs the playbook.
+    api.connected_agent("localhost").await;
+    let id = script_id(&api, "import-3").await;
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{id}/run"),
+            &json!({"targets": {"servers": ["localhost"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let rollout = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
+    assert_eq!(rollout["status"], "succeeded", "{rollout}");
+    let execution = rollout["targets"][0]["execution_id"].as_str().unwrap();
+    let log = log_text(&api, execution).await;
+    assert!(log.contains("imported-at-run-time"), "{log}");
+}
+
+/// Script names are unique per project, and authorization comes before any lookup or
+/// validation (regression: names were unique across all projects and checked before
+/// the permission, so a technician learnt another project's script names; a read-only
+/// user heard 422 where 403 was due). `?project=` filters the list; an unknown project
+/// is 400.
+#[tokio::test]
+async fn script_names_are_unique_per_project() {
+    let cp = ControlPlane::start_demo().await;
+    let admin = cp.api_as("admin");
+    // fred writes on Frappe ERP only; rita reads Nova HR and writes Frappe ERP.
+    for (user, grants) in [
+        ("fred", vec![("Frappe ERP", "write")]),
+        ("rita", vec![("Nova HR", "read"), ("Frappe ERP", "write")]),
+    ] {
+        let (status, answer) = admin
+            .post(
+                "/api/v1/users",
+                &json!({"username": user, "password": "password-123", "role": "technical"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        for (project, level) in grants {
+            let (status, answer) = admin
+                .post(
+                    &format!("/api/v1/projects/{}/access", project.replace(' ', "%20")),
+                    &json!({"username": user, "level": level}),
+                )
+                .await;
+            assert_eq!(status, 201, "{answer}");
+        }
+    }
+    let fred = cp.api_as("fred");
+    let rita = cp.api_as("rita");
+    let script = |name: &str, project: &str| json!({"name": name, "kind": "shell", "body": "echo deploy\n", "project": project});
+    let (status, nova_deploy) = admin
+        .post("/api/v1/scripts", &script("deploy", "Nova HR"))
+        .await;
+    assert_eq!(status, 201, "{nova_deploy}");
+
+    // Another project may have its own `deploy`.
+    let (status, frappe_deploy) = fred
+        .post("/api/v1/scripts", &script("deploy", "Frappe ERP"))
+        .await;
+    assert_eq!(
+        status, 201,
+        "another project's name is free: {frappe_deploy}"
+    );
+    let (status, answer) = fred
+        .post("/api/v1/scripts", &script("Deploy", "Frappe ERP"))
+        .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("name")),
+        "{answer}"
+    );
+
+    // A project fred may not see answers like one that does not exist.
+    let (status, hidden) = fred
+        .post("/api/v1/scripts", &script("deploy", "Nova HR"))
+        .await;
+    let (status_missing, missing) = fred
+        .post("/api/v1/scripts", &script("deploy", "No Such Project"))
+        .await;
+    assert_eq!((status, status_missing), (422, 422), "{hidden} {missing}");
+    assert_eq!(
+        hidden["error"].as_str().unwrap().replace("Nova HR", "X"),
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .replace("No Such Project", "X")
+    );
+
+    // A read-only user hears 403 before any validation: a taken name, a broken kind.
+    let (status, answer) = rita
+        .post("/api/v1/scripts", &script("deploy", "Nova HR"))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let mut broken = script("fresh", "Nova HR");
+    broken["kind"] = json!("nonsense");
+    let (status, answer) = rita.post("/api/v1/scripts", &broken).await;
+    assert_eq!(status, 403, "{answer}");
+    let nova_id = nova_deploy["id"].as_str().unwrap();
+    let (status, answer) = rita
+        .put(&format!("/api/v1/scripts/{nova_id}"), &json!({"body": ""}))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+
+    // `?project=` filters: the project's scripts and the global ones.
+    let names = |list: &Value| -> Vec<(String, Value)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["project"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (status, list) = admin.get("/api/v1/scripts?project=Frappe%20ERP").await;
+    assert_eq!(status, 200, "{list}");
+    let listed = names(&list);
+    assert!(
+        listed.contains(&("deploy".into(), json!("Frappe ERP"))),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&("deploy".into(), json!("Nova HR"))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("hello".into(), Value::Null)),
+        "{listed:?}"
+    );
+    let (status, answer) = admin.get("/api/v1/scripts?project=nope").await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = fred.get("/api/v1/scripts?project=Nova%20HR").await;
+    assert_eq!(
+        status, 400,
+        "a project fred may not see is unknown to him: {answer}"
+    );
+
+    // By name: fred sees his own deploy; an admin seeing both is asked for the id.
+    let (status, answer) = fred.get("/api/v1/scripts/deploy").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], frappe_deploy["id"]);
+    let (status, answer) = admin.get("/api/v1/scripts/deploy").await;
+    assert_eq!(status, 422, "{answer}");
 }

@@ -2030,6 +2030,7 @@ impl<'a> Runner<'a> {
         let dirs = super::model::Dirs {
             file_dir: &file_dir,
             playbook_dir: &self.base_dir,
+            deferred: None,
         };
         let mut tasks = items
             .iter()

@@ -7,10 +7,12 @@
 //! facts (`facts`), the play/task engine with handlers, blocks, loops, check mode and the
 //! PLAY RECAP (`engine`), and native modules (`modules`).
 //!
-//! The API is built for two callers: the `dynserv-agent playbook` CLI ([`cli_main`]) and
-//! the agent's job executor, which calls [`parse_playbook`] / [`validate`] and then
-//! [`run_playbook`] with an output sink, extra variables, check mode and secret values to
-//! mask.
+//! The API is built for three callers: the `dynserv-agent playbook` CLI ([`cli_main`]),
+//! the agent's job executor, which calls [`parse_playbook`] and then [`run_playbook`] with
+//! an output sink, extra variables, check mode and secret values to mask, and the control
+//! plane, which validates a script on save with [`validate`] /
+//! [`check_playbook_text_with_ansible_fallback`]: a pure parse that never touches the
+//! control plane's filesystem.
 //!
 //! A playbook that uses a module this runtime lacks is rejected by [`parse_playbook`]
 //! before any task runs, with the module's name and line; with
@@ -65,7 +67,10 @@ pub mod template;
 pub mod yaml;
 
 pub use engine::{run_playbook, RunOptions, RunReport, Stats};
-pub use model::{parse_playbook, parse_playbook_with_ansible_fallback, Playbook, PlaybookError};
+pub use model::{
+    check_playbook_text, check_playbook_text_with_ansible_fallback, parse_playbook,
+    parse_playbook_with_ansible_fallback, FileAccess, Playbook, PlaybookError,
+};
 
 use anyhow::Context as _;
 use minijinja::Value;
@@ -79,9 +84,11 @@ pub const EXIT_INVALID: i32 = 1;
 /// Exit code when a task failed.
 pub const EXIT_FAILED: i32 = 2;
 
-/// Validates playbook text as the editor would: `Ok` or the first error with its position.
+/// Validates playbook text as the editor does: `Ok` or the first error with its
+/// position. Touches no file: imports and roles are resolved when the agent runs the
+/// playbook (see [`check_playbook_text`]).
 pub fn validate(source: &str) -> Result<(), PlaybookError> {
-    parse_playbook(source, Path::new(".")).map(|_| ())
+    check_playbook_text(source)
 }
 
 /// Parses one `-e` argument: `KEY=VALUE [KEY=VALUE…]`, a JSON/YAML dict, or `@FILE`.

@@ -1,16 +1,20 @@
 //! Playbook structure: plays, blocks and tasks, parsed and validated from YAML nodes.
 //!
-//! Parsing is pure (no I/O besides reading the files named by `import_tasks`,
-//! `import_playbook` and roles, see `roles`), so the control plane can validate a playbook
-//! when a technician saves it and show errors with line and column. Everything that must be
-//! decided before the first task runs is decided here: unknown keywords, unknown
-//! modules, conflicting actions, malformed loops.
+//! Parsing has no I/O besides reading the files named by `import_tasks`,
+//! `import_playbook` and roles (see `roles`), and none at all with
+//! [`FileAccess::Deferred`]: that is how the control plane validates a playbook when a
+//! technician saves it ([`check_playbook_text`]) and shows errors with line and column,
+//! without ever opening a file of its own machine. Such file-based imports are resolved
+//! by the agent when it runs the playbook. Everything else that must be decided before
+//! the first task runs is decided here: unknown keywords, unknown modules, conflicting
+//! actions, malformed loops.
 //!
 //! What does not live here: templating and execution (`engine`), module behaviour
 //! (`modules`).
 
 use super::yaml::{self, Node, NodeKind, Pos, YamlError};
 use minijinja::Value;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 /// Why a playbook is invalid.
@@ -66,6 +70,23 @@ pub struct Dirs<'a> {
     pub file_dir: &'a Path,
     /// The directory of the playbook (an imported playbook's own).
     pub playbook_dir: &'a Path,
+    /// `None`: static imports (`import_tasks`, `import_role`) read their files now.
+    /// `Some(flag)`: they are checked for their own syntax only, never read (the agent
+    /// resolves them when it runs the playbook), and `flag` is set when one was left
+    /// for then.
+    pub deferred: Option<&'a Cell<bool>>,
+}
+
+/// Whether parsing reads the files a playbook names: imported playbooks, imported task
+/// files and roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAccess {
+    /// Read them, relative to the playbook: what the agent does when it runs one.
+    Read,
+    /// Never touch the filesystem: each such import is checked for its own syntax and
+    /// left for the agent to resolve at run time. What the control plane uses, so that
+    /// validating a script can neither read nor probe (nor hang on) its own files.
+    Deferred,
 }
 
 fn invalid(message: impl Into<String>, pos: Pos) -> PlaybookError {
@@ -540,6 +561,13 @@ fn first_unknown_module(tasks: &[Task]) -> Option<(String, Pos)> {
 /// module the runtime lacks is an error naming the module and its line.
 pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
     let playbook = parse_playbook_with_ansible_fallback(source, base_dir)?;
+    reject_unknown_modules(&playbook)?;
+    Ok(playbook)
+}
+
+/// The first task (in source order) of any play whose module the runtime lacks, as an
+/// error.
+fn reject_unknown_modules(playbook: &Playbook) -> Result<(), PlaybookError> {
     let mut unknown: Vec<(String, Pos)> = Vec::new();
     for play in &playbook.plays {
         for list in [
@@ -558,7 +586,7 @@ pub fn parse_playbook(source: &str, base_dir: &Path) -> Result<Playbook, Playboo
     {
         return Err(PlaybookError::UnknownModule { module, pos });
     }
-    Ok(playbook)
+    Ok(())
 }
 
 /// Like [`parse_playbook`], but tasks with modules the runtime lacks are kept (module
@@ -568,7 +596,32 @@ pub fn parse_playbook_with_ansible_fallback(
     base_dir: &Path,
 ) -> Result<Playbook, PlaybookError> {
     Ok(Playbook {
-        plays: parse_plays(source, base_dir, 0)?,
+        plays: parse_plays(source, base_dir, FileAccess::Read, 0)?,
+        base_dir: base_dir.to_path_buf(),
+        source_path: None,
+    })
+}
+
+/// Checks playbook text as [`parse_playbook`] does, without touching the filesystem:
+/// `import_playbook`, `import_tasks`, `import_role` and `roles` are checked for their
+/// own syntax and taken as resolved when the agent runs the playbook (see
+/// [`FileAccess::Deferred`]). A `notify` that no handler of the text answers is then
+/// accepted in a play that imports files, whose handlers may be there.
+pub fn check_playbook_text(source: &str) -> Result<(), PlaybookError> {
+    reject_unknown_modules(&parse_text_only(source)?)
+}
+
+/// Like [`check_playbook_text`], but tasks with modules the runtime lacks are accepted
+/// (they can run through ansible-core), as [`parse_playbook_with_ansible_fallback`] does.
+pub fn check_playbook_text_with_ansible_fallback(source: &str) -> Result<(), PlaybookError> {
+    parse_text_only(source).map(|_| ())
+}
+
+fn parse_text_only(source: &str) -> Result<Playbook, PlaybookError> {
+    // The directory is never read in this mode; it only anchors names in messages.
+    let base_dir = Path::new(".");
+    Ok(Playbook {
+        plays: parse_plays(source, base_dir, FileAccess::Deferred, 0)?,
         base_dir: base_dir.to_path_buf(),
         source_path: None,
     })
@@ -587,7 +640,12 @@ const IMPORT_PLAYBOOK_KEYS: &[&str] = &[
     "when",
 ];
 
-fn parse_plays(source: &str, base_dir: &Path, depth: usize) -> Result<Vec<Play>, PlaybookError> {
+fn parse_plays(
+    source: &str,
+    base_dir: &Path,
+    files: FileAccess,
+    depth: usize,
+) -> Result<Vec<Play>, PlaybookError> {
     let root = yaml::parse_one(source)?;
     let NodeKind::Seq(entries) = &root.kind else {
         return Err(invalid(
@@ -603,8 +661,8 @@ fn parse_plays(source: &str, base_dir: &Path, depth: usize) -> Result<Vec<Play>,
             .get("import_playbook")
             .or_else(|| entry.get("ansible.builtin.import_playbook"));
         match import {
-            Some(file) => plays.extend(import_playbook(entry, file, base_dir, depth)?),
-            None => plays.push(parse_play(entry, base_dir)?),
+            Some(file) => plays.extend(import_playbook(entry, file, base_dir, files, depth)?),
+            None => plays.push(parse_play(entry, base_dir, files)?),
         }
     }
     Ok(plays)
@@ -616,6 +674,7 @@ fn import_playbook(
     entry: &Node,
     file: &Node,
     base_dir: &Path,
+    files: FileAccess,
     depth: usize,
 ) -> Result<Vec<Play>, PlaybookError> {
     for (key, _) in entry.as_map().unwrap_or_default() {
@@ -645,6 +704,10 @@ fn import_playbook(
             file.pos,
         ));
     }
+    let keywords = parse_inherited(entry)?;
+    if files == FileAccess::Deferred {
+        return Ok(Vec::new());
+    }
     let path = base_dir.join(&name);
     let source = std::fs::read_to_string(&path).map_err(|e| PlaybookError::Io {
         path: path.display().to_string(),
@@ -652,8 +715,7 @@ fn import_playbook(
     })?;
     let dir = path.parent().unwrap_or(base_dir);
     let mut plays =
-        parse_plays(&source, dir, depth + 1).map_err(|e| super::roles::in_file(&path, e))?;
-    let keywords = parse_inherited(entry)?;
+        parse_plays(&source, dir, files, depth + 1).map_err(|e| super::roles::in_file(&path, e))?;
     for play in &mut plays {
         play.vars.extend(keywords.vars.iter().cloned());
         for tag in &keywords.tags {
@@ -668,7 +730,7 @@ fn import_playbook(
     Ok(plays)
 }
 
-fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
+fn parse_play(node: &Node, base_dir: &Path, files: FileAccess) -> Result<Play, PlaybookError> {
     let Some(entries) = node.as_map() else {
         return Err(invalid(
             format!("A play must be a dict, got a {}", node.type_name()),
@@ -699,9 +761,12 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
             _ => hosts.scalar_text().unwrap_or_default(),
         },
     };
+    // Set when a file-based import of this play was left for run time.
+    let deferred = Cell::new(false);
     let dirs = Dirs {
         file_dir: base_dir,
         playbook_dir: base_dir,
+        deferred: (files == FileAccess::Deferred).then_some(&deferred),
     };
     let mut roles = Vec::new();
     let mut public_roles = Vec::new();
@@ -710,6 +775,10 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
         Some(NodeKind::Seq(entries)) => {
             for entry in entries {
                 let request = super::roles::parse_role_entry(entry)?;
+                if files == FileAccess::Deferred {
+                    deferred.set(true);
+                    continue;
+                }
                 let loaded = super::roles::load_role(&request, base_dir)?;
                 if let TaskBody::Role { role, .. } = &loaded.task.body {
                     public_roles.push(std::sync::Arc::clone(role));
@@ -756,10 +825,13 @@ fn parse_play(node: &Node, base_dir: &Path) -> Result<Play, PlaybookError> {
         handlers.extend(super::roles::role_handlers(list));
         public_roles.extend(super::roles::imported_public_roles(list));
     }
-    check_notify(
-        &[&pre_tasks, &roles, &tasks, &post_tasks, &handlers],
-        &handlers,
-    )?;
+    // Handlers of files left for run time are unknown here; the agent checks then.
+    if !deferred.get() {
+        check_notify(
+            &[&pre_tasks, &roles, &tasks, &post_tasks, &handlers],
+            &handlers,
+        )?;
+    }
     Ok(Play {
         name,
         hosts: hosts_value,
@@ -1124,6 +1196,12 @@ fn import_tasks(
             node.pos,
         ));
     }
+    if let Some(flag) = dirs.deferred {
+        flag.set(true);
+        let mut task = wrapper_task(empty_block(), keywords, node.pos);
+        task.name = name;
+        return Ok(task);
+    }
     let path = dirs.file_dir.join(&file);
     let source = std::fs::read_to_string(&path).map_err(|e| PlaybookError::Io {
         path: path.display().to_string(),
@@ -1132,7 +1210,7 @@ fn import_tasks(
     let root = yaml::parse_one(&source)?;
     let inner = Dirs {
         file_dir: path.parent().unwrap_or(dirs.file_dir),
-        playbook_dir: dirs.playbook_dir,
+        ..*dirs
     };
     let mut tasks = parse_task_list(&root, &inner, handler)?;
     set_file(&mut tasks, &std::sync::Arc::new(path.clone()));
@@ -1147,6 +1225,15 @@ fn import_tasks(
     );
     task.name = name;
     Ok(task)
+}
+
+/// The body of an import left for run time: a block with no tasks.
+fn empty_block() -> TaskBody {
+    TaskBody::Block {
+        block: Vec::new(),
+        rescue: Vec::new(),
+        always: Vec::new(),
+    }
 }
 
 /// `import_role` is static: the role is loaded now and its task carries the import's
@@ -1176,6 +1263,10 @@ fn import_role(
                 node.pos,
             ));
         }
+    }
+    if let Some(flag) = dirs.deferred {
+        flag.set(true);
+        return Ok(wrapper_task(empty_block(), keywords, node.pos));
     }
     request.keywords = keywords;
     let loaded = super::roles::load_role(&request, dirs.playbook_dir)?;
@@ -1735,5 +1826,88 @@ mod tests {
             panic!("expected a block")
         };
         assert_eq!((block.len(), rescue.len(), always.len()), (1, 1, 1));
+    }
+
+    /// Runs `check` on another thread and fails when it takes more than five seconds
+    /// (a read of a FIFO blocks until a writer comes).
+    fn within_seconds<T: Send + 'static>(check: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(check());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("checking the text finished within five seconds")
+    }
+
+    /// Checking text (what the control plane does on save) never opens a file
+    /// (regression: `import_tasks: /etc/passwd` answered "got a str", a missing file
+    /// "could not read", so a technician learnt which files exist and what they hold,
+    /// and a FIFO hung the save). Every file-based import is accepted as resolved at run
+    /// time, whatever is or is not at its path, while its own syntax is still checked.
+    #[test]
+    fn checking_text_never_reads_files() {
+        let dir = tree(&[("broken.yml", "this is: [not a task list\n")]);
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.display().to_string()).expect("no NUL");
+        // SAFETY: mkfifo only reads the NUL-terminated path it is given.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let broken = dir.path().join("broken.yml").display().to_string();
+        let fifo = fifo.display().to_string();
+        for path in [
+            "/etc/passwd".to_string(),
+            "/no/such/file.yml".to_string(),
+            fifo.clone(),
+            broken.clone(),
+        ] {
+            for source in [
+                format!("- hosts: all\n  tasks:\n    - import_tasks: {path}\n"),
+                format!("- hosts: all\n  tasks:\n    - ansible.builtin.import_tasks:\n        file: {path}\n"),
+                format!("- import_playbook: {path}\n"),
+                format!("- hosts: all\n  roles:\n    - {path}\n"),
+                format!("- hosts: all\n  tasks:\n    - import_role:\n        name: {path}\n"),
+            ] {
+                let text = source.clone();
+                let answer = within_seconds(move || check_playbook_text(&text));
+                assert_eq!(answer, Ok(()), "{source}");
+                let text = source.clone();
+                let answer =
+                    within_seconds(move || check_playbook_text_with_ansible_fallback(&text));
+                assert_eq!(answer, Ok(()), "{source}");
+            }
+        }
+        // Running reads the files as before: the broken task file's YAML is reported.
+        let err = parse_in(
+            &dir,
+            "- hosts: all\n  tasks:\n    - import_tasks: broken.yml\n",
+        )
+        .expect_err("the agent reads the file when it runs the playbook");
+        assert!(matches!(err, PlaybookError::Yaml(_)), "{err}");
+
+        // The imports' own syntax is still checked.
+        let err =
+            check_playbook_text("- hosts: all\n  tasks:\n    - import_tasks: \"{{ f }}.yml\"\n")
+                .expect_err("templated import");
+        assert!(err.to_string().contains("templated file name"), "{err}");
+        let err = check_playbook_text("- import_playbook: other.yml\n  bogus: 1\n")
+            .expect_err("bad import_playbook key");
+        assert!(
+            err.to_string().contains("'bogus' is not a valid attribute"),
+            "{err}"
+        );
+        let err = check_playbook_text("- hosts: all\n  tasks:\n    - nope_module: {}\n")
+            .expect_err("unknown module");
+        assert!(matches!(err, PlaybookError::UnknownModule { .. }), "{err}");
+        assert_eq!(
+            check_playbook_text_with_ansible_fallback(
+                "- hosts: all\n  tasks:\n    - nope_module: {}\n"
+            ),
+            Ok(())
+        );
+        // A notify no handler of the text answers is an error unless the play imports a
+        // file, whose handlers are only known when the agent reads it.
+        let notify = "- hosts: all\n  tasks:\n    - command: 'true'\n      notify: restart web\n";
+        assert!(check_playbook_text(notify).is_err());
+        let with_role = format!("{notify}  roles:\n    - web\n");
+        assert_eq!(check_playbook_text(&with_role), Ok(()));
     }
 }

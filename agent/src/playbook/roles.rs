@@ -453,6 +453,7 @@ fn load_task_file(
     let dirs = Dirs {
         file_dir: path.parent().unwrap_or(role_path),
         playbook_dir,
+        deferred: None,
     };
     let mut tasks =
         model::parse_task_list(&node, &dirs, handlers).map_err(|e| in_file(&path, e))?;

@@ -94,9 +94,16 @@ pub fn server(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     Ok(reply(StatusCode::OK, &value))
 }
 
-/// The API shape of a project, with access grants for those who may manage them.
+/// The API shape of a project, with access grants for those who may manage them. The
+/// deploy command is an operations detail: only those who see the project's servers
+/// get it.
 fn project_json(r: &impl Read, ctx: &Ctx, project: &Project) -> anyhow::Result<Value> {
     let mut value = serde_json::to_value(ProjectView::from(project))?;
+    if !policy::can(&ctx.subject, Action::ViewServers, Some(&project.id)) {
+        if let Some(map) = value.as_object_mut() {
+            map.remove("deploy_command");
+        }
+    }
     if policy::can(&ctx.subject, Action::ManageAccess, Some(&project.id)) {
         let mut access = Vec::new();
         for grant in projects::all_grants(r)?
@@ -153,9 +160,9 @@ pub fn create_project(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `PUT /api/v1/projects/{id}`.
 pub fn update_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
-    let input: ProjectInput = req.json()?;
     let project = app.store.read(|r| Ok(visible_project(r, ctx, key)?))?;
     require(ctx, Action::EditProject, Some(&project.id))?;
+    let input: ProjectInput = req.json()?;
     let actor = ctx.actor(req);
     let project = app.store.write(|w| {
         Ok(projects::update(
@@ -180,11 +187,11 @@ struct AccessInput {
 
 /// `POST /api/v1/projects/{id}/access`.
 pub fn grant_access(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, key)?))?;
+    require(ctx, Action::ManageAccess, Some(&project.id))?;
     let input: AccessInput = req.json()?;
     let level = Level::parse(input.level.trim())
         .ok_or_else(|| AppError::invalid("level", "level must be read, write or admin"))?;
-    let project = app.store.read(|r| Ok(visible_project(r, ctx, key)?))?;
-    require(ctx, Action::ManageAccess, Some(&project.id))?;
     let actor = ctx.actor(req);
     app.store.write(|w| {
         Ok(projects::grant(
@@ -267,26 +274,83 @@ pub async fn update_user(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResul
     };
     let actor = ctx.actor(req);
     let reset = hash.is_some();
-    let user = app.store.write(|w| {
+    let (user, revoked) = app.store.write(|w| {
         let user = users::update(w, &actor, &user.id, &change, hash)?;
         if reset || !user.active {
             auth::end_sessions_of(w, &user.id)?;
         }
-        Ok(user)
+        let revoked = match change.revokes_tokens() {
+            true => auth::revoke_api_tokens_of(w, &actor, &user)?,
+            false => 0,
+        };
+        Ok((user, revoked))
     })?;
-    Ok(reply(StatusCode::OK, &UserView::from(&user)))
+    let mut value = serde_json::to_value(UserView::from(&user)).map_err(anyhow::Error::from)?;
+    if reset {
+        value["revoked_tokens"] = json!(revoked);
+    }
+    Ok(reply(StatusCode::OK, &value))
+}
+
+/// `GET /api/v1/tokens`: the caller's API tokens, newest first, never their secrets.
+pub fn tokens(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    let list = app.store.read(|r| auth::tokens_of(r, &ctx.user.id))?;
+    Ok(reply(
+        StatusCode::OK,
+        &list
+            .iter()
+            .map(auth::ApiTokenView::from)
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `GET /api/v1/users/{id}/tokens`: a user's API tokens (admin, or the user).
+pub fn user_tokens(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    if key != ctx.user.id && key != ctx.user.username {
+        require(ctx, Action::ManageUsers, None)?;
+    }
+    let list = app.store.read(|r| {
+        let user = users::find(r, key)?.ok_or_else(|| AppError::not_found("user"))?;
+        auth::tokens_of(r, &user.id)
+    })?;
+    Ok(reply(
+        StatusCode::OK,
+        &list
+            .iter()
+            .map(auth::ApiTokenView::from)
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `DELETE /api/v1/tokens/{id}`: revokes one of the caller's API tokens; an admin
+/// revokes anyone's. Anyone else's token answers 404, like an unknown one.
+pub fn revoke_token(app: &App, req: &Req, ctx: &Ctx, token_id: &str) -> AppResult<Resp> {
+    let actor = ctx.actor(req);
+    let may_revoke_any = policy::can(&ctx.subject, Action::ManageUsers, None);
+    let revoked = app.store.write(|w| {
+        let owner = match w.get::<auth::ApiToken>(token_id)? {
+            Some(t) if t.user_id == ctx.user.id => ctx.user.clone(),
+            Some(t) if may_revoke_any => w
+                .get::<User>(&t.user_id)?
+                .ok_or_else(|| AppError::not_found("API token"))?,
+            _ => return Err(AppError::not_found("API token").into()),
+        };
+        Ok(auth::revoke_api_token(w, &actor, &owner, token_id)?)
+    })?;
+    Ok(reply(StatusCode::OK, &auth::ApiTokenView::from(&revoked)))
 }
 
 /// `POST /api/v1/users/{id}/apitokens`: a new API token for that user (admin, or the
 /// user themselves). The token is in the answer once and never again.
 pub fn create_api_token(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    // Someone else's tokens take ManageUsers, decided before the name is looked up.
+    if key != ctx.user.id && key != ctx.user.username {
+        require(ctx, Action::ManageUsers, None)?;
+    }
     let user = app
         .store
         .read(|r| users::find(r, key))?
         .ok_or_else(|| AppError::not_found("user"))?;
-    if user.id != ctx.user.id {
-        require(ctx, Action::ManageUsers, None)?;
-    }
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     struct Input {

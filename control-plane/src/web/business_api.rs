@@ -261,6 +261,12 @@ pub fn create_subscription(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             .check(owner_of(w, ctx, input.sales_agent.as_deref()))
             .unwrap_or(None)
             .unwrap_or(ctx.user.clone());
+        let _ = problems.check(subscriptions::check_server_choice(
+            w,
+            &ctx.subject,
+            &input,
+            None,
+        ));
         let sub = subscriptions::create_adding_to(w, &actor, &owner, &input, problems)?;
         subscription_json(w, &sub)
     })?;
@@ -273,11 +279,17 @@ pub fn update_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResu
     let input: SubscriptionInput = req.json()?;
     let actor = ctx.actor(req);
     let value = app.store.write(|w| {
-        subscriptions::get_visible(w, &ctx.subject, id)?;
+        let existing = subscriptions::get_visible(w, &ctx.subject, id)?;
         let mut problems = Problems::new();
         let owner = problems
             .check(owner_of(w, ctx, input.sales_agent.as_deref()))
             .unwrap_or(None);
+        let _ = problems.check(subscriptions::check_server_choice(
+            w,
+            &ctx.subject,
+            &input,
+            Some(&existing),
+        ));
         let sub = subscriptions::update_adding_to(w, &actor, id, &input, owner.as_ref(), problems)?;
         subscription_json(w, &sub)
     })?;

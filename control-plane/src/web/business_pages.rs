@@ -401,18 +401,30 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     )
 }
 
-fn subscription_form_data(app: &App, ctx: &Ctx) -> AppResult<Value> {
+/// What the subscription form offers: only servers the caller may put on it (see
+/// `subscriptions::offerable_servers`), with their monthly cost only for those who
+/// see them in the fleet; for an existing subscription, those of its client.
+fn subscription_form_data(
+    app: &App,
+    ctx: &Ctx,
+    existing: Option<&subscriptions::Subscription>,
+) -> AppResult<Value> {
     let (servers, agents) = app.store.read(|r| {
-        let mut all_servers: Vec<Server> = r.list::<Server>()?;
-        all_servers.sort_by(|a, b| a.name.cmp(&b.name));
-        let servers: Vec<Value> = all_servers
-            .iter()
-            .filter(|s| s.status != "deleted")
-            .map(|s| {
-                let project = r.get::<Project>(&s.project_id).ok().flatten().map(|p| p.name).unwrap_or_default();
-                json!({"id": s.id, "name": s.name, "project": project, "monthly_cost": s.monthly_cost})
-            })
-            .collect();
+        let offered = subscriptions::offerable_servers(
+            r,
+            &ctx.subject,
+            existing.map(|s| s.client.as_str()),
+            existing.map(|s| s.server_ids.as_slice()).unwrap_or(&[]),
+        )?;
+        let mut servers = Vec::new();
+        for o in offered {
+            let label = match o.client {
+                Some(client) => client,
+                None => r.get::<Project>(&o.server.project_id)?.map(|p| p.name).unwrap_or_default(),
+            };
+            let cost = if o.in_fleet { o.server.monthly_cost } else { None };
+            servers.push(json!({"id": o.server.id, "name": o.server.name, "project": label, "monthly_cost": cost}));
+        }
         let agents: Vec<String> = users::all(r)?
             .into_iter()
             .filter(|u| u.active && matches!(u.role, Role::Sales | Role::Admin))
@@ -441,7 +453,14 @@ fn subscription_values(s: &subscriptions::Subscription) -> Value {
 /// `GET /subscriptions/new` and `GET /subscriptions/{id}`.
 pub fn subscription_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
-    let mut data = subscription_form_data(app, ctx)?;
+    let existing = match id {
+        Some(id) => Some(
+            app.store
+                .read(|r| Ok(subscriptions::get_visible(r, &ctx.subject, id)?))?,
+        ),
+        None => None,
+    };
+    let mut data = subscription_form_data(app, ctx, existing.as_ref())?;
     let title = match id {
         None => {
             let today = chrono::Utc::now().date_naive();
@@ -522,6 +541,12 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
                 let owner = problems
                     .check(business_api::owner_of(w, ctx, input.sales_agent.as_deref()))
                     .unwrap_or(None);
+                let _ = problems.check(subscriptions::check_server_choice(
+                    w,
+                    &ctx.subject,
+                    &input,
+                    existing.as_ref(),
+                ));
                 Ok(match &existing {
                     Some(s) => subscriptions::update_adding_to(
                         w,
@@ -548,7 +573,7 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
             Some(("success", &format!("Subscription of {} saved.", sub.client))),
         )),
         Err(e) => {
-            let mut data = subscription_form_data(app, ctx)?;
+            let mut data = subscription_form_data(app, ctx, existing.as_ref())?;
             if let Some(s) = &existing {
                 data["subscription"] = app.store.read(|r| subscription_json(r, s))?;
             }

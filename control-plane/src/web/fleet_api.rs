@@ -16,6 +16,17 @@ use crate::policy::{self, Action};
 use crate::projects::{self, Project};
 use crate::store::Read;
 
+/// Refuses a caller who has no part in the fleet (a sales agent, whatever project
+/// grants they hold) before anything is looked up. Every fleet and operations endpoint
+/// and page starts here, so such a caller hears 403, never a list, a 404 or a 409.
+pub fn require_fleet(ctx: &Ctx) -> AppResult<()> {
+    if policy::can(&ctx.subject, Action::UseFleet, None) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
 /// The view of an agent with its live state.
 pub fn agent_view(app: &App, r: &impl Read, agent: &Agent) -> anyhow::Result<AgentView> {
     let project = r
@@ -60,6 +71,7 @@ pub fn server_agent_json(
 
 /// `GET /api/v1/agents`.
 pub fn agents_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let views = app.store.read(|r| {
         agents::visible(r, &ctx.subject)?
             .iter()
@@ -71,6 +83,7 @@ pub fn agents_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /api/v1/agents/{id}`.
 pub fn agent(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let agent = agents::find_visible(r, &ctx.subject, id)?;
         agent_view(app, r, &agent)
@@ -80,6 +93,7 @@ pub fn agent(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 
 /// `POST /api/v1/agents/{id}/revoke`.
 pub fn revoke_agent(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let agent = app
         .store
         .write(|w| Ok(agents::revoke(w, &ctx.actor(req), &ctx.subject, id)?))?;
@@ -135,21 +149,16 @@ pub fn create_token(
     ctx: &Ctx,
     input: &NewToken,
 ) -> AppResult<serde_json::Value> {
+    require_fleet(ctx)?;
+    if !policy::can(&ctx.subject, Action::ManageAgents, None) {
+        return Err(AppError::forbidden());
+    }
     let key = input
         .project
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| AppError::invalid("project", "project is required"))?;
-    let ttl = match input
-        .ttl
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        Some(text) => agents::parse_ttl(text).map_err(|e| AppError::invalid("ttl", e))?,
-        None => chrono::Duration::hours(agents::DEFAULT_TOKEN_TTL_HOURS),
-    };
     let (record, secret, project) = app.store.write(|w| {
         let project = projects::find(w, key)?
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
@@ -157,6 +166,16 @@ pub fn create_token(
         if !policy::can(&ctx.subject, Action::ManageAgents, Some(&project.id)) {
             return Err(AppError::forbidden().into());
         }
+        // The lifetime is judged once the caller's right to the project is.
+        let ttl = match input
+            .ttl
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(text) => agents::parse_ttl(text).map_err(|e| AppError::invalid("ttl", e))?,
+            None => chrono::Duration::hours(agents::DEFAULT_TOKEN_TTL_HOURS),
+        };
         let (record, secret) = agents::create_token(
             w,
             &ctx.actor(req),
@@ -183,9 +202,62 @@ pub fn create_token(
 
 /// `POST /api/v1/enrollment-tokens`.
 pub fn create_token_api(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let input: NewToken = req.json()?;
     let created = create_token(app, req, ctx, &input)?;
     Ok(reply(StatusCode::CREATED, &created))
+}
+
+/// `GET /api/v1/enrollment-tokens`: the tokens that could still enroll an agent, of
+/// the projects where the caller manages agents, newest first.
+pub fn enrollment_tokens_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    if !policy::can(&ctx.subject, Action::ManageAgents, None) {
+        return Err(AppError::forbidden());
+    }
+    let list = app.store.read(|r| enrollment_token_views(r, ctx))?;
+    Ok(reply(StatusCode::OK, &list))
+}
+
+/// The views of the caller's live enrollment tokens; shared by the API and the page.
+pub fn enrollment_token_views(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut views = Vec::new();
+    for token in agents::live_tokens(r, &ctx.subject, chrono::Utc::now())? {
+        let project = r
+            .get::<Project>(&token.project_id)?
+            .map(|p| p.name)
+            .unwrap_or_default();
+        views.push(agents::token_view(&token, &project));
+    }
+    Ok(views)
+}
+
+/// Revokes an enrollment token; shared by the API and the page.
+pub fn revoke_enrollment_token(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+) -> AppResult<serde_json::Value> {
+    require_fleet(ctx)?;
+    if !policy::can(&ctx.subject, Action::ManageAgents, None) {
+        return Err(AppError::forbidden());
+    }
+    let actor = ctx.actor(req);
+    Ok(app.store.write(|w| {
+        let token = agents::revoke_token(w, &actor, &ctx.subject, id, chrono::Utc::now())?;
+        let project = w
+            .get::<Project>(&token.project_id)?
+            .map(|p| p.name)
+            .unwrap_or_default();
+        Ok(agents::token_view(&token, &project))
+    })?)
+}
+
+/// `DELETE /api/v1/enrollment-tokens/{id}`.
+pub fn revoke_enrollment_token_api(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let view = revoke_enrollment_token(app, req, ctx, id)?;
+    Ok(reply(StatusCode::OK, &view))
 }
 
 /// Creates and dispatches an execution; shared by the API and the page.
@@ -209,6 +281,7 @@ const MAX_FAN_OUT: usize = 20_000;
 /// job is created for every agent in one transaction and the answer is
 /// `{"executions": [...]}`.
 pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let mut input: NewExecution = req.json()?;
     // The job without its target list, so that the per-target copies below do not copy
     // the whole list once per agent (quadratic in the fan-out).
@@ -341,6 +414,7 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
 /// `GET /api/v1/executions`: one page of the executions the caller may see, newest
 /// first, narrowed by the filters in [`EXECUTION_FILTERS`].
 pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let paging = req.paging()?;
     let (views, next) = app.store.read(|r| {
         let filter = execution_filter(r, req, ctx)?;
@@ -363,6 +437,7 @@ pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /api/v1/executions/{id}`.
 pub fn execution(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let e = executions::get_visible(r, &ctx.subject, id)?;
         execution_view(r, &e)
@@ -378,6 +453,7 @@ const LOG_STREAM_BATCH: usize = 512;
 /// lines `{"seq","stream","data"}` or, with `format=text`, as a plain-text
 /// attachment without ANSI codes. The internal result line is never shown.
 pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let from_seq = parse_from_seq(req)?;
     let text = match req.query("format").unwrap_or("") {
         "" | "jsonl" | "json" => false,
@@ -538,6 +614,7 @@ pub fn cancel(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Execution>
 
 /// `POST /api/v1/executions/{id}/cancel` → 202.
 pub fn cancel_execution(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let execution = cancel(app, req, ctx, id)?;
     let view = app.store.read(|r| execution_view(r, &execution))?;
     Ok(reply(StatusCode::ACCEPTED, &view))

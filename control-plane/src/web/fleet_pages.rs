@@ -27,6 +27,7 @@ fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()>
 
 /// `GET /agents`.
 pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let rows = app.store.read(|r| {
         let list = agents::visible(r, &ctx.subject)?;
@@ -54,6 +55,12 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     // Agents with a copy on another machine get a notice above the table that says
     // what happened and what to do.
     let duplicates: Vec<&Value> = rows.iter().filter(|r| !r["duplicate"].is_null()).collect();
+    let tokens = match can_enroll {
+        true => app
+            .store
+            .read(|r| fleet_api::enrollment_token_views(r, ctx))?,
+        false => Vec::new(),
+    };
     page(
         app,
         req,
@@ -67,6 +74,7 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "fleet_server": app.config.public_quic,
             "retry_minutes": agents::DUPLICATE_RETRY_S / 60,
             "quiet_minutes": agents::DUPLICATE_QUIET_MINUTES,
+            "tokens": tokens,
         }),
     )
 }
@@ -102,8 +110,24 @@ pub fn accept_host_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<
     }
 }
 
+/// `POST /agents/tokens/{id}/revoke`: revokes an enrollment token.
+pub fn revoke_token_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let revoked = fleet_api::revoke_enrollment_token(app, req, ctx, id)?;
+    Ok(redirect(
+        "/agents",
+        Some((
+            "success",
+            &format!(
+                "Enrollment token of {} revoked; it enrolls no more agents.",
+                revoked["project"].as_str().unwrap_or("the project")
+            ),
+        )),
+    ))
+}
+
 /// `POST /agents/{id}/revoke`.
 pub fn revoke_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let agent = app
@@ -134,6 +158,7 @@ fn token_projects(app: &App, ctx: &Ctx) -> AppResult<Vec<Value>> {
 
 /// `GET /agents/enroll`: the enrollment token form.
 pub fn enroll_form(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ManageAgents, None)?;
     let projects = token_projects(app, ctx)?;
     let values = json!({"project": req.query("project").unwrap_or(""), "uses": "1", "ttl": "24h"});
@@ -149,6 +174,7 @@ pub fn enroll_form(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `POST /agents/enroll`: creates a token and shows it once.
 pub fn enroll_create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ManageAgents, None)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
@@ -246,6 +272,7 @@ fn run_page(
 
 /// `GET /servers/{id}/run[?deploy=1]`: the run-script form.
 pub fn run_form(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     let target = server_and_agent(app, ctx, id)?;
     require(ctx, Action::OperateServers, Some(&target.0.project_id))?;
     let script = match (
@@ -277,6 +304,7 @@ fn parse_env(text: &str) -> AppResult<std::collections::BTreeMap<String, String>
 
 /// `POST /servers/{id}/run`: starts the script and opens its execution page.
 pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let target = server_and_agent(app, ctx, id)?;
@@ -326,6 +354,7 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
 
 /// `GET /executions`.
 pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let paging = req.paging_with(50)?;
     let (rows, next) = app.store.read(|r| {
@@ -384,6 +413,7 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /executions/{id}`: status and the live log.
 pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     let (view, script, server_name) = app.store.read(|r| {
         let e = executions::get_visible(r, &ctx.subject, id)?;
         let script = match &e.work {
@@ -418,6 +448,7 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
 
 /// `POST /executions/{id}/cancel`.
 pub fn cancel_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let back = format!("/executions/{id}");

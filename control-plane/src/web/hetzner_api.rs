@@ -42,6 +42,7 @@ pub fn project_to_sync(app: &App, ctx: &Ctx, key: &str) -> AppResult<Project> {
 /// `POST /api/v1/projects/{id}/sync`: 202, the sync runs in the background and its
 /// outcome appears in the project's `last_sync`.
 pub fn sync_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let project = project_to_sync(app, ctx, key)?;
     sync::spawn_sync(app, &project.id, ctx.actor(req));
     Ok(reply(
@@ -68,10 +69,11 @@ struct PowerInput {
 /// `POST /api/v1/servers/{id}/power` `{"action": "poweron|poweroff|reboot"}`: 202
 /// `{"action_id"}`; follow it at `GET /api/v1/servers/{id}/actions/{action_id}`.
 pub async fn power(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    let server = server_to_operate(app, ctx, id)?;
     let input: PowerInput = req.json()?;
     let action = PowerAction::parse(&input.action)
         .ok_or_else(|| AppError::invalid("action", "action must be poweron, poweroff or reboot"))?;
-    let server = server_to_operate(app, ctx, id)?;
     let started = power::start(app, &ctx.actor(req), &server, action).await?;
     Ok(reply(
         StatusCode::ACCEPTED,
@@ -81,6 +83,7 @@ pub async fn power(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp>
 
 /// `GET /api/v1/servers/{id}/actions`: the server's recent Hetzner actions.
 pub fn actions(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let list = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
         power::of_server(r, &server.id, 20)
@@ -90,6 +93,7 @@ pub fn actions(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 
 /// `GET /api/v1/servers/{id}/actions/{action_id}`: one action as last seen.
 pub fn action(app: &App, ctx: &Ctx, id: &str, action_id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let found = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
         let action: Option<power::HetznerAction> = r.get(action_id)?;
@@ -110,11 +114,15 @@ pub fn provisioning(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 }
 
 /// `GET /api/v1/projects/{id}/costs`: this month's cost, the budget, the warnings
-/// raised this month and the trend of the last twelve months.
+/// raised this month and the trend of the last twelve months. Server costs are fleet
+/// figures: they need the project's servers in view.
 pub fn costs(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let value = app.store.read(|r| {
-        let project = projects::find(r, key)?.ok_or_else(|| AppError::not_found("project"))?;
-        require(ctx, Action::ViewProject, Some(&project.id))?;
+        let project = projects::find(r, key)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+            .ok_or_else(|| AppError::not_found("project"))?;
+        require(ctx, Action::ViewServers, Some(&project.id))?;
         costs_json(r, &project)
     })?;
     Ok(reply(StatusCode::OK, &value))

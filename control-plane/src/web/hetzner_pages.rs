@@ -22,7 +22,12 @@ pub fn project_panel(app: &App, ctx: &Ctx, project_id: &str) -> AppResult<Value>
         let Some(project) = r.get::<Project>(project_id)? else {
             return Ok(Value::Null);
         };
-        let costs = super::hetzner_api::costs_json(r, &project)?;
+        // Server costs are fleet figures, for those who see the project's servers.
+        let costs = if policy::can(&ctx.subject, Action::ViewServers, Some(&project.id)) {
+            super::hetzner_api::costs_json(r, &project)?
+        } else {
+            Value::Null
+        };
         Ok(json!({
             "has_token": sync::has_token(app, &project),
             "can_sync": sync::has_token(app, &project)
@@ -52,6 +57,7 @@ pub fn server_panel(app: &App, ctx: &Ctx, server: &Server) -> AppResult<Value> {
 
 /// `POST /projects/{id}/sync`: starts a sync and goes back to the project.
 pub fn sync(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let project = super::hetzner_api::project_to_sync(app, ctx, key)?;
@@ -67,6 +73,7 @@ pub fn sync(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
 
 /// `POST /servers/{id}/power`: starts a power action and goes back to the server.
 pub async fn power(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let server = super::hetzner_api::server_to_operate(app, ctx, id)?;

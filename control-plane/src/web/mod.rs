@@ -193,9 +193,7 @@ pub fn authenticate(app: &App, req: &Req) -> AppResult<Option<Ctx>> {
                 "the Authorization header must be 'Bearer TOKEN'",
             )
         })?;
-        let user = app
-            .store
-            .read(|r| auth::user_from_api_token(r, token.trim()))?
+        let user = auth::api_token_user(&app.store, token.trim(), chrono::Utc::now())?
             .ok_or_else(|| AppError::new(Kind::Unauthenticated, "invalid or revoked API token"))?;
         let subject = app.store.read(|r| crate::users::subject(r, &user))?;
         return Ok(Some(Ctx {

@@ -23,10 +23,11 @@ use crate::updates;
 /// Most records one list answer holds.
 const LIST_LIMIT: usize = 500;
 
-/// A project the subject may see, by id or name.
+/// A project whose servers and operations the subject may see, by id or name; 404
+/// otherwise (recipes, schedules and runs are operations, not project facts).
 pub fn visible_project(r: &impl Read, ctx: &Ctx, key: &str) -> AppResult<Project> {
     projects::find(r, key)?
-        .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+        .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
         .ok_or_else(|| AppError::not_found("project"))
 }
 
@@ -55,6 +56,7 @@ fn filters(app: &App, req: &Req, ctx: &Ctx) -> AppResult<(Option<String>, Option
 
 /// `GET /api/v1/backups[?project=…][&server=…]`.
 pub fn backups_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let (project, agent) = filters(app, req, ctx)?;
     let list = app.store.read(|r| {
         backups::list_visible(
@@ -73,6 +75,7 @@ pub fn backups_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /api/v1/backups/{id}`.
 pub fn backup(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let backup = app
         .store
         .read(|r| Ok(backups::get_visible(r, &ctx.subject, id)?))?;
@@ -95,6 +98,7 @@ fn backup_views(app: &App, executions: &[Execution]) -> AppResult<Vec<serde_json
 /// `POST /api/v1/servers/{id}/backup`: the project's backup on that server → 201 the
 /// backup record (`status: running`, `execution_id` to watch).
 pub fn server_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let execution = app.store.write(|w| {
         Ok(backups::start_for_server(
             w,
@@ -113,6 +117,7 @@ pub fn server_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
 
 /// `POST /api/v1/projects/{id}/backup`: the backup on every agent of the project.
 pub fn project_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let executions = app.store.write(|w| {
         let project = visible_project(w, ctx, id)?;
         Ok(backups::start_for_project(
@@ -133,6 +138,7 @@ fn execution_reply(app: &App, execution: &Execution) -> AppResult<Resp> {
 
 /// `POST /api/v1/backups/{id}/verify` → 201 the verify execution.
 pub fn backup_verify(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let execution = app
         .store
         .write(|w| Ok(backups::start_verify(w, &ctx.actor(req), &ctx.subject, id)?))?;
@@ -150,6 +156,7 @@ pub struct RestoreInput {
 
 /// `POST /api/v1/backups/{id}/restore` `{"confirm": "RESTORE"}` → 201 the restore execution.
 pub fn backup_restore(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let input: RestoreInput = if req.body.is_empty() {
         RestoreInput::default()
     } else {
@@ -170,6 +177,7 @@ pub fn backup_restore(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
 
 /// `GET /api/v1/projects/{id}/backup-recipe` (`null` when unset).
 pub fn recipe(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let recipe = app.store.read(|r| {
         let project = visible_project(r, ctx, id)?;
         backups::recipe(r, &project.id)
@@ -179,6 +187,11 @@ pub fn recipe(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 
 /// `PUT /api/v1/projects/{id}/backup-recipe`.
 pub fn save_recipe(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, id)?))?;
+    if !policy::can(&ctx.subject, Action::EditProject, Some(&project.id)) {
+        return Err(AppError::forbidden());
+    }
     let input: RecipeInput = req.json()?;
     let recipe = app.store.write(|w| {
         let project = visible_project(w, ctx, id)?;
@@ -225,6 +238,7 @@ fn update_views(app: &App, executions: &[Execution]) -> AppResult<Vec<serde_json
 
 /// `POST /api/v1/servers/{id}/update` `{"check"?}` → 201 the update record.
 pub fn server_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let input = update_input(req)?;
     let execution = app.store.write(|w| {
         Ok(updates::start_for_server(
@@ -245,6 +259,7 @@ pub fn server_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
 
 /// `POST /api/v1/projects/{id}/update` → 201 the update records.
 pub fn project_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let input = update_input(req)?;
     let executions = app.store.write(|w| {
         let project = visible_project(w, ctx, id)?;
@@ -262,6 +277,7 @@ pub fn project_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
 
 /// `GET /api/v1/updates[?project=…][&server=…]`.
 pub fn updates_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let (project, agent) = filters(app, req, ctx)?;
     let list = app.store.read(|r| {
         updates::list_visible(
@@ -280,6 +296,7 @@ pub fn updates_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /api/v1/updates/{id}`.
 pub fn update(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let update = app
         .store
         .read(|r| Ok(updates::get_visible(r, &ctx.subject, id)?))?;
@@ -298,6 +315,7 @@ pub fn schedules_view(r: &impl Read, project_id: &str) -> anyhow::Result<serde_j
 
 /// `GET /api/v1/projects/{id}/schedules`.
 pub fn schedules_get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let project = visible_project(r, ctx, id)?;
         schedules_view(r, &project.id)
@@ -327,9 +345,15 @@ mod serde_double_option {
 
 /// `PUT /api/v1/projects/{id}/schedules`.
 pub fn schedules_put(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, id)?))?;
+    // Decided here too, so an empty change is refused like any other.
+    if !policy::can(&ctx.subject, Action::OperateServers, Some(&project.id)) {
+        return Err(AppError::forbidden());
+    }
     let input: SchedulesInput = req.json()?;
     let view = app.store.write(|w| {
-        let project = visible_project(w, ctx, id)?;
+        let project = visible_project(w, ctx, &project.id)?;
         let now = Utc::now();
         for (kind, value) in [
             (ScheduleKind::Backup, &input.backup),

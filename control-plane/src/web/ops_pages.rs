@@ -101,6 +101,7 @@ fn backup_row(r: &impl Read, ctx: &Ctx, b: &backups::Backup) -> anyhow::Result<V
 
 /// `GET /backups[?project=…]`.
 pub fn backups_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let (rows, projects) = app.store.read(|r| {
         let project = match req.query("project").filter(|p| !p.is_empty()) {
@@ -128,6 +129,7 @@ pub fn backups_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /backups/{id}`.
 pub fn backup_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let (row, has_restore) = app.store.read(|r| {
         let backup = backups::get_visible(r, &ctx.subject, id)?;
         let has_restore =
@@ -172,6 +174,7 @@ fn dispatch(app: &App, list: &[Execution]) {
 
 /// `POST /servers/{id}/backup` (button).
 pub fn server_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let result = app
@@ -194,6 +197,7 @@ pub fn server_backup(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
 
 /// `POST /servers/{id}/update` (button; `check=1` only lists).
 pub fn server_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let check = form.get("check") == Some("1");
@@ -218,6 +222,7 @@ pub fn server_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
 
 /// `POST /backups/{id}/verify`.
 pub fn verify(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let result = app
@@ -233,6 +238,7 @@ pub fn verify(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 
 /// `POST /backups/{id}/restore` (the form asks for the typed confirmation).
 pub fn restore(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let confirm = form.get("confirm").map(String::from);
@@ -271,6 +277,7 @@ fn recipe_values(recipe: Option<&Recipe>) -> Value {
 
 /// `GET /projects/{id}/operations`: recipe, schedules, project-wide buttons, recent runs.
 pub fn project_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     project_page_with(app, req, ctx, id, None, json!({}))
 }
 
@@ -344,6 +351,10 @@ fn form_values(form: &super::Form) -> Value {
 
 /// `POST /projects/{id}/operations`: saves the recipe and the schedules.
 pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    // The form edits the recipe: decided before any field is read.
+    let project = app.store.read(|r| Ok(visible_project(r, ctx, id)?))?;
+    require(ctx, Action::EditProject, Some(&project.id))?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let text = |k: &str| form.get(k).map(|s| s.replace("\r\n", "\n"));
@@ -426,6 +437,7 @@ pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp
 
 /// `POST /projects/{id}/backup` and `POST /projects/{id}/update` (buttons).
 pub fn project_run(app: &App, req: &Req, ctx: &Ctx, id: &str, what: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;
     let check = form.get("check") == Some("1");
@@ -458,6 +470,7 @@ fn update_row(r: &impl Read, u: &updates::Update) -> anyhow::Result<Value> {
 
 /// `GET /updates`.
 pub fn updates_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let rows = app.store.read(|r| {
         updates::list_visible(r, &ctx.subject, None, None, 300)?
@@ -477,6 +490,7 @@ pub fn updates_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /updates/{id}`.
 pub fn update_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let row = app.store.read(|r| {
         let u = updates::get_visible(r, &ctx.subject, id)?;
         update_row(r, &u)

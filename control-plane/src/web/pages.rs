@@ -524,6 +524,9 @@ pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
             .map(|p| {
                 let mut v = serde_json::to_value(ProjectView::from(p)).unwrap_or_default();
+                if !policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)) {
+                    v["deploy_command"] = Value::Null;
+                }
                 v["servers"] = json!(servers.iter().filter(|s| s.project_id == p.id).count());
                 v["can_edit"] = json!(policy::can(&ctx.subject, Action::EditProject, Some(&p.id)));
                 v
@@ -560,16 +563,26 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
                 }
             }
         }
-        let cost: f64 = r.list::<servers::Server>()?.iter().filter(|s| s.project_id == project.id && s.status != "deleted").filter_map(|s| s.monthly_cost).sum();
+        // Server costs and the deploy command are fleet facts, for those who see the
+        // project's servers.
+        let cost: f64 = if can_view_servers {
+            r.list::<servers::Server>()?.iter().filter(|s| s.project_id == project.id && s.status != "deleted").filter_map(|s| s.monthly_cost).sum()
+        } else {
+            0.0
+        };
+        let mut view = ProjectView::from(&project);
+        if !can_view_servers {
+            view.deploy_command = None;
+        }
         Ok(json!({
-            "project": ProjectView::from(&project),
+            "project": view,
             "servers": servers,
             "can_view_servers": can_view_servers,
             "can_edit": policy::can(&ctx.subject, Action::EditProject, Some(&project.id)),
             "can_manage_access": can_manage_access,
             "access": access,
             "cost": cost,
-            "budget_percent": project.budget_monthly.filter(|b| *b > 0.0).map(|b| (cost / b * 100.0).round()),
+            "budget_percent": project.budget_monthly.filter(|b| *b > 0.0 && can_view_servers).map(|b| (cost / b * 100.0).round()),
         }))
     })?;
     let title = data["project"]["name"]
@@ -795,9 +808,9 @@ pub fn user_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult
                 .store
                 .read(|r| users::find(r, id))?
                 .ok_or_else(|| AppError::not_found("user"))?;
-            let values = json!({"username": user.username, "role": user.role.as_str(), "is_manager": user.is_manager, "active": user.active, "full_name": user.full_name.clone().unwrap_or_default(), "email": user.email.clone().unwrap_or_default()});
+            let values = json!({"username": user.username, "role": user.role.as_str(), "is_manager": user.is_manager, "active": user.active, "full_name": user.full_name.clone().unwrap_or_default(), "email": user.email.clone().unwrap_or_default(), "revoke_tokens": true});
             (
-                serde_json::to_value(UserView::from(&user)).map_err(anyhow::Error::from)?,
+                user_edit_view(app, &user)?,
                 values,
                 format!("Edit {}", user.username),
             )
@@ -811,6 +824,19 @@ pub fn user_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult
         &title,
         json!({"edit": edit, "values": values, "errors": {}, "error": null, "roles": role_options()}),
     )
+}
+
+/// What the edit form shows of a user: the public view and their API tokens.
+fn user_edit_view(app: &App, user: &User) -> AppResult<Value> {
+    let tokens: Vec<auth::ApiTokenView> = app
+        .store
+        .read(|r| auth::tokens_of(r, &user.id))?
+        .iter()
+        .map(auth::ApiTokenView::from)
+        .collect();
+    let mut view = serde_json::to_value(UserView::from(user)).map_err(anyhow::Error::from)?;
+    view["tokens"] = json!(tokens);
+    Ok(view)
 }
 
 /// `POST /users/new` and `POST /users/{id}/edit`.
@@ -856,6 +882,7 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
                         .map(String::from),
                     full_name: Some(form.get("full_name").unwrap_or("").to_string()),
                     email: Some(form.get("email").unwrap_or("").to_string()),
+                    revoke_tokens: Some(form.checked("revoke_tokens")),
                 };
                 users::check_change(&change)?;
                 let hash = match change.password.clone() {
@@ -867,6 +894,9 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
                     let updated = users::update(w, &actor, &user.id, &change, hash)?;
                     if reset || !updated.active {
                         auth::end_sessions_of(w, &updated.id)?;
+                    }
+                    if change.revokes_tokens() {
+                        auth::revoke_api_tokens_of(w, &actor, &updated)?;
                     }
                     Ok(updated)
                 })?)
@@ -880,10 +910,10 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
             Some(("success", &format!("User {} saved.", user.username))),
         )),
         Err(e) => {
-            let edit = existing
-                .as_ref()
-                .map(|u| serde_json::to_value(UserView::from(u)).unwrap_or_default())
-                .unwrap_or(Value::Null);
+            let edit = match existing.as_ref() {
+                Some(u) => user_edit_view(app, u)?,
+                None => Value::Null,
+            };
             let title = if existing.is_some() {
                 "Edit user"
             } else {
@@ -893,6 +923,7 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
             let mut values = form.values();
             values.insert("is_manager".into(), json!(form.checked("is_manager")));
             values.insert("active".into(), json!(form.checked("active")));
+            values.insert("revoke_tokens".into(), json!(form.checked("revoke_tokens")));
             rerender(
                 app,
                 req,
@@ -909,14 +940,14 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
 
 // ---- account ----
 
-/// `GET /account`: the caller's own details and API token creation.
+/// `GET /account`: the caller's own details, API tokens (with when each was last used,
+/// and a revoke button) and token creation.
 pub fn account(app: &App, req: &Req, ctx: &Ctx, new_token: Option<String>) -> AppResult<Resp> {
-    let tokens: Vec<Value> = app
+    let tokens: Vec<auth::ApiTokenView> = app
         .store
-        .read(|r| r.list::<auth::ApiToken>())?
-        .into_iter()
-        .filter(|t| t.user_id == ctx.user.id)
-        .map(|t| json!({"name": t.name, "created_at": t.created_at}))
+        .read(|r| auth::tokens_of(r, &ctx.user.id))?
+        .iter()
+        .map(auth::ApiTokenView::from)
         .collect();
     page(
         app,
@@ -926,6 +957,42 @@ pub fn account(app: &App, req: &Req, ctx: &Ctx, new_token: Option<String>) -> Ap
         "Account",
         json!({"me": UserView::from(&ctx.user), "tokens": tokens, "new_token": new_token}),
     )
+}
+
+/// `POST /account/tokens/{id}/revoke`: revokes one of the caller's own API tokens.
+pub fn account_token_revoke(app: &App, req: &Req, ctx: &Ctx, token_id: &str) -> AppResult<Resp> {
+    let actor = ctx.actor(req);
+    let token = app
+        .store
+        .write(|w| Ok(auth::revoke_api_token(w, &actor, &ctx.user, token_id)?))?;
+    Ok(redirect(
+        "/account",
+        Some(("success", &format!("API token {} revoked.", token.name))),
+    ))
+}
+
+/// `POST /users/{id}/tokens/{token}/revoke` (admin): revokes one of a user's API tokens.
+pub fn user_token_revoke(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    user_key: &str,
+    token_id: &str,
+) -> AppResult<Resp> {
+    require(ctx, Action::ManageUsers, None)?;
+    let actor = ctx.actor(req);
+    let (user, token) = app.store.write(|w| {
+        let user = users::find(w, user_key)?.ok_or_else(|| AppError::not_found("user"))?;
+        let token = auth::revoke_api_token(w, &actor, &user, token_id)?;
+        Ok((user, token))
+    })?;
+    Ok(redirect(
+        &format!("/users/{}/edit", user.id),
+        Some((
+            "success",
+            &format!("API token {} of {} revoked.", token.name, user.username),
+        )),
+    ))
 }
 
 /// `POST /account/apitoken`: creates a token for the caller and shows it once.

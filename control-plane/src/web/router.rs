@@ -73,6 +73,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["users"]) => api::create_user(app, req, &ctx).await,
         (&Method::PUT, ["users", id]) => api::update_user(app, req, &ctx, id).await,
         (&Method::POST, ["users", id, "apitokens"]) => api::create_api_token(app, req, &ctx, id),
+        (&Method::GET, ["users", id, "tokens"]) => api::user_tokens(app, &ctx, id),
+        (&Method::GET, ["tokens"]) => api::tokens(app, &ctx),
+        (&Method::DELETE, ["tokens", id]) => api::revoke_token(app, req, &ctx, id),
         (&Method::GET, ["audit"]) => api::audit(app, req, &ctx),
         (&Method::GET, ["requests"]) => super::business_api::list_requests(app, req, &ctx),
         (&Method::POST, ["requests"]) => super::business_api::create_request(app, req, &ctx),
@@ -108,6 +111,10 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
             fleet_api::accept_host_api(app, req, &ctx, id)
         }
         (&Method::POST, ["enrollment-tokens"]) => fleet_api::create_token_api(app, req, &ctx),
+        (&Method::GET, ["enrollment-tokens"]) => fleet_api::enrollment_tokens_list(app, &ctx),
+        (&Method::DELETE, ["enrollment-tokens", id]) => {
+            fleet_api::revoke_enrollment_token_api(app, req, &ctx, id)
+        }
         (&Method::GET, ["executions"]) => fleet_api::executions_list(app, req, &ctx),
         (&Method::POST, ["executions"]) => fleet_api::create_execution(app, req, &ctx),
         // Deployment scripts and their rollouts.
@@ -204,6 +211,12 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["users", id, "edit"]) => pages::user_save(app, req, &ctx, Some(id)).await,
         (&Method::GET, ["account"]) => pages::account(app, req, &ctx, None),
         (&Method::POST, ["account", "apitoken"]) => pages::account_token(app, req, &ctx),
+        (&Method::POST, ["account", "tokens", token, "revoke"]) => {
+            pages::account_token_revoke(app, req, &ctx, token)
+        }
+        (&Method::POST, ["users", id, "tokens", token, "revoke"]) => {
+            pages::user_token_revoke(app, req, &ctx, id, token)
+        }
         (&Method::GET, ["audit"]) => pages::audit(app, req, &ctx),
         (&Method::GET, ["requests"]) => super::business_pages::requests_list(app, req, &ctx),
         (&Method::GET, ["requests", "new"]) => super::business_pages::request_form(app, req, &ctx),
@@ -247,6 +260,9 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
         (&Method::POST, ["agents", id, "accept-host"]) => {
             fleet_pages::accept_host_page(app, req, &ctx, id)
+        }
+        (&Method::POST, ["agents", "tokens", id, "revoke"]) => {
+            fleet_pages::revoke_token_page(app, req, &ctx, id)
         }
         (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),

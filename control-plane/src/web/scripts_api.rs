@@ -12,9 +12,12 @@ use crate::policy::{self, Action};
 use crate::rollouts::{self, RunInput};
 use crate::scripts::{self, ScriptInput, ScriptKind};
 
+/// Scripts are fleet work: a caller without the fleet (a sales agent) is refused
+/// before anything is looked up.
 fn require_fleet(ctx: &Ctx) -> AppResult<()> {
-    if policy::can(&ctx.subject, Action::ViewServers, None)
-        || policy::can(&ctx.subject, Action::ManageScripts, None)
+    if policy::can(&ctx.subject, Action::UseFleet, None)
+        && (policy::can(&ctx.subject, Action::ViewServers, None)
+            || policy::can(&ctx.subject, Action::ManageScripts, None))
     {
         Ok(())
     } else {
@@ -49,13 +52,27 @@ fn body_error(input: &ScriptInput, old: Option<&scripts::Script>) -> Option<Resp
     ))
 }
 
-/// `GET /api/v1/scripts[?q=TEXT]`.
+/// `GET /api/v1/scripts[?q=TEXT][&project=ID|NAME]`: with `project`, the scripts that
+/// run on that project (its own and the global ones); an unknown project is 400, as
+/// is one the caller may not see.
 pub fn list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require_fleet(ctx)?;
     let q = req.query("q").unwrap_or("").trim().to_lowercase();
     let views = app.store.read(|r| {
+        let project = match req.query("project") {
+            Some(key) => Some(
+                crate::projects::find(r, key.trim())?
+                    .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+                    .ok_or_else(|| AppError::bad_request(format!("unknown project {key:?}")))?,
+            ),
+            None => None,
+        };
         scripts::visible(r, &ctx.subject)?
             .iter()
+            .filter(|s| match &project {
+                Some(p) => s.project_id.as_ref().is_none_or(|id| *id == p.id),
+                None => true,
+            })
             .filter(|s| {
                 q.is_empty()
                     || s.name.to_lowercase().contains(&q)
@@ -67,9 +84,13 @@ pub fn list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     Ok(reply(StatusCode::OK, &views))
 }
 
-/// `POST /api/v1/scripts`.
+/// `POST /api/v1/scripts`: the caller's right to the scope comes first, then the body
+/// (422 with line and column), then the other fields.
 pub fn create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let input: ScriptInput = req.json()?;
+    app.store
+        .read(|r| Ok(scripts::authorize_save(r, &ctx.subject, &input, None)?))?;
     if let Some(resp) = body_error(&input, None) {
         return Ok(resp);
     }
@@ -82,6 +103,7 @@ pub fn create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /api/v1/scripts/{id}`.
 pub fn get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let script = scripts::get_visible(r, &ctx.subject, id)?;
         scripts::view(r, &script)
@@ -91,12 +113,14 @@ pub fn get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 
 /// `PUT /api/v1/scripts/{id}`.
 pub fn update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let input: ScriptInput = req.json()?;
-    let old = app
-        .store
-        .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id)))?
-        .ok();
-    if let Some(resp) = body_error(&input, old.as_ref()) {
+    let old = app.store.read(|r| {
+        let old = scripts::get_visible(r, &ctx.subject, id)?;
+        scripts::authorize_save(r, &ctx.subject, &input, Some(&old))?;
+        Ok(old)
+    })?;
+    if let Some(resp) = body_error(&input, Some(&old)) {
         return Ok(resp);
     }
     let view = app.store.write(|w| {
@@ -132,6 +156,9 @@ pub fn start_rollout(
 
 /// `POST /api/v1/scripts/{id}/run` → `201` the rollout with its executions.
 pub fn run(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    if !policy::can(&ctx.subject, Action::OperateServers, None) {
+        return Err(AppError::forbidden());
+    }
     let input: RunInput = req.json()?;
     let rollout = start_rollout(app, req, ctx, id, &input)?;
     let view = app
@@ -142,6 +169,7 @@ pub fn run(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 
 /// `GET /api/v1/rollouts/{id}`.
 pub fn rollout(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let rollout = rollouts::get_visible(r, &ctx.subject, id)?;
         rollouts::view(r, &ctx.subject, &rollout)

@@ -23,9 +23,12 @@ use crate::store::Read;
 /// Blank variable rows offered by the editor below the declared ones.
 const BLANK_VARIABLE_ROWS: usize = 3;
 
+/// Scripts are fleet work: a caller without the fleet (a sales agent) is refused
+/// before anything is looked up.
 fn require_fleet(ctx: &Ctx) -> AppResult<()> {
-    if policy::can(&ctx.subject, Action::ViewServers, None)
-        || policy::can(&ctx.subject, Action::ManageScripts, None)
+    if policy::can(&ctx.subject, Action::UseFleet, None)
+        && (policy::can(&ctx.subject, Action::ViewServers, None)
+            || policy::can(&ctx.subject, Action::ManageScripts, None))
     {
         Ok(())
     } else {
@@ -155,6 +158,7 @@ pub fn new_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /scripts/{id}`.
 pub fn edit_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let script = app
         .store
         .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id)?))?;
@@ -203,6 +207,7 @@ fn form_variables(form: &Form) -> Vec<Variable> {
 /// `POST /scripts/new` and `POST /scripts/{id}`: saves, or re-renders with the
 /// errors (a playbook's with line:column beside the body).
 pub fn save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let form = req.form()?;
     let variables = form_variables(&form);
     let input = ScriptInput {
@@ -222,24 +227,34 @@ pub fn save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp
         ),
         None => None,
     };
-    // The body's own error carries its position; check it first so the editor can
-    // point at it.
+    // Whether the caller may save into that scope comes first; then the body, whose
+    // own error carries its position so the editor can point at it.
+    let authorized = app.store.read(|r| {
+        Ok(scripts::authorize_save(
+            r,
+            &ctx.subject,
+            &input,
+            old.as_ref(),
+        ))
+    })?;
     let kind = input
         .kind
         .as_deref()
         .and_then(ScriptKind::parse)
         .unwrap_or(ScriptKind::Playbook);
-    let body_check = scripts::check_body(
-        kind,
-        input.body.as_deref().unwrap_or(""),
-        input.allow_ansible_fallback.unwrap_or(false),
-    );
-    let result = match body_check {
-        Err(e) => Err((
+    let result = match authorized.map(|_| {
+        scripts::check_body(
+            kind,
+            input.body.as_deref().unwrap_or(""),
+            input.allow_ansible_fallback.unwrap_or(false),
+        )
+    }) {
+        Err(e) => Err((e, None)),
+        Ok(Err(e)) => Err((
             AppError::invalid("body", e.display()),
             Some(json!({"message": e.message, "line": e.line, "column": e.column})),
         )),
-        Ok(()) => app
+        Ok(Ok(())) => app
             .store
             .write(|w| {
                 Ok(match id {
@@ -362,6 +377,7 @@ fn run_form(
 
 /// `GET /scripts/{id}/run`.
 pub fn run_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     if !policy::can(&ctx.subject, Action::OperateServers, None) {
         return Err(AppError::forbidden());
     }
@@ -385,6 +401,10 @@ fn number(form: &Form, name: &str) -> AppResult<Option<u32>> {
 
 /// `POST /scripts/{id}/run`: starts the rollout and opens its page.
 pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    if !policy::can(&ctx.subject, Action::OperateServers, None) {
+        return Err(AppError::forbidden());
+    }
     let form = req.form()?;
     let script = app
         .store
@@ -447,6 +467,7 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
 
 /// `GET /rollouts/{id}`: the summary grid and one live log per server.
 pub fn rollout_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let rollout = rollouts::get_visible(r, &ctx.subject, id)?;
         rollouts::view(r, &ctx.subject, &rollout)

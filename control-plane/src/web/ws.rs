@@ -69,6 +69,7 @@ fn upgrade(
     };
     let checked = crate::store::block_in_place(|| {
         let ctx = super::authenticate(&app, &req)?.ok_or_else(AppError::unauthenticated)?;
+        super::fleet_api::require_fleet(&ctx)?;
         app.store
             .read(|r| Ok(executions::get_visible(r, &ctx.subject, &id)?))?;
         super::fleet_api::parse_from_seq(&req)
