@@ -76,7 +76,7 @@ pub fn execute(core: &Core, command: &Command) -> Result<String> {
             crate::validate::username(Some(&username)).map_err(|e| anyhow::anyhow!(e.message))?;
             Role::parse(role)
                 .with_context(|| format!("role must be admin, technical or sales, not {role:?}"))?;
-            crate::validate::password("password", Some(&password))
+            crate::validate::password("password", Some(&password), &[&username])
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             let hash = users::hash_password(&password)?;
             let input = NewUser {

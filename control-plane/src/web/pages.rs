@@ -857,7 +857,7 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
                     full_name: Some(form.get("full_name").unwrap_or("").to_string()),
                     email: Some(form.get("email").unwrap_or("").to_string()),
                 };
-                users::check_change(&change)?;
+                users::check_change(user, &change)?;
                 let hash = match change.password.clone() {
                     Some(p) => Some(super::api::hash_off_thread(p).await?),
                     None => None,
