@@ -334,7 +334,13 @@ impl Jobs {
 
 fn deadline_from(started_at_unix: u64, timeout_s: u64) -> Instant {
     let elapsed = now_unix().saturating_sub(started_at_unix);
-    Instant::now() + Duration::from_secs(timeout_s.saturating_sub(elapsed))
+    let now = Instant::now();
+    // The timeout is the peer's number: one past what the clock holds means "never"
+    // in practice (a century), not an overflow panic.
+    let left = Duration::from_secs(timeout_s.saturating_sub(elapsed));
+    now.checked_add(left)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Whether `pid` is still the job's live process (not a zombie, not a reused pid).
@@ -647,6 +653,14 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// A timeout too large for the clock is a far deadline, never an overflow panic.
+    #[test]
+    fn huge_timeouts_are_a_far_deadline() {
+        let far = deadline_from(now_unix(), u64::MAX);
+        assert!(far > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        assert!(deadline_from(0, 5) <= Instant::now());
+    }
 
     fn script(id: &str, body: &str, timeout_s: Option<u64>) -> JobSpec {
         JobSpec {
