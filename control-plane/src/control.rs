@@ -101,7 +101,7 @@ pub fn execute(core: &Core, command: &Command) -> Result<String> {
             let user = core
                 .store
                 .read(|r| users::by_username(r, username.trim()))?
-                .with_context(|| format!("no user named {username}"))?;
+                .with_context(|| format!("no user named {}", crate::validate::echo(username)))?;
             if !user.active {
                 anyhow::bail!("user {username} is deactivated");
             }

@@ -238,7 +238,10 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
                         if e.kind == crate::error::Kind::NotFound {
                             AppError::invalid(
                                 "targets",
-                                format!("no server {key:?} that you can see"),
+                                format!(
+                                    "no server {:?} that you can see",
+                                    crate::validate::echo(key)
+                                ),
                             )
                         } else {
                             AppError::invalid("targets", e.message)
@@ -254,7 +257,10 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
                 .ok_or_else(|| {
                     AppError::invalid(
                         "targets",
-                        format!("no project {project:?} that you can see"),
+                        format!(
+                            "no project {:?} that you can see",
+                            crate::validate::echo(project)
+                        ),
                     )
                 })?;
             let mut agents = crate::backups::agents_of_project(r, &p.id)?;

@@ -302,7 +302,10 @@ pub fn resolve_vars(
         if !variable_name_ok(name) {
             return Err(AppError::invalid(
                 "vars",
-                format!("{name:?} is not a valid variable name"),
+                format!(
+                    "{:?} is not a valid variable name",
+                    crate::validate::echo(name)
+                ),
             ));
         }
         out.plain.insert(name.clone(), value_text(value));
@@ -379,7 +382,10 @@ fn project_of(r: &impl Read, key: Option<&str>) -> AppResult<Option<String>> {
     };
     match crate::projects::find(r, key)? {
         Some(p) => Ok(Some(p.id)),
-        None => Err(AppError::invalid("project", format!("no project {key:?}"))),
+        None => Err(AppError::invalid(
+            "project",
+            format!("no project {:?}", crate::validate::echo(key)),
+        )),
     }
 }
 
@@ -414,22 +420,11 @@ struct Checked {
 }
 
 fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppResult<Checked> {
-    let name = input
-        .name
-        .clone()
-        .or_else(|| old.map(|o| o.name.clone()))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if name.is_empty() {
-        return Err(AppError::invalid("name", "name is required"));
-    }
-    if name.len() > 100 || name.contains(['\n', '\0']) {
-        return Err(AppError::invalid(
-            "name",
-            "a name is one line of at most 100 characters",
-        ));
-    }
+    let name = crate::validate::name(
+        "name",
+        input.name.as_deref().or(old.map(|o| o.name.as_str())),
+        100,
+    )?;
     if let Some(id) = r.index_get(BY_NAME, &name.to_lowercase())? {
         if old.map(|o| o.id.as_str()) != Some(id.as_str()) {
             return Err(AppError::invalid(
@@ -449,6 +444,12 @@ fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppR
         .or_else(|| old.map(|o| o.body.clone()))
         .unwrap_or_default()
         .replace("\r\n", "\n");
+    if body.contains('\0') {
+        return Err(AppError::invalid(
+            "body",
+            "the script must not contain NUL bytes",
+        ));
+    }
     let allow_ansible_fallback = input
         .allow_ansible_fallback
         .or_else(|| old.map(|o| o.allow_ansible_fallback))
@@ -479,16 +480,15 @@ fn check_input(r: &impl Read, input: &ScriptInput, old: Option<&Script>) -> AppR
         Some(p) => project_of(r, Some(p))?,
         None => old.and_then(|o| o.project_id.clone()),
     };
-    let description = input
-        .description
-        .clone()
-        .or_else(|| old.map(|o| o.description.clone()))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if description.len() > 2000 {
-        return Err(AppError::invalid("description", "at most 2000 characters"));
-    }
+    let description = crate::validate::text(
+        "description",
+        input
+            .description
+            .as_deref()
+            .or(old.map(|o| o.description.as_str())),
+        2000,
+    )?
+    .unwrap_or_default();
     Ok(Checked {
         name,
         description,
@@ -812,7 +812,10 @@ pub fn resolve_execution(
         Err(e) if e.kind == crate::error::Kind::NotFound => {
             return Err(AppError::invalid(
                 "playbook",
-                format!("no script {key:?} that you can see (give a script id or playbook YAML)"),
+                format!(
+                    "no script {:?} that you can see (give a script id or playbook YAML)",
+                    crate::validate::echo(key)
+                ),
             ))
         }
         Err(e) => return Err(e),

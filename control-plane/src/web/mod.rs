@@ -246,6 +246,32 @@ pub fn text(status: StatusCode, body: impl Into<String>, content_type: &'static 
     resp
 }
 
+/// Characters of a flash message kept; a longer one is cut with `…`.
+pub const MAX_FLASH_CHARS: usize = 300;
+/// Bytes of the flash cookie's encoded value at most (browsers keep 4 KiB per cookie).
+pub const MAX_FLASH_COOKIE: usize = 2048;
+
+/// A flash message's cookie value: `level|message` percent-encoded, the message cut to
+/// [`MAX_FLASH_CHARS`] characters and then, for text that encodes long, until the
+/// value fits [`MAX_FLASH_COOKIE`] bytes, so no input is ever echoed unbounded.
+fn flash_cookie_value(level: &str, message: &str) -> String {
+    let mut kept: String = message.chars().take(MAX_FLASH_CHARS).collect();
+    let mut cut = kept.len() < message.len();
+    loop {
+        let shown = if cut {
+            format!("{kept}…")
+        } else {
+            kept.clone()
+        };
+        let value = urlencode(&format!("{level}|{shown}"));
+        if value.len() <= MAX_FLASH_COOKIE || kept.is_empty() {
+            return value;
+        }
+        kept.pop();
+        cut = true;
+    }
+}
+
 /// A 303 redirect (after a form post), optionally carrying a flash message.
 pub fn redirect(location: &str, flash: Option<(&str, &str)>) -> Resp {
     let mut resp = Response::new(Body::empty());
@@ -256,7 +282,7 @@ pub fn redirect(location: &str, flash: Option<(&str, &str)>) -> Resp {
     if let Some((level, message)) = flash {
         let value = format!(
             "dsv_flash={}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax",
-            urlencode(&format!("{level}|{message}"))
+            flash_cookie_value(level, message)
         );
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().append("set-cookie", v);
