@@ -11,9 +11,9 @@
 //! removed only after the control plane has stored its end.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -130,7 +130,7 @@ impl Job {
         };
         if let Ok(json) = serde_json::to_vec(&end) {
             let tmp = self.dir.join("end.json.tmp");
-            if std::fs::write(&tmp, json)
+            if crate::private_fs::write(&tmp, json)
                 .and_then(|_| std::fs::rename(&tmp, self.dir.join("end.json")))
                 .is_err()
             {
@@ -188,7 +188,9 @@ impl Jobs {
     /// runtime (adopted jobs get a task).
     pub fn open(state_dir: &Path) -> Result<Jobs> {
         let root = state_dir.join("jobs");
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        // Specs hold secret values and outputs hold what jobs print: owner-only.
+        crate::private_fs::ensure_dir(&root)
+            .with_context(|| format!("creating {}", root.display()))?;
         let started_path = state_dir.join("started");
         let started: HashSet<String> = std::fs::read_to_string(&started_path)
             .unwrap_or_default()
@@ -288,17 +290,14 @@ impl Jobs {
         }
         // Remember the id durably before anything runs: a crash after this point
         // means the job may be lost, never that it runs twice.
-        let mut started = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.started_path)?;
+        let mut started = crate::private_fs::open_append(&self.started_path)?;
         started.write_all(format!("{}\n", spec.job_id).as_bytes())?;
         started.sync_all()?;
         inner.started.insert(spec.job_id.clone());
 
         let dir = self.root.join(&spec.job_id);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("spec.json"), serde_json::to_vec(spec)?)?;
+        crate::private_fs::ensure_dir(&dir)?;
+        crate::private_fs::write(&dir.join("spec.json"), serde_json::to_vec(spec)?)?;
         let job = self.new_job(&spec.job_id, dir.clone(), &spec.secrets)?;
         inner.live.insert(spec.job_id.clone(), job.clone());
         drop(inner);
@@ -310,7 +309,7 @@ impl Jobs {
                     pid: child.id().map(|p| p as i32),
                     started_at_unix: started_at,
                 };
-                std::fs::write(dir.join("state.json"), serde_json::to_vec(&state)?)?;
+                crate::private_fs::write(&dir.join("state.json"), serde_json::to_vec(&state)?)?;
                 Process::Child(child)
             }
             Err(e) => {
@@ -372,7 +371,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             working_dir: wd,
         } => {
             let script = dir.join("script");
-            std::fs::write(&script, body)?;
+            crate::private_fs::write(&script, body)?;
             argv.extend(interpreter.split_whitespace().map(String::from));
             if argv.is_empty() {
                 argv.push("/bin/sh".into());
@@ -390,7 +389,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             ansible_fallback,
         } => {
             let file = dir.join("playbook.yml");
-            std::fs::write(&file, yaml)?;
+            crate::private_fs::write(&file, yaml)?;
             let exe = crate::compose::own_binary()?;
             argv.push(exe.to_string_lossy().into_owned());
             argv.push("playbook".into());
@@ -405,12 +404,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             // local user could read them (they may hold secrets).
             if !vars.is_empty() {
                 let vars_file = dir.join("vars.json");
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&vars_file)?;
+                let mut file = crate::private_fs::create(&vars_file)?;
                 file.write_all(&serde_json::to_vec(vars)?)?;
                 argv.push("-e".into());
                 argv.push(format!("@{}", vars_file.display()));
@@ -419,8 +413,8 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
         // Backups, restores and updates run as the agent's own subcommands.
         other => argv.extend(crate::compose::job_argv(other, dir)?),
     }
-    let stdout = File::create(stream_path(dir, OutputStream::Stdout))?;
-    let stderr = File::create(stream_path(dir, OutputStream::Stderr))?;
+    let stdout = crate::private_fs::create(&stream_path(dir, OutputStream::Stdout))?;
+    let stderr = crate::private_fs::create(&stream_path(dir, OutputStream::Stderr))?;
     let mut command = tokio::process::Command::new("/bin/sh");
     command
         .arg("-c")

@@ -246,7 +246,7 @@ pub fn run_command(
     if let Some(answer) = send(data_dir, command)? {
         return Ok(answer);
     }
-    std::fs::create_dir_all(data_dir)
+    dynserv_agent::private_fs::create_dir(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = Store::open(store_path)?;
     let keys = Keys::load(data_dir, session_secret)?;

@@ -75,6 +75,9 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
+        // Owner-only whatever the umask: the store holds hashes and sealed secrets.
+        dynserv_agent::private_fs::touch(path)
+            .with_context(|| format!("creating {}", path.display()))?;
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "the store {} is in use by another dynserv process",
@@ -169,6 +172,8 @@ impl Store {
         }
         let tmp = out.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
+        dynserv_agent::private_fs::touch(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
         let copy = Database::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let src = self.db.begin_read()?;
         let mut dst = copy.begin_write()?;
