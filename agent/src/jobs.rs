@@ -31,7 +31,8 @@ use crate::spool::{stream_path, Spool};
 /// Runs the interpreter with the script, then records its exit code atomically in the
 /// file named by `$0`. A process group kill takes the wrapper down too, so a missing
 /// `exit` file means the job was killed.
-const WRAPPER: &str = "\"$@\"\ncode=$?\necho \"$code\" > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"\n";
+const WRAPPER: &str =
+    "\"$@\"\ncode=$?\numask 077\necho \"$code\" > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"\n";
 
 /// How long a cancelled or timed-out job's group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -726,6 +727,49 @@ mod tests {
             reopened.start_or_resume(&spec).unwrap(),
             StartOutcome::AlreadyDone
         ));
+    }
+
+    /// With umask 000 the state dir, `jobs/`, the job's directory and every file in it
+    /// (the spec with its secret values, the script, the output, the spool's index) are
+    /// still owner-only, while the job runs and after it ended.
+    #[tokio::test]
+    async fn job_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        // SAFETY: umask changes only this process's file creation mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let jobs = Jobs::open(&state).unwrap();
+        let mut spec = script("private", "echo $GREETING; sleep 1\n", None);
+        spec.secrets = vec!["hunter2".into()];
+        let StartOutcome::Started(job) = jobs.start_or_resume(&spec).unwrap() else {
+            panic!("not started")
+        };
+        let check = |when: &str| {
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+            let dir = state.join("jobs/private");
+            for d in [state.clone(), state.join("jobs"), dir.clone()] {
+                assert_eq!(mode(&d), 0o700, "{when}: {}", d.display());
+            }
+            assert_eq!(mode(&state.join("started")), 0o600, "{when}: started");
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                assert_eq!(
+                    mode(&entry.path()),
+                    0o600,
+                    "{when}: {}",
+                    entry.path().display()
+                );
+            }
+            for name in ["spec.json", "script", "stdout", "stderr", "index"] {
+                assert!(dir.join(name).exists(), "{when}: {name}");
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        check("running");
+        let end = wait_end(&job).await;
+        unsafe { libc::umask(old) };
+        assert_eq!(end.status, JobStatus::Succeeded);
+        check("ended");
     }
 
     /// Timeout kills the whole process group, including a background child.
