@@ -638,7 +638,7 @@ async fn fleet_pages_work_for_an_admin_and_hide_other_projects() {
             ],
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 422, "an invalid form is re-rendered with 422");
     assert!(
         html.contains("is-invalid") && !html.contains("dsv1."),
         "{html}"
