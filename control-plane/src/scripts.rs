@@ -246,6 +246,15 @@ pub fn check_variables(variables: &[Variable]) -> AppResult<()> {
                 format!("variable {}: default or description too long", v.name),
             ));
         }
+        crate::validate::check_text("variables", &v.description, 1000).map_err(|_| {
+            AppError::invalid(
+                "variables",
+                format!(
+                    "variable {}: the description must not contain control characters such as NUL",
+                    v.name
+                ),
+            )
+        })?;
     }
     Ok(())
 }
