@@ -697,10 +697,11 @@ impl DumpWriter {
     /// Starts a dump that will become `path`.
     pub fn create(path: &Path) -> Result<DumpWriter> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::private_fs::create_dir(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
         let partial = path.with_extension("dump.partial");
-        let file = std::fs::File::create(&partial)
+        let file = crate::private_fs::create(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
         Ok(DumpWriter {
             file: std::io::BufWriter::with_capacity(PIECE, file),
@@ -818,7 +819,7 @@ pub async fn backup(args: &BackupArgs) -> Result<BackupMeta> {
         source,
     };
     let tmp = meta_path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)?;
+    crate::private_fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)?;
     std::fs::rename(&tmp, &meta_path)?;
     say(&format!(
         "backup {} kept: {} bytes, sha256 {}",

@@ -173,7 +173,7 @@ pub async fn enroll(
             state_dir.display()
         );
     }
-    std::fs::create_dir_all(state_dir)
+    crate::private_fs::create_dir(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let key = pki::generate_agent_key()?;
     let facts = facts::collect();

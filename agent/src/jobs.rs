@@ -17,9 +17,9 @@
 //! never started, so a copy neither runs a job again nor reports an end for it.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +37,8 @@ use crate::spool::{stream_path, Spool};
 /// Runs the interpreter with the script, then records its exit code atomically in the
 /// file named by `$0`. A process group kill takes the wrapper down too, so a missing
 /// `exit` file means the job was killed.
-const WRAPPER: &str = "\"$@\"\ncode=$?\necho \"$code\" > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"\n";
+const WRAPPER: &str =
+    "\"$@\"\ncode=$?\numask 077\necho \"$code\" > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"\n";
 
 /// How long a cancelled or timed-out job's group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -140,7 +141,7 @@ impl Job {
         };
         if let Ok(json) = serde_json::to_vec(&end) {
             let tmp = self.dir.join("end.json.tmp");
-            if std::fs::write(&tmp, json)
+            if crate::private_fs::write(&tmp, json)
                 .and_then(|_| std::fs::rename(&tmp, self.dir.join("end.json")))
                 .is_err()
             {
@@ -206,7 +207,9 @@ impl Jobs {
     /// called inside a tokio runtime (adopted jobs get a task).
     pub fn open(state_dir: &Path, host_id: &str) -> Result<Jobs> {
         let root = state_dir.join("jobs");
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        // Specs hold secret values and outputs hold what jobs print: owner-only.
+        crate::private_fs::ensure_dir(&root)
+            .with_context(|| format!("creating {}", root.display()))?;
         let started_path = state_dir.join("started");
         let started: HashSet<String> = std::fs::read_to_string(&started_path)
             .unwrap_or_default()
@@ -342,17 +345,14 @@ impl Jobs {
         }
         // Remember the id durably before anything runs: a crash after this point
         // means the job may be lost, never that it runs twice.
-        let mut started = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.started_path)?;
+        let mut started = crate::private_fs::open_append(&self.started_path)?;
         started.write_all(format!("{}\n", spec.job_id).as_bytes())?;
         started.sync_all()?;
         inner.started.insert(spec.job_id.clone());
 
         let dir = self.root.join(&spec.job_id);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("spec.json"), serde_json::to_vec(spec)?)?;
+        crate::private_fs::ensure_dir(&dir)?;
+        crate::private_fs::write(&dir.join("spec.json"), serde_json::to_vec(spec)?)?;
         let job = self.new_job(&spec.job_id, dir.clone(), &spec.secrets)?;
         inner.live.insert(spec.job_id.clone(), job.clone());
         drop(inner);
@@ -365,7 +365,7 @@ impl Jobs {
                     started_at_unix: started_at,
                     host_id: Some(self.host_id.clone()),
                 };
-                std::fs::write(dir.join("state.json"), serde_json::to_vec(&state)?)?;
+                crate::private_fs::write(&dir.join("state.json"), serde_json::to_vec(&state)?)?;
                 Process::Child(child)
             }
             Err(e) => {
@@ -389,7 +389,13 @@ impl Jobs {
 
 fn deadline_from(started_at_unix: u64, timeout_s: u64) -> Instant {
     let elapsed = now_unix().saturating_sub(started_at_unix);
-    Instant::now() + Duration::from_secs(timeout_s.saturating_sub(elapsed))
+    let now = Instant::now();
+    // The timeout is the peer's number: one past what the clock holds means "never"
+    // in practice (a century), not an overflow panic.
+    let left = Duration::from_secs(timeout_s.saturating_sub(elapsed));
+    now.checked_add(left)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Whether `pid` is still the job's live process (not a zombie, not a reused pid).
@@ -421,7 +427,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             working_dir: wd,
         } => {
             let script = dir.join("script");
-            std::fs::write(&script, body)?;
+            crate::private_fs::write(&script, body)?;
             argv.extend(interpreter.split_whitespace().map(String::from));
             if argv.is_empty() {
                 argv.push("/bin/sh".into());
@@ -439,7 +445,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             ansible_fallback,
         } => {
             let file = dir.join("playbook.yml");
-            std::fs::write(&file, yaml)?;
+            crate::private_fs::write(&file, yaml)?;
             let exe = crate::compose::own_binary()?;
             argv.push(exe.to_string_lossy().into_owned());
             argv.push("playbook".into());
@@ -454,12 +460,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             // local user could read them (they may hold secrets).
             if !vars.is_empty() {
                 let vars_file = dir.join("vars.json");
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&vars_file)?;
+                let mut file = crate::private_fs::create(&vars_file)?;
                 file.write_all(&serde_json::to_vec(vars)?)?;
                 argv.push("-e".into());
                 argv.push(format!("@{}", vars_file.display()));
@@ -468,8 +469,8 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
         // Backups, restores and updates run as the agent's own subcommands.
         other => argv.extend(crate::compose::job_argv(other, dir)?),
     }
-    let stdout = File::create(stream_path(dir, OutputStream::Stdout))?;
-    let stderr = File::create(stream_path(dir, OutputStream::Stderr))?;
+    let stdout = crate::private_fs::create(&stream_path(dir, OutputStream::Stdout))?;
+    let stderr = crate::private_fs::create(&stream_path(dir, OutputStream::Stderr))?;
     let mut command = tokio::process::Command::new("/bin/sh");
     command
         .arg("-c")
@@ -706,6 +707,14 @@ mod tests {
     /// The host id of the machine the tests play.
     const HOST: &str = "host-a";
 
+    /// A timeout too large for the clock is a far deadline, never an overflow panic.
+    #[test]
+    fn huge_timeouts_are_a_far_deadline() {
+        let far = deadline_from(now_unix(), u64::MAX);
+        assert!(far > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        assert!(deadline_from(0, 5) <= Instant::now());
+    }
+
     fn script(id: &str, body: &str, timeout_s: Option<u64>) -> JobSpec {
         JobSpec {
             job_id: id.into(),
@@ -777,6 +786,49 @@ mod tests {
             reopened.start_or_resume(&spec).unwrap(),
             StartOutcome::AlreadyDone
         ));
+    }
+
+    /// With umask 000 the state dir, `jobs/`, the job's directory and every file in it
+    /// (the spec with its secret values, the script, the output, the spool's index) are
+    /// still owner-only, while the job runs and after it ended.
+    #[tokio::test]
+    async fn job_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        // SAFETY: umask changes only this process's file creation mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let jobs = Jobs::open(&state, HOST).unwrap();
+        let mut spec = script("private", "echo $GREETING; sleep 1\n", None);
+        spec.secrets = vec!["hunter2".into()];
+        let StartOutcome::Started(job) = jobs.start_or_resume(&spec).unwrap() else {
+            panic!("not started")
+        };
+        let check = |when: &str| {
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+            let dir = state.join("jobs/private");
+            for d in [state.clone(), state.join("jobs"), dir.clone()] {
+                assert_eq!(mode(&d), 0o700, "{when}: {}", d.display());
+            }
+            assert_eq!(mode(&state.join("started")), 0o600, "{when}: started");
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                assert_eq!(
+                    mode(&entry.path()),
+                    0o600,
+                    "{when}: {}",
+                    entry.path().display()
+                );
+            }
+            for name in ["spec.json", "script", "stdout", "stderr", "index"] {
+                assert!(dir.join(name).exists(), "{when}: {name}");
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        check("running");
+        let end = wait_end(&job).await;
+        unsafe { libc::umask(old) };
+        assert_eq!(end.status, JobStatus::Succeeded);
+        check("ended");
     }
 
     /// Timeout kills the whole process group, including a background child.

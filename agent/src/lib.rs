@@ -1,6 +1,6 @@
 //! dynserv-agent library: enrollment and the connection to the control plane
 //! ([`connection`]), jobs and their on-disk spool ([`jobs`], [`spool`]), host facts
-//! ([`facts`]) and reconnect backoff ([`backoff`]).
+//! ([`facts`]), reconnect backoff ([`backoff`]) and owner-only files ([`private_fs`]).
 
 pub mod backoff;
 pub mod compose;
@@ -8,5 +8,6 @@ pub mod connection;
 pub mod facts;
 pub mod jobs;
 pub mod playbook;
+pub mod private_fs;
 pub mod spool;
 pub mod update;

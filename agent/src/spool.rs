@@ -7,8 +7,11 @@
 //! writes to files (not pipes), a job keeps running and its output keeps landing on
 //! disk while the agent restarts; the new agent continues numbering where the index
 //! ends, so no byte is sent twice under two numbers and none is skipped.
+//!
+//! Every file here is owner-only (`0600`, see [`crate::private_fs`]): the output
+//! holds secret values unmasked until it is sent.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -83,10 +86,7 @@ impl Spool {
             }
             good_len += line.len();
         }
-        let index = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&index_path)?;
+        let index = crate::private_fs::open_append(&index_path)?;
         if good_len < text.len() {
             index.set_len(good_len as u64)?;
         }
@@ -134,7 +134,7 @@ impl Spool {
     /// chunk.
     pub fn append_system(&mut self, text: &str) -> io::Result<u64> {
         let path = stream_path(&self.dir, OutputStream::System);
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = crate::private_fs::open_append(&path)?;
         let start = file.metadata()?.len();
         file.write_all(text.as_bytes())?;
         self.append(OutputStream::System, start, start + text.len() as u64)
@@ -177,7 +177,7 @@ impl Spool {
         }
         self.acked = Some(up_to);
         let tmp = self.dir.join("acked.tmp");
-        std::fs::write(&tmp, format!("{up_to}\n"))?;
+        crate::private_fs::write(&tmp, format!("{up_to}\n"))?;
         std::fs::rename(tmp, self.dir.join("acked"))
     }
 }
@@ -185,6 +185,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn write(dir: &Path, stream: OutputStream, text: &str) -> (u64, u64) {
         let path = stream_path(dir, stream);

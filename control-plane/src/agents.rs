@@ -190,29 +190,43 @@ pub enum EnrollRefusal {
     BadName(String),
 }
 
-/// Parses a duration like `30m`, `24h`, `7d`, `3600s` or `3600` (seconds).
+/// Parses a duration like `30m`, `24h`, `7d`, `3600s` or `3600` (seconds), between one
+/// second and [`MAX_TOKEN_TTL_DAYS`] days. Any number of digits is read without
+/// overflow: a value too large for a duration is out of range like any other.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    let shape = || {
+        format!(
+            "{:?} is not a duration like 30m, 24h or 7d",
+            crate::validate::echo(text)
+        )
+    };
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => (&text[..i], &text[i..]),
         None => (text, "s"),
     };
-    let n: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30m, 24h or 7d"))?;
-    let duration = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        _ => return Err(format!("{text:?} is not a duration like 30m, 24h or 7d")),
-    };
-    if duration <= Duration::zero() || duration > Duration::days(MAX_TOKEN_TTL_DAYS) {
-        return Err(format!(
-            "the lifetime must be between 1 s and {MAX_TOKEN_TTL_DAYS} days"
-        ));
+    if number.is_empty() {
+        return Err(shape());
     }
-    Ok(duration)
+    let seconds_per_unit: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(shape()),
+    };
+    let out_of_range = || format!("the lifetime must be between 1 s and {MAX_TOKEN_TTL_DAYS} days");
+    let max_seconds = MAX_TOKEN_TTL_DAYS as u64 * 86_400;
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds_per_unit))
+        .filter(|s| (1..=max_seconds).contains(s))
+        .ok_or_else(out_of_range)?;
+    i64::try_from(seconds)
+        .ok()
+        .and_then(Duration::try_seconds)
+        .ok_or_else(out_of_range)
 }
 
 /// Creates an enrollment token for a project; returns the record and the secret (the
@@ -231,6 +245,10 @@ pub fn create_token(
             "uses must be between 1 and 10000",
         ));
     }
+    let expires_at = now
+        .checked_add_signed(ttl)
+        .filter(|at| *at > now)
+        .ok_or_else(|| AppError::invalid("ttl", "the lifetime is out of range"))?;
     let secret = secrets::random_token(32);
     let record = EnrollmentTokenRecord {
         id: uuid::Uuid::now_v7().to_string(),
@@ -238,7 +256,7 @@ pub fn create_token(
         secret_hash: secrets::hash_secret(&secret),
         created_by: actor.username.clone(),
         created_at: now,
-        expires_at: now + ttl,
+        expires_at,
         max_uses,
         uses: 0,
         request_id: None,
@@ -346,14 +364,14 @@ pub fn create_token_cli(
     ttl: Option<&str>,
 ) -> anyhow::Result<String> {
     let ttl = match ttl {
-        Some(text) => parse_ttl(text).map_err(|e| anyhow::anyhow!(e))?,
+        Some(text) => parse_ttl(text).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?,
         None => Duration::hours(DEFAULT_TOKEN_TTL_HOURS),
     };
     let ca = crate::fleet::ca::load_or_create(data_dir)?;
     let fingerprint = ca.ca.fingerprint();
     let secret = store.write(|w| {
-        let project =
-            projects::find(w, project)?.with_context(|| format!("no project named {project:?}"))?;
+        let project = projects::find(w, project)?
+            .with_context(|| format!("no project named {:?}", crate::validate::echo(project)))?;
         let (_, secret) = create_token(
             w,
             &Actor::cli(),
@@ -1074,6 +1092,27 @@ mod tests {
         assert!(!store
             .read(|r| hello_changes_anything(r, "a1", &facts, "h1", now))
             .unwrap());
+    }
+
+    /// Huge lifetimes are out of range, never a panic in a duration constructor:
+    /// days past what a duration holds, i64::MAX seconds, more digits than any integer.
+    #[test]
+    fn huge_ttls_are_out_of_range_not_a_panic() {
+        for huge in [
+            "200000000000d",
+            "9223372036854775807s",
+            "9223372036854775807",
+            "18446744073709551615m",
+            "99999999999999999999999999999h",
+            "153722867280912931m",
+        ] {
+            let err = parse_ttl(huge).unwrap_err();
+            assert!(err.contains("between 1 s and"), "{huge}: {err}");
+        }
+        assert_eq!(
+            parse_ttl(&format!("{MAX_TOKEN_TTL_DAYS}d")).unwrap(),
+            Duration::days(MAX_TOKEN_TTL_DAYS)
+        );
     }
 
     /// Names are lower-cased and limited to what a server name may hold.

@@ -9,10 +9,13 @@
 //! * API tokens: `dsa_…`, shown once, stored as SHA-256; listed (never the secret) and
 //!   revoked by their owner or an admin, every revocation audited; `last_used_at` is
 //!   written at most once a minute per token, so busy tokens cost no write per request.
-//! * Throttling: after [`MAX_FAILURES`] failed logins for a username or from an address
-//!   within the window, further attempts are refused until the lock ends.
+//! * Throttling ([`Throttle`]): after [`MAX_FAILURES`] failed logins for a username
+//!   from one client network, or [`MAX_FAILURES_PER_NETWORK`] from one network over all
+//!   usernames, that key waits a delay that doubles with each further failure. Nothing
+//!   is keyed by username alone, so nobody can keep a person out from elsewhere.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
@@ -28,13 +31,11 @@ use crate::users::{self, User};
 pub const SESSION_COOKIE: &str = "dsv_session";
 /// The pre-login cookie that anonymous CSRF tokens are bound to.
 pub const PRE_COOKIE: &str = "dsv_pre";
-/// Failed logins for one username within [`FAILURE_WINDOW_MINUTES`] before a lock.
+/// Failed logins for one username from one network before the first delay.
 pub const MAX_FAILURES: u32 = 5;
-/// Failed logins from one address (over all usernames) before a lock: higher, since
-/// many people may share an address behind NAT.
-pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
-const FAILURE_WINDOW_MINUTES: i64 = 15;
-const LOCK_MINUTES: i64 = 5;
+/// Failed logins (over all usernames) or refused enrollments from one network before
+/// the first delay: higher, since many people may share a network or an address.
+pub const MAX_FAILURES_PER_NETWORK: u32 = 20;
 const API_TOKEN_INDEX: &str = "api_token_by_hash";
 
 /// A server-side session.
@@ -342,38 +343,164 @@ fn delete_token(
     Ok(())
 }
 
-/// Counts failures per key: failed logins as `user:NAME` (locks after [`MAX_FAILURES`])
-/// and `ip:ADDR`, refused agent enrollments as `enroll:ADDR` (both after
-/// [`MAX_FAILURES_PER_ADDRESS`]).
+/// A client network, the unit logins and enrollments are throttled by: the /24 of an
+/// IPv4 address, the /64 of an IPv6 one (IPv4-mapped IPv6 addresses count as IPv4).
+/// One host usually has many addresses of its network (a /64 is what one IPv6 host
+/// gets), so counting exact addresses would let one attacker try from each in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Network {
+    /// The first address of the network.
+    base: IpAddr,
+}
+
+impl Network {
+    /// The network `ip` belongs to.
+    pub fn of(ip: IpAddr) -> Network {
+        let base = match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        };
+        Network { base }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.base {
+            IpAddr::V4(v4) => write!(f, "{v4}/24"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// What a [`Throttle`] counts failures of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ThrottleKey {
+    /// Failed logins for one username from one network: slows down guessing one
+    /// person's password without touching that person anywhere else.
+    Login { username: String, network: Network },
+    /// Failed logins from one network over all usernames: slows down one network
+    /// guessing many people's passwords.
+    LoginNetwork(Network),
+    /// Refused agent enrollments from one network.
+    Enroll(Network),
+}
+
+impl ThrottleKey {
+    /// The keys a login attempt of `username` from `ip` counts against. The username
+    /// is keyed as typed, lower-cased and cut to [`MAX_THROTTLED_USERNAME`] characters,
+    /// so a huge username cannot make the throttle's memory grow.
+    pub fn login(username: &str, ip: IpAddr) -> [ThrottleKey; 2] {
+        let network = Network::of(ip);
+        let username = username
+            .trim()
+            .chars()
+            .take(MAX_THROTTLED_USERNAME)
+            .collect::<String>()
+            .to_lowercase();
+        [
+            ThrottleKey::Login { username, network },
+            ThrottleKey::LoginNetwork(network),
+        ]
+    }
+
+    /// The key an enrollment attempt from `ip` counts against.
+    pub fn enroll(ip: IpAddr) -> ThrottleKey {
+        ThrottleKey::Enroll(Network::of(ip))
+    }
+
+    /// Failures allowed before the first delay.
+    fn free_failures(&self) -> u32 {
+        match self {
+            ThrottleKey::Login { .. } => MAX_FAILURES,
+            ThrottleKey::LoginNetwork(_) | ThrottleKey::Enroll(_) => MAX_FAILURES_PER_NETWORK,
+        }
+    }
+
+    /// What is refused, for the message.
+    fn what(&self) -> &'static str {
+        match self {
+            ThrottleKey::Login { .. } => "logins",
+            ThrottleKey::LoginNetwork(_) => "logins from your network",
+            ThrottleKey::Enroll(_) => "enrollments from this network",
+        }
+    }
+}
+
+/// Characters of a username a throttle key keeps (usernames have at most 32).
+pub const MAX_THROTTLED_USERNAME: usize = 64;
+/// Entries a [`Throttle`] keeps at most; past it, forgotten entries are dropped first,
+/// then those whose last failure is oldest (a flood of fresh networks can only make
+/// the throttle forget, never grow without bound).
+pub const MAX_THROTTLE_ENTRIES: usize = 100_000;
+/// How long a key's failures are remembered after its last failure and its delay.
+const FORGET_AFTER_MINUTES: i64 = 60;
+/// The delay after the last free failure; each further failure doubles it.
+const FIRST_DELAY_SECONDS: i64 = 60;
+/// The longest delay.
+const MAX_DELAY_SECONDS: i64 = 30 * 60;
+
+/// Counts failures per [`ThrottleKey`] and answers with growing delays: after a key's
+/// free failures each further failure refuses that key for [`FIRST_DELAY_SECONDS`],
+/// doubling per failure up to [`MAX_DELAY_SECONDS`]; a key is forgotten an hour
+/// after its last failure (and at once for a login key by a successful login).
+///
+/// There is no key for a username alone: failures from one network never delay the
+/// same person logging in from another.
 #[derive(Default)]
 pub struct Throttle {
-    entries: Mutex<HashMap<String, Failures>>,
+    entries: Mutex<HashMap<ThrottleKey, Failures>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
-    first: DateTime<Utc>,
+    last: DateTime<Utc>,
     locked_until: Option<DateTime<Utc>>,
 }
 
+impl Failures {
+    fn forgotten(&self, now: DateTime<Utc>) -> bool {
+        let quiet_since = self.locked_until.map_or(self.last, |u| u.max(self.last));
+        now - quiet_since > Duration::minutes(FORGET_AFTER_MINUTES)
+    }
+}
+
+/// The delay after failure number `count` of a key allowing `free` failures.
+fn delay_after(count: u32, free: u32) -> Option<Duration> {
+    let extra = count.checked_sub(free)?;
+    let seconds = FIRST_DELAY_SECONDS
+        .saturating_mul(1i64.checked_shl(extra.min(32)).unwrap_or(i64::MAX))
+        .min(MAX_DELAY_SECONDS);
+    Some(Duration::seconds(seconds))
+}
+
 impl Throttle {
-    /// Refuses when `key` is locked; says until when.
-    pub fn check(&self, keys: &[String], now: DateTime<Utc>) -> AppResult<()> {
-        let entries = self.entries.lock().expect("throttle lock");
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ThrottleKey, Failures>> {
+        // The map holds counters only; a panic elsewhere cannot leave it half-changed.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses when any of `keys` is delayed; says for how long.
+    pub fn check(&self, keys: &[ThrottleKey], now: DateTime<Utc>) -> AppResult<()> {
+        let entries = self.entries();
         for key in keys {
             if let Some(until) = entries.get(key).and_then(|f| f.locked_until) {
                 if until > now {
                     let minutes = ((until - now).num_seconds() + 59) / 60;
-                    let what = if key.starts_with("enroll:") {
-                        "enrollments from this address"
-                    } else {
-                        "logins"
-                    };
                     return Err(AppError::new(
                         Kind::TooManyRequests,
                         format!(
-                            "too many failed {what}; try again in {minutes} minute{}",
+                            "too many failed {}; try again in {minutes} minute{}",
+                            key.what(),
                             if minutes == 1 { "" } else { "s" }
                         ),
                     ));
@@ -383,46 +510,43 @@ impl Throttle {
         Ok(())
     }
 
-    /// Records a failure for each key; locks a key at the limit.
-    pub fn fail(&self, keys: &[String], now: DateTime<Utc>) {
-        let mut entries = self.entries.lock().expect("throttle lock");
+    /// Records a failure for each key; a key past its free failures is delayed.
+    pub fn fail(&self, keys: &[ThrottleKey], now: DateTime<Utc>) {
+        let mut entries = self.entries();
         for key in keys {
             let entry = entries.entry(key.clone()).or_insert(Failures {
                 count: 0,
-                first: now,
+                last: now,
                 locked_until: None,
             });
-            if now - entry.first > Duration::minutes(FAILURE_WINDOW_MINUTES) {
-                *entry = Failures {
-                    count: 0,
-                    first: now,
-                    locked_until: None,
-                };
-            }
-            entry.count += 1;
-            let limit = if key.starts_with("ip:") || key.starts_with("enroll:") {
-                MAX_FAILURES_PER_ADDRESS
-            } else {
-                MAX_FAILURES
-            };
-            if entry.count >= limit {
-                entry.locked_until = Some(now + Duration::minutes(LOCK_MINUTES));
+            if entry.forgotten(now) {
                 entry.count = 0;
-                entry.first = now;
+                entry.locked_until = None;
+            }
+            entry.count = entry.count.saturating_add(1);
+            entry.last = now;
+            if let Some(delay) = delay_after(entry.count, key.free_failures()) {
+                entry.locked_until = Some(now + delay);
             }
         }
-        // Keep the map small: forget entries whose window and lock are over.
-        if entries.len() > 10_000 {
-            entries.retain(|_, f| {
-                f.locked_until.is_some_and(|u| u > now)
-                    || now - f.first < Duration::minutes(FAILURE_WINDOW_MINUTES)
-            });
+        if entries.len() > MAX_THROTTLE_ENTRIES {
+            entries.retain(|_, f| !f.forgotten(now));
+        }
+        if entries.len() > MAX_THROTTLE_ENTRIES {
+            let mut by_age: Vec<(DateTime<Utc>, ThrottleKey)> =
+                entries.iter().map(|(k, f)| (f.last, k.clone())).collect();
+            by_age.sort_by_key(|(last, _)| *last);
+            let excess = entries.len() - MAX_THROTTLE_ENTRIES * 9 / 10;
+            for (_, key) in by_age.into_iter().take(excess) {
+                entries.remove(&key);
+            }
         }
     }
 
-    /// Clears a username's failures after a successful login.
-    pub fn succeed(&self, key: &str) {
-        self.entries.lock().expect("throttle lock").remove(key);
+    /// Clears a key after a success (a username's failures from that network after
+    /// a good login).
+    pub fn succeed(&self, key: &ThrottleKey) {
+        self.entries().remove(key);
     }
 }
 
@@ -430,12 +554,17 @@ impl Throttle {
 mod tests {
     use super::*;
 
-    /// Five failures lock the key for five minutes, then it opens again.
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Five failures for a username from one network delay it for a minute, then it
+    /// opens again; each further failure doubles the delay up to the cap.
     #[test]
-    fn throttle_locks_and_unlocks() {
+    fn throttle_delays_grow() {
         let t = Throttle::default();
-        let keys = vec!["user:a".to_string()];
-        let now = Utc::now();
+        let keys = ThrottleKey::login("ann", ip("198.51.100.7"));
+        let mut now = Utc::now();
         for _ in 0..MAX_FAILURES - 1 {
             t.fail(&keys, now);
             assert!(t.check(&keys, now).is_ok());
@@ -443,7 +572,121 @@ mod tests {
         t.fail(&keys, now);
         let err = t.check(&keys, now).unwrap_err();
         assert_eq!(err.kind, Kind::TooManyRequests);
-        assert!(t.check(&keys, now + Duration::minutes(6)).is_ok());
+        assert_eq!(err.message, "too many failed logins; try again in 1 minute");
+        let mut expected = FIRST_DELAY_SECONDS;
+        for _ in 0..8 {
+            assert!(t
+                .check(&keys, now + Duration::seconds(expected - 1))
+                .is_err());
+            now += Duration::seconds(expected);
+            assert!(t.check(&keys, now).is_ok(), "open again after {expected} s");
+            t.fail(&keys, now);
+            expected = (expected * 2).min(MAX_DELAY_SECONDS);
+        }
+        assert_eq!(expected, MAX_DELAY_SECONDS);
+        // An hour of quiet after the last delay forgets the failures.
+        let later = now + Duration::seconds(MAX_DELAY_SECONDS) + Duration::minutes(61);
+        t.fail(&keys, later);
+        assert!(t.check(&keys, later).is_ok());
+    }
+
+    /// The lockout is no weapon: failures from one network delay neither the same
+    /// username from another network nor other addresses' other usernames, and a
+    /// good login clears that network's count for the username.
+    #[test]
+    fn failures_from_one_network_never_lock_out_another() {
+        let t = Throttle::default();
+        let now = Utc::now();
+        let attacker = ThrottleKey::login("admin", ip("203.0.113.66"));
+        for _ in 0..100 {
+            t.fail(&attacker, now);
+        }
+        assert!(t.check(&attacker, now).is_err());
+        let same_network = ThrottleKey::login("admin", ip("203.0.113.200"));
+        assert!(
+            t.check(&same_network, now).is_err(),
+            "the /24 is one network"
+        );
+        for elsewhere in ["203.0.114.1", "::1", "2001:db8::1"] {
+            let admin = ThrottleKey::login("admin", ip(elsewhere));
+            assert!(t.check(&admin, now).is_ok(), "{elsewhere}");
+        }
+        let other = ThrottleKey::login("sohila", ip("198.51.100.1"));
+        t.fail(&other, now);
+        t.succeed(&other[0]);
+        assert!(t.check(&other, now).is_ok());
+    }
+
+    /// The per-network count covers every address of the network: sixty tries from
+    /// sixty addresses of one /24 (or one /64) are delayed like sixty from one.
+    #[test]
+    fn many_addresses_of_one_network_count_together() {
+        for template in ["127.0.0.{}", "2001:db8:1:2::{}"] {
+            let t = Throttle::default();
+            let now = Utc::now();
+            let mut refused = 0;
+            for i in 1..=60 {
+                let address = ip(&template.replace("{}", &i.to_string()));
+                let keys = ThrottleKey::login(&format!("user{i}"), address);
+                if t.check(&keys, now).is_err() {
+                    refused += 1;
+                    continue;
+                }
+                t.fail(&keys, now);
+            }
+            assert_eq!(refused, 60 - MAX_FAILURES_PER_NETWORK, "{template}");
+            let enroll_throttle = Throttle::default();
+            for i in 1..=60 {
+                let address = ip(&template.replace("{}", &i.to_string()));
+                enroll_throttle.fail(&[ThrottleKey::enroll(address)], now);
+            }
+            let err = enroll_throttle
+                .check(
+                    &[ThrottleKey::enroll(ip(&template.replace("{}", "99")))],
+                    now,
+                )
+                .unwrap_err();
+            assert!(
+                err.message.contains("enrollments from this network"),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    /// Networks are the /24 of IPv4 and the /64 of IPv6; a mapped IPv4 address is
+    /// its IPv4 network; a huge username is cut in the key.
+    #[test]
+    fn networks_and_keys() {
+        assert_eq!(Network::of(ip("192.0.2.77")).to_string(), "192.0.2.0/24");
+        assert_eq!(
+            Network::of(ip("2001:db8:aa:bb:cc:dd:ee:ff")).to_string(),
+            "2001:db8:aa:bb::/64"
+        );
+        assert_eq!(
+            Network::of(ip("::ffff:192.0.2.9")),
+            Network::of(ip("192.0.2.1"))
+        );
+        let [key, _] = ThrottleKey::login(&"X".repeat(100_000), ip("192.0.2.1"));
+        match key {
+            ThrottleKey::Login { username, .. } => {
+                assert_eq!(username, "x".repeat(MAX_THROTTLED_USERNAME))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The throttle's memory is bounded: a flood of networks makes it forget the
+    /// oldest entries instead of growing.
+    #[test]
+    fn throttle_memory_is_bounded() {
+        let t = Throttle::default();
+        let now = Utc::now();
+        for i in 0..(MAX_THROTTLE_ENTRIES as u128 + 10) {
+            let address = IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | (i << 64)));
+            t.fail(&[ThrottleKey::enroll(address)], now);
+        }
+        assert!(t.entries().len() <= MAX_THROTTLE_ENTRIES);
     }
 
     /// Expired sessions are refused: idle and absolute limits both apply.

@@ -221,12 +221,16 @@ impl Config {
                 .clone()
                 .or(file.hetzner_api_url)
                 .unwrap_or_else(|| DEFAULT_HETZNER_URL.into()),
-            session_idle: chrono::Duration::minutes(
-                file.session_idle_minutes.unwrap_or(12 * 60) as i64
-            ),
-            session_absolute: chrono::Duration::hours(
-                file.session_absolute_hours.unwrap_or(7 * 24) as i64,
-            ),
+            session_idle: lifetime(
+                "session_idle_minutes",
+                file.session_idle_minutes.unwrap_or(12 * 60),
+                60,
+            )?,
+            session_absolute: lifetime(
+                "session_absolute_hours",
+                file.session_absolute_hours.unwrap_or(7 * 24),
+                3600,
+            )?,
             hetzner_sync_interval: match seconds(
                 "DYNSERV_HETZNER_SYNC_SECS",
                 over.hetzner_sync_secs.as_deref(),
@@ -301,15 +305,35 @@ fn number(name: &str, env: Option<&str>, file: Option<u64>, default: u64) -> Res
     }
 }
 
+/// The longest duration a setting may name: ten years. Past it a setting is refused
+/// instead of overflowing a clock when it is added to the time.
+pub const MAX_SETTING_SECONDS: u64 = 10 * 366 * 24 * 3600;
+
+/// A session lifetime setting (`key`, a count of `unit_seconds`) as a duration, from
+/// one unit up to [`MAX_SETTING_SECONDS`].
+fn lifetime(key: &str, count: u64, unit_seconds: u64) -> Result<chrono::Duration> {
+    count
+        .checked_mul(unit_seconds)
+        .filter(|s| (1..=MAX_SETTING_SECONDS).contains(s))
+        .and_then(|s| i64::try_from(s).ok())
+        .and_then(chrono::Duration::try_seconds)
+        .with_context(|| format!("{key} = {count} is out of range (1 to ten years)"))
+}
+
 /// A number of seconds from the environment (`name`, text), else the file, else
-/// `default`; text that is not a whole number is an error naming the variable.
+/// `default`; text that is not a whole number, or more than [`MAX_SETTING_SECONDS`],
+/// is an error naming the variable.
 fn seconds(name: &str, env: Option<&str>, file: Option<u64>, default: u64) -> Result<u64> {
-    match env.map(str::trim).filter(|t| !t.is_empty()) {
+    let value = match env.map(str::trim).filter(|t| !t.is_empty()) {
         Some(text) => text
             .parse()
-            .with_context(|| format!("{name}={text:?} is not a whole number of seconds")),
-        None => Ok(file.unwrap_or(default)),
+            .with_context(|| format!("{name}={text:?} is not a whole number of seconds"))?,
+        None => file.unwrap_or(default),
+    };
+    if value > MAX_SETTING_SECONDS {
+        anyhow::bail!("{name}={value} is more than ten years");
     }
+    Ok(value)
 }
 
 fn load_file(data_dir: &Path, explicit: Option<&Path>) -> Result<FileConfig> {
@@ -436,6 +460,34 @@ mod tests {
         );
         assert!(config.data_dir.ends_with("no-such-data-dir"));
         assert!(config.store_path.is_absolute());
+    }
+
+    /// Lifetimes and timeouts too large for a clock are refused with the setting's
+    /// name instead of panicking in a duration constructor.
+    #[test]
+    fn huge_durations_are_refused_not_a_panic() {
+        for line in [
+            "session_idle_minutes = 9223372036854775807",
+            "session_absolute_hours = 18446744073709551615",
+            "session_idle_minutes = 0",
+            "provision_boot_secs = 18446744073709551615",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("dynserv.toml"), format!("{line}\n")).unwrap();
+            let err = Config::resolve(dir.path(), &Overrides::default()).unwrap_err();
+            let key = line.split(' ').next().unwrap();
+            assert!(format!("{err:#}").contains(key), "{line}: {err:#}");
+        }
+        let over = Overrides {
+            hetzner_sync_secs: Some("99999999999999".into()),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::resolve(dir.path(), &over).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("DYNSERV_HETZNER_SYNC_SECS"),
+            "{err:#}"
+        );
     }
 
     /// Flags win over the file; unknown keys are refused.

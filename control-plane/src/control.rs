@@ -76,7 +76,7 @@ pub fn execute(core: &Core, command: &Command) -> Result<String> {
             crate::validate::username(Some(&username)).map_err(|e| anyhow::anyhow!(e.message))?;
             Role::parse(role)
                 .with_context(|| format!("role must be admin, technical or sales, not {role:?}"))?;
-            crate::validate::password("password", Some(&password))
+            crate::validate::password("password", Some(&password), &[&username])
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             let hash = users::hash_password(&password)?;
             let input = NewUser {
@@ -101,7 +101,7 @@ pub fn execute(core: &Core, command: &Command) -> Result<String> {
             let user = core
                 .store
                 .read(|r| users::by_username(r, username.trim()))?
-                .with_context(|| format!("no user named {username}"))?;
+                .with_context(|| format!("no user named {}", crate::validate::echo(username)))?;
             if !user.active {
                 anyhow::bail!("user {username} is deactivated");
             }
@@ -246,7 +246,7 @@ pub fn run_command(
     if let Some(answer) = send(data_dir, command)? {
         return Ok(answer);
     }
-    std::fs::create_dir_all(data_dir)
+    dynserv_agent::private_fs::create_dir(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = Store::open(store_path)?;
     let keys = Keys::load(data_dir, session_secret)?;

@@ -359,7 +359,10 @@ pub fn create(
         .ok_or_else(|| AppError::invalid("agent", "agent is required (an agent id or name)"))?;
     let agent: Agent = agents::find_visible(w, subject, key).map_err(|e| {
         if e.kind == crate::error::Kind::NotFound {
-            AppError::invalid("agent", format!("no agent {key:?} that you can see"))
+            AppError::invalid(
+                "agent",
+                format!("no agent {:?} that you can see", crate::validate::echo(key)),
+            )
         } else {
             e
         }
@@ -384,6 +387,12 @@ pub fn create(
                 return Err(AppError::invalid(
                     "script",
                     "the script is larger than 1 MiB",
+                ));
+            }
+            if script.contains('\0') {
+                return Err(AppError::invalid(
+                    "script",
+                    "the script must not contain NUL bytes",
                 ));
             }
             let interpreter = input

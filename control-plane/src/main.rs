@@ -211,7 +211,8 @@ fn one_shot(cli: &Cli, command: Command) -> Result<()> {
 
 fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     init_tracing();
-    std::fs::create_dir_all(&cli.data_dir)
+    // The data directory holds the store, the master secret and the fleet CA's key.
+    dynserv_agent::private_fs::create_dir(&cli.data_dir)
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
     let config = Config::resolve(&cli.data_dir, &overrides(cli, Some(args)))?;
     // Worker threads are marked so a store call made on one is counted and logged

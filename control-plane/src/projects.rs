@@ -188,15 +188,15 @@ pub fn create_adding_to(
     earlier: Problems,
 ) -> AppResult<Project> {
     let mut problems = earlier;
-    let name = problems.check(validate::required("name", input.name.as_deref(), 80));
+    let name = problems.check(validate::name("name", input.name.as_deref(), 80));
     check_name(w, &name, None, &mut problems)?;
-    let description = problems.check(validate::optional(
+    let description = problems.check(validate::text(
         "description",
         input.description.as_deref(),
         validate::MAX_TEXT,
     ));
     let budget_monthly = problems.check(validate::money("budget_monthly", input.budget_monthly));
-    let deploy_command = problems.check(validate::optional(
+    let deploy_command = problems.check(validate::text(
         "deploy_command",
         input.deploy_command.as_deref(),
         1000,
@@ -269,24 +269,21 @@ pub fn update_adding_to(
     let name = input
         .name
         .as_deref()
-        .map(|name| problems.check(validate::required("name", Some(name), 80)));
+        .map(|name| problems.check(validate::name("name", Some(name), 80)));
     if let Some(name) = &name {
         check_name(w, name, Some(&project.id), &mut problems)?;
     }
-    let description = input.description.as_deref().map(|d| {
-        problems.check(validate::optional(
-            "description",
-            Some(d),
-            validate::MAX_TEXT,
-        ))
-    });
+    let description = input
+        .description
+        .as_deref()
+        .map(|d| problems.check(validate::text("description", Some(d), validate::MAX_TEXT)));
     let budget_monthly = input
         .budget_monthly
         .map(|b| problems.check(validate::money("budget_monthly", Some(b))));
     let deploy_command = input
         .deploy_command
         .as_deref()
-        .map(|cmd| problems.check(validate::optional("deploy_command", Some(cmd), 1000)));
+        .map(|cmd| problems.check(validate::text("deploy_command", Some(cmd), 1000)));
     let token = problems.check(typed_token(input));
     problems.finish()?;
     let mut changes = Vec::new();
@@ -342,8 +339,12 @@ pub fn grant(
     let project: Project = w
         .get(project_id)?
         .ok_or_else(|| AppError::not_found("project"))?;
-    let user: User = users::by_username(w, username.trim())?
-        .ok_or_else(|| AppError::invalid("username", format!("no user named {username}")))?;
+    let user: User = users::by_username(w, username.trim())?.ok_or_else(|| {
+        AppError::invalid(
+            "username",
+            format!("no user named {}", validate::echo(username)),
+        )
+    })?;
     let grant = Grant {
         id: format!("{}/{}", project.id, user.id),
         project_id: project.id.clone(),

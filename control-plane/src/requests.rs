@@ -362,7 +362,7 @@ pub fn create_adding_to(
     earlier: validate::Problems,
 ) -> AppResult<Request> {
     let mut problems = earlier;
-    let client_name = problems.check(validate::required(
+    let client_name = problems.check(validate::name(
         "client_name",
         input.client_name.as_deref(),
         120,
@@ -383,7 +383,7 @@ pub fn create_adding_to(
     let ram_gb = problems.check(amount_in("ram_gb", input.ram_gb, 4096));
     let disk_gb = problems.check(amount_in("disk_gb", input.disk_gb, 100_000));
     let monthly_budget = problems.check(validate::money("monthly_budget", input.monthly_budget));
-    let notes = problems.check(validate::optional(
+    let notes = problems.check(validate::text(
         "notes",
         input.notes.as_deref(),
         validate::MAX_TEXT,
@@ -511,7 +511,7 @@ pub fn transition(
     } else {
         "note"
     };
-    let note = validate::optional(field, note, validate::MAX_TEXT)?;
+    let note = validate::text(field, note, validate::MAX_TEXT)?;
     if action == Action::Reject && note.is_none() {
         return Err(AppError::invalid("reason", "a rejection needs a reason"));
     }

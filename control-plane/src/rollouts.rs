@@ -239,7 +239,10 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
                     |e| match e.kind {
                         crate::error::Kind::NotFound => AppError::invalid(
                             "targets",
-                            format!("no server {key:?} that you can see"),
+                            format!(
+                                "no server {:?} that you can see",
+                                crate::validate::echo(key)
+                            ),
                         ),
                         crate::error::Kind::Forbidden => e,
                         _ => AppError::invalid("targets", e.message),
@@ -255,7 +258,10 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
                 .ok_or_else(|| {
                     AppError::invalid(
                         "targets",
-                        format!("no project {project:?} that you can see"),
+                        format!(
+                            "no project {:?} that you can see",
+                            crate::validate::echo(project)
+                        ),
                     )
                 })?;
             if !policy::can(subject, Action::OperateServers, Some(&p.id)) {

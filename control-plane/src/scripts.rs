@@ -262,6 +262,15 @@ pub fn check_variables(variables: &[Variable]) -> AppResult<()> {
                 format!("variable {}: default or description too long", v.name),
             ));
         }
+        crate::validate::check_text("variables", &v.description, 1000).map_err(|_| {
+            AppError::invalid(
+                "variables",
+                format!(
+                    "variable {}: the description must not contain control characters such as NUL",
+                    v.name
+                ),
+            )
+        })?;
     }
     Ok(())
 }
@@ -318,7 +327,10 @@ pub fn resolve_vars(
         if !variable_name_ok(name) {
             return Err(AppError::invalid(
                 "vars",
-                format!("{name:?} is not a valid variable name"),
+                format!(
+                    "{:?} is not a valid variable name",
+                    crate::validate::echo(name)
+                ),
             ));
         }
         out.plain.insert(name.clone(), value_text(value));
@@ -466,7 +478,12 @@ fn scope_to_manage(
     };
     let project = crate::projects::find(r, key)?
         .filter(|p| policy::can(subject, Action::ViewServers, Some(&p.id)))
-        .ok_or_else(|| AppError::invalid("project", format!("no project {key:?}")))?;
+        .ok_or_else(|| {
+            AppError::invalid(
+                "project",
+                format!("no project {:?}", crate::validate::echo(key)),
+            )
+        })?;
     match may_manage(subject, Some(&project.id)) {
         true => Ok(Some(project.id)),
         false => Err(AppError::forbidden()),
@@ -533,22 +550,11 @@ fn check_input(
     old: Option<&Script>,
     project_id: Option<String>,
 ) -> AppResult<Checked> {
-    let name = input
-        .name
-        .clone()
-        .or_else(|| old.map(|o| o.name.clone()))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if name.is_empty() {
-        return Err(AppError::invalid("name", "name is required"));
-    }
-    if name.len() > 100 || name.contains(['\n', '\0']) {
-        return Err(AppError::invalid(
-            "name",
-            "a name is one line of at most 100 characters",
-        ));
-    }
+    let name = crate::validate::name(
+        "name",
+        input.name.as_deref().or(old.map(|o| o.name.as_str())),
+        100,
+    )?;
     if let Some(id) = r.index_get(BY_SCOPE_NAME, &name_key(project_id.as_deref(), &name))? {
         if old.map(|o| o.id.as_str()) != Some(id.as_str()) {
             let scope = match project_id {
@@ -572,6 +578,12 @@ fn check_input(
         .or_else(|| old.map(|o| o.body.clone()))
         .unwrap_or_default()
         .replace("\r\n", "\n");
+    if body.contains('\0') {
+        return Err(AppError::invalid(
+            "body",
+            "the script must not contain NUL bytes",
+        ));
+    }
     let allow_ansible_fallback = input
         .allow_ansible_fallback
         .or_else(|| old.map(|o| o.allow_ansible_fallback))
@@ -598,16 +610,15 @@ fn check_input(
         })
         .collect();
     check_variables(&variables)?;
-    let description = input
-        .description
-        .clone()
-        .or_else(|| old.map(|o| o.description.clone()))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if description.len() > 2000 {
-        return Err(AppError::invalid("description", "at most 2000 characters"));
-    }
+    let description = crate::validate::text(
+        "description",
+        input
+            .description
+            .as_deref()
+            .or(old.map(|o| o.description.as_str())),
+        2000,
+    )?
+    .unwrap_or_default();
     Ok(Checked {
         name,
         description,
@@ -959,7 +970,10 @@ pub fn resolve_execution(
         Err(e) if e.kind == crate::error::Kind::NotFound => {
             return Err(AppError::invalid(
                 "playbook",
-                format!("no script {key:?} that you can see (give a script id or playbook YAML)"),
+                format!(
+                    "no script {:?} that you can see (give a script id or playbook YAML)",
+                    crate::validate::echo(key)
+                ),
             ))
         }
         Err(e) => return Err(e),

@@ -242,6 +242,9 @@ impl Store {
 
     /// Opens (or creates) the store file with a page cache of `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store> {
+        // Owner-only whatever the umask: the store holds hashes and sealed secrets.
+        dynserv_agent::private_fs::touch(path)
+            .with_context(|| format!("creating {}", path.display()))?;
         let db = open_database(path, cache_bytes)?;
         let store = Store {
             db: Arc::new(RwLock::new(Some(Arc::new(db)))),
@@ -450,6 +453,8 @@ impl Store {
         }
         let tmp = out.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
+        dynserv_agent::private_fs::touch(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
         let copy = Database::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let src = self.database()?.begin_read()?;
         let mut dst = copy.begin_write()?;

@@ -149,7 +149,7 @@ fn apply(
     let client = input
         .client
         .as_deref()
-        .map(|client| problems.check(validate::required("client", Some(client), 120)));
+        .map(|client| problems.check(validate::name("client", Some(client), 120)));
     let server_ids = input
         .server_ids
         .as_ref()
@@ -180,7 +180,7 @@ fn apply(
     let notes = input
         .notes
         .as_deref()
-        .map(|n| problems.check(validate::optional("notes", Some(n), validate::MAX_TEXT)));
+        .map(|n| problems.check(validate::text("notes", Some(n), validate::MAX_TEXT)));
     // The period is judged on the dates it will have, once both are valid.
     let start = match &starts_on {
         Some(Ok(d)) => Some(*d),
@@ -258,7 +258,7 @@ pub fn create_adding_to(
     earlier: Problems,
 ) -> AppResult<Subscription> {
     let mut problems = earlier;
-    let _ = problems.check(validate::required("client", input.client.as_deref(), 120));
+    let _ = problems.check(validate::name("client", input.client.as_deref(), 120));
     if input.monthly_cost.is_none() {
         problems.add(AppError::invalid(
             "monthly_cost",

@@ -179,7 +179,7 @@ fn check_new_fields(
         }
     }
     let role = problems.check(parse_role(input.role.as_deref()));
-    let full_name = problems.check(validate::optional(
+    let full_name = problems.check(validate::optional_name(
         "full_name",
         input.full_name.as_deref(),
         120,
@@ -188,13 +188,36 @@ fn check_new_fields(
     Ok((username?, role?, full_name?, email?))
 }
 
+/// The words of a person a password must not be made of: username, full name and
+/// e-mail address, as given.
+fn person_words<'a>(
+    username: Option<&'a str>,
+    full_name: Option<&'a str>,
+    email: Option<&'a str>,
+) -> Vec<&'a str> {
+    [username, full_name, email].into_iter().flatten().collect()
+}
+
+/// Checks a new user's password with [`validate::password`] against their own words.
+fn check_new_password(input: &NewUser) -> AppResult<String> {
+    validate::password(
+        "password",
+        input.password.as_deref(),
+        &person_words(
+            input.username.as_deref(),
+            input.full_name.as_deref(),
+            input.email.as_deref(),
+        ),
+    )
+}
+
 /// Checks every field of a new user, its password and whether the username is free,
 /// reporting all problems at once: what the web layer asks before spending argon2
 /// time on the password.
 pub fn check_new(r: &impl Read, input: &NewUser) -> AppResult<()> {
     let mut problems = Problems::new();
     let fields = check_new_fields(r, input, &mut problems);
-    let _ = problems.check(validate::password("password", input.password.as_deref()));
+    let _ = problems.check(check_new_password(input));
     problems.finish()?;
     fields.map(|_| ())
 }
@@ -211,7 +234,7 @@ pub fn create(
     // A given hash stands for a password the caller checked already.
     let password = match &password_hash {
         Some(_) => Ok(String::new()),
-        None => problems.check(validate::password("password", input.password.as_deref())),
+        None => problems.check(check_new_password(input)),
     };
     problems.finish()?;
     let (username, role, full_name, email) = fields?;
@@ -248,26 +271,37 @@ pub fn create(
     Ok(user)
 }
 
-/// Validates a change before any hashing (so a bad form costs no argon2 time),
-/// reporting every bad field at once.
-pub fn check_change(change: &UserChange) -> AppResult<()> {
+/// Validates a change of `user` before any hashing (so a bad form costs no argon2
+/// time), reporting every bad field at once.
+pub fn check_change(user: &User, change: &UserChange) -> AppResult<()> {
     let mut problems = Problems::new();
-    check_change_into(change, &mut problems);
+    check_change_into(user, change, &mut problems);
     problems.finish()
 }
 
-fn check_change_into(change: &UserChange, problems: &mut Problems) {
+fn check_change_into(user: &User, change: &UserChange, problems: &mut Problems) {
     if let Some(role) = change.role.as_deref() {
         let _ = problems.check(parse_role(Some(role)));
     }
-    let _ = problems.check(validate::optional(
+    let _ = problems.check(validate::optional_name(
         "full_name",
         change.full_name.as_deref(),
         120,
     ));
     let _ = problems.check(optional_email(change.email.as_deref()));
     if let Some(p) = change.password.as_deref().filter(|p| !p.is_empty()) {
-        let _ = problems.check(validate::password("password", Some(p)));
+        // The name and address the user will have after the change, and those before.
+        let mut words = person_words(
+            Some(&user.username),
+            change.full_name.as_deref(),
+            change.email.as_deref(),
+        );
+        words.extend(person_words(
+            None,
+            user.full_name.as_deref(),
+            user.email.as_deref(),
+        ));
+        let _ = problems.check(validate::password("password", Some(p), &words));
     }
 }
 
@@ -283,7 +317,7 @@ pub fn update(
     let mut user: User = w.get(user_id)?.ok_or_else(|| AppError::not_found("user"))?;
     let self_edit = user.username == actor.username;
     let mut problems = Problems::new();
-    check_change_into(change, &mut problems);
+    check_change_into(&user, change, &mut problems);
     let role = change.role.as_deref().map(|r| parse_role(Some(r)));
     if let Some(Ok(role)) = role {
         if role != user.role && self_edit && user.role == Role::Admin {
@@ -322,7 +356,7 @@ pub fn update(
         }
     }
     if let Some(name) = change.full_name.as_deref() {
-        user.full_name = validate::optional("full_name", Some(name), 120)?;
+        user.full_name = validate::optional_name("full_name", Some(name), 120)?;
     }
     if let Some(email) = change.email.as_deref() {
         user.email = optional_email(Some(email))?;
@@ -429,7 +463,7 @@ mod tests {
             username: Some("Bad Name".into()),
             email: Some("nope".into()),
             role: Some("sales".into()),
-            password: Some("long-enough".into()),
+            password: Some("violet-anchor-lunar-91".into()),
             ..Default::default()
         };
         let err = store
@@ -450,7 +484,7 @@ mod tests {
         let (_dir, store) = store_with_sohila();
         let input = NewUser {
             username: Some("ali.b".into()),
-            password: Some("long-enough".into()),
+            password: Some("violet-anchor-lunar-91".into()),
             role: Some("technical".into()),
             email: Some(" ali@example.com ".into()),
             ..Default::default()
@@ -460,7 +494,42 @@ mod tests {
             .write(|w| Ok(create(w, &Actor::system(), &input, None)?))
             .unwrap();
         assert_eq!(user.email.as_deref(), Some("ali@example.com"));
-        assert!(verify_password("long-enough", &user.password_hash));
+        assert!(verify_password(
+            "violet-anchor-lunar-91",
+            &user.password_hash
+        ));
+    }
+
+    /// A new password is checked against the person it is for: their username, and
+    /// the name and address they have or are given, in the CLI's, the forms' and the
+    /// API's one rule.
+    #[test]
+    fn passwords_made_of_the_person_are_refused() {
+        let (_dir, store) = store_with_sohila();
+        let input = NewUser {
+            username: Some("marwa.k".into()),
+            password: Some("marwa.k".into()),
+            role: Some("sales".into()),
+            ..Default::default()
+        };
+        let err = store
+            .read(|r| Ok(check_new(r, &input)))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(fields(&err), ["password"]);
+        let sohila = store.read(|r| by_username(r, "sohila")).unwrap().unwrap();
+        for (password, full_name) in [
+            ("sohila2024", None),
+            ("Nourhan Farouk", Some("Nourhan Farouk")),
+        ] {
+            let change = UserChange {
+                password: Some(password.into()),
+                full_name: full_name.map(String::from),
+                ..Default::default()
+            };
+            let err = check_change(&sohila, &change).unwrap_err();
+            assert_eq!(fields(&err), ["password"], "{password}");
+        }
     }
 
     /// A change with several bad fields names them all; an admin editing themselves
@@ -475,11 +544,10 @@ mod tests {
             email: Some("a@b".into()),
             ..Default::default()
         };
-        let err = check_change(&change).unwrap_err();
-        assert_eq!(fields(&err), ["role", "full_name", "email", "password"]);
-
         let (_dir, store) = store_with_sohila();
         let sohila = store.read(|r| by_username(r, "sohila")).unwrap().unwrap();
+        let err = check_change(&sohila, &change).unwrap_err();
+        assert_eq!(fields(&err), ["role", "full_name", "email", "password"]);
         let me = Actor {
             username: "sohila".into(),
             ip: None,

@@ -95,6 +95,8 @@ impl Browser {
                 "binary": chromium_binary,
                 "args": args,
             },
+            // Keeps the console (CSP violations, script errors) for console_messages.
+            "goog:loggingPrefs": {"browser": "ALL"},
         });
         let Value::Object(capabilities) = capabilities else {
             unreachable!("json! of an object is an object")
@@ -361,6 +363,42 @@ impl Browser {
             .execute(script, Vec::new())
             .await
             .unwrap_or_else(|e| panic!("running script `{script}`: {e}"))
+    }
+
+    /// The browser console's messages since the last call (chromedriver's log of the
+    /// page: script errors, Content-Security-Policy violations, `console.*` output).
+    pub async fn console_messages(&self) -> Vec<String> {
+        let Some(session_id) = self.session_id.clone() else {
+            return Vec::new();
+        };
+        let port = self.driver_port;
+        let answer = tokio::task::spawn_blocking(move || {
+            driver_request(
+                port,
+                "POST",
+                &format!("/session/{session_id}/se/log"),
+                Some(r#"{"type": "browser"}"#),
+            )
+        })
+        .await
+        .expect("the console request runs");
+        let value = answer
+            .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+            .map(|json| json["value"].clone())
+            .unwrap_or(Value::Null);
+        let Some(entries) = value.as_array() else {
+            panic!("chromedriver gave no browser log: {value}");
+        };
+        entries
+            .iter()
+            .map(|entry| {
+                format!(
+                    "{} {}",
+                    entry["level"].as_str().unwrap_or("?"),
+                    entry["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
     }
 
     /// Ends the WebDriver session and chromedriver.

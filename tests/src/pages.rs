@@ -27,6 +27,27 @@ impl PageClient {
         }
     }
 
+    /// An anonymous visitor whose connections come from `local` (a loopback address
+    /// such as `127.0.0.2`: the whole 127.0.0.0/8 reaches a server on 127.0.0.1), to
+    /// play visitors from several addresses and networks.
+    pub fn from_address(control_plane: &ControlPlane, local: std::net::IpAddr) -> PageClient {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(local)
+            .build()
+            .expect("a reqwest client builds");
+        PageClient {
+            base: control_plane.base_url(),
+            http,
+            cookies: HashMap::new(),
+        }
+    }
+
+    /// A cookie this visitor holds.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
     /// A visitor signed in through the login form; panics when the login is refused.
     pub async fn signed_in(
         control_plane: &ControlPlane,

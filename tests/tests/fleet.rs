@@ -325,8 +325,9 @@ async fn reused_expired_forged_and_mismatched_credentials_are_refused() {
     );
 }
 
-/// Twenty refused enrollments from one address lock that address out for a while:
-/// even a good token is then refused with the reason, and is not spent.
+/// Twenty refused enrollments from one network (here one address of it) delay that
+/// network for a while: even a good token is then refused with the reason, and is not
+/// spent.
 #[tokio::test]
 async fn repeated_refused_enrollments_lock_the_address() {
     let (cp, api) = setup().await;
@@ -345,7 +346,7 @@ async fn repeated_refused_enrollments_lock_the_address() {
     let out = Agent::try_enroll(&quic, &token, "honest").expect_err("enrolled while locked");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("too many failed enrollments from this address"),
+        stderr.contains("too many failed enrollments from this network"),
         "{stderr}"
     );
     let (_, agents) = api.get("/api/v1/agents").await;
@@ -638,7 +639,7 @@ async fn fleet_pages_work_for_an_admin_and_hide_other_projects() {
             ],
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 422, "an invalid form is re-rendered with 422");
     assert!(
         html.contains("is-invalid") && !html.contains("dsv1."),
         "{html}"

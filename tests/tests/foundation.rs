@@ -108,7 +108,9 @@ async fn api_route_role_matrix() {
         (
             Method::POST,
             "/api/v1/users".into(),
-            Some(json!({"username": "matrixuser", "password": "password123", "role": "sales"})),
+            Some(
+                json!({"username": "matrixuser", "password": "orchid-tundra-pass-42", "role": "sales"}),
+            ),
             [201, 403, 403, 403],
         ),
         (
@@ -318,7 +320,7 @@ async fn page_routes_refuse_missing_or_wrong_csrf() {
             "/users/new".into(),
             vec![
                 ("username", "csrfuser"),
-                ("password", "password123"),
+                ("password", "orchid-tundra-pass-42"),
                 ("role", "admin"),
             ],
         ),
@@ -430,7 +432,7 @@ async fn bad_input_is_refused_clearly() {
     let (status, answer) = admin
         .post(
             "/api/v1/users",
-            &json!({"username": "Bad Name", "password": "password123", "role": "sales"}),
+            &json!({"username": "Bad Name", "password": "orchid-tundra-pass-42", "role": "sales"}),
         )
         .await;
     assert_eq!(
@@ -452,7 +454,7 @@ async fn bad_input_is_refused_clearly() {
     let (status, answer) = admin
         .post(
             "/api/v1/users",
-            &json!({"username": "okname", "password": "password123", "role": "king"}),
+            &json!({"username": "okname", "password": "orchid-tundra-pass-42", "role": "king"}),
         )
         .await;
     assert_eq!(
@@ -518,7 +520,7 @@ async fn bad_input_is_refused_clearly() {
                 ("username", "ok-user"),
                 ("full_name", "Typed Name"),
                 ("email", "not-an-email"),
-                ("password", "password123"),
+                ("password", "orchid-tundra-pass-42"),
                 ("role", "technical"),
             ],
         )
@@ -885,7 +887,7 @@ async fn user_with_grants(admin: &Api, username: &str, role: &str, grants: &[(&s
     let (status, answer) = admin
         .post(
             "/api/v1/users",
-            &json!({"username": username, "password": "password-123", "role": role}),
+            &json!({"username": username, "password": "Tq4!pinewood-harbor-ledger", "role": role}),
         )
         .await;
     assert_eq!(status, 201, "{answer}");
@@ -1139,7 +1141,10 @@ async fn sales_is_refused_every_fleet_and_operations_route() {
         format!("/projects/{nova}/update"),
         format!("/projects/{nova}/sync"),
     ];
-    for (username, password) in [("sales", "sales123"), ("salma", "password-123")] {
+    for (username, password) in [
+        ("sales", "sales123"),
+        ("salma", "Tq4!pinewood-harbor-ledger"),
+    ] {
         let mut page = PageClient::signed_in(&cp, username, password).await;
         for path in &page_gets {
             let (status, _, _) = page.get(path).await;

@@ -612,7 +612,7 @@ async fn script_names_are_unique_per_project() {
         let (status, answer) = admin
             .post(
                 "/api/v1/users",
-                &json!({"username": user, "password": "password-123", "role": "technical"}),
+                &json!({"username": user, "password": "Tq4!pinewood-harbor-ledger", "role": "technical"}),
             )
             .await;
         assert_eq!(status, 201, "{answer}");

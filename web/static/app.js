@@ -11,9 +11,17 @@
  *   .log-viewer[data-stream-url]        live execution log over a WebSocket
  *   time[data-relative][datetime]       "3 minutes ago", refreshed every 30 s
  *   [data-copy="#selector"|"text"]      copies text to the clipboard
+ *   select[data-autosubmit]             submits its form when the choice changes
+ *   [data-reload-after="ms"]            reloads the page after that many milliseconds
+ *   [data-width="42"]                   sets the element's width to 42 % (progress bars)
+ *
+ * The pages' Content-Security-Policy allows scripts and styles from this origin only:
+ * no inline script, no event-handler attribute, no style attribute in markup. Styles
+ * computed here are set through the DOM (element.style), which the policy allows.
  *
  * Public API on window.dynserv: toast(title, body, level), escapeHtml(text),
- * ansiToHtml(text, state), LogViewer, liveSearch(input), refreshRelativeTimes().
+ * ansiToHtml(text, state), renderAnsi(node, text, state), LogViewer, liveSearch(input),
+ * refreshRelativeTimes().
  */
 (function () {
   "use strict";
@@ -439,61 +447,69 @@
     }
   }
 
-  function spanOpen(state) {
+  /**
+   * A span carrying the SGR state's classes, and its 256-color or true-color values as
+   * DOM styles; null when the state is plain. Only class names and numbers built here
+   * reach the span: nothing from the log text.
+   */
+  function ansiSpan(state) {
     var classes = [];
-    var styles = [];
     if (state.bold) classes.push("ansi-bold");
     if (state.dim) classes.push("ansi-dim");
     if (state.italic) classes.push("ansi-italic");
     if (state.underline) classes.push("ansi-underline");
-    if (state.fg) {
-      if (state.fg.rgb) styles.push("color:rgb(" + state.fg.rgb.join(",") + ")");
-      else classes.push("ansi-fg-" + (state.bold && state.fg.cls < 8 ? state.fg.cls + 8 : state.fg.cls));
+    if (state.fg && !state.fg.rgb) {
+      classes.push("ansi-fg-" + (state.bold && state.fg.cls < 8 ? state.fg.cls + 8 : state.fg.cls));
     }
-    if (state.bg) {
-      if (state.bg.rgb) styles.push("background-color:rgb(" + state.bg.rgb.join(",") + ")");
-      else classes.push("ansi-bg-" + state.bg.cls);
-    }
-    if (!classes.length && !styles.length) return "";
-    // Only class names and numbers built above reach the attributes: nothing from the
-    // log text is ever placed in markup unescaped.
-    return (
-      "<span" +
-      (classes.length ? ' class="' + classes.join(" ") + '"' : "") +
-      (styles.length ? ' style="' + styles.join(";") + '"' : "") +
-      ">"
-    );
+    if (state.bg && !state.bg.rgb) classes.push("ansi-bg-" + state.bg.cls);
+    var fgRgb = state.fg && state.fg.rgb;
+    var bgRgb = state.bg && state.bg.rgb;
+    if (!classes.length && !fgRgb && !bgRgb) return null;
+    var span = document.createElement("span");
+    if (classes.length) span.className = classes.join(" ");
+    if (fgRgb) span.style.color = "rgb(" + fgRgb.join(",") + ")";
+    if (bgRgb) span.style.backgroundColor = "rgb(" + bgRgb.join(",") + ")";
+    return span;
   }
 
   // CSI sequences (ESC [ params final), OSC sequences (ESC ] ... BEL/ST), other ESC x.
   var ESCAPE_RE = /\u001b\[([0-9;:?]*)([@-~])|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-Z\\-_]?/g;
 
   /**
-   * Renders text with ANSI escape sequences as HTML: SGR colors and styles become
-   * spans, every other sequence is dropped, all text is escaped. `state` (optional)
-   * carries the SGR state across calls and is updated.
+   * Appends text with ANSI escape sequences to `node` as DOM nodes: SGR colors and
+   * styles become spans, every other sequence is dropped, the text stays text.
+   * `state` (optional) carries the SGR state across calls and is updated.
    */
-  function ansiToHtml(text, state) {
+  function renderAnsi(node, text, state) {
     state = state || newAnsiState();
-    var html = "";
-    var open = spanOpen(state);
-    html += open;
+    var target = ansiSpan(state);
+    var flushText = function (piece) {
+      if (!piece) return;
+      (target || node).appendChild(document.createTextNode(piece));
+    };
+    var close = function () {
+      if (target && target.childNodes.length) node.appendChild(target);
+    };
     var last = 0;
     var match;
     ESCAPE_RE.lastIndex = 0;
     while ((match = ESCAPE_RE.exec(text)) !== null) {
-      html += escapeHtml(text.slice(last, match.index));
+      flushText(text.slice(last, match.index));
       last = ESCAPE_RE.lastIndex;
       if (match[2] === "m") {
-        if (open) html += "</span>";
+        close();
         applySgr(state, match[1] || "");
-        open = spanOpen(state);
-        html += open;
+        target = ansiSpan(state);
       }
     }
-    html += escapeHtml(text.slice(last));
-    if (open) html += "</span>";
-    return html;
+    flushText(text.slice(last));
+    close();
+    return node;
+  }
+
+  /** Like renderAnsi, as an HTML string (for callers that need markup). */
+  function ansiToHtml(text, state) {
+    return renderAnsi(document.createElement("div"), text, state).innerHTML;
   }
 
   // ---- log viewer -----------------------------------------------------------------
@@ -754,10 +770,12 @@
     // text after the last one, with the colors set before it still in force.
     var cr = raw.lastIndexOf("\r");
     if (cr !== -1) {
-      ansiToHtml(raw.slice(0, cr), state);
+      // Only the state matters here: render the overwritten part into nothing.
+      renderAnsi(document.createDocumentFragment(), raw.slice(0, cr), state);
       raw = raw.slice(cr + 1);
     }
-    line.innerHTML = ansiToHtml(raw, state);
+    line.textContent = "";
+    renderAnsi(line, raw, state);
     this.ansi[stream] = state;
   };
 
@@ -920,6 +938,28 @@
     });
   }
 
+  // ---- small markup switches -------------------------------------------------------
+
+  function setupAutosubmit(select) {
+    select.addEventListener("change", function () {
+      if (select.form) select.form.submit();
+    });
+  }
+
+  function setupReload(node) {
+    var delay = parseInt(node.dataset.reloadAfter, 10);
+    if (!isNaN(delay) && delay >= 0) {
+      setTimeout(function () {
+        window.location.reload();
+      }, delay);
+    }
+  }
+
+  function applyWidth(node) {
+    var percent = parseFloat(node.dataset.width);
+    if (!isNaN(percent)) node.style.width = Math.max(0, Math.min(100, percent)) + "%";
+  }
+
   // ---- wiring ---------------------------------------------------------------------
 
   function each(selector, fn) {
@@ -931,6 +971,9 @@
     each("form[data-confirm]", setupConfirm);
     each("input[data-live-search]", setupLiveSearch);
     each("[data-copy]", setupCopy);
+    each("select[data-autosubmit]", setupAutosubmit);
+    each("[data-reload-after]", setupReload);
+    each("[data-width]", applyWidth);
     dynserv.logViewers = [];
     each(".log-viewer[data-stream-url]", function (node) {
       dynserv.logViewers.push(new LogViewer(node));
@@ -946,6 +989,7 @@
   dynserv.toast = toast;
   dynserv.escapeHtml = escapeHtml;
   dynserv.ansiToHtml = ansiToHtml;
+  dynserv.renderAnsi = renderAnsi;
   dynserv.LogViewer = LogViewer;
   dynserv.liveSearch = liveSearch;
   dynserv.setExecutionStatus = setExecutionStatus;

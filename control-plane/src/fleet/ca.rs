@@ -34,7 +34,8 @@ impl FleetCa {
 /// first use.
 pub fn load_or_create(data_dir: &Path) -> Result<FleetCa> {
     let dir = data_dir.join("fleet");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    dynserv_agent::private_fs::create_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let ca = if ca_pem.exists() && ca_key.exists() {
         let cert = std::fs::read_to_string(&ca_pem)

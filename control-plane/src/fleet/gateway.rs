@@ -156,10 +156,12 @@ async fn enroll(fleet: &Fleet, connection: &quinn::Connection) -> Result<()> {
             .await
             .context("no enrollment request within 10 s")??
             .context("the enrollment stream closed early")?;
-    // Refused attempts are counted per address: after too many, the address is refused
-    // for a while without the store being asked (guessing a 256-bit secret is hopeless,
-    // but every attempt costs a transaction).
-    let throttle_key = vec![format!("enroll:{}", connection.remote_address().ip())];
+    // Refused attempts are counted per client network (/24, /64): after too many, the
+    // network waits a growing delay without the store being asked (guessing a 256-bit
+    // secret is hopeless, but every attempt costs a transaction).
+    let throttle_key = [crate::auth::ThrottleKey::enroll(
+        connection.remote_address().ip(),
+    )];
     let throttle = &fleet.inner.enroll_throttle;
     let response = match throttle.check(&throttle_key, Utc::now()) {
         Err(locked) => {

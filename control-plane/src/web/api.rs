@@ -263,11 +263,11 @@ pub async fn create_user(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub async fn update_user(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
     require(ctx, Action::ManageUsers, None)?;
     let change: UserChange = req.json()?;
-    users::check_change(&change)?;
     let user = app
         .store
         .read(|r| users::find(r, key))?
         .ok_or_else(|| AppError::not_found("user"))?;
+    users::check_change(&user, &change)?;
     let hash = match change.password.clone().filter(|p| !p.is_empty()) {
         Some(p) => Some(hash_off_thread(p).await?),
         None => None,

@@ -162,7 +162,12 @@ pub fn create_token(
     let (record, secret, project) = app.store.write(|w| {
         let project = projects::find(w, key)?
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
-            .ok_or_else(|| AppError::invalid("project", format!("no project {key:?}")))?;
+            .ok_or_else(|| {
+                AppError::invalid(
+                    "project",
+                    format!("no project {:?}", crate::validate::echo(key)),
+                )
+            })?;
         if !policy::can(&ctx.subject, Action::ManageAgents, Some(&project.id)) {
             return Err(AppError::forbidden().into());
         }

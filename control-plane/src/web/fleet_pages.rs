@@ -4,6 +4,7 @@
 //! of `fleet_api`), render or redirect.
 
 use serde_json::{json, Value};
+use warp::http::StatusCode;
 
 use super::fleet_api::{self, NewToken};
 use super::pages::{form_errors_or, page};
@@ -205,10 +206,11 @@ pub fn enroll_create(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         ),
         Err(e) if e.kind == Kind::Invalid => {
             let errors = form_errors_or(&e, "project");
-            page(
+            super::pages::page_with_status(
                 app,
                 req,
                 ctx,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "enroll",
                 "Enroll an agent",
                 json!({"projects": projects, "values": form.values(), "errors": errors, "created": null}),

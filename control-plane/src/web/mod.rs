@@ -429,6 +429,32 @@ pub fn text(status: StatusCode, body: impl Into<String>, content_type: &'static 
     resp
 }
 
+/// Characters of a flash message kept; a longer one is cut with `…`.
+pub const MAX_FLASH_CHARS: usize = 300;
+/// Bytes of the flash cookie's encoded value at most (browsers keep 4 KiB per cookie).
+pub const MAX_FLASH_COOKIE: usize = 2048;
+
+/// A flash message's cookie value: `level|message` percent-encoded, the message cut to
+/// [`MAX_FLASH_CHARS`] characters and then, for text that encodes long, until the
+/// value fits [`MAX_FLASH_COOKIE`] bytes, so no input is ever echoed unbounded.
+fn flash_cookie_value(level: &str, message: &str) -> String {
+    let mut kept: String = message.chars().take(MAX_FLASH_CHARS).collect();
+    let mut cut = kept.len() < message.len();
+    loop {
+        let shown = if cut {
+            format!("{kept}…")
+        } else {
+            kept.clone()
+        };
+        let value = urlencode(&format!("{level}|{shown}"));
+        if value.len() <= MAX_FLASH_COOKIE || kept.is_empty() {
+            return value;
+        }
+        kept.pop();
+        cut = true;
+    }
+}
+
 /// A 303 redirect (after a form post), optionally carrying a flash message.
 pub fn redirect(location: &str, flash: Option<(&str, &str)>) -> Resp {
     let mut resp = Response::new(Body::empty());
@@ -439,7 +465,7 @@ pub fn redirect(location: &str, flash: Option<(&str, &str)>) -> Resp {
     if let Some((level, message)) = flash {
         let value = format!(
             "dsv_flash={}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax",
-            urlencode(&format!("{level}|{message}"))
+            flash_cookie_value(level, message)
         );
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().append("set-cookie", v);
@@ -597,6 +623,14 @@ async fn handle(
         .or_insert(HeaderValue::from_static("DENY"));
     h.entry("referrer-policy")
         .or_insert(HeaderValue::from_static("same-origin"));
+    let html = h
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if html {
+        h.entry("content-security-policy")
+            .or_insert(HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    }
     resp
 }
 
@@ -611,6 +645,15 @@ pub fn healthz(app: &App) -> Resp {
         ),
     }
 }
+
+/// The Content-Security-Policy of every HTML page: scripts, styles, images and
+/// connections from this origin only (images also as `data:` URLs, which Bootstrap's
+/// stylesheet uses for its icons), no inline script, style or event handler, no
+/// framing, no `<base>`, forms posting here only. Pages keep their scripts in
+/// `web/static/*.js` and their dynamic styles are set through the DOM.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
+     base-uri 'none'; form-action 'self'";
 
 /// Decodes `%XX` escapes of a path (a project named "Nova HR" is `/Nova%20HR`);
 /// invalid escapes and non-UTF-8 results are kept as they were.

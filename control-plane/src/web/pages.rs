@@ -287,10 +287,7 @@ pub fn login_form(app: &App, req: &Req, error: Option<(&AppError, &str)>) -> Res
         .filter(|c| c.len() >= 20 && c.len() <= 64)
         .map(String::from)
         .unwrap_or_else(|| crate::secrets::random_token(24));
-    let next = req
-        .query("next")
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
-        .unwrap_or("/");
+    let next = crate::validate::local_redirect(req.query("next"));
     let data = json!({
         "title": "Sign in",
         "user": null,
@@ -301,7 +298,7 @@ pub fn login_form(app: &App, req: &Req, error: Option<(&AppError, &str)>) -> Res
         "next": next,
         "demo": app.store.read(|r| users::by_username(r, "sohila")).ok().flatten().is_some(),
         "error": error.map(|(e, _)| e.public_message().to_string()),
-        "username": error.map(|(_, u)| u.to_string()).unwrap_or_default(),
+        "username": error.map(|(_, u)| crate::validate::echo(u)).unwrap_or_default(),
     });
     let status = error.map(|(e, _)| e.status()).unwrap_or(StatusCode::OK);
     let html = app
@@ -337,7 +334,7 @@ pub async fn login(app: &App, req: &Req) -> Resp {
         );
         return login_form(app, req, Some((&err, &username)));
     }
-    let keys = [format!("user:{username}"), format!("ip:{}", req.client_ip)];
+    let keys = auth::ThrottleKey::login(&username, req.client_ip);
     let now = chrono::Utc::now();
     if let Err(e) = app.throttle.check(&keys, now) {
         return login_form(app, req, Some((&e, &username)));
@@ -383,11 +380,8 @@ pub async fn login(app: &App, req: &Req) -> Resp {
         Ok((cookie, _)) => cookie,
         Err(e) => return login_form(app, req, Some((&AppError::from(e), &username))),
     };
-    let next = form
-        .get("next")
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
-        .unwrap_or("/");
-    let mut resp = redirect(next, None);
+    let next = crate::validate::local_redirect(form.get("next"));
+    let mut resp = redirect(&next, None);
     let secure = if req.secure { "; Secure" } else { "" };
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{}={cookie}; Path=/; HttpOnly; SameSite=Lax{secure}",
@@ -884,7 +878,7 @@ pub async fn user_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> App
                     email: Some(form.get("email").unwrap_or("").to_string()),
                     revoke_tokens: Some(form.checked("revoke_tokens")),
                 };
-                users::check_change(&change)?;
+                users::check_change(user, &change)?;
                 let hash = match change.password.clone() {
                     Some(p) => Some(super::api::hash_off_thread(p).await?),
                     None => None,

@@ -7,6 +7,10 @@
 //! reads the store; it tracks the next seq it owes; live chunks below it are skipped,
 //! and anything above it (a missed publication, a lagging channel) sends it back to
 //! the store, which holds every published chunk since publication follows commit.
+//!
+//! An upgrade authenticated by the session cookie is refused (403) unless its `Origin`
+//! is this server's own ([`same_origin`]), so another site's page cannot open the
+//! stream with a visitor's cookie; bearer-token clients need no `Origin`.
 
 use std::net::SocketAddr;
 
@@ -70,6 +74,15 @@ fn upgrade(
     let checked = crate::store::block_in_place(|| {
         let ctx = super::authenticate(&app, &req)?.ok_or_else(AppError::unauthenticated)?;
         super::fleet_api::require_fleet(&ctx)?;
+        // A browser sends the session cookie with a WebSocket upgrade from any site
+        // (no CORS, no CSRF token): a cookie-authenticated upgrade must come from a
+        // page of this server. Bearer-token clients hold no ambient credential.
+        if !ctx.via_token && !same_origin(&req.headers, &app.config.public_url) {
+            return Err(AppError::new(
+                crate::error::Kind::Forbidden,
+                "a WebSocket opened with the session cookie must come from this site's pages",
+            ));
+        }
         app.store
             .read(|r| Ok(executions::get_visible(r, &ctx.subject, &id)?))?;
         super::fleet_api::parse_from_seq(&req)
@@ -87,6 +100,33 @@ fn upgrade(
 /// pong, no frame) before the stream is closed.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the request's `Origin` is this server's own origin: the origin the browser
+/// reached it at (the `Host` header, over http or https), or the configured public
+/// URL's. A request without `Origin` (no browser sends one without it) is not.
+pub fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
+    let Some(origin) = headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| url::Url::parse(v).ok())
+    else {
+        return false;
+    };
+    if !matches!(origin.scheme(), "http" | "https") {
+        return false;
+    }
+    let origin = origin.origin();
+    if url::Url::parse(public_url).is_ok_and(|public| public.origin() == origin) {
+        return true;
+    }
+    let Some(host) = headers.get("host").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    ["http", "https"].iter().any(|scheme| {
+        url::Url::parse(&format!("{scheme}://{host}/"))
+            .is_ok_and(|own| own.origin() == origin && own.host_str().is_some())
+    })
+}
 
 async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
     let (tx, mut rx) = socket.split();
