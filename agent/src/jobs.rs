@@ -65,6 +65,8 @@ pub struct Job {
     cancel: watch::Sender<bool>,
     /// Secret values of the job's spec, masked in every chunk read back.
     secrets: Vec<String>,
+    /// Output bytes the control plane stores; past it nothing more is spooled.
+    max_output: Option<u64>,
 }
 
 /// Replaces every secret value in `text` by `********`.
@@ -246,7 +248,7 @@ impl Jobs {
             .count() as u32
     }
 
-    fn new_job(&self, id: &str, dir: PathBuf, secrets: &[String]) -> Result<Arc<Job>> {
+    fn new_job(&self, id: &str, dir: PathBuf, spec: &JobSpec) -> Result<Arc<Job>> {
         let spool = Spool::open(&dir)?;
         let end = std::fs::read(dir.join("end.json"))
             .ok()
@@ -258,7 +260,8 @@ impl Jobs {
             end: Mutex::new(end),
             changed: watch::channel(0).0,
             cancel: watch::channel(false).0,
-            secrets: secrets.to_vec(),
+            secrets: spec.secrets.clone(),
+            max_output: spec.max_output_bytes,
         }))
     }
 
@@ -294,7 +297,7 @@ impl Jobs {
             inner.foreign.insert(id.to_string());
             return Ok(());
         }
-        let job = self.new_job(id, dir.clone(), &spec.secrets)?;
+        let job = self.new_job(id, dir.clone(), &spec)?;
         {
             let mut inner = lock(&self.inner);
             inner.started.insert(id.to_string());
@@ -353,7 +356,7 @@ impl Jobs {
         let dir = self.root.join(&spec.job_id);
         crate::private_fs::ensure_dir(&dir)?;
         crate::private_fs::write(&dir.join("spec.json"), serde_json::to_vec(spec)?)?;
-        let job = self.new_job(&spec.job_id, dir.clone(), &spec.secrets)?;
+        let job = self.new_job(&spec.job_id, dir.clone(), spec)?;
         inner.live.insert(spec.job_id.clone(), job.clone());
         drop(inner);
 
@@ -526,6 +529,9 @@ fn kill_group(pgid: i32, signal: i32) {
 struct Tail {
     stream: OutputStream,
     last_size: u64,
+    /// Past the output limit: the file offset up to which output was skipped (not
+    /// spooled, its disk space given back).
+    skipped_to: u64,
 }
 
 impl Tail {
@@ -542,10 +548,19 @@ impl Tail {
         let stable = size == self.last_size;
         self.last_size = size;
         let mut spool = lock(&job.spool);
-        let mut offset = spool.offset(self.stream);
+        let mut offset = spool.offset(self.stream).max(self.skipped_to);
         let mut any = false;
         let mut buf = vec![0u8; MAX_CHUNK_LEN];
         while offset < size {
+            // Strictly past the limit: the chunk that crosses it still goes out, so
+            // the control plane sees the crossing and marks the log truncated.
+            if job.max_output.is_some_and(|max| spool.bytes() > max) {
+                // Past the limit the control plane stores nothing more: the job goes
+                // on, its output is not spooled and its file space is given back.
+                free_range(&path, offset, size);
+                self.skipped_to = size;
+                break;
+            }
             let want = ((size - offset) as usize).min(MAX_CHUNK_LEN);
             let got = file.read_at(&mut buf[..want], offset)?;
             if got == 0 {
@@ -574,6 +589,30 @@ impl Tail {
     }
 }
 
+/// Gives the disk space of `[start, end)` of an output file back to the file system
+/// (the file keeps its size, so offsets stay valid; the range reads as zeros).
+fn free_range(path: &Path, start: u64, end: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return;
+    };
+    let (Ok(offset), Ok(len)) = (i64::try_from(start), i64::try_from(end - start)) else {
+        return;
+    };
+    // SAFETY: a valid open descriptor; punching a hole only changes allocation.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(path = %path.display(), "punching a hole: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Watches a job's process to its end: tails its output, enforces its timeout, kills
 /// its group on cancel, and records how it ended.
 async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant>) {
@@ -581,10 +620,12 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
         Tail {
             stream: OutputStream::Stdout,
             last_size: u64::MAX,
+            skipped_to: 0,
         },
         Tail {
             stream: OutputStream::Stderr,
             last_size: u64::MAX,
+            skipped_to: 0,
         },
     ];
     let mut cancel_rx = job.cancel.subscribe();
@@ -727,6 +768,7 @@ mod tests {
             timeout_s,
             secrets: Vec::new(),
             resume_only: false,
+            max_output_bytes: None,
         }
     }
 
@@ -757,6 +799,40 @@ mod tests {
             .filter(|c| c.stream == stream)
             .map(|c| c.data)
             .collect()
+    }
+
+    /// Past the job's output limit the agent spools nothing more and gives the output
+    /// file's space back; the job itself runs to its end.
+    #[tokio::test]
+    async fn output_past_the_limit_is_not_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(dir.path(), HOST).unwrap();
+        let spec = JobSpec {
+            max_output_bytes: Some(64 * 1024),
+            ..script(
+                "big",
+                "i=0; while [ $i -lt 20 ]; do head -c 65536 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done; exit 0\n",
+                None,
+            )
+        };
+        let StartOutcome::Started(job) = jobs.start_or_resume(&spec).unwrap() else {
+            panic!("not started")
+        };
+        let end = wait_end(&job).await;
+        assert_eq!(end.status, JobStatus::Succeeded, "{end:?}");
+        let spooled = lock(&job.spool).bytes();
+        assert!(
+            spooled <= 64 * 1024 + MAX_CHUNK_LEN as u64,
+            "spooled {spooled} bytes past a 64 KiB limit"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(stream_path(&job.dir, OutputStream::Stdout)).unwrap();
+        assert!(meta.len() > 1_000_000, "the job wrote all its output");
+        assert!(
+            meta.blocks() * 512 < meta.len() / 2,
+            "the skipped output still takes {} bytes on disk",
+            meta.blocks() * 512
+        );
     }
 
     /// A script runs once with its env; a repeat start resumes, a forgotten one is done.

@@ -33,6 +33,8 @@ pub struct Entry {
 pub struct Spool {
     dir: PathBuf,
     entries: Vec<Entry>,
+    /// Bytes of output recorded in chunks so far.
+    bytes: u64,
     acked: Option<u64>,
     index: File,
 }
@@ -93,12 +95,19 @@ impl Spool {
         let acked = std::fs::read_to_string(dir.join("acked"))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok());
+        let bytes = entries.iter().map(|e: &Entry| e.end - e.start).sum();
         Ok(Spool {
             dir: dir.to_path_buf(),
+            bytes,
             entries,
             acked,
             index,
         })
+    }
+
+    /// Bytes of output recorded in chunks so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Number of chunks so far (the next seq).
@@ -127,6 +136,7 @@ impl Spool {
         let line = format!("{seq} {} {start} {end}\n", stream_code(stream));
         self.index.write_all(line.as_bytes())?;
         self.entries.push(Entry { stream, start, end });
+        self.bytes += end.saturating_sub(start);
         Ok(seq)
     }
 

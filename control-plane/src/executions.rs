@@ -213,6 +213,7 @@ impl Execution {
     pub fn job_spec(&self) -> JobSpec {
         let kind = job_kind(&self.work);
         JobSpec {
+            max_output_bytes: None,
             job_id: self.id.clone(),
             kind,
             timeout_s: self.timeout_s,

@@ -319,6 +319,11 @@ pub struct JobSpec {
     /// that a copy of the agent's state directory never runs a job a second time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resume_only: bool,
+    /// The most output bytes the control plane stores for this job. Past it the agent
+    /// stops spooling the job's output (the job goes on) and frees the file space it
+    /// would have taken; absent: no limit (older control planes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
 }
 
 /// One numbered piece of output.

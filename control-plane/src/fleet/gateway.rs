@@ -726,6 +726,7 @@ async fn drive_job(
     // A job the agent reported started is only resumed: a copy of the agent that did
     // not start it must not start it again.
     spec.resume_only = execution.status == Status::Running;
+    spec.max_output_bytes = Some(fleet.inner.max_output);
     write_frame(&mut send, &ToAgent::Start(spec)).await?;
     if execution.cancel_requested {
         write_frame(&mut send, &ToAgent::Cancel).await?;

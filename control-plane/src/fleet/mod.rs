@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     pub ca: ca::FleetCa,
     pub hub: Hub,
     pub ingest: ingest::Ingest,
+    /// The most output bytes stored per execution; agents are told in each job.
+    pub max_output: u64,
     pub conns: Mutex<HashMap<String, Arc<AgentConn>>>,
     /// Agent processes replaced by a newer one on their machine, by agent id. Locked
     /// only while `conns` is held (always after it), so a hello's decision and its
@@ -98,6 +100,7 @@ impl Fleet {
                 ca,
                 hub,
                 ingest,
+                max_output,
                 conns: Mutex::new(HashMap::new()),
                 replaced: Mutex::new(HashMap::new()),
                 demo_agent: Default::default(),
