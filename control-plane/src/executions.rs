@@ -1085,9 +1085,9 @@ pub fn admit_output(
 }
 
 fn human_bytes(n: u64) -> String {
-    if n >= 1024 * 1024 && n % (1024 * 1024) == 0 {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
         format!("{} MiB", n / 1024 / 1024)
-    } else if n >= 1024 && n % 1024 == 0 {
+    } else if n >= 1024 && n.is_multiple_of(1024) {
         format!("{} KiB", n / 1024)
     } else {
         format!("{n} bytes")
@@ -1399,7 +1399,12 @@ mod tests {
             status,
             exit_code: None,
             summary: None,
-            created_by: if n % 3 == 0 { "sohila" } else { "admin" }.into(),
+            created_by: if n.is_multiple_of(3) {
+                "sohila"
+            } else {
+                "admin"
+            }
+            .into(),
             created_at: at,
             expires_at: at + Duration::hours(1),
             started_at: None,
@@ -1472,7 +1477,8 @@ mod tests {
         };
         let since = all[10].created_at;
         let until = all[20].created_at;
-        let cases: Vec<(Filter, Box<dyn Fn(&Execution) -> bool>)> = vec![
+        type Keep = Box<dyn Fn(&Execution) -> bool>;
+        let cases: Vec<(Filter, Keep)> = vec![
             (Filter::default(), Box::new(|_| true)),
             (
                 Filter {
@@ -1581,7 +1587,7 @@ mod tests {
             }
         }
         // Counts are kept, and follow the status index.
-        let kept = store.read(|r| counts(r)).unwrap();
+        let kept = store.read(counts).unwrap();
         assert_eq!(kept["all"], 30);
         assert_eq!(kept["queued"], 6);
         let queued = all
@@ -1593,7 +1599,7 @@ mod tests {
         store
             .write(|w| mark_running(w, &queued, Utc::now()))
             .unwrap();
-        let kept = store.read(|r| counts(r)).unwrap();
+        let kept = store.read(counts).unwrap();
         assert_eq!((kept["queued"], kept["running"]), (5, 1));
         let running = Filter {
             status: Some(Status::Running),

@@ -211,7 +211,7 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     if rc != 0 {
         return None;
     }
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// A store error callers should answer as "try again later" (503): the disk is full

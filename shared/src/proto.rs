@@ -369,7 +369,7 @@ pub struct JobEnd {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToAgent {
     /// Run (or resume reporting) this job. Always the first message of a job stream.
-    Start(JobSpec),
+    Start(Box<JobSpec>),
     /// Every chunk with `seq <= up_to_seq` is stored; the agent may drop them.
     Ack {
         /// Highest stored seq.

@@ -727,7 +727,7 @@ async fn drive_job(
     // not start it must not start it again.
     spec.resume_only = execution.status == Status::Running;
     spec.max_output_bytes = Some(fleet.inner.max_output);
-    write_frame(&mut send, &ToAgent::Start(spec)).await?;
+    write_frame(&mut send, &ToAgent::Start(Box::new(spec))).await?;
     if execution.cancel_requested {
         write_frame(&mut send, &ToAgent::Cancel).await?;
     }

@@ -421,7 +421,19 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
 pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require_fleet(ctx)?;
     let paging = req.paging()?;
-    let (views, next) = app.store.read(|r| {
+    let (views, next) = executions_page_of(app, req, ctx, &paging)?;
+    Ok(super::json_page(req, &views, next.as_deref()))
+}
+
+/// One page of the request's filtered executions as views, and the next cursor; for
+/// the API list and the executions page.
+pub fn executions_page_of(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    paging: &super::Paging,
+) -> AppResult<(Vec<ExecutionView>, Option<String>)> {
+    Ok(app.store.read(|r| {
         let filter = execution_filter(r, req, ctx)?;
         let page = executions::query(
             r,
@@ -436,8 +448,7 @@ pub fn executions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             .map(|e| execution_view(r, e))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok((views, page.next))
-    })?;
-    Ok(super::json_page(req, &views, next.as_deref()))
+    })?)
 }
 
 /// `GET /api/v1/executions/{id}`.

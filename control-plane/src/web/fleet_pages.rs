@@ -359,22 +359,7 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let paging = req.paging_with(50)?;
-    let (rows, next) = app.store.read(|r| {
-        let filter = fleet_api::execution_filter(r, req, ctx)?;
-        let page = executions::query(
-            r,
-            &ctx.subject,
-            &filter,
-            paging.cursor.as_deref(),
-            paging.limit,
-        )?;
-        let rows = page
-            .items
-            .iter()
-            .map(|e| fleet_api::execution_view(r, e))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((rows, page.next))
-    })?;
+    let (rows, next) = fleet_api::executions_page_of(app, req, ctx, &paging)?;
     // Every filter has a value (empty when not given): templates are strict.
     let filters: serde_json::Map<String, serde_json::Value> = fleet_api::EXECUTION_FILTERS
         .iter()

@@ -339,8 +339,8 @@ impl Req {
             .map(|s| s.chars().take(200).collect())
     }
 
-    /// This list's first page with the same filters.
-    pub fn first_page_url(&self) -> String {
+    /// The query's pairs but the cursor, in a stable order.
+    fn query_without_cursor(&self) -> Vec<(&str, &str)> {
         let mut pairs: Vec<(&str, &str)> = self
             .query
             .iter()
@@ -348,7 +348,12 @@ impl Req {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         pairs.sort();
-        match serde_urlencoded::to_string(&pairs) {
+        pairs
+    }
+
+    /// This list's first page with the same filters.
+    pub fn first_page_url(&self) -> String {
+        match serde_urlencoded::to_string(self.query_without_cursor()) {
             Ok(q) if !q.is_empty() => format!("{}?{q}", self.path),
             _ => self.path.clone(),
         }
@@ -365,13 +370,7 @@ impl Req {
 
     /// This request's URL with `cursor` set to the next page's.
     pub fn next_page_url(&self, next: &str) -> String {
-        let mut pairs: Vec<(&str, &str)> = self
-            .query
-            .iter()
-            .filter(|(k, _)| k.as_str() != "cursor")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        pairs.sort();
+        let mut pairs = self.query_without_cursor();
         let cursor = encode_cursor(next);
         pairs.push(("cursor", &cursor));
         let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
