@@ -401,10 +401,12 @@ pub fn offerable_servers(
         }
     }
     let client = client.map(str::trim).filter(|c| !c.is_empty());
-    for request in crate::requests::visible(r, subject)? {
-        if request.status != crate::requests::Status::Deployed
-            || client.is_some_and(|c| !request.client_name.trim().eq_ignore_ascii_case(c))
-        {
+    let deployed = crate::requests::Filter {
+        status: Some(crate::requests::Status::Deployed),
+        ..Default::default()
+    };
+    for request in crate::requests::all_matching(r, subject, &deployed)? {
+        if client.is_some_and(|c| !request.client_name.trim().eq_ignore_ascii_case(c)) {
             continue;
         }
         let Some(server_id) = &request.server_id else {
@@ -465,6 +467,24 @@ pub fn check_server_choice(
         ));
     }
     Ok(())
+}
+
+/// The servers on `subs`, read one by one: what a revenue report needs of the fleet,
+/// never every server.
+pub fn servers_of(r: &impl Read, subs: &[Subscription]) -> anyhow::Result<Vec<Server>> {
+    let mut ids: Vec<&str> = subs
+        .iter()
+        .flat_map(|s| s.server_ids.iter().map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(server) = r.get::<Server>(id)? {
+            out.push(server);
+        }
+    }
+    Ok(out)
 }
 
 /// The subscriptions a subject may see, by client: every one with `ViewAllRevenue`,

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, Actor};
 use crate::notifications;
 use crate::projects::Project;
-use crate::servers::Server;
 use crate::store::{Read, Record, Writer};
 
 /// The thresholds that raise a warning, in percent of the budget.
@@ -84,12 +83,7 @@ pub fn percent_used(cost: f64, budget: Option<f64>) -> Option<f64> {
 
 /// The monthly cost of a project's servers that are not deleted.
 pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
-    let cost: f64 = r
-        .list::<Server>()?
-        .iter()
-        .filter(|s| s.project_id == project_id && s.status != "deleted")
-        .filter_map(|s| s.monthly_cost)
-        .sum();
+    let cost = crate::servers::project_cost(r, project_id)?;
     Ok((cost * 100.0).round() / 100.0)
 }
 
