@@ -73,16 +73,63 @@ pub fn server_json(app: &App, r: &impl Read, server: &Server) -> anyhow::Result<
     }))
 }
 
-/// `GET /api/v1/servers?q=TEXT`: the servers the caller may see.
+/// The filters of the server list (API and page).
+pub const SERVER_FILTERS: [&str; 3] = ["project", "status", "q"];
+
+/// Reads the server filters of a request: `project` (id or name), `status` (one of
+/// `servers::STATUSES`) and `q` (text in the name, addresses, type, location or
+/// status). An unknown filter, status or project is a 400 naming it.
+pub fn server_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<servers::Filter> {
+    req.only_filters(&SERVER_FILTERS)?;
+    let mut filter = servers::Filter {
+        text: req.text_filter("q"),
+        ..Default::default()
+    };
+    if let Some(status) = req.text_filter("status") {
+        if !servers::STATUSES.contains(&status.as_str()) {
+            return Err(AppError::bad_request(format!(
+                "status must be one of {} (not {:?})",
+                servers::STATUSES.join(", "),
+                status.chars().take(40).collect::<String>()
+            )));
+        }
+        filter.status = Some(status);
+    }
+    if let Some(project) = req.text_filter("project") {
+        let found = projects::find(r, &project)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "project: no project {:?} that you can see",
+                    project.chars().take(80).collect::<String>()
+                ))
+            })?;
+        filter.project_id = Some(found.id);
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/servers[?project=…][&status=…][&q=TEXT]`: one page of the servers
+/// the caller may see, by name.
 pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
-    let list = app.store.read(|r| {
-        let servers = servers::visible(r, &ctx.subject, req.query("q"))?;
-        servers
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let filter = server_filter(r, req, ctx)?;
+        let page = servers::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let list = page
+            .items
             .iter()
             .map(|s| server_json(app, r, s))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/servers/{id}`.

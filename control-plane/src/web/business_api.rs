@@ -57,26 +57,59 @@ pub fn create_request(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     Ok(reply(StatusCode::CREATED, &value))
 }
 
-/// `GET /api/v1/requests?status=S`: the requests the caller may see, newest first.
+/// The filters of the request list (API and page).
+pub const REQUEST_FILTERS: [&str; 2] = ["status", "client"];
+
+/// Reads the request filters of a request; an unknown filter, status or client is a
+/// 400 naming it.
+pub fn request_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<requests::Filter> {
+    req.only_filters(&REQUEST_FILTERS)?;
+    let mut filter = requests::Filter::default();
+    if let Some(status) = req.text_filter("status") {
+        filter.status = Some(requests::Status::parse(&status).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "status must be one of {} (not {:?})",
+                requests::Status::ALL.map(|s| s.as_str()).join(", "),
+                status.chars().take(40).collect::<String>()
+            ))
+        })?);
+    }
+    if let Some(client) = req.text_filter("client") {
+        if !requests::client_known(r, &ctx.subject, &client)? {
+            return Err(AppError::bad_request(format!(
+                "client: no request you can see is for {:?}",
+                client.chars().take(80).collect::<String>()
+            )));
+        }
+        filter.client = Some(client);
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/requests?status=S&client=C`: one page of the requests the caller may
+/// see (all with `ViewAllRequests`, else its own), newest first.
 pub fn list_requests(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     if !may_see_requests(ctx) {
         return Err(AppError::forbidden());
     }
-    let status = match req.query("status").filter(|s| !s.is_empty()) {
-        Some(s) => Some(
-            requests::Status::parse(s)
-                .ok_or_else(|| AppError::invalid("status", format!("unknown status {s}")))?,
-        ),
-        None => None,
-    };
-    let list = app.store.read(|r| {
-        requests::visible(r, &ctx.subject)?
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let filter = request_filter(r, req, ctx)?;
+        let page = requests::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let list = page
+            .items
             .iter()
-            .filter(|q| status.is_none_or(|s| q.status == s))
             .map(|q| request_json(r, q))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/requests/{id}`.
@@ -304,7 +337,7 @@ pub fn revenue_of(app: &App, ctx: &Ctx) -> AppResult<revenue::Revenue> {
     let today = chrono::Utc::now().date_naive();
     Ok(app.store.read(|r| {
         let subs = subscriptions::visible(r, &ctx.subject)?;
-        let servers = r.list::<crate::servers::Server>()?;
+        let servers = subscriptions::servers_of(r, &subs)?;
         Ok(revenue::compute(&subs, &servers, today))
     })?)
 }

@@ -104,7 +104,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         }
         (&Method::GET, ["revenue"]) => super::business_api::revenue(app, req, &ctx),
         // Fleet: agents, enrollment tokens, executions.
-        (&Method::GET, ["agents"]) => fleet_api::agents_list(app, &ctx),
+        (&Method::GET, ["agents"]) => fleet_api::agents_list(app, req, &ctx),
         (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_api::revoke_agent(app, req, &ctx, id),
         (&Method::POST, ["agents", id, "accept-host"]) => {
