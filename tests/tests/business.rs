@@ -189,7 +189,8 @@ async fn request_workflow_and_permissions() {
         .unwrap()
         .iter()
         .all(|r| r["status"] == "deployed"));
-    assert_eq!(admin.get("/api/v1/requests?status=bogus").await.0, 422);
+    // An unknown filter value is a 400 (CONTRACT.md "Lists"), never ignored.
+    assert_eq!(admin.get("/api/v1/requests?status=bogus").await.0, 400);
     assert_eq!(admin.get("/api/v1/requests/nope").await.0, 404);
     assert_eq!(
         admin.post_empty("/api/v1/requests/nope/approve").await.0,
