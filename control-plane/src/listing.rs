@@ -214,6 +214,35 @@ pub fn page_with_budget<T: Record>(
     }
 }
 
+/// One page of a list already read whole, in `position` order (ascending): the items
+/// after the position `cursor`, at most `limit`. For the small tables that stay whole
+/// (projects, users, scripts) so they still take `limit` and `cursor` like every
+/// list; never for a table that grows with the fleet or with time.
+pub fn page_of_all<T>(
+    items: Vec<T>,
+    position: impl Fn(&T) -> String,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Page<T> {
+    let mut rest: Vec<(String, T)> = items
+        .into_iter()
+        .map(|item| (position(&item), item))
+        .filter(|(p, _)| cursor.is_none_or(|c| p.as_str() > c))
+        .collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    let more = rest.len() > limit;
+    rest.truncate(limit);
+    let next = if more {
+        rest.last().map(|(p, _)| p.clone())
+    } else {
+        None
+    };
+    Page {
+        items: rest.into_iter().map(|(_, item)| item).collect(),
+        next,
+    }
+}
+
 /// The projects whose `action`-guarded records a subject may see, sorted, or `None`
 /// when it sees every project's (admins, technical managers): the lists read one
 /// source per project for a subject that sees only some.
@@ -243,12 +272,13 @@ pub fn name_position(name: &str, id: &str) -> String {
 pub const NAME_KEY_CHARS: usize = 100;
 
 /// Schema step: the list indexes and kept counts of servers, requests, backups,
-/// system updates and agents stored before their lists read pages.
+/// system updates, agents and subscriptions stored before their lists read pages.
 pub fn backfill_indexes(w: &mut crate::store::Writer) -> anyhow::Result<()> {
     crate::servers::backfill_indexes(w)?;
     crate::requests::backfill_indexes(w)?;
     crate::backups::backfill_indexes(w)?;
-    crate::agents::backfill_indexes(w)
+    crate::agents::backfill_indexes(w)?;
+    crate::subscriptions::backfill_indexes(w)
 }
 
 #[cfg(test)]
@@ -403,6 +433,27 @@ mod tests {
             .unwrap();
         assert!(starved.items.is_empty());
         assert_eq!(starved.next.as_deref(), Some("02"));
+    }
+
+    /// A list read whole pages like an indexed one: after the cursor, at most the
+    /// limit, a cursor while more remain.
+    #[test]
+    fn sorted_lists_page_after_the_cursor() {
+        let items = vec!["c", "a", "e", "b", "d"];
+        let pos = |s: &&str| s.to_string();
+        let first = page_of_all(items.clone(), pos, None, 2);
+        assert_eq!(
+            (first.items, first.next.as_deref()),
+            (vec!["a", "b"], Some("b"))
+        );
+        let last = page_of_all(items.clone(), pos, Some("c"), 2);
+        assert_eq!((last.items, last.next), (vec!["d", "e"], None));
+        let gone = page_of_all(items, pos, Some("bb"), 10);
+        assert_eq!(
+            gone.items,
+            ["c", "d", "e"],
+            "a cursor no longer stored resumes in place"
+        );
     }
 
     /// Positions by name put a name before its longer relatives and keep long names

@@ -1450,7 +1450,7 @@ mod tests {
             .store
             .read(|r| ids_with_status(r, Status::Approved))
             .unwrap();
-        assert_eq!(approved, [a1.id.clone()]);
+        assert_eq!(approved, vec![a1.id.clone()]);
     }
 
     /// Approval warns when servers + requests in flight + this one exceed the budget.

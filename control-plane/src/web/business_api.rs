@@ -260,16 +260,54 @@ pub fn owner_of(r: &impl Read, ctx: &Ctx, username: Option<&str>) -> AppResult<O
     Ok(Some(user))
 }
 
-/// `GET /api/v1/subscriptions`.
-pub fn list_subscriptions(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+/// The filters of the subscription list (API and page).
+pub const SUBSCRIPTION_FILTERS: [&str; 2] = ["status", "q"];
+
+/// Reads the subscription filters of a request; an unknown filter or status is a 400.
+pub fn subscription_filter(req: &Req) -> AppResult<subscriptions::Filter> {
+    req.only_filters(&SUBSCRIPTION_FILTERS)?;
+    let status = match req.text_filter("status") {
+        Some(text) => Some(
+            subscriptions::SubscriptionStatus::parse(&text).ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "status must be one of {} (not {:?})",
+                    subscriptions::SubscriptionStatus::ALL
+                        .map(|s| s.as_str())
+                        .join(", "),
+                    text.chars().take(40).collect::<String>()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    Ok(subscriptions::Filter {
+        status,
+        text: req.text_filter("q"),
+    })
+}
+
+/// `GET /api/v1/subscriptions[?status=…][&q=…]`: one page of the subscriptions the
+/// caller may see, by client.
+pub fn list_subscriptions(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
-    let list = app.store.read(|r| {
-        subscriptions::visible(r, &ctx.subject)?
+    let filter = subscription_filter(req)?;
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let page = subscriptions::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let list = page
+            .items
             .iter()
             .map(|s| subscription_json(r, s))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/subscriptions/{id}`.

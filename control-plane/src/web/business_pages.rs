@@ -385,11 +385,23 @@ pub fn read_all_notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp
 /// `GET /subscriptions`.
 pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
+    let filter = business_api::subscription_filter(req)?;
+    let paging = req.paging_with(50)?;
     let today = chrono::Utc::now().date_naive();
-    let (rows, mrr) = app.store.read(|r| {
-        let subs = subscriptions::visible(r, &ctx.subject)?;
-        let mrr = money_text(&revenue::compute(&subs, &[], today).mrr);
-        let rows = subs
+    let (rows, next, mrr) = app.store.read(|r| {
+        // The recurring revenue is a report over every subscription the caller sees.
+        let mrr = money_text(
+            &revenue::compute(&subscriptions::visible(r, &ctx.subject)?, &[], today).mrr,
+        );
+        let page = subscriptions::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let rows = page
+            .items
             .iter()
             .map(|s| {
                 let mut v = subscription_json(r, s)?;
@@ -400,12 +412,10 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                         && (0..=30).contains(&left)
                 );
                 v["expired"] = json!(s.status == SubscriptionStatus::Expired);
-                v["search"] =
-                    json!(format!("{} {} {}", s.client, s.sales_agent, s.currency).to_lowercase());
                 Ok(v)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((rows, mrr))
+        Ok((rows, page.next, mrr))
     })?;
     page(
         app,
@@ -413,7 +423,17 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         ctx,
         "subscriptions",
         "Subscriptions",
-        json!({"subscriptions": rows, "mrr": mrr}),
+        json!({
+            "subscriptions": rows,
+            "mrr": mrr,
+            "filters": {
+                "q": filter.text.clone().unwrap_or_default(),
+                "status": filter.status.map(|s| s.as_str()).unwrap_or_default(),
+            },
+            "statuses": SubscriptionStatus::ALL.map(|s| s.as_str()),
+            "filtered": filter.text.is_some() || filter.status.is_some(),
+            "pager": super::pages::pager_by_name(req, &paging, next.as_deref()),
+        }),
     )
 }
 
