@@ -593,3 +593,108 @@ async fn backups_updates_and_agents_page_with_filters() {
     let (status, _, _) = pages.get("/backups?server=nope").await;
     assert_eq!(status, 400);
 }
+
+/// Subscriptions come by client a page at a time, each once, the owner's only for a
+/// sales agent who is no manager, narrowed by status and text; a client renamed
+/// moves in the order. Projects, users and scripts (small tables read whole) take
+/// `limit` and `cursor` too. Unknown filters and values are 400s.
+#[tokio::test]
+async fn subscriptions_and_small_lists_take_limit_and_cursor() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("sam", "sales", false, PASSWORD);
+    let (admin, sam) = (cp.api_as("admin"), cp.api_as("sam"));
+    let today = dynserv_tests::utc_today();
+    let mut mine = Vec::new();
+    for client in ["Zeta Corp", "alpha labs", "Midway"] {
+        let (status, created) = sam
+            .post(
+                "/api/v1/subscriptions",
+                &json!({"client": client, "monthly_cost": 10, "currency": "EUR",
+                        "starts_on": today, "hosting_until": "2099-01-01"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        mine.push(created["id"].as_str().expect("an id").to_string());
+    }
+    let clients = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|s| s["client"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let sams = sam.walk("/api/v1/subscriptions?limit=1").await;
+    assert_eq!(clients(&sams), ["alpha labs", "Midway", "Zeta Corp"]);
+    let all = admin.walk("/api/v1/subscriptions?limit=2").await;
+    assert_unique(&ids(&all), "subscriptions");
+    let mut by_client: Vec<String> = clients(&all).iter().map(|c| c.to_lowercase()).collect();
+    let sorted = {
+        let mut s = by_client.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(by_client, sorted, "by client");
+    assert!(all.len() > 3, "the demo's subscriptions too: {all:?}");
+    assert_eq!(
+        clients(&admin.walk("/api/v1/subscriptions?q=ZETA").await),
+        ["Zeta Corp"]
+    );
+    assert!(admin
+        .walk("/api/v1/subscriptions?status=expired&q=midway")
+        .await
+        .is_empty());
+    // Renamed: it moves to its new place in the order.
+    let (status, body) = sam
+        .put(
+            &format!("/api/v1/subscriptions/{}", mine[0]),
+            &json!({"client": "Beta Works"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    by_client = clients(&sam.walk("/api/v1/subscriptions").await);
+    assert_eq!(by_client, ["alpha labs", "Beta Works", "Midway"]);
+    assert_refused(
+        &sam,
+        &[
+            (
+                "/api/v1/subscriptions?status=paused",
+                "status must be one of",
+            ),
+            ("/api/v1/subscriptions?client=x", "unknown filter"),
+        ],
+    )
+    .await;
+
+    // Small lists read whole still page.
+    let projects = admin.walk("/api/v1/projects?limit=1").await;
+    assert!(projects.len() >= 3, "{projects:?}");
+    assert_unique(&ids(&projects), "projects");
+    let users = admin.walk("/api/v1/users?limit=2").await;
+    let usernames: Vec<String> = users
+        .iter()
+        .map(|u| u["username"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let mut sorted = usernames.clone();
+    sorted.sort();
+    assert_eq!(usernames, sorted, "users by username, each once");
+    assert!(usernames.contains(&"sam".to_string()));
+    let scripts = admin.walk("/api/v1/scripts?limit=2").await;
+    assert!(scripts.len() >= 3, "the sample scripts: {scripts:?}");
+    assert_unique(&ids(&scripts), "scripts");
+    assert_refused(
+        &admin,
+        &[
+            ("/api/v1/projects?colour=red", "unknown filter"),
+            ("/api/v1/users?role=admin", "unknown filter"),
+            ("/api/v1/scripts?kind=playbook", "unknown filter"),
+        ],
+    )
+    .await;
+
+    // The page pages and keeps its filters.
+    let mut pages = PageClient::signed_in(&cp, "admin", "admin123").await;
+    let html = page_ok(&mut pages, "/subscriptions?limit=2").await;
+    assert!(html.contains("rel=\"next\"") && html.contains("Next"));
+    let html = page_ok(&mut pages, "/subscriptions?q=midway").await;
+    assert!(html.contains("Midway") && !html.contains("alpha labs"));
+    assert!(html.contains("value=\"midway\""));
+}
