@@ -5,7 +5,8 @@
 //! Live state (connected, last heartbeat figures) is kept by the fleet gateway in
 //! memory; this module persists `last_seen` when a connection ends and the facts an
 //! agent reports in its hello. Indexes: `enroll_token_by_hash` (sha256 of the secret),
-//! `agent_by_project` (`project_id/agent_id`); for the lists by name `agent_order`
+//! `enroll_token_by_expiry` (`expires_at/token_id`, so the live tokens are read without
+//! the expired ones), `agent_by_project` (`project_id/agent_id`); for the lists by name `agent_order`
 //! (`position`) and `agent_by_project_name` (`project_id/position`, the position being
 //! the name and id, `listing::name_position`), written when an agent enrolls (its name
 //! and project never change); `agent_duplicate` (agent id) while an agent has a refused
@@ -36,6 +37,9 @@ use crate::servers::{self, Server};
 use crate::store::{Read, Record, Store, Writer};
 
 const TOKEN_BY_HASH: &str = "enroll_token_by_hash";
+/// Enrollment tokens by expiry (`expires_at/token_id`): the live ones are those that
+/// expire after now, so listing them never reads the tokens of the past.
+const TOKEN_BY_EXPIRY: &str = "enroll_token_by_expiry";
 const AGENT_BY_PROJECT: &str = "agent_by_project";
 const AGENT_ORDER: &str = "agent_order";
 const AGENT_BY_PROJECT_NAME: &str = "agent_by_project_name";
@@ -255,6 +259,7 @@ pub fn create_token(
     };
     w.put(&record)?;
     w.index_put(TOKEN_BY_HASH, &record.secret_hash, &record.id)?;
+    w.index_put(TOKEN_BY_EXPIRY, &expiry_key(&record), &record.id)?;
     audit::record(
         w,
         actor,
@@ -275,12 +280,28 @@ pub fn live_tokens(
     subject: &Subject,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<EnrollmentTokenRecord>> {
-    let mut tokens: Vec<EnrollmentTokenRecord> = r
-        .list::<EnrollmentTokenRecord>()?
-        .into_iter()
-        .filter(|t| t.revoked_at.is_none() && t.expires_at > now && t.uses < t.max_uses)
-        .filter(|t| policy::can(subject, Action::ManageAgents, Some(&t.project_id)))
-        .collect();
+    // Only the tokens that expire after now, read through their expiry index.
+    let mut scan = crate::store::IndexScan::prefix(TOKEN_BY_EXPIRY, "", 1000);
+    scan.lower = expiry_text(now);
+    let mut tokens: Vec<EnrollmentTokenRecord> = Vec::new();
+    loop {
+        let entries = r.index_page(&scan)?;
+        for (_, id) in &entries {
+            if let Some(t) = r.get::<EnrollmentTokenRecord>(id)? {
+                if t.revoked_at.is_none()
+                    && t.expires_at > now
+                    && t.uses < t.max_uses
+                    && policy::can(subject, Action::ManageAgents, Some(&t.project_id))
+                {
+                    tokens.push(t);
+                }
+            }
+        }
+        if entries.len() < scan.limit {
+            break;
+        }
+        scan.after = entries.last().map(|(key, _)| key.clone());
+    }
     // Ids are UUIDv7: their order is their creation order.
     tokens.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(tokens)
@@ -805,6 +826,16 @@ pub fn record_last_seen(w: &mut Writer, agent_id: &str, at: DateTime<Utc>) -> an
     Ok(())
 }
 
+/// A time as index keys write it: fixed width, so text order is time order.
+fn expiry_text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The expiry index key of an enrollment token.
+fn expiry_key(token: &EnrollmentTokenRecord) -> String {
+    format!("{}/{}", expiry_text(token.expires_at), token.id)
+}
+
 /// Writes the indexes of a newly enrolled agent (its name and project never change).
 fn index_new(w: &mut Writer, agent: &Agent) -> anyhow::Result<()> {
     let position = listing::name_position(&agent.name, &agent.id);
@@ -831,11 +862,16 @@ fn index_duplicate(w: &mut Writer, agent: &Agent) -> anyhow::Result<()> {
     }
 }
 
-/// Schema step: the list indexes of agents enrolled before lists read pages.
+/// Schema step: the list indexes of agents enrolled, and the expiry index of
+/// enrollment tokens created, before lists read pages.
 pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
     let all: Vec<Agent> = w.list()?;
     for agent in &all {
         index_new(w, agent)?;
+    }
+    let tokens: Vec<EnrollmentTokenRecord> = w.list()?;
+    for token in &tokens {
+        w.index_put(TOKEN_BY_EXPIRY, &expiry_key(token), &token.id)?;
     }
     Ok(())
 }
@@ -1029,6 +1065,64 @@ pub fn view(
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// The live enrollment tokens are read through their expiry index: an expired,
+    /// a used-up and a revoked token are left out, the others come newest first.
+    #[test]
+    fn live_tokens_leave_out_expired_used_and_revoked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.seal_with(crate::secrets::Keys::from_master(b"test"));
+        let t0 = Utc::now();
+        let admin = crate::policy::Subject {
+            user_id: "u".into(),
+            username: "admin".into(),
+            role: crate::policy::Role::Admin,
+            is_manager: false,
+            grants: Default::default(),
+        };
+        let ids = store
+            .write(|w| {
+                let project = projects::create(
+                    w,
+                    &crate::secrets::Keys::from_master(b"test"),
+                    &Actor::system(),
+                    &projects::ProjectInput {
+                        name: Some("P".into()),
+                        ..Default::default()
+                    },
+                )?;
+                let mut make = |ttl_hours: i64| -> anyhow::Result<String> {
+                    let (t, _) = create_token(
+                        w,
+                        &Actor::system(),
+                        &project,
+                        1,
+                        Duration::hours(ttl_hours),
+                        t0,
+                    )?;
+                    Ok(t.id)
+                };
+                let ids = [make(1)?, make(3)?, make(4)?, make(5)?];
+                let mut used: EnrollmentTokenRecord = w.get(&ids[2])?.expect("stored");
+                used.uses = 1;
+                w.put(&used)?;
+                revoke_token(w, &Actor::system(), &admin, &ids[3], t0)?;
+                Ok(ids)
+            })
+            .unwrap();
+        let live = store
+            .read(|r| live_tokens(r, &admin, t0 + Duration::hours(2)))
+            .unwrap();
+        let live: Vec<&str> = live.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(live, [ids[1].as_str()]);
+        let all = store.read(|r| live_tokens(r, &admin, t0)).unwrap();
+        assert_eq!(all.len(), 2, "newest first: {all:?}");
+        assert_eq!(
+            (all[0].id.as_str(), all[1].id.as_str()),
+            (ids[1].as_str(), ids[0].as_str())
+        );
+    }
 
     /// Durations parse with their units; nonsense and out-of-range values do not.
     #[test]

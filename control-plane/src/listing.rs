@@ -272,13 +272,15 @@ pub fn name_position(name: &str, id: &str) -> String {
 pub const NAME_KEY_CHARS: usize = 100;
 
 /// Schema step: the list indexes and kept counts of servers, requests, backups,
-/// system updates, agents and subscriptions stored before their lists read pages.
+/// system updates, agents (and enrollment tokens), subscriptions and rollouts stored
+/// before their lists read pages.
 pub fn backfill_indexes(w: &mut crate::store::Writer) -> anyhow::Result<()> {
     crate::servers::backfill_indexes(w)?;
     crate::requests::backfill_indexes(w)?;
     crate::backups::backfill_indexes(w)?;
     crate::agents::backfill_indexes(w)?;
-    crate::subscriptions::backfill_indexes(w)
+    crate::subscriptions::backfill_indexes(w)?;
+    crate::rollouts::backfill_indexes(w)
 }
 
 #[cfg(test)]
