@@ -5,7 +5,12 @@
 //! Live state (connected, last heartbeat figures) is kept by the fleet gateway in
 //! memory; this module persists `last_seen` when a connection ends and the facts an
 //! agent reports in its hello. Indexes: `enroll_token_by_hash` (sha256 of the secret),
-//! `agent_by_project` (`project_id/agent_id`).
+//! `enroll_token_by_expiry` (`expires_at/token_id`, so the live tokens are read without
+//! the expired ones), `agent_by_project` (`project_id/agent_id`); for the lists by name `agent_order`
+//! (`position`) and `agent_by_project_name` (`project_id/position`, the position being
+//! the name and id, `listing::name_position`), written when an agent enrolls (its name
+//! and project never change); `agent_duplicate` (agent id) while an agent has a refused
+//! copy on record, so the Agents page finds those without reading every agent.
 //!
 //! Copies of one agent (its state directory cloned to another machine) share its
 //! certificate. This module keeps what the gateway's rule (`fleet::identity`) needs and
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
 use crate::executions::{self, Status};
+use crate::listing::{self, Order, Page, Source};
 use crate::notifications::{self, Message};
 use crate::policy::{self, Action, Subject};
 use crate::projects::{self, Project};
@@ -31,7 +37,13 @@ use crate::servers::{self, Server};
 use crate::store::{Read, Record, Store, Writer};
 
 const TOKEN_BY_HASH: &str = "enroll_token_by_hash";
+/// Enrollment tokens by expiry (`expires_at/token_id`): the live ones are those that
+/// expire after now, so listing them never reads the tokens of the past.
+const TOKEN_BY_EXPIRY: &str = "enroll_token_by_expiry";
 const AGENT_BY_PROJECT: &str = "agent_by_project";
+const AGENT_ORDER: &str = "agent_order";
+const AGENT_BY_PROJECT_NAME: &str = "agent_by_project_name";
+const AGENT_DUPLICATE: &str = "agent_duplicate";
 
 /// Default lifetime of an enrollment token.
 pub const DEFAULT_TOKEN_TTL_HOURS: i64 = 24;
@@ -265,6 +277,7 @@ pub fn create_token(
     };
     w.put(&record)?;
     w.index_put(TOKEN_BY_HASH, &record.secret_hash, &record.id)?;
+    w.index_put(TOKEN_BY_EXPIRY, &expiry_key(&record), &record.id)?;
     audit::record(
         w,
         actor,
@@ -285,12 +298,28 @@ pub fn live_tokens(
     subject: &Subject,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<EnrollmentTokenRecord>> {
-    let mut tokens: Vec<EnrollmentTokenRecord> = r
-        .list::<EnrollmentTokenRecord>()?
-        .into_iter()
-        .filter(|t| t.revoked_at.is_none() && t.expires_at > now && t.uses < t.max_uses)
-        .filter(|t| policy::can(subject, Action::ManageAgents, Some(&t.project_id)))
-        .collect();
+    // Only the tokens that expire after now, read through their expiry index.
+    let mut scan = crate::store::IndexScan::prefix(TOKEN_BY_EXPIRY, "", 1000);
+    scan.lower = expiry_text(now);
+    let mut tokens: Vec<EnrollmentTokenRecord> = Vec::new();
+    loop {
+        let entries = r.index_page(&scan)?;
+        for (_, id) in &entries {
+            if let Some(t) = r.get::<EnrollmentTokenRecord>(id)? {
+                if t.revoked_at.is_none()
+                    && t.expires_at > now
+                    && t.uses < t.max_uses
+                    && policy::can(subject, Action::ManageAgents, Some(&t.project_id))
+                {
+                    tokens.push(t);
+                }
+            }
+        }
+        if entries.len() < scan.limit {
+            break;
+        }
+        scan.after = entries.last().map(|(key, _)| key.clone());
+    }
     // Ids are UUIDv7: their order is their creation order.
     tokens.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(tokens)
@@ -512,11 +541,7 @@ pub fn register(
         duplicate: None,
     };
     w.put(&agent)?;
-    w.index_put(
-        AGENT_BY_PROJECT,
-        &format!("{}/{}", project.id, agent.id),
-        &agent.id,
-    )?;
+    index_new(w, &agent)?;
     audit::record(
         w,
         &Actor::system(),
@@ -597,6 +622,7 @@ pub fn record_hello(
         let holder = agent.host_id.as_deref().is_none_or(|h| h == host_id);
         if holder && agent.duplicate.as_ref().is_some_and(|d| !d.is_active(now)) {
             agent.duplicate = None;
+            index_duplicate(w, &agent)?;
         }
         w.put(&agent)?;
     }
@@ -642,6 +668,7 @@ pub fn record_duplicate(
         attempts: ongoing.as_ref().map_or(0, |d| d.attempts) + 1,
     });
     w.put(&agent)?;
+    index_duplicate(w, &agent)?;
     if new_episode {
         let holder = if copy.holder_connected {
             format!("the connected copy on host {}", copy.holder_host_id)
@@ -722,6 +749,7 @@ pub fn accept_host(
     };
     let previous_host_id = agent.host_id.replace(copy.host_id.clone());
     w.put(&agent)?;
+    index_duplicate(w, &agent)?;
     let mut failed_executions = Vec::new();
     for execution in executions::active_of_agent(w, &agent.id)? {
         if execution.status != Status::Running {
@@ -816,15 +844,139 @@ pub fn record_last_seen(w: &mut Writer, agent_id: &str, at: DateTime<Utc>) -> an
     Ok(())
 }
 
-/// The agents a subject may see, by name.
+/// A time as index keys write it: fixed width, so text order is time order.
+fn expiry_text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The expiry index key of an enrollment token.
+fn expiry_key(token: &EnrollmentTokenRecord) -> String {
+    format!("{}/{}", expiry_text(token.expires_at), token.id)
+}
+
+/// Writes the indexes of a newly enrolled agent (its name and project never change).
+fn index_new(w: &mut Writer, agent: &Agent) -> anyhow::Result<()> {
+    let position = listing::name_position(&agent.name, &agent.id);
+    w.index_put(
+        AGENT_BY_PROJECT,
+        &format!("{}/{}", agent.project_id, agent.id),
+        &agent.id,
+    )?;
+    w.index_put(
+        AGENT_BY_PROJECT_NAME,
+        &format!("{}/{position}", agent.project_id),
+        &agent.id,
+    )?;
+    w.index_put(AGENT_ORDER, &position, &agent.id)?;
+    index_duplicate(w, agent)
+}
+
+/// Keeps `agent_duplicate` in step with whether the agent has a refused copy on record;
+/// called wherever that changes.
+fn index_duplicate(w: &mut Writer, agent: &Agent) -> anyhow::Result<()> {
+    match agent.duplicate {
+        Some(_) => w.index_put(AGENT_DUPLICATE, &agent.id, &agent.id),
+        None => w.index_delete(AGENT_DUPLICATE, &agent.id),
+    }
+}
+
+/// Schema step: the list indexes of agents enrolled, and the expiry index of
+/// enrollment tokens created, before lists read pages.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Agent> = w.list()?;
+    for agent in &all {
+        index_new(w, agent)?;
+    }
+    let tokens: Vec<EnrollmentTokenRecord> = w.list()?;
+    for token in &tokens {
+        w.index_put(TOKEN_BY_EXPIRY, &expiry_key(token), &token.id)?;
+    }
+    Ok(())
+}
+
+/// What a list of agents is narrowed to; the fields combine.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Resolved, and its visibility checked, by the caller.
+    pub project_id: Option<String>,
+    /// Text in the name or the host name, case-insensitive.
+    pub text: Option<String>,
+}
+
+/// One page of the agents a subject may see that match `filter`, by name, after the
+/// position `cursor` (see [`crate::listing`]).
+pub fn query(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Page<Agent>> {
+    let sources = match (
+        &filter.project_id,
+        listing::project_scope(subject, Action::ViewServers),
+    ) {
+        (Some(project), _) => vec![Source::index(AGENT_BY_PROJECT_NAME, format!("{project}/"))],
+        (None, Some(projects)) => projects
+            .iter()
+            .map(|p| Source::index(AGENT_BY_PROJECT_NAME, format!("{p}/")))
+            .collect(),
+        (None, None) => vec![Source::index(AGENT_ORDER, "")],
+    };
+    let needle = filter.text.as_deref().map(str::to_lowercase);
+    listing::page(r, sources, Order::Ascending, cursor, limit, |a: &Agent| {
+        filter
+            .project_id
+            .as_ref()
+            .is_none_or(|p| &a.project_id == p)
+            && needle
+                .as_deref()
+                .is_none_or(|q| a.name.contains(q) || a.facts.hostname.to_lowercase().contains(q))
+            && policy::can(subject, Action::ViewServers, Some(&a.project_id))
+    })
+}
+
+/// Every agent a subject may see, by name, read page by page: for forms that offer
+/// agents to choose from, never for a list a person pages.
 pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Agent>> {
-    let mut agents: Vec<Agent> = r
-        .list::<Agent>()?
-        .into_iter()
-        .filter(|a| policy::can(subject, Action::ViewServers, Some(&a.project_id)))
-        .collect();
-    agents.sort_by(|a, b| a.name.cmp(&b.name).then(a.enrolled_at.cmp(&b.enrolled_at)));
-    Ok(agents)
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = query(r, subject, &Filter::default(), cursor.as_deref(), 1000)?;
+        out.extend(page.items);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The agents a subject may see that have a refused copy on record (their episode may
+/// have ended since: `view` shows only ongoing ones).
+pub fn with_duplicates(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Agent>> {
+    let mut out = Vec::new();
+    for (_, id) in r.index_scan(AGENT_DUPLICATE, "")? {
+        if let Some(agent) = r.get::<Agent>(&id)? {
+            if policy::can(subject, Action::ViewServers, Some(&agent.project_id)) {
+                out.push(agent);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The usable (not revoked) agents of a project, through its index.
+pub fn of_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<Agent>> {
+    let mut out = Vec::new();
+    for (_, id) in r.index_scan(AGENT_BY_PROJECT, &format!("{project_id}/"))? {
+        if let Some(agent) = r.get::<Agent>(&id)? {
+            if agent.revoked_at.is_none() {
+                out.push(agent);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One agent by id, or by name among those the subject may see; 404 when unknown or
@@ -837,10 +989,18 @@ pub fn find_visible(r: &impl Read, subject: &Subject, key: &str) -> AppResult<Ag
         return Err(AppError::not_found("agent"));
     }
     let wanted = key.trim().to_lowercase();
-    let mut matches: Vec<Agent> = visible(r, subject)?
-        .into_iter()
-        .filter(|a| a.name == wanted && a.revoked_at.is_none())
-        .collect();
+    // Agents of that name: the positions `name id` in the name order.
+    let mut matches: Vec<Agent> = Vec::new();
+    for (_, id) in r.index_scan(AGENT_ORDER, &format!("{wanted} "))? {
+        if let Some(agent) = r.get::<Agent>(&id)? {
+            if agent.name == wanted
+                && agent.revoked_at.is_none()
+                && policy::can(subject, Action::ViewServers, Some(&agent.project_id))
+            {
+                matches.push(agent);
+            }
+        }
+    }
     match matches.len() {
         0 => Err(AppError::not_found("agent")),
         1 => Ok(matches.remove(0)),
@@ -923,6 +1083,64 @@ pub fn view(
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// The live enrollment tokens are read through their expiry index: an expired,
+    /// a used-up and a revoked token are left out, the others come newest first.
+    #[test]
+    fn live_tokens_leave_out_expired_used_and_revoked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.seal_with(crate::secrets::Keys::from_master(b"test"));
+        let t0 = Utc::now();
+        let admin = crate::policy::Subject {
+            user_id: "u".into(),
+            username: "admin".into(),
+            role: crate::policy::Role::Admin,
+            is_manager: false,
+            grants: Default::default(),
+        };
+        let ids = store
+            .write(|w| {
+                let project = projects::create(
+                    w,
+                    &crate::secrets::Keys::from_master(b"test"),
+                    &Actor::system(),
+                    &projects::ProjectInput {
+                        name: Some("P".into()),
+                        ..Default::default()
+                    },
+                )?;
+                let mut make = |ttl_hours: i64| -> anyhow::Result<String> {
+                    let (t, _) = create_token(
+                        w,
+                        &Actor::system(),
+                        &project,
+                        1,
+                        Duration::hours(ttl_hours),
+                        t0,
+                    )?;
+                    Ok(t.id)
+                };
+                let ids = [make(1)?, make(3)?, make(4)?, make(5)?];
+                let mut used: EnrollmentTokenRecord = w.get(&ids[2])?.expect("stored");
+                used.uses = 1;
+                w.put(&used)?;
+                revoke_token(w, &Actor::system(), &admin, &ids[3], t0)?;
+                Ok(ids)
+            })
+            .unwrap();
+        let live = store
+            .read(|r| live_tokens(r, &admin, t0 + Duration::hours(2)))
+            .unwrap();
+        let live: Vec<&str> = live.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(live, [ids[1].as_str()]);
+        let all = store.read(|r| live_tokens(r, &admin, t0)).unwrap();
+        assert_eq!(all.len(), 2, "newest first: {all:?}");
+        assert_eq!(
+            (all[0].id.as_str(), all[1].id.as_str()),
+            (ids[1].as_str(), ids[0].as_str())
+        );
+    }
 
     /// Durations parse with their units; nonsense and out-of-range values do not.
     #[test]

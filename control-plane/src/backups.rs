@@ -13,7 +13,9 @@
 //!
 //! Tables: `backup_recipes` (keyed by project id), `backups`; indexes
 //! `backup_by_execution` (execution id → backup id, for backups, verifies and
-//! restores) and `backup_by_project` (`project_id/backup_id`).
+//! restores) and, for the lists, `backup_by_project`, `backup_by_agent`,
+//! `backup_by_server` and `backup_by_status` (`value/backup_id`), kept by [`save`],
+//! through which every backup record is written.
 //! System updates live in `updates`, schedules in `schedules`.
 
 use chrono::{DateTime, Utc};
@@ -23,6 +25,7 @@ use crate::agents::Agent;
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
 use crate::executions::{self, Execution, NewExecution, Status, Work};
+use crate::listing::{self, Order, Page, Source};
 use crate::policy::{self, Action, Subject};
 use crate::servers::Server;
 use crate::store::{Read, Record, Writer};
@@ -30,6 +33,9 @@ use dynserv_shared::proto::RESULT_PREFIX;
 
 const BY_EXECUTION: &str = "backup_by_execution";
 const BY_PROJECT: &str = "backup_by_project";
+const BY_AGENT: &str = "backup_by_agent";
+const BY_SERVER: &str = "backup_by_server";
+const BY_STATUS: &str = "backup_by_status";
 
 /// Backups kept per recipe when the project sets no number.
 pub const DEFAULT_KEEP: u32 = 7;
@@ -75,6 +81,26 @@ pub enum BackupStatus {
     Running,
     Succeeded,
     Failed,
+}
+
+impl BackupStatus {
+    pub const ALL: [BackupStatus; 3] = [
+        BackupStatus::Running,
+        BackupStatus::Succeeded,
+        BackupStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Running => "running",
+            BackupStatus::Succeeded => "succeeded",
+            BackupStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<BackupStatus> {
+        BackupStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
 }
 
 /// The outcome of a verify or restore of a backup.
@@ -434,10 +460,7 @@ fn agent_of_server_for(
 
 /// The usable agents of a project.
 pub fn agents_of_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<Agent>> {
-    Ok(r.list::<Agent>()?
-        .into_iter()
-        .filter(|a| a.project_id == project_id && a.revoked_at.is_none())
-        .collect())
+    crate::agents::of_project(r, project_id)
 }
 
 /// Starts the project's backup on one agent.
@@ -511,40 +534,158 @@ pub fn of_execution(r: &impl Read, execution_id: &str) -> anyhow::Result<Option<
     }
 }
 
-/// Backups the subject may see, newest first, optionally of one project or agent.
-pub fn list_visible(
-    r: &impl Read,
-    subject: &Subject,
-    project_id: Option<&str>,
-    agent_id: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<Vec<Backup>> {
-    let ids: Vec<String> = match project_id {
-        Some(p) => r
-            .index_scan(BY_PROJECT, &format!("{p}/"))?
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect(),
-        None => r
-            .index_scan(BY_PROJECT, "")?
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect(),
-    };
-    let mut out: Vec<Backup> = Vec::new();
-    for id in ids {
-        if let Some(b) = r.get::<Backup>(&id)? {
-            if policy::can(subject, Action::ViewServers, Some(&b.project_id))
-                && agent_id.is_none_or(|a| a == b.agent_id)
-            {
-                out.push(b);
+/// What a list of backups (or system updates) is narrowed to; the fields combine. Ids
+/// are resolved, and their visibility checked, by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub project_id: Option<String>,
+    pub server_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub status: Option<BackupStatus>,
+}
+
+/// The index names of a list of operation records (backups, updates): each is
+/// `value/record_id`.
+pub(crate) struct Indexes {
+    pub project: &'static str,
+    pub agent: &'static str,
+    pub server: &'static str,
+    pub status: &'static str,
+}
+
+const INDEXES: Indexes = Indexes {
+    project: BY_PROJECT,
+    agent: BY_AGENT,
+    server: BY_SERVER,
+    status: BY_STATUS,
+};
+
+/// What a filter looks at in a record: project, agent, server, status.
+pub(crate) type Facets<'a> = (&'a str, &'a str, Option<&'a str>, BackupStatus);
+
+impl Filter {
+    pub(crate) fn matches(&self, (project, agent, server, status): Facets<'_>) -> bool {
+        self.project_id.as_deref().is_none_or(|p| p == project)
+            && self.agent_id.as_deref().is_none_or(|a| a == agent)
+            && self.server_id.as_deref().is_none_or(|s| Some(s) == server)
+            && self.status.is_none_or(|s| s == status)
+    }
+
+    /// The index ranges to walk: the narrowest filter's, else one per project the
+    /// subject may see (when it sees only some), else a status's, else the table.
+    pub(crate) fn sources(&self, indexes: &Indexes, scope: Option<&[String]>) -> Vec<Source> {
+        let pick = [
+            (indexes.server, &self.server_id),
+            (indexes.agent, &self.agent_id),
+            (indexes.project, &self.project_id),
+        ];
+        for (index, value) in pick {
+            if let Some(value) = value {
+                return vec![Source::index(index, format!("{value}/"))];
             }
         }
+        if let Some(projects) = scope {
+            return projects
+                .iter()
+                .map(|p| Source::index(indexes.project, format!("{p}/")))
+                .collect();
+        }
+        if let Some(status) = self.status {
+            return vec![Source::index(
+                indexes.status,
+                format!("{}/", status.as_str()),
+            )];
+        }
+        vec![Source::Table]
     }
-    // Ids are UUIDv7: their order is their creation order.
-    out.sort_by(|a, b| b.id.cmp(&a.id));
-    out.truncate(limit);
-    Ok(out)
+}
+
+/// One page of the backups the subject may see that match `filter`, newest first,
+/// after the backup id `cursor`.
+pub fn query(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Page<Backup>> {
+    let scope = listing::project_scope(subject, Action::ViewServers);
+    listing::page(
+        r,
+        filter.sources(&INDEXES, scope.as_deref()),
+        Order::Descending,
+        cursor,
+        limit,
+        |b: &Backup| {
+            filter.matches(facets(b))
+                && policy::can(subject, Action::ViewServers, Some(&b.project_id))
+        },
+    )
+}
+
+fn facets(b: &Backup) -> Facets<'_> {
+    (&b.project_id, &b.agent_id, b.server_id.as_deref(), b.status)
+}
+
+/// The list index entries of a record with these facets: `(index, key)`.
+pub(crate) fn list_keys(
+    indexes: &Indexes,
+    id: &str,
+    facets: Facets<'_>,
+) -> Vec<(&'static str, String)> {
+    let (project, agent, server, status) = facets;
+    let mut keys = vec![
+        (indexes.project, format!("{project}/{id}")),
+        (indexes.agent, format!("{agent}/{id}")),
+        (indexes.status, format!("{}/{id}", status.as_str())),
+    ];
+    if let Some(server) = server {
+        keys.push((indexes.server, format!("{server}/{id}")));
+    }
+    keys
+}
+
+/// Moves a record's list index entries from the keys it had to the keys it has.
+pub(crate) fn move_keys(
+    w: &mut Writer,
+    id: &str,
+    old: Vec<(&'static str, String)>,
+    new: Vec<(&'static str, String)>,
+) -> anyhow::Result<()> {
+    for key in old.iter().filter(|k| !new.contains(k)) {
+        w.index_delete(key.0, &key.1)?;
+    }
+    for key in new.iter().filter(|k| !old.contains(k)) {
+        w.index_put(key.0, &key.1, id)?;
+    }
+    Ok(())
+}
+
+/// Writes a backup record: the only way one reaches the store. Its list indexes
+/// follow in the same transaction.
+fn save(w: &mut Writer, backup: &Backup) -> anyhow::Result<()> {
+    let old: Option<Backup> = w.get(&backup.id)?;
+    w.put(backup)?;
+    let old_keys = old
+        .as_ref()
+        .map(|o| list_keys(&INDEXES, &o.id, facets(o)))
+        .unwrap_or_default();
+    move_keys(
+        w,
+        &backup.id,
+        old_keys,
+        list_keys(&INDEXES, &backup.id, facets(backup)),
+    )
+}
+
+/// Schema step: the list indexes of backups and system updates stored before lists
+/// read pages.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Backup> = w.list()?;
+    for b in &all {
+        move_keys(w, &b.id, Vec::new(), list_keys(&INDEXES, &b.id, facets(b)))?;
+    }
+    crate::updates::backfill_indexes(w)
 }
 
 /// Starts a verify of a kept backup.
@@ -667,13 +808,8 @@ pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 last_verify: None,
                 restores: Vec::new(),
             };
-            w.put(&backup)?;
+            save(w, &backup)?;
             w.index_put(BY_EXECUTION, &e.id, backup_id)?;
-            w.index_put(
-                BY_PROJECT,
-                &format!("{}/{}", e.project_id, backup_id),
-                backup_id,
-            )?;
         }
         Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
             if let Some(mut backup) = w.get::<Backup>(backup_id)? {
@@ -682,7 +818,7 @@ pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 } else {
                     backup.restores.push(check());
                 }
-                w.put(&backup)?;
+                save(w, &backup)?;
             }
             w.index_put(BY_EXECUTION, &e.id, backup_id)?;
         }
@@ -808,7 +944,7 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                     if let Some(mut old) = w.get::<Backup>(&old_id)? {
                         if old.agent_id == backup.agent_id {
                             old.removed = true;
-                            w.put(&old)?;
+                            save(w, &old)?;
                         }
                     }
                 }
@@ -820,7 +956,7 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                     error_of(e, r)
                 });
             }
-            w.put(&backup)?;
+            save(w, &backup)?;
         }
         Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
             let Some(mut backup) = w.get::<Backup>(backup_id)? else {
@@ -858,7 +994,7 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             {
                 finish(check);
             }
-            w.put(&backup)?;
+            save(w, &backup)?;
         }
         Work::SystemUpdate { .. } => crate::updates::on_finished(w, e)?,
         _ => {}
@@ -967,6 +1103,62 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// Backup lists read through their indexes: a backup leaves the `running` list
+    /// when its job ends and joins its outcome's; project, agent and visibility
+    /// narrow the list.
+    #[test]
+    fn lists_follow_the_status_of_a_backup() {
+        use crate::policy::{Level, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .write(|w| {
+                queued_backup(w, "e1");
+                queued_backup(w, "e2");
+                executions::finish(w, "e1", Status::Failed, Some(3), "exit", Utc::now())?;
+                Ok(())
+            })
+            .unwrap();
+        let subject = |role: Role, grant: Option<&str>| Subject {
+            user_id: "u".into(),
+            username: "u".into(),
+            role,
+            is_manager: false,
+            grants: grant
+                .map(|p| (p.to_string(), Level::Read))
+                .into_iter()
+                .collect(),
+        };
+        let admin = subject(Role::Admin, None);
+        let ids = |who: &Subject, filter: Filter| -> Vec<String> {
+            store
+                .read(|r| query(r, who, &filter, None, 10))
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|b| b.id)
+                .collect()
+        };
+        let with_status = |status| Filter {
+            status: Some(status),
+            ..Default::default()
+        };
+        assert_eq!(ids(&admin, with_status(BackupStatus::Running)), ["b-e2"]);
+        assert_eq!(ids(&admin, with_status(BackupStatus::Failed)), ["b-e1"]);
+        assert!(ids(&admin, with_status(BackupStatus::Succeeded)).is_empty());
+        let of = |project: &str, agent: &str| Filter {
+            project_id: Some(project.into()),
+            agent_id: Some(agent.into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(&admin, of("p1", "a1")), ["b-e2", "b-e1"]);
+        assert!(ids(&admin, of("p1", "a2")).is_empty());
+        let granted = subject(Role::Technical, Some("p1"));
+        assert_eq!(ids(&granted, Filter::default()), ["b-e2", "b-e1"]);
+        let elsewhere = subject(Role::Technical, Some("p2"));
+        assert!(ids(&elsewhere, Filter::default()).is_empty());
     }
 
     /// The result line is taken off the log and parsed; other lines stay.

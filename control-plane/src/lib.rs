@@ -14,6 +14,7 @@ pub mod error;
 pub mod executions;
 pub mod fleet;
 pub mod hetzner;
+pub mod listing;
 pub mod maintenance;
 pub mod metrics;
 pub mod notifications;

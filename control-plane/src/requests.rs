@@ -39,10 +39,10 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
+use crate::listing::{self, Order, Page, Source};
 use crate::notifications::{self, Message};
 use crate::policy::{self, Role, Subject};
 use crate::projects::{self, Project};
-use crate::servers::Server;
 use crate::store::{Read, Record, Writer};
 use crate::users::{self, User};
 use crate::validate;
@@ -426,7 +426,7 @@ pub fn create_adding_to(
         created_at: now,
         updated_at: now,
     };
-    w.put(&request)?;
+    save(w, &request)?;
     audit::record(
         w,
         actor,
@@ -533,7 +533,7 @@ pub fn transition(
         to,
         note: note.clone(),
     });
-    w.put(&request)?;
+    save(w, &request)?;
     let mut detail = format!("{} -> {}", from.as_str(), to.as_str());
     if let Some(n) = &note {
         detail.push_str(&format!(": {n}"));
@@ -593,13 +593,10 @@ fn announce(
     )
 }
 
-/// What the project's servers cost per month (EUR), without deleted ones.
+/// What the project's servers cost per month (EUR), without deleted ones: the kept
+/// sum of `servers`.
 pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
-    Ok(r.list::<Server>()?
-        .iter()
-        .filter(|s| s.project_id == project_id && s.status != "deleted")
-        .filter_map(|s| s.monthly_cost)
-        .sum())
+    crate::servers::project_cost(r, project_id)
 }
 
 /// A warning when approving `request` would push its project over its monthly budget:
@@ -612,13 +609,18 @@ pub fn budget_warning(r: &impl Read, request: &Request) -> anyhow::Result<Option
         return Ok(None);
     };
     let servers = project_cost(r, &project.id)?;
-    let in_flight: f64 = r
-        .list::<Request>()?
-        .iter()
-        .filter(|o| o.id != request.id && o.project_id == project.id && o.server_id.is_none())
-        .filter(|o| matches!(o.status, Status::Approved | Status::Provisioning))
-        .filter_map(|o| o.monthly_budget)
-        .sum();
+    // Only the requests in flight: read through the status index, never the table.
+    let mut in_flight = 0.0;
+    for status in [Status::Approved, Status::Provisioning] {
+        for id in ids_with_status(r, status)? {
+            let Some(o) = r.get::<Request>(&id)? else {
+                continue;
+            };
+            if o.id != request.id && o.project_id == project.id && o.server_id.is_none() {
+                in_flight += o.monthly_budget.unwrap_or(0.0);
+            }
+        }
+    }
     let total = servers + in_flight + request.monthly_budget.unwrap_or(0.0);
     if total > budget + 1e-9 {
         Ok(Some(format!(
@@ -642,7 +644,7 @@ pub fn attach_server(
         .ok_or_else(|| AppError::not_found("request"))?;
     request.server_id = Some(server_id.to_string());
     request.updated_at = chrono::Utc::now();
-    w.put(&request)?;
+    save(w, &request)?;
     audit::record(
         w,
         actor,
@@ -653,17 +655,221 @@ pub fn attach_server(
     Ok(request)
 }
 
-/// The requests a subject may see, newest first: all of them with
-/// `ViewAllRequests`, else their own.
-pub fn visible(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<Request>> {
-    let all = policy::can(subject, policy::Action::ViewAllRequests, None);
-    let mut list: Vec<Request> = r
-        .list::<Request>()?
+const BY_STATUS: &str = "request_by_status";
+const BY_REQUESTER: &str = "request_by_requester";
+const BY_CLIENT: &str = "request_by_client";
+/// The scope of `request_by_client` entries every request has (besides the one under
+/// its requester's id, for those who see only their own).
+const EVERYONE: &str = "*";
+
+/// Writes a request: the only way a request reaches the store. Its list indexes and
+/// kept counts follow in the same transaction.
+fn save(w: &mut Writer, request: &Request) -> anyhow::Result<()> {
+    let old: Option<Request> = w.get(&request.id)?;
+    w.put(request)?;
+    reindex(w, old.as_ref(), request)
+}
+
+/// Moves the index entries and counts of a request from what `old` had to what `new`
+/// has (`old` is `None` for a new request, or when indexing stored ones afresh).
+fn reindex(w: &mut Writer, old: Option<&Request>, new: &Request) -> anyhow::Result<()> {
+    let old_keys = old.map(list_keys).unwrap_or_default();
+    let new_keys = list_keys(new);
+    for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+        w.index_delete(key.0, &key.1)?;
+    }
+    for key in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+        w.index_put(key.0, &key.1, &new.id)?;
+    }
+    let old_counts = old.map(counted).unwrap_or_default();
+    let new_counts = counted(new);
+    for name in old_counts.iter().filter(|c| !new_counts.contains(c)) {
+        w.counter_add(name, -1)?;
+    }
+    for name in new_counts.iter().filter(|c| !old_counts.contains(c)) {
+        w.counter_add(name, 1)?;
+    }
+    Ok(())
+}
+
+/// How a client is named in the client index: the name folded to lower case, or the
+/// e-mail address (a value with an `@`).
+fn client_key(client: &str) -> String {
+    let value = client.trim().to_lowercase();
+    if value.contains('@') {
+        format!("email:{value}")
+    } else {
+        format!("name:{value}")
+    }
+}
+
+/// The list index entries of a request: `(index, key)`, all ending with its id.
+fn list_keys(q: &Request) -> Vec<(&'static str, String)> {
+    let mut keys = vec![
+        (BY_STATUS, format!("{}/{}", q.status.as_str(), q.id)),
+        (BY_REQUESTER, format!("{}/{}", q.requested_by, q.id)),
+    ];
+    for client in [client_key(&q.client_name), client_key(&q.client_email)] {
+        for scope in [EVERYONE, q.requested_by.as_str()] {
+            keys.push((BY_CLIENT, format!("{scope}/{client}/{}", q.id)));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn status_count(status: Status) -> String {
+    format!("requests/{}", status.as_str())
+}
+
+fn requester_status_count(user_id: &str, status: Status) -> String {
+    format!("requests/by/{user_id}/{}", status.as_str())
+}
+
+/// The kept counts a request adds one to.
+fn counted(q: &Request) -> Vec<String> {
+    vec![
+        status_count(q.status),
+        requester_status_count(&q.requested_by, q.status),
+    ]
+}
+
+/// How many requests are in each status: all of them, or one requester's. Kept
+/// counts, never a scan.
+pub fn counts_by_status(
+    r: &impl Read,
+    requester: Option<&str>,
+) -> anyhow::Result<Vec<(Status, u64)>> {
+    Status::ALL
         .into_iter()
-        .filter(|q| all || q.requested_by == subject.user_id)
-        .collect();
-    list.reverse();
-    Ok(list)
+        .map(|status| {
+            let name = match requester {
+                Some(user_id) => requester_status_count(user_id, status),
+                None => status_count(status),
+            };
+            Ok((status, r.counter(&name)?))
+        })
+        .collect()
+}
+
+/// The ids of every request in `status`, oldest first: for the statuses few requests
+/// stay in (approved, provisioning), which background work follows.
+pub fn ids_with_status(r: &impl Read, status: Status) -> anyhow::Result<Vec<String>> {
+    Ok(r.index_scan(BY_STATUS, &format!("{}/", status.as_str()))?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect())
+}
+
+/// What a list of requests is narrowed to; the fields combine.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<Status>,
+    /// The client's name (case-insensitive) or, with an `@`, its e-mail address.
+    pub client: Option<String>,
+    /// Only the requests this user (id) filed.
+    pub requested_by: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, q: &Request) -> bool {
+        self.status.is_none_or(|s| q.status == s)
+            && self
+                .requested_by
+                .as_ref()
+                .is_none_or(|u| &q.requested_by == u)
+            && self.client.as_deref().is_none_or(|c| {
+                let wanted = client_key(c);
+                client_key(&q.client_name) == wanted || client_key(&q.client_email) == wanted
+            })
+    }
+}
+
+/// Whether `subject` sees every request, or only its own.
+fn sees_all(subject: &Subject) -> bool {
+    policy::can(subject, policy::Action::ViewAllRequests, None)
+}
+
+/// Whether any request the subject may see names the client `client`: a filter on a
+/// client nobody filed for is a mistake the caller hears about.
+pub fn client_known(r: &impl Read, subject: &Subject, client: &str) -> anyhow::Result<bool> {
+    let scope = if sees_all(subject) {
+        EVERYONE
+    } else {
+        subject.user_id.as_str()
+    };
+    let scan =
+        crate::store::IndexScan::prefix(BY_CLIENT, &format!("{scope}/{}/", client_key(client)), 1);
+    Ok(!r.index_page(&scan)?.is_empty())
+}
+
+/// One page of the requests a subject may see (all of them with `ViewAllRequests`,
+/// else its own) that match `filter`, newest first, after the request id `cursor`.
+pub fn query(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Page<Request>> {
+    let all = sees_all(subject);
+    let scope = if all {
+        EVERYONE
+    } else {
+        subject.user_id.as_str()
+    };
+    let requester = match &filter.requested_by {
+        Some(user_id) => Some(user_id.as_str()),
+        None if !all => Some(subject.user_id.as_str()),
+        None => None,
+    };
+    let source = match (&filter.client, requester, filter.status) {
+        (Some(client), _, _) => {
+            Source::index(BY_CLIENT, format!("{scope}/{}/", client_key(client)))
+        }
+        (None, Some(user_id), _) => Source::index(BY_REQUESTER, format!("{user_id}/")),
+        (None, None, Some(status)) => Source::index(BY_STATUS, format!("{}/", status.as_str())),
+        (None, None, None) => Source::Table,
+    };
+    listing::page(
+        r,
+        vec![source],
+        Order::Descending,
+        cursor,
+        limit,
+        |q: &Request| filter.matches(q) && (all || q.requested_by == subject.user_id),
+    )
+}
+
+/// Every request the subject may see that matches `filter`, newest first, read page
+/// by page through the same indexes as [`query`]: for work over one status or one
+/// client's requests (what a subscription may offer), never for a list a person pages.
+pub fn all_matching(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+) -> anyhow::Result<Vec<Request>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = query(r, subject, filter, cursor.as_deref(), 1000)?;
+        out.extend(page.items);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Schema step: the list indexes and kept counts of requests stored before lists
+/// read pages.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Request> = w.list()?;
+    for request in &all {
+        reindex(w, None, request)?;
+    }
+    Ok(())
 }
 
 /// One request the subject may see; 404 for unknown, 403 for someone else's.
@@ -1114,6 +1320,137 @@ mod tests {
             })
             .unwrap();
         assert_eq!(facts, (ActorKind::Other, ActorKind::System));
+    }
+
+    /// Lists read through the status, requester and client indexes: newest first,
+    /// each request once however small the pages; a sales agent sees only its own;
+    /// the kept counts by status follow every move.
+    #[test]
+    fn lists_and_counts_follow_the_workflow() {
+        let world = world(false, None);
+        let other = world
+            .store
+            .write(|w| users::test_user(w, "other", "sales"))
+            .unwrap();
+        let file_for = |who: &User, client: &str, email: &str| -> Request {
+            let input = NewRequest {
+                client_name: Some(client.into()),
+                client_email: Some(email.into()),
+                purpose: Some("shop".into()),
+                project: Some("Nova HR".into()),
+                server_type: Some("cx21".into()),
+                location: Some("fsn1".into()),
+                image: Some("ubuntu-22.04".into()),
+                ..Default::default()
+            };
+            world
+                .store
+                .write(|w| Ok(create(w, &actor(who), who, &input)?))
+                .unwrap()
+        };
+        let a1 = file_for(&world.sales, "Acme", "ops@acme.example");
+        let b1 = file_for(&other, "Bolt", "it@bolt.example");
+        let a2 = file_for(&world.sales, "ACME ", "ops@acme.example");
+        let admin_actor = actor(&world.admin);
+        world
+            .store
+            .write(|w| {
+                transition(w, &admin_actor, &a1.id, Action::Approve, None)?;
+                transition(w, &admin_actor, &b1.id, Action::Reject, Some("no"))?;
+                Ok(())
+            })
+            .unwrap();
+        let subject_of = |u: &User| world.store.read(|r| users::subject(r, u)).unwrap();
+        let (admin, sales, other) = (
+            subject_of(&world.admin),
+            subject_of(&world.sales),
+            subject_of(&other),
+        );
+        let walk = |subject: &Subject, filter: &Filter| -> Vec<String> {
+            let mut out = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = world
+                    .store
+                    .read(|r| query(r, subject, filter, cursor.as_deref(), 1))
+                    .unwrap();
+                out.extend(page.items.into_iter().map(|q| q.id));
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return out,
+                }
+            }
+        };
+        let by = |status: Option<Status>, client: Option<&str>| Filter {
+            status,
+            client: client.map(String::from),
+            requested_by: None,
+        };
+        let cases: Vec<(&Subject, Filter, Vec<&String>)> = vec![
+            (&admin, by(None, None), vec![&a2.id, &b1.id, &a1.id]),
+            (&admin, by(Some(Status::Pending), None), vec![&a2.id]),
+            (&admin, by(None, Some("acme")), vec![&a2.id, &a1.id]),
+            (
+                &admin,
+                by(None, Some("OPS@acme.example")),
+                vec![&a2.id, &a1.id],
+            ),
+            (
+                &admin,
+                by(Some(Status::Approved), Some("Acme")),
+                vec![&a1.id],
+            ),
+            (&sales, by(None, None), vec![&a2.id, &a1.id]),
+            (&sales, by(Some(Status::Rejected), None), vec![]),
+            (&sales, by(None, Some("bolt")), vec![]),
+            (&other, by(None, None), vec![&b1.id]),
+        ];
+        for (subject, filter, expected) in cases {
+            let expected: Vec<String> = expected.into_iter().cloned().collect();
+            assert_eq!(
+                walk(subject, &filter),
+                expected,
+                "{} {filter:?}",
+                subject.username
+            );
+        }
+        let known = |subject: &Subject, client: &str| {
+            world
+                .store
+                .read(|r| client_known(r, subject, client))
+                .unwrap()
+        };
+        assert!(known(&admin, "bolt") && known(&sales, " acme") && known(&other, "Bolt"));
+        assert!(
+            !known(&sales, "bolt"),
+            "another agent's client stays unknown"
+        );
+        let counts = |requester: Option<&str>| -> Vec<(Status, u64)> {
+            world
+                .store
+                .read(|r| counts_by_status(r, requester))
+                .unwrap()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        assert_eq!(
+            counts(None),
+            [
+                (Status::Pending, 1),
+                (Status::Approved, 1),
+                (Status::Rejected, 1)
+            ]
+        );
+        assert_eq!(
+            counts(Some(&world.sales.id)),
+            [(Status::Pending, 1), (Status::Approved, 1)]
+        );
+        let approved = world
+            .store
+            .read(|r| ids_with_status(r, Status::Approved))
+            .unwrap();
+        assert_eq!(approved, vec![a1.id.clone()]);
     }
 
     /// Approval warns when servers + requests in flight + this one exceed the budget.

@@ -31,6 +31,9 @@ use crate::scripts::{self, Script};
 use crate::store::{Read, Record, Writer};
 
 const RUNNING: &str = "rollout_running";
+/// Rollouts of a script, `script_id/rollout_id`: the script page's recent rollouts
+/// are one backwards page of it.
+const BY_SCRIPT: &str = "rollout_by_script";
 /// Most targets in one rollout.
 pub const MAX_TARGETS: usize = 500;
 
@@ -366,6 +369,11 @@ pub fn create(
     };
     w.put(&rollout)?;
     w.index_put(RUNNING, &rollout.id, &rollout.id)?;
+    w.index_put(
+        BY_SCRIPT,
+        &format!("{}/{}", rollout.script_id, rollout.id),
+        &rollout.id,
+    )?;
     audit::record(
         w,
         actor,
@@ -569,26 +577,44 @@ pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Roll
     Ok(rollout)
 }
 
-/// The newest rollouts of a script the subject may see.
+/// The newest rollouts of a script the subject may see, read through
+/// `rollout_by_script`.
 pub fn recent_of_script(
     r: &impl Read,
     subject: &Subject,
     script_id: &str,
     limit: usize,
 ) -> anyhow::Result<Vec<Rollout>> {
-    let mut list: Vec<Rollout> = r
-        .list::<Rollout>()?
-        .into_iter()
-        .filter(|ro| ro.script_id == script_id)
-        .filter(|ro| {
+    let page = crate::listing::page(
+        r,
+        vec![crate::listing::Source::index(
+            BY_SCRIPT,
+            format!("{script_id}/"),
+        )],
+        crate::listing::Order::Descending,
+        None,
+        limit,
+        |ro: &Rollout| {
             ro.targets
                 .iter()
                 .any(|t| policy::can(subject, Action::ViewServers, Some(&t.project_id)))
-        })
-        .collect();
-    list.sort_by(|a, b| b.id.cmp(&a.id));
-    list.truncate(limit);
-    Ok(list)
+        },
+    )?;
+    Ok(page.items)
+}
+
+/// Schema step (run by `listing::backfill_indexes`): the script index of rollouts
+/// stored before it existed.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Rollout> = w.list()?;
+    for rollout in &all {
+        w.index_put(
+            BY_SCRIPT,
+            &format!("{}/{}", rollout.script_id, rollout.id),
+            &rollout.id,
+        )?;
+    }
+    Ok(())
 }
 
 /// The API view: the rollout, a summary, and each target with its execution.

@@ -595,7 +595,9 @@ mod tests {
                     revoked_by: None,
                     host_id: None,
                     duplicate: None,
-                })
+                })?;
+                // Written by hand rather than enrolled: index it as enrollment would.
+                crate::agents::backfill_indexes(w)
             })
             .unwrap();
         let run = |now: &str, online: bool| -> usize {

@@ -143,7 +143,7 @@ fn note_call_site() {
 
 /// The schema version this binary writes. Each step in [`MIGRATIONS`] moves the stored
 /// version up by one.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Ordered migrations: entry `i` moves the schema from version `i` to `i + 1`.
 type Migration = fn(&mut Writer) -> Result<()>;
@@ -152,6 +152,7 @@ const MIGRATIONS: &[Migration] = &[
     crate::executions::backfill_indexes,
     crate::audit::backfill_indexes,
     crate::notifications::backfill_counts,
+    crate::listing::backfill_indexes,
 ];
 
 /// Version 1 is the first schema: it only needs its fixed tables to exist.

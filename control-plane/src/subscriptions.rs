@@ -9,6 +9,10 @@
 //! marked expired the day after it. [`renewal_job`] runs it at start-up and after each
 //! UTC midnight, with the clock injected so tests never sleep.
 //!
+//! Lists read pages by client name through `subscription_order` (`position`) and
+//! `subscription_by_agent` (`agent_id/position`, the position being the client's name
+//! and the id), kept by [`save`], through which every subscription is written.
+//!
 //! What does not live here: revenue arithmetic (`revenue`) and permissions (`policy`;
 //! seeing everyone's subscriptions follows `ViewAllRevenue`).
 
@@ -21,12 +25,16 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
+use crate::listing::{self, Order, Page, Source};
 use crate::notifications::{self, Message};
 use crate::policy::{self, Subject};
 use crate::servers::Server;
 use crate::store::{Read, Record, Store, Writer};
 use crate::users::User;
 use crate::validate::{self, Problems};
+
+const ORDER: &str = "subscription_order";
+const BY_AGENT: &str = "subscription_by_agent";
 
 /// Days before the end at which a subscription that does not renew is announced.
 pub const REMINDER_DAYS: [u32; 3] = [30, 7, 1];
@@ -37,6 +45,24 @@ pub const REMINDER_DAYS: [u32; 3] = [30, 7, 1];
 pub enum SubscriptionStatus {
     Active,
     Expired,
+}
+
+impl SubscriptionStatus {
+    pub const ALL: [SubscriptionStatus; 2] =
+        [SubscriptionStatus::Active, SubscriptionStatus::Expired];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SubscriptionStatus> {
+        SubscriptionStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
 /// One automatic renewal.
@@ -298,7 +324,7 @@ pub fn create_adding_to(
         updated_at: now,
     };
     apply(w, &mut sub, input, problems)?;
-    w.put(&sub)?;
+    save(w, &sub)?;
     audit::record(
         w,
         actor,
@@ -343,7 +369,7 @@ pub fn update_adding_to(
         sub.sales_agent = owner.username.clone();
     }
     sub.updated_at = Utc::now();
-    w.put(&sub)?;
+    save(w, &sub)?;
     audit::record(
         w,
         actor,
@@ -401,10 +427,12 @@ pub fn offerable_servers(
         }
     }
     let client = client.map(str::trim).filter(|c| !c.is_empty());
-    for request in crate::requests::visible(r, subject)? {
-        if request.status != crate::requests::Status::Deployed
-            || client.is_some_and(|c| !request.client_name.trim().eq_ignore_ascii_case(c))
-        {
+    let deployed = crate::requests::Filter {
+        status: Some(crate::requests::Status::Deployed),
+        ..Default::default()
+    };
+    for request in crate::requests::all_matching(r, subject, &deployed)? {
+        if client.is_some_and(|c| !request.client_name.trim().eq_ignore_ascii_case(c)) {
             continue;
         }
         let Some(server_id) = &request.server_id else {
@@ -465,6 +493,103 @@ pub fn check_server_choice(
         ));
     }
     Ok(())
+}
+
+/// Writes a subscription: the only way one reaches the store. Its list indexes follow
+/// in the same transaction (a new client name or owner moves them).
+fn save(w: &mut Writer, sub: &Subscription) -> anyhow::Result<()> {
+    let old: Option<Subscription> = w.get(&sub.id)?;
+    w.put(sub)?;
+    let old_keys = old.as_ref().map(list_keys).unwrap_or_default();
+    let new_keys = list_keys(sub);
+    for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+        w.index_delete(key.0, &key.1)?;
+    }
+    for key in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+        w.index_put(key.0, &key.1, &sub.id)?;
+    }
+    Ok(())
+}
+
+/// The list index entries of a subscription: `(index, key)`.
+fn list_keys(sub: &Subscription) -> Vec<(&'static str, String)> {
+    let position = listing::name_position(sub.client.trim(), &sub.id);
+    vec![
+        (BY_AGENT, format!("{}/{position}", sub.sales_agent_id)),
+        (ORDER, position),
+    ]
+}
+
+/// Schema step (run by `listing::backfill_indexes`): the list indexes of
+/// subscriptions stored before lists read pages.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Subscription> = w.list()?;
+    for sub in &all {
+        for (index, key) in list_keys(sub) {
+            w.index_put(index, &key, &sub.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a list of subscriptions is narrowed to; the fields combine.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<SubscriptionStatus>,
+    /// Text in the client's name, the sales agent's or the currency, case-insensitive.
+    pub text: Option<String>,
+}
+
+/// One page of the subscriptions a subject may see (everyone's with
+/// `ViewAllRevenue`, else its own) that match `filter`, by client, after the position
+/// `cursor`.
+pub fn query(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Page<Subscription>> {
+    let all = policy::can(subject, policy::Action::ViewAllRevenue, None);
+    let source = match all {
+        true => Source::index(ORDER, ""),
+        false => Source::index(BY_AGENT, format!("{}/", subject.user_id)),
+    };
+    let needle = filter.text.as_deref().map(str::to_lowercase);
+    listing::page(
+        r,
+        vec![source],
+        Order::Ascending,
+        cursor,
+        limit,
+        |s: &Subscription| {
+            (all || s.sales_agent_id == subject.user_id)
+                && filter.status.is_none_or(|st| s.status == st)
+                && needle.as_deref().is_none_or(|q| {
+                    [&s.client, &s.sales_agent, &s.currency]
+                        .iter()
+                        .any(|f| f.to_lowercase().contains(q))
+                })
+        },
+    )
+}
+
+/// The servers on `subs`, read one by one: what a revenue report needs of the fleet,
+/// never every server.
+pub fn servers_of(r: &impl Read, subs: &[Subscription]) -> anyhow::Result<Vec<Server>> {
+    let mut ids: Vec<&str> = subs
+        .iter()
+        .flat_map(|s| s.server_ids.iter().map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(server) = r.get::<Server>(id)? {
+            out.push(server);
+        }
+    }
+    Ok(out)
 }
 
 /// The subscriptions a subject may see, by client: every one with `ViewAllRevenue`,
@@ -664,7 +789,7 @@ pub fn run_renewals(store: &Store, today: NaiveDate) -> anyhow::Result<RenewalRe
                 }
             }
             sub.updated_at = Utc::now();
-            w.put(&sub)?;
+            save(w, &sub)?;
         }
         Ok(report)
     })

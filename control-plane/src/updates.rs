@@ -3,21 +3,28 @@
 //! apk and upgrades non-interactively (`dynserv-agent system-update`); its last stdout
 //! line `DYNSERV-RESULT {json}` lists the packages. Records are created and filled by
 //! the hooks `backups::on_created` / `backups::on_finished` route here, in the
-//! execution's transaction. Table `updates`; index `update_by_project`
-//! (`project_id/update_id`).
+//! execution's transaction. Table `updates`; list indexes `update_by_project`,
+//! `update_by_agent`, `update_by_server` and `update_by_status` (`value/update_id`),
+//! kept by [`save`], through which every update record is written.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::Agent;
 use crate::audit::Actor;
-use crate::backups::{self, BackupStatus};
+use crate::backups::{self, BackupStatus, Filter, Indexes};
 use crate::error::{AppError, AppResult};
 use crate::executions::{Execution, Status, Work};
+use crate::listing::{self, Order, Page};
 use crate::policy::{self, Action, Subject};
 use crate::store::{Read, Record, Writer};
 
-const BY_PROJECT: &str = "update_by_project";
+const INDEXES: Indexes = Indexes {
+    project: "update_by_project",
+    agent: "update_by_agent",
+    server: "update_by_server",
+    status: "update_by_status",
+};
 
 /// One upgraded package.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,28 +138,55 @@ pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Upda
     Ok(update)
 }
 
-/// Updates the subject may see, newest first.
-pub fn list_visible(
+/// One page of the updates the subject may see that match `filter`, newest first,
+/// after the update id `cursor`.
+pub fn query(
     r: &impl Read,
     subject: &Subject,
-    project_id: Option<&str>,
-    agent_id: Option<&str>,
+    filter: &Filter,
+    cursor: Option<&str>,
     limit: usize,
-) -> anyhow::Result<Vec<Update>> {
-    let prefix = project_id.map(|p| format!("{p}/")).unwrap_or_default();
-    let mut out = Vec::new();
-    for (_, id) in r.index_scan(BY_PROJECT, &prefix)? {
-        if let Some(u) = r.get::<Update>(&id)? {
-            if policy::can(subject, Action::ViewServers, Some(&u.project_id))
-                && agent_id.is_none_or(|a| a == u.agent_id)
-            {
-                out.push(u);
-            }
-        }
+) -> anyhow::Result<Page<Update>> {
+    let scope = listing::project_scope(subject, Action::ViewServers);
+    listing::page(
+        r,
+        filter.sources(&INDEXES, scope.as_deref()),
+        Order::Descending,
+        cursor,
+        limit,
+        |u: &Update| {
+            filter.matches(facets(u))
+                && policy::can(subject, Action::ViewServers, Some(&u.project_id))
+        },
+    )
+}
+
+fn facets(u: &Update) -> backups::Facets<'_> {
+    (&u.project_id, &u.agent_id, u.server_id.as_deref(), u.status)
+}
+
+/// Writes an update record: the only way one reaches the store. Its list indexes
+/// follow in the same transaction.
+fn save(w: &mut Writer, update: &Update) -> anyhow::Result<()> {
+    let old: Option<Update> = w.get(&update.id)?;
+    w.put(update)?;
+    let old_keys = old
+        .as_ref()
+        .map(|o| backups::list_keys(&INDEXES, &o.id, facets(o)))
+        .unwrap_or_default();
+    let new_keys = backups::list_keys(&INDEXES, &update.id, facets(update));
+    backups::move_keys(w, &update.id, old_keys, new_keys)
+}
+
+/// Schema step (run by `backups::backfill_indexes`): the list indexes of updates
+/// stored before lists read pages.
+pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Update> = w.list()?;
+    for u in &all {
+        let keys = backups::list_keys(&INDEXES, &u.id, facets(u));
+        backups::move_keys(w, &u.id, Vec::new(), keys)?;
     }
-    out.sort_by(|a, b| b.id.cmp(&a.id));
-    out.truncate(limit);
-    Ok(out)
+    Ok(())
 }
 
 /// Creates the record of a new update execution.
@@ -179,13 +213,7 @@ pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
         error_log: String::new(),
         error: None,
     };
-    w.put(&update)?;
-    w.index_put(
-        BY_PROJECT,
-        &format!("{}/{}", e.project_id, update_id),
-        update_id,
-    )?;
-    Ok(())
+    save(w, &update)
 }
 
 /// Fills an update's record from its ended execution's log.
@@ -226,8 +254,7 @@ pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "the update failed".into()),
         );
     }
-    w.put(&update)?;
-    Ok(())
+    save(w, &update)
 }
 
 #[cfg(test)]

@@ -165,6 +165,47 @@ impl Api {
         (status, text)
     }
 
+    /// `GET path` of a list (CONTRACT.md "Lists"): the status, the JSON body and the
+    /// target of `Link: <…>; rel="next"` when the answer has one.
+    pub async fn get_page(&self, path: &str) -> (u16, Value, Option<String>) {
+        let response = self
+            .request(Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let next = response
+            .headers()
+            .get("link")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.ends_with("rel=\"next\""))
+            .and_then(|v| Some(v[v.find('<')? + 1..v.find('>')?].to_string()));
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (status, body, next)
+    }
+
+    /// Every item of a list from `path` on, following `Link: rel="next"` page after
+    /// page (each must answer 200 and an array), in the order the pages give them.
+    pub async fn walk(&self, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_string());
+        let mut pages = 0;
+        while let Some(path) = next {
+            pages += 1;
+            assert!(pages <= 10_000, "the pages of {path} never end");
+            let (status, body, link) = self.get_page(&path).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            items.extend(
+                body.as_array()
+                    .unwrap_or_else(|| panic!("{path} answers an array: {body}"))
+                    .iter()
+                    .cloned(),
+            );
+            next = link;
+        }
+        items
+    }
+
     /// `GET path` of a JSON-lines endpoint (an execution's log), one value per line.
     pub async fn get_json_lines(&self, path: &str) -> (u16, Vec<Value>) {
         let (status, text) = self.get_text(path).await;

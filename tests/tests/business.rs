@@ -189,7 +189,8 @@ async fn request_workflow_and_permissions() {
         .unwrap()
         .iter()
         .all(|r| r["status"] == "deployed"));
-    assert_eq!(admin.get("/api/v1/requests?status=bogus").await.0, 422);
+    // An unknown filter value is a 400 (CONTRACT.md "Lists"), never ignored.
+    assert_eq!(admin.get("/api/v1/requests?status=bogus").await.0, 400);
     assert_eq!(admin.get("/api/v1/requests/nope").await.0, 404);
     assert_eq!(
         admin.post_empty("/api/v1/requests/nope/approve").await.0,
@@ -375,7 +376,7 @@ async fn subscriptions_and_revenue() {
         .as_str()
         .unwrap()
         .to_string();
-    let today = chrono_today();
+    let today = dynserv_tests::utc_today();
     let mut body = json!({
         "client": "Initech", "server_ids": [db], "monthly_cost": 45.5, "currency": "usd",
         "starts_on": today, "hosting_until": "2099-12-31", "auto_renew": false,
@@ -489,26 +490,6 @@ async fn subscriptions_and_revenue() {
             .0,
         422
     );
-}
-
-fn chrono_today() -> String {
-    // The control plane and the test share the machine's clock.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The pages answer each role as the policy says; the request form re-renders with

@@ -4,7 +4,9 @@
  * by markup, so pages need no inline script:
  *
  *   form.needs-validation               Bootstrap client-side validation (+ novalidate)
- *   input[data-live-search="#table"]    filters the table's body rows as you type
+ *   input[data-live-search="#table"]    filters the table's body rows as you type; with
+ *     data-live-search-url="/path"      the server searches instead (every record, not
+ *                                       only the page), debounced
  *   #flash[data-level][data-message]    a server-rendered flash message, shown as a toast
  *   form[data-confirm="message"]        asks before submitting; data-confirm-type="WORD"
  *                                       makes the user type WORD first
@@ -20,7 +22,7 @@
  * computed here are set through the DOM (element.style), which the policy allows.
  *
  * Public API on window.dynserv: toast(title, body, level), escapeHtml(text),
- * ansiToHtml(text, state), renderAnsi(node, text, state), LogViewer, liveSearch(input),
+ * ansiToHtml(text, state), renderAnsi(node, text, state), LogViewer, liveSearch(input), serverSearch(input),
  * refreshRelativeTimes().
  */
 (function () {
@@ -234,8 +236,87 @@
     });
   }
 
+  /** How long typing pauses before a server-side search asks the server. */
+  var SEARCH_DEBOUNCE_MS = 250;
+
+  /**
+   * Server-side live search (input[data-live-search-url]): as you type, the input's
+   * form (its other filters included) is sent to that URL in the background, and the
+   * table's body and its pager ([data-live-search-pager="#table"]) are replaced with
+   * the answer's, so the search covers every record, not only the rows on the page.
+   * An answer that arrives after a newer question was asked is dropped.
+   */
+  function serverSearch(input) {
+    var state = input._dsSearch || (input._dsSearch = { seq: 0, controller: null });
+    var params = new URLSearchParams();
+    if (input.form) {
+      new FormData(input.form).forEach(function (value, key) {
+        if (typeof value === "string" && value !== "" && key !== "cursor") params.append(key, value);
+      });
+    } else if (input.value) {
+      params.set(input.name || "q", input.value);
+    }
+    var query = params.toString();
+    var url = input.dataset.liveSearchUrl + (query ? "?" + query : "");
+    if (state.controller) state.controller.abort();
+    state.controller = typeof AbortController === "function" ? new AbortController() : null;
+    var mine = ++state.seq;
+    var options = { credentials: "same-origin", headers: { Accept: "text/html" } };
+    if (state.controller) options.signal = state.controller.signal;
+    return fetch(url, options)
+      .then(function (response) {
+        if (!response.ok) throw new Error("search answered " + response.status);
+        return response.text();
+      })
+      .then(function (html) {
+        if (mine !== state.seq) return;
+        var selector = input.dataset.liveSearch;
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.querySelector(selector);
+        var table = document.querySelector(selector);
+        if (!fresh || !table || !fresh.tBodies[0] || !table.tBodies[0]) return;
+        table.replaceChild(document.importNode(fresh.tBodies[0], true), table.tBodies[0]);
+        var pagerSelector = '[data-live-search-pager="' + selector + '"]';
+        var pager = document.querySelector(pagerSelector);
+        var freshPager = doc.querySelector(pagerSelector);
+        if (pager && freshPager) {
+          while (pager.firstChild) pager.removeChild(pager.firstChild);
+          Array.prototype.forEach.call(freshPager.childNodes, function (node) {
+            pager.appendChild(document.importNode(node, true));
+          });
+        }
+        if (window.history && window.history.replaceState) window.history.replaceState(null, "", url);
+        refreshRelativeTimes();
+      })
+      .catch(function () {
+        // Superseded by a newer search, or the server did not answer: the rows shown
+        // stay, and submitting the form still works.
+      });
+  }
+
+  function setupServerSearch(input) {
+    var timer = null;
+    input.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () {
+        serverSearch(input);
+      }, SEARCH_DEBOUNCE_MS);
+    });
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") {
+        input.value = "";
+        clearTimeout(timer);
+        serverSearch(input);
+      }
+    });
+  }
+
   function setupLiveSearch(input) {
     input.setAttribute("autocomplete", "off");
+    if (input.dataset.liveSearchUrl) {
+      setupServerSearch(input);
+      return;
+    }
     input.addEventListener("input", function () {
       liveSearch(input);
     });
@@ -992,6 +1073,7 @@
   dynserv.renderAnsi = renderAnsi;
   dynserv.LogViewer = LogViewer;
   dynserv.liveSearch = liveSearch;
+  dynserv.serverSearch = serverSearch;
   dynserv.setExecutionStatus = setExecutionStatus;
   dynserv.refreshRelativeTimes = refreshRelativeTimes;
 })();

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, Actor};
 use crate::notifications;
 use crate::projects::Project;
-use crate::servers::Server;
-use crate::store::{Read, Record, Writer};
+use crate::store::{IndexScan, Read, Record, Writer};
 
 /// The thresholds that raise a warning, in percent of the budget.
 pub const THRESHOLDS: [u32; 2] = [80, 100];
@@ -84,12 +83,7 @@ pub fn percent_used(cost: f64, budget: Option<f64>) -> Option<f64> {
 
 /// The monthly cost of a project's servers that are not deleted.
 pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
-    let cost: f64 = r
-        .list::<Server>()?
-        .iter()
-        .filter(|s| s.project_id == project_id && s.status != "deleted")
-        .filter_map(|s| s.monthly_cost)
-        .sum();
+    let cost = crate::servers::project_cost(r, project_id)?;
     Ok((cost * 100.0).round() / 100.0)
 }
 
@@ -173,14 +167,12 @@ pub fn record(
 
 /// The project's cost in the last `months` months that have a snapshot, oldest first.
 pub fn trend(r: &impl Read, project_id: &str, months: usize) -> anyhow::Result<Vec<CostSnapshot>> {
-    let mut snapshots: Vec<CostSnapshot> = r
-        .list::<CostSnapshot>()?
-        .into_iter()
-        .filter(|s| s.project_id == project_id)
-        .collect();
-    snapshots.sort_by(|a, b| a.month.cmp(&b.month));
-    let skip = snapshots.len().saturating_sub(months);
-    Ok(snapshots.split_off(skip))
+    // Snapshots are keyed `project_id/YYYY-MM`: the newest `months` of the project
+    // are one backwards page of the table.
+    let scan = IndexScan::prefix("", &format!("{project_id}/"), months).backward();
+    let mut snapshots: Vec<CostSnapshot> = r.records_page(&scan)?;
+    snapshots.reverse();
+    Ok(snapshots)
 }
 
 /// The warnings raised for a project this month.
@@ -190,7 +182,9 @@ pub fn alerts_this_month(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<BudgetAlert>> {
     let month = month_of(now);
-    Ok(r.list::<BudgetAlert>()?
+    // Alerts are keyed `project_id/YYYY-MM/PERCENT`: this month's are one range.
+    let scan = IndexScan::prefix("", &format!("{project_id}/{month}/"), 100);
+    Ok(r.records_page::<BudgetAlert>(&scan)?
         .into_iter()
         .filter(|a| a.project_id == project_id && a.month == month)
         .collect())

@@ -201,12 +201,11 @@ pub async fn supervisor(app: App, shutdown: impl Future<Output = ()> + Send + 's
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        let waiting: Vec<String> = match app.store.list::<Request>() {
-            Ok(list) => list
-                .into_iter()
-                .filter(|r| r.status == Status::Provisioning)
-                .map(|r| r.id)
-                .collect(),
+        let waiting: Vec<String> = match app
+            .store
+            .read(|r| requests::ids_with_status(r, Status::Provisioning))
+        {
+            Ok(ids) => ids,
             Err(e) => {
                 tracing::error!("listing requests to provision: {e:#}");
                 continue;
@@ -522,10 +521,9 @@ async fn record_server(
     app.store
         .write(|w| {
             let now = Utc::now();
-            let by_id = w
-                .list::<Server>()?
+            let by_id = servers::in_project(w, &project.id)?
                 .into_iter()
-                .find(|s| s.project_id == project.id && s.hetzner_id == Some(remote.id));
+                .find(|s| s.hetzner_id == Some(remote.id));
             let existing = match by_id {
                 Some(s) => Some(s),
                 None => servers::by_name(w, &project.id, &remote.name)?,

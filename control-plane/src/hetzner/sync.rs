@@ -211,11 +211,7 @@ pub fn apply(
     prices: &Prices,
     now: DateTime<Utc>,
 ) -> anyhow::Result<SyncOutcome> {
-    let local: Vec<Server> = w
-        .list::<Server>()?
-        .into_iter()
-        .filter(|s| s.project_id == project.id)
-        .collect();
+    let local: Vec<Server> = servers::in_project(w, &project.id)?;
     let by_hetzner_id: HashMap<i64, &Server> = local
         .iter()
         .filter_map(|s| s.hetzner_id.map(|id| (id, s)))
@@ -382,13 +378,13 @@ fn plan_round(app: &App) -> anyhow::Result<Vec<String>> {
 /// The most requests one token needs for a round of `plan`.
 fn plan_cost(app: &App, plan: &[String]) -> u64 {
     let counted = app.store.read(|r| {
-        let servers = r.list::<Server>()?;
         let mut per_token: HashMap<String, u64> = HashMap::new();
         for id in plan {
             let Some(project) = r.get::<Project>(id)? else {
                 continue;
             };
-            let count = servers.iter().filter(|s| s.project_id == *id).count();
+            let count =
+                usize::try_from(servers::project_counts(r, id)?.servers).unwrap_or(usize::MAX);
             // Projects without their own token share the default one, and so does a
             // project whose own token is that same one.
             let Ok(key) = token_of(app, &project) else {

@@ -10,6 +10,7 @@ use crate::app::App;
 use crate::audit;
 use crate::auth;
 use crate::error::{AppError, AppResult};
+use crate::listing;
 use crate::policy::{self, Action, Level};
 use crate::projects::{self, Project, ProjectInput, ProjectView};
 use crate::servers::{self, Server};
@@ -73,16 +74,63 @@ pub fn server_json(app: &App, r: &impl Read, server: &Server) -> anyhow::Result<
     }))
 }
 
-/// `GET /api/v1/servers?q=TEXT`: the servers the caller may see.
+/// The filters of the server list (API and page).
+pub const SERVER_FILTERS: [&str; 3] = ["project", "status", "q"];
+
+/// Reads the server filters of a request: `project` (id or name), `status` (one of
+/// `servers::STATUSES`) and `q` (text in the name, addresses, type, location or
+/// status). An unknown filter, status or project is a 400 naming it.
+pub fn server_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<servers::Filter> {
+    req.only_filters(&SERVER_FILTERS)?;
+    let mut filter = servers::Filter {
+        text: req.text_filter("q"),
+        ..Default::default()
+    };
+    if let Some(status) = req.text_filter("status") {
+        if !servers::STATUSES.contains(&status.as_str()) {
+            return Err(AppError::bad_request(format!(
+                "status must be one of {} (not {:?})",
+                servers::STATUSES.join(", "),
+                status.chars().take(40).collect::<String>()
+            )));
+        }
+        filter.status = Some(status);
+    }
+    if let Some(project) = req.text_filter("project") {
+        let found = projects::find(r, &project)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "project: no project {:?} that you can see",
+                    project.chars().take(80).collect::<String>()
+                ))
+            })?;
+        filter.project_id = Some(found.id);
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/servers[?project=…][&status=…][&q=TEXT]`: one page of the servers
+/// the caller may see, by name.
 pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
-    let list = app.store.read(|r| {
-        let servers = servers::visible(r, &ctx.subject, req.query("q"))?;
-        servers
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let filter = server_filter(r, req, ctx)?;
+        let page = servers::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let list = page
+            .items
             .iter()
             .map(|s| server_json(app, r, s))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/servers/{id}`.
@@ -119,16 +167,30 @@ fn project_json(r: &impl Read, ctx: &Ctx, project: &Project) -> anyhow::Result<V
     Ok(value)
 }
 
-/// `GET /api/v1/projects`: projects the caller may see.
-pub fn projects(app: &App, ctx: &Ctx) -> AppResult<Resp> {
-    let list = app.store.read(|r| {
-        projects::all(r)?
-            .iter()
+/// `GET /api/v1/projects`: one page of the projects the caller may see, by name. A
+/// small table, read whole and paged in memory (`listing::page_of_all`).
+pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    req.only_filters(&[])?;
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let visible: Vec<Project> = projects::all(r)?
+            .into_iter()
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
+            .collect();
+        let page = listing::page_of_all(
+            visible,
+            |p| listing::name_position(&p.name, &p.id),
+            paging.cursor.as_deref(),
+            paging.limit,
+        );
+        let list = page
+            .items
+            .iter()
             .map(|p| project_json(r, ctx, p))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 fn visible_project(r: &impl Read, ctx: &Ctx, key: &str) -> AppResult<Project> {
@@ -224,16 +286,20 @@ pub fn revoke_access(
     Ok(reply(StatusCode::OK, &json!({"revoked": username})))
 }
 
-/// `GET /api/v1/users` (admin).
-pub fn users(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+/// `GET /api/v1/users` (admin): one page of the users by username. A small table,
+/// read whole and paged in memory (`listing::page_of_all`).
+pub fn users(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageUsers, None)?;
-    let list: Vec<UserView> = app
-        .store
-        .read(users::all)?
-        .iter()
-        .map(UserView::from)
-        .collect();
-    Ok(reply(StatusCode::OK, &list))
+    req.only_filters(&[])?;
+    let paging = req.paging()?;
+    let page = listing::page_of_all(
+        app.store.read(users::all)?,
+        |u| listing::name_position(&u.username, &u.id),
+        paging.cursor.as_deref(),
+        paging.limit,
+    );
+    let list: Vec<UserView> = page.items.iter().map(UserView::from).collect();
+    Ok(super::json_page(req, &list, page.next.as_deref()))
 }
 
 /// Hashes a password off the async executor (argon2 is deliberately slow).

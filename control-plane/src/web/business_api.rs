@@ -57,26 +57,59 @@ pub fn create_request(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     Ok(reply(StatusCode::CREATED, &value))
 }
 
-/// `GET /api/v1/requests?status=S`: the requests the caller may see, newest first.
+/// The filters of the request list (API and page).
+pub const REQUEST_FILTERS: [&str; 2] = ["status", "client"];
+
+/// Reads the request filters of a request; an unknown filter, status or client is a
+/// 400 naming it.
+pub fn request_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<requests::Filter> {
+    req.only_filters(&REQUEST_FILTERS)?;
+    let mut filter = requests::Filter::default();
+    if let Some(status) = req.text_filter("status") {
+        filter.status = Some(requests::Status::parse(&status).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "status must be one of {} (not {:?})",
+                requests::Status::ALL.map(|s| s.as_str()).join(", "),
+                status.chars().take(40).collect::<String>()
+            ))
+        })?);
+    }
+    if let Some(client) = req.text_filter("client") {
+        if !requests::client_known(r, &ctx.subject, &client)? {
+            return Err(AppError::bad_request(format!(
+                "client: no request you can see is for {:?}",
+                client.chars().take(80).collect::<String>()
+            )));
+        }
+        filter.client = Some(client);
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/requests?status=S&client=C`: one page of the requests the caller may
+/// see (all with `ViewAllRequests`, else its own), newest first.
 pub fn list_requests(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     if !may_see_requests(ctx) {
         return Err(AppError::forbidden());
     }
-    let status = match req.query("status").filter(|s| !s.is_empty()) {
-        Some(s) => Some(
-            requests::Status::parse(s)
-                .ok_or_else(|| AppError::invalid("status", format!("unknown status {s}")))?,
-        ),
-        None => None,
-    };
-    let list = app.store.read(|r| {
-        requests::visible(r, &ctx.subject)?
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let filter = request_filter(r, req, ctx)?;
+        let page = requests::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let list = page
+            .items
             .iter()
-            .filter(|q| status.is_none_or(|s| q.status == s))
             .map(|q| request_json(r, q))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/requests/{id}`.
@@ -227,16 +260,54 @@ pub fn owner_of(r: &impl Read, ctx: &Ctx, username: Option<&str>) -> AppResult<O
     Ok(Some(user))
 }
 
-/// `GET /api/v1/subscriptions`.
-pub fn list_subscriptions(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+/// The filters of the subscription list (API and page).
+pub const SUBSCRIPTION_FILTERS: [&str; 2] = ["status", "q"];
+
+/// Reads the subscription filters of a request; an unknown filter or status is a 400.
+pub fn subscription_filter(req: &Req) -> AppResult<subscriptions::Filter> {
+    req.only_filters(&SUBSCRIPTION_FILTERS)?;
+    let status = match req.text_filter("status") {
+        Some(text) => Some(
+            subscriptions::SubscriptionStatus::parse(&text).ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "status must be one of {} (not {:?})",
+                    subscriptions::SubscriptionStatus::ALL
+                        .map(|s| s.as_str())
+                        .join(", "),
+                    text.chars().take(40).collect::<String>()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    Ok(subscriptions::Filter {
+        status,
+        text: req.text_filter("q"),
+    })
+}
+
+/// `GET /api/v1/subscriptions[?status=…][&q=…]`: one page of the subscriptions the
+/// caller may see, by client.
+pub fn list_subscriptions(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
-    let list = app.store.read(|r| {
-        subscriptions::visible(r, &ctx.subject)?
+    let filter = subscription_filter(req)?;
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let page = subscriptions::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let list = page
+            .items
             .iter()
             .map(|s| subscription_json(r, s))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((list, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &list))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/subscriptions/{id}`.
@@ -304,7 +375,7 @@ pub fn revenue_of(app: &App, ctx: &Ctx) -> AppResult<revenue::Revenue> {
     let today = chrono::Utc::now().date_naive();
     Ok(app.store.read(|r| {
         let subs = subscriptions::visible(r, &ctx.subject)?;
-        let servers = r.list::<crate::servers::Server>()?;
+        let servers = subscriptions::servers_of(r, &subs)?;
         Ok(revenue::compute(&subs, &servers, today))
     })?)
 }

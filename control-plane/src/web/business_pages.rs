@@ -15,7 +15,6 @@ use crate::policy::{self, Action, Role};
 use crate::projects::{self, Project};
 use crate::requests::{self, NewRequest, Status};
 use crate::revenue;
-use crate::servers::Server;
 use crate::store::Read;
 use crate::subscriptions::{self, SubscriptionInput, SubscriptionStatus};
 use crate::users;
@@ -58,40 +57,51 @@ const IMAGES: &[&str] = &[
 
 // ---- requests ----
 
-/// `GET /requests?status=S`.
+/// `GET /requests?status=S&client=C`: one page of the requests the caller may see,
+/// newest first, with status tabs, a client filter and a pager.
 pub fn requests_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     if !may_see_requests(ctx) {
         return Err(AppError::forbidden());
     }
-    let filter = req.query("status").and_then(Status::parse);
-    let rows = app.store.read(|r| {
+    let paging = req.paging_with(50)?;
+    let (rows, next, filter) = app.store.read(|r| {
+        let filter = business_api::request_filter(r, req, ctx)?;
+        let page = requests::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
         let mut rows = Vec::new();
-        for q in requests::visible(r, &ctx.subject)? {
-            if filter.is_some_and(|f| f != q.status) {
-                continue;
-            }
-            let mut v = request_json(r, &q)?;
+        for q in &page.items {
+            let mut v = request_json(r, q)?;
             v["status_class"] = json!(status_class(q.status));
-            v["search"] = json!(format!(
-                "{} {} {} {} {} {} {}",
-                q.client_name,
-                q.client_email,
-                q.purpose,
-                v["project"].as_str().unwrap_or(""),
-                q.server_type,
-                q.requested_by_name,
-                q.status.as_str()
-            )
-            .to_lowercase());
             rows.push(v);
         }
-        Ok(rows)
+        Ok((rows, page.next, filter))
     })?;
-    let tabs: Vec<Value> = std::iter::once(json!({"label": "all", "href": "/requests", "active": filter.is_none()}))
-        .chain(Status::ALL.iter().map(|s| {
-            json!({"label": s.as_str(), "href": format!("/requests?status={}", s.as_str()), "active": filter == Some(*s)})
-        }))
-        .collect();
+    let client = filter.client.clone().unwrap_or_default();
+    let tab_href = |status: Option<Status>| {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = status {
+            pairs.push(("status", s.as_str()));
+        }
+        if !client.is_empty() {
+            pairs.push(("client", &client));
+        }
+        match serde_urlencoded::to_string(&pairs) {
+            Ok(q) if !q.is_empty() => format!("/requests?{q}"),
+            _ => "/requests".to_string(),
+        }
+    };
+    let tabs: Vec<Value> = std::iter::once(
+        json!({"label": "all", "href": tab_href(None), "active": filter.status.is_none()}),
+    )
+    .chain(Status::ALL.iter().map(|s| {
+        json!({"label": s.as_str(), "href": tab_href(Some(*s)), "active": filter.status == Some(*s)})
+    }))
+    .collect();
     page(
         app,
         req,
@@ -101,6 +111,12 @@ pub fn requests_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         json!({
             "requests": rows,
             "tabs": tabs,
+            "filters": {
+                "client": client,
+                "status": filter.status.map(|s| s.as_str()).unwrap_or_default(),
+            },
+            "filtered": filter.client.is_some() || filter.status.is_some(),
+            "pager": req.pager(&paging, next.as_deref()),
             "can_create": policy::can(&ctx.subject, Action::CreateRequest, None),
         }),
     )
@@ -369,11 +385,23 @@ pub fn read_all_notifications(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp
 /// `GET /subscriptions`.
 pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ManageSubscriptions)?;
+    let filter = business_api::subscription_filter(req)?;
+    let paging = req.paging_with(50)?;
     let today = chrono::Utc::now().date_naive();
-    let (rows, mrr) = app.store.read(|r| {
-        let subs = subscriptions::visible(r, &ctx.subject)?;
-        let mrr = money_text(&revenue::compute(&subs, &[], today).mrr);
-        let rows = subs
+    let (rows, next, mrr) = app.store.read(|r| {
+        // The recurring revenue is a report over every subscription the caller sees.
+        let mrr = money_text(
+            &revenue::compute(&subscriptions::visible(r, &ctx.subject)?, &[], today).mrr,
+        );
+        let page = subscriptions::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let rows = page
+            .items
             .iter()
             .map(|s| {
                 let mut v = subscription_json(r, s)?;
@@ -384,12 +412,10 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                         && (0..=30).contains(&left)
                 );
                 v["expired"] = json!(s.status == SubscriptionStatus::Expired);
-                v["search"] =
-                    json!(format!("{} {} {}", s.client, s.sales_agent, s.currency).to_lowercase());
                 Ok(v)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((rows, mrr))
+        Ok((rows, page.next, mrr))
     })?;
     page(
         app,
@@ -397,7 +423,17 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         ctx,
         "subscriptions",
         "Subscriptions",
-        json!({"subscriptions": rows, "mrr": mrr}),
+        json!({
+            "subscriptions": rows,
+            "mrr": mrr,
+            "filters": {
+                "q": filter.text.clone().unwrap_or_default(),
+                "status": filter.status.map(|s| s.as_str()).unwrap_or_default(),
+            },
+            "statuses": SubscriptionStatus::ALL.map(|s| s.as_str()),
+            "filtered": filter.text.is_some() || filter.status.is_some(),
+            "pager": super::pages::pager_by_name(req, &paging, next.as_deref()),
+        }),
     )
 }
 
@@ -691,11 +727,11 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
     let today = chrono::Utc::now().date_naive();
     let mut pending = Vec::new();
     if policy::can(&ctx.subject, Action::ApproveRequest, None) {
-        for q in requests::visible(r, &ctx.subject)?
-            .into_iter()
-            .filter(|q| q.status == Status::Pending)
-            .take(10)
-        {
+        let filter = requests::Filter {
+            status: Some(Status::Pending),
+            ..Default::default()
+        };
+        for q in requests::query(r, &ctx.subject, &filter, None, 10)?.items {
             let mut v = request_json(r, &q)?;
             v["budget_warning"] = json!(requests::budget_warning(r, &q)?);
             pending.push(v);
@@ -707,17 +743,16 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
     let mut mrr = Vec::new();
     let mut my_requests = Vec::new();
     if ctx.user.role == Role::Sales {
-        let mine: Vec<requests::Request> = requests::visible(r, &ctx.subject)?
-            .into_iter()
-            .filter(|q| q.requested_by == ctx.user.id)
-            .collect();
-        for status in Status::ALL {
-            let count = mine.iter().filter(|q| q.status == status).count();
+        for (status, count) in requests::counts_by_status(r, Some(&ctx.user.id))? {
             by_status.push(
                 json!({"status": status.as_str(), "count": count, "class": status_class(status)}),
             );
         }
-        for q in mine.iter().take(6) {
+        let mine = requests::Filter {
+            requested_by: Some(ctx.user.id.clone()),
+            ..Default::default()
+        };
+        for q in &requests::query(r, &ctx.subject, &mine, None, 6)?.items {
             let mut v = request_json(r, q)?;
             v["status_class"] = json!(status_class(q.status));
             my_requests.push(v);
@@ -735,7 +770,7 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
                 expiring.push(json!({"id": s.id, "client": s.client, "hosting_until": s.hosting_until.to_string(), "days_left": left, "auto_renew": s.auto_renew}));
             }
         }
-        let servers: Vec<Server> = r.list()?;
+        let servers = subscriptions::servers_of(r, &subs)?;
         let report = revenue::compute(&subs, &servers, today);
         mrr = report
             .mrr
@@ -768,16 +803,26 @@ fn operations_figures(
     r: &impl Read,
     ctx: &Ctx,
 ) -> anyhow::Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
-    use crate::executions::{Execution, Status as Run};
+    use crate::executions::{Execution, Filter, Status as Run};
     let now = chrono::Utc::now();
     let visible =
         |project_id: &str| policy::can(&ctx.subject, Action::ViewServers, Some(project_id));
-    let mut executions: Vec<Execution> = r
-        .list::<Execution>()?
-        .into_iter()
-        .filter(|e| visible(&e.project_id))
-        .collect();
-    executions.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+    // The newest few of some statuses, each read as one page through the executions'
+    // indexes: the dashboard never reads the executions table.
+    let newest = |statuses: &[Run], since: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut found: Vec<Execution> = Vec::new();
+        for status in statuses {
+            let filter = Filter {
+                status: Some(*status),
+                since,
+                ..Default::default()
+            };
+            found.extend(crate::executions::query(r, &ctx.subject, &filter, None, 8)?.items);
+        }
+        found.sort_by(|a, b| b.id.cmp(&a.id));
+        found.truncate(8);
+        anyhow::Ok(found)
+    };
     let row = |e: &Execution| -> anyhow::Result<Value> {
         let agent = r
             .get::<crate::agents::Agent>(&e.agent_id)?
@@ -792,19 +837,17 @@ fn operations_figures(
             "created_at": e.created_at, "exit_code": e.exit_code,
         }))
     };
-    let running = executions
+    let running = newest(&[Run::Running, Run::Queued], None)?
         .iter()
-        .filter(|e| matches!(e.status, Run::Running | Run::Queued))
-        .take(8)
         .map(&row)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let failed = executions
-        .iter()
-        .filter(|e| matches!(e.status, Run::Failed | Run::TimedOut))
-        .filter(|e| now - e.created_at < chrono::Duration::hours(24))
-        .take(8)
-        .map(&row)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let failed = newest(
+        &[Run::Failed, Run::TimedOut],
+        Some(now - chrono::Duration::hours(24)),
+    )?
+    .iter()
+    .map(&row)
+    .collect::<anyhow::Result<Vec<_>>>()?;
     let mut due = Vec::new();
     for project in projects::all(r)?.iter().filter(|p| visible(&p.id)) {
         let (backup, update) = crate::schedules::of_project(r, &project.id)?;

@@ -69,16 +69,53 @@ pub fn server_agent_json(
     }))
 }
 
-/// `GET /api/v1/agents`.
-pub fn agents_list(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+/// The filters of the agent list (API and page).
+pub const AGENT_FILTERS: [&str; 2] = ["project", "q"];
+
+/// Reads the agent filters of a request: `project` (id or name) and `q` (text in the
+/// name or host name). An unknown filter or project is a 400 naming it.
+pub fn agent_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<agents::Filter> {
+    req.only_filters(&AGENT_FILTERS)?;
+    let mut filter = agents::Filter {
+        text: req.text_filter("q"),
+        ..Default::default()
+    };
+    if let Some(project) = req.text_filter("project") {
+        let found = projects::find(r, &project)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "project: no project {:?} that you can see",
+                    project.chars().take(80).collect::<String>()
+                ))
+            })?;
+        filter.project_id = Some(found.id);
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/agents[?project=…][&q=…]`: one page of the agents the caller may see,
+/// by name.
+pub fn agents_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require_fleet(ctx)?;
-    let views = app.store.read(|r| {
-        agents::visible(r, &ctx.subject)?
+    let paging = req.paging()?;
+    let (views, next) = app.store.read(|r| {
+        let filter = agent_filter(r, req, ctx)?;
+        let page = agents::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let views = page
+            .items
             .iter()
             .map(|a| agent_view(app, r, a))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((views, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &views))
+    Ok(super::json_page(req, &views, next.as_deref()))
 }
 
 /// `GET /api/v1/agents/{id}`.

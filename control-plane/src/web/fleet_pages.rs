@@ -26,14 +26,22 @@ fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()>
     }
 }
 
-/// `GET /agents`.
+/// `GET /agents[?project=…][&q=…]`: one page of agents by name, with a filter form
+/// and a pager; every agent with a refused copy gets a notice above the table.
 pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
-    let rows = app.store.read(|r| {
-        let list = agents::visible(r, &ctx.subject)?;
-        let mut rows = Vec::new();
-        for agent in &list {
+    let paging = req.paging_with(100)?;
+    let (rows, duplicates, next, projects) = app.store.read(|r| {
+        let filter = fleet_api::agent_filter(r, req, ctx)?;
+        let page = agents::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let row = |agent: &agents::Agent| -> anyhow::Result<Value> {
             let mut v = serde_json::to_value(fleet_api::agent_view(app, r, agent)?)?;
             v["can_manage"] = json!(policy::can(
                 &ctx.subject,
@@ -48,14 +56,31 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 "{:.0}",
                 agent.facts.disk_bytes as f64 / (1u64 << 30) as f64
             ));
-            rows.push(v);
+            Ok(v)
+        };
+        let rows = page
+            .items
+            .iter()
+            .map(row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Agents with a copy on another machine get a notice above the table that
+        // says what happened and what to do, whichever page they are on.
+        let mut duplicates = Vec::new();
+        for agent in agents::with_duplicates(r, &ctx.subject)? {
+            let v = row(&agent)?;
+            if !v["duplicate"].is_null() {
+                duplicates.push(v);
+            }
         }
-        Ok(rows)
+        let project = filter.project_id.clone().unwrap_or_default();
+        let projects: Vec<Value> = projects::all(r)?
+            .into_iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .map(|p| json!({"id": p.id, "name": p.name, "selected": p.id == project}))
+            .collect();
+        Ok((rows, duplicates, page.next, projects))
     })?;
     let can_enroll = policy::can(&ctx.subject, Action::ManageAgents, None);
-    // Agents with a copy on another machine get a notice above the table that says
-    // what happened and what to do.
-    let duplicates: Vec<&Value> = rows.iter().filter(|r| !r["duplicate"].is_null()).collect();
     let tokens = match can_enroll {
         true => app
             .store
@@ -71,6 +96,10 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         json!({
             "agents": rows,
             "duplicates": duplicates,
+            "projects": projects,
+            "filters": {"q": req.text_filter("q").unwrap_or_default()},
+            "filtered": fleet_api::AGENT_FILTERS.iter().any(|n| req.text_filter(n).is_some()),
+            "pager": super::pages::pager_by_name(req, &paging, next.as_deref()),
             "can_enroll": can_enroll,
             "fleet_server": app.config.public_quic,
             "retry_minutes": agents::DUPLICATE_RETRY_S / 60,

@@ -10,6 +10,7 @@ use warp::http::StatusCode;
 
 use super::fleet_api::execution_view;
 use super::{json as reply, Ctx, Req, Resp};
+use crate::agents;
 use crate::app::App;
 use crate::backups::{self, RecipeInput};
 use crate::error::{AppError, AppResult};
@@ -17,11 +18,9 @@ use crate::executions::Execution;
 use crate::policy::{self, Action};
 use crate::projects::{self, Project};
 use crate::schedules::{self, ScheduleKind};
+use crate::servers::{self, Server};
 use crate::store::Read;
 use crate::updates;
-
-/// Most records one list answer holds.
-const LIST_LIMIT: usize = 500;
 
 /// A project whose servers and operations the subject may see, by id or name; 404
 /// otherwise (recipes, schedules and runs are operations, not project facts).
@@ -37,40 +36,80 @@ fn dispatch_all(app: &App, executions: &[Execution]) {
     }
 }
 
-/// `?project=` and `?server=` filters of the list endpoints: (project id, agent id).
-fn filters(app: &App, req: &Req, ctx: &Ctx) -> AppResult<(Option<String>, Option<String>)> {
-    app.store
-        .read(|r| {
-            let project = match req.query("project") {
-                Some(key) => Some(visible_project(r, ctx, key)?.id),
-                None => None,
-            };
-            let agent = match req.query("server") {
-                Some(key) => Some(backups::agent_of_server(r, &ctx.subject, key)?.id),
-                None => None,
-            };
-            Ok((project, agent))
-        })
-        .map_err(AppError::from)
+/// The filters of the backup and update lists (API and pages).
+pub const OPS_FILTERS: [&str; 3] = ["project", "server", "status"];
+
+/// Reads the filters of a backup or update list: `project` (id or name), `server` (a
+/// server's id, its name within the `project` given, or its agent's id or name) and
+/// `status`. An unknown filter, or a value naming nothing the caller can see, is a 400
+/// naming the filter.
+pub fn ops_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<backups::Filter> {
+    req.only_filters(&OPS_FILTERS)?;
+    let unknown = |name: &str, value: &str| {
+        AppError::bad_request(format!(
+            "{name}: no {name} {:?} that you can see",
+            value.chars().take(80).collect::<String>()
+        ))
+    };
+    let mut filter = backups::Filter::default();
+    if let Some(status) = req.text_filter("status") {
+        filter.status = Some(backups::BackupStatus::parse(&status).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "status must be one of {} (not {:?})",
+                backups::BackupStatus::ALL.map(|s| s.as_str()).join(", "),
+                status.chars().take(40).collect::<String>()
+            ))
+        })?);
+    }
+    if let Some(project) = req.text_filter("project") {
+        let found = projects::find(r, &project)?
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .ok_or_else(|| unknown("project", &project))?;
+        filter.project_id = Some(found.id);
+    }
+    if let Some(server) = req.text_filter("server") {
+        let by_id = r.get::<Server>(&server)?;
+        let by_name = match (&by_id, &filter.project_id) {
+            (None, Some(project_id)) => servers::by_name(r, project_id, &server)?,
+            _ => None,
+        };
+        match by_id.or(by_name) {
+            Some(found) => {
+                if !policy::can(&ctx.subject, Action::ViewServers, Some(&found.project_id)) {
+                    return Err(unknown("server", &server));
+                }
+                filter.server_id = Some(found.id);
+            }
+            None => {
+                let agent = agents::find_visible(r, &ctx.subject, &server)
+                    .map_err(|_| unknown("server", &server))?;
+                filter.agent_id = Some(agent.id);
+            }
+        }
+    }
+    Ok(filter)
 }
 
-/// `GET /api/v1/backups[?project=…][&server=…]`.
+/// `GET /api/v1/backups[?project=…][&server=…][&status=…]`: one page of the backups
+/// the caller may see, newest first.
 pub fn backups_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
-    let (project, agent) = filters(app, req, ctx)?;
-    let list = app.store.read(|r| {
-        backups::list_visible(
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let filter = ops_filter(r, req, ctx)?;
+        let page = backups::query(
             r,
             &ctx.subject,
-            project.as_deref(),
-            agent.as_deref(),
-            LIST_LIMIT,
-        )
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        Ok((
+            page.items.iter().map(backups::view).collect::<Vec<_>>(),
+            page.next,
+        ))
     })?;
-    Ok(reply(
-        StatusCode::OK,
-        &list.iter().map(backups::view).collect::<Vec<_>>(),
-    ))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/backups/{id}`.
@@ -275,23 +314,26 @@ pub fn project_update(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
     Ok(reply(StatusCode::CREATED, &update_views(app, &executions)?))
 }
 
-/// `GET /api/v1/updates[?project=…][&server=…]`.
+/// `GET /api/v1/updates[?project=…][&server=…][&status=…]`: one page of the system
+/// updates the caller may see, newest first.
 pub fn updates_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
-    let (project, agent) = filters(app, req, ctx)?;
-    let list = app.store.read(|r| {
-        updates::list_visible(
+    let paging = req.paging()?;
+    let (list, next) = app.store.read(|r| {
+        let filter = ops_filter(r, req, ctx)?;
+        let page = updates::query(
             r,
             &ctx.subject,
-            project.as_deref(),
-            agent.as_deref(),
-            LIST_LIMIT,
-        )
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        Ok((
+            page.items.iter().map(updates::view).collect::<Vec<_>>(),
+            page.next,
+        ))
     })?;
-    Ok(reply(
-        StatusCode::OK,
-        &list.iter().map(updates::view).collect::<Vec<_>>(),
-    ))
+    Ok(super::json_page(req, &list, next.as_deref()))
 }
 
 /// `GET /api/v1/updates/{id}`.

@@ -99,32 +99,54 @@ fn backup_row(r: &impl Read, ctx: &Ctx, b: &backups::Backup) -> anyhow::Result<V
     Ok(v)
 }
 
-/// `GET /backups[?project=…]`.
+/// The filter form's part of a backup or update list page's context: the values
+/// given (empty when not: templates are strict), the projects and statuses to choose
+/// from, and whether anything narrows the list.
+fn ops_filter_context(r: &impl Read, req: &Req, ctx: &Ctx) -> anyhow::Result<Value> {
+    let given = |name: &str| req.text_filter(name).unwrap_or_default();
+    let project = given("project");
+    let projects: Vec<Value> = crate::projects::all(r)?
+        .into_iter()
+        .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+        .map(|p| {
+            let selected = project == p.id || project == p.name;
+            json!({"id": p.id, "name": p.name, "selected": selected})
+        })
+        .collect();
+    Ok(json!({
+        "filters": {"project": project, "server": given("server"), "status": given("status")},
+        "projects": projects,
+        "statuses": backups::BackupStatus::ALL.map(|s| s.as_str()),
+        "filtered": super::ops_api::OPS_FILTERS.iter().any(|n| req.text_filter(n).is_some()),
+    }))
+}
+
+/// `GET /backups[?project=…][&server=…][&status=…]`: one page of backups, newest
+/// first, with a filter form and a pager.
 pub fn backups_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
-    let (rows, projects) = app.store.read(|r| {
-        let project = match req.query("project").filter(|p| !p.is_empty()) {
-            Some(key) => Some(visible_project(r, ctx, key)?.id),
-            None => None,
-        };
-        let list = backups::list_visible(r, &ctx.subject, project.as_deref(), None, 300)?;
-        let rows = list.iter().map(|b| backup_row(r, ctx, b)).collect::<anyhow::Result<Vec<_>>>()?;
-        let projects: Vec<Value> = crate::projects::all(r)?
-            .into_iter()
-            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
-            .map(|p| json!({"id": p.id, "name": p.name, "selected": project.as_deref() == Some(p.id.as_str())}))
-            .collect();
-        Ok((rows, projects))
+    let paging = req.paging_with(50)?;
+    let data = app.store.read(|r| {
+        let filter = super::ops_api::ops_filter(r, req, ctx)?;
+        let page = backups::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let rows = page
+            .items
+            .iter()
+            .map(|b| backup_row(r, ctx, b))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut data = ops_filter_context(r, req, ctx)?;
+        data["backups"] = json!(rows);
+        data["pager"] = req.pager(&paging, page.next.as_deref());
+        Ok(data)
     })?;
-    page(
-        app,
-        req,
-        ctx,
-        "backups",
-        "Backups",
-        json!({"backups": rows, "projects": projects}),
-    )
+    page(app, req, ctx, "backups", "Backups", data)
 }
 
 /// `GET /backups/{id}`.
@@ -295,16 +317,20 @@ fn project_page_with(
             return Err(AppError::forbidden().into());
         }
         let recipe = backups::recipe(r, &project.id)?;
-        let list = backups::list_visible(r, &ctx.subject, Some(&project.id), None, 20)?;
-        let rows = list
+        let of_project = backups::Filter {
+            project_id: Some(project.id.clone()),
+            ..Default::default()
+        };
+        let rows = backups::query(r, &ctx.subject, &of_project, None, 20)?
+            .items
             .iter()
             .map(|b| backup_row(r, ctx, b))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let update_rows: Vec<Value> =
-            updates::list_visible(r, &ctx.subject, Some(&project.id), None, 10)?
-                .iter()
-                .map(updates::view)
-                .collect();
+        let update_rows: Vec<Value> = updates::query(r, &ctx.subject, &of_project, None, 10)?
+            .items
+            .iter()
+            .map(updates::view)
+            .collect();
         let schedules = schedules_view(r, &project.id)?;
         let (backup_cron, update_cron) = schedules::of_project(r, &project.id)?;
         Ok(json!({
@@ -468,24 +494,32 @@ fn update_row(r: &impl Read, u: &updates::Update) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-/// `GET /updates`.
+/// `GET /updates[?project=…][&server=…][&status=…]`: one page of system updates,
+/// newest first, with a filter form and a pager.
 pub fn updates_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
-    let rows = app.store.read(|r| {
-        updates::list_visible(r, &ctx.subject, None, None, 300)?
+    let paging = req.paging_with(50)?;
+    let data = app.store.read(|r| {
+        let filter = super::ops_api::ops_filter(r, req, ctx)?;
+        let page = updates::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let rows = page
+            .items
             .iter()
             .map(|u| update_row(r, u))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut data = ops_filter_context(r, req, ctx)?;
+        data["updates"] = json!(rows);
+        data["pager"] = req.pager(&paging, page.next.as_deref());
+        Ok(data)
     })?;
-    page(
-        app,
-        req,
-        ctx,
-        "updates",
-        "System updates",
-        json!({"updates": rows}),
-    )
+    page(app, req, ctx, "updates", "System updates", data)
 }
 
 /// `GET /updates/{id}`.

@@ -408,36 +408,43 @@ pub fn logout(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 // ---- dashboard ----
 
-/// `GET /`: a dashboard made for the caller's role.
+/// `GET /`: a dashboard made for the caller's role. Its figures are kept counts and
+/// its lists single pages read through indexes, so it costs the same with ten servers
+/// or ten thousand.
 pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let data = app.store.read(|r| {
         let all_projects = projects::all(r)?;
-        let servers = servers::visible(r, &ctx.subject, None)?;
-        let project_rows: Vec<Value> = all_projects
+        let mut project_rows = Vec::new();
+        for p in all_projects
             .iter()
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
-            .map(|p| {
-                let count = servers.iter().filter(|s| s.project_id == p.id).count();
-                let cost: f64 = servers.iter().filter(|s| s.project_id == p.id && s.status != "deleted").filter_map(|s| s.monthly_cost).sum();
-                let percent = p.budget_monthly.filter(|b| *b > 0.0).map(|b| (cost / b * 100.0).round());
-                json!({
-                    "id": p.id, "name": p.name, "description": p.description, "servers": count,
-                    "cost": cost, "budget": p.budget_monthly, "budget_percent": percent,
-                    "over_budget": percent.is_some_and(|x| x >= 100.0),
-                    "level": ctx.subject.level_on(&p.id).map(|l| l.as_str()),
-                })
-            })
-            .collect();
-        let running = servers.iter().filter(|s| s.status == "running").count();
+        {
+            // Server figures are fleet facts, for those who see the project's servers.
+            let counts = if policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)) {
+                servers::project_counts(r, &p.id)?
+            } else {
+                servers::Counts::default()
+            };
+            let cost = counts.monthly_cost;
+            let percent = p.budget_monthly.filter(|b| *b > 0.0).map(|b| (cost / b * 100.0).round());
+            project_rows.push(json!({
+                "id": p.id, "name": p.name, "description": p.description, "servers": counts.servers,
+                "cost": cost, "budget": p.budget_monthly, "budget_percent": percent,
+                "over_budget": percent.is_some_and(|x| x >= 100.0),
+                "level": ctx.subject.level_on(&p.id).map(|l| l.as_str()),
+            }));
+        }
+        let counts = servers::visible_counts(r, &ctx.subject)?;
+        let first = servers::query(r, &ctx.subject, &servers::Filter::default(), None, 12)?;
         let mut data = json!({
             "role": ctx.user.role.as_str(),
             "is_admin": ctx.user.role == Role::Admin,
             "is_technical": ctx.user.role == Role::Technical,
             "is_sales": ctx.user.role == Role::Sales,
             "projects": project_rows,
-            "server_count": servers.len(),
-            "running_count": running,
-            "servers": servers.iter().take(12).map(|s| server_row(app, r, s)).collect::<anyhow::Result<Vec<_>>>()?,
+            "server_count": counts.servers,
+            "running_count": counts.running,
+            "servers": first.items.iter().map(|s| server_row(app, r, s)).collect::<anyhow::Result<Vec<_>>>()?,
             "recent": [],
             "user_count": 0,
         });
@@ -456,31 +463,57 @@ fn server_row(
     r: &impl crate::store::Read,
     s: &servers::Server,
 ) -> anyhow::Result<Value> {
-    let mut v = super::api::server_json(app, r, s)?;
-    v["search"] = json!(servers::search_text(s));
-    Ok(v)
+    super::api::server_json(app, r, s)
+}
+
+/// The pager of a list by name: like [`Req::pager`], with first and next instead of
+/// newest and older.
+pub fn pager_by_name(req: &Req, paging: &super::Paging, next: Option<&str>) -> Value {
+    let mut pager = req.pager(paging, next);
+    pager["first_label"] = json!("First");
+    pager["next_label"] = json!("Next");
+    pager
 }
 
 // ---- servers ----
 
-/// `GET /servers`: the servers the caller may see, with live search.
+/// `GET /servers[?project=…][&status=…][&q=…]`: one page of the servers the caller
+/// may see, by name, with a filter form; its search box asks the server as you type
+/// (`data-live-search-url`), so it finds any of thousands of servers.
 pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ViewServers, None)?;
-    let q = req.query("q").unwrap_or("").to_string();
-    let rows = app.store.read(|r| {
-        servers::visible(r, &ctx.subject, Some(&q))?
+    let paging = req.paging_with(100)?;
+    let data = app.store.read(|r| {
+        let filter = super::api::server_filter(r, req, ctx)?;
+        let page = servers::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let rows = page
+            .items
             .iter()
             .map(|s| server_row(app, r, s))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let project = filter.project_id.clone().unwrap_or_default();
+        let projects: Vec<Value> = projects::all(r)?
+            .into_iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .map(|p| json!({"id": p.id, "name": p.name, "selected": p.id == project}))
+            .collect();
+        Ok(json!({
+            "servers": rows,
+            "q": req.text_filter("q").unwrap_or_default(),
+            "filters": {"status": filter.status.clone().unwrap_or_default()},
+            "projects": projects,
+            "statuses": servers::STATUSES,
+            "filtered": super::api::SERVER_FILTERS.iter().any(|n| req.text_filter(n).is_some()),
+            "pager": pager_by_name(req, &paging, page.next.as_deref()),
+        }))
     })?;
-    page(
-        app,
-        req,
-        ctx,
-        "servers",
-        "Servers",
-        json!({"servers": rows, "q": q}),
-    )
+    page(app, req, ctx, "servers", "Servers", data)
 }
 
 /// `GET /servers/{id}`.
@@ -512,20 +545,20 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ViewProject, None)?;
     let rows = app.store.read(|r| {
-        let servers: Vec<servers::Server> = r.list()?;
-        Ok(projects::all(r)?
+        let mut rows = Vec::new();
+        for p in projects::all(r)?
             .iter()
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
-            .map(|p| {
-                let mut v = serde_json::to_value(ProjectView::from(p)).unwrap_or_default();
-                if !policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)) {
-                    v["deploy_command"] = Value::Null;
-                }
-                v["servers"] = json!(servers.iter().filter(|s| s.project_id == p.id).count());
-                v["can_edit"] = json!(policy::can(&ctx.subject, Action::EditProject, Some(&p.id)));
-                v
-            })
-            .collect::<Vec<_>>())
+        {
+            let mut v = serde_json::to_value(ProjectView::from(p)).unwrap_or_default();
+            if !policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)) {
+                v["deploy_command"] = Value::Null;
+            }
+            v["servers"] = json!(servers::project_counts(r, &p.id)?.servers);
+            v["can_edit"] = json!(policy::can(&ctx.subject, Action::EditProject, Some(&p.id)));
+            rows.push(v);
+        }
+        Ok(rows)
     })?;
     page(
         app,
@@ -537,16 +570,22 @@ pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     )
 }
 
+/// Servers a project's page lists; past them it links to the Servers page.
+const PROJECT_PAGE_SERVERS: usize = 50;
+
 /// `GET /projects/{id}`.
 pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let data = app.store.read(|r| {
         let project: Project = projects::find(r, id)?.ok_or_else(|| AppError::not_found("project"))?;
         require(ctx, Action::ViewProject, Some(&project.id))?;
         let can_view_servers = policy::can(&ctx.subject, Action::ViewServers, Some(&project.id));
-        let servers: Vec<Value> = if can_view_servers {
-            servers::visible(r, &ctx.subject, None)?.iter().filter(|s| s.project_id == project.id).map(|s| server_row(app, r, s)).collect::<anyhow::Result<_>>()?
+        // One page of the project's servers; the Servers page lists them all.
+        let (servers, more_servers): (Vec<Value>, bool) = if can_view_servers {
+            let of_project = servers::Filter { project_id: Some(project.id.clone()), ..Default::default() };
+            let page = servers::query(r, &ctx.subject, &of_project, None, PROJECT_PAGE_SERVERS)?;
+            (page.items.iter().map(|s| server_row(app, r, s)).collect::<anyhow::Result<_>>()?, page.next.is_some())
         } else {
-            Vec::new()
+            (Vec::new(), false)
         };
         let mut access = Vec::new();
         let can_manage_access = policy::can(&ctx.subject, Action::ManageAccess, Some(&project.id));
@@ -559,11 +598,8 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         }
         // Server costs and the deploy command are fleet facts, for those who see the
         // project's servers.
-        let cost: f64 = if can_view_servers {
-            r.list::<servers::Server>()?.iter().filter(|s| s.project_id == project.id && s.status != "deleted").filter_map(|s| s.monthly_cost).sum()
-        } else {
-            0.0
-        };
+        let counts = if can_view_servers { servers::project_counts(r, &project.id)? } else { servers::Counts::default() };
+        let cost = counts.monthly_cost;
         let mut view = ProjectView::from(&project);
         if !can_view_servers {
             view.deploy_command = None;
@@ -571,6 +607,8 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         Ok(json!({
             "project": view,
             "servers": servers,
+            "more_servers": more_servers,
+            "server_count": counts.servers,
             "can_view_servers": can_view_servers,
             "can_edit": policy::can(&ctx.subject, Action::EditProject, Some(&project.id)),
             "can_manage_access": can_manage_access,

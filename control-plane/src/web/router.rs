@@ -51,7 +51,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["me"]) => api::me(app, &ctx),
         (&Method::GET, ["servers"]) => api::servers(app, req, &ctx),
         (&Method::GET, ["servers", id]) => api::server(app, &ctx, id),
-        (&Method::GET, ["projects"]) => api::projects(app, &ctx),
+        (&Method::GET, ["projects"]) => api::projects(app, req, &ctx),
         (&Method::POST, ["projects"]) => api::create_project(app, req, &ctx),
         (&Method::GET, ["projects", id]) => api::project(app, &ctx, id),
         (&Method::PUT, ["projects", id]) => api::update_project(app, req, &ctx, id),
@@ -69,7 +69,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::DELETE, ["projects", id, "access", username]) => {
             api::revoke_access(app, req, &ctx, id, username)
         }
-        (&Method::GET, ["users"]) => api::users(app, &ctx),
+        (&Method::GET, ["users"]) => api::users(app, req, &ctx),
         (&Method::POST, ["users"]) => api::create_user(app, req, &ctx).await,
         (&Method::PUT, ["users", id]) => api::update_user(app, req, &ctx, id).await,
         (&Method::POST, ["users", id, "apitokens"]) => api::create_api_token(app, req, &ctx, id),
@@ -92,7 +92,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["notifications", id, "read"]) => {
             super::business_api::mark_read(app, &ctx, id)
         }
-        (&Method::GET, ["subscriptions"]) => super::business_api::list_subscriptions(app, &ctx),
+        (&Method::GET, ["subscriptions"]) => {
+            super::business_api::list_subscriptions(app, req, &ctx)
+        }
         (&Method::POST, ["subscriptions"]) => {
             super::business_api::create_subscription(app, req, &ctx)
         }
@@ -104,7 +106,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         }
         (&Method::GET, ["revenue"]) => super::business_api::revenue(app, req, &ctx),
         // Fleet: agents, enrollment tokens, executions.
-        (&Method::GET, ["agents"]) => fleet_api::agents_list(app, &ctx),
+        (&Method::GET, ["agents"]) => fleet_api::agents_list(app, req, &ctx),
         (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_api::revoke_agent(app, req, &ctx, id),
         (&Method::POST, ["agents", id, "accept-host"]) => {

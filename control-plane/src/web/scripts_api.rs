@@ -57,18 +57,20 @@ fn body_error(input: &ScriptInput, old: Option<&scripts::Script>) -> Option<Resp
 /// is one the caller may not see.
 pub fn list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require_fleet(ctx)?;
-    let q = req.query("q").unwrap_or("").trim().to_lowercase();
-    let views = app.store.read(|r| {
-        let project = match req.query("project") {
+    req.only_filters(&["project", "q"])?;
+    let paging = req.paging()?;
+    let q = req.text_filter("q").unwrap_or_default().to_lowercase();
+    let (views, next) = app.store.read(|r| {
+        let project = match req.text_filter("project") {
             Some(key) => Some(
-                crate::projects::find(r, key.trim())?
+                crate::projects::find(r, &key)?
                     .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
                     .ok_or_else(|| AppError::bad_request(format!("unknown project {key:?}")))?,
             ),
             None => None,
         };
-        scripts::visible(r, &ctx.subject)?
-            .iter()
+        let matching: Vec<scripts::Script> = scripts::visible(r, &ctx.subject)?
+            .into_iter()
             .filter(|s| match &project {
                 Some(p) => s.project_id.as_ref().is_none_or(|id| *id == p.id),
                 None => true,
@@ -78,10 +80,21 @@ pub fn list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                     || s.name.to_lowercase().contains(&q)
                     || s.description.to_lowercase().contains(&q)
             })
+            .collect();
+        let page = crate::listing::page_of_all(
+            matching,
+            |s| crate::listing::name_position(&s.name, &s.id),
+            paging.cursor.as_deref(),
+            paging.limit,
+        );
+        let views = page
+            .items
+            .iter()
             .map(|s| scripts::view(r, s))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((views, page.next))
     })?;
-    Ok(reply(StatusCode::OK, &views))
+    Ok(super::json_page(req, &views, next.as_deref()))
 }
 
 /// `POST /api/v1/scripts`: the caller's right to the scope comes first, then the body
