@@ -284,7 +284,7 @@ fn seed(
                     role: Some("technical".into()),
                     ..Default::default()
                 },
-                None,
+                Some(hash.clone()),
             )
             .map_err(app_error)?;
         }
@@ -1120,7 +1120,8 @@ fn retention(data: &Path) -> Result<Retention> {
     let began = Instant::now();
     {
         let mut db = redb::Database::open(&work)?;
-        while db.compact()? {}
+        // Compacts until no page can move any more.
+        db.compact()?;
     }
     let compact_seconds = began.elapsed().as_secs_f64();
     let file_after_compact = std::fs::metadata(&work)?.len();
