@@ -76,6 +76,8 @@ struct Args {
     viewers: usize,
     lines: usize,
     prune: bool,
+    /// Only the store's size and retention, without serving it.
+    retention_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -93,6 +95,7 @@ fn parse_args() -> Args {
         viewers: 50,
         lines: 100_000,
         prune: true,
+        retention_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -115,6 +118,7 @@ fn parse_args() -> Args {
             "--viewers" => args.viewers = value("--viewers") as usize,
             "--lines" => args.lines = value("--lines") as usize,
             "--no-prune" => args.prune = false,
+            "--retention-only" => args.retention_only = true,
             _ => {} // `cargo bench` passes --bench
         }
     }
@@ -1090,25 +1094,49 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// What the retention step found.
 struct Retention {
-    file_before: u64,
-    stored_before: u64,
+    before: Usage,
     disk_prune_ms_per_execution: f64,
     report: dynserv::maintenance::PruneReport,
     prune_seconds: f64,
-    file_after_prune: u64,
-    stored_after_prune: u64,
+    after_prune: Usage,
+    backup: u64,
+    backup_seconds: f64,
     file_after_compact: u64,
     compact_seconds: f64,
 }
 
-/// Bytes of live data in a redb file (leaf bytes plus metadata), read with redb.
-fn stored_bytes(path: &Path) -> Result<u64> {
-    let db = redb::Database::open(path)?;
-    let txn = db.begin_write()?;
-    let stats = txn.stats()?;
-    let bytes = stats.stored_bytes() + stats.metadata_bytes();
-    txn.abort()?;
-    Ok(bytes)
+/// How a redb file's bytes are used.
+struct Usage {
+    file: u64,
+    /// Pages reachable from the tables (the rest of the file is free pages).
+    allocated: u64,
+    /// Keys, values and metadata in them (the rest of those pages is slack).
+    stored: u64,
+}
+
+impl Usage {
+    fn of(path: &Path) -> Result<Usage> {
+        let file = std::fs::metadata(path)?.len();
+        let db = redb::Database::open(path)?;
+        let txn = db.begin_write()?;
+        let stats = txn.stats()?;
+        let usage = Usage {
+            file,
+            allocated: stats.allocated_pages() * stats.page_size() as u64,
+            stored: stats.stored_bytes() + stats.metadata_bytes(),
+        };
+        txn.abort()?;
+        Ok(usage)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "file {:.0} MiB: {:.0} MiB in allocated pages, holding {:.0} MiB of keys, values and metadata",
+            mib(self.file),
+            mib(self.allocated),
+            mib(self.stored)
+        )
+    }
 }
 
 /// Retention on the run's copy of the store: times a few prunes where the store is
@@ -1118,8 +1146,8 @@ fn stored_bytes(path: &Path) -> Result<u64> {
 /// ahead; then compacts it.
 fn retention(data: &Path) -> Result<Retention> {
     let path = data.join("dynserv.redb");
-    let file_before = std::fs::metadata(&path)?.len();
-    let stored_before = stored_bytes(&path)?;
+    let before = Usage::of(&path)?;
+    let file_before = before.file;
     let config = dynserv::config::Config::resolve(data, &Default::default())?;
     let ahead = Utc::now() + chrono::Duration::days(45);
     let keep = config.retention.context("retention is configured")?;
@@ -1158,9 +1186,15 @@ fn retention(data: &Path) -> Result<Retention> {
     report.executions += pruned.executions;
     report.log_chunks += pruned.log_chunks;
     let prune_seconds = began.elapsed().as_secs_f64();
+    // What an offline copy of the live data (`dynserv backup`) weighs.
+    let copy = work.with_file_name("backup.redb");
+    let began = Instant::now();
+    store.backup_to(&copy)?;
+    let backup_seconds = began.elapsed().as_secs_f64();
+    let backup = std::fs::metadata(&copy)?.len();
+    std::fs::remove_file(&copy)?;
     drop(store);
-    let file_after_prune = std::fs::metadata(&work)?.len();
-    let stored_after_prune = stored_bytes(&work)?;
+    let after_prune = Usage::of(&work)?;
     let began = Instant::now();
     {
         let mut db = redb::Database::open(&work)?;
@@ -1173,16 +1207,37 @@ fn retention(data: &Path) -> Result<Retention> {
         let _ = std::fs::remove_dir_all(&shm);
     }
     Ok(Retention {
-        file_before,
-        stored_before,
+        before,
         disk_prune_ms_per_execution,
         report,
         prune_seconds,
-        file_after_prune,
-        stored_after_prune,
+        after_prune,
+        backup,
+        backup_seconds,
         file_after_compact,
         compact_seconds,
     })
+}
+
+fn print_retention(r: &Retention) {
+    println!("\n## store size and retention");
+    println!("before: {}", r.before.describe());
+    println!(
+        "pruning on disk: {:.1} ms per execution (2 commits each)",
+        r.disk_prune_ms_per_execution
+    );
+    println!(
+        "retention with the clock 45 days ahead (executions past 90 days, audit past 365): pruned {} executions, {} log chunks, {} audit entries in {:.0} s (on /dev/shm)",
+        r.report.executions, r.report.log_chunks, r.report.audit_entries, r.prune_seconds
+    );
+    println!("after pruning: {}", r.after_prune.describe());
+    println!(
+        "a backup of it (Store::backup_to, as `dynserv backup`): {:.0} MiB in {:.0} s; the file after redb's compact(): {:.0} MiB ({:.0} s)",
+        mib(r.backup),
+        r.backup_seconds,
+        mib(r.file_after_compact),
+        r.compact_seconds
+    );
 }
 
 /// A copy of a seeded data directory for one run, removed when dropped.
@@ -1219,6 +1274,16 @@ async fn main() -> Result<()> {
         load_average()
     );
     let fanout = args.fanout;
+    if args.retention_only {
+        let (cache, _) = {
+            let (e, s, a) = (args.executions, args.servers, args.audit);
+            tokio::task::spawn_blocking(move || seeded(e, s, a, fanout)).await??
+        };
+        let copy = run_copy(&cache, "retention")?;
+        let data = copy.0.join("data");
+        print_retention(&tokio::task::spawn_blocking(move || retention(&data)).await??);
+        return Ok(());
+    }
 
     // The baseline store first: its figures are compared at the end.
     let mut baseline = None;
@@ -1438,27 +1503,7 @@ async fn main() -> Result<()> {
     if args.prune {
         let data = data.clone();
         let r = tokio::task::spawn_blocking(move || retention(&data)).await??;
-        println!("\n## store size and retention");
-        println!(
-            "store file {:.0} MiB ({:.0} MiB of it live data)",
-            mib(r.file_before),
-            mib(r.stored_before)
-        );
-        println!(
-            "pruning on disk: {:.1} ms per execution (2 commits each)",
-            r.disk_prune_ms_per_execution
-        );
-        println!(
-            "retention with the clock 45 days ahead (executions past 90 days, audit past 365): pruned {} executions, {} log chunks, {} audit entries in {:.0} s (on /dev/shm)",
-            r.report.executions, r.report.log_chunks, r.report.audit_entries, r.prune_seconds
-        );
-        println!(
-            "store file after pruning {:.0} MiB ({:.0} MiB live data: the rest is free pages redb reuses); after redb compaction {:.0} MiB ({:.0} s)",
-            mib(r.file_after_prune),
-            mib(r.stored_after_prune),
-            mib(r.file_after_compact),
-            r.compact_seconds
-        );
+        print_retention(&r);
     }
     drop(copy);
     Ok(())
