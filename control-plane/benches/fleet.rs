@@ -19,27 +19,25 @@
 //! The agents are created directly in the store before the server starts (enrolling
 //! 10,000 agents one by one would measure fsyncs, not the fleet).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use common::{
+    agent_client, bench_endpoint, binary, micros, percentile, rss_kib, sim_agent, sim_facts,
+    sim_host_id, start_server, stream_to_viewers, wait_connected, Identity, Kill,
+};
 use dynserv::agents::{self, AgentFacts};
 use dynserv::audit::Actor;
 use dynserv::projects::{self, ProjectInput};
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
 use dynserv::users::{self, NewUser};
-use dynserv_shared::frame::{read_frame, write_frame};
 use dynserv_shared::pki::{self, AgentPublicKey};
-use dynserv_shared::proto::{
-    AgentControl, Facts, FromAgent, JobEnd, JobStatus, Load, OutputChunk, OutputStream,
-    ServerControl, ToAgent, FLEET_SERVER_NAME, PROTOCOL_VERSION,
-};
-use futures::StreamExt;
-use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, Semaphore};
 
 struct Args {
@@ -73,59 +71,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-fn micros() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
-}
-
-fn binary(name: &str) -> PathBuf {
-    // target/release/deps/fleet-HASH -> target/release/NAME
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --release -p dynserv -p dynserv-agent",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// One simulated agent's identity.
-struct Identity {
-    id: String,
-    config: quinn::ClientConfig,
-}
-
-fn sim_facts() -> Facts {
-    Facts {
-        hostname: "sim".into(),
-        agent_version: "bench".into(),
-        ..Default::default()
-    }
 }
 
 /// Creates the admin, the project and `count` agents (plus one streamer) in the store.
@@ -176,17 +121,13 @@ fn seed(data: &Path, count: usize) -> Result<(String, Vec<Identity>, Identity)> 
             let public = AgentPublicKey::parse(&pki::public_key_text(&key))?;
             let cert = ca.ca.issue_agent_cert(name, &public)?;
             let fingerprint = hex::encode(pki::sha256(&pki::certs_from_pem(&cert)?[0]));
-            let tls = pki::agent_client_config(ca.ca.cert_pem(), &cert, &key.serialize_pem())?;
-            let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-            let mut transport = quinn::TransportConfig::default();
-            transport.keep_alive_interval(Some(Duration::from_secs(4)));
-            config.transport_config(Arc::new(transport));
+            let config = agent_client(ca.ca.cert_pem(), &cert, &key.serialize_pem())?;
             made.push((name.clone(), fingerprint, config));
         }
         store.write(|w| {
             for (name, fingerprint, _) in &made {
                 let facts = AgentFacts::from(&sim_facts());
-                let host_id = format!("bench-host-{name}");
+                let host_id = sim_host_id(name);
                 let new = agents::NewAgent {
                     id: name,
                     name,
@@ -208,259 +149,6 @@ fn seed(data: &Path, count: usize) -> Result<(String, Vec<Identity>, Identity)> 
     Ok((api_token, identities, streamer))
 }
 
-/// What a simulated agent reports per job: when it got the start, when the end was
-/// acknowledged (both in µs since EPOCH).
-type Report = (u64, u64);
-
-/// Connects one simulated agent and serves no-op jobs until the connection ends.
-async fn sim_agent(
-    endpoint: quinn::Endpoint,
-    server: SocketAddr,
-    identity: Identity,
-    reports: mpsc::UnboundedSender<Report>,
-) -> Result<quinn::Connection> {
-    let connection = endpoint
-        .connect_with(identity.config, server, FLEET_SERVER_NAME)?
-        .await?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    let hello = AgentControl::Hello {
-        protocol: PROTOCOL_VERSION,
-        agent_id: identity.id.clone(),
-        facts: sim_facts(),
-        // Every simulated agent is a machine of its own, running one process.
-        host_id: format!("bench-host-{}", identity.id),
-        instance_id: String::new(),
-    };
-    write_frame(&mut send, &hello).await?;
-    match read_frame::<ServerControl, _>(&mut recv).await? {
-        Some(ServerControl::Welcome { .. }) => {}
-        other => bail!("{}: not welcomed: {other:?}", identity.id),
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            if write_frame(&mut send, &AgentControl::Heartbeat(Load::default()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok(Some(_)) = read_frame::<ServerControl, _>(&mut recv).await {}
-    });
-    let jobs = connection.clone();
-    tokio::spawn(async move {
-        while let Ok((mut send, mut recv)) = jobs.accept_bi().await {
-            let reports = reports.clone();
-            tokio::spawn(async move {
-                let Ok(Some(ToAgent::Start(_))) = read_frame::<ToAgent, _>(&mut recv).await else {
-                    return;
-                };
-                let started = micros();
-                let chunk = OutputChunk {
-                    seq: 0,
-                    stream: OutputStream::Stdout,
-                    data: "ok\n".into(),
-                };
-                let end = JobEnd {
-                    status: JobStatus::Succeeded,
-                    exit_code: Some(0),
-                    summary: "exit code 0".into(),
-                    chunks: 1,
-                };
-                for message in [
-                    FromAgent::Started { resumed: false },
-                    FromAgent::Output(chunk),
-                    FromAgent::End(end),
-                ] {
-                    if write_frame(&mut send, &message).await.is_err() {
-                        return;
-                    }
-                }
-                while let Ok(Some(message)) = read_frame::<ToAgent, _>(&mut recv).await {
-                    if message == ToAgent::EndAck {
-                        let _ = reports.send((started, micros()));
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Ok(connection)
-}
-
-/// The streaming agent: on start, waits for `go`, then sends `lines` lines in chunks
-/// of whole lines, each line carrying the µs it was written at.
-async fn streamer_agent(
-    endpoint: quinn::Endpoint,
-    server: SocketAddr,
-    identity: Identity,
-    lines: usize,
-    rate: f64,
-    go: tokio::sync::oneshot::Receiver<()>,
-) -> Result<(quinn::Connection, tokio::task::JoinHandle<Result<u64>>)> {
-    let connection = endpoint
-        .connect_with(identity.config, server, FLEET_SERVER_NAME)?
-        .await?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    let hello = AgentControl::Hello {
-        protocol: PROTOCOL_VERSION,
-        agent_id: identity.id.clone(),
-        facts: sim_facts(),
-        // Every simulated agent is a machine of its own, running one process.
-        host_id: format!("bench-host-{}", identity.id),
-        instance_id: String::new(),
-    };
-    write_frame(&mut send, &hello).await?;
-    read_frame::<ServerControl, _>(&mut recv).await?;
-    tokio::spawn(async move {
-        let _keep = send;
-        while let Ok(Some(_)) = read_frame::<ServerControl, _>(&mut recv).await {}
-    });
-    let jobs = connection.clone();
-    let task = tokio::spawn(async move {
-        let (mut send, mut recv) = jobs.accept_bi().await?;
-        let Some(ToAgent::Start(_)) = read_frame::<ToAgent, _>(&mut recv).await? else {
-            bail!("no start")
-        };
-        write_frame(&mut send, &FromAgent::Started { resumed: false }).await?;
-        let _ = go.await;
-        tokio::spawn(async move {
-            while let Ok(Some(_)) = read_frame::<ToAgent, _>(&mut recv).await {}
-        });
-        let pad = "x".repeat(60);
-        let mut bytes = 0u64;
-        let mut seq = 0;
-        let mut line = 0;
-        let begun = Instant::now();
-        while line < lines {
-            let mut data = String::with_capacity(32 * 1024);
-            while line < lines && data.len() < 30 * 1024 {
-                line += 1;
-                data.push_str(&format!("line {line:06} t={:014} {pad}\n", micros()));
-            }
-            bytes += data.len() as u64;
-            write_frame(
-                &mut send,
-                &FromAgent::Output(OutputChunk {
-                    seq,
-                    stream: OutputStream::Stdout,
-                    data,
-                }),
-            )
-            .await?;
-            seq += 1;
-            if rate > 0.0 {
-                let due = Duration::from_secs_f64(bytes as f64 / (rate * 1e6));
-                if let Some(wait) = due.checked_sub(begun.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-        let end = JobEnd {
-            status: JobStatus::Succeeded,
-            exit_code: Some(0),
-            summary: "exit code 0".into(),
-            chunks: seq,
-        };
-        write_frame(&mut send, &FromAgent::End(end)).await?;
-        Ok(bytes)
-    });
-    Ok((connection, task))
-}
-
-/// A WebSocket frame as the viewer needs it.
-#[derive(serde::Deserialize)]
-struct Frame {
-    data: Option<String>,
-    end: Option<serde_json::Value>,
-}
-
-/// One WebSocket viewer: per-line latencies (µs) and the time its end frame came.
-async fn viewer(url: String, token: String, lines: usize) -> Result<(Vec<u32>, u64)> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = url.as_str().into_client_request()?;
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-    let mut latencies = Vec::with_capacity(lines);
-    let mut expected_line = 1;
-    while let Some(message) = socket.next().await {
-        let message = message?;
-        let text = match message {
-            tokio_tungstenite::tungstenite::Message::Text(t) => t,
-            _ => continue,
-        };
-        let value: Frame = serde_json::from_str(&text)?;
-        if value.end.is_some() {
-            if expected_line != lines + 1 {
-                bail!("viewer saw {} lines, expected {lines}", expected_line - 1);
-            }
-            return Ok((latencies, micros()));
-        }
-        let now = micros();
-        for l in value.data.as_deref().unwrap_or_default().lines() {
-            let number: usize = l[5..11].parse()?;
-            if number != expected_line {
-                bail!("viewer got line {number}, expected {expected_line}");
-            }
-            expected_line += 1;
-            let sent: u64 = l[14..28].parse()?;
-            latencies.push(now.saturating_sub(sent) as u32);
-        }
-    }
-    bail!("the WebSocket closed before the end frame")
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
-/// A client endpoint for simulated agents, with wide UDP buffers like the control
-/// plane's (a few endpoints carry thousands of connections).
-fn bench_endpoint() -> Result<quinn::Endpoint> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let sock = socket2::SockRef::from(&socket);
-    sock.set_recv_buffer_size(dynserv::fleet::gateway::UDP_BUFFER_BYTES)?;
-    sock.set_send_buffer_size(dynserv::fleet::gateway::UDP_BUFFER_BYTES)?;
-    let runtime = quinn::default_runtime().context("no async runtime")?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        runtime,
-    )?)
-}
-
-async fn wait_healthy(base: &str) -> Result<()> {
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("dynserv did not become healthy")
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args();
@@ -480,29 +168,10 @@ async fn main() -> Result<()> {
         seeded.elapsed().as_secs_f64()
     );
 
-    let (http, quic) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.path().join("serve.log"))?;
-    let server = Kill(
-        Command::new(binary("dynserv"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--http",
-                &format!("127.0.0.1:{http}"),
-                "--quic",
-                &format!("127.0.0.1:{quic}"),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting dynserv")?,
-    );
-    let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{http}");
-    wait_healthy(&base).await?;
-    let server_addr: SocketAddr = format!("127.0.0.1:{quic}").parse()?;
+    let server = start_server(&data, &dir.path().join("serve.log"), &[]).await?;
+    let pid = server.pid();
+    let base = server.base.clone();
+    let server_addr = server.quic;
     let (rss_idle, _) = rss_kib(pid);
 
     // Connect every simulated agent (a few endpoints share the load of the bench side).
@@ -529,22 +198,8 @@ async fn main() -> Result<()> {
     let connect_s = connecting.elapsed().as_secs_f64();
     // Let the control plane register every connection (metrics gauge).
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let connected = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("dynserv_agents_connected "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if connected as usize >= ids.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = wait_connected(&base, ids.len()).await {
+        println!("{e:#}");
     }
     let (rss_connected, _) = rss_kib(pid);
 
@@ -617,7 +272,7 @@ async fn main() -> Result<()> {
             .args([
                 "enroll",
                 "--server",
-                &format!("127.0.0.1:{quic}"),
+                &server_addr.to_string(),
                 "--token",
                 &token,
                 "--name",
@@ -649,45 +304,17 @@ async fn main() -> Result<()> {
 
     // Streaming to viewers.
     if args.lines > 0 {
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
-        let (_stream_conn, stream_task) = streamer_agent(
-            endpoints[0].clone(),
-            server_addr,
+        let streamed = stream_to_viewers(
+            &server,
+            &endpoints[0],
             streamer,
+            &api_token,
             args.lines,
+            args.viewers,
             args.rate,
-            go_rx,
         )
         .await?;
-        let response = client
-            .post(format!("{base}/api/v1/executions"))
-            .bearer_auth(&api_token)
-            .json(&serde_json::json!({"agent": "streamer", "kind": "script", "script": "stream"}))
-            .send()
-            .await?;
-        let created: serde_json::Value = response.json().await?;
-        let id = created["id"]
-            .as_str()
-            .context("an execution id")?
-            .to_string();
-        let mut viewers = Vec::new();
-        for _ in 0..args.viewers {
-            let url = format!("ws://127.0.0.1:{http}/api/v1/executions/{id}/stream?from_seq=0");
-            viewers.push(tokio::spawn(viewer(url, api_token.clone(), args.lines)));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let t_go = micros();
-        let _ = go_tx.send(());
-        let bytes = stream_task.await??;
-        let mut all = Vec::new();
-        let mut last_done = 0;
-        for v in viewers {
-            let (latencies, done) = v.await??;
-            last_done = last_done.max(done);
-            all.extend(latencies);
-        }
-        all.sort_unstable();
-        let seconds = (last_done - t_go) as f64 / 1e6;
+        let (bytes, seconds, all) = (streamed.bytes, streamed.seconds, streamed.latencies);
         println!(
             "\n## streaming: {} lines ({:.1} MB) to {} WebSocket viewers",
             args.lines,
@@ -713,6 +340,6 @@ async fn main() -> Result<()> {
         );
     }
     drop(connections);
-    drop(server);
+    server.stop();
     Ok(())
 }

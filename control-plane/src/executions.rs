@@ -678,6 +678,40 @@ fn describe(work: &Work) -> String {
     }
 }
 
+/// Stores an execution that has already ended, with its output, as the product
+/// would have left it after `create`, `mark_running`, the ingestion of each chunk
+/// (`admit_output`, then the chunk) and `finish`: the record, every list index and
+/// kept count, the log chunks and their byte count. Nothing else calls it: it lets
+/// the data-layer benchmark (`benches/data.rs`) and load tests write a year of
+/// history with the ids and times it carries, in large transactions, in minutes.
+/// The execution must have ended (the active and expiry indexes are not written).
+pub fn seed_for_bench(
+    w: &mut Writer,
+    e: &Execution,
+    output: &[(OutputStream, &str)],
+) -> anyhow::Result<()> {
+    if !e.status.is_final() {
+        anyhow::bail!(
+            "seed_for_bench stores ended executions only, not {}",
+            e.status.as_str()
+        );
+    }
+    w.put(e)?;
+    index_new(w, e)?;
+    let mut bytes = 0u64;
+    for (seq, (stream, data)) in (0u64..).zip(output) {
+        w.log_append(&e.id, seq, &encode_chunk(*stream, data))?;
+        bytes += data.len() as u64;
+    }
+    if bytes > 0 {
+        w.counter_add(
+            &log_bytes_counter(&e.id),
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        )?;
+    }
+    Ok(())
+}
+
 /// Kept counts of executions: all of them, and per status.
 pub fn counts(r: &impl Read) -> anyhow::Result<BTreeMap<&'static str, u64>> {
     let mut out = BTreeMap::new();
@@ -1378,13 +1412,28 @@ mod tests {
         status: Status,
         minutes_ago: i64,
     ) -> Execution {
-        let at = Utc::now() - Duration::minutes(minutes_ago);
+        let e = sample(
+            n,
+            project,
+            status,
+            Utc::now() - Duration::minutes(minutes_ago),
+        );
+        w.put(&e).unwrap();
+        if !e.status.is_final() {
+            w.index_put(ACTIVE, &index_key(&e), &e.id).unwrap();
+        }
+        index_new(w, &e).unwrap();
+        e
+    }
+
+    /// Execution number `n`, created `at`.
+    fn sample(n: u32, project: &str, status: Status, at: DateTime<Utc>) -> Execution {
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
             at.timestamp() as u64,
             at.timestamp_subsec_nanos(),
         );
-        let e = Execution {
+        Execution {
             id: uuid::Uuid::new_v7(ts).to_string(),
             agent_id: format!("agent-{}", n % 2),
             project_id: project.into(),
@@ -1415,13 +1464,7 @@ mod tests {
             name: format!("job {n}"),
             agent_name: format!("web-{}", n % 2),
             output_truncated: false,
-        };
-        w.put(&e).unwrap();
-        if !e.status.is_final() {
-            w.index_put(ACTIVE, &index_key(&e), &e.id).unwrap();
         }
-        index_new(w, &e).unwrap();
-        e
     }
 
     /// Pages every execution matching `filter`, `limit` at a time; returns the job
@@ -1683,6 +1726,102 @@ mod tests {
             vec!["job 3", "job 2"]
         );
         assert_eq!(prune(&store, cutoff, 100).unwrap(), Pruned::default());
+    }
+
+    /// An execution seeded for a benchmark is stored as the product leaves an ended
+    /// one: listed by each filter, counted, its log readable and counted, and pruned
+    /// without a trace; one that has not ended is refused.
+    #[test]
+    fn seeded_executions_look_like_ended_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut e = sample(1, "p1", Status::Failed, Utc::now() - Duration::days(100));
+        e.script_id = Some("s1".into());
+        let old = e.created_at;
+        let output = [
+            (OutputStream::Stdout, "one\n"),
+            (OutputStream::Stderr, "two\n"),
+        ];
+        store.write(|w| seed_for_bench(w, &e, &output)).unwrap();
+        let admin = subject(Role::Admin, &[]);
+        for filter in [
+            Filter::default(),
+            Filter {
+                status: Some(Status::Failed),
+                ..Default::default()
+            },
+            Filter {
+                agent_id: Some(e.agent_id.clone()),
+                ..Default::default()
+            },
+            Filter {
+                server_id: e.server_id.clone(),
+                ..Default::default()
+            },
+            Filter {
+                project_id: Some("p1".into()),
+                ..Default::default()
+            },
+            Filter {
+                kind: Some("script"),
+                ..Default::default()
+            },
+            Filter {
+                script_id: Some("s1".into()),
+                ..Default::default()
+            },
+            Filter {
+                started_by: Some(e.created_by.clone()),
+                ..Default::default()
+            },
+            Filter {
+                since: Some(old - Duration::hours(1)),
+                until: Some(old + Duration::hours(1)),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(
+                walk(&store, &admin, &filter, 10),
+                vec![e.name.clone()],
+                "{filter:?}"
+            );
+        }
+        store
+            .read(|r| {
+                assert_eq!(counts(r)?["all"], 1);
+                assert_eq!(counts(r)?["failed"], 1);
+                assert_eq!(r.counter(&log_bytes_counter(&e.id))?, 8);
+                let log = log(r, &e.id, 0, 10)?;
+                assert_eq!(
+                    log.iter().map(|c| c.data.as_str()).collect::<Vec<_>>(),
+                    ["one\n", "two\n"]
+                );
+                assert_eq!(log[1].stream, "stderr");
+                assert!(active_of_agent(r, &e.agent_id)?.is_empty());
+                Ok(())
+            })
+            .unwrap();
+        let pruned = prune(&store, Utc::now() - Duration::days(90), 10).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                executions: 1,
+                log_chunks: 2
+            }
+        );
+        store
+            .read(|r| {
+                assert_eq!(counts(r)?["all"], 0);
+                assert_eq!(r.counter(&log_bytes_counter(&e.id))?, 0);
+                assert!(r
+                    .index_page(&crate::store::IndexScan::prefix(BY_SCRIPT, "", 10))?
+                    .is_empty());
+                Ok(())
+            })
+            .unwrap();
+        let mut running = e.clone();
+        running.status = Status::Running;
+        assert!(store.write(|w| seed_for_bench(w, &running, &[])).is_err());
     }
 
     /// Output is stored up to the limit; the chunk that crosses it becomes the

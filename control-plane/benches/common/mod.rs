@@ -1,0 +1,513 @@
+//! What the benchmarks share: starting a real `dynserv serve` from `target/release`,
+//! reading its RSS, simulated agents (each its own QUIC connection and client
+//! certificate), the streaming agent and the WebSocket viewer, and percentiles.
+//!
+//! Each bench uses a part of this module; the rest is dead code to that bench.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dynserv_shared::frame::{read_frame, write_frame};
+use dynserv_shared::proto::{
+    AgentControl, Facts, FromAgent, JobEnd, JobStatus, Load, OutputChunk, OutputStream,
+    ServerControl, ToAgent, FLEET_SERVER_NAME, PROTOCOL_VERSION,
+};
+use futures::StreamExt;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::mpsc;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since the bench started (the first call).
+pub fn micros() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// A binary of the release build, next to the bench executable.
+pub fn binary(name: &str) -> PathBuf {
+    // target/release/deps/BENCH-HASH -> target/release/NAME
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --release -p {}",
+        path.display(),
+        name
+    );
+    path
+}
+
+/// The `target/` directory the bench runs from.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("target/release/deps/BENCH")
+        .to_path_buf()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `(VmRSS, VmHWM)` of a process in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The 1-, 5- and 15-minute load averages of the machine.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A value of a sorted sample in ms (samples are µs).
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// A child process killed when dropped.
+pub struct Kill(pub Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `dynserv serve`.
+pub struct Server {
+    pub process: Kill,
+    pub base: String,
+    pub http_port: u16,
+    pub quic: SocketAddr,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    /// Stops the server (SIGKILL: the store is crash-safe) and waits for it to exit.
+    pub fn stop(self) {
+        drop(self.process);
+    }
+}
+
+/// Starts `dynserv serve` on `data` (release build) with its log in `log` and waits
+/// until `/healthz` answers.
+pub async fn start_server(data: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Server> {
+    let (http, quic) = (free_port(), free_port());
+    let log = std::fs::File::create(log)?;
+    let mut command = Command::new(binary("dynserv"));
+    command
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args([
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--quic",
+            &format!("127.0.0.1:{quic}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let process = Kill(command.spawn().context("starting dynserv")?);
+    let base = format!("http://127.0.0.1:{http}");
+    wait_healthy(&base).await?;
+    Ok(Server {
+        process,
+        base,
+        http_port: http,
+        quic: format!("127.0.0.1:{quic}").parse()?,
+    })
+}
+
+pub async fn wait_healthy(base: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..1200 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("dynserv did not become healthy")
+}
+
+/// Waits until the control plane counts `count` connected agents (its metrics gauge).
+pub async fn wait_connected(base: &str, count: usize) -> Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let connected = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dynserv_agents_connected "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if connected as usize >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("fewer than {count} agents connected after 60 s")
+}
+
+/// One simulated agent's identity.
+pub struct Identity {
+    pub id: String,
+    pub config: quinn::ClientConfig,
+}
+
+/// The QUIC client configuration of a simulated agent holding `cert_pem`/`key_pem`
+/// issued by the control plane's CA (`ca_pem`).
+pub fn agent_client(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ClientConfig> {
+    let tls = dynserv_shared::pki::agent_client_config(ca_pem, cert_pem, key_pem)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(4)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+pub fn sim_facts() -> Facts {
+    Facts {
+        hostname: "sim".into(),
+        agent_version: "bench".into(),
+        ..Default::default()
+    }
+}
+
+/// The host id a simulated agent reports: every one is a machine of its own.
+pub fn sim_host_id(agent_id: &str) -> String {
+    format!("bench-host-{agent_id}")
+}
+
+/// What a simulated agent reports per job: when it got the start, when the end was
+/// acknowledged (both in µs since the bench started).
+pub type Report = (u64, u64);
+
+/// Connects one simulated agent and serves no-op jobs until the connection ends.
+pub async fn sim_agent(
+    endpoint: quinn::Endpoint,
+    server: SocketAddr,
+    identity: Identity,
+    reports: mpsc::UnboundedSender<Report>,
+) -> Result<quinn::Connection> {
+    let connection = endpoint
+        .connect_with(identity.config, server, FLEET_SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let hello = AgentControl::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_id: identity.id.clone(),
+        facts: sim_facts(),
+        host_id: sim_host_id(&identity.id),
+        instance_id: String::new(),
+    };
+    write_frame(&mut send, &hello).await?;
+    match read_frame::<ServerControl, _>(&mut recv).await? {
+        Some(ServerControl::Welcome { .. }) => {}
+        other => bail!("{}: not welcomed: {other:?}", identity.id),
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if write_frame(&mut send, &AgentControl::Heartbeat(Load::default()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = read_frame::<ServerControl, _>(&mut recv).await {}
+    });
+    let jobs = connection.clone();
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = jobs.accept_bi().await {
+            let reports = reports.clone();
+            tokio::spawn(async move {
+                let Ok(Some(ToAgent::Start(_))) = read_frame::<ToAgent, _>(&mut recv).await else {
+                    return;
+                };
+                let started = micros();
+                let chunk = OutputChunk {
+                    seq: 0,
+                    stream: OutputStream::Stdout,
+                    data: "ok\n".into(),
+                };
+                let end = JobEnd {
+                    status: JobStatus::Succeeded,
+                    exit_code: Some(0),
+                    summary: "exit code 0".into(),
+                    chunks: 1,
+                };
+                for message in [
+                    FromAgent::Started { resumed: false },
+                    FromAgent::Output(chunk),
+                    FromAgent::End(end),
+                ] {
+                    if write_frame(&mut send, &message).await.is_err() {
+                        return;
+                    }
+                }
+                while let Ok(Some(message)) = read_frame::<ToAgent, _>(&mut recv).await {
+                    if message == ToAgent::EndAck {
+                        let _ = reports.send((started, micros()));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(connection)
+}
+
+/// The streaming agent: on start, waits for `go`, then sends `lines` lines in chunks
+/// of whole lines, each line carrying the µs it was written at; `rate` in MB/s, 0 for
+/// as fast as the connection takes them.
+pub async fn streamer_agent(
+    endpoint: quinn::Endpoint,
+    server: SocketAddr,
+    identity: Identity,
+    lines: usize,
+    rate: f64,
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(quinn::Connection, tokio::task::JoinHandle<Result<u64>>)> {
+    let connection = endpoint
+        .connect_with(identity.config, server, FLEET_SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let hello = AgentControl::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_id: identity.id.clone(),
+        facts: sim_facts(),
+        host_id: sim_host_id(&identity.id),
+        instance_id: String::new(),
+    };
+    write_frame(&mut send, &hello).await?;
+    read_frame::<ServerControl, _>(&mut recv).await?;
+    tokio::spawn(async move {
+        let _keep = send;
+        while let Ok(Some(_)) = read_frame::<ServerControl, _>(&mut recv).await {}
+    });
+    let jobs = connection.clone();
+    let task = tokio::spawn(async move {
+        let (mut send, mut recv) = jobs.accept_bi().await?;
+        let Some(ToAgent::Start(_)) = read_frame::<ToAgent, _>(&mut recv).await? else {
+            bail!("no start")
+        };
+        write_frame(&mut send, &FromAgent::Started { resumed: false }).await?;
+        let _ = go.await;
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = read_frame::<ToAgent, _>(&mut recv).await {}
+        });
+        let pad = "x".repeat(60);
+        let mut bytes = 0u64;
+        let mut seq = 0;
+        let mut line = 0;
+        let begun = Instant::now();
+        while line < lines {
+            let mut data = String::with_capacity(32 * 1024);
+            while line < lines && data.len() < 30 * 1024 {
+                line += 1;
+                data.push_str(&format!("line {line:06} t={:014} {pad}\n", micros()));
+            }
+            bytes += data.len() as u64;
+            write_frame(
+                &mut send,
+                &FromAgent::Output(OutputChunk {
+                    seq,
+                    stream: OutputStream::Stdout,
+                    data,
+                }),
+            )
+            .await?;
+            seq += 1;
+            if rate > 0.0 {
+                let due = Duration::from_secs_f64(bytes as f64 / (rate * 1e6));
+                if let Some(wait) = due.checked_sub(begun.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        let end = JobEnd {
+            status: JobStatus::Succeeded,
+            exit_code: Some(0),
+            summary: "exit code 0".into(),
+            chunks: seq,
+        };
+        write_frame(&mut send, &FromAgent::End(end)).await?;
+        Ok(bytes)
+    });
+    Ok((connection, task))
+}
+
+/// A WebSocket frame as the viewers need it.
+#[derive(serde::Deserialize)]
+pub struct Frame {
+    pub data: Option<String>,
+    pub end: Option<serde_json::Value>,
+}
+
+/// Opens an execution's log stream with a bearer token.
+pub async fn open_stream(
+    url: &str,
+    token: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse()?);
+    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(socket)
+}
+
+/// One WebSocket viewer of the streaming agent's job: per-line latencies (µs) and
+/// the time its end frame came.
+pub async fn viewer(url: String, token: String, lines: usize) -> Result<(Vec<u32>, u64)> {
+    let mut socket = open_stream(&url, &token).await?;
+    let mut latencies = Vec::with_capacity(lines);
+    let mut expected_line = 1;
+    while let Some(message) = socket.next().await {
+        let text = match message? {
+            tokio_tungstenite::tungstenite::Message::Text(t) => t,
+            _ => continue,
+        };
+        let value: Frame = serde_json::from_str(&text)?;
+        if value.end.is_some() {
+            if expected_line != lines + 1 {
+                bail!("viewer saw {} lines, expected {lines}", expected_line - 1);
+            }
+            return Ok((latencies, micros()));
+        }
+        let now = micros();
+        for l in value.data.as_deref().unwrap_or_default().lines() {
+            let number: usize = l[5..11].parse()?;
+            if number != expected_line {
+                bail!("viewer got line {number}, expected {expected_line}");
+            }
+            expected_line += 1;
+            let sent: u64 = l[14..28].parse()?;
+            latencies.push(now.saturating_sub(sent) as u32);
+        }
+    }
+    bail!("the WebSocket closed before the end frame")
+}
+
+/// A client endpoint for simulated agents, with wide UDP buffers like the control
+/// plane's (a few endpoints carry thousands of connections).
+pub fn bench_endpoint() -> Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_recv_buffer_size(dynserv::fleet::gateway::UDP_BUFFER_BYTES)?;
+    sock.set_send_buffer_size(dynserv::fleet::gateway::UDP_BUFFER_BYTES)?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        runtime,
+    )?)
+}
+
+/// What streaming to viewers measured.
+pub struct Streamed {
+    pub bytes: u64,
+    /// From `go` until the last viewer had the end frame.
+    pub seconds: f64,
+    /// Per-line latencies of every viewer, sorted (µs).
+    pub latencies: Vec<u32>,
+}
+
+/// One job on `streamer` emitting `lines` lines, watched by `viewers` WebSockets
+/// opened before it starts writing.
+pub async fn stream_to_viewers(
+    server: &Server,
+    endpoint: &quinn::Endpoint,
+    streamer: Identity,
+    api_token: &str,
+    lines: usize,
+    viewers: usize,
+    rate: f64,
+) -> Result<Streamed> {
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+    let agent_id = streamer.id.clone();
+    let (_connection, stream_task) =
+        streamer_agent(endpoint.clone(), server.quic, streamer, lines, rate, go_rx).await?;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/executions", server.base))
+        .bearer_auth(api_token)
+        .json(&serde_json::json!({"agent": agent_id, "kind": "script", "script": "stream"}))
+        .send()
+        .await?;
+    let created: serde_json::Value = response.json().await?;
+    let id = created["id"]
+        .as_str()
+        .with_context(|| format!("an execution id in {created}"))?
+        .to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..viewers {
+        let url = format!(
+            "ws://127.0.0.1:{}/api/v1/executions/{id}/stream?from_seq=0",
+            server.http_port
+        );
+        tasks.push(tokio::spawn(viewer(url, api_token.to_string(), lines)));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t_go = micros();
+    let _ = go_tx.send(());
+    let bytes = stream_task.await??;
+    let mut latencies = Vec::new();
+    let mut last_done = 0;
+    for task in tasks {
+        let (seen, done) = task.await??;
+        last_done = last_done.max(done);
+        latencies.extend(seen);
+    }
+    latencies.sort_unstable();
+    Ok(Streamed {
+        bytes,
+        seconds: (last_done - t_go) as f64 / 1e6,
+        latencies,
+    })
+}
