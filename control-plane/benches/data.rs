@@ -5,23 +5,26 @@
 //! ```text
 //! cargo build --release -p dynserv
 //! cargo bench -p dynserv --bench data -- --executions 1000000 --servers 10000 --audit 200000
-//! cargo bench -p dynserv --bench data -- --executions 20000 --servers 1000 --audit 5000   # smoke run
+//! cargo bench -p dynserv --bench data -- --executions 20000 --servers 1000 --audit 5000 --baseline 2000   # smoke run
 //! ```
 //!
-//! Measures, and prints (nothing is asserted):
-//! 1. p50/p99 of the executions list (`GET /api/v1/executions?limit=50`, unfiltered
-//!    and with each filter), the executions, servers and dashboard pages, with 1 and
-//!    with `--clients` (16) concurrent clients, and `/healthz` while those run;
-//! 2. the executions list and page on a store of `--baseline` (10,000) executions
-//!    with the same servers and audit, against the large store;
+//! Measures, and prints (nothing is asserted), in this order:
+//! 1. the executions list and page on a store of `--baseline` (10,000) executions
+//!    with the same servers and audit, to compare with the large store;
+//! 2. p50/p99 of the executions list (`GET /api/v1/executions?limit=50`, unfiltered
+//!    and with each filter) and the executions page, with 1 and with `--clients` (16)
+//!    concurrent clients, and `/healthz` while the many run;
 //! 3. control-plane RSS before and after `--ws` (10,000) finished executions' log
 //!    streams were read to their end frame;
-//! 4. a fan-out to `--fanout` (20) simulated agents, idle and while the clients load
+//! 4. the servers page and the dashboard the same way (after the streams: they leave
+//!    the process holding memory; one that takes over a second alone is not run with
+//!    many clients);
+//! 5. a fan-out to `--fanout` (20) simulated agents, idle and while the clients load
 //!    `/executions`; live output to `--viewers` (50) WebSockets, unpaced;
-//! 5. the store file's size, and what retention (`maintenance::prune_once` with its
-//!    clock moved 45 days ahead, so half the executions are past it) and then a
-//!    compaction (`redb::Database::compact`, which the product does not run) make
-//!    of it.
+//! 6. the store file's size, and what retention (`maintenance::prune_once` with its
+//!    clock moved 45 days ahead, so half the executions are past it), a backup
+//!    (`Store::backup_to`) and a compaction (`redb::Database::compact`, which the
+//!    product does not run) make of it. `--retention-only` runs only this.
 //!
 //! The store is written through the library, in large transactions: users, projects,
 //! scripts and agents with the domain functions, executions and audit entries with
