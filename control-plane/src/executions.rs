@@ -863,22 +863,6 @@ impl Filter {
     }
 }
 
-/// The projects whose executions a subject may see, or `None` when it sees every
-/// project's (admins, managers).
-fn project_scope(subject: &Subject) -> Option<Vec<String>> {
-    if policy::can(subject, Action::ViewServers, Some("")) && subject.level_on("").is_some() {
-        return None;
-    }
-    let mut ids: Vec<String> = subject
-        .grants
-        .keys()
-        .filter(|p| policy::can(subject, Action::ViewServers, Some(p.as_str())))
-        .cloned()
-        .collect();
-    ids.sort();
-    Some(ids)
-}
-
 /// The smallest UUIDv7 text of the millisecond `at` (a lower bound for ids made
 /// then or later).
 pub fn id_floor(at: DateTime<Utc>) -> String {
@@ -929,7 +913,7 @@ pub fn query(
     cursor: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<Page<Execution>> {
-    let visible = project_scope(subject);
+    let visible = crate::listing::project_scope(subject, Action::ViewServers);
     let upper_id = match (cursor, filter.until) {
         (Some(c), _) => Some(c.to_string()),
         // Ids of the `until` millisecond and before: everything below the next one.

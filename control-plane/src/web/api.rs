@@ -96,17 +96,7 @@ pub fn server_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<servers::
         }
         filter.status = Some(status);
     }
-    if let Some(project) = req.text_filter("project") {
-        let found = projects::find(r, &project)?
-            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
-            .ok_or_else(|| {
-                AppError::bad_request(format!(
-                    "project: no project {:?} that you can see",
-                    project.chars().take(80).collect::<String>()
-                ))
-            })?;
-        filter.project_id = Some(found.id);
-    }
+    filter.project_id = super::project_filter(r, req, ctx)?;
     Ok(filter)
 }
 

@@ -80,17 +80,7 @@ pub fn agent_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<agents::Fi
         text: req.text_filter("q"),
         ..Default::default()
     };
-    if let Some(project) = req.text_filter("project") {
-        let found = projects::find(r, &project)?
-            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
-            .ok_or_else(|| {
-                AppError::bad_request(format!(
-                    "project: no project {:?} that you can see",
-                    project.chars().take(80).collect::<String>()
-                ))
-            })?;
-        filter.project_id = Some(found.id);
-    }
+    filter.project_id = super::project_filter(r, req, ctx)?;
     Ok(filter)
 }
 
@@ -390,12 +380,7 @@ pub const EXECUTION_FILTERS: [&str; 11] = [
 pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<executions::Filter> {
     req.only_filters(&EXECUTION_FILTERS)?;
     let given = |name: &str| req.text_filter(name);
-    let unknown = |name: &str, value: &str| {
-        AppError::bad_request(format!(
-            "{name}: no {name} {:?} that you can see",
-            value.chars().take(80).collect::<String>()
-        ))
-    };
+    let unknown = super::unknown_filter;
     let mut filter = executions::Filter {
         since: req.time_filter("since")?,
         until: req.time_filter("until")?,
@@ -434,12 +419,7 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
             .map_err(|_| unknown("server", &server))?;
         filter.server_id = Some(found.id);
     }
-    if let Some(project) = given("project") {
-        let found = crate::projects::find(r, &project)?
-            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
-            .ok_or_else(|| unknown("project", &project))?;
-        filter.project_id = Some(found.id);
-    }
+    filter.project_id = super::project_filter(r, req, ctx)?;
     if let Some(script) = given("script") {
         let found = crate::scripts::get_visible(r, &ctx.subject, &script)
             .map_err(|_| unknown("script", &script))?;

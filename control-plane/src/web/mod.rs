@@ -378,6 +378,36 @@ impl Req {
     }
 }
 
+/// A 400 for a filter value that names nothing the caller can see.
+pub fn unknown_filter(name: &str, value: &str) -> AppError {
+    AppError::bad_request(format!(
+        "{name}: no {name} {:?} that you can see",
+        value.chars().take(80).collect::<String>()
+    ))
+}
+
+/// `?project=` (an id or a name) as the id of a project whose servers the caller may
+/// see; `None` when absent, a 400 when it names no such project.
+pub fn project_filter(
+    r: &impl crate::store::Read,
+    req: &Req,
+    ctx: &Ctx,
+) -> AppResult<Option<String>> {
+    let Some(project) = req.text_filter("project") else {
+        return Ok(None);
+    };
+    let found = crate::projects::find(r, &project)?
+        .filter(|p| {
+            crate::policy::can(
+                &ctx.subject,
+                crate::policy::Action::ViewServers,
+                Some(&p.id),
+            )
+        })
+        .ok_or_else(|| unknown_filter("project", &project))?;
+    Ok(Some(found.id))
+}
+
 /// A cursor as clients see it: opaque, URL-safe.
 pub fn encode_cursor(position: &str) -> String {
     use base64::Engine;

@@ -45,12 +45,7 @@ pub const OPS_FILTERS: [&str; 3] = ["project", "server", "status"];
 /// naming the filter.
 pub fn ops_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<backups::Filter> {
     req.only_filters(&OPS_FILTERS)?;
-    let unknown = |name: &str, value: &str| {
-        AppError::bad_request(format!(
-            "{name}: no {name} {:?} that you can see",
-            value.chars().take(80).collect::<String>()
-        ))
-    };
+    let unknown = super::unknown_filter;
     let mut filter = backups::Filter::default();
     if let Some(status) = req.text_filter("status") {
         filter.status = Some(backups::BackupStatus::parse(&status).ok_or_else(|| {
@@ -61,12 +56,7 @@ pub fn ops_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<backups::Fil
             ))
         })?);
     }
-    if let Some(project) = req.text_filter("project") {
-        let found = projects::find(r, &project)?
-            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
-            .ok_or_else(|| unknown("project", &project))?;
-        filter.project_id = Some(found.id);
-    }
+    filter.project_id = super::project_filter(r, req, ctx)?;
     if let Some(server) = req.text_filter("server") {
         let by_id = r.get::<Server>(&server)?;
         let by_name = match (&by_id, &filter.project_id) {
