@@ -264,7 +264,7 @@ fn seed(
     let store = Store::open(&data.join("dynserv.redb"))?;
     let keys = Keys::load(&data, None)?;
     store.seal_with(keys.clone());
-    let ca = dynserv::fleet::ca::load_or_create(&data)?;
+    let ca = dynserv::fleet::ca::load_or_create(&store, &data)?;
     let hash = users::hash_password(PASSWORD)?;
     let mut rng = Rng(0x5EED ^ executions as u64);
     let app_error = |e: dynserv::error::AppError| anyhow::anyhow!(e.message);

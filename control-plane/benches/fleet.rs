@@ -77,7 +77,8 @@ fn parse_args() -> Args {
 fn seed(data: &Path, count: usize) -> Result<(String, Vec<Identity>, Identity)> {
     let store = Store::open(&data.join("dynserv.redb"))?;
     let keys = Keys::load(data, None)?;
-    let ca = dynserv::fleet::ca::load_or_create(data)?;
+    store.seal_with(keys.clone());
+    let ca = dynserv::fleet::ca::load_or_create(&store, data)?;
     let hash = users::hash_password("bench-password-1")?;
     let (api_token, token) = store.write(|w| {
         let input = NewUser {

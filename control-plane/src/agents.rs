@@ -384,7 +384,7 @@ pub fn token_text(secret: &str, ca_sha256: [u8; 32]) -> String {
 }
 
 /// `dynserv token create`: creates a token for the named project and returns its full
-/// text. Reads (or creates) the fleet CA in the data directory for the fingerprint.
+/// text. Reads (or creates) the fleet CA in the store for the fingerprint.
 pub fn create_token_cli(
     store: &Store,
     data_dir: &Path,
@@ -396,8 +396,7 @@ pub fn create_token_cli(
         Some(text) => parse_ttl(text).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?,
         None => Duration::hours(DEFAULT_TOKEN_TTL_HOURS),
     };
-    let ca = crate::fleet::ca::load_or_create(data_dir)?;
-    let fingerprint = ca.ca.fingerprint();
+    let fingerprint = crate::fleet::ca::load_ca(store, data_dir)?.fingerprint();
     let secret = store.write(|w| {
         let project = projects::find(w, project)?
             .with_context(|| format!("no project named {:?}", crate::validate::echo(project)))?;

@@ -110,7 +110,9 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
-    pub store_path: PathBuf,
+    /// Where the store lives: `DATA_DIR/dynserv.redb` unless `DATABASE_URL` names
+    /// another file or a PostgreSQL database.
+    pub database: crate::store::Location,
     pub http: SocketAddr,
     pub quic: SocketAddr,
     pub public_quic: String,
@@ -170,13 +172,15 @@ impl Config {
         let quic: SocketAddr = quic_text
             .parse()
             .with_context(|| format!("--quic {quic_text:?} is not HOST:PORT"))?;
-        let store_path = match over.database_url.as_deref().filter(|s| !s.is_empty()) {
-            None => data_dir.join("dynserv.redb"),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                bail!("DATABASE_URL names PostgreSQL, which this version does not support yet; unset it to use the embedded store")
-            }
-            Some(url) => PathBuf::from(url.strip_prefix("redb://").unwrap_or(url)),
+        let database = match over.database_url.as_deref().filter(|s| !s.is_empty()) {
+            None => crate::store::Location::File(data_dir.join("dynserv.redb")),
+            Some(url) => crate::store::Location::parse(url),
         };
+        if matches!(database, crate::store::Location::Postgres(_))
+            && over.session_secret.as_deref().is_none_or(str::is_empty)
+        {
+            bail!("SESSION_SECRET must be set with a PostgreSQL DATABASE_URL, the same on every replica: it seals the secrets and signs the sessions they share");
+        }
         let proxies_text: Vec<String> = match &over.trusted_proxies {
             Some(text) => text
                 .split(',')
@@ -208,7 +212,7 @@ impl Config {
             .unwrap_or_else(|| format!("http://{http}"));
         Ok(Config {
             data_dir: data_dir.to_path_buf(),
-            store_path,
+            database,
             http,
             quic,
             public_quic,
@@ -459,7 +463,7 @@ mod tests {
             config.data_dir.display()
         );
         assert!(config.data_dir.ends_with("no-such-data-dir"));
-        assert!(config.store_path.is_absolute());
+        assert!(matches!(&config.database, crate::store::Location::File(p) if p.is_absolute()));
     }
 
     /// Lifetimes and timeouts too large for a clock are refused with the setting's
@@ -563,16 +567,23 @@ mod tests {
         assert!(err.contains("DYNSERV_HETZNER_SYNC_SECS"), "{err}");
     }
 
-    /// PostgreSQL URLs are refused with a clear message.
+    /// A PostgreSQL URL is taken with a SESSION_SECRET and refused without one, with
+    /// a message that says why.
     #[test]
-    fn postgres_is_refused() {
+    fn postgres_needs_a_session_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let over = Overrides {
+        let mut over = Overrides {
             database_url: Some("postgres://x/y".into()),
             ..Default::default()
         };
         let err = Config::resolve(dir.path(), &over).unwrap_err().to_string();
-        assert!(err.contains("PostgreSQL"), "{err}");
+        assert!(err.contains("SESSION_SECRET"), "{err}");
+        over.session_secret = Some("shared".into());
+        let config = Config::resolve(dir.path(), &over).unwrap();
+        assert_eq!(
+            config.database,
+            crate::store::Location::Postgres("postgres://x/y".into())
+        );
     }
 
     /// Trusted proxy ranges match the addresses inside them only.

@@ -239,7 +239,7 @@ pub fn send(data_dir: &Path, command: &Command) -> Result<Option<String>> {
 /// Runs a command through the running server, or directly on the store when none runs.
 pub fn run_command(
     data_dir: &Path,
-    store_path: &Path,
+    database: &crate::store::Location,
     session_secret: Option<&str>,
     command: &Command,
 ) -> Result<String> {
@@ -248,7 +248,7 @@ pub fn run_command(
     }
     dynserv_agent::private_fs::create_dir(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let store = Store::open(store_path)?;
+    let store = Store::open_location(database, crate::store::DEFAULT_CACHE_BYTES)?;
     let keys = Keys::load(data_dir, session_secret)?;
     store.seal_with(keys.clone());
     execute(
@@ -259,4 +259,53 @@ pub fn run_command(
         },
         command,
     )
+}
+
+/// `dynserv migrate --to TARGET`: copies the store at `source` into the empty store
+/// `target` (`postgres://…` or a new redb file), verifies the counts per table and
+/// returns them as lines to print. Sealed records are copied sealed, so the target is
+/// read with the same master secret: said in the answer when it matters.
+pub fn migrate(
+    data_dir: &Path,
+    source: &crate::store::Location,
+    session_secret: Option<&str>,
+    target: &str,
+) -> Result<String> {
+    use crate::store::Location;
+    let target_location = Location::parse(target.trim());
+    if &target_location == source {
+        anyhow::bail!("the target is the store itself; name another database or file");
+    }
+    if let Location::File(path) = &target_location {
+        if path.exists() {
+            anyhow::bail!("{} already exists; name a new file", path.display());
+        }
+    }
+    let store =
+        Store::open_location(source, crate::store::DEFAULT_CACHE_BYTES).with_context(|| {
+            format!(
+                "opening the store {} (stop `dynserv serve` on it first)",
+                source.describe()
+            )
+        })?;
+    let target_store = Store::open_location(&target_location, crate::store::DEFAULT_CACHE_BYTES)
+        .with_context(|| format!("opening the target {}", target_location.describe()))?;
+    let counts = store.copy_into(&target_store)?;
+    let mut lines = vec![format!(
+        "copied {} into {} and verified:",
+        source.describe(),
+        target_location.describe()
+    )];
+    let width = counts.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+    for (table, n) in &counts {
+        lines.push(format!("  {table:<width$}  {n}"));
+    }
+    let from_file_secret = session_secret.is_none_or(str::is_empty);
+    if from_file_secret && matches!(target_location, Location::Postgres(_)) {
+        lines.push(format!(
+            "sealed secrets were copied as they are: set SESSION_SECRET to the content of {} on every replica",
+            data_dir.join("secret").display()
+        ));
+    }
+    Ok(lines.join("\n"))
 }

@@ -48,6 +48,13 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Copy the whole store into an empty target and verify it: `postgres://…` or a
+    /// new `.redb` file. Stop `serve` on a redb store first.
+    Migrate {
+        /// The target: a PostgreSQL URL or the path of a new redb file.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Args)]
@@ -186,6 +193,17 @@ fn real_main(cli: Cli) -> Result<()> {
             },
         ),
         Cmd::Backup { out } => one_shot(&cli, Command::Backup { out: out.clone() }),
+        Cmd::Migrate { to } => {
+            let config = Config::resolve(&cli.data_dir, &overrides(&cli, None))?;
+            let report = control::migrate(
+                &config.data_dir,
+                &config.database,
+                config.session_secret.as_deref(),
+                to,
+            )?;
+            println!("{report}");
+            Ok(())
+        }
         Cmd::Token(TokenCmd::Create { project, uses, ttl }) => one_shot(
             &cli,
             Command::TokenCreate {
@@ -201,7 +219,7 @@ fn one_shot(cli: &Cli, command: Command) -> Result<()> {
     let config = Config::resolve(&cli.data_dir, &overrides(cli, None))?;
     let answer = control::run_command(
         &config.data_dir,
-        &config.store_path,
+        &config.database,
         config.session_secret.as_deref(),
         &command,
     )?;
@@ -223,8 +241,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let store =
-            dynserv::store::Store::open_with_cache(&config.store_path, config.store_cache_bytes)?;
+        let store = dynserv::store::Store::open_location(&config.database, config.store_cache_bytes)?;
         let keys = dynserv::secrets::Keys::load(&config.data_dir, config.session_secret.as_deref())?;
         if args.demo && dynserv::demo::seed(&store, &keys)? {
             println!("seeded demo data: sign in as admin/admin123, tech/tech123, sales/sales123 or sohila/sohila123");

@@ -478,7 +478,8 @@ pub async fn scheduler(app: App, stop: impl Future<Output = ()> + Send + 'static
         }
         let fleet = app.fleet.clone();
         let connected = move |agent_id: &str| fleet.live(agent_id).is_some();
-        match app.store.write(|w| tick(w, Utc::now(), &connected)) {
+        match crate::store::block_in_place(|| app.store.write(|w| tick(w, Utc::now(), &connected)))
+        {
             Ok(started) => {
                 for e in &started {
                     app.fleet.dispatch(e);

@@ -84,9 +84,7 @@ async fn start(
             .ok()
             .and_then(|v| v["agent_id"].as_str().map(String::from));
         id.is_some_and(|id| {
-            fleet
-                .store()
-                .get::<agents::Agent>(&id)
+            crate::store::block_in_place(|| fleet.store().get::<agents::Agent>(&id))
                 .ok()
                 .flatten()
                 .is_some_and(|a| a.revoked_at.is_none())
@@ -94,19 +92,21 @@ async fn start(
     };
     if !enrolled {
         let _ = std::fs::remove_dir_all(&state_dir);
-        let secret = fleet.store().write(|w| {
-            let project = projects::find(w, LOCAL_PROJECT)?
-                .with_context(|| format!("the demo has no project {LOCAL_PROJECT}"))?;
-            let (_, secret) = agents::create_token(
-                w,
-                &Actor::system(),
-                &project,
-                1,
-                Duration::minutes(10),
-                Utc::now(),
-            )
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-            Ok(secret)
+        let secret = crate::store::block_in_place(|| {
+            fleet.store().write(|w| {
+                let project = projects::find(w, LOCAL_PROJECT)?
+                    .with_context(|| format!("the demo has no project {LOCAL_PROJECT}"))?;
+                let (_, secret) = agents::create_token(
+                    w,
+                    &Actor::system(),
+                    &project,
+                    1,
+                    Duration::minutes(10),
+                    Utc::now(),
+                )
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+                Ok(secret)
+            })
         })?;
         let token = fleet.token_text(&secret);
         let output = tokio::process::Command::new(binary)

@@ -86,11 +86,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fleet {
-    /// Loads (or creates) the CA in `data_dir` and starts the ingestion thread. Binds
+    /// Loads (or creates) the CA in the store and starts the ingestion thread. Binds
     /// nothing: see [`Fleet::bind`].
     /// `max_output` is the most output bytes stored per execution.
     pub fn new(store: Store, data_dir: &Path, max_output: u64) -> Result<Fleet> {
-        let ca = ca::load_or_create(data_dir)?;
+        let ca = ca::load_or_create(&store, data_dir)?;
         let hub = Hub::default();
         let ingest = ingest::Ingest::spawn(store.clone(), hub.clone(), max_output);
         Ok(Fleet {

@@ -201,10 +201,10 @@ pub async fn supervisor(app: App, shutdown: impl Future<Output = ()> + Send + 's
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        let waiting: Vec<String> = match app
-            .store
-            .read(|r| requests::ids_with_status(r, Status::Provisioning))
-        {
+        let waiting: Vec<String> = match crate::store::block_in_place(|| {
+            app.store
+                .read(|r| requests::ids_with_status(r, Status::Provisioning))
+        }) {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::error!("listing requests to provision: {e:#}");
