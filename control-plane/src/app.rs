@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::auth::{SessionPolicy, Throttle};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -22,6 +23,8 @@ pub struct App {
     pub throttle: Arc<Throttle>,
     /// The fleet gateway handle (agents, dispatch, live output).
     pub fleet: Fleet,
+    /// The replicas sharing the store, and which one leads background work.
+    pub cluster: Cluster,
 }
 
 impl App {
@@ -30,6 +33,8 @@ impl App {
         store.seal_with(keys.clone());
         store.set_space_floor(config.min_free_disk_bytes);
         let fleet = Fleet::new(store.clone(), &config.data_dir, config.max_job_output)?;
+        let cluster = Cluster::new(&store);
+        fleet.join(cluster.clone());
         let metrics = Arc::new(Metrics::default());
         fleet.register_metrics(&metrics);
         Ok(App {
@@ -40,6 +45,7 @@ impl App {
             metrics,
             throttle: Arc::new(Throttle::default()),
             fleet,
+            cluster,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backups;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -66,6 +67,12 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     if app.fleet.demo_agent_wanted() {
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
+    app.cluster.start(
+        &app.store,
+        std::sync::Arc::new(app.fleet.clone()),
+        app.config.public_quic.clone(),
+        |_addresses| {},
+    );
     hetzner::start(&app, || wait_for(stop_rx.clone()));
     tokio::spawn(subscriptions::renewal_job(
         app.clone(),

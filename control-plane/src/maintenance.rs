@@ -65,6 +65,10 @@ pub async fn pruner(app: App, stop: impl Future<Output = ()>) {
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
+        // With several replicas, one prunes (see `cluster`).
+        if !app.cluster.is_leader() {
+            continue;
+        }
         let store = app.store.clone();
         let config = app.config.clone();
         match crate::store::blocking(move || prune_once(&store, &config, Utc::now())).await {

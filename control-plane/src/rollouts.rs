@@ -545,6 +545,10 @@ pub async fn supervisor(app: App, stop: impl Future<Output = ()>) {
             _ = &mut stop => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        // With several replicas, one drives the rollouts (see `cluster`).
+        if !app.cluster.is_leader() {
+            continue;
+        }
         let app = app.clone();
         crate::store::blocking(move || {
             let ids = match app.store.read(|r| r.index_scan(RUNNING, "")) {

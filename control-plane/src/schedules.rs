@@ -476,6 +476,10 @@ pub async fn scheduler(app: App, stop: impl Future<Output = ()> + Send + 'static
             _ = &mut stop => return,
             _ = tokio::time::sleep(TICK) => {}
         }
+        // With several replicas, one schedules (see `cluster`).
+        if !app.cluster.is_leader() {
+            continue;
+        }
         let fleet = app.fleet.clone();
         let connected = move |agent_id: &str| fleet.live(agent_id).is_some();
         match crate::store::block_in_place(|| app.store.write(|w| tick(w, Utc::now(), &connected)))

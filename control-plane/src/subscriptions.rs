@@ -810,10 +810,19 @@ pub fn until_next_day(now: DateTime<Utc>) -> Duration {
 pub async fn renewal_loop(
     store: Store,
     clock: impl Fn() -> DateTime<Utc> + Send + 'static,
+    leads: impl Fn() -> bool + Send + 'static,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(stop);
     loop {
+        // With several replicas, the leader renews; another waits until it leads
+        // (a day's run is idempotent, so a new leader may run it again).
+        if !leads() {
+            tokio::select! {
+                _ = tokio::time::sleep(crate::cluster::LEADER_RETRY) => continue,
+                _ = &mut stop => return,
+            }
+        }
         let today = clock().date_naive();
         let run_store = store.clone();
         match tokio::task::spawn_blocking(move || run_renewals(&run_store, today)).await {
@@ -833,7 +842,14 @@ pub async fn renewal_loop(
 
 /// The daily renewal job of a running control plane, on the real clock.
 pub async fn renewal_job(app: App, stop: impl Future<Output = ()> + Send + 'static) {
-    renewal_loop(app.store.clone(), Utc::now, stop).await
+    let cluster = app.cluster.clone();
+    renewal_loop(
+        app.store.clone(),
+        Utc::now,
+        move || cluster.is_leader(),
+        stop,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -1097,7 +1113,7 @@ mod tests {
         let base: DateTime<Utc> = "2026-03-01T23:00:00Z".parse().unwrap();
         let clock = move || base + chrono::Duration::from_std(start.elapsed()).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(renewal_loop(store.clone(), clock, async {
+        let task = tokio::spawn(renewal_loop(store.clone(), clock, || true, async {
             let _ = rx.await;
         }));
         // Day one: the 1-day reminder; two hours later, past midnight: still ok; the

@@ -29,6 +29,8 @@ pub enum LiveEvent {
 #[derive(Clone, Default)]
 pub struct Hub {
     channels: Arc<Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>>,
+    /// Other replicas, told what this one stored (set once when the store is shared).
+    cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
 }
 
 /// A viewer's hold on one execution's live output; dropping the last one frees the
@@ -96,6 +98,44 @@ impl Hub {
         if ended {
             channels.remove(execution_id);
         }
+    }
+
+    /// Tells other replicas from now on what [`Hub::publish_stored`] publishes.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Publishes events this replica stored (or decided, for an end) to its viewers,
+    /// and tells the other replicas, whose viewers read the chunks from the store.
+    pub fn publish_stored(&self, execution_id: &str, events: &[LiveEvent]) {
+        self.publish(execution_id, events.iter().cloned());
+        let Some(cluster) = self.cluster.get().filter(|c| c.is_shared()) else {
+            return;
+        };
+        let seqs = events.iter().filter_map(|e| match e {
+            LiveEvent::Chunk { seq, .. } => Some(*seq),
+            LiveEvent::End => None,
+        });
+        if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max()) {
+            cluster.send(crate::cluster::Message::Output {
+                execution: execution_id.to_string(),
+                first,
+                last,
+            });
+        }
+        if events.iter().any(|e| matches!(e, LiveEvent::End)) {
+            cluster.send(crate::cluster::Message::End {
+                execution: execution_id.to_string(),
+            });
+        }
+    }
+
+    /// Whether someone watches an execution here.
+    pub fn is_watched(&self, execution_id: &str) -> bool {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(execution_id)
     }
 
     /// Number of executions with viewers.

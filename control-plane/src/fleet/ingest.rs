@@ -259,10 +259,11 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                 while run_end < events.len() && events[run_end].0 == id {
                     run_end += 1;
                 }
-                hub.publish(
-                    &id,
-                    events[run_start..run_end].iter().map(|(_, e)| e.clone()),
-                );
+                let run: Vec<LiveEvent> = events[run_start..run_end]
+                    .iter()
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                hub.publish_stored(&id, &run);
                 run_start = run_end;
             }
         }

@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub demo_agent: std::sync::atomic::AtomicBool,
     /// Refused enrollments per remote address.
     pub enroll_throttle: crate::auth::Throttle,
+    /// The replicas sharing the store (set once by [`Fleet::join`]).
+    pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -105,6 +107,7 @@ impl Fleet {
                 replaced: Mutex::new(HashMap::new()),
                 demo_agent: Default::default(),
                 enroll_throttle: Default::default(),
+                cluster: Default::default(),
             }),
         })
     }
@@ -228,32 +231,81 @@ impl Fleet {
     /// Delivers a new execution to its agent if it is connected; otherwise it waits in
     /// the store and goes out when the agent connects.
     pub fn dispatch(&self, execution: &Execution) {
-        if let Some(conn) = lock(&self.inner.conns).get(&execution.agent_id) {
-            let _ = conn.dispatch.send(execution.id.clone());
+        if !self.dispatch_here(&execution.agent_id, &execution.id) {
+            self.tell_others(crate::cluster::Message::Dispatch {
+                agent: execution.agent_id.clone(),
+                execution: execution.id.clone(),
+            });
+        }
+    }
+
+    /// Hands an execution to its agent's connection on this replica; false when the
+    /// agent is not connected here.
+    fn dispatch_here(&self, agent_id: &str, execution_id: &str) -> bool {
+        match lock(&self.inner.conns).get(agent_id) {
+            Some(conn) => {
+                let _ = conn.dispatch.send(execution_id.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Joins the replicas sharing the store: what this replica cannot do itself (an
+    /// agent connected elsewhere) and what it stores goes to them, and what they send
+    /// is acted on here.
+    pub fn join(&self, cluster: crate::cluster::Cluster) {
+        self.inner.hub.set_cluster(cluster.clone());
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    fn tell_others(&self, message: crate::cluster::Message) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.send(message);
         }
     }
 
     /// Tells the agent running an execution to stop it. An agent offline now learns
     /// it when the job is sent again at its next connection.
     pub fn cancel(&self, execution: &Execution) {
-        let conn = lock(&self.inner.conns).get(&execution.agent_id).cloned();
-        if let Some(conn) = conn {
-            if let Some(job) = lock(&conn.jobs).get(&execution.id) {
-                let _ = job.send(JobCommand::Cancel);
-            }
+        if !self.cancel_here(&execution.agent_id, &execution.id) {
+            self.tell_others(crate::cluster::Message::Cancel {
+                agent: execution.agent_id.clone(),
+                execution: execution.id.clone(),
+            });
         }
+    }
+
+    /// Cancels a job an agent connected here runs; false when it is not here.
+    fn cancel_here(&self, agent_id: &str, execution_id: &str) -> bool {
+        let conn = lock(&self.inner.conns).get(agent_id).cloned();
+        let Some(conn) = conn else { return false };
+        if let Some(job) = lock(&conn.jobs).get(execution_id) {
+            let _ = job.send(JobCommand::Cancel);
+        }
+        true
     }
 
     /// Announces to viewers that an execution ended outside the agent's stream (a
     /// queued job cancelled or expired).
     pub fn publish_end(&self, execution_id: &str) {
-        self.inner.hub.publish(execution_id, [LiveEvent::End]);
+        self.inner
+            .hub
+            .publish_stored(execution_id, &[LiveEvent::End]);
     }
 
     /// Closes an agent's connection unless it comes from the machine `host_id` (after
     /// an admin accepted that machine as the agent's: the previous one is refused from
     /// its next hello on).
     pub fn disconnect_other_host(&self, agent_id: &str, host_id: &str) {
+        self.disconnect_other_host_here(agent_id, host_id);
+        self.tell_others(crate::cluster::Message::DisconnectOtherHost {
+            agent: agent_id.to_string(),
+            host: host_id.to_string(),
+        });
+    }
+
+    fn disconnect_other_host_here(&self, agent_id: &str, host_id: &str) {
         let mut conns = lock(&self.inner.conns);
         if conns.get(agent_id).is_some_and(|c| c.host_id != host_id) {
             if let Some(conn) = conns.remove(agent_id) {
@@ -267,9 +319,79 @@ impl Fleet {
 
     /// Closes an agent's connection (after it was revoked).
     pub fn disconnect(&self, agent_id: &str) {
+        self.disconnect_here(agent_id);
+        self.tell_others(crate::cluster::Message::Disconnect {
+            agent: agent_id.to_string(),
+        });
+    }
+
+    fn disconnect_here(&self, agent_id: &str) {
         let conn = lock(&self.inner.conns).remove(agent_id);
         if let Some(conn) = conn {
             conn.connection.close(gateway::CLOSE_REVOKED, b"revoked");
+        }
+    }
+}
+
+impl crate::cluster::Receiver for Fleet {
+    /// Acts on another replica's message: what concerns an agent connected here, and
+    /// output this replica's viewers watch (read once from the store, published in
+    /// order). Runs on a blocking thread.
+    fn receive(&self, message: crate::cluster::Message) {
+        use crate::cluster::Message;
+        match message {
+            Message::Dispatch { agent, execution } => {
+                self.dispatch_here(&agent, &execution);
+            }
+            Message::Cancel { agent, execution } => {
+                self.cancel_here(&agent, &execution);
+            }
+            Message::Disconnect { agent } => self.disconnect_here(&agent),
+            Message::DisconnectOtherHost { agent, host } => {
+                self.disconnect_other_host_here(&agent, &host)
+            }
+            Message::End { execution } => {
+                self.inner.hub.publish(&execution, [LiveEvent::End]);
+            }
+            Message::Output {
+                execution,
+                first,
+                last,
+            } => {
+                if !self.inner.hub.is_watched(&execution) {
+                    return;
+                }
+                let count = usize::try_from(last.saturating_sub(first) + 1).unwrap_or(usize::MAX);
+                let chunks = self
+                    .inner
+                    .store
+                    .read(|r| crate::executions::log(r, &execution, first, count.min(100_000)));
+                match chunks {
+                    Ok(chunks) => {
+                        let events = chunks.into_iter().map(|chunk| {
+                            let shown = crate::executions::display_text(&chunk.data);
+                            let json = if shown.is_empty() {
+                                String::new()
+                            } else {
+                                serde_json::json!({
+                                    "seq": chunk.seq,
+                                    "stream": chunk.stream,
+                                    "data": shown,
+                                })
+                                .to_string()
+                            };
+                            LiveEvent::Chunk {
+                                seq: chunk.seq,
+                                json: Arc::from(json),
+                            }
+                        });
+                        self.inner.hub.publish(&execution, events);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%execution, "reading output another replica stored: {e:#}")
+                    }
+                }
+            }
         }
     }
 }

@@ -60,7 +60,23 @@ where
 {
     DEFAULT_TOKEN.store(app.config.hetzner_api_token.is_some(), Ordering::Relaxed);
     provision::register();
-    power::resume(app);
+    // Power actions are followed again by the replica that leads, whenever it starts
+    // leading (at once with one replica).
+    let mut leading = app.cluster.leadership();
+    let follower = app.clone();
+    let stop_following = stop();
+    tokio::spawn(async move {
+        tokio::pin!(stop_following);
+        loop {
+            if *leading.borrow_and_update() {
+                crate::store::block_in_place(|| power::resume(&follower));
+            }
+            tokio::select! {
+                _ = &mut stop_following => return,
+                changed = leading.changed() => if changed.is_err() { return },
+            }
+        }
+    });
     tokio::spawn(provision::supervisor(app.clone(), stop()));
     tokio::spawn(sync::scheduler(app.clone(), stop()));
 }

@@ -164,26 +164,31 @@ pub fn register() {
         let app = app.clone();
         let request_id = request.id.clone();
         tokio::spawn(async move {
-            let started = app.store.write(|w| {
-                let project: Option<Project> = w
-                    .get::<Request>(&request_id)?
-                    .map(|r| r.project_id)
-                    .map(|id| w.get(&id))
-                    .transpose()?
-                    .flatten();
-                if project.is_none_or(|p| !super::sync::has_token(&app, &p)) {
-                    return Ok(false);
-                }
-                requests::transition(
-                    w,
-                    &Actor::system(),
-                    &request_id,
-                    requests::Action::StartProvisioning,
-                    Some("creating the server at Hetzner"),
-                )?;
-                Ok(true)
+            let started = crate::store::block_in_place(|| {
+                app.store.write(|w| {
+                    let project: Option<Project> = w
+                        .get::<Request>(&request_id)?
+                        .map(|r| r.project_id)
+                        .map(|id| w.get(&id))
+                        .transpose()?
+                        .flatten();
+                    if project.is_none_or(|p| !super::sync::has_token(&app, &p)) {
+                        return Ok(false);
+                    }
+                    requests::transition(
+                        w,
+                        &Actor::system(),
+                        &request_id,
+                        requests::Action::StartProvisioning,
+                        Some("creating the server at Hetzner"),
+                    )?;
+                    Ok(true)
+                })
             });
             match started {
+                // Another replica leads: its supervisor picks the request up within
+                // seconds, so only one replica ever provisions it.
+                Ok(true) if !app.cluster.is_leader() => {}
                 Ok(true) => run(&app, &request_id).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("provisioning {request_id} did not start: {e:#}"),
@@ -200,6 +205,10 @@ pub async fn supervisor(app: App, shutdown: impl Future<Output = ()> + Send + 's
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        // With several replicas, the leader provisions (see `cluster`).
+        if !app.cluster.is_leader() {
+            continue;
         }
         let waiting: Vec<String> = match crate::store::block_in_place(|| {
             app.store

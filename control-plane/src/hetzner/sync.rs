@@ -337,6 +337,14 @@ pub async fn scheduler(app: App, shutdown: impl Future<Output = ()> + Send + 'st
         _ = tokio::time::sleep(first) => {}
     }
     loop {
+        // With several replicas, one syncs on schedule (see `cluster`).
+        if !app.cluster.is_leader() {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(crate::cluster::LEADER_RETRY) => {}
+            }
+            continue;
+        }
         let plan = match plan_round(&app) {
             Ok(plan) => plan,
             Err(e) => {
