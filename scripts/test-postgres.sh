@@ -4,9 +4,13 @@
 # test harness (tests/src/postgres.rs, a private cluster when DYNSERV_TEST_DATABASE_URL
 # is unset).
 #
-#   scripts/test-postgres.sh start        # prints DYNSERV_TEST_DATABASE_URL=… and DYNSERV_TEST_PG_DIR=…
-#   scripts/test-postgres.sh stop DIR     # stops the cluster in DIR and removes DIR
-#   scripts/test-postgres.sh watch PID DIR  # waits until process PID is gone, then stops DIR
+#   scripts/test-postgres.sh start [--watch PID]  # prints DYNSERV_TEST_DATABASE_URL=… and DYNSERV_TEST_PG_DIR=…
+#   scripts/test-postgres.sh stop DIR             # stops the cluster in DIR and removes DIR
+#   scripts/test-postgres.sh watch PID DIR        # waits until process PID is gone, then stops DIR
+#
+# `start --watch PID` also starts `watch PID DIR` in a session of its own (so a kill of
+# PID's process group does not reach it) as soon as DIR exists: the cluster is stopped
+# and DIR removed once PID is gone, however it ended, even in the middle of `start`.
 #
 # Needs Debian's postgresql package (the server binaries in /usr/lib/postgresql/VERSION/bin;
 # the newest version there is used). Run as root, the cluster runs as the unprivileged
@@ -45,10 +49,19 @@ as_owner() {
 }
 
 start() {
-    local bin dir port attempt
+    local watch_pid="" bin dir port attempt
+    if [ $# -gt 0 ]; then
+        [ $# -eq 2 ] && [ "$1" = --watch ] && [ -n "$2" ] || fail "usage: $0 start [--watch PID]"
+        watch_pid="$2"
+    fi
     bin="$(pg_bin_dir)"
     dir="$(mktemp -d /tmp/dynserv-pg.XXXXXX)"
     : >"$dir/$marker"
+    if [ -n "$watch_pid" ]; then
+        # Its output goes nowhere: a caller reading our stdout to its end must not wait
+        # for the watcher.
+        setsid "${BASH_SOURCE[0]}" watch "$watch_pid" "$dir" </dev/null >/dev/null 2>&1 &
+    fi
     if [ "$(id -u)" -eq 0 ]; then
         id postgres >/dev/null 2>&1 || fail "no user postgres to run the cluster as (Debian's postgresql package creates it)"
         chown -R postgres: "$dir"
@@ -111,7 +124,10 @@ watch() {
 }
 
 case "${1:-}" in
-start) start ;;
+start)
+    shift
+    start "$@"
+    ;;
 stop)
     [ $# -eq 2 ] || fail "usage: $0 stop DIR"
     stop "$2"
@@ -120,5 +136,5 @@ watch)
     [ $# -eq 3 ] || fail "usage: $0 watch PID DIR"
     watch "$2" "$3"
     ;;
-*) fail "usage: $0 start | stop DIR | watch PID DIR" ;;
+*) fail "usage: $0 start [--watch PID] | stop DIR | watch PID DIR" ;;
 esac
