@@ -49,7 +49,7 @@ pub use api::Api;
 pub use apt::AptLock;
 pub use browser::Browser;
 pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
-pub use control_plane::{ControlPlane, ControlPlaneBuilder};
+pub use control_plane::{ControlPlane, ControlPlaneBuilder, BACKEND_VAR, TEST_SESSION_SECRET};
 pub use pages::{csrf_of, PageClient};
 pub use postgres::TestDatabase;
 

@@ -94,11 +94,21 @@ impl TestDatabase {
     }
 
     /// Keeps the database when this handle is dropped (to look at it after a failing
-    /// test), and says so on stderr.
+    /// test), and says so on stderr. A private cluster goes at exit all the same, so
+    /// there this only says how to keep one.
     pub fn keep(&mut self) {
-        if !self.kept {
-            eprintln!("kept the test's database: {}", self.url);
+        if self.kept {
+            return;
         }
+        if PRIVATE_CLUSTER_DIR.get().is_some() {
+            eprintln!(
+                "the test's database {} goes with this process's private PostgreSQL; \
+                 set {DATABASE_URL_VAR} to a server of your own to keep it",
+                self.url
+            );
+            return;
+        }
+        eprintln!("kept the test's database: {}", self.url);
         self.kept = true;
     }
 }

@@ -121,3 +121,46 @@ fn private_cluster_is_stopped_at_exit() {
         "the private cluster still listens on {port}"
     );
 }
+
+/// The harness's store options reach `serve`: DATABASE_URL (here a redb file elsewhere)
+/// replaces DATA_DIR/dynserv.redb, SESSION_SECRET replaces the generated secret file,
+/// and fixed HTTP and QUIC ports are the ones served.
+#[tokio::test]
+async fn control_plane_database_secret_and_port_options_reach_serve() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let store = elsewhere.path().join("store.redb");
+    let store_text = store.to_str().expect("utf-8 temp path");
+    let http_port = dynserv_tests::free_port();
+    let mut quic_port = dynserv_tests::free_port();
+    while quic_port == http_port {
+        quic_port = dynserv_tests::free_port();
+    }
+    let control_plane = dynserv_tests::ControlPlane::builder()
+        .database_url(store_text)
+        .session_secret(dynserv_tests::TEST_SESSION_SECRET)
+        .http_port(http_port)
+        .quic_port(quic_port)
+        .start()
+        .await;
+
+    assert_eq!(
+        control_plane.base_url(),
+        format!("http://127.0.0.1:{http_port}")
+    );
+    assert_eq!(control_plane.quic_addr(), format!("127.0.0.1:{quic_port}"));
+    assert!(
+        std::net::UdpSocket::bind(("127.0.0.1", quic_port)).is_err(),
+        "nothing holds the fixed QUIC port {quic_port}"
+    );
+    assert_eq!(control_plane.database_url(), Some(store_text));
+    assert_eq!(
+        control_plane.session_secret(),
+        Some(dynserv_tests::TEST_SESSION_SECRET)
+    );
+    assert!(
+        store.is_file(),
+        "serve did not open the store at {store_text}"
+    );
+    assert!(!control_plane.data_dir().join("dynserv.redb").exists());
+    assert!(!control_plane.data_dir().join("secret").exists());
+}
