@@ -6,9 +6,15 @@
 #
 # Idempotent and quick when everything is already there. Meant for a Debian machine
 # (run as root, or with sudo available): it installs Debian's chromium and
-# chromium-driver for the browser tests, a Python venv with ansible-core for the
-# playbook differential tests, checks that Docker answers, builds the workspace and
-# runs the suite with cargo-nextest (configuration in .config/nextest.toml).
+# chromium-driver for the browser tests, postgresql for the PostgreSQL backend, a Python
+# venv with ansible-core for the playbook differential tests, checks that Docker
+# answers, builds the workspace, starts one throwaway PostgreSQL cluster for the run
+# (scripts/test-postgres.sh) and runs the suite with cargo-nextest (configuration in
+# .config/nextest.toml). Without extra arguments, the end-to-end tests of foundation,
+# fleet and business then run a second time with the control plane on PostgreSQL
+# (DYNSERV_TEST_BACKEND=postgres); the exit code is non-zero when either pass fails.
+# `DYNSERV_TEST_BACKEND=postgres scripts/test.sh -E 'binary(fleet)'` runs a chosen set
+# on PostgreSQL only.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +34,7 @@ as_root() {
     fi
 }
 
-# ---- Chromium and chromedriver (browser tests) ---------------------------------------
+# ---- Debian packages: Chromium and chromedriver (browser tests), cron, PostgreSQL ----
 
 missing_packages=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing_packages+=(chromium)
@@ -36,14 +42,16 @@ command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 # ansible-core's cron module needs the crontab program even to edit cron files (the
 # cron differential test).
 command -v crontab >/dev/null 2>&1 || missing_packages+=(cron)
+# The PostgreSQL backend's tests run a throwaway cluster (scripts/test-postgres.sh).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing_packages+=(postgresql)
 if [ "${#missing_packages[@]}" -gt 0 ]; then
-    say "installing ${missing_packages[*]} from Debian (browser and playbook tests)"
+    say "installing ${missing_packages[*]} from Debian (browser, playbook and PostgreSQL tests)"
     # Wait for another apt/dpkg run to release its lock instead of failing at once.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
         install -y --no-install-recommends "${missing_packages[@]}"
 else
-    say "chromium, chromedriver and crontab present"
+    say "chromium, chromedriver, crontab and PostgreSQL present"
 fi
 
 # ---- ansible-core in .venv-ansible (playbook differential tests) ---------------------
@@ -130,5 +138,54 @@ profile=default
 if [ "${CI:-}" = "true" ]; then
     profile=ci
 fi
+
+# ---- one throwaway PostgreSQL for the whole run --------------------------------------
+
+# The harness (tests/src/postgres.rs) makes a fresh database in it for each test that
+# needs one; stopped and removed when this script ends, whatever the tests' result.
+pg_dir=""
+stop_test_postgres() {
+    if [ -n "$pg_dir" ]; then
+        scripts/test-postgres.sh stop "$pg_dir" || warn "stopping the test PostgreSQL in $pg_dir failed"
+        pg_dir=""
+    fi
+}
+trap stop_test_postgres EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+pg_vars="$(scripts/test-postgres.sh start)"
+while IFS='=' read -r key value; do
+    case "$key" in
+    DYNSERV_TEST_DATABASE_URL) export DYNSERV_TEST_DATABASE_URL="$value" ;;
+    DYNSERV_TEST_PG_DIR) pg_dir="$value" ;;
+    esac
+done <<<"$pg_vars"
+[ -n "$pg_dir" ] && [ -n "${DYNSERV_TEST_DATABASE_URL:-}" ] || {
+    warn "scripts/test-postgres.sh start printed no cluster: $pg_vars"
+    exit 1
+}
+say "PostgreSQL for the tests runs at $DYNSERV_TEST_DATABASE_URL (data and log in $pg_dir)"
+
+# ---- the tests -----------------------------------------------------------------------
+
 say "running the tests (cargo nextest run --workspace --no-fail-fast, profile $profile)"
-exec cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@" || status=$?
+
+# The end-to-end tests once more with the control plane on PostgreSQL. Extra arguments
+# choose the tests by hand, so then only the first pass runs.
+if [ "$#" -eq 0 ]; then
+    say "running the end-to-end tests on PostgreSQL (DYNSERV_TEST_BACKEND=postgres, profile $profile)"
+    pg_status=0
+    DYNSERV_TEST_BACKEND=postgres cargo nextest run -p dynserv-tests --no-fail-fast \
+        --profile "$profile" -E 'binary(foundation) | binary(fleet) | binary(business)' || pg_status=$?
+    if [ "$pg_status" -ne 0 ]; then
+        warn "the end-to-end tests on PostgreSQL failed (exit $pg_status); the cluster's log ends with:"
+        tail -n 20 "$pg_dir/postgres.log" >&2 || true
+        [ "$status" -ne 0 ] || status=$pg_status
+    fi
+fi
+if [ "$status" -ne 0 ]; then
+    warn "tests failed (exit $status)"
+fi
+exit "$status"

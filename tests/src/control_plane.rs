@@ -1,12 +1,23 @@
 //! A `dynserv serve` child process on its own temp data dir and loopback ports.
+//!
+//! The store is the embedded one (redb in the data dir) unless the control plane is
+//! given PostgreSQL: explicitly ([`ControlPlaneBuilder::database_url`],
+//! [`ControlPlaneBuilder::postgres`]), or for every control plane of the run with
+//! `DYNSERV_TEST_BACKEND=postgres` (what the second pass of `scripts/test.sh` sets). Then
+//! each control plane started without a database URL of its own gets a fresh
+//! [`TestDatabase`] and [`TEST_SESSION_SECRET`]; [`ControlPlane::replica`] starts more
+//! replicas on the same database.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{append_log, dynserv_binary, expect_success, free_port, log_tail, terminate, Api};
+use crate::{
+    append_log, dynserv_binary, expect_success, free_port, log_tail, terminate, Api, TestDatabase,
+};
 
 /// How long a starting control plane may take to answer `GET /healthz`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -16,6 +27,29 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// test ever reaches the real API.
 const UNREACHABLE_HETZNER: &str = "http://127.0.0.1:9/v1";
 
+/// The variable choosing the store of every control plane the harness starts without a
+/// database URL of its own: `postgres` (a fresh [`TestDatabase`] each), or unset or
+/// `redb` (the embedded store in the data dir).
+pub const BACKEND_VAR: &str = "DYNSERV_TEST_BACKEND";
+
+/// The `SESSION_SECRET` of control planes the harness puts on a [`TestDatabase`]: fixed,
+/// so replicas of one database share it (PostgreSQL requires one set, the same on each).
+pub const TEST_SESSION_SECRET: &str =
+    "dynserv-test-session-secret-4f1c9a7e2b5d8c3f6a0e9b1d7c4a2f8e";
+
+/// Whether `DYNSERV_TEST_BACKEND` asks for PostgreSQL; panics on a value it does not know,
+/// so a typo never silently tests the other backend.
+fn postgres_backend_requested() -> bool {
+    match std::env::var(BACKEND_VAR).as_deref() {
+        Ok("postgres") => true,
+        Ok("redb") | Ok("") | Err(std::env::VarError::NotPresent) => false,
+        Ok(other) => panic!("{BACKEND_VAR} must be `postgres` or `redb` (or unset), not {other:?}"),
+        Err(std::env::VarError::NotUnicode(value)) => {
+            panic!("{BACKEND_VAR} must be `postgres` or `redb` (or unset), not {value:?}")
+        }
+    }
+}
+
 /// Options for [`ControlPlane`]; start with [`ControlPlane::builder`].
 #[derive(Debug, Default, Clone)]
 pub struct ControlPlaneBuilder {
@@ -24,6 +58,18 @@ pub struct ControlPlaneBuilder {
     tmpfs_mib: Option<u64>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// `DATABASE_URL` for `serve` and the CLI commands.
+    database_url: Option<String>,
+    /// `SESSION_SECRET` for `serve` and the CLI commands.
+    session_secret: Option<String>,
+    /// A fresh [`TestDatabase`] whatever `DYNSERV_TEST_BACKEND` says.
+    postgres: bool,
+    /// The test database `database_url` points at, shared with the replicas: dropped
+    /// when the last control plane on it is.
+    database: Option<Arc<TestDatabase>>,
+    /// Fixed ports instead of free ones picked at start.
+    http_port: Option<u16>,
+    quic_port: Option<u16>,
 }
 
 impl ControlPlaneBuilder {
@@ -53,8 +99,55 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Sets `DATABASE_URL` for `serve` and the CLI commands (a `postgres://…` URL, or a
+    /// redb file path). A control plane given one gets no [`TestDatabase`] of its own,
+    /// whatever `DYNSERV_TEST_BACKEND` says, and no session secret unless one is set.
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_string());
+        self
+    }
+
+    /// Sets `SESSION_SECRET` for `serve` and the CLI commands.
+    pub fn session_secret(mut self, secret: &str) -> Self {
+        self.session_secret = Some(secret.to_string());
+        self
+    }
+
+    /// Puts the control plane on a fresh [`TestDatabase`] with [`TEST_SESSION_SECRET`],
+    /// also when `DYNSERV_TEST_BACKEND` is unset (for tests of PostgreSQL itself: replicas,
+    /// `migrate`).
+    pub fn postgres(mut self) -> Self {
+        self.postgres = true;
+        self
+    }
+
+    /// Serves HTTP on this loopback port instead of a free one.
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_port = Some(port);
+        self
+    }
+
+    /// Serves the fleet gateway (QUIC) on this loopback UDP port instead of a free one.
+    pub fn quic_port(mut self, port: u16) -> Self {
+        self.quic_port = Some(port);
+        self
+    }
+
+    /// Whether `DATABASE_URL` is given, through [`ControlPlaneBuilder::database_url`] or
+    /// [`ControlPlaneBuilder::env`].
+    fn has_database_url(&self) -> bool {
+        self.database_url.is_some() || self.env.iter().any(|(key, _)| key == "DATABASE_URL")
+    }
+
     /// Starts the server and waits until `GET /healthz` answers 200.
-    pub async fn start(self) -> ControlPlane {
+    pub async fn start(mut self) -> ControlPlane {
+        if !self.has_database_url() && (self.postgres || postgres_backend_requested()) {
+            let database = TestDatabase::create();
+            self.database_url = Some(database.url().to_string());
+            self.database = Some(Arc::new(database));
+            self.session_secret
+                .get_or_insert_with(|| TEST_SESSION_SECRET.to_string());
+        }
         let root = tempfile::Builder::new()
             .prefix("dynserv-e2e-")
             .tempdir()
@@ -144,6 +237,62 @@ impl ControlPlane {
     /// The `--data-dir` of this control plane.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The `DATABASE_URL` this control plane runs with, when it has one (PostgreSQL, or
+    /// a redb path given explicitly).
+    pub fn database_url(&self) -> Option<&str> {
+        self.options
+            .env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "DATABASE_URL")
+            .map(|(_, value)| value.as_str())
+            .or(self.options.database_url.as_deref())
+    }
+
+    /// The `SESSION_SECRET` this control plane runs with, when one is set.
+    pub fn session_secret(&self) -> Option<&str> {
+        self.options
+            .env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "SESSION_SECRET")
+            .map(|(_, value)| value.as_str())
+            .or(self.options.session_secret.as_deref())
+    }
+
+    /// Options for another replica on this control plane's PostgreSQL database: the
+    /// same `DATABASE_URL`, `SESSION_SECRET` and environment, its own data dir and
+    /// ports, no `--demo` and no extra arguments. The test database stays until the last
+    /// control plane on it is dropped. Panics when this control plane is not on
+    /// PostgreSQL.
+    ///
+    /// ```no_run
+    /// # async fn example() {
+    /// let first = dynserv_tests::ControlPlane::builder().postgres().start().await;
+    /// let second = first.replica().start().await;
+    /// let agent_servers = format!("{},{}", first.quic_addr(), second.quic_addr());
+    /// # }
+    /// ```
+    pub fn replica(&self) -> ControlPlaneBuilder {
+        let database_url = match self.database_url() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                url.to_string()
+            }
+            other => panic!(
+                "replica() needs a control plane on PostgreSQL (start it with .postgres(), \
+                 .database_url(\"postgres://…\") or {BACKEND_VAR}=postgres); its DATABASE_URL \
+                 is {other:?}"
+            ),
+        };
+        ControlPlaneBuilder {
+            env: self.options.env.clone(),
+            database_url: Some(database_url),
+            session_secret: self.session_secret().map(str::to_string),
+            database: self.options.database.clone(),
+            ..ControlPlaneBuilder::default()
+        }
     }
 
     /// The test's temp directory: holds `data/`, the logs, and whatever the test writes
@@ -302,6 +451,12 @@ impl ControlPlane {
             command.env_remove(key);
         }
         command.env("HETZNER_API_URL", UNREACHABLE_HETZNER);
+        if let Some(url) = &self.options.database_url {
+            command.env("DATABASE_URL", url);
+        }
+        if let Some(secret) = &self.options.session_secret {
+            command.env("SESSION_SECRET", secret);
+        }
         // Plain text in the log files, which the harness prints on failure.
         command.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
@@ -313,16 +468,17 @@ impl ControlPlane {
         command
     }
 
-    /// Spawns `serve` and waits for `/healthz`. On a fresh start, ports are picked here
-    /// and picked again (up to three times) when the server could not bind them because
-    /// another process took them in between.
+    /// Spawns `serve` and waits for `/healthz`. On a fresh start, ports not fixed by the
+    /// options are picked here and picked again (up to three times) when the server
+    /// could not bind them because another process took them in between.
     async fn spawn_until_healthy(&mut self, pick_ports: bool) {
-        let attempts = if pick_ports { 3 } else { 1 };
+        let picks_a_port = self.options.http_port.is_none() || self.options.quic_port.is_none();
+        let attempts = if pick_ports && picks_a_port { 3 } else { 1 };
         for attempt in 1..=attempts {
             if pick_ports {
-                self.http_port = free_port();
-                self.quic_port = free_port();
-                while self.quic_port == self.http_port {
+                self.http_port = self.options.http_port.unwrap_or_else(free_port);
+                self.quic_port = self.options.quic_port.unwrap_or_else(free_port);
+                while self.options.quic_port.is_none() && self.quic_port == self.http_port {
                     self.quic_port = free_port();
                 }
             }
@@ -354,7 +510,7 @@ impl ControlPlane {
                     self.child = None;
                     let stderr = log_tail(&self.stderr_log(), 50);
                     let port_taken = stderr.contains("in use") || stderr.contains("AddrInUse");
-                    if pick_ports && port_taken && attempt < attempts {
+                    if port_taken && attempt < attempts {
                         continue;
                     }
                     panic!(
@@ -423,6 +579,11 @@ impl Drop for ControlPlane {
             eprintln!("{}", self.logs());
             if let Some(root) = self.root.take() {
                 eprintln!("kept the test's temp dir: {}", root.keep().display());
+            }
+            // Only the last control plane on a test database decides its fate; the
+            // database itself is dropped after this (the process is gone by now).
+            if let Some(database) = self.options.database.as_mut().and_then(Arc::get_mut) {
+                database.keep();
             }
         }
     }

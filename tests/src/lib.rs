@@ -5,7 +5,8 @@
 //! What lives here: locating the built binaries, free loopback ports, [`ControlPlane`]
 //! (a `dynserv serve` child process on a temp data dir), [`Api`] (a JSON client with
 //! bearer tokens), [`Agent`] (an enrolled `dynserv-agent run` child), [`AptLock`] (one
-//! test at a time runs apt on the machine), [`Browser`] (a WebDriver session), and
+//! test at a time runs apt on the machine), [`Browser`] (a WebDriver session),
+//! [`TestDatabase`] (a fresh PostgreSQL database, see [`postgres`]), and
 //! [`eventually`] for polling. What does not: assertions about
 //! the product; those belong in the test files under `tests/tests/`.
 //!
@@ -41,14 +42,16 @@ mod browser;
 mod compose;
 mod control_plane;
 mod pages;
+pub mod postgres;
 
 pub use agent::Agent;
 pub use api::Api;
 pub use apt::AptLock;
 pub use browser::Browser;
 pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
-pub use control_plane::{ControlPlane, ControlPlaneBuilder};
+pub use control_plane::{ControlPlane, ControlPlaneBuilder, BACKEND_VAR, TEST_SESSION_SECRET};
 pub use pages::{csrf_of, PageClient};
+pub use postgres::TestDatabase;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
