@@ -51,6 +51,9 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
     let (quic_addr, fleet_gateway) = app.fleet.bind(app.config.quic, wait_for(stop_rx.clone()))?;
+    // The addresses agents fail over between; with several replicas, every replica's.
+    app.fleet
+        .set_replica_addresses(vec![app.config.public_quic.clone()]);
     println!("dynserv {} listening", dynserv_shared::VERSION);
     println!("  web UI:   http://{http_addr}/");
     println!("  API:      http://{http_addr}/api/v1");
