@@ -2,6 +2,13 @@
 //! the control plane kept up forever (exponential backoff with jitter between
 //! attempts), a control stream for hello and heartbeats, and one stream per job.
 //!
+//! The control plane may run as several replicas: the agent keeps their addresses in
+//! `agent.json` (those given at enrollment and those the control plane announced last)
+//! and tries them in order ([`crate::servers`]), the one whose connection it lost last
+//! at the end, with a short handshake timeout per address so a dead replica costs
+//! seconds. Each welcome may carry the current replica list, which replaces the
+//! announced one.
+//!
 //! **Invariant:** the agent only ever dials out; it never listens.
 
 use std::net::SocketAddr;
@@ -23,19 +30,63 @@ use tokio::sync::mpsc;
 use crate::backoff::{self, Backoff};
 use crate::facts;
 use crate::jobs::{Jobs, StartOutcome};
+use crate::servers;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dynserv-agent";
+
+/// How long the QUIC handshake with one control-plane address may take when the agent
+/// knows several: short, so that a dead replica delays the next one by seconds only.
+pub const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the QUIC handshake may take when the agent knows a single address (there
+/// is nothing to fail over to, so a slow link is given more time).
+pub const SINGLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The handshake timeout per address for a list of `count` addresses.
+fn connect_timeout(count: usize) -> Duration {
+    if count > 1 {
+        FAILOVER_CONNECT_TIMEOUT
+    } else {
+        SINGLE_CONNECT_TIMEOUT
+    }
+}
 
 /// What `agent.json` in the state directory holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentInfo {
     /// The id the control plane gave this agent.
     pub agent_id: String,
-    /// `HOST:PORT` of the control plane's fleet gateway.
+    /// `HOST:PORT` the agent tries first (the first of [`AgentInfo::addresses`]), kept
+    /// so that an older agent, which reads only this field, can still use the file.
+    #[serde(default)]
     pub server: String,
+    /// `HOST:PORT` of the control plane's fleet gateways as given at enrollment
+    /// (`--server`), in that order. Absent from state directories written by older
+    /// agents, which hold `server` alone; [`load_identity`] then makes it the
+    /// one-address list.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// The replica addresses the control plane announced last (see
+    /// [`servers::take_announced`]), tried before `servers`; each announcement that
+    /// differs replaces them. Empty until a control plane announced any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced: Vec<String>,
     /// The agent's name.
     pub name: String,
+}
+
+impl AgentInfo {
+    /// The addresses to try, in order: the announced ones, then the enrolled ones.
+    pub fn addresses(&self) -> Vec<String> {
+        servers::combined(&self.announced, &self.servers)
+    }
+
+    /// Replaces the announced addresses and keeps `server` the first address to try.
+    fn set_announced(&mut self, announced: Vec<String>) {
+        self.announced = announced;
+        self.server = self.addresses().first().cloned().unwrap_or_default();
+    }
 }
 
 /// Who this agent process is on the wire besides its certificate: the machine it runs
@@ -141,6 +192,7 @@ async fn resolve(server: &str) -> Result<SocketAddr> {
 async fn connect(
     server: &str,
     config: quinn::ClientConfig,
+    timeout: Duration,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let addr = resolve(server).await?;
     let bind: SocketAddr = if addr.is_ipv4() {
@@ -149,24 +201,64 @@ async fn connect(
         "[::]:0".parse()?
     };
     let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
-    let connecting = endpoint.connect_with(config, addr, FLEET_SERVER_NAME)?;
-    let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+    let connecting = endpoint
+        .connect_with(config, addr, FLEET_SERVER_NAME)
+        .with_context(|| format!("connecting to {server}"))?;
+    let connection = tokio::time::timeout(timeout, connecting)
         .await
-        .with_context(|| format!("no answer from {server} within 10 s"))?
+        .with_context(|| format!("no answer from {server} within {} s", timeout.as_secs()))?
         .with_context(|| format!("connecting to {server}"))?;
     Ok((endpoint, connection))
 }
 
-/// Enrolls this machine: proves the token's secret to the control plane at `server`
-/// (which must present the CA pinned by the token), and stores the key, the issued
-/// certificate and the CA in `state_dir` with mode 0600. Returns the agent id.
+/// A QUIC connection to the first of `servers` (in this order) that answers, and that
+/// address. Fails naming every address's failure when none answers.
+async fn connect_first(
+    servers: &[String],
+    config: &quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection, String)> {
+    let timeout = connect_timeout(servers.len());
+    let mut failures = Vec::new();
+    for (index, server) in servers.iter().enumerate() {
+        match connect(server, config.clone(), timeout).await {
+            Ok((endpoint, connection)) => return Ok((endpoint, connection, server.clone())),
+            Err(e) => {
+                if let Some(next) = servers.get(index + 1) {
+                    tracing::info!("no control plane at {server} ({e:#}); trying {next}");
+                }
+                failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    if failures.is_empty() {
+        bail!("no control-plane address is known");
+    }
+    bail!("no control plane answered: {}", failures.join("; "))
+}
+
+/// Writes `agent.json` (a temp file renamed over it, mode 0600), off the async thread.
+async fn store_info(state_dir: &Path, info: &AgentInfo) -> Result<()> {
+    let path = state_dir.join("agent.json");
+    let contents = serde_json::to_vec_pretty(info)?;
+    tokio::task::spawn_blocking(move || write_private(&path, &contents))
+        .await
+        .context("writing agent.json")?
+}
+
+/// Enrolls this machine: proves the token's secret to the first control plane of
+/// `servers` that answers (which must present the CA pinned by the token), and stores
+/// the key, the issued certificate, the CA and the address list in `state_dir` with
+/// mode 0600. Returns the agent id.
 pub async fn enroll(
-    server: &str,
+    servers: &[String],
     token: &str,
     state_dir: &Path,
     name: Option<&str>,
 ) -> Result<String> {
     let token = EnrollmentToken::parse(token)?;
+    if servers.is_empty() {
+        bail!("no control-plane address given");
+    }
     if state_dir.join("agent.pem").exists() {
         bail!(
             "{} already holds an enrolled agent; remove it to enroll again",
@@ -181,7 +273,8 @@ pub async fn enroll(
         .map(String::from)
         .unwrap_or_else(|| facts.hostname.clone());
     let config = quic_client_config(pki::enroll_client_config(token.ca_sha256)?)?;
-    let (endpoint, connection) = connect(server, config).await?;
+    let (endpoint, connection, server) = connect_first(servers, &config).await?;
+    tracing::info!("enrolling with the control plane at {server}");
     let (mut send, mut recv) = connection
         .open_bi()
         .await
@@ -221,7 +314,9 @@ pub async fn enroll(
             write_private(&state_dir.join("ca.pem"), ca_pem.as_bytes())?;
             let info = AgentInfo {
                 agent_id: agent_id.clone(),
-                server: server.to_string(),
+                server: servers[0].clone(),
+                servers: servers.to_vec(),
+                announced: Vec::new(),
                 name,
             };
             write_private(
@@ -236,6 +331,19 @@ pub async fn enroll(
     }
 }
 
+/// Parses `agent.json`; a file from an agent that predates address lists (only
+/// `server`) gives the one-address list.
+fn parse_info(text: &str) -> Result<AgentInfo> {
+    let mut info: AgentInfo = serde_json::from_str(text).context("parsing agent.json")?;
+    if info.servers.is_empty() {
+        if info.server.is_empty() {
+            bail!("agent.json names no control-plane address; enroll again");
+        }
+        info.servers = vec![info.server.clone()];
+    }
+    Ok(info)
+}
+
 /// Loads the identity written by [`enroll`].
 pub fn load_identity(state_dir: &Path) -> Result<Identity> {
     let read = |name: &str| -> Result<String> {
@@ -247,8 +355,8 @@ pub fn load_identity(state_dir: &Path) -> Result<Identity> {
             )
         })
     };
-    let info: AgentInfo =
-        serde_json::from_str(&read("agent.json")?).context("parsing agent.json")?;
+    let info = parse_info(&read("agent.json")?)
+        .with_context(|| format!("reading {}", state_dir.join("agent.json").display()))?;
     let tls = pki::agent_client_config(&read("ca.pem")?, &read("agent.pem")?, &read("agent.key")?)?;
     Ok(Identity {
         info,
@@ -256,7 +364,8 @@ pub fn load_identity(state_dir: &Path) -> Result<Identity> {
     })
 }
 
-/// Connects and serves jobs until `shutdown` resolves; reconnects forever.
+/// Connects and serves jobs until `shutdown` resolves; reconnects forever, failing
+/// over between the control plane's addresses.
 pub async fn run(
     state_dir: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
@@ -266,23 +375,59 @@ pub async fn run(
     let jobs = Jobs::open(&state_dir, &instance.host_id)?;
     tracing::info!(
         agent = %identity.info.agent_id,
-        server = %identity.info.server,
+        servers = %identity.info.addresses().join(","),
         host_id = %instance.host_id,
         instance = %instance.instance_id,
         "dynserv-agent running"
     );
     let forever = async {
+        let mut info = identity.info.clone();
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+        // The address whose connection ended last: tried after the others next time.
+        let mut lost_last: Option<String> = None;
         loop {
             let mut welcomed = false;
             let mut asked_to_wait = None;
-            match session(&identity, &instance, &jobs, &mut welcomed).await {
-                Ok(()) => tracing::info!("connection to the control plane closed"),
-                Err(e) => {
-                    asked_to_wait = e.downcast_ref::<Refused>().and_then(|r| r.retry_after);
-                    tracing::warn!("connection to the control plane: {e:#}");
+            let addresses = info.addresses();
+            let lost_index = lost_last
+                .as_deref()
+                .and_then(|lost| addresses.iter().position(|s| s == lost));
+            let order: Vec<String> = servers::attempt_order(&addresses, lost_index)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            match connect_first(&order, &identity.client_config).await {
+                Ok((_endpoint, connection, server)) => {
+                    let place = Place {
+                        state_dir: &state_dir,
+                        server: &server,
+                    };
+                    let ended = session(
+                        &identity,
+                        &instance,
+                        &jobs,
+                        place,
+                        &mut info,
+                        connection,
+                        &mut welcomed,
+                    )
+                    .await;
+                    match ended {
+                        Ok(()) => {
+                            tracing::info!("connection to the control plane at {server} closed")
+                        }
+                        Err(e) => {
+                            asked_to_wait = e.downcast_ref::<Refused>().and_then(|r| r.retry_after);
+                            tracing::warn!("connection to the control plane at {server}: {e:#}");
+                        }
+                    }
+                    lost_last = Some(server);
                 }
+                Err(e) => tracing::warn!("{e:#}"),
             }
+            // After a connection that worked, the first delay is short (well under a
+            // second, jittered so a fleet that lost one replica does not reach the
+            // next all in the same instant) and the others are tried first.
             if welcomed {
                 backoff.reset();
             }
@@ -302,14 +447,49 @@ pub async fn run(
     }
 }
 
+/// Where a session runs: the state directory (for `agent.json`) and the address the
+/// connection was made to.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    state_dir: &'a Path,
+    server: &'a str,
+}
+
+/// Takes in the replica list a welcome announced (see [`servers::take_announced`])
+/// when it differs from the one `info` holds, storing it in `agent.json`.
+async fn take_announced(
+    place: Place<'_>,
+    info: &mut AgentInfo,
+    announced: &[String],
+    remote: std::net::IpAddr,
+) {
+    let Some(announced) = servers::take_announced(announced, place.server, remote) else {
+        return;
+    };
+    if announced == info.announced {
+        return;
+    }
+    tracing::info!(
+        "the control plane announced its addresses: {} (were {})",
+        announced.join(","),
+        info.announced.join(",")
+    );
+    info.set_announced(announced);
+    // Used from now on even when it cannot be stored: the control plane said so.
+    if let Err(e) = store_info(place.state_dir, info).await {
+        tracing::warn!("storing the control plane's addresses: {e:#}");
+    }
+}
+
 async fn session(
     identity: &Identity,
     instance: &Instance,
     jobs: &Jobs,
+    place: Place<'_>,
+    info: &mut AgentInfo,
+    connection: quinn::Connection,
     welcomed: &mut bool,
 ) -> Result<()> {
-    let (_endpoint, connection) =
-        connect(&identity.info.server, identity.client_config.clone()).await?;
     let (mut send, mut recv) = connection
         .open_bi()
         .await
@@ -322,13 +502,17 @@ async fn session(
         instance_id: instance.instance_id.clone(),
     };
     write_frame(&mut send, &hello).await?;
-    let heartbeat_s = match tokio::time::timeout(
+    let (heartbeat_s, announced) = match tokio::time::timeout(
         Duration::from_secs(15),
         read_frame::<ServerControl, _>(&mut recv),
     )
     .await
     {
-        Ok(Ok(Some(ServerControl::Welcome { heartbeat_s, .. }))) => heartbeat_s.clamp(1, 60),
+        Ok(Ok(Some(ServerControl::Welcome {
+            heartbeat_s,
+            servers,
+            ..
+        }))) => (heartbeat_s.clamp(1, 60), servers),
         Ok(Ok(Some(ServerControl::Refused {
             reason,
             retry_after_s,
@@ -338,7 +522,8 @@ async fn session(
         Err(_) => bail!("no answer to the hello within 15 s"),
     };
     *welcomed = true;
-    tracing::info!("connected to the control plane");
+    tracing::info!("connected to the control plane at {}", place.server);
+    take_announced(place, info, &announced, connection.remote_address().ip()).await;
     let heartbeats = async {
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat_s));
         tick.tick().await;
@@ -526,4 +711,45 @@ fn handle_control(jobs: &Jobs, job: &crate::jobs::Job, msg: ToAgent) -> Result<b
         ToAgent::Start(_) => {}
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory written before address lists (only `server`) loads as a
+    /// one-address list; one with an announced list round-trips and still names the
+    /// first address to try in `server` for older agents; a file with no address at
+    /// all is refused.
+    #[test]
+    fn agent_json_of_older_agents_still_loads() {
+        let old = r#"{"agent_id":"a1","server":"cp1:4433","name":"web1"}"#;
+        let info = parse_info(old).unwrap();
+        assert_eq!(info.servers, vec!["cp1:4433".to_string()]);
+        assert_eq!((info.agent_id.as_str(), info.name.as_str()), ("a1", "web1"));
+
+        assert!(!serde_json::to_string(&info).unwrap().contains("announced"));
+
+        let mut info = info;
+        info.set_announced(vec!["cp2:4433".into(), "cp1:4433".into()]);
+        let text = serde_json::to_string(&info).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["server"], "cp2:4433");
+        assert_eq!(value["servers"], serde_json::json!(["cp1:4433"]));
+        assert_eq!(
+            value["announced"],
+            serde_json::json!(["cp2:4433", "cp1:4433"])
+        );
+        let again = parse_info(&text).unwrap();
+        assert_eq!(
+            again.addresses(),
+            vec!["cp2:4433".to_string(), "cp1:4433".to_string()]
+        );
+
+        let error = parse_info(r#"{"agent_id":"a1","name":"web1"}"#).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no control-plane address"),
+            "{error:#}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! dynserv-agent library: enrollment and the connection to the control plane
 //! ([`connection`]), jobs and their on-disk spool ([`jobs`], [`spool`]), host facts
-//! ([`facts`]), reconnect backoff ([`backoff`]) and owner-only files ([`private_fs`]).
+//! ([`facts`]), reconnect backoff ([`backoff`]), the control plane's address list
+//! ([`servers`]) and owner-only files ([`private_fs`]).
 
 pub mod backoff;
 pub mod compose;
@@ -9,5 +10,6 @@ pub mod facts;
 pub mod jobs;
 pub mod playbook;
 pub mod private_fs;
+pub mod servers;
 pub mod spool;
 pub mod update;

@@ -19,10 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enrolls this machine once and stores its key and certificate (mode 0600).
+    /// Enrolls this machine once and stores its key, certificate and the control
+    /// plane's addresses (mode 0600).
     Enroll {
-        /// The control plane's fleet address, HOST:PORT (UDP, default port 4433).
-        #[arg(long)]
+        /// The control plane's fleet addresses, HOST:PORT[,HOST:PORT…] (UDP, default
+        /// port 4433): one per replica, tried in this order.
+        #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]")]
         server: String,
         /// The enrollment token, dsv1.<secret>.<ca-sha256>.
         #[arg(long, env = "DYNSERV_ENROLL_TOKEN", hide_env_values = true)]
@@ -34,7 +36,8 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Connects to the control plane and serves jobs until stopped; reconnects forever.
+    /// Connects to the control plane and serves jobs until stopped; reconnects forever,
+    /// failing over between the control plane's addresses.
     Run {
         /// Where the agent keeps its identity, job spool and state.
         #[arg(long, env = "DYNSERV_AGENT_STATE_DIR", default_value = connection::DEFAULT_STATE_DIR)]
@@ -123,9 +126,11 @@ fn main() -> ExitCode {
             state_dir,
             name,
         } => absolute(&state_dir).and_then(|state_dir| {
+            let servers = dynserv_agent::servers::parse(&server)
+                .map_err(|e| anyhow::anyhow!("invalid --server list: {e}"))?;
             let rt = runtime()?;
             let agent_id = rt.block_on(connection::enroll(
-                &server,
+                &servers,
                 &token,
                 &state_dir,
                 name.as_deref(),

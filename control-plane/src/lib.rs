@@ -52,6 +52,9 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
     let (quic_addr, fleet_gateway) = app.fleet.bind(app.config.quic, wait_for(stop_rx.clone()))?;
+    // The addresses agents fail over between; with several replicas, every replica's.
+    app.fleet
+        .set_replica_addresses(vec![app.config.public_quic.clone()]);
     println!("dynserv {} listening", dynserv_shared::VERSION);
     println!("  web UI:   http://{http_addr}/");
     println!("  API:      http://{http_addr}/api/v1");
@@ -67,11 +70,12 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     if app.fleet.demo_agent_wanted() {
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
+    let announcer = app.fleet.clone();
     app.cluster.start(
         &app.store,
         std::sync::Arc::new(app.fleet.clone()),
         app.config.public_quic.clone(),
-        |_addresses| {},
+        move |addresses| announcer.set_replica_addresses(addresses),
     );
     hetzner::start(&app, || wait_for(stop_rx.clone()));
     tokio::spawn(subscriptions::renewal_job(

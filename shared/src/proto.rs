@@ -28,6 +28,10 @@
 //! control plane refuses every copy but the one holding the identity with
 //! [`ServerControl::Refused`] and a long `retry_after_s`. The fields added for this
 //! default to empty, so older agents and control planes still understand each other.
+//!
+//! A control plane may run as several replicas; the agent knows their addresses and
+//! fails over between them. [`ServerControl::Welcome`] carries the current list, so it
+//! can change without enrolling again (empty from older control planes).
 
 use std::collections::BTreeMap;
 
@@ -47,6 +51,13 @@ pub const DEFAULT_PORT: u16 = 4433;
 /// certificate against this fixed name (and the pinned CA) rather than the address they
 /// dialed, so the control plane can be reached by any address or name.
 pub const FLEET_SERVER_NAME: &str = "dynserv.fleet";
+
+/// Most control-plane addresses an agent keeps (given at enrollment or announced in
+/// [`ServerControl::Welcome`]); past it the rest of an announced list is ignored.
+pub const MAX_REPLICA_ADDRESSES: usize = 32;
+
+/// Longest control-plane address, in bytes; a longer announced entry is ignored.
+pub const MAX_REPLICA_ADDRESS_LEN: usize = 255;
 
 /// Largest output chunk an agent sends, in bytes of `data`.
 pub const MAX_CHUNK_LEN: usize = 32 * 1024;
@@ -178,6 +189,16 @@ pub enum ServerControl {
         version: String,
         /// How often the agent should send a heartbeat, in seconds.
         heartbeat_s: u64,
+        /// The control plane's current replica addresses (`HOST:PORT` of each
+        /// replica's fleet gateway), in the order the agent should prefer them. The
+        /// agent keeps this list in its state directory in place of the one it was
+        /// enrolled with (keeping the address it is connected to as well), so replicas
+        /// can be added or retired without enrolling again. At most
+        /// [`MAX_REPLICA_ADDRESSES`] entries of at most [`MAX_REPLICA_ADDRESS_LEN`]
+        /// bytes are used. Empty from control planes that predate it, and then the
+        /// agent's list stays as it is.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        servers: Vec<String>,
     },
     /// The hello was refused (revoked agent, unknown version, another copy of the agent
     /// holds its identity); the connection closes.
@@ -463,6 +484,50 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<ServerControl>(&text).unwrap(),
             refusal
+        );
+    }
+
+    /// The welcome of a control plane from before replica lists decodes with an empty
+    /// list, a welcome without replicas encodes exactly as before, and one with
+    /// replicas round-trips and still decodes for a reader that knows only the old
+    /// fields (serde ignores the unknown one, as an older agent's decoder does).
+    #[test]
+    fn welcome_replica_list_is_backward_compatible() {
+        let old_welcome = r#"{"type":"welcome","version":"0.1.0","heartbeat_s":5}"#;
+        let decoded = serde_json::from_str::<ServerControl>(old_welcome).unwrap();
+        assert_eq!(
+            decoded,
+            ServerControl::Welcome {
+                version: "0.1.0".into(),
+                heartbeat_s: 5,
+                servers: Vec::new(),
+            }
+        );
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), old_welcome);
+
+        let welcome = ServerControl::Welcome {
+            version: "0.2.0".into(),
+            heartbeat_s: 5,
+            servers: vec!["cp1:4433".into(), "cp2:4433".into()],
+        };
+        let text = serde_json::to_string(&welcome).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ServerControl>(&text).unwrap(),
+            welcome
+        );
+
+        /// The welcome as agents before replica lists declared it.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum OldServerControl {
+            Welcome { version: String, heartbeat_s: u64 },
+        }
+        assert_eq!(
+            serde_json::from_str::<OldServerControl>(&text).unwrap(),
+            OldServerControl::Welcome {
+                version: "0.2.0".into(),
+                heartbeat_s: 5
+            }
         );
     }
 }

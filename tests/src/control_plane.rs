@@ -416,6 +416,18 @@ impl ControlPlane {
         self.spawn_until_healthy(false).await;
     }
 
+    /// Starts a stopped or killed server again on the same data dir and HTTP port, with
+    /// its fleet gateway (QUIC) on `quic_port` from now on: a replica that comes back
+    /// on another address, for failover tests.
+    pub async fn start_again_on_quic_port(&mut self, quic_port: u16) {
+        assert!(
+            self.child.is_none(),
+            "start_again_on_quic_port needs a stopped server: call stop() or kill() first"
+        );
+        self.quic_port = quic_port;
+        self.spawn_until_healthy(false).await;
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

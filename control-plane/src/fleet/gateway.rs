@@ -505,6 +505,7 @@ async fn serve_admitted(
         &ServerControl::Welcome {
             version: dynserv_shared::VERSION.to_string(),
             heartbeat_s: HEARTBEAT_S,
+            servers: fleet.replica_addresses(),
         },
     )
     .await?;

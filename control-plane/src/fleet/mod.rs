@@ -9,7 +9,8 @@
 //! * [`hub`]: live fan-out to WebSocket viewers.
 //!
 //! [`Fleet`] is the handle the rest of the control plane uses: dispatch an execution,
-//! cancel it, ask whether an agent is connected. What lives elsewhere: agent and token
+//! cancel it, ask whether an agent is connected, set the replica addresses announced
+//! to agents. What lives elsewhere: agent and token
 //! records and rules (`agents`), execution records and status rules (`executions`).
 //!
 //! **Invariant:** an output chunk is acknowledged to its agent only after the
@@ -75,6 +76,9 @@ pub(crate) struct Inner {
     pub enroll_throttle: crate::auth::Throttle,
     /// The replicas sharing the store (set once by [`Fleet::join`]).
     pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// The fleet addresses of every control-plane replica, in the order agents should
+    /// prefer them; announced in each welcome.
+    pub replica_addresses: Mutex<Vec<String>>,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -108,6 +112,7 @@ impl Fleet {
                 demo_agent: Default::default(),
                 enroll_throttle: Default::default(),
                 cluster: Default::default(),
+                replica_addresses: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -203,6 +208,20 @@ impl Fleet {
     /// The full enrollment token for a secret.
     pub fn token_text(&self, secret: &str) -> String {
         crate::agents::token_text(secret, self.ca_fingerprint())
+    }
+
+    /// Sets the control plane's replica addresses (`HOST:PORT` that agents dial), in
+    /// the order agents should prefer them. Every later welcome carries them, and the
+    /// agents keep them as their list of addresses to fail over between. An empty
+    /// list announces nothing: agents keep the list they have.
+    pub fn set_replica_addresses(&self, addresses: Vec<String>) {
+        *lock(&self.inner.replica_addresses) = addresses;
+    }
+
+    /// The replica addresses announced to agents (see
+    /// [`Fleet::set_replica_addresses`]).
+    pub fn replica_addresses(&self) -> Vec<String> {
+        lock(&self.inner.replica_addresses).clone()
     }
 
     /// Agents connected now.
