@@ -155,11 +155,13 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(4)));
+    // A control plane that vanishes (killed, its machine gone) is given up after
+    // 6 s of silence, so the agent fails over to another replica within seconds.
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
     transport.max_idle_timeout(Some(
-        Duration::from_secs(12)
+        Duration::from_secs(6)
             .try_into()
-            .expect("12 s is a valid idle timeout"),
+            .expect("6 s is a valid idle timeout"),
     ));
     Arc::new(transport)
 }

@@ -38,7 +38,7 @@ use crate::executions::{self, Execution, Status};
 /// Seconds between agent heartbeats.
 pub const HEARTBEAT_S: u64 = 5;
 /// A connection silent this long is closed (so a stopped agent shows disconnected).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 /// Application close code: the agent was refused or revoked.
 pub const CLOSE_REVOKED: quinn::VarInt = quinn::VarInt::from_u32(403);
 /// Application close code: protocol violation.
