@@ -37,6 +37,12 @@ impl App {
         fleet.join(cluster.clone());
         let metrics = Arc::new(Metrics::default());
         fleet.register_metrics(&metrics);
+        let leader = cluster.clone();
+        metrics.register_gauge(
+            "dynserv_cluster_leader",
+            "1 while this replica runs the background work that must run once (always with one replica).",
+            move || if leader.is_leader() { 1.0 } else { 0.0 },
+        );
         Ok(App {
             store,
             keys,

@@ -97,6 +97,24 @@ impl Record for Replica {
     }
 }
 
+/// Which replica an agent is connected to, while it is (written only when replicas
+/// share the store). It counts only while that replica's heartbeat is fresh, so a
+/// replica that died leaves no agent looking connected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Presence {
+    /// The agent's id.
+    pub id: String,
+    pub replica: String,
+    pub since: DateTime<Utc>,
+}
+
+impl Record for Presence {
+    const TABLE: &'static str = "agent_presence";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// What a replica does with the others' messages (the fleet implements it).
 pub trait Receiver: Send + Sync + 'static {
     /// Acts on one message from another replica.
@@ -109,6 +127,8 @@ struct Inner {
     leader: watch::Sender<bool>,
     outbox: OnceLock<mpsc::UnboundedSender<String>>,
     started: AtomicBool,
+    /// The other replicas whose heartbeat is fresh, from the last heartbeat.
+    live: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// This replica's view of the cluster. Cheap to clone.
@@ -130,6 +150,7 @@ impl Cluster {
                 leader: watch::channel(!shared).0,
                 outbox: OnceLock::new(),
                 started: AtomicBool::new(false),
+                live: Default::default(),
             }),
         }
     }
@@ -196,10 +217,51 @@ impl Cluster {
         runtime.spawn(leader(store.clone(), self.clone()));
         runtime.spawn(heartbeat(
             store.clone(),
-            self.inner.replica_id.clone(),
+            self.clone(),
             public_quic,
             addresses,
         ));
+    }
+
+    /// Records that an agent is connected here (replicas sharing the store only).
+    pub fn record_presence(&self, store: &Store, agent_id: &str) -> Result<()> {
+        if !self.inner.shared {
+            return Ok(());
+        }
+        store.put(&Presence {
+            id: agent_id.to_string(),
+            replica: self.inner.replica_id.clone(),
+            since: Utc::now(),
+        })
+    }
+
+    /// Records that an agent left this replica (unless another one holds it now).
+    pub fn clear_presence(&self, store: &Store, agent_id: &str) -> Result<()> {
+        if !self.inner.shared {
+            return Ok(());
+        }
+        store.write(|w| {
+            if w.get::<Presence>(agent_id)?
+                .is_some_and(|p| p.replica == self.inner.replica_id)
+            {
+                w.delete::<Presence>(agent_id)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Since when an agent is connected to another live replica, if it is.
+    pub fn connected_elsewhere(&self, store: &Store, agent_id: &str) -> Option<DateTime<Utc>> {
+        if !self.inner.shared {
+            return None;
+        }
+        let presence = store.get::<Presence>(agent_id).ok().flatten()?;
+        let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.contains(&presence.replica).then_some(presence.since)
+    }
+
+    fn set_live(&self, replicas: std::collections::HashSet<String>) {
+        *self.inner.live.lock().unwrap_or_else(|p| p.into_inner()) = replicas;
     }
 
     fn set_leader(&self, leading: bool) {
@@ -353,14 +415,16 @@ async fn leader(store: Store, cluster: Cluster) {
 /// Records this replica as alive and hands the live replicas' addresses on.
 async fn heartbeat(
     store: Store,
-    me: String,
+    cluster: Cluster,
     public_quic: String,
     addresses: impl Fn(Vec<String>) + Send + Sync + 'static,
 ) {
     let addresses = Arc::new(addresses);
+    let me = cluster.replica_id().to_string();
     loop {
         let store = store.clone();
         let me = me.clone();
+        let cluster = cluster.clone();
         let public_quic = public_quic.clone();
         let addresses = addresses.clone();
         let beat = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -372,14 +436,17 @@ async fn heartbeat(
                     last_seen: now,
                 })?;
                 let mut live = Vec::new();
+                let mut ids = std::collections::HashSet::new();
                 for replica in w.list::<Replica>()? {
                     let age = (now - replica.last_seen).num_seconds();
                     if age > 24 * 3600 {
                         w.delete::<Replica>(&replica.id)?;
                     } else if age <= REPLICA_STALE_S && replica.id != me {
+                        ids.insert(replica.id.clone());
                         live.push(replica.public_quic);
                     }
                 }
+                cluster.set_live(ids);
                 Ok(live)
             })?;
             let mut list = vec![public_quic];

@@ -369,6 +369,7 @@ async fn serve_agent(
         return Ok(());
     }
 
+    fleet.record_presence(&agent_id, true).await;
     let result = serve_admitted(fleet, &conn, facts, &mut send, &mut recv, dispatch_rx).await;
 
     let removed = {
@@ -380,6 +381,7 @@ async fn serve_agent(
         ours
     };
     if removed {
+        fleet.record_presence(&agent_id, false).await;
         let seen = *lock(&conn.last_seen);
         fleet
             .inner

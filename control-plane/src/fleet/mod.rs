@@ -241,10 +241,38 @@ impl Fleet {
     /// When a connected agent was last heard from and its last heartbeat figures;
     /// `None` when it is not connected.
     pub fn live(&self, agent_id: &str) -> Option<(DateTime<Utc>, Option<LiveLoad>)> {
-        let conn = lock(&self.inner.conns).get(agent_id).cloned()?;
+        let conn = lock(&self.inner.conns).get(agent_id).cloned();
+        let Some(conn) = conn else {
+            // Connected to another replica: it is live, its figures are there.
+            let since = self
+                .inner
+                .cluster
+                .get()?
+                .connected_elsewhere(&self.inner.store, agent_id)?;
+            return Some((since, None));
+        };
         let seen = *lock(&conn.last_seen);
         let load = lock(&conn.load).clone();
         Some((seen, load))
+    }
+
+    /// Records where an agent is connected, for the other replicas.
+    pub(crate) async fn record_presence(&self, agent_id: &str, present: bool) {
+        let Some(cluster) = self.inner.cluster.get().filter(|c| c.is_shared()).cloned() else {
+            return;
+        };
+        let (store, id) = (self.inner.store.clone(), agent_id.to_string());
+        let recorded = crate::store::blocking(move || {
+            if present {
+                cluster.record_presence(&store, &id)
+            } else {
+                cluster.clear_presence(&store, &id)
+            }
+        })
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(agent = %agent_id, "recording where the agent is connected: {e:#}");
+        }
     }
 
     /// Delivers a new execution to its agent if it is connected; otherwise it waits in
