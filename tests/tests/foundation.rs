@@ -624,9 +624,19 @@ async fn cli_works_while_serving() {
     let again = cp.run_cli(&["backup", "--out", out_file.to_str().unwrap()]);
     assert!(!again.status.success(), "refuses to overwrite a file");
     // The copy is a complete store: with no server on it, commands open it directly.
-    let secret = std::fs::read(cp.data_dir().join("secret")).unwrap();
-    std::fs::write(copy_dir.join("secret"), secret).unwrap();
-    let out = std::process::Command::new(dynserv_tests::dynserv_binary())
+    // Its master secret: the data dir's file, or SESSION_SECRET on PostgreSQL.
+    let mut command = std::process::Command::new(dynserv_tests::dynserv_binary());
+    match cp.session_secret() {
+        Some(secret) => {
+            command.env("SESSION_SECRET", secret);
+        }
+        None => {
+            let secret = std::fs::read(cp.data_dir().join("secret")).unwrap();
+            std::fs::write(copy_dir.join("secret"), secret).unwrap();
+        }
+    }
+    let out = command
+        .env_remove("DATABASE_URL")
         .args([
             "--data-dir",
             copy_dir.to_str().unwrap(),
@@ -642,6 +652,28 @@ async fn cli_works_while_serving() {
         "the copy holds nadia: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every byte the store holds: the redb file, or every record's body in PostgreSQL.
+fn raw_store(cp: &ControlPlane) -> Vec<u8> {
+    match cp.database_url().filter(|u| u.starts_with("postgres")) {
+        Some(url) => {
+            let url = url.to_string();
+            // The synchronous client must not run on the test's async runtime.
+            std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                client
+                    .query("SELECT body FROM dynserv_records", &[])
+                    .unwrap()
+                    .iter()
+                    .flat_map(|row| row.get::<_, Vec<u8>>(0))
+                    .collect()
+            })
+            .join()
+            .unwrap()
+        }
+        None => std::fs::read(cp.data_dir().join("dynserv.redb")).unwrap(),
+    }
 }
 
 /// What was written survives a restart: users, projects, grants, tokens, audit.
@@ -667,7 +699,7 @@ async fn store_survives_restart() {
         !project.to_string().contains("secret-token-1"),
         "the token is never returned"
     );
-    let raw = std::fs::read(cp.data_dir().join("dynserv.redb")).unwrap();
+    let raw = raw_store(&cp);
     assert!(
         !raw.windows(14).any(|w| w == b"secret-token-1"),
         "the Hetzner token is encrypted at rest"
