@@ -34,8 +34,11 @@ pub fn redb_opener(path: std::path::PathBuf) -> impl Fn() -> Result<Store> + Syn
     }
 }
 
+/// One conformance case.
+pub type Case = fn(Open);
+
 /// Every case, by name.
-pub const CASES: &[(&str, fn(Open))] = &[
+pub const CASES: &[(&str, Case)] = &[
     ("reopen_finds_everything", reopen_finds_everything),
     (
         "sealed_records_are_encrypted_at_rest",

@@ -817,6 +817,8 @@ enum ReadTxn {
     Pg(pg::Txn),
 }
 
+// One lives per write transaction, on the stack: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum WriteTxn {
     Redb(redb::WriteTransaction),
     Pg(pg::Txn),
