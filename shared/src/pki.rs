@@ -61,7 +61,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Every certificate in a PEM text, in order.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
@@ -72,10 +73,8 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiErro
 
 /// The first private key in a PEM text.
 pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .ok()
-        .flatten()
-        .ok_or(PkiError::MissingPem("private key"))
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| PkiError::MissingPem("private key"))
 }
 
 /// A new agent key pair (ECDSA P-256).

@@ -397,7 +397,8 @@ fn from_json(s: String) -> Result<Value, Error> {
 }
 
 fn to_yaml(value: Value, _kwargs: Kwargs) -> Result<String, Error> {
-    serde_yaml::to_string(&value).map_err(|e| err(format!("to_yaml: {e}")))
+    let json = serde_json::to_value(&value).map_err(|e| err(format!("to_yaml: {e}")))?;
+    super::yaml::to_yaml_text(&json).map_err(|e| err(format!("to_yaml: {e}")))
 }
 
 fn from_yaml(s: String) -> Result<Value, Error> {

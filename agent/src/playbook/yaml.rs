@@ -506,3 +506,63 @@ mod tests {
         assert_eq!(c.get_attr("y").expect("y"), Value::from(2));
     }
 }
+
+/// Writes a JSON-shaped value as block-style YAML (the `to_yaml` filter, compose
+/// definitions), keys sorted as PyYAML sorts them, words YAML 1.1 reads as booleans
+/// quoted, without the document marker.
+pub fn to_yaml_text(value: &serde_json::Value) -> Result<String, String> {
+    fn convert(value: &serde_json::Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match value {
+            serde_json::Value::Null => Yaml::Null,
+            serde_json::Value::Bool(b) => Yaml::Boolean(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Integer(i),
+                None => Yaml::Real(n.to_string()),
+            },
+            serde_json::Value::String(s) => Yaml::String(s.clone()),
+            serde_json::Value::Array(items) => Yaml::Array(items.iter().map(convert).collect()),
+            serde_json::Value::Object(map) => Yaml::Hash(
+                map.iter()
+                    .map(|(k, v)| (Yaml::String(k.clone()), convert(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let mut out = String::new();
+    yaml_rust2::YamlEmitter::new(&mut out)
+        .dump(&convert(value))
+        .map_err(|e| e.to_string())?;
+    let body = out
+        .strip_prefix("---\n")
+        .or_else(|| out.strip_prefix("--- "))
+        .unwrap_or(&out);
+    Ok(format!("{body}\n"))
+}
+
+#[cfg(test)]
+mod emit_tests {
+    /// Mappings, lists and scalars come out as block YAML that parses back the same.
+    #[test]
+    fn yaml_text_round_trips() {
+        let value = serde_json::json!({
+            "services": {"db": {"image": "postgres:15", "ports": ["5432:5432"], "restart": true}},
+            "n": 3, "x": 1.5, "none": null, "quoted": "yes"
+        });
+        let text = super::to_yaml_text(&value).unwrap();
+        assert!(text.contains("services:\n  db:\n"), "{text}");
+        assert!(
+            text.starts_with("\"n\": 3\n"),
+            "keys sorted, `n` quoted: {text}"
+        );
+        let back = super::parse_one(&text).unwrap().to_value();
+        assert_eq!(back.get_attr("n").unwrap().to_string(), "3");
+        assert_eq!(
+            back.get_attr("quoted").unwrap().as_str(),
+            Some("yes"),
+            "a YAML 1.1 boolean word stays a string: {text}"
+        );
+        let scalar = super::to_yaml_text(&serde_json::json!("plain")).unwrap();
+        assert_eq!(scalar, "plain\n");
+    }
+}

@@ -215,8 +215,9 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             std::env::temp_dir().join(format!("dynserv-compose-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| ArgError::Invalid(e.to_string()))?;
         let file = dir.join("compose.yaml");
-        let text =
-            serde_yaml::to_string(&definition).map_err(|e| ArgError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_value(&definition).map_err(|e| ArgError::Invalid(e.to_string()))?;
+        let text = crate::playbook::yaml::to_yaml_text(&json).map_err(ArgError::Invalid)?;
         std::fs::write(&file, text).map_err(|e| ArgError::Invalid(e.to_string()))?;
         base.extend([
             "--project-directory".into(),
