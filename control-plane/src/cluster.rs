@@ -119,6 +119,9 @@ impl Record for Presence {
 pub trait Receiver: Send + Sync + 'static {
     /// Acts on one message from another replica.
     fn receive(&self, message: Message);
+    /// Catches up on what messages may have been missed while not listening (after
+    /// the listener's connection was lost): jobs waiting for agents connected here.
+    fn resync(&self);
 }
 
 struct Inner {
@@ -338,6 +341,8 @@ async fn listener(store: Store, me: String, receiver: Arc<dyn Receiver>) {
             tracing::warn!("cluster listener: {e:#}");
             continue;
         }
+        let catching_up = receiver.clone();
+        let _ = tokio::task::spawn_blocking(move || catching_up.resync()).await;
         while let Some(message) = messages.recv().await {
             let tokio_postgres::AsyncMessage::Notification(note) = message else {
                 continue;

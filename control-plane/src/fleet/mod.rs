@@ -381,6 +381,31 @@ impl Fleet {
 }
 
 impl crate::cluster::Receiver for Fleet {
+    /// Hands every queued execution of the agents connected here to their
+    /// connections (a driver already running for one is not started twice).
+    fn resync(&self) {
+        let conns: Vec<Arc<AgentConn>> = lock(&self.inner.conns).values().cloned().collect();
+        for conn in conns {
+            let queued = self
+                .inner
+                .store
+                .read(|r| crate::executions::active_of_agent(r, &conn.agent_id));
+            match queued {
+                Ok(list) => {
+                    for execution in list
+                        .into_iter()
+                        .filter(|e| e.status == crate::executions::Status::Queued)
+                    {
+                        let _ = conn.dispatch.send(execution.id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %conn.agent_id, "catching up on queued jobs: {e:#}")
+                }
+            }
+        }
+    }
+
     /// Acts on another replica's message: what concerns an agent connected here, and
     /// output this replica's viewers watch (read once from the store, published in
     /// order). Runs on a blocking thread.
