@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::{SessionPolicy, Throttle};
 use crate::config::Config;
+use crate::executions::KindHooks;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::secrets::Keys;
@@ -27,6 +28,7 @@ pub struct App {
 impl App {
     /// Builds the state from an opened store.
     pub fn new(store: Store, keys: Keys, config: Config) -> anyhow::Result<App> {
+        install_execution_hooks();
         store.seal_with(keys.clone());
         store.set_space_floor(config.min_free_disk_bytes);
         let fleet = Fleet::new(store.clone(), &config.data_dir, config.max_job_output)?;
@@ -50,4 +52,20 @@ impl App {
             absolute: self.config.session_absolute,
         }
     }
+}
+
+/// What each kind of work adds to its executions' creation, end and retention (see
+/// [`KindHooks`]); `executions` itself names none of these modules.
+const EXECUTION_HOOKS: &[&dyn KindHooks] = &[
+    &crate::scripts::ExecutionHooks,
+    &crate::backups::ExecutionHooks,
+    &crate::updates::ExecutionHooks,
+];
+
+/// Installs [`EXECUTION_HOOKS`] for this process; calling it again does nothing.
+/// [`App::new`] calls it, and so does everything else that may create or end an
+/// execution without an `App` (the CLI's own store access, unit tests): until it has
+/// run, `executions` refuses to create or end one.
+pub fn install_execution_hooks() {
+    crate::executions::install_hooks(EXECUTION_HOOKS);
 }
