@@ -23,6 +23,11 @@ pub struct App {
     pub throttle: Arc<Throttle>,
     /// The fleet gateway handle (agents, dispatch, live output).
     pub fleet: Fleet,
+    /// What the Hetzner side keeps in memory (syncs and provisionings under way,
+    /// each token's request budget): this control plane's own.
+    pub hetzner: Arc<crate::hetzner::State>,
+    /// What runs after a request's approval commits (the provisioner).
+    pub approvals: Arc<crate::requests::ApprovalHooks>,
 }
 
 impl App {
@@ -42,6 +47,8 @@ impl App {
             metrics,
             throttle: Arc::new(Throttle::default()),
             fleet,
+            hetzner: Arc::default(),
+            approvals: Arc::default(),
         })
     }
 
@@ -68,4 +75,27 @@ const EXECUTION_HOOKS: &[&dyn KindHooks] = &[
 /// run, `executions` refuses to create or end one.
 pub fn install_execution_hooks() {
     crate::executions::install_hooks(EXECUTION_HOOKS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of work has exactly one set of hooks, so none is created or ended
+    /// without its records and none is recorded twice.
+    #[test]
+    fn every_kind_has_one_set_of_hooks() {
+        for kind in crate::executions::KINDS {
+            let serving = EXECUTION_HOOKS
+                .iter()
+                .filter(|hook| hook.kinds().contains(&kind))
+                .count();
+            assert_eq!(serving, 1, "{kind}");
+        }
+        for hook in EXECUTION_HOOKS {
+            for kind in hook.kinds() {
+                assert!(crate::executions::KINDS.contains(kind), "{kind}");
+            }
+        }
+    }
 }
