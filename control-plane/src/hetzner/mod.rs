@@ -130,7 +130,8 @@ where
     S: Future<Output = ()> + Send + 'static,
 {
     provision::register(app);
-    power::resume(app);
+    let resumed = app.clone();
+    tokio::spawn(crate::store::blocking(move || power::resume(&resumed)));
     tokio::spawn(provision::supervisor(app.clone(), stop()));
     tokio::spawn(sync::scheduler(app.clone(), stop()));
 }
