@@ -1155,6 +1155,8 @@ fn retention(data: &Path) -> Result<Retention> {
     let ahead = Utc::now() + chrono::Duration::days(45);
     let keep = config.retention.context("retention is configured")?;
     let store = Store::open(&path)?;
+    // Pruning calls each kind of work's hooks, as `serve` does.
+    dynserv::app::install_execution_hooks();
     let sample = 200;
     let began = Instant::now();
     let pruned = executions::prune(&store, ahead - keep, sample)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::{SessionPolicy, Throttle};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::executions::KindHooks;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::secrets::Keys;
@@ -25,11 +26,17 @@ pub struct App {
     pub fleet: Fleet,
     /// The replicas sharing the store, and which one leads background work.
     pub cluster: Cluster,
+    /// What the Hetzner side keeps in memory (syncs and provisionings under way,
+    /// each token's request budget): this control plane's own.
+    pub hetzner: Arc<crate::hetzner::State>,
+    /// What runs after a request's approval commits (the provisioner).
+    pub approvals: Arc<crate::requests::ApprovalHooks>,
 }
 
 impl App {
     /// Builds the state from an opened store.
     pub fn new(store: Store, keys: Keys, config: Config) -> anyhow::Result<App> {
+        install_execution_hooks();
         store.seal_with(keys.clone());
         store.set_space_floor(config.min_free_disk_bytes);
         let fleet = Fleet::new(store.clone(), &config.data_dir, config.max_job_output)?;
@@ -52,6 +59,8 @@ impl App {
             throttle: Arc::new(Throttle::default()),
             fleet,
             cluster,
+            hetzner: Arc::default(),
+            approvals: Arc::default(),
         })
     }
 
@@ -60,6 +69,45 @@ impl App {
         SessionPolicy {
             idle: self.config.session_idle,
             absolute: self.config.session_absolute,
+        }
+    }
+}
+
+/// What each kind of work adds to its executions' creation, end and retention (see
+/// [`KindHooks`]); `executions` itself names none of these modules.
+const EXECUTION_HOOKS: &[&dyn KindHooks] = &[
+    &crate::scripts::ExecutionHooks,
+    &crate::backups::ExecutionHooks,
+    &crate::updates::ExecutionHooks,
+];
+
+/// Installs [`EXECUTION_HOOKS`] for this process; calling it again does nothing.
+/// [`App::new`] calls it, and so does everything else that may create or end an
+/// execution without an `App` (the CLI's own store access, unit tests): until it has
+/// run, `executions` refuses to create or end one.
+pub fn install_execution_hooks() {
+    crate::executions::install_hooks(EXECUTION_HOOKS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of work has exactly one set of hooks, so none is created or ended
+    /// without its records and none is recorded twice.
+    #[test]
+    fn every_kind_has_one_set_of_hooks() {
+        for kind in crate::executions::KINDS {
+            let serving = EXECUTION_HOOKS
+                .iter()
+                .filter(|hook| hook.kinds().contains(&kind))
+                .count();
+            assert_eq!(serving, 1, "{kind}");
+        }
+        for hook in EXECUTION_HOOKS {
+            for kind in hook.kinds() {
+                assert!(crate::executions::KINDS.contains(kind), "{kind}");
+            }
         }
     }
 }

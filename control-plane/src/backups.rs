@@ -4,10 +4,10 @@
 //!
 //! A backup, verify or restore is an execution whose work is `compose_backup`,
 //! `compose_verify` or `compose_restore` (see `executions::Work`); the agent runs it
-//! through the Docker API. `executions` calls [`on_created`] when such an execution is
-//! stored and [`on_finished`] when it ends, in the same transaction: the record is
-//! created `running` with its execution, and filled from the stored log when the job
-//! ends: the job's last stdout line is `DYNSERV-RESULT {json}`
+//! through the Docker API. `executions` calls this module's [`ExecutionHooks`] when
+//! such an execution is stored and when it ends, in the same transaction: the record
+//! is created `running` with its execution, and filled from the stored log when the
+//! job ends: the job's last stdout line is `DYNSERV-RESULT {json}`
 //! ([`dynserv_shared::proto::RESULT_PREFIX`]). A backup is `succeeded` only when the
 //! job succeeded *and* that line reports a non-empty dump with its sha256.
 //!
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::agents::Agent;
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
-use crate::executions::{self, Execution, NewExecution, Status, Work};
+use crate::executions::{self, Execution, KindHooks, NewExecution, Status, Work};
 use crate::listing::{self, Order, Page, Source};
 use crate::policy::{self, Action, Subject};
 use crate::servers::Server;
@@ -763,9 +763,42 @@ fn kept(r: &impl Read, subject: &Subject, backup_id: &str) -> AppResult<Backup> 
     Ok(backup)
 }
 
-/// Creates the records of a new backup, verify, restore or update execution.
-/// Called by `executions::create` in its transaction.
-pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+/// Backups', verifies' and restores' part in their executions (see
+/// [`executions::KindHooks`]): `POST /api/v1/executions` builds a `compose_backup`'s
+/// work, and the backup's record is created with its execution and filled, in the
+/// same transaction, when it ends.
+pub struct ExecutionHooks;
+
+impl KindHooks for ExecutionHooks {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["compose_backup", "compose_verify", "compose_restore"]
+    }
+
+    fn work_from_api(
+        &self,
+        r: &Writer,
+        agent: &Agent,
+        input: &NewExecution,
+    ) -> AppResult<Option<Work>> {
+        // Verifies and restores are started from a kept backup, never built from
+        // the API's fields.
+        if input.kind.as_deref() != Some("compose_backup") {
+            return Ok(None);
+        }
+        work_from_api(r, agent, input).map(Some)
+    }
+
+    fn created(&self, w: &mut Writer, e: &Execution, _input: &NewExecution) -> anyhow::Result<()> {
+        on_created(w, e)
+    }
+
+    fn finished(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+        on_finished(w, e)
+    }
+}
+
+/// Creates the records of a new backup, verify or restore execution.
+fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     let check = || Check {
         execution_id: e.id.clone(),
         by: e.created_by.clone(),
@@ -822,7 +855,6 @@ pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             }
             w.index_put(BY_EXECUTION, &e.id, backup_id)?;
         }
-        Work::SystemUpdate { .. } => crate::updates::on_created(w, e)?,
         _ => {}
     }
     Ok(())
@@ -894,11 +926,11 @@ fn error_of(e: &Execution, result: Option<&serde_json::Value>) -> String {
     }
 }
 
-/// Fills the records of an ended backup, verify, restore or update execution from its
-/// stored log. Called by `executions::finish` in its transaction, which also stores
-/// agents' output: a problem here is logged, never allowed to fail that batch (the
-/// agent would resend it forever).
-pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+/// Fills the records of an ended backup, verify or restore execution from its stored
+/// log. Called by `executions::finish` in its transaction, which also stores agents'
+/// output: a problem here is logged, never allowed to fail that batch (the agent would
+/// resend it forever).
+fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     if let Err(err) = fill_records(w, e) {
         tracing::error!(execution = %e.id, "recording the end of a {} failed: {err:#}", e.work.kind());
     }
@@ -996,7 +1028,6 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             }
             save(w, &backup)?;
         }
-        Work::SystemUpdate { .. } => crate::updates::on_finished(w, e)?,
         _ => {}
     }
     Ok(())
@@ -1048,6 +1079,7 @@ mod tests {
     /// size and sha256 succeeded with them; a failing one keeps its reason and stderr.
     #[test]
     fn never_done_without_a_dump() {
+        crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
         let sha = "a".repeat(64);
@@ -1110,6 +1142,7 @@ mod tests {
     /// narrow the list.
     #[test]
     fn lists_follow_the_status_of_a_backup() {
+        crate::app::install_execution_hooks();
         use crate::policy::{Level, Role};
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();

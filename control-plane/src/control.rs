@@ -251,6 +251,7 @@ pub fn run_command(
     let store = Store::open_location(database, crate::store::DEFAULT_CACHE_BYTES)?;
     let keys = Keys::load(data_dir, session_secret)?;
     store.seal_with(keys.clone());
+    crate::app::install_execution_hooks();
     execute(
         &Core {
             store: &store,

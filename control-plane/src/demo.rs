@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use crate::audit::Actor;
+use crate::hetzner::TokenRule;
 use crate::policy::Level;
 use crate::projects::{self, ProjectInput};
 use crate::secrets::Keys;
@@ -231,8 +232,12 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
             11.0,
         ),
     )?;
+    // The seed is written before the control plane starts: its requests are judged
+    // by the projects' own tokens, so one is marked deployed by hand even when
+    // HETZNER_API_TOKEN is set.
     requests::transition(
         w,
+        TokenRule::own_tokens_only(),
         &as_admin,
         &deployed.id,
         Action::Approve,
@@ -240,6 +245,7 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
     )?;
     requests::transition(
         w,
+        TokenRule::own_tokens_only(),
         &as_admin,
         &deployed.id,
         Action::MarkDeployed,
@@ -260,6 +266,7 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
     )?;
     requests::transition(
         w,
+        TokenRule::own_tokens_only(),
         &as_admin,
         &rejected.id,
         Action::Reject,

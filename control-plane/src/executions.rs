@@ -15,8 +15,17 @@
 //! so the expiry sweep reads only what expired). Counts per status are kept
 //! (`executions/STATUS`). [`query`] reads one page of a filtered list; [`prune`]
 //! deletes ended executions past retention with their logs, in small batches.
+//!
+//! What does not live here: what a kind of work adds to its executions (a stored
+//! script's secret variables, a backup's or an update's record). Each such kind
+//! implements [`KindHooks`], which [`create`], [`finish`] and [`prune`] call inside
+//! their own transaction; `app::install_execution_hooks` installs them once per
+//! process, and until it has, creating or ending an execution is an error rather
+//! than a record silently left behind. This module names none of those kinds'
+//! modules.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -374,8 +383,16 @@ pub fn create(
     if agent.revoked_at.is_some() {
         return Err(AppError::invalid("agent", "that agent has been revoked"));
     }
-    // `"playbook": "<script id>"` runs a stored script with its declared variables.
-    let resolved = crate::scripts::resolve_execution(w, subject, &agent.project_id, input)?;
+    let hooks = installed_hooks()?;
+    // A kind's hooks may replace the input: `"playbook": "<script id>"` runs a stored
+    // script with its declared variables.
+    let mut resolved = None;
+    for hook in hooks_of(hooks, input.kind.as_deref().unwrap_or("script")) {
+        if let Some(replaced) = hook.resolve(w, subject, &agent, input)? {
+            resolved = Some(replaced);
+            break;
+        }
+    }
     let input = resolved.as_ref().unwrap_or(input);
     let kind = input.kind.as_deref().unwrap_or("script");
     let work = match kind {
@@ -491,12 +508,20 @@ pub fn create(
             .work
             .clone()
             .ok_or_else(|| AppError::invalid("kind", "no work"))?,
-        "compose_backup" => crate::backups::work_from_api(w, &agent, input)?,
         other => {
-            return Err(AppError::invalid(
-                "kind",
-                format!("unknown kind {other:?}; use script, playbook or compose_backup"),
-            ))
+            let mut work = None;
+            for hook in hooks_of(hooks, other) {
+                work = hook.work_from_api(w, &agent, input)?;
+                if work.is_some() {
+                    break;
+                }
+            }
+            work.ok_or_else(|| {
+                AppError::invalid(
+                    "kind",
+                    format!("unknown kind {other:?}; use script, playbook or compose_backup"),
+                )
+            })?
         }
     };
     if let Some(t) = input.timeout_s {
@@ -538,7 +563,6 @@ pub fn create(
         work,
     };
     w.put(&execution)?;
-    crate::scripts::keep_execution_secrets(w, &execution.id, &input.secrets)?;
     w.index_put(ACTIVE, &index_key(&execution), &execution.id)?;
     index_new(w, &execution)?;
     audit::record(
@@ -548,8 +572,98 @@ pub fn create(
         &format!("agent:{}", agent.name),
         format!("{} {}", execution.work.kind(), execution.id),
     )?;
-    crate::backups::on_created(w, &execution)?;
+    for hook in hooks_of(hooks, execution.work.kind()) {
+        hook.created(w, &execution, input)?;
+    }
     Ok(execution)
+}
+
+/// What one kind of work adds to the life of its executions, called inside the
+/// transaction that creates, ends or prunes one, so what it writes commits or fails
+/// with the execution (a backup's record is created with its execution and filled
+/// when it ends, never one without the other). Each method has a default that does
+/// nothing; a kind implements what it needs.
+pub trait KindHooks: Sync {
+    /// The kinds ([`Work::kind`], as the API names them) these hooks are called for.
+    fn kinds(&self) -> &'static [&'static str];
+
+    /// Before the input is checked: the input to use instead (a stored script named
+    /// in `playbook`), or `None` to keep it. Called with the API's `kind`.
+    fn resolve(
+        &self,
+        _r: &Writer,
+        _subject: &Subject,
+        _agent: &Agent,
+        _input: &NewExecution,
+    ) -> AppResult<Option<NewExecution>> {
+        Ok(None)
+    }
+
+    /// The work of an API kind this module does not build itself (`compose_backup`),
+    /// or `None` when these hooks do not build that kind from the API.
+    fn work_from_api(
+        &self,
+        _r: &Writer,
+        _agent: &Agent,
+        _input: &NewExecution,
+    ) -> AppResult<Option<Work>> {
+        Ok(None)
+    }
+
+    /// The execution was stored (queued) from `input`. An error undoes the creation.
+    fn created(
+        &self,
+        _w: &mut Writer,
+        _execution: &Execution,
+        _input: &NewExecution,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The execution ended (its status, summary and end time are stored). An error
+    /// undoes the whole transaction, which for the fleet's ingestion is a batch of
+    /// many agents' output: a hook that reads what an agent reported logs its own
+    /// problems instead of returning them.
+    fn finished(&self, _w: &mut Writer, _execution: &Execution) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The ended execution was deleted by retention, with its log.
+    fn pruned(&self, _w: &mut Writer, _execution: &Execution) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The hooks of every kind of work. Code, not state: the same table in every control
+/// plane of a process, set once and never changed.
+static HOOKS: OnceLock<&'static [&'static dyn KindHooks]> = OnceLock::new();
+
+/// Installs the hooks of every kind of work (done by `app::install_execution_hooks`,
+/// which `App::new`, the CLI and the tests call). The first table installed stays;
+/// installing the same table again does nothing.
+pub fn install_hooks(hooks: &'static [&'static dyn KindHooks]) {
+    let _ = HOOKS.set(hooks);
+}
+
+/// The installed hooks; an error when none were, so an execution is never created or
+/// ended without its kind's records.
+fn installed_hooks() -> anyhow::Result<&'static [&'static dyn KindHooks]> {
+    HOOKS.get().copied().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the execution hooks are not installed (call app::install_execution_hooks first)"
+        )
+    })
+}
+
+/// The hooks serving `kind`.
+fn hooks_of<'h>(
+    hooks: &'h [&'static dyn KindHooks],
+    kind: &'h str,
+) -> impl Iterator<Item = &'static dyn KindHooks> + 'h {
+    hooks
+        .iter()
+        .copied()
+        .filter(move |hook| hook.kinds().contains(&kind))
 }
 
 fn index_key(e: &Execution) -> String {
@@ -1008,6 +1122,7 @@ pub fn prune(
     cutoff: DateTime<Utc>,
     max: usize,
 ) -> anyhow::Result<Pruned> {
+    let hooks = installed_hooks()?;
     let mut pruned = Pruned::default();
     let mut after: Option<String> = None;
     let upper = id_floor(cutoff);
@@ -1042,7 +1157,9 @@ pub fn prune(
                 if w.delete::<Execution>(&e.id)? {
                     unindex(w, &e)?;
                     w.counter_add(&log_bytes_counter(&e.id), -(i64::MAX))?;
-                    crate::scripts::forget_execution_secrets(w, &e.id)?;
+                    for hook in hooks_of(hooks, e.work.kind()) {
+                        hook.pruned(w, &e)?;
+                    }
                 }
                 Ok(())
             })?;
@@ -1151,6 +1268,7 @@ pub fn finish(
     summary: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
+    let hooks = installed_hooks()?;
     let Some(mut e) = w.get::<Execution>(id)? else {
         return Ok(false);
     };
@@ -1164,8 +1282,9 @@ pub fn finish(
     e.finished_at = Some(now);
     w.put(&e)?;
     reindex_status(w, &e, from)?;
-    crate::backups::on_finished(w, &e)?;
-    crate::scripts::forget_execution_secrets(w, &e.id)?;
+    for hook in hooks_of(hooks, e.work.kind()) {
+        hook.finished(w, &e)?;
+    }
     crate::agents::forget_job_holder(w, &e.id)?;
     w.index_delete(ACTIVE, &index_key(&e))?;
     Ok(true)
@@ -1669,6 +1788,7 @@ mod tests {
     /// and counts; queued and running ones and newer ones stay.
     #[test]
     fn prune_deletes_old_ended_executions_and_their_logs() {
+        crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let (old_done, old_running, new_done) = store
@@ -1717,6 +1837,7 @@ mod tests {
     /// without a trace; one that has not ended is refused.
     #[test]
     fn seeded_executions_look_like_ended_ones() {
+        crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let mut e = sample(1, "p1", Status::Failed, Utc::now() - Duration::days(100));
@@ -1843,6 +1964,7 @@ mod tests {
     /// The expiry sweep reads only queued executions whose expiry passed.
     #[test]
     fn expired_reads_only_what_expired() {
+        crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let (late, _fresh, _running) = store

@@ -42,16 +42,50 @@ use tokio::sync::watch;
 
 use crate::app::App;
 
-/// Runs the control plane until `shutdown` resolves: HTTP on the configured address
-/// and the local control socket in the data directory. Prints the URLs it serves.
-pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+/// The sockets [`run`] serves on, bound by its caller: `main.rs` binds the configured
+/// addresses ([`Listeners::bind`]), a test binds port 0 and starts the real control
+/// plane in-process.
+pub struct Listeners {
+    /// HTTP: the web UI, the API and the WebSocket streams.
+    pub http: std::net::TcpListener,
+    /// UDP: the fleet gateway's QUIC endpoint.
+    pub quic: std::net::UdpSocket,
+}
+
+impl Listeners {
+    /// Binds the configured HTTP and QUIC addresses (`--http`, `--quic`).
+    pub fn bind(config: &config::Config) -> Result<Listeners> {
+        let http = std::net::TcpListener::bind(config.http)
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.http))?;
+        let quic = std::net::UdpSocket::bind(config.quic)
+            .map_err(|e| anyhow::anyhow!("listening on udp {}: {e}", config.quic))?;
+        Ok(Listeners { http, quic })
+    }
+}
+
+/// Runs the control plane until `shutdown` resolves: HTTP and the fleet gateway on
+/// the given `listeners`, and the local control socket in the data directory. Prints
+/// the URLs it serves.
+pub async fn run(
+    app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    scripts::index_names_per_scope(&app.store)?;
-    scripts::seed_samples(&app.store)?;
+    // `run` may itself run on an async worker (a test spawns it): store work goes to
+    // the blocking pool.
+    let store = app.store.clone();
+    store::blocking(move || {
+        scripts::index_names_per_scope(&store)?;
+        scripts::seed_samples(&store).map(|_| ())
+    })
+    .await?;
     let http_stop = wait_for(stop_rx.clone());
-    let (http_addr, http_server) = web::bind(app.clone(), app.config.http, http_stop)?;
+    let (http_addr, http_server) = web::serve(app.clone(), listeners.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
-    let (quic_addr, fleet_gateway) = app.fleet.bind(app.config.quic, wait_for(stop_rx.clone()))?;
+    let (quic_addr, fleet_gateway) = app
+        .fleet
+        .serve_socket(listeners.quic, wait_for(stop_rx.clone()))?;
     // The addresses agents fail over between; with several replicas, every replica's.
     app.fleet
         .set_replica_addresses(vec![app.config.public_quic.clone()]);
@@ -92,11 +126,24 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()> + Send + 'static) 
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = http_task.await;
+    // hyper's graceful shutdown can keep waiting on a client's idle keep-alive
+    // connection (until the header read timeout): the wait is bounded.
+    let mut http_task = http_task;
+    if tokio::time::timeout(HTTP_DRAIN, &mut http_task)
+        .await
+        .is_err()
+    {
+        tracing::info!("HTTP connections still open after {HTTP_DRAIN:?}; not waiting for them");
+        http_task.abort();
+    }
     let _ = socket_task.await;
     let _ = fleet_task.await;
     Ok(())
 }
+
+/// How long shutdown waits for the HTTP connections to finish their requests; past
+/// it `run` returns without them (they end with the process).
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A future that resolves when the watch channel turns true.
 pub async fn wait_for(mut rx: watch::Receiver<bool>) {

@@ -250,7 +250,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         if args.demo {
             app.fleet.want_demo_agent();
         }
-        dynserv::run(app, dynserv::shutdown_signal()).await
+        let listeners = dynserv::Listeners::bind(&app.config)?;
+        dynserv::run(app, listeners, dynserv::shutdown_signal()).await
     })
 }
 

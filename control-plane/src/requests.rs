@@ -21,13 +21,14 @@
 //! # Hooks for provisioning (the `hetzner` module)
 //!
 //! * After an approval commits, the web layer calls [`approved`], which runs every hook
-//!   registered with [`on_approved`]. The Hetzner provisioner registers one at startup;
-//!   its hook must not block (spawn a task) and moves the request on with
-//!   `transition(w, &Actor::system(), id, Action::StartProvisioning, note)`, later
+//!   registered with [`ApprovalHooks::on_approved`] (one set per `App`). The Hetzner
+//!   provisioner registers one at startup; its hook must not block (spawn a task) and
+//!   moves the request on with
+//!   `transition(w, rule, &Actor::system(), id, Action::StartProvisioning, note)`, later
 //!   `Action::Fail` with Hetzner's message, and records the new server with
 //!   [`attach_server`].
 //! * When the agent enrolled with a token bound to the request connects, the fleet
-//!   calls `transition(w, &Actor::system(), id, Action::MarkDeployed, note)` in the
+//!   calls `transition(w, rule, &Actor::system(), id, Action::MarkDeployed, note)` in the
 //!   enrollment's own transaction.
 //!
 //! What does not live here: creating servers, tokens or cloud-init (hetzner, fleet).
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
+use crate::hetzner::TokenRule;
 use crate::listing::{self, Order, Page, Source};
 use crate::notifications::{self, Message};
 use crate::policy::{self, Role, Subject};
@@ -466,12 +468,18 @@ pub fn link(request_id: &str) -> String {
     format!("/requests/{request_id}")
 }
 
-/// The workflow facts for `actor` on `request`.
+/// The workflow facts for `actor` on `request`; `rule` says whether the project has a
+/// Hetzner token.
 ///
 /// The control plane itself is [`Actor::system`]: that name with no client address.
 /// A person who came over HTTP always has an address, so an account that happens to be
 /// named `system` is judged by its role like anyone else.
-pub fn facts_of(r: &impl Read, actor: &Actor, request: &Request) -> anyhow::Result<Facts> {
+pub fn facts_of(
+    r: &impl Read,
+    rule: TokenRule,
+    actor: &Actor,
+    request: &Request,
+) -> anyhow::Result<Facts> {
     let is_system = actor.username == Actor::system().username && actor.ip.is_none();
     let user = if is_system {
         None
@@ -487,7 +495,7 @@ pub fn facts_of(r: &impl Read, actor: &Actor, request: &Request) -> anyhow::Resu
     Ok(Facts {
         actor: kind,
         is_requester: user.is_some_and(|u| u.id == request.requested_by),
-        project_has_token: project.is_some_and(|p| crate::hetzner::project_has_token(&p)),
+        project_has_token: project.is_some_and(|p| rule.has_token(&p)),
     })
 }
 
@@ -495,9 +503,11 @@ pub fn facts_of(r: &impl Read, actor: &Actor, request: &Request) -> anyhow::Resu
 /// not), records the step with `note`, audits it and notifies the requester and the
 /// admins (not the actor), all inside `w`. A rejection needs a reason (`note`, 422
 /// naming `reason`). An approval stores a budget warning when the project's monthly
-/// budget would be exceeded.
+/// budget would be exceeded. `rule` is the control plane's Hetzner token rule (a
+/// project with a token is provisioned, never marked deployed by hand).
 pub fn transition(
     w: &mut Writer,
+    rule: TokenRule,
     actor: &Actor,
     request_id: &str,
     action: Action,
@@ -515,7 +525,7 @@ pub fn transition(
     if action == Action::Reject && note.is_none() {
         return Err(AppError::invalid("reason", "a rejection needs a reason"));
     }
-    let facts = facts_of(w, actor, &request)?;
+    let facts = facts_of(w, rule, actor, &request)?;
     let to = next(request.status, action, facts).map_err(AppError::conflict)?;
     let from = request.status;
     let now = chrono::Utc::now();
@@ -888,19 +898,28 @@ pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Requ
 /// Something to run after an approval commits.
 pub type ApprovalHook = Arc<dyn Fn(&App, &Request) + Send + Sync>;
 
-static APPROVAL_HOOKS: RwLock<Vec<ApprovalHook>> = RwLock::new(Vec::new());
+/// The hooks one control plane runs after each committed approval (`App::approvals`).
+#[derive(Default)]
+pub struct ApprovalHooks(RwLock<Vec<ApprovalHook>>);
 
-/// Registers a hook run after every committed approval (see the module docs). Hooks
-/// must return quickly: spawn a task for slow work.
-pub fn on_approved(hook: impl Fn(&App, &Request) + Send + Sync + 'static) {
-    if let Ok(mut hooks) = APPROVAL_HOOKS.write() {
-        hooks.push(Arc::new(hook));
+impl ApprovalHooks {
+    /// Registers a hook run after every committed approval (see the module docs).
+    /// Hooks must return quickly: spawn a task for slow work.
+    pub fn on_approved(&self, hook: impl Fn(&App, &Request) + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.0.write() {
+            hooks.push(Arc::new(hook));
+        }
     }
 }
 
-/// Runs the approval hooks for a request whose approval has committed.
+/// Runs `app`'s approval hooks for a request whose approval has committed.
 pub fn approved(app: &App, request: &Request) {
-    let hooks: Vec<ApprovalHook> = APPROVAL_HOOKS.read().map(|h| h.clone()).unwrap_or_default();
+    let hooks: Vec<ApprovalHook> = app
+        .approvals
+        .0
+        .read()
+        .map(|h| h.clone())
+        .unwrap_or_default();
     for hook in hooks {
         hook(app, request);
     }
@@ -1132,7 +1151,16 @@ mod tests {
         for (action, who, counts) in steps {
             world
                 .store
-                .write(|w| Ok(transition(w, &who, &request.id, action, Some("step"))?))
+                .write(|w| {
+                    Ok(transition(
+                        w,
+                        TokenRule::own_tokens_only(),
+                        &who,
+                        &request.id,
+                        action,
+                        Some("step"),
+                    )?)
+                })
                 .unwrap();
             let got = inboxes(&world);
             let lens = [got[0].len(), got[1].len(), got[2].len()];
@@ -1169,6 +1197,7 @@ mod tests {
         let missing = world.store.write(|w| {
             Ok(transition(
                 w,
+                TokenRule::own_tokens_only(),
                 &actor(&world.admin),
                 &second.id,
                 Action::Reject,
@@ -1184,6 +1213,7 @@ mod tests {
             .write(|w| {
                 Ok(transition(
                     w,
+                    TokenRule::own_tokens_only(),
                     &actor(&world.admin),
                     &second.id,
                     Action::Reject,
@@ -1204,6 +1234,7 @@ mod tests {
         let sales_try = world.store.write(|w| {
             Ok(transition(
                 w,
+                TokenRule::own_tokens_only(),
                 &actor(&world.sales),
                 &request.id,
                 Action::Approve,
@@ -1215,6 +1246,7 @@ mod tests {
         let provision = world.store.write(|w| {
             Ok(transition(
                 w,
+                TokenRule::own_tokens_only(),
                 &Actor::system(),
                 &request.id,
                 Action::StartProvisioning,
@@ -1232,6 +1264,7 @@ mod tests {
             .write(|w| {
                 Ok(transition(
                     w,
+                    TokenRule::own_tokens_only(),
                     &actor(&world.admin),
                     &request.id,
                     Action::Approve,
@@ -1244,6 +1277,7 @@ mod tests {
             .write(|w| {
                 Ok(transition(
                     w,
+                    TokenRule::own_tokens_only(),
                     &actor(&world.admin),
                     &request.id,
                     Action::MarkDeployed,
@@ -1273,6 +1307,7 @@ mod tests {
             .write(|w| {
                 Ok(transition(
                     w,
+                    TokenRule::own_tokens_only(),
                     &actor(&world.admin),
                     &own.id,
                     Action::Approve,
@@ -1287,6 +1322,7 @@ mod tests {
             .write(|w| {
                 Ok(transition(
                     w,
+                    TokenRule::own_tokens_only(),
                     &actor(&world.admin2),
                     &own.id,
                     Action::Approve,
@@ -1314,8 +1350,8 @@ mod tests {
             .store
             .read(|r| {
                 Ok((
-                    facts_of(r, &over_http, &request)?.actor,
-                    facts_of(r, &Actor::system(), &request)?.actor,
+                    facts_of(r, TokenRule::own_tokens_only(), &over_http, &request)?.actor,
+                    facts_of(r, TokenRule::own_tokens_only(), &Actor::system(), &request)?.actor,
                 ))
             })
             .unwrap();
@@ -1355,8 +1391,22 @@ mod tests {
         world
             .store
             .write(|w| {
-                transition(w, &admin_actor, &a1.id, Action::Approve, None)?;
-                transition(w, &admin_actor, &b1.id, Action::Reject, Some("no"))?;
+                transition(
+                    w,
+                    TokenRule::own_tokens_only(),
+                    &admin_actor,
+                    &a1.id,
+                    Action::Approve,
+                    None,
+                )?;
+                transition(
+                    w,
+                    TokenRule::own_tokens_only(),
+                    &admin_actor,
+                    &b1.id,
+                    Action::Reject,
+                    Some("no"),
+                )?;
                 Ok(())
             })
             .unwrap();
@@ -1464,6 +1514,7 @@ mod tests {
                 .write(|w| {
                     Ok(transition(
                         w,
+                        TokenRule::own_tokens_only(),
                         &actor(&world.admin),
                         id,
                         Action::Approve,

@@ -561,6 +561,7 @@ mod tests {
     fn tick_runs_a_missed_backup_once_on_reconnect() {
         use crate::agents::{Agent, AgentFacts};
         use crate::backups::{Backup, BackupStatus, Recipe};
+        crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
         let since = at("2026-11-20T12:00:00Z");

@@ -30,9 +30,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::agents::Agent;
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
-use crate::executions::{Execution, NewExecution};
+use crate::executions::{Execution, KindHooks, NewExecution};
 use crate::policy::{self, Action, Subject};
 use crate::store::{Read, Record, Store, Writer};
 use dynserv_shared::proto::{JobKind, JobSpec};
@@ -989,8 +990,41 @@ pub fn resolve_execution(
     .map(Some)
 }
 
+/// Stored scripts' part in script and playbook executions (see [`KindHooks`]): a
+/// `playbook` naming a stored script runs that script, and its secret variables wait
+/// in `execution_secrets` only while the execution is queued or running.
+pub struct ExecutionHooks;
+
+impl KindHooks for ExecutionHooks {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["script", "playbook"]
+    }
+
+    fn resolve(
+        &self,
+        r: &Writer,
+        subject: &Subject,
+        agent: &Agent,
+        input: &NewExecution,
+    ) -> AppResult<Option<NewExecution>> {
+        resolve_execution(r, subject, &agent.project_id, input)
+    }
+
+    fn created(&self, w: &mut Writer, e: &Execution, input: &NewExecution) -> anyhow::Result<()> {
+        keep_execution_secrets(w, &e.id, &input.secrets)
+    }
+
+    fn finished(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+        forget_execution_secrets(w, &e.id)
+    }
+
+    fn pruned(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+        forget_execution_secrets(w, &e.id)
+    }
+}
+
 /// Keeps an execution's secret values aside until it ends.
-pub fn keep_execution_secrets(
+fn keep_execution_secrets(
     w: &mut Writer,
     execution_id: &str,
     values: &BTreeMap<String, String>,
@@ -1005,7 +1039,7 @@ pub fn keep_execution_secrets(
 }
 
 /// Drops an ended execution's secret values.
-pub fn forget_execution_secrets(w: &mut Writer, execution_id: &str) -> anyhow::Result<()> {
+fn forget_execution_secrets(w: &mut Writer, execution_id: &str) -> anyhow::Result<()> {
     w.delete::<ExecutionSecrets>(execution_id)?;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! upgraded, whether a reboot is required, the log). The agent detects apt, dnf or
 //! apk and upgrades non-interactively (`dynserv-agent system-update`); its last stdout
 //! line `DYNSERV-RESULT {json}` lists the packages. Records are created and filled by
-//! the hooks `backups::on_created` / `backups::on_finished` route here, in the
-//! execution's transaction. Table `updates`; list indexes `update_by_project`,
+//! this module's [`ExecutionHooks`], which `executions` calls in the transaction that
+//! creates and ends a `system_update` execution. Table `updates`; list indexes `update_by_project`,
 //! `update_by_agent`, `update_by_server` and `update_by_status` (`value/update_id`),
 //! kept by [`save`], through which every update record is written.
 
@@ -14,7 +14,7 @@ use crate::agents::Agent;
 use crate::audit::Actor;
 use crate::backups::{self, BackupStatus, Filter, Indexes};
 use crate::error::{AppError, AppResult};
-use crate::executions::{Execution, Status, Work};
+use crate::executions::{Execution, KindHooks, NewExecution, Status, Work};
 use crate::listing::{self, Order, Page};
 use crate::policy::{self, Action, Subject};
 use crate::store::{Read, Record, Writer};
@@ -189,8 +189,32 @@ pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// System updates' part in their executions (see [`KindHooks`]): the update's record
+/// is created with its execution and filled, in the same transaction, when it ends.
+pub struct ExecutionHooks;
+
+impl KindHooks for ExecutionHooks {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["system_update"]
+    }
+
+    fn created(&self, w: &mut Writer, e: &Execution, _input: &NewExecution) -> anyhow::Result<()> {
+        on_created(w, e)
+    }
+
+    /// The end is stored in the transaction that also stores agents' output: a
+    /// problem here is logged, never allowed to fail that batch (the agent would
+    /// resend it forever).
+    fn finished(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+        if let Err(err) = on_finished(w, e) {
+            tracing::error!(execution = %e.id, "recording the end of a {} failed: {err:#}", e.work.kind());
+        }
+        Ok(())
+    }
+}
+
 /// Creates the record of a new update execution.
-pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     let Work::SystemUpdate { update_id, check } = &e.work else {
         return Ok(());
     };
@@ -217,7 +241,7 @@ pub fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
 }
 
 /// Fills an update's record from its ended execution's log.
-pub fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     let Work::SystemUpdate { update_id, .. } = &e.work else {
         return Ok(());
     };
@@ -267,6 +291,7 @@ mod tests {
     /// from the job's result line, and the log without it.
     #[test]
     fn record_is_filled_from_the_result_line() {
+        crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
         let now = Utc::now();

@@ -117,19 +117,9 @@ impl Fleet {
         })
     }
 
-    /// Serves the fleet gateway on UDP `addr` until `shutdown` resolves; returns the
-    /// bound address and the gateway future. Must be called inside a tokio runtime.
-    pub fn bind(
-        &self,
-        addr: SocketAddr,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|e| anyhow::anyhow!("listening on udp {addr}: {e}"))?;
-        self.serve_socket(socket, shutdown)
-    }
-
-    /// Like [`Fleet::bind`] with an already bound socket (tests bind port 0).
+    /// Serves the fleet gateway on an already bound UDP `socket` until `shutdown`
+    /// resolves; returns its address and the gateway future. Must be called inside a
+    /// tokio runtime.
     pub fn serve_socket(
         &self,
         socket: std::net::UdpSocket,

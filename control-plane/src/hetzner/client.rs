@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hcloud::models;
@@ -281,18 +281,23 @@ impl Budget {
     }
 }
 
-static BUDGETS: Mutex<Option<HashMap<[u8; 32], Budget>>> = Mutex::new(None);
+/// The request budget of each token one control plane uses, kept by the token's
+/// hash (never the token). Every [`Client`] of one control plane shares it, so the
+/// syncs, power actions and provisioning that use one token spend one budget.
+#[derive(Clone, Default)]
+pub struct Budgets(Arc<Mutex<HashMap<[u8; 32], Budget>>>);
 
-/// Runs `f` on the budget of `token` (kept by the token's hash, not the token).
-fn with_budget<R>(token: &str, f: impl FnOnce(&mut Budget) -> R) -> R {
-    use sha2::Digest;
-    let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-    let mut guard = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
-    let budget = guard
-        .get_or_insert_with(HashMap::new)
-        .entry(key)
-        .or_insert_with(|| Budget::new(Instant::now()));
-    f(budget)
+impl Budgets {
+    /// Runs `f` on the budget of `token`.
+    fn with<R>(&self, token: &str, f: impl FnOnce(&mut Budget) -> R) -> R {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = guard
+            .entry(key)
+            .or_insert_with(|| Budget::new(Instant::now()));
+        f(budget)
+    }
 }
 
 /// One failed attempt: the error, and how long to wait before the next when Hetzner
@@ -436,13 +441,15 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    budgets: Budgets,
     pace: Pace,
     pub retry: RetryPolicy,
 }
 
 impl Client {
-    /// A client for `api_url` (`HETZNER_API_URL`) with a project's token.
-    pub fn new(api_url: &str, token: &str) -> Result<Client, HetznerError> {
+    /// A client for `api_url` (`HETZNER_API_URL`) with a project's token, spending
+    /// that token's budget in `budgets`.
+    pub fn new(budgets: &Budgets, api_url: &str, token: &str) -> Result<Client, HetznerError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
@@ -453,6 +460,7 @@ impl Client {
             http,
             base: api_url.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            budgets: budgets.clone(),
             pace: Pace::Interactive,
             retry: RetryPolicy::default(),
         })
@@ -467,7 +475,7 @@ impl Client {
 
     /// Sends `call` once, after the token's budget allows it, and reads the answer.
     async fn attempt<T: DeserializeOwned>(&self, call: &Call) -> Result<T, Failed> {
-        let wait = with_budget(&self.token, |b| {
+        let wait = self.budgets.with(&self.token, |b| {
             b.take(Instant::now(), self.pace, rand::random::<f64>())
         });
         if !wait.is_zero() {
@@ -491,13 +499,14 @@ impl Client {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                with_budget(&self.token, |b| b.answered(Instant::now(), None));
+                self.budgets
+                    .with(&self.token, |b| b.answered(Instant::now(), None));
                 return Err(HetznerError::Transport(e.to_string()).into());
             }
         };
         let status = response.status().as_u16();
         let rate = RateLimit::from_headers(response.headers());
-        let retry_after = with_budget(&self.token, |b| {
+        let retry_after = self.budgets.with(&self.token, |b| {
             let now = Instant::now();
             b.answered(now, rate);
             if status != 429 {
@@ -912,12 +921,21 @@ mod tests {
         );
         let later = now + Duration::from_secs(10);
         assert_eq!(budget.take(later, Pace::Interactive, 0.0), Duration::ZERO);
-        let other = format!("budget-test-{}", rand::random::<u64>());
-        assert_eq!(
-            with_budget(&other, |b| b.take(now, Pace::Interactive, 0.0)),
-            Duration::ZERO,
-            "another token has its own budget"
-        );
+    }
+
+    /// Each token has its own budget, kept between requests, and each control plane
+    /// its own budgets: a token held after a 429 holds only that token, in that one.
+    #[test]
+    fn budgets_per_token_and_per_control_plane() {
+        let budgets = Budgets::default();
+        let until = Instant::now() + Duration::from_secs(60);
+        budgets.with("held", |b| b.hold(until));
+        let take = |budgets: &Budgets, token: &str| {
+            budgets.with(token, |b| b.take(Instant::now(), Pace::Interactive, 0.0))
+        };
+        assert!(take(&budgets, "held") > Duration::from_secs(50));
+        assert_eq!(take(&budgets, "other"), Duration::ZERO);
+        assert_eq!(take(&Budgets::default(), "held"), Duration::ZERO);
     }
 
     /// Hetzner's `RateLimit-Remaining` replaces our count (requests made elsewhere

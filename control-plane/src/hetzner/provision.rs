@@ -17,9 +17,8 @@
 //!
 //! Table: `provisionings` (one per request, keyed by the request id).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -133,34 +132,10 @@ pub fn user_data(
     Ok(text)
 }
 
-/// Requests whose provisioning runs in this process.
-static ACTIVE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-
-struct Active(String);
-
-impl Active {
-    fn claim(request_id: &str) -> Option<Active> {
-        let mut guard = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .get_or_insert_with(HashSet::new)
-            .insert(request_id.to_string())
-            .then(|| Active(request_id.to_string()))
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        let mut guard = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = guard.as_mut() {
-            set.remove(&self.0);
-        }
-    }
-}
-
-/// Registers the approval hook: an approved request of a project with a token (its
-/// own or the default one) starts provisioning at once.
-pub fn register() {
-    requests::on_approved(|app, request| {
+/// Registers `app`'s approval hook: an approved request of a project with a token
+/// (its own or the default one) starts provisioning at once.
+pub fn register(app: &App) {
+    app.approvals.on_approved(|app, request| {
         let app = app.clone();
         let request_id = request.id.clone();
         tokio::spawn(async move {
@@ -177,6 +152,7 @@ pub fn register() {
                     }
                     requests::transition(
                         w,
+                        super::TokenRule::of(&app),
                         &Actor::system(),
                         &request_id,
                         requests::Action::StartProvisioning,
@@ -229,7 +205,7 @@ pub async fn supervisor(app: App, shutdown: impl Future<Output = ()> + Send + 's
 
 /// Provisions one request unless that already runs here; a failure fails the request.
 async fn run(app: &App, request_id: &str) {
-    let Some(_active) = Active::claim(request_id) else {
+    let Some(_active) = app.hetzner.provisioning.claim(request_id) else {
         return;
     };
     if let Err(reason) = provision(app, request_id).await {
@@ -241,6 +217,7 @@ async fn run(app: &App, request_id: &str) {
             if still {
                 requests::transition(
                     w,
+                    super::TokenRule::of(app),
                     &Actor::system(),
                     request_id,
                     requests::Action::Fail,
@@ -453,6 +430,7 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
             if current.is_some_and(|r| r.status == Status::Provisioning) {
                 requests::transition(
                     w,
+                    super::TokenRule::of(app),
                     &Actor::system(),
                     &request.id,
                     requests::Action::MarkDeployed,
@@ -568,7 +546,11 @@ async fn record_server(
 
 /// The provisioning of a request, for the API and the request page: each of
 /// [`STEPS`] with whether it is done, under way or failed.
-pub fn view(r: &impl Read, request_id: &str) -> anyhow::Result<serde_json::Value> {
+pub fn view(
+    r: &impl Read,
+    rule: super::TokenRule,
+    request_id: &str,
+) -> anyhow::Result<serde_json::Value> {
     let Some(request) = r.get::<Request>(request_id)? else {
         return Ok(serde_json::Value::Null);
     };
@@ -577,7 +559,7 @@ pub fn view(r: &impl Read, request_id: &str) -> anyhow::Result<serde_json::Value
         // Approved and about to start: only when the provisioner will take it.
         Status::Approved => r
             .get::<Project>(&request.project_id)?
-            .is_some_and(|p| super::project_has_token(&p)),
+            .is_some_and(|p| rule.has_token(&p)),
         _ => false,
     };
     let p = match r.get::<Provisioning>(request_id)? {
@@ -688,7 +670,8 @@ mod tests {
         let mut req = request("Acme");
         store.put(&project).unwrap();
         store.put(&req).unwrap();
-        let v = store.read(|r| view(r, &req.id)).unwrap();
+        let rule = crate::hetzner::TokenRule::own_tokens_only();
+        let v = store.read(|r| view(r, rule, &req.id)).unwrap();
         assert_eq!(v["running"], true);
         assert_eq!(v["steps"][0]["state"], "active");
         assert_eq!(v["steps"][1]["state"], "pending");
@@ -704,14 +687,14 @@ mod tests {
         store.put(&p).unwrap();
         req.status = Status::Failed;
         store.put(&req).unwrap();
-        let v = store.read(|r| view(r, &req.id)).unwrap();
+        let v = store.read(|r| view(r, rule, &req.id)).unwrap();
         assert_eq!(v["running"], false);
         assert_eq!(v["steps"][0]["state"], "failed");
         assert_eq!(v["error"], "Hetzner: boom (timeout)");
 
         req.status = Status::Provisioning;
         store.put(&req).unwrap();
-        let v = store.read(|r| view(r, &req.id)).unwrap();
+        let v = store.read(|r| view(r, rule, &req.id)).unwrap();
         assert_eq!(v["running"], true, "a retry is under way");
         assert_eq!(v["steps"][0]["state"], "active");
         assert!(v["error"].is_null());
@@ -720,7 +703,7 @@ mod tests {
         store.put(&p).unwrap();
         req.status = Status::Deployed;
         store.put(&req).unwrap();
-        let v = store.read(|r| view(r, &req.id)).unwrap();
+        let v = store.read(|r| view(r, rule, &req.id)).unwrap();
         assert_eq!(v["running"], false);
     }
 

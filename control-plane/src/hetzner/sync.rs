@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,36 +29,10 @@ pub struct SyncOutcome {
     pub deleted: usize,
 }
 
-/// Projects whose sync is under way, so two syncs of one project never overlap.
-static SYNCING: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-
-struct Running(String);
-
-impl Running {
-    fn claim(project_id: &str) -> Option<Running> {
-        let mut guard = SYNCING.lock().unwrap_or_else(|p| p.into_inner());
-        let set = guard.get_or_insert_with(HashSet::new);
-        set.insert(project_id.to_string())
-            .then(|| Running(project_id.to_string()))
-    }
-}
-
-/// Whether a sync of the project is under way now (on demand or scheduled).
-pub fn is_syncing(project_id: &str) -> bool {
-    SYNCING
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .is_some_and(|set| set.contains(project_id))
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let mut guard = SYNCING.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = guard.as_mut() {
-            set.remove(&self.0);
-        }
-    }
+/// Whether a sync of the project is under way now in this control plane (on demand
+/// or scheduled).
+pub fn is_syncing(app: &App, project_id: &str) -> bool {
+    app.hetzner.syncing.contains(project_id)
 }
 
 /// The token a project talks to Hetzner with: its own, else `HETZNER_API_TOKEN`
@@ -72,13 +45,17 @@ fn token_of(app: &App, project: &Project) -> Result<String, HetznerError> {
 
 /// The client for a project: its own token, else `HETZNER_API_TOKEN`.
 pub fn client_for(app: &App, project: &Project) -> Result<Client, HetznerError> {
-    Client::new(&app.config.hetzner_api_url, &token_of(app, project)?)
+    Client::new(
+        &app.hetzner.budgets,
+        &app.config.hetzner_api_url,
+        &token_of(app, project)?,
+    )
 }
 
 /// Whether a project can talk to Hetzner: [`super::has_token`] with this control
 /// plane's configuration.
 pub fn has_token(app: &App, project: &Project) -> bool {
-    super::has_token(project, app.config.hetzner_api_token.is_some())
+    super::TokenRule::of(app).has_token(project)
 }
 
 /// Syncs one project now and records the outcome in its `last_sync`. Answers `None`
@@ -88,7 +65,7 @@ pub async fn sync_project(
     project_id: &str,
     actor: &Actor,
 ) -> anyhow::Result<Option<Result<SyncOutcome, HetznerError>>> {
-    let Some(_running) = Running::claim(project_id) else {
+    let Some(_running) = app.hetzner.syncing.claim(project_id) else {
         return Ok(None);
     };
     let Some(project) = app.store.get::<Project>(project_id)? else {

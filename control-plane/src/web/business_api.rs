@@ -155,6 +155,7 @@ pub fn move_request(
     let request = app.store.write(|w| {
         Ok(requests::transition(
             w,
+            crate::hetzner::TokenRule::of(app),
             &actor,
             id,
             action,

@@ -10,6 +10,7 @@ use super::pages::{form, form_errors, page, page_with_status, rerender};
 use super::{redirect, Ctx, Req, Resp};
 use crate::app::App;
 use crate::error::{AppError, AppResult, Kind};
+use crate::hetzner::TokenRule;
 use crate::notifications;
 use crate::policy::{self, Action, Role};
 use crate::projects::{self, Project};
@@ -260,7 +261,7 @@ fn request_page_data(app: &App, ctx: &Ctx, id: &str) -> AppResult<(Value, String
     let mut data = data;
     data["provisioning"] = app
         .store
-        .read(|r| crate::hetzner::provision::view(r, &request.id))?;
+        .read(|r| crate::hetzner::provision::view(r, TokenRule::of(app), &request.id))?;
     Ok((data, title))
 }
 
@@ -290,10 +291,16 @@ pub fn request_move(
         form.get("note")
     };
     let actor = ctx.actor(req);
-    match app
-        .store
-        .write(|w| Ok(requests::transition(w, &actor, id, action, note)?))
-    {
+    match app.store.write(|w| {
+        Ok(requests::transition(
+            w,
+            TokenRule::of(app),
+            &actor,
+            id,
+            action,
+            note,
+        )?)
+    }) {
         Ok(request) => {
             if action == requests::Action::Approve {
                 requests::approved(app, &request);

@@ -108,7 +108,7 @@ pub fn action(app: &App, ctx: &Ctx, id: &str, action_id: &str) -> AppResult<Resp
 pub fn provisioning(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let value = app.store.read(|r| {
         let request = crate::requests::get_visible(r, &ctx.subject, id)?;
-        crate::hetzner::provision::view(r, &request.id)
+        crate::hetzner::provision::view(r, crate::hetzner::TokenRule::of(app), &request.id)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }

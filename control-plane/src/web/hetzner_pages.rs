@@ -33,7 +33,7 @@ pub fn project_panel(app: &App, ctx: &Ctx, project_id: &str) -> AppResult<Value>
             "can_sync": sync::has_token(app, &project)
                 && policy::can(&ctx.subject, Action::OperateServers, Some(&project.id)),
             "last_sync": project.last_sync,
-            "syncing": sync::is_syncing(&project.id),
+            "syncing": sync::is_syncing(app, &project.id),
             "costs": costs,
         }))
     })?;

@@ -760,18 +760,25 @@ pub fn peer_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infal
     warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|p| p.0))
 }
 
-/// Serves HTTP on `addr` until `shutdown` resolves; returns the bound address and the
-/// server future. hyper's own server, so the header read timeout can be set.
-pub fn bind(
+/// Serves HTTP on an already bound `listener` until `shutdown` resolves; returns its
+/// address and the server future. hyper's own server, so the header read timeout can
+/// be set. Must be called inside a tokio runtime.
+pub fn serve(
     app: App,
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = ()>)> {
+    use anyhow::Context;
     use warp::hyper::server::conn::AddrStream;
     use warp::hyper::service::{make_service_fn, service_fn, Service};
     let service = warp::service(filter(app));
-    let mut incoming = warp::hyper::server::conn::AddrIncoming::bind(&addr)
-        .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .context("making the HTTP listener non-blocking")?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("serving the HTTP listener")?;
+    let mut incoming = warp::hyper::server::conn::AddrIncoming::from_listener(listener)
+        .context("serving the HTTP listener")?;
     incoming.set_nodelay(true);
     let bound = incoming.local_addr();
     let make = make_service_fn(move |conn: &AddrStream| {
