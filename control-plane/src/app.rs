@@ -26,6 +26,8 @@ pub struct App {
     pub fleet: Fleet,
     /// The replicas sharing the store, and which one leads background work.
     pub cluster: Cluster,
+    /// Where HTTP handlers run (bounded, below the async runtime's priority).
+    pub handlers: Arc<crate::web::HandlerPool>,
     /// What the Hetzner side keeps in memory (syncs and provisionings under way,
     /// each token's request budget): this control plane's own.
     pub hetzner: Arc<crate::hetzner::State>,
@@ -59,6 +61,7 @@ impl App {
             throttle: Arc::new(Throttle::default()),
             fleet,
             cluster,
+            handlers: Arc::new(crate::web::HandlerPool::new()?),
             hetzner: Arc::default(),
             approvals: Arc::default(),
         })

@@ -629,11 +629,10 @@ async fn handle(
         // Handlers read and write the store, which blocks: they run on the blocking
         // pool, so a slow request never holds up a tokio worker (and with it
         // `/healthz`, other pages or the fleet gateway).
-        match tokio::task::spawn_blocking(move || {
-            crate::store::allow_blocking_here();
-            tokio::runtime::Handle::current().block_on(router::dispatch(&app, &req))
-        })
-        .await
+        let pool = app.handlers.clone();
+        match pool
+            .run(move || tokio::runtime::Handle::current().block_on(router::dispatch(&app, &req)))
+            .await
         {
             Ok(resp) => resp,
             Err(e) => {
@@ -801,4 +800,106 @@ pub fn serve(
             tracing::error!("HTTP server error: {e}");
         }
     }))
+}
+
+/// Where request handlers run: the blocking threads of a runtime of their own, at most
+/// two per core, at a lower CPU priority (nice 10). A burst of heavy pages then queues
+/// here instead of taking every core from the tokio workers, so `/healthz`, WebSocket
+/// streams and the fleet gateway stay responsive, and memory held by requests in
+/// flight is bounded.
+pub struct HandlerPool {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl HandlerPool {
+    /// Starts the pool's threads (lazily, as requests come).
+    pub fn new() -> anyhow::Result<HandlerPool> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (cores * 2).max(4);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(threads)
+            .thread_name("dynserv-web")
+            .on_thread_start(|| {
+                crate::store::allow_blocking_here();
+                lower_thread_priority();
+            })
+            .enable_all()
+            .build()?;
+        Ok(HandlerPool {
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs a handler on the pool and waits for it.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, tokio::task::JoinError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the handler pool lives as long as the application");
+        runtime.spawn_blocking(f).await
+    }
+}
+
+impl Drop for HandlerPool {
+    fn drop(&mut self) {
+        // Dropped wherever the last App clone goes, possibly on an async thread.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to nice 10 (Linux: per thread).
+fn lower_thread_priority() {
+    // SAFETY: setpriority on the calling thread's own id has no memory effects.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Handlers run below the async runtime's priority, and no more of them at once
+    /// than the pool's bound, however many requests arrive together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_are_bounded_and_run_at_a_lower_priority() {
+        let pool = Arc::new(super::HandlerPool::new().unwrap());
+        let nice = pool
+            .run(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) })
+            .await
+            .unwrap();
+        assert_eq!(nice, 10);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let bound = (cores * 2).max(4);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..bound * 4)
+            .map(|_| {
+                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= bound, "{most} handlers ran at once, bound {bound}");
+        assert!(most > 1, "handlers ran one at a time");
+    }
 }
