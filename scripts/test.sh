@@ -177,7 +177,8 @@ cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@" || status
 if [ "$#" -eq 0 ]; then
     say "running the end-to-end tests on PostgreSQL (DYNSERV_TEST_BACKEND=postgres, profile $profile)"
     pg_status=0
-    DYNSERV_TEST_BACKEND=postgres cargo nextest run -p dynserv-tests --no-fail-fast \
+    # --workspace, as in the first pass: the same feature set, so nothing is rebuilt.
+    DYNSERV_TEST_BACKEND=postgres cargo nextest run --workspace --no-fail-fast \
         --profile "$profile" -E 'binary(foundation) | binary(fleet) | binary(business)' || pg_status=$?
     if [ "$pg_status" -ne 0 ]; then
         warn "the end-to-end tests on PostgreSQL failed (exit $pg_status); the cluster's log ends with:"
