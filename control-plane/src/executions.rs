@@ -9,7 +9,9 @@
 //! Indexes (keys end with the execution id, a UUIDv7, so each index is in time order
 //! and a list is one backwards walk from a cursor): `exec_active`
 //! (`agent_id/id` for queued and running ones: what a connecting agent is sent),
-//! `exec_all` (`id`), `exec_by_agent`, `exec_by_server`, `exec_by_project`,
+//! `exec_all` (`id`; its value is the execution's search text, lower case, so a text
+//! search reads the index alone and decodes only the executions that match),
+//! `exec_by_agent`, `exec_by_server`, `exec_by_project`,
 //! `exec_by_status`, `exec_by_kind`, `exec_by_script`, `exec_by_rollout`,
 //! `exec_by_user` (`value/id`), and `exec_expiry` (`expires_at/id` of queued ones,
 //! so the expiry sweep reads only what expired). Counts per status are kept
@@ -666,6 +668,16 @@ fn hooks_of<'h>(
         .filter(move |hook| hook.kinds().contains(&kind))
 }
 
+/// What a text search (`q`) looks in: the name and the agent's name, lower case, as
+/// the value of the execution's `exec_all` entry.
+fn search_text(e: &Execution) -> String {
+    format!(
+        "{}\u{1}{}",
+        e.name.to_lowercase(),
+        e.agent_name.to_lowercase()
+    )
+}
+
 fn index_key(e: &Execution) -> String {
     format!("{}/{}", e.agent_id, e.id)
 }
@@ -703,7 +715,11 @@ fn status_counter(status: Status) -> String {
 /// Writes the list indexes and counts of a new execution.
 fn index_new(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     for (index, key) in list_index_keys(e) {
-        w.index_put(index, &key, &e.id)?;
+        if index == ALL {
+            w.index_put(index, &key, &search_text(e))?;
+        } else {
+            w.index_put(index, &key, &e.id)?;
+        }
     }
     if e.status == Status::Queued {
         w.index_put(EXPIRY, &expiry_key(e), &e.id)?;
@@ -834,6 +850,27 @@ pub fn counts(r: &impl Read) -> anyhow::Result<BTreeMap<&'static str, u64>> {
         out.insert(status.as_str(), r.counter(&status_counter(status))?);
     }
     Ok(out)
+}
+
+/// Schema step: the search text as the value of each `exec_all` entry (it held the
+/// id), so a text search reads the index alone.
+pub fn backfill_search_text(w: &mut Writer) -> anyhow::Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let scan = crate::store::IndexScan::prefix(ALL, "", 1000).after(after.clone());
+        let page = w.index_page(&scan)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (id, _) in &page {
+            if let Some(e) = w.get::<Execution>(id)? {
+                w.index_put(ALL, id, &search_text(&e))?;
+            }
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Schema step: indexes and counts for executions stored before lists read pages.
@@ -996,7 +1033,8 @@ pub struct Page<T> {
 struct Source {
     scan: crate::store::IndexScan,
     prefix_len: usize,
-    buffer: std::collections::VecDeque<String>,
+    /// `(id, search text)`; the text only from `exec_all`.
+    buffer: std::collections::VecDeque<(String, Option<String>)>,
     done: bool,
 }
 
@@ -1008,12 +1046,13 @@ impl Source {
             if let Some((key, _)) = page.last() {
                 self.scan.after = Some(key.clone());
             }
+            let texts = self.scan.index == ALL;
             self.buffer = page
                 .into_iter()
-                .map(|(key, _)| key[self.prefix_len..].to_string())
+                .map(|(key, value)| (key[self.prefix_len..].to_string(), texts.then_some(value)))
                 .collect();
         }
-        Ok(self.buffer.front())
+        Ok(self.buffer.front().map(|(id, _)| id))
     }
 }
 
@@ -1065,12 +1104,21 @@ pub fn query(
         let Some((n, id)) = best else {
             return Ok(Page { items, next: None });
         };
-        sources[n].buffer.pop_front();
+        let text = sources[n].buffer.pop_front().and_then(|(_, text)| text);
         examined += 1;
-        if let Some(e) = r.get::<Execution>(&id)? {
-            if filter.matches(&e) && policy::can(subject, Action::ViewServers, Some(&e.project_id))
-            {
-                items.push(e);
+        // A text search over all executions decides from the index entry first and
+        // decodes only the executions whose text matches.
+        let may_match = match (&filter.text, &text) {
+            (Some(q), Some(text)) => text.contains(&q.to_lowercase()),
+            _ => true,
+        };
+        if may_match {
+            if let Some(e) = r.get::<Execution>(&id)? {
+                if filter.matches(&e)
+                    && policy::can(subject, Action::ViewServers, Some(&e.project_id))
+                {
+                    items.push(e);
+                }
             }
         }
         let last_examined = Some(id);
@@ -1131,7 +1179,7 @@ pub fn prune(
             let mut scan = crate::store::IndexScan::prefix(ALL, "", 64).after(after.clone());
             scan.upper = upper.clone();
             let mut out = Vec::new();
-            for (_, id) in r.index_page(&scan)? {
+            for (id, _) in r.index_page(&scan)? {
                 if let Some(e) = r.get::<Execution>(&id)? {
                     out.push(e);
                 }
@@ -1830,6 +1878,52 @@ mod tests {
             vec!["job 3", "job 2"]
         );
         assert_eq!(prune(&store, cutoff, 100).unwrap(), Pruned::default());
+    }
+
+    /// A text search reads the search text kept in `exec_all` and finds, case
+    /// insensitively, executions by name or agent name; a store from before that
+    /// text was kept gets it from the schema step.
+    #[test]
+    fn text_search_reads_the_index_and_old_stores_get_their_text() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let now = Utc::now();
+        store
+            .write(|w| {
+                for n in 1..=6 {
+                    let e = sample(
+                        n,
+                        "p1",
+                        Status::Succeeded,
+                        now - Duration::minutes(i64::from(n)),
+                    );
+                    seed_for_bench(w, &e, &[])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let admin = subject(Role::Admin, &[]);
+        let search = |q: &str| Filter {
+            text: Some(q.into()),
+            ..Default::default()
+        };
+        assert_eq!(walk(&store, &admin, &search("JOB 3"), 10), vec!["job 3"]);
+        assert_eq!(
+            walk(&store, &admin, &search("Web-1"), 2),
+            vec!["job 1", "job 3", "job 5"]
+        );
+        assert!(walk(&store, &admin, &search("nothing"), 10).is_empty());
+        // As an older store held it: the id as the value.
+        store
+            .write(|w| {
+                for (id, _) in w.index_page(&crate::store::IndexScan::prefix(ALL, "", 100))? {
+                    w.index_put(ALL, &id, &id)?;
+                }
+                backfill_search_text(w)
+            })
+            .unwrap();
+        assert_eq!(walk(&store, &admin, &search("job 3"), 10), vec!["job 3"]);
     }
 
     /// An execution seeded for a benchmark is stored as the product leaves an ended
