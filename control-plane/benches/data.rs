@@ -131,7 +131,7 @@ fn parse_args() -> Args {
 }
 
 /// Bumped whenever what the seed writes changes, so old cached stores are not reused.
-const SEED_LAYOUT: u32 = 1;
+const SEED_LAYOUT: u32 = 2;
 /// Executions and log chunks per seeding transaction.
 const SEED_BATCH: usize = 10_000;
 const PROJECTS: usize = 10;
