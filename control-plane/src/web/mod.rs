@@ -580,7 +580,8 @@ async fn handle(
 ) -> Resp {
     let mut bytes = Vec::new();
     let limit = body_limit(&path);
-    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let body_read = app.http_timeouts.body_read;
+    let deadline = tokio::time::Instant::now() + body_read;
     loop {
         let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
             Ok(Some(chunk)) => chunk,
@@ -590,7 +591,7 @@ async fn handle(
                     Kind::BadRequest,
                     format!(
                         "the request body did not arrive within {} s",
-                        BODY_READ_TIMEOUT.as_secs()
+                        body_read.as_secs()
                     ),
                 );
                 return json(StatusCode::REQUEST_TIMEOUT, &err.to_json());
@@ -759,6 +760,38 @@ fn client_address(app: &App, remote: Option<SocketAddr>, headers: &HeaderMap) ->
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a client may take to send a request's body; past it the answer is 408.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long shutdown waits for the requests in flight to be answered; past it the
+/// connections still open are dropped and `run` returns.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The web server's time limits. `dynserv` runs with [`HttpTimeouts::default`] (the
+/// constants above and in [`ws`]); the in-process tests shorten them through
+/// `App::http_timeouts` so that what happens past each limit is tested in a second.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// [`HEADER_READ_TIMEOUT`].
+    pub header_read: std::time::Duration,
+    /// [`BODY_READ_TIMEOUT`].
+    pub body_read: std::time::Duration,
+    /// [`ws::PING_EVERY`].
+    pub ping_every: std::time::Duration,
+    /// [`ws::IDLE_CLOSE`].
+    pub idle_close: std::time::Duration,
+    /// [`SHUTDOWN_DRAIN`].
+    pub shutdown_drain: std::time::Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> HttpTimeouts {
+        HttpTimeouts {
+            header_read: HEADER_READ_TIMEOUT,
+            body_read: BODY_READ_TIMEOUT,
+            ping_every: ws::PING_EVERY,
+            idle_close: ws::IDLE_CLOSE,
+            shutdown_drain: SHUTDOWN_DRAIN,
+        }
+    }
+}
 
 /// The client's address as the listener saw it, put into each request's extensions by
 /// [`serve`] (warp's own address filter only works with warp's own server).
@@ -773,7 +806,7 @@ pub fn peer_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infal
 /// Serves HTTP/1.1 on an already bound `listener` until `shutdown` resolves; returns its
 /// address and the server future. Our own connection loop over hyper 1 (warp's server
 /// sets no header read timeout and hides the peer address from other servers), each
-/// connection with [`HEADER_READ_TIMEOUT`], [`PeerAddr`] and WebSocket upgrades. On
+/// connection with the header read timeout, [`PeerAddr`] and WebSocket upgrades. On
 /// `shutdown` the listener closes, idle connections close, and the future resolves once
 /// the requests in flight are answered; dropping the future (the caller's drain cap)
 /// drops every connection still open. Must be called inside a tokio runtime.
@@ -791,8 +824,12 @@ pub fn serve(
     let bound = listener
         .local_addr()
         .context("reading the HTTP listener's address")?;
+    let header_read = app.http_timeouts.header_read;
     let service = hyper_util::service::TowerToHyperService::new(warp::service(filter(app)));
-    Ok((bound, accept_connections(listener, service, shutdown)))
+    Ok((
+        bound,
+        accept_connections(listener, service, header_read, shutdown),
+    ))
 }
 
 /// Accepts connections until `shutdown`, then lets the open ones finish gracefully.
@@ -800,6 +837,7 @@ pub fn serve(
 async fn accept_connections<S>(
     listener: tokio::net::TcpListener,
     service: S,
+    header_read: std::time::Duration,
     shutdown: impl Future<Output = ()>,
 ) where
     S: hyper::service::Service<
@@ -827,6 +865,7 @@ async fn accept_connections<S>(
                         stream,
                         PeerAddr(peer),
                         service.clone(),
+                        header_read,
                         closing_seen.clone(),
                     ));
                 }
@@ -861,6 +900,7 @@ async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     peer: PeerAddr,
     service: S,
+    header_read: std::time::Duration,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) where
     S: hyper::service::Service<
@@ -879,7 +919,7 @@ async fn serve_connection<S>(
     );
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
