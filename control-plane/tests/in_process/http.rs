@@ -1,7 +1,8 @@
 //! The HTTP server's own limits, with its timeouts shortened: slow headers and slow
 //! bodies are cut off, WebSocket streams ping and close on a silent client, shutdown
-//! waits for requests in flight only so long, and the client's address comes from the
-//! connection unless a trusted proxy names it.
+//! waits for requests in flight only so long, the client's address comes from the
+//! connection unless a trusted proxy names it, downloads stream chunked, and every
+//! answer carries the security headers.
 
 use std::time::{Duration, Instant};
 
@@ -336,6 +337,40 @@ fn the_log_download_is_streamed_chunked() {
             assert!(body.contains("line 3"), "{format}: {body}");
         }
         agent.stop().await;
+        cp.stop().await;
+    });
+}
+
+/// Every answer carries `nosniff`, `DENY` framing and the same-origin referrer policy;
+/// HTML pages also the Content-Security-Policy, other answers not.
+#[test]
+fn answers_carry_the_security_headers() {
+    util::run(async {
+        let cp = ControlPlane::start().await;
+        for (path, html) in [
+            ("/login", true),
+            ("/api/v1/me", false),
+            ("/static/app.css", false),
+            ("/static/missing.css", false),
+            ("/healthz", false),
+        ] {
+            let response = cp
+                .http
+                .get(format!("{}{path}", cp.base))
+                .bearer_auth(&cp.token)
+                .send()
+                .await
+                .expect("an answer");
+            let headers = response.headers();
+            assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+            assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+            assert_eq!(headers["referrer-policy"], "same-origin", "{path}");
+            assert_eq!(
+                headers.get("content-security-policy").is_some(),
+                html,
+                "{path}"
+            );
+        }
         cp.stop().await;
     });
 }
