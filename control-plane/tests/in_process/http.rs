@@ -63,8 +63,9 @@ async fn start_upload(cp: &ControlPlane, body: &[u8], sent: usize) -> TcpStream 
     stream
 }
 
-/// A client that stops in the middle of its headers is disconnected once the header
-/// read timeout passes, with no answer, while other clients are served.
+/// A client that stops in the middle of its headers, or connects and sends nothing, is
+/// disconnected once the header read timeout passes, with no answer, while other
+/// clients are served.
 #[test]
 fn a_client_stalling_in_its_headers_is_cut_off() {
     util::run(async {
@@ -79,11 +80,15 @@ fn a_client_stalling_in_its_headers_is_cut_off() {
         slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: here\r\n")
             .await
             .expect("a write");
+        let mut silent = TcpStream::connect(cp.http_addr)
+            .await
+            .expect("a connection");
         let started = Instant::now();
         let (status, body) = cp.get("/healthz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
         let answer = read_until_closed(&mut slow).await;
         assert_eq!(answer, "", "a half-sent request gets no answer");
+        assert_eq!(read_until_closed(&mut silent).await, "");
         assert!(
             started.elapsed() >= Duration::from_millis(900),
             "cut off after {:?}, before the timeout",
