@@ -28,6 +28,9 @@ pub struct App {
     pub cluster: Cluster,
     /// Where HTTP handlers run (bounded, below the async runtime's priority).
     pub handlers: Arc<crate::web::HandlerPool>,
+    /// The web server's time limits (header and body reads, WebSocket pings, the
+    /// shutdown drain): the defaults, shortened only by tests.
+    pub http_timeouts: crate::web::HttpTimeouts,
     /// What the Hetzner side keeps in memory (syncs and provisionings under way,
     /// each token's request budget): this control plane's own.
     pub hetzner: Arc<crate::hetzner::State>,
@@ -62,6 +65,7 @@ impl App {
             fleet,
             cluster,
             handlers: Arc::new(crate::web::HandlerPool::new()?),
+            http_timeouts: crate::web::HttpTimeouts::default(),
             hetzner: Arc::default(),
             approvals: Arc::default(),
         })

@@ -126,24 +126,20 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    // hyper's graceful shutdown can keep waiting on a client's idle keep-alive
-    // connection (until the header read timeout): the wait is bounded.
+    // Graceful shutdown waits for the requests in flight, which a slow client can
+    // stretch (a body trickling in): the wait is bounded, and aborting the server
+    // task drops the connections it still holds.
     let mut http_task = http_task;
-    if tokio::time::timeout(HTTP_DRAIN, &mut http_task)
-        .await
-        .is_err()
-    {
-        tracing::info!("HTTP connections still open after {HTTP_DRAIN:?}; not waiting for them");
+    let drain = app.http_timeouts.shutdown_drain;
+    if tokio::time::timeout(drain, &mut http_task).await.is_err() {
+        tracing::info!("HTTP connections still open after {drain:?}; closing them");
         http_task.abort();
+        let _ = http_task.await;
     }
     let _ = socket_task.await;
     let _ = fleet_task.await;
     Ok(())
 }
-
-/// How long shutdown waits for the HTTP connections to finish their requests; past
-/// it `run` returns without them (they end with the process).
-const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A future that resolves when the watch channel turns true.
 pub async fn wait_for(mut rx: watch::Receiver<bool>) {

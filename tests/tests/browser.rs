@@ -743,8 +743,11 @@ impl Fixture {
             .or(submitted)
             .or(deleted)
             .or(stream);
-        let (address, server) = warp::serve(routes).bind_ephemeral(([127, 0, 0, 1], 0));
-        tokio::spawn(server);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("the fixture binds a port");
+        let address = listener.local_addr().expect("the fixture's address");
+        tokio::spawn(warp::serve(routes).incoming(listener).run());
         Fixture {
             base_url: format!("http://{address}"),
             stream_requests,

@@ -2,8 +2,7 @@
 //! binary so the UI works offline, served with their content type and an ETag.
 
 use rust_embed::RustEmbed;
-use warp::http::{HeaderValue, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{HeaderValue, StatusCode};
 
 use super::{Req, Resp};
 
@@ -23,12 +22,12 @@ pub fn serve(req: &Req, path: &str) -> Resp {
         .and_then(|v| v.to_str().ok())
         == Some(etag.as_str())
     {
-        let mut resp = Response::new(Body::empty());
+        let mut resp = Resp::default();
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return resp;
     }
     let mime = mime_guess::from_path(path).first_or_octet_stream();
-    let mut resp = Response::new(Body::from(file.data.into_owned()));
+    let mut resp = Resp::new(file.data.into_owned().into());
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(mime.as_ref()) {
         h.insert("content-type", v);

@@ -4,8 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use warp::http::{HeaderValue, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{HeaderValue, StatusCode};
 
 use super::{json as reply, Ctx, Req, Resp};
 use crate::agents::{self, Agent, AgentView};
@@ -545,8 +544,7 @@ pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
             }
         }
     });
-    let stream = tokio_stream_from(rx);
-    let mut resp = Response::new(Body::wrap_stream(stream));
+    let mut resp = super::streamed(rx);
     let headers = resp.headers_mut();
     if text {
         headers.insert(
@@ -568,12 +566,6 @@ pub fn execution_log(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
         );
     }
     Ok(resp)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Terminal output as plain text: ANSI escape sequences (colours, cursor moves,

@@ -4,7 +4,6 @@
 
 use serde_json::{json, Value};
 use warp::http::{HeaderValue, StatusCode};
-use warp::hyper::Body;
 
 use super::{redirect, Ctx, Req, Resp};
 use crate::app::App;
@@ -118,30 +117,25 @@ pub async fn download_agent() -> Resp {
         );
     };
     let length = file.metadata().await.map(|m| m.len()).ok();
-    let (mut sender, body) = Body::channel();
+    let (sender, chunks) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match file.read(&mut buf).await {
+            let chunk = match file.read(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => {
-                    if sender
-                        .send_data(bytes::Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    sender.abort();
-                    break;
-                }
+                Ok(n) => Ok(bytes::Bytes::copy_from_slice(&buf[..n])),
+                // Sent on, so the download is cut off rather than ending short.
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            // A closed channel is a client that went away: stop reading.
+            if sender.send(chunk).await.is_err() || failed {
+                break;
             }
         }
     });
-    let mut resp = Resp::new(body);
+    let mut resp = super::streamed(chunks);
     let headers = resp.headers_mut();
     headers.insert(
         "content-type",

@@ -29,8 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
 use crate::app::App;
@@ -63,8 +62,18 @@ pub fn body_limit(path: &str) -> usize {
     }
 }
 
-/// An HTTP response.
-pub type Resp = Response<Body>;
+/// An HTTP response: warp's, over hyper 1. Its body is built from bytes
+/// (`Resp::new(bytes.into())`), empty (`Resp::default()`), or streamed ([`streamed`]).
+pub type Resp = warp::reply::Response;
+
+/// A response whose body is sent as `chunks` arrive (chunked, unless the caller sets a
+/// `content-length`), so it is never held whole in memory. The channel's bound is how
+/// far the producer may run ahead of the client; an `Err` chunk cuts the response off
+/// (the client sees an incomplete transfer, never a truncated "success").
+pub fn streamed(mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Resp {
+    let stream = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+    warp::Reply::into_response(warp::reply::stream(stream))
+}
 
 /// One HTTP request as handlers see it.
 pub struct Req {
@@ -442,7 +451,7 @@ pub fn json_page(req: &Req, items: &impl serde::Serialize, next: Option<&str>) -
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
     let body = serde_json::to_vec(value)
         .unwrap_or_else(|_| b"{\"error\":\"serialization failed\"}".to_vec());
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Resp::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
@@ -451,7 +460,8 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<String>, content_type: &'static str) -> Resp {
-    let mut resp = Response::new(Body::from(body.into()));
+    let body: String = body.into();
+    let mut resp = Resp::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static(content_type));
@@ -486,7 +496,7 @@ fn flash_cookie_value(level: &str, message: &str) -> String {
 
 /// A 303 redirect (after a form post), optionally carrying a flash message.
 pub fn redirect(location: &str, flash: Option<(&str, &str)>) -> Resp {
-    let mut resp = Response::new(Body::empty());
+    let mut resp = Resp::default();
     *resp.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert("location", v);
@@ -570,7 +580,8 @@ async fn handle(
 ) -> Resp {
     let mut bytes = Vec::new();
     let limit = body_limit(&path);
-    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let body_read = app.http_timeouts.body_read;
+    let deadline = tokio::time::Instant::now() + body_read;
     loop {
         let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
             Ok(Some(chunk)) => chunk,
@@ -580,7 +591,7 @@ async fn handle(
                     Kind::BadRequest,
                     format!(
                         "the request body did not arrive within {} s",
-                        BODY_READ_TIMEOUT.as_secs()
+                        body_read.as_secs()
                     ),
                 );
                 return json(StatusCode::REQUEST_TIMEOUT, &err.to_json());
@@ -743,14 +754,47 @@ fn client_address(app: &App, remote: Option<SocketAddr>, headers: &HeaderMap) ->
     (client, secure)
 }
 
-/// How long a client may take to send a request's headers; a slow client is cut off
-/// (408 from hyper) instead of holding a connection open forever.
+/// How long a client may take to send a request's headers (the first request's, and
+/// each next one's on a kept-alive connection); past it hyper closes the connection, so
+/// a slow client cannot hold one open forever.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a client may take to send a request's body.
+/// How long a client may take to send a request's body; past it the answer is 408.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long shutdown waits for the requests in flight to be answered; past it the
+/// connections still open are dropped and `run` returns.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The client's address as the listener saw it, put into each request's extensions
-/// (warp's own address filter only works with warp's own server).
+/// The web server's time limits. `dynserv` runs with [`HttpTimeouts::default`] (the
+/// constants above and in [`ws`]); the in-process tests shorten them through
+/// `App::http_timeouts` so that what happens past each limit is tested in a second.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// [`HEADER_READ_TIMEOUT`].
+    pub header_read: std::time::Duration,
+    /// [`BODY_READ_TIMEOUT`].
+    pub body_read: std::time::Duration,
+    /// [`ws::PING_EVERY`].
+    pub ping_every: std::time::Duration,
+    /// [`ws::IDLE_CLOSE`].
+    pub idle_close: std::time::Duration,
+    /// [`SHUTDOWN_DRAIN`].
+    pub shutdown_drain: std::time::Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> HttpTimeouts {
+        HttpTimeouts {
+            header_read: HEADER_READ_TIMEOUT,
+            body_read: BODY_READ_TIMEOUT,
+            ping_every: ws::PING_EVERY,
+            idle_close: ws::IDLE_CLOSE,
+            shutdown_drain: SHUTDOWN_DRAIN,
+        }
+    }
+}
+
+/// The client's address as the listener saw it, put into each request's extensions by
+/// [`serve`] (warp's own address filter only works with warp's own server).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -759,47 +803,139 @@ pub fn peer_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infal
     warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|p| p.0))
 }
 
-/// Serves HTTP on an already bound `listener` until `shutdown` resolves; returns its
-/// address and the server future. hyper's own server, so the header read timeout can
-/// be set. Must be called inside a tokio runtime.
+/// Serves HTTP/1.1 on an already bound `listener` until `shutdown` resolves; returns its
+/// address and the server future. Our own connection loop over hyper 1 (warp's server
+/// sets no header read timeout and hides the peer address from other servers), each
+/// connection with the header read timeout, [`PeerAddr`] and WebSocket upgrades. On
+/// `shutdown` the listener closes, idle connections close, and the future resolves once
+/// the requests in flight are answered; dropping the future (the caller's drain cap)
+/// drops every connection still open. Must be called inside a tokio runtime.
 pub fn serve(
     app: App,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = ()>)> {
     use anyhow::Context;
-    use warp::hyper::server::conn::AddrStream;
-    use warp::hyper::service::{make_service_fn, service_fn, Service};
-    let service = warp::service(filter(app));
     listener
         .set_nonblocking(true)
         .context("making the HTTP listener non-blocking")?;
     let listener =
         tokio::net::TcpListener::from_std(listener).context("serving the HTTP listener")?;
-    let mut incoming = warp::hyper::server::conn::AddrIncoming::from_listener(listener)
-        .context("serving the HTTP listener")?;
-    incoming.set_nodelay(true);
-    let bound = incoming.local_addr();
-    let make = make_service_fn(move |conn: &AddrStream| {
-        let peer = PeerAddr(conn.remote_addr());
-        let service = service.clone();
-        async move {
-            Ok::<_, Infallible>(service_fn(move |mut request: warp::http::Request<Body>| {
-                request.extensions_mut().insert(peer);
-                let mut service = service.clone();
-                service.call(request)
-            }))
+    let bound = listener
+        .local_addr()
+        .context("reading the HTTP listener's address")?;
+    let header_read = app.http_timeouts.header_read;
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(filter(app)));
+    Ok((
+        bound,
+        accept_connections(listener, service, header_read, shutdown),
+    ))
+}
+
+/// Accepts connections until `shutdown`, then lets the open ones finish gracefully.
+/// The connections are tasks of a set owned by this future: dropping it ends them all.
+async fn accept_connections<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    header_read: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<
+            warp::http::Request<hyper::body::Incoming>,
+            Response = Resp,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            // Finished connections are reaped as they end, so the set stays small.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // Small writes (WebSocket frames, short answers) go out at once.
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve_connection(
+                        stream,
+                        PeerAddr(peer),
+                        service.clone(),
+                        header_read,
+                        closing_seen.clone(),
+                    ));
+                }
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    // Most likely out of file descriptors: wait for some to close
+                    // instead of spinning (what hyper 0.14's listener did).
+                    tracing::error!("accepting an HTTP connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            },
         }
-    });
-    let server = warp::hyper::Server::builder(incoming)
-        .http1_header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve(make)
-        .with_graceful_shutdown(shutdown);
-    Ok((bound, async move {
-        if let Err(e) = server.await {
-            tracing::error!("HTTP server error: {e}");
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Errors of one connection that `accept` reports; the listener itself is fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves one connection; once `closing` turns true it finishes the request in flight
+/// (an idle connection closes at once) and ends.
+async fn serve_connection<S>(
+    stream: tokio::net::TcpStream,
+    peer: PeerAddr,
+    service: S,
+    header_read: std::time::Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    S: hyper::service::Service<
+            warp::http::Request<hyper::body::Incoming>,
+            Response = Resp,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service = hyper::service::service_fn(
+        move |mut request: warp::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer);
+            service.call(request)
+        },
+    );
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut closing_started = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = closing.wait_for(|closing| *closing), if !closing_started => {
+                closing_started = true;
+                connection.as_mut().graceful_shutdown();
+            }
         }
-    }))
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer.0, "HTTP connection ended: {e}");
+    }
 }
 
 /// Where request handlers run: the blocking threads of a runtime of their own, at most

@@ -96,10 +96,10 @@ fn upgrade(
     }
 }
 
-/// How often an idle stream is pinged, and how long a client may stay silent (no
-/// pong, no frame) before the stream is closed.
-const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often a stream pings its client.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a client may stay silent (no pong, no frame) before its stream is closed.
+pub const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether the request's `Origin` is this server's own origin: the origin the browser
 /// reached it at (the `Host` header, over http or https), or the configured public
@@ -133,9 +133,10 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
     let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
     let pinger = tx.clone();
     // The client's side: any frame (a pong too) shows it is alive; silence past
-    // IDLE_CLOSE, a close frame or an error ends the stream.
+    // the idle limit, a close frame or an error ends the stream.
+    let timeouts = app.http_timeouts;
     let client_gone = async move {
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(timeouts.ping_every);
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
         loop {
@@ -146,7 +147,7 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
                     _ => return,
                 },
                 _ = ping.tick() => {
-                    if last_heard.elapsed() >= IDLE_CLOSE {
+                    if last_heard.elapsed() >= timeouts.idle_close {
                         return;
                     }
                     if pinger.lock().await.send(Message::ping(Vec::new())).await.is_err() {

@@ -5,6 +5,7 @@
 //! under a second or two; the end-to-end tests of `tests/` cover the real binaries.
 
 mod fleet;
+mod http;
 mod live;
 mod util;
 mod web;

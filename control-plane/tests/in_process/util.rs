@@ -11,6 +11,7 @@ use dynserv::config::{Config, Overrides};
 use dynserv::control::{self, Command, Core};
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
+use dynserv::web::HttpTimeouts;
 use dynserv::Listeners;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -49,11 +50,22 @@ pub fn run<F: Future<Output = ()>>(test: F) {
     );
 }
 
+/// What a test changes before its control plane starts.
+#[derive(Default)]
+pub struct Tuning {
+    /// The web server's time limits.
+    pub timeouts: HttpTimeouts,
+    /// `DYNSERV_TRUSTED_PROXIES`.
+    pub trusted_proxies: Option<String>,
+}
+
 /// A control plane running in this process until [`ControlPlane::stop`].
 pub struct ControlPlane {
     pub app: App,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The HTTP listener's address.
+    pub http_addr: SocketAddr,
     /// The fleet gateway's address.
     pub quic: SocketAddr,
     /// An API token of the admin.
@@ -68,17 +80,24 @@ impl ControlPlane {
     /// Opens a fresh store, creates the admin and its API token, binds port 0 for
     /// HTTP and QUIC and starts [`dynserv::run`].
     pub async fn start() -> ControlPlane {
+        ControlPlane::start_with(Tuning::default()).await
+    }
+
+    /// Like [`ControlPlane::start`], with what `tuning` changes.
+    pub async fn start_with(tuning: Tuning) -> ControlPlane {
         let data = tempfile::tempdir().expect("a temporary directory");
         let over = Overrides {
             // The temporary directory's disk may be nearly full; no floor here.
             min_free_disk_mb: Some("0".into()),
+            trusted_proxies: tuning.trusted_proxies,
             ..Default::default()
         };
         let config = Config::resolve(data.path(), &over).expect("the default configuration");
         let store = Store::open_location(&config.database, config.store_cache_bytes)
             .expect("a fresh store");
         let keys = Keys::load(&config.data_dir, None).expect("a master secret");
-        let app = App::new(store, keys, config).expect("the application state");
+        let mut app = App::new(store, keys, config).expect("the application state");
+        app.http_timeouts = tuning.timeouts;
         let token = admin_token(&app);
         let listeners = Listeners {
             http: std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port"),
@@ -93,6 +112,7 @@ impl ControlPlane {
         ControlPlane {
             app,
             base: format!("http://{http_addr}"),
+            http_addr,
             quic,
             token,
             http: reqwest::Client::builder()

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use chrono::Utc;
 use serde_json::{json, Value};
-use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use warp::hyper::Body;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::boot::Booter;
 use crate::state::{
@@ -23,10 +22,10 @@ pub struct Shared {
     pub booter: Booter,
 }
 
-type Resp = Response<Body>;
+type Resp = warp::reply::Response;
 
 fn reply(status: u16, body: &Value) -> Resp {
-    let mut resp = Response::new(Body::from(body.to_string()));
+    let mut resp = Resp::new(body.to_string().into());
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));

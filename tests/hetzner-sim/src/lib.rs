@@ -90,11 +90,16 @@ impl Simulator {
                 },
             );
         let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, server) = warp::serve(routes)
-            .try_bind_with_graceful_shutdown(config.listen, async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let server = warp::serve(routes)
+            .incoming(listener)
+            .graceful(async {
                 let _ = stopped.await;
             })
-            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+            .run();
         tokio::spawn(server);
         Ok(Simulator {
             addr,
