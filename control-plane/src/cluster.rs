@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::store::{Read as _, Record, Store};
+use crate::store::{Read, Record, Store};
 
 /// The `NOTIFY` channel every replica listens on.
 pub const CHANNEL: &str = "dynserv_cluster";
@@ -253,12 +253,15 @@ impl Cluster {
         })
     }
 
-    /// Since when an agent is connected to another live replica, if it is.
-    pub fn connected_elsewhere(&self, store: &Store, agent_id: &str) -> Option<DateTime<Utc>> {
+    /// Since when an agent is connected to another live replica, if it is. Reads
+    /// through the caller's transaction: a second one opened inside it would need a
+    /// second database connection, and callers that each hold one while waiting for
+    /// another can take the whole pool.
+    pub fn connected_elsewhere(&self, r: &impl Read, agent_id: &str) -> Option<DateTime<Utc>> {
         if !self.inner.shared {
             return None;
         }
-        let presence = store.get::<Presence>(agent_id).ok().flatten()?;
+        let presence = r.get::<Presence>(agent_id).ok().flatten()?;
         let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
         live.contains(&presence.replica).then_some(presence.since)
     }

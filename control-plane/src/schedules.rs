@@ -413,12 +413,12 @@ fn scheduler_subject() -> Subject {
 }
 
 /// One pass of the scheduler at `now`: starts every due schedule on each connected
-/// agent of its project (`connected` says which are). Answers the executions to
-/// dispatch.
+/// agent of its project (`connected` says which are, reading through the pass's own
+/// transaction). Answers the executions to dispatch.
 pub fn tick(
     w: &mut Writer,
     now: DateTime<Utc>,
-    connected: &dyn Fn(&str) -> bool,
+    connected: &dyn Fn(&Writer, &str) -> bool,
 ) -> anyhow::Result<Vec<Execution>> {
     let actor = Actor {
         username: "scheduler".into(),
@@ -431,7 +431,7 @@ pub fn tick(
             continue;
         };
         for agent in crate::backups::agents_of_project(w, &schedule.project_id)? {
-            if !connected(&agent.id) {
+            if !connected(w, &agent.id) {
                 continue;
             }
             let run_id = format!("{}:{}", schedule.id, agent.id);
@@ -481,7 +481,7 @@ pub async fn scheduler(app: App, stop: impl Future<Output = ()> + Send + 'static
             continue;
         }
         let fleet = app.fleet.clone();
-        let connected = move |agent_id: &str| fleet.live(agent_id).is_some();
+        let connected = move |w: &Writer, agent_id: &str| fleet.live(w, agent_id).is_some();
         match crate::store::block_in_place(|| app.store.write(|w| tick(w, Utc::now(), &connected)))
         {
             Ok(started) => {
@@ -607,7 +607,7 @@ mod tests {
             })
             .unwrap();
         let run = |now: &str, online: bool| -> usize {
-            let connected = move |_: &str| online;
+            let connected = move |_: &Writer, _: &str| online;
             store.write(|w| tick(w, at(now), &connected)).unwrap().len()
         };
         assert_eq!(run("2026-11-21T02:00:00Z", true), 0);

@@ -188,6 +188,34 @@ async fn a_replica_killed_mid_job_loses_no_line() {
     assert!(killed.elapsed() < Duration::from_secs(90));
 }
 
+/// Many server lists at once, more than a replica has database connections, all
+/// answer promptly and show the agent on the other replica as connected (the check
+/// used to read in a second transaction inside the list's: every handler held one
+/// connection and waited for another until the pool's 30 s timeout).
+#[tokio::test]
+async fn concurrent_server_lists_do_not_exhaust_the_connection_pool() {
+    let (a, b, api_a, _api_b) = two_replicas().await;
+    let token = a.enrollment_token("Fleet");
+    let _agent = Agent::start(&b, &token, "web-b");
+    api_a.connected_agent("web-b").await;
+    let started = Instant::now();
+    let answers =
+        futures::future::join_all((0..48).map(|_| api_a.get("/api/v1/servers?limit=10"))).await;
+    let took = started.elapsed();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let row = body
+            .as_array()
+            .and_then(|rows| rows.iter().find(|s| s["name"] == "web-b"))
+            .unwrap_or_else(|| panic!("web-b in {body}"));
+        assert_eq!(row["agent"]["connected"], true, "{row}");
+    }
+    assert!(
+        took < Duration::from_secs(15),
+        "48 server lists took {took:?}"
+    );
+}
+
 async fn leads(cp: &ControlPlane) -> bool {
     let Ok(response) = reqwest::get(format!("{}/metrics", cp.base_url())).await else {
         return false;

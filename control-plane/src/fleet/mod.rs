@@ -229,16 +229,18 @@ impl Fleet {
     }
 
     /// When a connected agent was last heard from and its last heartbeat figures;
-    /// `None` when it is not connected.
-    pub fn live(&self, agent_id: &str) -> Option<(DateTime<Utc>, Option<LiveLoad>)> {
+    /// `None` when it is not connected. An agent connected to another replica is
+    /// looked up through `r`, the caller's transaction (see
+    /// [`crate::cluster::Cluster::connected_elsewhere`]).
+    pub fn live(
+        &self,
+        r: &impl crate::store::Read,
+        agent_id: &str,
+    ) -> Option<(DateTime<Utc>, Option<LiveLoad>)> {
         let conn = lock(&self.inner.conns).get(agent_id).cloned();
         let Some(conn) = conn else {
             // Connected to another replica: it is live, its figures are there.
-            let since = self
-                .inner
-                .cluster
-                .get()?
-                .connected_elsewhere(&self.inner.store, agent_id)?;
+            let since = self.inner.cluster.get()?.connected_elsewhere(r, agent_id)?;
             return Some((since, None));
         };
         let seen = *lock(&conn.last_seen);

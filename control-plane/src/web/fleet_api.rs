@@ -32,7 +32,7 @@ pub fn agent_view(app: &App, r: &impl Read, agent: &Agent) -> anyhow::Result<Age
         .get::<Project>(&agent.project_id)?
         .map(|p| p.name)
         .unwrap_or_default();
-    Ok(agents::view(agent, &project, app.fleet.live(&agent.id)))
+    Ok(agents::view(agent, &project, app.fleet.live(r, &agent.id)))
 }
 
 /// The view of an execution with its agent's name.
@@ -53,7 +53,7 @@ pub fn server_agent_json(
         return Ok(serde_json::Value::Null);
     };
     let agent = r.get::<Agent>(agent_id)?;
-    let live = app.fleet.live(agent_id);
+    let live = app.fleet.live(r, agent_id);
     let last_seen = live
         .as_ref()
         .map(|(seen, _)| *seen)

@@ -273,7 +273,10 @@ fn run_page(
     errors: Value,
 ) -> AppResult<Resp> {
     let (server, agent, project) = (&target.0, target.1.as_ref(), target.2.as_ref());
-    let connected = agent.is_some_and(|a| app.fleet.live(&a.id).is_some());
+    let connected = match agent {
+        Some(a) => app.store.read(|r| Ok(app.fleet.live(r, &a.id).is_some()))?,
+        None => false,
+    };
     let recent = match agent {
         Some(agent) => app.store.read(|r| {
             executions::recent_of_agent(r, &agent.id, 10)?
