@@ -33,6 +33,16 @@
 //! (88 days of executions, inside the default 90-day retention, so the server's own
 //! pruner finds nothing; 360 days of audit). A seeded data directory is kept under
 //! `target/bench-data/` keyed by its sizes, and each run works on a copy of it.
+//!
+//! `--database postgres://USER@HOST:PORT/DB` runs the same seeding (through the same
+//! store API) and the same measurements with `dynserv serve` on PostgreSQL
+//! (`DATABASE_URL`, `SESSION_SECRET`) instead of a redb file. The bench connects to
+//! that server without TLS (meant for a throwaway cluster on loopback,
+//! `scripts/test-postgres.sh start`), seeds a database named after the sizes
+//! (`dynserv_bench_e…_s…_a…_v…`, kept for later runs on the same cluster), and each
+//! run works on a copy of it (`CREATE DATABASE … TEMPLATE`), dropped at the end. The
+//! store-size and retention step is for the redb file only; on PostgreSQL the
+//! database's size is printed instead.
 
 mod common;
 
@@ -45,8 +55,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use common::{
-    agent_client, bench_endpoint, load_average, micros, percentile, rss_kib, sim_agent, sim_facts,
-    sim_host_id, start_server, stream_to_viewers, target_dir, wait_connected, Identity, Server,
+    agent_client, bench_endpoint, create_database, database_exists, database_size, drop_database,
+    load_average, micros, percentile, pg_settings, pg_system_identifier, rss_kib, sim_agent,
+    sim_facts, sim_host_id, start_server, stream_to_viewers, target_dir, wait_connected,
+    with_database, Identity, Server, BENCH_SESSION_SECRET,
 };
 use dynserv::agents::{self, AgentFacts};
 use dynserv::audit::{self, Actor, AuditEntry};
@@ -81,6 +93,8 @@ struct Args {
     prune: bool,
     /// Only the store's size and retention, without serving it.
     retention_only: bool,
+    /// A PostgreSQL server to run on instead of redb files (`--database URL`).
+    database: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -99,9 +113,18 @@ fn parse_args() -> Args {
         lines: 100_000,
         prune: true,
         retention_only: false,
+        database: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
+        if arg == "--database" {
+            let url = it.next().unwrap_or_default();
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                panic!("--database needs a postgres://… URL");
+            }
+            args.database = Some(url);
+            continue;
+        }
         let mut value = |name: &str| -> f64 {
             it.next()
                 .and_then(|v| v.parse().ok())
@@ -198,52 +221,125 @@ fn script_name(n: usize) -> String {
     format!("{}-{}-{n:02}", VERBS[n % 5], THINGS[n % 4])
 }
 
-/// Where the seeded data directory of these sizes is kept.
-fn cache_dir(executions: usize, servers: usize, audit: usize) -> PathBuf {
+/// Where the bench's stores live.
+#[derive(Clone)]
+enum Backend {
+    /// redb files under `target/bench-data/`.
+    Redb,
+    /// Databases on the PostgreSQL server of this URL (the URL's own database is only
+    /// used to create and drop the others).
+    Postgres(String),
+}
+
+/// A seeded store, kept between runs.
+struct Cache {
+    /// `bench.json` and the real agents' certificates (`agents/`); with redb also the
+    /// data directory (`data/`) holding the store.
+    dir: PathBuf,
+    /// The database holding the store, on PostgreSQL.
+    database: Option<String>,
+}
+
+/// Where the seeded data directory (or, on PostgreSQL, what goes with the database)
+/// of these sizes is kept; `kind` tells stores of different backends apart.
+fn cache_dir(kind: &str, executions: usize, servers: usize, audit: usize) -> PathBuf {
     target_dir().join("bench-data").join(format!(
-        "store-e{executions}-s{servers}-a{audit}-v{SEED_LAYOUT}"
+        "{kind}-e{executions}-s{servers}-a{audit}-v{SEED_LAYOUT}"
     ))
 }
 
-/// The seeded data directory of these sizes, seeding it first when it is not cached.
-fn seeded(
+/// The seeded store of these sizes, seeding it first when it is not cached.
+async fn seeded(
+    backend: &Backend,
     executions: usize,
     servers: usize,
     audit: usize,
     fanout: usize,
-) -> Result<(PathBuf, Seeded)> {
-    let dir = cache_dir(executions, servers, audit);
-    let info = dir.join("bench.json");
-    if let Ok(text) = std::fs::read_to_string(&info) {
+) -> Result<(Cache, Seeded)> {
+    let cache = match backend {
+        Backend::Redb => Cache {
+            dir: cache_dir("store", executions, servers, audit),
+            database: None,
+        },
+        Backend::Postgres(url) => {
+            // Keyed by the cluster: a new throwaway cluster has none of the databases.
+            let system = pg_system_identifier(url).await?;
+            Cache {
+                dir: cache_dir(&format!("pg{system}"), executions, servers, audit),
+                database: Some(format!(
+                    "dynserv_bench_e{executions}_s{servers}_a{audit}_v{SEED_LAYOUT}"
+                )),
+            }
+        }
+    };
+    let present = match (backend, &cache.database) {
+        (Backend::Postgres(url), Some(name)) => database_exists(url, name).await?,
+        _ => true,
+    };
+    if let (true, Ok(text)) = (
+        present,
+        std::fs::read_to_string(cache.dir.join("bench.json")),
+    ) {
         let seeded: Seeded = serde_json::from_str(&text)?;
         if seeded.real_agents.len() > fanout {
             println!(
                 "using the seeded store {} (seeded in {:.0} s)",
-                dir.display(),
+                cache.database.as_deref().map_or_else(
+                    || cache.dir.display().to_string(),
+                    |name| format!("in the database {name}")
+                ),
                 seeded.seed_seconds
             );
-            return Ok((dir, seeded));
+            return Ok((cache, seeded));
         }
     }
-    let partial = dir.with_extension("partial");
+    let partial = cache.dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(partial.join("data"))?;
     std::fs::create_dir_all(partial.join("agents"))?;
+    let target = match (backend, &cache.database) {
+        (Backend::Postgres(url), Some(name)) => {
+            create_database(url, name, None).await?;
+            Some(with_database(url, name))
+        }
+        _ => None,
+    };
     println!(
         "seeding {executions} executions, {servers} servers, {audit} audit entries into {}",
-        partial.display()
+        cache.database.as_deref().map_or_else(
+            || partial.display().to_string(),
+            |name| format!("the database {name}")
+        )
     );
     let began = Instant::now();
-    let mut seeded = seed(&partial, executions, servers, audit, fanout)?;
+    let mut seeded = {
+        let partial = partial.clone();
+        tokio::task::spawn_blocking(move || -> Result<Seeded> {
+            let data = partial.join("data");
+            let (store, keys) = match &target {
+                Some(url) => (
+                    Store::connect(url)?,
+                    Keys::load(&data, Some(BENCH_SESSION_SECRET))?,
+                ),
+                None => (
+                    Store::open(&data.join("dynserv.redb"))?,
+                    Keys::load(&data, None)?,
+                ),
+            };
+            store.seal_with(keys.clone());
+            seed(&store, &keys, &partial, executions, servers, audit, fanout)
+        })
+        .await??
+    };
     seeded.seed_seconds = began.elapsed().as_secs_f64();
     std::fs::write(
         partial.join("bench.json"),
         serde_json::to_vec_pretty(&seeded)?,
     )?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&partial, &dir)?;
+    let _ = std::fs::remove_dir_all(&cache.dir);
+    std::fs::rename(&partial, &cache.dir)?;
     println!("seeded in {:.0} s", seeded.seed_seconds);
-    Ok((dir, seeded))
+    Ok((cache, seeded))
 }
 
 /// One seeded agent: what its executions copy.
@@ -253,18 +349,19 @@ struct SeedAgent {
     server_id: Option<String>,
 }
 
+/// Seeds `store` (sealed with `keys`); the real agents' certificates and the CA's go
+/// to `dir/agents/`.
 fn seed(
+    store: &Store,
+    keys: &Keys,
     dir: &Path,
     executions: usize,
     server_count: usize,
     audit_count: usize,
     fanout: usize,
 ) -> Result<Seeded> {
-    let data = dir.join("data");
-    let store = Store::open(&data.join("dynserv.redb"))?;
-    let keys = Keys::load(&data, None)?;
-    store.seal_with(keys.clone());
-    let ca = dynserv::fleet::ca::load_or_create(&store, &data)?;
+    let ca = dynserv::fleet::ca::load_or_create(store, &dir.join("data"))?;
+    std::fs::write(dir.join("agents").join("ca.pem"), ca.ca.cert_pem())?;
     let hash = users::hash_password(PASSWORD)?;
     let mut rng = Rng(0x5EED ^ executions as u64);
     let app_error = |e: dynserv::error::AppError| anyhow::anyhow!(e.message);
@@ -302,7 +399,7 @@ fn seed(
         for p in 0..PROJECTS {
             let project = projects::create(
                 w,
-                &keys,
+                keys,
                 &Actor::cli(),
                 &ProjectInput {
                     name: Some(format!("Project {p:02}")),
@@ -1032,23 +1129,32 @@ async fn read_streams(
 async fn connect_fanout(
     server: &Server,
     cache: &Path,
-    data: &Path,
+    ca: &str,
     names: &[String],
 ) -> Result<(
     Vec<quinn::Connection>,
     tokio::sync::mpsc::UnboundedReceiver<common::Report>,
     quinn::Endpoint,
 )> {
-    let ca = std::fs::read_to_string(data.join("fleet").join("ca.pem"))?;
     let endpoint = bench_endpoint()?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut connections = Vec::new();
     for name in names {
-        let identity = identity(cache, &ca, name)?;
+        let identity = identity(cache, ca, name)?;
         connections.push(sim_agent(endpoint.clone(), server.quic, identity, tx.clone()).await?);
     }
     wait_connected(&server.base, names.len()).await?;
     Ok((connections, rx, endpoint))
+}
+
+/// The fleet CA's certificate of a seeded store: written beside the agents' since the
+/// CA lives in the store; stores seeded before that kept it in `data/fleet/`.
+fn ca_pem(cache: &Path) -> Result<String> {
+    let beside = cache.join("agents").join("ca.pem");
+    let old = cache.join("data").join("fleet").join("ca.pem");
+    std::fs::read_to_string(&beside)
+        .or_else(|_| std::fs::read_to_string(&old))
+        .with_context(|| format!("reading {} (or {})", beside.display(), old.display()))
 }
 
 fn identity(cache: &Path, ca: &str, name: &str) -> Result<Identity> {
@@ -1245,26 +1351,87 @@ fn print_retention(r: &Retention) {
     );
 }
 
-/// A copy of a seeded data directory for one run, removed when dropped.
-struct RunCopy(PathBuf);
+/// A copy of a seeded store for one run: a directory with the data directory
+/// `dynserv serve` runs in (with redb, holding the copy of the store) and its log,
+/// removed when dropped; on PostgreSQL also a copy of the seeded database, dropped by
+/// [`RunCopy::finish`].
+struct RunCopy {
+    dir: PathBuf,
+    /// The server's URL and the copy's name, on PostgreSQL.
+    database: Option<(String, String)>,
+}
+
 impl Drop for RunCopy {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn run_copy(cache: &Path, label: &str) -> Result<RunCopy> {
+impl RunCopy {
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Starts `dynserv serve` on the copy.
+    async fn serve(&self) -> Result<Server> {
+        let env = match &self.database {
+            Some((url, name)) => vec![
+                ("DATABASE_URL", with_database(url, name)),
+                ("SESSION_SECRET", BENCH_SESSION_SECRET.to_string()),
+            ],
+            None => Vec::new(),
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_server(&self.data(), &self.dir.join("serve.log"), &env).await
+    }
+
+    /// Drops the copy of the database, printing its size first (the directory goes
+    /// when the copy is dropped).
+    async fn finish(mut self) -> Result<()> {
+        if let Some((url, name)) = self.database.take() {
+            println!(
+                "the run's database at the end: {:.0} MiB (pg_database_size)",
+                mib(database_size(&url, &name).await?)
+            );
+            drop_database(&url, &name).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn run_copy(backend: &Backend, cache: &Cache, label: &str) -> Result<RunCopy> {
     let dir = target_dir()
         .join("bench-data")
         .join(format!("run-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let began = Instant::now();
-    copy_dir(&cache.join("data"), &dir.join("data"))?;
+    let database = match (backend, &cache.database) {
+        (Backend::Postgres(url), Some(seeded)) => {
+            std::fs::create_dir_all(dir.join("data"))?;
+            let name = format!("dynserv_bench_run_{label}_{}", std::process::id());
+            create_database(url, &name, Some(seeded)).await?;
+            println!(
+                "seeded database {seeded}: {:.0} MiB (pg_database_size)",
+                mib(database_size(url, seeded).await?)
+            );
+            Some((url.clone(), name))
+        }
+        _ => {
+            copy_dir(&cache.dir.join("data"), &dir.join("data"))?;
+            let file = cache.dir.join("data").join("dynserv.redb");
+            println!(
+                "seeded store {}: {:.0} MiB",
+                file.display(),
+                mib(std::fs::metadata(&file)?.len())
+            );
+            None
+        }
+    };
     println!(
         "copied the store for this run in {:.1} s",
         began.elapsed().as_secs_f64()
     );
-    Ok(RunCopy(dir))
+    Ok(RunCopy { dir, database })
 }
 
 #[tokio::main]
@@ -1279,13 +1446,25 @@ async fn main() -> Result<()> {
         load_average()
     );
     let fanout = args.fanout;
+    let backend = match &args.database {
+        Some(url) => {
+            println!(
+                "on PostgreSQL {}: {}",
+                dynserv::store::pg::redact(url),
+                pg_settings(url).await?
+            );
+            Backend::Postgres(url.clone())
+        }
+        None => Backend::Redb,
+    };
     if args.retention_only {
-        let (cache, _) = {
-            let (e, s, a) = (args.executions, args.servers, args.audit);
-            tokio::task::spawn_blocking(move || seeded(e, s, a, fanout)).await??
-        };
-        let copy = run_copy(&cache, "retention")?;
-        let data = copy.0.join("data");
+        if args.database.is_some() {
+            bail!("--retention-only measures the redb file: run it without --database");
+        }
+        let (cache, _) =
+            seeded(&backend, args.executions, args.servers, args.audit, fanout).await?;
+        let copy = run_copy(&backend, &cache, "retention").await?;
+        let data = copy.data();
         print_retention(&tokio::task::spawn_blocking(move || retention(&data)).await??);
         return Ok(());
     }
@@ -1293,29 +1472,25 @@ async fn main() -> Result<()> {
     // The baseline store first: its figures are compared at the end.
     let mut baseline = None;
     if args.baseline > 0 && args.baseline != args.executions {
-        let (cache, seeded) = {
-            let (b, s, a) = (args.baseline, args.servers, args.audit);
-            tokio::task::spawn_blocking(move || seeded(b, s, a, fanout)).await??
-        };
-        let copy = run_copy(&cache, "baseline")?;
-        let data = copy.0.join("data");
-        let server = start_server(&data, &copy.0.join("serve.log"), &[]).await?;
+        let (cache, seeded) =
+            seeded(&backend, args.baseline, args.servers, args.audit, fanout).await?;
+        let copy = run_copy(&backend, &cache, "baseline").await?;
+        let server = copy.serve().await?;
         let cookie = login(&server.base, &seeded.username).await?;
         println!("\n## baseline: {} executions", seeded.executions);
         table_head(args.clients);
         let (measured, _) =
             measure(&server, &args, &list_endpoints(&seeded.api_token, &cookie)).await?;
         server.stop();
+        copy.finish().await?;
         baseline = Some(measured);
     }
 
-    let (cache, seeded) = {
-        let (e, s, a) = (args.executions, args.servers, args.audit);
-        tokio::task::spawn_blocking(move || seeded(e, s, a, fanout)).await??
-    };
-    let copy = run_copy(&cache, "main")?;
-    let data = copy.0.join("data");
-    let server = start_server(&data, &copy.0.join("serve.log"), &[]).await?;
+    let (cache, seeded) =
+        seeded(&backend, args.executions, args.servers, args.audit, fanout).await?;
+    let copy = run_copy(&backend, &cache, "main").await?;
+    let data = copy.data();
+    let server = copy.serve().await?;
     let pid = server.pid();
     let token = seeded.api_token.clone();
     let cookie = login(&server.base, &seeded.username).await?;
@@ -1407,8 +1582,9 @@ async fn main() -> Result<()> {
     // A fan-out, idle and while clients load the executions page.
     if args.fanout > 0 {
         let names: Vec<String> = seeded.real_agents[..args.fanout].to_vec();
+        let ca = ca_pem(&cache.dir)?;
         let (connections, mut reports, endpoint) =
-            connect_fanout(&server, &cache, &data, &names).await?;
+            connect_fanout(&server, &cache.dir, &ca, &names).await?;
         let mut idle = Vec::new();
         for _ in 0..args.fanout_runs {
             idle.push(fan_out(&server, &token, &names, &mut reports).await?);
@@ -1467,9 +1643,9 @@ async fn main() -> Result<()> {
             page.len()
         );
         if args.lines > 0 {
-            let ca = std::fs::read_to_string(data.join("fleet").join("ca.pem"))?;
-            let streamer = identity(&cache, &ca, &seeded.real_agents[args.fanout])?;
+            let streamer = identity(&cache.dir, &ca, &seeded.real_agents[args.fanout])?;
             let streamed = stream_to_viewers(
+                &server,
                 &server,
                 &endpoint,
                 streamer,
@@ -1505,11 +1681,10 @@ async fn main() -> Result<()> {
     );
     server.stop();
 
-    if args.prune {
-        let data = data.clone();
+    if args.prune && args.database.is_none() {
         let r = tokio::task::spawn_blocking(move || retention(&data)).await??;
         print_retention(&r);
     }
-    drop(copy);
+    copy.finish().await?;
     Ok(())
 }

@@ -460,9 +460,13 @@ pub struct Streamed {
 }
 
 /// One job on `streamer` emitting `lines` lines, watched by `viewers` WebSockets
-/// opened before it starts writing.
+/// opened before it starts writing. The streamer connects to `server`, which creates
+/// the job; the viewers watch on `viewers_on` (the same server, or another replica on
+/// the same database).
+#[allow(clippy::too_many_arguments)]
 pub async fn stream_to_viewers(
     server: &Server,
+    viewers_on: &Server,
     endpoint: &quinn::Endpoint,
     streamer: Identity,
     api_token: &str,
@@ -489,7 +493,7 @@ pub async fn stream_to_viewers(
     for _ in 0..viewers {
         let url = format!(
             "ws://127.0.0.1:{}/api/v1/executions/{id}/stream?from_seq=0",
-            server.http_port
+            viewers_on.http_port
         );
         tasks.push(tokio::spawn(viewer(url, api_token.to_string(), lines)));
     }
@@ -510,4 +514,113 @@ pub async fn stream_to_viewers(
         seconds: (last_done - t_go) as f64 / 1e6,
         latencies,
     })
+}
+
+/// The `SESSION_SECRET` of the benches' control planes on PostgreSQL (every replica
+/// gets the same one; the seeding seals with it too).
+pub const BENCH_SESSION_SECRET: &str = "dynserv-bench-session-secret-not-for-production";
+
+/// `url` naming the database `name` instead of its own (the rest kept: user, host,
+/// port, parameters).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+/// A connection of the bench's own to a PostgreSQL server (to create and drop
+/// databases and read settings), without TLS: the benches run against a throwaway
+/// cluster on loopback (`scripts/test-postgres.sh start`).
+pub async fn pg_admin(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", dynserv::store::pg::redact(url)))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Whether the database `name` exists on the server of `url`.
+pub async fn database_exists(url: &str, name: &str) -> Result<bool> {
+    let client = pg_admin(url).await?;
+    let rows = client
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Creates the database `name` (empty, or a copy of `template`), dropping one of that
+/// name first. A template still in use by a closing connection is retried for a while.
+pub async fn create_database(url: &str, name: &str, template: Option<&str>) -> Result<()> {
+    let client = pg_admin(url).await?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    let sql = match template {
+        Some(t) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{t}\""),
+        None => format!("CREATE DATABASE \"{name}\""),
+    };
+    let mut tries = 0;
+    loop {
+        match client.batch_execute(&sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 50 && e.to_string().contains("being accessed by other users") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating the database {name}")),
+        }
+    }
+}
+
+/// Drops the database `name` (closing its connections).
+pub async fn drop_database(url: &str, name: &str) -> Result<()> {
+    pg_admin(url)
+        .await?
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .with_context(|| format!("dropping the database {name}"))
+}
+
+/// The cluster's system identifier: different for every `initdb`, so a cache of what
+/// was seeded into one cluster is never taken for another's.
+pub async fn pg_system_identifier(url: &str) -> Result<i64> {
+    let client = pg_admin(url).await?;
+    let row = client
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The server's version and the settings that decide what a commit costs and how much
+/// it caches, to print beside the figures.
+pub async fn pg_settings(url: &str) -> Result<String> {
+    let client = pg_admin(url).await?;
+    let mut out = Vec::new();
+    for name in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "full_page_writes",
+        "shared_buffers",
+        "max_connections",
+    ] {
+        let row = client.query_one(&format!("SHOW {name}"), &[]).await?;
+        out.push(format!("{name}={}", row.get::<_, String>(0)));
+    }
+    Ok(out.join(", "))
+}
+
+/// The size of the database `name` in bytes.
+pub async fn database_size(url: &str, name: &str) -> Result<u64> {
+    let client = pg_admin(url).await?;
+    let row = client
+        .query_one("SELECT pg_database_size($1)", &[&name])
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
