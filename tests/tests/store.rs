@@ -51,4 +51,6 @@ cases!(
     a_name_is_taken_once_across_handles,
     a_newer_schema_is_refused,
     a_copy_keeps_every_record,
+    a_writer_reads_its_own_writes,
+    a_large_transaction_commits_whole,
 );

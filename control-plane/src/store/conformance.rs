@@ -72,6 +72,14 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("a_newer_schema_is_refused", a_newer_schema_is_refused),
     ("a_copy_keeps_every_record", a_copy_keeps_every_record),
+    (
+        "a_writer_reads_its_own_writes",
+        a_writer_reads_its_own_writes,
+    ),
+    (
+        "a_large_transaction_commits_whole",
+        a_large_transaction_commits_whole,
+    ),
 ];
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -525,5 +533,149 @@ mod tests {
             eprintln!("case {name}");
             case(&open);
         }
+    }
+}
+
+/// Inside one write transaction every read sees what the transaction wrote before
+/// it, by key and by range (on PostgreSQL the writes are held and sent in batches),
+/// and what it replaced or deleted is gone; a record read several times, or with
+/// others in one `get_many`, is the same.
+fn a_writer_reads_its_own_writes(open: Open) {
+    let store = open().unwrap();
+    store
+        .write(|w| {
+            w.put(&thing("k1", 1))?;
+            w.put(&thing("k2", 2))?;
+            w.index_put("own", "a/k1", "k1")?;
+            w.index_put("own", "a/k2", "k2")?;
+            w.counter_add("own", 2)?;
+            w.log_append("own", 0, b"zero")?;
+            Ok(())
+        })
+        .unwrap();
+    store
+        .write(|w| {
+            // Point reads of committed data, then of this transaction's changes.
+            assert_eq!(w.get::<Thing>("k1")?, Some(thing("k1", 1)));
+            w.put(&thing("k1", 10))?;
+            assert_eq!(w.get::<Thing>("k1")?, Some(thing("k1", 10)));
+            assert!(w.delete::<Thing>("k2")?);
+            assert!(
+                !w.delete::<Thing>("k2")?,
+                "deleted already in this transaction"
+            );
+            assert_eq!(w.get::<Thing>("k2")?, None);
+            w.put(&thing("k3", 3))?;
+            w.remove::<Thing>("k3")?;
+            w.remove::<Thing>("never")?;
+            assert_eq!(w.get::<Thing>("k3")?, None);
+            let many =
+                w.get_many::<Thing>(&["k3".into(), "k1".into(), "zz".into(), "k1".into()])?;
+            assert_eq!(
+                many,
+                vec![None, Some(thing("k1", 10)), None, Some(thing("k1", 10))]
+            );
+            // Counters: each add sees the one before.
+            assert_eq!(w.counter_add("own", 3)?, 5);
+            assert_eq!(w.counter_add("own", -5)?, 0);
+            assert_eq!(w.counter("own")?, 0);
+            assert_eq!(w.counter_add("own", 7)?, 7);
+            // Indexes, by key and by range.
+            w.index_delete("own", "a/k2")?;
+            w.index_put("own", "a/k4", "k4")?;
+            assert_eq!(w.index_get("own", "a/k2")?, None);
+            assert_eq!(w.index_get("own", "a/k4")?.as_deref(), Some("k4"));
+            assert_eq!(
+                keys(&w.index_scan("own", "a/")?),
+                vec!["a/k1", "a/k4"],
+                "a range read sees the writes before it"
+            );
+            // Logs: a chunk appended here is known, the committed one too.
+            assert!(w.log_has("own", 0)?);
+            assert!(!w.log_has("own", 1)?);
+            assert!(w.log_append("own", 1, b"one")?);
+            assert!(!w.log_append("own", 1, b"again")?);
+            assert!(!w.log_append("own", 0, b"again")?);
+            assert!(w.log_has("own", 1)?);
+            assert_eq!(w.log_last_seq("own")?, Some(1));
+            assert!(w.log_append("own", 2, b"two")?);
+            assert_eq!(w.log_range("own", 0, 9)?.len(), 3);
+            // After that range read sent the changes, they still read the same.
+            assert!(!w.log_append("own", 2, b"again")?);
+            assert_eq!(w.get::<Thing>("k1")?, Some(thing("k1", 10)));
+            assert_eq!(w.counter("own")?, 7);
+            assert_eq!(w.count::<Thing>()?, 1);
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|r| {
+            assert_eq!(r.get::<Thing>("k1")?, Some(thing("k1", 10)));
+            assert_eq!(r.get::<Thing>("k2")?, None);
+            assert_eq!(r.counter("own")?, 7);
+            assert_eq!(keys(&r.index_scan("own", "a/")?), vec!["a/k1", "a/k4"]);
+            let logs = r.log_range("own", 0, 9)?;
+            let texts: Vec<&[u8]> = logs.iter().map(|(_, c)| c.as_slice()).collect();
+            assert_eq!(texts, vec![&b"zero"[..], b"one", b"two"]);
+            r.prefetch::<Thing>(&["k1".into(), "k2".into()])?;
+            r.prefetch_counters(&["own".into(), "none".into()])?;
+            assert_eq!(r.get::<Thing>("k1")?, Some(thing("k1", 10)));
+            assert_eq!(r.counter("none")?, 0);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A transaction larger than what a backend holds before sending (tens of thousands
+/// of rows, tens of megabytes) commits whole, or not at all when it fails.
+fn a_large_transaction_commits_whole(open: Open) {
+    let store = open().unwrap();
+    let body = "x".repeat(1000);
+    let many = 30_000u32;
+    let failed: Result<()> = store.write(|w| {
+        for n in 0..many {
+            w.put(&Secretless {
+                id: format!("big{n:06}"),
+                body: body.clone(),
+            })?;
+        }
+        anyhow::bail!("changed my mind")
+    });
+    assert!(failed.is_err());
+    assert_eq!(store.read(|r| r.count::<Secretless>()).unwrap(), 0);
+    store
+        .write(|w| {
+            for n in 0..many {
+                w.put(&Secretless {
+                    id: format!("big{n:06}"),
+                    body: body.clone(),
+                })?;
+                w.index_put("big", &format!("{n:06}"), &format!("big{n:06}"))?;
+                w.counter_add("big", 1)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|r| {
+            assert_eq!(r.count::<Secretless>()?, u64::from(many));
+            assert_eq!(r.counter("big")?, u64::from(many));
+            let last = r.index_page(&IndexScan::prefix("big", "", 1).backward())?;
+            assert_eq!(keys(&last), vec![format!("{:06}", many - 1).as_str()]);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Secretless {
+    id: String,
+    body: String,
+}
+
+impl Record for Secretless {
+    const TABLE: &'static str = "conformance_big";
+    fn id(&self) -> &str {
+        &self.id
     }
 }

@@ -875,6 +875,27 @@ impl Writer {
 /// methods are written once on top of it.
 pub(crate) trait RawRead {
     fn get(&self, table: &str, id: &str) -> Result<Option<Vec<u8>>>;
+    /// Several records at once, in the order of `ids` (`None` where missing): one
+    /// query on PostgreSQL instead of one round trip per record.
+    fn get_many(&self, table: &str, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        ids.iter().map(|id| self.get(table, id)).collect()
+    }
+    /// Reads these records ahead where that saves round trips (PostgreSQL: one query,
+    /// then the transaction answers their `get`s itself); nothing on redb.
+    fn prefetch(&self, _table: &str, _ids: &[&str]) -> Result<()> {
+        Ok(())
+    }
+    /// [`RawRead::prefetch`] for kept counts.
+    fn prefetch_counters(&self, _names: &[&str]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the chunk `seq` of an execution's log is stored.
+    fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
+        Ok(self
+            .log_range(execution_id, seq, 1)?
+            .first()
+            .is_some_and(|(s, _)| *s == seq))
+    }
     fn list(&self, table: &str) -> Result<Vec<Vec<u8>>>;
     fn count(&self, table: &str) -> Result<u64>;
     fn records_page(&self, table: &str, scan: &IndexScan) -> Result<Vec<Vec<u8>>>;
@@ -920,6 +941,11 @@ pub(crate) trait RawRead {
 pub(crate) trait RawWrite: RawRead {
     fn put(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()>;
     fn delete(&mut self, table: &str, id: &str) -> Result<bool>;
+    /// Removes a record if it exists, without saying whether it did (on PostgreSQL
+    /// that costs no read).
+    fn remove(&mut self, table: &str, id: &str) -> Result<()> {
+        self.delete(table, id).map(|_| ())
+    }
     fn index_put(&mut self, index: &str, key: &str, id: &str) -> Result<()>;
     fn index_delete(&mut self, index: &str, key: &str) -> Result<()>;
     fn log_append(&mut self, execution_id: &str, seq: u64, chunk: &[u8]) -> Result<bool>;
@@ -933,6 +959,17 @@ pub(crate) trait RawWrite: RawRead {
 pub trait Read {
     /// One record by id.
     fn get<T: Record>(&self, id: &str) -> Result<Option<T>>;
+    /// Several records by id, in the order given (`None` where missing): one query on
+    /// PostgreSQL, where a page of records read one by one costs a round trip each.
+    fn get_many<T: Record>(&self, ids: &[String]) -> Result<Vec<Option<T>>>;
+    /// Whether the chunk `seq` of an execution's log is stored.
+    fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool>;
+    /// Reads these records ahead when the backend gains by it (on PostgreSQL one query
+    /// instead of a round trip per `get`; on redb nothing, a `get` there is cheap):
+    /// for a page that reads several records per row.
+    fn prefetch<T: Record>(&self, ids: &[String]) -> Result<()>;
+    /// [`Read::prefetch`] for kept counts (a dashboard reading three per project).
+    fn prefetch_counters(&self, names: &[String]) -> Result<()>;
     /// Every record of a type, in id order.
     fn list<T: Record>(&self) -> Result<Vec<T>>;
     /// The id an index entry points at.
@@ -965,6 +1002,38 @@ macro_rules! impl_read {
                     .get(T::TABLE, id)?
                     .map(|bytes| decode::<T>(&self.sealing, &bytes))
                     .transpose()
+            }
+
+            fn get_many<T: Record>(&self, ids: &[String]) -> Result<Vec<Option<T>>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.raw()
+                    .get_many(T::TABLE, &ids)?
+                    .into_iter()
+                    .map(|bytes| bytes.map(|b| decode::<T>(&self.sealing, &b)).transpose())
+                    .collect()
+            }
+
+            fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
+                self.raw().log_has(execution_id, seq)
+            }
+
+            fn prefetch_counters(&self, names: &[String]) -> Result<()> {
+                if names.is_empty() {
+                    return Ok(());
+                }
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.raw().prefetch_counters(&names)
+            }
+
+            fn prefetch<T: Record>(&self, ids: &[String]) -> Result<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.raw().prefetch(T::TABLE, &ids)
             }
 
             fn list<T: Record>(&self) -> Result<Vec<T>> {
@@ -1042,6 +1111,12 @@ impl Writer {
     /// Removes a record; true when it existed.
     pub fn delete<T: Record>(&mut self, id: &str) -> Result<bool> {
         self.raw_mut().delete(T::TABLE, id)
+    }
+
+    /// Removes a record if it exists; cheaper than [`Writer::delete`] on PostgreSQL
+    /// when the caller does not need to know whether it did.
+    pub fn remove<T: Record>(&mut self, id: &str) -> Result<()> {
+        self.raw_mut().remove(T::TABLE, id)
     }
 
     /// Points an index key at a record id.
