@@ -830,8 +830,7 @@ pub fn job_holder(r: &impl Read, execution_id: &str) -> anyhow::Result<Option<Jo
 
 /// Forgets a job's holder (the job ended).
 pub fn forget_job_holder(w: &mut Writer, execution_id: &str) -> anyhow::Result<()> {
-    w.delete::<JobHolder>(execution_id)?;
-    Ok(())
+    w.remove::<JobHolder>(execution_id)
 }
 
 /// Records when an agent was last seen (at the end of its connection).

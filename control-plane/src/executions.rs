@@ -1089,39 +1089,52 @@ pub fn query(
             }
         })
         .collect();
+    let needle = filter.text.as_ref().map(|q| q.to_lowercase());
     let mut items = Vec::new();
     let mut examined = 0usize;
+    let mut last_examined: Option<String> = None;
     loop {
-        // The newest id at the head of any source comes next.
-        let mut best: Option<(usize, String)> = None;
-        for (n, source) in sources.iter_mut().enumerate() {
-            if let Some(id) = source.head(r)? {
-                if best.as_ref().is_none_or(|(_, b)| id > b) {
-                    best = Some((n, id.clone()));
+        // The next entries in order, up to as many candidates as the page still
+        // needs; their records are then read together (one query on PostgreSQL).
+        let want = limit.saturating_sub(items.len()).max(1);
+        let mut candidates: Vec<String> = Vec::new();
+        let mut exhausted = false;
+        while candidates.len() < want && examined < SCAN_BUDGET {
+            // The newest id at the head of any source comes next.
+            let mut best: Option<(usize, String)> = None;
+            for (n, source) in sources.iter_mut().enumerate() {
+                if let Some(id) = source.head(r)? {
+                    if best.as_ref().is_none_or(|(_, b)| id > b) {
+                        best = Some((n, id.clone()));
+                    }
                 }
             }
+            let Some((n, id)) = best else {
+                exhausted = true;
+                break;
+            };
+            let text = sources[n].buffer.pop_front().and_then(|(_, text)| text);
+            examined += 1;
+            // A text search over all executions decides from the index entry first
+            // and decodes only the executions whose text matches.
+            let may_match = match (&needle, &text) {
+                (Some(q), Some(text)) => text.contains(q.as_str()),
+                _ => true,
+            };
+            if may_match {
+                candidates.push(id.clone());
+            }
+            last_examined = Some(id);
         }
-        let Some((n, id)) = best else {
+        for e in r.get_many::<Execution>(&candidates)?.into_iter().flatten() {
+            if filter.matches(&e) && policy::can(subject, Action::ViewServers, Some(&e.project_id))
+            {
+                items.push(e);
+            }
+        }
+        if exhausted {
             return Ok(Page { items, next: None });
-        };
-        let text = sources[n].buffer.pop_front().and_then(|(_, text)| text);
-        examined += 1;
-        // A text search over all executions decides from the index entry first and
-        // decodes only the executions whose text matches.
-        let may_match = match (&filter.text, &text) {
-            (Some(q), Some(text)) => text.contains(&q.to_lowercase()),
-            _ => true,
-        };
-        if may_match {
-            if let Some(e) = r.get::<Execution>(&id)? {
-                if filter.matches(&e)
-                    && policy::can(subject, Action::ViewServers, Some(&e.project_id))
-                {
-                    items.push(e);
-                }
-            }
         }
-        let last_examined = Some(id);
         if items.len() >= limit || examined >= SCAN_BUDGET {
             // More may remain: the next page starts after the last id examined.
             let more = sources

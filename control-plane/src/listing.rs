@@ -166,36 +166,60 @@ pub fn page_with_budget<T: Record>(
     if limit == 0 {
         return Ok(Page { items, next: None });
     }
+    let mut last_position: Option<String> = None;
     loop {
-        // The next position in the list's order at the head of any source.
-        let mut best: Option<(usize, String)> = None;
-        for (n, walker) in walkers.iter_mut().enumerate() {
-            if let Some(position) = walker.head(r)? {
-                let better = match (&best, order) {
-                    (None, _) => true,
-                    (Some((_, b)), Order::Ascending) => position < b.as_str(),
-                    (Some((_, b)), Order::Descending) => position > b.as_str(),
-                };
-                if better {
-                    best = Some((n, position.to_string()));
+        // The next positions in the list's order, as many as the page still needs;
+        // the records the sources did not read already are then read together (one
+        // query on PostgreSQL).
+        let want = limit.saturating_sub(items.len()).max(1);
+        let mut taken: Vec<(String, Option<T>)> = Vec::with_capacity(want);
+        let mut exhausted = false;
+        while taken.len() < want && examined < budget {
+            // The next position in the list's order at the head of any source.
+            let mut best: Option<(usize, String)> = None;
+            for (n, walker) in walkers.iter_mut().enumerate() {
+                if let Some(position) = walker.head(r)? {
+                    let better = match (&best, order) {
+                        (None, _) => true,
+                        (Some((_, b)), Order::Ascending) => position < b.as_str(),
+                        (Some((_, b)), Order::Descending) => position > b.as_str(),
+                    };
+                    if better {
+                        best = Some((n, position.to_string()));
+                    }
+                }
+            }
+            let Some((n, position)) = best else {
+                exhausted = true;
+                break;
+            };
+            let Some((_, id, record)) = walkers[n].buffer.pop_front() else {
+                exhausted = true;
+                break;
+            };
+            examined += 1;
+            taken.push((id, record));
+            last_position = Some(position);
+        }
+        let missing: Vec<String> = taken
+            .iter()
+            .filter(|(_, record)| record.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut read = r.get_many::<T>(&missing)?.into_iter();
+        for (_, record) in taken {
+            let record = match record {
+                Some(record) => Some(record),
+                None => read.next().flatten(),
+            };
+            if let Some(record) = record {
+                if keep(&record) {
+                    items.push(record);
                 }
             }
         }
-        let Some((n, position)) = best else {
+        if exhausted {
             return Ok(Page { items, next: None });
-        };
-        let Some((_, id, record)) = walkers[n].buffer.pop_front() else {
-            return Ok(Page { items, next: None });
-        };
-        examined += 1;
-        let record = match record {
-            Some(record) => Some(record),
-            None => r.get::<T>(&id)?,
-        };
-        if let Some(record) = record {
-            if keep(&record) {
-                items.push(record);
-            }
         }
         if items.len() >= limit || examined >= budget {
             // More may remain: the next page starts after the last position examined.
@@ -208,7 +232,7 @@ pub fn page_with_budget<T: Record>(
             }
             return Ok(Page {
                 items,
-                next: more.then_some(position),
+                next: if more { last_position } else { None },
             });
         }
     }

@@ -1040,8 +1040,7 @@ fn keep_execution_secrets(
 
 /// Drops an ended execution's secret values.
 fn forget_execution_secrets(w: &mut Writer, execution_id: &str) -> anyhow::Result<()> {
-    w.delete::<ExecutionSecrets>(execution_id)?;
-    Ok(())
+    w.remove::<ExecutionSecrets>(execution_id)
 }
 
 /// The job sent to the agent: the stored work plus the secret variables, which the

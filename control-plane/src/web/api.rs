@@ -74,6 +74,21 @@ pub fn server_json(app: &App, r: &impl Read, server: &Server) -> anyhow::Result<
     }))
 }
 
+/// [`server_json`] of each server of a page, reading their projects, agents and
+/// presences ahead (one query each on PostgreSQL instead of three per row).
+pub fn server_rows(app: &App, r: &impl Read, list: &[Server]) -> anyhow::Result<Vec<Value>> {
+    let mut projects: Vec<String> = list.iter().map(|s| s.project_id.clone()).collect();
+    projects.sort_unstable();
+    projects.dedup();
+    let agents: Vec<String> = list.iter().filter_map(|s| s.agent_id.clone()).collect();
+    r.prefetch::<Project>(&projects)?;
+    r.prefetch::<crate::agents::Agent>(&agents)?;
+    if app.cluster.is_shared() {
+        r.prefetch::<crate::cluster::Presence>(&agents)?;
+    }
+    list.iter().map(|s| server_json(app, r, s)).collect()
+}
+
 /// The filters of the server list (API and page).
 pub const SERVER_FILTERS: [&str; 3] = ["project", "status", "q"];
 
@@ -113,11 +128,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             paging.cursor.as_deref(),
             paging.limit,
         )?;
-        let list = page
-            .items
-            .iter()
-            .map(|s| server_json(app, r, s))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let list = server_rows(app, r, &page.items)?;
         Ok((list, page.next))
     })?;
     Ok(super::json_page(req, &list, next.as_deref()))

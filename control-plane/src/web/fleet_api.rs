@@ -334,6 +334,8 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         // connections to other workers meanwhile.
         let create_all = || {
             app.store.write(|w| {
+                // The agents named by id, read in one query on PostgreSQL.
+                w.prefetch::<crate::agents::Agent>(&targets)?;
                 let mut created = Vec::with_capacity(targets.len());
                 let mut one = input.clone();
                 for target in &targets {

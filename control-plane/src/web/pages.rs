@@ -414,6 +414,12 @@ pub fn logout(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let data = app.store.read(|r| {
         let all_projects = projects::all(r)?;
+        let shown: Vec<&str> = all_projects
+            .iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .map(|p| p.id.as_str())
+            .collect();
+        servers::prefetch_project_counts(r, &shown)?;
         let mut project_rows = Vec::new();
         for p in all_projects
             .iter()
@@ -426,7 +432,10 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 servers::Counts::default()
             };
             let cost = counts.monthly_cost;
-            let percent = p.budget_monthly.filter(|b| *b > 0.0).map(|b| (cost / b * 100.0).round());
+            let percent = p
+                .budget_monthly
+                .filter(|b| *b > 0.0)
+                .map(|b| (cost / b * 100.0).round());
             project_rows.push(json!({
                 "id": p.id, "name": p.name, "description": p.description, "servers": counts.servers,
                 "cost": cost, "budget": p.budget_monthly, "budget_percent": percent,
@@ -444,7 +453,7 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "projects": project_rows,
             "server_count": counts.servers,
             "running_count": counts.running,
-            "servers": first.items.iter().map(|s| server_row(app, r, s)).collect::<anyhow::Result<Vec<_>>>()?,
+            "servers": super::api::server_rows(app, r, &first.items)?,
             "recent": [],
             "user_count": 0,
         });
@@ -492,11 +501,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             paging.cursor.as_deref(),
             paging.limit,
         )?;
-        let rows = page
-            .items
-            .iter()
-            .map(|s| server_row(app, r, s))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let rows = super::api::server_rows(app, r, &page.items)?;
         let project = filter.project_id.clone().unwrap_or_default();
         let projects: Vec<Value> = projects::all(r)?
             .into_iter()
@@ -583,7 +588,7 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         let (servers, more_servers): (Vec<Value>, bool) = if can_view_servers {
             let of_project = servers::Filter { project_id: Some(project.id.clone()), ..Default::default() };
             let page = servers::query(r, &ctx.subject, &of_project, None, PROJECT_PAGE_SERVERS)?;
-            (page.items.iter().map(|s| server_row(app, r, s)).collect::<anyhow::Result<_>>()?, page.next.is_some())
+            (super::api::server_rows(app, r, &page.items)?, page.next.is_some())
         } else {
             (Vec::new(), false)
         };
