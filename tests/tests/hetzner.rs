@@ -602,6 +602,53 @@ async fn retry_after_a_lost_answer_creates_nothing_twice() {
     assert!(servers[0]["agent"].is_object());
 }
 
+/// An API that answers every server to the `dynserv-request` label query: the
+/// provisioning checks the label, adopts nothing unrelated and creates the request's
+/// own server (regression: the first server listed was taken over).
+#[tokio::test]
+async fn label_lookup_never_adopts_an_unrelated_server() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-labels");
+    let unrelated = sim
+        .add_server(
+            "tok-labels",
+            NewServer {
+                name: "someone-elses-db".into(),
+                ..Default::default()
+            },
+        )
+        .expect("an unrelated server");
+    sim.set_ignore_label_selector(true);
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Labelco", "tok-labels", None).await;
+    let id = approved_request(&cp, "Labelco", "Gamma Works").await;
+    request_status(&admin, &id, "deployed").await;
+    let at_sim = sim.servers("tok-labels");
+    assert_eq!(at_sim.len(), 2, "the request's own server was created: {at_sim:?}");
+    let created = at_sim
+        .iter()
+        .find(|s| s.id != unrelated)
+        .expect("the created server");
+    assert_eq!(created.labels["dynserv-request"], id);
+    let (_, steps) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    assert_eq!(steps["hetzner_id"], created.id, "{steps}");
+    let servers = servers_of(&admin, "Labelco").await;
+    let provisioned: Vec<_> = servers
+        .iter()
+        .filter(|s| s["agent"].is_object())
+        .collect();
+    assert_eq!(provisioned.len(), 1, "{servers:?}");
+    assert_eq!(provisioned[0]["hetzner_id"], created.id);
+    assert!(
+        servers.iter().all(|s| s["hetzner_id"] != unrelated),
+        "the unrelated server was not adopted: {servers:?}"
+    );
+}
+
 /// In the browser: Sync on the project page brings the servers and the budget panel;
 /// power off asks to type the server's name, then the action appears and succeeds.
 #[tokio::test]

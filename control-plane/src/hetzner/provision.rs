@@ -326,12 +326,14 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     }
     if remote.is_none() {
         let selector = format!("{REQUEST_LABEL}={}", request.id);
+        // Adopted only when it carries the request's label: an API that answered an
+        // unrelated server to the label query never gets that server taken over.
         remote = client
             .list_servers_where(None, Some(&selector))
             .await
             .map_err(hetzner)?
             .into_iter()
-            .next();
+            .find(|s| carries_request_label(s, &request.id));
     }
     let remote = match remote {
         Some(found) if resumed => found,
@@ -444,6 +446,11 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a Hetzner server carries the `dynserv-request` label of this request.
+pub fn carries_request_label(server: &models::Server, request_id: &str) -> bool {
+    server.labels.get(REQUEST_LABEL).map(String::as_str) == Some(request_id)
+}
+
 /// Creates the server at Hetzner with a fresh one-time enrollment token.
 async fn create(
     app: &App,
@@ -526,6 +533,7 @@ async fn record_server(
                 ipv4: None,
                 ipv6: None,
                 labels: Default::default(),
+                notes: None,
                 hetzner_id: None,
                 agent_id: None,
                 monthly_cost: None,

@@ -261,6 +261,7 @@ fn new_server(project: &Project, now: DateTime<Utc>) -> Server {
         ipv4: None,
         ipv6: None,
         labels: Default::default(),
+        notes: None,
         hetzner_id: None,
         agent_id: None,
         monthly_cost: None,

@@ -187,6 +187,12 @@ impl Simulator {
         });
     }
 
+    /// Makes server lists ignore `label_selector` (true) or honour it again (false), as
+    /// an API that answers unrelated servers to a label query would.
+    pub fn set_ignore_label_selector(&self, ignore: bool) {
+        self.with_state(|s| s.ignore_label_selector = ignore);
+    }
+
     /// How long actions started from now on stay `running` before they succeed.
     pub fn set_action_duration(&self, duration: std::time::Duration) {
         let duration = chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
