@@ -42,7 +42,14 @@ use crate::ssh::{self, Opened, SshError, COMMAND_TIMEOUT};
 use crate::store::{self, Read, Record, Writer};
 
 /// The steps, in order.
-pub const STEPS: [&str; 6] = ["connect", "inspect", "upload", "enroll", "start", "connected"];
+pub const STEPS: [&str; 6] = [
+    "connect",
+    "inspect",
+    "upload",
+    "enroll",
+    "start",
+    "connected",
+];
 /// Time allowed for the upload of the agent binary.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time allowed for the agent's connection to reach the gateway after it started.
@@ -107,7 +114,8 @@ pub fn view(r: &impl Read, install: &AgentInstall) -> anyhow::Result<serde_json:
         install.status = "failed".into();
         for step in install.steps.iter_mut().filter(|s| s.status == "running") {
             step.status = "failed".into();
-            step.message = Some("interrupted (the control plane stopped during the install)".into());
+            step.message =
+                Some("interrupted (the control plane stopped during the install)".into());
         }
     }
     let server = r.get::<Server>(&install.server_id)?;
@@ -271,7 +279,12 @@ async fn update(
 fn advance(install: &mut AgentInstall, outcome: Result<String, String>, next: Option<&str>) {
     let now = Utc::now();
     let failed = outcome.is_err();
-    if let Some(step) = install.steps.iter_mut().rev().find(|s| s.status == "running") {
+    if let Some(step) = install
+        .steps
+        .iter_mut()
+        .rev()
+        .find(|s| s.status == "running")
+    {
         step.status = if failed { "failed" } else { "succeeded" }.into();
         step.at = now;
         step.message = Some(match outcome {
@@ -356,12 +369,7 @@ fn ssh_error(e: SshError) -> String {
     e.to_string()
 }
 
-async fn install_over(
-    app: &App,
-    id: &str,
-    server: &Server,
-    opened: &Opened,
-) -> Result<(), String> {
+async fn install_over(app: &App, id: &str, server: &Server, opened: &Opened) -> Result<(), String> {
     let session = &opened.session;
 
     // Inspect.
@@ -424,7 +432,8 @@ async fn install_over(
     step_done(app, id, message, "upload").await?;
 
     // Upload.
-    let binary = agent_binary_path().ok_or("the dynserv-agent binary is not installed next to dynserv")?;
+    let binary =
+        agent_binary_path().ok_or("the dynserv-agent binary is not installed next to dynserv")?;
     let (size, sha) = {
         let path = binary.clone();
         tokio::task::spawn_blocking(move || file_sha256(&path))
@@ -441,7 +450,12 @@ async fn install_over(
         "umask 077 && mkdir -p {dir} && cat > {dir}/dynserv-agent.new && chmod 0755 {dir}/dynserv-agent.new && sha256sum {dir}/dynserv-agent.new"
     );
     let output = session
-        .check(&command, Some(&mut file), UPLOAD_TIMEOUT, "uploading the agent")
+        .check(
+            &command,
+            Some(&mut file),
+            UPLOAD_TIMEOUT,
+            "uploading the agent",
+        )
         .await
         .map_err(ssh_error)?;
     let remote_sha = output.stdout.split_whitespace().next().unwrap_or("");
@@ -508,7 +522,12 @@ async fn install_over(
     );
     let mut token_input: &[u8] = token.as_bytes();
     session
-        .check(&command, Some(&mut token_input), COMMAND_TIMEOUT, "enrolling the agent")
+        .check(
+            &command,
+            Some(&mut token_input),
+            COMMAND_TIMEOUT,
+            "enrolling the agent",
+        )
         .await
         .map_err(ssh_error)?;
     step_done(
@@ -530,7 +549,12 @@ async fn install_over(
         );
         let mut unit_input: &[u8] = unit.as_bytes();
         session
-            .check(&command, Some(&mut unit_input), COMMAND_TIMEOUT, "starting the systemd unit")
+            .check(
+                &command,
+                Some(&mut unit_input),
+                COMMAND_TIMEOUT,
+                "starting the systemd unit",
+            )
             .await
             .map_err(ssh_error)?;
         format!("systemd unit {UNIT_NAME} enabled and started")
@@ -746,6 +770,7 @@ mod tests {
         let pid = script.find("supervisor.pid\n").unwrap();
         let run = script.find("dynserv-agent run").unwrap();
         assert!(pid < run, "{script}");
-        assert!(unit_text("/opt/x").contains("ExecStart=/opt/x/dynserv-agent run --state-dir /opt/x/state"));
+        assert!(unit_text("/opt/x")
+            .contains("ExecStart=/opt/x/dynserv-agent run --state-dir /opt/x/state"));
     }
 }

@@ -142,7 +142,9 @@ pub struct SettingsInput {
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum SshError {
     /// The project has no SSH settings.
-    #[error("the project has no SSH settings; set a username and private key on the project page first")]
+    #[error(
+        "the project has no SSH settings; set a username and private key on the project page first"
+    )]
     NoSettings,
     /// The server has no address to connect to.
     #[error("the server has no IPv4 or IPv6 address to connect to")]
@@ -569,7 +571,12 @@ pub async fn handshake(
     )
     .await
     {
-        Err(_) => return Err(timeout(&format!("connecting to {address}"), CONNECT_TIMEOUT)),
+        Err(_) => {
+            return Err(timeout(
+                &format!("connecting to {address}"),
+                CONNECT_TIMEOUT,
+            ))
+        }
         Ok(Err(e)) => {
             return Err(SshError::Unreachable {
                 address,

@@ -626,7 +626,11 @@ async fn label_lookup_never_adopts_an_unrelated_server() {
     let id = approved_request(&cp, "Labelco", "Gamma Works").await;
     request_status(&admin, &id, "deployed").await;
     let at_sim = sim.servers("tok-labels");
-    assert_eq!(at_sim.len(), 2, "the request's own server was created: {at_sim:?}");
+    assert_eq!(
+        at_sim.len(),
+        2,
+        "the request's own server was created: {at_sim:?}"
+    );
     let created = at_sim
         .iter()
         .find(|s| s.id != unrelated)
@@ -637,10 +641,7 @@ async fn label_lookup_never_adopts_an_unrelated_server() {
         .await;
     assert_eq!(steps["hetzner_id"], created.id, "{steps}");
     let servers = servers_of(&admin, "Labelco").await;
-    let provisioned: Vec<_> = servers
-        .iter()
-        .filter(|s| s["agent"].is_object())
-        .collect();
+    let provisioned: Vec<_> = servers.iter().filter(|s| s["agent"].is_object()).collect();
     assert_eq!(provisioned.len(), 1, "{servers:?}");
     assert_eq!(provisioned[0]["hetzner_id"], created.id);
     assert!(

@@ -56,11 +56,15 @@ async fn ssh_test(api: &Api, server: &str) -> Value {
 
 /// Waits for an install to end; answers it.
 async fn install_outcome(api: &Api, id: &str) -> Value {
-    eventually(Duration::from_secs(120), "the agent install ends", || async {
-        let (status, install) = api.get(&format!("/api/v1/agent-installs/{id}")).await;
-        assert_eq!(status, 200, "{install}");
-        (install["status"] != "running").then_some(install)
-    })
+    eventually(
+        Duration::from_secs(120),
+        "the agent install ends",
+        || async {
+            let (status, install) = api.get(&format!("/api/v1/agent-installs/{id}")).await;
+            assert_eq!(status, 200, "{install}");
+            (install["status"] != "running").then_some(install)
+        },
+    )
     .await
 }
 
@@ -108,7 +112,9 @@ async fn connection_test_pins_the_host_key_and_refuses_a_changed_one() {
     let store = std::fs::read(cp.data_dir().join("dynserv.redb")).unwrap_or_default();
     let body_line = client.private.lines().nth(1).expect("a key body line");
     assert!(
-        !store.windows(body_line.len()).any(|w| w == body_line.as_bytes()),
+        !store
+            .windows(body_line.len())
+            .any(|w| w == body_line.as_bytes()),
         "the private key is stored in clear"
     );
 
@@ -137,7 +143,11 @@ async fn connection_test_pins_the_host_key_and_refuses_a_changed_one() {
     assert_eq!(refused["host_key_fingerprint"], changed.as_str());
     let (_, state) = api.get(&format!("/api/v1/servers/{server}/ssh")).await;
     assert_eq!(state["status"], "failed", "{state}");
-    assert_eq!(state["host_key_fingerprint"], pinned.as_str(), "the pin stays");
+    assert_eq!(
+        state["host_key_fingerprint"],
+        pinned.as_str(),
+        "the pin stays"
+    );
     assert_eq!(state["offered_fingerprint"], changed.as_str());
     // Installing is refused the same way: nothing is sent to that server.
     let (status, install) = api
@@ -222,7 +232,14 @@ async fn agent_install_over_ssh_connects_the_server_and_a_rerun_changes_nothing(
         .collect();
     assert_eq!(
         names,
-        ["connect", "inspect", "upload", "enroll", "start", "connected"]
+        [
+            "connect",
+            "inspect",
+            "upload",
+            "enroll",
+            "start",
+            "connected"
+        ]
     );
     for step in install["steps"].as_array().unwrap() {
         assert_eq!(step["status"], "succeeded", "{step}");
@@ -316,9 +333,7 @@ async fn wrong_key_and_unreachable_port_fail_with_clear_reasons() {
     assert!(message.contains("cannot reach"), "{install}");
 
     // Without SSH settings an install is refused at once.
-    let (status, _) = api
-        .delete(&format!("/api/v1/projects/{project}/ssh"))
-        .await;
+    let (status, _) = api.delete(&format!("/api/v1/projects/{project}/ssh")).await;
     assert_eq!(status, 200);
     let (status, refused) = api
         .post_empty(&format!("/api/v1/servers/{server}/install-agent"))
@@ -399,6 +414,7 @@ async fn install_steps_are_followed_live_in_the_browser() {
         browser.text("#ssh-host-key").await,
         sshd.host_key_fingerprint()
     );
+    browser.screenshot(&cp.artifact("server-ssh.png")).await;
 
     browser.click("#install-agent").await;
     browser
@@ -424,9 +440,7 @@ async fn install_steps_are_followed_live_in_the_browser() {
         format!("/agent-installs/{install}"),
         "no reload to another page"
     );
-    browser
-        .screenshot(&cp.artifact("agent-install.png"))
-        .await;
+    browser.screenshot(&cp.artifact("agent-install.png")).await;
     let (_, shown) = api.get(&format!("/api/v1/servers/{server}")).await;
     assert_eq!(shown["agent"]["connected"], true, "{shown}");
 }

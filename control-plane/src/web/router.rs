@@ -5,8 +5,8 @@
 use warp::http::{Method, StatusCode};
 
 use super::{
-    api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, ssh_api, ssh_pages, Req,
-    Resp,
+    api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, ssh_api, ssh_pages,
+    Req, Resp,
 };
 use crate::app::App;
 use crate::error::AppError;
@@ -58,9 +58,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["servers"]) => ssh_api::create_server_api(app, req, &ctx),
         (&Method::GET, ["projects", id, "ssh"]) => ssh_api::get_settings(app, &ctx, id),
         (&Method::PUT, ["projects", id, "ssh"]) => ssh_api::put_settings(app, req, &ctx, id),
-        (&Method::DELETE, ["projects", id, "ssh"]) => {
-            ssh_api::delete_settings(app, req, &ctx, id)
-        }
+        (&Method::DELETE, ["projects", id, "ssh"]) => ssh_api::delete_settings(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "install-agent"]) => {
             ssh_api::install_project(app, req, &ctx, id)
         }
@@ -217,13 +215,9 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["servers", "new"]) => ssh_pages::new_server_form(app, req, &ctx),
         (&Method::POST, ["servers", "new"]) => ssh_pages::new_server_save(app, req, &ctx),
         (&Method::GET, ["servers", id]) => pages::server(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "ssh-test"]) => {
-            ssh_pages::test(app, req, &ctx, id).await
-        }
+        (&Method::POST, ["servers", id, "ssh-test"]) => ssh_pages::test(app, req, &ctx, id).await,
         (&Method::POST, ["servers", id, "ssh-accept"]) => ssh_pages::accept(app, req, &ctx, id),
-        (&Method::POST, ["servers", id, "install-agent"]) => {
-            ssh_pages::install(app, req, &ctx, id)
-        }
+        (&Method::POST, ["servers", id, "install-agent"]) => ssh_pages::install(app, req, &ctx, id),
         (&Method::GET, ["agent-installs", id]) => ssh_pages::install_page(app, req, &ctx, id),
         (&Method::GET, ["projects", id, "ssh"]) => ssh_pages::settings_form(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "ssh"]) => ssh_pages::settings_save(app, req, &ctx, id),

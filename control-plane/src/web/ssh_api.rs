@@ -188,7 +188,9 @@ pub fn install_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<
     for server in candidates {
         match agent_installs::start(app, &actor, &server.id) {
             Ok(install) => installs.push(install_json(app, &install)?),
-            Err(e) => skipped.push(json!({"server": server.id, "name": server.name, "reason": e.message})),
+            Err(e) => {
+                skipped.push(json!({"server": server.id, "name": server.name, "reason": e.message}))
+            }
         }
     }
     Ok(reply(
@@ -198,20 +200,23 @@ pub fn install_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<
 }
 
 /// Reads an install the caller may see.
-pub fn visible_install(app: &App, ctx: &Ctx, id: &str) -> AppResult<(AgentInstall, serde_json::Value)> {
-    app.store
-        .read(|r| {
-            let install = r
-                .get::<AgentInstall>(id)?
-                .filter(|i| policy::can(&ctx.subject, Action::ViewServers, Some(&i.project_id)));
-            match install {
-                Some(install) => {
-                    let view = agent_installs::view(r, &install)?;
-                    Ok(Ok((install, view)))
-                }
-                None => Ok(Err(AppError::not_found("agent install"))),
+pub fn visible_install(
+    app: &App,
+    ctx: &Ctx,
+    id: &str,
+) -> AppResult<(AgentInstall, serde_json::Value)> {
+    app.store.read(|r| {
+        let install = r
+            .get::<AgentInstall>(id)?
+            .filter(|i| policy::can(&ctx.subject, Action::ViewServers, Some(&i.project_id)));
+        match install {
+            Some(install) => {
+                let view = agent_installs::view(r, &install)?;
+                Ok(Ok((install, view)))
             }
-        })?
+            None => Ok(Err(AppError::not_found("agent install"))),
+        }
+    })?
 }
 
 /// `GET /api/v1/agent-installs/{id}`: `{"id", "server", "status", "steps": [{"name",

@@ -18,7 +18,7 @@ use crate::store::Read;
 
 /// The projects the caller may add a server to, for the form's choice.
 fn editable_projects(app: &App, ctx: &Ctx) -> AppResult<Vec<Value>> {
-    let all = app.store.read(|r| projects::all(r))?;
+    let all = app.store.read(projects::all)?;
     Ok(all
         .iter()
         .filter(|p| policy::can(&ctx.subject, Action::EditProject, Some(&p.id)))
