@@ -650,6 +650,52 @@ async fn label_lookup_never_adopts_an_unrelated_server() {
     );
 }
 
+/// A server that boots but whose agent never enrolls: booting is done once Hetzner
+/// says running, and the failed step is "agent enrolled", the one that failed.
+#[tokio::test]
+async fn the_failed_step_is_the_one_that_failed() {
+    // No boot directory: the simulator's servers run, but nothing enrolls.
+    let sim = simulator(None).await;
+    sim.add_project("tok-noagent");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .env("DYNSERV_PROVISION_ENROLL_SECS", "3")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Noagentco", "tok-noagent", None).await;
+    let id = approved_request(&cp, "Noagentco", "Delta Farms").await;
+    request_status(&admin, &id, "failed").await;
+    let (_, steps) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    let states: Vec<_> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("creating", "done"),
+            ("booting", "done"),
+            ("agent enrolled", "failed"),
+            ("deployed", "pending")
+        ],
+        "{steps}"
+    );
+    assert!(
+        steps["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not enroll"),
+        "{steps}"
+    );
+}
+
 /// In the browser: Sync on the project page brings the servers and the budget panel;
 /// power off asks to type the server's name, then the action appears and succeeds.
 #[tokio::test]

@@ -401,6 +401,16 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Booting ends when Hetzner reports the server running; from here on a failure is
+    // the enrollment's, and that is the step shown failed.
+    if p.step == "booting" {
+        note(
+            app,
+            &mut p,
+            "agent enrolled",
+            "Hetzner reports the server running; waiting for its agent to enroll",
+        );
+    }
 
     // Agent enrolled: the agent attaches itself to our server record by name.
     let enroll_limit = app.config.provision_enroll_timeout;
@@ -421,8 +431,9 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    if p.step != "agent enrolled" {
-        note(app, &mut p, "agent enrolled", format!("agent {agent_id}"));
+    let enrolled_note = format!("agent {agent_id}");
+    if !p.history.iter().any(|h| h.note == enrolled_note) {
+        note(app, &mut p, "agent enrolled", enrolled_note);
     }
 
     // Deployed: the fleet may have moved the request already when the agent enrolled.
