@@ -696,6 +696,65 @@ async fn the_failed_step_is_the_one_that_failed() {
     );
 }
 
+/// The requester's page, opened while the request is pending, follows the approval
+/// live: the provisioning steps appear and finish, and the server link replaces
+/// "none yet", without a reload.
+#[tokio::test]
+async fn requesters_page_follows_provisioning_live() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-live");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Liveco", "tok-live", None).await;
+    let sales = cp.api_as("sales");
+    let (status, created) = sales
+        .post(
+            "/api/v1/requests",
+            &json!({
+                "client_name": "Epsilon", "client_email": "ops@client.example",
+                "purpose": "web shop", "project": "Liveco", "server_type": "cx22",
+                "location": "fsn1", "image": "ubuntu-24.04", "monthly_budget": 5.0,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("sales", "sales123").await;
+    browser.goto(&format!("/requests/{id}")).await;
+    assert_eq!(browser.text("#request-server").await, "none yet");
+    let hidden = browser
+        .eval("return document.getElementById('provisioning').hidden;")
+        .await;
+    assert_eq!(hidden, json!(true), "no steps before the approval");
+
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(90), "the deployed step on the page", || async {
+        let state = browser
+            .eval("var e = document.querySelector('[data-provision-step=\"deployed\"]'); return e ? e.getAttribute('data-state') : '';")
+            .await;
+        (state == "done").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the server link", || async {
+        let text = browser
+            .eval("var e = document.querySelector('#request-server a'); return e ? e.textContent : '';")
+            .await;
+        (text == "open the server").then_some(())
+    })
+    .await;
+    let hidden = browser
+        .eval("return document.getElementById('provisioning').hidden;")
+        .await;
+    assert_eq!(hidden, json!(false));
+    browser.close().await;
+}
+
 /// In the browser: Sync on the project page brings the servers and the budget panel;
 /// power off asks to type the server's name, then the action appears and succeeds.
 #[tokio::test]
