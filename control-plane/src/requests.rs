@@ -665,6 +665,32 @@ pub fn attach_server(
     Ok(request)
 }
 
+/// Forgets the server a request was attached to (the provisioner found it is not the
+/// request's: it lacks the request's label), so a retry never stays on it; audited.
+pub fn detach_server(
+    w: &mut Writer,
+    actor: &Actor,
+    request_id: &str,
+    reason: &str,
+) -> AppResult<Request> {
+    let mut request: Request = w
+        .get(request_id)?
+        .ok_or_else(|| AppError::not_found("request"))?;
+    let Some(old) = request.server_id.take() else {
+        return Ok(request);
+    };
+    request.updated_at = chrono::Utc::now();
+    save(w, &request)?;
+    audit::record(
+        w,
+        actor,
+        "request.detach_server",
+        &format!("request:{}", request.id),
+        format!("server:{old}: {reason}"),
+    )?;
+    Ok(request)
+}
+
 const BY_STATUS: &str = "request_by_status";
 const BY_REQUESTER: &str = "request_by_requester";
 const BY_CLIENT: &str = "request_by_client";

@@ -696,6 +696,50 @@ async fn the_failed_step_is_the_one_that_failed() {
     );
 }
 
+/// A retry never stays on a server that is not the request's: the server remembered
+/// from the failed attempt was renamed and lost the request's label (reused for
+/// something else), so the retry detaches it and creates the request's own.
+#[tokio::test]
+async fn retry_detaches_a_server_without_the_request_label() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-detach");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .env("DYNSERV_PROVISION_ENROLL_SECS", "2")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Detachco", "tok-detach", None).await;
+    let id = approved_request(&cp, "Detachco", "Zeta Mills").await;
+    let failed = request_status(&admin, &id, "failed").await;
+    let first = sim.servers("tok-detach");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let wrong = first[0].id;
+    assert!(failed["server_id"].is_string(), "{failed}");
+    sim.edit_server(wrong, "reused-for-something-else", Default::default());
+
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, steps) = eventually(WAIT, "the retry leaves the unlabelled server", || async {
+        let (_, steps) = admin
+            .get(&format!("/api/v1/requests/{id}/provisioning"))
+            .await;
+        (steps["hetzner_id"].is_i64() && steps["hetzner_id"] != wrong).then_some(((), steps))
+    })
+    .await;
+    let history = steps["history"].to_string();
+    assert!(history.contains("detached"), "{history}");
+    let at_sim = sim.servers("tok-detach");
+    assert_eq!(at_sim.len(), 2, "{at_sim:?}");
+    let own = at_sim.iter().find(|s| s.id != wrong).unwrap();
+    assert_eq!(own.labels["dynserv-request"], id);
+    assert_eq!(steps["hetzner_id"], own.id);
+}
+
 /// The requester's page, opened while the request is pending, follows the approval
 /// live: the provisioning steps appear and finish, and the server link replaces
 /// "none yet", without a reload.

@@ -323,6 +323,28 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     let mut remote = None;
     if let Some(id) = p.hetzner_id {
         remote = client.server(id).await.map_err(hetzner)?;
+        // A server remembered from an earlier attempt that does not carry this
+        // request's label is not its server (an older version adopted whatever the
+        // label query answered): detach it, so a retry is never stuck on it.
+        if let Some(found) = remote.take() {
+            if carries_request_label(&found, &request.id) {
+                remote = Some(found);
+            } else {
+                let reason = format!(
+                    "Hetzner #{} ({}) does not carry the label {REQUEST_LABEL}={}; detached, it is not this request's server",
+                    found.id, found.name, request.id
+                );
+                p.hetzner_id = None;
+                p.server_id = None;
+                note(app, &mut p, "creating", reason.clone());
+                app.store
+                    .write(|w| {
+                        requests::detach_server(w, &Actor::system(), &request.id, &reason)?;
+                        Ok(())
+                    })
+                    .map_err(|e| format!("detaching the server: {e:#}"))?;
+            }
+        }
     }
     if remote.is_none() {
         let selector = format!("{REQUEST_LABEL}={}", request.id);
