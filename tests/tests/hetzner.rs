@@ -740,6 +740,45 @@ async fn retry_detaches_a_server_without_the_request_label() {
     assert_eq!(steps["hetzner_id"], own.id);
 }
 
+/// Approving prices the request at Hetzner's monthly price of its server type (read
+/// by the last sync), not only at the budget the request states: both the project's
+/// budget and the request's own are checked against it.
+#[tokio::test]
+async fn approval_checks_the_budget_against_hetzners_price() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-price");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    // A budget the stated €1 fits in, but cx22's real price does not.
+    let project_id = project(&admin, "Priceco", "tok-price", Some(2.0)).await;
+    let synced = sync(&admin, &project_id).await;
+    assert_eq!(synced["ok"], true, "{synced}");
+    let (status, created) = cp
+        .api_as("sales")
+        .post(
+            "/api/v1/requests",
+            &json!({
+                "client_name": "Theta", "client_email": "ops@client.example",
+                "purpose": "web shop", "project": "Priceco", "server_type": "cx22",
+                "location": "fsn1", "image": "ubuntu-24.04", "monthly_budget": 1.0,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, approved) = admin
+        .post(&format!("/api/v1/requests/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    let warning = approved["budget_warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("cx22 in fsn1 costs €")
+            && warning.contains("more than the request's €1.00"),
+        "{approved}"
+    );
+    assert!(warning.contains("over its budget of €2.00"), "{warning}");
+}
+
 /// The requester's page, opened while the request is pending, follows the approval
 /// live: the provisioning steps appear and finish, and the server link replaces
 /// "none yet", without a reload.

@@ -81,6 +81,7 @@ pub async fn sync_project(
         let outcome = match &fetched {
             Ok((remote, prices)) => {
                 let outcome = apply(w, &project, remote, prices, now)?;
+                super::budget::record_prices(w, prices, now)?;
                 project.last_sync = Some(SyncStatus {
                     at: now,
                     ok: true,
