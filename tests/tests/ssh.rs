@@ -197,7 +197,7 @@ async fn connection_test_pins_the_host_key_and_refuses_a_changed_one() {
 /// changes nothing and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_install_over_ssh_connects_the_server_and_a_rerun_changes_nothing() {
-    let (_cp, api, project) = control_plane().await;
+    let (cp, api, project) = control_plane().await;
     let keys = tempfile::tempdir().unwrap();
     // A PEM RSA key with a passphrase: the other key formats work through the same path.
     let client = keygen(
@@ -279,6 +279,18 @@ async fn agent_install_over_ssh_connects_the_server_and_a_rerun_changes_nothing(
     let audit = audit.to_string();
     assert!(audit.contains("server.agent_install"), "{audit}");
     assert!(audit.contains("server.agent_install_end"), "{audit}");
+    // The SSH work ran on the runtime, its store calls on the blocking pool.
+    let (_, metrics) = api.get_text("/metrics").await;
+    let on_workers = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dynserv_store_calls_on_async_workers "))
+        .expect("the metric is exported");
+    assert_eq!(
+        on_workers.trim(),
+        "0",
+        "store calls ran on async workers:\n{}",
+        cp.logs()
+    );
 }
 
 /// A key the server does not accept and a port nobody listens on fail the test and the
