@@ -686,16 +686,20 @@ impl Session {
                 .exec(true, command)
                 .await
                 .map_err(|e| SshError::Protocol(format!("starting {what}: {e}")))?;
+            // A command that fails early stops reading its input: the send then fails,
+            // and what the command said (its exit status and stderr) is the better
+            // reason, so it is collected before the send error is reported.
+            let mut send_error = None;
             if let Some(reader) = input {
-                channel
-                    .data(reader)
-                    .await
-                    .map_err(|e| SshError::Protocol(format!("sending to {what}: {e}")))?;
+                if let Err(e) = channel.data(reader).await {
+                    send_error = Some(format!("sending to {what}: {e}"));
+                }
             }
-            channel
-                .eof()
-                .await
-                .map_err(|e| SshError::Protocol(format!("ending the input of {what}: {e}")))?;
+            if send_error.is_none() {
+                if let Err(e) = channel.eof().await {
+                    send_error = Some(format!("ending the input of {what}: {e}"));
+                }
+            }
             let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), None);
             while let Some(message) = channel.wait().await {
                 match message {
@@ -705,6 +709,11 @@ impl Session {
                     }
                     russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                     _ => {}
+                }
+            }
+            if let Some(error) = send_error {
+                if status.is_none_or(|s| s == 0) {
+                    return Err(SshError::Protocol(error));
                 }
             }
             Ok(Output {
