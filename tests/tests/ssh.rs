@@ -349,6 +349,17 @@ async fn wrong_key_and_unreachable_port_fail_with_clear_reasons() {
     let message = install["steps"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("cannot reach"), "{install}");
 
+    // "Every server without an agent" of the project: this one, again.
+    let (status, all) = api
+        .post_empty(&format!("/api/v1/projects/{project}/install-agent"))
+        .await;
+    assert_eq!(status, 202, "{all}");
+    let started = all["installs"].as_array().expect("installs");
+    assert_eq!(started.len(), 1, "{all}");
+    assert_eq!(started[0]["server"], server.as_str());
+    let install = install_outcome(&api, started[0]["id"].as_str().unwrap()).await;
+    assert_eq!(install["status"], "failed", "{install}");
+
     // Without SSH settings an install is refused at once.
     let (status, _) = api.delete(&format!("/api/v1/projects/{project}/ssh")).await;
     assert_eq!(status, 200);

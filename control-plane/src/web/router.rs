@@ -224,6 +224,9 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["projects", id, "ssh", "delete"]) => {
             ssh_pages::settings_delete(app, req, &ctx, id)
         }
+        (&Method::POST, ["projects", id, "install-agent"]) => {
+            ssh_pages::install_project(app, req, &ctx, id)
+        }
         (&Method::GET, ["projects"]) => pages::projects(app, req, &ctx),
         (&Method::GET, ["projects", "new"]) => pages::project_form(app, req, &ctx, None),
         (&Method::POST, ["projects", "new"]) => pages::project_save(app, req, &ctx, None),

@@ -164,12 +164,19 @@ pub fn install(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     Ok(reply(StatusCode::ACCEPTED, &install_json(app, &install)?))
 }
 
-/// `POST /api/v1/projects/{id}/install-agent`: an install on every server of the
-/// project that has no connected agent; `202 {"installs": [...], "skipped": [...]}`
-/// (a server that cannot start one now, with the reason).
-pub fn install_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
-    super::fleet_api::require_fleet(ctx)?;
-    let project = project_for(app, ctx, key, Action::ManageAgents)?;
+/// The most installs one "install on every server" starts; past it the other servers
+/// are listed as skipped, and asking again starts the next ones.
+pub const MAX_PROJECT_INSTALLS: usize = 50;
+
+/// Starts an install on every server of the project without a connected agent (at
+/// most [`MAX_PROJECT_INSTALLS`]); answers the installs started and the servers
+/// skipped with the reason. Shared by the API and the project page.
+pub fn install_everywhere(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    project: &Project,
+) -> AppResult<(Vec<AgentInstall>, Vec<(Server, String)>)> {
     let candidates = app.store.read(|r| {
         let mut out = Vec::new();
         for server in servers::in_project(r, &project.id)? {
@@ -186,13 +193,38 @@ pub fn install_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<
     let actor = ctx.actor(req);
     let (mut installs, mut skipped) = (Vec::new(), Vec::new());
     for server in candidates {
+        if installs.len() >= MAX_PROJECT_INSTALLS {
+            skipped.push((
+                server,
+                format!(
+                    "at most {MAX_PROJECT_INSTALLS} installs start at once; ask again for the rest"
+                ),
+            ));
+            continue;
+        }
         match agent_installs::start(app, &actor, &server.id) {
-            Ok(install) => installs.push(install_json(app, &install)?),
-            Err(e) => {
-                skipped.push(json!({"server": server.id, "name": server.name, "reason": e.message}))
-            }
+            Ok(install) => installs.push(install),
+            Err(e) => skipped.push((server, e.message)),
         }
     }
+    Ok((installs, skipped))
+}
+
+/// `POST /api/v1/projects/{id}/install-agent`: an install on every server of the
+/// project that has no connected agent; `202 {"installs": [...], "skipped": [...]}`
+/// (a server that cannot start one now, with the reason).
+pub fn install_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    let project = project_for(app, ctx, key, Action::ManageAgents)?;
+    let (started, skipped) = install_everywhere(app, req, ctx, &project)?;
+    let installs = started
+        .iter()
+        .map(|i| install_json(app, i))
+        .collect::<AppResult<Vec<_>>>()?;
+    let skipped: Vec<_> = skipped
+        .iter()
+        .map(|(server, reason)| json!({"server": server.id, "name": server.name, "reason": reason}))
+        .collect();
     Ok(reply(
         StatusCode::ACCEPTED,
         &json!({"installs": installs, "skipped": skipped}),

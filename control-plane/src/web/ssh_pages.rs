@@ -285,6 +285,34 @@ pub fn install(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     }
 }
 
+/// `POST /projects/{id}/install-agent`: an install on every server of the project
+/// without a connected agent; back to the project with what started and what not.
+pub fn install_project(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    let project = project_for(app, ctx, key, Action::ManageAgents)?;
+    let (started, skipped) = super::ssh_api::install_everywhere(app, req, ctx, &project)?;
+    let mut message = format!(
+        "Agent installs started on {} server{}.",
+        started.len(),
+        if started.len() == 1 { "" } else { "s" }
+    );
+    for (server, reason) in skipped.iter().take(5) {
+        message.push_str(&format!(" {}: {reason}.", server.name));
+    }
+    if skipped.len() > 5 {
+        message.push_str(&format!(" {} more not started.", skipped.len() - 5));
+    }
+    let level = if skipped.is_empty() {
+        "success"
+    } else {
+        "warning"
+    };
+    Ok(redirect(
+        &format!("/projects/{}", project.id),
+        Some((level, &message)),
+    ))
+}
+
 /// `GET /agent-installs/{id}`: the steps of an install, followed live while it runs.
 pub fn install_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
