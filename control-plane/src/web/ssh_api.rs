@@ -168,6 +168,9 @@ pub fn install(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 /// are listed as skipped, and asking again starts the next ones.
 pub const MAX_PROJECT_INSTALLS: usize = 50;
 
+/// A server an "install on every server" did not start on, with the reason.
+pub type Skipped = (Server, String);
+
 /// Starts an install on every server of the project without a connected agent (at
 /// most [`MAX_PROJECT_INSTALLS`]); answers the installs started and the servers
 /// skipped with the reason. Shared by the API and the project page.
@@ -176,7 +179,7 @@ pub fn install_everywhere(
     req: &Req,
     ctx: &Ctx,
     project: &Project,
-) -> AppResult<(Vec<AgentInstall>, Vec<(Server, String)>)> {
+) -> AppResult<(Vec<AgentInstall>, Vec<Skipped>)> {
     let candidates = app.store.read(|r| {
         let mut out = Vec::new();
         for server in servers::in_project(r, &project.id)? {
