@@ -6,7 +6,8 @@
 #
 # Idempotent and quick when everything is already there. Meant for a Debian machine
 # (run as root, or with sudo available): it installs Debian's chromium and
-# chromium-driver for the browser tests, postgresql for the PostgreSQL backend, a Python
+# chromium-driver for the browser tests, postgresql for the PostgreSQL backend,
+# openssh-server for the SSH tests, a Python
 # venv with ansible-core for the playbook differential tests, checks that Docker
 # answers, builds the workspace, starts one throwaway PostgreSQL cluster for the run
 # (scripts/test-postgres.sh) and runs the suite with cargo-nextest (configuration in
@@ -34,7 +35,7 @@ as_root() {
     fi
 }
 
-# ---- Debian packages: Chromium and chromedriver (browser tests), cron, PostgreSQL ----
+# ---- Debian packages: Chromium and chromedriver (browser tests), cron, PostgreSQL, sshd ----
 
 missing_packages=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing_packages+=(chromium)
@@ -44,6 +45,8 @@ command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 command -v crontab >/dev/null 2>&1 || missing_packages+=(cron)
 # The PostgreSQL backend's tests run a throwaway cluster (scripts/test-postgres.sh).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing_packages+=(postgresql)
+# The SSH tests (tests/tests/ssh.rs) start a real OpenSSH server on a loopback port.
+[ -x /usr/sbin/sshd ] || missing_packages+=(openssh-server)
 if [ "${#missing_packages[@]}" -gt 0 ]; then
     say "installing ${missing_packages[*]} from Debian (browser, playbook and PostgreSQL tests)"
     # Wait for another apt/dpkg run to release its lock instead of failing at once.
@@ -51,7 +54,7 @@ if [ "${#missing_packages[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
         install -y --no-install-recommends "${missing_packages[@]}"
 else
-    say "chromium, chromedriver, crontab and PostgreSQL present"
+    say "chromium, chromedriver, crontab, PostgreSQL and sshd present"
 fi
 
 # ---- ansible-core in .venv-ansible (playbook differential tests) ---------------------

@@ -67,6 +67,10 @@ pub struct EnrollmentTokenRecord {
     /// A server request this token was made for, if any (its enrollment completes it).
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The server this token was made for (an agent install over SSH): the agent it
+    /// enrolls is attached to that server, whatever name it gives.
+    #[serde(default)]
+    pub server_id: Option<String>,
     /// When it was revoked; a revoked token enrolls nothing.
     #[serde(default)]
     pub revoked_at: Option<DateTime<Utc>>,
@@ -197,6 +201,9 @@ pub enum EnrollRefusal {
     /// The token's project no longer exists.
     #[error("the enrollment token's project no longer exists")]
     NoProject,
+    /// The server the token was made for is gone or in another project.
+    #[error("the server this enrollment token was made for no longer exists")]
+    NoServer,
     /// The requested name is not usable.
     #[error("invalid agent name: {0}")]
     BadName(String),
@@ -272,6 +279,7 @@ pub fn create_token(
         max_uses,
         uses: 0,
         request_id: None,
+        server_id: None,
         revoked_at: None,
         revoked_by: None,
     };
@@ -476,8 +484,8 @@ pub struct NewAgent<'a> {
     pub host_id: &'a str,
 }
 
-/// Registers a newly enrolled agent and attaches it to the project's server of the same
-/// name (creating one when there is none).
+/// Registers a newly enrolled agent and attaches it to the server its token was made
+/// for, else to the project's server of the same name (creating one when there is none).
 pub fn register(
     w: &mut Writer,
     token: &EnrollmentTokenRecord,
@@ -494,7 +502,14 @@ pub fn register(
     let Some(project) = w.get::<Project>(&token.project_id)? else {
         return Ok(Err(EnrollRefusal::NoProject));
     };
-    let mut server = match servers::by_name(w, &project.id, name)? {
+    let bound = match &token.server_id {
+        Some(server_id) => match w.get::<Server>(server_id)? {
+            Some(server) if server.project_id == project.id => Some(server),
+            _ => return Ok(Err(EnrollRefusal::NoServer)),
+        },
+        None => servers::by_name(w, &project.id, name)?,
+    };
+    let mut server = match bound {
         Some(server) => server,
         None => Server {
             id: uuid::Uuid::new_v4().to_string(),
@@ -507,6 +522,7 @@ pub fn register(
             ipv4: None,
             ipv6: None,
             labels: Default::default(),
+            notes: None,
             hetzner_id: None,
             agent_id: None,
             monthly_cost: None,

@@ -2,6 +2,7 @@
 //! and (in `fleet`) the QUIC gateway its agents dial. `main.rs` parses arguments and
 //! calls [`run`] or a one-shot command from [`control`].
 
+pub mod agent_installs;
 pub mod agents;
 pub mod app;
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod schedules;
 pub mod scripts;
 pub mod secrets;
 pub mod servers;
+pub mod ssh;
 pub mod store;
 pub mod subscriptions;
 pub mod updates;

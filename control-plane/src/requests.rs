@@ -609,37 +609,57 @@ pub fn project_cost(r: &impl Read, project_id: &str) -> anyhow::Result<f64> {
     crate::servers::project_cost(r, project_id)
 }
 
-/// A warning when approving `request` would push its project over its monthly budget:
-/// the servers' monthly cost, plus approved requests not yet deployed, plus this one.
+/// A warning when approving `request` would push its project over its monthly budget
+/// (the servers' monthly cost, plus approved requests not yet deployed, plus this one,
+/// each priced at Hetzner's monthly price of its server type where a sync has read it,
+/// else at its stated budget), or when that price is above the request's stated budget.
 pub fn budget_warning(r: &impl Read, request: &Request) -> anyhow::Result<Option<String>> {
-    let Some(project) = r.get::<Project>(&request.project_id)? else {
-        return Ok(None);
-    };
-    let Some(budget) = project.budget_monthly.filter(|b| *b > 0.0) else {
-        return Ok(None);
-    };
-    let servers = project_cost(r, &project.id)?;
-    // Only the requests in flight: read through the status index, never the table.
-    let mut in_flight = 0.0;
-    for status in [Status::Approved, Status::Provisioning] {
-        for id in ids_with_status(r, status)? {
-            let Some(o) = r.get::<Request>(&id)? else {
-                continue;
-            };
-            if o.id != request.id && o.project_id == project.id && o.server_id.is_none() {
-                in_flight += o.monthly_budget.unwrap_or(0.0);
-            }
+    let mut warnings = Vec::new();
+    // What the request will cost: Hetzner's price of its server type where a sync has
+    // read it, else the budget the request states.
+    let price = crate::hetzner::budget::price_of(r, &request.server_type, &request.location)?;
+    if let (Some(price), Some(stated)) = (price, request.monthly_budget) {
+        if price > stated + 1e-9 {
+            warnings.push(format!(
+                "{} in {} costs €{price:.2} a month at Hetzner, more than the request's €{stated:.2}",
+                request.server_type, request.location
+            ));
         }
     }
-    let total = servers + in_flight + request.monthly_budget.unwrap_or(0.0);
-    if total > budget + 1e-9 {
-        Ok(Some(format!(
-            "this brings {} to €{total:.2} a month, over its budget of €{budget:.2}",
-            project.name
-        )))
-    } else {
-        Ok(None)
+    let cost_of = |o: &Request| -> anyhow::Result<f64> {
+        Ok(
+            crate::hetzner::budget::price_of(r, &o.server_type, &o.location)?
+                .or(o.monthly_budget)
+                .unwrap_or(0.0),
+        )
+    };
+    let project = r.get::<Project>(&request.project_id)?;
+    if let Some((project, budget)) = project
+        .as_ref()
+        .and_then(|p| p.budget_monthly.filter(|b| *b > 0.0).map(|b| (p, b)))
+    {
+        let servers = project_cost(r, &project.id)?;
+        // Only the requests in flight: read through the status index, never the table.
+        let mut in_flight = 0.0;
+        for status in [Status::Approved, Status::Provisioning] {
+            for id in ids_with_status(r, status)? {
+                let Some(o) = r.get::<Request>(&id)? else {
+                    continue;
+                };
+                if o.id != request.id && o.project_id == project.id && o.server_id.is_none() {
+                    in_flight += cost_of(&o)?;
+                }
+            }
+        }
+        let total = servers + in_flight + cost_of(request)?;
+        if total > budget + 1e-9 {
+            warnings.push(format!(
+                "this brings {} to €{total:.2} a month, over its budget of €{budget:.2}",
+                project.name
+            ));
+        }
     }
+    Ok((!warnings.is_empty()).then(|| warnings.join("; ")))
 }
 
 /// Records the server created for a request (by the provisioner).
@@ -661,6 +681,32 @@ pub fn attach_server(
         "request.attach_server",
         &format!("request:{}", request.id),
         format!("server:{server_id}"),
+    )?;
+    Ok(request)
+}
+
+/// Forgets the server a request was attached to (the provisioner found it is not the
+/// request's: it lacks the request's label), so a retry never stays on it; audited.
+pub fn detach_server(
+    w: &mut Writer,
+    actor: &Actor,
+    request_id: &str,
+    reason: &str,
+) -> AppResult<Request> {
+    let mut request: Request = w
+        .get(request_id)?
+        .ok_or_else(|| AppError::not_found("request"))?;
+    let Some(old) = request.server_id.take() else {
+        return Ok(request);
+    };
+    request.updated_at = chrono::Utc::now();
+    save(w, &request)?;
+    audit::record(
+        w,
+        actor,
+        "request.detach_server",
+        &format!("request:{}", request.id),
+        format!("server:{old}: {reason}"),
     )?;
     Ok(request)
 }

@@ -393,6 +393,7 @@ mod tests {
             ipv4: None,
             ipv6: None,
             labels: Default::default(),
+            notes: None,
             hetzner_id: None,
             agent_id: None,
             monthly_cost: Some(cost),

@@ -65,6 +65,9 @@ pub struct Server {
     pub ipv6: Option<String>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Free text about a server added by hand (where it runs, who looks after it).
+    #[serde(default)]
+    pub notes: Option<String>,
     pub hetzner_id: Option<i64>,
     pub agent_id: Option<String>,
     pub monthly_cost: Option<f64>,
@@ -92,6 +95,7 @@ pub struct NewServer {
     pub ipv6: Option<String>,
     pub status: Option<String>,
     pub monthly_cost: Option<f64>,
+    pub notes: Option<String>,
 }
 
 fn name_key(project_id: &str, name: &str) -> String {
@@ -127,6 +131,10 @@ pub fn create(
         ip.parse::<std::net::Ipv4Addr>()
             .map_err(|_| AppError::invalid("ipv4", "ipv4 is not an IPv4 address"))?;
     }
+    if let Some(ip) = input.ipv6.as_deref().filter(|s| !s.is_empty()) {
+        ip.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| AppError::invalid("ipv6", "ipv6 is not an IPv6 address"))?;
+    }
     if by_name(w, project_id, &name)?.is_some() {
         return Err(AppError::invalid(
             "name",
@@ -155,6 +163,7 @@ pub fn create(
         ipv4: validate::optional("ipv4", input.ipv4.as_deref(), 15)?,
         ipv6: validate::optional("ipv6", input.ipv6.as_deref(), 45)?,
         labels: Default::default(),
+        notes: validate::text("notes", input.notes.as_deref(), 2000)?,
         hetzner_id: None,
         agent_id: None,
         monthly_cost: validate::money("monthly_cost", input.monthly_cost)?,
@@ -479,6 +488,7 @@ mod tests {
             ipv4: Some(format!("10.0.0.{}", id.len())),
             ipv6: None,
             labels: Default::default(),
+            notes: None,
             hetzner_id: None,
             agent_id: None,
             monthly_cost: cost,

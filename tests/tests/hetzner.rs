@@ -602,6 +602,242 @@ async fn retry_after_a_lost_answer_creates_nothing_twice() {
     assert!(servers[0]["agent"].is_object());
 }
 
+/// An API that answers every server to the `dynserv-request` label query: the
+/// provisioning checks the label, adopts nothing unrelated and creates the request's
+/// own server (regression: the first server listed was taken over).
+#[tokio::test]
+async fn label_lookup_never_adopts_an_unrelated_server() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-labels");
+    let unrelated = sim
+        .add_server(
+            "tok-labels",
+            NewServer {
+                name: "someone-elses-db".into(),
+                ..Default::default()
+            },
+        )
+        .expect("an unrelated server");
+    sim.set_ignore_label_selector(true);
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Labelco", "tok-labels", None).await;
+    let id = approved_request(&cp, "Labelco", "Gamma Works").await;
+    request_status(&admin, &id, "deployed").await;
+    let at_sim = sim.servers("tok-labels");
+    assert_eq!(
+        at_sim.len(),
+        2,
+        "the request's own server was created: {at_sim:?}"
+    );
+    let created = at_sim
+        .iter()
+        .find(|s| s.id != unrelated)
+        .expect("the created server");
+    assert_eq!(created.labels["dynserv-request"], id);
+    let (_, steps) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    assert_eq!(steps["hetzner_id"], created.id, "{steps}");
+    let servers = servers_of(&admin, "Labelco").await;
+    let provisioned: Vec<_> = servers.iter().filter(|s| s["agent"].is_object()).collect();
+    assert_eq!(provisioned.len(), 1, "{servers:?}");
+    assert_eq!(provisioned[0]["hetzner_id"], created.id);
+    assert!(
+        servers.iter().all(|s| s["hetzner_id"] != unrelated),
+        "the unrelated server was not adopted: {servers:?}"
+    );
+}
+
+/// A server that boots but whose agent never enrolls: booting is done once Hetzner
+/// says running, and the failed step is "agent enrolled", the one that failed.
+#[tokio::test]
+async fn the_failed_step_is_the_one_that_failed() {
+    // No boot directory: the simulator's servers run, but nothing enrolls.
+    let sim = simulator(None).await;
+    sim.add_project("tok-noagent");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .env("DYNSERV_PROVISION_ENROLL_SECS", "3")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Noagentco", "tok-noagent", None).await;
+    let id = approved_request(&cp, "Noagentco", "Delta Farms").await;
+    request_status(&admin, &id, "failed").await;
+    let (_, steps) = admin
+        .get(&format!("/api/v1/requests/{id}/provisioning"))
+        .await;
+    let states: Vec<_> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("creating", "done"),
+            ("booting", "done"),
+            ("agent enrolled", "failed"),
+            ("deployed", "pending")
+        ],
+        "{steps}"
+    );
+    assert!(
+        steps["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not enroll"),
+        "{steps}"
+    );
+}
+
+/// A retry never stays on a server that is not the request's: the server remembered
+/// from the failed attempt was renamed and lost the request's label (reused for
+/// something else), so the retry detaches it and creates the request's own.
+#[tokio::test]
+async fn retry_detaches_a_server_without_the_request_label() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-detach");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .env("DYNSERV_PROVISION_ENROLL_SECS", "2")
+        .start()
+        .await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Detachco", "tok-detach", None).await;
+    let id = approved_request(&cp, "Detachco", "Zeta Mills").await;
+    let failed = request_status(&admin, &id, "failed").await;
+    let first = sim.servers("tok-detach");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let wrong = first[0].id;
+    assert!(failed["server_id"].is_string(), "{failed}");
+    sim.edit_server(wrong, "reused-for-something-else", Default::default());
+
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, steps) = eventually(WAIT, "the retry leaves the unlabelled server", || async {
+        let (_, steps) = admin
+            .get(&format!("/api/v1/requests/{id}/provisioning"))
+            .await;
+        (steps["hetzner_id"].is_i64() && steps["hetzner_id"] != wrong).then_some(((), steps))
+    })
+    .await;
+    let history = steps["history"].to_string();
+    assert!(history.contains("detached"), "{history}");
+    let at_sim = sim.servers("tok-detach");
+    assert_eq!(at_sim.len(), 2, "{at_sim:?}");
+    let own = at_sim.iter().find(|s| s.id != wrong).unwrap();
+    assert_eq!(own.labels["dynserv-request"], id);
+    assert_eq!(steps["hetzner_id"], own.id);
+}
+
+/// Approving prices the request at Hetzner's monthly price of its server type (read
+/// by the last sync), not only at the budget the request states: both the project's
+/// budget and the request's own are checked against it.
+#[tokio::test]
+async fn approval_checks_the_budget_against_hetzners_price() {
+    let sim = simulator(None).await;
+    sim.add_project("tok-price");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    // A budget the stated €1 fits in, but cx22's real price does not.
+    let project_id = project(&admin, "Priceco", "tok-price", Some(2.0)).await;
+    let synced = sync(&admin, &project_id).await;
+    assert_eq!(synced["ok"], true, "{synced}");
+    let (status, created) = cp
+        .api_as("sales")
+        .post(
+            "/api/v1/requests",
+            &json!({
+                "client_name": "Theta", "client_email": "ops@client.example",
+                "purpose": "web shop", "project": "Priceco", "server_type": "cx22",
+                "location": "fsn1", "image": "ubuntu-24.04", "monthly_budget": 1.0,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, approved) = admin
+        .post(&format!("/api/v1/requests/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    let warning = approved["budget_warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("cx22 in fsn1 costs €")
+            && warning.contains("more than the request's €1.00"),
+        "{approved}"
+    );
+    assert!(warning.contains("over its budget of €2.00"), "{warning}");
+}
+
+/// The requester's page, opened while the request is pending, follows the approval
+/// live: the provisioning steps appear and finish, and the server link replaces
+/// "none yet", without a reload.
+#[tokio::test]
+async fn requesters_page_follows_provisioning_live() {
+    let boot = tempfile::tempdir().unwrap();
+    let sim = simulator(Some(boot.path())).await;
+    sim.add_project("tok-live");
+    let cp = control_plane(&sim).await;
+    let admin = cp.api_as("admin");
+    project(&admin, "Liveco", "tok-live", None).await;
+    let sales = cp.api_as("sales");
+    let (status, created) = sales
+        .post(
+            "/api/v1/requests",
+            &json!({
+                "client_name": "Epsilon", "client_email": "ops@client.example",
+                "purpose": "web shop", "project": "Liveco", "server_type": "cx22",
+                "location": "fsn1", "image": "ubuntu-24.04", "monthly_budget": 5.0,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("sales", "sales123").await;
+    browser.goto(&format!("/requests/{id}")).await;
+    assert_eq!(browser.text("#request-server").await, "none yet");
+    let hidden = browser
+        .eval("return document.getElementById('provisioning').hidden;")
+        .await;
+    assert_eq!(hidden, json!(true), "no steps before the approval");
+
+    let (status, body) = admin
+        .post(&format!("/api/v1/requests/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(90), "the deployed step on the page", || async {
+        let state = browser
+            .eval("var e = document.querySelector('[data-provision-step=\"deployed\"]'); return e ? e.getAttribute('data-state') : '';")
+            .await;
+        (state == "done").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the server link", || async {
+        let text = browser
+            .eval("var e = document.querySelector('#request-server a'); return e ? e.textContent : '';")
+            .await;
+        (text == "open the server").then_some(())
+    })
+    .await;
+    let hidden = browser
+        .eval("return document.getElementById('provisioning').hidden;")
+        .await;
+    assert_eq!(hidden, json!(false));
+    browser.close().await;
+}
+
 /// In the browser: Sync on the project page brings the servers and the budget panel;
 /// power off asks to type the server's name, then the action appears and succeeds.
 #[tokio::test]

@@ -87,6 +87,14 @@
         })
         .then(function (request) {
           if (state) state.textContent = "live";
+          // The server appears once provisioning made (or found) it.
+          var server = document.getElementById("request-server");
+          if (server && request.server_id && !server.querySelector("a")) {
+            server.textContent = "";
+            var link = el("a", null, "open the server");
+            link.href = "/servers/" + encodeURIComponent(request.server_id);
+            server.appendChild(link);
+          }
           var history = Array.isArray(request.history) ? request.history : [];
           if (request.status !== known.status || history.length !== known.steps) {
             known.status = request.status;

@@ -3,8 +3,12 @@
 //! trend, and warnings at 80 % and 100 % of the budget, each raised once per project,
 //! threshold and month.
 //!
+//! Also Hetzner's monthly prices as a sync last read them, so an approval prices a
+//! request's server type without asking Hetzner inside its transaction.
+//!
 //! Tables: `cost_snapshots` (`project_id/YYYY-MM`), `budget_alerts`
-//! (`project_id/YYYY-MM/PERCENT`).
+//! (`project_id/YYYY-MM/PERCENT`), `hetzner_prices` (`server_type/location`; bounded
+//! by Hetzner's catalog).
 
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,6 +17,51 @@ use crate::audit::{self, Actor};
 use crate::notifications;
 use crate::projects::Project;
 use crate::store::{IndexScan, Read, Record, Writer};
+
+/// Hetzner's monthly gross price of one server type in one location, as last read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerTypePrice {
+    /// `server_type/location`.
+    pub id: String,
+    pub monthly: f64,
+    pub read_at: DateTime<Utc>,
+}
+
+impl Record for ServerTypePrice {
+    const TABLE: &'static str = "hetzner_prices";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Keeps the prices a sync read (unchanged ones are not rewritten).
+pub fn record_prices(
+    w: &mut Writer,
+    prices: &super::client::Prices,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    for ((server_type, location), monthly) in prices {
+        let id = format!("{server_type}/{location}");
+        let known: Option<ServerTypePrice> = w.get(&id)?;
+        if known.is_some_and(|k| (k.monthly - monthly).abs() < 1e-9) {
+            continue;
+        }
+        w.put(&ServerTypePrice {
+            id,
+            monthly: *monthly,
+            read_at: now,
+        })?;
+    }
+    Ok(())
+}
+
+/// The monthly price of a server type in a location, if a sync has read it.
+pub fn price_of(r: &impl Read, server_type: &str, location: &str) -> anyhow::Result<Option<f64>> {
+    Ok(
+        r.get::<ServerTypePrice>(&format!("{server_type}/{location}"))?
+            .map(|p| p.monthly),
+    )
+}
 
 /// The thresholds that raise a warning, in percent of the budget.
 pub const THRESHOLDS: [u32; 2] = [80, 100];

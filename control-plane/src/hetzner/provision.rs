@@ -323,15 +323,39 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
     let mut remote = None;
     if let Some(id) = p.hetzner_id {
         remote = client.server(id).await.map_err(hetzner)?;
+        // A server remembered from an earlier attempt that does not carry this
+        // request's label is not its server (an older version adopted whatever the
+        // label query answered): detach it, so a retry is never stuck on it.
+        if let Some(found) = remote.take() {
+            if carries_request_label(&found, &request.id) {
+                remote = Some(found);
+            } else {
+                let reason = format!(
+                    "Hetzner #{} ({}) does not carry the label {REQUEST_LABEL}={}; detached, it is not this request's server",
+                    found.id, found.name, request.id
+                );
+                p.hetzner_id = None;
+                p.server_id = None;
+                note(app, &mut p, "creating", reason.clone());
+                app.store
+                    .write(|w| {
+                        requests::detach_server(w, &Actor::system(), &request.id, &reason)?;
+                        Ok(())
+                    })
+                    .map_err(|e| format!("detaching the server: {e:#}"))?;
+            }
+        }
     }
     if remote.is_none() {
         let selector = format!("{REQUEST_LABEL}={}", request.id);
+        // Adopted only when it carries the request's label: an API that answered an
+        // unrelated server to the label query never gets that server taken over.
         remote = client
             .list_servers_where(None, Some(&selector))
             .await
             .map_err(hetzner)?
             .into_iter()
-            .next();
+            .find(|s| carries_request_label(s, &request.id));
     }
     let remote = match remote {
         Some(found) if resumed => found,
@@ -399,6 +423,16 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Booting ends when Hetzner reports the server running; from here on a failure is
+    // the enrollment's, and that is the step shown failed.
+    if p.step == "booting" {
+        note(
+            app,
+            &mut p,
+            "agent enrolled",
+            "Hetzner reports the server running; waiting for its agent to enroll",
+        );
+    }
 
     // Agent enrolled: the agent attaches itself to our server record by name.
     let enroll_limit = app.config.provision_enroll_timeout;
@@ -419,8 +453,9 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    if p.step != "agent enrolled" {
-        note(app, &mut p, "agent enrolled", format!("agent {agent_id}"));
+    let enrolled_note = format!("agent {agent_id}");
+    if !p.history.iter().any(|h| h.note == enrolled_note) {
+        note(app, &mut p, "agent enrolled", enrolled_note);
     }
 
     // Deployed: the fleet may have moved the request already when the agent enrolled.
@@ -442,6 +477,11 @@ async fn provision(app: &App, request_id: &str) -> Result<(), String> {
         .map_err(|e| format!("{e:#}"))?;
     note(app, &mut p, "deployed", "the server is under management");
     Ok(())
+}
+
+/// Whether a Hetzner server carries the `dynserv-request` label of this request.
+pub fn carries_request_label(server: &models::Server, request_id: &str) -> bool {
+    server.labels.get(REQUEST_LABEL).map(String::as_str) == Some(request_id)
 }
 
 /// Creates the server at Hetzner with a fresh one-time enrollment token.
@@ -526,6 +566,7 @@ async fn record_server(
                 ipv4: None,
                 ipv6: None,
                 labels: Default::default(),
+                notes: None,
                 hetzner_id: None,
                 agent_id: None,
                 monthly_cost: None,

@@ -81,6 +81,7 @@ pub async fn sync_project(
         let outcome = match &fetched {
             Ok((remote, prices)) => {
                 let outcome = apply(w, &project, remote, prices, now)?;
+                super::budget::record_prices(w, prices, now)?;
                 project.last_sync = Some(SyncStatus {
                     at: now,
                     ok: true,
@@ -261,6 +262,7 @@ fn new_server(project: &Project, now: DateTime<Utc>) -> Server {
         ipv4: None,
         ipv6: None,
         labels: Default::default(),
+        notes: None,
         hetzner_id: None,
         agent_id: None,
         monthly_cost: None,

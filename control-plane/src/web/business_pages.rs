@@ -262,6 +262,19 @@ fn request_page_data(app: &App, ctx: &Ctx, id: &str) -> AppResult<(Value, String
     data["provisioning"] = app
         .store
         .read(|r| crate::hetzner::provision::view(r, TokenRule::of(app), &request.id))?;
+    // Before provisioning starts the steps wait, hidden, so that whoever watches the
+    // page (the requester too) sees them appear and advance without a reload.
+    data["provisioning_waiting"] = if data["provisioning"].is_null()
+        && matches!(request.status, Status::Pending | Status::Approved)
+    {
+        let steps: Vec<Value> = crate::hetzner::provision::STEPS
+            .iter()
+            .map(|name| json!({"name": name, "state": "pending"}))
+            .collect();
+        json!({"request_id": request.id, "steps": steps})
+    } else {
+        Value::Null
+    };
     Ok((data, title))
 }
 

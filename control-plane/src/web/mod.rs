@@ -19,6 +19,8 @@ pub mod render;
 pub mod router;
 pub mod scripts_api;
 pub mod scripts_pages;
+pub mod ssh_api;
+pub mod ssh_pages;
 pub mod ws;
 
 use std::collections::HashMap;

@@ -516,6 +516,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "statuses": servers::STATUSES,
             "filtered": super::api::SERVER_FILTERS.iter().any(|n| req.text_filter(n).is_some()),
             "pager": pager_by_name(req, &paging, page.next.as_deref()),
+            "can_add": policy::can(&ctx.subject, Action::EditProject, None),
         }))
     })?;
     page(app, req, ctx, "servers", "Servers", data)
@@ -541,6 +542,8 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     });
     let mut data = data;
     data["hetzner"] = super::hetzner_pages::server_panel(app, ctx, &server)?;
+    data["ssh"] = super::ssh_pages::server_panel(app, ctx, &server)?;
+    data["notes"] = json!(server.notes);
     page(app, req, ctx, "server", &server.name, data)
 }
 
@@ -629,6 +632,7 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let mut data = data;
     let project_id = data["project"]["id"].as_str().unwrap_or("").to_string();
     data["hetzner"] = super::hetzner_pages::project_panel(app, ctx, &project_id)?;
+    data["ssh"] = super::ssh_pages::project_panel(app, ctx, &project_id)?;
     page(app, req, ctx, "project", &title, data)
 }
 

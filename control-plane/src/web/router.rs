@@ -4,7 +4,10 @@
 
 use warp::http::{Method, StatusCode};
 
-use super::{api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, Req, Resp};
+use super::{
+    api, assets, fleet_api, fleet_pages, hetzner_api, hetzner_pages, pages, ssh_api, ssh_pages,
+    Req, Resp,
+};
 use crate::app::App;
 use crate::error::AppError;
 
@@ -51,6 +54,21 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["me"]) => api::me(app, &ctx),
         (&Method::GET, ["servers"]) => api::servers(app, req, &ctx),
         (&Method::GET, ["servers", id]) => api::server(app, &ctx, id),
+        // Bringing existing servers in: by hand, SSH settings and tests, agent installs.
+        (&Method::POST, ["servers"]) => ssh_api::create_server_api(app, req, &ctx),
+        (&Method::GET, ["projects", id, "ssh"]) => ssh_api::get_settings(app, &ctx, id),
+        (&Method::PUT, ["projects", id, "ssh"]) => ssh_api::put_settings(app, req, &ctx, id),
+        (&Method::DELETE, ["projects", id, "ssh"]) => ssh_api::delete_settings(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "install-agent"]) => {
+            ssh_api::install_project(app, req, &ctx, id)
+        }
+        (&Method::GET, ["servers", id, "ssh"]) => ssh_api::server_state(app, &ctx, id),
+        (&Method::POST, ["servers", id, "ssh-test"]) => ssh_api::test(app, req, &ctx, id).await,
+        (&Method::POST, ["servers", id, "ssh-host-key", "accept"]) => {
+            ssh_api::accept_host_key(app, req, &ctx, id)
+        }
+        (&Method::POST, ["servers", id, "install-agent"]) => ssh_api::install(app, req, &ctx, id),
+        (&Method::GET, ["agent-installs", id]) => ssh_api::get_install(app, &ctx, id),
         (&Method::GET, ["projects"]) => api::projects(app, req, &ctx),
         (&Method::POST, ["projects"]) => api::create_project(app, req, &ctx),
         (&Method::GET, ["projects", id]) => api::project(app, &ctx, id),
@@ -194,7 +212,21 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, []) => pages::dashboard(app, req, &ctx),
         (&Method::POST, ["logout"]) => pages::logout(app, req, &ctx),
         (&Method::GET, ["servers"]) => pages::servers(app, req, &ctx),
+        (&Method::GET, ["servers", "new"]) => ssh_pages::new_server_form(app, req, &ctx),
+        (&Method::POST, ["servers", "new"]) => ssh_pages::new_server_save(app, req, &ctx),
         (&Method::GET, ["servers", id]) => pages::server(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "ssh-test"]) => ssh_pages::test(app, req, &ctx, id).await,
+        (&Method::POST, ["servers", id, "ssh-accept"]) => ssh_pages::accept(app, req, &ctx, id),
+        (&Method::POST, ["servers", id, "install-agent"]) => ssh_pages::install(app, req, &ctx, id),
+        (&Method::GET, ["agent-installs", id]) => ssh_pages::install_page(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "ssh"]) => ssh_pages::settings_form(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "ssh"]) => ssh_pages::settings_save(app, req, &ctx, id),
+        (&Method::POST, ["projects", id, "ssh", "delete"]) => {
+            ssh_pages::settings_delete(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "install-agent"]) => {
+            ssh_pages::install_project(app, req, &ctx, id)
+        }
         (&Method::GET, ["projects"]) => pages::projects(app, req, &ctx),
         (&Method::GET, ["projects", "new"]) => pages::project_form(app, req, &ctx, None),
         (&Method::POST, ["projects", "new"]) => pages::project_save(app, req, &ctx, None),

@@ -197,9 +197,10 @@ fn api(
                 .values()
                 .filter(|s| params.get("name").is_none_or(|n| &s.name == n))
                 .filter(|s| {
-                    params
-                        .get("label_selector")
-                        .is_none_or(|sel| matches_selector(&s.labels, sel))
+                    state.ignore_label_selector
+                        || params
+                            .get("label_selector")
+                            .is_none_or(|sel| matches_selector(&s.labels, sel))
                 })
                 .collect();
             let servers: Vec<Value> = selected

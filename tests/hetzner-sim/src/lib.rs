@@ -187,6 +187,30 @@ impl Simulator {
         });
     }
 
+    /// Renames a server and replaces its labels, as someone editing it in Hetzner's
+    /// console would.
+    pub fn edit_server(
+        &self,
+        id: i64,
+        name: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) {
+        self.with_state(|s| {
+            for p in s.projects.values_mut() {
+                if let Some(server) = p.servers.get_mut(&id) {
+                    server.name = name.to_string();
+                    server.labels = labels.clone();
+                }
+            }
+        });
+    }
+
+    /// Makes server lists ignore `label_selector` (true) or honour it again (false), as
+    /// an API that answers unrelated servers to a label query would.
+    pub fn set_ignore_label_selector(&self, ignore: bool) {
+        self.with_state(|s| s.ignore_label_selector = ignore);
+    }
+
     /// How long actions started from now on stay `running` before they succeed.
     pub fn set_action_duration(&self, duration: std::time::Duration) {
         let duration = chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);

@@ -349,6 +349,9 @@ pub struct State {
     pub log: Vec<LoggedRequest>,
     /// How long actions run before they succeed.
     pub action_duration: Duration,
+    /// Answer server lists as if `label_selector` were not given (a misbehaving API,
+    /// for the test that a lookup by label never adopts an unrelated server).
+    pub ignore_label_selector: bool,
     next_server_id: i64,
     next_action_id: i64,
 }
@@ -402,6 +405,7 @@ impl State {
             faults: VecDeque::new(),
             log: Vec::new(),
             action_duration,
+            ignore_label_selector: false,
             next_server_id: 1000,
             next_action_id: 5000,
         }
