@@ -813,6 +813,8 @@ fn encode<T: Record>(sealing: &OnceLock<Keys>, record: &T) -> Result<Vec<u8>> {
     Ok(keys.encrypt(&json).into_bytes())
 }
 
+// One lives per read transaction, on the stack: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum ReadTxn {
     Redb(redb::ReadTransaction),
     Pg(pg::Txn),

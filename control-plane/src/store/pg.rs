@@ -1278,10 +1278,10 @@ impl Pending {
         let mut push = |sql: &'static str, columns: Vec<Column>| {
             out.push(Statement { sql, columns });
         };
-        fn pairs<'a, T>(
-            map: &'a HashMap<(String, String), Slot<T>>,
+        fn pairs<T>(
+            map: &HashMap<(String, String), Slot<T>>,
             live: bool,
-        ) -> Vec<(&'a (String, String), Option<&'a T>)> {
+        ) -> Vec<(&(String, String), Option<&T>)> {
             map.iter()
                 .filter(|(_, s)| s.dirty && s.value.is_some() == live)
                 .map(|(k, s)| (k, s.value.as_ref()))
