@@ -1269,70 +1269,68 @@ const UPSERT_META: &str = "INSERT INTO dynserv_meta (key, value)
      SELECT * FROM unnest($1::text[], $2::bytea[])
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
+/// The statements for the changed keys of a table keyed by two texts (records by
+/// table and id, index entries by index and key): upserts of the live values, with
+/// `values` making their column, and deletes of the removed keys.
+fn keyed_statements<T: Clone>(
+    out: &mut Vec<Statement>,
+    map: &HashMap<(String, String), Slot<T>>,
+    upsert: &'static str,
+    delete: &'static str,
+    values: fn(Vec<T>) -> Column,
+) {
+    let mut live = Vec::new();
+    let mut gone = Vec::new();
+    for (key, slot) in map.iter().filter(|(_, s)| s.dirty) {
+        match &slot.value {
+            Some(value) => live.push((key, value)),
+            None => gone.push(key),
+        }
+    }
+    for part in live.chunks(ROWS_PER_STATEMENT) {
+        out.push(Statement {
+            sql: upsert,
+            columns: vec![
+                Column::Text(part.iter().map(|((a, _), _)| a.clone()).collect()),
+                Column::Text(part.iter().map(|((_, b), _)| b.clone()).collect()),
+                values(part.iter().map(|(_, v)| (*v).clone()).collect()),
+            ],
+        });
+    }
+    for part in gone.chunks(ROWS_PER_STATEMENT) {
+        out.push(Statement {
+            sql: delete,
+            columns: vec![
+                Column::Text(part.iter().map(|(a, _)| a.clone()).collect()),
+                Column::Text(part.iter().map(|(_, b)| b.clone()).collect()),
+            ],
+        });
+    }
+}
+
 impl Pending {
     /// The statements that write every pending change, at most
     /// [`ROWS_PER_STATEMENT`] rows each. Each key appears once, with its last value,
     /// so the statements do not depend on one another and can run pipelined.
     fn statements(&self) -> Vec<Statement> {
         let mut out = Vec::new();
+        keyed_statements(
+            &mut out,
+            &self.records,
+            UPSERT_RECORDS,
+            DELETE_RECORDS,
+            Column::Bytes,
+        );
+        keyed_statements(
+            &mut out,
+            &self.index,
+            UPSERT_INDEX,
+            DELETE_INDEX,
+            Column::Text,
+        );
         let mut push = |sql: &'static str, columns: Vec<Column>| {
             out.push(Statement { sql, columns });
         };
-        fn pairs<T>(
-            map: &HashMap<(String, String), Slot<T>>,
-            live: bool,
-        ) -> Vec<(&(String, String), Option<&T>)> {
-            map.iter()
-                .filter(|(_, s)| s.dirty && s.value.is_some() == live)
-                .map(|(k, s)| (k, s.value.as_ref()))
-                .collect()
-        }
-        for part in pairs(&self.records, true).chunks(ROWS_PER_STATEMENT) {
-            push(
-                UPSERT_RECORDS,
-                vec![
-                    Column::Text(part.iter().map(|((t, _), _)| t.clone()).collect()),
-                    Column::Text(part.iter().map(|((_, i), _)| i.clone()).collect()),
-                    Column::Bytes(
-                        part.iter()
-                            .map(|(_, v)| v.cloned().unwrap_or_default())
-                            .collect(),
-                    ),
-                ],
-            );
-        }
-        for part in pairs(&self.records, false).chunks(ROWS_PER_STATEMENT) {
-            push(
-                DELETE_RECORDS,
-                vec![
-                    Column::Text(part.iter().map(|((t, _), _)| t.clone()).collect()),
-                    Column::Text(part.iter().map(|((_, i), _)| i.clone()).collect()),
-                ],
-            );
-        }
-        for part in pairs(&self.index, true).chunks(ROWS_PER_STATEMENT) {
-            push(
-                UPSERT_INDEX,
-                vec![
-                    Column::Text(part.iter().map(|((n, _), _)| n.clone()).collect()),
-                    Column::Text(part.iter().map(|((_, k), _)| k.clone()).collect()),
-                    Column::Text(
-                        part.iter()
-                            .map(|(_, v)| v.cloned().unwrap_or_default())
-                            .collect(),
-                    ),
-                ],
-            );
-        }
-        for part in pairs(&self.index, false).chunks(ROWS_PER_STATEMENT) {
-            push(
-                DELETE_INDEX,
-                vec![
-                    Column::Text(part.iter().map(|((n, _), _)| n.clone()).collect()),
-                    Column::Text(part.iter().map(|((_, k), _)| k.clone()).collect()),
-                ],
-            );
-        }
         for part in self.logs.chunks(ROWS_PER_STATEMENT) {
             push(
                 INSERT_LOGS,
