@@ -14,7 +14,10 @@
 //! `exec_by_agent`, `exec_by_server`, `exec_by_project`,
 //! `exec_by_status`, `exec_by_kind`, `exec_by_script`, `exec_by_rollout`,
 //! `exec_by_user` (`value/id`), and `exec_expiry` (`expires_at/id` of queued ones,
-//! so the expiry sweep reads only what expired). Counts per status are kept
+//! so the expiry sweep reads only what expired). A text search (`q`) that only few
+//! names match reads `exec_by_term` (`term key/id`, one per distinct lower-case name
+//! and agent name), finding the terms through `exec_term_sfx` (each suffix of each
+//! term, kept in `exec_terms`); a text most executions match scans `exec_all`. Counts per status are kept
 //! (`executions/STATUS`). [`query`] reads one page of a filtered list; [`prune`]
 //! deletes ended executions past retention with their logs, in small batches.
 //!
@@ -50,6 +53,22 @@ const BY_SCRIPT: &str = "exec_by_script";
 const BY_ROLLOUT: &str = "exec_by_rollout";
 const BY_USER: &str = "exec_by_user";
 const EXPIRY: &str = "exec_expiry";
+/// `term key/id`: the executions whose name or agent name is one search term.
+const BY_TERM: &str = "exec_by_term";
+/// `term key` → the term: every distinct search term of a stored execution.
+const TERMS: &str = "exec_terms";
+/// `suffix\u{1}term key`: each suffix of each term, so the terms containing a text
+/// are the entries starting with it.
+const TERM_SUFFIXES: &str = "exec_term_sfx";
+
+/// Characters of a term's suffix kept in [`TERM_SUFFIXES`]; a longer search text is
+/// looked for by scanning (it is rare, and then usually dense).
+const SUFFIX_CHARS: usize = 64;
+/// Characters of a term whose suffixes are indexed.
+const TERM_CHARS: usize = 200;
+/// A search text contained in more distinct terms than this is common enough that
+/// scanning every execution's search text finds a page sooner than merging the terms.
+const MAX_TERM_SOURCES: usize = 32;
 
 /// Index entries a filtered list examines at most per page; past it the page comes
 /// back short with a cursor to go on from, so a rare filter never makes one request
@@ -678,6 +697,117 @@ fn search_text(e: &Execution) -> String {
     )
 }
 
+/// The distinct search terms of an execution (its name and agent name, lower case)
+/// with their keys.
+fn search_terms(e: &Execution) -> Vec<(String, String)> {
+    let mut terms = vec![e.name.to_lowercase()];
+    let agent = e.agent_name.to_lowercase();
+    if agent != terms[0] {
+        terms.push(agent);
+    }
+    terms
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .map(|t| (term_key(&t), t))
+        .collect()
+}
+
+/// A term's fixed-length key: the start of its SHA-256, so any text (slashes, any
+/// length) makes a well-formed index key.
+fn term_key(term: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(term.as_bytes())[..8])
+}
+
+/// The suffix-index keys of a term: each suffix (at most [`SUFFIX_CHARS`]
+/// characters of it) starting in its first [`TERM_CHARS`] characters.
+fn suffix_keys(term: &str, key: &str) -> Vec<String> {
+    let starts: Vec<usize> = term
+        .char_indices()
+        .map(|(i, _)| i)
+        .take(TERM_CHARS)
+        .collect();
+    let mut out: Vec<String> = starts
+        .into_iter()
+        .map(|i| {
+            let suffix: String = term[i..].chars().take(SUFFIX_CHARS).collect();
+            format!("{suffix}\u{1}{key}")
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Adds an execution to its terms' lists, and a term seen for the first time to the
+/// dictionary with its suffixes.
+fn index_terms(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    for (key, term) in search_terms(e) {
+        w.index_put(BY_TERM, &format!("{key}/{}", e.id), &e.id)?;
+        if w.index_get(TERMS, &key)?.is_none() {
+            w.index_put(TERMS, &key, &term)?;
+            for suffix in suffix_keys(&term, &key) {
+                w.index_put(TERM_SUFFIXES, &suffix, &key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes an execution from its terms' lists, and a term no execution has any more
+/// from the dictionary.
+fn unindex_terms(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    for (key, term) in search_terms(e) {
+        w.index_delete(BY_TERM, &format!("{key}/{}", e.id))?;
+        let rest = w.index_page(&crate::store::IndexScan::prefix(
+            BY_TERM,
+            &format!("{key}/"),
+            1,
+        ))?;
+        if rest.is_empty() && w.index_get(TERMS, &key)?.is_some() {
+            w.index_delete(TERMS, &key)?;
+            for suffix in suffix_keys(&term, &key) {
+                w.index_delete(TERM_SUFFIXES, &suffix)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads, in one query where the backend can, whether the agent names of
+/// executions about to be created are known terms (a fan-out creates thousands at
+/// once; the name they share is read once and then known to the transaction).
+pub fn prefetch_terms(w: &Writer, agent_names: &[String]) -> anyhow::Result<()> {
+    let mut keys: Vec<String> = agent_names
+        .iter()
+        .map(|n| term_key(&n.to_lowercase()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    w.prefetch_index(TERMS, &keys)
+}
+
+/// The keys of the terms that contain `needle` (lower case), when they are few
+/// enough to walk their lists; `None` when the text is too long or too common.
+fn terms_containing(r: &impl Read, needle: &str) -> anyhow::Result<Option<Vec<String>>> {
+    if needle.is_empty() || needle.chars().count() > SUFFIX_CHARS {
+        return Ok(None);
+    }
+    // Suffixes of one term repeat a key (a needle found twice in it): read a few
+    // times the terms wanted.
+    let read = MAX_TERM_SOURCES * 8;
+    let page = r.index_page(&crate::store::IndexScan::prefix(
+        TERM_SUFFIXES,
+        needle,
+        read,
+    ))?;
+    let mut keys: Vec<String> = page.into_iter().map(|(_, key)| key).collect();
+    let complete = keys.len() < read;
+    keys.sort_unstable();
+    keys.dedup();
+    Ok((complete && keys.len() <= MAX_TERM_SOURCES).then_some(keys))
+}
+
 fn index_key(e: &Execution) -> String {
     format!("{}/{}", e.agent_id, e.id)
 }
@@ -721,6 +851,7 @@ fn index_new(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             w.index_put(index, &key, &e.id)?;
         }
     }
+    index_terms(w, e)?;
     if e.status == Status::Queued {
         w.index_put(EXPIRY, &expiry_key(e), &e.id)?;
     }
@@ -749,6 +880,7 @@ fn unindex(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
     for (index, key) in list_index_keys(e) {
         w.index_delete(index, &key)?;
     }
+    unindex_terms(w, e)?;
     w.index_delete(ACTIVE, &index_key(e))?;
     w.index_delete(EXPIRY, &expiry_key(e))?;
     w.counter_add("executions", -1)?;
@@ -873,6 +1005,26 @@ pub fn backfill_search_text(w: &mut Writer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Schema step: the term lists and dictionary a text search reads, for executions
+/// stored before they were kept.
+pub fn backfill_terms(w: &mut Writer) -> anyhow::Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let scan = crate::store::IndexScan::prefix(ALL, "", 1000).after(after.clone());
+        let page = w.index_page(&scan)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+        for e in w.get_many::<Execution>(&ids)?.into_iter().flatten() {
+            index_terms(w, &e)?;
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Schema step: indexes and counts for executions stored before lists read pages.
 pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
     let all: Vec<Execution> = w.list()?;
@@ -982,21 +1134,36 @@ impl Filter {
             })
     }
 
-    /// The indexes to walk: the most selective equality filter's, or one per
-    /// visible project for a subject that sees only some, or all executions.
-    fn sources(&self, visible_projects: Option<&[String]>) -> Vec<(&'static str, String)> {
-        let pick = [
+    /// The equality filters that have their own index, most selective first.
+    fn equalities(&self) -> [(&'static str, &Option<String>); 6] {
+        [
             (BY_AGENT, &self.agent_id),
             (BY_ROLLOUT, &self.rollout_id),
             (BY_SCRIPT, &self.script_id),
             (BY_SERVER, &self.server_id),
             (BY_PROJECT, &self.project_id),
             (BY_USER, &self.started_by),
-        ];
-        for (index, value) in pick {
+        ]
+    }
+
+    /// The indexes to walk: the most selective equality filter's, or the lists of
+    /// the few terms a search text is found in, or one per visible project for a
+    /// subject that sees only some, or all executions.
+    fn sources(
+        &self,
+        visible_projects: Option<&[String]>,
+        terms: Option<&[String]>,
+    ) -> Vec<(&'static str, String)> {
+        for (index, value) in self.equalities() {
             if let Some(value) = value {
                 return vec![(index, format!("{value}/"))];
             }
+        }
+        if let Some(terms) = terms {
+            return terms
+                .iter()
+                .map(|key| (BY_TERM, format!("{key}/")))
+                .collect();
         }
         if let Some(projects) = visible_projects {
             return projects
@@ -1074,8 +1241,13 @@ pub fn query(
         (None, None) => None,
     };
     let lower_id = filter.since.map(id_floor).unwrap_or_default();
+    let needle = filter.text.as_ref().map(|q| q.to_lowercase());
+    let terms = match &needle {
+        Some(q) if filter.equalities().iter().all(|(_, v)| v.is_none()) => terms_containing(r, q)?,
+        _ => None,
+    };
     let mut sources: Vec<Source> = filter
-        .sources(visible.as_deref())
+        .sources(visible.as_deref(), terms.as_deref())
         .into_iter()
         .map(|(index, prefix)| {
             let mut scan = crate::store::IndexScan::prefix(index, &prefix, 256).backward();
@@ -1089,7 +1261,6 @@ pub fn query(
             }
         })
         .collect();
-    let needle = filter.text.as_ref().map(|q| q.to_lowercase());
     let mut items = Vec::new();
     let mut examined = 0usize;
     let mut last_examined: Option<String> = None;
@@ -1830,8 +2001,10 @@ mod tests {
             })
             .unwrap();
         let admin = subject(Role::Admin, &[]);
+        // Every execution runs on an agent named "web-…", none failed.
         let nothing = Filter {
-            text: Some("no such job".into()),
+            text: Some("WEB-".into()),
+            status: Some(Status::Failed),
             ..Default::default()
         };
         let page = store
@@ -1937,6 +2110,131 @@ mod tests {
             })
             .unwrap();
         assert_eq!(walk(&store, &admin, &search("job 3"), 10), vec!["job 3"]);
+    }
+
+    /// A text few names contain is found through those terms' lists, page by page
+    /// with no gap or duplicate, without scanning the other executions; a text most
+    /// names contain falls back to the scan and finds the same; pruning the last
+    /// execution of a term forgets the term; the schema step gives an older store
+    /// its terms.
+    #[test]
+    fn rare_text_walks_the_term_lists() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let now = Utc::now();
+        // 300 executions on 100 agents ("db-000" … "db-099"), named after 3 scripts.
+        store
+            .write(|w| {
+                for n in 0..300u32 {
+                    let mut e = sample(
+                        n,
+                        "p1",
+                        Status::Succeeded,
+                        now - Duration::minutes(i64::from(n)),
+                    );
+                    e.agent_name = format!("DB-{:03}", n % 100);
+                    e.name = format!("Deploy/{}", ["alpha", "beta", "gamma"][(n % 3) as usize]);
+                    seed_for_bench(w, &e, &[])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let admin = subject(Role::Admin, &[]);
+        let search = |q: &str| Filter {
+            text: Some(q.into()),
+            ..Default::default()
+        };
+        let agents_of = |q: &str, limit: usize| -> Vec<String> {
+            let mut cursor: Option<String> = None;
+            let mut seen = Vec::new();
+            loop {
+                let page = store
+                    .read(|r| query(r, &admin, &search(q), cursor.as_deref(), limit))
+                    .unwrap();
+                seen.extend(
+                    page.items
+                        .iter()
+                        .map(|e| format!("{} {}", e.agent_name, e.name)),
+                );
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return seen,
+                }
+            }
+        };
+        // Only the agent name "db-042" contains "b-042".
+        store
+            .read(|r| {
+                assert_eq!(terms_containing(r, "b-042")?.map(|t| t.len()), Some(1));
+                assert_eq!(terms_containing(r, "eploy/")?.map(|t| t.len()), Some(3));
+                // 100 agent names contain "db-": too many to merge.
+                assert_eq!(terms_containing(r, "db-")?, None);
+                assert_eq!(terms_containing(r, "nowhere")?, Some(vec![]));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            agents_of("B-042", 2),
+            vec![
+                "DB-042 Deploy/alpha",
+                "DB-042 Deploy/beta",
+                "DB-042 Deploy/gamma"
+            ]
+        );
+        // "y/be" is in one script name; the other terms' executions are not read.
+        let beta = agents_of("y/be", 7);
+        assert_eq!(beta.len(), 100);
+        assert!(beta.iter().all(|s| s.ends_with("Deploy/beta")));
+        // Through the scan: the same executions, newest first.
+        let scanned = agents_of("db-0", 50);
+        assert_eq!(scanned.len(), 300);
+        assert_eq!(scanned[0], "DB-000 Deploy/alpha");
+        assert!(agents_of("nowhere", 10).is_empty());
+        // Retention forgets a term once its last execution is gone: "db-060" ran
+        // 60, 160 and 260 minutes ago.
+        prune(&store, now - Duration::minutes(250), 1000).unwrap();
+        assert_eq!(
+            agents_of("db-060", 10),
+            vec!["DB-060 Deploy/alpha", "DB-060 Deploy/beta"]
+        );
+        store
+            .read(|r| {
+                assert_eq!(r.index_scan(TERMS, "")?.len(), 100 + 3);
+                Ok(())
+            })
+            .unwrap();
+        // Only the executions of the last 50 minutes stay: agents db-000 … db-050.
+        prune(&store, now - Duration::seconds(50 * 60 + 30), 1000).unwrap();
+        assert_eq!(agents_of("db-060", 10), Vec::<String>::new());
+        store
+            .read(|r| {
+                assert_eq!(terms_containing(r, "db-060")?, Some(vec![]));
+                assert_eq!(r.index_scan(TERMS, "")?.len(), 51 + 3);
+                assert_eq!(
+                    r.index_scan(TERM_SUFFIXES, "")?.len(),
+                    r.index_scan(TERMS, "")?
+                        .iter()
+                        .map(|(key, term)| suffix_keys(term, key).len())
+                        .sum::<usize>()
+                );
+                Ok(())
+            })
+            .unwrap();
+        // An older store without term lists gets them from the schema step.
+        store
+            .write(|w| {
+                for index in [BY_TERM, TERMS, TERM_SUFFIXES] {
+                    for (key, _) in w.index_scan(index, "")? {
+                        w.index_delete(index, &key)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(agents_of("db-042", 10).is_empty());
+        store.write(backfill_terms).unwrap();
+        assert_eq!(agents_of("db-042", 10), vec!["DB-042 Deploy/alpha"]);
     }
 
     /// An execution seeded for a benchmark is stored as the product leaves an ended

@@ -148,7 +148,7 @@ fn note_call_site() {
 
 /// The schema version this binary writes. Each step in [`MIGRATIONS`] moves the stored
 /// version up by one.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Ordered migrations: entry `i` moves the schema from version `i` to `i + 1`. They
 /// are written against [`Writer`] alone, so they run the same on both backends.
@@ -160,6 +160,7 @@ const MIGRATIONS: &[Migration] = &[
     crate::notifications::backfill_counts,
     crate::listing::backfill_indexes,
     crate::executions::backfill_search_text,
+    crate::executions::backfill_terms,
 ];
 
 /// Version 1 is the first schema: it only needs its fixed tables to exist.
@@ -891,6 +892,10 @@ pub(crate) trait RawRead {
     fn prefetch_counters(&self, _names: &[&str]) -> Result<()> {
         Ok(())
     }
+    /// [`RawRead::prefetch`] for index entries (their `index_get`).
+    fn prefetch_index(&self, _index: &str, _keys: &[&str]) -> Result<()> {
+        Ok(())
+    }
     /// Whether the chunk `seq` of an execution's log is stored.
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
         Ok(self
@@ -972,6 +977,8 @@ pub trait Read {
     fn prefetch<T: Record>(&self, ids: &[String]) -> Result<()>;
     /// [`Read::prefetch`] for kept counts (a dashboard reading three per project).
     fn prefetch_counters(&self, names: &[String]) -> Result<()>;
+    /// [`Read::prefetch`] for index entries: what `index_get` will ask of `index`.
+    fn prefetch_index(&self, index: &str, keys: &[String]) -> Result<()>;
     /// Every record of a type, in id order.
     fn list<T: Record>(&self) -> Result<Vec<T>>;
     /// The id an index entry points at.
@@ -1028,6 +1035,14 @@ macro_rules! impl_read {
                 }
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
                 self.raw().prefetch_counters(&names)
+            }
+
+            fn prefetch_index(&self, index: &str, keys: &[String]) -> Result<()> {
+                if keys.is_empty() {
+                    return Ok(());
+                }
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.raw().prefetch_index(index, &keys)
             }
 
             fn prefetch<T: Record>(&self, ids: &[String]) -> Result<()> {

@@ -802,6 +802,37 @@ impl RawRead for Txn {
         Ok(())
     }
 
+    fn prefetch_index(&self, index: &str, keys: &[&str]) -> Result<()> {
+        let asked: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| {
+                let entry = (index.to_string(), k.to_string());
+                self.cached(|p| p.index.get(&entry).map(|_| ())).is_none()
+            })
+            .collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let rows = self.query(
+            "SELECT key, id FROM dynserv_index WHERE name = $1 AND key = ANY($2)",
+            &[&index, &asked],
+        )?;
+        let found: HashMap<String, String> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        for key in asked {
+            let value = found.get(key).cloned();
+            self.remember(
+                |p| &mut p.index,
+                (index.to_string(), key.to_string()),
+                &value,
+            );
+        }
+        Ok(())
+    }
+
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
         let pending = &self.pending;
         if !self.writer {
