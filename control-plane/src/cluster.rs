@@ -49,6 +49,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const REPLICA_STALE_S: i64 = 30;
 /// Most messages sent in one statement.
 const SEND_BATCH: usize = 500;
+/// Most messages received handed to the receiver at once.
+const RECEIVE_BATCH: usize = 5_000;
 
 /// What one replica tells the others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +121,13 @@ impl Record for Presence {
 pub trait Receiver: Send + Sync + 'static {
     /// Acts on one message from another replica.
     fn receive(&self, message: Message);
+    /// Acts on messages that arrived together, in order (a receiver may read the
+    /// store once for several of them).
+    fn receive_all(&self, messages: Vec<Message>) {
+        for message in messages {
+            self.receive(message);
+        }
+    }
     /// Catches up on what messages may have been missed while not listening (after
     /// the listener's connection was lost): jobs waiting for agents connected here.
     fn resync(&self);
@@ -346,21 +355,35 @@ async fn listener(store: Store, me: String, receiver: Arc<dyn Receiver>) {
         }
         let catching_up = receiver.clone();
         let _ = tokio::task::spawn_blocking(move || catching_up.resync()).await;
-        while let Some(message) = messages.recv().await {
-            let tokio_postgres::AsyncMessage::Notification(note) = message else {
-                continue;
-            };
-            let Ok(envelope) = serde_json::from_str::<Envelope>(note.payload()) else {
-                tracing::warn!("cluster listener: a message it cannot read");
-                continue;
-            };
-            if envelope.o == me {
+        while let Some(first) = messages.recv().await {
+            // What arrived meanwhile is acted on together (a fan-out sends thousands).
+            let mut arrived = vec![first];
+            while arrived.len() < RECEIVE_BATCH {
+                match messages.try_recv() {
+                    Ok(next) => arrived.push(next),
+                    Err(_) => break,
+                }
+            }
+            let mut batch = Vec::with_capacity(arrived.len());
+            for message in arrived {
+                let tokio_postgres::AsyncMessage::Notification(note) = message else {
+                    continue;
+                };
+                let Ok(envelope) = serde_json::from_str::<Envelope>(note.payload()) else {
+                    tracing::warn!("cluster listener: a message it cannot read");
+                    continue;
+                };
+                if envelope.o != me {
+                    batch.push(envelope.m);
+                }
+            }
+            if batch.is_empty() {
                 continue;
             }
             let receiver = receiver.clone();
-            // The receiver may read the store: off the runtime's workers, one message
-            // at a time so an execution's output stays in order.
-            let _ = tokio::task::spawn_blocking(move || receiver.receive(envelope.m)).await;
+            // The receiver may read the store: off the runtime's workers, one batch
+            // at a time and in order so an execution's output stays in order.
+            let _ = tokio::task::spawn_blocking(move || receiver.receive_all(batch)).await;
         }
         drop(client);
         tracing::warn!("cluster listener: connection lost; listening again");

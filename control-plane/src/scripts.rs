@@ -1046,9 +1046,29 @@ fn forget_execution_secrets(w: &mut Writer, execution_id: &str) -> anyhow::Resul
 /// The job sent to the agent: the stored work plus the secret variables, which the
 /// agent masks in its output.
 pub fn job_spec_with_secrets(store: &Store, execution: &Execution) -> anyhow::Result<JobSpec> {
-    let mut spec = execution.job_spec();
-    let Some(secrets) = store.get::<ExecutionSecrets>(&execution.id)? else {
-        return Ok(spec);
+    let secrets = store.get::<ExecutionSecrets>(&execution.id)?;
+    Ok(with_secrets(execution.job_spec(), secrets))
+}
+
+/// [`job_spec_with_secrets`] for several executions, their secrets read together
+/// (one query on PostgreSQL), in the order given.
+pub fn job_specs_with_secrets(
+    r: &impl Read,
+    executions: &[Execution],
+) -> anyhow::Result<Vec<JobSpec>> {
+    let ids: Vec<String> = executions.iter().map(|e| e.id.clone()).collect();
+    let secrets = r.get_many::<ExecutionSecrets>(&ids)?;
+    Ok(executions
+        .iter()
+        .zip(secrets)
+        .map(|(execution, secrets)| with_secrets(execution.job_spec(), secrets))
+        .collect())
+}
+
+/// A job with an execution's secret values added (the agent masks them in output).
+fn with_secrets(mut spec: JobSpec, secrets: Option<ExecutionSecrets>) -> JobSpec {
+    let Some(secrets) = secrets else {
+        return spec;
     };
     match &mut spec.kind {
         JobKind::Script { env, .. } => env.extend(secrets.values.clone()),
@@ -1056,7 +1076,7 @@ pub fn job_spec_with_secrets(store: &Store, execution: &Execution) -> anyhow::Re
         _ => {}
     }
     spec.secrets = secrets.values.into_values().collect();
-    Ok(spec)
+    spec
 }
 
 /// The API view of a script.

@@ -500,7 +500,7 @@ async fn serve_admitted(
     facts: dynserv_shared::proto::Facts,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    dispatch_rx: mpsc::UnboundedReceiver<String>,
+    dispatch_rx: mpsc::UnboundedReceiver<super::Dispatched>,
 ) -> Result<()> {
     write_frame(
         send,
@@ -581,7 +581,11 @@ async fn control_loop(
 
 /// Sends every queued or running execution of the agent, then each new one as it is
 /// dispatched.
-async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn dispatcher(
+    fleet: Fleet,
+    conn: Arc<AgentConn>,
+    mut rx: mpsc::UnboundedReceiver<super::Dispatched>,
+) {
     let store = fleet.inner.store.clone();
     let agent_id = conn.agent_id.clone();
     let active = {
@@ -615,21 +619,29 @@ async fn dispatcher(fleet: Fleet, conn: Arc<AgentConn>, mut rx: mpsc::UnboundedR
                     );
                     continue;
                 }
-                start_driver(&fleet, &conn, execution);
+                start_driver(&fleet, &conn, execution, None);
             }
         }
         Err(e) => tracing::error!(agent = %agent_id, "listing queued executions: {e:#}"),
     }
-    while let Some(id) = rx.recv().await {
-        let reader = store.clone();
-        let found =
-            crate::store::blocking(move || reader.get::<Execution>(&id).map(|e| (id, e))).await;
-        match found.map(|(_, e)| e) {
-            Ok(Some(execution)) if !execution.status.is_final() => {
-                start_driver(&fleet, &conn, execution)
+    while let Some(dispatched) = rx.recv().await {
+        let (execution, spec) = match dispatched {
+            // Read with its job where it was created or received: nothing to read.
+            super::Dispatched::Ready(execution, spec) => (*execution, spec),
+            super::Dispatched::Id(id) => {
+                let reader = store.clone();
+                match crate::store::blocking(move || reader.get::<Execution>(&id)).await {
+                    Ok(Some(execution)) => (execution, None),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!("reading a dispatched execution: {e:#}");
+                        continue;
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!("reading a dispatched execution: {e:#}"),
+        };
+        if !execution.status.is_final() {
+            start_driver(&fleet, &conn, execution, spec);
         }
     }
 }
@@ -640,7 +652,12 @@ fn runs_elsewhere(holder: &JobHolder, host_id: &str) -> bool {
     !host_id.is_empty() && holder.host_id != host_id
 }
 
-fn start_driver(fleet: &Fleet, conn: &Arc<AgentConn>, execution: Execution) {
+fn start_driver(
+    fleet: &Fleet,
+    conn: &Arc<AgentConn>,
+    execution: Execution,
+    spec: Option<Box<dynserv_shared::proto::JobSpec>>,
+) {
     if execution.status == Status::Queued && execution.expires_at <= Utc::now() {
         expire(fleet, &execution);
         return;
@@ -657,7 +674,7 @@ fn start_driver(fleet: &Fleet, conn: &Arc<AgentConn>, execution: Execution) {
     let conn = conn.clone();
     tokio::spawn(async move {
         let id = execution.id.clone();
-        if let Err(e) = drive_job(&fleet, &conn, execution, rx).await {
+        if let Err(e) = drive_job(&fleet, &conn, execution, spec, rx).await {
             tracing::info!(execution = %id, "job stream ended: {e:#}");
         }
         lock(&conn.jobs).remove(&id);
@@ -713,6 +730,7 @@ async fn drive_job(
     fleet: &Fleet,
     conn: &AgentConn,
     execution: Execution,
+    spec: Option<Box<dynserv_shared::proto::JobSpec>>,
     mut commands: mpsc::UnboundedReceiver<JobCommand>,
 ) -> Result<()> {
     let execution_id: Arc<str> = Arc::from(execution.id.as_str());
@@ -721,10 +739,15 @@ async fn drive_job(
         .open_bi()
         .await
         .context("opening a job stream")?;
-    let mut spec = {
-        let (store, execution) = (fleet.inner.store.clone(), execution.clone());
-        crate::store::blocking(move || crate::scripts::job_spec_with_secrets(&store, &execution))
+    let mut spec = match spec {
+        Some(spec) => *spec,
+        None => {
+            let (store, execution) = (fleet.inner.store.clone(), execution.clone());
+            crate::store::blocking(move || {
+                crate::scripts::job_spec_with_secrets(&store, &execution)
+            })
             .await?
+        }
     };
     // A job the agent reported started is only resumed: a copy of the agent that did
     // not start it must not start it again.

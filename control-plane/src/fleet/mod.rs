@@ -55,7 +55,16 @@ pub(crate) struct AgentConn {
     /// Job drivers of this connection, by execution id.
     pub jobs: Mutex<HashMap<String, mpsc::UnboundedSender<JobCommand>>>,
     /// Executions to deliver over this connection.
-    pub dispatch: mpsc::UnboundedSender<String>,
+    pub dispatch: mpsc::UnboundedSender<Dispatched>,
+}
+
+/// What a connection's dispatcher is handed.
+pub(crate) enum Dispatched {
+    /// An execution known by id only (a catch-up): the dispatcher reads it.
+    Id(String),
+    /// An execution already read, with the job to send when that was read too (the
+    /// secrets of a fan-out's thousands of jobs are read in one query, not one each).
+    Ready(Box<Execution>, Option<Box<dynserv_shared::proto::JobSpec>>),
 }
 
 pub(crate) struct Inner {
@@ -270,23 +279,84 @@ impl Fleet {
     /// Delivers a new execution to its agent if it is connected; otherwise it waits in
     /// the store and goes out when the agent connects.
     pub fn dispatch(&self, execution: &Execution) {
-        if !self.dispatch_here(&execution.agent_id, &execution.id) {
-            self.tell_others(crate::cluster::Message::Dispatch {
-                agent: execution.agent_id.clone(),
-                execution: execution.id.clone(),
-            });
+        self.dispatch_ready(execution.clone(), None);
+    }
+
+    /// [`Fleet::dispatch`] for executions whose jobs were read with them (a fan-out:
+    /// see [`crate::scripts::job_specs_with_secrets`]), in the same order.
+    pub fn dispatch_many(
+        &self,
+        executions: Vec<Execution>,
+        specs: Vec<dynserv_shared::proto::JobSpec>,
+    ) {
+        for (execution, spec) in executions.into_iter().zip(specs) {
+            self.dispatch_ready(execution, Some(Box::new(spec)));
         }
     }
 
-    /// Hands an execution to its agent's connection on this replica; false when the
-    /// agent is not connected here.
-    fn dispatch_here(&self, agent_id: &str, execution_id: &str) -> bool {
-        match lock(&self.inner.conns).get(agent_id) {
+    fn dispatch_ready(
+        &self,
+        execution: Execution,
+        spec: Option<Box<dynserv_shared::proto::JobSpec>>,
+    ) {
+        let conn = lock(&self.inner.conns).get(&execution.agent_id).cloned();
+        match conn {
             Some(conn) => {
-                let _ = conn.dispatch.send(execution_id.to_string());
-                true
+                let _ = conn
+                    .dispatch
+                    .send(Dispatched::Ready(Box::new(execution), spec));
             }
-            None => false,
+            None => self.tell_others(crate::cluster::Message::Dispatch {
+                agent: execution.agent_id,
+                execution: execution.id,
+            }),
+        }
+    }
+
+    /// Delivers executions other replicas created for agents connected here: read
+    /// together with their jobs, one query each on PostgreSQL however many there are.
+    fn dispatch_from_others(&self, wanted: Vec<(String, String)>) {
+        let here: Vec<(Arc<AgentConn>, String)> = {
+            let conns = lock(&self.inner.conns);
+            wanted
+                .into_iter()
+                .filter_map(|(agent, execution)| conns.get(&agent).map(|c| (c.clone(), execution)))
+                .collect()
+        };
+        if here.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = here.iter().map(|(_, id)| id.clone()).collect();
+        let read = self.inner.store.read(|r| {
+            let found: Vec<Execution> = r
+                .get_many::<Execution>(&ids)?
+                .into_iter()
+                .flatten()
+                .collect();
+            let specs = crate::scripts::job_specs_with_secrets(r, &found)?;
+            Ok(found.into_iter().zip(specs).collect::<Vec<_>>())
+        });
+        match read {
+            Ok(found) => {
+                let mut by_id: HashMap<String, (Execution, dynserv_shared::proto::JobSpec)> = found
+                    .into_iter()
+                    .map(|(e, s)| (e.id.clone(), (e, s)))
+                    .collect();
+                for (conn, id) in here {
+                    if let Some((execution, spec)) = by_id.remove(&id) {
+                        let _ = conn
+                            .dispatch
+                            .send(Dispatched::Ready(Box::new(execution), Some(Box::new(spec))));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("reading executions another replica dispatched: {e:#}");
+                // The dispatchers read them one by one instead.
+                for (conn, id) in here {
+                    let _ = conn.dispatch.send(Dispatched::Id(id));
+                }
+            }
         }
     }
 
@@ -388,13 +458,36 @@ impl crate::cluster::Receiver for Fleet {
                         .into_iter()
                         .filter(|e| e.status == crate::executions::Status::Queued)
                     {
-                        let _ = conn.dispatch.send(execution.id);
+                        let _ = conn
+                            .dispatch
+                            .send(Dispatched::Ready(Box::new(execution), None));
                     }
                 }
                 Err(e) => {
                     tracing::warn!(agent = %conn.agent_id, "catching up on queued jobs: {e:#}")
                 }
             }
+        }
+    }
+
+    /// Acts on messages in order; the executions of consecutive dispatches are read
+    /// together.
+    fn receive_all(&self, messages: Vec<crate::cluster::Message>) {
+        use crate::cluster::Message;
+        let mut dispatches = Vec::new();
+        for message in messages {
+            match message {
+                Message::Dispatch { agent, execution } => dispatches.push((agent, execution)),
+                other => {
+                    if !dispatches.is_empty() {
+                        self.dispatch_from_others(std::mem::take(&mut dispatches));
+                    }
+                    self.receive(other);
+                }
+            }
+        }
+        if !dispatches.is_empty() {
+            self.dispatch_from_others(dispatches);
         }
     }
 
@@ -405,7 +498,7 @@ impl crate::cluster::Receiver for Fleet {
         use crate::cluster::Message;
         match message {
             Message::Dispatch { agent, execution } => {
-                self.dispatch_here(&agent, &execution);
+                self.dispatch_from_others(vec![(agent, execution)]);
             }
             Message::Cancel { agent, execution } => {
                 self.cancel_here(&agent, &execution);

@@ -336,24 +336,31 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             app.store.write(|w| {
                 // The agents named by id, read in one query on PostgreSQL.
                 w.prefetch::<crate::agents::Agent>(&targets)?;
+                let names: Vec<String> = w
+                    .get_many::<crate::agents::Agent>(&targets)?
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a.name)
+                    .collect();
+                executions::prefetch_terms(w, &names)?;
                 let mut created = Vec::with_capacity(targets.len());
                 let mut one = input.clone();
                 for target in &targets {
                     one.agent = Some(target.clone());
                     created.push(executions::create(w, &actor, &ctx.subject, &one)?);
                 }
-                Ok(created)
+                // The jobs as sent, read here where their secrets were just written.
+                let specs = crate::scripts::job_specs_with_secrets(w, &created)?;
+                Ok((created, specs))
             })
         };
         // Handlers run on the blocking pool, where one long transaction is fine.
-        let created = create_all()?;
-        for execution in &created {
-            app.fleet.dispatch(execution);
-        }
+        let (created, specs) = create_all()?;
         let views: Vec<_> = created
             .iter()
             .map(|e| json!({"id": e.id, "agent": e.agent_id, "status": e.status.as_str()}))
             .collect();
+        app.fleet.dispatch_many(created, specs);
         return Ok(reply(StatusCode::CREATED, &json!({"executions": views})));
     }
     let execution = start_execution(app, req, ctx, &input)?;
