@@ -91,8 +91,27 @@ pub enum OffsiteError {
 }
 
 fn storage_error(doing: impl Into<String>, e: object_store::Error) -> OffsiteError {
-    // The storage's XML answer is in the error's text; keep it readable and bounded.
-    let text = format!("{e}");
+    // The storage's XML answer is in the error's text, the network's reason (refused,
+    // timed out, no route) in its sources; keep both, readable and bounded, with the
+    // storage's own code and message first.
+    let mut text = format!("{e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].trim().to_string())
+    };
+    if let (Some(code), Some(said)) = (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+        text = format!("the storage answered {code}: {said} ({text})");
+    }
     let mut message: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if message.len() > 1500 {
         let cut = (0..=1500)
@@ -261,6 +280,17 @@ pub async fn upload_file(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Uploaded> {
     let store = open(target)?;
+    upload_to(&store, target, path, sha256, progress).await
+}
+
+/// [`upload_file`] into a given store (tests use an in-memory one).
+pub async fn upload_to(
+    store: &dyn ObjectStore,
+    target: &OffsiteTarget,
+    path: &Path,
+    sha256: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Uploaded> {
     let aead = cipher(target)?;
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -368,7 +398,7 @@ pub async fn upload_file(
         progress("off-site: the storage's ETag is not an MD5; reading the copy back to check it");
         let mut with_sha = target.clone();
         with_sha.sha256 = Some(sha256.to_string());
-        let (clear_size, found) = download(&with_sha, &mut |_| Ok(())).await?;
+        let (clear_size, found) = download_from(store, &with_sha, &mut |_| Ok(())).await?;
         if clear_size != clear || found != sha256 {
             return Err(OffsiteError::BadCopy(format!(
                 "the copy read back holds {clear_size} bytes with sha256 {found}, the dump {clear} bytes with sha256 {sha256}"
@@ -393,13 +423,21 @@ pub async fn download(
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<(u64, String)> {
     let store = open(target)?;
+    download_from(&store, target, sink).await
+}
+
+/// [`download`] from a given store (tests use an in-memory one).
+pub async fn download_from(
+    store: &dyn ObjectStore,
+    target: &OffsiteTarget,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<(u64, String)> {
     let aead = cipher(target)?;
     let object = ObjectPath::from(target.key.as_str());
     let got = store
         .get(&object)
         .await
         .map_err(|e| storage_error(format!("downloading {}", target.key), e))?;
-    let object_size = got.meta.size;
     let mut stream = got.into_stream();
     let sealed_chunk = PLAIN_CHUNK + TAG;
     let mut buf: Vec<u8> = Vec::with_capacity(sealed_chunk * 2);
@@ -461,7 +499,6 @@ pub async fn download(
             .into());
         }
     }
-    let _ = object_size;
     Ok((clear, sha256))
 }
 
@@ -573,6 +610,71 @@ mod tests {
         assert_eq!(part_size(200 << 20), 8 << 20);
         let huge = 200u64 << 30;
         assert!(huge.div_ceil(part_size(huge) as u64) <= MAX_PARTS);
+    }
+
+    fn target(key: &str) -> OffsiteTarget {
+        OffsiteTarget {
+            endpoint: "http://127.0.0.1:1".into(),
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            key: key.into(),
+            encryption_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            sha256: None,
+        }
+    }
+
+    /// A dump goes into the store sealed (its bytes nowhere in clear, the size promised)
+    /// and comes back whole; a store whose ETags are not MD5s is checked by reading the
+    /// copy back. A truncated copy, a flipped byte and another key never decrypt.
+    #[tokio::test]
+    async fn sealed_round_trip_and_tampering() {
+        use object_store::memory::InMemory;
+        let dir = tempfile::tempdir().unwrap();
+        for size in [1usize, PLAIN_CHUNK, 3 * PLAIN_CHUNK + 17] {
+            let clear: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let path = dir.path().join("dump");
+            std::fs::write(&path, &clear).unwrap();
+            let sha = hex::encode(Sha256::digest(&clear));
+            let store = InMemory::new();
+            let t = target("p/x.dump.dsv");
+            let done = upload_to(&store, &t, &path, &sha, &mut |_| {}).await.unwrap();
+            assert_eq!(done.size, encrypted_size(size as u64));
+            assert_eq!(done.checked_by, "download");
+            let object = ObjectPath::from("p/x.dump.dsv");
+            let sealed = store.get(&object).await.unwrap().bytes().await.unwrap();
+            assert_eq!(sealed.len() as u64, done.size);
+            assert!(!sealed.windows(64.min(size)).any(|w| w == &clear[..64.min(size)]));
+            let mut back = Vec::new();
+            let mut with_sha = t.clone();
+            with_sha.sha256 = Some(sha.clone());
+            let (n, got) = download_from(&store, &with_sha, &mut |p| {
+                back.extend_from_slice(p);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!((n as usize, &got), (size, &sha));
+            assert_eq!(back, clear);
+            // Truncated by one chunk's worth, or a byte flipped: refused.
+            let cut = sealed.slice(..sealed.len() - TAG - 1);
+            let flipped = {
+                let mut v = sealed.to_vec();
+                let i = HEADER + 3;
+                v[i] ^= 1;
+                bytes::Bytes::from(v)
+            };
+            for bad in [cut, flipped] {
+                store.put(&object, bad.into()).await.unwrap();
+                let err = download_from(&store, &t, &mut |_| Ok(())).await.unwrap_err();
+                assert!(format!("{err:#}").contains("off-site copy"), "{err:#}");
+            }
+            store.put(&object, sealed.into()).await.unwrap();
+            let mut other = t.clone();
+            other.encryption_key = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
+            assert!(download_from(&store, &other, &mut |_| Ok(())).await.is_err());
+        }
     }
 
     /// The multipart ETag is S3's: MD5 of the concatenated part MD5s, `-N`.

@@ -148,6 +148,10 @@ pub enum Work {
         backup_id: String,
         compose_project: String,
         service: String,
+        /// Verify the off-site copy (downloaded and decrypted) rather than the dump
+        /// kept on the server.
+        #[serde(default)]
+        offsite: bool,
     },
     ComposeRestore {
         backup_id: String,
@@ -155,6 +159,16 @@ pub enum Work {
         service: String,
         command: String,
         dump_path: Option<String>,
+        /// Restore from the off-site copy (fetched first), which also works on
+        /// another server of the project.
+        #[serde(default)]
+        offsite: bool,
+    },
+    /// Uploads a kept backup's encrypted copy off site again (a retry).
+    ComposeOffsiteUpload {
+        backup_id: String,
+        compose_project: String,
+        service: String,
     },
     SystemUpdate {
         update_id: String,
@@ -170,6 +184,7 @@ impl Work {
             Work::ComposeBackup { .. } => "compose_backup",
             Work::ComposeVerify { .. } => "compose_verify",
             Work::ComposeRestore { .. } => "compose_restore",
+            Work::ComposeOffsiteUpload { .. } => "compose_offsite_upload",
             Work::SystemUpdate { .. } => "system_update",
         }
     }
@@ -274,15 +289,20 @@ fn job_kind(work: &Work) -> JobKind {
             command,
             dump_path,
             keep,
+            // Off-site targets hold secrets: `backups::add_offsite_target` adds them
+            // when the job is sent, never to what is stored.
+            offsite: None,
         },
         Work::ComposeVerify {
             backup_id,
             compose_project,
             service,
+            ..
         } => JobKind::ComposeVerify {
             backup_id,
             compose_project,
             service,
+            offsite: None,
         },
         Work::ComposeRestore {
             backup_id,
@@ -290,12 +310,24 @@ fn job_kind(work: &Work) -> JobKind {
             service,
             command,
             dump_path,
+            ..
         } => JobKind::ComposeRestore {
             backup_id,
             compose_project,
             service,
             command,
             dump_path,
+            offsite: None,
+        },
+        Work::ComposeOffsiteUpload {
+            backup_id,
+            compose_project,
+            service,
+        } => JobKind::ComposeOffsiteUpload {
+            backup_id,
+            compose_project,
+            service,
+            offsite: None,
         },
         Work::SystemUpdate { check, .. } => JobKind::SystemUpdate { check },
     }
@@ -802,6 +834,13 @@ fn describe(work: &Work) -> String {
             ..
         } => {
             format!("restore of {compose_project}/{service}")
+        }
+        Work::ComposeOffsiteUpload {
+            compose_project,
+            service,
+            ..
+        } => {
+            format!("off-site upload of a {compose_project}/{service} backup")
         }
         Work::SystemUpdate { check: true, .. } => "update check".into(),
         Work::SystemUpdate { check: false, .. } => "system update".into(),

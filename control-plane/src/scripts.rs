@@ -1047,6 +1047,7 @@ fn forget_execution_secrets(w: &mut Writer, execution_id: &str) -> anyhow::Resul
 /// agent masks in its output.
 pub fn job_spec_with_secrets(store: &Store, execution: &Execution) -> anyhow::Result<JobSpec> {
     let mut spec = execution.job_spec();
+    crate::backups::add_offsite_target(store, execution, &mut spec)?;
     let Some(secrets) = store.get::<ExecutionSecrets>(&execution.id)? else {
         return Ok(spec);
     };
@@ -1055,7 +1056,7 @@ pub fn job_spec_with_secrets(store: &Store, execution: &Execution) -> anyhow::Re
         JobKind::Playbook { vars, .. } => vars.extend(secrets.values.clone()),
         _ => {}
     }
-    spec.secrets = secrets.values.into_values().collect();
+    spec.secrets.extend(secrets.values.into_values());
     Ok(spec)
 }
 
