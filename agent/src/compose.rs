@@ -382,7 +382,12 @@ pub fn backup_main(args: BackupArgs) -> i32 {
         for id in &removed {
             say(&format!("removed old backup {id} (keeping {})", args.keep));
         }
-        let dump = dump_file(&args.backup_dir, &args.project, &args.service, &args.backup_id)?;
+        let dump = dump_file(
+            &args.backup_dir,
+            &args.project,
+            &args.service,
+            &args.backup_id,
+        )?;
         let mut result = serde_json::json!({
             "ok": true,
             "backup_id": meta.backup_id,
@@ -396,7 +401,11 @@ pub fn backup_main(args: BackupArgs) -> i32 {
             // The dump is kept here whatever happens off site; the record shows both.
             result["offsite"] = upload_with_retries(&target, &dump, &meta).await;
         }
-        result["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
+        let peak = peak_rss_bytes();
+        if let Some(bytes) = peak {
+            say(&format!("peak memory of this backup: {} KiB", bytes / 1024));
+        }
+        result["peak_rss_bytes"] = serde_json::json!(peak);
         Ok(result)
     })
 }
@@ -411,10 +420,18 @@ pub fn offsite_upload_main(args: OffsiteUploadArgs) -> i32 {
             &args.service,
             &args.backup_id,
         )?;
-        let dump = dump_file(&args.backup_dir, &args.project, &args.service, &args.backup_id)?;
+        let dump = dump_file(
+            &args.backup_dir,
+            &args.project,
+            &args.service,
+            &args.backup_id,
+        )?;
         let offsite = upload_with_retries(&target, &dump, &meta).await;
         if offsite["ok"] != serde_json::json!(true) {
-            let error = offsite["error"].as_str().unwrap_or("the upload failed").to_string();
+            let error = offsite["error"]
+                .as_str()
+                .unwrap_or("the upload failed")
+                .to_string();
             eprintln!("error: {error}");
             print_result(&serde_json::json!({"ok": false, "error": error, "offsite": offsite}));
             std::process::exit(1);
@@ -451,8 +468,7 @@ async fn upload_with_retries(
             "off-site: uploading an encrypted copy to {} (attempt {attempt} of {UPLOAD_ATTEMPTS})",
             target.key
         ));
-        match crate::offsite::upload_file(target, dump, &meta.sha256, &mut |line| say(line)).await
-        {
+        match crate::offsite::upload_file(target, dump, &meta.sha256, &mut |line| say(line)).await {
             Ok(done) => {
                 say(&format!(
                     "off-site: {} listed with {} bytes, ETag {} (checked by {})",
@@ -493,9 +509,14 @@ pub fn verify_main(args: VerifyArgs) -> i32 {
     run_cli(async move {
         if let Some(file) = &args.offsite_file {
             let target = read_target(file)?;
-            say(&format!("downloading and decrypting the off-site copy {}", target.key));
+            say(&format!(
+                "downloading and decrypting the off-site copy {}",
+                target.key
+            ));
             let (size, sha256) = crate::offsite::download(&target, &mut |_| Ok(())).await?;
-            say(&format!("the off-site copy decrypts to {size} bytes with sha256 {sha256}, as recorded"));
+            say(&format!(
+                "the off-site copy decrypts to {size} bytes with sha256 {sha256}, as recorded"
+            ));
             return Ok(serde_json::json!({
                 "ok": true, "backup_id": args.backup_id, "size": size, "sha256": sha256,
                 "offsite": true, "peak_rss_bytes": peak_rss_bytes(),
@@ -1157,13 +1178,26 @@ pub fn verify(backup_dir: &Path, project: &str, service: &str, id: &str) -> Resu
 /// had been made here: the dump is written to `<id>.dump.partial`, its sha256 checked
 /// against the recorded one, and only then renamed into place with its record.
 async fn fetch_offsite(args: &RestoreArgs, target: &OffsiteTarget) -> Result<()> {
-    let dump = dump_file(&args.backup_dir, &args.project, &args.service, &args.backup_id)?;
-    let meta_path = meta_file(&args.backup_dir, &args.project, &args.service, &args.backup_id)?;
+    let dump = dump_file(
+        &args.backup_dir,
+        &args.project,
+        &args.service,
+        &args.backup_id,
+    )?;
+    let meta_path = meta_file(
+        &args.backup_dir,
+        &args.project,
+        &args.service,
+        &args.backup_id,
+    )?;
     let expected = target
         .sha256
         .clone()
         .context("the off-site copy has no recorded sha256 to check it against")?;
-    say(&format!("downloading and decrypting the off-site copy {}", target.key));
+    say(&format!(
+        "downloading and decrypting the off-site copy {}",
+        target.key
+    ));
     let mut writer = DumpWriter::create(&dump)?;
     let fetched = crate::offsite::download(target, &mut |piece| writer.write(piece)).await;
     if let Err(e) = fetched {
@@ -1190,7 +1224,10 @@ async fn fetch_offsite(args: &RestoreArgs, target: &OffsiteTarget) -> Result<()>
     let tmp = meta_path.with_extension("json.tmp");
     crate::private_fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)?;
     std::fs::rename(&tmp, &meta_path)?;
-    say(&format!("fetched {size} bytes, sha256 {} as recorded", meta.sha256));
+    say(&format!(
+        "fetched {size} bytes, sha256 {} as recorded",
+        meta.sha256
+    ));
     Ok(())
 }
 

@@ -76,7 +76,9 @@ pub enum OffsiteError {
         message: String,
     },
     /// The storage lists the object differently from what was sent.
-    #[error("the storage lists {key} as {found}, expected {expected}: the copy is not the one uploaded")]
+    #[error(
+        "the storage lists {key} as {found}, expected {expected}: the copy is not the one uploaded"
+    )]
     Mismatch {
         /// The object key.
         key: String,
@@ -109,7 +111,10 @@ fn storage_error(doing: impl Into<String>, e: object_store::Error) -> OffsiteErr
         let end = text[start..].find(close)? + start;
         Some(text[start..end].trim().to_string())
     };
-    if let (Some(code), Some(said)) = (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+    if let (Some(code), Some(said)) = (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
         text = format!("the storage answered {code}: {said} ({text})");
     }
     let mut message: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -337,11 +342,11 @@ pub async fn upload_to(
                 .map_err(|e| storage_error(format!("uploading {}", target.key), e))?;
             writer.write(&sealed);
             sent += sealed.len() as u64;
-            let parts_started = sent / part as u64;
-            if parts_started > reported {
-                reported = parts_started;
+            let parts_full = sent / part as u64;
+            if parts_full > reported {
+                reported = parts_full;
                 progress(&format!(
-                    "off-site: part {parts_started} of {total_parts} sent ({sent} bytes)"
+                    "off-site: {parts_full} of {total_parts} parts handed to the upload ({sent} of {size} bytes)"
                 ));
             }
             if more == 0 {
@@ -362,7 +367,9 @@ pub async fn upload_to(
         .await
         .map_err(|e| storage_error(format!("completing the upload of {}", target.key), e))?;
     if sent != size {
-        anyhow::bail!("sent {sent} bytes where {size} were expected (the dump changed while it was uploaded)");
+        anyhow::bail!(
+            "sent {sent} bytes where {size} were expected (the dump changed while it was uploaded)"
+        );
     }
     let expected_etag = hashes.etag();
     let listed = store
@@ -485,7 +492,9 @@ pub async fn download_from(
     let Some(dec) = decryptor else {
         return Err(bad("is shorter than its header").into());
     };
-    let plain = dec.decrypt_last(&buf[..]).map_err(|_| bad("does not decrypt to its end"))?;
+    let plain = dec
+        .decrypt_last(&buf[..])
+        .map_err(|_| bad("does not decrypt to its end"))?;
     hasher.update(&plain);
     clear += plain.len() as u64;
     sink(&plain)?;
@@ -560,15 +569,9 @@ pub async fn probe(target: &OffsiteTarget) -> Result<(), OffsiteError> {
         .put(&object, body.clone().into())
         .await
         .map_err(|e| storage_error(format!("writing the probe object {}", target.key), e))?;
-    let read = async {
-        store
-            .get(&object)
-            .await?
-            .bytes()
-            .await
-    }
-    .await
-    .map_err(|e| storage_error(format!("reading back the probe object {}", target.key), e));
+    let read = async { store.get(&object).await?.bytes().await }
+        .await
+        .map_err(|e| storage_error(format!("reading back the probe object {}", target.key), e));
     let deleted = store
         .delete(&object)
         .await
@@ -639,13 +642,17 @@ mod tests {
             let sha = hex::encode(Sha256::digest(&clear));
             let store = InMemory::new();
             let t = target("p/x.dump.dsv");
-            let done = upload_to(&store, &t, &path, &sha, &mut |_| {}).await.unwrap();
+            let done = upload_to(&store, &t, &path, &sha, &mut |_| {})
+                .await
+                .unwrap();
             assert_eq!(done.size, encrypted_size(size as u64));
             assert_eq!(done.checked_by, "download");
             let object = ObjectPath::from("p/x.dump.dsv");
             let sealed = store.get(&object).await.unwrap().bytes().await.unwrap();
             assert_eq!(sealed.len() as u64, done.size);
-            assert!(!sealed.windows(64.min(size)).any(|w| w == &clear[..64.min(size)]));
+            assert!(!sealed
+                .windows(64.min(size))
+                .any(|w| w == &clear[..64.min(size)]));
             let mut back = Vec::new();
             let mut with_sha = t.clone();
             with_sha.sha256 = Some(sha.clone());
@@ -667,13 +674,17 @@ mod tests {
             };
             for bad in [cut, flipped] {
                 store.put(&object, bad.into()).await.unwrap();
-                let err = download_from(&store, &t, &mut |_| Ok(())).await.unwrap_err();
+                let err = download_from(&store, &t, &mut |_| Ok(()))
+                    .await
+                    .unwrap_err();
                 assert!(format!("{err:#}").contains("off-site copy"), "{err:#}");
             }
             store.put(&object, sealed.into()).await.unwrap();
             let mut other = t.clone();
             other.encryption_key = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
-            assert!(download_from(&store, &other, &mut |_| Ok(())).await.is_err());
+            assert!(download_from(&store, &other, &mut |_| Ok(()))
+                .await
+                .is_err());
         }
     }
 

@@ -838,9 +838,7 @@ fn offsite_copy(r: &impl Read, subject: &Subject, backup_id: &str) -> AppResult<
         return Err(AppError::forbidden());
     }
     match &backup.offsite {
-        Some(copy) if copy.status == OffsiteStatus::Done && copy.pruned_at.is_none() => {
-            Ok(backup)
-        }
+        Some(copy) if copy.status == OffsiteStatus::Done && copy.pruned_at.is_none() => Ok(backup),
         Some(copy) if copy.pruned_at.is_some() => Err(AppError::conflict(format!(
             "the off-site copy of backup {} was removed by the retention",
             backup.id
@@ -1259,7 +1257,12 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 } else {
                     serde_json::json!({"ok": false, "error": "the backup failed, so there was nothing to upload", "final": true})
                 };
-                record_upload(w, &mut backup, &outcome, e.finished_at.unwrap_or_else(Utc::now))?;
+                record_upload(
+                    w,
+                    &mut backup,
+                    &outcome,
+                    e.finished_at.unwrap_or_else(Utc::now),
+                )?;
             }
             save(w, &backup)?;
         }
@@ -1272,7 +1275,9 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 .as_ref()
                 .and_then(|r| r.get("offsite"))
                 .cloned()
-                .unwrap_or_else(|| serde_json::json!({"ok": false, "error": error_of(e, result.as_ref())}));
+                .unwrap_or_else(
+                    || serde_json::json!({"ok": false, "error": error_of(e, result.as_ref())}),
+                );
             let outcome = if e.status == Status::Succeeded {
                 outcome
             } else {
@@ -1283,7 +1288,12 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 }
                 failed
             };
-            record_upload(w, &mut backup, &outcome, e.finished_at.unwrap_or_else(Utc::now))?;
+            record_upload(
+                w,
+                &mut backup,
+                &outcome,
+                e.finished_at.unwrap_or_else(Utc::now),
+            )?;
             save(w, &backup)?;
         }
         Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
@@ -1539,23 +1549,29 @@ fn record_upload(
     copy.attempts += 1;
     copy.next_retry_at = None;
     let ok = outcome.get("ok").and_then(|v| v.as_bool()) == Some(true);
-    let size = outcome.get("size").and_then(|v| v.as_u64()).filter(|s| *s > 0);
+    let size = outcome
+        .get("size")
+        .and_then(|v| v.as_u64())
+        .filter(|s| *s > 0);
     let sha256 = outcome.get("sha256").and_then(|v| v.as_str());
     let key = outcome.get("key").and_then(|v| v.as_str());
-    let consistent = key == Some(copy.key.as_str())
-        && sha256.is_some()
-        && sha256 == backup.sha256.as_deref();
+    let consistent =
+        key == Some(copy.key.as_str()) && sha256.is_some() && sha256 == backup.sha256.as_deref();
     if ok && size.is_some() && consistent {
         copy.status = OffsiteStatus::Done;
         copy.size = size;
         copy.sha256 = sha256.map(String::from);
-        copy.etag = outcome.get("etag").and_then(|v| v.as_str()).map(String::from);
+        copy.etag = outcome
+            .get("etag")
+            .and_then(|v| v.as_str())
+            .map(String::from);
         copy.error = None;
         copy.uploaded_at = Some(now);
         return Ok(());
     }
     let error = if ok {
-        "the agent reported an upload that does not match this backup (key, size or sha256)".to_string()
+        "the agent reported an upload that does not match this backup (key, size or sha256)"
+            .to_string()
     } else {
         outcome
             .get("error")
@@ -1709,7 +1725,10 @@ pub fn start_due_retries(w: &mut Writer, now: DateTime<Utc>) -> anyhow::Result<V
 
 /// The off-site worker: on the leader, starts due retries every [`OFFSITE_TICK`] and
 /// prunes each project's copies every [`PRUNE_EVERY`].
-pub async fn offsite_worker(app: crate::app::App, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+pub async fn offsite_worker(
+    app: crate::app::App,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     tokio::pin!(stop);
     let mut last_prune: Option<std::time::Instant> = None;
     loop {
@@ -1721,7 +1740,9 @@ pub async fn offsite_worker(app: crate::app::App, stop: impl std::future::Future
             continue;
         }
         let store = app.store.clone();
-        match crate::store::blocking(move || store.write(|w| start_due_retries(w, Utc::now()))).await {
+        match crate::store::blocking(move || store.write(|w| start_due_retries(w, Utc::now())))
+            .await
+        {
             Ok(started) => {
                 for e in &started {
                     app.fleet.dispatch(e);
@@ -1780,7 +1801,12 @@ pub async fn prune_project(
 ) -> Pruned {
     let mut pruned = Pruned::default();
     let target = crate::offsite::target(settings, "", None);
-    let listed = match dynserv_agent::offsite::list(&target, &crate::offsite::project_prefix(settings)).await {
+    let listed = match dynserv_agent::offsite::list(
+        &target,
+        &crate::offsite::project_prefix(settings),
+    )
+    .await
+    {
         Ok(l) => l,
         Err(e) => {
             pruned.errors.push(e.to_string());
@@ -1812,7 +1838,10 @@ pub async fn prune_project(
             let mut busy = Vec::new();
             for id in ids {
                 if let Some(b) = r.get::<Backup>(&id)? {
-                    if b.offsite.as_ref().is_some_and(|c| c.status == OffsiteStatus::Uploading) {
+                    if b.offsite
+                        .as_ref()
+                        .is_some_and(|c| c.status == OffsiteStatus::Uploading)
+                    {
                         busy.push(id);
                     }
                 }

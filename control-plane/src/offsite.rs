@@ -176,7 +176,10 @@ pub fn save_settings(
     }
     let mut prefix = text(&input.prefix).trim_matches('/').to_string();
     if prefix.len() > 512
-        || prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty()
+        || prefix
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+            && !prefix.is_empty()
         || prefix.chars().any(|c| c.is_control())
     {
         problem(
@@ -199,9 +202,11 @@ pub fn save_settings(
         problem("region", "region must be a name like eu-central-1");
     }
     let access_key = text(&input.access_key);
-    if access_key.is_empty() || access_key.len() > 256 || access_key.chars().any(char::is_control)
-    {
-        problem("access_key", "access_key is required (at most 256 characters)");
+    if access_key.is_empty() || access_key.len() > 256 || access_key.chars().any(char::is_control) {
+        problem(
+            "access_key",
+            "access_key is required (at most 256 characters)",
+        );
     }
     let existing = settings(w, &project.id)?;
     let secret_key = match (
@@ -220,7 +225,10 @@ pub fn save_settings(
         }
     };
     if secret_key.len() > 1024 || secret_key.chars().any(char::is_control) {
-        problem("secret_key", "secret_key is too long or holds control characters");
+        problem(
+            "secret_key",
+            "secret_key is too long or holds control characters",
+        );
     }
     let old_retention = existing.as_ref().map(|e| e.retention).unwrap_or_default();
     let retention = Retention {
@@ -238,7 +246,10 @@ pub fn save_settings(
         }
     }
     if retention.daily + retention.weekly + retention.monthly == 0 {
-        problem("keep_daily", "keep at least one copy (daily, weekly or monthly)");
+        problem(
+            "keep_daily",
+            "keep at least one copy (daily, weekly or monthly)",
+        );
     }
     if let Some(err) = AppError::invalid_fields(problems) {
         return Err(err);
@@ -391,7 +402,9 @@ mod tests {
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     /// Grandfather-father-son: of two copies a day for 60 days, 7 daily, 4 weekly and 12
@@ -421,9 +434,17 @@ mod tests {
         assert!(kept.len() > 7 && kept.len() <= 23, "{kept:?}");
         assert_eq!(kept.len() + pruned.len(), copies.len());
         // Only today's newest with one daily copy.
-        let one = Retention { daily: 1, weekly: 0, monthly: 0 };
+        let one = Retention {
+            daily: 1,
+            weekly: 0,
+            monthly: 0,
+        };
         assert_eq!(to_prune(&copies, one).len(), copies.len() - 1);
-        let none = Retention { daily: 0, weekly: 0, monthly: 0 };
+        let none = Retention {
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+        };
         assert!(to_prune(&copies, none).is_empty());
     }
 
@@ -432,7 +453,11 @@ mod tests {
     fn retries_back_off_and_stop() {
         let now = at("2026-12-03T12:00:00Z");
         let waits: Vec<i64> = (1..=MAX_ATTEMPTS)
-            .map(|a| next_retry(a, now).map(|t| (t - now).num_minutes()).unwrap_or(-1))
+            .map(|a| {
+                next_retry(a, now)
+                    .map(|t| (t - now).num_minutes())
+                    .unwrap_or(-1)
+            })
             .collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, -1]);
         assert!(retry_key(at("2026-12-03T09:00:00Z"), "b") < retry_key(now, "a"));

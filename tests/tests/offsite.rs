@@ -54,7 +54,10 @@ async fn ops_project(cp: &ControlPlane, project: &Project, command: &str) -> (Ap
         "restore_command": "cat > /data/db.txt && echo restored",
     });
     let (status, body) = api
-        .put(&format!("/api/v1/projects/{project_id}/backup-recipe"), &recipe)
+        .put(
+            &format!("/api/v1/projects/{project_id}/backup-recipe"),
+            &recipe,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     (api, project_id)
@@ -114,7 +117,10 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
     bad["endpoint"] = json!("ftp://example");
     let (status, body) = api.put(&path, &bad).await;
     assert_eq!(status, 422, "{body}");
-    assert!(body["errors"]["bucket"].is_string() && body["errors"]["endpoint"].is_string(), "{body}");
+    assert!(
+        body["errors"]["bucket"].is_string() && body["errors"]["endpoint"].is_string(),
+        "{body}"
+    );
     let (status, saved) = api.put(&path, &settings(&s3, &s3.secret_key)).await;
     assert_eq!(status, 200, "{saved}");
     let (status, got) = api.get(&path).await;
@@ -125,7 +131,11 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
     let (status, test) = api.post_empty(&format!("{path}/test")).await;
     assert_eq!(status, 200, "{test}");
     assert_eq!(test["ok"], true, "{test}");
-    assert!(s3.list("").is_empty(), "the probe was deleted: {:?}", s3.list(""));
+    assert!(
+        s3.list("").is_empty(),
+        "the probe was deleted: {:?}",
+        s3.list("")
+    );
 
     // A backup: kept on the server and, encrypted, in the bucket.
     let backup = backup_on(&api, &first).await;
@@ -149,7 +159,10 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
     let backup_id = backup["id"].as_str().unwrap().to_string();
     // The secret never reached the job's log.
     let (_, log) = api
-        .get_text(&format!("/api/v1/executions/{}/log?format=text", backup["execution_id"].as_str().unwrap()))
+        .get_text(&format!(
+            "/api/v1/executions/{}/log?format=text",
+            backup["execution_id"].as_str().unwrap()
+        ))
         .await;
     assert!(!log.contains(&s3.secret_key), "{log}");
     assert!(log.contains("checked by etag"), "{log}");
@@ -177,7 +190,10 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
         .await;
     assert_eq!(status, 422, "{body}");
     let (status, restore) = api
-        .post(&restore_path, &json!({"server": second, "confirm": "RESTORE"}))
+        .post(
+            &restore_path,
+            &json!({"server": second, "confirm": "RESTORE"}),
+        )
         .await;
     assert_eq!(status, 201, "{restore}");
     assert_eq!(restore["agent_name"], "db-02", "{restore}");
@@ -185,17 +201,41 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");
     let (_, log) = api
-        .get_text(&format!("/api/v1/executions/{}/log?format=text", restore["id"].as_str().unwrap()))
+        .get_text(&format!(
+            "/api/v1/executions/{}/log?format=text",
+            restore["id"].as_str().unwrap()
+        ))
         .await;
-    assert!(log.contains("downloading and decrypting the off-site copy"), "{log}");
+    assert!(
+        log.contains("downloading and decrypting the off-site copy"),
+        "{log}"
+    );
 
     // The pages show it.
     let (status, html) = api.get_text(&format!("/backups/{backup_id}")).await;
     assert_eq!(status, 200, "{html}");
-    assert!(html.contains("Off-site copy") && html.contains(key), "{html}");
+    assert!(
+        html.contains("Off-site copy") && html.contains(key),
+        "{html}"
+    );
     let (status, html) = api.get_text(&format!("/projects/{project_id}")).await;
     assert_eq!(status, 200, "{html}");
-    assert!(html.contains("offsite-panel") && !html.contains(&s3.secret_key), "{html}");
+    assert!(
+        html.contains("offsite-panel") && !html.contains(&s3.secret_key),
+        "{html}"
+    );
+    let (status, html) = api
+        .get_text(&format!("/projects/{project_id}/offsite"))
+        .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("offsite-settings-form") && html.contains(&s3.access_key),
+        "{html}"
+    );
+    assert!(
+        !html.contains(&s3.secret_key),
+        "the form never shows the secret: {html}"
+    );
 
     // Retention: with one daily copy kept, pruning deletes the older copy and says so
     // on its record.
@@ -241,19 +281,37 @@ async fn offsite_failures_say_why_alert_and_are_retried() {
     assert_eq!(status, 200, "{body}");
     let (_, test) = api.post_empty(&format!("{path}/test")).await;
     assert_eq!(test["ok"], false, "{test}");
-    assert!(test["error"].as_str().unwrap().contains("SignatureDoesNotMatch"), "{test}");
+    assert!(
+        test["error"]
+            .as_str()
+            .unwrap()
+            .contains("SignatureDoesNotMatch"),
+        "{test}"
+    );
     let backup = backup_on(&api, &server).await;
-    assert_eq!(backup["status"], "succeeded", "the local backup stands: {backup}");
+    assert_eq!(
+        backup["status"], "succeeded",
+        "the local backup stands: {backup}"
+    );
     let offsite = &backup["offsite"];
     assert_eq!(offsite["status"], "failed", "{backup}");
     let error = offsite["error"].as_str().unwrap();
     assert!(error.contains("SignatureDoesNotMatch"), "{error}");
-    assert!(offsite["next_retry_at"].is_string(), "a retry is scheduled: {backup}");
+    assert!(
+        offsite["next_retry_at"].is_string(),
+        "a retry is scheduled: {backup}"
+    );
     assert_eq!(offsite["attempts"], 1);
     let backup_id = backup["id"].as_str().unwrap().to_string();
     let alerts = alerts_of(&api, &backup_id).await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert!(alerts[0]["body"].as_str().unwrap().contains("backup.failed"), "{alerts:?}");
+    assert!(
+        alerts[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("backup.failed"),
+        "{alerts:?}"
+    );
     assert!(s3.list("").is_empty());
 
     // The right secret, but the storage is down: refused connections, said so.
@@ -266,13 +324,20 @@ async fn offsite_failures_say_why_alert_and_are_retried() {
         .post_empty(&format!("/api/v1/backups/{backup_id}/offsite/upload"))
         .await;
     assert_eq!(status, 201, "{upload}");
-    assert_eq!(backup_of(&api, &backup_id).await["offsite"]["status"], "uploading");
+    assert_eq!(
+        backup_of(&api, &backup_id).await["offsite"]["status"],
+        "uploading"
+    );
     let end = wait_end(&api, upload["id"].as_str().unwrap()).await;
     assert_eq!(end["status"], "failed", "{end}");
     let failed = backup_of(&api, &backup_id).await;
     assert_eq!(failed["offsite"]["status"], "failed", "{failed}");
     let error = failed["offsite"]["error"].as_str().unwrap();
-    assert!(error.to_lowercase().contains("connection refused") || error.contains("error sending request"), "{error}");
+    assert!(
+        error.to_lowercase().contains("connection refused")
+            || error.contains("error sending request"),
+        "{error}"
+    );
     assert_eq!(failed["offsite"]["attempts"], 2);
     assert_eq!(alerts_of(&api, &backup_id).await.len(), 2);
 
@@ -334,12 +399,18 @@ async fn a_200_mb_dump_streams_off_site_in_bounded_memory() {
             backup["execution_id"].as_str().unwrap()
         ))
         .await;
-    let result: Value = log
+    let peak: u64 = log
         .lines()
-        .find_map(|l| l.strip_prefix("DYNSERV-RESULT "))
-        .map(|j| serde_json::from_str(j).unwrap())
-        .expect("the result line");
-    let peak = result["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
-    eprintln!("peak resident memory of the 200 MB backup and upload: {} KiB", peak / 1024);
-    assert!(peak < 50 * 1024 * 1024, "the agent's backup held {peak} bytes");
+        .find_map(|l| l.strip_prefix("[dynserv] peak memory of this backup: "))
+        .and_then(|kib| kib.trim_end_matches(" KiB").parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| panic!("no peak memory line in the log: {log}"));
+    eprintln!(
+        "peak resident memory of the 200 MB backup and upload: {} KiB",
+        peak / 1024
+    );
+    assert!(
+        peak < 50 * 1024 * 1024,
+        "the agent's backup held {peak} bytes"
+    );
 }

@@ -32,7 +32,12 @@ fn settings_page(app: &App, req: &Req, project: &Project) -> AppResult<(Value, S
     let settings = app.store.read(|r| offsite::settings(r, &project.id))?;
     let view = offsite::settings_view(settings.as_ref());
     let retention = settings.as_ref().map(|s| s.retention).unwrap_or_default();
-    let text = |field: &str| view.get(field).and_then(Value::as_str).unwrap_or("").to_string();
+    let text = |field: &str| {
+        view.get(field)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     Ok((
         json!({
             "project": {"id": project.id, "name": project.name},
@@ -180,7 +185,11 @@ pub fn settings_delete(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<
 }
 
 /// Goes to the new execution, or back to the backup with the reason it could not start.
-fn after(app: &App, result: AppResult<crate::executions::Execution>, back: &str) -> AppResult<Resp> {
+fn after(
+    app: &App,
+    result: AppResult<crate::executions::Execution>,
+    back: &str,
+) -> AppResult<Resp> {
     match result {
         Ok(e) => {
             app.fleet.dispatch(&e);
@@ -194,13 +203,7 @@ fn after(app: &App, result: AppResult<crate::executions::Execution>, back: &str)
 }
 
 /// `POST /backups/{id}/offsite/{upload|verify|restore}` from the backup's page.
-pub fn backup_action(
-    app: &App,
-    req: &Req,
-    ctx: &Ctx,
-    id: &str,
-    action: &str,
-) -> AppResult<Resp> {
+pub fn backup_action(app: &App, req: &Req, ctx: &Ctx, id: &str, action: &str) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
     let form = req.form()?;
     super::check_csrf(req, ctx, Some(&form))?;

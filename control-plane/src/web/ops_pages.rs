@@ -81,9 +81,8 @@ fn backup_row(r: &impl Read, ctx: &Ctx, b: &backups::Backup) -> anyhow::Result<V
         Some(copy) => {
             let mut o = json!(copy);
             o["size_text"] = json!(human_size(copy.size));
-            o["usable"] = json!(
-                copy.status == backups::OffsiteStatus::Done && copy.pruned_at.is_none()
-            );
+            o["usable"] =
+                json!(copy.status == backups::OffsiteStatus::Done && copy.pruned_at.is_none());
             o["can_upload"] = json!(
                 b.status == backups::BackupStatus::Succeeded
                     && !b.removed
