@@ -1509,6 +1509,131 @@ mod tests {
         assert!(ids(&elsewhere, Filter::default()).is_empty());
     }
 
+    /// An off-site upload that fails leaves the copy `failed` with the storage's words
+    /// and a retry due a minute later; the worker's pass starts it only once due (as an
+    /// `uploading` upload job, once); a second failure waits twice as long; a report
+    /// that does not match the backup's key and sha256 is never `done`; a matching one is.
+    #[test]
+    fn failed_uploads_are_retried_with_backoff_and_done_only_when_listed() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        store.seal_with(crate::secrets::Keys::from_master(b"test"));
+        let now = Utc::now();
+        let sha = "b".repeat(64);
+        let settings = crate::offsite::ProjectOffsite {
+            id: "p1".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "bucket".into(),
+            prefix: "nightly/".into(),
+            region: "us-east-1".into(),
+            access_key: "ak".into(),
+            secret_key: "sk".into(),
+            encryption_key: "a2V5".into(),
+            retention: Default::default(),
+            updated_at: now,
+            updated_by: "admin".into(),
+        };
+        let log_and_finish = |w: &mut Writer, id: &str, line: String, status: Status| {
+            w.log_append(
+                id,
+                0,
+                &executions::encode_chunk(OutputStream::Stdout, &line),
+            )?;
+            executions::finish(w, id, status, Some(0), "exit", now)?;
+            anyhow::Ok(())
+        };
+        store
+            .write(|w| {
+                w.put(&settings)?;
+                w.put(&crate::agents::Agent {
+                    id: "a1".into(),
+                    name: "db-01".into(),
+                    project_id: "p1".into(),
+                    server_id: None,
+                    cert_sha256: String::new(),
+                    enrolled_at: now,
+                    token_id: "t".into(),
+                    facts: Default::default(),
+                    last_seen: None,
+                    revoked_at: None,
+                    revoked_by: None,
+                    host_id: None,
+                    duplicate: None,
+                })?;
+                crate::agents::backfill_indexes(w)?;
+                queued_backup(w, "e1");
+                let line = format!("{RESULT_PREFIX}{{\"ok\":true,\"size\":5,\"sha256\":\"{sha}\",\"offsite\":{{\"ok\":false,\"key\":\"k\",\"error\":\"the storage answered SignatureDoesNotMatch\"}}}}\n");
+                log_and_finish(w, "e1", line, Status::Succeeded)
+            })
+            .unwrap();
+        let backup = |store: &crate::store::Store| -> Backup {
+            store.read(|r| r.get("b-e1")).unwrap().unwrap()
+        };
+        let b = backup(&store);
+        assert_eq!(b.status, BackupStatus::Succeeded);
+        let copy = b.offsite.clone().expect("an off-site copy");
+        assert!(copy.key.starts_with("nightly/p1/shop/db/b-e1"), "{copy:?}");
+        assert_eq!(copy.status, OffsiteStatus::Failed);
+        assert_eq!(
+            copy.error.as_deref(),
+            Some("the storage answered SignatureDoesNotMatch")
+        );
+        assert_eq!(copy.attempts, 1);
+        let due = copy.next_retry_at.expect("a retry");
+        assert_eq!((due - now).num_seconds(), 60);
+
+        let pass = |at: DateTime<Utc>| store.write(|w| start_due_retries(w, at)).unwrap();
+        assert!(pass(now + chrono::Duration::seconds(30)).is_empty());
+        let started = pass(now + chrono::Duration::seconds(61));
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].work.kind(), "compose_offsite_upload");
+        assert_eq!(
+            backup(&store).offsite.unwrap().status,
+            OffsiteStatus::Uploading
+        );
+        assert!(
+            pass(now + chrono::Duration::seconds(600)).is_empty(),
+            "only once"
+        );
+
+        // It fails again: twice the wait.
+        let retry = started[0].id.clone();
+        store
+            .write(|w| {
+                log_and_finish(w, &retry, format!("{RESULT_PREFIX}{{\"ok\":false,\"error\":\"connection refused\",\"offsite\":{{\"ok\":false,\"key\":\"k\",\"error\":\"connection refused\"}}}}\n"), Status::Failed)
+            })
+            .unwrap();
+        let copy = backup(&store).offsite.unwrap();
+        assert_eq!((copy.status, copy.attempts), (OffsiteStatus::Failed, 2));
+        assert_eq!((copy.next_retry_at.unwrap() - now).num_seconds(), 120);
+
+        // A report for another key is not this copy.
+        let key = copy.key.clone();
+        let started = pass(now + chrono::Duration::seconds(121));
+        let retry = started[0].id.clone();
+        store
+            .write(|w| {
+                log_and_finish(w, &retry, format!("{RESULT_PREFIX}{{\"ok\":true,\"offsite\":{{\"ok\":true,\"key\":\"elsewhere\",\"size\":99,\"sha256\":\"{sha}\"}}}}\n"), Status::Succeeded)
+            })
+            .unwrap();
+        let copy = backup(&store).offsite.unwrap();
+        assert_eq!(copy.status, OffsiteStatus::Failed, "{copy:?}");
+        let started = pass(now + chrono::Duration::seconds(3600));
+        let retry = started[0].id.clone();
+        store
+            .write(|w| {
+                log_and_finish(w, &retry, format!("{RESULT_PREFIX}{{\"ok\":true,\"offsite\":{{\"ok\":true,\"key\":\"{key}\",\"size\":99,\"sha256\":\"{sha}\"}}}}\n"), Status::Succeeded)
+            })
+            .unwrap();
+        let copy = backup(&store).offsite.unwrap();
+        assert_eq!(
+            (copy.status, copy.size, copy.attempts),
+            (OffsiteStatus::Done, Some(99), 4)
+        );
+        assert!(copy.next_retry_at.is_none() && copy.error.is_none());
+    }
+
     /// The result line is taken off the log and parsed; other lines stay.
     #[test]
     fn result_line_is_split_off() {
