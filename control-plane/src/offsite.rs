@@ -357,6 +357,9 @@ pub fn retry_key(at: DateTime<Utc>, backup_id: &str) -> String {
     format!("{}/{backup_id}", at.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
+/// A day, an ISO week or a month: (year, number, which kind).
+type Period = (i32, u32, u32);
+
 /// Which of a project's copies to delete: `copies` are `(key, when made)`; the newest
 /// copy of each of the newest `daily` days, `weekly` ISO weeks and `monthly` months is
 /// kept (a copy may count for several). Answers the keys to delete, none when nothing
@@ -365,8 +368,8 @@ pub fn to_prune(copies: &[(String, DateTime<Utc>)], retention: Retention) -> Vec
     let mut sorted: Vec<&(String, DateTime<Utc>)> = copies.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let mut keep: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut pick = |period: &dyn Fn(&DateTime<Utc>) -> (i32, u32, u32), count: u32| {
-        let mut seen: Vec<(i32, u32, u32)> = Vec::new();
+    let mut pick = |period: &dyn Fn(&DateTime<Utc>) -> Period, count: u32| {
+        let mut seen: Vec<Period> = Vec::new();
         for (id, at) in &sorted {
             if seen.len() as u32 >= count {
                 break;
