@@ -985,12 +985,13 @@ pub struct Filter {
 }
 
 /// The kinds an execution can have, as filters name them.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "script",
     "playbook",
     "compose_backup",
     "compose_verify",
     "compose_restore",
+    "compose_offsite_upload",
     "system_update",
 ];
 
