@@ -1706,9 +1706,11 @@ fn record_upload(
     };
     copy.status = OffsiteStatus::Failed;
     copy.error = Some(error.clone());
+    // Nothing to retry without a kept dump or without storage to send it to.
     let last = outcome.get("final").and_then(|v| v.as_bool()) == Some(true)
         || backup.status != BackupStatus::Succeeded
-        || backup.removed;
+        || backup.removed
+        || crate::offsite::settings(w, &backup.project_id)?.is_none();
     if !last {
         copy.next_retry_at = crate::offsite::next_retry(copy.attempts, now);
     }

@@ -218,6 +218,17 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
         html.contains("Off-site copy") && html.contains(key),
         "{html}"
     );
+    let (status, html) = api.get_text("/backups").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains(">done</span>"),
+        "the list shows the off-site status: {html}"
+    );
+    let (status, html) = api
+        .get_text(&format!("/projects/{project_id}/operations"))
+        .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("off-site done"), "{html}");
     let (status, html) = api.get_text(&format!("/projects/{project_id}")).await;
     assert_eq!(status, 200, "{html}");
     assert!(
