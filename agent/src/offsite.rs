@@ -390,19 +390,14 @@ pub async fn upload_to(
         .unwrap_or_default()
         .trim_matches('"')
         .to_string();
-    let checked_by = if is_multipart_md5(&etag) {
-        if etag != expected_etag {
-            return Err(OffsiteError::Mismatch {
-                key: target.key.clone(),
-                found: format!("ETag {etag}"),
-                expected: format!("ETag {expected_etag}"),
-            }
-            .into());
-        }
+    let checked_by = if is_multipart_md5(&etag) && etag == expected_etag {
         "etag"
     } else {
-        // This storage's ETags are not MD5s: read the copy back instead.
-        progress("off-site: the storage's ETag is not an MD5; reading the copy back to check it");
+        // This storage's ETags are not the MD5s of the parts (another scheme, or
+        // server-side encryption with KMS): read the copy back and check it instead.
+        progress(&format!(
+            "off-site: the storage lists ETag {etag}, not the parts' MD5 {expected_etag}; reading the copy back to check it"
+        ));
         let mut with_sha = target.clone();
         with_sha.sha256 = Some(sha256.to_string());
         let (clear_size, found) = download_from(store, &with_sha, &mut |_| Ok(())).await?;
