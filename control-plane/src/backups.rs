@@ -1533,6 +1533,7 @@ mod tests {
             retention: Default::default(),
             updated_at: now,
             updated_by: "admin".into(),
+            inherited: false,
         };
         let log_and_finish = |w: &mut Writer, id: &str, line: String, status: Status| {
             w.log_append(
@@ -1905,9 +1906,18 @@ fn backup_id_of_key(key: &str) -> String {
 
 /// Prunes every project's off-site copies.
 pub async fn prune_all(app: &crate::app::App) -> anyhow::Result<()> {
+    // Each project's own storage, or the default one it uses.
     let store = app.store.clone();
-    let all: Vec<crate::offsite::ProjectOffsite> =
-        crate::store::blocking(move || store.read(|r| r.list())).await?;
+    let all: Vec<crate::offsite::ProjectOffsite> = crate::store::blocking(move || {
+        store.read(|r| {
+            let mut all = Vec::new();
+            for project in crate::projects::all(r)? {
+                all.extend(crate::offsite::settings(r, &project.id)?);
+            }
+            Ok(all)
+        })
+    })
+    .await?;
     for settings in all {
         let pruned = prune_project(app, &settings, Utc::now()).await;
         if !pruned.deleted.is_empty() || !pruned.errors.is_empty() {

@@ -7,7 +7,12 @@
 //! a dump never passes through the control plane. The control plane tests settings,
 //! lists and deletes objects (retention) with the same client.
 //!
-//! Tables: `project_offsite` ([`ProjectOffsite`], keyed by project id, **sealed**);
+//! A project without settings of its own uses the default storage (the record
+//! [`DEFAULT_ID`], set by those who may create projects), with a key of its own derived
+//! from the default's (HKDF-SHA256 over the project id), so no two projects share one.
+//!
+//! Tables: `project_offsite` ([`ProjectOffsite`], keyed by project id or [`DEFAULT_ID`],
+//! **sealed**);
 //! index `backup_offsite_retry` (`<when, sortable>/<backup id>`: failed uploads waiting
 //! for their next attempt), kept by `backups::save`.
 //!
@@ -33,6 +38,8 @@ pub const DEFAULT_RETENTION: Retention = Retention {
     weekly: 4,
     monthly: 12,
 };
+/// The id of the default storage's record.
+pub const DEFAULT_ID: &str = "_default";
 /// Attempts of one upload (the backup's own, then retries) before it is left failed.
 pub const MAX_ATTEMPTS: u32 = 6;
 /// The wait before the first retry; it doubles with each further one.
@@ -74,6 +81,9 @@ pub struct ProjectOffsite {
     pub retention: Retention,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
+    /// These are the default storage's settings, not the project's own (never stored).
+    #[serde(skip)]
+    pub inherited: bool,
 }
 
 impl std::fmt::Debug for ProjectOffsite {
@@ -112,9 +122,44 @@ pub struct SettingsInput {
     pub keep_monthly: Option<u32>,
 }
 
-/// The project's off-site settings, if set.
+/// The off-site settings a project uses: its own, else the default storage's with the
+/// project's derived key, else none.
 pub fn settings(r: &impl Read, project_id: &str) -> anyhow::Result<Option<ProjectOffsite>> {
-    r.get(project_id)
+    if let Some(own) = r.get::<ProjectOffsite>(project_id)? {
+        return Ok(Some(own));
+    }
+    if project_id == DEFAULT_ID {
+        return Ok(None);
+    }
+    Ok(r.get::<ProjectOffsite>(DEFAULT_ID)?.map(|default| {
+        let encryption_key = derived_key(&default.encryption_key, project_id);
+        ProjectOffsite {
+            id: project_id.to_string(),
+            encryption_key,
+            inherited: true,
+            ..default
+        }
+    }))
+}
+
+/// The default storage's own settings.
+pub fn default_settings(r: &impl Read) -> anyhow::Result<Option<ProjectOffsite>> {
+    r.get(DEFAULT_ID)
+}
+
+/// A project's backup key under the default storage: HKDF-SHA256 of the default's key
+/// with the project id, base64.
+fn derived_key(default_key: &str, project_id: &str) -> String {
+    use hkdf::Hkdf;
+    use sha2::Sha256;
+    let ikm = base64::engine::general_purpose::STANDARD
+        .decode(default_key)
+        .unwrap_or_default();
+    let mut key = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"dynserv/offsite/v1"), &ikm)
+        .expand(project_id.as_bytes(), &mut key)
+        .expect("32 bytes is a valid hkdf length");
+    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// What the API and the pages show: never the secret key or the backup key.
@@ -134,6 +179,7 @@ pub fn settings_view(settings: Option<&ProjectOffsite>) -> serde_json::Value {
             },
             "updated_at": s.updated_at,
             "updated_by": s.updated_by,
+            "default": s.inherited,
         }),
         None => serde_json::Value::Null,
     }
@@ -149,11 +195,41 @@ fn bucket_ok(bucket: &str) -> bool {
 }
 
 /// Validates and stores a project's off-site settings; audited. The backup key is made
-/// with the first settings and kept afterwards.
+/// with the first settings and kept afterwards (a project that used the default
+/// storage keeps the key derived for it, so its copies stay readable).
 pub fn save_settings(
     w: &mut Writer,
     actor: &Actor,
     project: &Project,
+    input: &SettingsInput,
+) -> AppResult<ProjectOffsite> {
+    let existing = settings(w, &project.id)?;
+    save_record(
+        w,
+        actor,
+        &project.id,
+        &format!("project:{}", project.name),
+        existing,
+        input,
+    )
+}
+
+/// Validates and stores the default storage (for projects without their own); audited.
+pub fn save_default(
+    w: &mut Writer,
+    actor: &Actor,
+    input: &SettingsInput,
+) -> AppResult<ProjectOffsite> {
+    let existing = default_settings(w)?;
+    save_record(w, actor, DEFAULT_ID, "offsite:default", existing, input)
+}
+
+fn save_record(
+    w: &mut Writer,
+    actor: &Actor,
+    id: &str,
+    audit_target: &str,
+    existing: Option<ProjectOffsite>,
     input: &SettingsInput,
 ) -> AppResult<ProjectOffsite> {
     let mut problems: Vec<(String, String)> = Vec::new();
@@ -208,14 +284,15 @@ pub fn save_settings(
             "access_key is required (at most 256 characters)",
         );
     }
-    let existing = settings(w, &project.id)?;
+    // The default's secret is not carried over into a project's own settings.
+    let own = existing.as_ref().filter(|e| !e.inherited);
     let secret_key = match (
         input
             .secret_key
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty()),
-        &existing,
+        own,
     ) {
         (Some(s), _) => s.to_string(),
         (None, Some(old)) => old.secret_key.clone(),
@@ -263,7 +340,7 @@ pub fn save_settings(
             base64::engine::general_purpose::STANDARD.encode(key)
         });
     let record = ProjectOffsite {
-        id: project.id.clone(),
+        id: id.to_string(),
         endpoint,
         bucket,
         prefix,
@@ -274,13 +351,14 @@ pub fn save_settings(
         retention,
         updated_at: Utc::now(),
         updated_by: actor.username.clone(),
+        inherited: false,
     };
     w.put(&record)?;
     audit::record(
         w,
         actor,
         "project.offsite_update",
-        &format!("project:{}", project.name),
+        audit_target,
         format!(
             "{} bucket {} prefix {:?}",
             record.endpoint, record.bucket, record.prefix
@@ -464,6 +542,23 @@ mod tests {
             .collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, -1]);
         assert!(retry_key(at("2026-12-03T09:00:00Z"), "b") < retry_key(now, "a"));
+    }
+
+    /// A project under the default storage gets a key of its own, the same each time.
+    #[test]
+    fn derived_keys_differ_per_project() {
+        let default = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+        let a = derived_key(&default, "p1");
+        assert_eq!(a, derived_key(&default, "p1"));
+        assert_ne!(a, derived_key(&default, "p2"));
+        assert_ne!(a, default);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&a)
+                .unwrap()
+                .len(),
+            32
+        );
     }
 
     /// Bucket names follow S3's rules.

@@ -425,3 +425,59 @@ async fn a_200_mb_dump_streams_off_site_in_bounded_memory() {
         "the agent's backup held {peak} bytes"
     );
 }
+
+/// A default storage serves the projects without their own: only those who may create
+/// projects set it, its secret is never answered, a project's backup goes there under
+/// the project's own derived key, and that key stays when the project takes settings of
+/// its own, so the copy made before still verifies.
+#[tokio::test]
+async fn a_default_storage_serves_projects_without_their_own() {
+    let s3 = S3Server::start("dynserv-default");
+    let project = Project::start("dsvoffdefault");
+    let cp = ControlPlane::start().await;
+    let (api, project_id) = ops_project(&cp, &project, "cat /data/db.txt").await;
+    let _agent = Agent::start(&cp, &cp.enrollment_token("Ops"), "db-01");
+    let server = server_id(&api, "db-01").await;
+    cp.add_user("tech", "technical", false, "Tq4!pinewood-harbor-ledger");
+    let (status, _) = cp
+        .api_as("tech")
+        .put("/api/v1/offsite", &settings(&s3, &s3.secret_key))
+        .await;
+    assert_eq!(status, 403);
+
+    let mut default = settings(&s3, &s3.secret_key);
+    default["prefix"] = json!("shared");
+    let (status, body) = api.put("/api/v1/offsite", &default).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains(&s3.secret_key), "{body}");
+    let (status, test) = api.post_empty("/api/v1/offsite/test").await;
+    assert_eq!((status, &test["ok"]), (200, &json!(true)), "{test}");
+    let (status, used) = api
+        .get(&format!("/api/v1/projects/{project_id}/offsite"))
+        .await;
+    assert_eq!(status, 200, "{used}");
+    assert_eq!(used["default"], true, "{used}");
+
+    let backup = backup_on(&api, &server).await;
+    assert_eq!(backup["offsite"]["status"], "done", "{backup}");
+    let key = backup["offsite"]["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with(&format!("shared/{project_id}/")), "{key}");
+    let backup_id = backup["id"].as_str().unwrap().to_string();
+
+    // The project takes its own settings (the same storage, another prefix): its key
+    // stays, so the copy made under the default still decrypts.
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/projects/{project_id}/offsite"),
+            &settings(&s3, &s3.secret_key),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["default"], false, "{body}");
+    let (status, verify) = api
+        .post_empty(&format!("/api/v1/backups/{backup_id}/offsite/verify"))
+        .await;
+    assert_eq!(status, 201, "{verify}");
+    let end = wait_end(&api, verify["id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+}

@@ -16,8 +16,9 @@ use crate::executions::Execution;
 use crate::offsite::{self, SettingsInput};
 use crate::policy::Action;
 
-/// `GET /api/v1/projects/{id}/offsite`: the settings without the secret key; 404 while
-/// the project has none.
+/// `GET /api/v1/projects/{id}/offsite`: the settings the project uses without the
+/// secret key (`"default": true` when they are the default storage's); 404 while it
+/// has none.
 pub fn get_settings(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
     let project = project_for(app, ctx, key, Action::ViewServers)?;
@@ -68,7 +69,7 @@ pub fn delete_settings(app: &App, req: &Req, ctx: &Ctx, key: &str) -> AppResult<
 }
 
 /// `POST /api/v1/projects/{id}/offsite/test`: `200 {"ok", "error"?}` after writing,
-/// reading back and deleting a probe object with the saved settings.
+/// reading back and deleting a probe object with the settings the project uses.
 pub async fn test(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
     let project = project_for(app, ctx, key, Action::EditProject)?;
@@ -76,6 +77,65 @@ pub async fn test(app: &App, ctx: &Ctx, key: &str) -> AppResult<Resp> {
         .store
         .read(|r| offsite::settings(r, &project.id))?
         .ok_or_else(|| AppError::conflict("this project has no off-site storage yet"))?;
+    Ok(reply(StatusCode::OK, &offsite::test(&settings).await))
+}
+
+/// Only those who may create projects set the default storage the projects use that
+/// have none of their own.
+fn require_default_admin(ctx: &Ctx) -> AppResult<()> {
+    super::fleet_api::require_fleet(ctx)?;
+    if crate::policy::can(&ctx.subject, Action::CreateProject, None) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden())
+    }
+}
+
+/// `GET /api/v1/offsite`: the default storage, without its secret; 404 when unset.
+pub fn get_default(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    require_default_admin(ctx)?;
+    match app.store.read(offsite::default_settings)? {
+        Some(s) => Ok(reply(StatusCode::OK, &offsite::settings_view(Some(&s)))),
+        None => Err(AppError::not_found("default off-site settings")),
+    }
+}
+
+/// `PUT /api/v1/offsite`: the default storage, the same body as a project's.
+pub fn put_default(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_default_admin(ctx)?;
+    let input: SettingsInput = req.json()?;
+    let actor = ctx.actor(req);
+    let saved = app
+        .store
+        .write(|w| Ok(offsite::save_default(w, &actor, &input)?))
+        .map_err(AppError::from)?;
+    Ok(reply(StatusCode::OK, &offsite::settings_view(Some(&saved))))
+}
+
+/// `DELETE /api/v1/offsite`: forgets the default storage.
+pub fn delete_default(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_default_admin(ctx)?;
+    let actor = ctx.actor(req);
+    let removed = app.store.write(|w| {
+        let removed = w.delete::<offsite::ProjectOffsite>(offsite::DEFAULT_ID)?;
+        if removed {
+            crate::audit::record(w, &actor, "project.offsite_delete", "offsite:default", "")?;
+        }
+        Ok(removed)
+    })?;
+    if !removed {
+        return Err(AppError::not_found("default off-site settings"));
+    }
+    Ok(reply(StatusCode::OK, &json!({"deleted": true})))
+}
+
+/// `POST /api/v1/offsite/test`: the Test of the default storage.
+pub async fn test_default(app: &App, ctx: &Ctx) -> AppResult<Resp> {
+    require_default_admin(ctx)?;
+    let settings = app
+        .store
+        .read(offsite::default_settings)?
+        .ok_or_else(|| AppError::conflict("no default off-site storage is set"))?;
     Ok(reply(StatusCode::OK, &offsite::test(&settings).await))
 }
 

@@ -41,7 +41,9 @@ fn settings_page(app: &App, req: &Req, project: &Project) -> AppResult<(Value, S
     Ok((
         json!({
             "project": {"id": project.id, "name": project.name},
-            "settings": view,
+            // The default storage's values are offered, but saving makes them the
+            // project's own, with a secret of its own.
+            "settings": if settings.as_ref().is_some_and(|s| s.inherited) { Value::Null } else { view.clone() },
             "values": {
                 "endpoint": text("endpoint"),
                 "bucket": text("bucket"),

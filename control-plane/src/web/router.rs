@@ -164,6 +164,10 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["backups", id, "offsite", "restore"]) => {
             super::offsite_api::restore(app, req, &ctx, id)
         }
+        (&Method::GET, ["offsite"]) => super::offsite_api::get_default(app, &ctx),
+        (&Method::PUT, ["offsite"]) => super::offsite_api::put_default(app, req, &ctx),
+        (&Method::DELETE, ["offsite"]) => super::offsite_api::delete_default(app, req, &ctx),
+        (&Method::POST, ["offsite", "test"]) => super::offsite_api::test_default(app, &ctx).await,
         (&Method::GET, ["projects", id, "offsite"]) => {
             super::offsite_api::get_settings(app, &ctx, id)
         }
