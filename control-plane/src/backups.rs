@@ -1585,6 +1585,9 @@ mod tests {
         assert_eq!((due - now).num_seconds(), 60);
 
         let pass = |at: DateTime<Utc>| store.write(|w| start_due_retries(w, at)).unwrap();
+        let due = |at: DateTime<Utc>| store.read(|r| retry_due(r, at)).unwrap();
+        assert!(!due(now + chrono::Duration::seconds(30)));
+        assert!(due(now + chrono::Duration::seconds(61)));
         assert!(pass(now + chrono::Duration::seconds(30)).is_empty());
         let started = pass(now + chrono::Duration::seconds(61));
         assert_eq!(started.len(), 1);
@@ -1812,6 +1815,14 @@ const OFFSITE_TICK: Duration = Duration::from_secs(10);
 /// How often each project's off-site copies are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Whether a failed upload's retry is due at `now`.
+fn retry_due(r: &impl Read, now: DateTime<Utc>) -> anyhow::Result<bool> {
+    let first = r.index_page(&crate::store::IndexScan::prefix(OFFSITE_RETRY, "", 1))?;
+    Ok(first
+        .first()
+        .is_some_and(|(key, _)| *key <= crate::offsite::retry_key(now, "~")))
+}
+
 /// Starts the uploads whose retry is due (at most a batch per pass). Answers the
 /// executions to dispatch.
 pub fn start_due_retries(w: &mut Writer, now: DateTime<Utc>) -> anyhow::Result<Vec<Execution>> {
@@ -1868,9 +1879,15 @@ pub async fn offsite_worker(
             continue;
         }
         let store = app.store.clone();
-        match crate::store::blocking(move || store.write(|w| start_due_retries(w, Utc::now())))
-            .await
-        {
+        let due = move || -> anyhow::Result<Vec<Execution>> {
+            // A read first: most passes find nothing due and need no write.
+            let now = Utc::now();
+            if !store.read(|r| retry_due(r, now))? {
+                return Ok(Vec::new());
+            }
+            store.write(|w| start_due_retries(w, now))
+        };
+        match crate::store::blocking(due).await {
             Ok(started) => {
                 for e in &started {
                     app.fleet.dispatch(e);
