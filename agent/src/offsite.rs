@@ -645,9 +645,10 @@ mod tests {
             let object = ObjectPath::from("p/x.dump.dsv");
             let sealed = store.get(&object).await.unwrap().bytes().await.unwrap();
             assert_eq!(sealed.len() as u64, done.size);
-            assert!(!sealed
-                .windows(64.min(size))
-                .any(|w| w == &clear[..64.min(size)]));
+            // No 64 clear bytes in a row reach the storage.
+            if size >= 64 {
+                assert!(!sealed.windows(64).any(|w| w == &clear[..64]));
+            }
             let mut back = Vec::new();
             let mut with_sha = t.clone();
             with_sha.sha256 = Some(sha.clone());
