@@ -69,6 +69,17 @@ fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [ -f .venv-ansible/.gitignore ] || echo '*' >.venv-ansible/.gitignore
 
+# ---- moto in .venv-moto (off-site backup tests: a real S3-compatible server) ----------
+
+if [ ! -x .venv-moto/bin/moto_server ]; then
+    say "creating .venv-moto with moto[server] (off-site backup tests)"
+    python3 -m venv .venv-moto
+    .venv-moto/bin/pip install --quiet --disable-pip-version-check 'moto[server]'
+else
+    say "moto present in .venv-moto"
+fi
+[ -f .venv-moto/.gitignore ] || echo '*' >.venv-moto/.gitignore
+
 # ---- Docker (agent tests on private networks, compose backups) -----------------------
 
 if docker info >/dev/null 2>&1; then

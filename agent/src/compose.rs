@@ -32,7 +32,7 @@ use bollard::query_parameters::{
     UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
-use dynserv_shared::proto::JobKind;
+use dynserv_shared::proto::{JobKind, OffsiteTarget};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -136,6 +136,29 @@ pub struct BackupArgs {
     /// The backup's id.
     #[arg(long)]
     pub backup_id: String,
+    /// A private file naming the off-site storage to upload an encrypted copy to.
+    #[arg(long)]
+    pub offsite_file: Option<PathBuf>,
+}
+
+/// Arguments of `dynserv-agent compose-offsite-upload`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OffsiteUploadArgs {
+    /// The compose project the backup belongs to.
+    #[arg(long)]
+    pub project: String,
+    /// The compose service the backup belongs to.
+    #[arg(long)]
+    pub service: String,
+    /// Where backups are kept.
+    #[arg(long)]
+    pub backup_dir: PathBuf,
+    /// The backup's id.
+    #[arg(long)]
+    pub backup_id: String,
+    /// A private file naming the off-site storage.
+    #[arg(long)]
+    pub offsite_file: PathBuf,
 }
 
 /// Arguments of `dynserv-agent compose-verify`.
@@ -153,6 +176,9 @@ pub struct VerifyArgs {
     /// The backup's id.
     #[arg(long)]
     pub backup_id: String,
+    /// Check the off-site copy this private file names instead of the kept dump.
+    #[arg(long)]
+    pub offsite_file: Option<PathBuf>,
 }
 
 /// Arguments of `dynserv-agent compose-restore`.
@@ -178,6 +204,9 @@ pub struct RestoreArgs {
     /// The backup's id.
     #[arg(long)]
     pub backup_id: String,
+    /// Fetch the dump from the off-site copy this private file names first.
+    #[arg(long)]
+    pub offsite_file: Option<PathBuf>,
 }
 
 /// What the agent keeps beside each dump.
@@ -210,6 +239,17 @@ pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
         .context("the job directory has no state directory above it")?;
     let backup_dir = state_dir.join("backups").to_string_lossy().into_owned();
     let mut argv = vec![exe.to_string_lossy().into_owned()];
+    // Off-site settings hold secrets: they go in a private file, never on the command
+    // line where any local user could read them.
+    let offsite_file = |target: &Option<OffsiteTarget>| -> Result<Option<String>> {
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let path = job_dir.join("offsite.json");
+        crate::private_fs::write(&path, serde_json::to_vec(target)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Some(path.to_string_lossy().into_owned()))
+    };
     let mut push = |items: &[&str]| argv.extend(items.iter().map(|s| s.to_string()));
     match kind {
         JobKind::ComposeBackup {
@@ -219,6 +259,7 @@ pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
             command,
             dump_path,
             keep,
+            offsite,
         } => {
             let keep = keep.to_string();
             push(&["compose-backup", "--project", compose_project]);
@@ -227,15 +268,34 @@ pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
             if let Some(path) = dump_path {
                 push(&["--dump-path", path]);
             }
+            if let Some(file) = offsite_file(offsite)? {
+                push(&["--offsite-file", &file]);
+            }
+        }
+        JobKind::ComposeOffsiteUpload {
+            backup_id,
+            compose_project,
+            service,
+            offsite,
+        } => {
+            let file = offsite_file(offsite)?
+                .context("the off-site upload job names no off-site storage")?;
+            push(&["compose-offsite-upload", "--project", compose_project]);
+            push(&["--service", service, "--backup-dir", &backup_dir]);
+            push(&["--backup-id", backup_id, "--offsite-file", &file]);
         }
         JobKind::ComposeVerify {
             backup_id,
             compose_project,
             service,
+            offsite,
         } => {
             push(&["compose-verify", "--project", compose_project]);
             push(&["--service", service, "--backup-dir", &backup_dir]);
             push(&["--backup-id", backup_id]);
+            if let Some(file) = offsite_file(offsite)? {
+                push(&["--offsite-file", &file]);
+            }
         }
         JobKind::ComposeRestore {
             backup_id,
@@ -243,12 +303,16 @@ pub fn job_argv(kind: &JobKind, job_dir: &Path) -> Result<Vec<String>> {
             service,
             command,
             dump_path,
+            offsite,
         } => {
             push(&["compose-restore", "--project", compose_project]);
             push(&["--service", service, "--command", command]);
             push(&["--backup-dir", &backup_dir, "--backup-id", backup_id]);
             if let Some(path) = dump_path {
                 push(&["--dump-path", path]);
+            }
+            if let Some(file) = offsite_file(offsite)? {
+                push(&["--offsite-file", &file]);
             }
         }
         JobKind::SystemUpdate { check } => {
@@ -311,26 +375,153 @@ fn run_cli(body: impl std::future::Future<Output = Result<serde_json::Value>>) -
 /// `dynserv-agent compose-backup`.
 pub fn backup_main(args: BackupArgs) -> i32 {
     run_cli(async move {
+        // Read first: a target that cannot be read fails the job before any work.
+        let target = args.offsite_file.as_deref().map(read_target).transpose()?;
         let meta = backup(&args).await?;
         let removed = prune(&args.backup_dir, &args.project, &args.service, args.keep)?;
         for id in &removed {
             say(&format!("removed old backup {id} (keeping {})", args.keep));
         }
-        Ok(serde_json::json!({
+        let dump = dump_file(
+            &args.backup_dir,
+            &args.project,
+            &args.service,
+            &args.backup_id,
+        )?;
+        let mut result = serde_json::json!({
             "ok": true,
             "backup_id": meta.backup_id,
             "size": meta.size,
             "sha256": meta.sha256,
             "source": meta.source,
-            "path": dump_file(&args.backup_dir, &args.project, &args.service, &args.backup_id)?,
+            "path": dump,
             "removed": removed,
+        });
+        if let Some(target) = target {
+            // The dump is kept here whatever happens off site; the record shows both.
+            result["offsite"] = upload_with_retries(&target, &dump, &meta).await;
+        }
+        let peak = peak_rss_bytes();
+        if let Some(bytes) = peak {
+            say(&format!("peak memory of this backup: {} KiB", bytes / 1024));
+        }
+        result["peak_rss_bytes"] = serde_json::json!(peak);
+        Ok(result)
+    })
+}
+
+/// `dynserv-agent compose-offsite-upload`: uploads a kept backup again.
+pub fn offsite_upload_main(args: OffsiteUploadArgs) -> i32 {
+    run_cli(async move {
+        let target = read_target(&args.offsite_file)?;
+        let meta = verify(
+            &args.backup_dir,
+            &args.project,
+            &args.service,
+            &args.backup_id,
+        )?;
+        let dump = dump_file(
+            &args.backup_dir,
+            &args.project,
+            &args.service,
+            &args.backup_id,
+        )?;
+        let offsite = upload_with_retries(&target, &dump, &meta).await;
+        if offsite["ok"] != serde_json::json!(true) {
+            let error = offsite["error"]
+                .as_str()
+                .unwrap_or("the upload failed")
+                .to_string();
+            eprintln!("error: {error}");
+            print_result(&serde_json::json!({"ok": false, "error": error, "offsite": offsite}));
+            std::process::exit(1);
+        }
+        Ok(serde_json::json!({
+            "ok": true, "backup_id": meta.backup_id, "size": meta.size, "sha256": meta.sha256,
+            "offsite": offsite, "peak_rss_bytes": peak_rss_bytes(),
         }))
     })
+}
+
+/// Reads the private file that names the off-site storage.
+fn read_target(path: &Path) -> Result<OffsiteTarget> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Tries to upload in this many attempts before the job reports the failure (the
+/// control plane retries later, with a longer backoff).
+const UPLOAD_ATTEMPTS: u32 = 3;
+
+/// Uploads an encrypted copy of a kept dump, retrying with backoff; answers the
+/// result's `offsite` part: `{"ok": true, "key", "size", "etag", "sha256", "checked_by"}`
+/// or `{"ok": false, "key", "error"}` with the storage's own message.
+async fn upload_with_retries(
+    target: &OffsiteTarget,
+    dump: &Path,
+    meta: &BackupMeta,
+) -> serde_json::Value {
+    let mut delay = Duration::from_secs(2);
+    let mut last_error = String::new();
+    for attempt in 1..=UPLOAD_ATTEMPTS {
+        say(&format!(
+            "off-site: uploading an encrypted copy to {} (attempt {attempt} of {UPLOAD_ATTEMPTS})",
+            target.key
+        ));
+        match crate::offsite::upload_file(target, dump, &meta.sha256, &mut |line| say(line)).await {
+            Ok(done) => {
+                say(&format!(
+                    "off-site: {} listed with {} bytes, ETag {} (checked by {})",
+                    done.key, done.size, done.etag, done.checked_by
+                ));
+                return serde_json::json!({
+                    "ok": true,
+                    "key": done.key,
+                    "size": done.size,
+                    "etag": done.etag,
+                    "sha256": meta.sha256,
+                    "checked_by": done.checked_by,
+                });
+            }
+            Err(e) => {
+                last_error = format!("{e:#}");
+                eprintln!("[dynserv] off-site upload failed: {last_error}");
+                if attempt < UPLOAD_ATTEMPTS {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+    serde_json::json!({"ok": false, "key": target.key, "error": last_error})
+}
+
+/// The most memory this process has held (VmHWM), for the result line.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `dynserv-agent compose-verify`.
 pub fn verify_main(args: VerifyArgs) -> i32 {
     run_cli(async move {
+        if let Some(file) = &args.offsite_file {
+            let target = read_target(file)?;
+            say(&format!(
+                "downloading and decrypting the off-site copy {}",
+                target.key
+            ));
+            let (size, sha256) = crate::offsite::download(&target, &mut |_| Ok(())).await?;
+            say(&format!(
+                "the off-site copy decrypts to {size} bytes with sha256 {sha256}, as recorded"
+            ));
+            return Ok(serde_json::json!({
+                "ok": true, "backup_id": args.backup_id, "size": size, "sha256": sha256,
+                "offsite": true, "peak_rss_bytes": peak_rss_bytes(),
+            }));
+        }
         let meta = verify(
             &args.backup_dir,
             &args.project,
@@ -346,6 +537,9 @@ pub fn verify_main(args: VerifyArgs) -> i32 {
 /// `dynserv-agent compose-restore`.
 pub fn restore_main(args: RestoreArgs) -> i32 {
     run_cli(async move {
+        if let Some(file) = &args.offsite_file {
+            fetch_offsite(&args, &read_target(file)?).await?;
+        }
         let meta = restore(&args).await?;
         Ok(serde_json::json!({
             "ok": true, "backup_id": meta.backup_id, "size": meta.size, "sha256": meta.sha256,
@@ -978,6 +1172,63 @@ pub fn verify(backup_dir: &Path, project: &str, service: &str, id: &str) -> Resu
     }
     say(&format!("sha256 {sha256} matches ({size} bytes)"));
     Ok(meta)
+}
+
+/// Downloads and decrypts an off-site copy into this server's backups, as if the backup
+/// had been made here: the dump is written to `<id>.dump.partial`, its sha256 checked
+/// against the recorded one, and only then renamed into place with its record.
+async fn fetch_offsite(args: &RestoreArgs, target: &OffsiteTarget) -> Result<()> {
+    let dump = dump_file(
+        &args.backup_dir,
+        &args.project,
+        &args.service,
+        &args.backup_id,
+    )?;
+    let meta_path = meta_file(
+        &args.backup_dir,
+        &args.project,
+        &args.service,
+        &args.backup_id,
+    )?;
+    let expected = target
+        .sha256
+        .clone()
+        .context("the off-site copy has no recorded sha256 to check it against")?;
+    say(&format!(
+        "downloading and decrypting the off-site copy {}",
+        target.key
+    ));
+    let mut writer = DumpWriter::create(&dump)?;
+    let fetched = crate::offsite::download(target, &mut |piece| writer.write(piece)).await;
+    if let Err(e) = fetched {
+        writer.discard();
+        return Err(e);
+    }
+    let (size, sha256) = writer.finish(&dump)?;
+    if sha256 != expected {
+        let _ = std::fs::remove_file(&dump);
+        anyhow::bail!("the off-site copy decrypts to sha256 {sha256}, recorded {expected}");
+    }
+    let meta = BackupMeta {
+        backup_id: args.backup_id.clone(),
+        project: args.project.clone(),
+        service: args.service.clone(),
+        size,
+        sha256,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        source: format!("off-site {}", target.key),
+    };
+    let tmp = meta_path.with_extension("json.tmp");
+    crate::private_fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)?;
+    std::fs::rename(&tmp, &meta_path)?;
+    say(&format!(
+        "fetched {size} bytes, sha256 {} as recorded",
+        meta.sha256
+    ));
+    Ok(())
 }
 
 /// Restores a kept backup into the service's container and runs the restore command.

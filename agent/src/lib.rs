@@ -8,6 +8,7 @@ pub mod compose;
 pub mod connection;
 pub mod facts;
 pub mod jobs;
+pub mod offsite;
 pub mod playbook;
 pub mod private_fs;
 pub mod servers;

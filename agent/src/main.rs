@@ -51,6 +51,8 @@ enum Command {
     ComposeVerify(dynserv_agent::compose::VerifyArgs),
     /// Restores a kept backup into a Docker Compose service (used by restore jobs).
     ComposeRestore(dynserv_agent::compose::RestoreArgs),
+    /// Uploads an encrypted copy of a kept backup to off-site storage (used by retries).
+    ComposeOffsiteUpload(dynserv_agent::compose::OffsiteUploadArgs),
     /// Upgrades the system's packages non-interactively (apt, dnf or apk).
     SystemUpdate(dynserv_agent::update::UpdateArgs),
 }
@@ -113,6 +115,9 @@ fn main() -> ExitCode {
         Command::ComposeRestore(args) => {
             return ExitCode::from(dynserv_agent::compose::restore_main(args) as u8)
         }
+        Command::ComposeOffsiteUpload(args) => {
+            return ExitCode::from(dynserv_agent::compose::offsite_upload_main(args) as u8)
+        }
         Command::SystemUpdate(args) => {
             return ExitCode::from(dynserv_agent::update::update_main(args) as u8)
         }
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
         | Command::ComposeBackup(_)
         | Command::ComposeVerify(_)
         | Command::ComposeRestore(_)
+        | Command::ComposeOffsiteUpload(_)
         | Command::SystemUpdate(_) => unreachable!("handled above"),
     };
     match result {

@@ -18,6 +18,8 @@
 //! through which every backup record is written.
 //! System updates live in `updates`, schedules in `schedules`.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,8 @@ const BY_PROJECT: &str = "backup_by_project";
 const BY_AGENT: &str = "backup_by_agent";
 const BY_SERVER: &str = "backup_by_server";
 const BY_STATUS: &str = "backup_by_status";
+/// Failed off-site uploads waiting for their next attempt (`offsite::retry_key`).
+const OFFSITE_RETRY: &str = "backup_offsite_retry";
 
 /// Backups kept per recipe when the project sets no number.
 pub const DEFAULT_KEEP: u32 = 7;
@@ -115,6 +119,51 @@ pub struct Check {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Where a backup's off-site copy stands, as the contract names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsiteStatus {
+    /// Not uploaded yet (the backup runs, or a retry waits).
+    Pending,
+    /// An upload job runs.
+    Uploading,
+    /// The storage lists the object with the size and checksum sent.
+    Done,
+    /// The last upload failed (`error`); retried with backoff until `MAX_ATTEMPTS`.
+    Failed,
+}
+
+/// A backup's off-site copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffsiteCopy {
+    pub status: OffsiteStatus,
+    /// The object's key in the bucket.
+    pub key: String,
+    /// Bytes of the (encrypted) object, once done.
+    pub size: Option<u64>,
+    /// The sha256 of the clear dump it holds.
+    pub sha256: Option<String>,
+    /// The ETag the storage lists.
+    #[serde(default)]
+    pub etag: Option<String>,
+    /// The storage's own message of the last failure.
+    pub error: Option<String>,
+    /// Uploads tried so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the next retry starts, while one is due.
+    #[serde(default)]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub uploaded_at: Option<DateTime<Utc>>,
+    /// The copy was deleted by the off-site retention.
+    #[serde(default)]
+    pub pruned_at: Option<DateTime<Utc>>,
+    /// The last download-and-check of the copy.
+    #[serde(default)]
+    pub last_verify: Option<Check>,
+}
+
 /// One backup run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Backup {
@@ -149,6 +198,9 @@ pub struct Backup {
     pub last_verify: Option<Check>,
     #[serde(default)]
     pub restores: Vec<Check>,
+    /// The off-site copy, when the project has off-site storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteCopy>,
 }
 
 impl Record for Backup {
@@ -357,9 +409,22 @@ pub fn work_summary(work: &Work) -> serde_json::Value {
             backup_id,
             compose_project,
             service,
+            offsite,
         } => (
             "compose verify",
-            format!("# {compose_project}/{service}: recompute the sha256 of backup {backup_id}"),
+            if *offsite {
+                format!("# {compose_project}/{service}: download and decrypt the off-site copy of backup {backup_id}, check its sha256")
+            } else {
+                format!("# {compose_project}/{service}: recompute the sha256 of backup {backup_id}")
+            },
+        ),
+        Work::ComposeOffsiteUpload {
+            backup_id,
+            compose_project,
+            service,
+        } => (
+            "compose off-site upload",
+            format!("# {compose_project}/{service}: upload an encrypted copy of backup {backup_id} off site"),
         ),
         Work::ComposeRestore {
             backup_id,
@@ -367,10 +432,12 @@ pub fn work_summary(work: &Work) -> serde_json::Value {
             service,
             command,
             dump_path,
+            offsite,
         } => (
             "compose restore",
             format!(
-                "# {compose_project}/{service}: restore backup {backup_id} ({})\n{command}",
+                "# {compose_project}/{service}: restore backup {backup_id}{} ({})\n{command}",
+                if *offsite { " from its off-site copy" } else { "" },
                 dump_path
                     .as_deref()
                     .map(|p| format!("copied to {p}"))
@@ -675,7 +742,23 @@ fn save(w: &mut Writer, backup: &Backup) -> anyhow::Result<()> {
         &backup.id,
         old_keys,
         list_keys(&INDEXES, &backup.id, facets(backup)),
-    )
+    )?;
+    let retry_at = |b: &Backup| {
+        b.offsite
+            .as_ref()
+            .and_then(|c| c.next_retry_at)
+            .map(|at| crate::offsite::retry_key(at, &b.id))
+    };
+    let (was, now) = (old.as_ref().and_then(retry_at), retry_at(backup));
+    if was != now {
+        if let Some(key) = was {
+            w.index_delete(OFFSITE_RETRY, &key)?;
+        }
+        if let Some(key) = now {
+            w.index_put(OFFSITE_RETRY, &key, &backup.id)?;
+        }
+    }
+    Ok(())
 }
 
 /// Schema step: the list indexes of backups and system updates stored before lists
@@ -700,8 +783,122 @@ pub fn start_verify(
         backup_id: backup.id.clone(),
         compose_project: backup.compose_project.clone(),
         service: backup.service.clone(),
+        offsite: false,
     };
     create_execution(w, actor, subject, &backup.agent_id, work)
+}
+
+/// Starts a verify of a backup's off-site copy (download, decrypt, compare the
+/// sha256) on the backup's agent, or `on` another server of the project.
+pub fn start_offsite_verify(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    backup_id: &str,
+    on: Option<&str>,
+) -> AppResult<Execution> {
+    let backup = offsite_copy(w, subject, backup_id)?;
+    let agent_id = agent_in_project(w, subject, &backup, on)?;
+    let work = Work::ComposeVerify {
+        backup_id: backup.id.clone(),
+        compose_project: backup.compose_project.clone(),
+        service: backup.service.clone(),
+        offsite: true,
+    };
+    create_execution(w, actor, subject, &agent_id, work)
+}
+
+/// The agent to run on: the backup's own, or that of server (or agent) `on`, which
+/// must belong to the backup's project.
+fn agent_in_project(
+    r: &impl Read,
+    subject: &Subject,
+    backup: &Backup,
+    on: Option<&str>,
+) -> AppResult<String> {
+    match on.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(backup.agent_id.clone()),
+        Some(id) => {
+            let agent = agent_to_operate(r, subject, id)?;
+            if agent.project_id != backup.project_id {
+                return Err(AppError::invalid(
+                    "server",
+                    "the server must belong to the backup's project",
+                ));
+            }
+            Ok(agent.id)
+        }
+    }
+}
+
+/// A backup whose off-site copy is done and kept, that the subject may operate on.
+fn offsite_copy(r: &impl Read, subject: &Subject, backup_id: &str) -> AppResult<Backup> {
+    let backup = get_visible(r, subject, backup_id)?;
+    if !policy::can(subject, Action::OperateServers, Some(&backup.project_id)) {
+        return Err(AppError::forbidden());
+    }
+    match &backup.offsite {
+        Some(copy) if copy.status == OffsiteStatus::Done && copy.pruned_at.is_none() => Ok(backup),
+        Some(copy) if copy.pruned_at.is_some() => Err(AppError::conflict(format!(
+            "the off-site copy of backup {} was removed by the retention",
+            backup.id
+        ))),
+        Some(_) => Err(AppError::conflict(format!(
+            "backup {} has no finished off-site copy",
+            backup.id
+        ))),
+        None => Err(AppError::conflict(format!(
+            "backup {} has no off-site copy",
+            backup.id
+        ))),
+    }
+}
+
+/// Uploads a kept backup off site again now (a failed or pending copy).
+pub fn start_offsite_upload(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    backup_id: &str,
+) -> AppResult<Execution> {
+    let backup = kept(w, subject, backup_id)?;
+    match backup.offsite.as_ref().map(|c| c.status) {
+        None => {
+            return Err(AppError::conflict(format!(
+                "backup {} has no off-site copy to upload (the project had no off-site storage when it was made)",
+                backup.id
+            )))
+        }
+        Some(OffsiteStatus::Done) => {
+            return Err(AppError::conflict(format!(
+                "the off-site copy of backup {} is already done",
+                backup.id
+            )))
+        }
+        Some(OffsiteStatus::Uploading) => {
+            return Err(AppError::conflict(format!(
+                "the off-site copy of backup {} is being uploaded",
+                backup.id
+            )))
+        }
+        _ => {}
+    }
+    let work = Work::ComposeOffsiteUpload {
+        backup_id: backup.id.clone(),
+        compose_project: backup.compose_project.clone(),
+        service: backup.service.clone(),
+    };
+    create_execution(w, actor, subject, &backup.agent_id, work)
+}
+
+/// Where a restore takes its dump from and where it runs.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreFrom {
+    /// Use the off-site copy rather than the dump kept on the backup's server.
+    pub offsite: bool,
+    /// Restore onto this server (or agent) of the project; the backup's own when absent.
+    /// Only an off-site copy can be restored elsewhere.
+    pub onto: Option<String>,
 }
 
 /// Starts a restore of a kept backup; `confirmation` must be [`RESTORE_CONFIRMATION`].
@@ -712,7 +909,37 @@ pub fn start_restore(
     backup_id: &str,
     confirmation: Option<&str>,
 ) -> AppResult<Execution> {
-    let backup = kept(w, subject, backup_id)?;
+    start_restore_from(
+        w,
+        actor,
+        subject,
+        backup_id,
+        confirmation,
+        &RestoreFrom::default(),
+    )
+}
+
+/// Starts a restore of a backup from where `from` says.
+pub fn start_restore_from(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    backup_id: &str,
+    confirmation: Option<&str>,
+    from: &RestoreFrom,
+) -> AppResult<Execution> {
+    let backup = if from.offsite {
+        offsite_copy(w, subject, backup_id)?
+    } else {
+        kept(w, subject, backup_id)?
+    };
+    let agent_id = agent_in_project(w, subject, &backup, from.onto.as_deref())?;
+    if !from.offsite && agent_id != backup.agent_id {
+        return Err(AppError::invalid(
+            "server",
+            "only the off-site copy can be restored onto another server: the dump is kept on the server that made it",
+        ));
+    }
     if confirmation.map(str::trim) != Some(RESTORE_CONFIRMATION) {
         return Err(AppError::invalid("confirm", format!("type {RESTORE_CONFIRMATION} to confirm the restore: it overwrites the service's data")));
     }
@@ -737,8 +964,9 @@ pub fn start_restore(
         service: backup.service.clone(),
         command,
         dump_path: recipe.restore_path,
+        offsite: from.offsite,
     };
-    create_execution(w, actor, subject, &backup.agent_id, work)
+    create_execution(w, actor, subject, &agent_id, work)
 }
 
 /// A kept backup the subject may operate on: 404 when it may not see it, 403 when it
@@ -771,7 +999,12 @@ pub struct ExecutionHooks;
 
 impl KindHooks for ExecutionHooks {
     fn kinds(&self) -> &'static [&'static str] {
-        &["compose_backup", "compose_verify", "compose_restore"]
+        &[
+            "compose_backup",
+            "compose_verify",
+            "compose_restore",
+            "compose_offsite_upload",
+        ]
     }
 
     fn work_from_api(
@@ -816,6 +1049,19 @@ fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
             dump_path,
             ..
         } => {
+            let offsite = crate::offsite::settings(w, &e.project_id)?.map(|settings| OffsiteCopy {
+                status: OffsiteStatus::Pending,
+                key: crate::offsite::object_key(&settings, compose_project, service, backup_id),
+                size: None,
+                sha256: None,
+                etag: None,
+                error: None,
+                attempts: 0,
+                next_retry_at: None,
+                uploaded_at: None,
+                pruned_at: None,
+                last_verify: None,
+            });
             let backup = Backup {
                 id: backup_id.clone(),
                 project_id: e.project_id.clone(),
@@ -840,13 +1086,28 @@ fn on_created(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 removed: false,
                 last_verify: None,
                 restores: Vec::new(),
+                offsite,
             };
             save(w, &backup)?;
             w.index_put(BY_EXECUTION, &e.id, backup_id)?;
         }
+        Work::ComposeOffsiteUpload { backup_id, .. } => {
+            if let Some(mut backup) = w.get::<Backup>(backup_id)? {
+                if let Some(copy) = backup.offsite.as_mut() {
+                    copy.status = OffsiteStatus::Uploading;
+                    copy.next_retry_at = None;
+                }
+                save(w, &backup)?;
+            }
+            w.index_put(BY_EXECUTION, &e.id, backup_id)?;
+        }
         Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
             if let Some(mut backup) = w.get::<Backup>(backup_id)? {
-                if matches!(e.work, Work::ComposeVerify { .. }) {
+                if let Work::ComposeVerify { offsite: true, .. } = e.work {
+                    if let Some(copy) = backup.offsite.as_mut() {
+                        copy.last_verify = Some(check());
+                    }
+                } else if matches!(e.work, Work::ComposeVerify { .. }) {
                     backup.last_verify = Some(check());
                 } else {
                     backup.restores.push(check());
@@ -988,6 +1249,51 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                     error_of(e, r)
                 });
             }
+            if backup.offsite.is_some() {
+                let outcome = if backup.status == BackupStatus::Succeeded {
+                    r.and_then(|r| r.get("offsite")).cloned().unwrap_or_else(|| {
+                        serde_json::json!({"ok": false, "error": "the agent uploaded nothing: the project's off-site storage was removed before the job was sent, or the agent is too old to upload"})
+                    })
+                } else {
+                    serde_json::json!({"ok": false, "error": "the backup failed, so there was nothing to upload", "final": true})
+                };
+                record_upload(
+                    w,
+                    &mut backup,
+                    &outcome,
+                    e.finished_at.unwrap_or_else(Utc::now),
+                )?;
+            }
+            save(w, &backup)?;
+        }
+        Work::ComposeOffsiteUpload { backup_id, .. } => {
+            let Some(mut backup) = w.get::<Backup>(backup_id)? else {
+                return Ok(());
+            };
+            let (_, _, result) = read_log(w, &e.id)?;
+            let outcome = result
+                .as_ref()
+                .and_then(|r| r.get("offsite"))
+                .cloned()
+                .unwrap_or_else(
+                    || serde_json::json!({"ok": false, "error": error_of(e, result.as_ref())}),
+                );
+            let outcome = if e.status == Status::Succeeded {
+                outcome
+            } else {
+                let mut failed = outcome;
+                failed["ok"] = serde_json::json!(false);
+                if failed.get("error").is_none() {
+                    failed["error"] = serde_json::json!(error_of(e, result.as_ref()));
+                }
+                failed
+            };
+            record_upload(
+                w,
+                &mut backup,
+                &outcome,
+                e.finished_at.unwrap_or_else(Utc::now),
+            )?;
             save(w, &backup)?;
         }
         Work::ComposeVerify { backup_id, .. } | Work::ComposeRestore { backup_id, .. } => {
@@ -1010,7 +1316,16 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 check.error = (!ok).then(|| error_of(e, result.as_ref()));
                 check.finished_at = e.finished_at;
             };
-            if matches!(e.work, Work::ComposeVerify { .. }) {
+            if let Work::ComposeVerify { offsite: true, .. } = e.work {
+                if let Some(check) = backup
+                    .offsite
+                    .as_mut()
+                    .and_then(|c| c.last_verify.as_mut())
+                    .filter(|c| c.execution_id == e.id)
+                {
+                    finish(check);
+                }
+            } else if matches!(e.work, Work::ComposeVerify { .. }) {
                 if let Some(check) = backup
                     .last_verify
                     .as_mut()
@@ -1194,6 +1509,135 @@ mod tests {
         assert!(ids(&elsewhere, Filter::default()).is_empty());
     }
 
+    /// An off-site upload that fails leaves the copy `failed` with the storage's words
+    /// and a retry due a minute later; the worker's pass starts it only once due (as an
+    /// `uploading` upload job, once); a second failure waits twice as long; a report
+    /// that does not match the backup's key and sha256 is never `done`; a matching one is.
+    #[test]
+    fn failed_uploads_are_retried_with_backoff_and_done_only_when_listed() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        store.seal_with(crate::secrets::Keys::from_master(b"test"));
+        let now = Utc::now();
+        let sha = "b".repeat(64);
+        let settings = crate::offsite::ProjectOffsite {
+            id: "p1".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "bucket".into(),
+            prefix: "nightly/".into(),
+            region: "us-east-1".into(),
+            access_key: "ak".into(),
+            secret_key: "sk".into(),
+            encryption_key: "a2V5".into(),
+            retention: Default::default(),
+            updated_at: now,
+            updated_by: "admin".into(),
+            inherited: false,
+        };
+        let log_and_finish = |w: &mut Writer, id: &str, line: String, status: Status| {
+            w.log_append(
+                id,
+                0,
+                &executions::encode_chunk(OutputStream::Stdout, &line),
+            )?;
+            executions::finish(w, id, status, Some(0), "exit", now)?;
+            anyhow::Ok(())
+        };
+        store
+            .write(|w| {
+                w.put(&settings)?;
+                w.put(&crate::agents::Agent {
+                    id: "a1".into(),
+                    name: "db-01".into(),
+                    project_id: "p1".into(),
+                    server_id: None,
+                    cert_sha256: String::new(),
+                    enrolled_at: now,
+                    token_id: "t".into(),
+                    facts: Default::default(),
+                    last_seen: None,
+                    revoked_at: None,
+                    revoked_by: None,
+                    host_id: None,
+                    duplicate: None,
+                })?;
+                crate::agents::backfill_indexes(w)?;
+                queued_backup(w, "e1");
+                let line = format!("{RESULT_PREFIX}{{\"ok\":true,\"size\":5,\"sha256\":\"{sha}\",\"offsite\":{{\"ok\":false,\"key\":\"k\",\"error\":\"the storage answered SignatureDoesNotMatch\"}}}}\n");
+                log_and_finish(w, "e1", line, Status::Succeeded)
+            })
+            .unwrap();
+        let backup = |store: &crate::store::Store| -> Backup {
+            store.read(|r| r.get("b-e1")).unwrap().unwrap()
+        };
+        let b = backup(&store);
+        assert_eq!(b.status, BackupStatus::Succeeded);
+        let copy = b.offsite.clone().expect("an off-site copy");
+        assert!(copy.key.starts_with("nightly/p1/shop/db/b-e1"), "{copy:?}");
+        assert_eq!(copy.status, OffsiteStatus::Failed);
+        assert_eq!(
+            copy.error.as_deref(),
+            Some("the storage answered SignatureDoesNotMatch")
+        );
+        assert_eq!(copy.attempts, 1);
+        let due = copy.next_retry_at.expect("a retry");
+        assert_eq!((due - now).num_seconds(), 60);
+
+        let pass = |at: DateTime<Utc>| store.write(|w| start_due_retries(w, at)).unwrap();
+        let due = |at: DateTime<Utc>| store.read(|r| retry_due(r, at)).unwrap();
+        assert!(!due(now + chrono::Duration::seconds(30)));
+        assert!(due(now + chrono::Duration::seconds(61)));
+        assert!(pass(now + chrono::Duration::seconds(30)).is_empty());
+        let started = pass(now + chrono::Duration::seconds(61));
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].work.kind(), "compose_offsite_upload");
+        assert_eq!(
+            backup(&store).offsite.unwrap().status,
+            OffsiteStatus::Uploading
+        );
+        assert!(
+            pass(now + chrono::Duration::seconds(600)).is_empty(),
+            "only once"
+        );
+
+        // It fails again: twice the wait.
+        let retry = started[0].id.clone();
+        store
+            .write(|w| {
+                log_and_finish(w, &retry, format!("{RESULT_PREFIX}{{\"ok\":false,\"error\":\"connection refused\",\"offsite\":{{\"ok\":false,\"key\":\"k\",\"error\":\"connection refused\"}}}}\n"), Status::Failed)
+            })
+            .unwrap();
+        let copy = backup(&store).offsite.unwrap();
+        assert_eq!((copy.status, copy.attempts), (OffsiteStatus::Failed, 2));
+        assert_eq!((copy.next_retry_at.unwrap() - now).num_seconds(), 120);
+
+        // A report for another key is not this copy.
+        let key = copy.key.clone();
+        let started = pass(now + chrono::Duration::seconds(121));
+        let retry = started[0].id.clone();
+        store
+            .write(|w| {
+                log_and_finish(w, &retry, format!("{RESULT_PREFIX}{{\"ok\":true,\"offsite\":{{\"ok\":true,\"key\":\"elsewhere\",\"size\":99,\"sha256\":\"{sha}\"}}}}\n"), Status::Succeeded)
+            })
+            .unwrap();
+        let copy = backup(&store).offsite.unwrap();
+        assert_eq!(copy.status, OffsiteStatus::Failed, "{copy:?}");
+        let started = pass(now + chrono::Duration::seconds(3600));
+        let retry = started[0].id.clone();
+        store
+            .write(|w| {
+                log_and_finish(w, &retry, format!("{RESULT_PREFIX}{{\"ok\":true,\"offsite\":{{\"ok\":true,\"key\":\"{key}\",\"size\":99,\"sha256\":\"{sha}\"}}}}\n"), Status::Succeeded)
+            })
+            .unwrap();
+        let copy = backup(&store).offsite.unwrap();
+        assert_eq!(
+            (copy.status, copy.size, copy.attempts),
+            (OffsiteStatus::Done, Some(99), 4)
+        );
+        assert!(copy.next_retry_at.is_none() && copy.error.is_none());
+    }
+
     /// The result line is taken off the log and parsed; other lines stay.
     #[test]
     fn result_line_is_split_off() {
@@ -1213,4 +1657,378 @@ mod tests {
         assert!(!name_ok("a/b"));
         assert!(!name_ok(""));
     }
+}
+
+// ---- off-site copies ----
+
+/// Records the outcome of an upload (the `offsite` part of a backup's or an upload
+/// job's result line) in the backup's off-site copy: `done` only when the agent reports
+/// that the storage lists the object with the size it sent for the dump's sha256;
+/// otherwise `failed` with the storage's message, a `backup.failed` alert and, while
+/// attempts remain (and the dump is kept), a retry after a doubling wait.
+fn record_upload(
+    w: &mut Writer,
+    backup: &mut Backup,
+    outcome: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let Some(copy) = backup.offsite.as_mut() else {
+        return Ok(());
+    };
+    copy.attempts += 1;
+    copy.next_retry_at = None;
+    let ok = outcome.get("ok").and_then(|v| v.as_bool()) == Some(true);
+    let size = outcome
+        .get("size")
+        .and_then(|v| v.as_u64())
+        .filter(|s| *s > 0);
+    let sha256 = outcome.get("sha256").and_then(|v| v.as_str());
+    let key = outcome.get("key").and_then(|v| v.as_str());
+    let consistent =
+        key == Some(copy.key.as_str()) && sha256.is_some() && sha256 == backup.sha256.as_deref();
+    if ok && size.is_some() && consistent {
+        copy.status = OffsiteStatus::Done;
+        copy.size = size;
+        copy.sha256 = sha256.map(String::from);
+        copy.etag = outcome
+            .get("etag")
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        copy.error = None;
+        copy.uploaded_at = Some(now);
+        return Ok(());
+    }
+    let error = if ok {
+        "the agent reported an upload that does not match this backup (key, size or sha256)"
+            .to_string()
+    } else {
+        outcome
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("the upload failed")
+            .to_string()
+    };
+    copy.status = OffsiteStatus::Failed;
+    copy.error = Some(error.clone());
+    // Nothing to retry without a kept dump or without storage to send it to.
+    let last = outcome.get("final").and_then(|v| v.as_bool()) == Some(true)
+        || backup.status != BackupStatus::Succeeded
+        || backup.removed
+        || crate::offsite::settings(w, &backup.project_id)?.is_none();
+    if !last {
+        copy.next_retry_at = crate::offsite::next_retry(copy.attempts, now);
+    }
+    let retry = match copy.next_retry_at {
+        Some(at) => format!("retried at {}", at.format("%H:%M:%S UTC")),
+        None if last => "not retried".to_string(),
+        None => format!("not retried after {} attempts", copy.attempts),
+    };
+    alert_backup_failed(
+        w,
+        backup,
+        &format!(
+            "Off-site copy of the {}/{} backup failed",
+            backup.compose_project, backup.service
+        ),
+        &format!("backup.failed: {error} ({retry})"),
+    )
+}
+
+/// The `backup.failed` alert: a notification to the admins and whoever started the
+/// backup, linking to it.
+fn alert_backup_failed(
+    w: &mut Writer,
+    backup: &Backup,
+    title: &str,
+    body: &str,
+) -> anyhow::Result<()> {
+    let mut users = crate::notifications::admin_ids(w)?;
+    if let Some(id) = crate::notifications::user_id_of(w, &backup.created_by)? {
+        users.push(id);
+    }
+    crate::notifications::notify(
+        w,
+        &users,
+        &crate::notifications::Message {
+            title: title.to_string(),
+            body: body.to_string(),
+            link: Some(format!("/backups/{}", backup.id)),
+            level: "danger",
+            subject: format!("backup:{}", backup.id),
+        },
+    )
+}
+
+/// Adds the off-site target (with its secrets, which the agent masks in its output)
+/// to the job of a backup, off-site upload, off-site verify or off-site restore, as it
+/// is sent. A backup whose project has no off-site storage any more goes without one,
+/// and its copy is then recorded failed, never skipped.
+pub fn add_offsite_target(
+    r: &impl Read,
+    execution: &Execution,
+    spec: &mut dynserv_shared::proto::JobSpec,
+) -> anyhow::Result<()> {
+    use dynserv_shared::proto::JobKind;
+    let (backup_id, wanted) = match &execution.work {
+        Work::ComposeBackup { backup_id, .. } | Work::ComposeOffsiteUpload { backup_id, .. } => {
+            (backup_id, true)
+        }
+        Work::ComposeVerify {
+            backup_id, offsite, ..
+        }
+        | Work::ComposeRestore {
+            backup_id, offsite, ..
+        } => (backup_id, *offsite),
+        _ => return Ok(()),
+    };
+    if !wanted {
+        return Ok(());
+    }
+    let Some(backup) = r.get::<Backup>(backup_id)? else {
+        return Ok(());
+    };
+    let Some(settings) = crate::offsite::settings(r, &backup.project_id)? else {
+        return Ok(());
+    };
+    let Some(copy) = &backup.offsite else {
+        return Ok(());
+    };
+    let target = crate::offsite::target(&settings, &copy.key, backup.sha256.as_deref());
+    spec.secrets.push(target.secret_key.clone());
+    spec.secrets.push(target.encryption_key.clone());
+    match &mut spec.kind {
+        JobKind::ComposeBackup { offsite, .. }
+        | JobKind::ComposeOffsiteUpload { offsite, .. }
+        | JobKind::ComposeVerify { offsite, .. }
+        | JobKind::ComposeRestore { offsite, .. } => *offsite = Some(target),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// How often the off-site worker looks for due retries and prunes.
+const OFFSITE_TICK: Duration = Duration::from_secs(10);
+/// How often each project's off-site copies are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether a failed upload's retry is due at `now`.
+fn retry_due(r: &impl Read, now: DateTime<Utc>) -> anyhow::Result<bool> {
+    let first = r.index_page(&crate::store::IndexScan::prefix(OFFSITE_RETRY, "", 1))?;
+    Ok(first
+        .first()
+        .is_some_and(|(key, _)| *key <= crate::offsite::retry_key(now, "~")))
+}
+
+/// Starts the uploads whose retry is due (at most a batch per pass). Answers the
+/// executions to dispatch.
+pub fn start_due_retries(w: &mut Writer, now: DateTime<Utc>) -> anyhow::Result<Vec<Execution>> {
+    let actor = Actor {
+        username: "offsite".into(),
+        ip: None,
+    };
+    let subject = crate::schedules::scheduler_subject();
+    let due = w.index_page(&crate::store::IndexScan::prefix(OFFSITE_RETRY, "", 50))?;
+    let limit = crate::offsite::retry_key(now, "~");
+    let mut started = Vec::new();
+    for (key, backup_id) in due {
+        if key > limit {
+            break;
+        }
+        let Some(mut backup) = w.get::<Backup>(&backup_id)? else {
+            w.index_delete(OFFSITE_RETRY, &key)?;
+            continue;
+        };
+        match start_offsite_upload(w, &actor, &subject, &backup_id) {
+            Ok(e) => started.push(e),
+            Err(e) => {
+                // Nothing left to upload (the dump was pruned, the agent removed):
+                // the copy stays failed, with why, and is not retried again.
+                if let Some(copy) = backup.offsite.as_mut() {
+                    copy.next_retry_at = None;
+                    copy.error = Some(format!(
+                        "{}; the retry could not start: {}",
+                        copy.error.clone().unwrap_or_default(),
+                        e.message
+                    ));
+                }
+                save(w, &backup)?;
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// The off-site worker: on the leader, starts due retries every [`OFFSITE_TICK`] and
+/// prunes each project's copies every [`PRUNE_EVERY`].
+pub async fn offsite_worker(
+    app: crate::app::App,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(stop);
+    let mut last_prune: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(OFFSITE_TICK) => {}
+        }
+        if !app.cluster.is_leader() {
+            continue;
+        }
+        let store = app.store.clone();
+        let due = move || -> anyhow::Result<Vec<Execution>> {
+            // A read first: most passes find nothing due and need no write.
+            let now = Utc::now();
+            if !store.read(|r| retry_due(r, now))? {
+                return Ok(Vec::new());
+            }
+            store.write(|w| start_due_retries(w, now))
+        };
+        match crate::store::blocking(due).await {
+            Ok(started) => {
+                for e in &started {
+                    app.fleet.dispatch(e);
+                }
+            }
+            Err(e) => tracing::error!("off-site retries: {e:#}"),
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            if let Err(e) = prune_all(&app).await {
+                tracing::error!("off-site retention: {e:#}");
+            }
+        }
+    }
+}
+
+/// What one pruning pass of a project did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pruned {
+    pub deleted: Vec<String>,
+    pub kept: usize,
+    pub errors: Vec<String>,
+}
+
+/// The backup id an off-site object's key ends with.
+fn backup_id_of_key(key: &str) -> String {
+    key.rsplit('/')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(".dump.dsv")
+        .to_string()
+}
+
+/// Prunes every project's off-site copies.
+pub async fn prune_all(app: &crate::app::App) -> anyhow::Result<()> {
+    // Each project's own storage, or the default one it uses.
+    let store = app.store.clone();
+    let all: Vec<crate::offsite::ProjectOffsite> = crate::store::blocking(move || {
+        store.read(|r| {
+            let mut all = Vec::new();
+            for project in crate::projects::all(r)? {
+                all.extend(crate::offsite::settings(r, &project.id)?);
+            }
+            Ok(all)
+        })
+    })
+    .await?;
+    for settings in all {
+        let pruned = prune_project(app, &settings, Utc::now()).await;
+        if !pruned.deleted.is_empty() || !pruned.errors.is_empty() {
+            tracing::info!(project = %settings.id, deleted = pruned.deleted.len(), kept = pruned.kept, errors = ?pruned.errors, "off-site retention");
+        }
+    }
+    Ok(())
+}
+
+/// Applies a project's retention to its off-site copies: lists the objects under the
+/// project's prefix, keeps what [`crate::offsite::to_prune`] keeps, deletes the rest
+/// and marks their backups' copies pruned. Objects are dated by the backup they hold
+/// (its id is a UUIDv7), or by the storage's date for any other name.
+pub async fn prune_project(
+    app: &crate::app::App,
+    settings: &crate::offsite::ProjectOffsite,
+    now: DateTime<Utc>,
+) -> Pruned {
+    let mut pruned = Pruned::default();
+    let target = crate::offsite::target(settings, "", None);
+    let listed = match dynserv_agent::offsite::list(
+        &target,
+        &crate::offsite::project_prefix(settings),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            pruned.errors.push(e.to_string());
+            return pruned;
+        }
+    };
+    let copies: Vec<(String, DateTime<Utc>)> = listed
+        .iter()
+        .filter(|o| o.key.ends_with(".dump.dsv"))
+        .map(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            let id = name.trim_end_matches(".dump.dsv");
+            let made = uuid::Uuid::parse_str(id)
+                .ok()
+                .and_then(|u| u.get_timestamp())
+                .map(|t| t.to_unix())
+                .and_then(|(secs, nanos)| DateTime::<Utc>::from_timestamp(secs as i64, nanos))
+                .unwrap_or(o.last_modified);
+            (o.key.clone(), made)
+        })
+        .collect();
+    let doomed = crate::offsite::to_prune(&copies, settings.retention);
+    pruned.kept = copies.len() - doomed.len();
+    // A copy whose upload is under way again is left for the next pass.
+    let store = app.store.clone();
+    let ids: Vec<String> = doomed.iter().map(|k| backup_id_of_key(k)).collect();
+    let busy: Vec<String> = crate::store::blocking(move || {
+        store.read(|r| {
+            let mut busy = Vec::new();
+            for id in ids {
+                if let Some(b) = r.get::<Backup>(&id)? {
+                    if b.offsite
+                        .as_ref()
+                        .is_some_and(|c| c.status == OffsiteStatus::Uploading)
+                    {
+                        busy.push(id);
+                    }
+                }
+            }
+            Ok(busy)
+        })
+    })
+    .await
+    .unwrap_or_default();
+    for key in doomed {
+        if busy.contains(&backup_id_of_key(&key)) {
+            pruned.kept += 1;
+            continue;
+        }
+        match dynserv_agent::offsite::delete(&target, &key).await {
+            Ok(()) => {
+                let backup_id = backup_id_of_key(&key);
+                let store = app.store.clone();
+                let marked = crate::store::blocking(move || {
+                    store.write(|w| {
+                        if let Some(mut b) = w.get::<Backup>(&backup_id)? {
+                            if let Some(copy) = b.offsite.as_mut() {
+                                copy.pruned_at = Some(now);
+                                save(w, &b)?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .await;
+                if let Err(e) = marked {
+                    pruned.errors.push(format!("{e:#}"));
+                }
+                pruned.deleted.push(key);
+            }
+            Err(e) => pruned.errors.push(e.to_string()),
+        }
+    }
+    pruned
 }

@@ -167,6 +167,10 @@ pub enum Work {
         backup_id: String,
         compose_project: String,
         service: String,
+        /// Verify the off-site copy (downloaded and decrypted) rather than the dump
+        /// kept on the server.
+        #[serde(default)]
+        offsite: bool,
     },
     ComposeRestore {
         backup_id: String,
@@ -174,6 +178,16 @@ pub enum Work {
         service: String,
         command: String,
         dump_path: Option<String>,
+        /// Restore from the off-site copy (fetched first), which also works on
+        /// another server of the project.
+        #[serde(default)]
+        offsite: bool,
+    },
+    /// Uploads a kept backup's encrypted copy off site again (a retry).
+    ComposeOffsiteUpload {
+        backup_id: String,
+        compose_project: String,
+        service: String,
     },
     SystemUpdate {
         update_id: String,
@@ -189,6 +203,7 @@ impl Work {
             Work::ComposeBackup { .. } => "compose_backup",
             Work::ComposeVerify { .. } => "compose_verify",
             Work::ComposeRestore { .. } => "compose_restore",
+            Work::ComposeOffsiteUpload { .. } => "compose_offsite_upload",
             Work::SystemUpdate { .. } => "system_update",
         }
     }
@@ -293,15 +308,20 @@ fn job_kind(work: &Work) -> JobKind {
             command,
             dump_path,
             keep,
+            // Off-site targets hold secrets: `backups::add_offsite_target` adds them
+            // when the job is sent, never to what is stored.
+            offsite: None,
         },
         Work::ComposeVerify {
             backup_id,
             compose_project,
             service,
+            ..
         } => JobKind::ComposeVerify {
             backup_id,
             compose_project,
             service,
+            offsite: None,
         },
         Work::ComposeRestore {
             backup_id,
@@ -309,12 +329,24 @@ fn job_kind(work: &Work) -> JobKind {
             service,
             command,
             dump_path,
+            ..
         } => JobKind::ComposeRestore {
             backup_id,
             compose_project,
             service,
             command,
             dump_path,
+            offsite: None,
+        },
+        Work::ComposeOffsiteUpload {
+            backup_id,
+            compose_project,
+            service,
+        } => JobKind::ComposeOffsiteUpload {
+            backup_id,
+            compose_project,
+            service,
+            offsite: None,
         },
         Work::SystemUpdate { check, .. } => JobKind::SystemUpdate { check },
     }
@@ -935,6 +967,13 @@ fn describe(work: &Work) -> String {
         } => {
             format!("restore of {compose_project}/{service}")
         }
+        Work::ComposeOffsiteUpload {
+            compose_project,
+            service,
+            ..
+        } => {
+            format!("off-site upload of a {compose_project}/{service} backup")
+        }
         Work::SystemUpdate { check: true, .. } => "update check".into(),
         Work::SystemUpdate { check: false, .. } => "system update".into(),
     }
@@ -1098,12 +1137,13 @@ pub struct Filter {
 }
 
 /// The kinds an execution can have, as filters name them.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "script",
     "playbook",
     "compose_backup",
     "compose_verify",
     "compose_restore",
+    "compose_offsite_upload",
     "system_update",
 ];
 

@@ -20,6 +20,7 @@ pub mod listing;
 pub mod maintenance;
 pub mod metrics;
 pub mod notifications;
+pub mod offsite;
 pub mod policy;
 pub mod projects;
 pub mod requests;
@@ -119,6 +120,10 @@ pub async fn run(
         wait_for(stop_rx.clone()),
     ));
     tokio::spawn(schedules::scheduler(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(backups::offsite_worker(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
     tokio::spawn(rollouts::supervisor(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(maintenance::pruner(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(maintenance::health_probe(

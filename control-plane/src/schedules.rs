@@ -402,7 +402,7 @@ pub fn set(
 }
 
 /// The subject the scheduler acts as: an administrator named `scheduler`.
-fn scheduler_subject() -> Subject {
+pub(crate) fn scheduler_subject() -> Subject {
     Subject {
         user_id: String::new(),
         username: "scheduler".into(),

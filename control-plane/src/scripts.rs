@@ -1046,8 +1046,10 @@ fn forget_execution_secrets(w: &mut Writer, execution_id: &str) -> anyhow::Resul
 /// The job sent to the agent: the stored work plus the secret variables, which the
 /// agent masks in its output.
 pub fn job_spec_with_secrets(store: &Store, execution: &Execution) -> anyhow::Result<JobSpec> {
-    let secrets = store.get::<ExecutionSecrets>(&execution.id)?;
-    Ok(with_secrets(execution.job_spec(), secrets))
+    let mut specs = store.read(|r| job_specs_with_secrets(r, std::slice::from_ref(execution)))?;
+    specs
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no job for execution {}", execution.id))
 }
 
 /// [`job_spec_with_secrets`] for several executions, their secrets read together
@@ -1058,11 +1060,15 @@ pub fn job_specs_with_secrets(
 ) -> anyhow::Result<Vec<JobSpec>> {
     let ids: Vec<String> = executions.iter().map(|e| e.id.clone()).collect();
     let secrets = r.get_many::<ExecutionSecrets>(&ids)?;
-    Ok(executions
+    executions
         .iter()
         .zip(secrets)
-        .map(|(execution, secrets)| with_secrets(execution.job_spec(), secrets))
-        .collect())
+        .map(|(execution, secrets)| {
+            let mut spec = execution.job_spec();
+            crate::backups::add_offsite_target(r, execution, &mut spec)?;
+            Ok(with_secrets(spec, secrets))
+        })
+        .collect()
 }
 
 /// A job with an execution's secret values added (the agent masks them in output).
@@ -1075,7 +1081,7 @@ fn with_secrets(mut spec: JobSpec, secrets: Option<ExecutionSecrets>) -> JobSpec
         JobKind::Playbook { vars, .. } => vars.extend(secrets.values.clone()),
         _ => {}
     }
-    spec.secrets = secrets.values.into_values().collect();
+    spec.secrets.extend(secrets.values.into_values());
     spec
 }
 

@@ -286,8 +286,27 @@ pub enum JobKind {
         dump_path: Option<String>,
         /// How many backups of this service the agent keeps.
         keep: u32,
+        /// Where to upload an encrypted copy of the dump once it is kept; absent when
+        /// the project has no off-site storage.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offsite: Option<OffsiteTarget>,
     },
-    /// Recomputes a kept backup's sha256 and compares it with the one recorded.
+    /// Uploads an encrypted copy of a kept backup to off-site storage again (a retry
+    /// after a failed upload); the last stdout line reports the upload like a
+    /// backup's `offsite` part.
+    ComposeOffsiteUpload {
+        /// The backup's id.
+        backup_id: String,
+        /// The Compose project the backup belongs to.
+        compose_project: String,
+        /// The Compose service the backup belongs to.
+        service: String,
+        /// Where to upload it (always given; the job fails without it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offsite: Option<OffsiteTarget>,
+    },
+    /// Recomputes a kept backup's sha256 and compares it with the one recorded; with
+    /// `offsite`, downloads and decrypts the off-site copy instead and checks that.
     ComposeVerify {
         /// The backup's id.
         backup_id: String,
@@ -295,6 +314,9 @@ pub enum JobKind {
         compose_project: String,
         /// The Compose service the backup belongs to.
         service: String,
+        /// Check the off-site copy, not the one kept on the server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offsite: Option<OffsiteTarget>,
     },
     /// Restores a kept backup: copies it into the service's container at `dump_path`
     /// (or feeds it to the command's stdin when absent), then runs `command` there.
@@ -309,6 +331,10 @@ pub enum JobKind {
         command: String,
         /// Where the dump is copied inside the container before the command runs.
         dump_path: Option<String>,
+        /// Fetch the dump from off-site storage first (decrypted and checked, then
+        /// kept on this server like a backup made here).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offsite: Option<OffsiteTarget>,
     },
     /// Upgrades the system's packages with its package manager (apt, dnf or apk),
     /// non-interactively; the job's last stdout line is `DYNSERV-RESULT {json}` with
@@ -317,6 +343,44 @@ pub enum JobKind {
         /// Only list what would be upgraded.
         check: bool,
     },
+}
+
+/// An object in S3-compatible storage that holds (or will hold) an encrypted copy of
+/// a backup, with what the agent needs to reach and read it. It carries secrets (the
+/// storage's secret key and the project's backup key): the control plane sends it only
+/// inside a job, and lists the secret key among the job's masked secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsiteTarget {
+    /// The storage's endpoint URL (`https://s3.eu-central-1.amazonaws.com`,
+    /// `https://fsn1.your-objectstorage.com`, `http://127.0.0.1:9000`).
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The region the request signatures name (`us-east-1` when the storage has none).
+    pub region: String,
+    /// The access key id.
+    pub access_key: String,
+    /// The secret access key.
+    pub secret_key: String,
+    /// The object's key inside the bucket.
+    pub key: String,
+    /// The project's backup key: 32 bytes, base64; dumps are encrypted with it
+    /// (XChaCha20-Poly1305 in the STREAM construction) before they leave the server.
+    pub encryption_key: String,
+    /// The sha256 of the clear dump, when known (verify and restore check it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl std::fmt::Debug for OffsiteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret key or the backup key, not even in a log line.
+        f.debug_struct("OffsiteTarget")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One job, as sent to the agent.

@@ -44,6 +44,7 @@ mod compose;
 mod control_plane;
 mod pages;
 pub mod postgres;
+mod s3;
 mod sshd;
 
 pub use agent::Agent;
@@ -54,6 +55,7 @@ pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder, BACKEND_VAR, TEST_SESSION_SECRET};
 pub use pages::{csrf_of, PageClient};
 pub use postgres::TestDatabase;
+pub use s3::S3Server;
 pub use sshd::{keygen, InstalledAgent, KeyPair, Sshd};
 
 use std::future::Future;
@@ -93,6 +95,14 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         );
     }
     path
+}
+
+/// The workspace's root folder (where `scripts/` and the test venvs live).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
 }
 
 /// Path of the `dynserv` control-plane binary.

@@ -1,11 +1,11 @@
 //! Backups in a real headless Chromium: a technician sets the project's recipe on its
 //! Backups & updates page, presses Backup on the server, lands on the live log, finds
 //! the backup with its checksum, and restores it only after typing RESTORE. Needs
-//! Docker and Chromium (both provided by `scripts/test.sh`).
+//! Docker and Chromium (both provided by `scripts/test.sh`); the off-site one also moto.
 
 use std::time::Duration;
 
-use dynserv_tests::{eventually, Agent, Api, Browser, ComposeProject, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, Browser, ComposeProject, ControlPlane, S3Server};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -129,5 +129,123 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
     browser
         .screenshot(&cp.artifact("backup-restored.png"))
         .await;
+    browser.close().await;
+}
+
+/// Off-site storage in the browser: the project page's form (the secret never shown
+/// again), its Test button, a backup whose copy is done, and a restore of that copy
+/// onto another server of the project after typing RESTORE.
+#[tokio::test]
+async fn offsite_settings_test_and_restore_onto_another_server_in_the_browser() {
+    let s3 = S3Server::start("dynserv-browser");
+    let project = ComposeProject::start("dsvbrowseroff");
+    let cp = ControlPlane::start().await;
+    cp.add_user("admin", "admin", false, "Tq4!pinewood-harbor-ledger");
+    let api = cp.api_as("admin");
+    let (status, body) = api.post("/api/v1/projects", &json!({"name": "Shop"})).await;
+    assert_eq!(status, 201, "{body}");
+    let project_id = body["id"].as_str().unwrap().to_string();
+    let recipe = json!({"compose_project": project.name(), "service": "db",
+        "command": "cat /data/db.txt", "restore_command": "cat > /data/db.txt"});
+    let (status, body) = api
+        .put(
+            &format!("/api/v1/projects/{project_id}/backup-recipe"),
+            &recipe,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let _first = Agent::start(&cp, &cp.enrollment_token("Shop"), "shop-db");
+    let _second = Agent::start(&cp, &cp.enrollment_token("Shop"), "shop-db-2");
+    let first = api.connected_agent("shop-db").await;
+    let second = api.connected_agent("shop-db-2").await;
+
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "Tq4!pinewood-harbor-ledger").await;
+    browser.goto(&format!("/projects/{project_id}")).await;
+    browser.click("#offsite-edit").await;
+    browser.wait_for("#offsite-settings-form").await;
+    browser.fill("#endpoint", &s3.endpoint).await;
+    browser.fill("#bucket", &s3.bucket).await;
+    browser.fill("#prefix", "shop").await;
+    browser.fill("#access_key", &s3.access_key).await;
+    browser.fill("#secret_key", &s3.secret_key).await;
+    browser.screenshot(&cp.artifact("offsite-form.png")).await;
+    browser.click("#offsite-settings-save").await;
+    eventually(WAIT, "the project page with the off-site panel", || async {
+        let text = browser
+            .eval(
+                "var e = document.querySelector('#offsite-bucket'); return e ? e.textContent : '';",
+            )
+            .await;
+        text.as_str()
+            .is_some_and(|t| t.contains(&s3.bucket))
+            .then_some(())
+    })
+    .await;
+    assert!(!browser.page_text().await.contains(&s3.secret_key));
+    browser.click("#offsite-test").await;
+    // Read through script: the page is replaced while the form posts.
+    eventually(WAIT, "the Test's outcome", || async {
+        let text = browser
+            .eval("return document.body ? document.body.innerText : '';")
+            .await;
+        text.as_str()
+            .is_some_and(|t| t.contains("Off-site storage works"))
+            .then_some(())
+    })
+    .await;
+    browser.screenshot(&cp.artifact("offsite-tested.png")).await;
+
+    let (_, servers) = api.get("/api/v1/servers").await;
+    let server_of = |agent: &Value| {
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["agent"]["id"] == agent["id"])
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (status, created) = api
+        .post_empty(&format!("/api/v1/servers/{}/backup", server_of(&first)))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    wait_end(&api, created["execution_id"].as_str().unwrap()).await;
+    let backup_id = created["id"].as_str().unwrap().to_string();
+
+    project.sh("echo 'row 2 (lost)' > /data/db.txt");
+    browser.goto(&format!("/backups/{backup_id}")).await;
+    assert_eq!(browser.text("#offsite-status").await, "done");
+    browser
+        .eval(&format!(
+            "document.querySelector('#offsite-restore-server').value = '{}'; \
+             document.querySelector('#offsite-restore-button').scrollIntoView({{block: 'center', behavior: 'instant'}}); \
+             return true;",
+            second["id"].as_str().unwrap()
+        ))
+        .await;
+    browser.screenshot(&cp.artifact("offsite-backup.png")).await;
+    browser.click("#offsite-restore-button").await;
+    browser
+        .wait_for(".modal[data-confirm-ready] [data-confirm-input]")
+        .await;
+    browser
+        .fill(".modal[data-confirm-ready] [data-confirm-input]", "RESTORE")
+        .await;
+    browser.click(".modal.show [data-confirm-ok]").await;
+    let restore_id = eventually(WAIT, "the live log of the restore", || async {
+        browser
+            .path()
+            .await
+            .strip_prefix("/executions/")
+            .map(String::from)
+    })
+    .await;
+    let end = wait_end(&api, &restore_id).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(end["agent_name"], "shop-db-2", "{end}");
+    assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");
     browser.close().await;
 }

@@ -12,6 +12,8 @@ pub mod fleet_api;
 pub mod fleet_pages;
 pub mod hetzner_api;
 pub mod hetzner_pages;
+pub mod offsite_api;
+pub mod offsite_pages;
 pub mod ops_api;
 pub mod ops_pages;
 pub mod pages;

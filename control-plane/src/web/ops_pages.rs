@@ -76,6 +76,25 @@ fn backup_row(r: &impl Read, ctx: &Ctx, b: &backups::Backup) -> anyhow::Result<V
     v["server_name"] = json!(server);
     v["project_name"] = json!(project);
     v["size_text"] = json!(human_size(b.size));
+    // Templates are strict: the off-site part is always there, null without one.
+    v["offsite"] = match &b.offsite {
+        Some(copy) => {
+            let mut o = json!(copy);
+            o["size_text"] = json!(human_size(copy.size));
+            o["usable"] =
+                json!(copy.status == backups::OffsiteStatus::Done && copy.pruned_at.is_none());
+            o["can_upload"] = json!(
+                b.status == backups::BackupStatus::Succeeded
+                    && !b.removed
+                    && matches!(
+                        copy.status,
+                        backups::OffsiteStatus::Failed | backups::OffsiteStatus::Pending
+                    )
+            );
+            o
+        }
+        None => Value::Null,
+    };
     v["sha256_short"] = json!(b
         .sha256
         .as_deref()
@@ -152,11 +171,12 @@ pub fn backups_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 /// `GET /backups/{id}`.
 pub fn backup_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     super::fleet_api::require_fleet(ctx)?;
-    let (row, has_restore) = app.store.read(|r| {
+    let (row, has_restore, servers) = app.store.read(|r| {
         let backup = backups::get_visible(r, &ctx.subject, id)?;
         let has_restore =
             backups::recipe(r, &backup.project_id)?.is_some_and(|r| r.restore_command.is_some());
-        Ok((backup_row(r, ctx, &backup)?, has_restore))
+        let servers = super::offsite_pages::restore_targets(r, &backup.project_id)?;
+        Ok((backup_row(r, ctx, &backup)?, has_restore, servers))
     })?;
     let title = format!(
         "Backup of {}/{}",
@@ -169,7 +189,7 @@ pub fn backup_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp>
         ctx,
         "backups_detail",
         &title,
-        json!({"backup": row, "has_restore": has_restore, "confirm_word": RESTORE_CONFIRMATION}),
+        json!({"backup": row, "has_restore": has_restore, "confirm_word": RESTORE_CONFIRMATION, "servers": servers}),
     )
 }
 

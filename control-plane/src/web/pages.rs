@@ -633,6 +633,7 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let project_id = data["project"]["id"].as_str().unwrap_or("").to_string();
     data["hetzner"] = super::hetzner_pages::project_panel(app, ctx, &project_id)?;
     data["ssh"] = super::ssh_pages::project_panel(app, ctx, &project_id)?;
+    data["offsite"] = super::offsite_pages::project_panel(app, ctx, &project_id)?;
     page(app, req, ctx, "project", &title, data)
 }
 

@@ -155,6 +155,34 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["backups", id, "verify"]) => {
             super::ops_api::backup_verify(app, req, &ctx, id)
         }
+        (&Method::POST, ["backups", id, "offsite", "upload"]) => {
+            super::offsite_api::upload(app, req, &ctx, id)
+        }
+        (&Method::POST, ["backups", id, "offsite", "verify"]) => {
+            super::offsite_api::verify(app, req, &ctx, id)
+        }
+        (&Method::POST, ["backups", id, "offsite", "restore"]) => {
+            super::offsite_api::restore(app, req, &ctx, id)
+        }
+        (&Method::GET, ["offsite"]) => super::offsite_api::get_default(app, &ctx),
+        (&Method::PUT, ["offsite"]) => super::offsite_api::put_default(app, req, &ctx),
+        (&Method::DELETE, ["offsite"]) => super::offsite_api::delete_default(app, req, &ctx),
+        (&Method::POST, ["offsite", "test"]) => super::offsite_api::test_default(app, &ctx).await,
+        (&Method::GET, ["projects", id, "offsite"]) => {
+            super::offsite_api::get_settings(app, &ctx, id)
+        }
+        (&Method::PUT, ["projects", id, "offsite"]) => {
+            super::offsite_api::put_settings(app, req, &ctx, id)
+        }
+        (&Method::DELETE, ["projects", id, "offsite"]) => {
+            super::offsite_api::delete_settings(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "offsite", "test"]) => {
+            super::offsite_api::test(app, &ctx, id).await
+        }
+        (&Method::POST, ["projects", id, "offsite", "prune"]) => {
+            super::offsite_api::prune(app, &ctx, id).await
+        }
         (&Method::POST, ["backups", id, "restore"]) => {
             super::ops_api::backup_restore(app, req, &ctx, id)
         }
@@ -219,6 +247,21 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["servers", id, "ssh-accept"]) => ssh_pages::accept(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "install-agent"]) => ssh_pages::install(app, req, &ctx, id),
         (&Method::GET, ["agent-installs", id]) => ssh_pages::install_page(app, req, &ctx, id),
+        (&Method::GET, ["projects", id, "offsite"]) => {
+            super::offsite_pages::settings_form(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "offsite"]) => {
+            super::offsite_pages::settings_save(app, req, &ctx, id)
+        }
+        (&Method::POST, ["projects", id, "offsite", "test"]) => {
+            super::offsite_pages::test(app, req, &ctx, id).await
+        }
+        (&Method::POST, ["projects", id, "offsite", "delete"]) => {
+            super::offsite_pages::settings_delete(app, req, &ctx, id)
+        }
+        (&Method::POST, ["backups", id, "offsite", action @ ("upload" | "verify" | "restore")]) => {
+            super::offsite_pages::backup_action(app, req, &ctx, id, action)
+        }
         (&Method::GET, ["projects", id, "ssh"]) => ssh_pages::settings_form(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "ssh"]) => ssh_pages::settings_save(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "ssh", "delete"]) => {
