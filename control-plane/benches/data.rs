@@ -1543,9 +1543,22 @@ async fn main() -> Result<()> {
 
     // RSS around reading many finished executions' streams.
     if args.ws > 0 {
-        let ids = execution_ids(&server, &token, args.ws).await?;
+        // Two disjoint sets: the first warms the process up (the stream handlers'
+        // threads, their allocator arenas and socket buffers, which any server grows
+        // once); the second, other executions, shows whether viewing more of them
+        // keeps growing it.
+        let mut ids = execution_ids(&server, &token, 2 * args.ws).await?;
+        let warm_up = ids.split_off(ids.len() / 2);
+        let (cold, _) = rss_kib(pid);
+        read_streams(&server, &token, &warm_up, 64).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (before, _) = rss_kib(pid);
+        println!(
+            "\nwarm-up: {} other finished executions' streams read first: RSS {:.1} -> {:.1} MiB",
+            warm_up.len(),
+            cold as f64 / 1024.0,
+            before as f64 / 1024.0
+        );
         let began = Instant::now();
         let lines = read_streams(&server, &token, &ids, 64).await?;
         let took = began.elapsed().as_secs_f64();
