@@ -169,6 +169,18 @@ pub struct NextCert {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Stops accepting the certificate a renewal replaced (the agent connected with the
+/// new one); returns the agent as recorded.
+pub fn forget_previous_cert(w: &mut Writer, agent_id: &str) -> anyhow::Result<Option<Agent>> {
+    let Some(mut agent) = w.get::<Agent>(agent_id)? else {
+        return Ok(None);
+    };
+    if agent.previous_cert_sha256.take().is_some() {
+        w.put(&agent)?;
+    }
+    Ok(Some(agent))
+}
+
 /// Records a renewed certificate about to be sent to the agent.
 pub fn record_renewal_offered(
     w: &mut Writer,

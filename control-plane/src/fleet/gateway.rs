@@ -329,6 +329,14 @@ fn check_agent(
     if !current && !previous {
         return Ok(Err("the certificate does not belong to this agent".into()));
     }
+    if current && agent.previous_cert_sha256.is_some() {
+        // The agent uses its renewed certificate: the one it replaced is done with.
+        agent = fleet
+            .inner
+            .store
+            .write(|w| agents::forget_previous_cert(w, agent_id))?
+            .unwrap_or(agent);
+    }
     let policy = fleet.cert_policy();
     if let Some(expires_at) = agent.cert_expires_at.filter(|_| current) {
         if policy.expired(Some(expires_at)) {

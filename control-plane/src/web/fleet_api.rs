@@ -115,11 +115,7 @@ pub fn agent_versions(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     req.only_filters(&["project"])?;
     let summary = app.store.read(|r| {
         let project = super::project_filter(r, req, ctx)?;
-        Ok(agents::version_summary(
-            r,
-            &ctx.subject,
-            project.as_deref(),
-        )?)
+        agents::version_summary(r, &ctx.subject, project.as_deref())
     })?;
     Ok(reply(StatusCode::OK, &summary))
 }

@@ -308,6 +308,18 @@ fn certificates_renew_over_the_connection_and_expired_ones_are_refused() {
         assert_eq!(listed(&cp, &agent_id).await["connected"], true);
         let state = agent.stop_keeping_state().await;
         util::eventually("the agent is gone", || cp.app.fleet.connected_count() == 0).await;
+        // Once the new certificate is in use, the one it replaced is refused.
+        let old_state = tempfile::tempdir().unwrap();
+        for name in ["ca.pem", "agent.key", "agent.json"] {
+            std::fs::copy(state.path().join(name), old_state.path().join(name)).unwrap();
+        }
+        std::fs::write(old_state.path().join("agent.pem"), &pem_before).unwrap();
+        let (_raw, answer) =
+            raw_hello(cp.quic, old_state.path(), &agent_id, PROTOCOL_VERSION, "x").await;
+        let ServerControl::Refused { reason, .. } = answer else {
+            panic!("the replaced certificate was accepted: {answer:?}");
+        };
+        assert!(reason.contains("does not belong"), "{reason}");
 
         // Offline past the expiry: refused, and told to enroll again with a new token.
         let much_later = renewed + chrono::Duration::days(1);
