@@ -239,6 +239,32 @@ async fn connect_first(
 }
 
 /// Writes `agent.json` (a temp file renamed over it, mode 0600), off the async thread.
+/// Replaces `agent.pem` with a renewed certificate (atomically, mode 0600), after
+/// checking that it certifies this agent's own key and that the CA it holds signed it
+/// (a TLS configuration is built from the three files); returns the certificate's
+/// SHA-256 (hex).
+async fn store_renewed_certificate(state_dir: &Path, certificate_pem: &str) -> Result<String> {
+    let state_dir = state_dir.to_path_buf();
+    let certificate_pem = certificate_pem.to_string();
+    tokio::task::spawn_blocking(move || {
+        let ca_pem = std::fs::read_to_string(state_dir.join("ca.pem"))?;
+        let key_pem = std::fs::read_to_string(state_dir.join("agent.key"))?;
+        let der = pki::certs_from_pem(&certificate_pem)?;
+        let first = der.first().context("the renewed certificate is empty")?;
+        let ours = pki::AgentPublicKey::parse(&pki::public_key_text(
+            &rcgen::KeyPair::from_pem(&key_pem).context("reading agent.key")?,
+        ))?;
+        if pki::AgentPublicKey::from_certificate(first)?.text() != ours.text() {
+            bail!("the renewed certificate is not for this agent's key");
+        }
+        pki::agent_client_config(&ca_pem, &certificate_pem, &key_pem)?;
+        write_private(&state_dir.join("agent.pem"), certificate_pem.as_bytes())?;
+        Ok(hex::encode(pki::sha256(first)))
+    })
+    .await
+    .context("storing the certificate")?
+}
+
 async fn store_info(state_dir: &Path, info: &AgentInfo) -> Result<()> {
     let path = state_dir.join("agent.json");
     let contents = serde_json::to_vec_pretty(info)?;
@@ -398,7 +424,15 @@ pub async fn run(
                 .into_iter()
                 .map(String::from)
                 .collect();
-            match connect_first(&order, &identity.client_config).await {
+            // Read again each time: a renewal may have replaced the certificate.
+            let client_config = match load_identity(&state_dir) {
+                Ok(fresh) => fresh.client_config,
+                Err(e) => {
+                    tracing::warn!("reloading the certificate: {e:#}");
+                    identity.client_config.clone()
+                }
+            };
+            match connect_first(&order, &client_config).await {
                 Ok((_endpoint, connection, server)) => {
                     let place = Place {
                         state_dir: &state_dir,
@@ -526,16 +560,15 @@ async fn session(
     *welcomed = true;
     tracing::info!("connected to the control plane at {}", place.server);
     take_announced(place, info, &announced, connection.remote_address().ip()).await;
+    // Heartbeats and answers to the control plane share the control stream.
+    let send = tokio::sync::Mutex::new(send);
     let heartbeats = async {
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat_s));
         tick.tick().await;
         loop {
             tick.tick().await;
-            write_frame(
-                &mut send,
-                &AgentControl::Heartbeat(facts::load(jobs.running())),
-            )
-            .await?;
+            let heartbeat = AgentControl::Heartbeat(facts::load(jobs.running()));
+            write_frame(&mut *send.lock().await, &heartbeat).await?;
         }
         #[allow(unreachable_code)]
         Ok::<(), anyhow::Error>(())
@@ -547,6 +580,17 @@ async fn session(
                     reason,
                     retry_after_s,
                 }) => return Err(Refused::new(reason, retry_after_s).into()),
+                Some(ServerControl::Certificate {
+                    certificate_pem,
+                    expires_at,
+                }) => {
+                    let sha256 = store_renewed_certificate(place.state_dir, &certificate_pem)
+                        .await
+                        .context("storing the renewed certificate")?;
+                    tracing::info!(%expires_at, "stored a renewed certificate");
+                    let stored = AgentControl::CertificateStored { sha256 };
+                    write_frame(&mut *send.lock().await, &stored).await?;
+                }
                 Some(_) => {}
                 None => return Ok(()),
             }

@@ -453,7 +453,8 @@ fn seed(
             if n <= fanout {
                 let key = pki::generate_agent_key()?;
                 let public = AgentPublicKey::parse(&pki::public_key_text(&key))?;
-                let cert = ca.ca.issue_agent_cert(&name, &public)?;
+                let (validity, _) = dynserv::fleet::certs::CertPolicy::default().validity();
+                let cert = ca.ca.issue_agent_cert(&name, &public, validity)?;
                 let fingerprint = hex::encode(pki::sha256(&pki::certs_from_pem(&cert)?[0]));
                 std::fs::write(dir.join("agents").join(format!("{name}.crt")), &cert)?;
                 std::fs::write(
@@ -477,6 +478,8 @@ fn seed(
                     cert_sha256: fingerprint,
                     facts: AgentFacts::from(&sim_facts()),
                     host_id: &host_id,
+                    protocol: dynserv_shared::proto::PROTOCOL_VERSION,
+                    cert_expires_at: dynserv::fleet::certs::CertPolicy::default().validity().1,
                 };
                 let agent = agents::register(w, &tokens[n % PROJECTS], new, now)?
                     .map_err(|e| anyhow::anyhow!(e.to_string()))?;

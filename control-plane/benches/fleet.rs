@@ -165,7 +165,8 @@ fn seed(
         for name in batch {
             let key = pki::generate_agent_key()?;
             let public = AgentPublicKey::parse(&pki::public_key_text(&key))?;
-            let cert = ca.ca.issue_agent_cert(name, &public)?;
+            let (validity, _) = dynserv::fleet::certs::CertPolicy::default().validity();
+            let cert = ca.ca.issue_agent_cert(name, &public, validity)?;
             let fingerprint = hex::encode(pki::sha256(&pki::certs_from_pem(&cert)?[0]));
             let config = agent_client(ca.ca.cert_pem(), &cert, &key.serialize_pem())?;
             made.push((name.clone(), fingerprint, config));
@@ -180,6 +181,8 @@ fn seed(
                     cert_sha256: fingerprint,
                     facts,
                     host_id: &host_id,
+                    protocol: dynserv_shared::proto::PROTOCOL_VERSION,
+                    cert_expires_at: dynserv::fleet::certs::CertPolicy::default().validity().1,
                 };
                 agents::register(w, &token, new, chrono::Utc::now())?
                     .map_err(|e| anyhow::anyhow!(e.to_string()))?;

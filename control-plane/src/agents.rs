@@ -141,6 +141,87 @@ pub struct Agent {
     /// identity; shown while [`DuplicateSighting::is_active`].
     #[serde(default)]
     pub duplicate: Option<DuplicateSighting>,
+    /// The fleet protocol of the agent's last hello (or enrollment); 0 when not yet
+    /// recorded (agents enrolled before it was).
+    #[serde(default)]
+    pub protocol: u32,
+    /// When the certificate the agent presents expires; `None` for agents enrolled
+    /// before certificates had a lifetime (theirs are renewed at their next connection).
+    #[serde(default)]
+    pub cert_expires_at: Option<DateTime<Utc>>,
+    /// The certificate this one replaced by a renewal, still accepted until the agent
+    /// connects with the new one (it may have lost the connection before storing it).
+    #[serde(default)]
+    pub previous_cert_sha256: Option<String>,
+    /// A renewed certificate sent to the agent and not yet confirmed: accepted (and
+    /// then made the current one) should the agent connect with it before its
+    /// confirmation arrived.
+    #[serde(default)]
+    pub next_cert: Option<NextCert>,
+}
+
+/// A certificate issued to an agent by a renewal, before the agent confirmed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NextCert {
+    /// Its SHA-256 (hex, of the DER).
+    pub sha256: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Stops accepting the certificate a renewal replaced (the agent connected with the
+/// new one); returns the agent as recorded.
+pub fn forget_previous_cert(w: &mut Writer, agent_id: &str) -> anyhow::Result<Option<Agent>> {
+    let Some(mut agent) = w.get::<Agent>(agent_id)? else {
+        return Ok(None);
+    };
+    if agent.previous_cert_sha256.take().is_some() {
+        w.put(&agent)?;
+    }
+    Ok(Some(agent))
+}
+
+/// Records a renewed certificate about to be sent to the agent.
+pub fn record_renewal_offered(
+    w: &mut Writer,
+    agent_id: &str,
+    next: NextCert,
+) -> anyhow::Result<()> {
+    if let Some(mut agent) = w.get::<Agent>(agent_id)? {
+        agent.next_cert = Some(next);
+        w.put(&agent)?;
+    }
+    Ok(())
+}
+
+/// Makes the agent's offered certificate (`next_cert`, fingerprint `sha256`) its
+/// current one, keeping `presented` (the one it connected with) accepted until it
+/// connects with the new one. Returns the agent as recorded, `None` when the
+/// certificate was not the one offered.
+pub fn record_renewal(
+    w: &mut Writer,
+    agent_id: &str,
+    presented: &str,
+    sha256: &str,
+) -> anyhow::Result<Option<Agent>> {
+    let Some(mut agent) = w.get::<Agent>(agent_id)? else {
+        return Ok(None);
+    };
+    let Some(next) = agent.next_cert.take().filter(|n| n.sha256 == sha256) else {
+        return Ok(None);
+    };
+    agent.previous_cert_sha256 = Some(presented.to_string()).filter(|p| p != sha256);
+    agent.cert_sha256 = next.sha256;
+    agent.cert_expires_at = Some(next.expires_at);
+    w.put(&agent)?;
+    audit::record(
+        w,
+        &Actor::system(),
+        "agent.cert_renew",
+        &format!("agent:{}", agent.name),
+        format!("expires {}", next.expires_at.to_rfc3339()),
+    )?;
+    Ok(Some(agent))
 }
 
 /// How long a copy refused for a duplicate identity is asked to wait before it tries
@@ -482,6 +563,10 @@ pub struct NewAgent<'a> {
     pub facts: AgentFacts,
     /// The host id it sent (empty from older agents): the machine holding its identity.
     pub host_id: &'a str,
+    /// The fleet protocol of its enrollment request.
+    pub protocol: u32,
+    /// When its certificate expires.
+    pub cert_expires_at: DateTime<Utc>,
 }
 
 /// Registers a newly enrolled agent and attaches it to the server its token was made
@@ -498,6 +583,8 @@ pub fn register(
         cert_sha256,
         facts,
         host_id,
+        protocol,
+        cert_expires_at,
     } = new;
     let Some(project) = w.get::<Project>(&token.project_id)? else {
         return Ok(Err(EnrollRefusal::NoProject));
@@ -554,9 +641,14 @@ pub fn register(
         revoked_by: None,
         host_id: Some(host_id.to_string()).filter(|h| !h.is_empty()),
         duplicate: None,
+        protocol,
+        cert_expires_at: Some(cert_expires_at),
+        previous_cert_sha256: None,
+        next_cert: None,
     };
     w.put(&agent)?;
     index_new(w, &agent)?;
+    count_version(w, &agent, 1)?;
     audit::record(
         w,
         &Actor::system(),
@@ -586,6 +678,7 @@ pub fn revoke(
     if agent.revoked_at.is_some() {
         return Err(AppError::conflict("the agent is already revoked"));
     }
+    count_version(w, &agent, -1)?;
     agent.revoked_at = Some(Utc::now());
     agent.revoked_by = Some(actor.username.clone());
     w.put(&agent)?;
@@ -605,13 +698,18 @@ pub fn revoke(
 pub fn hello_changes_anything(
     r: &impl Read,
     agent_id: &str,
-    facts: &AgentFacts,
-    host_id: &str,
+    hello: &HelloFacts,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
+    let HelloFacts {
+        facts,
+        host_id,
+        protocol,
+    } = hello;
     let current: Option<Agent> = r.get(agent_id)?;
     Ok(!current.as_ref().is_some_and(|a| {
         a.facts == *facts
+            && a.protocol == *protocol
             && a.last_seen.is_some_and(|t| now - t < Duration::minutes(10))
             && (host_id.is_empty() || a.host_id.is_some())
             && a.duplicate.as_ref().is_none_or(|d| d.is_active(now))
@@ -624,12 +722,24 @@ pub fn hello_changes_anything(
 pub fn record_hello(
     w: &mut Writer,
     agent_id: &str,
-    facts: &AgentFacts,
-    host_id: &str,
+    hello: &HelloFacts,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    let HelloFacts {
+        facts,
+        host_id,
+        protocol,
+    } = hello;
     if let Some(mut agent) = w.get::<Agent>(agent_id)? {
+        if agent.facts.agent_version != facts.agent_version {
+            count_version(w, &agent, -1)?;
+        }
+        let counted_before = agent.facts.agent_version.clone();
         agent.facts = facts.clone();
+        agent.protocol = *protocol;
+        if counted_before != agent.facts.agent_version {
+            count_version(w, &agent, 1)?;
+        }
         agent.last_seen = Some(now);
         if agent.host_id.is_none() && !host_id.is_empty() {
             agent.host_id = Some(host_id.to_string());
@@ -642,6 +752,17 @@ pub fn record_hello(
         w.put(&agent)?;
     }
     Ok(())
+}
+
+/// What an accepted hello says about the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HelloFacts {
+    /// Host facts, the agent's version among them.
+    pub facts: AgentFacts,
+    /// The host id (empty from older agents).
+    pub host_id: String,
+    /// The fleet protocol it speaks.
+    pub protocol: u32,
 }
 
 /// A refused copy of an agent, as the gateway saw it.
@@ -894,6 +1015,104 @@ fn index_duplicate(w: &mut Writer, agent: &Agent) -> anyhow::Result<()> {
     }
 }
 
+/// Kept count of usable (not revoked) agents, and of those per project.
+const AGENTS_COUNT: &str = "agents_usable";
+/// Kept count of usable agents on one version: `agents_on/VERSION`, and per project
+/// `agents_on/PROJECT/VERSION`.
+const AGENTS_ON: &str = "agents_on";
+/// Set once the counts above cover the agents enrolled before they were kept.
+const VERSION_COUNTS_READY: &str = "agents_version_counts_ready";
+
+/// Adds `delta` to the kept counts an agent is part of (nothing for a revoked one).
+fn count_version(w: &mut Writer, agent: &Agent, delta: i64) -> anyhow::Result<()> {
+    if agent.revoked_at.is_some() {
+        return Ok(());
+    }
+    let version = &agent.facts.agent_version;
+    let project = &agent.project_id;
+    w.counter_add(AGENTS_COUNT, delta)?;
+    w.counter_add(&format!("{AGENTS_COUNT}/{project}"), delta)?;
+    w.counter_add(&format!("{AGENTS_ON}/{version}"), delta)?;
+    w.counter_add(&format!("{AGENTS_ON}/{project}/{version}"), delta)?;
+    Ok(())
+}
+
+/// Counts the agents enrolled before version counts were kept, once (the marker is
+/// read and set in the same transaction, so replicas starting together count once).
+pub fn backfill_version_counts(store: &Store) -> anyhow::Result<()> {
+    if store.read(|r| r.counter(VERSION_COUNTS_READY))? > 0 {
+        return Ok(());
+    }
+    store.write(|w| {
+        if w.counter(VERSION_COUNTS_READY)? > 0 {
+            return Ok(());
+        }
+        let all: Vec<Agent> = w.list()?;
+        for agent in &all {
+            count_version(w, agent, 1)?;
+        }
+        w.counter_add(VERSION_COUNTS_READY, 1)?;
+        Ok(())
+    })
+}
+
+/// How much of the fleet a subject sees runs the control plane's own version.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionSummary {
+    /// The control plane's version.
+    pub version: String,
+    /// Usable (not revoked) agents the subject sees.
+    pub agents: u64,
+    /// Those of them on `version`.
+    pub current: u64,
+    /// `agents - current`.
+    pub outdated: u64,
+    /// "37 of 40 on 0.3.0".
+    pub text: String,
+}
+
+/// The version summary of the agents `subject` sees (of one project when given), from
+/// the kept counts: a few counter reads whatever the fleet's size.
+pub fn version_summary(
+    r: &impl Read,
+    subject: &Subject,
+    project_id: Option<&str>,
+) -> anyhow::Result<VersionSummary> {
+    let version = dynserv_shared::VERSION;
+    let projects: Option<Vec<String>> = match project_id {
+        Some(p) => Some(vec![p.to_string()]),
+        None => listing::project_scope(subject, Action::ViewServers),
+    };
+    let (agents, current) = match projects {
+        None => (
+            r.counter(AGENTS_COUNT)?,
+            r.counter(&format!("{AGENTS_ON}/{version}"))?,
+        ),
+        Some(projects) => {
+            let mut names = Vec::new();
+            for p in &projects {
+                names.push(format!("{AGENTS_COUNT}/{p}"));
+                names.push(format!("{AGENTS_ON}/{p}/{version}"));
+            }
+            r.prefetch_counters(&names)?;
+            let (mut agents, mut current) = (0, 0);
+            for p in &projects {
+                agents += r.counter(&format!("{AGENTS_COUNT}/{p}"))?;
+                current += r.counter(&format!("{AGENTS_ON}/{p}/{version}"))?;
+            }
+            (agents, current)
+        }
+    };
+    let current = current.min(agents);
+    Ok(VersionSummary {
+        version: version.to_string(),
+        agents,
+        current,
+        outdated: agents - current,
+        text: format!("{current} of {agents} on {version}"),
+    })
+}
+
 /// Schema step: the list indexes of agents enrolled, and the expiry index of
 /// enrollment tokens created, before lists read pages.
 pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
@@ -1048,6 +1267,13 @@ pub struct AgentView {
     pub connected: bool,
     pub last_seen: Option<DateTime<Utc>>,
     pub version: String,
+    /// Older than the control plane's own version.
+    pub outdated: bool,
+    /// The fleet protocol of its last hello (0: not recorded yet).
+    pub protocol: u32,
+    /// When its certificate expires (null for certificates from before they had a
+    /// lifetime).
+    pub cert_expires_at: Option<DateTime<Utc>>,
     pub facts: AgentFacts,
     pub load: Option<LiveLoad>,
     pub revoked: bool,
@@ -1080,6 +1306,12 @@ pub fn view(
         connected,
         last_seen,
         version: agent.facts.agent_version.clone(),
+        outdated: dynserv_shared::version_is_older(
+            &agent.facts.agent_version,
+            dynserv_shared::VERSION,
+        ),
+        protocol: agent.protocol,
+        cert_expires_at: agent.cert_expires_at,
         facts: agent.facts.clone(),
         load,
         revoked: agent.revoked_at.is_some(),
@@ -1156,6 +1388,119 @@ mod tests {
         );
     }
 
+    /// The version summary follows enrollments, hellos that change an agent's version
+    /// and revocations, per project too, and the one-time count of older stores agrees
+    /// with the kept one.
+    #[test]
+    fn version_counts_follow_enrollment_hellos_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let keys = crate::secrets::Keys::from_master(b"test");
+        store.seal_with(keys.clone());
+        let admin = crate::policy::Subject {
+            user_id: "u".into(),
+            username: "admin".into(),
+            role: crate::policy::Role::Admin,
+            is_manager: false,
+            grants: Default::default(),
+        };
+        let ours = dynserv_shared::VERSION;
+        let now = Utc::now();
+        let (p1, p2) = store
+            .write(|w| {
+                let mut ids = Vec::new();
+                for (name, agents) in [("P1", ["a1", "a2", "a3"].as_slice()), ("P2", &["b1"])] {
+                    let project = projects::create(
+                        w,
+                        &keys,
+                        &Actor::system(),
+                        &projects::ProjectInput {
+                            name: Some(name.into()),
+                            ..Default::default()
+                        },
+                    )?;
+                    let (token, _) =
+                        create_token(w, &Actor::system(), &project, 10, Duration::hours(1), now)?;
+                    for id in agents {
+                        let new = NewAgent {
+                            id,
+                            name: id,
+                            cert_sha256: "c",
+                            facts: AgentFacts {
+                                agent_version: ours.into(),
+                                ..Default::default()
+                            },
+                            host_id: "",
+                            protocol: 2,
+                            cert_expires_at: now,
+                        };
+                        register(w, &token, new, now)?.expect("enrolled");
+                    }
+                    ids.push(project.id);
+                }
+                Ok((ids[0].clone(), ids[1].clone()))
+            })
+            .unwrap();
+        let text = |project: Option<&str>| {
+            store
+                .read(|r| version_summary(r, &admin, project))
+                .unwrap()
+                .text
+        };
+        assert_eq!(text(None), format!("4 of 4 on {ours}"));
+        let old = HelloFacts {
+            facts: AgentFacts {
+                agent_version: "0.0.1".into(),
+                ..Default::default()
+            },
+            host_id: String::new(),
+            protocol: 1,
+        };
+        store
+            .write(|w| {
+                record_hello(w, "a2", &old, now)?;
+                record_hello(w, "a2", &old, now)?;
+                record_hello(w, "b1", &old, now)?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(text(None), format!("2 of 4 on {ours}"));
+        assert_eq!(text(Some(&p1)), format!("2 of 3 on {ours}"));
+        assert_eq!(text(Some(&p2)), format!("0 of 1 on {ours}"));
+        store
+            .write(|w| {
+                revoke(w, &Actor::system(), &admin, "a1").map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(text(None), format!("1 of 3 on {ours}"));
+        let summary = store.read(|r| version_summary(r, &admin, None)).unwrap();
+        assert_eq!((summary.agents, summary.outdated), (3, 2));
+
+        // A store from before the counts: counted once at startup, the same result.
+        let kept: Vec<(String, u64)> = store
+            .read(|r| {
+                let mut out = Vec::new();
+                for name in [AGENTS_COUNT.to_string(), format!("{AGENTS_ON}/{ours}")] {
+                    out.push((name.clone(), r.counter(&name)?));
+                }
+                Ok(out)
+            })
+            .unwrap();
+        store
+            .write(|w| {
+                for (name, value) in &kept {
+                    w.counter_add(name, -(*value as i64))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(text(None), format!("0 of 0 on {ours}"));
+        backfill_version_counts(&store).unwrap();
+        backfill_version_counts(&store).unwrap();
+        assert_eq!(text(None), format!("1 of 3 on {ours}"));
+    }
+
     /// Durations parse with their units; nonsense and out-of-range values do not.
     #[test]
     fn ttl_parsing() {
@@ -1183,6 +1528,18 @@ mod tests {
             revoked_by: None,
             host_id: host_id.map(String::from),
             duplicate: None,
+            protocol: 0,
+            cert_expires_at: None,
+            previous_cert_sha256: None,
+            next_cert: None,
+        }
+    }
+
+    fn hello(facts: &AgentFacts, host_id: &str) -> HelloFacts {
+        HelloFacts {
+            facts: facts.clone(),
+            host_id: host_id.into(),
+            protocol: 0,
         }
     }
 
@@ -1255,7 +1612,7 @@ mod tests {
         // The original says hello while the copy still knocks: the flag stays.
         let hello_at = t0 + retry * 2 + Duration::minutes(1);
         store
-            .write(|w| record_hello(w, "a1", &AgentFacts::default(), "h1", hello_at))
+            .write(|w| record_hello(w, "a1", &hello(&AgentFacts::default(), "h1"), hello_at))
             .unwrap();
         assert!(store
             .get::<Agent>("a1")
@@ -1268,10 +1625,10 @@ mod tests {
         let quiet = t0 + retry * 2 + Duration::minutes(DUPLICATE_QUIET_MINUTES + 1);
         assert!(!sighting.is_active(quiet));
         assert!(store
-            .read(|r| hello_changes_anything(r, "a1", &AgentFacts::default(), "h1", quiet))
+            .read(|r| hello_changes_anything(r, "a1", &hello(&AgentFacts::default(), "h1"), quiet))
             .unwrap());
         store
-            .write(|w| record_hello(w, "a1", &AgentFacts::default(), "h2", quiet))
+            .write(|w| record_hello(w, "a1", &hello(&AgentFacts::default(), "h2"), quiet))
             .unwrap();
         assert!(store
             .get::<Agent>("a1")
@@ -1280,7 +1637,7 @@ mod tests {
             .duplicate
             .is_some());
         store
-            .write(|w| record_hello(w, "a1", &AgentFacts::default(), "h1", quiet))
+            .write(|w| record_hello(w, "a1", &hello(&AgentFacts::default(), "h1"), quiet))
             .unwrap();
         assert!(store
             .get::<Agent>("a1")
@@ -1305,11 +1662,11 @@ mod tests {
         store.write(|w| w.put(&agent("a1", None))).unwrap();
         let facts = AgentFacts::default();
         assert!(store
-            .read(|r| hello_changes_anything(r, "a1", &facts, "h1", now))
+            .read(|r| hello_changes_anything(r, "a1", &hello(&facts, "h1"), now))
             .unwrap());
         for host in ["", "h1", "h2"] {
             store
-                .write(|w| record_hello(w, "a1", &facts, host, now))
+                .write(|w| record_hello(w, "a1", &hello(&facts, host), now))
                 .unwrap();
         }
         assert_eq!(
@@ -1322,7 +1679,7 @@ mod tests {
             Some("h1")
         );
         assert!(!store
-            .read(|r| hello_changes_anything(r, "a1", &facts, "h1", now))
+            .read(|r| hello_changes_anything(r, "a1", &hello(&facts, "h1"), now))
             .unwrap());
     }
 

@@ -45,6 +45,8 @@ impl App {
         store.seal_with(keys.clone());
         store.set_space_floor(config.min_free_disk_bytes);
         let fleet = Fleet::new(store.clone(), &config.data_dir, config.max_job_output)?;
+        fleet.set_cert_policy(crate::fleet::certs::CertPolicy::new(config.agent_cert_days));
+        crate::agents::backfill_version_counts(&store)?;
         let cluster = Cluster::new(&store);
         fleet.join(cluster.clone());
         let metrics = Arc::new(Metrics::default());

@@ -1561,6 +1561,10 @@ mod tests {
                     revoked_by: None,
                     host_id: None,
                     duplicate: None,
+                    protocol: 0,
+                    cert_expires_at: None,
+                    previous_cert_sha256: None,
+                    next_cert: None,
                 })?;
                 crate::agents::backfill_indexes(w)?;
                 queued_backup(w, "e1");

@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub audit_retention_days: Option<u64>,
     /// Bytes of output stored per execution.
     pub max_job_output: Option<u64>,
+    /// Days an agent certificate is valid (renewed with a third left).
+    pub agent_cert_days: Option<u64>,
     /// The store's page cache, in MiB.
     pub store_cache_mb: Option<u64>,
     /// Free MiB under the data directory below which new jobs are refused.
@@ -99,6 +101,8 @@ pub struct Overrides {
     pub audit_retention_days: Option<String>,
     /// `DYNSERV_MAX_JOB_OUTPUT`.
     pub max_job_output: Option<String>,
+    /// `DYNSERV_AGENT_CERT_DAYS`.
+    pub agent_cert_days: Option<String>,
     /// `DYNSERV_STORE_CACHE_MB`.
     pub store_cache_mb: Option<String>,
     /// `DYNSERV_MIN_FREE_DISK_MB`.
@@ -136,6 +140,8 @@ pub struct Config {
     pub audit_retention: Option<chrono::Duration>,
     /// Bytes of output stored per execution.
     pub max_job_output: u64,
+    /// Days an agent certificate is valid, 1 to `fleet::certs::MAX_CERT_DAYS`.
+    pub agent_cert_days: u32,
     /// The store's page cache in bytes.
     pub store_cache_bytes: usize,
     /// Free bytes under the data directory below which new jobs are refused.
@@ -275,6 +281,16 @@ impl Config {
                 DEFAULT_MAX_JOB_OUTPUT,
             )?
             .max(1024),
+            agent_cert_days: u32::try_from(
+                number(
+                    "DYNSERV_AGENT_CERT_DAYS",
+                    over.agent_cert_days.as_deref(),
+                    file.agent_cert_days,
+                    u64::from(crate::fleet::certs::DEFAULT_CERT_DAYS),
+                )?
+                .clamp(1, u64::from(crate::fleet::certs::MAX_CERT_DAYS)),
+            )
+            .unwrap_or(crate::fleet::certs::DEFAULT_CERT_DAYS),
             store_cache_bytes: usize::try_from(
                 number(
                     "DYNSERV_STORE_CACHE_MB",
@@ -446,6 +462,7 @@ mod tests {
         assert_eq!(from_file.retention, defaults.retention);
         assert_eq!(from_file.audit_retention, defaults.audit_retention);
         assert_eq!(from_file.max_job_output, defaults.max_job_output);
+        assert_eq!(from_file.agent_cert_days, defaults.agent_cert_days);
         assert_eq!(from_file.store_cache_bytes, defaults.store_cache_bytes);
         assert_eq!(from_file.min_free_disk_bytes, defaults.min_free_disk_bytes);
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));

@@ -140,6 +140,7 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
         retention_days: env("DYNSERV_RETENTION_DAYS"),
         audit_retention_days: env("DYNSERV_AUDIT_RETENTION_DAYS"),
         max_job_output: env("DYNSERV_MAX_JOB_OUTPUT"),
+        agent_cert_days: env("DYNSERV_AGENT_CERT_DAYS"),
         store_cache_mb: env("DYNSERV_STORE_CACHE_MB"),
         min_free_disk_mb: env("DYNSERV_MIN_FREE_DISK_MB"),
         config_file: cli.config.clone(),

@@ -601,6 +601,10 @@ mod tests {
                     revoked_by: None,
                     host_id: None,
                     duplicate: None,
+                    protocol: 0,
+                    cert_expires_at: None,
+                    previous_cert_sha256: None,
+                    next_cert: None,
                 })?;
                 // Written by hand rather than enrolled: index it as enrollment would.
                 crate::agents::backfill_indexes(w)

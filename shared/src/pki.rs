@@ -106,6 +106,39 @@ impl AgentPublicKey {
     }
 }
 
+/// The DER of a P-256 SubjectPublicKeyInfo up to the point: SEQUENCE, AlgorithmIdentifier
+/// (id-ecPublicKey, prime256v1), BIT STRING header.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+impl AgentPublicKey {
+    /// The P-256 key an agent certificate (DER) was issued for, so a renewal certifies
+    /// the key the agent already holds: the certificate carries exactly one P-256
+    /// SubjectPublicKeyInfo, found by its fixed DER prefix.
+    pub fn from_certificate(cert_der: &[u8]) -> Result<AgentPublicKey, PkiError> {
+        let at = cert_der
+            .windows(P256_SPKI_PREFIX.len())
+            .position(|w| w == P256_SPKI_PREFIX)
+            .ok_or(PkiError::PublicKey)?;
+        let start = at + P256_SPKI_PREFIX.len();
+        let raw = cert_der
+            .get(start..start + 65)
+            .ok_or(PkiError::PublicKey)?
+            .to_vec();
+        if raw[0] != 0x04 {
+            return Err(PkiError::PublicKey);
+        }
+        Ok(AgentPublicKey { raw })
+    }
+
+    /// The key as [`AgentPublicKey::parse`] reads it.
+    pub fn text(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.raw)
+    }
+}
+
 impl PublicKeyData for AgentPublicKey {
     fn der_bytes(&self) -> &[u8] {
         &self.raw
@@ -208,12 +241,15 @@ impl Ca {
         &self,
         agent_id: &str,
         public_key: &AgentPublicKey,
+        validity: Validity,
     ) -> Result<String, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, agent_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        let (year, month, day) = civil_date(validity.not_before_unix_day);
+        params.not_before = rcgen::date_time_ymd(year, month, day);
+        let (year, month, day) = civil_date(validity.not_after_unix_day);
+        params.not_after = rcgen::date_time_ymd(year, month, day);
         let cert = params.signed_by(public_key, &self.issuer, &self.key)?;
         Ok(cert.pem())
     }
@@ -238,6 +274,51 @@ impl Ca {
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
+}
+
+/// When an agent certificate is valid, in whole days since 1970-01-01 (UTC midnight):
+/// certificates carry dates, and a day's granularity is plenty for lifetimes of weeks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// First valid day: one lifetime before the issue. Agents are known by their
+    /// certificate's fingerprint, so an early start grants nothing, while a start in
+    /// the future of a peer whose clock lags would lock that peer out.
+    pub not_before_unix_day: i64,
+    /// The day at whose midnight the certificate expires.
+    pub not_after_unix_day: i64,
+}
+
+impl Validity {
+    /// Valid until `days` days after `now_unix` (seconds), rounded up to the next
+    /// midnight, and from `days` days before it.
+    pub fn days_from(now_unix: i64, days: i64) -> Validity {
+        let today = now_unix.div_euclid(86_400);
+        let days = days.max(1);
+        Validity {
+            not_before_unix_day: today - days,
+            not_after_unix_day: today + days + 1,
+        }
+    }
+
+    /// When the certificate expires, in seconds since 1970-01-01.
+    pub fn not_after_unix(&self) -> i64 {
+        self.not_after_unix_day * 86_400
+    }
+}
+
+/// The proleptic Gregorian date (year, month, day) of a day count since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_date(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
 }
 
 /// An enrolling agent's TLS configuration: no client certificate, server verified
@@ -407,9 +488,26 @@ mod tests {
         let key = generate_agent_key().unwrap();
         let public = AgentPublicKey::parse(&public_key_text(&key)).unwrap();
         let ca = Ca::generate().unwrap();
-        let pem = ca.issue_agent_cert("agent-1", &public).unwrap();
+        let pem = ca
+            .issue_agent_cert("agent-1", &public, Validity::days_from(1_700_000_000, 90))
+            .unwrap();
+        // A renewal finds the same key in the certificate.
+        let der = certs_from_pem(&pem).unwrap().remove(0);
+        assert_eq!(
+            AgentPublicKey::from_certificate(&der).unwrap().text(),
+            public.text()
+        );
         agent_client_config(ca.cert_pem(), &pem, &key.serialize_pem()).unwrap();
         assert!(AgentPublicKey::parse("AAAA").is_err());
         assert!(AgentPublicKey::parse("not base64!").is_err());
+    }
+
+    /// Day counts turn into the calendar dates certificates carry.
+    #[test]
+    fn civil_dates_follow_the_calendar() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(19_782), (2024, 2, 29));
+        assert_eq!(civil_date(20_454), (2026, 1, 1));
+        assert_eq!(civil_date(-1), (1969, 12, 31));
     }
 }

@@ -40,9 +40,19 @@ use serde::{Deserialize, Serialize};
 /// ALPN protocol name of the fleet protocol, version 1.
 pub const ALPN: &[u8] = b"dynserv/1";
 
-/// Version of the message set below; sent in every hello and enrollment request. The
-/// control plane refuses a peer whose version it does not speak.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the message set below; sent in every hello and enrollment request.
+///
+/// History: 1 is the first release's message set; 2 adds certificate renewal on the
+/// control stream ([`ServerControl::Certificate`], [`AgentControl::CertificateStored`]).
+/// A control plane serves agents down to [`MIN_PROTOCOL_VERSION`] (one version older
+/// than its own) and sends each only what its version knows: nothing added in a later
+/// version, and no job whose kind needs a later one ([`JobKind::min_protocol`]).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest agent protocol a control plane still serves: the previous release's, so
+/// a fleet can be upgraded agent by agent after its control plane. An older hello is
+/// refused with [`ServerControl::Refused`] and a reason naming the upgrade path.
+pub const MIN_PROTOCOL_VERSION: u32 = PROTOCOL_VERSION - 1;
 
 /// Default UDP port of the fleet gateway.
 pub const DEFAULT_PORT: u16 = 4433;
@@ -177,6 +187,12 @@ pub enum AgentControl {
     },
     /// Periodic figures; also keeps the connection's liveness visible.
     Heartbeat(Load),
+    /// The agent stored the certificate of a [`ServerControl::Certificate`] and presents
+    /// it from its next connection on (protocol 2).
+    CertificateStored {
+        /// The SHA-256 (hex) of the certificate's DER, as stored.
+        sha256: String,
+    },
 }
 
 /// Messages from the control plane on the control stream.
@@ -213,6 +229,16 @@ pub enum ServerControl {
     },
     /// A heartbeat was received.
     HeartbeatAck,
+    /// A renewed client certificate for the agent's own key (protocol 2; never sent to
+    /// an older agent). The agent replaces its certificate file atomically, answers
+    /// [`AgentControl::CertificateStored`], and presents the new certificate from its
+    /// next connection on; the control plane accepts the old one until then.
+    Certificate {
+        /// The new certificate (PEM).
+        certificate_pem: String,
+        /// When it expires (RFC 3339).
+        expires_at: String,
+    },
 }
 
 /// Which output a chunk came from.
@@ -343,6 +369,22 @@ pub enum JobKind {
         /// Only list what would be upgraded.
         check: bool,
     },
+}
+
+impl JobKind {
+    /// The oldest agent protocol that knows this kind of job; the control plane never
+    /// sends the job to an agent speaking an older one.
+    pub fn min_protocol(&self) -> u32 {
+        match self {
+            JobKind::Script { .. }
+            | JobKind::Playbook { .. }
+            | JobKind::ComposeBackup { .. }
+            | JobKind::ComposeOffsiteUpload { .. }
+            | JobKind::ComposeVerify { .. }
+            | JobKind::ComposeRestore { .. }
+            | JobKind::SystemUpdate { .. } => 1,
+        }
+    }
 }
 
 /// An object in S3-compatible storage that holds (or will hold) an encrypted copy of

@@ -23,7 +23,7 @@ use dynserv_shared::frame::{read_frame, write_frame};
 use dynserv_shared::pki::{self, AgentPublicKey};
 use dynserv_shared::proto::{
     AgentControl, EnrollRequest, EnrollResponse, FromAgent, ServerControl, ToAgent,
-    PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
@@ -192,11 +192,8 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
         tracing::info!("enrollment refused: {reason}");
         EnrollResponse::Refused { reason }
     };
-    if request.protocol != PROTOCOL_VERSION {
-        return refused(format!(
-            "this control plane speaks protocol {PROTOCOL_VERSION}, the agent {}",
-            request.protocol
-        ));
+    if let Err(reason) = check_protocol(request.protocol) {
+        return refused(reason);
     }
     let name = match agents::check_name(&request.name) {
         Ok(n) => n,
@@ -212,7 +209,13 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
         ));
     }
     let agent_id = uuid::Uuid::new_v4().to_string();
-    let certificate_pem = match fleet.inner.ca.ca.issue_agent_cert(&agent_id, &public_key) {
+    let (validity, cert_expires_at) = fleet.cert_policy().validity();
+    let certificate_pem = match fleet
+        .inner
+        .ca
+        .ca
+        .issue_agent_cert(&agent_id, &public_key, validity)
+    {
         Ok(pem) => pem,
         Err(e) => return refused(format!("cannot issue a certificate: {e}")),
     };
@@ -233,6 +236,8 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
             cert_sha256: &fingerprint,
             facts,
             host_id: &request.host_id,
+            protocol: request.protocol,
+            cert_expires_at,
         };
         agents::register(w, &token, new, now)
     });
@@ -253,23 +258,95 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
     }
 }
 
+/// Whether an agent speaking fleet protocol `protocol` is served: this release's
+/// protocol and the previous one are ([`MIN_PROTOCOL_VERSION`]); the refusal of any
+/// other names the way out.
+pub fn check_protocol(protocol: u32) -> std::result::Result<(), String> {
+    let ours = dynserv_shared::VERSION;
+    if protocol < MIN_PROTOCOL_VERSION {
+        Err(format!(
+            "this agent speaks fleet protocol {protocol}, older than this control plane \
+             ({ours}) still serves (protocols {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}): \
+             upgrade the agent to {ours} by hand (copy the dynserv-agent binary that ships \
+             with this control plane over the old one on the server and restart the \
+             dynserv-agent service, or run Install agent on the server's page); it keeps its \
+             enrollment, and later upgrades can be made from the Agents page"
+        ))
+    } else if protocol > PROTOCOL_VERSION {
+        Err(format!(
+            "this agent speaks fleet protocol {protocol}, newer than this control plane \
+             ({ours}, protocol {PROTOCOL_VERSION}): upgrade the control plane first"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 // ---- authenticated agents ----
+
+/// An agent whose hello passed [`check_agent`].
+struct Checked {
+    agent: Agent,
+    /// When the certificate it presented expires, `None` when unknown (issued before
+    /// certificates had a lifetime, or the one a renewal replaced): renewed at once.
+    cert_expires_at: Option<chrono::DateTime<Utc>>,
+}
 
 fn check_agent(
     fleet: &Fleet,
     agent_id: &str,
     cert_sha256: &str,
-) -> Result<std::result::Result<Agent, String>> {
-    let Some(agent) = fleet.inner.store.get::<Agent>(agent_id)? else {
+) -> Result<std::result::Result<Checked, String>> {
+    let Some(mut agent) = fleet.inner.store.get::<Agent>(agent_id)? else {
         return Ok(Err("unknown agent".into()));
     };
+    // An agent that stored a renewed certificate whose confirmation never arrived
+    // connects with it: it becomes the current one now.
+    let offered = agent
+        .next_cert
+        .as_ref()
+        .is_some_and(|n| crate::secrets::constant_time_eq(&n.sha256, cert_sha256));
+    if offered && agent.revoked_at.is_none() {
+        let previous = agent.cert_sha256.clone();
+        if let Some(renewed) = fleet
+            .inner
+            .store
+            .write(|w| agents::record_renewal(w, agent_id, &previous, cert_sha256))?
+        {
+            agent = renewed;
+        }
+    }
     if agent.revoked_at.is_some() {
         return Ok(Err("this agent has been revoked".into()));
     }
-    if !crate::secrets::constant_time_eq(&agent.cert_sha256, cert_sha256) {
+    // The certificate a renewal replaced stays good until the agent connects with the
+    // new one: it may have lost the connection before it stored that.
+    let current = crate::secrets::constant_time_eq(&agent.cert_sha256, cert_sha256);
+    let previous = agent
+        .previous_cert_sha256
+        .as_deref()
+        .is_some_and(|p| crate::secrets::constant_time_eq(p, cert_sha256));
+    if !current && !previous {
         return Ok(Err("the certificate does not belong to this agent".into()));
     }
-    Ok(Ok(agent))
+    if current && agent.previous_cert_sha256.is_some() {
+        // The agent uses its renewed certificate: the one it replaced is done with.
+        agent = fleet
+            .inner
+            .store
+            .write(|w| agents::forget_previous_cert(w, agent_id))?
+            .unwrap_or(agent);
+    }
+    let policy = fleet.cert_policy();
+    if let Some(expires_at) = agent.cert_expires_at.filter(|_| current) {
+        if policy.expired(Some(expires_at)) {
+            return Ok(Err(super::certs::expired_reason(expires_at)));
+        }
+    }
+    Ok(Ok(Checked {
+        cert_expires_at: agent.cert_expires_at.filter(|_| current),
+        agent,
+    }))
 }
 
 async fn serve_agent(
@@ -296,10 +373,8 @@ async fn serve_agent(
     else {
         bail!("the first control message was not a hello");
     };
-    let checked = if protocol != PROTOCOL_VERSION {
-        Err(format!(
-            "this control plane speaks protocol {PROTOCOL_VERSION}, the agent {protocol}"
-        ))
+    let checked = if let Err(reason) = check_protocol(protocol) {
+        Err(reason)
     } else if host_id.len() > MAX_IDENTITY_LEN || instance_id.len() > MAX_IDENTITY_LEN {
         Err(format!(
             "the hello's host or instance id is longer than {MAX_IDENTITY_LEN} characters"
@@ -308,8 +383,11 @@ async fn serve_agent(
         let (checker, id, cert) = (fleet.clone(), agent_id.clone(), cert_sha256.clone());
         crate::store::blocking(move || check_agent(&checker, &id, &cert)).await?
     };
-    let agent = match checked {
-        Ok(agent) => agent,
+    let Checked {
+        agent,
+        cert_expires_at,
+    } = match checked {
+        Ok(checked) => checked,
         Err(reason) => {
             tracing::info!(agent = %agent_id, "agent refused: {reason}");
             refuse(connection, &mut send, reason, None).await?;
@@ -323,6 +401,7 @@ async fn serve_agent(
         agent_id: agent_id.clone(),
         host_id,
         instance_id,
+        protocol,
         connection: connection.clone(),
         last_seen: Mutex::new(now),
         load: Mutex::new(None),
@@ -370,7 +449,21 @@ async fn serve_agent(
     }
 
     fleet.record_presence(&agent_id, true).await;
-    let result = serve_admitted(fleet, &conn, facts, &mut send, &mut recv, dispatch_rx).await;
+    let renewal = Renewal {
+        presented: cert.to_vec(),
+        presented_sha256: cert_sha256.clone(),
+        expires_at: cert_expires_at,
+        pending: None,
+    };
+    let result = serve_admitted(
+        fleet,
+        &conn,
+        facts,
+        renewal,
+        (&mut send, &mut recv),
+        dispatch_rx,
+    )
+    .await;
 
     let removed = {
         let mut conns = lock(&fleet.inner.conns);
@@ -498,8 +591,8 @@ async fn serve_admitted(
     fleet: &Fleet,
     conn: &Arc<AgentConn>,
     facts: dynserv_shared::proto::Facts,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    mut renewal: Renewal,
+    (send, recv): (&mut quinn::SendStream, &mut quinn::RecvStream),
     dispatch_rx: mpsc::UnboundedReceiver<super::Dispatched>,
 ) -> Result<()> {
     write_frame(
@@ -512,14 +605,17 @@ async fn serve_admitted(
     )
     .await?;
     {
-        let facts = AgentFacts::from(&facts);
+        let hello = agents::HelloFacts {
+            facts: AgentFacts::from(&facts),
+            host_id: conn.host_id.clone(),
+            protocol: conn.protocol,
+        };
         let now = Utc::now();
         let changed = {
             let store = fleet.inner.store.clone();
-            let (agent_id, host_id, facts) =
-                (conn.agent_id.clone(), conn.host_id.clone(), facts.clone());
+            let (agent_id, hello) = (conn.agent_id.clone(), hello.clone());
             crate::store::blocking(move || {
-                store.read(|r| agents::hello_changes_anything(r, &agent_id, &facts, &host_id, now))
+                store.read(|r| agents::hello_changes_anything(r, &agent_id, &hello, now))
             })
             .await
         };
@@ -529,8 +625,7 @@ async fn serve_admitted(
                 .ingest
                 .send(Item::Hello {
                     agent_id: conn.agent_id.clone(),
-                    facts,
-                    host_id: conn.host_id.clone(),
+                    hello,
                     at: now,
                 })
                 .await;
@@ -544,16 +639,122 @@ async fn serve_admitted(
         "agent connected"
     );
     let dispatcher = tokio::spawn(dispatcher(fleet.clone(), conn.clone(), dispatch_rx));
-    let result = control_loop(conn, send, recv).await;
+    let result = control_loop(fleet, conn, &mut renewal, send, recv).await;
     dispatcher.abort();
     result
 }
 
-async fn control_loop(
+/// The certificate a connection presented and its renewal under way.
+struct Renewal {
+    /// The presented certificate (DER): a renewal certifies its key.
+    presented: Vec<u8>,
+    presented_sha256: String,
+    /// When it expires (`None`: unknown, renewed at once).
+    expires_at: Option<chrono::DateTime<Utc>>,
+    /// A new certificate sent and not yet confirmed: its fingerprint and expiry.
+    pending: Option<(String, chrono::DateTime<Utc>)>,
+}
+
+/// Sends the agent a renewed certificate when its own is due (agents of protocol 2 and
+/// later; an older one would not understand the message). At most one is in flight.
+async fn renew_if_due(
+    fleet: &Fleet,
     conn: &AgentConn,
+    renewal: &mut Renewal,
+    send: &mut quinn::SendStream,
+) {
+    // A renewal that fails is tried again at the next heartbeat; the connection goes on
+    // (a broken stream shows in the next read).
+    if let Err(e) = try_renewal(fleet, conn, renewal, send).await {
+        tracing::warn!(agent = %conn.agent_id, "renewing the agent's certificate: {e:#}");
+    }
+}
+
+async fn try_renewal(
+    fleet: &Fleet,
+    conn: &AgentConn,
+    renewal: &mut Renewal,
+    send: &mut quinn::SendStream,
+) -> Result<()> {
+    let policy = fleet.cert_policy();
+    if conn.protocol < 2 || renewal.pending.is_some() || !policy.renewal_due(renewal.expires_at) {
+        return Ok(());
+    }
+    let public_key = AgentPublicKey::from_certificate(&renewal.presented)
+        .context("reading the key of the agent's certificate")?;
+    let (validity, expires_at) = policy.validity();
+    let certificate_pem =
+        fleet
+            .inner
+            .ca
+            .ca
+            .issue_agent_cert(&conn.agent_id, &public_key, validity)?;
+    let der = pki::certs_from_pem(&certificate_pem)?;
+    let sha256 = hex::encode(pki::sha256(&der[0]));
+    // Recorded before it is sent, so an agent that stores it and loses the connection
+    // before confirming is still recognized by it.
+    let store = fleet.inner.store.clone();
+    let next = agents::NextCert {
+        sha256: sha256.clone(),
+        expires_at,
+    };
+    let agent_id = conn.agent_id.clone();
+    crate::store::blocking(move || {
+        store.write(|w| agents::record_renewal_offered(w, &agent_id, next))
+    })
+    .await?;
+    tracing::info!(agent = %conn.agent_id, expires = %expires_at, "renewing the agent's certificate");
+    write_frame(
+        send,
+        &ServerControl::Certificate {
+            certificate_pem,
+            expires_at: expires_at.to_rfc3339(),
+        },
+    )
+    .await?;
+    renewal.pending = Some((sha256, expires_at));
+    Ok(())
+}
+
+/// The agent stored its renewed certificate: the record switches to it, keeping the
+/// one it presented on this connection accepted until it connects with the new one.
+async fn renewal_stored(
+    fleet: &Fleet,
+    conn: &AgentConn,
+    renewal: &mut Renewal,
+    stored_sha256: &str,
+) -> Result<()> {
+    let Some((sha256, expires_at)) = renewal.pending.take() else {
+        bail!("the agent confirmed a certificate it was not sent");
+    };
+    if !crate::secrets::constant_time_eq(&sha256, stored_sha256) {
+        bail!("the agent stored another certificate than the one it was sent");
+    }
+    let store = fleet.inner.store.clone();
+    let (agent_id, presented) = (conn.agent_id.clone(), renewal.presented_sha256.clone());
+    let new_sha256 = sha256.clone();
+    let recorded = crate::store::blocking(move || {
+        store.write(|w| agents::record_renewal(w, &agent_id, &presented, &new_sha256))
+    })
+    .await?;
+    if recorded.is_none() {
+        bail!("the renewed certificate was no longer the one on record");
+    }
+    tracing::info!(agent = %conn.agent_id, "the agent stored its renewed certificate");
+    // The connection goes on with the old certificate, which stays accepted; the next
+    // renewal is due a lifetime from now.
+    renewal.expires_at = Some(expires_at);
+    Ok(())
+}
+
+async fn control_loop(
+    fleet: &Fleet,
+    conn: &AgentConn,
+    renewal: &mut Renewal,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<()> {
+    renew_if_due(fleet, conn, renewal, send).await;
     loop {
         let message = tokio::select! {
             m = read_frame::<AgentControl, _>(recv) => m,
@@ -573,6 +774,10 @@ async fn control_loop(
                     running_jobs: load.running_jobs,
                 });
                 write_frame(send, &ServerControl::HeartbeatAck).await?;
+                renew_if_due(fleet, conn, renewal, send).await;
+            }
+            Some(AgentControl::CertificateStored { sha256 }) => {
+                renewal_stored(fleet, conn, renewal, &sha256).await?;
             }
             Some(AgentControl::Hello { .. }) => bail!("a second hello on the control stream"),
         }
@@ -734,11 +939,6 @@ async fn drive_job(
     mut commands: mpsc::UnboundedReceiver<JobCommand>,
 ) -> Result<()> {
     let execution_id: Arc<str> = Arc::from(execution.id.as_str());
-    let (mut send, mut recv) = conn
-        .connection
-        .open_bi()
-        .await
-        .context("opening a job stream")?;
     let mut spec = match spec {
         Some(spec) => *spec,
         None => {
@@ -749,6 +949,30 @@ async fn drive_job(
             .await?
         }
     };
+    let needed = spec.kind.min_protocol();
+    if needed > conn.protocol {
+        // An older agent would reject a kind it does not know, or worse, misread it:
+        // the job fails here, saying what to do.
+        let summary = format!(
+            "the agent speaks fleet protocol {}, this kind of job needs protocol {needed}: \
+             upgrade the agent (Agents page, Upgrade)",
+            conn.protocol
+        );
+        let (store, id) = (fleet.inner.store.clone(), execution.id.clone());
+        let ended = crate::store::blocking(move || {
+            store.write(|w| executions::finish(w, &id, Status::Failed, None, &summary, Utc::now()))
+        })
+        .await?;
+        if ended {
+            fleet.publish_end(&execution.id);
+        }
+        return Ok(());
+    }
+    let (mut send, mut recv) = conn
+        .connection
+        .open_bi()
+        .await
+        .context("opening a job stream")?;
     // A job the agent reported started is only resumed: a copy of the agent that did
     // not start it must not start it again.
     spec.resume_only = execution.status == Status::Running;

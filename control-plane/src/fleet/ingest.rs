@@ -15,7 +15,7 @@ use dynserv_shared::proto::{OutputChunk, OutputStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::hub::{Hub, LiveEvent};
-use crate::agents::{self, AgentFacts, JobHolder, RefusedCopy};
+use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
 use crate::store::{Read, Store, Writer};
 
@@ -28,9 +28,8 @@ pub enum Item {
     /// becomes a few transactions instead of one fsync each).
     Hello {
         agent_id: String,
-        facts: AgentFacts,
-        /// The host id the hello carried (empty from older agents).
-        host_id: String,
+        /// Facts, host id (empty from older agents) and protocol of the hello.
+        hello: agents::HelloFacts,
         at: DateTime<Utc>,
     },
     /// A copy of an agent was refused: another machine holds its identity.
@@ -148,10 +147,9 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
             match item {
                 Item::Hello {
                     agent_id,
-                    facts,
-                    host_id,
+                    hello,
                     at,
-                } => agents::record_hello(w, agent_id, facts, host_id, *at)?,
+                } => agents::record_hello(w, agent_id, hello, *at)?,
                 Item::Duplicate { agent_id, copy, at } => {
                     agents::record_duplicate(w, agent_id, copy, *at)?;
                 }

@@ -17,6 +17,7 @@
 //! transaction that stores it committed.
 
 pub mod ca;
+pub mod certs;
 pub mod demo;
 pub mod gateway;
 pub mod hub;
@@ -49,6 +50,9 @@ pub(crate) struct AgentConn {
     pub host_id: String,
     /// The connected agent process (empty from older agents).
     pub instance_id: String,
+    /// The fleet protocol the agent spoke in its hello: it is sent nothing a later
+    /// version added.
+    pub protocol: u32,
     pub connection: quinn::Connection,
     pub last_seen: Mutex<DateTime<Utc>>,
     pub load: Mutex<Option<LiveLoad>>,
@@ -88,6 +92,8 @@ pub(crate) struct Inner {
     /// The fleet addresses of every control-plane replica, in the order agents should
     /// prefer them; announced in each welcome.
     pub replica_addresses: Mutex<Vec<String>>,
+    /// Agent certificate lifetime and the clock it is judged by.
+    pub certs: Mutex<certs::CertPolicy>,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -122,6 +128,7 @@ impl Fleet {
                 enroll_throttle: Default::default(),
                 cluster: Default::default(),
                 replica_addresses: Mutex::new(Vec::new()),
+                certs: Mutex::new(certs::CertPolicy::default()),
             }),
         })
     }
@@ -135,6 +142,17 @@ impl Fleet {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
         gateway::serve(self.clone(), socket, shutdown)
+    }
+
+    /// Sets how long agent certificates live and the clock they are judged by (tests
+    /// move it forward to see renewals and expiries).
+    pub fn set_cert_policy(&self, policy: certs::CertPolicy) {
+        *lock(&self.inner.certs) = policy;
+    }
+
+    /// The agent certificate policy in force.
+    pub fn cert_policy(&self) -> certs::CertPolicy {
+        lock(&self.inner.certs).clone()
     }
 
     /// Asks `run` to start the demo's local agent once the gateway listens.

@@ -107,6 +107,19 @@ pub fn agents_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     Ok(super::json_page(req, &views, next.as_deref()))
 }
 
+/// `GET /api/v1/agent-versions[?project=…]`: how many of the agents the caller sees
+/// run the control plane's own version (`{"version", "agents", "current", "outdated",
+/// "text": "37 of 40 on 0.3.0"}`).
+pub fn agent_versions(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    req.only_filters(&["project"])?;
+    let summary = app.store.read(|r| {
+        let project = super::project_filter(r, req, ctx)?;
+        agents::version_summary(r, &ctx.subject, project.as_deref())
+    })?;
+    Ok(reply(StatusCode::OK, &summary))
+}
+
 /// `GET /api/v1/agents/{id}`.
 pub fn agent(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     require_fleet(ctx)?;

@@ -32,7 +32,7 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let paging = req.paging_with(100)?;
-    let (rows, duplicates, next, projects) = app.store.read(|r| {
+    let (rows, duplicates, next, projects, summary) = app.store.read(|r| {
         let filter = fleet_api::agent_filter(r, req, ctx)?;
         let page = agents::query(
             r,
@@ -78,7 +78,8 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
             .map(|p| json!({"id": p.id, "name": p.name, "selected": p.id == project}))
             .collect();
-        Ok((rows, duplicates, page.next, projects))
+        let summary = agents::version_summary(r, &ctx.subject, filter.project_id.as_deref())?;
+        Ok((rows, duplicates, page.next, projects, summary))
     })?;
     let can_enroll = policy::can(&ctx.subject, Action::ManageAgents, None);
     let tokens = match can_enroll {
@@ -95,6 +96,7 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         "Agents",
         json!({
             "agents": rows,
+            "versions": summary,
             "duplicates": duplicates,
             "projects": projects,
             "filters": {"q": req.text_filter("q").unwrap_or_default()},

@@ -126,6 +126,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         // Fleet: agents, enrollment tokens, executions.
         (&Method::GET, ["agents"]) => fleet_api::agents_list(app, req, &ctx),
         (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
+        (&Method::GET, ["agent-versions"]) => fleet_api::agent_versions(app, req, &ctx),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_api::revoke_agent(app, req, &ctx, id),
         (&Method::POST, ["agents", id, "accept-host"]) => {
             fleet_api::accept_host_api(app, req, &ctx, id)

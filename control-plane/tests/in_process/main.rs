@@ -6,6 +6,7 @@
 
 mod fleet;
 mod http;
+mod lifecycle;
 mod live;
 mod util;
 mod web;

@@ -192,15 +192,26 @@ impl ControlPlane {
             .await;
         assert_eq!(status, 201, "{created}");
         let token = created["token"].as_str().expect("a token").to_string();
+        self.enroll_agent(name, &token).await
+    }
+
+    /// Enrolls an agent named `name` with `token` and runs it, like [`Self::agent`].
+    pub async fn enroll_agent(&self, name: &str, token: &str) -> Agent {
         let state = tempfile::tempdir().expect("a state directory");
         let agent_id = dynserv_agent::connection::enroll(
             &[self.quic.to_string()],
-            &token,
+            token,
             state.path(),
             Some(name),
         )
         .await
         .expect("enrollment");
+        self.run_agent(agent_id, state).await
+    }
+
+    /// Runs the agent enrolled in `state` until the returned [`Agent`] is stopped;
+    /// waits until the gateway counts it connected.
+    pub async fn run_agent(&self, agent_id: String, state: tempfile::TempDir) -> Agent {
         let connected_before = self.app.fleet.connected_count();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dynserv_agent::connection::run(
@@ -217,7 +228,7 @@ impl ControlPlane {
             id: agent_id,
             stop: Some(stop),
             task,
-            _state: state,
+            state,
         }
     }
 
@@ -263,16 +274,27 @@ pub struct Agent {
     pub id: String,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Agent {
     /// Stops the agent and waits until its connection loop returned.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_state().await;
+    }
+
+    /// Stops the agent like [`Agent::stop`] and hands back its state directory.
+    pub async fn stop_keeping_state(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(PATIENCE, &mut self.task).await;
+        self.state
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
     }
 }
 
