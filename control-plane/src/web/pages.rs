@@ -72,6 +72,12 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Webhooks",
+            href: "/webhooks",
+            icon: "fa-bolt",
+            visible: super::alerts_pages::may_see_webhooks(s),
+        },
+        NavItem {
             label: "Requests",
             href: "/requests",
             icon: "fa-file-circle-plus",
@@ -991,13 +997,20 @@ pub fn account(app: &App, req: &Req, ctx: &Ctx, new_token: Option<String>) -> Ap
         .iter()
         .map(auth::ApiTokenView::from)
         .collect();
+    let prefs = app.store.read(|r| crate::alerts::prefs(r, &ctx.user.id))?;
     page(
         app,
         req,
         ctx,
         "account",
         "Account",
-        json!({"me": UserView::from(&ctx.user), "tokens": tokens, "new_token": new_token}),
+        json!({
+            "me": UserView::from(&ctx.user),
+            "tokens": tokens,
+            "new_token": new_token,
+            "alert_events": super::alerts_pages::event_choices(&prefs.email),
+            "smtp_configured": app.config.smtp_url.is_some(),
+        }),
     )
 }
 

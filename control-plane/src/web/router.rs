@@ -52,6 +52,16 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
     let m = &req.method;
     let result = match (m, rest) {
         (&Method::GET, ["me"]) => api::me(app, &ctx),
+        // Alerts: webhooks and their deliveries, the caller's e-mail choices.
+        (&Method::GET, ["me", "alerts"]) => super::alerts_api::my_alerts(app, &ctx),
+        (&Method::PUT, ["me", "alerts"]) => super::alerts_api::save_my_alerts(app, req, &ctx),
+        (&Method::GET, ["webhooks"]) => super::alerts_api::list(app, req, &ctx),
+        (&Method::POST, ["webhooks"]) => super::alerts_api::create(app, req, &ctx),
+        (&Method::GET, ["webhooks", id]) => super::alerts_api::get(app, &ctx, id),
+        (&Method::DELETE, ["webhooks", id]) => super::alerts_api::delete(app, req, &ctx, id),
+        (&Method::GET, ["webhooks", id, "deliveries"]) => {
+            super::alerts_api::deliveries(app, req, &ctx, id)
+        }
         (&Method::GET, ["servers"]) => api::servers(app, req, &ctx),
         (&Method::GET, ["servers", id]) => api::server(app, &ctx, id),
         // Bringing existing servers in: by hand, SSH settings and tests, agent installs.
@@ -288,6 +298,15 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["users", id, "edit"]) => pages::user_save(app, req, &ctx, Some(id)).await,
         (&Method::GET, ["account"]) => pages::account(app, req, &ctx, None),
         (&Method::POST, ["account", "apitoken"]) => pages::account_token(app, req, &ctx),
+        (&Method::POST, ["account", "alerts"]) => {
+            super::alerts_pages::account_alerts(app, req, &ctx)
+        }
+        (&Method::GET, ["webhooks"]) => super::alerts_pages::webhooks_page(app, req, &ctx),
+        (&Method::POST, ["webhooks"]) => super::alerts_pages::webhook_create(app, req, &ctx),
+        (&Method::GET, ["webhooks", id]) => super::alerts_pages::webhook_page(app, req, &ctx, id),
+        (&Method::POST, ["webhooks", id, "delete"]) => {
+            super::alerts_pages::webhook_delete(app, req, &ctx, id)
+        }
         (&Method::POST, ["account", "tokens", token, "revoke"]) => {
             pages::account_token_revoke(app, req, &ctx, token)
         }
