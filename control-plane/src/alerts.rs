@@ -598,11 +598,16 @@ async fn resolve_checked(url: &url::Url, allow: &[IpNet]) -> Result<SocketAddr, 
     if addrs.is_empty() {
         return Err("the host resolves to no address".into());
     }
-    if let Some(bad) = addrs.iter().find(|a| !address_allowed(a.ip(), allow)) {
+    let refused: Vec<String> = addrs
+        .iter()
+        .filter(|a| !address_allowed(a.ip(), allow))
+        .map(|a| a.ip().to_string())
+        .collect();
+    if !refused.is_empty() {
         return Err(format!(
-            "refused: {} resolves to {}, which is not a public address (DYNSERV_WEBHOOK_ALLOW lists the others deliveries may reach)",
+            "refused: {} resolves to {}, not a public address (DYNSERV_WEBHOOK_ALLOW lists the others deliveries may reach)",
             url.host_str().unwrap_or(""),
-            bad.ip()
+            refused.join(", ")
         ));
     }
     Ok(addrs[0])
