@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use dynserv_tests::{eventually, Agent, Api, ControlPlane, SmtpSink, WebhookReceiver};
+use dynserv_tests::{eventually, Agent, Api, ControlPlane, PageClient, SmtpSink, WebhookReceiver};
 use hmac::{Mac, SimpleHmac};
 use serde_json::{json, Value};
 
@@ -273,4 +273,101 @@ async fn the_address_guard_refuses_loopback_unless_allowed() {
         "the allowed address was reached"
     );
     assert!(receiver.requests().is_empty(), "loopback was never reached");
+}
+
+/// The pages: an admin adds a webhook through the form (a bad URL re-renders the form
+/// with the message beside it), sees its deliveries page and deletes it; a technician
+/// chooses e-mail alerts on the Account page and has no Webhooks page.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_and_account_pages() {
+    let cp = ControlPlane::builder()
+        .env("DYNSERV_WEBHOOK_ALLOW", "127.0.0.0/8")
+        .start()
+        .await;
+    cp.add_user("admin", "admin", false, ADMIN_PASSWORD);
+    cp.add_user("tech", "technical", false, TECH_PASSWORD);
+    let mut admin = PageClient::signed_in(&cp, "admin", ADMIN_PASSWORD).await;
+
+    let csrf = admin.csrf("/webhooks").await;
+    let (status, _, html) = admin
+        .post(
+            "/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("url", "ftp://example.com/"),
+                ("event:backup.failed", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 422, "{html}");
+    assert!(
+        html.contains("must start with http:// or https://"),
+        "{html}"
+    );
+    assert!(
+        html.contains("ftp://example.com/"),
+        "the form keeps what was typed"
+    );
+
+    let (status, location, _) = admin
+        .post(
+            "/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("url", "http://127.0.0.1:9/hook"),
+                ("project", ""),
+                ("event:backup.failed", "on"),
+                ("event:execution.failed", "on"),
+                ("secret", "s3cret"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303, "{location}");
+    assert!(location.starts_with("/webhooks/"), "{location}");
+    let (status, _, html) = admin.get(&location).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("http://127.0.0.1:9/hook") && html.contains("backup.failed"));
+    assert!(html.contains("No delivery yet"), "{html}");
+    assert!(!html.contains("s3cret"), "the secret is never shown");
+    let (status, _, html) = admin.get("/webhooks").await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&location), "the list links to it");
+    let (status, back, _) = admin
+        .post(&format!("{location}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!((status, back.as_str()), (303, "/webhooks"));
+    let (status, _, html) = admin.get("/webhooks").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("No webhook yet"), "{html}");
+
+    let mut tech = PageClient::signed_in(&cp, "tech", TECH_PASSWORD).await;
+    let (status, _, _) = tech.get("/webhooks").await;
+    assert_eq!(status, 403);
+    let csrf = tech.csrf("/account").await;
+    let (status, location, _) = tech
+        .post(
+            "/account/alerts",
+            &[
+                ("csrf", &csrf),
+                ("event:execution.failed", "on"),
+                ("event:update.failed", "on"),
+            ],
+        )
+        .await;
+    assert_eq!((status, location.as_str()), (303, "/account"));
+    let (status, _, html) = tech.get("/account").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"id="alert-execution.failed" name="event:execution.failed" checked"#),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"id="alert-backup.failed" name="event:backup.failed" >"#),
+        "{html}"
+    );
+    let api = cp.api_as("tech");
+    assert_eq!(
+        api.get("/api/v1/me/alerts").await.1["email"],
+        json!(["execution.failed", "update.failed"])
+    );
 }
