@@ -53,6 +53,12 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Rollouts",
+            href: "/rollouts",
+            icon: "fa-layer-group",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
             label: "Scripts",
             href: "/scripts",
             icon: "fa-scroll",

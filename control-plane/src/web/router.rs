@@ -153,7 +153,14 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["scripts", id]) => super::scripts_api::get(app, &ctx, id),
         (&Method::PUT, ["scripts", id]) => super::scripts_api::update(app, req, &ctx, id),
         (&Method::POST, ["scripts", id, "run"]) => super::scripts_api::run(app, req, &ctx, id),
+        (&Method::GET, ["rollouts"]) => super::scripts_api::rollouts_list(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_api::rollout(app, &ctx, id),
+        (&Method::POST, ["rollouts", id, "cancel"]) => {
+            super::scripts_api::cancel_rollout(app, req, &ctx, id)
+        }
+        (&Method::POST, ["rollouts", id, "retry-failed"]) => {
+            super::scripts_api::retry_failed(app, req, &ctx, id)
+        }
         (&Method::GET, ["executions", id]) => fleet_api::execution(app, &ctx, id),
         (&Method::GET, ["executions", id, "log"]) => fleet_api::execution_log(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => {
@@ -375,7 +382,14 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["scripts", id, "run"]) => {
             super::scripts_pages::run_submit(app, req, &ctx, id)
         }
+        (&Method::GET, ["rollouts"]) => super::scripts_pages::rollouts_page(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_pages::rollout_page(app, req, &ctx, id),
+        (&Method::POST, ["rollouts", id, "cancel"]) => {
+            super::scripts_pages::rollout_cancel(app, req, &ctx, id)
+        }
+        (&Method::POST, ["rollouts", id, "retry-failed"]) => {
+            super::scripts_pages::rollout_retry(app, req, &ctx, id)
+        }
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_pages::cancel_page(app, req, &ctx, id)
