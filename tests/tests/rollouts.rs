@@ -219,3 +219,109 @@ async fn cancel_stops_a_running_rollout() {
     );
     assert!(later["targets"][1]["execution"].is_null(), "{later}");
 }
+
+async fn wait_execution(api: &Api, id: &str) -> Value {
+    eventually(
+        Duration::from_secs(60),
+        &format!("execution {id} ends"),
+        || async {
+            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
+            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
+        },
+    )
+    .await
+}
+
+async fn log_text(api: &Api, execution_id: &str) -> String {
+    let (status, chunks) = api
+        .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
+        .await;
+    assert_eq!(status, 200);
+    chunks
+        .iter()
+        .map(|c| c["data"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// Re-run starts the same work on the same agent (a new execution with the same
+/// output); a stored script's secret variable must be given again (422 without it),
+/// and is then used; the execution page offers Re-run once the job ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn rerun_runs_the_same_work_again() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    api.connected_agent("localhost").await;
+    let (status, created) = api
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": "localhost", "kind": "script", "script": "echo again-$WORD", "env": {"WORD": "and-again"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let first = created["id"].as_str().unwrap().to_string();
+    wait_execution(&api, &first).await;
+    let (status, rerun) = api
+        .post_empty(&format!("/api/v1/executions/{first}/rerun"))
+        .await;
+    assert_eq!(status, 201, "{rerun}");
+    let second = rerun["id"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    let done = wait_execution(&api, &second).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(log_text(&api, &second).await, "again-and-again\n");
+
+    let playbook = "- name: secret\n  hosts: all\n  tasks:\n    - name: echo\n      command: echo got {{ token }}\n";
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "with-secret", "kind": "playbook", "body": playbook,
+                    "variables": [{"name": "token", "secret": true, "required": true}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
+            &json!({"targets": {"servers": ["localhost"]}, "vars": {"token": "first-value"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let original = rollout["targets"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_execution(&api, &original).await;
+    let (status, body) = api
+        .post_empty(&format!("/api/v1/executions/{original}/rerun"))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "vars", "{body}");
+    let (status, rerun) = api
+        .post(
+            &format!("/api/v1/executions/{original}/rerun"),
+            &json!({"vars": {"token": "second-value"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rerun}");
+    let id = rerun["id"].as_str().unwrap().to_string();
+    let done = wait_execution(&api, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let log = log_text(&api, &id).await;
+    assert!(!log.contains("second-value"), "the secret is masked: {log}");
+    // `{{ token }}` undefined would fail the task: it succeeded with the value given.
+    assert!(log.contains("TASK [echo]"), "{log}");
+
+    let mut page = PageClient::signed_in(&cp, "admin", "admin123").await;
+    let (status, _, html) = page.get(&format!("/executions/{first}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("execution-rerun"), "{html}");
+    let csrf = dynserv_tests::csrf_of(&html);
+    let (status, location, _) = page
+        .post(&format!("/executions/{first}/rerun"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 303);
+    assert!(
+        location.starts_with("/executions/") && !location.ends_with(&first),
+        "{location}"
+    );
+}

@@ -166,6 +166,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_api::cancel_execution(app, req, &ctx, id)
         }
+        (&Method::POST, ["executions", id, "rerun"]) => {
+            fleet_api::rerun_execution(app, req, &ctx, id)
+        }
         // Operations: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_api::backups_list(app, req, &ctx),
         (&Method::GET, ["backups", id]) => super::ops_api::backup(app, &ctx, id),
@@ -394,6 +397,7 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_pages::cancel_page(app, req, &ctx, id)
         }
+        (&Method::POST, ["executions", id, "rerun"]) => fleet_pages::rerun_page(app, req, &ctx, id),
         // Operations pages: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_pages::backups_page(app, req, &ctx),
         (&Method::GET, ["backups", id]) => super::ops_pages::backup_page(app, req, &ctx, id),
