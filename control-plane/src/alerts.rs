@@ -747,11 +747,11 @@ pub fn next_attempt(attempts: u32, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
     Some(now + chrono::Duration::from_std(*delay).ok()?)
 }
 
+/// Deliveries due with their webhook's secret, and e-mails due.
+type Due = (Vec<(Delivery, Option<String>)>, Vec<Mail>);
+
 /// Work that is due: deliveries with their webhook's secret, and e-mails.
-fn due(
-    r: &impl Read,
-    now: DateTime<Utc>,
-) -> anyhow::Result<(Vec<(Delivery, Option<String>)>, Vec<Mail>)> {
+fn due(r: &impl Read, now: DateTime<Utc>) -> anyhow::Result<Due> {
     let mut deliveries = Vec::new();
     for (_, id) in r.index_page(&IndexScan::prefix(DELIVERY_DUE, "", BATCH * 4))? {
         let Some(d) = r.get::<Delivery>(&id)? else {

@@ -8,7 +8,7 @@ use warp::http::StatusCode;
 use super::{json as reply, Ctx, Req, Resp};
 use crate::alerts::{self, NewWebhook};
 use crate::app::App;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 
 /// `POST /api/v1/webhooks` `{"url", "events", "project"?, "secret"?}` → `201` with the
 /// webhook (never its secret). Admins, and a project's admins for that project.
@@ -123,8 +123,7 @@ pub fn save_my_alerts(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let input: AlertPrefsInput = req.json()?;
     let prefs = app
         .store
-        .write(|w| Ok(alerts::save_prefs(w, &ctx.user.id, &input.email)))?
-        .map_err(AppError::from)?;
+        .write(|w| Ok(alerts::save_prefs(w, &ctx.user.id, &input.email)))??;
     Ok(reply(
         StatusCode::OK,
         &json!({"email": prefs.email, "events": alerts::EVENTS}),
