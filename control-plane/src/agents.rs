@@ -824,19 +824,24 @@ pub fn record_duplicate(
             detail.clone(),
         )?;
         let admins = notifications::admin_ids(w)?;
-        notifications::notify(
+        crate::alerts::raise(
             w,
             &admins,
-            &Message {
-                title: format!("Agent {} was cloned to another machine", agent.name),
-                body: format!(
-                    "{detail}. The copy retries every {} minutes and is refused each time; \
+            &crate::alerts::Alert {
+                event: "agent.duplicate",
+                project_id: Some(agent.project_id.clone()),
+                subject: serde_json::json!({"agent": agent.name, "agent_id": agent.id, "host_id": copy.host_id, "hostname": copy.hostname}),
+                message: Message {
+                    title: format!("Agent {} was cloned to another machine", agent.name),
+                    body: format!(
+                        "{detail}. The copy retries every {} minutes and is refused each time; \
                      the agents page says how to enroll it as an agent of its own.",
-                    DUPLICATE_RETRY_S / 60
-                ),
-                link: Some(format!("/agents#agent-{}", agent.id)),
-                level: "danger",
-                subject: format!("agent:{}", agent.id),
+                        DUPLICATE_RETRY_S / 60
+                    ),
+                    link: Some(format!("/agents#agent-{}", agent.id)),
+                    level: "danger",
+                    subject: format!("agent:{}", agent.id),
+                },
             },
         )?;
     }

@@ -1248,6 +1248,21 @@ fn fill_records(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 } else {
                     error_of(e, r)
                 });
+                // With off-site storage, the copy that cannot be made raises it below.
+                if backup.offsite.is_none() {
+                    alert_backup_failed(
+                        w,
+                        &backup,
+                        &format!(
+                            "Backup of {}/{} failed",
+                            backup.compose_project, backup.service
+                        ),
+                        &format!(
+                            "backup.failed: {}",
+                            backup.error.as_deref().unwrap_or_default()
+                        ),
+                    )?;
+                }
             }
             if backup.offsite.is_some() {
                 let outcome = if backup.status == BackupStatus::Succeeded {
@@ -1738,27 +1753,39 @@ fn record_upload(
     )
 }
 
-/// The `backup.failed` alert: a notification to the admins and whoever started the
-/// backup, linking to it.
+/// The `backup.failed` alert: to the admins, the technicians who see the project and
+/// whoever started the backup, linking to it; and to the webhooks and e-mails that
+/// want it.
 fn alert_backup_failed(
     w: &mut Writer,
     backup: &Backup,
     title: &str,
     body: &str,
 ) -> anyhow::Result<()> {
-    let mut users = crate::notifications::admin_ids(w)?;
+    let mut users = crate::alerts::failure_recipients(w, &backup.project_id)?;
     if let Some(id) = crate::notifications::user_id_of(w, &backup.created_by)? {
         users.push(id);
     }
-    crate::notifications::notify(
+    crate::alerts::raise(
         w,
         &users,
-        &crate::notifications::Message {
-            title: title.to_string(),
-            body: body.to_string(),
-            link: Some(format!("/backups/{}", backup.id)),
-            level: "danger",
-            subject: format!("backup:{}", backup.id),
+        &crate::alerts::Alert {
+            event: "backup.failed",
+            project_id: Some(backup.project_id.clone()),
+            subject: serde_json::json!({
+                "backup": backup.id,
+                "server": backup.server_id,
+                "compose_project": backup.compose_project,
+                "service": backup.service,
+                "error": backup.error,
+            }),
+            message: crate::notifications::Message {
+                title: title.to_string(),
+                body: body.to_string(),
+                link: Some(format!("/backups/{}", backup.id)),
+                level: "danger",
+                subject: format!("backup:{}", backup.id),
+            },
         },
     )
 }

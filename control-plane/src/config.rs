@@ -75,6 +75,13 @@ pub struct FileConfig {
     pub store_cache_mb: Option<u64>,
     /// Free MiB under the data directory below which new jobs are refused.
     pub min_free_disk_mb: Option<u64>,
+    /// The SMTP server alert e-mails go through (`smtp://user:pass@host:port`,
+    /// `smtps://…`, or `smtp://…?tls=required` for STARTTLS); none sends no e-mail.
+    pub smtp_url: Option<String>,
+    /// The sender of alert e-mails.
+    pub mail_from: Option<String>,
+    /// Address ranges webhooks may reach besides public addresses.
+    pub webhook_allow: Option<Vec<String>>,
 }
 
 /// Values given on the command line or in the environment (already merged by clap).
@@ -107,6 +114,12 @@ pub struct Overrides {
     pub store_cache_mb: Option<String>,
     /// `DYNSERV_MIN_FREE_DISK_MB`.
     pub min_free_disk_mb: Option<String>,
+    /// `DYNSERV_SMTP_URL`.
+    pub smtp_url: Option<String>,
+    /// `DYNSERV_MAIL_FROM`.
+    pub mail_from: Option<String>,
+    /// `DYNSERV_WEBHOOK_ALLOW` (comma-separated ranges).
+    pub webhook_allow: Option<String>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -146,7 +159,18 @@ pub struct Config {
     pub store_cache_bytes: usize,
     /// Free bytes under the data directory below which new jobs are refused.
     pub min_free_disk_bytes: u64,
+    /// Where alert e-mails go out (`DYNSERV_SMTP_URL`); `None` sends none. Holds a
+    /// password: never logged.
+    pub smtp_url: Option<String>,
+    /// The sender of alert e-mails (`DYNSERV_MAIL_FROM`, default
+    /// [`DEFAULT_MAIL_FROM`]).
+    pub mail_from: String,
+    /// What webhooks may reach besides public addresses (`DYNSERV_WEBHOOK_ALLOW`).
+    pub webhook_allow: Vec<IpNet>,
 }
+
+/// The default sender of alert e-mails.
+pub const DEFAULT_MAIL_FROM: &str = "dynserv <dynserv@localhost>";
 
 /// `days` as a retention period; 0 means keep forever. Bounded so that no date
 /// arithmetic can overflow.
@@ -200,6 +224,34 @@ impl Config {
             .iter()
             .map(|p| IpNet::parse(p))
             .collect::<Result<Vec<_>>>()?;
+        let allow_text: Vec<String> = match &over.webhook_allow {
+            Some(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            None => file.webhook_allow.clone().unwrap_or_default(),
+        };
+        let webhook_allow = allow_text
+            .iter()
+            .map(|p| IpNet::parse(p).with_context(|| format!("DYNSERV_WEBHOOK_ALLOW {p:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        let smtp_url = over
+            .smtp_url
+            .clone()
+            .or(file.smtp_url.clone())
+            .filter(|s| !s.trim().is_empty());
+        if let Some(url) = &smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                bail!("DYNSERV_SMTP_URL must start with smtp:// or smtps://");
+            }
+        }
+        let mail_from = over
+            .mail_from
+            .clone()
+            .or(file.mail_from.clone())
+            .unwrap_or_else(|| DEFAULT_MAIL_FROM.into());
         let public_quic = over
             .public_quic
             .clone()
@@ -310,6 +362,9 @@ impl Config {
                 DEFAULT_MIN_FREE_DISK_MB,
             )?
             .saturating_mul(1024 * 1024),
+            smtp_url,
+            mail_from,
+            webhook_allow,
         })
     }
 }
@@ -465,6 +520,9 @@ mod tests {
         assert_eq!(from_file.agent_cert_days, defaults.agent_cert_days);
         assert_eq!(from_file.store_cache_bytes, defaults.store_cache_bytes);
         assert_eq!(from_file.min_free_disk_bytes, defaults.min_free_disk_bytes);
+        assert_eq!(from_file.mail_from, defaults.mail_from);
+        assert_eq!(from_file.webhook_allow, defaults.webhook_allow);
+        assert_eq!(from_file.smtp_url, defaults.smtp_url);
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
     }
 

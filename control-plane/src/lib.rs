@@ -4,6 +4,7 @@
 
 pub mod agent_installs;
 pub mod agents;
+pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -124,6 +125,7 @@ pub async fn run(
         app.clone(),
         wait_for(stop_rx.clone()),
     ));
+    tokio::spawn(alerts::deliverer(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(rollouts::supervisor(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(maintenance::pruner(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(maintenance::health_probe(

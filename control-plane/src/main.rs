@@ -143,6 +143,9 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
         agent_cert_days: env("DYNSERV_AGENT_CERT_DAYS"),
         store_cache_mb: env("DYNSERV_STORE_CACHE_MB"),
         min_free_disk_mb: env("DYNSERV_MIN_FREE_DISK_MB"),
+        smtp_url: env("DYNSERV_SMTP_URL"),
+        mail_from: env("DYNSERV_MAIL_FROM"),
+        webhook_allow: env("DYNSERV_WEBHOOK_ALLOW"),
         config_file: cli.config.clone(),
     }
 }

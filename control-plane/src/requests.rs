@@ -443,21 +443,26 @@ pub fn create_adding_to(
         .into_iter()
         .filter(|id| *id != requester.id)
         .collect();
-    notifications::notify(
+    crate::alerts::raise(
         w,
         &admins,
-        &Message {
-            title: format!(
-                "New server request from {} for {}",
-                requester.username, request.client_name
-            ),
-            body: format!(
-                "{} in {} ({}) awaits approval",
-                request.server_type, project.name, request.location
-            ),
-            link: Some(link(&request.id)),
-            level: "info",
-            subject: format!("request:{}", request.id),
+        &crate::alerts::Alert {
+            event: "request.created",
+            project_id: Some(request.project_id.clone()),
+            subject: serde_json::json!({"request": request.id, "client": request.client_name, "project": project.name}),
+            message: Message {
+                title: format!(
+                    "New server request from {} for {}",
+                    requester.username, request.client_name
+                ),
+                body: format!(
+                    "{} in {} ({}) awaits approval",
+                    request.server_type, project.name, request.location
+                ),
+                link: Some(link(&request.id)),
+                level: "info",
+                subject: format!("request:{}", request.id),
+            },
         },
     )?;
     Ok(request)
@@ -585,20 +590,34 @@ fn announce(
             body.push_str(&format!(" — {warning}"));
         }
     }
-    notifications::notify(
+    let message = Message {
+        title: format!(
+            "Request for {} {} by {}",
+            request.client_name,
+            action.label(),
+            actor.username
+        ),
+        body,
+        link: Some(link(&request.id)),
+        level,
+        subject: format!("request:{}", request.id),
+    };
+    let event = match action {
+        Action::Approve => "request.approved",
+        Action::Reject => "request.rejected",
+        Action::MarkDeployed => "request.deployed",
+        Action::StartProvisioning | Action::Retry | Action::Fail => {
+            return notifications::notify(w, &recipients, &message);
+        }
+    };
+    crate::alerts::raise(
         w,
         &recipients,
-        &Message {
-            title: format!(
-                "Request for {} {} by {}",
-                request.client_name,
-                action.label(),
-                actor.username
-            ),
-            body,
-            link: Some(link(&request.id)),
-            level,
-            subject: format!("request:{}", request.id),
+        &crate::alerts::Alert {
+            event,
+            project_id: Some(request.project_id.clone()),
+            subject: serde_json::json!({"request": request.id, "client": request.client_name, "status": request.status}),
+            message,
         },
     )
 }

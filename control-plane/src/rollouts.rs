@@ -75,6 +75,8 @@ pub enum RolloutStatus {
     Failed,
     /// The failure threshold was reached; the rest was skipped.
     Stopped,
+    /// Cancelled by someone: running jobs were told to stop, the rest was skipped.
+    Cancelled,
 }
 
 impl RolloutStatus {
@@ -84,7 +86,21 @@ impl RolloutStatus {
             RolloutStatus::Succeeded => "succeeded",
             RolloutStatus::Failed => "failed",
             RolloutStatus::Stopped => "stopped",
+            RolloutStatus::Cancelled => "cancelled",
         }
+    }
+
+    /// Every status, for the list's filter.
+    pub const ALL: [RolloutStatus; 5] = [
+        RolloutStatus::Running,
+        RolloutStatus::Succeeded,
+        RolloutStatus::Failed,
+        RolloutStatus::Stopped,
+        RolloutStatus::Cancelled,
+    ];
+
+    pub fn parse(text: &str) -> Option<RolloutStatus> {
+        RolloutStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -99,7 +115,8 @@ pub struct Target {
     /// The batch it ran in, from 1.
     pub batch: Option<u32>,
     pub execution_id: Option<String>,
-    /// Why it failed without an execution.
+    /// Why it failed without an execution, or why it was skipped (no agent, agent
+    /// revoked, offline past the expiry, the rollout stopped or was cancelled).
     pub error: Option<String>,
 }
 
@@ -231,7 +248,37 @@ fn target_of(r: &impl Read, agent: &Agent) -> anyhow::Result<Target> {
     })
 }
 
-fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppResult<Vec<Agent>> {
+/// A server of the project that cannot be run on: a target skipped from the start,
+/// with the reason, so it is never silently left out.
+fn skipped_target(r: &impl Read, server: &crate::servers::Server) -> anyhow::Result<Target> {
+    let revoked = match &server.agent_id {
+        Some(id) => r.get::<Agent>(id)?.is_some_and(|a| a.revoked_at.is_some()),
+        None => false,
+    };
+    Ok(Target {
+        name: server.name.clone(),
+        server_id: Some(server.id.clone()),
+        agent_id: server.agent_id.clone().unwrap_or_default(),
+        project_id: server.project_id.clone(),
+        state: TargetState::Skipped,
+        batch: None,
+        execution_id: None,
+        error: Some(if revoked {
+            "skipped: its agent was revoked".to_string()
+        } else {
+            "skipped: no agent".to_string()
+        }),
+    })
+}
+
+/// The agents to run on, and the targets skipped from the start (the servers of a
+/// project without a usable agent).
+fn resolve_targets(
+    r: &impl Read,
+    subject: &Subject,
+    targets: &Targets,
+) -> AppResult<(Vec<Agent>, Vec<Target>)> {
+    let mut skipped = Vec::new();
     let agents = match targets {
         Targets::Servers { servers } => {
             let mut out = Vec::new();
@@ -272,6 +319,14 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
             }
             let mut agents = crate::backups::agents_of_project(r, &p.id)?;
             agents.sort_by(|a, b| a.name.cmp(&b.name));
+            for server in crate::servers::in_project(r, &p.id)? {
+                let served = agents
+                    .iter()
+                    .any(|a| a.server_id.as_deref() == Some(server.id.as_str()));
+                if !served && server.status != "deleted" {
+                    skipped.push(skipped_target(r, &server)?);
+                }
+            }
             agents
         }
     };
@@ -286,7 +341,7 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
             "no server with an agent to run on",
         ));
     }
-    if agents.len() > MAX_TARGETS {
+    if agents.len() + skipped.len() > MAX_TARGETS {
         return Err(AppError::invalid(
             "targets",
             format!("at most {MAX_TARGETS} servers per run"),
@@ -298,7 +353,7 @@ fn resolve_targets(r: &impl Read, subject: &Subject, targets: &Targets) -> AppRe
             format!("the agent of {} has been revoked", revoked.name),
         ));
     }
-    Ok(agents)
+    Ok((agents, skipped))
 }
 
 /// Validates a run and stores the rollout, running; its first batch starts in the
@@ -312,7 +367,7 @@ pub fn create(
     input: &RunInput,
 ) -> AppResult<(Rollout, Vec<Execution>)> {
     let script = scripts::get_visible(w, subject, script_key)?;
-    let agents = resolve_targets(w, subject, &input.targets)?;
+    let (agents, skipped) = resolve_targets(w, subject, &input.targets)?;
     for agent in &agents {
         if !policy::can(subject, Action::OperateServers, Some(&agent.project_id)) {
             return Err(AppError::forbidden());
@@ -340,9 +395,11 @@ pub fn create(
     for agent in &agents {
         targets.push(target_of(w, agent)?);
     }
+    let runnable = targets.len() as u32;
+    targets.extend(skipped);
     let serial = match input.serial {
-        None | Some(0) => targets.len() as u32,
-        Some(n) => n.min(targets.len() as u32),
+        None | Some(0) => runnable,
+        Some(n) => n.min(runnable),
     };
     let sealed_secrets = if vars.secret.is_empty() {
         None
@@ -397,8 +454,19 @@ fn target_state_of(e: &Execution) -> TargetState {
     match e.status {
         Status::Queued | Status::Running => TargetState::Running,
         Status::Succeeded => TargetState::Succeeded,
+        _ if expired_unstarted(e) => TargetState::Skipped,
         _ => TargetState::Failed,
     }
+}
+
+/// An execution that ended without starting because its agent stayed offline past
+/// the expiry: its target is skipped, not failed.
+fn expired_unstarted(e: &Execution) -> bool {
+    e.status == Status::Failed
+        && e.started_at.is_none()
+        && e.summary
+            .as_deref()
+            .is_some_and(|s| s.starts_with("expired"))
 }
 
 /// Moves one rollout forward inside a transaction; returns the executions created,
@@ -424,6 +492,9 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Vec<Execution>> {
             None => TargetState::Failed,
         };
         if state != target.state {
+            if state == TargetState::Skipped {
+                target.error = Some("skipped: the agent stayed offline past the expiry".into());
+            }
             target.state = state;
             changed = true;
         }
@@ -503,6 +574,10 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Vec<Execution>> {
             changed = true;
             for index in skip {
                 rollout.targets[index].state = TargetState::Skipped;
+                rollout.targets[index].error = Some(format!(
+                    "skipped: the rollout stopped after {} failures",
+                    rollout.max_failures
+                ));
             }
             rollout.status = status;
             rollout.finished_at = Some(Utc::now());
@@ -607,6 +682,198 @@ pub fn recent_of_script(
     Ok(page.items)
 }
 
+/// What the rollouts list is narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<RolloutStatus>,
+    pub script_id: Option<String>,
+    /// Only rollouts with a target in this project.
+    pub project_id: Option<String>,
+}
+
+/// One page of the rollouts the subject may see, newest first (ids are UUIDv7, so the
+/// table itself is the time order), after the id `cursor`; a script filter walks that
+/// script's index instead.
+pub fn query(
+    r: &impl Read,
+    subject: &Subject,
+    filter: &Filter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<crate::listing::Page<Rollout>> {
+    let source = match &filter.script_id {
+        Some(script) => crate::listing::Source::index(BY_SCRIPT, format!("{script}/")),
+        None => crate::listing::Source::Table,
+    };
+    crate::listing::page(
+        r,
+        vec![source],
+        crate::listing::Order::Descending,
+        cursor,
+        limit,
+        |ro: &Rollout| {
+            filter.status.is_none_or(|s| ro.status == s)
+                && filter
+                    .project_id
+                    .as_ref()
+                    .is_none_or(|p| ro.targets.iter().any(|t| &t.project_id == p))
+                && ro
+                    .targets
+                    .iter()
+                    .any(|t| policy::can(subject, Action::ViewServers, Some(&t.project_id)))
+        },
+    )
+}
+
+/// Whether the subject may operate every project the rollout runs in (cancel, retry).
+fn may_operate(subject: &Subject, rollout: &Rollout) -> bool {
+    rollout
+        .targets
+        .iter()
+        .all(|t| policy::can(subject, Action::OperateServers, Some(&t.project_id)))
+}
+
+/// Cancels a running rollout: targets not started are skipped, running jobs are asked
+/// to stop. Returns the rollout and the cancelled executions with what the fleet must
+/// still be told; 409 once it has ended.
+pub fn cancel(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    id: &str,
+) -> AppResult<(Rollout, Vec<(Execution, executions::CancelOutcome)>)> {
+    let mut rollout = get_visible(w, subject, id)?;
+    if !may_operate(subject, &rollout) {
+        return Err(AppError::forbidden());
+    }
+    if rollout.status != RolloutStatus::Running {
+        return Err(AppError::conflict(format!(
+            "the rollout already ended ({})",
+            rollout.status.as_str()
+        )));
+    }
+    let mut cancelled = Vec::new();
+    for target in rollout.targets.iter_mut() {
+        match target.state {
+            TargetState::Pending => {
+                target.state = TargetState::Skipped;
+                target.error = Some("skipped: the rollout was cancelled".into());
+            }
+            TargetState::Running => {
+                if let Some(eid) = &target.execution_id {
+                    match executions::request_cancel(w, actor, subject, eid) {
+                        Ok(done) => cancelled.push(done),
+                        // It ended meanwhile: the next look records how.
+                        Err(e) if e.kind == crate::error::Kind::Conflict => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    rollout.status = RolloutStatus::Cancelled;
+    rollout.finished_at = Some(Utc::now());
+    rollout.sealed_secrets = None;
+    w.put(&rollout)?;
+    w.index_delete(RUNNING, id)?;
+    audit::record(
+        w,
+        actor,
+        "rollout.cancel",
+        &format!("script:{}", rollout.script_name),
+        rollout.id.clone(),
+    )?;
+    Ok((rollout, cancelled))
+}
+
+/// The body of `POST /api/v1/rollouts/{id}/retry-failed`: the secret variables again
+/// when the rollout had any.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryInput {
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// A new rollout of the same script, settings and variables over the targets of an
+/// ended rollout that failed or were skipped and have an agent now.
+pub fn retry_failed(
+    app: &App,
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    id: &str,
+    retry: &RetryInput,
+) -> AppResult<(Rollout, Vec<Execution>)> {
+    let rollout = get_visible(w, subject, id)?;
+    if !may_operate(subject, &rollout) {
+        return Err(AppError::forbidden());
+    }
+    if rollout.status == RolloutStatus::Running {
+        return Err(AppError::conflict(
+            "the rollout is still running: cancel it or wait for its end",
+        ));
+    }
+    let mut servers = Vec::new();
+    for t in &rollout.targets {
+        if !matches!(t.state, TargetState::Failed | TargetState::Skipped) {
+            continue;
+        }
+        // The server's agent now (it may have one since), else the one it had.
+        let agent = match &t.server_id {
+            Some(sid) => w
+                .get::<crate::servers::Server>(sid)?
+                .and_then(|s| s.agent_id),
+            None => None,
+        }
+        .unwrap_or_else(|| t.agent_id.clone());
+        let usable = !agent.is_empty()
+            && w.get::<Agent>(&agent)?
+                .is_some_and(|a| a.revoked_at.is_none());
+        if usable && !servers.contains(&agent) {
+            servers.push(agent);
+        }
+    }
+    if servers.is_empty() {
+        return Err(AppError::conflict(
+            "no failed or skipped target has an agent to run on",
+        ));
+    }
+    let missing: Vec<&String> = rollout
+        .secret_names
+        .iter()
+        .filter(|name| !retry.vars.contains_key(*name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(AppError::invalid(
+            "vars",
+            format!(
+                "give the secret variables again: {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut vars: BTreeMap<String, serde_json::Value> = rollout
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    vars.extend(retry.vars.clone());
+    let input = RunInput {
+        targets: Targets::Servers { servers },
+        vars,
+        serial: Some(rollout.serial),
+        max_failures: Some(rollout.max_failures),
+        check: rollout.check,
+    };
+    create(app, w, actor, subject, &rollout.script_id, &input)
+}
+
 /// Schema step (run by `listing::backfill_indexes`): the script index of rollouts
 /// stored before it existed.
 pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
@@ -652,6 +919,10 @@ pub fn view(
         };
         *counts.entry(state.as_str()).or_default() += 1;
         targets.push(json!({
+            "server": t.name,
+            "status": state.as_str(),
+            "reason": t.error,
+            "project_id": t.project_id,
             "name": t.name,
             "server_id": t.server_id,
             "agent_id": t.agent_id,

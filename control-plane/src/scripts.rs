@@ -1015,12 +1015,73 @@ impl KindHooks for ExecutionHooks {
     }
 
     fn finished(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+        if matches!(
+            e.status,
+            crate::executions::Status::Failed | crate::executions::Status::TimedOut
+        ) {
+            // A batch of the fleet's ingestion: an alert that cannot be raised is
+            // logged, never the reason the batch is undone.
+            if let Err(err) = alert_execution_failed(w, e) {
+                tracing::error!(execution = %e.id, "raising execution.failed: {err:#}");
+            }
+        }
         forget_execution_secrets(w, &e.id)
     }
 
     fn pruned(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
         forget_execution_secrets(w, &e.id)
     }
+}
+
+/// The `execution.failed` alert of a script or playbook that failed or timed out: to
+/// the admins and technicians who see its project and whoever started it.
+fn alert_execution_failed(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+    let mut recipients = crate::alerts::failure_recipients(w, &e.project_id)?;
+    if let Some(id) = crate::notifications::user_id_of(w, &e.created_by)? {
+        recipients.push(id);
+    }
+    let project = w
+        .get::<crate::projects::Project>(&e.project_id)?
+        .map(|p| p.name)
+        .unwrap_or_default();
+    let exit = e
+        .exit_code
+        .map(|c| format!("exit code {c}"))
+        .unwrap_or_else(|| e.status.as_str().replace('_', " "));
+    crate::alerts::raise(
+        w,
+        &recipients,
+        &crate::alerts::Alert {
+            event: "execution.failed",
+            project_id: Some(e.project_id.clone()),
+            subject: serde_json::json!({
+                "execution": e.id,
+                "name": e.name,
+                "kind": e.work.kind(),
+                "agent": e.agent_name,
+                "server": e.server_id,
+                "project": project,
+                "rollout": e.rollout_id,
+                "status": e.status.as_str(),
+                "exit_code": e.exit_code,
+                "started_by": e.created_by,
+            }),
+            message: crate::notifications::Message {
+                title: format!("{} failed on {}", e.name, e.agent_name),
+                body: format!(
+                    "{} in {project} ended with {exit}{}",
+                    e.name,
+                    e.summary
+                        .as_deref()
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default()
+                ),
+                link: Some(format!("/executions/{}", e.id)),
+                level: "danger",
+                subject: format!("execution:{}", e.id),
+            },
+        },
+    )
 }
 
 /// Keeps an execution's secret values aside until it ends.

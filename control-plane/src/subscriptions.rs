@@ -741,10 +741,14 @@ pub fn run_renewals(store: &Store, today: NaiveDate) -> anyhow::Result<RenewalRe
                         1 => "tomorrow".to_string(),
                         n => format!("in {n} days"),
                     };
-                    notifications::notify(
+                    crate::alerts::raise(
                         w,
                         &recipients,
-                        &Message {
+                        &crate::alerts::Alert {
+                            event: "subscription.reminder",
+                            project_id: None,
+                            subject: serde_json::json!({"subscription": sub.id, "client": sub.client, "hosting_until": sub.hosting_until, "days_left": days_left}),
+                            message: Message {
                             title: format!("Subscription of {} ends {when}", sub.client),
                             body: format!(
                                 "hosting until {} does not renew by itself; {} owns the client",
@@ -753,6 +757,7 @@ pub fn run_renewals(store: &Store, today: NaiveDate) -> anyhow::Result<RenewalRe
                             link: Some(format!("/subscriptions/{}", sub.id)),
                             level: "warning",
                             subject: target.clone(),
+                        },
                         },
                     )?;
                     audit::record(

@@ -277,6 +277,29 @@ fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 .or_else(|| e.summary.clone())
                 .unwrap_or_else(|| "the update failed".into()),
         );
+        let recipients = crate::alerts::failure_recipients(w, &update.project_id)?;
+        crate::alerts::raise(
+            w,
+            &recipients,
+            &crate::alerts::Alert {
+                event: "update.failed",
+                project_id: Some(update.project_id.clone()),
+                subject: serde_json::json!({
+                    "update": update.id,
+                    "server": update.server_id,
+                    "agent": e.agent_name,
+                    "execution": e.id,
+                    "error": update.error,
+                }),
+                message: crate::notifications::Message {
+                    title: format!("System update on {} failed", e.agent_name),
+                    body: update.error.clone().unwrap_or_default(),
+                    link: Some(format!("/updates/{}", update.id)),
+                    level: "danger",
+                    subject: format!("update:{}", update.id),
+                },
+            },
+        )?;
     }
     save(w, &update)
 }

@@ -6,7 +6,8 @@
 //! (a `dynserv serve` child process on a temp data dir), [`Api`] (a JSON client with
 //! bearer tokens), [`Agent`] (an enrolled `dynserv-agent run` child), [`AptLock`] (one
 //! test at a time runs apt on the machine), [`Browser`] (a WebDriver session),
-//! [`TestDatabase`] (a fresh PostgreSQL database, see [`postgres`]), [`Sshd`] (a real
+//! [`TestDatabase`] (a fresh PostgreSQL database, see [`postgres`]),
+//! [`WebhookReceiver`] and [`SmtpSink`] (what the alert tests receive alerts with), [`Sshd`] (a real
 //! OpenSSH server on a loopback port with its own keys), and
 //! [`eventually`] for polling. What does not: assertions about
 //! the product; those belong in the test files under `tests/tests/`.
@@ -44,6 +45,7 @@ mod compose;
 mod control_plane;
 mod pages;
 pub mod postgres;
+mod receivers;
 mod s3;
 mod sshd;
 
@@ -55,6 +57,7 @@ pub use compose::{require_docker, ComposeProject, TEST_IMAGE};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder, BACKEND_VAR, TEST_SESSION_SECRET};
 pub use pages::{csrf_of, PageClient};
 pub use postgres::TestDatabase;
+pub use receivers::{ReceivedMail, ReceivedRequest, SmtpSink, WebhookReceiver};
 pub use s3::S3Server;
 pub use sshd::{keygen, InstalledAgent, KeyPair, Sshd};
 

@@ -29,8 +29,8 @@
     return row.querySelector('[data-cell="' + name + '"]');
   }
 
-  function startViewer(target) {
-    var column = document.querySelector('[data-log-for="' + target.agent_id + '"]');
+  function startViewer(target, index) {
+    var column = document.querySelector('[data-log-for="' + index + '"]');
     if (!column || !target.execution_id) return;
     var slot = column.querySelector("[data-log-slot]");
     if (!slot || slot.querySelector(".log-viewer")) return;
@@ -59,8 +59,8 @@
       var node = root.querySelector('[data-count="' + key + '"]');
       if (node) node.textContent = String(rollout.summary[key]);
     });
-    rollout.targets.forEach(function (target) {
-      var row = root.querySelector('tr[data-target="' + target.agent_id + '"]');
+    rollout.targets.forEach(function (target, index) {
+      var row = root.querySelector('tr[data-target="' + index + '"]');
       if (!row) return;
       setBadge(cell(row, "state"), target.state);
       cell(row, "batch").textContent = target.batch ? String(target.batch) : "\u2014";
@@ -75,10 +75,10 @@
         link.appendChild(a);
       }
       if (target.state === "skipped") {
-        var column = document.querySelector('[data-log-for="' + target.agent_id + '"] [data-waiting]');
-        if (column) column.textContent = "Skipped: the rollout stopped before its batch.";
+        var column = document.querySelector('[data-log-for="' + index + '"] [data-waiting]');
+        if (column) column.textContent = target.reason || "Skipped.";
       }
-      startViewer(target);
+      startViewer(target, index);
     });
   }
 

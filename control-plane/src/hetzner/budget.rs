@@ -190,23 +190,28 @@ pub fn record(
             text.clone(),
         )?;
         let admins = notifications::admin_ids(w)?;
-        notifications::notify(
+        crate::alerts::raise(
             w,
             &admins,
-            &notifications::Message {
-                title: if threshold >= 100 {
-                    format!("{} is over budget", project.name)
-                } else {
-                    format!("{} reached {threshold} % of its budget", project.name)
+            &crate::alerts::Alert {
+                event: "budget.threshold",
+                project_id: Some(project.id.clone()),
+                subject: serde_json::json!({"project": project.name, "month": month, "threshold": threshold, "cost": cost, "budget": budget}),
+                message: notifications::Message {
+                    title: if threshold >= 100 {
+                        format!("{} is over budget", project.name)
+                    } else {
+                        format!("{} reached {threshold} % of its budget", project.name)
+                    },
+                    body: text,
+                    link: Some(format!("/projects/{}", project.id)),
+                    level: if threshold >= 100 {
+                        "danger"
+                    } else {
+                        "warning"
+                    },
+                    subject: format!("budget:{}:{month}:{threshold}", project.id),
                 },
-                body: text,
-                link: Some(format!("/projects/{}", project.id)),
-                level: if threshold >= 100 {
-                    "danger"
-                } else {
-                    "warning"
-                },
-                subject: format!("budget:{}:{month}:{threshold}", project.id),
             },
         )?;
         raised.push(alert);

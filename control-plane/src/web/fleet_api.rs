@@ -687,3 +687,122 @@ mod tests {
         }
     }
 }
+
+/// The body of `POST /api/v1/executions/{id}/rerun`: the secret variables again when
+/// the original had any.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerunInput {
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The same work as `original` on the same agent, as a new execution's input: the
+/// script or playbook text as it ran (not the stored script's newer version), its
+/// plain variables, and the secret ones from `given` (422 naming those missing).
+pub fn rerun_input(
+    r: &impl crate::store::Read,
+    original: &executions::Execution,
+    given: &RerunInput,
+) -> AppResult<NewExecution> {
+    use crate::executions::Work;
+    let mut input = NewExecution {
+        agent: Some(original.agent_id.clone()),
+        timeout_s: original.timeout_s,
+        script_id: original.script_id.clone(),
+        script_name: original.script_id.as_ref().map(|_| original.name.clone()),
+        ..Default::default()
+    };
+    match &original.work {
+        Work::Script {
+            interpreter,
+            script,
+            env,
+            working_dir,
+        } => {
+            input.kind = Some("script".into());
+            input.script = Some(script.clone());
+            input.interpreter = Some(interpreter.clone());
+            input.env = Some(env.clone());
+            input.working_dir = working_dir.clone();
+        }
+        Work::Playbook {
+            playbook,
+            vars,
+            check,
+            ansible_fallback,
+        } => {
+            input.kind = Some("playbook".into());
+            input.playbook = Some(playbook.clone());
+            input.vars = Some(
+                vars.iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            );
+            input.check = Some(*check);
+            input.ansible_fallback = Some(*ansible_fallback);
+        }
+        _ => {
+            return Err(AppError::conflict(format!(
+                "a {} is run again from its own page (Backup, Verify, Restore or Update)",
+                original.work.kind().replace('_', " ")
+            )))
+        }
+    }
+    let secret_names: Vec<String> = match &original.script_id {
+        Some(id) => r
+            .get::<crate::scripts::Script>(id)?
+            .map(|s| {
+                s.variables
+                    .into_iter()
+                    .filter(|v| v.secret)
+                    .map(|v| v.name)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut missing = Vec::new();
+    for name in &secret_names {
+        match given.vars.get(name) {
+            Some(serde_json::Value::String(value)) if !value.is_empty() => {
+                input.secrets.insert(name.clone(), value.clone());
+            }
+            _ => missing.push(name.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(AppError::invalid(
+            "vars",
+            format!("give the secret variables again: {}", missing.join(", ")),
+        ));
+    }
+    if let Some(unknown) = given.vars.keys().find(|k| !secret_names.contains(k)) {
+        return Err(AppError::invalid(
+            "vars",
+            format!(
+                "{:?} is not a secret variable of this work; the rest runs as it ran",
+                crate::validate::echo(unknown)
+            ),
+        ));
+    }
+    Ok(input)
+}
+
+/// `POST /api/v1/executions/{id}/rerun` (`{"vars"?}`) → `201 {"id", "status", ...}`: the
+/// same work again on the same target.
+pub fn rerun_execution(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let given: RerunInput = if req.body.is_empty() {
+        RerunInput::default()
+    } else {
+        req.json()?
+    };
+    let input = app.store.read(|r| {
+        let original = executions::get_visible(r, &ctx.subject, id)?;
+        Ok(rerun_input(r, &original, &given)?)
+    })?;
+    let execution = start_execution(app, req, ctx, &input)?;
+    let view = app.store.read(|r| execution_view(r, &execution))?;
+    Ok(reply(StatusCode::CREATED, &view))
+}

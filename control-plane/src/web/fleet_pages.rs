@@ -450,6 +450,9 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
     })?;
     let can_cancel = policy::can(&ctx.subject, Action::OperateServers, Some(&view.project_id))
         && matches!(view.status, "queued" | "running");
+    let can_rerun = policy::can(&ctx.subject, Action::OperateServers, Some(&view.project_id))
+        && matches!(view.kind, "script" | "playbook")
+        && !matches!(view.status, "queued" | "running");
     let title = format!(
         "Execution on {}",
         server_name
@@ -463,11 +466,36 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         ctx,
         "execution",
         &title,
-        json!({"execution": view, "script": script, "server_name": server_name, "can_cancel": can_cancel}),
+        json!({"execution": view, "script": script, "server_name": server_name, "can_cancel": can_cancel, "can_rerun": can_rerun}),
     )
 }
 
 /// `POST /executions/{id}/cancel`.
+/// `POST /executions/{id}/rerun`: the same work again on the same agent; a problem
+/// (secret variables to give again, a revoked agent) comes back as a message.
+pub fn rerun_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
+    let given = fleet_api::RerunInput::default();
+    let started = app
+        .store
+        .read(|r| {
+            let original = executions::get_visible(r, &ctx.subject, id)?;
+            Ok(fleet_api::rerun_input(r, &original, &given))
+        })?
+        .and_then(|input| fleet_api::start_execution(app, req, ctx, &input));
+    match started {
+        Ok(e) => Ok(redirect(
+            &format!("/executions/{}", e.id),
+            Some(("success", "Started again.")),
+        )),
+        Err(e) if matches!(e.kind, Kind::Conflict | Kind::Invalid) => Ok(redirect(
+            &format!("/executions/{id}"),
+            Some(("warning", &format!("Not started again: {}", e.message))),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn cancel_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
     let form = req.form()?;

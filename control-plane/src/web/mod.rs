@@ -4,6 +4,8 @@
 //! paths to them. Handlers are thin: parse, authorize with `policy::can`, call the
 //! domain module, render.
 
+pub mod alerts_api;
+pub mod alerts_pages;
 pub mod api;
 pub mod assets;
 pub mod business_api;

@@ -53,6 +53,12 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Rollouts",
+            href: "/rollouts",
+            icon: "fa-layer-group",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
             label: "Scripts",
             href: "/scripts",
             icon: "fa-scroll",
@@ -70,6 +76,12 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             href: "/updates",
             icon: "fa-arrows-rotate",
             visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
+            label: "Webhooks",
+            href: "/webhooks",
+            icon: "fa-bolt",
+            visible: super::alerts_pages::may_see_webhooks(s),
         },
         NavItem {
             label: "Requests",
@@ -991,13 +1003,20 @@ pub fn account(app: &App, req: &Req, ctx: &Ctx, new_token: Option<String>) -> Ap
         .iter()
         .map(auth::ApiTokenView::from)
         .collect();
+    let prefs = app.store.read(|r| crate::alerts::prefs(r, &ctx.user.id))?;
     page(
         app,
         req,
         ctx,
         "account",
         "Account",
-        json!({"me": UserView::from(&ctx.user), "tokens": tokens, "new_token": new_token}),
+        json!({
+            "me": UserView::from(&ctx.user),
+            "tokens": tokens,
+            "new_token": new_token,
+            "alert_events": super::alerts_pages::event_choices(&prefs.email),
+            "smtp_configured": app.config.smtp_url.is_some(),
+        }),
     )
 }
 

@@ -52,6 +52,16 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
     let m = &req.method;
     let result = match (m, rest) {
         (&Method::GET, ["me"]) => api::me(app, &ctx),
+        // Alerts: webhooks and their deliveries, the caller's e-mail choices.
+        (&Method::GET, ["me", "alerts"]) => super::alerts_api::my_alerts(app, &ctx),
+        (&Method::PUT, ["me", "alerts"]) => super::alerts_api::save_my_alerts(app, req, &ctx),
+        (&Method::GET, ["webhooks"]) => super::alerts_api::list(app, req, &ctx),
+        (&Method::POST, ["webhooks"]) => super::alerts_api::create(app, req, &ctx),
+        (&Method::GET, ["webhooks", id]) => super::alerts_api::get(app, &ctx, id),
+        (&Method::DELETE, ["webhooks", id]) => super::alerts_api::delete(app, req, &ctx, id),
+        (&Method::GET, ["webhooks", id, "deliveries"]) => {
+            super::alerts_api::deliveries(app, req, &ctx, id)
+        }
         (&Method::GET, ["servers"]) => api::servers(app, req, &ctx),
         (&Method::GET, ["servers", id]) => api::server(app, &ctx, id),
         // Bringing existing servers in: by hand, SSH settings and tests, agent installs.
@@ -144,11 +154,21 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["scripts", id]) => super::scripts_api::get(app, &ctx, id),
         (&Method::PUT, ["scripts", id]) => super::scripts_api::update(app, req, &ctx, id),
         (&Method::POST, ["scripts", id, "run"]) => super::scripts_api::run(app, req, &ctx, id),
+        (&Method::GET, ["rollouts"]) => super::scripts_api::rollouts_list(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_api::rollout(app, &ctx, id),
+        (&Method::POST, ["rollouts", id, "cancel"]) => {
+            super::scripts_api::cancel_rollout(app, req, &ctx, id)
+        }
+        (&Method::POST, ["rollouts", id, "retry-failed"]) => {
+            super::scripts_api::retry_failed(app, req, &ctx, id)
+        }
         (&Method::GET, ["executions", id]) => fleet_api::execution(app, &ctx, id),
         (&Method::GET, ["executions", id, "log"]) => fleet_api::execution_log(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_api::cancel_execution(app, req, &ctx, id)
+        }
+        (&Method::POST, ["executions", id, "rerun"]) => {
+            fleet_api::rerun_execution(app, req, &ctx, id)
         }
         // Operations: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_api::backups_list(app, req, &ctx),
@@ -289,6 +309,15 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["users", id, "edit"]) => pages::user_save(app, req, &ctx, Some(id)).await,
         (&Method::GET, ["account"]) => pages::account(app, req, &ctx, None),
         (&Method::POST, ["account", "apitoken"]) => pages::account_token(app, req, &ctx),
+        (&Method::POST, ["account", "alerts"]) => {
+            super::alerts_pages::account_alerts(app, req, &ctx)
+        }
+        (&Method::GET, ["webhooks"]) => super::alerts_pages::webhooks_page(app, req, &ctx),
+        (&Method::POST, ["webhooks"]) => super::alerts_pages::webhook_create(app, req, &ctx),
+        (&Method::GET, ["webhooks", id]) => super::alerts_pages::webhook_page(app, req, &ctx, id),
+        (&Method::POST, ["webhooks", id, "delete"]) => {
+            super::alerts_pages::webhook_delete(app, req, &ctx, id)
+        }
         (&Method::POST, ["account", "tokens", token, "revoke"]) => {
             pages::account_token_revoke(app, req, &ctx, token)
         }
@@ -357,11 +386,19 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["scripts", id, "run"]) => {
             super::scripts_pages::run_submit(app, req, &ctx, id)
         }
+        (&Method::GET, ["rollouts"]) => super::scripts_pages::rollouts_page(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_pages::rollout_page(app, req, &ctx, id),
+        (&Method::POST, ["rollouts", id, "cancel"]) => {
+            super::scripts_pages::rollout_cancel(app, req, &ctx, id)
+        }
+        (&Method::POST, ["rollouts", id, "retry-failed"]) => {
+            super::scripts_pages::rollout_retry(app, req, &ctx, id)
+        }
         (&Method::GET, ["executions", id]) => fleet_pages::execution_page(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_pages::cancel_page(app, req, &ctx, id)
         }
+        (&Method::POST, ["executions", id, "rerun"]) => fleet_pages::rerun_page(app, req, &ctx, id),
         // Operations pages: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_pages::backups_page(app, req, &ctx),
         (&Method::GET, ["backups", id]) => super::ops_pages::backup_page(app, req, &ctx, id),

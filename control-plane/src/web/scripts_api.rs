@@ -189,3 +189,127 @@ pub fn rollout(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     })?;
     Ok(reply(StatusCode::OK, &view))
 }
+
+/// The rollouts list's filters from the query (`status`, `script`, `project`); an
+/// unknown value is a 400.
+pub fn rollout_filter(app: &App, req: &Req, ctx: &Ctx) -> AppResult<rollouts::Filter> {
+    req.only_filters(&["status", "script", "project"])?;
+    let status = match req.text_filter("status") {
+        Some(text) => Some(
+            rollouts::RolloutStatus::parse(&text)
+                .ok_or_else(|| super::unknown_filter("status", &text))?,
+        ),
+        None => None,
+    };
+    let (script_id, project_id) = app.store.read(|r| {
+        let script = match req.text_filter("script") {
+            Some(key) => Some(
+                crate::scripts::get_visible(r, &ctx.subject, &key)
+                    .map_err(|_| super::unknown_filter("script", &key))?
+                    .id,
+            ),
+            None => None,
+        };
+        Ok((script, super::project_filter(r, req, ctx)?))
+    })?;
+    Ok(rollouts::Filter {
+        status,
+        script_id,
+        project_id,
+    })
+}
+
+/// `GET /api/v1/rollouts`: newest first, filters `status`, `script`, `project`; each
+/// with its targets' statuses and reasons.
+pub fn rollouts_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let filter = rollout_filter(app, req, ctx)?;
+    let paging = req.paging()?;
+    let (views, next) = app.store.read(|r| {
+        let page = rollouts::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let views = page
+            .items
+            .iter()
+            .map(|ro| rollouts::view(r, &ctx.subject, ro))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((views, page.next))
+    })?;
+    Ok(super::json_page(req, &views, next.as_deref()))
+}
+
+/// Cancels a rollout and tells the fleet about its running jobs; shared with the page.
+pub fn cancel_rollout_now(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+) -> AppResult<rollouts::Rollout> {
+    require_fleet(ctx)?;
+    let (rollout, cancelled) = app
+        .store
+        .write(|w| Ok(rollouts::cancel(w, &ctx.actor(req), &ctx.subject, id)?))?;
+    for (execution, outcome) in &cancelled {
+        match outcome {
+            crate::executions::CancelOutcome::CancelledQueued => {
+                app.fleet.publish_end(&execution.id);
+                app.fleet.cancel(execution);
+            }
+            crate::executions::CancelOutcome::TellAgent => app.fleet.cancel(execution),
+        }
+    }
+    Ok(rollout)
+}
+
+/// `POST /api/v1/rollouts/{id}/cancel` → `202` with the rollout.
+pub fn cancel_rollout(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let rollout = cancel_rollout_now(app, req, ctx, id)?;
+    let view = app
+        .store
+        .read(|r| rollouts::view(r, &ctx.subject, &rollout))?;
+    Ok(reply(StatusCode::ACCEPTED, &view))
+}
+
+/// Starts the retry of a rollout's failed and skipped targets; shared with the page.
+pub fn retry_failed_now(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    input: &rollouts::RetryInput,
+) -> AppResult<rollouts::Rollout> {
+    require_fleet(ctx)?;
+    let (rollout, started) = app.store.write(|w| {
+        Ok(rollouts::retry_failed(
+            app,
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+            input,
+        )?)
+    })?;
+    for execution in &started {
+        app.fleet.dispatch(execution);
+    }
+    Ok(rollout)
+}
+
+/// `POST /api/v1/rollouts/{id}/retry-failed` (`{"vars"?}`) → `201` the new rollout.
+pub fn retry_failed(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let input: rollouts::RetryInput = if req.body.is_empty() {
+        rollouts::RetryInput::default()
+    } else {
+        req.json()?
+    };
+    let rollout = retry_failed_now(app, req, ctx, id, &input)?;
+    let view = app
+        .store
+        .read(|r| rollouts::view(r, &ctx.subject, &rollout))?;
+    Ok(reply(StatusCode::CREATED, &view))
+}

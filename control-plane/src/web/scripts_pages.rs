@@ -476,5 +476,121 @@ pub fn rollout_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp
         "Rollout of {}",
         view["script"]["name"].as_str().unwrap_or("a script")
     );
-    page(app, req, ctx, "rollout", &title, json!({"rollout": view}))
+    let may_operate = view["targets"].as_array().is_some_and(|targets| {
+        targets.iter().all(|t| {
+            t["project_id"].as_str().is_some_and(|p| {
+                crate::policy::can(&ctx.subject, crate::policy::Action::OperateServers, Some(p))
+            })
+        })
+    });
+    let running = view["status"] == "running";
+    let retryable = !running
+        && view["secret_vars"].as_array().is_some_and(Vec::is_empty)
+        && (view["summary"]["failed"].as_u64() > Some(0)
+            || view["summary"]["skipped"].as_u64() > Some(0));
+    page(
+        app,
+        req,
+        ctx,
+        "rollout",
+        &title,
+        json!({
+            "rollout": view,
+            "can_cancel": may_operate && running,
+            "can_retry": may_operate && retryable,
+        }),
+    )
+}
+
+/// `GET /rollouts`: every rollout the caller may see, newest first, with filters and a
+/// pager.
+pub fn rollouts_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let filter = super::scripts_api::rollout_filter(app, req, ctx)?;
+    let paging = req.paging_with(50)?;
+    let (rows, projects) = app.store.read(|r| {
+        let page = rollouts::query(
+            r,
+            &ctx.subject,
+            &filter,
+            paging.cursor.as_deref(),
+            paging.limit,
+        )?;
+        let rows: Vec<serde_json::Value> = page
+            .items
+            .iter()
+            .map(|ro| {
+                let view = rollouts::view(r, &ctx.subject, ro)?;
+                Ok(json!({
+                    "id": ro.id,
+                    "script": ro.script_name,
+                    "script_id": ro.script_id,
+                    "status": ro.status.as_str(),
+                    "created_by": ro.created_by,
+                    "created_at": ro.created_at,
+                    "finished_at": ro.finished_at,
+                    "summary": view["summary"],
+                }))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let projects: Vec<serde_json::Value> = crate::projects::all(r)?
+            .into_iter()
+            .filter(|p| {
+                crate::policy::can(
+                    &ctx.subject,
+                    crate::policy::Action::ViewServers,
+                    Some(&p.id),
+                )
+            })
+            .map(|p| {
+                let selected = filter.project_id.as_deref() == Some(p.id.as_str());
+                json!({"id": p.id, "name": p.name, "selected": selected})
+            })
+            .collect();
+        Ok(((rows, page.next), projects))
+    })?;
+    let (rows, next) = rows;
+    let statuses: Vec<&str> = rollouts::RolloutStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let data = json!({
+        "rollouts": rows,
+        "projects": projects,
+        "statuses": statuses,
+        "filters": {
+            "status": filter.status.map(|s| s.as_str()).unwrap_or(""),
+            "script": req.text_filter("script").unwrap_or_default(),
+        },
+        "filtered": filter.status.is_some() || filter.script_id.is_some() || filter.project_id.is_some(),
+        "pager": req.pager(&paging, next.as_deref()),
+    });
+    page(app, req, ctx, "rollouts", "Rollouts", data)
+}
+
+/// `POST /rollouts/{id}/cancel`.
+pub fn rollout_cancel(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let rollout = super::scripts_api::cancel_rollout_now(app, req, ctx, id)?;
+    Ok(super::redirect(
+        &format!("/rollouts/{}", rollout.id),
+        Some((
+            "success",
+            "Rollout cancelled: running jobs were told to stop.",
+        )),
+    ))
+}
+
+/// `POST /rollouts/{id}/retry-failed`: a new rollout over the failed and skipped
+/// targets (rollouts with secret variables are retried through the API, which takes
+/// them again).
+pub fn rollout_retry(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let rollout =
+        super::scripts_api::retry_failed_now(app, req, ctx, id, &rollouts::RetryInput::default())?;
+    Ok(super::redirect(
+        &format!("/rollouts/{}", rollout.id),
+        Some((
+            "success",
+            &format!("Retrying on {} server(s).", rollout.targets.len()),
+        )),
+    ))
 }
