@@ -1845,6 +1845,17 @@ mod tests {
     /// Pages every execution matching `filter`, `limit` at a time; returns the job
     /// numbers in the order seen.
     fn walk(store: &Store, who: &Subject, filter: &Filter, limit: usize) -> Vec<String> {
+        walk_showing(store, who, filter, limit, |e| e.name.clone())
+    }
+
+    /// [`walk`], naming each execution seen by `show`.
+    fn walk_showing(
+        store: &Store,
+        who: &Subject,
+        filter: &Filter,
+        limit: usize,
+        show: impl Fn(&Execution) -> String,
+    ) -> Vec<String> {
         let mut cursor: Option<String> = None;
         let mut seen = Vec::new();
         loop {
@@ -1852,7 +1863,7 @@ mod tests {
                 .read(|r| query(r, who, filter, cursor.as_deref(), limit))
                 .unwrap();
             assert!(page.items.len() <= limit);
-            seen.extend(page.items.iter().map(|e| e.name.clone()));
+            seen.extend(page.items.iter().map(&show));
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => return seen,
@@ -2185,23 +2196,10 @@ mod tests {
             text: Some(q.into()),
             ..Default::default()
         };
-        let agents_of = |q: &str, limit: usize| -> Vec<String> {
-            let mut cursor: Option<String> = None;
-            let mut seen = Vec::new();
-            loop {
-                let page = store
-                    .read(|r| query(r, &admin, &search(q), cursor.as_deref(), limit))
-                    .unwrap();
-                seen.extend(
-                    page.items
-                        .iter()
-                        .map(|e| format!("{} {}", e.agent_name, e.name)),
-                );
-                match page.next {
-                    Some(next) => cursor = Some(next),
-                    None => return seen,
-                }
-            }
+        let agents_of = |q: &str, limit: usize| {
+            walk_showing(&store, &admin, &search(q), limit, |e| {
+                format!("{} {}", e.agent_name, e.name)
+            })
         };
         // Only the agent name "db-042" contains "b-042".
         store

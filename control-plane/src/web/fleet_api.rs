@@ -347,8 +347,8 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         // connections to other workers meanwhile.
         let create_all = || {
             app.store.write(|w| {
-                // The agents named by id, read in one query on PostgreSQL.
-                w.prefetch::<crate::agents::Agent>(&targets)?;
+                // The agents named by id, read in one query on PostgreSQL (and kept
+                // by the transaction for `create`), their names' terms in another.
                 let names: Vec<String> = w
                     .get_many::<crate::agents::Agent>(&targets)?
                     .into_iter()
