@@ -1646,6 +1646,15 @@ pub struct LogChunk {
     pub data: String,
 }
 
+/// A live chunk as viewers get it, the same shape as [`LogChunk`], serialized once
+/// for all of them without copying its text.
+#[derive(Serialize)]
+pub struct LiveChunk<'a> {
+    pub seq: u64,
+    pub stream: &'a str,
+    pub data: &'a str,
+}
+
 /// Decodes a stored chunk.
 pub fn decode_chunk(seq: u64, bytes: &[u8]) -> LogChunk {
     let (stream, data) = match bytes.split_first() {
@@ -1732,7 +1741,7 @@ impl ExecutionView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Stored chunks decode back to their stream and text.
@@ -1802,7 +1811,7 @@ mod tests {
     }
 
     /// Execution number `n`, created `at`.
-    fn sample(n: u32, project: &str, status: Status, at: DateTime<Utc>) -> Execution {
+    pub(crate) fn sample(n: u32, project: &str, status: Status, at: DateTime<Utc>) -> Execution {
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
             at.timestamp() as u64,

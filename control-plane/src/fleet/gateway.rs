@@ -1042,7 +1042,8 @@ async fn job_loop(
                             since: Utc::now(),
                         };
                         let holder = (!holder.host_id.is_empty()).then_some(holder);
-                        ingest.send(Item::Started { execution_id: execution_id.clone(), holder }).await;
+                        let driver = lock(&conn.jobs).get(execution_id.as_ref()).cloned();
+                        ingest.send(Item::Started { execution_id: execution_id.clone(), holder, driver }).await;
                     }
                     FromAgent::Rejected { reason, not_started_here: true } => {
                         // Another copy of the agent runs the job; it stays running

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use dynserv_shared::proto::{OutputChunk, OutputStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::gateway::JobCommand;
 use super::hub::{Hub, LiveEvent};
 use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
@@ -45,6 +46,9 @@ pub enum Item {
     Started {
         execution_id: Arc<str>,
         holder: Option<JobHolder>,
+        /// The job's driver: told to cancel when the execution had already ended (a
+        /// queued job cancelled while its dispatch was on its way to the agent).
+        driver: Option<mpsc::UnboundedSender<JobCommand>>,
     },
     /// A chunk of output; `acked` learns the highest stored seq of the job.
     Chunk {
@@ -136,6 +140,8 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
 struct Outcome {
     published: Vec<(Arc<str>, LiveEvent)>,
     acks: HashMap<Arc<str>, u64>,
+    /// Jobs an agent started although their execution had already ended.
+    stale_starts: Vec<mpsc::UnboundedSender<JobCommand>>,
 }
 
 fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
@@ -157,17 +163,19 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                 Item::Started {
                     execution_id,
                     holder,
+                    driver,
                 } => {
                     executions::mark_running(w, execution_id, now)?;
+                    let active = w
+                        .get::<executions::Execution>(execution_id)?
+                        .is_some_and(|e| !e.status.is_final());
                     // Only while the job is active: a start reported after its end
-                    // (a resumed stream of a finished job) leaves nothing behind.
-                    if let Some(holder) = holder {
-                        let active = w
-                            .get::<executions::Execution>(execution_id)?
-                            .is_some_and(|e| !e.status.is_final());
-                        if active {
-                            agents::record_job_holder(w, holder)?;
-                        }
+                    // (a resumed stream of a finished job) leaves nothing behind, and
+                    // a job cancelled while it was on its way is stopped.
+                    match (active, holder) {
+                        (true, Some(holder)) => agents::record_job_holder(w, holder)?,
+                        (true, None) => {}
+                        (false, _) => outcome.stale_starts.extend(driver.clone()),
                     }
                 }
                 Item::Chunk {
@@ -204,12 +212,11 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                         let json = if shown.is_empty() {
                             String::new()
                         } else {
-                            serde_json::json!({
-                                "seq": chunk.seq,
-                                "stream": stream.as_str(),
-                                "data": shown,
-                            })
-                            .to_string()
+                            serde_json::to_string(&executions::LiveChunk {
+                                seq: chunk.seq,
+                                stream: stream.as_str(),
+                                data: &shown,
+                            })?
                         };
                         outcome.published.push((
                             execution_id.clone(),
@@ -247,6 +254,9 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
     });
     match result {
         Ok(outcome) => {
+            for driver in &outcome.stale_starts {
+                let _ = driver.send(JobCommand::Cancel);
+            }
             // Acks go out only after the commit: an acked chunk is never lost.
             for item in batch.drain(..) {
                 match item {
@@ -302,5 +312,55 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job an agent reports started after its execution ended (cancelled while the
+    /// dispatch was on its way) is told to stop; a queued one becomes running and is
+    /// left alone.
+    #[test]
+    fn a_start_after_the_end_cancels_the_job() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let cancelled = executions::tests::sample(1, "p", Status::Cancelled, Utc::now());
+        let queued = executions::tests::sample(2, "p", Status::Queued, Utc::now());
+        store
+            .write(|w| {
+                w.put(&cancelled)?;
+                w.put(&queued)?;
+                Ok(())
+            })
+            .unwrap();
+        let (stale_tx, mut stale_rx) = mpsc::unbounded_channel();
+        let (live_tx, mut live_rx) = mpsc::unbounded_channel();
+        let mut batch = vec![
+            Item::Started {
+                execution_id: cancelled.id.as_str().into(),
+                holder: None,
+                driver: Some(stale_tx),
+            },
+            Item::Started {
+                execution_id: queued.id.as_str().into(),
+                holder: None,
+                driver: Some(live_tx),
+            },
+        ];
+        apply(&store, &Hub::default(), u64::MAX, &mut batch);
+        assert!(matches!(stale_rx.try_recv(), Ok(JobCommand::Cancel)));
+        assert!(live_rx.try_recv().is_err());
+        let stored = |id: &str| {
+            store
+                .get::<executions::Execution>(id)
+                .unwrap()
+                .unwrap()
+                .status
+        };
+        assert_eq!(stored(&cancelled.id), Status::Cancelled);
+        assert_eq!(stored(&queued.id), Status::Running);
     }
 }
