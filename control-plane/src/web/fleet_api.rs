@@ -435,12 +435,21 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
             agents::find_visible(r, &ctx.subject, &agent).map_err(|_| unknown("agent", &agent))?;
         filter.agent_id = Some(found.id);
     }
+    filter.project_id = super::project_filter(r, req, ctx)?;
+    // A server by id or by name (within the project filter when one is given).
     if let Some(server) = given("server") {
-        let found = crate::servers::get_visible(r, &ctx.subject, &server)
-            .map_err(|_| unknown("server", &server))?;
+        let found = crate::servers::find_visible(
+            r,
+            &ctx.subject,
+            &server,
+            filter.project_id.as_deref(),
+        )
+        .map_err(|e| match e.kind {
+            crate::error::Kind::Invalid => AppError::bad_request(e.message),
+            _ => unknown("server", &server),
+        })?;
         filter.server_id = Some(found.id);
     }
-    filter.project_id = super::project_filter(r, req, ctx)?;
     if let Some(script) = given("script") {
         let found = crate::scripts::get_visible(r, &ctx.subject, &script)
             .map_err(|_| unknown("script", &script))?;
@@ -749,19 +758,7 @@ pub fn rerun_input(
             )))
         }
     }
-    let secret_names: Vec<String> = match &original.script_id {
-        Some(id) => r
-            .get::<crate::scripts::Script>(id)?
-            .map(|s| {
-                s.variables
-                    .into_iter()
-                    .filter(|v| v.secret)
-                    .map(|v| v.name)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
+    let secret_names = rerun_secret_names(r, original)?;
     let mut missing = Vec::new();
     for name in &secret_names {
         match given.vars.get(name) {
@@ -787,6 +784,27 @@ pub fn rerun_input(
         ));
     }
     Ok(input)
+}
+
+/// The secret variables a re-run of `original` must be given again: those its stored
+/// script declares secret (their values were never kept).
+pub fn rerun_secret_names(
+    r: &impl crate::store::Read,
+    original: &executions::Execution,
+) -> anyhow::Result<Vec<String>> {
+    Ok(match &original.script_id {
+        Some(id) => r
+            .get::<crate::scripts::Script>(id)?
+            .map(|s| {
+                s.variables
+                    .into_iter()
+                    .filter(|v| v.secret)
+                    .map(|v| v.name)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    })
 }
 
 /// `POST /api/v1/executions/{id}/rerun` (`{"vars"?}`) → `201 {"id", "status", ...}`: the

@@ -165,6 +165,10 @@ impl Form {
     pub fn checked(&self, name: &str) -> bool {
         matches!(self.get(name), Some("on" | "true" | "1" | "yes"))
     }
+    /// Every field in order, as sent.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
     /// All fields, for re-rendering a form with what the user typed.
     pub fn values(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut map = serde_json::Map::new();

@@ -398,6 +398,7 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_pages::cancel_page(app, req, &ctx, id)
         }
+        (&Method::GET, ["executions", id, "rerun"]) => fleet_pages::rerun_form(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "rerun"]) => fleet_pages::rerun_page(app, req, &ctx, id),
         // Operations pages: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_pages::backups_page(app, req, &ctx),
