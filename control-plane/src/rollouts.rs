@@ -933,8 +933,16 @@ pub fn view(
             "execution": execution_view,
         }));
     }
+    // Targets that reached an end (succeeded, failed or skipped), for the progress bar.
+    let done: usize = ["succeeded", "failed", "skipped"]
+        .iter()
+        .map(|k| counts.get(k).copied().unwrap_or(0))
+        .sum();
+    let total = rollout.targets.len();
     let summary = json!({
-        "total": rollout.targets.len(),
+        "total": total,
+        "done": done,
+        "done_percent": (done * 100).checked_div(total).unwrap_or(100),
         "pending": counts.get("pending").copied().unwrap_or(0),
         "running": counts.get("running").copied().unwrap_or(0),
         "succeeded": counts.get("succeeded").copied().unwrap_or(0),

@@ -293,6 +293,12 @@ pub enum JobKind {
         /// playbook is refused before any task runs.
         #[serde(default)]
         ansible_fallback: bool,
+        /// The name the play sees as `inventory_hostname` and labels its output with
+        /// (`ok: [web-1]`): the server's name. Absent from older control planes (the
+        /// agent then says `localhost`) and left out when unset, so older agents read
+        /// the same job as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory_hostname: Option<String>,
     },
     /// A database backup of a Docker Compose service: the agent runs `command` in the
     /// service's container through the Docker API and keeps the dump (the file at

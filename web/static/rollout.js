@@ -47,7 +47,29 @@
     }
   }
 
+  // The progress bar: each part's width is its share of the targets (set through the
+  // DOM: the CSP forbids style attributes).
+  function drawProgress(summary) {
+    var bar = document.getElementById("rollout-progress");
+    if (!bar) return;
+    var total = summary ? summary.total : Number(bar.dataset.total) || 0;
+    if (summary) bar.dataset.total = String(total);
+    Array.prototype.forEach.call(bar.querySelectorAll("[data-progress-part]"), function (part) {
+      var value = summary ? summary[part.dataset.progressPart] || 0 : Number(part.dataset.value) || 0;
+      part.dataset.value = String(value);
+      part.style.width = total > 0 ? (value * 100 / total) + "%" : "0%";
+    });
+    var done = summary ? summary.done : null;
+    if (summary && done !== undefined) {
+      var percent = total > 0 ? Math.floor(done * 100 / total) : 100;
+      bar.setAttribute("aria-valuenow", String(percent));
+      var text = document.getElementById("rollout-progress-text");
+      if (text) text.textContent = done + " of " + total + " done";
+    }
+  }
+
   function render(root, rollout) {
+    drawProgress(rollout.summary);
     var status = document.querySelector("[data-rollout-status]");
     if (status) {
       status.textContent = rollout.status;
@@ -73,6 +95,18 @@
         a.href = "/executions/" + target.execution_id;
         a.textContent = "log";
         link.appendChild(a);
+      }
+      var reason = cell(row, "reason");
+      if (target.reason && !reason) {
+        reason = document.createElement("span");
+        reason.dataset.cell = "reason";
+        var badge = cell(row, "state");
+        badge.parentNode.appendChild(document.createTextNode(" "));
+        badge.parentNode.appendChild(reason);
+      }
+      if (reason) {
+        reason.textContent = target.reason || "";
+        reason.className = "small " + (target.state === "skipped" ? "text-body-secondary" : "text-danger");
       }
       if (target.state === "skipped") {
         var column = document.querySelector('[data-log-for="' + index + '"] [data-waiting]');

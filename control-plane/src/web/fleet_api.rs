@@ -349,12 +349,18 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             app.store.write(|w| {
                 // The agents named by id, read in one query on PostgreSQL (and kept
                 // by the transaction for `create`), their names' terms in another.
-                let names: Vec<String> = w
+                let found: Vec<crate::agents::Agent> = w
                     .get_many::<crate::agents::Agent>(&targets)?
                     .into_iter()
                     .flatten()
-                    .map(|a| a.name)
                     .collect();
+                // A playbook names its host after the agent's server: read them together.
+                if input.kind.as_deref() == Some("playbook") {
+                    let servers: Vec<String> =
+                        found.iter().filter_map(|a| a.server_id.clone()).collect();
+                    w.prefetch::<crate::servers::Server>(&servers)?;
+                }
+                let names: Vec<String> = found.into_iter().map(|a| a.name).collect();
                 executions::prefetch_terms(w, &names)?;
                 let mut created = Vec::with_capacity(targets.len());
                 let mut one = input.clone();
@@ -740,6 +746,7 @@ pub fn rerun_input(
             vars,
             check,
             ansible_fallback,
+            ..
         } => {
             input.kind = Some("playbook".into());
             input.playbook = Some(playbook.clone());
