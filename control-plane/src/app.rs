@@ -24,6 +24,9 @@ pub struct App {
     pub throttle: Arc<Throttle>,
     /// The fleet gateway handle (agents, dispatch, live output).
     pub fleet: Fleet,
+    /// Live events for pages (`GET /api/v1/events`): one bounded broadcast channel,
+    /// shared with the fleet, which publishes most of them.
+    pub events: crate::live::Events,
     /// The replicas sharing the store, and which one leads background work.
     pub cluster: Cluster,
     /// Where HTTP handlers run (bounded, below the async runtime's priority).
@@ -64,6 +67,7 @@ impl App {
             render: Arc::new(Render::new()?),
             metrics,
             throttle: Arc::new(Throttle::default()),
+            events: fleet.events().clone(),
             fleet,
             cluster,
             handlers: Arc::new(crate::web::HandlerPool::new()?),

@@ -116,7 +116,11 @@
     });
   }
 
+  // Read at once when the live channel (live.js) says this rollout moved on.
+  var timer = null;
+
   function poll(root) {
+    clearTimeout(timer);
     fetch(root.dataset.rolloutUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (resp) {
         return resp.ok ? resp.json() : null;
@@ -124,10 +128,14 @@
       .then(function (rollout) {
         if (rollout) render(root, rollout);
         var done = rollout && FINAL.indexOf(rollout.status) !== -1 && rollout.summary.running === 0;
-        if (!done) setTimeout(function () { poll(root); }, 1000);
+        // With the live channel open, events bring the changes and polling only backs it up.
+        var live = document.documentElement.dataset.live === "open";
+        clearTimeout(timer);
+        if (!done) timer = setTimeout(function () { poll(root); }, live ? 5000 : 1000);
       })
       .catch(function () {
-        setTimeout(function () { poll(root); }, 3000);
+        clearTimeout(timer);
+        timer = setTimeout(function () { poll(root); }, 3000);
       });
   }
 
@@ -137,6 +145,12 @@
     // Badges get their colours from the states rendered by the server.
     Array.prototype.forEach.call(root.querySelectorAll('[data-cell="state"]'), function (node) {
       setBadge(node, node.textContent.trim());
+    });
+    drawProgress(null);
+    var id = root.dataset.rolloutUrl.split("/").pop();
+    document.addEventListener("dynserv:live", function (e) {
+      var d = e.detail || {};
+      if (d.topic === "resync" || (d.topic === "rollouts" && d.data && d.data.id === id)) poll(root);
     });
     poll(root);
   }

@@ -15,6 +15,7 @@ use dynserv_shared::proto::{OutputChunk, OutputStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::hub::{Hub, LiveEvent};
+use crate::live::Events;
 use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
 use crate::store::{Read, Store, Writer};
@@ -71,13 +72,13 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the ingestion thread; it ends when every `Ingest` is dropped.
     /// `max_output` is the most output bytes stored per execution.
-    pub fn spawn(store: Store, hub: Hub, max_output: u64) -> Ingest {
+    pub fn spawn(store: Store, hub: Hub, events: Events, max_output: u64) -> Ingest {
         let (tx, rx) = mpsc::channel(16 * 1024);
         std::thread::Builder::new()
             .name("fleet-ingest".into())
             .spawn(move || {
                 crate::store::allow_blocking_here();
-                run(store, hub, max_output, rx)
+                run(store, hub, events, max_output, rx)
             })
             .expect("spawning the ingestion thread");
         Ingest { tx }
@@ -89,7 +90,7 @@ impl Ingest {
     }
 }
 
-fn run(store: Store, hub: Hub, max_output: u64, mut rx: mpsc::Receiver<Item>) {
+fn run(store: Store, hub: Hub, events: Events, max_output: u64, mut rx: mpsc::Receiver<Item>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -99,7 +100,7 @@ fn run(store: Store, hub: Hub, max_output: u64, mut rx: mpsc::Receiver<Item>) {
                 Err(_) => break,
             }
         }
-        apply(&store, &hub, max_output, &mut batch);
+        apply(&store, &hub, &events, max_output, &mut batch);
         batch.clear();
     }
 }
@@ -136,9 +137,17 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
 struct Outcome {
     published: Vec<(Arc<str>, LiveEvent)>,
     acks: HashMap<Arc<str>, u64>,
+    /// Status changes for the pages (`live`).
+    changes: Vec<crate::live::Event>,
 }
 
-fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
+/// The live event of an execution's status as this transaction left it.
+fn status_change(w: &Writer, execution_id: &str) -> anyhow::Result<Option<crate::live::Event>> {
+    Ok(w.get::<executions::Execution>(execution_id)?
+        .map(|e| crate::live::Event::execution(&e.id, &e.project_id, e.status.as_str())))
+}
+
+fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut Vec<Item>) {
     let now = Utc::now();
     let result = store.write(|w| {
         prefetch(w, batch)?;
@@ -159,6 +168,7 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                     holder,
                 } => {
                     executions::mark_running(w, execution_id, now)?;
+                    outcome.changes.extend(status_change(w, execution_id)?);
                     // Only while the job is active: a start reported after its end
                     // (a resumed stream of a finished job) leaves nothing behind.
                     if let Some(holder) = holder {
@@ -239,6 +249,7 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                         outcome
                             .published
                             .push((execution_id.clone(), LiveEvent::End));
+                        outcome.changes.extend(status_change(w, execution_id)?);
                     }
                 }
             }
@@ -273,6 +284,9 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                     }
                     _ => {}
                 }
+            }
+            for change in outcome.changes {
+                events.publish(change);
             }
             let mut run_start = 0;
             let events = outcome.published;

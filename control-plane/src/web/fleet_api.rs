@@ -159,7 +159,8 @@ pub fn accept_host(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<agent
         app.fleet.disconnect_other_host(&accepted.agent.id, host_id);
     }
     for execution_id in &accepted.failed_executions {
-        app.fleet.publish_end(execution_id);
+        app.fleet
+            .publish_end(execution_id, &accepted.agent.project_id, "failed");
     }
     Ok(accepted)
 }
@@ -665,7 +666,8 @@ pub fn cancel(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Execution>
     })?;
     match outcome {
         CancelOutcome::CancelledQueued => {
-            app.fleet.publish_end(&execution.id);
+            app.fleet
+                .publish_end(&execution.id, &execution.project_id, "cancelled");
             // A copy may already be on its way to the agent.
             app.fleet.cancel(&execution);
         }

@@ -14,6 +14,7 @@ pub mod fleet_api;
 pub mod fleet_pages;
 pub mod hetzner_api;
 pub mod hetzner_pages;
+pub mod live_api;
 pub mod offsite_api;
 pub mod offsite_pages;
 pub mod ops_api;

@@ -52,6 +52,8 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
     let m = &req.method;
     let result = match (m, rest) {
         (&Method::GET, ["me"]) => api::me(app, &ctx),
+        // Live events for pages (server-sent events).
+        (&Method::GET, ["events"]) => super::live_api::events(app, req, &ctx),
         // Alerts: webhooks and their deliveries, the caller's e-mail choices.
         (&Method::GET, ["me", "alerts"]) => super::alerts_api::my_alerts(app, &ctx),
         (&Method::PUT, ["me", "alerts"]) => super::alerts_api::save_my_alerts(app, req, &ctx),
