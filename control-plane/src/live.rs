@@ -212,11 +212,7 @@ impl Events {
     /// [`MAX_STREAMS_PER_SESSION`] open already. The stream counts until the guard
     /// is dropped.
     pub fn open_stream(&self, key: &str) -> Option<StreamGuard> {
-        let mut streams = self
-            .inner
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut streams = self.inner.streams.lock().unwrap_or_else(|p| p.into_inner());
         let open = streams.entry(key.to_string()).or_default();
         if *open >= MAX_STREAMS_PER_SESSION {
             return None;

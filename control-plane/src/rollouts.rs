@@ -604,7 +604,9 @@ pub fn advance(app: &App, id: &str) -> anyhow::Result<()> {
             app.fleet.dispatch(execution);
         }
         if let Some(rollout) = &changed {
-            app.fleet.events().publish(crate::live::Event::rollout(rollout));
+            app.fleet
+                .events()
+                .publish(crate::live::Event::rollout(rollout));
         }
         let again = app.store.read(|r| {
             Ok(r.get::<Rollout>(id)?.is_some_and(|ro| {

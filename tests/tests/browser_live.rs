@@ -74,9 +74,11 @@ async fn the_executions_filter_form_narrows_the_list() {
         .text(&format!("tr[data-execution-id=\"{failed}\"]"))
         .await;
     assert!(row.contains("web-01") && row.contains("Nova HR"), "{row}");
-    assert!(browser
-        .exists(&format!("tr[data-execution-id=\"{ok}\"] a[data-rerun]"))
-        .await);
+    assert!(
+        browser
+            .exists(&format!("tr[data-execution-id=\"{ok}\"] a[data-rerun]"))
+            .await
+    );
 
     // By status.
     set_field(&browser, "#f-status", "failed").await;
@@ -151,7 +153,10 @@ async fn the_rollout_page_shows_skipped_servers_with_their_reason() {
     })
     .await;
     let targets = done["targets"].as_array().unwrap();
-    let skipped: Vec<&Value> = targets.iter().filter(|t| t["status"] == "skipped").collect();
+    let skipped: Vec<&Value> = targets
+        .iter()
+        .filter(|t| t["status"] == "skipped")
+        .collect();
     assert!(!skipped.is_empty(), "{done}");
     let ran = targets
         .iter()

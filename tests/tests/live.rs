@@ -92,7 +92,9 @@ impl Stream {
 
     /// Whether any event read so far mentions `needle` in its data.
     fn mentions(&self, needle: &str) -> bool {
-        self.seen.iter().any(|(_, v)| v.to_string().contains(needle))
+        self.seen
+            .iter()
+            .any(|(_, v)| v.to_string().contains(needle))
     }
 }
 

@@ -168,11 +168,14 @@
     }
   }
 
-  function start() {
-    var wanted = topics();
-    if (!wanted.length || !window.EventSource) return;
-    var source = new EventSource("/api/v1/events?topics=" + wanted.join(","));
-    var opened = false;
+  // One stream while the tab is visible: a hidden tab lets its connection go (a
+  // browser holds few connections per server over HTTP/1.1) and reads the page's data
+  // again when it comes back.
+  var source = null;
+  var opened = false;
+
+  function connect(wanted) {
+    source = new EventSource("/api/v1/events?topics=" + wanted.join(","));
     window.dynserv = window.dynserv || {};
     window.dynserv.liveSource = source;
     source.addEventListener("open", function () {
@@ -200,7 +203,23 @@
     source.addEventListener("resync", function () {
       resync(wanted);
     });
-    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
+  function disconnect() {
+    if (source) source.close();
+    source = null;
+    document.documentElement.dataset.live = "closed";
+  }
+
+  function start() {
+    var wanted = topics();
+    if (!wanted.length || !window.EventSource) return;
+    connect(wanted);
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") disconnect();
+      else if (!source) connect(wanted);
+    });
+    window.addEventListener("pagehide", disconnect);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -449,10 +449,11 @@ async fn serve_agent(
     }
 
     fleet.record_presence(&agent_id, true).await;
-    fleet
-        .inner
-        .events
-        .publish(crate::live::Event::agent(&agent_id, &agent.project_id, true));
+    fleet.inner.events.publish(crate::live::Event::agent(
+        &agent_id,
+        &agent.project_id,
+        true,
+    ));
     let renewal = Renewal {
         presented: cert.to_vec(),
         presented_sha256: cert_sha256.clone(),
@@ -492,10 +493,11 @@ async fn serve_agent(
             .await;
     }
     if gone {
-        fleet
-            .inner
-            .events
-            .publish(crate::live::Event::agent(&agent_id, &agent.project_id, false));
+        fleet.inner.events.publish(crate::live::Event::agent(
+            &agent_id,
+            &agent.project_id,
+            false,
+        ));
     }
     tracing::info!(agent = %agent_id, "agent disconnected");
     result

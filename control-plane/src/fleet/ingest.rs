@@ -15,9 +15,9 @@ use dynserv_shared::proto::{OutputChunk, OutputStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::hub::{Hub, LiveEvent};
-use crate::live::Events;
 use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
+use crate::live::Events;
 use crate::store::{Read, Store, Writer};
 
 /// Most items applied in one transaction.

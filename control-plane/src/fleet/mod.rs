@@ -116,8 +116,7 @@ impl Fleet {
         let ca = ca::load_or_create(&store, data_dir)?;
         let hub = Hub::default();
         let events = crate::live::Events::new();
-        let ingest =
-            ingest::Ingest::spawn(store.clone(), hub.clone(), events.clone(), max_output);
+        let ingest = ingest::Ingest::spawn(store.clone(), hub.clone(), events.clone(), max_output);
         Ok(Fleet {
             inner: Arc::new(Inner {
                 store,

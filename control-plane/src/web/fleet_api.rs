@@ -445,16 +445,12 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
     filter.project_id = super::project_filter(r, req, ctx)?;
     // A server by id or by name (within the project filter when one is given).
     if let Some(server) = given("server") {
-        let found = crate::servers::find_visible(
-            r,
-            &ctx.subject,
-            &server,
-            filter.project_id.as_deref(),
-        )
-        .map_err(|e| match e.kind {
-            crate::error::Kind::Invalid => AppError::bad_request(e.message),
-            _ => unknown("server", &server),
-        })?;
+        let found =
+            crate::servers::find_visible(r, &ctx.subject, &server, filter.project_id.as_deref())
+                .map_err(|e| match e.kind {
+                    crate::error::Kind::Invalid => AppError::bad_request(e.message),
+                    _ => unknown("server", &server),
+                })?;
         filter.server_id = Some(found.id);
     }
     if let Some(script) = given("script") {

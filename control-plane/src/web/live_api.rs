@@ -97,7 +97,11 @@ pub fn events(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         let mut ping = tokio::time::interval_at(start + PING_EVERY, PING_EVERY);
         let mut text = String::from("retry: 3000\n: connected\n\n");
         loop {
-            if tx.send(Ok(Bytes::from(std::mem::take(&mut text)))).await.is_err() {
+            if tx
+                .send(Ok(Bytes::from(std::mem::take(&mut text))))
+                .await
+                .is_err()
+            {
                 return;
             }
             text = tokio::select! {
