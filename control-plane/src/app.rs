@@ -60,6 +60,8 @@ impl App {
             "1 while this replica runs the background work that must run once (always with one replica).",
             move || if leader.is_leader() { 1.0 } else { 0.0 },
         );
+        // What transactions announce (`Writer::announce`) goes out after their commit.
+        store.announce_to(fleet.events().clone());
         Ok(App {
             store,
             keys,

@@ -105,17 +105,21 @@ async fn project(api: &Api, name: &str) -> String {
 }
 
 async fn run_to_end(api: &Api, agent: &str) -> String {
+    run_script_to(api, agent, "echo live\n", "succeeded").await
+}
+
+async fn run_script_to(api: &Api, agent: &str, script: &str, end: &str) -> String {
     let (status, created) = api
         .post(
             "/api/v1/executions",
-            &json!({"agent": agent, "kind": "script", "script": "echo live\n"}),
+            &json!({"agent": agent, "kind": "script", "script": script}),
         )
         .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().expect("execution id").to_string();
     eventually(Duration::from_secs(60), "the execution ends", || async {
         let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-        (e["status"] == "succeeded").then_some(())
+        (e["status"] == end).then_some(())
     })
     .await;
     id
@@ -151,7 +155,7 @@ async fn events_reach_only_those_who_may_see_them() {
     assert_eq!(status, 400, "{body}");
 
     let mut admin_stream = Stream::open(&admin, "agents,executions").await;
-    let mut tech_stream = Stream::open(&tech, "agents,executions").await;
+    let mut tech_stream = Stream::open(&tech, "agents,executions,notifications").await;
 
     // Beta's agent connects and runs a job first, Alpha's after: by the time the
     // technician hears Alpha's job end, Beta's events were long published.
@@ -198,6 +202,35 @@ async fn events_reach_only_those_who_may_see_them() {
         tech_stream.seen
     );
     assert!(tech_stream.mentions(&alpha_id));
+
+    // A failed job notifies the technicians who see its project: Beta's reaches the
+    // admin's inbox only, Alpha's the technician's too, and the stream says so.
+    let mut admin_notes = Stream::open(&admin, "notifications").await;
+    let beta_failed = run_script_to(&admin, &beta_id, "exit 3\n", "failed").await;
+    admin_notes
+        .until("the admin's inbox changing", |name, _| {
+            name == "notifications"
+        })
+        .await;
+    let alpha_failed = run_script_to(&admin, &alpha_id, "exit 4\n", "failed").await;
+    tech_stream
+        .until("Alpha's failed job (tech)", |name, v| {
+            name == "executions" && v["id"] == alpha_failed.as_str() && v["status"] == "failed"
+        })
+        .await;
+    let notes = tech_stream
+        .seen
+        .iter()
+        .filter(|(name, _)| name == "notifications")
+        .count();
+    assert_eq!(
+        notes, 1,
+        "the technician's inbox changed once (Alpha's failure), not for Beta's: {:?}",
+        tech_stream.seen
+    );
+    assert!(!tech_stream.mentions(&beta_failed));
+    let (_, unread) = tech.get("/api/v1/notifications/unread").await;
+    assert_eq!(unread["unread"], 1, "{unread}");
 }
 
 /// A session holds eight streams at once; the ninth is a 429 until one closes. An API

@@ -7,7 +7,8 @@
  *   - executions: rows tr[data-execution-id] of the executions list and the details of
  *                 an execution page ([data-live-execution]) are read again from
  *                 /api/v1/executions/ID when it changes status; Cancel goes once it ended;
- *   - rollouts:   told to rollout.js (it reads the rollout again).
+ *   - rollouts:   told to rollout.js (it reads the rollout again);
+ *   - notifications: told to notifications.js (the bell reads the inbox again).
  *
  * Every event also goes out as a "dynserv:live" DOM event ({topic, data}) for other
  * scripts. After a `resync` (the stream fell behind) or a reconnect, what the page shows
@@ -35,6 +36,8 @@
     if (all("[data-agent-state]").length) wanted.push("agents");
     if (all("tr[data-execution-id]").length || all("[data-live-execution]").length) wanted.push("executions");
     if (document.querySelector("#rollout[data-rollout-url]")) wanted.push("rollouts");
+    // The bell (notifications.js) of every signed-in page.
+    if (document.querySelector(".ds-bell")) wanted.push("notifications");
     return wanted;
   }
 
@@ -199,6 +202,9 @@
     });
     source.addEventListener("rollouts", function (m) {
       tell("rollouts", parse(m));
+    });
+    source.addEventListener("notifications", function (m) {
+      tell("notifications", parse(m));
     });
     source.addEventListener("resync", function () {
       resync(wanted);
