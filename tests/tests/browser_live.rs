@@ -260,3 +260,130 @@ async fn the_agents_page_shows_an_agent_going_offline() {
     );
     browser.close().await;
 }
+
+/// An execution page follows its job to the end without a reload: the details fill in
+/// and Cancel goes away.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_execution_page_follows_its_job_to_the_end() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let _agent = Agent::start(&cp, &cp.enrollment_token("Nova HR"), "web-01");
+    let agent = api.connected_agent("web-01").await;
+    // The job waits for a file the test creates, so the page is open while it runs.
+    let gate = tempfile::tempdir().expect("a temp dir");
+    let flag = gate.path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done\necho done\n",
+        flag.display()
+    );
+    let (status, created) = api
+        .post(
+            "/api/v1/executions",
+            &json!({"agent": agent["id"], "kind": "script", "script": script}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "admin123").await;
+    browser.goto(&format!("/executions/{id}")).await;
+    browser.wait_for("#execution-cancel").await;
+    eventually(Duration::from_secs(20), "the live stream opens", || async {
+        let open = browser
+            .eval("return document.documentElement.dataset.live === 'open';")
+            .await;
+        (open == Value::Bool(true)).then_some(())
+    })
+    .await;
+    browser.eval("window.__sameDocument = true;").await;
+    std::fs::write(&flag, b"").expect("opening the gate");
+
+    eventually(Duration::from_secs(60), "the page shows the end", || async {
+        let state = browser
+            .eval("const f = document.querySelector('[data-field=\"finished_at\"]'); return [f ? f.textContent.trim() : '', !!document.getElementById('execution-cancel')];")
+            .await;
+        let finished = state[0].as_str().unwrap_or_default().to_string();
+        (finished.ends_with("UTC") && state[1] == Value::Bool(false)).then_some(())
+    })
+    .await;
+    assert_ne!(browser.text("[data-field=\"duration_s\"]").await, "—");
+    assert_eq!(
+        browser.eval("return window.__sameDocument === true;").await,
+        Value::Bool(true),
+        "the page was reloaded"
+    );
+    browser.close().await;
+}
+
+/// Re-running work whose stored script has a secret variable asks for it again in a
+/// form whose POST carries the CSRF token (and is refused without it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rerun_form_asks_for_secret_variables() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let _agent = Agent::start(&cp, &cp.enrollment_token("Nova HR"), "web-01");
+    api.connected_agent("web-01").await;
+    let playbook = "- name: secret\n  hosts: all\n  tasks:\n    - name: echo\n      command: echo got {{ token }}\n";
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "with-secret", "kind": "playbook", "body": playbook,
+                    "variables": [{"name": "token", "secret": true, "required": true}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
+            &json!({"targets": {"servers": ["web-01"]}, "vars": {"token": "first-value"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let original = rollout["targets"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(Duration::from_secs(60), "the run ends", || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{original}")).await;
+        (e["status"] == "succeeded").then_some(())
+    })
+    .await;
+
+    let mut page = dynserv_tests::PageClient::signed_in(&cp, "admin", "admin123").await;
+    // The execution page links to the form instead of posting at once.
+    let (status, _, html) = page.get(&format!("/executions/{original}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&format!("href=\"/executions/{original}/rerun\"")),
+        "{html}"
+    );
+    let (status, _, form) = page.get(&format!("/executions/{original}/rerun")).await;
+    assert_eq!(status, 200);
+    assert!(form.contains("name=\"secret.token\""), "{form}");
+    let csrf = dynserv_tests::csrf_of(&form);
+    let path = format!("/executions/{original}/rerun");
+    let (status, _, _) = page.post(&path, &[("secret.token", "x")]).await;
+    assert_eq!(status, 403, "no CSRF token, no re-run");
+    let (status, _, again) = page.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 422);
+    assert!(
+        again.contains("rerun-error") && again.contains("token"),
+        "{again}"
+    );
+    let (status, location, _) = page
+        .post(&path, &[("csrf", &csrf), ("secret.token", "second-value")])
+        .await;
+    assert_eq!(status, 303);
+    let new_id = location
+        .strip_prefix("/executions/")
+        .unwrap_or_else(|| panic!("to the new execution: {location}"))
+        .to_string();
+    assert_ne!(new_id, original);
+    let done: Value = eventually(Duration::from_secs(60), "the re-run ends", || async {
+        let (_, e) = api.get(&format!("/api/v1/executions/{new_id}")).await;
+        (e["status"] != "queued" && e["status"] != "running").then_some(e)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
