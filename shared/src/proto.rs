@@ -642,4 +642,30 @@ mod tests {
             }
         );
     }
+
+    /// A playbook job from an older control plane (no `inventory_hostname`) still
+    /// decodes, and one without a host name is sent exactly as before.
+    #[test]
+    fn inventory_hostname_is_optional_on_the_wire() {
+        let old = r#"{"kind":"playbook","yaml":"- hosts: all","vars":{},"check":false}"#;
+        let kind: JobKind = serde_json::from_str(old).unwrap();
+        match &kind {
+            JobKind::Playbook {
+                inventory_hostname, ..
+            } => assert_eq!(inventory_hostname, &None),
+            other => panic!("not a playbook: {other:?}"),
+        }
+        let sent = serde_json::to_string(&kind).unwrap();
+        assert!(!sent.contains("inventory_hostname"), "{sent}");
+        let named = JobKind::Playbook {
+            yaml: "- hosts: all".into(),
+            vars: BTreeMap::new(),
+            check: false,
+            ansible_fallback: false,
+            inventory_hostname: Some("web-1".into()),
+        };
+        let text = serde_json::to_string(&named).unwrap();
+        assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
+        assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
+    }
 }
