@@ -60,6 +60,12 @@ impl App {
             "1 while this replica runs the background work that must run once (always with one replica).",
             move || if leader.is_leader() { 1.0 } else { 0.0 },
         );
+        let events = fleet.events().clone();
+        metrics.register_gauge(
+            "dynserv_live_streams",
+            "Live event streams (GET /api/v1/events) open now.",
+            move || events.open_streams() as f64,
+        );
         // What transactions announce (`Writer::announce`) goes out after their commit.
         store.announce_to(fleet.events().clone());
         Ok(App {

@@ -250,6 +250,11 @@ async fn a_session_holds_at_most_eight_streams() {
     }
     let refused = open(&base, ("cookie", &cookie), "agents").await;
     assert_eq!(refused.status().as_u16(), 429);
+    let (_, metrics) = cp.api().get_text("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "dynserv_live_streams 8"),
+        "{metrics}"
+    );
     let body: Value = refused.json().await.expect("a JSON error");
     assert!(
         body["error"].as_str().unwrap_or_default().contains("8"),
