@@ -446,6 +446,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             vars,
             check,
             ansible_fallback,
+            inventory_hostname,
         } => {
             let file = dir.join("playbook.yml");
             crate::private_fs::write(&file, yaml)?;
@@ -458,6 +459,15 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             }
             if *ansible_fallback {
                 argv.push("--ansible-fallback".into());
+            }
+            // The server's name for `inventory_hostname` and the `[host]` labels; one
+            // argument with `=`, so a name can never read as another flag.
+            if let Some(host) = inventory_hostname
+                .as_deref()
+                .map(str::trim)
+                .filter(|h| !h.is_empty() && !h.contains(['\n', '\0']))
+            {
+                argv.push(format!("--inventory-hostname={host}"));
             }
             // The variables go in a private file, not on the command line where any
             // local user could read them (they may hold secrets).

@@ -607,6 +607,7 @@ fn seeded_execution(
             vars: BTreeMap::new(),
             check: false,
             ansible_fallback: false,
+            inventory_hostname: None,
         };
         (work, name, None)
     } else if roll < 44 {

@@ -24,6 +24,9 @@ pub struct App {
     pub throttle: Arc<Throttle>,
     /// The fleet gateway handle (agents, dispatch, live output).
     pub fleet: Fleet,
+    /// Live events for pages (`GET /api/v1/events`): one bounded broadcast channel,
+    /// shared with the fleet, which publishes most of them.
+    pub events: crate::live::Events,
     /// The replicas sharing the store, and which one leads background work.
     pub cluster: Cluster,
     /// Where HTTP handlers run (bounded, below the async runtime's priority).
@@ -57,6 +60,14 @@ impl App {
             "1 while this replica runs the background work that must run once (always with one replica).",
             move || if leader.is_leader() { 1.0 } else { 0.0 },
         );
+        let events = fleet.events().clone();
+        metrics.register_gauge(
+            "dynserv_live_streams",
+            "Live event streams (GET /api/v1/events) open now.",
+            move || events.open_streams() as f64,
+        );
+        // What transactions announce (`Writer::announce`) goes out after their commit.
+        store.announce_to(fleet.events().clone());
         Ok(App {
             store,
             keys,
@@ -64,6 +75,7 @@ impl App {
             render: Arc::new(Render::new()?),
             metrics,
             throttle: Arc::new(Throttle::default()),
+            events: fleet.events().clone(),
             fleet,
             cluster,
             handlers: Arc::new(crate::web::HandlerPool::new()?),

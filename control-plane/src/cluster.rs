@@ -73,6 +73,8 @@ pub enum Message {
     /// Close an agent's connection unless it comes from `host` (another host was
     /// accepted as the agent's).
     DisconnectOtherHost { agent: String, host: String },
+    /// A live event for the pages watching this replica (`live`).
+    Live { event: crate::live::Event },
 }
 
 #[derive(Serialize, Deserialize)]

@@ -153,6 +153,10 @@ pub enum Work {
         /// Tasks the native runtime lacks run through ansible-core on the server.
         #[serde(default)]
         ansible_fallback: bool,
+        /// The play's `inventory_hostname`: the server's name when the execution was
+        /// created (older records: none, the agent says `localhost`).
+        #[serde(default)]
+        inventory_hostname: Option<String>,
     },
     // Backups, verifies, restores and updates: built by `backups` / `updates`.
     ComposeBackup {
@@ -288,11 +292,13 @@ fn job_kind(work: &Work) -> JobKind {
             vars,
             check,
             ansible_fallback,
+            inventory_hostname,
         } => JobKind::Playbook {
             yaml: playbook,
             vars,
             check,
             ansible_fallback,
+            inventory_hostname,
         },
         Work::ComposeBackup {
             backup_id,
@@ -555,6 +561,7 @@ pub fn create(
                 vars,
                 check: input.check.unwrap_or(false),
                 ansible_fallback: input.ansible_fallback.unwrap_or(false),
+                inventory_hostname: Some(host_name(w, &agent)?),
             }
         }
         _ if input.work.is_some() => input
@@ -629,6 +636,16 @@ pub fn create(
         hook.created(w, &execution, input)?;
     }
     Ok(execution)
+}
+
+/// The name a playbook run on `agent` calls its host (`inventory_hostname`, and the
+/// `[host]` of its output lines): the name of the agent's server, else the agent's.
+fn host_name(r: &impl Read, agent: &Agent) -> anyhow::Result<String> {
+    let server = match &agent.server_id {
+        Some(id) => r.get::<crate::servers::Server>(id)?,
+        None => None,
+    };
+    Ok(server.map_or_else(|| agent.name.clone(), |s| s.name))
 }
 
 /// What one kind of work adds to the life of its executions, called inside the

@@ -18,6 +18,7 @@ pub mod executions;
 pub mod fleet;
 pub mod hetzner;
 pub mod listing;
+pub mod live;
 pub mod maintenance;
 pub mod metrics;
 pub mod notifications;

@@ -82,6 +82,7 @@ pub fn notify(w: &mut Writer, user_ids: &[String], message: &Message) -> anyhow:
         w.index_put(BY_USER, &key(user_id, &notification.id), &notification.id)?;
         w.index_put(UNREAD, &key(user_id, &notification.id), &notification.id)?;
         w.counter_add(&unread_counter(user_id), 1)?;
+        w.announce(crate::live::Event::notification(user_id));
     }
     Ok(())
 }
@@ -205,6 +206,7 @@ pub fn mark_read(w: &mut Writer, user_id: &str, notification_id: &str) -> AppRes
         w.put(&n)?;
         w.index_delete(UNREAD, &key(user_id, &n.id))?;
         w.counter_add(&unread_counter(user_id), -1)?;
+        w.announce(crate::live::Event::notification(user_id));
     }
     Ok(n)
 }

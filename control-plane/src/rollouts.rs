@@ -443,7 +443,7 @@ pub fn create(
             rollout.serial
         ),
     )?;
-    let started = step(app, w, &rollout.id)?;
+    let (started, _) = step(app, w, &rollout.id)?;
     let rollout = w
         .get::<Rollout>(&rollout.id)?
         .ok_or_else(|| AppError::not_found("rollout"))?;
@@ -471,13 +471,16 @@ fn expired_unstarted(e: &Execution) -> bool {
 
 /// Moves one rollout forward inside a transaction; returns the executions created,
 /// which the caller dispatches after the commit.
-fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Vec<Execution>> {
+/// One step of a rollout: the executions it created, and the rollout when it changed.
+type Stepped = (Vec<Execution>, Option<Rollout>);
+
+fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Stepped> {
     let Some(mut rollout) = w.get::<Rollout>(id)? else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     if rollout.status != RolloutStatus::Running {
         w.index_delete(RUNNING, id)?;
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let mut changed = false;
     for target in rollout.targets.iter_mut() {
@@ -587,17 +590,23 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Vec<Execution>> {
     }
     if changed {
         w.put(&rollout)?;
+        return Ok((created, Some(rollout)));
     }
-    Ok(created)
+    Ok((created, None))
 }
 
 /// Moves one rollout forward and dispatches what it started. A batch whose targets
 /// all failed to start is followed at once by the next step.
 pub fn advance(app: &App, id: &str) -> anyhow::Result<()> {
     for _ in 0..MAX_TARGETS + 2 {
-        let created = app.store.write(|w| step(app, w, id))?;
+        let (created, changed) = app.store.write(|w| step(app, w, id))?;
         for execution in &created {
             app.fleet.dispatch(execution);
+        }
+        if let Some(rollout) = &changed {
+            app.fleet
+                .events()
+                .publish(crate::live::Event::rollout(rollout));
         }
         let again = app.store.read(|r| {
             Ok(r.get::<Rollout>(id)?.is_some_and(|ro| {
@@ -933,8 +942,16 @@ pub fn view(
             "execution": execution_view,
         }));
     }
+    // Targets that reached an end (succeeded, failed or skipped), for the progress bar.
+    let done: usize = ["succeeded", "failed", "skipped"]
+        .iter()
+        .map(|k| counts.get(k).copied().unwrap_or(0))
+        .sum();
+    let total = rollout.targets.len();
     let summary = json!({
-        "total": rollout.targets.len(),
+        "total": total,
+        "done": done,
+        "done_percent": (done * 100).checked_div(total).unwrap_or(100),
         "pending": counts.get("pending").copied().unwrap_or(0),
         "running": counts.get("running").copied().unwrap_or(0),
         "succeeded": counts.get("succeeded").copied().unwrap_or(0),

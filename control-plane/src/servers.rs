@@ -459,6 +459,57 @@ pub fn get_visible(r: &impl Read, subject: &Subject, id: &str) -> AppResult<Serv
     Ok(server)
 }
 
+/// A server the subject may see, by id or by name (case-insensitive; within
+/// `project_id` when given). A name that several visible servers share is a 422 asking
+/// for the project or the id; deleted servers are found by id only.
+pub fn find_visible(
+    r: &impl Read,
+    subject: &Subject,
+    key: &str,
+    project_id: Option<&str>,
+) -> AppResult<Server> {
+    if let Some(server) = r.get::<Server>(key)? {
+        if policy::can(subject, Action::ViewServers, Some(&server.project_id)) {
+            return Ok(server);
+        }
+        return Err(AppError::not_found("server"));
+    }
+    let wanted = key.trim().to_lowercase();
+    if wanted.is_empty() {
+        return Err(AppError::not_found("server"));
+    }
+    let candidates: Vec<Server> = match project_id {
+        Some(project) => by_name(r, project, &wanted)?.into_iter().collect(),
+        None => {
+            // The positions `name id` in the name order: only servers of that name.
+            let prefix: String = wanted.chars().take(listing::NAME_KEY_CHARS).collect();
+            let mut found = Vec::new();
+            for (_, id) in r.index_scan(ORDER, &format!("{prefix} "))? {
+                if let Some(server) = r.get::<Server>(&id)? {
+                    found.push(server);
+                }
+            }
+            found
+        }
+    };
+    let mut matches: Vec<Server> = candidates
+        .into_iter()
+        .filter(|s| {
+            s.name.to_lowercase() == wanted
+                && s.status != "deleted"
+                && policy::can(subject, Action::ViewServers, Some(&s.project_id))
+        })
+        .collect();
+    match matches.len() {
+        0 => Err(AppError::not_found("server")),
+        1 => Ok(matches.remove(0)),
+        _ => Err(AppError::invalid(
+            "server",
+            format!("several servers are named {wanted}; choose the project or use the server id"),
+        )),
+    }
+}
+
 /// Schema step: the list indexes and kept counts of servers stored before lists read
 /// pages.
 pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {

@@ -293,6 +293,12 @@ pub enum JobKind {
         /// playbook is refused before any task runs.
         #[serde(default)]
         ansible_fallback: bool,
+        /// The name the play sees as `inventory_hostname` and labels its output with
+        /// (`ok: [web-1]`): the server's name. Absent from older control planes (the
+        /// agent then says `localhost`) and left out when unset, so older agents read
+        /// the same job as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory_hostname: Option<String>,
     },
     /// A database backup of a Docker Compose service: the agent runs `command` in the
     /// service's container through the Docker API and keeps the dump (the file at
@@ -635,5 +641,31 @@ mod tests {
                 heartbeat_s: 5
             }
         );
+    }
+
+    /// A playbook job from an older control plane (no `inventory_hostname`) still
+    /// decodes, and one without a host name is sent exactly as before.
+    #[test]
+    fn inventory_hostname_is_optional_on_the_wire() {
+        let old = r#"{"kind":"playbook","yaml":"- hosts: all","vars":{},"check":false}"#;
+        let kind: JobKind = serde_json::from_str(old).unwrap();
+        match &kind {
+            JobKind::Playbook {
+                inventory_hostname, ..
+            } => assert_eq!(inventory_hostname, &None),
+            other => panic!("not a playbook: {other:?}"),
+        }
+        let sent = serde_json::to_string(&kind).unwrap();
+        assert!(!sent.contains("inventory_hostname"), "{sent}");
+        let named = JobKind::Playbook {
+            yaml: "- hosts: all".into(),
+            vars: BTreeMap::new(),
+            check: false,
+            ansible_fallback: false,
+            inventory_hostname: Some("web-1".into()),
+        };
+        let text = serde_json::to_string(&named).unwrap();
+        assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
+        assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
     }
 }

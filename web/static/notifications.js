@@ -1,7 +1,9 @@
 /*
  * Dynamic Servers: the notification bell, kept current while a page is open.
  *
- * Every few seconds it asks GET /api/v1/notifications/unread ({unread, latest}) and
+ * When the live channel (live.js, topic `notifications`) says the inbox changed, and
+ * every few seconds while that channel is not open (every minute while it is), it asks
+ * GET /api/v1/notifications/unread ({unread, latest}) and
  *   - sets the unread badge on the bell (.ds-bell, [data-unread-badge]),
  *   - shows a toast (window.dynserv.toast) for each notification newer than the newest
  *     one this tab has already seen, with a link to what it is about.
@@ -90,10 +92,13 @@
 
   var timer = null;
   var busy = false;
+  var lastPoll = 0;
+  var LIVE_BACKUP_MS = 60000;
 
   function poll() {
     if (busy || document.hidden) return;
     busy = true;
+    lastPoll = Date.now();
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) throw new Error("status " + response.status);
@@ -114,9 +119,17 @@
   function start() {
     if (!bell()) return;
     poll();
-    timer = setInterval(poll, POLL_MS);
+    timer = setInterval(function () {
+      // With the live channel open, its events bring changes: polling only backs it up.
+      var live = document.documentElement.dataset.live === "open";
+      if (!live || Date.now() - lastPoll >= LIVE_BACKUP_MS) poll();
+    }, POLL_MS);
     document.addEventListener("visibilitychange", function () {
       if (!document.hidden) poll();
+    });
+    document.addEventListener("dynserv:live", function (e) {
+      var topic = e.detail && e.detail.topic;
+      if (topic === "notifications" || topic === "resync") poll();
     });
   }
 

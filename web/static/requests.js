@@ -113,6 +113,11 @@
     }
     applyStatus(root, known.status);
     setInterval(poll, POLL_MS);
+    // A move of the request is notified: read it at once (live.js).
+    document.addEventListener("dynserv:live", function (e) {
+      var topic = e.detail && e.detail.topic;
+      if (topic === "notifications" || topic === "resync") poll();
+    });
   }
 
   function start() {

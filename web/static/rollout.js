@@ -47,7 +47,29 @@
     }
   }
 
+  // The progress bar: each part's width is its share of the targets (set through the
+  // DOM: the CSP forbids style attributes).
+  function drawProgress(summary) {
+    var bar = document.getElementById("rollout-progress");
+    if (!bar) return;
+    var total = summary ? summary.total : Number(bar.dataset.total) || 0;
+    if (summary) bar.dataset.total = String(total);
+    Array.prototype.forEach.call(bar.querySelectorAll("[data-progress-part]"), function (part) {
+      var value = summary ? summary[part.dataset.progressPart] || 0 : Number(part.dataset.value) || 0;
+      part.dataset.value = String(value);
+      part.style.width = total > 0 ? (value * 100 / total) + "%" : "0%";
+    });
+    var done = summary ? summary.done : null;
+    if (summary && done !== undefined) {
+      var percent = total > 0 ? Math.floor(done * 100 / total) : 100;
+      bar.setAttribute("aria-valuenow", String(percent));
+      var text = document.getElementById("rollout-progress-text");
+      if (text) text.textContent = done + " of " + total + " done";
+    }
+  }
+
   function render(root, rollout) {
+    drawProgress(rollout.summary);
     var status = document.querySelector("[data-rollout-status]");
     if (status) {
       status.textContent = rollout.status;
@@ -74,6 +96,18 @@
         a.textContent = "log";
         link.appendChild(a);
       }
+      var reason = cell(row, "reason");
+      if (target.reason && !reason) {
+        reason = document.createElement("span");
+        reason.dataset.cell = "reason";
+        var badge = cell(row, "state");
+        badge.parentNode.appendChild(document.createTextNode(" "));
+        badge.parentNode.appendChild(reason);
+      }
+      if (reason) {
+        reason.textContent = target.reason || "";
+        reason.className = "small " + (target.state === "skipped" ? "text-body-secondary" : "text-danger");
+      }
       if (target.state === "skipped") {
         var column = document.querySelector('[data-log-for="' + index + '"] [data-waiting]');
         if (column) column.textContent = target.reason || "Skipped.";
@@ -82,7 +116,11 @@
     });
   }
 
+  // Read at once when the live channel (live.js) says this rollout moved on.
+  var timer = null;
+
   function poll(root) {
+    clearTimeout(timer);
     fetch(root.dataset.rolloutUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (resp) {
         return resp.ok ? resp.json() : null;
@@ -90,10 +128,14 @@
       .then(function (rollout) {
         if (rollout) render(root, rollout);
         var done = rollout && FINAL.indexOf(rollout.status) !== -1 && rollout.summary.running === 0;
-        if (!done) setTimeout(function () { poll(root); }, 1000);
+        // With the live channel open, events bring the changes and polling only backs it up.
+        var live = document.documentElement.dataset.live === "open";
+        clearTimeout(timer);
+        if (!done) timer = setTimeout(function () { poll(root); }, live ? 5000 : 1000);
       })
       .catch(function () {
-        setTimeout(function () { poll(root); }, 3000);
+        clearTimeout(timer);
+        timer = setTimeout(function () { poll(root); }, 3000);
       });
   }
 
@@ -103,6 +145,12 @@
     // Badges get their colours from the states rendered by the server.
     Array.prototype.forEach.call(root.querySelectorAll('[data-cell="state"]'), function (node) {
       setBadge(node, node.textContent.trim());
+    });
+    drawProgress(null);
+    var id = root.dataset.rolloutUrl.split("/").pop();
+    document.addEventListener("dynserv:live", function (e) {
+      var d = e.detail || {};
+      if (d.topic === "resync" || (d.topic === "rollouts" && d.data && d.data.id === id)) poll(root);
     });
     poll(root);
   }

@@ -449,6 +449,11 @@ async fn serve_agent(
     }
 
     fleet.record_presence(&agent_id, true).await;
+    fleet.inner.events.publish(crate::live::Event::agent(
+        &agent_id,
+        &agent.project_id,
+        true,
+    ));
     let renewal = Renewal {
         presented: cert.to_vec(),
         presented_sha256: cert_sha256.clone(),
@@ -465,13 +470,15 @@ async fn serve_agent(
     )
     .await;
 
-    let removed = {
+    let (removed, gone) = {
         let mut conns = lock(&fleet.inner.conns);
         let ours = conns.get(&agent_id).is_some_and(|c| Arc::ptr_eq(c, &conn));
         if ours {
             conns.remove(&agent_id);
         }
-        ours
+        // No other connection of the agent took this one's place (a revocation
+        // removed it already).
+        (ours, !conns.contains_key(&agent_id))
     };
     if removed {
         fleet.record_presence(&agent_id, false).await;
@@ -484,6 +491,13 @@ async fn serve_agent(
                 at: seen,
             })
             .await;
+    }
+    if gone {
+        fleet.inner.events.publish(crate::live::Event::agent(
+            &agent_id,
+            &agent.project_id,
+            false,
+        ));
     }
     tracing::info!(agent = %agent_id, "agent disconnected");
     result
@@ -893,7 +907,7 @@ fn expire(fleet: &Fleet, execution: &Execution) {
         .store
         .write(|w| executions::finish(w, &execution.id, Status::Failed, None, summary, Utc::now()));
     if matches!(ended, Ok(true)) {
-        fleet.publish_end(&execution.id);
+        fleet.publish_end(&execution.id, &execution.project_id, "failed");
     }
 }
 
@@ -964,7 +978,7 @@ async fn drive_job(
         })
         .await?;
         if ended {
-            fleet.publish_end(&execution.id);
+            fleet.publish_end(&execution.id, &execution.project_id, "failed");
         }
         return Ok(());
     }

@@ -18,6 +18,7 @@ use super::gateway::JobCommand;
 use super::hub::{Hub, LiveEvent};
 use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
+use crate::live::Events;
 use crate::store::{Read, Store, Writer};
 
 /// Most items applied in one transaction.
@@ -75,13 +76,13 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the ingestion thread; it ends when every `Ingest` is dropped.
     /// `max_output` is the most output bytes stored per execution.
-    pub fn spawn(store: Store, hub: Hub, max_output: u64) -> Ingest {
+    pub fn spawn(store: Store, hub: Hub, events: Events, max_output: u64) -> Ingest {
         let (tx, rx) = mpsc::channel(16 * 1024);
         std::thread::Builder::new()
             .name("fleet-ingest".into())
             .spawn(move || {
                 crate::store::allow_blocking_here();
-                run(store, hub, max_output, rx)
+                run(store, hub, events, max_output, rx)
             })
             .expect("spawning the ingestion thread");
         Ingest { tx }
@@ -93,7 +94,7 @@ impl Ingest {
     }
 }
 
-fn run(store: Store, hub: Hub, max_output: u64, mut rx: mpsc::Receiver<Item>) {
+fn run(store: Store, hub: Hub, events: Events, max_output: u64, mut rx: mpsc::Receiver<Item>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -103,7 +104,7 @@ fn run(store: Store, hub: Hub, max_output: u64, mut rx: mpsc::Receiver<Item>) {
                 Err(_) => break,
             }
         }
-        apply(&store, &hub, max_output, &mut batch);
+        apply(&store, &hub, &events, max_output, &mut batch);
         batch.clear();
     }
 }
@@ -142,9 +143,17 @@ struct Outcome {
     acks: HashMap<Arc<str>, u64>,
     /// Jobs an agent started although their execution had already ended.
     stale_starts: Vec<mpsc::UnboundedSender<JobCommand>>,
+    /// Status changes for the pages (`live`).
+    changes: Vec<crate::live::Event>,
 }
 
-fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
+/// The live event of an execution's status as this transaction left it.
+fn status_change(w: &Writer, execution_id: &str) -> anyhow::Result<Option<crate::live::Event>> {
+    Ok(w.get::<executions::Execution>(execution_id)?
+        .map(|e| crate::live::Event::execution(&e.id, &e.project_id, e.status.as_str())))
+}
+
+fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut Vec<Item>) {
     let now = Utc::now();
     let result = store.write(|w| {
         prefetch(w, batch)?;
@@ -169,6 +178,9 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                     let active = w
                         .get::<executions::Execution>(execution_id)?
                         .is_some_and(|e| !e.status.is_final());
+                    if active {
+                        outcome.changes.extend(status_change(w, execution_id)?);
+                    }
                     // Only while the job is active: a start reported after its end
                     // (a resumed stream of a finished job) leaves nothing behind, and
                     // a job cancelled while it was on its way is stopped.
@@ -246,6 +258,7 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                         outcome
                             .published
                             .push((execution_id.clone(), LiveEvent::End));
+                        outcome.changes.extend(status_change(w, execution_id)?);
                     }
                 }
             }
@@ -283,6 +296,9 @@ fn apply(store: &Store, hub: &Hub, max_output: u64, batch: &mut Vec<Item>) {
                     }
                     _ => {}
                 }
+            }
+            for change in outcome.changes {
+                events.publish(change);
             }
             let mut run_start = 0;
             let events = outcome.published;
@@ -350,7 +366,7 @@ mod tests {
                 driver: Some(live_tx),
             },
         ];
-        apply(&store, &Hub::default(), u64::MAX, &mut batch);
+        apply(&store, &Hub::default(), &Events::new(), u64::MAX, &mut batch);
         assert!(matches!(stale_rx.try_recv(), Ok(JobCommand::Cancel)));
         assert!(live_rx.try_recv().is_err());
         let stored = |id: &str| {

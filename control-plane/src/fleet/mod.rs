@@ -76,6 +76,8 @@ pub(crate) struct Inner {
     pub data_dir: PathBuf,
     pub ca: ca::FleetCa,
     pub hub: Hub,
+    /// Live events for pages (agents connecting, executions changing status).
+    pub events: crate::live::Events,
     pub ingest: ingest::Ingest,
     /// The most output bytes stored per execution; agents are told in each job.
     pub max_output: u64,
@@ -113,13 +115,15 @@ impl Fleet {
     pub fn new(store: Store, data_dir: &Path, max_output: u64) -> Result<Fleet> {
         let ca = ca::load_or_create(&store, data_dir)?;
         let hub = Hub::default();
-        let ingest = ingest::Ingest::spawn(store.clone(), hub.clone(), max_output);
+        let events = crate::live::Events::new();
+        let ingest = ingest::Ingest::spawn(store.clone(), hub.clone(), events.clone(), max_output);
         Ok(Fleet {
             inner: Arc::new(Inner {
                 store,
                 data_dir: data_dir.to_path_buf(),
                 ca,
                 hub,
+                events,
                 ingest,
                 max_output,
                 conns: Mutex::new(HashMap::new()),
@@ -210,6 +214,11 @@ impl Fleet {
     /// The live fan-out hub.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The live events of pages.
+    pub fn events(&self) -> &crate::live::Events {
+        &self.inner.events
     }
 
     /// The data directory (for the demo agent's state).
@@ -383,6 +392,7 @@ impl Fleet {
     /// is acted on here.
     pub fn join(&self, cluster: crate::cluster::Cluster) {
         self.inner.hub.set_cluster(cluster.clone());
+        self.inner.events.join(cluster.clone());
         let _ = self.inner.cluster.set(cluster);
     }
 
@@ -413,12 +423,18 @@ impl Fleet {
         true
     }
 
-    /// Announces to viewers that an execution ended outside the agent's stream (a
-    /// queued job cancelled or expired).
-    pub fn publish_end(&self, execution_id: &str) {
+    /// Announces to viewers that an execution of `project_id` ended outside the
+    /// agent's stream (a queued job cancelled or expired, a job failed here): its log
+    /// viewers and the pages that list it.
+    pub fn publish_end(&self, execution_id: &str, project_id: &str, status: &str) {
         self.inner
             .hub
             .publish_stored(execution_id, &[LiveEvent::End]);
+        self.inner.events.publish(crate::live::Event::execution(
+            execution_id,
+            project_id,
+            status,
+        ));
     }
 
     /// Closes an agent's connection unless it comes from the machine `host_id` (after
@@ -528,6 +544,7 @@ impl crate::cluster::Receiver for Fleet {
             Message::End { execution } => {
                 self.inner.hub.publish(&execution, [LiveEvent::End]);
             }
+            Message::Live { event } => self.inner.events.publish_here(event),
             Message::Output {
                 execution,
                 first,

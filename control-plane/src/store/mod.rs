@@ -240,6 +240,8 @@ pub struct Store {
     failure: Arc<Mutex<Option<String>>>,
     /// Free bytes under the store's directory below which new work is refused.
     space_floor: Arc<AtomicU64>,
+    /// Where the live events a transaction announced go once it committed.
+    announcer: Arc<OnceLock<crate::live::Events>>,
 }
 
 /// New work refused because free space under the data directory is below the
@@ -331,6 +333,7 @@ impl Store {
             sealing: Arc::new(OnceLock::new()),
             failure: Arc::new(Mutex::new(None)),
             space_floor: Arc::new(AtomicU64::new(0)),
+            announcer: Arc::new(OnceLock::new()),
         }
     }
 
@@ -485,6 +488,12 @@ impl Store {
         let _ = self.sealing.set(keys);
     }
 
+    /// Where the live events that transactions announce ([`Writer::announce`]) are
+    /// published after each commit; set once by the application.
+    pub fn announce_to(&self, events: crate::live::Events) {
+        let _ = self.announcer.set(events);
+    }
+
     /// Runs `f` in a read transaction: a consistent snapshot.
     #[track_caller]
     pub fn read<R>(&self, f: impl FnOnce(&Reader) -> Result<R>) -> Result<R> {
@@ -534,6 +543,7 @@ impl Store {
             txn,
             sealing: self.sealing.clone(),
             store: self.clone(),
+            announced: Vec::new(),
         };
         let value = match f(&mut writer) {
             Ok(value) => value,
@@ -546,6 +556,7 @@ impl Store {
                 return Err(e);
             }
         };
+        let announced = std::mem::take(&mut writer.announced);
         match writer.txn {
             WriteTxn::Redb(txn) => txn
                 .commit()
@@ -556,6 +567,12 @@ impl Store {
         }
         if self.health().is_err() {
             self.set_failure(None);
+        }
+        // Told only now: a page never hears of a change that was rolled back.
+        if let Some(events) = self.announcer.get() {
+            for event in announced {
+                events.publish(event);
+            }
         }
         Ok(value)
     }
@@ -840,6 +857,8 @@ pub struct Writer {
     sealing: Arc<OnceLock<Keys>>,
     /// The store this transaction belongs to (for its free-space floor).
     store: Store,
+    /// Live events to publish once this transaction committed.
+    announced: Vec<crate::live::Event>,
 }
 
 impl Reader {
@@ -855,6 +874,16 @@ impl Reader {
             .meta_get(key)?
             .map(|v| serde_json::from_slice(&v).context("decoding a meta value"))
             .transpose()
+    }
+}
+
+impl Writer {
+    /// Publishes a live event for pages once this transaction commits (never when it
+    /// is rolled back).
+    pub fn announce(&mut self, event: crate::live::Event) {
+        if !self.announced.contains(&event) {
+            self.announced.push(event);
+        }
     }
 }
 

@@ -159,7 +159,8 @@ pub fn accept_host(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<agent
         app.fleet.disconnect_other_host(&accepted.agent.id, host_id);
     }
     for execution_id in &accepted.failed_executions {
-        app.fleet.publish_end(execution_id);
+        app.fleet
+            .publish_end(execution_id, &accepted.agent.project_id, "failed");
     }
     Ok(accepted)
 }
@@ -349,12 +350,18 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             app.store.write(|w| {
                 // The agents named by id, read in one query on PostgreSQL (and kept
                 // by the transaction for `create`), their names' terms in another.
-                let names: Vec<String> = w
+                let found: Vec<crate::agents::Agent> = w
                     .get_many::<crate::agents::Agent>(&targets)?
                     .into_iter()
                     .flatten()
-                    .map(|a| a.name)
                     .collect();
+                // A playbook names its host after the agent's server: read them together.
+                if input.kind.as_deref() == Some("playbook") {
+                    let servers: Vec<String> =
+                        found.iter().filter_map(|a| a.server_id.clone()).collect();
+                    w.prefetch::<crate::servers::Server>(&servers)?;
+                }
+                let names: Vec<String> = found.into_iter().map(|a| a.name).collect();
                 executions::prefetch_terms(w, &names)?;
                 let mut created = Vec::with_capacity(targets.len());
                 let mut one = input.clone();
@@ -435,12 +442,17 @@ pub fn execution_filter(r: &impl Read, req: &Req, ctx: &Ctx) -> AppResult<execut
             agents::find_visible(r, &ctx.subject, &agent).map_err(|_| unknown("agent", &agent))?;
         filter.agent_id = Some(found.id);
     }
+    filter.project_id = super::project_filter(r, req, ctx)?;
+    // A server by id or by name (within the project filter when one is given).
     if let Some(server) = given("server") {
-        let found = crate::servers::get_visible(r, &ctx.subject, &server)
-            .map_err(|_| unknown("server", &server))?;
+        let found =
+            crate::servers::find_visible(r, &ctx.subject, &server, filter.project_id.as_deref())
+                .map_err(|e| match e.kind {
+                    crate::error::Kind::Invalid => AppError::bad_request(e.message),
+                    _ => unknown("server", &server),
+                })?;
         filter.server_id = Some(found.id);
     }
-    filter.project_id = super::project_filter(r, req, ctx)?;
     if let Some(script) = given("script") {
         let found = crate::scripts::get_visible(r, &ctx.subject, &script)
             .map_err(|_| unknown("script", &script))?;
@@ -650,7 +662,8 @@ pub fn cancel(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Execution>
     })?;
     match outcome {
         CancelOutcome::CancelledQueued => {
-            app.fleet.publish_end(&execution.id);
+            app.fleet
+                .publish_end(&execution.id, &execution.project_id, "cancelled");
             // A copy may already be on its way to the agent.
             app.fleet.cancel(&execution);
         }
@@ -731,6 +744,7 @@ pub fn rerun_input(
             vars,
             check,
             ansible_fallback,
+            ..
         } => {
             input.kind = Some("playbook".into());
             input.playbook = Some(playbook.clone());
@@ -749,19 +763,7 @@ pub fn rerun_input(
             )))
         }
     }
-    let secret_names: Vec<String> = match &original.script_id {
-        Some(id) => r
-            .get::<crate::scripts::Script>(id)?
-            .map(|s| {
-                s.variables
-                    .into_iter()
-                    .filter(|v| v.secret)
-                    .map(|v| v.name)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
+    let secret_names = rerun_secret_names(r, original)?;
     let mut missing = Vec::new();
     for name in &secret_names {
         match given.vars.get(name) {
@@ -787,6 +789,27 @@ pub fn rerun_input(
         ));
     }
     Ok(input)
+}
+
+/// The secret variables a re-run of `original` must be given again: those its stored
+/// script declares secret (their values were never kept).
+pub fn rerun_secret_names(
+    r: &impl crate::store::Read,
+    original: &executions::Execution,
+) -> anyhow::Result<Vec<String>> {
+    Ok(match &original.script_id {
+        Some(id) => r
+            .get::<crate::scripts::Script>(id)?
+            .map(|s| {
+                s.variables
+                    .into_iter()
+                    .filter(|v| v.secret)
+                    .map(|v| v.name)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    })
 }
 
 /// `POST /api/v1/executions/{id}/rerun` (`{"vars"?}`) → `201 {"id", "status", ...}`: the

@@ -12,7 +12,7 @@ use super::{redirect, Ctx, Req, Resp};
 use crate::agents::{self, Agent};
 use crate::app::App;
 use crate::error::{AppError, AppResult, Kind};
-use crate::executions::{self, NewExecution};
+use crate::executions::{self, ExecutionView, NewExecution};
 use crate::policy::{self, Action};
 use crate::projects::{self, Project};
 use crate::servers;
@@ -388,12 +388,66 @@ pub fn run_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
     }
 }
 
-/// `GET /executions`.
+/// The filters the executions page's form shows as fields; the rest it carries hidden.
+const EXECUTION_FORM_FIELDS: [&str; 9] = [
+    "q",
+    "status",
+    "kind",
+    "project",
+    "server",
+    "script",
+    "started_by",
+    "since",
+    "until",
+];
+
+/// `GET /executions`: one page of the filtered executions, newest first, each with
+/// its name, server, project, rollout, who, status and duration (a failed one with
+/// its reason), and a pager through the list's cursor.
 pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
     require(ctx, Action::ViewServers, None)?;
     let paging = req.paging_with(50)?;
-    let (rows, next) = fleet_api::executions_page_of(app, req, ctx, &paging)?;
+    // A filter naming nothing (an unknown server name, a bad date) shows the form with
+    // the message above an empty list.
+    let (filter, filter_error) = match app
+        .store
+        .read(|r| Ok(fleet_api::execution_filter(r, req, ctx)))?
+    {
+        Ok(filter) => (Some(filter), None),
+        Err(e) if e.kind == Kind::BadRequest => (None, Some(e.message)),
+        Err(e) => return Err(e),
+    };
+    let (rows, next, projects, scripts) = app.store.read(|r| {
+        let (items, next) = match &filter {
+            Some(filter) => {
+                let page = executions::query(
+                    r,
+                    &ctx.subject,
+                    filter,
+                    paging.cursor.as_deref(),
+                    paging.limit,
+                )?;
+                (page.items, page.next)
+            }
+            None => (Vec::new(), None),
+        };
+        let projects = projects::all(r)?;
+        let rows = execution_rows(r, ctx, &items, &projects)?;
+        let filter = filter.clone().unwrap_or_default();
+        let selected = filter.project_id.clone().unwrap_or_default();
+        let projects: Vec<Value> = projects
+            .iter()
+            .filter(|p| policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)))
+            .map(|p| json!({"id": p.id, "name": p.name, "selected": p.id == selected}))
+            .collect();
+        let script = filter.script_id.clone().unwrap_or_default();
+        let scripts: Vec<Value> = crate::scripts::visible(r, &ctx.subject)?
+            .iter()
+            .map(|s| json!({"id": s.id, "name": s.name, "selected": s.id == script}))
+            .collect();
+        Ok((rows, next, projects, scripts))
+    })?;
     // Every filter has a value (empty when not given): templates are strict.
     let filters: serde_json::Map<String, serde_json::Value> = fleet_api::EXECUTION_FILTERS
         .iter()
@@ -407,24 +461,33 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let filtered = fleet_api::EXECUTION_FILTERS
         .iter()
         .any(|name| req.text_filter(name).is_some());
-    let hidden: Vec<serde_json::Value> = ["server", "agent", "project", "script", "rollout"]
+    let hidden: Vec<serde_json::Value> = fleet_api::EXECUTION_FILTERS
         .iter()
+        .filter(|name| !EXECUTION_FORM_FIELDS.contains(name))
         .filter_map(|name| {
             req.text_filter(name)
                 .map(|v| json!({"name": name, "value": v}))
         })
         .collect();
-    page(
+    let status = match filter_error {
+        Some(_) => StatusCode::BAD_REQUEST,
+        None => StatusCode::OK,
+    };
+    super::pages::page_with_status(
         app,
         req,
         ctx,
+        status,
         "executions",
         "Executions",
         json!({
             "executions": rows,
+            "filter_error": filter_error,
             "filters": filters,
             "hidden_filters": hidden,
             "filtered": filtered,
+            "projects": projects,
+            "scripts": scripts,
             "statuses": executions::Status::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
             "kinds": executions::KINDS,
             "pager": req.pager(&paging, next.as_deref()),
@@ -432,11 +495,81 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     )
 }
 
+/// The executions list's rows: each view with its server's and project's names, why
+/// it failed (a backup's own error, else the job's summary) and whether the caller
+/// may run it again. Servers and backups are read in one query each.
+fn execution_rows(
+    r: &impl Read,
+    ctx: &Ctx,
+    items: &[executions::Execution],
+    projects: &[Project],
+) -> anyhow::Result<Vec<Value>> {
+    let server_ids: Vec<String> = items.iter().filter_map(|e| e.server_id.clone()).collect();
+    let servers: std::collections::HashMap<String, String> = r
+        .get_many::<servers::Server>(&server_ids)?
+        .into_iter()
+        .flatten()
+        .map(|s| (s.id, s.name))
+        .collect();
+    let failed_backups: Vec<String> = items
+        .iter()
+        .filter(|e| e.status == executions::Status::Failed)
+        .filter_map(|e| match &e.work {
+            executions::Work::ComposeBackup { backup_id, .. } => Some(backup_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let backup_errors: std::collections::HashMap<String, String> = r
+        .get_many::<crate::backups::Backup>(&failed_backups)?
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.error.map(|error| (b.execution_id, error)))
+        .collect();
+    let project_names: std::collections::HashMap<&str, &str> = projects
+        .iter()
+        .map(|p| (p.id.as_str(), p.name.as_str()))
+        .collect();
+    let mut rows = Vec::with_capacity(items.len());
+    for e in items {
+        let mut row = serde_json::to_value(ExecutionView::new(e, Some(e.agent_name.clone())))?;
+        let failed = matches!(
+            e.status,
+            executions::Status::Failed | executions::Status::TimedOut
+        );
+        let reason = match failed {
+            true => backup_errors
+                .get(&e.id)
+                .cloned()
+                .or_else(|| e.summary.clone().filter(|s| !s.trim().is_empty())),
+            false => None,
+        };
+        row["server_name"] = json!(e.server_id.as_ref().and_then(|id| servers.get(id)));
+        row["project_name"] = json!(project_names.get(e.project_id.as_str()));
+        row["reason"] = json!(reason);
+        row["can_rerun"] = json!(may_rerun(ctx, e));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Whether the caller may run an execution's work again from here: a script or a
+/// playbook that ended, on a project where the caller operates servers.
+fn may_rerun(ctx: &Ctx, e: &executions::Execution) -> bool {
+    policy::can(&ctx.subject, Action::OperateServers, Some(&e.project_id))
+        && matches!(e.work.kind(), "script" | "playbook")
+        && e.status.is_final()
+}
+
 /// `GET /executions/{id}`: status and the live log.
 pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
-    let (view, script, server_name) = app.store.read(|r| {
+    let (view, script, server_name, can_rerun, rerun_secrets) = app.store.read(|r| {
         let e = executions::get_visible(r, &ctx.subject, id)?;
+        let can_rerun = may_rerun(ctx, &e);
+        let rerun_secrets = match can_rerun {
+            true => !fleet_api::rerun_secret_names(r, &e)?.is_empty(),
+            false => false,
+        };
         let script = match &e.work {
             executions::Work::Script { interpreter, script, .. } => json!({"interpreter": interpreter, "text": script}),
             executions::Work::Playbook { playbook, check, .. } => json!({"interpreter": if *check { "playbook (check mode)" } else { "playbook" }, "text": playbook}),
@@ -446,13 +579,16 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
             Some(sid) => r.get::<servers::Server>(sid)?.map(|s| s.name),
             None => None,
         };
-        Ok((fleet_api::execution_view(r, &e)?, script, server_name))
+        Ok((
+            fleet_api::execution_view(r, &e)?,
+            script,
+            server_name,
+            can_rerun,
+            rerun_secrets,
+        ))
     })?;
     let can_cancel = policy::can(&ctx.subject, Action::OperateServers, Some(&view.project_id))
         && matches!(view.status, "queued" | "running");
-    let can_rerun = policy::can(&ctx.subject, Action::OperateServers, Some(&view.project_id))
-        && matches!(view.kind, "script" | "playbook")
-        && !matches!(view.status, "queued" | "running");
     let title = format!(
         "Execution on {}",
         server_name
@@ -466,16 +602,67 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         ctx,
         "execution",
         &title,
-        json!({"execution": view, "script": script, "server_name": server_name, "can_cancel": can_cancel, "can_rerun": can_rerun}),
+        json!({"execution": view, "script": script, "server_name": server_name, "can_cancel": can_cancel, "can_rerun": can_rerun, "rerun_secrets": rerun_secrets}),
     )
 }
 
-/// `POST /executions/{id}/cancel`.
-/// `POST /executions/{id}/rerun`: the same work again on the same agent; a problem
-/// (secret variables to give again, a revoked agent) comes back as a message.
+/// The re-run form of an execution: what runs again where, and a field for each
+/// secret variable to give again.
+fn rerun_form_page(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    status: StatusCode,
+    error: Option<&str>,
+) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
+    let (original, secrets, server_name) = app.store.read(|r| {
+        let original = executions::get_visible(r, &ctx.subject, id)?;
+        let secrets = fleet_api::rerun_secret_names(r, &original)?;
+        let server_name = match &original.server_id {
+            Some(sid) => r.get::<servers::Server>(sid)?.map(|s| s.name),
+            None => None,
+        };
+        Ok((original, secrets, server_name))
+    })?;
+    require(ctx, Action::OperateServers, Some(&original.project_id))?;
+    super::pages::page_with_status(
+        app,
+        req,
+        ctx,
+        status,
+        "execution_rerun",
+        &format!("Run {} again", original.name),
+        json!({
+            "execution": {"id": original.id, "name": original.name, "kind": original.work.kind(), "agent_name": original.agent_name},
+            "server_name": server_name,
+            "secrets": secrets,
+            "error": error,
+            "can_rerun": may_rerun(ctx, &original),
+        }),
+    )
+}
+
+/// `GET /executions/{id}/rerun`: the re-run form (asks for the secret variables again).
+pub fn rerun_form(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    rerun_form_page(app, req, ctx, id, StatusCode::OK, None)
+}
+
+/// `POST /executions/{id}/rerun`: the same work again on the same agent, with the
+/// secret variables from the form's `secret.NAME` fields. Missing secrets bring the
+/// form back with the message; a conflict (a backup, a revoked agent) goes back to the
+/// execution with it.
 pub fn rerun_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
-    let given = fleet_api::RerunInput::default();
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let mut given = fleet_api::RerunInput::default();
+    for (name, value) in form.pairs() {
+        if let Some(var) = name.strip_prefix("secret.") {
+            given.vars.insert(var.to_string(), json!(value));
+        }
+    }
     let started = app
         .store
         .read(|r| {
@@ -488,7 +675,15 @@ pub fn rerun_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
             &format!("/executions/{}", e.id),
             Some(("success", "Started again.")),
         )),
-        Err(e) if matches!(e.kind, Kind::Conflict | Kind::Invalid) => Ok(redirect(
+        Err(e) if e.kind == Kind::Invalid => rerun_form_page(
+            app,
+            req,
+            ctx,
+            id,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&e.message),
+        ),
+        Err(e) if e.kind == Kind::Conflict => Ok(redirect(
             &format!("/executions/{id}"),
             Some(("warning", &format!("Not started again: {}", e.message))),
         )),
@@ -496,6 +691,7 @@ pub fn rerun_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> 
     }
 }
 
+/// `POST /executions/{id}/cancel`.
 pub fn cancel_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
     let form = req.form()?;

@@ -14,6 +14,7 @@ pub mod fleet_api;
 pub mod fleet_pages;
 pub mod hetzner_api;
 pub mod hetzner_pages;
+pub mod live_api;
 pub mod offsite_api;
 pub mod offsite_pages;
 pub mod ops_api;
@@ -164,6 +165,10 @@ impl Form {
     /// Whether a checkbox was ticked.
     pub fn checked(&self, name: &str) -> bool {
         matches!(self.get(name), Some("on" | "true" | "1" | "yes"))
+    }
+    /// Every field in order, as sent.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
     /// All fields, for re-rendering a form with what the user typed.
     pub fn values(&self) -> serde_json::Map<String, serde_json::Value> {

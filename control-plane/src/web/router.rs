@@ -52,6 +52,8 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
     let m = &req.method;
     let result = match (m, rest) {
         (&Method::GET, ["me"]) => api::me(app, &ctx),
+        // Live events for pages (server-sent events).
+        (&Method::GET, ["events"]) => super::live_api::events(app, req, &ctx),
         // Alerts: webhooks and their deliveries, the caller's e-mail choices.
         (&Method::GET, ["me", "alerts"]) => super::alerts_api::my_alerts(app, &ctx),
         (&Method::PUT, ["me", "alerts"]) => super::alerts_api::save_my_alerts(app, req, &ctx),
@@ -398,6 +400,7 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["executions", id, "cancel"]) => {
             fleet_pages::cancel_page(app, req, &ctx, id)
         }
+        (&Method::GET, ["executions", id, "rerun"]) => fleet_pages::rerun_form(app, req, &ctx, id),
         (&Method::POST, ["executions", id, "rerun"]) => fleet_pages::rerun_page(app, req, &ctx, id),
         // Operations pages: backups, restores, system updates, schedules.
         (&Method::GET, ["backups"]) => super::ops_pages::backups_page(app, req, &ctx),

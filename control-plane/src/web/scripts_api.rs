@@ -257,12 +257,16 @@ pub fn cancel_rollout_now(
     for (execution, outcome) in &cancelled {
         match outcome {
             crate::executions::CancelOutcome::CancelledQueued => {
-                app.fleet.publish_end(&execution.id);
+                app.fleet
+                    .publish_end(&execution.id, &execution.project_id, "cancelled");
                 app.fleet.cancel(execution);
             }
             crate::executions::CancelOutcome::TellAgent => app.fleet.cancel(execution),
         }
     }
+    app.fleet
+        .events()
+        .publish(crate::live::Event::rollout(&rollout));
     Ok(rollout)
 }
 
