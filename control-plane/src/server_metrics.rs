@@ -505,7 +505,8 @@ pub struct Range {
 }
 
 /// Reads `since` (RFC 3339 or unix seconds; default an hour ago, at most 30 days
-/// back) and `step` (seconds, 10 to 86400; default the range over 360), as of `now`.
+/// back) and `step` (seconds, 10 to 86400; default the range over 360, whole 5 minutes
+/// past six hours), as of `now`.
 /// The 10-second window answers ranges within its day at steps under 5 minutes,
 /// the 5-minute window the rest.
 pub fn range(since: Option<&str>, step: Option<&str>, now: i64) -> Result<Range, AppError> {
@@ -534,7 +535,8 @@ pub fn range(since: Option<&str>, step: Option<&str>, now: i64) -> Result<Range,
     let step = match step.map(str::trim).filter(|s| !s.is_empty()) {
         None => {
             let wanted = (span + 359) / 360;
-            let base = if wanted < COARSE.secs {
+            // Past six hours, the 5-minute points: far fewer to read.
+            let base = if span <= 6 * 3_600 {
                 FINE.secs
             } else {
                 COARSE.secs
