@@ -85,7 +85,11 @@ async fn server_page_draws_the_charts_and_deploys() {
     }
 
     // Another range asks again and draws again.
-    browser.click("[data-range-step='300']").await;
+    // Clicked from the page's script: the button sits below the fold of the page's
+    // own scrolling container, where WebDriver reports the click as intercepted.
+    browser
+        .eval("document.querySelector(\"[data-range-step='300']\").click();")
+        .await;
     eventually(WAIT, "the day range is drawn", || async {
         let status = browser.text("[data-metrics-status]").await;
         status.contains("one per 300 s").then_some(())
@@ -104,7 +108,12 @@ async fn server_page_draws_the_charts_and_deploys() {
         .await;
 
     // The deploy button runs the project's deploy command after a confirmation.
-    browser.click("#deploy-button").await;
+    browser
+        .eval("document.querySelector('#deploy-button').click();")
+        .await;
+    browser
+        .wait_for(".modal.show[data-confirm-ready] [data-confirm-ok]")
+        .await;
     browser.click(".modal.show [data-confirm-ok]").await;
     let path = eventually(WAIT, "the deploy's execution page", || async {
         let path = browser.path().await;
