@@ -104,6 +104,9 @@ async fn server_page_draws_the_charts_and_deploys() {
         .collect();
     assert!(violations.is_empty(), "{violations:?}");
     browser
+        .eval("document.querySelector('#server-metrics').scrollIntoView();")
+        .await;
+    browser
         .screenshot(&cp.artifact("server-page-charts.png"))
         .await;
 
