@@ -106,7 +106,12 @@ async fn heartbeats_become_stored_points() {
     assert_eq!(status, 200, "{body}");
     let later = body["points"].as_array().cloned().unwrap_or_default();
     assert_eq!(later.len(), kept.len() - 1, "{body}");
-    assert!(later.iter().all(|p| p["at"].as_str().unwrap() > first.as_str()), "{body}");
+    assert!(
+        later
+            .iter()
+            .all(|p| p["at"].as_str().unwrap() > first.as_str()),
+        "{body}"
+    );
 
     // A coarser step averages: fewer points.
     let (status, body) = api
@@ -131,7 +136,11 @@ fn unix_of(at: &str) -> i64 {
     let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
     let t: Vec<i64> = time.split(':').map(|p| p.parse().unwrap()).collect();
     // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d[2] - 1;
