@@ -841,7 +841,7 @@ mod tests {
         let (_dir, store) = store();
         let buffer = Buffer::default();
         let t0 = 1_800_000_000; // a whole hour
-        // Two hours of 10 s points for s1, the first hour for s2.
+                                // Two hours of 10 s points for s1, the first hour for s2.
         for i in 0..720 {
             buffer.record("s1", &sample(t0 + i * 10, 1.0, None, 1));
             if i < 360 {

@@ -211,3 +211,59 @@ async fn metrics_checks_values_and_permissions() {
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// The store side on PostgreSQL (the redb side is the unit tests'): buffered points
+/// are written in one transaction, read back as a range, and expired through the
+/// expiry index once their retention is over, younger ones kept.
+#[test]
+fn points_are_written_read_and_expired_on_postgres() {
+    use dynserv::server_metrics::{self, Buffer, Range, Sample, FINE};
+    use dynserv::store::Store;
+
+    let database = dynserv_tests::postgres::TestDatabase::create();
+    let store = Store::connect(database.url()).expect("the test database");
+    let buffer = Buffer::default();
+    let t0: i64 = 1_800_000_000; // a whole hour
+    let sample = |at: i64| Sample {
+        at,
+        load1: 1.0,
+        cpu_percent: Some(25.0),
+        mem_used: 100,
+        mem_total: 200,
+        disk_used: 10,
+        disk_total: 20,
+    };
+    // Two hours of 10 s points for s1, the first for s2.
+    for i in 0..720 {
+        buffer.record("s1", &sample(t0 + i * 10));
+        if i < 360 {
+            buffer.record("s2", &sample(t0 + i * 10));
+        }
+        if i % 90 == 89 {
+            server_metrics::flush(&store, &buffer, t0 + i * 10 + 10, false).unwrap();
+        }
+    }
+    let count = |server: &str| {
+        let range = Range {
+            since: t0,
+            until: t0 + 7_200,
+            step: 10,
+            window: 0,
+        };
+        store
+            .read(|r| server_metrics::query(r, &Buffer::default(), server, &range))
+            .unwrap()
+            .len()
+    };
+    assert_eq!((count("s1"), count("s2")), (720, 360));
+    let due = t0 + 3_600 + FINE.keep_secs;
+    assert_eq!(
+        server_metrics::expire(&store, due - 1, 100_000)
+            .unwrap()
+            .points,
+        0
+    );
+    let expired = server_metrics::expire(&store, due, 100_000).unwrap();
+    assert_eq!(expired.points, 720, "{expired:?}");
+    assert_eq!((count("s1"), count("s2")), (360, 0));
+}
