@@ -504,7 +504,7 @@ pub struct Range {
     pub window: usize,
 }
 
-/// Reads `since` (RFC 3339 or unix seconds; default an hour ago, at most 30 days
+/// Reads `since` (RFC 3339 or unix seconds; default an hour ago, at most 31 days
 /// back) and `step` (seconds, 10 to 86400; default the range over 360, whole 5 minutes
 /// past six hours), as of `now`.
 /// The 10-second window answers ranges within its day at steps under 5 minutes,
@@ -526,9 +526,11 @@ pub fn range(since: Option<&str>, step: Option<&str>, now: i64) -> Result<Range,
     if since >= now {
         return Err(AppError::bad_request("since must be in the past"));
     }
-    if since < now - COARSE.keep_secs {
+    // A day of slack past the retention: a browser's clock a little behind ours still
+    // asks for "the last 30 days".
+    if since < now - COARSE.keep_secs - 86_400 {
         return Err(AppError::bad_request(
-            "since must be within the last 30 days (older points are not kept)",
+            "since must be within the last 31 days (points are kept 30)",
         ));
     }
     let span = now - since;
@@ -775,12 +777,19 @@ mod tests {
         assert_eq!((fine_day.step, fine_day.window), (120, 0));
         let week = range(Some(&(now - 7 * 86_400).to_string()), Some("1800"), now).unwrap();
         assert_eq!(week.window, 1);
+        let month = range(
+            Some(&(now - 30 * 86_400 - 5).to_string()),
+            Some("7200"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(month.window, 1, "a browser's clock a little behind is fine");
         let rfc = range(Some("2027-01-15T07:00:00Z"), Some("60"), now).unwrap();
         assert_eq!((rfc.since, rfc.step, rfc.window), (now - 3_600, 60, 0));
         for (since, step) in [
             (Some("yesterday"), None),
             (Some(&*(now + 1).to_string()), None),
-            (Some(&*(now - 31 * 86_400).to_string()), None),
+            (Some(&*(now - 32 * 86_400).to_string()), None),
             (None, Some("5")),
             (None, Some("ten")),
             (None, Some("100000")),

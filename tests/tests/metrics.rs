@@ -183,7 +183,7 @@ async fn metrics_checks_values_and_permissions() {
         ("?step=100000", "step"),
         ("?since=yesterday", "since"),
         (&*format!("?since={}", now + 60), "since"),
-        (&*format!("?since={}", now - 40 * 86_400), "30 days"),
+        (&*format!("?since={}", now - 40 * 86_400), "31 days"),
         (
             &*format!("?since={}&step=10", now - 86_400),
             "at most 1000 points",
