@@ -565,9 +565,12 @@ async fn session(
     let heartbeats = async {
         let mut tick = tokio::time::interval(Duration::from_secs(heartbeat_s));
         tick.tick().await;
+        // A first reading, so the first heartbeat already carries CPU use.
+        let mut cpu = facts::CpuSampler::default();
+        cpu.sample();
         loop {
             tick.tick().await;
-            let heartbeat = AgentControl::Heartbeat(facts::load(jobs.running()));
+            let heartbeat = AgentControl::Heartbeat(facts::load(jobs.running(), &mut cpu));
             write_frame(&mut *send.lock().await, &heartbeat).await?;
         }
         #[allow(unreachable_code)]

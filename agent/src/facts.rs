@@ -140,8 +140,49 @@ pub fn collect() -> Facts {
     }
 }
 
+/// Busy and total jiffies of all CPUs from the `cpu ` line of a `/proc/stat` text
+/// (idle and iowait count as not busy; guest time is already inside user and nice).
+fn cpu_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    if fields.len() < 4 {
+        return None;
+    }
+    let total: u64 = fields.iter().sum();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// CPU use between two readings of `/proc/stat`: each heartbeat reports the busy
+/// share of the time since the previous one.
+#[derive(Debug, Default)]
+pub struct CpuSampler {
+    previous: Option<(u64, u64)>,
+}
+
+impl CpuSampler {
+    /// The busy percentage since the last call (`None` the first time, or when
+    /// `/proc/stat` cannot be read).
+    pub fn sample(&mut self) -> Option<f64> {
+        let now = cpu_times(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        self.next(now)
+    }
+
+    fn next(&mut self, (busy, total): (u64, u64)) -> Option<f64> {
+        let (prev_busy, prev_total) = self.previous.replace((busy, total))?;
+        let elapsed = total.checked_sub(prev_total).filter(|t| *t > 0)?;
+        let worked = busy.saturating_sub(prev_busy).min(elapsed);
+        Some((worked as f64 * 1000.0 / elapsed as f64).round() / 10.0)
+    }
+}
+
 /// Collects the live figures of a heartbeat.
-pub fn load(running_jobs: u32) -> Load {
+pub fn load(running_jobs: u32, cpu: &mut CpuSampler) -> Load {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let loadavg = read_trimmed("/proc/loadavg");
     let mut parts = loadavg
@@ -161,6 +202,7 @@ pub fn load(running_jobs: u32) -> Load {
         disk_available,
         uptime_s: uptime_s(),
         running_jobs,
+        cpu_percent: cpu.sample(),
     }
 }
 
@@ -214,6 +256,33 @@ mod tests {
         assert!(facts.memory_bytes > 0);
         assert!(facts.disk_bytes > 0);
         assert!(!facts.kernel.is_empty());
-        assert!(load(0).memory_available > 0);
+        let mut cpu = CpuSampler::default();
+        assert!(load(0, &mut cpu).memory_available > 0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = load(0, &mut cpu).cpu_percent;
+        assert!(
+            second.is_none_or(|c| (0.0..=100.0).contains(&c)),
+            "{second:?}"
+        );
+    }
+
+    /// CPU use is the busy share of the jiffies between two readings; the first
+    /// reading, a malformed line or a counter that went backwards gives none.
+    #[test]
+    fn cpu_percent_from_stat_deltas() {
+        let first = "cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3 4\n";
+        let second = "cpu  250 0 150 850 150 0 0 0 0 0\n";
+        assert_eq!(cpu_times(first), Some((200, 1000)));
+        let mut sampler = CpuSampler::default();
+        assert_eq!(sampler.next(cpu_times(first).unwrap()), None);
+        // 200 busy of 400 elapsed jiffies.
+        assert_eq!(sampler.next(cpu_times(second).unwrap()), Some(50.0));
+        assert_eq!(
+            sampler.next(cpu_times(second).unwrap()),
+            None,
+            "no time passed"
+        );
+        assert_eq!(sampler.next((0, 10)), None, "counters went backwards");
+        assert_eq!(cpu_times("intr 1 2 3\n"), None);
     }
 }

@@ -158,6 +158,10 @@ pub struct Agent {
     /// confirmation arrived.
     #[serde(default)]
     pub next_cert: Option<NextCert>,
+    /// When the agent's connection ended, while it stays away (see
+    /// [`crate::agent_offline`]); `None` while connected.
+    #[serde(default)]
+    pub offline_since: Option<DateTime<Utc>>,
 }
 
 /// A certificate issued to an agent by a renewal, before the agent confirmed it.
@@ -645,6 +649,7 @@ pub fn register(
         cert_expires_at: Some(cert_expires_at),
         previous_cert_sha256: None,
         next_cert: None,
+        offline_since: None,
     };
     w.put(&agent)?;
     index_new(w, &agent)?;
@@ -681,6 +686,7 @@ pub fn revoke(
     count_version(w, &agent, -1)?;
     agent.revoked_at = Some(Utc::now());
     agent.revoked_by = Some(actor.username.clone());
+    crate::agent_offline::mark_online(w, &mut agent)?;
     w.put(&agent)?;
     audit::record(
         w,
@@ -713,6 +719,7 @@ pub fn hello_changes_anything(
             && a.last_seen.is_some_and(|t| now - t < Duration::minutes(10))
             && (host_id.is_empty() || a.host_id.is_some())
             && a.duplicate.as_ref().is_none_or(|d| d.is_active(now))
+            && a.offline_since.is_none()
     }))
 }
 
@@ -741,6 +748,7 @@ pub fn record_hello(
             count_version(w, &agent, 1)?;
         }
         agent.last_seen = Some(now);
+        crate::agent_offline::mark_online(w, &mut agent)?;
         if agent.host_id.is_none() && !host_id.is_empty() {
             agent.host_id = Some(host_id.to_string());
         }
@@ -979,6 +987,7 @@ pub fn forget_job_holder(w: &mut Writer, execution_id: &str) -> anyhow::Result<(
 pub fn record_last_seen(w: &mut Writer, agent_id: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
     if let Some(mut agent) = w.get::<Agent>(agent_id)? {
         agent.last_seen = Some(at);
+        crate::agent_offline::mark_offline(w, &mut agent, at)?;
         w.put(&agent)?;
     }
     Ok(())
@@ -1259,6 +1268,7 @@ pub struct LiveLoad {
     pub disk_available: u64,
     pub uptime_s: u64,
     pub running_jobs: u32,
+    pub cpu_percent: Option<f64>,
 }
 
 /// The API and page view of an agent.
@@ -1537,6 +1547,7 @@ mod tests {
             cert_expires_at: None,
             previous_cert_sha256: None,
             next_cert: None,
+            offline_since: None,
         }
     }
 

@@ -1580,6 +1580,7 @@ mod tests {
                     cert_expires_at: None,
                     previous_cert_sha256: None,
                     next_cert: None,
+                    offline_since: None,
                 })?;
                 crate::agents::backfill_indexes(w)?;
                 queued_backup(w, "e1");

@@ -33,6 +33,8 @@ pub const DEFAULT_PROVISION_ENROLL_SECS: u64 = 900;
 pub const DEFAULT_RETENTION_DAYS: u64 = 90;
 /// Default days an audit entry is kept.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 365;
+/// Default seconds an agent stays disconnected before `agent.offline` is raised.
+pub const DEFAULT_AGENT_OFFLINE_ALERT_SECS: u64 = 300;
 /// Default bytes of output stored per execution (100 MiB); past it the job goes on
 /// and nothing more is stored or shown.
 pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 100 * 1024 * 1024;
@@ -82,6 +84,8 @@ pub struct FileConfig {
     pub mail_from: Option<String>,
     /// Address ranges webhooks may reach besides public addresses.
     pub webhook_allow: Option<Vec<String>>,
+    /// Seconds an agent stays disconnected before `agent.offline` is raised (0: never).
+    pub agent_offline_alert_secs: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (already merged by clap).
@@ -120,6 +124,8 @@ pub struct Overrides {
     pub mail_from: Option<String>,
     /// `DYNSERV_WEBHOOK_ALLOW` (comma-separated ranges).
     pub webhook_allow: Option<String>,
+    /// `DYNSERV_AGENT_OFFLINE_ALERT` (seconds).
+    pub agent_offline_alert: Option<String>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -167,6 +173,9 @@ pub struct Config {
     pub mail_from: String,
     /// What webhooks may reach besides public addresses (`DYNSERV_WEBHOOK_ALLOW`).
     pub webhook_allow: Vec<IpNet>,
+    /// How long an agent stays disconnected before `agent.offline` is raised
+    /// (`DYNSERV_AGENT_OFFLINE_ALERT`); `None` raises none.
+    pub agent_offline_alert: Option<Duration>,
 }
 
 /// The default sender of alert e-mails.
@@ -365,6 +374,15 @@ impl Config {
             smtp_url,
             mail_from,
             webhook_allow,
+            agent_offline_alert: match seconds(
+                "DYNSERV_AGENT_OFFLINE_ALERT",
+                over.agent_offline_alert.as_deref(),
+                file.agent_offline_alert_secs,
+                DEFAULT_AGENT_OFFLINE_ALERT_SECS,
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         })
     }
 }
@@ -523,6 +541,7 @@ mod tests {
         assert_eq!(from_file.mail_from, defaults.mail_from);
         assert_eq!(from_file.webhook_allow, defaults.webhook_allow);
         assert_eq!(from_file.smtp_url, defaults.smtp_url);
+        assert_eq!(from_file.agent_offline_alert, defaults.agent_offline_alert);
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
     }
 
@@ -640,6 +659,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("DYNSERV_HETZNER_SYNC_SECS"), "{err}");
+    }
+
+    /// The offline alert delay: 300 s by default, the file's key, the environment over
+    /// it, 0 for none, and text that is not a number refused with the variable's name.
+    #[test]
+    fn agent_offline_alert_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = Config::resolve(dir.path(), &Overrides::default()).unwrap();
+        assert_eq!(defaults.agent_offline_alert, Some(Duration::from_secs(300)));
+        std::fs::write(
+            dir.path().join("dynserv.toml"),
+            "agent_offline_alert_secs = 60\n",
+        )
+        .unwrap();
+        let from_file = Config::resolve(dir.path(), &Overrides::default()).unwrap();
+        assert_eq!(from_file.agent_offline_alert, Some(Duration::from_secs(60)));
+        let env = |text: &str| Overrides {
+            agent_offline_alert: Some(text.into()),
+            ..Default::default()
+        };
+        let from_env = Config::resolve(dir.path(), &env("5")).unwrap();
+        assert_eq!(from_env.agent_offline_alert, Some(Duration::from_secs(5)));
+        assert_eq!(
+            Config::resolve(dir.path(), &env("0"))
+                .unwrap()
+                .agent_offline_alert,
+            None
+        );
+        let err = Config::resolve(dir.path(), &env("5m"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DYNSERV_AGENT_OFFLINE_ALERT"), "{err}");
     }
 
     /// A PostgreSQL URL is taken with a SESSION_SECRET and refused without one, with

@@ -3,6 +3,7 @@
 //! calls [`run`] or a one-shot command from [`control`].
 
 pub mod agent_installs;
+pub mod agent_offline;
 pub mod agents;
 pub mod alerts;
 pub mod app;
@@ -31,6 +32,7 @@ pub mod rollouts;
 pub mod schedules;
 pub mod scripts;
 pub mod secrets;
+pub mod server_metrics;
 pub mod servers;
 pub mod ssh;
 pub mod store;
@@ -129,6 +131,11 @@ pub async fn run(
     tokio::spawn(alerts::deliverer(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(rollouts::supervisor(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(maintenance::pruner(app.clone(), wait_for(stop_rx.clone())));
+    let metrics_task = tokio::spawn(server_metrics::flusher(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
+    tokio::spawn(agent_offline::watch(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(maintenance::health_probe(
         app.store.clone(),
         wait_for(stop_rx.clone()),
@@ -148,6 +155,8 @@ pub async fn run(
     }
     let _ = socket_task.await;
     let _ = fleet_task.await;
+    // The open metric buckets are written as they stand.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), metrics_task).await;
     Ok(())
 }
 

@@ -605,6 +605,7 @@ mod tests {
                     cert_expires_at: None,
                     previous_cert_sha256: None,
                     next_cert: None,
+                    offline_since: None,
                 })?;
                 // Written by hand rather than enrolled: index it as enrollment would.
                 crate::agents::backfill_indexes(w)

@@ -117,6 +117,11 @@ pub struct Load {
     pub uptime_s: u64,
     /// Jobs the agent is running right now.
     pub running_jobs: u32,
+    /// Busy CPU time since the previous heartbeat, in percent of all CPUs (from
+    /// `/proc/stat` deltas); `None` in the first heartbeat of a connection and from
+    /// agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
 }
 
 /// First and only request of an enrollment connection.
@@ -667,5 +672,28 @@ mod tests {
         let text = serde_json::to_string(&named).unwrap();
         assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
         assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
+    }
+
+    /// A heartbeat from an agent that predates `cpu_percent` decodes with none, and
+    /// one without a reading encodes as before.
+    #[test]
+    fn heartbeat_cpu_percent_is_optional() {
+        let old = r#"{"type":"heartbeat","load":[0.5,0.25,0.0],"memory_total":8,"memory_available":4,"disk_total":10,"disk_available":5,"uptime_s":60,"running_jobs":0}"#;
+        let decoded = serde_json::from_str::<AgentControl>(old).unwrap();
+        let AgentControl::Heartbeat(load) = &decoded else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!(load.cpu_percent, None);
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), old);
+        let with_cpu = AgentControl::Heartbeat(Load {
+            cpu_percent: Some(12.5),
+            ..load.clone()
+        });
+        let text = serde_json::to_string(&with_cpu).unwrap();
+        assert!(text.contains(r#""cpu_percent":12.5"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<AgentControl>(&text).unwrap(),
+            with_cpu
+        );
     }
 }

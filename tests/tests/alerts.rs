@@ -371,3 +371,63 @@ async fn webhook_and_account_pages() {
         json!(["execution.failed", "update.failed"])
     );
 }
+
+/// An agent that stays away past `DYNSERV_AGENT_OFFLINE_ALERT` is reported once by
+/// `agent.offline` (webhook and the inbox of those who see its project); its return
+/// ends the outage, and the next outage is reported again.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_offline_past_the_delay_reaches_the_webhook_once_per_outage() {
+    let receiver = WebhookReceiver::start(200, "ok");
+    let cp = ControlPlane::builder()
+        .env("DYNSERV_WEBHOOK_ALLOW", "127.0.0.0/8")
+        .env("DYNSERV_AGENT_OFFLINE_ALERT", "2")
+        .start()
+        .await;
+    let (admin, tech, mut agent, _project) = setup(&cp).await;
+    let (status, hook) = admin
+        .post(
+            "/api/v1/webhooks",
+            &json!({"url": receiver.url("/offline"), "events": ["agent.offline"], "project": "Alerts"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let offline = |requests: Vec<dynserv_tests::ReceivedRequest>| -> Vec<Value> {
+        requests
+            .into_iter()
+            .filter(|r| r.path == "/offline")
+            .map(|r| serde_json::from_str::<Value>(&r.body).expect("a JSON body"))
+            .filter(|b| b["event"] == "agent.offline")
+            .collect()
+    };
+
+    agent.stop();
+    let first = eventually(Duration::from_secs(60), "the offline alert", || async {
+        let got = offline(receiver.requests());
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["subject"]["agent"], "alert-01", "{}", first[0]);
+    assert_eq!(first[0]["subject"]["server"], "alert-01", "{}", first[0]);
+    assert!(
+        first[0]["subject"]["offline_since"].is_string(),
+        "{}",
+        first[0]
+    );
+    let (_, inbox) = tech.get("/api/v1/notifications").await;
+    assert!(
+        inbox.to_string().contains("Agent alert-01 is offline"),
+        "{inbox}"
+    );
+
+    // Back, then away again: a new outage, a new alert.
+    agent.run();
+    admin.connected_agent("alert-01").await;
+    agent.stop();
+    eventually(
+        Duration::from_secs(60),
+        "the second outage's alert",
+        || async { (offline(receiver.requests()).len() >= 2).then_some(()) },
+    )
+    .await;
+}

@@ -399,6 +399,7 @@ async fn serve_agent(
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let conn = Arc::new(AgentConn {
         agent_id: agent_id.clone(),
+        server_id: agent.server_id.clone(),
         host_id,
         instance_id,
         protocol,
@@ -777,7 +778,14 @@ async fn control_loop(
         match message? {
             None => return Ok(()),
             Some(AgentControl::Heartbeat(load)) => {
-                *lock(&conn.last_seen) = Utc::now();
+                let now = Utc::now();
+                *lock(&conn.last_seen) = now;
+                if let Some(server_id) = &conn.server_id {
+                    fleet.samples().record(
+                        server_id,
+                        &crate::server_metrics::Sample::of_heartbeat(&load, now),
+                    );
+                }
                 *lock(&conn.load) = Some(LiveLoad {
                     load: load.load,
                     memory_total: load.memory_total,
@@ -786,6 +794,7 @@ async fn control_loop(
                     disk_available: load.disk_available,
                     uptime_s: load.uptime_s,
                     running_jobs: load.running_jobs,
+                    cpu_percent: load.cpu_percent,
                 });
                 write_frame(send, &ServerControl::HeartbeatAck).await?;
                 renew_if_due(fleet, conn, renewal, send).await;

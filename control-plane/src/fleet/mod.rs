@@ -46,6 +46,9 @@ pub use hub::{Hub, LiveEvent};
 /// One live agent connection.
 pub(crate) struct AgentConn {
     pub agent_id: String,
+    /// The server the agent is attached to: its heartbeats' figures go to that
+    /// server's metrics.
+    pub server_id: Option<String>,
     /// The machine the connected copy runs on (empty from older agents).
     pub host_id: String,
     /// The connected agent process (empty from older agents).
@@ -96,6 +99,8 @@ pub(crate) struct Inner {
     pub replica_addresses: Mutex<Vec<String>>,
     /// Agent certificate lifetime and the clock it is judged by.
     pub certs: Mutex<certs::CertPolicy>,
+    /// Heartbeat figures of the agents connected here, until they are written.
+    pub samples: Arc<crate::server_metrics::Buffer>,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -133,6 +138,7 @@ impl Fleet {
                 cluster: Default::default(),
                 replica_addresses: Mutex::new(Vec::new()),
                 certs: Mutex::new(certs::CertPolicy::default()),
+                samples: Default::default(),
             }),
         })
     }
@@ -209,6 +215,12 @@ impl Fleet {
     /// The store the fleet writes to.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The heartbeat figures of the agents connected here, not yet written (see
+    /// [`crate::server_metrics`]).
+    pub fn samples(&self) -> &Arc<crate::server_metrics::Buffer> {
+        &self.inner.samples
     }
 
     /// The live fan-out hub.

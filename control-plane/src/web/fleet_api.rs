@@ -829,3 +829,21 @@ pub fn rerun_execution(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<R
     let view = app.store.read(|r| execution_view(r, &execution))?;
     Ok(reply(StatusCode::CREATED, &view))
 }
+
+/// `GET /api/v1/servers/{id}/metrics?since=T&step=S`: the server's figures from its
+/// agent's heartbeats, averaged to `step` seconds (see [`crate::server_metrics`]).
+pub fn server_metrics(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let points = app.store.read(|r| {
+        let server = crate::servers::get_visible(r, &ctx.subject, id)?;
+        req.only_filters(&["since", "step"])?;
+        let range = crate::server_metrics::range(
+            req.query("since"),
+            req.query("step"),
+            chrono::Utc::now().timestamp(),
+        )?;
+        let points = crate::server_metrics::query(r, app.fleet.samples(), &server.id, &range)?;
+        Ok(json!({"points": points, "step": range.step}))
+    })?;
+    Ok(reply(StatusCode::OK, &points))
+}

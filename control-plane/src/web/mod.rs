@@ -24,6 +24,7 @@ pub mod render;
 pub mod router;
 pub mod scripts_api;
 pub mod scripts_pages;
+pub mod server_page;
 pub mod ssh_api;
 pub mod ssh_pages;
 pub mod ws;

@@ -536,11 +536,12 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /servers/{id}`.
 pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
-    let (server, row, project) = app.store.read(|r| {
+    let (server, row, project, cockpit) = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
         let row = server_row(app, r, &server)?;
         let project: Option<Project> = r.get(&server.project_id)?;
-        Ok((server, row, project))
+        let cockpit = super::server_page::panel(app, r, ctx, &server, project.as_ref())?;
+        Ok((server, row, project, cockpit))
     })?;
     let can_operate = policy::can(
         &ctx.subject,
@@ -556,6 +557,7 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     data["hetzner"] = super::hetzner_pages::server_panel(app, ctx, &server)?;
     data["ssh"] = super::ssh_pages::server_panel(app, ctx, &server)?;
     data["notes"] = json!(server.notes);
+    data["cockpit"] = cockpit;
     page(app, req, ctx, "server", &server.name, data)
 }
 

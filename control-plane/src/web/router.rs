@@ -66,6 +66,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         }
         (&Method::GET, ["servers"]) => api::servers(app, req, &ctx),
         (&Method::GET, ["servers", id]) => api::server(app, &ctx, id),
+        (&Method::GET, ["servers", id, "metrics"]) => fleet_api::server_metrics(app, req, &ctx, id),
         // Bringing existing servers in: by hand, SSH settings and tests, agent installs.
         (&Method::POST, ["servers"]) => ssh_api::create_server_api(app, req, &ctx),
         (&Method::GET, ["projects", id, "ssh"]) => ssh_api::get_settings(app, &ctx, id),
