@@ -36,6 +36,8 @@ pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 365;
 /// Default bytes of output stored per execution (100 MiB); past it the job goes on
 /// and nothing more is stored or shown.
 pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 100 * 1024 * 1024;
+/// Default seconds a web terminal may go without input before it is closed.
+pub const DEFAULT_TERMINAL_IDLE_SECS: u64 = 900;
 /// Default size of the store's page cache, in MiB.
 pub const DEFAULT_STORE_CACHE_MB: u64 = 32;
 /// Default free space (MiB) under the data directory below which new jobs are
@@ -82,6 +84,8 @@ pub struct FileConfig {
     pub mail_from: Option<String>,
     /// Address ranges webhooks may reach besides public addresses.
     pub webhook_allow: Option<Vec<String>>,
+    /// Seconds a web terminal may go without input before it is closed.
+    pub terminal_idle_secs: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (already merged by clap).
@@ -120,6 +124,8 @@ pub struct Overrides {
     pub mail_from: Option<String>,
     /// `DYNSERV_WEBHOOK_ALLOW` (comma-separated ranges).
     pub webhook_allow: Option<String>,
+    /// `DYNSERV_TERMINAL_IDLE_SECS`.
+    pub terminal_idle_secs: Option<String>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -167,6 +173,9 @@ pub struct Config {
     pub mail_from: String,
     /// What webhooks may reach besides public addresses (`DYNSERV_WEBHOOK_ALLOW`).
     pub webhook_allow: Vec<IpNet>,
+    /// How long a web terminal may go without input (keystrokes, resizes) before it
+    /// is closed (`DYNSERV_TERMINAL_IDLE_SECS`, at least 10 s).
+    pub terminal_idle: Duration,
 }
 
 /// The default sender of alert e-mails.
@@ -365,6 +374,15 @@ impl Config {
             smtp_url,
             mail_from,
             webhook_allow,
+            terminal_idle: Duration::from_secs(
+                seconds(
+                    "DYNSERV_TERMINAL_IDLE_SECS",
+                    over.terminal_idle_secs.as_deref(),
+                    file.terminal_idle_secs,
+                    DEFAULT_TERMINAL_IDLE_SECS,
+                )?
+                .max(10),
+            ),
         })
     }
 }
@@ -523,6 +541,7 @@ mod tests {
         assert_eq!(from_file.mail_from, defaults.mail_from);
         assert_eq!(from_file.webhook_allow, defaults.webhook_allow);
         assert_eq!(from_file.smtp_url, defaults.smtp_url);
+        assert_eq!(from_file.terminal_idle, defaults.terminal_idle);
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
     }
 

@@ -146,6 +146,7 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
         smtp_url: env("DYNSERV_SMTP_URL"),
         mail_from: env("DYNSERV_MAIL_FROM"),
         webhook_allow: env("DYNSERV_WEBHOOK_ALLOW"),
+        terminal_idle_secs: env("DYNSERV_TERMINAL_IDLE_SECS"),
         config_file: cli.config.clone(),
     }
 }
