@@ -285,9 +285,7 @@ impl Pty {
             let mut guard = self.master.readable().await?;
             let result = guard.try_io(|fd| {
                 // SAFETY: read into our buffer from our descriptor.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())
                 } else {
@@ -527,7 +525,9 @@ mod tests {
             rows: 33,
         })
         .unwrap();
-        pty.write_all(b"echo out-$((6*7)); stty size\n").await.unwrap();
+        pty.write_all(b"echo out-$((6*7)); stty size\n")
+            .await
+            .unwrap();
         let mut seen = String::new();
         let mut buf = vec![0u8; 4096];
         while !(seen.contains("out-42") && seen.contains("33 101")) {

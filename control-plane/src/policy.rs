@@ -146,9 +146,7 @@ impl Action {
     pub fn required_level(self) -> Option<Level> {
         match self {
             Action::ViewProject | Action::ViewServers => Some(Level::Read),
-            Action::OperateServers | Action::ManageScripts | Action::Terminal => {
-                Some(Level::Write)
-            }
+            Action::OperateServers | Action::ManageScripts | Action::Terminal => Some(Level::Write),
             Action::EditProject | Action::ManageAccess | Action::ManageAgents => Some(Level::Admin),
             _ => None,
         }

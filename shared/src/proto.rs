@@ -625,7 +625,10 @@ mod tests {
             ToAgent::TerminalInput {
                 data: "ZWNobwo=".into(),
             },
-            ToAgent::TerminalResize(TerminalSize { cols: 120, rows: 40 }),
+            ToAgent::TerminalResize(TerminalSize {
+                cols: 120,
+                rows: 40,
+            }),
             ToAgent::TerminalClose,
         ];
         for message in to_agent {
@@ -637,7 +640,9 @@ mod tests {
             FromAgent::TerminalOpened {
                 shell: "/bin/bash".into(),
             },
-            FromAgent::TerminalOutput { data: "aGk=".into() },
+            FromAgent::TerminalOutput {
+                data: "aGk=".into(),
+            },
             FromAgent::TerminalClosed {
                 reason: "the shell exited with code 0".into(),
                 exit_code: Some(0),
@@ -648,7 +653,11 @@ mod tests {
             assert_eq!(serde_json::from_str::<FromAgent>(&text).unwrap(), message);
         }
         assert_eq!(
-            TerminalSize { cols: 0, rows: 60000 }.clamped(),
+            TerminalSize {
+                cols: 0,
+                rows: 60000
+            }
+            .clamped(),
             TerminalSize {
                 cols: 1,
                 rows: MAX_TERMINAL_CELLS

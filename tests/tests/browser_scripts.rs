@@ -120,7 +120,11 @@ async fn create_validate_run_and_watch_a_script() {
     // The editor marks line 4.
     browser.wait_for("#body[data-editor-ready]").await;
     assert_eq!(
-        text_of(&browser, ".CodeMirror .ds-error-line .CodeMirror-linenumber").await,
+        text_of(
+            &browser,
+            ".CodeMirror .ds-error-line .CodeMirror-linenumber"
+        )
+        .await,
         "4"
     );
     // What was typed survives the error, the secret flag too.
@@ -136,7 +140,10 @@ async fn create_validate_run_and_watch_a_script() {
     let rows = browser.all("#variables-table tbody tr").await.len();
     center(&browser, "#add-variable").await;
     browser.click("#add-variable").await;
-    assert_eq!(browser.all("#variables-table tbody tr").await.len(), rows + 1);
+    assert_eq!(
+        browser.all("#variables-table tbody tr").await.len(),
+        rows + 1
+    );
     let added = format!("input[name=var_{rows}_name]");
     browser.fill(&added, "region").await;
     browser

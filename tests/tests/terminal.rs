@@ -194,7 +194,10 @@ async fn terminals_need_write_access_and_the_project_switch() {
     let (cp, admin, _agent, project, server) = setup().await;
     let reader = cp.api_as("reader");
     // The reader sees the server…
-    assert_eq!(reader.get(&format!("/api/v1/servers/{server}")).await.0, 200);
+    assert_eq!(
+        reader.get(&format!("/api/v1/servers/{server}")).await.0,
+        200
+    );
     // …and gets no terminal.
     let (status, body) = open(&reader, &server, "").await.err().expect("refused");
     assert_eq!(status, 403, "{body}");
@@ -224,7 +227,10 @@ async fn terminals_need_write_access_and_the_project_switch() {
         .await;
     assert_eq!(status, 200);
     let mut socket = open(&admin, &server, "").await.expect("a terminal");
-    socket.send(Message::text("echo on-$((1+1))\r")).await.unwrap();
+    socket
+        .send(Message::text("echo on-$((1+1))\r"))
+        .await
+        .unwrap();
     read_until(&mut socket, "on-2").await;
 }
 
@@ -235,7 +241,12 @@ async fn raw_agent(
     state_dir: &Path,
     agent_id: &str,
     protocol: u32,
-) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
     let read = |name: &str| std::fs::read_to_string(state_dir.join(name)).expect(name);
     let tls = dynserv_shared::pki::agent_client_config(
         &read("ca.pem"),

@@ -230,7 +230,10 @@ pub fn frames_for(input: Input) -> Vec<ToAgent> {
 
 /// Writes the web side's input to the agent's stream until [`Input::Close`] or until
 /// the web side drops its sender; then asks the agent to close and ends the stream.
-async fn to_agent<W: AsyncWrite + Unpin>(mut input: mpsc::Receiver<Input>, mut send: W) -> Result<()> {
+async fn to_agent<W: AsyncWrite + Unpin>(
+    mut input: mpsc::Receiver<Input>,
+    mut send: W,
+) -> Result<()> {
     loop {
         let Some(message) = input.recv().await else {
             // The web side is gone (the page closed): the agent hangs the shell up.
@@ -337,7 +340,11 @@ mod tests {
         let (mut agent_writes, agent_to_web) = tokio::io::duplex(64 * 1024);
         let mut terminal = route("/bin/sh".into(), web_to_agent, agent_to_web);
 
-        terminal.input.send(Input::Bytes(b"echo hi\r".to_vec())).await.unwrap();
+        terminal
+            .input
+            .send(Input::Bytes(b"echo hi\r".to_vec()))
+            .await
+            .unwrap();
         terminal
             .input
             .send(Input::Resize(TerminalSize { cols: 90, rows: 30 }))
@@ -351,15 +358,21 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                ToAgent::TerminalInput { data: b64(b"echo hi\r") },
+                ToAgent::TerminalInput {
+                    data: b64(b"echo hi\r")
+                },
                 ToAgent::TerminalResize(TerminalSize { cols: 90, rows: 30 }),
                 ToAgent::TerminalClose,
             ]
         );
 
         for message in [
-            FromAgent::TerminalOutput { data: b64(b"hi\r\n") },
-            FromAgent::TerminalOutput { data: b64(&[0xe2, 0x82]) },
+            FromAgent::TerminalOutput {
+                data: b64(b"hi\r\n"),
+            },
+            FromAgent::TerminalOutput {
+                data: b64(&[0xe2, 0x82]),
+            },
             FromAgent::TerminalClosed {
                 reason: "the shell exited with code 0".into(),
                 exit_code: Some(0),
@@ -367,9 +380,15 @@ mod tests {
         ] {
             write_frame(&mut agent_writes, &message).await.unwrap();
         }
-        assert_eq!(terminal.output.recv().await, Some(Output::Bytes(b"hi\r\n".to_vec())));
+        assert_eq!(
+            terminal.output.recv().await,
+            Some(Output::Bytes(b"hi\r\n".to_vec()))
+        );
         // Bytes travel as they are, even a character cut in two.
-        assert_eq!(terminal.output.recv().await, Some(Output::Bytes(vec![0xe2, 0x82])));
+        assert_eq!(
+            terminal.output.recv().await,
+            Some(Output::Bytes(vec![0xe2, 0x82]))
+        );
         assert_eq!(
             terminal.output.recv().await,
             Some(Output::Closed {
@@ -389,7 +408,10 @@ mod tests {
         drop(terminal);
         let frame = read_frame::<ToAgent, _>(&mut agent_reads).await.unwrap();
         assert_eq!(frame, Some(ToAgent::TerminalClose));
-        assert_eq!(read_frame::<ToAgent, _>(&mut agent_reads).await.unwrap(), None);
+        assert_eq!(
+            read_frame::<ToAgent, _>(&mut agent_reads).await.unwrap(),
+            None
+        );
     }
 
     /// A web side that does not read holds the agent back: once the output queue is
@@ -421,9 +443,15 @@ mod tests {
                 break false;
             }
         };
-        assert!(blocked, "the agent wrote {written} frames with nobody reading");
+        assert!(
+            blocked,
+            "the agent wrote {written} frames with nobody reading"
+        );
         // The queue plus the stream buffer, not everything written.
-        assert!(written <= FROM_AGENT_QUEUE + 2 + 8, "{written} frames taken");
+        assert!(
+            written <= FROM_AGENT_QUEUE + 2 + 8,
+            "{written} frames taken"
+        );
         // Reading again lets the agent go on.
         let mut received = 0;
         while received < written {

@@ -538,7 +538,9 @@ pub fn filter(
     app: App,
 ) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
-    let ws_route = ws::filter(app.clone()).or(terminal::filter(app.clone())).unify();
+    let ws_route = ws::filter(app.clone())
+        .or(terminal::filter(app.clone()))
+        .unify();
     let app_filter = warp::any().map(move || app.clone());
     let main = warp::method()
         .and(warp::path::full())

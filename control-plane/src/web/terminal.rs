@@ -166,7 +166,12 @@ pub fn filter(
 /// The first size from `?cols=&rows=`; absent values take [`DEFAULT_SIZE`]'s.
 fn size_from_query(req: &Req) -> AppResult<TerminalSize> {
     let side = |name: &str, default: u16| -> AppResult<u16> {
-        match req.query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        match req
+            .query
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        {
             None => Ok(default),
             Some(text) => text.parse::<u16>().map_err(|_| {
                 AppError::new(Kind::BadRequest, format!("{name} must be a whole number"))
@@ -233,9 +238,10 @@ async fn upgrade(
 /// The HTTP answer to a terminal that could not be opened.
 fn open_error(error: OpenError) -> AppError {
     match error {
-        OpenError::Failed(e) => {
-            AppError::new(Kind::Conflict, format!("opening the terminal failed: {e:#}"))
-        }
+        OpenError::Failed(e) => AppError::new(
+            Kind::Conflict,
+            format!("opening the terminal failed: {e:#}"),
+        ),
         other => AppError::conflict(other.to_string()),
     }
 }
@@ -403,11 +409,17 @@ mod tests {
         );
         assert_eq!(
             client_input(&Message::text(r#"{"resize": {"cols": 132, "rows": 43}}"#)),
-            Some(Input::Resize(TerminalSize { cols: 132, rows: 43 }))
+            Some(Input::Resize(TerminalSize {
+                cols: 132,
+                rows: 43
+            }))
         );
         assert_eq!(
             client_input(&Message::text(r#"{"resize": {"cols": 0, "rows": 9999}}"#)),
-            Some(Input::Resize(TerminalSize { cols: 1, rows: 1000 }))
+            Some(Input::Resize(TerminalSize {
+                cols: 1,
+                rows: 1000
+            }))
         );
         // Not a well-formed resize: typed text like any other.
         assert_eq!(
