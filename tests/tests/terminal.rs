@@ -86,15 +86,25 @@ async fn open(api: &Api, server_id: &str, query: &str) -> Result<Socket, (u16, S
     }
 }
 
+/// The refusal of a terminal that must not open: its status and body.
+async fn refused(api: &Api, server_id: &str) -> (u16, String) {
+    match open(api, server_id, "").await {
+        Ok(_) => panic!("a terminal opened that must be refused"),
+        Err(refusal) => refusal,
+    }
+}
+
 /// Reads the terminal's output until it contains `wanted`; returns everything read.
 async fn read_until(socket: &mut Socket, wanted: &str) -> String {
     let mut seen = String::new();
     while !seen.contains(wanted) {
-        let message = tokio::time::timeout(PATIENCE, socket.next())
+        let next = tokio::time::timeout(PATIENCE, socket.next())
             .await
-            .unwrap_or_else(|_| panic!("no {wanted:?} in the terminal; it showed {seen:?}"))
-            .unwrap_or_else(|| panic!("the terminal closed before {wanted:?}; it showed {seen:?}"))
-            .expect("reading the terminal");
+            .unwrap_or_else(|_| panic!("no {wanted:?} in the terminal; it showed {seen:?}"));
+        let Some(message) = next else {
+            panic!("the terminal closed before {wanted:?}; it showed {seen:?}");
+        };
+        let message = message.expect("reading the terminal");
         match message {
             Message::Binary(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
             Message::Text(text) => seen.push_str(&text),
@@ -162,7 +172,7 @@ async fn a_terminal_runs_what_is_typed() {
         .expect("a terminal.close");
     let detail = close["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.starts_with("after ") && detail.contains(" s): the page closed"),
+        detail.starts_with("after ") && detail.ends_with(" s: the page closed"),
         "{close}"
     );
 }
@@ -199,7 +209,7 @@ async fn terminals_need_write_access_and_the_project_switch() {
         200
     );
     // …and gets no terminal.
-    let (status, body) = open(&reader, &server, "").await.err().expect("refused");
+    let (status, body) = refused(&reader, &server).await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = reader
         .get(&format!("/api/v1/servers/{server}/terminal"))
@@ -214,7 +224,7 @@ async fn terminals_need_write_access_and_the_project_switch() {
         .await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["terminal_enabled"], false, "{updated}");
-    let (status, body) = open(&admin, &server, "").await.err().expect("refused");
+    let (status, body) = refused(&admin, &server).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("terminals are turned off"), "{body}");
 
@@ -323,7 +333,7 @@ async fn an_agent_of_protocol_2_is_refused_a_terminal() {
         raw_agent(&cp.quic_addr(), agent.state_dir(), &agent_id, 2).await;
     admin.connected_agent("shell-01").await;
 
-    let (status, body) = open(&admin, &server, "").await.err().expect("refused");
+    let (status, body) = refused(&admin, &server).await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("protocol 2"), "{body}");
     assert!(body.contains("upgrade the agent"), "{body}");
@@ -341,4 +351,46 @@ async fn an_agent_of_protocol_2_is_refused_a_terminal() {
     let accepted = tokio::time::timeout(Duration::from_millis(200), connection.accept_bi()).await;
     assert!(accepted.is_err(), "the old agent was opened a stream");
     connection.close(0u32.into(), b"done");
+}
+
+/// Two replicas on one PostgreSQL database: the replica the agent is connected to
+/// opens its terminal; the other answers 409 and says why (terminals do not cross
+/// replicas).
+#[tokio::test]
+async fn a_terminal_opens_only_on_the_agents_replica() {
+    let a = ControlPlane::builder().postgres().start().await;
+    let b = a.replica().start().await;
+    a.add_user("admin", "admin", false, ADMIN_PASSWORD);
+    let api_a = a.api_as("admin");
+    let api_b = Api::new(&b.base_url()).with_token(api_a.token().expect("a token"));
+    let (status, body) = api_a
+        .post("/api/v1/projects", &json!({"name": "Shells"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Enrolled with A's address only, so it stays on A.
+    let _agent = Agent::start(&a, &a.enrollment_token("Shells"), "shell-01");
+    api_a.connected_agent("shell-01").await;
+    let server = server_id(&api_a, "shell-01").await;
+
+    let refusal = eventually(PATIENCE, "replica B knows where the agent is", || async {
+        let (status, body) = api_b
+            .get(&format!("/api/v1/servers/{server}/terminal"))
+            .await;
+        let said = body["error"].as_str().unwrap_or_default().to_string();
+        (status == 409 && said.contains("another replica")).then_some(said)
+    })
+    .await;
+    assert!(
+        refusal.contains("replica the agent is connected to"),
+        "{refusal}"
+    );
+    let (status, body) = refused(&api_b, &server).await;
+    assert_eq!(status, 409, "{body}");
+
+    let mut socket = open(&api_a, &server, "").await.expect("a terminal on A");
+    socket
+        .send(Message::text("echo a-$((2+3))\r"))
+        .await
+        .unwrap();
+    read_until(&mut socket, "a-5").await;
 }

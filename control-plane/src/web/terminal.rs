@@ -288,6 +288,16 @@ fn duration_text(seconds: u64) -> String {
     }
 }
 
+/// The detail of a `terminal.close` entry: how long it was open (also in seconds,
+/// for searching and sorting by eye), then why it closed.
+fn close_detail(seconds: u64, reason: &str) -> String {
+    if seconds < 60 {
+        format!("after {seconds} s: {reason}")
+    } else {
+        format!("after {} ({seconds} s): {reason}", duration_text(seconds))
+    }
+}
+
 async fn record(app: &App, actor: &Actor, action: &'static str, target: &Target, detail: String) {
     let (store, actor, subject) = (
         app.store.clone(),
@@ -322,7 +332,7 @@ async fn serve(app: App, target: Target, actor: Actor, terminal: Terminal, socke
         &actor,
         "terminal.close",
         &target,
-        format!("after {} ({seconds} s): {reason}", duration_text(seconds)),
+        close_detail(seconds, &reason),
     )
     .await;
 }
@@ -441,5 +451,13 @@ mod tests {
         assert_eq!(duration_text(42), "42 s");
         assert_eq!(duration_text(185), "3 min 5 s");
         assert_eq!(duration_text(7260), "2 h 1 min");
+        assert_eq!(
+            close_detail(5, "the page closed"),
+            "after 5 s: the page closed"
+        );
+        assert_eq!(
+            close_detail(185, "the page closed"),
+            "after 3 min 5 s (185 s): the page closed"
+        );
     }
 }
