@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dynserv_shared::frame::{read_frame, write_frame};
 use dynserv_shared::proto::{AgentControl, Facts, ServerControl, FLEET_SERVER_NAME};
-use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, ControlPlane, PageClient};
 use futures::{SinkExt, StreamExt};
 use quinn::crypto::rustls::QuicClientConfig;
 use serde_json::{json, Value};
@@ -393,4 +393,65 @@ async fn a_terminal_opens_only_on_the_agents_replica() {
         .await
         .unwrap();
     read_until(&mut socket, "a-5").await;
+}
+
+/// A page of another site cannot open a terminal with a visitor's session cookie: a
+/// cookie-authenticated upgrade needs this server's own `Origin`. The terminal page
+/// itself carries the Content-Security-Policy and no inline script or style.
+#[tokio::test]
+async fn cookie_terminals_need_this_sites_origin() {
+    let (cp, _admin, _agent, _project, server) = setup().await;
+    let page = PageClient::signed_in(&cp, "admin", ADMIN_PASSWORD).await;
+    let url = format!(
+        "{}/api/v1/servers/{server}/terminal",
+        cp.base_url().replacen("http://", "ws://", 1)
+    );
+    let upgrade = |origin: Option<String>| {
+        let (url, cookie) = (url.clone(), page.cookie_header());
+        async move {
+            let mut request = url.as_str().into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("cookie", cookie.parse().unwrap());
+            if let Some(origin) = origin {
+                request
+                    .headers_mut()
+                    .insert("origin", origin.parse().unwrap());
+            }
+            match tokio_tungstenite::connect_async(request).await {
+                Ok((_, response)) => response.status().as_u16(),
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    response.status().as_u16()
+                }
+                Err(e) => panic!("upgrade failed: {e}"),
+            }
+        }
+    };
+    assert_eq!(upgrade(Some("http://evil.example".into())).await, 403);
+    assert_eq!(upgrade(None).await, 403);
+    assert_eq!(upgrade(Some(cp.base_url())).await, 101, "this site's page");
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/servers/{server}/terminal", cp.base_url()))
+        .header("cookie", page.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|csp| csp.contains("script-src 'self'") && csp.contains("style-src 'self'")));
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("data-terminal-url="),
+        "no terminal on the page"
+    );
+    for forbidden in ["<script>", " onclick=", " style=\""] {
+        assert!(
+            !html.contains(forbidden),
+            "the terminal page holds {forbidden}"
+        );
+    }
 }
