@@ -112,6 +112,7 @@ pub fn check_api(app: &App, ctx: &Ctx, server_id: &str) -> AppResult<Resp> {
 /// `GET /servers/{id}/terminal`: the terminal page, or why there is none. A caller
 /// without the permission gets the error page.
 pub fn page(app: &App, req: &Req, ctx: &Ctx, server_id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
     let server = app
         .store
         .read(|r| Ok(servers::get_visible(r, &ctx.subject, server_id)?))?;
