@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dynserv_shared::frame::{read_frame, write_frame};
 use dynserv_shared::proto::{AgentControl, Facts, ServerControl, FLEET_SERVER_NAME};
-use dynserv_tests::{eventually, Agent, Api, ControlPlane, PageClient};
+use dynserv_tests::{csrf_of, eventually, Agent, Api, ControlPlane, PageClient};
 use futures::{SinkExt, StreamExt};
 use quinn::crypto::rustls::QuicClientConfig;
 use serde_json::{json, Value};
@@ -454,4 +454,62 @@ async fn cookie_terminals_need_this_sites_origin() {
             "the terminal page holds {forbidden}"
         );
     }
+}
+
+/// The project form carries the switch: on for a new project, and a project admin who
+/// unticks it on the Edit page turns terminals off (the terminal page then says so).
+#[tokio::test]
+async fn the_project_form_turns_terminals_off() {
+    let (cp, admin, _agent, project, server) = setup().await;
+    let mut page = PageClient::signed_in(&cp, "admin", ADMIN_PASSWORD).await;
+    let (status, _, html) = page.get("/projects/new").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"id="terminal_enabled" name="terminal_enabled" checked"#),
+        "a new project's switch is not on"
+    );
+    let edit = format!("/projects/{project}/edit");
+    let (status, _, html) = page.get(&edit).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"name="terminal_enabled" checked"#),
+        "not on"
+    );
+    let csrf = csrf_of(&html);
+    let (status, location, body) = page
+        .post(
+            &edit,
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "Shells"),
+                ("description", ""),
+                ("budget_monthly", ""),
+                ("deploy_command", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(location, format!("/projects/{project}"));
+    let (_, shown) = admin.get(&format!("/api/v1/projects/{project}")).await;
+    assert_eq!(shown["terminal_enabled"], false, "{shown}");
+    let (_, _, html) = page.get(&edit).await;
+    assert!(
+        !html.contains(r#"name="terminal_enabled" checked"#),
+        "still on"
+    );
+    let (status, _, html) = page.get(&format!("/servers/{server}/terminal")).await;
+    assert_eq!(status, 403);
+    assert!(
+        html.contains("terminals are turned off for project Shells"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("data-terminal-url="),
+        "a terminal on a refused page"
+    );
+    let (_, audit) = admin.get("/api/v1/audit?q=project.update").await;
+    assert!(
+        audit.to_string().contains("terminals turned off"),
+        "{audit}"
+    );
 }
