@@ -31,6 +31,7 @@ use crate::backoff::{self, Backoff};
 use crate::facts;
 use crate::jobs::{Jobs, StartOutcome};
 use crate::servers;
+use crate::terminal::Terminals;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dynserv-agent";
@@ -401,6 +402,7 @@ pub async fn run(
     let identity = load_identity(&state_dir)?;
     let instance = Instance::current();
     let jobs = Jobs::open(&state_dir, &instance.host_id)?;
+    let terminals = Terminals::from_env();
     tracing::info!(
         agent = %identity.info.agent_id,
         servers = %identity.info.addresses().join(","),
@@ -437,6 +439,7 @@ pub async fn run(
                     let place = Place {
                         state_dir: &state_dir,
                         server: &server,
+                        terminals: &terminals,
                     };
                     let ended = session(
                         &identity,
@@ -483,12 +486,14 @@ pub async fn run(
     }
 }
 
-/// Where a session runs: the state directory (for `agent.json`) and the address the
-/// connection was made to.
+/// Where a session runs: the state directory (for `agent.json`), the address the
+/// connection was made to and the agent's terminals.
 #[derive(Clone, Copy)]
 struct Place<'a> {
     state_dir: &'a Path,
     server: &'a str,
+    /// The terminals running on this agent, counted against its limit.
+    terminals: &'a Terminals,
 }
 
 /// Takes in the replica list a welcome announced (see [`servers::take_announced`])
@@ -602,7 +607,12 @@ async fn session(
     let job_streams = async {
         loop {
             let (send, recv) = connection.accept_bi().await?;
-            tokio::spawn(serve_job_stream(jobs.clone(), send, recv));
+            tokio::spawn(serve_stream(
+                jobs.clone(),
+                place.terminals.clone(),
+                send,
+                recv,
+            ));
         }
         #[allow(unreachable_code)]
         Ok::<(), anyhow::Error>(())
@@ -614,23 +624,37 @@ async fn session(
     }
 }
 
-/// Serves one job stream: starts or resumes the job, sends every unacknowledged chunk
-/// and then new ones as they are spooled, then the end; records acks and cancels.
-async fn serve_job_stream(jobs: Jobs, mut send: quinn::SendStream, recv: quinn::RecvStream) {
-    if let Err(e) = serve_job_stream_inner(&jobs, &mut send, recv).await {
-        tracing::debug!("job stream ended: {e:#}");
+/// Serves one stream the control plane opened: a job stream (its first message is
+/// `Start`) or a terminal (`TerminalOpen`, see [`crate::terminal`]).
+async fn serve_stream(
+    jobs: Jobs,
+    terminals: Terminals,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let result = match read_frame::<ToAgent, _>(&mut recv).await {
+        Ok(Some(ToAgent::Start(spec))) => serve_job_stream(&jobs, spec, &mut send, recv).await,
+        Ok(Some(ToAgent::TerminalOpen(size))) => {
+            crate::terminal::serve(&terminals, size, &mut send, recv).await
+        }
+        Ok(_) => Err(anyhow::anyhow!(
+            "a stream must begin with a start or a terminal open"
+        )),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
+        tracing::debug!("stream ended: {e:#}");
     }
 }
 
-async fn serve_job_stream_inner(
+/// Serves one job stream: starts or resumes the job, sends every unacknowledged chunk
+/// and then new ones as they are spooled, then the end; records acks and cancels.
+async fn serve_job_stream(
     jobs: &Jobs,
+    spec: Box<dynserv_shared::proto::JobSpec>,
     send: &mut quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<()> {
-    let spec = match read_frame::<ToAgent, _>(&mut recv).await? {
-        Some(ToAgent::Start(spec)) => spec,
-        _ => bail!("a job stream must begin with a start"),
-    };
     let (job, resumed) = match jobs.start_or_resume(&spec) {
         Ok(StartOutcome::Started(job)) => (job, false),
         Ok(StartOutcome::Resumed(job)) => (job, true),
@@ -757,7 +781,12 @@ fn handle_control(jobs: &Jobs, job: &crate::jobs::Job, msg: ToAgent) -> Result<b
             jobs.forget(&job.id);
             return Ok(true);
         }
-        ToAgent::Start(_) => {}
+        // Another stream's messages; a job stream never carries them.
+        ToAgent::Start(_)
+        | ToAgent::TerminalOpen(_)
+        | ToAgent::TerminalInput { .. }
+        | ToAgent::TerminalResize(_)
+        | ToAgent::TerminalClose => {}
     }
     Ok(false)
 }

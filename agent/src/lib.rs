@@ -1,7 +1,8 @@
 //! dynserv-agent library: enrollment and the connection to the control plane
 //! ([`connection`]), jobs and their on-disk spool ([`jobs`], [`spool`]), host facts
 //! ([`facts`]), reconnect backoff ([`backoff`]), the control plane's address list
-//! ([`servers`]) and owner-only files ([`private_fs`]).
+//! ([`servers`]), interactive terminals on a PTY ([`terminal`]) and owner-only files
+//! ([`private_fs`]).
 
 pub mod backoff;
 pub mod compose;
@@ -13,4 +14,5 @@ pub mod playbook;
 pub mod private_fs;
 pub mod servers;
 pub mod spool;
+pub mod terminal;
 pub mod update;

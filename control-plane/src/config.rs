@@ -38,6 +38,8 @@ pub const DEFAULT_AGENT_OFFLINE_ALERT_SECS: u64 = 300;
 /// Default bytes of output stored per execution (100 MiB); past it the job goes on
 /// and nothing more is stored or shown.
 pub const DEFAULT_MAX_JOB_OUTPUT: u64 = 100 * 1024 * 1024;
+/// Default seconds a web terminal may go without input before it is closed.
+pub const DEFAULT_TERMINAL_IDLE_SECS: u64 = 900;
 /// Default size of the store's page cache, in MiB.
 pub const DEFAULT_STORE_CACHE_MB: u64 = 32;
 /// Default free space (MiB) under the data directory below which new jobs are
@@ -86,6 +88,8 @@ pub struct FileConfig {
     pub webhook_allow: Option<Vec<String>>,
     /// Seconds an agent stays disconnected before `agent.offline` is raised (0: never).
     pub agent_offline_alert_secs: Option<u64>,
+    /// Seconds a web terminal may go without input before it is closed.
+    pub terminal_idle_secs: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (already merged by clap).
@@ -126,6 +130,8 @@ pub struct Overrides {
     pub webhook_allow: Option<String>,
     /// `DYNSERV_AGENT_OFFLINE_ALERT` (seconds).
     pub agent_offline_alert: Option<String>,
+    /// `DYNSERV_TERMINAL_IDLE_SECS`.
+    pub terminal_idle_secs: Option<String>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -176,6 +182,9 @@ pub struct Config {
     /// How long an agent stays disconnected before `agent.offline` is raised
     /// (`DYNSERV_AGENT_OFFLINE_ALERT`); `None` raises none.
     pub agent_offline_alert: Option<Duration>,
+    /// How long a web terminal may go without input (keystrokes, resizes) before it
+    /// is closed (`DYNSERV_TERMINAL_IDLE_SECS`, at least 10 s).
+    pub terminal_idle: Duration,
 }
 
 /// The default sender of alert e-mails.
@@ -383,6 +392,15 @@ impl Config {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            terminal_idle: Duration::from_secs(
+                seconds(
+                    "DYNSERV_TERMINAL_IDLE_SECS",
+                    over.terminal_idle_secs.as_deref(),
+                    file.terminal_idle_secs,
+                    DEFAULT_TERMINAL_IDLE_SECS,
+                )?
+                .max(10),
+            ),
         })
     }
 }
@@ -542,6 +560,7 @@ mod tests {
         assert_eq!(from_file.webhook_allow, defaults.webhook_allow);
         assert_eq!(from_file.smtp_url, defaults.smtp_url);
         assert_eq!(from_file.agent_offline_alert, defaults.agent_offline_alert);
+        assert_eq!(from_file.terminal_idle, defaults.terminal_idle);
         assert_eq!(file.http.as_deref(), Some(DEFAULT_HTTP));
     }
 

@@ -137,6 +137,7 @@ pub fn seed(store: &Store, keys: &Keys) -> Result<bool> {
                 budget_monthly: (*budget > 0.0).then_some(*budget),
                 deploy_command: deploy.map(String::from),
                 hetzner_token: None,
+                terminal_enabled: None,
             };
             projects::create(w, keys, &actor, &input)?;
         }

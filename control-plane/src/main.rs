@@ -147,6 +147,7 @@ fn overrides(cli: &Cli, serve: Option<&ServeArgs>) -> Overrides {
         mail_from: env("DYNSERV_MAIL_FROM"),
         webhook_allow: env("DYNSERV_WEBHOOK_ALLOW"),
         agent_offline_alert: env("DYNSERV_AGENT_OFFLINE_ALERT"),
+        terminal_idle_secs: env("DYNSERV_TERMINAL_IDLE_SECS"),
         config_file: cli.config.clone(),
     }
 }

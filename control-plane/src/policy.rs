@@ -107,6 +107,10 @@ pub enum Action {
     OperateServers,
     /// Create and edit the project's deployment scripts.
     ManageScripts,
+    /// Open an interactive terminal on the project's servers (write level, like
+    /// operating them, but a separate action: a project's admins can also turn
+    /// terminals off for the project, `Project::terminal_enabled`).
+    Terminal,
     /// Edit the project (description, budget, Hetzner token, recipes).
     EditProject,
     /// Grant and revoke access to the project.
@@ -117,7 +121,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, for table tests and documentation.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::ManageUsers,
         Action::ViewAudit,
         Action::CreateProject,
@@ -132,6 +136,7 @@ impl Action {
         Action::ViewServers,
         Action::OperateServers,
         Action::ManageScripts,
+        Action::Terminal,
         Action::EditProject,
         Action::ManageAccess,
         Action::ManageAgents,
@@ -141,7 +146,7 @@ impl Action {
     pub fn required_level(self) -> Option<Level> {
         match self {
             Action::ViewProject | Action::ViewServers => Some(Level::Read),
-            Action::OperateServers | Action::ManageScripts => Some(Level::Write),
+            Action::OperateServers | Action::ManageScripts | Action::Terminal => Some(Level::Write),
             Action::EditProject | Action::ManageAccess | Action::ManageAgents => Some(Level::Admin),
             _ => None,
         }
@@ -217,6 +222,7 @@ fn sales_can(subject: &Subject, action: Action) -> bool {
         | Action::ViewServers
         | Action::OperateServers
         | Action::ManageScripts
+        | Action::Terminal
         | Action::EditProject
         | Action::ManageAccess
         | Action::ManageAgents
@@ -266,7 +272,7 @@ mod tests {
                 | ViewAllRevenue => false,
                 UseFleet => true,
                 ViewProject | ViewServers => manager || at_least(Level::Read),
-                OperateServers | ManageScripts => manager || at_least(Level::Write),
+                OperateServers | ManageScripts | Terminal => manager || at_least(Level::Write),
                 EditProject | ManageAccess | ManageAgents => manager || at_least(Level::Admin),
             },
             // Sales agents never touch servers: whatever grant they hold, every fleet,
@@ -277,7 +283,7 @@ mod tests {
                 ViewAllRequests | ViewAllRevenue => manager,
                 UseFleet => false,
                 ViewProject => true,
-                ViewServers | OperateServers | ManageScripts => false,
+                ViewServers | OperateServers | ManageScripts | Terminal => false,
                 EditProject | ManageAccess | ManageAgents => false,
             },
         }
@@ -311,7 +317,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 3 * 2 * 4 * 17 * 2);
+        assert_eq!(checked, 3 * 2 * 4 * 18 * 2);
     }
 
     /// A sales agent with an admin grant on a project still gets no fleet or operations
@@ -326,6 +332,7 @@ mod tests {
                 Action::ViewServers,
                 Action::OperateServers,
                 Action::ManageScripts,
+                Action::Terminal,
                 Action::EditProject,
                 Action::ManageAccess,
                 Action::ManageAgents,
@@ -343,6 +350,8 @@ mod tests {
         let mut s = subject(Role::Technical, false, None);
         s.grants.insert("nova".into(), Level::Write);
         assert!(can(&s, Action::OperateServers, Some("nova")));
+        assert!(can(&s, Action::Terminal, Some("nova")));
+        assert!(!can(&s, Action::Terminal, Some("frappe")));
         assert!(!can(&s, Action::ViewServers, Some("frappe")));
         assert!(!can(&s, Action::ManageAccess, Some("nova")));
     }

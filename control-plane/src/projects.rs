@@ -39,6 +39,16 @@ pub struct Project {
     /// The command that deploys the project's application on a server.
     pub deploy_command: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Whether people with the `terminal` permission may open terminals on the
+    /// project's servers; its admins can turn it off. On for records written before
+    /// the setting existed.
+    #[serde(default = "terminal_enabled_default")]
+    pub terminal_enabled: bool,
+}
+
+/// Terminals are allowed unless a project's admins turn them off.
+fn terminal_enabled_default() -> bool {
+    true
 }
 
 impl Record for Project {
@@ -59,6 +69,7 @@ pub struct ProjectView {
     pub last_sync: Option<SyncStatus>,
     pub deploy_command: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    pub terminal_enabled: bool,
 }
 
 impl From<&Project> for ProjectView {
@@ -72,6 +83,7 @@ impl From<&Project> for ProjectView {
             last_sync: p.last_sync.clone(),
             deploy_command: p.deploy_command.clone(),
             created_at: p.created_at,
+            terminal_enabled: p.terminal_enabled,
         }
     }
 }
@@ -104,6 +116,9 @@ pub struct ProjectInput {
     pub hetzner_token: Option<String>,
     pub budget_monthly: Option<f64>,
     pub deploy_command: Option<String>,
+    /// Whether terminals may be opened on the project's servers (on when absent at
+    /// creation; unchanged when absent on edit).
+    pub terminal_enabled: Option<bool>,
 }
 
 /// Finds a project by id or (case-insensitive) name.
@@ -213,6 +228,7 @@ pub fn create_adding_to(
         last_sync: None,
         deploy_command: deploy_command?,
         created_at: chrono::Utc::now(),
+        terminal_enabled: input.terminal_enabled.unwrap_or(true),
     };
     w.put(&project)?;
     w.index_put(BY_NAME, &name.to_lowercase(), &project.id)?;
@@ -305,6 +321,15 @@ pub fn update_adding_to(
     }
     if let Some(cmd) = deploy_command {
         project.deploy_command = cmd?;
+    }
+    if let Some(enabled) = input.terminal_enabled {
+        if enabled != project.terminal_enabled {
+            project.terminal_enabled = enabled;
+            changes.push(format!(
+                "terminals {}",
+                if enabled { "allowed" } else { "turned off" }
+            ));
+        }
     }
     match token? {
         Some(token) => {

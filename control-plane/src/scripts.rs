@@ -1294,6 +1294,7 @@ mod tests {
             last_sync: None,
             deploy_command: None,
             created_at: Utc::now(),
+            terminal_enabled: true,
         }
     }
 

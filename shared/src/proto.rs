@@ -23,6 +23,17 @@
 //!   reported started carries [`JobSpec::resume_only`], so that a copy of the agent
 //!   that never saw the job does not start it either.
 //!
+//! * **Terminal** (protocol 3; one per open terminal, opened by the control plane):
+//!   [`ToAgent::TerminalOpen`] first; the agent answers [`FromAgent::TerminalOpened`]
+//!   (or [`FromAgent::Rejected`], for example past its limit of terminals), then sends
+//!   the PTY's output as [`FromAgent::TerminalOutput`] frames of at most
+//!   [`MAX_TERMINAL_FRAME`] bytes and ends with [`FromAgent::TerminalClosed`] when the
+//!   shell exits. The control plane sends [`ToAgent::TerminalInput`],
+//!   [`ToAgent::TerminalResize`] and [`ToAgent::TerminalClose`]; closing the stream
+//!   closes the terminal too. Terminal bytes travel base64-encoded (a PTY's output is
+//!   not always valid UTF-8, and a read may end inside a character). Nothing of a
+//!   terminal is stored on the agent.
+//!
 //! Copies of one agent (its state directory cloned to another machine) share its
 //! certificate; the hello's `host_id` and `instance_id` tell them apart, and the
 //! control plane refuses every copy but the one holding the identity with
@@ -43,16 +54,26 @@ pub const ALPN: &[u8] = b"dynserv/1";
 /// Version of the message set below; sent in every hello and enrollment request.
 ///
 /// History: 1 is the first release's message set; 2 adds certificate renewal on the
-/// control stream ([`ServerControl::Certificate`], [`AgentControl::CertificateStored`]).
+/// control stream ([`ServerControl::Certificate`], [`AgentControl::CertificateStored`]);
+/// 3 adds terminal streams ([`ToAgent::TerminalOpen`] and the messages after it).
 /// A control plane serves agents down to [`MIN_PROTOCOL_VERSION`] (one version older
 /// than its own) and sends each only what its version knows: nothing added in a later
 /// version, and no job whose kind needs a later one ([`JobKind::min_protocol`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest agent protocol a control plane still serves: the previous release's, so
 /// a fleet can be upgraded agent by agent after its control plane. An older hello is
 /// refused with [`ServerControl::Refused`] and a reason naming the upgrade path.
 pub const MIN_PROTOCOL_VERSION: u32 = PROTOCOL_VERSION - 1;
+
+/// The first protocol that knows terminal streams; the control plane never opens one
+/// to an agent whose hello announced an older protocol.
+pub const TERMINAL_MIN_PROTOCOL: u32 = 3;
+
+/// Most bytes of terminal data (before base64) in one [`ToAgent::TerminalInput`] or
+/// [`FromAgent::TerminalOutput`]; a longer input is split by the sender, and the agent
+/// reads the PTY in pieces of at most this size.
+pub const MAX_TERMINAL_FRAME: usize = 16 * 1024;
 
 /// Default UDP port of the fleet gateway.
 pub const DEFAULT_PORT: u16 = 4433;
@@ -517,6 +538,42 @@ pub enum ToAgent {
     Cancel,
     /// The job's end is stored; the agent may forget everything but its id.
     EndAck,
+    /// Open a terminal: a login shell of the agent's user on a new PTY of this size
+    /// (protocol 3). Always the first message of a terminal stream.
+    TerminalOpen(TerminalSize),
+    /// Bytes typed into the terminal, base64 (standard); at most
+    /// [`MAX_TERMINAL_FRAME`] bytes once decoded.
+    TerminalInput {
+        /// The bytes, base64.
+        data: String,
+    },
+    /// The terminal's window changed size.
+    TerminalResize(TerminalSize),
+    /// Close the terminal: the shell's process group is hung up and the stream ends.
+    TerminalClose,
+}
+
+/// A terminal's size in character cells. Values outside 1..=[`MAX_TERMINAL_CELLS`] are
+/// clamped by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+/// Largest number of columns or rows a terminal is given.
+pub const MAX_TERMINAL_CELLS: u16 = 1000;
+
+impl TerminalSize {
+    /// The size with both sides clamped to 1..=[`MAX_TERMINAL_CELLS`].
+    pub fn clamped(self) -> TerminalSize {
+        TerminalSize {
+            cols: self.cols.clamp(1, MAX_TERMINAL_CELLS),
+            rows: self.rows.clamp(1, MAX_TERMINAL_CELLS),
+        }
+    }
 }
 
 /// Messages from the agent on a job stream.
@@ -544,11 +601,82 @@ pub enum FromAgent {
     Output(OutputChunk),
     /// The job ended; sent after every chunk.
     End(JobEnd),
+    /// The terminal asked for by [`ToAgent::TerminalOpen`] runs (protocol 3).
+    TerminalOpened {
+        /// The shell it runs (`/bin/bash`).
+        shell: String,
+    },
+    /// Output of the terminal's PTY, base64 (standard); at most [`MAX_TERMINAL_FRAME`]
+    /// bytes once decoded.
+    TerminalOutput {
+        /// The bytes, base64.
+        data: String,
+    },
+    /// The terminal ended (its shell exited, or it was closed); the last message of a
+    /// terminal stream.
+    TerminalClosed {
+        /// One line for people ("the shell exited with code 0").
+        reason: String,
+        /// The shell's exit code, when it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Terminal messages round-trip with their documented tags, and a size is clamped
+    /// to what a PTY accepts.
+    #[test]
+    fn terminal_messages_round_trip() {
+        let to_agent = [
+            ToAgent::TerminalOpen(TerminalSize { cols: 80, rows: 24 }),
+            ToAgent::TerminalInput {
+                data: "ZWNobwo=".into(),
+            },
+            ToAgent::TerminalResize(TerminalSize {
+                cols: 120,
+                rows: 40,
+            }),
+            ToAgent::TerminalClose,
+        ];
+        for message in to_agent {
+            let text = serde_json::to_string(&message).unwrap();
+            assert!(text.contains("\"type\":\"terminal_"), "{text}");
+            assert_eq!(serde_json::from_str::<ToAgent>(&text).unwrap(), message);
+        }
+        let from_agent = [
+            FromAgent::TerminalOpened {
+                shell: "/bin/bash".into(),
+            },
+            FromAgent::TerminalOutput {
+                data: "aGk=".into(),
+            },
+            FromAgent::TerminalClosed {
+                reason: "the shell exited with code 0".into(),
+                exit_code: Some(0),
+            },
+        ];
+        for message in from_agent {
+            let text = serde_json::to_string(&message).unwrap();
+            assert_eq!(serde_json::from_str::<FromAgent>(&text).unwrap(), message);
+        }
+        assert_eq!(
+            TerminalSize {
+                cols: 0,
+                rows: 60000
+            }
+            .clamped(),
+            TerminalSize {
+                cols: 1,
+                rows: MAX_TERMINAL_CELLS
+            }
+        );
+        // Agents one version older are still served, and they know no terminals.
+        const { assert!(MIN_PROTOCOL_VERSION == 2 && TERMINAL_MIN_PROTOCOL > MIN_PROTOCOL_VERSION) };
+    }
 
     /// Messages of agents and control planes from before copies were told apart still
     /// decode (the new fields default to empty), and the new fields round-trip.

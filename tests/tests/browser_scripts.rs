@@ -1,6 +1,7 @@
 //! Deployment scripts in a real headless Chromium: a technician finds the samples,
-//! creates a playbook, sees a validation error with line:column beside the body,
-//! fixes it, runs it with a secret variable on the local agent and watches the live
+//! creates a playbook in the code editor (line numbers), sees a validation error with
+//! line:column beside the body and the line marked in the editor, adds a variable
+//! without saving first, fixes it, runs it with a secret variable on the local agent and watches the live
 //! log on the rollout page, with the secret masked.
 
 use std::time::Duration;
@@ -11,16 +12,20 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "Br0wser-Secret-77";
 
-/// Sets a form field's value through script (multi-line text keeps its indentation).
-async fn set_value(browser: &Browser, css: &str, value: &str) {
-    browser.wait_for(css).await;
-    browser
+/// Sets the script body through the code editor that replaced its textarea (the
+/// textarea follows the editor).
+async fn set_body(browser: &Browser, value: &str) {
+    browser.wait_for("#body[data-editor-ready]").await;
+    let set = browser
         .eval(&format!(
-            "document.querySelector({}).value = {}; return true;",
-            json!(css),
+            "var w = document.querySelector('#body').nextElementSibling; \
+             if (!w || !w.CodeMirror) {{ return false; }} \
+             w.CodeMirror.setValue({}); return document.querySelector('#body').value === {};",
+            json!(value),
             json!(value)
         ))
         .await;
+    assert_eq!(set, json!(true), "the body is not in a code editor");
 }
 
 /// Scrolls an element to the middle of the window, clear of the sticky top bar.
@@ -87,12 +92,16 @@ async fn create_validate_run_and_watch_a_script() {
     // A playbook with an unknown module on line 4.
     browser.goto("/scripts/new").await;
     browser.fill("#name", "browser-hello").await;
-    set_value(
+    // The body is a code editor with line numbers.
+    set_body(
         &browser,
-        "#body",
         "- name: browser\n  hosts: all\n  tasks:\n    - name: broken\n      not_a_real_module:\n        x: 1\n",
     )
     .await;
+    assert_eq!(
+        browser.texts("#script-form .CodeMirror-linenumber").await[..6],
+        ["1", "2", "3", "4", "5", "6"]
+    );
     browser.fill("input[name=var_0_name]", "api_key").await;
     check(&browser, "input[name=var_0_secret]").await;
     check(&browser, "input[name=var_0_required]").await;
@@ -108,6 +117,16 @@ async fn create_validate_run_and_watch_a_script() {
             .as_deref(),
         Some("4")
     );
+    // The editor marks line 4.
+    browser.wait_for("#body[data-editor-ready]").await;
+    assert_eq!(
+        text_of(
+            &browser,
+            ".CodeMirror .ds-error-line .CodeMirror-linenumber"
+        )
+        .await,
+        "4"
+    );
     // What was typed survives the error, the secret flag too.
     assert_eq!(
         browser
@@ -117,10 +136,23 @@ async fn create_validate_run_and_watch_a_script() {
         Some("api_key")
     );
 
+    // A variable is added without saving first.
+    let rows = browser.all("#variables-table tbody tr").await.len();
+    center(&browser, "#add-variable").await;
+    browser.click("#add-variable").await;
+    assert_eq!(
+        browser.all("#variables-table tbody tr").await.len(),
+        rows + 1
+    );
+    let added = format!("input[name=var_{rows}_name]");
+    browser.fill(&added, "region").await;
+    browser
+        .fill(&format!("input[name=var_{rows}_default]"), "eu-central")
+        .await;
+
     // Fixed, it saves and offers Run.
-    set_value(
+    set_body(
         &browser,
-        "#body",
         "- name: browser\n  hosts: all\n  tasks:\n    - name: greet\n      debug:\n        msg: \"hello from the browser, key {{ api_key }}\"\n",
     )
     .await;
@@ -130,6 +162,10 @@ async fn create_validate_run_and_watch_a_script() {
         !browser.exists("#body-error").await,
         "{}",
         browser.page_text().await
+    );
+    assert!(
+        browser.exists("input[value=\"region\"]").await,
+        "the added variable was not saved"
     );
     let script_path = browser.path().await;
     center(&browser, "#run-script").await;

@@ -1112,6 +1112,11 @@ async fn job_loop(
                         }
                         return Ok(());
                     }
+                    FromAgent::TerminalOpened { .. }
+                    | FromAgent::TerminalOutput { .. }
+                    | FromAgent::TerminalClosed { .. } => {
+                        bail!("the agent sent a terminal message on a job stream");
+                    }
                 }
             }
             changed = acked_rx.changed() => {

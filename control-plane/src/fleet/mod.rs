@@ -7,6 +7,7 @@
 //!   process) is served.
 //! * [`ingest`]: batched storage of output and job ends, then acks and publication.
 //! * [`hub`]: live fan-out to WebSocket viewers.
+//! * [`terminal`]: terminals on agents, their frames routed to and from the web side.
 //!
 //! [`Fleet`] is the handle the rest of the control plane uses: dispatch an execution,
 //! cancel it, ask whether an agent is connected, set the replica addresses announced
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod hub;
 pub mod identity;
 pub mod ingest;
+pub mod terminal;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -166,6 +166,7 @@ mod tests {
             last_sync: None,
             deploy_command: None,
             created_at: chrono::Utc::now(),
+            terminal_enabled: true,
         }
     }
 

@@ -707,6 +707,7 @@ mod tests {
             last_sync: None,
             deploy_command: None,
             created_at: Utc::now(),
+            terminal_enabled: true,
         };
         let mut req = request("Acme");
         store.put(&project).unwrap();

@@ -27,6 +27,7 @@ pub mod scripts_pages;
 pub mod server_page;
 pub mod ssh_api;
 pub mod ssh_pages;
+pub mod terminal;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -543,7 +544,9 @@ pub fn filter(
     app: App,
 ) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
-    let ws_route = ws::filter(app.clone());
+    let ws_route = ws::filter(app.clone())
+        .or(terminal::filter(app.clone()))
+        .unify();
     let app_filter = warp::any().map(move || app.clone());
     let main = warp::method()
         .and(warp::path::full())

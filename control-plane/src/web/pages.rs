@@ -657,7 +657,7 @@ pub fn project_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
         None => {
             require(ctx, Action::CreateProject, None)?;
             (
-                json!({"project": null, "values": {}, "errors": {}, "error": null}),
+                json!({"project": null, "values": {"terminal_enabled": "on"}, "errors": {}, "error": null}),
                 "New project".to_string(),
             )
         }
@@ -671,6 +671,7 @@ pub fn project_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
                 "name": project.name, "description": project.description.clone().unwrap_or_default(),
                 "budget_monthly": project.budget_monthly.map(|b| b.to_string()).unwrap_or_default(),
                 "deploy_command": project.deploy_command.clone().unwrap_or_default(),
+                "terminal_enabled": if project.terminal_enabled { "on" } else { "" },
             });
             (
                 json!({"project": ProjectView::from(&project), "values": values, "errors": {}, "error": null}),
@@ -710,6 +711,7 @@ pub fn project_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppRes
             hetzner_token: form.get("hetzner_token").map(String::from),
             budget_monthly: budget_monthly.unwrap_or(None),
             deploy_command: Some(form.get("deploy_command").unwrap_or("").to_string()),
+            terminal_enabled: Some(form.checked("terminal_enabled")),
         };
         let clear = form.checked("clear_token");
         app.store

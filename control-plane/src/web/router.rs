@@ -76,6 +76,7 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
             ssh_api::install_project(app, req, &ctx, id)
         }
         (&Method::GET, ["servers", id, "ssh"]) => ssh_api::server_state(app, &ctx, id),
+        (&Method::GET, ["servers", id, "terminal"]) => super::terminal::check_api(app, &ctx, id),
         (&Method::POST, ["servers", id, "ssh-test"]) => ssh_api::test(app, req, &ctx, id).await,
         (&Method::POST, ["servers", id, "ssh-host-key", "accept"]) => {
             ssh_api::accept_host_key(app, req, &ctx, id)
@@ -375,6 +376,7 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
             fleet_pages::revoke_token_page(app, req, &ctx, id)
         }
         (&Method::GET, ["servers", id, "run"]) => fleet_pages::run_form(app, req, &ctx, id),
+        (&Method::GET, ["servers", id, "terminal"]) => super::terminal::page(app, req, &ctx, id),
         (&Method::POST, ["servers", id, "run"]) => fleet_pages::run_submit(app, req, &ctx, id),
         (&Method::GET, ["executions"]) => fleet_pages::executions_page(app, req, &ctx),
         // Deployment scripts: list, editor, run form, rollouts.

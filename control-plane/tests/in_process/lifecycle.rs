@@ -106,9 +106,9 @@ fn time(value: &Value) -> DateTime<Utc> {
 }
 
 /// An agent of the previous release (protocol one older) is welcomed, runs a job, shows
-/// its version as outdated in the list and the summary, and is never sent a renewed
-/// certificate, which its protocol does not know; a hello older still is refused with
-/// a reason that names the upgrade path.
+/// its version as outdated in the list and the summary, and is never opened a terminal,
+/// which its protocol does not know (the refusal says to upgrade it); a hello older
+/// still is refused with a reason that names the upgrade path.
 #[test]
 fn previous_protocol_is_served_and_older_ones_are_refused() {
     util::run(async {
@@ -132,11 +132,6 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
         .await;
         assert_eq!(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION - 1);
 
-        // Its certificate is due for renewal by the control plane's clock.
-        let later = Utc::now() + chrono::Duration::days(70);
-        cp.app
-            .fleet
-            .set_cert_policy(CertPolicy::new(90).with_clock(Arc::new(move || later)));
         let (mut raw, answer) = raw_hello(
             cp.quic,
             state.path(),
@@ -195,7 +190,22 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
             "from the old agent\n"
         );
 
-        // Heartbeats are answered, and nothing else comes: no renewal for protocol 1.
+        // No terminal for protocol 2: refused with the upgrade path, no stream opened.
+        let refused = cp
+            .app
+            .fleet
+            .open_terminal(
+                &old_id,
+                dynserv_shared::proto::TerminalSize { cols: 80, rows: 24 },
+            )
+            .await
+            .err()
+            .expect("a terminal refused to the old agent");
+        assert!(
+            refused.to_string().contains("upgrade the agent"),
+            "{refused}"
+        );
+        // Heartbeats are answered, and nothing else comes.
         for _ in 0..2 {
             write_frame(&mut raw.send, &AgentControl::Heartbeat(Load::default()))
                 .await
