@@ -45,6 +45,7 @@ cases!(
     a_backup_is_a_consistent_copy,
     index_pages_walk_both_ways_from_a_cursor,
     records_pages_walk_both_ways,
+    reads_and_log_tops_survive_sending,
     counters_follow_their_transactions,
     logs_append_once_and_delete_in_batches,
     concurrent_writers_never_lose_an_update,

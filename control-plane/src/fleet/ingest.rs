@@ -109,12 +109,14 @@ fn run(store: Store, hub: Hub, events: Events, max_output: u64, mut rx: mpsc::Re
     }
 }
 
-/// Reads the agents and executions a batch names in two queries: on PostgreSQL
+/// Reads the agents and executions a batch names, and where the logs it adds to end,
+/// in four queries: on PostgreSQL
 /// the transaction then answers each item's reads from what it holds instead of one
 /// round trip per item (a 10,000-agent fan-out ends in a few batches).
 fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
     let mut agent_ids = std::collections::BTreeSet::new();
     let mut execution_ids = std::collections::BTreeSet::new();
+    let mut with_output = std::collections::BTreeSet::new();
     for item in batch {
         match item {
             Item::Hello { agent_id, .. }
@@ -122,17 +124,21 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
             | Item::Seen { agent_id, .. } => {
                 agent_ids.insert(agent_id.to_string());
             }
-            Item::Started { execution_id, .. }
-            | Item::Chunk { execution_id, .. }
-            | Item::End { execution_id, .. } => {
+            Item::Chunk { execution_id, .. } => {
+                execution_ids.insert(execution_id.to_string());
+                with_output.insert(execution_id.to_string());
+            }
+            Item::Started { execution_id, .. } | Item::End { execution_id, .. } => {
                 execution_ids.insert(execution_id.to_string());
             }
         }
     }
     let agent_ids: Vec<String> = agent_ids.into_iter().collect();
     let execution_ids: Vec<String> = execution_ids.into_iter().collect();
+    let with_output: Vec<String> = with_output.into_iter().collect();
     w.prefetch::<agents::Agent>(&agent_ids)?;
     w.prefetch::<executions::Execution>(&execution_ids)?;
+    executions::prefetch_output(w, &with_output)?;
     Ok(())
 }
 
@@ -366,7 +372,13 @@ mod tests {
                 driver: Some(live_tx),
             },
         ];
-        apply(&store, &Hub::default(), &Events::new(), u64::MAX, &mut batch);
+        apply(
+            &store,
+            &Hub::default(),
+            &Events::new(),
+            u64::MAX,
+            &mut batch,
+        );
         assert!(matches!(stale_rx.try_recv(), Ok(JobCommand::Cancel)));
         assert!(live_rx.try_recv().is_err());
         let stored = |id: &str| {

@@ -55,6 +55,10 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("records_pages_walk_both_ways", records_pages_walk_both_ways),
     (
+        "reads_and_log_tops_survive_sending",
+        reads_and_log_tops_survive_sending,
+    ),
+    (
         "counters_follow_their_transactions",
         counters_follow_their_transactions,
     ),
@@ -621,6 +625,59 @@ fn a_writer_reads_its_own_writes(open: Open) {
             r.prefetch_counters(&["own".into(), "none".into()])?;
             assert_eq!(r.get::<Thing>("k1")?, Some(thing("k1", 10)));
             assert_eq!(r.counter("none")?, 0);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A writer's reads stay right across the sending of its changes (a range read sends
+/// them on PostgreSQL, which keeps what it read and asks again for what it wrote): a
+/// record read ahead and changed afterwards, an index entry read as missing and then
+/// written; where logs end, read ahead for several executions, answers `log_has` and
+/// `log_append` as asking one by one does.
+fn reads_and_log_tops_survive_sending(open: Open) {
+    let store = open().unwrap();
+    store
+        .write(|w| {
+            w.put(&thing("r1", 1))?;
+            w.log_append("l1", 0, b"a")?;
+            w.log_append("l1", 1, b"b")?;
+            Ok(())
+        })
+        .unwrap();
+    store
+        .write(|w| {
+            w.prefetch::<Thing>(&["r1".into(), "r2".into()])?;
+            assert_eq!(w.index_get("kept", "x")?, None);
+            w.prefetch_log_tops(&["l1".into(), "l2".into()])?;
+            w.put(&thing("w1", 5))?;
+            assert!(w.index_scan("kept", "")?.is_empty(), "sends the changes");
+            assert_eq!(w.get::<Thing>("r1")?, Some(thing("r1", 1)));
+            assert_eq!(w.get::<Thing>("r2")?, None);
+            assert_eq!(w.get::<Thing>("w1")?, Some(thing("w1", 5)));
+            w.put(&thing("r1", 2))?;
+            w.index_put("kept", "x", "r1")?;
+            assert_eq!(w.get::<Thing>("r1")?, Some(thing("r1", 2)));
+            assert_eq!(w.index_get("kept", "x")?.as_deref(), Some("r1"));
+            assert!(w.log_has("l1", 1)?);
+            assert!(!w.log_has("l1", 2)?);
+            assert!(!w.log_has("l2", 0)?);
+            assert!(!w.log_append("l1", 0, b"again")?);
+            assert!(w.log_append("l2", 0, b"c")?);
+            assert_eq!(w.index_scan("kept", "")?.len(), 1, "sends them again");
+            assert_eq!(w.get::<Thing>("r1")?, Some(thing("r1", 2)));
+            assert_eq!(w.index_get("kept", "x")?.as_deref(), Some("r1"));
+            assert!(w.log_has("l2", 0)?);
+            assert!(!w.log_append("l2", 0, b"again")?);
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|r| {
+            assert_eq!(r.get::<Thing>("r1")?, Some(thing("r1", 2)));
+            assert_eq!(r.get::<Thing>("w1")?, Some(thing("w1", 5)));
+            assert_eq!(r.log_range("l1", 0, 9)?.len(), 2);
+            assert_eq!(r.log_range("l2", 0, 9)?.len(), 1);
             Ok(())
         })
         .unwrap();

@@ -833,6 +833,37 @@ impl RawRead for Txn {
         Ok(())
     }
 
+    fn prefetch_log_tops(&self, execution_ids: &[&str]) -> Result<()> {
+        if !self.writer {
+            return Ok(());
+        }
+        let asked: Vec<&str> = {
+            let p = self.pending.borrow();
+            execution_ids
+                .iter()
+                .copied()
+                .filter(|id| !p.log_top.contains_key(*id))
+                .collect()
+        };
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let rows = self.query(
+            "SELECT execution_id, max(seq) FROM dynserv_logs
+             WHERE execution_id = ANY($1) GROUP BY execution_id",
+            &[&asked],
+        )?;
+        let found: HashMap<String, u64> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), seq_from(r.get(1))))
+            .collect();
+        let mut p = self.pending.borrow_mut();
+        for id in asked {
+            p.log_top.insert(id.to_string(), found.get(id).copied());
+        }
+        Ok(())
+    }
+
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
         let pending = &self.pending;
         if !self.writer {
@@ -1414,22 +1445,26 @@ impl Pending {
         out
     }
 
-    /// After the changes reached the database: forget them (and the cached reads, so
-    /// a long writer's memory stays bounded), keeping what the log tops learned.
+    /// After the changes reached the database: forget them, keeping the reads and what
+    /// the log tops learned.
     fn sent(&mut self) {
         for (execution, seq, _) in &self.logs {
             if let Some(top) = self.log_top.get_mut(execution) {
                 *top = Some(top.map_or(*seq, |t| t.max(*seq)));
             }
         }
-        self.records.clear();
-        self.index.clear();
-        self.counters.clear();
-        self.meta.clear();
+        // What was read stays known (a fan-out reads its 10,000 agents ahead once, and
+        // losing them here cost a round trip each for the rest of the transaction);
+        // what was written is in the database now and is asked again if needed, so
+        // the cache stays within CACHED_READS.
+        self.records.retain(|_, s| !s.dirty);
+        self.index.retain(|_, s| !s.dirty);
+        self.counters.retain(|_, s| !s.dirty);
+        self.meta.retain(|_, s| !s.dirty);
         self.logs.clear();
         self.log_keys.clear();
         self.bytes = 0;
-        self.reads = 0;
+        self.reads = self.records.len() + self.index.len() + self.counters.len() + self.meta.len();
     }
 }
 
