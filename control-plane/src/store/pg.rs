@@ -1349,6 +1349,10 @@ fn keyed_statements<T: Clone>(
             None => gone.push(key),
         }
     }
+    // In key order: consecutive rows land on the same pages of the primary key's
+    // B-tree (a fan-out's index entries, in hash order, touched a different page each).
+    live.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    gone.sort_unstable();
     for part in live.chunks(ROWS_PER_STATEMENT) {
         out.push(Statement {
             sql: upsert,
