@@ -428,7 +428,13 @@ pub fn frame_lines(text: &str) -> Option<impl Iterator<Item = &[u8]>> {
     Some(
         data.split(|&b| b == b'\\')
             .enumerate()
-            .map(|(i, piece)| if i == 0 { piece } else { piece.get(1..).unwrap_or_default() })
+            .map(|(i, piece)| {
+                if i == 0 {
+                    piece
+                } else {
+                    piece.get(1..).unwrap_or_default()
+                }
+            })
             .filter(|l| !l.is_empty()),
     )
 }
