@@ -654,6 +654,7 @@ pub fn register(
     w.put(&agent)?;
     index_new(w, &agent)?;
     count_version(w, &agent, 1)?;
+    crate::executions::know_term(w, name)?;
     audit::record(
         w,
         &Actor::system(),
