@@ -625,6 +625,9 @@ pub fn create(
     w.put(&execution)?;
     w.index_put(ACTIVE, &index_key(&execution), &execution.id)?;
     index_new(w, &execution)?;
+    w.announce(crate::live::Event::executions_created(
+        &execution.project_id,
+    ));
     audit::record(
         w,
         actor,

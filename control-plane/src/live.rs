@@ -109,6 +109,18 @@ impl Event {
         }
     }
 
+    /// Executions of a project were created (queued). One event per project and
+    /// transaction however many (a fan-out of 10,000 is one): lists showing their
+    /// newest page read it again.
+    pub fn executions_created(project_id: &str) -> Event {
+        Event {
+            topic: Topic::Executions,
+            projects: vec![project_id.to_string()],
+            user: None,
+            data: json!({"created": true}),
+        }
+    }
+
     /// An execution changed status (its details are read through the API).
     pub fn execution(execution_id: &str, project_id: &str, status: &str) -> Event {
         Event {

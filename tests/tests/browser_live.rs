@@ -1,7 +1,8 @@
 //! The technician's cockpit in a real headless Chromium: the executions filter form
 //! narrows the list (kept in the URL), the rollout page shows a server without an agent
-//! as skipped with the reason beside a progress bar, and the Agents page shows an agent
-//! going offline without a reload (live.js over `GET /api/v1/events`).
+//! as skipped with the reason beside a progress bar, the Agents page shows an agent
+//! going offline and the executions list new jobs without a reload (live.js over
+//! `GET /api/v1/events`).
 
 use std::time::Duration;
 
@@ -258,6 +259,65 @@ async fn the_agents_page_shows_an_agent_going_offline() {
             .map(|c| c.contains("offline")),
         Some(true)
     );
+    browser.close().await;
+}
+
+/// The executions list shows a job created after it loaded, without a reload, and its
+/// status as it ends; a list filtered to another status leaves it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_executions_list_shows_new_jobs_as_they_are_created() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let _agent = Agent::start(&cp, &cp.enrollment_token("Nova HR"), "web-01");
+    let web = api.connected_agent("web-01").await;
+    let agent_id = web["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "admin123").await;
+    let wait_open = || async {
+        eventually(Duration::from_secs(20), "the live stream opens", || async {
+            let open = browser
+                .eval("return document.documentElement.dataset.live === 'open';")
+                .await;
+            (open == Value::Bool(true)).then_some(())
+        })
+        .await;
+        browser.eval("window.__sameDocument = true;").await;
+    };
+    browser.goto("/executions").await;
+    wait_open().await;
+    let before = listed(&browser).await;
+
+    let id = run_script(&api, &agent_id, "echo new-row").await;
+    assert!(!before.contains(&id));
+    eventually(Duration::from_secs(30), "the new job is listed", || async {
+        let rows = listed(&browser).await;
+        let status = browser
+            .eval(&format!(
+                "const n = document.querySelector('tr[data-execution-id=\"{id}\"] [data-cell=\"status\"]'); return n ? n.textContent.trim() : '';"
+            ))
+            .await;
+        (rows.first() == Some(&id) && status.as_str() == Some("succeeded")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        browser.eval("return window.__sameDocument === true;").await,
+        Value::Bool(true),
+        "the page was reloaded"
+    );
+
+    // A list of failed jobs reads itself again, and the new successful job is not in it.
+    browser.goto("/executions?status=failed").await;
+    wait_open().await;
+    let failed = run_script(&api, &agent_id, "exit 3").await;
+    let ok = run_script(&api, &agent_id, "echo fine").await;
+    eventually(
+        Duration::from_secs(30),
+        "the failed job is listed",
+        || async { listed(&browser).await.contains(&failed).then_some(()) },
+    )
+    .await;
+    assert!(!listed(&browser).await.contains(&ok));
     browser.close().await;
 }
 

@@ -7,6 +7,8 @@
  *   - executions: rows tr[data-execution-id] of the executions list and the details of
  *                 an execution page ([data-live-execution]) are read again from
  *                 /api/v1/executions/ID when it changes status; Cancel goes once it ended;
+ *                 when executions are created, the list ([data-live-executions]) on its
+ *                 newest page reads its rows again (the page itself, same filters);
  *   - rollouts:   told to rollout.js (it reads the rollout again);
  *   - notifications: told to notifications.js (the bell reads the inbox again).
  *
@@ -34,7 +36,8 @@
   function topics() {
     var wanted = [];
     if (all("[data-agent-state]").length) wanted.push("agents");
-    if (all("tr[data-execution-id]").length || all("[data-live-execution]").length) wanted.push("executions");
+    if (all("tr[data-execution-id]").length || all("[data-live-execution]").length ||
+        document.querySelector("[data-live-executions]")) wanted.push("executions");
     if (document.querySelector("#rollout[data-rollout-url]")) wanted.push("rollouts");
     // The bell (notifications.js) of every signed-in page.
     if (document.querySelector(".ds-bell")) wanted.push("notifications");
@@ -138,8 +141,46 @@
     return ids;
   }
 
+  // The newest page of the list reads its rows again from the page itself (the same
+  // filters, rendered by the server), at most once a second.
+  var listReading = false;
+  var listAgain = false;
+  function readList() {
+    var table = document.querySelector("table[data-live-executions]");
+    if (!table || new URLSearchParams(window.location.search).get("cursor")) return;
+    if (listReading) {
+      listAgain = true;
+      return;
+    }
+    listReading = true;
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (resp) { return resp.ok ? resp.text() : null; })
+      .then(function (html) {
+        if (!html) return;
+        var page = new DOMParser().parseFromString(html, "text/html");
+        var rows = page.querySelector("table[data-live-executions] tbody");
+        var current = table.querySelector("tbody");
+        if (rows && current) current.replaceWith(document.importNode(rows, true));
+      })
+      .catch(function () {})
+      .then(function () {
+        setTimeout(function () {
+          listReading = false;
+          if (listAgain) {
+            listAgain = false;
+            readList();
+          }
+        }, 1000);
+      });
+  }
+
   function executionChanged(data) {
-    if (!data || !data.id) return;
+    if (!data) return;
+    if (data.created) {
+      readList();
+      return;
+    }
+    if (!data.id) return;
     if (shownExecutions().indexOf(data.id) !== -1) readExecution(data.id);
   }
 
@@ -159,6 +200,7 @@
         return;
       }
     }
+    readList();
     shownExecutions().forEach(readExecution);
     tell("resync", {});
   }
