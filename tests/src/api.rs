@@ -100,6 +100,26 @@ impl Api {
         .await
     }
 
+    /// Waits up to `timeout` until execution `id` has ended (any status but queued
+    /// and running) and returns its view.
+    pub async fn execution_end(&self, id: &str, timeout: Duration) -> Value {
+        crate::eventually(timeout, &format!("execution {id} ends"), || async {
+            let (_, e) = self.get(&format!("/api/v1/executions/{id}")).await;
+            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
+        })
+        .await
+    }
+
+    /// Runs `script` on `agent` (`POST /api/v1/executions`, answered 201) and waits up
+    /// to 60 s for it to end; returns the ended execution's view.
+    pub async fn run_script(&self, agent: &str, script: &str) -> Value {
+        let body = serde_json::json!({"agent": agent, "kind": "script", "script": script});
+        let (status, created) = self.post("/api/v1/executions", &body).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().expect("execution id").to_string();
+        self.execution_end(&id, Duration::from_secs(60)).await
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(Method::GET, path, None).await

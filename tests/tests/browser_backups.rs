@@ -5,18 +5,10 @@
 
 use std::time::Duration;
 
-use dynserv_tests::{eventually, Agent, Api, Browser, ComposeProject, ControlPlane, S3Server};
+use dynserv_tests::{eventually, Agent, Browser, ComposeProject, ControlPlane, S3Server};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn wait_end(api: &Api, id: &str) -> Value {
-    eventually(WAIT, &format!("execution {id} ends"), || async {
-        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-        (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
-    })
-    .await
-}
 
 /// Recipe form, Backup button, backup page with sha256, typed-confirmation restore.
 #[tokio::test]
@@ -80,7 +72,7 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
         path.strip_prefix("/executions/").map(String::from)
     })
     .await;
-    let end = wait_end(&api, &execution_id).await;
+    let end = api.execution_end(&execution_id, WAIT).await;
     let (_, log) = api
         .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
         .await;
@@ -120,7 +112,7 @@ async fn recipe_backup_and_typed_restore_in_the_browser() {
             .map(String::from)
     })
     .await;
-    let end = wait_end(&api, &restore_id).await;
+    let end = api.execution_end(&restore_id, WAIT).await;
     let (_, log) = api
         .get_json_lines(&format!("/api/v1/executions/{restore_id}/log"))
         .await;
@@ -212,7 +204,8 @@ async fn offsite_settings_test_and_restore_onto_another_server_in_the_browser() 
         .post_empty(&format!("/api/v1/servers/{}/backup", server_of(&first)))
         .await;
     assert_eq!(status, 201, "{created}");
-    wait_end(&api, created["execution_id"].as_str().unwrap()).await;
+    api.execution_end(created["execution_id"].as_str().unwrap(), WAIT)
+        .await;
     let backup_id = created["id"].as_str().unwrap().to_string();
 
     project.sh("echo 'row 2 (lost)' > /data/db.txt");
@@ -243,7 +236,7 @@ async fn offsite_settings_test_and_restore_onto_another_server_in_the_browser() 
             .map(String::from)
     })
     .await;
-    let end = wait_end(&api, &restore_id).await;
+    let end = api.execution_end(&restore_id, WAIT).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(end["agent_name"], "shop-db-2", "{end}");
     assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");

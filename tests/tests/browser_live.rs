@@ -9,21 +9,14 @@ use std::time::Duration;
 use dynserv_tests::{eventually, Agent, Api, Browser, ControlPlane};
 use serde_json::{json, Value};
 
+/// Runs a script to its end (succeeded or failed) and returns the execution's id.
 async fn run_script(api: &Api, agent: &str, script: &str) -> String {
-    let (status, created) = api
-        .post(
-            "/api/v1/executions",
-            &json!({"agent": agent, "kind": "script", "script": script}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().expect("execution id").to_string();
-    eventually(Duration::from_secs(60), "the execution ends", || async {
-        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-        matches!(e["status"].as_str(), Some("succeeded" | "failed")).then_some(())
-    })
-    .await;
-    id
+    let end = api.run_script(agent, script).await;
+    assert!(
+        matches!(end["status"].as_str(), Some("succeeded" | "failed")),
+        "{end}"
+    );
+    end["id"].as_str().expect("execution id").to_string()
 }
 
 /// The ids of the executions listed on the page.
@@ -37,6 +30,19 @@ async fn listed(browser: &Browser) -> Vec<String> {
         .iter()
         .filter_map(|v| v.as_str().map(String::from))
         .collect()
+}
+
+/// Waits until the page's live stream is open, then marks the document: a reload
+/// would lose the mark (`window.__sameDocument`).
+async fn mark_live(browser: &Browser) {
+    eventually(Duration::from_secs(20), "the live stream opens", || async {
+        let open = browser
+            .eval("return document.documentElement.dataset.live === 'open';")
+            .await;
+        (open == Value::Bool(true)).then_some(())
+    })
+    .await;
+    browser.eval("window.__sameDocument = true;").await;
 }
 
 /// Sets a form field's value by script (selects included).
@@ -221,16 +227,7 @@ async fn the_agents_page_shows_an_agent_going_offline() {
     browser.goto("/agents").await;
     let state = format!("[data-agent-state=\"{id}\"]");
     assert!(browser.text(&state).await.contains("connected"));
-    // The page's live stream is open, and this document is marked: a reload would
-    // lose the mark.
-    eventually(Duration::from_secs(20), "the live stream opens", || async {
-        let open = browser
-            .eval("return document.documentElement.dataset.live === 'open';")
-            .await;
-        (open == Value::Bool(true)).then_some(())
-    })
-    .await;
-    browser.eval("window.__sameDocument = true;").await;
+    mark_live(&browser).await;
 
     agent.stop();
     eventually(
@@ -274,18 +271,8 @@ async fn the_executions_list_shows_new_jobs_as_they_are_created() {
 
     let browser = Browser::start(&cp.base_url()).await;
     browser.login("admin", "admin123").await;
-    let wait_open = || async {
-        eventually(Duration::from_secs(20), "the live stream opens", || async {
-            let open = browser
-                .eval("return document.documentElement.dataset.live === 'open';")
-                .await;
-            (open == Value::Bool(true)).then_some(())
-        })
-        .await;
-        browser.eval("window.__sameDocument = true;").await;
-    };
     browser.goto("/executions").await;
-    wait_open().await;
+    mark_live(&browser).await;
     let before = listed(&browser).await;
 
     let id = run_script(&api, &agent_id, "echo new-row").await;
@@ -308,7 +295,7 @@ async fn the_executions_list_shows_new_jobs_as_they_are_created() {
 
     // A list of failed jobs reads itself again, and the new successful job is not in it.
     browser.goto("/executions?status=failed").await;
-    wait_open().await;
+    mark_live(&browser).await;
     let failed = run_script(&api, &agent_id, "exit 3").await;
     let ok = run_script(&api, &agent_id, "echo fine").await;
     eventually(
@@ -349,14 +336,7 @@ async fn the_execution_page_follows_its_job_to_the_end() {
     browser.login("admin", "admin123").await;
     browser.goto(&format!("/executions/{id}")).await;
     browser.wait_for("#execution-cancel").await;
-    eventually(Duration::from_secs(20), "the live stream opens", || async {
-        let open = browser
-            .eval("return document.documentElement.dataset.live === 'open';")
-            .await;
-        (open == Value::Bool(true)).then_some(())
-    })
-    .await;
-    browser.eval("window.__sameDocument = true;").await;
+    mark_live(&browser).await;
     std::fs::write(&flag, b"").expect("opening the gate");
 
     eventually(Duration::from_secs(60), "the page shows the end", || async {

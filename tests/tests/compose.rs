@@ -39,18 +39,6 @@ async fn connected_agent(api: &Api, name: &str) -> String {
         .to_string()
 }
 
-async fn wait_end(api: &Api, id: &str) -> Value {
-    eventually(
-        Duration::from_secs(120),
-        &format!("execution {id} ends"),
-        || async {
-            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
-        },
-    )
-    .await
-}
-
 async fn backup_of(api: &Api, id: &str) -> Value {
     let (status, backup) = api.get(&format!("/api/v1/backups/{id}")).await;
     assert_eq!(status, 200, "{backup}");
@@ -124,7 +112,12 @@ async fn backup_verify_restore_and_update_through_the_api() {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "running");
     let backup_id = created["id"].as_str().unwrap().to_string();
-    let end = wait_end(&api, created["execution_id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(
+            created["execution_id"].as_str().unwrap(),
+            Duration::from_secs(120),
+        )
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     let backup = backup_of(&api, &backup_id).await;
     assert_eq!(backup["status"], "succeeded", "{backup}");
@@ -163,7 +156,9 @@ async fn backup_verify_restore_and_update_through_the_api() {
         "command": "echo 'pg_dump: connection refused' >&2; exit 3", "dump_path": "/tmp/dump.sql"});
     let (status, execution) = api.post("/api/v1/executions", &failing).await;
     assert_eq!(status, 201, "{execution}");
-    let end = wait_end(&api, execution["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(execution["id"].as_str().unwrap(), Duration::from_secs(120))
+        .await;
     assert_eq!(end["status"], "failed", "{end}");
     let (_, list) = api.get("/api/v1/backups").await;
     let failed = list
@@ -190,7 +185,8 @@ async fn backup_verify_restore_and_update_through_the_api() {
     let missing = json!({"agent": "db-01", "kind": "compose_backup", "compose_project": "dsve2e-nothing", "service": "db", "command": "true"});
     let (status, execution) = api.post("/api/v1/executions", &missing).await;
     assert_eq!(status, 201, "{execution}");
-    wait_end(&api, execution["id"].as_str().unwrap()).await;
+    api.execution_end(execution["id"].as_str().unwrap(), Duration::from_secs(120))
+        .await;
     let (_, list) = api.get("/api/v1/backups").await;
     let failed = list
         .as_array()
@@ -219,7 +215,9 @@ async fn backup_verify_restore_and_update_through_the_api() {
         .await;
     assert_eq!(status, 201, "{verify}");
     assert_eq!(verify["kind"], "compose_verify");
-    let end = wait_end(&api, verify["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(verify["id"].as_str().unwrap(), Duration::from_secs(120))
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(
         backup_of(&api, &backup_id).await["last_verify"]["status"],
@@ -242,7 +240,9 @@ async fn backup_verify_restore_and_update_through_the_api() {
         )
         .await;
     assert_eq!(status, 201, "{restore}");
-    let end = wait_end(&api, restore["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(restore["id"].as_str().unwrap(), Duration::from_secs(120))
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");
     let (_, log) = api
@@ -269,7 +269,12 @@ async fn backup_verify_restore_and_update_through_the_api() {
         )
         .await;
     assert_eq!(status, 201, "{update}");
-    let end = wait_end(&api, update["execution_id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(
+            update["execution_id"].as_str().unwrap(),
+            Duration::from_secs(120),
+        )
+        .await;
     let (_, update) = api
         .get(&format!(
             "/api/v1/updates/{}",
@@ -322,7 +327,12 @@ async fn backup_verify_restore_and_update_through_the_api() {
         .await;
     assert_eq!(status, 201, "{started}");
     assert_eq!(started.as_array().map(Vec::len), Some(1), "{started}");
-    let end = wait_end(&api, started[0]["execution_id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(
+            started[0]["execution_id"].as_str().unwrap(),
+            Duration::from_secs(120),
+        )
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
 
     // The pages render what the API holds.
@@ -390,7 +400,7 @@ async fn backup_survives_an_agent_kill_and_a_cancel_is_a_failed_backup() {
     agent.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     agent.run();
-    let end = wait_end(&api, &id).await;
+    let end = api.execution_end(&id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     let (_, list) = api.get("/api/v1/backups").await;
     let backup = list
@@ -435,7 +445,7 @@ async fn backup_survives_an_agent_kill_and_a_cancel_is_a_failed_backup() {
         .post_empty(&format!("/api/v1/executions/{id}/cancel"))
         .await;
     assert_eq!(status, 202);
-    let end = wait_end(&api, &id).await;
+    let end = api.execution_end(&id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "cancelled", "{end}");
     let (_, list) = api.get("/api/v1/backups").await;
     let backup = list

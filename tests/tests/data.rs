@@ -22,22 +22,6 @@ async fn setup(cp: &ControlPlane) -> Api {
     api
 }
 
-async fn run_script(api: &Api, agent: &str, script: &str) -> Value {
-    let body = json!({"agent": agent, "kind": "script", "script": script});
-    let (status, created) = api.post("/api/v1/executions", &body).await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().unwrap().to_string();
-    eventually(
-        Duration::from_secs(60),
-        &format!("execution {id} ends"),
-        || async {
-            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
-        },
-    )
-    .await
-}
-
 /// `GET path` answering status, JSON body and the `rel="next"` target of `Link`.
 async fn get_page(api: &Api, path: &str) -> (u16, Value, Option<String>) {
     let response = api
@@ -94,7 +78,7 @@ async fn lists_page_with_cursors_and_refuse_unknown_filters() {
             format!("echo run {n}")
         };
         made.push(
-            run_script(&api, "pager-01", &script).await["id"]
+            api.run_script("pager-01", &script).await["id"]
                 .as_str()
                 .unwrap()
                 .to_string(),
@@ -214,9 +198,7 @@ async fn output_past_the_limit_is_cut_with_a_marker_and_the_job_goes_on() {
     let _agent = Agent::start(&cp, &cp.enrollment_token("Data"), "chatty-01");
     api.connected_agent("chatty-01").await;
 
-    let small = run_script(
-        &api,
-        "chatty-01",
+    let small = api.run_script("chatty-01",
         "printf '\\033[1;32mgreen\\033[0m text\\n'; echo 'DYNSERV-RESULT {\"ok\":true}'; echo after",
     )
     .await;
@@ -248,9 +230,7 @@ async fn output_past_the_limit_is_cut_with_a_marker_and_the_job_goes_on() {
         .iter()
         .all(|l| !l["data"].as_str().unwrap().contains("DYNSERV-RESULT")));
 
-    let big = run_script(
-        &api,
-        "chatty-01",
+    let big = api.run_script("chatty-01",
         "i=0; while [ $i -lt 4000 ]; do echo \"line $i of a long and chatty job\"; i=$((i+1)); done; echo finished > done.txt; exit 0",
     )
     .await;
@@ -374,7 +354,7 @@ async fn store_calls_stay_off_async_workers_and_finished_streams_hold_nothing() 
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(
-            run_script(&api, "calm-01", &format!("echo {n}")).await["id"]
+            api.run_script("calm-01", &format!("echo {n}")).await["id"]
                 .as_str()
                 .unwrap()
                 .to_string(),

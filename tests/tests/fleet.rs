@@ -41,15 +41,6 @@ async fn start_script(api: &Api, agent: &str, script: &str) -> String {
     created["id"].as_str().expect("an execution id").to_string()
 }
 
-async fn wait_end(api: &Api, id: &str, timeout: Duration) -> Value {
-    eventually(timeout, &format!("execution {id} ends"), || async {
-        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-        let done = !matches!(e["status"].as_str(), Some("queued" | "running"));
-        done.then_some(e)
-    })
-    .await
-}
-
 /// Checks that chunks are numbered 0.. without a gap or a repeat and returns the
 /// concatenated stdout.
 fn stdout_of(chunks: &[Value]) -> String {
@@ -170,7 +161,7 @@ async fn twenty_thousand_lines_in_order_in_the_store_and_on_websockets() {
         let id = id.clone();
         tokio::spawn(async move { websocket_log(&api, &id, 0).await })
     };
-    let end = wait_end(&api, &id, Duration::from_secs(120)).await;
+    let end = api.execution_end(&id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(end["exit_code"], 0);
     assert!(
@@ -224,7 +215,7 @@ async fn agent_killed_mid_job_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.run();
 
-    let end = wait_end(&api, &id, Duration::from_secs(120)).await;
+    let end = api.execution_end(&id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
     let stored = log_of(&api, &id).await;
     assert_lines(&stdout_of(&stored), LINES);
@@ -247,7 +238,7 @@ async fn control_plane_restarted_mid_job_loses_and_duplicates_nothing() {
     .await;
     cp.restart().await;
 
-    let end = wait_end(&api, &id, Duration::from_secs(120)).await;
+    let end = api.execution_end(&id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
     let stored = log_of(&api, &id).await;
     assert_lines(&stdout_of(&stored), LINES);
@@ -450,7 +441,7 @@ async fn cancel_and_delivery_to_an_agent_that_was_offline() {
     let (_, e) = api.get(&format!("/api/v1/executions/{queued}")).await;
     assert_eq!(e["status"], "queued");
     agent.run();
-    let end = wait_end(&api, &queued, Duration::from_secs(60)).await;
+    let end = api.execution_end(&queued, Duration::from_secs(60)).await;
     assert_eq!(
         (end["status"].as_str(), end["exit_code"].as_i64()),
         (Some("failed"), Some(3)),
@@ -468,7 +459,7 @@ async fn cancel_and_delivery_to_an_agent_that_was_offline() {
         .post_empty(&format!("/api/v1/executions/{running}/cancel"))
         .await;
     assert_eq!(status, 202);
-    let end = wait_end(&api, &running, Duration::from_secs(20)).await;
+    let end = api.execution_end(&running, Duration::from_secs(20)).await;
     assert_eq!(end["status"], "cancelled", "{end}");
     let (status, _) = api
         .post_empty(&format!("/api/v1/executions/{running}/cancel"))
@@ -496,7 +487,7 @@ async fn demo_enrolls_a_local_agent() {
     let (_, agent) = api.get(&format!("/api/v1/agents/{id}")).await;
     assert_eq!(agent["project"], "Local");
     let exec = start_script(&api, "localhost", "echo hello from the demo\n").await;
-    let end = wait_end(&api, &exec, Duration::from_secs(60)).await;
+    let end = api.execution_end(&exec, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(
         stdout_of(&log_of(&api, &exec).await),
@@ -680,7 +671,7 @@ async fn fleet_pages_work_for_an_admin_and_hide_other_projects() {
         .strip_prefix("/executions/")
         .expect("redirect to the execution")
         .to_string();
-    let end = wait_end(&api, &id, Duration::from_secs(60)).await;
+    let end = api.execution_end(&id, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded");
     assert_eq!(stdout_of(&log_of(&api, &id).await), "from the page admin\n");
     let (status, html) = admin.get(&location).await;
@@ -755,7 +746,7 @@ async fn an_agent_with_a_relative_state_dir_runs_jobs() {
         .unwrap();
     let agent_id = connected_agent(&api, "relative").await;
     let id = start_script(&api, &agent_id, "cd /tmp && echo from-elsewhere").await;
-    let end = wait_end(&api, &id, Duration::from_secs(30)).await;
+    let end = api.execution_end(&id, Duration::from_secs(30)).await;
     let _ = running.kill();
     let _ = running.wait();
     assert_eq!(end["status"], "succeeded", "{end}");
@@ -853,7 +844,7 @@ async fn a_cloned_agent_is_refused_and_a_job_runs_once() {
     let shared = tempfile::tempdir().unwrap();
     let ran = shared.path().join("ran");
     let job = start_script(&api, &id, &format!("pwd >> {}\n", ran.display())).await;
-    let end = wait_end(&api, &job, Duration::from_secs(60)).await;
+    let end = api.execution_end(&job, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
 
     // The copy tries again at once (restarted): refused again, announced once.
@@ -932,7 +923,7 @@ async fn a_cloned_agent_is_refused_and_a_job_runs_once() {
     assert_eq!(agent["host_id"], "host-clone", "{agent}");
     assert!(agent["duplicate"].is_null(), "{agent}");
     let job = start_script(&api, &id, &format!("pwd >> {}\n", ran.display())).await;
-    let end = wait_end(&api, &job, Duration::from_secs(60)).await;
+    let end = api.execution_end(&job, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     let lines = lines_of(&ran);
     let clone_dir = clone.state_dir().to_string_lossy().into_owned();
@@ -1007,7 +998,7 @@ async fn a_second_process_with_the_same_identity_never_runs_a_job_twice() {
 
     copy.stop();
     original.restart();
-    let end = wait_end(&api, &job, Duration::from_secs(60)).await;
+    let end = api.execution_end(&job, Duration::from_secs(60)).await;
     assert_eq!(end["status"], "succeeded", "{end}\n{}", original.logs());
     assert_eq!(stdout_of(&log_of(&api, &job).await), "finished\n");
     let lines = lines_of(&ran);

@@ -109,20 +109,9 @@ async fn run_to_end(api: &Api, agent: &str) -> String {
 }
 
 async fn run_script_to(api: &Api, agent: &str, script: &str, end: &str) -> String {
-    let (status, created) = api
-        .post(
-            "/api/v1/executions",
-            &json!({"agent": agent, "kind": "script", "script": script}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().expect("execution id").to_string();
-    eventually(Duration::from_secs(60), "the execution ends", || async {
-        let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-        (e["status"] == end).then_some(())
-    })
-    .await;
-    id
+    let done = api.run_script(agent, script).await;
+    assert_eq!(done["status"], end, "{done}");
+    done["id"].as_str().expect("execution id").to_string()
 }
 
 /// Events of a project reach the admin and a technician with access to it; a

@@ -6,20 +6,8 @@
 
 use std::time::Duration;
 
-use dynserv_tests::{eventually, Agent, Api, ComposeProject as Project, ControlPlane, S3Server};
+use dynserv_tests::{Agent, Api, ComposeProject as Project, ControlPlane, S3Server};
 use serde_json::{json, Value};
-
-async fn wait_end(api: &Api, id: &str) -> Value {
-    eventually(
-        Duration::from_secs(300),
-        &format!("execution {id} ends"),
-        || async {
-            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
-        },
-    )
-    .await
-}
 
 async fn backup_of(api: &Api, id: &str) -> Value {
     let (status, backup) = api.get(&format!("/api/v1/backups/{id}")).await;
@@ -75,7 +63,12 @@ async fn backup_on(api: &Api, server: &str) -> Value {
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["offsite"]["status"], "pending", "{created}");
-    let end = wait_end(api, created["execution_id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(
+            created["execution_id"].as_str().unwrap(),
+            Duration::from_secs(300),
+        )
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     backup_of(api, created["id"].as_str().unwrap()).await
 }
@@ -175,7 +168,9 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
         )
         .await;
     assert_eq!(status, 201, "{verify}");
-    let end = wait_end(&api, verify["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(verify["id"].as_str().unwrap(), Duration::from_secs(300))
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(
         backup_of(&api, &backup_id).await["offsite"]["last_verify"]["status"],
@@ -197,7 +192,9 @@ async fn backups_go_off_site_encrypted_and_come_back_on_another_server() {
         .await;
     assert_eq!(status, 201, "{restore}");
     assert_eq!(restore["agent_name"], "db-02", "{restore}");
-    let end = wait_end(&api, restore["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(restore["id"].as_str().unwrap(), Duration::from_secs(300))
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(project.sh("cat /data/db.txt"), "row 1\n");
     let (_, log) = api
@@ -339,7 +336,9 @@ async fn offsite_failures_say_why_alert_and_are_retried() {
         backup_of(&api, &backup_id).await["offsite"]["status"],
         "uploading"
     );
-    let end = wait_end(&api, upload["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(upload["id"].as_str().unwrap(), Duration::from_secs(300))
+        .await;
     assert_eq!(end["status"], "failed", "{end}");
     let failed = backup_of(&api, &backup_id).await;
     assert_eq!(failed["offsite"]["status"], "failed", "{failed}");
@@ -361,7 +360,9 @@ async fn offsite_failures_say_why_alert_and_are_retried() {
         .post_empty(&format!("/api/v1/backups/{backup_id}/offsite/upload"))
         .await;
     assert_eq!(status, 201, "{upload}");
-    let end = wait_end(&api, upload["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(upload["id"].as_str().unwrap(), Duration::from_secs(300))
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     let done = backup_of(&api, &backup_id).await;
     assert_eq!(done["offsite"]["status"], "done", "{done}");
@@ -478,6 +479,8 @@ async fn a_default_storage_serves_projects_without_their_own() {
         .post_empty(&format!("/api/v1/backups/{backup_id}/offsite/verify"))
         .await;
     assert_eq!(status, 201, "{verify}");
-    let end = wait_end(&api, verify["id"].as_str().unwrap()).await;
+    let end = api
+        .execution_end(verify["id"].as_str().unwrap(), Duration::from_secs(300))
+        .await;
     assert_eq!(end["status"], "succeeded", "{end}");
 }

@@ -220,18 +220,6 @@ async fn cancel_stops_a_running_rollout() {
     assert!(later["targets"][1]["execution"].is_null(), "{later}");
 }
 
-async fn wait_execution(api: &Api, id: &str) -> Value {
-    eventually(
-        Duration::from_secs(60),
-        &format!("execution {id} ends"),
-        || async {
-            let (_, e) = api.get(&format!("/api/v1/executions/{id}")).await;
-            (!matches!(e["status"].as_str(), Some("queued" | "running"))).then_some(e)
-        },
-    )
-    .await
-}
-
 async fn log_text(api: &Api, execution_id: &str) -> String {
     let (status, chunks) = api
         .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
@@ -259,14 +247,14 @@ async fn rerun_runs_the_same_work_again() {
         .await;
     assert_eq!(status, 201, "{created}");
     let first = created["id"].as_str().unwrap().to_string();
-    wait_execution(&api, &first).await;
+    api.execution_end(&first, Duration::from_secs(60)).await;
     let (status, rerun) = api
         .post_empty(&format!("/api/v1/executions/{first}/rerun"))
         .await;
     assert_eq!(status, 201, "{rerun}");
     let second = rerun["id"].as_str().unwrap().to_string();
     assert_ne!(second, first);
-    let done = wait_execution(&api, &second).await;
+    let done = api.execution_end(&second, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(log_text(&api, &second).await, "again-and-again\n");
 
@@ -290,7 +278,7 @@ async fn rerun_runs_the_same_work_again() {
         .as_str()
         .unwrap()
         .to_string();
-    wait_execution(&api, &original).await;
+    api.execution_end(&original, Duration::from_secs(60)).await;
     let (status, body) = api
         .post_empty(&format!("/api/v1/executions/{original}/rerun"))
         .await;
@@ -304,7 +292,7 @@ async fn rerun_runs_the_same_work_again() {
         .await;
     assert_eq!(status, 201, "{rerun}");
     let id = rerun["id"].as_str().unwrap().to_string();
-    let done = wait_execution(&api, &id).await;
+    let done = api.execution_end(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let log = log_text(&api, &id).await;
     assert!(!log.contains("second-value"), "the secret is masked: {log}");
