@@ -154,9 +154,8 @@ struct Outcome {
 }
 
 /// The live event of an execution's status as this transaction left it.
-fn status_change(w: &Writer, execution_id: &str) -> anyhow::Result<Option<crate::live::Event>> {
-    Ok(w.get::<executions::Execution>(execution_id)?
-        .map(|e| crate::live::Event::execution(&e.id, &e.project_id, e.status.as_str())))
+fn status_change(e: &executions::Execution) -> crate::live::Event {
+    crate::live::Event::execution(&e.id, &e.project_id, e.status.as_str())
 }
 
 fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut Vec<Item>) {
@@ -181,19 +180,20 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     driver,
                 } => {
                     executions::mark_running(w, execution_id, now)?;
-                    let active = w
-                        .get::<executions::Execution>(execution_id)?
-                        .is_some_and(|e| !e.status.is_final());
-                    if active {
-                        outcome.changes.extend(status_change(w, execution_id)?);
-                    }
                     // Only while the job is active: a start reported after its end
                     // (a resumed stream of a finished job) leaves nothing behind, and
                     // a job cancelled while it was on its way is stopped.
-                    match (active, holder) {
-                        (true, Some(holder)) => agents::record_job_holder(w, holder)?,
-                        (true, None) => {}
-                        (false, _) => outcome.stale_starts.extend(driver.clone()),
+                    match w
+                        .get::<executions::Execution>(execution_id)?
+                        .filter(|e| !e.status.is_final())
+                    {
+                        Some(execution) => {
+                            outcome.changes.push(status_change(&execution));
+                            if let Some(holder) = holder {
+                                agents::record_job_holder(w, holder)?;
+                            }
+                        }
+                        None => outcome.stale_starts.extend(driver.clone()),
                     }
                 }
                 Item::Chunk {
@@ -264,7 +264,8 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                         outcome
                             .published
                             .push((execution_id.clone(), LiveEvent::End));
-                        outcome.changes.extend(status_change(w, execution_id)?);
+                        let ended = w.get::<executions::Execution>(execution_id)?;
+                        outcome.changes.extend(ended.as_ref().map(status_change));
                     }
                 }
             }
