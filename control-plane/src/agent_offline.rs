@@ -194,26 +194,7 @@ mod tests {
     use crate::agents::{self, AgentFacts};
 
     fn agent(id: &str) -> Agent {
-        Agent {
-            id: id.into(),
-            name: format!("name-{id}"),
-            project_id: "p1".into(),
-            server_id: None,
-            cert_sha256: String::new(),
-            enrolled_at: Utc::now(),
-            token_id: "t".into(),
-            facts: AgentFacts::default(),
-            last_seen: None,
-            revoked_at: None,
-            revoked_by: None,
-            host_id: None,
-            duplicate: None,
-            protocol: 0,
-            cert_expires_at: None,
-            previous_cert_sha256: None,
-            next_cert: None,
-            offline_since: None,
-        }
+        Agent::sample(id, &format!("name-{id}"), "p1")
     }
 
     fn hello() -> agents::HelloFacts {

@@ -164,6 +164,34 @@ pub struct Agent {
     pub offline_since: Option<DateTime<Utc>>,
 }
 
+#[cfg(test)]
+impl Agent {
+    /// An agent as tests write it by hand: enrolled now in `project_id`, with no
+    /// server, facts, certificate or history.
+    pub(crate) fn sample(id: &str, name: &str, project_id: &str) -> Agent {
+        Agent {
+            id: id.into(),
+            name: name.into(),
+            project_id: project_id.into(),
+            server_id: None,
+            cert_sha256: String::new(),
+            enrolled_at: Utc::now(),
+            token_id: "t".into(),
+            facts: AgentFacts::default(),
+            last_seen: None,
+            revoked_at: None,
+            revoked_by: None,
+            host_id: None,
+            duplicate: None,
+            protocol: 0,
+            cert_expires_at: None,
+            previous_cert_sha256: None,
+            next_cert: None,
+            offline_since: None,
+        }
+    }
+}
+
 /// A certificate issued to an agent by a renewal, before the agent confirmed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NextCert {
@@ -1531,24 +1559,8 @@ mod tests {
 
     fn agent(id: &str, host_id: Option<&str>) -> Agent {
         Agent {
-            id: id.into(),
-            name: "web-01".into(),
-            project_id: "p1".into(),
-            server_id: None,
-            cert_sha256: String::new(),
-            enrolled_at: Utc::now(),
-            token_id: "t".into(),
-            facts: AgentFacts::default(),
-            last_seen: None,
-            revoked_at: None,
-            revoked_by: None,
             host_id: host_id.map(String::from),
-            duplicate: None,
-            protocol: 0,
-            cert_expires_at: None,
-            previous_cert_sha256: None,
-            next_cert: None,
-            offline_since: None,
+            ..Agent::sample(id, "web-01", "p1")
         }
     }
 

@@ -1563,24 +1563,8 @@ mod tests {
             .write(|w| {
                 w.put(&settings)?;
                 w.put(&crate::agents::Agent {
-                    id: "a1".into(),
-                    name: "db-01".into(),
-                    project_id: "p1".into(),
-                    server_id: None,
-                    cert_sha256: String::new(),
                     enrolled_at: now,
-                    token_id: "t".into(),
-                    facts: Default::default(),
-                    last_seen: None,
-                    revoked_at: None,
-                    revoked_by: None,
-                    host_id: None,
-                    duplicate: None,
-                    protocol: 0,
-                    cert_expires_at: None,
-                    previous_cert_sha256: None,
-                    next_cert: None,
-                    offline_since: None,
+                    ..crate::agents::Agent::sample("a1", "db-01", "p1")
                 })?;
                 crate::agents::backfill_indexes(w)?;
                 queued_backup(w, "e1");

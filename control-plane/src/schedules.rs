@@ -559,7 +559,7 @@ mod tests {
     /// next at the next scheduled time.
     #[test]
     fn tick_runs_a_missed_backup_once_on_reconnect() {
-        use crate::agents::{Agent, AgentFacts};
+        use crate::agents::Agent;
         use crate::backups::{Backup, BackupStatus, Recipe};
         crate::app::install_execution_hooks();
         let dir = tempfile::tempdir().unwrap();
@@ -588,24 +588,8 @@ mod tests {
                     updated_at: since,
                 })?;
                 w.put(&Agent {
-                    id: "a1".into(),
-                    name: "db-01".into(),
-                    project_id: "p1".into(),
-                    server_id: None,
-                    cert_sha256: String::new(),
                     enrolled_at: since,
-                    token_id: "t".into(),
-                    facts: AgentFacts::default(),
-                    last_seen: None,
-                    revoked_at: None,
-                    revoked_by: None,
-                    host_id: None,
-                    duplicate: None,
-                    protocol: 0,
-                    cert_expires_at: None,
-                    previous_cert_sha256: None,
-                    next_cert: None,
-                    offline_since: None,
+                    ..Agent::sample("a1", "db-01", "p1")
                 })?;
                 // Written by hand rather than enrolled: index it as enrollment would.
                 crate::agents::backfill_indexes(w)
