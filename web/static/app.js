@@ -23,7 +23,8 @@
  *
  * Public API on window.dynserv: toast(title, body, level), escapeHtml(text),
  * ansiToHtml(text, state), renderAnsi(node, text, state), LogViewer, liveSearch(input), serverSearch(input),
- * refreshRelativeTimes().
+ * refreshRelativeTimes(), setExecutionStatus(status, exitCode, scope), setStatusBadge(node, status),
+ * FINAL_STATUSES.
  */
 (function () {
   "use strict";
@@ -606,17 +607,20 @@
     timed_out: "text-bg-warning"
   };
 
+  /** Gives a status badge the colour of `status` (its text is the caller's). */
+  function setStatusBadge(node, status) {
+    Object.keys(STATUS_CLASSES).forEach(function (key) {
+      node.classList.remove(STATUS_CLASSES[key]);
+    });
+    node.classList.add(STATUS_CLASSES[status] || "text-bg-secondary");
+  }
+
   function setExecutionStatus(status, exitCode, scope) {
     scope = scope || document;
     Array.prototype.forEach.call(scope.querySelectorAll("[data-exec-status]"), function (node) {
       node.textContent = String(status).replace(/_/g, " ");
       node.dataset.execStatus = status;
-      if (node.classList.contains("badge")) {
-        Object.keys(STATUS_CLASSES).forEach(function (key) {
-          node.classList.remove(STATUS_CLASSES[key]);
-        });
-        node.classList.add(STATUS_CLASSES[status] || "text-bg-secondary");
-      }
+      if (node.classList.contains("badge")) setStatusBadge(node, status);
     });
     if (exitCode !== undefined) {
       Array.prototype.forEach.call(scope.querySelectorAll("[data-exec-exit]"), function (node) {
@@ -1075,5 +1079,7 @@
   dynserv.liveSearch = liveSearch;
   dynserv.serverSearch = serverSearch;
   dynserv.setExecutionStatus = setExecutionStatus;
+  dynserv.setStatusBadge = setStatusBadge;
+  dynserv.FINAL_STATUSES = FINAL_STATUSES;
   dynserv.refreshRelativeTimes = refreshRelativeTimes;
 })();

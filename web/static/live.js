@@ -19,16 +19,6 @@
 (function () {
   "use strict";
 
-  var FINAL = ["succeeded", "failed", "cancelled", "timed_out"];
-  var STATUS_CLASSES = {
-    queued: "text-bg-secondary",
-    running: "text-bg-primary",
-    succeeded: "text-bg-success",
-    failed: "text-bg-danger",
-    cancelled: "text-bg-secondary",
-    timed_out: "text-bg-warning"
-  };
-
   function all(css) {
     return Array.prototype.slice.call(document.querySelectorAll(css));
   }
@@ -85,18 +75,13 @@
 
   // ---- executions ----
 
-  function setBadge(node, status) {
-    if (!node) return;
-    node.textContent = status;
-    Object.keys(STATUS_CLASSES).forEach(function (key) {
-      node.classList.remove(STATUS_CLASSES[key]);
-    });
-    node.classList.add(STATUS_CLASSES[status] || "text-bg-secondary");
-  }
-
   function showExecution(e) {
     all('tr[data-execution-id="' + CSS.escape(e.id) + '"]').forEach(function (row) {
-      setBadge(row.querySelector('[data-cell="status"]'), e.status);
+      var badge = row.querySelector('[data-cell="status"]');
+      if (badge) {
+        badge.textContent = e.status;
+        window.dynserv.setStatusBadge(badge, e.status);
+      }
       var duration = row.querySelector('[data-cell="duration"]');
       if (duration) duration.textContent = formatDuration(e.duration_s);
       row.dataset.status = e.status;
@@ -107,16 +92,9 @@
       if (field("finished_at")) field("finished_at").textContent = formatTime(e.finished_at);
       if (field("duration_s")) field("duration_s").textContent = formatDuration(e.duration_s);
       if (field("summary")) field("summary").textContent = e.summary || "";
-      all("[data-exec-status]").forEach(function (badge) {
-        badge.dataset.execStatus = e.status;
-        setBadge(badge, e.status);
-      });
-      if (e.finished_at) {
-        all("[data-exec-exit]").forEach(function (node) {
-          node.textContent = e.exit_code === null || e.exit_code === undefined ? "\u2014" : String(e.exit_code);
-        });
-      }
-      if (FINAL.indexOf(e.status) !== -1) {
+      var exitCode = e.exit_code === undefined ? null : e.exit_code;
+      window.dynserv.setExecutionStatus(e.status, e.finished_at ? exitCode : undefined);
+      if (window.dynserv.FINAL_STATUSES.indexOf(e.status) !== -1) {
         all("[data-live-cancel]").forEach(function (form) { form.remove(); });
       }
     });
