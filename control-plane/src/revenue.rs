@@ -80,11 +80,16 @@ pub struct Revenue {
     pub by_month: Vec<MonthRevenue>,
 }
 
-/// Whether a subscription brings revenue on `day`: started, not expired, and either
-/// within its hosting period or renewing by itself.
+/// Whether a subscription brings revenue on `day`: started, active (not paused,
+/// cancelled, ended or expired), before a pending cancellation takes effect, and
+/// either within its hosting period or renewing by itself.
 pub fn active_on(sub: &Subscription, day: NaiveDate) -> bool {
     sub.status == SubscriptionStatus::Active
         && sub.starts_on <= day
+        && sub
+            .cancellation
+            .as_ref()
+            .is_none_or(|c| day < c.effective_on)
         && (day <= sub.hosting_until || sub.auto_renew)
 }
 
@@ -94,11 +99,19 @@ fn active_in_month(sub: &Subscription, first: NaiveDate, today: NaiveDate) -> bo
         .checked_add_months(Months::new(1))
         .and_then(|d| d.pred_opt())
         .unwrap_or(first);
-    let end = if sub.auto_renew && sub.status == SubscriptionStatus::Active {
+    let mut end = if sub.auto_renew && sub.status == SubscriptionStatus::Active {
         sub.hosting_until.max(today)
     } else {
         sub.hosting_until
     };
+    // A cancelled or ended one ran until the day before it stopped (a pending
+    // cancellation: until the day before it takes effect).
+    let stopped = sub
+        .ended_on
+        .or(sub.cancellation.as_ref().map(|c| c.effective_on));
+    if let Some(last_day) = stopped.and_then(|d| d.pred_opt()) {
+        end = end.min(last_day);
+    }
     sub.starts_on <= last && end >= first && first <= today
 }
 
@@ -373,6 +386,10 @@ mod tests {
             sales_agent_id: agent.into(),
             sales_agent: agent.into(),
             status: SubscriptionStatus::Active,
+            cancellation: None,
+            paused_on: None,
+            ended_on: None,
+            lifecycle: vec![],
             renewals: vec![],
             reminders_sent: vec![],
             notes: None,

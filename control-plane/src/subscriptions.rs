@@ -13,6 +13,12 @@
 //! `subscription_by_agent` (`agent_id/position`, the position being the client's name
 //! and the id), kept by [`save`], through which every subscription is written.
 //!
+//! The lifecycle beyond renewals ([`change`]): a cancellation the client asked for takes
+//! effect on its date (until then no reminders; an auto-renewing one still renews up to
+//! it), a pause stops renewals, reminders and revenue until it is resumed (the end date
+//! moves by the days paused), an end stops it today. Each change is audited and told to
+//! the owning sales agent; [`delete`] removes a subscription made by mistake.
+//!
 //! What does not live here: revenue arithmetic (`revenue`) and permissions (`policy`;
 //! seeing everyone's subscriptions follows `ViewAllRevenue`).
 
@@ -44,18 +50,41 @@ pub const REMINDER_DAYS: [u32; 3] = [30, 7, 1];
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
     Active,
+    /// Paused by the sales agent: no renewals, reminders or revenue until resumed.
+    Paused,
+    /// Cancelled from its cancellation's effective date on.
+    Cancelled,
+    /// Ended by hand before its end date.
+    Ended,
+    /// Its end date passed without renewal.
     Expired,
 }
 
 impl SubscriptionStatus {
-    pub const ALL: [SubscriptionStatus; 2] =
-        [SubscriptionStatus::Active, SubscriptionStatus::Expired];
+    pub const ALL: [SubscriptionStatus; 5] = [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::Paused,
+        SubscriptionStatus::Cancelled,
+        SubscriptionStatus::Ended,
+        SubscriptionStatus::Expired,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Paused => "paused",
+            SubscriptionStatus::Cancelled => "cancelled",
+            SubscriptionStatus::Ended => "ended",
             SubscriptionStatus::Expired => "expired",
         }
+    }
+
+    /// Whether the subscription still runs or may run again (active or paused).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            SubscriptionStatus::Active | SubscriptionStatus::Paused
+        )
     }
 
     pub fn parse(text: &str) -> Option<SubscriptionStatus> {
@@ -72,6 +101,30 @@ pub struct Renewal {
     pub on: NaiveDate,
     pub from: NaiveDate,
     pub to: NaiveDate,
+}
+
+/// A cancellation the client asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancellation {
+    pub reason: String,
+    /// The first day the subscription no longer runs.
+    pub effective_on: NaiveDate,
+    /// Username of who recorded it.
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// One change of a subscription's lifecycle (cancel, pause, resume, end), oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleChange {
+    pub action: String,
+    pub at: DateTime<Utc>,
+    /// Username of who made it (`system` for a cancellation taking effect).
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_on: Option<NaiveDate>,
 }
 
 /// A client subscription.
@@ -97,6 +150,17 @@ pub struct Subscription {
     #[serde(default)]
     pub reminders_sent: Vec<u32>,
     pub notes: Option<String>,
+    /// The client's cancellation, pending until its effective date or taken effect.
+    #[serde(default)]
+    pub cancellation: Option<Cancellation>,
+    /// The day it was paused, while it is.
+    #[serde(default)]
+    pub paused_on: Option<NaiveDate>,
+    /// The first day it no longer ran, once cancelled or ended.
+    #[serde(default)]
+    pub ended_on: Option<NaiveDate>,
+    #[serde(default)]
+    pub lifecycle: Vec<LifecycleChange>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -245,9 +309,12 @@ fn apply(
     if let Some(until) = hosting_until {
         let until = until?;
         if until != sub.hosting_until {
-            // A new end date gets its own reminders.
+            // A new end date gets its own reminders, and an expired subscription
+            // given a later end runs again (a paused, cancelled or ended one stays so).
             sub.reminders_sent.clear();
-            sub.status = SubscriptionStatus::Active;
+            if sub.status == SubscriptionStatus::Expired {
+                sub.status = SubscriptionStatus::Active;
+            }
         }
         sub.hosting_until = until;
     }
@@ -320,6 +387,10 @@ pub fn create_adding_to(
         renewals: Vec::new(),
         reminders_sent: Vec::new(),
         notes: None,
+        cancellation: None,
+        paused_on: None,
+        ended_on: None,
+        lifecycle: Vec::new(),
         created_at: now,
         updated_at: now,
     };
@@ -382,6 +453,225 @@ pub fn update_adding_to(
             sub.currency,
             sub.hosting_until,
             if sub.auto_renew { ", auto-renew" } else { "" }
+        ),
+    )?;
+    Ok(sub)
+}
+
+/// A change of a subscription's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The client cancels, from an effective date (today by default).
+    Cancel,
+    Pause,
+    Resume,
+    /// Stop it today.
+    End,
+}
+
+impl Change {
+    pub fn parse(text: &str) -> Option<Change> {
+        [Change::Cancel, Change::Pause, Change::Resume, Change::End]
+            .into_iter()
+            .find(|c| c.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Cancel => "cancel",
+            Change::Pause => "pause",
+            Change::Resume => "resume",
+            Change::End => "end",
+        }
+    }
+}
+
+/// What a lifecycle change carries: a reason (required to cancel) and, for a
+/// cancellation, the first day it no longer runs (`YYYY-MM-DD`, today by default).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeInput {
+    pub reason: Option<String>,
+    pub effective_on: Option<String>,
+}
+
+/// Cancels, pauses, resumes or ends a subscription on `today`, audited and told to its
+/// sales agent. A move the status does not allow is a conflict (409); bad fields are
+/// invalid (422) and change nothing.
+pub fn change(
+    w: &mut Writer,
+    actor: &Actor,
+    id: &str,
+    what: Change,
+    input: &ChangeInput,
+    today: NaiveDate,
+) -> AppResult<Subscription> {
+    let mut sub: Subscription = w
+        .get(id)?
+        .ok_or_else(|| AppError::not_found("subscription"))?;
+    let mut problems = Problems::new();
+    let reason = problems
+        .check(validate::text("reason", input.reason.as_deref(), 500))
+        .unwrap_or(None);
+    let effective_on = match (what, input.effective_on.as_deref().map(str::trim)) {
+        (Change::Cancel, Some(d)) if !d.is_empty() => problems.check(date("effective_on", d)).ok(),
+        (Change::Cancel, _) => Some(today),
+        (_, Some(d)) if !d.is_empty() => {
+            problems.add(AppError::invalid(
+                "effective_on",
+                "only a cancellation takes an effective date",
+            ));
+            None
+        }
+        _ => None,
+    };
+    let reason_given = input
+        .reason
+        .as_deref()
+        .is_some_and(|r| !r.trim().is_empty());
+    if what == Change::Cancel && !reason_given {
+        problems.add(AppError::invalid("reason", "say why the client cancels"));
+    }
+    if let Some(on) = effective_on.filter(|on| *on < sub.starts_on) {
+        problems.add(AppError::invalid(
+            "effective_on",
+            format!(
+                "a cancellation cannot take effect on {on}, before the subscription starts ({})",
+                sub.starts_on
+            ),
+        ));
+    }
+    problems.finish()?;
+    let allowed = match what {
+        Change::Cancel | Change::End => sub.status.is_open(),
+        Change::Pause => sub.status == SubscriptionStatus::Active,
+        Change::Resume => sub.status == SubscriptionStatus::Paused,
+    };
+    if !allowed {
+        return Err(AppError::conflict(format!(
+            "a subscription that is {} cannot be {}",
+            sub.status.as_str(),
+            match what {
+                Change::Cancel => "cancelled",
+                Change::Pause => "paused",
+                Change::Resume => "resumed (it is not paused)",
+                Change::End => "ended",
+            }
+        )));
+    }
+    let target = format!("subscription:{}", sub.id);
+    let (title, body, detail) = match what {
+        Change::Cancel => {
+            let on = effective_on.unwrap_or(today);
+            sub.cancellation = Some(Cancellation {
+                reason: reason.clone().unwrap_or_default(),
+                effective_on: on,
+                by: actor.username.clone(),
+                at: Utc::now(),
+            });
+            let when = if on <= today {
+                sub.status = SubscriptionStatus::Cancelled;
+                sub.ended_on = Some(on);
+                sub.paused_on = None;
+                format!("from {on}")
+            } else {
+                format!("from {on}; it runs until then without reminders")
+            };
+            (
+                format!("Subscription of {} cancelled", sub.client),
+                format!("{when}: {}", reason.clone().unwrap_or_default()),
+                format!("{}: cancelled from {on}", sub.client),
+            )
+        }
+        Change::Pause => {
+            sub.status = SubscriptionStatus::Paused;
+            sub.paused_on = Some(today);
+            (
+                format!("Subscription of {} paused", sub.client),
+                "no renewals, reminders or revenue until it is resumed".to_string(),
+                format!("{}: paused", sub.client),
+            )
+        }
+        Change::Resume => {
+            let paused_days = sub
+                .paused_on
+                .map(|p| (today - p).num_days().max(0))
+                .unwrap_or(0);
+            sub.hosting_until += chrono::Duration::days(paused_days);
+            sub.status = SubscriptionStatus::Active;
+            sub.paused_on = None;
+            sub.reminders_sent.clear();
+            (
+                format!("Subscription of {} resumed", sub.client),
+                format!(
+                    "paused {paused_days} days; hosting now runs until {}",
+                    sub.hosting_until
+                ),
+                format!("{}: resumed, until {}", sub.client, sub.hosting_until),
+            )
+        }
+        Change::End => {
+            sub.status = SubscriptionStatus::Ended;
+            sub.ended_on = Some(today);
+            sub.paused_on = None;
+            (
+                format!("Subscription of {} ended", sub.client),
+                format!("ended on {today}"),
+                format!("{}: ended on {today}", sub.client),
+            )
+        }
+    };
+    sub.lifecycle.push(LifecycleChange {
+        action: what.as_str().to_string(),
+        at: Utc::now(),
+        by: actor.username.clone(),
+        reason: reason.clone(),
+        effective_on,
+    });
+    sub.updated_at = Utc::now();
+    save(w, &sub)?;
+    let detail = match &reason {
+        Some(r) => format!("{detail} ({r})"),
+        None => detail,
+    };
+    audit::record(
+        w,
+        actor,
+        &format!("subscription.{}", what.as_str()),
+        &target,
+        detail,
+    )?;
+    notifications::notify(
+        w,
+        std::slice::from_ref(&sub.sales_agent_id),
+        &Message {
+            title,
+            body,
+            link: Some(format!("/subscriptions/{}", sub.id)),
+            level: "info",
+            subject: target,
+        },
+    )?;
+    Ok(sub)
+}
+
+/// Deletes a subscription (one made by mistake) with its list entries, audited.
+pub fn delete(w: &mut Writer, actor: &Actor, id: &str) -> AppResult<Subscription> {
+    let sub: Subscription = w
+        .get(id)?
+        .ok_or_else(|| AppError::not_found("subscription"))?;
+    for (index, key) in list_keys(&sub) {
+        w.index_delete(index, &key)?;
+    }
+    w.delete::<Subscription>(id)?;
+    audit::record(
+        w,
+        actor,
+        "subscription.delete",
+        &format!("subscription:{}", sub.id),
+        format!(
+            "{}: {:.2} {} a month",
+            sub.client, sub.monthly_cost, sub.currency
         ),
     )?;
     Ok(sub)
@@ -638,11 +928,20 @@ pub enum Due {
     },
     /// It ended before today.
     Expire,
+    /// Its cancellation takes effect.
+    Cancel,
 }
 
 /// What is due for one subscription on `today`, or `None`.
 pub fn due(sub: &Subscription, today: NaiveDate) -> Option<Due> {
-    if sub.status == SubscriptionStatus::Expired {
+    if !sub.status.is_open() {
+        return None;
+    }
+    let cancelled_on = sub.cancellation.as_ref().map(|c| c.effective_on);
+    if cancelled_on.is_some_and(|on| on <= today) {
+        return Some(Due::Cancel);
+    }
+    if sub.status == SubscriptionStatus::Paused {
         return None;
     }
     if sub.auto_renew {
@@ -663,6 +962,10 @@ pub fn due(sub: &Subscription, today: NaiveDate) -> Option<Due> {
     let left = days_left(sub, today);
     if left < 0 {
         return Some(Due::Expire);
+    }
+    if cancelled_on.is_some() {
+        // The client is leaving: nobody needs to be reminded to renew.
+        return None;
     }
     let thresholds: Vec<u32> = REMINDER_DAYS
         .into_iter()
@@ -688,6 +991,7 @@ pub struct RenewalReport {
     pub renewed: usize,
     pub reminded: usize,
     pub expired: usize,
+    pub cancelled: usize,
 }
 
 /// Applies today's plan in one transaction: renewals recorded, reminders and expiries
@@ -768,6 +1072,34 @@ pub fn run_renewals(store: &Store, today: NaiveDate) -> anyhow::Result<RenewalRe
                         format!("{}: ends {when}", sub.client),
                     )?;
                     report.reminded += 1;
+                }
+                Due::Cancel => {
+                    let on = sub.cancellation.as_ref().map(|c| c.effective_on);
+                    sub.status = SubscriptionStatus::Cancelled;
+                    sub.ended_on = on;
+                    sub.paused_on = None;
+                    notifications::notify(
+                        w,
+                        &recipients,
+                        &Message {
+                            title: format!("Subscription of {} cancelled", sub.client),
+                            body: format!(
+                                "the cancellation took effect on {}",
+                                on.unwrap_or(today)
+                            ),
+                            link: Some(format!("/subscriptions/{}", sub.id)),
+                            level: "info",
+                            subject: target.clone(),
+                        },
+                    )?;
+                    audit::record(
+                        w,
+                        &actor,
+                        "subscription.cancelled",
+                        &target,
+                        sub.client.clone(),
+                    )?;
+                    report.cancelled += 1;
                 }
                 Due::Expire => {
                     sub.status = SubscriptionStatus::Expired;
@@ -883,6 +1215,10 @@ mod tests {
             renewals: vec![],
             reminders_sent: vec![],
             notes: None,
+            cancellation: None,
+            paused_on: None,
+            ended_on: None,
+            lifecycle: vec![],
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -935,6 +1271,111 @@ mod tests {
         let mut expired = sub("2026-01-31", false);
         expired.status = SubscriptionStatus::Expired;
         assert_eq!(plan(&[expired], day("2027-01-01")), vec![]);
+    }
+
+    /// A pending cancellation silences reminders and takes effect on its date (also
+    /// for a paused one); an auto-renewing one renews up to it; paused ones renew and
+    /// remind nothing; closed ones have nothing due.
+    #[test]
+    fn cancellations_and_pauses_in_the_plan() {
+        let cancel_on = |s: &mut Subscription, on: &str| {
+            s.cancellation = Some(Cancellation {
+                reason: "moving".into(),
+                effective_on: day(on),
+                by: "sales".into(),
+                at: Utc::now(),
+            })
+        };
+        let mut s = sub("2026-06-30", false);
+        cancel_on(&mut s, "2026-06-15");
+        assert_eq!(due(&s, day("2026-06-01")), None, "no reminder for a leaver");
+        assert_eq!(due(&s, day("2026-06-15")), Some(Due::Cancel));
+        let mut r = sub("2026-06-30", true);
+        cancel_on(&mut r, "2026-09-01");
+        assert!(matches!(due(&r, day("2026-06-30")), Some(Due::Renew(_))));
+        assert_eq!(due(&r, day("2026-09-01")), Some(Due::Cancel));
+        let mut p = sub("2026-06-30", true);
+        p.status = SubscriptionStatus::Paused;
+        assert_eq!(
+            due(&p, day("2026-07-15")),
+            None,
+            "a paused one renews nothing"
+        );
+        cancel_on(&mut p, "2026-08-01");
+        assert_eq!(due(&p, day("2026-08-01")), Some(Due::Cancel));
+        for closed in [SubscriptionStatus::Cancelled, SubscriptionStatus::Ended] {
+            let mut c = sub("2026-06-30", false);
+            c.status = closed;
+            assert_eq!(due(&c, day("2026-07-15")), None);
+        }
+    }
+
+    /// Pausing for ten days moves the end by ten days; the job turns a cancellation
+    /// into `cancelled` on its date, notifying the owner; a cancelled one cannot be
+    /// paused (409) and an edit of its end date does not revive it.
+    #[test]
+    fn lifecycle_changes_and_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let sales = store
+            .write(|w| users::test_user(w, "sales", "sales"))
+            .unwrap();
+        let input = SubscriptionInput {
+            client: Some("Acme".into()),
+            monthly_cost: Some(10.0),
+            currency: Some("EUR".into()),
+            starts_on: Some("2026-01-01".into()),
+            hosting_until: Some("2026-12-31".into()),
+            ..Default::default()
+        };
+        let actor = Actor::system();
+        let s = store
+            .write(|w| Ok(create(w, &actor, &sales, &input)?))
+            .unwrap();
+        let run = |what: Change, input: ChangeInput, on: &str| {
+            store
+                .write(|w| Ok(change(w, &actor, &s.id, what, &input, day(on))))
+                .unwrap()
+        };
+        run(Change::Pause, ChangeInput::default(), "2026-03-01").unwrap();
+        let resumed = run(Change::Resume, ChangeInput::default(), "2026-03-11").unwrap();
+        assert_eq!(resumed.hosting_until, day("2027-01-10"));
+        let pending = run(
+            Change::Cancel,
+            ChangeInput {
+                reason: Some("moving".into()),
+                effective_on: Some("2026-05-01".into()),
+            },
+            "2026-04-01",
+        )
+        .unwrap();
+        assert_eq!(pending.status, SubscriptionStatus::Active);
+        let report = run_renewals(&store, day("2026-05-01")).unwrap();
+        assert_eq!(report.cancelled, 1);
+        let done: Subscription = store.get(&s.id).unwrap().unwrap();
+        assert_eq!(done.status, SubscriptionStatus::Cancelled);
+        assert_eq!(done.ended_on, Some(day("2026-05-01")));
+        let err = run(Change::Pause, ChangeInput::default(), "2026-05-02").unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::Conflict);
+        let edited = store
+            .write(|w| {
+                let change = SubscriptionInput {
+                    hosting_until: Some("2027-06-30".into()),
+                    ..Default::default()
+                };
+                Ok(update(w, &actor, &s.id, &change, None)?)
+            })
+            .unwrap();
+        assert_eq!(edited.status, SubscriptionStatus::Cancelled);
+        let inbox = store
+            .read(|r| notifications::inbox(r, &sales.id, false, 10))
+            .unwrap();
+        assert_eq!(inbox[0].title, "Subscription of Acme cancelled");
+        assert_eq!(
+            inbox.len(),
+            4,
+            "paused, resumed, cancellation recorded, taken effect"
+        );
     }
 
     /// A subscription with several bad fields (and an end before its start, once

@@ -657,3 +657,211 @@ async fn business_pages_for_each_role() {
     let (_, _, html) = sales.get("/").await;
     assert_eq!(unread_badge(&html), 0);
 }
+
+/// A subscription's lifecycle over the API and the page: pause stops its revenue and
+/// resume brings it back; a cancellation needs a reason, waits for its effective date
+/// (no reminders, revenue until then) or takes effect at once; every move the status
+/// forbids is a 409; each change is audited and told to the sales agent; only those
+/// who see every agent's revenue delete one.
+#[tokio::test]
+async fn subscription_lifecycle() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("sam", "sales", false, "sam-password-1");
+    let sales = cp.api_as("sales");
+    let admin = cp.api_as("admin");
+    let today = dynserv_tests::utc_today();
+    let (status, created) = sales
+        .post(
+            "/api/v1/subscriptions",
+            &json!({"client": "Initech", "monthly_cost": 40, "currency": "USD",
+                    "starts_on": today, "hosting_until": "2099-12-31", "auto_renew": true,
+                    "renewal_months": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = |what: &str| format!("/api/v1/subscriptions/{id}/{what}");
+    let usd = |revenue: &Value| revenue["mrr"]["USD"].as_f64().unwrap_or(0.0);
+    assert_eq!(usd(&sales.get("/api/v1/revenue").await.1), 70.0);
+
+    // Pause and resume.
+    let (status, paused) = sales.post_empty(&path("pause")).await;
+    assert_eq!(
+        (status, paused["status"].as_str()),
+        (200, Some("paused")),
+        "{paused}"
+    );
+    assert_eq!(
+        usd(&sales.get("/api/v1/revenue").await.1),
+        30.0,
+        "paused earns nothing"
+    );
+    assert_eq!(
+        sales.post_empty(&path("pause")).await.0,
+        409,
+        "already paused"
+    );
+    let (status, resumed) = sales.post(&path("resume"), &json!({})).await;
+    assert_eq!(
+        (status, resumed["status"].as_str()),
+        (200, Some("active")),
+        "{resumed}"
+    );
+    assert_eq!(
+        resumed["hosting_until"], "2099-12-31",
+        "paused for no whole day"
+    );
+    assert_eq!(sales.post_empty(&path("resume")).await.0, 409, "not paused");
+
+    // A cancellation is refused without a reason or before the start; others' are 403.
+    let (status, refused) = sales.post(&path("cancel"), &json!({"reason": " "})).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("reason")),
+        "{refused}"
+    );
+    let (status, refused) = sales
+        .post(
+            &path("cancel"),
+            &json!({"reason": "moving", "effective_on": "2000-01-01"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("effective_on")),
+        "{refused}"
+    );
+    let (status, refused) = sales.post(&path("cancel"), &json!({"why": "x"})).await;
+    assert_eq!(status, 400, "unknown field: {refused}");
+    assert_eq!(
+        cp.api_as("sam")
+            .post(&path("cancel"), &json!({"reason": "x"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(sales.post_empty(&path("explode")).await.0, 404);
+
+    // Cancelled from a later date: still active and earning until then.
+    let (status, pending) = sales
+        .post(
+            &path("cancel"),
+            &json!({"reason": "moving to a bigger provider", "effective_on": "2099-01-01"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending["status"], "active");
+    assert_eq!(pending["cancellation"]["effective_on"], "2099-01-01");
+    assert_eq!(pending["cancellation"]["by"], "sales");
+    assert_eq!(usd(&sales.get("/api/v1/revenue").await.1), 70.0);
+    let mut page = PageClient::signed_in(&cp, "sales", "sales123").await;
+    let (_, _, list) = page.get("/subscriptions").await;
+    assert!(list.contains("cancelled from 2099-01-01"), "{list}");
+
+    // The page: a cancellation without a reason re-renders with the message; with one
+    // it takes effect today.
+    let sub_page = format!("/subscriptions/{id}");
+    let csrf = page.csrf(&sub_page).await;
+    let (status, _, html) = page
+        .post(
+            &format!("{sub_page}/cancel"),
+            &[("csrf", &csrf), ("reason", ""), ("effective_on", "")],
+        )
+        .await;
+    assert_eq!(status, 422, "{html}");
+    assert!(html.contains("say why the client cancels"), "{html}");
+    let (status, location, _) = page
+        .post(
+            &format!("{sub_page}/cancel"),
+            &[
+                ("csrf", &csrf),
+                ("reason", "closing down"),
+                ("effective_on", &today),
+            ],
+        )
+        .await;
+    assert_eq!((status, location.as_str()), (303, sub_page.as_str()));
+    let (_, now) = sales.get(&format!("/api/v1/subscriptions/{id}")).await;
+    assert_eq!(now["status"], "cancelled", "{now}");
+    assert_eq!(now["ended_on"], today.as_str());
+    assert_eq!(usd(&sales.get("/api/v1/revenue").await.1), 30.0);
+    for what in ["cancel", "pause", "resume", "end"] {
+        assert_eq!(
+            sales.post(&path(what), &json!({"reason": "x"})).await.0,
+            409,
+            "{what}"
+        );
+    }
+    let actions: Vec<&str> = now["lifecycle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["pause", "resume", "cancel", "cancel"]);
+
+    // Told to the sales agent, audited.
+    let (_, inbox) = sales.get("/api/v1/notifications").await;
+    let titles: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["title"].as_str())
+        .collect();
+    for title in ["paused", "resumed", "cancelled"] {
+        assert!(
+            titles.contains(&format!("Subscription of Initech {title}").as_str()),
+            "{titles:?}"
+        );
+    }
+    let (_, audit) = admin.get("/api/v1/audit?action=subscription.cancel").await;
+    assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
+
+    // Ending one; deleting is for managers and admins.
+    let (_, second) = sales
+        .post(
+            "/api/v1/subscriptions",
+            &json!({"client": "Globex", "monthly_cost": 5, "currency": "EUR",
+                    "starts_on": today, "hosting_until": "2099-12-31"}),
+        )
+        .await;
+    let second = second["id"].as_str().unwrap().to_string();
+    let (status, ended) = sales
+        .post(&format!("/api/v1/subscriptions/{second}/end"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, ended["status"].as_str()),
+        (200, Some("ended")),
+        "{ended}"
+    );
+    assert_eq!(
+        sales
+            .delete(&format!("/api/v1/subscriptions/{second}"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        admin
+            .delete(&format!("/api/v1/subscriptions/{second}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        admin
+            .get(&format!("/api/v1/subscriptions/{second}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        admin
+            .delete(&format!("/api/v1/subscriptions/{second}"))
+            .await
+            .0,
+        404
+    );
+    let (_, audit) = admin.get("/api/v1/audit?action=subscription.delete").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+}

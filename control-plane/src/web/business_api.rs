@@ -368,6 +368,46 @@ pub fn update_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResu
     Ok(reply(StatusCode::OK, &value))
 }
 
+/// `POST /api/v1/subscriptions/{id}/{cancel,pause,resume,end}`: `{"reason"?,
+/// "effective_on"?}` (a cancellation needs a reason); an empty body is `{}`.
+pub fn change_subscription(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    what: &str,
+) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let what = subscriptions::Change::parse(what)
+        .ok_or_else(|| AppError::not_found("subscription action"))?;
+    let input: subscriptions::ChangeInput = match req.body.is_empty() {
+        true => Default::default(),
+        false => req.json()?,
+    };
+    let actor = ctx.actor(req);
+    let today = chrono::Utc::now().date_naive();
+    let value = app.store.write(|w| {
+        subscriptions::get_visible(w, &ctx.subject, id)?;
+        let sub = subscriptions::change(w, &actor, id, what, &input, today)?;
+        subscription_json(w, &sub)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+/// `DELETE /api/v1/subscriptions/{id}`: for those who see every sales agent's revenue
+/// (admins, sales managers), so a subscription's history is not erased by its owner.
+pub fn delete_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let actor = ctx.actor(req);
+    app.store.write(|w| {
+        subscriptions::get_visible(w, &ctx.subject, id)?;
+        require(ctx, Action::ViewAllRevenue)?;
+        subscriptions::delete(w, &actor, id)?;
+        Ok(())
+    })?;
+    Ok(reply(StatusCode::OK, &json!({"deleted": id})))
+}
+
 // ---- revenue ----
 
 /// The revenue report over the subscriptions the caller may see.

@@ -428,6 +428,7 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 let left = subscriptions::days_left(s, today);
                 v["expiring"] = json!(
                     s.status == SubscriptionStatus::Active
+                        && s.cancellation.is_none()
                         && !s.auto_renew
                         && (0..=30).contains(&left)
                 );
@@ -493,7 +494,32 @@ fn subscription_form_data(
         "agents": agents,
         "can_assign": policy::can(&ctx.subject, Action::ViewAllRevenue, None),
         "subscription": null,
+        "lifecycle": null,
     }))
+}
+
+/// What the subscription page offers to do with its lifecycle.
+fn lifecycle_view(s: &subscriptions::Subscription, ctx: &Ctx) -> Value {
+    let today = chrono::Utc::now().date_naive();
+    let pending = s
+        .cancellation
+        .as_ref()
+        .filter(|c| s.status.is_open() && c.effective_on > today);
+    json!({
+        "can_cancel": s.status.is_open(),
+        "can_pause": s.status == SubscriptionStatus::Active,
+        "can_resume": s.status == SubscriptionStatus::Paused,
+        "can_end": s.status.is_open(),
+        "can_delete": policy::can(&ctx.subject, Action::ViewAllRevenue, None),
+        "today": today.to_string(),
+        "pending_cancellation": pending,
+        "badge": match s.status {
+            SubscriptionStatus::Active => "text-bg-success",
+            SubscriptionStatus::Paused => "text-bg-warning",
+            SubscriptionStatus::Cancelled | SubscriptionStatus::Ended => "text-bg-dark",
+            SubscriptionStatus::Expired => "text-bg-secondary",
+        },
+    })
 }
 
 fn subscription_values(s: &subscriptions::Subscription) -> Value {
@@ -534,6 +560,7 @@ pub fn subscription_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
             })?;
             data["values"] = subscription_values(&sub);
             data["subscription"] = value;
+            data["lifecycle"] = lifecycle_view(&sub, ctx);
             format!("Subscription of {}", sub.client)
         }
     };
@@ -632,6 +659,7 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
             let mut data = subscription_form_data(app, ctx, existing.as_ref())?;
             if let Some(s) = &existing {
                 data["subscription"] = app.store.read(|r| subscription_json(r, s))?;
+                data["lifecycle"] = lifecycle_view(s, ctx);
             }
             let mut values: Map<String, Value> = form.values();
             values.insert("auto_renew".into(), json!(form.checked("auto_renew")));
@@ -644,6 +672,103 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
             rerender(app, req, ctx, e, "subscription_form", title, data, values)
         }
     }
+}
+
+/// `POST /subscriptions/{id}/{cancel,pause,resume,end}` from the subscription page;
+/// a refused change re-renders the page with the reason beside the form.
+pub fn subscription_change(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    id: &str,
+    what: &str,
+) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let what = subscriptions::Change::parse(what).ok_or_else(|| AppError::not_found("page"))?;
+    let form = form(req, ctx)?;
+    let existing = app
+        .store
+        .read(|r| Ok(subscriptions::get_visible(r, &ctx.subject, id)?))?;
+    let input = subscriptions::ChangeInput {
+        reason: form.get("reason").map(String::from),
+        effective_on: form
+            .get("effective_on")
+            .filter(|d| !d.trim().is_empty())
+            .map(String::from),
+    };
+    let actor = ctx.actor(req);
+    let today = chrono::Utc::now().date_naive();
+    let result = app
+        .store
+        .write(|w| Ok(subscriptions::change(w, &actor, id, what, &input, today)?))
+        .map_err(AppError::from);
+    match result {
+        Ok(sub) => {
+            let done = match what {
+                subscriptions::Change::Cancel => "cancelled",
+                subscriptions::Change::Pause => "paused",
+                subscriptions::Change::Resume => "resumed",
+                subscriptions::Change::End => "ended",
+            };
+            Ok(redirect(
+                &format!("/subscriptions/{}", sub.id),
+                Some((
+                    "success",
+                    &format!("Subscription of {} {done}.", sub.client),
+                )),
+            ))
+        }
+        Err(e) => {
+            let mut data = subscription_form_data(app, ctx, Some(&existing))?;
+            data["subscription"] = app.store.read(|r| subscription_json(r, &existing))?;
+            data["lifecycle"] = lifecycle_view(&existing, ctx);
+            let mut values = match subscription_values(&existing) {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            values.insert(
+                "reason".into(),
+                json!(form.get("reason").unwrap_or_default()),
+            );
+            values.insert(
+                "effective_on".into(),
+                json!(form.get("effective_on").unwrap_or_default()),
+            );
+            values.insert("change".into(), json!(what.as_str()));
+            let title = format!("Subscription of {}", existing.client);
+            rerender(app, req, ctx, e, "subscription_form", &title, data, values)
+        }
+    }
+}
+
+/// `POST /subscriptions/{id}/delete` (with the `confirm` box ticked): for those who
+/// see every sales agent's revenue.
+pub fn subscription_delete(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require(ctx, Action::ManageSubscriptions)?;
+    let form = form(req, ctx)?;
+    let existing = app
+        .store
+        .read(|r| Ok(subscriptions::get_visible(r, &ctx.subject, id)?))?;
+    require(ctx, Action::ViewAllRevenue)?;
+    if !form.checked("confirm") {
+        return Ok(redirect(
+            &format!("/subscriptions/{id}"),
+            Some((
+                "danger",
+                "Tick the box to confirm that the subscription and its history are deleted.",
+            )),
+        ));
+    }
+    let actor = ctx.actor(req);
+    app.store
+        .write(|w| Ok(subscriptions::delete(w, &actor, id)?))?;
+    Ok(redirect(
+        "/subscriptions",
+        Some((
+            "success",
+            &format!("Subscription of {} deleted.", existing.client),
+        )),
+    ))
 }
 
 // ---- revenue ----
@@ -786,7 +911,11 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
                 clients.push(s.client.clone());
             }
             let left = subscriptions::days_left(s, today);
-            if s.status == SubscriptionStatus::Active && (0..=30).contains(&left) {
+            // A subscription the client cancelled neither renews nor needs a reminder.
+            if s.status == SubscriptionStatus::Active
+                && s.cancellation.is_none()
+                && (0..=30).contains(&left)
+            {
                 expiring.push(json!({"id": s.id, "client": s.client, "hosting_until": s.hosting_until.to_string(), "days_left": left, "auto_renew": s.auto_renew}));
             }
         }

@@ -136,6 +136,12 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::PUT, ["subscriptions", id]) => {
             super::business_api::update_subscription(app, req, &ctx, id)
         }
+        (&Method::DELETE, ["subscriptions", id]) => {
+            super::business_api::delete_subscription(app, req, &ctx, id)
+        }
+        (&Method::POST, ["subscriptions", id, what]) => {
+            super::business_api::change_subscription(app, req, &ctx, id, what)
+        }
         (&Method::GET, ["revenue"]) => super::business_api::revenue(app, req, &ctx),
         // Fleet: agents, enrollment tokens, executions.
         (&Method::GET, ["agents"]) => fleet_api::agents_list(app, req, &ctx),
@@ -361,6 +367,12 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::POST, ["subscriptions", id]) => {
             super::business_pages::subscription_save(app, req, &ctx, Some(id))
+        }
+        (&Method::POST, ["subscriptions", id, "delete"]) => {
+            super::business_pages::subscription_delete(app, req, &ctx, id)
+        }
+        (&Method::POST, ["subscriptions", id, what]) => {
+            super::business_pages::subscription_change(app, req, &ctx, id, what)
         }
         (&Method::GET, ["revenue"]) => super::business_pages::revenue_page(app, req, &ctx),
         (&Method::GET, ["revenue", file]) => super::business_pages::revenue_csv(app, &ctx, file),
