@@ -59,6 +59,15 @@ pub struct AgentRevenue {
     pub mrr: Money,
     pub clients: usize,
     pub subscriptions: usize,
+    /// Clients and subscriptions per currency (what each CSV row counts).
+    pub by_currency: BTreeMap<String, CurrencyCounts>,
+}
+
+/// How many clients and subscriptions pay in one currency.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CurrencyCounts {
+    pub clients: usize,
+    pub subscriptions: usize,
 }
 
 /// One month's recurring revenue.
@@ -176,23 +185,42 @@ pub fn compute(subs: &[Subscription], servers: &[Server], today: NaiveDate) -> R
         .collect();
     by_client.sort_by_key(|c| c.client.to_lowercase());
 
-    let mut agents: BTreeMap<String, (Money, Vec<String>, usize)> = BTreeMap::new();
+    // Per agent: revenue, every (currency, client) pair seen, subscriptions per currency.
+    type AgentTally = (Money, Vec<(String, String)>, BTreeMap<String, usize>);
+    let mut agents: BTreeMap<String, AgentTally> = BTreeMap::new();
     for s in &active {
         let entry = agents.entry(s.sales_agent.clone()).or_default();
         add(&mut entry.0, &s.currency, s.monthly_cost);
-        let client = s.client.trim().to_lowercase();
-        if !entry.1.contains(&client) {
-            entry.1.push(client);
+        let pair = (s.currency.clone(), s.client.trim().to_lowercase());
+        if !entry.1.contains(&pair) {
+            entry.1.push(pair);
         }
-        entry.2 += 1;
+        *entry.2.entry(s.currency.clone()).or_default() += 1;
     }
     let by_sales_agent = agents
         .into_iter()
-        .map(|(sales_agent, (mrr, clients, count))| AgentRevenue {
-            sales_agent,
-            mrr,
-            clients: clients.len(),
-            subscriptions: count,
+        .map(|(sales_agent, (mrr, pairs, per_currency))| {
+            let mut clients: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
+            clients.sort_unstable();
+            clients.dedup();
+            let by_currency = per_currency
+                .iter()
+                .map(|(code, subscriptions)| {
+                    let clients = pairs.iter().filter(|(c, _)| c == code).count();
+                    let counts = CurrencyCounts {
+                        clients,
+                        subscriptions: *subscriptions,
+                    };
+                    (code.clone(), counts)
+                })
+                .collect();
+            AgentRevenue {
+                sales_agent,
+                mrr,
+                clients: clients.len(),
+                subscriptions: per_currency.values().sum(),
+                by_currency,
+            }
         })
         .collect();
 
@@ -282,11 +310,12 @@ pub fn csv(revenue: &Revenue, table: &str) -> Option<String> {
             out.push_str("sales_agent,currency,mrr,clients,subscriptions\n");
             for a in &revenue.by_sales_agent {
                 for (code, amount) in &a.mrr {
+                    let counts = a.by_currency.get(code).cloned().unwrap_or_default();
                     out.push_str(&format!(
                         "{},{code},{amount:.2},{},{}\n",
                         csv_text(&a.sales_agent),
-                        a.clients,
-                        a.subscriptions
+                        counts.clients,
+                        counts.subscriptions
                     ));
                 }
             }
@@ -504,7 +533,16 @@ mod tests {
              \"Acme, Inc\",EUR,100.00,10.00,90.00\n\
              \"Acme, Inc\",USD,30.00,,30.00\n"
         );
-        assert!(csv(&rev, "agents").unwrap().contains("sales,USD,30.00,2,3"));
+        // Each currency's row counts that currency's clients and subscriptions
+        // (regression: every row repeated the agent's totals).
+        assert_eq!(
+            csv(&rev, "agents").unwrap(),
+            "sales_agent,currency,mrr,clients,subscriptions\n\
+             sales,EUR,101.00,2,2\n\
+             sales,USD,30.00,1,1\n"
+        );
+        assert_eq!(rev.by_sales_agent[0].clients, 2);
+        assert_eq!(rev.by_sales_agent[0].subscriptions, 3);
         assert!(csv(&rev, "months")
             .unwrap()
             .ends_with("2026-03,USD,30.00\n"));

@@ -563,12 +563,27 @@ async fn business_pages_for_each_role() {
         dashboard.contains("Page Co"),
         "pending approval on the admin dashboard"
     );
+    let renewals = dashboard
+        .split("id=\"renewals-due\"")
+        .nth(1)
+        .expect("renewals due on the admin dashboard");
+    assert!(
+        renewals[..renewals.find("</ul>").unwrap()].contains("Blue Nile Pharmacy"),
+        "the subscription ending in 20 days, with its sales agent: {renewals}"
+    );
     let (_, _, revenue) = admin.get("/revenue").await;
     assert!(
         revenue.contains("<svg class=\"ds-chart\""),
         "server-rendered chart"
     );
     assert!(revenue.contains("2500.00 EGP"));
+    // A client paying in EGP: its EUR server cost beside the margin, not a red loss.
+    let egp_row = revenue
+        .split("<tr>")
+        .find(|row| row.contains("EGP 2500.00") && row.contains("of servers"))
+        .unwrap_or_else(|| panic!("the EGP client's row: {revenue}"));
+    assert!(egp_row.contains("EGP 2500.00, less EUR"), "{egp_row}");
+    assert!(!egp_row.contains("text-danger"), "{egp_row}");
 
     // The form: a server-side error beside its field, then a success.
     let csrf = sales.csrf("/requests/new").await;

@@ -421,6 +421,33 @@ async fn budget_warnings_once_per_threshold() {
     assert_eq!(status, 200);
     assert!(page.contains("data-budget-warning=\"100\""), "{page}");
     assert!(page.contains("data-cost-trend"));
+
+    // A project whose cost jumps past both thresholds at once is told once, as over
+    // budget (regression: the 80 % notice came too, naming a share long passed).
+    sim.add_project("tok-jump");
+    for name in ["j-1", "j-2"] {
+        sim.add_server(
+            "tok-jump",
+            NewServer {
+                name: name.into(),
+                ..two.clone()
+            },
+        )
+        .unwrap();
+    }
+    let jump = project(&admin, "Jumpco", "tok-jump", Some(5.0)).await;
+    assert_eq!(sync(&admin, &jump).await["ok"], true);
+    let (_, costs) = admin.get(&format!("/api/v1/projects/{jump}/costs")).await;
+    assert_eq!(costs["alerts"].as_array().unwrap().len(), 2, "{costs}");
+    let (_, inbox) = admin.get("/api/v1/notifications").await;
+    let told: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["title"].as_str())
+        .filter(|t| t.starts_with("Jumpco"))
+        .collect();
+    assert_eq!(told, ["Jumpco is over budget"], "{inbox}");
 }
 
 /// New servers fetch the agent from the control plane: the download is the agent

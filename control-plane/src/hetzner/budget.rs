@@ -155,11 +155,17 @@ pub fn record(
         updated_at: now,
     })?;
     let mut raised = Vec::new();
+    let mut new = Vec::new();
     for threshold in thresholds_reached(cost, project.budget_monthly) {
         let id = format!("{}/{month}/{threshold}", project.id);
-        if w.get::<BudgetAlert>(&id)?.is_some() {
-            continue;
+        if w.get::<BudgetAlert>(&id)?.is_none() {
+            new.push((threshold, id));
         }
+    }
+    // A cost that jumps past 80 % and 100 % at once is told once, as over budget: the
+    // lower threshold is recorded (so it is not raised later this month) but not sent.
+    let highest = new.last().map(|(t, _)| *t);
+    for (threshold, id) in new {
         let budget = project.budget_monthly.unwrap_or_default();
         let alert = BudgetAlert {
             id,
@@ -171,6 +177,10 @@ pub fn record(
             at: now,
         };
         w.put(&alert)?;
+        if Some(threshold) != highest {
+            continue;
+        }
+        let used = percent_used(cost, project.budget_monthly).unwrap_or_default();
         let text = if threshold >= 100 {
             format!(
                 "{} is over its monthly budget: €{cost:.2} of €{budget:.2}",
@@ -178,7 +188,7 @@ pub fn record(
             )
         } else {
             format!(
-                "{} has used {threshold} % of its monthly budget: €{cost:.2} of €{budget:.2}",
+                "{} has used {used:.0} % of its monthly budget (warning at {threshold} %): €{cost:.2} of €{budget:.2}",
                 project.name
             )
         };

@@ -785,6 +785,21 @@ fn money_text(money: &revenue::Money) -> String {
         .join(" · ")
 }
 
+/// A client's margin as the revenue page shows it: per currency it pays; the EUR
+/// server cost of a client that pays no EUR is written beside it (never converted),
+/// so `EGP 2500.00 · EUR -10.59` does not read like a loss.
+fn margin_text(c: &revenue::ClientRevenue) -> String {
+    if c.hetzner_cost_eur <= 0.0 || c.mrr.contains_key(revenue::SERVER_CURRENCY) {
+        return money_text(&c.margin);
+    }
+    format!(
+        "{}, less {} {:.2} of servers",
+        money_text(&c.mrr),
+        revenue::SERVER_CURRENCY,
+        c.hetzner_cost_eur
+    )
+}
+
 /// `GET /revenue`: tables, one SVG chart per currency, CSV links.
 pub fn revenue_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     let report = business_api::revenue_of(app, ctx)?;
@@ -818,9 +833,11 @@ pub fn revenue_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         .map(|c| {
             json!({
                 "client": c.client, "mrr": money_text(&c.mrr), "cost": c.hetzner_cost_eur,
-                "margin": money_text(&c.margin), "subscriptions": c.subscriptions,
+                "margin": margin_text(c), "subscriptions": c.subscriptions,
                 "servers": c.servers, "sales_agents": c.sales_agents.join(", "),
-                "negative": c.margin.values().any(|v| *v < 0.0),
+                // A loss only in a currency the client pays: the EUR server cost of a
+                // client paying in EGP is a cost beside its margin, not a loss.
+                "negative": c.margin.iter().any(|(code, v)| *v < 0.0 && c.mrr.contains_key(code)),
             })
         })
         .collect();
@@ -927,6 +944,23 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
             .map(|(c, a)| json!({"currency": c, "amount": a}))
             .collect();
     }
+    // Admins see every agent's subscriptions that end or renew within 30 days, soonest
+    // first (a cancelled one neither renews nor needs a word).
+    let mut renewals_due = Vec::new();
+    if ctx.user.role == Role::Admin {
+        let mut soon: Vec<subscriptions::Subscription> = subscriptions::visible(r, &ctx.subject)?
+            .into_iter()
+            .filter(|s| {
+                s.status == SubscriptionStatus::Active
+                    && s.cancellation.is_none()
+                    && (0..=30).contains(&subscriptions::days_left(s, today))
+            })
+            .collect();
+        soon.sort_by_key(|s| s.hosting_until);
+        for s in soon.iter().take(10) {
+            renewals_due.push(json!({"id": s.id, "client": s.client, "sales_agent": s.sales_agent, "hosting_until": s.hosting_until.to_string(), "days_left": subscriptions::days_left(s, today), "auto_renew": s.auto_renew}));
+        }
+    }
     let (running, failed, due) = if policy::can(&ctx.subject, Action::ViewServers, None) {
         operations_figures(r, ctx)?
     } else {
@@ -941,6 +975,7 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
         "my_requests": my_requests,
         "clients": clients,
         "expiring": expiring,
+        "renewals_due": renewals_due,
         "mrr": mrr,
     }))
 }

@@ -143,16 +143,24 @@ pub fn costs_json(
         .map(|s| s.cost)
         .fold(project.budget_monthly.unwrap_or(0.0), f64::max)
         .max(cost);
+    let this_month = budget::month_of(now);
     let trend_rows: Vec<serde_json::Value> = trend
         .iter()
         .map(|s| {
+            // The month under way shows today's cost against today's budget, not the
+            // ones its snapshot took at the last sync (a budget changed since would
+            // keep the old colour until the next one).
+            let (cost, budget) = match s.month == this_month {
+                true => (cost, project.budget_monthly),
+                false => (s.cost, s.budget),
+            };
             let width = if max > 0.0 {
-                (s.cost / max * 100.0).round()
+                (cost / max * 100.0).round()
             } else {
                 0.0
             };
-            json!({"month": s.month, "cost": s.cost, "budget": s.budget, "width": width,
-                   "over": s.budget.is_some_and(|b| b > 0.0 && s.cost >= b)})
+            json!({"month": s.month, "cost": cost, "budget": budget, "width": width,
+                   "over": budget.is_some_and(|b| b > 0.0 && cost >= b)})
         })
         .collect();
     let level = match percent {

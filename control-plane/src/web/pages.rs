@@ -452,6 +452,7 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 "id": p.id, "name": p.name, "description": p.description, "servers": counts.servers,
                 "cost": cost, "budget": p.budget_monthly, "budget_percent": percent,
                 "over_budget": percent.is_some_and(|x| x >= 100.0),
+                "near_budget": percent.is_some_and(|x| (80.0..100.0).contains(&x)),
                 "level": ctx.subject.level_on(&p.id).map(|l| l.as_str()),
             }));
         }
