@@ -194,6 +194,7 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
                    project: &str,
                    server_type: &str,
                    budget: f64| NewRequest {
+        client_id: None,
         client_name: Some(client.into()),
         client_email: Some(email.into()),
         purpose: Some(purpose.into()),
@@ -316,6 +317,7 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
     ];
     for (client, cost, currency, start, end, auto_renew, server_ids) in subs {
         let input = SubscriptionInput {
+            client_id: None,
             client: Some(client.into()),
             server_ids: Some(server_ids),
             monthly_cost: Some(cost),

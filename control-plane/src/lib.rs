@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backups;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -244,6 +244,10 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub id: String,
+    /// The client record (`clients`); requests stored before clients were records got
+    /// theirs by name when the store was migrated.
+    #[serde(default)]
+    pub client_id: Option<String>,
     pub client_name: String,
     pub client_email: String,
     pub purpose: String,
@@ -281,6 +285,8 @@ impl Record for Request {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewRequest {
+    /// A client record; `client_name` alone finds the client by name or creates it.
+    pub client_id: Option<String>,
     pub client_name: Option<String>,
     pub client_email: Option<String>,
     pub purpose: Option<String>,
@@ -364,15 +370,32 @@ pub fn create_adding_to(
     earlier: validate::Problems,
 ) -> AppResult<Request> {
     let mut problems = earlier;
-    let client_name = problems.check(validate::name(
-        "client_name",
-        input.client_name.as_deref(),
-        120,
-    ));
-    let client_email = problems.check(validate::email(
-        "client_email",
-        input.client_email.as_deref(),
-    ));
+    // A request for a client record takes its name, and its e-mail unless one is given.
+    let chosen = match input
+        .client_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        Some(id) => problems
+            .check(crate::clients::resolve(w, actor, Some(id), "", None))
+            .ok(),
+        None => None,
+    };
+    let client_name = match &chosen {
+        Some(client) => Ok(client.name.clone()),
+        None => problems.check(validate::name(
+            "client_name",
+            input.client_name.as_deref(),
+            120,
+        )),
+    };
+    let given_email = input
+        .client_email
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+        .or(chosen.as_ref().and_then(|c| c.email.as_deref()));
+    let client_email = problems.check(validate::email("client_email", given_email));
     let purpose = problems.check(validate::required("purpose", input.purpose.as_deref(), 300));
     let project = problems.check(
         validate::required("project", input.project.as_deref(), 120)
@@ -396,9 +419,14 @@ pub fn create_adding_to(
     let (server_type, location, image) = (server_type?, location?, image?);
     let (cpu_cores, ram_gb, disk_gb) = (cpu_cores?, ram_gb?, disk_gb?);
     let (monthly_budget, notes) = (monthly_budget?, notes?);
+    let client = match chosen {
+        Some(client) => client,
+        None => crate::clients::resolve(w, actor, None, &client_name, Some(&client_email))?,
+    };
     let now = chrono::Utc::now();
     let request = Request {
         id: uuid::Uuid::now_v7().to_string(),
+        client_id: Some(client.id),
         client_name,
         client_email,
         purpose,
@@ -789,9 +817,38 @@ fn list_keys(q: &Request) -> Vec<(&'static str, String)> {
             keys.push((BY_CLIENT, format!("{scope}/{client}/{}", q.id)));
         }
     }
+    if let Some(client) = &q.client_id {
+        keys.push((crate::clients::REQUESTS, format!("{client}/{}", q.id)));
+    }
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// Schema step (by `clients::link_free_text`): each request stored before clients
+/// were records is linked to the client of its name, made with its e-mail when new.
+pub fn link_clients(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Request> = w.list()?;
+    let actor = Actor::system();
+    for mut request in all.into_iter().filter(|q| q.client_id.is_none()) {
+        let client = match crate::clients::resolve(
+            w,
+            &actor,
+            None,
+            &request.client_name,
+            Some(&request.client_email),
+        ) {
+            Ok(client) => client,
+            Err(e) => {
+                // A name today's rules refuse stays free text on its request.
+                tracing::warn!(request = %request.id, "request kept without a client record: {e}");
+                continue;
+            }
+        };
+        request.client_id = Some(client.id);
+        save(w, &request)?;
+    }
+    Ok(())
 }
 
 fn status_count(status: Status) -> String {

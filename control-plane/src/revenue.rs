@@ -404,6 +404,7 @@ mod tests {
     fn sub(client: &str, agent: &str, cost: f64, currency: &str, servers: &[&str]) -> Subscription {
         Subscription {
             id: format!("{client}-{currency}-{cost}"),
+            client_id: None,
             client: client.into(),
             server_ids: servers.iter().map(|s| s.to_string()).collect(),
             monthly_cost: cost,

@@ -131,6 +131,10 @@ pub struct LifecycleChange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Subscription {
     pub id: String,
+    /// The client record (`clients`); subscriptions stored before clients were
+    /// records got theirs by name when the store was migrated.
+    #[serde(default)]
+    pub client_id: Option<String>,
     pub client: String,
     pub server_ids: Vec<String>,
     pub monthly_cost: f64,
@@ -176,6 +180,8 @@ impl Record for Subscription {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
+    /// A client record; `client` alone finds the client by name or creates it.
+    pub client_id: Option<String>,
     pub client: Option<String>,
     pub server_ids: Option<Vec<String>>,
     pub monthly_cost: Option<f64>,
@@ -330,6 +336,67 @@ fn apply(
     Ok(())
 }
 
+/// `input` with the name of the client record its `client_id` names (a missing one
+/// added to `problems`), and that record.
+fn with_client_record(
+    w: &mut Writer,
+    actor: &Actor,
+    input: &SubscriptionInput,
+    problems: &mut Problems,
+) -> AppResult<(SubscriptionInput, Option<crate::clients::Client>)> {
+    let mut input = input.clone();
+    let chosen = match input
+        .client_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        Some(id) => problems
+            .check(crate::clients::resolve(w, actor, Some(id), "", None))
+            .ok(),
+        None => None,
+    };
+    if let Some(client) = &chosen {
+        input.client = Some(client.name.clone());
+    }
+    Ok((input, chosen))
+}
+
+/// Points `sub` at its client record: `chosen`, else the client of its name (made when
+/// new); the subscription takes the record's spelling of the name.
+fn link_client(
+    w: &mut Writer,
+    actor: &Actor,
+    sub: &mut Subscription,
+    chosen: Option<crate::clients::Client>,
+) -> AppResult<()> {
+    let client = match chosen {
+        Some(client) => client,
+        None => crate::clients::resolve(w, actor, None, &sub.client, None)?,
+    };
+    sub.client = client.name;
+    sub.client_id = Some(client.id);
+    Ok(())
+}
+
+/// Schema step (by `clients::link_free_text`): each subscription stored before
+/// clients were records is linked to the client of its name, made when new.
+pub fn link_clients(w: &mut Writer) -> anyhow::Result<()> {
+    let all: Vec<Subscription> = w.list()?;
+    let actor = Actor::system();
+    for mut sub in all.into_iter().filter(|s| s.client_id.is_none()) {
+        match crate::clients::resolve(w, &actor, None, &sub.client, None) {
+            Ok(client) => sub.client_id = Some(client.id),
+            Err(e) => {
+                tracing::warn!(subscription = %sub.id, "subscription kept without a client record: {e}");
+                continue;
+            }
+        }
+        save(w, &sub)?;
+    }
+    Ok(())
+}
+
 /// Creates a subscription owned by `owner`.
 pub fn create(
     w: &mut Writer,
@@ -351,6 +418,7 @@ pub fn create_adding_to(
     earlier: Problems,
 ) -> AppResult<Subscription> {
     let mut problems = earlier;
+    let (input, chosen) = &with_client_record(w, actor, input, &mut problems)?;
     let _ = problems.check(validate::name("client", input.client.as_deref(), 120));
     if input.monthly_cost.is_none() {
         problems.add(AppError::invalid(
@@ -373,6 +441,7 @@ pub fn create_adding_to(
     let today = now.date_naive();
     let mut sub = Subscription {
         id: uuid::Uuid::now_v7().to_string(),
+        client_id: None,
         client: String::new(),
         server_ids: Vec::new(),
         monthly_cost: 0.0,
@@ -395,6 +464,7 @@ pub fn create_adding_to(
         updated_at: now,
     };
     apply(w, &mut sub, input, problems)?;
+    link_client(w, actor, &mut sub, chosen.clone())?;
     save(w, &sub)?;
     audit::record(
         w,
@@ -434,7 +504,16 @@ pub fn update_adding_to(
     let mut sub: Subscription = w
         .get(id)?
         .ok_or_else(|| AppError::not_found("subscription"))?;
-    apply(w, &mut sub, input, earlier)?;
+    let mut problems = earlier;
+    let (input, chosen) = &with_client_record(w, actor, input, &mut problems)?;
+    let renamed = input
+        .client
+        .as_deref()
+        .is_some_and(|c| c.trim() != sub.client);
+    apply(w, &mut sub, input, problems)?;
+    if chosen.is_some() || renamed || sub.client_id.is_none() {
+        link_client(w, actor, &mut sub, chosen.clone())?;
+    }
     if let Some(owner) = owner {
         sub.sales_agent_id = owner.id.clone();
         sub.sales_agent = owner.username.clone();
@@ -804,10 +883,17 @@ fn save(w: &mut Writer, sub: &Subscription) -> anyhow::Result<()> {
 /// The list index entries of a subscription: `(index, key)`.
 fn list_keys(sub: &Subscription) -> Vec<(&'static str, String)> {
     let position = listing::name_position(sub.client.trim(), &sub.id);
-    vec![
+    let mut keys = vec![
         (BY_AGENT, format!("{}/{position}", sub.sales_agent_id)),
         (ORDER, position),
-    ]
+    ];
+    if let Some(client) = &sub.client_id {
+        keys.push((
+            crate::clients::SUBSCRIPTIONS,
+            format!("{client}/{}", sub.id),
+        ));
+    }
+    keys
 }
 
 /// Schema step (run by `listing::backfill_indexes`): the list indexes of
@@ -1201,6 +1287,7 @@ mod tests {
     fn sub(until: &str, auto_renew: bool) -> Subscription {
         Subscription {
             id: "s".into(),
+            client_id: None,
             client: "Acme".into(),
             server_ids: vec![],
             monthly_cost: 10.0,

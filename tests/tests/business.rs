@@ -880,3 +880,159 @@ async fn subscription_lifecycle() {
     let (_, audit) = admin.get("/api/v1/audit?action=subscription.delete").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 }
+
+/// Clients as records: made on the API (name unique whatever its case, fields
+/// checked), found by name when a request or subscription names them, or picked by
+/// id; the client's answer lists what the caller may see of its requests,
+/// subscriptions, servers and revenue; the demo's free-text clients are records; the
+/// pages list, search and edit them.
+#[tokio::test]
+async fn clients_as_records() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("sam", "sales", false, "sam-password-1");
+    let sales = cp.api_as("sales");
+    let sam = cp.api_as("sam");
+    assert_eq!(cp.api_as("tech").get("/api/v1/clients").await.0, 403);
+
+    let (status, client) = sales
+        .post(
+            "/api/v1/clients",
+            &json!({"name": "Initech", "email": "it@initech.example", "vat_id": "DE123456789",
+                    "address": "1 Main St\nSpringfield", "company": "Initech LLC"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{client}");
+    let id = client["id"].as_str().unwrap().to_string();
+    let (status, dup) = sales
+        .post("/api/v1/clients", &json!({"name": "INITECH", "email": "x"}))
+        .await;
+    assert_eq!(status, 422, "{dup}");
+    assert_eq!(dup["field"], "name");
+    assert_eq!(
+        sales.post("/api/v1/clients", &json!({"nme": "x"})).await.0,
+        400
+    );
+
+    // A request by name finds the record; one by id takes its name and e-mail.
+    let mut body = json!({
+        "client_name": "initech", "client_email": "buyer@initech.example", "purpose": "shop",
+        "project": "Nova HR", "server_type": "cx22", "location": "fsn1", "image": "ubuntu-24.04",
+    });
+    let (status, by_name) = sales.post("/api/v1/requests", &body).await;
+    assert_eq!(status, 201, "{by_name}");
+    assert_eq!(by_name["client_id"], id.as_str());
+    body.as_object_mut().unwrap().remove("client_name");
+    body.as_object_mut().unwrap().remove("client_email");
+    body["client_id"] = json!(id);
+    let (status, by_id) = sales.post("/api/v1/requests", &body).await;
+    assert_eq!(status, 201, "{by_id}");
+    assert_eq!(by_id["client_name"], "Initech");
+    assert_eq!(by_id["client_email"], "it@initech.example");
+    body["client_id"] = json!("no-such-client");
+    let (status, refused) = sales.post("/api/v1/requests", &body).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("client_id")),
+        "{refused}"
+    );
+
+    let today = dynserv_tests::utc_today();
+    let (status, sub) = sales
+        .post(
+            "/api/v1/subscriptions",
+            &json!({"client_id": id, "monthly_cost": 99, "currency": "USD",
+                    "starts_on": today, "hosting_until": "2099-12-31"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    assert_eq!(sub["client"], "Initech");
+    // A new name makes a new client.
+    let (_, other) = sam
+        .post(
+            "/api/v1/subscriptions",
+            &json!({"client": "Vandelay Industries", "monthly_cost": 5, "currency": "EUR",
+                    "starts_on": today, "hosting_until": "2099-12-31"}),
+        )
+        .await;
+    let vandelay = other["client_id"].as_str().expect("a client made by name");
+
+    let (status, full) = sales.get(&format!("/api/v1/clients/{id}")).await;
+    assert_eq!(status, 200, "{full}");
+    assert_eq!(full["vat_id"], "DE123456789");
+    assert_eq!(full["requests"].as_array().unwrap().len(), 2);
+    assert_eq!(full["subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(full["revenue"]["mrr"], json!({"USD": 99.0}));
+    // Another sales agent sees the client, not someone else's requests or revenue.
+    let (_, seen_by_sam) = sam.get(&format!("/api/v1/clients/{id}")).await;
+    assert_eq!(seen_by_sam["requests"], json!([]));
+    assert_eq!(seen_by_sam["subscriptions"], json!([]));
+    let (_, v) = sam.get(&format!("/api/v1/clients/{vandelay}")).await;
+    assert_eq!(v["name"], "Vandelay Industries");
+
+    let (status, found) = sales.get("/api/v1/clients?q=springfield").await;
+    assert_eq!(
+        (status, found.as_array().unwrap().len()),
+        (200, 0),
+        "address is not searched"
+    );
+    let (_, found) = sales.get("/api/v1/clients?q=de1234").await;
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(sales.get("/api/v1/clients?colour=red").await.0, 400);
+    let (_, all) = sales.get("/api/v1/clients?limit=200").await;
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"Blue Nile Pharmacy"),
+        "the demo's clients: {names:?}"
+    );
+    let (status, renamed) = sales
+        .put(
+            &format!("/api/v1/clients/{id}"),
+            &json!({"name": "Initech Global", "company": ""}),
+        )
+        .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["company"], Value::Null);
+
+    // The pages.
+    let mut page = PageClient::signed_in(&cp, "sales", "sales123").await;
+    let (status, _, list) = page.get("/clients?q=initech").await;
+    assert_eq!(status, 200);
+    assert!(list.contains(&format!("href=\"/clients/{id}\"")), "{list}");
+    let (status, _, html) = page.get(&format!("/clients/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("99.00") && html.contains("USD"),
+        "revenue on the page: {html}"
+    );
+    let csrf = page.csrf("/clients/new").await;
+    let (status, _, html) = page
+        .post(
+            "/clients/new",
+            &[("csrf", &csrf), ("name", "initech global"), ("email", "")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        html.contains("there is already a client named Initech Global"),
+        "{html}"
+    );
+    let (status, location, _) = page
+        .post(
+            "/clients/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "Hooli"),
+                ("email", "x@hooli.example"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/clients/"), "{location}");
+    let mut tech = PageClient::signed_in(&cp, "tech", "tech123").await;
+    assert_eq!(tech.get("/clients").await.0, 403);
+}

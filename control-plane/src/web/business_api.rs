@@ -408,6 +408,124 @@ pub fn delete_subscription(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResu
     Ok(reply(StatusCode::OK, &json!({"deleted": id})))
 }
 
+// ---- clients ----
+
+/// Clients are for whoever files requests or manages subscriptions.
+pub fn may_see_clients(ctx: &Ctx) -> bool {
+    policy::can(&ctx.subject, Action::ManageSubscriptions, None)
+        || policy::can(&ctx.subject, Action::CreateRequest, None)
+}
+
+fn require_clients(ctx: &Ctx) -> AppResult<()> {
+    match may_see_clients(ctx) {
+        true => Ok(()),
+        false => Err(AppError::forbidden()),
+    }
+}
+
+/// A client with what the subject may see of it: its requests, subscriptions, the
+/// servers behind them and its monthly recurring revenue per currency.
+pub fn client_json(
+    r: &impl Read,
+    ctx: &Ctx,
+    client: &crate::clients::Client,
+) -> anyhow::Result<Value> {
+    use crate::clients;
+    let mut value = serde_json::to_value(client)?;
+    let all_requests = policy::can(&ctx.subject, Action::ViewAllRequests, None);
+    let mut requests_list = Vec::new();
+    let mut server_ids: Vec<String> = Vec::new();
+    for id in clients::related_ids(r, clients::REQUESTS, &client.id)? {
+        let Some(request) = r.get::<Request>(&id)? else {
+            continue;
+        };
+        if !all_requests && request.requested_by != ctx.subject.user_id {
+            continue;
+        }
+        if let Some(server) = &request.server_id {
+            server_ids.push(server.clone());
+        }
+        requests_list.push(request_json(r, &request)?);
+    }
+    let all_subs = policy::can(&ctx.subject, Action::ViewAllRevenue, None);
+    let mut subs: Vec<Subscription> = Vec::new();
+    for id in clients::related_ids(r, clients::SUBSCRIPTIONS, &client.id)? {
+        let Some(sub) = r.get::<Subscription>(&id)? else {
+            continue;
+        };
+        if !all_subs && sub.sales_agent_id != ctx.subject.user_id {
+            continue;
+        }
+        server_ids.extend(sub.server_ids.iter().cloned());
+        subs.push(sub);
+    }
+    server_ids.sort();
+    server_ids.dedup();
+    let mut servers = Vec::new();
+    for id in &server_ids {
+        if let Some(s) = r.get::<crate::servers::Server>(id)? {
+            servers.push(json!({"id": s.id, "name": s.name, "status": s.status, "monthly_cost": s.monthly_cost}));
+        }
+    }
+    let today = chrono::Utc::now().date_naive();
+    let report = revenue::compute(&subs, &[], today);
+    value["requests"] = Value::Array(requests_list);
+    value["subscriptions"] = Value::Array(
+        subs.iter()
+            .map(|s| subscription_json(r, s))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
+    value["servers"] = Value::Array(servers);
+    value["revenue"] = json!({"mrr": report.mrr});
+    Ok(value)
+}
+
+/// `GET /api/v1/clients[?q=…]`: one page of clients by name.
+pub fn list_clients(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_clients(ctx)?;
+    req.only_filters(&["q"])?;
+    let text = req.text_filter("q");
+    let paging = req.paging()?;
+    let page = app.store.read(|r| {
+        crate::clients::query(r, text.as_deref(), paging.cursor.as_deref(), paging.limit)
+    })?;
+    Ok(super::json_page(req, &page.items, page.next.as_deref()))
+}
+
+/// `POST /api/v1/clients`.
+pub fn create_client(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_clients(ctx)?;
+    let input: crate::clients::ClientInput = req.json()?;
+    let actor = ctx.actor(req);
+    let value = app.store.write(|w| {
+        let client = crate::clients::create(w, &actor, &input)?;
+        client_json(w, ctx, &client)
+    })?;
+    Ok(reply(StatusCode::CREATED, &value))
+}
+
+/// `GET /api/v1/clients/{id}`.
+pub fn get_client(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_clients(ctx)?;
+    let value = app.store.read(|r| {
+        let client = crate::clients::get(r, id)?;
+        client_json(r, ctx, &client)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
+/// `PUT /api/v1/clients/{id}`.
+pub fn update_client(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_clients(ctx)?;
+    let input: crate::clients::ClientInput = req.json()?;
+    let actor = ctx.actor(req);
+    let value = app.store.write(|w| {
+        let client = crate::clients::update(w, &actor, id, &input)?;
+        client_json(w, ctx, &client)
+    })?;
+    Ok(reply(StatusCode::OK, &value))
+}
+
 // ---- revenue ----
 
 /// The revenue report over the subscriptions the caller may see.

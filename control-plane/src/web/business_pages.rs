@@ -123,6 +123,15 @@ pub fn requests_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     )
 }
 
+/// The first clients by name, offered while a form's client field is typed in (a
+/// name not among them finds or makes its client when the form is saved).
+fn client_names(app: &App) -> AppResult<Vec<String>> {
+    let page = app
+        .store
+        .read(|r| crate::clients::query(r, None, None, 500))?;
+    Ok(page.items.into_iter().map(|c| c.name).collect())
+}
+
 fn request_form_data(app: &App) -> AppResult<Value> {
     let projects: Vec<Value> = app
         .store
@@ -132,6 +141,7 @@ fn request_form_data(app: &App) -> AppResult<Value> {
         .collect();
     Ok(json!({
         "projects": projects,
+        "client_names": client_names(app)?,
         "server_types": SERVER_TYPES,
         "locations": LOCATIONS,
         "images": IMAGES,
@@ -170,6 +180,7 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             ))
             .unwrap_or(None);
         let input = NewRequest {
+            client_id: None,
             client_name: text("client_name"),
             client_email: text("client_email"),
             purpose: text("purpose"),
@@ -493,6 +504,7 @@ fn subscription_form_data(
         "servers": servers,
         "agents": agents,
         "can_assign": policy::can(&ctx.subject, Action::ViewAllRevenue, None),
+        "client_names": client_names(app)?,
         "subscription": null,
         "lifecycle": null,
     }))
@@ -607,6 +619,7 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
             ))
             .unwrap_or(None);
         let input = SubscriptionInput {
+            client_id: None,
             client: Some(text("client").unwrap_or_default()),
             server_ids: Some(server_ids.clone()),
             monthly_cost,
@@ -769,6 +782,125 @@ pub fn subscription_delete(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResu
             &format!("Subscription of {} deleted.", existing.client),
         )),
     ))
+}
+
+// ---- clients ----
+
+/// `GET /clients[?q=…]`: one page of clients by name.
+pub fn clients_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    if !business_api::may_see_clients(ctx) {
+        return Err(AppError::forbidden());
+    }
+    req.only_filters(&["q"])?;
+    let text = req.text_filter("q");
+    let paging = req.paging_with(50)?;
+    let page_of = app.store.read(|r| {
+        crate::clients::query(r, text.as_deref(), paging.cursor.as_deref(), paging.limit)
+    })?;
+    page(
+        app,
+        req,
+        ctx,
+        "clients",
+        "Clients",
+        json!({
+            "clients": page_of.items,
+            "q": text.unwrap_or_default(),
+            "pager": super::pages::pager_by_name(req, &paging, page_of.next.as_deref()),
+        }),
+    )
+}
+
+fn client_values(c: &crate::clients::Client) -> Value {
+    json!({
+        "name": c.name, "email": c.email.clone().unwrap_or_default(),
+        "company": c.company.clone().unwrap_or_default(), "vat_id": c.vat_id.clone().unwrap_or_default(),
+        "address": c.address.clone().unwrap_or_default(), "notes": c.notes.clone().unwrap_or_default(),
+    })
+}
+
+/// The client page's data beside the form: the client with what the subject may see
+/// of it, and its revenue as text.
+fn client_page_data(
+    app: &App,
+    ctx: &Ctx,
+    client: Option<&crate::clients::Client>,
+) -> AppResult<Value> {
+    let Some(client) = client else {
+        return Ok(json!({"client": null, "revenue": null}));
+    };
+    let value = app
+        .store
+        .read(|r| business_api::client_json(r, ctx, client))?;
+    let mrr: revenue::Money =
+        serde_json::from_value(value["revenue"]["mrr"].clone()).unwrap_or_default();
+    let revenue = (!mrr.is_empty()).then(|| money_text(&mrr));
+    Ok(json!({"client": value, "revenue": revenue}))
+}
+
+/// `GET /clients/new` and `GET /clients/{id}`.
+pub fn client_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    if !business_api::may_see_clients(ctx) {
+        return Err(AppError::forbidden());
+    }
+    let client = match id {
+        Some(id) => Some(app.store.read(|r| Ok(crate::clients::get(r, id)?))?),
+        None => None,
+    };
+    let mut data = client_page_data(app, ctx, client.as_ref())?;
+    data["values"] = client.as_ref().map(client_values).unwrap_or(json!({}));
+    data["errors"] = json!({});
+    data["error"] = Value::Null;
+    let title = client
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| "New client".into());
+    page(app, req, ctx, "client", &title, data)
+}
+
+/// `POST /clients/new` and `POST /clients/{id}`.
+pub fn client_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp> {
+    if !business_api::may_see_clients(ctx) {
+        return Err(AppError::forbidden());
+    }
+    let form = form(req, ctx)?;
+    let existing = match id {
+        Some(id) => Some(app.store.read(|r| Ok(crate::clients::get(r, id)?))?),
+        None => None,
+    };
+    let text = |name: &str| Some(form.get(name).unwrap_or_default().to_string());
+    let input = crate::clients::ClientInput {
+        name: text("name"),
+        email: text("email"),
+        company: text("company"),
+        vat_id: text("vat_id"),
+        address: text("address"),
+        notes: text("notes"),
+    };
+    let actor = ctx.actor(req);
+    let result = app
+        .store
+        .write(|w| {
+            Ok(match &existing {
+                Some(c) => crate::clients::update(w, &actor, &c.id, &input)?,
+                None => crate::clients::create(w, &actor, &input)?,
+            })
+        })
+        .map_err(AppError::from);
+    match result {
+        Ok(client) => Ok(redirect(
+            &format!("/clients/{}", client.id),
+            Some(("success", &format!("Client {} saved.", client.name))),
+        )),
+        Err(e) => {
+            let data = client_page_data(app, ctx, existing.as_ref())?;
+            let title = existing
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| "New client".into());
+            rerender(app, req, ctx, e, "client", &title, data, form.values())
+        }
+    }
 }
 
 // ---- revenue ----

@@ -90,6 +90,12 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: super::business_api::may_see_requests(ctx),
         },
         NavItem {
+            label: "Clients",
+            href: "/clients",
+            icon: "fa-address-book",
+            visible: super::business_api::may_see_clients(ctx),
+        },
+        NavItem {
             label: "Subscriptions",
             href: "/subscriptions",
             icon: "fa-file-contract",

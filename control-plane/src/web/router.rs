@@ -142,6 +142,10 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["subscriptions", id, what]) => {
             super::business_api::change_subscription(app, req, &ctx, id, what)
         }
+        (&Method::GET, ["clients"]) => super::business_api::list_clients(app, req, &ctx),
+        (&Method::POST, ["clients"]) => super::business_api::create_client(app, req, &ctx),
+        (&Method::GET, ["clients", id]) => super::business_api::get_client(app, &ctx, id),
+        (&Method::PUT, ["clients", id]) => super::business_api::update_client(app, req, &ctx, id),
         (&Method::GET, ["revenue"]) => super::business_api::revenue(app, req, &ctx),
         // Fleet: agents, enrollment tokens, executions.
         (&Method::GET, ["agents"]) => fleet_api::agents_list(app, req, &ctx),
@@ -373,6 +377,19 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::POST, ["subscriptions", id, what]) => {
             super::business_pages::subscription_change(app, req, &ctx, id, what)
+        }
+        (&Method::GET, ["clients"]) => super::business_pages::clients_list(app, req, &ctx),
+        (&Method::GET, ["clients", "new"]) => {
+            super::business_pages::client_form(app, req, &ctx, None)
+        }
+        (&Method::POST, ["clients", "new"]) => {
+            super::business_pages::client_save(app, req, &ctx, None)
+        }
+        (&Method::GET, ["clients", id]) => {
+            super::business_pages::client_form(app, req, &ctx, Some(id))
+        }
+        (&Method::POST, ["clients", id]) => {
+            super::business_pages::client_save(app, req, &ctx, Some(id))
         }
         (&Method::GET, ["revenue"]) => super::business_pages::revenue_page(app, req, &ctx),
         (&Method::GET, ["revenue", file]) => super::business_pages::revenue_csv(app, &ctx, file),
