@@ -776,6 +776,92 @@ mod tests {
         check(&[Pending], 0, Step::Start(vec![0]));
     }
 
+    /// An upgrade never offers anything to an agent whose protocol knows no upgrades
+    /// (its target fails at once, saying how to upgrade it by hand), skips one already
+    /// on the version, and starts the others in batches; creating it is audited.
+    #[test]
+    fn old_protocols_fail_at_once_and_current_versions_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        store.seal_with(crate::secrets::Keys::from_master(b"test"));
+        let admin = Subject {
+            user_id: "u".into(),
+            username: "admin".into(),
+            role: policy::Role::Admin,
+            is_manager: false,
+            grants: Default::default(),
+        };
+        let mut old = Agent::sample("a-old", "old", "p");
+        old.protocol = 3;
+        old.facts.agent_version = "0.0.9".into();
+        let mut same = Agent::sample("a-same", "same", "p");
+        same.protocol = 4;
+        same.facts.agent_version = "0.2.0".into();
+        let mut due = Agent::sample("a-due", "due", "p");
+        due.protocol = 4;
+        due.facts.agent_version = "0.1.0".into();
+        let binary = BinaryInfo {
+            version: "0.2.0".into(),
+            size: 10,
+            sha256: "ab".repeat(32),
+        };
+        let now = Utc::now();
+        let upgrade = store
+            .write(|w| {
+                for agent in [&old, &same, &due] {
+                    w.put(agent)?;
+                }
+                let selection =
+                    Selection::Agents(vec!["a-old".into(), "a-same".into(), "a-due".into()]);
+                Ok(create(
+                    w,
+                    &Actor::system(),
+                    &admin,
+                    &selection,
+                    &binary,
+                    "sig",
+                    now,
+                )?)
+            })
+            .unwrap();
+        let status = |id: &str| {
+            let t = upgrade.targets.iter().find(|t| t.agent_id == id).unwrap();
+            (t.status, t.error.clone().unwrap_or_default())
+        };
+        let (s, e) = status("a-old");
+        assert_eq!(s, TargetStatus::Failed);
+        assert!(e.contains("protocol 3") && e.contains("by hand"), "{e}");
+        assert_eq!(status("a-same").0, TargetStatus::Skipped);
+        assert_eq!(status("a-due").0, TargetStatus::Pending);
+        let kicked = store.write(|w| step(w, &upgrade.id, now)).unwrap();
+        assert_eq!(kicked, vec!["a-due".to_string()]);
+        // Asked again only after a while.
+        assert!(store
+            .write(|w| step(w, &upgrade.id, now))
+            .unwrap()
+            .is_empty());
+        // The restarted agent's outcome ends the target and the upgrade.
+        store
+            .write(|w| record_outcome(w, &upgrade.id, "a-due", "0.2.0", None, now))
+            .unwrap();
+        store.write(|w| step(w, &upgrade.id, now)).unwrap();
+        let ended: AgentUpgrade = store.get(&upgrade.id).unwrap().unwrap();
+        assert_eq!(
+            ended.status,
+            UpgradeStatus::Failed,
+            "one agent could not be upgraded"
+        );
+        assert_eq!(
+            ended
+                .targets
+                .iter()
+                .find(|t| t.agent_id == "a-due")
+                .unwrap()
+                .status,
+            TargetStatus::Succeeded
+        );
+    }
+
     /// A binary's version, size and checksum are read from the file, also when its
     /// marker straddles two of the pieces it is read in.
     #[test]
