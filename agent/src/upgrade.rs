@@ -649,6 +649,63 @@ mod tests {
         );
     }
 
+    /// A new version that is not welcomed in time puts the previous binary back,
+    /// records why and asks for a restart; the previous version then reports the
+    /// failure after its welcome, and the report is forgotten once sent. A version
+    /// that is welcomed in time reports success instead.
+    #[tokio::test(start_paused = true)]
+    async fn an_unwelcomed_version_is_rolled_back_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        crate::private_fs::create_dir(&state).unwrap();
+        let binary = dir.path().join("dynserv-agent");
+        std::fs::write(&binary, b"new binary").unwrap();
+        std::fs::write(sibling(&binary, "prev"), b"old binary").unwrap();
+        let marker = Marker {
+            upgrade_id: "u1".into(),
+            from: "0.1.0".into(),
+            to: "0.2.0".into(),
+            stage: Stage::Applied,
+            error: None,
+        };
+        let jobs = Jobs::open(&state, "host").unwrap();
+        std::fs::write(state.join(MARKER_FILE), serde_json::to_vec(&marker).unwrap()).unwrap();
+
+        // The new version starts on trial and is never welcomed.
+        let new = Upgrader::open(&state, binary.clone(), "0.2.0", jobs.clone());
+        tokio::time::timeout(trial_timeout() + Duration::from_secs(1), new.trial_failed())
+            .await
+            .expect("the trial ends");
+        tokio::time::timeout(Duration::from_secs(1), new.restart_requested())
+            .await
+            .expect("a restart is asked for");
+        assert_eq!(std::fs::read(&binary).unwrap(), b"old binary");
+        assert!(!sibling(&binary, "prev").exists());
+
+        // The previous version comes back and reports why.
+        let old = Upgrader::open(&state, binary.clone(), "0.1.0", jobs.clone());
+        let report = old.pending_report().expect("a report");
+        assert_eq!(report.version, "0.1.0");
+        let error = report.error.clone().unwrap_or_default();
+        assert!(error.contains("not welcomed") && error.contains("rolled back"), "{error}");
+        old.reported(&report);
+        assert!(old.pending_report().is_none());
+        assert!(!state.join(MARKER_FILE).exists());
+
+        // A version welcomed in time reports success and has no trial left.
+        let marker = Marker {
+            stage: Stage::Applied,
+            ..marker
+        };
+        std::fs::write(state.join(MARKER_FILE), serde_json::to_vec(&marker).unwrap()).unwrap();
+        let welcomed = Upgrader::open(&state, binary.clone(), "0.2.0", jobs);
+        welcomed.welcomed();
+        let ended = tokio::time::timeout(trial_timeout() * 2, welcomed.trial_failed()).await;
+        assert!(ended.is_err(), "a welcomed version was rolled back");
+        let report = welcomed.pending_report().expect("a report");
+        assert_eq!((report.version.as_str(), report.error), ("0.2.0", None));
+    }
+
     /// Siblings of the binary keep its whole name.
     #[test]
     fn siblings_sit_beside_the_binary() {
