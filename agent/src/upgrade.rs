@@ -669,7 +669,11 @@ mod tests {
             error: None,
         };
         let jobs = Jobs::open(&state, "host").unwrap();
-        std::fs::write(state.join(MARKER_FILE), serde_json::to_vec(&marker).unwrap()).unwrap();
+        std::fs::write(
+            state.join(MARKER_FILE),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
 
         // The new version starts on trial and is never welcomed.
         let new = Upgrader::open(&state, binary.clone(), "0.2.0", jobs.clone());
@@ -687,7 +691,10 @@ mod tests {
         let report = old.pending_report().expect("a report");
         assert_eq!(report.version, "0.1.0");
         let error = report.error.clone().unwrap_or_default();
-        assert!(error.contains("not welcomed") && error.contains("rolled back"), "{error}");
+        assert!(
+            error.contains("not welcomed") && error.contains("rolled back"),
+            "{error}"
+        );
         old.reported(&report);
         assert!(old.pending_report().is_none());
         assert!(!state.join(MARKER_FILE).exists());
@@ -697,7 +704,11 @@ mod tests {
             stage: Stage::Applied,
             ..marker
         };
-        std::fs::write(state.join(MARKER_FILE), serde_json::to_vec(&marker).unwrap()).unwrap();
+        std::fs::write(
+            state.join(MARKER_FILE),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
         let welcomed = Upgrader::open(&state, binary.clone(), "0.2.0", jobs);
         welcomed.welcomed();
         let ended = tokio::time::timeout(trial_timeout() * 2, welcomed.trial_failed()).await;

@@ -179,13 +179,10 @@ impl Record for AgentUpgrade {
     }
 }
 
-/// The binary served to agents: `DYNSERV_AGENT_BINARY` when set, else the
-/// `dynserv-agent` file next to the running `dynserv` (what an agent install uploads).
+/// The binary served to agents: the one agent installs upload
+/// ([`crate::agent_installs::agent_binary_path`]: `DYNSERV_AGENT_BINARY` when set, else
+/// the `dynserv-agent` file next to the running `dynserv`).
 pub fn agent_binary_path() -> Option<PathBuf> {
-    if let Some(configured) = std::env::var_os("DYNSERV_AGENT_BINARY").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(configured);
-        return path.is_file().then_some(path);
-    }
     crate::agent_installs::agent_binary_path()
 }
 

@@ -235,6 +235,59 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
             page.contains("Older than the control plane"),
             "no outdated mark on the Agents page"
         );
+        assert!(
+            page.contains(&format!("action=\"/agents/{old_id}/upgrade\"")),
+            "no Upgrade button for the outdated agent"
+        );
+        assert!(
+            page.contains("Upgrade all outdated"),
+            "no Upgrade all outdated on the Agents page"
+        );
+
+        // An upgrade of the protocol-3 agent fails at once with the way to upgrade it
+        // by hand, and nothing is sent to it. The control plane serves a stand-in
+        // binary with a version marker (nothing reaches an agent here).
+        let served = state.path().join("served-agent");
+        let mut bytes = b"stand-in agent binary ".to_vec();
+        bytes.extend_from_slice(&dynserv_shared::upgrade::version_marker("9.9.9"));
+        std::fs::write(&served, &bytes).unwrap();
+        std::env::set_var("DYNSERV_AGENT_BINARY", &served);
+        let (status, created) = cp
+            .post(&format!("/api/v1/agents/{old_id}/upgrade"), &json!({}))
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let upgrade_id = created["id"].as_str().unwrap().to_string();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let upgrade = loop {
+            let upgrade = cp
+                .get_json(&format!("/api/v1/agent-upgrades/{upgrade_id}"))
+                .await;
+            if upgrade["status"] != "running" {
+                break upgrade;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upgrade never ended: {upgrade}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(upgrade["status"], "failed", "{upgrade}");
+        assert_eq!(upgrade["agents"][0]["to"], "9.9.9", "{upgrade}");
+        let error = upgrade["agents"][0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("protocol 3") && error.contains("by hand"),
+            "{upgrade}"
+        );
+        let opened =
+            tokio::time::timeout(Duration::from_millis(500), raw.connection.accept_bi()).await;
+        assert!(
+            opened.is_err(),
+            "a stream was opened to the protocol-3 agent"
+        );
+        let (status, page) = cp.get(&format!("/agent-upgrades/{upgrade_id}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("knows no upgrades"), "{page}");
+        assert!(page.contains("/static/agent_upgrade.js"), "{page}");
         raw.connection.close(0u32.into(), b"done");
 
         // Older than the previous release: refused, with the way out.
