@@ -291,7 +291,7 @@ impl Upgrader {
         if let Err(e) = self.roll_back(&error) {
             tracing::error!("rolling back the upgrade: {e:#}");
             // Without the previous binary there is nothing better than running on.
-            return std::future::pending().await;
+            std::future::pending::<()>().await;
         }
     }
 

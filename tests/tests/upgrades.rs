@@ -40,8 +40,10 @@ fn agent_copy(dir: &Path, version: Option<&str>) -> PathBuf {
 }
 
 /// A control plane serving `served`, an admin, a project and an agent enrolled in it
-/// that runs from an `0.0.9` copy under its restart loop.
-async fn setup(work: &Path, served: &Path) -> (ControlPlane, Api, Agent, String) {
+/// that runs from an `0.0.9` copy under its restart loop. With `forget_key`, the agent
+/// is made one enrolled before signing keys existed: it learns the key from its first
+/// welcome.
+async fn setup(work: &Path, served: &Path, forget_key: bool) -> (ControlPlane, Api, Agent, String) {
     let cp = ControlPlane::builder()
         .env("DYNSERV_AGENT_BINARY", served.to_str().unwrap())
         .start()
@@ -56,11 +58,22 @@ async fn setup(work: &Path, served: &Path) -> (ControlPlane, Api, Agent, String)
     let mut agent = Agent::enroll(&cp.quic_addr(), &token, "web-1");
     let installed = agent_copy(&work.join("installed"), Some(OLD));
     agent.use_binary(&installed);
+    let key = agent.state_dir().join("signing-key.pub");
+    assert!(key.is_file(), "no signing key kept at enrollment");
+    if forget_key {
+        std::fs::remove_file(&key).unwrap();
+    }
     agent.run_supervised();
     let view = api.connected_agent("web-1").await;
     assert_eq!(view["version"], OLD, "{view}");
     assert_eq!(view["outdated"], true, "{view}");
     let id = view["id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the agent keeps the signing key",
+        || async { key.is_file().then_some(()) },
+    )
+    .await;
     (cp, api, agent, id)
 }
 
@@ -81,8 +94,9 @@ async fn upgrade_until(
     .await
 }
 
-/// A supervised agent is upgraded in place: the upgrade waits for the job it runs, the
-/// binary is replaced (the old one kept as `.prev`), the agent exits for its
+/// A supervised agent (one enrolled before signing keys, which learns the key from its
+/// welcome) is upgraded in place: the upgrade waits for the job it runs, the binary is
+/// replaced (the old one kept as `.prev`), the agent exits for its
 /// supervisor, comes back and reports the new version, and the upgrade succeeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_supervised_agent_is_upgraded_in_place_after_its_job() {
@@ -90,7 +104,8 @@ async fn a_supervised_agent_is_upgraded_in_place_after_its_job() {
     let served = agent_copy(&work.path().join("served"), None);
     let new_version = find_version(&std::fs::read(&served).unwrap()).unwrap();
     assert_ne!(new_version, OLD);
-    let (_cp, api, agent, agent_id) = setup(work.path(), &served).await;
+    // Enrolled before signing keys existed: the key comes with the first welcome.
+    let (_cp, api, agent, agent_id) = setup(work.path(), &served, true).await;
     let installed = agent.binary().to_path_buf();
 
     // A job runs while the upgrade arrives: it finishes first.
@@ -182,7 +197,7 @@ async fn a_supervised_agent_is_upgraded_in_place_after_its_job() {
 async fn a_binary_with_a_bad_checksum_is_refused_and_the_agent_runs_on() {
     let work = tempfile::tempdir().unwrap();
     let served = agent_copy(&work.path().join("served"), None);
-    let (_cp, api, mut agent, agent_id) = setup(work.path(), &served).await;
+    let (_cp, api, mut agent, agent_id) = setup(work.path(), &served, false).await;
     let installed = agent.binary().to_path_buf();
     let installed_bytes = std::fs::read(&installed).unwrap();
 
@@ -254,7 +269,7 @@ async fn a_binary_with_a_bad_checksum_is_refused_and_the_agent_runs_on() {
 async fn upgrade_api_checks_permissions_and_input() {
     let work = tempfile::tempdir().unwrap();
     let served = agent_copy(&work.path().join("served"), None);
-    let (cp, api, _agent, agent_id) = setup(work.path(), &served).await;
+    let (cp, api, _agent, agent_id) = setup(work.path(), &served, false).await;
     cp.add_user("sam", "sales", false, "sales-password-1");
     cp.add_user("tess", "technical", false, "tech-password-1");
     let (status, body) = api
