@@ -888,6 +888,71 @@ mod tests {
         assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
     }
 
+    /// The upgrade messages (protocol 4) round-trip with their tags, and an enrollment
+    /// answer or a welcome without a signing key (older control planes) still decodes,
+    /// while one with a key encodes it.
+    #[test]
+    fn upgrade_messages_round_trip_and_old_answers_decode() {
+        let to_agent = [
+            ToAgent::Upgrade(UpgradeOffer {
+                upgrade_id: "u1".into(),
+                version: "0.2.0".into(),
+                size: 3,
+                sha256: "ab".repeat(32),
+                signature: "c2ln".into(),
+            }),
+            ToAgent::UpgradeChunk {
+                data: "AAEC".into(),
+            },
+        ];
+        for message in to_agent {
+            let text = serde_json::to_string(&message).unwrap();
+            assert!(text.contains("\"type\":\"upgrade"), "{text}");
+            assert_eq!(serde_json::from_str::<ToAgent>(&text).unwrap(), message);
+        }
+        let from_agent = [
+            FromAgent::UpgradeAccepted,
+            FromAgent::UpgradeStaged { running_jobs: 1 },
+            FromAgent::UpgradeRestarting,
+            FromAgent::UpgradeFailed {
+                reason: "sha256 mismatch".into(),
+            },
+        ];
+        for message in from_agent {
+            let text = serde_json::to_string(&message).unwrap();
+            assert_eq!(serde_json::from_str::<FromAgent>(&text).unwrap(), message);
+        }
+        let outcome = AgentControl::UpgradeOutcome {
+            upgrade_id: "u1".into(),
+            version: "0.2.0".into(),
+            error: None,
+        };
+        let text = serde_json::to_string(&outcome).unwrap();
+        assert!(!text.contains("error"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<AgentControl>(&text).unwrap(),
+            outcome
+        );
+
+        let old = r#"{"type":"enrolled","agent_id":"a","certificate_pem":"c","ca_pem":"ca"}"#;
+        match serde_json::from_str::<EnrollResponse>(old).unwrap() {
+            EnrollResponse::Enrolled { signing_key, .. } => assert!(signing_key.is_empty()),
+            other => panic!("not enrolled: {other:?}"),
+        }
+        let welcome = ServerControl::Welcome {
+            version: "0.2.0".into(),
+            heartbeat_s: 5,
+            servers: Vec::new(),
+            signing_key: "a2V5".into(),
+        };
+        let text = serde_json::to_string(&welcome).unwrap();
+        assert!(text.contains("\"signing_key\":\"a2V5\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<ServerControl>(&text).unwrap(),
+            welcome
+        );
+    }
+
     /// A heartbeat from an agent that predates `cpu_percent` decodes with none, and
     /// one without a reading encodes as before.
     #[test]
