@@ -1,6 +1,7 @@
 //! Agent upgrades end to end (issue 16): a real `dynserv-agent` running under a restart
 //! loop (the agent install's supervisor where there is no systemd) is upgraded in place
-//! by the control plane over its connection, waiting for its running job; a binary
+//! by the control plane over its connection, waiting for its running job (and one
+//! without a supervisor re-executes itself); a binary
 //! that fails its checksum is refused and the agent runs on unchanged; the API's
 //! permissions and input checks.
 //!
@@ -44,6 +45,16 @@ fn agent_copy(dir: &Path, version: Option<&str>) -> PathBuf {
 /// is made one enrolled before signing keys existed: it learns the key from its first
 /// welcome.
 async fn setup(work: &Path, served: &Path, forget_key: bool) -> (ControlPlane, Api, Agent, String) {
+    setup_running(work, served, forget_key, true).await
+}
+
+/// [`setup`], the agent under its restart loop when `supervised`, else on its own.
+async fn setup_running(
+    work: &Path,
+    served: &Path,
+    forget_key: bool,
+    supervised: bool,
+) -> (ControlPlane, Api, Agent, String) {
     let cp = ControlPlane::builder()
         .env("DYNSERV_AGENT_BINARY", served.to_str().unwrap())
         .start()
@@ -63,7 +74,11 @@ async fn setup(work: &Path, served: &Path, forget_key: bool) -> (ControlPlane, A
     if forget_key {
         std::fs::remove_file(&key).unwrap();
     }
-    agent.run_supervised();
+    if supervised {
+        agent.run_supervised();
+    } else {
+        agent.run();
+    }
     let view = api.connected_agent("web-1").await;
     assert_eq!(view["version"], OLD, "{view}");
     assert_eq!(view["outdated"], true, "{view}");
@@ -189,6 +204,41 @@ async fn a_supervised_agent_is_upgraded_in_place_after_its_job() {
     // The new binary still runs jobs.
     let after = api.run_script(&agent_id, "echo after the upgrade").await;
     assert_eq!(after["status"], "succeeded", "{after}");
+}
+
+/// Without a supervisor the agent re-executes itself in place: the same process (the
+/// harness's child) comes back as the new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsupervised_agent_re_executes_itself_into_the_new_binary() {
+    let work = tempfile::tempdir().unwrap();
+    let served = agent_copy(&work.path().join("served"), None);
+    let new_version = find_version(&std::fs::read(&served).unwrap()).unwrap();
+    let (_cp, api, mut agent, agent_id) = setup_running(work.path(), &served, false, false).await;
+    let (status, created) = api
+        .post("/api/v1/agents/upgrade", &json!({"agents": [agent_id]}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let upgrade_id = created["id"].as_str().unwrap().to_string();
+    let done = upgrade_until(
+        &api,
+        &upgrade_id,
+        Duration::from_secs(120),
+        "the upgrade ended",
+        |u| u["status"] != "running",
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", agent.logs());
+    let view = api.connected_agent("web-1").await;
+    assert_eq!(view["version"], new_version.as_str(), "{view}");
+    assert!(
+        agent.is_running(),
+        "the agent process ended instead of re-executing"
+    );
+    assert!(
+        agent.logs().contains("re-executing the agent"),
+        "{}",
+        agent.logs()
+    );
 }
 
 /// A binary that changed after the upgrade was made fails the agent's checksum: the
