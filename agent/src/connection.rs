@@ -32,6 +32,7 @@ use crate::facts;
 use crate::jobs::{Jobs, StartOutcome};
 use crate::servers;
 use crate::terminal::Terminals;
+use crate::upgrade::{self, Upgrader};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dynserv-agent";
@@ -138,7 +139,8 @@ pub struct Identity {
     client_config: quinn::ClientConfig,
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+/// Writes `contents` to `path` through a temporary file renamed over it, mode 0600.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -266,6 +268,43 @@ async fn store_renewed_certificate(state_dir: &Path, certificate_pem: &str) -> R
     .context("storing the certificate")?
 }
 
+/// Keeps the control plane's signing key a welcome carried when the agent has none yet
+/// (agents enrolled before signing keys existed): the connection is mutually
+/// authenticated, its server certificate checked against the CA pinned at enrollment,
+/// so this is the control plane the agent trusts already. A key once kept is never
+/// replaced by a welcome.
+async fn learn_signing_key(state_dir: &Path, signing_key: &str) {
+    if signing_key.is_empty() {
+        return;
+    }
+    let path = state_dir.join(upgrade::SIGNING_KEY_FILE);
+    let key = signing_key.to_string();
+    let learned = tokio::task::spawn_blocking(move || -> Result<bool> {
+        match std::fs::read_to_string(&path) {
+            Ok(kept) => {
+                if kept.trim() != key.trim() {
+                    tracing::warn!(
+                        "the control plane announced another signing key than the one this agent \
+                         keeps; keeping the old one (upgrades signed with the new key are refused)"
+                    );
+                }
+                Ok(false)
+            }
+            Err(_) => {
+                write_private(&path, key.as_bytes())?;
+                Ok(true)
+            }
+        }
+    })
+    .await;
+    match learned {
+        Ok(Ok(true)) => tracing::info!("learned the control plane's signing key for upgrades"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!("storing the control plane's signing key: {e:#}"),
+        Err(e) => tracing::warn!("storing the control plane's signing key: {e}"),
+    }
+}
+
 async fn store_info(state_dir: &Path, info: &AgentInfo) -> Result<()> {
     let path = state_dir.join("agent.json");
     let contents = serde_json::to_vec_pretty(info)?;
@@ -334,6 +373,7 @@ pub async fn enroll(
             agent_id,
             certificate_pem,
             ca_pem,
+            signing_key,
         } => {
             let ca = pki::certs_from_pem(&ca_pem)?;
             if pki::sha256(&ca[0]) != token.ca_sha256 {
@@ -341,6 +381,12 @@ pub async fn enroll(
             }
             write_private(&state_dir.join("agent.key"), key.serialize_pem().as_bytes())?;
             write_private(&state_dir.join("ca.pem"), ca_pem.as_bytes())?;
+            if !signing_key.is_empty() {
+                write_private(
+                    &state_dir.join(upgrade::SIGNING_KEY_FILE),
+                    signing_key.as_bytes(),
+                )?;
+            }
             let info = AgentInfo {
                 agent_id: agent_id.clone(),
                 server: servers[0].clone(),
@@ -393,16 +439,33 @@ pub fn load_identity(state_dir: &Path) -> Result<Identity> {
     })
 }
 
-/// Connects and serves jobs until `shutdown` resolves; reconnects forever, failing
-/// over between the control plane's addresses.
+/// Why [`run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// `shutdown` resolved.
+    Shutdown,
+    /// The agent must restart into this binary: an upgrade replaced it, or rolled it
+    /// back (see [`crate::upgrade`]).
+    Restart(PathBuf),
+}
+
+/// Connects and serves jobs until `shutdown` resolves or an upgrade asks for a restart;
+/// reconnects forever, failing over between the control plane's addresses.
 pub async fn run(
     state_dir: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+) -> Result<Ended> {
     let identity = load_identity(&state_dir)?;
     let instance = Instance::current();
     let jobs = Jobs::open(&state_dir, &instance.host_id)?;
     let terminals = Terminals::from_env();
+    let binary = upgrade::own_binary()?;
+    let upgrader = Upgrader::open(
+        &state_dir,
+        binary.clone(),
+        crate::version::version(),
+        jobs.clone(),
+    );
     tracing::info!(
         agent = %identity.info.agent_id,
         servers = %identity.info.addresses().join(","),
@@ -440,6 +503,7 @@ pub async fn run(
                         state_dir: &state_dir,
                         server: &server,
                         terminals: &terminals,
+                        upgrader: &upgrader,
                     };
                     let ended = session(
                         &identity,
@@ -481,8 +545,10 @@ pub async fn run(
         }
     };
     tokio::select! {
-        _ = forever => Ok(()),
-        _ = shutdown => Ok(()),
+        _ = forever => Ok(Ended::Shutdown),
+        _ = shutdown => Ok(Ended::Shutdown),
+        _ = upgrader.restart_requested() => Ok(Ended::Restart(binary)),
+        _ = upgrader.trial_failed() => Ok(Ended::Restart(binary)),
     }
 }
 
@@ -494,6 +560,8 @@ struct Place<'a> {
     server: &'a str,
     /// The terminals running on this agent, counted against its limit.
     terminals: &'a Terminals,
+    /// Upgrades of the agent's binary.
+    upgrader: &'a Upgrader,
 }
 
 /// Takes in the replica list a welcome announced (see [`servers::take_announced`])
@@ -543,7 +611,7 @@ async fn session(
         instance_id: instance.instance_id.clone(),
     };
     write_frame(&mut send, &hello).await?;
-    let (heartbeat_s, announced) = match tokio::time::timeout(
+    let (heartbeat_s, announced, signing_key) = match tokio::time::timeout(
         Duration::from_secs(15),
         read_frame::<ServerControl, _>(&mut recv),
     )
@@ -552,8 +620,9 @@ async fn session(
         Ok(Ok(Some(ServerControl::Welcome {
             heartbeat_s,
             servers,
+            signing_key,
             ..
-        }))) => (heartbeat_s.clamp(1, 60), servers),
+        }))) => (heartbeat_s.clamp(1, 60), servers, signing_key),
         Ok(Ok(Some(ServerControl::Refused {
             reason,
             retry_after_s,
@@ -563,8 +632,15 @@ async fn session(
         Err(_) => bail!("no answer to the hello within 15 s"),
     };
     *welcomed = true;
+    place.upgrader.welcomed();
     tracing::info!("connected to the control plane at {}", place.server);
     take_announced(place, info, &announced, connection.remote_address().ip()).await;
+    learn_signing_key(place.state_dir, &signing_key).await;
+    if let Some(outcome) = place.upgrader.pending_report() {
+        write_frame(&mut send, &outcome.message()).await?;
+        tracing::info!(upgrade = %outcome.upgrade_id, error = ?outcome.error, "reported how the upgrade ended");
+        place.upgrader.reported(&outcome);
+    }
     // Heartbeats and answers to the control plane share the control stream.
     let send = tokio::sync::Mutex::new(send);
     let heartbeats = async {
@@ -610,6 +686,7 @@ async fn session(
             tokio::spawn(serve_stream(
                 jobs.clone(),
                 place.terminals.clone(),
+                place.upgrader.clone(),
                 send,
                 recv,
             ));
@@ -625,10 +702,12 @@ async fn session(
 }
 
 /// Serves one stream the control plane opened: a job stream (its first message is
-/// `Start`) or a terminal (`TerminalOpen`, see [`crate::terminal`]).
+/// `Start`), a terminal (`TerminalOpen`, see [`crate::terminal`]) or an upgrade
+/// (`Upgrade`, see [`crate::upgrade`]).
 async fn serve_stream(
     jobs: Jobs,
     terminals: Terminals,
+    upgrader: Upgrader,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -637,8 +716,9 @@ async fn serve_stream(
         Ok(Some(ToAgent::TerminalOpen(size))) => {
             crate::terminal::serve(&terminals, size, &mut send, recv).await
         }
+        Ok(Some(ToAgent::Upgrade(offer))) => upgrader.serve(offer, &mut send, recv).await,
         Ok(_) => Err(anyhow::anyhow!(
-            "a stream must begin with a start or a terminal open"
+            "a stream must begin with a start, a terminal open or an upgrade"
         )),
         Err(e) => Err(e.into()),
     };
@@ -786,7 +866,9 @@ fn handle_control(jobs: &Jobs, job: &crate::jobs::Job, msg: ToAgent) -> Result<b
         | ToAgent::TerminalOpen(_)
         | ToAgent::TerminalInput { .. }
         | ToAgent::TerminalResize(_)
-        | ToAgent::TerminalClose => {}
+        | ToAgent::TerminalClose
+        | ToAgent::Upgrade(_)
+        | ToAgent::UpgradeChunk { .. } => {}
     }
     Ok(false)
 }

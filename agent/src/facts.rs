@@ -136,7 +136,7 @@ pub fn collect() -> Facts {
         memory_bytes: meminfo_bytes(&meminfo, "MemTotal"),
         disk_bytes: disk_space(Path::new("/")).0,
         uptime_s: uptime_s(),
-        agent_version: dynserv_shared::VERSION.to_string(),
+        agent_version: crate::version::version().to_string(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! dynserv-agent library: enrollment and the connection to the control plane
 //! ([`connection`]), jobs and their on-disk spool ([`jobs`], [`spool`]), host facts
 //! ([`facts`]), reconnect backoff ([`backoff`]), the control plane's address list
-//! ([`servers`]), interactive terminals on a PTY ([`terminal`]) and owner-only files
+//! ([`servers`]), interactive terminals on a PTY ([`terminal`]), upgrades of the agent's
+//! own binary ([`upgrade`]), the version it reports ([`version`]) and owner-only files
 //! ([`private_fs`]).
 
 pub mod backoff;
@@ -16,3 +17,5 @@ pub mod servers;
 pub mod spool;
 pub mod terminal;
 pub mod update;
+pub mod upgrade;
+pub mod version;

@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use dynserv_agent::connection;
 
 #[derive(Parser)]
 #[command(
     name = "dynserv-agent",
-    version,
     about = "Dynamic Servers agent: dials out to the control plane and runs jobs"
 )]
 struct Cli {
@@ -55,6 +54,9 @@ enum Command {
     ComposeOffsiteUpload(dynserv_agent::compose::OffsiteUploadArgs),
     /// Upgrades the system's packages non-interactively (apt, dnf or apk).
     SystemUpdate(dynserv_agent::update::UpdateArgs),
+    /// Prints the version this binary reports (also how an upgrade checks that a new
+    /// binary runs before it replaces the old one).
+    Version,
 }
 
 /// The state directory as an absolute path: jobs run in other working directories
@@ -98,7 +100,14 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The version comes from the binary's version marker (see dynserv_agent::version).
+    let matches = Cli::command()
+        .version(dynserv_agent::version::version())
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The playbook runner prints Ansible-style output itself and has its own exit codes.
     let command = match cli.command {
         Command::Playbook(args) => {
@@ -120,6 +129,10 @@ fn main() -> ExitCode {
         }
         Command::SystemUpdate(args) => {
             return ExitCode::from(dynserv_agent::update::update_main(args) as u8)
+        }
+        Command::Version => {
+            println!("{}", dynserv_agent::version::version());
+            return ExitCode::SUCCESS;
         }
         other => other,
     };
@@ -144,14 +157,29 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Run { state_dir } => absolute(&state_dir).and_then(|state_dir| {
-            runtime()?.block_on(connection::run(state_dir, shutdown_signal()))
+            let runtime = runtime()?;
+            let ended = runtime.block_on(connection::run(state_dir, shutdown_signal()))?;
+            // Jobs run in their own process groups and survive the restart; nothing of
+            // the runtime is needed past this point.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match ended {
+                connection::Ended::Shutdown => Ok(()),
+                connection::Ended::Restart(binary) => {
+                    let error = dynserv_agent::upgrade::restart(&binary);
+                    Err(anyhow::anyhow!(
+                        "re-executing {} after an upgrade: {error}",
+                        binary.display()
+                    ))
+                }
+            }
         }),
         Command::Playbook(_)
         | Command::ComposeBackup(_)
         | Command::ComposeVerify(_)
         | Command::ComposeRestore(_)
         | Command::ComposeOffsiteUpload(_)
-        | Command::SystemUpdate(_) => unreachable!("handled above"),
+        | Command::SystemUpdate(_)
+        | Command::Version => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

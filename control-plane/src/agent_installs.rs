@@ -650,8 +650,14 @@ async fn install_starter(app: &App, id: &str) -> String {
         .map_or_else(|| "system".to_string(), |i| i.started_by)
 }
 
-/// The agent binary `/download/dynserv-agent` serves: next to the running `dynserv`.
+/// The agent binary the control plane serves (`/download/dynserv-agent`, agent
+/// installs, agent upgrades): `DYNSERV_AGENT_BINARY` when set, else the
+/// `dynserv-agent` next to the running `dynserv`.
 pub fn agent_binary_path() -> Option<std::path::PathBuf> {
+    if let Some(configured) = std::env::var_os("DYNSERV_AGENT_BINARY").filter(|v| !v.is_empty()) {
+        let path = std::path::PathBuf::from(configured);
+        return path.is_file().then_some(path);
+    }
     let exe = std::env::current_exe().ok()?;
     let path = exe.parent()?.join("dynserv-agent");
     path.is_file().then_some(path)
@@ -707,6 +713,8 @@ pub fn supervisor_script(dir: &str) -> String {
          # Written by dynserv's agent install over SSH: keeps the agent running where\n\
          # there is no systemd. Stop it with: kill -TERM -- -$(cat {dir}/supervisor.pid)\n\
          echo $$ > {dir}/supervisor.pid\n\
+         # The agent exits (code 75) to restart into a binary an upgrade installed.\n\
+         export DYNSERV_AGENT_SUPERVISED=1\n\
          while :; do\n\
          \x20 {dir}/dynserv-agent run --state-dir {dir}/state\n\
          \x20 sleep 2\n\

@@ -75,6 +75,8 @@ pub enum Message {
     DisconnectOtherHost { agent: String, host: String },
     /// A live event for the pages watching this replica (`live`).
     Live { event: crate::live::Event },
+    /// Deliver an agent upgrade to an agent connected here (`fleet::upgrade`).
+    Upgrade { agent: String, upgrade: String },
 }
 
 #[derive(Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod agent_installs;
 pub mod agent_offline;
+pub mod agent_upgrades;
 pub mod agents;
 pub mod alerts;
 pub mod app;
@@ -131,6 +132,10 @@ pub async fn run(
     ));
     tokio::spawn(alerts::deliverer(app.clone(), wait_for(stop_rx.clone())));
     tokio::spawn(rollouts::supervisor(app.clone(), wait_for(stop_rx.clone())));
+    tokio::spawn(agent_upgrades::supervisor(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
     tokio::spawn(maintenance::pruner(app.clone(), wait_for(stop_rx.clone())));
     let metrics_task = tokio::spawn(server_metrics::flusher(
         app.clone(),

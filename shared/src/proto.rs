@@ -55,11 +55,14 @@ pub const ALPN: &[u8] = b"dynserv/1";
 ///
 /// History: 1 is the first release's message set; 2 adds certificate renewal on the
 /// control stream ([`ServerControl::Certificate`], [`AgentControl::CertificateStored`]);
-/// 3 adds terminal streams ([`ToAgent::TerminalOpen`] and the messages after it).
+/// 3 adds terminal streams ([`ToAgent::TerminalOpen`] and the messages after it);
+/// 4 adds agent upgrades (the upgrade stream, [`ToAgent::Upgrade`] and the messages
+/// after it, [`AgentControl::UpgradeOutcome`], and the control plane's signing key in
+/// [`ServerControl::Welcome`] and [`EnrollResponse::Enrolled`]).
 /// A control plane serves agents down to [`MIN_PROTOCOL_VERSION`] (one version older
 /// than its own) and sends each only what its version knows: nothing added in a later
 /// version, and no job whose kind needs a later one ([`JobKind::min_protocol`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest agent protocol a control plane still serves: the previous release's, so
 /// a fleet can be upgraded agent by agent after its control plane. An older hello is
@@ -69,6 +72,19 @@ pub const MIN_PROTOCOL_VERSION: u32 = PROTOCOL_VERSION - 1;
 /// The first protocol that knows terminal streams; the control plane never opens one
 /// to an agent whose hello announced an older protocol.
 pub const TERMINAL_MIN_PROTOCOL: u32 = 3;
+
+/// The first protocol that knows agent upgrades; the control plane never offers an
+/// upgrade to (nor sends its signing key to) an agent whose hello announced an older
+/// one: such an agent is upgraded by hand once.
+pub const UPGRADE_MIN_PROTOCOL: u32 = 4;
+
+/// Most bytes of an agent binary in one [`ToAgent::UpgradeChunk`] (before base64), so
+/// a chunk's frame stays well under [`crate::frame::MAX_FRAME_LEN`].
+pub const MAX_UPGRADE_CHUNK: usize = 256 * 1024;
+
+/// The largest agent binary an upgrade carries; a larger offer is refused by the agent
+/// before anything is written.
+pub const MAX_AGENT_BINARY_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Most bytes of terminal data (before base64) in one [`ToAgent::TerminalInput`] or
 /// [`FromAgent::TerminalOutput`]; a longer input is split by the sender, and the agent
@@ -178,6 +194,11 @@ pub enum EnrollResponse {
         certificate_pem: String,
         /// The control plane's CA certificate (PEM), for later connections.
         ca_pem: String,
+        /// The control plane's Ed25519 public key for agent binaries (base64 of its 32
+        /// bytes): an upgrade's binary must carry a signature that verifies with it.
+        /// Empty from control planes that predate upgrades.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        signing_key: String,
     },
     /// Enrollment refused; `reason` says why in words a person can act on.
     Refused {
@@ -219,6 +240,18 @@ pub enum AgentControl {
         /// The SHA-256 (hex) of the certificate's DER, as stored.
         sha256: String,
     },
+    /// How an upgrade ended (protocol 4): sent after the welcome by the agent process
+    /// that runs once the upgrade is over, the new version when it succeeded, the
+    /// previous one after a rollback.
+    UpgradeOutcome {
+        /// The upgrade's id ([`UpgradeOffer::upgrade_id`]).
+        upgrade_id: String,
+        /// The version running now.
+        version: String,
+        /// Why it failed and was rolled back; absent when it succeeded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// Messages from the control plane on the control stream.
@@ -241,6 +274,13 @@ pub enum ServerControl {
         /// agent's list stays as it is.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         servers: Vec<String>,
+        /// The control plane's Ed25519 public key for agent binaries (base64 of its 32
+        /// bytes; protocol 4, empty for older agents and from older control planes). An
+        /// agent that has none yet (enrolled before signing keys existed) keeps the
+        /// first one it is sent over its authenticated connection; one that has one
+        /// never replaces it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        signing_key: String,
     },
     /// The hello was refused (revoked agent, unknown version, another copy of the agent
     /// holds its identity); the connection closes.
@@ -551,6 +591,32 @@ pub enum ToAgent {
     TerminalResize(TerminalSize),
     /// Close the terminal: the shell's process group is hung up and the stream ends.
     TerminalClose,
+    /// Replace the agent's binary (protocol 4). Always the first message of an upgrade
+    /// stream; the binary follows in [`ToAgent::UpgradeChunk`]s once the agent
+    /// answered [`FromAgent::UpgradeAccepted`].
+    Upgrade(UpgradeOffer),
+    /// The next piece of the binary, base64 (standard); at most [`MAX_UPGRADE_CHUNK`]
+    /// bytes once decoded. The pieces come in order, `size` bytes in all.
+    UpgradeChunk {
+        /// The bytes, base64.
+        data: String,
+    },
+}
+
+/// An agent binary offered for an upgrade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeOffer {
+    /// The upgrade's id, reported back in [`AgentControl::UpgradeOutcome`].
+    pub upgrade_id: String,
+    /// The version the binary reports (its version marker, see [`crate::upgrade`]).
+    pub version: String,
+    /// Its length in bytes, at most [`MAX_AGENT_BINARY_BYTES`].
+    pub size: u64,
+    /// Its SHA-256 (hex, lower case).
+    pub sha256: String,
+    /// The control plane's Ed25519 signature of [`crate::upgrade::signed_message`]
+    /// over the version, size and SHA-256, base64 (standard).
+    pub signature: String,
 }
 
 /// A terminal's size in character cells. Values outside 1..=[`MAX_TERMINAL_CELLS`] are
@@ -611,6 +677,24 @@ pub enum FromAgent {
     TerminalOutput {
         /// The bytes, base64.
         data: String,
+    },
+    /// The agent takes the offered upgrade: send the binary (protocol 4).
+    UpgradeAccepted,
+    /// The binary arrived, its size, SHA-256 and signature checked and it runs (it
+    /// printed the offered version); the agent replaces itself once no job runs.
+    UpgradeStaged {
+        /// Jobs running now, which the upgrade waits for.
+        running_jobs: u32,
+    },
+    /// The agent replaced its binary (the previous one kept as `.prev`) and restarts
+    /// now; the outcome comes in the next connection's [`AgentControl::UpgradeOutcome`].
+    UpgradeRestarting,
+    /// The upgrade did not happen (bad checksum or signature, no signing key, no room
+    /// beside the binary, another upgrade under way); the agent runs on as it was.
+    /// The last message of an upgrade stream.
+    UpgradeFailed {
+        /// Why, in words a person can act on.
+        reason: String,
     },
     /// The terminal ended (its shell exited, or it was closed); the last message of a
     /// terminal stream.
@@ -674,8 +758,8 @@ mod tests {
                 rows: MAX_TERMINAL_CELLS
             }
         );
-        // Agents one version older are still served, and they know no terminals.
-        const { assert!(MIN_PROTOCOL_VERSION == 2 && TERMINAL_MIN_PROTOCOL > MIN_PROTOCOL_VERSION) };
+        // Agents one version older are still served; they know terminals, not upgrades.
+        const { assert!(MIN_PROTOCOL_VERSION == 3 && UPGRADE_MIN_PROTOCOL > MIN_PROTOCOL_VERSION) };
     }
 
     /// Messages of agents and control planes from before copies were told apart still
@@ -746,6 +830,7 @@ mod tests {
                 version: "0.1.0".into(),
                 heartbeat_s: 5,
                 servers: Vec::new(),
+                signing_key: String::new(),
             }
         );
         assert_eq!(serde_json::to_string(&decoded).unwrap(), old_welcome);
@@ -754,6 +839,7 @@ mod tests {
             version: "0.2.0".into(),
             heartbeat_s: 5,
             servers: vec!["cp1:4433".into(), "cp2:4433".into()],
+            signing_key: String::new(),
         };
         let text = serde_json::to_string(&welcome).unwrap();
         assert_eq!(
@@ -800,6 +886,71 @@ mod tests {
         let text = serde_json::to_string(&named).unwrap();
         assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
         assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
+    }
+
+    /// The upgrade messages (protocol 4) round-trip with their tags, and an enrollment
+    /// answer or a welcome without a signing key (older control planes) still decodes,
+    /// while one with a key encodes it.
+    #[test]
+    fn upgrade_messages_round_trip_and_old_answers_decode() {
+        let to_agent = [
+            ToAgent::Upgrade(UpgradeOffer {
+                upgrade_id: "u1".into(),
+                version: "0.2.0".into(),
+                size: 3,
+                sha256: "ab".repeat(32),
+                signature: "c2ln".into(),
+            }),
+            ToAgent::UpgradeChunk {
+                data: "AAEC".into(),
+            },
+        ];
+        for message in to_agent {
+            let text = serde_json::to_string(&message).unwrap();
+            assert!(text.contains("\"type\":\"upgrade"), "{text}");
+            assert_eq!(serde_json::from_str::<ToAgent>(&text).unwrap(), message);
+        }
+        let from_agent = [
+            FromAgent::UpgradeAccepted,
+            FromAgent::UpgradeStaged { running_jobs: 1 },
+            FromAgent::UpgradeRestarting,
+            FromAgent::UpgradeFailed {
+                reason: "sha256 mismatch".into(),
+            },
+        ];
+        for message in from_agent {
+            let text = serde_json::to_string(&message).unwrap();
+            assert_eq!(serde_json::from_str::<FromAgent>(&text).unwrap(), message);
+        }
+        let outcome = AgentControl::UpgradeOutcome {
+            upgrade_id: "u1".into(),
+            version: "0.2.0".into(),
+            error: None,
+        };
+        let text = serde_json::to_string(&outcome).unwrap();
+        assert!(!text.contains("error"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<AgentControl>(&text).unwrap(),
+            outcome
+        );
+
+        let old = r#"{"type":"enrolled","agent_id":"a","certificate_pem":"c","ca_pem":"ca"}"#;
+        match serde_json::from_str::<EnrollResponse>(old).unwrap() {
+            EnrollResponse::Enrolled { signing_key, .. } => assert!(signing_key.is_empty()),
+            other => panic!("not enrolled: {other:?}"),
+        }
+        let welcome = ServerControl::Welcome {
+            version: "0.2.0".into(),
+            heartbeat_s: 5,
+            servers: Vec::new(),
+            signing_key: "a2V5".into(),
+        };
+        let text = serde_json::to_string(&welcome).unwrap();
+        assert!(text.contains("\"signing_key\":\"a2V5\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<ServerControl>(&text).unwrap(),
+            welcome
+        );
     }
 
     /// A heartbeat from an agent that predates `cpu_percent` decodes with none, and

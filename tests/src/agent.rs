@@ -24,6 +24,9 @@ pub struct Agent {
     state_dir: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Whether `child` is a restart loop in a process group of its own (see
+    /// [`Agent::run_supervised`]): stopping it signals the whole group.
+    supervised: bool,
     root: Option<TempDir>,
 }
 
@@ -83,6 +86,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            supervised: false,
             root: Some(root),
         };
         let output = agent.enroll_again(token);
@@ -137,7 +141,46 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            supervised: false,
             root: Some(root),
+        }
+    }
+
+    /// Runs later `run`s from `binary` instead of the workspace's `dynserv-agent` (a
+    /// copy an upgrade may replace in place).
+    pub fn use_binary(&mut self, binary: &Path) {
+        self.binary = binary.to_path_buf();
+    }
+
+    /// The binary `run` starts.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Starts `dynserv-agent run --state-dir DIR` under a restart loop, as the agent
+    /// install's supervisor runs it where there is no systemd: `sh` runs the agent
+    /// again half a second after it exits (logging `agent exited with N`), with
+    /// `DYNSERV_AGENT_SUPERVISED=1` so that the agent exits to restart. The loop and
+    /// the agent get a process group of their own, which stopping ends.
+    pub fn run_supervised(&mut self) {
+        if self.is_running() {
+            return;
+        }
+        let mut command = self.command();
+        command.env("DYNSERV_AGENT_SUPERVISED", "1");
+        let child = command.spawn_supervisor(&self.binary, &self.state_dir);
+        self.child = Some(child);
+        self.supervised = true;
+    }
+
+    /// Signals the process group of a supervised agent.
+    fn signal_group(&self, signal: i32) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the group is the one
+            // our own child leads (process_group(0)).
+            unsafe {
+                libc::kill(-pid, signal);
+            }
         }
     }
 
@@ -166,6 +209,12 @@ impl Agent {
 
     /// Stops the agent gracefully (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
+        if self.supervised {
+            self.signal_group(libc::SIGTERM);
+            std::thread::sleep(Duration::from_millis(500));
+            self.signal_group(libc::SIGKILL);
+            self.supervised = false;
+        }
         if let Some(mut child) = self.child.take() {
             terminate(&mut child, SHUTDOWN_GRACE);
         }
@@ -173,6 +222,10 @@ impl Agent {
 
     /// Kills the agent at once (SIGKILL), as a crash or power loss would.
     pub fn kill(&mut self) {
+        if self.supervised {
+            self.signal_group(libc::SIGKILL);
+            self.supervised = false;
+        }
         if let Some(mut child) = self.child.take() {
             crate::kill_now(&mut child);
         }
@@ -252,8 +305,50 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Starting `sh` with the agent's restart loop.
+trait SpawnSupervisor {
+    fn spawn_supervisor(&mut self, binary: &Path, state_dir: &Path) -> Child;
+}
+
+impl SpawnSupervisor for Command {
+    /// Turns a command made for the agent into `sh -c LOOP BINARY STATE_DIR` with its
+    /// environment and spawns it.
+    fn spawn_supervisor(&mut self, binary: &Path, state_dir: &Path) -> Child {
+        let mut shell = Command::new("/bin/sh");
+        for (key, value) in self.get_envs() {
+            match value {
+                Some(value) => shell.env(key, value),
+                None => shell.env_remove(key),
+            };
+        }
+        use std::os::unix::process::CommandExt as _;
+        shell
+            .process_group(0)
+            .stdin(Stdio::null())
+            .arg("-c")
+            .arg(
+                "while :; do \"$0\" run --state-dir \"$1\"; echo \"agent exited with $?\" >&2; \
+                 sleep 0.5; done",
+            )
+            .arg(binary)
+            .arg(state_dir);
+        // The logs the agent's own command would have written to.
+        let logs = state_dir
+            .parent()
+            .expect("the state dir lives in the agent's temp dir");
+        shell
+            .stdout(append_log(&logs.join("agent.stdout.log")))
+            .stderr(append_log(&logs.join("agent.stderr.log")))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the agent's restart loop: {e}"))
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
+        if self.supervised {
+            self.signal_group(libc::SIGKILL);
+        }
         if let Some(mut child) = self.child.take() {
             crate::kill_now(&mut child);
         }

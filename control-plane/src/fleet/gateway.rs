@@ -248,6 +248,7 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
                 agent_id,
                 certificate_pem,
                 ca_pem: fleet.inner.ca.ca.cert_pem().to_string(),
+                signing_key: fleet.signing_key(),
             }
         }
         Ok(Err(refusal)) => refused(refusal.to_string()),
@@ -616,6 +617,12 @@ async fn serve_admitted(
             version: dynserv_shared::VERSION.to_string(),
             heartbeat_s: HEARTBEAT_S,
             servers: fleet.replica_addresses(),
+            // Only agents that know upgrades are told the key they are checked with.
+            signing_key: if conn.protocol >= dynserv_shared::proto::UPGRADE_MIN_PROTOCOL {
+                fleet.signing_key()
+            } else {
+                String::new()
+            },
         },
     )
     .await?;
@@ -801,6 +808,31 @@ async fn control_loop(
             }
             Some(AgentControl::CertificateStored { sha256 }) => {
                 renewal_stored(fleet, conn, renewal, &sha256).await?;
+            }
+            Some(AgentControl::UpgradeOutcome {
+                upgrade_id,
+                version,
+                error,
+            }) => {
+                tracing::info!(agent = %conn.agent_id, upgrade = %upgrade_id, %version, ?error, "the agent reported how its upgrade ended");
+                let store = fleet.inner.store.clone();
+                let agent_id = conn.agent_id.clone();
+                let recorded = crate::store::blocking(move || {
+                    store.write(|w| {
+                        crate::agent_upgrades::record_outcome(
+                            w,
+                            &upgrade_id,
+                            &agent_id,
+                            &version,
+                            error.as_deref(),
+                            Utc::now(),
+                        )
+                    })
+                })
+                .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(agent = %conn.agent_id, "recording an upgrade's outcome: {e:#}");
+                }
             }
             Some(AgentControl::Hello { .. }) => bail!("a second hello on the control stream"),
         }
@@ -1116,6 +1148,12 @@ async fn job_loop(
                     | FromAgent::TerminalOutput { .. }
                     | FromAgent::TerminalClosed { .. } => {
                         bail!("the agent sent a terminal message on a job stream");
+                    }
+                    FromAgent::UpgradeAccepted
+                    | FromAgent::UpgradeStaged { .. }
+                    | FromAgent::UpgradeRestarting
+                    | FromAgent::UpgradeFailed { .. } => {
+                        bail!("the agent sent an upgrade message on a job stream");
                     }
                 }
             }

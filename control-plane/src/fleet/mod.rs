@@ -8,6 +8,8 @@
 //! * [`ingest`]: batched storage of output and job ends, then acks and publication.
 //! * [`hub`]: live fan-out to WebSocket viewers.
 //! * [`terminal`]: terminals on agents, their frames routed to and from the web side.
+//! * [`signing`]: the fleet's Ed25519 key for the agent binaries it serves.
+//! * [`upgrade`]: delivering an agent upgrade over the agent's connection.
 //!
 //! [`Fleet`] is the handle the rest of the control plane uses: dispatch an execution,
 //! cancel it, ask whether an agent is connected, set the replica addresses announced
@@ -24,7 +26,9 @@ pub mod gateway;
 pub mod hub;
 pub mod identity;
 pub mod ingest;
+pub mod signing;
 pub mod terminal;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,6 +107,10 @@ pub(crate) struct Inner {
     pub certs: Mutex<certs::CertPolicy>,
     /// Heartbeat figures of the agents connected here, until they are written.
     pub samples: Arc<crate::server_metrics::Buffer>,
+    /// The key agent binaries are signed with (see [`signing`]).
+    pub signing: dynserv_shared::upgrade::SigningKey,
+    /// Upgrade deliveries running here, as `(upgrade id, agent id)`.
+    pub upgrades_in_flight: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -121,6 +129,7 @@ impl Fleet {
     /// `max_output` is the most output bytes stored per execution.
     pub fn new(store: Store, data_dir: &Path, max_output: u64) -> Result<Fleet> {
         let ca = ca::load_or_create(&store, data_dir)?;
+        let signing = signing::load_or_create(&store)?;
         let hub = Hub::default();
         let events = crate::live::Events::new();
         let ingest = ingest::Ingest::spawn(store.clone(), hub.clone(), events.clone(), max_output);
@@ -141,6 +150,8 @@ impl Fleet {
                 replica_addresses: Mutex::new(Vec::new()),
                 certs: Mutex::new(certs::CertPolicy::default()),
                 samples: Default::default(),
+                signing,
+                upgrades_in_flight: Default::default(),
             }),
         })
     }
@@ -559,6 +570,9 @@ impl crate::cluster::Receiver for Fleet {
                 self.inner.hub.publish(&execution, [LiveEvent::End]);
             }
             Message::Live { event } => self.inner.events.publish_here(event),
+            Message::Upgrade { agent, upgrade } => {
+                self.deliver_upgrade_here(&upgrade, &agent);
+            }
             Message::Output {
                 execution,
                 first,

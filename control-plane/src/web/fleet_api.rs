@@ -7,6 +7,7 @@ use serde_json::json;
 use warp::http::{HeaderValue, StatusCode};
 
 use super::{json as reply, Ctx, Req, Resp};
+use crate::agent_upgrades;
 use crate::agents::{self, Agent, AgentView};
 use crate::app::App;
 use crate::error::{AppError, AppResult};
@@ -846,4 +847,95 @@ pub fn server_metrics(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         Ok(json!({"points": points, "step": range.step}))
     })?;
     Ok(reply(StatusCode::OK, &points))
+}
+
+/// The body of `POST /api/v1/agents/upgrade`: the agents (ids or names) or a project
+/// (id or name), exactly one of them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    pub agents: Option<Vec<String>>,
+    pub project: Option<String>,
+}
+
+/// The body of `POST /api/v1/agents/{id}/upgrade`: `{}` (nothing to choose).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+/// Starts an upgrade of the selected agents to the binary this control plane serves;
+/// shared by the API and the pages. 403 before any lookup for a caller who may
+/// manage no agents; 409 when there is no binary to serve.
+pub fn start_upgrade(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    selection: &agent_upgrades::Selection,
+) -> AppResult<agent_upgrades::AgentUpgrade> {
+    require_fleet(ctx)?;
+    if !policy::can(&ctx.subject, Action::ManageAgents, None) {
+        return Err(AppError::forbidden());
+    }
+    let path = agent_upgrades::agent_binary_path().ok_or_else(|| {
+        AppError::conflict(
+            "this control plane has no agent binary to serve: put dynserv-agent next to \
+             dynserv, or set DYNSERV_AGENT_BINARY",
+        )
+    })?;
+    let binary = agent_upgrades::binary_info(&path)
+        .map_err(|e| AppError::conflict(format!("the agent binary cannot be served: {e:#}")))?;
+    let signature = app.fleet.sign_binary(&binary);
+    let actor = ctx.actor(req);
+    let upgrade = app.store.write(|w| {
+        Ok(agent_upgrades::create(
+            w,
+            &actor,
+            &ctx.subject,
+            selection,
+            &binary,
+            &signature,
+            chrono::Utc::now(),
+        )?)
+    })?;
+    Ok(upgrade)
+}
+
+/// `POST /api/v1/agents/{id}/upgrade` `{}` → `202 {"id"}`.
+pub fn upgrade_agent(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    if !req.body.iter().all(u8::is_ascii_whitespace) {
+        let _: NoOptions = req.json()?;
+    }
+    let selection = agent_upgrades::Selection::Agents(vec![id.to_string()]);
+    let upgrade = start_upgrade(app, req, ctx, &selection)?;
+    Ok(reply(StatusCode::ACCEPTED, &json!({"id": upgrade.id})))
+}
+
+/// `POST /api/v1/agents/upgrade` `{"agents": [...]}` or `{"project"}` → `202 {"id"}`.
+pub fn upgrade_agents(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let input: UpgradeRequest = req.json()?;
+    let selection = match (input.agents, input.project) {
+        (Some(agents), None) => agent_upgrades::Selection::Agents(agents),
+        (None, Some(project)) => agent_upgrades::Selection::Project(project),
+        _ => {
+            return Err(AppError::bad_request(
+                "give either \"agents\" (a list of agent ids or names) or \"project\"",
+            ))
+        }
+    };
+    let upgrade = start_upgrade(app, req, ctx, &selection)?;
+    Ok(reply(StatusCode::ACCEPTED, &json!({"id": upgrade.id})))
+}
+
+/// `GET /api/v1/agent-upgrades/{id}`: the upgrade with its agents' status.
+pub fn agent_upgrade(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let upgrade = app
+        .store
+        .read(|r| Ok(agent_upgrades::get_visible(r, &ctx.subject, id)?))?;
+    Ok(reply(
+        StatusCode::OK,
+        &agent_upgrades::view(&upgrade, &ctx.subject),
+    ))
 }

@@ -103,6 +103,7 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "filtered": fleet_api::AGENT_FILTERS.iter().any(|n| req.text_filter(n).is_some()),
             "pager": super::pages::pager_by_name(req, &paging, next.as_deref()),
             "can_enroll": can_enroll,
+            "can_upgrade": can_enroll,
             "fleet_server": app.config.public_quic,
             "retry_minutes": agents::DUPLICATE_RETRY_S / 60,
             "quiet_minutes": agents::DUPLICATE_QUIET_MINUTES,
@@ -708,4 +709,70 @@ pub fn cancel_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp>
         Err(e) if e.kind == Kind::Conflict => Ok(redirect(&back, Some(("warning", &e.message)))),
         Err(e) => Err(e),
     }
+}
+
+/// `POST /agents/{id}/upgrade` (form): upgrades one agent, then shows the upgrade.
+pub fn upgrade_agent_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let selection = crate::agent_upgrades::Selection::Agents(vec![id.to_string()]);
+    upgrade_started(app, req, ctx, &selection)
+}
+
+/// `POST /agents/upgrade` (form, `project` optional): upgrades every outdated agent
+/// of the project, or every one the caller may manage, then shows the upgrade.
+pub fn upgrade_all_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
+    let form = req.form()?;
+    super::check_csrf(req, ctx, Some(&form))?;
+    let selection = match form.get("project").map(str::trim).filter(|p| !p.is_empty()) {
+        Some(project) => crate::agent_upgrades::Selection::Project(project.to_string()),
+        None => crate::agent_upgrades::Selection::AllOutdated,
+    };
+    upgrade_started(app, req, ctx, &selection)
+}
+
+fn upgrade_started(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    selection: &crate::agent_upgrades::Selection,
+) -> AppResult<Resp> {
+    match fleet_api::start_upgrade(app, req, ctx, selection) {
+        Ok(upgrade) => Ok(redirect(
+            &format!("/agent-upgrades/{}", upgrade.id),
+            Some((
+                "success",
+                &format!(
+                    "Upgrading {} agent(s) to {}.",
+                    upgrade.targets.len(),
+                    upgrade.to
+                ),
+            )),
+        )),
+        Err(e) if matches!(e.kind, Kind::Conflict | Kind::Invalid) => {
+            Ok(redirect("/agents", Some(("danger", &e.message))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `GET /agent-upgrades/{id}`: an upgrade's agents and where each stands, refreshed
+/// by `agent_upgrade.js` from the API while it runs.
+pub fn agent_upgrade_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    fleet_api::require_fleet(ctx)?;
+    let view = app.store.read(|r| {
+        let upgrade = crate::agent_upgrades::get_visible(r, &ctx.subject, id)?;
+        Ok(crate::agent_upgrades::view(&upgrade, &ctx.subject))
+    })?;
+    let title = format!("Agent upgrade to {}", view["to"].as_str().unwrap_or("?"));
+    page(
+        app,
+        req,
+        ctx,
+        "agent_upgrade",
+        &title,
+        json!({"upgrade": view}),
+    )
 }

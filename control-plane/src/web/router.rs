@@ -152,6 +152,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["agents", id]) => fleet_api::agent(app, &ctx, id),
         (&Method::GET, ["agent-versions"]) => fleet_api::agent_versions(app, req, &ctx),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_api::revoke_agent(app, req, &ctx, id),
+        (&Method::POST, ["agents", "upgrade"]) => fleet_api::upgrade_agents(app, req, &ctx),
+        (&Method::POST, ["agents", id, "upgrade"]) => fleet_api::upgrade_agent(app, req, &ctx, id),
+        (&Method::GET, ["agent-upgrades", id]) => fleet_api::agent_upgrade(app, &ctx, id),
         (&Method::POST, ["agents", id, "accept-host"]) => {
             fleet_api::accept_host_api(app, req, &ctx, id)
         }
@@ -398,6 +401,13 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["agents", "enroll"]) => fleet_pages::enroll_form(app, req, &ctx),
         (&Method::POST, ["agents", "enroll"]) => fleet_pages::enroll_create(app, req, &ctx),
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
+        (&Method::POST, ["agents", "upgrade"]) => fleet_pages::upgrade_all_page(app, req, &ctx),
+        (&Method::POST, ["agents", id, "upgrade"]) => {
+            fleet_pages::upgrade_agent_page(app, req, &ctx, id)
+        }
+        (&Method::GET, ["agent-upgrades", id]) => {
+            fleet_pages::agent_upgrade_page(app, req, &ctx, id)
+        }
         (&Method::POST, ["agents", id, "accept-host"]) => {
             fleet_pages::accept_host_page(app, req, &ctx, id)
         }

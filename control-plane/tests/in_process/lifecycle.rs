@@ -1,5 +1,5 @@
 //! Fleet lifecycle at the gateway: agents of the previous protocol are served (and
-//! sent nothing they do not know), older ones are refused with the upgrade path,
+//! sent nothing they do not know: no upgrade signing key), older ones are refused with the upgrade path,
 //! versions and the fleet summary, certificate renewal over the connection with a
 //! moved clock, and the refusal of an expired certificate.
 
@@ -126,6 +126,11 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
         let old = cp.agent("old-1").await;
         let old_id = old.id.clone();
         let state = old.stop_keeping_state().await;
+        // Enrolled with protocol 4, it learned the key upgrades are signed with.
+        assert!(
+            state.path().join("signing-key.pub").is_file(),
+            "no signing key kept at enrollment"
+        );
         util::eventually("the old agent is gone", || {
             cp.app.fleet.connected_count() == 1
         })
@@ -190,20 +195,12 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
             "from the old agent\n"
         );
 
-        // No terminal for protocol 2: refused with the upgrade path, no stream opened.
-        let refused = cp
-            .app
-            .fleet
-            .open_terminal(
-                &old_id,
-                dynserv_shared::proto::TerminalSize { cols: 80, rows: 24 },
-            )
-            .await
-            .err()
-            .expect("a terminal refused to the old agent");
+        // Protocol 3 knows no upgrades: its welcome carries no signing key (and no
+        // upgrade stream is ever opened to it: `agent_upgrades` fails such a target at
+        // once, `fleet::upgrade` checks the connection's protocol again).
         assert!(
-            refused.to_string().contains("upgrade the agent"),
-            "{refused}"
+            matches!(&answer, ServerControl::Welcome { signing_key, .. } if signing_key.is_empty()),
+            "{answer:?}"
         );
         // Heartbeats are answered, and nothing else comes.
         for _ in 0..2 {
@@ -238,6 +235,59 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
             page.contains("Older than the control plane"),
             "no outdated mark on the Agents page"
         );
+        assert!(
+            page.contains(&format!("action=\"/agents/{old_id}/upgrade\"")),
+            "no Upgrade button for the outdated agent"
+        );
+        assert!(
+            page.contains("Upgrade all outdated"),
+            "no Upgrade all outdated on the Agents page"
+        );
+
+        // An upgrade of the protocol-3 agent fails at once with the way to upgrade it
+        // by hand, and nothing is sent to it. The control plane serves a stand-in
+        // binary with a version marker (nothing reaches an agent here).
+        let served = state.path().join("served-agent");
+        let mut bytes = b"stand-in agent binary ".to_vec();
+        bytes.extend_from_slice(&dynserv_shared::upgrade::version_marker("9.9.9"));
+        std::fs::write(&served, &bytes).unwrap();
+        std::env::set_var("DYNSERV_AGENT_BINARY", &served);
+        let (status, created) = cp
+            .post(&format!("/api/v1/agents/{old_id}/upgrade"), &json!({}))
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let upgrade_id = created["id"].as_str().unwrap().to_string();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let upgrade = loop {
+            let upgrade = cp
+                .get_json(&format!("/api/v1/agent-upgrades/{upgrade_id}"))
+                .await;
+            if upgrade["status"] != "running" {
+                break upgrade;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upgrade never ended: {upgrade}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(upgrade["status"], "failed", "{upgrade}");
+        assert_eq!(upgrade["agents"][0]["to"], "9.9.9", "{upgrade}");
+        let error = upgrade["agents"][0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("protocol 3") && error.contains("by hand"),
+            "{upgrade}"
+        );
+        let opened =
+            tokio::time::timeout(Duration::from_millis(500), raw.connection.accept_bi()).await;
+        assert!(
+            opened.is_err(),
+            "a stream was opened to the protocol-3 agent"
+        );
+        let (status, page) = cp.get(&format!("/agent-upgrades/{upgrade_id}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("knows no upgrades"), "{page}");
+        assert!(page.contains("/static/agent_upgrade.js"), "{page}");
         raw.connection.close(0u32.into(), b"done");
 
         // Older than the previous release: refused, with the way out.

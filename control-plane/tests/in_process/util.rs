@@ -273,7 +273,7 @@ impl ControlPlane {
 pub struct Agent {
     pub id: String,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<anyhow::Result<dynserv_agent::connection::Ended>>,
     state: tempfile::TempDir,
 }
 
