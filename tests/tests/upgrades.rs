@@ -79,10 +79,22 @@ async fn setup_running(
     } else {
         agent.run();
     }
-    let view = api.connected_agent("web-1").await;
-    assert_eq!(view["version"], OLD, "{view}");
+    let id = api.connected_agent("web-1").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // `connected` is the gateway's (in memory) at once; the hello's version is stored
+    // by the ingestion's next commit, which a loaded machine may delay.
+    let view = eventually(
+        Duration::from_secs(15),
+        "the agent's hello stored with its version",
+        || async {
+            let (_, view) = api.get(&format!("/api/v1/agents/{id}")).await;
+            (view["version"] == OLD).then_some(view)
+        },
+    )
+    .await;
     assert_eq!(view["outdated"], true, "{view}");
-    let id = view["id"].as_str().unwrap().to_string();
     eventually(
         Duration::from_secs(10),
         "the agent keeps the signing key",
