@@ -145,6 +145,14 @@ pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
         container.get_item(&key)
     });
     env.add_filter("human_to_bytes", human_to_bytes);
+    env.add_filter("truncate", truncate);
+    env.add_filter("center", center);
+    env.add_filter("wordcount", |s: String| {
+        // Jinja2 counts matches of Python's `\w+`.
+        WORD.get_or_init(|| regex::Regex::new(r"\w+").expect("valid regex"))
+            .find_iter(&s)
+            .count()
+    });
 
     env.add_test("version", version_test);
     env.add_test("version_compare", version_test);
@@ -818,10 +826,74 @@ fn hash_filter(s: String, kind: Option<String>) -> Result<String, Error> {
     use sha2::Digest;
     match kind.as_deref().unwrap_or("sha1") {
         "sha1" => Ok(sha1_hex(s.as_bytes())),
+        "md5" => {
+            use md5::Digest as _;
+            Ok(hex::encode(md5::Md5::digest(s.as_bytes())))
+        }
         "sha256" => Ok(hex::encode(sha2::Sha256::digest(s.as_bytes()))),
         "sha512" => Ok(hex::encode(sha2::Sha512::digest(s.as_bytes()))),
         other => Err(err(format!("hash type {other:?} is not supported"))),
     }
+}
+
+static WORD: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+
+/// Jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`: a string up
+/// to `length + leeway` characters is kept whole; a longer one is cut to
+/// `length - len(end)` characters (at the last space unless `killwords`) and `end` added.
+fn truncate(
+    s: String,
+    length: Option<usize>,
+    killwords: Option<bool>,
+    end: Option<String>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
+    let length = kwargs
+        .get::<Option<usize>>("length")?
+        .or(length)
+        .unwrap_or(255);
+    let killwords = kwargs
+        .get::<Option<bool>>("killwords")?
+        .or(killwords)
+        .unwrap_or(false);
+    let end = kwargs
+        .get::<Option<String>>("end")?
+        .or(end)
+        .unwrap_or_else(|| "...".into());
+    // minijinja passes at most five arguments, so `leeway` is a keyword argument only.
+    let leeway = kwargs.get::<Option<usize>>("leeway")?.unwrap_or(5);
+    kwargs.assert_all_used()?;
+    let end_len = end.chars().count();
+    if length < end_len {
+        return Err(err(format!(
+            "truncate: length {length} is shorter than the end marker {end:?}"
+        )));
+    }
+    if s.chars().count() <= length + leeway {
+        return Ok(s);
+    }
+    let head: String = s.chars().take(length - end_len).collect();
+    if killwords {
+        return Ok(head + &end);
+    }
+    let kept = match head.rfind(' ') {
+        Some(i) => &head[..i],
+        None => head.as_str(),
+    };
+    Ok(format!("{kept}{end}"))
+}
+
+/// Python's `str.center(width)`: spaces on both sides, the odd one on the left when
+/// the padding and the width are both odd, else on the right.
+fn center(s: String, width: Option<usize>) -> String {
+    let width = width.unwrap_or(80);
+    let len = s.chars().count();
+    if len >= width {
+        return s;
+    }
+    let margin = width - len;
+    let left = margin / 2 + (margin & width & 1);
+    format!("{}{s}{}", " ".repeat(left), " ".repeat(margin - left))
 }
 
 /// Quotes a string for a POSIX shell, like Python's `shlex.quote`.
