@@ -192,9 +192,9 @@ pub fn check_body(kind: ScriptKind, body: &str, allow_fallback: bool) -> Result<
         // Pure parses: the files a playbook imports are the agent's, read when it runs
         // the playbook; reading them here would read (or hang on) the control plane's.
         let parsed = if allow_fallback {
-            dynserv_agent::playbook::check_playbook_text_with_ansible_fallback(body)
+            dynserv_playbook::check_playbook_text_with_ansible_fallback(body)
         } else {
-            dynserv_agent::playbook::validate(body)
+            dynserv_playbook::validate(body)
         };
         if let Err(e) = parsed {
             let (line, column) = e.pos().map(|p| (p.line, p.column)).unwrap_or((0, 0));

@@ -351,7 +351,7 @@ pub fn user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     let comment = args.str("ssh_key_comment").unwrap_or_else(|| {
                         format!(
                             "ansible-generated on {}",
-                            super::super::facts::FactSources::read().nodename
+                            crate::facts::FactSources::read().nodename
                         )
                     });
                     let passphrase = args.str("ssh_key_passphrase").unwrap_or_default();

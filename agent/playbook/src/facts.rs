@@ -27,6 +27,12 @@ pub struct FactSources {
     pub meminfo: String,
     /// Number of online CPUs.
     pub cpus: usize,
+    /// Content of `/proc/cpuinfo`.
+    pub cpuinfo: String,
+    /// The machine id (`/var/lib/dbus/machine-id`, else `/etc/machine-id`), trimmed.
+    pub machine_id: Option<String>,
+    /// Content of `/proc/uptime`.
+    pub uptime: String,
     /// Which package managers exist (`apt`, `dnf`, ...).
     pub package_managers: Vec<String>,
     /// Whether systemd is the running init.
@@ -105,6 +111,13 @@ impl FactSources {
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            cpuinfo: read("/proc/cpuinfo"),
+            machine_id: ["/var/lib/dbus/machine-id", "/etc/machine-id"]
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .map(|t| t.trim().to_string())
+                .find(|t| !t.is_empty()),
+            uptime: read("/proc/uptime"),
             package_managers,
             systemd: Path::new("/run/systemd/system").exists(),
             env: std::env::vars().collect(),
@@ -200,6 +213,7 @@ pub fn build_facts(
     sources: &FactSources,
     now: chrono::DateTime<chrono::Local>,
 ) -> Vec<(String, Value)> {
+    let cpu = cpu_facts(&sources.cpuinfo, sources.cpus);
     let release = os_release_map(&sources.os_release);
     let get = |k: &str| release.get(k).cloned().unwrap_or_default();
     let distribution = distribution_name(&get("ID"), &get("NAME"));
@@ -292,10 +306,18 @@ pub fn build_facts(
             "swaptotal_mb".into(),
             Value::from(meminfo_mb(&sources.meminfo, "SwapTotal")),
         ),
-        ("processor_vcpus".into(), Value::from(sources.cpus)),
-        ("processor_count".into(), Value::from(sources.cpus)),
-        ("processor_cores".into(), Value::from(1)),
-        ("processor_threads_per_core".into(), Value::from(1)),
+        ("processor_vcpus".into(), Value::from(cpu.vcpus)),
+        ("processor_count".into(), Value::from(cpu.count)),
+        ("processor_cores".into(), Value::from(cpu.cores)),
+        (
+            "processor_threads_per_core".into(),
+            Value::from(cpu.threads_per_core),
+        ),
+        ("processor_nproc".into(), Value::from(sources.cpus)),
+        (
+            "uptime_seconds".into(),
+            Value::from(uptime_seconds(&sources.uptime)),
+        ),
         ("env".into(), env),
         ("user_id".into(), Value::from(user.clone())),
         ("user_uid".into(), Value::from(*uid)),
@@ -342,7 +364,98 @@ pub fn build_facts(
             Value::from(Vec::<String>::new()),
         ));
     }
+    if let Some(machine_id) = &sources.machine_id {
+        facts.push(("machine_id".into(), Value::from(machine_id.clone())));
+    }
     facts
+}
+
+/// Processor counts as Ansible's Linux hardware collector derives them from
+/// `/proc/cpuinfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuFacts {
+    /// Sockets (distinct `physical id`s), else the logical processors.
+    count: usize,
+    /// Cores per socket (`cpu cores` of the first socket), else 1.
+    cores: usize,
+    /// `siblings` over `cpu cores`, else 1.
+    threads_per_core: usize,
+    /// threads per core × cores × sockets.
+    vcpus: usize,
+}
+
+/// Ansible's rule (module_utils/facts/hardware/linux.py, `get_cpu_facts`, x86 and
+/// most other architectures): sockets are keyed by `physical id` and hold `cpu cores`,
+/// cores are keyed by `core id` and hold `siblings`; the first of each is used. Without
+/// sockets the logical processors (`processor` lines, as Ansible counts them on ARM)
+/// are the count; with no `processor` line at all, the online CPU count stands in.
+fn cpu_facts(cpuinfo: &str, online: usize) -> CpuFacts {
+    let mut logical = 0usize;
+    let mut sockets: Vec<(String, usize)> = Vec::new();
+    let mut cores: Vec<(String, usize)> = Vec::new();
+    let mut physical_id = String::from("0");
+    let mut core_id = String::from("0");
+    let set = |list: &mut Vec<(String, usize)>, key: &str, value: usize| match list
+        .iter_mut()
+        .find(|(k, _)| k == key)
+    {
+        Some(entry) => entry.1 = value,
+        None => list.push((key.to_string(), value)),
+    };
+    for line in cpuinfo.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "processor" => logical += 1,
+            "physical id" => {
+                physical_id = value.to_string();
+                if !sockets.iter().any(|(k, _)| k == value) {
+                    sockets.push((value.to_string(), 1));
+                }
+            }
+            "core id" => {
+                core_id = value.to_string();
+                // Ansible checks the socket table here, not the core table.
+                if !sockets.iter().any(|(k, _)| k == value) {
+                    set(&mut cores, value, 1);
+                }
+            }
+            "cpu cores" => set(&mut sockets, &physical_id, value.parse().unwrap_or(0)),
+            "siblings" => set(&mut cores, &core_id, value.parse().unwrap_or(0)),
+            _ => {}
+        }
+    }
+    if logical == 0 {
+        logical = online.max(1);
+    }
+    let count = if sockets.is_empty() {
+        logical
+    } else {
+        sockets.len()
+    };
+    let per_socket = sockets.first().map(|(_, v)| *v).unwrap_or(0);
+    let cores_per_socket = if per_socket > 0 { per_socket } else { 1 };
+    // Python's round(): halves to even.
+    let siblings = cores.first().map(|(_, v)| *v).unwrap_or(1);
+    let threads_per_core = (siblings as f64 / cores_per_socket as f64).round_ties_even() as usize;
+    CpuFacts {
+        count,
+        cores: cores_per_socket,
+        threads_per_core,
+        vcpus: threads_per_core * cores_per_socket * count,
+    }
+}
+
+/// Whole seconds since boot, from the first field of `/proc/uptime`.
+fn uptime_seconds(uptime: &str) -> i64 {
+    uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|s| s as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -382,5 +495,34 @@ mod tests {
         assert_eq!(debian["distribution_release"], Value::from("bookworm"));
         assert_eq!(debian["pkg_mgr"], Value::from("apt"));
         assert_eq!(debian["service_mgr"], Value::from("systemd"));
+    }
+
+    /// Sockets, cores and threads come from /proc/cpuinfo as Ansible counts them, so
+    /// processor_count is sockets and processor_cores is cores per socket (they were
+    /// swapped: count held the logical CPUs and cores was always 1).
+    #[test]
+    fn processor_counts() {
+        let cpu = |physical: &str, core: &str| {
+            format!("processor\t: 0\nphysical id\t: {physical}\nsiblings\t: 4\ncore id\t\t: {core}\ncpu cores\t: 2\n\n")
+        };
+        // One socket, two cores, two threads each (4 logical CPUs).
+        let text = [cpu("0", "0"), cpu("0", "0"), cpu("0", "1"), cpu("0", "1")].concat();
+        let expected = CpuFacts {
+            count: 1,
+            cores: 2,
+            threads_per_core: 2,
+            vcpus: 4,
+        };
+        assert_eq!(cpu_facts(&text, 4), expected);
+        // No topology (many ARM and some virtual machines): logical CPUs count as sockets.
+        let arm = "processor\t: 0\nBogoMIPS\t: 50\n\nprocessor\t: 1\nBogoMIPS\t: 50\n";
+        let expected = CpuFacts {
+            count: 2,
+            cores: 1,
+            threads_per_core: 1,
+            vcpus: 2,
+        };
+        assert_eq!(cpu_facts(arm, 2), expected);
+        assert_eq!(uptime_seconds("8584.82 6877.39\n"), 8584);
     }
 }

@@ -272,7 +272,7 @@ pub fn lineinfile(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
             match &matched {
                 Some(caps) => {
                     let mut out = String::new();
-                    caps.expand(&super::super::filters::python_replacement(&line), &mut out);
+                    caps.expand(&crate::filters::python_replacement(&line), &mut out);
                     out
                 }
                 None => line.clone(),
@@ -479,8 +479,7 @@ pub fn replace(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         .ok_or_else(|| ArgError::Missing("path".into()))?;
     let path = Path::new(&path_text);
     let regexp = args.required("regexp")?;
-    let replacement =
-        super::super::filters::python_replacement(&args.str("replace").unwrap_or_default());
+    let replacement = crate::filters::python_replacement(&args.str("replace").unwrap_or_default());
     let Ok(text) = fs::read_to_string(path) else {
         return Ok(Outcome::failed(format!("Path {path_text} does not exist !")).with("rc", 257));
     };

@@ -439,7 +439,7 @@ pub fn copy(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         let text = match content.kind() {
             minijinja::value::ValueKind::String => content.as_str().unwrap_or_default().to_string(),
             minijinja::value::ValueKind::Map | minijinja::value::ValueKind::Seq => {
-                super::super::filters::json_compact(&content).unwrap_or_default()
+                crate::filters::json_compact(&content).unwrap_or_default()
             }
             _ => super::value_to_string(&content),
         };

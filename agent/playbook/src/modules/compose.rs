@@ -217,7 +217,7 @@ pub fn compose(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         let file = dir.join("compose.yaml");
         let json =
             serde_json::to_value(&definition).map_err(|e| ArgError::Invalid(e.to_string()))?;
-        let text = crate::playbook::yaml::to_yaml_text(&json).map_err(ArgError::Invalid)?;
+        let text = crate::yaml::to_yaml_text(&json).map_err(ArgError::Invalid)?;
         std::fs::write(&file, text).map_err(|e| ArgError::Invalid(e.to_string()))?;
         base.extend([
             "--project-directory".into(),

@@ -145,6 +145,16 @@ pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
         container.get_item(&key)
     });
     env.add_filter("human_to_bytes", human_to_bytes);
+    env.add_filter("truncate", truncate);
+    env.add_filter("center", center);
+    env.add_filter("to_uuid", to_uuid);
+    env.add_filter("product", product);
+    env.add_filter("wordcount", |s: String| {
+        // Jinja2 counts matches of Python's `\w+`.
+        WORD.get_or_init(|| regex::Regex::new(r"\w+").expect("valid regex"))
+            .find_iter(&s)
+            .count()
+    });
 
     env.add_test("version", version_test);
     env.add_test("version_compare", version_test);
@@ -818,10 +828,138 @@ fn hash_filter(s: String, kind: Option<String>) -> Result<String, Error> {
     use sha2::Digest;
     match kind.as_deref().unwrap_or("sha1") {
         "sha1" => Ok(sha1_hex(s.as_bytes())),
+        "md5" => {
+            use md5::Digest as _;
+            Ok(hex::encode(md5::Md5::digest(s.as_bytes())))
+        }
         "sha256" => Ok(hex::encode(sha2::Sha256::digest(s.as_bytes()))),
         "sha512" => Ok(hex::encode(sha2::Sha512::digest(s.as_bytes()))),
         other => Err(err(format!("hash type {other:?} is not supported"))),
     }
+}
+
+static WORD: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+
+/// Jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`: a string up
+/// to `length + leeway` characters is kept whole; a longer one is cut to
+/// `length - len(end)` characters (at the last space unless `killwords`) and `end` added.
+fn truncate(
+    s: String,
+    length: Option<usize>,
+    killwords: Option<bool>,
+    end: Option<String>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
+    let length = kwargs
+        .get::<Option<usize>>("length")?
+        .or(length)
+        .unwrap_or(255);
+    let killwords = kwargs
+        .get::<Option<bool>>("killwords")?
+        .or(killwords)
+        .unwrap_or(false);
+    let end = kwargs
+        .get::<Option<String>>("end")?
+        .or(end)
+        .unwrap_or_else(|| "...".into());
+    // minijinja passes at most five arguments, so `leeway` is a keyword argument only.
+    let leeway = kwargs.get::<Option<usize>>("leeway")?.unwrap_or(5);
+    kwargs.assert_all_used()?;
+    let end_len = end.chars().count();
+    if length < end_len {
+        return Err(err(format!(
+            "truncate: length {length} is shorter than the end marker {end:?}"
+        )));
+    }
+    if s.chars().count() <= length + leeway {
+        return Ok(s);
+    }
+    let head: String = s.chars().take(length - end_len).collect();
+    if killwords {
+        return Ok(head + &end);
+    }
+    let kept = match head.rfind(' ') {
+        Some(i) => &head[..i],
+        None => head.as_str(),
+    };
+    Ok(format!("{kept}{end}"))
+}
+
+/// Python's `str.center(width)`: spaces on both sides, the odd one on the left when
+/// the padding and the width are both odd, else on the right.
+fn center(s: String, width: Option<usize>) -> String {
+    let width = width.unwrap_or(80);
+    let len = s.chars().count();
+    if len >= width {
+        return s;
+    }
+    let margin = width - len;
+    let left = margin / 2 + (margin & width & 1);
+    format!("{}{s}{}", " ".repeat(left), " ".repeat(margin - left))
+}
+
+/// Ansible's namespace for `to_uuid` (`UUID_NAMESPACE_ANSIBLE`).
+const UUID_NAMESPACE_ANSIBLE: [u8; 16] = [
+    0x36, 0x1e, 0x6d, 0x51, 0xfa, 0xec, 0x44, 0x4a, 0x90, 0x79, 0x34, 0x13, 0x86, 0xda, 0x8e, 0x2e,
+];
+
+/// Ansible's `to_uuid(namespace=UUID_NAMESPACE_ANSIBLE)`: an RFC 4122 version 5 UUID
+/// (SHA-1 of the namespace's bytes and the text), lower-case and hyphenated.
+fn to_uuid(value: Value, namespace: Option<String>, kwargs: Kwargs) -> Result<String, Error> {
+    use sha1::Digest;
+    let namespace = kwargs.get::<Option<String>>("namespace")?.or(namespace);
+    kwargs.assert_all_used()?;
+    let namespace = match namespace {
+        None => UUID_NAMESPACE_ANSIBLE.to_vec(),
+        Some(text) => {
+            let digits: String = text.chars().filter(|c| *c != '-').collect();
+            match hex::decode(&digits) {
+                Ok(bytes) if bytes.len() == 16 => bytes,
+                _ => return Err(err(format!("to_uuid: {text:?} is not a UUID"))),
+            }
+        }
+    };
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(&namespace);
+    hasher.update(text(&value).as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x50;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h = hex::encode(bytes);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+/// Ansible's `product` (itertools.product): the cartesian product of the value and the
+/// given lists, each combination a list, in itertools' order.
+fn product(value: Value, rest: minijinja::value::Rest<Value>) -> Result<Value, Error> {
+    let mut combinations: Vec<Vec<Value>> = vec![Vec::new()];
+    for list in std::iter::once(&value).chain(rest.iter()) {
+        let items = to_list(list)?;
+        let mut next = Vec::with_capacity(combinations.len() * items.len());
+        for prefix in &combinations {
+            for item in &items {
+                let mut combination = prefix.clone();
+                combination.push(item.clone());
+                next.push(combination);
+            }
+        }
+        combinations = next;
+    }
+    Ok(Value::from(
+        combinations
+            .into_iter()
+            .map(Value::from)
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// Quotes a string for a POSIX shell, like Python's `shlex.quote`.

@@ -5,16 +5,29 @@
 //! modules it calls, so a run can be driven from the CLI, from a control-plane job (with
 //! output streamed and secrets masked) or from a test.
 //!
+//! Split by concern: what is printed (`output`), loop items (`loops`), run-time
+//! includes (`includes`) and the built-in actions that touch the run's own state
+//! (`actions`); this module holds the runner itself: plays, variables, conditionals,
+//! blocks, handlers and a task's life from its keywords to its registered result.
+//!
 //! What does not live here: parsing (`model`), templating (`template`), what a module
 //! does (`modules`).
 
-use super::facts::{build_facts, FactSources};
-use super::model::{Inherited, LoopKind, Play, Playbook, Task, TaskBody};
-use super::modules::{self, files, ModuleContext, Outcome};
-use super::roles::RoleScope;
-use super::template::{python_repr, Templar, TemplateError, OMIT};
+mod actions;
+mod includes;
+mod loops;
+mod output;
+
+use crate::facts::{build_facts, FactSources};
+use crate::model::{Inherited, LoopKind, Play, Playbook, Task, TaskBody};
+use crate::modules::{self, files, ModuleContext, Outcome};
+use crate::roles::RoleScope;
+use crate::template::{python_repr, Templar, TemplateError, OMIT};
+use actions::{action_pause, template_args};
 use minijinja::value::ValueKind;
 use minijinja::Value;
+use output::displayable;
+pub use output::{banner, item_label, unified_diff};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +56,7 @@ pub struct RunOptions {
     pub become_program: Option<PathBuf>,
     /// ansible-core's `ansible` program, when tasks with modules the runtime lacks may run
     /// through it (the playbook must then be parsed with
-    /// [`parse_playbook_with_ansible_fallback`](super::model::parse_playbook_with_ansible_fallback)).
+    /// [`parse_playbook_with_ansible_fallback`](crate::model::parse_playbook_with_ansible_fallback)).
     pub ansible_fallback: Option<PathBuf>,
     /// Set from another thread to stop the run before its next task (job cancellation).
     pub cancel: Option<Arc<AtomicBool>>,
@@ -136,12 +149,6 @@ pub fn run_playbook(
     }
 }
 
-/// Ansible's banner: the text padded with stars to 80 columns.
-pub fn banner(text: &str) -> String {
-    let stars = 79usize.saturating_sub(text.chars().count()).max(3);
-    format!("{text} {}", "*".repeat(stars))
-}
-
 /// Whether a task with `tags` runs under `--tags`/`--skip-tags`.
 pub fn tags_selected(tags: &[String], only: &[String], skip: &[String]) -> bool {
     let has = |t: &str| tags.iter().any(|x| x == t);
@@ -190,130 +197,6 @@ fn merge(parent: &Inherited, child: &Inherited) -> Inherited {
         any_errors_fatal: pick(&child.any_errors_fatal, &parent.any_errors_fatal),
         role: child.role.clone().or_else(|| parent.role.clone()),
     }
-}
-
-/// Python-style display of a loop item: strings bare, containers as Python literals.
-pub fn item_label(item: &Value) -> String {
-    match item.kind() {
-        ValueKind::String => item.as_str().unwrap_or_default().to_string(),
-        _ => python_literal(item),
-    }
-}
-
-fn python_literal(value: &Value) -> String {
-    match value.kind() {
-        ValueKind::Seq => format!(
-            "[{}]",
-            value
-                .try_iter()
-                .map(|items| items
-                    .map(|i| python_literal(&i))
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
-        ),
-        ValueKind::Map => format!(
-            "{{{}}}",
-            value
-                .try_iter()
-                .map(|keys| keys
-                    .map(|k| format!(
-                        "{}: {}",
-                        python_literal(&k),
-                        python_literal(&value.get_item(&k).unwrap_or_default())
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
-        ),
-        _ => python_repr(value),
-    }
-}
-
-/// Removes internal keys and, for `debug`-style results, everything but `msg`.
-fn displayable(outcome: &Outcome, no_log: bool) -> serde_json::Value {
-    if no_log {
-        return serde_json::json!({
-            "censored": "the output has been hidden due to the fact that 'no_log: true' was specified for this result",
-            "changed": outcome.changed(),
-        });
-    }
-    // Like the default callback: debug results show only their message (or variable).
-    let debug = outcome.get("_ansible_debug").is_some();
-    let mut map = serde_json::Map::new();
-    for (key, value) in outcome.fields() {
-        if key.starts_with("_ansible") || key == "invocation" || key == "diff" || key == "failed" {
-            continue;
-        }
-        if key == "changed" && debug {
-            continue;
-        }
-        if debug
-            && outcome.get("msg").is_some()
-            && !matches!(
-                key.as_str(),
-                "msg" | "failed" | "exception" | "warnings" | "deprecations"
-            )
-        {
-            continue;
-        }
-        map.insert(
-            key.clone(),
-            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
-        );
-    }
-    serde_json::Value::Object(map)
-}
-
-fn pretty_json(value: &serde_json::Value) -> String {
-    let mut out = Vec::new();
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
-    if serde::Serialize::serialize(value, &mut serializer).is_err() {
-        return value.to_string();
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A minimal line diff for `--diff` output.
-pub fn unified_diff(before: &str, after: &str, header: &str) -> Vec<String> {
-    let a: Vec<&str> = before.lines().collect();
-    let b: Vec<&str> = after.lines().collect();
-    let mut out = vec![
-        format!("--- before: {header}"),
-        format!("+++ after: {header}"),
-    ];
-    if a.len() * b.len() > 4_000_000 {
-        out.extend(a.iter().map(|l| format!("-{l}")));
-        out.extend(b.iter().map(|l| format!("+{l}")));
-        return out;
-    }
-    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    out.push(format!("@@ -1,{} +1,{} @@", a.len(), b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            out.push(format!(" {}", a[i]));
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            out.push(format!("-{}", a[i]));
-            i += 1;
-        } else {
-            out.push(format!("+{}", b[j]));
-            j += 1;
-        }
-    }
-    out
 }
 
 struct Runner<'a> {
@@ -384,31 +267,6 @@ impl<'a> Runner<'a> {
             roles_ran: HashSet::new(),
             roles_completed: HashSet::new(),
         }
-    }
-
-    fn emit(&mut self, line: &str) {
-        let mut text = line.to_string();
-        for secret in &self.options.secrets {
-            if !secret.is_empty() {
-                text = text.replace(secret.as_str(), "********");
-            }
-        }
-        (self.sink)(&text);
-    }
-
-    fn emit_banner(&mut self, text: &str) {
-        self.emit("");
-        let line = banner(text);
-        self.emit(&line);
-    }
-
-    fn recap(&mut self) {
-        self.emit_banner("PLAY RECAP");
-        let line = self
-            .stats
-            .recap_line(&self.options.inventory_hostname.clone());
-        self.emit(&line);
-        self.emit("");
     }
 
     fn host(&self) -> &str {
@@ -539,7 +397,7 @@ impl<'a> Runner<'a> {
                 .filter(|s| !s.is_empty())
                 .collect(),
         };
-        let hostname = super::facts::nodename();
+        let hostname = crate::facts::nodename();
         patterns.iter().any(|p| {
             let p = p.trim_start_matches('&');
             matches!(p, "all" | "*" | "localhost" | "127.0.0.1" | "ungrouped")
@@ -648,7 +506,7 @@ impl<'a> Runner<'a> {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("could not read {}: {e}", path.display()))?;
             let node =
-                super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                crate::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let value = node.to_value();
             if value.kind() != ValueKind::Map && !value.is_none() {
                 return Err(format!(
@@ -795,8 +653,8 @@ impl<'a> Runner<'a> {
                     return;
                 }
                 // ansible-core's own module runs under the name the playbook wrote.
-                let module = if module == super::model::ANSIBLE_FALLBACK {
-                    format!("{}:{written}", super::model::ANSIBLE_FALLBACK)
+                let module = if module == crate::model::ANSIBLE_FALLBACK {
+                    format!("{}:{written}", crate::model::ANSIBLE_FALLBACK)
                 } else {
                     module.clone()
                 };
@@ -831,7 +689,7 @@ impl<'a> Runner<'a> {
             }
             (None, _) => task.default_name(),
         };
-        let title = if !super::template::is_template(&raw) {
+        let title = if !crate::template::is_template(&raw) {
             raw
         } else {
             let ctx = self.context(scope, &[]);
@@ -859,221 +717,6 @@ impl<'a> Runner<'a> {
                 Ok(modules::parse_bool(&rendered).unwrap_or(default))
             }
         }
-    }
-
-    fn loop_items(
-        &self,
-        scope: &Inherited,
-        kind: &LoopKind,
-        source: &Value,
-        ctx: &Value,
-    ) -> Result<Vec<Value>, String> {
-        let value = self
-            .templar
-            .template(source, ctx)
-            .map_err(|e| e.to_string())?;
-        let as_list = |v: &Value| -> Result<Vec<Value>, String> {
-            match v.kind() {
-                ValueKind::Seq | ValueKind::Iterable => Ok(v.try_iter().map_err(|e| e.to_string())?.collect()),
-                ValueKind::None => Ok(Vec::new()),
-                _ => Err(format!(
-                    "Invalid data passed to 'loop', it requires a list, got this instead: {}. Hint: If you passed a list/dict of just one element, try adding wantlist=True to your lookup invocation or use q/query instead of lookup.",
-                    item_label(v)
-                )),
-            }
-        };
-        match kind {
-            LoopKind::Loop => as_list(&value),
-            LoopKind::Items => {
-                let list = if value.kind() == ValueKind::Seq {
-                    value.clone()
-                } else {
-                    Value::from(vec![value.clone()])
-                };
-                super::filters::flatten(&list, Some(1)).map_err(|e| e.to_string())
-            }
-            LoopKind::List => {
-                if value.kind() == ValueKind::Seq {
-                    as_list(&value)
-                } else {
-                    Ok(vec![value])
-                }
-            }
-            LoopKind::Dict => {
-                if value.kind() != ValueKind::Map {
-                    return Err("with_dict expects a dict".into());
-                }
-                let mut out = Vec::new();
-                for key in value.try_iter().map_err(|e| e.to_string())? {
-                    let item = value.get_item(&key).map_err(|e| e.to_string())?;
-                    out.push(Value::from_pairs([("key", key), ("value", item)]));
-                }
-                Ok(out)
-            }
-            LoopKind::IndexedItems => Ok(super::filters::flatten(&value, Some(1))
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| Value::from(vec![Value::from(i), v]))
-                .collect()),
-            LoopKind::Fileglob => {
-                let patterns = if value.kind() == ValueKind::Seq {
-                    as_list(&value)?
-                } else {
-                    vec![value]
-                };
-                let mut out = Vec::new();
-                for pattern in patterns {
-                    let pattern = modules::value_to_string(&pattern);
-                    let full = if pattern.starts_with('/') {
-                        pattern
-                    } else {
-                        self.role_dirs(scope)
-                            .into_iter()
-                            .map(|d| d.join("files"))
-                            .find(|d| d.is_dir())
-                            .unwrap_or_else(|| self.base_dir.join("files"))
-                            .join(&pattern)
-                            .display()
-                            .to_string()
-                    };
-                    if let Ok(paths) = glob::glob(&full) {
-                        for p in paths.flatten().filter(|p| p.is_file()) {
-                            out.push(Value::from(p.display().to_string()));
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            LoopKind::Sequence => sequence_items(&value),
-            LoopKind::Together => {
-                let lists: Vec<Vec<Value>> = as_list(&value)?
-                    .iter()
-                    .map(as_list)
-                    .collect::<Result<_, _>>()?;
-                let len = lists.iter().map(Vec::len).max().unwrap_or(0);
-                Ok((0..len)
-                    .map(|i| {
-                        Value::from(
-                            lists
-                                .iter()
-                                .map(|l| l.get(i).cloned().unwrap_or(Value::from(())))
-                                .collect::<Vec<_>>(),
-                        )
-                    })
-                    .collect())
-            }
-            LoopKind::Nested => {
-                let lists: Vec<Vec<Value>> = as_list(&value)?
-                    .iter()
-                    .map(as_list)
-                    .collect::<Result<_, _>>()?;
-                let mut combos: Vec<Vec<Value>> = vec![Vec::new()];
-                for list in lists {
-                    combos = combos
-                        .into_iter()
-                        .flat_map(|prefix| {
-                            list.iter().map(move |v| {
-                                let mut c = prefix.clone();
-                                c.push(v.clone());
-                                c
-                            })
-                        })
-                        .collect();
-                }
-                Ok(combos.into_iter().map(Value::from).collect())
-            }
-            LoopKind::Lines => {
-                let command = modules::value_to_string(&value);
-                let output = std::process::Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(&command)
-                    .current_dir(&self.base_dir)
-                    .output()
-                    .map_err(|e| format!("lookup_plugin.lines({command}) failed: {e}"))?;
-                Ok(String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .map(Value::from)
-                    .collect())
-            }
-            LoopKind::File => {
-                let names = if value.kind() == ValueKind::Seq {
-                    as_list(&value)?
-                } else {
-                    vec![value]
-                };
-                names
-                    .iter()
-                    .map(|n| {
-                        let name = modules::value_to_string(n);
-                        let path = self.resolve_local(scope, &name, "files");
-                        std::fs::read_to_string(&path)
-                            .map(|t| Value::from(t.trim_end().to_string()))
-                            .map_err(|e| format!("could not read {name}: {e}"))
-                    })
-                    .collect()
-            }
-            LoopKind::Subelements => {
-                let parts = as_list(&value)?;
-                let (Some(list), Some(key)) = (parts.first(), parts.get(1)) else {
-                    return Err("with_subelements expects a list and a key".into());
-                };
-                let key = modules::value_to_string(key);
-                let mut out = Vec::new();
-                for element in as_list(list)? {
-                    let sub = element.get_attr(&key).map_err(|e| e.to_string())?;
-                    // Like Ansible's lookup, the first item is the element without the subkey.
-                    let mut rest = Vec::new();
-                    for k in element.try_iter().map_err(|e| e.to_string())? {
-                        if k.as_str() != Some(key.as_str()) {
-                            rest.push((k.clone(), element.get_item(&k).unwrap_or_default()));
-                        }
-                    }
-                    let parent = Value::from_pairs(rest);
-                    for s in as_list(&sub)? {
-                        out.push(Value::from(vec![parent.clone(), s]));
-                    }
-                }
-                Ok(out)
-            }
-        }
-    }
-
-    /// The directories a task's relative files are searched in: its role's, then the
-    /// play's.
-    fn role_dirs(&self, scope: &Inherited) -> Vec<PathBuf> {
-        let mut dirs = Vec::new();
-        if let Some(role) = &scope.role {
-            dirs.push(role.path.clone());
-        }
-        dirs.push(self.base_dir.clone());
-        dirs
-    }
-
-    /// Finds a file for `src`: in the task's role (`<role>/<subdir>/<name>`,
-    /// `<role>/<name>`, `<role>/tasks/<name>`), then `<base>/<subdir>/<name>`, then
-    /// `<base>/<name>`, as Ansible's search path for a role's task.
-    fn resolve_local(&self, scope: &Inherited, name: &str, subdir: &str) -> PathBuf {
-        let path = Path::new(name);
-        if path.is_absolute() {
-            return path.to_path_buf();
-        }
-        if let Some(role) = &scope.role {
-            for candidate in [
-                role.path.join(subdir).join(path),
-                role.path.join(path),
-                role.path.join("tasks").join(path),
-            ] {
-                if candidate.exists() {
-                    return candidate;
-                }
-            }
-        }
-        let candidate = self.base_dir.join(subdir).join(path);
-        if candidate.exists() {
-            return candidate;
-        }
-        self.base_dir.join(path)
     }
 
     fn run_action_task(
@@ -1287,7 +930,7 @@ impl<'a> Runner<'a> {
     /// A task that failed before any item ran (bad loop, bad keyword value).
     fn finish_failed_outright(&mut self, task: &Task, host: &str, message: &str) {
         let outcome = Outcome::failed(message.to_string());
-        let json = super::filters::python_json(&displayable(&outcome, false));
+        let json = crate::filters::python_json(&displayable(&outcome, false));
         self.emit(&format!("fatal: [{host}]: FAILED! => {json}"));
         let title = task.name.clone().unwrap_or_else(|| task.default_name());
         self.mark_failed(task, &title, &outcome);
@@ -1300,125 +943,6 @@ impl<'a> Runner<'a> {
             stored.remove("_ansible_verbose_always");
             stored.remove("_ansible_debug");
             self.set_host_var(name, stored.to_value());
-        }
-    }
-
-    fn print_diff(&mut self, outcome: &Outcome, scope: &Inherited) {
-        let ctx = self.context(scope, &[]);
-        let diff_mode = self
-            .eval_bool(&scope.diff, &ctx, self.options.diff)
-            .unwrap_or(self.options.diff);
-        if !diff_mode || !outcome.changed() {
-            return;
-        }
-        let Some(diff) = outcome.get("diff") else {
-            return;
-        };
-        let get = |k: &str| {
-            diff.get_attr(k)
-                .ok()
-                .filter(|v| !v.is_undefined())
-                .map(|v| modules::value_to_string(&v))
-                .unwrap_or_default()
-        };
-        for line in unified_diff(&get("before"), &get("after"), &get("after_header")) {
-            self.emit(&line);
-        }
-    }
-
-    /// Ansible 2.19's `[ERROR]: Task failed: ...` line with the task's origin.
-    fn emit_origin(&mut self, task: &Task, outcome: &Outcome) {
-        let msg = outcome
-            .get("msg")
-            .map(modules::value_to_string)
-            .unwrap_or_default();
-        self.emit(&format!("[ERROR]: Task failed: {msg}"));
-        let file = task
-            .file
-            .as_deref()
-            .cloned()
-            .or_else(|| self.playbook.source_path.clone());
-        if let Some(file) = file {
-            self.emit(&format!(
-                "Origin: {}:{}:{}",
-                file.display(),
-                task.pos.line,
-                task.pos.column
-            ));
-            self.emit("");
-        }
-    }
-
-    fn print_single(
-        &mut self,
-        task: &Task,
-        host: &str,
-        outcome: &Outcome,
-        no_log: bool,
-        ignore_errors: bool,
-        scope: &Inherited,
-    ) {
-        self.print_diff(outcome, scope);
-        let verbose = outcome
-            .get("_ansible_verbose_always")
-            .is_some_and(Value::is_true);
-        if outcome.is_failed() {
-            self.emit_origin(task, outcome);
-            let json = super::filters::python_json(&displayable(outcome, no_log));
-            self.emit(&format!("fatal: [{host}]: FAILED! => {json}"));
-            if ignore_errors {
-                self.emit("...ignoring");
-            }
-        } else if outcome.skipped() {
-            self.emit(&format!("skipping: [{host}]"));
-        } else {
-            let status = if outcome.changed() { "changed" } else { "ok" };
-            if verbose {
-                let json = pretty_json(&displayable(outcome, no_log));
-                for (i, line) in json.lines().enumerate() {
-                    if i == 0 {
-                        self.emit(&format!("{status}: [{host}] => {line}"));
-                    } else {
-                        self.emit(line);
-                    }
-                }
-            } else {
-                self.emit(&format!("{status}: [{host}]"));
-            }
-        }
-    }
-
-    fn print_item(
-        &mut self,
-        host: &str,
-        label: &str,
-        outcome: &Outcome,
-        no_log: bool,
-        scope: &Inherited,
-    ) {
-        self.print_diff(outcome, scope);
-        let verbose = outcome
-            .get("_ansible_verbose_always")
-            .is_some_and(Value::is_true);
-        if outcome.is_failed() {
-            let json = super::filters::python_json(&displayable(outcome, no_log));
-            self.emit(&format!("failed: [{host}] (item={label}) => {json}"));
-        } else if outcome.skipped() {
-            self.emit(&format!("skipping: [{host}] => (item={label}) "));
-        } else {
-            let status = if outcome.changed() { "changed" } else { "ok" };
-            if verbose {
-                let json = pretty_json(&displayable(outcome, no_log));
-                for (i, line) in json.lines().enumerate() {
-                    if i == 0 {
-                        self.emit(&format!("{status}: [{host}] => (item={label}) => {line}"));
-                    } else {
-                        self.emit(line);
-                    }
-                }
-            } else {
-                self.emit(&format!("{status}: [{host}] => (item={label})"));
-            }
         }
     }
 
@@ -1662,10 +1186,10 @@ impl<'a> Runner<'a> {
                 }
                 self.run_module(module, &args, &mctx, become_user.as_deref())
             }
-            _ if module.starts_with(super::model::ANSIBLE_FALLBACK) => {
+            _ if module.starts_with(crate::model::ANSIBLE_FALLBACK) => {
                 let written = module.split_once(':').map(|(_, w)| w).unwrap_or_default();
                 match &self.options.ansible_fallback {
-                    Some(program) => super::fallback::run_ansible_module(program, written, &templated, &mctx, become_user.as_deref()),
+                    Some(program) => crate::fallback::run_ansible_module(program, written, &templated, &mctx, become_user.as_deref()),
                     None => Outcome::failed(format!("couldn't resolve module/action '{written}': the native runtime does not implement it")),
                 }
             }
@@ -1735,7 +1259,7 @@ impl<'a> Runner<'a> {
     ) -> Outcome {
         match become_user {
             None => modules::run_module(module, args, mctx),
-            Some(user) => super::become_::run_module_as(
+            Some(user) => crate::become_::run_module_as(
                 self.options.become_program.as_deref(),
                 user,
                 module,
@@ -1743,397 +1267,6 @@ impl<'a> Runner<'a> {
                 mctx,
             ),
         }
-    }
-
-    fn run_meta(&mut self, args: &Value, scope: &Inherited) {
-        let action = arg_str(args, "_raw_params").unwrap_or_default();
-        let ctx = self.context(scope, &[]);
-        if !scope.when.is_empty() {
-            let run = scope
-                .when
-                .iter()
-                .all(|c| self.templar.condition(c, &ctx).unwrap_or(false));
-            if !run {
-                return;
-            }
-        }
-        match action.trim() {
-            "flush_handlers" => self.flush_handlers(),
-            "end_play" | "end_host" | "end_batch" => self.end_play = true,
-            "clear_facts" => self.facts = None,
-            "clear_host_errors" => {}
-            _ => {}
-        }
-    }
-
-    fn action_debug(&self, args: &Value, ctx: &Value) -> Outcome {
-        let verbosity = args
-            .get_attr("verbosity")
-            .ok()
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
-        if verbosity > 0 {
-            return Outcome::new()
-                .with("skipped", true)
-                .with("skipped_reason", "Verbosity threshold not met.");
-        }
-        let mut outcome = Outcome::default();
-        if let Some(var) = arg_str(args, "var") {
-            let value = match self.templar.template_str(&format!("{{{{ {var} }}}}"), ctx) {
-                Ok(v) => v,
-                Err(TemplateError::Undefined { .. }) => Value::from("VARIABLE IS NOT DEFINED!"),
-                Err(e) => Value::from(e.to_string()),
-            };
-            outcome.set(&var, value);
-        } else {
-            let msg = args
-                .get_attr("msg")
-                .ok()
-                .filter(|v| !v.is_undefined())
-                .unwrap_or(Value::from("Hello world!"));
-            outcome.set("msg", msg);
-        }
-        outcome.set("changed", false);
-        outcome.set("_ansible_verbose_always", true);
-        outcome.set("_ansible_debug", true);
-        outcome
-    }
-
-    fn action_set_fact(&mut self, args: &Value) -> Outcome {
-        let mut facts = Vec::new();
-        if let Ok(keys) = args.try_iter() {
-            for key in keys {
-                let Some(name) = key.as_str() else { continue };
-                if name == "cacheable" {
-                    continue;
-                }
-                let value = args.get_item(&key).unwrap_or_default();
-                facts.push((name.to_string(), value));
-            }
-        }
-        if facts.is_empty() {
-            return Outcome::failed(
-                "No key/value pairs provided, at least one is required for this action to succeed",
-            );
-        }
-        for (k, v) in &facts {
-            self.set_host_var(k, v.clone());
-        }
-        Outcome::new().with("ansible_facts", Value::from_pairs(facts))
-    }
-
-    fn action_assert(&self, args: &Value, ctx: &Value) -> Outcome {
-        let that = args.get_attr("that").unwrap_or_default();
-        let conditions: Vec<Value> = match that.kind() {
-            ValueKind::Seq => that.try_iter().map(|i| i.collect()).unwrap_or_default(),
-            ValueKind::Undefined | ValueKind::None => {
-                return Outcome::failed("conditional required in \"that\" string");
-            }
-            _ => vec![that],
-        };
-        let quiet = args
-            .get_attr("quiet")
-            .ok()
-            .and_then(|v| modules::parse_bool(&v))
-            .unwrap_or(false);
-        for condition in conditions {
-            match self.templar.condition(&condition, ctx) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let msg = args
-                        .get_attr("fail_msg")
-                        .ok()
-                        .filter(|v| !v.is_undefined() && !v.is_none())
-                        .or_else(|| {
-                            args.get_attr("msg")
-                                .ok()
-                                .filter(|v| !v.is_undefined() && !v.is_none())
-                        })
-                        .unwrap_or(Value::from("Assertion failed"));
-                    let msg = self.templar.template(&msg, ctx).unwrap_or(msg);
-                    return Outcome::default()
-                        .with("assertion", condition.clone())
-                        .with("changed", false)
-                        .with("evaluated_to", false)
-                        .with("failed", true)
-                        .with("msg", msg);
-                }
-                Err(e) => {
-                    return Outcome::failed(format!(
-                        "The conditional check '{}' failed. The error was: {e}",
-                        modules::value_to_string(&condition)
-                    ))
-                }
-            }
-        }
-        let success = args
-            .get_attr("success_msg")
-            .ok()
-            .filter(|v| !v.is_undefined() && !v.is_none())
-            .unwrap_or(Value::from("All assertions passed"));
-        let success = self.templar.template(&success, ctx).unwrap_or(success);
-        let mut outcome = Outcome::new().with("msg", success);
-        if !quiet {
-            outcome.set("_ansible_verbose_always", true);
-        }
-        outcome
-    }
-
-    fn action_include_vars(&mut self, scope: &Inherited, args: &Value) -> Outcome {
-        let Some(file) = arg_str(args, "_raw_params").or_else(|| arg_str(args, "file")) else {
-            return Outcome::failed("include_vars: 'file' (or a free-form file name) is required; 'dir' is not supported");
-        };
-        let path = self.resolve_local(scope, &file, "vars");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => return Outcome::failed(format!("Could not find or access '{file}': {e}")),
-        };
-        let value = match super::yaml::parse_one(&text) {
-            Ok(node) => node.to_value(),
-            Err(e) => return Outcome::failed(format!("{}: {e}", path.display())),
-        };
-        let mut facts = Vec::new();
-        if let Some(name) = arg_str(args, "name") {
-            facts.push((name, value));
-        } else if let Ok(keys) = value.try_iter() {
-            for key in keys {
-                if let (Some(k), Ok(v)) = (key.as_str(), value.get_item(&key)) {
-                    facts.push((k.to_string(), v));
-                }
-            }
-        }
-        for (k, v) in &facts {
-            self.set_host_var(k, v.clone());
-        }
-        Outcome::new()
-            .with("ansible_facts", Value::from_pairs(facts))
-            .with(
-                "ansible_included_var_files",
-                Value::from(vec![path.display().to_string()]),
-            )
-    }
-
-    /// `include_tasks`: evaluated at run time, once per loop item; the included tasks run
-    /// after all items were processed, as in Ansible.
-    fn run_include(
-        &mut self,
-        task: &Task,
-        scope: &Inherited,
-        module: &str,
-        args: &Value,
-        host: &str,
-    ) {
-        let ctx0 = self.context(scope, &[]);
-        let loop_var = task
-            .loop_control
-            .as_ref()
-            .and_then(|lc| lc.get_attr("loop_var").ok())
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_else(|| "item".into());
-        let items: Vec<Option<Value>> = match &task.loop_source {
-            None => vec![None],
-            Some((kind, source)) => match self.loop_items(scope, kind, source, &ctx0) {
-                Ok(items) => items.into_iter().map(Some).collect(),
-                Err(message) => {
-                    self.finish_failed_outright(task, host, &message);
-                    return;
-                }
-            },
-        };
-        let mut pending = Vec::new();
-        for item in items {
-            let loop_vars: Vec<(String, Value)> =
-                item.iter().map(|i| (loop_var.clone(), i.clone())).collect();
-            let ctx = self.context(scope, &loop_vars);
-            let mut skip = false;
-            for condition in &scope.when {
-                match self.templar.condition(condition, &ctx) {
-                    Ok(true) => {}
-                    Ok(false) => skip = true,
-                    Err(e) => {
-                        self.finish_failed_outright(
-                            task,
-                            host,
-                            &format!("The conditional check failed. The error was: {e}"),
-                        );
-                        return;
-                    }
-                }
-            }
-            if skip {
-                match &item {
-                    Some(i) => {
-                        self.emit(&format!("skipping: [{host}] => (item={}) ", item_label(i)))
-                    }
-                    None => self.emit(&format!("skipping: [{host}]")),
-                }
-                continue;
-            }
-            let templated = match template_args(&self.templar, args, &ctx, &[]) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.finish_failed_outright(task, host, &e.to_string());
-                    return;
-                }
-            };
-            let loaded = if module == "include_role" {
-                self.load_included_role(task, &templated)
-            } else {
-                self.load_included_tasks(scope, &templated)
-            };
-            let (tasks, shown) = match loaded {
-                Ok(loaded) => loaded,
-                Err(message) => {
-                    self.finish_failed_outright(task, host, &message);
-                    return;
-                }
-            };
-            match &item {
-                Some(i) => self.emit(&format!(
-                    "included: {shown} for {host} => (item={})",
-                    item_label(i)
-                )),
-                None => self.emit(&format!("included: {shown} for {host}")),
-            }
-            // Ansible counts every processed include as ok.
-            self.stats.ok += 1;
-            pending.push((tasks, loop_vars));
-        }
-        for (tasks, loop_vars) in pending {
-            let mut inner = scope.clone();
-            inner.when.clear();
-            inner.vars.extend(loop_vars);
-            self.run_list(&tasks, &inner);
-            if self.host_failed || self.end_play {
-                return;
-            }
-        }
-    }
-
-    /// Loads an include_tasks file: its tasks and the name `included:` shows.
-    fn load_included_tasks(
-        &mut self,
-        scope: &Inherited,
-        templated: &Value,
-    ) -> Result<(Vec<Task>, String), String> {
-        let file = arg_str(templated, "_raw_params")
-            .or_else(|| arg_str(templated, "file"))
-            .ok_or_else(|| "include_tasks needs a file name".to_string())?;
-        let path = self.resolve_local(scope, &file, "tasks");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("Could not find or access '{file}': {e}"))?;
-        let node = super::yaml::parse_one(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let super::yaml::NodeKind::Seq(items) = &node.kind else {
-            return Err(format!("{} must contain a list of tasks", path.display()));
-        };
-        let file_dir = path.parent().unwrap_or(&self.base_dir).to_path_buf();
-        let dirs = super::model::Dirs {
-            file_dir: &file_dir,
-            playbook_dir: &self.base_dir,
-            deferred: None,
-        };
-        let mut tasks = items
-            .iter()
-            .map(|i| super::model::parse_task(i, &dirs, false))
-            .collect::<Result<Vec<Task>, _>>()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        super::model::set_file(&mut tasks, &Arc::new(path.clone()));
-        self.add_role_handlers(&tasks);
-        Ok((tasks, path.display().to_string()))
-    }
-
-    /// Loads an include_role's role: its task, and the role's name for `included:`.
-    /// Its handlers join the play's; with `public: true` its variables become the
-    /// play's.
-    fn load_included_role(
-        &mut self,
-        task: &Task,
-        templated: &Value,
-    ) -> Result<(Vec<Task>, String), String> {
-        let TaskBody::Action { written, .. } = &task.body else {
-            return Err("include_role must be a task".into());
-        };
-        let mut request = super::roles::request_from_task(written, templated, &[], task.pos)
-            .map_err(|e| e.to_string())?;
-        // Dynamic includes are private unless `public: true` (ansible-core's default).
-        request.public = Some(request.public.unwrap_or(false));
-        request.vars = task.keywords.vars.clone();
-        let loaded =
-            super::roles::load_role(&request, &self.base_dir).map_err(|e| e.to_string())?;
-        let tasks = vec![loaded.task];
-        self.add_role_handlers(&tasks);
-        if let Some(TaskBody::Role { role, .. }) = tasks.first().map(|t| &t.body) {
-            if role.public {
-                self.play_roles.push(Arc::clone(role));
-            }
-        }
-        Ok((tasks, request.name))
-    }
-
-    /// Adds the handlers of roles found in `tasks` to the play's.
-    fn add_role_handlers(&mut self, tasks: &[Task]) {
-        for handler in super::roles::role_handlers(tasks) {
-            self.handlers.push(handler);
-            self.notified.push(false);
-        }
-    }
-
-    fn action_template(
-        &self,
-        scope: &Inherited,
-        args: &Value,
-        ctx: &Value,
-        mctx: &ModuleContext,
-        become_user: Option<&str>,
-    ) -> Outcome {
-        let Some(src) = arg_str(args, "src") else {
-            return Outcome::failed("src and dest are required");
-        };
-        let Some(dest) = arg_str(args, "dest") else {
-            return Outcome::failed("src and dest are required");
-        };
-        let path = self.resolve_local(scope, &src, "templates");
-        let source = match std::fs::read_to_string(&path) {
-            Ok(s) => s,
-            Err(_) => return Outcome::failed(format!("Could not find or access '{src}'")),
-        };
-        let lstrip = arg_str(args, "lstrip_blocks")
-            .and_then(|v| modules::parse_bool(&Value::from(v)))
-            .unwrap_or(false);
-        let trim = arg_str(args, "trim_blocks")
-            .and_then(|v| modules::parse_bool(&Value::from(v)))
-            .unwrap_or(true);
-        let rendered =
-            match render_template_file(&self.templar, &source, ctx, &path, &dest, lstrip, trim) {
-                Ok(r) => r,
-                Err(e) => return Outcome::failed(format!("{e}")),
-            };
-        let rendered = match arg_str(args, "newline_sequence").as_deref() {
-            Some("\\r\\n") => rendered.replace('\n', "\r\n"),
-            _ => rendered,
-        };
-        let mut module_args = args.clone();
-        for key in [
-            "src",
-            "lstrip_blocks",
-            "trim_blocks",
-            "newline_sequence",
-            "output_encoding",
-            "variable_start_string",
-            "variable_end_string",
-            "block_start_string",
-            "block_end_string",
-            "comment_start_string",
-            "comment_end_string",
-        ] {
-            module_args = strip_key(&module_args, key);
-        }
-        module_args = files::with_arg(&module_args, "content", Value::from(rendered));
-        let mut outcome = self.run_module("copy", &module_args, mctx, become_user);
-        if !outcome.is_failed() {
-            outcome.set("src", path.display().to_string());
-        }
-        outcome
     }
 }
 
@@ -2187,224 +1320,6 @@ fn env_pairs(env: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// Templates module arguments, leaving `raw_keys` untouched and dropping `omit` values.
-fn template_args(
-    templar: &Templar,
-    args: &Value,
-    ctx: &Value,
-    raw_keys: &[&str],
-) -> Result<Value, TemplateError> {
-    let mut out = Vec::new();
-    if let Ok(keys) = args.try_iter() {
-        for key in keys {
-            let value = args.get_item(&key).unwrap_or_default();
-            let name = key.as_str().unwrap_or_default();
-            let rendered = if raw_keys.contains(&name) {
-                value
-            } else {
-                templar.template(&value, ctx)?
-            };
-            if rendered.as_str() == Some(OMIT) {
-                continue;
-            }
-            out.push((key, drop_omitted(rendered)));
-        }
-    }
-    Ok(Value::from_pairs(out))
-}
-
-fn drop_omitted(value: Value) -> Value {
-    match value.kind() {
-        ValueKind::Map => {
-            let mut pairs = Vec::new();
-            if let Ok(keys) = value.try_iter() {
-                for k in keys {
-                    let v = value.get_item(&k).unwrap_or_default();
-                    if v.as_str() != Some(OMIT) {
-                        pairs.push((k, drop_omitted(v)));
-                    }
-                }
-            }
-            Value::from_pairs(pairs)
-        }
-        ValueKind::Seq => Value::from(
-            value
-                .try_iter()
-                .map(|items| {
-                    items
-                        .filter(|v| v.as_str() != Some(OMIT))
-                        .map(drop_omitted)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default(),
-        ),
-        _ => value,
-    }
-}
-
-fn render_template_file(
-    templar: &Templar,
-    source: &str,
-    ctx: &Value,
-    path: &Path,
-    dest: &str,
-    lstrip: bool,
-    trim: bool,
-) -> Result<String, TemplateError> {
-    // Template-only variables are layered over the task context.
-    let extra = [
-        ("template_path", Value::from(path.display().to_string())),
-        ("template_fullpath", Value::from(path.display().to_string())),
-        ("template_destpath", Value::from(dest)),
-        ("template_host", Value::from(super::facts::nodename())),
-        ("ansible_managed", Value::from("Ansible managed")),
-    ];
-    let ctx = Value::from_object(Overlay {
-        base: ctx.clone(),
-        extra: extra.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    });
-    if lstrip || !trim {
-        let mut env = templar.environment().clone();
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(trim)
-            .lstrip_blocks(lstrip)
-            .keep_trailing_newline(true)
-            .build()
-            .map_err(|e| TemplateError::Render {
-                message: e.to_string(),
-                source_text: path.display().to_string(),
-            })?;
-        env.set_syntax(syntax);
-        return env
-            .render_str(source, ctx)
-            .map_err(|e| TemplateError::Render {
-                message: e.to_string(),
-                source_text: path.display().to_string(),
-            });
-    }
-    templar.render_text(source, &ctx)
-}
-
-/// A context with a few extra variables on top of another context.
-#[derive(Debug)]
-struct Overlay {
-    base: Value,
-    extra: Vec<(String, Value)>,
-}
-
-impl minijinja::value::Object for Overlay {
-    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
-        minijinja::value::ObjectRepr::Map
-    }
-
-    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let name = key.as_str()?;
-        if let Some((_, v)) = self.extra.iter().find(|(k, _)| k == name) {
-            return Some(v.clone());
-        }
-        self.base.get_attr(name).ok().filter(|v| !v.is_undefined())
-    }
-}
-
-fn action_pause(args: &Value, check: bool) -> Outcome {
-    let seconds = arg_str(args, "seconds")
-        .and_then(|s| s.parse::<f64>().ok())
-        .or_else(|| {
-            arg_str(args, "minutes")
-                .and_then(|m| m.parse::<f64>().ok())
-                .map(|m| m * 60.0)
-        });
-    let Some(seconds) = seconds else {
-        return Outcome::failed(
-            "pause without seconds/minutes needs a terminal; runs are non-interactive",
-        );
-    };
-    if !check || seconds > 0.0 {
-        std::thread::sleep(std::time::Duration::from_secs_f64(seconds.max(0.0)));
-    }
-    Outcome::new()
-        .with("delta", seconds as i64)
-        .with("stdout", format!("Paused for {seconds} seconds"))
-}
-
-fn sequence_items(value: &Value) -> Result<Vec<Value>, String> {
-    let text = modules::value_to_string(value);
-    let mut start = 1i64;
-    let mut end: Option<i64> = None;
-    let mut stride = 1i64;
-    let mut format = "%d".to_string();
-    let mut count: Option<i64> = None;
-    for token in text.split_whitespace() {
-        if let Some((k, v)) = token.split_once('=') {
-            let parse = |v: &str| -> Result<i64, String> {
-                if let Some(hex) = v.strip_prefix("0x") {
-                    i64::from_str_radix(hex, 16).map_err(|e| e.to_string())
-                } else {
-                    v.parse::<i64>()
-                        .map_err(|e| format!("can't parse {k}={v}: {e}"))
-                }
-            };
-            match k {
-                "start" => start = parse(v)?,
-                "end" => end = Some(parse(v)?),
-                "stride" => stride = parse(v)?,
-                "count" => count = Some(parse(v)?),
-                "format" => format = v.to_string(),
-                other => return Err(format!("unrecognized sequence argument {other}")),
-            }
-        } else if let Some((a, b)) = token.split_once('-') {
-            start = a
-                .parse()
-                .map_err(|_| format!("can't parse sequence {token}"))?;
-            end = Some(
-                b.parse()
-                    .map_err(|_| format!("can't parse sequence {token}"))?,
-            );
-        } else {
-            end = Some(
-                token
-                    .parse()
-                    .map_err(|_| format!("can't parse sequence {token}"))?,
-            );
-        }
-    }
-    let end = match (end, count) {
-        (Some(e), _) => e,
-        (None, Some(c)) => start + (c - 1) * stride,
-        (None, None) => return Err("must specify count or end in with_sequence".into()),
-    };
-    if stride == 0 {
-        return Err("stride must not be zero".into());
-    }
-    let mut out = Vec::new();
-    let mut i = start;
-    while (stride > 0 && i <= end) || (stride < 0 && i >= end) {
-        out.push(Value::from(printf_int(&format, i)));
-        i += stride;
-    }
-    Ok(out)
-}
-
-fn printf_int(format: &str, value: i64) -> String {
-    let re = regex::Regex::new(r"%(0?)(\d*)([dxXo])").expect("static regex");
-    re.replace(format, |caps: &regex::Captures| {
-        let width: usize = caps[2].parse().unwrap_or(0);
-        let zero = &caps[1] == "0";
-        let digits = match &caps[3] {
-            "x" => format!("{value:x}"),
-            "X" => format!("{value:X}"),
-            "o" => format!("{value:o}"),
-            _ => value.to_string(),
-        };
-        if zero {
-            format!("{digits:0>width$}")
-        } else {
-            format!("{digits:>width$}")
-        }
-    })
-    .into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2424,13 +1339,6 @@ mod tests {
         );
     }
 
-    /// Banners pad to 80 columns with at least three stars.
-    #[test]
-    fn banners() {
-        assert_eq!(banner("PLAY [x]").len(), 80);
-        assert!(banner(&"x".repeat(100)).ends_with(" ***"));
-    }
-
     /// Tag selection follows Ansible's always/never/tagged rules.
     #[test]
     fn tag_selection() {
@@ -2446,43 +1354,5 @@ mod tests {
         assert!(!tags_selected(&t(&["db"]), &t(&["web"]), &t(&[])));
         assert!(!tags_selected(&t(&["web"]), &t(&[]), &t(&["web"])));
         assert!(tags_selected(&t(&["always"]), &t(&[]), &t(&["web"])));
-    }
-
-    /// Loop items are labelled like Python prints them.
-    #[test]
-    fn item_labels() {
-        assert_eq!(item_label(&Value::from("a")), "a");
-        assert_eq!(item_label(&Value::from(vec![1, 2])), "[1, 2]");
-        assert_eq!(
-            item_label(&Value::from_pairs([
-                ("key", Value::from("a")),
-                ("value", Value::from(true))
-            ])),
-            "{'key': 'a', 'value': True}"
-        );
-    }
-
-    /// Diffs list removals before additions, like difflib.
-    #[test]
-    fn diffs() {
-        assert_eq!(
-            unified_diff("a\nb\nc\n", "a\nB\nc\n", "f")[2..],
-            ["@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"]
-        );
-    }
-
-    /// with_sequence understands the common forms.
-    #[test]
-    fn sequences() {
-        let s = |t: &str| {
-            sequence_items(&Value::from(t))
-                .expect("valid")
-                .iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(s("start=1 end=3"), ["1", "2", "3"]);
-        assert_eq!(s("count=2 format=web%02d"), ["web01", "web02"]);
-        assert_eq!(s("4-6"), ["4", "5", "6"]);
     }
 }

@@ -130,7 +130,7 @@ impl Node {
             NodeKind::Float(f) => Value::from(*f),
             NodeKind::Str { text, is_unsafe } => {
                 if *is_unsafe {
-                    crate::playbook::template::unsafe_string(text)
+                    crate::template::unsafe_string(text)
                 } else {
                     Value::from(text.as_str())
                 }
