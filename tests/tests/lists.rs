@@ -656,7 +656,7 @@ async fn subscriptions_and_small_lists_take_limit_and_cursor() {
         &sam,
         &[
             (
-                "/api/v1/subscriptions?status=paused",
+                "/api/v1/subscriptions?status=frozen",
                 "status must be one of",
             ),
             ("/api/v1/subscriptions?client=x", "unknown filter"),
