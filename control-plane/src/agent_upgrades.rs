@@ -659,37 +659,24 @@ pub fn record_outcome(
 /// Moves every running upgrade on once a second while this replica leads, until
 /// `stop` resolves.
 pub async fn supervisor(app: App, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        if !app.cluster.is_leader() {
-            continue;
-        }
-        let app = app.clone();
-        crate::store::blocking(move || {
-            let ids = match app.store.read(|r| r.index_scan(RUNNING, "")) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!("listing running agent upgrades: {e:#}");
-                    return;
-                }
-            };
-            for (_, id) in ids {
-                match app.store.write(|w| step(w, &id, Utc::now())) {
-                    Ok(kick) => {
-                        for agent_id in kick {
-                            app.fleet.deliver_upgrade(&id, &agent_id);
-                        }
-                    }
-                    Err(e) => tracing::warn!(upgrade = %id, "advancing an agent upgrade: {e:#}"),
-                }
-            }
-        })
-        .await;
+    crate::cluster::drive_running(
+        app,
+        RUNNING,
+        "agent upgrade",
+        Duration::from_secs(1),
+        stop,
+        advance,
+    )
+    .await
+}
+
+/// One step of one upgrade, then its binary sent to the agents the step started.
+fn advance(app: &App, id: &str) -> anyhow::Result<()> {
+    let kick = app.store.write(|w| step(w, id, Utc::now()))?;
+    for agent_id in kick {
+        app.fleet.deliver_upgrade(id, &agent_id);
     }
+    Ok(())
 }
 
 /// One upgrade the subject may see: one of its agents' projects must be visible.

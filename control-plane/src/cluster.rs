@@ -43,6 +43,46 @@ pub const LEADER_LOCK: i64 = 0x6479_6e73_6c65_6164;
 /// How often a replica that does not lead tries to take the lock, and how often the
 /// leader checks it still holds its session.
 pub const LEADER_RETRY: Duration = Duration::from_secs(4);
+
+/// Drives the work listed in the index `running` (rollouts, agent upgrades): every
+/// `period`, while this replica leads, `advance` runs on the blocking pool for each
+/// listed id, until `stop` resolves. `what` names the work in warnings.
+pub async fn drive_running(
+    app: crate::app::App,
+    running: &'static str,
+    what: &'static str,
+    period: Duration,
+    stop: impl std::future::Future<Output = ()>,
+    advance: fn(&crate::app::App, &str) -> anyhow::Result<()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        // With several replicas, the leader alone drives them.
+        if !app.cluster.is_leader() {
+            continue;
+        }
+        let app = app.clone();
+        crate::store::blocking(move || {
+            let ids = match app.store.read(|r| r.index_scan(running, "")) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!("listing the running {what}s: {e:#}");
+                    return;
+                }
+            };
+            for (_, id) in ids {
+                if let Err(e) = advance(&app, &id) {
+                    tracing::warn!(id = %id, "advancing a {what}: {e:#}");
+                }
+            }
+        })
+        .await;
+    }
+}
 /// How often a replica records that it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A replica not heard from for this long is left out of the agents' address list.

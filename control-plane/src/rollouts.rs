@@ -623,33 +623,15 @@ pub fn advance(app: &App, id: &str) -> anyhow::Result<()> {
 
 /// Advances every running rollout twice a second until `stop` resolves.
 pub async fn supervisor(app: App, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        // With several replicas, one drives the rollouts (see `cluster`).
-        if !app.cluster.is_leader() {
-            continue;
-        }
-        let app = app.clone();
-        crate::store::blocking(move || {
-            let ids = match app.store.read(|r| r.index_scan(RUNNING, "")) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!("listing running rollouts: {e:#}");
-                    return;
-                }
-            };
-            for (_, id) in ids {
-                if let Err(e) = advance(&app, &id) {
-                    tracing::warn!(rollout = %id, "advancing a rollout: {e:#}");
-                }
-            }
-        })
-        .await;
-    }
+    crate::cluster::drive_running(
+        app,
+        RUNNING,
+        "rollout",
+        Duration::from_millis(500),
+        stop,
+        advance,
+    )
+    .await
 }
 
 /// One rollout the subject may see: one of its targets' projects must be visible.
