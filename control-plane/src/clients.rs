@@ -216,10 +216,8 @@ pub fn resolve(
     name: &str,
     email: Option<&str>,
 ) -> AppResult<Client> {
-    if let Some(id) = id.map(str::trim).filter(|i| !i.is_empty()) {
-        return w
-            .get::<Client>(id)?
-            .ok_or_else(|| AppError::invalid("client_id", format!("there is no client {id}")));
+    if let Some(client) = chosen(w, id)? {
+        return Ok(client);
     }
     if let Some(client) = by_name(w, name)? {
         return Ok(client);
@@ -234,6 +232,21 @@ pub fn resolve(
             ..Default::default()
         },
     )
+}
+
+/// The client a `client_id` field names: `None` when it is absent or empty, 422 on
+/// `client_id` when there is no such client.
+pub fn chosen(r: &impl Read, id: Option<&str>) -> AppResult<Option<Client>> {
+    let Some(id) = id.map(str::trim).filter(|i| !i.is_empty()) else {
+        return Ok(None);
+    };
+    match r.get::<Client>(id)? {
+        Some(client) => Ok(Some(client)),
+        None => Err(AppError::invalid(
+            "client_id",
+            format!("there is no client {id}"),
+        )),
+    }
 }
 
 /// One page of clients by name; `text` keeps those whose name, company, e-mail or VAT

@@ -371,17 +371,9 @@ pub fn create_adding_to(
 ) -> AppResult<Request> {
     let mut problems = earlier;
     // A request for a client record takes its name, and its e-mail unless one is given.
-    let chosen = match input
-        .client_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-    {
-        Some(id) => problems
-            .check(crate::clients::resolve(w, actor, Some(id), "", None))
-            .ok(),
-        None => None,
-    };
+    let chosen = problems
+        .check(crate::clients::chosen(w, input.client_id.as_deref()))
+        .unwrap_or(None);
     let client_name = match &chosen {
         Some(client) => Ok(client.name.clone()),
         None => problems.check(validate::name(

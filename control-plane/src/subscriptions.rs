@@ -340,26 +340,17 @@ fn apply(
 /// added to `problems`), and that record.
 fn with_client_record(
     w: &mut Writer,
-    actor: &Actor,
     input: &SubscriptionInput,
     problems: &mut Problems,
-) -> AppResult<(SubscriptionInput, Option<crate::clients::Client>)> {
+) -> (SubscriptionInput, Option<crate::clients::Client>) {
     let mut input = input.clone();
-    let chosen = match input
-        .client_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-    {
-        Some(id) => problems
-            .check(crate::clients::resolve(w, actor, Some(id), "", None))
-            .ok(),
-        None => None,
-    };
+    let chosen = problems
+        .check(crate::clients::chosen(w, input.client_id.as_deref()))
+        .unwrap_or(None);
     if let Some(client) = &chosen {
         input.client = Some(client.name.clone());
     }
-    Ok((input, chosen))
+    (input, chosen)
 }
 
 /// Points `sub` at its client record: `chosen`, else the client of its name (made when
@@ -418,7 +409,7 @@ pub fn create_adding_to(
     earlier: Problems,
 ) -> AppResult<Subscription> {
     let mut problems = earlier;
-    let (input, chosen) = &with_client_record(w, actor, input, &mut problems)?;
+    let (input, chosen) = &with_client_record(w, input, &mut problems);
     let _ = problems.check(validate::name("client", input.client.as_deref(), 120));
     if input.monthly_cost.is_none() {
         problems.add(AppError::invalid(
@@ -505,7 +496,7 @@ pub fn update_adding_to(
         .get(id)?
         .ok_or_else(|| AppError::not_found("subscription"))?;
     let mut problems = earlier;
-    let (input, chosen) = &with_client_record(w, actor, input, &mut problems)?;
+    let (input, chosen) = &with_client_record(w, input, &mut problems);
     let renamed = input
         .client
         .as_deref()
