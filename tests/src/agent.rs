@@ -296,10 +296,19 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
+        let copied = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => copy_dir(&entry.path(), &target),
+            Ok(_) => std::fs::copy(entry.path(), &target).map(drop),
+            Err(e) => Err(e),
+        };
+        // A running agent writes its files atomically (a temporary file renamed over
+        // the old one): a temporary file listed a moment ago may be gone now, as it
+        // would be from a snapshot of a live disk. Every other error is real.
+        match copied {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !entry.path().exists() => {}
+            other => other.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", entry.path().display()))
+            })?,
         }
     }
     Ok(())
