@@ -206,6 +206,7 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
         ram_gb: Some(4),
         disk_gb: Some(40),
         monthly_budget: Some(budget),
+        margin_percent: Some(30.0),
         notes: None,
     };
     requests::create(
@@ -328,6 +329,7 @@ fn seed_business(w: &mut crate::store::Writer) -> Result<()> {
             renewal_months: Some(12),
             sales_agent: None,
             notes: None,
+            request_id: None,
         };
         subscriptions::create(w, &as_sales, &sales, &input)?;
     }

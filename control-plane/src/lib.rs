@@ -37,6 +37,7 @@ pub mod secrets;
 pub mod server_metrics;
 pub mod servers;
 pub mod ssh;
+pub mod statements;
 pub mod store;
 pub mod subscriptions;
 pub mod updates;

@@ -270,6 +270,13 @@ pub struct Request {
     pub server_id: Option<String>,
     /// The budget warning shown when it was approved.
     pub budget_warning: Option<String>,
+    /// The margin agreed with the client, in percent over the server's cost: the
+    /// subscription proposed once the request is deployed charges cost plus margin.
+    #[serde(default)]
+    pub margin_percent: Option<f64>,
+    /// The subscription made from it once deployed.
+    #[serde(default)]
+    pub subscription_id: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
@@ -299,6 +306,8 @@ pub struct NewRequest {
     pub ram_gb: Option<u32>,
     pub disk_gb: Option<u32>,
     pub monthly_budget: Option<f64>,
+    /// Percent over the server's monthly cost agreed with the client.
+    pub margin_percent: Option<f64>,
     pub notes: Option<String>,
 }
 
@@ -327,6 +336,37 @@ fn amount_in(field: &str, value: Option<u32>, max: u32) -> AppResult<Option<u32>
             format!("{} must be between 1 and {max}", validate::human(field)),
         )),
         other => Ok(other),
+    }
+}
+
+/// A margin in percent: from -100 (given away) to 1000.
+pub fn margin(field: &str, value: Option<f64>) -> AppResult<Option<f64>> {
+    match value {
+        Some(v) if !v.is_finite() || !(-100.0..=1000.0).contains(&v) => Err(AppError::invalid(
+            field,
+            format!(
+                "{} must be a percentage between -100 and 1000",
+                validate::human(field)
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Parses a number typed into a form field (empty is `None`).
+pub fn number_text(field: &str, value: Option<&str>) -> AppResult<Option<f64>> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => text
+            .replace(',', ".")
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| {
+                AppError::invalid(
+                    field,
+                    format!("{} must be a number", validate::human(field)),
+                )
+            }),
     }
 }
 
@@ -400,6 +440,7 @@ pub fn create_adding_to(
     let ram_gb = problems.check(amount_in("ram_gb", input.ram_gb, 4096));
     let disk_gb = problems.check(amount_in("disk_gb", input.disk_gb, 100_000));
     let monthly_budget = problems.check(validate::money("monthly_budget", input.monthly_budget));
+    let margin_percent = problems.check(margin("margin_percent", input.margin_percent));
     let notes = problems.check(validate::text(
         "notes",
         input.notes.as_deref(),
@@ -410,7 +451,7 @@ pub fn create_adding_to(
         (client_name?, client_email?, purpose?, project?);
     let (server_type, location, image) = (server_type?, location?, image?);
     let (cpu_cores, ram_gb, disk_gb) = (cpu_cores?, ram_gb?, disk_gb?);
-    let (monthly_budget, notes) = (monthly_budget?, notes?);
+    let (monthly_budget, margin_percent, notes) = (monthly_budget?, margin_percent?, notes?);
     let client = match chosen {
         Some(client) => client,
         None => crate::clients::resolve(w, actor, None, &client_name, Some(&client_email))?,
@@ -445,6 +486,8 @@ pub fn create_adding_to(
         }],
         server_id: None,
         budget_warning: None,
+        margin_percent,
+        subscription_id: None,
         created_at: now,
         updated_at: now,
     };
@@ -721,6 +764,159 @@ pub fn attach_server(
         &format!("request:{}", request.id),
         format!("server:{server_id}"),
     )?;
+    Ok(request)
+}
+
+/// One workflow move by a person, as [`transition`]; a request marked deployed by hand
+/// first gets `server` (an existing server of its project, by id or name) attached, in
+/// the same transaction, so a refused move links nothing.
+pub fn mark_moved(
+    w: &mut Writer,
+    rule: TokenRule,
+    actor: &Actor,
+    id: &str,
+    action: Action,
+    note: Option<&str>,
+    server: Option<&str>,
+) -> AppResult<Request> {
+    if let (Action::MarkDeployed, Some(key)) = (action, server) {
+        attach_existing_server(w, actor, id, key)?;
+    }
+    transition(w, rule, actor, id, action, note)
+}
+
+/// Attaches `key` (the id or name of a server in the request's project) to a request
+/// an admin is about to mark deployed by hand: the server was set up outside Hetzner
+/// or existed already. A server of another project, or none, is a 422 on `server`.
+pub fn attach_existing_server(
+    w: &mut Writer,
+    actor: &Actor,
+    request_id: &str,
+    key: &str,
+) -> AppResult<Request> {
+    let request: Request = w
+        .get(request_id)?
+        .ok_or_else(|| AppError::not_found("request"))?;
+    let key = key.trim();
+    let server = match w.get::<crate::servers::Server>(key)? {
+        Some(server) => Some(server),
+        None => crate::servers::by_name(w, &request.project_id, key)?,
+    };
+    let server = server
+        .filter(|s| s.project_id == request.project_id)
+        .ok_or_else(|| {
+            AppError::invalid(
+                "server",
+                format!("the request's project has no server {key}"),
+            )
+        })?;
+    if request.server_id.as_deref() == Some(server.id.as_str()) {
+        return Ok(request);
+    }
+    attach_server(w, actor, request_id, &server.id)
+}
+
+/// A subscription prefilled for a deployed request that has none yet: its client and
+/// server, a year from today renewing by itself, and the server's monthly cost (as
+/// synced, else the price of its type and location, else the request's budget) plus
+/// the margin agreed on the request, in EUR as Hetzner bills.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Proposal {
+    pub request_id: String,
+    pub client_id: Option<String>,
+    pub client: String,
+    pub server_ids: Vec<String>,
+    pub monthly_cost: Option<f64>,
+    pub currency: &'static str,
+    pub starts_on: chrono::NaiveDate,
+    pub hosting_until: chrono::NaiveDate,
+    pub auto_renew: bool,
+    pub renewal_months: u32,
+    /// How the price was reached, for a person to check it.
+    pub basis: String,
+}
+
+/// The [`Proposal`] for `request` on `today`, when it is deployed and has no
+/// subscription.
+pub fn proposal(
+    r: &impl Read,
+    request: &Request,
+    today: chrono::NaiveDate,
+) -> anyhow::Result<Option<Proposal>> {
+    if request.status != Status::Deployed || request.subscription_id.is_some() {
+        return Ok(None);
+    }
+    let server = match &request.server_id {
+        Some(id) => r.get::<crate::servers::Server>(id)?,
+        None => None,
+    };
+    let (cost, source) = match server.as_ref().and_then(|s| s.monthly_cost) {
+        Some(cost) => (Some(cost), "the server's monthly cost".to_string()),
+        None => match crate::hetzner::budget::price_of(r, &request.server_type, &request.location)?
+        {
+            Some(price) => (
+                Some(price),
+                format!(
+                    "the price of {} in {}",
+                    request.server_type, request.location
+                ),
+            ),
+            None => (
+                request.monthly_budget,
+                "the request's monthly budget".to_string(),
+            ),
+        },
+    };
+    let margin = request.margin_percent.unwrap_or(0.0);
+    let monthly_cost = cost.map(|c| ((c * (1.0 + margin / 100.0)) * 100.0).round() / 100.0);
+    let basis = match (cost, request.margin_percent) {
+        (None, _) => "no cost known: enter the price agreed with the client".to_string(),
+        (Some(c), Some(m)) => format!("€{c:.2} ({source}) plus the agreed margin of {m}%"),
+        (Some(c), None) => format!("€{c:.2} ({source}); the request states no margin"),
+    };
+    let hosting_until = today
+        .checked_add_months(chrono::Months::new(12))
+        .and_then(|d| d.pred_opt())
+        .unwrap_or(today);
+    Ok(Some(Proposal {
+        request_id: request.id.clone(),
+        client_id: request.client_id.clone(),
+        client: request.client_name.clone(),
+        server_ids: request.server_id.iter().cloned().collect(),
+        monthly_cost,
+        currency: crate::revenue::SERVER_CURRENCY,
+        starts_on: today,
+        hosting_until,
+        auto_renew: true,
+        renewal_months: 12,
+        basis,
+    }))
+}
+
+/// Records that subscription `subscription_id` was made from request `request_id`,
+/// which must be deployed and have none yet (else a 409), in the caller's transaction.
+pub fn link_subscription(
+    w: &mut Writer,
+    request_id: &str,
+    subscription_id: &str,
+) -> AppResult<Request> {
+    let mut request: Request = w.get(request_id)?.ok_or_else(|| {
+        AppError::invalid("request_id", format!("there is no request {request_id}"))
+    })?;
+    if request.status != Status::Deployed {
+        return Err(AppError::conflict(format!(
+            "the request is {}: a subscription is made from a deployed request",
+            request.status.as_str()
+        )));
+    }
+    if let Some(existing) = &request.subscription_id {
+        return Err(AppError::conflict(format!(
+            "the request already has subscription {existing}"
+        )));
+    }
+    request.subscription_id = Some(subscription_id.to_string());
+    request.updated_at = chrono::Utc::now();
+    save(w, &request)?;
     Ok(request)
 }
 

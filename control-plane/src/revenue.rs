@@ -267,7 +267,7 @@ pub fn currencies(revenue: &Revenue) -> Vec<String> {
 
 /// A CSV field: quoted when needed; text that a spreadsheet would run as a formula is
 /// prefixed with `'`.
-fn csv_text(value: &str) -> String {
+pub(crate) fn csv_text(value: &str) -> String {
     let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{value}")
     } else {
@@ -420,6 +420,7 @@ mod tests {
             paused_on: None,
             ended_on: None,
             lifecycle: vec![],
+            request_id: None,
             renewals: vec![],
             reminders_sent: vec![],
             notes: None,

@@ -41,6 +41,10 @@ use crate::validate::{self, Problems};
 
 const ORDER: &str = "subscription_order";
 const BY_AGENT: &str = "subscription_by_agent";
+/// `{hosting_until}/{id}`: the subscriptions by end date, soonest first.
+const BY_END: &str = "subscription_by_end";
+/// `{sales_agent_id}/{hosting_until}/{id}`: one agent's, by end date.
+const BY_AGENT_END: &str = "subscription_by_agent_end";
 
 /// Days before the end at which a subscription that does not renew is announced.
 pub const REMINDER_DAYS: [u32; 3] = [30, 7, 1];
@@ -165,6 +169,9 @@ pub struct Subscription {
     pub ended_on: Option<NaiveDate>,
     #[serde(default)]
     pub lifecycle: Vec<LifecycleChange>,
+    /// The deployed request it was made from, if any.
+    #[serde(default)]
+    pub request_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -195,6 +202,9 @@ pub struct SubscriptionInput {
     /// Username of the owning sales agent; the caller by default.
     pub sales_agent: Option<String>,
     pub notes: Option<String>,
+    /// The deployed request it is made from (only when it is made): its client and
+    /// server unless given, and the request then links to it.
+    pub request_id: Option<String>,
 }
 
 fn date(field: &str, value: &str) -> AppResult<NaiveDate> {
@@ -388,6 +398,42 @@ pub fn link_clients(w: &mut Writer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `input` with what its request (`request_id`) gives where it is silent: the client
+/// and the server; and that request's id. An unknown request is added to `problems`.
+fn with_request_defaults(
+    r: &impl Read,
+    input: &SubscriptionInput,
+    problems: &mut Problems,
+) -> anyhow::Result<(SubscriptionInput, Option<String>)> {
+    let mut input = input.clone();
+    let Some(id) = input
+        .request_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(String::from)
+    else {
+        return Ok((input, None));
+    };
+    let Some(request) = r.get::<crate::requests::Request>(&id)? else {
+        problems.add(AppError::invalid(
+            "request_id",
+            format!("there is no request {id}"),
+        ));
+        return Ok((input, None));
+    };
+    let no_client =
+        input.client_id.is_none() && input.client.as_deref().is_none_or(|c| c.trim().is_empty());
+    if no_client {
+        input.client_id = request.client_id.clone();
+        input.client = Some(request.client_name.clone());
+    }
+    if input.server_ids.as_ref().is_none_or(|ids| ids.is_empty()) {
+        input.server_ids = Some(request.server_id.iter().cloned().collect());
+    }
+    Ok((input, Some(id)))
+}
+
 /// Creates a subscription owned by `owner`.
 pub fn create(
     w: &mut Writer,
@@ -409,7 +455,8 @@ pub fn create_adding_to(
     earlier: Problems,
 ) -> AppResult<Subscription> {
     let mut problems = earlier;
-    let (input, chosen) = &with_client_record(w, input, &mut problems);
+    let (input, request_id) = with_request_defaults(w, input, &mut problems)?;
+    let (input, chosen) = &with_client_record(w, &input, &mut problems);
     let _ = problems.check(validate::name("client", input.client.as_deref(), 120));
     if input.monthly_cost.is_none() {
         problems.add(AppError::invalid(
@@ -451,11 +498,16 @@ pub fn create_adding_to(
         paused_on: None,
         ended_on: None,
         lifecycle: Vec::new(),
+        request_id: None,
         created_at: now,
         updated_at: now,
     };
     apply(w, &mut sub, input, problems)?;
     link_client(w, actor, &mut sub, chosen.clone())?;
+    if let Some(request_id) = request_id {
+        crate::requests::link_subscription(w, &request_id, &sub.id)?;
+        sub.request_id = Some(request_id);
+    }
     save(w, &sub)?;
     audit::record(
         w,
@@ -496,6 +548,16 @@ pub fn update_adding_to(
         .get(id)?
         .ok_or_else(|| AppError::not_found("subscription"))?;
     let mut problems = earlier;
+    if input
+        .request_id
+        .as_deref()
+        .is_some_and(|r| !r.trim().is_empty() && Some(r.trim()) != sub.request_id.as_deref())
+    {
+        problems.add(AppError::invalid(
+            "request_id",
+            "a subscription's request is set when it is made",
+        ));
+    }
     let (input, chosen) = &with_client_record(w, input, &mut problems);
     let renamed = input
         .client
@@ -696,7 +758,8 @@ pub fn change(
         at: Utc::now(),
         by: actor.username.clone(),
         reason: reason.clone(),
-        effective_on,
+        // Pauses and resumes are dated too: statements charge only the days it ran.
+        effective_on: effective_on.or(Some(today)),
     });
     sub.updated_at = Utc::now();
     save(w, &sub)?;
@@ -874,9 +937,12 @@ fn save(w: &mut Writer, sub: &Subscription) -> anyhow::Result<()> {
 /// The list index entries of a subscription: `(index, key)`.
 fn list_keys(sub: &Subscription) -> Vec<(&'static str, String)> {
     let position = listing::name_position(sub.client.trim(), &sub.id);
+    let end = format!("{}/{}", sub.hosting_until, sub.id);
     let mut keys = vec![
         (BY_AGENT, format!("{}/{position}", sub.sales_agent_id)),
         (ORDER, position),
+        (BY_AGENT_END, format!("{}/{end}", sub.sales_agent_id)),
+        (BY_END, end),
     ];
     if let Some(client) = &sub.client_id {
         keys.push((
@@ -899,12 +965,39 @@ pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Schema step 9: the end-date indexes of subscriptions stored before lists could be
+/// sorted by end date.
+pub fn backfill_end_indexes(w: &mut Writer) -> anyhow::Result<()> {
+    backfill_indexes(w)
+}
+
+/// The order of a list of subscriptions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// By client name (the default).
+    #[default]
+    Client,
+    /// By end date (`hosting_until`), soonest first.
+    End,
+}
+
+impl Sort {
+    pub fn parse(text: &str) -> Option<Sort> {
+        match text {
+            "client" => Some(Sort::Client),
+            "end" => Some(Sort::End),
+            _ => None,
+        }
+    }
+}
+
 /// What a list of subscriptions is narrowed to; the fields combine.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub status: Option<SubscriptionStatus>,
     /// Text in the client's name, the sales agent's or the currency, case-insensitive.
     pub text: Option<String>,
+    pub sort: Sort,
 }
 
 /// One page of the subscriptions a subject may see (everyone's with
@@ -918,9 +1011,11 @@ pub fn query(
     limit: usize,
 ) -> anyhow::Result<Page<Subscription>> {
     let all = policy::can(subject, policy::Action::ViewAllRevenue, None);
-    let source = match all {
-        true => Source::index(ORDER, ""),
-        false => Source::index(BY_AGENT, format!("{}/", subject.user_id)),
+    let source = match (all, filter.sort) {
+        (true, Sort::Client) => Source::index(ORDER, ""),
+        (false, Sort::Client) => Source::index(BY_AGENT, format!("{}/", subject.user_id)),
+        (true, Sort::End) => Source::index(BY_END, ""),
+        (false, Sort::End) => Source::index(BY_AGENT_END, format!("{}/", subject.user_id)),
     };
     let needle = filter.text.as_deref().map(str::to_lowercase);
     listing::page(
@@ -1297,6 +1392,7 @@ mod tests {
             paused_on: None,
             ended_on: None,
             lifecycle: vec![],
+            request_id: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

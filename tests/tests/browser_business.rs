@@ -168,3 +168,101 @@ async fn request_from_submission_to_approval() {
     assert_eq!(sales.path().await, request_path);
     assert_eq!(unread_on_bell(&sales).await, bell_before);
 }
+
+/// An admin marks a request deployed in the browser by typing an existing server's
+/// name; the sales agent then finds the proposed subscription on the request page,
+/// reviews the prefilled form (searching the server picker keeps the chosen server),
+/// saves it, and reads the client's monthly statement with it.
+#[tokio::test]
+async fn deployed_request_to_subscription_and_statement() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("sales");
+    let (status, request) = api
+        .post(
+            "/api/v1/requests",
+            &serde_json::json!({"client_name": "Hooli", "client_email": "it@hooli.example",
+                "purpose": "search", "project": "Frappe ERP", "server_type": "cx41",
+                "location": "hel1", "image": "ubuntu-24.04", "margin_percent": 25}),
+        )
+        .await;
+    assert_eq!(status, 201, "{request}");
+    let id = request["id"].as_str().unwrap().to_string();
+    let (status, _) = cp
+        .api_as("admin")
+        .post_empty(&format!("/api/v1/requests/{id}/approve"))
+        .await;
+    assert_eq!(status, 200);
+
+    let admin = Browser::start(&cp.base_url()).await;
+    admin.login("admin", "admin123").await;
+    admin.goto(&format!("/requests/{id}")).await;
+    let offered = admin
+        .eval("return Array.from(document.querySelectorAll('#project-servers option')).map(o => o.value);")
+        .await;
+    assert!(
+        offered
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "frappe-erp-db-01"),
+        "{offered}"
+    );
+    admin.fill("#deployed-server", "no-such-server").await;
+    press(&admin, "#deployed-form button[type=submit]").await;
+    admin.wait_for("#deployed-server.is-invalid").await;
+    admin.fill("#deployed-server", "frappe-erp-db-01").await;
+    press(&admin, "#deployed-form button[type=submit]").await;
+    eventually(
+        Duration::from_secs(10),
+        "the request is deployed",
+        || async { (request_status(&admin).await == "deployed").then_some(()) },
+    )
+    .await;
+
+    let sales = Browser::start(&cp.base_url()).await;
+    sales.login("sales", "sales123").await;
+    sales.goto(&format!("/requests/{id}")).await;
+    let price = sales.text("#proposal-price").await;
+    assert_eq!(price, "EUR 23.65", "18.92 plus 25 %");
+    press(&sales, "#proposal-create").await;
+    sales.wait_for("#subscription-form").await;
+    assert_eq!(
+        sales
+            .eval("return document.getElementById('monthly_cost').value;")
+            .await,
+        Value::String("23.65".into())
+    );
+    // Searching the picker hides other servers but never the chosen one.
+    sales
+        .fill("#server-search", "no server is called this")
+        .await;
+    let visible = sales
+        .eval("return Array.from(document.querySelectorAll('#server_ids option')).filter(o => !o.hidden).map(o => o.textContent);")
+        .await;
+    let visible: Vec<&str> = visible
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(visible.len(), 1, "{visible:?}");
+    assert!(visible[0].starts_with("frappe-erp-db-01"), "{visible:?}");
+    press(&sales, "#save-subscription").await;
+    eventually(
+        Duration::from_secs(10),
+        "the subscription is saved",
+        || async { (sales.path().await == "/subscriptions").then_some(()) },
+    )
+    .await;
+
+    let (_, request) = api.get(&format!("/api/v1/requests/{id}")).await;
+    let client = request["client_id"].as_str().unwrap().to_string();
+    sales.goto(&format!("/clients/{client}")).await;
+    press(&sales, "#statement-link").await;
+    sales.wait_for("#statement-lines").await;
+    let total = sales.text("[data-total=EUR]").await;
+    assert!(total.contains("Total EUR"), "{total}");
+    let servers = sales.text("#statement-lines tbody").await;
+    assert!(servers.contains("frappe-erp-db-01"), "{servers}");
+    sales.screenshot(&cp.artifact("client-statement.png")).await;
+}

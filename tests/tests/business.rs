@@ -1036,3 +1036,305 @@ async fn clients_as_records() {
     let mut tech = PageClient::signed_in(&cp, "tech", "tech123").await;
     assert_eq!(tech.get("/clients").await.0, 403);
 }
+
+/// Days in the month of `day` (`YYYY-MM-DD`).
+fn days_in_month(day: &str) -> u32 {
+    let year: u32 = day[..4].parse().unwrap();
+    match day[5..7].parse::<u32>().unwrap() {
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// A request the admin marks deployed by hand linking an existing server proposes the
+/// client's subscription (the server's cost plus the agreed margin); the sales agent
+/// makes it from the proposal on the API or the page, once only; bad servers and
+/// another agent's request are refused by field.
+#[tokio::test]
+async fn deployed_request_proposes_its_subscription() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("sam", "sales", false, "sam-password-1");
+    let (admin, sales, sam) = (cp.api_as("admin"), cp.api_as("sales"), cp.api_as("sam"));
+    let mut body = request_body("Globex", "Frappe ERP", 30.0);
+    body["margin_percent"] = json!(50);
+    let (status, request) = sales.post("/api/v1/requests", &body).await;
+    assert_eq!(status, 201, "{request}");
+    assert_eq!(request["margin_percent"], 50.0);
+    let id = request["id"].as_str().unwrap().to_string();
+    body["margin_percent"] = json!(5000);
+    let (status, refused) = sales.post("/api/v1/requests", &body).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("margin_percent"))
+    );
+    let path = format!("/api/v1/requests/{id}");
+    let (status, refused) = admin
+        .post(
+            &format!("{path}/approve"),
+            &json!({"server": "frappe-erp-db-01"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("server")),
+        "{refused}"
+    );
+    assert_eq!(admin.post_empty(&format!("{path}/approve")).await.0, 200);
+    let (_, before) = sales.get(&path).await;
+    assert!(before["proposed_subscription"].is_null(), "{before}");
+
+    // A server of another project, or none, links nothing and deploys nothing.
+    for bad in ["django-api-01", "no-such-server"] {
+        let (status, refused) = admin
+            .post(&format!("{path}/deployed"), &json!({"server": bad}))
+            .await;
+        assert_eq!(
+            (status, refused["field"].as_str()),
+            (422, Some("server")),
+            "{bad}: {refused}"
+        );
+    }
+    let (_, still) = sales.get(&path).await;
+    assert_eq!(
+        (still["status"].as_str(), &still["server_id"]),
+        (Some("approved"), &Value::Null)
+    );
+    let (status, deployed) = admin
+        .post(
+            &format!("{path}/deployed"),
+            &json!({"server": "FRAPPE-ERP-DB-01", "note": "by hand"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{deployed}");
+    let server_id = deployed["server_id"]
+        .as_str()
+        .expect("the server is linked")
+        .to_string();
+
+    let (_, request) = sales.get(&path).await;
+    let proposal = &request["proposed_subscription"];
+    assert_eq!(
+        proposal["monthly_cost"], 28.38,
+        "18.92 plus 50 %: {proposal}"
+    );
+    assert_eq!(proposal["currency"], "EUR");
+    assert_eq!(proposal["server_ids"], json!([server_id]));
+    assert_eq!(proposal["client_id"], request["client_id"]);
+    assert_eq!(proposal["auto_renew"], true);
+
+    // The page shows it and prefills the form from it.
+    let mut page = PageClient::signed_in(&cp, "sales", "sales123").await;
+    let (_, _, html) = page.get(&format!("/requests/{id}")).await;
+    assert!(html.contains("id=\"proposal-card\""), "{html}");
+    let (status, _, form) = page.get(&format!("/subscriptions/new?request={id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        form.contains(&format!("name=\"request_id\" value=\"{id}\"")),
+        "{form}"
+    );
+    assert!(form.contains("value=\"28.38\""), "{form}");
+    assert!(
+        form.contains(&format!("<option value=\"{server_id}\" selected>")),
+        "{form}"
+    );
+
+    // Another sales agent cannot make a subscription from it.
+    let today = dynserv_tests::utc_today();
+    let sub_body = json!({"request_id": id, "monthly_cost": 28.38, "currency": "EUR",
+                          "starts_on": today, "hosting_until": "2099-12-31", "auto_renew": true});
+    let (status, refused) = sam.post("/api/v1/subscriptions", &sub_body).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("request_id")),
+        "{refused}"
+    );
+
+    // The page form makes it; the request then links to it and proposes nothing more.
+    let csrf = csrf_of(&form);
+    let (status, location, _) = page
+        .post(
+            "/subscriptions/new",
+            &[
+                ("csrf", &csrf),
+                ("request_id", &id),
+                ("client", "Globex"),
+                ("monthly_cost", "28.38"),
+                ("currency", "EUR"),
+                ("starts_on", &today),
+                ("hosting_until", "2099-12-31"),
+                ("auto_renew", "on"),
+                ("renewal_months", "12"),
+                ("server_ids", &server_id),
+            ],
+        )
+        .await;
+    assert_eq!((status, location.as_str()), (303, "/subscriptions"));
+    let (_, request) = sales.get(&path).await;
+    let sub_id = request["subscription_id"]
+        .as_str()
+        .expect("linked")
+        .to_string();
+    assert!(request["proposed_subscription"].is_null(), "{request}");
+    let (_, sub) = sales.get(&format!("/api/v1/subscriptions/{sub_id}")).await;
+    assert_eq!(
+        (sub["request_id"].as_str(), sub["client"].as_str()),
+        (Some(id.as_str()), Some("Globex"))
+    );
+    assert_eq!(sub["server_ids"], json!([server_id]));
+    let (status, again) = sales.post("/api/v1/subscriptions", &sub_body).await;
+    assert_eq!(status, 409, "{again}");
+    let (status, location, _) = page.get(&format!("/subscriptions/new?request={id}")).await;
+    assert_eq!((status, location), (303, format!("/requests/{id}")));
+}
+
+/// A client's monthly statement charges each subscription for the days it ran that
+/// month, totals per currency, names the servers, and comes as a page and as CSV; a
+/// sales agent's statement holds only their own subscriptions.
+#[tokio::test]
+async fn monthly_statement_per_client() {
+    let cp = ControlPlane::start_demo().await;
+    cp.add_user("sam", "sales", false, "sam-password-1");
+    let (sales, sam) = (cp.api_as("sales"), cp.api_as("sam"));
+    let today = dynserv_tests::utc_today();
+    let month = &today[..7];
+    let (status, client) = sales
+        .post(
+            "/api/v1/clients",
+            &json!({"name": "Umbrella", "email": "it@umbrella.example", "vat_id": "GB999"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{client}");
+    let id = client["id"].as_str().unwrap().to_string();
+    // The admin puts a fleet server on the sales agent's subscriptions.
+    let admin = cp.api_as("admin");
+    let (_, servers) = admin.get("/api/v1/servers?q=django-portal-01").await;
+    let server_id = servers[0]["id"].as_str().unwrap().to_string();
+    let subscribe = |cost: f64, currency: &str, starts: &str| {
+        json!({"client_id": id, "monthly_cost": cost, "currency": currency, "starts_on": starts,
+               "hosting_until": "2099-12-31", "server_ids": [server_id.clone()],
+               "sales_agent": "sales"})
+    };
+    let month_start = format!("{month}-01");
+    let (s1, whole) = admin
+        .post(
+            "/api/v1/subscriptions",
+            &subscribe(62.0, "EUR", &month_start),
+        )
+        .await;
+    let (s2, today_on) = admin
+        .post("/api/v1/subscriptions", &subscribe(3100.0, "EGP", &today))
+        .await;
+    assert_eq!((s1, s2), (201, 201), "{whole} {today_on}");
+
+    let (status, statement) = sales
+        .get(&format!("/api/v1/clients/{id}/statement?month={month}"))
+        .await;
+    assert_eq!(status, 200, "{statement}");
+    assert_eq!(statement["month"], month);
+    let dim = days_in_month(&today);
+    let day: u32 = today[8..].parse().unwrap();
+    let lines = statement["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{statement}");
+    let line = |sub: &Value| {
+        lines
+            .iter()
+            .find(|l| l["subscription"] == sub["id"])
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            line(&whole)["days"].as_u64(),
+            line(&whole)["amount"].as_f64()
+        ),
+        (Some(dim.into()), Some(62.0))
+    );
+    let part = line(&today_on);
+    let days = dim - day + 1;
+    let expected = (3100.0 * f64::from(days) / f64::from(dim) * 100.0).round() / 100.0;
+    assert_eq!(part["days"].as_u64(), Some(days.into()), "{part}");
+    assert!(
+        (part["amount"].as_f64().unwrap() - expected).abs() < 0.001,
+        "{part} vs {expected}"
+    );
+    assert_eq!(statement["totals"]["EUR"], 62.0);
+    assert_eq!(part["servers"][0]["name"], "django-portal-01");
+
+    let (status, csv) = sales
+        .get_text(&format!(
+            "/api/v1/clients/{id}/statement?month={month}&format=csv"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert!(csv.starts_with("client,month,subscription,"), "{csv}");
+    assert!(
+        csv.contains(&format!("Umbrella,{month},total,,,,,,EUR,62.00,")),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().count(),
+        5,
+        "header, two lines, two totals: {csv}"
+    );
+    for bad in ["month=2026-13", "month=last", "format=pdf", "sort=amount"] {
+        let (status, body) = sales
+            .get(&format!("/api/v1/clients/{id}/statement?{bad}"))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    assert_eq!(sales.get("/api/v1/clients/no-such/statement").await.0, 404);
+    assert_eq!(
+        cp.api_as("tech")
+            .get(&format!("/api/v1/clients/{id}/statement"))
+            .await
+            .0,
+        403
+    );
+    // Another sales agent sees the client but none of these subscriptions.
+    let (_, theirs) = sam.get(&format!("/api/v1/clients/{id}/statement")).await;
+    assert_eq!(theirs["lines"], json!([]), "{theirs}");
+
+    let mut page = PageClient::signed_in(&cp, "sales", "sales123").await;
+    let (status, _, html) = page
+        .get(&format!("/clients/{id}/statement?month={month}"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("id=\"statement-lines\"") && html.contains("GB999"),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        "data-subscription=\"{}\"",
+        whole["id"].as_str().unwrap()
+    )));
+    assert!(html.contains("data-total=\"EGP\""), "{html}");
+    let (_, _, empty) = page
+        .get(&format!("/clients/{id}/statement?month=2001-01"))
+        .await;
+    assert!(empty.contains("id=\"statement-empty\""), "{empty}");
+    let (status, _, download) = page
+        .get(&format!("/clients/{id}/statement.csv?month={month}"))
+        .await;
+    assert_eq!((status, download), (200, csv));
+    let (_, _, client_page) = page.get(&format!("/clients/{id}")).await;
+    assert!(client_page.contains(&format!("href=\"/clients/{id}/statement\"")));
+
+    // Subscriptions sort by end date, soonest first, over pages too.
+    let walked = admin.walk("/api/v1/subscriptions?sort=end&limit=2").await;
+    let ends: Vec<&str> = walked
+        .iter()
+        .map(|s| s["hosting_until"].as_str().unwrap())
+        .collect();
+    assert!(
+        ends.len() >= 4 && ends.windows(2).all(|w| w[0] <= w[1]),
+        "{ends:?}"
+    );
+    assert_eq!(admin.get("/api/v1/subscriptions?sort=price").await.0, 400);
+    let (status, _, list) = page.get("/subscriptions?sort=end").await;
+    assert_eq!(status, 200);
+    assert!(list.contains("<option value=\"end\" selected>"), "{list}");
+}

@@ -148,7 +148,7 @@ fn note_call_site() {
 
 /// The schema version this binary writes. Each step in [`MIGRATIONS`] moves the stored
 /// version up by one.
-pub const SCHEMA_VERSION: u64 = 8;
+pub const SCHEMA_VERSION: u64 = 9;
 
 /// Ordered migrations: entry `i` moves the schema from version `i` to `i + 1`. They
 /// are written against [`Writer`] alone, so they run the same on both backends.
@@ -162,6 +162,7 @@ const MIGRATIONS: &[Migration] = &[
     crate::executions::backfill_search_text,
     crate::executions::backfill_terms,
     crate::clients::link_free_text,
+    crate::subscriptions::backfill_end_indexes,
 ];
 
 /// Version 1 is the first schema: it only needs its fixed tables to exist.

@@ -112,11 +112,15 @@ pub fn list_requests(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     Ok(super::json_page(req, &list, next.as_deref()))
 }
 
-/// `GET /api/v1/requests/{id}`.
+/// `GET /api/v1/requests/{id}`: with `proposed_subscription` once it is deployed and
+/// has none (see [`requests::proposal`]).
 pub fn get_request(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    let today = chrono::Utc::now().date_naive();
     let value = app.store.read(|r| {
         let request = requests::get_visible(r, &ctx.subject, id)?;
-        request_json(r, &request)
+        let mut value = request_json(r, &request)?;
+        value["proposed_subscription"] = json!(requests::proposal(r, &request, today)?);
+        Ok(value)
     })?;
     Ok(reply(StatusCode::OK, &value))
 }
@@ -126,6 +130,8 @@ pub fn get_request(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 struct MoveInput {
     note: Option<String>,
     reason: Option<String>,
+    /// For `deployed`: the id or name of an existing server of the project to link.
+    server: Option<String>,
 }
 
 /// `POST /api/v1/requests/{id}/approve|reject|deployed|retry` (admin): one workflow
@@ -151,15 +157,27 @@ pub fn move_request(
     // Unknown ids answer 404 before the workflow is asked.
     app.store
         .read(|r| Ok(requests::get_visible(r, &ctx.subject, id)?))?;
+    let server = input
+        .server
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    if server.is_some() && action != requests::Action::MarkDeployed {
+        return Err(AppError::invalid(
+            "server",
+            "a server is linked only when the request is marked deployed",
+        ));
+    }
     let actor = ctx.actor(req);
     let request = app.store.write(|w| {
-        Ok(requests::transition(
+        Ok(requests::mark_moved(
             w,
             crate::hetzner::TokenRule::of(app),
             &actor,
             id,
             action,
             note.as_deref(),
+            server,
         )?)
     })?;
     if action == requests::Action::Approve {
@@ -262,7 +280,7 @@ pub fn owner_of(r: &impl Read, ctx: &Ctx, username: Option<&str>) -> AppResult<O
 }
 
 /// The filters of the subscription list (API and page).
-pub const SUBSCRIPTION_FILTERS: [&str; 2] = ["status", "q"];
+pub const SUBSCRIPTION_FILTERS: [&str; 3] = ["status", "q", "sort"];
 
 /// Reads the subscription filters of a request; an unknown filter or status is a 400.
 pub fn subscription_filter(req: &Req) -> AppResult<subscriptions::Filter> {
@@ -281,9 +299,19 @@ pub fn subscription_filter(req: &Req) -> AppResult<subscriptions::Filter> {
         ),
         None => None,
     };
+    let sort = match req.text_filter("sort") {
+        Some(text) => subscriptions::Sort::parse(&text).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "sort must be client or end (not {:?})",
+                text.chars().take(40).collect::<String>()
+            ))
+        })?,
+        None => subscriptions::Sort::Client,
+    };
     Ok(subscriptions::Filter {
         status,
         text: req.text_filter("q"),
+        sort,
     })
 }
 
@@ -339,10 +367,33 @@ pub fn create_subscription(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             &input,
             None,
         ));
+        let _ = problems.check(check_request_choice(w, ctx, &input));
         let sub = subscriptions::create_adding_to(w, &actor, &owner, &input, problems)?;
         subscription_json(w, &sub)
     })?;
     Ok(reply(StatusCode::CREATED, &value))
+}
+
+/// The request a new subscription is made from must be one the caller may see: another
+/// sales agent's is reported as unknown, like one that does not exist.
+pub fn check_request_choice(r: &impl Read, ctx: &Ctx, input: &SubscriptionInput) -> AppResult<()> {
+    let Some(id) = input
+        .request_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    else {
+        return Ok(());
+    };
+    match requests::get_visible(r, &ctx.subject, id) {
+        Err(e) if e.kind == crate::error::Kind::Forbidden => Err(AppError::invalid(
+            "request_id",
+            format!("there is no request {id}"),
+        )),
+        // An unknown one is reported when the subscription is made.
+        Err(e) if e.kind == crate::error::Kind::NotFound => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// `PUT /api/v1/subscriptions/{id}`.
@@ -423,6 +474,92 @@ fn require_clients(ctx: &Ctx) -> AppResult<()> {
     }
 }
 
+/// The subscriptions of a client the subject may see: all of them for those who see all
+/// revenue, else its own.
+fn client_subscriptions(
+    r: &impl Read,
+    ctx: &Ctx,
+    client_id: &str,
+) -> anyhow::Result<Vec<Subscription>> {
+    let all_subs = policy::can(&ctx.subject, Action::ViewAllRevenue, None);
+    let mut subs: Vec<Subscription> = Vec::new();
+    for id in crate::clients::related_ids(r, crate::clients::SUBSCRIPTIONS, client_id)? {
+        match r.get::<Subscription>(&id)? {
+            Some(sub) if all_subs || sub.sales_agent_id == ctx.subject.user_id => subs.push(sub),
+            _ => {}
+        }
+    }
+    Ok(subs)
+}
+
+/// One client's statement for `month` (`YYYY-MM`, the current month when absent) over
+/// the subscriptions the subject may see; a malformed month is a 400.
+pub fn statement_of(
+    app: &App,
+    ctx: &Ctx,
+    id: &str,
+    month: Option<&str>,
+) -> AppResult<crate::statements::Statement> {
+    use crate::statements::{self, Month};
+    require_clients(ctx)?;
+    let month = match month.map(str::trim).filter(|m| !m.is_empty()) {
+        None => Month::of(chrono::Utc::now().date_naive()),
+        Some(text) => Month::parse(text).ok_or_else(|| {
+            AppError::bad_request(format!(
+                "month must be like 2026-11 (not {:?})",
+                text.chars().take(20).collect::<String>()
+            ))
+        })?,
+    };
+    Ok(app.store.read(|r| {
+        let client = crate::clients::get(r, id)?;
+        let subs = client_subscriptions(r, ctx, &client.id)?;
+        let servers = subscriptions::servers_of(r, &subs)?;
+        Ok(statements::compute(&client, &subs, &servers, month))
+    })?)
+}
+
+/// `GET /api/v1/clients/{id}/statement?month=YYYY-MM[&format=csv]`.
+pub fn client_statement(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    req.only_filters(&["month", "format"])?;
+    let statement = statement_of(app, ctx, id, req.query("month"))?;
+    match req.query("format").unwrap_or("json") {
+        "json" => Ok(reply(StatusCode::OK, &json!(statement))),
+        "csv" => Ok(statement_csv(&statement)),
+        other => Err(AppError::bad_request(format!(
+            "format must be json or csv (not {:?})",
+            other.chars().take(20).collect::<String>()
+        ))),
+    }
+}
+
+/// A statement as a CSV download named after the client and the month.
+pub fn statement_csv(statement: &crate::statements::Statement) -> Resp {
+    let body = crate::statements::csv(statement);
+    let mut resp = super::text(StatusCode::OK, body, "text/csv; charset=utf-8");
+    let slug: String = statement
+        .client
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = format!(
+        "statement-{}-{}.csv",
+        slug.trim_matches('-'),
+        statement.month
+    );
+    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        resp.headers_mut().insert("content-disposition", v);
+    }
+    resp
+}
+
 /// A client with what the subject may see of it: its requests, subscriptions, the
 /// servers behind them and its monthly recurring revenue per currency.
 pub fn client_json(
@@ -447,17 +584,9 @@ pub fn client_json(
         }
         requests_list.push(request_json(r, &request)?);
     }
-    let all_subs = policy::can(&ctx.subject, Action::ViewAllRevenue, None);
-    let mut subs: Vec<Subscription> = Vec::new();
-    for id in clients::related_ids(r, clients::SUBSCRIPTIONS, &client.id)? {
-        let Some(sub) = r.get::<Subscription>(&id)? else {
-            continue;
-        };
-        if !all_subs && sub.sales_agent_id != ctx.subject.user_id {
-            continue;
-        }
+    let subs = client_subscriptions(r, ctx, &client.id)?;
+    for sub in &subs {
         server_ids.extend(sub.server_ids.iter().cloned());
-        subs.push(sub);
     }
     server_ids.sort();
     server_ids.dedup();

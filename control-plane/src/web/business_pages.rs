@@ -179,6 +179,12 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 form.get("monthly_budget"),
             ))
             .unwrap_or(None);
+        let margin_percent = problems
+            .check(requests::number_text(
+                "margin_percent",
+                form.get("margin_percent"),
+            ))
+            .unwrap_or(None);
         let input = NewRequest {
             client_id: None,
             client_name: text("client_name"),
@@ -192,6 +198,7 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             ram_gb,
             disk_gb,
             monthly_budget,
+            margin_percent,
             notes: text("notes"),
         };
         app.store
@@ -270,6 +277,34 @@ fn request_page_data(app: &App, ctx: &Ctx, id: &str) -> AppResult<(Value, String
         "values": {},
     });
     let mut data = data;
+    let today = chrono::Utc::now().date_naive();
+    let may_subscribe = policy::can(&ctx.subject, Action::ManageSubscriptions, None);
+    let can_mark_deployed = allowed(requests::Action::MarkDeployed);
+    let (proposal, project_servers) = app.store.read(|r| {
+        let proposal = match may_subscribe {
+            true => requests::proposal(r, &request, today)?,
+            false => None,
+        };
+        // The servers "Mark deployed" may link, as suggestions while typing.
+        let names: Vec<String> = match can_mark_deployed {
+            true => {
+                let filter = crate::servers::Filter {
+                    project_id: Some(request.project_id.clone()),
+                    ..Default::default()
+                };
+                crate::servers::query(r, &ctx.subject, &filter, None, 500)?
+                    .items
+                    .into_iter()
+                    .filter(|s| s.status != "deleted")
+                    .map(|s| s.name)
+                    .collect()
+            }
+            false => Vec::new(),
+        };
+        Ok((proposal, names))
+    })?;
+    data["proposal"] = json!(proposal);
+    data["project_servers"] = json!(project_servers);
     data["provisioning"] = app
         .store
         .read(|r| crate::hetzner::provision::view(r, TokenRule::of(app), &request.id))?;
@@ -314,15 +349,20 @@ pub fn request_move(
     } else {
         form.get("note")
     };
+    let server = form
+        .get("server")
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && action == requests::Action::MarkDeployed);
     let actor = ctx.actor(req);
     match app.store.write(|w| {
-        Ok(requests::transition(
+        Ok(requests::mark_moved(
             w,
             TokenRule::of(app),
             &actor,
             id,
             action,
             note,
+            server,
         )?)
     }) {
         Ok(request) => {
@@ -461,9 +501,14 @@ pub fn subscriptions_list(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "filters": {
                 "q": filter.text.clone().unwrap_or_default(),
                 "status": filter.status.map(|s| s.as_str()).unwrap_or_default(),
+                "sort": match filter.sort {
+                    subscriptions::Sort::Client => "client",
+                    subscriptions::Sort::End => "end",
+                },
             },
             "statuses": SubscriptionStatus::ALL.map(|s| s.as_str()),
-            "filtered": filter.text.is_some() || filter.status.is_some(),
+            "filtered": filter.text.is_some() || filter.status.is_some()
+                || filter.sort != subscriptions::Sort::Client,
             "pager": super::pages::pager_by_name(req, &paging, next.as_deref()),
         }),
     )
@@ -507,6 +552,7 @@ fn subscription_form_data(
         "client_names": client_names(app)?,
         "subscription": null,
         "lifecycle": null,
+        "proposal": null,
     }))
 }
 
@@ -562,6 +608,20 @@ pub fn subscription_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
                 "currency": "EUR", "starts_on": today.to_string(), "renewal_months": "12",
                 "auto_renew": true, "sales_agent": ctx.user.username, "server_ids": [],
             });
+            if let Some(request_id) = req.query("request").filter(|r| !r.trim().is_empty()) {
+                match proposal_values(app, ctx, request_id, today)? {
+                    Ok((values, proposal)) => {
+                        data["values"] = values;
+                        data["proposal"] = proposal;
+                    }
+                    Err(why) => {
+                        return Ok(redirect(
+                            &requests::link(request_id),
+                            Some(("warning", &why)),
+                        ))
+                    }
+                }
+            }
             "New subscription".to_string()
         }
         Some(id) => {
@@ -579,6 +639,36 @@ pub fn subscription_form(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
     data["errors"] = json!({});
     data["error"] = Value::Null;
     page(app, req, ctx, "subscription_form", &title, data)
+}
+
+/// The form values of the subscription proposed for a deployed request, and the
+/// proposal; or why there is none (the request is not deployed, or has one already).
+fn proposal_values(
+    app: &App,
+    ctx: &Ctx,
+    request_id: &str,
+    today: chrono::NaiveDate,
+) -> AppResult<Result<(Value, Value), String>> {
+    let answer = app.store.read(|r| {
+        let request = requests::get_visible(r, &ctx.subject, request_id)?;
+        let Some(p) = requests::proposal(r, &request, today)? else {
+            let why = match &request.subscription_id {
+                Some(_) => "The request has its subscription already.",
+                None => "A subscription is proposed once the request is deployed.",
+            };
+            return Ok(Err(why.to_string()));
+        };
+        let values = json!({
+            "client": p.client, "server_ids": p.server_ids,
+            "monthly_cost": p.monthly_cost.map(|c| format!("{c:.2}")).unwrap_or_default(),
+            "currency": p.currency, "starts_on": p.starts_on.to_string(),
+            "hosting_until": p.hosting_until.to_string(), "auto_renew": p.auto_renew,
+            "renewal_months": p.renewal_months.to_string(), "sales_agent": ctx.user.username,
+            "request_id": p.request_id,
+        });
+        Ok(Ok((values, json!(p))))
+    })?;
+    Ok(answer)
 }
 
 /// `POST /subscriptions/new` and `POST /subscriptions/{id}`.
@@ -630,6 +720,11 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
             renewal_months,
             sales_agent: text("sales_agent"),
             notes: Some(text("notes").unwrap_or_default()),
+            request_id: if existing.is_none() {
+                text("request_id")
+            } else {
+                None
+            },
         };
         app.store
             .write(|w| {
@@ -643,6 +738,7 @@ pub fn subscription_save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> A
                     &input,
                     existing.as_ref(),
                 ));
+                let _ = problems.check(business_api::check_request_choice(w, ctx, &input));
                 Ok(match &existing {
                     Some(s) => subscriptions::update_adding_to(
                         w,
@@ -836,6 +932,37 @@ fn client_page_data(
         serde_json::from_value(value["revenue"]["mrr"].clone()).unwrap_or_default();
     let revenue = (!mrr.is_empty()).then(|| money_text(&mrr));
     Ok(json!({"client": value, "revenue": revenue}))
+}
+
+/// `GET /clients/{id}/statement?month=YYYY-MM`: the printable monthly statement.
+pub fn statement_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    req.only_filters(&["month"])?;
+    let statement = business_api::statement_of(app, ctx, id, req.query("month"))?;
+    let month = crate::statements::Month::of(statement.from);
+    let totals: Vec<Value> = statement
+        .totals
+        .iter()
+        .map(|(currency, amount)| json!({"currency": currency, "amount": amount}))
+        .collect();
+    let title = format!(
+        "Statement of {} for {}",
+        statement.client.name, statement.month
+    );
+    let mut value = json!(statement);
+    value["totals"] = json!(totals);
+    let data = json!({
+        "statement": value,
+        "previous": month.previous().to_string(),
+        "next": month.next().to_string(),
+    });
+    page(app, req, ctx, "statement", &title, data)
+}
+
+/// `GET /clients/{id}/statement.csv?month=YYYY-MM`.
+pub fn statement_download(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    req.only_filters(&["month"])?;
+    let statement = business_api::statement_of(app, ctx, id, req.query("month"))?;
+    Ok(business_api::statement_csv(&statement))
 }
 
 /// `GET /clients/new` and `GET /clients/{id}`.

@@ -146,6 +146,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["clients"]) => super::business_api::create_client(app, req, &ctx),
         (&Method::GET, ["clients", id]) => super::business_api::get_client(app, &ctx, id),
         (&Method::PUT, ["clients", id]) => super::business_api::update_client(app, req, &ctx, id),
+        (&Method::GET, ["clients", id, "statement"]) => {
+            super::business_api::client_statement(app, req, &ctx, id)
+        }
         (&Method::GET, ["revenue"]) => super::business_api::revenue(app, req, &ctx),
         // Fleet: agents, enrollment tokens, executions.
         (&Method::GET, ["agents"]) => fleet_api::agents_list(app, req, &ctx),
@@ -393,6 +396,12 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::POST, ["clients", id]) => {
             super::business_pages::client_save(app, req, &ctx, Some(id))
+        }
+        (&Method::GET, ["clients", id, "statement"]) => {
+            super::business_pages::statement_page(app, req, &ctx, id)
+        }
+        (&Method::GET, ["clients", id, "statement.csv"]) => {
+            super::business_pages::statement_download(app, req, &ctx, id)
         }
         (&Method::GET, ["revenue"]) => super::business_pages::revenue_page(app, req, &ctx),
         (&Method::GET, ["revenue", file]) => super::business_pages::revenue_csv(app, &ctx, file),
