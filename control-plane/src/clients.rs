@@ -188,14 +188,20 @@ pub fn create(w: &mut Writer, actor: &Actor, input: &ClientInput) -> AppResult<C
     Ok(client)
 }
 
-/// Changes a client, audited. A new name is not carried into the requests and
-/// subscriptions that name it (they keep the name they were filed with, and their
-/// `client_id`).
+/// Changes a client, audited. A new name is carried into its subscriptions (running
+/// contracts, listed and billed under the client's current name); its requests keep the
+/// name they were filed with (a record of what was asked), and their `client_id`.
 pub fn update(w: &mut Writer, actor: &Actor, id: &str, input: &ClientInput) -> AppResult<Client> {
     let mut client = get(w, id)?;
+    let old_name = client.name.clone();
     apply(w, &mut client, input, Problems::new())?;
     client.updated_at = Utc::now();
     save(w, &client)?;
+    if client.name != old_name {
+        for sub_id in related_ids(w, SUBSCRIPTIONS, &client.id)? {
+            crate::subscriptions::rename_client(w, &sub_id, &client.name)?;
+        }
+    }
     audit::record(
         w,
         actor,

@@ -121,7 +121,15 @@ fn active_in_month(sub: &Subscription, first: NaiveDate, today: NaiveDate) -> bo
     if let Some(last_day) = stopped.and_then(|d| d.pred_opt()) {
         end = end.min(last_day);
     }
-    sub.starts_on <= last && end >= first && first <= today
+    let overlaps = sub.starts_on <= last && end >= first && first <= today;
+    // A subscription ever paused counts only in a month it ran at least one day of.
+    let ever_paused = sub.paused_on.is_some() || sub.lifecycle.iter().any(|c| c.action == "pause");
+    overlaps
+        && (!ever_paused
+            || first
+                .iter_days()
+                .take_while(|d| *d <= last.min(today))
+                .any(|d| crate::statements::runs_on(sub, d)))
 }
 
 /// The revenue of `subs` on `today`, with the Hetzner cost of their servers.
@@ -452,6 +460,41 @@ mod tests {
 
     fn money(pairs: &[(&str, f64)]) -> Money {
         pairs.iter().map(|(c, a)| (c.to_string(), *a)).collect()
+    }
+
+    /// A month the subscription spent paused from its first to its last day brings
+    /// nothing to the monthly history; the months it ran in part still count.
+    #[test]
+    fn paused_months_bring_nothing() {
+        let mut paused = sub("Acme", "sales", 10.0, "EUR", &[]);
+        let change = |action: &str, on: &str| crate::subscriptions::LifecycleChange {
+            action: action.into(),
+            at: Utc::now(),
+            by: "sales".into(),
+            reason: None,
+            effective_on: Some(day(on)),
+        };
+        paused.lifecycle = vec![
+            change("pause", "2026-02-20"),
+            change("resume", "2026-04-03"),
+        ];
+        let report = compute(&[paused], &[], day("2026-05-15"));
+        let months: Vec<(&str, Option<f64>)> = report
+            .by_month
+            .iter()
+            .map(|m| (m.month.as_str(), m.mrr.get("EUR").copied()))
+            .filter(|(m, _)| ("2026-01".."2026-06").contains(m))
+            .collect();
+        assert_eq!(
+            months,
+            vec![
+                ("2026-01", Some(10.0)),
+                ("2026-02", Some(10.0)),
+                ("2026-03", None),
+                ("2026-04", Some(10.0)),
+                ("2026-05", Some(10.0)),
+            ]
+        );
     }
 
     /// Several currencies stay apart in every table; the Hetzner cost comes off the

@@ -380,6 +380,17 @@ fn link_client(
     Ok(())
 }
 
+/// Gives subscription `id` its client's new name (the client was renamed); its list
+/// position follows.
+pub fn rename_client(w: &mut Writer, id: &str, name: &str) -> anyhow::Result<()> {
+    if let Some(mut sub) = w.get::<Subscription>(id)? {
+        sub.client = name.to_string();
+        sub.updated_at = Utc::now();
+        save(w, &sub)?;
+    }
+    Ok(())
+}
+
 /// Schema step (by `clients::link_free_text`): each subscription stored before
 /// clients were records is linked to the client of its name, made when new.
 pub fn link_clients(w: &mut Writer) -> anyhow::Result<()> {

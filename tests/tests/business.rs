@@ -997,6 +997,15 @@ async fn clients_as_records() {
         .await;
     assert_eq!(status, 200, "{renamed}");
     assert_eq!(renamed["company"], Value::Null);
+    // Its subscriptions take the new name (and list under it); requests keep theirs.
+    assert!(renamed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["client"] == "Initech Global"));
+    let (_, listed) = sales.get("/api/v1/subscriptions?q=initech%20global").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(renamed["requests"][0]["client_name"], "Initech");
 
     // The pages.
     let mut page = PageClient::signed_in(&cp, "sales", "sales123").await;
