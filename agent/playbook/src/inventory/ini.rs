@@ -364,7 +364,8 @@ fn python_number(text: &str) -> Option<Value> {
     let plain = text.replace('_', "");
     if digits.chars().all(|c| c.is_ascii_digit() || c == '_') {
         // Python refuses leading zeros in decimal literals (`010`): text then.
-        if digits.len() > 1 && digits.starts_with('0') && digits.trim_start_matches('0') != "" {
+        if digits.len() > 1 && digits.starts_with('0') && !digits.trim_start_matches('0').is_empty()
+        {
             return None;
         }
         return plain.parse::<i64>().ok().map(Value::from);
