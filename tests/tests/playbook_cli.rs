@@ -827,3 +827,187 @@ fn dnf_without_dnf_fails_clearly() {
         text(&output)
     );
 }
+
+fn inventory_fixture() -> PathBuf {
+    workspace_root().join("tests/fixtures/playbooks/inventory")
+}
+
+/// The lines that show what a run did: banners (without their stars), result lines,
+/// messages and the recap.
+fn run_lines(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| l.trim_end_matches(['*', ' ']).trim_start().to_string())
+        .filter(|l| !l.is_empty() && l != "{" && l != "}")
+        .collect()
+}
+
+/// `-i inv --limit web1` runs the plays for web1's groups, skips the database play as
+/// Ansible prints it, and layers the inventory's variables (file, group_vars/ and
+/// host_vars/ beside it and beside the playbook) under play vars; INI and YAML
+/// inventories give the same run, which is ansible-core's output for it.
+#[test]
+fn inventory_and_limit_select_plays_and_variables() {
+    let fixture = inventory_fixture();
+    let site = fixture.join("site.yml").display().to_string();
+    let expected = [
+        "PLAY [web tier]",
+        "TASK [show the host's variables]",
+        "ok: [web1] => {",
+        "\"msg\": \"from-webservers on web1 port 8080 / prod / eu-playbook / inventory-all / prod,webservers / web1,web2,db1\"",
+        "TASK [show the other hosts]",
+        "ok: [web1] => {",
+        "\"msg\": \"from-webservers from-prod web1\"",
+        "PLAY [database tier]",
+        "skipping: no hosts matched",
+        "PLAY [all but databases]",
+        "TASK [fails on purpose when asked]",
+        "skipping: [web1]",
+        "TASK [play vars win over inventory vars]",
+        "ok: [web1] => {",
+        "\"msg\": \"task\"",
+        "PLAY RECAP",
+        "web1                       : ok=3    changed=0    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0",
+    ];
+    for inventory in ["hosts/inv.ini", "hosts/inv.yml"] {
+        let inventory = fixture.join(inventory).display().to_string();
+        let output = agent(&["-i", &inventory, "--limit", "web1", &site]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(run_lines(&stdout), expected, "{inventory}:\n{stdout}");
+    }
+}
+
+/// A failed task in a play the limit selects exits 2; a play for db1 runs alone when
+/// the limit is db1, and its recap names db1.
+#[test]
+fn inventory_runs_fail_and_select_by_limit() {
+    let fixture = inventory_fixture();
+    let site = fixture.join("site.yml").display().to_string();
+    let inventory = fixture.join("hosts/inv.ini").display().to_string();
+    let failed = agent(&[
+        "-i",
+        &inventory,
+        "--limit",
+        "web1",
+        &site,
+        "-e",
+        "fail_now=yes",
+    ]);
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("fatal: [web1]: FAILED!"),
+        "{}",
+        text(&failed)
+    );
+
+    let db = agent(&["-i", &inventory, "--limit", "dbservers", &site]);
+    assert_eq!(db.status.code(), Some(0), "{}", text(&db));
+    let lines = run_lines(&String::from_utf8_lossy(&db.stdout));
+    let skipped = lines
+        .iter()
+        .filter(|l| *l == "skipping: no hosts matched")
+        .count();
+    assert_eq!(skipped, 2, "{lines:?}");
+    assert!(lines.contains(&"\"msg\": \"db\"".to_string()), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("db1    ") && l.contains("ok=1 ")),
+        "{lines:?}"
+    );
+}
+
+/// A limit matching no host, or several, and an unreadable or invalid inventory exit 1
+/// with a one-line error before any play.
+#[test]
+fn bad_inventories_and_limits_exit_1() {
+    let fixture = inventory_fixture();
+    let site = fixture.join("site.yml").display().to_string();
+    let inventory = fixture.join("hosts/inv.ini").display().to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broken = dir.path().join("broken.ini");
+    std::fs::write(&broken, "[web]\nweb1\n[prod:children]\nmissing\n").expect("write");
+    let broken = broken.display().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["-i", &inventory, "--limit", "nomatch"],
+            "ERROR! Specified inventory, host pattern and/or --limit leaves us with no hosts to target.",
+        ),
+        (
+            &["-i", &inventory, "--limit", "webservers"],
+            "ERROR! --limit webservers selects 2 hosts (web1, web2)",
+        ),
+        (
+            &["-i", "/nonexistent/inv.ini"],
+            "ERROR! could not use the inventory /nonexistent/inv.ini: could not read /nonexistent/inv.ini",
+        ),
+        (
+            &["-i", &broken],
+            "broken.ini:4: Section [prod:children] includes undefined group 'missing'.",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all_args = args.to_vec();
+        all_args.push(&site);
+        let output = agent(&all_args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            !text(&output).contains("PLAY ["),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+}
+
+/// Without -i, group_vars/ and host_vars/ beside the playbook apply to localhost, which
+/// is in `ungrouped`; a play for another group is skipped and the recap is empty.
+#[test]
+fn vars_beside_the_playbook_without_inventory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("group_vars")).expect("dir");
+    std::fs::create_dir_all(dir.path().join("host_vars")).expect("dir");
+    std::fs::write(
+        dir.path().join("group_vars/all.yml"),
+        "a: from-all\nb: from-all\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("group_vars/ungrouped.yml"),
+        "b: from-ungrouped\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("host_vars/localhost.yml"), "c: from-host\n").expect("write");
+    let file = write_playbook(
+        dir.path(),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=\"{{ a }} {{ b }} {{ c }} {{ group_names }}\"\n",
+    );
+    let output = agent(&[&file]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        text(&output).contains("\"msg\": \"from-all from-ungrouped from-host ['ungrouped']\""),
+        "{}",
+        text(&output)
+    );
+
+    let other = write_playbook(
+        dir.path(),
+        "- hosts: webservers\n  gather_facts: false\n  tasks:\n    - debug: msg=never\n",
+    );
+    let output = agent(&[&other]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let lines = run_lines(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        lines,
+        [
+            "PLAY [webservers]",
+            "skipping: no hosts matched",
+            "PLAY RECAP"
+        ],
+        "{}",
+        text(&output)
+    );
+}

@@ -194,14 +194,24 @@ fn run_agent(playbook: &Path, root: &Path, extra: &[&str]) -> RunResult {
 }
 
 fn run_ansible(playbook: &Path, root: &Path, home: &Path, extra: &[&str]) -> RunResult {
-    let program = ansible_playbook();
-    let python = program.with_file_name("python");
-    let output = Command::new(&program)
+    let output = ansible_command(home)
         .args(["-c", "local", "-i", "localhost,"])
         .arg(playbook)
         .arg("-e")
         .arg(format!("root={}", root.display()))
         .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("ansible-playbook could not be started: {e}"));
+    finish("ansible-playbook", output)
+}
+
+/// ansible-playbook with a configuration of its own in `home`, no colours, no retry
+/// files and the venv's Python for modules.
+fn ansible_command(home: &Path) -> Command {
+    let program = ansible_playbook();
+    let python = program.with_file_name("python");
+    let mut command = Command::new(&program);
+    command
         .current_dir(home)
         .env("ANSIBLE_CONFIG", home.join("none.cfg"))
         .env("ANSIBLE_HOME", home.join("ansible"))
@@ -218,10 +228,8 @@ fn run_ansible(playbook: &Path, root: &Path, home: &Path, extra: &[&str]) -> Run
             } else {
                 "python3".into()
             },
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("{} could not be started: {e}", program.display()));
-    finish("ansible-playbook", output)
+        );
+    command
 }
 
 /// Runs a fixture with both tools (twice each) and compares everything observable.
@@ -446,4 +454,90 @@ fn git_matches_ansible() {
 fn pip_matches_ansible() {
     let fixture = fixtures().join("pip.yml");
     check_ignoring(&fixture, &[], &[], &["venv", "dist"]);
+}
+
+/// The lines of a run worth comparing: banners without their stars, result lines,
+/// messages, "skipping: no hosts matched" and the recap, without warnings.
+fn comparable_lines(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| l.trim_end_matches(['*', ' ']).trim_start().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with("[WARNING]") && !l.starts_with("[DEPRECATION"))
+        .collect()
+}
+
+/// An INI and a YAML inventory with group_vars/ and host_vars/ beside them and beside
+/// the playbook, run with `--limit web1` (and `--limit db1`, and with a failing task):
+/// the same plays run or are skipped with the same messages, recap and exit code as
+/// ansible-core's.
+#[test]
+fn inventory_matches_ansible() {
+    let fixture = fixtures().join("inventory");
+    let playbook = fixture.join("site.yml");
+    let home = tempfile::tempdir().expect("temp dir");
+    for inventory in ["hosts/inv.ini", "hosts/inv.yml"] {
+        let inventory = fixture.join(inventory).display().to_string();
+        for extra in [
+            &["--limit", "web1"][..],
+            &["--limit", "db1"][..],
+            &["--limit", "web1", "-e", "fail_now=yes"][..],
+        ] {
+            let native = Command::new(dynserv_tests::agent_binary())
+                .arg("playbook")
+                .args(["-i", &inventory])
+                .args(extra)
+                .arg(&playbook)
+                .output()
+                .expect("dynserv-agent runs");
+            let ansible = ansible_command(home.path())
+                .args(["-i", &inventory])
+                .args(extra)
+                .arg(&playbook)
+                .output()
+                .expect("ansible-playbook runs");
+            let (native_out, ansible_out) = (
+                String::from_utf8_lossy(&native.stdout),
+                String::from_utf8_lossy(&ansible.stdout),
+            );
+            let context = format!(
+                "{inventory} {extra:?}\n=== dynserv-agent\n{native_out}{}\n=== ansible-playbook\n{ansible_out}{}",
+                String::from_utf8_lossy(&native.stderr),
+                String::from_utf8_lossy(&ansible.stderr)
+            );
+            assert_eq!(
+                native.status.code(),
+                ansible.status.code(),
+                "exit codes differ: {context}"
+            );
+            // A failed task's error block quotes its origin in each tool's own way; the
+            // lines up to it, the fatal line and the recap must agree.
+            let (native_lines, ansible_lines) = (
+                comparable_lines(&native_out),
+                comparable_lines(&ansible_out),
+            );
+            let before_error = |lines: &[String]| -> Vec<String> {
+                lines
+                    .iter()
+                    .take_while(|l| !l.starts_with("[ERROR]"))
+                    .cloned()
+                    .collect()
+            };
+            let fatal = |lines: &[String]| lines.iter().find(|l| l.starts_with("fatal:")).cloned();
+            assert_eq!(
+                before_error(&native_lines),
+                before_error(&ansible_lines),
+                "runs differ: {context}"
+            );
+            assert_eq!(
+                fatal(&native_lines),
+                fatal(&ansible_lines),
+                "failures differ: {context}"
+            );
+            assert_eq!(
+                native_lines.last(),
+                ansible_lines.last(),
+                "recaps differ: {context}"
+            );
+        }
+    }
 }

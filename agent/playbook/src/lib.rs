@@ -21,7 +21,13 @@
 //!
 //! # What is supported
 //!
-//! * Plays: `hosts` (the local host under any of its names, `all`, `localhost`), `name`,
+//! * Inventories (`inventory`, `-i`): INI, YAML, directories and host lists, with
+//!   `group_vars/`/`host_vars/` beside the inventory and the playbook. The run plays one
+//!   host, the local machine, as the inventory host `--limit` names (default: the only
+//!   host, else `localhost`); a play whose `hosts` pattern does not select it is skipped.
+//!   Without `-i` the host is alone in `ungrouped` and also answers to `localhost` and
+//!   this machine's names.
+//! * Plays: `hosts` (Ansible's host patterns), `name`,
 //!   `vars`, `vars_files`, `gather_facts`, `pre_tasks`/`roles`/`tasks`/`post_tasks`/
 //!   `handlers` (run as Ansible compiles them: pre_tasks, flush, roles and tasks, flush,
 //!   post_tasks, flush), `force_handlers`, and the inherited keywords below. Top-level
@@ -60,6 +66,7 @@ pub mod engine;
 pub mod facts;
 pub mod fallback;
 pub mod filters;
+pub mod inventory;
 pub mod model;
 pub mod modules;
 pub mod roles;
@@ -152,9 +159,15 @@ pub struct PlaybookArgs {
     /// Only check the playbook's syntax and modules; run nothing.
     #[arg(long)]
     pub syntax_check: bool,
-    /// The host name the play sees as `inventory_hostname`.
-    #[arg(long, default_value = "localhost")]
+    /// The host name the play sees as `inventory_hostname` when there is no inventory.
+    #[arg(long, default_value = "localhost", conflicts_with = "inventory")]
     pub inventory_hostname: String,
+    /// An Ansible inventory: an INI or YAML file, a directory of them, or `host1,host2,`.
+    #[arg(short = 'i', long, value_name = "INVENTORY")]
+    pub inventory: Option<String>,
+    /// The inventory host this run plays (a host pattern selecting exactly one host).
+    #[arg(short = 'l', long, value_name = "PATTERN")]
+    pub limit: Option<String>,
     /// Run tasks whose module the native runtime lacks through ansible-core's `ansible`
     /// program (`--ansible-fallback=PATH` to choose it); without this flag such a playbook
     /// is rejected.
@@ -212,6 +225,7 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         println!("\nplaybook: {}", file.display());
         return Ok(EXIT_OK);
     }
+    let (inventory, host) = inventory_for_run(args, &base_dir)?;
     let mut extra_vars = Vec::new();
     for argument in &args.extra_vars {
         extra_vars.extend(parse_extra_vars(argument).map_err(anyhow::Error::msg)?);
@@ -234,7 +248,8 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
             .collect(),
         secrets: Vec::new(),
         force_handlers: args.force_handlers,
-        inventory_hostname: args.inventory_hostname.clone(),
+        inventory_hostname: host,
+        inventory: Some(std::sync::Arc::new(inventory)),
         become_program: std::env::current_exe().ok(),
         ansible_fallback: args.ansible_fallback.clone(),
         cancel: None,
@@ -247,6 +262,27 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
     };
     let report = run_playbook(&playbook, &options, &mut sink);
     Ok(if report.failed { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// The inventory of a CLI run (`-i`, else the implicit one of `--inventory-hostname`)
+/// with its variables from `group_vars/`/`host_vars/` beside it and beside the
+/// playbook in `playbook_dir`, and the host `--limit` selects.
+fn inventory_for_run(
+    args: &PlaybookArgs,
+    playbook_dir: &Path,
+) -> anyhow::Result<(inventory::Inventory, String)> {
+    let source = args.inventory.as_deref();
+    let mut inventory = match source {
+        Some(source) => inventory::Inventory::load(source)
+            .with_context(|| format!("could not use the inventory {source}"))?,
+        None => inventory::Inventory::implicit(&args.inventory_hostname),
+    };
+    let host = inventory::run_host(&inventory, args.limit.as_deref())?;
+    let dirs = inventory::VarsDirs::for_run(source, playbook_dir);
+    inventory
+        .resolve_vars(&dirs, Some(&host))
+        .context("could not read the inventory's variables")?;
+    Ok((inventory, host))
 }
 
 #[cfg(test)]
@@ -405,6 +441,38 @@ mod tests {
             lines.join("\n")
         );
         assert!(lines.iter().any(|l| l.starts_with("TASK [r : debug]")));
+    }
+
+    /// With an inventory, a play runs only when its pattern selects the host, and
+    /// another host's variables are templated in that host's own context.
+    #[test]
+    fn inventory_selects_plays_and_hostvars() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("inv.ini");
+        std::fs::write(
+            &source,
+            "[web]\nweb1\n[db]\ndb1 me='{{ inventory_hostname }}'\n",
+        )
+        .expect("write");
+        let mut inventory =
+            inventory::Inventory::load(&source.display().to_string()).expect("valid");
+        inventory
+            .resolve_vars(&inventory::VarsDirs::default(), None)
+            .expect("vars");
+        let options = RunOptions {
+            inventory_hostname: "web1".into(),
+            inventory: Some(std::sync::Arc::new(inventory)),
+            ..RunOptions::default()
+        };
+        let (lines, report) = run_yaml(
+            "- hosts: db\n  gather_facts: false\n  tasks:\n    - debug: msg=never\n- hosts: all:!db\n  gather_facts: false\n  tasks:\n    - debug: msg=\"{{ hostvars['db1'].me }} {{ group_names }}\"\n",
+            &options,
+        );
+        let all = lines.join("\n");
+        assert_eq!(report.stats.ok, 1, "{all}");
+        assert!(all.contains("skipping: no hosts matched"), "{all}");
+        assert!(all.contains("\"msg\": \"db1 ['web']\""), "{all}");
+        assert!(!all.contains("never"), "{all}");
     }
 
     /// A cancelled run stops before its next task and says so.

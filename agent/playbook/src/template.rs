@@ -204,9 +204,20 @@ impl Templar {
 
     /// Builds a lazily templated variable context from raw variables.
     pub fn context(self: &Arc<Self>, vars: HashMap<String, Value>) -> Value {
+        self.context_with_hostvars(vars, Arc::new(Vec::new()))
+    }
+
+    /// Like [`Templar::context`], with the `hostvars` of other hosts beside this one's
+    /// (`hostvars[inventory_hostname]` is always this very context).
+    pub fn context_with_hostvars(
+        self: &Arc<Self>,
+        vars: HashMap<String, Value>,
+        other_hosts: Arc<Vec<(String, Value)>>,
+    ) -> Value {
         Value::from_object(LazyVars {
             templar: Arc::clone(self),
             raw: vars,
+            other_hosts,
             cache: Mutex::new(HashMap::new()),
             resolving: Mutex::new(HashSet::new()),
         })
@@ -422,6 +433,8 @@ pub fn python_repr(value: &Value) -> String {
 struct LazyVars {
     templar: Arc<Templar>,
     raw: HashMap<String, Value>,
+    /// `hostvars` of the inventory's other hosts.
+    other_hosts: Arc<Vec<(String, Value)>>,
     cache: Mutex<HashMap<String, Value>>,
     resolving: Mutex<HashSet<String>>,
 }
@@ -460,16 +473,19 @@ impl Object for LazyVars {
             return Some(Value::from_dyn_object(Arc::clone(self)));
         }
         if name == "hostvars" && !self.raw.contains_key("hostvars") {
-            // One host: hostvars[inventory_hostname] is this very context.
+            // hostvars[inventory_hostname] is this very context.
             let host = self
                 .raw
                 .get("inventory_hostname")
                 .cloned()
                 .unwrap_or(Value::from("localhost"));
-            return Some(Value::from_pairs([(
-                host,
-                Value::from_dyn_object(Arc::clone(self)),
-            )]));
+            let others = self
+                .other_hosts
+                .iter()
+                .map(|(name, vars)| (Value::from(name.as_str()), vars.clone()));
+            return Some(Value::from_pairs(
+                others.chain([(host, Value::from_dyn_object(Arc::clone(self)))]),
+            ));
         }
         let raw = self.raw.get(name)?;
         if !needs_templating(raw) {

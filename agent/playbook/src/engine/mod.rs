@@ -19,6 +19,7 @@ mod loops;
 mod output;
 
 use crate::facts::{build_facts, FactSources};
+use crate::inventory::{self, Inventory};
 use crate::model::{Inherited, LoopKind, Play, Playbook, Task, TaskBody};
 use crate::modules::{self, files, ModuleContext, Outcome};
 use crate::roles::RoleScope;
@@ -52,6 +53,10 @@ pub struct RunOptions {
     pub force_handlers: bool,
     /// The name of this host in the play (`inventory_hostname`).
     pub inventory_hostname: String,
+    /// The inventory the host is played in (`-i`): which plays run (their `hosts:`
+    /// patterns), `groups`, `group_names`, `hostvars` and the inventory's variables.
+    /// `None`: [`Inventory::implicit`] for `inventory_hostname`, without variables.
+    pub inventory: Option<Arc<Inventory>>,
     /// The program to re-execute under sudo for `become` (defaults to the current executable).
     pub become_program: Option<PathBuf>,
     /// ansible-core's `ansible` program, when tasks with modules the runtime lacks may run
@@ -73,6 +78,7 @@ impl Default for RunOptions {
             secrets: Vec::new(),
             force_handlers: false,
             inventory_hostname: "localhost".into(),
+            inventory: None,
             become_program: None,
             ansible_fallback: None,
             cancel: None,
@@ -226,6 +232,14 @@ struct Runner<'a> {
     roles_ran: HashSet<String>,
     /// Identities of roles that completed in this play (they do not run again).
     roles_completed: HashSet<String>,
+    /// The inventory the host is played in.
+    inventory: Arc<Inventory>,
+    /// `groups`, computed once from the inventory.
+    groups: Value,
+    /// `hostvars` of the inventory's other hosts, each templated in its own context.
+    other_hostvars: Arc<Vec<(String, Value)>>,
+    /// Whether a play matched the host (only then does the recap list it).
+    processed: bool,
 }
 
 /// What happened to one task (after loops were aggregated).
@@ -243,11 +257,23 @@ impl<'a> Runner<'a> {
     ) -> Runner<'a> {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
+        let inventory = options
+            .inventory
+            .clone()
+            .unwrap_or_else(|| Arc::new(Inventory::implicit(&options.inventory_hostname)));
+        let templar = Templar::new(playbook.base_dir.clone());
+        let groups = groups_value(&inventory);
+        let other_hostvars = Arc::new(other_hostvars(
+            &inventory,
+            &options.inventory_hostname,
+            &groups,
+            &templar,
+        ));
         Runner {
             playbook,
             options,
             sink,
-            templar: Templar::new(playbook.base_dir.clone()),
+            templar,
             stats: Stats::default(),
             facts: None,
             host_vars: Vec::new(),
@@ -266,6 +292,10 @@ impl<'a> Runner<'a> {
             play_roles: Vec::new(),
             roles_ran: HashSet::new(),
             roles_completed: HashSet::new(),
+            inventory,
+            groups,
+            other_hostvars,
+            processed: false,
         }
     }
 
@@ -281,7 +311,7 @@ impl<'a> Runner<'a> {
         vars.insert("inventory_hostname".into(), Value::from(host.clone()));
         vars.insert(
             "inventory_hostname_short".into(),
-            Value::from(host.split('.').next().unwrap_or_default()),
+            Value::from(inventory::short_name(&host)),
         );
         vars.insert("ansible_host".into(), Value::from(host.clone()));
         vars.insert("ansible_connection".into(), Value::from("local"));
@@ -310,11 +340,11 @@ impl<'a> Runner<'a> {
             "ansible_skip_tags".into(),
             Value::from(self.options.skip_tags.clone()),
         );
+        vars.insert("groups".into(), self.groups.clone());
         vars.insert(
-            "groups".into(),
-            Value::from_pairs([("all", hosts_list.clone()), ("ungrouped", hosts_list)]),
+            "group_names".into(),
+            Value::from(self.inventory.group_names(&host)),
         );
-        vars.insert("group_names".into(), Value::from(Vec::<String>::new()));
         vars.insert("omit".into(), Value::from(OMIT));
         vars.insert(
             "ansible_version".into(),
@@ -341,15 +371,17 @@ impl<'a> Runner<'a> {
             );
         }
         // Precedence, low to high, as ansible-core's VariableManager stacks it: the play's
-        // roles' defaults, the task's role's defaults, play vars and vars_files, the
-        // play's roles' vars, the task's role's vars, block/task vars, set_fact and
-        // registered vars, role params, then loop variables (and extra vars below).
+        // roles' defaults, the task's role's defaults, the inventory's variables (group
+        // and host vars, already layered), play vars and vars_files, the play's roles'
+        // vars, the task's role's vars, block/task vars, set_fact and registered vars,
+        // role params, then loop variables (and extra vars below).
         let role = scope.role.as_deref();
         let play_defaults = self.play_roles.iter().flat_map(|r| r.play_defaults.iter());
         let play_role_vars = self.play_roles.iter().flat_map(|r| r.exported_vars.iter());
         let none: &[(String, Value)] = &[];
         for (k, v) in play_defaults
             .chain(role.map_or(none, |r| &r.defaults).iter())
+            .chain(self.inventory.vars_of(&host).iter())
             .chain(self.play_vars.iter())
             .chain(play_role_vars)
             .chain(role.map_or(none, |r| &r.vars).iter())
@@ -372,7 +404,8 @@ impl<'a> Runner<'a> {
         for (k, v) in &self.options.extra_vars {
             vars.insert(k.clone(), v.clone());
         }
-        self.templar.context(vars)
+        self.templar
+            .context_with_hostvars(vars, Arc::clone(&self.other_hostvars))
     }
 
     fn set_host_var(&mut self, name: &str, value: Value) {
@@ -380,31 +413,20 @@ impl<'a> Runner<'a> {
         self.host_vars.push((name.to_string(), value));
     }
 
-    fn host_matches(&self, play: &Play) -> bool {
+    /// Whether the play's `hosts` pattern selects this host in the inventory.
+    fn host_matches(&self, play: &Play) -> Result<bool, String> {
         let ctx = self.context(&Inherited::default(), &[]);
         let hosts = self
             .templar
             .template(&play.hosts, &ctx)
-            .unwrap_or_else(|_| play.hosts.clone());
-        let patterns: Vec<String> = match hosts.kind() {
-            ValueKind::Seq => hosts
-                .try_iter()
-                .map(|i| i.map(|v| modules::value_to_string(&v)).collect())
-                .unwrap_or_default(),
-            _ => modules::value_to_string(&hosts)
-                .split([',', ':'])
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        };
-        let hostname = crate::facts::nodename();
-        patterns.iter().any(|p| {
-            let p = p.trim_start_matches('&');
-            matches!(p, "all" | "*" | "localhost" | "127.0.0.1" | "ungrouped")
-                || p == self.host()
-                || p == hostname
-                || p == hostname.split('.').next().unwrap_or_default()
-        })
+            .map_err(|e| e.to_string())?;
+        let terms = inventory::pattern::terms(&hosts);
+        if terms.is_empty() {
+            return Err("Hosts list cannot be empty. Please check your playbook".into());
+        }
+        let selected =
+            inventory::pattern::select(&self.inventory, &terms).map_err(|e| e.to_string())?;
+        Ok(selected.iter().any(|h| h == self.host()))
     }
 
     fn run_play(&mut self, play: &Play) {
@@ -416,9 +438,17 @@ impl<'a> Runner<'a> {
             .map(|v| modules::value_to_string(&v))
             .unwrap_or_else(|_| play.name.clone());
         self.emit_banner(&format!("PLAY [{title}]"));
-        if !self.host_matches(play) {
-            self.emit("skipping: no hosts matched");
-            return;
+        match self.host_matches(play) {
+            Ok(true) => self.processed = true,
+            Ok(false) => {
+                self.emit("skipping: no hosts matched");
+                return;
+            }
+            Err(message) => {
+                self.emit(&format!("ERROR! {message}"));
+                self.host_failed = true;
+                return;
+            }
         }
         self.end_play = false;
         // Play vars live in `play_vars` (below vars_files and role vars), not in the
@@ -1268,6 +1298,47 @@ impl<'a> Runner<'a> {
             ),
         }
     }
+}
+
+/// `groups`: every group of the inventory with its hosts.
+fn groups_value(inventory: &Inventory) -> Value {
+    Value::from_pairs(
+        inventory
+            .groups_map()
+            .into_iter()
+            .map(|(group, hosts)| (group, Value::from(hosts))),
+    )
+}
+
+/// `hostvars` of every inventory host but `current`: its inventory variables and
+/// magic names, templated lazily in its own context as Ansible does.
+fn other_hostvars(
+    inventory: &Inventory,
+    current: &str,
+    groups: &Value,
+    templar: &Arc<Templar>,
+) -> Vec<(String, Value)> {
+    inventory
+        .host_names()
+        .filter(|host| *host != current)
+        .map(|host| {
+            let mut vars: HashMap<String, Value> = HashMap::new();
+            vars.insert("inventory_hostname".into(), Value::from(host));
+            vars.insert(
+                "inventory_hostname_short".into(),
+                Value::from(inventory::short_name(host)),
+            );
+            vars.insert(
+                "group_names".into(),
+                Value::from(inventory.group_names(host)),
+            );
+            vars.insert("groups".into(), groups.clone());
+            for (name, value) in inventory.vars_of(host) {
+                vars.insert(name.clone(), value.clone());
+            }
+            (host.to_string(), templar.context(vars))
+        })
+        .collect()
 }
 
 fn all_true(templar: &Templar, conditions: &[Value], ctx: &Value) -> Result<bool, TemplateError> {

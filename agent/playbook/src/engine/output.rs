@@ -25,10 +25,13 @@ impl Runner<'_> {
 
     pub(super) fn recap(&mut self) {
         self.emit_banner("PLAY RECAP");
-        let line = self
-            .stats
-            .recap_line(&self.options.inventory_hostname.clone());
-        self.emit(&line);
+        // As ansible-playbook, the recap lists only a host that some play ran on.
+        if self.processed {
+            let line = self
+                .stats
+                .recap_line(&self.options.inventory_hostname.clone());
+            self.emit(&line);
+        }
         self.emit("");
     }
 
