@@ -392,13 +392,16 @@ mod tests {
         assert_eq!(unknown.field.as_deref(), Some("client_id"));
     }
 
-    /// The schema step: requests and subscriptions stored with a free-text client
-    /// (no `client_id`) are linked to records made by name, one per name whatever its
-    /// case, with the request's e-mail; running it again changes nothing.
+    /// The schema steps, on a store written at version 7 and opened by this binary:
+    /// requests and subscriptions stored with a free-text client (no `client_id`) are
+    /// linked to records made by name, one per name whatever its case, with the
+    /// request's e-mail (running it again changes nothing), and subscriptions list by
+    /// end date.
     #[test]
     fn free_text_clients_become_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
         let request = |id: &str, client: &str| -> crate::requests::Request {
             serde_json::from_value(serde_json::json!({
                 "id": id, "client_name": client, "client_email": "it@blue.example",
@@ -433,9 +436,15 @@ mod tests {
                 ))?;
                 w.put(&request("0193a5b2-7c1d-7000-8000-000000000003", "Red Sea"))?;
                 w.put(&subscription)?;
-                link_free_text(w)
+                w.meta_put("schema_version", &7u64)
             })
             .unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            crate::store::SCHEMA_VERSION
+        );
         store.write(link_free_text).unwrap();
         store
             .read(|r| {
@@ -452,6 +461,19 @@ mod tests {
                 let linked: crate::requests::Request =
                     r.get("0193a5b2-7c1d-7000-8000-000000000003")?.unwrap();
                 assert_eq!(linked.client_id.as_deref(), Some(clients[1].id.as_str()));
+                let by_end = crate::subscriptions::Filter {
+                    sort: crate::subscriptions::Sort::End,
+                    ..Default::default()
+                };
+                let subject = crate::policy::Subject {
+                    user_id: "admin".into(),
+                    username: "admin".into(),
+                    role: crate::policy::Role::Admin,
+                    is_manager: false,
+                    grants: Default::default(),
+                };
+                let listed = crate::subscriptions::query(r, &subject, &by_end, None, 10)?;
+                assert_eq!(listed.items.len(), 1, "the end-date index was backfilled");
                 Ok(())
             })
             .unwrap();

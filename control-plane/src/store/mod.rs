@@ -1224,7 +1224,7 @@ impl Writer {
             .transpose()
     }
 
-    fn meta_put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+    pub(crate) fn meta_put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value)?;
         self.raw_mut().meta_put(key, &bytes)
     }
