@@ -950,6 +950,18 @@ pub fn statement_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
     );
     let mut value = json!(statement);
     value["totals"] = json!(totals);
+    // A short reference reads better on paper than a whole UUID.
+    if let Some(lines) = value["lines"].as_array_mut() {
+        for line in lines {
+            let short: String = line["subscription"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(8)
+                .collect();
+            line["reference"] = json!(short);
+        }
+    }
     let data = json!({
         "statement": value,
         "previous": month.previous().to_string(),
