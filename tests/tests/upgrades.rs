@@ -325,6 +325,85 @@ async fn a_binary_with_a_bad_checksum_is_refused_and_the_agent_runs_on() {
     assert_eq!(after["status"], "succeeded", "{after}");
 }
 
+/// A new version that is not welcomed by the control plane within its trial (here the
+/// control plane is down when it starts) is rolled back by the agent itself: the
+/// previous binary is back at its path, the agent runs it, and once the control plane
+/// is back the upgrade fails with the reason; the job that ran meanwhile is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_not_welcomed_in_its_trial_is_rolled_back() {
+    let work = tempfile::tempdir().unwrap();
+    let served = agent_copy(&work.path().join("served"), None);
+    let new_version = find_version(&std::fs::read(&served).unwrap()).unwrap();
+    let (mut cp, api, mut agent, agent_id) = setup(work.path(), &served, false).await;
+    let installed = agent.binary().to_path_buf();
+    let version_at = |path: &Path| find_version(&std::fs::read(path).unwrap_or_default());
+    agent.stop();
+    agent.set_env("DYNSERV_AGENT_UPGRADE_TRIAL_S", "3");
+    agent.run_supervised();
+    api.connected_agent("web-1").await;
+
+    // A job holds the swap back while the control plane goes away (long enough for the
+    // binary to arrive and be checked first).
+    let body = json!({"agent": agent_id, "kind": "script", "script": "sleep 25; echo job done", "interpreter": "/bin/sh"});
+    let (status, job) = api.post("/api/v1/executions", &body).await;
+    assert_eq!(status, 201, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let (status, created) = api
+        .post(&format!("/api/v1/agents/{agent_id}/upgrade"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let upgrade_id = created["id"].as_str().unwrap().to_string();
+    upgrade_until(
+        &api,
+        &upgrade_id,
+        Duration::from_secs(60),
+        "the agent staged the binary and waits for its job",
+        |u| u["agents"][0]["status"] == "waiting_for_jobs",
+    )
+    .await;
+    cp.stop();
+
+    // The job ends, the binary is swapped, the new version finds no control plane
+    // within 3 s and puts the previous binary back.
+    eventually(Duration::from_secs(60), "the new binary is installed", || {
+        let swapped = version_at(&installed).as_deref() == Some(new_version.as_str());
+        let rolled = agent.logs().contains("rolled back");
+        async move { (swapped || rolled).then_some(()) }
+    })
+    .await;
+    eventually(Duration::from_secs(60), "the agent rolls it back", || {
+        let back = version_at(&installed).as_deref() == Some(OLD);
+        async move { back.then_some(()) }
+    })
+    .await;
+
+    cp.start_again().await;
+    let failed = upgrade_until(
+        &api,
+        &upgrade_id,
+        Duration::from_secs(120),
+        "the upgrade ended",
+        |u| u["status"] != "running",
+    )
+    .await;
+    assert_eq!(failed["agents"][0]["status"], "failed", "{failed}\n{}", agent.logs());
+    let error = failed["agents"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("was not welcomed") && error.contains("rolled back"),
+        "{failed}"
+    );
+    let view = eventually(Duration::from_secs(30), "the old version reconnects", || async {
+        let (_, view) = api.get(&format!("/api/v1/agents/{agent_id}")).await;
+        (view["connected"] == true && view["version"] == OLD).then_some(view)
+    })
+    .await;
+    assert_eq!(view["outdated"], true, "{view}");
+    let ended = api.execution_end(&job_id, Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let after = api.run_script(&agent_id, "echo back on the old version").await;
+    assert_eq!(after["status"], "succeeded", "{after}");
+}
+
 /// The upgrade endpoints: a sales agent hears 403, an unknown agent or upgrade 404,
 /// a malformed or ambiguous body 400, a technician without admin on the project 403.
 #[tokio::test(flavor = "multi_thread")]
