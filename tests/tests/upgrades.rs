@@ -365,11 +365,15 @@ async fn a_new_version_not_welcomed_in_its_trial_is_rolled_back() {
 
     // The job ends, the binary is swapped, the new version finds no control plane
     // within 3 s and puts the previous binary back.
-    eventually(Duration::from_secs(60), "the new binary is installed", || {
-        let swapped = version_at(&installed).as_deref() == Some(new_version.as_str());
-        let rolled = agent.logs().contains("rolled back");
-        async move { (swapped || rolled).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the new binary is installed",
+        || {
+            let swapped = version_at(&installed).as_deref() == Some(new_version.as_str());
+            let rolled = agent.logs().contains("rolled back");
+            async move { (swapped || rolled).then_some(()) }
+        },
+    )
     .await;
     eventually(Duration::from_secs(60), "the agent rolls it back", || {
         let back = version_at(&installed).as_deref() == Some(OLD);
@@ -386,22 +390,96 @@ async fn a_new_version_not_welcomed_in_its_trial_is_rolled_back() {
         |u| u["status"] != "running",
     )
     .await;
-    assert_eq!(failed["agents"][0]["status"], "failed", "{failed}\n{}", agent.logs());
+    assert_eq!(
+        failed["agents"][0]["status"],
+        "failed",
+        "{failed}\n{}",
+        agent.logs()
+    );
     let error = failed["agents"][0]["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("was not welcomed") && error.contains("rolled back"),
         "{failed}"
     );
-    let view = eventually(Duration::from_secs(30), "the old version reconnects", || async {
-        let (_, view) = api.get(&format!("/api/v1/agents/{agent_id}")).await;
-        (view["connected"] == true && view["version"] == OLD).then_some(view)
-    })
+    let view = eventually(
+        Duration::from_secs(30),
+        "the old version reconnects",
+        || async {
+            let (_, view) = api.get(&format!("/api/v1/agents/{agent_id}")).await;
+            (view["connected"] == true && view["version"] == OLD).then_some(view)
+        },
+    )
     .await;
     assert_eq!(view["outdated"], true, "{view}");
     let ended = api.execution_end(&job_id, Duration::from_secs(60)).await;
     assert_eq!(ended["status"], "succeeded", "{ended}");
-    let after = api.run_script(&agent_id, "echo back on the old version").await;
+    let after = api
+        .run_script(&agent_id, "echo back on the old version")
+        .await;
     assert_eq!(after["status"], "succeeded", "{after}");
+}
+
+/// Several replicas: an upgrade made on replica A reaches an agent connected to
+/// replica B (B holds the connection and sends the binary it serves), and A follows it
+/// to its end and sees the new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_made_on_one_replica_reaches_an_agent_of_another() {
+    let work = tempfile::tempdir().unwrap();
+    let served = agent_copy(&work.path().join("served"), None);
+    let new_version = find_version(&std::fs::read(&served).unwrap()).unwrap();
+    let a = ControlPlane::builder()
+        .postgres()
+        .env("DYNSERV_AGENT_BINARY", served.to_str().unwrap())
+        .start()
+        .await;
+    let b = a.replica().start().await;
+    a.add_user("admin", "admin", false, "admin-password-1");
+    let api_a = a.api_as("admin");
+    let (status, body) = api_a
+        .post("/api/v1/projects", &json!({"name": "Upgrades"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut agent = Agent::enroll(&b.quic_addr(), &a.enrollment_token("Upgrades"), "web-b");
+    agent.use_binary(&agent_copy(&work.path().join("installed"), Some(OLD)));
+    agent.run_supervised();
+    let agent_id = eventually(Duration::from_secs(30), "the old version on B", || async {
+        let (_, list) = api_a.get("/api/v1/agents?q=web-b").await;
+        let view = list.as_array().and_then(|l| l.first()).cloned()?;
+        (view["connected"] == true && view["version"] == OLD)
+            .then(|| view["id"].as_str().unwrap().to_string())
+    })
+    .await;
+
+    let (status, created) = api_a
+        .post(&format!("/api/v1/agents/{agent_id}/upgrade"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let upgrade_id = created["id"].as_str().unwrap().to_string();
+    let done = upgrade_until(
+        &api_a,
+        &upgrade_id,
+        Duration::from_secs(120),
+        "the upgrade ended",
+        |u| u["status"] != "running",
+    )
+    .await;
+    assert_eq!(
+        done["status"],
+        "succeeded",
+        "{done}\n{}\n{}",
+        agent.logs(),
+        b.logs()
+    );
+    let view = eventually(
+        Duration::from_secs(30),
+        "A sees the new version",
+        || async {
+            let (_, view) = api_a.get(&format!("/api/v1/agents/{agent_id}")).await;
+            (view["version"] == new_version.as_str() && view["connected"] == true).then_some(view)
+        },
+    )
+    .await;
+    assert_eq!(view["outdated"], false, "{view}");
 }
 
 /// The upgrade endpoints: a sales agent hears 403, an unknown agent or upgrade 404,
