@@ -47,6 +47,8 @@ command -v crontab >/dev/null 2>&1 || missing_packages+=(cron)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing_packages+=(postgresql)
 # The SSH tests (tests/tests/ssh.rs) start a real OpenSSH server on a loopback port.
 [ -x /usr/sbin/sshd ] || missing_packages+=(openssh-server)
+# Certificate renewal is tested on a faked wall clock (libfaketime), months ahead.
+[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing_packages+=(faketime)
 if [ "${#missing_packages[@]}" -gt 0 ]; then
     say "installing ${missing_packages[*]} from Debian (browser, playbook and PostgreSQL tests)"
     # Wait for another apt/dpkg run to release its lock instead of failing at once.
@@ -54,7 +56,7 @@ if [ "${#missing_packages[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
         install -y --no-install-recommends "${missing_packages[@]}"
 else
-    say "chromium, chromedriver, crontab, PostgreSQL and sshd present"
+    say "chromium, chromedriver, crontab, PostgreSQL, sshd and faketime present"
 fi
 
 # ---- ansible-core in .venv-ansible (playbook differential tests) ---------------------

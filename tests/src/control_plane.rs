@@ -408,6 +408,13 @@ impl ControlPlane {
     }
 
     /// Starts a stopped or killed server again on the same data dir and ports.
+    /// Sets an environment variable of `serve` from the next [`ControlPlane::start_again`]
+    /// on (for example a faked clock, see [`crate::faked_clock`]).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.options.env.retain(|(k, _)| k != key);
+        self.options.env.push((key.to_string(), value.to_string()));
+    }
+
     pub async fn start_again(&mut self) {
         assert!(
             self.child.is_none(),

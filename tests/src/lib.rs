@@ -230,6 +230,24 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
     }
 }
 
+/// The environment that runs a process on a clock `offset` ahead (libfaketime's syntax:
+/// `+70d`), wall clock only: timers and timeouts (the monotonic clock) keep real time.
+/// Needs Debian's `faketime` package, which the README's test command installs.
+pub fn faked_clock(offset: &str) -> Vec<(&'static str, String)> {
+    const LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(LIBRARY).is_file(),
+        "{LIBRARY} is missing (Debian package faketime): run the README's test command \
+         `{TEST_COMMAND}`, which installs it"
+    );
+    vec![
+        ("LD_PRELOAD", LIBRARY.to_string()),
+        ("FAKETIME", offset.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_string()),
+    ]
+}
+
 /// Whether a handle being dropped keeps its temp dir and prints its logs: when the test
 /// is failing (panicking), or always with `DYNSERV_TEST_KEEP=1` (to look at screenshots
 /// and logs of a passing test).

@@ -1090,3 +1090,54 @@ async fn enrollment_tokens_are_listed_and_revoked() {
     let (_, audit) = api.get("/api/v1/audit?q=agent.token_revoke").await;
     assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
 }
+
+/// Certificate renewal on an injected clock: both sides are moved 70 days ahead
+/// (libfaketime), past two thirds of the agent certificate's 90-day lifetime. At its
+/// next connection the agent gets a new certificate over that connection, with no
+/// operator action; it reconnects with it, and jobs run.
+#[tokio::test]
+async fn an_agent_certificate_renews_itself_two_thirds_into_its_lifetime() {
+    let (mut cp, api) = setup().await;
+    let mut agent = Agent::start(&cp, &cp.enrollment_token("Fleet"), "aging");
+    let id = connected_agent(&api, "aging").await;
+    let (_, view) = api.get(&format!("/api/v1/agents/{id}")).await;
+    let first = view["cert_expires_at"]
+        .as_str()
+        .expect("an expiry")
+        .to_string();
+
+    agent.stop();
+    cp.stop();
+    for (key, value) in dynserv_tests::faked_clock("+70d") {
+        cp.set_env(key, &value);
+        agent.set_env(key, &value);
+    }
+    cp.start_again().await;
+    agent.run();
+    let renewed = eventually(
+        Duration::from_secs(60),
+        "the certificate is renewed",
+        || async {
+            let (_, view) = api.get(&format!("/api/v1/agents/{id}")).await;
+            let now = view["cert_expires_at"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (now > first).then_some(now)
+        },
+    )
+    .await;
+    // Issued on the faked clock: about 70 days later than the first one.
+    assert!(renewed[..7] > first[..7], "{first} -> {renewed}");
+
+    // The agent comes back with its new certificate, and works.
+    agent.restart();
+    connected_agent(&api, "aging").await;
+    let done = api.run_script(&id, "echo renewed").await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", agent.logs());
+    assert!(
+        !agent.logs().contains("certificate expired"),
+        "{}",
+        agent.logs()
+    );
+}
