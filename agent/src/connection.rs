@@ -243,14 +243,24 @@ async fn connect_first(
 
 /// Writes `agent.json` (a temp file renamed over it, mode 0600), off the async thread.
 /// Replaces `agent.pem` with a renewed certificate (atomically, mode 0600), after
-/// checking that it certifies this agent's own key and that the CA it holds signed it
-/// (a TLS configuration is built from the three files); returns the certificate's
-/// SHA-256 (hex).
-async fn store_renewed_certificate(state_dir: &Path, certificate_pem: &str) -> Result<String> {
+/// checking that it certifies this agent's own key and that a CA the agent trusts
+/// signed it: the CA bundle sent with it when there is one (a CA rotation), else the
+/// agent's `ca.pem`. A bundle is stored as `ca.pem` first, so the agent trusts the
+/// new CA before it presents a certificate of it, and keeps trusting the old one, which
+/// still signs the control plane's server certificate until it is retired. Returns the
+/// certificate's SHA-256 (hex).
+async fn store_renewed_certificate(
+    state_dir: &Path,
+    certificate_pem: &str,
+    bundle: Option<&str>,
+) -> Result<String> {
     let state_dir = state_dir.to_path_buf();
     let certificate_pem = certificate_pem.to_string();
+    let bundle = bundle.map(str::to_string);
     tokio::task::spawn_blocking(move || {
-        let ca_pem = std::fs::read_to_string(state_dir.join("ca.pem"))?;
+        let ca_path = state_dir.join("ca.pem");
+        let kept = std::fs::read_to_string(&ca_path)?;
+        let ca_pem = bundle.clone().unwrap_or_else(|| kept.clone());
         let key_pem = std::fs::read_to_string(state_dir.join("agent.key"))?;
         let der = pki::certs_from_pem(&certificate_pem)?;
         let first = der.first().context("the renewed certificate is empty")?;
@@ -260,7 +270,16 @@ async fn store_renewed_certificate(state_dir: &Path, certificate_pem: &str) -> R
         if pki::AgentPublicKey::from_certificate(first)?.text() != ours.text() {
             bail!("the renewed certificate is not for this agent's key");
         }
+        pki::verify_agent_cert(&ca_pem, first)
+            .context("the renewed certificate is not signed by a CA this agent trusts")?;
         pki::agent_client_config(&ca_pem, &certificate_pem, &key_pem)?;
+        if let Some(bundle) = bundle.filter(|b| b.trim() != kept.trim()) {
+            write_private(&ca_path, bundle.as_bytes())?;
+            tracing::info!(
+                cas = pki::certs_from_pem(&bundle).map(|c| c.len()).unwrap_or(0),
+                "stored the control plane's CA bundle"
+            );
+        }
         write_private(&state_dir.join("agent.pem"), certificate_pem.as_bytes())?;
         Ok(hex::encode(pki::sha256(first)))
     })
@@ -376,7 +395,7 @@ pub async fn enroll(
             signing_key,
         } => {
             let ca = pki::certs_from_pem(&ca_pem)?;
-            if pki::sha256(&ca[0]) != token.ca_sha256 {
+            if !ca.iter().any(|c| pki::sha256(c) == token.ca_sha256) {
                 bail!("the control plane sent a CA that does not match the token's fingerprint");
             }
             write_private(&state_dir.join("agent.key"), key.serialize_pem().as_bytes())?;
@@ -667,10 +686,15 @@ async fn session(
                 Some(ServerControl::Certificate {
                     certificate_pem,
                     expires_at,
+                    ca_pem,
                 }) => {
-                    let sha256 = store_renewed_certificate(place.state_dir, &certificate_pem)
-                        .await
-                        .context("storing the renewed certificate")?;
+                    let sha256 = store_renewed_certificate(
+                        place.state_dir,
+                        &certificate_pem,
+                        ca_pem.as_deref(),
+                    )
+                    .await
+                    .context("storing the renewed certificate")?;
                     tracing::info!(%expires_at, "stored a renewed certificate");
                     let stored = AgentControl::CertificateStored { sha256 };
                     write_frame(&mut *send.lock().await, &stored).await?;

@@ -58,7 +58,8 @@ pub const ALPN: &[u8] = b"dynserv/1";
 /// 3 adds terminal streams ([`ToAgent::TerminalOpen`] and the messages after it);
 /// 4 adds agent upgrades (the upgrade stream, [`ToAgent::Upgrade`] and the messages
 /// after it, [`AgentControl::UpgradeOutcome`], and the control plane's signing key in
-/// [`ServerControl::Welcome`] and [`EnrollResponse::Enrolled`]).
+/// [`ServerControl::Welcome`] and [`EnrollResponse::Enrolled`]) and CA rotation (the
+/// CA bundle in [`ServerControl::Certificate`]).
 /// A control plane serves agents down to [`MIN_PROTOCOL_VERSION`] (one version older
 /// than its own) and sends each only what its version knows: nothing added in a later
 /// version, and no job whose kind needs a later one ([`JobKind::min_protocol`]).
@@ -77,6 +78,11 @@ pub const TERMINAL_MIN_PROTOCOL: u32 = 3;
 /// upgrade to (nor sends its signing key to) an agent whose hello announced an older
 /// one: such an agent is upgraded by hand once.
 pub const UPGRADE_MIN_PROTOCOL: u32 = 4;
+
+/// The first protocol whose [`ServerControl::Certificate`] carries a CA bundle: only
+/// agents of this protocol or later are sent certificates of a CA they were not told
+/// about at enrollment (a CA rotation).
+pub const CA_BUNDLE_MIN_PROTOCOL: u32 = 4;
 
 /// Most bytes of an agent binary in one [`ToAgent::UpgradeChunk`] (before base64), so
 /// a chunk's frame stays well under [`crate::frame::MAX_FRAME_LEN`].
@@ -192,7 +198,8 @@ pub enum EnrollResponse {
         agent_id: String,
         /// The agent's client certificate (PEM).
         certificate_pem: String,
-        /// The control plane's CA certificate (PEM), for later connections.
+        /// The control plane's CA certificates (PEM), for later connections: the one
+        /// the token pinned first, then any other it trusts (during a CA rotation).
         ca_pem: String,
         /// The control plane's Ed25519 public key for agent binaries (base64 of its 32
         /// bytes): an upgrade's binary must carry a signature that verifies with it.
@@ -304,6 +311,15 @@ pub enum ServerControl {
         certificate_pem: String,
         /// When it expires (RFC 3339).
         expires_at: String,
+        /// The CA certificates (PEM, one or more) the agent trusts from now on, for the
+        /// control plane's server certificate and as the issuers of its own (protocol
+        /// 4; absent from older control planes and for older agents). While the control
+        /// plane rotates its CA this holds the old and the new one, and the new
+        /// certificate may come from the new one: the agent checks the certificate
+        /// against this bundle and stores the bundle as its `ca.pem` before the
+        /// certificate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_pem: Option<String>,
     },
 }
 
