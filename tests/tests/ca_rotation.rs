@@ -306,3 +306,60 @@ async fn the_ca_api_cli_and_page_check_who_asks_and_what() {
     assert_eq!(status, 200);
     assert!(!html.contains("ca-rotate"));
 }
+
+/// Across replicas on one PostgreSQL database: a rotation made on replica A reaches an
+/// agent connected to replica B (B rereads the CAs from the store, no restart) and it
+/// is renewed there; after the old CA is retired on A, B refuses an old-CA certificate
+/// and serves the new CA's certificate to the renewed agent when it reconnects.
+#[tokio::test]
+async fn a_rotation_on_one_replica_reaches_agents_of_another() {
+    let a = ControlPlane::builder().postgres().start().await;
+    let b = a.replica().start().await;
+    a.add_user("admin", "admin", false, "admin-password-1");
+    let api = a.api_as("admin");
+    let (status, body) = api
+        .post("/api/v1/projects", &json!({"name": "Fleet"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut on_b = Agent::enroll(&b.quic_addr(), &a.enrollment_token("Fleet"), "on-b");
+    on_b.run();
+    let mut stale = Agent::enroll(&b.quic_addr(), &a.enrollment_token("Fleet"), "stale-b");
+    api.connected_agent("on-b").await;
+    let old_id = cas(&api).await[0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+
+    let (status, created) = api.post_empty("/api/v1/ca/rotate").await;
+    assert_eq!(status, 201, "{created}");
+    let new_id = created["id"].as_str().expect("an id").to_string();
+    wait_for_holders(&api, &old_id, 1, &new_id, 1).await;
+    assert_eq!(trusted_cas(&on_b), 2, "{}", on_b.logs());
+    assert_eq!(connections_of(&on_b), 1, "{}", on_b.logs());
+
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/ca/{old_id}/retire"),
+            &json!({"force": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // B takes the retirement from the store within its reload period.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    std::fs::copy(
+        on_b.state_dir().join("ca.pem"),
+        stale.state_dir().join("ca.pem"),
+    )
+    .expect("copying the bundle");
+    stale.run();
+    on_b.restart();
+    eventually(Duration::from_secs(30), "on-b reconnected to B", || async {
+        (connections_of(&on_b) >= 2).then_some(())
+    })
+    .await;
+    job_succeeds(&api, "on-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(connections_of(&stale), 0, "{}", stale.logs());
+    on_b.stop();
+    stale.stop();
+}
