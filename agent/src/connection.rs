@@ -287,6 +287,42 @@ async fn store_renewed_certificate(
     .context("storing the certificate")?
 }
 
+/// Keeps the CA bundle a welcome carried as `ca.pem` when it differs from the one kept
+/// (a CA was added by a rotation or retired since) and the agent's own certificate
+/// verifies against it, so the agent never strands itself with a bundle that leaves
+/// out its certificate's CA. The connection is mutually authenticated with the CAs the
+/// agent trusted already, so this is the control plane it trusts. Failures are logged:
+/// the kept bundle stays.
+async fn learn_ca_bundle(state_dir: &Path, bundle: &str) {
+    if bundle.trim().is_empty() {
+        return;
+    }
+    let state_dir = state_dir.to_path_buf();
+    let bundle = bundle.to_string();
+    let learned = tokio::task::spawn_blocking(move || -> Result<Option<usize>> {
+        let ca_path = state_dir.join("ca.pem");
+        let kept = std::fs::read_to_string(&ca_path).context("reading ca.pem")?;
+        if kept.trim() == bundle.trim() {
+            return Ok(None);
+        }
+        let cas = pki::certs_from_pem(&bundle)?.len();
+        let certificate_pem =
+            std::fs::read_to_string(state_dir.join("agent.pem")).context("reading agent.pem")?;
+        let certificate = pki::certs_from_pem(&certificate_pem)?.remove(0);
+        pki::verify_agent_cert(&bundle, &certificate)
+            .context("this agent's certificate does not verify against the announced CAs")?;
+        write_private(&ca_path, bundle.as_bytes())?;
+        Ok(Some(cas))
+    })
+    .await;
+    match learned {
+        Ok(Ok(Some(cas))) => tracing::info!(cas, "stored the control plane's CA bundle"),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!("keeping the CA bundle: {e:#}"),
+        Err(e) => tracing::warn!("keeping the CA bundle: {e}"),
+    }
+}
+
 /// Keeps the control plane's signing key a welcome carried when the agent has none yet
 /// (agents enrolled before signing keys existed): the connection is mutually
 /// authenticated, its server certificate checked against the CA pinned at enrollment,
@@ -630,7 +666,7 @@ async fn session(
         instance_id: instance.instance_id.clone(),
     };
     write_frame(&mut send, &hello).await?;
-    let (heartbeat_s, announced, signing_key) = match tokio::time::timeout(
+    let (heartbeat_s, announced, signing_key, ca_pem) = match tokio::time::timeout(
         Duration::from_secs(15),
         read_frame::<ServerControl, _>(&mut recv),
     )
@@ -640,8 +676,9 @@ async fn session(
             heartbeat_s,
             servers,
             signing_key,
+            ca_pem,
             ..
-        }))) => (heartbeat_s.clamp(1, 60), servers, signing_key),
+        }))) => (heartbeat_s.clamp(1, 60), servers, signing_key, ca_pem),
         Ok(Ok(Some(ServerControl::Refused {
             reason,
             retry_after_s,
@@ -655,6 +692,7 @@ async fn session(
     tracing::info!("connected to the control plane at {}", place.server);
     take_announced(place, info, &announced, connection.remote_address().ip()).await;
     learn_signing_key(place.state_dir, &signing_key).await;
+    learn_ca_bundle(place.state_dir, &ca_pem).await;
     if let Some(outcome) = place.upgrader.pending_report() {
         write_frame(&mut send, &outcome.message()).await?;
         tracing::info!(upgrade = %outcome.upgrade_id, error = ?outcome.error, "reported how the upgrade ended");

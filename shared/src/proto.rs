@@ -288,6 +288,13 @@ pub enum ServerControl {
         /// never replaces it.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         signing_key: String,
+        /// The CA certificates (PEM) the control plane trusts now, the one that signs
+        /// its server certificate first (protocol 4; empty for older agents and from
+        /// older control planes). An agent keeps it as its `ca.pem` when its own
+        /// certificate verifies against it, so a CA retired after a rotation is trusted
+        /// by the agent no more from its next connection on.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ca_pem: String,
     },
     /// The hello was refused (revoked agent, unknown version, another copy of the agent
     /// holds its identity); the connection closes.
@@ -847,6 +854,7 @@ mod tests {
                 heartbeat_s: 5,
                 servers: Vec::new(),
                 signing_key: String::new(),
+                ca_pem: String::new(),
             }
         );
         assert_eq!(serde_json::to_string(&decoded).unwrap(), old_welcome);
@@ -856,6 +864,7 @@ mod tests {
             heartbeat_s: 5,
             servers: vec!["cp1:4433".into(), "cp2:4433".into()],
             signing_key: String::new(),
+            ca_pem: String::new(),
         };
         let text = serde_json::to_string(&welcome).unwrap();
         assert_eq!(
@@ -960,6 +969,7 @@ mod tests {
             heartbeat_s: 5,
             servers: Vec::new(),
             signing_key: "a2V5".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----".into(),
         };
         let text = serde_json::to_string(&welcome).unwrap();
         assert!(text.contains("\"signing_key\":\"a2V5\""), "{text}");

@@ -96,7 +96,8 @@ async fn job_succeeds(api: &Api, name: &str) {
 /// reconnects with its old certificate and is renewed; retiring the old CA is refused
 /// while an agent still depends on it, then forced, after which that agent (holding
 /// only an old-CA certificate) is refused; agents restarted after the retirement verify
-/// the new CA's server certificate through their bundle and run jobs.
+/// the new CA's server certificate through their bundle, run jobs, and drop the retired
+/// CA from their bundle.
 #[tokio::test]
 async fn a_rotation_with_agents_connected_throughout() {
     let (cp, api) = setup().await;
@@ -214,6 +215,9 @@ async fn a_rotation_with_agents_connected_throughout() {
     api.connected_agent("away").await;
     job_succeeds(&api, "steady").await;
     job_succeeds(&api, "away").await;
+    // Their welcome carried the CAs in force: they trust the retired one no more.
+    assert_eq!(trusted_cas(&steady), 1, "{}", steady.logs());
+    assert_eq!(trusted_cas(&away), 1, "{}", away.logs());
 
     // Each step was audited.
     for action in ["ca.rotate", "ca.retire"] {

@@ -669,6 +669,12 @@ async fn serve_admitted(
             } else {
                 String::new()
             },
+            // The CAs in force, so an agent stops trusting a retired one.
+            ca_pem: if conn.protocol >= CA_BUNDLE_MIN_PROTOCOL {
+                fleet.trust().bundle_pem.clone()
+            } else {
+                String::new()
+            },
         },
     )
     .await?;
