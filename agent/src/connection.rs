@@ -243,14 +243,24 @@ async fn connect_first(
 
 /// Writes `agent.json` (a temp file renamed over it, mode 0600), off the async thread.
 /// Replaces `agent.pem` with a renewed certificate (atomically, mode 0600), after
-/// checking that it certifies this agent's own key and that the CA it holds signed it
-/// (a TLS configuration is built from the three files); returns the certificate's
-/// SHA-256 (hex).
-async fn store_renewed_certificate(state_dir: &Path, certificate_pem: &str) -> Result<String> {
+/// checking that it certifies this agent's own key and that a CA the agent trusts
+/// signed it: the CA bundle sent with it when there is one (a CA rotation), else the
+/// agent's `ca.pem`. A bundle is stored as `ca.pem` first, so the agent trusts the
+/// new CA before it presents a certificate of it, and keeps trusting the old one, which
+/// still signs the control plane's server certificate until it is retired. Returns the
+/// certificate's SHA-256 (hex).
+async fn store_renewed_certificate(
+    state_dir: &Path,
+    certificate_pem: &str,
+    bundle: Option<&str>,
+) -> Result<String> {
     let state_dir = state_dir.to_path_buf();
     let certificate_pem = certificate_pem.to_string();
+    let bundle = bundle.map(str::to_string);
     tokio::task::spawn_blocking(move || {
-        let ca_pem = std::fs::read_to_string(state_dir.join("ca.pem"))?;
+        let ca_path = state_dir.join("ca.pem");
+        let kept = std::fs::read_to_string(&ca_path)?;
+        let ca_pem = bundle.clone().unwrap_or_else(|| kept.clone());
         let key_pem = std::fs::read_to_string(state_dir.join("agent.key"))?;
         let der = pki::certs_from_pem(&certificate_pem)?;
         let first = der.first().context("the renewed certificate is empty")?;
@@ -260,12 +270,57 @@ async fn store_renewed_certificate(state_dir: &Path, certificate_pem: &str) -> R
         if pki::AgentPublicKey::from_certificate(first)?.text() != ours.text() {
             bail!("the renewed certificate is not for this agent's key");
         }
+        pki::verify_agent_cert(&ca_pem, first)
+            .context("the renewed certificate is not signed by a CA this agent trusts")?;
         pki::agent_client_config(&ca_pem, &certificate_pem, &key_pem)?;
+        if let Some(bundle) = bundle.filter(|b| b.trim() != kept.trim()) {
+            write_private(&ca_path, bundle.as_bytes())?;
+            tracing::info!(
+                cas = pki::certs_from_pem(&bundle).map(|c| c.len()).unwrap_or(0),
+                "stored the control plane's CA bundle"
+            );
+        }
         write_private(&state_dir.join("agent.pem"), certificate_pem.as_bytes())?;
         Ok(hex::encode(pki::sha256(first)))
     })
     .await
     .context("storing the certificate")?
+}
+
+/// Keeps the CA bundle a welcome carried as `ca.pem` when it differs from the one kept
+/// (a CA was added by a rotation or retired since) and the agent's own certificate
+/// verifies against it, so the agent never strands itself with a bundle that leaves
+/// out its certificate's CA. The connection is mutually authenticated with the CAs the
+/// agent trusted already, so this is the control plane it trusts. Failures are logged:
+/// the kept bundle stays.
+async fn learn_ca_bundle(state_dir: &Path, bundle: &str) {
+    if bundle.trim().is_empty() {
+        return;
+    }
+    let state_dir = state_dir.to_path_buf();
+    let bundle = bundle.to_string();
+    let learned = tokio::task::spawn_blocking(move || -> Result<Option<usize>> {
+        let ca_path = state_dir.join("ca.pem");
+        let kept = std::fs::read_to_string(&ca_path).context("reading ca.pem")?;
+        if kept.trim() == bundle.trim() {
+            return Ok(None);
+        }
+        let cas = pki::certs_from_pem(&bundle)?.len();
+        let certificate_pem =
+            std::fs::read_to_string(state_dir.join("agent.pem")).context("reading agent.pem")?;
+        let certificate = pki::certs_from_pem(&certificate_pem)?.remove(0);
+        pki::verify_agent_cert(&bundle, &certificate)
+            .context("this agent's certificate does not verify against the announced CAs")?;
+        write_private(&ca_path, bundle.as_bytes())?;
+        Ok(Some(cas))
+    })
+    .await;
+    match learned {
+        Ok(Ok(Some(cas))) => tracing::info!(cas, "stored the control plane's CA bundle"),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!("keeping the CA bundle: {e:#}"),
+        Err(e) => tracing::warn!("keeping the CA bundle: {e}"),
+    }
 }
 
 /// Keeps the control plane's signing key a welcome carried when the agent has none yet
@@ -376,7 +431,7 @@ pub async fn enroll(
             signing_key,
         } => {
             let ca = pki::certs_from_pem(&ca_pem)?;
-            if pki::sha256(&ca[0]) != token.ca_sha256 {
+            if !ca.iter().any(|c| pki::sha256(c) == token.ca_sha256) {
                 bail!("the control plane sent a CA that does not match the token's fingerprint");
             }
             write_private(&state_dir.join("agent.key"), key.serialize_pem().as_bytes())?;
@@ -611,7 +666,7 @@ async fn session(
         instance_id: instance.instance_id.clone(),
     };
     write_frame(&mut send, &hello).await?;
-    let (heartbeat_s, announced, signing_key) = match tokio::time::timeout(
+    let (heartbeat_s, announced, signing_key, ca_pem) = match tokio::time::timeout(
         Duration::from_secs(15),
         read_frame::<ServerControl, _>(&mut recv),
     )
@@ -621,8 +676,9 @@ async fn session(
             heartbeat_s,
             servers,
             signing_key,
+            ca_pem,
             ..
-        }))) => (heartbeat_s.clamp(1, 60), servers, signing_key),
+        }))) => (heartbeat_s.clamp(1, 60), servers, signing_key, ca_pem),
         Ok(Ok(Some(ServerControl::Refused {
             reason,
             retry_after_s,
@@ -636,6 +692,7 @@ async fn session(
     tracing::info!("connected to the control plane at {}", place.server);
     take_announced(place, info, &announced, connection.remote_address().ip()).await;
     learn_signing_key(place.state_dir, &signing_key).await;
+    learn_ca_bundle(place.state_dir, &ca_pem).await;
     if let Some(outcome) = place.upgrader.pending_report() {
         write_frame(&mut send, &outcome.message()).await?;
         tracing::info!(upgrade = %outcome.upgrade_id, error = ?outcome.error, "reported how the upgrade ended");
@@ -667,10 +724,15 @@ async fn session(
                 Some(ServerControl::Certificate {
                     certificate_pem,
                     expires_at,
+                    ca_pem,
                 }) => {
-                    let sha256 = store_renewed_certificate(place.state_dir, &certificate_pem)
-                        .await
-                        .context("storing the renewed certificate")?;
+                    let sha256 = store_renewed_certificate(
+                        place.state_dir,
+                        &certificate_pem,
+                        ca_pem.as_deref(),
+                    )
+                    .await
+                    .context("storing the renewed certificate")?;
                     tracing::info!(%expires_at, "stored a renewed certificate");
                     let stored = AgentControl::CertificateStored { sha256 };
                     write_frame(&mut *send.lock().await, &stored).await?;

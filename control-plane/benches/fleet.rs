@@ -183,6 +183,7 @@ fn seed(
                     host_id: &host_id,
                     protocol: dynserv_shared::proto::PROTOCOL_VERSION,
                     cert_expires_at: dynserv::fleet::certs::CertPolicy::default().validity().1,
+                    ca_id: dynserv::fleet::ca::ORIGINAL_CA_ID,
                 };
                 agents::register(w, &token, new, chrono::Utc::now())?
                     .map_err(|e| anyhow::anyhow!(e.to_string()))?;

@@ -162,6 +162,19 @@ pub struct Agent {
     /// [`crate::agent_offline`]); `None` while connected.
     #[serde(default)]
     pub offline_since: Option<DateTime<Utc>>,
+    /// The CA that issued the current certificate (see [`crate::fleet::ca`]); `None`
+    /// for agents enrolled before CAs were rotated: the original CA.
+    #[serde(default)]
+    pub cert_ca: Option<String>,
+}
+
+impl Agent {
+    /// The id of the CA that issued the agent's current certificate.
+    pub fn cert_ca_id(&self) -> &str {
+        self.cert_ca
+            .as_deref()
+            .unwrap_or(crate::fleet::ca::ORIGINAL_CA_ID)
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +201,7 @@ impl Agent {
             previous_cert_sha256: None,
             next_cert: None,
             offline_since: None,
+            cert_ca: None,
         }
     }
 }
@@ -199,6 +213,10 @@ pub struct NextCert {
     pub sha256: String,
     /// When it expires.
     pub expires_at: DateTime<Utc>,
+    /// The CA that issued it (`None` in records from before CA rotations: the
+    /// original CA).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// Stops accepting the certificate a renewal replaced (the agent connected with the
@@ -245,6 +263,12 @@ pub fn record_renewal(
     agent.previous_cert_sha256 = Some(presented.to_string()).filter(|p| p != sha256);
     agent.cert_sha256 = next.sha256;
     agent.cert_expires_at = Some(next.expires_at);
+    count_ca(w, &agent, -1)?;
+    agent.cert_ca = Some(
+        next.ca
+            .unwrap_or_else(|| crate::fleet::ca::ORIGINAL_CA_ID.to_string()),
+    );
+    count_ca(w, &agent, 1)?;
     w.put(&agent)?;
     audit::record(
         w,
@@ -599,6 +623,8 @@ pub struct NewAgent<'a> {
     pub protocol: u32,
     /// When its certificate expires.
     pub cert_expires_at: DateTime<Utc>,
+    /// The CA that issued its certificate.
+    pub ca_id: &'a str,
 }
 
 /// Registers a newly enrolled agent and attaches it to the server its token was made
@@ -617,6 +643,7 @@ pub fn register(
         host_id,
         protocol,
         cert_expires_at,
+        ca_id,
     } = new;
     let Some(project) = w.get::<Project>(&token.project_id)? else {
         return Ok(Err(EnrollRefusal::NoProject));
@@ -678,10 +705,12 @@ pub fn register(
         previous_cert_sha256: None,
         next_cert: None,
         offline_since: None,
+        cert_ca: Some(ca_id.to_string()),
     };
     w.put(&agent)?;
     index_new(w, &agent)?;
     count_version(w, &agent, 1)?;
+    count_ca(w, &agent, 1)?;
     crate::executions::know_term(w, name)?;
     audit::record(
         w,
@@ -713,6 +742,7 @@ pub fn revoke(
         return Err(AppError::conflict("the agent is already revoked"));
     }
     count_version(w, &agent, -1)?;
+    count_ca(w, &agent, -1)?;
     agent.revoked_at = Some(Utc::now());
     agent.revoked_by = Some(actor.username.clone());
     crate::agent_offline::mark_online(w, &mut agent)?;
@@ -1099,6 +1129,48 @@ pub fn backfill_version_counts(store: &Store) -> anyhow::Result<()> {
     })
 }
 
+/// Kept count of usable agents whose current certificate a CA issued:
+/// `agents_by_ca/CA_ID` (see [`crate::fleet::ca`]: a CA is retired once no agent
+/// depends on it).
+const AGENTS_BY_CA: &str = "agents_by_ca";
+/// Set once the counts above cover the agents enrolled before they were kept.
+const CA_COUNTS_READY: &str = "agents_ca_counts_ready";
+
+/// Adds `delta` to the count of the CA that issued the agent's certificate (nothing
+/// for a revoked agent).
+fn count_ca(w: &mut Writer, agent: &Agent, delta: i64) -> anyhow::Result<()> {
+    if agent.revoked_at.is_some() {
+        return Ok(());
+    }
+    w.counter_add(&format!("{AGENTS_BY_CA}/{}", agent.cert_ca_id()), delta)?;
+    Ok(())
+}
+
+/// How many usable agents hold a current certificate of the CA `ca_id`.
+pub fn holding_ca(r: &impl Read, ca_id: &str) -> anyhow::Result<u64> {
+    r.counter(&format!("{AGENTS_BY_CA}/{ca_id}"))
+}
+
+/// Counts the agents enrolled before the per-CA counts were kept, once (all hold
+/// certificates of the original CA then; the marker is read and set in the same
+/// transaction, so replicas starting together count once).
+pub fn backfill_ca_counts(store: &Store) -> anyhow::Result<()> {
+    if store.read(|r| r.counter(CA_COUNTS_READY))? > 0 {
+        return Ok(());
+    }
+    store.write(|w| {
+        if w.counter(CA_COUNTS_READY)? > 0 {
+            return Ok(());
+        }
+        let all: Vec<Agent> = w.list()?;
+        for agent in &all {
+            count_ca(w, agent, 1)?;
+        }
+        w.counter_add(CA_COUNTS_READY, 1)?;
+        Ok(())
+    })
+}
+
 /// How much of the fleet a subject sees runs the control plane's own version.
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionSummary {
@@ -1477,6 +1549,7 @@ mod tests {
                             host_id: "",
                             protocol: 2,
                             cert_expires_at: now,
+                            ca_id: crate::fleet::ca::ORIGINAL_CA_ID,
                         };
                         register(w, &token, new, now)?.expect("enrolled");
                     }

@@ -50,6 +50,7 @@ impl App {
         let fleet = Fleet::new(store.clone(), &config.data_dir, config.max_job_output)?;
         fleet.set_cert_policy(crate::fleet::certs::CertPolicy::new(config.agent_cert_days));
         crate::agents::backfill_version_counts(&store)?;
+        crate::agents::backfill_ca_counts(&store)?;
         let cluster = Cluster::new(&store);
         fleet.join(cluster.clone());
         let metrics = Arc::new(Metrics::default());

@@ -50,6 +50,28 @@ pub enum Command {
         uses: Option<u32>,
         ttl: Option<String>,
     },
+    /// List the fleet's CAs.
+    CaList,
+    /// Rotate the fleet's CA; the answer is the new CA's id alone.
+    CaRotate,
+    /// Retire a CA no agent depends on (or with `force`, one some still do).
+    CaRetire { id: String, force: bool },
+}
+
+impl Command {
+    /// Whether the command changes the fleet's CAs (the running gateway rereads them
+    /// at once).
+    pub fn changes_cas(&self) -> bool {
+        matches!(self, Command::CaRotate | Command::CaRetire { .. })
+    }
+}
+
+/// The message of a domain error, without the chain of an internal one.
+fn plain(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<crate::error::AppError>() {
+        Ok(app) => anyhow::anyhow!(app.message),
+        Err(e) => e,
+    }
 }
 
 /// What a command needs: the store and the keys, whichever process holds them.
@@ -116,6 +138,58 @@ pub fn execute(core: &Core, command: &Command) -> Result<String> {
             *uses,
             ttl.as_deref(),
         ),
+        Command::CaList => {
+            let cas = core.store.read(crate::fleet::ca::list)?;
+            let lines: Vec<String> = cas
+                .iter()
+                .map(|ca| {
+                    format!(
+                        "{}  {:<8}  {} agent(s)  created {}  sha256 {}{}",
+                        ca.id,
+                        ca.status,
+                        ca.agents,
+                        ca.created_at
+                            .map(|at| at.to_rfc3339())
+                            .unwrap_or_else(|| "before rotations".into()),
+                        ca.fingerprint,
+                        if ca.serving {
+                            "  (signs the gateway)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            Ok(lines.join("\n"))
+        }
+        Command::CaRotate => {
+            let new = core
+                .store
+                .write(|w| {
+                    Ok(crate::fleet::ca::rotate(
+                        w,
+                        &Actor::cli(),
+                        chrono::Utc::now(),
+                    )?)
+                })
+                .map_err(plain)?;
+            Ok(new.id)
+        }
+        Command::CaRetire { id, force } => {
+            let retired = core
+                .store
+                .write(|w| {
+                    Ok(crate::fleet::ca::retire(
+                        w,
+                        &Actor::cli(),
+                        id,
+                        *force,
+                        chrono::Utc::now(),
+                    )?)
+                })
+                .map_err(plain)?;
+            Ok(format!("retired CA {}", retired.id))
+        }
         Command::Backup { out } => {
             let out = if out.is_absolute() {
                 out.clone()
@@ -193,7 +267,15 @@ async fn serve_one(app: App, stream: UnixStream) -> Result<()> {
                     keys: &app.keys,
                     data_dir: &app.config.data_dir,
                 };
-                execute(&core, &command)
+                let result = execute(&core, &command);
+                if result.is_ok() && command.changes_cas() {
+                    // The gateway here takes the new CAs at once; other replicas
+                    // within their next reload.
+                    if let Err(e) = app.fleet.reload_trust() {
+                        tracing::warn!("rereading the fleet's CAs: {e:#}");
+                    }
+                }
+                result
             })
             .await?;
             match result {

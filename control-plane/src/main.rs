@@ -42,6 +42,9 @@ enum Cmd {
     /// Manage agent enrollment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The fleet's certificate authorities: list, rotate, retire.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Write a consistent copy of the store, also while `serve` runs.
     Backup {
         /// The file to write; must not exist.
@@ -107,6 +110,26 @@ enum TokenCmd {
         /// How long it stays valid: 30m, 24h, 7d [default: 24h].
         #[arg(long)]
         ttl: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// List the CAs: id, status, how many agents hold a certificate of each.
+    List,
+    /// Make a new CA the active one (it issues every certificate from now on) and keep
+    /// the current one trusted until it is retired; connected agents are sent
+    /// certificates of the new CA at once. Prints the new CA's id.
+    Rotate,
+    /// Stop trusting a retiring CA. Refused while agents still hold a certificate of
+    /// it, unless --force.
+    Retire {
+        /// The CA's id (or full SHA-256 fingerprint), as `dynserv ca list` shows it.
+        id: String,
+        /// Retire it even though agents still hold its certificates: they can no
+        /// longer connect and must enroll again.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -199,6 +222,15 @@ fn real_main(cli: Cli) -> Result<()> {
             },
         ),
         Cmd::Backup { out } => one_shot(&cli, Command::Backup { out: out.clone() }),
+        Cmd::Ca(CaCmd::List) => one_shot(&cli, Command::CaList),
+        Cmd::Ca(CaCmd::Rotate) => one_shot(&cli, Command::CaRotate),
+        Cmd::Ca(CaCmd::Retire { id, force }) => one_shot(
+            &cli,
+            Command::CaRetire {
+                id: id.clone(),
+                force: *force,
+            },
+        ),
         Cmd::Migrate { to } => {
             let config = Config::resolve(&cli.data_dir, &overrides(&cli, None))?;
             let report = control::migrate(

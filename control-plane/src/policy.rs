@@ -85,6 +85,8 @@ pub enum Action {
     CreateProject,
     /// Approve or reject server requests.
     ApproveRequest,
+    /// See, rotate and retire the fleet's certificate authorities.
+    ManageFleetCa,
     // Business.
     /// Submit a server request.
     CreateRequest,
@@ -121,11 +123,12 @@ pub enum Action {
 
 impl Action {
     /// Every action, for table tests and documentation.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 19] = [
         Action::ManageUsers,
         Action::ViewAudit,
         Action::CreateProject,
         Action::ApproveRequest,
+        Action::ManageFleetCa,
         Action::CreateRequest,
         Action::ViewAllRequests,
         Action::ManageSubscriptions,
@@ -200,6 +203,7 @@ fn technical_can(subject: &Subject, action: Action, project_id: Option<&str>) ->
         | Action::ViewAudit
         | Action::CreateProject
         | Action::ApproveRequest
+        | Action::ManageFleetCa
         | Action::CreateRequest
         | Action::ViewAllRequests
         | Action::ManageSubscriptions
@@ -229,7 +233,8 @@ fn sales_can(subject: &Subject, action: Action) -> bool {
         | Action::ManageUsers
         | Action::ViewAudit
         | Action::CreateProject
-        | Action::ApproveRequest => false,
+        | Action::ApproveRequest
+        | Action::ManageFleetCa => false,
     }
 }
 
@@ -267,7 +272,7 @@ mod tests {
         match role {
             Role::Admin => true,
             Role::Technical => match action {
-                ManageUsers | ViewAudit | CreateProject | ApproveRequest => false,
+                ManageUsers | ViewAudit | CreateProject | ApproveRequest | ManageFleetCa => false,
                 CreateRequest | ViewAllRequests | ManageSubscriptions | ViewRevenue
                 | ViewAllRevenue => false,
                 UseFleet => true,
@@ -278,7 +283,7 @@ mod tests {
             // Sales agents never touch servers: whatever grant they hold, every fleet,
             // operations and project-management action is refused.
             Role::Sales => match action {
-                ManageUsers | ViewAudit | CreateProject | ApproveRequest => false,
+                ManageUsers | ViewAudit | CreateProject | ApproveRequest | ManageFleetCa => false,
                 CreateRequest | ManageSubscriptions | ViewRevenue => true,
                 ViewAllRequests | ViewAllRevenue => manager,
                 UseFleet => false,
@@ -317,7 +322,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 3 * 2 * 4 * 18 * 2);
+        assert_eq!(checked, 3 * 2 * 4 * 19 * 2);
     }
 
     /// A sales agent with an admin grant on a project still gets no fleet or operations

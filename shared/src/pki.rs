@@ -5,7 +5,8 @@
 //! Trust model: the control plane's CA signs its own server certificate (DNS name
 //! [`crate::proto::FLEET_SERVER_NAME`]) and every agent's client certificate
 //! (CN = agent id). An enrolling agent trusts the CA whose DER SHA-256 is in its token
-//! ([`PinnedCaVerifier`]); afterwards it trusts the CA certificate it received. The
+//! ([`PinnedCaVerifier`]); afterwards it trusts the CA certificates it received (a
+//! bundle: while the control plane rotates its CA, the old and the new one). The
 //! control plane accepts connections without a client certificate only for
 //! enrollment.
 
@@ -254,26 +255,57 @@ impl Ca {
         Ok(cert.pem())
     }
 
-    /// The control plane's TLS configuration: presents `server_chain` (leaf, then the
-    /// CA), verifies client certificates against this CA when given, and lets clients
-    /// without one through (they may only enroll).
+    /// The control plane's TLS configuration when this is its only CA (see
+    /// [`gateway_server_config`]).
     pub fn server_config(
         &self,
         server_chain: Vec<CertificateDer<'static>>,
         server_key: PrivateKeyDer<'static>,
     ) -> Result<rustls::ServerConfig, PkiError> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert_der.clone())?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-            .allow_unauthenticated()
-            .build()?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(server_chain, server_key)?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        Ok(config)
+        gateway_server_config(
+            std::slice::from_ref(&self.cert_der),
+            server_chain,
+            server_key,
+        )
     }
+}
+
+/// The control plane's TLS configuration: presents `server_chain` (leaf, then the CA
+/// that signed it), accepts a client certificate signed by any of the `trusted` CA
+/// certificates (several while a CA rotation is under way), and lets clients without
+/// one through (they may only enroll).
+pub fn gateway_server_config(
+    trusted: &[CertificateDer<'static>],
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for ca in trusted {
+        roots.add(ca.clone())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server_chain, server_key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// Checks that the client certificate `cert_der` was signed by one of the CA
+/// certificates in `ca_pem` (a bundle of one or more) and is valid now, as the control
+/// plane's handshake will check it.
+pub fn verify_agent_cert(ca_pem: &str, cert_der: &CertificateDer<'_>) -> Result<(), PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_from_pem(ca_pem)? {
+        roots.add(cert)?;
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    verifier.verify_client_cert(cert_der, &[], UnixTime::now())?;
+    Ok(())
 }
 
 /// When an agent certificate is valid, in whole days since 1970-01-01 (UTC midnight):
@@ -500,6 +532,38 @@ mod tests {
         agent_client_config(ca.cert_pem(), &pem, &key.serialize_pem()).unwrap();
         assert!(AgentPublicKey::parse("AAAA").is_err());
         assert!(AgentPublicKey::parse("not base64!").is_err());
+    }
+
+    /// During a CA rotation both CAs (same name, different keys) are trusted side by
+    /// side: a certificate of either verifies against the bundle, one of a third CA does
+    /// not, and one of the old CA no longer verifies once the bundle drops it.
+    #[test]
+    fn a_bundle_of_cas_accepts_certificates_of_each() {
+        let old = Ca::generate().unwrap();
+        let new = Ca::generate().unwrap();
+        let stranger = Ca::generate().unwrap();
+        let key = generate_agent_key().unwrap();
+        let public = AgentPublicKey::parse(&public_key_text(&key)).unwrap();
+        let now = UnixTime::now().as_secs() as i64;
+        let issued = |ca: &Ca| {
+            let pem = ca
+                .issue_agent_cert("agent-1", &public, Validity::days_from(now, 30))
+                .unwrap();
+            certs_from_pem(&pem).unwrap().remove(0)
+        };
+        let bundle = format!("{}{}", old.cert_pem(), new.cert_pem());
+        verify_agent_cert(&bundle, &issued(&old)).unwrap();
+        verify_agent_cert(&bundle, &issued(&new)).unwrap();
+        assert!(verify_agent_cert(&bundle, &issued(&stranger)).is_err());
+        assert!(verify_agent_cert(new.cert_pem(), &issued(&old)).is_err());
+        // The gateway's configuration takes the same bundle.
+        let (server_pem, server_key) = old.issue_server_cert().unwrap();
+        gateway_server_config(
+            &[old.cert_der().clone(), new.cert_der().clone()],
+            certs_from_pem(&server_pem).unwrap(),
+            key_from_pem(&server_key).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Day counts turn into the calendar dates certificates carry.

@@ -58,7 +58,8 @@ pub const ALPN: &[u8] = b"dynserv/1";
 /// 3 adds terminal streams ([`ToAgent::TerminalOpen`] and the messages after it);
 /// 4 adds agent upgrades (the upgrade stream, [`ToAgent::Upgrade`] and the messages
 /// after it, [`AgentControl::UpgradeOutcome`], and the control plane's signing key in
-/// [`ServerControl::Welcome`] and [`EnrollResponse::Enrolled`]).
+/// [`ServerControl::Welcome`] and [`EnrollResponse::Enrolled`]) and CA rotation (the
+/// CA bundle in [`ServerControl::Certificate`]).
 /// A control plane serves agents down to [`MIN_PROTOCOL_VERSION`] (one version older
 /// than its own) and sends each only what its version knows: nothing added in a later
 /// version, and no job whose kind needs a later one ([`JobKind::min_protocol`]).
@@ -77,6 +78,11 @@ pub const TERMINAL_MIN_PROTOCOL: u32 = 3;
 /// upgrade to (nor sends its signing key to) an agent whose hello announced an older
 /// one: such an agent is upgraded by hand once.
 pub const UPGRADE_MIN_PROTOCOL: u32 = 4;
+
+/// The first protocol whose [`ServerControl::Certificate`] carries a CA bundle: only
+/// agents of this protocol or later are sent certificates of a CA they were not told
+/// about at enrollment (a CA rotation).
+pub const CA_BUNDLE_MIN_PROTOCOL: u32 = 4;
 
 /// Most bytes of an agent binary in one [`ToAgent::UpgradeChunk`] (before base64), so
 /// a chunk's frame stays well under [`crate::frame::MAX_FRAME_LEN`].
@@ -192,7 +198,8 @@ pub enum EnrollResponse {
         agent_id: String,
         /// The agent's client certificate (PEM).
         certificate_pem: String,
-        /// The control plane's CA certificate (PEM), for later connections.
+        /// The control plane's CA certificates (PEM), for later connections: the one
+        /// the token pinned first, then any other it trusts (during a CA rotation).
         ca_pem: String,
         /// The control plane's Ed25519 public key for agent binaries (base64 of its 32
         /// bytes): an upgrade's binary must carry a signature that verifies with it.
@@ -281,6 +288,13 @@ pub enum ServerControl {
         /// never replaces it.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         signing_key: String,
+        /// The CA certificates (PEM) the control plane trusts now, the one that signs
+        /// its server certificate first (protocol 4; empty for older agents and from
+        /// older control planes). An agent keeps it as its `ca.pem` when its own
+        /// certificate verifies against it, so a CA retired after a rotation is trusted
+        /// by the agent no more from its next connection on.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ca_pem: String,
     },
     /// The hello was refused (revoked agent, unknown version, another copy of the agent
     /// holds its identity); the connection closes.
@@ -304,6 +318,15 @@ pub enum ServerControl {
         certificate_pem: String,
         /// When it expires (RFC 3339).
         expires_at: String,
+        /// The CA certificates (PEM, one or more) the agent trusts from now on, for the
+        /// control plane's server certificate and as the issuers of its own (protocol
+        /// 4; absent from older control planes and for older agents). While the control
+        /// plane rotates its CA this holds the old and the new one, and the new
+        /// certificate may come from the new one: the agent checks the certificate
+        /// against this bundle and stores the bundle as its `ca.pem` before the
+        /// certificate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_pem: Option<String>,
     },
 }
 
@@ -831,6 +854,7 @@ mod tests {
                 heartbeat_s: 5,
                 servers: Vec::new(),
                 signing_key: String::new(),
+                ca_pem: String::new(),
             }
         );
         assert_eq!(serde_json::to_string(&decoded).unwrap(), old_welcome);
@@ -840,6 +864,7 @@ mod tests {
             heartbeat_s: 5,
             servers: vec!["cp1:4433".into(), "cp2:4433".into()],
             signing_key: String::new(),
+            ca_pem: String::new(),
         };
         let text = serde_json::to_string(&welcome).unwrap();
         assert_eq!(
@@ -944,6 +969,7 @@ mod tests {
             heartbeat_s: 5,
             servers: Vec::new(),
             signing_key: "a2V5".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----".into(),
         };
         let text = serde_json::to_string(&welcome).unwrap();
         assert!(text.contains("\"signing_key\":\"a2V5\""), "{text}");

@@ -23,7 +23,7 @@ use dynserv_shared::frame::{read_frame, write_frame};
 use dynserv_shared::pki::{self, AgentPublicKey};
 use dynserv_shared::proto::{
     AgentControl, EnrollRequest, EnrollResponse, FromAgent, ServerControl, ToAgent,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    CA_BUNDLE_MIN_PROTOCOL, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
@@ -60,15 +60,8 @@ pub(super) fn serve(
     socket: std::net::UdpSocket,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
-    let tls = fleet.inner.ca.server_config()?;
-    let crypto =
-        QuicServerConfig::try_from(tls).context("building the QUIC server configuration")?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("valid idle timeout")));
-    transport.max_concurrent_bidi_streams(16u32.into());
-    transport.max_concurrent_uni_streams(0u32.into());
-    config.transport_config(Arc::new(transport));
+    let mut trust = fleet.inner.ca.subscribe();
+    let config = endpoint_config(&trust.borrow_and_update())?;
     let local = socket.local_addr()?;
     widen_buffers(&socket);
     let runtime = quinn::default_runtime().context("no async runtime for the fleet gateway")?;
@@ -81,6 +74,7 @@ pub(super) fn serve(
     .context("starting the QUIC endpoint")?;
     let task = async move {
         let sweeper = tokio::spawn(sweep_expired(fleet.clone()));
+        let reloader = tokio::spawn(reload_trust(fleet.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -90,14 +84,60 @@ pub(super) fn serve(
                     }
                     None => break,
                 },
+                changed = trust.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    // New handshakes see the new CAs; live connections go on.
+                    let fresh = trust.borrow_and_update().clone();
+                    match endpoint_config(&fresh) {
+                        Ok(config) => {
+                            endpoint.set_server_config(Some(config));
+                            tracing::info!(trusted = fresh.trusted.len(), "the fleet gateway uses the new CAs");
+                        }
+                        Err(e) => tracing::error!("reconfiguring the fleet gateway for new CAs: {e:#}"),
+                    }
+                }
                 _ = &mut shutdown => break,
             }
         }
         sweeper.abort();
+        reloader.abort();
         endpoint.close(0u32.into(), b"control plane shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     };
     Ok((local, task))
+}
+
+/// How often the gateway rereads the CAs from the store, so a rotation or retirement
+/// made on another replica (or by the CLI) takes effect here within this time.
+pub const TRUST_RELOAD: Duration = Duration::from_secs(3);
+
+/// The QUIC endpoint's configuration for a set of CAs.
+fn endpoint_config(trust: &super::ca::FleetCa) -> Result<quinn::ServerConfig> {
+    let tls = trust.server_config()?;
+    let crypto =
+        QuicServerConfig::try_from(tls).context("building the QUIC server configuration")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("valid idle timeout")));
+    transport.max_concurrent_bidi_streams(16u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Rereads the CAs every [`TRUST_RELOAD`] (see [`Fleet::reload_trust`]).
+async fn reload_trust(fleet: Fleet) {
+    let mut tick = tokio::time::interval(TRUST_RELOAD);
+    loop {
+        tick.tick().await;
+        let reloader = fleet.clone();
+        match crate::store::blocking(move || reloader.reload_trust()).await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!("rereading the fleet's CAs: {e:#}"),
+        }
+    }
 }
 
 /// Socket buffer size asked of the kernel for the fleet's UDP socket.
@@ -210,10 +250,9 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
     }
     let agent_id = uuid::Uuid::new_v4().to_string();
     let (validity, cert_expires_at) = fleet.cert_policy().validity();
-    let certificate_pem = match fleet
-        .inner
-        .ca
-        .ca
+    let trust = fleet.trust();
+    let certificate_pem = match trust
+        .issuing
         .issue_agent_cert(&agent_id, &public_key, validity)
     {
         Ok(pem) => pem,
@@ -238,6 +277,7 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
             host_id: &request.host_id,
             protocol: request.protocol,
             cert_expires_at,
+            ca_id: &trust.issuing_id,
         };
         agents::register(w, &token, new, now)
     });
@@ -247,7 +287,8 @@ fn enroll_request(fleet: &Fleet, request: &EnrollRequest) -> EnrollResponse {
             EnrollResponse::Enrolled {
                 agent_id,
                 certificate_pem,
-                ca_pem: fleet.inner.ca.ca.cert_pem().to_string(),
+                // The serving CA first: the token pinned it.
+                ca_pem: trust.bundle_pem.clone(),
                 signing_key: fleet.signing_key(),
             }
         }
@@ -291,6 +332,8 @@ struct Checked {
     /// When the certificate it presented expires, `None` when unknown (issued before
     /// certificates had a lifetime, or the one a renewal replaced): renewed at once.
     cert_expires_at: Option<chrono::DateTime<Utc>>,
+    /// The CA that issued it (`None`: unknown, the one a renewal replaced).
+    cert_ca: Option<String>,
 }
 
 fn check_agent(
@@ -346,6 +389,7 @@ fn check_agent(
     }
     Ok(Ok(Checked {
         cert_expires_at: agent.cert_expires_at.filter(|_| current),
+        cert_ca: current.then(|| agent.cert_ca_id().to_string()),
         agent,
     }))
 }
@@ -387,6 +431,7 @@ async fn serve_agent(
     let Checked {
         agent,
         cert_expires_at,
+        cert_ca,
     } = match checked {
         Ok(checked) => checked,
         Err(reason) => {
@@ -460,6 +505,7 @@ async fn serve_agent(
         presented: cert.to_vec(),
         presented_sha256: cert_sha256.clone(),
         expires_at: cert_expires_at,
+        ca_id: cert_ca,
         pending: None,
     };
     let result = serve_admitted(
@@ -623,6 +669,12 @@ async fn serve_admitted(
             } else {
                 String::new()
             },
+            // The CAs in force, so an agent stops trusting a retired one.
+            ca_pem: if conn.protocol >= CA_BUNDLE_MIN_PROTOCOL {
+                fleet.trust().bundle_pem.clone()
+            } else {
+                String::new()
+            },
         },
     )
     .await?;
@@ -673,12 +725,26 @@ struct Renewal {
     presented_sha256: String,
     /// When it expires (`None`: unknown, renewed at once).
     expires_at: Option<chrono::DateTime<Utc>>,
-    /// A new certificate sent and not yet confirmed: its fingerprint and expiry.
-    pending: Option<(String, chrono::DateTime<Utc>)>,
+    /// The CA that issued it (`None`: unknown, renewed at once).
+    ca_id: Option<String>,
+    /// A new certificate sent and not yet confirmed.
+    pending: Option<Pending>,
+}
+
+/// A renewed certificate sent and not yet confirmed.
+struct Pending {
+    sha256: String,
+    expires_at: chrono::DateTime<Utc>,
+    ca_id: String,
 }
 
 /// Sends the agent a renewed certificate when its own is due (agents of protocol 2 and
-/// later; an older one would not understand the message). At most one is in flight.
+/// later; an older one would not understand the message), or at once when another CA
+/// than the active one issued it (a CA rotation: a forced renewal, with the bundle of
+/// trusted CAs; agents of protocol [`CA_BUNDLE_MIN_PROTOCOL`] and later, since an older
+/// one could not check a certificate of a CA it does not know). At most one is in
+/// flight. Every heartbeat asks, so a rotation reaches a connected agent within
+/// [`HEARTBEAT_S`] of the gateway seeing it.
 async fn renew_if_due(
     fleet: &Fleet,
     conn: &AgentConn,
@@ -699,18 +765,26 @@ async fn try_renewal(
     send: &mut quinn::SendStream,
 ) -> Result<()> {
     let policy = fleet.cert_policy();
-    if conn.protocol < 2 || renewal.pending.is_some() || !policy.renewal_due(renewal.expires_at) {
+    if conn.protocol < 2 || renewal.pending.is_some() {
+        return Ok(());
+    }
+    let trust = fleet.trust();
+    let other_ca = renewal.ca_id.as_deref() != Some(trust.issuing_id.as_str());
+    let bundle = conn.protocol >= CA_BUNDLE_MIN_PROTOCOL;
+    if !bundle && other_ca && renewal.ca_id.is_some() {
+        // An older agent keeps the certificate of the CA it knows: it holds that CA
+        // until it is upgraded, which keeps the CA from being retired meanwhile.
+        return Ok(());
+    }
+    if !other_ca && !policy.renewal_due(renewal.expires_at) {
         return Ok(());
     }
     let public_key = AgentPublicKey::from_certificate(&renewal.presented)
         .context("reading the key of the agent's certificate")?;
     let (validity, expires_at) = policy.validity();
-    let certificate_pem =
-        fleet
-            .inner
-            .ca
-            .ca
-            .issue_agent_cert(&conn.agent_id, &public_key, validity)?;
+    let certificate_pem = trust
+        .issuing
+        .issue_agent_cert(&conn.agent_id, &public_key, validity)?;
     let der = pki::certs_from_pem(&certificate_pem)?;
     let sha256 = hex::encode(pki::sha256(&der[0]));
     // Recorded before it is sent, so an agent that stores it and loses the connection
@@ -719,22 +793,34 @@ async fn try_renewal(
     let next = agents::NextCert {
         sha256: sha256.clone(),
         expires_at,
+        ca: Some(trust.issuing_id.clone()),
     };
     let agent_id = conn.agent_id.clone();
     crate::store::blocking(move || {
         store.write(|w| agents::record_renewal_offered(w, &agent_id, next))
     })
     .await?;
-    tracing::info!(agent = %conn.agent_id, expires = %expires_at, "renewing the agent's certificate");
+    tracing::info!(
+        agent = %conn.agent_id,
+        expires = %expires_at,
+        ca = %trust.issuing_id,
+        forced = other_ca,
+        "renewing the agent's certificate"
+    );
     write_frame(
         send,
         &ServerControl::Certificate {
             certificate_pem,
             expires_at: expires_at.to_rfc3339(),
+            ca_pem: bundle.then(|| trust.bundle_pem.clone()),
         },
     )
     .await?;
-    renewal.pending = Some((sha256, expires_at));
+    renewal.pending = Some(Pending {
+        sha256,
+        expires_at,
+        ca_id: trust.issuing_id.clone(),
+    });
     Ok(())
 }
 
@@ -746,7 +832,12 @@ async fn renewal_stored(
     renewal: &mut Renewal,
     stored_sha256: &str,
 ) -> Result<()> {
-    let Some((sha256, expires_at)) = renewal.pending.take() else {
+    let Some(Pending {
+        sha256,
+        expires_at,
+        ca_id,
+    }) = renewal.pending.take()
+    else {
         bail!("the agent confirmed a certificate it was not sent");
     };
     if !crate::secrets::constant_time_eq(&sha256, stored_sha256) {
@@ -764,8 +855,9 @@ async fn renewal_stored(
     }
     tracing::info!(agent = %conn.agent_id, "the agent stored its renewed certificate");
     // The connection goes on with the old certificate, which stays accepted; the next
-    // renewal is due a lifetime from now.
+    // renewal is due a lifetime from now (or at the next rotation).
     renewal.expires_at = Some(expires_at);
+    renewal.ca_id = Some(ca_id);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The fleet: the control plane's side of the agent protocol (see `dynserv_shared`).
 //!
-//! * [`ca`]: the certificate authority in the data directory.
+//! * [`ca`]: the certificate authorities in the store (the active one, those still
+//!   trusted during a rotation) and the gateway's certificate.
 //! * [`gateway`]: the QUIC endpoint; enrollment, authenticated connections, the
 //!   control stream, and one driver task per job stream.
 //! * [`identity`]: which copy of an agent (same certificate, another machine or
@@ -83,7 +84,9 @@ pub(crate) enum Dispatched {
 pub(crate) struct Inner {
     pub store: Store,
     pub data_dir: PathBuf,
-    pub ca: ca::FleetCa,
+    /// The CAs in force; replaced when the store's set changes (see
+    /// [`Fleet::reload_trust`]), which the gateway watches to reconfigure its endpoint.
+    pub ca: tokio::sync::watch::Sender<Arc<ca::FleetCa>>,
     pub hub: Hub,
     /// Live events for pages (agents connecting, executions changing status).
     pub events: crate::live::Events,
@@ -137,7 +140,7 @@ impl Fleet {
             inner: Arc::new(Inner {
                 store,
                 data_dir: data_dir.to_path_buf(),
-                ca,
+                ca: tokio::sync::watch::channel(Arc::new(ca)).0,
                 hub,
                 events,
                 ingest,
@@ -251,9 +254,35 @@ impl Fleet {
         &self.inner.data_dir
     }
 
-    /// SHA-256 of the CA certificate, as enrollment tokens carry it.
+    /// SHA-256 of the serving CA's certificate, as enrollment tokens carry it.
     pub fn ca_fingerprint(&self) -> [u8; 32] {
-        self.inner.ca.ca.fingerprint()
+        self.trust().ca.fingerprint()
+    }
+
+    /// The CAs in force now.
+    pub fn trust(&self) -> Arc<ca::FleetCa> {
+        self.inner.ca.borrow().clone()
+    }
+
+    /// Rereads the CAs from the store and, when they changed (a rotation or a
+    /// retirement made here, on another replica or by the CLI), puts the new set in
+    /// force: the gateway presents the new serving CA's certificate and trusts the new
+    /// set from its next handshake, and renewals issue from the new active CA. Returns
+    /// whether anything changed. Reads the store: call it off the async workers.
+    pub fn reload_trust(&self) -> Result<bool> {
+        let current = self.trust();
+        match ca::reload_if_changed(&self.inner.store, &current)? {
+            Some(fresh) => {
+                tracing::info!(
+                    active = %fresh.issuing_id,
+                    trusted = fresh.trusted.len(),
+                    "the fleet's CAs changed"
+                );
+                self.inner.ca.send_replace(Arc::new(fresh));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The full enrollment token for a secret.

@@ -108,6 +108,7 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "retry_minutes": agents::DUPLICATE_RETRY_S / 60,
             "quiet_minutes": agents::DUPLICATE_QUIET_MINUTES,
             "tokens": tokens,
+            "fleet_ca": super::ca_api::page_section(app, ctx)?,
         }),
     )
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod assets;
 pub mod business_api;
 pub mod business_pages;
+pub mod ca_api;
 pub mod fleet_api;
 pub mod fleet_pages;
 pub mod hetzner_api;

@@ -161,6 +161,10 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["agents", id, "accept-host"]) => {
             fleet_api::accept_host_api(app, req, &ctx, id)
         }
+        // The fleet's certificate authorities (admins).
+        (&Method::GET, ["ca"]) => super::ca_api::list(app, req, &ctx),
+        (&Method::POST, ["ca", "rotate"]) => super::ca_api::rotate_api(app, req, &ctx),
+        (&Method::POST, ["ca", id, "retire"]) => super::ca_api::retire_api(app, req, &ctx, id),
         (&Method::POST, ["enrollment-tokens"]) => fleet_api::create_token_api(app, req, &ctx),
         (&Method::GET, ["enrollment-tokens"]) => fleet_api::enrollment_tokens_list(app, &ctx),
         (&Method::DELETE, ["enrollment-tokens", id]) => {
@@ -409,6 +413,10 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::GET, ["agents"]) => fleet_pages::agents_page(app, req, &ctx),
         (&Method::GET, ["agents", "enroll"]) => fleet_pages::enroll_form(app, req, &ctx),
         (&Method::POST, ["agents", "enroll"]) => fleet_pages::enroll_create(app, req, &ctx),
+        (&Method::POST, ["agents", "ca", "rotate"]) => super::ca_api::rotate_page(app, req, &ctx),
+        (&Method::POST, ["agents", "ca", id, "retire"]) => {
+            super::ca_api::retire_page(app, req, &ctx, id)
+        }
         (&Method::POST, ["agents", id, "revoke"]) => fleet_pages::revoke_page(app, req, &ctx, id),
         (&Method::POST, ["agents", "upgrade"]) => fleet_pages::upgrade_all_page(app, req, &ctx),
         (&Method::POST, ["agents", id, "upgrade"]) => {
