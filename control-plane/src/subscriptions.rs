@@ -1096,6 +1096,34 @@ pub fn days_left(sub: &Subscription, today: NaiveDate) -> i64 {
     (sub.hosting_until - today).num_days()
 }
 
+/// Open subscriptions (active, no cancellation pending) that end from `from` to `to`
+/// (inclusive), soonest first, at most `limit`: one range of the end-date index, never
+/// the whole table.
+pub fn ending_between(
+    r: &impl Read,
+    from: NaiveDate,
+    to: NaiveDate,
+    limit: usize,
+) -> anyhow::Result<Vec<Subscription>> {
+    // Cancelled or paused ones in the range are skipped; read a little past `limit`.
+    const SCAN: usize = 2_000;
+    let mut scan = crate::store::IndexScan::prefix(BY_END, "", SCAN);
+    scan.lower = format!("{from}/");
+    scan.upper = format!("{to}/\u{10FFFF}");
+    let mut out = Vec::new();
+    for (_, id) in r.index_page(&scan)? {
+        if let Some(sub) = r.get::<Subscription>(&id)? {
+            if sub.status == SubscriptionStatus::Active && sub.cancellation.is_none() {
+                out.push(sub);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 // ---- the renewal job ----
 
 /// What the renewal job does to one subscription today.

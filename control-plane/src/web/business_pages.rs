@@ -1219,16 +1219,8 @@ pub fn dashboard_figures(r: &impl Read, ctx: &Ctx) -> anyhow::Result<Value> {
     // first (a cancelled one neither renews nor needs a word).
     let mut renewals_due = Vec::new();
     if ctx.user.role == Role::Admin {
-        let mut soon: Vec<subscriptions::Subscription> = subscriptions::visible(r, &ctx.subject)?
-            .into_iter()
-            .filter(|s| {
-                s.status == SubscriptionStatus::Active
-                    && s.cancellation.is_none()
-                    && (0..=30).contains(&subscriptions::days_left(s, today))
-            })
-            .collect();
-        soon.sort_by_key(|s| s.hosting_until);
-        for s in soon.iter().take(10) {
+        let until = today + chrono::Duration::days(30);
+        for s in &subscriptions::ending_between(r, today, until, 10)? {
             renewals_due.push(json!({"id": s.id, "client": s.client, "sales_agent": s.sales_agent, "hosting_until": s.hosting_until.to_string(), "days_left": subscriptions::days_left(s, today), "auto_renew": s.auto_renew}));
         }
     }
