@@ -29,7 +29,7 @@ fn add(money: &mut Money, currency: &str, amount: f64) {
 }
 
 /// Rounds to cents; never answers `-0.0` (an empty sum of `f64` is `-0.0`).
-fn round(v: f64) -> f64 {
+pub(crate) fn round(v: f64) -> f64 {
     let cents = (v * 100.0).round() / 100.0;
     if cents == 0.0 {
         0.0

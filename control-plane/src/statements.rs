@@ -15,7 +15,7 @@ use chrono::{Datelike, Months, NaiveDate};
 use serde::Serialize;
 
 use crate::clients::Client;
-use crate::revenue::{csv_text, Money};
+use crate::revenue::{csv_text, round, Money};
 use crate::servers::Server;
 use crate::subscriptions::{Subscription, SubscriptionStatus};
 
@@ -146,15 +146,6 @@ pub fn runs_on(sub: &Subscription, day: NaiveDate) -> bool {
         && !pauses(sub)
             .iter()
             .any(|(from, until)| *from <= day && until.is_none_or(|u| day < u))
-}
-
-fn round(v: f64) -> f64 {
-    let cents = (v * 100.0).round() / 100.0;
-    if cents == 0.0 {
-        0.0
-    } else {
-        cents
-    }
 }
 
 /// The statement of `client` for `month` over `subs` (those the viewer may see),

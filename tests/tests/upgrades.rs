@@ -121,6 +121,27 @@ async fn upgrade_until(
     .await
 }
 
+/// Upgrades one agent through the API; the upgrade's id.
+async fn upgrade_agent(api: &Api, agent_id: &str) -> String {
+    let (status, created) = api
+        .post(&format!("/api/v1/agents/{agent_id}/upgrade"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    created["id"].as_str().unwrap().to_string()
+}
+
+/// The upgrade once it is no longer running (two minutes at most).
+async fn upgrade_ended(api: &Api, upgrade_id: &str) -> Value {
+    upgrade_until(
+        api,
+        upgrade_id,
+        Duration::from_secs(120),
+        "the upgrade ended",
+        |u| u["status"] != "running",
+    )
+    .await
+}
+
 /// A supervised agent (one enrolled before signing keys, which learns the key from its
 /// welcome) is upgraded in place: the upgrade waits for the job it runs, the binary is
 /// replaced (the old one kept as `.prev`), the agent exits for its
@@ -146,11 +167,7 @@ async fn a_supervised_agent_is_upgraded_in_place_after_its_job() {
     })
     .await;
 
-    let (status, created) = api
-        .post(&format!("/api/v1/agents/{agent_id}/upgrade"), &json!({}))
-        .await;
-    assert_eq!(status, 202, "{created}");
-    let upgrade_id = created["id"].as_str().unwrap().to_string();
+    let upgrade_id = upgrade_agent(&api, &agent_id).await;
 
     let waiting = upgrade_until(
         &api,
@@ -177,14 +194,7 @@ async fn a_supervised_agent_is_upgraded_in_place_after_its_job() {
         Some(OLD)
     );
 
-    let done = upgrade_until(
-        &api,
-        &upgrade_id,
-        Duration::from_secs(120),
-        "the upgrade ended",
-        |u| u["status"] != "running",
-    )
-    .await;
+    let done = upgrade_ended(&api, &upgrade_id).await;
     assert_eq!(done["status"], "succeeded", "{done}\n{}", agent.logs());
     assert_eq!(done["agents"][0]["status"], "succeeded", "{done}");
     assert!(done["agents"][0].get("error").is_none(), "{done}");
@@ -231,14 +241,7 @@ async fn an_unsupervised_agent_re_executes_itself_into_the_new_binary() {
         .await;
     assert_eq!(status, 202, "{created}");
     let upgrade_id = created["id"].as_str().unwrap().to_string();
-    let done = upgrade_until(
-        &api,
-        &upgrade_id,
-        Duration::from_secs(120),
-        "the upgrade ended",
-        |u| u["status"] != "running",
-    )
-    .await;
+    let done = upgrade_ended(&api, &upgrade_id).await;
     assert_eq!(done["status"], "succeeded", "{done}\n{}", agent.logs());
     let view = api.connected_agent("web-1").await;
     assert_eq!(view["version"], new_version.as_str(), "{view}");
@@ -294,14 +297,7 @@ async fn a_binary_with_a_bad_checksum_is_refused_and_the_agent_runs_on() {
     std::fs::write(&served, &bytes).unwrap();
 
     agent.run_supervised();
-    let failed = upgrade_until(
-        &api,
-        &upgrade_id,
-        Duration::from_secs(120),
-        "the upgrade ended",
-        |u| u["status"] != "running",
-    )
-    .await;
+    let failed = upgrade_ended(&api, &upgrade_id).await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["agents"][0]["status"], "failed", "{failed}");
     let error = failed["agents"][0]["error"].as_str().unwrap_or_default();
@@ -348,11 +344,7 @@ async fn a_new_version_not_welcomed_in_its_trial_is_rolled_back() {
     let (status, job) = api.post("/api/v1/executions", &body).await;
     assert_eq!(status, 201, "{job}");
     let job_id = job["id"].as_str().unwrap().to_string();
-    let (status, created) = api
-        .post(&format!("/api/v1/agents/{agent_id}/upgrade"), &json!({}))
-        .await;
-    assert_eq!(status, 202, "{created}");
-    let upgrade_id = created["id"].as_str().unwrap().to_string();
+    let upgrade_id = upgrade_agent(&api, &agent_id).await;
     upgrade_until(
         &api,
         &upgrade_id,
@@ -382,14 +374,7 @@ async fn a_new_version_not_welcomed_in_its_trial_is_rolled_back() {
     .await;
 
     cp.start_again().await;
-    let failed = upgrade_until(
-        &api,
-        &upgrade_id,
-        Duration::from_secs(120),
-        "the upgrade ended",
-        |u| u["status"] != "running",
-    )
-    .await;
+    let failed = upgrade_ended(&api, &upgrade_id).await;
     assert_eq!(
         failed["agents"][0]["status"],
         "failed",
@@ -450,19 +435,8 @@ async fn an_upgrade_made_on_one_replica_reaches_an_agent_of_another() {
     })
     .await;
 
-    let (status, created) = api_a
-        .post(&format!("/api/v1/agents/{agent_id}/upgrade"), &json!({}))
-        .await;
-    assert_eq!(status, 202, "{created}");
-    let upgrade_id = created["id"].as_str().unwrap().to_string();
-    let done = upgrade_until(
-        &api_a,
-        &upgrade_id,
-        Duration::from_secs(120),
-        "the upgrade ended",
-        |u| u["status"] != "running",
-    )
-    .await;
+    let upgrade_id = upgrade_agent(&api_a, &agent_id).await;
+    let done = upgrade_ended(&api_a, &upgrade_id).await;
     assert_eq!(
         done["status"],
         "succeeded",
