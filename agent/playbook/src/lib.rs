@@ -61,6 +61,7 @@
 //!   git, community.docker.docker_compose_v2.
 
 pub mod become_;
+mod chained;
 mod crypt;
 pub mod engine;
 pub mod facts;
