@@ -339,6 +339,12 @@ impl Templar {
     /// Turns a minijinja error into Ansible's wording, naming the undefined variable.
     fn explain(&self, error: minijinja::Error, source_text: &str, ctx: &Value) -> TemplateError {
         if error.kind() == ErrorKind::UndefinedError {
+            // A variable whose own template failed already says which name is undefined.
+            if let Some(detail) = error.detail().filter(|d| is_undefined_message(d)) {
+                return TemplateError::Undefined {
+                    message: detail.to_string(),
+                };
+            }
             if let Ok(template) = self.env.template_from_str(source_text) {
                 let mut names: Vec<String> =
                     template.undeclared_variables(false).into_iter().collect();
@@ -405,6 +411,12 @@ impl Templar {
             other => other,
         }
     }
+}
+
+/// Whether an error detail is one of our Ansible-worded undefined messages.
+fn is_undefined_message(detail: &str) -> bool {
+    (detail.starts_with('\'') && detail.ends_with("' is undefined"))
+        || (detail.starts_with("object of type '") && detail.contains("' has no attribute '"))
 }
 
 /// A readable description of a minijinja error, including its cause chain.
@@ -658,6 +670,17 @@ mod tests {
             err.to_string(),
             "object of type 'dict' has no attribute 'x'"
         );
+    }
+
+    /// A variable whose template uses an undefined name reports that name.
+    #[test]
+    fn nested_undefined_names_the_variable() {
+        let templar = Templar::new(PathBuf::from("/"));
+        let vars = ctx(&templar, &[("a", Value::from("{{ nope }}"))]);
+        let err = templar
+            .template_str("{{ a }}", &vars)
+            .expect_err("undefined");
+        assert_eq!(err.to_string(), "'nope' is undefined");
     }
 
     /// Conditions must be booleans, `{{ }}` wrappers are tolerated.

@@ -1003,6 +1003,9 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        if let Err(message) = check_connection_variables(&self.templar, &ctx) {
+            return Outcome::failed(message);
+        }
         if let Some(delegate) = &task.delegate_to {
             let target = self
                 .templar
@@ -1391,9 +1394,72 @@ fn env_pairs(env: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// Ansible's connection and become variables with the play keyword each one sets, in
+/// the order Ansible's play context reads them.
+const CONNECTION_VARIABLES: &[(&str, &str)] = &[
+    ("ansible_connection", "connection"),
+    ("ansible_host", "remote_addr"),
+    ("ansible_ssh_host", "remote_addr"),
+    ("ansible_port", "port"),
+    ("ansible_ssh_port", "port"),
+    ("ansible_user", "remote_user"),
+    ("ansible_ssh_user", "remote_user"),
+    ("ansible_password", "password"),
+    ("ansible_ssh_pass", "password"),
+    ("ansible_ssh_private_key_file", "private_key_file"),
+    ("ansible_private_key_file", "private_key_file"),
+    ("ansible_shell_executable", "executable"),
+    ("ansible_become", "become"),
+    ("ansible_become_method", "become_method"),
+    ("ansible_become_user", "become_user"),
+    ("ansible_become_password", "become_pass"),
+    ("ansible_become_pass", "become_pass"),
+    ("ansible_become_exe", "become_exe"),
+    ("ansible_become_flags", "become_flags"),
+];
+
+/// Templates the connection and become variables a task would use, failing as Ansible
+/// does ("Error processing keyword 'become_pass': 'x' is undefined") when one of them
+/// cannot be templated, whether or not the task uses it.
+fn check_connection_variables(templar: &Templar, ctx: &Value) -> Result<(), String> {
+    for (variable, keyword) in CONNECTION_VARIABLES {
+        let defined = ctx.get_attr(variable).is_ok_and(|v| !v.is_undefined());
+        if !defined {
+            continue;
+        }
+        if let Err(error) = templar.template_str(&format!("{{{{ {variable} }}}}"), ctx) {
+            return Err(format!("Error processing keyword '{keyword}': {error}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection variable whose template is undefined fails with Ansible's keyword
+    /// message; literal and absent ones pass.
+    #[test]
+    fn undefined_connection_variables_fail() {
+        let templar = Templar::new(std::path::PathBuf::from("/"));
+        let check = |pairs: &[(&str, &str)]| {
+            let vars = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect();
+            check_connection_variables(&templar, &templar.context(vars))
+        };
+        assert_eq!(check(&[("ansible_user", "deploy")]), Ok(()));
+        assert_eq!(
+            check(&[("ansible_become_password", "{{ undefined_var }}")]),
+            Err("Error processing keyword 'become_pass': 'undefined_var' is undefined".into())
+        );
+        assert_eq!(
+            check(&[("ansible_user", "{{ nope }}")]),
+            Err("Error processing keyword 'remote_user': 'nope' is undefined".into())
+        );
+    }
 
     /// The recap line matches ansible-playbook's column layout.
     #[test]
