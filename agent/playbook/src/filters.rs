@@ -30,6 +30,7 @@ fn text(value: &Value) -> String {
 
 /// Registers every Ansible filter, test and function on `env`.
 pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
+    crate::more_filters::register(env);
     env.add_filter("bool", to_bool_filter);
     env.add_filter("int", to_int);
     env.add_filter("float", to_float);

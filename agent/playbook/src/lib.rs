@@ -70,6 +70,7 @@ pub mod filters;
 pub mod inventory;
 pub mod model;
 pub mod modules;
+mod more_filters;
 pub mod roles;
 pub mod template;
 pub mod yaml;
