@@ -1253,7 +1253,7 @@ fn password_hash(
     }
 }
 
-fn random_salt() -> String {
+pub(crate) fn random_salt() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::thread_rng();

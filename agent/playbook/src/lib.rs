@@ -32,7 +32,7 @@
 //!   `handlers` (run as Ansible compiles them: pre_tasks, flush, roles and tasks, flush,
 //!   post_tasks, flush), `force_handlers`, and the inherited keywords below. Top-level
 //!   `import_playbook` (a file relative to the importing playbook, with `vars`/`tags`/
-//!   `when`). `vars_prompt` is rejected with a clear message.
+//!   `when`). `vars_prompt` (`-e` wins; without a terminal the default, as Ansible).
 //! * Roles (`roles`): entries as names or dicts (`role`/`name`, `vars`, `tags`, `when`,
 //!   other keywords, role parameters), found in `roles/` beside the playbook, then
 //!   `ANSIBLE_ROLES_PATH` (default `~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles`),

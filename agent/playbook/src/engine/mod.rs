@@ -17,6 +17,7 @@ mod actions;
 mod includes;
 mod loops;
 mod output;
+mod prompts;
 
 use crate::facts::{build_facts, FactSources};
 use crate::inventory::{self, Inventory};
@@ -467,6 +468,11 @@ impl<'a> Runner<'a> {
         self.force_handlers = play.force_handlers || self.options.force_handlers;
         self.handlers = play.handlers.clone();
         self.notified = vec![false; play.handlers.len()];
+        if let Err(message) = self.prompt_vars(play) {
+            self.emit(&format!("ERROR! {message}"));
+            self.host_failed = true;
+            return;
+        }
         if let Err(message) = self.load_vars_files(play) {
             self.emit(&format!("ERROR! {message}"));
             self.host_failed = true;
