@@ -19,6 +19,7 @@ mod loops;
 mod output;
 mod prompts;
 
+use crate::become_::{Become, BecomeMethod};
 use crate::facts::{build_facts, FactSources};
 use crate::inventory::{self, Inventory};
 use crate::model::{Inherited, LoopKind, Play, Playbook, Task, TaskBody};
@@ -1178,8 +1179,8 @@ impl<'a> Runner<'a> {
                 Err(e) => return Outcome::failed(e.to_string()),
             },
         };
-        let become_user = match self.become_user(scope, ctx) {
-            Ok(user) => user,
+        let become_ = match self.become_target(scope, ctx) {
+            Ok(target) => target,
             Err(e) => return Outcome::failed(e),
         };
         if matches!(module, "package" | "service") && self.facts.is_none() {
@@ -1205,9 +1206,7 @@ impl<'a> Runner<'a> {
             ),
             "include_vars" => self.action_include_vars(scope, &templated),
             "pause" => action_pause(&templated, check),
-            "template" => {
-                self.action_template(scope, &templated, ctx, &mctx, become_user.as_deref())
-            }
+            "template" => self.action_template(scope, &templated, ctx, &mctx, become_.as_ref()),
             "copy" | "unarchive" => {
                 let mut args = templated;
                 let remote = arg_str(&args, "remote_src")
@@ -1223,12 +1222,12 @@ impl<'a> Runner<'a> {
                     }
                     args = files::with_arg(&args, "src", Value::from(path));
                 }
-                self.run_module(module, &args, &mctx, become_user.as_deref())
+                self.run_module(module, &args, &mctx, become_.as_ref())
             }
             _ if module.starts_with(crate::model::ANSIBLE_FALLBACK) => {
                 let written = module.split_once(':').map(|(_, w)| w).unwrap_or_default();
                 match &self.options.ansible_fallback {
-                    Some(program) => crate::fallback::run_ansible_module(program, written, &templated, &mctx, become_user.as_deref()),
+                    Some(program) => crate::fallback::run_ansible_module(program, written, &templated, &mctx, become_.as_ref().map(|b| b.user.as_str())),
                     None => Outcome::failed(format!("couldn't resolve module/action '{written}': the native runtime does not implement it")),
                 }
             }
@@ -1246,22 +1245,23 @@ impl<'a> Runner<'a> {
                     "apt" => {
                         let mut args = templated;
                         args = strip_key(&args, "use");
-                        self.run_module("apt", &args, &mctx, become_user.as_deref())
+                        self.run_module("apt", &args, &mctx, become_.as_ref())
                     }
                     "dnf" | "yum" | "dnf5" => {
                         let args = strip_key(&templated, "use");
-                        self.run_module("dnf", &args, &mctx, become_user.as_deref())
+                        self.run_module("dnf", &args, &mctx, become_.as_ref())
                     }
                     other => Outcome::failed(format!(
                         "package: the package manager '{other}' is not supported by the native runtime (apt, dnf, yum)"
                     )),
                 }
             }
-            _ => self.run_module(module, &templated, &mctx, become_user.as_deref()),
+            _ => self.run_module(module, &templated, &mctx, become_.as_ref()),
         }
     }
 
-    fn become_user(&self, scope: &Inherited, ctx: &Value) -> Result<Option<String>, String> {
+    /// Whom the task runs as and how, or `None` to run as the current user.
+    fn become_target(&self, scope: &Inherited, ctx: &Value) -> Result<Option<Become>, String> {
         let enabled = self
             .eval_bool(&scope.become_, ctx, false)
             .map_err(|e| e.to_string())?;
@@ -1274,18 +1274,14 @@ impl<'a> Runner<'a> {
             }
             None => "root".to_string(),
         };
-        if let Some(method) = &scope.become_method {
-            let method = modules::value_to_string(method);
-            if method != "sudo" {
-                return Err(format!(
-                    "become_method '{method}' is not supported by the native runtime (only sudo)"
-                ));
-            }
-        }
+        let method = match &scope.become_method {
+            Some(method) => BecomeMethod::parse(&modules::value_to_string(method))?,
+            None => BecomeMethod::Sudo,
+        };
         if user == self.current_user {
             Ok(None)
         } else {
-            Ok(Some(user))
+            Ok(Some(Become { user, method }))
         }
     }
 
@@ -1294,13 +1290,13 @@ impl<'a> Runner<'a> {
         module: &str,
         args: &Value,
         mctx: &ModuleContext,
-        become_user: Option<&str>,
+        become_: Option<&Become>,
     ) -> Outcome {
-        match become_user {
+        match become_ {
             None => modules::run_module(module, args, mctx),
-            Some(user) => crate::become_::run_module_as(
+            Some(target) => crate::become_::run_module_as(
                 self.options.become_program.as_deref(),
-                user,
+                target,
                 module,
                 args,
                 mctx,
