@@ -67,6 +67,7 @@ pub mod engine;
 pub mod facts;
 pub mod fallback;
 pub mod filters;
+mod host_facts;
 pub mod inventory;
 pub mod model;
 pub mod modules;
