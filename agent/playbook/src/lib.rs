@@ -50,7 +50,7 @@
 //!   `with_indexed_items`/`with_sequence`/`with_together`/`with_nested`/`with_subelements`/
 //!   `with_fileglob`/`with_lines`/`with_file`, `loop_control`, `register`, `notify`/`listen`,
 //!   `changed_when`, `failed_when`, `ignore_errors`, `until`/`retries`/`delay`, `tags`,
-//!   `vars`, `args`, `k=v` strings, `block`/`rescue`/`always`, `become`/`become_user`,
+//!   `vars`, `args`, `k=v` strings, `block`/`rescue`/`always`, `become`/`become_user` (sudo; su as root),
 //!   `check_mode`, `diff`, `no_log`, `environment`, `delegate_to` (local host only),
 //!   `import_tasks`, `include_tasks`, `include_vars`, `meta` (`flush_handlers`, `end_play`,
 //!   `end_host`, `clear_facts`, `noop`).
