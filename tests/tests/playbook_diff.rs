@@ -327,6 +327,12 @@ fn check_mode_matches_ansible() {
     check("check_mode.yml", &["--check"]);
 }
 
+/// vars_prompt without a terminal: `-e` wins, else the default, else Ansible's `None`.
+#[test]
+fn vars_prompt_matches_ansible() {
+    check("vars_prompt.yml", &["-e", "given=fromextra"]);
+}
+
 /// A failed task stops the play with exit code 2 and failed=1.
 #[test]
 fn failure_matches_ansible() {

@@ -1,4 +1,6 @@
-//! `become`: running a module as another user through `sudo` (or `runuser` as root).
+//! `become`: running a module as another user through `sudo` (or `runuser` as root), or
+//! through `su` when the agent already runs as root (su would otherwise ask for a
+//! password, which the runtime cannot type).
 //!
 //! Modules run in-process, so switching user means re-executing the agent binary under
 //! `sudo -n -u USER` with the hidden `playbook --internal-module` flag: the request (module,
@@ -30,10 +32,82 @@ pub struct ModuleRequest {
     pub facts: serde_json::Value,
 }
 
-/// Runs a module as `user` via sudo and the agent binary.
+/// How `become` switches user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BecomeMethod {
+    /// `sudo -n` (or `runuser` as root without sudo).
+    Sudo,
+    /// `su USER -c ...`, only as root.
+    Su,
+}
+
+impl BecomeMethod {
+    /// The method a `become_method` value names, or why the runtime cannot use it.
+    pub fn parse(name: &str) -> Result<BecomeMethod, String> {
+        match name {
+            "sudo" | "ansible.builtin.sudo" => Ok(BecomeMethod::Sudo),
+            "su" | "ansible.builtin.su" => Ok(BecomeMethod::Su),
+            other => Err(format!(
+                "become_method '{other}' is not supported by the native runtime (sudo, su)"
+            )),
+        }
+    }
+}
+
+/// Whom a task runs as, and how the runtime switches to that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Become {
+    /// The `become_user`.
+    pub user: String,
+    /// The `become_method`.
+    pub method: BecomeMethod,
+}
+
+/// Quotes a word for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The command that runs `program playbook --internal-module` as the target user.
+fn switch_user_command(target: &Become, program: &Path) -> Result<Command, String> {
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let user = target.user.as_str();
+    if target.method == BecomeMethod::Su {
+        if !is_root {
+            return Err(format!(
+                "become_method su needs the agent to run as root: su would ask for {user}'s \
+                 password, which the native runtime cannot type (use sudo)"
+            ));
+        }
+        let mut command = Command::new("su");
+        command.args([user, "-c"]).arg(format!(
+            "{} playbook --internal-module",
+            shell_quote(&program.display().to_string())
+        ));
+        return Ok(command);
+    }
+    // Root switches user without a password prompt through runuser(1) when sudo is absent.
+    let use_runuser = is_root
+        && super::modules::exec::which("sudo").is_none()
+        && super::modules::exec::which("runuser").is_some();
+    let mut command = if use_runuser {
+        let mut c = Command::new("runuser");
+        c.args(["-u", user, "--"]);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "-H", "-u", user, "--"]);
+        c
+    };
+    command.arg(program).args(["playbook", "--internal-module"]);
+    Ok(command)
+}
+
+/// Runs a module as the become user through the agent binary.
 pub fn run_module_as(
     program: Option<&Path>,
-    user: &str,
+    target: &Become,
     module: &str,
     args: &Value,
     ctx: &ModuleContext,
@@ -58,24 +132,12 @@ pub fn run_module_as(
         Ok(b) => b,
         Err(e) => return Outcome::failed(format!("become: cannot encode the request: {e}")),
     };
-    // Root switches user without a password prompt through runuser(1) when sudo is absent.
-    // SAFETY: geteuid has no preconditions.
-    let is_root = unsafe { libc::geteuid() } == 0;
-    let use_runuser = is_root
-        && super::modules::exec::which("sudo").is_none()
-        && super::modules::exec::which("runuser").is_some();
-    let mut command = if use_runuser {
-        let mut c = Command::new("runuser");
-        c.args(["-u", user, "--"]);
-        c
-    } else {
-        let mut c = Command::new("sudo");
-        c.args(["-n", "-H", "-u", user, "--"]);
-        c
+    let mut command = match switch_user_command(target, &program) {
+        Ok(command) => command,
+        Err(message) => return Outcome::failed(message),
     };
+    let user = target.user.as_str();
     let child = command
-        .arg(&program)
-        .args(["playbook", "--internal-module"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -121,4 +183,56 @@ pub fn serve_request(input: &str) -> String {
     };
     serde_json::to_string(&result.to_value())
         .unwrap_or_else(|e| format!("{{\"failed\": true, \"msg\": \"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sudo and su (short or FQCN) are known; other methods are refused by name.
+    #[test]
+    fn become_methods() {
+        assert_eq!(BecomeMethod::parse("su"), Ok(BecomeMethod::Su));
+        assert_eq!(
+            BecomeMethod::parse("ansible.builtin.sudo"),
+            Ok(BecomeMethod::Sudo)
+        );
+        assert_eq!(
+            BecomeMethod::parse("doas"),
+            Err("become_method 'doas' is not supported by the native runtime (sudo, su)".into())
+        );
+    }
+
+    /// su runs the agent through the user's shell, so the path is quoted.
+    #[test]
+    fn su_command_quotes_the_program() {
+        assert_eq!(shell_quote("/opt/it's/agent"), "'/opt/it'\\''s/agent'");
+        let target = Become {
+            user: "postgres".into(),
+            method: BecomeMethod::Su,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let is_root = unsafe { libc::geteuid() } == 0;
+        match switch_user_command(&target, Path::new("/usr/bin/dynserv-agent")) {
+            Ok(command) => {
+                assert!(is_root);
+                let args: Vec<String> = command
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                assert_eq!(
+                    args,
+                    [
+                        "postgres",
+                        "-c",
+                        "'/usr/bin/dynserv-agent' playbook --internal-module"
+                    ]
+                );
+            }
+            Err(message) => {
+                assert!(!is_root);
+                assert!(message.starts_with("become_method su needs the agent to run as root"));
+            }
+        }
+    }
 }

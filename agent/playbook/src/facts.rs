@@ -41,10 +41,10 @@ pub struct FactSources {
     pub env: Vec<(String, String)>,
     /// Effective user id / gid / name / home / shell.
     pub user: (u32, u32, String, String, String),
-    /// The primary IPv4 address, if any.
-    pub ipv4: Option<String>,
     /// Whether running inside a container.
     pub container: Option<String>,
+    /// Network, mount, device, DNS and virtualization sources.
+    pub host: super::host_facts::HostSources,
 }
 
 /// The kernel's node name (`uname -n`), cheap enough to call per play.
@@ -122,8 +122,8 @@ impl FactSources {
             systemd: Path::new("/run/systemd/system").exists(),
             env: std::env::vars().collect(),
             user: (uid, gid, user_name, home, shell),
-            ipv4: primary_ipv4(),
             container,
+            host: super::host_facts::HostSources::read(&read("/proc/cpuinfo")),
         }
     }
 }
@@ -137,16 +137,6 @@ fn passwd_home_shell(user: &str) -> (String, String) {
         }
     }
     (std::env::var("HOME").unwrap_or_default(), "/bin/sh".into())
-}
-
-/// The source address the kernel would use for outbound traffic (no packet is sent).
-fn primary_ipv4() -> Option<String> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    match socket.local_addr().ok()?.ip() {
-        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip.to_string()),
-        _ => None,
-    }
 }
 
 fn os_release_map(text: &str) -> BTreeMap<String, String> {
@@ -336,10 +326,6 @@ pub fn build_facts(
             ),
         ),
         (
-            "virtualization_type".into(),
-            Value::from(sources.container.clone().unwrap_or_else(|| "NA".into())),
-        ),
-        (
             "lsb".into(),
             Value::from_pairs([
                 ("id", Value::from(distribution)),
@@ -348,22 +334,10 @@ pub fn build_facts(
             ]),
         ),
     ];
-    if let Some(ip) = &sources.ipv4 {
-        facts.push((
-            "default_ipv4".into(),
-            Value::from_pairs([("address", ip.clone())]),
-        ));
-        facts.push(("all_ipv4_addresses".into(), Value::from(vec![ip.clone()])));
-    } else {
-        facts.push((
-            "default_ipv4".into(),
-            Value::from_pairs(Vec::<(String, Value)>::new()),
-        ));
-        facts.push((
-            "all_ipv4_addresses".into(),
-            Value::from(Vec::<String>::new()),
-        ));
-    }
+    facts.extend(super::host_facts::host_facts(
+        &sources.host,
+        sources.container.as_deref(),
+    ));
     if let Some(machine_id) = &sources.machine_id {
         facts.push(("machine_id".into(), Value::from(machine_id.clone())));
     }

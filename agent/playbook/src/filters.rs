@@ -30,6 +30,7 @@ fn text(value: &Value) -> String {
 
 /// Registers every Ansible filter, test and function on `env`.
 pub fn register(env: &mut Environment<'static>, base_dir: PathBuf) {
+    crate::more_filters::register(env);
     env.add_filter("bool", to_bool_filter);
     env.add_filter("int", to_int);
     env.add_filter("float", to_float);
@@ -1252,7 +1253,7 @@ fn password_hash(
     }
 }
 
-fn random_salt() -> String {
+pub(crate) fn random_salt() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::thread_rng();

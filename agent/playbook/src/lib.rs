@@ -32,7 +32,7 @@
 //!   `handlers` (run as Ansible compiles them: pre_tasks, flush, roles and tasks, flush,
 //!   post_tasks, flush), `force_handlers`, and the inherited keywords below. Top-level
 //!   `import_playbook` (a file relative to the importing playbook, with `vars`/`tags`/
-//!   `when`). `vars_prompt` is rejected with a clear message.
+//!   `when`). `vars_prompt` (`-e` wins; without a terminal the default, as Ansible).
 //! * Roles (`roles`): entries as names or dicts (`role`/`name`, `vars`, `tags`, `when`,
 //!   other keywords, role parameters), found in `roles/` beside the playbook, then
 //!   `ANSIBLE_ROLES_PATH` (default `~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles`),
@@ -50,7 +50,7 @@
 //!   `with_indexed_items`/`with_sequence`/`with_together`/`with_nested`/`with_subelements`/
 //!   `with_fileglob`/`with_lines`/`with_file`, `loop_control`, `register`, `notify`/`listen`,
 //!   `changed_when`, `failed_when`, `ignore_errors`, `until`/`retries`/`delay`, `tags`,
-//!   `vars`, `args`, `k=v` strings, `block`/`rescue`/`always`, `become`/`become_user`,
+//!   `vars`, `args`, `k=v` strings, `block`/`rescue`/`always`, `become`/`become_user` (sudo; su as root),
 //!   `check_mode`, `diff`, `no_log`, `environment`, `delegate_to` (local host only),
 //!   `import_tasks`, `include_tasks`, `include_vars`, `meta` (`flush_handlers`, `end_play`,
 //!   `end_host`, `clear_facts`, `noop`).
@@ -61,14 +61,17 @@
 //!   git, community.docker.docker_compose_v2.
 
 pub mod become_;
+mod chained;
 mod crypt;
 pub mod engine;
 pub mod facts;
 pub mod fallback;
 pub mod filters;
+mod host_facts;
 pub mod inventory;
 pub mod model;
 pub mod modules;
+mod more_filters;
 pub mod roles;
 pub mod template;
 pub mod yaml;

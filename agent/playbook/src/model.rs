@@ -120,6 +120,8 @@ pub struct Play {
     pub vars: Vec<(String, Value)>,
     /// `vars_files` entries (templated at run time).
     pub vars_files: Vec<Value>,
+    /// `vars_prompt` entries, each a mapping with at least `name` (templated at run time).
+    pub vars_prompt: Vec<Value>,
     /// `pre_tasks`.
     pub pre_tasks: Vec<Task>,
     /// `tasks`.
@@ -793,14 +795,7 @@ fn parse_play(node: &Node, base_dir: &Path, files: FileAccess) -> Result<Play, P
             ))
         }
     }
-    if let Some(prompt) = node.get("vars_prompt") {
-        if prompt.kind != NodeKind::Null {
-            return Err(invalid(
-                "vars_prompt is not supported (runs are non-interactive)",
-                prompt.pos,
-            ));
-        }
-    }
+    let vars_prompt = parse_vars_prompt(node)?;
     let vars_files = match node.get("vars_files") {
         None => Vec::new(),
         Some(n) => match &n.kind {
@@ -838,6 +833,7 @@ fn parse_play(node: &Node, base_dir: &Path, files: FileAccess) -> Result<Play, P
         gather_facts: node.get("gather_facts").map(Node::to_value),
         vars: parse_vars(node.get("vars"))?,
         vars_files,
+        vars_prompt,
         pre_tasks,
         tasks,
         post_tasks,
@@ -1561,6 +1557,32 @@ pub fn parse_kv(text: &str, free_form: bool) -> Result<Vec<(String, Value)>, Str
         pairs.push(("_raw_params".to_string(), Value::from(join_args(&raw))));
     }
     Ok(pairs)
+}
+
+/// The play's `vars_prompt`: a list of mappings, each naming its variable.
+fn parse_vars_prompt(play: &Node) -> Result<Vec<Value>, PlaybookError> {
+    let Some(node) = play.get("vars_prompt") else {
+        return Ok(Vec::new());
+    };
+    let items = match &node.kind {
+        NodeKind::Null => return Ok(Vec::new()),
+        NodeKind::Seq(items) => items,
+        _ => {
+            return Err(invalid(
+                "'vars_prompt' must be a list of mappings",
+                node.pos,
+            ))
+        }
+    };
+    for item in items {
+        if item.get("name").is_none() {
+            return Err(invalid(
+                "Invalid vars_prompt data structure, missing 'name' key",
+                item.pos,
+            ));
+        }
+    }
+    Ok(items.iter().map(Node::to_value).collect())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!
 //! What does not live here: where variables come from and their precedence (`engine`).
 
+use super::chained;
 use super::filters;
 use minijinja::value::ValueKind;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
@@ -194,6 +195,7 @@ impl Templar {
         });
         filters::register(&mut env, base_dir);
         env.add_global("omit", Value::from(OMIT));
+        env.add_function(chained::CHAIN_FUNCTION, chained::chain_lookup);
         Arc::new(Templar { env })
     }
 
@@ -265,7 +267,7 @@ impl Templar {
     /// Renders a template to text (the `template` module and multi-part strings).
     pub fn render_text(&self, text: &str, ctx: &Value) -> Result<String, TemplateError> {
         self.env
-            .render_str(text, ctx.clone())
+            .render_str(&chained::rewrite_template(text), ctx.clone())
             .map_err(|e| self.explain(e, text, ctx))
     }
 
@@ -276,9 +278,10 @@ impl Templar {
         source_text: &str,
         ctx: &Value,
     ) -> Result<Value, TemplateError> {
+        let rewritten = chained::rewrite_expression(expression);
         let compiled = self
             .env
-            .compile_expression(expression)
+            .compile_expression(&rewritten)
             .map_err(|e| self.render_error(e, source_text))?;
         let value = compiled
             .eval(ctx.clone())
@@ -336,6 +339,12 @@ impl Templar {
     /// Turns a minijinja error into Ansible's wording, naming the undefined variable.
     fn explain(&self, error: minijinja::Error, source_text: &str, ctx: &Value) -> TemplateError {
         if error.kind() == ErrorKind::UndefinedError {
+            // A variable whose own template failed already says which name is undefined.
+            if let Some(detail) = error.detail().filter(|d| is_undefined_message(d)) {
+                return TemplateError::Undefined {
+                    message: detail.to_string(),
+                };
+            }
             if let Ok(template) = self.env.template_from_str(source_text) {
                 let mut names: Vec<String> =
                     template.undeclared_variables(false).into_iter().collect();
@@ -402,6 +411,12 @@ impl Templar {
             other => other,
         }
     }
+}
+
+/// Whether an error detail is one of our Ansible-worded undefined messages.
+fn is_undefined_message(detail: &str) -> bool {
+    (detail.starts_with('\'') && detail.ends_with("' is undefined"))
+        || (detail.starts_with("object of type '") && detail.contains("' has no attribute '"))
 }
 
 /// A readable description of a minijinja error, including its cause chain.
@@ -621,6 +636,51 @@ mod tests {
             templar.template_str("{{ missing | default('d') }}", &vars),
             Ok(Value::from("d"))
         );
+    }
+
+    /// An attribute of an undefined value is undefined for `default` and `is defined`, as
+    /// in Ansible, and still an error naming the variable when used.
+    #[test]
+    fn chained_undefined() {
+        let templar = Templar::new(PathBuf::from("/"));
+        let vars = ctx(&templar, &[("d", Value::from_pairs([("a", 1)]))]);
+        let text = |t: &str| templar.template_str(t, &vars).map(|v| v.to_string());
+        assert_eq!(text("{{ missing.attr | default('d') }}"), Ok("d".into()));
+        assert_eq!(text("{{ missing['k'] | default(1) }}"), Ok("1".into()));
+        assert_eq!(text("{{ (missing.a.b) | default('p') }}"), Ok("p".into()));
+        assert_eq!(text("x{{ missing.attr | d('x') }}"), Ok("xx".into()));
+        assert_eq!(text("{{ d.x.y | default('z') }}"), Ok("z".into()));
+        assert_eq!(text("{{ d.a | default('z') }}"), Ok("1".into()));
+        assert_eq!(
+            text("{{ missing.attr is defined }} {{ missing.attr is undefined }}"),
+            Ok("False True".into())
+        );
+        assert_eq!(
+            templar.condition(&Value::from("missing.a is not defined"), &vars),
+            Ok(true)
+        );
+        let err = templar
+            .template_str("{{ missing.attr }}", &vars)
+            .expect_err("undefined");
+        assert_eq!(err.to_string(), "'missing' is undefined");
+        let err = templar
+            .template_str("{{ d.x.y }}", &vars)
+            .expect_err("undefined");
+        assert_eq!(
+            err.to_string(),
+            "object of type 'dict' has no attribute 'x'"
+        );
+    }
+
+    /// A variable whose template uses an undefined name reports that name.
+    #[test]
+    fn nested_undefined_names_the_variable() {
+        let templar = Templar::new(PathBuf::from("/"));
+        let vars = ctx(&templar, &[("a", Value::from("{{ nope }}"))]);
+        let err = templar
+            .template_str("{{ a }}", &vars)
+            .expect_err("undefined");
+        assert_eq!(err.to_string(), "'nope' is undefined");
     }
 
     /// Conditions must be booleans, `{{ }}` wrappers are tolerated.

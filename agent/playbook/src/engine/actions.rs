@@ -179,7 +179,7 @@ impl Runner<'_> {
         args: &Value,
         ctx: &Value,
         mctx: &ModuleContext,
-        become_user: Option<&str>,
+        become_: Option<&Become>,
     ) -> Outcome {
         let Some(src) = arg_str(args, "src") else {
             return Outcome::failed("src and dest are required");
@@ -224,7 +224,7 @@ impl Runner<'_> {
             module_args = strip_key(&module_args, key);
         }
         module_args = files::with_arg(&module_args, "content", Value::from(rendered));
-        let mut outcome = self.run_module("copy", &module_args, mctx, become_user);
+        let mut outcome = self.run_module("copy", &module_args, mctx, become_);
         if !outcome.is_failed() {
             outcome.set("src", path.display().to_string());
         }

@@ -17,7 +17,9 @@ mod actions;
 mod includes;
 mod loops;
 mod output;
+mod prompts;
 
+use crate::become_::{Become, BecomeMethod};
 use crate::facts::{build_facts, FactSources};
 use crate::inventory::{self, Inventory};
 use crate::model::{Inherited, LoopKind, Play, Playbook, Task, TaskBody};
@@ -467,6 +469,11 @@ impl<'a> Runner<'a> {
         self.force_handlers = play.force_handlers || self.options.force_handlers;
         self.handlers = play.handlers.clone();
         self.notified = vec![false; play.handlers.len()];
+        if let Err(message) = self.prompt_vars(play) {
+            self.emit(&format!("ERROR! {message}"));
+            self.host_failed = true;
+            return;
+        }
         if let Err(message) = self.load_vars_files(play) {
             self.emit(&format!("ERROR! {message}"));
             self.host_failed = true;
@@ -1003,6 +1010,9 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        if let Err(message) = check_connection_variables(&self.templar, &ctx) {
+            return Outcome::failed(message);
+        }
         if let Some(delegate) = &task.delegate_to {
             let target = self
                 .templar
@@ -1169,8 +1179,8 @@ impl<'a> Runner<'a> {
                 Err(e) => return Outcome::failed(e.to_string()),
             },
         };
-        let become_user = match self.become_user(scope, ctx) {
-            Ok(user) => user,
+        let become_ = match self.become_target(scope, ctx) {
+            Ok(target) => target,
             Err(e) => return Outcome::failed(e),
         };
         if matches!(module, "package" | "service") && self.facts.is_none() {
@@ -1196,9 +1206,7 @@ impl<'a> Runner<'a> {
             ),
             "include_vars" => self.action_include_vars(scope, &templated),
             "pause" => action_pause(&templated, check),
-            "template" => {
-                self.action_template(scope, &templated, ctx, &mctx, become_user.as_deref())
-            }
+            "template" => self.action_template(scope, &templated, ctx, &mctx, become_.as_ref()),
             "copy" | "unarchive" => {
                 let mut args = templated;
                 let remote = arg_str(&args, "remote_src")
@@ -1214,12 +1222,12 @@ impl<'a> Runner<'a> {
                     }
                     args = files::with_arg(&args, "src", Value::from(path));
                 }
-                self.run_module(module, &args, &mctx, become_user.as_deref())
+                self.run_module(module, &args, &mctx, become_.as_ref())
             }
             _ if module.starts_with(crate::model::ANSIBLE_FALLBACK) => {
                 let written = module.split_once(':').map(|(_, w)| w).unwrap_or_default();
                 match &self.options.ansible_fallback {
-                    Some(program) => crate::fallback::run_ansible_module(program, written, &templated, &mctx, become_user.as_deref()),
+                    Some(program) => crate::fallback::run_ansible_module(program, written, &templated, &mctx, become_.as_ref().map(|b| b.user.as_str())),
                     None => Outcome::failed(format!("couldn't resolve module/action '{written}': the native runtime does not implement it")),
                 }
             }
@@ -1237,22 +1245,23 @@ impl<'a> Runner<'a> {
                     "apt" => {
                         let mut args = templated;
                         args = strip_key(&args, "use");
-                        self.run_module("apt", &args, &mctx, become_user.as_deref())
+                        self.run_module("apt", &args, &mctx, become_.as_ref())
                     }
                     "dnf" | "yum" | "dnf5" => {
                         let args = strip_key(&templated, "use");
-                        self.run_module("dnf", &args, &mctx, become_user.as_deref())
+                        self.run_module("dnf", &args, &mctx, become_.as_ref())
                     }
                     other => Outcome::failed(format!(
                         "package: the package manager '{other}' is not supported by the native runtime (apt, dnf, yum)"
                     )),
                 }
             }
-            _ => self.run_module(module, &templated, &mctx, become_user.as_deref()),
+            _ => self.run_module(module, &templated, &mctx, become_.as_ref()),
         }
     }
 
-    fn become_user(&self, scope: &Inherited, ctx: &Value) -> Result<Option<String>, String> {
+    /// Whom the task runs as and how, or `None` to run as the current user.
+    fn become_target(&self, scope: &Inherited, ctx: &Value) -> Result<Option<Become>, String> {
         let enabled = self
             .eval_bool(&scope.become_, ctx, false)
             .map_err(|e| e.to_string())?;
@@ -1265,18 +1274,14 @@ impl<'a> Runner<'a> {
             }
             None => "root".to_string(),
         };
-        if let Some(method) = &scope.become_method {
-            let method = modules::value_to_string(method);
-            if method != "sudo" {
-                return Err(format!(
-                    "become_method '{method}' is not supported by the native runtime (only sudo)"
-                ));
-            }
-        }
+        let method = match &scope.become_method {
+            Some(method) => BecomeMethod::parse(&modules::value_to_string(method))?,
+            None => BecomeMethod::Sudo,
+        };
         if user == self.current_user {
             Ok(None)
         } else {
-            Ok(Some(user))
+            Ok(Some(Become { user, method }))
         }
     }
 
@@ -1285,13 +1290,13 @@ impl<'a> Runner<'a> {
         module: &str,
         args: &Value,
         mctx: &ModuleContext,
-        become_user: Option<&str>,
+        become_: Option<&Become>,
     ) -> Outcome {
-        match become_user {
+        match become_ {
             None => modules::run_module(module, args, mctx),
-            Some(user) => crate::become_::run_module_as(
+            Some(target) => crate::become_::run_module_as(
                 self.options.become_program.as_deref(),
-                user,
+                target,
                 module,
                 args,
                 mctx,
@@ -1391,9 +1396,72 @@ fn env_pairs(env: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// Ansible's connection and become variables with the play keyword each one sets, in
+/// the order Ansible's play context reads them.
+const CONNECTION_VARIABLES: &[(&str, &str)] = &[
+    ("ansible_connection", "connection"),
+    ("ansible_host", "remote_addr"),
+    ("ansible_ssh_host", "remote_addr"),
+    ("ansible_port", "port"),
+    ("ansible_ssh_port", "port"),
+    ("ansible_user", "remote_user"),
+    ("ansible_ssh_user", "remote_user"),
+    ("ansible_password", "password"),
+    ("ansible_ssh_pass", "password"),
+    ("ansible_ssh_private_key_file", "private_key_file"),
+    ("ansible_private_key_file", "private_key_file"),
+    ("ansible_shell_executable", "executable"),
+    ("ansible_become", "become"),
+    ("ansible_become_method", "become_method"),
+    ("ansible_become_user", "become_user"),
+    ("ansible_become_password", "become_pass"),
+    ("ansible_become_pass", "become_pass"),
+    ("ansible_become_exe", "become_exe"),
+    ("ansible_become_flags", "become_flags"),
+];
+
+/// Templates the connection and become variables a task would use, failing as Ansible
+/// does ("Error processing keyword 'become_pass': 'x' is undefined") when one of them
+/// cannot be templated, whether or not the task uses it.
+fn check_connection_variables(templar: &Templar, ctx: &Value) -> Result<(), String> {
+    for (variable, keyword) in CONNECTION_VARIABLES {
+        let defined = ctx.get_attr(variable).is_ok_and(|v| !v.is_undefined());
+        if !defined {
+            continue;
+        }
+        if let Err(error) = templar.template_str(&format!("{{{{ {variable} }}}}"), ctx) {
+            return Err(format!("Error processing keyword '{keyword}': {error}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection variable whose template is undefined fails with Ansible's keyword
+    /// message; literal and absent ones pass.
+    #[test]
+    fn undefined_connection_variables_fail() {
+        let templar = Templar::new(std::path::PathBuf::from("/"));
+        let check = |pairs: &[(&str, &str)]| {
+            let vars = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect();
+            check_connection_variables(&templar, &templar.context(vars))
+        };
+        assert_eq!(check(&[("ansible_user", "deploy")]), Ok(()));
+        assert_eq!(
+            check(&[("ansible_become_password", "{{ undefined_var }}")]),
+            Err("Error processing keyword 'become_pass': 'undefined_var' is undefined".into())
+        );
+        assert_eq!(
+            check(&[("ansible_user", "{{ nope }}")]),
+            Err("Error processing keyword 'remote_user': 'nope' is undefined".into())
+        );
+    }
 
     /// The recap line matches ansible-playbook's column layout.
     #[test]

@@ -176,10 +176,7 @@ pub fn run(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
         } else {
             result.set("skipped", true);
         }
-        result.set("rc", 0);
-        result.set("stdout", "");
-        result.set("stderr", "");
-        return Ok(result);
+        return Ok(not_run_in_check_mode(result));
     }
     let start = chrono::Local::now();
     let mut command = Command::new(&program[0]);
@@ -272,6 +269,21 @@ fn errno_text(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "Permission denied".into(),
         _ => e.to_string(),
     }
+}
+
+/// The result of a command that check mode did not run, with the fields Ansible's
+/// skipped result has (empty output and its lines, no timings).
+fn not_run_in_check_mode(result: Outcome) -> Outcome {
+    let no_lines = || Value::from(Vec::<String>::new());
+    result
+        .with("rc", 0)
+        .with("stdout", "")
+        .with("stdout_lines", no_lines())
+        .with("stderr", "")
+        .with("stderr_lines", no_lines())
+        .with("start", Value::from(()))
+        .with("end", Value::from(()))
+        .with("delta", Value::from(()))
 }
 
 #[cfg(test)]

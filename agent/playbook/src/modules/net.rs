@@ -102,55 +102,16 @@ pub fn get_url(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             return Ok(result);
         }
     }
-    if ctx.check {
-        result.set("changed", true);
-        result.set("msg", "file would be downloaded");
-        return Ok(result);
-    }
     let Some(curl) = which("curl") else {
         return Ok(Outcome::failed(
             "get_url: the native runtime downloads with curl, which is not installed",
         ));
     };
+    if ctx.check {
+        return check_url(args, ctx, &curl, &url, &dest, result);
+    }
     let tmp = std::env::temp_dir().join(format!("dynserv-get_url-{}", std::process::id()));
-    let timeout = args.int("timeout")?.unwrap_or(10).to_string();
-    let mut argv: Vec<String> = vec![
-        "-sS".into(),
-        "-L".into(),
-        "--fail".into(),
-        "--connect-timeout".into(),
-        timeout.clone(),
-        "-o".into(),
-        tmp.display().to_string(),
-        "-w".into(),
-        "%{http_code}".into(),
-    ];
-    if !args.bool("validate_certs", true)? {
-        argv.push("-k".into());
-    }
-    if let Some(user) = args.str_any(&["url_username", "username"]) {
-        let password = args
-            .str_any(&["url_password", "password"])
-            .unwrap_or_default();
-        argv.extend(["-u".into(), format!("{user}:{password}")]);
-    }
-    if let Some(headers) = args.get("headers") {
-        if let Ok(keys) = headers.try_iter() {
-            for key in keys {
-                let value = headers
-                    .get_item(&key)
-                    .map(|v| super::value_to_string(&v))
-                    .unwrap_or_default();
-                argv.extend([
-                    "-H".into(),
-                    format!("{}: {value}", super::value_to_string(&key)),
-                ]);
-            }
-        }
-    }
-    if let Some(agent) = args.str("http_agent") {
-        argv.extend(["-A".into(), agent]);
-    }
+    let mut argv = curl_arguments(args, &tmp.display().to_string())?;
     argv.push(url.clone());
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let r = run(&curl.display().to_string(), &refs, &ctx.environment, None);
@@ -320,5 +281,78 @@ pub fn wait_for(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> 
         result.set("path", path);
     }
     result.set("elapsed", start.elapsed().as_secs());
+    Ok(result)
+}
+
+/// curl's arguments for a get_url request writing the body to `output` (the URL last).
+fn curl_arguments(args: &Args, output: &str) -> Result<Vec<String>, ArgError> {
+    let timeout = args.int("timeout")?.unwrap_or(10).to_string();
+    let mut argv: Vec<String> = vec![
+        "-sS".into(),
+        "-L".into(),
+        "--fail".into(),
+        "--connect-timeout".into(),
+        timeout.clone(),
+        "-o".into(),
+        output.to_string(),
+        "-w".into(),
+        "%{http_code}".into(),
+    ];
+    if !args.bool("validate_certs", true)? {
+        argv.push("-k".into());
+    }
+    if let Some(user) = args.str_any(&["url_username", "username"]) {
+        let password = args
+            .str_any(&["url_password", "password"])
+            .unwrap_or_default();
+        argv.extend(["-u".into(), format!("{user}:{password}")]);
+    }
+    if let Some(headers) = args.get("headers") {
+        if let Ok(keys) = headers.try_iter() {
+            for key in keys {
+                let value = headers
+                    .get_item(&key)
+                    .map(|v| super::value_to_string(&v))
+                    .unwrap_or_default();
+                argv.extend([
+                    "-H".into(),
+                    format!("{}: {value}", super::value_to_string(&key)),
+                ]);
+            }
+        }
+    }
+    if let Some(agent) = args.str("http_agent") {
+        argv.extend(["-A".into(), agent]);
+    }
+    Ok(argv)
+}
+
+/// Check mode: a HEAD request proves the URL answers (as Ansible's check mode does), and
+/// the file counts as changed unless it is already empty, Ansible comparing it to an
+/// empty download.
+fn check_url(
+    args: &Args,
+    ctx: &ModuleContext,
+    curl: &Path,
+    url: &str,
+    dest: &Path,
+    mut result: Outcome,
+) -> Result<Outcome, ArgError> {
+    let mut argv = curl_arguments(args, "/dev/null")?;
+    argv.push("--head".into());
+    argv.push(url.to_string());
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let r = run(&curl.display().to_string(), &refs, &ctx.environment, None);
+    if !r.ok() {
+        let status: i64 = r.stdout.trim().parse().unwrap_or(-1);
+        return Ok(
+            Outcome::failed(format!("Request failed: {}", r.stderr.trim()))
+                .with("status_code", status)
+                .with("url", url),
+        );
+    }
+    let empty = std::fs::metadata(dest).is_ok_and(|m| m.is_file() && m.len() == 0);
+    result.set("changed", !empty);
+    result.set("msg", "OK");
     Ok(result)
 }

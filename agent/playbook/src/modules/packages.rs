@@ -47,6 +47,32 @@ fn candidate_version(name: &str) -> Option<String> {
         .filter(|v| v != "(none)")
 }
 
+/// Whether apt knows a package (or a virtual package) of this name at all.
+fn known_to_apt(name: &str) -> bool {
+    let r = run(
+        "apt-cache",
+        &["policy", name],
+        &[("LANG".into(), "C".into())],
+        None,
+    );
+    !r.stdout.trim().is_empty()
+}
+
+/// The first package to install that is neither installed nor known to apt; names with
+/// wildcards are left to apt, as Ansible expands them first.
+fn first_unknown_package(specs: &[String]) -> Option<&str> {
+    specs
+        .iter()
+        .map(|spec| split_spec(spec).0)
+        .filter(|name| !name.contains(['*', '?', '[']) && !name.ends_with(".deb"))
+        .find(|name| installed_version(name).is_none() && !known_to_apt(name))
+}
+
+/// Ansible's failure for a package apt does not know, in check mode as in a real run.
+fn no_package_matching(name: &str) -> Outcome {
+    Outcome::failed(format!("No package matching '{name}' is available"))
+}
+
 fn split_spec(spec: &str) -> (&str, Option<&str>) {
     match spec.split_once('=') {
         Some((name, version)) => (name, Some(version)),
@@ -147,13 +173,13 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         .unwrap_or_default();
     let env = apt_env(ctx);
     let mut result = Outcome::new();
-    let mut cache_updated = false;
     if args.bool("update_cache", false)? {
         let valid = args.int("cache_valid_time")?.unwrap_or(0);
         let fresh = valid > 0
             && cache_mtime()
                 .and_then(|m| m.elapsed().ok())
                 .is_some_and(|age| age.as_secs() < valid as u64);
+        // In check mode Ansible reports a stale cache as updated without updating it.
         if !fresh && !ctx.check {
             let r = run("apt-get", &["update", "-q"], &env, None);
             if !r.ok() {
@@ -162,8 +188,8 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     format!("Failed to update apt cache: {}", r.stderr.trim()),
                 ));
             }
-            cache_updated = true;
         }
+        let cache_updated = !fresh;
         result.set("cache_updated", cache_updated);
         if names.is_empty() && !args.has("upgrade") {
             result.set("changed", cache_updated);
@@ -233,6 +259,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     if !names.is_empty() {
         match state.as_str() {
             "present" | "installed" | "fixed" | "build-dep" => {
+                if let Some(unknown) = first_unknown_package(&names) {
+                    return Ok(no_package_matching(unknown));
+                }
                 let missing: Vec<&String> = names.iter().filter(|n| !is_satisfied(n)).collect();
                 if !missing.is_empty() && ctx.check {
                     changed = true;
@@ -259,6 +288,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 }
             }
             "latest" => {
+                if let Some(unknown) = first_unknown_package(&names) {
+                    return Ok(no_package_matching(unknown));
+                }
                 let outdated: Vec<&String> = names
                     .iter()
                     .filter(|n| {

@@ -195,6 +195,14 @@ pub fn service(module: &str, args: &Args, ctx: &ModuleContext) -> Result<Outcome
     Ok(result)
 }
 
+/// Whether a SysV init script (or an upstart job) manages the service `name`.
+fn has_init_script(name: &str) -> bool {
+    std::path::Path::new("/etc/init.d").join(name).is_file()
+        || std::path::Path::new("/etc/init")
+            .join(format!("{name}.conf"))
+            .exists()
+}
+
 fn sysv(
     args: &Args,
     ctx: &ModuleContext,
@@ -203,6 +211,12 @@ fn sysv(
     enabled: Option<bool>,
 ) -> Result<Outcome, ArgError> {
     let name = name.ok_or_else(|| ArgError::Missing("name".into()))?;
+    if !has_init_script(&name) {
+        // Ansible finds no tool for a service without an init script, in check mode too.
+        return Ok(Outcome::failed(format!(
+            "Could not find the requested service {name}: host"
+        )));
+    }
     let service = which("service")
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "service".into());
