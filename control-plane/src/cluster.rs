@@ -398,7 +398,7 @@ async fn listener(store: Store, me: String, receiver: Arc<dyn Receiver>) {
             continue;
         }
         let catching_up = receiver.clone();
-        let _ = tokio::task::spawn_blocking(move || catching_up.resync()).await;
+        let _ = crate::store::blocking(move || catching_up.resync()).await;
         while let Some(first) = messages.recv().await {
             // What arrived meanwhile is acted on together (a fan-out sends thousands).
             let mut arrived = vec![first];
@@ -427,7 +427,7 @@ async fn listener(store: Store, me: String, receiver: Arc<dyn Receiver>) {
             let receiver = receiver.clone();
             // The receiver may read the store: off the runtime's workers, one batch
             // at a time and in order so an execution's output stays in order.
-            let _ = tokio::task::spawn_blocking(move || receiver.receive_all(batch)).await;
+            let _ = crate::store::blocking(move || receiver.receive_all(batch)).await;
         }
         drop(client);
         tracing::warn!("cluster listener: connection lost; listening again");
@@ -503,6 +503,7 @@ async fn heartbeat(
         let public_quic = public_quic.clone();
         let addresses = addresses.clone();
         let beat = tokio::task::spawn_blocking(move || -> Result<()> {
+            crate::store::allow_blocking_here();
             let now = Utc::now();
             let live = store.write(|w| {
                 w.put(&Replica {

@@ -262,6 +262,7 @@ async fn serve_one(app: App, stream: UnixStream) -> Result<()> {
         },
         Ok(command) => {
             let result = tokio::task::spawn_blocking(move || {
+                crate::store::allow_blocking_here();
                 let core = Core {
                     store: &app.store,
                     keys: &app.keys,

@@ -1373,7 +1373,12 @@ pub async fn renewal_loop(
         }
         let today = clock().date_naive();
         let run_store = store.clone();
-        match tokio::task::spawn_blocking(move || run_renewals(&run_store, today)).await {
+        match tokio::task::spawn_blocking(move || {
+            crate::store::allow_blocking_here();
+            run_renewals(&run_store, today)
+        })
+        .await
+        {
             Ok(Ok(report)) if report != RenewalReport::default() => {
                 tracing::info!(?report, %today, "subscription renewal job ran");
             }

@@ -212,8 +212,7 @@ async fn enroll(fleet: &Fleet, connection: &quinn::Connection) -> Result<()> {
         }
         Ok(()) => {
             let fleet2 = fleet.clone();
-            let response =
-                tokio::task::spawn_blocking(move || enroll_request(&fleet2, &request)).await?;
+            let response = crate::store::blocking(move || enroll_request(&fleet2, &request)).await;
             if matches!(response, EnrollResponse::Refused { .. }) {
                 throttle.fail(&throttle_key, Utc::now());
             }

@@ -95,6 +95,9 @@ pub fn calls_on_async_workers() -> u64 {
 }
 
 /// Marks the current thread as one where store calls may block (a dedicated thread).
+/// Every closure handed to the blocking pool that touches the store calls it (or runs
+/// through [`blocking`]): tokio runs its workers on the blocking pool's threads, so a
+/// pool thread may still carry the worker mark of an earlier life.
 pub fn allow_blocking_here() {
     MAY_BLOCK.with(|m| m.set(true));
 }

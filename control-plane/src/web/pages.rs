@@ -365,6 +365,7 @@ pub async fn login(app: &App, req: &Req) -> Resp {
     let store = app.store.clone();
     let name = username.clone();
     let checked = tokio::task::spawn_blocking(move || {
+        crate::store::allow_blocking_here();
         store.read(|r| Ok(auth::check_login(r, &name, &password)))
     })
     .await
