@@ -353,23 +353,6 @@ pub fn margin(field: &str, value: Option<f64>) -> AppResult<Option<f64>> {
     }
 }
 
-/// Parses a number typed into a form field (empty is `None`).
-pub fn number_text(field: &str, value: Option<&str>) -> AppResult<Option<f64>> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(text) => text
-            .replace(',', ".")
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| {
-                AppError::invalid(
-                    field,
-                    format!("{} must be a number", validate::human(field)),
-                )
-            }),
-    }
-}
-
 /// Parses a whole number typed into a form field (empty is `None`).
 pub fn count_text(field: &str, value: Option<&str>) -> AppResult<Option<u32>> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {

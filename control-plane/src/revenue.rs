@@ -412,28 +412,13 @@ mod tests {
     fn sub(client: &str, agent: &str, cost: f64, currency: &str, servers: &[&str]) -> Subscription {
         Subscription {
             id: format!("{client}-{currency}-{cost}"),
-            client_id: None,
             client: client.into(),
             server_ids: servers.iter().map(|s| s.to_string()).collect(),
             monthly_cost: cost,
             currency: currency.into(),
-            starts_on: day("2026-01-01"),
-            hosting_until: day("2026-12-31"),
-            auto_renew: false,
-            renewal_months: 12,
             sales_agent_id: agent.into(),
             sales_agent: agent.into(),
-            status: SubscriptionStatus::Active,
-            cancellation: None,
-            paused_on: None,
-            ended_on: None,
-            lifecycle: vec![],
-            request_id: None,
-            renewals: vec![],
-            reminders_sent: vec![],
-            notes: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            ..crate::subscriptions::sample("2026-12-31")
         }
     }
 

@@ -277,22 +277,7 @@ mod tests {
             monthly_cost: cost,
             currency: currency.into(),
             starts_on: day(start),
-            hosting_until: day(until),
-            auto_renew: false,
-            renewal_months: 12,
-            sales_agent_id: "u".into(),
-            sales_agent: "sales".into(),
-            status: SubscriptionStatus::Active,
-            renewals: vec![],
-            reminders_sent: vec![],
-            notes: None,
-            cancellation: None,
-            paused_on: None,
-            ended_on: None,
-            lifecycle: vec![],
-            request_id: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            ..crate::subscriptions::sample(until)
         }
     }
 

@@ -1405,6 +1405,38 @@ pub async fn renewal_job(app: App, stop: impl Future<Output = ()> + Send + 'stat
     .await
 }
 
+/// A subscription for unit tests (here, in `revenue` and `statements`): active, EUR 10
+/// a month from 2026-01-01 until `until`, renewing yearly by hand, owned by `sales`.
+#[cfg(test)]
+pub(crate) fn sample(until: &str) -> Subscription {
+    let day = |text: &str| NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap();
+    Subscription {
+        id: "s".into(),
+        client_id: None,
+        client: "Acme".into(),
+        server_ids: vec![],
+        monthly_cost: 10.0,
+        currency: "EUR".into(),
+        starts_on: day("2026-01-01"),
+        hosting_until: day(until),
+        auto_renew: false,
+        renewal_months: 12,
+        sales_agent_id: "u".into(),
+        sales_agent: "sales".into(),
+        status: SubscriptionStatus::Active,
+        renewals: vec![],
+        reminders_sent: vec![],
+        notes: None,
+        cancellation: None,
+        paused_on: None,
+        ended_on: None,
+        lifecycle: vec![],
+        request_id: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1416,29 +1448,9 @@ mod tests {
 
     fn sub(until: &str, auto_renew: bool) -> Subscription {
         Subscription {
-            id: "s".into(),
-            client_id: None,
-            client: "Acme".into(),
-            server_ids: vec![],
-            monthly_cost: 10.0,
-            currency: "EUR".into(),
-            starts_on: day("2026-01-01"),
-            hosting_until: day(until),
             auto_renew,
             renewal_months: 1,
-            sales_agent_id: "u".into(),
-            sales_agent: "sales".into(),
-            status: SubscriptionStatus::Active,
-            renewals: vec![],
-            reminders_sent: vec![],
-            notes: None,
-            cancellation: None,
-            paused_on: None,
-            ended_on: None,
-            lifecycle: vec![],
-            request_id: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            ..sample(until)
         }
     }
 

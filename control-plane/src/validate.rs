@@ -316,14 +316,17 @@ pub fn money(field: &str, value: Option<f64>) -> AppResult<Option<f64>> {
 
 /// Parses an optional amount typed into a form field.
 pub fn money_text(field: &str, value: Option<&str>) -> AppResult<Option<f64>> {
+    number_text(field, value).and_then(|v| money(field, v))
+}
+
+/// Parses a number typed into a form field (empty is `None`).
+pub fn number_text(field: &str, value: Option<&str>) -> AppResult<Option<f64>> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(text) => {
-            let v: f64 = text.parse().map_err(|_| {
-                AppError::invalid(field, format!("{} must be a number", human(field)))
-            })?;
-            money(field, Some(v))
-        }
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| AppError::invalid(field, format!("{} must be a number", human(field)))),
     }
 }
 

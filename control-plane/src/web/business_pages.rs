@@ -180,7 +180,7 @@ pub fn request_save(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             ))
             .unwrap_or(None);
         let margin_percent = problems
-            .check(requests::number_text(
+            .check(validate::number_text(
                 "margin_percent",
                 form.get("margin_percent"),
             ))
