@@ -447,8 +447,18 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             check,
             ansible_fallback,
             inventory_hostname,
+            files,
         } => {
-            let file = dir.join("playbook.yml");
+            // A playbook with files runs from a tree of its own, so that no file of
+            // it can take the name of one of the job's (exit, vars.json, output).
+            let file = if files.is_empty() {
+                dir.join("playbook.yml")
+            } else {
+                let tree = dir.join("tree");
+                write_tree(&tree, files)?;
+                working_dir = tree.clone();
+                tree.join(dynserv_shared::tree::PLAYBOOK_FILE)
+            };
             crate::private_fs::write(&file, yaml)?;
             let exe = crate::compose::own_binary()?;
             argv.push(exe.to_string_lossy().into_owned());
@@ -501,6 +511,26 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
     command
         .spawn()
         .with_context(|| format!("running {}", argv.join(" ")))
+}
+
+/// Writes a playbook's files under `root`, each path checked again here (the control
+/// plane checked it on save): nothing is ever written outside `root`.
+fn write_tree(root: &Path, files: &dynserv_shared::tree::Files) -> Result<()> {
+    crate::private_fs::create_dir(root)?;
+    for file in files.iter() {
+        dynserv_shared::tree::check_path(&file.path)
+            .map_err(|e| anyhow::anyhow!("the playbook's file {:?}: {e}", file.path))?;
+        let bytes = file
+            .bytes()
+            .with_context(|| format!("the playbook's file {:?} is not valid base64", file.path))?;
+        let path = root.join(&file.path);
+        if let Some(parent) = path.parent() {
+            crate::private_fs::create_dir(parent)?;
+        }
+        crate::private_fs::write(&path, bytes)
+            .with_context(|| format!("writing the playbook's file {}", file.path))?;
+    }
+    Ok(())
 }
 
 enum Process {

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod pki;
 pub mod proto;
 pub mod token;
+pub mod tree;
 pub mod upgrade;
 
 /// The product version, sent in every hello.

@@ -388,6 +388,12 @@ pub enum JobKind {
         /// the same job as before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         inventory_hostname: Option<String>,
+        /// The files that come with the playbook (roles/, templates/, files/,
+        /// group_vars/, …): the agent writes them beside it, under the rules of
+        /// [`crate::tree::check_path`], before it runs it. Left out when empty, so
+        /// older agents read a job without files as before.
+        #[serde(default, skip_serializing_if = "crate::tree::Files::is_empty")]
+        files: crate::tree::Files,
     },
     /// A database backup of a Docker Compose service: the agent runs `command` in the
     /// service's container through the Docker API and keeps the dump (the file at
@@ -907,10 +913,29 @@ mod tests {
             check: false,
             ansible_fallback: false,
             inventory_hostname: Some("web-1".into()),
+            files: Default::default(),
         };
         let text = serde_json::to_string(&named).unwrap();
         assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
+        assert!(!text.contains("files"), "{text}");
         assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
+        let with_files = JobKind::Playbook {
+            yaml: "- hosts: all".into(),
+            vars: BTreeMap::new(),
+            check: false,
+            ansible_fallback: false,
+            inventory_hostname: None,
+            files: crate::tree::Files::new(vec![crate::tree::TreeFile::from_bytes(
+                "roles/web/tasks/main.yml",
+                b"- debug: msg=hi\n".to_vec(),
+            )]),
+        };
+        let text = serde_json::to_string(&with_files).unwrap();
+        assert!(
+            text.contains(r#""files":[{"path":"roles/web/tasks/main.yml""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), with_files);
     }
 
     /// The upgrade messages (protocol 4) round-trip with their tags, and an enrollment
