@@ -74,6 +74,7 @@ pub mod modules;
 mod more_filters;
 pub mod roles;
 pub mod template;
+pub mod tree;
 pub mod yaml;
 
 pub use engine::{run_playbook, RunOptions, RunReport, Stats};

@@ -540,7 +540,7 @@ const FREE_FORM: &[&str] = &[
 pub const ANSIBLE_FALLBACK: &str = "ansible_fallback";
 
 /// The first task (in source order) whose module the runtime lacks.
-fn first_unknown_module(tasks: &[Task]) -> Option<(String, Pos)> {
+pub(crate) fn first_unknown_module(tasks: &[Task]) -> Option<(String, Pos)> {
     for task in tasks {
         match &task.body {
             TaskBody::Action {
