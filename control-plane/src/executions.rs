@@ -157,6 +157,10 @@ pub enum Work {
         /// created (older records: none, the agent says `localhost`).
         #[serde(default)]
         inventory_hostname: Option<String>,
+        /// The stored tree of files that came with the playbook (`script_files`), as
+        /// the script had them when this run was created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tree: Option<String>,
     },
     // Backups, verifies, restores and updates: built by `backups` / `updates`.
     ComposeBackup {
@@ -293,12 +297,16 @@ fn job_kind(work: &Work) -> JobKind {
             check,
             ansible_fallback,
             inventory_hostname,
+            // The files are added where jobs are read with their secrets
+            // (`scripts::job_specs_with_secrets`), one copy per tree.
+            tree: _,
         } => JobKind::Playbook {
             yaml: playbook,
             vars,
             check,
             ansible_fallback,
             inventory_hostname,
+            files: Default::default(),
         },
         Work::ComposeBackup {
             backup_id,
@@ -402,6 +410,10 @@ pub struct NewExecution {
     /// The rollout this belongs to (set by `rollouts`); never read from JSON.
     #[serde(skip)]
     pub rollout_id: Option<String>,
+    /// The stored tree of a script's files (`script_files`): set from the script,
+    /// never from the request.
+    #[serde(skip)]
+    pub tree: Option<String>,
 }
 
 fn env_name_ok(name: &str) -> bool {
@@ -562,6 +574,7 @@ pub fn create(
                 check: input.check.unwrap_or(false),
                 ansible_fallback: input.ansible_fallback.unwrap_or(false),
                 inventory_hostname: Some(host_name(w, &agent)?),
+                tree: input.tree.clone(),
             }
         }
         _ if input.work.is_some() => input

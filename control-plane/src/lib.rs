@@ -32,6 +32,7 @@ pub mod requests;
 pub mod revenue;
 pub mod rollouts;
 pub mod schedules;
+pub mod script_files;
 pub mod scripts;
 pub mod secrets;
 pub mod server_metrics;

@@ -30,6 +30,7 @@ pub struct PruneReport {
     pub log_chunks: usize,
     pub audit_entries: usize,
     pub notifications: usize,
+    pub script_trees: usize,
 }
 
 /// One retention pass as of `now` (injected, so tests need no clock).
@@ -43,6 +44,13 @@ pub fn prune_once(
         let pruned = executions::prune(store, now - keep, PRUNE_MAX_PER_PASS)?;
         report.executions = pruned.executions;
         report.log_chunks = pruned.log_chunks;
+        // A script's files outlive every execution that ran them by a week.
+        report.script_trees = crate::script_files::prune(
+            store,
+            now,
+            keep + chrono::Duration::days(7),
+            PRUNE_MAX_PER_PASS,
+        )?;
     }
     if let Some(keep) = config.audit_retention {
         report.audit_entries = audit::prune(store, now - keep, PRUNE_MAX_PER_PASS)?;

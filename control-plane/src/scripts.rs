@@ -117,6 +117,13 @@ pub struct Script {
     pub project_id: Option<String>,
     /// The sample file it was seeded from, if any.
     pub sample: Option<String>,
+    /// The files that come with a playbook (roles/, templates/, …): the id of their
+    /// stored tree (see `script_files`), absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
+    /// The tree's files as pages list them (path, size).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::script_files::FileEntry>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_by: String,
@@ -353,6 +360,9 @@ pub struct ScriptInput {
     pub allow_ansible_fallback: Option<bool>,
     /// A project id or name; absent or empty for a global script.
     pub project: Option<String>,
+    /// The files that come with a playbook, replacing the script's (an empty list
+    /// removes them); absent: kept as they are.
+    pub files: Option<Vec<dynserv_shared::tree::TreeFile>>,
 }
 
 /// Whether the subject may edit scripts of this scope.
@@ -541,6 +551,8 @@ struct Checked {
     variables: Vec<Variable>,
     allow_ansible_fallback: bool,
     project_id: Option<String>,
+    /// New files to store (`Some(empty)`: none any more); `None`: the old ones stay.
+    files: Option<Vec<dynserv_shared::tree::TreeFile>>,
 }
 
 /// Validates an input over `old` for the scope `project_id` the caller was authorized
@@ -611,6 +623,41 @@ fn check_input(
         })
         .collect();
     check_variables(&variables)?;
+    let files = input.files.clone().map(crate::script_files::normalize);
+    let kept = old.map(|o| o.files.as_slice()).unwrap_or_default();
+    match &files {
+        Some(files) if !files.is_empty() => {
+            if kind != ScriptKind::Playbook {
+                return Err(AppError::invalid(
+                    "files",
+                    "only a playbook has files (roles, templates, files); a shell script is one body",
+                ));
+            }
+            crate::script_files::check(files, body.len(), allow_ansible_fallback)?;
+        }
+        Some(_) => {}
+        None if !kept.is_empty() => {
+            if kind != ScriptKind::Playbook {
+                return Err(AppError::invalid(
+                    "kind",
+                    "this script has files: remove them before making it a shell script",
+                ));
+            }
+            let bytes = body.len() + crate::script_files::travel_bytes(kept);
+            if bytes > dynserv_shared::tree::MAX_TREE_BYTES {
+                return Err(AppError::invalid(
+                    "body",
+                    format!(
+                        "the playbook and its files would be {} KiB, more than {} KiB (a job \
+                         travels to the agent in one message of at most 1 MiB)",
+                        bytes.div_ceil(1024),
+                        dynserv_shared::tree::MAX_TREE_BYTES / 1024
+                    ),
+                ));
+            }
+        }
+        None => {}
+    }
     let description = crate::validate::text(
         "description",
         input
@@ -629,7 +676,28 @@ fn check_input(
         variables,
         allow_ansible_fallback,
         project_id,
+        files,
     })
+}
+
+/// Stores the new files of a checked input (or none), and answers the script's tree
+/// id and file list.
+fn save_files(
+    w: &mut Writer,
+    files: Option<Vec<dynserv_shared::tree::TreeFile>>,
+    old: Option<&Script>,
+) -> anyhow::Result<(Option<String>, Vec<crate::script_files::FileEntry>)> {
+    match files {
+        None => Ok(old
+            .map(|o| (o.tree.clone(), o.files.clone()))
+            .unwrap_or_default()),
+        Some(files) if files.is_empty() => Ok((None, Vec::new())),
+        Some(files) => {
+            let entries = crate::script_files::entries(&files);
+            let id = crate::script_files::store(w, files, Utc::now())?;
+            Ok((Some(id), entries))
+        }
+    }
 }
 
 /// Validates and stores a new script.
@@ -642,6 +710,7 @@ pub fn create(
     let scope = authorize_save(w, subject, input, None)?;
     let c = check_input(w, input, None, scope)?;
     let now = Utc::now();
+    let (tree, files) = save_files(w, c.files, None)?;
     let script = Script {
         id: uuid::Uuid::now_v7().to_string(),
         name: c.name,
@@ -653,6 +722,8 @@ pub fn create(
         allow_ansible_fallback: c.allow_ansible_fallback,
         project_id: c.project_id,
         sample: None,
+        tree,
+        files,
         created_by: actor.username.clone(),
         created_at: now,
         updated_by: actor.username.clone(),
@@ -691,6 +762,8 @@ pub fn update(
         w.index_delete(BY_SCOPE_NAME, &old_key)?;
         w.index_put(BY_SCOPE_NAME, &new_key, &old.id)?;
     }
+    let files_changed = c.files.is_some();
+    let (tree, files) = save_files(w, c.files, Some(&old))?;
     let script = Script {
         name: c.name,
         description: c.description,
@@ -700,17 +773,24 @@ pub fn update(
         variables: c.variables,
         allow_ansible_fallback: c.allow_ansible_fallback,
         project_id: c.project_id,
+        tree,
+        files,
         updated_by: actor.username.clone(),
         updated_at: Utc::now(),
         ..old
     };
     w.put(&script)?;
+    let detail = if files_changed {
+        format!("{} files", script.files.len())
+    } else {
+        String::new()
+    };
     audit::record(
         w,
         actor,
         "script.update",
         &format!("script:{}", script.name),
-        "",
+        &detail,
     )?;
     Ok(script)
 }
@@ -859,6 +939,8 @@ pub fn seed_samples(store: &Store) -> anyhow::Result<usize> {
                     allow_ansible_fallback: false,
                     project_id: None,
                     sample: Some(format!("playbooks/{}", sample.file)),
+                    tree: None,
+                    files: Vec::new(),
                     created_by: "system".into(),
                     created_at: now,
                     updated_by: "system".into(),
@@ -935,6 +1017,7 @@ pub fn execution_input(
             );
             input.check = Some(check);
             input.ansible_fallback = Some(script.allow_ansible_fallback);
+            input.tree = script.tree.clone();
         }
         ScriptKind::Shell => {
             input.kind = Some("script".into());
@@ -990,6 +1073,85 @@ pub fn resolve_execution(
     .map(Some)
 }
 
+/// The files of a script, read from its stored tree (none when it has none).
+pub fn files_of(
+    r: &impl Read,
+    script: &Script,
+) -> anyhow::Result<Vec<dynserv_shared::tree::TreeFile>> {
+    match &script.tree {
+        Some(tree) => Ok(crate::script_files::load(r, tree)?.unwrap_or_default()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Replaces a script's files with an uploaded `.tar.gz` (and its body with the
+/// archive's playbook, when it has one), validated as any save.
+pub fn replace_from_archive(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    id: &str,
+    archive: &[u8],
+) -> AppResult<Script> {
+    // The right to edit comes before reading what was sent.
+    let old = get_visible(w, subject, id)?;
+    authorize_save(w, subject, &ScriptInput::default(), Some(&old))?;
+    let (body, files) = crate::script_files::from_archive(archive)?;
+    let input = ScriptInput {
+        body,
+        files: Some(files),
+        ..Default::default()
+    };
+    update(w, actor, subject, id, &input)
+}
+
+/// Writes one file of a script's tree: `content` at `path`, replacing the file at
+/// `original` when it is given (an edit, or a rename when the paths differ); `content`
+/// `None` deletes `original`. The tree is validated again as a whole, as any save.
+pub fn edit_file(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    id: &str,
+    original: Option<&str>,
+    path: &str,
+    content: Option<String>,
+) -> AppResult<Script> {
+    let old = get_visible(w, subject, id)?;
+    authorize_save(w, subject, &ScriptInput::default(), Some(&old))?;
+    let mut files = files_of(w, &old)?;
+    let original = original.map(str::trim).filter(|o| !o.is_empty());
+    if let Some(original) = original {
+        let at = files
+            .iter()
+            .position(|f| f.path == original)
+            .ok_or_else(|| AppError::not_found("file"))?;
+        files.remove(at);
+    }
+    if let Some(content) = content {
+        let path = path.trim();
+        dynserv_shared::tree::check_path(path).map_err(|m| AppError::invalid("path", m))?;
+        if files.iter().any(|f| f.path == path) {
+            return Err(AppError::invalid(
+                "path",
+                format!("a file {} exists already", crate::validate::echo(path)),
+            ));
+        }
+        files.push(dynserv_shared::tree::TreeFile {
+            path: path.to_string(),
+            content,
+            base64: false,
+        });
+    } else if original.is_none() {
+        return Err(AppError::not_found("file"));
+    }
+    let input = ScriptInput {
+        files: Some(files),
+        ..Default::default()
+    };
+    update(w, actor, subject, id, &input)
+}
+
 /// Stored scripts' part in script and playbook executions (see [`KindHooks`]): a
 /// `playbook` naming a stored script runs that script, and its secret variables wait
 /// in `execution_secrets` only while the execution is queued or running.
@@ -1011,6 +1173,12 @@ impl KindHooks for ExecutionHooks {
     }
 
     fn created(&self, w: &mut Writer, e: &Execution, input: &NewExecution) -> anyhow::Result<()> {
+        if let crate::executions::Work::Playbook {
+            tree: Some(tree), ..
+        } = &e.work
+        {
+            crate::script_files::mark_used(w, tree, e.created_at)?;
+        }
         keep_execution_secrets(w, &e.id, &input.secrets)
     }
 
@@ -1121,11 +1289,34 @@ pub fn job_specs_with_secrets(
 ) -> anyhow::Result<Vec<JobSpec>> {
     let ids: Vec<String> = executions.iter().map(|e| e.id.clone()).collect();
     let secrets = r.get_many::<ExecutionSecrets>(&ids)?;
+    // A fan-out's thousands of jobs share one copy of their tree.
+    let trees = crate::script_files::load_shared(
+        r,
+        executions.iter().filter_map(|e| match &e.work {
+            crate::executions::Work::Playbook { tree, .. } => tree.clone(),
+            _ => None,
+        }),
+    )?;
     executions
         .iter()
         .zip(secrets)
         .map(|(execution, secrets)| {
             let mut spec = execution.job_spec();
+            if let (
+                crate::executions::Work::Playbook {
+                    tree: Some(tree), ..
+                },
+                JobKind::Playbook { files, .. },
+            ) = (&execution.work, &mut spec.kind)
+            {
+                match trees.get(tree) {
+                    Some(tree) => *files = tree.clone(),
+                    None => tracing::warn!(
+                        execution = %execution.id,
+                        "the files of this playbook run are gone (pruned); it runs without them"
+                    ),
+                }
+            }
             crate::backups::add_offsite_target(r, execution, &mut spec)?;
             Ok(with_secrets(spec, secrets))
         })
@@ -1163,6 +1354,7 @@ pub fn view(r: &impl Read, script: &Script) -> anyhow::Result<serde_json::Value>
         "project_id": script.project_id,
         "project": project,
         "sample": script.sample,
+        "files": script.files,
         "created_by": script.created_by,
         "created_at": script.created_at,
         "updated_by": script.updated_by,

@@ -745,10 +745,19 @@ pub fn rerun_input(
             vars,
             check,
             ansible_fallback,
+            tree,
             ..
         } => {
+            if let Some(tree) = tree {
+                if r.get::<crate::script_files::ScriptTree>(tree)?.is_none() {
+                    return Err(AppError::conflict(
+                        "the files this playbook ran with are gone (past retention); run the script again from its page",
+                    ));
+                }
+            }
             input.kind = Some("playbook".into());
             input.playbook = Some(playbook.clone());
+            input.tree = tree.clone();
             input.vars = Some(
                 vars.iter()
                     .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))

@@ -178,6 +178,11 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["scripts", id]) => super::scripts_api::get(app, &ctx, id),
         (&Method::PUT, ["scripts", id]) => super::scripts_api::update(app, req, &ctx, id),
         (&Method::POST, ["scripts", id, "run"]) => super::scripts_api::run(app, req, &ctx, id),
+        (&Method::GET, ["scripts", id, "files"]) => super::scripts_api::files(app, &ctx, id),
+        (&Method::GET, ["scripts", id, "archive"]) => super::scripts_api::archive(app, &ctx, id),
+        (&Method::PUT, ["scripts", id, "archive"]) => {
+            super::scripts_api::upload_archive(app, req, &ctx, id)
+        }
         (&Method::GET, ["rollouts"]) => super::scripts_api::rollouts_list(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_api::rollout(app, &ctx, id),
         (&Method::POST, ["rollouts", id, "cancel"]) => {
@@ -441,6 +446,16 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         (&Method::POST, ["scripts", "new"]) => super::scripts_pages::save(app, req, &ctx, None),
         (&Method::GET, ["scripts", id]) => super::scripts_pages::edit_page(app, req, &ctx, id),
         (&Method::POST, ["scripts", id]) => super::scripts_pages::save(app, req, &ctx, Some(id)),
+        (&Method::GET, ["scripts", id, "file"]) => {
+            super::scripts_pages::file_page(app, req, &ctx, id)
+        }
+        (&Method::POST, ["scripts", id, "file"]) => {
+            super::scripts_pages::file_save(app, req, &ctx, id)
+        }
+        (&Method::GET, ["scripts", id, "archive"]) => super::scripts_api::archive(app, &ctx, id),
+        (&Method::POST, ["scripts", id, "archive"]) => {
+            super::scripts_pages::upload(app, req, &ctx, id)
+        }
         (&Method::GET, ["scripts", id, "run"]) => {
             super::scripts_pages::run_page(app, req, &ctx, id)
         }

@@ -317,3 +317,62 @@ pub fn retry_failed(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp
         .read(|r| rollouts::view(r, &ctx.subject, &rollout))?;
     Ok(reply(StatusCode::CREATED, &view))
 }
+
+/// `GET /api/v1/scripts/{id}/files`: the script's files with their contents (text, or
+/// base64 with `"base64": true`), as `PUT /api/v1/scripts/{id}` takes them back.
+pub fn files(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let files = app.store.read(|r| {
+        let script = scripts::get_visible(r, &ctx.subject, id)?;
+        scripts::files_of(r, &script)
+    })?;
+    Ok(reply(StatusCode::OK, &files))
+}
+
+/// `GET /api/v1/scripts/{id}/archive` (and the editor's download link): the script as
+/// a `.tar.gz`, its playbook as `playbook.yml` beside its files.
+pub fn archive(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let (script, files) = app.store.read(|r| {
+        let script = scripts::get_visible(r, &ctx.subject, id)?;
+        let files = scripts::files_of(r, &script)?;
+        Ok((script, files))
+    })?;
+    let bytes = crate::script_files::to_archive(&script.body, &files)?;
+    let mut resp = Resp::new(bytes.into());
+    resp.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/gzip"),
+    );
+    let slug: String = script
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if let Ok(v) = warp::http::HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}.tar.gz\"",
+        slug.trim_matches('-')
+    )) {
+        resp.headers_mut().insert("content-disposition", v);
+    }
+    Ok(resp)
+}
+
+/// `PUT /api/v1/scripts/{id}/archive` with a `.tar.gz` body: the archive's files
+/// replace the script's, and its `playbook.yml` (or `site.yml`) the body when it has
+/// one. Validated as a save is (422 naming the file).
+pub fn upload_archive(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let view = app.store.write(|w| {
+        let script =
+            scripts::replace_from_archive(w, &ctx.actor(req), &ctx.subject, id, &req.body)?;
+        scripts::view(w, &script)
+    })?;
+    Ok(reply(StatusCode::OK, &view))
+}
