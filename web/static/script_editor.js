@@ -6,6 +6,8 @@
  *                                       kind chosen there; the textarea stays the form
  *                                       field (kept in step on every change), so the
  *                                       page works without JavaScript too;
+ *     or data-mode="yaml|text"          a fixed mode instead (a file of the script's
+ *                                       tree, scripts_file.hbs);
  *   #body-error-position[data-line]     the line of the last save's validation error,
  *                                       marked in the editor and scrolled into view;
  *   button[data-add-variable="#table"]  adds an empty variable row to the table's body
@@ -23,11 +25,12 @@
     if (!window.CodeMirror) {
       return;
     }
-    var kindSelect = document.querySelector(textarea.getAttribute("data-kind-select") || "#kind");
+    var fixedMode = textarea.getAttribute("data-mode");
+    var kindSelect = fixedMode ? null : document.querySelector(textarea.getAttribute("data-kind-select") || "#kind");
     var readOnly = textarea.hasAttribute("readonly");
     var editor = window.CodeMirror.fromTextArea(textarea, {
       lineNumbers: true,
-      mode: modeFor(kindSelect ? kindSelect.value : "playbook"),
+      mode: fixedMode ? (fixedMode === "yaml" ? "yaml" : null) : modeFor(kindSelect ? kindSelect.value : "playbook"),
       theme: "material-darker",
       indentUnit: 2,
       tabSize: 2,

@@ -16,6 +16,7 @@ pub mod fleet_pages;
 pub mod hetzner_api;
 pub mod hetzner_pages;
 pub mod live_api;
+pub mod multipart;
 pub mod offsite_api;
 pub mod offsite_pages;
 pub mod ops_api;
@@ -124,6 +125,12 @@ impl Req {
 
     /// The body as a urlencoded form.
     pub fn form(&self) -> AppResult<Form> {
+        // An upload form: its text fields (the CSRF token among them).
+        if let Some(parts) = multipart::parts(self)? {
+            return Ok(Form {
+                pairs: multipart::text_fields(&parts),
+            });
+        }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&self.body)
             .map_err(|_| AppError::bad_request("the form could not be read"))?;
         Ok(Form { pairs })

@@ -119,7 +119,9 @@ fn editor(
         &title,
         json!({
             "script": script.map(|s| json!({"id": s.id, "name": s.name, "sample": s.sample,
-                "updated_by": s.updated_by, "updated_at": s.updated_at})),
+                "updated_by": s.updated_by, "updated_at": s.updated_at,
+                "playbook": s.kind == ScriptKind::Playbook,
+                "files": file_rows(s)})),
             "values": values,
             "variables": variable_rows(variables),
             "errors": errors,
@@ -131,6 +133,18 @@ fn editor(
             "action": script.map(|s| format!("/scripts/{}", s.id)).unwrap_or_else(|| "/scripts/new".into()),
         }),
     )
+}
+
+/// The editor's list of a script's files, each with the link to its own editor.
+fn file_rows(script: &Script) -> Vec<Value> {
+    script
+        .files
+        .iter()
+        .map(|f| {
+            json!({"path": f.path, "size": f.size, "binary": f.binary,
+                "href": format!("/scripts/{}/file?path={}", script.id, super::urlencode(&f.path))})
+        })
+        .collect()
 }
 
 fn values_of(script: &Script) -> Value {
@@ -219,6 +233,7 @@ pub fn save(app: &App, req: &Req, ctx: &Ctx, id: Option<&str>) -> AppResult<Resp
         variables: Some(variables.clone()),
         allow_ansible_fallback: Some(form.checked("allow_ansible_fallback")),
         project: Some(form.get("project").unwrap_or("").to_string()),
+        files: None,
     };
     let old = match id {
         Some(id) => Some(
@@ -593,4 +608,190 @@ pub fn rollout_retry(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Res
             &format!("Retrying on {} server(s).", rollout.targets.len()),
         )),
     ))
+}
+
+/// The page of one file of a script's tree: `GET /scripts/{id}/file?path=P` (no
+/// `path`: a new file).
+pub fn file_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let path = req
+        .query
+        .get("path")
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    let (script, file) = app.store.read(|r| {
+        let script = scripts::get_visible(r, &ctx.subject, id)?;
+        let file = match path.as_str() {
+            "" => None,
+            p => Some(
+                scripts::files_of(r, &script)?
+                    .into_iter()
+                    .find(|f| f.path == p)
+                    .ok_or_else(|| AppError::not_found("file"))?,
+            ),
+        };
+        Ok((script, file))
+    })?;
+    let values = json!({
+        "path": path,
+        "content": file.as_ref().filter(|f| !f.base64).map(|f| f.content.clone()).unwrap_or_default(),
+    });
+    file_editor(
+        app,
+        req,
+        ctx,
+        StatusCode::OK,
+        &script,
+        file.is_some(),
+        file.as_ref().is_some_and(|f| f.base64),
+        values,
+        json!({}),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn file_editor(
+    app: &App,
+    req: &Req,
+    ctx: &Ctx,
+    status: StatusCode,
+    script: &Script,
+    exists: bool,
+    binary: bool,
+    values: Value,
+    errors: Value,
+) -> AppResult<Resp> {
+    let can_edit = scripts::may_manage(&ctx.subject, script.project_id.as_deref());
+    let path = values["path"].as_str().unwrap_or_default().to_string();
+    let title = if exists {
+        format!("{} · {}", script.name, path)
+    } else {
+        format!("{} · new file", script.name)
+    };
+    page_with_status(
+        app,
+        req,
+        ctx,
+        status,
+        "scripts_file",
+        &title,
+        json!({
+            "script": {"id": script.id, "name": script.name},
+            "exists": exists,
+            "binary": binary,
+            "values": values,
+            "errors": errors,
+            "can_edit": can_edit,
+            "mode": if path.ends_with(".yml") || path.ends_with(".yaml") { "yaml" } else { "text" },
+        }),
+    )
+}
+
+/// `POST /scripts/{id}/file`: saves one file (fields `path`, `content`), or deletes it
+/// (`delete`); the whole tree is validated again, and an error re-renders the file with
+/// the message.
+pub fn file_save(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let form = req.form()?;
+    let path = form.get("path").unwrap_or("").trim().to_string();
+    let original = form.get("original").unwrap_or("").trim().to_string();
+    let delete = form.get("delete").is_some();
+    let content = form.get("content").unwrap_or("").replace("\r\n", "\n");
+    let result = app.store.write(|w| {
+        Ok(scripts::edit_file(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+            Some(original.as_str()),
+            &path,
+            (!delete).then(|| content.clone()),
+        ))
+    })?;
+    match result {
+        Ok(script) => {
+            let message = if delete {
+                format!("{original} deleted.")
+            } else {
+                format!("{path} saved.")
+            };
+            Ok(redirect(
+                &format!("/scripts/{}#files", script.id),
+                Some(("success", &message)),
+            ))
+        }
+        Err(e) if e.kind == Kind::Invalid => {
+            let script = app
+                .store
+                .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id)?))?;
+            let errors = form_errors_or(&e, "content");
+            file_editor(
+                app,
+                req,
+                ctx,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &script,
+                !original.is_empty(),
+                false,
+                json!({"path": path, "content": content, "original": original}),
+                Value::Object(errors),
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST /scripts/{id}/archive` (multipart, field `archive`): the uploaded `.tar.gz`
+/// replaces the script's files (and its playbook, when the archive has one).
+pub fn upload(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    require_fleet(ctx)?;
+    let parts = super::multipart::parts(req)?
+        .ok_or_else(|| AppError::bad_request("upload the archive as multipart/form-data"))?;
+    let archive = parts
+        .iter()
+        .find(|p| p.name == "archive")
+        .map(|p| p.data.clone())
+        .unwrap_or_default();
+    let result = app.store.write(|w| {
+        Ok(scripts::replace_from_archive(
+            w,
+            &ctx.actor(req),
+            &ctx.subject,
+            id,
+            &archive,
+        ))
+    })?;
+    match result {
+        Ok(script) => Ok(redirect(
+            &format!("/scripts/{}#files", script.id),
+            Some((
+                "success",
+                &format!(
+                    "Uploaded: {} now has {} files.",
+                    script.name,
+                    script.files.len()
+                ),
+            )),
+        )),
+        Err(e) if e.kind == Kind::Invalid => {
+            let script = app
+                .store
+                .read(|r| Ok(scripts::get_visible(r, &ctx.subject, id)?))?;
+            let mut errors = form_errors_or(&e, "archive");
+            if let Some(message) = errors.remove("files").or_else(|| errors.remove("body")) {
+                errors.insert("archive".into(), message);
+            }
+            editor(
+                app,
+                req,
+                ctx,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&script),
+                values_of(&script),
+                &script.variables,
+                Value::Object(errors),
+            )
+        }
+        Err(e) => Err(e),
+    }
 }
