@@ -210,3 +210,93 @@ async fn create_validate_run_and_watch_a_script() {
     browser.wait_for("a[href^=\"/rollouts/\"]").await;
     browser.close().await;
 }
+
+/// A playbook's files in the browser: the Files card lists them, a file opens in the
+/// code editor with YAML highlighting, an edit that does not validate comes back with
+/// the message and the text typed, a fix saves, and New file adds one.
+#[tokio::test]
+async fn a_playbooks_files_are_edited_in_the_code_editor() {
+    let cp = ControlPlane::start_demo().await;
+    let api = cp.api_as("admin");
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "with-files", "kind": "playbook",
+                    "body": "- hosts: all\n  roles: [web]\n",
+                    "files": [{"path": "roles/web/tasks/main.yml", "content": "- name: hi\n  debug:\n    msg: hi\n"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let id = script["id"].as_str().unwrap().to_string();
+    let browser = Browser::start(&cp.base_url()).await;
+    browser.login("admin", "admin123").await;
+    browser.goto(&format!("/scripts/{id}")).await;
+    center(&browser, "#file-list a").await;
+    assert_eq!(
+        browser.text("#file-list a").await.trim(),
+        "roles/web/tasks/main.yml"
+    );
+    browser.click("#file-list a").await;
+    browser.wait_for("#content[data-editor-ready]").await;
+    let mode = browser
+        .eval("return document.querySelector('#content').nextElementSibling.CodeMirror.getOption('mode');")
+        .await;
+    assert_eq!(mode, json!("yaml"));
+    let set = |value: &'static str| {
+        let browser = &browser;
+        async move {
+            browser.wait_for("#content[data-editor-ready]").await;
+            browser
+                .eval(&format!(
+                    "document.querySelector('#content').nextElementSibling.CodeMirror.setValue({}); return true;",
+                    json!(value)
+                ))
+                .await;
+        }
+    };
+    set("- name: [broken\n").await;
+    center(&browser, "#save-file").await;
+    browser.submit_and_wait_for_next_page("#save-file").await;
+    browser.wait_for("#file-error").await;
+    assert!(
+        text_of(&browser, "#file-error")
+            .await
+            .contains("roles/web/tasks/main.yml"),
+        "the error names the file"
+    );
+    let kept = browser
+        .eval("return document.querySelector('#content').value;")
+        .await;
+    assert_eq!(kept, json!("- name: [broken\n"), "what was typed is kept");
+    set("- name: fixed\n  debug:\n    msg: fixed\n").await;
+    center(&browser, "#save-file").await;
+    browser.submit_and_wait_for_next_page("#save-file").await;
+    eventually(WAIT, "the fix is saved", || async {
+        let (_, files) = api.get(&format!("/api/v1/scripts/{id}/files")).await;
+        (files[0]["content"] == "- name: fixed\n  debug:\n    msg: fixed\n").then_some(())
+    })
+    .await;
+
+    // New file from the card.
+    browser.goto(&format!("/scripts/{id}")).await;
+    center(&browser, "#new-file").await;
+    browser.click("#new-file").await;
+    browser.wait_for("#content[data-editor-ready]").await;
+    browser.fill("#path", "templates/motd.j2").await;
+    set("Hello {{ inventory_hostname }}\n").await;
+    center(&browser, "#save-file").await;
+    browser.submit_and_wait_for_next_page("#save-file").await;
+    browser.wait_for("#file-list").await;
+    let listed = browser.texts("#file-list a").await;
+    assert_eq!(listed, ["roles/web/tasks/main.yml", "templates/motd.j2"]);
+    // The refused save answered 422 on purpose; nothing else may complain (scripts,
+    // the content security policy).
+    let console: Vec<String> = browser
+        .console_messages()
+        .await
+        .into_iter()
+        .filter(|m| !m.contains("status of 422"))
+        .collect();
+    assert!(console.is_empty(), "console errors: {console:?}");
+    browser.close().await;
+}
