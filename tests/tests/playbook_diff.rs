@@ -547,3 +547,73 @@ fn inventory_matches_ansible() {
         }
     }
 }
+
+/// The diff blocks of a run's output under each task banner, with the root written as
+/// `ROOT` and a template's after-header (ansible-core names its temporary rendered
+/// copy, the native runtime the template) as `TEMPLATE`.
+fn diff_blocks(stdout: &str, root: &Path) -> Vec<String> {
+    let root = root.display().to_string();
+    let mut out = Vec::new();
+    let mut in_diff = false;
+    for line in stdout.lines() {
+        if line.starts_with("TASK [") {
+            out.push(line.to_string());
+            continue;
+        }
+        if line.starts_with("--- before") {
+            in_diff = true;
+        }
+        if !in_diff {
+            continue;
+        }
+        if line.is_empty() {
+            in_diff = false;
+            out.push(String::new());
+            continue;
+        }
+        let line = line.replace(&root, "ROOT");
+        if line.starts_with("+++ after: ") && line.ends_with("diff_site.conf.j2") {
+            out.push("+++ after: TEMPLATE".into());
+        } else {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// `--diff` prints what ansible-core prints for template, copy, lineinfile,
+/// blockinfile, replace and file: the same headers, hunks (difflib's, three lines of
+/// context), "No newline at end of file" markers, file attributes as sorted JSON, and
+/// the empty line after each diff; in check mode and in the real run that follows.
+#[test]
+fn diff_output_matches_ansible() {
+    ansible_playbook();
+    let playbook = fixtures().join("diff.yml");
+    let native_dir = tempfile::tempdir().expect("temp dir");
+    let ansible_dir = tempfile::tempdir().expect("temp dir");
+    let home = tempfile::tempdir().expect("temp dir");
+    for (round, extra) in [
+        ("check", &["--check", "--diff"][..]),
+        ("real", &["--diff"][..]),
+    ] {
+        let native = run_agent(&playbook, native_dir.path(), extra);
+        let ansible = run_ansible(&playbook, ansible_dir.path(), home.path(), extra);
+        let context = format!(
+            "{round} run\n=== dynserv-agent\n{}\n=== ansible-playbook\n{}",
+            native.stdout, ansible.stdout
+        );
+        assert_eq!(native.code, Some(0), "{context}");
+        assert_eq!(ansible.code, Some(0), "{context}");
+        let native_diffs = diff_blocks(&native.stdout, native_dir.path());
+        let ansible_diffs = diff_blocks(&ansible.stdout, ansible_dir.path());
+        assert!(
+            ansible_diffs.iter().any(|l| l.starts_with("@@")),
+            "ansible-core printed no diff: {context}"
+        );
+        assert_eq!(
+            native_diffs.join("\n"),
+            ansible_diffs.join("\n"),
+            "diffs differ: {context}"
+        );
+    }
+}

@@ -436,11 +436,42 @@ fn describe(error: &minijinja::Error) -> String {
 /// Renders a value like Python's `repr()` (for messages).
 pub fn python_repr(value: &Value) -> String {
     match value.kind() {
-        ValueKind::String => format!("'{}'", value.as_str().unwrap_or_default()),
+        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default()),
         ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
         ValueKind::None => "None".into(),
         _ => value.to_string(),
     }
+}
+
+/// Python's `repr()` of a string: single quotes unless the text holds a single quote
+/// and no double one, and backslash escapes for the quote, backslash, newline, carriage
+/// return, tab and (as `\xNN`) other control characters.
+pub fn python_str_repr(text: &str) -> String {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..0xa1).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
 }
 
 /// Variables that are templated when first read and then cached.

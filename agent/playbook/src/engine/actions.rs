@@ -226,6 +226,9 @@ impl Runner<'_> {
         module_args = files::with_arg(&module_args, "content", Value::from(rendered));
         let mut outcome = self.run_module("copy", &module_args, mctx, become_);
         if !outcome.is_failed() {
+            // ansible-core names its rendered copy of the template (a temporary file);
+            // the template itself says more.
+            files::set_after_header(&mut outcome, &path.display().to_string());
             outcome.set("src", path.display().to_string());
         }
         outcome

@@ -361,18 +361,19 @@ pub fn write_if_changed(
             } else {
                 String::new()
             };
-            result.set(
-                "diff",
-                Value::from_pairs([
-                    ("before", Value::from(before)),
-                    (
-                        "after",
-                        Value::from(String::from_utf8_lossy(content).into_owned()),
-                    ),
-                    ("before_header", Value::from(dest.display().to_string())),
-                    ("after_header", Value::from(dest.display().to_string())),
-                ]),
-            );
+            let mut diff = vec![
+                ("before", Value::from(before)),
+                (
+                    "after",
+                    Value::from(String::from_utf8_lossy(content).into_owned()),
+                ),
+                ("after_header", Value::from(dest.display().to_string())),
+            ];
+            // As ansible-core: a destination that is not there yet has no header.
+            if exists {
+                diff.push(("before_header", Value::from(dest.display().to_string())));
+            }
+            result.set("diff", Value::from_pairs(diff));
         }
         if !ctx.check {
             if let Some(validate) = args.str("validate") {
@@ -490,8 +491,29 @@ pub fn copy(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         args.clone()
     };
     let mut result = write_if_changed(&dest, &content, &args, ctx)?;
+    set_after_header(&mut result, &src_path.display().to_string());
     result.set("src", src);
     Ok(result)
+}
+
+/// Names the source in a result's diff (`+++ after: SRC`), as copy and template do.
+pub fn set_after_header(result: &mut Outcome, header: &str) {
+    let Some(diff) = result.get("diff").cloned() else {
+        return;
+    };
+    let Ok(keys) = diff.try_iter() else { return };
+    let pairs: Vec<(String, Value)> = keys
+        .map(|k| {
+            let key = super::value_to_string(&k);
+            let value = if key == "after_header" {
+                Value::from(header)
+            } else {
+                diff.get_item(&k).unwrap_or_default()
+            };
+            (key, value)
+        })
+        .collect();
+    result.set("diff", Value::from_pairs(pairs));
 }
 
 /// Returns a copy of a dict with one key replaced.
@@ -611,8 +633,76 @@ fn apply_recursive(
     Ok(changed)
 }
 
-/// `file`: directories, links, removal, touch and attributes.
+/// `file`: directories, links, removal, touch and attributes; with `--diff`, the
+/// changes as ansible-core's file module reports them (`{"before": {"path", "state"?,
+/// "mode"?, "owner"?, "group"?}, "after": {...}}`).
 pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
+    let path_text = args.str_any(&["path", "dest", "name"]);
+    let before = path_text.as_deref().map(|p| {
+        let path = Path::new(p);
+        (current_state(path), fs::metadata(path).ok())
+    });
+    let mut result = file_inner(args, ctx)?;
+    if !ctx.diff || !result.changed() || result.is_failed() {
+        return Ok(result);
+    }
+    // ansible-core's touch of a missing path in check mode reports no diff; a real
+    // touch reports the times it set, which this runtime does not.
+    if args.str("state").as_deref() == Some("touch") {
+        return Ok(result);
+    }
+    let (Some(path_text), Some((prev, meta))) = (path_text, before) else {
+        return Ok(result);
+    };
+    let state = args.str("state").unwrap_or_else(|| {
+        if prev != "absent" {
+            prev.to_string()
+        } else {
+            "file".into()
+        }
+    });
+    let mut before = vec![("path".to_string(), Value::from(path_text.clone()))];
+    let mut after = before.clone();
+    if prev != state {
+        before.push(("state".into(), Value::from(prev)));
+        after.push(("state".into(), Value::from(state.clone())));
+    }
+    // Attributes compare with what was there (a path that did not exist shows its
+    // state only, as in check mode).
+    if let (Some(meta), true) = (meta, state != "absent" && prev != "absent") {
+        if let Some(owner) = args.str("owner").and_then(|o| lookup_uid(&o)) {
+            if owner != meta.uid() {
+                before.push(("owner".into(), Value::from(meta.uid())));
+                after.push(("owner".into(), Value::from(owner)));
+            }
+        }
+        if let Some(group) = args.str("group").and_then(|g| lookup_gid(&g)) {
+            if group != meta.gid() {
+                before.push(("group".into(), Value::from(meta.gid())));
+                after.push(("group".into(), Value::from(group)));
+            }
+        }
+        if let Some(mode) = args.get("mode") {
+            let current = meta.mode() & 0o7777;
+            if let Ok(wanted) = resolve_mode(&mode, current, meta.is_dir()) {
+                if wanted != current {
+                    before.push(("mode".into(), Value::from(format!("0{current:03o}"))));
+                    after.push(("mode".into(), Value::from(format!("0{wanted:03o}"))));
+                }
+            }
+        }
+    }
+    result.set(
+        "diff",
+        Value::from_pairs([
+            ("before", Value::from_pairs(before)),
+            ("after", Value::from_pairs(after)),
+        ]),
+    );
+    Ok(result)
+}
+
+fn file_inner(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
         "path",
         "dest",

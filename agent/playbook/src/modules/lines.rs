@@ -68,8 +68,9 @@ fn finish(
             minijinja::Value::from_pairs([
                 ("before", original.unwrap_or_default().to_string()),
                 ("after", edited.to_string()),
-                ("before_header", path.display().to_string()),
-                ("after_header", path.display().to_string()),
+                // As lineinfile, blockinfile and replace name it.
+                ("before_header", format!("{} (content)", path.display())),
+                ("after_header", format!("{} (content)", path.display())),
             ]),
         );
     }
@@ -498,7 +499,32 @@ pub fn replace(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     } else {
         String::new()
     };
-    finish(path, Some(&text), &edited, changed, msg, args, ctx)
+    let mut result = finish(path, Some(&text), &edited, changed, msg, args, ctx)?;
+    // replace names the file itself in its diff, where lineinfile and blockinfile say
+    // "(content)".
+    let name = path.display().to_string();
+    super::files::set_after_header(&mut result, &name);
+    set_before_header(&mut result, &name);
+    Ok(result)
+}
+
+fn set_before_header(result: &mut Outcome, header: &str) {
+    let Some(diff) = result.get("diff").cloned() else {
+        return;
+    };
+    let Ok(keys) = diff.try_iter() else { return };
+    let pairs: Vec<(String, minijinja::Value)> = keys
+        .map(|k| {
+            let key = super::value_to_string(&k);
+            let value = if key == "before_header" {
+                minijinja::Value::from(header)
+            } else {
+                diff.get_item(&k).unwrap_or_default()
+            };
+            (key, value)
+        })
+        .collect();
+    result.set("diff", minijinja::Value::from_pairs(pairs));
 }
 
 fn section(
