@@ -235,7 +235,7 @@ pub fn set_stats(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError>
         for key in keys {
             let name = super::value_to_string(&key);
             if !valid_variable_name(&name) {
-                return Ok(Outcome::failed(format!("Invalid variable name '{name}'.")));
+                return Ok(Outcome::failed(format!("Task failed: Invalid variable name '{name}'.")));
             }
             pairs.push((name, data.get_item(&key).unwrap_or_default()));
         }

@@ -2,8 +2,8 @@
 //! the configuration file.
 //!
 //! Ansible's module needs libselinux's Python binding and fails without it before
-//! anything else; hosts without the SELinux userland (no `/etc/selinux`, no
-//! `getenforce`) get that same failure here. Otherwise the run-time state comes from
+//! anything else; hosts whose system Python lacks it (no SELinux userland) get that
+//! same failure here. Otherwise the run-time state comes from
 //! `/sys/fs/selinux/enforce`, the policy from the configuration file (as libselinux's
 //! `selinux_getpolicytype` reads it), and the configuration is edited with
 //! [`set_config_line`] like Ansible's `set_config_state`/`set_config_policy`.
@@ -68,6 +68,23 @@ pub fn kernels_enabled(grubby_info: &str) -> Option<bool> {
     }
 }
 
+/// Whether the system Python has a package (where Ansible's respawn looks for it):
+/// libselinux's binding comes with the SELinux userland (python3-selinux on Debian,
+/// python3-libselinux on Red Hat).
+fn system_python_has(package: &str) -> bool {
+    [
+        "/usr/lib/python3/dist-packages",
+        "/usr/lib/python3*/site-packages",
+        "/usr/lib64/python3*/site-packages",
+        "/usr/local/lib/python3*/dist-packages",
+    ]
+    .iter()
+    .filter_map(|dir| glob::glob(&format!("{dir}/{package}")).ok())
+    .flatten()
+    .flatten()
+    .any(|p| p.exists())
+}
+
 fn write_config(path: &str, text: &str) -> Result<(), Outcome> {
     super::files::atomic_write(Path::new(path), text.as_bytes())
         .map_err(|e| Outcome::failed(format!("Could not write {path}: {e}")))
@@ -92,7 +109,7 @@ pub fn selinux(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let update_kernel_param = args.bool("update_kernel_param", false)?;
     let mut policy = args.str("policy").filter(|p| !p.is_empty());
 
-    if which("getenforce").is_none() && !Path::new("/etc/selinux").is_dir() {
+    if !system_python_has("selinux") {
         return Ok(Outcome::failed(super::firewall::missing_required_lib(
             "libselinux-python",
         )));
