@@ -43,6 +43,8 @@ command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 # ansible-core's cron module needs the crontab program even to edit cron files (the
 # cron differential test).
 command -v crontab >/dev/null 2>&1 || missing_packages+=(cron)
+# The npm differential test runs the real npm (community.general.npm drives it).
+command -v npm >/dev/null 2>&1 || missing_packages+=(npm)
 # The PostgreSQL backend's tests run a throwaway cluster (scripts/test-postgres.sh).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing_packages+=(postgresql)
 # The SSH tests (tests/tests/ssh.rs) start a real OpenSSH server on a loopback port.

@@ -647,10 +647,11 @@ fn postgresql_user_matches_ansible() {
         args
     };
     let (native_args, ansible_args) = (args_for(&native), args_for(&ansible));
-    let as_str = |args: &[String]| -> Vec<&str> { args.iter().map(String::as_str).collect() };
+    let native_refs: Vec<&str> = native_args.iter().map(String::as_str).collect();
+    let ansible_refs: Vec<&str> = ansible_args.iter().map(String::as_str).collect();
     check_with_vars(
         &fixtures().join("postgresql_user.yml"),
-        &as_str(&native_args),
-        &as_str(&ansible_args),
+        &native_refs,
+        &ansible_refs,
     );
 }

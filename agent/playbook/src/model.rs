@@ -1695,6 +1695,25 @@ mod tests {
         );
         assert_eq!(resolve_module("community.docker.copy"), None);
         assert_eq!(resolve_module("mysql_db"), None);
+        for (written, native) in [
+            ("ansible.posix.firewalld", Some("firewalld")),
+            ("ansible.posix.mount", Some("mount")),
+            ("community.general.npm", Some("npm")),
+            ("community.general.pamd", Some("pamd")),
+            (
+                "community.postgresql.postgresql_user",
+                Some("postgresql_user"),
+            ),
+            (
+                "ansible.builtin.deb822_repository",
+                Some("deb822_repository"),
+            ),
+            ("ansible.builtin.fetch", Some("fetch")),
+            ("community.general.firewalld", None),
+            ("ansible.builtin.npm", None),
+        ] {
+            assert_eq!(resolve_module(written), native, "{written}");
+        }
     }
 
     /// A notify without a matching handler is rejected before anything runs.

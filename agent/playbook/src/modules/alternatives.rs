@@ -132,7 +132,11 @@ pub fn alternatives(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgErro
     let path = args.str("path").map(|p| super::nodejs::expand_user(&p));
     let family = args.str("family");
     let state = args
-        .choice("state", &["present", "selected", "absent", "auto"], Some("selected"))?
+        .choice(
+            "state",
+            &["present", "selected", "absent", "auto"],
+            Some("selected"),
+        )?
         .unwrap_or_default();
     let priority = args.int("priority")?;
     if path.is_none() && family.is_none() {
@@ -140,33 +144,35 @@ pub fn alternatives(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgErro
             "one of the following is required: path, family".into(),
         ));
     }
-    let given: Option<Vec<Subcommand>> = match args.get("subcommands").or_else(|| args.get("slaves")) {
-        None => None,
-        Some(list) => {
-            let mut subs = Vec::new();
-            for item in list.try_iter().map_err(|_| {
-                ArgError::Invalid("argument 'subcommands' is not a list".into())
-            })? {
-                let field = |k: &str| -> Result<String, ArgError> {
-                    item.get_attr(k)
-                        .ok()
-                        .filter(|v| !v.is_undefined() && !v.is_none())
-                        .map(|v| super::value_to_string(&v))
-                        .ok_or_else(|| {
-                            ArgError::Invalid(format!(
-                                "missing required arguments: {k} found in subcommands"
-                            ))
-                        })
-                };
-                subs.push(Subcommand {
-                    name: field("name")?,
-                    path: field("path")?,
-                    link: Some(field("link")?),
-                });
+    let given: Option<Vec<Subcommand>> =
+        match args.get("subcommands").or_else(|| args.get("slaves")) {
+            None => None,
+            Some(list) => {
+                let mut subs = Vec::new();
+                for item in list
+                    .try_iter()
+                    .map_err(|_| ArgError::Invalid("argument 'subcommands' is not a list".into()))?
+                {
+                    let field = |k: &str| -> Result<String, ArgError> {
+                        item.get_attr(k)
+                            .ok()
+                            .filter(|v| !v.is_undefined() && !v.is_none())
+                            .map(|v| super::value_to_string(&v))
+                            .ok_or_else(|| {
+                                ArgError::Invalid(format!(
+                                    "missing required arguments: {k} found in subcommands"
+                                ))
+                            })
+                    };
+                    subs.push(Subcommand {
+                        name: field("name")?,
+                        path: field("path")?,
+                        link: Some(field("link")?),
+                    });
+                }
+                Some(subs)
             }
-            Some(subs)
-        }
-    };
+        };
     if which("update-alternatives").is_none() {
         return Ok(super::nodejs::missing_executable("update-alternatives"));
     }
@@ -256,9 +262,11 @@ pub fn alternatives(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgErro
                     return Err(Outcome::failed("Needed to install the alternative, but unable to do so as we are missing the link"));
                 };
                 let prio = priority.or(current.map(|a| a.priority)).unwrap_or(50);
-                let subs = given
-                    .clone()
-                    .or_else(|| current.map(|a| a.subcommands.clone()).filter(|s| !s.is_empty()));
+                let subs = given.clone().or_else(|| {
+                    current
+                        .map(|a| a.subcommands.clone())
+                        .filter(|s| !s.is_empty())
+                });
                 let mut argv = vec![
                     "--install".to_string(),
                     link.clone(),

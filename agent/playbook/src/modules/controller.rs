@@ -47,7 +47,13 @@ fn md5_hex(bytes: &[u8]) -> String {
 
 /// `fetch`: copies a file of the managed host into a per-host tree under `dest`.
 pub fn fetch(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["src", "dest", "flat", "fail_on_missing", "validate_checksum"])?;
+    args.check_supported(&[
+        "src",
+        "dest",
+        "flat",
+        "fail_on_missing",
+        "validate_checksum",
+    ])?;
     if ctx.check {
         return Ok(Outcome::new()
             .with("skipped", true)
@@ -76,9 +82,7 @@ pub fn fetch(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let source = super::nodejs::expand_user(&args.required("src")?);
     let original_dest = args.required("dest")?;
     let mut dest = super::nodejs::expand_user(&original_dest);
-    let base = args
-        .str("_playbook_dir")
-        .unwrap_or_else(|| ".".to_string());
+    let base = args.str("_playbook_dir").unwrap_or_else(|| ".".to_string());
     let host = args
         .str("_inventory_hostname")
         .unwrap_or_else(|| "localhost".to_string());
@@ -94,9 +98,10 @@ pub fn fetch(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let source_path = Path::new(&source);
     let data = match std::fs::metadata(source_path) {
         Ok(meta) if meta.is_dir() => {
-            let mut failure = Outcome::new()
-                .with("failed", true)
-                .with("msg", "remote file is a directory, fetch cannot work on directories");
+            let mut failure = Outcome::new().with("failed", true).with(
+                "msg",
+                "remote file is a directory, fetch cannot work on directories",
+            );
             if !fail_on_missing {
                 failure = Outcome::default().with(
                     "msg",
@@ -110,7 +115,10 @@ pub fn fetch(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             Err(e) => return Ok(Outcome::failed(format!("Unable to read {source}: {e}"))),
         },
         Err(_) => {
-            result.set("msg", "the remote file does not exist, not transferring, ignored");
+            result.set(
+                "msg",
+                "the remote file does not exist, not transferring, ignored",
+            );
             if fail_on_missing {
                 result.set("failed", true);
             } else {
@@ -235,7 +243,9 @@ pub fn set_stats(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError>
         for key in keys {
             let name = super::value_to_string(&key);
             if !valid_variable_name(&name) {
-                return Ok(Outcome::failed(format!("Task failed: Invalid variable name '{name}'.")));
+                return Ok(Outcome::failed(format!(
+                    "Task failed: Invalid variable name '{name}'."
+                )));
             }
             pairs.push((name, data.get_item(&key).unwrap_or_default()));
         }

@@ -224,15 +224,13 @@ pub fn deb822_repository(args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
                         }
                         if !ctx.check {
                             if let Err(e) = atomic_write(Path::new(&file), &data) {
-                                return Ok(Outcome::failed(format!(
-                                    "Could not write {file}: {e}"
-                                )));
+                                return Ok(Outcome::failed(format!("Could not write {file}: {e}")));
                             }
                         }
                         changed = true;
                     }
-                    changed |= set_mode(&file, &Value::from("0644"), ctx)
-                        .map_err(ArgError::Invalid)?;
+                    changed |=
+                        set_mode(&file, &Value::from("0644"), ctx).map_err(ArgError::Invalid)?;
                     key_filename = Some(file.clone());
                     file
                 }
@@ -268,7 +266,11 @@ fn fetch_key(url: &str, ctx: &ModuleContext) -> Result<Vec<u8>, String> {
     };
     let output = std::process::Command::new(curl)
         .args(["-sSL", "--write-out", "\n%{http_code}", url])
-        .envs(ctx.environment.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(
+            ctx.environment
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
         .output()
         .map_err(|e| e.to_string())?;
     let stdout = output.stdout;
@@ -302,8 +304,12 @@ fn http_reason(code: u16) -> &'static str {
 }
 
 fn has_scheme(text: &str) -> bool {
-    text.split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    })
 }
 
 /// Ansible's `set_mode_if_different`: a missing file in check mode is a change.
@@ -336,7 +342,10 @@ mod tests {
     /// The slug, the field names and the file text follow Ansible's module.
     #[test]
     fn renders_like_ansible() {
-        assert_eq!(slug("Debian Bookworm_backports!"), "debian-bookworm-backports");
+        assert_eq!(
+            slug("Debian Bookworm_backports!"),
+            "debian-bookworm-backports"
+        );
         assert_eq!(field_name("check_valid_until"), "Check-Valid-Until");
         assert_eq!(field_name("uris"), "URIs");
         let fields: Vec<(String, String)> = [
@@ -346,7 +355,10 @@ mod tests {
             ("suites", "stable"),
             ("components", "main contrib"),
             ("enabled", "yes"),
-            ("signed_by", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nabc\n-----END PGP PUBLIC KEY BLOCK-----\n"),
+            (
+                "signed_by",
+                "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nabc\n-----END PGP PUBLIC KEY BLOCK-----\n",
+            ),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

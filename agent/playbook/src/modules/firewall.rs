@@ -111,6 +111,37 @@ impl Item {
     }
 }
 
+/// The configurations a transaction looks at: permanent (`true`) and/or runtime.
+fn scopes(permanent: bool, immediate: bool) -> Vec<bool> {
+    match (permanent, immediate) {
+        (true, true) => vec![true, false],
+        (true, false) => vec![true],
+        _ => vec![false],
+    }
+}
+
+/// Ansible's transaction logic as a pure function: given whether the item is enabled
+/// in each of [`scopes`], which scopes to change and the operation's message.
+pub fn plan(
+    permanent: bool,
+    immediate: bool,
+    enabled: &[bool],
+    enable: bool,
+) -> (Vec<bool>, Vec<String>) {
+    let header = match (permanent, immediate) {
+        (true, true) => "Permanent and Non-Permanent(immediate) operation",
+        (true, false) => "Permanent operation",
+        _ => "Non-permanent operation",
+    };
+    let todo = scopes(permanent, immediate)
+        .into_iter()
+        .zip(enabled)
+        .filter(|(_, on)| **on != enable)
+        .map(|(perm, _)| perm)
+        .collect();
+    (todo, vec![header.to_string()])
+}
+
 /// The outcome of one transaction: `Ok((changed, msgs))`, or an early result (check
 /// mode's bare `changed`, or a failure).
 type Transaction = Result<(bool, Vec<String>), Outcome>;
@@ -129,7 +160,10 @@ fn transaction(
     let zone_opt = format!("--zone={zone}");
     let query = |perm: bool| {
         client
-            .query(perm, &[zone_opt.clone(), format!("--query-{}", item.option)])
+            .query(
+                perm,
+                &[zone_opt.clone(), format!("--query-{}", item.option)],
+            )
             .map_err(Outcome::failed)
     };
     let set = |perm: bool, on: bool| {
@@ -142,32 +176,13 @@ fn transaction(
         }
         client.act(perm, &options).map_err(Outcome::failed)
     };
-    let mut msgs = Vec::new();
     let mut changed = false;
-    let scopes: Vec<bool> = match (permanent, immediate) {
-        (true, true) => {
-            msgs.push("Permanent and Non-Permanent(immediate) operation".to_string());
-            vec![true, false]
-        }
-        (true, false) => {
-            msgs.push("Permanent operation".to_string());
-            vec![true]
-        }
-        _ => {
-            msgs.push("Non-permanent operation".to_string());
-            vec![false]
-        }
-    };
+    let scopes = scopes(permanent, immediate);
     let mut states = Vec::new();
     for perm in &scopes {
         states.push(query(*perm)?);
     }
-    let todo: Vec<bool> = scopes
-        .iter()
-        .zip(&states)
-        .filter(|(_, on)| **on != enable)
-        .map(|(perm, _)| *perm)
-        .collect();
+    let (todo, mut msgs) = plan(permanent, immediate, &states, enable);
     if !todo.is_empty() && ctx.check {
         return Err(Outcome::new().with("changed", true));
     }
@@ -211,11 +226,7 @@ pub fn firewalld(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> 
         "target",
     ])?;
     let state = args
-        .choice(
-            "state",
-            &["absent", "disabled", "enabled", "present"],
-            None,
-        )?
+        .choice("state", &["absent", "disabled", "enabled", "present"], None)?
         .ok_or_else(|| ArgError::Missing("state".into()))?;
     let permanent = args.bool("permanent", false)?;
     let mut immediate = args.bool("immediate", false)?;
@@ -308,11 +319,7 @@ pub fn firewalld(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> 
         None => None,
         Some(p) => match p.trim().split_once('/') {
             Some((number, proto)) if !proto.is_empty() => Some(format!("{number}/{proto}")),
-            _ => {
-                return Ok(Outcome::failed(
-                    "improper port format (missing protocol?)",
-                ))
-            }
+            _ => return Ok(Outcome::failed("improper port format (missing protocol?)")),
         },
     };
     let port_forward = match args.get("port_forward") {
@@ -566,6 +573,23 @@ mod tests {
             "firewalld",
             minijinja::Value::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.clone()))),
         )
+    }
+
+    /// Only the configurations that differ change; the message names the operation.
+    #[test]
+    fn transaction_plans() {
+        let (todo, msgs) = plan(true, true, &[true, false], true);
+        assert_eq!(todo, vec![false]);
+        assert_eq!(
+            msgs,
+            vec!["Permanent and Non-Permanent(immediate) operation"]
+        );
+        let (todo, msgs) = plan(true, false, &[true], false);
+        assert_eq!(todo, vec![true]);
+        assert_eq!(msgs, vec!["Permanent operation"]);
+        let (todo, msgs) = plan(false, true, &[true], true);
+        assert!(todo.is_empty());
+        assert_eq!(msgs, vec!["Non-permanent operation"]);
     }
 
     /// Arguments are checked before firewalld is looked for, with Ansible's messages.

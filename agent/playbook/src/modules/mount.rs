@@ -397,9 +397,7 @@ pub fn mount(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     if !ctx.check {
                         let (rc, msg) = do_umount(&name, ctx);
                         if rc != 0 {
-                            return Err(Outcome::failed(format!(
-                                "Error unmounting {name}: {msg}"
-                            )));
+                            return Err(Outcome::failed(format!("Error unmounting {name}: {msg}")));
                         }
                     }
                     changed = true;
@@ -420,9 +418,7 @@ pub fn mount(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                         if options.is_some() {
                             return Err(Outcome::failed("Options were specified with remounted, but the remount command failed. Failing in order to prevent an unexpected mount result. Try replacing this command with a \"state: unmounted\" followed by a \"state: mounted\" using the full desired mount options instead."));
                         }
-                        return Err(Outcome::failed(format!(
-                            "Error remounting {name}: {msg}"
-                        )));
+                        return Err(Outcome::failed(format!("Error remounting {name}: {msg}")));
                     }
                 }
                 changed = true;
@@ -571,7 +567,10 @@ mod tests {
         let (after, _) = set_mount("", &e);
         assert_eq!(after, "//srv/share /mnt/my\\040share cifs guest 0 0\n");
         assert!(!set_mount(&after, &e).1);
-        assert_eq!(unset_mount(&after, "/mnt/my share", None), (String::new(), true));
+        assert_eq!(
+            unset_mount(&after, "/mnt/my share", None),
+            (String::new(), true)
+        );
     }
 
     /// Removal drops six-field lines of the mount point and keeps other swaps.

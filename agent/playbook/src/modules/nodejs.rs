@@ -47,8 +47,10 @@ impl Npm<'_> {
             }
         };
         flag(self.global, "--global", &mut argv);
-        let production =
-            self.production && verb.iter().any(|v| matches!(*v, "install" | "update" | "ci"));
+        let production = self.production
+            && verb
+                .iter()
+                .any(|v| matches!(*v, "install" | "update" | "ci"));
         flag(production, "--production", &mut argv);
         for (key, text) in [
             ("ignore_scripts", "--ignore-scripts"),
@@ -89,9 +91,8 @@ impl Npm<'_> {
     fn list(&self) -> Result<(Vec<String>, Vec<String>), Outcome> {
         let out = self.exec(&["list", "--json", "--long"], true, false, false)?;
         let text = if out.trim().is_empty() { "{}" } else { &out };
-        let data: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            Outcome::failed(format!("Failed to parse NPM output with error {e}"))
-        })?;
+        let data: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Outcome::failed(format!("Failed to parse NPM output with error {e}")))?;
         let mut installed = Vec::new();
         let mut missing = Vec::new();
         match data.get("dependencies").and_then(|d| d.as_object()) {

@@ -14,7 +14,14 @@ use regex::Regex;
 use super::{ArgError, Args, ModuleContext, Outcome};
 
 const VALID_TYPES: &[&str] = &[
-    "account", "-account", "auth", "-auth", "password", "-password", "session", "-session",
+    "account",
+    "-account",
+    "auth",
+    "-auth",
+    "password",
+    "-password",
+    "session",
+    "-session",
 ];
 const SIMPLE_CONTROLS: &[&str] = &[
     "required",
@@ -182,7 +189,8 @@ impl Line {
     }
 
     fn matches(&self, rule_type: &str, control: &str, path: &str) -> bool {
-        self.rule().is_some_and(|r| r.matches(rule_type, control, path))
+        self.rule()
+            .is_some_and(|r| r.matches(rule_type, control, path))
     }
 }
 
@@ -227,9 +235,9 @@ impl PamService {
             } else if line.trim().is_empty() {
                 Line::Empty(line.to_string())
             } else {
-                let c = re
-                    .captures(line)
-                    .ok_or_else(|| format!("'NoneType' object has no attribute 'group' (line: {line})"))?;
+                let c = re.captures(line).ok_or_else(|| {
+                    format!("'NoneType' object has no attribute 'group' (line: {line})")
+                })?;
                 Line::Rule(Rule::new(
                     &c["rule_type"],
                     &c["control"],
@@ -315,8 +323,8 @@ impl PamService {
         let mut changes = 0;
         let mut from = 0;
         for target in targets {
-            let Some(index) = (from..self.lines.len())
-                .find(|i| self.lines[*i].rule() == Some(&target))
+            let Some(index) =
+                (from..self.lines.len()).find(|i| self.lines[*i].rule() == Some(&target))
             else {
                 continue;
             };
@@ -324,8 +332,7 @@ impl PamService {
             let new_text = new.control.text();
             match previous {
                 Some(p) if !self.lines[p].matches(&new.rule_type, &new_text, &new.path) => {
-                    self.lines
-                        .splice(p + 1..index, [Line::Rule(new.clone())]);
+                    self.lines.splice(p + 1..index, [Line::Rule(new.clone())]);
                     changes += 1;
                     from = p + 3;
                 }
@@ -351,8 +358,8 @@ impl PamService {
         let mut changes = 0;
         let mut from = 0;
         for target in targets {
-            let Some(index) = (from..self.lines.len())
-                .find(|i| self.lines[*i].rule() == Some(&target))
+            let Some(index) =
+                (from..self.lines.len()).find(|i| self.lines[*i].rule() == Some(&target))
             else {
                 continue;
             };
@@ -360,8 +367,7 @@ impl PamService {
             let new_text = new.control.text();
             match next {
                 Some(n) if !self.lines[n].matches(&new.rule_type, &new_text, &new.path) => {
-                    self.lines
-                        .splice(index + 1..n, [Line::Rule(new.clone())]);
+                    self.lines.splice(index + 1..n, [Line::Rule(new.clone())]);
                     changes += 1;
                     from = index + 2;
                 }
@@ -533,19 +539,26 @@ pub fn pamd(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         return Err(ArgError::Missing(missing.join(", ")));
     }
     let name = args.required("name")?;
-    let rule_type = args
-        .choice("type", VALID_TYPES, None)?
-        .unwrap_or_default();
+    let rule_type = args.choice("type", VALID_TYPES, None)?.unwrap_or_default();
     let control = args.required("control")?;
     let module_path = args.required("module_path")?;
     let new_type = args.choice("new_type", VALID_TYPES, None)?;
     let new_control = args.str("new_control");
     let new_path = args.str("new_module_path");
-    let module_arguments = args.has("module_arguments").then(|| args.list("module_arguments"));
+    let module_arguments = args
+        .has("module_arguments")
+        .then(|| args.list("module_arguments"));
     let state = args
         .choice(
             "state",
-            &["absent", "after", "args_absent", "args_present", "before", "updated"],
+            &[
+                "absent",
+                "after",
+                "args_absent",
+                "args_present",
+                "before",
+                "updated",
+            ],
             Some("updated"),
         )?
         .unwrap_or_default();
@@ -571,10 +584,7 @@ pub fn pamd(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 "Unable to open/read PAM module file {} with error [Errno {}] {}: '{}'.",
                 file.display(),
                 e.raw_os_error().unwrap_or(0),
-                e.to_string()
-                    .split(" (os error")
-                    .next()
-                    .unwrap_or_default(),
+                e.to_string().split(" (os error").next().unwrap_or_default(),
                 file.display()
             )))
         }
@@ -599,7 +609,8 @@ pub fn pamd(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             new_type.as_deref(),
             new_control.as_deref(),
             new_path.as_deref(),
-            args.has("module_arguments").then_some(&module_arguments[..]),
+            args.has("module_arguments")
+                .then_some(&module_arguments[..]),
         ),
         "before" => service.insert_before(key, &new_rule()),
         "after" => service.insert_after(key, &new_rule()),
@@ -661,7 +672,16 @@ mod tests {
         let mut s = PamService::parse(COMMON_AUTH).unwrap();
         let key = ("auth", "requisite", "pam_deny.so");
         assert_eq!(s.update(key, None, Some("required"), None, None), 1);
-        assert_eq!(s.update(("auth", "required", "pam_deny.so"), None, Some("required"), None, None), 0);
+        assert_eq!(
+            s.update(
+                ("auth", "required", "pam_deny.so"),
+                None,
+                Some("required"),
+                None,
+                None
+            ),
+            0
+        );
         assert_eq!(
             s.render("T"),
             "# common-auth\n# Updated by Ansible - T\n\nauth       [success=1 default=ignore] pam_unix.so nullok\nauth       required pam_deny.so\n# tail\nauth       required pam_permit.so\n"
@@ -674,15 +694,27 @@ mod tests {
     fn insert_after_and_before() {
         let mut s = PamService::parse(COMMON_AUTH).unwrap();
         let new = rule("auth", "optional", "pam_faildelay.so", &["delay=4000"]);
-        assert_eq!(s.insert_after(("auth", "requisite", "pam_deny.so"), &new), 1);
-        assert_eq!(s.insert_after(("auth", "requisite", "pam_deny.so"), &new), 0);
+        assert_eq!(
+            s.insert_after(("auth", "requisite", "pam_deny.so"), &new),
+            1
+        );
+        assert_eq!(
+            s.insert_after(("auth", "requisite", "pam_deny.so"), &new),
+            0
+        );
         let text = s.render("T");
         assert!(!text.contains("# tail"), "{text}");
         assert!(text.contains("pam_deny.so\nauth       optional pam_faildelay.so delay=4000\nauth       required pam_permit.so"));
         let mut s = PamService::parse(COMMON_AUTH).unwrap();
         let env = rule("auth", "required", "pam_env.so", &[]);
-        assert_eq!(s.insert_before(("auth", "[success=1 default=ignore]", "pam_unix.so"), &env), 1);
-        assert_eq!(s.insert_before(("auth", "[success=1 default=ignore]", "pam_unix.so"), &env), 0);
+        assert_eq!(
+            s.insert_before(("auth", "[success=1 default=ignore]", "pam_unix.so"), &env),
+            1
+        );
+        assert_eq!(
+            s.insert_before(("auth", "[success=1 default=ignore]", "pam_unix.so"), &env),
+            0
+        );
         assert!(s.render("T").starts_with("# common-auth\n# Updated by Ansible - T\n\nauth       required pam_env.so\nauth       [success"));
     }
 
@@ -705,7 +737,13 @@ mod tests {
     #[test]
     fn validation_messages() {
         let mut s = PamService::parse(COMMON_AUTH).unwrap();
-        s.update(("auth", "requisite", "pam_deny.so"), None, Some("sometimes"), None, None);
+        s.update(
+            ("auth", "requisite", "pam_deny.so"),
+            None,
+            Some("sometimes"),
+            None,
+            None,
+        );
         assert_eq!(
             s.validate().unwrap_err(),
             "Rule control, sometimes, is not valid in rule auth       sometimes pam_deny.so"

@@ -180,15 +180,12 @@ impl Connection {
             let text = r.stderr;
             let text = text.strip_prefix("psql: error: ").unwrap_or(&text);
             let text = match text.split_once("ERROR:  ") {
-                Some((_, rest)) if text.starts_with("psql:") || text.starts_with("ERROR:") => {
-                    rest
-                }
+                Some((_, rest)) if text.starts_with("psql:") || text.starts_with("ERROR:") => rest,
                 _ => text,
             };
             return Err(text.to_string());
         }
-        Ok(r
-            .stdout
+        Ok(r.stdout
             .lines()
             .map(|l| l.split('\u{1f}').map(String::from).collect())
             .collect())
@@ -271,10 +268,7 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
         if let Ok(keys) = conf.try_iter() {
             for key in keys {
                 let value = conf.get_item(&key).unwrap_or_default();
-                configuration.push((
-                    super::value_to_string(&key),
-                    super::value_to_string(&value),
-                ));
+                configuration.push((super::value_to_string(&key), super::value_to_string(&value)));
             }
         }
     }
@@ -290,7 +284,9 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
         .or(env_user)
         .unwrap_or_else(|| "postgres".into());
     let mut parts: Vec<String> = vec![format!("user={}", conninfo_value(&login_user))];
-    let host = args.str_any(&["login_host", "host"]).filter(|h| !h.is_empty());
+    let host = args
+        .str_any(&["login_host", "host"])
+        .filter(|h| !h.is_empty());
     let socket = args
         .str_any(&["login_unix_socket", "unix_socket"])
         .filter(|s| !s.is_empty());
@@ -329,9 +325,8 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
     };
     let result = (|| -> Result<Outcome, Outcome> {
         let fail = |msg: String| Outcome::failed(msg);
-        conn.value("SELECT 1").map_err(|e| {
-            fail(format!("unable to connect to database: {e}"))
-        })?;
+        conn.value("SELECT 1")
+            .map_err(|e| fail(format!("unable to connect to database: {e}")))?;
         if let Some(role) = args.str("session_role") {
             // Every statement runs in its own session here; the role check is what a
             // wrong session_role would fail on.
@@ -342,15 +337,14 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
             if quote_values {
                 if key.contains('"') || key.contains('\'') {
                     return Err(fail(
-                        "The key of a configuration may not contain single or double quotes"
-                            .into(),
+                        "The key of a configuration may not contain single or double quotes".into(),
                     ));
                 }
                 *value = value.replace('\'', "''");
             }
         }
-        let flags = parse_role_attrs(&args.str("role_attr_flags").unwrap_or_default())
-            .map_err(fail)?;
+        let flags =
+            parse_role_attrs(&args.str("role_attr_flags").unwrap_or_default()).map_err(fail)?;
         let quoted = quote_user(&user).map_err(fail)?;
         let sql_err = |e: String| fail(e.trim_end().to_string());
         let exists = user == "PUBLIC"
@@ -375,11 +369,17 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
             template
                 .replace(
                     "%(password)s",
-                    &password.as_deref().map(quote_literal).unwrap_or_else(|| "NULL".into()),
+                    &password
+                        .as_deref()
+                        .map(quote_literal)
+                        .unwrap_or_else(|| "NULL".into()),
                 )
                 .replace(
                     "%(expires)s",
-                    &expires.as_deref().map(quote_literal).unwrap_or_else(|| "NULL".into()),
+                    &expires
+                        .as_deref()
+                        .map(quote_literal)
+                        .unwrap_or_else(|| "NULL".into()),
                 )
         };
         if state == "present" {
@@ -443,10 +443,7 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
                     .unwrap_or_default()
                 };
                 if *comment != current {
-                    let sql = format!(
-                        "COMMENT ON ROLE \"{user}\" IS {}",
-                        quote_literal(comment)
-                    );
+                    let sql = format!("COMMENT ON ROLE \"{user}\" IS {}", quote_literal(comment));
                     execute(sql.clone(), sql, &mut queries).map_err(|e| {
                         fail(format!("Unable to add comment on role: {}", e.trim_end()))
                     })?;
@@ -478,7 +475,9 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
                 if reset_unspecified && !configuration.iter().any(|(k, _)| k == key) {
                     let sql = format!("ALTER ROLE {quoted} RESET \"{key}\";");
                     execute(sql.clone(), sql, &mut queries).map_err(|e| {
-                        fail(format!("Unable to update configuration for '{user}' due to: {e}"))
+                        fail(format!(
+                            "Unable to update configuration for '{user}' due to: {e}"
+                        ))
                     })?;
                     changed = true;
                 }
@@ -493,7 +492,9 @@ pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgE
                     format!("ALTER ROLE {quoted} SET \"{key}\" TO {value};")
                 };
                 execute(sql.clone(), sql, &mut queries).map_err(|e| {
-                    fail(format!("Unable to update configuration for '{user}' due to: {e}"))
+                    fail(format!(
+                        "Unable to update configuration for '{user}' due to: {e}"
+                    ))
                 })?;
                 changed = true;
             }
@@ -591,20 +592,18 @@ fn alter_user(
             Some(p) if is_md5_verifier(p) || encrypted == "UNENCRYPTED" => {
                 Some(p) != stored.as_deref()
             }
-            Some(p) => {
-                match conn.value("SHOW password_encryption")?.as_deref() {
-                    Some("md5") => {
-                        use md5::Digest as _;
-                        let hashed = format!(
-                            "md5{}",
-                            hex::encode(md5::Md5::digest(format!("{p}{user}").as_bytes()))
-                        );
-                        Some(hashed) != stored
-                    }
-                    Some("scram-sha-256") => true,
-                    _ => false,
+            Some(p) => match conn.value("SHOW password_encryption")?.as_deref() {
+                Some("md5") => {
+                    use md5::Digest as _;
+                    let hashed = format!(
+                        "md5{}",
+                        hex::encode(md5::Md5::digest(format!("{p}{user}").as_bytes()))
+                    );
+                    Some(hashed) != stored
                 }
-            }
+                Some("scram-sha-256") => true,
+                _ => false,
+            },
         };
         let flags_change = flags_changing(&current);
         let expires_change = match expires {
@@ -662,7 +661,10 @@ mod tests {
     /// Flags are upper-cased, deduplicated and checked like Ansible's.
     #[test]
     fn role_attr_flags() {
-        assert_eq!(parse_role_attrs("createdb,NOLOGIN").unwrap(), "CREATEDB NOLOGIN");
+        assert_eq!(
+            parse_role_attrs("createdb,NOLOGIN").unwrap(),
+            "CREATEDB NOLOGIN"
+        );
         assert_eq!(parse_role_attrs("").unwrap(), "");
         assert_eq!(
             parse_role_attrs("CREATEDB,FLY").unwrap_err(),

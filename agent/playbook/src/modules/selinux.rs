@@ -264,7 +264,9 @@ pub fn selinux(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         } else {
             from
         };
-        msgs.push(format!("Kernel SELinux state changed from '{from}' to '{to}'"));
+        msgs.push(format!(
+            "Kernel SELinux state changed from '{from}' to '{to}'"
+        ));
         changed = true;
     }
     let mut out = Outcome::new()
@@ -289,19 +291,31 @@ mod tests {
     fn config_editing() {
         let text = "# SELinux\nSELINUX=enforcing\nSELINUXTYPE=targeted\n";
         assert_eq!(config_value(text, "SELINUX").as_deref(), Some("enforcing"));
-        assert_eq!(config_value(text, "SELINUXTYPE").as_deref(), Some("targeted"));
+        assert_eq!(
+            config_value(text, "SELINUXTYPE").as_deref(),
+            Some("targeted")
+        );
         assert_eq!(
             set_config_line(text, "SELINUX", "permissive"),
             "# SELinux\nSELINUX=permissive\nSELINUXTYPE=targeted\n"
         );
-        assert_eq!(set_config_line("# none", "SELINUX", "disabled"), "# none\nSELINUX=disabled\n");
+        assert_eq!(
+            set_config_line("# none", "SELINUX", "disabled"),
+            "# none\nSELINUX=disabled\n"
+        );
     }
 
     /// grubby's kernels agree or are inconsistent.
     #[test]
     fn kernel_arguments() {
-        assert_eq!(kernels_enabled("args=\"ro quiet\"\nargs=\"ro\"\n"), Some(true));
+        assert_eq!(
+            kernels_enabled("args=\"ro quiet\"\nargs=\"ro\"\n"),
+            Some(true)
+        );
         assert_eq!(kernels_enabled("args=\"ro selinux=0\"\n"), Some(false));
-        assert_eq!(kernels_enabled("args=\"ro selinux=0\"\nargs=\"ro\"\n"), None);
+        assert_eq!(
+            kernels_enabled("args=\"ro selinux=0\"\nargs=\"ro\"\n"),
+            None
+        );
     }
 }

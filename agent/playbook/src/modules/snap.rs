@@ -94,13 +94,24 @@ impl Snap {
 
 /// `snap`: installs, removes, enables or disables snaps and sets their options.
 pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&["name", "state", "classic", "channel", "options", "dangerous"])?;
+    args.check_supported(&[
+        "name",
+        "state",
+        "classic",
+        "channel",
+        "options",
+        "dangerous",
+    ])?;
     let names = args.list("name");
     if !args.has("name") {
         return Err(ArgError::Missing("name".into()));
     }
     let state = args
-        .choice("state", &["absent", "present", "enabled", "disabled"], Some("present"))?
+        .choice(
+            "state",
+            &["absent", "present", "enabled", "disabled"],
+            Some("present"),
+        )?
         .unwrap_or_default();
     let classic = args.bool("classic", false)?;
     let dangerous = args.bool("dangerous", false)?;
@@ -132,7 +143,11 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             let mut argv = vec!["info".to_string()];
             argv.extend(names.iter().cloned());
             let r = snap.run(&argv);
-            let check = if names.len() == 1 { &r.stderr } else { &r.stdout };
+            let check = if names.len() == 1 {
+                &r.stderr
+            } else {
+                &r.stdout
+            };
             if check.contains("warning: no snap found") {
                 let missing: Vec<String> = r
                     .stdout
@@ -189,32 +204,33 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             }
             argv
         };
-        let run_all = |verb: &str, targets: &[String], bundle: bool| -> Result<String, (String, Run)> {
-            let mut cmds = Vec::new();
-            let mut last = Run::default();
-            let batches: Vec<Vec<String>> = if bundle {
-                vec![targets.to_vec()]
-            } else {
-                targets.iter().map(|t| vec![t.clone()]).collect()
-            };
-            let mut failed = false;
-            for batch in batches {
-                let mut argv = base(verb, true);
-                argv.extend(batch);
-                let r = snap.run(&argv);
-                cmds.push(format!("snap {}", argv.join(" ")));
-                if !r.ok() && !failed {
-                    failed = true;
-                    last = r;
+        let run_all =
+            |verb: &str, targets: &[String], bundle: bool| -> Result<String, (String, Run)> {
+                let mut cmds = Vec::new();
+                let mut last = Run::default();
+                let batches: Vec<Vec<String>> = if bundle {
+                    vec![targets.to_vec()]
+                } else {
+                    targets.iter().map(|t| vec![t.clone()]).collect()
+                };
+                let mut failed = false;
+                for batch in batches {
+                    let mut argv = base(verb, true);
+                    argv.extend(batch);
+                    let r = snap.run(&argv);
+                    cmds.push(format!("snap {}", argv.join(" ")));
+                    if !r.ok() && !failed {
+                        failed = true;
+                        last = r;
+                    }
                 }
-            }
-            let cmd = cmds.join("; ");
-            if failed {
-                Err((cmd, last))
-            } else {
-                Ok(cmd)
-            }
-        };
+                let cmd = cmds.join("; ");
+                if failed {
+                    Err((cmd, last))
+                } else {
+                    Ok(cmd)
+                }
+            };
         match state.as_str() {
             "present" => {
                 out.set("classic", classic);
@@ -252,10 +268,20 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 if let Some(options) = &options {
                     let re = Regex::new(r"^(\S+:)?(\S+)\s*=\s*(.+)").expect("valid");
                     let mut overall = Vec::new();
-                    for name in names.iter().filter(|n| status_of_name(n) != Status::NotInstalled) {
+                    for name in names
+                        .iter()
+                        .filter(|n| status_of_name(n) != Status::NotInstalled)
+                    {
                         let r = snap.run(&["get".into(), "-d".into(), name.clone()]);
                         let mut current = Vec::new();
-                        if r.ok() && !r.stdout.lines().next().unwrap_or_default().contains("has no configuration") {
+                        if r.ok()
+                            && !r
+                                .stdout
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .contains("has no configuration")
+                        {
                             let json: serde_json::Value = serde_json::from_str(&r.stdout).map_err(|e| {
                                 Outcome::failed(format!("Parsing option map returned by 'snap get {name}' triggers exception '{e}', output:\n'{}'", r.stdout))
                             })?;
@@ -264,9 +290,13 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                         let mut changes = Vec::new();
                         for option in options {
                             let Some(c) = re.captures(option) else {
-                                return Err(Outcome::failed(format!("Cannot parse set option '{option}'")));
+                                return Err(Outcome::failed(format!(
+                                    "Cannot parse set option '{option}'"
+                                )));
                             };
-                            let selected = c.get(1).map(|m| m.as_str().trim_end_matches(':').to_string());
+                            let selected = c
+                                .get(1)
+                                .map(|m| m.as_str().trim_end_matches(':').to_string());
                             if let Some(s) = &selected {
                                 if !names.contains(s) {
                                     return Err(Outcome::failed(format!("Snap option '{option}' refers to snap which is not in the list of snap names")));
@@ -293,9 +323,15 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                                 let r = snap.run(&argv);
                                 if !r.ok() {
                                     let msg = if r.stderr.contains("has no \"configure\" hook") {
-                                        format!("Snap '{name}' does not have any configurable options")
+                                        format!(
+                                            "Snap '{name}' does not have any configurable options"
+                                        )
                                     } else {
-                                        format!("Cannot set options '{}' for snap '{name}': error={}", changes.join(" "), r.stderr)
+                                        format!(
+                                            "Cannot set options '{}' for snap '{name}': error={}",
+                                            changes.join(" "),
+                                            r.stderr
+                                        )
                                     };
                                     return Err(Outcome::failed(msg));
                                 }
@@ -310,17 +346,29 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             other => {
                 let (targets, key, verb): (Vec<String>, &str, &str) = match other {
                     "absent" => (
-                        names.iter().filter(|n| status_of_name(n) != Status::NotInstalled).cloned().collect(),
+                        names
+                            .iter()
+                            .filter(|n| status_of_name(n) != Status::NotInstalled)
+                            .cloned()
+                            .collect(),
                         "snaps_removed",
                         "remove",
                     ),
                     "enabled" => (
-                        names.iter().filter(|n| snap.enabled(n) != Some(true)).cloned().collect(),
+                        names
+                            .iter()
+                            .filter(|n| snap.enabled(n) != Some(true))
+                            .cloned()
+                            .collect(),
                         "snaps_enabled",
                         "enable",
                     ),
                     _ => (
-                        names.iter().filter(|n| snap.enabled(n) == Some(true)).cloned().collect(),
+                        names
+                            .iter()
+                            .filter(|n| snap.enabled(n) == Some(true))
+                            .cloned()
+                            .collect(),
                         "snaps_disabled",
                         "disable",
                     ),
@@ -357,7 +405,10 @@ mod tests {
         let list = parse_list(text);
         assert_eq!(list[1], ("hello".to_string(), "latest/edge".to_string()));
         assert_eq!(status_of("hello", Some("edge"), &list), Status::Installed);
-        assert_eq!(status_of("hello", Some("stable"), &list), Status::ChannelMismatch);
+        assert_eq!(
+            status_of("hello", Some("stable"), &list),
+            Status::ChannelMismatch
+        );
         assert_eq!(status_of("nope", None, &list), Status::NotInstalled);
     }
 

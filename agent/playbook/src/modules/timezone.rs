@@ -111,16 +111,17 @@ impl Timezone {
             _ => ("/etc/adjtime", r"(?m)^(UTC|LOCAL)$"),
         };
         let fallback = if key == "adjtime" { "UTC" } else { "n/a" };
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fallback.into()),
-            Err(_) => {
-                return Err(abort(
-                    &format!("tried to configure {key} using a file \"{file}\", but could not read it"),
+        let text =
+            match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fallback.into()),
+                Err(_) => return Err(abort(
+                    &format!(
+                        "tried to configure {key} using a file \"{file}\", but could not read it"
+                    ),
                     &self.msgs,
-                ))
-            }
-        };
+                )),
+            };
         match first_group(pattern, &text) {
             None if key == "name" && phase != "before" => Err(abort(
                 &format!("tried to configure {key} using a file \"{file}\", but could not find a valid value in it"),
@@ -188,25 +189,29 @@ impl Timezone {
     }
 
     fn edit(&mut self, file: &str, pattern: &str, value: &str, key: &str) -> Result<(), Outcome> {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(_) => {
-                return Err(abort(
-                    &format!("tried to configure {key} using a file \"{file}\", but could not read it"),
+        let text =
+            match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(_) => return Err(abort(
+                    &format!(
+                        "tried to configure {key} using a file \"{file}\", but could not read it"
+                    ),
                     &self.msgs,
-                ))
-            }
-        };
+                )),
+            };
         let (new_text, deleted) = edit_config(&text, pattern, value);
         if std::fs::write(file, new_text).is_err() {
             return Err(abort(
-                &format!("tried to configure {key} using a file \"{file}\", but could not write to it"),
+                &format!(
+                    "tried to configure {key} using a file \"{file}\", but could not write to it"
+                ),
                 &self.msgs,
             ));
         }
-        self.msgs
-            .push(format!("Added 1 line and deleted {deleted} line(s) on {file}"));
+        self.msgs.push(format!(
+            "Added 1 line and deleted {deleted} line(s) on {file}"
+        ));
         Ok(())
     }
 
@@ -256,7 +261,11 @@ impl Timezone {
 }
 
 fn values(pairs: &[(String, String)]) -> Value {
-    Value::from_pairs(pairs.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))))
+    Value::from_pairs(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone()))),
+    )
 }
 
 /// `timezone`: sets the time zone and/or the hardware clock's scale.
@@ -325,10 +334,8 @@ pub fn timezone(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             }
             if after != planned {
                 let show = |pairs: &[(String, String)]| {
-                    let inner: Vec<String> = pairs
-                        .iter()
-                        .map(|(k, v)| format!("'{k}': '{v}'"))
-                        .collect();
+                    let inner: Vec<String> =
+                        pairs.iter().map(|(k, v)| format!("'{k}': '{v}'")).collect();
                     format!("{{{}}}", inner.join(", "))
                 };
                 return Err(abort(
@@ -342,12 +349,10 @@ pub fn timezone(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             }
             after
         };
-        let mut out = Outcome::new()
-            .with("changed", before != after)
-            .with(
-                "diff",
-                Value::from_pairs([("before", values(&before)), ("after", values(&after))]),
-            );
+        let mut out = Outcome::new().with("changed", before != after).with(
+            "diff",
+            Value::from_pairs([("before", values(&before)), ("after", values(&after))]),
+        );
         if !tz.msgs.is_empty() {
             out.set("msg", tz.msgs.join("\n"));
         }
