@@ -213,14 +213,12 @@ pub fn deb822_repository(args: &Args, ctx: &ModuleContext) -> Result<Outcome, Ar
                     );
                     let same = std::fs::read(&file).ok().as_deref() == Some(&data[..]);
                     if !same {
-                        if !Path::new(KEYRINGS_DIR).is_dir() {
-                            if !ctx.check {
-                                let _ = std::fs::create_dir_all(KEYRINGS_DIR);
-                                let _ = std::fs::set_permissions(
-                                    KEYRINGS_DIR,
-                                    std::fs::Permissions::from_mode(0o755),
-                                );
-                            }
+                        if !Path::new(KEYRINGS_DIR).is_dir() && !ctx.check {
+                            let _ = std::fs::create_dir_all(KEYRINGS_DIR);
+                            let _ = std::fs::set_permissions(
+                                KEYRINGS_DIR,
+                                std::fs::Permissions::from_mode(0o755),
+                            );
                         }
                         if !ctx.check {
                             if let Err(e) = atomic_write(Path::new(&file), &data) {

@@ -231,6 +231,10 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     Ok(cmd)
                 }
             };
+        let classic_error = Regex::new(
+            r#"^error: This revision of snap "(\w+)" was published using classic confinement"#,
+        )
+        .expect("valid");
         match state.as_str() {
             "present" => {
                 out.set("classic", classic);
@@ -256,8 +260,7 @@ pub fn snap(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     match run_all(verb, &targets, !(one_package && targets.len() > 1)) {
                         Ok(cmd) => out.set("cmd", cmd),
                         Err((cmd, r)) => {
-                            let re = Regex::new(r#"^error: This revision of snap "(\w+)" was published using classic confinement"#).expect("valid");
-                            let msg = match re.captures(&r.stderr) {
+                            let msg = match classic_error.captures(&r.stderr) {
                                 Some(c) => format!("Couldn't install {} because it requires classic confinement", &c[1]),
                                 None => format!("Ooops! Snap installation failed while executing '{cmd}', please examine logs and error output for more details."),
                             };

@@ -104,24 +104,25 @@ impl Timezone {
 
     /// `_get_value_from_config`: a missing file or value reads as `n/a` (`UTC` for
     /// adjtime).
-    fn from_config(&self, key: &str, phase: &str) -> Result<String, Outcome> {
+    fn read_config(&self, key: &str, phase: &str) -> Result<String, Outcome> {
         let (file, pattern) = match key {
             "name" => self.name_file(),
             "hwclock" => (self.hwclock_file(), HWCLOCK_CONF),
             _ => ("/etc/adjtime", r"(?m)^(UTC|LOCAL)$"),
         };
         let fallback = if key == "adjtime" { "UTC" } else { "n/a" };
-        let text =
-            match std::fs::read_to_string(file) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fallback.into()),
-                Err(_) => return Err(abort(
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fallback.into()),
+            Err(_) => {
+                return Err(abort(
                     &format!(
                         "tried to configure {key} using a file \"{file}\", but could not read it"
                     ),
                     &self.msgs,
-                )),
-            };
+                ))
+            }
+        };
         match first_group(pattern, &text) {
             None if key == "name" && phase != "before" => Err(abort(
                 &format!("tried to configure {key} using a file \"{file}\", but could not find a valid value in it"),
@@ -158,12 +159,12 @@ impl Timezone {
             }
             return Ok(value);
         }
-        let mut value = self.from_config(key, phase)?;
+        let mut value = self.read_config(key, phase)?;
         if value != planned {
             return Ok(value);
         }
         if key == "hwclock" {
-            return self.from_config("adjtime", phase);
+            return self.read_config("adjtime", phase);
         }
         let localtime = Path::new("/etc/localtime");
         if localtime.is_symlink() {
@@ -189,17 +190,18 @@ impl Timezone {
     }
 
     fn edit(&mut self, file: &str, pattern: &str, value: &str, key: &str) -> Result<(), Outcome> {
-        let text =
-            match std::fs::read_to_string(file) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(_) => return Err(abort(
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(_) => {
+                return Err(abort(
                     &format!(
                         "tried to configure {key} using a file \"{file}\", but could not read it"
                     ),
                     &self.msgs,
-                )),
-            };
+                ))
+            }
+        };
         let (new_text, deleted) = edit_config(&text, pattern, value);
         if std::fs::write(file, new_text).is_err() {
             return Err(abort(
