@@ -43,6 +43,8 @@ command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 # ansible-core's cron module needs the crontab program even to edit cron files (the
 # cron differential test).
 command -v crontab >/dev/null 2>&1 || missing_packages+=(cron)
+# The npm differential test runs the real npm (community.general.npm drives it).
+command -v npm >/dev/null 2>&1 || missing_packages+=(npm)
 # The PostgreSQL backend's tests run a throwaway cluster (scripts/test-postgres.sh).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing_packages+=(postgresql)
 # The SSH tests (tests/tests/ssh.rs) start a real OpenSSH server on a loopback port.
@@ -67,6 +69,21 @@ if [ ! -x .venv-ansible/bin/ansible-playbook ]; then
     .venv-ansible/bin/pip install --quiet --disable-pip-version-check ansible-core
 else
     say "ansible-core present in .venv-ansible"
+fi
+# The collections the differential tests compare against (ansible.posix,
+# community.general, community.postgresql) come from PyPI's `ansible` package; 12.x
+# keeps ansible-core 2.19, the version the fixtures were written with.
+if ! compgen -G '.venv-ansible/lib/python3*/site-packages/ansible_collections/community/general' >/dev/null; then
+    say "installing the ansible package 12.x into .venv-ansible (collections for the differential tests)"
+    .venv-ansible/bin/pip install --quiet --disable-pip-version-check 'ansible>=12.3,<13'
+else
+    say "Ansible collections present in .venv-ansible"
+fi
+# deb822_repository imports python-debian and postgresql_user psycopg2 on the managed
+# host (the venv's Python is the differential tests' module interpreter).
+if ! .venv-ansible/bin/python -c 'import debian.deb822, psycopg2' >/dev/null 2>&1; then
+    say "installing python-debian and psycopg2-binary into .venv-ansible (deb822_repository, postgresql_user tests)"
+    .venv-ansible/bin/pip install --quiet --disable-pip-version-check python-debian psycopg2-binary
 fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [ -f .venv-ansible/.gitignore ] || echo '*' >.venv-ansible/.gitignore

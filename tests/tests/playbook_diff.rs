@@ -617,3 +617,111 @@ fn diff_output_matches_ansible() {
         );
     }
 }
+
+/// fetch (per-host tree, flat, trailing slash, missing files and directories with and
+/// without fail_on_missing, check mode) and set_stats (data, per_host, aggregate, a
+/// non-dict, an invalid name) agree with Ansible, results and files.
+#[test]
+fn fetch_and_set_stats_match_ansible() {
+    check("fetch_stats.yml", &[]);
+}
+
+/// ansible.posix.mount on an fstab in the temp root (new, unchanged, rewritten,
+/// escaped and noauto entries, removal from fstab and with the mount point, states on
+/// paths that are not mounted, check mode, argument errors) agrees with Ansible.
+#[test]
+fn mount_matches_ansible() {
+    check("mount.yml", &[]);
+}
+
+/// community.general.pamd on a service file in the temp root (control change, inserts
+/// before and after, arguments added, removed and replaced, rule removal, check mode
+/// and the failures) agrees with Ansible, the rewritten file included.
+#[test]
+fn pamd_matches_ansible() {
+    check("pamd.yml", &[]);
+}
+
+/// timezone, alternatives and deb822_repository in check mode on the host's real
+/// configuration, and firewalld, selinux and snap where this host lacks what they
+/// need, answer like Ansible (changed or not, diffs, the file text deb822 would write,
+/// the failures and their messages).
+#[test]
+fn system_modules_in_check_mode_match_ansible() {
+    require_program("update-alternatives", "dpkg");
+    check("system_check.yml", &[]);
+}
+
+/// community.general.npm (install from package.json with a local dependency, named
+/// packages already there, removal, check mode on a missing package, an unreachable
+/// registry, argument errors) agrees with Ansible.
+#[test]
+fn npm_matches_ansible() {
+    require_program("npm", "npm");
+    check("npm.yml", &[]);
+}
+
+/// Drops the roles a postgresql_user run made, whatever happened in the test.
+struct RoleCleanup {
+    url: String,
+    prefixes: Vec<String>,
+}
+
+impl Drop for RoleCleanup {
+    fn drop(&mut self) {
+        for prefix in &self.prefixes {
+            for role in ["app", "checked", "bad"] {
+                let _ = Command::new("psql")
+                    .args([self.url.as_str(), "-X", "-q", "-c"])
+                    .arg(format!("DROP ROLE IF EXISTS \"{prefix}_{role}\""))
+                    .output();
+            }
+        }
+    }
+}
+
+/// community.postgresql.postgresql_user against the harness's PostgreSQL (create with
+/// password, flags, limit, comment and settings; the same again; flags, expiry and a
+/// new password; no_password_changes; check mode; removal; invalid flags; an
+/// unreachable server) agrees with Ansible, each tool with role names of its own.
+#[test]
+fn postgresql_user_matches_ansible() {
+    require_program("psql", "postgresql-client");
+    let url = dynserv_tests::postgres::admin_url();
+    // postgres://USER@HOST:PORT/DB, as the harness writes it.
+    let rest = url
+        .strip_prefix("postgres://")
+        .expect("a postgres:// URL from the harness");
+    let (credentials, address) = rest.split_once('@').expect("user@host in the URL");
+    let user = credentials.split(':').next().unwrap_or("postgres");
+    let host_port = address.split('/').next().unwrap_or_default();
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "5432"));
+    let id = std::process::id();
+    let (native, ansible) = (format!("dsvn{id}"), format!("dsva{id}"));
+    let _cleanup = RoleCleanup {
+        url: url.clone(),
+        prefixes: vec![native.clone(), ansible.clone()],
+    };
+    let common = [
+        "-e".to_string(),
+        format!("pg_host={host}"),
+        "-e".to_string(),
+        format!("pg_port={port}"),
+        "-e".to_string(),
+        format!("pg_user={user}"),
+    ];
+    let args_for = |prefix: &str| -> Vec<String> {
+        let mut args = common.to_vec();
+        args.push("-e".into());
+        args.push(format!("prefix={prefix}"));
+        args
+    };
+    let (native_args, ansible_args) = (args_for(&native), args_for(&ansible));
+    let native_refs: Vec<&str> = native_args.iter().map(String::as_str).collect();
+    let ansible_refs: Vec<&str> = ansible_args.iter().map(String::as_str).collect();
+    check_with_vars(
+        &fixtures().join("postgresql_user.yml"),
+        &native_refs,
+        &ansible_refs,
+    );
+}

@@ -360,6 +360,18 @@ pub const NATIVE_MODULES: &[&str] = &[
     "pip",
     "dnf",
     "yum",
+    "firewalld",
+    "npm",
+    "fetch",
+    "set_stats",
+    "mount",
+    "timezone",
+    "alternatives",
+    "deb822_repository",
+    "pamd",
+    "selinux",
+    "snap",
+    "postgresql_user",
 ];
 
 const COLLECTION_PREFIXES: &[&str] = &[
@@ -368,6 +380,7 @@ const COLLECTION_PREFIXES: &[&str] = &[
     "community.general.",
     "community.docker.",
     "ansible.posix.",
+    "community.postgresql.",
 ];
 
 /// Resolves a written module name to the runtime's canonical name.
@@ -388,7 +401,11 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
     if short != written {
         let ok = match short {
             "docker_compose_v2" => written.starts_with("community.docker."),
-            "ufw" => written.starts_with("community.general."),
+            "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" => {
+                written.starts_with("community.general.")
+            }
+            "firewalld" | "selinux" | "mount" => written.starts_with("ansible.posix."),
+            "postgresql_user" => written.starts_with("community.postgresql."),
             "authorized_key" | "sysctl" => {
                 written.starts_with("ansible.posix.") || written.starts_with("ansible.builtin.")
             }
@@ -1678,6 +1695,25 @@ mod tests {
         );
         assert_eq!(resolve_module("community.docker.copy"), None);
         assert_eq!(resolve_module("mysql_db"), None);
+        for (written, native) in [
+            ("ansible.posix.firewalld", Some("firewalld")),
+            ("ansible.posix.mount", Some("mount")),
+            ("community.general.npm", Some("npm")),
+            ("community.general.pamd", Some("pamd")),
+            (
+                "community.postgresql.postgresql_user",
+                Some("postgresql_user"),
+            ),
+            (
+                "ansible.builtin.deb822_repository",
+                Some("deb822_repository"),
+            ),
+            ("ansible.builtin.fetch", Some("fetch")),
+            ("community.general.firewalld", None),
+            ("ansible.builtin.npm", None),
+        ] {
+            assert_eq!(resolve_module(written), native, "{written}");
+        }
     }
 
     /// A notify without a matching handler is rejected before anything runs.

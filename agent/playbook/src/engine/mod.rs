@@ -1205,6 +1205,21 @@ impl<'a> Runner<'a> {
                     .unwrap_or_else(|| "Failed as requested from task".into()),
             ),
             "include_vars" => self.action_include_vars(scope, &templated),
+            // fetch is an action on Ansible's controller: it needs the host's name and
+            // the playbook's directory (for a relative dest).
+            "fetch" => {
+                let args = files::with_arg(
+                    &templated,
+                    "_inventory_hostname",
+                    Value::from(self.host().to_string()),
+                );
+                let args = files::with_arg(
+                    &args,
+                    "_playbook_dir",
+                    Value::from(self.playbook.base_dir.display().to_string()),
+                );
+                self.run_module(module, &args, &mctx, become_.as_ref())
+            }
             "pause" => action_pause(&templated, check),
             "template" => self.action_template(scope, &templated, ctx, &mctx, become_.as_ref()),
             "copy" | "unarchive" => {

@@ -8,18 +8,29 @@
 //! That split also lets a module run in a child process under `sudo` for `become`: its
 //! input and output are plain data.
 
+pub mod alternatives;
 pub mod command;
 pub mod compose;
+pub mod controller;
+pub mod deb822;
 pub mod exec;
 pub mod files;
+pub mod firewall;
 pub mod lines;
 pub mod more;
+pub mod mount;
 pub mod net;
+pub mod nodejs;
 pub mod packages;
+pub mod pamd;
+pub mod postgres;
 pub mod reboot;
 pub mod repos;
+pub mod selinux;
 pub mod services;
+pub mod snap;
 pub mod system;
+pub mod timezone;
 pub mod users;
 
 use minijinja::value::ValueKind;
@@ -404,6 +415,18 @@ pub fn run_module(name: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
         "ufw" => more::ufw(&args, ctx),
         "unarchive" => more::unarchive(&args, ctx),
         "git" => more::git_module(&args, ctx),
+        "firewalld" => firewall::firewalld(&args, ctx),
+        "npm" => nodejs::npm(&args, ctx),
+        "fetch" => controller::fetch(&args, ctx),
+        "set_stats" => controller::set_stats(&args, ctx),
+        "mount" => mount::mount(&args, ctx),
+        "timezone" => timezone::timezone(&args, ctx),
+        "alternatives" => alternatives::alternatives(&args, ctx),
+        "deb822_repository" => deb822::deb822_repository(&args, ctx),
+        "pamd" => pamd::pamd(&args, ctx),
+        "selinux" => selinux::selinux(&args, ctx),
+        "snap" => snap::snap(&args, ctx),
+        "postgresql_user" => postgres::postgresql_user(&args, ctx),
         other => Ok(Outcome::failed(format!(
             "module '{other}' is not implemented by the native runtime"
         ))),
