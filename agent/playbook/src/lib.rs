@@ -139,7 +139,7 @@ pub fn parse_extra_vars(argument: &str) -> Result<Vec<(String, Value)>, String> 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlaybookArgs {
     /// The playbook file to run.
-    #[arg(value_name = "FILE", required_unless_present = "internal_module")]
+    #[arg(value_name = "FILE", required_unless_present_any = ["internal_module", "internal_async"])]
     pub file: Option<PathBuf>,
     /// Don't make any changes; report what would change.
     #[arg(short = 'C', long)]
@@ -179,6 +179,9 @@ pub struct PlaybookArgs {
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
+    /// Internal: supervise a background (`async`) job described as JSON on stdin.
+    #[arg(long, hide = true)]
+    pub internal_async: bool,
 }
 
 /// Runs `dynserv-agent playbook`; returns the process exit code.
@@ -190,6 +193,13 @@ pub fn cli_main(args: PlaybookArgs) -> i32 {
         }
         println!("{}", become_::serve_request(&input));
         return EXIT_OK;
+    }
+    if args.internal_async {
+        let mut input = String::new();
+        if std::io::stdin().read_to_string(&mut input).is_err() {
+            return EXIT_INVALID;
+        }
+        return engine::serve_async(&input);
     }
     match cli_run(&args) {
         Ok(code) => code,

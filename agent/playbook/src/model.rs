@@ -270,6 +270,10 @@ pub struct Task {
     pub delay: Option<Value>,
     /// `delegate_to` (only the local host is supported).
     pub delegate_to: Option<Value>,
+    /// `async`: run the module in the background with this time limit in seconds.
+    pub async_val: Option<Value>,
+    /// `poll`: seconds between checks on a background task (0: fire and forget).
+    pub poll: Option<Value>,
     /// The file the task comes from when it is not the playbook itself (`import_tasks`).
     pub file: Option<std::sync::Arc<PathBuf>>,
     /// Where the task starts.
@@ -342,6 +346,7 @@ pub const NATIVE_MODULES: &[&str] = &[
     "ping",
     "slurp",
     "pause",
+    "async_status",
     "include_vars",
     "import_tasks",
     "include_tasks",
@@ -1165,6 +1170,8 @@ pub fn parse_task(node: &Node, dirs: &Dirs, handler: bool) -> Result<Task, Playb
         retries: node.get("retries").map(Node::to_value),
         delay: node.get("delay").map(Node::to_value),
         delegate_to: node.get("delegate_to").map(Node::to_value),
+        async_val: node.get("async").map(Node::to_value),
+        poll: node.get("poll").map(Node::to_value),
         file: None,
         pos: node.pos,
     })
@@ -1286,6 +1293,8 @@ pub fn wrapper_task(body: TaskBody, keywords: Inherited, pos: Pos) -> Task {
         retries: None,
         delay: None,
         delegate_to: None,
+        async_val: None,
+        poll: None,
         file: None,
         pos,
     }

@@ -225,12 +225,6 @@ pub fn request_from_task(
     if let Ok(keys) = args.try_iter() {
         for key in keys {
             let key = super::modules::value_to_string(&key);
-            if key == "apply" {
-                return Err(invalid(
-                    format!("{written}: 'apply' is not supported by the native runtime"),
-                    pos,
-                ));
-            }
             if !ROLE_TASK_OPTIONS.contains(&key.as_str()) {
                 bad.push(key);
             }
