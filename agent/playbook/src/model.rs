@@ -198,6 +198,8 @@ pub enum LoopKind {
     Together,
     /// `with_nested` / `with_cartesian`.
     Nested,
+    /// `with_first_found` (the first file found, searched as ansible-core's lookup).
+    FirstFound,
     /// `with_lines`.
     Lines,
     /// `with_file`.
@@ -384,13 +386,14 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
             break;
         }
     }
+    let qualified = short != written;
     let short = match short {
         "systemd_service" => "systemd",
         "import_playbook" => return None,
         other => other,
     };
     // FQCNs must belong to the right collection.
-    if short != written {
+    if qualified {
         let ok = match short {
             "docker_compose_v2" => written.starts_with("community.docker."),
             "ufw" => written.starts_with("community.general."),
@@ -820,7 +823,7 @@ fn parse_play(node: &Node, base_dir: &Path, files: FileAccess) -> Result<Play, P
     let post_tasks = section("post_tasks")?;
     // Ansible's order: the roles' handlers, the play's, then those of imported roles.
     let mut handlers = super::roles::role_handlers(&roles);
-    handlers.extend(section("handlers")?);
+    handlers.extend(flatten_imported_handlers(section("handlers")?));
     for list in [&pre_tasks, &tasks, &post_tasks] {
         handlers.extend(super::roles::role_handlers(list));
         public_roles.extend(super::roles::imported_public_roles(list));
@@ -871,6 +874,48 @@ pub fn handler_answers(handler: &Task, name: &str) -> bool {
 }
 
 /// Every literal `notify` target must name a handler (or a `listen` topic) of the play.
+/// Handlers an `import_tasks` brought in are handlers each, as in ansible-core: the
+/// import's block is dissolved when it carries no keywords of its own (an import with
+/// keywords stays one block, which a notify cannot reach by name).
+fn flatten_imported_handlers(handlers: Vec<Task>) -> Vec<Task> {
+    let mut out = Vec::new();
+    for handler in handlers {
+        match handler.body {
+            TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } if rescue.is_empty()
+                && always.is_empty()
+                && handler.name.is_none()
+                && handler.file.is_none()
+                && is_default(&handler.keywords) =>
+            {
+                out.extend(flatten_imported_handlers(block));
+            }
+            body => out.push(Task { body, ..handler }),
+        }
+    }
+    out
+}
+
+/// Whether a task carries no inheritable keywords.
+fn is_default(keywords: &Inherited) -> bool {
+    keywords.become_.is_none()
+        && keywords.become_user.is_none()
+        && keywords.become_method.is_none()
+        && keywords.check_mode.is_none()
+        && keywords.diff.is_none()
+        && keywords.ignore_errors.is_none()
+        && keywords.no_log.is_none()
+        && keywords.environment.is_none()
+        && keywords.tags.is_empty()
+        && keywords.when.is_empty()
+        && keywords.vars.is_empty()
+        && keywords.any_errors_fatal.is_none()
+        && keywords.role.is_none()
+}
+
 fn check_notify(lists: &[&Vec<Task>], handlers: &[Task]) -> Result<(), PlaybookError> {
     let known = |name: &str| handlers.iter().any(|h| handler_answers(h, name));
     fn walk(
@@ -1027,6 +1072,7 @@ fn loop_kind(key: &str) -> Option<LoopKind> {
         "with_lines" => LoopKind::Lines,
         "with_file" => LoopKind::File,
         "with_subelements" => LoopKind::Subelements,
+        "with_first_found" => LoopKind::FirstFound,
         _ => return None,
     })
 }
@@ -1193,12 +1239,26 @@ fn import_tasks(
         .or_else(|| args.get_attr("file").ok().filter(|v| !v.is_undefined()))
         .and_then(|v| v.as_str().map(String::from))
         .ok_or_else(|| invalid("import_tasks needs a file name", node.pos))?;
-    if super::template::is_template(&file) {
-        return Err(invalid(
-            "import_tasks with a templated file name is not supported",
-            node.pos,
-        ));
-    }
+    // A name templated with what is known before the play runs (`playbook_dir`) is
+    // resolved now, as ansible-core resolves it when it loads the play.
+    let file = if super::template::is_template(&file) {
+        let templar = super::template::Templar::new(dirs.playbook_dir.to_path_buf());
+        let ctx = Value::from_pairs([(
+            "playbook_dir",
+            Value::from(dirs.playbook_dir.display().to_string()),
+        )]);
+        templar
+            .template_str(&file, &ctx)
+            .map(|v| super::modules::value_to_string(&v))
+            .map_err(|_| {
+                invalid(
+                    "import_tasks with a templated file name is not supported (only playbook_dir is known before the play runs)",
+                    node.pos,
+                )
+            })?
+    } else {
+        file
+    };
     if let Some(flag) = dirs.deferred {
         flag.set(true);
         let mut task = wrapper_task(empty_block(), keywords, node.pos);

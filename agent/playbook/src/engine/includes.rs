@@ -60,7 +60,7 @@ impl Runner<'_> {
             .unwrap_or_else(|| "item".into());
         let items: Vec<Option<Value>> = match &task.loop_source {
             None => vec![None],
-            Some((kind, source)) => match self.loop_items(scope, kind, source, &ctx0) {
+            Some((kind, source)) => match self.loop_items(scope, kind, source, &ctx0, module) {
                 Ok(items) => items.into_iter().map(Some).collect(),
                 Err(message) => {
                     self.finish_failed_outright(task, host, &message);
@@ -81,6 +81,8 @@ impl Runner<'_> {
         // The include's own tags select the include, not the included tasks.
         let parent_tags = std::mem::take(&mut self.include_parent_tags);
         let mut pending = Vec::new();
+        let mut skipped = 0;
+        let item_count = items.len();
         for item in items {
             let loop_vars: Vec<(String, Value)> =
                 item.iter().map(|i| (loop_var.clone(), i.clone())).collect();
@@ -107,6 +109,7 @@ impl Runner<'_> {
                     }
                     None => self.emit(&format!("skipping: [{host}]")),
                 }
+                skipped += 1;
                 continue;
             }
             let templated = match template_args(&self.templar, args, &ctx, &[]) {
@@ -138,6 +141,11 @@ impl Runner<'_> {
             // Ansible counts every processed include as ok.
             self.stats.ok += 1;
             pending.push((tasks, loop_vars));
+        }
+        // A skipped include is a skipped task in the recap (a loop's once, when every
+        // item was skipped), as ansible-core counts it.
+        if skipped > 0 && skipped == item_count {
+            self.stats.skipped += 1;
         }
         for (tasks, loop_vars) in pending {
             let mut inner = scope.clone();

@@ -810,7 +810,7 @@ impl<'a> Runner<'a> {
             .unwrap_or_else(|| "item".into());
 
         let outcome = if let Some((kind, source)) = &task.loop_source {
-            let items = match self.loop_items(scope, kind, source, &ctx0) {
+            let items = match self.loop_items(scope, kind, source, &ctx0, module) {
                 Ok(items) => items,
                 Err(message) => {
                     self.finish_failed_outright(task, &host, &message);
