@@ -80,6 +80,12 @@ impl Runner<'_> {
         let args = &args;
         // The include's own tags select the include, not the included tasks.
         let parent_tags = std::mem::take(&mut self.include_parent_tags);
+        // A loop over nothing skips the include, as ansible-core prints and counts it.
+        if task.loop_source.is_some() && items.is_empty() {
+            self.emit(&format!("skipping: [{host}]"));
+            self.stats.skipped += 1;
+            return;
+        }
         let mut pending = Vec::new();
         let mut skipped = 0;
         let item_count = items.len();
