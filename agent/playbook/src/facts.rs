@@ -235,11 +235,19 @@ fn selinux(enforce: Option<&str>) -> Value {
             ("status", Value::from("enabled")),
             (
                 "mode",
-                Value::from(if mode == "1" { "enforcing" } else { "permissive" }),
+                Value::from(if mode == "1" {
+                    "enforcing"
+                } else {
+                    "permissive"
+                }),
             ),
             (
                 "config_mode",
-                Value::from(if mode == "1" { "enforcing" } else { "permissive" }),
+                Value::from(if mode == "1" {
+                    "enforcing"
+                } else {
+                    "permissive"
+                }),
             ),
         ]),
     }
@@ -358,7 +366,10 @@ pub fn build_facts(
             Value::from(meminfo_mb(&sources.meminfo, "SwapFree")),
         ),
         ("memory_mb".into(), memory_mb(&sources.meminfo)),
-        ("selinux".into(), selinux(sources.selinux_enforce.as_deref())),
+        (
+            "selinux".into(),
+            selinux(sources.selinux_enforce.as_deref()),
+        ),
         ("processor_vcpus".into(), Value::from(cpu.vcpus)),
         ("processor_count".into(), Value::from(cpu.count)),
         ("processor_cores".into(), Value::from(cpu.cores)),

@@ -242,9 +242,9 @@ impl Runner<'_> {
 
     /// Refuses the actions ansible-core cannot run in the background.
     pub(super) fn refuse_async(module: &str) -> Option<Outcome> {
-        NO_ASYNC.contains(&module).then(|| {
-            Outcome::failed(format!("This action ({module}) does not support async."))
-        })
+        NO_ASYNC
+            .contains(&module)
+            .then(|| Outcome::failed(format!("This action ({module}) does not support async.")))
     }
 
     /// Starts a module in the background and returns what ansible-core's launch returns.
@@ -265,7 +265,9 @@ impl Runner<'_> {
             .unwrap_or_else(std::env::current_exe)
         {
             Ok(p) => p,
-            Err(e) => return Outcome::failed(format!("async: cannot locate the agent binary: {e}")),
+            Err(e) => {
+                return Outcome::failed(format!("async: cannot locate the agent binary: {e}"))
+            }
         };
         if let Err(e) = std::fs::create_dir_all(dir) {
             return Outcome::failed(format!(
@@ -297,7 +299,8 @@ impl Runner<'_> {
             child.id()
         );
         let job_path = dir.join(&jid);
-        let started = serde_json::json!({"started": true, "finished": false, "ansible_job_id": jid});
+        let started =
+            serde_json::json!({"started": true, "finished": false, "ansible_job_id": jid});
         if let Err(e) = write_job(&job_path, &started) {
             let _ = child.kill();
             let _ = child.wait();
@@ -341,7 +344,12 @@ impl Runner<'_> {
     /// Polls a started job every `spec.poll` seconds for at most `spec.limit` seconds, as
     /// ansible-core's task executor: the module's result once the job is done (its file
     /// removed), else a failure naming the time limit.
-    pub(super) fn poll_async(&mut self, spec: AsyncSpec, dir: &Path, launched: &Outcome) -> Outcome {
+    pub(super) fn poll_async(
+        &mut self,
+        spec: AsyncSpec,
+        dir: &Path,
+        launched: &Outcome,
+    ) -> Outcome {
         let host = self.host().to_string();
         let jid = launched
             .get("ansible_job_id")
@@ -441,9 +449,8 @@ pub fn serve_async(input: &str) -> i32 {
 }
 
 fn run_worker(job: &AsyncJob) -> serde_json::Value {
-    let failure = |msg: String| {
-        serde_json::json!({"failed": true, "msg": msg, "ansible_job_id": job.jid})
-    };
+    let failure =
+        |msg: String| serde_json::json!({"failed": true, "msg": msg, "ansible_job_id": job.jid});
     let program = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return failure(format!("cannot locate the agent binary: {e}")),

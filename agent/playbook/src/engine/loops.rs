@@ -193,7 +193,12 @@ impl Runner<'_> {
     /// for in the role's and the play's directories, in the subdirectory ansible-core
     /// picks from the action's name (`templates`, `vars`, else `files`), then in the
     /// directories themselves.
-    fn first_found(&self, scope: &Inherited, value: &Value, action: &str) -> Result<Vec<Value>, String> {
+    fn first_found(
+        &self,
+        scope: &Inherited,
+        value: &Value,
+        action: &str,
+    ) -> Result<Vec<Value>, String> {
         let subdir = ["template", "var", "file"]
             .into_iter()
             .find(|s| action.contains(s))
@@ -225,10 +230,20 @@ impl Runner<'_> {
         let mut skip = false;
         for term in terms {
             if term.kind() == ValueKind::Map {
-                let get = |k: &str| term.get_attr(k).ok().filter(|v| !v.is_undefined() && !v.is_none());
-                let files = get("files").map(|v| split(&v, &[',', ';'])).unwrap_or_default();
-                let paths = get("paths").map(|v| split(&v, &[',', ':', ';'])).unwrap_or_default();
-                skip |= get("skip").and_then(|v| modules::parse_bool(&v)).unwrap_or(false);
+                let get = |k: &str| {
+                    term.get_attr(k)
+                        .ok()
+                        .filter(|v| !v.is_undefined() && !v.is_none())
+                };
+                let files = get("files")
+                    .map(|v| split(&v, &[',', ';']))
+                    .unwrap_or_default();
+                let paths = get("paths")
+                    .map(|v| split(&v, &[',', ':', ';']))
+                    .unwrap_or_default();
+                skip |= get("skip")
+                    .and_then(|v| modules::parse_bool(&v))
+                    .unwrap_or(false);
                 if paths.is_empty() {
                     candidates.extend(files);
                 } else {
