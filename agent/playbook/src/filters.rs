@@ -1277,7 +1277,9 @@ fn first_found(
                     .ok()
                     .filter(|v| !v.is_undefined() && !v.is_none())
             };
-            let files = get("files").map(|v| split(&v, &[',', ';'])).unwrap_or_default();
+            let files = get("files")
+                .map(|v| split(&v, &[',', ';']))
+                .unwrap_or_default();
             let paths = get("paths")
                 .map(|v| split(&v, &[',', ':', ';']))
                 .unwrap_or_default();

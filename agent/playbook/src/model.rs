@@ -1773,6 +1773,41 @@ mod tests {
         parse_playbook(source, dir.path())
     }
 
+    /// What the public corpus needed at parse time: a role named by a relative path
+    /// (`../../` from a role's own tests/), import_tasks with `{{ playbook_dir }}` in the
+    /// file name, handlers imported from a file answering notify, and
+    /// `systemd_service` without a collection prefix.
+    #[test]
+    fn corpus_parse_forms() {
+        let dir = tree(&[
+            (
+                "tasks/main.yml",
+                "- name: role task\n  systemd_service: name=x\n",
+            ),
+            ("tests/pre.yml", "- name: pre\n  debug: msg=pre\n"),
+            ("tests/handlers.yml", "- name: restart x\n  debug: msg=x\n"),
+        ]);
+        let tests = dir.path().join("tests");
+        let source = "- hosts: all\n  pre_tasks:\n    - import_tasks: \"{{ playbook_dir }}/pre.yml\"\n  roles:\n    - ../../\n  tasks:\n    - command: 'true'\n      notify: restart x\n  handlers:\n    - import_tasks: handlers.yml\n";
+        let playbook = parse_playbook(source, &tests).expect("the corpus forms parse");
+        let play = &playbook.plays[0];
+        assert_eq!(play.handlers.len(), 1, "the imported handler is a handler");
+        assert_eq!(play.handlers[0].name.as_deref(), Some("restart x"));
+        let TaskBody::Block { block, .. } = &play.pre_tasks[0].body else {
+            panic!("import_tasks is a block");
+        };
+        assert_eq!(block[0].name.as_deref(), Some("pre"));
+        let TaskBody::Role { role, tasks, .. } = &play.roles[0].body else {
+            panic!("the role entry is a role");
+        };
+        assert_eq!(role.path, dir.path().to_path_buf());
+        assert!(
+            matches!(&tasks[0].body, TaskBody::Action { module, .. } if module == "systemd"),
+            "{:?}",
+            tasks[0].body
+        );
+    }
+
     /// A missing role is Ansible's "not found" error, naming the role, the searched
     /// directories (roles/ beside the playbook first) and the entry's position.
     #[test]
