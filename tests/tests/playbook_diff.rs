@@ -724,4 +724,26 @@ fn postgresql_user_matches_ansible() {
         &native_refs,
         &ansible_refs,
     );
+
+/// async/poll and async_status agree with Ansible: a polled job ends with the module's
+/// result and its job file removed, fire-and-forget jobs are read and cleaned up with
+/// async_status (alone and in a loop), a job past its time limit is killed, a failing
+/// background command fails the task, an unknown job id fails, and copy refuses async.
+#[test]
+fn async_poll_matches_ansible() {
+    check("async_poll.yml", &[]);
+}
+
+/// include_role and include_tasks with `apply` hand tags, environment, vars,
+/// ignore_errors and when to the included tasks; an include's own tags select only the
+/// include (run without tags).
+#[test]
+fn include_role_apply_matches_ansible() {
+    check("include_role_apply.yml", &[]);
+}
+
+/// The same with `--tags applied`: only tasks tagged through `apply` or by themselves run.
+#[test]
+fn include_role_apply_with_tags_matches_ansible() {
+    check("include_role_apply.yml", &["--tags", "applied"]);
 }

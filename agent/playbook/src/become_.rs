@@ -69,7 +69,7 @@ fn shell_quote(word: &str) -> String {
 }
 
 /// The command that runs `program playbook --internal-module` as the target user.
-fn switch_user_command(target: &Become, program: &Path) -> Result<Command, String> {
+pub(crate) fn switch_user_command(target: &Become, program: &Path) -> Result<Command, String> {
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
     let user = target.user.as_str();

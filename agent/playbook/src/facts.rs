@@ -45,6 +45,8 @@ pub struct FactSources {
     pub container: Option<String>,
     /// Network, mount, device, DNS and virtualization sources.
     pub host: super::host_facts::HostSources,
+    /// Content of `/sys/fs/selinux/enforce` when SELinux is enabled.
+    pub selinux_enforce: Option<String>,
 }
 
 /// The kernel's node name (`uname -n`), cheap enough to call per play.
@@ -124,6 +126,7 @@ impl FactSources {
             user: (uid, gid, user_name, home, shell),
             container,
             host: super::host_facts::HostSources::read(&read("/proc/cpuinfo")),
+            selinux_enforce: std::fs::read_to_string("/sys/fs/selinux/enforce").ok(),
         }
     }
 }
@@ -185,6 +188,68 @@ fn os_family(distribution: &str, id_like: &str) -> String {
         _ if id_like.contains("debian") || id_like.contains("ubuntu") => "Debian".into(),
         _ if id_like.contains("rhel") || id_like.contains("fedora") => "RedHat".into(),
         other => other.to_string(),
+    }
+}
+
+/// `memory_mb` as ansible-core's Linux hardware facts: real, nocache (free counting
+/// buffers and page cache) and swap, in MiB.
+fn memory_mb(meminfo: &str) -> Value {
+    let mb = |key: &str| meminfo_mb(meminfo, key);
+    let (total, free) = (mb("MemTotal"), mb("MemFree"));
+    let nocache_free = free + mb("Buffers") + mb("Cached");
+    let (swap_total, swap_free) = (mb("SwapTotal"), mb("SwapFree"));
+    Value::from_pairs([
+        (
+            "real",
+            Value::from_pairs([
+                ("total", Value::from(total)),
+                ("used", Value::from(total - free)),
+                ("free", Value::from(free)),
+            ]),
+        ),
+        (
+            "nocache",
+            Value::from_pairs([
+                ("free", Value::from(nocache_free)),
+                ("used", Value::from(total - nocache_free)),
+            ]),
+        ),
+        (
+            "swap",
+            Value::from_pairs([
+                ("total", Value::from(swap_total)),
+                ("free", Value::from(swap_free)),
+                ("used", Value::from(swap_total - swap_free)),
+                ("cached", Value::from(mb("SwapCached"))),
+            ]),
+        ),
+    ])
+}
+
+/// `selinux`: `disabled` without SELinux, else enabled with its current mode (the
+/// runtime reads the kernel's state; it needs no Python binding for it).
+fn selinux(enforce: Option<&str>) -> Value {
+    match enforce.map(str::trim) {
+        None => Value::from_pairs([("status", Value::from("disabled"))]),
+        Some(mode) => Value::from_pairs([
+            ("status", Value::from("enabled")),
+            (
+                "mode",
+                Value::from(if mode == "1" {
+                    "enforcing"
+                } else {
+                    "permissive"
+                }),
+            ),
+            (
+                "config_mode",
+                Value::from(if mode == "1" {
+                    "enforcing"
+                } else {
+                    "permissive"
+                }),
+            ),
+        ]),
     }
 }
 
@@ -295,6 +360,15 @@ pub fn build_facts(
         (
             "swaptotal_mb".into(),
             Value::from(meminfo_mb(&sources.meminfo, "SwapTotal")),
+        ),
+        (
+            "swapfree_mb".into(),
+            Value::from(meminfo_mb(&sources.meminfo, "SwapFree")),
+        ),
+        ("memory_mb".into(), memory_mb(&sources.meminfo)),
+        (
+            "selinux".into(),
+            selinux(sources.selinux_enforce.as_deref()),
         ),
         ("processor_vcpus".into(), Value::from(cpu.vcpus)),
         ("processor_count".into(), Value::from(cpu.count)),

@@ -1122,6 +1122,20 @@ fn run_lookup(
         }
         resolve_path(base_dir, term)
     };
+    if name == "first_found" {
+        let files: Option<Value> = kwargs.get("files")?;
+        let paths: Option<Value> = kwargs.get("paths")?;
+        let skip: Option<bool> = kwargs.get("skip")?;
+        let mut terms = terms.to_vec();
+        if let Some(files) = files {
+            let mut term = vec![("files", files)];
+            if let Some(paths) = paths {
+                term.push(("paths", paths));
+            }
+            terms.push(Value::from_pairs(term));
+        }
+        return first_found(&terms, skip.unwrap_or(false), role_dir.as_deref(), base_dir);
+    }
     let terms: Vec<Value> = terms
         .iter()
         .flat_map(|t| {
@@ -1217,6 +1231,94 @@ fn run_lookup(
         }
     }
     Ok(out)
+}
+
+/// `lookup('first_found', ...)`: the first file of the terms (names, or `{files,
+/// paths, skip}` dicts) that exists, looked for in the role's then the play's `files/`
+/// and directory, as ansible-core's lookup does outside a `with_first_found` loop.
+fn first_found(
+    terms: &[Value],
+    mut skip: bool,
+    role_dir: Option<&Path>,
+    base_dir: &Path,
+) -> Result<Vec<Value>, Error> {
+    let split = |v: &Value, separators: &[char]| -> Vec<String> {
+        let items: Vec<Value> = if v.kind() == ValueKind::Seq {
+            v.try_iter().map(|i| i.collect()).unwrap_or_default()
+        } else {
+            vec![v.clone()]
+        };
+        items
+            .iter()
+            .flat_map(|i| {
+                text(i)
+                    .split(separators)
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut candidates = Vec::new();
+    let flat: Vec<Value> = terms
+        .iter()
+        .flat_map(|t| {
+            if t.kind() == ValueKind::Seq {
+                t.try_iter().map(|i| i.collect()).unwrap_or_default()
+            } else {
+                vec![t.clone()]
+            }
+        })
+        .collect();
+    for term in flat {
+        if term.kind() == ValueKind::Map {
+            let get = |k: &str| {
+                term.get_attr(k)
+                    .ok()
+                    .filter(|v| !v.is_undefined() && !v.is_none())
+            };
+            let files = get("files")
+                .map(|v| split(&v, &[',', ';']))
+                .unwrap_or_default();
+            let paths = get("paths")
+                .map(|v| split(&v, &[',', ':', ';']))
+                .unwrap_or_default();
+            skip |= get("skip").is_some_and(|v| v.is_true());
+            if paths.is_empty() {
+                candidates.extend(files);
+            } else {
+                for path in &paths {
+                    for file in &files {
+                        candidates.push(Path::new(path).join(file).display().to_string());
+                    }
+                }
+            }
+        } else {
+            candidates.push(text(&term));
+        }
+    }
+    let mut dirs: Vec<&Path> = role_dir.into_iter().collect();
+    dirs.push(base_dir);
+    for candidate in &candidates {
+        let path = Path::new(candidate);
+        if path.is_absolute() {
+            if path.exists() {
+                return Ok(vec![Value::from(candidate.clone())]);
+            }
+            continue;
+        }
+        for dir in &dirs {
+            for found in [dir.join("files").join(path), dir.join(path)] {
+                if found.exists() {
+                    return Ok(vec![Value::from(found.display().to_string())]);
+                }
+            }
+        }
+    }
+    if skip {
+        return Ok(Vec::new());
+    }
+    Err(err("No file was found when using first_found.".to_string()))
 }
 
 fn resolve_path(base_dir: &Path, term: &str) -> PathBuf {

@@ -43,16 +43,20 @@
 //!   print as `TASK [role : name]`. Task-level `import_role` (static, at parse time) and
 //!   `include_role` (at run time, with loops; private unless `public: true`) take `name`,
 //!   `tasks_from`, `vars_from`, `defaults_from`, `handlers_from`, `public` and
-//!   `allow_duplicates`; `apply`, templated role names and roles from collections are not
-//!   supported. Variable precedence: role defaults < play vars < vars_files < role vars <
+//!   `allow_duplicates`, and `apply` (keywords for every included task, as for
+//!   `include_tasks`); an include's own tags select the include, not the included tasks.
+//!   Templated role names and roles from collections are not supported. Variable precedence: role defaults < play vars < vars_files < role vars <
 //!   block/task vars < set_fact/registered < role params < extra vars.
 //! * Tasks and blocks: `when`, `loop`/`with_items`/`with_dict`/`with_list`/
 //!   `with_indexed_items`/`with_sequence`/`with_together`/`with_nested`/`with_subelements`/
-//!   `with_fileglob`/`with_lines`/`with_file`, `loop_control`, `register`, `notify`/`listen`,
+//!   `with_fileglob`/`with_lines`/`with_file`/`with_first_found`, `loop_control`, `register`, `notify`/`listen`,
 //!   `changed_when`, `failed_when`, `ignore_errors`, `until`/`retries`/`delay`, `tags`,
 //!   `vars`, `args`, `k=v` strings, `block`/`rescue`/`always`, `become`/`become_user` (sudo; su as root),
 //!   `check_mode`, `diff`, `no_log`, `environment`, `delegate_to` (local host only),
-//!   `import_tasks`, `include_tasks`, `include_vars`, `meta` (`flush_handlers`, `end_play`,
+//!   `async`/`poll` (a supervisor process runs the module in the background with its
+//!   time limit and writes the job file; `poll: 0` returns the job id) and `async_status`,
+//!   `import_tasks` (its file name may use `playbook_dir`), `include_tasks` (with `apply`),
+//!   `include_vars`, `meta` (`flush_handlers`, `end_play`,
 //!   `end_host`, `clear_facts`, `noop`).
 //! * Modules (`modules`): command, shell, raw, copy, template, file, lineinfile,
 //!   blockinfile, replace, stat, slurp, debug, set_fact, assert, fail, pause, ping, apt,
@@ -140,7 +144,7 @@ pub fn parse_extra_vars(argument: &str) -> Result<Vec<(String, Value)>, String> 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlaybookArgs {
     /// The playbook file to run.
-    #[arg(value_name = "FILE", required_unless_present = "internal_module")]
+    #[arg(value_name = "FILE", required_unless_present_any = ["internal_module", "internal_async"])]
     pub file: Option<PathBuf>,
     /// Don't make any changes; report what would change.
     #[arg(short = 'C', long)]
@@ -180,6 +184,9 @@ pub struct PlaybookArgs {
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
+    /// Internal: supervise a background (`async`) job described as JSON on stdin.
+    #[arg(long, hide = true)]
+    pub internal_async: bool,
 }
 
 /// Runs `dynserv-agent playbook`; returns the process exit code.
@@ -191,6 +198,13 @@ pub fn cli_main(args: PlaybookArgs) -> i32 {
         }
         println!("{}", become_::serve_request(&input));
         return EXIT_OK;
+    }
+    if args.internal_async {
+        let mut input = String::new();
+        if std::io::stdin().read_to_string(&mut input).is_err() {
+            return EXIT_INVALID;
+        }
+        return engine::serve_async(&input);
     }
     match cli_run(&args) {
         Ok(code) => code,

@@ -198,6 +198,8 @@ pub enum LoopKind {
     Together,
     /// `with_nested` / `with_cartesian`.
     Nested,
+    /// `with_first_found` (the first file found, searched as ansible-core's lookup).
+    FirstFound,
     /// `with_lines`.
     Lines,
     /// `with_file`.
@@ -270,6 +272,10 @@ pub struct Task {
     pub delay: Option<Value>,
     /// `delegate_to` (only the local host is supported).
     pub delegate_to: Option<Value>,
+    /// `async`: run the module in the background with this time limit in seconds.
+    pub async_val: Option<Value>,
+    /// `poll`: seconds between checks on a background task (0: fire and forget).
+    pub poll: Option<Value>,
     /// The file the task comes from when it is not the playbook itself (`import_tasks`).
     pub file: Option<std::sync::Arc<PathBuf>>,
     /// Where the task starts.
@@ -342,6 +348,7 @@ pub const NATIVE_MODULES: &[&str] = &[
     "ping",
     "slurp",
     "pause",
+    "async_status",
     "include_vars",
     "import_tasks",
     "include_tasks",
@@ -392,13 +399,14 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
             break;
         }
     }
+    let qualified = short != written;
     let short = match short {
         "systemd_service" => "systemd",
         "import_playbook" => return None,
         other => other,
     };
     // FQCNs must belong to the right collection.
-    if short != written {
+    if qualified {
         let ok = match short {
             "docker_compose_v2" => written.starts_with("community.docker."),
             "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" => {
@@ -832,7 +840,7 @@ fn parse_play(node: &Node, base_dir: &Path, files: FileAccess) -> Result<Play, P
     let post_tasks = section("post_tasks")?;
     // Ansible's order: the roles' handlers, the play's, then those of imported roles.
     let mut handlers = super::roles::role_handlers(&roles);
-    handlers.extend(section("handlers")?);
+    handlers.extend(flatten_imported_handlers(section("handlers")?));
     for list in [&pre_tasks, &tasks, &post_tasks] {
         handlers.extend(super::roles::role_handlers(list));
         public_roles.extend(super::roles::imported_public_roles(list));
@@ -883,6 +891,48 @@ pub fn handler_answers(handler: &Task, name: &str) -> bool {
 }
 
 /// Every literal `notify` target must name a handler (or a `listen` topic) of the play.
+/// Handlers an `import_tasks` brought in are handlers each, as in ansible-core: the
+/// import's block is dissolved when it carries no keywords of its own (an import with
+/// keywords stays one block, which a notify cannot reach by name).
+fn flatten_imported_handlers(handlers: Vec<Task>) -> Vec<Task> {
+    let mut out = Vec::new();
+    for handler in handlers {
+        match handler.body {
+            TaskBody::Block {
+                block,
+                rescue,
+                always,
+            } if rescue.is_empty()
+                && always.is_empty()
+                && handler.name.is_none()
+                && handler.file.is_none()
+                && is_default(&handler.keywords) =>
+            {
+                out.extend(flatten_imported_handlers(block));
+            }
+            body => out.push(Task { body, ..handler }),
+        }
+    }
+    out
+}
+
+/// Whether a task carries no inheritable keywords.
+fn is_default(keywords: &Inherited) -> bool {
+    keywords.become_.is_none()
+        && keywords.become_user.is_none()
+        && keywords.become_method.is_none()
+        && keywords.check_mode.is_none()
+        && keywords.diff.is_none()
+        && keywords.ignore_errors.is_none()
+        && keywords.no_log.is_none()
+        && keywords.environment.is_none()
+        && keywords.tags.is_empty()
+        && keywords.when.is_empty()
+        && keywords.vars.is_empty()
+        && keywords.any_errors_fatal.is_none()
+        && keywords.role.is_none()
+}
+
 fn check_notify(lists: &[&Vec<Task>], handlers: &[Task]) -> Result<(), PlaybookError> {
     let known = |name: &str| handlers.iter().any(|h| handler_answers(h, name));
     fn walk(
@@ -1039,6 +1089,7 @@ fn loop_kind(key: &str) -> Option<LoopKind> {
         "with_lines" => LoopKind::Lines,
         "with_file" => LoopKind::File,
         "with_subelements" => LoopKind::Subelements,
+        "with_first_found" => LoopKind::FirstFound,
         _ => return None,
     })
 }
@@ -1182,6 +1233,8 @@ pub fn parse_task(node: &Node, dirs: &Dirs, handler: bool) -> Result<Task, Playb
         retries: node.get("retries").map(Node::to_value),
         delay: node.get("delay").map(Node::to_value),
         delegate_to: node.get("delegate_to").map(Node::to_value),
+        async_val: node.get("async").map(Node::to_value),
+        poll: node.get("poll").map(Node::to_value),
         file: None,
         pos: node.pos,
     })
@@ -1203,12 +1256,26 @@ fn import_tasks(
         .or_else(|| args.get_attr("file").ok().filter(|v| !v.is_undefined()))
         .and_then(|v| v.as_str().map(String::from))
         .ok_or_else(|| invalid("import_tasks needs a file name", node.pos))?;
-    if super::template::is_template(&file) {
-        return Err(invalid(
-            "import_tasks with a templated file name is not supported",
-            node.pos,
-        ));
-    }
+    // A name templated with what is known before the play runs (`playbook_dir`) is
+    // resolved now, as ansible-core resolves it when it loads the play.
+    let file = if super::template::is_template(&file) {
+        let templar = super::template::Templar::new(dirs.playbook_dir.to_path_buf());
+        let ctx = Value::from_pairs([(
+            "playbook_dir",
+            Value::from(dirs.playbook_dir.display().to_string()),
+        )]);
+        templar
+            .template_str(&file, &ctx)
+            .map(|v| super::modules::value_to_string(&v))
+            .map_err(|_| {
+                invalid(
+                    "import_tasks with a templated file name is not supported (only playbook_dir is known before the play runs)",
+                    node.pos,
+                )
+            })?
+    } else {
+        file
+    };
     if let Some(flag) = dirs.deferred {
         flag.set(true);
         let mut task = wrapper_task(empty_block(), keywords, node.pos);
@@ -1303,6 +1370,8 @@ pub fn wrapper_task(body: TaskBody, keywords: Inherited, pos: Pos) -> Task {
         retries: None,
         delay: None,
         delegate_to: None,
+        async_val: None,
+        poll: None,
         file: None,
         pos,
     }
@@ -1738,6 +1807,41 @@ mod tests {
 
     fn parse_in(dir: &tempfile::TempDir, source: &str) -> Result<Playbook, PlaybookError> {
         parse_playbook(source, dir.path())
+    }
+
+    /// What the public corpus needed at parse time: a role named by a relative path
+    /// (`../../` from a role's own tests/), import_tasks with `{{ playbook_dir }}` in the
+    /// file name, handlers imported from a file answering notify, and
+    /// `systemd_service` without a collection prefix.
+    #[test]
+    fn corpus_parse_forms() {
+        let dir = tree(&[
+            (
+                "tasks/main.yml",
+                "- name: role task\n  systemd_service: name=x\n",
+            ),
+            ("tests/pre.yml", "- name: pre\n  debug: msg=pre\n"),
+            ("tests/handlers.yml", "- name: restart x\n  debug: msg=x\n"),
+        ]);
+        let tests = dir.path().join("tests");
+        let source = "- hosts: all\n  pre_tasks:\n    - import_tasks: \"{{ playbook_dir }}/pre.yml\"\n  roles:\n    - ../../\n  tasks:\n    - command: 'true'\n      notify: restart x\n  handlers:\n    - import_tasks: handlers.yml\n";
+        let playbook = parse_playbook(source, &tests).expect("the corpus forms parse");
+        let play = &playbook.plays[0];
+        assert_eq!(play.handlers.len(), 1, "the imported handler is a handler");
+        assert_eq!(play.handlers[0].name.as_deref(), Some("restart x"));
+        let TaskBody::Block { block, .. } = &play.pre_tasks[0].body else {
+            panic!("import_tasks is a block");
+        };
+        assert_eq!(block[0].name.as_deref(), Some("pre"));
+        let TaskBody::Role { role, tasks, .. } = &play.roles[0].body else {
+            panic!("the role entry is a role");
+        };
+        assert_eq!(role.path, dir.path().to_path_buf());
+        assert!(
+            matches!(&tasks[0].body, TaskBody::Action { module, .. } if module == "systemd"),
+            "{:?}",
+            tasks[0].body
+        );
     }
 
     /// A missing role is Ansible's "not found" error, naming the role, the searched

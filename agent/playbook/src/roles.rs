@@ -225,12 +225,6 @@ pub fn request_from_task(
     if let Ok(keys) = args.try_iter() {
         for key in keys {
             let key = super::modules::value_to_string(&key);
-            if key == "apply" {
-                return Err(invalid(
-                    format!("{written}: 'apply' is not supported by the native runtime"),
-                    pos,
-                ));
-            }
             if !ROLE_TASK_OPTIONS.contains(&key.as_str()) {
                 bad.push(key);
             }
@@ -306,6 +300,23 @@ pub fn role_search_path(playbook_dir: &Path, parent_roles_dir: Option<&Path>) ->
 }
 
 /// Finds a role's directory, or Ansible's "the role 'x' was not found in ..." error.
+/// Removes `.` and resolves `..` without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 fn find_role(
     request: &RoleRequest,
     playbook_dir: &Path,
@@ -322,7 +333,9 @@ fn find_role(
     }
     let searched = role_search_path(playbook_dir, parent_roles_dir);
     for dir in &searched {
-        let candidate = dir.join(&request.name);
+        // Lexically, as ansible-core's unfrackpath: `roles/../../` names the playbook
+        // directory's parent even when `roles/` does not exist.
+        let candidate = normalize(&dir.join(&request.name));
         if candidate.is_dir() {
             return Ok((request.name.clone(), candidate));
         }

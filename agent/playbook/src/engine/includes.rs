@@ -60,7 +60,7 @@ impl Runner<'_> {
             .unwrap_or_else(|| "item".into());
         let items: Vec<Option<Value>> = match &task.loop_source {
             None => vec![None],
-            Some((kind, source)) => match self.loop_items(scope, kind, source, &ctx0) {
+            Some((kind, source)) => match self.loop_items(scope, kind, source, &ctx0, module) {
                 Ok(items) => items.into_iter().map(Some).collect(),
                 Err(message) => {
                     self.finish_failed_outright(task, host, &message);
@@ -68,7 +68,27 @@ impl Runner<'_> {
                 }
             },
         };
+        // `apply`: keywords for every included task, taken before the arguments are
+        // templated (each included task templates them itself, as ansible-core does).
+        let (args, apply) = match split_apply(args, module) {
+            Ok(split) => split,
+            Err(message) => {
+                self.finish_failed_outright(task, host, &message);
+                return;
+            }
+        };
+        let args = &args;
+        // The include's own tags select the include, not the included tasks.
+        let parent_tags = std::mem::take(&mut self.include_parent_tags);
+        // A loop over nothing skips the include, as ansible-core prints and counts it.
+        if task.loop_source.is_some() && items.is_empty() {
+            self.emit(&format!("skipping: [{host}]"));
+            self.stats.skipped += 1;
+            return;
+        }
         let mut pending = Vec::new();
+        let mut skipped = 0;
+        let item_count = items.len();
         for item in items {
             let loop_vars: Vec<(String, Value)> =
                 item.iter().map(|i| (loop_var.clone(), i.clone())).collect();
@@ -95,6 +115,7 @@ impl Runner<'_> {
                     }
                     None => self.emit(&format!("skipping: [{host}]")),
                 }
+                skipped += 1;
                 continue;
             }
             let templated = match template_args(&self.templar, args, &ctx, &[]) {
@@ -127,10 +148,28 @@ impl Runner<'_> {
             self.stats.ok += 1;
             pending.push((tasks, loop_vars));
         }
+        // A skipped include is a skipped task in the recap (a loop's once, when every
+        // item was skipped), as ansible-core counts it.
+        if skipped > 0 && skipped == item_count {
+            self.stats.skipped += 1;
+        }
         for (tasks, loop_vars) in pending {
             let mut inner = scope.clone();
             inner.when.clear();
+            inner.tags = parent_tags.clone();
             inner.vars.extend(loop_vars);
+            let tasks = match &apply {
+                Some(keywords) => vec![crate::model::wrapper_task(
+                    TaskBody::Block {
+                        block: tasks,
+                        rescue: Vec::new(),
+                        always: Vec::new(),
+                    },
+                    keywords.clone(),
+                    task.pos,
+                )],
+                None => tasks,
+            };
             self.run_list(&tasks, &inner);
             if self.host_failed || self.end_play {
                 return;
@@ -205,4 +244,37 @@ impl Runner<'_> {
             self.notified.push(false);
         }
     }
+}
+
+/// Takes `apply` out of an include's arguments: the arguments without it, and its
+/// keywords (a mapping of task keywords, as for a block).
+fn split_apply(args: &Value, module: &str) -> Result<(Value, Option<Inherited>), String> {
+    let apply = args
+        .get_attr("apply")
+        .ok()
+        .filter(|v| !v.is_undefined() && !v.is_none());
+    let Some(apply) = apply else {
+        return Ok((args.clone(), None));
+    };
+    if apply.kind() != minijinja::value::ValueKind::Map {
+        return Err(format!(
+            "Expected a dict for apply but got {}",
+            crate::template::python_repr(&apply)
+        ));
+    }
+    let json = serde_json::to_string(&apply).map_err(|e| format!("{module}: apply: {e}"))?;
+    let node = crate::yaml::parse_one(&json).map_err(|e| format!("{module}: apply: {e}"))?;
+    let keywords = crate::model::parse_inherited(&node).map_err(|e| e.to_string())?;
+    let rest: Vec<(Value, Value)> = args
+        .try_iter()
+        .map(|keys| {
+            keys.filter(|k| k.as_str() != Some("apply"))
+                .map(|k| {
+                    let v = args.get_item(&k).unwrap_or_default();
+                    (k, v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((Value::from_pairs(rest), Some(keywords)))
 }

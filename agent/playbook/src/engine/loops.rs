@@ -12,6 +12,7 @@ impl Runner<'_> {
         kind: &LoopKind,
         source: &Value,
         ctx: &Value,
+        action: &str,
     ) -> Result<Vec<Value>, String> {
         let value = self
             .templar
@@ -158,6 +159,7 @@ impl Runner<'_> {
                     })
                     .collect()
             }
+            LoopKind::FirstFound => self.first_found(scope, &value, action),
             LoopKind::Subelements => {
                 let parts = as_list(&value)?;
                 let (Some(list), Some(key)) = (parts.first(), parts.get(1)) else {
@@ -182,6 +184,100 @@ impl Runner<'_> {
                 Ok(out)
             }
         }
+    }
+}
+
+impl Runner<'_> {
+    /// `with_first_found`: the first of the named files that exists, as a one-item list.
+    /// Terms are file names or `{files, paths, skip}` dicts; a relative name is looked
+    /// for in the role's and the play's directories, in the subdirectory ansible-core
+    /// picks from the action's name (`templates`, `vars`, else `files`), then in the
+    /// directories themselves.
+    fn first_found(
+        &self,
+        scope: &Inherited,
+        value: &Value,
+        action: &str,
+    ) -> Result<Vec<Value>, String> {
+        let subdir = ["template", "var", "file"]
+            .into_iter()
+            .find(|s| action.contains(s))
+            .unwrap_or("file");
+        let subdir = format!("{subdir}s");
+        let terms: Vec<Value> = if value.kind() == ValueKind::Seq {
+            value.try_iter().map_err(|e| e.to_string())?.collect()
+        } else {
+            vec![value.clone()]
+        };
+        let split = |v: &Value, separators: &[char]| -> Vec<String> {
+            let items: Vec<Value> = if v.kind() == ValueKind::Seq {
+                v.try_iter().map(|i| i.collect()).unwrap_or_default()
+            } else {
+                vec![v.clone()]
+            };
+            items
+                .iter()
+                .flat_map(|i| {
+                    modules::value_to_string(i)
+                        .split(separators)
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut candidates = Vec::new();
+        let mut skip = false;
+        for term in terms {
+            if term.kind() == ValueKind::Map {
+                let get = |k: &str| {
+                    term.get_attr(k)
+                        .ok()
+                        .filter(|v| !v.is_undefined() && !v.is_none())
+                };
+                let files = get("files")
+                    .map(|v| split(&v, &[',', ';']))
+                    .unwrap_or_default();
+                let paths = get("paths")
+                    .map(|v| split(&v, &[',', ':', ';']))
+                    .unwrap_or_default();
+                skip |= get("skip")
+                    .and_then(|v| modules::parse_bool(&v))
+                    .unwrap_or(false);
+                if paths.is_empty() {
+                    candidates.extend(files);
+                } else {
+                    for path in &paths {
+                        for file in &files {
+                            candidates.push(Path::new(path).join(file).display().to_string());
+                        }
+                    }
+                }
+            } else {
+                candidates.push(modules::value_to_string(&term));
+            }
+        }
+        let dirs = self.role_dirs(scope);
+        for candidate in &candidates {
+            let path = Path::new(candidate);
+            if path.is_absolute() {
+                if path.exists() {
+                    return Ok(vec![Value::from(candidate.clone())]);
+                }
+                continue;
+            }
+            for dir in &dirs {
+                for found in [dir.join(&subdir).join(path), dir.join(path)] {
+                    if found.exists() {
+                        return Ok(vec![Value::from(found.display().to_string())]);
+                    }
+                }
+            }
+        }
+        if skip {
+            return Ok(Vec::new());
+        }
+        Err("No file was found when using first_found.".into())
     }
 }
 

@@ -14,6 +14,7 @@
 //! does (`modules`).
 
 mod actions;
+mod asyncs;
 mod includes;
 mod loops;
 mod output;
@@ -27,6 +28,7 @@ use crate::modules::{self, files, ModuleContext, Outcome};
 use crate::roles::RoleScope;
 use crate::template::{python_repr, Templar, TemplateError, OMIT};
 use actions::{action_pause, template_args};
+pub use asyncs::serve_async;
 use minijinja::value::ValueKind;
 use minijinja::Value;
 use output::displayable;
@@ -242,6 +244,10 @@ struct Runner<'a> {
     other_hostvars: Arc<Vec<(String, Value)>>,
     /// Whether a play matched the host (only then does the recap list it).
     processed: bool,
+    /// The running task's `async`/`poll` and job directory while its module runs.
+    current_async: Option<(asyncs::AsyncSpec, PathBuf)>,
+    /// The tags an include inherits from its blocks and play (its own select only it).
+    include_parent_tags: Vec<String>,
 }
 
 /// What happened to one task (after loops were aggregated).
@@ -298,6 +304,8 @@ impl<'a> Runner<'a> {
             groups,
             other_hostvars,
             processed: false,
+            current_async: None,
+            include_parent_tags: Vec::new(),
         }
     }
 
@@ -690,6 +698,9 @@ impl<'a> Runner<'a> {
                     return;
                 }
                 // ansible-core's own module runs under the name the playbook wrote.
+                if module == "include_tasks" || module == "include_role" {
+                    self.include_parent_tags = scope.tags.clone();
+                }
                 let module = if module == crate::model::ANSIBLE_FALLBACK {
                     format!("{}:{written}", crate::model::ANSIBLE_FALLBACK)
                 } else {
@@ -799,7 +810,7 @@ impl<'a> Runner<'a> {
             .unwrap_or_else(|| "item".into());
 
         let outcome = if let Some((kind, source)) = &task.loop_source {
-            let items = match self.loop_items(scope, kind, source, &ctx0) {
+            let items = match self.loop_items(scope, kind, source, &ctx0, module) {
                 Ok(items) => items,
                 Err(message) => {
                     self.finish_failed_outright(task, &host, &message);
@@ -1045,10 +1056,14 @@ impl<'a> Runner<'a> {
             .unwrap_or(5)
             .max(0) as u64;
         let attempts_allowed = retries.map(|r| r + 1).unwrap_or(1);
+        let async_spec = match self.async_spec(task, &ctx) {
+            Ok(spec) => spec,
+            Err(message) => return Outcome::failed(message),
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut outcome = self.execute(scope, module, args, &ctx);
+            let mut outcome = self.execute(scope, module, args, &ctx, async_spec);
             let mut register_vars = loop_vars.to_vec();
             if let Some(name) = &task.register {
                 register_vars.push((name.clone(), outcome.to_value()));
@@ -1153,8 +1168,43 @@ impl<'a> Runner<'a> {
         outcome
     }
 
-    /// Templates arguments and runs the action or module.
-    fn execute(&mut self, scope: &Inherited, module: &str, args: &Value, ctx: &Value) -> Outcome {
+    /// Templates arguments and runs the action or module (in the background with
+    /// `async`).
+    fn execute(
+        &mut self,
+        scope: &Inherited,
+        module: &str,
+        args: &Value,
+        ctx: &Value,
+        async_spec: Option<asyncs::AsyncSpec>,
+    ) -> Outcome {
+        if async_spec.is_some() {
+            if let Some(refusal) = Self::refuse_async(module) {
+                return refusal;
+            }
+        }
+        let outcome = self.execute_now(scope, module, args, ctx, async_spec);
+        match self.current_async.take() {
+            Some((spec, dir))
+                if spec.poll > 0
+                    && !outcome.is_failed()
+                    && !outcome.skipped()
+                    && outcome.get("ansible_job_id").is_some() =>
+            {
+                self.poll_async(spec, &dir, &outcome)
+            }
+            _ => outcome,
+        }
+    }
+
+    fn execute_now(
+        &mut self,
+        scope: &Inherited,
+        module: &str,
+        args: &Value,
+        ctx: &Value,
+        async_spec: Option<asyncs::AsyncSpec>,
+    ) -> Outcome {
         let check = match self.eval_bool(&scope.check_mode, ctx, self.options.check) {
             Ok(b) => b,
             Err(e) => return Outcome::failed(e.to_string()),
@@ -1185,6 +1235,9 @@ impl<'a> Runner<'a> {
         };
         if matches!(module, "package" | "service") && self.facts.is_none() {
             self.gather_facts();
+        }
+        if let Some(spec) = async_spec {
+            self.current_async = Some((spec, self.async_dir(ctx, become_.as_ref())));
         }
         let mctx = ModuleContext {
             check,
@@ -1221,6 +1274,7 @@ impl<'a> Runner<'a> {
                 self.run_module(module, &args, &mctx, become_.as_ref())
             }
             "pause" => action_pause(&templated, check),
+            "async_status" => self.action_async_status(&templated, ctx, become_.as_ref()),
             "template" => self.action_template(scope, &templated, ctx, &mctx, become_.as_ref()),
             "copy" | "unarchive" => {
                 let mut args = templated;
@@ -1307,6 +1361,9 @@ impl<'a> Runner<'a> {
         mctx: &ModuleContext,
         become_: Option<&Become>,
     ) -> Outcome {
+        if let Some((spec, dir)) = &self.current_async {
+            return self.launch_async(*spec, dir, module, args, mctx, become_);
+        }
         match become_ {
             None => modules::run_module(module, args, mctx),
             Some(target) => crate::become_::run_module_as(

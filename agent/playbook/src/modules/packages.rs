@@ -47,15 +47,23 @@ fn candidate_version(name: &str) -> Option<String> {
         .filter(|v| v != "(none)")
 }
 
-/// Whether apt knows a package (or a virtual package) of this name at all.
+/// Whether apt can install a package of this name: it has a candidate version, or
+/// another package provides it (python-apt's cache lookup, which ansible-core's apt
+/// module uses, refuses a name that is only mentioned by other packages).
 fn known_to_apt(name: &str) -> bool {
+    if candidate_version(name).is_some() {
+        return true;
+    }
     let r = run(
         "apt-cache",
-        &["policy", name],
+        &["showpkg", name],
         &[("LANG".into(), "C".into())],
         None,
     );
-    !r.stdout.trim().is_empty()
+    r.stdout
+        .split("Reverse Provides:")
+        .nth(1)
+        .is_some_and(|providers| !providers.trim().is_empty())
 }
 
 /// The first package to install that is neither installed nor known to apt; names with
@@ -263,9 +271,9 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     return Ok(no_package_matching(unknown));
                 }
                 let missing: Vec<&String> = names.iter().filter(|n| !is_satisfied(n)).collect();
-                if !missing.is_empty() && ctx.check {
-                    changed = true;
-                } else if !missing.is_empty() {
+                // In check mode too apt-get runs (with --simulate), as ansible-core's
+                // module does: a package whose dependencies cannot be met fails there.
+                if !missing.is_empty() {
                     let mut argv: Vec<&str> = vec!["install"];
                     argv.extend(common.iter().map(String::as_str));
                     argv.extend(missing.iter().map(|s| s.as_str()));
