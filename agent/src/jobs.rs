@@ -67,6 +67,39 @@ pub struct Job {
     secrets: Vec<String>,
     /// Output bytes the control plane stores; past it nothing more is spooled.
     max_output: Option<u64>,
+    /// A playbook's plays and those that matched no host, counted in its output for
+    /// the job's summary; `None` for other kinds.
+    plays: Mutex<Option<PlayCount>>,
+}
+
+/// Plays seen in a playbook job's output (`PLAY [...]` banners) and those its host
+/// was not among (`skipping: no hosts matched`).
+#[derive(Debug, Default, Clone, Copy)]
+struct PlayCount {
+    plays: u64,
+    unmatched: u64,
+}
+
+impl PlayCount {
+    /// Counts the banners and skips in whole lines of output.
+    fn add(&mut self, output: &[u8]) {
+        for line in output.split(|b| *b == b'\n') {
+            if line.starts_with(b"PLAY [") {
+                self.plays += 1;
+            } else if line == b"skipping: no hosts matched" {
+                self.unmatched += 1;
+            }
+        }
+    }
+
+    /// What the summary adds: nothing when every play matched.
+    fn note(&self) -> Option<String> {
+        match self.unmatched {
+            0 => None,
+            n if n >= self.plays => Some("no play matched this host".into()),
+            n => Some(format!("{n} of {} plays matched no host", self.plays)),
+        }
+    }
 }
 
 /// Replaces every secret value in `text` by `********`.
@@ -262,6 +295,9 @@ impl Jobs {
             cancel: watch::channel(false).0,
             secrets: spec.secrets.clone(),
             max_output: spec.max_output_bytes,
+            plays: Mutex::new(
+                matches!(spec.kind, JobKind::Playbook { .. }).then(PlayCount::default),
+            ),
         }))
     }
 
@@ -447,6 +483,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             check,
             ansible_fallback,
             inventory_hostname,
+            inventory,
         } => {
             let file = dir.join("playbook.yml");
             crate::private_fs::write(&file, yaml)?;
@@ -462,12 +499,21 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             }
             // The server's name for `inventory_hostname` and the `[host]` labels; one
             // argument with `=`, so a name can never read as another flag.
-            if let Some(host) = inventory_hostname
+            let host = inventory_hostname
                 .as_deref()
                 .map(str::trim)
-                .filter(|h| !h.is_empty() && !h.contains(['\n', '\0']))
-            {
-                argv.push(format!("--inventory-hostname={host}"));
+                .filter(|h| !h.is_empty() && !h.contains(['\n', '\0']));
+            // With the project's inventory the play runs as that host of it (`-i`,
+            // `--limit`); the file is private like the variables.
+            match (host, inventory) {
+                (Some(host), Some(inventory)) => {
+                    let file = dir.join("inventory.json");
+                    crate::private_fs::write(&file, serde_json::to_vec(&inventory.0.to_ansible())?)?;
+                    argv.push(format!("--inventory={}", file.display()));
+                    argv.push(format!("--limit={host}"));
+                }
+                (Some(host), None) => argv.push(format!("--inventory-hostname={host}")),
+                (None, _) => {}
             }
             // The variables go in a private file, not on the command line where any
             // local user could read them (they may hold secrets).
@@ -588,6 +634,11 @@ impl Tail {
                 None => break,
             };
             spool.append(self.stream, offset, offset + cut as u64)?;
+            if self.stream == OutputStream::Stdout {
+                if let Some(count) = lock(&job.plays).as_mut() {
+                    count.add(&window[..cut]);
+                }
+            }
             offset += cut as u64;
             any = true;
         }
@@ -746,6 +797,15 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
                 chunks: 0,
             }
         }
+    };
+    // A play that skipped this host says so in the summary, not only in the log.
+    let note = lock(&job.plays).and_then(|count| count.note());
+    let end = match note {
+        Some(note) => JobEnd {
+            summary: format!("{}; {note}", end.summary),
+            ..end
+        },
+        None => end,
     };
     job.finish(end);
 }

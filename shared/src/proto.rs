@@ -388,6 +388,12 @@ pub enum JobKind {
         /// the same job as before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         inventory_hostname: Option<String>,
+        /// The project's inventory (its servers, groups and variables; see
+        /// [`crate::inventory`]): the agent runs the playbook with it as `-i` and
+        /// `--limit` set to `inventory_hostname`. Left out when absent, so older
+        /// agents read the same job as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory: Option<crate::inventory::SharedInventory>,
     },
     /// A database backup of a Docker Compose service: the agent runs `command` in the
     /// service's container through the Docker API and keeps the dump (the file at
@@ -907,6 +913,7 @@ mod tests {
             check: false,
             ansible_fallback: false,
             inventory_hostname: Some("web-1".into()),
+            inventory: None,
         };
         let text = serde_json::to_string(&named).unwrap();
         assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");

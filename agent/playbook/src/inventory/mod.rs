@@ -173,6 +173,18 @@ impl Inventory {
         Ok(inventory)
     }
 
+    /// Reads a YAML (or JSON) inventory given as text, touching no file: how the
+    /// control plane checks a play's `hosts:` against the inventory a run will get.
+    /// `name` stands for the source in messages.
+    pub fn from_yaml_text(text: &str, name: &str) -> Result<Inventory, InventoryError> {
+        let mut inventory = Inventory::new();
+        yml::parse_into(&mut inventory, text, name)?;
+        inventory
+            .reconcile()
+            .map_err(|message| invalid(name, message))?;
+        Ok(inventory)
+    }
+
     /// The hosts' names in the order they were first seen.
     pub fn host_names(&self) -> impl Iterator<Item = &str> {
         self.hosts.iter().map(|h| h.name.as_str())
