@@ -157,6 +157,11 @@ pub enum Work {
         /// created (older records: none, the agent says `localhost`).
         #[serde(default)]
         inventory_hostname: Option<String>,
+        /// The project's inventory when the execution was created: a snapshot shared
+        /// by every execution of a run (`inventory::snapshot`), added to the job when
+        /// it is sent. None for older records and agents without a server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory_id: Option<String>,
     },
     // Backups, verifies, restores and updates: built by `backups` / `updates`.
     ComposeBackup {
@@ -293,12 +298,16 @@ fn job_kind(work: &Work) -> JobKind {
             check,
             ansible_fallback,
             inventory_hostname,
+            ..
         } => JobKind::Playbook {
             yaml: playbook,
             vars,
             check,
             ansible_fallback,
             inventory_hostname,
+            // The snapshot named by `inventory_id` joins the job when it is sent
+            // (`inventory::attach_to_specs`).
+            inventory: None,
         },
         Work::ComposeBackup {
             backup_id,
@@ -402,6 +411,11 @@ pub struct NewExecution {
     /// The rollout this belongs to (set by `rollouts`); never read from JSON.
     #[serde(skip)]
     pub rollout_id: Option<String>,
+    /// The inventory snapshot already made for a run (project id, snapshot id), so
+    /// a fan-out or a rollout builds its project's inventory once; never read from
+    /// JSON.
+    #[serde(skip)]
+    pub inventory: Option<(String, String)>,
 }
 
 fn env_name_ok(name: &str) -> bool {
@@ -562,6 +576,7 @@ pub fn create(
                 check: input.check.unwrap_or(false),
                 ansible_fallback: input.ansible_fallback.unwrap_or(false),
                 inventory_hostname: Some(host_name(w, &agent)?),
+                inventory_id: inventory_for(w, &agent, input)?,
             }
         }
         _ if input.work.is_some() => input
@@ -639,6 +654,24 @@ pub fn create(
         hook.created(w, &execution, input)?;
     }
     Ok(execution)
+}
+
+/// The inventory snapshot a playbook run on `agent` gets: the one the run made for
+/// the agent's project, else a new one; none for an agent without a server (its play
+/// sees only its own host, as before inventories).
+fn inventory_for(w: &mut Writer, agent: &Agent, input: &NewExecution) -> AppResult<Option<String>> {
+    if agent.server_id.is_none() {
+        return Ok(None);
+    }
+    if let Some((project, id)) = &input.inventory {
+        if project == &agent.project_id {
+            return Ok(Some(id.clone()));
+        }
+    }
+    let Some(project) = w.get::<crate::projects::Project>(&agent.project_id)? else {
+        return Ok(None);
+    };
+    Ok(Some(crate::inventory::snapshot(w, &project)?.0))
 }
 
 /// The name a playbook run on `agent` calls its host (`inventory_hostname`, and the

@@ -30,6 +30,8 @@ pub struct PruneReport {
     pub log_chunks: usize,
     pub audit_entries: usize,
     pub notifications: usize,
+    /// Run inventories no longer used (`inventory::prune_snapshots`).
+    pub inventory_snapshots: usize,
 }
 
 /// One retention pass as of `now` (injected, so tests need no clock).
@@ -49,6 +51,9 @@ pub fn prune_once(
     }
     let keep = chrono::Duration::days(NOTIFICATION_RETENTION_DAYS);
     report.notifications = notifications::prune(store, now - keep, PRUNE_MAX_PER_PASS)?;
+    // Snapshots are large: a few hundred per transaction.
+    report.inventory_snapshots =
+        store.write(|w| crate::inventory::prune_snapshots(w, now, 500))?;
     Ok(report)
 }
 

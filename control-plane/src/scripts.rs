@@ -1121,7 +1121,7 @@ pub fn job_specs_with_secrets(
 ) -> anyhow::Result<Vec<JobSpec>> {
     let ids: Vec<String> = executions.iter().map(|e| e.id.clone()).collect();
     let secrets = r.get_many::<ExecutionSecrets>(&ids)?;
-    executions
+    let mut specs = executions
         .iter()
         .zip(secrets)
         .map(|(execution, secrets)| {
@@ -1129,7 +1129,10 @@ pub fn job_specs_with_secrets(
             crate::backups::add_offsite_target(r, execution, &mut spec)?;
             Ok(with_secrets(spec, secrets))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<JobSpec>>>()?;
+    // A playbook's inventory: each snapshot read once for the batch.
+    crate::inventory::attach_to_specs(r, executions, &mut specs)?;
+    Ok(specs)
 }
 
 /// A job with an execution's secret values added (the agent masks them in output).
