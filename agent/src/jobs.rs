@@ -505,14 +505,19 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
                 .filter(|h| !h.is_empty() && !h.contains(['\n', '\0']));
             // With the project's inventory the play runs as that host of it (`-i`,
             // `--limit`); the file is private like the variables.
+            // A host missing from it (a server deleted at Hetzner whose agent still
+            // runs) plays alone, as before inventories.
             match (host, inventory) {
-                (Some(host), Some(inventory)) => {
+                (Some(host), Some(inventory)) if inventory.0.hosts.iter().any(|h| h == host) => {
                     let file = dir.join("inventory.json");
-                    crate::private_fs::write(&file, serde_json::to_vec(&inventory.0.to_ansible())?)?;
+                    crate::private_fs::write(
+                        &file,
+                        serde_json::to_vec(&inventory.0.to_ansible())?,
+                    )?;
                     argv.push(format!("--inventory={}", file.display()));
                     argv.push(format!("--limit={host}"));
                 }
-                (Some(host), None) => argv.push(format!("--inventory-hostname={host}")),
+                (Some(host), _) => argv.push(format!("--inventory-hostname={host}")),
                 (None, _) => {}
             }
             // The variables go in a private file, not on the command line where any
@@ -817,6 +822,25 @@ mod tests {
 
     /// The host id of the machine the tests play.
     const HOST: &str = "host-a";
+
+    /// A playbook's summary names the plays that did not select its host, and says
+    /// nothing when every play did.
+    #[test]
+    fn play_count_notes_unmatched_plays() {
+        let mut count = PlayCount::default();
+        count.add(b"PLAY [web] ****\nskipping: no hosts matched\n\nPLAY [all] ***\nok: [x]\n");
+        count.add(b"PLAY RECAP ****\nx : ok=1\n");
+        assert_eq!(
+            count.note().as_deref(),
+            Some("1 of 2 plays matched no host")
+        );
+        let mut none = PlayCount::default();
+        none.add(b"PLAY [web] ***\nskipping: no hosts matched\n");
+        assert_eq!(none.note().as_deref(), Some("no play matched this host"));
+        let mut all = PlayCount::default();
+        all.add(b"PLAY [all] ***\nok: [x]\n");
+        assert_eq!(all.note(), None);
+    }
 
     /// A timeout too large for the clock is a far deadline, never an overflow panic.
     #[test]

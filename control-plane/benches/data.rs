@@ -609,6 +609,7 @@ fn seeded_execution(
             check: false,
             ansible_fallback: false,
             inventory_hostname: None,
+            inventory_id: None,
         };
         (work, name, None)
     } else if roll < 44 {

@@ -198,7 +198,11 @@ pub struct Host {
 
 /// The inventory of a project (pure): its group, each host's label and operator
 /// groups, host and group variables. Hosts keep the order given.
-pub fn assemble(project_group: &str, hosts: &[Host], group_vars: &[(String, Vars)]) -> JobInventory {
+pub fn assemble(
+    project_group: &str,
+    hosts: &[Host],
+    group_vars: &[(String, Vars)],
+) -> JobInventory {
     let mut inventory = JobInventory::default();
     let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for (index, host) in hosts.iter().enumerate() {
@@ -216,7 +220,9 @@ pub fn assemble(project_group: &str, hosts: &[Host], group_vars: &[(String, Vars
             groups.entry(name).or_default().push(index);
         }
         if !host.vars.is_empty() {
-            inventory.host_vars.insert(host.name.clone(), host.vars.clone());
+            inventory
+                .host_vars
+                .insert(host.name.clone(), host.vars.clone());
         }
     }
     for (group, vars) in group_vars {
@@ -295,7 +301,11 @@ pub fn of_server(r: &impl Read, server: &Server) -> anyhow::Result<ServerInvento
 pub fn effective_groups(project: &Project, server: &Server, own: &[String]) -> Vec<String> {
     let mut names: BTreeSet<String> = own.iter().cloned().collect();
     names.insert(project_group(&project.name));
-    if let Some(role) = server.labels.get(ROLE_LABEL).and_then(|r| group_name_from(r)) {
+    if let Some(role) = server
+        .labels
+        .get(ROLE_LABEL)
+        .and_then(|r| group_name_from(r))
+    {
         if role != "all" && role != "ungrouped" {
             names.insert(role);
         }
@@ -680,8 +690,8 @@ pub fn unmatched_targets(
     let mut unmatched = Vec::new();
     for (inventory, host) in targets {
         let key = *inventory as *const JobInventory;
-        if !by_inventory.contains_key(&key) {
-            by_inventory.insert(key, selected_hosts(inventory, &plays)?);
+        if let std::collections::hash_map::Entry::Vacant(entry) = by_inventory.entry(key) {
+            entry.insert(selected_hosts(inventory, &plays)?);
         }
         match by_inventory.get(&key).and_then(|s| s.as_ref()) {
             Some(selected) if !selected.contains(*host) => unmatched.push(host.to_string()),
@@ -741,7 +751,10 @@ mod tests {
             "shop",
             &hosts,
             &[
-                ("web".into(), json!({"port": 80}).as_object().unwrap().clone()),
+                (
+                    "web".into(),
+                    json!({"port": 80}).as_object().unwrap().clone(),
+                ),
                 ("empty".into(), Vars::new()),
             ],
         );
@@ -781,8 +794,14 @@ mod tests {
             .collect();
         let check = |playbook: &str| unmatched_targets(playbook, &targets).unwrap();
         assert_eq!(check("- hosts: web\n  tasks: []\n"), ["db-1"]);
-        assert_eq!(check("- hosts: web:!canary\n  tasks: []\n"), ["web-2", "db-1"]);
-        assert_eq!(check("- hosts: shop:&db\n  tasks: []\n"), ["web-1", "web-2"]);
+        assert_eq!(
+            check("- hosts: web:!canary\n  tasks: []\n"),
+            ["web-2", "db-1"]
+        );
+        assert_eq!(
+            check("- hosts: shop:&db\n  tasks: []\n"),
+            ["web-1", "web-2"]
+        );
         assert_eq!(check("- hosts: 'web-*'\n  tasks: []\n"), ["db-1"]);
         assert_eq!(
             check("- hosts: web\n  tasks: []\n- hosts: db\n  tasks: []\n"),
@@ -805,7 +824,10 @@ mod tests {
     #[test]
     fn parse_vars_validates() {
         let ok = parse_vars("vars", &json!("port: 80\nname: web\n"), 1024).unwrap();
-        assert_eq!(serde_json::Value::Object(ok), json!({"port": 80, "name": "web"}));
+        assert_eq!(
+            serde_json::Value::Object(ok),
+            json!({"port": 80, "name": "web"})
+        );
         assert!(parse_vars("vars", &json!(""), 1024).unwrap().is_empty());
         for bad in [
             json!("- a\n- b\n"),

@@ -52,8 +52,7 @@ pub fn prune_once(
     let keep = chrono::Duration::days(NOTIFICATION_RETENTION_DAYS);
     report.notifications = notifications::prune(store, now - keep, PRUNE_MAX_PER_PASS)?;
     // Snapshots are large: a few hundred per transaction.
-    report.inventory_snapshots =
-        store.write(|w| crate::inventory::prune_snapshots(w, now, 500))?;
+    report.inventory_snapshots = store.write(|w| crate::inventory::prune_snapshots(w, now, 500))?;
     Ok(report)
 }
 

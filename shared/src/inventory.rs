@@ -59,7 +59,11 @@ impl JobInventory {
         }
         let mut children = Map::new();
         let mut named: Vec<&String> = self.groups.keys().collect();
-        named.extend(self.group_vars.keys().filter(|g| !self.groups.contains_key(*g)));
+        named.extend(
+            self.group_vars
+                .keys()
+                .filter(|g| !self.groups.contains_key(*g)),
+        );
         for group in named {
             if group == "all" {
                 continue;
@@ -125,15 +129,18 @@ mod tests {
         };
         inventory.groups.insert("web".into(), vec![0]);
         inventory.groups.insert("shop".into(), vec![0, 1]);
-        inventory
-            .group_vars
-            .insert("web".into(), json!({"port": 80}).as_object().unwrap().clone());
-        inventory
-            .group_vars
-            .insert("all".into(), json!({"ntp": "pool"}).as_object().unwrap().clone());
-        inventory
-            .host_vars
-            .insert("db-1".into(), json!({"role": "primary"}).as_object().unwrap().clone());
+        inventory.group_vars.insert(
+            "web".into(),
+            json!({"port": 80}).as_object().unwrap().clone(),
+        );
+        inventory.group_vars.insert(
+            "all".into(),
+            json!({"ntp": "pool"}).as_object().unwrap().clone(),
+        );
+        inventory.host_vars.insert(
+            "db-1".into(),
+            json!({"role": "primary"}).as_object().unwrap().clone(),
+        );
         inventory
     }
 

@@ -10,16 +10,24 @@ use std::time::Duration;
 
 use dynserv_hetzner_sim::{NewServer, SimConfig, Simulator};
 use dynserv_tests::{eventually, Agent, Api, ControlPlane, PageClient};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The project "Shop" with web-a, web-b (label `role=web`) and db-a (`role=db`) synced
 /// from the simulator, an agent on each; answers the project's id and the servers' ids
 /// by name.
-async fn shop(sim: &Simulator, cp: &ControlPlane, api: &Api) -> (String, Vec<(String, String)>, Vec<Agent>) {
+async fn shop(
+    sim: &Simulator,
+    cp: &ControlPlane,
+    api: &Api,
+) -> (String, Vec<(String, String)>, Vec<Agent>) {
     sim.add_project("tok-shop");
-    for (name, role) in [("web-a", None), ("web-b", Some("web")), ("db-a", Some("db"))] {
+    for (name, role) in [
+        ("web-a", None),
+        ("web-b", Some("web")),
+        ("db-a", Some("db")),
+    ] {
         sim.add_server(
             "tok-shop",
             NewServer {
@@ -65,7 +73,10 @@ async fn shop(sim: &Simulator, cp: &ControlPlane, api: &Api) -> (String, Vec<(St
     }
     for name in ["web-a", "web-b", "db-a"] {
         let agent = api.connected_agent(name).await;
-        assert!(agent["server_id"].is_string(), "{name} joined its server: {agent}");
+        assert!(
+            agent["server_id"].is_string(),
+            "{name} joined its server: {agent}"
+        );
     }
     (project_id, servers, agents)
 }
@@ -100,7 +111,9 @@ const PLAYBOOK: &str = r#"- name: web tier
 /// play matched it; the project's inventory is readable as Ansible's YAML/JSON.
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
-    let sim = Simulator::start(SimConfig::default()).await.expect("the simulator");
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("the simulator");
     let cp = ControlPlane::builder()
         .demo()
         .env("HETZNER_API_URL", &sim.url())
@@ -131,7 +144,11 @@ async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
         )
         .await;
     assert_eq!(status, 200, "{view}");
-    assert_eq!(view["effective_groups"], json!(["shop", "web"]), "the label's group");
+    assert_eq!(
+        view["effective_groups"],
+        json!(["shop", "web"]),
+        "the label's group"
+    );
     assert_eq!(view["vars"], json!({"http_port": 8081}));
     for (group, vars) in [
         ("web", json!({"http_port": 80, "greeting": "group-web"})),
@@ -157,18 +174,30 @@ async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
         .await;
     assert_eq!(status, 200, "{inventory}");
     let children = &inventory["all"]["children"];
-    let mut web: Vec<&String> = children["web"]["hosts"].as_object().unwrap().keys().collect();
+    let mut web: Vec<&String> = children["web"]["hosts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
     web.sort();
     assert_eq!(web, ["web-a", "web-b"], "{inventory}");
     assert_eq!(children["db"]["hosts"], json!({"db-a": null}));
     assert_eq!(children["shop"]["hosts"].as_object().unwrap().len(), 3);
     assert_eq!(inventory["all"]["vars"]["env_name"], "prod");
-    assert_eq!(inventory["all"]["hosts"]["web-b"], json!({"http_port": 8081}));
+    assert_eq!(
+        inventory["all"]["hosts"]["web-b"],
+        json!({"http_port": 8081})
+    );
     let (status, yaml) = api
-        .get_text(&format!("/api/v1/projects/{project_id}/inventory?format=yaml"))
+        .get_text(&format!(
+            "/api/v1/projects/{project_id}/inventory?format=yaml"
+        ))
         .await;
     assert_eq!(status, 200);
-    assert!(yaml.contains("web-b:") && yaml.contains("env_name: prod"), "{yaml}");
+    assert!(
+        yaml.contains("web-b:") && yaml.contains("env_name: prod"),
+        "{yaml}"
+    );
 
     // One fan-out over the three agents.
     let (status, created) = api
@@ -189,7 +218,9 @@ async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
     let (a, a_log) = &ended["web-a"];
     assert_eq!(a["status"], "succeeded", "{a}\n{a_log}");
     assert!(
-        a_log.contains("RESULT web-a in=shop,web web=web-a,web-b port=80 greeting=host-a env=prod b_port=8081"),
+        a_log.contains(
+            "RESULT web-a in=shop,web web=web-a,web-b port=80 greeting=host-a env=prod b_port=8081"
+        ),
         "{a_log}"
     );
     let (b, b_log) = &ended["web-b"];
@@ -215,7 +246,9 @@ async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
 /// targets is refused with the reason before anything runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
-    let sim = Simulator::start(SimConfig::default()).await.expect("the simulator");
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("the simulator");
     let cp = ControlPlane::builder()
         .demo()
         .env("HETZNER_API_URL", &sim.url())
@@ -240,7 +273,9 @@ async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
         assert_eq!(status, 422, "{body} → {answer}");
         assert_eq!(answer["field"], field, "{body} → {answer}");
     }
-    let (status, answer) = api.put(&path, &json!({"groups": [], "colour": "red"})).await;
+    let (status, answer) = api
+        .put(&path, &json!({"groups": [], "colour": "red"}))
+        .await;
     assert_eq!(status, 400, "{answer}");
     let (status, answer) = api
         .put(
@@ -256,7 +291,10 @@ async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
     // Sales agents never touch servers.
     let (status, _) = cp.api_as("sales").get(&path).await;
     assert_eq!(status, 403);
-    let (status, _) = cp.api_as("sales").put(&path, &json!({"groups": ["web"]})).await;
+    let (status, _) = cp
+        .api_as("sales")
+        .put(&path, &json!({"groups": ["web"]}))
+        .await;
     assert_eq!(status, 403);
 
     // A stored playbook whose only play targets a group no server is in.
@@ -275,9 +313,16 @@ async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
         .await;
     assert_eq!(status, 422, "{refused}");
     let message = refused["error"].as_str().unwrap_or_default();
-    assert!(message.contains("match none of its targets") && message.contains("dbservers"), "{refused}");
+    assert!(
+        message.contains("match none of its targets") && message.contains("dbservers"),
+        "{refused}"
+    );
     let (_, rollouts) = api.get("/api/v1/rollouts").await;
-    assert_eq!(rollouts.as_array().map(Vec::len), Some(0), "nothing started: {rollouts}");
+    assert_eq!(
+        rollouts.as_array().map(Vec::len),
+        Some(0),
+        "nothing started: {rollouts}"
+    );
     // Once db-a is in `dbservers`, the same rollout runs there only.
     let (status, body) = api
         .put(
@@ -318,27 +363,46 @@ async fn server_page_groups_form() {
     let (status, _, html) = page.get(&format!("/servers/{first}")).await;
     assert_eq!(status, 200);
     assert!(html.contains("id=\"inventory-card\""), "{html}");
-    assert!(html.contains("<option value=\"webservers\">"), "the project's groups are suggested");
+    assert!(
+        html.contains("<option value=\"webservers\">"),
+        "the project's groups are suggested"
+    );
     assert!(html.contains("nova_hr"), "the project's group is shown");
     let csrf = dynserv_tests::csrf_of(&html);
     let action = format!("/servers/{first}/inventory");
 
     let (status, _, html) = page
-        .post(&action, &[("csrf", &csrf), ("action", "add"), ("group", "web servers")])
+        .post(
+            &action,
+            &[("csrf", &csrf), ("action", "add"), ("group", "web servers")],
+        )
         .await;
     assert_eq!(status, 422, "{html}");
     assert!(html.contains("is not a valid group name"), "{html}");
     assert!(html.contains("try web_servers"), "{html}");
 
     let (status, location, _) = page
-        .post(&action, &[("csrf", &csrf), ("action", "add"), ("group", "webservers")])
+        .post(
+            &action,
+            &[("csrf", &csrf), ("action", "add"), ("group", "webservers")],
+        )
         .await;
     assert_eq!(status, 303);
     assert_eq!(location, format!("/servers/{first}"));
     let (status, location, _) = page
-        .post(&action, &[("csrf", &csrf), ("action", "vars"), ("vars", "http_port: 8080\n")])
+        .post(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("action", "vars"),
+                ("vars", "http_port: 8080\n"),
+            ],
+        )
         .await;
-    assert_eq!((status, location.as_str()), (303, format!("/servers/{first}").as_str()));
+    assert_eq!(
+        (status, location.as_str()),
+        (303, format!("/servers/{first}").as_str())
+    );
     let (_, view) = api.get(&format!("/api/v1/servers/{first}/inventory")).await;
     assert_eq!(view["groups"], json!(["webservers"]), "{view}");
     assert_eq!(view["vars"], json!({"http_port": 8080}), "{view}");
@@ -347,12 +411,26 @@ async fn server_page_groups_form() {
     assert!(html.contains("http_port: 8080"), "{html}");
 
     let (status, _, html) = page
-        .post(&action, &[("csrf", &csrf), ("action", "vars"), ("vars", "- not\n- a mapping\n")])
+        .post(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("action", "vars"),
+                ("vars", "- not\n- a mapping\n"),
+            ],
+        )
         .await;
     assert_eq!(status, 422, "{html}");
     assert!(html.contains("must be a mapping"), "{html}");
     let (status, _, _) = page
-        .post(&action, &[("csrf", &csrf), ("action", "remove"), ("group", "webservers")])
+        .post(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("action", "remove"),
+                ("group", "webservers"),
+            ],
+        )
         .await;
     assert_eq!(status, 303);
     let (_, view) = api.get(&format!("/api/v1/servers/{first}/inventory")).await;
@@ -368,17 +446,11 @@ async fn server_page_groups_form() {
     let (status, _, html) = page.get(&group_page).await;
     assert_eq!(status, 200, "{html}");
     let (status, location, _) = page
-        .post(
-            &group_page,
-            &[("csrf", &csrf), ("vars", "http_port: 80\n")],
-        )
+        .post(&group_page, &[("csrf", &csrf), ("vars", "http_port: 80\n")])
         .await;
     assert_eq!(status, 303, "{location}");
     let (status, _, html) = page
-        .post(
-            &group_page,
-            &[("csrf", &csrf), ("vars", "bad-name: 1\n")],
-        )
+        .post(&group_page, &[("csrf", &csrf), ("vars", "bad-name: 1\n")])
         .await;
     assert_eq!(status, 422, "{html}");
     assert!(html.contains("not a valid variable name"), "{html}");

@@ -123,7 +123,10 @@ pub fn get_group_vars(app: &App, ctx: &Ctx, key: &str, group: &str) -> AppResult
     let vars = app
         .store
         .read(|r| inventory::group_vars(r, &project.id, group))?;
-    Ok(reply(StatusCode::OK, &json!({"group": group, "vars": vars})))
+    Ok(reply(
+        StatusCode::OK,
+        &json!({"group": group, "vars": vars}),
+    ))
 }
 
 /// Validates and stores one group's variables (the API and the page).

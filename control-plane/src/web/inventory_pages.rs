@@ -27,12 +27,7 @@ fn vars_text(vars: &dynserv_shared::inventory::Vars) -> String {
 }
 
 /// What the Inventory card shows (`inventory` in the server page's data).
-fn panel(
-    r: &impl Read,
-    ctx: &Ctx,
-    server: &Server,
-    project: &Project,
-) -> anyhow::Result<Value> {
+fn panel(r: &impl Read, ctx: &Ctx, server: &Server, project: &Project) -> anyhow::Result<Value> {
     let own = inventory::of_server(r, server)?;
     let role = server
         .labels
@@ -168,12 +163,7 @@ pub fn server_save(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp>
     }
 }
 
-fn group_page_data(
-    app: &App,
-    ctx: &Ctx,
-    project: &Project,
-    group: &str,
-) -> AppResult<Value> {
+fn group_page_data(app: &App, ctx: &Ctx, project: &Project, group: &str) -> AppResult<Value> {
     let vars = app
         .store
         .read(|r| inventory::group_vars(r, &project.id, group))?;

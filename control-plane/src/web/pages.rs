@@ -549,8 +549,7 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         let row = server_row(app, r, &server)?;
         let project: Option<Project> = r.get(&server.project_id)?;
         let cockpit = super::server_page::panel(app, r, ctx, &server, project.as_ref())?;
-        let inventory =
-            super::inventory_pages::server_panel(r, ctx, &server, project.as_ref())?;
+        let inventory = super::inventory_pages::server_panel(r, ctx, &server, project.as_ref())?;
         Ok((server, row, project, cockpit, inventory))
     })?;
     let can_operate = policy::can(

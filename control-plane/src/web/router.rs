@@ -71,7 +71,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::POST, ["servers"]) => ssh_api::create_server_api(app, req, &ctx),
         // Run inventories: a server's groups and host variables, a project's group
         // variables and the inventory its runs get.
-        (&Method::GET, ["servers", id, "inventory"]) => super::inventory_api::get_server(app, &ctx, id),
+        (&Method::GET, ["servers", id, "inventory"]) => {
+            super::inventory_api::get_server(app, &ctx, id)
+        }
         (&Method::PUT, ["servers", id, "inventory"]) => {
             super::inventory_api::put_server(app, req, &ctx, id)
         }
