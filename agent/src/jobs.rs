@@ -67,6 +67,39 @@ pub struct Job {
     secrets: Vec<String>,
     /// Output bytes the control plane stores; past it nothing more is spooled.
     max_output: Option<u64>,
+    /// A playbook's plays and those that matched no host, counted in its output for
+    /// the job's summary; `None` for other kinds.
+    plays: Mutex<Option<PlayCount>>,
+}
+
+/// Plays seen in a playbook job's output (`PLAY [...]` banners) and those its host
+/// was not among (`skipping: no hosts matched`).
+#[derive(Debug, Default, Clone, Copy)]
+struct PlayCount {
+    plays: u64,
+    unmatched: u64,
+}
+
+impl PlayCount {
+    /// Counts the banners and skips in whole lines of output.
+    fn add(&mut self, output: &[u8]) {
+        for line in output.split(|b| *b == b'\n') {
+            if line.starts_with(b"PLAY [") {
+                self.plays += 1;
+            } else if line == b"skipping: no hosts matched" {
+                self.unmatched += 1;
+            }
+        }
+    }
+
+    /// What the summary adds: nothing when every play matched.
+    fn note(&self) -> Option<String> {
+        match self.unmatched {
+            0 => None,
+            n if n >= self.plays => Some("no play matched this host".into()),
+            n => Some(format!("{n} of {} plays matched no host", self.plays)),
+        }
+    }
 }
 
 /// Replaces every secret value in `text` by `********`.
@@ -262,6 +295,9 @@ impl Jobs {
             cancel: watch::channel(false).0,
             secrets: spec.secrets.clone(),
             max_output: spec.max_output_bytes,
+            plays: Mutex::new(
+                matches!(spec.kind, JobKind::Playbook { .. }).then(PlayCount::default),
+            ),
         }))
     }
 
@@ -448,6 +484,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             ansible_fallback,
             inventory_hostname,
             files,
+            inventory,
         } => {
             // A playbook with files runs from a tree of its own, so that no file of
             // it can take the name of one of the job's (exit, vars.json, output).
@@ -472,12 +509,26 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             }
             // The server's name for `inventory_hostname` and the `[host]` labels; one
             // argument with `=`, so a name can never read as another flag.
-            if let Some(host) = inventory_hostname
+            let host = inventory_hostname
                 .as_deref()
                 .map(str::trim)
-                .filter(|h| !h.is_empty() && !h.contains(['\n', '\0']))
-            {
-                argv.push(format!("--inventory-hostname={host}"));
+                .filter(|h| !h.is_empty() && !h.contains(['\n', '\0']));
+            // With the project's inventory the play runs as that host of it (`-i`,
+            // `--limit`); the file is private like the variables.
+            // A host missing from it (a server deleted at Hetzner whose agent still
+            // runs) plays alone, as before inventories.
+            match (host, inventory) {
+                (Some(host), Some(inventory)) if inventory.0.hosts.iter().any(|h| h == host) => {
+                    let file = dir.join("inventory.json");
+                    crate::private_fs::write(
+                        &file,
+                        serde_json::to_vec(&inventory.0.to_ansible())?,
+                    )?;
+                    argv.push(format!("--inventory={}", file.display()));
+                    argv.push(format!("--limit={host}"));
+                }
+                (Some(host), _) => argv.push(format!("--inventory-hostname={host}")),
+                (None, _) => {}
             }
             // The variables go in a private file, not on the command line where any
             // local user could read them (they may hold secrets).
@@ -618,6 +669,11 @@ impl Tail {
                 None => break,
             };
             spool.append(self.stream, offset, offset + cut as u64)?;
+            if self.stream == OutputStream::Stdout {
+                if let Some(count) = lock(&job.plays).as_mut() {
+                    count.add(&window[..cut]);
+                }
+            }
             offset += cut as u64;
             any = true;
         }
@@ -777,6 +833,15 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
             }
         }
     };
+    // A play that skipped this host says so in the summary, not only in the log.
+    let note = lock(&job.plays).and_then(|count| count.note());
+    let end = match note {
+        Some(note) => JobEnd {
+            summary: format!("{}; {note}", end.summary),
+            ..end
+        },
+        None => end,
+    };
     job.finish(end);
 }
 
@@ -787,6 +852,25 @@ mod tests {
 
     /// The host id of the machine the tests play.
     const HOST: &str = "host-a";
+
+    /// A playbook's summary names the plays that did not select its host, and says
+    /// nothing when every play did.
+    #[test]
+    fn play_count_notes_unmatched_plays() {
+        let mut count = PlayCount::default();
+        count.add(b"PLAY [web] ****\nskipping: no hosts matched\n\nPLAY [all] ***\nok: [x]\n");
+        count.add(b"PLAY RECAP ****\nx : ok=1\n");
+        assert_eq!(
+            count.note().as_deref(),
+            Some("1 of 2 plays matched no host")
+        );
+        let mut none = PlayCount::default();
+        none.add(b"PLAY [web] ***\nskipping: no hosts matched\n");
+        assert_eq!(none.note().as_deref(), Some("no play matched this host"));
+        let mut all = PlayCount::default();
+        all.add(b"PLAY [all] ***\nok: [x]\n");
+        assert_eq!(all.note(), None);
+    }
 
     /// A timeout too large for the clock is a far deadline, never an overflow panic.
     #[test]

@@ -610,6 +610,7 @@ fn seeded_execution(
             ansible_fallback: false,
             inventory_hostname: None,
             tree: None,
+            inventory_id: None,
         };
         (work, name, None)
     } else if roll < 44 {

@@ -161,6 +161,11 @@ pub enum Work {
         /// the script had them when this run was created.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tree: Option<String>,
+        /// The project's inventory when the execution was created: a snapshot shared
+        /// by every execution of a run (`inventory::snapshot`), added to the job when
+        /// it is sent. None for older records and agents without a server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory_id: Option<String>,
     },
     // Backups, verifies, restores and updates: built by `backups` / `updates`.
     ComposeBackup {
@@ -297,9 +302,9 @@ fn job_kind(work: &Work) -> JobKind {
             check,
             ansible_fallback,
             inventory_hostname,
-            // The files are added where jobs are read with their secrets
-            // (`scripts::job_specs_with_secrets`), one copy per tree.
-            tree: _,
+            // The files and the inventory are added where jobs are read with their
+            // secrets (`scripts::job_specs_with_secrets`), one copy per tree or snapshot.
+            ..
         } => JobKind::Playbook {
             yaml: playbook,
             vars,
@@ -307,6 +312,9 @@ fn job_kind(work: &Work) -> JobKind {
             ansible_fallback,
             inventory_hostname,
             files: Default::default(),
+            // The snapshot named by `inventory_id` joins the job when it is sent
+            // (`inventory::attach_to_specs`).
+            inventory: None,
         },
         Work::ComposeBackup {
             backup_id,
@@ -414,6 +422,11 @@ pub struct NewExecution {
     /// never from the request.
     #[serde(skip)]
     pub tree: Option<String>,
+    /// The inventory snapshot already made for a run (project id, snapshot id), so
+    /// a fan-out or a rollout builds its project's inventory once; never read from
+    /// JSON.
+    #[serde(skip)]
+    pub inventory: Option<(String, String)>,
 }
 
 fn env_name_ok(name: &str) -> bool {
@@ -575,6 +588,7 @@ pub fn create(
                 ansible_fallback: input.ansible_fallback.unwrap_or(false),
                 inventory_hostname: Some(host_name(w, &agent)?),
                 tree: input.tree.clone(),
+                inventory_id: inventory_for(w, &agent, input)?,
             }
         }
         _ if input.work.is_some() => input
@@ -652,6 +666,24 @@ pub fn create(
         hook.created(w, &execution, input)?;
     }
     Ok(execution)
+}
+
+/// The inventory snapshot a playbook run on `agent` gets: the one the run made for
+/// the agent's project, else a new one; none for an agent without a server (its play
+/// sees only its own host, as before inventories).
+fn inventory_for(w: &mut Writer, agent: &Agent, input: &NewExecution) -> AppResult<Option<String>> {
+    if agent.server_id.is_none() {
+        return Ok(None);
+    }
+    if let Some((project, id)) = &input.inventory {
+        if project == &agent.project_id {
+            return Ok(Some(id.clone()));
+        }
+    }
+    let Some(project) = w.get::<crate::projects::Project>(&agent.project_id)? else {
+        return Ok(None);
+    };
+    Ok(Some(crate::inventory::snapshot(w, &project)?.0))
 }
 
 /// The name a playbook run on `agent` calls its host (`inventory_hostname`, and the

@@ -20,6 +20,7 @@ pub mod error;
 pub mod executions;
 pub mod fleet;
 pub mod hetzner;
+pub mod inventory;
 pub mod listing;
 pub mod live;
 pub mod maintenance;

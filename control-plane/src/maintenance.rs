@@ -31,6 +31,8 @@ pub struct PruneReport {
     pub audit_entries: usize,
     pub notifications: usize,
     pub script_trees: usize,
+    /// Run inventories no longer used (`inventory::prune_snapshots`).
+    pub inventory_snapshots: usize,
 }
 
 /// One retention pass as of `now` (injected, so tests need no clock).
@@ -57,6 +59,8 @@ pub fn prune_once(
     }
     let keep = chrono::Duration::days(NOTIFICATION_RETENTION_DAYS);
     report.notifications = notifications::prune(store, now - keep, PRUNE_MAX_PER_PASS)?;
+    // Snapshots are large: a few hundred per transaction.
+    report.inventory_snapshots = store.write(|w| crate::inventory::prune_snapshots(w, now, 500))?;
     Ok(report)
 }
 

@@ -140,6 +140,10 @@ pub struct Rollout {
     pub sealed_secrets: Option<String>,
     pub status: RolloutStatus,
     pub batches_started: u32,
+    /// A playbook's inventory per project, made when the rollout was created, so
+    /// every batch runs with the same one (`inventory::snapshot`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inventories: BTreeMap<String, String>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -395,6 +399,7 @@ pub fn create(
     for agent in &agents {
         targets.push(target_of(w, agent)?);
     }
+    let inventories = playbook_inventories(w, &script, &agents, &targets)?;
     let runnable = targets.len() as u32;
     targets.extend(skipped);
     let serial = match input.serial {
@@ -420,6 +425,7 @@ pub fn create(
         sealed_secrets,
         status: RolloutStatus::Running,
         batches_started: 0,
+        inventories,
         created_by: actor.username.clone(),
         created_at: Utc::now(),
         finished_at: None,
@@ -448,6 +454,56 @@ pub fn create(
         .get::<Rollout>(&rollout.id)?
         .ok_or_else(|| AppError::not_found("rollout"))?;
     Ok((rollout, started))
+}
+
+/// For a playbook: the inventory of each target's project, made once, after checking
+/// that its plays select at least one target (a 422 naming the patterns otherwise:
+/// such a rollout would run and do nothing).
+fn playbook_inventories(
+    w: &mut Writer,
+    script: &Script,
+    agents: &[Agent],
+    targets: &[Target],
+) -> AppResult<BTreeMap<String, String>> {
+    if script.kind != scripts::ScriptKind::Playbook {
+        return Ok(BTreeMap::new());
+    }
+    let mut made: BTreeMap<String, (String, dynserv_shared::inventory::JobInventory)> =
+        BTreeMap::new();
+    for agent in agents.iter().filter(|a| a.server_id.is_some()) {
+        if made.contains_key(&agent.project_id) {
+            continue;
+        }
+        if let Some(project) = w.get::<crate::projects::Project>(&agent.project_id)? {
+            made.insert(
+                agent.project_id.clone(),
+                crate::inventory::snapshot(w, &project)?,
+            );
+        }
+    }
+    let checked: Vec<(&dynserv_shared::inventory::JobInventory, &str)> = targets
+        .iter()
+        .filter(|t| t.server_id.is_some())
+        .filter_map(|t| made.get(&t.project_id).map(|(_, i)| (i, t.name.as_str())))
+        .collect();
+    let unmatched = crate::inventory::unmatched_targets(&script.body, &checked)
+        .map_err(|e| AppError::invalid("targets", e))?;
+    if !checked.is_empty() && unmatched.len() == checked.len() {
+        let patterns: Vec<String> = crate::inventory::play_patterns(&script.body)
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .map(|terms| terms.join(":"))
+            .collect();
+        return Err(AppError::invalid(
+            "targets",
+            format!(
+                "the playbook's plays match none of its targets (hosts: {}); check the servers' groups",
+                patterns.join(", ")
+            ),
+        ));
+    }
+    Ok(made.into_iter().map(|(p, (id, _))| (p, id)).collect())
 }
 
 fn target_state_of(e: &Execution) -> TargetState {
@@ -541,6 +597,10 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Stepped> {
                         let base = NewExecution {
                             agent: Some(target.agent_id.clone()),
                             rollout_id: Some(rollout.id.clone()),
+                            inventory: rollout
+                                .inventories
+                                .get(&target.project_id)
+                                .map(|id| (target.project_id.clone(), id.clone())),
                             ..Default::default()
                         };
                         scripts::execution_input(
@@ -571,6 +631,10 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Stepped> {
                 .any(|t| t.state == TargetState::Pending)
             {
                 rollout.sealed_secrets = None;
+            }
+            // The inventories outlive this batch's jobs.
+            for id in rollout.inventories.values() {
+                crate::inventory::touch(w, id)?;
             }
         }
         Step::Finish { status, skip } => {

@@ -1297,7 +1297,7 @@ pub fn job_specs_with_secrets(
             _ => None,
         }),
     )?;
-    executions
+    let mut specs = executions
         .iter()
         .zip(secrets)
         .map(|(execution, secrets)| {
@@ -1320,7 +1320,10 @@ pub fn job_specs_with_secrets(
             crate::backups::add_offsite_target(r, execution, &mut spec)?;
             Ok(with_secrets(spec, secrets))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<JobSpec>>>()?;
+    // A playbook's inventory: each snapshot read once for the batch.
+    crate::inventory::attach_to_specs(r, executions, &mut specs)?;
+    Ok(specs)
 }
 
 /// A job with an execution's secret values added (the agent masks them in output).

@@ -366,6 +366,15 @@ pub fn in_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<Server>
     Ok(out)
 }
 
+/// The ids of every server of one project, by name (deleted ones too): for the work
+/// that reads them together (a run's inventory).
+pub fn ids_in_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<String>> {
+    Ok(r.index_scan(BY_PROJECT, &format!("{project_id}/"))?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect())
+}
+
 /// What a list of servers is narrowed to; the fields combine. The project is resolved
 /// (and its visibility checked) by the caller.
 #[derive(Debug, Clone, Default)]

@@ -14,6 +14,7 @@
 //! [`frame::MAX_FRAME_LEN`] bytes.
 
 pub mod frame;
+pub mod inventory;
 pub mod pki;
 pub mod proto;
 pub mod token;

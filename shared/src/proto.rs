@@ -394,6 +394,12 @@ pub enum JobKind {
         /// older agents read a job without files as before.
         #[serde(default, skip_serializing_if = "crate::tree::Files::is_empty")]
         files: crate::tree::Files,
+        /// The project's inventory (its servers, groups and variables; see
+        /// [`crate::inventory`]): the agent runs the playbook with it as `-i` and
+        /// `--limit` set to `inventory_hostname`. Left out when absent, so older
+        /// agents read the same job as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory: Option<crate::inventory::SharedInventory>,
     },
     /// A database backup of a Docker Compose service: the agent runs `command` in the
     /// service's container through the Docker API and keeps the dump (the file at
@@ -914,6 +920,7 @@ mod tests {
             ansible_fallback: false,
             inventory_hostname: Some("web-1".into()),
             files: Default::default(),
+            inventory: None,
         };
         let text = serde_json::to_string(&named).unwrap();
         assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
@@ -929,6 +936,7 @@ mod tests {
                 "roles/web/tasks/main.yml",
                 b"- debug: msg=hi\n".to_vec(),
             )]),
+            inventory: None,
         };
         let text = serde_json::to_string(&with_files).unwrap();
         assert!(

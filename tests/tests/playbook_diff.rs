@@ -724,6 +724,7 @@ fn postgresql_user_matches_ansible() {
         &native_refs,
         &ansible_refs,
     );
+}
 
 /// async/poll and async_status agree with Ansible: a polled job ends with the module's
 /// result and its job file removed, fire-and-forget jobs are read and cleaned up with

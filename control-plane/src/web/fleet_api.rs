@@ -362,13 +362,33 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                         found.iter().filter_map(|a| a.server_id.clone()).collect();
                     w.prefetch::<crate::servers::Server>(&servers)?;
                 }
+                // A playbook's inventory is built once per project for the whole run.
+                let project_of: std::collections::HashMap<String, String> = found
+                    .iter()
+                    .map(|a| (a.id.clone(), a.project_id.clone()))
+                    .collect();
+                let mut inventories: std::collections::HashMap<String, String> = Default::default();
                 let names: Vec<String> = found.into_iter().map(|a| a.name).collect();
                 executions::prefetch_terms(w, &names)?;
                 let mut created = Vec::with_capacity(targets.len());
                 let mut one = input.clone();
                 for target in &targets {
                     one.agent = Some(target.clone());
-                    created.push(executions::create(w, &actor, &ctx.subject, &one)?);
+                    if let Some(project) = project_of.get(target) {
+                        one.inventory = inventories
+                            .get(project)
+                            .map(|id| (project.clone(), id.clone()));
+                    }
+                    let execution = executions::create(w, &actor, &ctx.subject, &one)?;
+                    if let executions::Work::Playbook {
+                        inventory_id: Some(id),
+                        ..
+                    } = &execution.work
+                    {
+                        inventories.insert(execution.project_id.clone(), id.clone());
+                        one.inventory = Some((execution.project_id.clone(), id.clone()));
+                    }
+                    created.push(execution);
                 }
                 // The jobs as sent, read here where their secrets were just written.
                 let specs = crate::scripts::job_specs_with_secrets(w, &created)?;

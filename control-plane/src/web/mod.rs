@@ -15,6 +15,8 @@ pub mod fleet_api;
 pub mod fleet_pages;
 pub mod hetzner_api;
 pub mod hetzner_pages;
+pub mod inventory_api;
+pub mod inventory_pages;
 pub mod live_api;
 pub mod multipart;
 pub mod offsite_api;

@@ -544,12 +544,13 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 
 /// `GET /servers/{id}`.
 pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
-    let (server, row, project, cockpit) = app.store.read(|r| {
+    let (server, row, project, cockpit, inventory) = app.store.read(|r| {
         let server = servers::get_visible(r, &ctx.subject, id)?;
         let row = server_row(app, r, &server)?;
         let project: Option<Project> = r.get(&server.project_id)?;
         let cockpit = super::server_page::panel(app, r, ctx, &server, project.as_ref())?;
-        Ok((server, row, project, cockpit))
+        let inventory = super::inventory_pages::server_panel(r, ctx, &server, project.as_ref())?;
+        Ok((server, row, project, cockpit, inventory))
     })?;
     let can_operate = policy::can(
         &ctx.subject,
@@ -566,6 +567,7 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     data["ssh"] = super::ssh_pages::server_panel(app, ctx, &server)?;
     data["notes"] = json!(server.notes);
     data["cockpit"] = cockpit;
+    data["inventory"] = inventory;
     page(app, req, ctx, "server", &server.name, data)
 }
 

@@ -69,6 +69,23 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["servers", id, "metrics"]) => fleet_api::server_metrics(app, req, &ctx, id),
         // Bringing existing servers in: by hand, SSH settings and tests, agent installs.
         (&Method::POST, ["servers"]) => ssh_api::create_server_api(app, req, &ctx),
+        // Run inventories: a server's groups and host variables, a project's group
+        // variables and the inventory its runs get.
+        (&Method::GET, ["servers", id, "inventory"]) => {
+            super::inventory_api::get_server(app, &ctx, id)
+        }
+        (&Method::PUT, ["servers", id, "inventory"]) => {
+            super::inventory_api::put_server(app, req, &ctx, id)
+        }
+        (&Method::GET, ["projects", id, "inventory"]) => {
+            super::inventory_api::get_project(app, req, &ctx, id)
+        }
+        (&Method::GET, ["projects", id, "groups", group, "vars"]) => {
+            super::inventory_api::get_group_vars(app, &ctx, id, group)
+        }
+        (&Method::PUT, ["projects", id, "groups", group, "vars"]) => {
+            super::inventory_api::put_group_vars(app, req, &ctx, id, group)
+        }
         (&Method::GET, ["projects", id, "ssh"]) => ssh_api::get_settings(app, &ctx, id),
         (&Method::PUT, ["projects", id, "ssh"]) => ssh_api::put_settings(app, req, &ctx, id),
         (&Method::DELETE, ["projects", id, "ssh"]) => ssh_api::delete_settings(app, req, &ctx, id),
@@ -311,6 +328,15 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::POST, ["backups", id, "offsite", action @ ("upload" | "verify" | "restore")]) => {
             super::offsite_pages::backup_action(app, req, &ctx, id, action)
+        }
+        (&Method::POST, ["servers", id, "inventory"]) => {
+            super::inventory_pages::server_save(app, req, &ctx, id)
+        }
+        (&Method::GET, ["projects", id, "groups", group]) => {
+            super::inventory_pages::group_form(app, req, &ctx, id, group)
+        }
+        (&Method::POST, ["projects", id, "groups", group]) => {
+            super::inventory_pages::group_save(app, req, &ctx, id, group)
         }
         (&Method::GET, ["projects", id, "ssh"]) => ssh_pages::settings_form(app, req, &ctx, id),
         (&Method::POST, ["projects", id, "ssh"]) => ssh_pages::settings_save(app, req, &ctx, id),

@@ -112,6 +112,9 @@ pub struct Inventory {
     aliases: Vec<String>,
     /// Each host's variables from every inventory layer, after [`Inventory::resolve_vars`].
     resolved: HashMap<String, Vars>,
+    /// Each host's index in `hosts` by name, so that finding one does not walk them all
+    /// (an inventory of 10,000 hosts is read in linear time).
+    host_lookup: HashMap<String, usize>,
 }
 
 impl Default for Inventory {
@@ -128,6 +131,7 @@ impl Inventory {
             groups: Vec::new(),
             aliases: Vec::new(),
             resolved: HashMap::new(),
+            host_lookup: HashMap::new(),
         };
         inventory.add_group("all");
         inventory.add_group("ungrouped");
@@ -170,6 +174,18 @@ impl Inventory {
         inventory
             .reconcile()
             .map_err(|message| invalid(source, message))?;
+        Ok(inventory)
+    }
+
+    /// Reads a YAML (or JSON) inventory given as text, touching no file: how the
+    /// control plane checks a play's `hosts:` against the inventory a run will get.
+    /// `name` stands for the source in messages.
+    pub fn from_yaml_text(text: &str, name: &str) -> Result<Inventory, InventoryError> {
+        let mut inventory = Inventory::new();
+        yml::parse_into(&mut inventory, text, name)?;
+        inventory
+            .reconcile()
+            .map_err(|message| invalid(name, message))?;
         Ok(inventory)
     }
 
@@ -239,7 +255,7 @@ impl Inventory {
     }
 
     fn host_index(&self, name: &str) -> Option<usize> {
-        self.hosts.iter().position(|h| h.name == name)
+        self.host_lookup.get(name).copied()
     }
 
     fn group_index(&self, name: &str) -> Option<usize> {
@@ -281,11 +297,14 @@ impl Inventory {
                     vars: Vec::new(),
                     groups: Vec::new(),
                 });
+                self.host_lookup
+                    .insert(name.to_string(), self.hosts.len() - 1);
                 self.hosts.len() - 1
             }
         };
         if let Some(g) = group {
-            if !self.groups[g].hosts.contains(&index) {
+            // The host's own list of groups is short; the group's may hold every host.
+            if !self.hosts[index].groups.contains(&g) {
                 self.groups[g].hosts.push(index);
                 self.hosts[index].groups.push(g);
             }
@@ -418,9 +437,11 @@ impl Inventory {
             next += 1;
         }
         let mut hosts = Vec::new();
+        let mut seen = vec![false; self.hosts.len()];
         for g in order {
             for h in &self.groups[g].hosts {
-                if !hosts.contains(h) {
+                if !seen[*h] {
+                    seen[*h] = true;
                     hosts.push(*h);
                 }
             }

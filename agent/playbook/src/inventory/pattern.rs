@@ -9,6 +9,7 @@
 use super::{Inventory, InventoryError, LOCALHOST_NAMES};
 use minijinja::value::ValueKind;
 use minijinja::Value;
+use std::collections::HashSet;
 
 /// The terms of a play's `hosts` (a string or a list of strings), each split.
 pub fn terms(hosts: &Value) -> Vec<String> {
@@ -106,29 +107,46 @@ fn split_on_colons(pattern: &str) -> Vec<String> {
 /// not in the inventory but is one of [`LOCALHOST_NAMES`] selects the implicit
 /// localhost by that name; an implicit inventory's aliases select its host.
 pub fn select(inventory: &Inventory, terms: &[String]) -> Result<Vec<String>, InventoryError> {
-    let mut hosts: Vec<String> = Vec::new();
+    let mut hosts = Selection::default();
     for term in ordered(terms) {
         if inventory.contains_host(term) {
-            push_new(&mut hosts, term);
+            hosts.push_new(term);
             continue;
         }
         let matched = match_term(inventory, term)?;
         if term.starts_with('!') {
+            let matched: HashSet<&str> = matched.iter().map(String::as_str).collect();
             hosts.retain(|h| !matched.contains(h));
         } else if term.starts_with('&') {
+            let matched: HashSet<&str> = matched.iter().map(String::as_str).collect();
             hosts.retain(|h| matched.contains(h));
         } else {
             for host in &matched {
-                push_new(&mut hosts, host);
+                hosts.push_new(host);
             }
         }
     }
-    Ok(hosts)
+    Ok(hosts.list)
 }
 
-fn push_new(hosts: &mut Vec<String>, host: &str) {
-    if !hosts.iter().any(|h| h == host) {
-        hosts.push(host.to_string());
+/// Host names in the order first added, each once; a lookup set keeps adding linear in
+/// large inventories (10,000 hosts).
+#[derive(Default)]
+struct Selection {
+    list: Vec<String>,
+    seen: HashSet<String>,
+}
+
+impl Selection {
+    fn push_new(&mut self, host: &str) {
+        if self.seen.insert(host.to_string()) {
+            self.list.push(host.to_string());
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.list.retain(|h| keep(h));
+        self.seen.retain(|h| keep(h));
     }
 }
 
@@ -237,14 +255,14 @@ fn apply_subscript(hosts: Vec<String>, subscript: Subscript) -> Option<Vec<Strin
 /// glob or regex) the hosts whose names it matches.
 fn enumerate(inventory: &Inventory, expression: &str) -> Result<Vec<String>, InventoryError> {
     let matcher = compile(expression)?;
-    let mut hosts: Vec<String> = Vec::new();
+    let mut selection = Selection::default();
     let groups: Vec<&str> = inventory
         .group_names_all()
         .filter(|g| matcher.is_match(g))
         .collect();
     for group in &groups {
         for host in inventory.group_hosts(group).unwrap_or_default() {
-            push_new(&mut hosts, host);
+            selection.push_new(host);
         }
     }
     let by_host_name = groups.is_empty()
@@ -252,9 +270,10 @@ fn enumerate(inventory: &Inventory, expression: &str) -> Result<Vec<String>, Inv
         || expression.contains(['.', '?', '*', '[']);
     if by_host_name {
         for host in inventory.host_names().filter(|h| matcher.is_match(h)) {
-            push_new(&mut hosts, host);
+            selection.push_new(host);
         }
     }
+    let mut hosts = selection.list;
     if hosts.is_empty() {
         if inventory.aliases().iter().any(|a| a == expression) {
             hosts.extend(inventory.host_names().take(1).map(String::from));
