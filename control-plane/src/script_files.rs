@@ -109,26 +109,10 @@ pub fn entries(files: &[TreeFile]) -> Vec<FileEntry> {
         .collect()
 }
 
-/// Bytes a tree takes in a job, from its summary (binary files travel base64).
-pub fn travel_bytes(entries: &[FileEntry]) -> usize {
-    entries
-        .iter()
-        .map(|e| {
-            e.path.len()
-                + if e.binary {
-                    e.size.div_ceil(3) * 4
-                } else {
-                    e.size
-                }
-        })
-        .sum()
-}
-
-/// Checks a tree for a playbook of `playbook_len` bytes: the path and size rules, then
-/// each file by its place in the tree. The error is on the field `files` and names the
-/// file (and its line).
-pub fn check(files: &[TreeFile], playbook_len: usize, allow_fallback: bool) -> AppResult<()> {
-    tree::check_tree(files, playbook_len).map_err(|(path, message)| {
+/// Checks a tree for `playbook`: the path and size rules, then each file by its place
+/// in the tree. The error is on the field `files` and names the file (and its line).
+pub fn check(files: &[TreeFile], playbook: &str, allow_fallback: bool) -> AppResult<()> {
+    tree::check_tree(files, tree::wire_len(playbook)).map_err(|(path, message)| {
         AppError::invalid(
             "files",
             match path {
@@ -569,6 +553,5 @@ mod tests {
         assert_eq!(tree_id(&a), tree_id(&c));
         // Path and content boundaries cannot be shifted into each other.
         assert_ne!(tree_id(&[text("ab", "c")]), tree_id(&[text("a", "bc")]));
-        assert_eq!(travel_bytes(&entries(&a)), 4);
     }
 }

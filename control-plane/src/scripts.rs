@@ -633,7 +633,7 @@ fn check_input(
                     "only a playbook has files (roles, templates, files); a shell script is one body",
                 ));
             }
-            crate::script_files::check(files, body.len(), allow_ansible_fallback)?;
+            crate::script_files::check(files, &body, allow_ansible_fallback)?;
         }
         Some(_) => {}
         None if !kept.is_empty() => {
@@ -643,17 +643,11 @@ fn check_input(
                     "this script has files: remove them before making it a shell script",
                 ));
             }
-            let bytes = body.len() + crate::script_files::travel_bytes(kept);
-            if bytes > dynserv_shared::tree::MAX_TREE_BYTES {
-                return Err(AppError::invalid(
-                    "body",
-                    format!(
-                        "the playbook and its files would be {} KiB, more than {} KiB (a job \
-                         travels to the agent in one message of at most 1 MiB)",
-                        bytes.div_ceil(1024),
-                        dynserv_shared::tree::MAX_TREE_BYTES / 1024
-                    ),
-                ));
+            // A new body must still fit with the files it keeps.
+            if let Some(old) = old.filter(|o| o.body != body) {
+                let files = files_of(r, old)?;
+                dynserv_shared::tree::check_tree(&files, dynserv_shared::tree::wire_len(&body))
+                    .map_err(|(_, message)| AppError::invalid("body", message))?;
             }
         }
         None => {}

@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The most bytes a job's inventory may take as JSON; the control plane refuses a run
 /// whose project's inventory is larger (the job must fit one frame with its playbook).
-pub const MAX_INVENTORY_BYTES: usize = 640 * 1024;
+pub const MAX_INVENTORY_BYTES: usize = 448 * 1024;
 
 /// Variables of a host or a group: names to JSON values.
 pub type Vars = serde_json::Map<String, serde_json::Value>;

@@ -15,8 +15,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MAX_FILES: usize = 300;
 /// Most bytes of a tree and its playbook together, as they travel (text as it is,
 /// binary files base64-encoded): a job is one frame of at most
-/// [`crate::frame::MAX_FRAME_LEN`] bytes, and the rest of the job needs some room.
-pub const MAX_TREE_BYTES: usize = 960 * 1024;
+/// [`crate::frame::MAX_FRAME_LEN`] bytes, which must also hold the project's inventory
+/// ([`crate::inventory::MAX_INVENTORY_BYTES`]) and the job's variables.
+pub const MAX_TREE_BYTES: usize = 512 * 1024;
+// A playbook job carries both: with 64 KiB for the rest (variables, secrets), it fits
+// in one frame.
+const _: () = assert!(
+    MAX_TREE_BYTES + crate::inventory::MAX_INVENTORY_BYTES + 64 * 1024
+        <= crate::frame::MAX_FRAME_LEN
+);
+
 /// Longest path in a tree.
 pub const MAX_PATH_LEN: usize = 255;
 /// Deepest path in a tree (directories and the file).
@@ -146,10 +154,16 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes `text` takes in a job: as a JSON string, escapes and quotes included.
+pub fn wire_len(text: &str) -> usize {
+    serde_json::to_string(text).map_or(text.len() * 6, |s| s.len())
+}
+
 /// Checks a whole tree: every path (see [`check_path`]), no path twice, no path that is
 /// also a directory of another (`a` and `a/b`), at most [`MAX_FILES`] files, and the
-/// tree with `playbook_len` bytes of playbook at most [`MAX_TREE_BYTES`]. The error
-/// names the file it is about, when there is one.
+/// tree with its playbook at most [`MAX_TREE_BYTES`] as they travel (JSON-escaped;
+/// `playbook_len` is the playbook's [`wire_len`]). The error names the file it is
+/// about, when there is one.
 pub fn check_tree(files: &[TreeFile], playbook_len: usize) -> Result<(), (Option<String>, String)> {
     if files.len() > MAX_FILES {
         return Err((None, format!("a script has at most {MAX_FILES} files")));
@@ -167,7 +181,7 @@ pub fn check_tree(files: &[TreeFile], playbook_len: usize) -> Result<(), (Option
                 "the content is not valid base64".into(),
             ));
         }
-        bytes += file.content.len() + file.path.len();
+        bytes += wire_len(&file.content) + wire_len(&file.path);
     }
     for path in &seen {
         let mut dir = String::new();
