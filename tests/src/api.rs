@@ -120,6 +120,19 @@ impl Api {
         self.execution_end(&id, Duration::from_secs(60)).await
     }
 
+    /// The stored output of execution `id` as one text (its log chunks' data joined);
+    /// panics unless the log answers 200.
+    pub async fn log_text(&self, id: &str) -> String {
+        let (status, chunks) = self
+            .get_json_lines(&format!("/api/v1/executions/{id}/log"))
+            .await;
+        assert_eq!(status, 200, "the log of {id}");
+        chunks
+            .iter()
+            .map(|c| c["data"].as_str().unwrap_or_default())
+            .collect()
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(Method::GET, path, None).await

@@ -220,17 +220,6 @@ async fn cancel_stops_a_running_rollout() {
     assert!(later["targets"][1]["execution"].is_null(), "{later}");
 }
 
-async fn log_text(api: &Api, execution_id: &str) -> String {
-    let (status, chunks) = api
-        .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
-        .await;
-    assert_eq!(status, 200);
-    chunks
-        .iter()
-        .map(|c| c["data"].as_str().unwrap_or_default())
-        .collect()
-}
-
 /// Re-run starts the same work on the same agent (a new execution with the same
 /// output); a stored script's secret variable must be given again (422 without it),
 /// and is then used; the execution page offers Re-run once the job ended.
@@ -256,7 +245,7 @@ async fn rerun_runs_the_same_work_again() {
     assert_ne!(second, first);
     let done = api.execution_end(&second, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(log_text(&api, &second).await, "again-and-again\n");
+    assert_eq!(api.log_text(&second).await, "again-and-again\n");
 
     let playbook = "- name: secret\n  hosts: all\n  tasks:\n    - name: echo\n      command: echo got {{ token }}\n";
     let (status, script) = api
@@ -294,7 +283,7 @@ async fn rerun_runs_the_same_work_again() {
     let id = rerun["id"].as_str().unwrap().to_string();
     let done = api.execution_end(&id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let log = log_text(&api, &id).await;
+    let log = api.log_text(&id).await;
     assert!(!log.contains("second-value"), "the secret is masked: {log}");
     // `{{ token }}` undefined would fail the task: it succeeded with the value given.
     assert!(log.contains("TASK [echo]"), "{log}");

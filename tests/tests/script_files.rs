@@ -50,17 +50,6 @@ async fn run(api: &Api, script: &str, out: &Path) -> Value {
     api.execution_end(&id, Duration::from_secs(60)).await
 }
 
-async fn log_text(api: &Api, execution_id: &str) -> String {
-    let (status, chunks) = api
-        .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
-        .await;
-    assert_eq!(status, 200);
-    chunks
-        .iter()
-        .map(|c| c["data"].as_str().unwrap_or_default())
-        .collect()
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -103,7 +92,7 @@ async fn a_playbook_with_roles_templates_and_files_runs_whole_on_the_agent() {
         first["status"],
         "succeeded",
         "{first}\n{}",
-        log_text(&api, &first_id).await
+        api.log_text(&first_id).await
     );
     assert_eq!(
         read(&out.path().join("site.conf")),

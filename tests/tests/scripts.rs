@@ -31,17 +31,6 @@ async fn wait_rollout(api: &Api, id: &str) -> Value {
     .await
 }
 
-async fn log_text(api: &Api, execution_id: &str) -> String {
-    let (status, chunks) = api
-        .get_json_lines(&format!("/api/v1/executions/{execution_id}/log"))
-        .await;
-    assert_eq!(status, 200);
-    chunks
-        .iter()
-        .map(|c| c["data"].as_str().unwrap_or_default())
-        .collect()
-}
-
 /// A demo control plane with a second agent `web-01` in project Nova HR.
 async fn two_agents() -> (ControlPlane, Api, Agent) {
     let cp = ControlPlane::start_demo().await;
@@ -195,7 +184,7 @@ async fn hello_on_two_agents_in_batches_of_one() {
         "the second batch started before the first ended: {done}"
     );
     for target in targets {
-        let log = log_text(&api, target["execution_id"].as_str().unwrap()).await;
+        let log = api.log_text(target["execution_id"].as_str().unwrap()).await;
         assert!(log.contains("Bonjour from"), "{log}");
         assert!(log.contains("PLAY RECAP"), "{log}");
     }
@@ -252,7 +241,7 @@ async fn secret_values_are_masked() {
         .as_str()
         .unwrap()
         .to_string();
-    let log = log_text(&api, &execution_id).await;
+    let log = api.log_text(&execution_id).await;
     assert!(log.contains("pw is ********"), "{log}");
     assert!(!log.contains(SECRET), "{log}");
     let (_, record) = api.get(&format!("/api/v1/executions/{execution_id}")).await;
@@ -283,7 +272,7 @@ async fn secret_values_are_masked() {
     .await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert!(!end.to_string().contains(SECRET));
-    let log = log_text(&api, &exec_id).await;
+    let log = api.log_text(&exec_id).await;
     assert!(log.contains("token=********"), "{log}");
     assert!(log.contains("who=ops"), "{log}");
     assert!(!log.contains(SECRET), "{log}");
@@ -457,7 +446,7 @@ async fn unknown_module_runs_through_ansible_when_the_script_allows_it() {
         .as_str()
         .unwrap()
         .to_string();
-    let log = log_text(&api, &execution_id).await;
+    let log = api.log_text(&execution_id).await;
     assert_eq!(done["status"], "succeeded", "{done}\n{log}");
     assert!(log.contains("matched 2 files"), "{log}");
 }
@@ -506,7 +495,7 @@ async fn secrets_of_a_waiting_job_are_sealed_at_rest() {
     })
     .await;
     assert_eq!(end["status"], "succeeded", "{end}");
-    let log = log_text(&api, &exec_id).await;
+    let log = api.log_text(&exec_id).await;
     assert!(log.contains("token=********"), "{log}");
 }
 
@@ -591,7 +580,7 @@ async fn saving_never_reads_control_plane_files() {
     let rollout = wait_rollout(&api, rollout["id"].as_str().unwrap()).await;
     assert_eq!(rollout["status"], "succeeded", "{rollout}");
     let execution = rollout["targets"][0]["execution_id"].as_str().unwrap();
-    let log = log_text(&api, execution).await;
+    let log = api.log_text(execution).await;
     assert!(log.contains("imported-at-run-time"), "{log}");
 }
 

@@ -498,22 +498,16 @@ pub fn copy(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
 
 /// Names the source in a result's diff (`+++ after: SRC`), as copy and template do.
 pub fn set_after_header(result: &mut Outcome, header: &str) {
-    let Some(diff) = result.get("diff").cloned() else {
+    set_diff_field(result, "after_header", header);
+}
+
+/// Sets one field of a result's diff (a header), when the result has a diff.
+pub fn set_diff_field(result: &mut Outcome, field: &str, text: &str) {
+    let Some(diff) = result.get("diff") else {
         return;
     };
-    let Ok(keys) = diff.try_iter() else { return };
-    let pairs: Vec<(String, Value)> = keys
-        .map(|k| {
-            let key = super::value_to_string(&k);
-            let value = if key == "after_header" {
-                Value::from(header)
-            } else {
-                diff.get_item(&k).unwrap_or_default()
-            };
-            (key, value)
-        })
-        .collect();
-    result.set("diff", Value::from_pairs(pairs));
+    let updated = with_arg(diff, field, Value::from(text));
+    result.set("diff", updated);
 }
 
 /// Returns a copy of a dict with one key replaced.

@@ -503,28 +503,9 @@ pub fn replace(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     // replace names the file itself in its diff, where lineinfile and blockinfile say
     // "(content)".
     let name = path.display().to_string();
-    super::files::set_after_header(&mut result, &name);
-    set_before_header(&mut result, &name);
+    super::files::set_diff_field(&mut result, "after_header", &name);
+    super::files::set_diff_field(&mut result, "before_header", &name);
     Ok(result)
-}
-
-fn set_before_header(result: &mut Outcome, header: &str) {
-    let Some(diff) = result.get("diff").cloned() else {
-        return;
-    };
-    let Ok(keys) = diff.try_iter() else { return };
-    let pairs: Vec<(String, minijinja::Value)> = keys
-        .map(|k| {
-            let key = super::value_to_string(&k);
-            let value = if key == "before_header" {
-                minijinja::Value::from(header)
-            } else {
-                diff.get_item(&k).unwrap_or_default()
-            };
-            (key, value)
-        })
-        .collect();
-    result.set("diff", minijinja::Value::from_pairs(pairs));
 }
 
 fn section(
