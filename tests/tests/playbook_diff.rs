@@ -748,3 +748,10 @@ fn include_role_apply_matches_ansible() {
 fn include_role_apply_with_tags_matches_ansible() {
     check("include_role_apply.yml", &["--tags", "applied"]);
 }
+
+/// `with_first_found` and `lookup('first_found')` find the same files as ansible-core:
+/// the action's directory first, dicts with paths, separated names, skip.
+#[test]
+fn first_found_matches_ansible() {
+    check("first_found.yml", &[]);
+}

@@ -1238,20 +1238,39 @@ fn run_lookup(
 /// and directory, as ansible-core's lookup does outside a `with_first_found` loop.
 fn first_found(
     terms: &[Value],
-    mut skip: bool,
+    skip: bool,
     role_dir: Option<&Path>,
     base_dir: &Path,
 ) -> Result<Vec<Value>, Error> {
-    let split = |v: &Value, separators: &[char]| -> Vec<String> {
-        let items: Vec<Value> = if v.kind() == ValueKind::Seq {
+    let mut dirs: Vec<&Path> = role_dir.into_iter().collect();
+    dirs.push(base_dir);
+    find_first(terms, skip, &dirs, "files").map_err(err)
+}
+
+/// The search of `first_found` (the lookup, and `with_first_found` with `subdir` by the
+/// task's action): the terms (nested lists flattened; names, or `{files, paths, skip}`
+/// dicts whose lists may also be `,`/`;` separated, paths also `:`) give candidate
+/// names in order; the first that exists, as an absolute path or under each of `dirs`
+/// (in `DIR/subdir/` first, then `DIR/`), is the one-item answer. None found: an empty
+/// list when `skip` (or a dict's `skip`) says so, else ansible-core's error.
+pub(crate) fn find_first(
+    terms: &[Value],
+    mut skip: bool,
+    dirs: &[&Path],
+    subdir: &str,
+) -> Result<Vec<Value>, String> {
+    let flatten = |v: &Value| -> Vec<Value> {
+        if v.kind() == ValueKind::Seq {
             v.try_iter().map(|i| i.collect()).unwrap_or_default()
         } else {
             vec![v.clone()]
-        };
-        items
+        }
+    };
+    let split = |v: &Value, separators: &[char]| -> Vec<String> {
+        flatten(v)
             .iter()
             .flat_map(|i| {
-                text(i)
+                crate::modules::value_to_string(i)
                     .split(separators)
                     .map(|p| p.trim().to_string())
                     .filter(|p| !p.is_empty())
@@ -1260,17 +1279,7 @@ fn first_found(
             .collect()
     };
     let mut candidates = Vec::new();
-    let flat: Vec<Value> = terms
-        .iter()
-        .flat_map(|t| {
-            if t.kind() == ValueKind::Seq {
-                t.try_iter().map(|i| i.collect()).unwrap_or_default()
-            } else {
-                vec![t.clone()]
-            }
-        })
-        .collect();
-    for term in flat {
+    for term in terms.iter().flat_map(flatten) {
         if term.kind() == ValueKind::Map {
             let get = |k: &str| {
                 term.get_attr(k)
@@ -1283,7 +1292,9 @@ fn first_found(
             let paths = get("paths")
                 .map(|v| split(&v, &[',', ':', ';']))
                 .unwrap_or_default();
-            skip |= get("skip").is_some_and(|v| v.is_true());
+            skip |= get("skip")
+                .and_then(|v| crate::modules::parse_bool(&v))
+                .unwrap_or(false);
             if paths.is_empty() {
                 candidates.extend(files);
             } else {
@@ -1294,11 +1305,9 @@ fn first_found(
                 }
             }
         } else {
-            candidates.push(text(&term));
+            candidates.push(crate::modules::value_to_string(&term));
         }
     }
-    let mut dirs: Vec<&Path> = role_dir.into_iter().collect();
-    dirs.push(base_dir);
     for candidate in &candidates {
         let path = Path::new(candidate);
         if path.is_absolute() {
@@ -1307,8 +1316,8 @@ fn first_found(
             }
             continue;
         }
-        for dir in &dirs {
-            for found in [dir.join("files").join(path), dir.join(path)] {
+        for dir in dirs {
+            for found in [dir.join(subdir).join(path), dir.join(path)] {
                 if found.exists() {
                     return Ok(vec![Value::from(found.display().to_string())]);
                 }
@@ -1318,7 +1327,7 @@ fn first_found(
     if skip {
         return Ok(Vec::new());
     }
-    Err(err("No file was found when using first_found.".to_string()))
+    Err("No file was found when using first_found.".to_string())
 }
 
 fn resolve_path(base_dir: &Path, term: &str) -> PathBuf {

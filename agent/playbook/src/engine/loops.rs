@@ -204,80 +204,9 @@ impl Runner<'_> {
             .find(|s| action.contains(s))
             .unwrap_or("file");
         let subdir = format!("{subdir}s");
-        let terms: Vec<Value> = if value.kind() == ValueKind::Seq {
-            value.try_iter().map_err(|e| e.to_string())?.collect()
-        } else {
-            vec![value.clone()]
-        };
-        let split = |v: &Value, separators: &[char]| -> Vec<String> {
-            let items: Vec<Value> = if v.kind() == ValueKind::Seq {
-                v.try_iter().map(|i| i.collect()).unwrap_or_default()
-            } else {
-                vec![v.clone()]
-            };
-            items
-                .iter()
-                .flat_map(|i| {
-                    modules::value_to_string(i)
-                        .split(separators)
-                        .map(|p| p.trim().to_string())
-                        .filter(|p| !p.is_empty())
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
-        let mut candidates = Vec::new();
-        let mut skip = false;
-        for term in terms {
-            if term.kind() == ValueKind::Map {
-                let get = |k: &str| {
-                    term.get_attr(k)
-                        .ok()
-                        .filter(|v| !v.is_undefined() && !v.is_none())
-                };
-                let files = get("files")
-                    .map(|v| split(&v, &[',', ';']))
-                    .unwrap_or_default();
-                let paths = get("paths")
-                    .map(|v| split(&v, &[',', ':', ';']))
-                    .unwrap_or_default();
-                skip |= get("skip")
-                    .and_then(|v| modules::parse_bool(&v))
-                    .unwrap_or(false);
-                if paths.is_empty() {
-                    candidates.extend(files);
-                } else {
-                    for path in &paths {
-                        for file in &files {
-                            candidates.push(Path::new(path).join(file).display().to_string());
-                        }
-                    }
-                }
-            } else {
-                candidates.push(modules::value_to_string(&term));
-            }
-        }
         let dirs = self.role_dirs(scope);
-        for candidate in &candidates {
-            let path = Path::new(candidate);
-            if path.is_absolute() {
-                if path.exists() {
-                    return Ok(vec![Value::from(candidate.clone())]);
-                }
-                continue;
-            }
-            for dir in &dirs {
-                for found in [dir.join(&subdir).join(path), dir.join(path)] {
-                    if found.exists() {
-                        return Ok(vec![Value::from(found.display().to_string())]);
-                    }
-                }
-            }
-        }
-        if skip {
-            return Ok(Vec::new());
-        }
-        Err("No file was found when using first_found.".into())
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        crate::filters::find_first(std::slice::from_ref(value), false, &dirs, &subdir)
     }
 }
 

@@ -648,13 +648,9 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     let (Some(path_text), Some((prev, meta))) = (path_text, before) else {
         return Ok(result);
     };
-    let state = args.str("state").unwrap_or_else(|| {
-        if prev != "absent" {
-            prev.to_string()
-        } else {
-            "file".into()
-        }
-    });
+    let state = args
+        .str("state")
+        .unwrap_or_else(|| default_state(prev, args.bool("recurse", false).unwrap_or(false)));
     let mut before = vec![("path".to_string(), Value::from(path_text.clone()))];
     let mut after = before.clone();
     if prev != state {
@@ -696,6 +692,18 @@ pub fn file(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     Ok(result)
 }
 
+/// The state `file` keeps when none is given: the path's own, else a directory with
+/// `recurse`, else a file.
+fn default_state(prev: &str, recurse: bool) -> String {
+    if prev != "absent" {
+        prev.to_string()
+    } else if recurse {
+        "directory".into()
+    } else {
+        "file".into()
+    }
+}
+
 fn file_inner(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     args.check_supported(&[
         "path",
@@ -727,15 +735,7 @@ fn file_inner(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             &["absent", "directory", "file", "hard", "link", "touch"],
             None,
         )?
-        .unwrap_or_else(|| {
-            if prev != "absent" {
-                prev.to_string()
-            } else if recurse {
-                "directory".into()
-            } else {
-                "file".into()
-            }
-        });
+        .unwrap_or_else(|| default_state(prev, recurse));
     if recurse && state != "directory" {
         return Err(ArgError::Invalid(
             "recurse option requires state to be 'directory'".into(),
