@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult, Kind};
+use crate::policy::Subject;
 use crate::secrets::{self, Keys};
 use crate::store::{Read, Record, Writer};
 use crate::users::{self, User};
@@ -164,22 +165,26 @@ pub fn create_session(
 }
 
 /// Looks up a session cookie; `None` when unknown or expired. Refreshes `last_seen`
-/// at most once a minute so reads do not turn into writes.
+/// at most once a minute so reads do not turn into writes. The session, its user and
+/// what the user may do come from one read (every request asks this first).
 pub fn session_from_cookie(
     store: &crate::store::Store,
     cookie: &str,
     policy: SessionPolicy,
     now: DateTime<Utc>,
-) -> anyhow::Result<Option<(Session, User)>> {
+) -> anyhow::Result<Option<(Session, User, Subject)>> {
     let id = secrets::hash_secret(cookie);
     let found = store.read(|r| {
         let Some(session) = r.get::<Session>(&id)? else {
             return Ok(None);
         };
-        let user = r.get::<User>(&session.user_id)?;
-        Ok(user.map(|u| (session, u)))
+        let Some(user) = r.get::<User>(&session.user_id)? else {
+            return Ok(None);
+        };
+        let subject = users::subject(r, &user)?;
+        Ok(Some((session, user, subject)))
     })?;
-    let Some((mut session, user)) = found else {
+    let Some((mut session, user, subject)) = found else {
         return Ok(None);
     };
     let expired =
@@ -192,7 +197,7 @@ pub fn session_from_cookie(
         session.last_seen = now;
         store.put(&session)?;
     }
-    Ok(Some((session, user)))
+    Ok(Some((session, user, subject)))
 }
 
 /// Ends a session.
@@ -244,14 +249,15 @@ pub fn create_api_token(
     Ok(token)
 }
 
-/// The active user a bearer token belongs to. Records that the token was used, at most
-/// once per [`LAST_USED_RESOLUTION_SECONDS`]; a failed record is logged, never a
-/// refused request.
+/// The active user a bearer token belongs to, and what they may do (one read).
+/// Records that the token was used, at most once per
+/// [`LAST_USED_RESOLUTION_SECONDS`]; a failed record is logged, never a refused
+/// request.
 pub fn api_token_user(
     store: &crate::store::Store,
     token: &str,
     now: DateTime<Utc>,
-) -> anyhow::Result<Option<User>> {
+) -> anyhow::Result<Option<(User, Subject)>> {
     if !token.starts_with("dsa_") || token.len() > 100 {
         return Ok(None);
     }
@@ -263,10 +269,13 @@ pub fn api_token_user(
         let Some(record) = r.get::<ApiToken>(&id)? else {
             return Ok(None);
         };
-        let user = r.get::<User>(&record.user_id)?.filter(|u| u.active);
-        Ok(user.map(|u| (record, u)))
+        let Some(user) = r.get::<User>(&record.user_id)?.filter(|u| u.active) else {
+            return Ok(None);
+        };
+        let subject = users::subject(r, &user)?;
+        Ok(Some((record, user, subject)))
     })?;
-    let Some((record, user)) = found else {
+    let Some((record, user, subject)) = found else {
         return Ok(None);
     };
     let stale = record
@@ -285,7 +294,7 @@ pub fn api_token_user(
             tracing::warn!(token = %record.id, "recording the use of an API token: {e:#}");
         }
     }
-    Ok(Some(user))
+    Ok(Some((user, subject)))
 }
 
 /// The API tokens of a user, newest first.

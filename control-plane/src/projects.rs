@@ -416,13 +416,17 @@ pub fn revoke(w: &mut Writer, actor: &Actor, project_id: &str, username: &str) -
 
 /// A user's grants: project id -> level.
 pub fn grants_of_user(r: &impl Read, user_id: &str) -> anyhow::Result<HashMap<String, Level>> {
-    let mut out = HashMap::new();
-    for (_, grant_id) in r.index_scan(GRANT_BY_USER, &format!("{user_id}/"))? {
-        if let Some(g) = r.get::<Grant>(&grant_id)? {
-            out.insert(g.project_id, g.level);
-        }
-    }
-    Ok(out)
+    let ids: Vec<String> = r
+        .index_scan(GRANT_BY_USER, &format!("{user_id}/"))?
+        .into_iter()
+        .map(|(_, grant_id)| grant_id)
+        .collect();
+    // One query for them all on PostgreSQL: every request asks for its caller's grants.
+    Ok(r.get_many::<Grant>(&ids)?
+        .into_iter()
+        .flatten()
+        .map(|g| (g.project_id, g.level))
+        .collect())
 }
 
 /// Every grant, for the access page.

@@ -315,7 +315,8 @@ impl Record for ScheduleRun {
     }
 }
 
-fn schedule_id(kind: ScheduleKind, project_id: &str) -> String {
+/// The id of a project's schedule of one kind.
+pub fn schedule_id(kind: ScheduleKind, project_id: &str) -> String {
     format!("{}:{project_id}", kind.as_str())
 }
 

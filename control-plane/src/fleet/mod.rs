@@ -318,6 +318,28 @@ impl Fleet {
             .unwrap_or(0)
     }
 
+    /// Reads ahead what [`Fleet::live`] will ask `r` about these agents: where those
+    /// not connected here are connected (one query for a page of agents on
+    /// PostgreSQL, instead of one per row).
+    pub fn prefetch_live(
+        &self,
+        r: &impl crate::store::Read,
+        agent_ids: &[String],
+    ) -> anyhow::Result<()> {
+        if !self.inner.cluster.get().is_some_and(|c| c.is_shared()) {
+            return Ok(());
+        }
+        let elsewhere: Vec<String> = {
+            let conns = lock(&self.inner.conns);
+            agent_ids
+                .iter()
+                .filter(|id| !conns.contains_key(id.as_str()))
+                .cloned()
+                .collect()
+        };
+        r.prefetch::<crate::cluster::Presence>(&elsewhere)
+    }
+
     /// When a connected agent was last heard from and its last heartbeat figures;
     /// `None` when it is not connected. An agent connected to another replica is
     /// looked up through `r`, the caller's transaction (see

@@ -58,6 +58,7 @@ pub fn agents_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             ));
             Ok(v)
         };
+        fleet_api::prefetch_agent_rows(app, r, &page.items)?;
         let rows = page
             .items
             .iter()
@@ -283,10 +284,7 @@ fn run_page(
     };
     let recent = match agent {
         Some(agent) => app.store.read(|r| {
-            executions::recent_of_agent(r, &agent.id, 10)?
-                .iter()
-                .map(|e| fleet_api::execution_view(r, e))
-                .collect::<anyhow::Result<Vec<_>>>()
+            fleet_api::execution_views(r, &executions::recent_of_agent(r, &agent.id, 10)?)
         })?,
         None => Vec::new(),
     };

@@ -225,9 +225,10 @@ pub fn authenticate(app: &App, req: &Req) -> AppResult<Option<Ctx>> {
                 "the Authorization header must be 'Bearer TOKEN'",
             )
         })?;
-        let user = auth::api_token_user(&app.store, token.trim(), chrono::Utc::now())?
-            .ok_or_else(|| AppError::new(Kind::Unauthenticated, "invalid or revoked API token"))?;
-        let subject = app.store.read(|r| crate::users::subject(r, &user))?;
+        let (user, subject) = auth::api_token_user(&app.store, token.trim(), chrono::Utc::now())?
+            .ok_or_else(|| {
+            AppError::new(Kind::Unauthenticated, "invalid or revoked API token")
+        })?;
         return Ok(Some(Ctx {
             user,
             subject,
@@ -238,12 +239,11 @@ pub fn authenticate(app: &App, req: &Req) -> AppResult<Option<Ctx>> {
     let Some(cookie) = req.cookie(auth::SESSION_COOKIE) else {
         return Ok(None);
     };
-    let Some((session, user)) =
+    let Some((session, user, subject)) =
         auth::session_from_cookie(&app.store, cookie, app.session_policy(), chrono::Utc::now())?
     else {
         return Ok(None);
     };
-    let subject = app.store.read(|r| crate::users::subject(r, &user))?;
     Ok(Some(Ctx {
         user,
         subject,

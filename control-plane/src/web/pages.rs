@@ -577,11 +577,14 @@ pub fn server(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
 pub fn projects(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     require(ctx, Action::ViewProject, None)?;
     let rows = app.store.read(|r| {
-        let mut rows = Vec::new();
-        for p in projects::all(r)?
-            .iter()
+        let shown: Vec<Project> = projects::all(r)?
+            .into_iter()
             .filter(|p| policy::can(&ctx.subject, Action::ViewProject, Some(&p.id)))
-        {
+            .collect();
+        let ids: Vec<&str> = shown.iter().map(|p| p.id.as_str()).collect();
+        servers::prefetch_project_counts(r, &ids)?;
+        let mut rows = Vec::new();
+        for p in &shown {
             let mut v = serde_json::to_value(ProjectView::from(p)).unwrap_or_default();
             if !policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)) {
                 v["deploy_command"] = Value::Null;
