@@ -1284,19 +1284,43 @@ fn operations_figures(
             "created_at": e.created_at, "exit_code": e.exit_code,
         }))
     };
-    let running = newest(&[Run::Running, Run::Queued], None)?
-        .iter()
-        .map(&row)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let running = newest(&[Run::Running, Run::Queued], None)?;
     let failed = newest(
         &[Run::Failed, Run::TimedOut],
         Some(now - chrono::Duration::hours(24)),
-    )?
-    .iter()
-    .map(&row)
-    .collect::<anyhow::Result<Vec<_>>>()?;
+    )?;
+    // Every row's agent and every project's schedules in one query each (PostgreSQL).
+    let agent_ids: Vec<String> = running
+        .iter()
+        .chain(&failed)
+        .map(|e| e.agent_id.clone())
+        .collect();
+    r.prefetch::<crate::agents::Agent>(&agent_ids)?;
+    let running = running
+        .iter()
+        .map(&row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let failed = failed
+        .iter()
+        .map(&row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let projects: Vec<projects::Project> = projects::all(r)?
+        .into_iter()
+        .filter(|p| visible(&p.id))
+        .collect();
+    let schedule_ids: Vec<String> = projects
+        .iter()
+        .flat_map(|p| {
+            [
+                crate::schedules::ScheduleKind::Backup,
+                crate::schedules::ScheduleKind::Update,
+            ]
+            .map(|kind| crate::schedules::schedule_id(kind, &p.id))
+        })
+        .collect();
+    r.prefetch::<crate::schedules::Schedule>(&schedule_ids)?;
     let mut due = Vec::new();
-    for project in projects::all(r)?.iter().filter(|p| visible(&p.id)) {
+    for project in &projects {
         let (backup, update) = crate::schedules::of_project(r, &project.id)?;
         for (kind, schedule) in [("backup", backup), ("update", update)] {
             let view = crate::schedules::view(schedule.as_ref(), now);
