@@ -755,3 +755,14 @@ fn include_role_apply_with_tags_matches_ansible() {
 fn first_found_matches_ansible() {
     check("first_found.yml", &[]);
 }
+
+/// getent and service_facts on this host (facts kept for later tasks), locale_gen in
+/// check mode, and apache2_module, seport, rpm_key, mysql_user and mysql_db where the
+/// host lacks apache2ctl, SELinux bindings, rpm and a MySQL driver agree with Ansible:
+/// results, facts, the failures and their messages, argument errors.
+#[test]
+fn host_modules_match_ansible() {
+    require_program("getent", "libc-bin");
+    require_program("locale", "libc-bin");
+    check("host_modules.yml", &[]);
+}

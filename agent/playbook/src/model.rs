@@ -379,6 +379,17 @@ pub const NATIVE_MODULES: &[&str] = &[
     "selinux",
     "snap",
     "postgresql_user",
+    "postgresql_db",
+    "getent",
+    "service_facts",
+    "locale_gen",
+    "apache2_module",
+    "seport",
+    "rpm_key",
+    "mysql_user",
+    "mysql_db",
+    "docker_image",
+    "docker_container",
 ];
 
 const COLLECTION_PREFIXES: &[&str] = &[
@@ -388,6 +399,7 @@ const COLLECTION_PREFIXES: &[&str] = &[
     "community.docker.",
     "ansible.posix.",
     "community.postgresql.",
+    "community.mysql.",
 ];
 
 /// Resolves a written module name to the runtime's canonical name.
@@ -408,12 +420,14 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
     // FQCNs must belong to the right collection.
     if qualified {
         let ok = match short {
-            "docker_compose_v2" => written.starts_with("community.docker."),
-            "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" => {
-                written.starts_with("community.general.")
+            "docker_compose_v2" | "docker_image" | "docker_container" => {
+                written.starts_with("community.docker.")
             }
+            "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" | "locale_gen"
+            | "apache2_module" | "seport" => written.starts_with("community.general."),
             "firewalld" | "selinux" | "mount" => written.starts_with("ansible.posix."),
-            "postgresql_user" => written.starts_with("community.postgresql."),
+            "postgresql_user" | "postgresql_db" => written.starts_with("community.postgresql."),
+            "mysql_user" | "mysql_db" => written.starts_with("community.mysql."),
             "authorized_key" | "sysctl" => {
                 written.starts_with("ansible.posix.") || written.starts_with("ansible.builtin.")
             }
@@ -1763,7 +1777,6 @@ mod tests {
             Some("systemd")
         );
         assert_eq!(resolve_module("community.docker.copy"), None);
-        assert_eq!(resolve_module("mysql_db"), None);
         for (written, native) in [
             ("ansible.posix.firewalld", Some("firewalld")),
             ("ansible.posix.mount", Some("mount")),
@@ -1778,6 +1791,11 @@ mod tests {
                 Some("deb822_repository"),
             ),
             ("ansible.builtin.fetch", Some("fetch")),
+            ("community.general.locale_gen", Some("locale_gen")),
+            ("community.mysql.mysql_user", Some("mysql_user")),
+            ("community.docker.docker_image", Some("docker_image")),
+            ("ansible.builtin.getent", Some("getent")),
+            ("community.general.mysql_db", None),
             ("community.general.firewalld", None),
             ("ansible.builtin.npm", None),
         ] {
