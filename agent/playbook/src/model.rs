@@ -390,6 +390,9 @@ pub const NATIVE_MODULES: &[&str] = &[
     "mysql_db",
     "docker_image",
     "docker_container",
+    "seboolean",
+    "composer",
+    "postgresql_privs",
 ];
 
 const COLLECTION_PREFIXES: &[&str] = &[
@@ -424,9 +427,13 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
                 written.starts_with("community.docker.")
             }
             "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" | "locale_gen"
-            | "apache2_module" | "seport" => written.starts_with("community.general."),
-            "firewalld" | "selinux" | "mount" => written.starts_with("ansible.posix."),
-            "postgresql_user" | "postgresql_db" => written.starts_with("community.postgresql."),
+            | "apache2_module" | "seport" | "composer" => written.starts_with("community.general."),
+            "firewalld" | "selinux" | "mount" | "seboolean" => {
+                written.starts_with("ansible.posix.")
+            }
+            "postgresql_user" | "postgresql_db" | "postgresql_privs" => {
+                written.starts_with("community.postgresql.")
+            }
             "mysql_user" | "mysql_db" => written.starts_with("community.mysql."),
             "authorized_key" | "sysctl" => {
                 written.starts_with("ansible.posix.") || written.starts_with("ansible.builtin.")

@@ -28,6 +28,7 @@ pub mod net;
 pub mod nodejs;
 pub mod packages;
 pub mod pamd;
+pub mod php;
 pub mod postgres;
 pub mod reboot;
 pub mod repos;
@@ -450,6 +451,9 @@ pub fn run_module(name: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
         "locale_gen" => locale::locale_gen(&args, ctx),
         "apache2_module" => apache::apache2_module(&args, ctx),
         "seport" => selinux::seport(&args, ctx),
+        "seboolean" => selinux::seboolean(&args, ctx),
+        "composer" => php::composer(&args, ctx),
+        "postgresql_privs" => postgres::postgresql_privs(&args, ctx),
         "rpm_key" => rpm::rpm_key(&args, ctx),
         "mysql_user" => mysql::mysql_user(&args, ctx),
         "mysql_db" => mysql::mysql_db(&args, ctx),

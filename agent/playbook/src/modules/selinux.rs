@@ -358,3 +358,30 @@ pub fn seport(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         "seport: changing SELinux port types (semanage port) is not implemented by the native runtime",
     ))
 }
+
+/// `ansible.posix.seboolean`: SELinux booleans. Like [`seport`], Ansible's module
+/// needs the SELinux Python bindings (`selinux`, `semanage`) and fails without them
+/// in the same words; setting booleans (`setsebool`) is not implemented natively.
+pub fn seboolean(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
+    args.check_supported(&["ignore_selinux_state", "name", "persistent", "state"])?;
+    args.require_all(&["name", "state"])?;
+    let ignore_selinux_state = args.bool("ignore_selinux_state", false)?;
+    args.bool("persistent", false)?;
+    args.bool("state", false)?;
+    if !system_python_has("selinux") {
+        return Ok(Outcome::failed(super::firewall::missing_required_lib(
+            "libselinux-python",
+        )));
+    }
+    if !system_python_has("semanage.py") {
+        return Ok(Outcome::failed(super::firewall::missing_required_lib(
+            "libsemanage-python or python3-libsemanage",
+        )));
+    }
+    if !ignore_selinux_state && !Path::new(ENFORCE).exists() {
+        return Ok(Outcome::failed("SELinux is disabled on this host."));
+    }
+    Ok(Outcome::failed(
+        "seboolean: setting SELinux booleans is not implemented by the native runtime",
+    ))
+}
