@@ -500,9 +500,9 @@ pub fn docker_container(args: &Args, ctx: &ModuleContext) -> Result<Outcome, Arg
     }
     if !container_exists {
         let Some(image) = &image else {
-            return Ok(Outcome::failed(format!(
-                "Cannot create container when image is not specified!"
-            )));
+            return Ok(Outcome::failed(
+                "Cannot create container when image is not specified!",
+            ));
         };
         changed = true;
         actions.push(Value::from_pairs([(
@@ -531,41 +531,37 @@ pub fn docker_container(args: &Args, ctx: &ModuleContext) -> Result<Outcome, Arg
     }
     let now_running = running && container_exists;
     match state.as_str() {
-        "started" | "healthy" => {
-            if !now_running || restart {
-                changed = true;
-                actions.push(Value::from_pairs([(
-                    if now_running { "restarted" } else { "started" },
-                    Value::from(name.clone()),
-                )]));
-                if !ctx.check {
-                    let verb = if now_running { "restart" } else { "start" };
-                    let r = docker(&[verb, &name], ctx);
-                    if r.rc != 0 {
-                        return Ok(Outcome::failed(format!(
-                            "Error starting container {name}: {}",
-                            daemon_error(&r)
-                        )));
-                    }
+        "started" | "healthy" if !now_running || restart => {
+            changed = true;
+            actions.push(Value::from_pairs([(
+                if now_running { "restarted" } else { "started" },
+                Value::from(name.clone()),
+            )]));
+            if !ctx.check {
+                let verb = if now_running { "restart" } else { "start" };
+                let r = docker(&[verb, &name], ctx);
+                if r.rc != 0 {
+                    return Ok(Outcome::failed(format!(
+                        "Error starting container {name}: {}",
+                        daemon_error(&r)
+                    )));
                 }
             }
         }
-        "stopped" => {
-            if now_running {
-                changed = true;
-                actions.push(Value::from_pairs([("stopped", Value::from(name.clone()))]));
-                if !ctx.check {
-                    let r = if force_kill {
-                        docker(&["kill", &name], ctx)
-                    } else {
-                        docker(&["stop", &name], ctx)
-                    };
-                    if r.rc != 0 {
-                        return Ok(Outcome::failed(format!(
-                            "Error stopping container {name}: {}",
-                            daemon_error(&r)
-                        )));
-                    }
+        "stopped" if now_running => {
+            changed = true;
+            actions.push(Value::from_pairs([("stopped", Value::from(name.clone()))]));
+            if !ctx.check {
+                let r = if force_kill {
+                    docker(&["kill", &name], ctx)
+                } else {
+                    docker(&["stop", &name], ctx)
+                };
+                if r.rc != 0 {
+                    return Ok(Outcome::failed(format!(
+                        "Error stopping container {name}: {}",
+                        daemon_error(&r)
+                    )));
                 }
             }
         }

@@ -282,44 +282,6 @@ pub fn selinux(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The configuration is read and rewritten line by line like Ansible's module.
-    #[test]
-    fn config_editing() {
-        let text = "# SELinux\nSELINUX=enforcing\nSELINUXTYPE=targeted\n";
-        assert_eq!(config_value(text, "SELINUX").as_deref(), Some("enforcing"));
-        assert_eq!(
-            config_value(text, "SELINUXTYPE").as_deref(),
-            Some("targeted")
-        );
-        assert_eq!(
-            set_config_line(text, "SELINUX", "permissive"),
-            "# SELinux\nSELINUX=permissive\nSELINUXTYPE=targeted\n"
-        );
-        assert_eq!(
-            set_config_line("# none", "SELINUX", "disabled"),
-            "# none\nSELINUX=disabled\n"
-        );
-    }
-
-    /// grubby's kernels agree or are inconsistent.
-    #[test]
-    fn kernel_arguments() {
-        assert_eq!(
-            kernels_enabled("args=\"ro quiet\"\nargs=\"ro\"\n"),
-            Some(true)
-        );
-        assert_eq!(kernels_enabled("args=\"ro selinux=0\"\n"), Some(false));
-        assert_eq!(
-            kernels_enabled("args=\"ro selinux=0\"\nargs=\"ro\"\n"),
-            None
-        );
-    }
-}
-
 /// `community.general.seport`: SELinux port type definitions. Ansible's module needs
 /// libselinux's and policycoreutils' Python bindings (`selinux`, `seobject`) and a
 /// host with SELinux enabled; without them it fails, and so does this one, with the
@@ -384,4 +346,42 @@ pub fn seboolean(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError>
     Ok(Outcome::failed(
         "seboolean: setting SELinux booleans is not implemented by the native runtime",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration is read and rewritten line by line like Ansible's module.
+    #[test]
+    fn config_editing() {
+        let text = "# SELinux\nSELINUX=enforcing\nSELINUXTYPE=targeted\n";
+        assert_eq!(config_value(text, "SELINUX").as_deref(), Some("enforcing"));
+        assert_eq!(
+            config_value(text, "SELINUXTYPE").as_deref(),
+            Some("targeted")
+        );
+        assert_eq!(
+            set_config_line(text, "SELINUX", "permissive"),
+            "# SELinux\nSELINUX=permissive\nSELINUXTYPE=targeted\n"
+        );
+        assert_eq!(
+            set_config_line("# none", "SELINUX", "disabled"),
+            "# none\nSELINUX=disabled\n"
+        );
+    }
+
+    /// grubby's kernels agree or are inconsistent.
+    #[test]
+    fn kernel_arguments() {
+        assert_eq!(
+            kernels_enabled("args=\"ro quiet\"\nargs=\"ro\"\n"),
+            Some(true)
+        );
+        assert_eq!(kernels_enabled("args=\"ro selinux=0\"\n"), Some(false));
+        assert_eq!(
+            kernels_enabled("args=\"ro selinux=0\"\nargs=\"ro\"\n"),
+            None
+        );
+    }
 }
