@@ -873,3 +873,10 @@ fn postgresql_db_matches_ansible() {
         &ansible_refs,
     );
 }
+
+/// A `when` that evaluates to an integer or a string fails each item as in
+/// ansible-core 2.19 (20-ssh-server in the public corpus), with its message.
+#[test]
+fn broken_conditional_matches_ansible() {
+    check("broken_conditional.yml", &[]);
+}

@@ -1020,6 +1020,10 @@ impl<'a> Runner<'a> {
                         .with("skip_reason", "Conditional result was False")
                         .with("false_condition", modules::value_to_string(condition));
                 }
+                // ansible-core 2.19 fails a non-boolean `when` with its own words only.
+                Err(e @ TemplateError::NotBoolean { .. }) => {
+                    return Outcome::failed(format!("Task failed: {e}"));
+                }
                 Err(e) => {
                     return Outcome::failed(format!(
                         "The conditional check '{}' failed. The error was: {e}",
