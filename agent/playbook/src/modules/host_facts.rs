@@ -327,12 +327,12 @@ mod tests {
         let tree = getent_tree("root:x:0:\ndocker:x:999:a,b\n", Some(":"));
         assert_eq!(
             tree.get_attr("docker").unwrap().to_string(),
-            r#"["x", "999", "a,b"]"#
+            "['x', '999', 'a,b']"
         );
         let tree = getent_tree("127.0.0.1  localhost\n127.0.0.1 other\n", None);
         assert_eq!(
             tree.get_attr("127.0.0.1").unwrap().to_string(),
-            r#"[["localhost"], ["other"]]"#
+            "[['localhost'], ['other']]"
         );
     }
 

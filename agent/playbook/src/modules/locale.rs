@@ -178,10 +178,11 @@ pub fn locale_gen(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError>
 mod tests {
     use super::*;
 
-    /// Commented and uncommented entries both count as available.
+    /// Commented and uncommented entries both count as available; prose does not.
     #[test]
     fn supported_lines() {
-        let listed = listed_locales("# comment line\nen_US.UTF-8 UTF-8\n# de_DE.UTF-8 UTF-8\n");
+        let listed =
+            listed_locales("# This file lists locales\nen_US.UTF-8 UTF-8\n# de_DE.UTF-8 UTF-8\n");
         assert_eq!(listed, ["en_US.UTF-8", "de_DE.UTF-8"]);
     }
 
