@@ -379,6 +379,20 @@ pub const NATIVE_MODULES: &[&str] = &[
     "selinux",
     "snap",
     "postgresql_user",
+    "postgresql_db",
+    "getent",
+    "service_facts",
+    "locale_gen",
+    "apache2_module",
+    "seport",
+    "rpm_key",
+    "mysql_user",
+    "mysql_db",
+    "docker_image",
+    "docker_container",
+    "seboolean",
+    "composer",
+    "postgresql_privs",
 ];
 
 const COLLECTION_PREFIXES: &[&str] = &[
@@ -388,6 +402,7 @@ const COLLECTION_PREFIXES: &[&str] = &[
     "community.docker.",
     "ansible.posix.",
     "community.postgresql.",
+    "community.mysql.",
 ];
 
 /// Resolves a written module name to the runtime's canonical name.
@@ -408,12 +423,18 @@ pub fn resolve_module(written: &str) -> Option<&'static str> {
     // FQCNs must belong to the right collection.
     if qualified {
         let ok = match short {
-            "docker_compose_v2" => written.starts_with("community.docker."),
-            "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" => {
-                written.starts_with("community.general.")
+            "docker_compose_v2" | "docker_image" | "docker_container" => {
+                written.starts_with("community.docker.")
             }
-            "firewalld" | "selinux" | "mount" => written.starts_with("ansible.posix."),
-            "postgresql_user" => written.starts_with("community.postgresql."),
+            "ufw" | "npm" | "pamd" | "snap" | "timezone" | "alternatives" | "locale_gen"
+            | "apache2_module" | "seport" | "composer" => written.starts_with("community.general."),
+            "firewalld" | "selinux" | "mount" | "seboolean" => {
+                written.starts_with("ansible.posix.")
+            }
+            "postgresql_user" | "postgresql_db" | "postgresql_privs" => {
+                written.starts_with("community.postgresql.")
+            }
+            "mysql_user" | "mysql_db" => written.starts_with("community.mysql."),
             "authorized_key" | "sysctl" => {
                 written.starts_with("ansible.posix.") || written.starts_with("ansible.builtin.")
             }
@@ -1763,7 +1784,6 @@ mod tests {
             Some("systemd")
         );
         assert_eq!(resolve_module("community.docker.copy"), None);
-        assert_eq!(resolve_module("mysql_db"), None);
         for (written, native) in [
             ("ansible.posix.firewalld", Some("firewalld")),
             ("ansible.posix.mount", Some("mount")),
@@ -1778,6 +1798,11 @@ mod tests {
                 Some("deb822_repository"),
             ),
             ("ansible.builtin.fetch", Some("fetch")),
+            ("community.general.locale_gen", Some("locale_gen")),
+            ("community.mysql.mysql_user", Some("mysql_user")),
+            ("community.docker.docker_image", Some("docker_image")),
+            ("ansible.builtin.getent", Some("getent")),
+            ("community.general.mysql_db", None),
             ("community.general.firewalld", None),
             ("ansible.builtin.npm", None),
         ] {

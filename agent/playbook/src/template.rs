@@ -46,7 +46,7 @@ pub enum TemplateError {
     NotBoolean {
         /// The conditional expression.
         expression: String,
-        /// The value it produced.
+        /// The truth of the value it produced (`True`/`False`, as Python's `bool`).
         value: String,
         /// The Python-style type name of that value.
         type_name: String,
@@ -321,9 +321,10 @@ impl Templar {
         };
         match value.kind() {
             ValueKind::Bool => Ok(value.is_true()),
+            // ansible-core 2.19 names the value's truth (`Conditional result (True)`).
             _ => Err(TemplateError::NotBoolean {
                 expression: expression.clone(),
-                value: python_repr(&value),
+                value: if value.is_true() { "True" } else { "False" }.into(),
                 type_name: python_type_name(&value).into(),
             }),
         }

@@ -216,6 +216,10 @@ struct Runner<'a> {
     templar: Arc<Templar>,
     stats: Stats,
     facts: Option<Vec<(String, Value)>>,
+    /// Facts modules returned (`getent_group`, `services`, ...), as the module named
+    /// them: each is a variable of its own and a key of `ansible_facts` (without an
+    /// `ansible_` prefix), like Ansible's fact cache with injected facts.
+    module_facts: Vec<(String, Value)>,
     host_vars: Vec<(String, Value)>,
     play_vars: Vec<(String, Value)>,
     play_name: String,
@@ -284,6 +288,7 @@ impl<'a> Runner<'a> {
             templar,
             stats: Stats::default(),
             facts: None,
+            module_facts: Vec::new(),
             host_vars: Vec::new(),
             play_vars: Vec::new(),
             play_name: String::new(),
@@ -366,20 +371,22 @@ impl<'a> Runner<'a> {
                 ("string", Value::from("2.19.0 (dynserv native runtime)")),
             ]),
         );
+        let mut fact_dict: Vec<(String, Value)> = Vec::new();
         if let Some(facts) = &self.facts {
-            vars.insert(
-                "ansible_facts".into(),
-                Value::from_pairs(facts.iter().cloned()),
-            );
+            fact_dict.extend(facts.iter().cloned());
             for (k, v) in facts {
                 vars.insert(format!("ansible_{k}"), v.clone());
             }
-        } else {
-            vars.insert(
-                "ansible_facts".into(),
-                Value::from_pairs(Vec::<(String, Value)>::new()),
-            );
         }
+        for (k, v) in &self.module_facts {
+            let bare = k.strip_prefix("ansible_").unwrap_or(k);
+            match fact_dict.iter_mut().find(|(name, _)| name == bare) {
+                Some(slot) => slot.1 = v.clone(),
+                None => fact_dict.push((bare.to_string(), v.clone())),
+            }
+            vars.insert(k.clone(), v.clone());
+        }
+        vars.insert("ansible_facts".into(), Value::from_pairs(fact_dict));
         // Precedence, low to high, as ansible-core's VariableManager stacks it: the play's
         // roles' defaults, the task's role's defaults, the inventory's variables (group
         // and host vars, already layered), play vars and vars_files, the play's roles'
@@ -1013,6 +1020,10 @@ impl<'a> Runner<'a> {
                         .with("skip_reason", "Conditional result was False")
                         .with("false_condition", modules::value_to_string(condition));
                 }
+                // ansible-core 2.19 fails a non-boolean `when` with its own words only.
+                Err(e @ TemplateError::NotBoolean { .. }) => {
+                    return Outcome::failed(format!("Task failed: {e}"));
+                }
                 Err(e) => {
                     return Outcome::failed(format!(
                         "The conditional check '{}' failed. The error was: {e}",
@@ -1325,7 +1336,34 @@ impl<'a> Runner<'a> {
                     )),
                 }
             }
-            _ => self.run_module(module, &templated, &mctx, become_.as_ref()),
+            _ => {
+                let outcome = self.run_module(module, &templated, &mctx, become_.as_ref());
+                self.absorb_module_facts(&outcome);
+                outcome
+            }
+        }
+    }
+
+    /// Keeps the facts a module returned (getent, service_facts) for the rest of the
+    /// run, as Ansible adds a result's `ansible_facts` to the host's facts.
+    fn absorb_module_facts(&mut self, outcome: &Outcome) {
+        if outcome.is_failed() {
+            return;
+        }
+        let Some(facts) = outcome.get("ansible_facts") else {
+            return;
+        };
+        let Ok(keys) = facts.try_iter() else {
+            return;
+        };
+        for key in keys {
+            let (Some(name), Ok(value)) = (key.as_str(), facts.get_item(&key)) else {
+                continue;
+            };
+            match self.module_facts.iter_mut().find(|(k, _)| k == name) {
+                Some(slot) => slot.1 = value,
+                None => self.module_facts.push((name.to_string(), value)),
+            }
         }
     }
 

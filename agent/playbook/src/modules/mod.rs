@@ -9,23 +9,30 @@
 //! input and output are plain data.
 
 pub mod alternatives;
+pub mod apache;
 pub mod command;
 pub mod compose;
 pub mod controller;
 pub mod deb822;
+pub mod docker;
 pub mod exec;
 pub mod files;
 pub mod firewall;
+pub mod host_facts;
 pub mod lines;
+pub mod locale;
 pub mod more;
 pub mod mount;
+pub mod mysql;
 pub mod net;
 pub mod nodejs;
 pub mod packages;
 pub mod pamd;
+pub mod php;
 pub mod postgres;
 pub mod reboot;
 pub mod repos;
+pub mod rpm;
 pub mod selinux;
 pub mod services;
 pub mod snap;
@@ -246,6 +253,17 @@ impl Args {
             .ok_or_else(|| ArgError::Missing(key.to_string()))
     }
 
+    /// Fails unless every one of `keys` is present, naming all the missing ones (sorted,
+    /// like Ansible's `check_required_arguments`).
+    pub fn require_all(&self, keys: &[&str]) -> Result<(), ArgError> {
+        let mut missing: Vec<&str> = keys.iter().copied().filter(|k| !self.has(k)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        Err(ArgError::Missing(missing.join(", ")))
+    }
+
     /// The first present argument among aliases.
     pub fn str_any(&self, keys: &[&str]) -> Option<String> {
         keys.iter().find_map(|k| self.str(k))
@@ -427,6 +445,20 @@ pub fn run_module(name: &str, args: &Value, ctx: &ModuleContext) -> Outcome {
         "selinux" => selinux::selinux(&args, ctx),
         "snap" => snap::snap(&args, ctx),
         "postgresql_user" => postgres::postgresql_user(&args, ctx),
+        "postgresql_db" => postgres::postgresql_db(&args, ctx),
+        "getent" => host_facts::getent(&args, ctx),
+        "service_facts" => host_facts::service_facts(&args, ctx),
+        "locale_gen" => locale::locale_gen(&args, ctx),
+        "apache2_module" => apache::apache2_module(&args, ctx),
+        "seport" => selinux::seport(&args, ctx),
+        "seboolean" => selinux::seboolean(&args, ctx),
+        "composer" => php::composer(&args, ctx),
+        "postgresql_privs" => postgres::postgresql_privs(&args, ctx),
+        "rpm_key" => rpm::rpm_key(&args, ctx),
+        "mysql_user" => mysql::mysql_user(&args, ctx),
+        "mysql_db" => mysql::mysql_db(&args, ctx),
+        "docker_image" => docker::docker_image(&args, ctx),
+        "docker_container" => docker::docker_container(&args, ctx),
         other => Ok(Outcome::failed(format!(
             "module '{other}' is not implemented by the native runtime"
         ))),

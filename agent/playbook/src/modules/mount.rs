@@ -182,7 +182,7 @@ fn unescape_octal(text: &str) -> String {
 }
 
 /// An `OSError` as Python prints it: `[Errno 39] Directory not empty: 'path'`.
-fn os_error(e: &std::io::Error, path: &str) -> String {
+pub fn os_error(e: &std::io::Error, path: &str) -> String {
     let text = e.to_string();
     let text = text.split(" (os error").next().unwrap_or_default();
     format!("[Errno {}] {text}: '{path}'", e.raw_os_error().unwrap_or(0))

@@ -282,6 +282,72 @@ pub fn selinux(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     Ok(out)
 }
 
+/// `community.general.seport`: SELinux port type definitions. Ansible's module needs
+/// libselinux's and policycoreutils' Python bindings (`selinux`, `seobject`) and a
+/// host with SELinux enabled; without them it fails, and so does this one, with the
+/// same words. Changing the policy itself (through `semanage port`) is not
+/// implemented natively.
+pub fn seport(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
+    args.check_supported(&[
+        "ignore_selinux_state",
+        "ports",
+        "proto",
+        "setype",
+        "state",
+        "reload",
+        "local",
+    ])?;
+    args.require_all(&["ports", "proto", "setype"])?;
+    let ignore_selinux_state = args.bool("ignore_selinux_state", false)?;
+    args.bool("reload", true)?;
+    args.bool("local", false)?;
+    args.choice("proto", &["tcp", "udp"], None)?;
+    args.choice("state", &["absent", "present"], Some("present"))?;
+    if !system_python_has("selinux") {
+        return Ok(Outcome::failed(super::firewall::missing_required_lib(
+            "libselinux-python",
+        )));
+    }
+    if !system_python_has("seobject.py") {
+        return Ok(Outcome::failed(super::firewall::missing_required_lib(
+            "policycoreutils-python",
+        )));
+    }
+    if !ignore_selinux_state && !Path::new(ENFORCE).exists() {
+        return Ok(Outcome::failed("SELinux is disabled on this host."));
+    }
+    Ok(Outcome::failed(
+        "seport: changing SELinux port types (semanage port) is not implemented by the native runtime",
+    ))
+}
+
+/// `ansible.posix.seboolean`: SELinux booleans. Like [`seport`], Ansible's module
+/// needs the SELinux Python bindings (`selinux`, `semanage`) and fails without them
+/// in the same words; setting booleans (`setsebool`) is not implemented natively.
+pub fn seboolean(args: &Args, _ctx: &ModuleContext) -> Result<Outcome, ArgError> {
+    args.check_supported(&["ignore_selinux_state", "name", "persistent", "state"])?;
+    args.require_all(&["name", "state"])?;
+    let ignore_selinux_state = args.bool("ignore_selinux_state", false)?;
+    args.bool("persistent", false)?;
+    args.bool("state", false)?;
+    if !system_python_has("selinux") {
+        return Ok(Outcome::failed(super::firewall::missing_required_lib(
+            "libselinux-python",
+        )));
+    }
+    if !system_python_has("semanage.py") {
+        return Ok(Outcome::failed(super::firewall::missing_required_lib(
+            "libsemanage-python or python3-libsemanage",
+        )));
+    }
+    if !ignore_selinux_state && !Path::new(ENFORCE).exists() {
+        return Ok(Outcome::failed("SELinux is disabled on this host."));
+    }
+    Ok(Outcome::failed(
+        "seboolean: setting SELinux booleans is not implemented by the native runtime",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
