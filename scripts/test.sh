@@ -49,6 +49,9 @@ command -v npm >/dev/null 2>&1 || missing_packages+=(npm)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing_packages+=(postgresql)
 # The SSH tests (tests/tests/ssh.rs) start a real OpenSSH server on a loopback port.
 [ -x /usr/sbin/sshd ] || missing_packages+=(openssh-server)
+# The docker_image differential test runs ansible-core's module with /usr/bin/python3,
+# which needs Debian's requests (the Docker SDK's transport).
+/usr/bin/python3 -c 'import requests' >/dev/null 2>&1 || missing_packages+=(python3-requests)
 # Certificate renewal is tested on a faked wall clock (libfaketime), months ahead.
 [ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing_packages+=(faketime)
 if [ "${#missing_packages[@]}" -gt 0 ]; then
