@@ -491,6 +491,18 @@ pub async fn scheduler(app: App, stop: impl Future<Output = ()> + Send + 'static
             }
             Err(e) => tracing::error!("scheduler: {e:#}"),
         }
+        // Drift checks of desired states, in a transaction of their own.
+        match crate::store::block_in_place(|| {
+            app.store
+                .write(|w| crate::drift::tick(w, Utc::now(), &connected))
+        }) {
+            Ok(started) => {
+                for e in &started {
+                    app.fleet.dispatch(e);
+                }
+            }
+            Err(e) => tracing::error!("drift scheduler: {e:#}"),
+        }
     }
 }
 

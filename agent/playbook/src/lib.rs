@@ -181,6 +181,11 @@ pub struct PlaybookArgs {
     /// is rejected.
     #[arg(long, value_name = "ANSIBLE", num_args = 0..=1, require_equals = true, default_missing_value = "ansible")]
     pub ansible_fallback: Option<PathBuf>,
+    /// Print the run's per-task report (name, action, status, diff) as the last stdout
+    /// line, `DYNSERV-RESULT {json}`: how the agent's drift checks read what would
+    /// change (see `engine::report`).
+    #[arg(long, hide = true)]
+    pub result_line: bool,
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
@@ -279,6 +284,9 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         let _ = lock.flush();
     };
     let report = run_playbook(&playbook, &options, &mut sink);
+    if args.result_line {
+        sink(&engine::report::result_line(report.failed, &report.tasks));
+    }
     Ok(if report.failed { EXIT_FAILED } else { EXIT_OK })
 }
 
