@@ -122,8 +122,8 @@ pub fn get_desired(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let script = crate::scripts::get_visible(r, &ctx.subject, id)?;
-        let state = drift::of_script(r, &script.id)?
-            .ok_or_else(|| AppError::not_found("desired state"))?;
+        let state =
+            drift::of_script(r, &script.id)?.ok_or_else(|| AppError::not_found("desired state"))?;
         if !policy::can(&ctx.subject, Action::ViewServers, Some(&state.project_id)) {
             return Err(AppError::not_found("desired state").into());
         }

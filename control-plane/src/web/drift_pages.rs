@@ -18,18 +18,16 @@ use crate::store::Read;
 pub fn diff_lines(diff: &str) -> Vec<Value> {
     diff.lines()
         .map(|line| {
-            let class = if line.starts_with("+++")
-                || line.starts_with("---")
-                || line.starts_with("@@")
-            {
-                "ds-diff-head"
-            } else if line.starts_with('+') {
-                "ds-diff-add"
-            } else if line.starts_with('-') {
-                "ds-diff-del"
-            } else {
-                "ds-diff-ctx"
-            };
+            let class =
+                if line.starts_with("+++") || line.starts_with("---") || line.starts_with("@@") {
+                    "ds-diff-head"
+                } else if line.starts_with('+') {
+                    "ds-diff-add"
+                } else if line.starts_with('-') {
+                    "ds-diff-del"
+                } else {
+                    "ds-diff-ctx"
+                };
             json!({"class": class, "text": line})
         })
         .collect()
@@ -175,14 +173,9 @@ pub fn check_one_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<
     let result = app
         .store
         .read(|r| Ok(drift::get_visible(r, &ctx.subject, id)?))?;
-    let started = super::drift_api::start_check(
-        app,
-        req,
-        ctx,
-        &result.script_id,
-        Some(&result.server_id),
-    )
-    .map(|_| "check started".to_string());
+    let started =
+        super::drift_api::start_check(app, req, ctx, &result.script_id, Some(&result.server_id))
+            .map(|_| "check started".to_string());
     back_with(started, &format!("/drift/{}", super::urlencode(id)))
 }
 
@@ -259,7 +252,11 @@ pub fn desired_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
 
 /// The script page's Desired state card: the state (or none), whether the caller may
 /// change it, and the results of its servers.
-pub fn script_card(r: &impl Read, ctx: &Ctx, script: &crate::scripts::Script) -> anyhow::Result<Value> {
+pub fn script_card(
+    r: &impl Read,
+    ctx: &Ctx,
+    script: &crate::scripts::Script,
+) -> anyhow::Result<Value> {
     if script.kind != crate::scripts::ScriptKind::Playbook {
         return Ok(json!({"available": false}));
     }
