@@ -658,7 +658,13 @@ pub fn state_view(
     }))
 }
 
+/// The inventory snapshot a run's checks share (project id, snapshot id): the first
+/// check of a project makes it, the others name it, so a check of a thousand servers
+/// builds the project's inventory once.
+type SharedInventory = Option<(String, String)>;
+
 /// Starts a check of `script_id` on one server's agent (check and diff mode).
+#[allow(clippy::too_many_arguments)]
 fn start_check(
     w: &mut Writer,
     actor: &Actor,
@@ -667,15 +673,26 @@ fn start_check(
     server: &Server,
     agent: &Agent,
     now: DateTime<Utc>,
+    inventory: &mut SharedInventory,
 ) -> AppResult<Execution> {
     let base = NewExecution {
         agent: Some(agent.id.clone()),
         diff: true,
+        inventory: inventory
+            .clone()
+            .filter(|(project, _)| *project == server.project_id),
         ..Default::default()
     };
     let input =
         scripts::execution_input(script, &server.project_id, &Default::default(), true, &base)?;
     let execution = executions::create(w, actor, subject, &input)?;
+    if let Work::Playbook {
+        inventory_id: Some(id),
+        ..
+    } = &execution.work
+    {
+        *inventory = Some((execution.project_id.clone(), id.clone()));
+    }
     let id = result_id(&server.id, &script.id);
     let mut result = w
         .get::<DriftResult>(&id)?
@@ -714,13 +731,21 @@ pub fn check_now(
     }
     let now = Utc::now();
     let mut started = Vec::new();
+    let mut inventory = None;
     for server in target_servers(w, &state)? {
         if server_id.is_some_and(|id| id != server.id) {
             continue;
         }
         if let Some(agent) = agent_of(w, &server)? {
             started.push(start_check(
-                w, actor, subject, &script, &server, &agent, now,
+                w,
+                actor,
+                subject,
+                &script,
+                &server,
+                &agent,
+                now,
+                &mut inventory,
             )?);
         }
     }
@@ -808,6 +833,7 @@ pub fn tick(
         let Some(script) = w.get::<Script>(&state.id)? else {
             continue;
         };
+        let mut inventory = None;
         for server in target_servers(w, &state)? {
             let Some(agent) = agent_of(w, &server)? else {
                 continue;
@@ -821,7 +847,16 @@ pub fn tick(
             if !schedules::due(&cron, last, state.updated_at, now) {
                 continue;
             }
-            match start_check(w, &actor, &subject, &script, &server, &agent, now) {
+            match start_check(
+                w,
+                &actor,
+                &subject,
+                &script,
+                &server,
+                &agent,
+                now,
+                &mut inventory,
+            ) {
                 Ok(e) => started.push(e),
                 Err(e) => {
                     tracing::warn!(script = %script.id, server = %server.id, "scheduled drift check could not start: {e}");

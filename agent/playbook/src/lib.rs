@@ -362,9 +362,11 @@ mod tests {
         assert_eq!(report.tasks[2].diff, None);
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "old hunter2\n");
         let line = engine::report::result_line(report.failed, &report.tasks);
-        let parsed: engine::report::Report =
-            serde_json::from_str(line.strip_prefix(engine::report::RESULT_LINE_PREFIX).unwrap())
-                .unwrap();
+        let parsed: engine::report::Report = serde_json::from_str(
+            line.strip_prefix(engine::report::RESULT_LINE_PREFIX)
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(parsed.changed, 2);
         assert!(!parsed.failed);
     }

@@ -157,9 +157,11 @@ pub fn start_check(
             server,
         )?)
     })?;
-    for e in &executions {
-        app.fleet.dispatch(e);
-    }
+    // The jobs read together (one copy of the script's files and inventory).
+    let specs = app
+        .store
+        .read(|r| crate::scripts::job_specs_with_secrets(r, &executions))?;
+    app.fleet.dispatch_many(executions.clone(), specs);
     Ok(executions)
 }
 
