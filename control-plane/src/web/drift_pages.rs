@@ -16,7 +16,9 @@ use crate::store::Read;
 
 /// One line of a diff as the report page shows it: its CSS class and text.
 pub fn diff_lines(diff: &str) -> Vec<Value> {
-    diff.lines()
+    // The printed diff ends with an empty line (as ansible-core's); the page does not.
+    diff.trim_end_matches('\n')
+        .lines()
         .map(|line| {
             let class =
                 if line.starts_with("+++") || line.starts_with("---") || line.starts_with("@@") {
