@@ -256,11 +256,9 @@ async fn main() -> Result<()> {
     let pid = server.pid();
 
     // Connect every simulated agent; one in `100 / drifted` reports drift.
-    let every = if args.drifted == 0 {
-        usize::MAX
-    } else {
-        (100 / args.drifted).max(1)
-    };
+    let every = 100usize
+        .checked_div(args.drifted)
+        .map_or(usize::MAX, |n| n.max(1));
     let endpoints: Vec<quinn::Endpoint> =
         (0..4).map(|_| bench_endpoint()).collect::<Result<_>>()?;
     let (report_tx, mut reports) = mpsc::unbounded_channel::<common::Report>();

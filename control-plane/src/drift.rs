@@ -490,7 +490,7 @@ pub fn target_servers(r: &impl Read, state: &DesiredState) -> anyhow::Result<Vec
             }
         }
     }
-    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    out.sort_by_key(|a| a.name.to_lowercase());
     Ok(out)
 }
 
@@ -968,7 +968,7 @@ fn on_finished(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
                 })
                 .unwrap_or_default();
         }
-        return Ok(save(w, &result)?);
+        return save(w, &result);
     }
     if result.running.as_deref() == Some(e.id.as_str()) {
         result.running = None;

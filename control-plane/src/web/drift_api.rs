@@ -101,7 +101,7 @@ pub fn get(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     require_fleet(ctx)?;
     let view = app.store.read(|r| {
         let result = drift::get_visible(r, &ctx.subject, id)?;
-        Ok(drift::view(r, &result, true)?)
+        drift::view(r, &result, true)
     })?;
     Ok(reply(StatusCode::OK, &view))
 }
@@ -112,7 +112,7 @@ pub fn put_desired(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp>
     let input: DesiredInput = req.json()?;
     let view = app.store.write(|w| {
         let state = drift::set(w, &ctx.actor(req), &ctx.subject, id, &input, Utc::now())?;
-        Ok(drift::state_view(w, &state, Utc::now())?)
+        drift::state_view(w, &state, Utc::now())
     })?;
     Ok(reply(StatusCode::OK, &view))
 }
@@ -127,7 +127,7 @@ pub fn get_desired(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         if !policy::can(&ctx.subject, Action::ViewServers, Some(&state.project_id)) {
             return Err(AppError::not_found("desired state").into());
         }
-        Ok(drift::state_view(r, &state, Utc::now())?)
+        drift::state_view(r, &state, Utc::now())
     })?;
     Ok(reply(StatusCode::OK, &view))
 }

@@ -228,7 +228,7 @@ pub fn desired_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
     };
     let saved = app.store.write(|w| {
         let state = drift::set(w, &ctx.actor(req), &ctx.subject, id, &input, Utc::now())?;
-        Ok(drift::state_view(w, &state, Utc::now())?)
+        drift::state_view(w, &state, Utc::now())
     });
     match saved {
         Ok(view) => Ok(redirect(
