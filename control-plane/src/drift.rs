@@ -470,17 +470,11 @@ pub fn target_servers(r: &impl Read, state: &DesiredState) -> anyhow::Result<Vec
     let mut out = Vec::new();
     match &state.targets {
         Targets::Project => {
-            for agent in crate::agents::of_project(r, &state.project_id)? {
-                if agent.revoked_at.is_some() {
-                    continue;
-                }
-                if let Some(server) = match &agent.server_id {
-                    Some(id) => r.get::<Server>(id)?,
-                    None => None,
-                } {
-                    out.push(server);
-                }
-            }
+            let ids: Vec<String> = crate::agents::of_project(r, &state.project_id)?
+                .into_iter()
+                .filter_map(|agent| agent.server_id)
+                .collect();
+            out.extend(r.get_many::<Server>(&ids)?.into_iter().flatten());
         }
         Targets::Servers { server_ids } => {
             for server in r.get_many::<Server>(server_ids)?.into_iter().flatten() {
@@ -834,7 +828,16 @@ pub fn tick(
             continue;
         };
         let mut inventory = None;
-        for server in target_servers(w, &state)? {
+        let servers = target_servers(w, &state)?;
+        // What the pass reads per server, read together (one query each on PostgreSQL).
+        let agent_ids: Vec<String> = servers.iter().filter_map(|s| s.agent_id.clone()).collect();
+        w.prefetch::<Agent>(&agent_ids)?;
+        let result_ids: Vec<String> = servers
+            .iter()
+            .map(|s| result_id(&s.id, &script.id))
+            .collect();
+        w.prefetch::<DriftResult>(&result_ids)?;
+        for server in servers {
             let Some(agent) = agent_of(w, &server)? else {
                 continue;
             };
