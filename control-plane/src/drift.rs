@@ -296,6 +296,13 @@ pub fn set(
     now: DateTime<Utc>,
 ) -> AppResult<DesiredState> {
     let script = desired_script(w, subject, script_key)?;
+    // Write access first, so a reader learns nothing from the validation of the rest
+    // (a script of every project is checked on the targets' project below).
+    if let Some(p) = &script.project_id {
+        if !policy::can(subject, Action::OperateServers, Some(p)) {
+            return Err(AppError::forbidden());
+        }
+    }
     let cron = Cron::parse(&input.schedule)
         .map_err(|e| AppError::invalid("schedule", format!("invalid cron expression: {e}")))?;
     // The variables a run gets without being asked: the defaults. A required one

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 const ADMIN_PASSWORD: &str = "Tq4!pinewood-harbor-ledger";
 const SALES_PASSWORD: &str = "Mx8!saffron-willow-beacon";
+const TECH_PASSWORD: &str = "Vr7!copper-meadow-lantern";
 
 /// libfaketime, from Debian's `faketime` package (the README's test command installs it).
 const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -269,15 +270,17 @@ async fn a_hand_edit_is_detected_applied_and_resolved_with_one_webhook_each() {
 }
 
 /// The API's errors: a bad cron is a 422 naming `schedule`, a shell script is no
-/// desired state, an unknown filter or status is a 400, a sales agent is refused, and
-/// DELETE stops a desired state (its results go).
+/// desired state, an unknown filter or status is a 400, a sales agent is refused, a
+/// reader marks nothing, and DELETE stops a desired state (its results go).
 #[tokio::test(flavor = "multi_thread")]
 async fn desired_state_api_errors_and_permissions() {
     let cp = ControlPlane::start().await;
     cp.add_user("admin", "admin", false, ADMIN_PASSWORD);
     cp.add_user("sales", "sales", false, SALES_PASSWORD);
+    cp.add_user("tech", "technical", false, TECH_PASSWORD);
     let admin = cp.api_as("admin");
     let sales = cp.api_as("sales");
+    let tech = cp.api_as("tech");
     let (status, project) = admin
         .post("/api/v1/projects", &json!({"name": "Drift"}))
         .await;
@@ -368,6 +371,27 @@ async fn desired_state_api_errors_and_permissions() {
         .await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = sales.delete(&path).await;
+    assert_eq!(status, 403, "{body}");
+    // A technician with read access sees the drift but marks nothing, whatever the
+    // body holds (the permission is decided before the values are checked).
+    let (status, body) = admin
+        .post(
+            &format!(
+                "/api/v1/projects/{}/access",
+                project["id"].as_str().unwrap()
+            ),
+            &json!({"username": "tech", "level": "read"}),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let (status, list) = tech.get("/api/v1/drift").await;
+    assert_eq!(status, 200, "{list}");
+    let (status, body) = tech
+        .put(
+            &path,
+            &json!({"targets": {"project": "Drift"}, "schedule": "61 * * * *"}),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
 
     let (status, body) = admin.delete(&path).await;
