@@ -481,6 +481,7 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             yaml,
             vars,
             check,
+            diff,
             ansible_fallback,
             inventory_hostname,
             files,
@@ -503,6 +504,12 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             argv.push(file.to_string_lossy().into_owned());
             if *check {
                 argv.push("--check".into());
+            }
+            // Diff mode ends the output with the run's per-task report, which the
+            // control plane splits off (`DYNSERV-RESULT`).
+            if *diff {
+                argv.push("--diff".into());
+                argv.push("--result-line".into());
             }
             if *ansible_fallback {
                 argv.push("--ansible-fallback".into());
@@ -894,6 +901,16 @@ mod tests {
             resume_only: false,
             max_output_bytes: None,
         }
+    }
+
+    /// The playbook runtime's report line uses the wire protocol's result prefix, so
+    /// the control plane splits it off like every other job's result.
+    #[test]
+    fn the_report_line_is_the_result_line() {
+        assert_eq!(
+            crate::playbook::engine::report::RESULT_LINE_PREFIX,
+            dynserv_shared::proto::RESULT_PREFIX
+        );
     }
 
     /// Every occurrence of every secret is masked; empty secrets mask nothing.

@@ -607,6 +607,7 @@ fn seeded_execution(
             playbook,
             vars: BTreeMap::new(),
             check: false,
+            diff: false,
             ansible_fallback: false,
             inventory_hostname: None,
             tree: None,

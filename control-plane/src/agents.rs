@@ -1316,15 +1316,17 @@ pub fn with_duplicates(r: &impl Read, subject: &Subject) -> anyhow::Result<Vec<A
 
 /// The usable (not revoked) agents of a project, through its index.
 pub fn of_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<Agent>> {
-    let mut out = Vec::new();
-    for (_, id) in r.index_scan(AGENT_BY_PROJECT, &format!("{project_id}/"))? {
-        if let Some(agent) = r.get::<Agent>(&id)? {
-            if agent.revoked_at.is_none() {
-                out.push(agent);
-            }
-        }
-    }
-    Ok(out)
+    let ids: Vec<String> = r
+        .index_scan(AGENT_BY_PROJECT, &format!("{project_id}/"))?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    // Read together: one query on PostgreSQL for a project of a thousand agents.
+    Ok(r.get_many::<Agent>(&ids)?
+        .into_iter()
+        .flatten()
+        .filter(|agent| agent.revoked_at.is_none())
+        .collect())
 }
 
 /// One agent by id, or by name among those the subject may see; 404 when unknown or

@@ -150,6 +150,10 @@ pub enum Work {
         playbook: String,
         vars: BTreeMap<String, String>,
         check: bool,
+        /// Diff mode with the per-task report (`JobKind::Playbook::diff`): drift
+        /// checks (with `check`) and their Apply. Absent in older records.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        diff: bool,
         /// Tasks the native runtime lacks run through ansible-core on the server.
         #[serde(default)]
         ansible_fallback: bool,
@@ -300,6 +304,7 @@ fn job_kind(work: &Work) -> JobKind {
             playbook,
             vars,
             check,
+            diff,
             ansible_fallback,
             inventory_hostname,
             // The files and the inventory are added where jobs are read with their
@@ -309,6 +314,7 @@ fn job_kind(work: &Work) -> JobKind {
             yaml: playbook,
             vars,
             check,
+            diff,
             ansible_fallback,
             inventory_hostname,
             files: Default::default(),
@@ -409,6 +415,10 @@ pub struct NewExecution {
     /// stored work; kept aside by `scripts` until the job ends. Never read from JSON.
     #[serde(skip)]
     pub secrets: BTreeMap<String, String>,
+    /// Diff mode with the per-task report (set by `drift` for its checks and
+    /// Apply); never read from JSON.
+    #[serde(skip)]
+    pub diff: bool,
     /// The stored script run (set by `scripts`); never read from JSON.
     #[serde(skip)]
     pub script_id: Option<String>,
@@ -585,6 +595,7 @@ pub fn create(
                 playbook: playbook.to_string(),
                 vars,
                 check: input.check.unwrap_or(false),
+                diff: input.diff,
                 ansible_fallback: input.ansible_fallback.unwrap_or(false),
                 inventory_hostname: Some(host_name(w, &agent)?),
                 tree: input.tree.clone(),
@@ -1802,6 +1813,8 @@ pub struct ExecutionView {
     pub script: Option<String>,
     pub rollout: Option<String>,
     pub output_truncated: bool,
+    /// A drift check (a playbook in check and diff mode, see `drift`): lists label it.
+    pub drift_check: bool,
 }
 
 impl ExecutionView {
@@ -1833,6 +1846,14 @@ impl ExecutionView {
             script: e.script_id.clone(),
             rollout: e.rollout_id.clone(),
             output_truncated: e.output_truncated,
+            drift_check: matches!(
+                e.work,
+                Work::Playbook {
+                    check: true,
+                    diff: true,
+                    ..
+                }
+            ),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod drift;
 pub mod error;
 pub mod executions;
 pub mod fleet;

@@ -492,6 +492,18 @@ pub async fn scheduler(app: App, stop: impl Future<Output = ()> + Send + 'static
             }
             Err(e) => tracing::error!("scheduler: {e:#}"),
         }
+        // Drift checks of desired states, in a transaction of their own; their jobs
+        // read together (one copy of a script's files and inventory).
+        match crate::store::block_in_place(|| {
+            app.store.write(|w| {
+                let started = crate::drift::tick(w, Utc::now(), &connected)?;
+                let specs = crate::scripts::job_specs_with_secrets(w, &started)?;
+                Ok((started, specs))
+            })
+        }) {
+            Ok((started, specs)) => app.fleet.dispatch_many(started, specs),
+            Err(e) => tracing::error!("drift scheduler: {e:#}"),
+        }
     }
 }
 

@@ -1187,10 +1187,17 @@ impl KindHooks for ExecutionHooks {
                 tracing::error!(execution = %e.id, "raising execution.failed: {err:#}");
             }
         }
+        // A drift check's or Apply's result (`drift`).
+        if matches!(e.work, crate::executions::Work::Playbook { diff: true, .. }) {
+            crate::drift::execution_finished(w, e);
+        }
         forget_execution_secrets(w, &e.id)
     }
 
     fn pruned(&self, w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+        if matches!(e.work, crate::executions::Work::Playbook { diff: true, .. }) {
+            crate::drift::execution_pruned(w, e)?;
+        }
         forget_execution_secrets(w, &e.id)
     }
 }

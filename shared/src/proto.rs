@@ -377,6 +377,13 @@ pub enum JobKind {
         vars: BTreeMap<String, String>,
         /// Check mode: report what would change without changing it.
         check: bool,
+        /// Diff mode (`--diff`), with a structured report: the agent runs the playbook
+        /// with `--diff` and its last stdout line is [`RESULT_PREFIX`] and the run's
+        /// per-task report (name, action, status, diff; see
+        /// `dynserv_playbook::engine::TaskReport`). Drift checks and their Apply set it.
+        /// Left out when false, so older agents read the same job as before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        diff: bool,
         /// Run a task whose module the native runtime lacks through ansible-core's
         /// `ansible` program, when it is installed on the server; without this such a
         /// playbook is refused before any task runs.
@@ -917,6 +924,7 @@ mod tests {
             yaml: "- hosts: all".into(),
             vars: BTreeMap::new(),
             check: false,
+            diff: false,
             ansible_fallback: false,
             inventory_hostname: Some("web-1".into()),
             files: Default::default(),
@@ -924,12 +932,15 @@ mod tests {
         };
         let text = serde_json::to_string(&named).unwrap();
         assert!(text.contains(r#""inventory_hostname":"web-1""#), "{text}");
+        // Without diff mode the job is sent as older agents know it.
+        assert!(!text.contains("diff"), "{text}");
         assert!(!text.contains("files"), "{text}");
         assert_eq!(serde_json::from_str::<JobKind>(&text).unwrap(), named);
         let with_files = JobKind::Playbook {
             yaml: "- hosts: all".into(),
             vars: BTreeMap::new(),
             check: false,
+            diff: false,
             ansible_fallback: false,
             inventory_hostname: None,
             files: crate::tree::Files::new(vec![crate::tree::TreeFile::from_bytes(

@@ -181,6 +181,11 @@ pub struct PlaybookArgs {
     /// is rejected.
     #[arg(long, value_name = "ANSIBLE", num_args = 0..=1, require_equals = true, default_missing_value = "ansible")]
     pub ansible_fallback: Option<PathBuf>,
+    /// Print the run's per-task report (name, action, status, diff) as the last stdout
+    /// line, `DYNSERV-RESULT {json}`: how the agent's drift checks read what would
+    /// change (see `engine::report`).
+    #[arg(long, hide = true)]
+    pub result_line: bool,
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
@@ -279,6 +284,9 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         let _ = lock.flush();
     };
     let report = run_playbook(&playbook, &options, &mut sink);
+    if args.result_line {
+        sink(&engine::report::result_line(report.failed, &report.tasks));
+    }
     Ok(if report.failed { EXIT_FAILED } else { EXIT_OK })
 }
 
@@ -314,6 +322,53 @@ mod tests {
             lines.push(line.to_string())
         });
         (lines, report)
+    }
+
+    /// In check and diff mode the run's report lists every task with its status and
+    /// the diff as printed, secrets masked; a `no_log` task carries no diff.
+    #[test]
+    fn the_report_carries_each_task_and_its_masked_diff() {
+        use engine::report::TaskStatus;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (f, g) = (dir.path().join("f"), dir.path().join("g"));
+        std::fs::write(&f, "old hunter2\n").unwrap();
+        std::fs::write(&g, "old\n").unwrap();
+        let source = format!(
+            "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: f is managed\n      copy:\n        content: \"new hunter2\\n\"\n        dest: {}\n    - name: g is secret\n      no_log: true\n      copy:\n        content: \"new\\n\"\n        dest: {}\n    - name: say hi\n      debug:\n        msg: hi\n",
+            f.display(),
+            g.display()
+        );
+        let options = RunOptions {
+            check: true,
+            diff: true,
+            secrets: vec!["hunter2".into()],
+            ..RunOptions::default()
+        };
+        let (lines, report) = run_yaml(&source, &options);
+        let text = lines.join("\n");
+        assert_eq!(report.tasks.len(), 3, "{text}");
+        assert_eq!(report.tasks[0].name, "f is managed");
+        assert_eq!(report.tasks[0].action, "copy");
+        assert_eq!(report.tasks[0].status, TaskStatus::Changed);
+        let diff = report.tasks[0].diff.as_deref().expect("a diff");
+        assert!(diff.contains("-old ********"), "{diff}");
+        assert!(diff.contains("+new ********"), "{diff}");
+        assert!(!diff.contains("hunter2"), "{diff}");
+        // The report's diff is what was printed.
+        assert!(text.contains(diff.trim_end()), "{text}\n---\n{diff}");
+        assert_eq!(report.tasks[1].status, TaskStatus::Changed);
+        assert_eq!(report.tasks[1].diff, None, "no_log: no diff");
+        assert_eq!(report.tasks[2].status, TaskStatus::Ok);
+        assert_eq!(report.tasks[2].diff, None);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old hunter2\n");
+        let line = engine::report::result_line(report.failed, &report.tasks);
+        let parsed: engine::report::Report = serde_json::from_str(
+            line.strip_prefix(engine::report::RESULT_LINE_PREFIX)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(parsed.changed, 2);
+        assert!(!parsed.failed);
     }
 
     fn check(source: &str, expected: Stats) {

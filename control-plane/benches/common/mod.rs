@@ -220,12 +220,33 @@ pub fn sim_host_id(agent_id: &str) -> String {
 /// acknowledged (both in µs since the bench started).
 pub type Report = (u64, u64);
 
+/// What a simulated agent prints for a job (its whole stdout), given the job.
+pub type Answer = Arc<dyn Fn(&dynserv_shared::proto::JobSpec) -> String + Send + Sync>;
+
 /// Connects one simulated agent and serves no-op jobs until the connection ends.
 pub async fn sim_agent(
     endpoint: quinn::Endpoint,
     server: SocketAddr,
     identity: Identity,
     reports: mpsc::UnboundedSender<Report>,
+) -> Result<quinn::Connection> {
+    sim_agent_answering(
+        endpoint,
+        server,
+        identity,
+        reports,
+        Arc::new(|_| "ok\n".into()),
+    )
+    .await
+}
+
+/// [`sim_agent`] whose jobs print what `answer` says (one chunk) and succeed.
+pub async fn sim_agent_answering(
+    endpoint: quinn::Endpoint,
+    server: SocketAddr,
+    identity: Identity,
+    reports: mpsc::UnboundedSender<Report>,
+    answer: Answer,
 ) -> Result<quinn::Connection> {
     let connection = endpoint
         .connect_with(identity.config, server, FLEET_SERVER_NAME)?
@@ -262,15 +283,17 @@ pub async fn sim_agent(
     tokio::spawn(async move {
         while let Ok((mut send, mut recv)) = jobs.accept_bi().await {
             let reports = reports.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let Ok(Some(ToAgent::Start(_))) = read_frame::<ToAgent, _>(&mut recv).await else {
+                let Ok(Some(ToAgent::Start(spec))) = read_frame::<ToAgent, _>(&mut recv).await
+                else {
                     return;
                 };
                 let started = micros();
                 let chunk = OutputChunk {
                     seq: 0,
                     stream: OutputStream::Stdout,
-                    data: "ok\n".into(),
+                    data: answer(&spec),
                 };
                 let end = JobEnd {
                     status: JobStatus::Succeeded,

@@ -11,6 +11,8 @@ pub mod assets;
 pub mod business_api;
 pub mod business_pages;
 pub mod ca_api;
+pub mod drift_api;
+pub mod drift_pages;
 pub mod fleet_api;
 pub mod fleet_pages;
 pub mod hetzner_api;

@@ -78,6 +78,12 @@ fn nav(ctx: &Ctx, path: &str) -> Value {
             visible: policy::can(s, Action::ViewServers, None),
         },
         NavItem {
+            label: "Drift",
+            href: "/drift",
+            icon: "fa-code-compare",
+            visible: policy::can(s, Action::ViewServers, None),
+        },
+        NavItem {
             label: "Webhooks",
             href: "/webhooks",
             icon: "fa-bolt",
@@ -439,6 +445,12 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             .map(|p| p.id.as_str())
             .collect();
         servers::prefetch_project_counts(r, &shown)?;
+        r.prefetch_counters(
+            &shown
+                .iter()
+                .map(|p| crate::drift::drifted_counter(p))
+                .collect::<Vec<_>>(),
+        )?;
         let mut project_rows = Vec::new();
         for p in all_projects
             .iter()
@@ -449,6 +461,12 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 servers::project_counts(r, &p.id)?
             } else {
                 servers::Counts::default()
+            };
+            // Its drifted server × script pairs (`drift`, a kept count).
+            let drifted = if policy::can(&ctx.subject, Action::ViewServers, Some(&p.id)) {
+                r.counter(&crate::drift::drifted_counter(&p.id))?
+            } else {
+                0
             };
             let cost = counts.monthly_cost;
             let percent = p
@@ -461,6 +479,7 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
                 "over_budget": percent.is_some_and(|x| x >= 100.0),
                 "near_budget": percent.is_some_and(|x| (80.0..100.0).contains(&x)),
                 "level": ctx.subject.level_on(&p.id).map(|l| l.as_str()),
+                "drifted": drifted,
             }));
         }
         let counts = servers::visible_counts(r, &ctx.subject)?;

@@ -200,6 +200,22 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::PUT, ["scripts", id, "archive"]) => {
             super::scripts_api::upload_archive(app, req, &ctx, id)
         }
+        // Drift: desired states, checks, results and Apply.
+        (&Method::GET, ["scripts", id, "desired-state"]) => {
+            super::drift_api::get_desired(app, &ctx, id)
+        }
+        (&Method::PUT, ["scripts", id, "desired-state"]) => {
+            super::drift_api::put_desired(app, req, &ctx, id)
+        }
+        (&Method::DELETE, ["scripts", id, "desired-state"]) => {
+            super::drift_api::delete_desired(app, req, &ctx, id)
+        }
+        (&Method::POST, ["scripts", id, "drift-check"]) => {
+            super::drift_api::check(app, req, &ctx, id)
+        }
+        (&Method::GET, ["drift"]) => super::drift_api::list(app, req, &ctx),
+        (&Method::GET, ["drift", id]) => super::drift_api::get(app, &ctx, id),
+        (&Method::POST, ["drift", id, "apply"]) => super::drift_api::apply(app, req, &ctx, id),
         (&Method::GET, ["rollouts"]) => super::scripts_api::rollouts_list(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_api::rollout(app, &ctx, id),
         (&Method::POST, ["rollouts", id, "cancel"]) => {
@@ -487,6 +503,21 @@ async fn page_routes(app: &App, req: &Req, segments: &[&str]) -> Resp {
         }
         (&Method::POST, ["scripts", id, "run"]) => {
             super::scripts_pages::run_submit(app, req, &ctx, id)
+        }
+        // Drift: the list, a report, Apply, Check now and the script's Desired state card.
+        (&Method::GET, ["drift"]) => super::drift_pages::list_page(app, req, &ctx),
+        (&Method::GET, ["drift", id]) => super::drift_pages::report_page(app, req, &ctx, id),
+        (&Method::POST, ["drift", id, "apply"]) => {
+            super::drift_pages::apply_submit(app, req, &ctx, id)
+        }
+        (&Method::POST, ["drift", id, "check"]) => {
+            super::drift_pages::check_one_submit(app, req, &ctx, id)
+        }
+        (&Method::POST, ["scripts", id, "desired-state"]) => {
+            super::drift_pages::desired_submit(app, req, &ctx, id)
+        }
+        (&Method::POST, ["scripts", id, "drift-check"]) => {
+            super::drift_pages::check_submit(app, req, &ctx, id)
         }
         (&Method::GET, ["rollouts"]) => super::scripts_pages::rollouts_page(app, req, &ctx),
         (&Method::GET, ["rollouts", id]) => super::scripts_pages::rollout_page(app, req, &ctx, id),

@@ -89,8 +89,13 @@ fn editor(
     variables: &[Variable],
     errors: Value,
 ) -> AppResult<Resp> {
-    let (projects, rollouts) = app.store.read(|r| {
+    let (projects, rollouts, desired) = app.store.read(|r| {
         let projects = editable_projects(r, ctx)?;
+        // The Desired state card (drift checks) of a saved playbook.
+        let desired = match script {
+            Some(s) => super::drift_pages::script_card(r, ctx, s)?,
+            None => json!({"available": false}),
+        };
         let rollouts = match script {
             Some(s) => rollouts::recent_of_script(r, &ctx.subject, &s.id, 10)?
                 .iter()
@@ -98,7 +103,7 @@ fn editor(
                 .collect::<anyhow::Result<Vec<_>>>()?,
             None => Vec::new(),
         };
-        Ok((projects, rollouts))
+        Ok((projects, rollouts, desired))
     })?;
     let can_edit = match script {
         Some(s) => scripts::may_manage(&ctx.subject, s.project_id.as_deref()),
@@ -130,6 +135,7 @@ fn editor(
             "can_run": can_run,
             "can_global": can_global,
             "rollouts": rollouts,
+            "desired": desired,
             "action": script.map(|s| format!("/scripts/{}", s.id)).unwrap_or_else(|| "/scripts/new".into()),
         }),
     )

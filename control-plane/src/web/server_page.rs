@@ -42,6 +42,7 @@ pub fn panel(
         return Ok(json!({
             "fleet": false, "facts": null, "has_agent": false, "ranges": [],
             "executions": [], "backups": [], "updates": [], "deploy_command": null,
+            "drift": [],
         }));
     }
     let agent = match &server.agent_id {
@@ -115,6 +116,11 @@ pub fn panel(
             })
         })
         .collect();
+    // Its drift status against each desired-state script covering it.
+    let drift: Vec<Value> = crate::drift::results_of_server(r, &server.id)?
+        .iter()
+        .map(|d| super::drift_pages::row(r, ctx, d))
+        .collect::<anyhow::Result<_>>()?;
     let can_operate = policy::can(
         &ctx.subject,
         Action::OperateServers,
@@ -139,6 +145,7 @@ pub fn panel(
         "backups": backups,
         "updates": updates,
         "deploy_command": deploy,
+        "drift": drift,
     }))
 }
 

@@ -19,6 +19,7 @@ mod includes;
 mod loops;
 mod output;
 mod prompts;
+pub mod report;
 
 use crate::become_::{Become, BecomeMethod};
 use crate::facts::{build_facts, FactSources};
@@ -136,6 +137,8 @@ pub struct RunReport {
     pub failed: bool,
     /// Whether the run was stopped through [`RunOptions::cancel`].
     pub cancelled: bool,
+    /// Every task's name, action, status and (with `--diff`) diff, in run order.
+    pub tasks: Vec<report::TaskReport>,
 }
 
 /// Runs a parsed playbook against the local host, writing Ansible-style lines to `sink`.
@@ -156,6 +159,7 @@ pub fn run_playbook(
         stats: runner.stats,
         failed: runner.host_failed,
         cancelled: runner.cancelled(),
+        tasks: std::mem::take(&mut runner.task_reports),
     }
 }
 
@@ -252,6 +256,10 @@ struct Runner<'a> {
     current_async: Option<(asyncs::AsyncSpec, PathBuf)>,
     /// The tags an include inherits from its blocks and play (its own select only it).
     include_parent_tags: Vec<String>,
+    /// The report of each task run so far ([`RunReport::tasks`]).
+    task_reports: Vec<report::TaskReport>,
+    /// The diff lines the running task printed (masked), for its report.
+    task_diff: Vec<String>,
 }
 
 /// What happened to one task (after loops were aggregated).
@@ -311,6 +319,8 @@ impl<'a> Runner<'a> {
             processed: false,
             current_async: None,
             include_parent_tags: Vec::new(),
+            task_reports: Vec::new(),
+            task_diff: Vec::new(),
         }
     }
 
@@ -783,6 +793,7 @@ impl<'a> Runner<'a> {
         handler: bool,
     ) {
         let title = self.task_title(task, scope);
+        self.task_diff.clear();
         if module == "meta" {
             self.run_meta(args, scope);
             return;
@@ -929,6 +940,7 @@ impl<'a> Runner<'a> {
             outcome
         };
         self.register(task, &outcome);
+        self.report_task(&title, module, &outcome, no_log);
         let verdict = if outcome.is_failed() {
             Verdict::Failed
         } else if outcome.skipped() {
@@ -988,7 +1000,34 @@ impl<'a> Runner<'a> {
         let json = crate::filters::python_json(&displayable(&outcome, false));
         self.emit(&format!("fatal: [{host}]: FAILED! => {json}"));
         let title = task.name.clone().unwrap_or_else(|| task.default_name());
+        self.report_task(&title, &task.default_name(), &outcome, true);
         self.mark_failed(task, &title, &outcome);
+    }
+
+    /// Adds the task that just ended to the run's report, with the diff it printed
+    /// (none for a `no_log` task, as its printed result is censored).
+    fn report_task(&mut self, title: &str, action: &str, outcome: &Outcome, no_log: bool) {
+        let status = if outcome.is_failed() {
+            report::TaskStatus::Failed
+        } else if outcome.skipped() {
+            report::TaskStatus::Skipped
+        } else if outcome.changed() {
+            report::TaskStatus::Changed
+        } else {
+            report::TaskStatus::Ok
+        };
+        let lines = std::mem::take(&mut self.task_diff);
+        let diff = (!no_log && !lines.is_empty()).then(|| {
+            let mut text = lines.join("\n");
+            text.push('\n');
+            text
+        });
+        self.task_reports.push(report::TaskReport {
+            name: title.to_string(),
+            action: action.to_string(),
+            status,
+            diff,
+        });
     }
 
     fn register(&mut self, task: &Task, outcome: &Outcome) {

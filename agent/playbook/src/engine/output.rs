@@ -8,13 +8,19 @@ use super::*;
 
 impl Runner<'_> {
     pub(super) fn emit(&mut self, line: &str) {
+        let text = self.masked(line);
+        (self.sink)(&text);
+    }
+
+    /// A line with the run's secret values replaced, as every printed line is.
+    fn masked(&self, line: &str) -> String {
         let mut text = line.to_string();
         for secret in &self.options.secrets {
             if !secret.is_empty() {
                 text = text.replace(secret.as_str(), "********");
             }
         }
-        (self.sink)(&text);
+        text
     }
 
     pub(super) fn emit_banner(&mut self, text: &str) {
@@ -48,6 +54,9 @@ impl Runner<'_> {
         };
         for line in ansible_diff(diff) {
             self.emit(&line);
+            // The task's report carries the diff as printed (`report`).
+            let masked = self.masked(&line);
+            self.task_diff.push(masked);
         }
     }
 
