@@ -215,7 +215,7 @@ if [ "$#" -eq 0 ]; then
     pg_status=0
     # --workspace, as in the first pass: the same feature set, so nothing is rebuilt.
     DYNSERV_TEST_BACKEND=postgres cargo nextest run --workspace --no-fail-fast \
-        --profile "$profile" -E 'binary(foundation) | binary(fleet) | binary(business) | binary(alerts) | binary(rollouts) | binary(live) | binary(ca_rotation) | binary(inventory)' || pg_status=$?
+        --profile "$profile" -E 'binary(foundation) | binary(fleet) | binary(business) | binary(alerts) | binary(rollouts) | binary(live) | binary(ca_rotation) | binary(inventory) | binary(drift)' || pg_status=$?
     if [ "$pg_status" -ne 0 ]; then
         warn "the end-to-end tests on PostgreSQL failed (exit $pg_status); the cluster's log ends with:"
         tail -n 20 "$pg_dir/postgres.log" >&2 || true
