@@ -63,6 +63,10 @@ pub enum Targets {
     Project,
     /// These servers (ids) of the project.
     Servers { server_ids: Vec<String> },
+    /// The project's servers in this inventory group (the project's group, a `role`
+    /// label's or one an operator assigned; see [`crate::inventory`]), decided at each
+    /// check, so servers that join the group later are checked too.
+    Group { group: String },
 }
 
 /// A script marked as the desired state of a project's servers.
@@ -263,12 +267,15 @@ pub struct DesiredInput {
     pub schedule: String,
 }
 
-/// `{"project": ID or NAME}` or `{"servers": [ID or NAME, ...]}`.
+/// `{"project": ID or NAME}`, `{"project", "group": NAME}` (an inventory group of the
+/// project) or `{"servers": [ID or NAME, ...]}`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TargetsInput {
     pub project: Option<String>,
     pub servers: Option<Vec<String>>,
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// The script a subject may see, by id or name, as a playbook that can be a desired
@@ -319,6 +326,22 @@ pub fn set(
     let (project_id, targets) =
         match (&input.targets.project, &input.targets.servers) {
             (Some(project), None) => {
+                let group = match input.targets.group.as_deref().map(str::trim) {
+                    None => None,
+                    Some("") => {
+                        return Err(AppError::invalid("targets", "name an inventory group (for example web)"))
+                    }
+                    Some(g) if crate::inventory::valid_group_name(g) => Some(g.to_string()),
+                    Some(g) => {
+                        return Err(AppError::invalid(
+                            "targets",
+                            format!(
+                                "{:?} is not an inventory group name (letters, digits and _, not starting with a digit)",
+                                crate::validate::echo(g)
+                            ),
+                        ))
+                    }
+                };
                 let project = crate::projects::find(w, project)?
                     .filter(|p| policy::can(subject, Action::ViewServers, Some(&p.id)))
                     .ok_or_else(|| {
@@ -330,7 +353,10 @@ pub fn set(
                             ),
                         )
                     })?;
-                (project.id, Targets::Project)
+                match group {
+                    Some(group) if group != "all" => (project.id, Targets::Group { group }),
+                    _ => (project.id, Targets::Project),
+                }
             }
             (None, Some(servers)) => {
                 if servers.is_empty() || servers.len() > MAX_TARGET_SERVERS {
@@ -360,7 +386,7 @@ pub fn set(
             _ => {
                 return Err(AppError::invalid(
                     "targets",
-                    "targets is {\"project\": NAME} or {\"servers\": [NAME, ...]}",
+                    "targets is {\"project\": NAME}, {\"project\": NAME, \"group\": GROUP} or {\"servers\": [NAME, ...]}",
                 ))
             }
         };
@@ -490,6 +516,23 @@ pub fn target_servers(r: &impl Read, state: &DesiredState) -> anyhow::Result<Vec
                 }
             }
         }
+        Targets::Group { group } => {
+            let Some(project) = r.get::<crate::projects::Project>(&state.project_id)? else {
+                return Ok(out);
+            };
+            let ids: Vec<String> = crate::agents::of_project(r, &state.project_id)?
+                .into_iter()
+                .filter_map(|agent| agent.server_id)
+                .collect();
+            let own = r.get_many::<crate::inventory::ServerInventory>(&ids)?;
+            for (server, own) in r.get_many::<Server>(&ids)?.into_iter().zip(own) {
+                let Some(server) = server else { continue };
+                let own = own.map(|o| o.groups).unwrap_or_default();
+                if crate::inventory::effective_groups(&project, &server, &own).contains(group) {
+                    out.push(server);
+                }
+            }
+        }
     }
     out.sort_by_key(|a| a.name.to_lowercase());
     Ok(out)
@@ -504,6 +547,13 @@ pub fn describe_targets(r: &impl Read, state: &DesiredState) -> anyhow::Result<S
                 .map(|p| p.name)
                 .unwrap_or_default();
             format!("every server of {name}")
+        }
+        Targets::Group { group } => {
+            let name = r
+                .get::<crate::projects::Project>(&state.project_id)?
+                .map(|p| p.name)
+                .unwrap_or_default();
+            format!("the servers of {name} in group {group}")
         }
         Targets::Servers { server_ids } => {
             let names: Vec<String> = r
@@ -645,6 +695,9 @@ pub fn state_view(
     let targets = match &state.targets {
         Targets::Project => serde_json::json!({"project": state.project_id}),
         Targets::Servers { server_ids } => serde_json::json!({"servers": server_ids}),
+        Targets::Group { group } => {
+            serde_json::json!({"project": state.project_id, "group": group})
+        }
     };
     Ok(serde_json::json!({
         "script": state.id,
@@ -1145,6 +1198,73 @@ mod tests {
     /// state is checked once per hour per connected server, not while its agent is
     /// offline, once when it is back, and a check's end records drifted then in sync
     /// with one alert per change of state.
+    /// A group target covers the project's servers in that inventory group as it is at
+    /// each check: by `role` label, by an operator's group, and the project's group.
+    #[test]
+    fn group_targets_follow_the_inventory() {
+        use crate::agents::Agent;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let since = at("2026-11-20T12:00:00Z");
+        store
+            .write(|w| {
+                w.put(&serde_json::from_value::<crate::projects::Project>(
+                    serde_json::json!({"id": "p1", "name": "Acme", "description": null,
+                        "budget_monthly": null, "hetzner_token_enc": null, "last_sync": null,
+                        "deploy_command": null, "created_at": since}),
+                )?)?;
+                for (id, name, labels) in [
+                    ("s1", "web-1", serde_json::json!({"role": "web"})),
+                    ("s2", "db-1", serde_json::json!({})),
+                ] {
+                    let server: Server = serde_json::from_value(serde_json::json!({
+                        "id": id, "name": name, "project_id": "p1", "status": "running",
+                        "server_type": null, "location": null, "image": null, "ipv4": null,
+                        "ipv6": null, "hetzner_id": null, "agent_id": format!("a-{id}"),
+                        "monthly_cost": null, "labels": labels,
+                        "created_at": since, "updated_at": since}))?;
+                    crate::servers::save(w, &server)?;
+                    w.put(&Agent {
+                        enrolled_at: since,
+                        server_id: Some(id.into()),
+                        ..Agent::sample(&format!("a-{id}"), name, "p1")
+                    })?;
+                }
+                w.put(&crate::inventory::ServerInventory {
+                    id: "s2".into(),
+                    project_id: "p1".into(),
+                    groups: vec!["db".into()],
+                    vars: Default::default(),
+                    updated_by: "admin".into(),
+                    updated_at: since,
+                })?;
+                crate::agents::backfill_indexes(w)
+            })
+            .unwrap();
+        let servers_in = |group: &str| -> Vec<String> {
+            let state = DesiredState {
+                id: "sc1".into(),
+                project_id: "p1".into(),
+                targets: Targets::Group {
+                    group: group.into(),
+                },
+                cron: "0 * * * *".into(),
+                updated_by: "admin".into(),
+                updated_at: since,
+            };
+            store
+                .read(|r| target_servers(r, &state))
+                .unwrap()
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        assert_eq!(servers_in("web"), ["web-1"]);
+        assert_eq!(servers_in("db"), ["db-1"]);
+        assert_eq!(servers_in("acme"), ["db-1", "web-1"]);
+        assert!(servers_in("mail").is_empty());
+    }
+
     #[test]
     fn tick_checks_once_per_scheduled_time_and_alerts_on_changes_only() {
         use crate::agents::Agent;

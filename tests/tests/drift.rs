@@ -341,6 +341,33 @@ async fn desired_state_api_errors_and_permissions() {
         .await;
     assert_eq!(status, 200, "{state}");
     assert_eq!(state["description"], "every day, at 02:30 (UTC)");
+    // An inventory group of the project: a bad or empty name is a 422 naming targets.
+    for bad in ["9web", "web-servers", ""] {
+        let (status, body) = admin
+            .put(
+                &path,
+                &json!({"targets": {"project": "Drift", "group": bad}, "schedule": "30 2 * * *"}),
+            )
+            .await;
+        assert_eq!(status, 422, "group {bad:?}: {body}");
+        assert_eq!(body["field"], "targets", "{body}");
+    }
+    let (status, grouped) = admin
+        .put(
+            &path,
+            &json!({"targets": {"project": "Drift", "group": "web"}, "schedule": "30 2 * * *"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{grouped}");
+    assert_eq!(grouped["targets"]["group"], "web", "{grouped}");
+    let (status, state) = admin
+        .put(
+            &path,
+            &json!({"targets": {"project": "Drift"}, "schedule": "30 2 * * *"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{state}");
+    assert!(state["targets"].get("group").is_none(), "{state}");
     let (status, got) = admin.get(&path).await;
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["schedule"], "30 2 * * *");

@@ -211,16 +211,23 @@ pub fn desired_submit(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let targets = if form.get("targets") == Some("servers") {
-        TargetsInput {
+    let targets = match form.get("targets") {
+        Some("servers") => TargetsInput {
             project: None,
             servers: Some(servers),
-        }
-    } else {
-        TargetsInput {
+            group: None,
+        },
+        Some("group") => TargetsInput {
             project: form.get("project").map(String::from),
             servers: None,
-        }
+            // An empty group is refused, never taken for the whole project.
+            group: Some(form.get("group").unwrap_or("").to_string()),
+        },
+        _ => TargetsInput {
+            project: form.get("project").map(String::from),
+            servers: None,
+            group: None,
+        },
     };
     let input = DesiredInput {
         targets,
@@ -302,6 +309,10 @@ pub fn script_card(
         state.as_ref().map(|s| &s.targets),
         Some(drift::Targets::Servers { .. })
     );
+    let group = match state.as_ref().map(|s| &s.targets) {
+        Some(drift::Targets::Group { group }) => group.clone(),
+        _ => String::new(),
+    };
     Ok(json!({
         "available": true,
         "state": view,
@@ -310,6 +321,8 @@ pub fn script_card(
         "projects": projects,
         "servers_text": servers_text,
         "by_servers": by_servers,
+        "by_group": !group.is_empty(),
+        "group": group,
         "schedule": state.as_ref().map(|s| s.cron.clone()).unwrap_or_else(|| "0 * * * *".into()),
     }))
 }
