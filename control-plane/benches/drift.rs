@@ -28,15 +28,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use common::{
-    agent_client, bench_endpoint, load_average, micros, rss_kib, sim_agent_answering, sim_facts,
-    sim_host_id, start_server, wait_connected, Answer, Identity,
+    agent_client, bench_endpoint, load_average, micros, rss_kib, seed_admin_and_project,
+    sim_agent_answering, sim_facts, sim_host_id, start_server, wait_connected, Answer, Identity,
 };
 use dynserv::agents::{self, AgentFacts};
-use dynserv::audit::Actor;
-use dynserv::projects::{self, ProjectInput};
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
-use dynserv::users::{self, NewUser};
 use dynserv_shared::pki::{self, AgentPublicKey};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
@@ -128,37 +125,7 @@ fn seed(data: &Path, count: usize) -> Result<(String, Vec<Identity>)> {
     let keys = Keys::load(data, None)?;
     store.seal_with(keys.clone());
     let ca = dynserv::fleet::ca::load_or_create(&store, data)?;
-    let hash = users::hash_password("bench-password-1")?;
-    let (api_token, token) = store.write(|w| {
-        let input = NewUser {
-            username: Some("bench".into()),
-            role: Some("admin".into()),
-            ..Default::default()
-        };
-        let user = users::create(w, &Actor::cli(), &input, Some(hash))
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        let api = dynserv::auth::create_api_token(w, &Actor::cli(), &user, "bench")?;
-        let project = projects::create(
-            w,
-            &keys,
-            &Actor::cli(),
-            &ProjectInput {
-                name: Some("Bench".into()),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-        let (token, _) = agents::create_token(
-            w,
-            &Actor::cli(),
-            &project,
-            10_000,
-            chrono::Duration::hours(1),
-            chrono::Utc::now(),
-        )
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-        Ok((api, token))
-    })?;
+    let (api_token, token) = seed_admin_and_project(&store, &keys)?;
     let mut identities = Vec::with_capacity(count);
     let names: Vec<String> = (0..count).map(|i| format!("sim-{i:05}")).collect();
     for batch in names.chunks(1000) {

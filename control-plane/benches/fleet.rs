@@ -42,15 +42,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use common::{
     agent_client, bench_endpoint, binary, create_database, drop_database, load_average, micros,
-    percentile, pg_settings, rss_kib, sim_agent, sim_facts, sim_host_id, start_server,
-    stream_to_viewers, wait_connected, with_database, Identity, Kill, Server, BENCH_SESSION_SECRET,
+    percentile, pg_settings, rss_kib, seed_admin_and_project, sim_agent, sim_facts, sim_host_id,
+    start_server, stream_to_viewers, wait_connected, with_database, Identity, Kill, Server,
+    BENCH_SESSION_SECRET,
 };
 use dynserv::agents::{self, AgentFacts};
-use dynserv::audit::Actor;
-use dynserv::projects::{self, ProjectInput};
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
-use dynserv::users::{self, NewUser};
 use dynserv_shared::pki::{self, AgentPublicKey};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -124,37 +122,7 @@ fn seed(
     };
     store.seal_with(keys.clone());
     let ca = dynserv::fleet::ca::load_or_create(&store, data)?;
-    let hash = users::hash_password("bench-password-1")?;
-    let (api_token, token) = store.write(|w| {
-        let input = NewUser {
-            username: Some("bench".into()),
-            role: Some("admin".into()),
-            ..Default::default()
-        };
-        let user = users::create(w, &Actor::cli(), &input, Some(hash))
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        let api = dynserv::auth::create_api_token(w, &Actor::cli(), &user, "bench")?;
-        let project = projects::create(
-            w,
-            &keys,
-            &Actor::cli(),
-            &ProjectInput {
-                name: Some("Bench".into()),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-        let (token, _) = agents::create_token(
-            w,
-            &Actor::cli(),
-            &project,
-            10_000,
-            chrono::Duration::hours(1),
-            chrono::Utc::now(),
-        )
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-        Ok((api, token))
-    })?;
+    let (api_token, token) = seed_admin_and_project(&store, &keys)?;
     let mut identities = Vec::with_capacity(count + 1);
     let names: Vec<String> = (0..count)
         .map(|i| format!("sim-{i:05}"))

@@ -23,6 +23,50 @@ use tokio::sync::mpsc;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
+/// Creates the admin `bench` (password `bench-password-1`) with an API token, the
+/// project `Bench` and an enrollment token for it; returns the API token and the
+/// enrollment token's record.
+pub fn seed_admin_and_project(
+    store: &dynserv::store::Store,
+    keys: &dynserv::secrets::Keys,
+) -> Result<(String, dynserv::agents::EnrollmentTokenRecord)> {
+    use dynserv::audit::Actor;
+    use dynserv::projects::{self, ProjectInput};
+    use dynserv::users::{self, NewUser};
+    let hash = users::hash_password("bench-password-1")?;
+    let seeded = store.write(|w| {
+        let input = NewUser {
+            username: Some("bench".into()),
+            role: Some("admin".into()),
+            ..Default::default()
+        };
+        let user = users::create(w, &Actor::cli(), &input, Some(hash))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        let api = dynserv::auth::create_api_token(w, &Actor::cli(), &user, "bench")?;
+        let project = projects::create(
+            w,
+            keys,
+            &Actor::cli(),
+            &ProjectInput {
+                name: Some("Bench".into()),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+        let (token, _) = dynserv::agents::create_token(
+            w,
+            &Actor::cli(),
+            &project,
+            10_000,
+            chrono::Duration::hours(1),
+            chrono::Utc::now(),
+        )
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok((api, token))
+    })?;
+    Ok(seeded)
+}
+
 /// Microseconds since the bench started (the first call).
 pub fn micros() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
