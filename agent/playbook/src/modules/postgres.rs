@@ -37,6 +37,29 @@ fn column_of(flag: &str) -> &'static str {
     }
 }
 
+/// The connection arguments every community.postgresql module takes.
+const CONNECTION_ARGS: &[&str] = &[
+    "login_user",
+    "login",
+    "login_password",
+    "login_host",
+    "host",
+    "login_unix_socket",
+    "unix_socket",
+    "port",
+    "login_port",
+    "ssl_mode",
+    "ca_cert",
+    "ssl_cert",
+    "ssl_key",
+    "connect_params",
+];
+
+/// [`Args::check_supported`] with a module's own arguments and [`CONNECTION_ARGS`].
+fn check_supported(args: &Args, own: &[&str]) -> Result<(), ArgError> {
+    args.check_supported(&[own, CONNECTION_ARGS].concat())
+}
+
 /// A SQL string literal.
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -256,41 +279,30 @@ fn connection(args: &Args, ctx: &ModuleContext, dbname: Option<String>) -> Conne
 
 /// `postgresql_user`: creates, changes or removes a role.
 pub fn postgresql_user(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&[
-        "user",
-        "name",
-        "password",
-        "state",
-        "login_db",
-        "db",
-        "fail_on_user",
-        "fail_on_role",
-        "role_attr_flags",
-        "encrypted",
-        "no_password_changes",
-        "expires",
-        "conn_limit",
-        "session_role",
-        "comment",
-        "trust_input",
-        "configuration",
-        "reset_unspecified_configuration",
-        "quote_configuration_values",
-        "login_user",
-        "login",
-        "login_password",
-        "login_host",
-        "host",
-        "login_unix_socket",
-        "unix_socket",
-        "port",
-        "login_port",
-        "ssl_mode",
-        "ca_cert",
-        "ssl_cert",
-        "ssl_key",
-        "connect_params",
-    ])?;
+    check_supported(
+        args,
+        &[
+            "user",
+            "name",
+            "password",
+            "state",
+            "login_db",
+            "db",
+            "fail_on_user",
+            "fail_on_role",
+            "role_attr_flags",
+            "encrypted",
+            "no_password_changes",
+            "expires",
+            "conn_limit",
+            "session_role",
+            "comment",
+            "trust_input",
+            "configuration",
+            "reset_unspecified_configuration",
+            "quote_configuration_values",
+        ],
+    )?;
     let user = args
         .str_any(&["user", "name"])
         .ok_or_else(|| ArgError::Missing("user".into()))?;
@@ -667,42 +679,31 @@ fn alter_user(
 /// reports whether anything would change without writing. Dump, restore and rename
 /// are not implemented natively.
 pub fn postgresql_db(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&[
-        "db",
-        "name",
-        "owner",
-        "template",
-        "encoding",
-        "lc_collate",
-        "lc_ctype",
-        "icu_locale",
-        "locale_provider",
-        "state",
-        "target",
-        "target_opts",
-        "maintenance_db",
-        "session_role",
-        "conn_limit",
-        "tablespace",
-        "dump_extra_args",
-        "trust_input",
-        "force",
-        "comment",
-        "login_user",
-        "login",
-        "login_password",
-        "login_host",
-        "host",
-        "login_unix_socket",
-        "unix_socket",
-        "port",
-        "login_port",
-        "ssl_mode",
-        "ca_cert",
-        "ssl_cert",
-        "ssl_key",
-        "connect_params",
-    ])?;
+    check_supported(
+        args,
+        &[
+            "db",
+            "name",
+            "owner",
+            "template",
+            "encoding",
+            "lc_collate",
+            "lc_ctype",
+            "icu_locale",
+            "locale_provider",
+            "state",
+            "target",
+            "target_opts",
+            "maintenance_db",
+            "session_role",
+            "conn_limit",
+            "tablespace",
+            "dump_extra_args",
+            "trust_input",
+            "force",
+            "comment",
+        ],
+    )?;
     let db = args
         .str_any(&["db", "name"])
         .ok_or_else(|| ArgError::Missing("db".into()))?;
@@ -924,40 +925,29 @@ pub fn postgresql_db(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgErr
 /// failures (the database named by `login_db`); granting and revoking is not
 /// implemented natively and fails saying so once connected.
 pub fn postgresql_privs(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&[
-        "login_db",
-        "db",
-        "database",
-        "state",
-        "privs",
-        "priv",
-        "type",
-        "objs",
-        "obj",
-        "schema",
-        "roles",
-        "role",
-        "session_role",
-        "target_roles",
-        "grant_option",
-        "admin_option",
-        "fail_on_role",
-        "trust_input",
-        "login_user",
-        "login",
-        "login_password",
-        "login_host",
-        "host",
-        "login_unix_socket",
-        "unix_socket",
-        "port",
-        "login_port",
-        "ssl_mode",
-        "ca_cert",
-        "ssl_cert",
-        "ssl_key",
-        "connect_params",
-    ])?;
+    check_supported(
+        args,
+        &[
+            "login_db",
+            "db",
+            "database",
+            "state",
+            "privs",
+            "priv",
+            "type",
+            "objs",
+            "obj",
+            "schema",
+            "roles",
+            "role",
+            "session_role",
+            "target_roles",
+            "grant_option",
+            "admin_option",
+            "fail_on_role",
+            "trust_input",
+        ],
+    )?;
     let mut missing = Vec::new();
     let login_db = args.str_any(&["login_db", "db", "database"]);
     if login_db.is_none() {
