@@ -100,7 +100,7 @@ fn field_str(value: &Value, path: &[&str]) -> Option<String> {
 
 /// `docker_image`: makes an image present (pulled, or found locally) or absent.
 pub fn docker_image(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
-    args.check_supported(&[
+    const IMAGE_ARGS: &[&str] = &[
         "source",
         "build",
         "archive_path",
@@ -114,26 +114,8 @@ pub fn docker_image(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgErro
         "repository",
         "state",
         "tag",
-        "docker_host",
-        "tls_hostname",
-        "api_version",
-        "timeout",
-        "ca_path",
-        "ca_cert",
-        "tls_ca_cert",
-        "cacert_path",
-        "client_cert",
-        "tls_client_cert",
-        "cert_path",
-        "client_key",
-        "tls_client_key",
-        "key_path",
-        "tls",
-        "use_ssh_client",
-        "validate_certs",
-        "tls_verify",
-        "debug",
-    ])?;
+    ];
+    args.check_supported(&[IMAGE_ARGS, CONNECTION_ARGS].concat())?;
     let name = args.required("name")?;
     let source = args.choice("source", &["build", "load", "pull", "local"], None)?;
     let state = args
@@ -293,8 +275,31 @@ pub fn docker_image(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgErro
         .with("image", result_image))
 }
 
-/// Options of docker_container the native module reads (connection options are
-/// accepted and left to the `docker` CLI's own environment).
+/// The connection options every community.docker module takes: accepted, and left to
+/// the `docker` CLI's own environment.
+const CONNECTION_ARGS: &[&str] = &[
+    "docker_host",
+    "tls_hostname",
+    "api_version",
+    "timeout",
+    "ca_path",
+    "ca_cert",
+    "tls_ca_cert",
+    "cacert_path",
+    "client_cert",
+    "tls_client_cert",
+    "cert_path",
+    "client_key",
+    "tls_client_key",
+    "key_path",
+    "tls",
+    "use_ssh_client",
+    "validate_certs",
+    "tls_verify",
+    "debug",
+];
+
+/// Options of docker_container the native module reads (besides [`CONNECTION_ARGS`]).
 const CONTAINER_OPTIONS: &[&str] = &[
     "name",
     "image",
@@ -321,25 +326,6 @@ const CONTAINER_OPTIONS: &[&str] = &[
     "pull_check_mode_behavior",
     "removal_wait_timeout",
     "healthy_wait_timeout",
-    "docker_host",
-    "tls_hostname",
-    "api_version",
-    "timeout",
-    "ca_path",
-    "ca_cert",
-    "tls_ca_cert",
-    "cacert_path",
-    "client_cert",
-    "tls_client_cert",
-    "cert_path",
-    "client_key",
-    "tls_client_key",
-    "key_path",
-    "tls",
-    "use_ssh_client",
-    "validate_certs",
-    "tls_verify",
-    "debug",
 ];
 
 /// `command` as a list of words (a string is split like a shell would, roughly).
@@ -378,7 +364,10 @@ pub fn docker_container(args: &Args, ctx: &ModuleContext) -> Result<Outcome, Arg
     if let Ok(keys) = args.value().try_iter() {
         for key in keys {
             let key = key.as_str().unwrap_or_default().to_string();
-            if !CONTAINER_OPTIONS.contains(&key.as_str()) && !key.starts_with('_') {
+            if !CONTAINER_OPTIONS.contains(&key.as_str())
+                && !CONNECTION_ARGS.contains(&key.as_str())
+                && !key.starts_with('_')
+            {
                 unknown.push(key);
             }
         }
