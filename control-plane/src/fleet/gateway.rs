@@ -146,11 +146,16 @@ pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Widens the UDP socket's buffers: with the default (about 200 KiB) a job fanned out
 /// to thousands of agents overflows the receive queue, the kernel drops datagrams and
 /// QUIC waits for retransmissions. The kernel caps the size at `net.core.rmem_max` /
-/// `wmem_max`; a smaller result is logged so an operator can raise those.
+/// `wmem_max` unless the process may override it (`CAP_NET_ADMIN`, as quic-go does);
+/// a smaller result is logged so an operator can raise those.
 fn widen_buffers(socket: &std::net::UdpSocket) {
     let sock = socket2::SockRef::from(socket);
-    let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
-    let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    if !force_buffer(socket, libc::SO_RCVBUFFORCE) {
+        let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    }
+    if !force_buffer(socket, libc::SO_SNDBUFFORCE) {
+        let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    }
     let recv = sock.recv_buffer_size().unwrap_or(0);
     if recv < UDP_BUFFER_BYTES {
         tracing::info!(
@@ -159,6 +164,24 @@ fn widen_buffers(socket: &std::net::UdpSocket) {
              of agents raise net.core.rmem_max to {UDP_BUFFER_BYTES}"
         );
     }
+}
+
+/// Sets a buffer past the kernel's cap where the process may (`SO_RCVBUFFORCE`,
+/// `SO_SNDBUFFORCE` need `CAP_NET_ADMIN`); false, changing nothing, without it.
+fn force_buffer(socket: &std::net::UdpSocket, option: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    let bytes = libc::c_int::try_from(UDP_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor, and a pointer to an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_ref(&bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 async fn handle_incoming(fleet: Fleet, incoming: quinn::Incoming) {
