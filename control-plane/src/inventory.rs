@@ -22,6 +22,15 @@
 //! job may wait for its agent. The jobs read it at dispatch
 //! ([`attach_to_specs`]), once per batch, shared between the batch's jobs.
 //!
+//! Facts (Ansible's fact cache): when a playbook job gathers facts on its server, the
+//! agent reports them with the job's end and [`record_facts`] keeps the latest per
+//! server (`server_facts`, keyed by the server's id, at most
+//! `MAX_REPORTED_FACTS_BYTES`; forgotten when the server is marked deleted,
+//! [`forget_facts`]). They are not part of a snapshot: [`attach_to_specs`] adds the
+//! facts of the snapshot's hosts gathered in the last [`FACTS_MAX_AGE_HOURS`] when the
+//! jobs are sent, so a job sees the freshest facts (those of a rollout's gather step,
+//! `rollouts`) and a snapshot stays the same for an unchanged project.
+//!
 //! What does not live here: the inventory's format on the wire
 //! (`dynserv_shared::inventory`), and how a host pattern selects hosts
 //! (`dynserv_playbook::inventory`, which [`unmatched_targets`] uses to tell a rollout
@@ -32,7 +41,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dynserv_shared::inventory::{JobInventory, SharedInventory, Vars, MAX_INVENTORY_BYTES};
-use dynserv_shared::proto::{JobKind, JobSpec};
+use dynserv_shared::proto::{GatheredFacts, JobKind, JobSpec, MAX_REPORTED_FACTS_BYTES};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -62,6 +71,11 @@ pub const MAX_GROUP_VARS_BYTES: usize = 64 * 1024;
 pub const MAX_GROUP_VARS_PER_PROJECT: usize = 500;
 /// The longest group name.
 pub const MAX_GROUP_NAME: usize = 64;
+
+/// Hours a server's gathered facts are shown to other hosts: Ansible's default
+/// `fact_caching_timeout` (a day). Older facts stay stored (the next gathering
+/// replaces them) but no job is sent them.
+pub const FACTS_MAX_AGE_HOURS: i64 = 24;
 
 /// The Hetzner label whose value names a group (`role=web` → `web`).
 pub const ROLE_LABEL: &str = "role";
@@ -135,6 +149,154 @@ impl Record for InventorySnapshot {
     fn id(&self) -> &str {
         &self.id
     }
+}
+
+/// The facts last gathered on a server by a playbook job (table `server_facts`, keyed
+/// by the server's id): the control plane's fact cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerFacts {
+    /// The server's id.
+    pub id: String,
+    pub project_id: String,
+    /// When the agent gathered them, by its clock.
+    pub gathered_at: DateTime<Utc>,
+    /// When the control plane stored them, by its clock (their age is judged by it).
+    pub received_at: DateTime<Utc>,
+    /// The execution whose run gathered them.
+    pub execution_id: String,
+    /// The facts without their `ansible_` prefix.
+    pub facts: Vars,
+}
+
+impl Record for ServerFacts {
+    const TABLE: &'static str = "server_facts";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Why reported facts were not kept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FactsRejected {
+    /// The execution has no server (an agent not attached to one): no inventory host
+    /// could show them.
+    #[error("the execution has no server")]
+    NoServer,
+    /// The server is gone or marked deleted.
+    #[error("the server is deleted")]
+    ServerDeleted,
+    /// They take more than `MAX_REPORTED_FACTS_BYTES` as JSON.
+    #[error("the facts take {0} bytes, more than {MAX_REPORTED_FACTS_BYTES}")]
+    TooLarge(usize),
+    /// `gathered_at` is not an RFC 3339 time.
+    #[error("the facts' gathering time {0:?} is not an RFC 3339 time")]
+    BadTime(String),
+    /// Facts gathered later are already stored (a long job ended after a newer one).
+    #[error("newer facts are stored")]
+    Older,
+}
+
+/// Keeps the facts an execution's job reported as its server's latest, inside the
+/// transaction that ends the execution. Facts that cannot be kept are refused with
+/// the reason (the caller logs it; the execution's end is stored all the same).
+pub fn record_facts(
+    w: &mut Writer,
+    execution: &crate::executions::Execution,
+    reported: &GatheredFacts,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Result<(), FactsRejected>> {
+    let Some(server_id) = execution.server_id.as_deref() else {
+        return Ok(Err(FactsRejected::NoServer));
+    };
+    let size = serde_json::to_vec(&reported.facts)?.len();
+    if size > MAX_REPORTED_FACTS_BYTES {
+        return Ok(Err(FactsRejected::TooLarge(size)));
+    }
+    let Ok(gathered_at) = DateTime::parse_from_rfc3339(&reported.gathered_at) else {
+        return Ok(Err(FactsRejected::BadTime(reported.gathered_at.clone())));
+    };
+    let gathered_at = gathered_at.with_timezone(&Utc);
+    let Some(server) = w.get::<Server>(server_id)?.filter(|s| s.status != "deleted") else {
+        return Ok(Err(FactsRejected::ServerDeleted));
+    };
+    if let Some(stored) = w.get::<ServerFacts>(server_id)? {
+        if stored.gathered_at > gathered_at {
+            return Ok(Err(FactsRejected::Older));
+        }
+    }
+    w.put(&ServerFacts {
+        id: server.id,
+        project_id: server.project_id,
+        gathered_at,
+        received_at: now,
+        execution_id: execution.id.clone(),
+        facts: reported.facts.clone(),
+    })?;
+    Ok(Ok(()))
+}
+
+/// Forgets a server's facts (it was marked deleted).
+pub fn forget_facts(w: &mut Writer, server_id: &str) -> anyhow::Result<()> {
+    w.remove::<ServerFacts>(server_id)
+}
+
+/// The facts shown to the hosts of a project's inventory: each host's stored facts
+/// received after `fresh_since`, in the inventory's host order while the inventory
+/// with them stays within `MAX_INVENTORY_BYTES` (hosts past that go without, as if
+/// none were known). Pure, so the budget is tested without a store.
+pub fn facts_for_hosts(
+    inventory: &JobInventory,
+    stored: &[(String, ServerFacts)],
+    fresh_since: DateTime<Utc>,
+) -> BTreeMap<String, GatheredFacts> {
+    let by_name: HashMap<&str, &ServerFacts> = stored
+        .iter()
+        .filter(|(_, f)| f.received_at >= fresh_since)
+        .map(|(name, f)| (name.as_str(), f))
+        .collect();
+    let mut size = serde_json::to_vec(inventory).map_or(usize::MAX, |b| b.len());
+    // `"facts":{` and its closing brace.
+    size = size.saturating_add(10);
+    let mut out = BTreeMap::new();
+    for host in &inventory.hosts {
+        let Some(facts) = by_name.get(host.as_str()) else {
+            continue;
+        };
+        let entry = GatheredFacts {
+            gathered_at: facts.gathered_at.to_rfc3339(),
+            facts: facts.facts.clone(),
+        };
+        // The entry's JSON, its quoted name, the colon and a comma.
+        let cost = serde_json::to_vec(&entry).map_or(usize::MAX, |b| b.len()) + host.len() + 4;
+        if size.saturating_add(cost) > MAX_INVENTORY_BYTES {
+            continue;
+        }
+        size += cost;
+        out.insert(host.clone(), entry);
+    }
+    out
+}
+
+/// The stored facts of a project's servers, with each server's current name.
+fn stored_facts_of_project(
+    r: &impl Read,
+    project_id: &str,
+) -> anyhow::Result<Vec<(String, ServerFacts)>> {
+    let ids = crate::servers::ids_in_project(r, project_id)?;
+    let facts: Vec<ServerFacts> = r.get_many::<ServerFacts>(&ids)?.into_iter().flatten().collect();
+    if facts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let with: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
+    let servers = r.get_many::<Server>(&with)?;
+    Ok(servers
+        .into_iter()
+        .zip(facts)
+        .filter_map(|(server, facts)| {
+            let server = server.filter(|s| s.status != "deleted")?;
+            Some((server.name, facts))
+        })
+        .collect())
 }
 
 /// Whether `name` is a valid Ansible group name: letters, digits and `_`, not
@@ -582,7 +744,8 @@ pub fn prune_snapshots(w: &mut Writer, now: DateTime<Utc>, limit: usize) -> anyh
 }
 
 /// Adds their inventories to the jobs of playbook executions (by their stored
-/// `inventory_id`), each snapshot read once and shared by the jobs that use it. A job
+/// `inventory_id`), each snapshot read once, with the facts its hosts have now
+/// ([`facts_for_hosts`]), and shared by the jobs that use it. A job
 /// whose snapshot is gone is sent without one (logged): its play then sees only
 /// its own host.
 pub fn attach_to_specs(
@@ -602,12 +765,19 @@ pub fn attach_to_specs(
     if wanted.is_empty() {
         return Ok(());
     }
-    let found: HashMap<String, SharedInventory> = wanted
+    let fresh_since = Utc::now() - Duration::hours(FACTS_MAX_AGE_HOURS);
+    let mut found: HashMap<String, SharedInventory> = HashMap::new();
+    for (id, snapshot) in wanted
         .iter()
         .cloned()
         .zip(r.get_many::<InventorySnapshot>(&wanted)?)
-        .filter_map(|(id, s)| s.map(|s| (id, SharedInventory(Arc::new(s.inventory)))))
-        .collect();
+    {
+        let Some(snapshot) = snapshot else { continue };
+        let mut inventory = snapshot.inventory;
+        let stored = stored_facts_of_project(r, &snapshot.project_id)?;
+        inventory.facts = facts_for_hosts(&inventory, &stored, fresh_since);
+        found.insert(id, SharedInventory(Arc::new(inventory)));
+    }
     for (execution, spec) in executions.iter().zip(specs.iter_mut()) {
         let crate::executions::Work::Playbook {
             inventory_id: Some(id),

@@ -603,6 +603,27 @@ pub struct JobEnd {
     pub summary: String,
     /// Number of output chunks the job produced (the next seq it would have used).
     pub chunks: u64,
+    /// The facts a playbook job gathered on its host (`gather_facts`), which the
+    /// control plane keeps as the server's latest facts for other hosts' `hostvars`.
+    /// Absent when the run gathered none, from older agents, and when the facts
+    /// took more than [`MAX_REPORTED_FACTS_BYTES`]; left out when absent, so older
+    /// control planes read the same end as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Box<GatheredFacts>>,
+}
+
+/// The most bytes (as JSON) of the facts a job reports in [`JobEnd::facts`]: an agent
+/// reports none past it, and the control plane keeps none past it.
+pub const MAX_REPORTED_FACTS_BYTES: usize = 64 * 1024;
+
+/// Facts gathered on one host by a playbook run, as Ansible's fact cache keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatheredFacts {
+    /// When they were gathered (RFC 3339).
+    pub gathered_at: String,
+    /// The facts without their `ansible_` prefix, as in `ansible_facts`
+    /// (`hostname`, `default_ipv4`, ...).
+    pub facts: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Messages from the control plane on a job stream.

@@ -186,6 +186,16 @@ pub struct PlaybookArgs {
     /// change (see `engine::report`).
     #[arg(long, hide = true)]
     pub result_line: bool,
+    /// Internal (agent jobs): a JSON file of facts gathered earlier on other hosts of
+    /// the inventory, `{HOST: {"gathered_at", "facts": {...}}}`, shown as their
+    /// `hostvars[HOST].ansible_facts` and `ansible_*` (the control plane's fact cache).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub facts_cache: Option<PathBuf>,
+    /// Internal (agent jobs): where to write the facts the run gathered on its host,
+    /// `{"gathered_at", "facts": {...}}`, once it ends; nothing is written when it
+    /// gathered none.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub facts_out: Option<PathBuf>,
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
@@ -276,6 +286,10 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         become_program: std::env::current_exe().ok(),
         ansible_fallback: args.ansible_fallback.clone(),
         cancel: None,
+        cached_facts: std::sync::Arc::new(match &args.facts_cache {
+            Some(path) => read_facts_cache(path)?,
+            None => engine::CachedFacts::new(),
+        }),
     };
     let stdout = std::io::stdout();
     let mut sink = |line: &str| {
@@ -287,7 +301,46 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
     if args.result_line {
         sink(&engine::report::result_line(report.failed, &report.tasks));
     }
+    if let (Some(path), Some(gathered)) = (&args.facts_out, &report.gathered_facts) {
+        write_gathered_facts(path, gathered)?;
+    }
     Ok(if report.failed { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// One host's entry of a `--facts-cache` file (its `gathered_at` is for people).
+#[derive(serde::Deserialize)]
+struct CachedHostFacts {
+    facts: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads a `--facts-cache` file.
+fn read_facts_cache(path: &Path) -> anyhow::Result<engine::CachedFacts> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("could not read the facts cache {}", path.display()))?;
+    let hosts: std::collections::BTreeMap<String, CachedHostFacts> =
+        serde_json::from_slice(&text)
+            .with_context(|| format!("the facts cache {} is not valid", path.display()))?;
+    Ok(hosts.into_iter().map(|(h, f)| (h, f.facts)).collect())
+}
+
+/// Writes the run's gathered facts for `--facts-out`, readable by its owner only
+/// (facts hold the environment of the run).
+fn write_gathered_facts(path: &Path, gathered: &engine::GatheredFacts) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let body = serde_json::json!({
+        "gathered_at": gathered.gathered_at.to_rfc3339(),
+        "facts": gathered.facts,
+    });
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not write the gathered facts to {}", path.display()))?;
+    file.write_all(&serde_json::to_vec(&body)?)
+        .with_context(|| format!("could not write the gathered facts to {}", path.display()))?;
+    Ok(())
 }
 
 /// The inventory of a CLI run (`-i`, else the implicit one of `--inventory-hostname`)
