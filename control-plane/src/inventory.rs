@@ -197,15 +197,17 @@ pub enum FactsRejected {
 }
 
 /// Keeps the facts an execution's job reported as its server's latest, inside the
-/// transaction that ends the execution. Facts that cannot be kept are refused with
-/// the reason (the caller logs it; the execution's end is stored all the same).
+/// transaction that ends the execution (`server_id`: the execution's server).
+/// Facts that cannot be kept are refused with the reason (the caller logs it; the
+/// execution's end is stored all the same).
 pub fn record_facts(
     w: &mut Writer,
-    execution: &crate::executions::Execution,
+    server_id: Option<&str>,
+    execution_id: &str,
     reported: &GatheredFacts,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Result<(), FactsRejected>> {
-    let Some(server_id) = execution.server_id.as_deref() else {
+    let Some(server_id) = server_id else {
         return Ok(Err(FactsRejected::NoServer));
     };
     let size = serde_json::to_vec(&reported.facts)?.len();
@@ -229,7 +231,7 @@ pub fn record_facts(
         project_id: server.project_id,
         gathered_at,
         received_at: now,
-        execution_id: execution.id.clone(),
+        execution_id: execution_id.to_string(),
         facts: reported.facts.clone(),
     })?;
     Ok(Ok(()))
@@ -875,6 +877,130 @@ pub fn unmatched_targets(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn stored_facts(name: &str, received_at: &str, facts: serde_json::Value) -> (String, ServerFacts) {
+        (
+            name.to_string(),
+            ServerFacts {
+                id: format!("id-{name}"),
+                project_id: "p1".into(),
+                gathered_at: at(received_at),
+                received_at: at(received_at),
+                execution_id: "e1".into(),
+                facts: facts.as_object().unwrap().clone(),
+            },
+        )
+    }
+
+    /// The inventory's hosts get their stored facts received since the cut-off, the
+    /// stale and unknown ones none, and hosts past the inventory's byte bound none.
+    #[test]
+    fn facts_for_hosts_keeps_fresh_facts_within_the_bound() {
+        let inventory = JobInventory {
+            hosts: vec!["web-1".into(), "web-2".into(), "db-1".into(), "new-1".into()],
+            ..Default::default()
+        };
+        let stored = [
+            stored_facts("web-1", "2026-12-05T10:00:00Z", json!({"hostname": "w1"})),
+            stored_facts("web-2", "2026-12-03T10:00:00Z", json!({"hostname": "w2"})),
+            stored_facts("db-1", "2026-12-05T09:00:00Z", json!({"hostname": "d1"})),
+            stored_facts("gone", "2026-12-05T09:00:00Z", json!({"hostname": "g"})),
+        ];
+        let facts = facts_for_hosts(&inventory, &stored, at("2026-12-04T10:00:00Z"));
+        assert_eq!(facts.keys().collect::<Vec<_>>(), ["db-1", "web-1"]);
+        assert_eq!(facts["web-1"].facts["hostname"], "w1");
+        assert_eq!(facts["web-1"].gathered_at, "2026-12-05T10:00:00+00:00");
+        let mut with = inventory.clone();
+        with.facts = facts;
+        assert!(serde_json::to_vec(&with).unwrap().len() <= MAX_INVENTORY_BYTES);
+
+        // Facts of 40 KB each: the bound takes ten or so, in host order.
+        let big = "x".repeat(40 * 1024);
+        let many: Vec<(String, ServerFacts)> = (0..30)
+            .map(|i| stored_facts(&format!("h{i:02}"), "2026-12-05T10:00:00Z", json!({"blob": big})))
+            .collect();
+        let inventory = JobInventory {
+            hosts: many.iter().map(|(n, _)| n.clone()).collect(),
+            ..Default::default()
+        };
+        let facts = facts_for_hosts(&inventory, &many, at("2026-12-04T10:00:00Z"));
+        assert!((9..=11).contains(&facts.len()), "{}", facts.len());
+        assert!(facts.contains_key("h00") && !facts.contains_key("h29"));
+        let mut with = inventory.clone();
+        with.facts = facts;
+        assert!(serde_json::to_vec(&with).unwrap().len() <= MAX_INVENTORY_BYTES);
+    }
+
+    /// Reported facts are kept per server, the newest gathering wins, bad or oversized
+    /// reports and those of executions without a live server are refused, and a
+    /// server marked deleted loses its facts.
+    #[test]
+    fn record_facts_keeps_the_latest_per_server_until_the_server_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let now = at("2026-12-05T10:00:00Z");
+        let mut server: Server = serde_json::from_value(json!({
+            "id": "s1", "name": "web-1", "project_id": "p1", "status": "running",
+            "server_type": null, "location": null, "image": null, "ipv4": null,
+            "ipv6": null, "hetzner_id": null, "agent_id": "a1",
+            "monthly_cost": null, "labels": {}, "created_at": now, "updated_at": now}))
+        .unwrap();
+        let report = |gathered_at: &str, hostname: &str| GatheredFacts {
+            gathered_at: gathered_at.into(),
+            facts: json!({"hostname": hostname}).as_object().unwrap().clone(),
+        };
+        store
+            .write(|w| {
+                crate::servers::save(w, &server)?;
+                let keep = |w: &mut Writer, server: Option<&str>, r: &GatheredFacts| {
+                    record_facts(w, server, "e1", r, now)
+                };
+                assert_eq!(
+                    keep(w, None, &report("2026-12-05T09:00:00Z", "a"))?,
+                    Err(FactsRejected::NoServer)
+                );
+                assert_eq!(
+                    keep(w, Some("s9"), &report("2026-12-05T09:00:00Z", "a"))?,
+                    Err(FactsRejected::ServerDeleted)
+                );
+                assert_eq!(
+                    keep(w, Some("s1"), &report("yesterday", "a"))?,
+                    Err(FactsRejected::BadTime("yesterday".into()))
+                );
+                let huge = GatheredFacts {
+                    gathered_at: "2026-12-05T09:00:00Z".into(),
+                    facts: json!({"blob": "x".repeat(MAX_REPORTED_FACTS_BYTES)})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                };
+                assert!(matches!(keep(w, Some("s1"), &huge)?, Err(FactsRejected::TooLarge(_))));
+                assert_eq!(w.get::<ServerFacts>("s1")?.map(|f| f.id), None);
+                keep(w, Some("s1"), &report("2026-12-05T09:30:00Z", "new"))?.unwrap();
+                assert_eq!(
+                    keep(w, Some("s1"), &report("2026-12-05T09:00:00Z", "old"))?,
+                    Err(FactsRejected::Older)
+                );
+                let kept = w.get::<ServerFacts>("s1")?.expect("kept");
+                assert_eq!(kept.facts["hostname"], "new");
+                assert_eq!((kept.project_id.as_str(), kept.received_at), ("p1", now));
+                assert_eq!(stored_facts_of_project(w, "p1")?.len(), 1);
+                Ok(())
+            })
+            .unwrap();
+        server.status = "deleted".into();
+        store
+            .write(|w| {
+                crate::servers::save(w, &server)?;
+                assert!(w.get::<ServerFacts>("s1")?.is_none());
+                Ok(())
+            })
+            .unwrap();
+    }
 
     fn host(name: &str, role: Option<&str>, groups: &[&str], vars: serde_json::Value) -> Host {
         Host {

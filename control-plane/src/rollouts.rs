@@ -1171,6 +1171,24 @@ mod tests {
         assert_eq!(plan(states, serial, max_failures), expected, "{states:?}");
     }
 
+    /// A playbook gathers facts unless every play turns gathering off; templated
+    /// values, imports and text that does not parse count as gathering.
+    #[test]
+    fn plays_gather_facts_unless_every_play_says_no() {
+        for (playbook, gathers) in [
+            ("- hosts: all\n  tasks: []\n", true),
+            ("- hosts: all\n  gather_facts: false\n  tasks: []\n", false),
+            ("- hosts: all\n  gather_facts: no\n- hosts: web\n  gather_facts: 'False'\n", false),
+            ("- hosts: all\n  gather_facts: false\n- hosts: web\n  gather_facts: true\n", true),
+            ("- hosts: all\n  gather_facts: \"{{ want }}\"\n", true),
+            ("- import_playbook: other.yml\n", true),
+            ("- hosts: [unclosed\n", true),
+        ] {
+            assert_eq!(plays_may_gather_facts(playbook), gathers, "{playbook}");
+        }
+        assert!(plays_may_gather_facts(GATHER_PLAYBOOK));
+    }
+
     /// Batches of `serial` start in order, one after the other.
     #[test]
     fn batches_in_order() {

@@ -601,6 +601,71 @@ mod tests {
         assert!(!all.contains("never"), "{all}");
     }
 
+    /// Another host's cached facts are its `hostvars[h].ansible_facts` and, injected,
+    /// `hostvars[h].ansible_*` over its inventory variables (as ansible-core stacks
+    /// host facts over inventory variables); a host without facts has an empty
+    /// `ansible_facts`; cached facts of the own host are not used; the own host's
+    /// gathered facts also sit over its inventory variables, and the run reports them.
+    #[test]
+    fn hostvars_show_cached_facts_over_inventory_vars() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("inv.ini");
+        std::fs::write(
+            &source,
+            "web1 ansible_os_family=from_inventory
+db1 ansible_hostname=from_inventory role=db
+new1
+",
+        )
+        .expect("write");
+        let mut inventory =
+            inventory::Inventory::load(&source.display().to_string()).expect("valid");
+        inventory
+            .resolve_vars(&inventory::VarsDirs::default(), None)
+            .expect("vars");
+        let facts = |pairs: serde_json::Value| pairs.as_object().unwrap().clone();
+        let cached: engine::CachedFacts = [
+            ("db1".to_string(), facts(serde_json::json!({"hostname": "db-box", "default_ipv4": {"address": "10.0.0.7"}}))),
+            ("web1".to_string(), facts(serde_json::json!({"hostname": "stale-self"}))),
+        ]
+        .into();
+        let options = RunOptions {
+            inventory_hostname: "web1".into(),
+            inventory: Some(std::sync::Arc::new(inventory)),
+            cached_facts: std::sync::Arc::new(cached),
+            ..RunOptions::default()
+        };
+        let (lines, report) = run_yaml(
+            concat!(
+                "- hosts: web1\n  gather_facts: false\n  tasks:\n",
+                "    - debug: msg=\"DB {{ hostvars['db1'].ansible_hostname }} {{ hostvars['db1'].ansible_facts.hostname }}",
+                " {{ hostvars['db1'].ansible_default_ipv4.address }} {{ hostvars['db1'].role }}",
+                " NEW {{ hostvars['new1'].ansible_facts | length }} {{ hostvars['new1'].ansible_hostname is defined }}",
+                " SELF {{ ansible_facts | length }}\"\n",
+                "- hosts: web1\n  tasks:\n",
+                "    - debug: msg=\"OWN {{ ansible_os_family != 'from_inventory' }} {{ ansible_hostname != 'stale-self' }}\"\n",
+            ),
+            &options,
+        );
+        let all = lines.join("\n");
+        assert!(!report.failed, "{all}");
+        assert!(all.contains("\"msg\": \"DB db-box db-box 10.0.0.7 db NEW 0 False SELF 0\""), "{all}");
+        assert!(all.contains("\"msg\": \"OWN True True\""), "{all}");
+        let gathered = report.gathered_facts.expect("the run gathered facts");
+        assert!(gathered.facts.contains_key("hostname"), "{:?}", gathered.facts.keys());
+        assert!(!gathered.facts.contains_key("ansible_hostname"));
+    }
+
+    /// A run that gathers no facts reports none.
+    #[test]
+    fn a_run_without_gathering_reports_no_facts() {
+        let (_, report) = run_yaml(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=x\n",
+            &RunOptions::default(),
+        );
+        assert_eq!(report.gathered_facts, None);
+    }
+
     /// A cancelled run stops before its next task and says so.
     #[test]
     fn cancellation_stops_the_run() {

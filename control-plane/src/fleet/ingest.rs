@@ -271,9 +271,13 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                         if let (Some(facts), Some(execution)) = (facts, &ended) {
                             // Facts that cannot be kept cost other hosts their
                             // `hostvars` facts, never the execution its end.
-                            if let Err(reason) =
-                                crate::inventory::record_facts(w, execution, facts, now)?
-                            {
+                            if let Err(reason) = crate::inventory::record_facts(
+                                w,
+                                execution.server_id.as_deref(),
+                                &execution.id,
+                                facts,
+                                now,
+                            )? {
                                 tracing::info!(
                                     execution = %execution_id,
                                     "the job's gathered facts are not kept: {reason}"
