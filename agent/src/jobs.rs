@@ -547,7 +547,10 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
             }
             // The facts the run gathers on this host go back to the control plane
             // with the job's end (`JobEnd::facts`).
-            argv.push(format!("--facts-out={}", dir.join(GATHERED_FACTS_FILE).display()));
+            argv.push(format!(
+                "--facts-out={}",
+                dir.join(GATHERED_FACTS_FILE).display()
+            ));
             // The variables go in a private file, not on the command line where any
             // local user could read them (they may hold secrets).
             if !vars.is_empty() {
@@ -897,10 +900,13 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
         },
         None => end,
     };
-    let end = JobEnd {
-        facts: gathered_facts(&job.dir),
-        ..end
-    };
+    // Reading a file: off the async workers.
+    let dir = job.dir.clone();
+    let facts = tokio::task::spawn_blocking(move || gathered_facts(&dir))
+        .await
+        .ok()
+        .flatten();
+    let end = JobEnd { facts, ..end };
     job.finish(end);
 }
 

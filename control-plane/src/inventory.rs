@@ -218,7 +218,10 @@ pub fn record_facts(
         return Ok(Err(FactsRejected::BadTime(reported.gathered_at.clone())));
     };
     let gathered_at = gathered_at.with_timezone(&Utc);
-    let Some(server) = w.get::<Server>(server_id)?.filter(|s| s.status != "deleted") else {
+    let Some(server) = w
+        .get::<Server>(server_id)?
+        .filter(|s| s.status != "deleted")
+    else {
         return Ok(Err(FactsRejected::ServerDeleted));
     };
     if let Some(stored) = w.get::<ServerFacts>(server_id)? {
@@ -285,7 +288,11 @@ fn stored_facts_of_project(
     project_id: &str,
 ) -> anyhow::Result<Vec<(String, ServerFacts)>> {
     let ids = crate::servers::ids_in_project(r, project_id)?;
-    let facts: Vec<ServerFacts> = r.get_many::<ServerFacts>(&ids)?.into_iter().flatten().collect();
+    let facts: Vec<ServerFacts> = r
+        .get_many::<ServerFacts>(&ids)?
+        .into_iter()
+        .flatten()
+        .collect();
     if facts.is_empty() {
         return Ok(Vec::new());
     }
@@ -879,10 +886,16 @@ mod tests {
     use serde_json::json;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
-    fn stored_facts(name: &str, received_at: &str, facts: serde_json::Value) -> (String, ServerFacts) {
+    fn stored_facts(
+        name: &str,
+        received_at: &str,
+        facts: serde_json::Value,
+    ) -> (String, ServerFacts) {
         (
             name.to_string(),
             ServerFacts {
@@ -901,7 +914,12 @@ mod tests {
     #[test]
     fn facts_for_hosts_keeps_fresh_facts_within_the_bound() {
         let inventory = JobInventory {
-            hosts: vec!["web-1".into(), "web-2".into(), "db-1".into(), "new-1".into()],
+            hosts: vec![
+                "web-1".into(),
+                "web-2".into(),
+                "db-1".into(),
+                "new-1".into(),
+            ],
             ..Default::default()
         };
         let stored = [
@@ -921,7 +939,13 @@ mod tests {
         // Facts of 40 KB each: the bound takes ten or so, in host order.
         let big = "x".repeat(40 * 1024);
         let many: Vec<(String, ServerFacts)> = (0..30)
-            .map(|i| stored_facts(&format!("h{i:02}"), "2026-12-05T10:00:00Z", json!({"blob": big})))
+            .map(|i| {
+                stored_facts(
+                    &format!("h{i:02}"),
+                    "2026-12-05T10:00:00Z",
+                    json!({"blob": big}),
+                )
+            })
             .collect();
         let inventory = JobInventory {
             hosts: many.iter().map(|(n, _)| n.clone()).collect(),
@@ -978,7 +1002,10 @@ mod tests {
                         .unwrap()
                         .clone(),
                 };
-                assert!(matches!(keep(w, Some("s1"), &huge)?, Err(FactsRejected::TooLarge(_))));
+                assert!(matches!(
+                    keep(w, Some("s1"), &huge)?,
+                    Err(FactsRejected::TooLarge(_))
+                ));
                 assert_eq!(w.get::<ServerFacts>("s1")?.map(|f| f.id), None);
                 keep(w, Some("s1"), &report("2026-12-05T09:30:00Z", "new"))?.unwrap();
                 assert_eq!(

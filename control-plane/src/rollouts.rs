@@ -519,7 +519,12 @@ pub fn plays_may_gather_facts(playbook: &str) -> bool {
     plays.iter().any(|play| match play.get("gather_facts") {
         None => play.get("hosts").is_some() || play.get("import_playbook").is_some(),
         Some(value) => !matches!(
-            value.to_value().to_string().trim().to_ascii_lowercase().as_str(),
+            value
+                .to_value()
+                .to_string()
+                .trim()
+                .to_ascii_lowercase()
+                .as_str(),
             "false" | "no" | "off" | "0" | "n" | "f"
         ),
     })
@@ -574,8 +579,7 @@ fn facts_step_pending(
     if rollout.facts_step.is_empty() {
         return Ok(false);
     }
-    let over = now
-        >= rollout.created_at + chrono::Duration::seconds(FACTS_STEP_TIMEOUT_S as i64);
+    let over = now >= rollout.created_at + chrono::Duration::seconds(FACTS_STEP_TIMEOUT_S as i64);
     if over {
         return Ok(false);
     }
@@ -1178,8 +1182,14 @@ mod tests {
         for (playbook, gathers) in [
             ("- hosts: all\n  tasks: []\n", true),
             ("- hosts: all\n  gather_facts: false\n  tasks: []\n", false),
-            ("- hosts: all\n  gather_facts: no\n- hosts: web\n  gather_facts: 'False'\n", false),
-            ("- hosts: all\n  gather_facts: false\n- hosts: web\n  gather_facts: true\n", true),
+            (
+                "- hosts: all\n  gather_facts: no\n- hosts: web\n  gather_facts: 'False'\n",
+                false,
+            ),
+            (
+                "- hosts: all\n  gather_facts: false\n- hosts: web\n  gather_facts: true\n",
+                true,
+            ),
             ("- hosts: all\n  gather_facts: \"{{ want }}\"\n", true),
             ("- import_playbook: other.yml\n", true),
             ("- hosts: [unclosed\n", true),

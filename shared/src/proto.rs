@@ -835,10 +835,16 @@ mod tests {
             panic!("an end");
         };
         assert_eq!(end.facts, None);
-        assert_eq!(serde_json::to_string(&FromAgent::End(end.clone())).unwrap(), old_end);
+        assert_eq!(
+            serde_json::to_string(&FromAgent::End(end.clone())).unwrap(),
+            old_end
+        );
         let gathered = GatheredFacts {
             gathered_at: "2026-12-05T10:00:00+00:00".into(),
-            facts: serde_json::json!({"hostname": "web-1"}).as_object().unwrap().clone(),
+            facts: serde_json::json!({"hostname": "web-1"})
+                .as_object()
+                .unwrap()
+                .clone(),
         };
         let with = FromAgent::End(JobEnd {
             facts: Some(Box::new(gathered.clone())),
@@ -859,7 +865,10 @@ mod tests {
             serde_json::from_str::<crate::inventory::JobInventory>(&text).unwrap(),
             inventory
         );
-        assert_eq!(inventory.to_ansible()["all"]["hosts"]["web-1"], serde_json::Value::Null);
+        assert_eq!(
+            inventory.to_ansible()["all"]["hosts"]["web-1"],
+            serde_json::Value::Null
+        );
     }
 
     /// Messages of agents and control planes from before copies were told apart still

@@ -317,9 +317,8 @@ struct CachedHostFacts {
 fn read_facts_cache(path: &Path) -> anyhow::Result<engine::CachedFacts> {
     let text = std::fs::read(path)
         .with_context(|| format!("could not read the facts cache {}", path.display()))?;
-    let hosts: std::collections::BTreeMap<String, CachedHostFacts> =
-        serde_json::from_slice(&text)
-            .with_context(|| format!("the facts cache {} is not valid", path.display()))?;
+    let hosts: std::collections::BTreeMap<String, CachedHostFacts> = serde_json::from_slice(&text)
+        .with_context(|| format!("the facts cache {} is not valid", path.display()))?;
     Ok(hosts.into_iter().map(|(h, f)| (h, f.facts)).collect())
 }
 
@@ -649,10 +648,17 @@ new1
         );
         let all = lines.join("\n");
         assert!(!report.failed, "{all}");
-        assert!(all.contains("\"msg\": \"DB db-box db-box 10.0.0.7 db NEW 0 False SELF 0\""), "{all}");
+        assert!(
+            all.contains("\"msg\": \"DB db-box db-box 10.0.0.7 db NEW 0 False SELF 0\""),
+            "{all}"
+        );
         assert!(all.contains("\"msg\": \"OWN True True\""), "{all}");
         let gathered = report.gathered_facts.expect("the run gathered facts");
-        assert!(gathered.facts.contains_key("hostname"), "{:?}", gathered.facts.keys());
+        assert!(
+            gathered.facts.contains_key("hostname"),
+            "{:?}",
+            gathered.facts.keys()
+        );
         assert!(!gathered.facts.contains_key("ansible_hostname"));
     }
 

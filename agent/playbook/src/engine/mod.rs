@@ -78,7 +78,8 @@ pub struct RunOptions {
 }
 
 /// Facts of hosts by host name ([`RunOptions::cached_facts`]).
-pub type CachedFacts = std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
+pub type CachedFacts =
+    std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
 
 /// Facts a run gathered on its own host ([`RunReport::gathered_facts`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1540,7 +1541,10 @@ fn other_hostvars(
             // A host without cached facts has an empty `ansible_facts`, as in Ansible.
             let facts = cached_facts.get(host);
             for (name, value) in facts.into_iter().flatten() {
-                vars.insert(format!("ansible_{name}"), crate::filters::json_to_value(value));
+                vars.insert(
+                    format!("ansible_{name}"),
+                    crate::filters::json_to_value(value),
+                );
             }
             vars.insert(
                 "ansible_facts".into(),
