@@ -967,6 +967,14 @@ pub fn cancel(
             _ => {}
         }
     }
+    // The facts step's gatherings serve only this rollout.
+    for eid in std::mem::take(&mut rollout.facts_step) {
+        match executions::request_cancel(w, actor, subject, &eid) {
+            Ok(done) => cancelled.push(done),
+            Err(e) if e.kind == crate::error::Kind::Conflict => {}
+            Err(e) => return Err(e),
+        }
+    }
     rollout.status = RolloutStatus::Cancelled;
     rollout.finished_at = Some(Utc::now());
     rollout.sealed_secrets = None;

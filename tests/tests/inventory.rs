@@ -539,3 +539,85 @@ async fn a_rollout_shows_each_host_the_others_gathered_facts() {
         assert!(log.contains(&expected), "{expected}\n{log}");
     }
 }
+
+/// The facts step holds a rollout's first batch back while a target's gathering has
+/// not run (its agent is offline), and cancelling the rollout cancels the gatherings
+/// too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_facts_step_waits_for_offline_targets_and_cancels_with_the_rollout() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("the simulator");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await;
+    let api = cp.api_as("admin");
+    let (_project_id, servers, mut agents) = shop(&sim, &cp, &api).await;
+    agents[2].stop();
+    eventually(WAIT, "db-a's agent is offline", || async {
+        let (_, list) = api.get("/api/v1/agents").await;
+        list.as_array()?
+            .iter()
+            .any(|a| a["name"] == "db-a" && a["connected"] == false)
+            .then_some(())
+    })
+    .await;
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "peers", "kind": "playbook", "body": PEERS_PLAYBOOK}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
+            &json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "db-a")]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let rollout_id = rollout["id"].as_str().unwrap().to_string();
+    let executions_of_rollout = || async {
+        let (_, list) = api
+            .get(&format!("/api/v1/executions?rollout={rollout_id}"))
+            .await;
+        list.as_array().cloned().unwrap_or_default()
+    };
+    // web-a gathered; db-a's gathering waits for its agent, and so does the batch.
+    eventually(WAIT, "web-a's gathering ended", || async {
+        executions_of_rollout()
+            .await
+            .iter()
+            .any(|e| e["agent_name"] == "web-a" && e["status"] == "succeeded")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, view) = api.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(view["gathering_facts"], true, "{view}");
+    assert_eq!(view["batches_started"], 0, "{view}");
+    let listed = executions_of_rollout().await;
+    assert_eq!(listed.len(), 2, "only the gatherings: {listed:?}");
+    assert!(
+        listed.iter().all(|e| e["name"] == "Gather facts"),
+        "{listed:?}"
+    );
+
+    let (status, body) = api
+        .post_empty(&format!("/api/v1/rollouts/{rollout_id}/cancel"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, view) = api.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(view["gathering_facts"], false, "{view}");
+    let db_gathering = executions_of_rollout()
+        .await
+        .into_iter()
+        .find(|e| e["agent_name"] == "db-a")
+        .expect("db-a's gathering");
+    assert_eq!(db_gathering["status"], "cancelled", "{db_gathering}");
+}
