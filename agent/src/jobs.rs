@@ -27,7 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use dynserv_shared::proto::{
-    JobEnd, JobKind, JobSpec, JobStatus, OutputChunk, OutputStream, MAX_CHUNK_LEN,
+    GatheredFacts, JobEnd, JobKind, JobSpec, JobStatus, OutputChunk, OutputStream, MAX_CHUNK_LEN,
+    MAX_REPORTED_FACTS_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -533,10 +534,23 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
                     )?;
                     argv.push(format!("--inventory={}", file.display()));
                     argv.push(format!("--limit={host}"));
+                    // The other hosts' facts the control plane knows, for their
+                    // `hostvars` (an inventory file has no place for facts).
+                    if !inventory.0.facts.is_empty() {
+                        let file = dir.join(FACTS_CACHE_FILE);
+                        crate::private_fs::write(&file, serde_json::to_vec(&inventory.0.facts)?)?;
+                        argv.push(format!("--facts-cache={}", file.display()));
+                    }
                 }
                 (Some(host), _) => argv.push(format!("--inventory-hostname={host}")),
                 (None, _) => {}
             }
+            // The facts the run gathers on this host go back to the control plane
+            // with the job's end (`JobEnd::facts`).
+            argv.push(format!(
+                "--facts-out={}",
+                dir.join(GATHERED_FACTS_FILE).display()
+            ));
             // The variables go in a private file, not on the command line where any
             // local user could read them (they may hold secrets).
             if !vars.is_empty() {
@@ -569,6 +583,38 @@ fn spawn(spec: &JobSpec, dir: &Path) -> Result<tokio::process::Child> {
     command
         .spawn()
         .with_context(|| format!("running {}", argv.join(" ")))
+}
+
+/// The file of a playbook job's directory the run writes the facts it gathered to
+/// (`--facts-out`).
+const GATHERED_FACTS_FILE: &str = "gathered-facts.json";
+
+/// The file of a playbook job's directory holding the other hosts' facts
+/// (`--facts-cache`).
+const FACTS_CACHE_FILE: &str = "facts-cache.json";
+
+/// The facts a playbook job gathered, for its end: none when it gathered none, and
+/// none (with a warning) when they are larger than the control plane keeps or do not
+/// read back, which costs other hosts their `hostvars` facts, never the job.
+fn gathered_facts(dir: &Path) -> Option<Box<GatheredFacts>> {
+    let path = dir.join(GATHERED_FACTS_FILE);
+    let size = std::fs::metadata(&path).ok()?.len();
+    if size > MAX_REPORTED_FACTS_BYTES as u64 {
+        tracing::warn!(
+            "the gathered facts take {size} bytes, more than the {MAX_REPORTED_FACTS_BYTES} reported: not reported"
+        );
+        return None;
+    }
+    match std::fs::read(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(serde_json::from_slice::<GatheredFacts>(&bytes)?))
+    {
+        Ok(facts) => Some(Box::new(facts)),
+        Err(e) => {
+            tracing::warn!("cannot read the gathered facts back: {e:#}");
+            None
+        }
+    }
 }
 
 /// Writes a playbook's files under `root`, each path checked again here (the control
@@ -807,24 +853,28 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
             exit_code: code,
             summary: "cancelled".into(),
             chunks: 0,
+            facts: None,
         },
         (Some(status), code) => JobEnd {
             status,
             exit_code: code,
             summary: "killed after its timeout".into(),
             chunks: 0,
+            facts: None,
         },
         (None, Some(0)) => JobEnd {
             status: JobStatus::Succeeded,
             exit_code: Some(0),
             summary: "exit code 0".into(),
             chunks: 0,
+            facts: None,
         },
         (None, Some(code)) => JobEnd {
             status: JobStatus::Failed,
             exit_code: Some(code),
             summary: format!("exit code {code}"),
             chunks: 0,
+            facts: None,
         },
         (None, None) => {
             let summary = match child_signal {
@@ -837,6 +887,7 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
                 exit_code: None,
                 summary,
                 chunks: 0,
+                facts: None,
             }
         }
     };
@@ -849,6 +900,13 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
         },
         None => end,
     };
+    // Reading a file: off the async workers.
+    let dir = job.dir.clone();
+    let facts = tokio::task::spawn_blocking(move || gathered_facts(&dir))
+        .await
+        .ok()
+        .flatten();
+    let end = JobEnd { facts, ..end };
     job.finish(end);
 }
 

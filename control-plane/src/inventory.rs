@@ -22,6 +22,15 @@
 //! job may wait for its agent. The jobs read it at dispatch
 //! ([`attach_to_specs`]), once per batch, shared between the batch's jobs.
 //!
+//! Facts (Ansible's fact cache): when a playbook job gathers facts on its server, the
+//! agent reports them with the job's end and [`record_facts`] keeps the latest per
+//! server (`server_facts`, keyed by the server's id, at most
+//! `MAX_REPORTED_FACTS_BYTES`; forgotten when the server is marked deleted,
+//! [`forget_facts`]). They are not part of a snapshot: [`attach_to_specs`] adds the
+//! facts of the snapshot's hosts gathered in the last [`FACTS_MAX_AGE_HOURS`] when the
+//! jobs are sent, so a job sees the freshest facts (those of a rollout's gather step,
+//! `rollouts`) and a snapshot stays the same for an unchanged project.
+//!
 //! What does not live here: the inventory's format on the wire
 //! (`dynserv_shared::inventory`), and how a host pattern selects hosts
 //! (`dynserv_playbook::inventory`, which [`unmatched_targets`] uses to tell a rollout
@@ -32,7 +41,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dynserv_shared::inventory::{JobInventory, SharedInventory, Vars, MAX_INVENTORY_BYTES};
-use dynserv_shared::proto::{JobKind, JobSpec};
+use dynserv_shared::proto::{GatheredFacts, JobKind, JobSpec, MAX_REPORTED_FACTS_BYTES};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -62,6 +71,11 @@ pub const MAX_GROUP_VARS_BYTES: usize = 64 * 1024;
 pub const MAX_GROUP_VARS_PER_PROJECT: usize = 500;
 /// The longest group name.
 pub const MAX_GROUP_NAME: usize = 64;
+
+/// Hours a server's gathered facts are shown to other hosts: Ansible's default
+/// `fact_caching_timeout` (a day). Older facts stay stored (the next gathering
+/// replaces them) but no job is sent them.
+pub const FACTS_MAX_AGE_HOURS: i64 = 24;
 
 /// The Hetzner label whose value names a group (`role=web` → `web`).
 pub const ROLE_LABEL: &str = "role";
@@ -135,6 +149,163 @@ impl Record for InventorySnapshot {
     fn id(&self) -> &str {
         &self.id
     }
+}
+
+/// The facts last gathered on a server by a playbook job (table `server_facts`, keyed
+/// by the server's id): the control plane's fact cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerFacts {
+    /// The server's id.
+    pub id: String,
+    pub project_id: String,
+    /// When the agent gathered them, by its clock.
+    pub gathered_at: DateTime<Utc>,
+    /// When the control plane stored them, by its clock (their age is judged by it).
+    pub received_at: DateTime<Utc>,
+    /// The execution whose run gathered them.
+    pub execution_id: String,
+    /// The facts without their `ansible_` prefix.
+    pub facts: Vars,
+}
+
+impl Record for ServerFacts {
+    const TABLE: &'static str = "server_facts";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Why reported facts were not kept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FactsRejected {
+    /// The execution has no server (an agent not attached to one): no inventory host
+    /// could show them.
+    #[error("the execution has no server")]
+    NoServer,
+    /// The server is gone or marked deleted.
+    #[error("the server is deleted")]
+    ServerDeleted,
+    /// They take more than `MAX_REPORTED_FACTS_BYTES` as JSON.
+    #[error("the facts take {0} bytes, more than {MAX_REPORTED_FACTS_BYTES}")]
+    TooLarge(usize),
+    /// `gathered_at` is not an RFC 3339 time.
+    #[error("the facts' gathering time {0:?} is not an RFC 3339 time")]
+    BadTime(String),
+    /// Facts gathered later are already stored (a long job ended after a newer one).
+    #[error("newer facts are stored")]
+    Older,
+}
+
+/// Keeps the facts an execution's job reported as its server's latest, inside the
+/// transaction that ends the execution (`server_id`: the execution's server).
+/// Facts that cannot be kept are refused with the reason (the caller logs it; the
+/// execution's end is stored all the same).
+pub fn record_facts(
+    w: &mut Writer,
+    server_id: Option<&str>,
+    execution_id: &str,
+    reported: &GatheredFacts,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Result<(), FactsRejected>> {
+    let Some(server_id) = server_id else {
+        return Ok(Err(FactsRejected::NoServer));
+    };
+    let size = serde_json::to_vec(&reported.facts)?.len();
+    if size > MAX_REPORTED_FACTS_BYTES {
+        return Ok(Err(FactsRejected::TooLarge(size)));
+    }
+    let Ok(gathered_at) = DateTime::parse_from_rfc3339(&reported.gathered_at) else {
+        return Ok(Err(FactsRejected::BadTime(reported.gathered_at.clone())));
+    };
+    let gathered_at = gathered_at.with_timezone(&Utc);
+    let Some(server) = w
+        .get::<Server>(server_id)?
+        .filter(|s| s.status != "deleted")
+    else {
+        return Ok(Err(FactsRejected::ServerDeleted));
+    };
+    if let Some(stored) = w.get::<ServerFacts>(server_id)? {
+        if stored.gathered_at > gathered_at {
+            return Ok(Err(FactsRejected::Older));
+        }
+    }
+    w.put(&ServerFacts {
+        id: server.id,
+        project_id: server.project_id,
+        gathered_at,
+        received_at: now,
+        execution_id: execution_id.to_string(),
+        facts: reported.facts.clone(),
+    })?;
+    Ok(Ok(()))
+}
+
+/// Forgets a server's facts (it was marked deleted).
+pub fn forget_facts(w: &mut Writer, server_id: &str) -> anyhow::Result<()> {
+    w.remove::<ServerFacts>(server_id)
+}
+
+/// The facts shown to the hosts of a project's inventory: each host's stored facts
+/// received after `fresh_since`, in the inventory's host order while the inventory
+/// with them stays within `MAX_INVENTORY_BYTES` (hosts past that go without, as if
+/// none were known). Pure, so the budget is tested without a store.
+pub fn facts_for_hosts(
+    inventory: &JobInventory,
+    stored: &[(String, ServerFacts)],
+    fresh_since: DateTime<Utc>,
+) -> BTreeMap<String, GatheredFacts> {
+    let by_name: HashMap<&str, &ServerFacts> = stored
+        .iter()
+        .filter(|(_, f)| f.received_at >= fresh_since)
+        .map(|(name, f)| (name.as_str(), f))
+        .collect();
+    let mut size = serde_json::to_vec(inventory).map_or(usize::MAX, |b| b.len());
+    // `"facts":{` and its closing brace.
+    size = size.saturating_add(10);
+    let mut out = BTreeMap::new();
+    for host in &inventory.hosts {
+        let Some(facts) = by_name.get(host.as_str()) else {
+            continue;
+        };
+        let entry = GatheredFacts {
+            gathered_at: facts.gathered_at.to_rfc3339(),
+            facts: facts.facts.clone(),
+        };
+        // The entry's JSON, its quoted name, the colon and a comma.
+        let cost = serde_json::to_vec(&entry).map_or(usize::MAX, |b| b.len()) + host.len() + 4;
+        if size.saturating_add(cost) > MAX_INVENTORY_BYTES {
+            continue;
+        }
+        size += cost;
+        out.insert(host.clone(), entry);
+    }
+    out
+}
+
+/// The stored facts of a project's servers, with each server's current name.
+fn stored_facts_of_project(
+    r: &impl Read,
+    project_id: &str,
+) -> anyhow::Result<Vec<(String, ServerFacts)>> {
+    let ids = crate::servers::ids_in_project(r, project_id)?;
+    let facts: Vec<ServerFacts> = r
+        .get_many::<ServerFacts>(&ids)?
+        .into_iter()
+        .flatten()
+        .collect();
+    if facts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let with: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
+    let servers = r.get_many::<Server>(&with)?;
+    Ok(servers
+        .into_iter()
+        .zip(facts)
+        .filter_map(|(server, facts)| {
+            let server = server.filter(|s| s.status != "deleted")?;
+            Some((server.name, facts))
+        })
+        .collect())
 }
 
 /// Whether `name` is a valid Ansible group name: letters, digits and `_`, not
@@ -582,7 +753,8 @@ pub fn prune_snapshots(w: &mut Writer, now: DateTime<Utc>, limit: usize) -> anyh
 }
 
 /// Adds their inventories to the jobs of playbook executions (by their stored
-/// `inventory_id`), each snapshot read once and shared by the jobs that use it. A job
+/// `inventory_id`), each snapshot read once, with the facts its hosts have now
+/// ([`facts_for_hosts`]), and shared by the jobs that use it. A job
 /// whose snapshot is gone is sent without one (logged): its play then sees only
 /// its own host.
 pub fn attach_to_specs(
@@ -602,12 +774,19 @@ pub fn attach_to_specs(
     if wanted.is_empty() {
         return Ok(());
     }
-    let found: HashMap<String, SharedInventory> = wanted
+    let fresh_since = Utc::now() - Duration::hours(FACTS_MAX_AGE_HOURS);
+    let mut found: HashMap<String, SharedInventory> = HashMap::new();
+    for (id, snapshot) in wanted
         .iter()
         .cloned()
         .zip(r.get_many::<InventorySnapshot>(&wanted)?)
-        .filter_map(|(id, s)| s.map(|s| (id, SharedInventory(Arc::new(s.inventory)))))
-        .collect();
+    {
+        let Some(snapshot) = snapshot else { continue };
+        let mut inventory = snapshot.inventory;
+        let stored = stored_facts_of_project(r, &snapshot.project_id)?;
+        inventory.facts = facts_for_hosts(&inventory, &stored, fresh_since);
+        found.insert(id, SharedInventory(Arc::new(inventory)));
+    }
     for (execution, spec) in executions.iter().zip(specs.iter_mut()) {
         let crate::executions::Work::Playbook {
             inventory_id: Some(id),
@@ -705,6 +884,150 @@ pub fn unmatched_targets(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn stored_facts(
+        name: &str,
+        received_at: &str,
+        facts: serde_json::Value,
+    ) -> (String, ServerFacts) {
+        (
+            name.to_string(),
+            ServerFacts {
+                id: format!("id-{name}"),
+                project_id: "p1".into(),
+                gathered_at: at(received_at),
+                received_at: at(received_at),
+                execution_id: "e1".into(),
+                facts: facts.as_object().unwrap().clone(),
+            },
+        )
+    }
+
+    /// The inventory's hosts get their stored facts received since the cut-off, the
+    /// stale and unknown ones none, and hosts past the inventory's byte bound none.
+    #[test]
+    fn facts_for_hosts_keeps_fresh_facts_within_the_bound() {
+        let inventory = JobInventory {
+            hosts: vec![
+                "web-1".into(),
+                "web-2".into(),
+                "db-1".into(),
+                "new-1".into(),
+            ],
+            ..Default::default()
+        };
+        let stored = [
+            stored_facts("web-1", "2026-12-05T10:00:00Z", json!({"hostname": "w1"})),
+            stored_facts("web-2", "2026-12-03T10:00:00Z", json!({"hostname": "w2"})),
+            stored_facts("db-1", "2026-12-05T09:00:00Z", json!({"hostname": "d1"})),
+            stored_facts("gone", "2026-12-05T09:00:00Z", json!({"hostname": "g"})),
+        ];
+        let facts = facts_for_hosts(&inventory, &stored, at("2026-12-04T10:00:00Z"));
+        assert_eq!(facts.keys().collect::<Vec<_>>(), ["db-1", "web-1"]);
+        assert_eq!(facts["web-1"].facts["hostname"], "w1");
+        assert_eq!(facts["web-1"].gathered_at, "2026-12-05T10:00:00+00:00");
+        let mut with = inventory.clone();
+        with.facts = facts;
+        assert!(serde_json::to_vec(&with).unwrap().len() <= MAX_INVENTORY_BYTES);
+
+        // Facts of 40 KB each: the bound takes ten or so, in host order.
+        let big = "x".repeat(40 * 1024);
+        let many: Vec<(String, ServerFacts)> = (0..30)
+            .map(|i| {
+                stored_facts(
+                    &format!("h{i:02}"),
+                    "2026-12-05T10:00:00Z",
+                    json!({"blob": big}),
+                )
+            })
+            .collect();
+        let inventory = JobInventory {
+            hosts: many.iter().map(|(n, _)| n.clone()).collect(),
+            ..Default::default()
+        };
+        let facts = facts_for_hosts(&inventory, &many, at("2026-12-04T10:00:00Z"));
+        assert!((9..=11).contains(&facts.len()), "{}", facts.len());
+        assert!(facts.contains_key("h00") && !facts.contains_key("h29"));
+        let mut with = inventory.clone();
+        with.facts = facts;
+        assert!(serde_json::to_vec(&with).unwrap().len() <= MAX_INVENTORY_BYTES);
+    }
+
+    /// Reported facts are kept per server, the newest gathering wins, bad or oversized
+    /// reports and those of executions without a live server are refused, and a
+    /// server marked deleted loses its facts.
+    #[test]
+    fn record_facts_keeps_the_latest_per_server_until_the_server_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("s.redb")).unwrap();
+        let now = at("2026-12-05T10:00:00Z");
+        let mut server: Server = serde_json::from_value(json!({
+            "id": "s1", "name": "web-1", "project_id": "p1", "status": "running",
+            "server_type": null, "location": null, "image": null, "ipv4": null,
+            "ipv6": null, "hetzner_id": null, "agent_id": "a1",
+            "monthly_cost": null, "labels": {}, "created_at": now, "updated_at": now}))
+        .unwrap();
+        let report = |gathered_at: &str, hostname: &str| GatheredFacts {
+            gathered_at: gathered_at.into(),
+            facts: json!({"hostname": hostname}).as_object().unwrap().clone(),
+        };
+        store
+            .write(|w| {
+                crate::servers::save(w, &server)?;
+                let keep = |w: &mut Writer, server: Option<&str>, r: &GatheredFacts| {
+                    record_facts(w, server, "e1", r, now)
+                };
+                assert_eq!(
+                    keep(w, None, &report("2026-12-05T09:00:00Z", "a"))?,
+                    Err(FactsRejected::NoServer)
+                );
+                assert_eq!(
+                    keep(w, Some("s9"), &report("2026-12-05T09:00:00Z", "a"))?,
+                    Err(FactsRejected::ServerDeleted)
+                );
+                assert_eq!(
+                    keep(w, Some("s1"), &report("yesterday", "a"))?,
+                    Err(FactsRejected::BadTime("yesterday".into()))
+                );
+                let huge = GatheredFacts {
+                    gathered_at: "2026-12-05T09:00:00Z".into(),
+                    facts: json!({"blob": "x".repeat(MAX_REPORTED_FACTS_BYTES)})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                };
+                assert!(matches!(
+                    keep(w, Some("s1"), &huge)?,
+                    Err(FactsRejected::TooLarge(_))
+                ));
+                assert_eq!(w.get::<ServerFacts>("s1")?.map(|f| f.id), None);
+                keep(w, Some("s1"), &report("2026-12-05T09:30:00Z", "new"))?.unwrap();
+                assert_eq!(
+                    keep(w, Some("s1"), &report("2026-12-05T09:00:00Z", "old"))?,
+                    Err(FactsRejected::Older)
+                );
+                let kept = w.get::<ServerFacts>("s1")?.expect("kept");
+                assert_eq!(kept.facts["hostname"], "new");
+                assert_eq!((kept.project_id.as_str(), kept.received_at), ("p1", now));
+                assert_eq!(stored_facts_of_project(w, "p1")?.len(), 1);
+                Ok(())
+            })
+            .unwrap();
+        server.status = "deleted".into();
+        store
+            .write(|w| {
+                crate::servers::save(w, &server)?;
+                assert!(w.get::<ServerFacts>("s1")?.is_none());
+                Ok(())
+            })
+            .unwrap();
+    }
 
     fn host(name: &str, role: Option<&str>, groups: &[&str], vars: serde_json::Value) -> Host {
         Host {

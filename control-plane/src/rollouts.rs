@@ -10,6 +10,15 @@
 //! Secret variable values are kept encrypted in the rollout only until its last batch
 //! started.
 //!
+//! The facts step: a playbook rollout over two or more servers whose plays gather
+//! facts and whose playbook (or one of its files) names `hostvars` first runs
+//! [`GATHER_PLAYBOOK`] on every target ([`needs_facts_step`]), and starts its first
+//! batch once those jobs ended or [`FACTS_STEP_TIMEOUT_S`] passed. Their facts reach
+//! the control plane with their ends (`inventory::record_facts`) and every batch's jobs
+//! are sent them (`inventory::attach_to_specs`), so each host of the rollout sees the
+//! others' facts as Ansible's linear strategy shows the facts of every host of the
+//! play after its gathering step, also across `serial` batches.
+//!
 //! What does not live here: the scripts and their variables (`scripts`), the job
 //! lifecycle (`executions`).
 
@@ -36,6 +45,13 @@ const RUNNING: &str = "rollout_running";
 const BY_SCRIPT: &str = "rollout_by_script";
 /// Most targets in one rollout.
 pub const MAX_TARGETS: usize = 500;
+/// What the facts step runs on each target: a play that only gathers facts.
+pub const GATHER_PLAYBOOK: &str =
+    "- name: Gather facts for the rollout\n  hosts: all\n  gather_facts: true\n  tasks: []\n";
+/// The longest the facts step holds a rollout's first batch back (a target whose agent
+/// is offline or slow then runs with the facts known so far); also the gathering jobs'
+/// timeout and expiry, so none of them outlives it by much.
+pub const FACTS_STEP_TIMEOUT_S: u64 = 120;
 
 /// Where one target of a rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +160,10 @@ pub struct Rollout {
     /// every batch runs with the same one (`inventory::snapshot`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inventories: BTreeMap<String, String>,
+    /// The facts step's executions while it runs (see the module documentation);
+    /// empty once it is over, and for rollouts without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts_step: Vec<String>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -400,6 +420,7 @@ pub fn create(
         targets.push(target_of(w, agent)?);
     }
     let inventories = playbook_inventories(w, &script, &agents, &targets)?;
+    let facts_step_wanted = needs_facts_step(w, &script, &agents)?;
     let runnable = targets.len() as u32;
     targets.extend(skipped);
     let serial = match input.serial {
@@ -412,7 +433,7 @@ pub fn create(
         let text = serde_json::to_string(&vars.secret).map_err(anyhow::Error::from)?;
         Some(app.keys.encrypt(&text))
     };
-    let rollout = Rollout {
+    let mut rollout = Rollout {
         id: uuid::Uuid::now_v7().to_string(),
         script_id: script.id.clone(),
         script_name: script.name.clone(),
@@ -426,10 +447,16 @@ pub fn create(
         status: RolloutStatus::Running,
         batches_started: 0,
         inventories,
+        facts_step: Vec::new(),
         created_by: actor.username.clone(),
         created_at: Utc::now(),
         finished_at: None,
     };
+    let mut gathering = Vec::new();
+    if facts_step_wanted {
+        gathering = start_facts_step(w, actor, subject, &rollout, &agents);
+        rollout.facts_step = gathering.iter().map(|e| e.id.clone()).collect();
+    }
     w.put(&rollout)?;
     w.index_put(RUNNING, &rollout.id, &rollout.id)?;
     w.index_put(
@@ -453,7 +480,113 @@ pub fn create(
     let rollout = w
         .get::<Rollout>(&rollout.id)?
         .ok_or_else(|| AppError::not_found("rollout"))?;
-    Ok((rollout, started))
+    gathering.extend(started);
+    Ok((rollout, gathering))
+}
+
+/// Whether a rollout of `script` over `agents` has a facts step: a playbook over two
+/// or more servers, one of whose plays gathers facts (or may: a templated
+/// `gather_facts`, an `import_playbook`), that names `hostvars` in its text or its
+/// files. Only then can a host see another's facts, and other rollouts are spared a
+/// job per target.
+fn needs_facts_step(r: &impl Read, script: &Script, agents: &[Agent]) -> anyhow::Result<bool> {
+    if script.kind != scripts::ScriptKind::Playbook
+        || agents.iter().filter(|a| a.server_id.is_some()).count() < 2
+        || !plays_may_gather_facts(&script.body)
+    {
+        return Ok(false);
+    }
+    if script.body.contains("hostvars") {
+        return Ok(true);
+    }
+    Ok(scripts::files_of(r, script)?.iter().any(|file| {
+        file.bytes()
+            .is_some_and(|b| b.windows(8).any(|w| w == b"hostvars"))
+    }))
+}
+
+/// Whether some play of a playbook gathers facts: `gather_facts` absent (Ansible's
+/// default), true, or a template; a text that does not parse as plays counts as
+/// gathering (its run reports the error).
+pub fn plays_may_gather_facts(playbook: &str) -> bool {
+    use dynserv_playbook::yaml::NodeKind;
+    let Ok(node) = dynserv_playbook::yaml::parse_one(playbook) else {
+        return true;
+    };
+    let NodeKind::Seq(plays) = &node.kind else {
+        return true;
+    };
+    plays.iter().any(|play| match play.get("gather_facts") {
+        None => play.get("hosts").is_some() || play.get("import_playbook").is_some(),
+        Some(value) => !matches!(
+            value
+                .to_value()
+                .to_string()
+                .trim()
+                .to_ascii_lowercase()
+                .as_str(),
+            "false" | "no" | "off" | "0" | "n" | "f"
+        ),
+    })
+}
+
+/// Creates the facts step's executions, one per target with a server; a target whose
+/// gathering cannot be created (its agent was revoked meanwhile) goes without, and its
+/// own job reports why.
+fn start_facts_step(
+    w: &mut Writer,
+    actor: &Actor,
+    subject: &Subject,
+    rollout: &Rollout,
+    agents: &[Agent],
+) -> Vec<Execution> {
+    let mut made = Vec::new();
+    for agent in agents.iter().filter(|a| a.server_id.is_some()) {
+        let input = NewExecution {
+            agent: Some(agent.id.clone()),
+            kind: Some("playbook".into()),
+            playbook: Some(GATHER_PLAYBOOK.into()),
+            timeout_s: Some(FACTS_STEP_TIMEOUT_S),
+            expires_s: Some(FACTS_STEP_TIMEOUT_S),
+            rollout_id: Some(rollout.id.clone()),
+            script_name: Some("Gather facts".into()),
+            inventory: rollout
+                .inventories
+                .get(&agent.project_id)
+                .map(|id| (agent.project_id.clone(), id.clone())),
+            ..Default::default()
+        };
+        match executions::create(w, actor, subject, &input) {
+            Ok(execution) => made.push(execution),
+            Err(e) => tracing::warn!(
+                rollout = %rollout.id,
+                agent = %agent.id,
+                "no facts step for this target: {}",
+                e.message
+            ),
+        }
+    }
+    made
+}
+
+/// Whether the facts step holds the rollout back: some of its executions still queued
+/// or running, and its time not over.
+fn facts_step_pending(
+    r: &impl Read,
+    rollout: &Rollout,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    if rollout.facts_step.is_empty() {
+        return Ok(false);
+    }
+    let over = now >= rollout.created_at + chrono::Duration::seconds(FACTS_STEP_TIMEOUT_S as i64);
+    if over {
+        return Ok(false);
+    }
+    Ok(r.get_many::<Execution>(&rollout.facts_step)?
+        .iter()
+        .flatten()
+        .any(|e| !e.status.is_final()))
 }
 
 /// For a playbook: the inventory of each target's project, made once, after checking
@@ -539,6 +672,13 @@ fn step(app: &App, w: &mut Writer, id: &str) -> anyhow::Result<Stepped> {
         return Ok((Vec::new(), None));
     }
     let mut changed = false;
+    if !rollout.facts_step.is_empty() {
+        if facts_step_pending(w, &rollout, Utc::now())? {
+            return Ok((Vec::new(), None));
+        }
+        rollout.facts_step.clear();
+        changed = true;
+    }
     for target in rollout.targets.iter_mut() {
         if target.state != TargetState::Running {
             continue;
@@ -827,6 +967,14 @@ pub fn cancel(
             _ => {}
         }
     }
+    // The facts step's gatherings serve only this rollout.
+    for eid in std::mem::take(&mut rollout.facts_step) {
+        match executions::request_cancel(w, actor, subject, &eid) {
+            Ok(done) => cancelled.push(done),
+            Err(e) if e.kind == crate::error::Kind::Conflict => {}
+            Err(e) => return Err(e),
+        }
+    }
     rollout.status = RolloutStatus::Cancelled;
     rollout.finished_at = Some(Utc::now());
     rollout.sealed_secrets = None;
@@ -1014,6 +1162,7 @@ pub fn view(
         "vars": rollout.vars,
         "secret_vars": rollout.secret_names,
         "batches_started": rollout.batches_started,
+        "gathering_facts": rollout.status == RolloutStatus::Running && !rollout.facts_step.is_empty(),
         "created_by": rollout.created_by,
         "created_at": rollout.created_at,
         "finished_at": rollout.finished_at,
@@ -1032,6 +1181,30 @@ mod tests {
 
     fn check(states: &[TargetState], serial: usize, max_failures: u32, expected: Step) {
         assert_eq!(plan(states, serial, max_failures), expected, "{states:?}");
+    }
+
+    /// A playbook gathers facts unless every play turns gathering off; templated
+    /// values, imports and text that does not parse count as gathering.
+    #[test]
+    fn plays_gather_facts_unless_every_play_says_no() {
+        for (playbook, gathers) in [
+            ("- hosts: all\n  tasks: []\n", true),
+            ("- hosts: all\n  gather_facts: false\n  tasks: []\n", false),
+            (
+                "- hosts: all\n  gather_facts: no\n- hosts: web\n  gather_facts: 'False'\n",
+                false,
+            ),
+            (
+                "- hosts: all\n  gather_facts: false\n- hosts: web\n  gather_facts: true\n",
+                true,
+            ),
+            ("- hosts: all\n  gather_facts: \"{{ want }}\"\n", true),
+            ("- import_playbook: other.yml\n", true),
+            ("- hosts: [unclosed\n", true),
+        ] {
+            assert_eq!(plays_may_gather_facts(playbook), gathers, "{playbook}");
+        }
+        assert!(plays_may_gather_facts(GATHER_PLAYBOOK));
     }
 
     /// Batches of `serial` start in order, one after the other.

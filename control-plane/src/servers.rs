@@ -181,6 +181,10 @@ pub fn create(
 pub fn save(w: &mut Writer, server: &Server) -> anyhow::Result<()> {
     let old: Option<Server> = w.get(&server.id)?;
     w.put(server)?;
+    // A deleted server's gathered facts go with it (no inventory shows it any more).
+    if server.status == "deleted" && old.as_ref().is_none_or(|o| o.status != "deleted") {
+        crate::inventory::forget_facts(w, &server.id)?;
+    }
     reindex(w, old.as_ref(), server)
 }
 

@@ -39,6 +39,14 @@ pub struct JobInventory {
     /// Host name → its variables, for hosts that have any.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_vars: BTreeMap<String, Vars>,
+    /// Host name → the facts last gathered on it (see [`crate::proto::GatheredFacts`]),
+    /// for hosts the control plane has facts of: the playbook sees them as
+    /// `hostvars[host].ansible_facts` and `hostvars[host].ansible_*`. They are not
+    /// part of [`JobInventory::to_ansible`] (an inventory has no facts); the agent
+    /// hands them to the run beside it. Left out when empty, so older agents read
+    /// the same inventory as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, crate::proto::GatheredFacts>,
 }
 
 impl JobInventory {

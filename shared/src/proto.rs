@@ -603,6 +603,27 @@ pub struct JobEnd {
     pub summary: String,
     /// Number of output chunks the job produced (the next seq it would have used).
     pub chunks: u64,
+    /// The facts a playbook job gathered on its host (`gather_facts`), which the
+    /// control plane keeps as the server's latest facts for other hosts' `hostvars`.
+    /// Absent when the run gathered none, from older agents, and when the facts
+    /// took more than [`MAX_REPORTED_FACTS_BYTES`]; left out when absent, so older
+    /// control planes read the same end as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Box<GatheredFacts>>,
+}
+
+/// The most bytes (as JSON) of the facts a job reports in [`JobEnd::facts`]: an agent
+/// reports none past it, and the control plane keeps none past it.
+pub const MAX_REPORTED_FACTS_BYTES: usize = 64 * 1024;
+
+/// Facts gathered on one host by a playbook run, as Ansible's fact cache keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatheredFacts {
+    /// When they were gathered (RFC 3339).
+    pub gathered_at: String,
+    /// The facts without their `ansible_` prefix, as in `ansible_facts`
+    /// (`hostname`, `default_ipv4`, ...).
+    pub facts: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Messages from the control plane on a job stream.
@@ -802,6 +823,52 @@ mod tests {
         );
         // Agents one version older are still served; they know terminals, not upgrades.
         const { assert!(MIN_PROTOCOL_VERSION == 3 && UPGRADE_MIN_PROTOCOL > MIN_PROTOCOL_VERSION) };
+    }
+
+    /// A job's end without facts (an older agent's) still decodes and is written as
+    /// before, and one with facts round-trips; so does an inventory with facts, which
+    /// an older one without them still reads as.
+    #[test]
+    fn job_ends_and_inventories_carry_facts_compatibly() {
+        let old_end = r#"{"type":"end","status":"succeeded","exit_code":0,"summary":"exit code 0","chunks":3}"#;
+        let FromAgent::End(end) = serde_json::from_str::<FromAgent>(old_end).unwrap() else {
+            panic!("an end");
+        };
+        assert_eq!(end.facts, None);
+        assert_eq!(
+            serde_json::to_string(&FromAgent::End(end.clone())).unwrap(),
+            old_end
+        );
+        let gathered = GatheredFacts {
+            gathered_at: "2026-12-05T10:00:00+00:00".into(),
+            facts: serde_json::json!({"hostname": "web-1"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let with = FromAgent::End(JobEnd {
+            facts: Some(Box::new(gathered.clone())),
+            ..end
+        });
+        let text = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<FromAgent>(&text).unwrap(), with);
+
+        let mut inventory = crate::inventory::JobInventory {
+            hosts: vec!["web-1".into()],
+            ..Default::default()
+        };
+        let plain = serde_json::to_string(&inventory).unwrap();
+        assert!(!plain.contains("facts"), "{plain}");
+        inventory.facts.insert("web-1".into(), gathered);
+        let text = serde_json::to_string(&inventory).unwrap();
+        assert_eq!(
+            serde_json::from_str::<crate::inventory::JobInventory>(&text).unwrap(),
+            inventory
+        );
+        assert_eq!(
+            inventory.to_ansible()["all"]["hosts"]["web-1"],
+            serde_json::Value::Null
+        );
     }
 
     /// Messages of agents and control planes from before copies were told apart still

@@ -15,8 +15,9 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The project "Shop" with web-a, web-b (label `role=web`) and db-a (`role=db`) synced
-/// from the simulator, an agent on each; answers the project's id and the servers' ids
-/// by name.
+/// from the simulator, an agent on each (with `DYNSERV_TEST_SITE=site-NAME` in its
+/// environment, a fact that tells the agents of this one machine apart); answers the
+/// project's id and the servers' ids by name.
 async fn shop(
     sim: &Simulator,
     cp: &ControlPlane,
@@ -69,7 +70,15 @@ async fn shop(
     .await;
     let mut agents = Vec::new();
     for name in ["web-a", "web-b", "db-a"] {
-        agents.push(Agent::start(cp, &cp.enrollment_token("Shop"), name));
+        let site = format!("site-{name}");
+        let mut agent = Agent::enroll_with_env(
+            &cp.quic_addr(),
+            &cp.enrollment_token("Shop"),
+            name,
+            &[("DYNSERV_TEST_SITE", &site)],
+        );
+        agent.run();
+        agents.push(agent);
     }
     for name in ["web-a", "web-b", "db-a"] {
         let agent = api.connected_agent(name).await;
@@ -454,4 +463,161 @@ async fn server_page_groups_form() {
         .await;
     assert_eq!(status, 422, "{html}");
     assert!(html.contains("not a valid variable name"), "{html}");
+}
+
+const PEERS_PLAYBOOK: &str = r#"- hosts: all
+  tasks:
+    - debug:
+        msg: "PEER {{ inventory_hostname }} other={{ other }} site={{ hostvars[other].ansible_env.DYNSERV_TEST_SITE }} hostname={{ hostvars[other].ansible_hostname }} facts_hostname={{ hostvars[other].ansible_facts.hostname }} own_site={{ ansible_env.DYNSERV_TEST_SITE }} db_facts={{ hostvars['db-a'].ansible_facts | length }}"
+      vars:
+        other: "{{ 'web-b' if inventory_hostname == 'web-a' else 'web-a' }}"
+"#;
+
+/// A rollout over two servers of a playbook that reads `hostvars[other]` facts first
+/// gathers facts on both (the facts step), so each host sees the other's gathered
+/// facts (`ansible_env`, `ansible_hostname`, `ansible_facts.*`) on its first run; a
+/// server of the inventory that never gathered facts has an empty `ansible_facts`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_shows_each_host_the_others_gathered_facts() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("the simulator");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await;
+    let api = cp.api_as("admin");
+    let (_project_id, servers, _agents) = shop(&sim, &cp, &api).await;
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "peers", "kind": "playbook", "body": PEERS_PLAYBOOK}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
+            &json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "web-b")]}, "serial": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let rollout_id = rollout["id"].as_str().unwrap().to_string();
+    let done = eventually(WAIT, "the rollout ended", || async {
+        let (_, view) = api.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
+        (view["status"] != "running").then_some(view)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["gathering_facts"], false, "{done}");
+    // Two gatherings and two runs, all in the rollout's list.
+    let (_, executions) = api
+        .get(&format!("/api/v1/executions?rollout={rollout_id}"))
+        .await;
+    let executions = executions.as_array().expect("executions");
+    assert_eq!(executions.len(), 4, "{executions:?}");
+    let gatherings = executions
+        .iter()
+        .filter(|e| e["name"] == "Gather facts")
+        .count();
+    assert_eq!(gatherings, 2, "{executions:?}");
+
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the host name")
+        .trim()
+        .to_string();
+    for target in done["targets"].as_array().expect("targets") {
+        let name = target["server"].as_str().unwrap();
+        let other = if name == "web-a" { "web-b" } else { "web-a" };
+        let execution = target["execution_id"].as_str().expect("an execution");
+        let log = log_text(&api, execution).await;
+        let expected = format!(
+            "PEER {name} other={other} site=site-{other} hostname={hostname} facts_hostname={hostname} own_site=site-{name} db_facts=0"
+        );
+        assert!(log.contains(&expected), "{expected}\n{log}");
+    }
+}
+
+/// The facts step holds a rollout's first batch back while a target's gathering has
+/// not run (its agent is offline), and cancelling the rollout cancels the gatherings
+/// too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_facts_step_waits_for_offline_targets_and_cancels_with_the_rollout() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("the simulator");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await;
+    let api = cp.api_as("admin");
+    let (_project_id, servers, mut agents) = shop(&sim, &cp, &api).await;
+    agents[2].stop();
+    eventually(WAIT, "db-a's agent is offline", || async {
+        let (_, list) = api.get("/api/v1/agents").await;
+        list.as_array()?
+            .iter()
+            .any(|a| a["name"] == "db-a" && a["connected"] == false)
+            .then_some(())
+    })
+    .await;
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "peers", "kind": "playbook", "body": PEERS_PLAYBOOK}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let (status, rollout) = api
+        .post(
+            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
+            &json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "db-a")]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let rollout_id = rollout["id"].as_str().unwrap().to_string();
+    let executions_of_rollout = || async {
+        let (_, list) = api
+            .get(&format!("/api/v1/executions?rollout={rollout_id}"))
+            .await;
+        list.as_array().cloned().unwrap_or_default()
+    };
+    // web-a gathered; db-a's gathering waits for its agent, and so does the batch.
+    eventually(WAIT, "web-a's gathering ended", || async {
+        executions_of_rollout()
+            .await
+            .iter()
+            .any(|e| e["agent_name"] == "web-a" && e["status"] == "succeeded")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, view) = api.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(view["gathering_facts"], true, "{view}");
+    assert_eq!(view["batches_started"], 0, "{view}");
+    let listed = executions_of_rollout().await;
+    assert_eq!(listed.len(), 2, "only the gatherings: {listed:?}");
+    assert!(
+        listed.iter().all(|e| e["name"] == "Gather facts"),
+        "{listed:?}"
+    );
+
+    let (status, body) = api
+        .post_empty(&format!("/api/v1/rollouts/{rollout_id}/cancel"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, view) = api.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(view["gathering_facts"], false, "{view}");
+    let db_gathering = executions_of_rollout()
+        .await
+        .into_iter()
+        .find(|e| e["agent_name"] == "db-a")
+        .expect("db-a's gathering");
+    assert_eq!(db_gathering["status"], "cancelled", "{db_gathering}");
 }

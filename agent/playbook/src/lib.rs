@@ -186,6 +186,16 @@ pub struct PlaybookArgs {
     /// change (see `engine::report`).
     #[arg(long, hide = true)]
     pub result_line: bool,
+    /// Internal (agent jobs): a JSON file of facts gathered earlier on other hosts of
+    /// the inventory, `{HOST: {"gathered_at", "facts": {...}}}`, shown as their
+    /// `hostvars[HOST].ansible_facts` and `ansible_*` (the control plane's fact cache).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub facts_cache: Option<PathBuf>,
+    /// Internal (agent jobs): where to write the facts the run gathered on its host,
+    /// `{"gathered_at", "facts": {...}}`, once it ends; nothing is written when it
+    /// gathered none.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub facts_out: Option<PathBuf>,
     /// Internal: run one module from a JSON request on stdin (used for `become`).
     #[arg(long, hide = true)]
     pub internal_module: bool,
@@ -276,6 +286,10 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
         become_program: std::env::current_exe().ok(),
         ansible_fallback: args.ansible_fallback.clone(),
         cancel: None,
+        cached_facts: std::sync::Arc::new(match &args.facts_cache {
+            Some(path) => read_facts_cache(path)?,
+            None => engine::CachedFacts::new(),
+        }),
     };
     let stdout = std::io::stdout();
     let mut sink = |line: &str| {
@@ -287,7 +301,45 @@ fn cli_run(args: &PlaybookArgs) -> anyhow::Result<i32> {
     if args.result_line {
         sink(&engine::report::result_line(report.failed, &report.tasks));
     }
+    if let (Some(path), Some(gathered)) = (&args.facts_out, &report.gathered_facts) {
+        write_gathered_facts(path, gathered)?;
+    }
     Ok(if report.failed { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// One host's entry of a `--facts-cache` file (its `gathered_at` is for people).
+#[derive(serde::Deserialize)]
+struct CachedHostFacts {
+    facts: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads a `--facts-cache` file.
+fn read_facts_cache(path: &Path) -> anyhow::Result<engine::CachedFacts> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("could not read the facts cache {}", path.display()))?;
+    let hosts: std::collections::BTreeMap<String, CachedHostFacts> = serde_json::from_slice(&text)
+        .with_context(|| format!("the facts cache {} is not valid", path.display()))?;
+    Ok(hosts.into_iter().map(|(h, f)| (h, f.facts)).collect())
+}
+
+/// Writes the run's gathered facts for `--facts-out`, readable by its owner only
+/// (facts hold the environment of the run).
+fn write_gathered_facts(path: &Path, gathered: &engine::GatheredFacts) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let body = serde_json::json!({
+        "gathered_at": gathered.gathered_at.to_rfc3339(),
+        "facts": gathered.facts,
+    });
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not write the gathered facts to {}", path.display()))?;
+    file.write_all(&serde_json::to_vec(&body)?)
+        .with_context(|| format!("could not write the gathered facts to {}", path.display()))?;
+    Ok(())
 }
 
 /// The inventory of a CLI run (`-i`, else the implicit one of `--inventory-hostname`)
@@ -546,6 +598,78 @@ mod tests {
         assert!(all.contains("skipping: no hosts matched"), "{all}");
         assert!(all.contains("\"msg\": \"db1 ['web']\""), "{all}");
         assert!(!all.contains("never"), "{all}");
+    }
+
+    /// Another host's cached facts are its `hostvars[h].ansible_facts` and, injected,
+    /// `hostvars[h].ansible_*` over its inventory variables (as ansible-core stacks
+    /// host facts over inventory variables); a host without facts has an empty
+    /// `ansible_facts`; cached facts of the own host are not used; the own host's
+    /// gathered facts also sit over its inventory variables, and the run reports them.
+    #[test]
+    fn hostvars_show_cached_facts_over_inventory_vars() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("inv.ini");
+        std::fs::write(
+            &source,
+            "web1 ansible_os_family=from_inventory
+db1 ansible_hostname=from_inventory role=db
+new1
+",
+        )
+        .expect("write");
+        let mut inventory =
+            inventory::Inventory::load(&source.display().to_string()).expect("valid");
+        inventory
+            .resolve_vars(&inventory::VarsDirs::default(), None)
+            .expect("vars");
+        let facts = |pairs: serde_json::Value| pairs.as_object().unwrap().clone();
+        let cached: engine::CachedFacts = [
+            ("db1".to_string(), facts(serde_json::json!({"hostname": "db-box", "default_ipv4": {"address": "10.0.0.7"}}))),
+            ("web1".to_string(), facts(serde_json::json!({"hostname": "stale-self"}))),
+        ]
+        .into();
+        let options = RunOptions {
+            inventory_hostname: "web1".into(),
+            inventory: Some(std::sync::Arc::new(inventory)),
+            cached_facts: std::sync::Arc::new(cached),
+            ..RunOptions::default()
+        };
+        let (lines, report) = run_yaml(
+            concat!(
+                "- hosts: web1\n  gather_facts: false\n  tasks:\n",
+                "    - debug: msg=\"DB {{ hostvars['db1'].ansible_hostname }} {{ hostvars['db1'].ansible_facts.hostname }}",
+                " {{ hostvars['db1'].ansible_default_ipv4.address }} {{ hostvars['db1'].role }}",
+                " NEW {{ hostvars['new1'].ansible_facts | length }} {{ hostvars['new1'].ansible_hostname is defined }}",
+                " SELF {{ ansible_facts | length }}\"\n",
+                "- hosts: web1\n  tasks:\n",
+                "    - debug: msg=\"OWN {{ ansible_os_family != 'from_inventory' }} {{ ansible_hostname != 'stale-self' }}\"\n",
+            ),
+            &options,
+        );
+        let all = lines.join("\n");
+        assert!(!report.failed, "{all}");
+        assert!(
+            all.contains("\"msg\": \"DB db-box db-box 10.0.0.7 db NEW 0 False SELF 0\""),
+            "{all}"
+        );
+        assert!(all.contains("\"msg\": \"OWN True True\""), "{all}");
+        let gathered = report.gathered_facts.expect("the run gathered facts");
+        assert!(
+            gathered.facts.contains_key("hostname"),
+            "{:?}",
+            gathered.facts.keys()
+        );
+        assert!(!gathered.facts.contains_key("ansible_hostname"));
+    }
+
+    /// A run that gathers no facts reports none.
+    #[test]
+    fn a_run_without_gathering_reports_no_facts() {
+        let (_, report) = run_yaml(
+            "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=x\n",
+            &RunOptions::default(),
+        );
+        assert_eq!(report.gathered_facts, None);
     }
 
     /// A cancelled run stops before its next task and says so.

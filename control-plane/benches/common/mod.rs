@@ -344,6 +344,7 @@ pub async fn sim_agent_answering(
                     exit_code: Some(0),
                     summary: "exit code 0".into(),
                     chunks: 1,
+                    facts: None,
                 };
                 for message in [
                     FromAgent::Started { resumed: false },
@@ -439,6 +440,7 @@ pub async fn streamer_agent(
             exit_code: Some(0),
             summary: "exit code 0".into(),
             chunks: seq,
+            facts: None,
         };
         write_frame(&mut send, &FromAgent::End(end)).await?;
         Ok(bytes)

@@ -1231,6 +1231,7 @@ async fn job_loop(
                             status: Status::Failed,
                             exit_code: None,
                             summary: format!("the agent refused the job: {reason}"),
+                            facts: None,
                             done: Some(done_tx),
                         }).await;
                         let _ = done_rx.await;
@@ -1250,6 +1251,7 @@ async fn job_loop(
                             status: end.status.into(),
                             exit_code: end.exit_code,
                             summary: end.summary,
+                            facts: end.facts,
                             done: Some(done_tx),
                         }).await;
                         if done_rx.await == Ok(true) {

@@ -63,6 +63,8 @@ pub enum Item {
         status: Status,
         exit_code: Option<i32>,
         summary: String,
+        /// The facts the job gathered on its server, kept as the server's latest.
+        facts: Option<Box<dynserv_shared::proto::GatheredFacts>>,
         done: Option<oneshot::Sender<bool>>,
     },
 }
@@ -255,6 +257,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     status,
                     exit_code,
                     summary,
+                    facts,
                     ..
                 } => {
                     // Running first, so a job that ended before anyone saw it start
@@ -265,6 +268,22 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                             .published
                             .push((execution_id.clone(), LiveEvent::End));
                         let ended = w.get::<executions::Execution>(execution_id)?;
+                        if let (Some(facts), Some(execution)) = (facts, &ended) {
+                            // Facts that cannot be kept cost other hosts their
+                            // `hostvars` facts, never the execution its end.
+                            if let Err(reason) = crate::inventory::record_facts(
+                                w,
+                                execution.server_id.as_deref(),
+                                &execution.id,
+                                facts,
+                                now,
+                            )? {
+                                tracing::info!(
+                                    execution = %execution_id,
+                                    "the job's gathered facts are not kept: {reason}"
+                                );
+                            }
+                        }
                         outcome.changes.extend(ended.as_ref().map(status_change));
                     }
                 }

@@ -169,6 +169,7 @@ fn previous_protocol_is_served_and_older_ones_are_refused() {
                     exit_code: Some(0),
                     summary: "exit code 0".into(),
                     chunks: 1,
+                    facts: None,
                 }),
             ] {
                 write_frame(&mut send, &message).await.unwrap();

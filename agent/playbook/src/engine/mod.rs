@@ -70,6 +70,24 @@ pub struct RunOptions {
     pub ansible_fallback: Option<PathBuf>,
     /// Set from another thread to stop the run before its next task (job cancellation).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Facts gathered earlier on other hosts of the inventory (the control plane's
+    /// fact cache), by host name, each without the `ansible_` prefix: the run shows
+    /// them as `hostvars[host].ansible_facts` and `hostvars[host].ansible_*`. Facts of
+    /// the run's own host here are ignored: it gathers its own.
+    pub cached_facts: Arc<CachedFacts>,
+}
+
+/// Facts of hosts by host name ([`RunOptions::cached_facts`]).
+pub type CachedFacts =
+    std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
+
+/// Facts a run gathered on its own host ([`RunReport::gathered_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatheredFacts {
+    /// When they were gathered.
+    pub gathered_at: chrono::DateTime<chrono::Utc>,
+    /// The facts without their `ansible_` prefix, as `ansible_facts` holds them.
+    pub facts: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for RunOptions {
@@ -87,6 +105,7 @@ impl Default for RunOptions {
             become_program: None,
             ansible_fallback: None,
             cancel: None,
+            cached_facts: Arc::default(),
         }
     }
 }
@@ -139,6 +158,9 @@ pub struct RunReport {
     pub cancelled: bool,
     /// Every task's name, action, status and (with `--diff`) diff, in run order.
     pub tasks: Vec<report::TaskReport>,
+    /// The facts the run gathered on its host and still held at its end (none when
+    /// no play gathered facts, or `meta: clear_facts` dropped them).
+    pub gathered_facts: Option<GatheredFacts>,
 }
 
 /// Runs a parsed playbook against the local host, writing Ansible-style lines to `sink`.
@@ -160,6 +182,7 @@ pub fn run_playbook(
         failed: runner.host_failed,
         cancelled: runner.cancelled(),
         tasks: std::mem::take(&mut runner.task_reports),
+        gathered_facts: runner.gathered_facts(),
     }
 }
 
@@ -220,6 +243,8 @@ struct Runner<'a> {
     templar: Arc<Templar>,
     stats: Stats,
     facts: Option<Vec<(String, Value)>>,
+    /// When `facts` were gathered.
+    facts_gathered_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Facts modules returned (`getent_group`, `services`, ...), as the module named
     /// them: each is a variable of its own and a key of `ansible_facts` (without an
     /// `ansible_` prefix), like Ansible's fact cache with injected facts.
@@ -287,6 +312,7 @@ impl<'a> Runner<'a> {
             &inventory,
             &options.inventory_hostname,
             &groups,
+            &options.cached_facts,
             &templar,
         ));
         Runner {
@@ -296,6 +322,7 @@ impl<'a> Runner<'a> {
             templar,
             stats: Stats::default(),
             facts: None,
+            facts_gathered_at: None,
             module_facts: Vec::new(),
             host_vars: Vec::new(),
             play_vars: Vec::new(),
@@ -381,11 +408,15 @@ impl<'a> Runner<'a> {
                 ("string", Value::from("2.19.0 (dynserv native runtime)")),
             ]),
         );
+        // The facts injected as variables (`ansible_*`, INJECT_FACTS_AS_VARS), placed
+        // in the stack below after the inventory's variables, where ansible-core's
+        // VariableManager puts host facts.
         let mut fact_dict: Vec<(String, Value)> = Vec::new();
+        let mut fact_vars: Vec<(String, Value)> = Vec::new();
         if let Some(facts) = &self.facts {
             fact_dict.extend(facts.iter().cloned());
             for (k, v) in facts {
-                vars.insert(format!("ansible_{k}"), v.clone());
+                fact_vars.push((format!("ansible_{k}"), v.clone()));
             }
         }
         for (k, v) in &self.module_facts {
@@ -394,14 +425,14 @@ impl<'a> Runner<'a> {
                 Some(slot) => slot.1 = v.clone(),
                 None => fact_dict.push((bare.to_string(), v.clone())),
             }
-            vars.insert(k.clone(), v.clone());
+            fact_vars.push((k.clone(), v.clone()));
         }
         vars.insert("ansible_facts".into(), Value::from_pairs(fact_dict));
         // Precedence, low to high, as ansible-core's VariableManager stacks it: the play's
         // roles' defaults, the task's role's defaults, the inventory's variables (group
-        // and host vars, already layered), play vars and vars_files, the play's roles'
-        // vars, the task's role's vars, block/task vars, set_fact and registered vars,
-        // role params, then loop variables (and extra vars below).
+        // and host vars, already layered), host facts, play vars and vars_files, the
+        // play's roles' vars, the task's role's vars, block/task vars, set_fact and
+        // registered vars, role params, then loop variables (and extra vars below).
         let role = scope.role.as_deref();
         let play_defaults = self.play_roles.iter().flat_map(|r| r.play_defaults.iter());
         let play_role_vars = self.play_roles.iter().flat_map(|r| r.exported_vars.iter());
@@ -409,6 +440,7 @@ impl<'a> Runner<'a> {
         for (k, v) in play_defaults
             .chain(role.map_or(none, |r| &r.defaults).iter())
             .chain(self.inventory.vars_of(&host).iter())
+            .chain(fact_vars.iter())
             .chain(self.play_vars.iter())
             .chain(play_role_vars)
             .chain(role.map_or(none, |r| &r.vars).iter())
@@ -543,7 +575,20 @@ impl<'a> Runner<'a> {
     fn gather_facts(&mut self) {
         if self.facts.is_none() {
             self.facts = Some(build_facts(&FactSources::read(), chrono::Local::now()));
+            self.facts_gathered_at = Some(chrono::Utc::now());
         }
+    }
+
+    /// The facts gathered on this host, as JSON, for the run's report (what the agent
+    /// tells the control plane's fact cache).
+    fn gathered_facts(&self) -> Option<GatheredFacts> {
+        let facts = self.facts.as_ref()?;
+        let gathered_at = self.facts_gathered_at?;
+        let facts = facts
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
+            .collect();
+        Some(GatheredFacts { gathered_at, facts })
     }
 
     fn load_vars_files(&mut self, play: &Play) -> Result<(), String> {
@@ -1465,11 +1510,14 @@ fn groups_value(inventory: &Inventory) -> Value {
 }
 
 /// `hostvars` of every inventory host but `current`: its inventory variables and
-/// magic names, templated lazily in its own context as Ansible does.
+/// magic names, and the facts cached for it (`ansible_facts`, and each as an
+/// `ansible_*` variable over the inventory's variables, as for the own host),
+/// templated lazily in its own context as Ansible does.
 fn other_hostvars(
     inventory: &Inventory,
     current: &str,
     groups: &Value,
+    cached_facts: &CachedFacts,
     templar: &Arc<Templar>,
 ) -> Vec<(String, Value)> {
     inventory
@@ -1490,6 +1538,21 @@ fn other_hostvars(
             for (name, value) in inventory.vars_of(host) {
                 vars.insert(name.clone(), value.clone());
             }
+            // A host without cached facts has an empty `ansible_facts`, as in Ansible.
+            let facts = cached_facts.get(host);
+            for (name, value) in facts.into_iter().flatten() {
+                vars.insert(
+                    format!("ansible_{name}"),
+                    crate::filters::json_to_value(value),
+                );
+            }
+            vars.insert(
+                "ansible_facts".into(),
+                facts.map_or_else(
+                    || Value::from_pairs(Vec::<(String, Value)>::new()),
+                    |f| crate::filters::json_to_value(&serde_json::Value::Object(f.clone())),
+                ),
+            );
             (host.to_string(), templar.context(vars))
         })
         .collect()
