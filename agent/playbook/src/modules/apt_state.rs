@@ -91,14 +91,27 @@ fn is_plain_name(name: &str) -> bool {
 /// What identifies one version of a file or of a directory's entries: when any of it
 /// changes, what was parsed from there is parsed again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<(PathBuf, Option<(u64, i64, i64, u64)>)>);
+struct Fingerprint(Vec<(PathBuf, Option<FileStamp>)>);
+
+/// What tells one version of a file from the next: dpkg and apt replace their files by
+/// renaming a new one over them (a new inode), and editors change size or mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    inode: u64,
+}
 
 impl Fingerprint {
     fn of(files: &[PathBuf], dirs: &[PathBuf]) -> Self {
         let stat = |path: &Path| {
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+            std::fs::metadata(path).ok().map(|m| FileStamp {
+                len: m.len(),
+                mtime: m.mtime(),
+                mtime_nsec: m.mtime_nsec(),
+                inode: m.ino(),
+            })
         };
         let mut entries: Vec<_> = files.iter().map(|p| (p.clone(), stat(p))).collect();
         for dir in dirs {
@@ -160,23 +173,17 @@ struct ListsDb {
     undecided: Option<String>,
 }
 
-fn status_cache() -> &'static Mutex<Option<(Fingerprint, Arc<StatusDb>)>> {
-    static CACHE: OnceLock<Mutex<Option<(Fingerprint, Arc<StatusDb>)>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(None))
-}
+/// One parsed state kept for the process, with the fingerprint of the files it came
+/// from. One slot each: a process looks at one host, so at most one status and one set of
+/// lists are kept (the bound on this cache).
+type Slot<T> = Mutex<Option<(Fingerprint, Arc<T>)>>;
 
-fn lists_cache() -> &'static Mutex<Option<(Fingerprint, Arc<ListsDb>)>> {
-    static CACHE: OnceLock<Mutex<Option<(Fingerprint, Arc<ListsDb>)>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(None))
-}
+static STATUS_CACHE: Slot<StatusDb> = Mutex::new(None);
+static LISTS_CACHE: Slot<ListsDb> = Mutex::new(None);
 
 /// Returns what `cache` holds for `fingerprint`, or parses it with `load` and keeps that.
 /// The lock is held while parsing so two threads never parse the same files twice.
-fn cached<T>(
-    cache: &Mutex<Option<(Fingerprint, Arc<T>)>>,
-    fingerprint: Fingerprint,
-    load: impl FnOnce() -> T,
-) -> Arc<T> {
+fn cached<T>(cache: &Slot<T>, fingerprint: Fingerprint, load: impl FnOnce() -> T) -> Arc<T> {
     let mut slot = cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -206,7 +213,7 @@ impl Snapshot {
             &[paths.dpkg_dir.join("status"), paths.dpkg_dir.join("arch")],
             &[paths.dpkg_dir.join("updates")],
         );
-        let status = cached(status_cache(), fingerprint, || read_status(paths));
+        let status = cached(&STATUS_CACHE, fingerprint, || read_status(paths));
         Snapshot {
             paths: paths.clone(),
             status,
@@ -229,7 +236,7 @@ impl Snapshot {
                     paths.etc_apt.join("apt.conf.d"),
                 ],
             );
-            cached(lists_cache(), fingerprint, || read_lists(paths))
+            cached(&LISTS_CACHE, fingerprint, || read_lists(paths))
         })
     }
 
