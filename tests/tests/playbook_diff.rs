@@ -642,6 +642,15 @@ fn pamd_matches_ansible() {
     check("pamd.yml", &[]);
 }
 
+/// apt in check mode (installed packages, exact and pattern versions, unknown and
+/// virtual names, a package to install, lists and loops, latest through a pin, absent)
+/// answers like Ansible's python-apt.
+#[test]
+fn apt_matches_ansible() {
+    require_program("apt-get", "apt");
+    check("apt.yml", &["--check"]);
+}
+
 /// timezone, alternatives and deb822_repository in check mode on the host's real
 /// configuration, and firewalld, selinux and snap where this host lacks what they
 /// need, answer like Ansible (changed or not, diffs, the file text deb822 would write,

@@ -10,6 +10,7 @@
 
 pub mod alternatives;
 pub mod apache;
+pub mod apt_state;
 pub mod command;
 pub mod compose;
 pub mod controller;

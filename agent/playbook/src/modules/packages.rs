@@ -1,5 +1,12 @@
-//! `apt` (and `package` through it): Debian/Ubuntu packages via apt-get and dpkg-query.
+//! `apt` (and `package` through it): Debian/Ubuntu packages via apt-get.
+//!
+//! What is installed and what apt would install is read natively (`apt_state`: the dpkg
+//! status file and apt's lists, parsed once per process); `dpkg-query` and `apt-cache`
+//! run only for what that reading leaves undecided (patterns, pins, ...). apt-get runs
+//! only when something is to be installed, upgraded or removed: at most once per task for
+//! the packages, in check mode with `--simulate`.
 
+use super::apt_state::{AptPaths, Snapshot};
 use super::exec::{run, Run};
 use super::{ArgError, Args, ModuleContext, Outcome};
 use minijinja::Value;
@@ -13,67 +20,85 @@ fn apt_env(ctx: &ModuleContext) -> Vec<(String, String)> {
     env
 }
 
-/// Installed version of a package, if installed.
-fn installed_version(name: &str) -> Option<String> {
-    let r = run(
+/// `dpkg-query -W`'s `${Status}` lines for `name`, with `${Version}` after a tab.
+fn dpkg_query_status(name: &str) -> Run {
+    run(
         "dpkg-query",
         &["-W", "-f=${Status}\t${Version}\n", name],
         &[],
         None,
-    );
-    if !r.ok() {
-        return None;
-    }
-    r.stdout.lines().find_map(|line| {
-        let (status, version) = line.split_once('\t')?;
-        status.ends_with(" installed").then(|| version.to_string())
+    )
+}
+
+/// Installed version of a package, if installed.
+fn installed_version(state: &Snapshot, name: &str) -> Option<String> {
+    state.installed_version(name).unwrap_or_else(|_| {
+        let r = dpkg_query_status(name);
+        if !r.ok() {
+            return None;
+        }
+        r.stdout.lines().find_map(|line| {
+            let (status, version) = line.split_once('\t')?;
+            status.ends_with(" installed").then(|| version.to_string())
+        })
     })
 }
 
-fn candidate_version(name: &str) -> Option<String> {
-    let r = run(
-        "apt-cache",
-        &["policy", name],
-        &[("LANG".into(), "C".into())],
-        None,
-    );
-    r.stdout
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Candidate:")
-                .map(|v| v.trim().to_string())
-        })
-        .filter(|v| v != "(none)")
+/// Whether a package was removed with its configuration files left (what `purge` removes).
+fn has_config_files(state: &Snapshot, name: &str) -> bool {
+    state
+        .has_config_files(name)
+        .unwrap_or_else(|_| dpkg_query_status(name).stdout.contains("config-files"))
+}
+
+fn candidate_version(state: &Snapshot, name: &str) -> Option<String> {
+    state.candidate_version(name).unwrap_or_else(|_| {
+        let r = run(
+            "apt-cache",
+            &["policy", name],
+            &[("LANG".into(), "C".into())],
+            None,
+        );
+        r.stdout
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Candidate:")
+                    .map(|v| v.trim().to_string())
+            })
+            .filter(|v| v != "(none)")
+    })
 }
 
 /// Whether apt can install a package of this name: it has a candidate version, or
 /// another package provides it (python-apt's cache lookup, which ansible-core's apt
 /// module uses, refuses a name that is only mentioned by other packages).
-fn known_to_apt(name: &str) -> bool {
-    if candidate_version(name).is_some() {
+fn known_to_apt(state: &Snapshot, name: &str) -> bool {
+    if candidate_version(state, name).is_some() {
         return true;
     }
-    let r = run(
-        "apt-cache",
-        &["showpkg", name],
-        &[("LANG".into(), "C".into())],
-        None,
-    );
-    r.stdout
-        .split("Reverse Provides:")
-        .nth(1)
-        .is_some_and(|providers| !providers.trim().is_empty())
+    state.is_provided(name).unwrap_or_else(|_| {
+        let r = run(
+            "apt-cache",
+            &["showpkg", name],
+            &[("LANG".into(), "C".into())],
+            None,
+        );
+        r.stdout
+            .split("Reverse Provides:")
+            .nth(1)
+            .is_some_and(|providers| !providers.trim().is_empty())
+    })
 }
 
 /// The first package to install that is neither installed nor known to apt; names with
 /// wildcards are left to apt, as Ansible expands them first.
-fn first_unknown_package(specs: &[String]) -> Option<&str> {
+fn first_unknown_package<'a>(state: &Snapshot, specs: &'a [String]) -> Option<&'a str> {
     specs
         .iter()
         .map(|spec| split_spec(spec).0)
         .filter(|name| !name.contains(['*', '?', '[']) && !name.ends_with(".deb"))
-        .find(|name| installed_version(name).is_none() && !known_to_apt(name))
+        .find(|name| installed_version(state, name).is_none() && !known_to_apt(state, name))
 }
 
 /// Ansible's failure for a package apt does not know, in check mode as in a real run.
@@ -88,9 +113,16 @@ fn split_spec(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn is_satisfied(spec: &str) -> bool {
+fn is_satisfied(state: &Snapshot, spec: &str) -> bool {
     let (name, version) = split_spec(spec);
-    match (installed_version(name), version) {
+    match (installed_version(state, name), version) {
+        // ansible-core counts a virtual package whose one provider is installed as
+        // installed, without asking apt-get; undecided here, apt-get decides as before.
+        (None, None) => state
+            .sole_provider(name)
+            .ok()
+            .flatten()
+            .is_some_and(|provider| installed_version(state, &provider).is_some()),
         (None, _) => false,
         (Some(_), None) => true,
         (Some(installed), Some(wanted)) => {
@@ -265,12 +297,17 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         }
     }
     if !names.is_empty() {
+        // Taken after any cache update or upgrade above, so it sees what they changed.
+        let packages = Snapshot::take(&AptPaths::system());
         match state.as_str() {
             "present" | "installed" | "fixed" | "build-dep" => {
-                if let Some(unknown) = first_unknown_package(&names) {
+                if let Some(unknown) = first_unknown_package(&packages, &names) {
                     return Ok(no_package_matching(unknown));
                 }
-                let missing: Vec<&String> = names.iter().filter(|n| !is_satisfied(n)).collect();
+                let missing: Vec<&String> = names
+                    .iter()
+                    .filter(|n| !is_satisfied(&packages, n))
+                    .collect();
                 // In check mode too apt-get runs (with --simulate), as ansible-core's
                 // module does: a package whose dependencies cannot be met fails there.
                 if !missing.is_empty() {
@@ -296,14 +333,17 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 }
             }
             "latest" => {
-                if let Some(unknown) = first_unknown_package(&names) {
+                if let Some(unknown) = first_unknown_package(&packages, &names) {
                     return Ok(no_package_matching(unknown));
                 }
                 let outdated: Vec<&String> = names
                     .iter()
                     .filter(|n| {
                         let (name, _) = split_spec(n);
-                        match (installed_version(name), candidate_version(name)) {
+                        match (
+                            installed_version(&packages, name),
+                            candidate_version(&packages, name),
+                        ) {
                             (None, _) => true,
                             (Some(installed), Some(candidate)) => installed != candidate,
                             (Some(_), None) => false,
@@ -333,11 +373,8 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     .iter()
                     .filter(|n| {
                         let name = split_spec(n).0;
-                        installed_version(name).is_some()
-                            || (purge
-                                && run("dpkg-query", &["-W", "-f=${Status}", name], &[], None)
-                                    .stdout
-                                    .contains("config-files"))
+                        installed_version(&packages, name).is_some()
+                            || (purge && has_config_files(&packages, name))
                     })
                     .collect();
                 if !installed.is_empty() && ctx.check {
