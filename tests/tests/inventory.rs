@@ -14,6 +14,21 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A demo control plane on a Hetzner simulator of its own (no background sync: each
+/// test drives the servers itself).
+async fn on_simulator() -> (Simulator, ControlPlane) {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("the simulator");
+    let cp = ControlPlane::builder()
+        .demo()
+        .env("HETZNER_API_URL", &sim.url())
+        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
+        .start()
+        .await;
+    (sim, cp)
+}
+
 /// The project "Shop" with web-a, web-b (label `role=web`) and db-a (`role=db`) synced
 /// from the simulator, an agent on each (with `DYNSERV_TEST_SITE=site-NAME` in its
 /// environment, a fact that tells the agents of this one machine apart); answers the
@@ -120,15 +135,7 @@ const PLAYBOOK: &str = r#"- name: web tier
 /// play matched it; the project's inventory is readable as Ansible's YAML/JSON.
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
-    let sim = Simulator::start(SimConfig::default())
-        .await
-        .expect("the simulator");
-    let cp = ControlPlane::builder()
-        .demo()
-        .env("HETZNER_API_URL", &sim.url())
-        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
-        .start()
-        .await;
+    let (sim, cp) = on_simulator().await;
     let api = cp.api_as("admin");
     let (project_id, servers, _agents) = shop(&sim, &cp, &api).await;
     let web_a = id_of(&servers, "web-a");
@@ -255,15 +262,7 @@ async fn hosts_patterns_select_servers_by_label_and_operator_groups() {
 /// targets is refused with the reason before anything runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
-    let sim = Simulator::start(SimConfig::default())
-        .await
-        .expect("the simulator");
-    let cp = ControlPlane::builder()
-        .demo()
-        .env("HETZNER_API_URL", &sim.url())
-        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
-        .start()
-        .await;
+    let (sim, cp) = on_simulator().await;
     let api = cp.api_as("admin");
     let (project_id, servers, _agents) = shop(&sim, &cp, &api).await;
     let web_a = id_of(&servers, "web-a");
@@ -479,15 +478,7 @@ const PEERS_PLAYBOOK: &str = r#"- hosts: all
 /// server of the inventory that never gathered facts has an empty `ansible_facts`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollout_shows_each_host_the_others_gathered_facts() {
-    let sim = Simulator::start(SimConfig::default())
-        .await
-        .expect("the simulator");
-    let cp = ControlPlane::builder()
-        .demo()
-        .env("HETZNER_API_URL", &sim.url())
-        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
-        .start()
-        .await;
+    let (sim, cp) = on_simulator().await;
     let api = cp.api_as("admin");
     let (_project_id, servers, _agents) = shop(&sim, &cp, &api).await;
     let (status, script) = api
@@ -545,15 +536,7 @@ async fn a_rollout_shows_each_host_the_others_gathered_facts() {
 /// too.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_facts_step_waits_for_offline_targets_and_cancels_with_the_rollout() {
-    let sim = Simulator::start(SimConfig::default())
-        .await
-        .expect("the simulator");
-    let cp = ControlPlane::builder()
-        .demo()
-        .env("HETZNER_API_URL", &sim.url())
-        .env("DYNSERV_HETZNER_SYNC_SECS", "0")
-        .start()
-        .await;
+    let (sim, cp) = on_simulator().await;
     let api = cp.api_as("admin");
     let (_project_id, servers, mut agents) = shop(&sim, &cp, &api).await;
     agents[2].stop();

@@ -568,22 +568,24 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("TASK [r : debug]")));
     }
 
-    /// With an inventory, a play runs only when its pattern selects the host, and
-    /// another host's variables are templated in that host's own context.
-    #[test]
-    fn inventory_selects_plays_and_hostvars() {
+    /// An INI inventory of `text`, its variables resolved.
+    fn ini_inventory(text: &str) -> inventory::Inventory {
         let dir = tempfile::tempdir().expect("temp dir");
         let source = dir.path().join("inv.ini");
-        std::fs::write(
-            &source,
-            "[web]\nweb1\n[db]\ndb1 me='{{ inventory_hostname }}'\n",
-        )
-        .expect("write");
+        std::fs::write(&source, text).expect("write");
         let mut inventory =
             inventory::Inventory::load(&source.display().to_string()).expect("valid");
         inventory
             .resolve_vars(&inventory::VarsDirs::default(), None)
             .expect("vars");
+        inventory
+    }
+
+    /// With an inventory, a play runs only when its pattern selects the host, and
+    /// another host's variables are templated in that host's own context.
+    #[test]
+    fn inventory_selects_plays_and_hostvars() {
+        let inventory = ini_inventory("[web]\nweb1\n[db]\ndb1 me='{{ inventory_hostname }}'\n");
         let options = RunOptions {
             inventory_hostname: "web1".into(),
             inventory: Some(std::sync::Arc::new(inventory)),
@@ -607,21 +609,12 @@ mod tests {
     /// gathered facts also sit over its inventory variables, and the run reports them.
     #[test]
     fn hostvars_show_cached_facts_over_inventory_vars() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let source = dir.path().join("inv.ini");
-        std::fs::write(
-            &source,
+        let inventory = ini_inventory(
             "web1 ansible_os_family=from_inventory
 db1 ansible_hostname=from_inventory role=db
 new1
 ",
-        )
-        .expect("write");
-        let mut inventory =
-            inventory::Inventory::load(&source.display().to_string()).expect("valid");
-        inventory
-            .resolve_vars(&inventory::VarsDirs::default(), None)
-            .expect("vars");
+        );
         let facts = |pairs: serde_json::Value| pairs.as_object().unwrap().clone();
         let cached: engine::CachedFacts = [
             ("db1".to_string(), facts(serde_json::json!({"hostname": "db-box", "default_ipv4": {"address": "10.0.0.7"}}))),
