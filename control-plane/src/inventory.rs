@@ -245,65 +245,71 @@ pub fn forget_facts(w: &mut Writer, server_id: &str) -> anyhow::Result<()> {
     w.remove::<ServerFacts>(server_id)
 }
 
+/// Hosts whose stored facts are read at a time (one query each on PostgreSQL).
+const FACTS_CHUNK: usize = 64;
+
 /// The facts shown to the hosts of a project's inventory: each host's stored facts
-/// received after `fresh_since`, in the inventory's host order while the inventory
-/// with them stays within `MAX_INVENTORY_BYTES` (hosts past that go without, as if
-/// none were known). Pure, so the budget is tested without a store.
+/// received after `fresh_since`, in the inventory's host order, until the inventory
+/// with them would pass `MAX_INVENTORY_BYTES` (that host and those after it go
+/// without, as if none were known). `load` reads the stored facts of a chunk of host
+/// names, so a project of thousands of servers reads only the few dozen hosts' facts
+/// that fit, never every server's; pure besides `load`, so the budget is tested
+/// without a store.
 pub fn facts_for_hosts(
     inventory: &JobInventory,
-    stored: &[(String, ServerFacts)],
     fresh_since: DateTime<Utc>,
-) -> BTreeMap<String, GatheredFacts> {
-    let by_name: HashMap<&str, &ServerFacts> = stored
-        .iter()
-        .filter(|(_, f)| f.received_at >= fresh_since)
-        .map(|(name, f)| (name.as_str(), f))
-        .collect();
+    mut load: impl FnMut(&[String]) -> anyhow::Result<Vec<(String, ServerFacts)>>,
+) -> anyhow::Result<BTreeMap<String, GatheredFacts>> {
     let mut size = serde_json::to_vec(inventory).map_or(usize::MAX, |b| b.len());
     // `"facts":{` and its closing brace.
     size = size.saturating_add(10);
     let mut out = BTreeMap::new();
-    for host in &inventory.hosts {
-        let Some(facts) = by_name.get(host.as_str()) else {
-            continue;
-        };
-        let entry = GatheredFacts {
-            gathered_at: facts.gathered_at.to_rfc3339(),
-            facts: facts.facts.clone(),
-        };
-        // The entry's JSON, its quoted name, the colon and a comma.
-        let cost = serde_json::to_vec(&entry).map_or(usize::MAX, |b| b.len()) + host.len() + 4;
-        if size.saturating_add(cost) > MAX_INVENTORY_BYTES {
-            continue;
+    for names in inventory.hosts.chunks(FACTS_CHUNK) {
+        let stored = load(names)?;
+        let by_name: HashMap<&str, &ServerFacts> = stored
+            .iter()
+            .filter(|(_, f)| f.received_at >= fresh_since)
+            .map(|(name, f)| (name.as_str(), f))
+            .collect();
+        for host in names {
+            let Some(facts) = by_name.get(host.as_str()) else {
+                continue;
+            };
+            let entry = GatheredFacts {
+                gathered_at: facts.gathered_at.to_rfc3339(),
+                facts: facts.facts.clone(),
+            };
+            // The entry's JSON, its quoted name, the colon and a comma.
+            let cost = serde_json::to_vec(&entry).map_or(usize::MAX, |b| b.len()) + host.len() + 4;
+            if size.saturating_add(cost) > MAX_INVENTORY_BYTES {
+                return Ok(out);
+            }
+            size += cost;
+            out.insert(host.clone(), entry);
         }
-        size += cost;
-        out.insert(host.clone(), entry);
     }
-    out
+    Ok(out)
 }
 
-/// The stored facts of a project's servers, with each server's current name.
-fn stored_facts_of_project(
+/// The stored facts of the servers of a project named `names`, with those names.
+fn stored_facts_named(
     r: &impl Read,
     project_id: &str,
+    names: &[String],
 ) -> anyhow::Result<Vec<(String, ServerFacts)>> {
-    let ids = crate::servers::ids_in_project(r, project_id)?;
-    let facts: Vec<ServerFacts> = r
-        .get_many::<ServerFacts>(&ids)?
-        .into_iter()
-        .flatten()
+    let found: Vec<(String, String)> = names
+        .iter()
+        .cloned()
+        .zip(crate::servers::ids_by_name(r, project_id, names)?)
+        .filter_map(|(name, id)| Some((name, id?)))
         .collect();
-    if facts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let with: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
-    let servers = r.get_many::<Server>(&with)?;
-    Ok(servers
+    let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
+    Ok(found
         .into_iter()
-        .zip(facts)
-        .filter_map(|(server, facts)| {
-            let server = server.filter(|s| s.status != "deleted")?;
-            Some((server.name, facts))
+        .zip(r.get_many::<ServerFacts>(&ids)?)
+        .filter_map(|((name, _), facts)| {
+            let facts = facts.filter(|f| f.project_id == project_id)?;
+            Some((name, facts))
         })
         .collect())
 }
@@ -783,8 +789,9 @@ pub fn attach_to_specs(
     {
         let Some(snapshot) = snapshot else { continue };
         let mut inventory = snapshot.inventory;
-        let stored = stored_facts_of_project(r, &snapshot.project_id)?;
-        inventory.facts = facts_for_hosts(&inventory, &stored, fresh_since);
+        inventory.facts = facts_for_hosts(&inventory, fresh_since, |names| {
+            stored_facts_named(r, &snapshot.project_id, names)
+        })?;
         found.insert(id, SharedInventory(Arc::new(inventory)));
     }
     for (execution, spec) in executions.iter().zip(specs.iter_mut()) {
@@ -909,6 +916,19 @@ mod tests {
         )
     }
 
+    /// A `load` for [`facts_for_hosts`] that answers from `stored`.
+    fn loader(
+        stored: &[(String, ServerFacts)],
+    ) -> impl FnMut(&[String]) -> anyhow::Result<Vec<(String, ServerFacts)>> + '_ {
+        move |names| {
+            Ok(stored
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .cloned()
+                .collect())
+        }
+    }
+
     /// The inventory's hosts get their stored facts received since the cut-off, the
     /// stale and unknown ones none, and hosts past the inventory's byte bound none.
     #[test]
@@ -928,7 +948,8 @@ mod tests {
             stored_facts("db-1", "2026-12-05T09:00:00Z", json!({"hostname": "d1"})),
             stored_facts("gone", "2026-12-05T09:00:00Z", json!({"hostname": "g"})),
         ];
-        let facts = facts_for_hosts(&inventory, &stored, at("2026-12-04T10:00:00Z"));
+        let facts =
+            facts_for_hosts(&inventory, at("2026-12-04T10:00:00Z"), loader(&stored)).unwrap();
         assert_eq!(facts.keys().collect::<Vec<_>>(), ["db-1", "web-1"]);
         assert_eq!(facts["web-1"].facts["hostname"], "w1");
         assert_eq!(facts["web-1"].gathered_at, "2026-12-05T10:00:00+00:00");
@@ -951,7 +972,7 @@ mod tests {
             hosts: many.iter().map(|(n, _)| n.clone()).collect(),
             ..Default::default()
         };
-        let facts = facts_for_hosts(&inventory, &many, at("2026-12-04T10:00:00Z"));
+        let facts = facts_for_hosts(&inventory, at("2026-12-04T10:00:00Z"), loader(&many)).unwrap();
         assert!((9..=11).contains(&facts.len()), "{}", facts.len());
         assert!(facts.contains_key("h00") && !facts.contains_key("h29"));
         let mut with = inventory.clone();
@@ -1015,7 +1036,14 @@ mod tests {
                 let kept = w.get::<ServerFacts>("s1")?.expect("kept");
                 assert_eq!(kept.facts["hostname"], "new");
                 assert_eq!((kept.project_id.as_str(), kept.received_at), ("p1", now));
-                assert_eq!(stored_facts_of_project(w, "p1")?.len(), 1);
+                let named = ["web-1".to_string(), "nobody".to_string()];
+                let found = stored_facts_named(w, "p1", &named)?;
+                assert_eq!(found.len(), 1);
+                assert_eq!(
+                    (found[0].0.as_str(), found[0].1.id.as_str()),
+                    ("web-1", "s1")
+                );
+                assert!(stored_facts_named(w, "p2", &named)?.is_empty());
                 Ok(())
             })
             .unwrap();

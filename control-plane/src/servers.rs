@@ -372,6 +372,18 @@ pub fn in_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<Server>
 
 /// The ids of every server of one project, by name (deleted ones too): for the work
 /// that reads them together (a run's inventory).
+/// The ids of a project's servers named `names`, in that order (`None` for a name no
+/// server has), in one read of the name index.
+pub fn ids_by_name(
+    r: &impl Read,
+    project_id: &str,
+    names: &[String],
+) -> anyhow::Result<Vec<Option<String>>> {
+    let keys: Vec<String> = names.iter().map(|n| name_key(project_id, n)).collect();
+    r.prefetch_index(BY_NAME, &keys)?;
+    keys.iter().map(|k| r.index_get(BY_NAME, k)).collect()
+}
+
 pub fn ids_in_project(r: &impl Read, project_id: &str) -> anyhow::Result<Vec<String>> {
     Ok(r.index_scan(BY_PROJECT, &format!("{project_id}/"))?
         .into_iter()
