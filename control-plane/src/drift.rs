@@ -569,21 +569,18 @@ pub fn describe_targets(r: &impl Read, state: &DesiredState) -> anyhow::Result<S
 
 /// The results of a script's desired state.
 pub fn results_of_script(r: &impl Read, script_id: &str) -> anyhow::Result<Vec<DriftResult>> {
-    let ids: Vec<String> = r
-        .index_scan(BY_SCRIPT, &format!("{script_id}/"))?
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
-    Ok(r.get_many::<DriftResult>(&ids)?
-        .into_iter()
-        .flatten()
-        .collect())
+    results_by(r, BY_SCRIPT, script_id)
 }
 
 /// The results of a server (one per desired-state script covering it).
 pub fn results_of_server(r: &impl Read, server_id: &str) -> anyhow::Result<Vec<DriftResult>> {
+    results_by(r, BY_SERVER, server_id)
+}
+
+/// The results an index lists under `owner/`.
+fn results_by(r: &impl Read, index: &str, owner: &str) -> anyhow::Result<Vec<DriftResult>> {
     let ids: Vec<String> = r
-        .index_scan(BY_SERVER, &format!("{server_id}/"))?
+        .index_scan(index, &format!("{owner}/"))?
         .into_iter()
         .map(|(_, id)| id)
         .collect();
