@@ -41,15 +41,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use common::{
-    agent_client, bench_endpoint, binary, create_database, drop_database, load_average, micros,
-    percentile, pg_settings, rss_kib, seed_admin_and_project, sim_agent, sim_facts, sim_host_id,
+    bench_endpoint, binary, create_database, drop_database, load_average, micros, percentile,
+    pg_settings, register_simulated_agents, rss_kib, seed_admin_and_project, sim_agent,
     start_server, stream_to_viewers, wait_connected, with_database, Identity, Kill, Server,
     BENCH_SESSION_SECRET,
 };
-use dynserv::agents::{self, AgentFacts};
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
-use dynserv_shared::pki::{self, AgentPublicKey};
 use tokio::sync::{mpsc, Semaphore};
 
 struct Args {
@@ -123,46 +121,11 @@ fn seed(
     store.seal_with(keys.clone());
     let ca = dynserv::fleet::ca::load_or_create(&store, data)?;
     let (api_token, token) = seed_admin_and_project(&store, &keys)?;
-    let mut identities = Vec::with_capacity(count + 1);
     let names: Vec<String> = (0..count)
         .map(|i| format!("sim-{i:05}"))
         .chain(["streamer".to_string()])
         .collect();
-    for batch in names.chunks(1000) {
-        let mut made = Vec::new();
-        for name in batch {
-            let key = pki::generate_agent_key()?;
-            let public = AgentPublicKey::parse(&pki::public_key_text(&key))?;
-            let (validity, _) = dynserv::fleet::certs::CertPolicy::default().validity();
-            let cert = ca.ca.issue_agent_cert(name, &public, validity)?;
-            let fingerprint = hex::encode(pki::sha256(&pki::certs_from_pem(&cert)?[0]));
-            let config = agent_client(ca.ca.cert_pem(), &cert, &key.serialize_pem())?;
-            made.push((name.clone(), fingerprint, config));
-        }
-        store.write(|w| {
-            for (name, fingerprint, _) in &made {
-                let facts = AgentFacts::from(&sim_facts());
-                let host_id = sim_host_id(name);
-                let new = agents::NewAgent {
-                    id: name,
-                    name,
-                    cert_sha256: fingerprint,
-                    facts,
-                    host_id: &host_id,
-                    protocol: dynserv_shared::proto::PROTOCOL_VERSION,
-                    cert_expires_at: dynserv::fleet::certs::CertPolicy::default().validity().1,
-                    ca_id: dynserv::fleet::ca::ORIGINAL_CA_ID,
-                };
-                agents::register(w, &token, new, chrono::Utc::now())?
-                    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
-            }
-            Ok(())
-        })?;
-        identities.extend(
-            made.into_iter()
-                .map(|(id, _, config)| Identity { id, config }),
-        );
-    }
+    let mut identities = register_simulated_agents(&store, &ca, &token, &names)?;
     let streamer = identities.pop().expect("the streamer");
     Ok((api_token, identities, streamer))
 }

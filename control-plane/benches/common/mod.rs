@@ -23,6 +23,55 @@ use tokio::sync::mpsc;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
+/// Registers an agent (with its server) for each of `names` through `token`, each with
+/// a key, a certificate issued by `ca` and a client configuration of its own, a
+/// thousand per transaction; returns their identities in the order of `names`.
+pub fn register_simulated_agents(
+    store: &dynserv::store::Store,
+    ca: &dynserv::fleet::ca::FleetCa,
+    token: &dynserv::agents::EnrollmentTokenRecord,
+    names: &[String],
+) -> Result<Vec<Identity>> {
+    use dynserv::agents::{self, AgentFacts};
+    use dynserv_shared::pki::{self, AgentPublicKey};
+    let mut identities = Vec::with_capacity(names.len());
+    for batch in names.chunks(1000) {
+        let mut made = Vec::new();
+        for name in batch {
+            let key = pki::generate_agent_key()?;
+            let public = AgentPublicKey::parse(&pki::public_key_text(&key))?;
+            let (validity, _) = dynserv::fleet::certs::CertPolicy::default().validity();
+            let cert = ca.ca.issue_agent_cert(name, &public, validity)?;
+            let fingerprint = hex::encode(pki::sha256(&pki::certs_from_pem(&cert)?[0]));
+            let config = agent_client(ca.ca.cert_pem(), &cert, &key.serialize_pem())?;
+            made.push((name.clone(), fingerprint, config));
+        }
+        store.write(|w| {
+            for (name, fingerprint, _) in &made {
+                let host_id = sim_host_id(name);
+                let new = agents::NewAgent {
+                    id: name,
+                    name,
+                    cert_sha256: fingerprint,
+                    facts: AgentFacts::from(&sim_facts()),
+                    host_id: &host_id,
+                    protocol: PROTOCOL_VERSION,
+                    cert_expires_at: dynserv::fleet::certs::CertPolicy::default().validity().1,
+                    ca_id: dynserv::fleet::ca::ORIGINAL_CA_ID,
+                };
+                agents::register(w, token, new, chrono::Utc::now())?
+                    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            }
+            Ok(())
+        })?;
+        identities.extend(
+            made.into_iter()
+                .map(|(id, _, config)| Identity { id, config }),
+        );
+    }
+    Ok(identities)
+}
+
 /// Creates the admin `bench` (password `bench-password-1`) with an API token, the
 /// project `Bench` and an enrollment token for it; returns the API token and the
 /// enrollment token's record.
