@@ -463,6 +463,10 @@ async fn main() -> Result<()> {
             bytes as f64 * args.viewers as f64 / 1e6 / seconds
         );
         println!(
+            "the agent had written every line after {:.2} s",
+            streamed.written
+        );
+        println!(
             "line latency agent -> viewer: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             percentile(&all, 0.5),
             percentile(&all, 0.99),
