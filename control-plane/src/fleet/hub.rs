@@ -16,11 +16,16 @@ use tokio::sync::broadcast;
 /// Events kept per execution for slow viewers before they must re-read the store.
 const CAPACITY: usize = 4096;
 
-/// One live event, with its WebSocket text already serialized once for every viewer.
+/// One live event, with its WebSocket message built once for every viewer.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    /// A stored chunk: `{"seq","stream","data"}`.
-    Chunk { seq: u64, json: Arc<str> },
+    /// A stored chunk: the text message `{"seq","stream","data"}` (empty when the
+    /// chunk holds nothing to show). Cloning it shares its bytes: 50 viewers of a
+    /// fast job sent 50 copies of every chunk before.
+    Chunk {
+        seq: u64,
+        message: warp::ws::Message,
+    },
     /// The execution ended.
     End,
 }
@@ -165,7 +170,7 @@ mod tests {
             "e",
             (0..3).map(|seq| LiveEvent::Chunk {
                 seq,
-                json: Arc::from("{}"),
+                message: warp::ws::Message::text("{}"),
             }),
         );
         hub.publish("e", [LiveEvent::End]);
@@ -201,7 +206,7 @@ mod tests {
             "running",
             [LiveEvent::Chunk {
                 seq: 0,
-                json: Arc::from("{}"),
+                message: warp::ws::Message::text("{}"),
             }],
         );
         assert!(matches!(

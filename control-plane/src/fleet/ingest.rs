@@ -242,7 +242,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                             execution_id.clone(),
                             LiveEvent::Chunk {
                                 seq: chunk.seq,
-                                json: Arc::from(json),
+                                message: warp::ws::Message::text(json),
                             },
                         ));
                     }

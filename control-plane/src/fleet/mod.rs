@@ -653,7 +653,7 @@ impl crate::cluster::Receiver for Fleet {
                             };
                             LiveEvent::Chunk {
                                 seq: chunk.seq,
-                                json: Arc::from(json),
+                                message: warp::ws::Message::text(json),
                             }
                         });
                         self.inner.hub.publish(&execution, events);

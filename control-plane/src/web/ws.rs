@@ -259,7 +259,7 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &Sink) -> anyhow::Result
         let mut event = live.recv().await;
         let mut pending = 0;
         let mut sink = tx.lock().await;
-        while let Ok(LiveEvent::Chunk { seq, json }) = &event {
+        while let Ok(LiveEvent::Chunk { seq, message }) = &event {
             if *seq > next {
                 sink.flush().await?;
                 drop(sink);
@@ -268,8 +268,8 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &Sink) -> anyhow::Result
             }
             if *seq == next {
                 // An empty text is a chunk with nothing to show (the result line).
-                if !json.is_empty() {
-                    sink.feed(Message::text(json.to_string())).await?;
+                if !message.as_bytes().is_empty() {
+                    sink.feed(message.clone()).await?;
                     pending += 1;
                 }
                 next += 1;
