@@ -96,9 +96,10 @@ pub async fn run(
     let http_stop = wait_for(stop_rx.clone());
     let (http_addr, http_server) = web::serve(app.clone(), listeners.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
-    let (quic_addr, fleet_gateway) = app
-        .fleet
-        .serve_socket(listeners.quic, wait_for(stop_rx.clone()))?;
+    let fleet_runtime = fleet::FleetRuntime::new()?;
+    let (quic_addr, fleet_task) =
+        app.fleet
+            .serve_on(&fleet_runtime, listeners.quic, wait_for(stop_rx.clone()))?;
     // The addresses agents fail over between; with several replicas, every replica's.
     app.fleet
         .set_replica_addresses(vec![app.config.public_quic.clone()]);
@@ -113,7 +114,6 @@ pub async fn run(
     tracing::info!(%http_addr, "serving");
     let http_task = tokio::spawn(http_server);
     let socket_task = tokio::spawn(socket);
-    let fleet_task = tokio::spawn(fleet_gateway);
     if app.fleet.demo_agent_wanted() {
         fleet::demo::spawn_local_agent(app.fleet.clone(), quic_addr, wait_for(stop_rx.clone()));
     }
@@ -165,6 +165,7 @@ pub async fn run(
     }
     let _ = socket_task.await;
     let _ = fleet_task.await;
+    drop(fleet_runtime);
     // The open metric buckets are written as they stand.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), metrics_task).await;
     Ok(())
