@@ -669,7 +669,9 @@ async fn handle(
         // `/healthz`, other pages or the fleet gateway).
         let pool = app.handlers.clone();
         match pool
-            .run(move || tokio::runtime::Handle::current().block_on(router::dispatch(&app, &req)))
+            .run(Lane::of(&req.method), move || {
+                tokio::runtime::Handle::current().block_on(router::dispatch(&app, &req))
+            })
             .await
         {
             Ok(resp) => resp,
@@ -965,63 +967,114 @@ async fn serve_connection<S>(
     }
 }
 
-/// Where request handlers run: the blocking threads of a runtime of their own, at most
-/// two per core, at a lower CPU priority (nice 10). A burst of heavy pages then queues
+/// Where request handlers run: the blocking threads of runtimes of their own, below
+/// the async runtime's CPU priority, in two lanes. A burst of heavy pages then queues
 /// here instead of taking every core from the tokio workers, so `/healthz`, WebSocket
 /// streams and the fleet gateway stay responsive, and memory held by requests in
 /// flight is bounded.
+///
+/// * [`Lane::Reads`] (GET and HEAD): at most two per core, at nice 10.
+/// * [`Lane::Actions`] (every other method: a job started, a form saved, a sign-in):
+///   at most one per core (two at least), at nice 5. An operator's action never waits
+///   behind colleagues' page loads: with one queue, a fan-out's request waited behind
+///   16 clients' pages for four times its own duration.
 pub struct HandlerPool {
-    runtime: Option<tokio::runtime::Runtime>,
+    reads: Option<tokio::runtime::Runtime>,
+    actions: Option<tokio::runtime::Runtime>,
+}
+
+/// The queue a request waits in (see [`HandlerPool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Reads,
+    Actions,
+}
+
+impl Lane {
+    /// GET and HEAD read; every other method acts.
+    pub fn of(method: &Method) -> Lane {
+        if method == Method::GET || method == Method::HEAD {
+            Lane::Reads
+        } else {
+            Lane::Actions
+        }
+    }
+
+    /// How many handlers of the lane run at once on a machine with `cores` cores.
+    pub fn threads(self, cores: usize) -> usize {
+        match self {
+            Lane::Reads => (cores * 2).max(4),
+            Lane::Actions => cores.max(2),
+        }
+    }
+
+    /// The lane's CPU priority (nice).
+    pub fn nice(self) -> i32 {
+        match self {
+            Lane::Reads => 10,
+            Lane::Actions => 5,
+        }
+    }
 }
 
 impl HandlerPool {
     /// Starts the pool's threads (lazily, as requests come).
     pub fn new() -> anyhow::Result<HandlerPool> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (cores * 2).max(4);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(threads)
-            .thread_name("dynserv-web")
-            .on_thread_start(|| {
-                crate::store::allow_blocking_here();
-                lower_thread_priority();
-            })
-            .enable_all()
-            .build()?;
+        let lane = |lane: Lane, name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(lane.threads(cores))
+                .thread_name(name)
+                .on_thread_start(move || {
+                    crate::store::allow_blocking_here();
+                    lower_thread_priority(lane.nice());
+                })
+                .enable_all()
+                .build()
+        };
         Ok(HandlerPool {
-            runtime: Some(runtime),
+            reads: Some(lane(Lane::Reads, "dynserv-web")?),
+            actions: Some(lane(Lane::Actions, "dynserv-act")?),
         })
     }
 
-    /// Runs a handler on the pool and waits for it.
+    /// Runs a handler in its lane and waits for it.
     pub async fn run<R: Send + 'static>(
         &self,
+        lane: Lane,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, tokio::task::JoinError> {
-        let runtime = self
-            .runtime
+        let runtime = match lane {
+            Lane::Reads => &self.reads,
+            Lane::Actions => &self.actions,
+        };
+        runtime
             .as_ref()
-            .expect("the handler pool lives as long as the application");
-        runtime.spawn_blocking(f).await
+            .expect("the handler pool lives as long as the application")
+            .spawn_blocking(f)
+            .await
     }
 }
 
 impl Drop for HandlerPool {
     fn drop(&mut self) {
         // Dropped wherever the last App clone goes, possibly on an async thread.
-        if let Some(runtime) = self.runtime.take() {
+        for runtime in [self.reads.take(), self.actions.take()]
+            .into_iter()
+            .flatten()
+        {
             runtime.shutdown_background();
         }
     }
 }
 
-/// Lowers the calling thread's CPU priority to nice 10 (Linux: per thread).
-fn lower_thread_priority() {
+/// Lowers the calling thread's CPU priority to `nice` (Linux: per thread).
+fn lower_thread_priority(nice: i32) {
     // SAFETY: setpriority on the calling thread's own id has no memory effects.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
     }
 }
 
@@ -1030,39 +1083,75 @@ mod pool_tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    /// Handlers run below the async runtime's priority, and no more of them at once
-    /// than the pool's bound, however many requests arrive together.
+    use super::Lane;
+
+    /// Handlers run below the async runtime's priority, each lane at its own, and no
+    /// more of them at once than the lane's bound, however many requests arrive
+    /// together; a full reads lane does not hold up an action.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn handlers_are_bounded_and_run_at_a_lower_priority() {
         let pool = Arc::new(super::HandlerPool::new().unwrap());
-        let nice = pool
-            .run(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) })
-            .await
-            .unwrap();
-        assert_eq!(nice, 10);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let bound = (cores * 2).max(4);
-        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let tasks: Vec<_> = (0..bound * 4)
+        for lane in [Lane::Reads, Lane::Actions] {
+            let nice = pool
+                .run(lane, || unsafe {
+                    libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+                })
+                .await
+                .unwrap();
+            assert_eq!(nice, lane.nice(), "{lane:?}");
+            let bound = lane.threads(cores);
+            let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let tasks: Vec<_> = (0..bound * 4)
+                .map(|_| {
+                    let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                    tokio::spawn(async move {
+                        pool.run(lane, move || {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                        })
+                        .await
+                        .unwrap()
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let most = most.load(Ordering::SeqCst);
+            assert!(
+                most <= bound,
+                "{lane:?}: {most} handlers ran at once, bound {bound}"
+            );
+            assert!(most > 1, "{lane:?}: handlers ran one at a time");
+        }
+        assert_eq!(Lane::of(&warp::http::Method::GET), Lane::Reads);
+        assert_eq!(Lane::of(&warp::http::Method::POST), Lane::Actions);
+        // Reads queued past their bound: an action still starts at once (in one queue
+        // it would wait a second).
+        let reads: Vec<_> = (0..Lane::Reads.threads(cores) + 1)
             .map(|_| {
-                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                let pool = pool.clone();
                 tokio::spawn(async move {
-                    pool.run(move || {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        running.fetch_sub(1, Ordering::SeqCst);
+                    pool.run(Lane::Reads, || {
+                        std::thread::sleep(std::time::Duration::from_secs(1))
                     })
                     .await
-                    .unwrap()
                 })
             })
             .collect();
-        for task in tasks {
-            task.await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let asked = std::time::Instant::now();
+        pool.run(Lane::Actions, || ()).await.unwrap();
+        assert!(
+            asked.elapsed() < std::time::Duration::from_millis(500),
+            "an action waited {:?} behind page loads",
+            asked.elapsed()
+        );
+        for read in reads {
+            read.await.unwrap().unwrap();
         }
-        let most = most.load(Ordering::SeqCst);
-        assert!(most <= bound, "{most} handlers ran at once, bound {bound}");
-        assert!(most > 1, "handlers ran one at a time");
     }
 }
