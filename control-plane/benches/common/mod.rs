@@ -427,6 +427,10 @@ pub async fn streamer_agent(
     rate: f64,
     go: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(quinn::Connection, tokio::task::JoinHandle<Result<u64>>)> {
+    // Every line carries its number in six digits, which the viewers check.
+    if lines > 999_999 {
+        bail!("--lines {lines}: the streamer numbers its lines with six digits, so at most 999999");
+    }
     let connection = endpoint
         .connect_with(identity.config, server, FLEET_SERVER_NAME)?
         .await?;
