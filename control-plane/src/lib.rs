@@ -33,6 +33,7 @@ pub mod projects;
 pub mod requests;
 pub mod revenue;
 pub mod rollouts;
+pub mod runtime;
 pub mod schedules;
 pub mod script_files;
 pub mod scripts;
@@ -96,10 +97,12 @@ pub async fn run(
     let http_stop = wait_for(stop_rx.clone());
     let (http_addr, http_server) = web::serve(app.clone(), listeners.http, http_stop)?;
     let socket = control::listen(app.clone(), wait_for(stop_rx.clone()))?;
-    let fleet_runtime = fleet::FleetRuntime::new()?;
-    let (quic_addr, fleet_task) =
-        app.fleet
-            .serve_on(&fleet_runtime, listeners.quic, wait_for(stop_rx.clone()))?;
+    let fleet_runtime = fleet::runtime()?;
+    let (quic_addr, fleet_task) = app.fleet.serve_on(
+        fleet_runtime.handle(),
+        listeners.quic,
+        wait_for(stop_rx.clone()),
+    )?;
     // The addresses agents fail over between; with several replicas, every replica's.
     app.fleet
         .set_replica_addresses(vec![app.config.public_quic.clone()]);

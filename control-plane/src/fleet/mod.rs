@@ -163,15 +163,14 @@ impl Fleet {
     /// connections and every task they spawn run there, not among the web's tasks.
     pub fn serve_on(
         &self,
-        runtime: &FleetRuntime,
+        runtime: &tokio::runtime::Handle,
         socket: std::net::UdpSocket,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let handle = runtime.handle();
         // The endpoint's driver is spawned where it is created.
-        let _inside = handle.enter();
+        let _inside = runtime.enter();
         let (addr, task) = gateway::serve(self.clone(), socket, shutdown)?;
-        Ok((addr, handle.spawn(task)))
+        Ok((addr, runtime.spawn(task)))
     }
 
     /// Sets how long agent certificates live and the clock they are judged by (tests
@@ -671,44 +670,20 @@ impl crate::cluster::Receiver for Fleet {
     }
 }
 
-/// The fleet gateway's own async runtime: as many workers as cores, named
-/// `dynserv-fleet`. On the web's runtime, the gateway's tasks waited in one queue with
-/// every WebSocket stream and page: 50 viewers of a fast job got 50 turns for each of
-/// the agent connection's, so output piled up in front of them (and a fan-out waited
-/// behind page loads). With threads of its own, the kernel shares the cores between
-/// the fleet and the web instead.
-pub struct FleetRuntime {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl FleetRuntime {
-    pub fn new() -> Result<FleetRuntime> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .thread_name("dynserv-fleet")
-            // Store calls belong on the blocking pool here too (counted otherwise).
-            .on_thread_unpark(crate::store::mark_async_worker)
-            .enable_all()
-            .build()?;
-        Ok(FleetRuntime {
-            runtime: Some(runtime),
-        })
-    }
-
-    pub fn handle(&self) -> &tokio::runtime::Handle {
-        self.runtime
-            .as_ref()
-            .expect("the fleet runtime lives until it is dropped")
-            .handle()
-    }
-}
-
-impl Drop for FleetRuntime {
-    fn drop(&mut self) {
-        // Dropped at the end of `run`, on an async thread: never wait here.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+/// The fleet gateway's own async runtime ([`Fleet::serve_on`]): as many workers as
+/// cores, named `dynserv-fleet`. On the web's runtime, the gateway's tasks waited in one
+/// queue with every WebSocket stream and page: 50 viewers of a fast job got 50 turns
+/// for each of the agent connection's, so output piled up in front of them (and a
+/// fan-out waited behind page loads). With threads of its own, the kernel shares the
+/// cores between the fleet and the web instead.
+pub fn runtime() -> Result<crate::runtime::OwnedRuntime> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("dynserv-fleet")
+        // Store calls belong on the blocking pool here too (counted otherwise).
+        .on_thread_unpark(crate::store::mark_async_worker)
+        .enable_all()
+        .build()?;
+    Ok(crate::runtime::OwnedRuntime::new(runtime))
 }

@@ -35,6 +35,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{apply_delta, IndexScan, RawRead, RawWrite, Unavailable};
+use crate::runtime::OwnedRuntime;
 
 /// The advisory lock every write transaction takes (`"dynserv-write"` as a number).
 pub const WRITE_LOCK: i64 = 0x6479_6e73_7276_5f77;
@@ -375,22 +376,14 @@ impl Drop for GatePass {
 
 /// A connected PostgreSQL backend.
 pub struct Pg {
+    /// Runs the connections (and the cluster's listener); shut down with the store,
+    /// first (fields drop in order), then the pool's connections.
+    runtime: OwnedRuntime,
     pool: Pool,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    /// Runs the connections (and the cluster's listener); shut down with the store.
-    runtime: Option<tokio::runtime::Runtime>,
-    handle: tokio::runtime::Handle,
     gate: Arc<WriteGate>,
     described: String,
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 /// Waits for a future that needs no runtime of its own (a query handed to a
@@ -415,7 +408,7 @@ impl Pg {
             .enable_all()
             .build()
             .context("starting the database runtime")?;
-        let handle = runtime.handle().clone();
+        let runtime = OwnedRuntime::new(runtime);
         let manager = Manager::from_config(
             config.clone(),
             connector.clone(),
@@ -431,11 +424,10 @@ impl Pg {
             .build()
             .context("setting up the database connection pool")?;
         let pg = Pg {
+            runtime,
             pool,
             config,
             tls: connector,
-            runtime: Some(runtime),
-            handle,
             gate: Arc::new(WriteGate::default()),
             described,
         };
@@ -456,12 +448,12 @@ impl Pg {
 
     /// The backend's runtime, where the cluster runs its listener.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.handle
+        self.runtime.handle()
     }
 
     fn client(&self) -> Result<Object> {
         let pool = self.pool.clone();
-        let got = wait(self.handle.spawn(async move { pool.get().await }))
+        let got = wait(self.runtime.handle().spawn(async move { pool.get().await }))
             .context("the database runtime stopped")?;
         got.map_err(|e| anyhow::Error::new(Unavailable(format!("no database connection: {e}"))))
     }

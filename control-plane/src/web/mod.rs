@@ -979,8 +979,8 @@ async fn serve_connection<S>(
 ///   behind colleagues' page loads: with one queue, a fan-out's request waited behind
 ///   16 clients' pages for four times its own duration.
 pub struct HandlerPool {
-    reads: Option<tokio::runtime::Runtime>,
-    actions: Option<tokio::runtime::Runtime>,
+    reads: crate::runtime::OwnedRuntime,
+    actions: crate::runtime::OwnedRuntime,
 }
 
 /// The queue a request waits in (see [`HandlerPool`]).
@@ -1032,10 +1032,11 @@ impl HandlerPool {
                 })
                 .enable_all()
                 .build()
+                .map(crate::runtime::OwnedRuntime::new)
         };
         Ok(HandlerPool {
-            reads: Some(lane(Lane::Reads, "dynserv-web")?),
-            actions: Some(lane(Lane::Actions, "dynserv-act")?),
+            reads: lane(Lane::Reads, "dynserv-web")?,
+            actions: lane(Lane::Actions, "dynserv-act")?,
         })
     }
 
@@ -1049,23 +1050,7 @@ impl HandlerPool {
             Lane::Reads => &self.reads,
             Lane::Actions => &self.actions,
         };
-        runtime
-            .as_ref()
-            .expect("the handler pool lives as long as the application")
-            .spawn_blocking(f)
-            .await
-    }
-}
-
-impl Drop for HandlerPool {
-    fn drop(&mut self) {
-        // Dropped wherever the last App clone goes, possibly on an async thread.
-        for runtime in [self.reads.take(), self.actions.take()]
-            .into_iter()
-            .flatten()
-        {
-            runtime.shutdown_background();
-        }
+        runtime.handle().spawn_blocking(f).await
     }
 }
 
