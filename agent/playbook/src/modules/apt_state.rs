@@ -221,6 +221,15 @@ impl Snapshot {
         }
     }
 
+    /// The lists, when they could be read whole.
+    fn read_lists(&self) -> Result<&ListsDb, Undecided> {
+        let lists = self.lists();
+        match &lists.undecided {
+            Some(why) => Err(Undecided(why.clone())),
+            None => Ok(lists),
+        }
+    }
+
     fn lists(&self) -> &ListsDb {
         self.lists.get_or_init(|| {
             let paths = &self.paths;
@@ -268,8 +277,8 @@ impl Snapshot {
         if status.is_some_and(|p| p.in_between || p.foreign) {
             return Err(Undecided(format!("'{name}' is partly installed")));
         }
-        let lists = self.lists();
-        if let Some(why) = lists.undecided.as_ref().or(lists.policy_undecided.as_ref()) {
+        let lists = self.read_lists()?;
+        if let Some(why) = &lists.policy_undecided {
             return Err(Undecided(why.clone()));
         }
         if lists.undecided_names.contains(name) {
@@ -299,10 +308,7 @@ impl Snapshot {
         if self.status.provided.contains_key(name) {
             return Ok(true);
         }
-        let lists = self.lists();
-        if let Some(why) = &lists.undecided {
-            return Err(Undecided(why.clone()));
-        }
+        let lists = self.read_lists()?;
         if lists.provided.contains_key(name) {
             return Ok(true);
         }
@@ -324,10 +330,7 @@ impl Snapshot {
         if status.is_some_and(|p| p.installed.is_some() || p.in_between) {
             return Ok(None);
         }
-        let lists = self.lists();
-        if let Some(why) = &lists.undecided {
-            return Err(Undecided(why.clone()));
-        }
+        let lists = self.read_lists()?;
         if lists.newest.contains_key(name) {
             return Ok(None);
         }

@@ -30,6 +30,16 @@ fn dpkg_query_status(name: &str) -> Run {
     )
 }
 
+/// `apt-cache COMMAND NAME` in the C locale (its output is parsed).
+fn apt_cache(command: &str, name: &str) -> Run {
+    run(
+        "apt-cache",
+        &[command, name],
+        &[("LANG".into(), "C".into())],
+        None,
+    )
+}
+
 /// Installed version of a package, if installed.
 fn installed_version(state: &Snapshot, name: &str) -> Option<String> {
     state.installed_version(name).unwrap_or_else(|_| {
@@ -53,13 +63,8 @@ fn has_config_files(state: &Snapshot, name: &str) -> bool {
 
 fn candidate_version(state: &Snapshot, name: &str) -> Option<String> {
     state.candidate_version(name).unwrap_or_else(|_| {
-        let r = run(
-            "apt-cache",
-            &["policy", name],
-            &[("LANG".into(), "C".into())],
-            None,
-        );
-        r.stdout
+        apt_cache("policy", name)
+            .stdout
             .lines()
             .find_map(|l| {
                 l.trim()
@@ -78,13 +83,8 @@ fn known_to_apt(state: &Snapshot, name: &str) -> bool {
         return true;
     }
     state.is_provided(name).unwrap_or_else(|_| {
-        let r = run(
-            "apt-cache",
-            &["showpkg", name],
-            &[("LANG".into(), "C".into())],
-            None,
-        );
-        r.stdout
+        apt_cache("showpkg", name)
+            .stdout
             .split("Reverse Provides:")
             .nth(1)
             .is_some_and(|providers| !providers.trim().is_empty())
