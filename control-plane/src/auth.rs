@@ -164,15 +164,19 @@ pub fn create_session(
     Ok((cookie, session))
 }
 
+/// A signed-in caller as [`session_from_cookie`] finds them.
+pub type SessionCaller = (Session, User, Subject, usize);
+
 /// Looks up a session cookie; `None` when unknown or expired. Refreshes `last_seen`
-/// at most once a minute so reads do not turn into writes. The session, its user and
-/// what the user may do come from one read (every request asks this first).
+/// at most once a minute so reads do not turn into writes. The session, its user, what
+/// the user may do and their unread notifications (the page shell's badge) come from
+/// one read (every request asks this first; on PostgreSQL a read is a round trip).
 pub fn session_from_cookie(
     store: &crate::store::Store,
     cookie: &str,
     policy: SessionPolicy,
     now: DateTime<Utc>,
-) -> anyhow::Result<Option<(Session, User, Subject)>> {
+) -> anyhow::Result<Option<SessionCaller>> {
     let id = secrets::hash_secret(cookie);
     let found = store.read(|r| {
         let Some(session) = r.get::<Session>(&id)? else {
@@ -182,9 +186,10 @@ pub fn session_from_cookie(
             return Ok(None);
         };
         let subject = users::subject(r, &user)?;
-        Ok(Some((session, user, subject)))
+        let unread = crate::notifications::unread_count(r, &user.id)?;
+        Ok(Some((session, user, subject, unread)))
     })?;
-    let Some((mut session, user, subject)) = found else {
+    let Some((mut session, user, subject, unread)) = found else {
         return Ok(None);
     };
     let expired =
@@ -197,7 +202,7 @@ pub fn session_from_cookie(
         session.last_seen = now;
         store.put(&session)?;
     }
-    Ok(Some((session, user, subject)))
+    Ok(Some((session, user, subject, unread)))
 }
 
 /// Ends a session.

@@ -205,6 +205,9 @@ pub struct Ctx {
     pub csrf: String,
     /// Authenticated with an API bearer token.
     pub via_token: bool,
+    /// The user's unread notifications, read with their session (the page shell's
+    /// badge); `None` for bearer-token callers.
+    pub unread: Option<usize>,
 }
 
 impl Ctx {
@@ -236,12 +239,13 @@ pub fn authenticate(app: &App, req: &Req) -> AppResult<Option<Ctx>> {
             subject,
             csrf: String::new(),
             via_token: true,
+            unread: None,
         }));
     }
     let Some(cookie) = req.cookie(auth::SESSION_COOKIE) else {
         return Ok(None);
     };
-    let Some((session, user, subject)) =
+    let Some((session, user, subject, unread)) =
         auth::session_from_cookie(&app.store, cookie, app.session_policy(), chrono::Utc::now())?
     else {
         return Ok(None);
@@ -251,6 +255,7 @@ pub fn authenticate(app: &App, req: &Req) -> AppResult<Option<Ctx>> {
         subject,
         csrf: session.csrf,
         via_token: false,
+        unread: Some(unread),
     }))
 }
 

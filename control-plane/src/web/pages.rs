@@ -212,10 +212,14 @@ pub(crate) fn page_with_status(
     let flash = flash_of(req);
     let had_flash = !flash.is_null();
     context.insert("flash".into(), flash);
-    let unread = app
-        .store
-        .read(|r| crate::notifications::unread_count(r, &ctx.user.id));
-    context.insert("unread".into(), json!(unread.unwrap_or(0)));
+    let unread = match ctx.unread {
+        Some(unread) => unread,
+        None => app
+            .store
+            .read(|r| crate::notifications::unread_count(r, &ctx.user.id))
+            .unwrap_or(0),
+    };
+    context.insert("unread".into(), json!(unread));
     let html = app.render.render(template, &Value::Object(context))?;
     let mut resp = super::text(status, html, "text/html; charset=utf-8");
     if had_flash {
