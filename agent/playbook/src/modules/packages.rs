@@ -132,6 +132,22 @@ fn is_satisfied(state: &Snapshot, spec: &str) -> bool {
     }
 }
 
+/// What `apt-get install --simulate` would install for the packages `missing`, from
+/// the native plan, as apt's `Inst NAME (VERSION)` lines; `None` when the plan cannot
+/// tell (a version asked for, a choice only apt makes: see `apt_state::plan`).
+fn planned_install(state: &Snapshot, missing: &[&String]) -> Option<String> {
+    if missing.is_empty() || missing.iter().any(|spec| split_spec(spec).1.is_some()) {
+        return None;
+    }
+    let names: Vec<&str> = missing.iter().map(|name| name.as_str()).collect();
+    let plan = state.install_plan(&names).ok()?;
+    Some(
+        plan.iter()
+            .map(|(name, version)| format!("Inst {name} ({version})\n"))
+            .collect(),
+    )
+}
+
 fn cache_mtime() -> Option<std::time::SystemTime> {
     for path in [
         "/var/lib/apt/periodic/update-success-stamp",
@@ -244,9 +260,11 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         "-o".into(),
         "Dpkg::Options::=--force-confold".into(),
     ];
-    if let Some(release) = args.str("default_release") {
+    // An empty release is none, as ansible-core's module reads it (roles default it to "").
+    let default_release = args.str("default_release").filter(|r| !r.is_empty());
+    if let Some(release) = &default_release {
         common.push("-t".into());
-        common.push(release);
+        common.push(release.clone());
     }
     if args.has("install_recommends") && !args.bool("install_recommends", true)? {
         common.push("--no-install-recommends".into());
@@ -263,6 +281,12 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     if ctx.check {
         common.push("--simulate".into());
     }
+    // Options that change what apt-get would choose leave a simulated install to it.
+    let plannable = ctx.check
+        && default_release.is_none()
+        && !args.bool("allow_unauthenticated", false)?
+        && !args.bool("allow_downgrade", false)?
+        && !args.bool("allow_change_held_packages", false)?;
     let mut changed = false;
     let mut stdout = String::new();
     if let Some(upgrade) = args.choice(
@@ -308,9 +332,16 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     .iter()
                     .filter(|n| !is_satisfied(&packages, n))
                     .collect();
-                // In check mode too apt-get runs (with --simulate), as ansible-core's
-                // module does: a package whose dependencies cannot be met fails there.
-                if !missing.is_empty() {
+                // In check mode too the install is simulated, as ansible-core's module
+                // does: a package whose dependencies cannot be met fails. The native plan
+                // answers when it can tell; apt-get --simulate otherwise.
+                let planned = (plannable && state != "fixed" && state != "build-dep")
+                    .then(|| planned_install(&packages, &missing))
+                    .flatten();
+                if let Some(plan) = planned {
+                    stdout.push_str(&plan);
+                    changed = true;
+                } else if !missing.is_empty() {
                     let mut argv: Vec<&str> = vec!["install"];
                     argv.extend(common.iter().map(String::as_str));
                     argv.extend(missing.iter().map(|s| s.as_str()));
