@@ -381,7 +381,7 @@ impl<'s> Planner<'s> {
                 "'{who}' conflicts with or breaks '{what}'"
             )))
         };
-        for (name, _) in &self.plan {
+        for name in self.plan.keys() {
             let relations = self.relations(name)?;
             let Some(field) = relations.conflicts.as_deref() else {
                 continue;
