@@ -168,11 +168,26 @@ struct Relations {
     source: Option<String>,
 }
 
+/// The stanza fields [`Relations::of`] reads, in its order; a reader asks for them after
+/// its own (`provides` is at [`PROVIDES`] among them).
+const RELATION_FIELDS: [&str; 7] = [
+    "Pre-Depends",
+    "Depends",
+    "Conflicts",
+    "Breaks",
+    "Provides",
+    "Multi-Arch",
+    "Source",
+];
+const PROVIDES: usize = 4;
+
 impl Relations {
-    /// From the stanza fields `Pre-Depends`, `Depends`, `Conflicts`, `Breaks`,
-    /// `Provides`, `Multi-Arch`, `Source`.
-    fn of(fields: [Option<&str>; 7]) -> Self {
-        let [pre_depends, depends, conflicts, breaks, provides, multi_arch, source] = fields;
+    /// From the values of [`RELATION_FIELDS`] (in that order).
+    fn of(fields: &[Option<&str>]) -> Self {
+        let &[pre_depends, depends, conflicts, breaks, provides, multi_arch, source] = fields
+        else {
+            return Relations::default();
+        };
         let join = |a: Option<&str>, b: Option<&str>| match (a, b) {
             (Some(a), Some(b)) => Some(format!("{a}, {b}")),
             (Some(x), None) | (None, Some(x)) => Some(x.to_string()),
@@ -570,30 +585,19 @@ fn read_status(paths: &AptPaths) -> StatusDb {
         }
     };
     let mut limit = MAX_STATUS_BYTES;
-    let wanted = [
-        "Package",
-        "Status",
-        "Version",
-        "Provides",
-        "Architecture",
-        "Pre-Depends",
-        "Depends",
-        "Conflicts",
-        "Breaks",
-        "Multi-Arch",
-        "Source",
-    ];
+    let own = ["Package", "Status", "Version", "Architecture"];
+    let wanted: Vec<&str> = own.iter().chain(&RELATION_FIELDS).copied().collect();
     let result = for_each_stanza(
         BufReader::with_capacity(1 << 16, file),
         &wanted,
         &mut limit,
         |fields| {
-            let [Some(name), status, version, provides, architecture, pre_depends, depends, conflicts, breaks, multi_arch, source] =
-                fields
+            let (&[Some(name), status, version, architecture], relation_fields) =
+                fields.split_at(own.len())
             else {
                 return;
             };
-            let name = *name;
+            let provides = relation_fields[PROVIDES];
             let status = status.unwrap_or_default();
             let installed = status.ends_with(" installed");
             if status.starts_with("hold ") {
@@ -603,15 +607,7 @@ fn read_status(paths: &AptPaths) -> StatusDb {
             if installed {
                 if entry.installed.is_none() {
                     entry.installed = Some(version.unwrap_or_default().to_string());
-                    let relations = Relations::of([
-                        *pre_depends,
-                        *depends,
-                        *conflicts,
-                        *breaks,
-                        *provides,
-                        *multi_arch,
-                        *source,
-                    ]);
+                    let relations = Relations::of(relation_fields);
                     let source = relations.source.as_deref().unwrap_or(name);
                     db.by_source
                         .entry(source.to_string())
@@ -754,35 +750,29 @@ fn read_packages(
         Compression::Unsupported => return Err("compressed in a way read only by apt".into()),
     };
     let native = native_architecture().unwrap_or_default();
-    let wanted = [
+    let own = [
         "Package",
         "Version",
-        "Provides",
         "Architecture",
         "Phased-Update-Percentage",
-        "Pre-Depends",
-        "Depends",
-        "Conflicts",
-        "Breaks",
-        "Multi-Arch",
-        "Source",
     ];
+    let wanted: Vec<&str> = own.iter().chain(&RELATION_FIELDS).copied().collect();
     for_each_stanza(
         BufReader::with_capacity(1 << 16, reader),
         &wanted,
         limit,
         |fields| {
-            let [Some(name), version, provides, architecture, phased, pre_depends, depends, conflicts, breaks, multi_arch, source] =
-                fields
+            let (&[Some(name), version, architecture, phased], relation_fields) =
+                fields.split_at(own.len())
             else {
                 return;
             };
-            let name = *name;
+            let provides = relation_fields[PROVIDES];
             let architecture = architecture.unwrap_or(native);
             if (architecture != native && architecture != "all") || phased.is_some() {
                 db.undecided_names.insert(name.to_string());
             }
-            if let Some(version) = *version {
+            if let Some(version) = version {
                 let newer = match db.newest.get_mut(name) {
                     Some(kept) => {
                         let newer = compare_versions(version, kept) == Ordering::Greater;
@@ -797,18 +787,8 @@ fn read_packages(
                     }
                 };
                 if newer {
-                    db.relations.insert(
-                        name.to_string(),
-                        Relations::of([
-                            *pre_depends,
-                            *depends,
-                            *conflicts,
-                            *breaks,
-                            *provides,
-                            *multi_arch,
-                            *source,
-                        ]),
-                    );
+                    db.relations
+                        .insert(name.to_string(), Relations::of(relation_fields));
                 }
             }
             if let Some(provides) = provides {
