@@ -49,10 +49,12 @@ impl Render {
         Ok(Render { hb })
     }
 
-    /// Renders a template with a context.
-    pub fn render(&self, name: &str, ctx: &Value) -> anyhow::Result<String> {
+    /// Renders a template with a context. The value moves into handlebars' context:
+    /// `Handlebars::render` takes a reference and serializes it into a new value first,
+    /// a deep copy of every map and string of the page's data on every page load.
+    pub fn render(&self, name: &str, ctx: Value) -> anyhow::Result<String> {
         self.hb
-            .render(name, ctx)
+            .render_with_context(name, &handlebars::Context::from(ctx))
             .map_err(|e| anyhow::anyhow!("rendering {name}: {e}"))
     }
 }
