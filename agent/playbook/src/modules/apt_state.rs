@@ -21,12 +21,6 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
-
-/// Maps keyed by package names read from the host's own dpkg and apt files (not input
-/// an attacker chooses): the fast Fx hash, a tenth of the lists' parsing time where
-/// SipHash took a sixth.
-type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
-type Set<K> = HashSet<K, rustc_hash::FxBuildHasher>;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
@@ -35,6 +29,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 mod plan;
 pub use plan::Plan;
+
+/// Maps keyed by package names read from the host's own dpkg and apt files (not input
+/// an attacker chooses): the fast Fx hash, a tenth of the lists' parsing time where
+/// SipHash took a sixth.
+type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+type Set<K> = HashSet<K, rustc_hash::FxBuildHasher>;
 
 /// The most text read from all the package lists together (after decompression). Debian
 /// main for one architecture is about 50 MB, Ubuntu with universe about 150 MB; past this
@@ -460,14 +460,12 @@ fn for_each_stanza<R: BufRead>(
             let buffered = reader.fill_buf().map_err(|e| format!("reading: {e}"))?;
             matches!(buffered.first(), Some(b' ' | b'\t' | b'#'))
         };
-        let read = if skip {
-            let skipped = skip_line(&mut reader).map_err(|e| format!("reading: {e}"))?;
-            *limit = limit.checked_sub(skipped as u64).ok_or_else(too_much)?;
-            continue;
-        } else {
-            read_line(&mut reader, &mut line).map_err(|e| format!("reading: {e}"))?
-        };
+        let into = (!skip).then_some(&mut line);
+        let read = take_line(&mut reader, into).map_err(|e| format!("reading: {e}"))?;
         *limit = limit.checked_sub(read as u64).ok_or_else(too_much)?;
+        if skip {
+            continue;
+        }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         if read == 0 || text.is_empty() {
@@ -504,47 +502,30 @@ fn for_each_stanza<R: BufRead>(
     }
 }
 
-/// Reads one line (with its `\n`) into `line`; its length, 0 at the end.
-fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>) -> std::io::Result<usize> {
-    line.clear();
-    loop {
-        let buffered = reader.fill_buf()?;
-        if buffered.is_empty() {
-            return Ok(line.len());
-        }
-        match memchr::memchr(b'\n', buffered) {
-            Some(end) => {
-                line.extend_from_slice(&buffered[..=end]);
-                reader.consume(end + 1);
-                return Ok(line.len());
-            }
-            None => {
-                let taken = buffered.len();
-                line.extend_from_slice(buffered);
-                reader.consume(taken);
-            }
-        }
+/// Takes one line (with its `\n`) from `reader`, copied into `into` (cleared first) or
+/// skipped without copying; its length, 0 at the end.
+fn take_line<R: BufRead>(reader: &mut R, mut into: Option<&mut Vec<u8>>) -> std::io::Result<usize> {
+    if let Some(line) = into.as_deref_mut() {
+        line.clear();
     }
-}
-
-/// Skips one line without copying it; its length.
-fn skip_line<R: BufRead>(reader: &mut R) -> std::io::Result<usize> {
-    let mut skipped = 0;
+    let mut taken = 0;
     loop {
         let buffered = reader.fill_buf()?;
         if buffered.is_empty() {
-            return Ok(skipped);
+            return Ok(taken);
         }
-        match memchr::memchr(b'\n', buffered) {
-            Some(end) => {
-                reader.consume(end + 1);
-                return Ok(skipped + end + 1);
-            }
-            None => {
-                let taken = buffered.len();
-                reader.consume(taken);
-                skipped += taken;
-            }
+        let (part, done) = match memchr::memchr(b'\n', buffered) {
+            Some(end) => (&buffered[..=end], true),
+            None => (buffered, false),
+        };
+        if let Some(line) = into.as_deref_mut() {
+            line.extend_from_slice(part);
+        }
+        let length = part.len();
+        reader.consume(length);
+        taken += length;
+        if done {
+            return Ok(taken);
         }
     }
 }

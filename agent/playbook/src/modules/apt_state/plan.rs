@@ -21,7 +21,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{compare_versions, native_architecture, Relations, Snapshot, Undecided};
+use super::{
+    compare_versions, native_architecture, provided_names, Relations, Snapshot, Undecided,
+};
 
 /// One alternative of a relation: `name[:arch] [(op version)]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +111,13 @@ fn satisfies(version: &str, restriction: Option<(&str, &str)>) -> bool {
     }
 }
 
-/// The names a `Provides:` field gives.
+/// The names a package's `Provides:` field gives.
 fn provides(relations: &Relations) -> impl Iterator<Item = &str> {
-    provided_versions(relations).map(|(name, _)| name)
+    relations
+        .provides
+        .as_deref()
+        .into_iter()
+        .flat_map(provided_names)
 }
 
 /// The names a `Provides:` field gives, each with its version (`name (= 1.0)`) if any.
