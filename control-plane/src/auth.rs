@@ -165,18 +165,26 @@ pub fn create_session(
 }
 
 /// A signed-in caller as [`session_from_cookie`] finds them.
-pub type SessionCaller = (Session, User, Subject, usize);
+pub struct SignedIn {
+    pub session: Session,
+    pub user: User,
+    pub subject: Subject,
+    /// Their unread notifications (the page shell's badge), when asked for.
+    pub unread: Option<usize>,
+}
 
 /// Looks up a session cookie; `None` when unknown or expired. Refreshes `last_seen`
 /// at most once a minute so reads do not turn into writes. The session, its user, what
-/// the user may do and their unread notifications (the page shell's badge) come from
-/// one read (every request asks this first; on PostgreSQL a read is a round trip).
+/// the user may do and, with `badge`, their unread notifications come from one read
+/// (every request asks this first; on PostgreSQL a read is a round trip). Requests that
+/// render no page shell (the API) leave `badge` off and the count unread.
 pub fn session_from_cookie(
     store: &crate::store::Store,
     cookie: &str,
     policy: SessionPolicy,
     now: DateTime<Utc>,
-) -> anyhow::Result<Option<SessionCaller>> {
+    badge: bool,
+) -> anyhow::Result<Option<SignedIn>> {
     let id = secrets::hash_secret(cookie);
     let found = store.read(|r| {
         let Some(session) = r.get::<Session>(&id)? else {
@@ -186,23 +194,33 @@ pub fn session_from_cookie(
             return Ok(None);
         };
         let subject = users::subject(r, &user)?;
-        let unread = crate::notifications::unread_count(r, &user.id)?;
-        Ok(Some((session, user, subject, unread)))
+        let unread = if badge {
+            Some(crate::notifications::unread_count(r, &user.id)?)
+        } else {
+            None
+        };
+        Ok(Some(SignedIn {
+            session,
+            user,
+            subject,
+            unread,
+        }))
     })?;
-    let Some((mut session, user, subject, unread)) = found else {
+    let Some(mut found) = found else {
         return Ok(None);
     };
+    let session = &mut found.session;
     let expired =
         now - session.last_seen > policy.idle || now - session.created_at > policy.absolute;
-    if expired || !user.active {
+    if expired || !found.user.active {
         store.write(|w| w.delete::<Session>(&id).map(|_| ()))?;
         return Ok(None);
     }
     if now - session.last_seen > Duration::minutes(1) {
         session.last_seen = now;
-        store.put(&session)?;
+        store.put(&*session)?;
     }
-    Ok(Some((session, user, subject, unread)))
+    Ok(Some(found))
 }
 
 /// Ends a session.
@@ -731,14 +749,14 @@ mod tests {
             absolute: Duration::hours(10),
         };
         let now = Utc::now();
-        assert!(session_from_cookie(&store, &cookie, policy, now)
+        assert!(session_from_cookie(&store, &cookie, policy, now, true)
             .unwrap()
             .is_some());
-        assert!(session_from_cookie(&store, "forged", policy, now)
+        assert!(session_from_cookie(&store, "forged", policy, now, true)
             .unwrap()
             .is_none());
         assert!(
-            session_from_cookie(&store, &cookie, policy, now + Duration::hours(2))
+            session_from_cookie(&store, &cookie, policy, now + Duration::hours(2), true)
                 .unwrap()
                 .is_none()
         );

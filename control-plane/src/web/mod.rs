@@ -205,8 +205,8 @@ pub struct Ctx {
     pub csrf: String,
     /// Authenticated with an API bearer token.
     pub via_token: bool,
-    /// The user's unread notifications, read with their session (the page shell's
-    /// badge); `None` for bearer-token callers.
+    /// The user's unread notifications, read with their session for requests that may
+    /// render the page shell (its badge); `None` for the API and bearer-token callers.
     pub unread: Option<usize>,
 }
 
@@ -245,17 +245,24 @@ pub fn authenticate(app: &App, req: &Req) -> AppResult<Option<Ctx>> {
     let Some(cookie) = req.cookie(auth::SESSION_COOKIE) else {
         return Ok(None);
     };
-    let Some((session, user, subject, unread)) =
-        auth::session_from_cookie(&app.store, cookie, app.session_policy(), chrono::Utc::now())?
+    // The page shell shows the unread badge; API responses have no shell.
+    let badge = !req.path.starts_with("/api/");
+    let Some(found) = auth::session_from_cookie(
+        &app.store,
+        cookie,
+        app.session_policy(),
+        chrono::Utc::now(),
+        badge,
+    )?
     else {
         return Ok(None);
     };
     Ok(Some(Ctx {
-        user,
-        subject,
-        csrf: session.csrf,
+        user: found.user,
+        subject: found.subject,
+        csrf: found.session.csrf,
         via_token: false,
-        unread: Some(unread),
+        unread: found.unread,
     }))
 }
 
