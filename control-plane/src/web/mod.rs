@@ -608,6 +608,27 @@ pub fn filter(
     ws_route.or(main).unify()
 }
 
+/// How much of a refused body is read and thrown away before answering 413.
+const MAX_DISCARDED_BODY: usize = 16 * 1024 * 1024;
+
+/// Reads and drops the rest of a body too large to accept, up to
+/// [`MAX_DISCARDED_BODY`] in all or until `deadline`. Answering while the client is
+/// still sending would close the socket with unread data, which resets the
+/// connection: the client would see "connection reset" instead of the 413 that says
+/// why. Past the cap the connection is closed anyway (hyper cannot reuse it).
+async fn discard_rest(
+    body: &mut (impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin),
+    mut received: usize,
+    deadline: tokio::time::Instant,
+) {
+    while received <= MAX_DISCARDED_BODY {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(buf))) => received += buf.remaining(),
+            _ => return,
+        }
+    }
+}
+
 async fn handle(
     app: App,
     method: Method,
@@ -639,6 +660,9 @@ async fn handle(
         match chunk {
             Ok(mut buf) => {
                 if bytes.len() + buf.remaining() > limit {
+                    let received = bytes.len() + buf.remaining();
+                    drop(bytes);
+                    discard_rest(&mut body, received, deadline).await;
                     let err = AppError::new(
                         Kind::BadRequest,
                         format!("the request body is larger than {} KiB", limit / 1024),
