@@ -23,6 +23,11 @@ use crate::store::{Read, Store, Writer};
 
 /// Most items applied in one transaction.
 const MAX_BATCH: usize = 4096;
+/// Most output bytes applied in one transaction. Viewers see a chunk only after its
+/// transaction commits, so a batch holding everything a fast writer has sent (9 MB in
+/// one transaction) held its first line back for the whole batch; a few hundred KiB
+/// per commit keeps the batching's few fsyncs and lets the output flow.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// One thing to store.
 pub enum Item {
@@ -69,6 +74,16 @@ pub enum Item {
     },
 }
 
+impl Item {
+    /// The output the item adds to a log.
+    fn output_bytes(&self) -> usize {
+        match self {
+            Item::Chunk { chunk, .. } => chunk.data.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The sending side of the ingestion thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -99,10 +114,14 @@ impl Ingest {
 fn run(store: Store, hub: Hub, events: Events, max_output: u64, mut rx: mpsc::Receiver<Item>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.output_bytes();
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    bytes += item.output_bytes();
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }
