@@ -1,7 +1,7 @@
 //! Browser tests: a real headless Chromium through chromedriver.
 //!
 //! Two kinds live here. The smoke test drives the real `dynserv serve`. The UI tests
-//! render the page shell (`web/templates/partials/shell.hbs`) with handlebars in strict
+//! render the page shell (`web/templates/shell.hbs`) with handlebars in strict
 //! mode and serve it, with the real `web/static/` assets, from a small fixture server
 //! that also plays an execution's WebSocket stream; they prove the shell's context
 //! contract and every behaviour of `app.js` without depending on the control plane's
@@ -185,7 +185,7 @@ fn shell_renders_every_contract_shape_in_strict_mode() {
     let templates = shell_templates("<p id=body>page body</p>");
 
     let login = templates
-        .render("page", &login_context())
+        .page(&login_context())
         .expect("login shape renders");
     assert!(login.contains(r#"data-bs-theme="dark""#));
     assert!(login.contains("<title>Sign in · Dynamic Servers</title>"));
@@ -194,7 +194,7 @@ fn shell_renders_every_contract_shape_in_strict_mode() {
     assert!(!login.contains(r#"id="flash""#));
 
     let page = templates
-        .render("page", &signed_in_context(3))
+        .page(&signed_in_context(3))
         .expect("signed-in shape renders");
     assert!(page.contains(r#"<form method="post" action="/logout""#));
     assert!(page.contains(r#"<input type="hidden" name="csrf" value="csrf-token-1">"#));
@@ -209,7 +209,7 @@ fn shell_renders_every_contract_shape_in_strict_mode() {
     assert!(page.contains(" · manager"));
 
     let no_unread = templates
-        .render("page", &signed_in_context(0))
+        .page(&signed_in_context(0))
         .expect("renders with no unread notifications");
     assert!(!no_unread.contains("data-unread-badge"));
 
@@ -219,7 +219,7 @@ fn shell_renders_every_contract_shape_in_strict_mode() {
         .expect("context is an object")
         .remove("unread");
     assert!(
-        templates.render("page", &missing).is_err(),
+        templates.page(&missing).is_err(),
         "strict mode must refuse a context without `unread`"
     );
 }
@@ -603,23 +603,35 @@ fn repo_path(relative: &str) -> PathBuf {
         .join(relative)
 }
 
-/// The shell registered as the lead's renderer does (strict mode, `partials/shell`),
-/// plus a `page` template wrapping `body` in it.
-fn shell_templates(body: &str) -> Handlebars<'static> {
+/// The shell as the control plane's renderer uses it (strict mode, `shell`), around a
+/// page template `body`.
+struct ShellTemplates {
+    templates: Handlebars<'static>,
+}
+
+impl ShellTemplates {
+    /// Renders the page as `Render::page` does: the body with the context, then the
+    /// shell with the context and the body's HTML as `body`.
+    fn page(&self, context: &Value) -> Result<String, handlebars::RenderError> {
+        let body = self.templates.render("body", context)?;
+        let mut shell = context.clone();
+        shell["body"] = Value::String(body);
+        self.templates.render("shell", &shell)
+    }
+}
+
+fn shell_templates(body: &str) -> ShellTemplates {
     let mut templates = Handlebars::new();
     templates.set_strict_mode(true);
-    let shell = std::fs::read_to_string(repo_path("web/templates/partials/shell.hbs"))
-        .expect("reading web/templates/partials/shell.hbs");
+    let shell = std::fs::read_to_string(repo_path("web/templates/shell.hbs"))
+        .expect("reading web/templates/shell.hbs");
     templates
-        .register_template_string("partials/shell", shell)
+        .register_template_string("shell", shell)
         .expect("the shell parses");
     templates
-        .register_template_string(
-            "page",
-            format!("{{{{#> partials/shell}}}}{body}{{{{/partials/shell}}}}"),
-        )
+        .register_template_string("body", body)
         .expect("the page parses");
-    templates
+    ShellTemplates { templates }
 }
 
 fn login_context() -> Value {
@@ -694,7 +706,7 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let page = shell_templates(FIXTURE_BODY)
-            .render("page", &signed_in_context(2))
+            .page(&signed_in_context(2))
             .expect("fixture page renders");
         let stream_requests: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
 
@@ -703,7 +715,7 @@ impl Fixture {
             .and(warp::path::end())
             .map(move || warp::reply::html(page.clone()));
         let big_page = shell_templates(BIG_LOG_BODY)
-            .render("page", &signed_in_context(0))
+            .page(&signed_in_context(0))
             .expect("big log page renders");
         let big_route = warp::path("big")
             .and(warp::path::end())

@@ -220,7 +220,7 @@ pub(crate) fn page_with_status(
             .unwrap_or(0),
     };
     context.insert("unread".into(), json!(unread));
-    let html = app.render.render(template, Value::Object(context))?;
+    let html = app.render.page(template, context)?;
     let mut resp = super::text(status, html, "text/html; charset=utf-8");
     if had_flash {
         resp.headers_mut().append(
@@ -329,9 +329,13 @@ pub fn login_form(app: &App, req: &Req, error: Option<(&AppError, &str)>) -> Res
         "username": error.map(|(_, u)| crate::validate::echo(u)).unwrap_or_default(),
     });
     let status = error.map(|(e, _)| e.status()).unwrap_or(StatusCode::OK);
+    let data = match data {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
     let html = app
         .render
-        .render("login", data)
+        .page("login", data)
         .unwrap_or_else(|e| format!("template error: {e:#}"));
     let mut resp = super::text(status, html, "text/html; charset=utf-8");
     let secure = if req.secure { "; Secure" } else { "" };

@@ -1,6 +1,7 @@
 //! Templates: handlebars in strict mode, embedded in the binary at build time and
-//! rendered through [`Render::render`]. Every page goes through the shell partial
-//! (`partials/shell`), whose navigation comes from the policy function.
+//! rendered through [`Render::render`]. Every page renders inside the shell
+//! (`shell.hbs`, through [`Render::page`]), whose navigation comes from the policy
+//! function.
 
 use handlebars::{handlebars_helper, Handlebars};
 use rust_embed::RustEmbed;
@@ -9,6 +10,9 @@ use serde_json::Value;
 #[derive(RustEmbed)]
 #[folder = "../web/templates/"]
 struct Templates;
+
+/// The keys the shell reads (its context contract, `shell.hbs`).
+pub const SHELL_KEYS: [&str; 6] = ["title", "user", "nav", "csrf", "flash", "unread"];
 
 /// The template registry.
 pub struct Render {
@@ -49,6 +53,23 @@ impl Render {
         Ok(Render { hb })
     }
 
+    /// Renders a page: its own template with `data`, then the shell around it with the
+    /// shell's keys taken from `data` ([`SHELL_KEYS`], each must be present) and the
+    /// page's HTML as `body`. The page's data is never copied: a partial block would
+    /// have made handlebars clone it whole (100 server rows) on every page load.
+    pub fn page(&self, name: &str, data: serde_json::Map<String, Value>) -> anyhow::Result<String> {
+        let mut shell = serde_json::Map::new();
+        for key in SHELL_KEYS {
+            let value = data
+                .get(key)
+                .ok_or_else(|| anyhow::anyhow!("rendering {name}: the shell needs {key:?}"))?;
+            shell.insert(key.to_string(), value.clone());
+        }
+        let body = self.render(name, Value::Object(data))?;
+        shell.insert("body".into(), Value::String(body));
+        self.render("shell", Value::Object(shell))
+    }
+
     /// Renders a template with a context. The value moves into handlebars' context:
     /// `Handlebars::render` takes a reference and serializes it into a new value first,
     /// a deep copy of every map and string of the page's data on every page load.
@@ -56,5 +77,53 @@ impl Render {
         self.hb
             .render_with_context(name, &handlebars::Context::from(ctx))
             .map_err(|e| anyhow::anyhow!("rendering {name}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn shell_context() -> serde_json::Map<String, Value> {
+        let Value::Object(map) = json!({
+            "title": "Servers",
+            "user": {"username": "sohila", "role": "technical", "is_manager": false},
+            "nav": [],
+            "csrf": "token-1",
+            "flash": null,
+            "unread": 2,
+        }) else {
+            unreachable!()
+        };
+        map
+    }
+
+    /// A page renders with its own data inside the shell, which sees only its keys;
+    /// the page's HTML goes in as it is (escaped once, by the page's template).
+    #[test]
+    fn pages_render_inside_the_shell() {
+        let render = Render::new().unwrap();
+        let mut data = shell_context();
+        data.insert("status".into(), json!(404));
+        data.insert("message".into(), json!("no <such> page"));
+        let html = render.page("error", data).unwrap();
+        assert!(html.starts_with("<!doctype html>"), "{html}");
+        assert!(html.contains("<title>Servers · Dynamic Servers</title>"));
+        assert!(html.contains("no &lt;such&gt; page"), "{html}");
+        assert!(!html.contains("&amp;lt;"), "escaped twice: {html}");
+        assert!(html.contains("data-unread=\"2\""), "{html}");
+        let main = html.find("<main").unwrap();
+        assert!(
+            html[main..].contains("no &lt;such&gt; page"),
+            "inside <main>"
+        );
+
+        let mut missing = shell_context();
+        missing.remove("csrf");
+        missing.insert("status".into(), json!(404));
+        missing.insert("message".into(), json!("gone"));
+        let err = render.page("error", missing).unwrap_err().to_string();
+        assert!(err.contains("\"csrf\""), "{err}");
     }
 }
