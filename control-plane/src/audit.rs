@@ -177,7 +177,19 @@ pub fn query(
     let indexed = source.is_some();
     let (index, prefix) = source.unwrap_or(("", String::new()));
     let prefix = prefix.as_str();
-    let mut scan = IndexScan::prefix(index, prefix, 256).backward();
+    // With no text and at most the one field the index holds, nearly every entry
+    // scanned is kept: read one more than asked (which tells whether more remain)
+    // rather than a batch of 256 (the dashboard asks for 8).
+    let fields = [&filter.actor, &filter.action, &filter.subject]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    let batch_size = if filter.text.is_none() && fields <= 1 {
+        limit.saturating_add(1).clamp(2, 256)
+    } else {
+        256
+    };
+    let mut scan = IndexScan::prefix(index, prefix, batch_size).backward();
     scan.lower = format!("{prefix}{lower_id}");
     scan.after = upper_id.map(|id| format!("{prefix}{id}"));
     let mut items = Vec::new();
@@ -196,22 +208,26 @@ pub fn query(
             false => r.records_page(&scan)?,
         };
         let full_batch = !batch.is_empty();
+        let mut left = batch.len();
         for e in batch {
             examined += 1;
+            left -= 1;
             scan.after = Some(format!("{prefix}{}", e.id));
             if filter.matches(&e) {
                 items.push(e);
             }
             if items.len() >= limit || examined >= SCAN_BUDGET {
                 let last = scan.after.as_ref().map(|k| k[prefix.len()..].to_string());
-                let more = !{
-                    let mut probe = scan.clone();
-                    probe.limit = 1;
-                    match indexed {
-                        true => r.index_page(&probe)?.is_empty(),
-                        false => r.records_page::<AuditEntry>(&probe)?.is_empty(),
-                    }
-                };
+                // Entries left in this batch answer it; otherwise one more probe.
+                let more = left > 0
+                    || !{
+                        let mut probe = scan.clone();
+                        probe.limit = 1;
+                        match indexed {
+                            true => r.index_page(&probe)?.is_empty(),
+                            false => r.records_page::<AuditEntry>(&probe)?.is_empty(),
+                        }
+                    };
                 return Ok((items, if more { last } else { None }));
             }
         }

@@ -1331,6 +1331,9 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// The most index entries a [`Source`] reads at once.
+const SOURCE_BATCH: usize = 256;
+
 /// One backwards walk over one index, refilled a batch at a time.
 struct Source {
     scan: crate::store::IndexScan,
@@ -1345,6 +1348,9 @@ impl Source {
         if self.buffer.is_empty() && !self.done {
             let page = r.index_page(&self.scan)?;
             self.done = page.len() < self.scan.limit;
+            // The first batch is about the page's size; later ones grow, for the
+            // filters that skip most of what they scan.
+            self.scan.limit = (self.scan.limit * 2).min(SOURCE_BATCH);
             if let Some((key, _)) = page.last() {
                 self.scan.after = Some(key.clone());
             }
@@ -1385,7 +1391,8 @@ pub fn query(
         .sources(visible.as_deref(), terms.as_deref())
         .into_iter()
         .map(|(index, prefix)| {
-            let mut scan = crate::store::IndexScan::prefix(index, &prefix, 256).backward();
+            let first = limit.saturating_add(1).clamp(16, SOURCE_BATCH);
+            let mut scan = crate::store::IndexScan::prefix(index, &prefix, first).backward();
             scan.lower = format!("{prefix}{lower_id}");
             scan.after = upper_id.as_ref().map(|id| format!("{prefix}{id}"));
             Source {
