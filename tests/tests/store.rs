@@ -42,6 +42,7 @@ cases!(
     reopen_finds_everything,
     sealed_records_are_encrypted_at_rest,
     a_failed_write_keeps_nothing,
+    a_change_refused_at_commit_keeps_nothing,
     a_backup_is_a_consistent_copy,
     index_pages_walk_both_ways_from_a_cursor,
     records_pages_walk_both_ways,

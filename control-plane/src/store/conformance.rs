@@ -46,6 +46,10 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("a_failed_write_keeps_nothing", a_failed_write_keeps_nothing),
     (
+        "a_change_refused_at_commit_keeps_nothing",
+        a_change_refused_at_commit_keeps_nothing,
+    ),
+    (
         "a_backup_is_a_consistent_copy",
         a_backup_is_a_consistent_copy,
     ),
@@ -211,6 +215,30 @@ fn a_failed_write_keeps_nothing(open: Open) {
     // The store is still usable after the failed transaction.
     store.put(&thing("b", 2)).unwrap();
     assert!(store.get::<Thing>("b").unwrap().is_some());
+}
+
+/// A change the backend itself refuses when the transaction commits (PostgreSQL
+/// refuses a NUL in text; redb takes it) fails the whole transaction, keeps nothing
+/// of it, and leaves every connection usable.
+fn a_change_refused_at_commit_keeps_nothing(open: Open) {
+    let store = open().unwrap();
+    let result: Result<()> = store.write(|w| {
+        w.put(&thing("before", 1))?;
+        w.put(&thing("nul\0id", 2))?;
+        w.put(&thing("after", 3))
+    });
+    let kept = store.get::<Thing>("before").unwrap().is_some();
+    match result {
+        Err(_) => assert!(!kept, "a refused transaction keeps nothing"),
+        Ok(()) => assert!(kept && store.get::<Thing>("after").unwrap().is_some()),
+    }
+    for n in 0..20 {
+        store.put(&thing(&format!("next{n}"), n)).unwrap();
+    }
+    assert_eq!(
+        store.get::<Thing>("next19").unwrap(),
+        Some(thing("next19", 19))
+    );
 }
 
 /// A backup taken from a live store opens and holds the same records.

@@ -698,21 +698,51 @@ impl Txn {
         Ok(())
     }
 
-    /// Commits a writer's changes.
+    /// Commits a writer's changes. What is still pending goes out with the `COMMIT`,
+    /// in one round trip: should a change fail, the database ends the failed
+    /// transaction at that `COMMIT` with a rollback, and the change's error is the
+    /// answer.
     pub(super) fn commit(mut self) -> Result<()> {
-        self.flush()?;
-        let client = self.client.take().expect("an open transaction");
-        if self.begin.get_mut().is_some() {
+        if self.pending.get_mut().bytes == 0 && self.begin.get_mut().is_some() {
             // Nothing was sent, nothing to commit.
+            self.client.take();
             return Ok(());
         }
-        match wait(client.batch_execute("COMMIT")) {
-            Ok(()) => Ok(()),
-            Err(e) => {
+        let result = {
+            let pending = self.pending.borrow();
+            let statements = pending.statements();
+            let prepared = statements
+                .iter()
+                .map(|statement| self.prepared(statement.sql))
+                .collect::<Result<Vec<_>>>()?;
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> =
+                statements.iter().map(Statement::params).collect();
+            self.on_connection(|client| async move {
+                let runs = prepared
+                    .iter()
+                    .zip(&params)
+                    .map(|(prepared, params)| client.execute(prepared, params));
+                let (ran, committed) = futures::join!(
+                    futures::future::try_join_all(runs),
+                    client.batch_execute("COMMIT")
+                );
+                ran?;
+                committed
+            })
+        };
+        let client = self.client.take().expect("an open transaction");
+        if let Err(e) = &result {
+            // The database's own refusal (a unique key, a serialization failure)
+            // leaves the connection idle, the transaction ended by the `COMMIT`; after
+            // any other failure it does not go back to the pool.
+            let refused = e
+                .downcast_ref::<tokio_postgres::Error>()
+                .is_some_and(|e| e.code().is_some());
+            if !refused {
                 let _ = Object::take(client);
-                Err(e.into())
             }
         }
+        result
     }
 
     /// Ends a reader's snapshot. Its `COMMIT` is sent and not waited for: a read-only
