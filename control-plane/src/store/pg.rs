@@ -675,9 +675,15 @@ impl Txn {
     /// Sends a writer's pending changes (nothing for a reader): before a read that the
     /// cache cannot answer (a range), and at commit.
     fn flush(&self) -> Result<()> {
+        self.send(false)
+    }
+
+    /// Sends the pending changes and, when `commit`, the transaction's `COMMIT` after
+    /// them: both go out together and are waited for once.
+    fn send(&self, commit: bool) -> Result<()> {
         let mut pending = self.pending.borrow_mut();
         // Every change adds to `bytes`: none, nothing to send.
-        if pending.bytes == 0 {
+        if pending.bytes == 0 && !commit {
             return Ok(());
         }
         let statements = pending.statements();
@@ -687,12 +693,19 @@ impl Txn {
             .collect::<Result<Vec<_>>>()?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> =
             statements.iter().map(Statement::params).collect();
-        self.on_connection(|client| {
-            let runs = prepared
-                .iter()
-                .zip(&params)
-                .map(|(prepared, params)| client.execute(prepared, params));
-            futures::future::try_join_all(runs)
+        self.on_connection(|client| async move {
+            let runs = futures::future::try_join_all(
+                prepared
+                    .iter()
+                    .zip(&params)
+                    .map(|(prepared, params)| client.execute(prepared, params)),
+            );
+            if !commit {
+                return runs.await.map(|_| ());
+            }
+            let (ran, committed) = futures::join!(runs, client.batch_execute("COMMIT"));
+            ran?;
+            committed
         })?;
         pending.sent();
         Ok(())
@@ -701,48 +714,17 @@ impl Txn {
     /// Commits a writer's changes. What is still pending goes out with the `COMMIT`,
     /// in one round trip: should a change fail, the database ends the failed
     /// transaction at that `COMMIT` with a rollback, and the change's error is the
-    /// answer.
+    /// answer. On any failure the connection stays with the transaction, whose drop
+    /// rolls back (a no-op once the `COMMIT` ended it) or, failing that, discards it.
     pub(super) fn commit(mut self) -> Result<()> {
         if self.pending.get_mut().bytes == 0 && self.begin.get_mut().is_some() {
             // Nothing was sent, nothing to commit.
             self.client.take();
             return Ok(());
         }
-        let result = {
-            let pending = self.pending.borrow();
-            let statements = pending.statements();
-            let prepared = statements
-                .iter()
-                .map(|statement| self.prepared(statement.sql))
-                .collect::<Result<Vec<_>>>()?;
-            let params: Vec<Vec<&(dyn ToSql + Sync)>> =
-                statements.iter().map(Statement::params).collect();
-            self.on_connection(|client| async move {
-                let runs = prepared
-                    .iter()
-                    .zip(&params)
-                    .map(|(prepared, params)| client.execute(prepared, params));
-                let (ran, committed) = futures::join!(
-                    futures::future::try_join_all(runs),
-                    client.batch_execute("COMMIT")
-                );
-                ran?;
-                committed
-            })
-        };
-        let client = self.client.take().expect("an open transaction");
-        if let Err(e) = &result {
-            // The database's own refusal (a unique key, a serialization failure)
-            // leaves the connection idle, the transaction ended by the `COMMIT`; after
-            // any other failure it does not go back to the pool.
-            let refused = e
-                .downcast_ref::<tokio_postgres::Error>()
-                .is_some_and(|e| e.code().is_some());
-            if !refused {
-                let _ = Object::take(client);
-            }
-        }
-        result
+        self.send(true)?;
+        self.client.take();
+        Ok(())
     }
 
     /// Ends a reader's snapshot. Its `COMMIT` is sent and not waited for: a read-only
