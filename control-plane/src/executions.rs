@@ -1331,9 +1331,6 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// The most index entries a [`Source`] reads at once.
-const SOURCE_BATCH: usize = 256;
-
 /// One backwards walk over one index, refilled a batch at a time.
 struct Source {
     scan: crate::store::IndexScan,
@@ -1350,7 +1347,7 @@ impl Source {
             self.done = page.len() < self.scan.limit;
             // The first batch is about the page's size; later ones grow, for the
             // filters that skip most of what they scan.
-            self.scan.limit = (self.scan.limit * 2).min(SOURCE_BATCH);
+            self.scan.limit = (self.scan.limit * 2).min(crate::listing::BATCH);
             if let Some((key, _)) = page.last() {
                 self.scan.after = Some(key.clone());
             }
@@ -1391,7 +1388,7 @@ pub fn query(
         .sources(visible.as_deref(), terms.as_deref())
         .into_iter()
         .map(|(index, prefix)| {
-            let first = limit.saturating_add(1).clamp(16, SOURCE_BATCH);
+            let first = crate::listing::first_batch(limit);
             let mut scan = crate::store::IndexScan::prefix(index, &prefix, first).backward();
             scan.lower = format!("{prefix}{lower_id}");
             scan.after = upper_id.as_ref().map(|id| format!("{prefix}{id}"));

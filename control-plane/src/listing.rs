@@ -26,8 +26,14 @@ use crate::store::{IndexScan, Read, Record};
 /// fleet of 10,000 servers in one page.
 pub const SCAN_BUDGET: usize = 20_000;
 
-/// Entries read from one source per store call.
-const BATCH: usize = 256;
+/// Entries read from one source per store call, at most.
+pub(crate) const BATCH: usize = 256;
+
+/// The first batch of a source for a page of `limit`: the page and one more (which
+/// tells whether more remain), within 16..=[`BATCH`].
+pub(crate) fn first_batch(limit: usize) -> usize {
+    limit.saturating_add(1).clamp(16, BATCH)
+}
 
 /// One page of a list and where the next page starts.
 #[derive(Debug, Clone)]
@@ -156,7 +162,7 @@ pub fn page_with_budget<T: Record>(
     budget: usize,
     mut keep: impl FnMut(&T) -> bool,
 ) -> anyhow::Result<Page<T>> {
-    let batch = limit.saturating_add(1).clamp(16, BATCH);
+    let batch = first_batch(limit);
     let mut walkers: Vec<Walker<T>> = sources
         .into_iter()
         .map(|s| Walker::new(s, order, cursor, batch))
