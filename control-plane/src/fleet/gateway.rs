@@ -113,6 +113,13 @@ pub(super) fn serve(
 /// made on another replica (or by the CLI) takes effect here within this time.
 pub const TRUST_RELOAD: Duration = Duration::from_secs(3);
 
+/// How much of one stream an agent may send before the gateway has read it (quinn's
+/// default is 1.25 MB). Output is the only bulk an agent sends, and what it sends
+/// ahead waits in this window before the ingestion sees it: with the default, a fast
+/// job's lines waited about 60 ms here alone. 256 KiB still carries 5 MB/s per job
+/// over a 50 ms round trip.
+const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+
 /// The QUIC endpoint's configuration for a set of CAs.
 fn endpoint_config(trust: &super::ca::FleetCa) -> Result<quinn::ServerConfig> {
     let tls = trust.server_config()?;
@@ -123,6 +130,7 @@ fn endpoint_config(trust: &super::ca::FleetCa) -> Result<quinn::ServerConfig> {
     transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("valid idle timeout")));
     transport.max_concurrent_bidi_streams(16u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -1158,7 +1166,7 @@ async fn drive_job(
 
     // Frames from the agent are read on their own task so a half-read frame is never
     // dropped by the select below.
-    let (frames_tx, mut frames) = mpsc::channel::<Result<FromAgent, String>>(256);
+    let (frames_tx, mut frames) = mpsc::channel::<Result<FromAgent, String>>(JOB_FRAMES_AHEAD);
     let reader = tokio::spawn(async move {
         loop {
             let frame = read_frame::<FromAgent, _>(&mut recv).await;
@@ -1186,6 +1194,17 @@ async fn drive_job(
     result
 }
 
+/// Output of one job (KiB) queued for the store and not yet applied. A job printing
+/// faster than the store takes it used to queue everything it sent (9 MB in a tenth of
+/// a second, up to the ingestion queue's 16,384 chunks) in the control plane's memory,
+/// and every viewer waited behind that backlog; with a budget of two ingestion batches
+/// the backlog stays in the agent's spool and a line reaches viewers about as soon as
+/// the agent can send it.
+const JOB_OUTPUT_BUDGET_KIB: u32 = 512;
+
+/// Frames read ahead of the job loop on a job stream.
+const JOB_FRAMES_AHEAD: usize = 4;
+
 async fn job_loop(
     fleet: &Fleet,
     conn: &AgentConn,
@@ -1195,6 +1214,7 @@ async fn job_loop(
     commands: &mut mpsc::UnboundedReceiver<JobCommand>,
 ) -> Result<()> {
     let ingest = &fleet.inner.ingest;
+    let budget = Arc::new(tokio::sync::Semaphore::new(JOB_OUTPUT_BUDGET_KIB as usize));
     let (acked_tx, mut acked_rx) = watch::channel::<Option<u64>>(None);
     let mut next_seq: Option<u64> = None;
     loop {
@@ -1247,7 +1267,14 @@ async fn job_loop(
                             bail!("the agent skipped output chunks (got {} after {:?})", chunk.seq, next_seq);
                         }
                         next_seq = Some(chunk.seq + 1);
-                        ingest.send(Item::Chunk { execution_id: execution_id.clone(), chunk, acked: acked_tx.clone() }).await;
+                        // Wait while the job's output already queued for the store
+                        // fills its budget: QUIC's flow control then holds the agent
+                        // back, and the rest waits in its spool on disk.
+                        let share = u32::try_from(chunk.data.len().div_ceil(1024))
+                            .unwrap_or(u32::MAX)
+                            .clamp(1, JOB_OUTPUT_BUDGET_KIB);
+                        let budget = budget.clone().acquire_many_owned(share).await.ok();
+                        ingest.send(Item::Chunk { execution_id: execution_id.clone(), chunk, acked: acked_tx.clone(), budget }).await;
                     }
                     FromAgent::End(end) => {
                         let (done_tx, done_rx) = oneshot::channel();

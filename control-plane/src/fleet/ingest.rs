@@ -61,6 +61,9 @@ pub enum Item {
         execution_id: Arc<str>,
         chunk: OutputChunk,
         acked: watch::Sender<Option<u64>>,
+        /// The job stream's share of its output budget this chunk holds until it is
+        /// applied (stored or refused): see `gateway::JOB_OUTPUT_BUDGET`.
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// The job ended; `done` learns whether the end is stored.
     End {
