@@ -588,9 +588,41 @@ impl crate::cluster::Receiver for Fleet {
     fn receive_all(&self, messages: Vec<crate::cluster::Message>) {
         use crate::cluster::Message;
         let mut dispatches = Vec::new();
-        for message in messages {
+        let mut messages = messages.into_iter().peekable();
+        while let Some(message) = messages.next() {
             match message {
                 Message::Dispatch { agent, execution } => dispatches.push((agent, execution)),
+                // Output announced in several messages that arrived together is read
+                // from the store in one go: one round trip instead of one each.
+                Message::Output {
+                    execution,
+                    first,
+                    mut last,
+                } => {
+                    while let Some(Message::Output {
+                        execution: next,
+                        first: next_first,
+                        last: next_last,
+                    }) = messages.peek()
+                    {
+                        if *next != execution
+                            || *next_first < first
+                            || *next_first > last.saturating_add(1)
+                        {
+                            break;
+                        }
+                        last = last.max(*next_last);
+                        messages.next();
+                    }
+                    if !dispatches.is_empty() {
+                        self.dispatch_from_others(std::mem::take(&mut dispatches));
+                    }
+                    self.receive(Message::Output {
+                        execution,
+                        first,
+                        last,
+                    });
+                }
                 other => {
                     if !dispatches.is_empty() {
                         self.dispatch_from_others(std::mem::take(&mut dispatches));
