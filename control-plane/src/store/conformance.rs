@@ -652,6 +652,24 @@ fn a_writer_reads_its_own_writes(open: Open) {
             r.prefetch::<Thing>(&["k1".into(), "k2".into()])?;
             r.prefetch_counters(&["own".into(), "none".into()])?;
             assert_eq!(r.get::<Thing>("k1")?, Some(thing("k1", 10)));
+            Ok(())
+        })
+        .unwrap();
+    // Several tables read ahead together answer as reading each does, missing ones
+    // and repeated ids included.
+    store
+        .read(|r| {
+            let ids: Vec<String> = vec!["k4".into(), "k1".into(), "k2".into(), "k1".into()];
+            let none: Vec<String> = Vec::new();
+            r.prefetch_tables(&[
+                (Thing::TABLE, &ids),
+                (Secret::TABLE, &["k1".to_string()]),
+                ("empty", &none),
+            ])?;
+            assert_eq!(r.get::<Thing>("k1")?, Some(thing("k1", 10)));
+            assert_eq!(r.get::<Thing>("k2")?, None);
+            assert_eq!(r.get::<Thing>("k4")?, None);
+            assert_eq!(r.get::<Secret>("k1")?, None);
             assert_eq!(r.counter("none")?, 0);
             Ok(())
         })

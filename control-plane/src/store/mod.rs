@@ -922,6 +922,14 @@ pub(crate) trait RawRead {
     fn prefetch(&self, _table: &str, _ids: &[&str]) -> Result<()> {
         Ok(())
     }
+    /// [`RawRead::prefetch`] for records of several tables at once (PostgreSQL: one
+    /// query for all of them).
+    fn prefetch_tables(&self, wanted: &[(&str, Vec<&str>)]) -> Result<()> {
+        for (table, ids) in wanted {
+            self.prefetch(table, ids)?;
+        }
+        Ok(())
+    }
     /// [`RawRead::prefetch`] for kept counts.
     fn prefetch_counters(&self, _names: &[&str]) -> Result<()> {
         Ok(())
@@ -1014,6 +1022,9 @@ pub trait Read {
     /// instead of a round trip per `get`; on redb nothing, a `get` there is cheap):
     /// for a page that reads several records per row.
     fn prefetch<T: Record>(&self, ids: &[String]) -> Result<()>;
+    /// [`Read::prefetch`] for records of several tables, `(Record::TABLE, ids)` each:
+    /// one query on PostgreSQL where one per table costs a round trip each.
+    fn prefetch_tables(&self, wanted: &[(&str, &[String])]) -> Result<()>;
     /// [`Read::prefetch`] for kept counts (a dashboard reading three per project).
     fn prefetch_counters(&self, names: &[String]) -> Result<()>;
     /// [`Read::prefetch`] for index entries: what `index_get` will ask of `index`.
@@ -1068,6 +1079,18 @@ macro_rules! impl_read {
 
             fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
                 self.raw().log_has(execution_id, seq)
+            }
+
+            fn prefetch_tables(&self, wanted: &[(&str, &[String])]) -> Result<()> {
+                let wanted: Vec<(&str, Vec<&str>)> = wanted
+                    .iter()
+                    .filter(|(_, ids)| !ids.is_empty())
+                    .map(|(table, ids)| (*table, ids.iter().map(String::as_str).collect()))
+                    .collect();
+                if wanted.is_empty() {
+                    return Ok(());
+                }
+                self.raw().prefetch_tables(&wanted)
             }
 
             fn prefetch_counters(&self, names: &[String]) -> Result<()> {

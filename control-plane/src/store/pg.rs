@@ -804,6 +804,38 @@ impl RawRead for Txn {
         self.get_many(table, ids).map(|_| ())
     }
 
+    fn prefetch_tables(&self, wanted: &[(&str, Vec<&str>)]) -> Result<()> {
+        let mut tables: Vec<&str> = Vec::new();
+        let mut ids: Vec<&str> = Vec::new();
+        for (table, wanted_ids) in wanted {
+            for id in wanted_ids {
+                let key = (table.to_string(), id.to_string());
+                if self.cached(|p| p.records.get(&key).map(|_| ())).is_none() {
+                    tables.push(table);
+                    ids.push(id);
+                }
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rows = self.query(
+            "SELECT r.tbl, r.id, r.body FROM dynserv_records r
+             JOIN unnest($1::text[], $2::text[]) AS w(tbl, id) ON r.tbl = w.tbl AND r.id = w.id",
+            &[&tables, &ids],
+        )?;
+        let mut found: HashMap<(String, String), Vec<u8>> = rows
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        for (table, id) in tables.into_iter().zip(ids) {
+            let key = (table.to_string(), id.to_string());
+            let value = found.remove(&key);
+            self.remember(|p| &mut p.records, key, &value);
+        }
+        Ok(())
+    }
+
     fn prefetch_counters(&self, names: &[&str]) -> Result<()> {
         let asked: Vec<&str> = names
             .iter()

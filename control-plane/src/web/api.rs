@@ -14,7 +14,7 @@ use crate::listing;
 use crate::policy::{self, Action, Level};
 use crate::projects::{self, Project, ProjectInput, ProjectView};
 use crate::servers::{self, Server};
-use crate::store::Read;
+use crate::store::{Read, Record};
 use crate::users::{self, NewUser, User, UserChange, UserView};
 
 fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()> {
@@ -91,17 +91,25 @@ pub fn server_rows(app: &App, r: &impl Read, list: &[Server]) -> anyhow::Result<
     let mut project_ids: Vec<String> = list.iter().map(|s| s.project_id.clone()).collect();
     project_ids.sort_unstable();
     project_ids.dedup();
+    let agents: Vec<String> = list.iter().filter_map(|s| s.agent_id.clone()).collect();
+    // The rows' projects, agents and (with replicas) where the agents are connected,
+    // in one read.
+    let presence: &[String] = if app.cluster.is_shared() {
+        &agents
+    } else {
+        &[]
+    };
+    r.prefetch_tables(&[
+        (Project::TABLE, &project_ids),
+        (crate::agents::Agent::TABLE, &agents),
+        (crate::cluster::Presence::TABLE, presence),
+    ])?;
     let names: std::collections::HashMap<String, String> = r
         .get_many::<Project>(&project_ids)?
         .into_iter()
         .flatten()
         .map(|p| (p.id, p.name))
         .collect();
-    let agents: Vec<String> = list.iter().filter_map(|s| s.agent_id.clone()).collect();
-    r.prefetch::<crate::agents::Agent>(&agents)?;
-    if app.cluster.is_shared() {
-        r.prefetch::<crate::cluster::Presence>(&agents)?;
-    }
     list.iter()
         .map(|s| {
             let project = names.get(&s.project_id).cloned().unwrap_or_default();
