@@ -62,7 +62,7 @@ pub enum Item {
         chunk: OutputChunk,
         acked: watch::Sender<Option<u64>>,
         /// The job stream's share of its output budget this chunk holds until it is
-        /// applied (stored or refused): see `gateway::JOB_OUTPUT_BUDGET`.
+        /// applied (stored or refused): see `gateway::JOB_OUTPUT_BUDGET_KIB`.
         budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// The job ended; `done` learns whether the end is stored.
