@@ -1198,9 +1198,9 @@ async fn drive_job(
 /// faster than the store takes it used to queue everything it sent (9 MB in a tenth of
 /// a second, up to the ingestion queue's 16,384 chunks) in the control plane's memory,
 /// and every viewer waited behind that backlog; with a budget of two ingestion batches
-/// the backlog stays in the agent's spool and a line reaches viewers about as soon as
-/// the agent can send it.
-const JOB_OUTPUT_BUDGET_KIB: u32 = 512;
+/// (one being committed, the next filling) the backlog stays in the agent's spool and
+/// a line reaches viewers about as soon as the agent can send it. 512 KiB.
+const JOB_OUTPUT_BUDGET_KIB: u32 = (2 * super::ingest::MAX_BATCH_BYTES / 1024) as u32;
 
 /// Frames read ahead of the job loop on a job stream.
 const JOB_FRAMES_AHEAD: usize = 4;

@@ -27,7 +27,7 @@ const MAX_BATCH: usize = 4096;
 /// transaction commits, so a batch holding everything a fast writer has sent (9 MB in
 /// one transaction) held its first line back for the whole batch; a few hundred KiB
 /// per commit keeps the batching's few fsyncs and lets the output flow.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+pub(super) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// One thing to store.
 pub enum Item {

@@ -590,8 +590,11 @@ impl crate::cluster::Receiver for Fleet {
         let mut dispatches = Vec::new();
         let mut messages = messages.into_iter().peekable();
         while let Some(message) = messages.next() {
-            match message {
-                Message::Dispatch { agent, execution } => dispatches.push((agent, execution)),
+            let message = match message {
+                Message::Dispatch { agent, execution } => {
+                    dispatches.push((agent, execution));
+                    continue;
+                }
                 // Output announced in several messages that arrived together is read
                 // from the store in one go: one round trip instead of one each.
                 Message::Output {
@@ -614,22 +617,18 @@ impl crate::cluster::Receiver for Fleet {
                         last = last.max(*next_last);
                         messages.next();
                     }
-                    if !dispatches.is_empty() {
-                        self.dispatch_from_others(std::mem::take(&mut dispatches));
-                    }
-                    self.receive(Message::Output {
+                    Message::Output {
                         execution,
                         first,
                         last,
-                    });
-                }
-                other => {
-                    if !dispatches.is_empty() {
-                        self.dispatch_from_others(std::mem::take(&mut dispatches));
                     }
-                    self.receive(other);
                 }
+                other => other,
+            };
+            if !dispatches.is_empty() {
+                self.dispatch_from_others(std::mem::take(&mut dispatches));
             }
+            self.receive(message);
         }
         if !dispatches.is_empty() {
             self.dispatch_from_others(dispatches);
