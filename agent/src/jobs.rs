@@ -397,6 +397,9 @@ impl Jobs {
         inner.live.insert(spec.job_id.clone(), job.clone());
         drop(inner);
 
+        if let Some(note) = facts_left_out_note(spec) {
+            job.note(&note);
+        }
         let started_at = now_unix();
         let process = match spawn(spec, &dir) {
             Ok(child) => {
@@ -593,28 +596,95 @@ const GATHERED_FACTS_FILE: &str = "gathered-facts.json";
 /// (`--facts-cache`).
 const FACTS_CACHE_FILE: &str = "facts-cache.json";
 
-/// The facts a playbook job gathered, for its end: none when it gathered none, and
-/// none (with a warning) when they are larger than the control plane keeps or do not
-/// read back, which costs other hosts their `hostvars` facts, never the job.
+/// The facts a playbook job gathered, and those its modules returned, for its end:
+/// none when it had none, the gathered ones alone (with a warning) when the modules'
+/// would take the report past what the control plane keeps, and none (with a warning)
+/// when even those are too large or do not read back, which costs other hosts their
+/// `hostvars` facts, never the job.
 fn gathered_facts(dir: &Path) -> Option<Box<GatheredFacts>> {
+    /// What `dynserv-agent playbook --facts-out` writes.
+    #[derive(serde::Deserialize)]
+    struct Written {
+        gathered_at: String,
+        facts: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        module_facts: serde_json::Map<String, serde_json::Value>,
+    }
     let path = dir.join(GATHERED_FACTS_FILE);
+    // Both parts as JSON, at most twice the limit with their keys.
     let size = std::fs::metadata(&path).ok()?.len();
-    if size > MAX_REPORTED_FACTS_BYTES as u64 {
+    if size > 2 * MAX_REPORTED_FACTS_BYTES as u64 {
         tracing::warn!(
-            "the gathered facts take {size} bytes, more than the {MAX_REPORTED_FACTS_BYTES} reported: not reported"
+            "the facts take {size} bytes, more than the {MAX_REPORTED_FACTS_BYTES} reported: not reported"
         );
         return None;
     }
-    match std::fs::read(&path)
+    let written = match std::fs::read(&path)
         .map_err(anyhow::Error::from)
-        .and_then(|bytes| Ok(serde_json::from_slice::<GatheredFacts>(&bytes)?))
+        .and_then(|bytes| Ok(serde_json::from_slice::<Written>(&bytes)?))
     {
-        Ok(facts) => Some(Box::new(facts)),
+        Ok(written) => written,
         Err(e) => {
             tracing::warn!("cannot read the gathered facts back: {e:#}");
-            None
+            return None;
         }
+    };
+    let fits = |facts: &serde_json::Map<String, serde_json::Value>| {
+        serde_json::to_vec(facts).map_or(usize::MAX, |b| b.len()) <= MAX_REPORTED_FACTS_BYTES
+    };
+    let mut facts = written.facts.clone();
+    facts.extend(written.module_facts.clone());
+    if !fits(&facts) {
+        let names: Vec<&String> = written.module_facts.keys().collect();
+        if written.facts.is_empty() || !fits(&written.facts) {
+            tracing::warn!(
+                "the facts take more than the {MAX_REPORTED_FACTS_BYTES} bytes reported: not reported"
+            );
+            return None;
+        }
+        tracing::warn!(
+            "the facts modules returned ({names:?}) would take the report past {MAX_REPORTED_FACTS_BYTES} bytes: only the gathered facts are reported"
+        );
+        facts = written.facts;
     }
+    Some(Box::new(GatheredFacts {
+        gathered_at: written.gathered_at,
+        facts,
+    }))
+}
+
+/// The line a playbook job that reads `hostvars` starts with when the control plane
+/// could not send every host's facts (the inventory with them would pass its bound).
+fn facts_left_out_note(spec: &JobSpec) -> Option<String> {
+    let JobKind::Playbook {
+        yaml,
+        files,
+        inventory: Some(inventory),
+        ..
+    } = &spec.kind
+    else {
+        return None;
+    };
+    let inventory = &inventory.0;
+    let from = inventory.facts_left_out_from? as usize;
+    let first = inventory.hosts.get(from)?;
+    let reads_hostvars = yaml.contains("hostvars")
+        || files.iter().any(|f| {
+            f.bytes()
+                .is_some_and(|b| b.windows(8).any(|w| w == b"hostvars"))
+        });
+    if !reads_hostvars {
+        return None;
+    }
+    let whose = match inventory.hosts.len() - from - 1 {
+        0 => first.clone(),
+        1 => format!("{first} and the host after it in the inventory"),
+        n => format!("{first} and the {n} hosts after it in the inventory"),
+    };
+    Some(format!(
+        "[the facts of {whose} were left out of this job: with them its inventory would pass {} KiB, so their hostvars have no ansible_facts]\n",
+        dynserv_shared::inventory::MAX_INVENTORY_BYTES / 1024
+    ))
 }
 
 /// Writes a playbook's files under `root`, each path checked again here (the control
@@ -914,6 +984,83 @@ async fn supervise(job: Arc<Job>, mut process: Process, deadline: Option<Instant
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// A playbook that reads `hostvars` is told whose facts the control plane left out;
+    /// one that does not, or whose inventory carried every host's, is not.
+    #[test]
+    fn left_out_facts_are_noted_for_playbooks_that_read_hostvars() {
+        let spec = |yaml: &str, from: Option<u32>| JobSpec {
+            max_output_bytes: None,
+            job_id: "j1".into(),
+            kind: JobKind::Playbook {
+                yaml: yaml.into(),
+                vars: Default::default(),
+                check: false,
+                diff: false,
+                ansible_fallback: false,
+                inventory_hostname: Some("web-1".into()),
+                files: Default::default(),
+                inventory: Some(dynserv_shared::inventory::SharedInventory(Arc::new(
+                    dynserv_shared::inventory::JobInventory {
+                        hosts: vec!["web-1".into(), "web-2".into(), "web-3".into()],
+                        facts_left_out_from: from,
+                        ..Default::default()
+                    },
+                ))),
+            },
+            timeout_s: None,
+            secrets: Vec::new(),
+            resume_only: false,
+        };
+        let reads = "- hosts: all\n  tasks:\n    - debug: var=hostvars['web-3']\n";
+        let note = facts_left_out_note(&spec(reads, Some(1))).expect("a note");
+        assert!(
+            note.contains("web-2 and the host after it") && note.contains("448 KiB"),
+            "{note}"
+        );
+        assert_eq!(facts_left_out_note(&spec(reads, None)), None);
+        assert_eq!(
+            facts_left_out_note(&spec("- hosts: all\n  tasks: []\n", Some(1))),
+            None
+        );
+    }
+
+    /// The report joins the gathered facts and the modules' facts; modules' facts that
+    /// would pass the limit are left out, and gathered facts past it are not reported.
+    #[test]
+    fn gathered_facts_join_the_modules_facts_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |facts: serde_json::Value, module_facts: serde_json::Value| {
+            let body = serde_json::json!({
+                "gathered_at": "2026-12-05T10:00:00+00:00",
+                "facts": facts,
+                "module_facts": module_facts,
+            });
+            std::fs::write(dir.path().join(GATHERED_FACTS_FILE), body.to_string()).unwrap();
+        };
+        assert!(gathered_facts(dir.path()).is_none(), "no file, no facts");
+        write(
+            serde_json::json!({"hostname": "web-1"}),
+            serde_json::json!({"services": {"ssh.service": {"state": "running"}}}),
+        );
+        let report = gathered_facts(dir.path()).expect("reported");
+        assert_eq!(report.facts["hostname"], "web-1");
+        assert_eq!(report.facts["services"]["ssh.service"]["state"], "running");
+        let big = "x".repeat(MAX_REPORTED_FACTS_BYTES);
+        write(
+            serde_json::json!({"hostname": "web-1"}),
+            serde_json::json!({ "services": big }),
+        );
+        let report = gathered_facts(dir.path()).expect("the gathered ones alone");
+        assert_eq!(report.facts.keys().collect::<Vec<_>>(), ["hostname"]);
+        write(
+            serde_json::json!({}),
+            serde_json::json!({ "services": big }),
+        );
+        assert!(gathered_facts(dir.path()).is_none());
+        write(serde_json::json!({ "blob": big }), serde_json::json!({}));
+        assert!(gathered_facts(dir.path()).is_none());
+    }
 
     /// The host id of the machine the tests play.
     const HOST: &str = "host-a";

@@ -197,7 +197,11 @@ pub enum FactsRejected {
 }
 
 /// Keeps the facts an execution's job reported as its server's latest, inside the
-/// transaction that ends the execution (`server_id`: the execution's server).
+/// transaction that ends the execution (`server_id`: the execution's server). As
+/// Ansible's fact cache does, they update the facts stored before (a run whose
+/// `service_facts` alone reported `services` keeps the gathered ones, and the next
+/// gathering keeps `services`), unless the two together would pass
+/// `MAX_REPORTED_FACTS_BYTES`: then the report replaces them.
 /// Facts that cannot be kept are refused with the reason (the caller logs it; the
 /// execution's end is stored all the same).
 pub fn record_facts(
@@ -224,9 +228,17 @@ pub fn record_facts(
     else {
         return Ok(Err(FactsRejected::ServerDeleted));
     };
+    let mut facts = reported.facts.clone();
     if let Some(stored) = w.get::<ServerFacts>(server_id)? {
         if stored.gathered_at > gathered_at {
             return Ok(Err(FactsRejected::Older));
+        }
+        if stored.project_id == server.project_id {
+            let mut merged = stored.facts;
+            merged.extend(facts.clone());
+            if serde_json::to_vec(&merged)?.len() <= MAX_REPORTED_FACTS_BYTES {
+                facts = merged;
+            }
         }
     }
     w.put(&ServerFacts {
@@ -235,7 +247,7 @@ pub fn record_facts(
         gathered_at,
         received_at: now,
         execution_id: execution_id.to_string(),
-        facts: reported.facts.clone(),
+        facts,
     })?;
     Ok(Ok(()))
 }
@@ -251,27 +263,29 @@ const FACTS_CHUNK: usize = 64;
 /// The facts shown to the hosts of a project's inventory: each host's stored facts
 /// received after `fresh_since`, in the inventory's host order, until the inventory
 /// with them would pass `MAX_INVENTORY_BYTES` (that host and those after it go
-/// without, as if none were known). `load` reads the stored facts of a chunk of host
+/// without, as if none were known, and `facts_left_out_from` names the first of
+/// them, for the agent to say so). `load` reads the stored facts of a chunk of host
 /// names, so a project of thousands of servers reads only the few dozen hosts' facts
 /// that fit, never every server's; pure besides `load`, so the budget is tested
 /// without a store.
 pub fn facts_for_hosts(
-    inventory: &JobInventory,
+    inventory: &mut JobInventory,
     fresh_since: DateTime<Utc>,
     mut load: impl FnMut(&[String]) -> anyhow::Result<Vec<(String, ServerFacts)>>,
-) -> anyhow::Result<BTreeMap<String, GatheredFacts>> {
+) -> anyhow::Result<()> {
     let mut size = serde_json::to_vec(inventory).map_or(usize::MAX, |b| b.len());
-    // `"facts":{` and its closing brace.
-    size = size.saturating_add(10);
+    // `"facts":{` and its closing brace, and `"facts_left_out_from":N`.
+    size = size.saturating_add(10 + 36);
     let mut out = BTreeMap::new();
-    for names in inventory.hosts.chunks(FACTS_CHUNK) {
+    let mut left_out_from = None;
+    'hosts: for (chunk, names) in inventory.hosts.chunks(FACTS_CHUNK).enumerate() {
         let stored = load(names)?;
         let by_name: HashMap<&str, &ServerFacts> = stored
             .iter()
             .filter(|(_, f)| f.received_at >= fresh_since)
             .map(|(name, f)| (name.as_str(), f))
             .collect();
-        for host in names {
+        for (i, host) in names.iter().enumerate() {
             let Some(facts) = by_name.get(host.as_str()) else {
                 continue;
             };
@@ -282,13 +296,16 @@ pub fn facts_for_hosts(
             // The entry's JSON, its quoted name, the colon and a comma.
             let cost = serde_json::to_vec(&entry).map_or(usize::MAX, |b| b.len()) + host.len() + 4;
             if size.saturating_add(cost) > MAX_INVENTORY_BYTES {
-                return Ok(out);
+                left_out_from = u32::try_from(chunk * FACTS_CHUNK + i).ok();
+                break 'hosts;
             }
             size += cost;
             out.insert(host.clone(), entry);
         }
     }
-    Ok(out)
+    inventory.facts = out;
+    inventory.facts_left_out_from = left_out_from;
+    Ok(())
 }
 
 /// The stored facts of the servers of a project named `names`, with those names.
@@ -789,7 +806,7 @@ pub fn attach_to_specs(
     {
         let Some(snapshot) = snapshot else { continue };
         let mut inventory = snapshot.inventory;
-        inventory.facts = facts_for_hosts(&inventory, fresh_since, |names| {
+        facts_for_hosts(&mut inventory, fresh_since, |names| {
             stored_facts_named(r, &snapshot.project_id, names)
         })?;
         found.insert(id, SharedInventory(Arc::new(inventory)));
@@ -948,16 +965,16 @@ mod tests {
             stored_facts("db-1", "2026-12-05T09:00:00Z", json!({"hostname": "d1"})),
             stored_facts("gone", "2026-12-05T09:00:00Z", json!({"hostname": "g"})),
         ];
-        let facts =
-            facts_for_hosts(&inventory, at("2026-12-04T10:00:00Z"), loader(&stored)).unwrap();
-        assert_eq!(facts.keys().collect::<Vec<_>>(), ["db-1", "web-1"]);
-        assert_eq!(facts["web-1"].facts["hostname"], "w1");
-        assert_eq!(facts["web-1"].gathered_at, "2026-12-05T10:00:00+00:00");
         let mut with = inventory.clone();
-        with.facts = facts;
+        facts_for_hosts(&mut with, at("2026-12-04T10:00:00Z"), loader(&stored)).unwrap();
+        assert_eq!(with.facts.keys().collect::<Vec<_>>(), ["db-1", "web-1"]);
+        assert_eq!(with.facts["web-1"].facts["hostname"], "w1");
+        assert_eq!(with.facts["web-1"].gathered_at, "2026-12-05T10:00:00+00:00");
+        assert_eq!(with.facts_left_out_from, None, "all fit");
         assert!(serde_json::to_vec(&with).unwrap().len() <= MAX_INVENTORY_BYTES);
 
-        // Facts of 40 KB each: the bound takes ten or so, in host order.
+        // Facts of 40 KB each: the bound takes ten or so, in host order, and names
+        // the first host left out.
         let big = "x".repeat(40 * 1024);
         let many: Vec<(String, ServerFacts)> = (0..30)
             .map(|i| {
@@ -968,15 +985,15 @@ mod tests {
                 )
             })
             .collect();
-        let inventory = JobInventory {
+        let mut with = JobInventory {
             hosts: many.iter().map(|(n, _)| n.clone()).collect(),
             ..Default::default()
         };
-        let facts = facts_for_hosts(&inventory, at("2026-12-04T10:00:00Z"), loader(&many)).unwrap();
-        assert!((9..=11).contains(&facts.len()), "{}", facts.len());
-        assert!(facts.contains_key("h00") && !facts.contains_key("h29"));
-        let mut with = inventory.clone();
-        with.facts = facts;
+        facts_for_hosts(&mut with, at("2026-12-04T10:00:00Z"), loader(&many)).unwrap();
+        let kept = with.facts.len();
+        assert!((9..=11).contains(&kept), "{kept}");
+        assert!(with.facts.contains_key("h00") && !with.facts.contains_key("h29"));
+        assert_eq!(with.facts_left_out_from, Some(kept as u32));
         assert!(serde_json::to_vec(&with).unwrap().len() <= MAX_INVENTORY_BYTES);
     }
 
@@ -1036,6 +1053,32 @@ mod tests {
                 let kept = w.get::<ServerFacts>("s1")?.expect("kept");
                 assert_eq!(kept.facts["hostname"], "new");
                 assert_eq!((kept.project_id.as_str(), kept.received_at), ("p1", now));
+                // A module's facts (a run without gathering) join those stored, and the
+                // next gathering keeps them, as in Ansible's fact cache.
+                let services = GatheredFacts {
+                    gathered_at: "2026-12-05T09:40:00Z".into(),
+                    facts: json!({"services": {"ssh.service": {"state": "running"}}})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                };
+                keep(w, Some("s1"), &services)?.unwrap();
+                keep(w, Some("s1"), &report("2026-12-05T09:50:00Z", "newer"))?.unwrap();
+                let kept = w.get::<ServerFacts>("s1")?.expect("kept");
+                assert_eq!(kept.facts["hostname"], "newer");
+                assert_eq!(kept.facts["services"]["ssh.service"]["state"], "running");
+                // What would pass the limit together replaces what was stored.
+                let big = GatheredFacts {
+                    gathered_at: "2026-12-05T09:55:00Z".into(),
+                    facts: json!({"blob": "x".repeat(MAX_REPORTED_FACTS_BYTES - 20)})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                };
+                keep(w, Some("s1"), &big)?.unwrap();
+                let kept = w.get::<ServerFacts>("s1")?.expect("kept");
+                assert_eq!(kept.facts.keys().collect::<Vec<_>>(), ["blob"]);
+                keep(w, Some("s1"), &report("2026-12-05T09:58:00Z", "new"))?.unwrap();
                 let named = ["web-1".to_string(), "nobody".to_string()];
                 let found = stored_facts_named(w, "p1", &named)?;
                 assert_eq!(found.len(), 1);

@@ -47,6 +47,11 @@ pub struct JobInventory {
     /// the same inventory as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, crate::proto::GatheredFacts>,
+    /// The index into `hosts` from which no host's facts are carried, because with
+    /// them the inventory would pass [`MAX_INVENTORY_BYTES`]: the agent says so in a
+    /// job whose playbook reads `hostvars`. Left out when every host's fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_left_out_from: Option<u32>,
 }
 
 impl JobInventory {

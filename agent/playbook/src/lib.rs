@@ -329,6 +329,7 @@ fn write_gathered_facts(path: &Path, gathered: &engine::GatheredFacts) -> anyhow
     let body = serde_json::json!({
         "gathered_at": gathered.gathered_at.to_rfc3339(),
         "facts": gathered.facts,
+        "module_facts": gathered.module_facts,
     });
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -660,6 +661,39 @@ new1
     fn a_run_without_gathering_reports_no_facts() {
         let (_, report) = run_yaml(
             "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=x\n",
+            &RunOptions::default(),
+        );
+        assert_eq!(report.gathered_facts, None);
+    }
+
+    /// Facts a module returns are reported beside the gathered ones (Ansible's fact
+    /// cache keeps both), also by a run that gathers none; `meta: clear_facts` drops
+    /// them with the rest.
+    #[test]
+    fn facts_modules_return_are_reported() {
+        let getent = "    - getent: database=passwd key=root\n";
+        let (lines, report) = run_yaml(
+            &format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n{getent}"),
+            &RunOptions::default(),
+        );
+        let reported = report.gathered_facts.expect("module facts are reported");
+        assert!(reported.facts.is_empty(), "nothing was gathered");
+        assert!(
+            reported.module_facts["getent_passwd"]["root"].is_array(),
+            "{reported:?}\n{}",
+            lines.join("\n")
+        );
+        let (_, report) = run_yaml(
+            &format!("- hosts: localhost\n  tasks:\n{getent}"),
+            &RunOptions::default(),
+        );
+        let reported = report.gathered_facts.expect("facts were gathered");
+        assert!(reported.facts.contains_key("hostname"));
+        assert!(reported.module_facts.contains_key("getent_passwd"));
+        let (_, report) = run_yaml(
+            &format!(
+                "- hosts: localhost\n  gather_facts: false\n  tasks:\n{getent}    - meta: clear_facts\n"
+            ),
             &RunOptions::default(),
         );
         assert_eq!(report.gathered_facts, None);

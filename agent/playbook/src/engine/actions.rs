@@ -20,7 +20,10 @@ impl Runner<'_> {
         match action.trim() {
             "flush_handlers" => self.flush_handlers(),
             "end_play" | "end_host" | "end_batch" => self.end_play = true,
-            "clear_facts" => self.facts = None,
+            "clear_facts" => {
+                self.facts = None;
+                self.module_facts.clear();
+            }
             "clear_host_errors" => {}
             _ => {}
         }

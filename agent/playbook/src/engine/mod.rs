@@ -84,10 +84,16 @@ pub type CachedFacts =
 /// Facts a run gathered on its own host ([`RunReport::gathered_facts`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatheredFacts {
-    /// When they were gathered.
+    /// When they were gathered: the gathering's time, or, for a run that only had
+    /// modules return facts, when the last of them did.
     pub gathered_at: chrono::DateTime<chrono::Utc>,
-    /// The facts without their `ansible_` prefix, as `ansible_facts` holds them.
+    /// The gathered facts without their `ansible_` prefix, as `ansible_facts` holds
+    /// them; empty when no play gathered facts.
     pub facts: serde_json::Map<String, serde_json::Value>,
+    /// Facts modules returned (`service_facts`' `services`, `getent_passwd`, ...),
+    /// also without the prefix: Ansible's fact cache keeps them with the gathered
+    /// ones. Apart, so a report too large with them can leave them out.
+    pub module_facts: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for RunOptions {
@@ -158,8 +164,8 @@ pub struct RunReport {
     pub cancelled: bool,
     /// Every task's name, action, status and (with `--diff`) diff, in run order.
     pub tasks: Vec<report::TaskReport>,
-    /// The facts the run gathered on its host and still held at its end (none when
-    /// no play gathered facts, or `meta: clear_facts` dropped them).
+    /// The facts the run gathered on its host, or modules returned, and still held at
+    /// its end (none when it had none, or `meta: clear_facts` dropped them).
     pub gathered_facts: Option<GatheredFacts>,
 }
 
@@ -249,6 +255,8 @@ struct Runner<'a> {
     /// them: each is a variable of its own and a key of `ansible_facts` (without an
     /// `ansible_` prefix), like Ansible's fact cache with injected facts.
     module_facts: Vec<(String, Value)>,
+    /// When a module last returned facts.
+    module_facts_at: Option<chrono::DateTime<chrono::Utc>>,
     host_vars: Vec<(String, Value)>,
     play_vars: Vec<(String, Value)>,
     play_name: String,
@@ -324,6 +332,7 @@ impl<'a> Runner<'a> {
             facts: None,
             facts_gathered_at: None,
             module_facts: Vec::new(),
+            module_facts_at: None,
             host_vars: Vec::new(),
             play_vars: Vec::new(),
             play_name: String::new(),
@@ -579,16 +588,36 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The facts gathered on this host, as JSON, for the run's report (what the agent
-    /// tells the control plane's fact cache).
+    /// The facts gathered on this host and those modules returned, as JSON, for the
+    /// run's report (what the agent tells the control plane's fact cache).
     fn gathered_facts(&self) -> Option<GatheredFacts> {
-        let facts = self.facts.as_ref()?;
-        let gathered_at = self.facts_gathered_at?;
-        let facts = facts
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
-            .collect();
-        Some(GatheredFacts { gathered_at, facts })
+        fn as_json<'a>(
+            pairs: impl Iterator<Item = (&'a str, &'a Value)>,
+        ) -> serde_json::Map<String, serde_json::Value> {
+            pairs
+                .filter_map(|(k, v)| Some((k.to_string(), serde_json::to_value(v).ok()?)))
+                .collect()
+        }
+        let facts = self
+            .facts
+            .as_ref()
+            .map(|facts| as_json(facts.iter().map(|(k, v)| (k.as_str(), v))));
+        // Bare, as `ansible_facts` shows them (`context` does the same).
+        let module_facts = as_json(
+            self.module_facts
+                .iter()
+                .map(|(k, v)| (k.strip_prefix("ansible_").unwrap_or(k), v)),
+        );
+        let gathered_at = match &facts {
+            Some(_) => self.facts_gathered_at?,
+            None if module_facts.is_empty() => return None,
+            None => self.module_facts_at?,
+        };
+        Some(GatheredFacts {
+            gathered_at,
+            facts: facts.unwrap_or_default(),
+            module_facts,
+        })
     }
 
     fn load_vars_files(&mut self, play: &Play) -> Result<(), String> {
@@ -1448,6 +1477,7 @@ impl<'a> Runner<'a> {
                 Some(slot) => slot.1 = value,
                 None => self.module_facts.push((name.to_string(), value)),
             }
+            self.module_facts_at = Some(chrono::Utc::now());
         }
     }
 
