@@ -529,7 +529,65 @@ async fn a_rollout_shows_each_host_the_others_gathered_facts() {
         );
         assert!(log.contains(&expected), "{expected}\n{log}");
     }
+
+    // The facts kept for web-a: the API and the server page show them, and facts a
+    // module returns in a run that gathers none join them (Ansible's fact cache).
+    let web_a = id_of(&servers, "web-a");
+    let (status, kept) = api.get(&format!("/api/v1/servers/{web_a}/facts")).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["facts"]["hostname"], hostname.as_str(), "{kept}");
+    assert!(kept["facts"].get("getent_passwd").is_none(), "{kept}");
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": "who", "kind": "playbook", "body": GETENT_PLAYBOOK}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    let (status, run) = api
+        .post(
+            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
+            &json!({"targets": {"servers": [web_a]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let ran = eventually(WAIT, "the getent run ended", || async {
+        let (_, view) = api.get(&format!("/api/v1/rollouts/{run_id}")).await;
+        (view["status"] != "running").then_some(view)
+    })
+    .await;
+    assert_eq!(ran["status"], "succeeded", "{ran}");
+    let kept = eventually(WAIT, "the module's facts were kept", || async {
+        let (_, kept) = api.get(&format!("/api/v1/servers/{web_a}/facts")).await;
+        kept["facts"].get("getent_passwd").is_some().then_some(kept)
+    })
+    .await;
+    assert_eq!(kept["facts"]["hostname"], hostname.as_str(), "{kept}");
+    assert!(kept["facts"]["getent_passwd"]["root"].is_array(), "{kept}");
+
+    let mut page = PageClient::signed_in(&cp, "admin", "admin123").await;
+    let (status, _, html) = page.get(&format!("/servers/{web_a}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"playbook-facts\""), "{html}");
+    assert!(html.contains("getent_passwd"), "every fact is in the JSON");
+    // Sales agents see no fleet, and no facts.
+    let (status, body) = cp
+        .api_as("sales")
+        .get(&format!("/api/v1/servers/{web_a}/facts"))
+        .await;
+    assert!(status == 403 || status == 404, "{status} {body}");
+    let (status, body) = api
+        .get(&format!(
+            "/api/v1/servers/{}/facts",
+            id_of(&servers, "db-a")
+        ))
+        .await;
+    assert_eq!(status, 404, "db-a never gathered: {body}");
 }
+
+const GETENT_PLAYBOOK: &str =
+    "- hosts: all\n  gather_facts: false\n  tasks:\n    - getent: database=passwd key=root\n";
 
 /// The facts step holds a rollout's first batch back while a target's gathering has
 /// not run (its agent is offline), and cancelling the rollout cancels the gatherings

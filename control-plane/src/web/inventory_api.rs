@@ -74,6 +74,31 @@ pub fn get_server(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     Ok(reply(StatusCode::OK, &view))
 }
 
+/// `GET /api/v1/servers/{id}/facts`: the facts playbook runs last gathered on the
+/// server and its modules returned, as the other servers' runs see them in
+/// `hostvars`: `{"server", "gathered_at", "received_at", "execution", "facts"}`, 404
+/// when none are kept. The facts hold a run's environment: reading them needs the
+/// level that runs playbooks in the project.
+pub fn get_server_facts(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
+    super::fleet_api::require_fleet(ctx)?;
+    let server = server_for(app, ctx, id, Action::OperateServers)?;
+    let stored = app
+        .store
+        .read(|r| Ok(r.get::<inventory::ServerFacts>(&server.id)?))?
+        .filter(|f| f.project_id == server.project_id)
+        .ok_or_else(|| AppError::not_found("facts"))?;
+    Ok(reply(
+        StatusCode::OK,
+        &json!({
+            "server": server.id,
+            "gathered_at": stored.gathered_at,
+            "received_at": stored.received_at,
+            "execution": stored.execution_id,
+            "facts": stored.facts,
+        }),
+    ))
+}
+
 /// Validates and stores a server's groups and host variables (the API and the page).
 pub fn save_server(
     app: &App,

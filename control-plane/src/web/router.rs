@@ -74,6 +74,9 @@ async fn api_routes(app: &App, req: &Req, rest: &[&str]) -> Resp {
         (&Method::GET, ["servers", id, "inventory"]) => {
             super::inventory_api::get_server(app, &ctx, id)
         }
+        (&Method::GET, ["servers", id, "facts"]) => {
+            super::inventory_api::get_server_facts(app, &ctx, id)
+        }
         (&Method::PUT, ["servers", id, "inventory"]) => {
             super::inventory_api::put_server(app, req, &ctx, id)
         }

@@ -40,7 +40,7 @@ pub fn panel(
     let fleet = policy::can(&ctx.subject, Action::UseFleet, None);
     if !fleet {
         return Ok(json!({
-            "fleet": false, "facts": null, "has_agent": false, "ranges": [],
+            "fleet": false, "facts": null, "playbook_facts": null, "has_agent": false, "ranges": [],
             "executions": [], "backups": [], "updates": [], "deploy_command": null,
             "drift": [],
         }));
@@ -126,6 +126,15 @@ pub fn panel(
         Action::OperateServers,
         Some(&server.project_id),
     );
+    // The facts hold the environment of a run: shown to those who may run playbooks
+    // here, who can read them through `hostvars` anyway.
+    let playbook_facts = if can_operate {
+        r.get::<crate::inventory::ServerFacts>(&server.id)?
+            .filter(|f| f.project_id == server.project_id)
+            .map(|f| playbook_facts(&f))
+    } else {
+        None
+    };
     let deploy = project
         .and_then(|p| p.deploy_command.clone())
         .filter(|c| !c.trim().is_empty() && can_operate && server.agent_id.is_some());
@@ -139,6 +148,7 @@ pub fn panel(
     Ok(json!({
         "fleet": true,
         "facts": facts,
+        "playbook_facts": playbook_facts,
         "has_agent": agent.is_some(),
         "ranges": ranges,
         "executions": executions,
@@ -147,6 +157,56 @@ pub fn panel(
         "deploy_command": deploy,
         "drift": drift,
     }))
+}
+
+/// The Playbook facts card: the server's last gathering (with what modules such as
+/// `service_facts` returned), a few of them picked out, and all as JSON.
+fn playbook_facts(stored: &crate::inventory::ServerFacts) -> Value {
+    let f = &stored.facts;
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    let mut picked: Vec<Value> = Vec::new();
+    let mut pick = |label: &str, value: Option<String>| {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            picked.push(json!({"label": label, "value": value}));
+        }
+    };
+    pick(
+        "Distribution",
+        text(f.get("distribution")).map(|d| match text(f.get("distribution_version")) {
+            Some(v) => format!("{d} {v}"),
+            None => d,
+        }),
+    );
+    pick("FQDN", text(f.get("fqdn")));
+    pick(
+        "Default IPv4",
+        text(f.get("default_ipv4").and_then(|i| i.get("address"))),
+    );
+    pick("Python", text(f.get("python_version")));
+    pick(
+        "Services",
+        f.get("services")
+            .and_then(Value::as_object)
+            .map(|services| {
+                let running = services
+                    .values()
+                    .filter(|s| s.get("state").and_then(Value::as_str) == Some("running"))
+                    .count();
+                format!("{running} running of {}", services.len())
+            }),
+    );
+    json!({
+        "gathered_at": stored.gathered_at,
+        "received_at": stored.received_at,
+        "execution_id": stored.execution_id,
+        "count": f.len(),
+        "picked": picked,
+        "json": serde_json::to_string_pretty(f).unwrap_or_default(),
+    })
 }
 
 /// Bytes for people: `1.5 GiB`.
