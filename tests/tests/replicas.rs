@@ -2,7 +2,8 @@
 //! binaries: a job made on one replica runs on an agent connected to another and is
 //! watched live on the first; cancel from any replica; a replica killed mid-job (the
 //! agent fails over, no line lost or repeated); the leader killed (another takes over
-//! the background work); `dynserv migrate` from redb to PostgreSQL and back.
+//! the background work); the database dropping a replica's connections mid-job (no line
+//! lost or repeated); `dynserv migrate` from redb to PostgreSQL and back.
 
 use std::time::{Duration, Instant};
 
@@ -186,6 +187,60 @@ async fn a_replica_killed_mid_job_loses_no_line() {
         .unwrap_or_default();
     assert_eq!(row["connected"], true, "{row}");
     assert!(killed.elapsed() < Duration::from_secs(90));
+}
+
+/// The database drops the control plane's connections, again and again, while a job
+/// prints: batches of output whose transaction failed are never acknowledged past
+/// (the job stream is opened again and the agent resends from its spool), so the job
+/// ends with every line stored exactly once, in order.
+#[tokio::test]
+async fn dropped_database_connections_mid_job_lose_no_line() {
+    let a = ControlPlane::builder().postgres().start().await;
+    a.add_user("admin", "admin", false, PASSWORD);
+    let api = a.api_as("admin");
+    let (status, body) = api
+        .post("/api/v1/projects", &json!({"name": "Fleet"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let agent = Agent::start(&a, &a.enrollment_token("Fleet"), "web-d");
+    let agent_id = api.connected_agent("web-d").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = start_script(&api, &agent_id, &lines_script(6000)).await;
+    eventually(Duration::from_secs(20), "some output is stored", || async {
+        (stored_log(&api, &id).await.len() > 3).then_some(())
+    })
+    .await;
+    let url = a.database_url().expect("a database URL").to_string();
+    let dropped = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connecting");
+        let mut dropped = 0;
+        for _ in 0..40 {
+            dropped += client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .expect("terminating the control plane's connections")
+                .len();
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        dropped
+    })
+    .await
+    .unwrap();
+    assert!(dropped > 0, "no connection was dropped");
+    let end = wait_status(
+        &api,
+        &id,
+        Duration::from_secs(90),
+        &["succeeded", "failed", "cancelled"],
+    )
+    .await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
+    assert_complete(&stored_log(&api, &id).await, 6000);
 }
 
 /// Many server lists at once, more than a replica has database connections, all

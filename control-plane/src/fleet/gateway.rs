@@ -1061,10 +1061,18 @@ fn start_driver(
     let conn = conn.clone();
     tokio::spawn(async move {
         let id = execution.id.clone();
-        if let Err(e) = drive_job(&fleet, &conn, execution, spec, rx).await {
+        let result = drive_job(&fleet, &conn, execution, spec, rx).await;
+        if let Err(e) = &result {
             tracing::info!(execution = %id, "job stream ended: {e:#}");
         }
         lock(&conn.jobs).remove(&id);
+        if result.is_err_and(|e| e.is::<OutputNotStored>()) {
+            // Sent again through the dispatcher, which reads the execution afresh:
+            // it resumes the job on a new stream unless it ended meanwhile or the
+            // agent went away (a reconnect sends it anyway).
+            tokio::time::sleep(RESEND_AFTER).await;
+            let _ = conn.dispatch.send(super::Dispatched::Id(id));
+        }
     });
 }
 
@@ -1205,6 +1213,17 @@ const JOB_OUTPUT_BUDGET_KIB: u32 = (2 * super::ingest::MAX_BATCH_BYTES / 1024) a
 /// Frames read ahead of the job loop on a job stream.
 const JOB_FRAMES_AHEAD: usize = 4;
 
+/// A job stream ends with this when the store failed to keep some of its output or
+/// its end: nothing past what was stored is acknowledged, and the job is sent again
+/// (`start_driver`), so the agent resends it from its spool on a new stream.
+#[derive(Debug, thiserror::Error)]
+#[error("the store failed to keep the job's output: the job stream is opened again")]
+struct OutputNotStored;
+
+/// How long a job whose output the store failed to keep waits before its stream is
+/// opened again (the store may be failing over).
+const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn job_loop(
     fleet: &Fleet,
     conn: &AgentConn,
@@ -1215,7 +1234,7 @@ async fn job_loop(
 ) -> Result<()> {
     let ingest = &fleet.inner.ingest;
     let budget = Arc::new(tokio::sync::Semaphore::new(JOB_OUTPUT_BUDGET_KIB as usize));
-    let (acked_tx, mut acked_rx) = watch::channel::<Option<u64>>(None);
+    let (acked_tx, mut acked_rx) = watch::channel(super::ingest::Acked::default());
     let mut next_seq: Option<u64> = None;
     loop {
         tokio::select! {
@@ -1257,6 +1276,7 @@ async fn job_loop(
                             exit_code: None,
                             summary: format!("the agent refused the job: {reason}"),
                             facts: None,
+                            acked: None,
                             done: Some(done_tx),
                         }).await;
                         let _ = done_rx.await;
@@ -1284,13 +1304,17 @@ async fn job_loop(
                             exit_code: end.exit_code,
                             summary: end.summary,
                             facts: end.facts,
+                            acked: Some(acked_tx.clone()),
                             done: Some(done_tx),
                         }).await;
                         if done_rx.await == Ok(true) {
                             write_frame(send, &ToAgent::EndAck).await?;
                             let _ = send.finish();
+                            return Ok(());
                         }
-                        return Ok(());
+                        // Not stored: the agent keeps the job and its spool, and a new
+                        // stream has it send the end (and what was lost) again.
+                        return Err(OutputNotStored.into());
                     }
                     FromAgent::TerminalOpened { .. }
                     | FromAgent::TerminalOutput { .. }
@@ -1308,7 +1332,10 @@ async fn job_loop(
             changed = acked_rx.changed() => {
                 if changed.is_ok() {
                     let acked = *acked_rx.borrow_and_update();
-                    if let Some(up_to_seq) = acked {
+                    if acked.failed {
+                        return Err(OutputNotStored.into());
+                    }
+                    if let Some(up_to_seq) = acked.up_to {
                         write_frame(send, &ToAgent::Ack { up_to_seq }).await?;
                     }
                 }

@@ -29,6 +29,18 @@ const MAX_BATCH: usize = 4096;
 /// per commit keeps the batching's few fsyncs and lets the output flow.
 pub(super) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// What the ingestion tells a job stream: the highest seq of its output stored, and
+/// whether a batch holding some of its output failed. A failed stream is never
+/// acknowledged again, even for chunks a later batch stores: a cumulative ack past
+/// the chunks that failed would let the agent drop them from its spool, and the
+/// job's end is refused too. The stream is then opened again and the agent resends
+/// everything past the last ack (`gateway::drive_job`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Acked {
+    pub up_to: Option<u64>,
+    pub failed: bool,
+}
+
 /// One thing to store.
 pub enum Item {
     /// An agent connected with these facts (a reconnect storm of thousands of agents
@@ -56,11 +68,12 @@ pub enum Item {
         /// queued job cancelled while its dispatch was on its way to the agent).
         driver: Option<mpsc::UnboundedSender<JobCommand>>,
     },
-    /// A chunk of output; `acked` learns the highest stored seq of the job.
+    /// A chunk of output; `acked` learns the highest stored seq of the job, or that
+    /// storing it failed.
     Chunk {
         execution_id: Arc<str>,
         chunk: OutputChunk,
-        acked: watch::Sender<Option<u64>>,
+        acked: watch::Sender<Acked>,
         /// The job stream's share of its output budget this chunk holds until it is
         /// applied (stored or refused): see `gateway::JOB_OUTPUT_BUDGET_KIB`.
         budget: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -73,6 +86,9 @@ pub enum Item {
         summary: String,
         /// The facts the job gathered on its server, kept as the server's latest.
         facts: Option<Box<dynserv_shared::proto::GatheredFacts>>,
+        /// The job stream's ack state: an end whose stream lost output in a failed
+        /// batch is not stored (`done` learns false).
+        acked: Option<watch::Sender<Acked>>,
         done: Option<oneshot::Sender<bool>>,
     },
 }
@@ -177,6 +193,8 @@ struct Outcome {
     stale_starts: Vec<mpsc::UnboundedSender<JobCommand>>,
     /// Status changes for the pages (`live`).
     changes: Vec<crate::live::Event>,
+    /// Ends not stored because their stream lost output (by position in the batch).
+    refused_ends: std::collections::HashSet<usize>,
 }
 
 /// The live event of an execution's status as this transaction left it.
@@ -187,9 +205,13 @@ fn status_change(e: &executions::Execution) -> crate::live::Event {
 fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut Vec<Item>) {
     let now = Utc::now();
     let result = store.write(|w| {
+        #[cfg(test)]
+        if tests::FAIL_NEXT_BATCH.with(|f| f.replace(false)) {
+            anyhow::bail!("a failure the test asked for");
+        }
         prefetch(w, batch)?;
         let mut outcome = Outcome::default();
-        for item in batch.iter() {
+        for (position, item) in batch.iter().enumerate() {
             match item {
                 Item::Hello {
                     agent_id,
@@ -277,6 +299,11 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     *ack = (*ack).max(chunk.seq);
                 }
                 Item::End {
+                    acked: Some(acked), ..
+                } if acked.borrow().failed => {
+                    outcome.refused_ends.insert(position);
+                }
+                Item::End {
                     execution_id,
                     status,
                     exit_code,
@@ -321,7 +348,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                 let _ = driver.send(JobCommand::Cancel);
             }
             // Acks go out only after the commit: an acked chunk is never lost.
-            for item in batch.drain(..) {
+            for (position, item) in batch.drain(..).enumerate() {
                 match item {
                     Item::Chunk {
                         execution_id,
@@ -330,8 +357,8 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     } => {
                         if let Some(seq) = outcome.acks.get(&execution_id) {
                             acked.send_if_modified(|current| {
-                                if current.is_none_or(|c| c < *seq) {
-                                    *current = Some(*seq);
+                                if !current.failed && current.up_to.is_none_or(|c| c < *seq) {
+                                    current.up_to = Some(*seq);
                                     true
                                 } else {
                                     false
@@ -342,7 +369,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     Item::End {
                         done: Some(done), ..
                     } => {
-                        let _ = done.send(true);
+                        let _ = done.send(!outcome.refused_ends.contains(&position));
                     }
                     _ => {}
                 }
@@ -367,14 +394,22 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
             }
         }
         Err(e) => {
-            // Nothing is acknowledged: agents keep their spool and resend.
+            // Nothing is acknowledged, and the streams whose output was in the batch
+            // are told: they are opened again and the agents resend from their spools.
             tracing::error!("storing fleet output failed: {e:#}");
             for item in batch.drain(..) {
-                if let Item::End {
-                    done: Some(done), ..
-                } = item
-                {
-                    let _ = done.send(false);
+                match item {
+                    Item::Chunk { acked, .. } => {
+                        acked.send_if_modified(|current| {
+                            !std::mem::replace(&mut current.failed, true)
+                        });
+                    }
+                    Item::End {
+                        done: Some(done), ..
+                    } => {
+                        let _ = done.send(false);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -384,6 +419,123 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    std::thread_local! {
+        /// Makes the next batch `apply` runs on this thread fail, as a store that
+        /// loses its connection does.
+        pub(super) static FAIL_NEXT_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Output in a batch that failed is never acknowledged past, even when a later
+    /// batch stores the job's next chunks: the stream learns it failed, and the job's
+    /// end is refused, so the agent keeps its spool and resends on a new stream. The
+    /// resent chunks are then stored once and acknowledged on the new stream.
+    #[test]
+    fn output_lost_in_a_failed_batch_is_never_acknowledged_past() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let running = executions::tests::sample(1, "p", Status::Running, Utc::now());
+        store.write(|w| w.put(&running)).unwrap();
+        let id: Arc<str> = running.id.as_str().into();
+        let chunk = |seq: u64, acked: &watch::Sender<Acked>| Item::Chunk {
+            execution_id: id.clone(),
+            chunk: OutputChunk {
+                seq,
+                stream: OutputStream::Stdout,
+                data: format!("line {seq}\n"),
+            },
+            acked: acked.clone(),
+            budget: None,
+        };
+        let end = |acked: &watch::Sender<Acked>| {
+            let (done, done_rx) = oneshot::channel();
+            let item = Item::End {
+                execution_id: id.clone(),
+                status: Status::Succeeded,
+                exit_code: Some(0),
+                summary: String::new(),
+                facts: None,
+                acked: Some(acked.clone()),
+                done: Some(done),
+            };
+            (item, done_rx)
+        };
+        let run = |batch: Vec<Item>| {
+            let mut batch = batch;
+            apply(
+                &store,
+                &Hub::default(),
+                &Events::new(),
+                u64::MAX,
+                &mut batch,
+            );
+        };
+        let (first_stream, _watching) = watch::channel(Acked::default());
+        run(vec![chunk(0, &first_stream), chunk(1, &first_stream)]);
+        assert_eq!(
+            *first_stream.borrow(),
+            Acked {
+                up_to: Some(1),
+                failed: false
+            }
+        );
+
+        FAIL_NEXT_BATCH.with(|f| f.set(true));
+        run(vec![chunk(2, &first_stream), chunk(3, &first_stream)]);
+        assert_eq!(
+            *first_stream.borrow(),
+            Acked {
+                up_to: Some(1),
+                failed: true
+            }
+        );
+        let (item, mut done) = end(&first_stream);
+        run(vec![chunk(4, &first_stream), item]);
+        assert_eq!(
+            *first_stream.borrow(),
+            Acked {
+                up_to: Some(1),
+                failed: true
+            },
+            "no ack past the chunks that failed"
+        );
+        assert_eq!(done.try_recv(), Ok(false), "the end is refused");
+        let status = |store: &Store| {
+            store
+                .get::<executions::Execution>(&id)
+                .unwrap()
+                .unwrap()
+                .status
+        };
+        assert_eq!(status(&store), Status::Running);
+
+        // The new stream: the agent resends from seq 2.
+        let (second_stream, _watching) = watch::channel(Acked::default());
+        let (item, mut done) = end(&second_stream);
+        run(vec![
+            chunk(2, &second_stream),
+            chunk(3, &second_stream),
+            chunk(4, &second_stream),
+            item,
+        ]);
+        assert_eq!(
+            *second_stream.borrow(),
+            Acked {
+                up_to: Some(4),
+                failed: false
+            }
+        );
+        assert_eq!(done.try_recv(), Ok(true));
+        assert_eq!(status(&store), Status::Succeeded);
+        let lines: Vec<u64> = store
+            .read(|r| r.log_range(&id, 0, 100))
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(lines, [0, 1, 2, 3, 4], "every chunk once");
+    }
 
     /// A job an agent reports started after its execution ended (cancelled while the
     /// dispatch was on its way) is told to stop; a queued one becomes running and is
