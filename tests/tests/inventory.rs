@@ -571,6 +571,10 @@ async fn a_rollout_shows_each_host_the_others_gathered_facts() {
     assert_eq!(status, 200);
     assert!(html.contains("id=\"playbook-facts\""), "{html}");
     assert!(html.contains("getent_passwd"), "every fact is in the JSON");
+    assert!(
+        html.contains("{\n  &quot;"),
+        "the JSON keeps its own indentation (not the partial's)"
+    );
     // Sales agents see no fleet, and no facts.
     let (status, body) = cp
         .api_as("sales")
