@@ -635,13 +635,13 @@ fn gathered_facts(dir: &Path) -> Option<Box<GatheredFacts>> {
     let mut facts = written.facts.clone();
     facts.extend(written.module_facts.clone());
     if !fits(&facts) {
-        let names: Vec<&String> = written.module_facts.keys().collect();
         if written.facts.is_empty() || !fits(&written.facts) {
             tracing::warn!(
                 "the facts take more than the {MAX_REPORTED_FACTS_BYTES} bytes reported: not reported"
             );
             return None;
         }
+        let names: Vec<&String> = written.module_facts.keys().collect();
         tracing::warn!(
             "the facts modules returned ({names:?}) would take the report past {MAX_REPORTED_FACTS_BYTES} bytes: only the gathered facts are reported"
         );
@@ -668,11 +668,7 @@ fn facts_left_out_note(spec: &JobSpec) -> Option<String> {
     let inventory = &inventory.0;
     let from = inventory.facts_left_out_from? as usize;
     let first = inventory.hosts.get(from)?;
-    let reads_hostvars = yaml.contains("hostvars")
-        || files.iter().any(|f| {
-            f.bytes()
-                .is_some_and(|b| b.windows(8).any(|w| w == b"hostvars"))
-        });
+    let reads_hostvars = yaml.contains("hostvars") || files.iter().any(|f| f.contains("hostvars"));
     if !reads_hostvars {
         return None;
     }

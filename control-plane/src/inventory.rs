@@ -252,6 +252,13 @@ pub fn record_facts(
     Ok(Ok(()))
 }
 
+/// The facts kept for a server (none when a record left from another project would be
+/// shown: a server moved to another project starts without facts).
+pub fn facts_of_server(r: &impl Read, server: &Server) -> anyhow::Result<Option<ServerFacts>> {
+    Ok(r.get::<ServerFacts>(&server.id)?
+        .filter(|f| f.project_id == server.project_id))
+}
+
 /// Forgets a server's facts (it was marked deleted).
 pub fn forget_facts(w: &mut Writer, server_id: &str) -> anyhow::Result<()> {
     w.remove::<ServerFacts>(server_id)

@@ -499,10 +499,9 @@ fn needs_facts_step(r: &impl Read, script: &Script, agents: &[Agent]) -> anyhow:
     if script.body.contains("hostvars") {
         return Ok(true);
     }
-    Ok(scripts::files_of(r, script)?.iter().any(|file| {
-        file.bytes()
-            .is_some_and(|b| b.windows(8).any(|w| w == b"hostvars"))
-    }))
+    Ok(scripts::files_of(r, script)?
+        .iter()
+        .any(|file| file.contains("hostvars")))
 }
 
 /// Whether some play of a playbook gathers facts: `gather_facts` absent (Ansible's

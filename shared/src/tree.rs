@@ -77,6 +77,16 @@ impl TreeFile {
         }
     }
 
+    /// Whether the file holds `needle` (a text file is searched without a copy).
+    pub fn contains(&self, needle: &str) -> bool {
+        if self.base64 {
+            self.bytes()
+                .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        } else {
+            self.content.contains(needle)
+        }
+    }
+
     /// The file's size once decoded.
     pub fn size(&self) -> usize {
         if self.base64 {
@@ -222,6 +232,19 @@ pub fn check_tree(files: &[TreeFile], playbook_len: usize) -> Result<(), (Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A text file is searched as it is, a binary one once decoded.
+    #[test]
+    fn files_are_searched_as_their_bytes() {
+        let text = TreeFile::from_bytes(
+            "roles/lb/templates/haproxy.cfg",
+            b"{{ hostvars[h] }}".to_vec(),
+        );
+        let binary = TreeFile::from_bytes("files/blob", b"\xff hostvars \xfe".to_vec());
+        assert!(binary.base64);
+        assert!(text.contains("hostvars") && binary.contains("hostvars"));
+        assert!(!text.contains("groups") && !binary.contains("groups"));
+    }
 
     fn file(path: &str, content: &str) -> TreeFile {
         TreeFile {

@@ -193,8 +193,13 @@ struct Outcome {
     stale_starts: Vec<mpsc::UnboundedSender<JobCommand>>,
     /// Status changes for the pages (`live`).
     changes: Vec<crate::live::Event>,
-    /// Ends not stored because their stream lost output (by position in the batch).
-    refused_ends: std::collections::HashSet<usize>,
+}
+
+/// Whether an end comes from a job stream that lost output in a failed batch: such an
+/// end is not stored. Only this thread marks a stream failed (after a failed batch),
+/// so the answer is the same while a batch is applied and when its outcome is told.
+fn end_refused(acked: &Option<watch::Sender<Acked>>) -> bool {
+    acked.as_ref().is_some_and(|a| a.borrow().failed)
 }
 
 /// The live event of an execution's status as this transaction left it.
@@ -211,7 +216,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
         }
         prefetch(w, batch)?;
         let mut outcome = Outcome::default();
-        for (position, item) in batch.iter().enumerate() {
+        for item in batch.iter() {
             match item {
                 Item::Hello {
                     agent_id,
@@ -298,11 +303,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                         .or_insert(chunk.seq);
                     *ack = (*ack).max(chunk.seq);
                 }
-                Item::End {
-                    acked: Some(acked), ..
-                } if acked.borrow().failed => {
-                    outcome.refused_ends.insert(position);
-                }
+                Item::End { acked, .. } if end_refused(acked) => {}
                 Item::End {
                     execution_id,
                     status,
@@ -348,7 +349,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                 let _ = driver.send(JobCommand::Cancel);
             }
             // Acks go out only after the commit: an acked chunk is never lost.
-            for (position, item) in batch.drain(..).enumerate() {
+            for item in batch.drain(..) {
                 match item {
                     Item::Chunk {
                         execution_id,
@@ -367,9 +368,11 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                         }
                     }
                     Item::End {
-                        done: Some(done), ..
+                        done: Some(done),
+                        acked,
+                        ..
                     } => {
-                        let _ = done.send(!outcome.refused_ends.contains(&position));
+                        let _ = done.send(!end_refused(&acked));
                     }
                     _ => {}
                 }
@@ -426,17 +429,30 @@ mod tests {
         pub(super) static FAIL_NEXT_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
+    /// A redb store in a temporary directory holding `executions`.
+    fn store_holding(executions: &[&executions::Execution]) -> (tempfile::TempDir, Store) {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .write(|w| executions.iter().try_for_each(|e| w.put(*e)))
+            .unwrap();
+        (dir, store)
+    }
+
+    /// Applies a batch as the ingestion thread does, without viewers or a cap.
+    fn apply_batch(store: &Store, mut batch: Vec<Item>) {
+        apply(store, &Hub::default(), &Events::new(), u64::MAX, &mut batch);
+    }
+
     /// Output in a batch that failed is never acknowledged past, even when a later
     /// batch stores the job's next chunks: the stream learns it failed, and the job's
     /// end is refused, so the agent keeps its spool and resends on a new stream. The
     /// resent chunks are then stored once and acknowledged on the new stream.
     #[test]
     fn output_lost_in_a_failed_batch_is_never_acknowledged_past() {
-        crate::app::install_execution_hooks();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let running = executions::tests::sample(1, "p", Status::Running, Utc::now());
-        store.write(|w| w.put(&running)).unwrap();
+        let (_dir, store) = store_holding(&[&running]);
         let id: Arc<str> = running.id.as_str().into();
         let chunk = |seq: u64, acked: &watch::Sender<Acked>| Item::Chunk {
             execution_id: id.clone(),
@@ -461,16 +477,7 @@ mod tests {
             };
             (item, done_rx)
         };
-        let run = |batch: Vec<Item>| {
-            let mut batch = batch;
-            apply(
-                &store,
-                &Hub::default(),
-                &Events::new(),
-                u64::MAX,
-                &mut batch,
-            );
-        };
+        let run = |batch: Vec<Item>| apply_batch(&store, batch);
         let (first_stream, _watching) = watch::channel(Acked::default());
         run(vec![chunk(0, &first_stream), chunk(1, &first_stream)]);
         assert_eq!(
@@ -542,21 +549,12 @@ mod tests {
     /// left alone.
     #[test]
     fn a_start_after_the_end_cancels_the_job() {
-        crate::app::install_execution_hooks();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let cancelled = executions::tests::sample(1, "p", Status::Cancelled, Utc::now());
         let queued = executions::tests::sample(2, "p", Status::Queued, Utc::now());
-        store
-            .write(|w| {
-                w.put(&cancelled)?;
-                w.put(&queued)?;
-                Ok(())
-            })
-            .unwrap();
+        let (_dir, store) = store_holding(&[&cancelled, &queued]);
         let (stale_tx, mut stale_rx) = mpsc::unbounded_channel();
         let (live_tx, mut live_rx) = mpsc::unbounded_channel();
-        let mut batch = vec![
+        let batch = vec![
             Item::Started {
                 execution_id: cancelled.id.as_str().into(),
                 holder: None,
@@ -568,13 +566,7 @@ mod tests {
                 driver: Some(live_tx),
             },
         ];
-        apply(
-            &store,
-            &Hub::default(),
-            &Events::new(),
-            u64::MAX,
-            &mut batch,
-        );
+        apply_batch(&store, batch);
         assert!(matches!(stale_rx.try_recv(), Ok(JobCommand::Cancel)));
         assert!(live_rx.try_recv().is_err());
         let stored = |id: &str| {

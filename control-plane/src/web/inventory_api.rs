@@ -84,8 +84,7 @@ pub fn get_server_facts(app: &App, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     let server = server_for(app, ctx, id, Action::OperateServers)?;
     let stored = app
         .store
-        .read(|r| r.get::<inventory::ServerFacts>(&server.id))?
-        .filter(|f| f.project_id == server.project_id)
+        .read(|r| inventory::facts_of_server(r, &server))?
         .ok_or_else(|| AppError::not_found("facts"))?;
     Ok(reply(
         StatusCode::OK,

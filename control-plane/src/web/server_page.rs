@@ -129,9 +129,7 @@ pub fn panel(
     // The facts hold the environment of a run: shown to those who may run playbooks
     // here, who can read them through `hostvars` anyway.
     let playbook_facts = if can_operate {
-        r.get::<crate::inventory::ServerFacts>(&server.id)?
-            .filter(|f| f.project_id == server.project_id)
-            .map(|f| playbook_facts(&f))
+        crate::inventory::facts_of_server(r, server)?.map(|f| playbook_facts(&f))
     } else {
         None
     };
