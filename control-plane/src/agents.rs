@@ -320,6 +320,26 @@ impl Record for Agent {
     }
 }
 
+/// What a server row or an execution row shows of its agent, read without the rest of
+/// the record ([`crate::store::View`]).
+#[derive(Debug, Deserialize)]
+pub struct AgentBadge {
+    pub name: String,
+    pub facts: BadgeFacts,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The one fact an [`AgentBadge`] shows.
+#[derive(Debug, Deserialize)]
+pub struct BadgeFacts {
+    pub agent_version: String,
+}
+
+impl crate::store::View for AgentBadge {
+    type Of = Agent;
+}
+
 /// Why an enrollment was refused; the message goes back to the agent.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EnrollRefusal {

@@ -55,7 +55,9 @@ pub fn prefetch_agent_rows(app: &App, r: &impl Read, agents: &[Agent]) -> anyhow
 
 /// The view of an execution with its agent's name.
 pub fn execution_view(r: &impl Read, execution: &Execution) -> anyhow::Result<ExecutionView> {
-    let name = r.get::<Agent>(&execution.agent_id)?.map(|a| a.name);
+    let name = r
+        .get_view::<agents::AgentBadge>(&execution.agent_id)?
+        .map(|a| a.name);
     Ok(ExecutionView::new(execution, name))
 }
 
@@ -83,7 +85,7 @@ pub fn server_agent_json(
     let Some(agent_id) = &server.agent_id else {
         return Ok(serde_json::Value::Null);
     };
-    let agent = r.get::<Agent>(agent_id)?;
+    let agent = r.get_view::<agents::AgentBadge>(agent_id)?;
     let live = app.fleet.live(r, agent_id);
     let last_seen = live
         .as_ref()
@@ -91,10 +93,10 @@ pub fn server_agent_json(
         .or(agent.as_ref().and_then(|a| a.last_seen));
     Ok(json!({
         "id": agent_id,
-        "name": agent.as_ref().map(|a| a.name.clone()),
+        "name": agent.as_ref().map(|a| a.name.as_str()),
         "connected": live.is_some(),
         "last_seen": last_seen,
-        "version": agent.as_ref().map(|a| a.facts.agent_version.clone()),
+        "version": agent.as_ref().map(|a| a.facts.agent_version.as_str()),
         "revoked": agent.as_ref().is_some_and(|a| a.revoked_at.is_some()),
     }))
 }
