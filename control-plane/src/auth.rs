@@ -190,6 +190,12 @@ pub fn session_from_cookie(
         let Some(session) = r.get::<Session>(&id)? else {
             return Ok(None);
         };
+        // The user, their grants and unread count: one round trip on PostgreSQL.
+        let mut ahead = users::subject_ahead(&session.user_id);
+        if badge {
+            ahead = crate::notifications::unread_ahead(ahead, &session.user_id);
+        }
+        r.read_ahead(&ahead)?;
         let Some(user) = r.get::<User>(&session.user_id)? else {
             return Ok(None);
         };
@@ -292,6 +298,7 @@ pub fn api_token_user(
         let Some(record) = r.get::<ApiToken>(&id)? else {
             return Ok(None);
         };
+        r.read_ahead(&users::subject_ahead(&record.user_id))?;
         let Some(user) = r.get::<User>(&record.user_id)?.filter(|u| u.active) else {
             return Ok(None);
         };

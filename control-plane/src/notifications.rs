@@ -145,6 +145,11 @@ pub fn unread_count(r: &impl Read, user_id: &str) -> anyhow::Result<usize> {
     Ok(usize::try_from(r.counter(&unread_counter(user_id))?).unwrap_or(usize::MAX))
 }
 
+/// Adds [`unread_count`]'s read to `ahead`.
+pub fn unread_ahead(ahead: crate::store::Ahead, user_id: &str) -> crate::store::Ahead {
+    ahead.counter(unread_counter(user_id))
+}
+
 fn unread_counter(user_id: &str) -> String {
     format!("notifications_unread/{user_id}")
 }

@@ -416,6 +416,7 @@ pub fn revoke(w: &mut Writer, actor: &Actor, project_id: &str, username: &str) -
 
 /// A user's grants: project id -> level.
 pub fn grants_of_user(r: &impl Read, user_id: &str) -> anyhow::Result<HashMap<String, Level>> {
+    // (`grants_ahead` asks this scan ahead: keep the two together.)
     let ids: Vec<String> = r
         .index_scan(GRANT_BY_USER, &format!("{user_id}/"))?
         .into_iter()
@@ -427,6 +428,11 @@ pub fn grants_of_user(r: &impl Read, user_id: &str) -> anyhow::Result<HashMap<St
         .flatten()
         .map(|g| (g.project_id, g.level))
         .collect())
+}
+
+/// Adds to `ahead` the read of [`grants_of_user`] that needs no other answer first.
+pub fn grants_ahead(ahead: crate::store::Ahead, user_id: &str) -> crate::store::Ahead {
+    ahead.scan(GRANT_BY_USER, format!("{user_id}/"))
 }
 
 /// Every grant, for the access page.

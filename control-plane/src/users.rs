@@ -382,6 +382,13 @@ pub fn update(
 }
 
 /// The policy subject of a user: role, manager flag and project grants.
+/// The reads that find a user and build their [`subject`], asked ahead together
+/// (see [`crate::store::Ahead`]): a request's sign-in check once it knows the user id.
+pub fn subject_ahead(user_id: &str) -> crate::store::Ahead {
+    let ahead = crate::store::Ahead::default().records::<User>(&[user_id.to_string()]);
+    projects::grants_ahead(ahead, user_id)
+}
+
 pub fn subject(r: &impl Read, user: &User) -> anyhow::Result<Subject> {
     Ok(Subject {
         user_id: user.id.clone(),

@@ -55,4 +55,5 @@ cases!(
     a_copy_keeps_every_record,
     a_writer_reads_its_own_writes,
     a_large_transaction_commits_whole,
+    reads_asked_ahead_answer_as_asked,
 );

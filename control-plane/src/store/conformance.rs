@@ -88,6 +88,10 @@ pub const CASES: &[(&str, Case)] = &[
         "a_large_transaction_commits_whole",
         a_large_transaction_commits_whole,
     ),
+    (
+        "reads_asked_ahead_answer_as_asked",
+        reads_asked_ahead_answer_as_asked,
+    ),
 ];
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -566,6 +570,84 @@ mod tests {
             case(&open);
         }
     }
+}
+
+/// Reads asked ahead together ([`crate::store::Ahead`]) answer exactly what each read
+/// asked alone answers, missing keys included; a writer that asked ahead still reads
+/// its own later writes, in point reads, scans and lists.
+fn reads_asked_ahead_answer_as_asked(open: Open) {
+    let store = open().unwrap();
+    store
+        .write(|w| {
+            for (id, n) in [("a1", 1), ("a2", 2), ("a3", 3)] {
+                w.put(&thing(id, n))?;
+                w.index_put("ahead", &format!("p/{id}"), id)?;
+            }
+            w.index_put("ahead", "q/a1", "a1")?;
+            w.counter_add("ahead", 7)?;
+            Ok(())
+        })
+        .unwrap();
+    let ids = ["a1".to_string(), "gone".to_string()];
+    let ahead = || {
+        crate::store::Ahead::default()
+            .records::<Thing>(&ids)
+            .counter("ahead")
+            .counter("never")
+            .scan("ahead", "p/")
+            .scan("ahead", "none/")
+            .list::<Thing>()
+    };
+    let alone = store
+        .read(|r| {
+            Ok((
+                r.get_many::<Thing>(&ids)?,
+                r.counter("ahead")?,
+                r.counter("never")?,
+                r.index_scan("ahead", "p/")?,
+                r.index_scan("ahead", "none/")?,
+                r.list::<Thing>()?,
+                r.get::<Thing>("a3")?,
+            ))
+        })
+        .unwrap();
+    let asked = store
+        .read(|r| {
+            r.read_ahead(&ahead())?;
+            Ok((
+                r.get_many::<Thing>(&ids)?,
+                r.counter("ahead")?,
+                r.counter("never")?,
+                r.index_scan("ahead", "p/")?,
+                r.index_scan("ahead", "none/")?,
+                r.list::<Thing>()?,
+                r.get::<Thing>("a3")?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(asked, alone);
+    assert_eq!(asked.0, vec![Some(thing("a1", 1)), None]);
+    assert_eq!(asked.1, 7);
+    assert_eq!(keys(&asked.3), ["p/a1", "p/a2", "p/a3"]);
+    assert_eq!(asked.5.len(), 3);
+    store
+        .write(|w| {
+            w.read_ahead(&ahead())?;
+            w.put(&thing("a4", 4))?;
+            w.index_put("ahead", "p/a4", "a4")?;
+            w.counter_add("ahead", 1)?;
+            assert!(w.delete::<Thing>("a1")?);
+            assert_eq!(w.get::<Thing>("a1")?, None);
+            assert_eq!(w.counter("ahead")?, 8);
+            assert_eq!(
+                keys(&w.index_scan("ahead", "p/")?),
+                ["p/a1", "p/a2", "p/a3", "p/a4"]
+            );
+            let listed: Vec<String> = w.list::<Thing>()?.into_iter().map(|t| t.id).collect();
+            assert_eq!(listed, ["a2", "a3", "a4"]);
+            Ok(())
+        })
+        .unwrap();
 }
 
 /// Inside one write transaction every read sees what the transaction wrote before

@@ -196,6 +196,49 @@ pub trait View: DeserializeOwned {
     type Of: Record;
 }
 
+/// Reads a transaction is about to make, asked together ([`Read::read_ahead`]): on
+/// PostgreSQL their queries go out pipelined, one round trip for all of them where
+/// each asked when needed costs its own, and the transaction then answers those reads
+/// itself. redb answers each read as cheaply when it comes and ignores this. A
+/// request's sign-in (its user, grants and unread count) takes one; each round trip
+/// costs the page a few thread wake-ups on both sides of the connection.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    records: Vec<(&'static str, String)>,
+    counters: Vec<String>,
+    scans: Vec<(&'static str, String)>,
+    lists: Vec<&'static str>,
+}
+
+impl Ahead {
+    /// Records of `T` by id (what `get`/`get_many` will ask).
+    pub fn records<T: Record>(mut self, ids: &[String]) -> Ahead {
+        self.records
+            .extend(ids.iter().map(|id| (T::TABLE, id.clone())));
+        self
+    }
+
+    /// A kept count (what `counter` will ask).
+    pub fn counter(mut self, name: impl Into<String>) -> Ahead {
+        self.counters.push(name.into());
+        self
+    }
+
+    /// The entries of an index under a key prefix (what `index_scan` will ask). Kept
+    /// by read transactions only: a writer's own changes could make it stale.
+    pub fn scan(mut self, index: &'static str, prefix: impl Into<String>) -> Ahead {
+        self.scans.push((index, prefix.into()));
+        self
+    }
+
+    /// Every record of `T` (what `list` will ask); its records then answer `get`s
+    /// too. Read transactions only, like [`Ahead::scan`].
+    pub fn list<T: Record>(mut self) -> Ahead {
+        self.lists.push(T::TABLE);
+        self
+    }
+}
+
 fn record_table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
     TableDefinition::new(name)
 }
@@ -948,6 +991,10 @@ pub(crate) trait RawRead {
     fn prefetch_counters(&self, _names: &[&str]) -> Result<()> {
         Ok(())
     }
+    /// See [`Ahead`]; nothing on redb.
+    fn read_ahead(&self, _ahead: &Ahead) -> Result<()> {
+        Ok(())
+    }
     /// [`RawRead::prefetch`] for index entries (their `index_get`).
     fn prefetch_index(&self, _index: &str, _keys: &[&str]) -> Result<()> {
         Ok(())
@@ -1043,6 +1090,8 @@ pub trait Read {
     fn prefetch_tables(&self, wanted: &[(&str, &[String])]) -> Result<()>;
     /// [`Read::prefetch`] for kept counts (a dashboard reading three per project).
     fn prefetch_counters(&self, names: &[String]) -> Result<()>;
+    /// Asks reads of several kinds ahead, together: see [`Ahead`].
+    fn read_ahead(&self, ahead: &Ahead) -> Result<()>;
     /// [`Read::prefetch`] for index entries: what `index_get` will ask of `index`.
     fn prefetch_index(&self, index: &str, keys: &[String]) -> Result<()>;
     /// [`Read::prefetch`] for where executions' stored logs end (what `log_has` asks).
@@ -1114,6 +1163,10 @@ macro_rules! impl_read {
                     return Ok(());
                 }
                 self.raw().prefetch_tables(&wanted)
+            }
+
+            fn read_ahead(&self, ahead: &Ahead) -> Result<()> {
+                self.raw().read_ahead(ahead)
             }
 
             fn prefetch_counters(&self, names: &[String]) -> Result<()> {

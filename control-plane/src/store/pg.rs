@@ -556,6 +556,10 @@ struct Pending {
     index: HashMap<(String, String), Slot<String>>,
     counters: HashMap<String, Slot<u64>>,
     meta: HashMap<String, Slot<Vec<u8>>>,
+    /// Index scans and whole tables asked ahead by a read transaction
+    /// ([`super::Ahead`]); a writer keeps none.
+    scans: HashMap<(String, String), Vec<(String, String)>>,
+    lists: HashMap<String, Vec<Vec<u8>>>,
     /// Chunks appended and not sent, each `(execution, seq)` once.
     logs: Vec<(String, u64, Vec<u8>)>,
     log_keys: HashSet<(String, u64)>,
@@ -805,59 +809,30 @@ impl RawRead for Txn {
     }
 
     fn prefetch_tables(&self, wanted: &[(&str, Vec<&str>)]) -> Result<()> {
-        let mut tables: Vec<&str> = Vec::new();
-        let mut ids: Vec<&str> = Vec::new();
-        for (table, wanted_ids) in wanted {
-            for id in wanted_ids {
-                let key = (table.to_string(), id.to_string());
-                if self.cached(|p| p.records.get(&key).map(|_| ())).is_none() {
-                    tables.push(table);
-                    ids.push(id);
-                }
-            }
-        }
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let rows = self.query(
-            "SELECT r.tbl, r.id, r.body FROM dynserv_records r
-             JOIN unnest($1::text[], $2::text[]) AS w(tbl, id) ON r.tbl = w.tbl AND r.id = w.id",
-            &[&tables, &ids],
-        )?;
-        let mut found: HashMap<(String, String), Vec<u8>> = rows
-            .into_iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        let records: Vec<(&str, &str)> = wanted
+            .iter()
+            .flat_map(|(table, ids)| ids.iter().map(move |id| (*table, *id)))
             .collect();
-        for (table, id) in tables.into_iter().zip(ids) {
-            let key = (table.to_string(), id.to_string());
-            let value = found.remove(&key);
-            self.remember(|p| &mut p.records, key, &value);
-        }
-        Ok(())
+        self.ask_ahead(&records, &[], &[], &[])
     }
 
     fn prefetch_counters(&self, names: &[&str]) -> Result<()> {
-        let asked: Vec<&str> = names
+        self.ask_ahead(&[], names, &[], &[])
+    }
+
+    fn read_ahead(&self, ahead: &super::Ahead) -> Result<()> {
+        let records: Vec<(&str, &str)> = ahead
+            .records
             .iter()
-            .copied()
-            .filter(|n| self.cached(|p| p.counters.get(*n).map(|_| ())).is_none())
+            .map(|(table, id)| (*table, id.as_str()))
             .collect();
-        if asked.is_empty() {
-            return Ok(());
-        }
-        let rows = self.query(
-            "SELECT name, n FROM dynserv_counters WHERE name = ANY($1)",
-            &[&asked],
-        )?;
-        let found: HashMap<String, u64> = rows
+        let counters: Vec<&str> = ahead.counters.iter().map(String::as_str).collect();
+        let scans: Vec<(&str, &str)> = ahead
+            .scans
             .iter()
-            .map(|r| (r.get::<_, String>(0), seq_from(r.get(1))))
+            .map(|(index, prefix)| (*index, prefix.as_str()))
             .collect();
-        for name in asked {
-            let value = found.get(name).copied();
-            self.remember(|p| &mut p.counters, name.to_string(), &value);
-        }
-        Ok(())
+        self.ask_ahead(&records, &counters, &scans, &ahead.lists)
     }
 
     fn prefetch_index(&self, index: &str, keys: &[&str]) -> Result<()> {
@@ -968,6 +943,9 @@ impl RawRead for Txn {
     }
 
     fn list(&self, table: &str) -> Result<Vec<Vec<u8>>> {
+        if let Some(bodies) = self.cached(|p| p.lists.get(table).cloned()) {
+            return Ok(bodies);
+        }
         self.flush()?;
         let rows = self.query(
             "SELECT body FROM dynserv_records WHERE tbl = $1 ORDER BY id",
@@ -1010,6 +988,10 @@ impl RawRead for Txn {
     }
 
     fn index_scan(&self, index: &str, prefix: &str) -> Result<Vec<(String, String)>> {
+        let asked = (index.to_string(), prefix.to_string());
+        if let Some(entries) = self.cached(|p| p.scans.get(&asked).cloned()) {
+            return Ok(entries);
+        }
         self.flush()?;
         let (lo, hi) = super::prefix_range(prefix);
         let rows = self.query(
@@ -1300,6 +1282,148 @@ impl RawWrite for Txn {
 }
 
 impl Txn {
+    /// The reads of [`super::Ahead`] the cache cannot answer, as pipelined queries on
+    /// the connection, waited for once; their answers are then kept. A writer asks
+    /// only point reads (its cache holds its unsent changes, so a key it wrote is
+    /// never asked); scans and lists are for read transactions.
+    fn ask_ahead(
+        &self,
+        records: &[(&str, &str)],
+        counters: &[&str],
+        scans: &[(&str, &str)],
+        lists: &[&str],
+    ) -> Result<()> {
+        let (mut tables, mut ids): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        for (table, id) in records {
+            let key = (table.to_string(), id.to_string());
+            if self.cached(|p| p.records.get(&key).map(|_| ())).is_none() {
+                tables.push(table);
+                ids.push(id);
+            }
+        }
+        let counters: Vec<&str> = counters
+            .iter()
+            .copied()
+            .filter(|n| self.cached(|p| p.counters.get(*n).map(|_| ())).is_none())
+            .collect();
+        let reader = !self.writer;
+        let scans: Vec<(&str, &str, String, String)> = scans
+            .iter()
+            .filter(|(index, prefix)| {
+                let asked = (index.to_string(), prefix.to_string());
+                reader && self.cached(|p| p.scans.get(&asked).map(|_| ())).is_none()
+            })
+            .map(|(index, prefix)| {
+                let (lo, hi) = super::prefix_range(prefix);
+                (*index, *prefix, lo, hi)
+            })
+            .collect();
+        let lists: Vec<&str> = lists
+            .iter()
+            .copied()
+            .filter(|t| reader && self.cached(|p| p.lists.get(*t).map(|_| ())).is_none())
+            .collect();
+        let mut queries: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+        if !ids.is_empty() {
+            queries.push((
+                "SELECT r.tbl, r.id, r.body FROM dynserv_records r
+                 JOIN unnest($1::text[], $2::text[]) AS w(tbl, id) ON r.tbl = w.tbl AND r.id = w.id",
+                vec![&tables, &ids],
+            ));
+        }
+        if !counters.is_empty() {
+            queries.push((
+                "SELECT name, n FROM dynserv_counters WHERE name = ANY($1)",
+                vec![&counters],
+            ));
+        }
+        for (index, _, lo, hi) in &scans {
+            queries.push((
+                "SELECT key, id FROM dynserv_index WHERE name = $1 AND key >= $2 AND key <= $3 ORDER BY key",
+                vec![index, lo, hi],
+            ));
+        }
+        for table in &lists {
+            queries.push((
+                "SELECT id, body FROM dynserv_records WHERE tbl = $1 ORDER BY id",
+                vec![table],
+            ));
+        }
+        if queries.is_empty() {
+            return Ok(());
+        }
+        let prepared = queries
+            .iter()
+            .map(|(sql, _)| self.prepared(sql))
+            .collect::<Result<Vec<_>>>()?;
+        let mut answers = self
+            .on_connection(|client| {
+                futures::future::try_join_all(
+                    prepared
+                        .iter()
+                        .zip(&queries)
+                        .map(|(statement, (_, params))| client.query(statement, params)),
+                )
+            })?
+            .into_iter();
+        if !ids.is_empty() {
+            let mut found: HashMap<(String, String), Vec<u8>> = answers
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            for (table, id) in tables.into_iter().zip(ids) {
+                let key = (table.to_string(), id.to_string());
+                let value = found.remove(&key);
+                self.remember(|p| &mut p.records, key, &value);
+            }
+        }
+        if !counters.is_empty() {
+            let found: HashMap<String, u64> = answers
+                .next()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), seq_from(r.get(1))))
+                .collect();
+            for name in counters {
+                let value = found.get(name).copied();
+                self.remember(|p| &mut p.counters, name.to_string(), &value);
+            }
+        }
+        for (index, prefix, _, _) in scans {
+            let entries: Vec<(String, String)> = answers
+                .next()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .filter(|(key, _)| key.starts_with(prefix))
+                .collect();
+            self.pending
+                .borrow_mut()
+                .scans
+                .insert((index.to_string(), prefix.to_string()), entries);
+        }
+        for table in lists {
+            let rows = answers.next().unwrap_or_default();
+            let mut bodies = Vec::with_capacity(rows.len());
+            for row in rows {
+                let (id, body): (String, Vec<u8>) = (row.get(0), row.get(1));
+                self.remember(
+                    |p| &mut p.records,
+                    (table.to_string(), id),
+                    &Some(body.clone()),
+                );
+                bodies.push(body);
+            }
+            self.pending
+                .borrow_mut()
+                .lists
+                .insert(table.to_string(), bodies);
+        }
+        Ok(())
+    }
+
     /// What the writer's cache holds for a key: `Some(value)` when it knows
     /// (`Some(None)`: no such key), `None` when the database must be asked.
     fn cached<T>(&self, look: impl FnOnce(&Pending) -> Option<T>) -> Option<T> {

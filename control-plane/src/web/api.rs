@@ -14,7 +14,7 @@ use crate::listing;
 use crate::policy::{self, Action, Level};
 use crate::projects::{self, Project, ProjectInput, ProjectView};
 use crate::servers::{self, Server};
-use crate::store::{Read, Record};
+use crate::store::{Ahead, Read};
 use crate::users::{self, NewUser, User, UserChange, UserView};
 
 fn require(ctx: &Ctx, action: Action, project_id: Option<&str>) -> AppResult<()> {
@@ -88,6 +88,16 @@ fn server_json_in(
 /// ahead (one query each on PostgreSQL instead of two per row) and each project once
 /// (a page of 100 servers names a few projects).
 pub fn server_rows(app: &App, r: &impl Read, list: &[Server]) -> anyhow::Result<Vec<Value>> {
+    server_rows_and(app, r, list, Ahead::default())
+}
+
+/// [`server_rows`], asking `more` reads of the page ahead with the rows' own.
+pub fn server_rows_and(
+    app: &App,
+    r: &impl Read,
+    list: &[Server],
+    more: Ahead,
+) -> anyhow::Result<Vec<Value>> {
     let mut project_ids: Vec<String> = list.iter().map(|s| s.project_id.clone()).collect();
     project_ids.sort_unstable();
     project_ids.dedup();
@@ -99,11 +109,12 @@ pub fn server_rows(app: &App, r: &impl Read, list: &[Server]) -> anyhow::Result<
     } else {
         &[]
     };
-    r.prefetch_tables(&[
-        (Project::TABLE, &project_ids),
-        (crate::agents::Agent::TABLE, &agents),
-        (crate::cluster::Presence::TABLE, presence),
-    ])?;
+    r.read_ahead(
+        &more
+            .records::<Project>(&project_ids)
+            .records::<crate::agents::Agent>(&agents)
+            .records::<crate::cluster::Presence>(presence),
+    )?;
     let names: std::collections::HashMap<String, String> = r
         .get_many::<Project>(&project_ids)?
         .into_iter()

@@ -548,7 +548,9 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             paging.cursor.as_deref(),
             paging.limit,
         )?;
-        let rows = super::api::server_rows(app, r, &page.items)?;
+        // The filter's project list, read with the rows.
+        let ahead = crate::store::Ahead::default().list::<Project>();
+        let rows = super::api::server_rows_and(app, r, &page.items, ahead)?;
         let project = filter.project_id.clone().unwrap_or_default();
         let projects: Vec<Value> = projects::all(r)?
             .into_iter()
