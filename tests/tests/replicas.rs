@@ -243,6 +243,73 @@ async fn dropped_database_connections_mid_job_lose_no_line() {
     assert_complete(&stored_log(&api, &id).await, 6000);
 }
 
+/// The database refuses the control plane for several seconds while a job prints
+/// (every connection dropped, none allowed): the job's stream ends, its resend cannot
+/// read the execution, and the dispatcher keeps trying while the agent stays
+/// connected, so the job resumes once the database is back and ends with every line
+/// stored once, in order. It used to wait for the agent's next reconnect, which a
+/// healthy connection never makes.
+#[tokio::test]
+async fn a_database_outage_mid_job_is_waited_out() {
+    let a = ControlPlane::builder().postgres().start().await;
+    a.add_user("admin", "admin", false, PASSWORD);
+    let api = a.api_as("admin");
+    let (status, body) = api
+        .post("/api/v1/projects", &json!({"name": "Fleet"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let agent = Agent::start(&a, &a.enrollment_token("Fleet"), "web-o");
+    let agent_id = api.connected_agent("web-o").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = start_script(&api, &agent_id, &lines_script(20_000)).await;
+    eventually(Duration::from_secs(20), "some output is stored", || async {
+        (stored_log(&api, &id).await.len() > 3).then_some(())
+    })
+    .await;
+    let url = a.database_url().expect("a database URL").to_string();
+    tokio::task::spawn_blocking(move || {
+        // From another database: a database cannot refuse connections to itself.
+        let mut config: postgres::Config = url.parse().expect("a PostgreSQL URL");
+        let database = config.get_dbname().expect("a database name").to_string();
+        let mut client = config
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .expect("connecting");
+        let allow = |client: &mut postgres::Client, allowed: bool| {
+            client
+                .batch_execute(&format!(
+                    "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS {allowed}"
+                ))
+                .expect("changing whether the database allows connections");
+        };
+        allow(&mut client, false);
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[&database],
+                )
+                .expect("terminating the control plane's connections");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        allow(&mut client, true);
+    })
+    .await
+    .unwrap();
+    let end = wait_status(
+        &api,
+        &id,
+        Duration::from_secs(90),
+        &["succeeded", "failed", "cancelled"],
+    )
+    .await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
+    assert_complete(&stored_log(&api, &id).await, 20_000);
+}
+
 /// Many server lists at once, more than a replica has database connections, all
 /// answer promptly and show the agent on the other replica as connected (the check
 /// used to read in a second transaction inside the list's: every handler held one

@@ -12,6 +12,7 @@
 //! the machine that started it, and only as `resume_only`: no copy of an agent starts
 //! a job another copy started.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -967,7 +968,10 @@ async fn control_loop(
 }
 
 /// Sends every queued or running execution of the agent, then each new one as it is
-/// dispatched.
+/// dispatched. A read the store cannot answer (the database unreachable) is tried
+/// again, later and later, for as long as the connection lives: the connection ends
+/// this task, and a job that ended its stream for the store (`OutputNotStored`) is
+/// resumed only through here.
 async fn dispatcher(
     fleet: Fleet,
     conn: Arc<AgentConn>,
@@ -975,12 +979,13 @@ async fn dispatcher(
 ) {
     let store = fleet.inner.store.clone();
     let agent_id = conn.agent_id.clone();
-    let active = {
-        let (store, agent_id) = (store.clone(), agent_id.clone());
-        crate::store::blocking(move || {
+    let mut failures = 0;
+    let active = loop {
+        let (store, of_agent) = (store.clone(), agent_id.clone());
+        let listed = crate::store::blocking(move || {
             store.read(|r| {
                 let mut out = Vec::new();
-                for execution in executions::active_of_agent(r, &agent_id)? {
+                for execution in executions::active_of_agent(r, &of_agent)? {
                     let holder = match execution.status {
                         Status::Running => agents::job_holder(r, &execution.id)?,
                         _ => None,
@@ -990,38 +995,54 @@ async fn dispatcher(
                 Ok(out)
             })
         })
-        .await
-    };
-    match active {
-        Ok(active) => {
-            for (execution, holder) in active {
-                if let Some(holder) = holder.filter(|h| runs_elsewhere(h, &conn.host_id)) {
-                    // Its process runs on another copy of this agent, which alone may
-                    // resume it.
-                    tracing::warn!(
-                        agent = %agent_id,
-                        execution = %execution.id,
-                        runs_on = %holder.host_id,
-                        "not sending a running job to a copy of its agent on another machine"
-                    );
-                    continue;
-                }
-                start_driver(&fleet, &conn, execution, None);
+        .await;
+        match listed {
+            Ok(active) => break active,
+            Err(e) => {
+                let wait = read_again_after(failures);
+                failures += 1;
+                tracing::error!(agent = %agent_id, "listing queued executions, again in {wait:?}: {e:#}");
+                tokio::time::sleep(wait).await;
             }
         }
-        Err(e) => tracing::error!(agent = %agent_id, "listing queued executions: {e:#}"),
+    };
+    for (execution, holder) in active {
+        if let Some(holder) = holder.filter(|h| runs_elsewhere(h, &conn.host_id)) {
+            // Its process runs on another copy of this agent, which alone may
+            // resume it.
+            tracing::warn!(
+                agent = %agent_id,
+                execution = %execution.id,
+                runs_on = %holder.host_id,
+                "not sending a running job to a copy of its agent on another machine"
+            );
+            continue;
+        }
+        start_driver(&fleet, &conn, execution, None);
     }
+    // Executions whose reads failed, with how many times in a row.
+    let mut unread: HashMap<String, u32> = HashMap::new();
     while let Some(dispatched) = rx.recv().await {
         let (execution, spec) = match dispatched {
             // Read with its job where it was created or received: nothing to read.
             super::Dispatched::Ready(execution, spec) => (*execution, spec),
             super::Dispatched::Id(id) => {
-                let reader = store.clone();
-                match crate::store::blocking(move || reader.get::<Execution>(&id)).await {
-                    Ok(Some(execution)) => (execution, None),
-                    Ok(None) => continue,
+                let (reader, read) = (store.clone(), id.clone());
+                match crate::store::blocking(move || reader.get::<Execution>(&read)).await {
+                    Ok(Some(execution)) => {
+                        unread.remove(&id);
+                        (execution, None)
+                    }
+                    Ok(None) => {
+                        unread.remove(&id);
+                        continue;
+                    }
                     Err(e) => {
-                        tracing::error!("reading a dispatched execution: {e:#}");
+                        let failed = unread.entry(id.clone()).or_default();
+                        let wait = read_again_after(*failed);
+                        *failed += 1;
+                        tracing::warn!(execution = %id, "reading a dispatched execution, again in {wait:?}: {e:#}");
+                        dispatch_later(&conn, id, wait);
                         continue;
                     }
                 }
@@ -1031,6 +1052,24 @@ async fn dispatcher(
             start_driver(&fleet, &conn, execution, spec);
         }
     }
+}
+
+/// How long a dispatcher waits before it reads again what it could not read
+/// `failures` times in a row: a second, doubling, at most ten.
+fn read_again_after(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.min(4)).min(Duration::from_secs(10))
+}
+
+/// Hands an execution to the connection's dispatcher again after `wait`, unless the
+/// connection closed meanwhile (its next connection sends it anyway).
+fn dispatch_later(conn: &Arc<AgentConn>, id: String, wait: Duration) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if conn.connection.close_reason().is_none() {
+            let _ = conn.dispatch.send(super::Dispatched::Id(id));
+        }
+    });
 }
 
 /// Whether a running job recorded on `holder` runs on another machine than the
@@ -1070,8 +1109,7 @@ fn start_driver(
             // Sent again through the dispatcher, which reads the execution afresh:
             // it resumes the job on a new stream unless it ended meanwhile or the
             // agent went away (a reconnect sends it anyway).
-            tokio::time::sleep(RESEND_AFTER).await;
-            let _ = conn.dispatch.send(super::Dispatched::Id(id));
+            dispatch_later(&conn, id, RESEND_AFTER);
         }
     });
 }
