@@ -189,12 +189,9 @@ async fn a_replica_killed_mid_job_loses_no_line() {
     assert!(killed.elapsed() < Duration::from_secs(90));
 }
 
-/// The database drops the control plane's connections, again and again, while a job
-/// prints: batches of output whose transaction failed are never acknowledged past
-/// (the job stream is opened again and the agent resends from its spool), so the job
-/// ends with every line stored exactly once, in order.
-#[tokio::test]
-async fn dropped_database_connections_mid_job_lose_no_line() {
+/// A control plane on PostgreSQL with one agent, `name`, printing `lines` lines in a
+/// job that has stored some of them already.
+async fn printing_on_postgres(name: &str, lines: usize) -> (ControlPlane, Api, Agent, String) {
     let a = ControlPlane::builder().postgres().start().await;
     a.add_user("admin", "admin", false, PASSWORD);
     let api = a.api_as("admin");
@@ -202,16 +199,39 @@ async fn dropped_database_connections_mid_job_lose_no_line() {
         .post("/api/v1/projects", &json!({"name": "Fleet"}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let agent = Agent::start(&a, &a.enrollment_token("Fleet"), "web-d");
-    let agent_id = api.connected_agent("web-d").await["id"]
+    let agent = Agent::start(&a, &a.enrollment_token("Fleet"), name);
+    let agent_id = api.connected_agent(name).await["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let id = start_script(&api, &agent_id, &lines_script(6000)).await;
+    let id = start_script(&api, &agent_id, &lines_script(lines)).await;
     eventually(Duration::from_secs(20), "some output is stored", || async {
         (stored_log(&api, &id).await.len() > 3).then_some(())
     })
     .await;
+    (a, api, agent, id)
+}
+
+/// Waits for the job to succeed, with every one of its `lines` lines stored once.
+async fn succeeds_with_every_line(api: &Api, agent: &Agent, id: &str, lines: usize) {
+    let end = wait_status(
+        api,
+        id,
+        Duration::from_secs(90),
+        &["succeeded", "failed", "cancelled"],
+    )
+    .await;
+    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
+    assert_complete(&stored_log(api, id).await, lines);
+}
+
+/// The database drops the control plane's connections, again and again, while a job
+/// prints: batches of output whose transaction failed are never acknowledged past
+/// (the job stream is opened again and the agent resends from its spool), so the job
+/// ends with every line stored exactly once, in order.
+#[tokio::test]
+async fn dropped_database_connections_mid_job_lose_no_line() {
+    let (a, api, agent, id) = printing_on_postgres("web-d", 6000).await;
     let url = a.database_url().expect("a database URL").to_string();
     let dropped = tokio::task::spawn_blocking(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connecting");
@@ -232,15 +252,7 @@ async fn dropped_database_connections_mid_job_lose_no_line() {
     .await
     .unwrap();
     assert!(dropped > 0, "no connection was dropped");
-    let end = wait_status(
-        &api,
-        &id,
-        Duration::from_secs(90),
-        &["succeeded", "failed", "cancelled"],
-    )
-    .await;
-    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
-    assert_complete(&stored_log(&api, &id).await, 6000);
+    succeeds_with_every_line(&api, &agent, &id, 6000).await;
 }
 
 /// The database refuses the control plane for several seconds while a job prints
@@ -251,23 +263,7 @@ async fn dropped_database_connections_mid_job_lose_no_line() {
 /// healthy connection never makes.
 #[tokio::test]
 async fn a_database_outage_mid_job_is_waited_out() {
-    let a = ControlPlane::builder().postgres().start().await;
-    a.add_user("admin", "admin", false, PASSWORD);
-    let api = a.api_as("admin");
-    let (status, body) = api
-        .post("/api/v1/projects", &json!({"name": "Fleet"}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let agent = Agent::start(&a, &a.enrollment_token("Fleet"), "web-o");
-    let agent_id = api.connected_agent("web-o").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let id = start_script(&api, &agent_id, &lines_script(20_000)).await;
-    eventually(Duration::from_secs(20), "some output is stored", || async {
-        (stored_log(&api, &id).await.len() > 3).then_some(())
-    })
-    .await;
+    let (a, api, agent, id) = printing_on_postgres("web-o", 20_000).await;
     let url = a.database_url().expect("a database URL").to_string();
     tokio::task::spawn_blocking(move || {
         // From another database: a database cannot refuse connections to itself.
@@ -299,15 +295,7 @@ async fn a_database_outage_mid_job_is_waited_out() {
     })
     .await
     .unwrap();
-    let end = wait_status(
-        &api,
-        &id,
-        Duration::from_secs(90),
-        &["succeeded", "failed", "cancelled"],
-    )
-    .await;
-    assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
-    assert_complete(&stored_log(&api, &id).await, 20_000);
+    succeeds_with_every_line(&api, &agent, &id, 20_000).await;
 }
 
 /// Many server lists at once, more than a replica has database connections, all
