@@ -1544,14 +1544,17 @@ fn log_bytes_counter(execution_id: &str) -> String {
     format!("log_bytes/{execution_id}")
 }
 
-/// Adds to `ahead`, for a batch of output of these executions, what [`admit_output`]
-/// and `log_has` ask of each: their stored byte counts and where their logs end (on
-/// PostgreSQL asked with the batch's other reads, not two round trips per execution).
-pub fn output_ahead(ahead: crate::store::Ahead, execution_ids: &[String]) -> crate::store::Ahead {
-    execution_ids
+/// Reads ahead, for a batch of output of these executions, what [`admit_output`] and
+/// `log_has` ask of each: their stored byte counts and where their logs end (on
+/// PostgreSQL two queries for the batch instead of two round trips per execution).
+pub fn prefetch_output(w: &Writer, execution_ids: &[String]) -> anyhow::Result<()> {
+    let counters: Vec<String> = execution_ids
         .iter()
-        .fold(ahead, |ahead, id| ahead.counter(log_bytes_counter(id)))
-        .log_tops(execution_ids)
+        .map(|id| log_bytes_counter(id))
+        .collect();
+    w.prefetch_counters(&counters)?;
+    w.prefetch_log_tops(execution_ids)?;
+    Ok(())
 }
 
 /// What happens to one chunk of output under the per-execution limit.

@@ -19,7 +19,7 @@ use super::hub::{Hub, LiveEvent};
 use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
 use crate::live::Events;
-use crate::store::{Read, Store, Writer};
+use crate::store::{Read, Record, Store, Writer};
 
 /// Most items applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -149,10 +149,10 @@ fn run(store: Store, hub: Hub, events: Events, max_output: u64, mut rx: mpsc::Re
     }
 }
 
-/// Reads the agents and executions a batch names, and the output counts and log ends
-/// of those it adds to, in one round trip: on PostgreSQL the transaction then answers
-/// each item's reads from what it holds instead of one round trip per item (a
-/// 10,000-agent fan-out ends in a few batches).
+/// Reads the agents and executions a batch names, and where the logs it adds to end,
+/// in three queries: on PostgreSQL
+/// the transaction then answers each item's reads from what it holds instead of one
+/// round trip per item (a 10,000-agent fan-out ends in a few batches).
 fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
     let mut agent_ids = std::collections::BTreeSet::new();
     let mut execution_ids = std::collections::BTreeSet::new();
@@ -176,10 +176,12 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
     let agent_ids: Vec<String> = agent_ids.into_iter().collect();
     let execution_ids: Vec<String> = execution_ids.into_iter().collect();
     let with_output: Vec<String> = with_output.into_iter().collect();
-    let ahead = crate::store::Ahead::default()
-        .records::<agents::Agent>(&agent_ids)
-        .records::<executions::Execution>(&execution_ids);
-    w.read_ahead(&executions::output_ahead(ahead, &with_output))
+    w.prefetch_tables(&[
+        (agents::Agent::TABLE, &agent_ids),
+        (executions::Execution::TABLE, &execution_ids),
+    ])?;
+    executions::prefetch_output(w, &with_output)?;
+    Ok(())
 }
 
 /// What a committed batch must announce.

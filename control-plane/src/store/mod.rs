@@ -208,7 +208,6 @@ pub struct Ahead {
     counters: Vec<String>,
     scans: Vec<(&'static str, String)>,
     lists: Vec<&'static str>,
-    log_tops: Vec<String>,
 }
 
 impl Ahead {
@@ -236,13 +235,6 @@ impl Ahead {
     /// too. Read transactions only, like [`Ahead::scan`].
     pub fn list<T: Record>(mut self) -> Ahead {
         self.lists.push(T::TABLE);
-        self
-    }
-
-    /// Where these executions' stored logs end (what `log_has` and `log_append` will
-    /// ask). Write transactions only: they append.
-    pub fn log_tops(mut self, execution_ids: &[String]) -> Ahead {
-        self.log_tops.extend_from_slice(execution_ids);
         self
     }
 }

@@ -809,39 +809,30 @@ impl RawRead for Txn {
     }
 
     fn prefetch_tables(&self, wanted: &[(&str, Vec<&str>)]) -> Result<()> {
-        let records = wanted
+        let records: Vec<(&str, &str)> = wanted
             .iter()
             .flat_map(|(table, ids)| ids.iter().map(move |id| (*table, *id)))
             .collect();
-        self.ask_ahead(Asked {
-            records,
-            ..Asked::default()
-        })
+        self.ask_ahead(&records, &[], &[], &[])
     }
 
     fn prefetch_counters(&self, names: &[&str]) -> Result<()> {
-        self.ask_ahead(Asked {
-            counters: names.to_vec(),
-            ..Asked::default()
-        })
+        self.ask_ahead(&[], names, &[], &[])
     }
 
     fn read_ahead(&self, ahead: &super::Ahead) -> Result<()> {
-        self.ask_ahead(Asked {
-            records: ahead
-                .records
-                .iter()
-                .map(|(table, id)| (*table, id.as_str()))
-                .collect(),
-            counters: ahead.counters.iter().map(String::as_str).collect(),
-            scans: ahead
-                .scans
-                .iter()
-                .map(|(index, prefix)| (*index, prefix.as_str()))
-                .collect(),
-            lists: ahead.lists.clone(),
-            log_tops: ahead.log_tops.iter().map(String::as_str).collect(),
-        })
+        let records: Vec<(&str, &str)> = ahead
+            .records
+            .iter()
+            .map(|(table, id)| (*table, id.as_str()))
+            .collect();
+        let counters: Vec<&str> = ahead.counters.iter().map(String::as_str).collect();
+        let scans: Vec<(&str, &str)> = ahead
+            .scans
+            .iter()
+            .map(|(index, prefix)| (*index, prefix.as_str()))
+            .collect();
+        self.ask_ahead(&records, &counters, &scans, &ahead.lists)
     }
 
     fn prefetch_index(&self, index: &str, keys: &[&str]) -> Result<()> {
@@ -876,10 +867,34 @@ impl RawRead for Txn {
     }
 
     fn prefetch_log_tops(&self, execution_ids: &[&str]) -> Result<()> {
-        self.ask_ahead(Asked {
-            log_tops: execution_ids.to_vec(),
-            ..Asked::default()
-        })
+        if !self.writer {
+            return Ok(());
+        }
+        let asked: Vec<&str> = {
+            let p = self.pending.borrow();
+            execution_ids
+                .iter()
+                .copied()
+                .filter(|id| !p.log_top.contains_key(*id))
+                .collect()
+        };
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let rows = self.query(
+            "SELECT execution_id, max(seq) FROM dynserv_logs
+             WHERE execution_id = ANY($1) GROUP BY execution_id",
+            &[&asked],
+        )?;
+        let found: HashMap<String, u64> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), seq_from(r.get(1))))
+            .collect();
+        let mut p = self.pending.borrow_mut();
+        for id in asked {
+            p.log_top.insert(id.to_string(), found.get(id).copied());
+        }
+        Ok(())
     }
 
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
@@ -1266,30 +1281,18 @@ impl RawWrite for Txn {
     }
 }
 
-/// What [`Txn::ask_ahead`] is asked: [`super::Ahead`] borrowed, or one kind of
-/// prefetch.
-#[derive(Default)]
-struct Asked<'a> {
-    records: Vec<(&'a str, &'a str)>,
-    counters: Vec<&'a str>,
-    scans: Vec<(&'a str, &'a str)>,
-    lists: Vec<&'a str>,
-    log_tops: Vec<&'a str>,
-}
-
 impl Txn {
     /// The reads of [`super::Ahead`] the cache cannot answer, as pipelined queries on
     /// the connection, waited for once; their answers are then kept. A writer asks
-    /// point reads and log tops (its cache holds its unsent changes, so a key it wrote
-    /// is never asked); scans and lists are for read transactions.
-    fn ask_ahead(&self, asked: Asked) -> Result<()> {
-        let Asked {
-            records,
-            counters,
-            scans,
-            lists,
-            log_tops,
-        } = asked;
+    /// only point reads (its cache holds its unsent changes, so a key it wrote is
+    /// never asked); scans and lists are for read transactions.
+    fn ask_ahead(
+        &self,
+        records: &[(&str, &str)],
+        counters: &[&str],
+        scans: &[(&str, &str)],
+        lists: &[&str],
+    ) -> Result<()> {
         let (mut tables, mut ids): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
         for (table, id) in records {
             let key = (table.to_string(), id.to_string());
@@ -1299,27 +1302,25 @@ impl Txn {
             }
         }
         let counters: Vec<&str> = counters
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|n| self.cached(|p| p.counters.get(*n).map(|_| ())).is_none())
             .collect();
         let reader = !self.writer;
-        let log_tops: Vec<&str> = log_tops
-            .into_iter()
-            .filter(|id| !reader && self.cached(|p| p.log_top.get(*id).map(|_| ())).is_none())
-            .collect();
         let scans: Vec<(&str, &str, String, String)> = scans
-            .into_iter()
+            .iter()
             .filter(|(index, prefix)| {
                 let asked = (index.to_string(), prefix.to_string());
                 reader && self.cached(|p| p.scans.get(&asked).map(|_| ())).is_none()
             })
             .map(|(index, prefix)| {
                 let (lo, hi) = super::prefix_range(prefix);
-                (index, prefix, lo, hi)
+                (*index, *prefix, lo, hi)
             })
             .collect();
         let lists: Vec<&str> = lists
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|t| reader && self.cached(|p| p.lists.get(*t).map(|_| ())).is_none())
             .collect();
         let mut queries: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
@@ -1346,13 +1347,6 @@ impl Txn {
             queries.push((
                 "SELECT id, body FROM dynserv_records WHERE tbl = $1 ORDER BY id",
                 vec![table],
-            ));
-        }
-        if !log_tops.is_empty() {
-            queries.push((
-                "SELECT execution_id, max(seq) FROM dynserv_logs
-                 WHERE execution_id = ANY($1) GROUP BY execution_id",
-                vec![&log_tops],
             ));
         }
         if queries.is_empty() {
