@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dynserv_hetzner_sim::{NewServer, SimConfig, Simulator};
 use dynserv_tests::{eventually, Agent, Api, ControlPlane, PageClient};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -119,6 +119,42 @@ async fn log_text(api: &Api, execution: &str) -> String {
         .await;
     assert_eq!(status, 200, "{text}");
     text
+}
+
+/// Saves a playbook as a stored script: its id.
+async fn playbook_script(api: &Api, name: &str, body: &str) -> String {
+    let (status, script) = api
+        .post(
+            "/api/v1/scripts",
+            &json!({"name": name, "kind": "playbook", "body": body}),
+        )
+        .await;
+    assert_eq!(status, 201, "{script}");
+    script["id"].as_str().expect("a script id").to_string()
+}
+
+/// Runs a stored script over `targets`: the answer's status and body.
+async fn run_over(api: &Api, script: &str, run: Value) -> (u16, Value) {
+    api.post(&format!("/api/v1/scripts/{script}/run"), &run)
+        .await
+}
+
+/// A rollout of a new stored playbook, started with `run` (its targets and options):
+/// its id.
+async fn rollout_of(api: &Api, name: &str, body: &str, run: Value) -> String {
+    let script = playbook_script(api, name, body).await;
+    let (status, rollout) = run_over(api, &script, run).await;
+    assert_eq!(status, 201, "{rollout}");
+    rollout["id"].as_str().expect("a rollout id").to_string()
+}
+
+/// Waits for a rollout to end: its view.
+async fn rollout_end(api: &Api, id: &str) -> Value {
+    eventually(WAIT, &format!("rollout {id} ends"), || async {
+        let (_, view) = api.get(&format!("/api/v1/rollouts/{id}")).await;
+        (view["status"] != "running").then_some(view)
+    })
+    .await
 }
 
 const PLAYBOOK: &str = r#"- name: web tier
@@ -306,19 +342,13 @@ async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
     assert_eq!(status, 403);
 
     // A stored playbook whose only play targets a group no server is in.
-    let (status, script) = api
-        .post(
-            "/api/v1/scripts",
-            &json!({"name": "nowhere", "kind": "playbook", "body": "- hosts: dbservers\n  gather_facts: false\n  tasks:\n    - debug: msg=hi\n"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{script}");
-    let (status, refused) = api
-        .post(
-            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
-            &json!({"targets": {"project": "Shop"}}),
-        )
-        .await;
+    let script = playbook_script(
+        &api,
+        "nowhere",
+        "- hosts: dbservers\n  gather_facts: false\n  tasks:\n    - debug: msg=hi\n",
+    )
+    .await;
+    let (status, refused) = run_over(&api, &script, json!({"targets": {"project": "Shop"}})).await;
     assert_eq!(status, 422, "{refused}");
     let message = refused["error"].as_str().unwrap_or_default();
     assert!(
@@ -339,12 +369,7 @@ async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, rollout) = api
-        .post(
-            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
-            &json!({"targets": {"project": "Shop"}}),
-        )
-        .await;
+    let (status, rollout) = run_over(&api, &script, json!({"targets": {"project": "Shop"}})).await;
     assert_eq!(status, 201, "{rollout}");
 }
 
@@ -481,26 +506,14 @@ async fn a_rollout_shows_each_host_the_others_gathered_facts() {
     let (sim, cp) = on_simulator().await;
     let api = cp.api_as("admin");
     let (_project_id, servers, _agents) = shop(&sim, &cp, &api).await;
-    let (status, script) = api
-        .post(
-            "/api/v1/scripts",
-            &json!({"name": "peers", "kind": "playbook", "body": PEERS_PLAYBOOK}),
-        )
-        .await;
-    assert_eq!(status, 201, "{script}");
-    let (status, rollout) = api
-        .post(
-            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
-            &json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "web-b")]}, "serial": 1}),
-        )
-        .await;
-    assert_eq!(status, 201, "{rollout}");
-    let rollout_id = rollout["id"].as_str().unwrap().to_string();
-    let done = eventually(WAIT, "the rollout ended", || async {
-        let (_, view) = api.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
-        (view["status"] != "running").then_some(view)
-    })
+    let rollout_id = rollout_of(
+        &api,
+        "peers",
+        PEERS_PLAYBOOK,
+        json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "web-b")]}, "serial": 1}),
+    )
     .await;
+    let done = rollout_end(&api, &rollout_id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["gathering_facts"], false, "{done}");
     // Two gatherings and two runs, all in the rollout's list.
@@ -537,26 +550,14 @@ async fn a_rollout_shows_each_host_the_others_gathered_facts() {
     assert_eq!(status, 200, "{kept}");
     assert_eq!(kept["facts"]["hostname"], hostname.as_str(), "{kept}");
     assert!(kept["facts"].get("getent_passwd").is_none(), "{kept}");
-    let (status, script) = api
-        .post(
-            "/api/v1/scripts",
-            &json!({"name": "who", "kind": "playbook", "body": GETENT_PLAYBOOK}),
-        )
-        .await;
-    assert_eq!(status, 201, "{script}");
-    let (status, run) = api
-        .post(
-            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
-            &json!({"targets": {"servers": [web_a]}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{run}");
-    let run_id = run["id"].as_str().unwrap().to_string();
-    let ran = eventually(WAIT, "the getent run ended", || async {
-        let (_, view) = api.get(&format!("/api/v1/rollouts/{run_id}")).await;
-        (view["status"] != "running").then_some(view)
-    })
+    let run_id = rollout_of(
+        &api,
+        "who",
+        GETENT_PLAYBOOK,
+        json!({"targets": {"servers": [web_a]}}),
+    )
     .await;
+    let ran = rollout_end(&api, &run_id).await;
     assert_eq!(ran["status"], "succeeded", "{ran}");
     let kept = eventually(WAIT, "the module's facts were kept", || async {
         let (_, kept) = api.get(&format!("/api/v1/servers/{web_a}/facts")).await;
@@ -610,21 +611,13 @@ async fn the_facts_step_waits_for_offline_targets_and_cancels_with_the_rollout()
             .then_some(())
     })
     .await;
-    let (status, script) = api
-        .post(
-            "/api/v1/scripts",
-            &json!({"name": "peers", "kind": "playbook", "body": PEERS_PLAYBOOK}),
-        )
-        .await;
-    assert_eq!(status, 201, "{script}");
-    let (status, rollout) = api
-        .post(
-            &format!("/api/v1/scripts/{}/run", script["id"].as_str().unwrap()),
-            &json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "db-a")]}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{rollout}");
-    let rollout_id = rollout["id"].as_str().unwrap().to_string();
+    let rollout_id = rollout_of(
+        &api,
+        "peers",
+        PEERS_PLAYBOOK,
+        json!({"targets": {"servers": [id_of(&servers, "web-a"), id_of(&servers, "db-a")]}}),
+    )
+    .await;
     let executions_of_rollout = || async {
         let (_, list) = api
             .get(&format!("/api/v1/executions?rollout={rollout_id}"))
