@@ -416,9 +416,8 @@ pub fn revoke(w: &mut Writer, actor: &Actor, project_id: &str, username: &str) -
 
 /// A user's grants: project id -> level.
 pub fn grants_of_user(r: &impl Read, user_id: &str) -> anyhow::Result<HashMap<String, Level>> {
-    // (`grants_ahead` asks this scan ahead: keep the two together.)
     let ids: Vec<String> = r
-        .index_scan(GRANT_BY_USER, &format!("{user_id}/"))?
+        .index_scan(GRANT_BY_USER, &grants_prefix(user_id))?
         .into_iter()
         .map(|(_, grant_id)| grant_id)
         .collect();
@@ -432,7 +431,12 @@ pub fn grants_of_user(r: &impl Read, user_id: &str) -> anyhow::Result<HashMap<St
 
 /// Adds to `ahead` the read of [`grants_of_user`] that needs no other answer first.
 pub fn grants_ahead(ahead: crate::store::Ahead, user_id: &str) -> crate::store::Ahead {
-    ahead.scan(GRANT_BY_USER, format!("{user_id}/"))
+    ahead.scan(GRANT_BY_USER, grants_prefix(user_id))
+}
+
+/// Where a user's grants sit in `GRANT_BY_USER`.
+fn grants_prefix(user_id: &str) -> String {
+    format!("{user_id}/")
 }
 
 /// Every grant, for the access page.

@@ -381,7 +381,6 @@ pub fn update(
     Ok(user)
 }
 
-/// The policy subject of a user: role, manager flag and project grants.
 /// The reads that find a user and build their [`subject`], asked ahead together
 /// (see [`crate::store::Ahead`]): a request's sign-in check once it knows the user id.
 pub fn subject_ahead(user_id: &str) -> crate::store::Ahead {
@@ -389,6 +388,7 @@ pub fn subject_ahead(user_id: &str) -> crate::store::Ahead {
     projects::grants_ahead(ahead, user_id)
 }
 
+/// The policy subject of a user: role, manager flag and project grants.
 pub fn subject(r: &impl Read, user: &User) -> anyhow::Result<Subject> {
     Ok(Subject {
         user_id: user.id.clone(),
