@@ -943,8 +943,10 @@ impl RawRead for Txn {
     }
 
     fn list(&self, table: &str) -> Result<Vec<Vec<u8>>> {
-        if let Some(bodies) = self.cached(|p| p.lists.get(table).cloned()) {
-            return Ok(bodies);
+        if !self.writer {
+            if let Some(bodies) = self.cached(|p| p.lists.get(table).cloned()) {
+                return Ok(bodies);
+            }
         }
         self.flush()?;
         let rows = self.query(
@@ -988,9 +990,12 @@ impl RawRead for Txn {
     }
 
     fn index_scan(&self, index: &str, prefix: &str) -> Result<Vec<(String, String)>> {
-        let asked = (index.to_string(), prefix.to_string());
-        if let Some(entries) = self.cached(|p| p.scans.get(&asked).cloned()) {
-            return Ok(entries);
+        // Only a reader keeps scans asked ahead: a writer would build the key for nothing.
+        if !self.writer {
+            let asked = (index.to_string(), prefix.to_string());
+            if let Some(entries) = self.cached(|p| p.scans.get(&asked).cloned()) {
+                return Ok(entries);
+            }
         }
         self.flush()?;
         let (lo, hi) = super::prefix_range(prefix);
