@@ -79,6 +79,9 @@ impl TreeFile {
 
     /// Whether the file holds `needle` (a text file is searched without a copy).
     pub fn contains(&self, needle: &str) -> bool {
+        if needle.is_empty() {
+            return true;
+        }
         if self.base64 {
             self.bytes()
                 .is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
@@ -244,6 +247,10 @@ mod tests {
         assert!(binary.base64);
         assert!(text.contains("hostvars") && binary.contains("hostvars"));
         assert!(!text.contains("groups") && !binary.contains("groups"));
+        assert!(
+            text.contains("") && binary.contains(""),
+            "as str::contains does"
+        );
     }
 
     fn file(path: &str, content: &str) -> TreeFile {
