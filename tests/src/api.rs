@@ -110,6 +110,15 @@ impl Api {
         .await
     }
 
+    /// Saves a stored script (`POST /api/v1/scripts`, answered 201) of `kind` (`shell`,
+    /// `playbook`, …): its id.
+    pub async fn create_script(&self, name: &str, kind: &str, body: &str) -> String {
+        let script = serde_json::json!({"name": name, "kind": kind, "body": body});
+        let (status, created) = self.post("/api/v1/scripts", &script).await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().expect("script id").to_string()
+    }
+
     /// Runs `script` on `agent` (`POST /api/v1/executions`, answered 201) and waits up
     /// to 60 s for it to end; returns the ended execution's view.
     pub async fn run_script(&self, agent: &str, script: &str) -> Value {

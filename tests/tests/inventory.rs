@@ -121,18 +121,6 @@ async fn log_text(api: &Api, execution: &str) -> String {
     text
 }
 
-/// Saves a playbook as a stored script: its id.
-async fn playbook_script(api: &Api, name: &str, body: &str) -> String {
-    let (status, script) = api
-        .post(
-            "/api/v1/scripts",
-            &json!({"name": name, "kind": "playbook", "body": body}),
-        )
-        .await;
-    assert_eq!(status, 201, "{script}");
-    script["id"].as_str().expect("a script id").to_string()
-}
-
 /// Runs a stored script over `targets`: the answer's status and body.
 async fn run_over(api: &Api, script: &str, run: Value) -> (u16, Value) {
     api.post(&format!("/api/v1/scripts/{script}/run"), &run)
@@ -142,7 +130,7 @@ async fn run_over(api: &Api, script: &str, run: Value) -> (u16, Value) {
 /// A rollout of a new stored playbook, started with `run` (its targets and options):
 /// its id.
 async fn rollout_of(api: &Api, name: &str, body: &str, run: Value) -> String {
-    let script = playbook_script(api, name, body).await;
+    let script = api.create_script(name, "playbook", body).await;
     let (status, rollout) = run_over(api, &script, run).await;
     assert_eq!(status, 201, "{rollout}");
     rollout["id"].as_str().expect("a rollout id").to_string()
@@ -342,12 +330,13 @@ async fn bad_input_is_refused_and_rollouts_that_match_nothing_are_422() {
     assert_eq!(status, 403);
 
     // A stored playbook whose only play targets a group no server is in.
-    let script = playbook_script(
-        &api,
-        "nowhere",
-        "- hosts: dbservers\n  gather_facts: false\n  tasks:\n    - debug: msg=hi\n",
-    )
-    .await;
+    let script = api
+        .create_script(
+            "nowhere",
+            "playbook",
+            "- hosts: dbservers\n  gather_facts: false\n  tasks:\n    - debug: msg=hi\n",
+        )
+        .await;
     let (status, refused) = run_over(&api, &script, json!({"targets": {"project": "Shop"}})).await;
     assert_eq!(status, 422, "{refused}");
     let message = refused["error"].as_str().unwrap_or_default();

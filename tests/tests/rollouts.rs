@@ -19,17 +19,6 @@ async fn wait_rollout(api: &Api, id: &str) -> Value {
     .await
 }
 
-async fn new_script(api: &Api, name: &str, body: &str) -> String {
-    let (status, created) = api
-        .post(
-            "/api/v1/scripts",
-            &json!({"name": name, "kind": "shell", "body": body}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_str().expect("script id").to_string()
-}
-
 /// A rollout to every server of Nova HR (the demo's four servers, plus the two the
 /// agents enrolled as) shows the servers without an agent and the one whose agent was
 /// revoked as skipped with their reasons; the list filters and pages; Retry failed
@@ -61,7 +50,9 @@ async fn project_rollout_skips_with_reasons_lists_and_retries() {
         .collect();
     assert!(server_names.len() >= 3, "{servers}");
 
-    let fails = new_script(&api, "fails", "echo failing\nexit 3\n").await;
+    let fails = api
+        .create_script("fails", "shell", "echo failing\nexit 3\n")
+        .await;
     let (status, rollout) = api
         .post(
             &format!("/api/v1/scripts/{fails}/run"),
@@ -171,7 +162,9 @@ async fn cancel_stops_a_running_rollout() {
     let _web = Agent::start(&cp, &cp.enrollment_token("Nova HR"), "web-01");
     api.connected_agent("web-01").await;
     api.connected_agent("localhost").await;
-    let slow = new_script(&api, "slow", "echo started\nsleep 60\n").await;
+    let slow = api
+        .create_script("slow", "shell", "echo started\nsleep 60\n")
+        .await;
     let (status, rollout) = api
         .post(
             &format!("/api/v1/scripts/{slow}/run"),
