@@ -489,6 +489,7 @@ async fn serve_agent(
         last_seen: Mutex::new(now),
         load: Mutex::new(None),
         jobs: Mutex::new(Default::default()),
+        failed_streams: Mutex::new(Default::default()),
         dispatch: dispatch_tx,
     });
     if let Verdict::Duplicate {
@@ -970,8 +971,8 @@ async fn control_loop(
 /// Sends every queued or running execution of the agent, then each new one as it is
 /// dispatched. A read the store cannot answer (the database unreachable) is tried
 /// again, later and later, for as long as the connection lives: the connection ends
-/// this task, and a job that ended its stream for the store (`OutputNotStored`) is
-/// resumed only through here.
+/// this task, and a job whose stream ended in an error (the store failing, a bad
+/// frame) is resumed only through here.
 async fn dispatcher(
     fleet: Fleet,
     conn: Arc<AgentConn>,
@@ -1035,6 +1036,7 @@ async fn dispatcher(
                     }
                     Ok(None) => {
                         unread.remove(&id);
+                        lock(&conn.failed_streams).remove(&id);
                         continue;
                     }
                     Err(e) => {
@@ -1048,7 +1050,9 @@ async fn dispatcher(
                 }
             }
         };
-        if !execution.status.is_final() {
+        if execution.status.is_final() {
+            lock(&conn.failed_streams).remove(&execution.id);
+        } else {
             start_driver(&fleet, &conn, execution, spec);
         }
     }
@@ -1100,19 +1104,47 @@ fn start_driver(
     let conn = conn.clone();
     tokio::spawn(async move {
         let id = execution.id.clone();
+        let opened = tokio::time::Instant::now();
         let result = drive_job(&fleet, &conn, execution, spec, rx).await;
-        if let Err(e) = &result {
-            tracing::info!(execution = %id, "job stream ended: {e:#}");
-        }
         lock(&conn.jobs).remove(&id);
-        if result.is_err_and(|e| e.is::<OutputNotStored>()) {
-            // Sent again through the dispatcher, which reads the execution afresh:
-            // it resumes the job on a new stream unless it ended meanwhile or the
-            // agent went away (a reconnect sends it anyway).
-            dispatch_later(&conn, id, RESEND_AFTER);
+        let e = match result {
+            Err(e) if conn.connection.close_reason().is_none() => e,
+            ended => {
+                if let Err(e) = ended {
+                    tracing::info!(execution = %id, "job stream ended with its connection: {e:#}");
+                }
+                lock(&conn.failed_streams).remove(&id);
+                return;
+            }
+        };
+        // Whatever ended the stream (the store failing to keep the output or to read
+        // the job, a malformed or unexpected frame, the agent closing the stream), the
+        // agent still holds the job and its spool: the dispatcher reads the execution
+        // afresh and opens a new stream unless the job ended meanwhile. Only a closed
+        // connection stops that (the next one sends the job anyway). A stream that ran
+        // a while counts as a fresh start.
+        let failures = {
+            let mut failed = lock(&conn.failed_streams);
+            let failures = failed.entry(id.clone()).or_default();
+            if opened.elapsed() >= STREAM_LIVED {
+                *failures = 0;
+            }
+            *failures += 1;
+            *failures
+        };
+        let wait = read_again_after(failures - 1);
+        if e.is::<OutputNotStored>() {
+            tracing::info!(execution = %id, "job stream ended, opened again in {wait:?}: {e:#}");
+        } else {
+            tracing::warn!(execution = %id, "job stream ended, opened again in {wait:?}: {e:#}");
         }
+        dispatch_later(&conn, id, wait);
     });
 }
+
+/// A job stream that ended in an error after running this long is opened again as
+/// soon as a first failure would be.
+const STREAM_LIVED: Duration = Duration::from_secs(30);
 
 fn expire(fleet: &Fleet, execution: &Execution) {
     let summary = "expired: the agent did not take the job in time";
@@ -1257,10 +1289,6 @@ const JOB_FRAMES_AHEAD: usize = 4;
 #[derive(Debug, thiserror::Error)]
 #[error("the store failed to keep the job's output: the job stream is opened again")]
 struct OutputNotStored;
-
-/// How long a job whose output the store failed to keep waits before its stream is
-/// opened again (the store may be failing over).
-const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn job_loop(
     fleet: &Fleet,

@@ -68,6 +68,9 @@ pub(crate) struct AgentConn {
     pub load: Mutex<Option<LiveLoad>>,
     /// Job drivers of this connection, by execution id.
     pub jobs: Mutex<HashMap<String, mpsc::UnboundedSender<JobCommand>>>,
+    /// Executions whose job streams on this connection ended in an error, with how
+    /// many did in a row: each is opened again later than the last.
+    pub failed_streams: Mutex<HashMap<String, u32>>,
     /// Executions to deliver over this connection.
     pub dispatch: mpsc::UnboundedSender<Dispatched>,
 }

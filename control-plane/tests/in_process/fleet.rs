@@ -76,3 +76,122 @@ fn a_backup_record_follows_its_execution() {
         cp.stop().await;
     });
 }
+
+/// A job stream that ends in an error while the agent stays connected (here the agent
+/// answers the start with a frame that is not a message) is opened again on the same
+/// connection, and the job then runs to its end. It used to wait for the agent's next
+/// reconnect, which a healthy connection never makes: the execution stayed queued.
+#[test]
+fn a_job_stream_ended_by_a_bad_frame_is_opened_again() {
+    use dynserv_shared::frame::{read_frame, write_frame};
+    use dynserv_shared::proto::{
+        AgentControl, Facts, FromAgent, JobEnd, JobStatus, OutputChunk, OutputStream,
+        ServerControl, ToAgent, FLEET_SERVER_NAME, PROTOCOL_VERSION,
+    };
+
+    util::run(async {
+        let cp = ControlPlane::start().await;
+        // A hand-driven agent: the real one's identity, spoken to frame by frame.
+        let (agent_id, state) = cp.enrolled("flaky").await;
+        let read = |name: &str| std::fs::read_to_string(state.path().join(name)).expect(name);
+        let tls = dynserv_shared::pki::agent_client_config(
+            &read("ca.pem"),
+            &read("agent.pem"),
+            &read("agent.key"),
+        )
+        .expect("the agent's TLS configuration");
+        let mut config = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC configuration"),
+        ));
+        // No heartbeats here: keep-alives hold the connection open instead.
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("an endpoint");
+        let connection = endpoint
+            .connect_with(config, cp.quic, FLEET_SERVER_NAME)
+            .expect("connecting")
+            .await
+            .expect("a connection");
+        let (mut control, mut control_in) = connection.open_bi().await.expect("the control stream");
+        // This machine, as enrolled (another would be refused as a copy).
+        let instance = dynserv_agent::connection::Instance::current();
+        let hello = AgentControl::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_id: agent_id.clone(),
+            facts: Facts {
+                hostname: "flaky".into(),
+                ..Default::default()
+            },
+            host_id: instance.host_id,
+            instance_id: instance.instance_id,
+        };
+        write_frame(&mut control, &hello).await.expect("the hello");
+        let welcome = read_frame::<ServerControl, _>(&mut control_in).await;
+        assert!(
+            matches!(welcome, Ok(Some(ServerControl::Welcome { .. }))),
+            "{welcome:?}"
+        );
+
+        let (status, created) = cp
+            .post(
+                "/api/v1/executions",
+                &json!({"agent": agent_id, "kind": "script", "script": "echo hi"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().expect("an id").to_string();
+
+        // The first stream: a frame whose body is not JSON.
+        let (mut send, mut recv) = tokio::time::timeout(util::PATIENCE, connection.accept_bi())
+            .await
+            .expect("the job within 10 s")
+            .expect("a job stream");
+        let start = read_frame::<ToAgent, _>(&mut recv).await;
+        assert!(matches!(start, Ok(Some(ToAgent::Start(_)))), "{start:?}");
+        send.write_all(&[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o'])
+            .await
+            .expect("the bad frame");
+
+        // The second stream, on the same connection: the job sent again.
+        let (mut send, mut recv) = tokio::time::timeout(util::PATIENCE, connection.accept_bi())
+            .await
+            .expect("the job sent again within 10 s, without a reconnect")
+            .expect("a job stream");
+        match read_frame::<ToAgent, _>(&mut recv).await {
+            Ok(Some(ToAgent::Start(spec))) => assert_eq!(spec.job_id, id),
+            other => panic!("not a start: {other:?}"),
+        }
+        let end = JobEnd {
+            status: JobStatus::Succeeded,
+            exit_code: Some(0),
+            summary: "exit code 0".into(),
+            chunks: 1,
+            facts: None,
+        };
+        for message in [
+            FromAgent::Started { resumed: false },
+            FromAgent::Output(OutputChunk {
+                seq: 0,
+                stream: OutputStream::Stdout,
+                data: "hi\n".into(),
+            }),
+            FromAgent::End(end),
+        ] {
+            write_frame(&mut send, &message).await.expect("a frame");
+        }
+        loop {
+            match read_frame::<ToAgent, _>(&mut recv).await {
+                Ok(Some(ToAgent::EndAck)) => break,
+                Ok(Some(_)) => {}
+                other => panic!("no end acknowledged: {other:?}"),
+            }
+        }
+        let ended = cp.ended(&id).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+        assert_eq!(cp.stored_output(&id).await, "hi\n");
+        connection.close(0u32.into(), b"done");
+        cp.stop().await;
+    });
+}

@@ -177,6 +177,13 @@ impl ControlPlane {
     /// `dynserv_agent::connection::enroll`, then runs it until the returned
     /// [`Agent`] is stopped; waits until the gateway counts it connected.
     pub async fn agent(&self, name: &str) -> Agent {
+        let (agent_id, state) = self.enrolled(name).await;
+        self.run_agent(agent_id, state).await
+    }
+
+    /// Creates a project and enrolls an agent named `name` in it, without running it:
+    /// its id and state directory.
+    pub async fn enrolled(&self, name: &str) -> (String, tempfile::TempDir) {
         let (status, project) = self
             .post(
                 "/api/v1/projects",
@@ -191,12 +198,12 @@ impl ControlPlane {
             )
             .await;
         assert_eq!(status, 201, "{created}");
-        let token = created["token"].as_str().expect("a token").to_string();
-        self.enroll_agent(name, &token).await
+        let token = created["token"].as_str().expect("a token");
+        self.enroll(name, token).await
     }
 
-    /// Enrolls an agent named `name` with `token` and runs it, like [`Self::agent`].
-    pub async fn enroll_agent(&self, name: &str, token: &str) -> Agent {
+    /// Enrolls an agent named `name` with `token`: its id and state directory.
+    async fn enroll(&self, name: &str, token: &str) -> (String, tempfile::TempDir) {
         let state = tempfile::tempdir().expect("a state directory");
         let agent_id = dynserv_agent::connection::enroll(
             &[self.quic.to_string()],
@@ -206,7 +213,7 @@ impl ControlPlane {
         )
         .await
         .expect("enrollment");
-        self.run_agent(agent_id, state).await
+        (agent_id, state)
     }
 
     /// Runs the agent enrolled in `state` until the returned [`Agent`] is stopped;
