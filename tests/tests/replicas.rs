@@ -2,7 +2,7 @@
 //! binaries: a job made on one replica runs on an agent connected to another and is
 //! watched live on the first; cancel from any replica; a replica killed mid-job (the
 //! agent fails over, no line lost or repeated); the leader killed (another takes over
-//! the background work); the database dropping a replica's connections mid-job (no line
+//! the background work, and a scheduled backup runs once on it); the database dropping a replica's connections mid-job (no line
 //! lost or repeated); `dynserv migrate` from redb to PostgreSQL and back.
 
 use std::time::{Duration, Instant};
@@ -363,6 +363,102 @@ async fn a_killed_leader_is_replaced_within_fifteen_seconds() {
         "took {:?}",
         killed.elapsed()
     );
+}
+
+/// The backup records of project `project_id`, oldest first.
+async fn backups_of(api: &Api, project_id: &str) -> Vec<Value> {
+    let (status, list) = api
+        .get(&format!("/api/v1/backups?project={project_id}"))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let mut list = list.as_array().cloned().unwrap_or_default();
+    list.sort_by(|x, y| x["created_at"].as_str().cmp(&y["created_at"].as_str()));
+    list
+}
+
+/// A backup scheduled every minute runs once per minute with two replicas; when the
+/// leader is killed after a run, the next run happens once, on the other replica, and
+/// reaches the agent.
+#[tokio::test]
+async fn a_scheduled_backup_runs_once_after_the_leader_is_killed() {
+    let (mut a, mut b, api_a, api_b) = two_replicas().await;
+    let (_, projects) = api_a.get("/api/v1/projects").await;
+    let project_id = projects
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "Fleet"))
+        .and_then(|p| p["id"].as_str())
+        .expect("the project Fleet")
+        .to_string();
+    let token = a.enrollment_token("Fleet");
+    let mut agent = Agent::enroll(
+        &format!("{},{}", a.quic_addr(), b.quic_addr()),
+        &token,
+        "db-s",
+    );
+    agent.run();
+    api_a.connected_agent("db-s").await;
+    // No such Compose project runs here: each backup fails on the agent, and still
+    // counts as the one run of its scheduled time.
+    let recipe = json!({"compose_project": "shop", "service": "db", "command": "pg_dump shop"});
+    let (status, body) = api_a
+        .put(
+            &format!("/api/v1/projects/{project_id}/backup-recipe"),
+            &recipe,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api_b
+        .put(
+            &format!("/api/v1/projects/{project_id}/schedules"),
+            &json!({"backup": "* * * * *"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The first run: the first scheduler tick (every 15 s) after the next minute.
+    let before = eventually(
+        Duration::from_secs(100),
+        "the first scheduled backup",
+        || async {
+            let runs = backups_of(&api_a, &project_id).await;
+            (!runs.is_empty()).then_some(runs.len())
+        },
+    )
+    .await;
+    let (leader, api) = if leads(&a).await {
+        (&mut a, &api_b)
+    } else {
+        (&mut b, &api_a)
+    };
+    leader.kill();
+
+    eventually(
+        Duration::from_secs(100),
+        "the next scheduled backup",
+        || async { (backups_of(api, &project_id).await.len() > before).then_some(()) },
+    )
+    .await;
+    // One more tick: nothing runs a scheduled minute twice.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let runs = backups_of(api, &project_id).await;
+    let minutes: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .map(|r| &r["created_at"].as_str().unwrap_or_default()[..16])
+        .collect();
+    assert_eq!(
+        minutes.len(),
+        runs.len(),
+        "a scheduled minute ran twice: {runs:#?}"
+    );
+    for run in &runs {
+        let id = run["execution_id"].as_str().expect("an execution");
+        let end = wait_status(api, id, Duration::from_secs(30), &["succeeded", "failed"]).await;
+        assert!(
+            end["started_at"].is_string(),
+            "never reached the agent: {end}\n{}",
+            agent.logs()
+        );
+    }
 }
 
 /// `dynserv migrate` moves an installation from its redb file into an empty
