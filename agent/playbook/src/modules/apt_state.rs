@@ -27,7 +27,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod disk_cache;
 mod plan;
+pub use disk_cache::own_binary_cache_options;
 pub use plan::Plan;
 
 /// Maps keyed by package names read from the host's own dpkg and apt files (not input
@@ -99,12 +101,12 @@ fn is_plain_name(name: &str) -> bool {
 
 /// What identifies one version of a file or of a directory's entries: when any of it
 /// changes, what was parsed from there is parsed again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Fingerprint(Vec<(PathBuf, Option<FileStamp>)>);
 
 /// What tells one version of a file from the next: dpkg and apt replace their files by
 /// renaming a new one over them (a new inode), and editors change size or mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct FileStamp {
     len: u64,
     mtime: i64,
@@ -112,16 +114,20 @@ struct FileStamp {
     inode: u64,
 }
 
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| FileStamp {
+            len: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            inode: m.ino(),
+        })
+    }
+}
+
 impl Fingerprint {
     fn of(files: &[PathBuf], dirs: &[PathBuf]) -> Self {
-        let stat = |path: &Path| {
-            std::fs::metadata(path).ok().map(|m| FileStamp {
-                len: m.len(),
-                mtime: m.mtime(),
-                mtime_nsec: m.mtime_nsec(),
-                inode: m.ino(),
-            })
-        };
+        let stat = FileStamp::of;
         let mut entries: Vec<_> = files.iter().map(|p| (p.clone(), stat(p))).collect();
         for dir in dirs {
             entries.push((dir.clone(), stat(dir)));
@@ -155,7 +161,7 @@ struct StatusPackage {
 
 /// The fields of one package version that decide what installing it needs and
 /// forbids, as written in its stanza (parsed by `plan` when asked).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Relations {
     /// `Pre-Depends` and `Depends`, joined.
     depends: Option<String>,
@@ -226,7 +232,7 @@ struct StatusDb {
 }
 
 /// The parsed apt lists and the policy that picks candidates from them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct ListsDb {
     /// The highest version of each package name in the lists.
     newest: Map<String, String>,
@@ -316,7 +322,20 @@ impl Snapshot {
                     paths.etc_apt.join("apt.conf.d"),
                 ],
             );
-            cached(&LISTS_CACHE, fingerprint, || read_lists(paths))
+            cached(&LISTS_CACHE, fingerprint.clone(), || {
+                // The host's own lists are also kept on disk for the next process.
+                if *paths != AptPaths::system() {
+                    return read_lists(paths);
+                }
+                if let Some(kept) = disk_cache::load_lists(&fingerprint) {
+                    return kept;
+                }
+                let db = read_lists(paths);
+                if db.undecided.is_none() {
+                    disk_cache::store_lists(&fingerprint, &db);
+                }
+                db
+            })
         })
     }
 

@@ -6,7 +6,7 @@
 //! only when something is to be installed, upgraded or removed: at most once per task for
 //! the packages, in check mode with `--simulate`.
 
-use super::apt_state::{AptPaths, Snapshot};
+use super::apt_state::{own_binary_cache_options, AptPaths, Snapshot};
 use super::exec::{run, Run};
 use super::{ArgError, Args, ModuleContext, Outcome};
 use minijinja::Value;
@@ -32,12 +32,25 @@ fn dpkg_query_status(name: &str) -> Run {
 
 /// `apt-cache COMMAND NAME` in the C locale (its output is parsed).
 fn apt_cache(command: &str, name: &str) -> Run {
-    run(
-        "apt-cache",
-        &[command, name],
-        &[("LANG".into(), "C".into())],
-        None,
-    )
+    let mut argv = apt_options();
+    argv.extend([command, name]);
+    run("apt-cache", &argv, &[("LANG".into(), "C".into())], None)
+}
+
+/// `apt-get ARGS`.
+fn apt_get(args: &[&str], env: &[(String, String)]) -> Run {
+    let mut argv = apt_options();
+    argv.extend_from_slice(args);
+    run("apt-get", &argv, env, None)
+}
+
+/// The options every apt-get and apt-cache call starts with: a binary cache of our own
+/// where the host's apt keeps none (see `apt_state::own_binary_cache_options`).
+fn apt_options() -> Vec<&'static str> {
+    own_binary_cache_options()
+        .iter()
+        .map(String::as_str)
+        .collect()
 }
 
 /// Installed version of a package, if installed.
@@ -237,7 +250,7 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                 .is_some_and(|age| age.as_secs() < valid as u64);
         // In check mode Ansible reports a stale cache as updated without updating it.
         if !fresh && !ctx.check {
-            let r = run("apt-get", &["update", "-q"], &env, None);
+            let r = apt_get(&["update", "-q"], &env);
             if !r.ok() {
                 return Ok(failure("apt-get update", &r).with(
                     "msg",
@@ -310,7 +323,7 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
             if args.bool("autoremove", false)? {
                 argv.push("--auto-remove");
             }
-            let r = run("apt-get", &argv, &env, None);
+            let r = apt_get(&argv, &env);
             if !r.ok() {
                 return Ok(failure(&format!("apt-get {mode}"), &r));
             }
@@ -345,7 +358,7 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                     let mut argv: Vec<&str> = vec!["install"];
                     argv.extend(common.iter().map(String::as_str));
                     argv.extend(missing.iter().map(|s| s.as_str()));
-                    let r = run("apt-get", &argv, &env, None);
+                    let r = apt_get(&argv, &env);
                     if !r.ok() {
                         return Ok(failure(
                             &format!(
@@ -390,7 +403,7 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                         argv.push("--only-upgrade");
                     }
                     argv.extend(outdated.iter().map(|s| s.as_str()));
-                    let r = run("apt-get", &argv, &env, None);
+                    let r = apt_get(&argv, &env);
                     if !r.ok() {
                         return Ok(failure("apt-get install", &r));
                     }
@@ -420,7 +433,7 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
                         argv.push("--auto-remove");
                     }
                     argv.extend(installed.iter().map(|s| s.as_str()));
-                    let r = run("apt-get", &argv, &env, None);
+                    let r = apt_get(&argv, &env);
                     if !r.ok() {
                         return Ok(failure("apt-get remove", &r));
                     }
@@ -432,7 +445,7 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
     } else if args.bool("autoremove", false)? && !args.has("upgrade") {
         let mut argv: Vec<&str> = vec!["autoremove"];
         argv.extend(common.iter().map(String::as_str));
-        let r = run("apt-get", &argv, &env, None);
+        let r = apt_get(&argv, &env);
         if !r.ok() {
             return Ok(failure("apt-get autoremove", &r));
         }
@@ -442,10 +455,10 @@ pub fn apt(args: &Args, ctx: &ModuleContext) -> Result<Outcome, ArgError> {
         stdout.push_str(&r.stdout);
     }
     if args.bool("autoclean", false)? && !ctx.check {
-        run("apt-get", &["autoclean", "-y"], &env, None);
+        apt_get(&["autoclean", "-y"], &env);
     }
     if args.bool("clean", false)? && !ctx.check {
-        run("apt-get", &["clean"], &env, None);
+        apt_get(&["clean"], &env);
     }
     result.set("changed", changed);
     result.set("stdout", stdout.clone());
