@@ -9,7 +9,9 @@
 //! Measures, and prints (nothing is asserted):
 //! 1. fan-out: one no-op job created for every agent in one request; time until every
 //!    agent received it, and until every agent got the `EndAck` (its end stored);
-//!    control-plane RSS with all agents connected;
+//!    control-plane RSS with all agents connected; then 200 jobs created one at a time
+//!    through replica A for an agent on the last replica (the same one without
+//!    replicas): time from the request until the agent has the job;
 //! 2. idle RSS of a real `dynserv-agent run` connected to the control plane;
 //! 3. streaming: one job whose (simulated) agent emits `--lines` lines as fast as the
 //!    connection takes them, watched by `--viewers` WebSockets; throughput (bytes of
@@ -49,6 +51,9 @@ use common::{
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
 use tokio::sync::{mpsc, Semaphore};
+
+/// Jobs created one by one for the dispatch latency.
+const SINGLE_JOBS: usize = 200;
 
 struct Args {
     agents: usize,
@@ -382,6 +387,41 @@ async fn main() -> Result<()> {
         println!(
             "control-plane RSS after fan-out {}",
             describe_rss(&rss_after, true)
+        );
+
+        // One job at a time created through replica A for an agent on the last
+        // replica: from the create request until the agent has the job (the create's
+        // commit, its NOTIFY, the other replica's dispatch, the QUIC stream).
+        let target = &ids[(replicas - 1).min(ids.len() - 1)];
+        let mut delivered = Vec::with_capacity(SINGLE_JOBS);
+        for _ in 0..SINGLE_JOBS {
+            let t0 = micros();
+            let response = client
+                .post(format!("{base}/api/v1/executions"))
+                .bearer_auth(&api_token)
+                .json(&serde_json::json!({"agent": target, "kind": "script", "script": "true"}))
+                .send()
+                .await?;
+            if response.status().as_u16() != 201 {
+                bail!(
+                    "job request failed: {} {}",
+                    response.status(),
+                    response.text().await?
+                );
+            }
+            match tokio::time::timeout(Duration::from_secs(10), reports.recv()).await {
+                Ok(Some((_, (started, _)))) => delivered.push((started - t0) as u32),
+                _ => bail!("a single job was not answered within 10 s"),
+            }
+        }
+        delivered.sort_unstable();
+        println!(
+            "{SINGLE_JOBS} single jobs created on replica A, each for an agent on replica {}: \
+             received by the agent p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms after the request",
+            replica_name(replicas - 1),
+            percentile(&delivered, 0.5),
+            percentile(&delivered, 0.99),
+            percentile(&delivered, 1.0)
         );
 
         // Idle RSS of a real agent (on the redb file only: it does not depend on the
