@@ -268,7 +268,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let list = root.path().join("x_Packages");
         std::fs::write(&list, "Package: a\nVersion: 1\n").unwrap();
-        let fingerprint = Fingerprint::of(&[list.clone()], &[]);
+        let fingerprint = Fingerprint::of(std::slice::from_ref(&list), &[]);
         let mut db = ListsDb::default();
         db.newest.insert("a".into(), "1".into());
         db.provided
