@@ -7,7 +7,9 @@
 //! apt lists are parsed at most once per process and kept until one of the files they
 //! came from changes (size, mtime or inode): a playbook that installs packages between
 //! tasks sees its own changes. The lists, the expensive part, are read only when a
-//! question needs them (a package that is not installed, or `state=latest`).
+//! question needs them (a package that is not installed, or `state=latest`), and their
+//! parse is also kept on disk for the next process while those files and the program
+//! are unchanged (`disk_cache`).
 //!
 //! The native reading answers only what it can answer exactly as the programs would.
 //! Anything else is [`Undecided`] and the caller asks the programs: names that are not

@@ -1,10 +1,12 @@
 //! `apt` (and `package` through it): Debian/Ubuntu packages via apt-get.
 //!
 //! What is installed and what apt would install is read natively (`apt_state`: the dpkg
-//! status file and apt's lists, parsed once per process); `dpkg-query` and `apt-cache`
-//! run only for what that reading leaves undecided (patterns, pins, ...). apt-get runs
-//! only when something is to be installed, upgraded or removed: at most once per task for
-//! the packages, in check mode with `--simulate`.
+//! status file and apt's lists, parsed once per process, the lists' parse kept on disk
+//! between processes); `dpkg-query` and `apt-cache` run only for what that reading leaves
+//! undecided (patterns, pins, ...). apt-get runs only when something is to be installed,
+//! upgraded or removed: at most once per task for the packages, in check mode with
+//! `--simulate`. Every apt-get and apt-cache call here gets a binary cache file of the
+//! runtime's own where the host's apt keeps none ([`apt_options`]).
 
 use super::apt_state::{own_binary_cache_options, AptPaths, Snapshot};
 use super::exec::{run, Run};
