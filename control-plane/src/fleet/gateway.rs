@@ -1123,16 +1123,16 @@ fn start_driver(
         // afresh and opens a new stream unless the job ended meanwhile. Only a closed
         // connection stops that (the next one sends the job anyway). A stream that ran
         // a while counts as a fresh start.
-        let failures = {
+        let wait = {
             let mut failed = lock(&conn.failed_streams);
-            let failures = failed.entry(id.clone()).or_default();
+            let failed = failed.entry(id.clone()).or_default();
             if opened.elapsed() >= STREAM_LIVED {
-                *failures = 0;
+                *failed = 0;
             }
-            *failures += 1;
-            *failures
+            let wait = read_again_after(*failed);
+            *failed += 1;
+            wait
         };
-        let wait = read_again_after(failures - 1);
         if e.is::<OutputNotStored>() {
             tracing::info!(execution = %id, "job stream ended, opened again in {wait:?}: {e:#}");
         } else {

@@ -199,11 +199,6 @@ impl ControlPlane {
             .await;
         assert_eq!(status, 201, "{created}");
         let token = created["token"].as_str().expect("a token");
-        self.enroll(name, token).await
-    }
-
-    /// Enrolls an agent named `name` with `token`: its id and state directory.
-    async fn enroll(&self, name: &str, token: &str) -> (String, tempfile::TempDir) {
         let state = tempfile::tempdir().expect("a state directory");
         let agent_id = dynserv_agent::connection::enroll(
             &[self.quic.to_string()],

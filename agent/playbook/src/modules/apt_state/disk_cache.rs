@@ -170,20 +170,7 @@ fn store_lists_in(file: &Path, fingerprint: &Fingerprint, db: &ListsDb) -> Optio
     bytes = postcard::to_extend(fingerprint, bytes).ok()?;
     bytes = postcard::to_extend(db, bytes).ok()?;
     // Written beside and renamed over, so a reader sees the old file or the new one.
-    let dir = file.parent()?;
-    let temporary = dir.join(format!(
-        ".lists.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default()
-    ));
-    if std::fs::write(&temporary, &bytes).is_err() || std::fs::rename(&temporary, file).is_err() {
-        let _ = std::fs::remove_file(&temporary);
-        return None;
-    }
-    Some(())
+    crate::modules::files::atomic_write(file, &bytes).ok()
 }
 
 #[cfg(test)]
