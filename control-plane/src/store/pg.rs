@@ -848,7 +848,11 @@ impl RawRead for Txn {
             return Ok(());
         }
         let rows = self.query(
-            "SELECT key, id FROM dynserv_index WHERE name = $1 AND key = ANY($2)",
+            // One index probe per key: as `key = ANY($2)` PostgreSQL read every
+            // entry of the index and filtered them.
+            "SELECT w.key, i.id FROM unnest($2::text[]) AS w (key)
+             CROSS JOIN LATERAL (SELECT id FROM dynserv_index
+                 WHERE name = $1 AND key = w.key LIMIT 1) i",
             &[&index, &asked],
         )?;
         let found: HashMap<String, String> = rows
@@ -882,13 +886,16 @@ impl RawRead for Txn {
             return Ok(());
         }
         let rows = self.query(
-            "SELECT execution_id, max(seq) FROM dynserv_logs
-             WHERE execution_id = ANY($1) GROUP BY execution_id",
+            // The top of each log from the end of its index: grouped, `max(seq)`
+            // read every chunk of the logs asked (each ingestion batch of a long
+            // job read its whole log again).
+            "SELECT w.id, (SELECT max(seq) FROM dynserv_logs WHERE execution_id = w.id)
+             FROM unnest($1::text[]) AS w (id)",
             &[&asked],
         )?;
         let found: HashMap<String, u64> = rows
             .iter()
-            .map(|r| (r.get::<_, String>(0), seq_from(r.get(1))))
+            .filter_map(|r| Some((r.get::<_, String>(0), seq_from(r.get::<_, Option<i64>>(1)?))))
             .collect();
         let mut p = self.pending.borrow_mut();
         for id in asked {
@@ -1331,8 +1338,11 @@ impl Txn {
         let mut queries: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
         if !ids.is_empty() {
             queries.push((
-                "SELECT r.tbl, r.id, r.body FROM dynserv_records r
-                 JOIN unnest($1::text[], $2::text[]) AS w(tbl, id) ON r.tbl = w.tbl AND r.id = w.id",
+                // One index probe per key (`LIMIT 1` keeps the planner from
+                // turning the lateral probe into a join over the whole table).
+                "SELECT w.tbl, w.id, r.body FROM unnest($1::text[], $2::text[]) AS w (tbl, id)
+                 CROSS JOIN LATERAL (SELECT body FROM dynserv_records
+                     WHERE tbl = w.tbl AND id = w.id LIMIT 1) r",
                 vec![&tables, &ids],
             ));
         }
@@ -1498,15 +1508,19 @@ impl Statement {
 const UPSERT_RECORDS: &str = "INSERT INTO dynserv_records (tbl, id, body)
      SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
      ON CONFLICT (tbl, id) DO UPDATE SET body = excluded.body";
-const DELETE_RECORDS: &str = "DELETE FROM dynserv_records r
-     USING unnest($1::text[], $2::text[]) AS gone (tbl, id)
-     WHERE r.tbl = gone.tbl AND r.id = gone.id";
+/// Deletes find each row by its key alone and then delete by row address: as a join
+/// of the keys with the table, PostgreSQL read and hashed the whole table whenever
+/// the keys were many and the table not yet huge (3,000 keys in a table of 300,000
+/// rows: 124 ms instead of 25, under the write lock).
+const DELETE_RECORDS: &str = "DELETE FROM dynserv_records WHERE ctid = ANY (ARRAY(
+     SELECT (SELECT r.ctid FROM dynserv_records r WHERE r.tbl = gone.tbl AND r.id = gone.id)
+     FROM unnest($1::text[], $2::text[]) AS gone (tbl, id)))";
 const UPSERT_INDEX: &str = "INSERT INTO dynserv_index (name, key, id)
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
      ON CONFLICT (name, key) DO UPDATE SET id = excluded.id";
-const DELETE_INDEX: &str = "DELETE FROM dynserv_index i
-     USING unnest($1::text[], $2::text[]) AS gone (name, key)
-     WHERE i.name = gone.name AND i.key = gone.key";
+const DELETE_INDEX: &str = "DELETE FROM dynserv_index WHERE ctid = ANY (ARRAY(
+     SELECT (SELECT i.ctid FROM dynserv_index i WHERE i.name = gone.name AND i.key = gone.key)
+     FROM unnest($1::text[], $2::text[]) AS gone (name, key)))";
 const INSERT_LOGS: &str = "INSERT INTO dynserv_logs (execution_id, seq, chunk)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
      ON CONFLICT (execution_id, seq) DO NOTHING";
