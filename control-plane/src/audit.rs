@@ -83,8 +83,12 @@ pub fn record(
         detail: detail.into(),
         ip: actor.ip.clone(),
     };
-    w.put(&entry)?;
-    index(w, &entry)
+    // A new id: a new record and new index keys.
+    w.insert(&entry)?;
+    for (index, key) in index_keys(&entry) {
+        w.index_insert(index, &key, &entry.id)?;
+    }
+    Ok(())
 }
 
 fn index_keys(e: &AuditEntry) -> [(&'static str, String); 3] {

@@ -660,9 +660,10 @@ pub fn create(
         output_truncated: false,
         work,
     };
-    w.put(&execution)?;
-    w.index_put(ACTIVE, &index_key(&execution), &execution.id)?;
-    index_new(w, &execution)?;
+    // Its id was just made: its record and index entries are new keys.
+    w.insert(&execution)?;
+    w.index_insert(ACTIVE, &index_key(&execution), &execution.id)?;
+    index_new(w, &execution, IndexKeys::New)?;
     w.announce(crate::live::Event::executions_created(
         &execution.project_id,
     ));
@@ -849,9 +850,9 @@ fn suffix_keys(term: &str, key: &str) -> Vec<String> {
 
 /// Adds an execution to its terms' lists, and a term seen for the first time to the
 /// dictionary with its suffixes.
-fn index_terms(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
+fn index_terms(w: &mut Writer, e: &Execution, keys: IndexKeys) -> anyhow::Result<()> {
     for (key, term) in search_terms(e) {
-        w.index_put(BY_TERM, &format!("{key}/{}", e.id), &e.id)?;
+        keys.put(w, BY_TERM, &format!("{key}/{}", e.id), &e.id)?;
         add_term(w, &key, &term)?;
     }
     Ok(())
@@ -969,18 +970,35 @@ fn status_counter(status: Status) -> String {
     format!("executions/{}", status.as_str())
 }
 
-/// Writes the list indexes and counts of a new execution.
-fn index_new(w: &mut Writer, e: &Execution) -> anyhow::Result<()> {
-    for (index, key) in list_index_keys(e) {
-        if index == ALL {
-            w.index_put(index, &key, &search_text(e))?;
-        } else {
-            w.index_put(index, &key, &e.id)?;
+/// Whether the index keys of an execution are known to be new (it was just created),
+/// or may be there already (a schema step or a seed writing them again).
+#[derive(Clone, Copy)]
+enum IndexKeys {
+    New,
+    MaybeThere,
+}
+
+impl IndexKeys {
+    fn put(self, w: &mut Writer, index: &str, key: &str, id: &str) -> anyhow::Result<()> {
+        match self {
+            IndexKeys::New => w.index_insert(index, key, id),
+            IndexKeys::MaybeThere => w.index_put(index, key, id),
         }
     }
-    index_terms(w, e)?;
+}
+
+/// Writes the list indexes and counts of a new execution.
+fn index_new(w: &mut Writer, e: &Execution, keys: IndexKeys) -> anyhow::Result<()> {
+    for (index, key) in list_index_keys(e) {
+        if index == ALL {
+            keys.put(w, index, &key, &search_text(e))?;
+        } else {
+            keys.put(w, index, &key, &e.id)?;
+        }
+    }
+    index_terms(w, e, keys)?;
     if e.status == Status::Queued {
-        w.index_put(EXPIRY, &expiry_key(e), &e.id)?;
+        keys.put(w, EXPIRY, &expiry_key(e), &e.id)?;
     }
     w.counter_add("executions", 1)?;
     w.counter_add(&status_counter(e.status), 1)?;
@@ -1093,7 +1111,7 @@ pub fn seed_for_bench(
         );
     }
     w.put(e)?;
-    index_new(w, e)?;
+    index_new(w, e, IndexKeys::MaybeThere)?;
     let mut bytes = 0u64;
     for (seq, (stream, data)) in (0u64..).zip(output) {
         w.log_append(&e.id, seq, &encode_chunk(*stream, data))?;
@@ -1150,7 +1168,7 @@ pub fn backfill_terms(w: &mut Writer) -> anyhow::Result<()> {
         after = Some(last.clone());
         let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
         for e in w.get_many::<Execution>(&ids)?.into_iter().flatten() {
-            index_terms(w, &e)?;
+            index_terms(w, &e, IndexKeys::MaybeThere)?;
         }
         if page.len() < 1000 {
             break;
@@ -1170,7 +1188,7 @@ pub fn backfill_indexes(w: &mut Writer) -> anyhow::Result<()> {
             }
             w.put(&e)?;
         }
-        index_new(w, &e)?;
+        index_new(w, &e, IndexKeys::MaybeThere)?;
     }
     Ok(())
 }
@@ -1928,7 +1946,7 @@ pub(crate) mod tests {
         if !e.status.is_final() {
             w.index_put(ACTIVE, &index_key(&e), &e.id).unwrap();
         }
-        index_new(w, &e).unwrap();
+        index_new(w, &e, IndexKeys::MaybeThere).unwrap();
         e
     }
 

@@ -44,6 +44,7 @@ cases!(
     a_failed_write_keeps_nothing,
     a_change_refused_at_commit_keeps_nothing,
     a_backup_is_a_consistent_copy,
+    an_insert_never_replaces_what_exists,
     index_pages_walk_both_ways_from_a_cursor,
     records_pages_walk_both_ways,
     reads_and_log_tops_survive_sending,

@@ -54,6 +54,10 @@ pub const CASES: &[(&str, Case)] = &[
         a_backup_is_a_consistent_copy,
     ),
     (
+        "an_insert_never_replaces_what_exists",
+        an_insert_never_replaces_what_exists,
+    ),
+    (
         "index_pages_walk_both_ways_from_a_cursor",
         index_pages_walk_both_ways_from_a_cursor,
     ),
@@ -243,6 +247,66 @@ fn a_change_refused_at_commit_keeps_nothing(open: Open) {
         store.get::<Thing>("next19").unwrap(),
         Some(thing("next19", 19))
     );
+}
+
+/// `insert` and `index_insert` add new keys and fail the transaction on one that
+/// exists, whether it is in the store (PostgreSQL finds out at commit) or written by
+/// the same transaction; a key the transaction inserted and then changed or removed
+/// ends as it left it, and one it removed can be inserted again.
+fn an_insert_never_replaces_what_exists(open: Open) {
+    let store = open().unwrap();
+    store
+        .write(|w| {
+            w.insert(&thing("a", 1))?;
+            w.index_insert("i", "a", "a")?;
+            assert!(w.insert(&thing("a", 2)).is_err(), "inserted twice");
+            assert!(w.index_insert("i", "a", "x").is_err(), "inserted twice");
+            Ok(())
+        })
+        .unwrap();
+    let again: Result<()> = store.write(|w| {
+        w.insert(&thing("b", 1))?;
+        w.insert(&thing("a", 3))
+    });
+    assert!(again.is_err(), "a record that is in the store");
+    let again: Result<()> = store.write(|w| {
+        w.insert(&thing("b", 1))?;
+        w.index_insert("i", "a", "y")
+    });
+    assert!(again.is_err(), "an index entry that is in the store");
+    assert_eq!(store.get::<Thing>("a").unwrap(), Some(thing("a", 1)));
+    assert!(store.get::<Thing>("b").unwrap().is_none(), "nothing kept");
+    store
+        .write(|w| {
+            // Inserted, then changed.
+            w.insert(&thing("c", 1))?;
+            w.put(&thing("c", 2))?;
+            w.index_insert("i", "c", "c1")?;
+            w.index_put("i", "c", "c2")?;
+            // Inserted, then removed.
+            w.insert(&thing("d", 1))?;
+            assert!(w.delete::<Thing>("d")?);
+            w.index_insert("i", "d", "d")?;
+            w.index_delete("i", "d")?;
+            // Removed from the store, then inserted again.
+            assert!(w.delete::<Thing>("a")?);
+            w.insert(&thing("a", 4))?;
+            w.index_delete("i", "a")?;
+            w.index_insert("i", "a", "a4")?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(store.get::<Thing>("c").unwrap(), Some(thing("c", 2)));
+    assert!(store.get::<Thing>("d").unwrap().is_none());
+    assert_eq!(store.get::<Thing>("a").unwrap(), Some(thing("a", 4)));
+    store
+        .read(|r| {
+            assert_eq!(r.index_get("i", "c")?.as_deref(), Some("c2"));
+            assert!(r.index_get("i", "d")?.is_none());
+            assert_eq!(r.index_get("i", "a")?.as_deref(), Some("a4"));
+            Ok(())
+        })
+        .unwrap();
 }
 
 /// A backup taken from a live store opens and holds the same records.

@@ -311,6 +311,28 @@ pub struct LowDisk {
     pub dir: String,
 }
 
+/// [`Writer::insert`] or [`Writer::index_insert`] of a key that exists. On
+/// PostgreSQL the database finds it, at the latest at commit, as a unique violation.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} exists already")]
+pub struct Exists {
+    what: String,
+}
+
+impl Exists {
+    pub(super) fn record(table: &str, id: &str) -> Exists {
+        Exists {
+            what: format!("record {table}/{id}"),
+        }
+    }
+
+    pub(super) fn index(index: &str, key: &str) -> Exists {
+        Exists {
+            what: format!("index entry {index}/{key}"),
+        }
+    }
+}
+
 /// Free bytes on the file system that holds `dir`.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -1055,6 +1077,8 @@ pub(crate) trait RawRead {
 
 pub(crate) trait RawWrite: RawRead {
     fn put(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()>;
+    /// [`RawWrite::put`] of a record that must not exist: an error if it does.
+    fn insert(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()>;
     fn delete(&mut self, table: &str, id: &str) -> Result<bool>;
     /// Removes a record if it exists, without saying whether it did (on PostgreSQL
     /// that costs no read).
@@ -1062,6 +1086,8 @@ pub(crate) trait RawWrite: RawRead {
         self.delete(table, id).map(|_| ())
     }
     fn index_put(&mut self, index: &str, key: &str, id: &str) -> Result<()>;
+    /// [`RawWrite::index_put`] of a key that must not exist: an error if it does.
+    fn index_insert(&mut self, index: &str, key: &str, id: &str) -> Result<()>;
     fn index_delete(&mut self, index: &str, key: &str) -> Result<()>;
     fn log_append(&mut self, execution_id: &str, seq: u64, chunk: &[u8]) -> Result<bool>;
     fn log_delete(&mut self, execution_id: &str, limit: usize) -> Result<usize>;
@@ -1273,6 +1299,15 @@ impl Writer {
         self.raw_mut().put(T::TABLE, record.id(), &bytes)
     }
 
+    /// Stores a new record: an error (and so a failed transaction) if one with its id
+    /// exists. For records whose id was just made (a UUIDv7): on PostgreSQL a plain
+    /// insert is about a third cheaper than [`Writer::put`]'s upsert, which counts in
+    /// a fan-out that creates 10,000 executions with their audit entries.
+    pub fn insert<T: Record>(&mut self, record: &T) -> Result<()> {
+        let bytes = encode(&self.sealing, record)?;
+        self.raw_mut().insert(T::TABLE, record.id(), &bytes)
+    }
+
     /// Removes a record; true when it existed.
     pub fn delete<T: Record>(&mut self, id: &str) -> Result<bool> {
         self.raw_mut().delete(T::TABLE, id)
@@ -1287,6 +1322,13 @@ impl Writer {
     /// Points an index key at a record id.
     pub fn index_put(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
         self.raw_mut().index_put(index, key, id)
+    }
+
+    /// Adds an index key that must not exist (one that names a record just made): an
+    /// error if it does. Cheaper than [`Writer::index_put`] on PostgreSQL, as
+    /// [`Writer::insert`] is.
+    pub fn index_insert(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
+        self.raw_mut().index_insert(index, key, id)
     }
 
     /// Removes an index key.
@@ -1729,6 +1771,16 @@ impl RawWrite for redb::WriteTransaction {
         Ok(())
     }
 
+    fn insert(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()> {
+        let name = table;
+        let mut table = self.open_table(record_table(table))?;
+        if table.get(id)?.is_some() {
+            return Err(Exists::record(name, id).into());
+        }
+        table.insert(id, body)?;
+        Ok(())
+    }
+
     fn delete(&mut self, table: &str, id: &str) -> Result<bool> {
         let mut table = self.open_table(record_table(table))?;
         let existed = table.remove(id)?.is_some();
@@ -1737,6 +1789,15 @@ impl RawWrite for redb::WriteTransaction {
 
     fn index_put(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
         let mut table = self.open_table(INDEX)?;
+        table.insert((index, key), id)?;
+        Ok(())
+    }
+
+    fn index_insert(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
+        let mut table = self.open_table(INDEX)?;
+        if table.get((index, key))?.is_some() {
+            return Err(Exists::index(index, key).into());
+        }
         table.insert((index, key), id)?;
         Ok(())
     }

@@ -542,6 +542,59 @@ pub(super) struct Txn {
 struct Slot<T> {
     value: Option<T>,
     dirty: bool,
+    /// Written by [`RawWrite::insert`]/[`RawWrite::index_insert`] and not in the
+    /// database: it goes out as a plain `INSERT` (a key there already fails the
+    /// transaction), and deleting it again sends nothing.
+    fresh: bool,
+}
+
+impl<T> Slot<T> {
+    fn read(value: Option<T>) -> Slot<T> {
+        Slot {
+            value,
+            dirty: false,
+            fresh: false,
+        }
+    }
+
+    /// A value written by the transaction; a key inserted by it stays fresh.
+    fn written(value: T, before: Option<&Slot<T>>) -> Slot<T> {
+        Slot {
+            value: Some(value),
+            dirty: true,
+            fresh: before.is_some_and(|s| s.fresh),
+        }
+    }
+
+    /// A key removed by the transaction: one it inserted itself is simply known
+    /// absent again (nothing to send).
+    fn removed(before: Option<&Slot<T>>) -> Slot<T> {
+        let fresh = before.is_some_and(|s| s.fresh);
+        Slot {
+            value: None,
+            dirty: !fresh,
+            fresh: false,
+        }
+    }
+
+    /// A key inserted by the transaction, or `None` when it exists (in the
+    /// database or written by the transaction). A key deleted by the transaction
+    /// but still in the database is written back with an upsert.
+    fn inserted(value: T, before: Option<&Slot<T>>) -> Option<Slot<T>> {
+        match before {
+            Some(slot) if slot.value.is_some() => None,
+            Some(slot) => Some(Slot {
+                value: Some(value),
+                dirty: true,
+                fresh: !slot.dirty,
+            }),
+            None => Some(Slot {
+                value: Some(value),
+                dirty: true,
+                fresh: true,
+            }),
+        }
+    }
 }
 
 /// A writer's changes, kept until it commits (or a range read needs them in the
@@ -1175,29 +1228,34 @@ impl RawWrite for Txn {
     fn put(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()> {
         self.change(|p| {
             p.bytes += table.len() + id.len() + body.len();
-            p.records.insert(
-                (table.to_string(), id.to_string()),
-                Slot {
-                    value: Some(body.to_vec()),
-                    dirty: true,
-                },
-            );
+            let key = (table.to_string(), id.to_string());
+            let slot = Slot::written(body.to_vec(), p.records.get(&key));
+            p.records.insert(key, slot);
         })
+    }
+
+    fn insert(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()> {
+        let mut exists = false;
+        self.change(|p| {
+            let key = (table.to_string(), id.to_string());
+            match Slot::inserted(body.to_vec(), p.records.get(&key)) {
+                Some(slot) => {
+                    p.bytes += table.len() + id.len() + body.len();
+                    p.records.insert(key, slot);
+                }
+                None => exists = true,
+            }
+        })?;
+        if exists {
+            return Err(super::Exists::record(table, id).into());
+        }
+        Ok(())
     }
 
     fn delete(&mut self, table: &str, id: &str) -> Result<bool> {
         let existed = self.get(table, id)?.is_some();
         if existed {
-            self.change(|p| {
-                p.bytes += table.len() + id.len();
-                p.records.insert(
-                    (table.to_string(), id.to_string()),
-                    Slot {
-                        value: None,
-                        dirty: true,
-                    },
-                );
-            })?;
+            self.remove(table, id)?;
         }
         Ok(existed)
     }
@@ -1205,39 +1263,45 @@ impl RawWrite for Txn {
     fn remove(&mut self, table: &str, id: &str) -> Result<()> {
         self.change(|p| {
             p.bytes += table.len() + id.len();
-            p.records.insert(
-                (table.to_string(), id.to_string()),
-                Slot {
-                    value: None,
-                    dirty: true,
-                },
-            );
+            let key = (table.to_string(), id.to_string());
+            let slot = Slot::removed(p.records.get(&key));
+            p.records.insert(key, slot);
         })
     }
 
     fn index_put(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
         self.change(|p| {
             p.bytes += index.len() + key.len() + id.len();
-            p.index.insert(
-                (index.to_string(), key.to_string()),
-                Slot {
-                    value: Some(id.to_string()),
-                    dirty: true,
-                },
-            );
+            let entry = (index.to_string(), key.to_string());
+            let slot = Slot::written(id.to_string(), p.index.get(&entry));
+            p.index.insert(entry, slot);
         })
+    }
+
+    fn index_insert(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
+        let mut exists = false;
+        self.change(|p| {
+            let entry = (index.to_string(), key.to_string());
+            match Slot::inserted(id.to_string(), p.index.get(&entry)) {
+                Some(slot) => {
+                    p.bytes += index.len() + key.len() + id.len();
+                    p.index.insert(entry, slot);
+                }
+                None => exists = true,
+            }
+        })?;
+        if exists {
+            return Err(super::Exists::index(index, key).into());
+        }
+        Ok(())
     }
 
     fn index_delete(&mut self, index: &str, key: &str) -> Result<()> {
         self.change(|p| {
             p.bytes += index.len() + key.len();
-            p.index.insert(
-                (index.to_string(), key.to_string()),
-                Slot {
-                    value: None,
-                    dirty: true,
-                },
-            );
+            let entry = (index.to_string(), key.to_string());
+            let slot = Slot::removed(p.index.get(&entry));
+            p.index.insert(entry, slot);
         })
     }
 
@@ -1273,6 +1337,7 @@ impl RawWrite for Txn {
                 Slot {
                     value: (next != 0).then_some(next),
                     dirty: true,
+                    fresh: false,
                 },
             );
         })?;
@@ -1282,13 +1347,8 @@ impl RawWrite for Txn {
     fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
         self.change(|p| {
             p.bytes += key.len() + value.len();
-            p.meta.insert(
-                key.to_string(),
-                Slot {
-                    value: Some(value.to_vec()),
-                    dirty: true,
-                },
-            );
+            p.meta
+                .insert(key.to_string(), Slot::written(value.to_vec(), None));
         })
     }
 }
@@ -1455,10 +1515,9 @@ impl Txn {
         let mut p = self.pending.borrow_mut();
         if p.reads < CACHED_READS {
             p.reads += 1;
-            map(&mut p).entry(key).or_insert(Slot {
-                value: value.clone(),
-                dirty: false,
-            });
+            map(&mut p)
+                .entry(key)
+                .or_insert_with(|| Slot::read(value.clone()));
         }
     }
 
@@ -1505,6 +1564,8 @@ impl Statement {
     }
 }
 
+const INSERT_RECORDS: &str = "INSERT INTO dynserv_records (tbl, id, body)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])";
 const UPSERT_RECORDS: &str = "INSERT INTO dynserv_records (tbl, id, body)
      SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
      ON CONFLICT (tbl, id) DO UPDATE SET body = excluded.body";
@@ -1515,6 +1576,8 @@ const UPSERT_RECORDS: &str = "INSERT INTO dynserv_records (tbl, id, body)
 const DELETE_RECORDS: &str = "DELETE FROM dynserv_records WHERE ctid = ANY (ARRAY(
      SELECT (SELECT r.ctid FROM dynserv_records r WHERE r.tbl = gone.tbl AND r.id = gone.id)
      FROM unnest($1::text[], $2::text[]) AS gone (tbl, id)))";
+const INSERT_INDEX: &str = "INSERT INTO dynserv_index (name, key, id)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[])";
 const UPSERT_INDEX: &str = "INSERT INTO dynserv_index (name, key, id)
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
      ON CONFLICT (name, key) DO UPDATE SET id = excluded.id";
@@ -1533,36 +1596,41 @@ const UPSERT_META: &str = "INSERT INTO dynserv_meta (key, value)
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// The statements for the changed keys of a table keyed by two texts (records by
-/// table and id, index entries by index and key): upserts of the live values, with
-/// `values` making their column, and deletes of the removed keys.
+/// table and id, index entries by index and key): plain inserts of the keys the
+/// transaction inserted, upserts of the other live values, with `values` making their
+/// column, and deletes of the removed keys.
 fn keyed_statements<T: Clone>(
     out: &mut Vec<Statement>,
     map: &HashMap<(String, String), Slot<T>>,
-    upsert: &'static str,
-    delete: &'static str,
+    [insert, upsert, delete]: [&'static str; 3],
     values: fn(Vec<T>) -> Column,
 ) {
+    let mut new = Vec::new();
     let mut live = Vec::new();
     let mut gone = Vec::new();
     for (key, slot) in map.iter().filter(|(_, s)| s.dirty) {
         match &slot.value {
+            Some(value) if slot.fresh => new.push((key, value)),
             Some(value) => live.push((key, value)),
             None => gone.push(key),
         }
     }
     // In key order: consecutive rows land on the same pages of the primary key's
     // B-tree (a fan-out's index entries, in hash order, touched a different page each).
+    new.sort_unstable_by(|a, b| a.0.cmp(b.0));
     live.sort_unstable_by(|a, b| a.0.cmp(b.0));
     gone.sort_unstable();
-    for part in live.chunks(ROWS_PER_STATEMENT) {
-        out.push(Statement {
-            sql: upsert,
-            columns: vec![
-                Column::Text(part.iter().map(|((a, _), _)| a.clone()).collect()),
-                Column::Text(part.iter().map(|((_, b), _)| b.clone()).collect()),
-                values(part.iter().map(|(_, v)| (*v).clone()).collect()),
-            ],
-        });
+    for (sql, rows) in [(insert, &new), (upsert, &live)] {
+        for part in rows.chunks(ROWS_PER_STATEMENT) {
+            out.push(Statement {
+                sql,
+                columns: vec![
+                    Column::Text(part.iter().map(|((a, _), _)| a.clone()).collect()),
+                    Column::Text(part.iter().map(|((_, b), _)| b.clone()).collect()),
+                    values(part.iter().map(|(_, v)| (*v).clone()).collect()),
+                ],
+            });
+        }
     }
     for part in gone.chunks(ROWS_PER_STATEMENT) {
         out.push(Statement {
@@ -1584,15 +1652,13 @@ impl Pending {
         keyed_statements(
             &mut out,
             &self.records,
-            UPSERT_RECORDS,
-            DELETE_RECORDS,
+            [INSERT_RECORDS, UPSERT_RECORDS, DELETE_RECORDS],
             Column::Bytes,
         );
         keyed_statements(
             &mut out,
             &self.index,
-            UPSERT_INDEX,
-            DELETE_INDEX,
+            [INSERT_INDEX, UPSERT_INDEX, DELETE_INDEX],
             Column::Text,
         );
         let mut push = |sql: &'static str, columns: Vec<Column>| {
