@@ -297,6 +297,7 @@ async fn main() -> Result<()> {
         let mut started = Vec::with_capacity(ids.len());
         let mut answered = Vec::with_capacity(ids.len());
         let mut answered_on: Vec<Vec<u32>> = vec![Vec::new(); replicas];
+        let mut started_on: Vec<Vec<u32>> = vec![Vec::new(); replicas];
         // Agents whose connection dropped under load never answer; report what came.
         while answered.len() < ids.len() {
             match tokio::time::timeout(Duration::from_secs(60), reports.recv()).await {
@@ -304,6 +305,7 @@ async fn main() -> Result<()> {
                     started.push(((s - t0) / 1000) as u32 * 1000);
                     answered.push(((a - t0) / 1000) as u32 * 1000);
                     answered_on[r].push(((a - t0) / 1000) as u32 * 1000);
+                    started_on[r].push(((s - t0) / 1000) as u32 * 1000);
                 }
                 _ => {
                     println!(
@@ -373,11 +375,14 @@ async fn main() -> Result<()> {
             percentile(&answered, 0.5)
         );
         if replicas > 1 {
-            for (r, times) in answered_on.iter_mut().enumerate() {
+            for (r, (times, starts)) in answered_on.iter_mut().zip(&mut started_on).enumerate() {
                 times.sort_unstable();
+                starts.sort_unstable();
                 println!(
-                    "  agents on replica {}: {} answered, the last after {:.0} ms (p50 {:.0} ms)",
+                    "  agents on replica {}: all received the job after {:.0} ms (p50 {:.0} ms); {} answered, the last after {:.0} ms (p50 {:.0} ms)",
                     replica_name(r),
+                    percentile(starts, 1.0),
+                    percentile(starts, 0.5),
                     times.len(),
                     percentile(times, 1.0),
                     percentile(times, 0.5)
