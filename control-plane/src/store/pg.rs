@@ -597,6 +597,25 @@ impl<T> Slot<T> {
     }
 }
 
+/// Keeps `value` under `key` as inserted by the transaction and counts its `bytes`;
+/// false, with nothing changed, when the key exists ([`Slot::inserted`]).
+fn insert_fresh<K: std::hash::Hash + Eq, T>(
+    held: &mut usize,
+    map: &mut HashMap<K, Slot<T>>,
+    key: K,
+    value: T,
+    bytes: usize,
+) -> bool {
+    match Slot::inserted(value, map.get(&key)) {
+        Some(slot) => {
+            *held += bytes;
+            map.insert(key, slot);
+            true
+        }
+        None => false,
+    }
+}
+
 /// A writer's changes, kept until it commits (or a range read needs them in the
 /// database) and then sent as a few multi-row statements in one pipelined round
 /// trip, and the point reads a transaction made, so reading a key again costs nothing.
@@ -1235,20 +1254,13 @@ impl RawWrite for Txn {
     }
 
     fn insert(&mut self, table: &str, id: &str, body: &[u8]) -> Result<()> {
-        let mut exists = false;
+        let mut inserted = false;
         self.change(|p| {
             let key = (table.to_string(), id.to_string());
-            match Slot::inserted(body.to_vec(), p.records.get(&key)) {
-                Some(slot) => {
-                    p.bytes += table.len() + id.len() + body.len();
-                    p.records.insert(key, slot);
-                }
-                None => exists = true,
-            }
+            let bytes = table.len() + id.len() + body.len();
+            inserted = insert_fresh(&mut p.bytes, &mut p.records, key, body.to_vec(), bytes);
         })?;
-        if exists {
-            return Err(super::Exists::record(table, id).into());
-        }
+        anyhow::ensure!(inserted, super::Exists::record(table, id));
         Ok(())
     }
 
@@ -1279,20 +1291,13 @@ impl RawWrite for Txn {
     }
 
     fn index_insert(&mut self, index: &str, key: &str, id: &str) -> Result<()> {
-        let mut exists = false;
+        let mut inserted = false;
         self.change(|p| {
             let entry = (index.to_string(), key.to_string());
-            match Slot::inserted(id.to_string(), p.index.get(&entry)) {
-                Some(slot) => {
-                    p.bytes += index.len() + key.len() + id.len();
-                    p.index.insert(entry, slot);
-                }
-                None => exists = true,
-            }
+            let bytes = index.len() + key.len() + id.len();
+            inserted = insert_fresh(&mut p.bytes, &mut p.index, entry, id.to_string(), bytes);
         })?;
-        if exists {
-            return Err(super::Exists::index(index, key).into());
-        }
+        anyhow::ensure!(inserted, super::Exists::index(index, key));
         Ok(())
     }
 
