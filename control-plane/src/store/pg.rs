@@ -576,29 +576,12 @@ impl<T> Slot<T> {
             fresh: false,
         }
     }
-
-    /// A key inserted by the transaction, or `None` when it exists (in the
-    /// database or written by the transaction). A key deleted by the transaction
-    /// but still in the database is written back with an upsert.
-    fn inserted(value: T, before: Option<&Slot<T>>) -> Option<Slot<T>> {
-        match before {
-            Some(slot) if slot.value.is_some() => None,
-            Some(slot) => Some(Slot {
-                value: Some(value),
-                dirty: true,
-                fresh: !slot.dirty,
-            }),
-            None => Some(Slot {
-                value: Some(value),
-                dirty: true,
-                fresh: true,
-            }),
-        }
-    }
 }
 
 /// Keeps `value` under `key` as inserted by the transaction and counts its `bytes`;
-/// false, with nothing changed, when the key exists ([`Slot::inserted`]).
+/// false, with nothing changed, when the transaction knows the key exists (read from
+/// the database or written by it). One in the database that it never read fails the
+/// transaction at commit, as the plain `INSERT`'s unique violation.
 fn insert_fresh<K: std::hash::Hash + Eq, T>(
     held: &mut usize,
     map: &mut HashMap<K, Slot<T>>,
@@ -606,14 +589,23 @@ fn insert_fresh<K: std::hash::Hash + Eq, T>(
     value: T,
     bytes: usize,
 ) -> bool {
-    match Slot::inserted(value, map.get(&key)) {
-        Some(slot) => {
-            *held += bytes;
-            map.insert(key, slot);
-            true
-        }
-        None => false,
-    }
+    let fresh = match map.get(&key) {
+        Some(slot) if slot.value.is_some() => return false,
+        // Deleted by the transaction but still in the database: written back with an
+        // upsert.
+        Some(slot) => !slot.dirty,
+        None => true,
+    };
+    *held += bytes;
+    map.insert(
+        key,
+        Slot {
+            value: Some(value),
+            dirty: true,
+            fresh,
+        },
+    );
+    true
 }
 
 /// A writer's changes, kept until it commits (or a range read needs them in the
