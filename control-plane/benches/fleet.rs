@@ -136,6 +136,31 @@ fn seed(
 }
 
 /// "A", "B", … for replica 0, 1, …
+/// `POST /api/v1/executions` with `body` on `base`; anything but 201 fails the bench,
+/// saying which request (`what`) and why.
+async fn create_jobs(
+    client: &reqwest::Client,
+    base: &str,
+    api_token: &str,
+    body: serde_json::Value,
+    what: &str,
+) -> Result<()> {
+    let response = client
+        .post(format!("{base}/api/v1/executions"))
+        .bearer_auth(api_token)
+        .json(&body)
+        .send()
+        .await?;
+    if response.status().as_u16() != 201 {
+        bail!(
+            "{what} request failed: {} {}",
+            response.status(),
+            response.text().await?
+        );
+    }
+    Ok(())
+}
+
 fn replica_name(index: usize) -> char {
     char::from(b'A' + (index % 26) as u8)
 }
@@ -280,19 +305,14 @@ async fn main() -> Result<()> {
         // Fan-out: one request to replica A, one job per agent.
         let base = &servers[0].base;
         let t0 = micros();
-        let response = client
-            .post(format!("{base}/api/v1/executions"))
-            .bearer_auth(&api_token)
-            .json(&serde_json::json!({"agents": ids, "kind": "script", "script": "true"}))
-            .send()
-            .await?;
-        if response.status().as_u16() != 201 {
-            bail!(
-                "fan-out request failed: {} {}",
-                response.status(),
-                response.text().await?
-            );
-        }
+        create_jobs(
+            &client,
+            base,
+            &api_token,
+            serde_json::json!({"agents": ids, "kind": "script", "script": "true"}),
+            "fan-out",
+        )
+        .await?;
         let created_ms = (micros() - t0) as f64 / 1000.0;
         let mut started = Vec::with_capacity(ids.len());
         let mut answered = Vec::with_capacity(ids.len());
@@ -401,19 +421,14 @@ async fn main() -> Result<()> {
         let mut delivered = Vec::with_capacity(SINGLE_JOBS);
         for _ in 0..SINGLE_JOBS {
             let t0 = micros();
-            let response = client
-                .post(format!("{base}/api/v1/executions"))
-                .bearer_auth(&api_token)
-                .json(&serde_json::json!({"agent": target, "kind": "script", "script": "true"}))
-                .send()
-                .await?;
-            if response.status().as_u16() != 201 {
-                bail!(
-                    "job request failed: {} {}",
-                    response.status(),
-                    response.text().await?
-                );
-            }
+            create_jobs(
+                &client,
+                base,
+                &api_token,
+                serde_json::json!({"agent": target, "kind": "script", "script": "true"}),
+                "job",
+            )
+            .await?;
             match tokio::time::timeout(Duration::from_secs(10), reports.recv()).await {
                 Ok(Some((_, (started, _)))) => delivered.push((started - t0) as u32),
                 _ => bail!("a single job was not answered within 10 s"),
