@@ -58,3 +58,44 @@ cases!(
     a_large_transaction_commits_whole,
     reads_asked_ahead_answer_as_asked,
 );
+
+/// A connection the server closed while it waited in the pool is replaced when it is
+/// next taken: the store calls after it work, with no error for the caller.
+#[test]
+fn connections_closed_by_the_server_are_replaced() {
+    use dynserv::store::Read as _;
+    let database = TestDatabase::create();
+    let store = Store::connect(database.url()).unwrap();
+    let look = || store.read(|r| r.index_get("things", "k")).unwrap();
+    // Several connections in the pool: readers on several threads at once.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(look);
+        }
+    });
+    let mut admin = database.connect();
+    let others = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                  WHERE datname = $1 AND pid <> pg_backend_pid()";
+    let killed = admin.query(others, &[&database.name()]).unwrap().len();
+    assert!(killed >= 1, "the store kept no connection open");
+    let left =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin
+        .query_one(left, &[&database.name()])
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backends did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..8 {
+        assert_eq!(look(), None);
+    }
+    store.write(|w| w.index_put("things", "k", "a")).unwrap();
+    assert_eq!(look().as_deref(), Some("a"));
+}

@@ -13,9 +13,9 @@
 //!   writer waits for its turn before it takes a connection, so waiting writers never
 //!   hold the pool. The primary keys make the database itself refuse a duplicate key.
 //! * **Blocking.** Store calls are synchronous and run on the blocking pool. The
-//!   driver (tokio-postgres, pooled by deadpool-postgres, TLS by rustls) runs its
-//!   connections on a small runtime of its own; a store call hands its queries to a
-//!   connection and waits, so it never needs the caller's runtime.
+//!   driver is tokio-postgres (TLS by rustls), but its connections belong to no
+//!   runtime: the thread that waits for an answer drives the connection itself and
+//!   sleeps on its socket ([`conn`]), so a round trip costs no thread hand-off.
 //! * **Errors.** A connection that cannot be made or is lost, and the database's
 //!   resource and system errors, are [`super::Unavailable`]: callers answer 503 and
 //!   `/healthz` says why until a write works again.
@@ -30,13 +30,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use futures::FutureExt;
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{apply_delta, IndexScan, RawRead, RawWrite, Unavailable};
+use super::{apply_delta, IndexScan, RawRead, RawWrite};
 use crate::runtime::OwnedRuntime;
+use conn::{Pool, Pooled};
+
+mod conn;
 
 /// The advisory lock every write transaction takes (`"dynserv-write"` as a number).
 pub const WRITE_LOCK: i64 = 0x6479_6e73_7276_5f77;
@@ -341,9 +342,6 @@ pub(crate) fn storage_reason(cause: &(dyn std::error::Error + 'static)) -> Optio
             }
         };
     }
-    if let Some(e) = cause.downcast_ref::<deadpool_postgres::PoolError>() {
-        return Some(format!("no database connection: {e}"));
-    }
     None
 }
 
@@ -377,20 +375,13 @@ impl Drop for GatePass {
 
 /// A connected PostgreSQL backend.
 pub struct Pg {
-    /// Runs the connections (and the cluster's listener); shut down with the store,
-    /// first (fields drop in order), then the pool's connections.
+    /// Runs the cluster's listening connections ([`Pg::dedicated`]).
     runtime: OwnedRuntime,
     pool: Pool,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     gate: Arc<WriteGate>,
     described: String,
-}
-
-/// Waits for a future that needs no runtime of its own (a query handed to a
-/// connection that runs on the backend's runtime).
-fn wait<F: Future>(future: F) -> F::Output {
-    futures::executor::block_on(future)
 }
 
 impl Pg {
@@ -404,26 +395,13 @@ impl Pg {
         })?;
         let connector = tls_connector(&tls)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("dynserv-pg")
             .enable_all()
             .build()
             .context("starting the database runtime")?;
         let runtime = OwnedRuntime::new(runtime);
-        let manager = Manager::from_config(
-            config.clone(),
-            connector.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .build()
-            .context("setting up the database connection pool")?;
+        let pool = Pool::new(config.clone(), connector.clone(), POOL_SIZE, POOL_WAIT);
         let pg = Pg {
             runtime,
             pool,
@@ -435,10 +413,11 @@ impl Pg {
         let client = pg
             .client()
             .with_context(|| format!("connecting to {}", pg.described))?;
-        wait(client.batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); {SCHEMA} COMMIT;"
-        )))
-        .with_context(|| format!("creating the store's tables in {}", pg.described))?;
+        client
+            .wait(client.client().batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); {SCHEMA} COMMIT;"
+            )))
+            .with_context(|| format!("creating the store's tables in {}", pg.described))?;
         Ok(pg)
     }
 
@@ -452,15 +431,9 @@ impl Pg {
         self.runtime.handle()
     }
 
-    /// A pooled connection, taken on the calling thread (a handler or blocking-pool
-    /// thread) inside the backend's runtime context: the pool's timers and a new
-    /// connection's I/O and task run on the backend's runtime, and a free connection is
-    /// handed over without a hop to a runtime thread and back (two thread wake-ups per
-    /// transaction, four per page load).
-    fn client(&self) -> Result<Object> {
-        let _context = self.runtime.handle().enter();
-        wait(self.pool.get())
-            .map_err(|e| anyhow::Error::new(Unavailable(format!("no database connection: {e}"))))
+    /// A pooled connection, for the calling thread to drive.
+    fn client(&self) -> Result<Pooled> {
+        self.pool.get()
     }
 
     /// A connection of its own, outside the pool, with its messages (notifications)
@@ -525,7 +498,7 @@ impl Pg {
 /// One open transaction on one pooled connection. Dropped without
 /// [`Txn::commit`]/[`Txn::finish`], it rolls back.
 pub(super) struct Txn {
-    client: Option<Object>,
+    client: Option<Pooled>,
     /// The `BEGIN` (and a writer's lock) not sent yet: it goes out pipelined with the
     /// transaction's first statement, which saves a round trip per transaction.
     begin: RefCell<Option<String>>,
@@ -646,14 +619,17 @@ const ROWS_PER_STATEMENT: usize = 5_000;
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(mut client) = self.client.take() {
             if self.begin.get_mut().is_some() {
                 // Nothing was sent: the connection is as it was.
                 return;
             }
-            if wait(client.batch_execute("ROLLBACK")).is_err() {
+            if client
+                .wait(client.client().batch_execute("ROLLBACK"))
+                .is_err()
+            {
                 // A connection in an unknown state never goes back to the pool.
-                let _ = Object::take(client);
+                client.discard();
             }
         }
     }
@@ -697,7 +673,7 @@ fn range_clause(col: &str, first: usize, scan: &IndexScan) -> Option<(String, St
 }
 
 impl Txn {
-    fn client(&self) -> &Object {
+    fn conn(&self) -> &Pooled {
         self.client
             .as_ref()
             .expect("a transaction holds its connection until it ends")
@@ -707,11 +683,12 @@ impl Txn {
     /// still to be sent: both go out together (pipelined), in that order.
     fn on_connection<'c, T, F: Future<Output = std::result::Result<T, tokio_postgres::Error>>>(
         &'c self,
-        run: impl FnOnce(&'c Object) -> F,
+        run: impl FnOnce(&'c tokio_postgres::Client) -> F,
     ) -> Result<T> {
-        let client = self.client();
+        let conn = self.conn();
+        let client = conn.client();
         let begin = self.begin.borrow_mut().take();
-        wait(async {
+        conn.wait(async {
             match &begin {
                 Some(begin) => {
                     let (began, ran) = futures::join!(client.batch_execute(begin), run(client));
@@ -721,7 +698,6 @@ impl Txn {
                 None => run(client).await,
             }
         })
-        .map_err(anyhow::Error::new)
     }
 
     fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>> {
@@ -736,8 +712,7 @@ impl Txn {
 
     /// A statement prepared on this connection (once per connection and text).
     fn prepared(&self, sql: &str) -> Result<tokio_postgres::Statement> {
-        let client = self.client();
-        wait(client.prepare_cached(sql)).map_err(anyhow::Error::new)
+        self.conn().prepared(sql)
     }
 
     /// Sends a writer's pending changes (nothing for a reader): before a read that the
@@ -803,18 +778,14 @@ impl Txn {
         if self.writer {
             return self.commit();
         }
-        let client = self.client.take().expect("an open transaction");
+        let mut client = self.client.take().expect("an open transaction");
         if self.begin.get_mut().is_some() {
             // Nothing was sent: the connection is as it was.
             return Ok(());
         }
-        // One poll hands the statement to the connection; `Some(Err)` is a connection
-        // already closed, which never goes back to the pool.
-        if let Some(Err(e)) = client.batch_execute("COMMIT").now_or_never() {
-            let _ = Object::take(client);
-            return Err(e.into());
-        }
-        Ok(())
+        // Written, not waited for; a connection that cannot take it never goes back to
+        // the pool.
+        client.send_only("COMMIT").inspect_err(|_| client.discard())
     }
 }
 
