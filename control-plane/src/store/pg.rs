@@ -395,7 +395,7 @@ impl Pg {
         })?;
         let connector = tls_connector(&tls)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("dynserv-pg")
             .enable_all()
             .build()
