@@ -135,7 +135,6 @@ fn seed(
     Ok((api_token, identities, streamer))
 }
 
-/// "A", "B", … for replica 0, 1, …
 /// `POST /api/v1/executions` with `body` on `base`; anything but 201 fails the bench,
 /// saying which request (`what`) and why.
 async fn create_jobs(
@@ -161,6 +160,7 @@ async fn create_jobs(
     Ok(())
 }
 
+/// "A", "B", … for replica 0, 1, …
 fn replica_name(index: usize) -> char {
     char::from(b'A' + (index % 26) as u8)
 }
