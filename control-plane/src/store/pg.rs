@@ -410,14 +410,14 @@ impl Pg {
             gate: Arc::new(WriteGate::default()),
             described,
         };
-        let client = pg
-            .client()
+        let conn = pg
+            .pool
+            .get()
             .with_context(|| format!("connecting to {}", pg.described))?;
-        client
-            .wait(client.client().batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); {SCHEMA} COMMIT;"
-            )))
-            .with_context(|| format!("creating the store's tables in {}", pg.described))?;
+        conn.wait(conn.client().batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); {SCHEMA} COMMIT;"
+        )))
+        .with_context(|| format!("creating the store's tables in {}", pg.described))?;
         Ok(pg)
     }
 
@@ -429,11 +429,6 @@ impl Pg {
     /// The backend's runtime, where the cluster runs its listener.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         self.runtime.handle()
-    }
-
-    /// A pooled connection, for the calling thread to drive.
-    fn client(&self) -> Result<Pooled> {
-        self.pool.get()
     }
 
     /// A connection of its own, outside the pool, with its messages (notifications)
@@ -468,9 +463,9 @@ impl Pg {
     }
 
     pub(super) fn begin_read(&self) -> Result<Txn> {
-        let client = self.client()?;
+        let conn = self.pool.get()?;
         Ok(Txn {
-            client: Some(client),
+            conn: Some(conn),
             begin: RefCell::new(Some(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_string(),
             )),
@@ -482,9 +477,9 @@ impl Pg {
 
     pub(super) fn begin_write(&self) -> Result<Txn> {
         let pass = self.gate.enter();
-        let client = self.client()?;
+        let conn = self.pool.get()?;
         Ok(Txn {
-            client: Some(client),
+            conn: Some(conn),
             begin: RefCell::new(Some(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
             ))),
@@ -498,7 +493,8 @@ impl Pg {
 /// One open transaction on one pooled connection. Dropped without
 /// [`Txn::commit`]/[`Txn::finish`], it rolls back.
 pub(super) struct Txn {
-    client: Option<Pooled>,
+    /// The connection, a thread drives it while it waits ([`conn`]).
+    conn: Option<Pooled>,
     /// The `BEGIN` (and a writer's lock) not sent yet: it goes out pipelined with the
     /// transaction's first statement, which saves a round trip per transaction.
     begin: RefCell<Option<String>>,
@@ -619,17 +615,14 @@ const ROWS_PER_STATEMENT: usize = 5_000;
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        if let Some(mut client) = self.client.take() {
+        if let Some(mut conn) = self.conn.take() {
             if self.begin.get_mut().is_some() {
                 // Nothing was sent: the connection is as it was.
                 return;
             }
-            if client
-                .wait(client.client().batch_execute("ROLLBACK"))
-                .is_err()
-            {
+            if conn.wait(conn.client().batch_execute("ROLLBACK")).is_err() {
                 // A connection in an unknown state never goes back to the pool.
-                client.discard();
+                conn.discard();
             }
         }
     }
@@ -674,7 +667,7 @@ fn range_clause(col: &str, first: usize, scan: &IndexScan) -> Option<(String, St
 
 impl Txn {
     fn conn(&self) -> &Pooled {
-        self.client
+        self.conn
             .as_ref()
             .expect("a transaction holds its connection until it ends")
     }
@@ -762,11 +755,11 @@ impl Txn {
     pub(super) fn commit(mut self) -> Result<()> {
         if self.pending.get_mut().bytes == 0 && self.begin.get_mut().is_some() {
             // Nothing was sent, nothing to commit.
-            self.client.take();
+            self.conn.take();
             return Ok(());
         }
         self.send(true)?;
-        self.client.take();
+        self.conn.take();
         Ok(())
     }
 
@@ -778,14 +771,14 @@ impl Txn {
         if self.writer {
             return self.commit();
         }
-        let mut client = self.client.take().expect("an open transaction");
+        let mut conn = self.conn.take().expect("an open transaction");
         if self.begin.get_mut().is_some() {
             // Nothing was sent: the connection is as it was.
             return Ok(());
         }
         // Written, not waited for; a connection that cannot take it never goes back to
         // the pool.
-        client.send_only("COMMIT").inspect_err(|_| client.discard())
+        conn.send_only("COMMIT").inspect_err(|_| conn.discard())
     }
 }
 

@@ -52,6 +52,10 @@ impl Wants {
     fn take(&self) -> u8 {
         self.0.swap(0, Ordering::Relaxed)
     }
+
+    fn has(&self, bit: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & bit != 0
+    }
 }
 
 enum Socket {
@@ -251,6 +255,23 @@ impl Driver {
             }
         }
     }
+
+    /// [`Driver::poll`] once, waiting for nothing.
+    fn poll_now(&mut self) {
+        self.poll(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// Runs `step` (which polls this driver and whatever waits on it) until it is
+    /// ready, sleeping on the socket in between ([`drive`]).
+    fn run<R>(&mut self, mut step: impl FnMut(&mut Driver, &mut Context<'_>) -> Poll<R>) -> R {
+        let (fd, wants) = (self.fd, self.wants.clone());
+        drive(fd, &wants, None, |cx| step(self, cx)).expect("no deadline to pass")
+    }
+}
+
+/// The error of a query whose connection is gone.
+fn lost() -> anyhow::Error {
+    anyhow::Error::new(Unavailable("the database connection was lost".into()))
 }
 
 /// One connection, driven by whichever thread uses it.
@@ -276,12 +297,8 @@ impl Conn {
         &self,
         future: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
-        let mut driver = self.driver.borrow_mut();
-        let driver = &mut *driver;
         let mut future = pin!(future);
-        let wants = driver.wants.clone();
-        let fd = driver.fd;
-        let outcome = drive(fd, &wants, None, |cx| {
+        let outcome = self.driver.borrow_mut().run(|driver, cx| {
             let before = driver.connection.is_some();
             driver.poll(cx);
             if let Poll::Ready(done) = future.as_mut().poll(cx) {
@@ -294,13 +311,10 @@ impl Conn {
                 return Poll::Ready(None);
             }
             Poll::Pending
-        })
-        .flatten();
+        });
         match outcome {
             Some(done) => done.map_err(anyhow::Error::new),
-            None => Err(anyhow::Error::new(Unavailable(
-                "the database connection was lost".into(),
-            ))),
+            None => Err(lost()),
         }
     }
 
@@ -312,21 +326,16 @@ impl Conn {
             return Err(e.into());
         }
         let mut driver = self.driver.borrow_mut();
-        let driver = &mut *driver;
-        let wants = driver.wants.clone();
-        let fd = driver.fd;
-        drive(fd, &wants, None, |cx| {
+        driver.run(|driver, cx| {
             driver.poll(cx);
             // Until the socket took everything: only a write that would block waits.
-            if driver.connection.is_none() || wants.0.load(Ordering::Relaxed) & WANTS_WRITE == 0 {
+            if driver.connection.is_none() || !driver.wants.has(WANTS_WRITE) {
                 return Poll::Ready(());
             }
             Poll::Pending
         });
         if driver.connection.is_none() {
-            return Err(anyhow::Error::new(Unavailable(
-                "the database connection was lost".into(),
-            )));
+            return Err(lost());
         }
         Ok(())
     }
@@ -348,16 +357,18 @@ impl Conn {
         self.discarded = true;
     }
 
+    /// Neither discarded nor ended.
+    fn alive(&mut self) -> bool {
+        !self.discarded && self.driver.get_mut().connection.is_some()
+    }
+
     /// Reads what arrived while it was idle, without waiting; false when it is closed
     /// or discarded.
     fn usable(&mut self) -> bool {
-        if self.discarded {
-            return false;
+        if !self.discarded {
+            self.driver.get_mut().poll_now();
         }
-        let driver = self.driver.get_mut();
-        let woken = Waker::from(Arc::new(Woken::default()));
-        driver.poll(&mut Context::from_waker(&woken));
-        driver.connection.is_some()
+        self.alive()
     }
 }
 
@@ -367,8 +378,7 @@ impl Drop for Conn {
         // the server its goodbye (`Terminate`) instead of a dropped socket.
         if !self.discarded {
             self.client = None;
-            let woken = Waker::from(Arc::new(Woken::default()));
-            self.driver.get_mut().poll(&mut Context::from_waker(&woken));
+            self.driver.get_mut().poll_now();
         }
     }
 }
@@ -618,7 +628,7 @@ impl Drop for Pooled {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let keep = !conn.discarded && conn.driver.get_mut().connection.is_some();
+        let keep = conn.alive();
         let mut state = self.pool.lock();
         if keep {
             state.idle.push(conn);
