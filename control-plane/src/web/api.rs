@@ -88,45 +88,101 @@ fn server_json_in(
 /// ahead (one query each on PostgreSQL instead of two per row) and each project once
 /// (a page of 100 servers names a few projects).
 pub fn server_rows(app: &App, r: &impl Read, list: &[Server]) -> anyhow::Result<Vec<Value>> {
-    server_rows_and(app, r, list, Ahead::default())
-}
-
-/// [`server_rows`], asking `more` reads of the page ahead with the rows' own.
-pub fn server_rows_and(
-    app: &App,
-    r: &impl Read,
-    list: &[Server],
-    more: Ahead,
-) -> anyhow::Result<Vec<Value>> {
-    let mut project_ids: Vec<String> = list.iter().map(|s| s.project_id.clone()).collect();
-    project_ids.sort_unstable();
-    project_ids.dedup();
     let agents: Vec<String> = list.iter().filter_map(|s| s.agent_id.clone()).collect();
-    // The rows' projects, agents and (with replicas) where the agents are connected,
-    // in one read.
-    let presence: &[String] = if app.cluster.is_shared() {
-        &agents
-    } else {
-        &[]
-    };
-    r.read_ahead(
-        &more
-            .records::<Project>(&project_ids)
-            .records::<crate::agents::Agent>(&agents)
-            .records::<crate::cluster::Presence>(presence),
+    let names = project_names(
+        app,
+        r,
+        list,
+        Ahead::default().records::<crate::agents::Agent>(&agents),
     )?;
-    let names: std::collections::HashMap<String, String> = r
-        .get_many::<Project>(&project_ids)?
-        .into_iter()
-        .flatten()
-        .map(|p| (p.id, p.name))
-        .collect();
     list.iter()
         .map(|s| {
             let project = names.get(&s.project_id).cloned().unwrap_or_default();
             server_json_in(app, r, s, project)
         })
         .collect()
+}
+
+/// A server as the pages list it (Servers, the dashboard, a project): what their
+/// templates show and no more. Whether its agent is connected is all they show of
+/// the agent, so a page of rows reads no agent record.
+#[derive(serde::Serialize)]
+pub struct ServerListRow<'a> {
+    id: &'a str,
+    name: &'a str,
+    project: String,
+    status: &'a str,
+    running: bool,
+    server_type: Option<&'a str>,
+    location: Option<&'a str>,
+    ipv4: Option<&'a str>,
+    monthly_cost: Option<f64>,
+    agent: Option<ListedAgent<'a>>,
+}
+
+/// The agent of a [`ServerListRow`].
+#[derive(serde::Serialize)]
+struct ListedAgent<'a> {
+    id: &'a str,
+    connected: bool,
+}
+
+/// The [`ServerListRow`]s of a page of servers, asking `more` reads of the page
+/// ahead with the rows' projects and (with replicas) their agents' presences.
+pub fn server_list_rows<'a>(
+    app: &App,
+    r: &impl Read,
+    list: &'a [Server],
+    more: Ahead,
+) -> anyhow::Result<Vec<ServerListRow<'a>>> {
+    let names = project_names(app, r, list, more)?;
+    Ok(list
+        .iter()
+        .map(|s| ServerListRow {
+            id: &s.id,
+            name: &s.name,
+            project: names.get(&s.project_id).cloned().unwrap_or_default(),
+            status: &s.status,
+            running: s.status == "running",
+            server_type: s.server_type.as_deref(),
+            location: s.location.as_deref(),
+            ipv4: s.ipv4.as_deref(),
+            monthly_cost: s.monthly_cost,
+            agent: s.agent_id.as_deref().map(|id| ListedAgent {
+                id,
+                connected: app.fleet.live(r, id).is_some(),
+            }),
+        })
+        .collect())
+}
+
+/// The names of the projects of a page of servers by id, read in one go with the
+/// presences of their agents (where the agents are connected, with replicas) and
+/// what `more` asks.
+fn project_names(
+    app: &App,
+    r: &impl Read,
+    list: &[Server],
+    more: Ahead,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut project_ids: Vec<String> = list.iter().map(|s| s.project_id.clone()).collect();
+    project_ids.sort_unstable();
+    project_ids.dedup();
+    let presence: Vec<String> = if app.cluster.is_shared() {
+        list.iter().filter_map(|s| s.agent_id.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    r.read_ahead(
+        &more
+            .records::<Project>(&project_ids)
+            .records::<crate::cluster::Presence>(&presence),
+    )?;
+    Ok(r.get_many::<Project>(&project_ids)?
+        .into_iter()
+        .flatten()
+        .map(|p| (p.id, p.name))
+        .collect())
 }
 
 /// The filters of the server list (API and page).

@@ -500,7 +500,7 @@ pub fn dashboard(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             "projects": project_rows,
             "server_count": counts.servers,
             "running_count": counts.running,
-            "servers": super::api::server_rows(app, r, &first.items)?,
+            "servers": super::api::server_list_rows(app, r, &first.items, Default::default())?,
             "recent": [],
             "user_count": 0,
         });
@@ -550,7 +550,7 @@ pub fn servers(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         )?;
         // The filter's project list, read with the rows.
         let ahead = crate::store::Ahead::default().list::<Project>();
-        let rows = super::api::server_rows_and(app, r, &page.items, ahead)?;
+        let rows = super::api::server_list_rows(app, r, &page.items, ahead)?;
         let project = filter.project_id.clone().unwrap_or_default();
         let projects: Vec<Value> = projects::all(r)?
             .into_iter()
@@ -644,12 +644,12 @@ pub fn project(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
         require(ctx, Action::ViewProject, Some(&project.id))?;
         let can_view_servers = policy::can(&ctx.subject, Action::ViewServers, Some(&project.id));
         // One page of the project's servers; the Servers page lists them all.
-        let (servers, more_servers): (Vec<Value>, bool) = if can_view_servers {
+        let (servers, more_servers): (Value, bool) = if can_view_servers {
             let of_project = servers::Filter { project_id: Some(project.id.clone()), ..Default::default() };
             let page = servers::query(r, &ctx.subject, &of_project, None, PROJECT_PAGE_SERVERS)?;
-            (super::api::server_rows(app, r, &page.items)?, page.next.is_some())
+            (json!(super::api::server_list_rows(app, r, &page.items, Default::default())?), page.next.is_some())
         } else {
-            (Vec::new(), false)
+            (json!([]), false)
         };
         let mut access = Vec::new();
         let can_manage_access = policy::can(&ctx.subject, Action::ManageAccess, Some(&project.id));
