@@ -283,6 +283,26 @@ impl Execution {
             resume_only: false,
         }
     }
+
+    /// Seconds from start to end, once it ended.
+    pub fn duration_s(&self) -> Option<f64> {
+        match (self.started_at, self.finished_at) {
+            (Some(s), Some(f)) => Some((f - s).num_milliseconds() as f64 / 1000.0),
+            _ => None,
+        }
+    }
+
+    /// Whether it is a drift check (a playbook in check and diff mode, see `drift`).
+    pub fn is_drift_check(&self) -> bool {
+        matches!(
+            self.work,
+            Work::Playbook {
+                check: true,
+                diff: true,
+                ..
+            }
+        )
+    }
 }
 
 /// The job an agent runs for a stored work: the one conversion from the store's
@@ -1841,10 +1861,6 @@ pub struct ExecutionView {
 
 impl ExecutionView {
     pub fn new(e: &Execution, agent_name: Option<String>) -> ExecutionView {
-        let duration_s = match (e.started_at, e.finished_at) {
-            (Some(s), Some(f)) => Some((f - s).num_milliseconds() as f64 / 1000.0),
-            _ => None,
-        };
         ExecutionView {
             id: e.id.clone(),
             agent: e.agent_id.clone(),
@@ -1859,7 +1875,7 @@ impl ExecutionView {
             created_at: e.created_at,
             started_at: e.started_at,
             finished_at: e.finished_at,
-            duration_s,
+            duration_s: e.duration_s(),
             cancel_requested: e.cancel_requested,
             timeout_s: e.timeout_s,
             server: e.server_id.clone(),
@@ -1868,14 +1884,7 @@ impl ExecutionView {
             script: e.script_id.clone(),
             rollout: e.rollout_id.clone(),
             output_truncated: e.output_truncated,
-            drift_check: matches!(
-                e.work,
-                Work::Playbook {
-                    check: true,
-                    diff: true,
-                    ..
-                }
-            ),
+            drift_check: e.is_drift_check(),
         }
     }
 }

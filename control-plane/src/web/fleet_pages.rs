@@ -12,7 +12,7 @@ use super::{redirect, Ctx, Req, Resp};
 use crate::agents::{self, Agent};
 use crate::app::App;
 use crate::error::{AppError, AppResult, Kind};
-use crate::executions::{self, ExecutionView, NewExecution};
+use crate::executions::{self, NewExecution};
 use crate::policy::{self, Action};
 use crate::projects::{self, Project};
 use crate::servers;
@@ -433,7 +433,7 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
             None => (Vec::new(), None),
         };
         let projects = projects::all(r)?;
-        let rows = execution_rows(r, ctx, &items, &projects)?;
+        let rows = serde_json::to_value(execution_rows(r, ctx, &items, &projects)?)?;
         let filter = filter.clone().unwrap_or_default();
         let selected = filter.project_id.clone().unwrap_or_default();
         let projects: Vec<Value> = projects
@@ -498,12 +498,12 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
 /// The executions list's rows: each view with its server's and project's names, why
 /// it failed (a backup's own error, else the job's summary) and whether the caller
 /// may run it again. Servers and backups are read in one query each.
-fn execution_rows(
+fn execution_rows<'a>(
     r: &impl Read,
     ctx: &Ctx,
-    items: &[executions::Execution],
-    projects: &[Project],
-) -> anyhow::Result<Vec<Value>> {
+    items: &'a [executions::Execution],
+    projects: &'a [Project],
+) -> anyhow::Result<Vec<ExecutionListRow<'a>>> {
     let server_ids: Vec<String> = items.iter().filter_map(|e| e.server_id.clone()).collect();
     let servers: std::collections::HashMap<String, String> = r
         .get_many::<servers::Server>(&server_ids)?
@@ -529,27 +529,76 @@ fn execution_rows(
         .iter()
         .map(|p| (p.id.as_str(), p.name.as_str()))
         .collect();
-    let mut rows = Vec::with_capacity(items.len());
-    for e in items {
-        let mut row = serde_json::to_value(ExecutionView::new(e, Some(e.agent_name.clone())))?;
-        let failed = matches!(
-            e.status,
-            executions::Status::Failed | executions::Status::TimedOut
-        );
-        let reason = match failed {
-            true => backup_errors
-                .get(&e.id)
-                .cloned()
-                .or_else(|| e.summary.clone().filter(|s| !s.trim().is_empty())),
-            false => None,
-        };
-        row["server_name"] = json!(e.server_id.as_ref().and_then(|id| servers.get(id)));
-        row["project_name"] = json!(project_names.get(e.project_id.as_str()));
-        row["reason"] = json!(reason);
-        row["can_rerun"] = json!(may_rerun(ctx, e));
-        rows.push(row);
-    }
-    Ok(rows)
+    Ok(items
+        .iter()
+        .map(|e| {
+            let failed = matches!(
+                e.status,
+                executions::Status::Failed | executions::Status::TimedOut
+            );
+            let reason = match failed {
+                true => backup_errors
+                    .get(&e.id)
+                    .cloned()
+                    .or_else(|| e.summary.clone().filter(|s| !s.trim().is_empty())),
+                false => None,
+            };
+            ExecutionListRow {
+                id: &e.id,
+                created_at: e.created_at,
+                name: &e.name,
+                kind: e.work.kind(),
+                drift_check: e.is_drift_check(),
+                output_truncated: e.output_truncated,
+                server_id: e.server_id.as_deref(),
+                server_name: e.server_id.as_ref().and_then(|id| servers.get(id)).cloned(),
+                agent_name: &e.agent_name,
+                project_name: project_names.get(e.project_id.as_str()).copied(),
+                rollout: e.rollout_id.as_deref(),
+                created_by: &e.created_by,
+                status: e.status.as_str(),
+                status_class: match e.status {
+                    executions::Status::Succeeded => "text-bg-success",
+                    executions::Status::Failed => "text-bg-danger",
+                    executions::Status::Running => "text-bg-primary",
+                    executions::Status::TimedOut => "text-bg-warning",
+                    _ => "text-bg-secondary",
+                },
+                failed_exit_code: e
+                    .exit_code
+                    .filter(|_| e.status == executions::Status::Failed),
+                reason,
+                duration_s: e.duration_s(),
+                can_rerun: may_rerun(ctx, e),
+            }
+        })
+        .collect())
+}
+
+/// An execution as the executions page lists it: what its template shows.
+#[derive(serde::Serialize)]
+struct ExecutionListRow<'a> {
+    id: &'a str,
+    created_at: chrono::DateTime<chrono::Utc>,
+    name: &'a str,
+    kind: &'static str,
+    drift_check: bool,
+    output_truncated: bool,
+    server_id: Option<&'a str>,
+    server_name: Option<String>,
+    agent_name: &'a str,
+    project_name: Option<&'a str>,
+    rollout: Option<&'a str>,
+    created_by: &'a str,
+    status: &'static str,
+    /// The status badge's colour.
+    status_class: &'static str,
+    /// The exit code of a failed execution (a timed-out one's says nothing).
+    failed_exit_code: Option<i32>,
+    /// Why it failed: a backup's own error, else the job's summary.
+    reason: Option<String>,
+    duration_s: Option<f64>,
+    can_rerun: bool,
 }
 
 /// Whether the caller may run an execution's work again from here: a script or a
