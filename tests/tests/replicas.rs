@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use dynserv_tests::{eventually, Agent, Api, ControlPlane};
+use dynserv_tests::{eventually, Agent, Api, ControlPlane, PageClient};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -323,6 +323,23 @@ async fn concurrent_server_lists_do_not_exhaust_the_connection_pool() {
     assert!(
         took < Duration::from_secs(15),
         "48 server lists took {took:?}"
+    );
+    // The Servers page's rows, which read no agent record, show it connected too.
+    let agent_id = api_a.connected_agent("web-b").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut page = PageClient::signed_in(&a, "admin", PASSWORD).await;
+    let (status, _, html) = page.get("/servers?q=web-b").await;
+    assert_eq!(status, 200, "{html}");
+    let cell = html
+        .split(&format!("data-agent-state=\"{agent_id}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("web-b's agent on the Servers page: {html}"));
+    let cell = &cell[..cell.find("</td>").unwrap_or(cell.len())];
+    assert!(
+        cell.contains("status-dot online") && cell.contains("connected"),
+        "{cell}"
     );
 }
 
