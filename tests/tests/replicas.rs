@@ -341,6 +341,21 @@ async fn concurrent_server_lists_do_not_exhaust_the_connection_pool() {
         cell.contains("status-dot online") && cell.contains("connected"),
         "{cell}"
     );
+    // Every store call of those lists slept on its socket, never blind (`conn::drive`).
+    for cp in [&a, &b] {
+        let metrics = reqwest::get(format!("{}/metrics", cp.base_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "dynserv_store_pg_blind_waits 0"),
+            "{metrics}"
+        );
+    }
 }
 
 async fn leads(cp: &ControlPlane) -> bool {

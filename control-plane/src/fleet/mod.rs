@@ -201,7 +201,8 @@ impl Fleet {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Registers `dynserv_agents_connected` and `dynserv_jobs_running`.
+    /// Registers the fleet's gauges (`dynserv_agents_connected`, `dynserv_jobs_running`, …)
+    /// and the store's.
     pub fn register_metrics(&self, metrics: &Metrics) {
         let fleet = self.clone();
         metrics.register_gauge(
@@ -225,6 +226,11 @@ impl Fleet {
             "dynserv_store_calls_on_async_workers",
             "Store calls made on a tokio worker thread since start; always 0 unless there is a bug.",
             || crate::store::calls_on_async_workers() as f64,
+        );
+        metrics.register_gauge(
+            "dynserv_store_pg_blind_waits",
+            "Times since start a PostgreSQL store call had nothing to wait for on its socket and looked again after 10 ms; always 0 unless there is a bug.",
+            || crate::store::pg::blind_waits() as f64,
         );
         let store = self.inner.store.clone();
         metrics.register_gauge(

@@ -35,6 +35,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{apply_delta, IndexScan, RawRead, RawWrite};
 use crate::runtime::OwnedRuntime;
+pub use conn::blind_waits;
 use conn::{Pool, Pooled};
 
 mod conn;

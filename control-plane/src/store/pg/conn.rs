@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -182,6 +182,15 @@ impl Wake for Woken {
     }
 }
 
+static BLIND_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times since start a connection's step waited on nothing its socket could
+/// wake, so [`drive`] slept 10 ms and looked again: a guard against a busy loop that
+/// a correct driver never needs (each one is 10 ms lost to a store call).
+pub fn blind_waits() -> u64 {
+    BLIND_WAITS.load(Ordering::Relaxed)
+}
+
 /// Polls `step` on this thread until it is ready, sleeping in `poll(2)` on `fd`
 /// whenever a step made no progress (woke nothing) and the socket would block.
 /// `None` when `deadline` passes first.
@@ -210,7 +219,12 @@ fn drive<R>(
         }
         // Nothing to wait for on the socket would be a step waiting on something
         // else; look again soon rather than sleep forever.
-        let mut timeout = if wanted == 0 { 10 } else { -1 };
+        let mut timeout = if wanted == 0 {
+            BLIND_WAITS.fetch_add(1, Ordering::Relaxed);
+            10
+        } else {
+            -1
+        };
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
