@@ -394,6 +394,11 @@ async fn the_rerun_form_asks_for_secret_variables() {
     // The execution page links to the form instead of posting at once.
     let (status, _, html) = page.get(&format!("/executions/{original}")).await;
     assert_eq!(status, 200);
+    // Its status badge has the status's colour before any script runs.
+    assert!(
+        html.contains(r#"<span class="badge text-bg-success" data-exec-status="succeeded">"#),
+        "{html}"
+    );
     assert!(
         html.contains(&format!("href=\"/executions/{original}/rerun\"")),
         "{html}"

@@ -495,9 +495,9 @@ pub fn executions_page(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
     )
 }
 
-/// The executions list's rows: each view with its server's and project's names, why
-/// it failed (a backup's own error, else the job's summary) and whether the caller
-/// may run it again. Servers and backups are read in one query each.
+/// The executions list's rows ([`ExecutionListRow`]): each with its server's and
+/// project's names, why it failed (a backup's own error, else the job's summary) and
+/// whether the caller may run it again. Servers and backups are read in one query each.
 fn execution_rows<'a>(
     r: &impl Read,
     ctx: &Ctx,
@@ -557,13 +557,7 @@ fn execution_rows<'a>(
                 rollout: e.rollout_id.as_deref(),
                 created_by: &e.created_by,
                 status: e.status.as_str(),
-                status_class: match e.status {
-                    executions::Status::Succeeded => "text-bg-success",
-                    executions::Status::Failed => "text-bg-danger",
-                    executions::Status::Running => "text-bg-primary",
-                    executions::Status::TimedOut => "text-bg-warning",
-                    _ => "text-bg-secondary",
-                },
+                status_class: status_class(e.status),
                 failed_exit_code: e
                     .exit_code
                     .filter(|_| e.status == executions::Status::Failed),
@@ -573,6 +567,19 @@ fn execution_rows<'a>(
             }
         })
         .collect())
+}
+
+/// Bootstrap colour of an execution's status badge (`web/static/app.js` keeps the same
+/// table for badges it updates live).
+fn status_class(status: executions::Status) -> &'static str {
+    use executions::Status;
+    match status {
+        Status::Succeeded => "text-bg-success",
+        Status::Failed => "text-bg-danger",
+        Status::Running => "text-bg-primary",
+        Status::TimedOut => "text-bg-warning",
+        Status::Queued | Status::Cancelled => "text-bg-secondary",
+    }
 }
 
 /// An execution as the executions page lists it: what its template shows.
@@ -612,7 +619,7 @@ fn may_rerun(ctx: &Ctx, e: &executions::Execution) -> bool {
 /// `GET /executions/{id}`: status and the live log.
 pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Resp> {
     fleet_api::require_fleet(ctx)?;
-    let (view, script, server_name, can_rerun, rerun_secrets) = app.store.read(|r| {
+    let (view, status_class, script, server_name, can_rerun, rerun_secrets) = app.store.read(|r| {
         let e = executions::get_visible(r, &ctx.subject, id)?;
         let can_rerun = may_rerun(ctx, &e);
         let rerun_secrets = match can_rerun {
@@ -630,6 +637,7 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         };
         Ok((
             fleet_api::execution_view(r, &e)?,
+            status_class(e.status),
             script,
             server_name,
             can_rerun,
@@ -651,7 +659,7 @@ pub fn execution_page(app: &App, req: &Req, ctx: &Ctx, id: &str) -> AppResult<Re
         ctx,
         "execution",
         &title,
-        json!({"execution": view, "script": script, "server_name": server_name, "can_cancel": can_cancel, "can_rerun": can_rerun, "rerun_secrets": rerun_secrets}),
+        json!({"execution": view, "status_class": status_class, "script": script, "server_name": server_name, "can_cancel": can_cancel, "can_rerun": can_rerun, "rerun_secrets": rerun_secrets}),
     )
 }
 
