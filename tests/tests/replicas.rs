@@ -307,7 +307,10 @@ async fn concurrent_server_lists_do_not_exhaust_the_connection_pool() {
     let (a, b, api_a, _api_b) = two_replicas().await;
     let token = a.enrollment_token("Fleet");
     let _agent = Agent::start(&b, &token, "web-b");
-    api_a.connected_agent("web-b").await;
+    let agent_id = api_a.connected_agent("web-b").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let started = Instant::now();
     let answers =
         futures::future::join_all((0..48).map(|_| api_a.get("/api/v1/servers?limit=10"))).await;
@@ -325,10 +328,6 @@ async fn concurrent_server_lists_do_not_exhaust_the_connection_pool() {
         "48 server lists took {took:?}"
     );
     // The Servers page's rows, which read no agent record, show it connected too.
-    let agent_id = api_a.connected_agent("web-b").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut page = PageClient::signed_in(&a, "admin", PASSWORD).await;
     let (status, _, html) = page.get("/servers?q=web-b").await;
     assert_eq!(status, 200, "{html}");
