@@ -638,7 +638,7 @@ mod tests {
 
 /// Reads asked ahead together ([`crate::store::Ahead`]) answer exactly what each read
 /// asked alone answers, missing keys included; a writer that asked ahead still reads
-/// its own later writes, in point reads, scans and lists.
+/// its own later writes, in point reads, scans, lists and where logs end.
 fn reads_asked_ahead_answer_as_asked(open: Open) {
     let store = open().unwrap();
     store
@@ -649,10 +649,13 @@ fn reads_asked_ahead_answer_as_asked(open: Open) {
             }
             w.index_put("ahead", "q/a1", "a1")?;
             w.counter_add("ahead", 7)?;
+            w.log_append("log-a", 0, b"a")?;
+            w.log_append("log-a", 1, b"b")?;
             Ok(())
         })
         .unwrap();
     let ids = ["a1".to_string(), "gone".to_string()];
+    let logs = ["log-a".to_string(), "log-none".to_string()];
     let ahead = || {
         crate::store::Ahead::default()
             .records::<Thing>(&ids)
@@ -661,6 +664,9 @@ fn reads_asked_ahead_answer_as_asked(open: Open) {
             .scan("ahead", "p/")
             .scan("ahead", "none/")
             .list::<Thing>()
+            .log_tops(&logs)
+            .entry("ahead", "q/a1")
+            .entry("ahead", "q/none")
     };
     // Every read the ahead names, and one record its list holds.
     let read_all = |r: &crate::store::Reader| {
@@ -672,6 +678,8 @@ fn reads_asked_ahead_answer_as_asked(open: Open) {
             r.index_scan("ahead", "none/")?,
             r.list::<Thing>()?,
             r.get::<Thing>("a3")?,
+            r.index_get("ahead", "q/a1")?,
+            r.index_get("ahead", "q/none")?,
         ))
     };
     let alone = store.read(read_all).unwrap();
@@ -686,6 +694,8 @@ fn reads_asked_ahead_answer_as_asked(open: Open) {
     assert_eq!(asked.1, 7);
     assert_eq!(keys(&asked.3), ["p/a1", "p/a2", "p/a3"]);
     assert_eq!(asked.5.len(), 3);
+    assert_eq!(asked.7.as_deref(), Some("a1"));
+    assert_eq!(asked.8, None);
     store
         .write(|w| {
             w.read_ahead(&ahead())?;
@@ -701,6 +711,24 @@ fn reads_asked_ahead_answer_as_asked(open: Open) {
             );
             let listed: Vec<String> = w.list::<Thing>()?.into_iter().map(|t| t.id).collect();
             assert_eq!(listed, ["a2", "a3", "a4"]);
+            assert_eq!(w.index_get("ahead", "q/a1")?.as_deref(), Some("a1"));
+            w.index_put("ahead", "q/none", "a4")?;
+            assert_eq!(w.index_get("ahead", "q/none")?.as_deref(), Some("a4"));
+            assert!(w.log_has("log-a", 1)?);
+            assert!(!w.log_has("log-a", 2)?);
+            assert!(!w.log_has("log-none", 0)?);
+            assert!(!w.log_append("log-a", 1, b"again")?);
+            assert!(w.log_append("log-a", 2, b"c")?);
+            assert!(w.log_append("log-none", 0, b"d")?);
+            assert!(w.log_has("log-a", 2)?);
+            assert!(w.log_has("log-none", 0)?);
+            Ok(())
+        })
+        .unwrap();
+    store
+        .read(|r| {
+            assert_eq!(r.log_range("log-a", 0, 9)?.len(), 3);
+            assert_eq!(r.log_range("log-none", 0, 9)?.len(), 1);
             Ok(())
         })
         .unwrap();

@@ -208,6 +208,8 @@ pub struct Ahead {
     counters: Vec<String>,
     scans: Vec<(&'static str, String)>,
     lists: Vec<&'static str>,
+    log_tops: Vec<String>,
+    entries: Vec<(&'static str, String)>,
 }
 
 impl Ahead {
@@ -235,6 +237,19 @@ impl Ahead {
     /// too. Read transactions only, like [`Ahead::scan`].
     pub fn list<T: Record>(mut self) -> Ahead {
         self.lists.push(T::TABLE);
+        self
+    }
+
+    /// An index entry by its key (what `index_get` will ask).
+    pub fn entry(mut self, index: &'static str, key: impl Into<String>) -> Ahead {
+        self.entries.push((index, key.into()));
+        self
+    }
+
+    /// Where these executions' stored logs end (what `log_has` will ask, as
+    /// [`Read::prefetch_log_tops`]). Writers only, like that.
+    pub fn log_tops(mut self, execution_ids: &[String]) -> Ahead {
+        self.log_tops.extend(execution_ids.iter().cloned());
         self
     }
 }

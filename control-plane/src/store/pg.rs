@@ -24,7 +24,7 @@
 //! (`crate::cluster`), which use [`Pg::dedicated`] and [`Pg::notify`].
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -842,11 +842,17 @@ impl RawRead for Txn {
             .iter()
             .flat_map(|(table, ids)| ids.iter().map(move |id| (*table, *id)))
             .collect();
-        self.ask_ahead(&records, &[], &[], &[])
+        self.ask_ahead(Asked {
+            records: &records,
+            ..Asked::default()
+        })
     }
 
     fn prefetch_counters(&self, names: &[&str]) -> Result<()> {
-        self.ask_ahead(&[], names, &[], &[])
+        self.ask_ahead(Asked {
+            counters: names,
+            ..Asked::default()
+        })
     }
 
     fn read_ahead(&self, ahead: &super::Ahead) -> Result<()> {
@@ -861,76 +867,35 @@ impl RawRead for Txn {
             .iter()
             .map(|(index, prefix)| (*index, prefix.as_str()))
             .collect();
-        self.ask_ahead(&records, &counters, &scans, &ahead.lists)
+        let log_tops: Vec<&str> = ahead.log_tops.iter().map(String::as_str).collect();
+        let entries: Vec<(&str, &str)> = ahead
+            .entries
+            .iter()
+            .map(|(index, key)| (*index, key.as_str()))
+            .collect();
+        self.ask_ahead(Asked {
+            records: &records,
+            counters: &counters,
+            scans: &scans,
+            lists: &ahead.lists,
+            log_tops: &log_tops,
+            entries: &entries,
+        })
     }
 
     fn prefetch_index(&self, index: &str, keys: &[&str]) -> Result<()> {
-        let asked: Vec<&str> = keys
-            .iter()
-            .copied()
-            .filter(|k| {
-                let entry = (index.to_string(), k.to_string());
-                self.cached(|p| p.index.get(&entry).map(|_| ())).is_none()
-            })
-            .collect();
-        if asked.is_empty() {
-            return Ok(());
-        }
-        let rows = self.query(
-            // One index probe per key: as `key = ANY($2)` PostgreSQL read every
-            // entry of the index and filtered them.
-            "SELECT w.key, i.id FROM unnest($2::text[]) AS w (key)
-             CROSS JOIN LATERAL (SELECT id FROM dynserv_index
-                 WHERE name = $1 AND key = w.key LIMIT 1) i",
-            &[&index, &asked],
-        )?;
-        let found: HashMap<String, String> = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect();
-        for key in asked {
-            let value = found.get(key).cloned();
-            self.remember(
-                |p| &mut p.index,
-                (index.to_string(), key.to_string()),
-                &value,
-            );
-        }
-        Ok(())
+        let entries: Vec<(&str, &str)> = keys.iter().map(|key| (index, *key)).collect();
+        self.ask_ahead(Asked {
+            entries: &entries,
+            ..Asked::default()
+        })
     }
 
     fn prefetch_log_tops(&self, execution_ids: &[&str]) -> Result<()> {
-        if !self.writer {
-            return Ok(());
-        }
-        let asked: Vec<&str> = {
-            let p = self.pending.borrow();
-            execution_ids
-                .iter()
-                .copied()
-                .filter(|id| !p.log_top.contains_key(*id))
-                .collect()
-        };
-        if asked.is_empty() {
-            return Ok(());
-        }
-        let rows = self.query(
-            // The top of each log from the end of its index: grouped, `max(seq)`
-            // read every chunk of the logs asked (each ingestion batch of a long
-            // job read its whole log again).
-            "SELECT w.id, (SELECT max(seq) FROM dynserv_logs WHERE execution_id = w.id)
-             FROM unnest($1::text[]) AS w (id)",
-            &[&asked],
-        )?;
-        let found: HashMap<String, u64> = rows
-            .iter()
-            .filter_map(|r| Some((r.get::<_, String>(0), seq_from(r.get::<_, Option<i64>>(1)?))))
-            .collect();
-        let mut p = self.pending.borrow_mut();
-        for id in asked {
-            p.log_top.insert(id.to_string(), found.get(id).copied());
-        }
-        Ok(())
+        self.ask_ahead(Asked {
+            log_tops: execution_ids,
+            ..Asked::default()
+        })
     }
 
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
@@ -1315,18 +1280,32 @@ impl RawWrite for Txn {
     }
 }
 
+/// What [`Txn::ask_ahead`] asks: see [`super::Ahead`], whose parts these are (and
+/// index entries by key, what `index_get` asks).
+#[derive(Default)]
+struct Asked<'a> {
+    records: &'a [(&'a str, &'a str)],
+    counters: &'a [&'a str],
+    scans: &'a [(&'a str, &'a str)],
+    lists: &'a [&'a str],
+    log_tops: &'a [&'a str],
+    entries: &'a [(&'a str, &'a str)],
+}
+
 impl Txn {
     /// The reads of [`super::Ahead`] the cache cannot answer, as pipelined queries on
     /// the connection, waited for once; their answers are then kept. A writer asks
     /// only point reads (its cache holds its unsent changes, so a key it wrote is
     /// never asked); scans and lists are for read transactions.
-    fn ask_ahead(
-        &self,
-        records: &[(&str, &str)],
-        counters: &[&str],
-        scans: &[(&str, &str)],
-        lists: &[&str],
-    ) -> Result<()> {
+    fn ask_ahead(&self, asked: Asked<'_>) -> Result<()> {
+        let Asked {
+            records,
+            counters,
+            scans,
+            lists,
+            log_tops,
+            entries,
+        } = asked;
         let (mut tables, mut ids): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
         for (table, id) in records {
             let key = (table.to_string(), id.to_string());
@@ -1357,6 +1336,22 @@ impl Txn {
             .copied()
             .filter(|t| reader && self.cached(|p| p.lists.get(*t).map(|_| ())).is_none())
             .collect();
+        let log_tops: Vec<&str> = {
+            let p = self.pending.borrow();
+            log_tops
+                .iter()
+                .copied()
+                .filter(|id| self.writer && !p.log_top.contains_key(*id))
+                .collect()
+        };
+        // Index entries by index, those the cache cannot answer.
+        let mut entries_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (index, key) in entries {
+            let entry = (index.to_string(), key.to_string());
+            if self.cached(|p| p.index.get(&entry).map(|_| ())).is_none() {
+                entries_of.entry(index).or_default().push(key);
+            }
+        }
         let mut queries: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
         if !ids.is_empty() {
             queries.push((
@@ -1384,6 +1379,26 @@ impl Txn {
             queries.push((
                 "SELECT id, body FROM dynserv_records WHERE tbl = $1 ORDER BY id",
                 vec![table],
+            ));
+        }
+        if !log_tops.is_empty() {
+            queries.push((
+                // The top of each log from the end of its index: grouped, `max(seq)`
+                // read every chunk of the logs asked (each ingestion batch of a long
+                // job read its whole log again).
+                "SELECT w.id, (SELECT max(seq) FROM dynserv_logs WHERE execution_id = w.id)
+                 FROM unnest($1::text[]) AS w (id)",
+                vec![&log_tops],
+            ));
+        }
+        for (index, keys) in &entries_of {
+            queries.push((
+                // One index probe per key: as `key = ANY($2)` PostgreSQL read every
+                // entry of the index and filtered them.
+                "SELECT w.key, i.id FROM unnest($2::text[]) AS w (key)
+                 CROSS JOIN LATERAL (SELECT id FROM dynserv_index
+                     WHERE name = $1 AND key = w.key LIMIT 1) i",
+                vec![index, keys],
             ));
         }
         if queries.is_empty() {
@@ -1457,6 +1472,36 @@ impl Txn {
                 .borrow_mut()
                 .lists
                 .insert(table.to_string(), bodies);
+        }
+        if !log_tops.is_empty() {
+            let found: HashMap<String, u64> = answers
+                .next()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| {
+                    Some((r.get::<_, String>(0), seq_from(r.get::<_, Option<i64>>(1)?)))
+                })
+                .collect();
+            let mut p = self.pending.borrow_mut();
+            for id in log_tops {
+                p.log_top.insert(id.to_string(), found.get(id).copied());
+            }
+        }
+        for (index, keys) in entries_of {
+            let found: HashMap<String, String> = answers
+                .next()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect();
+            for key in keys {
+                let value = found.get(key).cloned();
+                self.remember(
+                    |p| &mut p.index,
+                    (index.to_string(), key.to_string()),
+                    &value,
+                );
+            }
         }
         Ok(())
     }
