@@ -680,6 +680,7 @@ pub fn create(
         output_truncated: false,
         work,
     };
+    w.read_ahead(&indexing_ahead(&execution))?;
     // Its id was just made: its record and index entries are new keys.
     w.insert(&execution)?;
     w.index_insert(ACTIVE, &index_key(&execution), &execution.id)?;
@@ -1023,6 +1024,25 @@ fn index_new(w: &mut Writer, e: &Execution, keys: IndexKeys) -> anyhow::Result<(
     w.counter_add("executions", 1)?;
     w.counter_add(&status_counter(e.status), 1)?;
     Ok(())
+}
+
+/// Adds to `ahead` the counts creating executions changes, for a transaction that
+/// reads its targets first: they come with them.
+pub fn creation_ahead(ahead: crate::store::Ahead) -> crate::store::Ahead {
+    ahead
+        .counter("executions")
+        .counter(status_counter(Status::Queued))
+}
+
+/// What indexing a new execution reads, asked together: whether its search terms are
+/// in the dictionary, and the counts it moves. Nothing in a fan-out's transaction past
+/// its first execution (it read its agents' names' terms, `prefetch_terms`, and the
+/// counts, `creation_ahead`, with its agents).
+fn indexing_ahead(e: &Execution) -> crate::store::Ahead {
+    search_terms(e).into_iter().fold(
+        creation_ahead(crate::store::Ahead::default()),
+        |ahead, (key, _)| ahead.entry(TERMS, key),
+    )
 }
 
 /// Moves an execution's status indexes and counts from `from` to its status now.
@@ -1582,17 +1602,27 @@ fn log_bytes_counter(execution_id: &str) -> String {
     format!("log_bytes/{execution_id}")
 }
 
-/// Reads ahead, for a batch of output of these executions, what [`admit_output`] and
-/// `log_has` ask of each: their stored byte counts and where their logs end (on
-/// PostgreSQL two queries for the batch instead of two round trips per execution).
-pub fn prefetch_output(w: &Writer, execution_ids: &[String]) -> anyhow::Result<()> {
-    let counters: Vec<String> = execution_ids
-        .iter()
-        .map(|id| log_bytes_counter(id))
-        .collect();
-    w.prefetch_counters(&counters)?;
-    w.prefetch_log_tops(execution_ids)?;
-    Ok(())
+/// Adds to `ahead` what a batch of agents' reports reads besides its records: for the
+/// executions with output, what [`admit_output`] and `log_has` ask of each (their
+/// stored bytes and where their logs end), and, when some start or end
+/// (`status_changes`), the count of each status. The batch then asks everything in one
+/// round trip, where the output counts, the log ends and each status moved took one
+/// each.
+pub fn reports_ahead(
+    mut ahead: crate::store::Ahead,
+    with_output: &[String],
+    status_changes: bool,
+) -> crate::store::Ahead {
+    for id in with_output {
+        ahead = ahead.counter(log_bytes_counter(id));
+    }
+    ahead = ahead.log_tops(with_output);
+    if status_changes {
+        for status in Status::ALL {
+            ahead = ahead.counter(status_counter(status));
+        }
+    }
+    ahead
 }
 
 /// What happens to one chunk of output under the per-execution limit.

@@ -19,7 +19,7 @@ use super::hub::{Hub, LiveEvent};
 use crate::agents::{self, JobHolder, RefusedCopy};
 use crate::executions::{self, OutputAdmission, Status};
 use crate::live::Events;
-use crate::store::{Read, Record, Store, Writer};
+use crate::store::{Read, Store, Writer};
 
 /// Most items applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -157,6 +157,7 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
     let mut agent_ids = std::collections::BTreeSet::new();
     let mut execution_ids = std::collections::BTreeSet::new();
     let mut with_output = std::collections::BTreeSet::new();
+    let mut status_changes = false;
     for item in batch {
         match item {
             Item::Hello { agent_id, .. }
@@ -170,17 +171,21 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
             }
             Item::Started { execution_id, .. } | Item::End { execution_id, .. } => {
                 execution_ids.insert(execution_id.to_string());
+                status_changes = true;
             }
         }
     }
     let agent_ids: Vec<String> = agent_ids.into_iter().collect();
     let execution_ids: Vec<String> = execution_ids.into_iter().collect();
     let with_output: Vec<String> = with_output.into_iter().collect();
-    w.prefetch_tables(&[
-        (agents::Agent::TABLE, &agent_ids),
-        (executions::Execution::TABLE, &execution_ids),
-    ])?;
-    executions::prefetch_output(w, &with_output)?;
+    let ahead = crate::store::Ahead::default()
+        .records::<agents::Agent>(&agent_ids)
+        .records::<executions::Execution>(&execution_ids);
+    w.read_ahead(&executions::reports_ahead(
+        ahead,
+        &with_output,
+        status_changes,
+    ))?;
     Ok(())
 }
 

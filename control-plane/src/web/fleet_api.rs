@@ -377,7 +377,11 @@ pub fn create_execution(app: &App, req: &Req, ctx: &Ctx) -> AppResult<Resp> {
         let create_all = || {
             app.store.write(|w| {
                 // The agents named by id, read in one query on PostgreSQL (and kept
-                // by the transaction for `create`), their names' terms in another.
+                // by the transaction for `create`) with the counts creating changes,
+                // their names' terms in another.
+                w.read_ahead(&executions::creation_ahead(
+                    crate::store::Ahead::default().records::<crate::agents::Agent>(&targets),
+                ))?;
                 let found: Vec<crate::agents::Agent> = w
                     .get_many::<crate::agents::Agent>(&targets)?
                     .into_iter()
