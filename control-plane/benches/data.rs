@@ -1174,14 +1174,14 @@ fn identity(cache: &Path, ca: &str, name: &str) -> Result<Identity> {
     })
 }
 
-/// One fan-out: ms until the request was answered and until every agent's end was
-/// stored (its `EndAck`).
+/// One fan-out: ms until the request was answered, until the last agent read its
+/// job, and until every agent's end was stored (its `EndAck`).
 async fn fan_out(
     server: &Server,
     token: &str,
     names: &[String],
     reports: &mut tokio::sync::mpsc::UnboundedReceiver<common::Report>,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, f64)> {
     let t0 = micros();
     let response = reqwest::Client::new()
         .post(format!("{}/api/v1/executions", server.base))
@@ -1193,15 +1193,17 @@ async fn fan_out(
         bail!("fan-out: {} {}", response.status(), response.text().await?);
     }
     let created = (micros() - t0) as f64 / 1000.0;
-    let mut last = 0;
+    let (mut last_start, mut last) = (0, 0);
     for _ in names {
-        let (_, acked) = tokio::time::timeout(Duration::from_secs(60), reports.recv())
+        let (started, acked) = tokio::time::timeout(Duration::from_secs(60), reports.recv())
             .await
             .context("an agent did not answer within 60 s")?
             .context("the agents' report channel closed")?;
+        last_start = last_start.max(started);
         last = last.max(acked);
     }
-    Ok((created, (last - t0) as f64 / 1000.0))
+    let ms = |at: u64| at.saturating_sub(t0) as f64 / 1000.0;
+    Ok((created, ms(last_start), ms(last)))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -1638,10 +1640,12 @@ async fn main() -> Result<()> {
             page.extend(l.await??);
         }
         page.sort_unstable();
-        let mut idle_done: Vec<f64> = idle.iter().map(|r| r.1).collect();
-        let mut loaded_done: Vec<f64> = loaded.iter().map(|r| r.1).collect();
+        let mut idle_done: Vec<f64> = idle.iter().map(|r| r.2).collect();
+        let mut loaded_done: Vec<f64> = loaded.iter().map(|r| r.2).collect();
         let mut idle_created: Vec<f64> = idle.iter().map(|r| r.0).collect();
         let mut loaded_created: Vec<f64> = loaded.iter().map(|r| r.0).collect();
+        let mut idle_started: Vec<f64> = idle.iter().map(|r| r.1).collect();
+        let mut loaded_started: Vec<f64> = loaded.iter().map(|r| r.1).collect();
         let (i, l) = (median(&mut idle_done), median(&mut loaded_done));
         println!(
             "\n## fan-out to {} agents, end to end (request until every end stored), median of {}",
@@ -1656,6 +1660,19 @@ async fn main() -> Result<()> {
             l / i.max(0.001),
             idle_done.iter().map(|v| v.round()).collect::<Vec<_>>(),
             loaded_done.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        );
+        let runs = |r: &[(f64, f64, f64)]| {
+            r.iter()
+                .map(|(c, s, d)| format!("{c:.0}/{s:.0}/{d:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "every agent had its job after (median): idle {:.0} ms, loaded {:.0} ms; each run's created/had its job/ended (ms): idle {}; loaded {}",
+            median(&mut idle_started),
+            median(&mut loaded_started),
+            runs(&idle),
+            runs(&loaded),
         );
         println!(
             "the page meanwhile: p50 {:.1} ms, p99 {:.1} ms ({} requests)",
