@@ -856,30 +856,22 @@ impl RawRead for Txn {
     }
 
     fn read_ahead(&self, ahead: &super::Ahead) -> Result<()> {
-        let records: Vec<(&str, &str)> = ahead
-            .records
-            .iter()
-            .map(|(table, id)| (*table, id.as_str()))
-            .collect();
-        let counters: Vec<&str> = ahead.counters.iter().map(String::as_str).collect();
-        let scans: Vec<(&str, &str)> = ahead
-            .scans
-            .iter()
-            .map(|(index, prefix)| (*index, prefix.as_str()))
-            .collect();
-        let log_tops: Vec<&str> = ahead.log_tops.iter().map(String::as_str).collect();
-        let entries: Vec<(&str, &str)> = ahead
-            .entries
-            .iter()
-            .map(|(index, key)| (*index, key.as_str()))
-            .collect();
+        fn keys<'a>(named: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+            named
+                .iter()
+                .map(|(name, key)| (*name, key.as_str()))
+                .collect()
+        }
+        fn names(names: &[String]) -> Vec<&str> {
+            names.iter().map(String::as_str).collect()
+        }
         self.ask_ahead(Asked {
-            records: &records,
-            counters: &counters,
-            scans: &scans,
+            records: &keys(&ahead.records),
+            counters: &names(&ahead.counters),
+            scans: &keys(&ahead.scans),
             lists: &ahead.lists,
-            log_tops: &log_tops,
-            entries: &entries,
+            log_tops: &names(&ahead.log_tops),
+            entries: &keys(&ahead.entries),
         })
     }
 
