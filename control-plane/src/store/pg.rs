@@ -1272,8 +1272,8 @@ impl RawWrite for Txn {
     }
 }
 
-/// What [`Txn::ask_ahead`] asks: see [`super::Ahead`], whose parts these are (and
-/// index entries by key, what `index_get` asks).
+/// What [`Txn::ask_ahead`] asks: the parts of a [`super::Ahead`], borrowed (the
+/// single-kind prefetches lend one part each).
 #[derive(Default)]
 struct Asked<'a> {
     records: &'a [(&'a str, &'a str)],
@@ -1288,7 +1288,7 @@ impl Txn {
     /// The reads of [`super::Ahead`] the cache cannot answer, as pipelined queries on
     /// the connection, waited for once; their answers are then kept. A writer asks
     /// only point reads (its cache holds its unsent changes, so a key it wrote is
-    /// never asked); scans and lists are for read transactions.
+    /// never asked); scans and lists are for read transactions, log ends for writers.
     fn ask_ahead(&self, asked: Asked<'_>) -> Result<()> {
         let Asked {
             records,
