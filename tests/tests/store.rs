@@ -47,6 +47,7 @@ cases!(
     an_insert_never_replaces_what_exists,
     index_pages_walk_both_ways_from_a_cursor,
     records_pages_walk_both_ways,
+    deferring_reads_are_answered_while_a_writer_works,
     reads_and_log_tops_survive_sending,
     counters_follow_their_transactions,
     logs_append_once_and_delete_in_batches,

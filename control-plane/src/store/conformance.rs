@@ -63,6 +63,10 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("records_pages_walk_both_ways", records_pages_walk_both_ways),
     (
+        "deferring_reads_are_answered_while_a_writer_works",
+        deferring_reads_are_answered_while_a_writer_works,
+    ),
+    (
         "reads_and_log_tops_survive_sending",
         reads_and_log_tops_survive_sending,
     ),
@@ -521,6 +525,54 @@ fn concurrent_writers_never_lose_an_update(open: Open) {
     });
     let total = stores[0].get::<Thing>("count").unwrap().unwrap().n;
     assert_eq!(total as usize, threads * rounds);
+}
+
+/// Reads from threads whose reads give way ([`super::defer_reads_here`], page loads)
+/// are still answered, each from its snapshot, while a writer of the same process
+/// holds its transaction open: they wait their turn, never for the writer to end.
+fn deferring_reads_are_answered_while_a_writer_works(open: Open) {
+    let store = open().unwrap();
+    store.write(|w| w.put(&thing("a", 1))).unwrap();
+    let (began, writer_may_end) = (
+        std::sync::Barrier::new(2),
+        std::sync::atomic::AtomicBool::new(false),
+    );
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            store.write(|w| {
+                w.put(&thing("a", 2))?;
+                w.counter_add("things", 1)?;
+                began.wait();
+                while !writer_may_end.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Ok(())
+            })
+        });
+        began.wait();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    super::defer_reads_here();
+                    (0..20)
+                        .map(|_| {
+                            store.read(|r| {
+                                let a = r.get::<Thing>("a")?.map(|t| t.n);
+                                Ok((a, r.counter("things")?))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        for reader in readers {
+            let seen = reader.join().unwrap().unwrap();
+            assert!(seen.iter().all(|s| *s == (Some(1), 0)), "{seen:?}");
+        }
+        writer_may_end.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.join().unwrap().unwrap();
+    });
+    assert_eq!(store.get::<Thing>("a").unwrap().unwrap().n, 2);
 }
 
 /// Two handles racing to take one name: exactly one takes it, as a unique user name

@@ -78,6 +78,22 @@ thread_local! {
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
     /// Set on the runtime's async worker threads ([`mark_async_worker`]).
     static ASYNC_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// Set on threads whose reads give way to other work ([`defer_reads_here`]).
+    static DEFERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread's read transactions as ones that give way to the rest of
+/// the process's work in the database: while another transaction is open, only a few
+/// of them have a query in the database at once (PostgreSQL; a redb reader never
+/// slows a writer). The HTTP reads lane's threads call it, so page loads cannot crowd
+/// out an operator's action or an agent's report.
+pub fn defer_reads_here() {
+    DEFERS.with(|d| d.set(true));
+}
+
+/// Whether this thread's reads give way ([`defer_reads_here`]).
+pub(crate) fn reads_defer_here() -> bool {
+    DEFERS.with(Cell::get)
 }
 
 /// Marks the current thread as an async worker; the runtime calls it on its worker

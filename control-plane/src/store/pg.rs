@@ -11,7 +11,8 @@
 //!   so a domain function that checks and then writes (a free user name, a kept count)
 //!   never races another replica, and nothing has to be retried. Inside one process a
 //!   writer waits for its turn before it takes a connection, so waiting writers never
-//!   hold the pool. The primary keys make the database itself refuse a duplicate key.
+//!   hold the pool, and page loads' reads give way to everything else ([`Turns`]).
+//!   The primary keys make the database itself refuse a duplicate key.
 //! * **Blocking.** Store calls are synchronous and run on the blocking pool. The
 //!   driver is tokio-postgres (TLS by rustls), but its connections belong to no
 //!   runtime: the thread that waits for an answer drives the connection itself and
@@ -346,31 +347,128 @@ pub(crate) fn storage_reason(cause: &(dyn std::error::Error + 'static)) -> Optio
     None
 }
 
-/// Lets one writer of this process at a time take a connection (a binary semaphore
-/// whose permit a transaction can own).
+/// The order in which this process's transactions use the database.
+///
+/// * **Writers, one at a time.** A writer waits for its turn before it takes a
+///   connection, so waiting writers never hold the pool (across replicas the advisory
+///   lock orders them).
+/// * **Deferring reads give way.** A read transaction begun on a thread marked with
+///   [`super::defer_reads_here`] (the HTTP reads lane: page loads) defers: while a
+///   transaction that does not defer is open in this process (an operator's action,
+///   an agent's report, a viewer's read, background work), at most
+///   [`DEFERRED_AT_ONCE`] deferring queries are in the database at a time; the others
+///   wait for it before they send. The database shares its CPU between its backends
+///   with no regard to what they serve: sixteen clients loading a page keep four
+///   backends busy, and an action's one backend got a fifth of the CPU between its
+///   statements, so a 20-agent fan-out took twice its idle time. In the control plane
+///   the reads lane already runs at a lower priority ([`crate::web::Lane::nice`]); this
+///   carries that priority into the database.
 #[derive(Default)]
-struct WriteGate {
-    busy: Mutex<bool>,
-    freed: Condvar,
+struct Turns {
+    state: Mutex<TurnState>,
+    writer_done: Condvar,
+    deferred_may_go: Condvar,
 }
 
-impl WriteGate {
-    fn enter(self: &Arc<Self>) -> GatePass {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        while *busy {
-            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+#[derive(Default)]
+struct TurnState {
+    writing: bool,
+    /// Open transactions that do not defer (writers among them).
+    urgent: usize,
+    /// Deferring queries in the database now.
+    deferred: usize,
+}
+
+/// Deferring queries in the database at once while an urgent transaction is open.
+const DEFERRED_AT_ONCE: usize = 1;
+
+/// What kind of transaction holds a [`Turn`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Writer,
+    /// A reader that does not defer.
+    Urgent,
+    Deferring,
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A transaction's turn: a writer waits for the writer before it.
+    fn open(self: &Arc<Self>, kind: Kind) -> Turn {
+        let mut state = self.lock();
+        if kind == Kind::Writer {
+            while state.writing {
+                state = self
+                    .writer_done
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            state.writing = true;
         }
-        *busy = true;
-        GatePass(self.clone())
+        if kind != Kind::Deferring {
+            state.urgent += 1;
+        }
+        Turn {
+            turns: self.clone(),
+            kind,
+        }
+    }
+
+    /// Waits until a deferring query may go to the database.
+    fn defer(self: &Arc<Self>) -> DeferredQuery {
+        let mut state = self.lock();
+        while state.urgent > 0 && state.deferred >= DEFERRED_AT_ONCE {
+            state = self
+                .deferred_may_go
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        state.deferred += 1;
+        DeferredQuery(self.clone())
     }
 }
 
-struct GatePass(Arc<WriteGate>);
+/// An open transaction's place in [`Turns`], given back when it ends.
+struct Turn {
+    turns: Arc<Turns>,
+    kind: Kind,
+}
 
-impl Drop for GatePass {
+impl Turn {
+    /// Runs one query of the transaction, after its wait when it defers.
+    fn query<T>(&self, run: impl FnOnce() -> T) -> T {
+        let _deferred = (self.kind == Kind::Deferring).then(|| self.turns.defer());
+        run()
+    }
+}
+
+impl Drop for Turn {
     fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.0.freed.notify_one();
+        if self.kind == Kind::Deferring {
+            return;
+        }
+        let mut state = self.turns.lock();
+        state.urgent -= 1;
+        if self.kind == Kind::Writer {
+            state.writing = false;
+            self.turns.writer_done.notify_one();
+        }
+        if state.urgent == 0 {
+            self.turns.deferred_may_go.notify_all();
+        }
+    }
+}
+
+/// A deferring query in the database.
+struct DeferredQuery(Arc<Turns>);
+
+impl Drop for DeferredQuery {
+    fn drop(&mut self) {
+        self.0.lock().deferred -= 1;
+        self.0.deferred_may_go.notify_one();
     }
 }
 
@@ -381,7 +479,7 @@ pub struct Pg {
     pool: Pool,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    gate: Arc<WriteGate>,
+    turns: Arc<Turns>,
     described: String,
 }
 
@@ -408,7 +506,7 @@ impl Pg {
             pool,
             config,
             tls: connector,
-            gate: Arc::new(WriteGate::default()),
+            turns: Arc::default(),
             described,
         };
         let conn = pg
@@ -464,27 +562,33 @@ impl Pg {
     }
 
     pub(super) fn begin_read(&self) -> Result<Txn> {
+        let kind = if super::reads_defer_here() {
+            Kind::Deferring
+        } else {
+            Kind::Urgent
+        };
+        let turn = self.turns.open(kind);
         let conn = self.pool.get()?;
         Ok(Txn {
             conn: Some(conn),
             begin: RefCell::new(Some(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_string(),
             )),
-            _pass: None,
+            turn,
             pending: RefCell::default(),
             writer: false,
         })
     }
 
     pub(super) fn begin_write(&self) -> Result<Txn> {
-        let pass = self.gate.enter();
+        let turn = self.turns.open(Kind::Writer);
         let conn = self.pool.get()?;
         Ok(Txn {
             conn: Some(conn),
             begin: RefCell::new(Some(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
             ))),
-            _pass: Some(pass),
+            turn,
             pending: RefCell::default(),
             writer: true,
         })
@@ -499,8 +603,8 @@ pub(super) struct Txn {
     /// The `BEGIN` (and a writer's lock) not sent yet: it goes out pipelined with the
     /// transaction's first statement, which saves a round trip per transaction.
     begin: RefCell<Option<String>>,
-    /// A writer's turn in this process, held until the transaction ends.
-    _pass: Option<GatePass>,
+    /// The transaction's turn in this process ([`Turns`]), held until it ends.
+    turn: Turn,
     /// A writer's changes not sent yet, and the point reads made (see [`Pending`]).
     pending: RefCell<Pending>,
     /// A writer (else a read-only snapshot).
@@ -682,15 +786,17 @@ impl Txn {
         let conn = self.conn();
         let client = conn.client();
         let begin = self.begin.borrow_mut().take();
-        conn.wait(async {
-            match &begin {
-                Some(begin) => {
-                    let (began, ran) = futures::join!(client.batch_execute(begin), run(client));
-                    began?;
-                    ran
+        self.turn.query(|| {
+            conn.wait(async {
+                match &begin {
+                    Some(begin) => {
+                        let (began, ran) = futures::join!(client.batch_execute(begin), run(client));
+                        began?;
+                        ran
+                    }
+                    None => run(client).await,
                 }
-                None => run(client).await,
-            }
+            })
         })
     }
 
@@ -1741,6 +1847,53 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `f` is still waiting after 50 ms (it is then left to finish).
+    fn waits<'s>(scope: &'s std::thread::Scope<'s, '_>, f: impl FnOnce() + Send + 's) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_millis(50)).is_err()
+    }
+
+    /// Writers take turns; deferring queries go all at once while nothing urgent is
+    /// open, and [`DEFERRED_AT_ONCE`] at a time while something is, the next one as
+    /// soon as a query ends or the last urgent transaction does.
+    #[test]
+    fn deferring_queries_give_way_to_urgent_transactions() {
+        let turns = Arc::new(Turns::default());
+        let deferring = turns.open(Kind::Deferring);
+        let all: Vec<_> = (0..4).map(|_| turns.defer()).collect();
+        drop(all);
+        std::thread::scope(|scope| {
+            let writer = turns.open(Kind::Writer);
+            let t = turns.clone();
+            assert!(waits(scope, move || drop(t.open(Kind::Writer))));
+            let first: Vec<_> = (0..DEFERRED_AT_ONCE).map(|_| turns.defer()).collect();
+            let t = turns.clone();
+            assert!(waits(scope, move || drop(t.defer())));
+            drop(first);
+            let t = turns.clone();
+            assert!(!waits(scope, move || drop(t.defer())));
+            let first: Vec<_> = (0..DEFERRED_AT_ONCE).map(|_| turns.defer()).collect();
+            let reader = turns.open(Kind::Urgent);
+            drop(writer);
+            let t = turns.clone();
+            assert!(
+                waits(scope, move || drop(t.defer())),
+                "a reader is urgent too"
+            );
+            drop(reader);
+            let t = turns.clone();
+            assert!(!waits(scope, move || drop(t.defer())));
+            drop(first);
+        });
+        drop(deferring);
+        let state = turns.lock();
+        assert_eq!((state.writing, state.urgent, state.deferred), (false, 0, 0));
+    }
 
     /// Passwords never reach messages; TLS parameters are read as libpq reads them.
     #[test]

@@ -1009,7 +1009,9 @@ async fn serve_connection<S>(
 /// streams and the fleet gateway stay responsive, and memory held by requests in
 /// flight is bounded.
 ///
-/// * [`Lane::Reads`] (GET and HEAD): at most two per core, at nice 10.
+/// * [`Lane::Reads`] (GET and HEAD): at most two per core, at nice 10; their store
+///   reads give way to the rest of the process's work in the database
+///   ([`crate::store::defer_reads_here`]).
 /// * [`Lane::Actions`] (every other method: a job started, a form saved, a sign-in):
 ///   at most one per core (two at least), at nice 5. An operator's action never waits
 ///   behind colleagues' page loads: with one queue, a fan-out's request waited behind
@@ -1064,6 +1066,9 @@ impl HandlerPool {
                 .thread_name(name)
                 .on_thread_start(move || {
                     crate::store::allow_blocking_here();
+                    if lane == Lane::Reads {
+                        crate::store::defer_reads_here();
+                    }
                     lower_thread_priority(lane.nice());
                 })
                 .enable_all()
