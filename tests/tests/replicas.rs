@@ -354,6 +354,19 @@ async fn concurrent_server_lists_do_not_exhaust_the_connection_pool() {
                 .any(|l| l == "dynserv_store_pg_blind_waits 0"),
             "{metrics}"
         );
+        // What giving way to actions cost the pages is shown (`pg::Turns`).
+        for name in [
+            "dynserv_store_pg_deferred_waits",
+            "dynserv_store_pg_deferred_wait_seconds",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l
+                    .strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some()),
+                "{name}: {metrics}"
+            );
+        }
     }
 }
 

@@ -232,6 +232,16 @@ impl Fleet {
             "Times since start a PostgreSQL store call had nothing to wait for on its socket and looked again after 10 ms; always 0 unless there is a bug.",
             || crate::store::pg::blind_waits() as f64,
         );
+        metrics.register_gauge(
+            "dynserv_store_pg_deferred_waits",
+            "Page loads' PostgreSQL queries that waited since start for this replica's other work in the database (an action, an agent's report) to let them go.",
+            || crate::store::pg::deferred_waits().0 as f64,
+        );
+        metrics.register_gauge(
+            "dynserv_store_pg_deferred_wait_seconds",
+            "Seconds page loads' PostgreSQL queries waited in all since start for this replica's other work in the database.",
+            || crate::store::pg::deferred_waits().1,
+        );
         let store = self.inner.store.clone();
         metrics.register_gauge(
             "dynserv_store_healthy",

@@ -27,6 +27,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -382,6 +383,18 @@ struct TurnState {
 /// Deferring queries in the database at once while an urgent transaction is open.
 const DEFERRED_AT_ONCE: usize = 1;
 
+static DEFERRED_WAITS: AtomicU64 = AtomicU64::new(0);
+static DEFERRED_WAIT_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// How many deferring queries ([`Turns`]: page loads') waited for their turn since
+/// start, and how many seconds they waited in all: what giving way cost the pages.
+pub fn deferred_waits() -> (u64, f64) {
+    (
+        DEFERRED_WAITS.load(Ordering::Relaxed),
+        DEFERRED_WAIT_MICROS.load(Ordering::Relaxed) as f64 / 1e6,
+    )
+}
+
 /// What kind of transaction holds a [`Turn`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -420,13 +433,21 @@ impl Turns {
     /// Waits until a deferring query may go to the database.
     fn defer(self: &Arc<Self>) -> DeferredQuery {
         let mut state = self.lock();
+        let mut waiting_since = None;
         while state.urgent > 0 && state.deferred >= DEFERRED_AT_ONCE {
+            waiting_since.get_or_insert_with(std::time::Instant::now);
             state = self
                 .deferred_may_go
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
         state.deferred += 1;
+        drop(state);
+        if let Some(since) = waiting_since {
+            DEFERRED_WAITS.fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            DEFERRED_WAIT_MICROS.fetch_add(micros, Ordering::Relaxed);
+        }
         DeferredQuery(self.clone())
     }
 }
@@ -1867,6 +1888,7 @@ mod tests {
         let deferring = turns.open(Kind::Deferring);
         let all: Vec<_> = (0..4).map(|_| turns.defer()).collect();
         drop(all);
+        let before = deferred_waits().0;
         std::thread::scope(|scope| {
             let writer = turns.open(Kind::Writer);
             let t = turns.clone();
@@ -1891,6 +1913,7 @@ mod tests {
             drop(first);
         });
         drop(deferring);
+        assert!(deferred_waits().0 >= before + 2, "the waits are counted");
         let state = turns.lock();
         assert_eq!((state.writing, state.urgent, state.deferred), (false, 0, 0));
     }
