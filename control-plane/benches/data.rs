@@ -20,7 +20,9 @@
 //!    the process holding memory; one that takes over a second alone is not run with
 //!    many clients);
 //! 5. a fan-out to `--fanout` (20) simulated agents, idle and while the clients load
-//!    `/executions`; live output to `--viewers` (50) WebSockets, unpaced;
+//!    `/executions` (on PostgreSQL also how often, and how long in all, the page's
+//!    queries gave way to the fan-outs' in the database); live output to `--viewers`
+//!    (50) WebSockets, unpaced;
 //! 6. the store file's size, and what retention (`maintenance::prune_once` with its
 //!    clock moved 45 days ahead, so half the executions are past it), a backup
 //!    (`Store::backup_to`) and a compaction (`redb::Database::compact`, which the
@@ -1206,6 +1208,26 @@ async fn fan_out(
     Ok((created, ms(last_start), ms(last)))
 }
 
+/// The control plane's count of page-load queries that waited for other work in the
+/// database, and their seconds in all (`/metrics`; PostgreSQL only, always 0 on redb).
+async fn deferred_waits(base: &str) -> Result<Option<(f64, f64)>> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Ok(value("dynserv_store_pg_deferred_waits")
+        .zip(value("dynserv_store_pg_deferred_wait_seconds")))
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -1613,6 +1635,12 @@ async fn main() -> Result<()> {
             idle.push(fan_out(&server, &token, &names, &mut reports).await?);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let on_postgres = args.database.is_some();
+        let waits_before = if on_postgres {
+            deferred_waits(&server.base).await?
+        } else {
+            None
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut loaders = Vec::new();
         let client = reqwest::Client::new();
@@ -1680,6 +1708,16 @@ async fn main() -> Result<()> {
             percentile(&page, 0.99),
             page.len()
         );
+        if let Some(before) = waits_before {
+            let after = deferred_waits(&server.base)
+                .await?
+                .context("/metrics without the deferred waits")?;
+            println!(
+                "the page's queries that gave way to the fan-outs in the database: {} waits, {:.1} ms in all",
+                after.0 - before.0,
+                (after.1 - before.1) * 1000.0
+            );
+        }
         if args.lines > 0 {
             let streamer = identity(&cache.dir, &ca, &seeded.real_agents[args.fanout])?;
             let streamed = stream_to_viewers(
