@@ -83,10 +83,10 @@ thread_local! {
 }
 
 /// Marks the current thread's read transactions as ones that give way to the rest of
-/// the process's work in the database: while another transaction is open, only a few
-/// of them have a query in the database at once (PostgreSQL; a redb reader never
-/// slows a writer). The HTTP reads lane's threads call it, so page loads cannot crowd
-/// out an operator's action or an agent's report.
+/// the process's work in the database: while another transaction is open, one query
+/// of all such readers at a time is in the database (PostgreSQL, `pg::Turns`; a redb
+/// reader never slows a writer). The HTTP reads lane's threads call it, so page loads
+/// cannot crowd out an operator's action or an agent's report.
 pub fn defer_reads_here() {
     DEFERS.with(|d| d.set(true));
 }
