@@ -913,7 +913,7 @@ fn reads_and_log_tops_survive_sending(open: Open) {
         .write(|w| {
             w.prefetch::<Thing>(&["r1".into(), "r2".into()])?;
             assert_eq!(w.index_get("kept", "x")?, None);
-            w.prefetch_log_tops(&["l1".into(), "l2".into()])?;
+            w.read_ahead(&crate::store::Ahead::default().log_tops(&["l1".into(), "l2".into()]))?;
             w.put(&thing("w1", 5))?;
             assert!(w.index_scan("kept", "")?.is_empty(), "sends the changes");
             assert_eq!(w.get::<Thing>("r1")?, Some(thing("r1", 1)));

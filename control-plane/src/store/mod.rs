@@ -262,8 +262,8 @@ impl Ahead {
         self
     }
 
-    /// Where these executions' stored logs end (what `log_has` will ask, as
-    /// [`Read::prefetch_log_tops`]). Writers only, like that.
+    /// Where these executions' stored logs end (what `log_has` will ask). Writers
+    /// only: a reader's `log_has` asks the database.
     pub fn log_tops(mut self, execution_ids: &[String]) -> Ahead {
         self.log_tops.extend(execution_ids.iter().cloned());
         self
@@ -1052,11 +1052,6 @@ pub(crate) trait RawRead {
     fn prefetch_index(&self, _index: &str, _keys: &[&str]) -> Result<()> {
         Ok(())
     }
-    /// Learns ahead where these executions' stored logs end, for their `log_has`
-    /// (PostgreSQL writers: one query instead of one per execution).
-    fn prefetch_log_tops(&self, _execution_ids: &[&str]) -> Result<()> {
-        Ok(())
-    }
     /// Whether the chunk `seq` of an execution's log is stored.
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
         Ok(self
@@ -1151,8 +1146,6 @@ pub trait Read {
     fn read_ahead(&self, ahead: &Ahead) -> Result<()>;
     /// [`Read::prefetch`] for index entries: what `index_get` will ask of `index`.
     fn prefetch_index(&self, index: &str, keys: &[String]) -> Result<()>;
-    /// [`Read::prefetch`] for where executions' stored logs end (what `log_has` asks).
-    fn prefetch_log_tops(&self, execution_ids: &[String]) -> Result<()>;
     /// Every record of a type, in id order.
     fn list<T: Record>(&self) -> Result<Vec<T>>;
     /// The id an index entry points at.
@@ -1240,14 +1233,6 @@ macro_rules! impl_read {
                 }
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                 self.raw().prefetch_index(index, &keys)
-            }
-
-            fn prefetch_log_tops(&self, execution_ids: &[String]) -> Result<()> {
-                if execution_ids.is_empty() {
-                    return Ok(());
-                }
-                let ids: Vec<&str> = execution_ids.iter().map(String::as_str).collect();
-                self.raw().prefetch_log_tops(&ids)
             }
 
             fn prefetch<T: Record>(&self, ids: &[String]) -> Result<()> {

@@ -1010,13 +1010,6 @@ impl RawRead for Txn {
         })
     }
 
-    fn prefetch_log_tops(&self, execution_ids: &[&str]) -> Result<()> {
-        self.ask_ahead(Asked {
-            log_tops: execution_ids,
-            ..Asked::default()
-        })
-    }
-
     fn log_has(&self, execution_id: &str, seq: u64) -> Result<bool> {
         let pending = &self.pending;
         if !self.writer {
