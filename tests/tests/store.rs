@@ -100,3 +100,81 @@ fn connections_closed_by_the_server_are_replaced() {
     store.write(|w| w.index_put("things", "k", "a")).unwrap();
     assert_eq!(look().as_deref(), Some("a"));
 }
+
+/// Reads and deletes by a list of keys (`dynserv::store::pg::BY_KEYS`) probe the
+/// primary key once per key, even when the planner's statistics were taken while the
+/// tables were nearly empty and thousands of rows came since (a fleet's first
+/// fan-out): no statement scans a table or filters its rows against the keys asked,
+/// with a plan made for the keys given or a generic one.
+#[test]
+fn reads_by_keys_probe_the_index_whatever_the_statistics() {
+    let database = TestDatabase::create();
+    // The schema.
+    drop(Store::connect(database.url()).unwrap());
+    let mut admin = database.connect();
+    let tables = [
+        "dynserv_records",
+        "dynserv_index",
+        "dynserv_counters",
+        "dynserv_logs",
+    ];
+    let fill = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO dynserv_records SELECT 'things', 'k' || i, '\\x00' FROM generate_series({from}, {to}) i;
+             INSERT INTO dynserv_index SELECT 'things', 'k' || i, 'k' || i FROM generate_series({from}, {to}) i;
+             INSERT INTO dynserv_counters SELECT 'k' || i, i FROM generate_series({from}, {to}) i;
+             INSERT INTO dynserv_logs SELECT 'k' || i, 0, '\\x00' FROM generate_series({from}, {to}) i;"
+        )
+    };
+    for table in tables {
+        admin
+            .batch_execute(&format!(
+                "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+            ))
+            .unwrap();
+    }
+    admin.batch_execute(&fill(1, 10)).unwrap();
+    admin.batch_execute("ANALYZE").unwrap();
+    admin.batch_execute(&fill(11, 30_000)).unwrap();
+    let keys: Vec<String> = (1..=5_000).map(|i| format!("'k{}'", i * 6)).collect();
+    let keys = format!("ARRAY[{}]::text[]", keys.join(","));
+    for sql in dynserv::store::pg::BY_KEYS {
+        admin
+            .batch_execute(&format!("DEALLOCATE ALL; PREPARE q AS {sql}"))
+            .unwrap();
+        let types: String = admin
+            .query_one(
+                "SELECT parameter_types::text FROM pg_prepared_statements WHERE name = 'q'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let args: Vec<&str> = types
+            .trim_matches(['{', '}'])
+            .split(',')
+            .map(|t| {
+                if t.ends_with("[]") {
+                    keys.as_str()
+                } else {
+                    "'things'"
+                }
+            })
+            .collect();
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            admin
+                .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                .unwrap();
+            let plan: Vec<String> = admin
+                .query(&format!("EXPLAIN EXECUTE q({})", args.join(",")), &[])
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("Seq Scan on dynserv_") && !plan.contains("Filter:"),
+                "{sql}\nwith {mode} is planned as\n{plan}"
+            );
+        }
+    }
+}

@@ -938,10 +938,7 @@ impl RawRead for Txn {
             }
         }
         if !asked.is_empty() {
-            let rows = self.query(
-                "SELECT id, body FROM dynserv_records WHERE tbl = $1 AND id = ANY($2)",
-                &[&table, &asked],
-            )?;
+            let rows = self.query(GET_MANY, &[&table, &asked])?;
             for row in rows {
                 found.insert(row.get(0), Some(row.get(1)));
             }
@@ -1466,20 +1463,10 @@ impl Txn {
         }
         let mut queries: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
         if !ids.is_empty() {
-            queries.push((
-                // One index probe per key (`LIMIT 1` keeps the planner from
-                // turning the lateral probe into a join over the whole table).
-                "SELECT w.tbl, w.id, r.body FROM unnest($1::text[], $2::text[]) AS w (tbl, id)
-                 CROSS JOIN LATERAL (SELECT body FROM dynserv_records
-                     WHERE tbl = w.tbl AND id = w.id LIMIT 1) r",
-                vec![&tables, &ids],
-            ));
+            queries.push((AHEAD_RECORDS, vec![&tables, &ids]));
         }
         if !counters.is_empty() {
-            queries.push((
-                "SELECT name, n FROM dynserv_counters WHERE name = ANY($1)",
-                vec![&counters],
-            ));
+            queries.push((AHEAD_COUNTERS, vec![&counters]));
         }
         for (index, _, lo, hi) in &scans {
             queries.push((
@@ -1494,24 +1481,10 @@ impl Txn {
             ));
         }
         if !log_tops.is_empty() {
-            queries.push((
-                // The top of each log from the end of its index: grouped, `max(seq)`
-                // read every chunk of the logs asked (each ingestion batch of a long
-                // job read its whole log again).
-                "SELECT w.id, (SELECT max(seq) FROM dynserv_logs WHERE execution_id = w.id)
-                 FROM unnest($1::text[]) AS w (id)",
-                vec![&log_tops],
-            ));
+            queries.push((AHEAD_LOG_TOPS, vec![&log_tops]));
         }
         for (index, keys) in &entries_of {
-            queries.push((
-                // One index probe per key: as `key = ANY($2)` PostgreSQL read every
-                // entry of the index and filtered them.
-                "SELECT w.key, i.id FROM unnest($2::text[]) AS w (key)
-                 CROSS JOIN LATERAL (SELECT id FROM dynserv_index
-                     WHERE name = $1 AND key = w.key LIMIT 1) i",
-                vec![index, keys],
-            ));
+            queries.push((AHEAD_INDEX, vec![index, keys]));
         }
         if queries.is_empty() {
             return Ok(());
@@ -1683,6 +1656,41 @@ impl Statement {
     }
 }
 
+/// The statements that read or delete rows by a list of keys. Each probes the
+/// primary key once per key whatever the planner's statistics say: written as
+/// `key = ANY($n)`, PostgreSQL planned, from statistics taken while a table was small,
+/// scans that compared every row with every key asked (reading 300 counters of a
+/// 10,000-agent fan-out's reports took up to 230 ms, under the write turn). The
+/// `LIMIT 1` keeps the planner from turning a lateral probe into a join over the
+/// whole table. `tests/tests/store.rs` checks their plans on stale statistics.
+pub const BY_KEYS: [&str; 8] = [
+    GET_MANY,
+    AHEAD_RECORDS,
+    AHEAD_COUNTERS,
+    AHEAD_INDEX,
+    AHEAD_LOG_TOPS,
+    DELETE_RECORDS,
+    DELETE_INDEX,
+    DELETE_COUNTERS,
+];
+
+const GET_MANY: &str = "SELECT w.id, r.body FROM unnest($2::text[]) AS w (id)
+     CROSS JOIN LATERAL (SELECT body FROM dynserv_records
+         WHERE tbl = $1 AND id = w.id LIMIT 1) r";
+const AHEAD_RECORDS: &str = "SELECT w.tbl, w.id, r.body
+     FROM unnest($1::text[], $2::text[]) AS w (tbl, id)
+     CROSS JOIN LATERAL (SELECT body FROM dynserv_records
+         WHERE tbl = w.tbl AND id = w.id LIMIT 1) r";
+const AHEAD_COUNTERS: &str = "SELECT w.name, c.n FROM unnest($1::text[]) AS w (name)
+     CROSS JOIN LATERAL (SELECT n FROM dynserv_counters WHERE name = w.name LIMIT 1) c";
+const AHEAD_INDEX: &str = "SELECT w.key, i.id FROM unnest($2::text[]) AS w (key)
+     CROSS JOIN LATERAL (SELECT id FROM dynserv_index
+         WHERE name = $1 AND key = w.key LIMIT 1) i";
+/// The top of each log from the end of its index: grouped, `max(seq)` read every chunk
+/// of the logs asked (each ingestion batch of a long job read its whole log again).
+const AHEAD_LOG_TOPS: &str = "SELECT w.id,
+     (SELECT max(seq) FROM dynserv_logs WHERE execution_id = w.id)
+     FROM unnest($1::text[]) AS w (id)";
 const INSERT_RECORDS: &str = "INSERT INTO dynserv_records (tbl, id, body)
      SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])";
 const UPSERT_RECORDS: &str = "INSERT INTO dynserv_records (tbl, id, body)
@@ -1709,7 +1717,9 @@ const INSERT_LOGS: &str = "INSERT INTO dynserv_logs (execution_id, seq, chunk)
 const UPSERT_COUNTERS: &str = "INSERT INTO dynserv_counters (name, n)
      SELECT * FROM unnest($1::text[], $2::int8[])
      ON CONFLICT (name) DO UPDATE SET n = excluded.n";
-const DELETE_COUNTERS: &str = "DELETE FROM dynserv_counters WHERE name = ANY($1::text[])";
+const DELETE_COUNTERS: &str = "DELETE FROM dynserv_counters WHERE ctid = ANY (ARRAY(
+     SELECT (SELECT c.ctid FROM dynserv_counters c WHERE c.name = gone.name)
+     FROM unnest($1::text[]) AS gone (name)))";
 const UPSERT_META: &str = "INSERT INTO dynserv_meta (key, value)
      SELECT * FROM unnest($1::text[], $2::bytea[])
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
