@@ -102,22 +102,20 @@ fn connections_closed_by_the_server_are_replaced() {
 }
 
 /// Reads and deletes by a list of keys (`dynserv::store::pg::BY_KEYS`) probe the
-/// primary key once per key, even when the planner's statistics were taken while the
-/// tables were nearly empty and thousands of rows came since (a fleet's first
-/// fan-out): no statement scans a table or filters its rows against the keys asked,
-/// with a plan made for the keys given or a generic one.
+/// primary key once per key, in a session set up as the store sets up its own
+/// (`SESSION_SETUP`), even when the planner's statistics were taken while the tables
+/// were nearly empty and thousands of rows came since (a fleet's first fan-out): no
+/// statement scans a table or filters its rows against the keys asked, whether its
+/// plan is made for the keys given, made generic now, or was made generic and cached
+/// while the tables were small.
 #[test]
 fn reads_by_keys_probe_the_index_whatever_the_statistics() {
+    use dynserv::store::pg::{BY_KEYS, SESSION_SETUP};
     let database = TestDatabase::create();
     // The schema.
     drop(Store::connect(database.url()).unwrap());
     let mut admin = database.connect();
-    let tables = [
-        "dynserv_records",
-        "dynserv_index",
-        "dynserv_counters",
-        "dynserv_logs",
-    ];
+    admin.batch_execute(SESSION_SETUP).unwrap();
     let fill = |from: i32, to: i32| {
         format!(
             "INSERT INTO dynserv_records SELECT 'things', 'k' || i, '\\x00' FROM generate_series({from}, {to}) i;
@@ -126,7 +124,12 @@ fn reads_by_keys_probe_the_index_whatever_the_statistics() {
              INSERT INTO dynserv_logs SELECT 'k' || i, 0, '\\x00' FROM generate_series({from}, {to}) i;"
         )
     };
-    for table in tables {
+    for table in [
+        "dynserv_records",
+        "dynserv_index",
+        "dynserv_counters",
+        "dynserv_logs",
+    ] {
         admin
             .batch_execute(&format!(
                 "ALTER TABLE {table} SET (autovacuum_enabled = false)"
@@ -135,17 +138,18 @@ fn reads_by_keys_probe_the_index_whatever_the_statistics() {
     }
     admin.batch_execute(&fill(1, 10)).unwrap();
     admin.batch_execute("ANALYZE").unwrap();
-    admin.batch_execute(&fill(11, 30_000)).unwrap();
     let keys: Vec<String> = (1..=5_000).map(|i| format!("'k{}'", i * 6)).collect();
     let keys = format!("ARRAY[{}]::text[]", keys.join(","));
-    for sql in dynserv::store::pg::BY_KEYS {
+    // Each statement prepared while the tables are small; its arguments by type.
+    let mut calls = Vec::new();
+    for (i, sql) in BY_KEYS.iter().enumerate() {
         admin
-            .batch_execute(&format!("DEALLOCATE ALL; PREPARE q AS {sql}"))
+            .batch_execute(&format!("PREPARE q{i} AS {sql}"))
             .unwrap();
         let types: String = admin
             .query_one(
-                "SELECT parameter_types::text FROM pg_prepared_statements WHERE name = 'q'",
-                &[],
+                "SELECT parameter_types::text FROM pg_prepared_statements WHERE name = $1",
+                &[&format!("q{i}")],
             )
             .unwrap()
             .get(0);
@@ -160,17 +164,36 @@ fn reads_by_keys_probe_the_index_whatever_the_statistics() {
                 }
             })
             .collect();
-        for mode in ["force_custom_plan", "force_generic_plan"] {
-            admin
-                .batch_execute(&format!("SET plan_cache_mode = {mode}"))
-                .unwrap();
-            let plan: Vec<String> = admin
-                .query(&format!("EXPLAIN EXECUTE q({})", args.join(",")), &[])
-                .unwrap()
-                .iter()
-                .map(|row| row.get::<_, String>(0))
-                .collect();
-            let plan = plan.join("\n");
+        calls.push((sql, format!("EXPLAIN EXECUTE q{i}({})", args.join(","))));
+    }
+    let plan_of = |admin: &mut postgres::Client, mode: &str, call: &str| {
+        admin
+            .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .unwrap();
+        let lines: Vec<String> = admin
+            .query(call, &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect();
+        lines.join("\n")
+    };
+    // Generic plans made now, on the small tables, and cached.
+    for (_, call) in &calls {
+        plan_of(&mut admin, "force_generic_plan", call);
+    }
+    admin.batch_execute(&fill(11, 30_000)).unwrap();
+    for (sql, call) in &calls {
+        for (mode, plan) in [
+            (
+                "the cached generic plan",
+                plan_of(&mut admin, "force_generic_plan", call),
+            ),
+            (
+                "a custom plan",
+                plan_of(&mut admin, "force_custom_plan", call),
+            ),
+        ] {
             assert!(
                 !plan.contains("Seq Scan on dynserv_") && !plan.contains("Filter:"),
                 "{sql}\nwith {mode} is planned as\n{plan}"

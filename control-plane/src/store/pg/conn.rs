@@ -505,6 +505,7 @@ fn start(
         statements: RefCell::default(),
         discarded: false,
     };
+    conn.wait(conn.client().batch_execute(super::SESSION_SETUP))?;
     let wanted = match config.get_target_session_attrs() {
         TargetSessionAttrs::ReadWrite => "off",
         TargetSessionAttrs::ReadOnly => "on",
