@@ -1670,8 +1670,8 @@ pub const SESSION_SETUP: &str = "SET enable_seqscan = off";
 /// The statements that read or delete rows by a list of keys. Each probes the
 /// primary key once per key whatever the planner's statistics say: written as
 /// `key = ANY($n)`, PostgreSQL planned, from statistics taken while a table was small,
-/// scans that compared every row with every key asked (reading 300 counters of a
-/// 10,000-agent fan-out's reports took up to 230 ms, under the write turn). The
+/// scans that compared every row with every key asked (an ingestion batch of a
+/// 10,000-agent fan-out read its counters in up to 230 ms, under the write turn). The
 /// `LIMIT 1` keeps the planner from turning a lateral probe into a join over the
 /// whole table. `tests/tests/store.rs` checks their plans on stale statistics and
 /// from plans cached while the tables were small.
