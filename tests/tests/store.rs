@@ -106,8 +106,8 @@ fn connections_closed_by_the_server_are_replaced() {
 /// (`SESSION_SETUP`), even when the planner's statistics were taken while the tables
 /// were nearly empty and thousands of rows came since (a fleet's first fan-out): no
 /// statement scans a table or filters its rows against the keys asked, whether its
-/// plan is made for the keys given, made generic now, or was made generic and cached
-/// while the tables were small.
+/// plan is made for the keys given or was made generic and cached while the tables
+/// were small.
 #[test]
 fn reads_by_keys_probe_the_index_whatever_the_statistics() {
     use dynserv::store::pg::{BY_KEYS, SESSION_SETUP};
