@@ -58,6 +58,7 @@ cases!(
     a_writer_reads_its_own_writes,
     a_large_transaction_commits_whole,
     reads_asked_ahead_answer_as_asked,
+    a_change_sent_ahead_that_fails_keeps_nothing,
 );
 
 /// A connection the server closed while it waited in the pool is replaced when it is

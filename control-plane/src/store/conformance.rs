@@ -100,6 +100,10 @@ pub const CASES: &[(&str, Case)] = &[
         "reads_asked_ahead_answer_as_asked",
         reads_asked_ahead_answer_as_asked,
     ),
+    (
+        "a_change_sent_ahead_that_fails_keeps_nothing",
+        a_change_sent_ahead_that_fails_keeps_nothing,
+    ),
 ];
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -986,6 +990,66 @@ fn a_large_transaction_commits_whole(open: Open) {
             Ok(())
         })
         .unwrap();
+}
+
+/// A change that fails once the transaction has sent it ahead (PostgreSQL sends a
+/// large transaction's changes while it goes on, and learns of a failure later) fails
+/// the transaction with that change's own error and keeps nothing; a caller that goes
+/// on past the failure cannot commit what came after it; the connections stay usable.
+fn a_change_sent_ahead_that_fails_keeps_nothing(open: Open) {
+    let store = open().unwrap();
+    store.put(&thing("taken", 1)).unwrap();
+    let body = "x".repeat(1000);
+    let put_many = |w: &mut crate::store::Writer, from: u32| -> Result<()> {
+        for n in from..from + 5_000 {
+            w.put(&Secretless {
+                id: format!("ahead{n:06}"),
+                body: body.clone(),
+            })?;
+            w.counter_add("ahead", 1)?;
+        }
+        Ok(())
+    };
+    let failed = store
+        .write(|w| {
+            w.insert(&thing("taken", 2))?;
+            put_many(w, 0)?;
+            assert_eq!(w.get::<Thing>("elsewhere")?, None);
+            put_many(w, 5_000)
+        })
+        .unwrap_err();
+    if store.postgres().is_some() {
+        assert!(
+            format!("{failed:#}").contains("duplicate key"),
+            "the insert's own error: {failed:#}"
+        );
+    }
+    // Every error ignored: the transaction cannot commit anything after the failure
+    // (PostgreSQL), or the failed insert alone is left out (redb fails it at once).
+    let ignored = store.write(|w| {
+        let _ = w.insert(&thing("taken", 3));
+        let _ = put_many(w, 0);
+        let _ = put_many(w, 5_000);
+        // A range read sends what is left: nothing goes with the commit but itself.
+        let _ = w.index_scan("elsewhere", "");
+        Ok(())
+    });
+    let count = store.read(|r| r.count::<Secretless>()).unwrap();
+    match ignored {
+        Err(e) => assert_eq!(count, 0, "a failed transaction keeps nothing: {e:#}"),
+        Ok(()) => assert_eq!(count, 10_000),
+    }
+    assert_eq!(
+        store.get::<Thing>("taken").unwrap(),
+        Some(thing("taken", 1))
+    );
+    for n in 0..20 {
+        store.put(&thing(&format!("next{n}"), n)).unwrap();
+    }
+    assert_eq!(
+        store.get::<Thing>("next19").unwrap(),
+        Some(thing("next19", 19))
+    );
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

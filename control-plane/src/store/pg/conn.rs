@@ -288,10 +288,42 @@ fn lost() -> anyhow::Error {
     anyhow::Error::new(Unavailable("the database connection was lost".into()))
 }
 
+/// A statement sent ahead ([`Conn::send_ahead`]): its answer is taken by the
+/// connection's next wait.
+pub(super) type Ahead = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+/// Statements a writer may have sent ahead and not had answered: past it,
+/// [`Conn::send_ahead`] waits for the oldest, so what waits to be written stays
+/// bounded however large the transaction.
+const AHEAD_AT_ONCE: usize = 12;
+
+/// Polls the statements sent ahead once each, keeping those still waiting; the first
+/// error (in the order they were sent) goes to `failed`.
+fn poll_ahead(
+    ahead: &mut Vec<Ahead>,
+    cx: &mut Context<'_>,
+    failed: &mut Option<tokio_postgres::Error>,
+) {
+    ahead.retain_mut(|statement| match statement.as_mut().poll(cx) {
+        Poll::Ready(Ok(())) => false,
+        Poll::Ready(Err(e)) => {
+            failed.get_or_insert(e);
+            false
+        }
+        Poll::Pending => true,
+    });
+}
+
 /// One connection, driven by whichever thread uses it.
 pub(super) struct Conn {
-    /// Taken only when the connection is dropped.
-    client: Option<Client>,
+    /// Taken only when the connection is dropped; shared with the statements sent
+    /// ahead, which own what they send.
+    client: Option<Arc<Client>>,
+    /// Statements sent ahead whose answers nobody has taken yet, oldest first.
+    ahead: RefCell<Vec<Ahead>>,
+    /// The error of a statement sent ahead, once a wait took it: the transaction
+    /// cannot commit ([`Conn::take_failed_ahead`]).
+    failed_ahead: RefCell<Option<String>>,
     driver: RefCell<Driver>,
     /// Statements prepared on this connection, by their text.
     statements: RefCell<HashMap<String, Statement>>,
@@ -306,30 +338,104 @@ impl Conn {
             .expect("a connection has its client until it is dropped")
     }
 
-    /// Waits for `future`, a query on this connection, driving the connection.
+    /// The client, for a statement sent ahead to own.
+    pub(super) fn shared_client(&self) -> Arc<Client> {
+        self.client
+            .clone()
+            .expect("a connection has its client until it is dropped")
+    }
+
+    /// Waits for `future`, a query on this connection, driving the connection. The
+    /// statements sent ahead are answered first (the server answers in order): when
+    /// one of them failed, its error is the answer, since everything after it in the
+    /// transaction failed for that reason only.
     pub(super) fn wait<T>(
         &self,
         future: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
         let mut future = pin!(future);
+        let mut ahead = self.ahead.borrow_mut();
+        let mut failed = None;
+        let mut done = None;
         let outcome = self.driver.borrow_mut().run(|driver, cx| {
             let before = driver.connection.is_some();
             driver.poll(cx);
-            if let Poll::Ready(done) = future.as_mut().poll(cx) {
-                return Poll::Ready(Some(done));
+            // Each statement sent ahead takes its answers as they come: the connection
+            // reads no further while one of them is not taken.
+            poll_ahead(&mut ahead, cx, &mut failed);
+            if done.is_none() {
+                if let Poll::Ready(answer) = future.as_mut().poll(cx) {
+                    done = Some(answer);
+                }
+            }
+            if done.is_some() && ahead.is_empty() {
+                return Poll::Ready(done.take());
             }
             if !before {
                 // Gone before this step, and the query still waits: it never will be
                 // answered (a query fails at once on a connection gone; this is a
                 // guard, not a path).
-                return Poll::Ready(None);
+                return Poll::Ready(done.take());
             }
             Poll::Pending
         });
+        if let Some(e) = failed {
+            let e = anyhow::Error::new(e);
+            self.failed_ahead
+                .borrow_mut()
+                .get_or_insert_with(|| format!("{e:#}"));
+            return Err(e);
+        }
         match outcome {
             Some(done) => done.map_err(anyhow::Error::new),
             None => Err(lost()),
         }
+    }
+
+    /// Sends `statements` (made with [`Conn::shared_client`]) without waiting for
+    /// their answers, which the next [`Conn::wait`] takes: a writer's changes go to
+    /// the server while the writer goes on, so the database inserts one part of a
+    /// large transaction while the next part is built. Writes what the socket takes
+    /// now; the rest goes out with the next use. Past [`AHEAD_AT_ONCE`] statements
+    /// unanswered, waits for the oldest.
+    pub(super) fn send_ahead(&self, statements: Vec<Ahead>) -> Result<()> {
+        let mut ahead = self.ahead.borrow_mut();
+        ahead.extend(statements);
+        let mut failed = None;
+        let gone = self.driver.borrow_mut().run(|driver, cx| {
+            // Polled once, a statement hands its request to the connection, which
+            // writes it in order with the rest.
+            poll_ahead(&mut ahead, cx, &mut failed);
+            driver.poll(cx);
+            if driver.connection.is_none() {
+                return Poll::Ready(true);
+            }
+            if failed.is_some() || ahead.len() <= AHEAD_AT_ONCE {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        });
+        if let Some(e) = failed {
+            let e = anyhow::Error::new(e);
+            self.failed_ahead
+                .borrow_mut()
+                .get_or_insert_with(|| format!("{e:#}"));
+            return Err(e);
+        }
+        if gone {
+            return Err(lost());
+        }
+        Ok(())
+    }
+
+    /// Waits for the answers to the statements sent ahead, and forgets whether one
+    /// failed: `Some(error)` when one did (since the last call), in which case the
+    /// server ends the transaction with a rollback whatever it is told.
+    pub(super) fn take_failed_ahead(&self) -> Option<String> {
+        if !self.ahead.borrow().is_empty() {
+            let _ = self.wait(async { Ok(()) });
+        }
+        self.failed_ahead.borrow_mut().take()
     }
 
     /// Sends `sql` (no answer expected by anyone) and returns once it is written: the
@@ -391,6 +497,8 @@ impl Drop for Conn {
         // The client's end closes with it; one more poll of a healthy connection sends
         // the server its goodbye (`Terminate`) instead of a dropped socket.
         if !self.discarded {
+            // The statements sent ahead share the client: they go first.
+            self.ahead.get_mut().clear();
             self.client = None;
             self.driver.get_mut().poll_now();
         }
@@ -496,7 +604,9 @@ fn start(
     })
     .ok_or_else(|| anyhow::anyhow!("no answer from the database within {timeout:?}"))??;
     let conn = Conn {
-        client: Some(client),
+        client: Some(Arc::new(client)),
+        ahead: RefCell::new(Vec::new()),
+        failed_ahead: RefCell::new(None),
         driver: RefCell::new(Driver {
             connection: Some(connection),
             fd,
