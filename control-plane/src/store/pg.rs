@@ -857,11 +857,7 @@ impl Txn {
         if pending.bytes == 0 {
             return Ok(());
         }
-        let statements = pending.statements();
-        let prepared = statements
-            .iter()
-            .map(|statement| self.prepared(statement.sql))
-            .collect::<Result<Vec<_>>>()?;
+        let statements = self.pending_statements(&pending)?;
         let conn = self.conn();
         let client = conn.shared_client();
         let mut ahead: Vec<conn::Ahead> = Vec::with_capacity(statements.len() + 1);
@@ -869,7 +865,7 @@ impl Txn {
             let client = client.clone();
             ahead.push(Box::pin(async move { client.batch_execute(&begin).await }));
         }
-        for (statement, prepared) in statements.into_iter().zip(prepared) {
+        for (statement, prepared) in statements {
             let client = client.clone();
             ahead.push(Box::pin(async move {
                 client
@@ -885,31 +881,39 @@ impl Txn {
         sent
     }
 
-    /// Sends the pending changes and, when `commit`, the transaction's `COMMIT` after
-    /// them: both go out together and are waited for once.
-    fn send(&self, commit: bool) -> Result<()> {
+    /// The statements that write the pending changes, each with its prepared form.
+    fn pending_statements(
+        &self,
+        pending: &Pending,
+    ) -> Result<Vec<(Statement, tokio_postgres::Statement)>> {
+        pending
+            .statements()
+            .into_iter()
+            .map(|statement| {
+                let prepared = self.prepared(statement.sql)?;
+                Ok((statement, prepared))
+            })
+            .collect()
+    }
+
+    /// Sends the pending changes and the transaction's `COMMIT` after them: both go
+    /// out together and are waited for once.
+    fn send_with_commit(&self) -> Result<()> {
         let mut pending = self.pending.borrow_mut();
-        // Every change adds to `bytes`: none, nothing to send.
-        if pending.bytes == 0 && !commit {
-            return Ok(());
-        }
-        let statements = pending.statements();
-        let prepared = statements
+        let statements = self.pending_statements(&pending)?;
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = statements
             .iter()
-            .map(|statement| self.prepared(statement.sql))
-            .collect::<Result<Vec<_>>>()?;
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> =
-            statements.iter().map(Statement::params).collect();
+            .map(|(statement, _)| statement.params())
+            .collect();
+        let prepared: Vec<&tokio_postgres::Statement> =
+            statements.iter().map(|(_, prepared)| prepared).collect();
         self.on_connection(|client| async move {
             let runs = futures::future::try_join_all(
                 prepared
                     .iter()
                     .zip(&params)
-                    .map(|(prepared, params)| client.execute(prepared, params)),
+                    .map(|(prepared, params)| client.execute(*prepared, params)),
             );
-            if !commit {
-                return runs.await.map(|_| ());
-            }
             let (ran, committed) = futures::join!(runs, client.batch_execute("COMMIT"));
             ran?;
             committed
@@ -934,7 +938,7 @@ impl Txn {
         if let Some(failed) = self.conn().take_failed_ahead() {
             anyhow::bail!("a change of this transaction failed, nothing was committed: {failed}");
         }
-        self.send(true)?;
+        self.send_with_commit()?;
         self.conn.take();
         Ok(())
     }

@@ -380,11 +380,7 @@ impl Conn {
             Poll::Pending
         });
         if let Some(e) = failed {
-            let e = anyhow::Error::new(e);
-            self.failed_ahead
-                .borrow_mut()
-                .get_or_insert_with(|| format!("{e:#}"));
-            return Err(e);
+            return Err(self.note_failed_ahead(e));
         }
         match outcome {
             Some(done) => done.map_err(anyhow::Error::new),
@@ -416,16 +412,22 @@ impl Conn {
             Poll::Pending
         });
         if let Some(e) = failed {
-            let e = anyhow::Error::new(e);
-            self.failed_ahead
-                .borrow_mut()
-                .get_or_insert_with(|| format!("{e:#}"));
-            return Err(e);
+            return Err(self.note_failed_ahead(e));
         }
         if gone {
             return Err(lost());
         }
         Ok(())
+    }
+
+    /// Notes that a statement sent ahead failed (the transaction cannot commit), and
+    /// gives its error.
+    fn note_failed_ahead(&self, e: tokio_postgres::Error) -> anyhow::Error {
+        let e = anyhow::Error::new(e);
+        self.failed_ahead
+            .borrow_mut()
+            .get_or_insert_with(|| format!("{e:#}"));
+        e
     }
 
     /// Waits for the answers to the statements sent ahead, and forgets whether one
