@@ -40,7 +40,7 @@ use crate::audit::{self, Actor};
 use crate::error::{AppError, AppResult};
 use crate::policy::{self, Action, Subject};
 use crate::store::{Read, Record, Writer};
-use dynserv_shared::proto::{JobEnd, JobKind, JobSpec, JobStatus, OutputStream};
+use dynserv_shared::proto::{JobKind, JobSpec, JobStatus, OutputStream};
 
 const ACTIVE: &str = "exec_active";
 const ALL: &str = "exec_all";
@@ -1699,16 +1699,22 @@ pub fn display_text(data: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Marks an execution running (the agent started it); no-op when it already ended.
-pub fn mark_running(w: &mut Writer, id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
-    if let Some(mut e) = w.get::<Execution>(id)? {
-        if e.status == Status::Queued {
-            e.status = Status::Running;
-            e.started_at.get_or_insert(now);
-            w.put(&e)?;
-            reindex_status(w, &e, Status::Queued)?;
-        }
+/// The execution as it is now, `None` when there is none.
+pub fn mark_running(
+    w: &mut Writer,
+    id: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Execution>> {
+    let Some(mut e) = w.get::<Execution>(id)? else {
+        return Ok(None);
+    };
+    if e.status == Status::Queued {
+        e.status = Status::Running;
+        e.started_at.get_or_insert(now);
+        w.put(&e)?;
+        reindex_status(w, &e, Status::Queued)?;
     }
-    Ok(())
+    Ok(Some(e))
 }
 
 /// Records an execution's end; false when it had already ended.
@@ -1720,12 +1726,45 @@ pub fn finish(
     summary: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
-    let hooks = installed_hooks()?;
-    let Some(mut e) = w.get::<Execution>(id)? else {
+    let Some(e) = w.get::<Execution>(id)? else {
         return Ok(false);
     };
+    Ok(finish_read(w, e, status, exit_code, summary, now)?.is_some())
+}
+
+/// Records the end an agent reported. A job that ended before its start was stored
+/// gets its start time too. The execution as it ended, `None` when it had already
+/// ended (or there is none).
+pub fn finish_reported(
+    w: &mut Writer,
+    id: &str,
+    status: Status,
+    exit_code: Option<i32>,
+    summary: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Execution>> {
+    let Some(mut e) = w.get::<Execution>(id)? else {
+        return Ok(None);
+    };
+    if !e.status.is_final() {
+        e.started_at.get_or_insert(now);
+    }
+    finish_read(w, e, status, exit_code, summary, now)
+}
+
+/// [`finish`] of an execution the caller has read: one decoding of its record per
+/// end, which counts when the fleet's ingestion ends thousands in one transaction.
+fn finish_read(
+    w: &mut Writer,
+    mut e: Execution,
+    status: Status,
+    exit_code: Option<i32>,
+    summary: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Execution>> {
+    let hooks = installed_hooks()?;
     if e.status.is_final() {
-        return Ok(false);
+        return Ok(None);
     }
     let from = e.status;
     e.status = status;
@@ -1739,17 +1778,7 @@ pub fn finish(
     }
     crate::agents::forget_job_holder(w, &e.id)?;
     w.index_delete(ACTIVE, &index_key(&e))?;
-    Ok(true)
-}
-
-/// Records the end an agent reported.
-pub fn finish_from_agent(
-    w: &mut Writer,
-    id: &str,
-    end: &JobEnd,
-    now: DateTime<Utc>,
-) -> anyhow::Result<bool> {
-    finish(w, id, end.status.into(), end.exit_code, &end.summary, now)
+    Ok(Some(e))
 }
 
 /// What a cancel request needs to happen next.
@@ -2223,6 +2252,52 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(walk(&store, &admin, &running, 10).len(), 1);
+    }
+
+    /// An end an agent reports before its start was stored (both in one ingestion
+    /// batch, or the start lost) moves the execution from queued to its end in one
+    /// step: it gets its start time, the counts and the status index follow, and a
+    /// second report of the end changes nothing.
+    #[test]
+    fn an_end_reported_before_its_start_ends_a_queued_execution() {
+        crate::app::install_execution_hooks();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let queued = store
+            .write(|w| Ok(stored(w, 1, "p", Status::Queued, 1)))
+            .unwrap();
+        let now = Utc::now();
+        let ended = store
+            .write(|w| finish_reported(w, &queued.id, Status::Succeeded, Some(0), "exit 0", now))
+            .unwrap()
+            .expect("the queued execution ends");
+        assert_eq!(ended.status, Status::Succeeded);
+        assert_eq!(
+            (ended.started_at, ended.finished_at),
+            (Some(now), Some(now))
+        );
+        let kept: Execution = store.get(&queued.id).unwrap().unwrap();
+        assert_eq!(kept.started_at, Some(now));
+        assert_eq!(kept.summary.as_deref(), Some("exit 0"));
+        let kept = store.read(counts).unwrap();
+        assert_eq!(
+            (kept["queued"], kept["running"], kept["succeeded"]),
+            (0, 0, 1)
+        );
+        let admin = subject(Role::Admin, &[]);
+        for (status, found) in [(Status::Running, 0), (Status::Succeeded, 1)] {
+            let filter = Filter {
+                status: Some(status),
+                ..Default::default()
+            };
+            assert_eq!(walk(&store, &admin, &filter, 10).len(), found, "{status:?}");
+        }
+        let again = store
+            .write(|w| finish_reported(w, &queued.id, Status::Failed, Some(1), "again", now))
+            .unwrap();
+        assert!(again.is_none());
+        let kept: Execution = store.get(&queued.id).unwrap().unwrap();
+        assert_eq!(kept.status, Status::Succeeded);
     }
 
     /// A page examines at most the scan budget: a filter no execution matches comes

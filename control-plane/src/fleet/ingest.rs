@@ -237,12 +237,10 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     holder,
                     driver,
                 } => {
-                    executions::mark_running(w, execution_id, now)?;
                     // Only while the job is active: a start reported after its end
                     // (a resumed stream of a finished job) leaves nothing behind, and
                     // a job cancelled while it was on its way is stopped.
-                    match w
-                        .get::<executions::Execution>(execution_id)?
+                    match executions::mark_running(w, execution_id, now)?
                         .filter(|e| !e.status.is_final())
                     {
                         Some(execution) => {
@@ -317,21 +315,24 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     facts,
                     ..
                 } => {
-                    // Running first, so a job that ended before anyone saw it start
-                    // still gets a start time.
-                    executions::mark_running(w, execution_id, now)?;
-                    if executions::finish(w, execution_id, *status, *exit_code, summary, now)? {
+                    if let Some(ended) = executions::finish_reported(
+                        w,
+                        execution_id,
+                        *status,
+                        *exit_code,
+                        summary,
+                        now,
+                    )? {
                         outcome
                             .published
                             .push((execution_id.clone(), LiveEvent::End));
-                        let ended = w.get::<executions::Execution>(execution_id)?;
-                        if let (Some(facts), Some(execution)) = (facts, &ended) {
+                        if let Some(facts) = facts {
                             // Facts that cannot be kept cost other hosts their
                             // `hostvars` facts, never the execution its end.
                             if let Err(reason) = crate::inventory::record_facts(
                                 w,
-                                execution.server_id.as_deref(),
-                                &execution.id,
+                                ended.server_id.as_deref(),
+                                &ended.id,
                                 facts,
                                 now,
                             )? {
@@ -341,7 +342,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                                 );
                             }
                         }
-                        outcome.changes.extend(ended.as_ref().map(status_change));
+                        outcome.changes.push(status_change(&ended));
                     }
                 }
             }
