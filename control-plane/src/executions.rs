@@ -1746,9 +1746,8 @@ pub fn finish_reported(
     let Some(mut e) = w.get::<Execution>(id)? else {
         return Ok(None);
     };
-    if !e.status.is_final() {
-        e.started_at.get_or_insert(now);
-    }
+    // Nothing is written when it had already ended (`finish_read`).
+    e.started_at.get_or_insert(now);
     finish_read(w, e, status, exit_code, summary, now)
 }
 
