@@ -36,6 +36,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -117,6 +118,8 @@ pub(crate) struct Inner {
     pub signing: dynserv_shared::upgrade::SigningKey,
     /// Upgrade deliveries running here, as `(upgrade id, agent id)`.
     pub upgrades_in_flight: Mutex<std::collections::HashSet<(String, String)>>,
+    /// How job starts go out (see [`gateway::StartPacing`]).
+    pub starts: Mutex<Arc<gateway::StartPacing>>,
 }
 
 /// The fleet handle. Cheap to clone.
@@ -158,6 +161,7 @@ impl Fleet {
                 samples: Default::default(),
                 signing,
                 upgrades_in_flight: Default::default(),
+                starts: Default::default(),
             }),
         })
     }
@@ -180,6 +184,13 @@ impl Fleet {
     /// move it forward to see renewals and expiries).
     pub fn set_cert_policy(&self, policy: certs::CertPolicy) {
         *lock(&self.inner.certs) = policy;
+    }
+
+    /// Paces job starts with `in_flight` places, each held at most `answer_wait` (see
+    /// [`gateway::StartPacing`]; tests use a small limit). Starts sent from now on
+    /// count against the new limit.
+    pub fn pace_starts(&self, in_flight: usize, answer_wait: Duration) {
+        *lock(&self.inner.starts) = Arc::new(gateway::StartPacing::new(in_flight, answer_wait));
     }
 
     /// The agent certificate policy in force.

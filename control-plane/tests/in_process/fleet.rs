@@ -84,55 +84,12 @@ fn a_backup_record_follows_its_execution() {
 #[test]
 fn a_job_stream_ended_by_a_bad_frame_is_opened_again() {
     use dynserv_shared::frame::{read_frame, write_frame};
-    use dynserv_shared::proto::{
-        AgentControl, Facts, FromAgent, JobEnd, JobStatus, OutputChunk, OutputStream,
-        ServerControl, ToAgent, FLEET_SERVER_NAME, PROTOCOL_VERSION,
-    };
+    use dynserv_shared::proto::{FromAgent, JobEnd, JobStatus, OutputChunk, OutputStream, ToAgent};
 
     util::run(async {
         let cp = ControlPlane::start().await;
-        // A hand-driven agent: the real one's identity, spoken to frame by frame.
-        let (agent_id, state) = cp.enrolled("flaky").await;
-        let read = |name: &str| std::fs::read_to_string(state.path().join(name)).expect(name);
-        let tls = dynserv_shared::pki::agent_client_config(
-            &read("ca.pem"),
-            &read("agent.pem"),
-            &read("agent.key"),
-        )
-        .expect("the agent's TLS configuration");
-        let mut config = quinn::ClientConfig::new(std::sync::Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC configuration"),
-        ));
-        // No heartbeats here: keep-alives hold the connection open instead.
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
-        config.transport_config(std::sync::Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("an endpoint");
-        let connection = endpoint
-            .connect_with(config, cp.quic, FLEET_SERVER_NAME)
-            .expect("connecting")
-            .await
-            .expect("a connection");
-        let (mut control, mut control_in) = connection.open_bi().await.expect("the control stream");
-        // This machine, as enrolled (another would be refused as a copy).
-        let instance = dynserv_agent::connection::Instance::current();
-        let hello = AgentControl::Hello {
-            protocol: PROTOCOL_VERSION,
-            agent_id: agent_id.clone(),
-            facts: Facts {
-                hostname: "flaky".into(),
-                ..Default::default()
-            },
-            host_id: instance.host_id,
-            instance_id: instance.instance_id,
-        };
-        write_frame(&mut control, &hello).await.expect("the hello");
-        let welcome = read_frame::<ServerControl, _>(&mut control_in).await;
-        assert!(
-            matches!(welcome, Ok(Some(ServerControl::Welcome { .. }))),
-            "{welcome:?}"
-        );
+        let agent = HandAgent::connect(&cp, "flaky").await;
+        let (agent_id, connection) = (agent.id.clone(), agent.connection.clone());
 
         let (status, created) = cp
             .post(
@@ -192,6 +149,148 @@ fn a_job_stream_ended_by_a_bad_frame_is_opened_again() {
         assert_eq!(ended["status"], "succeeded", "{ended}");
         assert_eq!(cp.stored_output(&id).await, "hi\n");
         connection.close(0u32.into(), b"done");
+        cp.stop().await;
+    });
+}
+
+/// An agent spoken to frame by frame: the real one's identity, enrolled and welcomed,
+/// sending no heartbeats (keep-alives hold the connection open instead).
+struct HandAgent {
+    id: String,
+    connection: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+    _endpoint: quinn::Endpoint,
+    _state: tempfile::TempDir,
+}
+
+impl HandAgent {
+    async fn connect(cp: &ControlPlane, name: &str) -> HandAgent {
+        use dynserv_shared::frame::{read_frame, write_frame};
+        use dynserv_shared::proto::{
+            AgentControl, Facts, ServerControl, FLEET_SERVER_NAME, PROTOCOL_VERSION,
+        };
+
+        let (id, state) = cp.enrolled(name).await;
+        let read = |file: &str| std::fs::read_to_string(state.path().join(file)).expect(file);
+        let tls = dynserv_shared::pki::agent_client_config(
+            &read("ca.pem"),
+            &read("agent.pem"),
+            &read("agent.key"),
+        )
+        .expect("the agent's TLS configuration");
+        let mut config = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC configuration"),
+        ));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("an endpoint");
+        let connection = endpoint
+            .connect_with(config, cp.quic, FLEET_SERVER_NAME)
+            .expect("connecting")
+            .await
+            .expect("a connection");
+        let (mut send, mut recv) = connection.open_bi().await.expect("the control stream");
+        // This machine, as enrolled (another would be refused as a copy).
+        let instance = dynserv_agent::connection::Instance::current();
+        let hello = AgentControl::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_id: id.clone(),
+            facts: Facts {
+                hostname: name.into(),
+                ..Default::default()
+            },
+            host_id: instance.host_id,
+            instance_id: instance.instance_id,
+        };
+        write_frame(&mut send, &hello).await.expect("the hello");
+        let welcome = read_frame::<ServerControl, _>(&mut recv).await;
+        assert!(
+            matches!(welcome, Ok(Some(ServerControl::Welcome { .. }))),
+            "{welcome:?}"
+        );
+        HandAgent {
+            id,
+            connection,
+            _control: (send, recv),
+            _endpoint: endpoint,
+            _state: state,
+        }
+    }
+
+    /// Creates a script job for this agent through the API: its execution id.
+    async fn give_job(&self, cp: &ControlPlane) -> String {
+        let (status, created) = cp
+            .post(
+                "/api/v1/executions",
+                &json!({"agent": self.id, "kind": "script", "script": "true"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().expect("an id").to_string()
+    }
+
+    /// The next job stream, after its start for `execution` was read.
+    async fn next_start(&self, execution: &str) -> (quinn::SendStream, quinn::RecvStream) {
+        use dynserv_shared::frame::read_frame;
+        use dynserv_shared::proto::ToAgent;
+
+        let (send, mut recv) = tokio::time::timeout(util::PATIENCE, self.connection.accept_bi())
+            .await
+            .expect("a job stream within the patience")
+            .expect("a job stream");
+        match read_frame::<ToAgent, _>(&mut recv).await {
+            Ok(Some(ToAgent::Start(spec))) => assert_eq!(spec.job_id, execution),
+            other => panic!("not a start: {other:?}"),
+        }
+        (send, recv)
+    }
+}
+
+/// Job starts are paced (`StartPacing`): with one place, a second agent's start waits
+/// while the first agent has not answered its own and goes out as soon as it does;
+/// an agent that never answers holds the place only for the answer wait.
+#[test]
+fn job_starts_wait_for_a_place_among_the_unanswered() {
+    use dynserv_shared::frame::write_frame;
+    use dynserv_shared::proto::FromAgent;
+    use std::time::{Duration, Instant};
+
+    util::run(async {
+        let cp = ControlPlane::start().await;
+        cp.app.fleet.pace_starts(1, Duration::from_secs(600));
+        let first = HandAgent::connect(&cp, "first").await;
+        let second = HandAgent::connect(&cp, "second").await;
+
+        let job = first.give_job(&cp).await;
+        let (mut answer, _first_stream) = first.next_start(&job).await;
+        let waiting = second.give_job(&cp).await;
+        let early =
+            tokio::time::timeout(Duration::from_millis(500), second.connection.accept_bi()).await;
+        assert!(
+            early.is_err(),
+            "the second start went out while the first was unanswered"
+        );
+        write_frame(&mut answer, &FromAgent::Started { resumed: false })
+            .await
+            .expect("the answer");
+        let (mut answer, _second_stream) = second.next_start(&waiting).await;
+        write_frame(&mut answer, &FromAgent::Started { resumed: false })
+            .await
+            .expect("the answer");
+
+        cp.app.fleet.pace_starts(1, Duration::from_millis(300));
+        let silent = first.give_job(&cp).await;
+        let _silent_stream = first.next_start(&silent).await;
+        let unanswered_since = Instant::now();
+        let waiting = second.give_job(&cp).await;
+        let _stream = second.next_start(&waiting).await;
+        let waited = unanswered_since.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200),
+            "the second start went out {waited:?} after the first, unanswered, one"
+        );
         cp.stop().await;
     });
 }
