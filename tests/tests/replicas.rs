@@ -68,12 +68,13 @@ fn assert_complete(chunks: &[Value], n: usize) {
     }
 }
 
-/// Reads a WebSocket to its end frame: (chunks, end).
-async fn websocket_log(api: &Api, id: &str) -> (Vec<Value>, Value) {
+/// Reads a WebSocket to its end frame: (chunks, end, the chunks' frames as sent).
+async fn websocket_log(api: &Api, id: &str) -> (Vec<Value>, Value, Vec<String>) {
     let mut socket = api
         .websocket(&format!("/api/v1/executions/{id}/stream?from_seq=0"))
         .await;
     let mut chunks = Vec::new();
+    let mut frames = Vec::new();
     loop {
         let message = tokio::time::timeout(Duration::from_secs(120), socket.next())
             .await
@@ -83,9 +84,10 @@ async fn websocket_log(api: &Api, id: &str) -> (Vec<Value>, Value) {
         if let Message::Text(text) = message {
             let value: Value = serde_json::from_str(&text).expect("a JSON frame");
             if value.get("end").is_some() {
-                return (chunks, value["end"].clone());
+                return (chunks, value["end"].clone(), frames);
             }
             chunks.push(value);
+            frames.push(text.to_string());
         }
     }
 }
@@ -99,11 +101,12 @@ async fn stored_log(api: &Api, id: &str) -> Vec<Value> {
 }
 
 /// A job created on replica A for an agent connected to replica B is delivered at
-/// once, a viewer on A follows its output live with every line once and in order,
-/// A sees the agent as connected, and a cancel sent from A stops a job on B.
+/// once, a viewer on A follows its output live with every line once and in order, in
+/// the very frames a viewer on B gets, A sees the agent as connected, and a cancel
+/// sent from A stops a job on B.
 #[tokio::test]
 async fn a_job_made_on_one_replica_runs_on_an_agent_of_another_and_is_watched_live() {
-    let (a, b, api_a, _api_b) = two_replicas().await;
+    let (a, b, api_a, api_b) = two_replicas().await;
     let token = a.enrollment_token("Fleet");
     let agent = Agent::start(&b, &token, "web-b");
     let agent_id = api_a.connected_agent("web-b").await["id"]
@@ -122,9 +125,21 @@ async fn a_job_made_on_one_replica_runs_on_an_agent_of_another_and_is_watched_li
     )
     .await;
     let delivered = started.elapsed();
-    let (live, end) = websocket_log(&api_a, &id).await;
+    let ((live, end, frames_a), (live_b, _, frames_b)) =
+        tokio::join!(websocket_log(&api_a, &id), websocket_log(&api_b, &id));
     assert_eq!(end["status"], "succeeded", "{end}\n{}", agent.logs());
     assert_complete(&live, 3000);
+    assert_complete(&live_b, 3000);
+    // A's viewer gets what B stored through the database, B's from B's own
+    // ingestion: the same frames, byte for byte (a browser or a script reading them
+    // cannot tell which replica it watches).
+    assert_eq!(frames_a.len(), frames_b.len());
+    for (seq, (on_a, on_b)) in frames_a.iter().zip(&frames_b).enumerate() {
+        assert!(
+            on_a == on_b,
+            "frame {seq} differs between the replicas: A {on_a:.80} …, B {on_b:.80} …"
+        );
+    }
     assert_complete(&stored_log(&api_a, &id).await, 3000);
     assert!(
         delivered < Duration::from_secs(3),

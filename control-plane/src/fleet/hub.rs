@@ -30,6 +30,28 @@ pub enum LiveEvent {
     End,
 }
 
+impl LiveEvent {
+    /// The event for a stored chunk of `stream` holding `data`, as every replica sends
+    /// it: the text viewers are shown (`data` without the job's internal result line)
+    /// as `{"seq","stream","data"}`, or an empty message when nothing is left to show.
+    pub fn chunk(seq: u64, stream: &str, data: &str) -> serde_json::Result<LiveEvent> {
+        let shown = crate::executions::display_text(data);
+        let json = if shown.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&crate::executions::LiveChunk {
+                seq,
+                stream,
+                data: &shown,
+            })?
+        };
+        Ok(LiveEvent::Chunk {
+            seq,
+            message: warp::ws::Message::text(json),
+        })
+    }
+}
+
 /// The fan-out hub. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Hub {

@@ -281,23 +281,9 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     if let Some((stream, data)) = kept {
                         let bytes = executions::encode_chunk(stream, &data);
                         w.log_append(execution_id, chunk.seq, &bytes)?;
-                        let shown = executions::display_text(&data);
-                        // An empty text tells viewers the seq holds nothing to show.
-                        let json = if shown.is_empty() {
-                            String::new()
-                        } else {
-                            serde_json::to_string(&executions::LiveChunk {
-                                seq: chunk.seq,
-                                stream: stream.as_str(),
-                                data: &shown,
-                            })?
-                        };
                         outcome.published.push((
                             execution_id.clone(),
-                            LiveEvent::Chunk {
-                                seq: chunk.seq,
-                                message: warp::ws::Message::text(json),
-                            },
+                            LiveEvent::chunk(chunk.seq, stream.as_str(), &data)?,
                         ));
                     }
                     let ack = outcome

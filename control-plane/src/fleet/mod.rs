@@ -701,27 +701,14 @@ impl crate::cluster::Receiver for Fleet {
                     .inner
                     .store
                     .read(|r| crate::executions::log(r, &execution, first, count.min(100_000)));
-                match chunks {
-                    Ok(chunks) => {
-                        let events = chunks.into_iter().map(|chunk| {
-                            let shown = crate::executions::display_text(&chunk.data);
-                            let json = if shown.is_empty() {
-                                String::new()
-                            } else {
-                                serde_json::json!({
-                                    "seq": chunk.seq,
-                                    "stream": chunk.stream,
-                                    "data": shown,
-                                })
-                                .to_string()
-                            };
-                            LiveEvent::Chunk {
-                                seq: chunk.seq,
-                                message: warp::ws::Message::text(json),
-                            }
-                        });
-                        self.inner.hub.publish(&execution, events);
-                    }
+                let events = chunks.and_then(|chunks| {
+                    chunks
+                        .iter()
+                        .map(|c| Ok(LiveEvent::chunk(c.seq, &c.stream, &c.data)?))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                });
+                match events {
+                    Ok(events) => self.inner.hub.publish(&execution, events),
                     Err(e) => {
                         tracing::warn!(%execution, "reading output another replica stored: {e:#}")
                     }
