@@ -532,6 +532,15 @@ async fn main() -> Result<()> {
             percentile(&all, 0.99),
             percentile(&all, 1.0)
         );
+        println!(
+            "  p99 / max in each tenth of the lines, in the order written: {}",
+            streamed
+                .by_tenth
+                .iter()
+                .map(|t| format!("{:.0}/{:.0}", percentile(t, 0.99), percentile(t, 1.0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("control-plane RSS {}", describe_rss(&rss_of(&pids), true));
     }
     println!("load average {}", load_average());
