@@ -31,25 +31,31 @@ pub enum LiveEvent {
 }
 
 impl LiveEvent {
-    /// The event for a stored chunk of `stream` holding `data`, as every replica sends
-    /// it: the text viewers are shown (`data` without the job's internal result line)
-    /// as `{"seq","stream","data"}`, or an empty message when nothing is left to show.
+    /// The event for a stored chunk of `stream` holding `data` (see [`chunk_message`]).
     pub fn chunk(seq: u64, stream: &str, data: &str) -> serde_json::Result<LiveEvent> {
-        let shown = crate::executions::display_text(data);
-        let json = if shown.is_empty() {
-            String::new()
-        } else {
-            serde_json::to_string(&crate::executions::LiveChunk {
-                seq,
-                stream,
-                data: &shown,
-            })?
-        };
         Ok(LiveEvent::Chunk {
             seq,
-            message: warp::ws::Message::text(json),
+            message: chunk_message(seq, stream, data)?,
         })
     }
+}
+
+/// The WebSocket message viewers get for a stored chunk of `stream` holding `data`,
+/// live or replayed, on every replica: the text they are shown (`data` without the
+/// job's internal result line) as `{"seq","stream","data"}`, or an empty message when
+/// nothing is left to show.
+pub fn chunk_message(seq: u64, stream: &str, data: &str) -> serde_json::Result<warp::ws::Message> {
+    let shown = crate::executions::display_text(data);
+    let json = if shown.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&crate::executions::LiveChunk {
+            seq,
+            stream,
+            data: &shown,
+        })?
+    };
+    Ok(warp::ws::Message::text(json))
 }
 
 /// The fan-out hub. Cheap to clone.

@@ -170,23 +170,23 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
 
 type Sink = std::sync::Arc<tokio::sync::Mutex<futures::stream::SplitSink<WebSocket, Message>>>;
 
-/// Reads stored chunks on the blocking pool, never on this worker.
-async fn stored_chunks(
-    app: &App,
-    id: &str,
-    from: u64,
-) -> anyhow::Result<Vec<executions::LogChunk>> {
+/// Reads stored chunks from `from` on, on the blocking pool (never on this worker),
+/// as the messages live viewers get ([`crate::fleet::hub::chunk_message`]): `(seq,
+/// message)`, the message empty for a chunk that shows nothing.
+async fn stored_chunks(app: &App, id: &str, from: u64) -> anyhow::Result<Vec<(u64, Message)>> {
     let store = app.store.clone();
     let id = id.to_string();
     crate::store::blocking(move || {
         store.read(|r| {
-            let mut chunks = executions::log(r, &id, from, REPLAY_BATCH)?;
-            for chunk in &mut chunks {
-                if let std::borrow::Cow::Owned(text) = executions::display_text(&chunk.data) {
-                    chunk.data = text;
-                }
-            }
-            Ok(chunks)
+            executions::log(r, &id, from, REPLAY_BATCH)?
+                .iter()
+                .map(|c| {
+                    Ok((
+                        c.seq,
+                        crate::fleet::hub::chunk_message(c.seq, &c.stream, &c.data)?,
+                    ))
+                })
+                .collect()
         })
     })
     .await
@@ -205,12 +205,11 @@ async fn replay(app: &App, id: &str, mut next: u64, tx: &Sink) -> anyhow::Result
         let chunks = stored_chunks(app, id, next).await?;
         let count = chunks.len();
         let mut sink = tx.lock().await;
-        for chunk in chunks {
-            next = chunk.seq + 1;
+        for (seq, message) in chunks {
+            next = seq + 1;
             // A chunk that held only the internal result line shows nothing.
-            if !chunk.data.is_empty() {
-                sink.feed(Message::text(serde_json::to_string(&chunk)?))
-                    .await?;
+            if !message.as_bytes().is_empty() {
+                sink.feed(message).await?;
             }
         }
         sink.flush().await?;
