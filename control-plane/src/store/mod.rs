@@ -330,6 +330,45 @@ pub struct Store {
     space_floor: Arc<AtomicU64>,
     /// Where the live events a transaction announced go once it committed.
     announcer: Arc<OnceLock<crate::live::Events>>,
+    /// This process's writers, in the order they came.
+    writers: Arc<WriterQueue>,
+}
+
+/// Gives this process's writers their turns in the order they asked (a ticket lock).
+/// The backends serialize writers too, but let a thread that has just committed take
+/// the next turn again before a waiting one wakes up: a task writing in batches so as
+/// not to hold others up (the server metrics' flush) would then keep them waiting to
+/// its end anyway.
+#[derive(Default)]
+struct WriterQueue {
+    /// The next ticket to hand out, and the ticket whose turn it is.
+    tickets: Mutex<(u64, u64)>,
+    turn: std::sync::Condvar,
+}
+
+impl WriterQueue {
+    /// Waits for this writer's turn; the turn passes on when the ticket is dropped.
+    fn enter(&self) -> WriterTicket<'_> {
+        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = tickets.0;
+        tickets.0 += 1;
+        while tickets.1 != mine {
+            tickets = self.turn.wait(tickets).unwrap_or_else(|p| p.into_inner());
+        }
+        WriterTicket(self)
+    }
+}
+
+/// A writer's turn in the [`WriterQueue`].
+struct WriterTicket<'a>(&'a WriterQueue);
+
+impl Drop for WriterTicket<'_> {
+    fn drop(&mut self) {
+        let mut tickets = self.0.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        tickets.1 += 1;
+        drop(tickets);
+        self.0.turn.notify_all();
+    }
 }
 
 /// New work refused because free space under the data directory is below the
@@ -444,6 +483,7 @@ impl Store {
             failure: Arc::new(Mutex::new(None)),
             space_floor: Arc::new(AtomicU64::new(0)),
             announcer: Arc::new(OnceLock::new()),
+            writers: Arc::default(),
         }
     }
 
@@ -631,10 +671,12 @@ impl Store {
     /// Runs `f` in a write transaction and commits with immediate durability when it
     /// returns `Ok`; on `Err` nothing it wrote is kept. Writers are serialized (redb's
     /// single writer; on PostgreSQL one advisory lock shared by every replica), so a
-    /// closure that checks a name is free and then takes it never races another.
+    /// closure that checks a name is free and then takes it never races another; in
+    /// one process they go in the order they came ([`WriterQueue`]).
     #[track_caller]
     pub fn write<R>(&self, f: impl FnOnce(&mut Writer) -> Result<R>) -> Result<R> {
         note_call_site();
+        let _turn = self.writers.enter();
         let txn = match &self.backend {
             Backend::Redb(file) => {
                 let db = Self::database(file)?;
