@@ -4,10 +4,10 @@
 //! Each heartbeat is added to two open buckets of its server in a [`Buffer`] (no store
 //! call): a 10-second one and a 5-minute one ([`WINDOWS`]). A bucket closes when its
 //! time is over; the [`flusher`] takes the closed ones every [`FLUSH_EVERY`] and
-//! writes them in ONE transaction (10,000 agents cost one commit every 5 s, never one
-//! per heartbeat), as [`MetricPoint`] records keyed `server/window/time`, so a chart's
-//! range is one walk of one key range. Every replica flushes the agents connected to
-//! it.
+//! writes them in transactions of [`FLUSH_BATCH`] points (10,000 agents cost 20 commits
+//! every 10 s, never one per heartbeat, and no commit holds other writers up for long),
+//! as [`MetricPoint`] records keyed `server/window/time`, so a chart's range is one
+//! walk of one key range. Every replica flushes the agents connected to it.
 //!
 //! Expiry: 10-second points are kept a day, 5-minute points 30 days. A point's chunk
 //! (an hour of 10-second points, a day of 5-minute ones) is named once in the
@@ -67,6 +67,11 @@ pub const WINDOWS: [Window; 2] = [FINE, COARSE];
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// How often the leader expires old points.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// Points one flush transaction writes at most. Every write transaction holds the
+/// store's one write turn (on PostgreSQL, every replica's): 5,000 points in one (a
+/// replica holding 5,000 agents, every 10 s) held it about 60 ms, and a job's output
+/// on any replica waited that long to be stored and shown.
+const FLUSH_BATCH: usize = 500;
 /// Points one expiry transaction deletes at most.
 const EXPIRE_BATCH: usize = 2_000;
 /// Points one expiry pass deletes at most; the next pass goes on.
@@ -407,20 +412,20 @@ pub fn write(w: &mut Writer, points: &[Pending]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Takes what is due from `buffer` and writes it in one transaction; how many points.
+/// Takes what is due from `buffer` and writes it in transactions of at most
+/// [`FLUSH_BATCH`] points; how many points.
 pub fn flush(store: &Store, buffer: &Buffer, now: i64, all: bool) -> anyhow::Result<usize> {
     let points = buffer.take(now, all);
-    if points.is_empty() {
-        return Ok(0);
-    }
-    match store.write(|w| write(w, &points)) {
-        Ok(()) => Ok(points.len()),
-        Err(e) => {
-            // The points are lost (memory stays bounded); their chunks are named again.
+    let mut written = 0;
+    for batch in points.chunks(FLUSH_BATCH) {
+        if let Err(e) = store.write(|w| write(w, batch)) {
+            // The rest is lost (memory stays bounded); their chunks are named again.
             buffer.forget_indexed();
-            Err(e)
+            return Err(e.context(format!("{written} of {} points written", points.len())));
         }
+        written += batch.len();
     }
+    Ok(written)
 }
 
 /// What one expiry pass deleted.
@@ -802,6 +807,37 @@ mod tests {
                 "{since:?} {step:?}"
             );
         }
+    }
+
+    /// A large flush is written in several transactions, and a writer that comes
+    /// while it runs gets its turn between two of them, not after the last: it sees
+    /// some points stored and not all.
+    #[test]
+    fn a_large_flush_lets_other_writers_in() {
+        use crate::store::Read as _;
+        let (_dir, store) = store();
+        let buffer = Buffer::default();
+        let t0 = 1_800_000_000;
+        let servers = FLUSH_BATCH * 40;
+        for i in 0..servers {
+            buffer.record(&format!("s{i}"), &sample(t0, 1.0, None, 100));
+        }
+        let total = servers as u64;
+        let seen = std::thread::scope(|s| {
+            let flushing = s.spawn(|| flush(&store, &buffer, t0 + 10, false).unwrap());
+            // Once the flush has stored something, write and count what is stored.
+            while store.read(|r| r.count::<MetricPoint>()).unwrap() == 0 {
+                std::thread::yield_now();
+            }
+            let seen = store.write(|w| w.count::<MetricPoint>()).unwrap();
+            assert_eq!(flushing.join().unwrap(), servers);
+            seen
+        });
+        assert!(
+            seen > 0 && seen < total,
+            "the writer saw {seen} of {total} points"
+        );
+        assert_eq!(store.read(|r| r.count::<MetricPoint>()).unwrap(), total);
     }
 
     /// Points are averaged to the step by their samples; a stored range is read with
