@@ -102,6 +102,43 @@ fn connections_closed_by_the_server_are_replaced() {
     assert_eq!(look().as_deref(), Some("a"));
 }
 
+/// Output chunks are compressed with lz4, not pglz (much slower to compress, on the
+/// path of every line to a viewer on another replica): the column is set when the
+/// store opens a database, a second store on it (another replica) keeps it, and a
+/// chunk stored through the store reads back whole.
+#[test]
+fn output_chunks_are_compressed_with_lz4() {
+    use dynserv::store::Read as _;
+    let database = TestDatabase::create();
+    let store = Store::connect(database.url()).unwrap();
+    let again = Store::connect(database.url()).unwrap();
+    let text: Vec<u8> = (0..4_000)
+        .flat_map(|i| format!("line {i:06} of a job's output\n").into_bytes())
+        .collect();
+    store
+        .write(|w| w.log_append("e", 0, &text).map(|_| ()))
+        .unwrap();
+    let mut admin = database.connect();
+    let column: i8 = admin
+        .query_one(
+            "SELECT attcompression FROM pg_attribute \
+             WHERE attrelid = 'dynserv_logs'::regclass AND attname = 'chunk'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(column as u8, b'l', "the chunk column's compression");
+    let stored: Option<String> = admin
+        .query_one(
+            "SELECT pg_column_compression(chunk) FROM dynserv_logs WHERE execution_id = 'e'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored.as_deref(), Some("lz4"));
+    assert_eq!(again.read(|r| r.log_range("e", 0, 1)).unwrap()[0].1, text);
+}
+
 /// Reads and deletes by a list of keys (`dynserv::store::pg::BY_KEYS`) probe the
 /// primary key once per key, in a session set up as the store sets up its own
 /// (`SESSION_SETUP`), even when the planner's statistics were taken while the tables
