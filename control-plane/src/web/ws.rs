@@ -133,9 +133,13 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
     let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
     let pinger = tx.clone();
     // The client's side: any frame (a pong too) shows it is alive; silence past
-    // the idle limit, a close frame or an error ends the stream.
+    // the idle limit, a close frame or an error ends the stream. A task of its own,
+    // polled only when the client sends something or a ping is due: in this task it
+    // would be polled on every wake for output, and each poll of the reading half
+    // tries a read, for which tungstenite first zeroes its 128 KiB read buffer: per
+    // viewer, per flush of output.
     let timeouts = app.http_timeouts;
-    let client_gone = async move {
+    let mut client_gone = tokio::spawn(async move {
         let mut ping = tokio::time::interval(timeouts.ping_every);
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
@@ -156,15 +160,16 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
                 }
             }
         }
-    };
+    });
     tokio::select! {
-        _ = client_gone => {}
+        _ = &mut client_gone => {}
         result = follow(&app, &id, from_seq, &tx) => {
             if let Err(e) = result {
                 tracing::debug!(execution = %id, "log stream ended: {e:#}");
             }
         }
     }
+    client_gone.abort();
     let _ = tx.lock().await.close().await;
 }
 
