@@ -52,6 +52,12 @@ use dynserv::secrets::Keys;
 use dynserv::store::Store;
 use tokio::sync::{mpsc, Semaphore};
 
+/// jemalloc, as the control plane: glibc's malloc gave the viewers' frame buffers back
+/// to the system and took them again, and with the latencies' first touches (see
+/// `common::viewer`) page faults took a fifth of the bench's CPU while it streamed.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Jobs created one by one for the dispatch latency.
 const SINGLE_JOBS: usize = 200;
 
