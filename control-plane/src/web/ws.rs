@@ -139,7 +139,7 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
     // tries a read, for which tungstenite first zeroes its 128 KiB read buffer: per
     // viewer, per flush of output.
     let timeouts = app.http_timeouts;
-    let mut client_gone = tokio::spawn(async move {
+    let mut client_gone = AbortOnDrop(tokio::spawn(async move {
         let mut ping = tokio::time::interval(timeouts.ping_every);
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
@@ -160,17 +160,27 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
                 }
             }
         }
-    });
+    }));
     tokio::select! {
-        _ = &mut client_gone => {}
+        _ = &mut client_gone.0 => {}
         result = follow(&app, &id, from_seq, &tx) => {
             if let Err(e) = result {
                 tracing::debug!(execution = %id, "log stream ended: {e:#}");
             }
         }
     }
-    client_gone.abort();
+    drop(client_gone);
     let _ = tx.lock().await.close().await;
+}
+
+/// A task aborted when its handle is dropped: the client's side of a stream ends with
+/// the stream, however the stream's task ends (dropped at shutdown too).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type Sink = std::sync::Arc<tokio::sync::Mutex<futures::stream::SplitSink<WebSocket, Message>>>;
