@@ -359,6 +359,42 @@ impl WriterQueue {
     }
 }
 
+#[cfg(test)]
+mod writer_queue_tests {
+    use super::WriterQueue;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A writer waits for the one before it, and writers get their turns in the
+    /// order they asked, not in the order they happen to wake.
+    #[test]
+    fn writers_wait_and_go_in_the_order_they_came() {
+        let queue = WriterQueue::default();
+        let (order_tx, order_rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            let first = queue.enter();
+            for i in 0..4 {
+                let (queue, order) = (&queue, order_tx.clone());
+                s.spawn(move || {
+                    let _turn = queue.enter();
+                    order.send(i).unwrap();
+                });
+                // Each waits for its ticket before the next asks.
+                while queue.tickets.lock().unwrap().0 != i + 2 {
+                    std::thread::yield_now();
+                }
+            }
+            assert!(
+                order_rx.recv_timeout(Duration::from_millis(50)).is_err(),
+                "a writer went while another held the turn"
+            );
+            drop(first);
+            let order: Vec<u64> = (0..4).map(|_| order_rx.recv().unwrap()).collect();
+            assert_eq!(order, [0, 1, 2, 3]);
+        });
+    }
+}
+
 /// A writer's turn in the [`WriterQueue`].
 struct WriterTicket<'a>(&'a WriterQueue);
 

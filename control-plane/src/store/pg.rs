@@ -375,8 +375,9 @@ pub(crate) fn storage_reason(cause: &(dyn std::error::Error + 'static)) -> Optio
 /// The order in which this process's transactions use the database.
 ///
 /// * **Writers, one at a time.** A writer waits for its turn before it takes a
-///   connection, so waiting writers never hold the pool (across replicas the advisory
-///   lock orders them).
+///   connection, so waiting writers never hold the pool: in `Store::write`, which
+///   gives this process's writers their turns in order (`super::WriterQueue`);
+///   across replicas the advisory lock orders them.
 /// * **Deferring reads give way.** A read transaction begun on a thread marked with
 ///   [`super::defer_reads_here`] (the HTTP reads lane: page loads) defers: while a
 ///   transaction that does not defer is open in this process (an operator's action,
@@ -391,13 +392,11 @@ pub(crate) fn storage_reason(cause: &(dyn std::error::Error + 'static)) -> Optio
 #[derive(Default)]
 struct Turns {
     state: Mutex<TurnState>,
-    writer_done: Condvar,
     deferred_may_go: Condvar,
 }
 
 #[derive(Default)]
 struct TurnState {
-    writing: bool,
     /// Open transactions that do not defer (writers among them).
     urgent: usize,
     /// Deferring queries in the database now.
@@ -422,8 +421,7 @@ pub fn deferred_waits() -> (u64, f64) {
 /// What kind of transaction holds a [`Turn`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Writer,
-    /// A reader that does not defer.
+    /// A writer, or a reader that does not defer.
     Urgent,
     Deferring,
 }
@@ -433,18 +431,9 @@ impl Turns {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A transaction's turn: a writer waits for the writer before it.
+    /// A transaction's turn (writers already wait for each other in `Store::write`).
     fn open(self: &Arc<Self>, kind: Kind) -> Turn {
         let mut state = self.lock();
-        if kind == Kind::Writer {
-            while state.writing {
-                state = self
-                    .writer_done
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-            state.writing = true;
-        }
         if kind != Kind::Deferring {
             state.urgent += 1;
         }
@@ -497,10 +486,6 @@ impl Drop for Turn {
         }
         let mut state = self.turns.lock();
         state.urgent -= 1;
-        if self.kind == Kind::Writer {
-            state.writing = false;
-            self.turns.writer_done.notify_one();
-        }
         if state.urgent == 0 {
             self.turns.deferred_may_go.notify_all();
         }
@@ -626,7 +611,7 @@ impl Pg {
     }
 
     pub(super) fn begin_write(&self) -> Result<Txn> {
-        let turn = self.turns.open(Kind::Writer);
+        let turn = self.turns.open(Kind::Urgent);
         let conn = self.pool.get()?;
         Ok(Txn {
             conn: Some(conn),
@@ -1977,7 +1962,7 @@ mod tests {
         finished.recv_timeout(Duration::from_millis(50)).is_err()
     }
 
-    /// Writers take turns; deferring queries go all at once while nothing urgent is
+    /// Deferring queries go all at once while nothing urgent is
     /// open, and [`DEFERRED_AT_ONCE`] at a time while something is, the next one as
     /// soon as a query ends or the last urgent transaction does.
     #[test]
@@ -1988,9 +1973,7 @@ mod tests {
         drop(all);
         let before = deferred_waits().0;
         std::thread::scope(|scope| {
-            let writer = turns.open(Kind::Writer);
-            let t = turns.clone();
-            assert!(waits(scope, move || drop(t.open(Kind::Writer))));
+            let writer = turns.open(Kind::Urgent);
             let first: Vec<_> = (0..DEFERRED_AT_ONCE).map(|_| turns.defer()).collect();
             let t = turns.clone();
             assert!(waits(scope, move || drop(t.defer())));
@@ -2013,7 +1996,7 @@ mod tests {
         drop(deferring);
         assert!(deferred_waits().0 >= before + 2, "the waits are counted");
         let state = turns.lock();
-        assert_eq!((state.writing, state.urgent, state.deferred), (false, 0, 0));
+        assert_eq!((state.urgent, state.deferred), (0, 0));
     }
 
     /// Passwords never reach messages; TLS parameters are read as libpq reads them.
