@@ -265,15 +265,22 @@ impl Browser {
     }
 
     /// Waits up to 10 s for the first element matching `css` and returns it.
+    ///
+    /// Every error until then is taken as "not yet", not only "no such element": a
+    /// find that races the navigation a form's submit started is answered by Chromium
+    /// with "aborted by navigation", and fantoccini's own wait gave up on that.
     pub async fn wait_for(&self, css: &str) -> Element {
-        self.client
-            .wait()
-            .at_most(ELEMENT_TIMEOUT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("no element matches `{css}` within {ELEMENT_TIMEOUT:?}: {e}")
-            })
+        let deadline = Instant::now() + ELEMENT_TIMEOUT;
+        loop {
+            let error = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => return element,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                panic!("no element matches `{css}` within {ELEMENT_TIMEOUT:?}: {error}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether an element matches `css` right now (no waiting).
