@@ -139,6 +139,43 @@ fn output_chunks_are_compressed_with_lz4() {
     assert_eq!(again.read(|r| r.log_range("e", 0, 1)).unwrap()[0].1, text);
 }
 
+/// A writer's notifications (`Writer::notify`: how a replica tells the others what it
+/// stored, for their viewers) reach the listeners with its commit, in the order asked,
+/// also from a transaction that changes nothing else, and never from one rolled back.
+#[test]
+fn notifications_go_out_with_the_commit_and_never_after_a_rollback() {
+    use dynserv::store::Read as _;
+    use postgres::fallible_iterator::FallibleIterator as _;
+    let database = TestDatabase::create();
+    let store = Store::connect(database.url()).unwrap();
+    let mut listener = database.connect();
+    listener.batch_execute("LISTEN dynserv_test").unwrap();
+    let failed: anyhow::Result<()> = store.write(|w| {
+        w.notify("dynserv_test", "rolled back".into())?;
+        w.log_append("e", 0, b"kept?")?;
+        anyhow::bail!("the caller's own error")
+    });
+    assert!(failed.is_err());
+    store
+        .write(|w| {
+            w.notify("dynserv_test", "first".into())?;
+            w.log_append("e", 0, b"output")?;
+            w.notify("dynserv_test", "second".into())
+        })
+        .unwrap();
+    store
+        .write(|w| w.notify("dynserv_test", "third".into()))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut arriving = notifications.timeout_iter(std::time::Duration::from_secs(1));
+    while let Some(note) = arriving.next().unwrap() {
+        got.push(note.payload().to_string());
+    }
+    assert_eq!(got, ["first", "second", "third"]);
+    assert_eq!(store.read(|r| r.log_range("e", 0, 2)).unwrap().len(), 1);
+}
+
 /// Reads and deletes by a list of keys (`dynserv::store::pg::BY_KEYS`) probe the
 /// primary key once per key, in a session set up as the store sets up its own
 /// (`SESSION_SETUP`), even when the planner's statistics were taken while the tables

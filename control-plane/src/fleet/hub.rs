@@ -142,25 +142,54 @@ impl Hub {
     /// and tells the other replicas, whose viewers read the chunks from the store.
     pub fn publish_stored(&self, execution_id: &str, events: &[LiveEvent]) {
         self.publish(execution_id, events.iter().cloned());
-        let Some(cluster) = self.cluster.get().filter(|c| c.is_shared()) else {
-            return;
-        };
+        if let Some(cluster) = self.cluster.get().filter(|c| c.is_shared()) {
+            for message in Self::messages_for_others(execution_id, events) {
+                cluster.send(message);
+            }
+        }
+    }
+
+    /// Tells the other replicas what the transaction of `w` stores of an execution
+    /// (chunks, its end), in its commit; [`Hub::publish`] gives the events to this
+    /// replica's viewers once it committed.
+    pub fn tell_others_at_commit(
+        &self,
+        w: &mut crate::store::Writer,
+        execution_id: &str,
+        events: &[LiveEvent],
+    ) -> anyhow::Result<()> {
+        if let Some(cluster) = self.cluster.get().filter(|c| c.is_shared()) {
+            for message in Self::messages_for_others(execution_id, events) {
+                cluster.send_at_commit(w, message)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What other replicas are told of these events: the range of chunks stored (they
+    /// read them from the store), and the end.
+    fn messages_for_others(
+        execution_id: &str,
+        events: &[LiveEvent],
+    ) -> Vec<crate::cluster::Message> {
+        let mut messages = Vec::new();
         let seqs = events.iter().filter_map(|e| match e {
             LiveEvent::Chunk { seq, .. } => Some(*seq),
             LiveEvent::End => None,
         });
         if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max()) {
-            cluster.send(crate::cluster::Message::Output {
+            messages.push(crate::cluster::Message::Output {
                 execution: execution_id.to_string(),
                 first,
                 last,
             });
         }
         if events.iter().any(|e| matches!(e, LiveEvent::End)) {
-            cluster.send(crate::cluster::Message::End {
+            messages.push(crate::cluster::Message::End {
                 execution: execution_id.to_string(),
             });
         }
+        messages
     }
 
     /// Whether someone watches an execution here.

@@ -192,12 +192,22 @@ fn prefetch(w: &Writer, batch: &[Item]) -> anyhow::Result<()> {
 /// What a committed batch must announce.
 #[derive(Default)]
 struct Outcome {
-    published: Vec<(Arc<str>, LiveEvent)>,
+    /// Events for viewers, in runs of one execution each, in the order stored.
+    published: Vec<(Arc<str>, Vec<LiveEvent>)>,
     acks: HashMap<Arc<str>, u64>,
     /// Jobs an agent started although their execution had already ended.
     stale_starts: Vec<mpsc::UnboundedSender<JobCommand>>,
     /// Status changes for the pages (`live`).
     changes: Vec<crate::live::Event>,
+}
+
+impl Outcome {
+    fn publish(&mut self, execution_id: &Arc<str>, event: LiveEvent) {
+        match self.published.last_mut() {
+            Some((id, run)) if id == execution_id => run.push(event),
+            _ => self.published.push((execution_id.clone(), vec![event])),
+        }
+    }
 }
 
 /// Whether an end comes from a job stream that lost output in a failed batch: such an
@@ -281,10 +291,10 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     if let Some((stream, data)) = kept {
                         let bytes = executions::encode_chunk(stream, &data);
                         w.log_append(execution_id, chunk.seq, &bytes)?;
-                        outcome.published.push((
-                            execution_id.clone(),
+                        outcome.publish(
+                            execution_id,
                             LiveEvent::chunk(chunk.seq, stream.as_str(), &data)?,
-                        ));
+                        );
                     }
                     let ack = outcome
                         .acks
@@ -309,9 +319,7 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                         summary,
                         now,
                     )? {
-                        outcome
-                            .published
-                            .push((execution_id.clone(), LiveEvent::End));
+                        outcome.publish(execution_id, LiveEvent::End);
                         if let Some(facts) = facts {
                             // Facts that cannot be kept cost other hosts their
                             // `hostvars` facts, never the execution its end.
@@ -332,6 +340,13 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
                     }
                 }
             }
+        }
+        // The other replicas' viewers learn what was stored in the commit itself: a
+        // message queued for the cluster's sender after the commit waited for a
+        // thread of its own and another round trip, up to 20 ms while a fast job's
+        // output kept both cores busy.
+        for (id, run) in &outcome.published {
+            hub.tell_others_at_commit(w, id, run)?;
         }
         Ok(outcome)
     });
@@ -372,20 +387,9 @@ fn apply(store: &Store, hub: &Hub, events: &Events, max_output: u64, batch: &mut
             for change in outcome.changes {
                 events.publish(change);
             }
-            let mut run_start = 0;
-            let events = outcome.published;
-            while run_start < events.len() {
-                let id = events[run_start].0.clone();
-                let mut run_end = run_start;
-                while run_end < events.len() && events[run_end].0 == id {
-                    run_end += 1;
-                }
-                let run: Vec<LiveEvent> = events[run_start..run_end]
-                    .iter()
-                    .map(|(_, e)| e.clone())
-                    .collect();
-                hub.publish_stored(&id, &run);
-                run_start = run_end;
+            // The other replicas were told in the commit itself.
+            for (id, run) in outcome.published {
+                hub.publish(&id, run);
             }
         }
         Err(e) => {

@@ -1078,6 +1078,14 @@ impl Writer {
             self.announced.push(event);
         }
     }
+
+    /// Sends `payload` to the other processes listening on `channel` as this
+    /// transaction commits, in the commit itself (PostgreSQL's `NOTIFY`: delivered
+    /// with the commit, never for a transaction rolled back, in the order asked).
+    /// Nothing on redb, where no other process shares the store.
+    pub fn notify(&mut self, channel: &'static str, payload: String) -> Result<()> {
+        self.raw_mut().notify(channel, payload)
+    }
 }
 
 impl Writer {
@@ -1197,6 +1205,11 @@ pub(crate) trait RawWrite: RawRead {
     fn log_delete(&mut self, execution_id: &str, limit: usize) -> Result<usize>;
     fn counter_add(&mut self, name: &str, delta: i64) -> Result<u64>;
     fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<()>;
+    /// Tells the database's listeners on `channel` when the transaction commits
+    /// (PostgreSQL's `NOTIFY`); nothing on redb, which no other process shares.
+    fn notify(&mut self, _channel: &'static str, _payload: String) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads shared by [`Reader`] and [`Writer`], so domain code that only reads can take

@@ -734,6 +734,8 @@ struct Pending {
     /// The highest seq of each execution's log in the database, once asked: a chunk
     /// above it is new without a query (chunks arrive in order).
     log_top: HashMap<String, Option<u64>>,
+    /// Notifications to send at commit (`NOTIFY`), `(channel, payload)`, in order.
+    notices: Vec<(&'static str, String)>,
     /// Bytes of the values held: past [`SEND_AHEAD_BYTES`] they are sent ahead.
     bytes: usize,
     /// Reads cached: past [`CACHED_READS`], reads are no longer kept.
@@ -1414,6 +1416,13 @@ impl RawWrite for Txn {
         Ok(true)
     }
 
+    fn notify(&mut self, channel: &'static str, payload: String) -> Result<()> {
+        self.change(|p| {
+            p.bytes += channel.len() + payload.len();
+            p.notices.push((channel, payload));
+        })
+    }
+
     fn log_delete(&mut self, execution_id: &str, limit: usize) -> Result<usize> {
         self.flush()?;
         let n = self.execute(
@@ -1747,6 +1756,10 @@ pub const BY_KEYS: [&str; 8] = [
     DELETE_COUNTERS,
 ];
 
+/// A transaction's notifications, in the order asked: PostgreSQL delivers them to the
+/// listeners when the transaction commits, and drops them when it rolls back.
+const NOTIFY: &str = "SELECT pg_notify(t.c, t.p)
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (c, p, n) ORDER BY t.n";
 const GET_MANY: &str = "SELECT w.id, r.body FROM unnest($2::text[]) AS w (id)
      CROSS JOIN LATERAL (SELECT body FROM dynserv_records
          WHERE tbl = $1 AND id = w.id LIMIT 1) r";
@@ -1915,6 +1928,15 @@ impl Pending {
                 ],
             );
         }
+        if !self.notices.is_empty() {
+            push(
+                NOTIFY,
+                vec![
+                    Column::Text(self.notices.iter().map(|(c, _)| c.to_string()).collect()),
+                    Column::Text(self.notices.iter().map(|(_, p)| p.clone()).collect()),
+                ],
+            );
+        }
         out
     }
 
@@ -1943,6 +1965,7 @@ impl Pending {
         }
         self.logs.clear();
         self.log_keys.clear();
+        self.notices.clear();
         self.bytes = 0;
         self.reads = self.records.len() + self.index.len() + self.counters.len() + self.meta.len();
     }
