@@ -530,11 +530,31 @@ pub async fn open_stream(
     Ok(socket)
 }
 
-/// The number written in ASCII digits (all of `digits`).
+/// The number written in ASCII digits (all of `digits`, `None` if one is not a digit),
+/// read eight digits at a time: the viewers read two numbers of every line, five
+/// million lines per stream with 50 viewers, and one digit at a time that was a sixth
+/// of the machine's CPU, on the cores of the control plane they measure.
 fn decimal(digits: &[u8]) -> Option<u64> {
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-    })
+    const ZEROS: u64 = u64::from_le_bytes([b'0'; 8]);
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    let mut n = 0u64;
+    for part in digits.chunks(8) {
+        // Zeros in front keep the value; the first digit lands in the lowest byte.
+        let mut word = [b'0'; 8];
+        word[8 - part.len()..].copy_from_slice(part);
+        let x = u64::from_le_bytes(word);
+        // Every byte in 0x30..=0x39: its high half is 3, and adding 6 keeps it 3.
+        if x & HIGH != ZEROS || x.wrapping_add(0x0606_0606_0606_0606) & HIGH != ZEROS {
+            return None;
+        }
+        // Pairs of digits, then fours, then all eight.
+        let mut v = x - ZEROS;
+        v = (v.wrapping_mul(10) + (v >> 8)) & 0x00FF_00FF_00FF_00FF;
+        v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_FFFF_0000_FFFF;
+        v = (v.wrapping_mul(10_000) + (v >> 32)) & 0xFFFF_FFFF;
+        n = n * 10u64.pow(part.len() as u32) + v;
+    }
+    Some(n)
 }
 
 /// The output lines of a live-log frame `{"seq":N,"stream":"…","data":"…"}` as they
