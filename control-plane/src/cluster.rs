@@ -237,11 +237,7 @@ impl Cluster {
         let Some(outbox) = self.inner.outbox.get() else {
             return;
         };
-        let envelope = Envelope {
-            o: self.inner.replica_id.clone(),
-            m: message,
-        };
-        if let Ok(text) = serde_json::to_string(&envelope) {
+        if let Ok(text) = self.envelope(message) {
             let _ = outbox.send(text);
         }
     }
@@ -256,11 +252,15 @@ impl Cluster {
         if self.inner.outbox.get().is_none() {
             return Ok(());
         }
-        let envelope = Envelope {
+        w.notify(CHANNEL, self.envelope(message)?)
+    }
+
+    /// A message from this replica as the others read it (`NOTIFY`'s payload).
+    fn envelope(&self, message: Message) -> serde_json::Result<String> {
+        serde_json::to_string(&Envelope {
             o: self.inner.replica_id.clone(),
             m: message,
-        };
-        w.notify(CHANNEL, serde_json::to_string(&envelope)?)
+        })
     }
 
     /// Starts the replica's cluster tasks on the database's runtime: the listener,
