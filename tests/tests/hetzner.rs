@@ -510,7 +510,7 @@ async fn request_status(api: &Api, id: &str, wanted: &str) -> Value {
 /// downloads the agent from the control plane and enrolls it with a one-time token;
 /// the request ends deployed and its server is one record with both views.
 #[tokio::test]
-async fn approval_provisions_until_the_agent_enrolls() {
+async fn browser_approval_provisions_until_the_agent_enrolls() {
     let boot = tempfile::tempdir().unwrap();
     let sim = simulator(Some(boot.path())).await;
     sim.add_project("tok-prov");
@@ -810,7 +810,7 @@ async fn approval_checks_the_budget_against_hetzners_price() {
 /// live: the provisioning steps appear and finish, and the server link replaces
 /// "none yet", without a reload.
 #[tokio::test]
-async fn requesters_page_follows_provisioning_live() {
+async fn browser_requesters_page_follows_provisioning_live() {
     let boot = tempfile::tempdir().unwrap();
     let sim = simulator(Some(boot.path())).await;
     sim.add_project("tok-live");

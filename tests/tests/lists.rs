@@ -258,7 +258,7 @@ async fn servers_page_by_name_with_filters_and_kept_counts() {
 /// past the first page, puts the search into the address, and shows the first page
 /// again when cleared.
 #[tokio::test]
-async fn live_search_finds_servers_past_the_first_page() {
+async fn browser_live_search_finds_servers_past_the_first_page() {
     let (_sim, cp, _admin, _alpha, _beta) = fleet_of_152().await;
     let browser = Browser::start(&cp.base_url()).await;
     browser.login("admin", PASSWORD).await;

@@ -380,7 +380,7 @@ async fn wrong_key_and_unreachable_port_fail_with_clear_reasons() {
 /// (fingerprint shown, key never), "Test connection" with its status, and "Install
 /// agent" whose steps the install page follows live to a connected agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn install_steps_are_followed_live_in_the_browser() {
+async fn browser_install_steps_are_followed_live() {
     let (cp, api, project) = control_plane().await;
     let keys = tempfile::tempdir().unwrap();
     let client = keygen(keys.path(), "client", "ecdsa", &[]);
@@ -419,7 +419,12 @@ async fn install_steps_are_followed_live_in_the_browser() {
     browser
         .submit_and_wait_for_next_page("#ssh-settings-save")
         .await;
-    assert_eq!(browser.path().await, format!("/projects/{project}"));
+    assert_eq!(
+        browser.path().await,
+        format!("/projects/{project}"),
+        "saving the SSH settings led elsewhere: {}",
+        browser.page_text().await
+    );
     assert!(
         browser
             .text("#ssh-fingerprint")
