@@ -45,8 +45,8 @@ use anyhow::{bail, Result};
 use common::{
     bench_endpoint, binary, create_database, drop_database, load_average, micros, percentile,
     pg_settings, register_simulated_agents, rss_kib, seed_admin_and_project, sim_agent,
-    start_server, stream_to_viewers, wait_connected, with_database, Identity, Kill, Server,
-    BENCH_SESSION_SECRET,
+    start_server, steal_seconds, stream_to_viewers, wait_connected, with_database, Identity, Kill,
+    Server, BENCH_SESSION_SECRET,
 };
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
@@ -195,6 +195,7 @@ async fn main() -> Result<()> {
         .as_ref()
         .map(|(url, name)| with_database(url, name));
     println!("load average {}", load_average());
+    let stolen_before = steal_seconds();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
     let seeded = Instant::now();
@@ -550,6 +551,12 @@ async fn main() -> Result<()> {
         println!("control-plane RSS {}", describe_rss(&rss_of(&pids), true));
     }
     println!("load average {}", load_average());
+    if let (Some(before), Some(after)) = (stolen_before, steal_seconds()) {
+        println!(
+            "CPU time stolen by the hypervisor during the run: {:.2} s",
+            after - before
+        );
+    }
     drop(connections);
     for server in servers {
         server.stop();

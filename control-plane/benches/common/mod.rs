@@ -173,6 +173,24 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// CPU time the hypervisor ran other guests while this VM's CPUs wanted to run
+/// (`steal` in `/proc/stat`), in seconds since boot; `None` where there is no such file.
+/// A run on a VM whose host is busy is slower for reasons outside the machine: the
+/// benches print how much was stolen while they ran, so such a run says so.
+pub fn steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // cpu user nice system idle iowait irq softirq steal …
+    let ticks: u64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
 /// A value of a sorted sample in ms (samples are µs).
 pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
