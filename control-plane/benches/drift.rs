@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use common::{
-    bench_endpoint, load_average, micros, register_simulated_agents, rss_kib,
-    seed_admin_and_project, sim_agent_answering, start_server, wait_connected, Answer, Identity,
+    bench_endpoint, clock_ticks_per_second, load_average, micros, register_simulated_agents,
+    rss_kib, seed_admin_and_project, sim_agent_answering, start_server, wait_connected, Answer,
+    Identity,
 };
 use dynserv::secrets::Keys;
 use dynserv::store::Store;
@@ -142,9 +143,7 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
 }
 
 async fn api(

@@ -187,8 +187,13 @@ pub fn steal_seconds() -> Option<f64> {
         .nth(8)?
         .parse()
         .ok()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
+    Some(ticks as f64 / clock_ticks_per_second())
+}
+
+/// The unit of the CPU times in `/proc` (`USER_HZ`).
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// A value of a sorted sample in ms (samples are µs).
