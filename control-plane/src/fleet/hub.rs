@@ -21,11 +21,9 @@ const CAPACITY: usize = 4096;
 pub enum LiveEvent {
     /// A stored chunk: the text message `{"seq","stream","data"}` (empty when the
     /// chunk holds nothing to show). Cloning it shares its bytes: 50 viewers of a
-    /// fast job sent 50 copies of every chunk before.
-    Chunk {
-        seq: u64,
-        message: warp::ws::Message,
-    },
+    /// fast job sent 50 copies of every chunk before, and each viewer's frame is
+    /// written from these bytes ([`crate::web::frames`]).
+    Chunk { seq: u64, message: bytes::Bytes },
     /// The execution ended.
     End,
 }
@@ -44,7 +42,7 @@ impl LiveEvent {
 /// live or replayed, on every replica: the text they are shown (`data` without the
 /// job's internal result line) as `{"seq","stream","data"}`, or an empty message when
 /// nothing is left to show.
-pub fn chunk_message(seq: u64, stream: &str, data: &str) -> serde_json::Result<warp::ws::Message> {
+pub fn chunk_message(seq: u64, stream: &str, data: &str) -> serde_json::Result<bytes::Bytes> {
     let shown = crate::executions::display_text(data);
     let json = if shown.is_empty() {
         String::new()
@@ -55,7 +53,7 @@ pub fn chunk_message(seq: u64, stream: &str, data: &str) -> serde_json::Result<w
             data: &shown,
         })?
     };
-    Ok(warp::ws::Message::text(json))
+    Ok(bytes::Bytes::from(json))
 }
 
 /// The fan-out hub. Cheap to clone.
@@ -227,7 +225,7 @@ mod tests {
             "e",
             (0..3).map(|seq| LiveEvent::Chunk {
                 seq,
-                message: warp::ws::Message::text("{}"),
+                message: bytes::Bytes::from_static(b"{}"),
             }),
         );
         hub.publish("e", [LiveEvent::End]);
@@ -263,7 +261,7 @@ mod tests {
             "running",
             [LiveEvent::Chunk {
                 seq: 0,
-                message: warp::ws::Message::text("{}"),
+                message: bytes::Bytes::from_static(b"{}"),
             }],
         );
         assert!(matches!(

@@ -15,6 +15,7 @@ pub mod drift_api;
 pub mod drift_pages;
 pub mod fleet_api;
 pub mod fleet_pages;
+pub mod frames;
 pub mod hetzner_api;
 pub mod hetzner_pages;
 pub mod inventory_api;

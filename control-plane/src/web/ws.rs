@@ -14,13 +14,15 @@
 
 use std::net::SocketAddr;
 
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use warp::http::{HeaderMap, Method};
-use warp::ws::{Message, WebSocket};
-use warp::{Filter, Reply};
+use warp::Filter;
 
+use super::frames::{FrameReader, FrameWriter, FromViewer};
 use super::{Req, Resp};
 use crate::app::App;
 use crate::error::AppError;
@@ -30,47 +32,53 @@ use crate::fleet::LiveEvent;
 /// Chunks read from the store per batch while replaying.
 const REPLAY_BATCH: usize = 2000;
 
-/// The WebSocket route; non-upgrade requests fall through to the router.
+/// The WebSocket route; other requests (one that is not a WebSocket upgrade too) fall
+/// through to the router.
 pub fn filter(
     app: App,
 ) -> impl Filter<Extract = (Resp,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let app_filter = warp::any().map(move || app.clone());
     warp::get()
         .and(warp::path!("api" / "v1" / "executions" / String / "stream"))
-        .and(warp::ws())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
+        .and_then(|id: String, headers: HeaderMap| async move {
+            match super::frames::upgrade_key(&headers).map(String::from) {
+                Some(key) => Ok((id, key, headers)),
+                None => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(super::peer_addr())
         .and(app_filter)
         .map(
             |id: String,
-             ws: warp::ws::Ws,
-             query: String,
+             key: String,
              headers: HeaderMap,
+             on_upgrade: Option<OnUpgrade>,
+             query: String,
              remote: Option<SocketAddr>,
-             app: App| { upgrade(app, id, ws, query, headers, remote) },
+             app: App| {
+                let req = Req {
+                    method: Method::GET,
+                    path: format!("/api/v1/executions/{id}/stream"),
+                    query: serde_urlencoded::from_str(&query).unwrap_or_default(),
+                    headers,
+                    body: Default::default(),
+                    client_ip: remote
+                        .map(|r| r.ip())
+                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+                    secure: false,
+                };
+                upgrade(app, id, &key, on_upgrade, req)
+            },
         )
 }
 
-fn upgrade(
-    app: App,
-    id: String,
-    ws: warp::ws::Ws,
-    query: String,
-    headers: HeaderMap,
-    remote: Option<SocketAddr>,
-) -> Resp {
-    let req = Req {
-        method: Method::GET,
-        path: format!("/api/v1/executions/{id}/stream"),
-        query: serde_urlencoded::from_str(&query).unwrap_or_default(),
-        headers,
-        body: Default::default(),
-        client_ip: remote
-            .map(|r| r.ip())
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-        secure: false,
-    };
+/// Checks the viewer may watch execution `id` and answers its upgrade request with
+/// `key`; the stream is served once the connection is upgraded.
+fn upgrade(app: App, id: String, key: &str, on_upgrade: Option<OnUpgrade>, req: Req) -> Resp {
     let checked = crate::store::block_in_place(|| {
         let ctx = super::authenticate(&app, &req)?.ok_or_else(AppError::unauthenticated)?;
         super::fleet_api::require_fleet(&ctx)?;
@@ -87,13 +95,25 @@ fn upgrade(
             .read(|r| Ok(executions::get_visible(r, &ctx.subject, &id)?))?;
         super::fleet_api::parse_from_seq(&req)
     });
-    match checked {
-        Ok(from_seq) => ws
-            .max_message_size(64 * 1024)
-            .on_upgrade(move |socket| serve(app, id, from_seq, socket))
-            .into_response(),
-        Err(e) => super::api_error(&e),
-    }
+    let from_seq = match checked {
+        Ok(from_seq) => from_seq,
+        Err(e) => return super::api_error(&e),
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        // The filter let only upgrades through; a connection that cannot be upgraded
+        // (HTTP/2, a test server without upgrades) is told so.
+        return super::api_error(&AppError::bad_request(
+            "this connection cannot be upgraded to a WebSocket",
+        ));
+    };
+    let response = super::frames::switching_protocols(key);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(app, id, from_seq, upgraded).await,
+            Err(e) => tracing::debug!(execution = %id, "WebSocket upgrade failed: {e}"),
+        }
+    });
+    response
 }
 
 /// How often a stream pings its client.
@@ -128,16 +148,16 @@ pub fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
     })
 }
 
-async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
-    let (tx, mut rx) = socket.split();
-    let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
-    let pinger = tx.clone();
+async fn serve(app: App, id: String, from_seq: u64, upgraded: Upgraded) {
+    let (rx, tx) = tokio::io::split(TokioIo::new(upgraded));
+    let mut rx = FrameReader::new(rx);
+    let tx: Sink = std::sync::Arc::new(tokio::sync::Mutex::new(FrameWriter::new(tx)));
+    let answerer = tx.clone();
     // The client's side: any frame (a pong too) shows it is alive; silence past
     // the idle limit, a close frame or an error ends the stream. A task of its own,
-    // polled only when the client sends something or a ping is due: in this task it
-    // would be polled on every wake for output, and each poll of the reading half
-    // tries a read, for which tungstenite first zeroes its 128 KiB read buffer: per
-    // viewer, per flush of output.
+    // polled only when the client sends something or a ping is due, not on every
+    // wake for output. Its reads are cancel-safe: a frame half read when a ping is
+    // due stays in the reader's buffer. It ends with the close code to send.
     let timeouts = app.http_timeouts;
     let mut client_gone = AbortOnDrop(tokio::spawn(async move {
         let mut ping = tokio::time::interval(timeouts.ping_every);
@@ -145,50 +165,65 @@ async fn serve(app: App, id: String, from_seq: u64, socket: WebSocket) {
         let mut last_heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                message = rx.next() => match message {
-                    Some(Ok(m)) if m.is_close() => return,
-                    Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
-                    _ => return,
+                frame = rx.next() => match frame {
+                    Ok(Some(FromViewer::Alive)) => last_heard = tokio::time::Instant::now(),
+                    Ok(Some(FromViewer::Ping(payload))) => {
+                        last_heard = tokio::time::Instant::now();
+                        if answerer.lock().await.pong(payload).await.is_err() {
+                            return NORMAL_CLOSURE;
+                        }
+                    }
+                    Ok(Some(FromViewer::Close(_)) | None) => return NORMAL_CLOSURE,
+                    Err(e) => {
+                        tracing::debug!("a live log viewer broke the protocol: {e:#}");
+                        return PROTOCOL_ERROR;
+                    }
                 },
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= timeouts.idle_close {
-                        return;
+                        return NORMAL_CLOSURE;
                     }
-                    if pinger.lock().await.send(Message::ping(Vec::new())).await.is_err() {
-                        return;
+                    if answerer.lock().await.ping().await.is_err() {
+                        return NORMAL_CLOSURE;
                     }
                 }
             }
         }
     }));
-    tokio::select! {
-        _ = &mut client_gone.0 => {}
+    let code = tokio::select! {
+        code = &mut client_gone.0 => code.unwrap_or(NORMAL_CLOSURE),
         result = follow(&app, &id, from_seq, &tx) => {
             if let Err(e) = result {
                 tracing::debug!(execution = %id, "log stream ended: {e:#}");
             }
+            NORMAL_CLOSURE
         }
-    }
+    };
     drop(client_gone);
-    let _ = tx.lock().await.close().await;
+    let _ = tx.lock().await.close(code).await;
 }
+
+/// The close codes a stream ends with (RFC 6455, 7.4.1).
+const NORMAL_CLOSURE: u16 = 1000;
+const PROTOCOL_ERROR: u16 = 1002;
 
 /// A task aborted when its handle is dropped: the client's side of a stream ends with
 /// the stream, however the stream's task ends (dropped at shutdown too).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-type Sink = std::sync::Arc<tokio::sync::Mutex<futures::stream::SplitSink<WebSocket, Message>>>;
+type Sink =
+    std::sync::Arc<tokio::sync::Mutex<FrameWriter<tokio::io::WriteHalf<TokioIo<Upgraded>>>>>;
 
 /// Reads stored chunks from `from` on, on the blocking pool (never on this worker),
 /// as the messages live viewers get ([`crate::fleet::hub::chunk_message`]): `(seq,
 /// message)`, the message empty for a chunk that shows nothing.
-async fn stored_chunks(app: &App, id: &str, from: u64) -> anyhow::Result<Vec<(u64, Message)>> {
+async fn stored_chunks(app: &App, id: &str, from: u64) -> anyhow::Result<Vec<(u64, Bytes)>> {
     let store = app.store.clone();
     let id = id.to_string();
     crate::store::blocking(move || {
@@ -223,8 +258,11 @@ async fn replay(app: &App, id: &str, mut next: u64, tx: &Sink) -> anyhow::Result
         for (seq, message) in chunks {
             next = seq + 1;
             // A chunk that held only the internal result line shows nothing.
-            if !message.as_bytes().is_empty() {
-                sink.feed(message).await?;
+            if !message.is_empty() {
+                sink.queue_text(message);
+            }
+            if sink.should_write() {
+                sink.flush().await?;
             }
         }
         sink.flush().await?;
@@ -240,12 +278,11 @@ async fn finish(app: &App, id: &str, next: u64, tx: &Sink) -> anyhow::Result<()>
     let (status, exit_code) = execution
         .map(|e| (e.status.as_str(), e.exit_code))
         .unwrap_or(("failed", None));
-    tx.lock()
-        .await
-        .send(Message::text(
-            json!({"end": {"status": status, "exit_code": exit_code}}).to_string(),
-        ))
-        .await?;
+    let mut sink = tx.lock().await;
+    sink.queue_text(Bytes::from(
+        json!({"end": {"status": status, "exit_code": exit_code}}).to_string(),
+    ));
+    sink.flush().await?;
     Ok(())
 }
 
@@ -271,7 +308,6 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &Sink) -> anyhow::Result
         // comes fast, no delay when it comes slowly.
         let live = subscription.receiver();
         let mut event = live.recv().await;
-        let mut pending = 0;
         let mut sink = tx.lock().await;
         while let Ok(LiveEvent::Chunk { seq, message }) = &event {
             if *seq > next {
@@ -282,15 +318,13 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &Sink) -> anyhow::Result
             }
             if *seq == next {
                 // An empty text is a chunk with nothing to show (the result line).
-                if !message.as_bytes().is_empty() {
-                    sink.feed(message.clone()).await?;
-                    pending += 1;
+                if !message.is_empty() {
+                    sink.queue_text(message.clone());
                 }
                 next += 1;
             }
-            if pending >= 64 {
+            if sink.should_write() {
                 sink.flush().await?;
-                pending = 0;
             }
             event = match live.try_recv() {
                 Ok(e) => Ok(e),
