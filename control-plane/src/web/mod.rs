@@ -784,6 +784,27 @@ fn percent_decode(path: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| path.to_string())
 }
 
+/// The request a WebSocket upgrade on `path` is checked as (authentication, the
+/// client's address and scheme as [`client_address`] tells them).
+pub(super) fn upgrade_request(
+    app: &App,
+    path: String,
+    query: &str,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Req {
+    let (client_ip, secure) = client_address(app, remote, &headers);
+    Req {
+        method: Method::GET,
+        path,
+        query: serde_urlencoded::from_str(query).unwrap_or_default(),
+        headers,
+        body: Default::default(),
+        client_ip,
+        secure,
+    }
+}
+
 /// The client address and scheme, believing `X-Forwarded-For` / `-Proto` only from
 /// configured trusted proxies.
 fn client_address(app: &App, remote: Option<SocketAddr>, headers: &HeaderMap) -> (IpAddr, bool) {

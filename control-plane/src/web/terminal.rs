@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use warp::http::{HeaderMap, Method, StatusCode};
+use warp::http::{HeaderMap, StatusCode};
 use warp::ws::{Message, WebSocket};
 use warp::{Filter, Reply};
 
@@ -194,16 +194,8 @@ async fn upgrade(
     headers: HeaderMap,
     remote: Option<SocketAddr>,
 ) -> Resp {
-    let (client_ip, secure) = super::client_address(&app, remote, &headers);
-    let req = Req {
-        method: Method::GET,
-        path: format!("/api/v1/servers/{id}/terminal"),
-        query: serde_urlencoded::from_str(&query).unwrap_or_default(),
-        headers,
-        body: Default::default(),
-        client_ip,
-        secure,
-    };
+    let path = format!("/api/v1/servers/{id}/terminal");
+    let req = super::upgrade_request(&app, path, &query, headers, remote);
     let checked = {
         let app = app.clone();
         crate::store::blocking(move || -> AppResult<(Target, Actor, TerminalSize)> {

@@ -19,7 +19,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use warp::http::{HeaderMap, Method};
+use warp::http::HeaderMap;
 use warp::Filter;
 
 use super::frames::{FrameReader, FrameWriter, FromViewer};
@@ -60,17 +60,8 @@ pub fn filter(
              query: String,
              remote: Option<SocketAddr>,
              app: App| {
-                let req = Req {
-                    method: Method::GET,
-                    path: format!("/api/v1/executions/{id}/stream"),
-                    query: serde_urlencoded::from_str(&query).unwrap_or_default(),
-                    headers,
-                    body: Default::default(),
-                    client_ip: remote
-                        .map(|r| r.ip())
-                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-                    secure: false,
-                };
+                let path = format!("/api/v1/executions/{id}/stream");
+                let req = super::upgrade_request(&app, path, &query, headers, remote);
                 upgrade(app, id, &key, on_upgrade, req)
             },
         )
