@@ -31,10 +31,10 @@ const MAX_SLICES: usize = 1024;
 
 /// Queued bytes that are written without waiting for more (what tungstenite's write
 /// buffer held before it wrote).
-pub const WRITE_AT_BYTES: usize = 128 * 1024;
+const WRITE_AT_BYTES: usize = 128 * 1024;
 
 /// Queued frames that are written without waiting for more, however small.
-pub const WRITE_AT_FRAMES: usize = 64;
+const WRITE_AT_FRAMES: usize = 64;
 
 /// The `Sec-WebSocket-Key` of a WebSocket upgrade request (`GET` with `Connection:
 /// upgrade`, `Upgrade: websocket` and version 13), or `None` for any other request.
@@ -100,20 +100,31 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    /// Queues a text frame holding `text` (UTF-8, as the hub builds it).
-    pub fn queue_text(&mut self, text: Bytes) {
+    /// Queues a text frame holding `text` (UTF-8, as the hub builds it), and writes
+    /// what is queued once that is enough ([`FrameWriter::should_write`]); the rest
+    /// waits for more or for [`FrameWriter::flush`].
+    pub async fn feed_text(&mut self, text: Bytes) -> std::io::Result<()> {
+        self.queue_text(text);
+        if self.should_write() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn queue_text(&mut self, text: Bytes) {
         self.queue(OpCode::Data(Data::Text), text);
     }
 
     /// Whether enough is queued to write it now rather than wait for more: at least
     /// [`WRITE_AT_BYTES`], or [`WRITE_AT_FRAMES`] frames. Waiting for many frames of a
     /// backlog before the first write made each batch's first lines wait for the last.
-    pub fn should_write(&self) -> bool {
+    fn should_write(&self) -> bool {
         self.bytes >= WRITE_AT_BYTES || self.frames.len() >= WRITE_AT_FRAMES
     }
 
     /// The number of frames queued and not yet written.
-    pub fn queued(&self) -> usize {
+    #[cfg(test)]
+    fn queued(&self) -> usize {
         self.frames.len()
     }
 

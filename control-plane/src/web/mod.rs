@@ -786,7 +786,7 @@ fn percent_decode(path: &str) -> String {
 
 /// The request a WebSocket upgrade on `path` is checked as (authentication, the
 /// client's address and scheme as [`client_address`] tells them).
-pub(super) fn upgrade_request(
+fn upgrade_request(
     app: &App,
     path: String,
     query: &str,

@@ -250,10 +250,7 @@ async fn replay(app: &App, id: &str, mut next: u64, tx: &Sink) -> anyhow::Result
             next = seq + 1;
             // A chunk that held only the internal result line shows nothing.
             if !message.is_empty() {
-                sink.queue_text(message);
-            }
-            if sink.should_write() {
-                sink.flush().await?;
+                sink.feed_text(message).await?;
             }
         }
         sink.flush().await?;
@@ -270,9 +267,10 @@ async fn finish(app: &App, id: &str, next: u64, tx: &Sink) -> anyhow::Result<()>
         .map(|e| (e.status.as_str(), e.exit_code))
         .unwrap_or(("failed", None));
     let mut sink = tx.lock().await;
-    sink.queue_text(Bytes::from(
+    sink.feed_text(Bytes::from(
         json!({"end": {"status": status, "exit_code": exit_code}}).to_string(),
-    ));
+    ))
+    .await?;
     sink.flush().await?;
     Ok(())
 }
@@ -310,12 +308,9 @@ async fn follow(app: &App, id: &str, from_seq: u64, tx: &Sink) -> anyhow::Result
             if *seq == next {
                 // An empty text is a chunk with nothing to show (the result line).
                 if !message.is_empty() {
-                    sink.queue_text(message.clone());
+                    sink.feed_text(message.clone()).await?;
                 }
                 next += 1;
-            }
-            if sink.should_write() {
-                sink.flush().await?;
             }
             event = match live.try_recv() {
                 Ok(e) => Ok(e),
